@@ -1,0 +1,40 @@
+# Gatehouse: the two commands a newcomer needs are `make dev` and `make test`.
+# Both install missing system packages first (scripts/deps.sh).
+
+# One warm target directory outside the clone, so RocksDB (about 12 minutes
+# of C++) is compiled once per machine, not once per checkout.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/gatehouse/target
+CARGO ?= cargo
+BIN := $(CARGO_TARGET_DIR)/debug/gatehouse
+
+.PHONY: deps dev build test verify fix cluster-up cluster-down
+
+deps:
+	@scripts/deps.sh
+
+## Run a dev node: data in ./gatehouse-data, prints a bootstrap admin key once.
+dev: deps
+	$(CARGO) run --bin gatehouse -- serve --dev
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+## The whole gate: formatting, lints, and every test.
+test: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --bins
+	$(CARGO) test --workspace --all-targets
+
+verify: test
+
+fix:
+	$(CARGO) fmt --all
+	$(CARGO) clippy --workspace --all-targets --fix --allow-dirty --allow-staged
+
+## A local 3-node cluster of real processes (see deploy/local-cluster.sh).
+cluster-up: build
+	GATEHOUSE_BIN=$(BIN) deploy/local-cluster.sh up 3
+
+cluster-down:
+	deploy/local-cluster.sh down

@@ -1,0 +1,273 @@
+//! `ClusterService`: status, membership and snapshots.
+//!
+//! Membership changes run on the leader: a node that is not the leader
+//! forwards the call, with the caller's credentials, to the leader's admin API.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use gatehouse_domain::roles::Permission;
+use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
+use gatehouse_proto::admin::cluster_service_server::{ClusterService, ClusterServiceServer};
+use gatehouse_proto::admin::*;
+use gatehouse_storage::types::NodeId;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use tonic::{Request, Response, Status};
+
+use super::auth::{authorize, authorize_stale};
+use crate::raft::service::local_status;
+use crate::{ApiError, Cluster};
+
+pub struct ClusterAdmin {
+    cluster: Cluster,
+}
+
+pub fn server(cluster: Cluster) -> ClusterServiceServer<ClusterAdmin> {
+    ClusterServiceServer::new(ClusterAdmin { cluster })
+}
+
+/// How long a status call waits for each node.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(700);
+
+fn validate_id(id: NodeId) -> Result<(), ApiError> {
+    if id == 0 {
+        return Err(ApiError::InvalidArgument("node id must be a positive integer".into()));
+    }
+    Ok(())
+}
+
+fn validate_addr(addr: &str) -> Result<(), ApiError> {
+    let ok = addr.len() <= 255
+        && addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+        && addr.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!("node address must be host:port, got {addr:?}")))
+    }
+}
+
+/// The membership after a change, for the response.
+fn membership_response(log_index: u64, m: &gatehouse_storage::types::Membership) -> MembershipResponse {
+    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    MembershipResponse { log_index, voters: voters.iter().copied().collect(), learners: m.learner_ids().collect() }
+}
+
+impl ClusterAdmin {
+    /// Runs a membership change here if leader, else forwards it with the caller's token.
+    async fn on_leader<F, Fut, T>(
+        &self,
+        req: &Request<T>,
+        local: F,
+        forward: impl AsyncFnOnce(
+            ClusterServiceClient<tonic::transport::Channel>,
+            Request<T>,
+        ) -> Result<Response<MembershipResponse>, Status>,
+    ) -> Result<Response<MembershipResponse>, Status>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<
+            Output = Result<
+                openraft::raft::ClientWriteResponse<gatehouse_storage::TypeConfig>,
+                RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+            >,
+        >,
+        T: Clone,
+    {
+        match local().await {
+            Ok(resp) => {
+                let m = resp
+                    .membership
+                    .clone()
+                    .unwrap_or_else(|| self.cluster.raft().metrics().borrow().membership_config.membership().clone());
+                Ok(Response::new(membership_response(resp.log_id.index, &m)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = f.leader_node.map(|n| n.addr).ok_or(ApiError::Unavailable { leader: None })?;
+                let ch = self.cluster.peers().channel(&addr)?;
+                let mut fwd = Request::new(req.get_ref().clone());
+                if let Some(auth) = req.metadata().get("authorization") {
+                    fwd.metadata_mut().insert("authorization", auth.clone());
+                }
+                forward(ClusterServiceClient::new(ch), fwd).await
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::FailedPrecondition(e.to_string()).into())
+            }
+            Err(RaftError::Fatal(e)) => {
+                tracing::error!(error = %e, "raft stopped");
+                Err(ApiError::Unavailable { leader: None }.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterAdmin {
+    #[tracing::instrument(level = "info", name = "admin.cluster.status", skip_all)]
+    async fn status(&self, req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+        // Status stays readable on a stale node: it is how operators find out why.
+        authorize_stale(&self.cluster, req.metadata(), Permission::ClusterRead)?;
+        let metrics = self.cluster.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let me = self.cluster.id();
+        let calls = membership.nodes().map(|(id, node)| {
+            let (id, addr) = (*id, node.addr.clone());
+            let cluster = self.cluster.clone();
+            async move {
+                if id == me {
+                    return (id, addr, Some(local_status(&cluster)));
+                }
+                let status = async {
+                    let mut client = cluster.peers().raft_client(&addr).ok()?;
+                    let mut r = Request::new(gatehouse_proto::raft::LocalStatusRequest {});
+                    r.set_timeout(STATUS_TIMEOUT);
+                    client.local_status(r).await.ok().map(|r| r.into_inner())
+                };
+                let status = tokio::time::timeout(STATUS_TIMEOUT, status).await.ok().flatten();
+                (id, addr, status)
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let replication = metrics.replication.clone().unwrap_or_default();
+        let leader_last = metrics.last_log_index.unwrap_or(0);
+        let is_leader = metrics.current_leader == Some(me);
+        let nodes = answers
+            .into_iter()
+            .map(|(id, addr, s)| {
+                let matched = if id == me && is_leader {
+                    leader_last
+                } else {
+                    replication.get(&id).copied().flatten().map_or(0, |l| l.index)
+                };
+                let s = s.unwrap_or_default();
+                NodeStatus {
+                    id,
+                    addr,
+                    voter: voters.contains(&id),
+                    reachable: s.node_id == id,
+                    state: s.state,
+                    term: s.term,
+                    applied_index: s.applied_index,
+                    last_log_index: s.last_log_index,
+                    matched_index: if is_leader { matched } else { 0 },
+                    replication_lag: if is_leader { leader_last.saturating_sub(matched) } else { 0 },
+                }
+            })
+            .collect();
+        let leader = self.cluster.leader();
+        Ok(Response::new(ClusterStatusResponse {
+            node_id: me,
+            leader_id: leader.as_ref().map_or(0, |l| l.0),
+            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
+            term: metrics.current_term,
+            nodes,
+        }))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.cluster.add_learner", skip_all, fields(node_id = req.get_ref().node_id))]
+    async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        let r = req.get_ref().clone();
+        validate_id(r.node_id)?;
+        validate_addr(&r.addr)?;
+        let raft = self.cluster.raft().clone();
+        self.on_leader(
+            &req,
+            || async move { raft.add_learner(r.node_id, BasicNode { addr: r.addr }, true).await },
+            async |mut c, f| c.add_learner(f).await,
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.cluster.promote", skip_all, fields(node_id = req.get_ref().node_id))]
+    async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        let id = req.get_ref().node_id;
+        validate_id(id)?;
+        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        if m.get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!("node {id} is not a member; add it as a learner first")).into());
+        }
+        let raft = self.cluster.raft().clone();
+        self.on_leader(
+            &req,
+            || async move { raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await },
+            async |mut c, f| c.promote(f).await,
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.cluster.remove", skip_all, fields(node_id = req.get_ref().node_id))]
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        let id = req.get_ref().node_id;
+        validate_id(id)?;
+        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        if m.get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!("node {id} is not a member")).into());
+        }
+        let is_voter = m.voter_ids().any(|v| v == id);
+        if is_voter && m.voter_ids().count() == 1 {
+            return Err(ApiError::FailedPrecondition("cannot remove the last voter".into()).into());
+        }
+        let raft = self.cluster.raft().clone();
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.on_leader(
+            &req,
+            || async move { raft.change_membership(change, false).await },
+            async |mut c, f| c.remove_node(f).await,
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.cluster.snapshot", skip_all)]
+    async fn trigger_snapshot(
+        &self,
+        req: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        let raft = self.cluster.raft();
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        raft.trigger().snapshot().await.map_err(|e| {
+            tracing::error!(error = %e, "raft stopped");
+            ApiError::Unavailable { leader: None }
+        })?;
+        let mut metrics = raft.metrics();
+        let built = tokio::time::timeout(
+            Duration::from_secs(60),
+            metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)),
+        )
+        .await;
+        match built {
+            Ok(Ok(m)) => {
+                Ok(Response::new(TriggerSnapshotResponse { snapshot_index: m.snapshot.map_or(0, |s| s.index) }))
+            }
+            _ => Err(ApiError::Unavailable { leader: None }.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in ["127.0.0.1:9000", "node-1.example:1", "[::1]:80"] {
+            assert!(validate_addr(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "127.0.0.1", ":80", "a:0", "a:70000", "a b:1", "http://a:1", &format!("{}:1", "a".repeat(300))]
+        {
+            assert!(validate_addr(bad).is_err(), "{bad}");
+        }
+    }
+}

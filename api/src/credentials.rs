@@ -1,0 +1,53 @@
+//! Random ids and API keys, made by the proposing node before it proposes
+//! (apply never draws randomness). Only hashes leave this module towards the log.
+
+use base64::Engine;
+use gatehouse_domain::keys;
+use rand::RngCore;
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A 128-bit id as 32 lowercase hex characters (users, request ids).
+pub fn new_id() -> String {
+    random_hex(16)
+}
+
+/// A new API key: its public id, the full key to show once, and the hash to store.
+pub struct NewKey {
+    pub key_id: String,
+    pub key: String,
+    pub secret_sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+pub fn new_api_key() -> NewKey {
+    let key_id = random_hex(8);
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    NewKey { key: keys::format_key(&key_id, &secret), secret_sha256: keys::secret_hash(&secret), key_id }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_keys_parse_and_hash() {
+        let k = new_api_key();
+        let (id, secret) = keys::parse_key(&k.key).expect("well-formed");
+        assert_eq!(id, k.key_id);
+        assert_eq!(keys::secret_hash(secret), k.secret_sha256);
+        assert!(!format!("{k:?}").contains(secret));
+        assert_ne!(new_api_key().key, k.key);
+    }
+}

@@ -1,0 +1,141 @@
+//! One error type for every transport, and the one table that maps it to
+//! HTTP statuses, gRPC codes and stable snake_case codes.
+//!
+//! Messages are written for the caller and never carry internal detail:
+//! storage and Raft failures are logged where they happen and surface as
+//! `internal` or `unavailable`.
+
+use axum::response::{IntoResponse, Response};
+use gatehouse_proto::events::{command_result::Code, CommandResult};
+use http::StatusCode;
+
+/// gRPC metadata key naming the leader's address on `UNAVAILABLE`.
+pub const LEADER_METADATA: &str = "x-gatehouse-leader";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// No leader could take the write; `leader` is the last one known.
+    #[error("the cluster cannot take writes right now")]
+    Unavailable { leader: Option<String> },
+    /// This node cannot prove it is up to date, so it refuses to answer.
+    #[error("this node is not up to date with the cluster")]
+    Stale,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.row().0
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        self.row().1
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        self.row().2
+    }
+
+    fn row(&self) -> (&'static str, StatusCode, tonic::Code) {
+        match self {
+            ApiError::InvalidArgument(_) => ("invalid_argument", StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+            ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND, tonic::Code::NotFound),
+            ApiError::AlreadyExists(_) => ("already_exists", StatusCode::CONFLICT, tonic::Code::AlreadyExists),
+            ApiError::FailedPrecondition(_) => {
+                ("failed_precondition", StatusCode::CONFLICT, tonic::Code::FailedPrecondition)
+            }
+            ApiError::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+            ApiError::PermissionDenied(_) => {
+                ("permission_denied", StatusCode::FORBIDDEN, tonic::Code::PermissionDenied)
+            }
+            ApiError::Unavailable { .. } => ("unavailable", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+            ApiError::Stale => ("stale", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+            ApiError::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
+        }
+    }
+
+    /// The error a refused command stands for, or `Ok` for an applied one.
+    pub fn check(result: &CommandResult) -> Result<(), ApiError> {
+        let msg = result.message.clone();
+        match Code::try_from(result.code) {
+            Ok(Code::Ok) => Ok(()),
+            Ok(Code::Invalid) => Err(ApiError::InvalidArgument(msg)),
+            Ok(Code::NotFound) => Err(ApiError::NotFound(msg)),
+            Ok(Code::AlreadyExists) => Err(ApiError::AlreadyExists(msg)),
+            Ok(Code::FailedPrecondition) => Err(ApiError::FailedPrecondition(msg)),
+            Err(_) => Err(ApiError::Internal),
+        }
+    }
+
+    /// Rebuilds an error from a peer's gRPC status (forwarded calls).
+    pub fn from_status(status: &tonic::Status) -> ApiError {
+        let msg = status.message().to_string();
+        match status.code() {
+            tonic::Code::InvalidArgument => ApiError::InvalidArgument(msg),
+            tonic::Code::NotFound => ApiError::NotFound(msg),
+            tonic::Code::AlreadyExists => ApiError::AlreadyExists(msg),
+            tonic::Code::FailedPrecondition => ApiError::FailedPrecondition(msg),
+            tonic::Code::Unauthenticated => ApiError::Unauthenticated,
+            tonic::Code::PermissionDenied => ApiError::PermissionDenied(msg),
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown => {
+                let leader = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+                ApiError::Unavailable { leader }
+            }
+            _ => ApiError::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
+        if let ApiError::Unavailable { leader: Some(addr) } = &e {
+            if let Ok(v) = addr.parse() {
+                status.metadata_mut().insert(LEADER_METADATA, v);
+            }
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.http_status(), axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_carries_the_leader_both_ways() {
+        let status = tonic::Status::from(ApiError::Unavailable { leader: Some("127.0.0.1:9000".into()) });
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(ApiError::from_status(&status), ApiError::Unavailable { leader: Some("127.0.0.1:9000".into()) });
+    }
+
+    #[test]
+    fn internal_errors_say_nothing() {
+        assert_eq!(ApiError::Internal.to_string(), "internal error");
+        assert_eq!(ApiError::Internal.http_status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,27 @@
+//! Gatehouse's transports: the HTTP front, the gRPC admin services and the
+//! Raft RPCs between nodes. Each turns a request into a domain decision or a
+//! proposal and the result into a response; errors map to HTTP and gRPC
+//! statuses in one table ([`error`]).
+//!
+//! # Layout
+//! - [`cluster`]: the node's handle on Raft: propose (forwarding to the leader), freshness, status.
+//! - [`freshness`]: whether this node may answer for the cluster right now.
+//! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
+//! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
+//! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster service.
+//! - [`http`]: the HTTP front (health and readiness so far).
+//! - [`credentials`]: random ids and API keys, made on the proposing node.
+//! - [`error`]: one error type, one status table.
+
+pub mod admin;
+pub mod cluster;
+pub mod credentials;
+pub mod error;
+pub mod freshness;
+pub mod http;
+pub mod peers;
+pub mod raft;
+
+pub use cluster::Cluster;
+pub use error::ApiError;
+pub use peers::{ClusterSecret, Peers};

@@ -1,0 +1,136 @@
+//! Channels to other nodes, and the cluster secret every Raft RPC carries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gatehouse_proto::raft::raft_service_client::RaftServiceClient;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ApiError;
+
+/// Metadata key of the cluster secret on Raft RPCs.
+pub const SECRET_METADATA: &str = "x-gatehouse-cluster-secret";
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The shared secret that admits a node to the cluster's Raft RPCs.
+/// Compared by SHA-256 digest in constant time; never printed.
+#[derive(Clone)]
+pub struct ClusterSecret {
+    value: MetadataValue<Ascii>,
+    digest: [u8; 32],
+}
+
+impl ClusterSecret {
+    pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.len() < MIN_SECRET_LEN || !secret.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!("cluster secret must be at least {MIN_SECRET_LEN} printable ASCII characters"));
+        }
+        let value = secret.parse().map_err(|_| "cluster secret is not valid metadata".to_string())?;
+        Ok(ClusterSecret { value, digest: Sha256::digest(secret.as_bytes()).into() })
+    }
+
+    /// Whether `presented` is the secret (constant time in its content).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let d: [u8; 32] = Sha256::digest(presented).into();
+        d.ct_eq(&self.digest).into()
+    }
+
+    /// Checks an incoming request's metadata.
+    #[allow(clippy::result_large_err)]
+    pub fn check<T>(&self, req: tonic::Request<T>) -> Result<tonic::Request<T>, tonic::Status> {
+        match req.metadata().get(SECRET_METADATA) {
+            Some(v) if self.matches(v.as_bytes()) => Ok(req),
+            _ => {
+                tracing::warn!(peer = ?req.remote_addr(), "raft rpc refused: missing or wrong cluster secret");
+                Err(tonic::Status::unauthenticated("cluster secret required"))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+/// Adds the cluster secret to outgoing requests.
+#[derive(Clone)]
+pub struct AddSecret(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for AddSecret {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(SECRET_METADATA, self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type RaftClient = RaftServiceClient<InterceptedService<Channel, AddSecret>>;
+
+/// Largest gRPC message between nodes (AppendEntries batches).
+pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+
+/// One lazily connected channel per peer address, shared by Raft
+/// replication, write forwarding and status calls.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    secret: ClusterSecret,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    pub fn new(secret: ClusterSecret) -> Self {
+        Peers { secret, channels: Arc::default() }
+    }
+
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.secret
+    }
+
+    /// The channel to `addr` (`host:port`), created on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| ApiError::InvalidArgument(format!("invalid node address {addr:?}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = endpoint.connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient, ApiError> {
+        let ch = self.channel(addr)?;
+        Ok(RaftServiceClient::with_interceptor(ch, AddSecret(self.secret.value.clone()))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_checks() {
+        assert!(ClusterSecret::new("short").is_err());
+        assert!(ClusterSecret::new(&"é".repeat(40)).is_err());
+        let s = ClusterSecret::new(&"s".repeat(40)).unwrap();
+        assert!(s.matches("s".repeat(40).as_bytes()));
+        assert!(!s.matches("s".repeat(39).as_bytes()));
+        assert!(!s.matches(b""));
+        assert_eq!(format!("{s:?}"), "ClusterSecret(..)");
+    }
+}

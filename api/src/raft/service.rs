@@ -1,0 +1,177 @@
+//! The Raft gRPC service: requests from other nodes, refused without the
+//! cluster secret (an interceptor checks it before any handler runs), and
+//! refused if malformed, before openraft sees them.
+
+use gatehouse_proto::raft as pb;
+use gatehouse_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+use gatehouse_storage::convert::{
+    entry_from_pb, log_id_to_pb, opt_log_id_from_pb, opt_log_id_to_pb, req_vote_from_pb, snapshot_meta_from_pb,
+    vote_to_pb,
+};
+use gatehouse_storage::types::NodeId;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use openraft::Snapshot;
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::MAX_SNAPSHOT_BYTES;
+use crate::peers::MAX_RAFT_MESSAGE;
+use crate::{ApiError, Cluster};
+
+pub struct RaftRpc {
+    cluster: Cluster,
+}
+
+/// The service, wrapped in the cluster-secret check.
+pub fn server(
+    cluster: Cluster,
+) -> tonic::service::interceptor::InterceptedService<RaftServiceServer<RaftRpc>, impl tonic::service::Interceptor + Clone>
+{
+    let secret = cluster.peers().secret().clone();
+    let svc = RaftServiceServer::new(RaftRpc { cluster })
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE);
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| secret.check(req))
+}
+
+fn bad(what: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("malformed request: {what}"))
+}
+
+fn stopped<E: std::fmt::Display>(e: E) -> Status {
+    tracing::warn!(error = %e, "raft refused an rpc");
+    Status::unavailable("raft is not running")
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpc {
+    #[tracing::instrument(level = "trace", skip_all)]
+    async fn append_entries(
+        &self,
+        req: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let req = req.into_inner();
+        let leader_commit = opt_log_id_from_pb(&req.leader_commit);
+        let entries = req.entries.into_iter().map(entry_from_pb).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+        let rpc = AppendEntriesRequest {
+            vote: req_vote_from_pb(&req.vote).map_err(bad)?,
+            prev_log_id: opt_log_id_from_pb(&req.prev_log_id),
+            leader_commit,
+            entries,
+        };
+        let resp = self.cluster.raft().append_entries(rpc).await.map_err(stopped)?;
+        use pb::append_entries_response::Result as R;
+        let result = match resp {
+            AppendEntriesResponse::Success => R::Success(pb::Blank {}),
+            AppendEntriesResponse::PartialSuccess(m) => {
+                R::PartialSuccess(pb::append_entries_response::PartialSuccess { matching: opt_log_id_to_pb(&m) })
+            }
+            AppendEntriesResponse::Conflict => R::Conflict(pb::Blank {}),
+            AppendEntriesResponse::HigherVote(v) => R::HigherVote(vote_to_pb(&v)),
+        };
+        if matches!(result, R::Success(_) | R::PartialSuccess(_)) {
+            let view = self.cluster.view();
+            self.cluster.freshness().record_contact(leader_commit.map_or(0, |l| l.index), view.applied_index());
+        }
+        Ok(Response::new(pb::AppendEntriesResponse { result: Some(result) }))
+    }
+
+    async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = req.into_inner();
+        let rpc = VoteRequest {
+            vote: req_vote_from_pb(&req.vote).map_err(bad)?,
+            last_log_id: opt_log_id_from_pb(&req.last_log_id),
+        };
+        let resp = self.cluster.raft().vote(rpc).await.map_err(stopped)?;
+        Ok(Response::new(pb::VoteResponse {
+            vote: Some(vote_to_pb(&resp.vote)),
+            vote_granted: resp.vote_granted,
+            last_log_id: opt_log_id_to_pb(&resp.last_log_id),
+        }))
+    }
+
+    #[tracing::instrument(level = "info", name = "snapshot.receive", skip_all)]
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let mut stream = req.into_inner();
+        let head = stream.next().await.ok_or_else(|| bad("empty snapshot stream"))??;
+        let vote = req_vote_from_pb(&head.vote).map_err(bad)?;
+        let meta = snapshot_meta_from_pb(head.meta.as_ref().ok_or_else(|| bad("snapshot meta"))?).map_err(bad)?;
+        let raft = self.cluster.raft();
+        let file = raft.begin_receiving_snapshot().await.map_err(stopped)?;
+        let result = async {
+            let mut out = tokio::fs::File::create(&file.path).await?;
+            let mut total = head.data.len() as u64;
+            out.write_all(&head.data).await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                total += chunk.data.len() as u64;
+                if total > MAX_SNAPSHOT_BYTES {
+                    return Err(std::io::Error::other("snapshot too large"));
+                }
+                out.write_all(&chunk.data).await?;
+            }
+            out.sync_all().await?;
+            Ok::<u64, std::io::Error>(total)
+        }
+        .await;
+        let bytes = match result {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&file.path).await;
+                tracing::warn!(error = %e, "snapshot transfer failed");
+                return Err(bad("snapshot stream broken or too large"));
+            }
+        };
+        tracing::info!(bytes, snapshot_id = %meta.snapshot_id, "snapshot received");
+        let resp = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await.map_err(stopped)?;
+        Ok(Response::new(pb::SnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
+    }
+
+    #[tracing::instrument(level = "debug", name = "propose.forwarded", skip_all)]
+    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        let batch = req.into_inner().batch.ok_or_else(|| bad("batch"))?;
+        match self.cluster.raft().client_write(batch).await {
+            Ok(resp) => Ok(Response::new(pb::ProposeResponse { results: resp.data, log_index: resp.log_id.index })),
+            // Not the leader (any more): the forwarding node retries with the hint.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ApiError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())
+            }
+            Err(e) => Err(stopped(e)),
+        }
+    }
+
+    async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        match self.cluster.raft().ensure_linearizable().await {
+            Ok(id) => Ok(Response::new(pb::ReadIndexResponse { index: id.map_or(0, |l| l.index) })),
+            Err(e) => Err(stopped(e)),
+        }
+    }
+
+    async fn local_status(
+        &self,
+        _req: Request<pb::LocalStatusRequest>,
+    ) -> Result<Response<pb::LocalStatusResponse>, Status> {
+        Ok(Response::new(local_status(&self.cluster)))
+    }
+}
+
+/// This node's own status.
+pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
+    let m = cluster.raft().metrics().borrow().clone();
+    let index = |l: Option<openraft::LogId<NodeId>>| l.map_or(0, |l| log_id_to_pb(&l).index);
+    pb::LocalStatusResponse {
+        node_id: m.id,
+        state: format!("{:?}", m.state).to_lowercase(),
+        term: m.current_term,
+        leader_id: m.current_leader.unwrap_or(0),
+        applied_index: index(m.last_applied),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        snapshot_index: index(m.snapshot),
+        purged_index: index(m.purged),
+    }
+}

@@ -1,0 +1,34 @@
+//! Gatehouse's domain: what the replicated log means.
+//!
+//! Every node applies the same commands in the same order to a [`State`] and
+//! gets the same result. Apply is deterministic and cheap: it never reads a
+//! clock (the command's `proposed_at` is "now"), never draws randomness and
+//! never hashes a password. It validates the command against the state,
+//! updates the in-memory view and returns the [`Mutation`]s the storage layer
+//! must write to its projections in the same atomic batch.
+//!
+//! Nothing here knows RocksDB, Raft or a transport.
+//!
+//! # Layout
+//! - [`state`]: the in-memory view, the one `match` over commands, projection loading.
+//! - [`mutation`]: tables and the writes apply asks storage to make.
+//! - [`codec`]: versioned encoding of stored records.
+//! - [`users`]: user records and their commands.
+//! - [`keys`]: API key records and their commands.
+//! - [`roles`]: built-in roles.
+//! - [`requests`]: idempotency of retried commands.
+//! - [`result`]: command outcomes.
+
+pub mod codec;
+pub mod keys;
+pub mod mutation;
+pub mod requests;
+pub mod result;
+pub mod roles;
+pub mod state;
+pub mod users;
+
+pub use gatehouse_proto::events::{command::Payload, Command, CommandBatch, CommandResult};
+pub use mutation::{Mutation, Table};
+pub use result::ApplyError;
+pub use state::State;

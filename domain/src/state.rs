@@ -1,0 +1,103 @@
+//! The in-memory view of the replicated state and the one `match` that applies commands.
+
+use std::collections::HashMap;
+
+use gatehouse_proto::events::{command::Payload, Command, CommandResult};
+use gatehouse_proto::state::{ApiKeyRecord, UserRecord};
+
+use crate::codec::{self, DecodeError};
+use crate::mutation::{Mutation, Table};
+use crate::requests::Requests;
+use crate::result::{to_result, ApplyError};
+use crate::{keys, users};
+
+/// Everything the log has built so far, indexed for lookups that touch no disk.
+///
+/// Storage owns the durable copy (one table per [`Table`]); this view is
+/// rebuilt from it at start-up with [`State::load`] and kept in step by
+/// [`State::apply`].
+#[derive(Debug, Default)]
+pub struct State {
+    pub(crate) users: HashMap<String, UserRecord>,
+    /// username → user id; usernames are unique.
+    pub(crate) usernames: HashMap<String, String>,
+    pub(crate) keys: HashMap<String, ApiKeyRecord>,
+    pub(crate) requests: Requests,
+}
+
+impl State {
+    /// Applies one command committed at `log_index`.
+    ///
+    /// A refused command changes nothing and adds no mutation but the
+    /// idempotency record; a command whose request id was seen before returns
+    /// the first result and changes nothing.
+    pub fn apply(&mut self, log_index: u64, cmd: &Command, out: &mut Vec<Mutation>) -> CommandResult {
+        self.requests.prune(cmd.proposed_at, out);
+        if let Some(first) = self.requests.get(&cmd.request_id) {
+            return first.clone();
+        }
+        let outcome = match &cmd.payload {
+            None => Err(ApplyError::Invalid("command has no payload".into())),
+            Some(Payload::CreateUser(c)) => users::create(self, cmd.proposed_at, c, out),
+            Some(Payload::SetUserStatus(c)) => users::set_status(self, cmd.proposed_at, c, out),
+            Some(Payload::CreateApiKey(c)) => keys::create(self, cmd.proposed_at, c, out),
+            Some(Payload::RevokeApiKey(c)) => keys::revoke(self, cmd.proposed_at, c, out),
+        };
+        let result = to_result(outcome, log_index);
+        self.requests.record(cmd, &result, out);
+        result
+    }
+
+    /// Adds one stored record to the view (start-up and snapshot install).
+    /// Call [`State::finish_load`] once every record is in.
+    pub fn load(&mut self, table: Table, value: &[u8]) -> Result<(), DecodeError> {
+        match table {
+            Table::Users => {
+                let u: UserRecord = codec::decode(value)?;
+                self.usernames.insert(u.username.clone(), u.user_id.clone());
+                self.users.insert(u.user_id.clone(), u);
+            }
+            Table::ApiKeys => {
+                let k: ApiKeyRecord = codec::decode(value)?;
+                self.keys.insert(k.key_id.clone(), k);
+            }
+            Table::Requests => self.requests.load(codec::decode(value)?),
+        }
+        Ok(())
+    }
+
+    /// Restores the orders that loading record by record cannot know.
+    pub fn finish_load(&mut self) {
+        self.requests.finish_load();
+    }
+
+    pub fn user(&self, user_id: &str) -> Option<&UserRecord> {
+        self.users.get(user_id)
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Option<&UserRecord> {
+        self.usernames.get(username).and_then(|id| self.users.get(id))
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &UserRecord> {
+        self.users.values()
+    }
+
+    pub fn api_key(&self, key_id: &str) -> Option<&ApiKeyRecord> {
+        self.keys.get(key_id)
+    }
+
+    pub fn api_keys(&self) -> impl Iterator<Item = &ApiKeyRecord> {
+        self.keys.values()
+    }
+
+    /// The first result of a command with this request id, if it was applied.
+    pub fn request_result(&self, request_id: &str) -> Option<&CommandResult> {
+        self.requests.get(request_id)
+    }
+}
+
+/// A put of `record` under `key` in `table`.
+pub(crate) fn put<M: prost::Message>(table: Table, key: &str, record: &M) -> Mutation {
+    Mutation::Put { table, key: key.as_bytes().to_vec(), value: codec::encode(record) }
+}

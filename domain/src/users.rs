@@ -1,0 +1,192 @@
+//! Users: who can log in and own API keys.
+
+use gatehouse_proto::events::{CreateUser, SetUserStatus, UserStatus};
+use gatehouse_proto::state::UserRecord;
+
+use crate::mutation::{Mutation, Table};
+use crate::result::ApplyError;
+use crate::roles;
+use crate::state::{put, State};
+
+/// Most roles one user or key may hold.
+pub const MAX_ROLES: usize = 32;
+
+/// A username: 3–64 characters of `a-z 0-9 . _ -`, starting with a letter or digit.
+/// Lowercase only, so two usernames never differ by case alone.
+pub fn validate_username(name: &str) -> Result<(), ApplyError> {
+    let ok = (3..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid(
+            "username must be 3-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit".into(),
+        ))
+    }
+}
+
+/// An email address: at most 254 printable ASCII characters, one `@` with text on both sides.
+pub fn validate_email(email: &str) -> Result<(), ApplyError> {
+    let ok = email.len() <= 254
+        && email.chars().all(|c| c.is_ascii_graphic())
+        && matches!(email.split_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid("email must be an address like name@example.com".into()))
+    }
+}
+
+/// A generated id: 32 lowercase hex characters (128 random bits).
+pub fn validate_id(kind: &str, id: &str) -> Result<(), ApplyError> {
+    if id.len() == 32 && id.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid(format!("{kind} id must be 32 lowercase hex characters")))
+    }
+}
+
+/// Roles: each exists, no duplicates, at most [`MAX_ROLES`].
+pub fn validate_roles(list: &[String]) -> Result<(), ApplyError> {
+    if list.len() > MAX_ROLES {
+        return Err(ApplyError::Invalid(format!("at most {MAX_ROLES} roles")));
+    }
+    for (i, r) in list.iter().enumerate() {
+        roles::validate_name(r).map_err(ApplyError::Invalid)?;
+        if !roles::exists(r) {
+            return Err(ApplyError::NotFound(format!("role {r:?} does not exist")));
+        }
+        if list[..i].contains(r) {
+            return Err(ApplyError::Invalid(format!("role {r:?} listed twice")));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn create(
+    state: &mut State,
+    now: u64,
+    c: &CreateUser,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    validate_id("user", &c.user_id)?;
+    validate_username(&c.username)?;
+    validate_email(&c.email)?;
+    validate_roles(&c.roles)?;
+    // The log only ever holds password hashes: anything else is refused.
+    if !c.password_hash.is_empty() && !c.password_hash.starts_with("$argon2id$") {
+        return Err(ApplyError::Invalid("password hash must be an argon2id PHC string".into()));
+    }
+    if state.users.contains_key(&c.user_id) {
+        return Err(ApplyError::AlreadyExists("user id already exists".into()));
+    }
+    if state.usernames.contains_key(&c.username) {
+        return Err(ApplyError::AlreadyExists(format!("username {:?} is taken", c.username)));
+    }
+    let user = UserRecord {
+        user_id: c.user_id.clone(),
+        username: c.username.clone(),
+        email: c.email.clone(),
+        password_hash: c.password_hash.clone(),
+        roles: c.roles.clone(),
+        status: UserStatus::Active as i32,
+        created_at: now,
+        updated_at: now,
+    };
+    out.push(put(Table::Users, &user.user_id, &user));
+    state.usernames.insert(user.username.clone(), user.user_id.clone());
+    state.users.insert(user.user_id.clone(), user);
+    Ok(c.user_id.clone())
+}
+
+pub(crate) fn set_status(
+    state: &mut State,
+    now: u64,
+    c: &SetUserStatus,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    let status = match UserStatus::try_from(c.status) {
+        Ok(s @ (UserStatus::Active | UserStatus::Disabled)) => s,
+        _ => return Err(ApplyError::Invalid("status must be active or disabled".into())),
+    };
+    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    if user.status != status as i32 {
+        user.status = status as i32;
+        user.updated_at = now;
+        out.push(put(Table::Users, &user.user_id, user));
+    }
+    Ok(c.user_id.clone())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use gatehouse_proto::events::{command::Payload, command_result::Code, Command};
+
+    pub(crate) fn create_user_cmd(id: &str, name: &str) -> Command {
+        Command {
+            proposed_at: 1_000,
+            payload: Some(Payload::CreateUser(CreateUser {
+                user_id: id.into(),
+                username: name.into(),
+                email: format!("{name}@example.com"),
+                password_hash: String::new(),
+                roles: vec!["viewer".into()],
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn creates_a_user_and_refuses_a_taken_name_without_changing_state() {
+        let mut state = State::default();
+        let mut out = Vec::new();
+        let r = state.apply(1, &create_user_cmd(&"a".repeat(32), "alice"), &mut out);
+        assert_eq!(r.code, Code::Ok as i32);
+        assert_eq!(out.len(), 1);
+        assert_eq!(state.user_by_name("alice").unwrap().user_id, "a".repeat(32));
+
+        out.clear();
+        let r = state.apply(2, &create_user_cmd(&"b".repeat(32), "alice"), &mut out);
+        assert_eq!(r.code, Code::AlreadyExists as i32);
+        assert!(out.is_empty());
+        assert!(state.user(&"b".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn refuses_hostile_input() {
+        let mut state = State::default();
+        for (id, name) in [
+            ("a".repeat(32), "Al"),
+            ("a".repeat(32), "ALICE"),
+            ("a".repeat(32), "al ice"),
+            ("a".repeat(32), "ålice"),
+            ("a".repeat(32), &"x".repeat(65)),
+            ("xyz".to_string(), "alice"),
+            ("A".repeat(32), "alice"),
+        ] {
+            let r = state.apply(1, &create_user_cmd(&id, name), &mut Vec::new());
+            assert_eq!(r.code, Code::Invalid as i32, "{id} {name}");
+        }
+        let mut cmd = create_user_cmd(&"a".repeat(32), "alice");
+        if let Some(Payload::CreateUser(c)) = &mut cmd.payload {
+            c.password_hash = "hunter2hunter2".into();
+        }
+        assert_eq!(state.apply(1, &cmd, &mut Vec::new()).code, Code::Invalid as i32);
+        if let Some(Payload::CreateUser(c)) = &mut cmd.payload {
+            c.password_hash = String::new();
+            c.roles = vec!["root".into()];
+        }
+        assert_eq!(state.apply(1, &cmd, &mut Vec::new()).code, Code::NotFound as i32);
+        assert_eq!(state.users().count(), 0);
+    }
+
+    #[test]
+    fn email_validation() {
+        assert!(validate_email("a@b").is_ok());
+        for bad in ["", "ab", "@b", "a@", "a b@c", "a@b@c", "é@x.org"] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The Gatehouse node: configuration, wiring of storage, Raft, servers and
+//! telemetry, and the `gatehouse admin` CLI.
+//!
+//! [`Node::start`] does all the work so tests start nodes in-process on port
+//! 0; `main.rs` only parses flags. A node serves two listeners:
+//!
+//! ```text
+//!   http_addr  ─► HTTP front (axum): /healthz, /readyz, …
+//!   grpc_addr  ─► RaftService (cluster secret) + admin ClusterService (API key + RBAC)
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the typed configuration (TOML + `GATEHOUSE_*`).
+//! - [`node`]: [`Node`]: start, initialise, shut down.
+//! - [`bootstrap`]: the first admin user and key.
+//! - [`telemetry`]: logging setup.
+//! - [`cli`]: the command line (`serve`, `admin …`).
+
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod node;
+pub mod telemetry;
+
+pub use config::Config;
+pub use node::{run, Node};

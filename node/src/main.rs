@@ -1,0 +1,55 @@
+//! `gatehouse`: parses flags and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gatehouse::cli::{Cli, Command};
+use gatehouse::{config::Mode, Config, Node};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Admin(args) => gatehouse::cli::admin(args, &mut std::io::stdout().lock()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {
+    let config = if args.dev { Config::dev() } else { Config::load(args.config.as_deref())? };
+    gatehouse::telemetry::init(config.log_format);
+    let dev = config.mode == Mode::Dev;
+    let mut node = Node::start(config).await?;
+    if let Some(key) = node.take_bootstrap_key() {
+        if dev {
+            // Shown once, on stdout, never in the log.
+            println!("\nBootstrap admin API key (shown once, store it now):\n\n    {key}\n");
+            println!("Try:  GATEHOUSE_TOKEN={key} gatehouse admin cluster status --endpoint {}\n", node.grpc_addr());
+        }
+    }
+    shutdown_signal().await;
+    node.shutdown().await
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,200 @@
+//! Starting and stopping one node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use gatehouse_api::raft::network::Network;
+use gatehouse_api::{Cluster, ClusterSecret, Peers};
+use gatehouse_storage::types::Raft;
+use openraft::{BasicNode, SnapshotPolicy};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Mode};
+
+/// A running node. Dropping it without [`Node::shutdown`] aborts its servers.
+pub struct Node {
+    cluster: Cluster,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    advertise_addr: String,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    storage: gatehouse_storage::Storage,
+    bootstrap_key: Option<String>,
+}
+
+impl Node {
+    /// Opens the store, starts Raft and both listeners, and initialises the
+    /// cluster when configured to (dev mode always does, once).
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        let secret = match config.read_cluster_secret()? {
+            Some(s) => s,
+            None if config.mode == Mode::Dev => dev_secret(&config.data_dir)?,
+            None => anyhow::bail!("a cluster secret is required"),
+        };
+        let secret = ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?;
+
+        let grpc_listener =
+            TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC {}", config.grpc_addr))?;
+        let http_listener =
+            TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP {}", config.http_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
+
+        let (log_store, state_machine) = gatehouse_storage::open(&config.data_dir).context("opening storage")?;
+        let storage = log_store.storage();
+        let view = state_machine.view();
+        let raft_config = openraft::Config {
+            cluster_name: "gatehouse".into(),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+            max_in_snapshot_log_to_keep: config.raft.keep_behind_snapshot,
+            // Streaming a large snapshot may take a while on a slow disk.
+            install_snapshot_timeout: 60_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate()?);
+        let peers = Peers::new(secret);
+        let raft =
+            Raft::new(config.node_id, raft_config, Network::new(peers.clone()), log_store, state_machine).await?;
+        let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
+
+        let (stop, _) = watch::channel(false);
+        let grpc = {
+            let mut rx = stop.subscribe();
+            let router = tonic::transport::Server::builder()
+                .add_service(gatehouse_api::raft::service::server(cluster.clone()))
+                .add_service(gatehouse_api::admin::cluster::server(cluster.clone()));
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
+        };
+        let http = {
+            let mut rx = stop.subscribe();
+            let app = gatehouse_api::http::router(cluster.clone());
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        };
+        tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, advertise = %advertise_addr, "node started");
+
+        let mut node = Node {
+            cluster,
+            http_addr,
+            grpc_addr,
+            advertise_addr,
+            stop,
+            servers: vec![grpc, http],
+            storage,
+            bootstrap_key: None,
+        };
+        if config.initialize {
+            let members = if config.mode == Mode::Dev && config.initial_members.is_empty() {
+                BTreeMap::from([(config.node_id, node.advertise_addr.clone())])
+            } else {
+                config.initial_members.iter().map(|m| (m.id, m.addr.clone())).collect()
+            };
+            if node.initialize(members).await? {
+                node.bootstrap_key =
+                    crate::bootstrap::first_admin(&node.cluster, config.bootstrap_admin_key_file.as_deref()).await?;
+            }
+        }
+        Ok(node)
+    }
+
+    /// Initialises a new cluster with these members (id → gRPC address).
+    /// Returns false if this node's store was already initialised.
+    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> anyhow::Result<bool> {
+        let raft = self.cluster.raft();
+        if raft.is_initialized().await? {
+            return Ok(false);
+        }
+        let nodes: BTreeMap<u64, BasicNode> = members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+        raft.initialize(nodes).await.context("initialising the cluster")?;
+        tracing::info!(node_id = self.cluster.id(), "cluster initialised");
+        Ok(true)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.cluster.id()
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address other nodes reach this one at.
+    pub fn advertise_addr(&self) -> &str {
+        &self.advertise_addr
+    }
+
+    /// The first admin API key, if this start created it (dev mode prints it once).
+    pub fn take_bootstrap_key(&mut self) -> Option<String> {
+        self.bootstrap_key.take()
+    }
+
+    /// Graceful stop: stop accepting, let in-flight requests finish, stop
+    /// Raft, sync the WAL.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!(node_id = self.id(), "shutting down");
+        let _ = self.stop.send(true);
+        for s in self.servers {
+            let _ = s.await;
+        }
+        if let Err(e) = self.cluster.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.storage.sync().context("syncing storage")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts a node and runs it until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    shutdown.await;
+    node.shutdown().await
+}
+
+/// The dev node's cluster secret: made once, kept in the data directory (0600).
+fn dev_secret(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("cluster-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let secret = hex::encode(b);
+    crate::bootstrap::write_private(&path, &secret)?;
+    Ok(secret)
+}

@@ -1,0 +1,184 @@
+//! In-process cluster harness: real nodes (RocksDB on disk, gRPC on
+//! loopback port 0) started through the library entry point.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use gatehouse::config::{Config, Mode};
+use gatehouse::Node;
+use gatehouse_domain::Payload;
+use gatehouse_proto::events::CreateUser;
+use tempfile::TempDir;
+
+pub const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
+/// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn config(id: u64, dir: &TempDir) -> Config {
+    Config {
+        node_id: id,
+        mode: Mode::Production,
+        data_dir: dir.path().join(format!("node-{id}")),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        cluster_secret: Some(SECRET.into()),
+        ..Config::default()
+    }
+}
+
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub nodes: BTreeMap<u64, Node>,
+    /// Each node's config, with its first bound gRPC address pinned so a restart keeps it.
+    pub configs: BTreeMap<u64, Config>,
+    pub admin_key: String,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes, initialises them as one cluster and creates an admin key.
+    pub async fn start(n: u64) -> TestCluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    pub async fn start_with(n: u64, tweak: impl Fn(&mut Config)) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = BTreeMap::new();
+        let mut configs = BTreeMap::new();
+        for id in 1..=n {
+            let mut c = config(id, &dir);
+            tweak(&mut c);
+            let node = Node::start(c.clone()).await.expect("node starts");
+            c.grpc_addr = node.grpc_addr();
+            configs.insert(id, c);
+            nodes.insert(id, node);
+        }
+        let members: BTreeMap<u64, String> =
+            nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
+        assert!(nodes[&1].initialize(members).await.unwrap());
+        let mut cluster = TestCluster { dir, nodes, configs, admin_key: String::new() };
+        cluster.wait_for_leader().await;
+        cluster.admin_key =
+            gatehouse::bootstrap::first_admin(cluster.nodes[&1].cluster(), None).await.unwrap().expect("first admin");
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[&id]
+    }
+
+    /// The leader every running node agrees on.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let mut leader = 0;
+        wait_until("a leader all running nodes agree on", Duration::from_secs(10), || {
+            let ids: Vec<Option<u64>> =
+                self.nodes.values().map(|n| n.cluster().raft().metrics().borrow().current_leader).collect();
+            leader = ids[0].unwrap_or(0);
+            let agreed = leader != 0 && ids.iter().all(|i| *i == Some(leader)) && self.nodes.contains_key(&leader);
+            async move { agreed }
+        })
+        .await;
+        leader
+    }
+
+    /// Stops a node gracefully and returns its id.
+    pub async fn stop(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("running node");
+        node.shutdown().await.unwrap();
+    }
+
+    /// Restarts a stopped node from its data directory, on its old address.
+    pub async fn restart(&mut self, id: u64) {
+        let node = Node::start(self.configs[&id].clone()).await.expect("node restarts");
+        self.nodes.insert(id, node);
+    }
+
+    /// Waits until every running node sees `username`.
+    pub async fn wait_replicated(&self, username: &str) {
+        wait_until(&format!("{username} on every node"), Duration::from_secs(10), || {
+            let all = self.nodes.values().all(|n| n.cluster().view().read().user_by_name(username).is_some());
+            async move { all }
+        })
+        .await;
+    }
+
+    pub async fn shutdown(self) {
+        for (_, n) in self.nodes {
+            n.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// A command creating a user with a fresh id.
+pub fn create_user(node: &Node, username: &str) -> gatehouse_domain::Command {
+    node.cluster().command(Payload::CreateUser(CreateUser {
+        user_id: gatehouse_api::credentials::new_id(),
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        password_hash: String::new(),
+        roles: vec!["viewer".into()],
+    }))
+}
+
+/// Creates a user through `node` and returns once acknowledged.
+pub async fn write_user(node: &Node, username: &str) {
+    node.cluster().propose_one(create_user(node, username)).await.expect("write acknowledged");
+}
+
+/// Creates a user holding `roles` and an API key for it; returns the key.
+pub async fn create_key(node: &Node, username: &str, roles: &[&str]) -> String {
+    use gatehouse_proto::events::CreateApiKey;
+    let user_id = gatehouse_api::credentials::new_id();
+    let key = gatehouse_api::credentials::new_api_key();
+    let c = node.cluster();
+    let user = c.command(Payload::CreateUser(CreateUser {
+        user_id: user_id.clone(),
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        password_hash: String::new(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }));
+    let api_key = c.command(Payload::CreateApiKey(CreateApiKey {
+        key_id: key.key_id.clone(),
+        user_id,
+        name: "test".into(),
+        secret_sha256: key.secret_sha256.to_vec(),
+        expires_at: 0,
+        roles: vec![],
+    }));
+    let applied = c.propose(vec![user, api_key]).await.expect("acknowledged");
+    for r in &applied.results {
+        gatehouse_api::ApiError::check(r).expect("applied");
+    }
+    key.key
+}
+
+/// Runs `gatehouse admin …` in-process against `endpoint`; returns stdout or the error.
+pub async fn admin_cli(endpoint: &str, token: &str, args: &[&str]) -> Result<String, String> {
+    use clap::Parser;
+    let mut argv = vec!["gatehouse", "admin", "--endpoint", endpoint, "--token", token];
+    argv.extend_from_slice(args);
+    let cli = gatehouse::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let gatehouse::cli::Command::Admin(a) = cli.command else { unreachable!() };
+    let mut out = Vec::new();
+    gatehouse::cli::admin(a, &mut out).await.map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out).unwrap())
+}

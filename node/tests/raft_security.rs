@@ -1,0 +1,182 @@
+//! The Raft port is closed to anyone without the cluster secret, and
+//! malformed or truncated RPCs are refused without harm.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use common::{wait_until, write_user, TestCluster, SECRET};
+use gatehouse::Node;
+use gatehouse_api::peers::SECRET_METADATA;
+use gatehouse_api::{ClusterSecret, Peers};
+use gatehouse_proto::raft as pb;
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rpcs_without_the_right_secret_are_refused() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
+    let addr = c.node(leader).advertise_addr().to_string();
+
+    let wrong = Peers::new(ClusterSecret::new(&"w".repeat(40)).unwrap());
+    let mut client = wrong.raft_client(&addr).unwrap();
+    let vote =
+        pb::VoteRequest { vote: Some(pb::Vote { term: term + 10, node_id: 99, committed: false }), last_log_id: None };
+    assert_eq!(client.vote(vote.clone()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let append = pb::AppendEntriesRequest {
+        vote: Some(pb::Vote { term: term + 10, node_id: 99, committed: true }),
+        ..Default::default()
+    };
+    assert_eq!(client.append_entries(append).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let propose = pb::ProposeRequest { batch: Some(Default::default()) };
+    assert_eq!(client.propose(propose).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(client.local_status(pb::LocalStatusRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let chunks = tokio_stream::iter(vec![pb::SnapshotChunk::default()]);
+    assert_eq!(client.install_snapshot(chunks).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // No secret at all.
+    let ch = c.node(leader).cluster().peers().channel(&addr).unwrap();
+    let mut bare = pb::raft_service_client::RaftServiceClient::new(ch);
+    assert_eq!(bare.vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // Nothing changed: same leader, same term.
+    assert_eq!(c.wait_for_leader().await, leader);
+    assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(9, &dir);
+    cfg.cluster_secret = Some("x".repeat(40));
+    let stray = Node::start(cfg).await.unwrap();
+    // It claims the real nodes as its peers and campaigns.
+    let mut members: BTreeMap<u64, String> =
+        c.nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
+    members.insert(9, stray.advertise_addr().to_string());
+    stray.initialize(members).await.unwrap();
+    wait_until("the stray node campaigned twice", Duration::from_secs(10), || {
+        let t = stray.cluster().raft().metrics().borrow().current_term;
+        async move { t >= 2 }
+    })
+    .await;
+
+    assert_eq!(c.wait_for_leader().await, leader);
+    assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term, "no vote request got through");
+    assert!(stray.cluster().raft().metrics().borrow().current_leader != Some(9));
+    write_user(c.node(leader), "still-fine").await;
+    c.wait_replicated("still-fine").await;
+    assert!(stray.cluster().view().read().user_by_name("still-fine").is_none());
+    stray.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+/// Sends raw bytes as a gRPC message, to test what a decoder makes of them.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+struct Raw;
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = src.chunk().to_vec();
+        src.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+async fn raw_call(node: &Node, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let ch = node.cluster().peers().channel(node.advertise_addr()).unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut().insert(SECRET_METADATA, SECRET.parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static(method);
+    grpc.unary(req, path, RawCodec).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    write_user(c.node(leader), "before-garbage").await;
+    c.wait_replicated("before-garbage").await;
+    let target = c.node(follower);
+    let last_log = target.cluster().raft().metrics().borrow().last_log_index;
+    let term = target.cluster().raft().metrics().borrow().current_term;
+
+    // Well-formed protobuf, missing fields openraft needs.
+    let mut client = Peers::new(ClusterSecret::new(SECRET).unwrap()).raft_client(target.advertise_addr()).unwrap();
+    let no_vote = pb::AppendEntriesRequest { entries: vec![pb::Entry::default()], ..Default::default() };
+    assert_eq!(client.append_entries(no_vote).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let entry_without_id = pb::AppendEntriesRequest {
+        vote: Some(pb::Vote { term, node_id: leader, committed: true }),
+        entries: vec![pb::Entry { log_id: None, payload: Some(pb::entry::Payload::Blank(pb::Blank {})) }],
+        ..Default::default()
+    };
+    assert_eq!(client.append_entries(entry_without_id).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(client.vote(pb::VoteRequest::default()).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let no_meta = tokio_stream::iter(vec![pb::SnapshotChunk {
+        vote: Some(pb::Vote { term, node_id: leader, committed: true }),
+        meta: None,
+        data: vec![1, 2, 3],
+    }]);
+    assert_eq!(client.install_snapshot(no_meta).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // Truncated and random bytes.
+    let valid = pb::AppendEntriesRequest {
+        vote: Some(pb::Vote { term, node_id: leader, committed: true }),
+        entries: vec![pb::Entry {
+            log_id: Some(pb::LogId { term, node_id: leader, index: 10_000 }),
+            payload: Some(pb::entry::Payload::Blank(pb::Blank {})),
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let truncated = valid[..valid.len() - 3].to_vec();
+    assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/AppendEntries", truncated).await.is_err());
+    assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/Vote", vec![0xff; 64]).await.is_err());
+    assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/Propose", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])
+        .await
+        .is_err());
+
+    // The node is alive, its log unchanged by the garbage, and the cluster works.
+    assert_eq!(target.cluster().raft().metrics().borrow().last_log_index, last_log);
+    write_user(c.node(follower), "after-garbage").await;
+    c.wait_replicated("after-garbage").await;
+    c.shutdown().await;
+}

@@ -1,0 +1,45 @@
+//! Gatehouse's wire and log schemas, generated from `proto/gatehouse/*.proto`.
+//!
+//! # Layout
+//! - [`events`]: the command envelope and payloads that one Raft entry carries.
+//! - [`state`]: the records of the state machine's projections (RocksDB and snapshots).
+//! - [`raft`]: Raft RPCs between nodes (vote, append, streamed snapshots, write forwarding).
+//! - [`admin`]: the admin API operators and the CLI speak.
+//!
+//! Conversions to domain and openraft types live next to those types, not here.
+
+/// Generated modules, nested by protobuf package (their cross-references need it).
+#[allow(clippy::all)]
+mod generated {
+    pub mod gatehouse {
+        pub mod events {
+            pub mod v1 {
+                tonic::include_proto!("gatehouse.events.v1");
+            }
+        }
+        pub mod state {
+            pub mod v1 {
+                tonic::include_proto!("gatehouse.state.v1");
+            }
+        }
+        pub mod raft {
+            pub mod v1 {
+                tonic::include_proto!("gatehouse.raft.v1");
+            }
+        }
+        pub mod admin {
+            pub mod v1 {
+                tonic::include_proto!("gatehouse.admin.v1");
+            }
+        }
+    }
+}
+
+/// The admin API.
+pub use generated::gatehouse::admin::v1 as admin;
+/// The replicated command log.
+pub use generated::gatehouse::events::v1 as events;
+/// Raft RPCs and the on-disk form of log entries.
+pub use generated::gatehouse::raft::v1 as raft;
+/// Projection and snapshot records.
+pub use generated::gatehouse::state::v1 as state;

@@ -1,0 +1,105 @@
+//! Opening the database: one RocksDB per node, one column family per concern.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gatehouse_domain::{codec, Table};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteOptions, DB};
+
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachine;
+use crate::StorageError;
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_META: &str = "meta";
+
+/// Keys of the `meta` column family.
+pub(crate) mod meta {
+    pub const VOTE: &[u8] = b"vote";
+    pub const LAST_PURGED: &[u8] = b"last_purged";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const LAST_APPLIED: &[u8] = b"last_applied";
+    pub const LAST_MEMBERSHIP: &[u8] = b"last_membership";
+    pub const SNAPSHOT: &[u8] = b"snapshot";
+}
+
+/// The opened database, shared by the log store and the state machine.
+#[derive(Clone)]
+pub struct Storage {
+    pub(crate) db: Arc<DB>,
+    pub(crate) dir: PathBuf,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("dir", &self.dir).finish()
+    }
+}
+
+/// Opens (or creates) the node's store under `dir` and loads the state machine's view.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
+    std::fs::create_dir_all(dir)?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Two background jobs fit a small machine; RocksDB picks flush vs. compaction.
+    opts.set_max_background_jobs(2);
+    let cfs = [CF_LOG, CF_META]
+        .into_iter()
+        .chain(Table::ALL.iter().map(|t| t.name()))
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+    let storage = Storage { db: Arc::new(db), dir: dir.to_path_buf() };
+    let log = LogStore::new(storage.clone());
+    let sm = StateMachine::open(storage)?;
+    Ok((log, sm))
+}
+
+impl Storage {
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    pub(crate) fn table(&self, table: Table) -> &ColumnFamily {
+        self.cf(table.name())
+    }
+
+    pub(crate) fn get_meta<M: prost::Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt { table: CF_META, reason: e.to_string() }),
+        }
+    }
+
+    /// Where snapshot files live.
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+}
+
+/// Write options that make a write durable before it returns.
+pub(crate) fn synced() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+/// Log keys sort by index: big-endian u64.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn index_from_key(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}
+
+impl Storage {
+    /// Makes everything written so far durable (shutdown).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}

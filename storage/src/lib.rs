@@ -1,0 +1,46 @@
+//! Gatehouse's storage: the Raft log and the state machine on RocksDB.
+//!
+//! This is the only crate that names a RocksDB type. One database per node
+//! holds every column family:
+//!
+//! ```text
+//!   log       index (u64 BE) → Entry        appended by the leader's log, synced in groups
+//!   meta      vote, last_purged, last_applied, last_membership, snapshot
+//!   users, api_keys, requests               projections written by apply
+//! ```
+//!
+//! Apply writes a batch of entries' projection mutations together with
+//! `last_applied` in one `WriteBatch`, so after a crash the node resumes from
+//! `last_applied` and re-applies only what followed it from the durable log.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration.
+//! - [`convert`]: openraft ↔ protobuf conversions (wire and disk share them).
+//! - [`db`]: opening the database and its column families.
+//! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
+//! - [`state_machine`]: `RaftStateMachine` and the shared in-memory view.
+//! - [`snapshot`]: the snapshot file format, build and install.
+
+pub mod convert;
+pub mod db;
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use db::{open, Storage};
+pub use log_store::LogStore;
+pub use snapshot::SnapshotFile;
+pub use state_machine::{StateMachine, StateView};
+pub use types::{NodeId, TypeConfig};
+
+/// Errors opening or reading the store outside the openraft traits.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt record in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}

@@ -1,0 +1,199 @@
+//! The Raft log on RocksDB: entries, vote and purge marker.
+//!
+//! Durability rules, each said where it happens below:
+//! - a vote is synced to disk before `save_vote` returns;
+//! - appended entries are written at once (visible to readers) and
+//!   acknowledged through openraft's callback only after a WAL sync; the
+//!   syncs of concurrent appends are grouped by one flusher thread, so a
+//!   burst of appends costs one fsync, not one per entry or per call;
+//! - `last_purged` is written in the same synced batch that deletes the
+//!   entries, so a crash can never leave a gap between it and the first entry.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+
+use gatehouse_domain::codec;
+use gatehouse_proto::raft as pb;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogReader, StorageIOError};
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::convert::{entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
+use crate::db::{index_from_key, index_key, meta, synced, Storage, CF_LOG, CF_META};
+use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
+
+/// The log store. Cheap to clone: clones share the database and the flusher.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    storage: Storage,
+    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    pub(crate) fn new(storage: Storage) -> Self {
+        let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let db = storage.db.clone();
+        std::thread::Builder::new()
+            .name("gatehouse-wal-sync".into())
+            .spawn(move || {
+                // Group commit: one WAL sync acknowledges every append queued
+                // while the previous sync ran. Ends when every LogStore is dropped.
+                while let Ok(first) = flush_rx.recv() {
+                    let mut pending = vec![first];
+                    pending.extend(flush_rx.try_iter());
+                    let res = db.flush_wal(true).map_err(|e| e.to_string());
+                    for cb in pending {
+                        cb.log_io_completed(res.clone().map_err(io::Error::other));
+                    }
+                }
+            })
+            .expect("spawning the WAL sync thread");
+        LogStore { storage, flush_tx }
+    }
+
+    /// The database handle (to sync at shutdown).
+    pub fn storage(&self) -> Storage {
+        self.storage.clone()
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, RaftStorageError> {
+        let id: Option<pb::LogId> =
+            self.storage.get_meta(meta::LAST_PURGED).map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(id.as_ref().map(log_id_from_pb))
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, RaftStorageError> {
+        let mut it = self.storage.db.iterator_cf(self.storage.cf(CF_LOG), IteratorMode::End);
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                Ok(Some(decode_entry(&value)?.log_id))
+            }
+        }
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, RaftStorageError> {
+    let pb: pb::Entry = codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+    entry_from_pb(pb).map_err(|e| StorageIOError::read_logs(&e).into())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let key = index_key(start);
+        let it = self.storage.db.iterator_cf(self.storage.cf(CF_LOG), IteratorMode::From(&key, Direction::Forward));
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index =
+                index_from_key(&k).ok_or_else(|| StorageIOError::read_logs(&io::Error::other("bad log key")))?;
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(decode_entry(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
+        let bytes = codec::encode(&vote_to_pb(vote));
+        // Durability: a vote must be on disk before it is acted on, or a
+        // restarted node could vote twice in one term.
+        self.storage
+            .db
+            .put_cf_opt(self.storage.cf(CF_META), meta::VOTE, bytes, &synced())
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
+        let v: Option<pb::Vote> = self.storage.get_meta(meta::VOTE).map_err(|e| StorageIOError::read_vote(&e))?;
+        Ok(v.as_ref().map(vote_from_pb))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        // Not synced: it is an optimisation (apply sooner after restart); the
+        // leader re-establishes the commit index anyway.
+        let cf = self.storage.cf(CF_META);
+        let res = match committed {
+            Some(id) => self.storage.db.put_cf(cf, meta::COMMITTED, codec::encode(&log_id_to_pb(&id))),
+            None => self.storage.db.delete_cf(cf, meta::COMMITTED),
+        };
+        res.map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        let id: Option<pb::LogId> = self.storage.get_meta(meta::COMMITTED).map_err(|e| StorageIOError::read(&e))?;
+        Ok(id.as_ref().map(log_id_from_pb))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let cf = self.storage.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        let mut buf = Vec::new();
+        for e in entries {
+            buf.clear();
+            buf.push(codec::FORMAT_V1);
+            entry_to_pb(&e).encode(&mut buf).expect("a Vec grows as needed");
+            batch.put_cf(cf, index_key(e.log_id.index), &buf);
+        }
+        // Written now so readers (replication) see the entries at once...
+        self.storage.db.write(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        // ...but acknowledged only after the WAL sync. Durability: openraft
+        // counts this node towards a quorum only when the callback fires.
+        self.flush_tx
+            .send(callback)
+            .map_err(|_| StorageIOError::write_logs(&io::Error::other("WAL sync thread stopped")).into())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let cf = self.storage.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX));
+        batch.delete_cf(cf, index_key(u64::MAX));
+        // Synced so a conflicting suffix cannot reappear after a crash behind
+        // entries appended later.
+        self.storage.db.write_opt(batch, &synced()).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        // Durability: purge only runs behind a snapshot, but the state
+        // machine's own writes are not synced one by one. Sync the WAL first,
+        // so no applied state that the purged entries could rebuild is lost.
+        self.storage.db.flush_wal(true).map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut batch = WriteBatch::default();
+        // The purge marker and the deletion go in one synced batch: no gap.
+        batch.put_cf(self.storage.cf(CF_META), meta::LAST_PURGED, codec::encode(&log_id_to_pb(&log_id)));
+        batch.delete_range_cf(self.storage.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
+        self.storage.db.write_opt(batch, &synced()).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
