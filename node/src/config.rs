@@ -232,6 +232,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn file_then_env_and_unknown_fields_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -26,7 +26,7 @@ async fn rpcs_without_the_right_secret_are_refused() {
     let mut client = wrong.raft_client(&addr).unwrap();
     let vote =
         pb::VoteRequest { vote: Some(pb::Vote { term: term + 10, node_id: 99, committed: false }), last_log_id: None };
-    assert_eq!(client.vote(vote.clone()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(client.vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let append = pb::AppendEntriesRequest {
         vote: Some(pb::Vote { term: term + 10, node_id: 99, committed: true }),
         ..Default::default()

@@ -57,6 +57,8 @@ fn malformed(what: &str) -> NetworkError {
 }
 
 impl Connection {
+    // The error type is openraft's, as the trait methods return it.
+    #[allow(clippy::result_large_err)]
     fn client<E: std::error::Error>(&self) -> Result<RaftClient, RPCError<NodeId, BasicNode, E>> {
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
     }
