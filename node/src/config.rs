@@ -146,7 +146,16 @@ const KEYS: [&str; 14] = [
 impl Config {
     /// Reads `file` (if any), then the `GATEHOUSE_*` environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        Self::load_over(Config::default(), file)
+    }
+
+    /// The dev node's settings, with `GATEHOUSE_*` overrides (e.g. other ports).
+    pub fn load_dev() -> Result<Config, ConfigError> {
+        Self::load_over(Config::dev(), None)
+    }
+
+    fn load_over(base: Config, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(base));
         if let Some(f) = file {
             if !f.exists() {
                 return Err(ConfigError::Invalid(format!("config file {} does not exist", f.display())));

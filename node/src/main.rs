@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {
-    let config = if args.dev { Config::dev() } else { Config::load(args.config.as_deref())? };
+    let config = if args.dev { Config::load_dev()? } else { Config::load(args.config.as_deref())? };
     gatehouse::telemetry::init(config.log_format);
     let dev = config.mode == Mode::Dev;
     let mut node = Node::start(config).await?;

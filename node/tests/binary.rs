@@ -1,0 +1,155 @@
+//! The real `gatehouse` binary: dev mode, SIGTERM, restart, and the
+//! local-cluster script with a kill -9 of the leader.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Polls `f` until it returns Some or `timeout` passes.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn admin(endpoint: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(["admin", "--endpoint", endpoint]).args(args).env("GATEHOUSE_TOKEN", token).output().unwrap()
+}
+
+fn status_json(endpoint: &str, token: &str) -> Option<serde_json::Value> {
+    let out = admin(endpoint, token, &["--json", "cluster", "status"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn start_dev(dir: &Path) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--dev"])
+        .current_dir(dir)
+        .env("GATEHOUSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("GATEHOUSE_GRPC_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads stderr until the "node started" line and returns the gRPC address;
+/// keeps draining stderr in the background so the node never blocks on it.
+fn grpc_addr_from_log(child: &mut Child) -> String {
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("a 'node started' line").unwrap();
+        if let Some(rest) = line.split("grpc_addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    addr
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    wait_for("exit after SIGTERM", Duration::from_secs(20), || child.try_wait().unwrap())
+}
+
+#[test]
+fn dev_mode_prints_a_key_once_serves_admin_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = start_dev(dir.path());
+    let addr = grpc_addr_from_log(&mut child);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let key = wait_for("the bootstrap key on stdout", Duration::from_secs(30), || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim().starts_with("gk_").then(|| line.trim().to_string())
+    });
+    let endpoint = format!("http://{addr}");
+    let status = wait_for("status with a leader", Duration::from_secs(10), || {
+        status_json(&endpoint, &key).filter(|s| s["leader"] == 1)
+    });
+    assert_eq!(status["nodes"][0]["voter"], true);
+    // The secret never reaches the log or the data directory in plaintext.
+    assert_eq!(sigterm(&mut child).code(), Some(0), "graceful exit");
+    let data = dir.path().join("gatehouse-data");
+    assert!(data.join("db").exists());
+    let secret = key.rsplit('_').next().unwrap();
+    for entry in walk(&data) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!contains(&bytes, secret.as_bytes()), "secret found in {}", entry.display());
+    }
+
+    // A restart keeps the state and prints no new key.
+    let mut child = start_dev(dir.path());
+    let addr = grpc_addr_from_log(&mut child);
+    let endpoint = format!("http://{addr}");
+    wait_for("status after restart", Duration::from_secs(20), || {
+        status_json(&endpoint, &key).filter(|s| s["leader"] == 1)
+    });
+    assert_eq!(sigterm(&mut child).code(), Some(0));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut rest).unwrap();
+    assert!(!rest.contains("gk_"), "no second bootstrap key: {rest}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn local_cluster_script_survives_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lc");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh");
+    let up = Command::new("bash")
+        .arg(&script)
+        .args(["up", "3"])
+        .env("GATEHOUSE_BIN", BIN)
+        .env("LOCAL_CLUSTER_DIR", &root)
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "up failed: {}", String::from_utf8_lossy(&up.stderr));
+    let env = std::fs::read_to_string(root.join("cluster.env")).unwrap();
+    let var = |name: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap().to_string();
+    let token = var("GATEHOUSE_TOKEN");
+    assert!(token.starts_with("gk_"));
+    let status = status_json(&var("GATEHOUSE_ENDPOINT"), &token).expect("status");
+    let leader = status["leader"].as_u64().unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+
+    // kill -9 the leader process: the others elect a new leader.
+    let pid = var(&format!("GATEHOUSE_PID_{leader}"));
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    let endpoint = format!("http://{}", var(&format!("GATEHOUSE_GRPC_{other}")));
+    let after = wait_for("a new leader", Duration::from_secs(10), || {
+        status_json(&endpoint, &token).filter(|s| s["leader"].as_u64().is_some_and(|l| l != leader))
+    });
+    let dead = after["nodes"].as_array().unwrap().iter().find(|n| n["id"] == leader).unwrap().clone();
+    assert_eq!(dead["reachable"], false);
+
+    let down = Command::new("bash").arg(&script).arg("clean").env("LOCAL_CLUSTER_DIR", &root).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(!root.exists());
+}
