@@ -1,0 +1,153 @@
+//! A cluster of real `gatehouse serve` processes, each with its own data
+//! directory and free loopback ports, configured through TOML files the way
+//! an operator would. The harness holds the cluster secret, so it can ask
+//! nodes for their status and propose commands like any member.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use gatehouse_api::peers::RaftClient;
+use gatehouse_api::{ClusterSecret, Peers};
+use gatehouse_proto::raft::LocalStatusRequest;
+
+/// One node process.
+pub struct ProcNode {
+    pub id: u64,
+    pub http: String,
+    pub grpc: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct ProcCluster {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub nodes: BTreeMap<u64, ProcNode>,
+    pub peers: Peers,
+    /// The bootstrap admin API key.
+    pub admin_key: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes under `dir` and waits until they agree on a leader.
+    pub async fn start(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<ProcCluster> {
+        std::fs::create_dir_all(dir)?;
+        let secret = gatehouse_api::credentials::new_id() + &gatehouse_api::credentials::new_id();
+        let secret_file = dir.join("cluster-secret");
+        std::fs::write(&secret_file, &secret)?;
+        let key_file = dir.join("admin.key");
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let (http, grpc) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+            nodes.insert(id, ProcNode { id, http, grpc, config: dir.join(format!("node-{id}.toml")), child: None });
+        }
+        let members: Vec<String> =
+            nodes.values().map(|n| format!("{{ id = {}, addr = \"{}\" }}", n.id, n.grpc)).collect();
+        for node in nodes.values() {
+            let mut toml = format!(
+                "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\ncluster_secret_file = \"{}\"\n",
+                node.id,
+                dir.join(format!("node-{}", node.id)).display(),
+                node.http,
+                node.grpc,
+                secret_file.display()
+            );
+            if node.id == 1 {
+                toml += &format!(
+                    "initialize = true\ninitial_members = [{}]\nbootstrap_admin_key_file = \"{}\"\n",
+                    members.join(", "),
+                    key_file.display()
+                );
+            }
+            std::fs::write(&node.config, toml)?;
+        }
+        let peers = Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?);
+        let mut cluster =
+            ProcCluster { dir: dir.to_path_buf(), bin: bin.to_path_buf(), nodes, peers, admin_key: String::new() };
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !key_file.exists() || std::fs::read_to_string(&key_file)?.trim().is_empty() {
+            if Instant::now() > deadline {
+                bail!("no bootstrap key after 60 s; see {}/node-*.log", dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.admin_key = std::fs::read_to_string(&key_file)?.trim().to_string();
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts) node `id`'s process.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("node-{id}.log")))?;
+        let child = Command::new(&self.bin)
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn raft_client(&self, id: u64) -> anyhow::Result<RaftClient> {
+        Ok(self.peers.raft_client(&self.nodes[&id].grpc)?)
+    }
+
+    /// The leader all running nodes agree on.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for (id, node) in &self.nodes {
+                if node.child.is_none() {
+                    continue;
+                }
+                let leader = match self.raft_client(*id)?.local_status(LocalStatusRequest {}).await {
+                    Ok(s) => s.into_inner().leader_id,
+                    Err(_) => 0,
+                };
+                seen.push(leader);
+            }
+            if let Some(&l) = seen.first() {
+                if l != 0 && seen.iter().all(|&x| x == l) {
+                    return Ok(l);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {timeout:?} (saw {seen:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
