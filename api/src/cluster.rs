@@ -40,6 +40,10 @@ pub struct Cluster {
 }
 
 struct Inner {
+    /// One read-index request at a time; `last_read` (when it was asked, the
+    /// index) serves every caller that arrived before it was asked.
+    read_gate: tokio::sync::Mutex<()>,
+    last_read: std::sync::Mutex<Option<(Instant, u64)>>,
     id: NodeId,
     raft: Raft,
     view: StateView,
@@ -55,7 +59,18 @@ pub fn now_ms() -> u64 {
 
 impl Cluster {
     pub fn new(id: NodeId, raft: Raft, view: StateView, peers: Peers, max_staleness: Duration) -> Self {
-        Cluster { inner: Arc::new(Inner { id, raft, view, peers, freshness: Freshness::default(), max_staleness }) }
+        Cluster {
+            inner: Arc::new(Inner {
+                read_gate: tokio::sync::Mutex::new(()),
+                last_read: std::sync::Mutex::new(None),
+                id,
+                raft,
+                view,
+                peers,
+                freshness: Freshness::default(),
+                max_staleness,
+            }),
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -158,6 +173,30 @@ impl Cluster {
             tracing::warn!(index = resp.log_index, "write committed but not yet applied here");
         }
         Ok(Applied { results: resp.results, log_index: resp.log_index })
+    }
+
+    /// Brings this node up to what the leader had committed when the call
+    /// arrived (read your writes); false if that cannot be shown within `wait`.
+    pub async fn catch_up(&self, wait: Duration) -> bool {
+        let arrived = Instant::now();
+        let index = {
+            let _one_at_a_time = self.inner.read_gate.lock().await;
+            let reuse = *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner());
+            match reuse {
+                Some((asked, index)) if asked >= arrived => index,
+                _ => {
+                    let asked = Instant::now();
+                    match tokio::time::timeout(wait, self.read_index()).await {
+                        Ok(Ok(index)) => {
+                            *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
+                            index
+                        }
+                        _ => return false,
+                    }
+                }
+            }
+        };
+        self.inner.view.wait_applied(index, wait.saturating_sub(arrived.elapsed())).await
     }
 
     /// The leader's commit index after it confirmed leadership with a quorum.

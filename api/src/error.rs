@@ -24,6 +24,12 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("authentication required")]
     Unauthenticated,
+    /// A login with a wrong username or password (one answer for both).
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// A cookie-authenticated state change without CSRF proof.
+    #[error("missing CSRF proof: send X-Requested-With or a same-origin Origin header")]
+    Csrf,
     #[error("{0}")]
     PermissionDenied(String),
     /// No leader could take the write; `leader` is the last one known.
@@ -32,6 +38,9 @@ pub enum ApiError {
     /// This node cannot prove it is up to date, so it refuses to answer.
     #[error("this node is not up to date with the cluster")]
     Stale,
+    /// Too much work queued (password hashing); try again shortly.
+    #[error("the server is busy; try again")]
+    Busy,
     #[error("internal error")]
     Internal,
 }
@@ -59,11 +68,16 @@ impl ApiError {
                 ("failed_precondition", StatusCode::CONFLICT, tonic::Code::FailedPrecondition)
             }
             ApiError::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+            ApiError::InvalidCredentials => {
+                ("invalid_credentials", StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated)
+            }
+            ApiError::Csrf => ("csrf_failed", StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
             ApiError::PermissionDenied(_) => {
                 ("permission_denied", StatusCode::FORBIDDEN, tonic::Code::PermissionDenied)
             }
             ApiError::Unavailable { .. } => ("unavailable", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
             ApiError::Stale => ("stale", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+            ApiError::Busy => ("busy", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::ResourceExhausted),
             ApiError::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
         }
     }

@@ -9,7 +9,9 @@
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
 //! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster service.
-//! - [`http`]: the HTTP front (health and readiness so far).
+//! - [`http`]: the HTTP front: health, forward-auth verify, login, sessions.
+//! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
+//! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`credentials`]: random ids and API keys, made on the proposing node.
 //! - [`error`]: one error type, one status table.
 
@@ -19,6 +21,8 @@ pub mod credentials;
 pub mod error;
 pub mod freshness;
 pub mod http;
+pub mod identity;
+pub mod passwords;
 pub mod peers;
 pub mod raft;
 

@@ -15,7 +15,8 @@
 //! - [`codec`]: versioned encoding of stored records.
 //! - [`users`]: user records and their commands.
 //! - [`keys`]: API key records and their commands.
-//! - [`roles`]: built-in roles.
+//! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
+//! - [`roles`]: built-in roles and RBAC.
 //! - [`requests`]: idempotency of retried commands.
 //! - [`result`]: command outcomes.
 
@@ -25,6 +26,7 @@ pub mod mutation;
 pub mod requests;
 pub mod result;
 pub mod roles;
+pub mod sessions;
 pub mod state;
 pub mod users;
 

@@ -9,18 +9,20 @@
 pub enum Table {
     Users,
     ApiKeys,
+    Sessions,
     Requests,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 3] = [Table::Users, Table::ApiKeys, Table::Requests];
+    pub const ALL: [Table; 4] = [Table::Users, Table::ApiKeys, Table::Sessions, Table::Requests];
 
     /// A stable name, used as the column family name and in snapshots.
     pub fn name(self) -> &'static str {
         match self {
             Table::Users => "users",
             Table::ApiKeys => "api_keys",
+            Table::Sessions => "sessions",
             Table::Requests => "requests",
         }
     }

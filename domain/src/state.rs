@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 
 use gatehouse_proto::events::{command::Payload, Command, CommandResult};
-use gatehouse_proto::state::{ApiKeyRecord, UserRecord};
+use gatehouse_proto::state::{ApiKeyRecord, SessionRecord, UserRecord};
 
 use crate::codec::{self, DecodeError};
 use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError};
+use crate::sessions::{self, Sessions};
 use crate::{keys, users};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
@@ -22,6 +23,7 @@ pub struct State {
     /// username → user id; usernames are unique.
     pub(crate) usernames: HashMap<String, String>,
     pub(crate) keys: HashMap<String, ApiKeyRecord>,
+    pub(crate) sessions: Sessions,
     pub(crate) requests: Requests,
 }
 
@@ -33,6 +35,7 @@ impl State {
     /// the first result and changes nothing.
     pub fn apply(&mut self, log_index: u64, cmd: &Command, out: &mut Vec<Mutation>) -> CommandResult {
         self.requests.prune(cmd.proposed_at, out);
+        self.sessions.prune(cmd.proposed_at, out);
         if let Some(first) = self.requests.get(&cmd.request_id) {
             return first.clone();
         }
@@ -40,8 +43,14 @@ impl State {
             None => Err(ApplyError::Invalid("command has no payload".into())),
             Some(Payload::CreateUser(c)) => users::create(self, cmd.proposed_at, c, out),
             Some(Payload::SetUserStatus(c)) => users::set_status(self, cmd.proposed_at, c, out),
+            Some(Payload::SetPassword(c)) => users::set_password(self, cmd.proposed_at, c, out),
+            Some(Payload::RecordLoginFailure(c)) => users::record_login_failure(self, cmd.proposed_at, c, out),
             Some(Payload::CreateApiKey(c)) => keys::create(self, cmd.proposed_at, c, out),
             Some(Payload::RevokeApiKey(c)) => keys::revoke(self, cmd.proposed_at, c, out),
+            Some(Payload::CreateSession(c)) => sessions::create(self, cmd.proposed_at, c, out),
+            Some(Payload::RevokeSession(c)) => sessions::revoke(self, c, out),
+            Some(Payload::RevokeUserSessions(c)) => sessions::revoke_user(self, c, out),
+            Some(Payload::TouchSessions(c)) => sessions::touch(self, c, out),
         };
         let result = to_result(outcome, log_index);
         self.requests.record(cmd, &result, out);
@@ -61,6 +70,7 @@ impl State {
                 let k: ApiKeyRecord = codec::decode(value)?;
                 self.keys.insert(k.key_id.clone(), k);
             }
+            Table::Sessions => self.sessions.insert(codec::decode(value)?),
             Table::Requests => self.requests.load(codec::decode(value)?),
         }
         Ok(())
@@ -89,6 +99,18 @@ impl State {
 
     pub fn api_keys(&self) -> impl Iterator<Item = &ApiKeyRecord> {
         self.keys.values()
+    }
+
+    pub fn session(&self, session_id: &str) -> Option<&SessionRecord> {
+        self.sessions.by_id.get(session_id)
+    }
+
+    pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.of_user(user_id)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.by_id.len()
     }
 
     /// The first result of a command with this request id, if it was applied.

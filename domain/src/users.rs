@@ -1,6 +1,6 @@
 //! Users: who can log in and own API keys.
 
-use gatehouse_proto::events::{CreateUser, SetUserStatus, UserStatus};
+use gatehouse_proto::events::{CreateUser, RecordLoginFailure, SetPassword, SetUserStatus, UserStatus};
 use gatehouse_proto::state::UserRecord;
 
 use crate::mutation::{Mutation, Table};
@@ -47,6 +47,16 @@ pub fn validate_id(kind: &str, id: &str) -> Result<(), ApplyError> {
     }
 }
 
+/// The log only ever holds password hashes: anything but an argon2id PHC
+/// string is refused, so a plaintext password can never be stored by mistake.
+pub fn validate_password_hash(hash: &str) -> Result<(), ApplyError> {
+    if hash.starts_with("$argon2id$") && hash.len() <= 512 {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid("password hash must be an argon2id PHC string".into()))
+    }
+}
+
 /// Roles: each exists, no duplicates, at most [`MAX_ROLES`].
 pub fn validate_roles(list: &[String]) -> Result<(), ApplyError> {
     if list.len() > MAX_ROLES {
@@ -74,9 +84,8 @@ pub(crate) fn create(
     validate_username(&c.username)?;
     validate_email(&c.email)?;
     validate_roles(&c.roles)?;
-    // The log only ever holds password hashes: anything else is refused.
-    if !c.password_hash.is_empty() && !c.password_hash.starts_with("$argon2id$") {
-        return Err(ApplyError::Invalid("password hash must be an argon2id PHC string".into()));
+    if !c.password_hash.is_empty() {
+        validate_password_hash(&c.password_hash)?;
     }
     if state.users.contains_key(&c.user_id) {
         return Err(ApplyError::AlreadyExists("user id already exists".into()));
@@ -93,6 +102,7 @@ pub(crate) fn create(
         status: UserStatus::Active as i32,
         created_at: now,
         updated_at: now,
+        ..Default::default()
     };
     out.push(put(Table::Users, &user.user_id, &user));
     state.usernames.insert(user.username.clone(), user.user_id.clone());
@@ -116,7 +126,61 @@ pub(crate) fn set_status(
         user.updated_at = now;
         out.push(put(Table::Users, &user.user_id, user));
     }
+    // A disabled user's sessions end with it.
+    if status == UserStatus::Disabled {
+        state.sessions.remove_user(&c.user_id, out);
+    }
     Ok(c.user_id.clone())
+}
+
+pub(crate) fn set_password(
+    state: &mut State,
+    now: u64,
+    c: &SetPassword,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    validate_password_hash(&c.password_hash)?;
+    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    user.password_hash = c.password_hash.clone();
+    user.updated_at = now;
+    user.failed_logins = 0;
+    user.locked_until = 0;
+    out.push(put(Table::Users, &user.user_id, user));
+    // A password change ends every session of the user.
+    state.sessions.remove_user(&c.user_id, out);
+    Ok(c.user_id.clone())
+}
+
+/// Counts a failed login; at `threshold` failures within `window_ms` the
+/// account locks for `lockout_ms`. Every node applies the same rule because
+/// the proposer stamps the policy into the command.
+pub(crate) fn record_login_failure(
+    state: &mut State,
+    now: u64,
+    c: &RecordLoginFailure,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    if c.threshold == 0 || c.window_ms == 0 || c.lockout_ms == 0 {
+        return Err(ApplyError::Invalid("lockout policy values must be positive".into()));
+    }
+    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    if user.failures_since == 0 || user.failures_since.saturating_add(c.window_ms) <= now {
+        user.failed_logins = 0;
+        user.failures_since = now;
+    }
+    user.failed_logins += 1;
+    if user.failed_logins >= c.threshold {
+        user.locked_until = now.saturating_add(c.lockout_ms);
+        user.failed_logins = 0;
+        user.failures_since = 0;
+    }
+    out.push(put(Table::Users, &user.user_id, user));
+    Ok(user.locked_until.to_string())
+}
+
+/// Whether the user is locked out at `now`.
+pub fn is_locked(user: &gatehouse_proto::state::UserRecord, now: u64) -> bool {
+    user.locked_until > now
 }
 
 #[cfg(test)]
@@ -180,6 +244,44 @@ pub(crate) mod tests {
         }
         assert_eq!(state.apply(1, &cmd, &mut Vec::new()).code, Code::NotFound as i32);
         assert_eq!(state.users().count(), 0);
+    }
+
+    #[test]
+    fn failures_lock_the_account_for_the_lockout_period() {
+        let mut state = State::default();
+        let uid = "a".repeat(32);
+        state.apply(1, &create_user_cmd(&uid, "alice"), &mut Vec::new());
+        let fail = |at: u64| Command {
+            proposed_at: at,
+            payload: Some(Payload::RecordLoginFailure(RecordLoginFailure {
+                user_id: uid.clone(),
+                threshold: 3,
+                window_ms: 1_000,
+                lockout_ms: 5_000,
+            })),
+            ..Default::default()
+        };
+        state.apply(2, &fail(10_000), &mut Vec::new());
+        state.apply(3, &fail(10_100), &mut Vec::new());
+        assert!(!is_locked(state.user(&uid).unwrap(), 10_200));
+        // The window restarts after 1 s: two old failures do not count.
+        state.apply(4, &fail(11_500), &mut Vec::new());
+        assert!(!is_locked(state.user(&uid).unwrap(), 11_600));
+        state.apply(5, &fail(11_600), &mut Vec::new());
+        state.apply(6, &fail(11_700), &mut Vec::new());
+        assert!(is_locked(state.user(&uid).unwrap(), 11_800));
+        assert!(!is_locked(state.user(&uid).unwrap(), 16_700));
+        let bad = Command {
+            proposed_at: 1,
+            payload: Some(Payload::RecordLoginFailure(RecordLoginFailure {
+                user_id: uid.clone(),
+                threshold: 0,
+                window_ms: 1,
+                lockout_ms: 1,
+            })),
+            ..Default::default()
+        };
+        assert_eq!(state.apply(7, &bad, &mut Vec::new()).code, Code::Invalid as i32);
     }
 
     #[test]

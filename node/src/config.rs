@@ -66,6 +66,57 @@ impl Default for RaftTuning {
     }
 }
 
+/// A forward-auth route rule: requests whose `X-Forwarded-Host` (if `host`
+/// is set) and `X-Forwarded-Uri` prefix match need one of `roles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(default)]
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub roles: Vec<String>,
+}
+
+/// Sessions, logins and forward-auth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub cookie_name: String,
+    /// Absolute session lifetime.
+    pub session_ttl_secs: u64,
+    /// A session unused this long ends (0 = never).
+    pub session_idle_secs: u64,
+    /// How often a node flushes the last-use times it saw (bounds the idle timeout's slack).
+    pub touch_flush_ms: u64,
+    /// Failed logins within `lockout_window_secs` that lock an account for `lockout_secs`.
+    pub lockout_threshold: u32,
+    pub lockout_window_secs: u64,
+    pub lockout_secs: u64,
+    /// argon2id hashes running at once (each takes ~19 MiB and one core for ~25 ms).
+    pub password_workers: usize,
+    /// Logins allowed to wait for a worker before new ones get 503 `busy`.
+    pub password_queue: usize,
+    pub routes: Vec<RouteRule>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            cookie_name: "gatehouse_session".into(),
+            session_ttl_secs: 12 * 3600,
+            session_idle_secs: 3600,
+            touch_flush_ms: 5_000,
+            lockout_threshold: 5,
+            lockout_window_secs: 15 * 60,
+            lockout_secs: 15 * 60,
+            // Leave a core for verification on small machines.
+            password_workers: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            password_queue: 64,
+            routes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -92,6 +143,7 @@ pub struct Config {
     pub max_staleness_ms: u64,
     pub log_format: LogFormat,
     pub raft: RaftTuning,
+    pub identity: IdentityConfig,
 }
 
 impl Default for Config {
@@ -111,6 +163,7 @@ impl Default for Config {
             max_staleness_ms: 2_000,
             log_format: LogFormat::Human,
             raft: RaftTuning::default(),
+            identity: IdentityConfig::default(),
         }
     }
 }
@@ -126,7 +179,8 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
+    "identity",
     "node_id",
     "mode",
     "data_dir",
@@ -213,6 +267,21 @@ impl Config {
         }
         if self.cluster_secret.is_some() && self.cluster_secret_file.is_some() {
             return bad("set cluster_secret or cluster_secret_file, not both");
+        }
+        let id = &self.identity;
+        if id.session_ttl_secs == 0 || id.lockout_threshold == 0 || id.lockout_window_secs == 0 || id.lockout_secs == 0
+        {
+            return bad("identity: session_ttl_secs and the lockout settings must be positive");
+        }
+        if id.cookie_name.is_empty()
+            || !id.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad("identity.cookie_name must be letters, digits, '_' or '-'");
+        }
+        for r in &id.routes {
+            if !r.path_prefix.starts_with('/') || r.roles.is_empty() {
+                return bad("identity.routes: path_prefix must start with '/' and roles must not be empty");
+            }
         }
         if self.mode == Mode::Production {
             if self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
+
+use gatehouse_api::http::{Front, FrontConfig, Lockout, RouteRule};
+use gatehouse_api::passwords::PasswordPool;
 use gatehouse_api::raft::network::Network;
 use gatehouse_api::{Cluster, ClusterSecret, Peers};
 use gatehouse_storage::types::Raft;
@@ -84,9 +88,10 @@ impl Node {
                 }
             })
         };
+        let front = front(&config, cluster.clone());
         let http = {
             let mut rx = stop.subscribe();
-            let app = gatehouse_api::http::router(cluster.clone());
+            let app = gatehouse_api::http::router(front.clone()).into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
@@ -94,6 +99,21 @@ impl Node {
                 if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(shutdown).await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
+            })
+        };
+        let touches = {
+            // Session last-use times, coalesced per node (see identity.rs).
+            let mut rx = stop.subscribe();
+            let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => front.seen.flush(&front.cluster).await,
+                        _ = async { let _ = rx.wait_for(|s| *s).await; } => break,
+                    }
+                }
+                front.seen.flush(&front.cluster).await;
             })
         };
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, advertise = %advertise_addr, "node started");
@@ -104,7 +124,7 @@ impl Node {
             grpc_addr,
             advertise_addr,
             stop,
-            servers: vec![grpc, http],
+            servers: vec![grpc, http, touches],
             storage,
             bootstrap_key: None,
         };
@@ -175,6 +195,33 @@ impl Node {
         self.storage.sync().context("syncing storage")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The HTTP front's settings and shared parts.
+fn front(config: &Config, cluster: Cluster) -> Front {
+    let id = &config.identity;
+    let fc = FrontConfig {
+        secure_cookies: config.mode != Mode::Dev,
+        cookie_name: id.cookie_name.clone(),
+        session_ttl: Duration::from_secs(id.session_ttl_secs),
+        session_idle: Duration::from_secs(id.session_idle_secs),
+        lockout: Lockout {
+            threshold: id.lockout_threshold,
+            window: Duration::from_secs(id.lockout_window_secs),
+            duration: Duration::from_secs(id.lockout_secs),
+        },
+        routes: id
+            .routes
+            .iter()
+            .map(|r| RouteRule { host: r.host.clone(), path_prefix: r.path_prefix.clone(), roles: r.roles.clone() })
+            .collect(),
+    };
+    Front {
+        cluster,
+        config: Arc::new(fc),
+        passwords: PasswordPool::new(id.password_workers, id.password_queue),
+        seen: Arc::default(),
     }
 }
 

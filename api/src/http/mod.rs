@@ -1,0 +1,184 @@
+//! The HTTP front (axum on hyper), on every node.
+//!
+//! | path | handler |
+//! |---|---|
+//! | `GET /healthz`, `GET /readyz` | [`health`] |
+//! | `GET /auth/verify` | [`verify`]: forward-auth for nginx, Traefik, Caddy |
+//! | `POST /api/v1/login`, `POST /api/v1/logout`, `GET /api/v1/me`, `GET /api/v1/me/sessions`, `DELETE /api/v1/me/sessions/{id}` | [`session`] |
+//!
+//! Every response carries the security headers; bodies are bounded to
+//! [`MAX_BODY`] and the request head to [`MAX_HEADER_BYTES`]; errors are
+//! `{"error": {"code", "message"}}` from [`ApiError`](crate::ApiError).
+
+pub mod health;
+pub mod session;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::identity::SessionSeen;
+use crate::passwords::PasswordPool;
+use crate::{ApiError, Cluster};
+
+/// Largest request body accepted anywhere on the front.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request head (all header names and values) accepted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Failed-login lockout policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    pub threshold: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+/// A role requirement for forwarded requests: the first rule whose host
+/// (if set) and path prefix match `X-Forwarded-Host` / `X-Forwarded-Uri`
+/// decides which roles may pass (any one of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub roles: Vec<String>,
+}
+
+/// Settings of the HTTP front.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// `Secure` on the session cookie (off only in dev mode).
+    pub secure_cookies: bool,
+    pub cookie_name: String,
+    pub session_ttl: Duration,
+    pub session_idle: Duration,
+    pub lockout: Lockout,
+    pub routes: Vec<RouteRule>,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Front {
+    pub cluster: Cluster,
+    pub config: Arc<FrontConfig>,
+    pub passwords: PasswordPool,
+    pub seen: Arc<SessionSeen>,
+}
+
+pub fn router(front: Front) -> Router {
+    let headers = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    let mut router = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/auth/verify", get(verify::verify))
+        .route("/api/v1/login", post(session::login))
+        .route("/api/v1/logout", post(session::logout))
+        .route("/api/v1/me", get(session::me))
+        .route("/api/v1/me/sessions", get(session::my_sessions))
+        .route("/api/v1/me/sessions/{id}", delete(session::revoke_my_session))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(front)
+        .layer(axum::middleware::from_fn(bound_head))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+    for (name, value) in headers {
+        router = router.layer(SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value)));
+    }
+    router
+}
+
+/// 431 for request heads over [`MAX_HEADER_BYTES`].
+async fn bound_head(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        let body =
+            serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
+        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, axum::Json(body)).into_response();
+    }
+    next.run(req).await
+}
+
+/// The presented credential: `Authorization: Bearer …` first, then the
+/// session cookie. The flag says whether it came from the cookie (which
+/// browsers attach on their own, so state changes need CSRF proof).
+pub fn credential(headers: &HeaderMap, cookie_name: &str) -> Option<(String, bool)> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+        return Some((token.trim().to_string(), false));
+    }
+    cookie(headers, cookie_name).map(|c| (c, true))
+}
+
+/// The value of cookie `name`, if sent.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// CSRF proof for a browser request: a custom header (which a cross-site
+/// form cannot set) or an `Origin` equal to this host.
+pub fn csrf_ok(headers: &HeaderMap) -> bool {
+    if headers.contains_key("x-requested-with") {
+        return true;
+    }
+    let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) else { return false };
+    let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else { return false };
+    origin == format!("https://{host}") || origin == format!("http://{host}")
+}
+
+/// The client's address (the socket peer; trusted proxies come with rate limits).
+pub fn client_ip(addr: Option<&SocketAddr>) -> String {
+    addr.map(|a| a.ip().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn credentials_prefer_the_authorization_header() {
+        let h = headers(&[("authorization", "Bearer gk_x"), ("cookie", "gatehouse_session=gs_y")]);
+        assert_eq!(credential(&h, "gatehouse_session"), Some(("gk_x".into(), false)));
+        let h = headers(&[("cookie", "a=b; gatehouse_session=gs_y; c=d")]);
+        assert_eq!(credential(&h, "gatehouse_session"), Some(("gs_y".into(), true)));
+        assert_eq!(credential(&headers(&[("authorization", "Basic abc")]), "gatehouse_session"), None);
+        assert_eq!(credential(&headers(&[("cookie", "other=1")]), "gatehouse_session"), None);
+    }
+
+    #[test]
+    fn csrf_needs_a_custom_header_or_same_origin() {
+        assert!(csrf_ok(&headers(&[("x-requested-with", "fetch")])));
+        assert!(csrf_ok(&headers(&[("origin", "https://auth.example"), ("host", "auth.example")])));
+        assert!(!csrf_ok(&headers(&[("origin", "https://evil.example"), ("host", "auth.example")])));
+        assert!(!csrf_ok(&headers(&[("host", "auth.example")])));
+    }
+}

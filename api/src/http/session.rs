@@ -1,0 +1,202 @@
+//! Login, logout and the caller's own sessions.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use gatehouse_domain::sessions::MAX_USER_AGENT;
+use gatehouse_domain::{users, Payload};
+use gatehouse_proto::events::{CreateSession, RecordLoginFailure, RevokeSession, UserStatus};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{client_ip, credential, csrf_ok, Front};
+use crate::cluster::now_ms;
+use crate::identity::{resolve, Principal, Via};
+use crate::passwords::MAX_PASSWORD_LEN;
+use crate::{credentials, ApiError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+/// The caller, from the Authorization header or the session cookie; state
+/// changes through the cookie need CSRF proof.
+async fn caller(front: &Front, headers: &HeaderMap, changes_state: bool) -> Result<Principal, ApiError> {
+    if !front.cluster.is_fresh() {
+        return Err(ApiError::Stale);
+    }
+    let (token, from_cookie) = credential(headers, &front.config.cookie_name).ok_or(ApiError::Unauthenticated)?;
+    if changes_state && from_cookie && !csrf_ok(headers) {
+        return Err(ApiError::Csrf);
+    }
+    resolve(&front.cluster, &front.seen, &token).await
+}
+
+fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue {
+    let secure = if front.config.secure_cookies { "; Secure" } else { "" };
+    let c =
+        format!("{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}", front.config.cookie_name);
+    HeaderValue::from_str(&c).expect("cookie names and tokens are header-safe")
+}
+
+/// `POST /api/v1/login` `{username, password}` → session cookie.
+#[tracing::instrument(level = "info", name = "http.login", skip_all, fields(user_id, outcome))]
+pub async fn login(
+    State(front): State<Front>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // Login CSRF: a cross-site form must not log a browser into another account.
+    if !csrf_ok(&headers) {
+        return Err(ApiError::Csrf);
+    }
+    if !front.cluster.is_fresh() {
+        return Err(ApiError::Stale);
+    }
+    let body: LoginBody = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::InvalidArgument("body must be JSON {\"username\", \"password\"}".into()))?;
+    if body.totp.is_some() {
+        return Err(ApiError::InvalidArgument("MFA codes are not supported yet".into()));
+    }
+    if body.username.len() > 64 || body.password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let username = body.username.to_ascii_lowercase();
+    let now = now_ms();
+    let user = front.cluster.view().read().user_by_name(&username).cloned();
+    let usable = user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked(u, now));
+    // The same argon2 work whether or not the user exists or may log in.
+    let ok = front.passwords.verify(body.password, usable.map(|u| u.password_hash.clone())).await?;
+    let Some(user) = usable.filter(|_| ok) else {
+        if let Some(u) = user.as_ref().filter(|u| !users::is_locked(u, now)) {
+            // Counted through the log, so a lockout holds on every node. In
+            // the background: the answer must not take longer for real users.
+            let l = &front.config.lockout;
+            let cmd = front.cluster.command(Payload::RecordLoginFailure(RecordLoginFailure {
+                user_id: u.user_id.clone(),
+                threshold: l.threshold,
+                window_ms: l.window.as_millis() as u64,
+                lockout_ms: l.duration.as_millis() as u64,
+            }));
+            let cluster = front.cluster.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.propose_one(cmd).await {
+                    tracing::warn!(error = %e, "recording a failed login failed");
+                }
+            });
+        }
+        tracing::Span::current().record("outcome", "denied");
+        return Err(ApiError::InvalidCredentials);
+    };
+
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let token = format!("gs_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    let session_id = credentials::new_id();
+    let ttl = front.config.session_ttl;
+    let user_agent: String = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(MAX_USER_AGENT / 4)
+        .collect();
+    let cmd = front.cluster.command(Payload::CreateSession(CreateSession {
+        session_id: session_id.clone(),
+        user_id: user.user_id.clone(),
+        token_sha256: gatehouse_domain::sessions::token_hash(&token).to_vec(),
+        expires_at: now + ttl.as_millis() as u64,
+        idle_timeout_ms: front.config.session_idle.as_millis() as u64,
+        client_ip: client_ip(Some(&peer)),
+        user_agent,
+    }));
+    front.cluster.propose_one(cmd).await?;
+    tracing::Span::current().record("user_id", user.user_id.as_str());
+    tracing::Span::current().record("outcome", "ok");
+    let body = json!({
+        "user": { "id": user.user_id, "username": user.username, "roles": user.roles },
+        "session_id": session_id,
+        "expires_at": now + ttl.as_millis() as u64,
+    });
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&front, &token, ttl.as_secs()));
+    Ok(resp)
+}
+
+/// `POST /api/v1/logout`: revokes the current session, clears the cookie.
+pub async fn logout(State(front): State<Front>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let p = caller(&front, &headers, true).await?;
+    let Via::Session { session_id } = p.via else {
+        return Err(ApiError::InvalidArgument("logout ends a session; this request used an API key".into()));
+    };
+    front.cluster.propose_one(front.cluster.command(Payload::RevokeSession(RevokeSession { session_id }))).await?;
+    let mut resp = Json(json!({ "status": "logged_out" })).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&front, "", 0));
+    Ok(resp)
+}
+
+/// `GET /api/v1/me`: the caller's identity.
+pub async fn me(State(front): State<Front>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let p = caller(&front, &headers, false).await?;
+    let email = front.cluster.view().read().user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
+    let auth = match &p.via {
+        Via::ApiKey { key_id } => json!({ "type": "api_key", "key_id": key_id }),
+        Via::Session { session_id } => json!({ "type": "session", "session_id": session_id }),
+    };
+    Ok(Json(json!({ "user_id": p.user_id, "username": p.username, "email": email, "roles": p.roles, "auth": auth }))
+        .into_response())
+}
+
+/// `GET /api/v1/me/sessions`: the caller's sessions.
+pub async fn my_sessions(State(front): State<Front>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let p = caller(&front, &headers, false).await?;
+    let current = match &p.via {
+        Via::Session { session_id } => session_id.as_str(),
+        Via::ApiKey { .. } => "",
+    };
+    let state = front.cluster.view().read();
+    let mut list: Vec<_> = state.sessions_of(&p.user_id).collect();
+    list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    let sessions: Vec<_> = list
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.session_id, "created_at": s.created_at, "expires_at": s.expires_at,
+                "last_seen": s.last_seen.max(front.seen.get(&s.session_id)),
+                "client_ip": s.client_ip, "user_agent": s.user_agent, "current": s.session_id == current,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+/// `DELETE /api/v1/me/sessions/{id}`: revokes one of the caller's sessions.
+pub async fn revoke_my_session(
+    State(front): State<Front>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = caller(&front, &headers, true).await?;
+    let mine = front.cluster.view().read().session(&id).is_some_and(|s| s.user_id == p.user_id);
+    if !mine {
+        // Someone else's session and no session at all look the same.
+        return Err(ApiError::NotFound("no such session".into()));
+    }
+    front
+        .cluster
+        .propose_one(front.cluster.command(Payload::RevokeSession(RevokeSession { session_id: id.clone() })))
+        .await?;
+    Ok(Json(json!({ "status": "revoked", "id": id })).into_response())
+}

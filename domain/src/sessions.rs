@@ -1,0 +1,372 @@
+//! Sessions: a 256-bit random token in a cookie, stored as its SHA-256, with
+//! an absolute expiry and an idle timeout.
+//!
+//! Last use is tracked per node and flushed in coalesced `TouchSessions`
+//! commands; verification takes the later of the replicated `last_seen` and
+//! the node's own, so idle expiry holds cluster-wide without one log write
+//! per request. Expired sessions are dropped deterministically as log time
+//! passes their absolute expiry.
+
+use std::collections::{BTreeSet, HashMap};
+
+use gatehouse_proto::events::{CreateSession, RevokeSession, RevokeUserSessions, TouchSessions, UserStatus};
+use gatehouse_proto::state::SessionRecord;
+
+use crate::mutation::{Mutation, Table};
+use crate::result::ApplyError;
+use crate::state::{put, State};
+use crate::users::validate_id;
+
+/// Prefix of session tokens.
+pub const TOKEN_PREFIX: &str = "gs_";
+/// A whole token: `gs_` + 43 characters of base64url (256 bits).
+pub const TOKEN_LEN: usize = 3 + 43;
+/// Longest user agent kept.
+pub const MAX_USER_AGENT: usize = 512;
+
+/// Sessions and their indexes.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    pub(crate) by_id: HashMap<String, SessionRecord>,
+    by_token: HashMap<[u8; 32], String>,
+    by_user: HashMap<String, BTreeSet<String>>,
+    /// (absolute expiry, session id), soonest first.
+    by_expiry: BTreeSet<(u64, String)>,
+}
+
+impl Sessions {
+    pub(crate) fn insert(&mut self, s: SessionRecord) {
+        if let Ok(h) = <[u8; 32]>::try_from(s.token_sha256.as_slice()) {
+            self.by_token.insert(h, s.session_id.clone());
+        }
+        self.by_user.entry(s.user_id.clone()).or_default().insert(s.session_id.clone());
+        self.by_expiry.insert((s.expires_at, s.session_id.clone()));
+        self.by_id.insert(s.session_id.clone(), s);
+    }
+
+    fn remove(&mut self, session_id: &str, out: &mut Vec<Mutation>) -> Option<SessionRecord> {
+        let s = self.by_id.remove(session_id)?;
+        if let Ok(h) = <[u8; 32]>::try_from(s.token_sha256.as_slice()) {
+            self.by_token.remove(&h);
+        }
+        if let Some(set) = self.by_user.get_mut(&s.user_id) {
+            set.remove(session_id);
+            if set.is_empty() {
+                self.by_user.remove(&s.user_id);
+            }
+        }
+        self.by_expiry.remove(&(s.expires_at, s.session_id.clone()));
+        out.push(Mutation::Delete { table: Table::Sessions, key: s.session_id.clone().into_bytes() });
+        Some(s)
+    }
+
+    /// Drops every session of a user; returns how many.
+    pub(crate) fn remove_user(&mut self, user_id: &str, out: &mut Vec<Mutation>) -> usize {
+        let ids: Vec<String> = self.by_user.get(user_id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for id in &ids {
+            self.remove(id, out);
+        }
+        ids.len()
+    }
+
+    /// Drops sessions whose absolute expiry log time has passed.
+    pub(crate) fn prune(&mut self, now: u64, out: &mut Vec<Mutation>) {
+        while let Some((at, id)) = self.by_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.remove(&id, out);
+        }
+    }
+
+    pub(crate) fn by_token(&self, hash: &[u8; 32]) -> Option<&SessionRecord> {
+        self.by_token.get(hash).and_then(|id| self.by_id.get(id))
+    }
+
+    pub(crate) fn of_user(&self, user_id: &str) -> impl Iterator<Item = &SessionRecord> {
+        self.by_user.get(user_id).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+    }
+}
+
+pub(crate) fn create(
+    state: &mut State,
+    now: u64,
+    c: &CreateSession,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    validate_id("session", &c.session_id)?;
+    if c.token_sha256.len() != 32 {
+        return Err(ApplyError::Invalid("token hash must be 32 bytes".into()));
+    }
+    if c.expires_at <= now {
+        return Err(ApplyError::Invalid("expiry must be in the future".into()));
+    }
+    if c.client_ip.len() > 64 || c.user_agent.len() > MAX_USER_AGENT {
+        return Err(ApplyError::Invalid("client ip or user agent too long".into()));
+    }
+    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    if user.status != UserStatus::Active as i32 {
+        return Err(ApplyError::FailedPrecondition("user is disabled".into()));
+    }
+    if state.sessions.by_id.contains_key(&c.session_id) {
+        return Err(ApplyError::AlreadyExists("session id already exists".into()));
+    }
+    let hash: [u8; 32] = c.token_sha256.as_slice().try_into().expect("length checked");
+    if state.sessions.by_token.contains_key(&hash) {
+        return Err(ApplyError::AlreadyExists("session token already exists".into()));
+    }
+    // A successful login ends the run of failures.
+    if user.failed_logins != 0 {
+        user.failed_logins = 0;
+        user.failures_since = 0;
+        out.push(put(Table::Users, &user.user_id, user));
+    }
+    let s = SessionRecord {
+        session_id: c.session_id.clone(),
+        user_id: c.user_id.clone(),
+        token_sha256: c.token_sha256.clone(),
+        created_at: now,
+        expires_at: c.expires_at,
+        idle_timeout_ms: c.idle_timeout_ms,
+        last_seen: now,
+        client_ip: c.client_ip.clone(),
+        user_agent: c.user_agent.clone(),
+    };
+    out.push(put(Table::Sessions, &s.session_id, &s));
+    state.sessions.insert(s);
+    Ok(c.session_id.clone())
+}
+
+pub(crate) fn revoke(state: &mut State, c: &RevokeSession, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    state.sessions.remove(&c.session_id, out).ok_or_else(|| ApplyError::NotFound("no such session".into()))?;
+    Ok(c.session_id.clone())
+}
+
+pub(crate) fn revoke_user(
+    state: &mut State,
+    c: &RevokeUserSessions,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    if !state.users.contains_key(&c.user_id) {
+        return Err(ApplyError::NotFound("no such user".into()));
+    }
+    let n = state.sessions.remove_user(&c.user_id, out);
+    Ok(n.to_string())
+}
+
+pub(crate) fn touch(state: &mut State, c: &TouchSessions, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    if c.touches.len() > 100_000 {
+        return Err(ApplyError::Invalid("too many touches in one command".into()));
+    }
+    let mut changed = 0;
+    for t in &c.touches {
+        // Sessions revoked since the node saw them are simply gone.
+        if let Some(s) = state.sessions.by_id.get_mut(&t.session_id) {
+            if t.last_seen > s.last_seen {
+                s.last_seen = t.last_seen;
+                out.push(put(Table::Sessions, &s.session_id, s));
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed.to_string())
+}
+
+/// Splits out a well-formed session token; `None` unless the form is exact.
+pub fn parse_token(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    (token.len() == TOKEN_LEN && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .then_some(token)
+}
+
+/// The stored form of a session token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Why a session was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRejected {
+    #[error("malformed session token")]
+    Malformed,
+    #[error("unknown session")]
+    Unknown,
+    #[error("session expired")]
+    Expired,
+    #[error("session idle too long")]
+    Idle,
+    #[error("user disabled")]
+    UserDisabled,
+}
+
+/// Who a valid session speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionIdentity {
+    pub session_id: String,
+    pub user_id: String,
+    pub username: String,
+    pub roles: Vec<String>,
+}
+
+/// Checks a presented session token at `now`; `local_seen` is this node's
+/// own latest use of the session not yet flushed to the log (0 if none).
+pub fn verify(
+    state: &State,
+    token: &str,
+    now: u64,
+    local_seen: impl Fn(&str) -> u64,
+) -> Result<SessionIdentity, SessionRejected> {
+    let token = parse_token(token).ok_or(SessionRejected::Malformed)?;
+    let s = state.sessions.by_token(&token_hash(token)).ok_or(SessionRejected::Unknown)?;
+    if s.expires_at <= now {
+        return Err(SessionRejected::Expired);
+    }
+    if s.idle_timeout_ms != 0 {
+        let seen = s.last_seen.max(local_seen(&s.session_id));
+        if now.saturating_sub(seen) > s.idle_timeout_ms {
+            return Err(SessionRejected::Idle);
+        }
+    }
+    let user = state.user(&s.user_id).ok_or(SessionRejected::Unknown)?;
+    if user.status != UserStatus::Active as i32 {
+        return Err(SessionRejected::UserDisabled);
+    }
+    Ok(SessionIdentity {
+        session_id: s.session_id.clone(),
+        user_id: user.user_id.clone(),
+        username: user.username.clone(),
+        roles: user.roles.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::tests::create_user_cmd;
+    use gatehouse_proto::events::{command::Payload, command_result::Code, Command, SetPassword, SetUserStatus};
+
+    const TOKEN: &str = "gs_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ";
+
+    fn session_cmd(sid: &str, uid: &str, token: &str, at: u64) -> Command {
+        Command {
+            proposed_at: at,
+            payload: Some(Payload::CreateSession(CreateSession {
+                session_id: sid.into(),
+                user_id: uid.into(),
+                token_sha256: token_hash(token).to_vec(),
+                expires_at: at + 10_000,
+                idle_timeout_ms: 1_000,
+                client_ip: "127.0.0.1".into(),
+                user_agent: "test".into(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn state_with_session() -> State {
+        let mut state = State::default();
+        state.apply(1, &create_user_cmd(&"a".repeat(32), "ann"), &mut Vec::new());
+        let r = state.apply(2, &session_cmd(&"5".repeat(32), &"a".repeat(32), TOKEN, 1_000), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        state
+    }
+
+    #[test]
+    fn verify_expiry_and_idle_timeout() {
+        let state = state_with_session();
+        let none = |_: &str| 0;
+        assert_eq!(verify(&state, TOKEN, 1_500, none).unwrap().username, "ann");
+        assert_eq!(verify(&state, TOKEN, 2_001, none), Err(SessionRejected::Idle));
+        // A use this node saw but has not flushed yet keeps it alive.
+        assert!(verify(&state, TOKEN, 2_001, |_| 1_900).is_ok());
+        assert_eq!(verify(&state, TOKEN, 11_000, |_| 10_999), Err(SessionRejected::Expired));
+        assert_eq!(verify(&state, "gs_short", 1_500, none), Err(SessionRejected::Malformed));
+        let other = "gs_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq";
+        assert_eq!(verify(&state, other, 1_500, none), Err(SessionRejected::Unknown));
+    }
+
+    #[test]
+    fn touches_advance_last_seen_only_forward() {
+        let mut state = state_with_session();
+        let sid = "5".repeat(32);
+        let touch = |at: u64| Command {
+            proposed_at: at,
+            payload: Some(Payload::TouchSessions(TouchSessions {
+                touches: vec![gatehouse_proto::events::touch_sessions::Touch {
+                    session_id: sid.clone(),
+                    last_seen: at,
+                }],
+            })),
+            ..Default::default()
+        };
+        state.apply(3, &touch(1_800), &mut Vec::new());
+        assert!(verify(&state, TOKEN, 2_700, |_| 0).is_ok());
+        let mut out = Vec::new();
+        state.apply(4, &touch(1_500), &mut out);
+        assert!(out.is_empty(), "an older touch changes nothing");
+    }
+
+    #[test]
+    fn password_change_and_disabling_revoke_every_session() {
+        let mut state = state_with_session();
+        let uid = "a".repeat(32);
+        let second = "gs_ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ";
+        state.apply(3, &session_cmd(&"6".repeat(32), &uid, second, 1_000), &mut Vec::new());
+        assert_eq!(state.sessions_of(&uid).count(), 2);
+        let set_pw = Command {
+            proposed_at: 1_100,
+            payload: Some(Payload::SetPassword(SetPassword {
+                user_id: uid.clone(),
+                password_hash: "$argon2id$v=19$x".into(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(state.apply(4, &set_pw, &mut Vec::new()).code, Code::Ok as i32);
+        assert_eq!(state.sessions_of(&uid).count(), 0);
+        assert_eq!(verify(&state, TOKEN, 1_200, |_| 0), Err(SessionRejected::Unknown));
+
+        state.apply(5, &session_cmd(&"7".repeat(32), &uid, TOKEN, 1_200), &mut Vec::new());
+        let disable = Command {
+            proposed_at: 1_300,
+            payload: Some(Payload::SetUserStatus(SetUserStatus {
+                user_id: uid.clone(),
+                status: UserStatus::Disabled as i32,
+            })),
+            ..Default::default()
+        };
+        state.apply(6, &disable, &mut Vec::new());
+        assert_eq!(state.sessions_of(&uid).count(), 0);
+        // No new session for a disabled user.
+        let r = state.apply(7, &session_cmd(&"8".repeat(32), &uid, second, 1_400), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32);
+    }
+
+    #[test]
+    fn expired_sessions_are_pruned_as_log_time_passes() {
+        let mut state = state_with_session();
+        let mut later = create_user_cmd(&"b".repeat(32), "bob");
+        later.proposed_at = 20_000;
+        let mut out = Vec::new();
+        state.apply(3, &later, &mut out);
+        assert!(state.session(&"5".repeat(32)).is_none());
+        assert!(out.contains(&Mutation::Delete { table: Table::Sessions, key: "5".repeat(32).into_bytes() }));
+    }
+
+    #[test]
+    fn refuses_bad_sessions() {
+        let mut state = state_with_session();
+        let uid = "a".repeat(32);
+        // Same token again, unknown user, expired at birth.
+        let dup = state.apply(3, &session_cmd(&"9".repeat(32), &uid, TOKEN, 1_000), &mut Vec::new());
+        assert_eq!(dup.code, Code::AlreadyExists as i32);
+        let orphan = state.apply(4, &session_cmd(&"9".repeat(32), &"c".repeat(32), "gs_x", 1_000), &mut Vec::new());
+        assert_eq!(orphan.code, Code::NotFound as i32);
+        let mut born_dead = session_cmd(&"9".repeat(32), &uid, "gs_y", 1_000);
+        if let Some(Payload::CreateSession(c)) = &mut born_dead.payload {
+            c.expires_at = 900;
+        }
+        assert_eq!(state.apply(5, &born_dead, &mut Vec::new()).code, Code::Invalid as i32);
+        assert_eq!(state.sessions_of(&uid).count(), 1);
+    }
+}
