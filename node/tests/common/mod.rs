@@ -182,3 +182,27 @@ pub async fn admin_cli(endpoint: &str, token: &str, args: &[&str]) -> Result<Str
     gatehouse::cli::admin(a, &mut out).await.map_err(|e| format!("{e:#}"))?;
     Ok(String::from_utf8(out).unwrap())
 }
+
+/// Creates a user with a password (argon2id, hashed here as the proposing
+/// node would) and returns the user id.
+pub async fn create_user_with_password(node: &Node, username: &str, password: &str, roles: &[&str]) -> String {
+    let hash = gatehouse_api::passwords::PasswordPool::new(1, 4).hash(password.to_string()).await.unwrap();
+    let user_id = gatehouse_api::credentials::new_id();
+    let cmd = node.cluster().command(Payload::CreateUser(CreateUser {
+        user_id: user_id.clone(),
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        password_hash: hash,
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }));
+    node.cluster().propose_one(cmd).await.expect("user created");
+    user_id
+}
+
+pub fn base(node: &Node) -> String {
+    format!("http://{}", node.http_addr())
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}

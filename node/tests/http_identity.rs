@@ -1,0 +1,376 @@
+//! Identity on the HTTP front of a 3-node cluster: login, sessions and API
+//! keys checked on every node, revocation everywhere, lockout, CSRF, and
+//! hostile input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{base, create_key, create_user_with_password, http, wait_until, TestCluster};
+use gatehouse::Node;
+use gatehouse_domain::Payload;
+use gatehouse_proto::events::{RevokeApiKey, SetPassword, SetUserStatus, UserStatus};
+use reqwest::StatusCode;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn login(node: &Node, username: &str, password: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/api/v1/login", base(node)))
+        .header("x-requested-with", "test")
+        .json(&serde_json::json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The session cookie's `name=value` from a login response.
+fn session_cookie(resp: &reqwest::Response) -> String {
+    let c = resp.headers()["set-cookie"].to_str().unwrap();
+    c.split(';').next().unwrap().to_string()
+}
+
+async fn verify_cookie(node: &Node, cookie: &str) -> StatusCode {
+    http().get(format!("{}/auth/verify", base(node))).header("cookie", cookie).send().await.unwrap().status()
+}
+
+async fn verify_bearer(node: &Node, token: &str) -> reqwest::Response {
+    http().get(format!("{}/auth/verify", base(node))).bearer_auth(token).send().await.unwrap()
+}
+
+async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_made_on_one_node_works_on_every_node_at_once_and_logout_ends_it() {
+    let c = TestCluster::start(3).await;
+    create_user_with_password(c.node(1), "alice", PASSWORD, &["viewer"]).await;
+    let resp = login(c.node(1), "Alice", PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    for h in ["x-content-type-options", "x-frame-options", "content-security-policy", "referrer-policy"] {
+        assert!(resp.headers().contains_key(h), "missing {h}");
+    }
+    let cookie = session_cookie(&resp);
+
+    // Read your writes: every node accepts the new session right away.
+    let mut unauthorized = 0;
+    for i in 0..1000u64 {
+        let node = c.node(1 + i % 3);
+        if verify_cookie(node, &cookie).await != StatusCode::OK {
+            unauthorized += 1;
+        }
+    }
+    assert_eq!(unauthorized, 0);
+    let ok = http().get(format!("{}/auth/verify", base(c.node(3)))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(ok.headers()["x-auth-user"], "alice");
+    assert_eq!(ok.headers()["x-auth-roles"], "viewer");
+    assert_eq!(ok.headers()["x-auth-user-id"].len(), 32);
+
+    let me: serde_json::Value = http()
+        .get(format!("{}/api/v1/me", base(c.node(2))))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["auth"]["type"], "session");
+    let list: serde_json::Value = http()
+        .get(format!("{}/api/v1/me/sessions", base(c.node(2))))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(list["sessions"][0]["current"], true);
+
+    // Logout without CSRF proof is refused; with it, the session ends everywhere.
+    let no_csrf =
+        http().post(format!("{}/api/v1/logout", base(c.node(2)))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(no_csrf.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(no_csrf).await, "csrf_failed");
+    let out = http()
+        .post(format!("{}/api/v1/logout", base(c.node(2))))
+        .header("cookie", &cookie)
+        .header("origin", format!("http://{}", c.node(2).http_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::OK);
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    for id in 1..=3 {
+        assert_eq!(verify_cookie(c.node(id), &cookie).await, StatusCode::UNAUTHORIZED);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_verify_everywhere_and_a_revocation_holds_everywhere() {
+    let c = TestCluster::start(3).await;
+    let key = create_key(c.node(2), "bob", &["operator"]).await;
+    for i in 0..300u64 {
+        let r = verify_bearer(c.node(1 + i % 3), &key).await;
+        assert_eq!(r.status(), StatusCode::OK, "try {i}");
+    }
+    // Role checks.
+    assert_eq!(
+        http()
+            .get(format!("{}/auth/verify?role=operator", base(c.node(1))))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        http()
+            .get(format!("{}/auth/verify?role=admin", base(c.node(1))))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        http()
+            .get(format!("{}/auth/verify?role=Bad%20Role", base(c.node(1))))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    let key_id = key.split('_').nth(1).unwrap().to_string();
+    let revoke = c.node(3).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
+    c.node(3).cluster().propose_one(revoke).await.unwrap();
+    // Acknowledged: within max_staleness no node may accept it; these nodes are fresh, so none does.
+    wait_until("every node applied the revocation", Duration::from_secs(2), || {
+        let applied = c.nodes.values().all(|n| {
+            n.cluster().view().read().api_key(key.split('_').nth(1).unwrap()).is_some_and(|k| k.revoked_at != 0)
+        });
+        async move { applied }
+    })
+    .await;
+    for i in 0..300u64 {
+        let r = verify_bearer(c.node(1 + i % 3), &key).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lockout_password_change_and_disabling_hold_on_every_node() {
+    let c = TestCluster::start(3).await;
+    let user_id = create_user_with_password(c.node(1), "carol", PASSWORD, &["viewer"]).await;
+
+    // Wrong password and unknown user get the same answer.
+    let wrong = login(c.node(1), "carol", "not the password!!").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let wrong_body = wrong.text().await.unwrap();
+    let unknown = login(c.node(1), "nobody-here", "not the password!!").await;
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.text().await.unwrap(), wrong_body);
+
+    // Five failures spread over the nodes lock the account everywhere.
+    for i in 0..4u64 {
+        assert_eq!(login(c.node(1 + i % 3), "carol", "still not it!!!").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    wait_until("the lockout on every node", Duration::from_secs(5), || {
+        let locked =
+            c.nodes.values().all(|n| n.cluster().view().read().user(&user_id).is_some_and(|u| u.locked_until > 0));
+        async move { locked }
+    })
+    .await;
+    for id in 1..=3 {
+        assert_eq!(
+            login(c.node(id), "carol", PASSWORD).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "locked on node {id}"
+        );
+    }
+
+    // A password change (which also unlocks) kills every existing session.
+    let dave = create_user_with_password(c.node(2), "dave", PASSWORD, &["viewer"]).await;
+    let cookie = session_cookie(&login(c.node(2), "dave", PASSWORD).await);
+    assert_eq!(verify_cookie(c.node(3), &cookie).await, StatusCode::OK);
+    let hash = gatehouse_api::passwords::PasswordPool::new(1, 2).hash("a whole new password".into()).await.unwrap();
+    let cmd =
+        c.node(1).cluster().command(Payload::SetPassword(SetPassword { user_id: dave.clone(), password_hash: hash }));
+    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    for id in 1..=3 {
+        assert_eq!(verify_cookie(c.node(id), &cookie).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login(c.node(3), "dave", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login(c.node(3), "dave", "a whole new password").await.status(), StatusCode::OK);
+
+    // A disabled user's keys stop working (403) and sessions end.
+    let key = create_key(c.node(1), "erin", &["viewer"]).await;
+    let erin = c.node(1).cluster().view().read().user_by_name("erin").unwrap().user_id.clone();
+    let cmd = c
+        .node(1)
+        .cluster()
+        .command(Payload::SetUserStatus(SetUserStatus { user_id: erin, status: UserStatus::Disabled as i32 }));
+    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    for id in 1..=3 {
+        assert_eq!(verify_bearer(c.node(id), &key).await.status(), StatusCode::FORBIDDEN);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_input_gets_4xx_and_changes_nothing() {
+    let c = TestCluster::start(3).await;
+    create_user_with_password(c.node(1), "frank", PASSWORD, &["viewer"]).await;
+    let cookie = session_cookie(&login(c.node(1), "frank", PASSWORD).await);
+    let applied_before = c.node(1).cluster().view().applied_index();
+    let users_before = c.node(1).cluster().view().read().users().count();
+    let n = c.node(2);
+    let url = format!("{}/auth/verify", base(n));
+
+    for bad in [
+        "garbage",
+        "gk_",
+        "gk_0123456789abcdef_short",
+        "gs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "gs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\u{e9}",
+        "gk_zzzzzzzzzzzzzzzz_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let r = http().get(&url).header("authorization", format!("Bearer {bad}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let truncated = &cookie[..cookie.len() - 2];
+    assert_eq!(verify_cookie(n, truncated).await, StatusCode::UNAUTHORIZED);
+    let wrong_name = cookie.replace("gatehouse_session", "session");
+    assert_eq!(verify_cookie(n, &wrong_name).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        http().get(&url).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let huge = "a".repeat(20 * 1024);
+    assert_eq!(
+        http().get(&url).header("x-junk", &huge).send().await.unwrap().status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let long_token = format!("gs_{}", "A".repeat(5000));
+    assert_eq!(http().get(&url).bearer_auth(long_token).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    let login_url = format!("{}/api/v1/login", base(n));
+    let post = |body: String| {
+        http().post(&login_url).header("x-requested-with", "t").header("content-type", "application/json").body(body)
+    };
+    assert_eq!(post("{not json".into()).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(r#"{"username": 5, "password": []}"#.into()).send().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(post(r#"{"username": "frank"}"#.into()).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(r#"{"username": "frank", "password": "x", "admin": true}"#.into()).send().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        post(format!(r#"{{"username": "{}", "password": "x"}}"#, "x".repeat(100))).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(r#"{"username": "fr\u00e4nk", "password": "correct horse battery staple"}"#.into())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(format!(r#"{{"username": "frank", "password": "{}"}}"#, "p".repeat(70_000)))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Login without CSRF proof.
+    let r = http()
+        .post(&login_url)
+        .json(&serde_json::json!({ "username": "frank", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Someone else's or an unknown session id.
+    let r = http()
+        .delete(format!("{}/api/v1/me/sessions/{}", base(n), "0".repeat(32)))
+        .header("cookie", &cookie)
+        .header("x-requested-with", "t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = http().get(format!("{}/no/such/path", base(n))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "not_found");
+
+    // Nothing above wrote to the log, and the real session still works.
+    assert_eq!(c.node(1).cluster().view().applied_index(), applied_before);
+    assert_eq!(c.node(1).cluster().view().read().users().count(), users_before);
+    assert_eq!(verify_cookie(n, &cookie).await, StatusCode::OK);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_keys_fail_and_a_node_cut_off_from_its_leader_answers_503() {
+    let mut c = TestCluster::start_with(3, |cfg| cfg.max_staleness_ms = 600).await;
+    // A key that expires in a moment.
+    let user_id = create_user_with_password(c.node(1), "gina", PASSWORD, &["viewer"]).await;
+    let k = gatehouse_api::credentials::new_api_key();
+    let cmd = c.node(1).cluster().command(Payload::CreateApiKey(gatehouse_proto::events::CreateApiKey {
+        key_id: k.key_id.clone(),
+        user_id,
+        name: "short".into(),
+        secret_sha256: k.secret_sha256.to_vec(),
+        expires_at: gatehouse_api::cluster::now_ms() + 1_000,
+        roles: vec![],
+    }));
+    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    assert_eq!(verify_bearer(c.node(2), &k.key).await.status(), StatusCode::OK);
+    let node2 = c.node(2);
+    wait_until("the key expired", Duration::from_secs(5), || async {
+        verify_bearer(node2, &k.key).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
+
+    // Fail closed: stop two nodes; the survivor cannot prove freshness.
+    let admin = c.admin_key.clone();
+    let leader = c.wait_for_leader().await;
+    let survivor = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    for id in [1, 2, 3] {
+        if id != survivor {
+            c.stop(id).await;
+        }
+    }
+    let s = c.node(survivor);
+    wait_until("readyz 503 on the cut-off node", Duration::from_secs(5), || async {
+        http().get(format!("{}/readyz", base(s))).send().await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let r = verify_bearer(s, &admin).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(r).await, "stale");
+    assert_eq!(http().get(format!("{}/healthz", base(s))).send().await.unwrap().status(), StatusCode::OK);
+    c.shutdown().await;
+}
