@@ -14,7 +14,7 @@ use std::time::Duration;
 use gatehouse_domain::keys::{self, KeyRejected};
 use gatehouse_domain::sessions::{self, SessionRejected};
 use gatehouse_domain::Payload;
-use gatehouse_proto::events::{touch_sessions::Touch, TouchSessions};
+use gatehouse_proto::events::{record_use::Use, RecordUse};
 
 use crate::cluster::now_ms;
 use crate::{ApiError, Cluster};
@@ -38,46 +38,65 @@ pub struct Principal {
 /// Longest credential looked at; anything longer is refused unread.
 pub const MAX_CREDENTIAL_LEN: usize = 256;
 
-/// Session uses this node saw and has not flushed to the log yet.
+/// Uses of sessions and API keys this node saw and has not flushed to the
+/// log yet (see `gatehouse_domain::usage`).
 #[derive(Debug, Default)]
-pub struct SessionSeen {
-    seen: Mutex<HashMap<String, u64>>,
+pub struct LastUse {
+    seen: Mutex<Seen>,
 }
 
-impl SessionSeen {
-    pub fn record(&self, session_id: &str, at: u64) {
-        let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(session_id) {
-            Some(t) => *t = (*t).max(at),
-            None => {
-                m.insert(session_id.to_string(), at);
-            }
+#[derive(Debug, Default)]
+struct Seen {
+    sessions: HashMap<String, u64>,
+    keys: HashMap<String, u64>,
+}
+
+fn bump(map: &mut HashMap<String, u64>, id: &str, at: u64) {
+    match map.get_mut(id) {
+        Some(t) => *t = (*t).max(at),
+        None => {
+            map.insert(id.to_string(), at);
         }
     }
+}
 
-    pub fn get(&self, session_id: &str) -> u64 {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(session_id).copied().unwrap_or(0)
+impl LastUse {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self) -> HashMap<String, u64> {
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    pub fn session_used(&self, session_id: &str, at: u64) {
+        bump(&mut self.lock().sessions, session_id, at);
     }
 
-    /// Proposes the uses seen since the last flush as `TouchSessions`
-    /// commands, one per 10,000 sessions. Failed flushes are put back.
+    pub fn key_used(&self, key_id: &str, at: u64) {
+        bump(&mut self.lock().keys, key_id, at);
+    }
+
+    /// This node's latest unflushed use of a session (0 if none).
+    pub fn session(&self, session_id: &str) -> u64 {
+        self.lock().sessions.get(session_id).copied().unwrap_or(0)
+    }
+
+    /// Proposes the uses seen since the last flush, at most
+    /// `gatehouse_domain::usage::MAX_USES` per command. Failed flushes are put back.
     pub async fn flush(&self, cluster: &Cluster) {
-        let seen = self.take();
-        if seen.is_empty() {
-            return;
-        }
-        let touches: Vec<Touch> =
-            seen.iter().map(|(id, at)| Touch { session_id: id.clone(), last_seen: *at }).collect();
-        for chunk in touches.chunks(10_000) {
-            let cmd = cluster.command(Payload::TouchSessions(TouchSessions { touches: chunk.to_vec() }));
+        let seen = std::mem::take(&mut *self.lock());
+        let uses = |m: HashMap<String, u64>| m.into_iter().map(|(id, at)| Use { id, at }).collect::<Vec<_>>();
+        let (sessions, keys) = (uses(seen.sessions), uses(seen.keys));
+        const CHUNK: usize = gatehouse_domain::usage::MAX_USES / 2;
+        let chunks = sessions.len().max(keys.len()).div_ceil(CHUNK);
+        for i in 0..chunks {
+            let part = |v: &Vec<Use>| v.iter().skip(i * CHUNK).take(CHUNK).cloned().collect::<Vec<_>>();
+            let batch = RecordUse { sessions: part(&sessions), keys: part(&keys) };
+            let cmd = cluster.command(Payload::RecordUse(batch.clone()));
             if let Err(e) = cluster.propose(vec![cmd]).await {
-                tracing::warn!(error = %e, sessions = chunk.len(), "flushing session last-use failed; will retry");
-                for t in chunk {
-                    self.record(&t.session_id, t.last_seen);
+                tracing::warn!(error = %e, uses = batch.sessions.len() + batch.keys.len(), "flushing last-use times failed; will retry");
+                for u in batch.sessions {
+                    self.session_used(&u.id, u.at);
+                }
+                for u in batch.keys {
+                    self.key_used(&u.id, u.at);
                 }
             }
         }
@@ -92,7 +111,7 @@ enum Refused {
     Disabled,
 }
 
-fn check(cluster: &Cluster, seen: &SessionSeen, token: &str, now: u64) -> Result<Principal, Refused> {
+fn check(cluster: &Cluster, seen: &LastUse, token: &str, now: u64) -> Result<Principal, Refused> {
     let state = cluster.view().read();
     if token.starts_with(keys::KEY_PREFIX) {
         return match keys::verify(&state, token, now) {
@@ -108,7 +127,7 @@ fn check(cluster: &Cluster, seen: &SessionSeen, token: &str, now: u64) -> Result
         };
     }
     if token.starts_with(sessions::TOKEN_PREFIX) {
-        return match sessions::verify(&state, token, now, |sid| seen.get(sid)) {
+        return match sessions::verify(&state, token, now, |sid| seen.session(sid)) {
             Ok(id) => Ok(Principal {
                 user_id: id.user_id,
                 username: id.username,
@@ -126,7 +145,7 @@ fn check(cluster: &Cluster, seen: &SessionSeen, token: &str, now: u64) -> Result
 /// Resolves a presented credential. `unauthenticated` for anything unknown,
 /// expired, revoked or malformed (one answer for all, nothing to probe);
 /// `permission_denied` for a disabled user.
-pub async fn resolve(cluster: &Cluster, seen: &SessionSeen, token: &str) -> Result<Principal, ApiError> {
+pub async fn resolve(cluster: &Cluster, seen: &LastUse, token: &str) -> Result<Principal, ApiError> {
     if token.is_empty() || token.len() > MAX_CREDENTIAL_LEN {
         return Err(ApiError::Unauthenticated);
     }
@@ -136,8 +155,9 @@ pub async fn resolve(cluster: &Cluster, seen: &SessionSeen, token: &str) -> Resu
     }
     match result {
         Ok(p) => {
-            if let Via::Session { session_id } = &p.via {
-                seen.record(session_id, now_ms());
+            match &p.via {
+                Via::Session { session_id } => seen.session_used(session_id, now_ms()),
+                Via::ApiKey { key_id } => seen.key_used(key_id, now_ms()),
             }
             Ok(p)
         }

@@ -60,6 +60,7 @@ pub(crate) fn create(
         roles: c.roles.clone(),
         created_at: now,
         revoked_at: 0,
+        last_used: 0,
     };
     out.push(put(Table::ApiKeys, &key.key_id, &key));
     state.keys.insert(key.key_id.clone(), key);

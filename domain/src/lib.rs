@@ -17,6 +17,7 @@
 //! - [`keys`]: API key records and their commands.
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
 //! - [`roles`]: built-in roles and RBAC.
+//! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
 //! - [`requests`]: idempotency of retried commands.
 //! - [`result`]: command outcomes.
 
@@ -28,6 +29,7 @@ pub mod result;
 pub mod roles;
 pub mod sessions;
 pub mod state;
+pub mod usage;
 pub mod users;
 
 pub use gatehouse_proto::events::{command::Payload, Command, CommandBatch, CommandResult};

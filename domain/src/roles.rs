@@ -35,6 +35,12 @@ pub enum Permission {
     ClusterRead,
     /// Change membership, trigger snapshots.
     ClusterAdmin,
+    UsersRead,
+    UsersWrite,
+    KeysRead,
+    KeysWrite,
+    SessionsRead,
+    SessionsWrite,
 }
 
 impl Permission {
@@ -42,15 +48,29 @@ impl Permission {
         match self {
             Permission::ClusterRead => "cluster.read",
             Permission::ClusterAdmin => "cluster.admin",
+            Permission::UsersRead => "users.read",
+            Permission::UsersWrite => "users.write",
+            Permission::KeysRead => "keys.read",
+            Permission::KeysWrite => "keys.write",
+            Permission::SessionsRead => "sessions.read",
+            Permission::SessionsWrite => "sessions.write",
         }
     }
 }
 
-/// Whether a built-in role grants a permission.
+/// Whether a built-in role grants a permission:
+///
+/// | permission | admin | operator | viewer |
+/// |---|---|---|---|
+/// | `cluster.read`, `users.read`, `keys.read`, `sessions.read` | yes | yes | yes |
+/// | `users.write`, `keys.write`, `sessions.write` | yes | yes | no |
+/// | `cluster.admin` | yes | no | no |
 pub fn grants(role: &str, permission: Permission) -> bool {
+    use Permission::*;
     match role {
         ADMIN => true,
-        OPERATOR | VIEWER => matches!(permission, Permission::ClusterRead),
+        OPERATOR => !matches!(permission, ClusterAdmin),
+        VIEWER => matches!(permission, ClusterRead | UsersRead | KeysRead | SessionsRead),
         _ => false,
     }
 }
@@ -72,5 +92,8 @@ mod tests {
         assert!(allowed(&r(&["viewer"]), Permission::ClusterRead));
         assert!(!allowed(&r(&[]), Permission::ClusterRead));
         assert!(!allowed(&r(&["unknown"]), Permission::ClusterRead));
+        assert!(allowed(&r(&["operator"]), Permission::KeysWrite));
+        assert!(!allowed(&r(&["viewer"]), Permission::KeysWrite));
+        assert!(allowed(&r(&["viewer"]), Permission::SessionsRead));
     }
 }

@@ -1,15 +1,15 @@
 //! Sessions: a 256-bit random token in a cookie, stored as its SHA-256, with
 //! an absolute expiry and an idle timeout.
 //!
-//! Last use is tracked per node and flushed in coalesced `TouchSessions`
-//! commands; verification takes the later of the replicated `last_seen` and
+//! Last use is tracked per node and flushed in coalesced `RecordUse`
+//! commands (see [`crate::usage`]); verification takes the later of the replicated `last_seen` and
 //! the node's own, so idle expiry holds cluster-wide without one log write
 //! per request. Expired sessions are dropped deterministically as log time
 //! passes their absolute expiry.
 
 use std::collections::{BTreeSet, HashMap};
 
-use gatehouse_proto::events::{CreateSession, RevokeSession, RevokeUserSessions, TouchSessions, UserStatus};
+use gatehouse_proto::events::{CreateSession, RevokeSession, RevokeUserSessions, UserStatus};
 use gatehouse_proto::state::SessionRecord;
 
 use crate::mutation::{Mutation, Table};
@@ -154,24 +154,6 @@ pub(crate) fn revoke_user(
     Ok(n.to_string())
 }
 
-pub(crate) fn touch(state: &mut State, c: &TouchSessions, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
-    if c.touches.len() > 100_000 {
-        return Err(ApplyError::Invalid("too many touches in one command".into()));
-    }
-    let mut changed = 0;
-    for t in &c.touches {
-        // Sessions revoked since the node saw them are simply gone.
-        if let Some(s) = state.sessions.by_id.get_mut(&t.session_id) {
-            if t.last_seen > s.last_seen {
-                s.last_seen = t.last_seen;
-                out.push(put(Table::Sessions, &s.session_id, s));
-                changed += 1;
-            }
-        }
-    }
-    Ok(changed.to_string())
-}
-
 /// Splits out a well-formed session token; `None` unless the form is exact.
 pub fn parse_token(token: &str) -> Option<&str> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
@@ -244,7 +226,9 @@ pub fn verify(
 mod tests {
     use super::*;
     use crate::users::tests::create_user_cmd;
-    use gatehouse_proto::events::{command::Payload, command_result::Code, Command, SetPassword, SetUserStatus};
+    use gatehouse_proto::events::{
+        command::Payload, command_result::Code, record_use::Use, Command, RecordUse, SetPassword, SetUserStatus,
+    };
 
     const TOKEN: &str = "gs_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ";
 
@@ -292,12 +276,7 @@ mod tests {
         let sid = "5".repeat(32);
         let touch = |at: u64| Command {
             proposed_at: at,
-            payload: Some(Payload::TouchSessions(TouchSessions {
-                touches: vec![gatehouse_proto::events::touch_sessions::Touch {
-                    session_id: sid.clone(),
-                    last_seen: at,
-                }],
-            })),
+            payload: Some(Payload::RecordUse(RecordUse { sessions: vec![Use { id: sid.clone(), at }], keys: vec![] })),
             ..Default::default()
         };
         state.apply(3, &touch(1_800), &mut Vec::new());

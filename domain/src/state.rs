@@ -10,7 +10,7 @@ use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError};
 use crate::sessions::{self, Sessions};
-use crate::{keys, users};
+use crate::{keys, usage, users};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -50,7 +50,7 @@ impl State {
             Some(Payload::CreateSession(c)) => sessions::create(self, cmd.proposed_at, c, out),
             Some(Payload::RevokeSession(c)) => sessions::revoke(self, c, out),
             Some(Payload::RevokeUserSessions(c)) => sessions::revoke_user(self, c, out),
-            Some(Payload::TouchSessions(c)) => sessions::touch(self, c, out),
+            Some(Payload::RecordUse(c)) => usage::record(self, c, out),
         };
         let result = to_result(outcome, log_index);
         self.requests.record(cmd, &result, out);

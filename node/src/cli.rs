@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
+use gatehouse_proto::admin::key_service_client::KeyServiceClient;
+use gatehouse_proto::admin::session_service_client::SessionServiceClient;
+use gatehouse_proto::admin::user_service_client::UserServiceClient;
 use gatehouse_proto::admin::*;
 use serde_json::json;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -67,6 +70,102 @@ pub enum AdminCommand {
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+/// `--wait all`: return only once every reachable voter applied the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wait {
+    All,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        username: String,
+        #[arg(long)]
+        email: String,
+        /// A role to hold (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Read a password (at least 12 characters) from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        role: Option<String>,
+        /// active or disabled.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Disable a user: its keys stop working and its sessions end.
+    Disable { user: String },
+    /// Enable a disabled user.
+    Enable { user: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key; prints it once.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 90d, 12h (default: no expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Restrict the key to these of the user's roles (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key.
+    Revoke {
+        id: String,
+        #[arg(long, value_enum)]
+        wait: Option<Wait>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List a user's sessions.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke one session.
+    Revoke {
+        id: String,
+        #[arg(long, value_enum)]
+        wait: Option<Wait>,
+    },
+    /// Revoke every session of a user.
+    RevokeAll {
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_enum)]
+        wait: Option<Wait>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +208,7 @@ fn token(args: &AdminArgs) -> anyhow::Result<String> {
         .context("an admin API key is required: set GATEHOUSE_TOKEN or --token-file")
 }
 
-async fn connect(args: &AdminArgs) -> anyhow::Result<ClusterServiceClient<InterceptedService<Channel, Bearer>>> {
+async fn connect(args: &AdminArgs) -> anyhow::Result<InterceptedService<Channel, Bearer>> {
     let endpoint =
         if args.endpoint.contains("://") { args.endpoint.clone() } else { format!("http://{}", args.endpoint) };
     let channel = Channel::from_shared(endpoint.clone())
@@ -119,7 +218,7 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<ClusterServiceClient<Interc
         .with_context(|| format!("cannot reach {endpoint}"))?;
     let value: MetadataValue<Ascii> =
         format!("Bearer {}", token(args)?).parse().context("the API key has invalid characters")?;
-    Ok(ClusterServiceClient::with_interceptor(channel, Bearer(value)))
+    Ok(InterceptedService::new(channel, Bearer(value)))
 }
 
 /// A failed RPC, as the operator should read it.
@@ -147,28 +246,45 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 /// Runs one admin command, writing its output to `out`.
 pub async fn admin(args: AdminArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut client = connect(&args).await?;
-    match &args.command {
-        AdminCommand::Cluster(ClusterCommand::Status) => {
+    let channel = connect(&args).await?;
+    let json = args.json;
+    match args.command {
+        AdminCommand::Cluster(cmd) => cluster(ClusterServiceClient::new(channel), cmd, json, out).await,
+        AdminCommand::User(cmd) => user(UserServiceClient::new(channel), cmd, json, out).await,
+        AdminCommand::Key(cmd) => key(KeyServiceClient::new(channel), cmd, json, out).await,
+        AdminCommand::Session(cmd) => session(SessionServiceClient::new(channel), cmd, json, out).await,
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+async fn cluster(
+    mut client: ClusterServiceClient<Authed>,
+    cmd: ClusterCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match &cmd {
+        ClusterCommand::Status => {
             let s = client.status(ClusterStatusRequest {}).await.map_err(rpc_error)?.into_inner();
-            print_status(&s, args.json, out)
+            print_status(&s, json, out)
         }
-        AdminCommand::Cluster(ClusterCommand::AddLearner { id, addr }) => {
+        ClusterCommand::AddLearner { id, addr } => {
             let r =
                 client.add_learner(AddLearnerRequest { node_id: *id, addr: addr.clone() }).await.map_err(rpc_error)?;
-            print_membership(&r.into_inner(), args.json, out)
+            print_membership(&r.into_inner(), json, out)
         }
-        AdminCommand::Cluster(ClusterCommand::Promote { id }) => {
+        ClusterCommand::Promote { id } => {
             let r = client.promote(PromoteRequest { node_id: *id }).await.map_err(rpc_error)?;
-            print_membership(&r.into_inner(), args.json, out)
+            print_membership(&r.into_inner(), json, out)
         }
-        AdminCommand::Cluster(ClusterCommand::Remove { id }) => {
+        ClusterCommand::Remove { id } => {
             let r = client.remove_node(RemoveNodeRequest { node_id: *id }).await.map_err(rpc_error)?;
-            print_membership(&r.into_inner(), args.json, out)
+            print_membership(&r.into_inner(), json, out)
         }
-        AdminCommand::Cluster(ClusterCommand::Snapshot) => {
+        ClusterCommand::Snapshot => {
             let r = client.trigger_snapshot(TriggerSnapshotRequest {}).await.map_err(rpc_error)?.into_inner();
-            if args.json {
+            if json {
                 writeln!(out, "{}", json!({ "snapshot_index": r.snapshot_index }))?;
             } else {
                 writeln!(out, "snapshot built at index {}", r.snapshot_index)?;
@@ -223,6 +339,221 @@ fn print_membership(r: &MembershipResponse, as_json: bool, out: &mut impl Write)
             "membership committed at index {}: voters {:?}, learners {:?}",
             r.log_index, r.voters, r.learners
         )?;
+    }
+    Ok(())
+}
+
+fn when(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+fn user_json(u: &User) -> serde_json::Value {
+    json!({
+        "id": u.id, "username": u.username, "email": u.email, "roles": u.roles, "status": u.status,
+        "created_at": u.created_at, "updated_at": u.updated_at, "locked_until": u.locked_until,
+    })
+}
+
+fn key_json(k: &ApiKey) -> serde_json::Value {
+    json!({
+        "id": k.id, "user_id": k.user_id, "username": k.username, "name": k.name, "roles": k.roles,
+        "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at, "last_used": k.last_used,
+    })
+}
+
+fn session_json(s: &Session) -> serde_json::Value {
+    json!({
+        "id": s.id, "user_id": s.user_id, "username": s.username, "created_at": s.created_at, "expires_at": s.expires_at,
+        "last_seen": s.last_seen, "client_ip": s.client_ip, "user_agent": s.user_agent,
+    })
+}
+
+fn print_revoked(r: &Revoked, what: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({ "revoked": r.count, "log_index": r.log_index, "applied_on": r.applied_on, "unreachable": r.unreachable })
+        )?;
+    } else {
+        writeln!(out, "revoked {} {what} (log index {})", r.count, r.log_index)?;
+        if !r.applied_on.is_empty() || !r.unreachable.is_empty() {
+            writeln!(out, "applied on nodes {:?}; unreachable {:?}", r.applied_on, r.unreachable)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_password_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!pw.is_empty(), "no password on stdin");
+    Ok(pw)
+}
+
+async fn user(
+    mut client: UserServiceClient<Authed>,
+    cmd: UserCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Create { username, email, roles, password_stdin } => {
+            let password = if password_stdin { read_password_stdin()? } else { String::new() };
+            let u = client
+                .create(CreateUserRequest { username, email, roles, password })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                writeln!(out, "{}", user_json(&u))?;
+            } else {
+                writeln!(out, "created user {} ({}) with roles [{}]", u.username, u.id, u.roles.join(", "))?;
+            }
+        }
+        UserCommand::List { role, status } => {
+            let req = ListUsersRequest { role: role.unwrap_or_default(), status: status.unwrap_or_default() };
+            let users = client.list(req).await.map_err(rpc_error)?.into_inner().users;
+            if json {
+                writeln!(out, "{}", json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() }))?;
+            } else {
+                writeln!(out, "{:<24} {:<32} {:<10} ROLES", "USERNAME", "ID", "STATUS")?;
+                for u in users {
+                    writeln!(out, "{:<24} {:<32} {:<10} {}", u.username, u.id, u.status, u.roles.join(","))?;
+                }
+            }
+        }
+        UserCommand::Disable { user } => {
+            let u = client
+                .set_status(SetUserStatusRequest { user, status: "disabled".into() })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                writeln!(out, "{}", user_json(&u))?;
+            } else {
+                writeln!(out, "disabled {}: its keys no longer work and its sessions ended", u.username)?;
+            }
+        }
+        UserCommand::Enable { user } => {
+            let u = client
+                .set_status(SetUserStatusRequest { user, status: "active".into() })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                writeln!(out, "{}", user_json(&u))?;
+            } else {
+                writeln!(out, "enabled {}", u.username)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn key(
+    mut client: KeyServiceClient<Authed>,
+    cmd: KeyCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match cmd {
+        KeyCommand::Create { user, name, ttl, roles } => {
+            let req = CreateKeyRequest { user, name, ttl_seconds: ttl.map_or(0, |d| d.as_secs().max(1)), roles };
+            let r = client.create(req).await.map_err(rpc_error)?.into_inner();
+            let id = r.key.as_ref().map(|k| k.id.clone()).unwrap_or_default();
+            if json {
+                writeln!(out, "{}", json!({ "id": id, "key": r.secret }))?;
+            } else {
+                writeln!(out, "API key {id} (shown once, store it now):\n\n    {}\n", r.secret)?;
+            }
+        }
+        KeyCommand::List { user, all } => {
+            let req = ListKeysRequest { user: user.unwrap_or_default(), include_revoked: all };
+            let keys = client.list(req).await.map_err(rpc_error)?.into_inner().keys;
+            if json {
+                writeln!(out, "{}", json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }))?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<16} {:<20} {:<20} {:<20} {:<20} {:<20} ROLES",
+                    "ID", "USER", "NAME", "LAST USED", "EXPIRES", "REVOKED"
+                )?;
+                for k in keys {
+                    let roles = if k.roles.is_empty() { "(all of the user's)".to_string() } else { k.roles.join(",") };
+                    writeln!(
+                        out,
+                        "{:<16} {:<20} {:<20} {:<20} {:<20} {:<20} {roles}",
+                        k.id,
+                        k.username,
+                        k.name,
+                        when(k.last_used),
+                        when(k.expires_at),
+                        when(k.revoked_at)
+                    )?;
+                }
+            }
+        }
+        KeyCommand::Revoke { id, wait } => {
+            let r = client
+                .revoke(RevokeKeyRequest { id, wait_all: wait == Some(Wait::All) })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_revoked(&r, "key", json, out)?;
+        }
+    }
+    Ok(())
+}
+
+async fn session(
+    mut client: SessionServiceClient<Authed>,
+    cmd: SessionCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match cmd {
+        SessionCommand::List { user } => {
+            let sessions = client.list(ListSessionsRequest { user }).await.map_err(rpc_error)?.into_inner().sessions;
+            if json {
+                writeln!(out, "{}", json!({ "sessions": sessions.iter().map(session_json).collect::<Vec<_>>() }))?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<32} {:<20} {:<20} {:<20} {:<16} USER AGENT",
+                    "ID", "CREATED", "LAST SEEN", "EXPIRES", "IP"
+                )?;
+                for s in sessions {
+                    writeln!(
+                        out,
+                        "{:<32} {:<20} {:<20} {:<20} {:<16} {}",
+                        s.id,
+                        when(s.created_at),
+                        when(s.last_seen),
+                        when(s.expires_at),
+                        s.client_ip,
+                        s.user_agent
+                    )?;
+                }
+            }
+        }
+        SessionCommand::Revoke { id, wait } => {
+            let r = client
+                .revoke(RevokeSessionRequest { id, wait_all: wait == Some(Wait::All) })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_revoked(&r, "session", json, out)?;
+        }
+        SessionCommand::RevokeAll { user, wait } => {
+            let req = RevokeUserSessionsRequest { user, wait_all: wait == Some(Wait::All) };
+            let r = client.revoke_all(req).await.map_err(rpc_error)?.into_inner();
+            print_revoked(&r, "sessions", json, out)?;
+        }
     }
     Ok(())
 }

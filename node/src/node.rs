@@ -73,11 +73,15 @@ impl Node {
         let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
 
         let (stop, _) = watch::channel(false);
+        let front = front(&config, cluster.clone());
         let grpc = {
             let mut rx = stop.subscribe();
             let router = tonic::transport::Server::builder()
                 .add_service(gatehouse_api::raft::service::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::cluster::server(cluster.clone()));
+                .add_service(gatehouse_api::admin::cluster::server(cluster.clone()))
+                .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
+                .add_service(gatehouse_api::admin::keys::server(cluster.clone()))
+                .add_service(gatehouse_api::admin::sessions::server(cluster.clone()));
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
             tokio::spawn(async move {
                 let shutdown = async move {
@@ -88,7 +92,6 @@ impl Node {
                 }
             })
         };
-        let front = front(&config, cluster.clone());
         let http = {
             let mut rx = stop.subscribe();
             let app = gatehouse_api::http::router(front.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -102,7 +105,7 @@ impl Node {
             })
         };
         let touches = {
-            // Session last-use times, coalesced per node (see identity.rs).
+            // Last-use times of sessions and keys, coalesced per node (see identity.rs).
             let mut rx = stop.subscribe();
             let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
             tokio::spawn(async move {

@@ -26,7 +26,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::identity::SessionSeen;
+use crate::identity::LastUse;
 use crate::passwords::PasswordPool;
 use crate::{ApiError, Cluster};
 
@@ -71,7 +71,7 @@ pub struct Front {
     pub cluster: Cluster,
     pub config: Arc<FrontConfig>,
     pub passwords: PasswordPool,
-    pub seen: Arc<SessionSeen>,
+    pub seen: Arc<LastUse>,
 }
 
 pub fn router(front: Front) -> Router {

@@ -174,7 +174,7 @@ pub async fn my_sessions(State(front): State<Front>, headers: HeaderMap) -> Resu
         .map(|s| {
             json!({
                 "id": s.session_id, "created_at": s.created_at, "expires_at": s.expires_at,
-                "last_seen": s.last_seen.max(front.seen.get(&s.session_id)),
+                "last_seen": s.last_seen.max(front.seen.session(&s.session_id)),
                 "client_ip": s.client_ip, "user_agent": s.user_agent, "current": s.session_id == current,
             })
         })

@@ -1,0 +1,58 @@
+//! `SessionService`: list a user's sessions, revoke one or all of them.
+
+use gatehouse_domain::roles::Permission;
+use gatehouse_domain::{users, Payload};
+use gatehouse_proto::admin::session_service_server::{SessionService, SessionServiceServer};
+use gatehouse_proto::admin::{
+    ListSessionsRequest, ListSessionsResponse, RevokeSessionRequest, RevokeUserSessionsRequest, Revoked,
+};
+use gatehouse_proto::events::{RevokeSession, RevokeUserSessions};
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use super::{find_user, revoked, session_pb};
+use crate::{ApiError, Cluster};
+
+pub struct Sessions {
+    cluster: Cluster,
+}
+
+pub fn server(cluster: Cluster) -> SessionServiceServer<Sessions> {
+    SessionServiceServer::new(Sessions { cluster })
+}
+
+#[tonic::async_trait]
+impl SessionService for Sessions {
+    async fn list(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::SessionsRead)?;
+        let state = self.cluster.view().read();
+        let user = find_user(&state, &req.get_ref().user)?;
+        let mut sessions: Vec<_> = state.sessions_of(&user.user_id).map(|s| session_pb(&state, s)).collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        Ok(Response::new(ListSessionsResponse { sessions }))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.sessions.revoke", skip_all, fields(actor, session_id = %req.get_ref().id))]
+    async fn revoke(&self, req: Request<RevokeSessionRequest>) -> Result<Response<Revoked>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite)?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        users::validate_id("session", &r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let cmd = self.cluster.command(Payload::RevokeSession(RevokeSession { session_id: r.id }));
+        let result = self.cluster.propose_one(cmd).await?;
+        Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.sessions.revoke_all", skip_all, fields(actor))]
+    async fn revoke_all(&self, req: Request<RevokeUserSessionsRequest>) -> Result<Response<Revoked>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite)?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
+        let cmd = self.cluster.command(Payload::RevokeUserSessions(RevokeUserSessions { user_id }));
+        let result = self.cluster.propose_one(cmd).await?;
+        // The command's result id carries how many sessions it ended.
+        let count = result.id.parse().unwrap_or(0);
+        Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))
+    }
+}

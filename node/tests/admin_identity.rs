@@ -1,0 +1,195 @@
+//! Users, keys and sessions through the admin API and the CLI, against a
+//! 3-node cluster: success, RBAC, hostile arguments, and revocation that
+//! holds everywhere (`--wait all`).
+
+mod common;
+
+use common::{admin_cli, base, create_key, http, TestCluster};
+
+use reqwest::StatusCode;
+
+fn ep(c: &TestCluster, id: u64) -> String {
+    format!("http://{}", c.node(id).advertise_addr())
+}
+
+async fn verify(c: &TestCluster, id: u64, key: &str) -> StatusCode {
+    http().get(format!("{}/auth/verify", base(c.node(id)))).bearer_auth(key).send().await.unwrap().status()
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn onboard_a_user_issue_a_key_and_revoke_it_everywhere() {
+    let c = TestCluster::start_with(3, |cfg| cfg.identity.touch_flush_ms = 100).await;
+    let admin = c.admin_key.clone();
+    let out = admin_cli(
+        &ep(&c, 2),
+        &admin,
+        &["--json", "user", "create", "Hank", "--email", "hank@example.com", "--role", "operator"],
+    )
+    .await
+    .unwrap();
+    let user = json(&out);
+    assert_eq!(user["username"], "hank");
+    assert_eq!(user["status"], "active");
+
+    let out =
+        admin_cli(&ep(&c, 3), &admin, &["--json", "key", "create", "--user", "hank", "--name", "ci", "--ttl", "90d"])
+            .await
+            .unwrap();
+    let created = json(&out);
+    let key = created["key"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(key.starts_with(&format!("gk_{id}_")));
+    for n in 1..=3 {
+        assert_eq!(verify(&c, n, &key).await, StatusCode::OK);
+    }
+
+    // The use is flushed to the log by the node that saw it and shows everywhere.
+    common::wait_until("last use replicated", std::time::Duration::from_secs(5), || {
+        let all = c.nodes.values().all(|n| n.cluster().view().read().api_key(&id).is_some_and(|k| k.last_used > 0));
+        async move { all }
+    })
+    .await;
+
+    // Listing never shows a secret.
+    let secret = key.rsplit('_').next().unwrap();
+    for args in [&["key", "list"][..], &["--json", "key", "list", "--user", "hank"]] {
+        let out = admin_cli(&ep(&c, 1), &admin, args).await.unwrap();
+        assert!(out.contains(&id), "{out}");
+        assert!(!out.contains(secret));
+    }
+    let users = json(&admin_cli(&ep(&c, 1), &admin, &["--json", "user", "list", "--role", "operator"]).await.unwrap());
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+
+    let out = admin_cli(&ep(&c, 1), &admin, &["--json", "key", "revoke", &id, "--wait", "all"]).await.unwrap();
+    let r = json(&out);
+    assert_eq!(r["applied_on"], serde_json::json!([1, 2, 3]));
+    for n in 1..=3 {
+        assert_eq!(verify(&c, n, &key).await, StatusCode::UNAUTHORIZED);
+    }
+    let err = admin_cli(&ep(&c, 1), &admin, &["key", "revoke", &id]).await.unwrap_err();
+    assert!(err.starts_with("failed precondition"), "{err}");
+    let all =
+        json(&admin_cli(&ep(&c, 1), &admin, &["--json", "key", "list", "--user", "hank", "--all"]).await.unwrap());
+    assert!(all["keys"][0]["revoked_at"].as_u64().unwrap() > 0);
+
+    // Disabling the user stops its other keys.
+    let other = json(
+        &admin_cli(&ep(&c, 1), &admin, &["--json", "key", "create", "--user", "hank", "--name", "other"])
+            .await
+            .unwrap(),
+    );
+    let other = other["key"].as_str().unwrap().to_string();
+    admin_cli(&ep(&c, 2), &admin, &["user", "disable", "hank"]).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(verify(&c, n, &other).await, StatusCode::FORBIDDEN);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_are_listed_and_revoked_by_admins() {
+    let c = TestCluster::start(3).await;
+    common::create_user_with_password(c.node(1), "ivy", "correct horse battery staple", &["viewer"]).await;
+    let mut cookies = Vec::new();
+    for n in 1..=2 {
+        let r = http()
+            .post(format!("{}/api/v1/login", base(c.node(n))))
+            .header("x-requested-with", "t")
+            .header("user-agent", "test-agent/1.0")
+            .json(&serde_json::json!({ "username": "ivy", "password": "correct horse battery staple" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        cookies.push(r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string());
+    }
+    let list =
+        json(&admin_cli(&ep(&c, 3), &c.admin_key, &["--json", "session", "list", "--user", "ivy"]).await.unwrap());
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0]["user_agent"], "test-agent/1.0");
+    assert_eq!(sessions[0]["client_ip"], "127.0.0.1");
+
+    let first = sessions[0]["id"].as_str().unwrap();
+    let r = json(
+        &admin_cli(&ep(&c, 3), &c.admin_key, &["--json", "session", "revoke", first, "--wait", "all"]).await.unwrap(),
+    );
+    assert_eq!(r["revoked"], 1);
+    let r = json(
+        &admin_cli(&ep(&c, 1), &c.admin_key, &["--json", "session", "revoke-all", "--user", "ivy", "--wait", "all"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r["revoked"], 1);
+    assert_eq!(r["applied_on"], serde_json::json!([1, 2, 3]));
+    for cookie in &cookies {
+        for n in 1..=3 {
+            let s = http()
+                .get(format!("{}/auth/verify", base(c.node(n))))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(s, StatusCode::UNAUTHORIZED);
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rbac_and_hostile_arguments() {
+    let c = TestCluster::start(3).await;
+    let e = ep(&c, 1);
+    let viewer = create_key(c.node(1), "viewer-vic", &["viewer"]).await;
+    let operator = create_key(c.node(1), "operator-otto", &["operator"]).await;
+
+    // Viewers read, operators write users and keys, nobody without a key.
+    assert!(admin_cli(&e, &viewer, &["user", "list"]).await.is_ok());
+    for args in [
+        &["user", "create", "newbie", "--email", "n@example.com"][..],
+        &["key", "create", "--user", "viewer-vic", "--name", "x"],
+        &["user", "disable", "viewer-vic"],
+        &["session", "revoke-all", "--user", "viewer-vic"],
+    ] {
+        let err = admin_cli(&e, &viewer, args).await.unwrap_err();
+        assert!(err.starts_with("permission denied"), "{args:?}: {err}");
+    }
+    assert!(admin_cli(&e, &operator, &["user", "create", "newbie", "--email", "n@example.com", "--role", "viewer"])
+        .await
+        .is_ok());
+    let err = admin_cli(&e, "gk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &["user", "list"])
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("unauthenticated"), "{err}");
+
+    let users_before = c.node(1).cluster().view().read().users().count();
+    let admin = c.admin_key.clone();
+    for (args, want) in [
+        (&["user", "create", "bad name", "--email", "a@b.c"][..], "invalid argument"),
+        (&["user", "create", "j\u{f6}rg", "--email", "a@b.c"], "invalid argument"),
+        (&["user", "create", &"x".repeat(65), "--email", "a@b.c"], "invalid argument"),
+        (&["user", "create", "okname", "--email", "not-an-email"], "invalid argument"),
+        (&["user", "create", "okname", "--email", "a@b.c", "--role", "root"], "not found"),
+        (&["user", "create", "newbie", "--email", "a@b.c"], "already exists"),
+        (&["user", "disable", "nobody"], "not found"),
+        (&["key", "create", "--user", "nobody", "--name", "x"], "not found"),
+        (&["key", "create", "--user", "newbie", "--name", ""], "invalid argument"),
+        (&["key", "create", "--user", "newbie", "--name", "x", "--role", "admin"], "failed precondition"),
+        (&["key", "create", "--user", "newbie", "--name", "x", "--ttl", "4000years"], "invalid argument"),
+        (&["key", "revoke", "NOT-AN-ID"], "invalid argument"),
+        (&["key", "revoke", "0123456789abcdef"], "not found"),
+        (&["session", "revoke", "xyz"], "invalid argument"),
+        (&["session", "revoke", &"0".repeat(32)], "not found"),
+        (&["session", "list", "--user", "nobody"], "not found"),
+    ] {
+        let err = admin_cli(&e, &admin, args).await.unwrap_err();
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    assert_eq!(c.node(1).cluster().view().read().users().count(), users_before);
+    c.shutdown().await;
+}
