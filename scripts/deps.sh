@@ -6,6 +6,7 @@ set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)   # RocksDB's bindgen
 command -v c++ >/dev/null 2>&1 || need+=(g++)                   # RocksDB's C++ sources
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)   # forward-auth test
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -116,7 +116,9 @@ impl Node {
                         _ = async { let _ = rx.wait_for(|s| *s).await; } => break,
                     }
                 }
-                front.seen.flush(&front.cluster).await;
+                // Best effort on the way out: last-use times are advisory,
+                // and peers may already be gone.
+                let _ = tokio::time::timeout(Duration::from_secs(1), front.seen.flush(&front.cluster)).await;
             })
         };
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, advertise = %advertise_addr, "node started");

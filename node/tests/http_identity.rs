@@ -212,7 +212,8 @@ async fn lockout_password_change_and_disabling_hold_on_every_node() {
     let hash = gatehouse_api::passwords::PasswordPool::new(1, 2).hash("a whole new password".into()).await.unwrap();
     let cmd =
         c.node(1).cluster().command(Payload::SetPassword(SetPassword { user_id: dave.clone(), password_hash: hash }));
-    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    let done = c.node(1).cluster().propose_one(cmd).await.unwrap();
+    c.wait_applied_everywhere(done.log_index).await;
     for id in 1..=3 {
         assert_eq!(verify_cookie(c.node(id), &cookie).await, StatusCode::UNAUTHORIZED);
     }
@@ -226,7 +227,8 @@ async fn lockout_password_change_and_disabling_hold_on_every_node() {
         .node(1)
         .cluster()
         .command(Payload::SetUserStatus(SetUserStatus { user_id: erin, status: UserStatus::Disabled as i32 }));
-    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    let done = c.node(1).cluster().propose_one(cmd).await.unwrap();
+    c.wait_applied_everywhere(done.log_index).await;
     for id in 1..=3 {
         assert_eq!(verify_bearer(c.node(id), &key).await.status(), StatusCode::FORBIDDEN);
     }
@@ -373,4 +375,44 @@ async fn expired_keys_fail_and_a_node_cut_off_from_its_leader_answers_503() {
     assert_eq!(error_code(r).await, "stale");
     assert_eq!(http().get(format!("{}/healthz", base(s))).send().await.unwrap().status(), StatusCode::OK);
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_plaintext_password_token_or_key_reaches_any_data_directory() {
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.identity.touch_flush_ms = 100;
+        cfg.raft.snapshot_every = 5;
+    })
+    .await;
+    create_user_with_password(c.node(1), "secretive", PASSWORD, &["viewer"]).await;
+    let resp = login(c.node(2), "secretive", PASSWORD).await;
+    let cookie = session_cookie(&resp);
+    let token = cookie.split_once('=').unwrap().1.to_string();
+    let key = create_key(c.node(3), "keyholder", &["viewer"]).await;
+    let key_secret = key.rsplit('_').next().unwrap().to_string();
+    for n in 1..=3 {
+        assert_eq!(verify_cookie(c.node(n), &cookie).await, StatusCode::OK);
+        assert_eq!(verify_bearer(c.node(n), &key).await.status(), StatusCode::OK);
+    }
+    // Let the last-use flush and a snapshot happen, so every kind of file exists.
+    let key_id = key.split('_').nth(1).unwrap().to_string();
+    wait_until("last use flushed", Duration::from_secs(5), || {
+        let done =
+            c.nodes.values().all(|n| n.cluster().view().read().api_key(&key_id).is_some_and(|k| k.last_used > 0));
+        async move { done }
+    })
+    .await;
+    let admin = c.admin_key.clone();
+    let admin_secret = admin.rsplit('_').next().unwrap().to_string();
+    let dir = c.shutdown_keep_data().await;
+
+    let files = common::files(dir.path());
+    assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == "snap")), "a snapshot was written");
+    let needles = [PASSWORD.to_string(), token, key_secret, admin_secret];
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for n in &needles {
+            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "plaintext secret in {}", f.display());
+        }
+    }
 }

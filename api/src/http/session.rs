@@ -1,6 +1,7 @@
 //! Login, logout and the caller's own sessions.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -75,6 +76,10 @@ pub async fn login(
     }
     let username = body.username.to_ascii_lowercase();
     let now = now_ms();
+    // Read your writes: the user (or a password change) may have been
+    // committed through another node a moment ago. Done for every login, so
+    // the timing does not depend on whether the user exists here.
+    front.cluster.catch_up(Duration::from_millis(500)).await;
     let user = front.cluster.view().read().user_by_name(&username).cloned();
     let usable = user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked(u, now));
     // The same argon2 work whether or not the user exists or may log in.

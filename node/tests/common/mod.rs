@@ -111,6 +111,15 @@ impl TestCluster {
         self.nodes.insert(id, node);
     }
 
+    /// Waits until every running node applied `index` (what `--wait all` does).
+    pub async fn wait_applied_everywhere(&self, index: u64) {
+        wait_until(&format!("index {index} applied on every node"), Duration::from_secs(5), || {
+            let all = self.nodes.values().all(|n| n.cluster().view().applied_index() >= index);
+            async move { all }
+        })
+        .await;
+    }
+
     /// Waits until every running node sees `username`.
     pub async fn wait_replicated(&self, username: &str) {
         wait_until(&format!("{username} on every node"), Duration::from_secs(10), || {
@@ -121,9 +130,15 @@ impl TestCluster {
     }
 
     pub async fn shutdown(self) {
+        self.shutdown_keep_data().await;
+    }
+
+    /// Stops every node and hands back the data directory.
+    pub async fn shutdown_keep_data(self) -> TempDir {
         for (_, n) in self.nodes {
             n.shutdown().await.unwrap();
         }
+        self.dir
     }
 }
 
@@ -205,4 +220,18 @@ pub fn base(node: &Node) -> String {
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// Every file under `dir`.
+pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
