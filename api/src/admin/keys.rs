@@ -39,6 +39,7 @@ impl KeyService for Keys {
             return Err(ApiError::InvalidArgument("key name must be 1-64 printable characters".into()).into());
         }
         users::validate_roles(&r.roles).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        super::read_your_writes(&self.cluster).await;
         let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
         let key = credentials::new_api_key();
         tracing::Span::current().record("key_id", key.key_id.as_str());
@@ -60,6 +61,7 @@ impl KeyService for Keys {
 
     async fn list(&self, req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::KeysRead)?;
+        super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
         let state = self.cluster.view().read();
         let user_id = if r.user.is_empty() { None } else { Some(find_user(&state, &r.user)?.user_id.clone()) };

@@ -19,6 +19,16 @@ use gatehouse_proto::state::{ApiKeyRecord, SessionRecord, UserRecord};
 
 use crate::{ApiError, Cluster};
 
+/// Before an admin read: catch up with what the leader had committed when
+/// the call arrived, so a read after a write through another node sees it.
+/// (The caller was already checked fresh, so on failure the local view is
+/// within `max_staleness`.)
+pub async fn read_your_writes(cluster: &Cluster) {
+    if !cluster.catch_up(Duration::from_secs(1)).await {
+        tracing::debug!("admin read served from the local view without catching up");
+    }
+}
+
 /// A user named by username or by id.
 pub fn find_user<'a>(state: &'a State, user: &str) -> Result<&'a UserRecord, ApiError> {
     if user.is_empty() || user.len() > 64 {

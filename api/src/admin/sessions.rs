@@ -25,6 +25,7 @@ pub fn server(cluster: Cluster) -> SessionServiceServer<Sessions> {
 impl SessionService for Sessions {
     async fn list(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::SessionsRead)?;
+        super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
         let user = find_user(&state, &req.get_ref().user)?;
         let mut sessions: Vec<_> = state.sessions_of(&user.user_id).map(|s| session_pb(&state, s)).collect();
@@ -48,6 +49,7 @@ impl SessionService for Sessions {
         let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite)?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        super::read_your_writes(&self.cluster).await;
         let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
         let cmd = self.cluster.command(Payload::RevokeUserSessions(RevokeUserSessions { user_id }));
         let result = self.cluster.propose_one(cmd).await?;

@@ -61,6 +61,7 @@ impl UserService for Users {
 
     async fn list(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::UsersRead)?;
+        super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
         if !r.status.is_empty() && r.status != "active" && r.status != "disabled" {
             return Err(ApiError::InvalidArgument("status must be active or disabled".into()).into());
@@ -86,6 +87,7 @@ impl UserService for Users {
             "disabled" => UserStatus::Disabled,
             _ => return Err(ApiError::InvalidArgument("status must be active or disabled".into()).into()),
         };
+        super::read_your_writes(&self.cluster).await;
         let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
         let cmd = self
             .cluster
