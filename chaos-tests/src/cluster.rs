@@ -103,6 +103,35 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// The process id of a running node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits until node `id` answers `/readyz` with 200; returns how long it took.
+    pub async fn wait_ready(&self, id: u64, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let addr = self.nodes[&id].http.clone();
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                if s.write_all(req.as_bytes()).await.is_ok() {
+                    let mut buf = vec![0u8; 64];
+                    if let Ok(n) = s.read(&mut buf).await {
+                        if buf[..n].starts_with(b"HTTP/1.1 200") {
+                            return Ok(started.elapsed());
+                        }
+                    }
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!("node {id} not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// kill -9.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {

@@ -95,3 +95,190 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
     })
 }
+
+/// `verify`: `connections` keep-alive HTTP/1.1 connections send `GET path`
+/// with `header` for `duration` to `addr`; every 200 counts.
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    header: Option<(&str, String)>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let uri = format!("http://{addr}{path}");
+        let header = header.clone().map(|(k, v)| (k.to_string(), v));
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let mut req = hyper::Request::get(&uri);
+                if let Some((k, v)) = &header {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let req = req.body(Empty::<bytes::Bytes>::new()).expect("valid request");
+                let t = Instant::now();
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let _ = resp.into_body().collect().await;
+                        if status == hyper::StatusCode::OK {
+                            ok += 1;
+                            hist.record(t.elapsed().as_micros().max(1) as u64).ok();
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (hist, ok, errors)
+        }));
+    }
+    let mut hist = histogram();
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await?;
+        hist.add(h).ok();
+        ok += o;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Figures {
+        concurrency: connections,
+        ok,
+        errors,
+        per_second: ok as f64 / secs,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// The ceiling: a bare hyper HTTP/1.1 server answering 200 with an empty
+/// body, on the same machine, in its own process (see `gatehouse-load baseline-server`).
+pub async fn serve_baseline(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<bytes::Bytes>::new()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Creates `users` users, `keys` API keys and `sessions` sessions through
+/// the log in batches of `batch` commands per entry (the secrets are random
+/// and thrown away: only their hashes are stored, as always).
+pub async fn bulk_load(
+    cluster: &ProcCluster,
+    users: usize,
+    keys: usize,
+    sessions: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    use gatehouse_proto::events::{CreateApiKey, CreateSession};
+    use rand::RngCore;
+
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut client = cluster.raft_client(leader)?;
+    let now = gatehouse_api::cluster::now_ms();
+    let command = |payload| Command {
+        proposed_at: now,
+        origin_node: 0,
+        request_id: String::new(),
+        traceparent: String::new(),
+        payload: Some(payload),
+    };
+    let user_ids: Vec<String> = (0..users).map(|_| gatehouse_api::credentials::new_id()).collect();
+    let mut pending = Vec::new();
+    let flush = |pending: &mut Vec<Command>| {
+        let cmds = std::mem::take(pending);
+        let mut client = client.clone();
+        async move {
+            let resp =
+                client.propose(ProposeRequest { batch: Some(CommandBatch { commands: cmds }) }).await?.into_inner();
+            anyhow::ensure!(
+                resp.results.iter().all(|r| r.code == 0),
+                "bulk load refused: {:?}",
+                resp.results.iter().find(|r| r.code != 0)
+            );
+            Ok::<(), anyhow::Error>(())
+        }
+    };
+    for (i, id) in user_ids.iter().enumerate() {
+        pending.push(command(Payload::CreateUser(CreateUser {
+            user_id: id.clone(),
+            username: format!("bulk-{i}"),
+            email: format!("bulk-{i}@bench.example"),
+            password_hash: String::new(),
+            roles: vec!["viewer".into()],
+        })));
+        if pending.len() >= batch {
+            flush(&mut pending).await?;
+        }
+    }
+    flush(&mut pending).await?;
+    for i in 0..keys {
+        let k = gatehouse_api::credentials::new_api_key();
+        pending.push(command(Payload::CreateApiKey(CreateApiKey {
+            key_id: k.key_id,
+            user_id: user_ids[i % users].clone(),
+            name: "bulk".into(),
+            secret_sha256: k.secret_sha256.to_vec(),
+            expires_at: 0,
+            roles: vec![],
+        })));
+        if pending.len() >= batch {
+            flush(&mut pending).await?;
+        }
+    }
+    flush(&mut pending).await?;
+    for i in 0..sessions {
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let token = format!("gs_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        pending.push(command(Payload::CreateSession(CreateSession {
+            session_id: gatehouse_api::credentials::new_id(),
+            user_id: user_ids[i % users].clone(),
+            token_sha256: gatehouse_domain::sessions::token_hash(&token).to_vec(),
+            expires_at: now + 24 * 3600 * 1000,
+            idle_timeout_ms: 3600 * 1000,
+            client_ip: "127.0.0.1".into(),
+            user_agent: "gatehouse-load".into(),
+        })));
+        if pending.len() >= batch {
+            flush(&mut pending).await?;
+        }
+    }
+    flush(&mut pending).await?;
+    let _ = client.local_status(gatehouse_proto::raft::LocalStatusRequest {}).await;
+    Ok(())
+}
+
+/// Resident memory of a process, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
