@@ -19,6 +19,7 @@ use gatehouse_storage::types::Raft;
 use gatehouse_storage::{NodeId, StateView};
 use openraft::error::{ClientWriteError, RaftError};
 
+use crate::batcher::Batcher;
 use crate::freshness::Freshness;
 use crate::peers::Peers;
 use crate::ApiError;
@@ -46,6 +47,7 @@ struct Inner {
     last_read: std::sync::Mutex<Option<(Instant, u64)>>,
     id: NodeId,
     raft: Raft,
+    batcher: Batcher,
     view: StateView,
     peers: Peers,
     freshness: Freshness,
@@ -64,6 +66,7 @@ impl Cluster {
                 read_gate: tokio::sync::Mutex::new(()),
                 last_read: std::sync::Mutex::new(None),
                 id,
+                batcher: Batcher::start(raft.clone()),
                 raft,
                 view,
                 peers,
@@ -133,8 +136,8 @@ impl Cluster {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;
         loop {
-            match self.inner.raft.client_write(batch.clone()).await {
-                Ok(resp) => return Ok(Applied { results: resp.data, log_index: resp.log_id.index }),
+            match self.inner.batcher.write(batch.commands.clone()).await {
+                Ok((results, log_index)) => return Ok(Applied { results, log_index }),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node {
                         leader_hint = Some(node.addr.clone());
@@ -173,6 +176,12 @@ impl Cluster {
             tracing::warn!(index = resp.log_index, "write committed but not yet applied here");
         }
         Ok(Applied { results: resp.results, log_index: resp.log_index })
+    }
+
+    /// Writes commands on this node's Raft, grouped with concurrent writes
+    /// into shared entries. Fails with `ForwardToLeader` on a follower.
+    pub async fn write_local(&self, commands: Vec<Command>) -> crate::batcher::Written {
+        self.inner.batcher.write(commands).await
     }
 
     /// Brings this node up to what the leader had committed when the call

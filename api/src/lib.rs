@@ -4,6 +4,7 @@
 //! statuses in one table ([`error`]).
 //!
 //! # Layout
+//! - [`batcher`]: group commit of concurrent proposals into shared entries.
 //! - [`cluster`]: the node's handle on Raft: propose (forwarding to the leader), freshness, status.
 //! - [`freshness`]: whether this node may answer for the cluster right now.
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
@@ -16,6 +17,7 @@
 //! - [`error`]: one error type, one status table.
 
 pub mod admin;
+pub mod batcher;
 pub mod cluster;
 pub mod credentials;
 pub mod error;

@@ -132,3 +132,34 @@ async fn a_retried_proposal_is_applied_exactly_once() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_entries_and_each_gets_its_own_result() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        // Half through the leader, half forwarded by a follower.
+        let node = if i % 2 == 0 { leader } else { follower };
+        let cmd = common::create_user(c.node(node), &format!("batch-{i}"));
+        let cluster = c.node(node).cluster().clone();
+        tasks.push(tokio::spawn(async move { cluster.propose(vec![cmd]).await }));
+    }
+    let mut indexes = std::collections::BTreeSet::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let applied = t.await.unwrap().unwrap();
+        assert_eq!(applied.results.len(), 1);
+        assert_eq!(applied.results[0].code, 0, "{:?}", applied.results[0]);
+        ids.insert(applied.results[0].id.clone());
+        indexes.insert(applied.log_index);
+    }
+    assert_eq!(ids.len(), 200, "every caller got its own result");
+    assert!(indexes.len() < 200, "concurrent writes were grouped into {} entries", indexes.len());
+    c.wait_replicated("batch-199").await;
+    for n in c.nodes.values() {
+        assert_eq!(n.cluster().view().read().users().filter(|u| u.username.starts_with("batch-")).count(), 200);
+    }
+    c.shutdown().await;
+}

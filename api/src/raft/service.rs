@@ -135,8 +135,8 @@ impl RaftService for RaftRpc {
     #[tracing::instrument(level = "debug", name = "propose.forwarded", skip_all)]
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let batch = req.into_inner().batch.ok_or_else(|| bad("batch"))?;
-        match self.cluster.raft().client_write(batch).await {
-            Ok(resp) => Ok(Response::new(pb::ProposeResponse { results: resp.data, log_index: resp.log_id.index })),
+        match self.cluster.write_local(batch.commands).await {
+            Ok((results, log_index)) => Ok(Response::new(pb::ProposeResponse { results, log_index })),
             // Not the leader (any more): the forwarding node retries with the hint.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ApiError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())

@@ -1,0 +1,99 @@
+//! Group commit for proposals: commands proposed concurrently on a node are
+//! packed into one Raft entry (`CommandBatch`) instead of one entry each.
+//!
+//! ```text
+//!   propose ─┐
+//!   propose ─┼─► queue ─► batcher: take all queued (≤ MAX_BATCH commands)
+//!   propose ─┘              └─► raft.client_write(batch)  (≤ IN_FLIGHT at once)
+//!                                  └─► results split back per caller
+//! ```
+//!
+//! No timer: a batch is whatever queued while earlier batches were being
+//! written, so a lone writer pays no extra latency and many writers share
+//! entries, fsyncs and replication round trips. Each command keeps its own
+//! request id and result, so idempotency is unchanged.
+
+use std::sync::Arc;
+
+use gatehouse_domain::{Command, CommandBatch, CommandResult};
+use gatehouse_storage::types::{NodeId, Raft};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Most commands in one entry.
+pub const MAX_BATCH: usize = 1024;
+/// Batches being written at once.
+pub const IN_FLIGHT: usize = 8;
+
+pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
+
+/// Results of one caller's commands and the log index of their entry.
+pub type Written = Result<(Vec<CommandResult>, u64), WriteError>;
+
+struct Job {
+    commands: Vec<Command>,
+    reply: oneshot::Sender<Written>,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Batcher {
+    /// Starts the batching task for `raft`; it ends when every handle is dropped.
+    pub fn start(raft: Raft) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Batcher { tx }
+    }
+
+    /// Writes `commands` (as part of some entry) and returns their results.
+    pub async fn write(&self, commands: Vec<Command>) -> Written {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job { commands, reply }).is_err() {
+            return Err(RaftError::Fatal(openraft::error::Fatal::Stopped));
+        }
+        rx.await.unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        // Whatever queued while we waited for a slot rides along.
+        let mut jobs = vec![first];
+        let mut count = jobs[0].commands.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.commands.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let commands: Vec<Command> = jobs.iter().flat_map(|j| j.commands.iter().cloned()).collect();
+            match raft.client_write(CommandBatch { commands }).await {
+                Ok(resp) => {
+                    let index = resp.log_id.index;
+                    let mut results = resp.data.into_iter();
+                    for job in jobs {
+                        let mine: Vec<CommandResult> = results.by_ref().take(job.commands.len()).collect();
+                        let _ = job.reply.send(Ok((mine, index)));
+                    }
+                }
+                Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
