@@ -25,7 +25,8 @@ build: deps
 LINT_ENV := ROCKSDB_LIB_DIR=$(CARGO_TARGET_DIR)/no-link ROCKSDB_STATIC=1
 
 ## The whole gate: formatting, lints, and every test.
-test: deps
+test:
+	@scripts/deps.sh test
 	$(CARGO) fmt --all --check
 	mkdir -p $(CARGO_TARGET_DIR)/no-link
 	$(LINT_ENV) $(CARGO) clippy --workspace --all-targets -- -D warnings

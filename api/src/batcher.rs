@@ -23,8 +23,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Most commands in one entry.
 pub const MAX_BATCH: usize = 1024;
-/// Batches being written at once.
-pub const IN_FLIGHT: usize = 8;
+/// Batches being written at once. Measured on 2 cores with 3 nodes
+/// (docs/benchmarks.md): 1 in flight beats 2 and 8 at every writer count,
+/// because a new batch then takes everything that queued during the
+/// previous write (bigger entries, less per-entry work in Raft).
+pub const IN_FLIGHT: usize = 1;
 
 pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
 

@@ -52,7 +52,9 @@ impl Freshness {
 
     /// Whether the node may answer now.
     pub fn is_fresh(&self, raft: &Raft, applied: u64, max_staleness: Duration) -> bool {
-        let m = raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every verification.
+        let rx = raft.metrics();
+        let m = rx.borrow();
         match m.state {
             ServerState::Leader => {
                 m.millis_since_quorum_ack.is_some_and(|ms| Duration::from_millis(ms) <= max_staleness)

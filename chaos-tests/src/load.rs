@@ -7,6 +7,7 @@ use gatehouse_domain::{Command, CommandBatch, Payload};
 use gatehouse_proto::events::CreateUser;
 use gatehouse_proto::raft::ProposeRequest;
 use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
 
 use crate::cluster::ProcCluster;
 
@@ -49,15 +50,19 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
             let mut hist = histogram();
             let (mut ok, mut errors) = (0u64, 0u64);
             let mut seq = 0u64;
+            // The client's own ids from a user-space RNG: the load generator
+            // shares the machine with the cluster and should cost it little.
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            let mut id = || format!("{:032x}", rng.gen::<u128>());
             while Instant::now() < deadline {
                 seq += 1;
                 let cmd = Command {
                     proposed_at: gatehouse_api::cluster::now_ms(),
                     origin_node: 0,
-                    request_id: gatehouse_api::credentials::new_id(),
+                    request_id: id(),
                     traceparent: String::new(),
                     payload: Some(Payload::CreateUser(CreateUser {
-                        user_id: gatehouse_api::credentials::new_id(),
+                        user_id: id(),
                         username: format!("{run}-w{w}-{seq}"),
                         email: format!("w{w}-{seq}@bench.example"),
                         password_hash: String::new(),

@@ -82,7 +82,14 @@ impl Node {
                 .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
                 .add_service(gatehouse_api::admin::keys::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::sessions::server(cluster.clone()));
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            // Small request/response RPCs: without TCP_NODELAY, Nagle and
+            // delayed ACKs add ~40 ms stalls to replication and forwarding.
+            let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), |s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            });
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
@@ -99,7 +106,10 @@ impl Node {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(shutdown).await {
+                let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             })

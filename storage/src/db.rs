@@ -45,10 +45,17 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Two background jobs fit a small machine; RocksDB picks flush vs. compaction.
     opts.set_max_background_jobs(2);
+    // Memtables of all column families share one 64 MiB budget (RocksDB's
+    // default is 64 MiB per family, twice over): the projections already
+    // live in memory as the view, so RocksDB's copy should stay small.
+    opts.set_db_write_buffer_size(64 << 20);
+    let mut cf_opts = Options::default();
+    cf_opts.set_write_buffer_size(16 << 20);
+    cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let cfs = [CF_LOG, CF_META]
         .into_iter()
         .chain(Table::ALL.iter().map(|t| t.name()))
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
     let storage = Storage { db: Arc::new(db), dir: dir.to_path_buf() };
     let log = LogStore::new(storage.clone());

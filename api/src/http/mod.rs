@@ -24,7 +24,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::identity::LastUse;
 use crate::passwords::PasswordPool;
@@ -75,14 +74,7 @@ pub struct Front {
 }
 
 pub fn router(front: Front) -> Router {
-    let headers = [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
-        (header::CACHE_CONTROL, "no-store"),
-    ];
-    let mut router = Router::new()
+    Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/auth/verify", get(verify::verify))
@@ -93,23 +85,34 @@ pub fn router(front: Front) -> Router {
         .route("/api/v1/me/sessions/{id}", delete(session::revoke_my_session))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(front)
-        .layer(axum::middleware::from_fn(bound_head))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
-    for (name, value) in headers {
-        router = router.layer(SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value)));
-    }
-    router
+        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// 431 for request heads over [`MAX_HEADER_BYTES`].
-async fn bound_head(req: Request, next: Next) -> Response {
+/// Headers every response carries.
+const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+/// One layer for every request: 431 for heads over [`MAX_HEADER_BYTES`],
+/// and the security headers on every response (errors included).
+async fn guard(req: Request, next: Next) -> Response {
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if size > MAX_HEADER_BYTES {
-        let body =
-            serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
-        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, axum::Json(body)).into_response();
+    let mut resp = if size > MAX_HEADER_BYTES {
+        let body = serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, axum::Json(body)).into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
     }
-    next.run(req).await
+    resp
 }
 
 /// The presented credential: `Authorization: Bearer …` first, then the
