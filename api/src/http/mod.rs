@@ -103,7 +103,8 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
 async fn guard(req: Request, next: Next) -> Response {
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let mut resp = if size > MAX_HEADER_BYTES {
-        let body = serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
+        let body =
+            serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, axum::Json(body)).into_response()
     } else {
         next.run(req).await
