@@ -18,6 +18,8 @@ pub enum DecodeError {
     UnknownVersion(u8),
     #[error("malformed record: {0}")]
     Malformed(#[from] prost::DecodeError),
+    #[error("invalid record: {0}")]
+    Invalid(&'static str),
 }
 
 /// Encodes `msg` behind the current format version.

@@ -24,67 +24,144 @@ pub const TOKEN_LEN: usize = 3 + 43;
 /// Longest user agent kept.
 pub const MAX_USER_AGENT: usize = 512;
 
+/// A 128-bit id from its 32-character lowercase hex form.
+pub(crate) fn id128(id: &str) -> Option<u128> {
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| u128::from_str_radix(id, 16).ok())
+        .flatten()
+}
+
+pub(crate) fn hex128(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+/// A session as the view keeps it: ids as integers, so a million sessions
+/// fit comfortably in memory (the protobuf record, with its id strings, is
+/// what is stored and listed).
+#[derive(Debug, Clone)]
+struct Session {
+    user: u128,
+    token: [u8; 32],
+    created_at: u64,
+    expires_at: u64,
+    idle_timeout_ms: u64,
+    last_seen: u64,
+    client_ip: Box<str>,
+    user_agent: Box<str>,
+}
+
+impl Session {
+    fn record(&self, id: u128) -> SessionRecord {
+        SessionRecord {
+            session_id: hex128(id),
+            user_id: hex128(self.user),
+            token_sha256: self.token.to_vec(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            idle_timeout_ms: self.idle_timeout_ms,
+            last_seen: self.last_seen,
+            client_ip: self.client_ip.to_string(),
+            user_agent: self.user_agent.to_string(),
+        }
+    }
+}
+
 /// Sessions and their indexes.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
-    pub(crate) by_id: HashMap<String, SessionRecord>,
-    by_token: HashMap<[u8; 32], String>,
-    by_user: HashMap<String, BTreeSet<String>>,
+    by_id: HashMap<u128, Session>,
+    by_token: HashMap<[u8; 32], u128>,
+    by_user: HashMap<u128, BTreeSet<u128>>,
     /// (absolute expiry, session id), soonest first.
-    by_expiry: BTreeSet<(u64, String)>,
+    by_expiry: BTreeSet<(u64, u128)>,
 }
 
 impl Sessions {
-    pub(crate) fn insert(&mut self, s: SessionRecord) {
-        if let Ok(h) = <[u8; 32]>::try_from(s.token_sha256.as_slice()) {
-            self.by_token.insert(h, s.session_id.clone());
-        }
-        self.by_user.entry(s.user_id.clone()).or_default().insert(s.session_id.clone());
-        self.by_expiry.insert((s.expires_at, s.session_id.clone()));
-        self.by_id.insert(s.session_id.clone(), s);
+    /// Adds a stored record; false if its ids or token hash are malformed.
+    pub(crate) fn insert(&mut self, r: SessionRecord) -> bool {
+        let (Some(id), Some(user), Ok(token)) =
+            (id128(&r.session_id), id128(&r.user_id), <[u8; 32]>::try_from(r.token_sha256.as_slice()))
+        else {
+            return false;
+        };
+        self.by_token.insert(token, id);
+        self.by_user.entry(user).or_default().insert(id);
+        self.by_expiry.insert((r.expires_at, id));
+        let s = Session {
+            user,
+            token,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            idle_timeout_ms: r.idle_timeout_ms,
+            last_seen: r.last_seen,
+            client_ip: r.client_ip.into(),
+            user_agent: r.user_agent.into(),
+        };
+        self.by_id.insert(id, s);
+        true
     }
 
-    fn remove(&mut self, session_id: &str, out: &mut Vec<Mutation>) -> Option<SessionRecord> {
-        let s = self.by_id.remove(session_id)?;
-        if let Ok(h) = <[u8; 32]>::try_from(s.token_sha256.as_slice()) {
-            self.by_token.remove(&h);
-        }
-        if let Some(set) = self.by_user.get_mut(&s.user_id) {
-            set.remove(session_id);
+    fn remove(&mut self, id: u128, out: &mut Vec<Mutation>) -> bool {
+        let Some(s) = self.by_id.remove(&id) else { return false };
+        self.by_token.remove(&s.token);
+        if let Some(set) = self.by_user.get_mut(&s.user) {
+            set.remove(&id);
             if set.is_empty() {
-                self.by_user.remove(&s.user_id);
+                self.by_user.remove(&s.user);
             }
         }
-        self.by_expiry.remove(&(s.expires_at, s.session_id.clone()));
-        out.push(Mutation::Delete { table: Table::Sessions, key: s.session_id.clone().into_bytes() });
-        Some(s)
+        self.by_expiry.remove(&(s.expires_at, id));
+        out.push(Mutation::Delete { table: Table::Sessions, key: hex128(id).into_bytes() });
+        true
     }
 
     /// Drops every session of a user; returns how many.
     pub(crate) fn remove_user(&mut self, user_id: &str, out: &mut Vec<Mutation>) -> usize {
-        let ids: Vec<String> = self.by_user.get(user_id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let Some(user) = id128(user_id) else { return 0 };
+        let ids: Vec<u128> = self.by_user.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for id in &ids {
-            self.remove(id, out);
+            self.remove(*id, out);
         }
         ids.len()
     }
 
     /// Drops sessions whose absolute expiry log time has passed.
     pub(crate) fn prune(&mut self, now: u64, out: &mut Vec<Mutation>) {
-        while let Some((at, id)) = self.by_expiry.first().cloned() {
+        while let Some(&(at, id)) = self.by_expiry.first() {
             if at > now {
                 break;
             }
-            self.remove(&id, out);
+            self.remove(id, out);
         }
     }
 
-    pub(crate) fn by_token(&self, hash: &[u8; 32]) -> Option<&SessionRecord> {
-        self.by_token.get(hash).and_then(|id| self.by_id.get(id))
+    /// Moves a session's last use forward; the mutation if it changed.
+    pub(crate) fn used(&mut self, session_id: &str, at: u64) -> Option<Mutation> {
+        let id = id128(session_id)?;
+        let s = self.by_id.get_mut(&id)?;
+        if at <= s.last_seen {
+            return None;
+        }
+        s.last_seen = at;
+        Some(put(Table::Sessions, session_id, &s.record(id)))
     }
 
-    pub(crate) fn of_user(&self, user_id: &str) -> impl Iterator<Item = &SessionRecord> {
-        self.by_user.get(user_id).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+    pub(crate) fn get(&self, session_id: &str) -> Option<SessionRecord> {
+        let id = id128(session_id)?;
+        self.by_id.get(&id).map(|s| s.record(id))
+    }
+
+    pub(crate) fn contains(&self, session_id: &str) -> bool {
+        id128(session_id).is_some_and(|id| self.by_id.contains_key(&id))
+    }
+
+    pub(crate) fn of_user(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {
+        let ids = id128(user_id).and_then(|u| self.by_user.get(&u));
+        ids.into_iter().flatten().filter_map(|id| self.by_id.get(id).map(|s| s.record(*id)))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
     }
 }
 
@@ -108,7 +185,7 @@ pub(crate) fn create(
     if user.status != UserStatus::Active as i32 {
         return Err(ApplyError::FailedPrecondition("user is disabled".into()));
     }
-    if state.sessions.by_id.contains_key(&c.session_id) {
+    if state.sessions.contains(&c.session_id) {
         return Err(ApplyError::AlreadyExists("session id already exists".into()));
     }
     let hash: [u8; 32] = c.token_sha256.as_slice().try_into().expect("length checked");
@@ -132,13 +209,19 @@ pub(crate) fn create(
         client_ip: c.client_ip.clone(),
         user_agent: c.user_agent.clone(),
     };
+    if id128(&c.user_id).is_none() {
+        return Err(ApplyError::Invalid("user id must be 32 lowercase hex characters".into()));
+    }
     out.push(put(Table::Sessions, &s.session_id, &s));
     state.sessions.insert(s);
     Ok(c.session_id.clone())
 }
 
 pub(crate) fn revoke(state: &mut State, c: &RevokeSession, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
-    state.sessions.remove(&c.session_id, out).ok_or_else(|| ApplyError::NotFound("no such session".into()))?;
+    let removed = id128(&c.session_id).is_some_and(|id| state.sessions.remove(id, out));
+    if !removed {
+        return Err(ApplyError::NotFound("no such session".into()));
+    }
     Ok(c.session_id.clone())
 }
 
@@ -200,22 +283,25 @@ pub fn verify(
     local_seen: impl Fn(&str) -> u64,
 ) -> Result<SessionIdentity, SessionRejected> {
     let token = parse_token(token).ok_or(SessionRejected::Malformed)?;
-    let s = state.sessions.by_token(&token_hash(token)).ok_or(SessionRejected::Unknown)?;
+    let sessions = &state.sessions;
+    let id = *sessions.by_token.get(&token_hash(token)).ok_or(SessionRejected::Unknown)?;
+    let s = sessions.by_id.get(&id).ok_or(SessionRejected::Unknown)?;
     if s.expires_at <= now {
         return Err(SessionRejected::Expired);
     }
+    let session_id = hex128(id);
     if s.idle_timeout_ms != 0 {
-        let seen = s.last_seen.max(local_seen(&s.session_id));
+        let seen = s.last_seen.max(local_seen(&session_id));
         if now.saturating_sub(seen) > s.idle_timeout_ms {
             return Err(SessionRejected::Idle);
         }
     }
-    let user = state.user(&s.user_id).ok_or(SessionRejected::Unknown)?;
+    let user = state.user(&hex128(s.user)).ok_or(SessionRejected::Unknown)?;
     if user.status != UserStatus::Active as i32 {
         return Err(SessionRejected::UserDisabled);
     }
     Ok(SessionIdentity {
-        session_id: s.session_id.clone(),
+        session_id,
         user_id: user.user_id.clone(),
         username: user.username.clone(),
         roles: user.roles.clone(),

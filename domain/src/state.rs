@@ -70,7 +70,11 @@ impl State {
                 let k: ApiKeyRecord = codec::decode(value)?;
                 self.keys.insert(k.key_id.clone(), k);
             }
-            Table::Sessions => self.sessions.insert(codec::decode(value)?),
+            Table::Sessions => {
+                if !self.sessions.insert(codec::decode(value)?) {
+                    return Err(DecodeError::Invalid("session record with malformed ids"));
+                }
+            }
             Table::Requests => self.requests.load(codec::decode(value)?),
         }
         Ok(())
@@ -101,16 +105,16 @@ impl State {
         self.keys.values()
     }
 
-    pub fn session(&self, session_id: &str) -> Option<&SessionRecord> {
-        self.sessions.by_id.get(session_id)
+    pub fn session(&self, session_id: &str) -> Option<SessionRecord> {
+        self.sessions.get(session_id)
     }
 
-    pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = &SessionRecord> {
+    pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {
         self.sessions.of_user(user_id)
     }
 
     pub fn session_count(&self) -> usize {
-        self.sessions.by_id.len()
+        self.sessions.len()
     }
 
     /// The first result of a command with this request id, if it was applied.

@@ -19,12 +19,9 @@ pub(crate) fn record(state: &mut State, c: &RecordUse, out: &mut Vec<Mutation>) 
     let mut changed = 0;
     // Credentials revoked since the node saw them are simply gone or left as they are.
     for u in &c.sessions {
-        if let Some(s) = state.sessions.by_id.get_mut(&u.id) {
-            if u.at > s.last_seen {
-                s.last_seen = u.at;
-                out.push(put(Table::Sessions, &s.session_id, s));
-                changed += 1;
-            }
+        if let Some(m) = state.sessions.used(&u.id, u.at) {
+            out.push(m);
+            changed += 1;
         }
     }
     for u in &c.keys {

@@ -28,7 +28,7 @@ impl SessionService for Sessions {
         super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
         let user = find_user(&state, &req.get_ref().user)?;
-        let mut sessions: Vec<_> = state.sessions_of(&user.user_id).map(|s| session_pb(&state, s)).collect();
+        let mut sessions: Vec<_> = state.sessions_of(&user.user_id).map(|s| session_pb(&state, &s)).collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         Ok(Response::new(ListSessionsResponse { sessions }))
     }
