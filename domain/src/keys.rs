@@ -34,7 +34,7 @@ pub(crate) fn create(
 ) -> Result<String, ApplyError> {
     validate_key_id(&c.key_id)?;
     validate_name(&c.name)?;
-    validate_roles(&c.roles)?;
+    validate_roles(state, &c.roles)?;
     if c.secret_sha256.len() != 32 {
         return Err(ApplyError::Invalid("secret hash must be 32 bytes".into()));
     }

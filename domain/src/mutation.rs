@@ -10,12 +10,13 @@ pub enum Table {
     Users,
     ApiKeys,
     Sessions,
+    Roles,
     Requests,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 4] = [Table::Users, Table::ApiKeys, Table::Sessions, Table::Requests];
+    pub const ALL: [Table; 5] = [Table::Users, Table::ApiKeys, Table::Sessions, Table::Roles, Table::Requests];
 
     /// A stable name, used as the column family name and in snapshots.
     pub fn name(self) -> &'static str {
@@ -23,6 +24,7 @@ impl Table {
             Table::Users => "users",
             Table::ApiKeys => "api_keys",
             Table::Sessions => "sessions",
+            Table::Roles => "roles",
             Table::Requests => "requests",
         }
     }

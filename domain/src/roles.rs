@@ -1,5 +1,13 @@
-//! Roles. The built-in ones exist on every cluster; custom roles come later
-//! as commands of their own.
+//! Roles and RBAC. The built-in roles exist on every cluster; custom roles
+//! are log commands (`PutRole`, `DeleteRole`) holding a set of permissions.
+//! Whether a caller may do something is decided by [`allowed`], here only.
+
+use gatehouse_proto::events::{DeleteRole, PutRole};
+use gatehouse_proto::state::RoleRecord;
+
+use crate::mutation::{Mutation, Table};
+use crate::result::ApplyError;
+use crate::state::{put, State};
 
 /// Full control, including cluster membership.
 pub const ADMIN: &str = "admin";
@@ -22,10 +30,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Whether a role with this name exists.
-pub fn exists(name: &str) -> bool {
-    BUILT_IN.contains(&name)
+/// Whether a role with this name exists (built-in or custom).
+pub fn exists(state: &State, name: &str) -> bool {
+    BUILT_IN.contains(&name) || state.roles.contains_key(name)
 }
+
+/// Most permissions one custom role may hold.
+pub const MAX_PERMISSIONS: usize = 32;
 
 /// What an admin API caller may do. Each RPC family needs one permission;
 /// RBAC is decided here and nowhere else.
@@ -41,9 +52,28 @@ pub enum Permission {
     KeysWrite,
     SessionsRead,
     SessionsWrite,
+    RolesRead,
+    RolesWrite,
 }
 
 impl Permission {
+    pub const ALL: [Permission; 10] = [
+        Permission::ClusterRead,
+        Permission::ClusterAdmin,
+        Permission::UsersRead,
+        Permission::UsersWrite,
+        Permission::KeysRead,
+        Permission::KeysWrite,
+        Permission::SessionsRead,
+        Permission::SessionsWrite,
+        Permission::RolesRead,
+        Permission::RolesWrite,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Permission::ClusterRead => "cluster.read",
@@ -54,6 +84,8 @@ impl Permission {
             Permission::KeysWrite => "keys.write",
             Permission::SessionsRead => "sessions.read",
             Permission::SessionsWrite => "sessions.write",
+            Permission::RolesRead => "roles.read",
+            Permission::RolesWrite => "roles.write",
         }
     }
 }
@@ -62,38 +94,179 @@ impl Permission {
 ///
 /// | permission | admin | operator | viewer |
 /// |---|---|---|---|
-/// | `cluster.read`, `users.read`, `keys.read`, `sessions.read` | yes | yes | yes |
+/// | `cluster.read`, `users.read`, `keys.read`, `sessions.read`, `roles.read` | yes | yes | yes |
 /// | `users.write`, `keys.write`, `sessions.write` | yes | yes | no |
-/// | `cluster.admin` | yes | no | no |
+/// | `cluster.admin`, `roles.write` | yes | no | no |
 pub fn grants(role: &str, permission: Permission) -> bool {
     use Permission::*;
     match role {
         ADMIN => true,
-        OPERATOR => !matches!(permission, ClusterAdmin),
-        VIEWER => matches!(permission, ClusterRead | UsersRead | KeysRead | SessionsRead),
+        OPERATOR => !matches!(permission, ClusterAdmin | RolesWrite),
+        VIEWER => matches!(permission, ClusterRead | UsersRead | KeysRead | SessionsRead | RolesRead),
         _ => false,
     }
 }
 
-/// Whether any of `roles` grants `permission`.
-pub fn allowed(roles: &[String], permission: Permission) -> bool {
-    roles.iter().any(|r| grants(r, permission))
+/// Whether any of `roles` (built-in or custom) grants `permission`.
+pub fn allowed(state: &State, roles: &[String], permission: Permission) -> bool {
+    roles.iter().any(|r| {
+        grants(r, permission)
+            || state.roles.get(r).is_some_and(|c| c.permissions.iter().any(|p| p == permission.name()))
+    })
+}
+
+fn validate_permissions(list: &[String]) -> Result<(), ApplyError> {
+    if list.len() > MAX_PERMISSIONS {
+        return Err(ApplyError::Invalid(format!("at most {MAX_PERMISSIONS} permissions")));
+    }
+    for (i, p) in list.iter().enumerate() {
+        if Permission::from_name(p).is_none() {
+            return Err(ApplyError::Invalid(format!("unknown permission {p:?}")));
+        }
+        if list[..i].contains(p) {
+            return Err(ApplyError::Invalid(format!("permission {p:?} listed twice")));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn put_role(
+    state: &mut State,
+    now: u64,
+    c: &PutRole,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    validate_name(&c.name).map_err(ApplyError::Invalid)?;
+    validate_permissions(&c.permissions)?;
+    if c.description.chars().count() > 256 || c.description.chars().any(char::is_control) {
+        return Err(ApplyError::Invalid("description must be at most 256 printable characters".into()));
+    }
+    if BUILT_IN.contains(&c.name.as_str()) {
+        return Err(ApplyError::FailedPrecondition(format!("{:?} is a built-in role", c.name)));
+    }
+    let existing = state.roles.get(&c.name);
+    let created_at = match (existing, c.create) {
+        (Some(_), true) => return Err(ApplyError::AlreadyExists(format!("role {:?} exists", c.name))),
+        (None, false) => return Err(ApplyError::NotFound(format!("no role {:?}", c.name))),
+        (Some(r), false) => r.created_at,
+        (None, true) => now,
+    };
+    let role = RoleRecord {
+        name: c.name.clone(),
+        permissions: c.permissions.clone(),
+        description: c.description.clone(),
+        created_at,
+        updated_at: now,
+    };
+    out.push(put(Table::Roles, &role.name, &role));
+    state.roles.insert(role.name.clone(), role);
+    Ok(c.name.clone())
+}
+
+pub(crate) fn delete_role(state: &mut State, c: &DeleteRole, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    if BUILT_IN.contains(&c.name.as_str()) {
+        return Err(ApplyError::FailedPrecondition(format!("{:?} is a built-in role", c.name)));
+    }
+    if !state.roles.contains_key(&c.name) {
+        return Err(ApplyError::NotFound(format!("no role {:?}", c.name)));
+    }
+    let users = state.users.values().filter(|u| u.roles.contains(&c.name)).count();
+    let keys = state.keys.values().filter(|k| k.revoked_at == 0 && k.roles.contains(&c.name)).count();
+    if users + keys > 0 {
+        return Err(ApplyError::FailedPrecondition(format!(
+            "role {:?} is held by {users} users and {keys} keys",
+            c.name
+        )));
+    }
+    state.roles.remove(&c.name);
+    out.push(Mutation::Delete { table: Table::Roles, key: c.name.clone().into_bytes() });
+    Ok(c.name.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::users::tests::create_user_cmd;
+    use gatehouse_proto::events::{command::Payload, command_result::Code, Command};
+
+    fn r(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn only_admins_change_the_cluster() {
-        let r = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(allowed(&r(&["admin"]), Permission::ClusterAdmin));
-        assert!(!allowed(&r(&["operator", "viewer"]), Permission::ClusterAdmin));
-        assert!(allowed(&r(&["viewer"]), Permission::ClusterRead));
-        assert!(!allowed(&r(&[]), Permission::ClusterRead));
-        assert!(!allowed(&r(&["unknown"]), Permission::ClusterRead));
-        assert!(allowed(&r(&["operator"]), Permission::KeysWrite));
-        assert!(!allowed(&r(&["viewer"]), Permission::KeysWrite));
-        assert!(allowed(&r(&["viewer"]), Permission::SessionsRead));
+        let s = State::default();
+        assert!(allowed(&s, &r(&["admin"]), Permission::ClusterAdmin));
+        assert!(!allowed(&s, &r(&["operator", "viewer"]), Permission::ClusterAdmin));
+        assert!(allowed(&s, &r(&["viewer"]), Permission::ClusterRead));
+        assert!(!allowed(&s, &r(&[]), Permission::ClusterRead));
+        assert!(!allowed(&s, &r(&["unknown"]), Permission::ClusterRead));
+        assert!(allowed(&s, &r(&["operator"]), Permission::KeysWrite));
+        assert!(!allowed(&s, &r(&["viewer"]), Permission::KeysWrite));
+        assert!(allowed(&s, &r(&["viewer"]), Permission::SessionsRead));
+        assert!(!allowed(&s, &r(&["operator"]), Permission::RolesWrite));
+    }
+
+    fn put(name: &str, perms: &[&str], create: bool) -> Command {
+        Command {
+            proposed_at: 1_000,
+            payload: Some(Payload::PutRole(PutRole {
+                name: name.into(),
+                permissions: r(perms),
+                description: "d".into(),
+                create,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn delete(name: &str) -> Command {
+        Command {
+            proposed_at: 2_000,
+            payload: Some(Payload::DeleteRole(DeleteRole { name: name.into() })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn custom_roles_grant_exactly_their_permissions() {
+        let mut s = State::default();
+        assert_eq!(
+            s.apply(1, &put("auditor", &["users.read", "keys.read"], true), &mut Vec::new()).code,
+            Code::Ok as i32
+        );
+        assert!(allowed(&s, &r(&["auditor"]), Permission::KeysRead));
+        assert!(!allowed(&s, &r(&["auditor"]), Permission::KeysWrite));
+        assert_eq!(s.apply(2, &put("auditor", &["keys.write"], false), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(allowed(&s, &r(&["auditor"]), Permission::KeysWrite));
+        assert!(!allowed(&s, &r(&["auditor"]), Permission::KeysRead));
+        assert_eq!(s.role("auditor").unwrap().created_at, 1_000);
+    }
+
+    #[test]
+    fn role_commands_refuse_bad_input_and_roles_in_use() {
+        let mut s = State::default();
+        for (cmd, code) in [
+            (put("admin", &[], true), Code::FailedPrecondition),
+            (put("Bad Name", &[], true), Code::Invalid),
+            (put("ok", &["root.everything"], true), Code::Invalid),
+            (put("ok", &["users.read", "users.read"], true), Code::Invalid),
+            (put("missing", &[], false), Code::NotFound),
+            (delete("viewer"), Code::FailedPrecondition),
+            (delete("missing"), Code::NotFound),
+        ] {
+            assert_eq!(s.apply(1, &cmd, &mut Vec::new()).code, code as i32, "{cmd:?}");
+        }
+        assert_eq!(s.roles().count(), 0);
+        s.apply(2, &put("deployer", &["keys.write"], true), &mut Vec::new());
+        assert_eq!(s.apply(3, &put("deployer", &[], true), &mut Vec::new()).code, Code::AlreadyExists as i32);
+        let mut user = create_user_cmd(&"a".repeat(32), "dora");
+        if let Some(Payload::CreateUser(c)) = &mut user.payload {
+            c.roles = r(&["deployer"]);
+        }
+        assert_eq!(s.apply(4, &user, &mut Vec::new()).code, Code::Ok as i32, "users may hold custom roles");
+        assert_eq!(s.apply(5, &delete("deployer"), &mut Vec::new()).code, Code::FailedPrecondition as i32);
+        assert!(s.role("deployer").is_some());
     }
 }

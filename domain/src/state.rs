@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 
 use gatehouse_proto::events::{command::Payload, Command, CommandResult};
-use gatehouse_proto::state::{ApiKeyRecord, SessionRecord, UserRecord};
+use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
 
 use crate::codec::{self, DecodeError};
 use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError};
 use crate::sessions::{self, Sessions};
-use crate::{keys, usage, users};
+use crate::{keys, roles, usage, users};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -24,6 +24,8 @@ pub struct State {
     pub(crate) usernames: HashMap<String, String>,
     pub(crate) keys: HashMap<String, ApiKeyRecord>,
     pub(crate) sessions: Sessions,
+    /// Custom roles by name.
+    pub(crate) roles: HashMap<String, RoleRecord>,
     pub(crate) requests: Requests,
 }
 
@@ -51,6 +53,8 @@ impl State {
             Some(Payload::RevokeSession(c)) => sessions::revoke(self, c, out),
             Some(Payload::RevokeUserSessions(c)) => sessions::revoke_user(self, c, out),
             Some(Payload::RecordUse(c)) => usage::record(self, c, out),
+            Some(Payload::PutRole(c)) => roles::put_role(self, cmd.proposed_at, c, out),
+            Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out),
         };
         let result = to_result(outcome, log_index);
         self.requests.record(cmd, &result, out);
@@ -74,6 +78,10 @@ impl State {
                 if !self.sessions.insert(codec::decode(value)?) {
                     return Err(DecodeError::Invalid("session record with malformed ids"));
                 }
+            }
+            Table::Roles => {
+                let r: RoleRecord = codec::decode(value)?;
+                self.roles.insert(r.name.clone(), r);
             }
             Table::Requests => self.requests.load(codec::decode(value)?),
         }
@@ -103,6 +111,15 @@ impl State {
 
     pub fn api_keys(&self) -> impl Iterator<Item = &ApiKeyRecord> {
         self.keys.values()
+    }
+
+    pub fn role(&self, name: &str) -> Option<&RoleRecord> {
+        self.roles.get(name)
+    }
+
+    /// Custom roles.
+    pub fn roles(&self) -> impl Iterator<Item = &RoleRecord> {
+        self.roles.values()
     }
 
     pub fn session(&self, session_id: &str) -> Option<SessionRecord> {

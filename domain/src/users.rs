@@ -58,13 +58,13 @@ pub fn validate_password_hash(hash: &str) -> Result<(), ApplyError> {
 }
 
 /// Roles: each exists, no duplicates, at most [`MAX_ROLES`].
-pub fn validate_roles(list: &[String]) -> Result<(), ApplyError> {
+pub fn validate_roles(state: &State, list: &[String]) -> Result<(), ApplyError> {
     if list.len() > MAX_ROLES {
         return Err(ApplyError::Invalid(format!("at most {MAX_ROLES} roles")));
     }
     for (i, r) in list.iter().enumerate() {
         roles::validate_name(r).map_err(ApplyError::Invalid)?;
-        if !roles::exists(r) {
+        if !roles::exists(state, r) {
             return Err(ApplyError::NotFound(format!("role {r:?} does not exist")));
         }
         if list[..i].contains(r) {
@@ -83,7 +83,7 @@ pub(crate) fn create(
     validate_id("user", &c.user_id)?;
     validate_username(&c.username)?;
     validate_email(&c.email)?;
-    validate_roles(&c.roles)?;
+    validate_roles(state, &c.roles)?;
     if !c.password_hash.is_empty() {
         validate_password_hash(&c.password_hash)?;
     }

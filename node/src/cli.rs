@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
 use gatehouse_proto::admin::key_service_client::KeyServiceClient;
+use gatehouse_proto::admin::role_service_client::RoleServiceClient;
 use gatehouse_proto::admin::session_service_client::SessionServiceClient;
 use gatehouse_proto::admin::user_service_client::UserServiceClient;
 use gatehouse_proto::admin::*;
@@ -79,6 +80,34 @@ pub enum AdminCommand {
     /// Sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Roles: built-in ones, and custom ones holding permission sets.
+    #[command(subcommand)]
+    Role(RoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// List built-in and custom roles with their permissions.
+    List,
+    /// Create a custom role.
+    Create {
+        name: String,
+        /// A permission to grant (repeatable), e.g. users.read, keys.write.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Replace a custom role's permissions and description.
+    Update {
+        name: String,
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a custom role no user or key holds.
+    Delete { name: String },
 }
 
 /// `--wait all`: return only once every reachable voter applied the change.
@@ -253,6 +282,7 @@ pub async fn admin(args: AdminArgs, out: &mut impl Write) -> anyhow::Result<()> 
         AdminCommand::User(cmd) => user(UserServiceClient::new(channel), cmd, json, out).await,
         AdminCommand::Key(cmd) => key(KeyServiceClient::new(channel), cmd, json, out).await,
         AdminCommand::Session(cmd) => session(SessionServiceClient::new(channel), cmd, json, out).await,
+        AdminCommand::Role(cmd) => role(RoleServiceClient::new(channel), cmd, json, out).await,
     }
 }
 
@@ -554,6 +584,54 @@ async fn session(
             let r = client.revoke_all(req).await.map_err(rpc_error)?.into_inner();
             print_revoked(&r, "sessions", json, out)?;
         }
+    }
+    Ok(())
+}
+
+fn role_json(r: &Role) -> serde_json::Value {
+    json!({ "name": r.name, "permissions": r.permissions, "description": r.description, "built_in": r.built_in })
+}
+
+async fn role(
+    mut client: RoleServiceClient<Authed>,
+    cmd: RoleCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let written = match cmd {
+        RoleCommand::List => {
+            let roles = client.list(ListRolesRequest {}).await.map_err(rpc_error)?.into_inner().roles;
+            if json {
+                writeln!(out, "{}", json!({ "roles": roles.iter().map(role_json).collect::<Vec<_>>() }))?;
+            } else {
+                writeln!(out, "{:<20} {:<8} PERMISSIONS", "ROLE", "KIND")?;
+                for r in roles {
+                    let kind = if r.built_in { "built-in" } else { "custom" };
+                    writeln!(out, "{:<20} {:<8} {}", r.name, kind, r.permissions.join(","))?;
+                }
+            }
+            return Ok(());
+        }
+        RoleCommand::Create { name, permissions, description } => {
+            client.create(PutRoleRequest { name, permissions, description }).await.map_err(rpc_error)?.into_inner()
+        }
+        RoleCommand::Update { name, permissions, description } => {
+            client.update(PutRoleRequest { name, permissions, description }).await.map_err(rpc_error)?.into_inner()
+        }
+        RoleCommand::Delete { name } => {
+            client.delete(DeleteRoleRequest { name: name.clone() }).await.map_err(rpc_error)?;
+            if json {
+                writeln!(out, "{}", json!({ "deleted": name }))?;
+            } else {
+                writeln!(out, "deleted role {name}")?;
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        writeln!(out, "{}", role_json(&written))?;
+    } else {
+        writeln!(out, "role {}: {}", written.name, written.permissions.join(", "))?;
     }
     Ok(())
 }

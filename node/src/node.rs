@@ -81,7 +81,8 @@ impl Node {
                 .add_service(gatehouse_api::admin::cluster::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
                 .add_service(gatehouse_api::admin::keys::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::sessions::server(cluster.clone()));
+                .add_service(gatehouse_api::admin::sessions::server(cluster.clone()))
+                .add_service(gatehouse_api::admin::roles::server(cluster.clone()));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
             // delayed ACKs add ~40 ms stalls to replication and forwarding.
             let incoming =

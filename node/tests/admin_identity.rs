@@ -193,3 +193,91 @@ async fn rbac_and_hostile_arguments() {
     assert_eq!(c.node(1).cluster().view().read().users().count(), users_before);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn custom_roles_grant_their_permissions_on_every_node() {
+    let c = TestCluster::start(3).await;
+    let admin = c.admin_key.clone();
+    let out = admin_cli(
+        &ep(&c, 1),
+        &admin,
+        &[
+            "--json",
+            "role",
+            "create",
+            "deployer",
+            "--permission",
+            "keys.write",
+            "--permission",
+            "users.read",
+            "--description",
+            "CI deployers",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&out)["permissions"], serde_json::json!(["keys.write", "users.read"]));
+    // Created through node 1, used at once through node 2.
+    admin_cli(&ep(&c, 2), &admin, &["user", "create", "dee", "--email", "dee@example.com", "--role", "deployer"])
+        .await
+        .unwrap();
+    let key = json(
+        &admin_cli(&ep(&c, 3), &admin, &["--json", "key", "create", "--user", "dee", "--name", "ci"]).await.unwrap(),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The custom role's permissions, and nothing more, on every node.
+    for n in 1..=3 {
+        assert!(admin_cli(&ep(&c, n), &key, &["user", "list"]).await.is_ok());
+        let err = admin_cli(&ep(&c, n), &key, &["user", "create", &format!("x{n}"), "--email", "x@example.com"])
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("permission denied"), "{err}");
+    }
+    assert!(admin_cli(&ep(&c, 2), &key, &["key", "create", "--user", "dee", "--name", "second"]).await.is_ok());
+    let r =
+        http().get(format!("{}/auth/verify?role=deployer", base(c.node(2)))).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-auth-roles"], "deployer");
+
+    // Updating the role changes what its holders may do.
+    admin_cli(&ep(&c, 1), &admin, &["role", "update", "deployer", "--permission", "users.read"]).await.unwrap();
+    common::wait_until("the role update on every node", std::time::Duration::from_secs(5), || {
+        let all = c
+            .nodes
+            .values()
+            .all(|n| n.cluster().view().read().role("deployer").is_some_and(|r| r.permissions == ["users.read"]));
+        async move { all }
+    })
+    .await;
+    let err = admin_cli(&ep(&c, 3), &key, &["key", "create", "--user", "dee", "--name", "third"]).await.unwrap_err();
+    assert!(err.starts_with("permission denied"), "{err}");
+
+    let list = json(&admin_cli(&ep(&c, 3), &admin, &["--json", "role", "list"]).await.unwrap());
+    let names: Vec<&str> = list["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["admin", "operator", "viewer", "deployer"]);
+
+    // Refusals: in use, built-in, unknown permission, bad name, not allowed.
+    for (args, want) in [
+        (&["role", "delete", "deployer"][..], "failed precondition"),
+        (&["role", "delete", "admin"], "failed precondition"),
+        (&["role", "create", "admin", "--permission", "users.read"], "failed precondition"),
+        (&["role", "create", "root", "--permission", "everything"], "invalid argument"),
+        (&["role", "create", "Bad Name"], "invalid argument"),
+        (&["role", "create", "deployer"], "already exists"),
+        (&["role", "update", "ghost"], "not found"),
+        (&["role", "delete", "ghost"], "not found"),
+    ] {
+        let err = admin_cli(&ep(&c, 1), &admin, args).await.unwrap_err();
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    let viewer = create_key(c.node(1), "vera", &["viewer"]).await;
+    assert!(admin_cli(&ep(&c, 1), &viewer, &["role", "list"]).await.is_ok());
+    let err = admin_cli(&ep(&c, 1), &viewer, &["role", "create", "sneaky", "--permission", "cluster.admin"])
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("permission denied"), "{err}");
+    c.shutdown().await;
+}

@@ -29,11 +29,12 @@ pub fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permission) 
 /// (cluster status) that must keep working on a node cut off from the leader.
 pub fn authorize_stale(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<KeyIdentity, ApiError> {
     let token = bearer(meta).ok_or(ApiError::Unauthenticated)?;
-    let identity = keys::verify(&cluster.view().read(), token, now_ms()).map_err(|e| {
+    let state = cluster.view().read();
+    let identity = keys::verify(&state, token, now_ms()).map_err(|e| {
         tracing::info!(reason = %e, "admin call refused");
         ApiError::Unauthenticated
     })?;
-    if !roles::allowed(&identity.roles, permission) {
+    if !roles::allowed(&state, &identity.roles, permission) {
         tracing::info!(user = %identity.username, key_id = %identity.key_id, permission = permission.name(), "admin call denied");
         return Err(ApiError::PermissionDenied(format!("requires permission {}", permission.name())));
     }

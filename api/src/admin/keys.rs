@@ -38,8 +38,9 @@ impl KeyService for Keys {
         if r.name.is_empty() || r.name.chars().count() > 64 || r.name.chars().any(char::is_control) {
             return Err(ApiError::InvalidArgument("key name must be 1-64 printable characters".into()).into());
         }
-        users::validate_roles(&r.roles).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         super::read_your_writes(&self.cluster).await;
+        users::validate_roles(&self.cluster.view().read(), &r.roles)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
         let key = credentials::new_api_key();
         tracing::Span::current().record("key_id", key.key_id.as_str());

@@ -6,16 +6,17 @@
 pub mod auth;
 pub mod cluster;
 pub mod keys;
+pub mod roles;
 pub mod sessions;
 pub mod users;
 
 use std::time::{Duration, Instant};
 
 use gatehouse_domain::State;
-use gatehouse_proto::admin::{ApiKey, Revoked, Session, User};
+use gatehouse_proto::admin::{ApiKey, Revoked, Role, Session, User};
 use gatehouse_proto::events::UserStatus;
 use gatehouse_proto::raft::LocalStatusRequest;
-use gatehouse_proto::state::{ApiKeyRecord, SessionRecord, UserRecord};
+use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
 
 use crate::{ApiError, Cluster};
 
@@ -71,6 +72,15 @@ pub fn key_pb(state: &State, k: &ApiKeyRecord) -> ApiKey {
         expires_at: k.expires_at,
         revoked_at: k.revoked_at,
         last_used: k.last_used,
+    }
+}
+
+pub fn role_pb(r: &RoleRecord) -> Role {
+    Role {
+        name: r.name.clone(),
+        permissions: r.permissions.clone(),
+        description: r.description.clone(),
+        built_in: false,
     }
 }
 

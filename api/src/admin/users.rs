@@ -35,7 +35,8 @@ impl UserService for Users {
         let username = r.username.to_ascii_lowercase();
         rules::validate_username(&username).map_err(invalid)?;
         rules::validate_email(&r.email).map_err(invalid)?;
-        rules::validate_roles(&r.roles).map_err(|e| match e {
+        super::read_your_writes(&self.cluster).await;
+        rules::validate_roles(&self.cluster.view().read(), &r.roles).map_err(|e| match e {
             ApplyError::NotFound(m) => ApiError::NotFound(m),
             e => invalid(e),
         })?;

@@ -1,0 +1,82 @@
+//! `RoleService`: list built-in and custom roles; create, update and delete
+//! custom roles (sets of permissions).
+
+use gatehouse_domain::roles::{self, Permission};
+use gatehouse_domain::Payload;
+use gatehouse_proto::admin::role_service_server::{RoleService, RoleServiceServer};
+use gatehouse_proto::admin::{
+    DeleteRoleRequest, DeleteRoleResponse, ListRolesRequest, ListRolesResponse, PutRoleRequest, Role,
+};
+use gatehouse_proto::events::{DeleteRole, PutRole};
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use super::role_pb;
+use crate::{ApiError, Cluster};
+
+pub struct Roles {
+    cluster: Cluster,
+}
+
+pub fn server(cluster: Cluster) -> RoleServiceServer<Roles> {
+    RoleServiceServer::new(Roles { cluster })
+}
+
+impl Roles {
+    async fn put(&self, req: Request<PutRoleRequest>, create: bool) -> Result<Response<Role>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite)?;
+        let r = req.into_inner();
+        let name = r.name.clone();
+        let cmd = self.cluster.command(Payload::PutRole(PutRole {
+            name: r.name,
+            permissions: r.permissions,
+            description: r.description,
+            create,
+        }));
+        self.cluster.propose_one(cmd).await?;
+        tracing::info!(actor = %actor.username, role = %name, create, "role written");
+        let state = self.cluster.view().read();
+        Ok(Response::new(role_pb(state.role(&name).ok_or(ApiError::Internal)?)))
+    }
+}
+
+#[tonic::async_trait]
+impl RoleService for Roles {
+    async fn list(&self, req: Request<ListRolesRequest>) -> Result<Response<ListRolesResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::RolesRead)?;
+        super::read_your_writes(&self.cluster).await;
+        let built_in = roles::BUILT_IN.iter().map(|name| Role {
+            name: name.to_string(),
+            permissions: Permission::ALL
+                .iter()
+                .filter(|p| roles::grants(name, **p))
+                .map(|p| p.name().to_string())
+                .collect(),
+            description: "built-in".into(),
+            built_in: true,
+        });
+        let state = self.cluster.view().read();
+        let mut custom: Vec<Role> = state.roles().map(role_pb).collect();
+        custom.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListRolesResponse { roles: built_in.chain(custom).collect() }))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.roles.create", skip_all)]
+    async fn create(&self, req: Request<PutRoleRequest>) -> Result<Response<Role>, Status> {
+        self.put(req, true).await
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.roles.update", skip_all)]
+    async fn update(&self, req: Request<PutRoleRequest>) -> Result<Response<Role>, Status> {
+        self.put(req, false).await
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.roles.delete", skip_all)]
+    async fn delete(&self, req: Request<DeleteRoleRequest>) -> Result<Response<DeleteRoleResponse>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite)?;
+        let name = req.into_inner().name;
+        self.cluster.propose_one(self.cluster.command(Payload::DeleteRole(DeleteRole { name: name.clone() }))).await?;
+        tracing::info!(actor = %actor.username, role = %name, "role deleted");
+        Ok(Response::new(DeleteRoleResponse {}))
+    }
+}
