@@ -416,3 +416,44 @@ async fn no_plaintext_password_token_or_key_reaches_any_data_directory() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_rules_require_roles_by_forwarded_host_and_path() {
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.identity.routes = vec![
+            gatehouse::config::RouteRule {
+                host: Some("admin.example".into()),
+                path_prefix: "/".into(),
+                roles: vec!["admin".into()],
+            },
+            gatehouse::config::RouteRule {
+                host: None,
+                path_prefix: "/ops".into(),
+                roles: vec!["operator".into(), "admin".into()],
+            },
+        ];
+    })
+    .await;
+    let viewer = create_key(c.node(1), "rita", &["viewer"]).await;
+    let operator = create_key(c.node(1), "otis", &["operator"]).await;
+    let check = |key: String, host: &'static str, uri: &'static str| {
+        let url = format!("{}/auth/verify", base(c.node(2)));
+        async move {
+            http()
+                .get(url)
+                .bearer_auth(key)
+                .header("x-forwarded-host", host)
+                .header("x-forwarded-uri", uri)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(check(viewer.clone(), "app.example", "/home").await, StatusCode::OK);
+    assert_eq!(check(viewer.clone(), "app.example", "/ops/metrics").await, StatusCode::FORBIDDEN);
+    assert_eq!(check(operator.clone(), "app.example", "/ops/metrics").await, StatusCode::OK);
+    assert_eq!(check(operator.clone(), "admin.example", "/").await, StatusCode::FORBIDDEN);
+    assert_eq!(check(c.admin_key.clone(), "ADMIN.example", "/anything").await, StatusCode::OK);
+    c.shutdown().await;
+}
