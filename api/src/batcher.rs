@@ -81,19 +81,24 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>) {
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let commands: Vec<Command> = jobs.iter().flat_map(|j| j.commands.iter().cloned()).collect();
+            let mut commands = Vec::with_capacity(count);
+            let mut callers = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                callers.push((job.commands.len(), job.reply));
+                commands.extend(job.commands);
+            }
             match raft.client_write(CommandBatch { commands }).await {
                 Ok(resp) => {
                     let index = resp.log_id.index;
                     let mut results = resp.data.into_iter();
-                    for job in jobs {
-                        let mine: Vec<CommandResult> = results.by_ref().take(job.commands.len()).collect();
-                        let _ = job.reply.send(Ok((mine, index)));
+                    for (n, reply) in callers {
+                        let mine: Vec<CommandResult> = results.by_ref().take(n).collect();
+                        let _ = reply.send(Ok((mine, index)));
                     }
                 }
                 Err(e) => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(e.clone()));
+                    for (_, reply) in callers {
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }

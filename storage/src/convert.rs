@@ -72,13 +72,16 @@ pub fn stored_membership_from_pb(m: &pb::StoredMembership) -> Result<StoredMembe
     Ok(StoredMembership::new(opt_log_id_from_pb(&m.log_id), membership_from_pb(membership)))
 }
 
-pub fn entry_to_pb(e: &Entry) -> pb::Entry {
-    let payload = match &e.payload {
+/// An entry as stored and sent. Takes the entry by value: the command batch
+/// is moved, not copied (the write path owns its entries; batches are large).
+pub fn entry_into_pb(e: Entry) -> pb::Entry {
+    let log_id = Some(log_id_to_pb(&e.log_id));
+    let payload = match e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(batch) => pb::entry::Payload::Normal(batch.clone()),
-        EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
+        EntryPayload::Normal(batch) => pb::entry::Payload::Normal(batch),
+        EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(&m)),
     };
-    pb::Entry { log_id: Some(log_id_to_pb(&e.log_id)), payload: Some(payload) }
+    pb::Entry { log_id, payload: Some(payload) }
 }
 
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, MissingField> {
@@ -128,7 +131,7 @@ mod tests {
             [EntryPayload::Blank, EntryPayload::Normal(CommandBatch::default()), EntryPayload::Membership(mem)]
         {
             let e = Entry { log_id: id, payload };
-            let back = entry_from_pb(entry_to_pb(&e)).unwrap();
+            let back = entry_from_pb(entry_into_pb(e.clone())).unwrap();
             assert_eq!(back.log_id, e.log_id);
             assert_eq!(format!("{:?}", back.payload), format!("{:?}", e.payload));
         }

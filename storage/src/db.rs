@@ -49,13 +49,23 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
     // default is 64 MiB per family, twice over): the projections already
     // live in memory as the view, so RocksDB's copy should stay small.
     opts.set_db_write_buffer_size(64 << 20);
+    // Vector memtables (below) need writes to a memtable to be serialised;
+    // ours are anyway (one log appender, one apply loop).
+    opts.set_allow_concurrent_memtable_write(false);
     let mut cf_opts = Options::default();
     cf_opts.set_write_buffer_size(16 << 20);
     cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Projections are written on every apply but only ever read by full
+    // scans (start-up, snapshots): a vector memtable appends in O(1) and
+    // sorts once at flush, where a skiplist spent 12% of all CPU inserting
+    // random ids (measured under the writes benchmark). The log (range
+    // reads) and meta (point reads) keep the default skiplist.
+    let mut projection_opts = cf_opts.clone();
+    projection_opts.set_memtable_factory(rocksdb::MemtableFactory::Vector);
     let cfs = [CF_LOG, CF_META]
         .into_iter()
-        .chain(Table::ALL.iter().map(|t| t.name()))
-        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()))
+        .chain(Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), projection_opts.clone())));
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
     let storage = Storage { db: Arc::new(db), dir: dir.to_path_buf() };
     let log = LogStore::new(storage.clone());

@@ -21,7 +21,7 @@ use openraft::{RaftLogReader, StorageIOError};
 use prost::Message;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use crate::convert::{entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
+use crate::convert::{entry_from_pb, entry_into_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
 use crate::db::{index_from_key, index_key, meta, synced, Storage, CF_LOG, CF_META};
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
@@ -163,8 +163,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             buf.clear();
             buf.push(codec::FORMAT_V1);
-            entry_to_pb(&e).encode(&mut buf).expect("a Vec grows as needed");
-            batch.put_cf(cf, index_key(e.log_id.index), &buf);
+            let index = e.log_id.index;
+            entry_into_pb(e).encode(&mut buf).expect("a Vec grows as needed");
+            batch.put_cf(cf, index_key(index), &buf);
         }
         // Written now so readers (replication) see the entries at once...
         self.storage.db.write(batch).map_err(|e| StorageIOError::write_logs(&e))?;

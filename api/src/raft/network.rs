@@ -4,7 +4,7 @@ use std::future::Future;
 
 use gatehouse_proto::raft as pb;
 use gatehouse_storage::convert::{
-    entry_to_pb, log_id_from_pb, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_to_pb, vote_from_pb, vote_to_pb,
+    entry_into_pb, log_id_from_pb, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_to_pb, vote_from_pb, vote_to_pb,
 };
 use gatehouse_storage::types::{NodeId, TypeConfig, Vote};
 use openraft::error::{Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -73,7 +73,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         let req = pb::AppendEntriesRequest {
             vote: Some(vote_to_pb(&rpc.vote)),
             prev_log_id: opt_log_id_to_pb(&rpc.prev_log_id),
-            entries: rpc.entries.iter().map(entry_to_pb).collect(),
+            entries: rpc.entries.into_iter().map(entry_into_pb).collect(),
             leader_commit: opt_log_id_to_pb(&rpc.leader_commit),
         };
         let mut req = tonic::Request::new(req);
