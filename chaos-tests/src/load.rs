@@ -31,6 +31,34 @@ impl Figures {
     }
 }
 
+/// One client task's latency histogram, successes and failures.
+type TaskFigures = (Histogram<u64>, u64, u64);
+
+/// Merges the client tasks' figures into one step's result.
+async fn merge(
+    tasks: Vec<tokio::task::JoinHandle<TaskFigures>>,
+    started: Instant,
+    concurrency: usize,
+) -> anyhow::Result<Figures> {
+    let mut hist = histogram();
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await?;
+        hist.add(h).ok();
+        ok += o;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Figures {
+        concurrency,
+        ok,
+        errors,
+        per_second: ok as f64 / secs,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
@@ -82,23 +110,7 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
             (hist, ok, errors)
         }));
     }
-    let mut hist = histogram();
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, o, e) = t.await?;
-        hist.add(h).ok();
-        ok += o;
-        errors += e;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        concurrency: writers,
-        ok,
-        errors,
-        per_second: ok as f64 / secs,
-        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    merge(tasks, started, writers).await
 }
 
 /// `verify`: `connections` keep-alive HTTP/1.1 connections send `GET path`
@@ -153,23 +165,7 @@ pub async fn http_get(
             (hist, ok, errors)
         }));
     }
-    let mut hist = histogram();
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, o, e) = t.await?;
-        hist.add(h).ok();
-        ok += o;
-        errors += e;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        concurrency: connections,
-        ok,
-        errors,
-        per_second: ok as f64 / secs,
-        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    merge(tasks, started, connections).await
 }
 
 /// The ceiling: a bare hyper HTTP/1.1 server answering 200 with an empty
