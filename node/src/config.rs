@@ -26,6 +26,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// A secret from the configuration: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
 /// A member of the initial cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,7 +159,7 @@ pub struct Config {
     /// The gRPC address other nodes use to reach this one; defaults to the bound `grpc_addr`.
     pub advertise_addr: Option<String>,
     /// Shared secret of the cluster's Raft RPCs (at least 32 characters).
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<Secret>,
     pub cluster_secret_file: Option<PathBuf>,
     /// Initialise a new cluster with `initial_members` if this node's store is empty.
     /// Set on exactly one node.
@@ -241,7 +270,7 @@ impl Config {
             let s = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
             return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
         }
-        Ok(self.cluster_secret.clone())
+        Ok(self.cluster_secret.as_ref().map(|s| s.expose().to_string()))
     }
 
     /// Refuses settings that cannot work, and insecure ones in production.
@@ -341,7 +370,8 @@ mod tests {
     fn production_refuses_insecure_settings() {
         let mut c = Config::default();
         assert!(c.validate().is_err(), "no secret");
-        c.cluster_secret = Some("x".repeat(32));
+        c.cluster_secret = Some("x".repeat(32).into());
+        assert!(!format!("{c:?}").contains(&"x".repeat(32)), "Debug never prints the secret");
         assert!(c.validate().is_ok());
         c.grpc_addr = "0.0.0.0:9090".parse().unwrap();
         assert!(c.validate().is_err(), "plaintext off loopback");

@@ -327,6 +327,22 @@ async fn hostile_input_gets_4xx_and_changes_nothing() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "not_found");
 
+    // The caller's own endpoints without, or with a wrong, credential; logout with a key.
+    for path in ["/api/v1/me", "/api/v1/me/sessions"] {
+        assert_eq!(http().get(format!("{}{path}", base(n))).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        let r = http()
+            .get(format!("{}{path}", base(n)))
+            .header("cookie", "gatehouse_session=gs_forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = http().post(format!("{}/api/v1/logout", base(n))).bearer_auth(&c.admin_key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = http().delete(format!("{}/api/v1/me/sessions/{}", base(n), "0".repeat(32))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
     // Nothing above wrote to the log, and the real session still works.
     assert_eq!(c.node(1).cluster().view().applied_index(), applied_before);
     assert_eq!(c.node(1).cluster().view().read().users().count(), users_before);

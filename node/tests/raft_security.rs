@@ -57,7 +57,7 @@ async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(9, &dir);
-    cfg.cluster_secret = Some("x".repeat(40));
+    cfg.cluster_secret = Some("x".repeat(40).into());
     let stray = Node::start(cfg).await.unwrap();
     // It claims the real nodes as its peers and campaigns.
     let mut members: BTreeMap<u64, String> =
