@@ -13,11 +13,14 @@ deps:
 	@scripts/deps.sh
 
 ## Run a dev node: data in ./gatehouse-data, prints a bootstrap admin key once.
-dev: deps
-	$(CARGO) run --bin gatehouse -- serve --dev
+# Built as the whole workspace (like `make test`), not `cargo run -p`: a
+# one-package build unifies features differently and would compile RocksDB
+# a second time.
+dev: build
+	$(BIN) serve --dev
 
 build: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --bins
 
 # Lints never link. Check builds get their own librocksdb-sys build-script
 # unit, which would compile RocksDB's C++ a second time (12 minutes); with
