@@ -12,7 +12,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use gatehouse_domain::codec;
 use gatehouse_proto::raft as pb;
@@ -29,21 +29,40 @@ use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 #[derive(Debug, Clone)]
 pub struct LogStore {
     storage: Storage,
-    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The WAL sync thread and its queue. Dropped with the last `LogStore`
+/// clone: closes the queue and joins the thread, so no detached thread
+/// holds the database while the process exits (RocksDB aborts if it is
+/// still being torn down when its static state is destroyed).
+#[derive(Debug)]
+struct Flusher {
+    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogStore {
     pub(crate) fn new(storage: Storage) -> Self {
-        let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let db = storage.db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gatehouse-wal-sync".into())
             .spawn(move || {
                 // Group commit: one WAL sync acknowledges every append queued
-                // while the previous sync ran. Ends when every LogStore is dropped.
-                while let Ok(first) = flush_rx.recv() {
+                // while the previous sync ran. Ends when the queue closes.
+                while let Ok(first) = rx.recv() {
                     let mut pending = vec![first];
-                    pending.extend(flush_rx.try_iter());
+                    pending.extend(rx.try_iter());
                     let res = db.flush_wal(true).map_err(|e| e.to_string());
                     for cb in pending {
                         cb.log_io_completed(res.clone().map_err(io::Error::other));
@@ -51,7 +70,7 @@ impl LogStore {
                 }
             })
             .expect("spawning the WAL sync thread");
-        LogStore { storage, flush_tx }
+        LogStore { storage, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }) }
     }
 
     /// The database handle (to sync at shutdown).
@@ -171,7 +190,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.storage.db.write(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         // ...but acknowledged only after the WAL sync. Durability: openraft
         // counts this node towards a quorum only when the callback fires.
-        self.flush_tx
+        self.flusher
+            .tx
+            .as_ref()
+            .expect("the queue closes only when the last store is dropped")
             .send(callback)
             .map_err(|_| StorageIOError::write_logs(&io::Error::other("WAL sync thread stopped")).into())
     }
