@@ -35,6 +35,17 @@ pub(crate) fn hex128(id: u128) -> String {
     format!("{id:032x}")
 }
 
+/// The 32-character hex form of an id, on the stack (for lookups on the
+/// verification path, which should not allocate).
+fn hex128_buf(id: u128) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = DIGITS[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    buf
+}
+
 /// A session as the view keeps it: ids as integers, so a million sessions
 /// fit comfortably in memory (the protobuf record, with its id strings, is
 /// what is stored and listed).
@@ -158,10 +169,6 @@ impl Sessions {
     pub(crate) fn of_user(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {
         let ids = id128(user_id).and_then(|u| self.by_user.get(&u));
         ids.into_iter().flatten().filter_map(|id| self.by_id.get(id).map(|s| s.record(*id)))
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
     }
 }
 
@@ -296,7 +303,9 @@ pub fn verify(
             return Err(SessionRejected::Idle);
         }
     }
-    let user = state.user(&hex128(s.user)).ok_or(SessionRejected::Unknown)?;
+    let user_id = hex128_buf(s.user);
+    let user_id = std::str::from_utf8(&user_id).expect("hex digits are ASCII");
+    let user = state.user(user_id).ok_or(SessionRejected::Unknown)?;
     if user.status != UserStatus::Active as i32 {
         return Err(SessionRejected::UserDisabled);
     }
@@ -340,6 +349,15 @@ mod tests {
         let r = state.apply(2, &session_cmd(&"5".repeat(32), &"a".repeat(32), TOKEN, 1_000), &mut Vec::new());
         assert_eq!(r.code, Code::Ok as i32, "{r:?}");
         state
+    }
+
+    #[test]
+    fn ids_round_trip_through_both_hex_forms() {
+        for id in [0u128, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
+            assert_eq!(std::str::from_utf8(&hex128_buf(id)).unwrap(), hex128(id));
+            assert_eq!(id128(&hex128(id)), Some(id));
+        }
+        assert_eq!(id128("ABCDEF0123456789abcdef0123456789"), None, "uppercase is not an id");
     }
 
     #[test]

@@ -130,10 +130,6 @@ impl State {
         self.sessions.of_user(user_id)
     }
 
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
     /// The first result of a command with this request id, if it was applied.
     pub fn request_result(&self, request_id: &str) -> Option<&CommandResult> {
         self.requests.get(request_id)
