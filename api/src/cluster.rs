@@ -21,6 +21,7 @@ use openraft::error::{ClientWriteError, RaftError};
 
 use crate::batcher::Batcher;
 use crate::freshness::Freshness;
+use crate::identity::LastUse;
 use crate::peers::Peers;
 use crate::ApiError;
 
@@ -51,6 +52,8 @@ struct Inner {
     view: StateView,
     peers: Peers,
     freshness: Freshness,
+    /// Uses of keys and sessions seen here, flushed to the log periodically.
+    last_use: LastUse,
     max_staleness: Duration,
 }
 
@@ -71,6 +74,7 @@ impl Cluster {
                 view,
                 peers,
                 freshness: Freshness::default(),
+                last_use: LastUse::default(),
                 max_staleness,
             }),
         }
@@ -94,6 +98,10 @@ impl Cluster {
 
     pub fn freshness(&self) -> &Freshness {
         &self.inner.freshness
+    }
+
+    pub fn last_use(&self) -> &LastUse {
+        &self.inner.last_use
     }
 
     /// Whether this node may answer for the cluster now (see [`Freshness`]).

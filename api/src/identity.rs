@@ -111,7 +111,8 @@ enum Refused {
     Disabled,
 }
 
-fn check(cluster: &Cluster, seen: &LastUse, token: &str, now: u64) -> Result<Principal, Refused> {
+fn check(cluster: &Cluster, token: &str, now: u64) -> Result<Principal, Refused> {
+    let seen = cluster.last_use();
     let state = cluster.view().read();
     if token.starts_with(keys::KEY_PREFIX) {
         return match keys::verify(&state, token, now) {
@@ -145,19 +146,21 @@ fn check(cluster: &Cluster, seen: &LastUse, token: &str, now: u64) -> Result<Pri
 /// Resolves a presented credential. `unauthenticated` for anything unknown,
 /// expired, revoked or malformed (one answer for all, nothing to probe);
 /// `permission_denied` for a disabled user.
-pub async fn resolve(cluster: &Cluster, seen: &LastUse, token: &str) -> Result<Principal, ApiError> {
+pub async fn resolve(cluster: &Cluster, token: &str) -> Result<Principal, ApiError> {
     if token.is_empty() || token.len() > MAX_CREDENTIAL_LEN {
         return Err(ApiError::Unauthenticated);
     }
-    let mut result = check(cluster, seen, token, now_ms());
+    let mut now = now_ms();
+    let mut result = check(cluster, token, now);
     if result == Err(Refused::Unknown) && cluster.catch_up(Duration::from_millis(500)).await {
-        result = check(cluster, seen, token, now_ms());
+        now = now_ms();
+        result = check(cluster, token, now);
     }
     match result {
         Ok(p) => {
             match &p.via {
-                Via::Session { session_id } => seen.session_used(session_id, now_ms()),
-                Via::ApiKey { key_id } => seen.key_used(key_id, now_ms()),
+                Via::Session { session_id } => cluster.last_use().session_used(session_id, now),
+                Via::ApiKey { key_id } => cluster.last_use().key_used(key_id, now),
             }
             Ok(p)
         }

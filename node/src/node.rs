@@ -124,13 +124,14 @@ impl Node {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => front.seen.flush(&front.cluster).await,
+                        _ = tick.tick() => front.cluster.last_use().flush(&front.cluster).await,
                         _ = async { let _ = rx.wait_for(|s| *s).await; } => break,
                     }
                 }
                 // Best effort on the way out: last-use times are advisory,
                 // and peers may already be gone.
-                let _ = tokio::time::timeout(Duration::from_secs(1), front.seen.flush(&front.cluster)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), front.cluster.last_use().flush(&front.cluster)).await;
             })
         };
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, advertise = %advertise_addr, "node started");
@@ -234,12 +235,7 @@ fn front(config: &Config, cluster: Cluster) -> Front {
             .map(|r| RouteRule { host: r.host.clone(), path_prefix: r.path_prefix.clone(), roles: r.roles.clone() })
             .collect(),
     };
-    Front {
-        cluster,
-        config: Arc::new(fc),
-        passwords: PasswordPool::new(id.password_workers, id.password_queue),
-        seen: Arc::default(),
-    }
+    Front { cluster, config: Arc::new(fc), passwords: PasswordPool::new(id.password_workers, id.password_queue) }
 }
 
 /// Starts a node and runs it until `shutdown` resolves.

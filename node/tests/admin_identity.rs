@@ -281,3 +281,30 @@ async fn custom_roles_grant_their_permissions_on_every_node() {
     assert!(err.starts_with("permission denied"), "{err}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_key_works_at_once_on_every_nodes_admin_api() {
+    use gatehouse_api::admin::auth::authorize;
+    use gatehouse_domain::roles::Permission;
+
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let followers: Vec<u64> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    // Each key is acknowledged by the leader and checked at once (no
+    // connection set-up in between) by the followers' admin authentication,
+    // before they necessarily applied it: they must catch up, not refuse.
+    for i in 0..20 {
+        let key = create_key(c.node(leader), &format!("fresh-{i}"), &["viewer"]).await;
+        let mut meta = tonic::metadata::MetadataMap::new();
+        meta.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        for &n in &followers {
+            let r = authorize(c.node(n).cluster(), &meta, Permission::UsersRead).await;
+            assert!(r.is_ok(), "key {i} on node {n}: {r:?}");
+        }
+    }
+    // A session token is not an admin credential.
+    let err =
+        admin_cli(&ep(&c, 1), "gs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &["user", "list"]).await.unwrap_err();
+    assert!(err.starts_with("unauthenticated"), "{err}");
+    c.shutdown().await;
+}

@@ -1,11 +1,11 @@
-//! Admin API authentication: `authorization: Bearer gk_…` metadata, checked
-//! against the local view, then RBAC.
+//! Admin API authentication: `authorization: Bearer gk_…` metadata,
+//! resolved like every credential (with read-your-writes), then RBAC.
 
-use gatehouse_domain::keys::{self, KeyIdentity};
+use gatehouse_domain::keys;
 use gatehouse_domain::roles::{self, Permission};
 use tonic::metadata::MetadataMap;
 
-use crate::cluster::now_ms;
+use crate::identity::{self, Principal};
 use crate::{ApiError, Cluster};
 
 /// The bearer token of a request, if it has a well-formed one.
@@ -15,28 +15,37 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
     Some(token.trim())
 }
 
-/// Authenticates the caller and checks that one of its roles grants
-/// `permission`. Refused with `stale` when this node cannot prove it is up to
-/// date (a revoked key must not slip through a lagging node).
-pub fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<KeyIdentity, ApiError> {
+/// Authenticates the caller's API key and checks that one of its roles
+/// grants `permission`. Refused with `stale` when this node cannot prove it
+/// is up to date (a revoked key must not slip through a lagging node).
+pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
     if !cluster.is_fresh() {
         return Err(ApiError::Stale);
     }
-    authorize_stale(cluster, meta, permission)
+    authorize_stale(cluster, meta, permission).await
 }
 
 /// [`authorize`] without the freshness check, for read-only diagnostics
 /// (cluster status) that must keep working on a node cut off from the leader.
-pub fn authorize_stale(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<KeyIdentity, ApiError> {
+///
+/// The key is resolved like every credential ([`identity::resolve`]): a key
+/// acknowledged through another node a moment ago is accepted here too.
+pub async fn authorize_stale(
+    cluster: &Cluster,
+    meta: &MetadataMap,
+    permission: Permission,
+) -> Result<Principal, ApiError> {
     let token = bearer(meta).ok_or(ApiError::Unauthenticated)?;
-    let state = cluster.view().read();
-    let identity = keys::verify(&state, token, now_ms()).map_err(|e| {
-        tracing::info!(reason = %e, "admin call refused");
-        ApiError::Unauthenticated
-    })?;
-    if !roles::allowed(&state, &identity.roles, permission) {
-        tracing::info!(user = %identity.username, key_id = %identity.key_id, permission = permission.name(), "admin call denied");
+    // The admin API takes API keys, not browser sessions.
+    if !token.starts_with(keys::KEY_PREFIX) {
+        return Err(ApiError::Unauthenticated);
+    }
+    let caller = identity::resolve(cluster, token)
+        .await
+        .inspect_err(|e| tracing::info!(reason = %e.code(), "admin call refused"))?;
+    if !roles::allowed(&cluster.view().read(), &caller.roles, permission) {
+        tracing::info!(user = %caller.username, permission = permission.name(), "admin call denied");
         return Err(ApiError::PermissionDenied(format!("requires permission {}", permission.name())));
     }
-    Ok(identity)
+    Ok(caller)
 }

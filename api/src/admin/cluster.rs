@@ -110,7 +110,7 @@ impl ClusterService for ClusterAdmin {
     #[tracing::instrument(level = "info", name = "admin.cluster.status", skip_all)]
     async fn status(&self, req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
         // Status stays readable on a stale node: it is how operators find out why.
-        authorize_stale(&self.cluster, req.metadata(), Permission::ClusterRead)?;
+        authorize_stale(&self.cluster, req.metadata(), Permission::ClusterRead).await?;
         let metrics = self.cluster.raft().metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -171,7 +171,7 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.add_learner", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let r = req.get_ref().clone();
         validate_id(r.node_id)?;
         validate_addr(&r.addr)?;
@@ -186,7 +186,7 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.promote", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
         let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
@@ -204,7 +204,7 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.remove", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
         let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
@@ -234,7 +234,7 @@ impl ClusterService for ClusterAdmin {
         &self,
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin)?;
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let raft = self.cluster.raft();
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         raft.trigger().snapshot().await.map_err(|e| {

@@ -29,7 +29,7 @@ pub fn server(cluster: Cluster) -> KeyServiceServer<Keys> {
 impl KeyService for Keys {
     #[tracing::instrument(level = "info", name = "admin.keys.create", skip_all, fields(actor, key_id))]
     async fn create(&self, req: Request<CreateKeyRequest>) -> Result<Response<CreateKeyResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         if r.ttl_seconds > MAX_TTL_SECONDS {
@@ -61,7 +61,7 @@ impl KeyService for Keys {
     }
 
     async fn list(&self, req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::KeysRead)?;
+        authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
         super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
         let state = self.cluster.view().read();
@@ -78,7 +78,7 @@ impl KeyService for Keys {
 
     #[tracing::instrument(level = "info", name = "admin.keys.revoke", skip_all, fields(actor, key_id = %req.get_ref().id))]
     async fn revoke(&self, req: Request<RevokeKeyRequest>) -> Result<Response<Revoked>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         rules::validate_key_id(&r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;

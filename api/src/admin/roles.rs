@@ -24,7 +24,7 @@ pub fn server(cluster: Cluster) -> RoleServiceServer<Roles> {
 
 impl Roles {
     async fn put(&self, req: Request<PutRoleRequest>, create: bool) -> Result<Response<Role>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
         let r = req.into_inner();
         let name = r.name.clone();
         let cmd = self.cluster.command(Payload::PutRole(PutRole {
@@ -43,7 +43,7 @@ impl Roles {
 #[tonic::async_trait]
 impl RoleService for Roles {
     async fn list(&self, req: Request<ListRolesRequest>) -> Result<Response<ListRolesResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::RolesRead)?;
+        authorize(&self.cluster, req.metadata(), Permission::RolesRead).await?;
         super::read_your_writes(&self.cluster).await;
         let built_in = roles::BUILT_IN.iter().map(|name| Role {
             name: name.to_string(),
@@ -73,7 +73,7 @@ impl RoleService for Roles {
 
     #[tracing::instrument(level = "info", name = "admin.roles.delete", skip_all)]
     async fn delete(&self, req: Request<DeleteRoleRequest>) -> Result<Response<DeleteRoleResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
         let name = req.into_inner().name;
         self.cluster.propose_one(self.cluster.command(Payload::DeleteRole(DeleteRole { name: name.clone() }))).await?;
         tracing::info!(actor = %actor.username, role = %name, "role deleted");

@@ -24,7 +24,7 @@ pub fn server(cluster: Cluster) -> SessionServiceServer<Sessions> {
 #[tonic::async_trait]
 impl SessionService for Sessions {
     async fn list(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::SessionsRead)?;
+        authorize(&self.cluster, req.metadata(), Permission::SessionsRead).await?;
         super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
         let user = find_user(&state, &req.get_ref().user)?;
@@ -35,7 +35,7 @@ impl SessionService for Sessions {
 
     #[tracing::instrument(level = "info", name = "admin.sessions.revoke", skip_all, fields(actor, session_id = %req.get_ref().id))]
     async fn revoke(&self, req: Request<RevokeSessionRequest>) -> Result<Response<Revoked>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         users::validate_id("session", &r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
@@ -46,7 +46,7 @@ impl SessionService for Sessions {
 
     #[tracing::instrument(level = "info", name = "admin.sessions.revoke_all", skip_all, fields(actor))]
     async fn revoke_all(&self, req: Request<RevokeUserSessionsRequest>) -> Result<Response<Revoked>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         super::read_your_writes(&self.cluster).await;

@@ -29,7 +29,7 @@ fn invalid(e: ApplyError) -> ApiError {
 impl UserService for Users {
     #[tracing::instrument(level = "info", name = "admin.users.create", skip_all, fields(actor))]
     async fn create(&self, req: Request<CreateUserRequest>) -> Result<Response<User>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         let username = r.username.to_ascii_lowercase();
@@ -61,7 +61,7 @@ impl UserService for Users {
     }
 
     async fn list(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::UsersRead)?;
+        authorize(&self.cluster, req.metadata(), Permission::UsersRead).await?;
         super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
         if !r.status.is_empty() && r.status != "active" && r.status != "disabled" {
@@ -80,7 +80,7 @@ impl UserService for Users {
 
     #[tracing::instrument(level = "info", name = "admin.users.set_status", skip_all, fields(actor))]
     async fn set_status(&self, req: Request<SetUserStatusRequest>) -> Result<Response<User>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite)?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         let status = match r.status.as_str() {

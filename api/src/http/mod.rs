@@ -25,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-use crate::identity::LastUse;
 use crate::passwords::PasswordPool;
 use crate::{ApiError, Cluster};
 
@@ -70,7 +69,6 @@ pub struct Front {
     pub cluster: Cluster,
     pub config: Arc<FrontConfig>,
     pub passwords: PasswordPool,
-    pub seen: Arc<LastUse>,
 }
 
 pub fn router(front: Front) -> Router {

@@ -41,7 +41,7 @@ async fn caller(front: &Front, headers: &HeaderMap, changes_state: bool) -> Resu
     if changes_state && from_cookie && !csrf_ok(headers) {
         return Err(ApiError::Csrf);
     }
-    resolve(&front.cluster, &front.seen, &token).await
+    resolve(&front.cluster, &token).await
 }
 
 fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue {
@@ -179,7 +179,7 @@ pub async fn my_sessions(State(front): State<Front>, headers: HeaderMap) -> Resu
         .map(|s| {
             json!({
                 "id": s.session_id, "created_at": s.created_at, "expires_at": s.expires_at,
-                "last_seen": s.last_seen.max(front.seen.session(&s.session_id)),
+                "last_seen": s.last_seen.max(front.cluster.last_use().session(&s.session_id)),
                 "client_ip": s.client_ip, "user_agent": s.user_agent, "current": s.session_id == current,
             })
         })

@@ -54,7 +54,7 @@ pub async fn verify(State(front): State<Front>, Query(q): Query<VerifyQuery>, he
         tracing::Span::current().record("decision", "no_credential");
         return unauthorized(ApiError::Unauthenticated);
     };
-    let principal = match resolve(&front.cluster, &front.seen, &token).await {
+    let principal = match resolve(&front.cluster, &token).await {
         Ok(p) => p,
         Err(e) => {
             tracing::Span::current().record("decision", e.code());
