@@ -1,6 +1,6 @@
 //! API keys: `gk_<key id>_<secret>`, stored as the SHA-256 of the secret.
 
-use gatehouse_proto::events::{CreateApiKey, RevokeApiKey, UserStatus};
+use gatehouse_proto::events::{CreateApiKey, RevokeApiKey, RotateApiKey, UserStatus};
 use gatehouse_proto::state::ApiKeyRecord;
 
 use crate::mutation::{Mutation, Table};
@@ -82,6 +82,41 @@ pub(crate) fn revoke(
     Ok(c.key_id.clone())
 }
 
+/// Creates `new_key` for the old key's user; the old key then ends at
+/// `old_expires_at` (a grace period, never later than its own expiry) or at
+/// once. Either both happen or neither.
+pub(crate) fn rotate(
+    state: &mut State,
+    now: u64,
+    c: &RotateApiKey,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    let new = c.new_key.as_ref().ok_or_else(|| ApplyError::Invalid("rotation without a new key".into()))?;
+    let old = state.keys.get(&c.old_key_id).ok_or_else(|| ApplyError::NotFound("no such key".into()))?;
+    if old.revoked_at != 0 {
+        return Err(ApplyError::FailedPrecondition("key already revoked".into()));
+    }
+    if old.expires_at != 0 && old.expires_at <= now {
+        return Err(ApplyError::FailedPrecondition("key already expired".into()));
+    }
+    if new.user_id != old.user_id {
+        return Err(ApplyError::Invalid("the new key must belong to the old key's user".into()));
+    }
+    if c.old_expires_at != 0 && c.old_expires_at <= now {
+        return Err(ApplyError::Invalid("grace period must end in the future".into()));
+    }
+    // The last step that can fail; what follows cannot.
+    create(state, now, new, out)?;
+    let old = state.keys.get_mut(&c.old_key_id).ok_or_else(|| ApplyError::NotFound("no such key".into()))?;
+    if c.old_expires_at == 0 {
+        old.revoked_at = now;
+    } else if old.expires_at == 0 || c.old_expires_at < old.expires_at {
+        old.expires_at = c.old_expires_at;
+    }
+    out.push(put(Table::ApiKeys, &old.key_id, old));
+    Ok(new.key_id.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +164,57 @@ mod tests {
         assert_eq!(state.apply(5, &revoke, &mut Vec::new()).code, Code::Ok as i32);
         assert_eq!(state.api_key("0123456789abcdef").unwrap().revoked_at, 3_000);
         assert_eq!(state.apply(6, &revoke, &mut Vec::new()).code, Code::FailedPrecondition as i32);
+    }
+
+    #[test]
+    fn rotation_creates_the_new_key_and_ends_the_old_one_atomically() {
+        let mut state = State::default();
+        let uid = "c".repeat(32);
+        state.apply(1, &create_user_cmd(&uid, "carl"), &mut Vec::new());
+        state.apply(2, &key_cmd("aaaaaaaaaaaaaaaa", &uid, ""), &mut Vec::new());
+        let new_key = |id: &str| match key_cmd(id, &uid, "").payload {
+            Some(Payload::CreateApiKey(k)) => k,
+            _ => unreachable!(),
+        };
+        let rotate = |old: &str, new: &str, grace_end: u64| Command {
+            proposed_at: 10_000,
+            payload: Some(Payload::RotateApiKey(RotateApiKey {
+                old_key_id: old.into(),
+                new_key: Some(new_key(new)),
+                old_expires_at: grace_end,
+            })),
+            ..Default::default()
+        };
+        // With a grace period the old key keeps working until it ends.
+        let r = state.apply(3, &rotate("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", 70_000), &mut Vec::new());
+        assert_eq!((r.code, r.id.as_str()), (Code::Ok as i32, "bbbbbbbbbbbbbbbb"));
+        let old = state.api_key("aaaaaaaaaaaaaaaa").unwrap();
+        assert_eq!((old.expires_at, old.revoked_at), (70_000, 0));
+        assert!(state.api_key("bbbbbbbbbbbbbbbb").is_some());
+
+        // Without one it is revoked at once.
+        let r = state.apply(4, &rotate("bbbbbbbbbbbbbbbb", "cccccccccccccccc", 0), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32);
+        assert_eq!(state.api_key("bbbbbbbbbbbbbbbb").unwrap().revoked_at, 10_000);
+
+        // Refusals change nothing: revoked, unknown, clashing new id, past grace end, another user.
+        let mut out = Vec::new();
+        for (cmd, code) in [
+            (rotate("bbbbbbbbbbbbbbbb", "dddddddddddddddd", 0), Code::FailedPrecondition),
+            (rotate("0123456789abcdef", "dddddddddddddddd", 0), Code::NotFound),
+            (rotate("cccccccccccccccc", "aaaaaaaaaaaaaaaa", 0), Code::AlreadyExists),
+            (rotate("cccccccccccccccc", "dddddddddddddddd", 9_000), Code::Invalid),
+        ] {
+            assert_eq!(state.apply(5, &cmd, &mut out).code, code as i32);
+        }
+        let mut other = rotate("cccccccccccccccc", "dddddddddddddddd", 0);
+        if let Some(Payload::RotateApiKey(r)) = &mut other.payload {
+            r.new_key.as_mut().unwrap().user_id = "e".repeat(32);
+        }
+        assert_eq!(state.apply(6, &other, &mut out).code, Code::Invalid as i32);
+        assert!(out.iter().all(|m| matches!(m, Mutation::Put { table: Table::Requests, .. })));
+        assert!(state.api_key("dddddddddddddddd").is_none());
+        assert_eq!(state.api_key("cccccccccccccccc").unwrap().revoked_at, 0);
     }
 
     #[test]
@@ -208,7 +294,8 @@ pub struct KeyIdentity {
     pub key_id: String,
     pub user_id: String,
     pub username: String,
-    /// The key's roles: its own subset, or all of the user's.
+    /// The key's roles: its own subset (as far as the user still holds
+    /// them), or all of the user's.
     pub roles: Vec<String>,
 }
 
@@ -231,7 +318,12 @@ pub fn verify(state: &State, token: &str, now: u64) -> Result<KeyIdentity, KeyRe
     if user.status != UserStatus::Active as i32 {
         return Err(KeyRejected::UserDisabled);
     }
-    let roles = if key.roles.is_empty() { user.roles.clone() } else { key.roles.clone() };
+    // A restricted key holds those of its roles that its user still holds.
+    let roles = if key.roles.is_empty() {
+        user.roles.clone()
+    } else {
+        key.roles.iter().filter(|r| user.roles.contains(r)).cloned().collect()
+    };
     Ok(KeyIdentity {
         key_id: key.key_id.clone(),
         user_id: user.user_id.clone(),
@@ -303,5 +395,37 @@ mod verify_tests {
         };
         state.apply(3, &disable, &mut Vec::new());
         assert_eq!(verify(&state, &key, 5_000), Err(KeyRejected::UserDisabled));
+    }
+
+    #[test]
+    fn a_restricted_key_loses_a_role_its_user_loses() {
+        use gatehouse_proto::events::{AssignRole, UnassignRole};
+        let mut state = State::default();
+        let uid = "a".repeat(32);
+        state.apply(1, &create_user_cmd(&uid, "ann"), &mut Vec::new());
+        let role = |p| Command { proposed_at: 1_500, payload: Some(p), ..Default::default() };
+        state.apply(
+            2,
+            &role(Payload::AssignRole(AssignRole { user_id: uid.clone(), role: "operator".into() })),
+            &mut Vec::new(),
+        );
+        let key = CreateApiKey {
+            key_id: "00112233aabbccdd".into(),
+            user_id: uid.clone(),
+            name: "k".into(),
+            secret_sha256: secret_hash(SECRET).to_vec(),
+            expires_at: 0,
+            roles: vec!["operator".into()],
+        };
+        state.apply(3, &role(Payload::CreateApiKey(key)), &mut Vec::new());
+        let token = format_key("00112233aabbccdd", SECRET);
+        assert_eq!(verify(&state, &token, 2_000).unwrap().roles, vec!["operator".to_string()]);
+        state.apply(
+            4,
+            &role(Payload::UnassignRole(UnassignRole { user_id: uid, role: "operator".into() })),
+            &mut Vec::new(),
+        );
+        // Not "all of the user's roles" either: the key keeps none.
+        assert_eq!(verify(&state, &token, 2_000).unwrap().roles, Vec::<String>::new());
     }
 }

@@ -19,11 +19,13 @@
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
 //! - [`requests`]: idempotency of retried commands.
+//! - [`redact`]: commands as the event stream shows them (no secret hashes).
 //! - [`result`]: command outcomes.
 
 pub mod codec;
 pub mod keys;
 pub mod mutation;
+pub mod redact;
 pub mod requests;
 pub mod result;
 pub mod roles;

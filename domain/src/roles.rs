@@ -54,10 +54,12 @@ pub enum Permission {
     SessionsWrite,
     RolesRead,
     RolesWrite,
+    /// Follow the committed log (`Watch`).
+    EventsRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 11] = [
         Permission::ClusterRead,
         Permission::ClusterAdmin,
         Permission::UsersRead,
@@ -68,6 +70,7 @@ impl Permission {
         Permission::SessionsWrite,
         Permission::RolesRead,
         Permission::RolesWrite,
+        Permission::EventsRead,
     ];
 
     pub fn from_name(name: &str) -> Option<Permission> {
@@ -86,6 +89,7 @@ impl Permission {
             Permission::SessionsWrite => "sessions.write",
             Permission::RolesRead => "roles.read",
             Permission::RolesWrite => "roles.write",
+            Permission::EventsRead => "events.read",
         }
     }
 }
@@ -95,7 +99,7 @@ impl Permission {
 /// | permission | admin | operator | viewer |
 /// |---|---|---|---|
 /// | `cluster.read`, `users.read`, `keys.read`, `sessions.read`, `roles.read` | yes | yes | yes |
-/// | `users.write`, `keys.write`, `sessions.write` | yes | yes | no |
+/// | `users.write`, `keys.write`, `sessions.write`, `events.read` | yes | yes | no |
 /// | `cluster.admin`, `roles.write` | yes | no | no |
 pub fn grants(role: &str, permission: Permission) -> bool {
     use Permission::*;
@@ -113,6 +117,20 @@ pub fn allowed(state: &State, roles: &[String], permission: Permission) -> bool 
         grants(r, permission)
             || state.roles.get(r).is_some_and(|c| c.permissions.iter().any(|p| p == permission.name()))
     })
+}
+
+/// Every permission `roles` grant together, as a bit set over [`Permission::ALL`].
+fn mask(state: &State, roles: &[String]) -> u32 {
+    Permission::ALL.iter().enumerate().filter(|(_, p)| allowed(state, roles, **p)).fold(0, |m, (i, _)| m | (1 << i))
+}
+
+/// Whether a caller holding `caller` may act on someone holding `target`
+/// (grant those roles, change or impersonate that user): only if `target`
+/// grants nothing `caller` does not. An operator can therefore not make
+/// anyone an admin, nor issue a key for an admin.
+pub fn covers(state: &State, caller: &[String], target: &[String]) -> bool {
+    let (c, t) = (mask(state, caller), mask(state, target));
+    t & !c == 0
 }
 
 fn validate_permissions(list: &[String]) -> Result<(), ApplyError> {
@@ -268,5 +286,17 @@ mod tests {
         assert_eq!(s.apply(4, &user, &mut Vec::new()).code, Code::Ok as i32, "users may hold custom roles");
         assert_eq!(s.apply(5, &delete("deployer"), &mut Vec::new()).code, Code::FailedPrecondition as i32);
         assert!(s.role("deployer").is_some());
+    }
+
+    #[test]
+    fn nobody_acts_above_their_own_permissions() {
+        let state = State::default();
+        let r = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(covers(&state, &r(&[ADMIN]), &r(&[OPERATOR, VIEWER])));
+        assert!(covers(&state, &r(&[OPERATOR]), &r(&[VIEWER])));
+        assert!(covers(&state, &r(&[OPERATOR]), &r(&[])));
+        assert!(!covers(&state, &r(&[OPERATOR]), &r(&[ADMIN])));
+        assert!(!covers(&state, &r(&[VIEWER]), &r(&[OPERATOR])));
+        assert!(!covers(&state, &r(&[]), &r(&[VIEWER])));
     }
 }

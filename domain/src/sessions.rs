@@ -136,6 +136,21 @@ impl Sessions {
         ids.len()
     }
 
+    /// Drops every session; returns how many.
+    pub(crate) fn remove_all(&mut self, out: &mut Vec<Mutation>) -> usize {
+        let ids: Vec<u128> = self.by_id.keys().copied().collect();
+        let n = ids.len();
+        for id in ids {
+            self.remove(id, out);
+        }
+        n
+    }
+
+    /// Every session, in no particular order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = SessionRecord> + '_ {
+        self.by_id.iter().map(|(id, s)| s.record(*id))
+    }
+
     /// Drops sessions whose absolute expiry log time has passed.
     pub(crate) fn prune(&mut self, now: u64, out: &mut Vec<Mutation>) {
         while let Some(&(at, id)) = self.by_expiry.first() {
@@ -242,6 +257,11 @@ pub(crate) fn revoke_user(
     }
     let n = state.sessions.remove_user(&c.user_id, out);
     Ok(n.to_string())
+}
+
+/// Emergency: ends every session in the cluster; the result id is the count.
+pub(crate) fn revoke_all(state: &mut State, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    Ok(state.sessions.remove_all(out).to_string())
 }
 
 /// Splits out a well-formed session token; `None` unless the form is exact.

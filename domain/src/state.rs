@@ -47,11 +47,17 @@ impl State {
             Some(Payload::SetUserStatus(c)) => users::set_status(self, cmd.proposed_at, c, out),
             Some(Payload::SetPassword(c)) => users::set_password(self, cmd.proposed_at, c, out),
             Some(Payload::RecordLoginFailure(c)) => users::record_login_failure(self, cmd.proposed_at, c, out),
+            Some(Payload::UpdateUser(c)) => users::update_user(self, cmd.proposed_at, c, out),
+            Some(Payload::DeleteUser(c)) => users::delete_user(self, c, out),
+            Some(Payload::AssignRole(c)) => users::assign_role(self, cmd.proposed_at, c, out),
+            Some(Payload::UnassignRole(c)) => users::unassign_role(self, cmd.proposed_at, c, out),
             Some(Payload::CreateApiKey(c)) => keys::create(self, cmd.proposed_at, c, out),
             Some(Payload::RevokeApiKey(c)) => keys::revoke(self, cmd.proposed_at, c, out),
+            Some(Payload::RotateApiKey(c)) => keys::rotate(self, cmd.proposed_at, c, out),
             Some(Payload::CreateSession(c)) => sessions::create(self, cmd.proposed_at, c, out),
             Some(Payload::RevokeSession(c)) => sessions::revoke(self, c, out),
             Some(Payload::RevokeUserSessions(c)) => sessions::revoke_user(self, c, out),
+            Some(Payload::RevokeAllSessions(_)) => sessions::revoke_all(self, out),
             Some(Payload::RecordUse(c)) => usage::record(self, c, out),
             Some(Payload::PutRole(c)) => roles::put_role(self, cmd.proposed_at, c, out),
             Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out),
@@ -124,6 +130,11 @@ impl State {
 
     pub fn session(&self, session_id: &str) -> Option<SessionRecord> {
         self.sessions.get(session_id)
+    }
+
+    /// Every live session, in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionRecord> + '_ {
+        self.sessions.all()
     }
 
     pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {

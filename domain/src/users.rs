@@ -1,6 +1,9 @@
 //! Users: who can log in and own API keys.
 
-use gatehouse_proto::events::{CreateUser, RecordLoginFailure, SetPassword, SetUserStatus, UserStatus};
+use gatehouse_proto::events::{
+    AssignRole, CreateUser, DeleteUser, RecordLoginFailure, SetPassword, SetUserStatus, UnassignRole, UpdateUser,
+    UserStatus,
+};
 use gatehouse_proto::state::UserRecord;
 
 use crate::mutation::{Mutation, Table};
@@ -110,26 +113,143 @@ pub(crate) fn create(
     Ok(c.user_id.clone())
 }
 
+fn parse_status(status: i32) -> Result<UserStatus, ApplyError> {
+    match UserStatus::try_from(status) {
+        Ok(s @ (UserStatus::Active | UserStatus::Disabled)) => Ok(s),
+        _ => Err(ApplyError::Invalid("status must be active or disabled".into())),
+    }
+}
+
+fn no_such_user() -> ApplyError {
+    ApplyError::NotFound("no such user".into())
+}
+
+fn is_active_admin(u: &UserRecord) -> bool {
+    u.status == UserStatus::Active as i32 && u.roles.iter().any(|r| r == roles::ADMIN)
+}
+
+/// Refuses a change after which no active user would hold the built-in
+/// `admin` role: the cluster would have nobody left to administer it.
+fn keep_an_admin(state: &State, user_id: &str, admin_after: bool) -> Result<(), ApplyError> {
+    let admin_before = state.users.get(user_id).is_some_and(is_active_admin);
+    if !admin_before || admin_after || state.users.values().any(|u| u.user_id != user_id && is_active_admin(u)) {
+        return Ok(());
+    }
+    Err(ApplyError::FailedPrecondition("this would leave the cluster without an active admin".into()))
+}
+
 pub(crate) fn set_status(
     state: &mut State,
     now: u64,
     c: &SetUserStatus,
     out: &mut Vec<Mutation>,
 ) -> Result<String, ApplyError> {
-    let status = match UserStatus::try_from(c.status) {
-        Ok(s @ (UserStatus::Active | UserStatus::Disabled)) => s,
-        _ => return Err(ApplyError::Invalid("status must be active or disabled".into())),
-    };
-    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
-    if user.status != status as i32 {
-        user.status = status as i32;
+    let status = parse_status(c.status)?;
+    let update = UpdateUser { user_id: c.user_id.clone(), status: status as i32, ..Default::default() };
+    update_user(state, now, &update, out)
+}
+
+/// Email, roles and status in one step; disabling ends the user's sessions.
+pub(crate) fn update_user(
+    state: &mut State,
+    now: u64,
+    c: &UpdateUser,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    let user = state.users.get(&c.user_id).ok_or_else(no_such_user)?;
+    if c.set_email {
+        validate_email(&c.email)?;
+    }
+    if c.set_roles {
+        validate_roles(state, &c.roles)?;
+    }
+    let status = if c.status == UserStatus::Unspecified as i32 { None } else { Some(parse_status(c.status)?) };
+    let active_after = status.map_or(user.status == UserStatus::Active as i32, |s| s == UserStatus::Active);
+    let roles_after = if c.set_roles { &c.roles } else { &user.roles };
+    keep_an_admin(state, &c.user_id, active_after && roles_after.iter().any(|r| r == roles::ADMIN))?;
+
+    let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
+    let before = user.clone();
+    if c.set_email {
+        user.email = c.email.clone();
+    }
+    if c.set_roles {
+        user.roles = c.roles.clone();
+    }
+    if let Some(s) = status {
+        user.status = s as i32;
+    }
+    if *user != before {
         user.updated_at = now;
         out.push(put(Table::Users, &user.user_id, user));
     }
     // A disabled user's sessions end with it.
-    if status == UserStatus::Disabled {
+    if status == Some(UserStatus::Disabled) {
         state.sessions.remove_user(&c.user_id, out);
     }
+    Ok(c.user_id.clone())
+}
+
+/// Deletes a user with all of its keys and sessions.
+pub(crate) fn delete_user(state: &mut State, c: &DeleteUser, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    let user = state.users.get(&c.user_id).ok_or_else(no_such_user)?;
+    keep_an_admin(state, &c.user_id, false)?;
+    let username = user.username.clone();
+    let mut keys: Vec<String> =
+        state.keys.values().filter(|k| k.user_id == c.user_id).map(|k| k.key_id.clone()).collect();
+    keys.sort();
+    for id in keys {
+        state.keys.remove(&id);
+        out.push(Mutation::Delete { table: Table::ApiKeys, key: id.into_bytes() });
+    }
+    state.sessions.remove_user(&c.user_id, out);
+    state.usernames.remove(&username);
+    state.users.remove(&c.user_id);
+    out.push(Mutation::Delete { table: Table::Users, key: c.user_id.clone().into_bytes() });
+    Ok(c.user_id.clone())
+}
+
+pub(crate) fn assign_role(
+    state: &mut State,
+    now: u64,
+    c: &AssignRole,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    roles::validate_name(&c.role).map_err(ApplyError::Invalid)?;
+    if !roles::exists(state, &c.role) {
+        return Err(ApplyError::NotFound(format!("role {:?} does not exist", c.role)));
+    }
+    let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
+    if user.roles.contains(&c.role) {
+        return Ok(c.user_id.clone());
+    }
+    if user.roles.len() >= MAX_ROLES {
+        return Err(ApplyError::FailedPrecondition(format!("a user holds at most {MAX_ROLES} roles")));
+    }
+    user.roles.push(c.role.clone());
+    user.updated_at = now;
+    out.push(put(Table::Users, &user.user_id, user));
+    Ok(c.user_id.clone())
+}
+
+/// Takes a role from a user. Keys restricted to that role lose it with the
+/// user (see [`crate::keys::verify`]).
+pub(crate) fn unassign_role(
+    state: &mut State,
+    now: u64,
+    c: &UnassignRole,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    roles::validate_name(&c.role).map_err(ApplyError::Invalid)?;
+    let user = state.users.get(&c.user_id).ok_or_else(no_such_user)?;
+    if !user.roles.contains(&c.role) {
+        return Err(ApplyError::FailedPrecondition(format!("user does not hold role {:?}", c.role)));
+    }
+    keep_an_admin(state, &c.user_id, c.role != roles::ADMIN && is_active_admin(user))?;
+    let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
+    user.roles.retain(|r| r != &c.role);
+    user.updated_at = now;
+    out.push(put(Table::Users, &user.user_id, user));
     Ok(c.user_id.clone())
 }
 
@@ -140,7 +260,7 @@ pub(crate) fn set_password(
     out: &mut Vec<Mutation>,
 ) -> Result<String, ApplyError> {
     validate_password_hash(&c.password_hash)?;
-    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
     user.password_hash = c.password_hash.clone();
     user.updated_at = now;
     user.failed_logins = 0;
@@ -163,7 +283,7 @@ pub(crate) fn record_login_failure(
     if c.threshold == 0 || c.window_ms == 0 || c.lockout_ms == 0 {
         return Err(ApplyError::Invalid("lockout policy values must be positive".into()));
     }
-    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
     if user.failures_since == 0 || user.failures_since.saturating_add(c.window_ms) <= now {
         user.failed_logins = 0;
         user.failures_since = now;
@@ -290,5 +410,132 @@ pub(crate) mod tests {
         for bad in ["", "ab", "@b", "a@", "a b@c", "a@b@c", "é@x.org"] {
             assert!(validate_email(bad).is_err(), "{bad}");
         }
+    }
+
+    fn cmd(at: u64, payload: Payload) -> Command {
+        Command { proposed_at: at, payload: Some(payload), ..Default::default() }
+    }
+
+    fn admin_and_viewer() -> (State, String, String) {
+        let mut state = State::default();
+        let (admin, viewer) = ("a".repeat(32), "b".repeat(32));
+        let mut c = create_user_cmd(&admin, "root");
+        if let Some(Payload::CreateUser(u)) = &mut c.payload {
+            u.roles = vec![roles::ADMIN.into()];
+        }
+        state.apply(1, &c, &mut Vec::new());
+        state.apply(2, &create_user_cmd(&viewer, "vic"), &mut Vec::new());
+        (state, admin, viewer)
+    }
+
+    #[test]
+    fn update_changes_only_what_is_set_and_refuses_atomically() {
+        let (mut state, _, vic) = admin_and_viewer();
+        let update = |email: Option<&str>, roles: Option<Vec<&str>>, status: UserStatus| UpdateUser {
+            user_id: vic.clone(),
+            set_email: email.is_some(),
+            email: email.unwrap_or_default().into(),
+            set_roles: roles.is_some(),
+            roles: roles.unwrap_or_default().into_iter().map(String::from).collect(),
+            status: status as i32,
+        };
+        let r = state.apply(
+            3,
+            &cmd(5_000, Payload::UpdateUser(update(Some("v@x.org"), None, UserStatus::Unspecified))),
+            &mut Vec::new(),
+        );
+        assert_eq!(r.code, Code::Ok as i32);
+        let u = state.user(&vic).unwrap();
+        assert_eq!((u.email.as_str(), u.roles.clone(), u.updated_at), ("v@x.org", vec!["viewer".to_string()], 5_000));
+
+        // One bad field refuses the whole update.
+        let before = state.user(&vic).unwrap().clone();
+        let mut out = Vec::new();
+        for bad in [
+            update(Some("nope"), Some(vec!["operator"]), UserStatus::Unspecified),
+            update(None, Some(vec!["operator", "nosuch"]), UserStatus::Unspecified),
+            UpdateUser { status: 99, ..update(Some("w@x.org"), None, UserStatus::Unspecified) },
+        ] {
+            assert_ne!(state.apply(4, &cmd(6_000, Payload::UpdateUser(bad)), &mut out).code, Code::Ok as i32);
+        }
+        assert!(out.is_empty());
+        assert_eq!(state.user(&vic).unwrap(), &before);
+
+        let r = state.apply(
+            5,
+            &cmd(7_000, Payload::UpdateUser(update(None, Some(vec!["operator"]), UserStatus::Disabled))),
+            &mut Vec::new(),
+        );
+        assert_eq!(r.code, Code::Ok as i32);
+        let u = state.user(&vic).unwrap();
+        assert_eq!((u.roles.clone(), u.status), (vec!["operator".to_string()], UserStatus::Disabled as i32));
+    }
+
+    #[test]
+    fn the_last_active_admin_cannot_be_removed_disabled_or_demoted() {
+        let (mut state, root, vic) = admin_and_viewer();
+        let refused = [
+            Payload::DeleteUser(DeleteUser { user_id: root.clone() }),
+            Payload::UnassignRole(UnassignRole { user_id: root.clone(), role: roles::ADMIN.into() }),
+            Payload::SetUserStatus(SetUserStatus { user_id: root.clone(), status: UserStatus::Disabled as i32 }),
+            Payload::UpdateUser(UpdateUser { user_id: root.clone(), set_roles: true, ..Default::default() }),
+        ];
+        for p in refused.clone() {
+            let r = state.apply(3, &cmd(5_000, p), &mut Vec::new());
+            assert_eq!(r.code, Code::FailedPrecondition as i32, "{}", r.message);
+        }
+        // With a second admin, the first can go.
+        let grant = Payload::AssignRole(AssignRole { user_id: vic.clone(), role: roles::ADMIN.into() });
+        assert_eq!(state.apply(4, &cmd(5_000, grant.clone()), &mut Vec::new()).code, Code::Ok as i32);
+        // Assigning twice is a no-op.
+        let mut out = Vec::new();
+        assert_eq!(state.apply(5, &cmd(5_000, grant), &mut out).code, Code::Ok as i32);
+        assert!(out.iter().all(|m| matches!(m, Mutation::Put { table: Table::Requests, .. })), "{out:?}");
+        assert_eq!(state.user(&vic).unwrap().roles, vec!["viewer".to_string(), "admin".to_string()]);
+        let r = state.apply(6, &cmd(5_000, refused[1].clone()), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32);
+        assert_eq!(state.user(&root).unwrap().roles, Vec::<String>::new());
+        let r = state.apply(
+            7,
+            &cmd(5_000, Payload::UnassignRole(UnassignRole { user_id: root.clone(), role: "admin".into() })),
+            &mut Vec::new(),
+        );
+        assert_eq!(r.code, Code::FailedPrecondition as i32, "not held any more");
+    }
+
+    #[test]
+    fn delete_removes_the_user_with_its_keys_and_sessions() {
+        use gatehouse_proto::events::{CreateApiKey, CreateSession};
+        let (mut state, _, vic) = admin_and_viewer();
+        let key = CreateApiKey {
+            key_id: "00112233aabbccdd".into(),
+            user_id: vic.clone(),
+            name: "k".into(),
+            secret_sha256: vec![1; 32],
+            expires_at: 0,
+            roles: vec![],
+        };
+        assert_eq!(state.apply(3, &cmd(2_000, Payload::CreateApiKey(key)), &mut Vec::new()).code, Code::Ok as i32);
+        let session = CreateSession {
+            session_id: "c".repeat(32),
+            user_id: vic.clone(),
+            token_sha256: vec![2; 32],
+            expires_at: 100_000,
+            ..Default::default()
+        };
+        assert_eq!(state.apply(4, &cmd(2_000, Payload::CreateSession(session)), &mut Vec::new()).code, Code::Ok as i32);
+
+        let mut out = Vec::new();
+        let r = state.apply(5, &cmd(3_000, Payload::DeleteUser(DeleteUser { user_id: vic.clone() })), &mut out);
+        assert_eq!(r.code, Code::Ok as i32);
+        assert!(state.user(&vic).is_none() && state.user_by_name("vic").is_none());
+        assert!(state.api_key("00112233aabbccdd").is_none());
+        assert_eq!(state.sessions_of(&vic).count(), 0);
+        let deletes = out.iter().filter(|m| matches!(m, Mutation::Delete { .. })).count();
+        assert_eq!(deletes, 3, "user, key and session records: {out:?}");
+        // The name is free again; the id is unknown now.
+        assert_eq!(state.apply(6, &create_user_cmd(&"d".repeat(32), "vic"), &mut Vec::new()).code, Code::Ok as i32);
+        let r = state.apply(7, &cmd(3_000, Payload::DeleteUser(DeleteUser { user_id: vic })), &mut Vec::new());
+        assert_eq!(r.code, Code::NotFound as i32);
     }
 }
