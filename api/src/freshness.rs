@@ -1,7 +1,14 @@
 //! Bounded staleness: may this node answer for the cluster right now?
 //!
 //! - A leader is fresh while a quorum acknowledged it within `max_staleness`
-//!   (openraft reports `millis_since_quorum_ack`).
+//!   (openraft reports `millis_since_quorum_ack`), or, right after its
+//!   election and before the first acknowledgement, while its last proof as
+//!   a follower is within `max_staleness`.
+//! - During an election (a candidate, or a follower that granted a vote and
+//!   has not heard from the winner yet) the last proof still counts: the
+//!   bound is a time bound, whoever wins. A leader's quorum acknowledgements
+//!   are proofs too, so a leader that steps down keeps serving until the
+//!   new leader's first contact.
 //! - A follower is fresh while it heard from the current leader within
 //!   `max_staleness` AND had applied the commit index that leader reported
 //!   then. Contacts are recorded by the Raft service on every accepted
@@ -29,6 +36,8 @@ struct Contacts {
     last: Option<(Instant, u64)>,
     /// The latest contact whose reported commit index is known to be applied.
     fresh_at: Option<Instant>,
+    /// The latest quorum acknowledgement seen while this node led.
+    led_at: Option<Instant>,
 }
 
 impl Freshness {
@@ -43,11 +52,17 @@ impl Freshness {
         }
     }
 
-    /// When this follower was last provably up to date.
-    fn follower_fresh_at(&self, applied: u64) -> Option<Instant> {
+    /// The commit index the leader last reported (0 before any contact).
+    pub fn reported_commit(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).last.map_or(0, |(_, c)| c)
+    }
+
+    /// When this node was last provably up to date: as a follower that had
+    /// applied what its leader reported, or as a leader a quorum acknowledged.
+    fn last_proof(&self, applied: u64) -> Option<Instant> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.settle(applied);
-        c.fresh_at
+        c.fresh_at.max(c.led_at)
     }
 
     /// Whether the node may answer now.
@@ -55,15 +70,25 @@ impl Freshness {
         // Borrowed, not cloned: this runs on every verification.
         let rx = raft.metrics();
         let m = rx.borrow();
+        let proven = || self.last_proof(applied).is_some_and(|t| t.elapsed() <= max_staleness);
         match m.state {
-            ServerState::Leader => {
-                m.millis_since_quorum_ack.is_some_and(|ms| Duration::from_millis(ms) <= max_staleness)
-            }
-            ServerState::Follower | ServerState::Learner => {
-                m.current_leader.is_some()
-                    && self.follower_fresh_at(applied).is_some_and(|t| t.elapsed() <= max_staleness)
-            }
-            ServerState::Candidate | ServerState::Shutdown => false,
+            // A leader elected a moment ago has no quorum acknowledgement
+            // yet; until it has, its last proof as a follower still counts.
+            ServerState::Leader => match m.millis_since_quorum_ack {
+                Some(ms) if Duration::from_millis(ms) <= max_staleness => {
+                    // Kept so the proof outlives a step-down (a transfer).
+                    let acked = Instant::now().checked_sub(Duration::from_millis(ms));
+                    let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                    c.led_at = c.led_at.max(acked);
+                    true
+                }
+                _ => proven(),
+            },
+            // During an election (a vote granted, no new leader heard from
+            // yet) the last proof counts too: everything revoked since is
+            // younger than the bound, whoever wins.
+            ServerState::Follower | ServerState::Learner | ServerState::Candidate => proven(),
+            ServerState::Shutdown => false,
         }
     }
 }
@@ -86,14 +111,14 @@ mod tests {
     #[test]
     fn a_contact_counts_only_once_its_commit_index_is_applied() {
         let f = Freshness::default();
-        assert!(f.follower_fresh_at(0).is_none());
+        assert!(f.last_proof(0).is_none());
         f.record_contact(10, 5);
-        assert!(f.follower_fresh_at(9).is_none(), "commit 10 not applied yet");
-        assert!(f.follower_fresh_at(10).is_some());
-        let first = f.follower_fresh_at(10).unwrap();
+        assert!(f.last_proof(9).is_none(), "commit 10 not applied yet");
+        assert!(f.last_proof(10).is_some());
+        let first = f.last_proof(10).unwrap();
         // A later contact with a higher commit keeps the earlier proof until applied.
         f.record_contact(20, 10);
-        assert_eq!(f.follower_fresh_at(15), Some(first));
-        assert!(f.follower_fresh_at(20).unwrap() >= first);
+        assert_eq!(f.last_proof(15), Some(first));
+        assert!(f.last_proof(20).unwrap() >= first);
     }
 }
