@@ -10,7 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gatehouse/raft.proto",
         "proto/gatehouse/admin.proto",
     ];
-    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("gatehouse_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        // Commands print as JSON in `gatehouse admin watch --json`.
+        .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(".gatehouse.events.v1", "#[serde(rename_all = \"snake_case\")]")
+        .compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

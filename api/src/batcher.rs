@@ -46,9 +46,12 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batching task for `raft`; it ends when every handle is dropped.
-    pub fn start(raft: Raft) -> Batcher {
+    ///
+    /// While `hold` is true no batch is proposed (a leadership transfer is
+    /// underway); queued writes wait and then go to whoever leads.
+    pub fn start(raft: Raft, hold: tokio::sync::watch::Receiver<bool>) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, hold));
         Batcher { tx }
     }
 
@@ -62,10 +65,13 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::sync::watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        if hold.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
         // Whatever queued while we waited for a slot rides along.
         let mut jobs = vec![first];
         let mut count = jobs[0].commands.len();

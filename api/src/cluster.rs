@@ -49,6 +49,10 @@ struct Inner {
     id: NodeId,
     raft: Raft,
     batcher: Batcher,
+    /// True while a leadership transfer keeps this leader from replicating.
+    hold: tokio::sync::watch::Sender<bool>,
+    /// Generation of the latest election pause (see [`Cluster::pause_elections`]).
+    election_pause: std::sync::atomic::AtomicU64,
     view: StateView,
     peers: Peers,
     freshness: Freshness,
@@ -64,12 +68,15 @@ pub fn now_ms() -> u64 {
 
 impl Cluster {
     pub fn new(id: NodeId, raft: Raft, view: StateView, peers: Peers, max_staleness: Duration) -> Self {
+        let (hold, _) = tokio::sync::watch::channel(false);
         Cluster {
             inner: Arc::new(Inner {
                 read_gate: tokio::sync::Mutex::new(()),
                 last_read: std::sync::Mutex::new(None),
                 id,
-                batcher: Batcher::start(raft.clone()),
+                batcher: Batcher::start(raft.clone(), hold.subscribe()),
+                hold,
+                election_pause: std::sync::atomic::AtomicU64::new(0),
                 raft,
                 view,
                 peers,
@@ -219,6 +226,10 @@ impl Cluster {
     /// The leader's commit index after it confirmed leadership with a quorum.
     /// A node that applied up to it serves linearizable reads.
     pub async fn read_index(&self) -> Result<u64, ApiError> {
+        // A leader handing over leadership confirms nothing meanwhile: its
+        // confirmation heartbeats would renew the followers' leader lease.
+        let mut hold = self.inner.hold.subscribe();
+        let _ = tokio::time::timeout(TRANSFER_DEADLINE, hold.wait_for(|held| !*held)).await;
         match self.inner.raft.ensure_linearizable().await {
             Ok(id) => Ok(id.map_or(0, |l| l.index)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -234,5 +245,174 @@ impl Cluster {
                 Err(ApiError::Unavailable { leader: self.leader().map(|l| l.1) })
             }
         }
+    }
+}
+
+/// Longest a leadership transfer holds writes back.
+const TRANSFER_DEADLINE: Duration = Duration::from_secs(4);
+
+/// Undoes a transfer's pause of this leader on every exit path.
+struct Resume<'a>(&'a Cluster);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.inner.raft.runtime_config().heartbeat(true);
+        self.0.inner.hold.send_replace(false);
+    }
+}
+
+impl Cluster {
+    /// Stops this node from starting elections for `duration` (0 resumes at
+    /// once). A later call replaces an earlier one; the pause always ends by
+    /// itself, so a transfer that dies half-way cannot leave a cluster
+    /// unable to elect.
+    pub fn pause_elections(&self, duration: Duration) {
+        use std::sync::atomic::Ordering;
+        let generation = self.inner.election_pause.fetch_add(1, Ordering::SeqCst) + 1;
+        if duration.is_zero() {
+            self.inner.raft.runtime_config().elect(true);
+            return;
+        }
+        self.inner.raft.runtime_config().elect(false);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            if me.inner.election_pause.load(Ordering::SeqCst) == generation {
+                me.inner.raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Hands leadership to `target` (this node must lead).
+    ///
+    /// openraft 0.9 has no transfer of its own, and a follower refuses votes
+    /// while its leader lease (the longest election timeout) runs. So: stop
+    /// writes and heartbeats here, wait until `target` holds every entry,
+    /// keep every other voter from campaigning, let the leases lapse, and
+    /// ask `target` to campaign. It wins, having the longest log and the only
+    /// candidacy. Writes queued meanwhile go on to the new leader.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(NodeId, u64), ApiError> {
+        use gatehouse_proto::raft::{CampaignRequest, PauseElectionsRequest};
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(target) {
+            return Ok((target, metrics.current_term));
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if !membership.voter_ids().any(|v| v == target) {
+            return Err(ApiError::FailedPrecondition(format!("node {target} is not a voter")));
+        }
+        let target_addr = membership.get_node(&target).map(|n| n.addr.clone()).ok_or(ApiError::Internal)?;
+        let lease = Duration::from_millis(self.inner.raft.config().election_timeout_max);
+        let deadline = Instant::now() + TRANSFER_DEADLINE;
+
+        self.inner.hold.send_replace(true);
+        self.inner.raft.runtime_config().heartbeat(false);
+        let _resume = Resume(self);
+
+        // Wait for the target to hold everything this leader has.
+        let mut rx = self.inner.raft.metrics();
+        let caught_up = tokio::time::timeout_at(deadline.into(), async {
+            loop {
+                let done = {
+                    let m = rx.borrow_and_update();
+                    let last = m.last_log_index;
+                    m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index) >= last
+                };
+                if done || rx.changed().await.is_err() {
+                    return done;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !caught_up {
+            return Err(ApiError::FailedPrecondition(format!("node {target} has not caught up with the leader")));
+        }
+
+        // Nobody but the target may campaign until it leads (or the pause ends).
+        let pause = lease * 3 + TRANSFER_DEADLINE;
+        self.pause_elections(pause);
+        let others: Vec<String> = membership
+            .nodes()
+            .filter(|(id, _)| **id != target && **id != self.inner.id)
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        let pause_ms = pause.as_millis() as u64;
+        futures::future::join_all(others.iter().map(|addr| async move {
+            let Ok(mut client) = self.inner.peers.raft_client(addr) else { return };
+            let mut req = tonic::Request::new(PauseElectionsRequest { duration_ms: pause_ms });
+            req.set_timeout(Duration::from_millis(500));
+            if let Err(e) = client.pause_elections(req).await {
+                tracing::warn!(peer = %addr, error = %e, "could not pause elections on a peer");
+            }
+        }))
+        .await;
+
+        // The followers' leases run from their last contact with us.
+        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        let mut client = self.inner.peers.raft_client(&target_addr)?;
+        let mut req = tonic::Request::new(CampaignRequest {});
+        req.set_timeout(Duration::from_millis(500));
+        client.campaign(req).await.map_err(|s| ApiError::from_status(&s))?;
+
+        let led = tokio::time::timeout_at(deadline.into(), async {
+            loop {
+                let now = rx.borrow_and_update().clone();
+                if now.current_leader == Some(target) {
+                    return Some(now.current_term);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+
+        // Everyone may campaign again.
+        self.pause_elections(Duration::ZERO);
+        futures::future::join_all(others.iter().map(|addr| async move {
+            if let Ok(mut client) = self.inner.peers.raft_client(addr) {
+                let mut req = tonic::Request::new(PauseElectionsRequest { duration_ms: 0 });
+                req.set_timeout(Duration::from_millis(500));
+                let _ = client.pause_elections(req).await;
+            }
+        }))
+        .await;
+        match led {
+            Some(term) => {
+                tracing::info!(to = target, term, "leadership transferred");
+                Ok((target, term))
+            }
+            None => Err(ApiError::Unavailable { leader: self.leader().map(|l| l.1) }),
+        }
+    }
+
+    /// The highest log index this node knows to be committed: on the leader,
+    /// the highest index a quorum of voters holds; on a follower, what the
+    /// leader last reported (or what it applied, if more).
+    pub fn commit_index(&self) -> u64 {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let applied = self.inner.view.applied_index();
+        if m.current_leader != Some(self.inner.id) {
+            return self.inner.freshness.reported_commit().max(applied);
+        }
+        let replication = m.replication.unwrap_or_default();
+        let mut held: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(|id| {
+                if id == self.inner.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    replication.get(&id).copied().flatten().map_or(0, |l| l.index)
+                }
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        // With n voters, the (n/2+1)-th highest is on a majority.
+        held.get(held.len() / 2).copied().unwrap_or(0).max(applied)
     }
 }

@@ -51,14 +51,7 @@ impl ProcCluster {
         let members: Vec<String> =
             nodes.values().map(|n| format!("{{ id = {}, addr = \"{}\" }}", n.id, n.grpc)).collect();
         for node in nodes.values() {
-            let mut toml = format!(
-                "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\ncluster_secret_file = \"{}\"\n",
-                node.id,
-                dir.join(format!("node-{}", node.id)).display(),
-                node.http,
-                node.grpc,
-                secret_file.display()
-            );
+            let mut toml = node_toml(dir, node, &secret_file);
             if node.id == 1 {
                 toml += &format!(
                     "initialize = true\ninitial_members = [{}]\nbootstrap_admin_key_file = \"{}\"\n",
@@ -85,6 +78,18 @@ impl ProcCluster {
         cluster.admin_key = std::fs::read_to_string(&key_file)?.trim().to_string();
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(cluster)
+    }
+
+    /// Prepares and starts a new node `id` that is not a member yet (add it
+    /// with `cluster add-learner`).
+    pub fn add_node(&mut self, id: u64) -> anyhow::Result<&ProcNode> {
+        anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
+        let (http, grpc) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+        let node = ProcNode { id, http, grpc, config: self.dir.join(format!("node-{id}.toml")), child: None };
+        std::fs::write(&node.config, node_toml(&self.dir, &node, &self.dir.join("cluster-secret")))?;
+        self.nodes.insert(id, node);
+        self.spawn(id)?;
+        Ok(&self.nodes[&id])
     }
 
     /// Starts (or restarts) node `id`'s process.
@@ -170,6 +175,18 @@ impl ProcCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A node's configuration file (without the bootstrap part).
+fn node_toml(dir: &Path, node: &ProcNode, secret_file: &Path) -> String {
+    format!(
+        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\ncluster_secret_file = \"{}\"\n",
+        node.id,
+        dir.join(format!("node-{}", node.id)).display(),
+        node.http,
+        node.grpc,
+        secret_file.display()
+    )
 }
 
 impl Drop for ProcCluster {

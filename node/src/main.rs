@@ -12,6 +12,10 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Admin(args) => gatehouse::cli::admin(args, &mut std::io::stdout().lock()).await,
+        Command::Completions { shell } => {
+            gatehouse::cli::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,7 @@ impl Node {
 
         let (log_store, state_machine) = gatehouse_storage::open(&config.data_dir).context("opening storage")?;
         let storage = log_store.storage();
+        let log_reader = log_store.reader();
         let view = state_machine.view();
         let raft_config = openraft::Config {
             cluster_name: "gatehouse".into(),
@@ -74,9 +75,18 @@ impl Node {
 
         let (stop, _) = watch::channel(false);
         let front = front(&config, cluster.clone());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gatehouse_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
         let grpc = {
             let mut rx = stop.subscribe();
             let router = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(gatehouse_api::admin::events::server(cluster.clone(), log_reader, stop.subscribe()))
                 .add_service(gatehouse_api::raft::service::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::cluster::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
@@ -134,6 +144,7 @@ impl Node {
                     tokio::time::timeout(Duration::from_secs(1), front.cluster.last_use().flush(&front.cluster)).await;
             })
         };
+        let readiness = tokio::spawn(report_health(cluster.clone(), health, stop.subscribe()));
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, advertise = %advertise_addr, "node started");
 
         let mut node = Node {
@@ -142,7 +153,7 @@ impl Node {
             grpc_addr,
             advertise_addr,
             stop,
-            servers: vec![grpc, http, touches],
+            servers: vec![grpc, http, touches, readiness],
             storage,
             bootstrap_key: None,
         };
@@ -257,4 +268,46 @@ fn dev_secret(dir: &std::path::Path) -> anyhow::Result<String> {
     let secret = hex::encode(b);
     crate::bootstrap::write_private(&path, &secret)?;
     Ok(secret)
+}
+
+/// Services named in the gRPC health service, besides the whole server ("").
+const HEALTH_SERVICES: [&str; 7] = [
+    "",
+    "gatehouse.admin.v1.ClusterService",
+    "gatehouse.admin.v1.UserService",
+    "gatehouse.admin.v1.KeyService",
+    "gatehouse.admin.v1.SessionService",
+    "gatehouse.admin.v1.RoleService",
+    "gatehouse.admin.v1.EventService",
+];
+
+/// Keeps the standard gRPC health service in step with readiness (the same
+/// rule as `/readyz`: a proof of freshness within `max_staleness`), so
+/// `grpc-health-probe` and load balancers see what the node can do.
+async fn report_health(
+    cluster: Cluster,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let ready = cluster.is_fresh();
+        if last != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for name in HEALTH_SERVICES {
+                health.set_service_status(name, status).await;
+            }
+            tracing::info!(ready, "gRPC health status changed");
+            last = Some(ready);
+        }
+    }
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
 }

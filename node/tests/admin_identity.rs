@@ -73,7 +73,7 @@ async fn onboard_a_user_issue_a_key_and_revoke_it_everywhere() {
     let err = admin_cli(&ep(&c, 1), &admin, &["key", "revoke", &id]).await.unwrap_err();
     assert!(err.starts_with("failed precondition"), "{err}");
     let all =
-        json(&admin_cli(&ep(&c, 1), &admin, &["--json", "key", "list", "--user", "hank", "--all"]).await.unwrap());
+        json(&admin_cli(&ep(&c, 1), &admin, &["--json", "key", "list", "--user", "hank", "--revoked"]).await.unwrap());
     assert!(all["keys"][0]["revoked_at"].as_u64().unwrap() > 0);
 
     // Disabling the user stops its other keys.

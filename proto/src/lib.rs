@@ -35,6 +35,9 @@ mod generated {
     }
 }
 
+/// Every schema above as an encoded `FileDescriptorSet`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gatehouse_descriptor");
+
 /// The admin API.
 pub use generated::gatehouse::admin::v1 as admin;
 /// The replicated command log.

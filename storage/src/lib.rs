@@ -33,7 +33,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use db::{open, Storage};
-pub use log_store::LogStore;
+pub use log_store::{LogReader, LogStore};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{StateMachine, StateView};
 pub use types::{NodeId, TypeConfig};

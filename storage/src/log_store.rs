@@ -73,6 +73,11 @@ impl LogStore {
         LogStore { storage, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }) }
     }
 
+    /// A reader of committed entries for the event stream.
+    pub fn reader(&self) -> LogReader {
+        LogReader { storage: self.storage.clone() }
+    }
+
     /// The database handle (to sync at shutdown).
     pub fn storage(&self) -> Storage {
         self.storage.clone()
@@ -106,24 +111,51 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => i,
-            Bound::Excluded(&i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let key = index_key(start);
-        let it = self.storage.db.iterator_cf(self.storage.cf(CF_LOG), IteratorMode::From(&key, Direction::Forward));
-        let mut out = Vec::new();
-        for item in it {
-            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index =
-                index_from_key(&k).ok_or_else(|| StorageIOError::read_logs(&io::Error::other("bad log key")))?;
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(decode_entry(&v)?);
+        read_entries(&self.storage, range, usize::MAX)
+    }
+}
+
+/// Entries in `range`, at most `max` of them, in index order.
+fn read_entries(storage: &Storage, range: impl RangeBounds<u64>, max: usize) -> Result<Vec<Entry>, RaftStorageError> {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i + 1,
+        Bound::Unbounded => 0,
+    };
+    let key = index_key(start);
+    let it = storage.db.iterator_cf(storage.cf(CF_LOG), IteratorMode::From(&key, Direction::Forward));
+    let mut out = Vec::new();
+    for item in it {
+        let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+        let index = index_from_key(&k).ok_or_else(|| StorageIOError::read_logs(&io::Error::other("bad log key")))?;
+        if !range.contains(&index) || out.len() >= max {
+            break;
         }
-        Ok(out)
+        out.push(decode_entry(&v)?);
+    }
+    Ok(out)
+}
+
+/// A read-only view of the log for followers of the event stream (the
+/// admin `Watch`). It shares the database, not the log store's writer.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    storage: Storage,
+}
+
+impl LogReader {
+    /// Up to `max` entries from `start` through `end` (inclusive), in order.
+    /// The first may be later than `start` if the log was purged past it.
+    pub fn entries(&self, start: u64, end: u64, max: usize) -> Result<Vec<Entry>, RaftStorageError> {
+        read_entries(&self.storage, start..=end, max)
+    }
+
+    /// The first index still in the log (entries before it were compacted
+    /// into a snapshot).
+    pub fn first_index(&self) -> Result<u64, RaftStorageError> {
+        let purged: Option<pb::LogId> =
+            self.storage.get_meta(meta::LAST_PURGED).map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(purged.map_or(0, |p| p.index + 1))
     }
 }
 

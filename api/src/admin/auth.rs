@@ -28,8 +28,9 @@ pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permis
 /// [`authorize`] without the freshness check, for read-only diagnostics
 /// (cluster status) that must keep working on a node cut off from the leader.
 ///
-/// The key is resolved like every credential ([`identity::resolve`]): a key
-/// acknowledged through another node a moment ago is accepted here too.
+/// The node first catches up with the leader's commit index, then the key
+/// is resolved like every credential ([`identity::resolve`]): a key or role
+/// change acknowledged through another node a moment ago holds here too.
 pub async fn authorize_stale(
     cluster: &Cluster,
     meta: &MetadataMap,
@@ -40,6 +41,11 @@ pub async fn authorize_stale(
     if !token.starts_with(keys::KEY_PREFIX) {
         return Err(ApiError::Unauthenticated);
     }
+    // Admin calls are rare and change what others may do: decide them on
+    // everything committed when the call arrived, so a key revoked or a role
+    // taken away through another node a moment ago no longer counts here.
+    // (On failure the local view is still within `max_staleness`.)
+    super::read_your_writes(cluster).await;
     let caller = identity::resolve(cluster, token)
         .await
         .inspect_err(|e| tracing::info!(reason = %e.code(), "admin call refused"))?;

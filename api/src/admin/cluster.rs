@@ -156,6 +156,7 @@ impl ClusterService for ClusterAdmin {
                     last_log_index: s.last_log_index,
                     matched_index: if is_leader { matched } else { 0 },
                     replication_lag: if is_leader { leader_last.saturating_sub(matched) } else { 0 },
+                    commit_index: s.commit_index,
                 }
             })
             .collect();
@@ -252,6 +253,35 @@ impl ClusterService for ClusterAdmin {
                 Ok(Response::new(TriggerSnapshotResponse { snapshot_index: m.snapshot.map_or(0, |s| s.index) }))
             }
             _ => Err(ApiError::Unavailable { leader: None }.into()),
+        }
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.cluster.transfer_leadership", skip_all, fields(node_id = req.get_ref().node_id))]
+    async fn transfer_leadership(
+        &self,
+        req: Request<TransferLeadershipRequest>,
+    ) -> Result<Response<TransferLeadershipResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let target = req.get_ref().node_id;
+        validate_id(target)?;
+        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        if m.get_node(&target).is_none() {
+            return Err(ApiError::NotFound(format!("node {target} is not a member")).into());
+        }
+        match self.cluster.leader() {
+            Some((id, _)) if id == self.cluster.id() => {
+                let (leader_id, term) = self.cluster.transfer_leadership(target).await?;
+                Ok(Response::new(TransferLeadershipResponse { leader_id, term }))
+            }
+            Some((_, addr)) => {
+                let mut client = ClusterServiceClient::new(self.cluster.peers().channel(&addr)?);
+                let mut fwd = Request::new(*req.get_ref());
+                if let Some(auth) = req.metadata().get("authorization") {
+                    fwd.metadata_mut().insert("authorization", auth.clone());
+                }
+                client.transfer_leadership(fwd).await
+            }
+            None => Err(ApiError::Unavailable { leader: None }.into()),
         }
     }
 }

@@ -1,21 +1,30 @@
-//! `KeyService`: create (secret shown once), list (never secrets), revoke.
+//! `KeyService`: create (secret shown once), list and get (never secrets),
+//! revoke, rotate.
 
 use gatehouse_domain::roles::Permission;
 use gatehouse_domain::{keys as rules, users, Payload};
 use gatehouse_proto::admin::key_service_server::{KeyService, KeyServiceServer};
 use gatehouse_proto::admin::{
-    CreateKeyRequest, CreateKeyResponse, ListKeysRequest, ListKeysResponse, RevokeKeyRequest, Revoked,
+    ApiKey, CreateKeyRequest, CreateKeyResponse, GetKeyRequest, ListKeysRequest, ListKeysResponse, RevokeKeyRequest,
+    Revoked, RotateKeyRequest, RotateKeyResponse,
 };
-use gatehouse_proto::events::{CreateApiKey, RevokeApiKey};
+use gatehouse_proto::events::{CreateApiKey, RevokeApiKey, RotateApiKey};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::{find_user, key_pb, revoked};
+use super::{check_covers, find_user, key_pb, revoked};
 use crate::cluster::now_ms;
 use crate::{credentials, ApiError, Cluster};
 
 /// Longest key lifetime accepted (10 years).
 const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
+
+/// Longest grace period of a rotated key (30 days).
+const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+
+fn invalid(e: gatehouse_domain::ApplyError) -> ApiError {
+    ApiError::InvalidArgument(e.to_string())
+}
 
 pub struct Keys {
     cluster: Cluster,
@@ -41,7 +50,13 @@ impl KeyService for Keys {
         super::read_your_writes(&self.cluster).await;
         users::validate_roles(&self.cluster.view().read(), &r.roles)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
+        let user_id = {
+            let state = self.cluster.view().read();
+            let user = find_user(&state, &r.user)?;
+            // A key speaks for its user: issuing one is acting as that user.
+            check_covers(&state, &actor, if r.roles.is_empty() { &user.roles } else { &r.roles })?;
+            user.user_id.clone()
+        };
         let key = credentials::new_api_key();
         tracing::Span::current().record("key_id", key.key_id.as_str());
         let expires_at = if r.ttl_seconds == 0 { 0 } else { now_ms() + r.ttl_seconds * 1000 };
@@ -66,14 +81,76 @@ impl KeyService for Keys {
         let r = req.into_inner();
         let state = self.cluster.view().read();
         let user_id = if r.user.is_empty() { None } else { Some(find_user(&state, &r.user)?.user_id.clone()) };
-        let mut keys: Vec<_> = state
+        let keys: Vec<(String, ApiKey)> = state
             .api_keys()
             .filter(|k| user_id.as_ref().is_none_or(|u| &k.user_id == u))
             .filter(|k| r.include_revoked || k.revoked_at == 0)
-            .map(|k| key_pb(&state, k))
+            .map(|k| (super::newest_first(k.created_at, &k.key_id), key_pb(&state, k)))
             .collect();
-        keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
-        Ok(Response::new(ListKeysResponse { keys }))
+        drop(state);
+        let (keys, next_page_token) = super::page(keys, r.page_size, &r.page_token)?;
+        Ok(Response::new(ListKeysResponse { keys, next_page_token }))
+    }
+
+    async fn get(&self, req: Request<GetKeyRequest>) -> Result<Response<ApiKey>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
+        let id = &req.get_ref().id;
+        rules::validate_key_id(id).map_err(invalid)?;
+        super::read_your_writes(&self.cluster).await;
+        let state = self.cluster.view().read();
+        let key = state.api_key(id).ok_or_else(|| ApiError::NotFound(format!("no key {id}")))?;
+        Ok(Response::new(key_pb(&state, key)))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.keys.rotate", skip_all, fields(actor, key_id = %req.get_ref().id, new_key_id))]
+    async fn rotate(&self, req: Request<RotateKeyRequest>) -> Result<Response<RotateKeyResponse>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        rules::validate_key_id(&r.id).map_err(invalid)?;
+        if r.grace_seconds > MAX_GRACE_SECONDS {
+            return Err(ApiError::InvalidArgument("grace period is longer than 30 days".into()).into());
+        }
+        super::read_your_writes(&self.cluster).await;
+        let old = self
+            .cluster
+            .view()
+            .read()
+            .api_key(&r.id)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("no key {}", r.id)))?;
+        {
+            let state = self.cluster.view().read();
+            let user_roles = state.user(&old.user_id).map(|u| u.roles.clone()).unwrap_or_default();
+            check_covers(&state, &actor, if old.roles.is_empty() { &user_roles } else { &old.roles })?;
+        }
+        let key = credentials::new_api_key();
+        tracing::Span::current().record("new_key_id", key.key_id.as_str());
+        let now = now_ms();
+        let cmd = self.cluster.command(Payload::RotateApiKey(RotateApiKey {
+            old_key_id: r.id.clone(),
+            // The new key keeps what the old one was: user, name, roles and
+            // the same remaining lifetime it was issued with.
+            new_key: Some(CreateApiKey {
+                key_id: key.key_id.clone(),
+                user_id: old.user_id.clone(),
+                name: old.name.clone(),
+                secret_sha256: key.secret_sha256.to_vec(),
+                expires_at: if old.expires_at == 0 { 0 } else { now + old.expires_at.saturating_sub(old.created_at) },
+                roles: old.roles.clone(),
+            }),
+            old_expires_at: if r.grace_seconds == 0 { 0 } else { now + r.grace_seconds * 1000 },
+        }));
+        self.cluster.propose_one(cmd).await?;
+        let state = self.cluster.view().read();
+        let new = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
+        let old = state.api_key(&r.id).ok_or(ApiError::Internal)?;
+        tracing::info!(grace_seconds = r.grace_seconds, "api key rotated");
+        Ok(Response::new(RotateKeyResponse {
+            key: Some(key_pb(&state, new)),
+            secret: key.key,
+            old_key: Some(key_pb(&state, old)),
+        }))
     }
 
     #[tracing::instrument(level = "info", name = "admin.keys.revoke", skip_all, fields(actor, key_id = %req.get_ref().id))]
@@ -81,7 +158,7 @@ impl KeyService for Keys {
         let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
-        rules::validate_key_id(&r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        rules::validate_key_id(&r.id).map_err(invalid)?;
         let cmd = self.cluster.command(Payload::RevokeApiKey(RevokeApiKey { key_id: r.id }));
         let result = self.cluster.propose_one(cmd).await?;
         Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod events;
 pub mod keys;
 pub mod roles;
 pub mod sessions;
@@ -18,6 +19,7 @@ use gatehouse_proto::events::UserStatus;
 use gatehouse_proto::raft::LocalStatusRequest;
 use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
 
+use crate::identity::Principal;
 use crate::{ApiError, Cluster};
 
 /// Before an admin read: catch up with what the leader had committed when
@@ -39,6 +41,18 @@ pub fn find_user<'a>(state: &'a State, user: &str) -> Result<&'a UserRecord, Api
         .user(user)
         .or_else(|| state.user_by_name(&user.to_ascii_lowercase()))
         .ok_or_else(|| ApiError::NotFound(format!("no user {user:?}")))
+}
+
+/// Refuses unless the caller's roles grant everything `target` grants: no
+/// one grants a role, or changes, impersonates or issues keys for a user,
+/// above their own permissions.
+pub fn check_covers(state: &State, caller: &Principal, target: &[String]) -> Result<(), ApiError> {
+    if gatehouse_domain::roles::covers(state, &caller.roles, target) {
+        Ok(())
+    } else {
+        tracing::info!(user = %caller.username, "admin call denied: target holds permissions the caller does not");
+        Err(ApiError::PermissionDenied("the target holds permissions you do not hold".into()))
+    }
 }
 
 pub fn status_name(status: i32) -> &'static str {
@@ -97,6 +111,56 @@ pub fn session_pb(state: &State, s: &SessionRecord) -> Session {
     }
 }
 
+/// Page size of a list when the caller names none, and the largest allowed.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// One page of a list. `items` carry a unique sort key each; the page holds
+/// up to `page_size` of them in key order, after the key in `token`. The next
+/// token is the last key returned (base64url), so pages stay consistent
+/// while records are added or removed between calls.
+pub fn page<T>(mut items: Vec<(String, T)>, page_size: u32, token: &str) -> Result<(Vec<T>, String), ApiError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let size = match page_size as usize {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => {
+            return Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}")));
+        }
+        n => n,
+    };
+    let after = if token.is_empty() {
+        None
+    } else {
+        let key = (token.len() <= 1024)
+            .then(|| b64.decode(token).ok())
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::InvalidArgument("page_token is not one this API issued".into()))?;
+        Some(key)
+    };
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let start = after.map_or(0, |a| items.partition_point(|(k, _)| k.as_str() <= a.as_str()));
+    let more = items.len() - start > size;
+    let mut last = String::new();
+    let page = items
+        .into_iter()
+        .skip(start)
+        .take(size)
+        .map(|(k, t)| {
+            last = k;
+            t
+        })
+        .collect();
+    let next = if more { b64.encode(last) } else { String::new() };
+    Ok((page, next))
+}
+
+/// A sort key that lists newer records first, ties broken by id.
+pub fn newest_first(created_at: u64, id: &str) -> String {
+    format!("{:020}{id}", u64::MAX - created_at)
+}
+
 /// How long `wait_all` waits for every voter.
 const WAIT_ALL: Duration = Duration::from_secs(5);
 
@@ -137,4 +201,39 @@ pub async fn revoked(cluster: &Cluster, count: u32, log_index: u64, wait_all: bo
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(n: usize) -> Vec<(String, usize)> {
+        (0..n).map(|i| (format!("k{i:03}"), i)).rev().collect()
+    }
+
+    #[test]
+    fn pages_walk_every_item_once_in_order() {
+        let (mut seen, mut token) = (Vec::new(), String::new());
+        loop {
+            let (page, next) = page(items(25), 10, &token).unwrap();
+            assert!(page.len() <= 10);
+            seen.extend(page);
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(seen, (0..25).collect::<Vec<_>>());
+        // Exactly one page: no next token.
+        assert_eq!(page(items(10), 10, "").unwrap().1, "");
+        assert_eq!(page(items(150), 0, "").unwrap().0.len(), DEFAULT_PAGE);
+    }
+
+    #[test]
+    fn hostile_tokens_and_sizes_are_refused() {
+        for token in ["%%%", &"A".repeat(2000), "_w"] {
+            assert!(matches!(page(items(3), 10, token), Err(ApiError::InvalidArgument(_))), "{token}");
+        }
+        assert!(matches!(page(items(3), 1001, ""), Err(ApiError::InvalidArgument(_))));
+    }
 }

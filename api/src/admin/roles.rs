@@ -5,13 +5,14 @@ use gatehouse_domain::roles::{self, Permission};
 use gatehouse_domain::Payload;
 use gatehouse_proto::admin::role_service_server::{RoleService, RoleServiceServer};
 use gatehouse_proto::admin::{
-    DeleteRoleRequest, DeleteRoleResponse, ListRolesRequest, ListRolesResponse, PutRoleRequest, Role,
+    DeleteRoleRequest, DeleteRoleResponse, ListRolesRequest, ListRolesResponse, PutRoleRequest, Role, RoleAssignment,
+    User,
 };
-use gatehouse_proto::events::{DeleteRole, PutRole};
+use gatehouse_proto::events::{AssignRole, DeleteRole, PutRole, UnassignRole};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::role_pb;
+use super::{check_covers, find_user, role_pb, user_pb};
 use crate::{ApiError, Cluster};
 
 pub struct Roles {
@@ -37,6 +38,30 @@ impl Roles {
         tracing::info!(actor = %actor.username, role = %name, create, "role written");
         let state = self.cluster.view().read();
         Ok(Response::new(role_pb(state.role(&name).ok_or(ApiError::Internal)?)))
+    }
+
+    /// Gives (`assign`) or takes a role from a user.
+    async fn assignment(&self, req: Request<RoleAssignment>, assign: bool) -> Result<Response<User>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
+        let r = req.into_inner();
+        roles::validate_name(&r.role).map_err(ApiError::InvalidArgument)?;
+        super::read_your_writes(&self.cluster).await;
+        let user_id = {
+            let state = self.cluster.view().read();
+            let user = find_user(&state, &r.user)?;
+            check_covers(&state, &actor, &user.roles)?;
+            check_covers(&state, &actor, std::slice::from_ref(&r.role))?;
+            user.user_id.clone()
+        };
+        let payload = if assign {
+            Payload::AssignRole(AssignRole { user_id: user_id.clone(), role: r.role.clone() })
+        } else {
+            Payload::UnassignRole(UnassignRole { user_id: user_id.clone(), role: r.role.clone() })
+        };
+        self.cluster.propose_one(self.cluster.command(payload)).await?;
+        tracing::info!(actor = %actor.username, user_id = %user_id, role = %r.role, assign, "role assignment changed");
+        let state = self.cluster.view().read();
+        Ok(Response::new(user_pb(state.user(&user_id).ok_or(ApiError::Internal)?)))
     }
 }
 
@@ -78,5 +103,15 @@ impl RoleService for Roles {
         self.cluster.propose_one(self.cluster.command(Payload::DeleteRole(DeleteRole { name: name.clone() }))).await?;
         tracing::info!(actor = %actor.username, role = %name, "role deleted");
         Ok(Response::new(DeleteRoleResponse {}))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.roles.assign", skip_all)]
+    async fn assign(&self, req: Request<RoleAssignment>) -> Result<Response<User>, Status> {
+        self.assignment(req, true).await
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.roles.unassign", skip_all)]
+    async fn unassign(&self, req: Request<RoleAssignment>) -> Result<Response<User>, Status> {
+        self.assignment(req, false).await
     }
 }

@@ -1,12 +1,14 @@
-//! `SessionService`: list a user's sessions, revoke one or all of them.
+//! `SessionService`: list a user's sessions, get one, revoke one, all of a
+//! user's, or (in an emergency) every session in the cluster.
 
 use gatehouse_domain::roles::Permission;
 use gatehouse_domain::{users, Payload};
 use gatehouse_proto::admin::session_service_server::{SessionService, SessionServiceServer};
 use gatehouse_proto::admin::{
-    ListSessionsRequest, ListSessionsResponse, RevokeSessionRequest, RevokeUserSessionsRequest, Revoked,
+    GetSessionRequest, ListSessionsRequest, ListSessionsResponse, RevokeEverySessionRequest, RevokeSessionRequest,
+    RevokeUserSessionsRequest, Revoked, Session,
 };
-use gatehouse_proto::events::{RevokeSession, RevokeUserSessions};
+use gatehouse_proto::events::{RevokeAllSessions, RevokeSession, RevokeUserSessions};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -26,11 +28,26 @@ impl SessionService for Sessions {
     async fn list(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::SessionsRead).await?;
         super::read_your_writes(&self.cluster).await;
+        let r = req.into_inner();
         let state = self.cluster.view().read();
-        let user = find_user(&state, &req.get_ref().user)?;
-        let mut sessions: Vec<_> = state.sessions_of(&user.user_id).map(|s| session_pb(&state, &s)).collect();
-        sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        Ok(Response::new(ListSessionsResponse { sessions }))
+        let user = find_user(&state, &r.user)?;
+        let sessions: Vec<(String, Session)> = state
+            .sessions_of(&user.user_id)
+            .map(|s| (super::newest_first(s.created_at, &s.session_id), session_pb(&state, &s)))
+            .collect();
+        drop(state);
+        let (sessions, next_page_token) = super::page(sessions, r.page_size, &r.page_token)?;
+        Ok(Response::new(ListSessionsResponse { sessions, next_page_token }))
+    }
+
+    async fn get(&self, req: Request<GetSessionRequest>) -> Result<Response<Session>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::SessionsRead).await?;
+        let id = &req.get_ref().id;
+        users::validate_id("session", id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        super::read_your_writes(&self.cluster).await;
+        let state = self.cluster.view().read();
+        let session = state.session(id).ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+        Ok(Response::new(session_pb(&state, &session)))
     }
 
     #[tracing::instrument(level = "info", name = "admin.sessions.revoke", skip_all, fields(actor, session_id = %req.get_ref().id))]
@@ -55,6 +72,21 @@ impl SessionService for Sessions {
         let result = self.cluster.propose_one(cmd).await?;
         // The command's result id carries how many sessions it ended.
         let count = result.id.parse().unwrap_or(0);
+        Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))
+    }
+
+    #[tracing::instrument(level = "warn", name = "admin.sessions.revoke_everything", skip_all, fields(actor))]
+    async fn revoke_everything(&self, req: Request<RevokeEverySessionRequest>) -> Result<Response<Revoked>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        if !r.confirm {
+            return Err(ApiError::InvalidArgument("revoking every session needs confirm = true".into()).into());
+        }
+        let result =
+            self.cluster.propose_one(self.cluster.command(Payload::RevokeAllSessions(RevokeAllSessions {}))).await?;
+        let count = result.id.parse().unwrap_or(0);
+        tracing::warn!(sessions = count, "every session in the cluster revoked");
         Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))
     }
 }

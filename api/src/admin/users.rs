@@ -1,14 +1,18 @@
-//! `UserService`: create, list, enable/disable.
+//! `UserService`: create, get, list, update, enable/disable, set password, delete.
 
 use gatehouse_domain::roles::Permission;
 use gatehouse_domain::{users as rules, ApplyError, Payload};
 use gatehouse_proto::admin::user_service_server::{UserService, UserServiceServer};
-use gatehouse_proto::admin::{CreateUserRequest, ListUsersRequest, ListUsersResponse, SetUserStatusRequest, User};
-use gatehouse_proto::events::{CreateUser, SetUserStatus, UserStatus};
+use gatehouse_proto::admin::{
+    CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserRequest, ListUsersRequest, ListUsersResponse,
+    SetPasswordRequest, SetPasswordResponse, SetUserStatusRequest, UpdateUserRequest, User,
+};
+use gatehouse_proto::events::{CreateUser, DeleteUser, SetPassword, SetUserStatus, UpdateUser, UserStatus};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::{find_user, status_name, user_pb};
+use super::{check_covers, find_user, user_pb};
+use crate::identity::Principal;
 use crate::passwords::PasswordPool;
 use crate::{credentials, ApiError, Cluster};
 
@@ -23,6 +27,39 @@ pub fn server(cluster: Cluster, passwords: PasswordPool) -> UserServiceServer<Us
 
 fn invalid(e: ApplyError) -> ApiError {
     ApiError::InvalidArgument(e.to_string())
+}
+
+/// A status by name; `None` for the empty string.
+fn parse_status(status: &str) -> Result<Option<UserStatus>, ApiError> {
+    match status {
+        "" => Ok(None),
+        "active" => Ok(Some(UserStatus::Active)),
+        "disabled" => Ok(Some(UserStatus::Disabled)),
+        _ => Err(ApiError::InvalidArgument("status must be active or disabled".into())),
+    }
+}
+
+impl Users {
+    /// The user after a change was applied (read-your-writes: the proposal
+    /// returned once applied here).
+    fn current(&self, user_id: &str) -> Result<User, ApiError> {
+        Ok(user_pb(self.cluster.view().read().user(user_id).ok_or(ApiError::Internal)?))
+    }
+
+    /// Catches up, then resolves `user` (a username or id) to an id.
+    async fn resolve(&self, user: &str) -> Result<String, ApiError> {
+        super::read_your_writes(&self.cluster).await;
+        Ok(find_user(&self.cluster.view().read(), user)?.user_id.clone())
+    }
+
+    /// [`Users::resolve`] for a change: the caller must cover the user's roles.
+    async fn resolve_for_change(&self, actor: &Principal, user: &str) -> Result<String, ApiError> {
+        super::read_your_writes(&self.cluster).await;
+        let state = self.cluster.view().read();
+        let u = find_user(&state, user)?;
+        check_covers(&state, actor, &u.roles)?;
+        Ok(u.user_id.clone())
+    }
 }
 
 #[tonic::async_trait]
@@ -40,6 +77,7 @@ impl UserService for Users {
             ApplyError::NotFound(m) => ApiError::NotFound(m),
             e => invalid(e),
         })?;
+        check_covers(&self.cluster.view().read(), &actor, &r.roles)?;
         if self.cluster.view().read().user_by_name(&username).is_some() {
             return Err(ApiError::AlreadyExists(format!("username {username:?} is taken")).into());
         }
@@ -60,22 +98,100 @@ impl UserService for Users {
         Ok(Response::new(user_pb(user)))
     }
 
+    async fn get(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::UsersRead).await?;
+        let user_id = self.resolve(&req.get_ref().user).await?;
+        Ok(Response::new(self.current(&user_id)?))
+    }
+
     async fn list(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::UsersRead).await?;
-        super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
-        if !r.status.is_empty() && r.status != "active" && r.status != "disabled" {
-            return Err(ApiError::InvalidArgument("status must be active or disabled".into()).into());
+        let status = parse_status(&r.status)?;
+        if !r.role.is_empty() {
+            gatehouse_domain::roles::validate_name(&r.role).map_err(ApiError::InvalidArgument)?;
         }
+        super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
-        let mut users: Vec<User> = state
+        let users: Vec<(String, User)> = state
             .users()
             .filter(|u| r.role.is_empty() || u.roles.contains(&r.role))
-            .filter(|u| r.status.is_empty() || status_name(u.status) == r.status)
-            .map(user_pb)
+            .filter(|u| status.is_none_or(|s| u.status == s as i32))
+            .map(|u| (u.username.clone(), user_pb(u)))
             .collect();
-        users.sort_by(|a, b| a.username.cmp(&b.username));
-        Ok(Response::new(ListUsersResponse { users }))
+        drop(state);
+        let (users, next_page_token) = super::page(users, r.page_size, &r.page_token)?;
+        Ok(Response::new(ListUsersResponse { users, next_page_token }))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.users.update", skip_all, fields(actor, user_id))]
+    async fn update(&self, req: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        if !r.email.is_empty() {
+            rules::validate_email(&r.email).map_err(invalid)?;
+        }
+        let status = parse_status(&r.status)?;
+        if r.email.is_empty() && !r.set_roles && status.is_none() {
+            return Err(ApiError::InvalidArgument("nothing to update: give an email, roles or a status".into()).into());
+        }
+        let user_id = self.resolve_for_change(&actor, &r.user).await?;
+        tracing::Span::current().record("user_id", user_id.as_str());
+        if r.set_roles {
+            let state = self.cluster.view().read();
+            rules::validate_roles(&state, &r.roles).map_err(|e| match e {
+                ApplyError::NotFound(m) => ApiError::NotFound(m),
+                e => invalid(e),
+            })?;
+            check_covers(&state, &actor, &r.roles)?;
+        }
+        let cmd = self.cluster.command(Payload::UpdateUser(UpdateUser {
+            user_id: user_id.clone(),
+            set_email: !r.email.is_empty(),
+            email: r.email,
+            set_roles: r.set_roles,
+            roles: r.roles,
+            status: status.map_or(UserStatus::Unspecified as i32, |s| s as i32),
+        }));
+        self.cluster.propose_one(cmd).await?;
+        tracing::info!("user updated");
+        Ok(Response::new(self.current(&user_id)?))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.users.set_password", skip_all, fields(actor, user_id))]
+    async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<Response<SetPasswordResponse>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        crate::passwords::check_policy(&r.password)?;
+        let user_id = self.resolve_for_change(&actor, &r.user).await?;
+        tracing::Span::current().record("user_id", user_id.as_str());
+        let sessions = self.cluster.view().read().sessions_of(&user_id).count() as u32;
+        let password_hash = self.passwords.hash(r.password).await?;
+        let cmd = self.cluster.command(Payload::SetPassword(SetPassword { user_id: user_id.clone(), password_hash }));
+        self.cluster.propose_one(cmd).await?;
+        tracing::info!(sessions_revoked = sessions, "password set");
+        Ok(Response::new(SetPasswordResponse { user: Some(self.current(&user_id)?), sessions_revoked: sessions }))
+    }
+
+    #[tracing::instrument(level = "info", name = "admin.users.delete", skip_all, fields(actor, user_id))]
+    async fn delete(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let user_id = self.resolve_for_change(&actor, &req.get_ref().user).await?;
+        tracing::Span::current().record("user_id", user_id.as_str());
+        let (keys, sessions) = {
+            let state = self.cluster.view().read();
+            (
+                state.api_keys().filter(|k| k.user_id == user_id).count() as u32,
+                state.sessions_of(&user_id).count() as u32,
+            )
+        };
+        let cmd = self.cluster.command(Payload::DeleteUser(DeleteUser { user_id: user_id.clone() }));
+        self.cluster.propose_one(cmd).await?;
+        tracing::info!(keys_deleted = keys, sessions_revoked = sessions, "user deleted");
+        Ok(Response::new(DeleteUserResponse { user_id, keys_deleted: keys, sessions_revoked: sessions }))
     }
 
     #[tracing::instrument(level = "info", name = "admin.users.set_status", skip_all, fields(actor))]
@@ -83,18 +199,13 @@ impl UserService for Users {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
-        let status = match r.status.as_str() {
-            "active" => UserStatus::Active,
-            "disabled" => UserStatus::Disabled,
-            _ => return Err(ApiError::InvalidArgument("status must be active or disabled".into()).into()),
-        };
-        super::read_your_writes(&self.cluster).await;
-        let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
+        let status = parse_status(&r.status)?
+            .ok_or_else(|| ApiError::InvalidArgument("status must be active or disabled".into()))?;
+        let user_id = self.resolve_for_change(&actor, &r.user).await?;
         let cmd = self
             .cluster
             .command(Payload::SetUserStatus(SetUserStatus { user_id: user_id.clone(), status: status as i32 }));
         self.cluster.propose_one(cmd).await?;
-        let state = self.cluster.view().read();
-        Ok(Response::new(user_pb(state.user(&user_id).ok_or(ApiError::Internal)?)))
+        Ok(Response::new(self.current(&user_id)?))
     }
 }

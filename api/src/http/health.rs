@@ -12,7 +12,7 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when this node knows a leader and is within `max_staleness`; else 503.
+/// 200 while this node's last proof of being up to date is within `max_staleness`; else 503.
 pub async fn readyz(State(front): State<Front>) -> impl IntoResponse {
     if front.cluster.is_fresh() {
         (StatusCode::OK, Json(serde_json::json!({ "status": "ready" })))

@@ -158,7 +158,34 @@ impl RaftService for RaftRpc {
     ) -> Result<Response<pb::LocalStatusResponse>, Status> {
         Ok(Response::new(local_status(&self.cluster)))
     }
+
+    async fn pause_elections(
+        &self,
+        req: Request<pb::PauseElectionsRequest>,
+    ) -> Result<Response<pb::PauseElectionsResponse>, Status> {
+        let ms = req.into_inner().duration_ms;
+        if ms > MAX_ELECTION_PAUSE_MS {
+            return Err(bad(format!("an election pause is at most {MAX_ELECTION_PAUSE_MS} ms")));
+        }
+        tracing::info!(duration_ms = ms, "elections paused for a leadership transfer");
+        self.cluster.pause_elections(std::time::Duration::from_millis(ms));
+        Ok(Response::new(pb::PauseElectionsResponse {}))
+    }
+
+    async fn campaign(&self, _req: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
+        let m = self.cluster.raft().metrics().borrow().clone();
+        if !m.membership_config.membership().voter_ids().any(|v| v == self.cluster.id()) {
+            return Err(Status::failed_precondition("this node is not a voter"));
+        }
+        tracing::info!(term = m.current_term, "campaigning for leadership on request");
+        self.cluster.pause_elections(std::time::Duration::ZERO);
+        self.cluster.raft().trigger().elect().await.map_err(|_| Status::unavailable("raft stopped"))?;
+        Ok(Response::new(pb::CampaignResponse {}))
+    }
 }
+
+/// Longest election pause a peer may ask for.
+const MAX_ELECTION_PAUSE_MS: u64 = 60_000;
 
 /// This node's own status.
 pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
@@ -173,5 +200,6 @@ pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
         last_log_index: m.last_log_index.unwrap_or(0),
         snapshot_index: index(m.snapshot),
         purged_index: index(m.purged),
+        commit_index: cluster.commit_index(),
     }
 }

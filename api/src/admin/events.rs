@@ -1,0 +1,147 @@
+//! `EventService`: `Watch(from_index)` streams committed commands in log
+//! order, then follows the log as it grows. Hashes of secrets are removed
+//! ([`gatehouse_domain::redact`]). Only applied entries are sent, so every
+//! event is committed.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use gatehouse_domain::redact::redacted;
+use gatehouse_domain::roles::Permission;
+use gatehouse_proto::admin::event_service_server::{EventService, EventServiceServer};
+use gatehouse_proto::admin::{watch_event, MembershipResponse, WatchEvent, WatchRequest};
+use gatehouse_storage::types::Entry;
+use gatehouse_storage::LogReader;
+use openraft::EntryPayload;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use crate::{ApiError, Cluster};
+
+/// Entries read from disk per step.
+const CHUNK: usize = 256;
+/// Events buffered per watcher; a slow reader holds its stream, not the node.
+const BUFFER: usize = 1024;
+/// How often an idle watcher re-checks that its caller is still allowed.
+const RECHECK: Duration = Duration::from_secs(30);
+
+pub struct Events {
+    cluster: Cluster,
+    log: LogReader,
+    stopping: watch::Receiver<bool>,
+}
+
+/// `stopping` turns true when the node shuts down: open streams end then
+/// (with `UNAVAILABLE`), so they cannot hold a graceful shutdown forever.
+pub fn server(cluster: Cluster, log: LogReader, stopping: watch::Receiver<bool>) -> EventServiceServer<Events> {
+    EventServiceServer::new(Events { cluster, log, stopping })
+}
+
+fn compacted(from: u64, first: u64) -> ApiError {
+    ApiError::FailedPrecondition(format!(
+        "index {from} was compacted into a snapshot; the oldest index still in the log is {first}"
+    ))
+}
+
+/// The events of one log entry.
+fn events_of(entry: Entry) -> Vec<WatchEvent> {
+    let (index, term) = (entry.log_id.index, entry.log_id.leader_id.term);
+    let event = |position: u32, kind| WatchEvent { index, term, position, kind: Some(kind) };
+    match entry.payload {
+        EntryPayload::Blank => Vec::new(),
+        EntryPayload::Normal(batch) => batch
+            .commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| event(i as u32, watch_event::Kind::Command(redacted(c))))
+            .collect(),
+        EntryPayload::Membership(m) => {
+            let membership = MembershipResponse {
+                log_index: index,
+                voters: m.voter_ids().collect(),
+                learners: m.learner_ids().collect(),
+            };
+            vec![event(0, watch_event::Kind::Membership(membership))]
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EventService for Events {
+    type WatchStream = WatchStream;
+
+    #[tracing::instrument(level = "info", name = "admin.events.watch", skip_all, fields(from_index = req.get_ref().from_index))]
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let actor = authorize(&self.cluster, req.metadata(), Permission::EventsRead).await?;
+        let meta = req.metadata().clone();
+        let first = self.log.first_index().map_err(|e| {
+            tracing::error!(error = %e, "reading the log failed");
+            ApiError::Internal
+        })?;
+        let from = req.get_ref().from_index;
+        let mut next = if from == 0 { first } else { from };
+        if next < first {
+            return Err(compacted(next, first).into());
+        }
+        tracing::info!(actor = %actor.username, from = next, "watch started");
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let (cluster, log, mut stopping) = (self.cluster.clone(), self.log.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            let mut applied = cluster.view().subscribe();
+            let mut recheck = tokio::time::interval(RECHECK);
+            recheck.tick().await;
+            loop {
+                let upto = *applied.borrow_and_update();
+                while next <= upto {
+                    let entries = match log.entries(next, upto, CHUNK) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the log failed");
+                            let _ = tx.send(Err(ApiError::Internal.into())).await;
+                            return;
+                        }
+                    };
+                    // A purge overtook this reader: say so rather than skip.
+                    match entries.first() {
+                        Some(e) if e.log_id.index == next => {}
+                        _ => {
+                            let first = log.first_index().unwrap_or(next + 1);
+                            let _ = tx.send(Err(compacted(next, first).into())).await;
+                            return;
+                        }
+                    }
+                    for entry in entries {
+                        next = entry.log_id.index + 1;
+                        for event in events_of(entry) {
+                            if tx.send(Ok(event)).await.is_err() {
+                                return; // the caller went away
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                        return;
+                    }
+                    _ = recheck.tick() => {
+                        // A revoked key or a removed permission ends the stream.
+                        if let Err(e) = authorize(&cluster, &meta, Permission::EventsRead).await {
+                            if !matches!(e, ApiError::Stale) {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
