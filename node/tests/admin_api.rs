@@ -324,8 +324,13 @@ async fn users_get_update_set_password_delete_and_paginate() {
     std::fs::write(&pw_file, "the second long password\n").unwrap();
     let r = cli_json(&c, 3, &admin, &["user", "set-password", "user-03", "--password-file", pw]).await;
     assert_eq!(r["sessions_revoked"], 1);
+    // Without --wait, other nodes follow within the staleness bound.
     for n in 1..=3 {
-        assert_eq!(verify_cookie(&c, n, &session).await, StatusCode::UNAUTHORIZED);
+        wait_until("the session ends everywhere", Duration::from_secs(2), || {
+            let (c, session) = (&c, session.clone());
+            async move { verify_cookie(c, n, &session).await == StatusCode::UNAUTHORIZED }
+        })
+        .await;
     }
     assert_eq!(login(&c, 1, "user-03", "the first long password").await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(login(&c, 1, "user-03", "the second long password").await.status(), StatusCode::OK);
@@ -339,7 +344,11 @@ async fn users_get_update_set_password_delete_and_paginate() {
     let d = cli_json(&c, 2, &admin, &["user", "delete", "user-03", "--yes"]).await;
     assert_eq!((d["keys_deleted"].as_u64(), d["sessions_revoked"].as_u64()), (Some(1), Some(1)));
     for n in 1..=3 {
-        assert_eq!(verify(&c, n, &key).await, StatusCode::UNAUTHORIZED);
+        wait_until("the key ends everywhere", Duration::from_secs(2), || {
+            let (c, key) = (&c, key.clone());
+            async move { verify(c, n, &key).await == StatusCode::UNAUTHORIZED }
+        })
+        .await;
     }
     let err = admin_cli(&ep(&c, 3), &admin, &["user", "get", "user-03"]).await.unwrap_err();
     assert!(err.starts_with("not found"), "{err}");
@@ -482,7 +491,11 @@ async fn keys_are_fetched_and_rotated_with_a_grace_period() {
     let third = cli_json(&c, 1, &admin, &["key", "rotate", &second_id]).await;
     assert!(third["old_key"]["revoked_at"].as_u64().unwrap() > 0);
     for n in 1..=3 {
-        assert_eq!(verify(&c, n, &second_key).await, StatusCode::UNAUTHORIZED);
+        wait_until("the rotated key ends everywhere", Duration::from_secs(2), || {
+            let (c, key) = (&c, second_key.clone());
+            async move { verify(c, n, &key).await == StatusCode::UNAUTHORIZED }
+        })
+        .await;
         assert_eq!(verify(&c, n, third["key"].as_str().unwrap()).await, StatusCode::OK);
     }
     let keys_before = c.node(1).cluster().view().read().api_keys().count();
