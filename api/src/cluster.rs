@@ -59,6 +59,11 @@ struct Inner {
     /// Uses of keys and sessions seen here, flushed to the log periodically.
     last_use: LastUse,
     max_staleness: Duration,
+    metrics: crate::metrics::Metrics,
+    /// Running totals already turned into counter increments.
+    seen_built: crate::metrics::Seen,
+    seen_build_micros: crate::metrics::Seen,
+    seen_installed: crate::metrics::Seen,
 }
 
 /// Unix milliseconds now: the `proposed_at` stamp and the verification clock.
@@ -83,8 +88,77 @@ impl Cluster {
                 freshness: Freshness::default(),
                 last_use: LastUse::default(),
                 max_staleness,
+                metrics: crate::metrics::Metrics::new(),
+                seen_built: Default::default(),
+                seen_build_micros: Default::default(),
+                seen_installed: Default::default(),
             }),
         }
+        .watching_raft()
+    }
+
+    /// Counts leader changes and new terms as openraft reports them (a
+    /// scrape would miss a change that came and went between two scrapes).
+    fn watching_raft(self) -> Self {
+        let weak = Arc::downgrade(&self.inner);
+        let mut rx = self.inner.raft.metrics();
+        tokio::spawn(async move {
+            let (mut leader, mut term) = {
+                let m = rx.borrow_and_update();
+                (m.current_leader, m.current_term)
+            };
+            while rx.changed().await.is_ok() {
+                let Some(inner) = weak.upgrade() else { return };
+                let m = rx.borrow_and_update();
+                if m.current_leader != leader && m.current_leader.is_some() {
+                    inner.metrics.raft_leader_changes.inc();
+                }
+                if m.current_term > term {
+                    inner.metrics.raft_elections.inc_by(m.current_term - term);
+                }
+                (leader, term) = (m.current_leader, m.current_term);
+            }
+        });
+        self
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Refreshes the gauges read from Raft, storage and freshness, and
+    /// returns every series in the Prometheus text format.
+    pub fn scrape_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = &self.inner;
+        let m = &i.metrics;
+        let raft = i.raft.metrics().borrow().clone();
+        m.raft_term.set(raft.current_term as i64);
+        m.raft_leader.set(raft.current_leader.unwrap_or(0) as i64);
+        m.raft_is_leader.set(i64::from(raft.current_leader == Some(i.id)));
+        m.raft_applied_index.set(raft.last_applied.map_or(0, |l| l.index) as i64);
+        m.raft_last_log_index.set(raft.last_log_index.unwrap_or(0) as i64);
+        m.raft_snapshot_index.set(raft.snapshot.map_or(0, |l| l.index) as i64);
+        m.raft_commit_index.set(self.commit_index() as i64);
+        m.raft_replication_lag.clear();
+        if raft.current_leader == Some(i.id) {
+            let last = raft.last_log_index.unwrap_or(0);
+            for (peer, matched) in raft.replication.iter().flatten() {
+                if *peer != i.id {
+                    let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                    m.raft_replication_lag.get_or_create(&crate::metrics::PeerLabels { peer: *peer }).set(lag as i64);
+                }
+            }
+        }
+        let stats = i.view.snapshot_stats();
+        m.snapshots_built.inc_by(i.seen_built.advance(stats.built.load(Relaxed)));
+        m.snapshots_installed.inc_by(i.seen_installed.advance(stats.installed.load(Relaxed)));
+        let micros = i.seen_build_micros.advance(stats.build_micros.load(Relaxed));
+        m.snapshot_build_seconds.inc_by(micros as f64 / 1e6);
+        m.fresh.set(i64::from(self.is_fresh()));
+        let age = i.freshness.proof_age(&i.raft, i.view.applied_index());
+        m.staleness_seconds.set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
+        m.encode()
     }
 
     pub fn id(&self) -> NodeId {
@@ -147,6 +221,19 @@ impl Cluster {
     /// entry is applied on the leader and on this node.
     #[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Applied, ApiError> {
+        let started = Instant::now();
+        let result = self.propose_inner(commands).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ApiError::Unavailable { .. }) => "unavailable",
+            Err(_) => "error",
+        };
+        self.inner.metrics.proposals.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc();
+        self.inner.metrics.proposal_duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn propose_inner(&self, commands: Vec<Command>) -> Result<Applied, ApiError> {
         let batch = CommandBatch { commands };
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;

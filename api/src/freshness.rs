@@ -65,6 +65,17 @@ impl Freshness {
         c.fresh_at.max(c.led_at)
     }
 
+    /// How long ago this node last proved it was up to date (`None`: never).
+    /// For a leader, its latest quorum acknowledgement counts.
+    pub fn proof_age(&self, raft: &Raft, applied: u64) -> Option<Duration> {
+        let quorum = raft.metrics().borrow().millis_since_quorum_ack.map(Duration::from_millis);
+        let proof = self.last_proof(applied).map(|t| t.elapsed());
+        match (quorum, proof) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether the node may answer now.
     pub fn is_fresh(&self, raft: &Raft, applied: u64, max_staleness: Duration) -> bool {
         // Borrowed, not cloned: this runs on every verification.

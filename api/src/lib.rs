@@ -14,6 +14,7 @@
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`credentials`]: random ids and API keys, made on the proposing node.
+//! - [`metrics`]: the Prometheus series of `GET /metrics`, and the gRPC layer that records calls.
 //! - [`error`]: one error type, one status table.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod freshness;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod passwords;
 pub mod peers;
 pub mod raft;

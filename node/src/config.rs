@@ -156,6 +156,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC listener (Raft between nodes and the admin API).
     pub grpc_addr: SocketAddr,
+    /// A separate listener for `GET /metrics`; unset, the HTTP front serves it.
+    pub metrics_addr: Option<SocketAddr>,
     /// The gRPC address other nodes use to reach this one; defaults to the bound `grpc_addr`.
     pub advertise_addr: Option<String>,
     /// Shared secret of the cluster's Raft RPCs (at least 32 characters).
@@ -183,6 +185,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./gatehouse-data"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            metrics_addr: None,
             advertise_addr: None,
             cluster_secret: None,
             cluster_secret_file: None,
@@ -208,13 +211,14 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "identity",
     "node_id",
     "mode",
     "data_dir",
     "http_addr",
     "grpc_addr",
+    "metrics_addr",
     "advertise_addr",
     "cluster_secret",
     "cluster_secret_file",

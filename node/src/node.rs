@@ -25,6 +25,7 @@ pub struct Node {
     cluster: Cluster,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     advertise_addr: String,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -48,8 +49,16 @@ impl Node {
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC {}", config.grpc_addr))?;
         let http_listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP {}", config.http_addr))?;
+        let metrics_listener = match config.metrics_addr {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
+            None => None,
+        };
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
 
         let (log_store, state_machine) = gatehouse_storage::open(&config.data_dir).context("opening storage")?;
@@ -84,6 +93,7 @@ impl Node {
         let grpc = {
             let mut rx = stop.subscribe();
             let router = tonic::transport::Server::builder()
+                .layer(gatehouse_api::metrics::GrpcMetricsLayer(cluster.clone()))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(gatehouse_api::admin::events::server(cluster.clone(), log_reader, stop.subscribe()))
@@ -126,6 +136,19 @@ impl Node {
                 }
             })
         };
+        let mut servers = vec![http];
+        if let Some(listener) = metrics_listener {
+            let mut rx = stop.subscribe();
+            let app = gatehouse_api::http::metrics_router(front.clone());
+            servers.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            }));
+        }
         let touches = {
             // Last-use times of sessions and keys, coalesced per node (see identity.rs).
             let mut rx = stop.subscribe();
@@ -145,15 +168,16 @@ impl Node {
             })
         };
         let readiness = tokio::spawn(report_health(cluster.clone(), health, stop.subscribe()));
-        tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, advertise = %advertise_addr, "node started");
+        tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, ?metrics_addr, advertise = %advertise_addr, "node started");
 
         let mut node = Node {
             cluster,
             http_addr,
             grpc_addr,
+            metrics_addr,
             advertise_addr,
             stop,
-            servers: vec![grpc, http, touches, readiness],
+            servers: servers.into_iter().chain([grpc, touches, readiness]).collect(),
             storage,
             bootstrap_key: None,
         };
@@ -196,6 +220,11 @@ impl Node {
         self.http_addr
     }
 
+    /// The separate metrics listener, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
     }
@@ -235,6 +264,7 @@ fn front(config: &Config, cluster: Cluster) -> Front {
         cookie_name: id.cookie_name.clone(),
         session_ttl: Duration::from_secs(id.session_ttl_secs),
         session_idle: Duration::from_secs(id.session_idle_secs),
+        metrics_on_front: config.metrics_addr.is_none(),
         lockout: Lockout {
             threshold: id.lockout_threshold,
             window: Duration::from_secs(id.lockout_window_secs),

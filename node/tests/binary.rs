@@ -153,3 +153,49 @@ fn local_cluster_script_survives_a_leader_kill() {
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(!root.exists());
 }
+
+#[test]
+fn json_logs_parse_line_by_line_and_hold_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .env("GATEHOUSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("GATEHOUSE_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEHOUSE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug,openraft=info,h2=info,hyper=info,tower=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every stderr line must be JSON; collected on a thread so the pipe never fills.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let collector = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+            if v["message"] == "node started" {
+                let _ = started_tx.send(v["grpc_addr"].as_str().unwrap().to_string());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    let grpc = started_rx.recv_timeout(Duration::from_secs(60)).expect("a 'node started' line");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let key = wait_for("the bootstrap key", Duration::from_secs(60), || {
+        let line = stdout.next()?.ok()?;
+        line.trim().starts_with("gk_").then(|| line.trim().to_string())
+    });
+    std::thread::spawn(move || stdout.for_each(drop));
+    // Some activity that logs (an admin call), then stop.
+    let out = admin(&format!("http://{grpc}"), &key, &["user", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sigterm(&mut child).success());
+    let seen = collector.join().expect("every log line is JSON");
+    assert!(seen.len() > 5, "{seen:?}");
+    let secret = key.rsplit_once('_').unwrap().1;
+    assert!(seen.iter().all(|l| !l.contains(secret)), "the key's secret reached the log");
+}

@@ -28,11 +28,27 @@ pub struct StateView {
 struct ViewInner {
     state: RwLock<State>,
     applied: watch::Sender<u64>,
+    snapshots: SnapshotStats,
+}
+
+/// What this node did with snapshots since it started (for metrics).
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    pub built: std::sync::atomic::AtomicU64,
+    /// Total build time, in microseconds.
+    pub build_micros: std::sync::atomic::AtomicU64,
+    pub installed: std::sync::atomic::AtomicU64,
 }
 
 impl StateView {
     fn new(state: State, applied: u64) -> Self {
-        StateView { inner: Arc::new(ViewInner { state: RwLock::new(state), applied: watch::Sender::new(applied) }) }
+        StateView {
+            inner: Arc::new(ViewInner {
+                state: RwLock::new(state),
+                applied: watch::Sender::new(applied),
+                snapshots: SnapshotStats::default(),
+            }),
+        }
     }
 
     /// Read access to the state. Hold it briefly: apply waits for it.
@@ -53,6 +69,11 @@ impl StateView {
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.applied.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|&i| i >= index)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Snapshot counters since start.
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.inner.snapshots
     }
 
     /// A receiver that sees every change of the applied index.
@@ -110,16 +131,21 @@ impl StateMachine {
 /// Builds snapshots off the apply path, from a RocksDB point-in-time view.
 pub struct SnapshotBuilder {
     storage: Storage,
+    view: StateView,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     #[tracing::instrument(level = "info", name = "snapshot.build", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let storage = self.storage.clone();
+        let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || snapshot::build(&storage))
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let stats = self.view.snapshot_stats();
+        stats.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.build_micros.fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
@@ -189,7 +215,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { storage: self.storage.clone() }
+        SnapshotBuilder { storage: self.storage.clone(), view: self.view.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, RaftStorageError> {
@@ -213,6 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.view.inner.applied.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        self.view.snapshot_stats().installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }

@@ -61,6 +61,8 @@ pub struct FrontConfig {
     pub session_idle: Duration,
     pub lockout: Lockout,
     pub routes: Vec<RouteRule>,
+    /// Serve `GET /metrics` here (false when a separate listener does).
+    pub metrics_on_front: bool,
 }
 
 /// What every handler shares.
@@ -72,7 +74,8 @@ pub struct Front {
 }
 
 pub fn router(front: Front) -> Router {
-    Router::new()
+    let metrics_on_front = front.config.metrics_on_front;
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/auth/verify", get(verify::verify))
@@ -80,10 +83,12 @@ pub fn router(front: Front) -> Router {
         .route("/api/v1/logout", post(session::logout))
         .route("/api/v1/me", get(session::me))
         .route("/api/v1/me/sessions", get(session::my_sessions))
-        .route("/api/v1/me/sessions/{id}", delete(session::revoke_my_session))
+        .route("/api/v1/me/sessions/{id}", delete(session::revoke_my_session));
+    let router = if metrics_on_front { router.route("/metrics", get(metrics)) } else { router };
+    router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .with_state(front)
-        .layer(axum::middleware::from_fn(guard))
+        .with_state(front.clone())
+        .layer(axum::middleware::from_fn_with_state(front, guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -96,9 +101,44 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
+/// The routes above, as metric labels (anything else is `unmatched`).
+const ROUTES: [&str; 9] = [
+    "/healthz",
+    "/readyz",
+    "/auth/verify",
+    "/api/v1/login",
+    "/api/v1/logout",
+    "/api/v1/me",
+    "/api/v1/me/sessions",
+    "/api/v1/me/sessions/{id}",
+    "/metrics",
+];
+
+/// The separate metrics listener's router: `GET /metrics` only.
+pub fn metrics_router(front: Front) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(front.clone())
+        .layer(axum::middleware::from_fn_with_state(front, guard))
+}
+
+/// `GET /metrics`: every series in the Prometheus text format.
+pub async fn metrics(axum::extract::State(front): axum::extract::State<Front>) -> Response {
+    let body = front.cluster.scrape_metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
 /// One layer for every request: 431 for heads over [`MAX_HEADER_BYTES`],
-/// and the security headers on every response (errors included).
-async fn guard(req: Request, next: Next) -> Response {
+/// the security headers on every response (errors included), and the
+/// request's count and latency by route and status.
+async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("unmatched");
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let mut resp = if size > MAX_HEADER_BYTES {
         let body =
@@ -111,6 +151,7 @@ async fn guard(req: Request, next: Next) -> Response {
     for (name, value) in SECURITY_HEADERS {
         h.insert(name, HeaderValue::from_static(value));
     }
+    front.cluster.metrics().observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
 }
 

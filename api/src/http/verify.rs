@@ -41,40 +41,41 @@ fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Option<&'a
 
 #[tracing::instrument(level = "debug", name = "http.verify", skip_all, fields(decision))]
 pub async fn verify(State(front): State<Front>, Query(q): Query<VerifyQuery>, headers: HeaderMap) -> Response {
+    let (decision, resp) = decide(&front, &q, &headers).await;
+    tracing::Span::current().record("decision", decision);
+    front.cluster.metrics().verify_decision(decision);
+    resp
+}
+
+/// The decision (a bounded name, for the span and the metrics) and the answer.
+async fn decide(front: &Front, q: &VerifyQuery, headers: &HeaderMap) -> (&'static str, Response) {
     if !front.cluster.is_fresh() {
-        tracing::Span::current().record("decision", "stale");
-        return ApiError::Stale.into_response();
+        return ("stale", ApiError::Stale.into_response());
     }
     if let Some(role) = &q.role {
         if roles::validate_name(role).is_err() {
-            return ApiError::InvalidArgument("invalid role name".into()).into_response();
+            return ("invalid_argument", ApiError::InvalidArgument("invalid role name".into()).into_response());
         }
     }
-    let Some((token, _)) = credential(&headers, &front.config.cookie_name) else {
-        tracing::Span::current().record("decision", "no_credential");
-        return unauthorized(ApiError::Unauthenticated);
+    let Some((token, _)) = credential(headers, &front.config.cookie_name) else {
+        return ("no_credential", unauthorized(ApiError::Unauthenticated));
     };
     let principal = match resolve(&front.cluster, &token).await {
         Ok(p) => p,
-        Err(e) => {
-            tracing::Span::current().record("decision", e.code());
-            return unauthorized(e);
-        }
+        Err(e) => return (e.code(), unauthorized(e)),
     };
     if let Some(role) = &q.role {
         if !principal.roles.contains(role) {
-            tracing::Span::current().record("decision", "missing_role");
-            return ApiError::PermissionDenied(format!("requires role {role}")).into_response();
+            return ("missing_role", ApiError::PermissionDenied(format!("requires role {role}")).into_response());
         }
     }
-    if let Some(needed) = required_roles(&front.config.routes, &headers) {
+    if let Some(needed) = required_roles(&front.config.routes, headers) {
         if !needed.iter().any(|r| principal.roles.contains(r)) {
-            tracing::Span::current().record("decision", "missing_role");
-            return ApiError::PermissionDenied("this route requires another role".into()).into_response();
+            let e = ApiError::PermissionDenied("this route requires another role".into());
+            return ("missing_role", e.into_response());
         }
     }
-    tracing::Span::current().record("decision", "allow");
-    allow(&principal)
+    ("allow", allow(&principal))
 }
 
 fn allow(p: &Principal) -> Response {

@@ -1,0 +1,318 @@
+//! Prometheus metrics: what `GET /metrics` reports.
+//!
+//! Counters and histograms are recorded where things happen (HTTP guard,
+//! verify, admin gRPC layer, proposals); Raft and freshness gauges are read
+//! from openraft's metrics when scraped. Label values come from fixed sets
+//! (routes as declared, RPC method names, decisions, status codes, node ids)
+//! so series stay bounded: never a user id, key id or raw path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: String,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 100 µs to ~13 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// Every series this node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Timings<RouteLabels>,
+    pub verify_decisions: Family<DecisionLabels, Counter>,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub grpc_duration: Timings<MethodLabels>,
+    pub proposals: Family<OutcomeLabels, Counter>,
+    pub proposal_duration: Histogram,
+    pub raft_term: Gauge,
+    pub raft_leader: Gauge,
+    pub raft_is_leader: Gauge,
+    pub raft_commit_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub raft_last_log_index: Gauge,
+    pub raft_snapshot_index: Gauge,
+    pub raft_replication_lag: Family<PeerLabels, Gauge>,
+    pub raft_leader_changes: Counter,
+    pub raft_elections: Counter,
+    pub snapshots_built: Counter,
+    pub snapshots_installed: Counter,
+    pub snapshot_build_seconds: Counter<f64, AtomicU64>,
+    pub fresh: Gauge,
+    pub staleness_seconds: Gauge<f64, AtomicU64>,
+    pub watch_streams: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("gatehouse"),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            verify_decisions: Family::default(),
+            grpc_requests: Family::default(),
+            grpc_duration: Family::new_with_constructor(latency),
+            proposals: Family::default(),
+            proposal_duration: latency(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_snapshot_index: Gauge::default(),
+            raft_replication_lag: Family::default(),
+            raft_leader_changes: Counter::default(),
+            raft_elections: Counter::default(),
+            snapshots_built: Counter::default(),
+            snapshots_installed: Counter::default(),
+            snapshot_build_seconds: Counter::default(),
+            fresh: Gauge::default(),
+            staleness_seconds: Gauge::default(),
+            watch_streams: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
+        r.register("http_request_duration_seconds", "HTTP request latency by route", m.http_duration.clone());
+        r.register("verify_decisions", "/auth/verify decisions by outcome", m.verify_decisions.clone());
+        r.register("grpc_requests", "admin and Raft gRPC calls by method and code", m.grpc_requests.clone());
+        r.register("grpc_request_duration_seconds", "gRPC call latency by method", m.grpc_duration.clone());
+        r.register("proposals", "writes proposed through this node by outcome", m.proposals.clone());
+        r.register("proposal_duration_seconds", "propose to applied here", m.proposal_duration.clone());
+        r.register("raft_term", "current Raft term", m.raft_term.clone());
+        r.register("raft_leader", "id of the leader this node knows (0 = none)", m.raft_leader.clone());
+        r.register("raft_is_leader", "1 if this node leads", m.raft_is_leader.clone());
+        r.register("raft_commit_index", "highest index known committed", m.raft_commit_index.clone());
+        r.register("raft_applied_index", "highest index applied here", m.raft_applied_index.clone());
+        r.register("raft_last_log_index", "last index in this node's log", m.raft_last_log_index.clone());
+        r.register("raft_snapshot_index", "index of the latest snapshot", m.raft_snapshot_index.clone());
+        r.register(
+            "raft_replication_lag_entries",
+            "entries a follower is behind the leader (leader only)",
+            m.raft_replication_lag.clone(),
+        );
+        r.register("raft_leader_changes", "times this node saw the leader change", m.raft_leader_changes.clone());
+        r.register("raft_elections", "terms this node saw begin", m.raft_elections.clone());
+        r.register("snapshots_built", "snapshots this node built", m.snapshots_built.clone());
+        r.register("snapshots_installed", "snapshots this node installed from a leader", m.snapshots_installed.clone());
+        r.register("snapshot_build_seconds", "time spent building snapshots", m.snapshot_build_seconds.clone());
+        r.register("fresh", "1 while this node may answer (within max_staleness)", m.fresh.clone());
+        r.register(
+            "staleness_seconds",
+            "time since this node last proved it was up to date",
+            m.staleness_seconds.clone(),
+        );
+        r.register("watch_streams", "open admin Watch streams", m.watch_streams.clone());
+        m
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn observe_http(&self, route: &'static str, status: u16, took: Duration) {
+        self.http_requests.get_or_create(&HttpLabels { route, status }).inc();
+        self.http_duration.get_or_create(&RouteLabels { route }).observe(took.as_secs_f64());
+    }
+
+    /// Records a call to `method`, a label made by [`bounded_method`].
+    fn observe_grpc_label(&self, method: String, code: tonic::Code, took: Duration) {
+        self.grpc_requests.get_or_create(&GrpcLabels { method: method.clone(), code: code_name(code) }).inc();
+        self.grpc_duration.get_or_create(&MethodLabels { method }).observe(took.as_secs_f64());
+    }
+
+    pub fn verify_decision(&self, decision: &'static str) {
+        self.verify_decisions.get_or_create(&DecisionLabels { decision }).inc();
+    }
+}
+
+/// A gRPC path as a label: `Service/Method` for our own services and the
+/// standard ones, `other` for anything else (a client can send any path).
+fn bounded_method(path: &str) -> String {
+    let known = ["gatehouse.admin.v1.", "gatehouse.raft.v1.", "grpc.health.v1.", "grpc.reflection.v1."];
+    let trimmed = path.trim_start_matches('/');
+    let ok = known.iter().any(|p| trimmed.starts_with(p))
+        && trimmed.len() <= 96
+        && trimmed.split('/').count() == 2
+        && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/');
+    if ok {
+        trimmed.rsplit_once('.').map_or("other", |(_, m)| m).to_string()
+    } else {
+        "other".into()
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Turns a running total kept elsewhere (storage's snapshot counters) into
+/// counter increments: each scrape adds what grew since the last one.
+#[derive(Debug, Default)]
+pub struct Seen(AtomicU64);
+
+impl Seen {
+    /// Stores `now`; returns by how much it grew since the last call.
+    pub fn advance(&self, now: u64) -> u64 {
+        let before = self.0.swap(now, Ordering::Relaxed);
+        now.saturating_sub(before)
+    }
+}
+
+/// A tower layer for the gRPC server that counts every call by method and
+/// status code and times it (to the response head, for streams).
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub crate::Cluster);
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner, cluster: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    cluster: crate::Cluster,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = bounded_method(req.uri().path());
+        let started = std::time::Instant::now();
+        let call = self.inner.call(req);
+        let cluster = self.cluster.clone();
+        Box::pin(async move {
+            let resp = call.await;
+            // Errors are sent "trailers-only", so their status is in the head;
+            // a head without one is a call that succeeded (or a stream that started).
+            let code = match &resp {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from),
+                Err(_) => tonic::Code::Unknown,
+            };
+            cluster.metrics().observe_grpc_label(method, code, started.elapsed());
+            resp
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_stay_bounded() {
+        assert_eq!(bounded_method("/gatehouse.admin.v1.UserService/Get"), "UserService/Get");
+        assert_eq!(bounded_method("/grpc.health.v1.Health/Check"), "Health/Check");
+        for hostile in
+            ["/evil.Service/x", "/gatehouse.admin.v1.UserService/Get/extra", "/gatehouse.admin.v1.X/<script>", ""]
+        {
+            assert_eq!(bounded_method(hostile), "other", "{hostile}");
+        }
+    }
+
+    #[test]
+    fn encodes_registered_series() {
+        let m = Metrics::new();
+        m.observe_http("/auth/verify", 200, Duration::from_millis(1));
+        m.verify_decision("allow");
+        let text = m.encode();
+        assert!(text.contains("gatehouse_http_requests_total{route=\"/auth/verify\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("gatehouse_verify_decisions_total{decision=\"allow\"} 1"), "{text}");
+    }
+}
