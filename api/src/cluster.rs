@@ -204,7 +204,7 @@ impl Cluster {
             proposed_at: now_ms(),
             origin_node: self.inner.id,
             request_id: crate::credentials::new_id(),
-            traceparent: String::new(),
+            traceparent: crate::trace::current_traceparent(),
             payload: Some(payload),
         }
     }

@@ -268,26 +268,45 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let method = bounded_method(req.uri().path());
         let started = std::time::Instant::now();
-        let call = self.inner.call(req);
+        let span = if crate::trace::exporting() {
+            let span = tracing::info_span!(
+                "grpc.request",
+                otel.kind = "server",
+                rpc.method = %method,
+                rpc.grpc.status_code = tracing::field::Empty,
+                node_id = self.cluster.id(),
+            );
+            crate::trace::continue_trace(&span, req.headers());
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let call = span.in_scope(|| self.inner.call(req));
         let cluster = self.cluster.clone();
-        Box::pin(async move {
-            let resp = call.await;
-            // Errors are sent "trailers-only", so their status is in the head;
-            // a head without one is a call that succeeded (or a stream that started).
-            let code = match &resp {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from),
-                Err(_) => tonic::Code::Unknown,
-            };
-            cluster.metrics().observe_grpc_label(method, code, started.elapsed());
-            resp
-        })
+        let record = span.clone();
+        Box::pin(
+            async move {
+                let resp = call.await;
+                // Errors are sent "trailers-only", so their status is in the head;
+                // a head without one is a call that succeeded (or a stream that started).
+                let code = match &resp {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or(tonic::Code::Ok, tonic::Code::from),
+                    Err(_) => tonic::Code::Unknown,
+                };
+                record.record("rpc.grpc.status_code", code as i32);
+                cluster.metrics().observe_grpc_label(method, code, started.elapsed());
+                resp
+            }
+            .instrument(span),
+        )
     }
 }
 

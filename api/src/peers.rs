@@ -68,6 +68,8 @@ pub struct AddSecret(MetadataValue<Ascii>);
 impl tonic::service::Interceptor for AddSecret {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert(SECRET_METADATA, self.0.clone());
+        // Forwarded writes, read-index and status calls continue the caller's trace.
+        crate::trace::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

@@ -29,6 +29,10 @@ pub struct ProcCluster {
     pub peers: Peers,
     /// The bootstrap admin API key.
     pub admin_key: String,
+    /// Appended to every node's TOML (e.g. a `[telemetry]` table).
+    pub extra_config: String,
+    /// Set in every node's environment.
+    pub env: Vec<(String, String)>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -38,6 +42,18 @@ fn free_port() -> anyhow::Result<u16> {
 impl ProcCluster {
     /// Starts `n` nodes under `dir` and waits until they agree on a leader.
     pub async fn start(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<ProcCluster> {
+        Self::start_with(bin, dir, n, "", &[]).await
+    }
+
+    /// [`ProcCluster::start`] with extra TOML for every node (appended last,
+    /// so it may open tables) and extra environment variables.
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ProcCluster> {
         std::fs::create_dir_all(dir)?;
         let secret = gatehouse_api::credentials::new_id() + &gatehouse_api::credentials::new_id();
         let secret_file = dir.join("cluster-secret");
@@ -59,11 +75,19 @@ impl ProcCluster {
                     key_file.display()
                 );
             }
+            toml += extra_config;
             std::fs::write(&node.config, toml)?;
         }
         let peers = Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?);
-        let mut cluster =
-            ProcCluster { dir: dir.to_path_buf(), bin: bin.to_path_buf(), nodes, peers, admin_key: String::new() };
+        let mut cluster = ProcCluster {
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            nodes,
+            peers,
+            admin_key: String::new(),
+            extra_config: extra_config.to_string(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
         for id in ids {
             cluster.spawn(id)?;
@@ -86,7 +110,8 @@ impl ProcCluster {
         anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
         let (http, grpc) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
         let node = ProcNode { id, http, grpc, config: self.dir.join(format!("node-{id}.toml")), child: None };
-        std::fs::write(&node.config, node_toml(&self.dir, &node, &self.dir.join("cluster-secret")))?;
+        let toml = node_toml(&self.dir, &node, &self.dir.join("cluster-secret")) + &self.extra_config;
+        std::fs::write(&node.config, toml)?;
         self.nodes.insert(id, node);
         self.spawn(id)?;
         Ok(&self.nodes[&id])
@@ -100,6 +125,7 @@ impl ProcCluster {
         let child = Command::new(&self.bin)
             .args(["serve", "--config"])
             .arg(&node.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

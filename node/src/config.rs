@@ -146,7 +146,27 @@ impl Default for IdentityConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// OpenTelemetry trace export. The standard variables win over the file:
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
+/// `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset (and no
+    /// variable set) = no export.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// Share of new traces sampled (0.0–1.0); a sampled parent is always followed.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: None, service_name: "gatehouse".into(), sample_ratio: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node_id: u64,
@@ -173,6 +193,7 @@ pub struct Config {
     /// Past this without proof of freshness, the node refuses credentials (503).
     pub max_staleness_ms: u64,
     pub log_format: LogFormat,
+    pub telemetry: TelemetryConfig,
     pub raft: RaftTuning,
     pub identity: IdentityConfig,
 }
@@ -194,6 +215,7 @@ impl Default for Config {
             bootstrap_admin_key_file: None,
             max_staleness_ms: 2_000,
             log_format: LogFormat::Human,
+            telemetry: TelemetryConfig::default(),
             raft: RaftTuning::default(),
             identity: IdentityConfig::default(),
         }
@@ -211,7 +233,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "identity",
     "node_id",
     "mode",
@@ -227,6 +249,7 @@ const KEYS: [&str; 16] = [
     "bootstrap_admin_key_file",
     "max_staleness_ms",
     "log_format",
+    "telemetry",
     "raft",
 ];
 
@@ -291,6 +314,9 @@ impl Config {
             return bad(
                 "raft timings must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
             );
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return bad("telemetry.sample_ratio must be between 0.0 and 1.0");
         }
         if self.max_staleness_ms < r.heartbeat_ms * 2 {
             return bad("max_staleness_ms must be at least twice raft.heartbeat_ms");

@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
 
 async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {
     let config = if args.dev { Config::load_dev()? } else { Config::load(args.config.as_deref())? };
-    gatehouse::telemetry::init(config.log_format);
+    let telemetry = gatehouse::telemetry::init(config.log_format, &config.telemetry, config.node_id);
     let dev = config.mode == Mode::Dev;
     let mut node = Node::start(config).await?;
     if let Some(key) = node.take_bootstrap_key() {
@@ -39,7 +39,9 @@ async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {
         }
     }
     shutdown_signal().await;
-    node.shutdown().await
+    let stopped = node.shutdown().await;
+    telemetry.shutdown();
+    stopped
 }
 
 /// SIGTERM or Ctrl-C.

@@ -128,6 +128,29 @@ impl StateMachine {
     }
 }
 
+/// The span of one entry's apply. When commands carry their proposer's
+/// trace context (only while traces are exported), the span is kept at info
+/// and linked to each of those requests; otherwise it is a debug span.
+fn apply_span(index: u64, batch: &gatehouse_domain::CommandBatch) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let traced: Vec<&str> =
+        batch.commands.iter().map(|c| c.traceparent.as_str()).filter(|t| !t.is_empty() && t.len() <= 64).collect();
+    if traced.is_empty() {
+        return tracing::debug_span!("apply", index, commands = batch.commands.len());
+    }
+    let span = tracing::info_span!("apply", index, commands = batch.commands.len());
+    for t in traced {
+        let carrier = std::collections::HashMap::from([("traceparent".to_string(), t.to_string())]);
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+        let linked = cx.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+    span
+}
+
 /// Builds snapshots off the apply path, from a RocksDB point-in-time view.
 pub struct SnapshotBuilder {
     storage: Storage,
@@ -175,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match entry.payload {
                     EntryPayload::Blank => replies.push(Vec::new()),
                     EntryPayload::Normal(batch) => {
-                        let _span = tracing::debug_span!("apply", index, commands = batch.commands.len()).entered();
+                        let _span = apply_span(index, &batch).entered();
                         replies.push(batch.commands.iter().map(|c| state.apply(index, c, &mut mutations)).collect());
                     }
                     EntryPayload::Membership(m) => {

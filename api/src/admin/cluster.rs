@@ -92,6 +92,7 @@ impl ClusterAdmin {
                 if let Some(auth) = req.metadata().get("authorization") {
                     fwd.metadata_mut().insert("authorization", auth.clone());
                 }
+                crate::trace::inject_current(fwd.metadata_mut());
                 forward(ClusterServiceClient::new(ch), fwd).await
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
@@ -279,6 +280,7 @@ impl ClusterService for ClusterAdmin {
                 if let Some(auth) = req.metadata().get("authorization") {
                     fwd.metadata_mut().insert("authorization", auth.clone());
                 }
+                crate::trace::inject_current(fwd.metadata_mut());
                 client.transfer_leadership(fwd).await
             }
             None => Err(ApiError::Unavailable { leader: None }.into()),

@@ -68,6 +68,15 @@ fn events_of(entry: Entry) -> Vec<WatchEvent> {
     }
 }
 
+/// Counts an open stream in the metrics until it ends.
+struct OpenStream(Cluster);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.metrics().watch_streams.dec();
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -91,6 +100,8 @@ impl EventService for Events {
         let (tx, rx) = mpsc::channel(BUFFER);
         let (cluster, log, mut stopping) = (self.cluster.clone(), self.log.clone(), self.stopping.clone());
         tokio::spawn(async move {
+            cluster.metrics().watch_streams.inc();
+            let _open = OpenStream(cluster.clone());
             let mut applied = cluster.view().subscribe();
             let mut recheck = tokio::time::interval(RECHECK);
             recheck.tick().await;

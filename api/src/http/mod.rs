@@ -144,6 +144,22 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
         let body =
             serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, axum::Json(body)).into_response()
+    } else if crate::trace::exporting() {
+        // Only when exporting traces: the verify path stays span-free otherwise.
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "http.request",
+            otel.kind = "server",
+            http.route = route,
+            http.method = %req.method(),
+            http.status_code = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            node_id = front.cluster.id(),
+        );
+        crate::trace::continue_trace(&span, req.headers());
+        let resp = next.run(req).instrument(span.clone()).await;
+        span.record("http.status_code", resp.status().as_u16());
+        resp
     } else {
         next.run(req).await
     };
