@@ -28,8 +28,16 @@ build: deps
 LINT_ENV := ROCKSDB_LIB_DIR=$(CARGO_TARGET_DIR)/no-link ROCKSDB_STATIC=1
 
 ## The whole gate: formatting, lints, and every test.
+# Each code change leaves a ~500 MB debug test binary per test file behind,
+# and incremental caches grow with every build: on a long-lived machine the
+# warm target directory filled a 250 GB disk. So the gate builds without
+# incremental caches and drops test executables unused for a day (cargo
+# rebuilds any it still needs; libraries such as RocksDB stay).
+test: export CARGO_INCREMENTAL = 0
 test:
 	@scripts/deps.sh test
+	-find $(CARGO_TARGET_DIR)/debug/deps -maxdepth 1 -type f ! -name '*.*' -mtime +1 -delete 2>/dev/null
+	rm -rf $(CARGO_TARGET_DIR)/debug/incremental
 	$(CARGO) fmt --all --check
 	mkdir -p $(CARGO_TARGET_DIR)/no-link
 	$(LINT_ENV) $(CARGO) clippy --workspace --all-targets -- -D warnings
