@@ -219,7 +219,7 @@ impl Cluster {
 
     /// Proposes commands as one log entry, from any node. Returns once the
     /// entry is applied on the leader and on this node.
-    #[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
+    #[tracing::instrument(level = "info", name = "propose", skip_all, fields(commands = commands.len(), node_id = self.inner.id))]
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Applied, ApiError> {
         let started = Instant::now();
         let result = self.propose_inner(commands).await;

@@ -161,6 +161,8 @@ async fn one_trace_spans_the_follower_and_the_leader() {
     let verify = on(&follower_id, "http.request", verify_trace).unwrap();
     assert_eq!((verify.attrs["http.route"].as_str(), verify.attrs["decision"].as_str()), ("/auth/verify", "allow"));
     assert_eq!(verify.attrs["http.status_code"], "200");
+    assert_eq!(verify.attrs["user_id"].len(), 32, "the caller's user id");
+    assert!(spans.iter().any(|s| s.node == follower_id && s.trace == write_trace && s.name == "propose"));
 
     // Nothing secret in any attribute of any span.
     let secret = c.admin_key.rsplit_once('_').unwrap().1;

@@ -154,6 +154,7 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
             http.method = %req.method(),
             http.status_code = tracing::field::Empty,
             decision = tracing::field::Empty,
+            user_id = tracing::field::Empty,
             node_id = front.cluster.id(),
         );
         crate::trace::continue_trace(&span, req.headers());

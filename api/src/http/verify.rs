@@ -64,6 +64,8 @@ async fn decide(front: &Front, q: &VerifyQuery, headers: &HeaderMap) -> (&'stati
         Ok(p) => p,
         Err(e) => return (e.code(), unauthorized(e)),
     };
+    // On the request's span when traces are exported (ids only, never the credential).
+    tracing::Span::current().record("user_id", principal.user_id.as_str());
     if let Some(role) = &q.role {
         if !principal.roles.contains(role) {
             return ("missing_role", ApiError::PermissionDenied(format!("requires role {role}")).into_response());
