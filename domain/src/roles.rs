@@ -133,6 +133,12 @@ pub fn covers(state: &State, caller: &[String], target: &[String]) -> bool {
     t & !c == 0
 }
 
+/// Whether `roles` together grant every permission named in `permissions`.
+/// Unknown names are left to apply to refuse (as invalid).
+pub fn holds_all(state: &State, roles: &[String], permissions: &[String]) -> bool {
+    permissions.iter().all(|p| Permission::from_name(p).is_none_or(|p| allowed(state, roles, p)))
+}
+
 fn validate_permissions(list: &[String]) -> Result<(), ApplyError> {
     if list.len() > MAX_PERMISSIONS {
         return Err(ApplyError::Invalid(format!("at most {MAX_PERMISSIONS} permissions")));
@@ -298,5 +304,8 @@ mod tests {
         assert!(!covers(&state, &r(&[OPERATOR]), &r(&[ADMIN])));
         assert!(!covers(&state, &r(&[VIEWER]), &r(&[OPERATOR])));
         assert!(!covers(&state, &r(&[]), &r(&[VIEWER])));
+        assert!(holds_all(&state, &r(&[OPERATOR]), &r(&["users.write", "keys.read"])));
+        assert!(!holds_all(&state, &r(&[OPERATOR]), &r(&["users.write", "roles.write"])));
+        assert!(holds_all(&state, &r(&[VIEWER]), &r(&["no.such"])), "left to apply to refuse");
     }
 }

@@ -407,8 +407,12 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         .unwrap()
         .username
         .clone();
+    let admin_key_id = c.admin_key.split('_').nth(1).unwrap().to_string();
     for args in [
         &["role", "assign", "admin", "--user", "dana"][..],
+        &["key", "revoke", &admin_key_id],
+        &["key", "rotate", &admin_key_id],
+        &["session", "revoke-all", "--user", &admin_user],
         &["role", "assign", "admin", "--user", "op-oscar"],
         &["user", "create", "sneaky", "--email", "s@example.com", "--role", "admin"],
         &["user", "update", "dana", "--role", "admin"],
@@ -421,6 +425,38 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         assert!(err.starts_with("permission denied"), "{args:?}: {err}");
     }
     assert!(c.node(2).cluster().view().read().user_by_name("sneaky").is_none());
+    assert_eq!(c.node(2).cluster().view().read().api_key(&admin_key_id).unwrap().revoked_at, 0);
+
+    // A key issued without a restriction holds its user's roles as they are
+    // now: promoting the user later does not promote a key someone else kept.
+    cli_json(&c, 1, &admin, &["user", "create", "pat", "--email", "pat@example.com", "--role", "operator"]).await;
+    let kept = cli_json(&c, 2, &operator, &["key", "create", "--user", "pat", "--name", "kept"]).await;
+    let kept_key = kept["key"].as_str().unwrap().to_string();
+    let kept_id = kept["id"].as_str().unwrap().to_string();
+    assert_eq!(cli_json(&c, 1, &admin, &["key", "get", &kept_id]).await["roles"], serde_json::json!(["operator"]));
+    cli_json(&c, 1, &admin, &["role", "assign", "admin", "--user", "pat"]).await;
+    let err = admin_cli(&ep(&c, 3), &kept_key, &["role", "create", "by-kept"]).await.unwrap_err();
+    assert!(err.starts_with("permission denied"), "{err}");
+    cli_json(&c, 1, &admin, &["role", "unassign", "admin", "--user", "pat"]).await;
+
+    // A custom role holding roles.write cannot define a role above its holder.
+    cli_json(
+        &c,
+        1,
+        &admin,
+        &["role", "create", "role-keeper", "--permission", "roles.write", "--permission", "users.read"],
+    )
+    .await;
+    let keeper = create_key(c.node(1), "rolf", &["role-keeper"]).await;
+    for args in [
+        &["role", "update", "role-keeper", "--permission", "roles.write", "--permission", "cluster.admin"][..],
+        &["role", "create", "super", "--permission", "cluster.admin"],
+    ] {
+        let err = admin_cli(&ep(&c, 2), &keeper, args).await.unwrap_err();
+        assert!(err.starts_with("permission denied"), "{args:?}: {err}");
+    }
+    assert!(c.node(2).cluster().view().read().role("super").is_none());
+    cli_json(&c, 2, &keeper, &["role", "create", "readers", "--permission", "users.read"]).await;
 
     // The last active admin stays: not unassigned, disabled or deleted.
     for args in [
@@ -603,6 +639,26 @@ async fn watch_streams_committed_commands_without_secret_hashes() {
         }
     }
     assert!(membership, "the initial membership is part of the stream");
+
+    // A stream ends once its key is revoked, backlog or not.
+    let watcher = create_key(c.node(1), "wally", &["operator"]).await;
+    let mut req = Request::new(WatchRequest { from_index: 0 });
+    req.metadata_mut().insert("authorization", format!("Bearer {watcher}").parse().unwrap());
+    let mut revoked_stream = client.watch(req).await.unwrap().into_inner();
+    let watcher_id = watcher.split('_').nth(1).unwrap();
+    admin_cli(&ep(&c, 1), &admin, &["key", "revoke", watcher_id, "--wait", "all"]).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match revoked_stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within a few seconds of the revocation");
+    assert_eq!(end, Some(Code::Unauthenticated));
 
     // The CLI prints the same events as JSON lines.
     let out = admin_cli(&ep(&c, 1), &admin, &["--json", "watch", "--limit", &count.to_string()]).await.unwrap();

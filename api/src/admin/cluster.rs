@@ -51,7 +51,7 @@ fn validate_addr(addr: &str) -> Result<(), ApiError> {
 }
 
 /// The membership after a change, for the response.
-fn membership_response(log_index: u64, m: &gatehouse_storage::types::Membership) -> MembershipResponse {
+pub fn membership_response(log_index: u64, m: &gatehouse_storage::types::Membership) -> MembershipResponse {
     let voters: BTreeSet<NodeId> = m.voter_ids().collect();
     MembershipResponse { log_index, voters: voters.iter().copied().collect(), learners: m.learner_ids().collect() }
 }

@@ -10,7 +10,7 @@ use futures::Stream;
 use gatehouse_domain::redact::redacted;
 use gatehouse_domain::roles::Permission;
 use gatehouse_proto::admin::event_service_server::{EventService, EventServiceServer};
-use gatehouse_proto::admin::{watch_event, MembershipResponse, WatchEvent, WatchRequest};
+use gatehouse_proto::admin::{watch_event, WatchEvent, WatchRequest};
 use gatehouse_storage::types::Entry;
 use gatehouse_storage::LogReader;
 use openraft::EntryPayload;
@@ -24,8 +24,9 @@ use crate::{ApiError, Cluster};
 const CHUNK: usize = 256;
 /// Events buffered per watcher; a slow reader holds its stream, not the node.
 const BUFFER: usize = 1024;
-/// How often an idle watcher re-checks that its caller is still allowed.
-const RECHECK: Duration = Duration::from_secs(30);
+/// How often a stream re-checks that its caller is still allowed: a
+/// revoked key stops receiving within this (plus one chunk of events).
+const RECHECK: Duration = Duration::from_secs(2);
 
 pub struct Events {
     cluster: Cluster,
@@ -58,12 +59,7 @@ fn events_of(entry: Entry) -> Vec<WatchEvent> {
             .map(|(i, c)| event(i as u32, watch_event::Kind::Command(redacted(c))))
             .collect(),
         EntryPayload::Membership(m) => {
-            let membership = MembershipResponse {
-                log_index: index,
-                voters: m.voter_ids().collect(),
-                learners: m.learner_ids().collect(),
-            };
-            vec![event(0, watch_event::Kind::Membership(membership))]
+            vec![event(0, watch_event::Kind::Membership(super::cluster::membership_response(index, &m)))]
         }
     }
 }
@@ -103,11 +99,21 @@ impl EventService for Events {
             cluster.metrics().watch_streams.inc();
             let _open = OpenStream(cluster.clone());
             let mut applied = cluster.view().subscribe();
-            let mut recheck = tokio::time::interval(RECHECK);
-            recheck.tick().await;
+            let mut checked = tokio::time::Instant::now();
             loop {
+                // Re-authorized every RECHECK, backlog or not: a revoked key,
+                // a removed permission or a node that cannot prove it is up
+                // to date ends the stream (the client resumes from its last
+                // index elsewhere).
+                if checked.elapsed() >= RECHECK {
+                    if let Err(e) = authorize(&cluster, &meta, Permission::EventsRead).await {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                    checked = tokio::time::Instant::now();
+                }
                 let upto = *applied.borrow_and_update();
-                while next <= upto {
+                if next <= upto {
                     let entries = match log.entries(next, upto, CHUNK) {
                         Ok(e) => e,
                         Err(e) => {
@@ -133,6 +139,7 @@ impl EventService for Events {
                             }
                         }
                     }
+                    continue;
                 }
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
@@ -141,15 +148,7 @@ impl EventService for Events {
                         let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
                         return;
                     }
-                    _ = recheck.tick() => {
-                        // A revoked key or a removed permission ends the stream.
-                        if let Err(e) = authorize(&cluster, &meta, Permission::EventsRead).await {
-                            if !matches!(e, ApiError::Stale) {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
-                            }
-                        }
-                    }
+                    _ = tokio::time::sleep_until(checked + RECHECK) => {}
                 }
             }
         });

@@ -12,7 +12,7 @@ use gatehouse_proto::events::{CreateApiKey, RevokeApiKey, RotateApiKey};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::{check_covers, find_user, key_pb, revoked};
+use super::{check_covers, check_covers_owner, find_user, key_pb, revoked};
 use crate::cluster::now_ms;
 use crate::{credentials, ApiError, Cluster};
 
@@ -47,15 +47,17 @@ impl KeyService for Keys {
         if r.name.is_empty() || r.name.chars().count() > 64 || r.name.chars().any(char::is_control) {
             return Err(ApiError::InvalidArgument("key name must be 1-64 printable characters".into()).into());
         }
-        super::read_your_writes(&self.cluster).await;
         users::validate_roles(&self.cluster.view().read(), &r.roles)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let user_id = {
+        let (user_id, roles) = {
             let state = self.cluster.view().read();
             let user = find_user(&state, &r.user)?;
             // A key speaks for its user: issuing one is acting as that user.
-            check_covers(&state, &actor, if r.roles.is_empty() { &user.roles } else { &r.roles })?;
-            user.user_id.clone()
+            // Its roles are fixed now (the user's, unless restricted), so a
+            // key handed out today does not gain what its user gains later.
+            let roles = if r.roles.is_empty() { user.roles.clone() } else { r.roles };
+            check_covers(&state, &actor, &roles)?;
+            (user.user_id.clone(), roles)
         };
         let key = credentials::new_api_key();
         tracing::Span::current().record("key_id", key.key_id.as_str());
@@ -66,7 +68,7 @@ impl KeyService for Keys {
             name: r.name,
             secret_sha256: key.secret_sha256.to_vec(),
             expires_at,
-            roles: r.roles,
+            roles,
         }));
         self.cluster.propose_one(cmd).await?;
         let state = self.cluster.view().read();
@@ -77,7 +79,6 @@ impl KeyService for Keys {
 
     async fn list(&self, req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
-        super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
         let state = self.cluster.view().read();
         let user_id = if r.user.is_empty() { None } else { Some(find_user(&state, &r.user)?.user_id.clone()) };
@@ -96,7 +97,6 @@ impl KeyService for Keys {
         authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
         let id = &req.get_ref().id;
         rules::validate_key_id(id).map_err(invalid)?;
-        super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
         let key = state.api_key(id).ok_or_else(|| ApiError::NotFound(format!("no key {id}")))?;
         Ok(Response::new(key_pb(&state, key)))
@@ -111,7 +111,6 @@ impl KeyService for Keys {
         if r.grace_seconds > MAX_GRACE_SECONDS {
             return Err(ApiError::InvalidArgument("grace period is longer than 30 days".into()).into());
         }
-        super::read_your_writes(&self.cluster).await;
         let old = self
             .cluster
             .view()
@@ -119,11 +118,7 @@ impl KeyService for Keys {
             .api_key(&r.id)
             .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("no key {}", r.id)))?;
-        {
-            let state = self.cluster.view().read();
-            let user_roles = state.user(&old.user_id).map(|u| u.roles.clone()).unwrap_or_default();
-            check_covers(&state, &actor, if old.roles.is_empty() { &user_roles } else { &old.roles })?;
-        }
+        check_covers_owner(&self.cluster.view().read(), &actor, &old.user_id)?;
         let key = credentials::new_api_key();
         tracing::Span::current().record("new_key_id", key.key_id.as_str());
         let now = now_ms();
@@ -159,6 +154,12 @@ impl KeyService for Keys {
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         rules::validate_key_id(&r.id).map_err(invalid)?;
+        {
+            let state = self.cluster.view().read();
+            if let Some(key) = state.api_key(&r.id) {
+                check_covers_owner(&state, &actor, &key.user_id)?;
+            }
+        }
         let cmd = self.cluster.command(Payload::RevokeApiKey(RevokeApiKey { key_id: r.id }));
         let result = self.cluster.propose_one(cmd).await?;
         Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))

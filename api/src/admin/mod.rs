@@ -22,9 +22,10 @@ use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord
 use crate::identity::Principal;
 use crate::{ApiError, Cluster};
 
-/// Before an admin read: catch up with what the leader had committed when
-/// the call arrived, so a read after a write through another node sees it.
-/// (The caller was already checked fresh, so on failure the local view is
+/// Before every admin call's authorization ([`auth::authorize`]): catch up
+/// with what the leader had committed when the call arrived, so the caller's
+/// key and roles, and a read after a write through another node, are current.
+/// (The node was already checked fresh, so on failure the local view is
 /// within `max_staleness`.)
 pub async fn read_your_writes(cluster: &Cluster) {
     if !cluster.catch_up(Duration::from_secs(1)).await {
@@ -52,6 +53,27 @@ pub fn check_covers(state: &State, caller: &Principal, target: &[String]) -> Res
     } else {
         tracing::info!(user = %caller.username, "admin call denied: target holds permissions the caller does not");
         Err(ApiError::PermissionDenied("the target holds permissions you do not hold".into()))
+    }
+}
+
+/// Refuses unless the caller's roles grant every permission in
+/// `permissions`: a custom role holding `roles.write` cannot define a role
+/// (or redefine one) above its own holder.
+pub fn check_holds(state: &State, caller: &Principal, permissions: &[String]) -> Result<(), ApiError> {
+    if gatehouse_domain::roles::holds_all(state, &caller.roles, permissions) {
+        Ok(())
+    } else {
+        tracing::info!(user = %caller.username, "admin call denied: role above the caller's permissions");
+        Err(ApiError::PermissionDenied("a role can only hold permissions you hold".into()))
+    }
+}
+
+/// [`check_covers`] for the user a credential belongs to (revoking it, or
+/// issuing a new one); unknown ids pass, for apply to answer `not found`.
+pub fn check_covers_owner(state: &State, caller: &Principal, user_id: &str) -> Result<(), ApiError> {
+    match state.user(user_id) {
+        Some(u) => check_covers(state, caller, &u.roles),
+        None => Ok(()),
     }
 }
 

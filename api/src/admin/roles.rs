@@ -12,7 +12,7 @@ use gatehouse_proto::events::{AssignRole, DeleteRole, PutRole, UnassignRole};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::{check_covers, find_user, role_pb, user_pb};
+use super::{check_covers, check_holds, find_user, role_pb, user_pb};
 use crate::{ApiError, Cluster};
 
 pub struct Roles {
@@ -28,6 +28,13 @@ impl Roles {
         let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
         let r = req.into_inner();
         let name = r.name.clone();
+        {
+            let state = self.cluster.view().read();
+            check_holds(&state, &actor, &r.permissions)?;
+            if let Some(existing) = state.role(&name) {
+                check_holds(&state, &actor, &existing.permissions)?;
+            }
+        }
         let cmd = self.cluster.command(Payload::PutRole(PutRole {
             name: r.name,
             permissions: r.permissions,
@@ -45,7 +52,6 @@ impl Roles {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         let r = req.into_inner();
         roles::validate_name(&r.role).map_err(ApiError::InvalidArgument)?;
-        super::read_your_writes(&self.cluster).await;
         let user_id = {
             let state = self.cluster.view().read();
             let user = find_user(&state, &r.user)?;
@@ -69,7 +75,6 @@ impl Roles {
 impl RoleService for Roles {
     async fn list(&self, req: Request<ListRolesRequest>) -> Result<Response<ListRolesResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::RolesRead).await?;
-        super::read_your_writes(&self.cluster).await;
         let built_in = roles::BUILT_IN.iter().map(|name| Role {
             name: name.to_string(),
             permissions: Permission::ALL

@@ -12,7 +12,7 @@ use gatehouse_proto::events::{RevokeAllSessions, RevokeSession, RevokeUserSessio
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::{find_user, revoked, session_pb};
+use super::{check_covers, check_covers_owner, find_user, revoked, session_pb};
 use crate::{ApiError, Cluster};
 
 pub struct Sessions {
@@ -27,7 +27,6 @@ pub fn server(cluster: Cluster) -> SessionServiceServer<Sessions> {
 impl SessionService for Sessions {
     async fn list(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::SessionsRead).await?;
-        super::read_your_writes(&self.cluster).await;
         let r = req.into_inner();
         let state = self.cluster.view().read();
         let user = find_user(&state, &r.user)?;
@@ -44,7 +43,6 @@ impl SessionService for Sessions {
         authorize(&self.cluster, req.metadata(), Permission::SessionsRead).await?;
         let id = &req.get_ref().id;
         users::validate_id("session", id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
         let session = state.session(id).ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
         Ok(Response::new(session_pb(&state, &session)))
@@ -56,6 +54,12 @@ impl SessionService for Sessions {
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         users::validate_id("session", &r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        {
+            let state = self.cluster.view().read();
+            if let Some(session) = state.session(&r.id) {
+                check_covers_owner(&state, &actor, &session.user_id)?;
+            }
+        }
         let cmd = self.cluster.command(Payload::RevokeSession(RevokeSession { session_id: r.id }));
         let result = self.cluster.propose_one(cmd).await?;
         Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
@@ -66,8 +70,12 @@ impl SessionService for Sessions {
         let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
-        super::read_your_writes(&self.cluster).await;
-        let user_id = find_user(&self.cluster.view().read(), &r.user)?.user_id.clone();
+        let user_id = {
+            let state = self.cluster.view().read();
+            let user = find_user(&state, &r.user)?;
+            check_covers(&state, &actor, &user.roles)?;
+            user.user_id.clone()
+        };
         let cmd = self.cluster.command(Payload::RevokeUserSessions(RevokeUserSessions { user_id }));
         let result = self.cluster.propose_one(cmd).await?;
         // The command's result id carries how many sessions it ended.
