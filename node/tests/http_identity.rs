@@ -240,6 +240,10 @@ async fn hostile_input_gets_4xx_and_changes_nothing() {
     let c = TestCluster::start(3).await;
     create_user_with_password(c.node(1), "frank", PASSWORD, &["viewer"]).await;
     let cookie = session_cookie(&login(c.node(1), "frank", PASSWORD).await);
+    create_user_with_password(c.node(1), "grace", PASSWORD, &["viewer"]).await;
+    let grace = session_cookie(&login(c.node(1), "grace", PASSWORD).await);
+    let grace_user = c.node(1).cluster().view().read().user_by_name("grace").unwrap().user_id.clone();
+    let grace_session = c.node(1).cluster().view().read().sessions_of(&grace_user).next().unwrap().session_id;
     let applied_before = c.node(1).cluster().view().applied_index();
     let users_before = c.node(1).cluster().view().read().users().count();
     let n = c.node(2);
@@ -314,15 +318,18 @@ async fn hostile_input_gets_4xx_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // Someone else's or an unknown session id.
-    let r = http()
-        .delete(format!("{}/api/v1/me/sessions/{}", base(n), "0".repeat(32)))
-        .header("cookie", &cookie)
-        .header("x-requested-with", "t")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Someone else's session, or an unknown id: the same answer, and nothing revoked.
+    for id in [grace_session, "0".repeat(32)] {
+        let r = http()
+            .delete(format!("{}/api/v1/me/sessions/{id}", base(n)))
+            .header("cookie", &cookie)
+            .header("x-requested-with", "t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(verify_cookie(n, &grace).await, StatusCode::OK, "grace's session survived frank's attempt");
     let r = http().get(format!("{}/no/such/path", base(n))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "not_found");
@@ -471,5 +478,10 @@ async fn route_rules_require_roles_by_forwarded_host_and_path() {
     assert_eq!(check(operator.clone(), "app.example", "/ops/metrics").await, StatusCode::OK);
     assert_eq!(check(operator.clone(), "admin.example", "/").await, StatusCode::FORBIDDEN);
     assert_eq!(check(c.admin_key.clone(), "ADMIN.example", "/anything").await, StatusCode::OK);
+    // Spellings that would dodge the /ops rule are refused; a look-alike prefix is not the rule's.
+    for dodge in ["//ops/metrics", "/./ops", "/x/../ops", "/%6Fps/metrics"] {
+        assert_eq!(check(viewer.clone(), "app.example", dodge).await, StatusCode::FORBIDDEN, "{dodge}");
+    }
+    assert_eq!(check(viewer.clone(), "app.example", "/opsx").await, StatusCode::OK);
     c.shutdown().await;
 }

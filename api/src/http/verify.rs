@@ -29,17 +29,52 @@ fn unauthorized(e: ApiError) -> Response {
     resp
 }
 
-/// The roles a forwarded request needs, from the first matching route rule.
-fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Option<&'a [String]> {
-    let host = headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok()).unwrap_or("/");
-    rules
-        .iter()
-        .find(|r| r.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host)) && uri.starts_with(&r.path_prefix))
-        .map(|r| r.roles.as_slice())
+/// What the route rules ask of a forwarded request.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// No rule matches.
+    Free,
+    /// The first matching rule's roles (one of them is needed).
+    Needs(&'a [String]),
+    /// Rules exist, but the forwarded path could be read two ways
+    /// (`//`, `.` or `..` segments, percent-escapes, backslashes): a rule
+    /// could be dodged by spelling, so the request is refused.
+    Ambiguous,
 }
 
-#[tracing::instrument(level = "debug", name = "http.verify", skip_all, fields(decision))]
+/// The path of a forwarded URI, if it has exactly one reading.
+fn plain_path(uri: &str) -> Option<&str> {
+    let path = uri.split(['?', '#']).next().unwrap_or("");
+    let ambiguous = !path.starts_with('/')
+        || path.contains("//")
+        || path.contains(['%', '\\'])
+        || path.split('/').any(|seg| seg == "." || seg == "..");
+    (!ambiguous).then_some(path)
+}
+
+/// `prefix` covers `path` on a segment boundary: `/ops` covers `/ops` and
+/// `/ops/x`, not `/opsx`.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The roles a forwarded request needs, from the first matching route rule.
+fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Route<'a> {
+    if rules.is_empty() {
+        return Route::Free;
+    }
+    let host = headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok()).unwrap_or("/");
+    let Some(path) = plain_path(uri) else { return Route::Ambiguous };
+    rules
+        .iter()
+        .find(|r| r.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host)) && under(path, &r.path_prefix))
+        .map_or(Route::Free, |r| Route::Needs(&r.roles))
+}
+
+/// The decision and the caller's id go on the `http.request` span, which
+/// exists only while traces are exported (see `http::guard`): no span of its
+/// own, so the verification path stays span-free otherwise.
 pub async fn verify(State(front): State<Front>, Query(q): Query<VerifyQuery>, headers: HeaderMap) -> Response {
     let (decision, resp) = decide(&front, &q, &headers).await;
     tracing::Span::current().record("decision", decision);
@@ -64,17 +99,23 @@ async fn decide(front: &Front, q: &VerifyQuery, headers: &HeaderMap) -> (&'stati
         Ok(p) => p,
         Err(e) => return (e.code(), unauthorized(e)),
     };
-    // On the request's span when traces are exported (ids only, never the credential).
+    // Ids only, never the credential.
     tracing::Span::current().record("user_id", principal.user_id.as_str());
     if let Some(role) = &q.role {
         if !principal.roles.contains(role) {
             return ("missing_role", ApiError::PermissionDenied(format!("requires role {role}")).into_response());
         }
     }
-    if let Some(needed) = required_roles(&front.config.routes, headers) {
-        if !needed.iter().any(|r| principal.roles.contains(r)) {
+    match required_roles(&front.config.routes, headers) {
+        Route::Free => {}
+        Route::Needs(needed) if needed.iter().any(|r| principal.roles.contains(r)) => {}
+        Route::Needs(_) => {
             let e = ApiError::PermissionDenied("this route requires another role".into());
             return ("missing_role", e.into_response());
+        }
+        Route::Ambiguous => {
+            let e = ApiError::PermissionDenied("the forwarded path is ambiguous".into());
+            return ("ambiguous_path", e.into_response());
         }
     }
     ("allow", allow(&principal))
@@ -106,11 +147,27 @@ mod tests {
         ];
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-host", HeaderValue::from_static("ADMIN.example"));
-        assert_eq!(required_roles(&rules, &h).unwrap(), ["admin".to_string()]);
+        assert_eq!(required_roles(&rules, &h), Route::Needs(&["admin".to_string()]));
         h.insert("x-forwarded-host", HeaderValue::from_static("app.example"));
-        h.insert("x-forwarded-uri", HeaderValue::from_static("/ops/metrics"));
-        assert_eq!(required_roles(&rules, &h).unwrap().len(), 2);
-        h.insert("x-forwarded-uri", HeaderValue::from_static("/public"));
-        assert!(required_roles(&rules, &h).is_none());
+        for ops in ["/ops", "/ops/metrics", "/ops?x=1", "/ops/a/b#frag"] {
+            h.insert("x-forwarded-uri", HeaderValue::from_str(ops).unwrap());
+            assert!(matches!(required_roles(&rules, &h), Route::Needs(r) if r.len() == 2), "{ops}");
+        }
+        for free in ["/public", "/opsx", "/", "/o"] {
+            h.insert("x-forwarded-uri", HeaderValue::from_str(free).unwrap());
+            assert_eq!(required_roles(&rules, &h), Route::Free, "{free}");
+        }
+    }
+
+    #[test]
+    fn paths_that_could_dodge_a_rule_are_refused() {
+        let rules = vec![RouteRule { host: None, path_prefix: "/ops".into(), roles: vec!["admin".into()] }];
+        let mut h = HeaderMap::new();
+        for hostile in ["//ops", "/./ops", "/x/../ops", "/%6Fps", "/ops%2F..", "\\ops", "ops", "/a//ops"] {
+            h.insert("x-forwarded-uri", HeaderValue::from_str(hostile).unwrap());
+            assert_eq!(required_roles(&rules, &h), Route::Ambiguous, "{hostile}");
+        }
+        // Without rules nothing is looked at.
+        assert_eq!(required_roles(&[], &h), Route::Free);
     }
 }
