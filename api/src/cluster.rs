@@ -97,8 +97,10 @@ impl Cluster {
         .watching_raft()
     }
 
-    /// Counts leader changes and new terms as openraft reports them (a
-    /// scrape would miss a change that came and went between two scrapes).
+    /// Follows openraft's metrics: counts leader changes and new terms (a
+    /// scrape would miss a change that came and went between two scrapes),
+    /// and keeps the leader's latest quorum acknowledgement as a freshness
+    /// proof that outlives a step-down.
     fn watching_raft(self) -> Self {
         let weak = Arc::downgrade(&self.inner);
         let mut rx = self.inner.raft.metrics();
@@ -110,6 +112,13 @@ impl Cluster {
             while rx.changed().await.is_ok() {
                 let Some(inner) = weak.upgrade() else { return };
                 let m = rx.borrow_and_update();
+                if m.state == openraft::ServerState::Leader {
+                    if let Some(acked) =
+                        m.millis_since_quorum_ack.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)))
+                    {
+                        inner.freshness.record_led(acked);
+                    }
+                }
                 if m.current_leader != leader && m.current_leader.is_some() {
                     inner.metrics.raft_leader_changes.inc();
                 }
@@ -379,7 +388,7 @@ impl Cluster {
     /// ask `target` to campaign. It wins, having the longest log and the only
     /// candidacy. Writes queued meanwhile go on to the new leader.
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(NodeId, u64), ApiError> {
-        use gatehouse_proto::raft::{CampaignRequest, PauseElectionsRequest};
+        use gatehouse_proto::raft::CampaignRequest;
         let metrics = self.inner.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(target) {
             return Ok((target, metrics.current_term));
@@ -398,20 +407,10 @@ impl Cluster {
 
         // Wait for the target to hold everything this leader has.
         let mut rx = self.inner.raft.metrics();
-        let caught_up = tokio::time::timeout_at(deadline.into(), async {
-            loop {
-                let done = {
-                    let m = rx.borrow_and_update();
-                    let last = m.last_log_index;
-                    m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index) >= last
-                };
-                if done || rx.changed().await.is_err() {
-                    return done;
-                }
-            }
-        })
-        .await
-        .unwrap_or(false);
+        let holds_all = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+            m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index) >= m.last_log_index
+        };
+        let caught_up = tokio::time::timeout_at(deadline.into(), rx.wait_for(holds_all)).await.is_ok_and(|r| r.is_ok());
         if !caught_up {
             return Err(ApiError::FailedPrecondition(format!("node {target} has not caught up with the leader")));
         }
@@ -424,56 +423,45 @@ impl Cluster {
             .filter(|(id, _)| **id != target && **id != self.inner.id)
             .map(|(_, n)| n.addr.clone())
             .collect();
-        let pause_ms = pause.as_millis() as u64;
-        futures::future::join_all(others.iter().map(|addr| async move {
-            let Ok(mut client) = self.inner.peers.raft_client(addr) else { return };
-            let mut req = tonic::Request::new(PauseElectionsRequest { duration_ms: pause_ms });
-            req.set_timeout(Duration::from_millis(500));
-            if let Err(e) = client.pause_elections(req).await {
-                tracing::warn!(peer = %addr, error = %e, "could not pause elections on a peer");
-            }
-        }))
-        .await;
+        self.pause_peer_elections(&others, pause).await;
 
         // The followers' leases run from their last contact with us.
         tokio::time::sleep(lease + Duration::from_millis(50)).await;
-        let mut client = self.inner.peers.raft_client(&target_addr)?;
-        let mut req = tonic::Request::new(CampaignRequest {});
-        req.set_timeout(Duration::from_millis(500));
-        client.campaign(req).await.map_err(|s| ApiError::from_status(&s))?;
-
-        let led = tokio::time::timeout_at(deadline.into(), async {
-            loop {
-                let now = rx.borrow_and_update().clone();
-                if now.current_leader == Some(target) {
-                    return Some(now.current_term);
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
+        let led = async {
+            let mut client = self.inner.peers.raft_client(&target_addr)?;
+            let mut req = tonic::Request::new(CampaignRequest {});
+            req.set_timeout(Duration::from_millis(500));
+            client.campaign(req).await.map_err(|s| ApiError::from_status(&s))?;
+            let led = tokio::time::timeout_at(deadline.into(), rx.wait_for(|m| m.current_leader == Some(target))).await;
+            match led {
+                Ok(Ok(m)) => Ok(m.current_term),
+                _ => Err(ApiError::Unavailable { leader: self.leader().map(|l| l.1) }),
             }
-        })
-        .await
-        .ok()
-        .flatten();
+        }
+        .await;
 
-        // Everyone may campaign again.
+        // Everyone may campaign again, whatever happened.
         self.pause_elections(Duration::ZERO);
-        futures::future::join_all(others.iter().map(|addr| async move {
-            if let Ok(mut client) = self.inner.peers.raft_client(addr) {
-                let mut req = tonic::Request::new(PauseElectionsRequest { duration_ms: 0 });
-                req.set_timeout(Duration::from_millis(500));
-                let _ = client.pause_elections(req).await;
+        self.pause_peer_elections(&others, Duration::ZERO).await;
+        let term = led?;
+        tracing::info!(to = target, term, "leadership transferred");
+        Ok((target, term))
+    }
+
+    /// Asks the peers at `addrs` to pause elections for `duration` (zero
+    /// resumes them); best effort, as their pauses end by themselves.
+    async fn pause_peer_elections(&self, addrs: &[String], duration: Duration) {
+        use gatehouse_proto::raft::PauseElectionsRequest;
+        let duration_ms = duration.as_millis() as u64;
+        futures::future::join_all(addrs.iter().map(|addr| async move {
+            let Ok(mut client) = self.inner.peers.raft_client(addr) else { return };
+            let mut req = tonic::Request::new(PauseElectionsRequest { duration_ms });
+            req.set_timeout(Duration::from_millis(500));
+            if let Err(e) = client.pause_elections(req).await {
+                tracing::warn!(peer = %addr, error = %e, duration_ms, "could not pause or resume elections on a peer");
             }
         }))
         .await;
-        match led {
-            Some(term) => {
-                tracing::info!(to = target, term, "leadership transferred");
-                Ok((target, term))
-            }
-            None => Err(ApiError::Unavailable { leader: self.leader().map(|l| l.1) }),
-        }
     }
 
     /// The highest log index this node knows to be committed: on the leader,

@@ -52,6 +52,14 @@ impl Freshness {
         }
     }
 
+    /// Records a quorum acknowledgement this node received as leader, so the
+    /// proof outlives a step-down (a leadership transfer). Fed from Raft's
+    /// metrics, off the verification path.
+    pub fn record_led(&self, acked_at: Instant) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.led_at = c.led_at.max(Some(acked_at));
+    }
+
     /// The commit index the leader last reported (0 before any contact).
     pub fn reported_commit(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).last.map_or(0, |(_, c)| c)
@@ -85,16 +93,9 @@ impl Freshness {
         match m.state {
             // A leader elected a moment ago has no quorum acknowledgement
             // yet; until it has, its last proof as a follower still counts.
-            ServerState::Leader => match m.millis_since_quorum_ack {
-                Some(ms) if Duration::from_millis(ms) <= max_staleness => {
-                    // Kept so the proof outlives a step-down (a transfer).
-                    let acked = Instant::now().checked_sub(Duration::from_millis(ms));
-                    let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                    c.led_at = c.led_at.max(acked);
-                    true
-                }
-                _ => proven(),
-            },
+            ServerState::Leader => {
+                m.millis_since_quorum_ack.is_some_and(|ms| Duration::from_millis(ms) <= max_staleness) || proven()
+            }
             // During an election (a vote granted, no new leader heard from
             // yet) the last proof counts too: everything revoked since is
             // younger than the bound, whoever wins.

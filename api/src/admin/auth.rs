@@ -22,30 +22,33 @@ pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permis
     if !cluster.is_fresh() {
         return Err(ApiError::Stale);
     }
-    authorize_stale(cluster, meta, permission).await
-}
-
-/// [`authorize`] without the freshness check, for read-only diagnostics
-/// (cluster status) that must keep working on a node cut off from the leader.
-///
-/// The node first catches up with the leader's commit index, then the key
-/// is resolved like every credential ([`identity::resolve`]): a key or role
-/// change acknowledged through another node a moment ago holds here too.
-pub async fn authorize_stale(
-    cluster: &Cluster,
-    meta: &MetadataMap,
-    permission: Permission,
-) -> Result<Principal, ApiError> {
-    let token = bearer(meta).ok_or(ApiError::Unauthenticated)?;
-    // The admin API takes API keys, not browser sessions.
-    if !token.starts_with(keys::KEY_PREFIX) {
-        return Err(ApiError::Unauthenticated);
-    }
     // Admin calls are rare and change what others may do: decide them on
     // everything committed when the call arrived, so a key revoked or a role
     // taken away through another node a moment ago no longer counts here.
     // (On failure the local view is still within `max_staleness`.)
     super::read_your_writes(cluster).await;
+    check(cluster, meta, permission).await
+}
+
+/// [`authorize`] without the freshness check and the catch-up, for read-only
+/// diagnostics (cluster status) that must answer at once on a node cut off
+/// from the leader. The key is still resolved like every credential
+/// ([`identity::resolve`]).
+pub async fn authorize_stale(
+    cluster: &Cluster,
+    meta: &MetadataMap,
+    permission: Permission,
+) -> Result<Principal, ApiError> {
+    check(cluster, meta, permission).await
+}
+
+/// The key in `meta`, resolved, and RBAC.
+async fn check(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
+    let token = bearer(meta).ok_or(ApiError::Unauthenticated)?;
+    // The admin API takes API keys, not browser sessions.
+    if !token.starts_with(keys::KEY_PREFIX) {
+        return Err(ApiError::Unauthenticated);
+    }
     let caller = identity::resolve(cluster, token)
         .await
         .inspect_err(|e| tracing::info!(reason = %e.code(), "admin call refused"))?;

@@ -46,15 +46,13 @@ impl Users {
         Ok(user_pb(self.cluster.view().read().user(user_id).ok_or(ApiError::Internal)?))
     }
 
-    /// Catches up, then resolves `user` (a username or id) to an id.
-    async fn resolve(&self, user: &str) -> Result<String, ApiError> {
-        super::read_your_writes(&self.cluster).await;
+    /// Resolves `user` (a username or id) to an id ([`authorize`] caught up already).
+    fn resolve(&self, user: &str) -> Result<String, ApiError> {
         Ok(find_user(&self.cluster.view().read(), user)?.user_id.clone())
     }
 
     /// [`Users::resolve`] for a change: the caller must cover the user's roles.
-    async fn resolve_for_change(&self, actor: &Principal, user: &str) -> Result<String, ApiError> {
-        super::read_your_writes(&self.cluster).await;
+    fn resolve_for_change(&self, actor: &Principal, user: &str) -> Result<String, ApiError> {
         let state = self.cluster.view().read();
         let u = find_user(&state, user)?;
         check_covers(&state, actor, &u.roles)?;
@@ -72,7 +70,6 @@ impl UserService for Users {
         let username = r.username.to_ascii_lowercase();
         rules::validate_username(&username).map_err(invalid)?;
         rules::validate_email(&r.email).map_err(invalid)?;
-        super::read_your_writes(&self.cluster).await;
         rules::validate_roles(&self.cluster.view().read(), &r.roles).map_err(|e| match e {
             ApplyError::NotFound(m) => ApiError::NotFound(m),
             e => invalid(e),
@@ -100,7 +97,7 @@ impl UserService for Users {
 
     async fn get(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::UsersRead).await?;
-        let user_id = self.resolve(&req.get_ref().user).await?;
+        let user_id = self.resolve(&req.get_ref().user)?;
         Ok(Response::new(self.current(&user_id)?))
     }
 
@@ -111,7 +108,6 @@ impl UserService for Users {
         if !r.role.is_empty() {
             gatehouse_domain::roles::validate_name(&r.role).map_err(ApiError::InvalidArgument)?;
         }
-        super::read_your_writes(&self.cluster).await;
         let state = self.cluster.view().read();
         let users: Vec<(String, User)> = state
             .users()
@@ -136,7 +132,7 @@ impl UserService for Users {
         if r.email.is_empty() && !r.set_roles && status.is_none() {
             return Err(ApiError::InvalidArgument("nothing to update: give an email, roles or a status".into()).into());
         }
-        let user_id = self.resolve_for_change(&actor, &r.user).await?;
+        let user_id = self.resolve_for_change(&actor, &r.user)?;
         tracing::Span::current().record("user_id", user_id.as_str());
         if r.set_roles {
             let state = self.cluster.view().read();
@@ -165,7 +161,7 @@ impl UserService for Users {
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         crate::passwords::check_policy(&r.password)?;
-        let user_id = self.resolve_for_change(&actor, &r.user).await?;
+        let user_id = self.resolve_for_change(&actor, &r.user)?;
         tracing::Span::current().record("user_id", user_id.as_str());
         let sessions = self.cluster.view().read().sessions_of(&user_id).count() as u32;
         let password_hash = self.passwords.hash(r.password).await?;
@@ -179,7 +175,7 @@ impl UserService for Users {
     async fn delete(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
-        let user_id = self.resolve_for_change(&actor, &req.get_ref().user).await?;
+        let user_id = self.resolve_for_change(&actor, &req.get_ref().user)?;
         tracing::Span::current().record("user_id", user_id.as_str());
         let (keys, sessions) = {
             let state = self.cluster.view().read();
@@ -201,7 +197,7 @@ impl UserService for Users {
         let r = req.into_inner();
         let status = parse_status(&r.status)?
             .ok_or_else(|| ApiError::InvalidArgument("status must be active or disabled".into()))?;
-        let user_id = self.resolve_for_change(&actor, &r.user).await?;
+        let user_id = self.resolve_for_change(&actor, &r.user)?;
         let cmd = self
             .cluster
             .command(Payload::SetUserStatus(SetUserStatus { user_id: user_id.clone(), status: status as i32 }));
