@@ -105,7 +105,11 @@ pub fn init(format: LogFormat, cfg: &TelemetryConfig, node_id: u64) -> Telemetry
     let exporting = provider.is_some();
     gatehouse_api::trace::set_exporting(exporting);
     if exporting {
-        tracing::info!(endpoint = %endpoint(cfg).map(|e| e.0).unwrap_or_default(), "exporting traces over OTLP/gRPC");
+        // Host and port only: an endpoint URL may carry credentials.
+        let endpoint = endpoint(cfg).and_then(|(e, _)| e.parse::<tonic::codegen::http::Uri>().ok());
+        let collector =
+            endpoint.as_ref().and_then(|u| u.host().map(|h| format!("{h}:{}", u.port_u16().unwrap_or(4317))));
+        tracing::info!(collector = collector.as_deref().unwrap_or("?"), "exporting traces over OTLP/gRPC");
     }
     Telemetry { provider }
 }
