@@ -37,6 +37,11 @@ async fn rpcs_without_the_right_secret_are_refused() {
     assert_eq!(client.local_status(pb::LocalStatusRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let chunks = tokio_stream::iter(vec![pb::SnapshotChunk::default()]);
     assert_eq!(client.install_snapshot(chunks).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(client.read_index(pb::ReadIndexRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // Leadership-transfer steps: a stray process must not freeze elections or start one.
+    let pause = pb::PauseElectionsRequest { duration_ms: 60_000 };
+    assert_eq!(client.pause_elections(pause).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(client.campaign(pb::CampaignRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     // No secret at all.
     let ch = c.node(leader).cluster().peers().channel(&addr).unwrap();
@@ -156,6 +161,8 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
         data: vec![1, 2, 3],
     }]);
     assert_eq!(client.install_snapshot(no_meta).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let endless = pb::PauseElectionsRequest { duration_ms: u64::MAX };
+    assert_eq!(client.pause_elections(endless).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     // Truncated and random bytes.
     let valid = pb::AppendEntriesRequest {
