@@ -84,8 +84,13 @@ async fn onboard_a_user_issue_a_key_and_revoke_it_everywhere() {
     );
     let other = other["key"].as_str().unwrap().to_string();
     admin_cli(&ep(&c, 2), &admin, &["user", "disable", "hank"]).await.unwrap();
+    // `disable` returns once committed; each node refuses the key once it applied the change.
     for n in 1..=3 {
-        assert_eq!(verify(&c, n, &other).await, StatusCode::FORBIDDEN);
+        let (c, other) = (&c, &other);
+        common::wait_until("disabled user's key refused", std::time::Duration::from_secs(5), || async move {
+            verify(c, n, other).await == StatusCode::FORBIDDEN
+        })
+        .await;
     }
     c.shutdown().await;
 }
