@@ -19,11 +19,15 @@
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
 //! - [`requests`]: idempotency of retried commands.
+//! - [`limits`]: replicated rate-limit counts (strict hits, global deltas).
+//! - [`audit`]: the hash-chained audit log, its prune and its verifier.
 //! - [`redact`]: commands as the event stream shows them (no secret hashes).
 //! - [`result`]: command outcomes.
 
+pub mod audit;
 pub mod codec;
 pub mod keys;
+pub mod limits;
 pub mod mutation;
 pub mod redact;
 pub mod requests;

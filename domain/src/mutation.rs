@@ -12,11 +12,31 @@ pub enum Table {
     Sessions,
     Roles,
     Requests,
+    /// Rate-limit buckets.
+    Limits,
+    /// Audit records by sequence number. Kept in storage only, never loaded into the view.
+    Audit,
+    /// The audit chain's head and anchor.
+    AuditChain,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 5] = [Table::Users, Table::ApiKeys, Table::Sessions, Table::Roles, Table::Requests];
+    pub const ALL: [Table; 8] = [
+        Table::Users,
+        Table::ApiKeys,
+        Table::Sessions,
+        Table::Roles,
+        Table::Requests,
+        Table::Limits,
+        Table::Audit,
+        Table::AuditChain,
+    ];
+
+    /// Whether the in-memory view holds this table (audit records stay on disk).
+    pub fn in_view(self) -> bool {
+        self != Table::Audit
+    }
 
     /// A stable name, used as the column family name and in snapshots.
     pub fn name(self) -> &'static str {
@@ -26,6 +46,9 @@ impl Table {
             Table::Sessions => "sessions",
             Table::Roles => "roles",
             Table::Requests => "requests",
+            Table::Limits => "rate_limits",
+            Table::Audit => "audit",
+            Table::AuditChain => "audit_chain",
         }
     }
 
@@ -37,6 +60,19 @@ impl Table {
 /// One write to a projection table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
-    Put { table: Table, key: Vec<u8>, value: Vec<u8> },
-    Delete { table: Table, key: Vec<u8> },
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: Table,
+        key: Vec<u8>,
+    },
+    /// Deletes every key in `[from, to)`.
+    DeleteRange {
+        table: Table,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
 }

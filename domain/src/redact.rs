@@ -34,7 +34,11 @@ pub fn redacted(mut cmd: Command) -> Command {
             | Payload::RevokeAllSessions(_)
             | Payload::RecordUse(_)
             | Payload::PutRole(_)
-            | Payload::DeleteRole(_),
+            | Payload::DeleteRole(_)
+            | Payload::RateHit(_)
+            | Payload::RateDeltas(_)
+            | Payload::AppendAudit(_)
+            | Payload::PruneAudit(_),
         )
         | None => {}
     }

@@ -13,6 +13,9 @@ pub enum ApplyError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A strict rate limit refused the hit.
+    #[error("{0}")]
+    Limited(String),
 }
 
 impl ApplyError {
@@ -22,6 +25,7 @@ impl ApplyError {
             ApplyError::NotFound(_) => Code::NotFound,
             ApplyError::AlreadyExists(_) => Code::AlreadyExists,
             ApplyError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApplyError::Limited(_) => Code::Limited,
         }
     }
 }

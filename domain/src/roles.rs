@@ -56,10 +56,12 @@ pub enum Permission {
     RolesWrite,
     /// Follow the committed log (`Watch`).
     EventsRead,
+    /// Query, export and verify the audit log.
+    AuditRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::ClusterRead,
         Permission::ClusterAdmin,
         Permission::UsersRead,
@@ -71,6 +73,7 @@ impl Permission {
         Permission::RolesRead,
         Permission::RolesWrite,
         Permission::EventsRead,
+        Permission::AuditRead,
     ];
 
     pub fn from_name(name: &str) -> Option<Permission> {
@@ -90,6 +93,7 @@ impl Permission {
             Permission::RolesRead => "roles.read",
             Permission::RolesWrite => "roles.write",
             Permission::EventsRead => "events.read",
+            Permission::AuditRead => "audit.read",
         }
     }
 }
@@ -100,12 +104,12 @@ impl Permission {
 /// |---|---|---|---|
 /// | `cluster.read`, `users.read`, `keys.read`, `sessions.read`, `roles.read` | yes | yes | yes |
 /// | `users.write`, `keys.write`, `sessions.write`, `events.read` | yes | yes | no |
-/// | `cluster.admin`, `roles.write` | yes | no | no |
+/// | `cluster.admin`, `roles.write`, `audit.read` | yes | no | no |
 pub fn grants(role: &str, permission: Permission) -> bool {
     use Permission::*;
     match role {
         ADMIN => true,
-        OPERATOR => !matches!(permission, ClusterAdmin | RolesWrite),
+        OPERATOR => !matches!(permission, ClusterAdmin | RolesWrite | AuditRead),
         VIEWER => matches!(permission, ClusterRead | UsersRead | KeysRead | SessionsRead | RolesRead),
         _ => false,
     }

@@ -3,14 +3,15 @@
 use std::collections::HashMap;
 
 use gatehouse_proto::events::{command::Payload, Command, CommandResult};
-use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
+use gatehouse_proto::state::{ApiKeyRecord, AuditChain, RoleRecord, SessionRecord, UserRecord};
 
 use crate::codec::{self, DecodeError};
+use crate::limits::Limits;
 use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError};
 use crate::sessions::{self, Sessions};
-use crate::{keys, roles, usage, users};
+use crate::{audit, keys, limits, roles, usage, users};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -27,6 +28,9 @@ pub struct State {
     /// Custom roles by name.
     pub(crate) roles: HashMap<String, RoleRecord>,
     pub(crate) requests: Requests,
+    pub(crate) limits: Limits,
+    /// The audit chain's head and anchor (the records stay in storage).
+    pub(crate) audit: AuditChain,
 }
 
 impl State {
@@ -38,6 +42,7 @@ impl State {
     pub fn apply(&mut self, log_index: u64, cmd: &Command, out: &mut Vec<Mutation>) -> CommandResult {
         self.requests.prune(cmd.proposed_at, out);
         self.sessions.prune(cmd.proposed_at, out);
+        self.limits.prune(cmd.proposed_at, out);
         if let Some(first) = self.requests.get(&cmd.request_id) {
             return first.clone();
         }
@@ -61,6 +66,10 @@ impl State {
             Some(Payload::RecordUse(c)) => usage::record(self, c, out),
             Some(Payload::PutRole(c)) => roles::put_role(self, cmd.proposed_at, c, out),
             Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out),
+            Some(Payload::RateHit(c)) => limits::hit(self, cmd.proposed_at, c, out),
+            Some(Payload::RateDeltas(c)) => limits::add(self, cmd.proposed_at, c, out),
+            Some(Payload::AppendAudit(c)) => audit::append(self, cmd.origin_node, cmd.proposed_at, c, out),
+            Some(Payload::PruneAudit(c)) => audit::prune(self, c, out),
         };
         let result = to_result(outcome, log_index);
         self.requests.record(cmd, &result, out);
@@ -90,6 +99,10 @@ impl State {
                 self.roles.insert(r.name.clone(), r);
             }
             Table::Requests => self.requests.load(codec::decode(value)?),
+            Table::Limits => self.limits.load(codec::decode(value)?),
+            // Records stay in storage; the chain record says where they stand.
+            Table::Audit => {}
+            Table::AuditChain => self.audit = codec::decode(value)?,
         }
         Ok(())
     }
@@ -139,6 +152,16 @@ impl State {
 
     pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {
         self.sessions.of_user(user_id)
+    }
+
+    /// Rate-limit buckets.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The audit chain's head and anchor (genesis hashes while empty).
+    pub fn audit_chain(&self) -> AuditChain {
+        audit::normalized(self.audit.clone())
     }
 
     /// The first result of a command with this request id, if it was applied.

@@ -6,7 +6,9 @@
 //! ```text
 //!   log       index (u64 BE) → Entry        appended by the leader's log, synced in groups
 //!   meta      vote, last_purged, last_applied, last_membership, snapshot
-//!   users, api_keys, requests               projections written by apply
+//!   users, api_keys, sessions, roles,       projections written by apply and
+//!   requests, rate_limits, audit_chain      loaded into the in-memory view
+//!   audit     seq (u64 BE) → AuditRecord    written by apply, read only by [`audit`]
 //! ```
 //!
 //! Apply writes a batch of entries' projection mutations together with
@@ -20,11 +22,13 @@
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
 //! - [`state_machine`]: `RaftStateMachine` and the shared in-memory view.
 //! - [`snapshot`]: the snapshot file format, build and install.
+//! - [`audit`]: reading and verifying the hash-chained audit records.
 
 // openraft's storage traits dictate `openraft::StorageError` (224 bytes) as the
 // error type; our helpers return the same type rather than converting twice.
 #![allow(clippy::result_large_err)]
 
+pub mod audit;
 pub mod convert;
 pub mod db;
 pub mod log_store;
@@ -32,6 +36,7 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
+pub use audit::{AuditLog, VerifyReport};
 pub use db::{open, Storage};
 pub use log_store::{LogReader, LogStore};
 pub use snapshot::SnapshotFile;

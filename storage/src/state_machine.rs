@@ -103,7 +103,7 @@ impl StateMachine {
     pub(crate) fn open(storage: Storage) -> Result<Self, StorageError> {
         snapshot::clean_incoming(&storage);
         let mut state = State::default();
-        for table in Table::ALL {
+        for table in Table::ALL.into_iter().filter(|t| t.in_view()) {
             for item in storage.db.iterator_cf(storage.table(table), IteratorMode::Start) {
                 let (_, value) = item?;
                 state
@@ -216,6 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match m {
                 Mutation::Put { table, key, value } => batch.put_cf(self.storage.table(table), key, value),
                 Mutation::Delete { table, key } => batch.delete_cf(self.storage.table(table), key),
+                Mutation::DeleteRange { table, from, to } => batch.delete_range_cf(self.storage.table(table), from, to),
             }
         }
         let meta_cf = self.storage.cf(CF_META);

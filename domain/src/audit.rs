@@ -1,0 +1,335 @@
+//! The tamper-evident audit log.
+//!
+//! Nodes batch the security events they see into `AppendAudit` commands.
+//! Apply numbers each event and chains it to the one before:
+//!
+//! ```text
+//!   h_0 = 32 zero bytes
+//!   h_n = SHA-256(h_{n-1} || canonical(record_n))
+//! ```
+//!
+//! where `canonical(record_n)` is the protobuf encoding of the
+//! [`AuditRecord`] with its `hash` left empty (prost writes fields in tag
+//! order, so the encoding is stable). Changing, inserting or removing a
+//! stored record breaks the chain at that point; [`Verifier`] finds it.
+//!
+//! Records live only in storage (they are not kept in memory); the view
+//! holds the [`AuditChain`]: the newest record and the anchor that retained
+//! records chain from after a prune.
+
+use gatehouse_proto::events::{AppendAudit, AuditEvent, PruneAudit};
+use gatehouse_proto::state::{AuditChain, AuditRecord};
+use sha2::{Digest, Sha256};
+
+use crate::mutation::{Mutation, Table};
+use crate::result::ApplyError;
+use crate::state::State;
+use crate::{codec, state::put};
+
+/// Most events in one command.
+pub const MAX_EVENTS: usize = 10_000;
+/// Largest encoded event.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// The key of the chain record in [`Table::AuditChain`].
+pub const CHAIN_KEY: &str = "chain";
+/// The hash the first record chains from.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The storage key of record `seq`: big-endian, so records sort by sequence.
+pub fn record_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// `h_n` from `h_{n-1}` and record n (whose own hash field is ignored).
+pub fn chain_hash(prev: &[u8], seq: u64, event: &AuditEvent) -> [u8; 32] {
+    let canonical = AuditRecord { seq, event: Some(event.clone()), hash: Vec::new() };
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(prost::Message::encode_to_vec(&canonical));
+    h.finalize().into()
+}
+
+/// Fills in the genesis hashes of a chain that never had a record.
+pub fn normalized(mut chain: AuditChain) -> AuditChain {
+    if chain.head_hash.is_empty() {
+        chain.head_hash = GENESIS.to_vec();
+    }
+    if chain.anchor_hash.is_empty() {
+        chain.anchor_hash = GENESIS.to_vec();
+    }
+    chain
+}
+
+fn store(state: &mut State, event: AuditEvent, out: &mut Vec<Mutation>) {
+    let chain = &mut state.audit;
+    if chain.head_hash.is_empty() {
+        *chain = normalized(std::mem::take(chain));
+    }
+    let seq = chain.head_seq + 1;
+    let hash = chain_hash(&chain.head_hash, seq, &event);
+    let record = AuditRecord { seq, event: Some(event), hash: hash.to_vec() };
+    out.push(Mutation::Put { table: Table::Audit, key: record_key(seq).to_vec(), value: codec::encode(&record) });
+    chain.head_seq = seq;
+    chain.head_hash = hash.to_vec();
+}
+
+pub(crate) fn append(
+    state: &mut State,
+    origin_node: u64,
+    now: u64,
+    c: &AppendAudit,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    if c.events.len() > MAX_EVENTS {
+        return Err(ApplyError::Invalid("too many audit events in one command".into()));
+    }
+    if c.events.iter().any(|e| prost::Message::encoded_len(e) > MAX_EVENT_BYTES || e.action.is_empty()) {
+        return Err(ApplyError::Invalid("audit event empty or too large".into()));
+    }
+    let first = state.audit.head_seq + 1;
+    if c.dropped > 0 {
+        let note = AuditEvent {
+            at: now,
+            action: "audit.dropped".into(),
+            outcome: "failed".into(),
+            node_id: origin_node,
+            resource: format!("node:{origin_node}"),
+            detail: format!("count={}", c.dropped),
+            ..Default::default()
+        };
+        store(state, note, out);
+    }
+    for e in &c.events {
+        store(state, e.clone(), out);
+    }
+    out.push(put(Table::AuditChain, CHAIN_KEY, &state.audit));
+    Ok(format!("{first}"))
+}
+
+/// Deletes records `anchor_seq + 1 ..= through_seq`; the proposer checked
+/// they are past retention and that `through_hash` is what the chain says.
+pub(crate) fn prune(state: &mut State, c: &PruneAudit, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    let chain = &mut state.audit;
+    if c.through_seq <= chain.anchor_seq || c.through_seq > chain.head_seq {
+        return Err(ApplyError::FailedPrecondition("nothing to prune up to that sequence number".into()));
+    }
+    if c.through_hash.len() != 32 {
+        return Err(ApplyError::Invalid("the anchor hash must be 32 bytes".into()));
+    }
+    if c.through_seq == chain.head_seq && c.through_hash[..] != chain.head_hash[..] {
+        return Err(ApplyError::FailedPrecondition("the anchor hash is not the chain's".into()));
+    }
+    out.push(Mutation::DeleteRange {
+        table: Table::Audit,
+        from: record_key(chain.anchor_seq + 1).to_vec(),
+        to: record_key(c.through_seq + 1).to_vec(),
+    });
+    chain.anchor_seq = c.through_seq;
+    chain.anchor_hash = c.through_hash.clone();
+    let pruned = c.through_seq;
+    out.push(put(Table::AuditChain, CHAIN_KEY, &state.audit));
+    Ok(pruned.to_string())
+}
+
+/// Where a chain check stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broken {
+    /// The record with this sequence number is missing.
+    Missing(u64),
+    /// Record `seq` does not hash to what is stored (changed, or its predecessor was).
+    Mismatch(u64),
+    /// A stored value that is not a record, or a record under the wrong key.
+    Malformed(u64),
+    /// Records beyond the chain's recorded head, or the head's hash differs.
+    Head(u64),
+}
+
+impl Broken {
+    /// The first sequence number that fails.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Broken::Missing(s) | Broken::Mismatch(s) | Broken::Malformed(s) | Broken::Head(s) => *s,
+        }
+    }
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Missing(s) => write!(f, "record {s} is missing"),
+            Broken::Mismatch(s) => write!(f, "record {s} does not match its chain hash"),
+            Broken::Malformed(s) => write!(f, "record {s} cannot be read"),
+            Broken::Head(s) => write!(f, "the chain's head does not match record {s}"),
+        }
+    }
+}
+
+/// Recomputes the chain record by record, in sequence order.
+#[derive(Debug)]
+pub struct Verifier {
+    expected_seq: u64,
+    hash: Vec<u8>,
+    head_seq: u64,
+    head_hash: Vec<u8>,
+    pub checked: u64,
+}
+
+impl Verifier {
+    /// Starts from the chain's anchor; checks up to its head.
+    pub fn new(chain: &AuditChain) -> Self {
+        let chain = normalized(chain.clone());
+        Verifier {
+            expected_seq: chain.anchor_seq + 1,
+            hash: chain.anchor_hash.clone(),
+            head_seq: chain.head_seq,
+            head_hash: chain.head_hash.clone(),
+            checked: 0,
+        }
+    }
+
+    /// The next stored record (its key and value).
+    pub fn next(&mut self, key: &[u8], value: &[u8]) -> Result<(), Broken> {
+        let seq = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| Broken::Malformed(self.expected_seq))?;
+        if seq > self.head_seq {
+            return Err(Broken::Head(seq));
+        }
+        if seq != self.expected_seq {
+            return Err(if seq > self.expected_seq {
+                Broken::Missing(self.expected_seq)
+            } else {
+                Broken::Malformed(seq)
+            });
+        }
+        let record: AuditRecord = codec::decode(value).map_err(|_| Broken::Malformed(seq))?;
+        let event = record.event.as_ref().ok_or(Broken::Malformed(seq))?;
+        if record.seq != seq {
+            return Err(Broken::Malformed(seq));
+        }
+        let want = chain_hash(&self.hash, seq, event);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &record.hash[..])) {
+            return Err(Broken::Mismatch(seq));
+        }
+        self.hash = record.hash;
+        self.expected_seq += 1;
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// After the last stored record: the chain must end at its head.
+    pub fn finish(&self) -> Result<(), Broken> {
+        if self.expected_seq <= self.head_seq {
+            return Err(Broken::Missing(self.expected_seq));
+        }
+        if self.hash != self.head_hash {
+            return Err(Broken::Head(self.head_seq));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_proto::events::{command::Payload, Command};
+
+    fn event(action: &str) -> AuditEvent {
+        AuditEvent { at: 5, action: action.into(), outcome: "ok".into(), ..Default::default() }
+    }
+
+    fn append_cmd(events: Vec<AuditEvent>, dropped: u64) -> Command {
+        Command {
+            proposed_at: 10,
+            origin_node: 2,
+            payload: Some(Payload::AppendAudit(AppendAudit { events, dropped })),
+            ..Default::default()
+        }
+    }
+
+    /// The records apply wrote, as (key, value) in key order.
+    fn records(out: &[Mutation]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut r: Vec<_> = out
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::Put { table: Table::Audit, key, value } => Some((key.clone(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        r.sort();
+        r
+    }
+
+    fn verify(chain: &AuditChain, recs: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Broken> {
+        let mut v = Verifier::new(chain);
+        for (k, val) in recs {
+            v.next(k, val)?;
+        }
+        v.finish()?;
+        Ok(v.checked)
+    }
+
+    #[test]
+    fn appends_chain_and_any_change_is_found() {
+        let mut s = State::default();
+        let mut out = Vec::new();
+        let r = s.apply(1, &append_cmd(vec![event("login.success"), event("logout")], 3), &mut out);
+        assert_eq!(r.id, "1");
+        s.apply(2, &append_cmd(vec![event("key.create")], 0), &mut out);
+        assert_eq!(s.audit_chain().head_seq, 4);
+        let recs = records(&out);
+        assert_eq!(verify(&s.audit_chain(), &recs), Ok(4));
+        let first: AuditRecord = codec::decode(&recs[0].1).unwrap();
+        assert_eq!(first.event.unwrap().action, "audit.dropped");
+
+        // Change one field of record 2.
+        let mut changed = recs.clone();
+        let mut r2: AuditRecord = codec::decode(&changed[1].1).unwrap();
+        r2.event.as_mut().unwrap().outcome = "denied".into();
+        changed[1].1 = codec::encode(&r2);
+        assert_eq!(verify(&s.audit_chain(), &changed), Err(Broken::Mismatch(2)));
+        // Remove record 3, or the last one.
+        let mut gap = recs.clone();
+        gap.remove(2);
+        assert_eq!(verify(&s.audit_chain(), &gap), Err(Broken::Missing(3)));
+        assert_eq!(verify(&s.audit_chain(), &recs[..3]), Err(Broken::Missing(4)));
+        // Garbage under a record's key.
+        let mut junk = recs.clone();
+        junk[0].1 = vec![1, 2, 3];
+        assert_eq!(verify(&s.audit_chain(), &junk), Err(Broken::Malformed(1)));
+    }
+
+    #[test]
+    fn prune_keeps_the_rest_verifiable() {
+        let mut s = State::default();
+        let mut out = Vec::new();
+        s.apply(1, &append_cmd((0..5).map(|_| event("login.failure")).collect(), 0), &mut out);
+        let recs = records(&out);
+        let third: AuditRecord = codec::decode(&recs[2].1).unwrap();
+        let prune = |seq: u64, hash: Vec<u8>| Command {
+            proposed_at: 20,
+            payload: Some(Payload::PruneAudit(PruneAudit { through_seq: seq, through_hash: hash })),
+            ..Default::default()
+        };
+        let mut pout = Vec::new();
+        assert_eq!(s.apply(2, &prune(9, third.hash.clone()), &mut pout).code, 4, "beyond the head");
+        assert_eq!(s.apply(3, &prune(5, vec![0; 32]), &mut pout).code, 4, "wrong head hash");
+        assert!(pout.is_empty());
+        assert_eq!(s.apply(4, &prune(3, third.hash), &mut pout).code, 0);
+        assert!(matches!(&pout[0], Mutation::DeleteRange { from, to, .. }
+            if from[..] == record_key(1) && to[..] == record_key(4)));
+        assert_eq!(verify(&s.audit_chain(), &recs[3..]), Ok(2));
+        assert_eq!(s.apply(5, &prune(3, vec![0; 32]), &mut pout).code, 4, "already pruned");
+    }
+
+    #[test]
+    fn oversized_batches_and_events_are_refused_whole() {
+        let mut s = State::default();
+        let mut out = Vec::new();
+        let big = AuditEvent { detail: "x".repeat(MAX_EVENT_BYTES), ..event("a") };
+        assert_eq!(s.apply(1, &append_cmd(vec![event("a"), big], 0), &mut out).code, 1);
+        assert_eq!(s.apply(2, &append_cmd(vec![event("")], 0), &mut out).code, 1);
+        let many = (0..=MAX_EVENTS).map(|_| event("a")).collect();
+        assert_eq!(s.apply(3, &append_cmd(many, 0), &mut out).code, 1);
+        assert!(out.is_empty());
+        assert_eq!(s.audit_chain().head_seq, 0);
+    }
+}
