@@ -64,6 +64,18 @@ struct Inner {
     seen_built: crate::metrics::Seen,
     seen_build_micros: crate::metrics::Seen,
     seen_installed: crate::metrics::Seen,
+    /// Security events waiting to be proposed as audit batches.
+    recorder: crate::audit::Recorder,
+}
+
+/// A handle that does not keep the node alive (background tasks hold this).
+#[derive(Clone)]
+pub struct WeakCluster(std::sync::Weak<Inner>);
+
+impl WeakCluster {
+    pub fn upgrade(&self) -> Option<Cluster> {
+        self.0.upgrade().map(|inner| Cluster { inner })
+    }
 }
 
 /// Unix milliseconds now: the `proposed_at` stamp and the verification clock.
@@ -92,6 +104,7 @@ impl Cluster {
                 seen_built: Default::default(),
                 seen_build_micros: Default::default(),
                 seen_installed: Default::default(),
+                recorder: crate::audit::Recorder::new(id),
             }),
         }
         .watching_raft()
@@ -129,6 +142,14 @@ impl Cluster {
             }
         });
         self
+    }
+
+    pub fn downgrade(&self) -> WeakCluster {
+        WeakCluster(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn recorder(&self) -> &crate::audit::Recorder {
+        &self.inner.recorder
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {

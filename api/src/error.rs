@@ -41,6 +41,9 @@ pub enum ApiError {
     /// Too much work queued (password hashing); try again shortly.
     #[error("the server is busy; try again")]
     Busy,
+    /// A rate limit refused the request (429 with `Retry-After`).
+    #[error("rate limit {} reached", .0.policy)]
+    RateLimited(crate::limits::Quota),
     #[error("internal error")]
     Internal,
 }
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Unavailable { .. } => ("unavailable", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
             ApiError::Stale => ("stale", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
             ApiError::Busy => ("busy", StatusCode::SERVICE_UNAVAILABLE, tonic::Code::ResourceExhausted),
+            ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted),
             ApiError::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
         }
     }
@@ -91,6 +95,8 @@ impl ApiError {
             Ok(Code::NotFound) => Err(ApiError::NotFound(msg)),
             Ok(Code::AlreadyExists) => Err(ApiError::AlreadyExists(msg)),
             Ok(Code::FailedPrecondition) => Err(ApiError::FailedPrecondition(msg)),
+            // Strict hits are proposed and read by the limiter, never through here.
+            Ok(Code::Limited) => Err(ApiError::FailedPrecondition(msg)),
             Err(_) => Err(ApiError::Internal),
         }
     }
@@ -131,6 +137,9 @@ impl From<ApiError> for tonic::Status {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::RateLimited(q) = self {
+            return crate::limits::Limited(q).into_response();
+        }
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
         (self.http_status(), axum::Json(body)).into_response()
     }

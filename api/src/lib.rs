@@ -11,6 +11,8 @@
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
 //! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster service.
 //! - [`http`]: the HTTP front: health, forward-auth verify, login, sessions.
+//! - [`limits`]: cluster-wide rate limits (strict and global) and the client IP behind trusted proxies.
+//! - [`audit`]: buffering security events into hash-chained audit batches; retention.
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`credentials`]: random ids and API keys, made on the proposing node.
@@ -19,6 +21,7 @@
 //! - [`error`]: one error type, one status table.
 
 pub mod admin;
+pub mod audit;
 pub mod batcher;
 pub mod cluster;
 pub mod credentials;
@@ -26,6 +29,7 @@ pub mod error;
 pub mod freshness;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod passwords;
 pub mod peers;

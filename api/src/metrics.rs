@@ -49,6 +49,12 @@ pub struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// A configured policy's name (a fixed set).
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -86,6 +92,11 @@ pub struct Metrics {
     pub fresh: Gauge,
     pub staleness_seconds: Gauge<f64, AtomicU64>,
     pub watch_streams: Gauge,
+    pub rate_limited: Family<PolicyLabels, Counter>,
+    pub rate_limit_syncs: Family<OutcomeLabels, Counter>,
+    pub audit_buffered: Gauge,
+    pub audit_dropped: Counter,
+    pub audit_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -121,6 +132,11 @@ impl Metrics {
             fresh: Gauge::default(),
             staleness_seconds: Gauge::default(),
             watch_streams: Gauge::default(),
+            rate_limited: Family::default(),
+            rate_limit_syncs: Family::default(),
+            audit_buffered: Gauge::default(),
+            audit_dropped: Counter::default(),
+            audit_sent: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -154,6 +170,11 @@ impl Metrics {
             m.staleness_seconds.clone(),
         );
         r.register("watch_streams", "open admin Watch streams", m.watch_streams.clone());
+        r.register("rate_limited", "requests refused with 429, by policy", m.rate_limited.clone());
+        r.register("rate_limit_syncs", "global-limit delta syncs by outcome", m.rate_limit_syncs.clone());
+        r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
+        r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
+        r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());
         m
     }
 
@@ -286,7 +307,15 @@ where
         } else {
             tracing::Span::none()
         };
-        let call = span.in_scope(|| self.inner.call(req));
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let ctx = std::sync::Arc::new(crate::audit::GrpcCall::new(peer));
+        let call = crate::audit::GRPC_CALL.sync_scope(ctx.clone(), || span.in_scope(|| self.inner.call(req)));
+        let call = crate::audit::GRPC_CALL.scope(ctx.clone(), call);
         let cluster = self.cluster.clone();
         let record = span.clone();
         Box::pin(
@@ -304,6 +333,13 @@ where
                     Err(_) => tonic::Code::Unknown,
                 };
                 record.record("rpc.grpc.status_code", code as i32);
+                if code == tonic::Code::PermissionDenied {
+                    // RBAC refusals are audited wherever in the handler they happened.
+                    let who = ctx
+                        .caller()
+                        .unwrap_or_else(|| crate::audit::Actor { client_ip: ctx.peer.clone(), ..Default::default() });
+                    cluster.audit(crate::audit::event("rbac.denied", "denied", &who, format!("rpc:{method}")));
+                }
                 cluster.metrics().observe_grpc_label(method, code, started.elapsed());
                 resp
             }

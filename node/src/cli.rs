@@ -36,7 +36,7 @@ pub enum Command {
     /// Run a node.
     Serve(ServeArgs),
     /// Operate a cluster through its admin API.
-    Admin(AdminArgs),
+    Admin(Box<AdminArgs>),
     /// Print a shell completion script, e.g. `gatehouse completions bash > /etc/bash_completion.d/gatehouse`.
     Completions {
         #[arg(value_enum)]
@@ -95,6 +95,9 @@ pub enum AdminCommand {
     /// Roles: built-in ones, custom ones holding permission sets, and who holds them.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// The tamper-evident audit log: query, export, verify.
+    #[command(subcommand)]
+    Audit(crate::audit_cli::AuditCommand),
     /// Follow committed changes as they happen (hashes of secrets removed).
     Watch {
         /// First log index to show (default: the oldest still in the log).
@@ -331,7 +334,7 @@ pub enum ClusterCommand {
 }
 
 #[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
+pub struct Bearer(MetadataValue<Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -365,7 +368,7 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<InterceptedService<Channel,
 }
 
 /// A failed RPC, as the operator should read it.
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let mut msg = format!("{}: {}", code_name(status.code()), status.message());
     if let Some(leader) = status.metadata().get(gatehouse_api::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
         msg.push_str(&format!(" (leader: {leader})"));
@@ -397,11 +400,20 @@ pub async fn admin(args: AdminArgs, out: &mut impl Write) -> anyhow::Result<()> 
         AdminCommand::Key(cmd) => key(KeyServiceClient::new(channel), cmd, json, out).await,
         AdminCommand::Session(cmd) => session(SessionServiceClient::new(channel), cmd, json, out).await,
         AdminCommand::Role(cmd) => role(RoleServiceClient::new(channel), cmd, json, out).await,
+        AdminCommand::Audit(cmd) => {
+            crate::audit_cli::run(
+                gatehouse_proto::admin::audit_service_client::AuditServiceClient::new(channel),
+                cmd,
+                json,
+                out,
+            )
+            .await
+        }
         AdminCommand::Watch { from, limit } => watch(EventServiceClient::new(channel), from, limit, json, out).await,
     }
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 async fn cluster(
     mut client: ClusterServiceClient<Authed>,

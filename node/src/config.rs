@@ -196,6 +196,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub raft: RaftTuning,
     pub identity: IdentityConfig,
+    /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits.md).
+    pub rate_limits: gatehouse_api::limits::LimitsConfig,
+    /// `[audit]`: buffering and retention of the audit log.
+    pub audit: gatehouse_api::audit::AuditConfig,
 }
 
 impl Default for Config {
@@ -218,6 +222,8 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             raft: RaftTuning::default(),
             identity: IdentityConfig::default(),
+            rate_limits: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -233,8 +239,10 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 19] = [
     "identity",
+    "rate_limits",
+    "audit",
     "node_id",
     "mode",
     "data_dir",
@@ -315,6 +323,8 @@ impl Config {
                 "raft timings must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
             );
         }
+        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio must be between 0.0 and 1.0");
         }

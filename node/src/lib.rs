@@ -15,7 +15,9 @@
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line (`serve`, `admin …`).
+//! - [`audit_cli`]: `gatehouse admin audit query|export|verify`.
 
+pub mod audit_cli;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Admin(args) => gatehouse::cli::admin(args, &mut std::io::stdout().lock()).await,
+        Command::Admin(args) => gatehouse::cli::admin(*args, &mut std::io::stdout().lock()).await,
         Command::Completions { shell } => {
             gatehouse::cli::completions(shell, &mut std::io::stdout().lock());
             Ok(())

@@ -81,8 +81,10 @@ impl Node {
         let raft =
             Raft::new(config.node_id, raft_config, Network::new(peers.clone()), log_store, state_machine).await?;
         let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
-
+        let audit_log = gatehouse_storage::AuditLog::new(storage.clone());
         let (stop, _) = watch::channel(false);
+        gatehouse_api::audit::start(cluster.clone(), audit_log.clone(), config.audit.clone(), stop.subscribe());
+
         let front = front(&config, cluster.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -102,7 +104,8 @@ impl Node {
                 .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
                 .add_service(gatehouse_api::admin::keys::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::sessions::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::roles::server(cluster.clone()));
+                .add_service(gatehouse_api::admin::roles::server(cluster.clone()))
+                .add_service(gatehouse_api::admin::audit::server(cluster.clone(), audit_log));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
             // delayed ACKs add ~40 ms stalls to replication and forwarding.
             let incoming =
@@ -165,6 +168,8 @@ impl Node {
                 // and peers may already be gone.
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), front.cluster.last_use().flush(&front.cluster)).await;
+                // Audit events seen up to now go into the log if it takes them.
+                let _ = tokio::time::timeout(Duration::from_secs(2), gatehouse_api::audit::flush(&front.cluster)).await;
             })
         };
         let readiness = tokio::spawn(report_health(cluster.clone(), health, stop.subscribe()));
@@ -214,6 +219,11 @@ impl Node {
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// This node's audit records (read-only).
+    pub fn audit_log(&self) -> gatehouse_storage::AuditLog {
+        gatehouse_storage::AuditLog::new(self.storage.clone())
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -276,7 +286,12 @@ fn front(config: &Config, cluster: Cluster) -> Front {
             .map(|r| RouteRule { host: r.host.clone(), path_prefix: r.path_prefix.clone(), roles: r.roles.clone() })
             .collect(),
     };
-    Front { cluster, config: Arc::new(fc), passwords: PasswordPool::new(id.password_workers, id.password_queue) }
+    Front {
+        limits: gatehouse_api::limits::Limiter::start(cluster.clone(), config.rate_limits.clone()),
+        cluster,
+        config: Arc::new(fc),
+        passwords: PasswordPool::new(id.password_workers, id.password_queue),
+    }
 }
 
 /// Starts a node and runs it until `shutdown` resolves.

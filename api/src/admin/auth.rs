@@ -52,6 +52,7 @@ async fn check(cluster: &Cluster, meta: &MetadataMap, permission: Permission) ->
     let caller = identity::resolve(cluster, token)
         .await
         .inspect_err(|e| tracing::info!(reason = %e.code(), "admin call refused"))?;
+    crate::audit::note_grpc_caller(&caller);
     if !roles::allowed(&cluster.view().read(), &caller.roles, permission) {
         tracing::info!(user = %caller.username, permission = permission.name(), "admin call denied");
         return Err(ApiError::PermissionDenied(format!("requires permission {}", permission.name())));

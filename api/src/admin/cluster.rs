@@ -173,14 +173,15 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.add_learner", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let r = req.get_ref().clone();
         validate_id(r.node_id)?;
         validate_addr(&r.addr)?;
         let raft = self.cluster.raft().clone();
+        let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
         self.on_leader(
             &req,
-            || async move { raft.add_learner(r.node_id, BasicNode { addr: r.addr }, true).await },
+            || async move { audit.done(raft.add_learner(r.node_id, BasicNode { addr: r.addr }, true).await) },
             async |mut c, f| c.add_learner(f).await,
         )
         .await
@@ -188,7 +189,7 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.promote", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
         let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
@@ -196,9 +197,12 @@ impl ClusterService for ClusterAdmin {
             return Err(ApiError::NotFound(format!("node {id} is not a member; add it as a learner first")).into());
         }
         let raft = self.cluster.raft().clone();
+        let audit = self.audit(&actor, "cluster.promote", id, String::new());
         self.on_leader(
             &req,
-            || async move { raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await },
+            || async move {
+                audit.done(raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await)
+            },
             async |mut c, f| c.promote(f).await,
         )
         .await
@@ -206,7 +210,7 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.remove", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
         let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
@@ -223,9 +227,10 @@ impl ClusterService for ClusterAdmin {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
+        let audit = self.audit(&actor, "cluster.remove_node", id, String::new());
         self.on_leader(
             &req,
-            || async move { raft.change_membership(change, false).await },
+            || async move { audit.done(raft.change_membership(change, false).await) },
             async |mut c, f| c.remove_node(f).await,
         )
         .await
@@ -236,7 +241,7 @@ impl ClusterService for ClusterAdmin {
         &self,
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let raft = self.cluster.raft();
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         raft.trigger().snapshot().await.map_err(|e| {
@@ -249,12 +254,12 @@ impl ClusterService for ClusterAdmin {
             metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)),
         )
         .await;
-        match built {
-            Ok(Ok(m)) => {
-                Ok(Response::new(TriggerSnapshotResponse { snapshot_index: m.snapshot.map_or(0, |s| s.index) }))
-            }
-            _ => Err(ApiError::Unavailable { leader: None }.into()),
-        }
+        let result = match built {
+            Ok(Ok(m)) => Ok(TriggerSnapshotResponse { snapshot_index: m.snapshot.map_or(0, |s| s.index) }),
+            _ => Err(ApiError::Unavailable { leader: None }),
+        };
+        let result = self.audit(&actor, "cluster.snapshot", self.cluster.id(), String::new()).done(result);
+        Ok(Response::new(result?))
     }
 
     #[tracing::instrument(level = "info", name = "admin.cluster.transfer_leadership", skip_all, fields(node_id = req.get_ref().node_id))]
@@ -262,7 +267,7 @@ impl ClusterService for ClusterAdmin {
         &self,
         req: Request<TransferLeadershipRequest>,
     ) -> Result<Response<TransferLeadershipResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         let target = req.get_ref().node_id;
         validate_id(target)?;
         let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
@@ -271,7 +276,8 @@ impl ClusterService for ClusterAdmin {
         }
         match self.cluster.leader() {
             Some((id, _)) if id == self.cluster.id() => {
-                let (leader_id, term) = self.cluster.transfer_leadership(target).await?;
+                let audit = self.audit(&actor, "cluster.transfer_leadership", target, String::new());
+                let (leader_id, term) = audit.done(self.cluster.transfer_leadership(target).await)?;
                 Ok(Response::new(TransferLeadershipResponse { leader_id, term }))
             }
             Some((_, addr)) => {
@@ -285,6 +291,36 @@ impl ClusterService for ClusterAdmin {
             }
             None => Err(ApiError::Unavailable { leader: None }.into()),
         }
+    }
+}
+
+/// A membership change to audit once it is done (on the node that does it;
+/// a follower that forwards the call records nothing).
+struct Audit {
+    cluster: Cluster,
+    event: gatehouse_proto::events::AuditEvent,
+}
+
+impl Audit {
+    fn done<T, E: std::fmt::Display>(mut self, result: Result<T, E>) -> Result<T, E> {
+        match &result {
+            Ok(_) => self.event.outcome = "ok".into(),
+            Err(e) => {
+                self.event.outcome = "failed".into();
+                self.event.detail = format!("{} {e}", self.event.detail).trim().to_string();
+            }
+        }
+        self.cluster.audit(self.event);
+        result
+    }
+}
+
+impl ClusterAdmin {
+    fn audit(&self, actor: &crate::identity::Principal, action: &str, node: u64, detail: String) -> Audit {
+        let who = crate::audit::Actor::of(actor, crate::audit::grpc_peer());
+        let mut event = crate::audit::event(action, "", &who, format!("node:{node}"));
+        event.detail = detail;
+        Audit { cluster: self.cluster.clone(), event }
     }
 }
 

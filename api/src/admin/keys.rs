@@ -70,7 +70,7 @@ impl KeyService for Keys {
             expires_at,
             roles,
         }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         let state = self.cluster.view().read();
         let rec = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
         tracing::info!("api key created");
@@ -136,7 +136,7 @@ impl KeyService for Keys {
             }),
             old_expires_at: if r.grace_seconds == 0 { 0 } else { now + r.grace_seconds * 1000 },
         }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         let state = self.cluster.view().read();
         let new = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
         let old = state.api_key(&r.id).ok_or(ApiError::Internal)?;
@@ -161,7 +161,7 @@ impl KeyService for Keys {
             }
         }
         let cmd = self.cluster.command(Payload::RevokeApiKey(RevokeApiKey { key_id: r.id }));
-        let result = self.cluster.propose_one(cmd).await?;
+        let result = super::write(&self.cluster, &actor, cmd).await?;
         Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
     }
 }

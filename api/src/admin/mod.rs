@@ -3,6 +3,7 @@
 //! Reads come from the local view; writes are proposed (forwarded to the
 //! leader when needed).
 
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod events;
@@ -31,6 +32,20 @@ pub async fn read_your_writes(cluster: &Cluster) {
     if !cluster.catch_up(Duration::from_secs(1)).await {
         tracing::debug!("admin read served from the local view without catching up");
     }
+}
+
+/// Proposes an admin change as `caller`, audited with before and after.
+pub async fn write(
+    cluster: &Cluster,
+    caller: &Principal,
+    cmd: gatehouse_domain::Command,
+) -> Result<gatehouse_domain::CommandResult, ApiError> {
+    crate::audit::write(cluster, &actor(caller), cmd).await
+}
+
+/// The admin caller as an audit actor (from the gRPC peer's address).
+pub fn actor(caller: &Principal) -> crate::audit::Actor {
+    crate::audit::Actor::of(caller, crate::audit::grpc_peer())
 }
 
 /// A user named by username or by id.

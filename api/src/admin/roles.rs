@@ -41,7 +41,7 @@ impl Roles {
             description: r.description,
             create,
         }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         tracing::info!(actor = %actor.username, role = %name, create, "role written");
         let state = self.cluster.view().read();
         Ok(Response::new(role_pb(state.role(&name).ok_or(ApiError::Internal)?)))
@@ -64,7 +64,7 @@ impl Roles {
         } else {
             Payload::UnassignRole(UnassignRole { user_id: user_id.clone(), role: r.role.clone() })
         };
-        self.cluster.propose_one(self.cluster.command(payload)).await?;
+        super::write(&self.cluster, &actor, self.cluster.command(payload)).await?;
         tracing::info!(actor = %actor.username, user_id = %user_id, role = %r.role, assign, "role assignment changed");
         let state = self.cluster.view().read();
         Ok(Response::new(user_pb(state.user(&user_id).ok_or(ApiError::Internal)?)))
@@ -105,7 +105,12 @@ impl RoleService for Roles {
     async fn delete(&self, req: Request<DeleteRoleRequest>) -> Result<Response<DeleteRoleResponse>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
         let name = req.into_inner().name;
-        self.cluster.propose_one(self.cluster.command(Payload::DeleteRole(DeleteRole { name: name.clone() }))).await?;
+        super::write(
+            &self.cluster,
+            &actor,
+            self.cluster.command(Payload::DeleteRole(DeleteRole { name: name.clone() })),
+        )
+        .await?;
         tracing::info!(actor = %actor.username, role = %name, "role deleted");
         Ok(Response::new(DeleteRoleResponse {}))
     }

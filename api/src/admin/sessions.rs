@@ -61,7 +61,7 @@ impl SessionService for Sessions {
             }
         }
         let cmd = self.cluster.command(Payload::RevokeSession(RevokeSession { session_id: r.id }));
-        let result = self.cluster.propose_one(cmd).await?;
+        let result = super::write(&self.cluster, &actor, cmd).await?;
         Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
     }
 
@@ -77,7 +77,7 @@ impl SessionService for Sessions {
             user.user_id.clone()
         };
         let cmd = self.cluster.command(Payload::RevokeUserSessions(RevokeUserSessions { user_id }));
-        let result = self.cluster.propose_one(cmd).await?;
+        let result = super::write(&self.cluster, &actor, cmd).await?;
         // The command's result id carries how many sessions it ended.
         let count = result.id.parse().unwrap_or(0);
         Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))
@@ -92,7 +92,8 @@ impl SessionService for Sessions {
             return Err(ApiError::InvalidArgument("revoking every session needs confirm = true".into()).into());
         }
         let result =
-            self.cluster.propose_one(self.cluster.command(Payload::RevokeAllSessions(RevokeAllSessions {}))).await?;
+            super::write(&self.cluster, &actor, self.cluster.command(Payload::RevokeAllSessions(RevokeAllSessions {})))
+                .await?;
         let count = result.id.parse().unwrap_or(0);
         tracing::warn!(sessions = count, "every session in the cluster revoked");
         Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))

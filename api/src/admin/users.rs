@@ -88,7 +88,7 @@ impl UserService for Users {
             password_hash,
             roles: r.roles,
         }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         let state = self.cluster.view().read();
         let user = state.user(&user_id).ok_or(ApiError::Internal)?;
         tracing::info!(user_id = %user_id, "user created");
@@ -150,7 +150,7 @@ impl UserService for Users {
             roles: r.roles,
             status: status.map_or(UserStatus::Unspecified as i32, |s| s as i32),
         }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         tracing::info!("user updated");
         Ok(Response::new(self.current(&user_id)?))
     }
@@ -166,7 +166,7 @@ impl UserService for Users {
         let sessions = self.cluster.view().read().sessions_of(&user_id).count() as u32;
         let password_hash = self.passwords.hash(r.password).await?;
         let cmd = self.cluster.command(Payload::SetPassword(SetPassword { user_id: user_id.clone(), password_hash }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         tracing::info!(sessions_revoked = sessions, "password set");
         Ok(Response::new(SetPasswordResponse { user: Some(self.current(&user_id)?), sessions_revoked: sessions }))
     }
@@ -185,7 +185,7 @@ impl UserService for Users {
             )
         };
         let cmd = self.cluster.command(Payload::DeleteUser(DeleteUser { user_id: user_id.clone() }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         tracing::info!(keys_deleted = keys, sessions_revoked = sessions, "user deleted");
         Ok(Response::new(DeleteUserResponse { user_id, keys_deleted: keys, sessions_revoked: sessions }))
     }
@@ -201,7 +201,7 @@ impl UserService for Users {
         let cmd = self
             .cluster
             .command(Payload::SetUserStatus(SetUserStatus { user_id: user_id.clone(), status: status as i32 }));
-        self.cluster.propose_one(cmd).await?;
+        super::write(&self.cluster, &actor, cmd).await?;
         Ok(Response::new(self.current(&user_id)?))
     }
 }

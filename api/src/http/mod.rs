@@ -71,6 +71,7 @@ pub struct Front {
     pub cluster: Cluster,
     pub config: Arc<FrontConfig>,
     pub passwords: PasswordPool,
+    pub limits: crate::limits::Limiter,
 }
 
 pub fn router(front: Front) -> Router {
@@ -88,6 +89,7 @@ pub fn router(front: Front) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(front.clone())
+        .layer(axum::middleware::from_fn_with_state(front.clone(), crate::limits::layer))
         .layer(axum::middleware::from_fn_with_state(front, guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -207,9 +209,14 @@ pub fn csrf_ok(headers: &HeaderMap) -> bool {
     origin == format!("https://{host}") || origin == format!("http://{host}")
 }
 
-/// The client's address (the socket peer; trusted proxies come with rate limits).
-pub fn client_ip(addr: Option<&SocketAddr>) -> String {
-    addr.map(|a| a.ip().to_string()).unwrap_or_default()
+/// The client's address: as the rate limiter saw it (behind trusted
+/// proxies, from `X-Forwarded-For`), else the socket peer.
+pub fn client_ip(limits: Option<&crate::limits::RequestLimits>, peer: Option<&SocketAddr>) -> String {
+    match (limits, peer) {
+        (Some(l), _) => l.client_ip.to_string(),
+        (None, Some(p)) => p.ip().to_string(),
+        (None, None) => String::new(),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,8 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{client_ip, credential, csrf_ok, Front};
+use crate::audit::{self, Actor};
 use crate::cluster::now_ms;
 use crate::identity::{resolve, Principal, Via};
+use crate::limits::{Quota, RequestLimits};
 use crate::passwords::MAX_PASSWORD_LEN;
 use crate::{credentials, ApiError};
 
@@ -31,9 +33,18 @@ struct LoginBody {
     totp: Option<String>,
 }
 
+/// The request's rate-limit context, as the limiter layer left it.
+type Limits = Option<Extension<RequestLimits>>;
+
 /// The caller, from the Authorization header or the session cookie; state
-/// changes through the cookie need CSRF proof.
-async fn caller(front: &Front, headers: &HeaderMap, changes_state: bool) -> Result<Principal, ApiError> {
+/// changes through the cookie need CSRF proof. Policies by key or user are
+/// applied once the caller is known; their quota goes on the response.
+async fn caller(
+    front: &Front,
+    headers: &HeaderMap,
+    limits: &Limits,
+    changes_state: bool,
+) -> Result<(Principal, Option<Quota>), ApiError> {
     if !front.cluster.is_fresh() {
         return Err(ApiError::Stale);
     }
@@ -41,7 +52,25 @@ async fn caller(front: &Front, headers: &HeaderMap, changes_state: bool) -> Resu
     if changes_state && from_cookie && !csrf_ok(headers) {
         return Err(ApiError::Csrf);
     }
-    resolve(&front.cluster, &token).await
+    let p = resolve(&front.cluster, &token).await?;
+    let key_id = match &p.via {
+        Via::ApiKey { key_id } => Some(key_id.as_str()),
+        Via::Session { .. } => None,
+    };
+    let quota = crate::limits::caller_known(front, limits.as_deref(), &p.user_id, &p.username, key_id).await?;
+    Ok((p, quota))
+}
+
+/// The caller as an audit actor.
+fn actor(p: &Principal, limits: &Limits) -> Actor {
+    Actor::of(p, client_ip(limits.as_deref(), None))
+}
+
+fn with_quota(mut resp: Response, quota: Option<Quota>) -> Response {
+    if let Some(q) = quota {
+        resp.extensions_mut().insert(q);
+    }
+    resp
 }
 
 fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue {
@@ -56,6 +85,7 @@ fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue 
 pub async fn login(
     State(front): State<Front>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    limits: Limits,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -84,7 +114,14 @@ pub async fn login(
     let usable = user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked(u, now));
     // The same argon2 work whether or not the user exists or may log in.
     let ok = front.passwords.verify(body.password, usable.map(|u| u.password_hash.clone())).await?;
+    let ip = client_ip(limits.as_deref(), Some(&peer));
     let Some(user) = usable.filter(|_| ok) else {
+        let anonymous = Actor { client_ip: ip.clone(), ..Default::default() };
+        let resource = match &user {
+            Some(u) => format!("user:{}", u.user_id),
+            None => format!("username:{username}"),
+        };
+        front.cluster.audit(audit::event("login.failure", "denied", &anonymous, resource));
         if let Some(u) = user.as_ref().filter(|u| !users::is_locked(u, now)) {
             // Counted through the log, so a lockout holds on every node. In
             // the background: the answer must not take longer for real users.
@@ -96,9 +133,15 @@ pub async fn login(
                 lockout_ms: l.duration.as_millis() as u64,
             }));
             let cluster = front.cluster.clone();
+            let user_id = u.user_id.clone();
             tokio::spawn(async move {
                 if let Err(e) = cluster.propose_one(cmd).await {
                     tracing::warn!(error = %e, "recording a failed login failed");
+                    return;
+                }
+                let locked = cluster.view().read().user(&user_id).is_some_and(|u| users::is_locked(u, now_ms()));
+                if locked {
+                    cluster.audit(audit::event("user.lockout", "ok", &anonymous, format!("user:{user_id}")));
                 }
             });
         }
@@ -124,10 +167,16 @@ pub async fn login(
         token_sha256: gatehouse_domain::sessions::token_hash(&token).to_vec(),
         expires_at: now + ttl.as_millis() as u64,
         idle_timeout_ms: front.config.session_idle.as_millis() as u64,
-        client_ip: client_ip(Some(&peer)),
+        client_ip: ip.clone(),
         user_agent,
     }));
+    let request_id = cmd.request_id.clone();
     front.cluster.propose_one(cmd).await?;
+    let who =
+        Actor { user_id: user.user_id.clone(), session_id: session_id.clone(), client_ip: ip, ..Default::default() };
+    let mut e = audit::event("login.success", "ok", &who, format!("session:{session_id}"));
+    e.request_id = request_id;
+    front.cluster.audit(e);
     tracing::Span::current().record("user_id", user.user_id.as_str());
     tracing::Span::current().record("outcome", "ok");
     let body = json!({
@@ -141,32 +190,35 @@ pub async fn login(
 }
 
 /// `POST /api/v1/logout`: revokes the current session, clears the cookie.
-pub async fn logout(State(front): State<Front>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let p = caller(&front, &headers, true).await?;
+pub async fn logout(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (p, quota) = caller(&front, &headers, &limits, true).await?;
+    let who = actor(&p, &limits);
     let Via::Session { session_id } = p.via else {
         return Err(ApiError::InvalidArgument("logout ends a session; this request used an API key".into()));
     };
+    let resource = format!("session:{session_id}");
     front.cluster.propose_one(front.cluster.command(Payload::RevokeSession(RevokeSession { session_id }))).await?;
+    front.cluster.audit(audit::event("logout", "ok", &who, resource));
     let mut resp = Json(json!({ "status": "logged_out" })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&front, "", 0));
-    Ok(resp)
+    Ok(with_quota(resp, quota))
 }
 
 /// `GET /api/v1/me`: the caller's identity.
-pub async fn me(State(front): State<Front>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let p = caller(&front, &headers, false).await?;
+pub async fn me(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (p, quota) = caller(&front, &headers, &limits, false).await?;
     let email = front.cluster.view().read().user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
     let auth = match &p.via {
         Via::ApiKey { key_id } => json!({ "type": "api_key", "key_id": key_id }),
         Via::Session { session_id } => json!({ "type": "session", "session_id": session_id }),
     };
-    Ok(Json(json!({ "user_id": p.user_id, "username": p.username, "email": email, "roles": p.roles, "auth": auth }))
-        .into_response())
+    let body = json!({ "user_id": p.user_id, "username": p.username, "email": email, "roles": p.roles, "auth": auth });
+    Ok(with_quota(Json(body).into_response(), quota))
 }
 
 /// `GET /api/v1/me/sessions`: the caller's sessions.
-pub async fn my_sessions(State(front): State<Front>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let p = caller(&front, &headers, false).await?;
+pub async fn my_sessions(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (p, quota) = caller(&front, &headers, &limits, false).await?;
     let current = match &p.via {
         Via::Session { session_id } => session_id.as_str(),
         Via::ApiKey { .. } => "",
@@ -184,24 +236,23 @@ pub async fn my_sessions(State(front): State<Front>, headers: HeaderMap) -> Resu
             })
         })
         .collect();
-    Ok(Json(json!({ "sessions": sessions })).into_response())
+    Ok(with_quota(Json(json!({ "sessions": sessions })).into_response(), quota))
 }
 
 /// `DELETE /api/v1/me/sessions/{id}`: revokes one of the caller's sessions.
 pub async fn revoke_my_session(
     State(front): State<Front>,
+    limits: Limits,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let p = caller(&front, &headers, true).await?;
+    let (p, quota) = caller(&front, &headers, &limits, true).await?;
     let mine = front.cluster.view().read().session(&id).is_some_and(|s| s.user_id == p.user_id);
     if !mine {
         // Someone else's session and no session at all look the same.
         return Err(ApiError::NotFound("no such session".into()));
     }
-    front
-        .cluster
-        .propose_one(front.cluster.command(Payload::RevokeSession(RevokeSession { session_id: id.clone() })))
-        .await?;
-    Ok(Json(json!({ "status": "revoked", "id": id })).into_response())
+    let cmd = front.cluster.command(Payload::RevokeSession(RevokeSession { session_id: id.clone() }));
+    audit::write(&front.cluster, &actor(&p, &limits), cmd).await?;
+    Ok(with_quota(Json(json!({ "status": "revoked", "id": id })).into_response(), quota))
 }

@@ -5,14 +5,15 @@
 //! `WWW-Authenticate`; 403 for a disabled user or a missing role; 503 when
 //! this node cannot prove it is fresh (fail closed).
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gatehouse_domain::roles;
 use serde::Deserialize;
 
 use super::{credential, Front, RouteRule};
-use crate::identity::{resolve, Principal};
+use crate::identity::{resolve, Principal, Via};
+use crate::limits::RequestLimits;
 use crate::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -43,7 +44,7 @@ enum Route<'a> {
 }
 
 /// The path of a forwarded URI, if it has exactly one reading.
-fn plain_path(uri: &str) -> Option<&str> {
+pub(crate) fn plain_path(uri: &str) -> Option<&str> {
     let path = uri.split(['?', '#']).next().unwrap_or("");
     let ambiguous = !path.starts_with('/')
         || path.contains("//")
@@ -54,7 +55,7 @@ fn plain_path(uri: &str) -> Option<&str> {
 
 /// `prefix` covers `path` on a segment boundary: `/ops` covers `/ops` and
 /// `/ops/x`, not `/opsx`.
-fn under(path: &str, prefix: &str) -> bool {
+pub(crate) fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
 }
 
@@ -75,15 +76,26 @@ fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Route<'a> 
 /// The decision and the caller's id go on the `http.request` span, which
 /// exists only while traces are exported (see `http::guard`): no span of its
 /// own, so the verification path stays span-free otherwise.
-pub async fn verify(State(front): State<Front>, Query(q): Query<VerifyQuery>, headers: HeaderMap) -> Response {
-    let (decision, resp) = decide(&front, &q, &headers).await;
+pub async fn verify(
+    State(front): State<Front>,
+    limits: Option<Extension<RequestLimits>>,
+    Query(q): Query<VerifyQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let limits = limits.map(|Extension(l)| l);
+    let (decision, resp) = decide(&front, &q, &headers, limits.as_ref()).await;
     tracing::Span::current().record("decision", decision);
     front.cluster.metrics().verify_decision(decision);
     resp
 }
 
 /// The decision (a bounded name, for the span and the metrics) and the answer.
-async fn decide(front: &Front, q: &VerifyQuery, headers: &HeaderMap) -> (&'static str, Response) {
+async fn decide(
+    front: &Front,
+    q: &VerifyQuery,
+    headers: &HeaderMap,
+    limits: Option<&RequestLimits>,
+) -> (&'static str, Response) {
     if !front.cluster.is_fresh() {
         return ("stale", ApiError::Stale.into_response());
     }
@@ -101,24 +113,41 @@ async fn decide(front: &Front, q: &VerifyQuery, headers: &HeaderMap) -> (&'stati
     };
     // Ids only, never the credential.
     tracing::Span::current().record("user_id", principal.user_id.as_str());
+    let key_id = match &principal.via {
+        Via::ApiKey { key_id } => Some(key_id.as_str()),
+        Via::Session { .. } => None,
+    };
+    let quota = match crate::limits::caller_known(front, limits, &principal.user_id, &principal.username, key_id).await
+    {
+        Ok(q) => q,
+        Err(limited) => return ("rate_limited", limited.into_response()),
+    };
+    let denied = |decision: &'static str, e: ApiError| {
+        // Aggregated: a user without the role may hit a protected page often.
+        let ip = limits.map(|l| l.client_ip.to_string()).unwrap_or_default();
+        front.cluster.audit_count("forward_auth.denied", format!("user:{}", principal.user_id), ip);
+        (decision, e.into_response())
+    };
     if let Some(role) = &q.role {
         if !principal.roles.contains(role) {
-            return ("missing_role", ApiError::PermissionDenied(format!("requires role {role}")).into_response());
+            return denied("missing_role", ApiError::PermissionDenied(format!("requires role {role}")));
         }
     }
     match required_roles(&front.config.routes, headers) {
         Route::Free => {}
         Route::Needs(needed) if needed.iter().any(|r| principal.roles.contains(r)) => {}
         Route::Needs(_) => {
-            let e = ApiError::PermissionDenied("this route requires another role".into());
-            return ("missing_role", e.into_response());
+            return denied("missing_role", ApiError::PermissionDenied("this route requires another role".into()));
         }
         Route::Ambiguous => {
-            let e = ApiError::PermissionDenied("the forwarded path is ambiguous".into());
-            return ("ambiguous_path", e.into_response());
+            return denied("ambiguous_path", ApiError::PermissionDenied("the forwarded path is ambiguous".into()));
         }
     }
-    ("allow", allow(&principal))
+    let mut resp = allow(&principal);
+    if let Some(q) = quota {
+        resp.extensions_mut().insert(q);
+    }
+    ("allow", resp)
 }
 
 fn allow(p: &Principal) -> Response {

@@ -1,0 +1,257 @@
+//! `AuditService`: query, export and verify the audit log (`audit.read`).
+//!
+//! Everything reads this node's own records (RocksDB, one point-in-time
+//! view per call) on the blocking pool, so a long scan never holds a
+//! runtime thread.
+
+use std::pin::Pin;
+
+use base64::Engine as _;
+use futures::Stream;
+use gatehouse_domain::roles::Permission;
+use gatehouse_proto::admin::audit_service_server::{AuditService, AuditServiceServer};
+use gatehouse_proto::admin::{
+    AuditExportRequest, AuditFilter, AuditQueryRequest, AuditQueryResponse, AuditRecord, AuditVerifyRequest,
+    AuditVerifyResponse,
+};
+use gatehouse_proto::state::AuditRecord as Stored;
+use gatehouse_storage::AuditLog;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use crate::{ApiError, Cluster};
+
+/// Records looked at for one query page before it returns what it found.
+const SCAN_BUDGET: usize = 100_000;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// Records read per step of an export.
+const EXPORT_CHUNK: usize = 1000;
+
+pub struct Audit {
+    cluster: Cluster,
+    log: AuditLog,
+}
+
+pub fn server(cluster: Cluster, log: AuditLog) -> AuditServiceServer<Audit> {
+    AuditServiceServer::new(Audit { cluster, log })
+}
+
+/// A validated filter.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    from: u64,
+    to: u64,
+    /// Ids the actor filter stands for (a username resolves to its user id).
+    actors: Vec<String>,
+    action: Option<Pattern>,
+    resource: Option<Pattern>,
+    outcome: String,
+}
+
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(s: &str, what: &str) -> Result<Option<Pattern>, ApiError> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        if s.len() > 200 || s.chars().any(char::is_control) {
+            return Err(ApiError::InvalidArgument(format!("{what} filter must be at most 200 printable characters")));
+        }
+        Ok(Some(match s.strip_suffix('*') {
+            Some(p) => Pattern::Prefix(p.into()),
+            None if s.ends_with('.') || s.ends_with(':') => Pattern::Prefix(s.into()),
+            None => Pattern::Exact(s.into()),
+        }))
+    }
+
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Pattern::Exact(e) => v == e,
+            Pattern::Prefix(p) => v.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl Filter {
+    fn new(cluster: &Cluster, f: Option<AuditFilter>) -> Result<Filter, ApiError> {
+        let f = f.unwrap_or_default();
+        if f.to_ms != 0 && f.from_ms > f.to_ms {
+            return Err(ApiError::InvalidArgument("from must not be after to".into()));
+        }
+        if !matches!(f.outcome.as_str(), "" | "ok" | "denied" | "failed" | "limited") {
+            return Err(ApiError::InvalidArgument("outcome must be ok, denied, failed or limited".into()));
+        }
+        let mut actors = Vec::new();
+        if !f.actor.is_empty() {
+            if f.actor.len() > 64 {
+                return Err(ApiError::InvalidArgument("actor must be a username, user id or key id".into()));
+            }
+            actors.push(f.actor.clone());
+            if let Some(u) = cluster.view().read().user_by_name(&f.actor.to_ascii_lowercase()) {
+                actors.push(u.user_id.clone());
+            }
+        }
+        Ok(Filter {
+            from: f.from_ms,
+            to: f.to_ms,
+            actors,
+            action: Pattern::parse(&f.action, "action")?,
+            resource: Pattern::parse(&f.resource, "resource")?,
+            outcome: f.outcome,
+        })
+    }
+
+    fn matches(&self, r: &Stored) -> bool {
+        let Some(e) = &r.event else { return false };
+        (self.from == 0 || e.at >= self.from)
+            && (self.to == 0 || e.at <= self.to)
+            && (self.actors.is_empty() || self.actors.iter().any(|a| *a == e.actor_user_id || *a == e.actor_key_id))
+            && self.action.as_ref().is_none_or(|p| p.matches(&e.action))
+            && self.resource.as_ref().is_none_or(|p| p.matches(&e.resource))
+            && (self.outcome.is_empty() || self.outcome == e.outcome)
+    }
+}
+
+fn to_pb(r: Stored) -> AuditRecord {
+    AuditRecord { seq: r.seq, event: r.event, hash: hex::encode(r.hash) }
+}
+
+fn read_failed(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "reading the audit log failed");
+    ApiError::Internal
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<AuditRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for Audit {
+    async fn query(&self, req: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        let r = req.into_inner();
+        let filter = Filter::new(&self.cluster, r.filter)?;
+        let size = match r.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}")).into())
+            }
+            n => n,
+        };
+        let below = if r.page_token.is_empty() {
+            u64::MAX
+        } else {
+            (r.page_token.len() <= 32)
+                .then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&r.page_token).ok())
+                .flatten()
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| ApiError::InvalidArgument("page_token is not one this API issued".into()))?
+        };
+        if below == 0 {
+            return Ok(Response::new(AuditQueryResponse::default()));
+        }
+        let log = self.log.clone();
+        let (records, next) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let (mut looked, mut last) = (0usize, None);
+            log.scan(below - 1, true, |rec| {
+                looked += 1;
+                last = Some(rec.seq);
+                if filter.matches(&rec) {
+                    out.push(to_pb(rec));
+                }
+                out.len() < size && looked < SCAN_BUDGET
+            })
+            .map(|()| {
+                // More may follow unless the scan ran off the oldest record.
+                let more = (out.len() == size || looked == SCAN_BUDGET) && last.is_some_and(|s| s > 1);
+                (out, more.then(|| last.unwrap_or(0)))
+            })
+        })
+        .await
+        .map_err(read_failed)?
+        .map_err(read_failed)?;
+        let next_page_token =
+            next.map(|s| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.to_be_bytes())).unwrap_or_default();
+        Ok(Response::new(AuditQueryResponse { records, next_page_token }))
+    }
+
+    type ExportStream = ExportStream;
+
+    async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        let filter = Filter::new(&self.cluster, req.into_inner().filter)?;
+        let log = self.log.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut from = 0u64;
+            loop {
+                let (log, filter) = (log.clone(), filter.clone());
+                let chunk = tokio::task::spawn_blocking(move || {
+                    let (mut out, mut last, mut looked) = (Vec::new(), None, 0);
+                    log.scan(from, false, |rec| {
+                        last = Some(rec.seq);
+                        looked += 1;
+                        if filter.matches(&rec) {
+                            out.push(to_pb(rec));
+                        }
+                        looked < EXPORT_CHUNK
+                    })
+                    .map(|()| (out, last))
+                })
+                .await;
+                let (records, last) = match chunk {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(read_failed(e).into())).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(read_failed(e).into())).await;
+                        return;
+                    }
+                };
+                for r in records {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return; // The client went away.
+                    }
+                }
+                match last {
+                    Some(l) => from = l + 1,
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn verify(&self, req: Request<AuditVerifyRequest>) -> Result<Response<AuditVerifyResponse>, Status> {
+        authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        let log = self.log.clone();
+        let report =
+            tokio::task::spawn_blocking(move || log.verify()).await.map_err(read_failed)?.map_err(read_failed)?;
+        let (first_bad_seq, problem) = match &report.broken {
+            Some(b) => (b.seq(), b.to_string()),
+            None => (0, String::new()),
+        };
+        if let Some(b) = &report.broken {
+            tracing::error!(seq = b.seq(), problem = %b, "audit chain verification failed");
+        }
+        Ok(Response::new(AuditVerifyResponse {
+            intact: report.broken.is_none(),
+            checked: report.checked,
+            first_bad_seq,
+            problem,
+            head_seq: report.chain.head_seq,
+            head_hash: hex::encode(&report.chain.head_hash),
+            anchor_seq: report.chain.anchor_seq,
+            node_id: self.cluster.id(),
+        }))
+    }
+}

@@ -1,0 +1,441 @@
+//! Recording security events into the replicated audit log.
+//!
+//! Handlers call [`Cluster::audit`] (or [`Cluster::audit_count`]); it never
+//! waits and never fails. Events wait in a bounded buffer and a background
+//! task proposes them every `flush_ms` as `AppendAudit` commands. While the
+//! log cannot take them the buffer keeps them; once it is full new events
+//! are dropped and counted, and the count travels with the next batch, so
+//! the audit log itself says that something is missing. Frequent events
+//! (rate-limit refusals, forward-auth denials) are aggregated per flush into
+//! one event with a count.
+//!
+//! The leader also enforces retention: it verifies the chain up to the
+//! first record younger than the cutoff and proposes a `PruneAudit`
+//! through the last older one.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gatehouse_domain::audit::MAX_EVENTS;
+use gatehouse_domain::{Payload, State};
+use gatehouse_proto::events::{AppendAudit, AuditEvent, Command, PruneAudit};
+use gatehouse_storage::AuditLog;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::now_ms;
+use crate::Cluster;
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events a node keeps while the log cannot take them.
+    pub buffer_events: usize,
+    /// How often a node proposes what it buffered.
+    pub flush_ms: u64,
+    /// Records older than this are pruned by the leader.
+    pub retention_days: u64,
+    /// How often the leader looks for records past retention.
+    pub prune_check_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { buffer_events: 100_000, flush_ms: 100, retention_days: 90, prune_check_secs: 3600 }
+    }
+}
+
+impl AuditConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=10_000_000).contains(&self.buffer_events) {
+            return Err("audit.buffer_events must be 100..=10000000".into());
+        }
+        if !(10..=60_000).contains(&self.flush_ms) {
+            return Err("audit.flush_ms must be 10..=60000".into());
+        }
+        if !(1..=36_500).contains(&self.retention_days) {
+            return Err("audit.retention_days must be 1..=36500".into());
+        }
+        if self.prune_check_secs == 0 {
+            return Err("audit.prune_check_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Who did something: filled from an authenticated caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: String,
+    pub key_id: String,
+    pub session_id: String,
+    pub client_ip: String,
+}
+
+impl Actor {
+    pub fn of(p: &crate::identity::Principal, client_ip: String) -> Actor {
+        let (key_id, session_id) = match &p.via {
+            crate::identity::Via::ApiKey { key_id } => (key_id.clone(), String::new()),
+            crate::identity::Via::Session { session_id } => (String::new(), session_id.clone()),
+        };
+        Actor { user_id: p.user_id.clone(), key_id, session_id, client_ip }
+    }
+}
+
+#[derive(Default)]
+struct Buffer {
+    events: Vec<AuditEvent>,
+    /// (action, resource, client ip) → (count, first seen).
+    counted: HashMap<(&'static str, String, String), (u64, u64)>,
+    dropped: u64,
+    /// A batch that failed to commit, retried as is (same request id, so
+    /// it is applied once even if only the answer was lost).
+    retry: Option<Command>,
+}
+
+/// The node's audit buffer, held by the [`Cluster`]: recording never waits
+/// and never fails.
+pub struct Recorder {
+    node_id: u64,
+    capacity: AtomicUsize,
+    buffer: Mutex<Buffer>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// What the gRPC layer knows about the call being served: the client's
+/// address, and the caller once authentication named one (so a refusal
+/// anywhere in the handler is audited with its actor).
+#[derive(Debug, Default)]
+pub struct GrpcCall {
+    pub peer: String,
+    caller: Mutex<Option<Actor>>,
+}
+
+impl GrpcCall {
+    pub fn new(peer: String) -> Self {
+        GrpcCall { peer, caller: Mutex::new(None) }
+    }
+
+    /// The authenticated caller, if any.
+    pub fn caller(&self) -> Option<Actor> {
+        self.caller.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+tokio::task_local! {
+    /// The admin gRPC call being served (set by the gRPC layer).
+    pub static GRPC_CALL: std::sync::Arc<GrpcCall>;
+}
+
+/// The address of the admin call's client, if known.
+pub fn grpc_peer() -> String {
+    GRPC_CALL.try_with(|c| c.peer.clone()).unwrap_or_default()
+}
+
+/// Notes the authenticated caller of the gRPC call being served.
+pub fn note_grpc_caller(p: &crate::identity::Principal) {
+    let _ = GRPC_CALL.try_with(|c| {
+        *c.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(Actor::of(p, c.peer.clone()));
+    });
+}
+
+impl Recorder {
+    pub fn new(node_id: u64) -> Recorder {
+        Recorder {
+            node_id,
+            capacity: AtomicUsize::new(AuditConfig::default().buffer_events),
+            buffer: Mutex::new(Buffer::default()),
+            wake: Default::default(),
+        }
+    }
+
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn full(&self, len: usize) -> bool {
+        len >= self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Buffers one event, stamping time, node and trace where missing.
+    pub fn record(&self, metrics: &crate::metrics::Metrics, mut e: AuditEvent) {
+        if e.at == 0 {
+            e.at = now_ms();
+        }
+        e.node_id = self.node_id;
+        if e.trace_id.is_empty() {
+            e.trace_id = current_trace_id();
+        }
+        let mut b = self.buffer();
+        if self.full(b.events.len()) {
+            b.dropped += 1;
+            metrics.audit_dropped.inc();
+            return;
+        }
+        b.events.push(e);
+        metrics.audit_buffered.set(b.events.len() as i64);
+        if b.events.len() >= MAX_EVENTS / 2 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Counts a frequent event: one record per (action, resource, client) per flush.
+    pub fn count(&self, metrics: &crate::metrics::Metrics, action: &'static str, resource: String, client_ip: String) {
+        let mut b = self.buffer();
+        if self.full(b.counted.len()) {
+            b.dropped += 1;
+            metrics.audit_dropped.inc();
+            return;
+        }
+        b.counted.entry((action, resource, client_ip)).or_insert((0, now_ms())).0 += 1;
+    }
+
+    /// What is buffered, as the payload of one command; or the command to retry.
+    fn take(&self, metrics: &crate::metrics::Metrics) -> Option<Result<Command, AppendAudit>> {
+        let mut b = self.buffer();
+        if let Some(retry) = b.retry.take() {
+            return Some(Ok(retry));
+        }
+        let counted = std::mem::take(&mut b.counted);
+        for ((action, resource, client_ip), (count, at)) in counted {
+            let outcome = if action == "ratelimit.hit" { "limited" } else { "denied" };
+            b.events.push(AuditEvent {
+                at,
+                action: action.into(),
+                outcome: outcome.into(),
+                client_ip,
+                resource,
+                node_id: self.node_id,
+                detail: format!("count={count}"),
+                ..Default::default()
+            });
+        }
+        if b.events.is_empty() && b.dropped == 0 {
+            return None;
+        }
+        let n = b.events.len().min(MAX_EVENTS);
+        let events: Vec<AuditEvent> = b.events.drain(..n).collect();
+        let dropped = std::mem::take(&mut b.dropped);
+        metrics.audit_buffered.set(b.events.len() as i64);
+        Some(Err(AppendAudit { events, dropped }))
+    }
+}
+
+impl Cluster {
+    /// Records an audit event.
+    pub fn audit(&self, e: AuditEvent) {
+        self.recorder().record(self.metrics(), e);
+    }
+
+    /// Counts a frequent audit event (aggregated per flush).
+    pub fn audit_count(&self, action: &'static str, resource: String, client_ip: String) {
+        self.recorder().count(self.metrics(), action, resource, client_ip);
+    }
+
+    /// A request refused by rate-limit `policy` (aggregated).
+    pub fn audit_rate_limited(&self, policy: &str, client_ip: IpAddr) {
+        self.audit_count("ratelimit.hit", format!("policy:{policy}"), client_ip.to_string());
+    }
+}
+
+/// An event by `actor` on `resource`.
+pub fn event(action: &str, outcome: &str, actor: &Actor, resource: String) -> AuditEvent {
+    AuditEvent {
+        at: now_ms(),
+        action: action.into(),
+        outcome: outcome.into(),
+        actor_user_id: actor.user_id.clone(),
+        actor_key_id: actor.key_id.clone(),
+        actor_session_id: actor.session_id.clone(),
+        client_ip: actor.client_ip.clone(),
+        resource,
+        ..Default::default()
+    }
+}
+
+/// Starts the flush task and the leader's retention task; both end when
+/// `stop` turns true (neither keeps the node or its store alive).
+pub fn start(cluster: Cluster, log: AuditLog, config: AuditConfig, stop: tokio::sync::watch::Receiver<bool>) {
+    cluster.recorder().capacity.store(config.buffer_events, Ordering::Relaxed);
+    let wake = cluster.recorder().wake.clone();
+    let weak = cluster.downgrade();
+    tokio::spawn(flush_loop(weak.clone(), wake, Duration::from_millis(config.flush_ms), stop.clone()));
+    tokio::spawn(prune_loop(weak, log, config, stop));
+}
+
+/// Proposes buffered events until the buffer is empty or a write fails.
+pub async fn flush(cluster: &Cluster) {
+    let metrics = cluster.metrics();
+    while let Some(next) = cluster.recorder().take(metrics) {
+        let cmd = next.unwrap_or_else(|append| cluster.command(Payload::AppendAudit(append)));
+        let n = match &cmd.payload {
+            Some(Payload::AppendAudit(a)) => a.events.len() as u64,
+            _ => 0,
+        };
+        match cluster.propose(vec![cmd.clone()]).await {
+            Ok(applied) if applied.results.first().is_some_and(|r| r.code == 0) => {
+                metrics.audit_sent.inc_by(n);
+            }
+            // Refused by apply (events built here always fit): not retried.
+            Ok(applied) => tracing::error!(result = ?applied.results.first(), "audit batch refused"),
+            Err(e) => {
+                tracing::warn!(error = %e, events = n, "audit batch not committed; keeping it");
+                cluster.recorder().buffer().retry = Some(cmd);
+                return;
+            }
+        }
+    }
+}
+
+/// The current trace's id, when traces are exported.
+fn current_trace_id() -> String {
+    let tp = crate::trace::current_traceparent();
+    tp.split('-').nth(1).unwrap_or_default().to_string()
+}
+
+async fn flush_loop(
+    weak: crate::cluster::WeakCluster,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::timeout(every, wake.notified()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(cluster) = weak.upgrade() else { return };
+        flush(&cluster).await;
+    }
+}
+
+/// On the leader: prune what is past retention, after verifying it.
+async fn prune_loop(
+    weak: crate::cluster::WeakCluster,
+    log: AuditLog,
+    config: AuditConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(config.prune_check_secs));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(cluster) = weak.upgrade() else { return };
+        if let Err(e) = prune(&cluster, &log, config.retention_days).await {
+            tracing::warn!(error = %e, "audit retention check failed");
+        }
+    }
+}
+
+/// Proposes a prune through the last record older than `retention_days`,
+/// if this node leads and the chain up to there verifies.
+pub async fn prune(cluster: &Cluster, log: &AuditLog, retention_days: u64) -> Result<Option<u64>, crate::ApiError> {
+    if cluster.leader().map(|(id, _)| id) != Some(cluster.id()) {
+        return Ok(None);
+    }
+    let cutoff = now_ms().saturating_sub(retention_days * 86_400_000);
+    let log = log.clone();
+    let old = move |r: &gatehouse_proto::state::AuditRecord| r.event.as_ref().is_some_and(|e| e.at < cutoff);
+    let (report, last) = tokio::task::spawn_blocking(move || log.verify_while(old))
+        .await
+        .map_err(|_| crate::ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the audit log failed");
+            crate::ApiError::Internal
+        })?;
+    if let Some(broken) = report.broken {
+        tracing::error!(seq = broken.seq(), problem = %broken, "audit chain broken; not pruning");
+        return Ok(None);
+    }
+    let Some((through_seq, through_hash)) = last else { return Ok(None) };
+    cluster.propose_one(cluster.command(Payload::PruneAudit(PruneAudit { through_seq, through_hash }))).await?;
+    tracing::info!(through_seq, "audit records past retention pruned");
+    Ok(Some(through_seq))
+}
+
+/// A record as an audit snapshot: what an operator needs to see changed,
+/// never a password hash, key secret hash or session token hash.
+fn snapshot(state: &State, kind: &str, id: &str) -> String {
+    let v = match kind {
+        "user" => state.user(id).map(|u| {
+            serde_json::json!({ "id": u.user_id, "username": u.username, "email": u.email, "roles": u.roles,
+                "status": crate::admin::status_name(u.status), "locked_until": u.locked_until })
+        }),
+        "key" => state.api_key(id).map(|k| {
+            serde_json::json!({ "id": k.key_id, "user_id": k.user_id, "name": k.name, "roles": k.roles,
+                "expires_at": k.expires_at, "revoked_at": k.revoked_at })
+        }),
+        "session" => state.session(id).map(|s| {
+            serde_json::json!({ "id": s.session_id, "user_id": s.user_id, "expires_at": s.expires_at,
+                "client_ip": s.client_ip })
+        }),
+        "role" => state
+            .role(id)
+            .map(|r| serde_json::json!({ "name": r.name, "permissions": r.permissions, "description": r.description })),
+        _ => None,
+    };
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// What an admin command does, as an audit action and the resource it acts on.
+fn subject(payload: &Payload) -> Option<(&'static str, &'static str, String)> {
+    Some(match payload {
+        Payload::CreateUser(c) => ("user.create", "user", c.user_id.clone()),
+        Payload::SetUserStatus(c) => ("user.set_status", "user", c.user_id.clone()),
+        Payload::SetPassword(c) => ("user.set_password", "user", c.user_id.clone()),
+        Payload::UpdateUser(c) => ("user.update", "user", c.user_id.clone()),
+        Payload::DeleteUser(c) => ("user.delete", "user", c.user_id.clone()),
+        Payload::AssignRole(c) => ("role.assign", "user", c.user_id.clone()),
+        Payload::UnassignRole(c) => ("role.unassign", "user", c.user_id.clone()),
+        Payload::CreateApiKey(c) => ("key.create", "key", c.key_id.clone()),
+        Payload::RevokeApiKey(c) => ("key.revoke", "key", c.key_id.clone()),
+        Payload::RotateApiKey(c) => ("key.rotate", "key", c.old_key_id.clone()),
+        Payload::RevokeSession(c) => ("session.revoke", "session", c.session_id.clone()),
+        Payload::RevokeUserSessions(c) => ("session.revoke_user", "user", c.user_id.clone()),
+        Payload::RevokeAllSessions(_) => ("session.revoke_all", "sessions", "*".into()),
+        Payload::PutRole(c) if c.create => ("role.create", "role", c.name.clone()),
+        Payload::PutRole(c) => ("role.update", "role", c.name.clone()),
+        Payload::DeleteRole(c) => ("role.delete", "role", c.name.clone()),
+        _ => return None,
+    })
+}
+
+/// Proposes an admin change and audits it: actor, resource, and the
+/// resource before and after (secrets removed), with the outcome.
+pub async fn write(
+    cluster: &Cluster,
+    actor: &Actor,
+    cmd: Command,
+) -> Result<gatehouse_proto::events::CommandResult, crate::ApiError> {
+    let Some((action, kind, id)) = cmd.payload.as_ref().and_then(subject) else {
+        return cluster.propose_one(cmd).await;
+    };
+    let request_id = cmd.request_id.clone();
+    let new_key = match &cmd.payload {
+        Some(Payload::RotateApiKey(r)) => r.new_key.as_ref().map(|k| format!("new_key={}", k.key_id)),
+        _ => None,
+    };
+    let before = snapshot(&cluster.view().read(), kind, &id);
+    let result = cluster.propose_one(cmd).await;
+    let after = snapshot(&cluster.view().read(), kind, &id);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(crate::ApiError::PermissionDenied(_)) => "denied",
+        Err(_) => "failed",
+    };
+    let mut e = event(action, outcome, actor, format!("{kind}:{id}"));
+    e.request_id = request_id;
+    e.before = before;
+    e.after = after;
+    e.detail = match &result {
+        Err(err) => err.to_string(),
+        Ok(_) => new_key.unwrap_or_default(),
+    };
+    cluster.audit(e);
+    result
+}

@@ -1,0 +1,825 @@
+//! Cluster-wide rate limits on the HTTP front.
+//!
+//! A [`Policy`] matches requests (Gatehouse's own path, the forwarded path
+//! of `/auth/verify`, a key, a user, a client network), counts them in one
+//! bucket per client IP, key, user or policy, and admits at most `limit`
+//! per sliding `window_secs`:
+//!
+//! - **strict**: each hit is a `RateHit` command; apply decides, so the
+//!   count is exact across the cluster. For rare, security-critical events
+//!   (logins, credential failures).
+//! - **global**: each node admits locally within its share of what is left
+//!   (`⌈(limit − committed) / nodes⌉` per sync round) and proposes its
+//!   admissions as `RateDeltas` every `sync_interval_ms`. Over-admission is
+//!   bounded; see `docs/rate-limits.md`.
+//!
+//! Policies that count `on = "failure"` (strict only) count credentials that
+//! were presented and refused (401 to a request with an `Authorization`
+//! header, or to a login); once full, the client gets 429 before any
+//! credential of theirs is looked at.
+//!
+//! The client IP is the socket peer, or the first untrusted address of
+//! `X-Forwarded-For` when the peer is a trusted proxy. IPv6 clients share a
+//! bucket per /64, the block one subscriber usually holds.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gatehouse_domain::limits::{self as rules, Usage};
+use gatehouse_domain::Payload;
+use gatehouse_proto::events::{command_result::Code, rate_deltas::Delta, RateDeltas, RateHit};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::now_ms;
+use crate::{ApiError, Cluster};
+
+/// Most policies (their matches are kept in a 64-bit mask per request).
+pub const MAX_POLICIES: usize = 64;
+
+/// How a policy counts across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Strict,
+    Global,
+}
+
+/// What a policy's buckets are per.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum By {
+    #[default]
+    Ip,
+    Key,
+    User,
+    /// One bucket for everything the policy matches.
+    Policy,
+}
+
+/// What a policy counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum On {
+    /// Every matching request.
+    #[default]
+    Request,
+    /// Presented credentials that were refused (strict only).
+    Failure,
+}
+
+/// One rate-limit policy (`[[rate_limits.policies]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    /// Gatehouse's own request path (segment prefix), e.g. `/api/v1/login`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// On `/auth/verify`: the protected request's `X-Forwarded-Uri` prefix.
+    #[serde(default)]
+    pub forwarded_path_prefix: Option<String>,
+    /// On `/auth/verify`: the protected request's `X-Forwarded-Host`.
+    #[serde(default)]
+    pub forwarded_host: Option<String>,
+    /// Only this API key id.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Only this username.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Only clients in this network.
+    #[serde(default)]
+    pub client_network: Option<IpNet>,
+    #[serde(default)]
+    pub by: By,
+    #[serde(default)]
+    pub on: On,
+    pub limit: u32,
+    pub window_secs: u64,
+    pub mode: Mode,
+}
+
+impl Policy {
+    fn new(name: &str, path: Option<&str>, on: On, limit: u32, mode: Mode) -> Policy {
+        Policy {
+            name: name.into(),
+            path_prefix: path.map(str::to_string),
+            forwarded_path_prefix: None,
+            forwarded_host: None,
+            key_id: None,
+            user: None,
+            client_network: None,
+            by: By::Ip,
+            on,
+            limit,
+            window_secs: 60,
+            mode,
+        }
+    }
+
+    /// The defaults: logins 5/min per IP and credential failures 10/min per
+    /// IP (both strict), Gatehouse's API 100/min per IP (global).
+    pub fn defaults() -> Vec<Policy> {
+        vec![
+            Policy::new("login", Some("/api/v1/login"), On::Request, 5, Mode::Strict),
+            Policy::new("credential_failures", None, On::Failure, 10, Mode::Strict),
+            Policy::new("api", Some("/api/"), On::Request, 100, Mode::Global),
+        ]
+    }
+
+    /// Whether the policy can only be decided once the caller is known.
+    fn needs_caller(&self) -> bool {
+        self.key_id.is_some() || self.user.is_some() || matches!(self.by, By::Key | By::User)
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.window_secs * 1000
+    }
+}
+
+/// `[rate_limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// On by default; off only by saying so.
+    pub enabled: bool,
+    /// How often a node syncs its global-limit admissions.
+    pub sync_interval_ms: u64,
+    /// Peers whose `X-Forwarded-For` is believed (default: loopback).
+    pub trusted_proxies: Vec<IpNet>,
+    pub policies: Vec<Policy>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            enabled: true,
+            sync_interval_ms: 50,
+            trusted_proxies: vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")],
+            policies: Policy::defaults(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Refuses policies that could not work as written.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(10..=10_000).contains(&self.sync_interval_ms) {
+            return Err("rate_limits.sync_interval_ms must be 10..=10000".into());
+        }
+        if self.policies.len() > MAX_POLICIES {
+            return Err(format!("at most {MAX_POLICIES} rate-limit policies"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.policies {
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= rules::MAX_NAME
+                && p.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(format!("rate-limit policy name {:?}: use a-z, 0-9, _ and -", p.name));
+            }
+            if !names.insert(&p.name) {
+                return Err(format!("rate-limit policy {} is defined twice", p.name));
+            }
+            let max = if p.mode == Mode::Strict { rules::MAX_STRICT_LIMIT } else { rules::MAX_LIMIT };
+            if p.limit == 0 || p.limit > max {
+                return Err(format!("rate-limit policy {}: limit must be 1..={max}", p.name));
+            }
+            if !(rules::MIN_WINDOW_MS..=rules::MAX_WINDOW_MS).contains(&p.window_ms()) {
+                return Err(format!("rate-limit policy {}: window_secs must be 1..=86400", p.name));
+            }
+            if p.on == On::Failure && (p.mode != Mode::Strict || p.needs_caller()) {
+                return Err(format!("rate-limit policy {}: failures are counted strictly, per IP or policy", p.name));
+            }
+            for prefix in [&p.path_prefix, &p.forwarded_path_prefix].into_iter().flatten() {
+                if !prefix.starts_with('/') {
+                    return Err(format!("rate-limit policy {}: path prefixes start with /", p.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the response's `X-RateLimit-*` headers say: the tightest policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub policy: Arc<str>,
+    pub limit: u32,
+    pub remaining: u64,
+    /// Seconds until the count next goes down.
+    pub reset_secs: u64,
+}
+
+impl Quota {
+    fn tighter(self, other: Option<Quota>) -> Quota {
+        match other {
+            Some(o)
+                if (o.remaining, std::cmp::Reverse(o.reset_secs))
+                    < (self.remaining, std::cmp::Reverse(self.reset_secs)) =>
+            {
+                o
+            }
+            _ => self,
+        }
+    }
+
+    /// Adds the headers to a response.
+    pub fn write(&self, h: &mut HeaderMap) {
+        h.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(self.reset_secs));
+    }
+}
+
+/// A refusal: 429 with `Retry-After` and the policy named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited(pub Quota);
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let q = self.0;
+        let body = serde_json::json!({ "error": {
+            "code": "rate_limited",
+            "message": format!("rate limit {} reached; retry in {} s", q.policy, q.reset_secs.max(1)),
+            "policy": &*q.policy,
+        }});
+        let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+        q.write(resp.headers_mut());
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(q.reset_secs.max(1)));
+        resp.extensions_mut().insert(q);
+        resp
+    }
+}
+
+/// What the limiter knows about a request before its handler runs; handlers
+/// find it in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub client_ip: IpAddr,
+    /// Policies whose path, forwarded path and network matched.
+    matched: u64,
+}
+
+/// A request as policies see it.
+pub struct Subject<'a> {
+    pub ip: IpAddr,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// This node's part of a global bucket.
+#[derive(Debug, Default)]
+struct Local {
+    /// The sync round `budget` was computed in.
+    round: u64,
+    budget: u64,
+    used: u64,
+    /// Admitted here, not yet proposed.
+    pending: u64,
+    /// Proposed, not yet applied here.
+    inflight: u64,
+}
+
+struct Inner {
+    cluster: Cluster,
+    config: LimitsConfig,
+    names: Vec<Arc<str>>,
+    locals: Mutex<HashMap<(usize, String), Local>>,
+    round: AtomicU64,
+    members: AtomicU64,
+}
+
+/// The node's rate limiter; cheap to clone.
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+impl Limiter {
+    /// Starts the limiter and, if any policy is global, its sync task.
+    pub fn start(cluster: Cluster, config: LimitsConfig) -> Limiter {
+        let names = config.policies.iter().map(|p| Arc::from(p.name.as_str())).collect();
+        let limiter = Limiter {
+            inner: Arc::new(Inner {
+                cluster,
+                names,
+                locals: Mutex::new(HashMap::new()),
+                round: AtomicU64::new(1),
+                members: AtomicU64::new(1),
+                config,
+            }),
+        };
+        if limiter.inner.config.enabled && limiter.inner.config.policies.iter().any(|p| p.mode == Mode::Global) {
+            tokio::spawn(sync_loop(Arc::downgrade(&limiter.inner)));
+        }
+        limiter
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.config.enabled && !self.inner.config.policies.is_empty()
+    }
+
+    /// The client's address: the peer, or what trusted proxies say it is.
+    pub fn client_ip(&self, peer: Option<&SocketAddr>, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.inner.config.trusted_proxies)
+    }
+
+    fn policies(&self) -> &[Policy] {
+        &self.inner.config.policies
+    }
+
+    /// The bucket of policy `p` for this client and caller.
+    fn bucket(p: &Policy, ip: IpAddr, caller: Option<(&str, Option<&str>)>) -> Option<String> {
+        Some(match p.by {
+            By::Ip => format!("ip:{}", bucket_ip(ip)),
+            By::Key => format!("key:{}", caller?.1?),
+            By::User => format!("user:{}", caller?.0),
+            By::Policy => "all".to_string(),
+        })
+    }
+
+    /// Before the handler: refuses clients over a failure limit, admits the
+    /// request on every matching policy that needs no caller.
+    pub async fn before(&self, s: &Subject<'_>) -> (RequestLimits, Result<Option<Quota>, Limited>) {
+        let matched = self.matching(s);
+        let ctx = RequestLimits { client_ip: s.ip, matched };
+        let mut quota = None;
+        for (i, p) in self.policies().iter().enumerate() {
+            if matched & (1 << i) == 0 || p.needs_caller() {
+                continue;
+            }
+            let result = match p.on {
+                On::Failure => self.check_full(i, p, s.ip),
+                On::Request => self.admit(i, p, s.ip, None).await,
+            };
+            match result {
+                Ok(Some(q)) => quota = Some(q.tighter(quota)),
+                Ok(None) => {}
+                Err(l) => return (ctx, Err(l)),
+            }
+        }
+        (ctx, Ok(quota))
+    }
+
+    /// Once the caller is known: admits on the policies that needed it.
+    pub async fn caller_known(
+        &self,
+        ctx: &RequestLimits,
+        user_id: &str,
+        username: &str,
+        key_id: Option<&str>,
+    ) -> Result<Option<Quota>, Limited> {
+        let mut quota = None;
+        for (i, p) in self.policies().iter().enumerate() {
+            if ctx.matched & (1 << i) == 0 || !p.needs_caller() {
+                continue;
+            }
+            if p.key_id.as_deref().is_some_and(|k| Some(k) != key_id)
+                || p.user.as_deref().is_some_and(|u| u != username)
+            {
+                continue;
+            }
+            if let Some(q) = self.admit(i, p, ctx.client_ip, Some((user_id, key_id))).await? {
+                quota = Some(q.tighter(quota));
+            }
+        }
+        Ok(quota)
+    }
+
+    /// A presented credential was refused: counted on failure policies.
+    pub async fn refused(&self, ctx: &RequestLimits) -> Result<Option<Quota>, Limited> {
+        let mut quota = None;
+        for (i, p) in self.policies().iter().enumerate() {
+            if ctx.matched & (1 << i) == 0 || p.on != On::Failure {
+                continue;
+            }
+            if let Some(q) = self.strict(i, p, ctx.client_ip, None).await? {
+                quota = Some(q.tighter(quota));
+            }
+        }
+        Ok(quota)
+    }
+
+    /// The mask of policies whose request-side filters match.
+    fn matching(&self, s: &Subject<'_>) -> u64 {
+        let forwarded = s.path == "/auth/verify";
+        let header = |name: &str| s.headers.get(name).and_then(|v| v.to_str().ok());
+        let mut mask = 0;
+        for (i, p) in self.policies().iter().enumerate() {
+            let path_ok = p.path_prefix.as_deref().is_none_or(|pre| crate::http::verify::under(s.path, pre));
+            let fwd_ok = (p.forwarded_path_prefix.is_none() && p.forwarded_host.is_none())
+                || (forwarded
+                    && p.forwarded_path_prefix.as_deref().is_none_or(|pre| {
+                        crate::http::verify::plain_path(header("x-forwarded-uri").unwrap_or("/"))
+                            .is_some_and(|path| crate::http::verify::under(path, pre))
+                    })
+                    && p.forwarded_host
+                        .as_deref()
+                        .is_none_or(|h| header("x-forwarded-host").is_some_and(|x| x.eq_ignore_ascii_case(h))));
+            let net_ok = p.client_network.is_none_or(|n| n.contains(&s.ip));
+            if path_ok && fwd_ok && net_ok {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    fn quota(&self, i: usize, p: &Policy, used: u64, resets_at: u64, now: u64) -> Quota {
+        let reset_ms = if used == 0 { p.window_ms() } else { resets_at.saturating_sub(now) };
+        Quota {
+            policy: self.inner.names[i].clone(),
+            limit: p.limit,
+            remaining: u64::from(p.limit).saturating_sub(used),
+            reset_secs: reset_ms.div_ceil(1000),
+        }
+    }
+
+    fn usage(&self, p: &Policy, bucket: &str, now: u64) -> Usage {
+        let state = self.inner.cluster.view().read();
+        state.limits().get(&p.name, bucket).map_or(Usage { count: 0, resets_at: now }, |r| rules::usage(r, now))
+    }
+
+    /// A failure policy: refuses once its bucket is full, counts nothing.
+    fn check_full(&self, i: usize, p: &Policy, ip: IpAddr) -> Result<Option<Quota>, Limited> {
+        // Nothing failed lately anywhere: no bucket name to build.
+        if !self.inner.cluster.view().read().limits().has_policy(&p.name) {
+            return Ok(None);
+        }
+        let bucket = Self::bucket(p, ip, None).expect("failure policies need no caller");
+        let now = now_ms();
+        let u = self.usage(p, &bucket, now);
+        let q = self.quota(i, p, u.count, u.resets_at, now);
+        if u.count >= u64::from(p.limit) {
+            return Err(self.limited(q));
+        }
+        Ok(Some(q))
+    }
+
+    fn limited(&self, q: Quota) -> Limited {
+        let metrics = self.inner.cluster.metrics();
+        metrics.rate_limited.get_or_create(&crate::metrics::PolicyLabels { policy: q.policy.to_string() }).inc();
+        Limited(q)
+    }
+
+    async fn admit(
+        &self,
+        i: usize,
+        p: &Policy,
+        ip: IpAddr,
+        caller: Option<(&str, Option<&str>)>,
+    ) -> Result<Option<Quota>, Limited> {
+        match p.mode {
+            Mode::Strict => self.strict(i, p, ip, caller).await,
+            Mode::Global => self.global(i, p, ip, caller),
+        }
+    }
+
+    /// One `RateHit` through the log: apply decides.
+    async fn strict(
+        &self,
+        i: usize,
+        p: &Policy,
+        ip: IpAddr,
+        caller: Option<(&str, Option<&str>)>,
+    ) -> Result<Option<Quota>, Limited> {
+        let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
+        let c = &self.inner.cluster;
+        let cmd = c.command(Payload::RateHit(RateHit {
+            policy: p.name.clone(),
+            bucket: bucket.clone(),
+            limit: p.limit,
+            window_ms: p.window_ms(),
+        }));
+        let result = match c.propose(vec![cmd]).await {
+            Ok(applied) => applied.results.into_iter().next(),
+            Err(e) => {
+                // Fail closed: an unknown count admits nothing.
+                tracing::warn!(policy = %p.name, error = %e, "strict rate-limit hit could not be recorded");
+                None
+            }
+        };
+        let now = now_ms();
+        let u = self.usage(p, &bucket, now);
+        let mut q = self.quota(i, p, u.count, u.resets_at, now);
+        match result {
+            Some(r) if r.code == Code::Ok as i32 => {
+                // What apply saw at the hit, not what later hits left.
+                q.remaining = r.id.parse().unwrap_or(q.remaining);
+                Ok(Some(q))
+            }
+            Some(r) if r.code == Code::Limited as i32 => {
+                q.remaining = 0;
+                Err(self.limited(q))
+            }
+            _ => {
+                q.remaining = 0;
+                q.reset_secs = 1;
+                Err(Limited(q))
+            }
+        }
+    }
+
+    /// Admits locally within this node's share of what is left.
+    fn global(
+        &self,
+        i: usize,
+        p: &Policy,
+        ip: IpAddr,
+        caller: Option<(&str, Option<&str>)>,
+    ) -> Result<Option<Quota>, Limited> {
+        let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
+        let now = now_ms();
+        let committed = self.usage(p, &bucket, now);
+        let limit = u64::from(p.limit);
+        let round = self.inner.round.load(Ordering::Relaxed);
+        let nodes = self.inner.members.load(Ordering::Relaxed).max(1);
+        let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
+        let l = locals.entry((i, bucket)).or_default();
+        if l.round != round {
+            l.round = round;
+            l.used = 0;
+            let share = limit.saturating_sub(committed.count).div_ceil(nodes);
+            l.budget = share.saturating_sub(l.pending + l.inflight);
+        }
+        let count = committed.count + l.pending + l.inflight;
+        let admitted = l.used < l.budget && count < limit;
+        if admitted {
+            l.used += 1;
+            l.pending += 1;
+        }
+        drop(locals);
+        let resets_at = if committed.count == 0 { now + p.window_ms() } else { committed.resets_at };
+        let used = if admitted { count + 1 } else { count };
+        let mut q = self.quota(i, p, used, resets_at, now);
+        if admitted {
+            Ok(Some(q))
+        } else {
+            // Refused while the cluster still has room: this node's share is
+            // spent until the next sync.
+            if used < limit {
+                q.reset_secs = q.reset_secs.min(self.inner.config.sync_interval_ms.div_ceil(1000));
+            }
+            Err(self.limited(q))
+        }
+    }
+
+    /// One sync: proposes this node's admissions since the last one and
+    /// starts a new round of shares.
+    async fn sync(&self) {
+        let c = &self.inner.cluster;
+        let members = c.raft().metrics().borrow().membership_config.membership().nodes().count() as u64;
+        self.inner.members.store(members.max(1), Ordering::Relaxed);
+        let mut sent = Vec::new();
+        let deltas: Vec<Delta> = {
+            let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
+            let round = self.inner.round.fetch_add(1, Ordering::Relaxed);
+            locals.retain(|_, l| l.pending + l.inflight > 0 || l.round == round);
+            locals
+                .iter_mut()
+                .filter(|(_, l)| l.pending > 0)
+                .map(|((i, bucket), l)| {
+                    let p = &self.inner.config.policies[*i];
+                    let count = l.pending.min(u64::from(rules::MAX_LIMIT));
+                    l.pending -= count;
+                    l.inflight += count;
+                    sent.push(((*i, bucket.clone()), count));
+                    Delta {
+                        policy: p.name.clone(),
+                        bucket: bucket.clone(),
+                        count: count as u32,
+                        window_ms: p.window_ms(),
+                    }
+                })
+                .collect()
+        };
+        if deltas.is_empty() {
+            return;
+        }
+        let result = c.propose(vec![c.command(Payload::RateDeltas(RateDeltas { deltas }))]).await;
+        let ok = result.as_ref().is_ok_and(|a| a.results.first().is_some_and(|r| r.code == Code::Ok as i32));
+        let outcome = if ok { "ok" } else { "failed" };
+        c.metrics().rate_limit_syncs.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc();
+        if !ok {
+            tracing::warn!(error = ?result.err(), "rate-limit sync failed; retrying with the next one");
+        }
+        let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, count) in sent {
+            if let Some(l) = locals.get_mut(&key) {
+                l.inflight -= count;
+                if !ok {
+                    l.pending += count;
+                }
+            }
+        }
+    }
+}
+
+async fn sync_loop(weak: Weak<Inner>) {
+    let interval = match weak.upgrade() {
+        Some(inner) => Duration::from_millis(inner.config.sync_interval_ms),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        Limiter { inner }.sync().await;
+    }
+}
+
+/// IPv4 as is; IPv6 by its /64.
+fn bucket_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// The socket peer, unless it is a trusted proxy: then the nearest address
+/// in `X-Forwarded-For` that is not one, read from the right (the left part
+/// is whatever the client chose to send).
+pub fn client_ip(peer: Option<&SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
+    let mut client = canonical(peer);
+    if !is_trusted(client) {
+        return client;
+    }
+    let hops: Vec<&str> =
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(client) {
+                    break;
+                }
+            }
+            // Garbage: nothing to the left of it can be believed.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The HTTP layer: admits before the handler, counts refused credentials
+/// after it, and writes the tightest quota into the response.
+pub async fn layer(
+    axum::extract::State(front): axum::extract::State<crate::http::Front>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limiter = &front.limits;
+    let path = req.uri().path();
+    // Probes and scrapes are never limited.
+    if !limiter.enabled() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let ip = limiter.client_ip(peer.as_ref(), req.headers());
+    // Refused credentials count when they were sent on purpose: a bearer
+    // token or a login. A browser's stale session cookie is not an attack.
+    let presents = req.headers().contains_key(axum::http::header::AUTHORIZATION) || path == "/api/v1/login";
+    let (ctx, before) = limiter.before(&Subject { ip, path, headers: req.headers() }).await;
+    let quota = match before {
+        Ok(q) => q,
+        Err(limited) => {
+            front.cluster.audit_rate_limited(&limited.0.policy, ip);
+            return limited.into_response();
+        }
+    };
+    req.extensions_mut().insert(ctx);
+    let mut resp = next.run(req).await;
+    let from_handler = resp.extensions_mut().remove::<Quota>();
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        // The handler's refusal (a policy by key or user) carries its own headers.
+        if let Some(q) = from_handler {
+            front.cluster.audit_rate_limited(&q.policy, ip);
+        }
+        return resp;
+    }
+    let mut quota = match (quota, from_handler) {
+        (Some(a), b) => Some(a.tighter(b)),
+        (None, b) => b,
+    };
+    if presents && resp.status() == StatusCode::UNAUTHORIZED {
+        match limiter.refused(&ctx).await {
+            Ok(q) => quota = q.map(|q| q.tighter(quota.take())),
+            Err(limited) => {
+                front.cluster.audit_rate_limited(&limited.0.policy, ip);
+                return limited.into_response();
+            }
+        }
+    }
+    if let Some(q) = quota {
+        q.write(resp.headers_mut());
+    }
+    resp
+}
+
+/// A handler's check once it knows the caller (policies by key or user).
+pub async fn caller_known(
+    front: &crate::http::Front,
+    ctx: Option<&RequestLimits>,
+    user_id: &str,
+    username: &str,
+    key_id: Option<&str>,
+) -> Result<Option<Quota>, Limited> {
+    match ctx {
+        Some(ctx) => front.limits.caller_known(ctx, user_id, username, key_id).await,
+        None => Ok(None),
+    }
+}
+
+impl From<Limited> for ApiError {
+    fn from(l: Limited) -> Self {
+        ApiError::RateLimited(l.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "10.1.2.3:4000".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        let h = headers(&["198.51.100.7"]);
+        assert_eq!(client_ip(Some(&stranger), &h, &trusted).to_string(), "203.0.113.9", "forged by an untrusted peer");
+        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "198.51.100.7");
+        // The client may prepend anything; the nearest untrusted hop counts.
+        let h = headers(&["1.1.1.1, 198.51.100.7, 10.9.9.9"]);
+        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "198.51.100.7");
+        let h = headers(&["1.1.1.1", "198.51.100.7"]);
+        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "198.51.100.7");
+        // Garbage stops the walk at the last address believed.
+        let h = headers(&["198.51.100.7, not-an-ip"]);
+        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "10.1.2.3");
+        assert_eq!(client_ip(Some(&proxy), &HeaderMap::new(), &trusted).to_string(), "10.1.2.3");
+        // v4-mapped v6 peers are v4.
+        let mapped: SocketAddr = "[::ffff:203.0.113.9]:1".parse().unwrap();
+        assert_eq!(client_ip(Some(&mapped), &HeaderMap::new(), &trusted).to_string(), "203.0.113.9");
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(bucket_ip(a), bucket_ip(b));
+        assert_eq!(bucket_ip(a).to_string(), "2001:db8:1:2::");
+        assert_ne!(bucket_ip(a), bucket_ip("2001:db8:1:3::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn policies_that_cannot_work_are_refused() {
+        assert!(LimitsConfig::default().validate().is_ok());
+        let bad = |f: fn(&mut Policy)| {
+            let mut c = LimitsConfig::default();
+            f(&mut c.policies[0]);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|p| p.name = "Bad Name".into()).contains("name"));
+        assert!(bad(|p| p.name = "api".into()).contains("twice"));
+        assert!(bad(|p| p.limit = 0).contains("limit"));
+        assert!(bad(|p| p.window_secs = 0).contains("window"));
+        assert!(bad(|p| p.path_prefix = Some("api".into())).contains("start with /"));
+        assert!(bad(|p| {
+            p.on = On::Failure;
+            p.by = By::Key;
+        })
+        .contains("failures"));
+    }
+
+    #[test]
+    fn the_tightest_quota_wins() {
+        let q = |remaining, reset_secs| Quota { policy: "p".into(), limit: 10, remaining, reset_secs };
+        assert_eq!(q(5, 10).tighter(Some(q(3, 1))), q(3, 1));
+        assert_eq!(q(3, 10).tighter(Some(q(3, 1))), q(3, 10));
+        assert_eq!(q(3, 10).tighter(None), q(3, 10));
+    }
+}
