@@ -41,6 +41,9 @@ pub fn config(id: u64, dir: &TempDir) -> Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         cluster_secret: Some(SECRET.into()),
+        // Every test client is 127.0.0.1: the default per-IP limits would
+        // couple unrelated tests. Tests about limits turn them on.
+        rate_limits: gatehouse_api::limits::LimitsConfig { enabled: false, ..Default::default() },
         ..Config::default()
     }
 }
@@ -194,7 +197,7 @@ pub async fn admin_cli(endpoint: &str, token: &str, args: &[&str]) -> Result<Str
     let cli = gatehouse::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
     let gatehouse::cli::Command::Admin(a) = cli.command else { unreachable!() };
     let mut out = Vec::new();
-    gatehouse::cli::admin(a, &mut out).await.map_err(|e| format!("{e:#}"))?;
+    gatehouse::cli::admin(*a, &mut out).await.map_err(|e| format!("{e:#}"))?;
     Ok(String::from_utf8(out).unwrap())
 }
 

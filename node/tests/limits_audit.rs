@@ -1,0 +1,427 @@
+//! Rate limits and the audit log on a 3-node cluster: strict limits exact,
+//! global limits within their bound, headers that agree across nodes, the
+//! client IP behind trusted proxies only, and audit events for every kind
+//! of action, chained and verifiable after pruning.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{admin_cli, base, create_key, create_user_with_password, http, wait_until, TestCluster};
+use gatehouse_api::limits::{By, LimitsConfig, Mode, On, Policy};
+use reqwest::StatusCode;
+
+fn policy(name: &str, by: By, limit: u32, mode: Mode) -> Policy {
+    Policy {
+        name: name.into(),
+        path_prefix: None,
+        forwarded_path_prefix: None,
+        forwarded_host: None,
+        key_id: None,
+        user: None,
+        client_network: None,
+        by,
+        on: On::Request,
+        limit,
+        window_secs: 60,
+        mode,
+    }
+}
+
+fn limits(policies: Vec<Policy>) -> LimitsConfig {
+    LimitsConfig { enabled: true, policies, ..Default::default() }
+}
+
+fn ep(c: &TestCluster, id: u64) -> String {
+    format!("http://{}", c.node(id).advertise_addr())
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
+    r.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_strict_limit_is_exact_across_three_nodes() {
+    let c =
+        TestCluster::start_with(3, |cfg| cfg.rate_limits = limits(vec![policy("per_key", By::Key, 5, Mode::Strict)]))
+            .await;
+    let key = create_key(c.node(1), "hammer", &["viewer"]).await;
+    // 30 concurrent verifications spread over the three nodes.
+    let calls = (0..30u64).map(|i| {
+        let (url, key) = (format!("{}/auth/verify", base(c.node(1 + i % 3))), key.clone());
+        async move { http().get(url).bearer_auth(key).send().await.unwrap() }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let ok: Vec<_> = answers.iter().filter(|r| r.status() == StatusCode::OK).collect();
+    assert_eq!(ok.len(), 5, "exactly the limit is admitted cluster-wide");
+    // Each admitted answer names what was left at its hit, whichever node answered.
+    let remaining: BTreeSet<u64> = ok.iter().map(|r| header(r, "x-ratelimit-remaining").unwrap()).collect();
+    assert_eq!(remaining, BTreeSet::from([0, 1, 2, 3, 4]));
+    for r in &answers {
+        assert_eq!(header(r, "x-ratelimit-limit"), Some(5));
+        assert!((1..=60).contains(&header(r, "x-ratelimit-reset").unwrap()));
+    }
+    let refused = answers.into_iter().find(|r| r.status() == StatusCode::TOO_MANY_REQUESTS).unwrap();
+    assert!((1..=60).contains(&header(&refused, "retry-after").unwrap()));
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), Some(0));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["policy"], "per_key");
+    // Another key has its own bucket.
+    let other = create_key(c.node(2), "calm", &["viewer"]).await;
+    let r = http().get(format!("{}/auth/verify", base(c.node(3)))).bearer_auth(&other).send().await.unwrap();
+    assert_eq!((r.status(), header(&r, "x-ratelimit-remaining")), (StatusCode::OK, Some(4)));
+
+    // Refusals are audited, aggregated per policy and client.
+    wait_until("rate-limit hits audited", Duration::from_secs(5), || {
+        let c = &c;
+        async move {
+            let out = admin_cli(&ep(c, 2), &c.admin_key, &["--json", "audit", "query", "--action", "ratelimit.hit"])
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let counted: u64 = v["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["detail"].as_str().unwrap().trim_start_matches("count=").parse::<u64>().unwrap())
+                .sum();
+            counted == 25
+        }
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_global_limit_stays_within_its_bound_and_nodes_agree() {
+    const LIMIT: u32 = 60;
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.rate_limits = limits(vec![policy("per_key_global", By::Key, LIMIT, Mode::Global)]);
+    })
+    .await;
+    let key = create_key(c.node(1), "busy", &["viewer"]).await;
+    let mut admitted = 0u32;
+    let mut refused_in_a_row = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Hammer through all nodes until every node has refused for a while
+    // (several sync rounds).
+    while refused_in_a_row < 60 {
+        assert!(tokio::time::Instant::now() < deadline, "the limit was never reached");
+        let calls = (1..=3u64).map(|n| {
+            let (url, key) = (format!("{}/auth/verify", base(c.node(n))), key.clone());
+            async move { http().get(url).bearer_auth(key).send().await.unwrap().status() }
+        });
+        for status in futures::future::join_all(calls).await {
+            match status {
+                StatusCode::OK => {
+                    admitted += 1;
+                    refused_in_a_row = 0;
+                }
+                StatusCode::TOO_MANY_REQUESTS => refused_in_a_row += 1,
+                s => panic!("unexpected {s}"),
+            }
+        }
+    }
+    // The documented bound (docs/rate-limits-and-audit.md): at most
+    // 2·(nodes − 1) over the limit while deltas apply within a sync interval.
+    assert!((LIMIT..=LIMIT + 4).contains(&admitted), "admitted {admitted} of {LIMIT}");
+    // Once synced, every node reports the same count.
+    for n in 1..=3 {
+        let r = http().get(format!("{}/auth/verify", base(c.node(n)))).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!((header(&r, "x-ratelimit-limit"), header(&r, "x-ratelimit-remaining")), (Some(60), Some(0)));
+    }
+    c.shutdown().await;
+}
+
+/// A client bound to a chosen loopback address (127.0.0.0/8 is all local).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(ip.parse::<IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn login_from(client: &reqwest::Client, c: &TestCluster, xff: &str) -> reqwest::Response {
+    client
+        .post(format!("{}/api/v1/login", base(c.node(1))))
+        .header("x-requested-with", "test")
+        .header("x-forwarded-for", xff)
+        .json(&serde_json::json!({ "username": "nobody", "password": "not the password at all" }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let c = TestCluster::start_with(1, |cfg| {
+        let mut p = policy("login", By::Ip, 2, Mode::Strict);
+        p.path_prefix = Some("/api/v1/login".into());
+        cfg.rate_limits = limits(vec![p]);
+        cfg.rate_limits.trusted_proxies = vec!["127.0.0.2/32".parse().unwrap()];
+    })
+    .await;
+    // An untrusted peer cannot escape its bucket by forging the header.
+    let stranger = client_from("127.0.0.3");
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(login_from(&stranger, &c, &format!("198.51.100.{i}")).await.status().as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [401, 401, 429, 429]);
+    // Behind the trusted proxy, each forwarded client has its own bucket.
+    let proxy = client_from("127.0.0.2");
+    for _ in 0..2 {
+        assert_eq!(login_from(&proxy, &c, "203.0.113.1, 198.51.100.7").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login_from(&proxy, &c, "198.51.100.7").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login_from(&proxy, &c, "198.51.100.8").await.status(), StatusCode::UNAUTHORIZED);
+    // The audit log names the forwarded client, not the proxy.
+    wait_until("login failures audited", Duration::from_secs(5), || {
+        let c = &c;
+        async move {
+            let out = admin_cli(&ep(c, 1), &c.admin_key, &["--json", "audit", "query", "--action", "login.failure"])
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let ips: BTreeSet<String> =
+                v["records"].as_array().unwrap().iter().map(|r| r["client_ip"].as_str().unwrap().to_string()).collect();
+            ips == BTreeSet::from(["127.0.0.3".into(), "198.51.100.7".into(), "198.51.100.8".into()])
+        }
+    })
+    .await;
+    c.shutdown().await;
+}
+
+/// The audit records of one query, as JSON.
+async fn audit(c: &TestCluster, node: u64, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut argv = vec!["--json", "audit", "query", "--all"];
+    argv.extend_from_slice(args);
+    let out = admin_cli(&ep(c, node), &c.admin_key, &argv).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["records"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
+    const PASSWORD: &str = "a long enough password";
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.identity.lockout_threshold = 2;
+        let mut login = policy("login", By::Ip, 8, Mode::Strict);
+        login.path_prefix = Some("/api/v1/login".into());
+        cfg.rate_limits = limits(vec![login]);
+    })
+    .await;
+    let admin = c.admin_key.clone();
+    let user_id = create_user_with_password(c.node(1), "alma", PASSWORD, &["viewer"]).await;
+    let login = |password: &'static str| {
+        let url = format!("{}/api/v1/login", base(c.node(2)));
+        async move {
+            http()
+                .post(url)
+                .header("x-requested-with", "test")
+                .json(&serde_json::json!({ "username": "alma", "password": password }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Login, logout; then failures up to a lockout; then the login limit.
+    let ok = login(PASSWORD).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let cookie = ok.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = http()
+        .post(format!("{}/api/v1/logout", base(c.node(3))))
+        .header("cookie", &cookie)
+        .header("x-requested-with", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(login("wrong password here").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    wait_until("alma locked", Duration::from_secs(5), || {
+        let locked = c.node(2).cluster().view().read().user(&user_id).is_some_and(|u| u.locked_until > 0);
+        async move { locked }
+    })
+    .await;
+    while login("wrong password here").await.status() != StatusCode::TOO_MANY_REQUESTS {}
+
+    // Admin changes, an RBAC denial, and a membership-side operation.
+    let key =
+        admin_cli(&ep(&c, 1), &admin, &["--json", "key", "create", "--user", "alma", "--name", "ci"]).await.unwrap();
+    let key: serde_json::Value = serde_json::from_str(&key).unwrap();
+    let (key_id, secret) = (key["id"].as_str().unwrap().to_string(), key["key"].as_str().unwrap().to_string());
+    admin_cli(&ep(&c, 2), &admin, &["user", "update", "alma", "--email", "alma@new.example"]).await.unwrap();
+    admin_cli(&ep(&c, 3), &admin, &["key", "revoke", &key_id]).await.unwrap();
+    let viewer = create_key(c.node(1), "vera", &["viewer"]).await;
+    let denied = admin_cli(&ep(&c, 1), &viewer, &["user", "create", "eve", "--email", "e@example.com"]).await;
+    assert!(denied.unwrap_err().starts_with("permission denied"));
+    admin_cli(&ep(&c, 1), &admin, &["cluster", "snapshot"]).await.unwrap();
+
+    let want = [
+        "login.success",
+        "logout",
+        "login.failure",
+        "user.lockout",
+        "ratelimit.hit",
+        "key.create",
+        "user.update",
+        "key.revoke",
+        "rbac.denied",
+        "cluster.snapshot",
+    ];
+    wait_until("every action audited", Duration::from_secs(10), || {
+        let c = &c;
+        async move {
+            let actions: BTreeSet<String> =
+                audit(c, 1, &[]).await.iter().map(|r| r["action"].as_str().unwrap().to_string()).collect();
+            want.iter().all(|a| actions.contains(*a))
+        }
+    })
+    .await;
+
+    // Details an investigator needs, and no secret anywhere.
+    let update = audit(&c, 2, &["--action", "user.update"]).await;
+    assert_eq!(update.len(), 1);
+    let before: serde_json::Value = serde_json::from_str(update[0]["before"].as_str().unwrap()).unwrap();
+    let after: serde_json::Value = serde_json::from_str(update[0]["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (before["email"].as_str(), after["email"].as_str()),
+        (Some("alma@example.com"), Some("alma@new.example"))
+    );
+    assert_eq!(update[0]["outcome"], "ok");
+    assert!(!update[0]["actor_key_id"].as_str().unwrap().is_empty());
+    assert_eq!(update[0]["client_ip"], "127.0.0.1");
+    let denial = audit(&c, 3, &["--action", "rbac.denied"]).await;
+    assert_eq!(denial[0]["resource"], "rpc:UserService/Create");
+    assert!(!denial[0]["actor_user_id"].as_str().unwrap().is_empty());
+    let export = admin_cli(&ep(&c, 3), &admin, &["audit", "export", "--format", "csv"]).await.unwrap();
+    assert!(export.starts_with("seq,time,at,action"));
+    let token = cookie.split_once('=').unwrap().1;
+    for secret in [&secret[secret.len() - 20..], &token[token.len() - 20..], PASSWORD, "argon2"] {
+        assert!(!export.contains(secret), "{secret} leaked into the audit log");
+    }
+    // Filters: by actor (username), outcome and resource prefix.
+    let by_admin = audit(&c, 1, &["--actor", "admin", "--outcome", "ok", "--resource", "key:"]).await;
+    let actions: BTreeSet<&str> = by_admin.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, BTreeSet::from(["key.create", "key.revoke"]));
+
+    // Every node holds the same chain.
+    let mut heads = BTreeSet::new();
+    for n in 1..=3 {
+        let out = admin_cli(&ep(&c, n), &admin, &["--json", "audit", "verify"]).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["intact"], true, "{out}");
+        heads.insert((v["head_seq"].as_u64().unwrap(), v["head_hash"].as_str().unwrap().to_string()));
+    }
+    wait_until("same head everywhere", Duration::from_secs(5), || {
+        let c = &c;
+        async move {
+            let chains: BTreeSet<_> = c
+                .nodes
+                .values()
+                .map(|n| n.cluster().view().read().audit_chain())
+                .map(|ch| (ch.head_seq, ch.head_hash))
+                .collect();
+            chains.len() == 1
+        }
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
+    use gatehouse_domain::Payload;
+    use gatehouse_proto::events::{AppendAudit, AuditEvent};
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let cluster = c.node(leader).cluster();
+    let day = 86_400_000;
+    let now = gatehouse_api::cluster::now_ms();
+    // 2,000 events from 100 days ago, then 3,000 recent ones.
+    for (at, n) in [(now - 100 * day, 2_000), (now, 3_000)] {
+        for _ in 0..n / 1000 {
+            let events = (0..1000)
+                .map(|i| AuditEvent {
+                    at: at + i,
+                    action: "test.event".into(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let cmd = cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0 }));
+            cluster.propose_one(cmd).await.unwrap();
+        }
+    }
+    let verify = |n: u64| {
+        let c = &c;
+        async move {
+            let out = admin_cli(&ep(c, n), &c.admin_key, &["--json", "audit", "verify"]).await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()
+        }
+    };
+    let v = verify(2).await;
+    assert_eq!(v["intact"], true);
+    assert!(v["checked"].as_u64().unwrap() >= 5_000);
+    let head = v["head_seq"].as_u64().unwrap();
+
+    // Retention: the leader prunes what is older than 90 days, after checking it.
+    let pruned = gatehouse_api::audit::prune(cluster, &c.node(leader).audit_log(), 90).await.unwrap().unwrap();
+    assert!(pruned >= 2_000 && pruned < head - 2_900, "pruned through {pruned}");
+    for n in 1..=3 {
+        let out = admin_cli(&ep(&c, n), &c.admin_key, &["--json", "audit", "verify"]).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["anchor_seq"].as_u64() != Some(pruned) {
+            // A follower applies the prune a moment later.
+            wait_until("prune applied", Duration::from_secs(5), || {
+                let done = c.node(n).cluster().view().read().audit_chain().anchor_seq == pruned;
+                async move { done }
+            })
+            .await;
+        }
+        let v = verify(n).await;
+        assert_eq!(v["intact"], true, "node {n}: {v}");
+        assert_eq!(v["anchor_seq"].as_u64(), Some(pruned));
+    }
+    let old = audit(&c, 1, &["--to", "30d"]).await;
+    assert!(old.is_empty(), "nothing older than 30 days is left");
+    // Nothing more to prune; a follower does not prune.
+    assert_eq!(gatehouse_api::audit::prune(cluster, &c.node(leader).audit_log(), 90).await.unwrap(), None);
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    assert_eq!(
+        gatehouse_api::audit::prune(c.node(follower).cluster(), &c.node(follower).audit_log(), 1).await.unwrap(),
+        None
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_rpcs_refuse_hostile_input_and_non_auditors() {
+    let c = TestCluster::start(1).await;
+    let operator = create_key(c.node(1), "opal", &["operator"]).await;
+    let err = admin_cli(&ep(&c, 1), &operator, &["audit", "verify"]).await.unwrap_err();
+    assert!(err.starts_with("permission denied"), "{err}");
+    let err = admin_cli(&ep(&c, 1), "gk_0123456789abcdef_forged", &["audit", "query"]).await.unwrap_err();
+    assert!(err.starts_with("unauthenticated"), "{err}");
+    for (args, want) in [
+        (&["audit", "query", "--outcome", "maybe"][..], "invalid argument"),
+        (&["audit", "query", "--page-token", "%%%"], "invalid argument"),
+        (&["audit", "query", "--page-size", "5000"], "invalid argument"),
+        (&["audit", "query", "--from", "1h", "--to", "2h"], "invalid argument"),
+    ] {
+        let err = admin_cli(&ep(&c, 1), &c.admin_key, args).await.unwrap_err();
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    let long = "x".repeat(300);
+    let err = admin_cli(&ep(&c, 1), &c.admin_key, &["audit", "query", "--action", &long]).await.unwrap_err();
+    assert!(err.starts_with("invalid argument"), "{err}");
+    let err = admin_cli(&ep(&c, 1), &c.admin_key, &["audit", "query", "--from", "yesterday-ish"]).await.unwrap_err();
+    assert!(err.contains("RFC 3339"), "{err}");
+    c.shutdown().await;
+}
