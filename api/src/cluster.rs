@@ -268,7 +268,16 @@ impl Cluster {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;
         loop {
-            match self.inner.batcher.write(batch.commands.clone()).await {
+            // A leader cut off from its quorum never commits: the deadline
+            // bounds the local write too (the outcome is then unknown; a
+            // retry with the same request ids is applied once).
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(written) = tokio::time::timeout(remaining, self.inner.batcher.write(batch.commands.clone())).await
+            else {
+                tracing::warn!("write not committed within the deadline");
+                return Err(ApiError::Unavailable { leader: leader_hint });
+            };
+            match written {
                 Ok((results, log_index)) => return Ok(Applied { results, log_index }),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node {
