@@ -138,7 +138,7 @@ impl From<ApiError> for tonic::Status {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::RateLimited(q) = self {
-            return crate::limits::Limited(q).into_response();
+            return crate::limits::limited_response(q);
         }
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
         (self.http_status(), axum::Json(body)).into_response()

@@ -238,24 +238,20 @@ impl Quota {
     }
 }
 
-/// A refusal: 429 with `Retry-After` and the policy named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limited(pub Quota);
-
-impl IntoResponse for Limited {
-    fn into_response(self) -> Response {
-        let q = self.0;
-        let body = serde_json::json!({ "error": {
-            "code": "rate_limited",
-            "message": format!("rate limit {} reached; retry in {} s", q.policy, q.reset_secs.max(1)),
-            "policy": &*q.policy,
-        }});
-        let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-        q.write(resp.headers_mut());
-        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(q.reset_secs.max(1)));
-        resp.extensions_mut().insert(q);
-        resp
-    }
+/// A refusal ([`ApiError::RateLimited`]): 429 with the quota headers,
+/// `Retry-After` and the policy named. The quota also goes into the
+/// response's extensions, for the layer to audit.
+pub(crate) fn limited_response(q: Quota) -> Response {
+    let body = serde_json::json!({ "error": {
+        "code": "rate_limited",
+        "message": format!("rate limit {} reached; retry in {} s", q.policy, q.reset_secs.max(1)),
+        "policy": &*q.policy,
+    }});
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    q.write(resp.headers_mut());
+    resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(q.reset_secs.max(1)));
+    resp.extensions_mut().insert(q);
+    resp
 }
 
 /// What the limiter knows about a request before its handler runs; handlers
@@ -347,7 +343,7 @@ impl Limiter {
 
     /// Before the handler: refuses clients over a failure limit, admits the
     /// request on every matching policy that needs no caller.
-    pub async fn before(&self, s: &Subject<'_>) -> (RequestLimits, Result<Option<Quota>, Limited>) {
+    pub async fn before(&self, s: &Subject<'_>) -> (RequestLimits, Result<Option<Quota>, ApiError>) {
         let matched = self.matching(s);
         let ctx = RequestLimits { client_ip: s.ip, matched };
         let mut quota = None;
@@ -375,7 +371,7 @@ impl Limiter {
         user_id: &str,
         username: &str,
         key_id: Option<&str>,
-    ) -> Result<Option<Quota>, Limited> {
+    ) -> Result<Option<Quota>, ApiError> {
         let mut quota = None;
         for (i, p) in self.policies().iter().enumerate() {
             if ctx.matched & (1 << i) == 0 || !p.needs_caller() {
@@ -394,7 +390,7 @@ impl Limiter {
     }
 
     /// A presented credential was refused: counted on failure policies.
-    pub async fn refused(&self, ctx: &RequestLimits) -> Result<Option<Quota>, Limited> {
+    pub async fn refused(&self, ctx: &RequestLimits) -> Result<Option<Quota>, ApiError> {
         let mut quota = None;
         for (i, p) in self.policies().iter().enumerate() {
             if ctx.matched & (1 << i) == 0 || p.on != On::Failure {
@@ -447,7 +443,7 @@ impl Limiter {
     }
 
     /// A failure policy: refuses once its bucket is full, counts nothing.
-    fn check_full(&self, i: usize, p: &Policy, ip: IpAddr) -> Result<Option<Quota>, Limited> {
+    fn check_full(&self, i: usize, p: &Policy, ip: IpAddr) -> Result<Option<Quota>, ApiError> {
         // Nothing failed lately anywhere: no bucket name to build.
         if !self.inner.cluster.view().read().limits().has_policy(&p.name) {
             return Ok(None);
@@ -462,10 +458,10 @@ impl Limiter {
         Ok(Some(q))
     }
 
-    fn limited(&self, q: Quota) -> Limited {
+    fn limited(&self, q: Quota) -> ApiError {
         let metrics = self.inner.cluster.metrics();
         metrics.rate_limited.get_or_create(&crate::metrics::PolicyLabels { policy: q.policy.to_string() }).inc();
-        Limited(q)
+        ApiError::RateLimited(q)
     }
 
     async fn admit(
@@ -474,7 +470,7 @@ impl Limiter {
         p: &Policy,
         ip: IpAddr,
         caller: Option<(&str, Option<&str>)>,
-    ) -> Result<Option<Quota>, Limited> {
+    ) -> Result<Option<Quota>, ApiError> {
         match p.mode {
             Mode::Strict => self.strict(i, p, ip, caller).await,
             Mode::Global => self.global(i, p, ip, caller),
@@ -488,7 +484,7 @@ impl Limiter {
         p: &Policy,
         ip: IpAddr,
         caller: Option<(&str, Option<&str>)>,
-    ) -> Result<Option<Quota>, Limited> {
+    ) -> Result<Option<Quota>, ApiError> {
         let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
         let c = &self.inner.cluster;
         let cmd = c.command(Payload::RateHit(RateHit {
@@ -497,33 +493,23 @@ impl Limiter {
             limit: p.limit,
             window_ms: p.window_ms(),
         }));
-        let result = match c.propose(vec![cmd]).await {
-            Ok(applied) => applied.results.into_iter().next(),
-            Err(e) => {
-                // Fail closed: an unknown count admits nothing.
-                tracing::warn!(policy = %p.name, error = %e, "strict rate-limit hit could not be recorded");
-                None
-            }
-        };
+        // Fail closed: a hit the log cannot take admits nothing (503, not
+        // 429: no limit was reached).
+        let result = c.propose(vec![cmd]).await.inspect_err(|e| {
+            tracing::warn!(policy = %p.name, error = %e, "strict rate-limit hit could not be recorded");
+        })?;
+        let result = result.results.into_iter().next().ok_or(ApiError::Internal)?;
         let now = now_ms();
         let u = self.usage(p, &bucket, now);
         let mut q = self.quota(i, p, u.count, u.resets_at, now);
-        match result {
-            Some(r) if r.code == Code::Ok as i32 => {
-                // What apply saw at the hit, not what later hits left.
-                q.remaining = r.id.parse().unwrap_or(q.remaining);
-                Ok(Some(q))
-            }
-            Some(r) if r.code == Code::Limited as i32 => {
-                q.remaining = 0;
-                Err(self.limited(q))
-            }
-            _ => {
-                q.remaining = 0;
-                q.reset_secs = 1;
-                Err(Limited(q))
-            }
+        if result.code == Code::Limited as i32 {
+            q.remaining = 0;
+            return Err(self.limited(q));
         }
+        ApiError::check(&result)?;
+        // What apply saw at the hit, not what later hits left.
+        q.remaining = result.id.parse().unwrap_or(q.remaining);
+        Ok(Some(q))
     }
 
     /// Admits locally within this node's share of what is left.
@@ -533,7 +519,7 @@ impl Limiter {
         p: &Policy,
         ip: IpAddr,
         caller: Option<(&str, Option<&str>)>,
-    ) -> Result<Option<Quota>, Limited> {
+    ) -> Result<Option<Quota>, ApiError> {
         let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
         let now = now_ms();
         let committed = self.usage(p, &bucket, now);
@@ -698,10 +684,7 @@ pub async fn layer(
     let (ctx, before) = limiter.before(&Subject { ip, path, headers: req.headers() }).await;
     let quota = match before {
         Ok(q) => q,
-        Err(limited) => {
-            front.cluster.audit_rate_limited(&limited.0.policy, ip);
-            return limited.into_response();
-        }
+        Err(e) => return refusal(&front, e, ip),
     };
     req.extensions_mut().insert(ctx);
     let mut resp = next.run(req).await;
@@ -720,10 +703,7 @@ pub async fn layer(
     if presents && resp.status() == StatusCode::UNAUTHORIZED {
         match limiter.refused(&ctx).await {
             Ok(q) => quota = q.map(|q| q.tighter(quota.take())),
-            Err(limited) => {
-                front.cluster.audit_rate_limited(&limited.0.policy, ip);
-                return limited.into_response();
-            }
+            Err(e) => return refusal(&front, e, ip),
         }
     }
     if let Some(q) = quota {
@@ -739,17 +719,19 @@ pub async fn caller_known(
     user_id: &str,
     username: &str,
     key_id: Option<&str>,
-) -> Result<Option<Quota>, Limited> {
+) -> Result<Option<Quota>, ApiError> {
     match ctx {
         Some(ctx) => front.limits.caller_known(ctx, user_id, username, key_id).await,
         None => Ok(None),
     }
 }
 
-impl From<Limited> for ApiError {
-    fn from(l: Limited) -> Self {
-        ApiError::RateLimited(l.0)
+/// The answer to a request the limiter refused; a 429 is audited.
+fn refusal(front: &crate::http::Front, e: ApiError, ip: IpAddr) -> Response {
+    if let ApiError::RateLimited(q) = &e {
+        front.cluster.audit_rate_limited(&q.policy, ip);
     }
+    e.into_response()
 }
 
 #[cfg(test)]
