@@ -40,12 +40,13 @@ pub fn record_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-/// `h_n` from `h_{n-1}` and record n (whose own hash field is ignored).
-pub fn chain_hash(prev: &[u8], seq: u64, event: &AuditEvent) -> [u8; 32] {
-    let canonical = AuditRecord { seq, event: Some(event.clone()), hash: Vec::new() };
+/// `h_n` from `h_{n-1}` and record n, whose `hash` field must be empty
+/// (that encoding is the canonical form).
+pub fn chain_hash(prev: &[u8], canonical: &AuditRecord) -> [u8; 32] {
+    debug_assert!(canonical.hash.is_empty());
     let mut h = Sha256::new();
     h.update(prev);
-    h.update(prost::Message::encode_to_vec(&canonical));
+    h.update(prost::Message::encode_to_vec(canonical));
     h.finalize().into()
 }
 
@@ -66,8 +67,9 @@ fn store(state: &mut State, event: AuditEvent, out: &mut Vec<Mutation>) {
         *chain = normalized(std::mem::take(chain));
     }
     let seq = chain.head_seq + 1;
-    let hash = chain_hash(&chain.head_hash, seq, &event);
-    let record = AuditRecord { seq, event: Some(event), hash: hash.to_vec() };
+    let mut record = AuditRecord { seq, event: Some(event), hash: Vec::new() };
+    let hash = chain_hash(&chain.head_hash, &record);
+    record.hash = hash.to_vec();
     out.push(Mutation::Put { table: Table::Audit, key: record_key(seq).to_vec(), value: codec::encode(&record) });
     chain.head_seq = seq;
     chain.head_hash = hash.to_vec();
@@ -187,8 +189,8 @@ impl Verifier {
         }
     }
 
-    /// The next stored record (its key and value).
-    pub fn next(&mut self, key: &[u8], value: &[u8]) -> Result<(), Broken> {
+    /// The next stored record (its key and value); the record, once it verified.
+    pub fn next(&mut self, key: &[u8], value: &[u8]) -> Result<AuditRecord, Broken> {
         let seq = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| Broken::Malformed(self.expected_seq))?;
         if seq > self.head_seq {
             return Err(Broken::Head(seq));
@@ -200,19 +202,20 @@ impl Verifier {
                 Broken::Malformed(seq)
             });
         }
-        let record: AuditRecord = codec::decode(value).map_err(|_| Broken::Malformed(seq))?;
-        let event = record.event.as_ref().ok_or(Broken::Malformed(seq))?;
-        if record.seq != seq {
+        let mut record: AuditRecord = codec::decode(value).map_err(|_| Broken::Malformed(seq))?;
+        if record.seq != seq || record.event.is_none() {
             return Err(Broken::Malformed(seq));
         }
-        let want = chain_hash(&self.hash, seq, event);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &record.hash[..])) {
+        let stored = std::mem::take(&mut record.hash);
+        let want = chain_hash(&self.hash, &record);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &stored[..])) {
             return Err(Broken::Mismatch(seq));
         }
-        self.hash = record.hash;
+        self.hash.clone_from(&stored);
+        record.hash = stored;
         self.expected_seq += 1;
         self.checked += 1;
-        Ok(())
+        Ok(record)
     }
 
     /// After the last stored record: the chain must end at its head.

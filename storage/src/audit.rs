@@ -88,8 +88,8 @@ impl AuditLog {
     }
 
     /// Verifies from the anchor for as long as `keep` accepts the next
-    /// record; returns the report and the last verified (seq, hash), the
-    /// anchor a prune up to there would keep.
+    /// (verified) record; returns the report and the last accepted (seq,
+    /// hash), the anchor a prune up to there would keep.
     pub fn verify_while(
         &self,
         mut keep: impl FnMut(&AuditRecord) -> bool,
@@ -109,16 +109,14 @@ impl AuditLog {
         let mut stopped_early = false;
         for item in iter {
             let (key, value) = item?;
-            if let Ok(record) = codec::decode::<AuditRecord>(&value) {
-                if !keep(&record) {
-                    stopped_early = true;
-                    break;
-                }
+            let record = match v.next(&key, &value) {
+                Ok(r) => r,
+                Err(b) => return Ok((VerifyReport { chain, checked: v.checked, broken: Some(b) }, last)),
+            };
+            if !keep(&record) {
+                stopped_early = true;
+                break;
             }
-            if let Err(b) = v.next(&key, &value) {
-                return Ok((VerifyReport { chain, checked: v.checked, broken: Some(b) }, last));
-            }
-            let record: AuditRecord = codec::decode(&value).map_err(corrupt)?;
             last = Some((record.seq, record.hash));
         }
         let broken = if stopped_early { None } else { v.finish().err() };
