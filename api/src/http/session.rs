@@ -117,9 +117,11 @@ pub async fn login(
     let ip = client_ip(limits.as_deref(), Some(&peer));
     let Some(user) = usable.filter(|_| ok) else {
         let anonymous = Actor { client_ip: ip.clone(), ..Default::default() };
+        // An unknown username is not recorded: people type their password
+        // into the username field.
         let resource = match &user {
             Some(u) => format!("user:{}", u.user_id),
-            None => format!("username:{username}"),
+            None => "user:unknown".to_string(),
         };
         front.cluster.audit(audit::event("login.failure", "denied", &anonymous, resource));
         if let Some(u) = user.as_ref().filter(|u| !users::is_locked(u, now)) {
