@@ -175,6 +175,9 @@ impl Metrics {
         r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
         r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
         r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());
+        let spans = crate::trace::span_queue();
+        r.register("trace_spans_dropped", "finished spans dropped: the export queue was full", spans.dropped.clone());
+        r.register("trace_spans_sent", "finished spans handed to the OTLP exporter", spans.sent.clone());
         m
     }
 

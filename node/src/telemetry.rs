@@ -5,16 +5,25 @@
 //! - Traces: exported over OTLP/gRPC when an endpoint is configured
 //!   (`[telemetry] otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`). Spans go
 //!   through a bounded batch queue on its own thread: a slow or absent
-//!   collector never blocks a request; what does not fit is dropped.
+//!   collector never blocks a request; what does not fit is dropped and
+//!   counted (`gatehouse_trace_spans_dropped_total`). The SDK's batch
+//!   processor drops silently, so [`Gated`] admits spans in front of it and
+//!   [`Counted`] frees their places as the exporter takes them: the SDK's
+//!   own queue never fills, and every drop is ours and counted.
 //! - W3C trace context is the propagator either way (`gatehouse_api::trace`).
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::KeyValue;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+    OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT,
+};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -65,17 +74,75 @@ fn provider(cfg: &TelemetryConfig, node_id: u64) -> anyhow::Result<Option<SdkTra
     if !from_env {
         exporter = exporter.with_endpoint(endpoint);
     }
-    let exporter = exporter.build()?;
+    let exporter = Counted(exporter.build()?);
+    let capacity = env(OTEL_BSP_MAX_QUEUE_SIZE).and_then(|v| v.parse().ok()).unwrap_or(OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT);
+    let batch = BatchConfigBuilder::default().with_max_queue_size(capacity).build();
+    let processor = Gated { inner: BatchSpanProcessor::builder(exporter).with_batch_config(batch).build(), capacity };
     let mut resource = Resource::builder();
     if env("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(cfg.service_name.clone());
     }
     let resource = resource.with_attribute(KeyValue::new("service.instance.id", node_id.to_string())).build();
-    let mut builder = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource);
+    let mut builder = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource);
     if env("OTEL_TRACES_SAMPLER").is_none() {
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio))));
     }
     Ok(Some(builder.build()))
+}
+
+/// The SDK batch processor behind our admission count: at most `capacity`
+/// spans wait, so its queue (as large) never overflows unseen.
+#[derive(Debug)]
+struct Gated {
+    inner: BatchSpanProcessor,
+    capacity: usize,
+}
+
+impl SpanProcessor for Gated {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if gatehouse_api::trace::span_queue().admit(self.capacity) {
+            self.inner.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, freeing queue places as it takes spans.
+#[derive(Debug)]
+struct Counted<E>(E);
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        gatehouse_api::trace::span_queue().handed_over(batch.len());
+        self.0.export(batch)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 /// Installs logging and, if configured, trace export (once per process;

@@ -172,3 +172,46 @@ async fn one_trace_spans_the_follower_and_the_leader() {
         }
     }
 }
+
+/// A collector that accepts connections and never answers: export hangs, the
+/// queue fills, requests still answer at once, and `/metrics` counts the
+/// spans that had to be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_collector_drops_spans_and_counts_them_without_slowing_requests() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            // Held open, never read: the exporter waits for an answer.
+            let _ = held_tx.send(socket);
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[telemetry]\notlp_endpoint = \"http://{otlp}\"\n");
+    let env = [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
+    ];
+    let c = ProcCluster::start_with(BIN.as_ref(), dir.path(), 1, &extra, &env).await.unwrap();
+    c.wait_ready(1, Duration::from_secs(30)).await.unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let node = &c.nodes[&1].http;
+    for _ in 0..100 {
+        let resp = http.get(format!("http://{node}/auth/verify")).bearer_auth(&c.admin_key).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "a stalled collector must not fail requests");
+    }
+    assert!(held_rx.recv().await.is_some(), "the exporter reached the collector");
+
+    let text = http.get(format!("http://{node}/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (dropped, sent) = (value("gatehouse_trace_spans_dropped_total "), value("gatehouse_trace_spans_sent_total "));
+    assert!(dropped >= 100.0 - 16.0 - sent, "100 request spans, 16 places: dropped {dropped}, sent {sent}");
+    assert!(dropped > 0.0);
+}
