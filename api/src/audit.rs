@@ -26,7 +26,7 @@ use gatehouse_storage::AuditLog;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::now_ms;
-use crate::Cluster;
+use crate::{ApiError, Cluster};
 
 /// `[audit]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,17 +106,23 @@ pub struct Recorder {
 }
 
 /// What the gRPC layer knows about the call being served: the client's
-/// address, and the caller once authentication named one (so a refusal
-/// anywhere in the handler is audited with its actor).
+/// address, the caller once authentication named one (so a refusal
+/// anywhere in the handler is audited with its actor), and the client's
+/// `idempotency-key`, if it sent one.
 #[derive(Debug, Default)]
 pub struct GrpcCall {
     pub peer: String,
     caller: Mutex<Option<Actor>>,
+    idempotency_key: Option<String>,
+    writes: AtomicUsize,
 }
 
+/// Longest accepted `idempotency-key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
+
 impl GrpcCall {
-    pub fn new(peer: String) -> Self {
-        GrpcCall { peer, caller: Mutex::new(None) }
+    pub fn new(peer: String, idempotency_key: Option<String>) -> Self {
+        GrpcCall { peer, caller: Mutex::new(None), idempotency_key, writes: AtomicUsize::new(0) }
     }
 
     /// The authenticated caller, if any.
@@ -133,6 +139,29 @@ tokio::task_local! {
 /// The address of the admin call's client, if known.
 pub fn grpc_peer() -> String {
     GRPC_CALL.try_with(|c| c.peer.clone()).unwrap_or_default()
+}
+
+/// The request id for the next write of the admin call being served, when
+/// its client sent an `idempotency-key`: scoped to the caller's API key (no
+/// one can replay or read another caller's results) and numbered per write
+/// within the call, so a retried call repeats the same ids and each of its
+/// writes is applied once (`gatehouse_domain::requests`). `None` without a key.
+pub fn idempotent_request_id(caller: &crate::identity::Principal) -> Result<Option<String>, ApiError> {
+    let Ok(Some((key, n))) =
+        GRPC_CALL.try_with(|c| c.idempotency_key.clone().map(|k| (k, c.writes.fetch_add(1, Ordering::Relaxed))))
+    else {
+        return Ok(None);
+    };
+    let valid = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if !valid {
+        return Err(ApiError::InvalidArgument(format!(
+            "idempotency-key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} characters of A-Z a-z 0-9 - _ . :"
+        )));
+    }
+    let crate::identity::Via::ApiKey { key_id } = &caller.via else { return Ok(None) };
+    Ok(Some(format!("idem:{key_id}:{key}:{n}")))
 }
 
 /// Notes the authenticated caller of the gRPC call being served.

@@ -316,7 +316,9 @@ where
             .and_then(|i| i.remote_addr())
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
-        let ctx = std::sync::Arc::new(crate::audit::GrpcCall::new(peer));
+        let idempotency_key =
+            req.headers().get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let ctx = std::sync::Arc::new(crate::audit::GrpcCall::new(peer, idempotency_key));
         let call = crate::audit::GRPC_CALL.sync_scope(ctx.clone(), || span.in_scope(|| self.inner.call(req)));
         let call = crate::audit::GRPC_CALL.scope(ctx.clone(), call);
         let cluster = self.cluster.clone();

@@ -85,11 +85,20 @@ pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 pub struct Peers {
     secret: ClusterSecret,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Advertised address → the address actually dialled.
+    routes: Arc<HashMap<String, String>>,
 }
 
 impl Peers {
     pub fn new(secret: ClusterSecret) -> Self {
-        Peers { secret, channels: Arc::default() }
+        Peers { secret, channels: Arc::default(), routes: Arc::default() }
+    }
+
+    /// Dials each advertised address in `routes` through its route instead
+    /// (a tunnel, a sidecar, a fault-injecting proxy).
+    pub fn with_routes(mut self, routes: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.routes = Arc::new(routes.into_iter().collect());
+        self
     }
 
     pub fn secret(&self) -> &ClusterSecret {
@@ -102,7 +111,8 @@ impl Peers {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let dial = self.routes.get(addr).map_or(addr, String::as_str);
+        let endpoint = Endpoint::from_shared(format!("http://{dial}"))
             .map_err(|_| ApiError::InvalidArgument(format!("invalid node address {addr:?}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

@@ -180,6 +180,10 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// The gRPC address other nodes use to reach this one; defaults to the bound `grpc_addr`.
     pub advertise_addr: Option<String>,
+    /// `[peer_routes]`: dial a peer's advertised gRPC address through another
+    /// address (`"10.0.0.2:9090" = "127.0.0.1:7002"`): an SSH tunnel, a
+    /// sidecar, or the chaos tests' fault proxy on each link.
+    pub peer_routes: std::collections::BTreeMap<String, String>,
     /// Shared secret of the cluster's Raft RPCs (at least 32 characters).
     pub cluster_secret: Option<Secret>,
     pub cluster_secret_file: Option<PathBuf>,
@@ -212,6 +216,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             metrics_addr: None,
             advertise_addr: None,
+            peer_routes: Default::default(),
             cluster_secret: None,
             cluster_secret_file: None,
             initialize: false,
@@ -239,7 +244,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 20] = [
     "identity",
     "rate_limits",
     "audit",
@@ -250,6 +255,7 @@ const KEYS: [&str; 19] = [
     "grpc_addr",
     "metrics_addr",
     "advertise_addr",
+    "peer_routes",
     "cluster_secret",
     "cluster_secret_file",
     "initialize",

@@ -77,7 +77,7 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate()?);
-        let peers = Peers::new(secret);
+        let peers = Peers::new(secret).with_routes(config.peer_routes.clone());
         let raft =
             Raft::new(config.node_id, raft_config, Network::new(peers.clone()), log_store, state_machine).await?;
         let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
@@ -99,7 +99,7 @@ impl Node {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(gatehouse_api::admin::events::server(cluster.clone(), log_reader, stop.subscribe()))
-                .add_service(gatehouse_api::raft::service::server(cluster.clone()))
+                .add_service(gatehouse_api::raft::service::server(cluster.clone(), storage.clone()))
                 .add_service(gatehouse_api::admin::cluster::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
                 .add_service(gatehouse_api::admin::keys::server(cluster.clone()))

@@ -114,6 +114,12 @@ pub(crate) fn index_from_key(key: &[u8]) -> Option<u64> {
 }
 
 impl Storage {
+    /// A digest of the whole state and the applied index it reflects (see
+    /// `snapshot::digest`). Reads every table: for checks, not hot paths.
+    pub fn state_digest(&self) -> Result<(u64, [u8; 32]), StorageError> {
+        crate::snapshot::digest(self)
+    }
+
     /// Makes everything written so far durable (shutdown).
     pub fn sync(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;

@@ -17,7 +17,9 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
 
 /// Authenticates the caller's API key and checks that one of its roles
 /// grants `permission`. Refused with `stale` when this node cannot prove it
-/// is up to date (a revoked key must not slip through a lagging node).
+/// is up to date (a revoked key must not slip through a lagging node), and
+/// with `UNAVAILABLE` when the call asks for `gatehouse-consistency:
+/// linearizable` and this node cannot reach what the leader has committed.
 pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
     if !cluster.is_fresh() {
         return Err(ApiError::Stale);
@@ -26,7 +28,8 @@ pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permis
     // everything committed when the call arrived, so a key revoked or a role
     // taken away through another node a moment ago no longer counts here.
     // (On failure the local view is still within `max_staleness`.)
-    super::read_your_writes(cluster).await;
+    let linearizable = meta.get("gatehouse-consistency").is_some_and(|v| v.as_bytes() == b"linearizable");
+    super::read_your_writes(cluster, linearizable).await?;
     check(cluster, meta, permission).await
 }
 

@@ -70,7 +70,8 @@ impl KeyService for Keys {
             expires_at,
             roles,
         }));
-        super::write(&self.cluster, &actor, cmd).await?;
+        let result = super::write(&self.cluster, &actor, cmd).await?;
+        super::secret_shown_once("key", &result.id, &key.key_id)?;
         let state = self.cluster.view().read();
         let rec = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
         tracing::info!("api key created");
@@ -136,7 +137,8 @@ impl KeyService for Keys {
             }),
             old_expires_at: if r.grace_seconds == 0 { 0 } else { now + r.grace_seconds * 1000 },
         }));
-        super::write(&self.cluster, &actor, cmd).await?;
+        let result = super::write(&self.cluster, &actor, cmd).await?;
+        super::secret_shown_once("key", &result.id, &key.key_id)?;
         let state = self.cluster.view().read();
         let new = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
         let old = state.api_key(&r.id).ok_or(ApiError::Internal)?;

@@ -28,19 +28,45 @@ use crate::{ApiError, Cluster};
 /// key and roles, and a read after a write through another node, are current.
 /// (The node was already checked fresh, so on failure the local view is
 /// within `max_staleness`.)
-pub async fn read_your_writes(cluster: &Cluster) {
-    if !cluster.catch_up(Duration::from_secs(1)).await {
-        tracing::debug!("admin read served from the local view without catching up");
+/// With `linearizable`, a call that cannot catch up fails with
+/// `UNAVAILABLE` instead (the `gatehouse-consistency: linearizable` metadata).
+pub async fn read_your_writes(cluster: &Cluster, linearizable: bool) -> Result<(), ApiError> {
+    if cluster.catch_up(Duration::from_secs(1)).await {
+        return Ok(());
     }
+    if linearizable {
+        return Err(ApiError::Unavailable { leader: cluster.leader().map(|l| l.1) });
+    }
+    tracing::debug!("admin read served from the local view without catching up");
+    Ok(())
 }
 
 /// Proposes an admin change as `caller`, audited with before and after.
+/// With an `idempotency-key` on the call, a retried call's writes are
+/// applied once and answer with the first result (whose `id` is then the
+/// first attempt's, not the one this attempt generated).
 pub async fn write(
     cluster: &Cluster,
     caller: &Principal,
-    cmd: gatehouse_domain::Command,
+    mut cmd: gatehouse_domain::Command,
 ) -> Result<gatehouse_domain::CommandResult, ApiError> {
+    if let Some(request_id) = crate::audit::idempotent_request_id(caller)? {
+        cmd.request_id = request_id;
+    }
     crate::audit::write(cluster, &actor(caller), cmd).await
+}
+
+/// Refuses a retried call whose first attempt created entity `first` and
+/// showed its secret: the secret is stored nowhere, so it cannot be shown
+/// again, and handing out this attempt's secret would give a key that does
+/// not exist.
+pub fn secret_shown_once(what: &str, first: &str, generated: &str) -> Result<(), ApiError> {
+    if first == generated {
+        return Ok(());
+    }
+    Err(ApiError::AlreadyExists(format!(
+        "this idempotency-key already created {what} {first}; its secret was shown once, to that call"
+    )))
 }
 
 /// The admin caller as an audit actor (from the gRPC peer's address).

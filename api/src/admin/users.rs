@@ -88,7 +88,9 @@ impl UserService for Users {
             password_hash,
             roles: r.roles,
         }));
-        super::write(&self.cluster, &actor, cmd).await?;
+        // A retried call (same idempotency-key) answers with the user its
+        // first attempt created.
+        let user_id = super::write(&self.cluster, &actor, cmd).await?.id;
         let state = self.cluster.view().read();
         let user = state.user(&user_id).ok_or(ApiError::Internal)?;
         tracing::info!(user_id = %user_id, "user created");

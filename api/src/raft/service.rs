@@ -22,15 +22,17 @@ use crate::{ApiError, Cluster};
 
 pub struct RaftRpc {
     cluster: Cluster,
+    storage: gatehouse_storage::Storage,
 }
 
 /// The service, wrapped in the cluster-secret check.
 pub fn server(
     cluster: Cluster,
+    storage: gatehouse_storage::Storage,
 ) -> tonic::service::interceptor::InterceptedService<RaftServiceServer<RaftRpc>, impl tonic::service::Interceptor + Clone>
 {
     let secret = cluster.peers().secret().clone();
-    let svc = RaftServiceServer::new(RaftRpc { cluster })
+    let svc = RaftServiceServer::new(RaftRpc { cluster, storage })
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, move |req| secret.check(req))
@@ -170,6 +172,19 @@ impl RaftService for RaftRpc {
         tracing::info!(duration_ms = ms, "elections paused for a leadership transfer");
         self.cluster.pause_elections(std::time::Duration::from_millis(ms));
         Ok(Response::new(pb::PauseElectionsResponse {}))
+    }
+
+    async fn state_digest(
+        &self,
+        _req: Request<pb::StateDigestRequest>,
+    ) -> Result<Response<pb::StateDigestResponse>, Status> {
+        let storage = self.storage.clone();
+        let (applied_index, sha256) =
+            tokio::task::spawn_blocking(move || storage.state_digest()).await.map_err(stopped)?.map_err(|e| {
+                tracing::error!(error = %e, "state digest failed");
+                Status::internal("state digest failed")
+            })?;
+        Ok(Response::new(pb::StateDigestResponse { applied_index, sha256: sha256.to_vec() }))
     }
 
     async fn campaign(&self, _req: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
