@@ -54,6 +54,21 @@ impl ProcCluster {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ProcCluster> {
+        let mut cluster = Self::prepare(bin, dir, n, extra_config, env)?;
+        cluster.launch().await?;
+        Ok(cluster)
+    }
+
+    /// Picks ports and writes every node's configuration, without starting
+    /// anything: a caller may add to the files (see [`ProcCluster::append_config`])
+    /// before [`ProcCluster::launch`].
+    pub fn prepare(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ProcCluster> {
         std::fs::create_dir_all(dir)?;
         let secret = gatehouse_api::credentials::new_id() + &gatehouse_api::credentials::new_id();
         let secret_file = dir.join("cluster-secret");
@@ -79,7 +94,7 @@ impl ProcCluster {
             std::fs::write(&node.config, toml)?;
         }
         let peers = Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?);
-        let mut cluster = ProcCluster {
+        Ok(ProcCluster {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
             nodes,
@@ -87,21 +102,34 @@ impl ProcCluster {
             admin_key: String::new(),
             extra_config: extra_config.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        })
+    }
+
+    /// Appends TOML to node `id`'s configuration (read at its next start).
+    pub fn append_config(&self, id: u64, toml: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.nodes[&id].config)?;
+        f.write_all(toml.as_bytes())?;
+        Ok(())
+    }
+
+    /// Starts every prepared node and waits for the bootstrap key and a leader.
+    pub async fn launch(&mut self) -> anyhow::Result<()> {
+        let key_file = self.dir.join("admin.key");
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
-            cluster.spawn(id)?;
+            self.spawn(id)?;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         while !key_file.exists() || std::fs::read_to_string(&key_file)?.trim().is_empty() {
             if Instant::now() > deadline {
-                bail!("no bootstrap key after 60 s; see {}/node-*.log", dir.display());
+                bail!("no bootstrap key after 60 s; see {}/node-*.log", self.dir.display());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        cluster.admin_key = std::fs::read_to_string(&key_file)?.trim().to_string();
-        cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        Ok(cluster)
+        self.admin_key = std::fs::read_to_string(&key_file)?.trim().to_string();
+        self.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(())
     }
 
     /// Prepares and starts a new node `id` that is not a member yet (add it
@@ -158,6 +186,38 @@ impl ProcCluster {
             }
             if started.elapsed() > timeout {
                 bail!("node {id} not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether node `id`'s process was started and not killed or stopped here.
+    pub fn running(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, …) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid(id).context("node is not running")?;
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// A graceful stop (SIGTERM); waits up to `timeout` for the exit, then kills.
+    pub async fn terminate(&mut self, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        self.signal(id, "TERM")?;
+        let deadline = Instant::now() + timeout;
+        let child = self.nodes.get_mut(&id).and_then(|n| n.child.as_mut()).context("node is not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.nodes.get_mut(&id).expect("exists").child = None;
+                anyhow::ensure!(status.success(), "node {id} exited with {status} after SIGTERM");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill(id);
+                bail!("node {id} did not stop within {timeout:?} of SIGTERM");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,9 +1,21 @@
-//! Tools that drive real `gatehouse` processes: a cluster harness and the
-//! load generator behind `docs/benchmarks.md`.
+//! Tools that drive real `gatehouse` processes: a cluster harness, chaos
+//! runs and the load generator behind `docs/benchmarks.md`.
 //!
 //! # Layout
 //! - [`cluster`]: start N real nodes on free loopback ports, find the leader, stop them.
 //! - [`load`]: benchmark scenarios and their latency histograms.
+//! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
+//!   directed link), [`nemesis`] (the faults), [`workload`] and [`history`]
+//!   (clients and what they saw), [`checks`] (one module per invariant, with
+//!   the [`linearizability`] search), and [`run`] (one seeded run, its
+//!   figures and report table).
 
+pub mod checks;
 pub mod cluster;
+pub mod history;
+pub mod linearizability;
 pub mod load;
+pub mod nemesis;
+pub mod proxy;
+pub mod run;
+pub mod workload;

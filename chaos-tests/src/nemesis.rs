@@ -1,0 +1,251 @@
+//! Faults, and the network they act on.
+//!
+//! [`Net`] puts a [`LinkProxy`] on every directed link between the nodes of
+//! a [`ProcCluster`]; a [`Nemesis`] injects one kind of fault into the
+//! cluster and heals it. Each fault reports which nodes form the majority
+//! side while it holds (where verification must stay available).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::cluster::ProcCluster;
+use crate::proxy::{Fault, LinkProxy};
+
+/// Every kind of fault the chaos runs inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Nemesis {
+    /// kill -9 the leader; restart it at the heal.
+    KillLeader,
+    /// kill -9 a random node.
+    KillRandom,
+    /// SIGSTOP the leader; SIGCONT at the heal.
+    PauseLeader,
+    /// SIGSTOP a random node.
+    PauseRandom,
+    /// Cut every link to and from the leader.
+    IsolateLeader,
+    /// A random majority and minority, cut apart.
+    MajorityMinority,
+    /// Two halves that only one bridge node connects.
+    Bridge,
+    /// The leader's outgoing links cut; it still hears everyone.
+    OneWay,
+    /// Every link delayed by 50–250 ms.
+    SlowLinks,
+    /// Every link resets 5% of its chunks' connections.
+    FlakyLinks,
+    /// Each node in turn: SIGTERM, restart, wait until ready.
+    RollingRestart,
+    /// kill -9 every node at once; restart them all.
+    FullRestart,
+}
+
+impl Nemesis {
+    pub const ALL: [Nemesis; 12] = [
+        Nemesis::KillLeader,
+        Nemesis::KillRandom,
+        Nemesis::PauseLeader,
+        Nemesis::PauseRandom,
+        Nemesis::IsolateLeader,
+        Nemesis::MajorityMinority,
+        Nemesis::Bridge,
+        Nemesis::OneWay,
+        Nemesis::SlowLinks,
+        Nemesis::FlakyLinks,
+        Nemesis::RollingRestart,
+        Nemesis::FullRestart,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::KillLeader => "kill-leader",
+            Nemesis::KillRandom => "kill-random",
+            Nemesis::PauseLeader => "pause-leader",
+            Nemesis::PauseRandom => "pause-random",
+            Nemesis::IsolateLeader => "isolate-leader",
+            Nemesis::MajorityMinority => "majority-minority",
+            Nemesis::Bridge => "bridge",
+            Nemesis::OneWay => "one-way",
+            Nemesis::SlowLinks => "slow-links",
+            Nemesis::FlakyLinks => "flaky-links",
+            Nemesis::RollingRestart => "rolling-restart",
+            Nemesis::FullRestart => "full-restart",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Nemesis> {
+        Nemesis::ALL.into_iter().find(|n| n.name() == name)
+    }
+
+    /// Whether the fault kills the leader (its failover time is measured).
+    pub fn kills_leader(self) -> bool {
+        matches!(self, Nemesis::KillLeader)
+    }
+}
+
+/// The proxies on every directed link `from → to`.
+pub struct Net {
+    links: BTreeMap<(u64, u64), LinkProxy>,
+}
+
+impl Net {
+    /// Starts a proxy per directed link and routes each node's connections
+    /// to its peers through them (`[peer_routes]`); call before launching.
+    pub async fn wire(cluster: &ProcCluster, seed: u64) -> anyhow::Result<Net> {
+        let mut links = BTreeMap::new();
+        for from in cluster.nodes.keys() {
+            let mut routes = String::from("\n[peer_routes]\n");
+            for (to, node) in cluster.nodes.iter().filter(|(to, _)| *to != from) {
+                let proxy = LinkProxy::start(node.grpc.clone(), seed ^ (from << 32 | to)).await?;
+                routes += &format!("\"{}\" = \"{}\"\n", node.grpc, proxy.addr());
+                links.insert((*from, *to), proxy);
+            }
+            cluster.append_config(*from, &routes)?;
+        }
+        Ok(Net { links })
+    }
+
+    pub fn set(&self, from: u64, to: u64, fault: Fault) {
+        if let Some(l) = self.links.get(&(from, to)) {
+            l.set(fault);
+        }
+    }
+
+    /// Cuts every link between the two groups, both ways.
+    pub fn partition(&self, a: &[u64], b: &[u64]) {
+        for x in a {
+            for y in b {
+                self.set(*x, *y, Fault::Cut);
+                self.set(*y, *x, Fault::Cut);
+            }
+        }
+    }
+
+    pub fn all(&self, mut fault: impl FnMut() -> Fault) {
+        for l in self.links.values() {
+            l.set(fault());
+        }
+    }
+
+    pub fn heal(&self) {
+        self.all(|| Fault::Pass);
+    }
+}
+
+/// What a fault did, for healing it and for the report.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub description: String,
+    /// The nodes on the majority side while the fault holds.
+    pub majority: BTreeSet<u64>,
+    killed: Vec<u64>,
+    paused: Vec<u64>,
+}
+
+fn ids(cluster: &ProcCluster) -> Vec<u64> {
+    cluster.nodes.keys().copied().collect()
+}
+
+/// Injects `nemesis` (`leader` is the current leader).
+pub async fn inject(
+    nemesis: Nemesis,
+    cluster: &mut ProcCluster,
+    net: &Net,
+    leader: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<Injected> {
+    let all = ids(cluster);
+    let random = *all.choose(rng).expect("nodes");
+    let others = |x: u64| all.iter().copied().filter(|n| *n != x).collect::<BTreeSet<_>>();
+    let mut done = Injected { majority: all.iter().copied().collect(), ..Default::default() };
+    match nemesis {
+        Nemesis::KillLeader | Nemesis::KillRandom => {
+            let victim = if nemesis == Nemesis::KillLeader { leader } else { random };
+            cluster.kill(victim);
+            done.killed.push(victim);
+            done.majority = others(victim);
+            done.description = format!("kill -9 node {victim}");
+        }
+        Nemesis::PauseLeader | Nemesis::PauseRandom => {
+            let victim = if nemesis == Nemesis::PauseLeader { leader } else { random };
+            cluster.signal(victim, "STOP")?;
+            done.paused.push(victim);
+            done.majority = others(victim);
+            done.description = format!("SIGSTOP node {victim}");
+        }
+        Nemesis::IsolateLeader => {
+            net.partition(&[leader], &others(leader).into_iter().collect::<Vec<_>>());
+            done.majority = others(leader);
+            done.description = format!("isolate leader {leader}");
+        }
+        Nemesis::MajorityMinority => {
+            let mut shuffled = all.clone();
+            shuffled.shuffle(rng);
+            let (minority, majority) = shuffled.split_at(all.len() / 2);
+            net.partition(minority, majority);
+            done.majority = majority.iter().copied().collect();
+            done.description = format!("partition {minority:?} | {majority:?}");
+        }
+        Nemesis::Bridge => {
+            let mut shuffled = all.clone();
+            shuffled.shuffle(rng);
+            let bridge = shuffled[0];
+            let rest = &shuffled[1..];
+            let (left, right) = rest.split_at(rest.len() / 2);
+            net.partition(left, right);
+            // The bridge and the larger side hold a majority.
+            done.majority = std::iter::once(bridge).chain(right.iter().copied()).collect();
+            done.description = format!("bridge {bridge} between {left:?} and {right:?}");
+        }
+        Nemesis::OneWay => {
+            for to in others(leader) {
+                net.set(leader, to, Fault::Cut);
+            }
+            done.majority = others(leader);
+            done.description = format!("leader {leader} cannot send (one way)");
+        }
+        Nemesis::SlowLinks => {
+            net.all(|| Fault::Delay(Duration::from_millis(rng.gen_range(50..=250))));
+            done.description = "every link delayed 50-250 ms".into();
+        }
+        Nemesis::FlakyLinks => {
+            net.all(|| Fault::Flaky(50));
+            done.description = "every link resets 5% of chunks".into();
+        }
+        Nemesis::RollingRestart => {
+            for id in all.iter().copied() {
+                cluster.terminate(id, Duration::from_secs(20)).await?;
+                cluster.spawn(id)?;
+                cluster.wait_ready(id, Duration::from_secs(30)).await?;
+            }
+            // Each node in turn is down: no side is whole throughout.
+            done.majority = BTreeSet::new();
+            done.description = "rolling restart (SIGTERM, one node at a time)".into();
+        }
+        Nemesis::FullRestart => {
+            for id in all.iter().copied() {
+                cluster.kill(id);
+            }
+            done.killed = all.clone();
+            done.majority = BTreeSet::new();
+            done.description = "kill -9 every node".into();
+        }
+    }
+    Ok(done)
+}
+
+/// Undoes a fault: links pass, paused nodes continue, killed nodes restart.
+pub fn heal(cluster: &mut ProcCluster, net: &Net, injected: &Injected) -> anyhow::Result<()> {
+    net.heal();
+    for id in &injected.paused {
+        cluster.signal(*id, "CONT")?;
+    }
+    for id in &injected.killed {
+        cluster.spawn(*id)?;
+    }
+    Ok(())
+}
