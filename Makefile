@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/gatehouse/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/gatehouse
 
-.PHONY: deps dev build test verify fix cluster-up cluster-down
+.PHONY: deps dev build test verify fix chaos cluster-up cluster-down
 
 deps:
 	@scripts/deps.sh
@@ -50,6 +50,14 @@ fix:
 	$(CARGO) fmt --all
 	mkdir -p $(CARGO_TARGET_DIR)/no-link
 	$(LINT_ENV) $(CARGO) clippy --workspace --all-targets --fix --allow-dirty --allow-staged
+
+## The long chaos runs (docs/chaos.md): every nemesis, several seeds, on
+## 3 and then 5 nodes. `make test` runs the short set.
+CHAOS_SEEDS ?= 3
+CHAOS_SECONDS ?= 60
+chaos: build
+	$(CARGO_TARGET_DIR)/debug/gatehouse-chaos --nemesis all --nodes 3 --seeds $(CHAOS_SEEDS) --seconds $(CHAOS_SECONDS)
+	$(CARGO_TARGET_DIR)/debug/gatehouse-chaos --nemesis all --nodes 5 --seeds 1 --seconds $(CHAOS_SECONDS)
 
 ## A local 3-node cluster of real processes (see deploy/local-cluster.sh).
 cluster-up: build

@@ -88,6 +88,10 @@ fn grpc_outcome<T>(write: bool, r: Result<T, tonic::Status>, ok: impl FnOnce(T) 
             Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted => {
                 Outcome::Fail(format!("{:?}: {}", s.code(), s.message()))
             }
+            // Nothing was sent: the node's port was closed (it is down).
+            Code::Unavailable if format!("{s:?}").contains("Connection refused") => {
+                Outcome::Fail("connection refused".into())
+            }
             // The answer is lost: a write may have happened.
             _ if write => Outcome::Unknown(format!("{:?}: {}", s.code(), s.message())),
             _ => Outcome::Fail(format!("{:?}: {}", s.code(), s.message())),
@@ -328,6 +332,7 @@ impl Client {
             // Refused (disabled user: 401/403), or locked out: no session.
             Ok(r) if r.status().is_client_error() => Outcome::Fail(format!("HTTP {}", r.status())),
             Ok(r) => Outcome::Unknown(format!("HTTP {}", r.status())),
+            Err(e) if e.is_connect() => Outcome::Fail(format!("not sent: {e}")),
             Err(e) => Outcome::Unknown(e.to_string()),
         };
         self.record(node.id, Kind::Login, user, invoke, outcome);

@@ -1,0 +1,40 @@
+//! The short chaos set CI runs: every nemesis once, on three real node
+//! processes behind link proxies, with fixed seeds. A failure prints the
+//! seed, the violations and the command that replays the run; `make chaos`
+//! runs the long version (docs/chaos.md).
+
+use std::time::Duration;
+
+use gatehouse_chaos::nemesis::Nemesis;
+use gatehouse_chaos::run::{self, Settings};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// One test for the whole set: runs go one after another, so two clusters
+/// never compete for the machine's cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_nemesis_keeps_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    for (i, nemesis) in Nemesis::ALL.into_iter().enumerate() {
+        let seed = 4_000 + i as u64;
+        let mut s = Settings::new(BIN.into(), dir.path().join(nemesis.name()), nemesis, seed);
+        s.duration = Duration::from_secs(14);
+        let report =
+            run::run(&s).await.unwrap_or_else(|e| panic!("{} (seed {seed}) could not run: {e:#}", nemesis.name()));
+        assert!(report.acknowledged > 100, "{}: too little got through to prove anything: {report:?}", nemesis.name());
+        assert!(report.writes_checked > 10, "{}: too few acknowledged writes to check: {report:?}", nemesis.name());
+        reports.push(report);
+    }
+    eprintln!("{}", run::table(&reports));
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| format!("{} seed {}: {:#?}\n  replay: {}", r.scenario, r.seed, [&r.lost, &r.violations], r.replay))
+        .collect();
+    if !failed.is_empty() {
+        // Keep the node logs and histories for reading.
+        let kept = dir.keep();
+        panic!("invariants broken (runs kept in {}):\n{}", kept.display(), failed.join("\n"));
+    }
+}
