@@ -262,7 +262,7 @@ fn availability(history: &[Op], windows: &[Window]) -> (usize, usize) {
 /// A table of reports, one row per run (Markdown).
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| scenario | nodes | seed | ops | acknowledged | unknown | lost | violations | failover p50 / p99 | verify availability (majority, during faults) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | nodes | seed | ops | acknowledged | unknown | lost | violations | inconclusive | failover p50 / p99 | verify availability (majority, during faults) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         let failover = match (r.failover(0.5), r.failover(0.99)) {
@@ -272,7 +272,7 @@ pub fn table(reports: &[Report]) -> String {
         let avail =
             r.availability().map_or("—".into(), |a| format!("{:.2}% ({} checks)", a * 100.0, r.verify_available.1));
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.nodes,
             r.seed,
@@ -281,6 +281,7 @@ pub fn table(reports: &[Report]) -> String {
             r.unknown,
             r.lost.len(),
             r.violations.len(),
+            r.inconclusive.len(),
             failover,
             avail
         );

@@ -266,8 +266,14 @@ impl Client {
                 Outcome::Ok(Value::AlreadyExists(msg)) => Outcome::Ok(Value::AlreadyExists(key_id_in(&msg))),
                 o => o,
             };
-            if let (Outcome::Ok(Value::Created(id)), Some(secret)) = (&outcome, secret) {
-                self.keys.push((id.clone(), secret));
+            match (&outcome, secret) {
+                (Outcome::Ok(Value::Created(id)), Some(secret)) => self.keys.push((id.clone(), secret)),
+                // Made by an attempt whose answer was lost: read and revoked
+                // like the others, never verified (its secret is gone).
+                (Outcome::Ok(Value::AlreadyExists(id)), _) if !id.is_empty() => {
+                    self.keys.push((id.clone(), String::new()))
+                }
+                _ => {}
             }
             let retry = matches!(outcome, Outcome::Unknown(_));
             self.record(node.id, Kind::CreateKey, name.clone(), invoke, outcome);
@@ -370,6 +376,9 @@ impl Client {
 
     async fn verify_key(&mut self, node: &Target) {
         let Some((id, key)) = self.pick(&self.keys.clone()) else { return };
+        if key.is_empty() {
+            return;
+        }
         let req = self.http.get(format!("http://{}/auth/verify", node.http)).bearer_auth(key);
         self.verify(node, Kind::VerifyKey, id, req).await;
     }
@@ -384,10 +393,24 @@ impl Client {
     }
 }
 
-/// The key id in a retried create's `ALREADY_EXISTS` message.
+/// The key id in a retried create's `ALREADY_EXISTS` message
+/// (`… already created key <id>; its secret …`).
 fn key_id_in(msg: &str) -> String {
     msg.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_hexdigit()))
         .find(|w| w.len() == 16 && w.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_default()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_id_is_read_from_the_servers_already_exists_message() {
+        let msg = "this idempotency-key already created key 0123456789abcdef; its secret was shown once, to that call";
+        assert_eq!(key_id_in(msg), "0123456789abcdef");
+        assert_eq!(key_id_in("username \"c1-u3\" is taken"), "");
+    }
 }

@@ -72,6 +72,13 @@ async fn main() -> anyhow::Result<()> {
             if args.json {
                 println!("{}", report.json());
             }
+            if !report.inconclusive.is_empty() {
+                eprintln!(
+                    "INCONCLUSIVE: {} seed {seed}: the linearizability search ran out of budget on {:?}",
+                    nemesis.name(),
+                    report.inconclusive
+                );
+            }
             if !report.passed() {
                 failed = true;
                 let kept = tmp.keep();

@@ -22,6 +22,25 @@ fn req<T>(cluster: &ProcCluster, msg: T) -> tonic::Request<T> {
     r
 }
 
+/// Up to five tries, while the answer is neither a value nor NOT_FOUND.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) if e.code() == Code::NotFound || tries == 4 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// The violations, and how many acknowledged writes were checked.
 pub async fn check(cluster: &ProcCluster, history: &[Op]) -> anyhow::Result<(Vec<String>, usize)> {
     let acked = |kind: Kind| history.iter().filter(move |o| o.kind == kind && o.ok().is_some());
@@ -44,25 +63,49 @@ pub async fn check(cluster: &ProcCluster, history: &[Op]) -> anyhow::Result<(Vec
     let mut violations = Vec::new();
     for node in cluster.nodes.values() {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))?.connect().await?;
-        let mut u = UserServiceClient::new(channel.clone());
-        let mut k = KeyServiceClient::new(channel.clone());
-        let mut s = SessionServiceClient::new(channel);
+        let u = UserServiceClient::new(channel.clone());
+        let k = KeyServiceClient::new(channel.clone());
+        let s = SessionServiceClient::new(channel);
+        // Only NOT_FOUND means missing; any other error is retried, then
+        // ends the check as an error (not a violation).
         for user in &users {
-            if let Err(e) = u.get(req(cluster, GetUserRequest { user: user.to_string() })).await {
-                violations.push(format!("node {}: acknowledged user {user} missing ({:?})", node.id, e.code()));
+            let r = retried(|| {
+                let mut u = u.clone();
+                async move { u.get(req(cluster, GetUserRequest { user: user.to_string() })).await }
+            })
+            .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::NotFound => {
+                    violations.push(format!("node {}: acknowledged user {user} missing", node.id))
+                }
+                Err(e) => anyhow::bail!("node {}: reading user {user}: {e}", node.id),
             }
         }
         for id in &keys {
-            match k.get(req(cluster, GetKeyRequest { id: id.to_string() })).await {
-                Ok(key) if revoked.contains(id) && key.get_ref().revoked_at == 0 => {
+            let r = retried(|| {
+                let mut k = k.clone();
+                async move { k.get(req(cluster, GetKeyRequest { id: id.to_string() })).await }
+            })
+            .await;
+            match r {
+                Ok(key) if revoked.contains(id) && key.revoked_at == 0 => {
                     violations.push(format!("node {}: acknowledged revocation of key {id} lost", node.id))
                 }
                 Ok(_) => {}
-                Err(e) => violations.push(format!("node {}: acknowledged key {id} missing ({:?})", node.id, e.code())),
+                Err(e) if e.code() == Code::NotFound => {
+                    violations.push(format!("node {}: acknowledged key {id} missing", node.id))
+                }
+                Err(e) => anyhow::bail!("node {}: reading key {id}: {e}", node.id),
             }
         }
         for id in &ended {
-            match s.get(req(cluster, GetSessionRequest { id: id.to_string() })).await {
+            let r = retried(|| {
+                let mut s = s.clone();
+                async move { s.get(req(cluster, GetSessionRequest { id: id.to_string() })).await }
+            })
+            .await;
+            match r {
                 Err(e) if e.code() == Code::NotFound => {}
                 Ok(_) => violations.push(format!("node {}: acknowledged revocation of session {id} lost", node.id)),
                 Err(e) => anyhow::bail!("node {}: reading session {id}: {e}", node.id),
