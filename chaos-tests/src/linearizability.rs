@@ -587,114 +587,124 @@ impl<M: Model> Display for Explanation<'_, M> {
     }
 }
 
-/// The state of one registry object: a user (identified by the client-chosen name), an API key or a session
-/// (identified by the id the server returned).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ObjState {
-    /// Never created.
-    Absent,
-    /// Created and usable.
-    Active,
-    /// A disabled user.
-    Disabled,
-    /// A revoked API key or session.
-    Revoked,
-}
+/// The example model the algorithm's tests check against (the chaos runs use
+/// `checks::linearizable`'s model of the real registry).
+#[cfg(test)]
+mod example {
+    use super::Model;
 
-/// A registry operation on the object it names. Object names must be unique across kinds (e.g. prefix them
-/// with `user:`, `key:`, `session:`), since they are the partition keys.
-#[derive(Clone, Debug)]
-pub enum RegInput {
-    /// Create a user, API key or session.
-    Create(String),
-    /// Disable a user.
-    Disable(String),
-    /// Re-enable a user.
-    Enable(String),
-    /// Revoke an API key or session.
-    Revoke(String),
-    /// Read the object's state.
-    Read(String),
-}
-
-impl RegInput {
-    /// The object the operation is about.
-    pub fn object(&self) -> &str {
-        match self {
-            RegInput::Create(object)
-            | RegInput::Disable(object)
-            | RegInput::Enable(object)
-            | RegInput::Revoke(object)
-            | RegInput::Read(object) => object,
-        }
-    }
-}
-
-/// The answer to a registry operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RegOutput {
-    /// The object was created.
-    Created,
-    /// Create found the object already there.
-    AlreadyExists,
-    /// Disable, Enable or Revoke took effect (or had already).
-    Done,
-    /// Disable, Enable or Revoke found no such object.
-    NotFound,
-    /// What a read saw.
-    Observed(ObjState),
-}
-
-/// The sequential specification of one registry object; partitions are object names.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Registry;
-
-impl Registry {
-    /// The next state and the answer the specification prescribes for `input` from `state`, or `None` when no
-    /// answer is legal: disabling or enabling a revoked object, or revoking a disabled one, mixes up users with
-    /// keys and sessions.
-    pub fn expected(state: &ObjState, input: &RegInput) -> Option<(ObjState, RegOutput)> {
-        use ObjState::{Absent, Active, Disabled, Revoked};
-        Some(match (input, state) {
-            (RegInput::Create(_), Absent) => (Active, RegOutput::Created),
-            (RegInput::Create(_), _) => (state.clone(), RegOutput::AlreadyExists),
-            (RegInput::Disable(_) | RegInput::Enable(_) | RegInput::Revoke(_), Absent) => (Absent, RegOutput::NotFound),
-            (RegInput::Disable(_), Active | Disabled) => (Disabled, RegOutput::Done),
-            (RegInput::Enable(_), Active | Disabled) => (Active, RegOutput::Done),
-            (RegInput::Revoke(_), Active | Revoked) => (Revoked, RegOutput::Done),
-            (RegInput::Disable(_) | RegInput::Enable(_), Revoked) | (RegInput::Revoke(_), Disabled) => return None,
-            (RegInput::Read(_), _) => (state.clone(), RegOutput::Observed(state.clone())),
-        })
-    }
-}
-
-impl Model for Registry {
-    type State = ObjState;
-    type Input = RegInput;
-    type Output = RegOutput;
-
-    fn init(&self) -> ObjState {
-        ObjState::Absent
+    /// The state of one registry object: a user (identified by the client-chosen name), an API key or a session
+    /// (identified by the id the server returned).
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    pub enum ObjState {
+        /// Never created.
+        Absent,
+        /// Created and usable.
+        Active,
+        /// A disabled user.
+        Disabled,
+        /// A revoked API key or session.
+        Revoked,
     }
 
-    /// With a known output, the output must be the one [`Registry::expected`] prescribes. With an unknown one,
-    /// every operation is applicable and moves to the state it prescribes (an operation with no legal answer
-    /// leaves the state unchanged).
-    fn step(&self, state: &ObjState, input: &RegInput, output: Option<&RegOutput>) -> Option<ObjState> {
-        let expected = Self::expected(state, input);
-        match output {
-            None => Some(expected.map_or_else(|| state.clone(), |(next, _)| next)),
-            Some(output) => expected.filter(|(_, answer)| answer == output).map(|(next, _)| next),
+    /// A registry operation on the object it names. Object names must be unique across kinds (e.g. prefix them
+    /// with `user:`, `key:`, `session:`), since they are the partition keys.
+    #[derive(Clone, Debug)]
+    pub enum RegInput {
+        /// Create a user, API key or session.
+        Create(String),
+        /// Disable a user.
+        Disable(String),
+        /// Re-enable a user.
+        Enable(String),
+        /// Revoke an API key or session.
+        Revoke(String),
+        /// Read the object's state.
+        Read(String),
+    }
+
+    impl RegInput {
+        /// The object the operation is about.
+        pub fn object(&self) -> &str {
+            match self {
+                RegInput::Create(object)
+                | RegInput::Disable(object)
+                | RegInput::Enable(object)
+                | RegInput::Revoke(object)
+                | RegInput::Read(object) => object,
+            }
         }
     }
 
-    fn partition(&self, input: &RegInput) -> String {
-        input.object().to_owned()
+    /// The answer to a registry operation.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum RegOutput {
+        /// The object was created.
+        Created,
+        /// Create found the object already there.
+        AlreadyExists,
+        /// Disable, Enable or Revoke took effect (or had already).
+        Done,
+        /// Disable, Enable or Revoke found no such object.
+        NotFound,
+        /// What a read saw.
+        Observed(ObjState),
+    }
+
+    /// The sequential specification of one registry object; partitions are object names.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Registry;
+
+    impl Registry {
+        /// The next state and the answer the specification prescribes for `input` from `state`, or `None` when no
+        /// answer is legal: disabling or enabling a revoked object, or revoking a disabled one, mixes up users with
+        /// keys and sessions.
+        pub fn expected(state: &ObjState, input: &RegInput) -> Option<(ObjState, RegOutput)> {
+            use ObjState::{Absent, Active, Disabled, Revoked};
+            Some(match (input, state) {
+                (RegInput::Create(_), Absent) => (Active, RegOutput::Created),
+                (RegInput::Create(_), _) => (state.clone(), RegOutput::AlreadyExists),
+                (RegInput::Disable(_) | RegInput::Enable(_) | RegInput::Revoke(_), Absent) => {
+                    (Absent, RegOutput::NotFound)
+                }
+                (RegInput::Disable(_), Active | Disabled) => (Disabled, RegOutput::Done),
+                (RegInput::Enable(_), Active | Disabled) => (Active, RegOutput::Done),
+                (RegInput::Revoke(_), Active | Revoked) => (Revoked, RegOutput::Done),
+                (RegInput::Disable(_) | RegInput::Enable(_), Revoked) | (RegInput::Revoke(_), Disabled) => return None,
+                (RegInput::Read(_), _) => (state.clone(), RegOutput::Observed(state.clone())),
+            })
+        }
+    }
+
+    impl Model for Registry {
+        type State = ObjState;
+        type Input = RegInput;
+        type Output = RegOutput;
+
+        fn init(&self) -> ObjState {
+            ObjState::Absent
+        }
+
+        /// With a known output, the output must be the one [`Registry::expected`] prescribes. With an unknown one,
+        /// every operation is applicable and moves to the state it prescribes (an operation with no legal answer
+        /// leaves the state unchanged).
+        fn step(&self, state: &ObjState, input: &RegInput, output: Option<&RegOutput>) -> Option<ObjState> {
+            let expected = Self::expected(state, input);
+            match output {
+                None => Some(expected.map_or_else(|| state.clone(), |(next, _)| next)),
+                Some(output) => expected.filter(|(_, answer)| answer == output).map(|(next, _)| next),
+            }
+        }
+
+        fn partition(&self, input: &RegInput) -> String {
+            input.object().to_owned()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::example::*;
     use super::*;
 
     type Op = Operation<RegInput, RegOutput>;

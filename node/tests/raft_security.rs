@@ -38,6 +38,7 @@ async fn rpcs_without_the_right_secret_are_refused() {
     let chunks = tokio_stream::iter(vec![pb::SnapshotChunk::default()]);
     assert_eq!(client.install_snapshot(chunks).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     assert_eq!(client.read_index(pb::ReadIndexRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(client.state_digest(pb::StateDigestRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     // Leadership-transfer steps: a stray process must not freeze elections or start one.
     let pause = pb::PauseElectionsRequest { duration_ms: 60_000 };
     assert_eq!(client.pause_elections(pause).await.unwrap_err().code(), tonic::Code::Unauthenticated);

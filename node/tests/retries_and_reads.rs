@@ -106,6 +106,11 @@ async fn a_linearizable_read_fails_where_a_default_read_answers_from_local_state
     let get = || GetUserRequest { user: "ghost".into() };
     let lin = [("gatehouse-consistency", "linearizable")];
     assert_eq!(users.get(req(&c.admin_key, get(), &lin)).await.unwrap_err().code(), Code::NotFound);
+    // A level it does not know is refused, not read as the weaker default.
+    for bad in ["Linearizable", "strict", ""] {
+        let e = users.get(req(&c.admin_key, get(), &[("gatehouse-consistency", bad)])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
+    }
 
     c.stop(2).await;
     c.stop(3).await;

@@ -28,7 +28,14 @@ pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permis
     // everything committed when the call arrived, so a key revoked or a role
     // taken away through another node a moment ago no longer counts here.
     // (On failure the local view is still within `max_staleness`.)
-    let linearizable = meta.get("gatehouse-consistency").is_some_and(|v| v.as_bytes() == b"linearizable");
+    let linearizable = match meta.get("gatehouse-consistency").map(|v| v.as_bytes()) {
+        None | Some(b"default") => false,
+        Some(b"linearizable") => true,
+        // A mistyped level must not quietly weaken the read the caller asked for.
+        Some(_) => {
+            return Err(ApiError::InvalidArgument("gatehouse-consistency must be linearizable or default".into()))
+        }
+    };
     super::read_your_writes(cluster, linearizable).await?;
     check(cluster, meta, permission).await
 }
