@@ -45,6 +45,10 @@ struct Inner {
     /// One read-index request at a time; `last_read` (when it was asked, the
     /// index) serves every caller that arrived before it was asked.
     read_gate: tokio::sync::Mutex<()>,
+    /// Bumped whenever a probe records a proof of freshness.
+    proofs: tokio::sync::watch::Sender<u64>,
+    /// Whether a probe started by [`Cluster::kick_probe`] is running.
+    kicked: std::sync::atomic::AtomicBool,
     last_read: std::sync::Mutex<Option<(Instant, u64)>>,
     id: NodeId,
     raft: Raft,
@@ -89,6 +93,8 @@ impl Cluster {
         Cluster {
             inner: Arc::new(Inner {
                 read_gate: tokio::sync::Mutex::new(()),
+                proofs: tokio::sync::watch::channel(0).0,
+                kicked: std::sync::atomic::AtomicBool::new(false),
                 last_read: std::sync::Mutex::new(None),
                 id,
                 batcher: Batcher::start(raft.clone(), hold.subscribe()),
@@ -108,6 +114,80 @@ impl Cluster {
             }),
         }
         .watching_raft()
+        .proving_freshness()
+    }
+
+    /// On a follower or learner, asks the leader for a read index every
+    /// `max_staleness / PROBES_PER_BOUND`: each applied answer is a proof of
+    /// freshness timed from the ask (see [`Freshness`]). Quiet on a leader.
+    fn proving_freshness(self) -> Self {
+        let weak = self.downgrade();
+        let every = self.probe_every();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(cluster) = weak.upgrade() else { return };
+                let state = cluster.inner.raft.metrics().borrow().state;
+                if matches!(state, openraft::ServerState::Follower | openraft::ServerState::Learner) {
+                    // Each probe on its own: one stuck on a leader that died
+                    // must not hold back the next, which may reach its successor.
+                    tokio::spawn(async move { cluster.probe().await });
+                }
+            }
+        });
+        self
+    }
+
+    fn probe_every(&self) -> Duration {
+        (self.inner.max_staleness / crate::freshness::PROBES_PER_BOUND).max(Duration::from_millis(10))
+    }
+
+    /// Asks for a read index and, once it is applied here, records the proof
+    /// and tells [`Cluster::ensure_fresh`] waiters.
+    async fn probe(&self) {
+        let asked = Instant::now();
+        let bound = self.inner.max_staleness;
+        // A probe that cannot finish within the bound proves nothing.
+        let Ok(Ok(index)) = tokio::time::timeout(bound, self.read_index()).await else { return };
+        self.inner.view.wait_applied(index, bound.saturating_sub(asked.elapsed())).await;
+        self.inner.freshness.record_read(asked, index, self.inner.view.applied_index());
+        self.inner.proofs.send_modify(|n| *n += 1);
+    }
+
+    /// Starts a probe now unless one started this way is still running.
+    fn kick_probe(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.kicked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.probe().await;
+            me.inner.kicked.store(false, Ordering::Release);
+        });
+    }
+
+    /// [`Cluster::is_fresh`], or, when the last proof has aged out, whether a
+    /// new one arrives within `max_staleness / PROBES_PER_BOUND`. Waiters
+    /// share one probe, so a node cut off from its leader answers every
+    /// caller after that short wait instead of queueing them.
+    pub async fn ensure_fresh(&self) -> bool {
+        if self.is_fresh() {
+            return true;
+        }
+        let mut proofs = self.inner.proofs.subscribe();
+        self.kick_probe();
+        let fresh = async {
+            while proofs.changed().await.is_ok() {
+                if self.is_fresh() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.probe_every(), fresh).await;
+        self.is_fresh()
     }
 
     /// Follows openraft's metrics: counts leader changes and new terms (a
@@ -134,6 +214,11 @@ impl Cluster {
                 }
                 if m.current_leader != leader && m.current_leader.is_some() {
                     inner.metrics.raft_leader_changes.inc();
+                    // A new leader: prove freshness through it at once rather
+                    // than at the next periodic probe.
+                    if m.current_leader != Some(inner.id) {
+                        Cluster { inner: inner.clone() }.kick_probe();
+                    }
                 }
                 if m.current_term > term {
                     inner.metrics.raft_elections.inc_by(m.current_term - term);
@@ -339,6 +424,7 @@ impl Cluster {
                     match tokio::time::timeout(wait, self.read_index()).await {
                         Ok(Ok(index)) => {
                             *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
+                            self.inner.freshness.record_read(asked, index, self.inner.view.applied_index());
                             index
                         }
                         _ => return false,

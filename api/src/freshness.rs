@@ -1,22 +1,33 @@
 //! Bounded staleness: may this node answer for the cluster right now?
 //!
-//! - A leader is fresh while a quorum acknowledged it within `max_staleness`
-//!   (openraft reports `millis_since_quorum_ack`), or, right after its
-//!   election and before the first acknowledgement, while its last proof as
-//!   a follower is within `max_staleness`.
-//! - During an election (a candidate, or a follower that granted a vote and
-//!   has not heard from the winner yet) the last proof still counts: the
-//!   bound is a time bound, whoever wins. A leader's quorum acknowledgements
-//!   are proofs too, so a leader that steps down keeps serving until the
-//!   new leader's first contact.
-//! - A follower is fresh while it heard from the current leader within
-//!   `max_staleness` AND had applied the commit index that leader reported
-//!   then. Contacts are recorded by the Raft service on every accepted
-//!   AppendEntries (heartbeats included).
+//! A proof of freshness is a moment `t` on this node's own clock such that
+//! everything acknowledged anywhere before `t` is applied here. Only two
+//! things give one, both timed from when this node (or, for a leader, its
+//! heartbeat) *asked*, never from when an answer arrived, so a slow or
+//! delayed link cannot stretch the bound:
 //!
-//! Past the bound a node refuses credentials (503): a revoked credential can
-//! never be used for longer than `max_staleness` anywhere, even on the
-//! minority side of a partition or on a node whose apply fell behind.
+//! - A read index: this node asks the leader at `t`; the leader confirms its
+//!   leadership with a quorum and answers with its commit index, which holds
+//!   every write acknowledged before `t`. Once that index is applied here,
+//!   `t` is a proof. Followers and learners ask on their own every
+//!   `max_staleness / 8` ([`PROBES_PER_BOUND`]), and every catch-up
+//!   (read-your-writes) counts too.
+//! - A leader's quorum acknowledgement: openraft times it from when the
+//!   acknowledged heartbeat was sent (`millis_since_quorum_ack`). Kept as a
+//!   proof after a step-down, so a leader that hands over keeps serving until
+//!   its proof ages out.
+//!
+//! A node answers while its latest proof is within `max_staleness`. During
+//! an election the last proof still counts: everything revoked since is
+//! younger than the bound, whoever wins. Past the bound a node refuses
+//! credentials (503): a revoked credential can never be used for longer than
+//! `max_staleness` after its revocation was acknowledged, anywhere, even on
+//! the minority side of a partition, behind a slow link, or on a node whose
+//! apply fell behind.
+//!
+//! AppendEntries still report the leader's commit index
+//! ([`Freshness::reported_commit`], for status), but prove nothing: a
+//! message sent before a revocation was acknowledged can arrive after it.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,6 +36,11 @@ use openraft::ServerState;
 
 use gatehouse_storage::types::Raft;
 
+/// Followers ask for a read index this many times per `max_staleness`, so a
+/// proof is never older than an eighth of the bound plus a round trip while
+/// the leader is reachable, and an election has the rest of the bound.
+pub const PROBES_PER_BOUND: u32 = 8;
+
 #[derive(Debug, Default)]
 pub struct Freshness {
     inner: Mutex<Contacts>,
@@ -32,24 +48,33 @@ pub struct Freshness {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Contacts {
-    /// The latest accepted contact from a leader and the commit index it reported.
-    last: Option<(Instant, u64)>,
-    /// The latest contact whose reported commit index is known to be applied.
+    /// The commit index the leader last reported in an AppendEntries.
+    reported_commit: u64,
+    /// The latest read index obtained: when it was asked, and the index.
+    read: Option<(Instant, u64)>,
+    /// The latest ask whose read index is known to be applied here.
     fresh_at: Option<Instant>,
     /// The latest quorum acknowledgement seen while this node led.
     led_at: Option<Instant>,
 }
 
 impl Freshness {
-    /// Records an accepted AppendEntries from the leader.
-    pub fn record_contact(&self, leader_commit: u64, applied: u64) {
+    /// Records the commit index an accepted AppendEntries reported. Not a
+    /// proof of anything (see the module docs).
+    pub fn record_contact(&self, leader_commit: u64) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.reported_commit = leader_commit;
+    }
+
+    /// Records a read index: `index` held everything committed when this node
+    /// asked for it at `asked`. Counts as a proof once `index` is applied.
+    pub fn record_read(&self, asked: Instant, index: u64, applied: u64) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.settle(applied);
-        let now = Instant::now();
-        c.last = Some((now, leader_commit));
-        if applied >= leader_commit {
-            c.fresh_at = Some(now);
+        if c.read.is_none_or(|(t, _)| t < asked) {
+            c.read = Some((asked, index));
         }
+        c.settle(applied);
     }
 
     /// Records a quorum acknowledgement this node received as leader, so the
@@ -62,11 +87,11 @@ impl Freshness {
 
     /// The commit index the leader last reported (0 before any contact).
     pub fn reported_commit(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).last.map_or(0, |(_, c)| c)
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).reported_commit
     }
 
-    /// When this node was last provably up to date: as a follower that had
-    /// applied what its leader reported, or as a leader a quorum acknowledged.
+    /// When this node was last provably up to date: a read index it applied,
+    /// or as a leader a quorum acknowledgement.
     fn last_proof(&self, applied: u64) -> Option<Instant> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.settle(applied);
@@ -96,9 +121,6 @@ impl Freshness {
             ServerState::Leader => {
                 m.millis_since_quorum_ack.is_some_and(|ms| Duration::from_millis(ms) <= max_staleness) || proven()
             }
-            // During an election (a vote granted, no new leader heard from
-            // yet) the last proof counts too: everything revoked since is
-            // younger than the bound, whoever wins.
             ServerState::Follower | ServerState::Learner | ServerState::Candidate => proven(),
             ServerState::Shutdown => false,
         }
@@ -106,10 +128,10 @@ impl Freshness {
 }
 
 impl Contacts {
-    /// Once the last contact's commit index is applied, that contact counts.
+    /// Once the latest read index is applied, the moment it was asked counts.
     fn settle(&mut self, applied: u64) {
-        if let Some((t, commit)) = self.last {
-            if applied >= commit && self.fresh_at.is_none_or(|f| f < t) {
+        if let Some((t, index)) = self.read {
+            if applied >= index && self.fresh_at.is_none_or(|f| f < t) {
                 self.fresh_at = Some(t);
             }
         }
@@ -121,16 +143,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_contact_counts_only_once_its_commit_index_is_applied() {
+    fn a_read_counts_from_when_it_was_asked_once_its_index_is_applied() {
         let f = Freshness::default();
         assert!(f.last_proof(0).is_none());
-        f.record_contact(10, 5);
-        assert!(f.last_proof(9).is_none(), "commit 10 not applied yet");
-        assert!(f.last_proof(10).is_some());
-        let first = f.last_proof(10).unwrap();
-        // A later contact with a higher commit keeps the earlier proof until applied.
-        f.record_contact(20, 10);
-        assert_eq!(f.last_proof(15), Some(first));
-        assert!(f.last_proof(20).unwrap() >= first);
+        let asked = Instant::now();
+        f.record_read(asked, 10, 5);
+        assert!(f.last_proof(9).is_none(), "index 10 not applied yet");
+        assert_eq!(f.last_proof(10), Some(asked), "timed from the ask, not the answer");
+        // A later read with a higher index keeps the earlier proof until applied.
+        let later = asked + Duration::from_millis(5);
+        f.record_read(later, 20, 10);
+        assert_eq!(f.last_proof(15), Some(asked));
+        assert_eq!(f.last_proof(20), Some(later));
+        // An answer that arrives out of order never moves the proof back.
+        f.record_read(asked, 30, 40);
+        assert_eq!(f.last_proof(40), Some(later));
+    }
+
+    #[test]
+    fn heartbeats_report_the_commit_index_but_prove_nothing() {
+        let f = Freshness::default();
+        f.record_contact(7);
+        assert_eq!(f.reported_commit(), 7);
+        assert!(f.last_proof(100).is_none(), "a message sent before an acknowledgement may arrive after it");
     }
 }

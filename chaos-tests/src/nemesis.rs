@@ -34,7 +34,7 @@ pub enum Nemesis {
     Bridge,
     /// The leader's outgoing links cut; it still hears everyone.
     OneWay,
-    /// Every link delayed by 50–250 ms.
+    /// Every link delayed by 5–40 ms each way.
     SlowLinks,
     /// Every link resets 5% of its chunks' connections.
     FlakyLinks,
@@ -209,8 +209,11 @@ pub async fn inject(
             done.description = format!("leader {leader} cannot send (one way)");
         }
         Nemesis::SlowLinks => {
-            net.all(|| Fault::Delay(Duration::from_millis(rng.gen_range(50..=250))));
-            done.description = "every link delayed 50-250 ms".into();
+            // Round trips up to 80 ms, under the 100 ms heartbeat that openraft
+            // 0.9 also uses as its RPC timeout (slower links need a longer
+            // heartbeat: see raft.heartbeat_ms).
+            net.all(|| Fault::Delay(Duration::from_millis(rng.gen_range(5..=40))));
+            done.description = "every link delayed 5-40 ms each way".into();
         }
         Nemesis::FlakyLinks => {
             net.all(|| Fault::Flaky(50));

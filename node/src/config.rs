@@ -68,9 +68,12 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
-    /// Leader heartbeat period. Also bounds how stale a follower's proof of freshness gets.
+    /// Leader heartbeat period. openraft 0.9 also uses it as the timeout of
+    /// every AppendEntries (replication, heartbeats, read-index
+    /// confirmations), so it must exceed the slowest round trip between nodes.
     pub heartbeat_ms: u64,
-    /// A follower that heard nothing for a random time in [min, max] starts an election.
+    /// A follower that heard nothing for `election_timeout_max_ms` (openraft's
+    /// leader lease) plus a random time in [min, max] starts an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many applied entries since the last one.
@@ -81,14 +84,16 @@ pub struct RaftTuning {
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        // Chosen for a small machine running several nodes and a load
-        // generator: 100 ms heartbeats keep followers well inside the 2 s
-        // staleness bound; a 400-800 ms election timeout tolerates scheduling
-        // hiccups without spurious elections and keeps failover under a second.
+        // A leader that dies is replaced 600-800 ms after its last heartbeat
+        // (the 400 ms lease plus 200-400 ms), so failover stays under a
+        // second and well inside the 2 s staleness bound. Six missed 100 ms
+        // heartbeats before anyone campaigns tolerate the scheduling hiccups
+        // of a small machine running several nodes and a load generator, and
+        // round trips up to 100 ms between nodes are tolerated.
         RaftTuning {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
         }
@@ -337,6 +342,11 @@ impl Config {
         if self.max_staleness_ms < r.heartbeat_ms * 2 {
             return bad("max_staleness_ms must be at least twice raft.heartbeat_ms");
         }
+        // Followers wait out the leader lease before they may elect a new
+        // leader; a shorter bound would make every failover a refusal.
+        if self.max_staleness_ms <= r.election_timeout_max_ms {
+            return bad("max_staleness_ms must exceed raft.election_timeout_max_ms");
+        }
         if self.initialize && self.mode == Mode::Production && self.initial_members.is_empty() {
             return bad("initialize = true needs initial_members");
         }
@@ -428,5 +438,8 @@ mod tests {
         let mut c = Config::dev();
         c.raft.election_timeout_min_ms = 50;
         assert!(c.validate().is_err());
+        let mut c = Config::dev();
+        c.max_staleness_ms = c.raft.election_timeout_max_ms;
+        assert!(c.validate().is_err(), "every failover would turn every node stale");
     }
 }

@@ -21,7 +21,7 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
 /// with `UNAVAILABLE` when the call asks for `gatehouse-consistency:
 /// linearizable` and this node cannot reach what the leader has committed.
 pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
-    if !cluster.is_fresh() {
+    if !cluster.ensure_fresh().await {
         return Err(ApiError::Stale);
     }
     // Admin calls are rare and change what others may do: decide them on

@@ -45,7 +45,7 @@ async fn caller(
     limits: &Limits,
     changes_state: bool,
 ) -> Result<(Principal, Option<Quota>), ApiError> {
-    if !front.cluster.is_fresh() {
+    if !front.cluster.ensure_fresh().await {
         return Err(ApiError::Stale);
     }
     let (token, from_cookie) = credential(headers, &front.config.cookie_name).ok_or(ApiError::Unauthenticated)?;
@@ -93,7 +93,7 @@ pub async fn login(
     if !csrf_ok(&headers) {
         return Err(ApiError::Csrf);
     }
-    if !front.cluster.is_fresh() {
+    if !front.cluster.ensure_fresh().await {
         return Err(ApiError::Stale);
     }
     let body: LoginBody = serde_json::from_slice(&body)

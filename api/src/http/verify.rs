@@ -96,7 +96,7 @@ async fn decide(
     headers: &HeaderMap,
     limits: Option<&RequestLimits>,
 ) -> (&'static str, Response) {
-    if !front.cluster.is_fresh() {
+    if !front.cluster.ensure_fresh().await {
         return ("stale", ApiError::Stale.into_response());
     }
     if let Some(role) = &q.role {

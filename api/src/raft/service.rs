@@ -74,8 +74,7 @@ impl RaftService for RaftRpc {
             AppendEntriesResponse::HigherVote(v) => R::HigherVote(vote_to_pb(&v)),
         };
         if matches!(result, R::Success(_) | R::PartialSuccess(_)) {
-            let view = self.cluster.view();
-            self.cluster.freshness().record_contact(leader_commit.map_or(0, |l| l.index), view.applied_index());
+            self.cluster.freshness().record_contact(leader_commit.map_or(0, |l| l.index));
         }
         Ok(Response::new(pb::AppendEntriesResponse { result: Some(result) }))
     }
@@ -216,5 +215,14 @@ pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
         snapshot_index: index(m.snapshot),
         purged_index: index(m.purged),
         commit_index: cluster.commit_index(),
+        matched: if m.current_leader == Some(m.id) {
+            let last = m.last_log_index.unwrap_or(0);
+            let replication = m.replication.iter().flatten();
+            replication
+                .map(|(id, l)| pb::MatchedIndex { node_id: *id, index: if *id == m.id { last } else { index(*l) } })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
