@@ -406,6 +406,18 @@ fn snapshot(state: &State, kind: &str, id: &str) -> String {
         "role" => state
             .role(id)
             .map(|r| serde_json::json!({ "name": r.name, "permissions": r.permissions, "description": r.description })),
+        // Revoking sessions in bulk: how many were live (ids only, no tokens).
+        "user_sessions" => {
+            let (mut count, mut ids) = (0, Vec::new());
+            for s in state.sessions_of(id) {
+                count += 1;
+                if ids.len() < 100 {
+                    ids.push(s.session_id);
+                }
+            }
+            Some(serde_json::json!({ "user_id": id, "sessions": count, "first_session_ids": ids }))
+        }
+        "sessions" => Some(serde_json::json!({ "sessions": state.sessions().count() })),
         _ => None,
     };
     v.map(|v| v.to_string()).unwrap_or_default()
@@ -425,7 +437,7 @@ fn subject(payload: &Payload) -> Option<(&'static str, &'static str, String)> {
         Payload::RevokeApiKey(c) => ("key.revoke", "key", c.key_id.clone()),
         Payload::RotateApiKey(c) => ("key.rotate", "key", c.old_key_id.clone()),
         Payload::RevokeSession(c) => ("session.revoke", "session", c.session_id.clone()),
-        Payload::RevokeUserSessions(c) => ("session.revoke_user", "user", c.user_id.clone()),
+        Payload::RevokeUserSessions(c) => ("session.revoke_user", "user_sessions", c.user_id.clone()),
         Payload::RevokeAllSessions(_) => ("session.revoke_all", "sessions", "*".into()),
         Payload::PutRole(c) if c.create => ("role.create", "role", c.name.clone()),
         Payload::PutRole(c) => ("role.update", "role", c.name.clone()),
@@ -457,7 +469,9 @@ pub async fn write(
         Err(crate::ApiError::PermissionDenied(_)) => "denied",
         Err(_) => "failed",
     };
-    let mut e = event(action, outcome, actor, format!("{kind}:{id}"));
+    // A user's sessions are a resource of that user.
+    let resource = if kind == "user_sessions" { format!("user:{id}") } else { format!("{kind}:{id}") };
+    let mut e = event(action, outcome, actor, resource);
     e.request_id = request_id;
     e.before = before;
     e.after = after;

@@ -325,7 +325,7 @@ where
         let record = span.clone();
         Box::pin(
             async move {
-                let resp = call.await;
+                let mut resp = call.await;
                 // Errors are sent "trailers-only", so their status is in the head;
                 // a head without one is a call that succeeded (or a stream that started).
                 let code = match &resp {
@@ -338,6 +338,9 @@ where
                     Err(_) => tonic::Code::Unknown,
                 };
                 record.record("rpc.grpc.status_code", code as i32);
+                if let (tonic::Code::Unavailable, Ok(r)) = (code, &mut resp) {
+                    name_the_leader(&cluster, r.headers_mut());
+                }
                 if code == tonic::Code::PermissionDenied {
                     // RBAC refusals are audited wherever in the handler they happened.
                     let who = ctx
@@ -350,6 +353,22 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Every `UNAVAILABLE` answer names the leader, when this node knows one
+/// that is not itself, so a client can go there (unless the handler already
+/// named one, for example the leader a forwarded write last heard of).
+fn name_the_leader(cluster: &crate::Cluster, headers: &mut http::HeaderMap) {
+    if headers.contains_key(crate::error::LEADER_METADATA) {
+        return;
+    }
+    if let Some((id, addr)) = cluster.leader() {
+        if id != cluster.id() {
+            if let Ok(v) = http::HeaderValue::from_str(&addr) {
+                headers.insert(crate::error::LEADER_METADATA, v);
+            }
+        }
     }
 }
 

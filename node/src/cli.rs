@@ -65,10 +65,11 @@ pub struct AdminArgs {
     /// Admin API endpoint (any node).
     #[arg(long, global = true, env = "GATEHOUSE_ENDPOINT", default_value = "http://127.0.0.1:9090")]
     pub endpoint: String,
-    /// Admin API key. Prefer GATEHOUSE_TOKEN or --token-file: arguments are visible to other users.
+    /// Admin API key. Use GATEHOUSE_TOKEN or --token-file instead: arguments are
+    /// visible to every user of the machine (a warning says so).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// File holding the admin API key.
+    /// File holding the admin API key on its first line ("-": standard input).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Print JSON instead of tables.
@@ -231,9 +232,18 @@ pub enum UserCommand {
         yes: bool,
     },
     /// Disable a user: its keys stop working and its sessions end.
-    Disable { user: String },
+    Disable {
+        user: String,
+        /// Return only once every reachable voter applied it.
+        #[arg(long, value_enum)]
+        wait: Option<Wait>,
+    },
     /// Enable a disabled user.
-    Enable { user: String },
+    Enable {
+        user: String,
+        #[arg(long, value_enum)]
+        wait: Option<Wait>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,8 +355,17 @@ impl tonic::service::Interceptor for Bearer {
 
 fn token(args: &AdminArgs) -> anyhow::Result<String> {
     if let Some(path) = &args.token_file {
-        let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(t.trim().to_string());
+        let text = if path.as_os_str() == "-" {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut t)
+                .context("reading the key from stdin")?;
+            t
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        };
+        let first = text.lines().next().unwrap_or_default().trim();
+        anyhow::ensure!(!first.is_empty(), "no API key on the first line of {}", path.display());
+        return Ok(first.to_string());
     }
     args.token
         .clone()
@@ -689,13 +708,13 @@ async fn user(
                 )?;
             }
         }
-        UserCommand::Disable { user } => {
-            let req = SetUserStatusRequest { user, status: "disabled".into() };
+        UserCommand::Disable { user, wait } => {
+            let req = SetUserStatusRequest { user, status: "disabled".into(), wait_all: wait == Some(Wait::All) };
             let u = client.set_status(req).await.map_err(rpc_error)?.into_inner();
             print_user(&u, "disabled (keys stop working, sessions ended)", json, out)?;
         }
-        UserCommand::Enable { user } => {
-            let req = SetUserStatusRequest { user, status: "active".into() };
+        UserCommand::Enable { user, wait } => {
+            let req = SetUserStatusRequest { user, status: "active".into(), wait_all: wait == Some(Wait::All) };
             let u = client.set_status(req).await.map_err(rpc_error)?.into_inner();
             print_user(&u, "enabled", json, out)?;
         }

@@ -9,6 +9,12 @@ use gatehouse::{config::Mode, Config, Node};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if token_in_argv() {
+        eprintln!(
+            "warning: --token puts the API key where every user of this machine can read it (ps, /proc); \
+             use GATEHOUSE_TOKEN or --token-file"
+        );
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Admin(args) => gatehouse::cli::admin(*args, &mut std::io::stdout().lock()).await,
@@ -24,6 +30,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the admin key was given as `--token KEY` (or `--token=KEY`).
+fn token_in_argv() -> bool {
+    std::env::args_os().any(|a| a == "--token" || a.as_encoded_bytes().starts_with(b"--token="))
 }
 
 async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {

@@ -316,7 +316,7 @@ fn dev_secret(dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Services named in the gRPC health service, besides the whole server ("").
-const HEALTH_SERVICES: [&str; 7] = [
+const HEALTH_SERVICES: [&str; 8] = [
     "",
     "gatehouse.admin.v1.ClusterService",
     "gatehouse.admin.v1.UserService",
@@ -324,6 +324,7 @@ const HEALTH_SERVICES: [&str; 7] = [
     "gatehouse.admin.v1.SessionService",
     "gatehouse.admin.v1.RoleService",
     "gatehouse.admin.v1.EventService",
+    "gatehouse.admin.v1.AuditService",
 ];
 
 /// Keeps the standard gRPC health service in step with readiness (the same

@@ -136,7 +136,15 @@ async fn every_rpc(endpoint: &str, token: Option<&str>) -> Vec<(&'static str, Ne
         (
             "users.set_status",
             Write,
-            code(users.set_status(SetUserStatusRequest { user: nobody.clone(), status: "disabled".into() }).await),
+            code(
+                users
+                    .set_status(SetUserStatusRequest {
+                        user: nobody.clone(),
+                        status: "disabled".into(),
+                        wait_all: false,
+                    })
+                    .await,
+            ),
         ),
         (
             "users.set_password",
@@ -356,6 +364,9 @@ async fn users_get_update_set_password_delete_and_paginate() {
     // Hostile and malformed arguments change nothing.
     let before = c.node(1).cluster().view().read().users().count();
     std::fs::write(&pw_file, "short\n").unwrap();
+    let good_pw_file = c.dir.path().join("good-pw");
+    std::fs::write(&good_pw_file, "a perfectly long password\n").unwrap();
+    let good_pw = good_pw_file.to_str().unwrap();
     let long = "x".repeat(65);
     for (args, want) in [
         (&["user", "update", "user-04"][..], "invalid argument"),
@@ -372,13 +383,30 @@ async fn users_get_update_set_password_delete_and_paginate() {
         (&["user", "list", "--page-token", "%%%"], "invalid argument"),
         (&["user", "set-password", "user-04", "--password-file", pw], "invalid argument"),
         (&["user", "set-password", "ghost", "--password-file", pw], "invalid argument"),
+        (&["user", "set-password", "ghost", "--password-file", good_pw], "not found"),
+        (&["user", "set-password", &long, "--password-file", good_pw], "invalid argument"),
         (&["user", "delete", "ghost", "--yes"], "not found"),
+        (&["user", "delete", "", "--yes"], "invalid argument"),
+        (&["user", "delete", &long, "--yes"], "invalid argument"),
+        (&["user", "disable", "ghost"], "not found"),
+        (&["user", "enable", ""], "invalid argument"),
     ] {
         let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     let err = admin_cli(&ep(&c, 2), &admin, &["user", "set-password", "user-04"]).await.unwrap_err();
     assert!(err.contains("--password-stdin or --password-file"), "{err}");
+    // Values the CLI never sends, straight over gRPC.
+    let mut users = UserServiceClient::connect(ep(&c, 3)).await.unwrap();
+    let with_key = |msg| {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        r
+    };
+    for status in ["frozen", "", "ACTIVE", "disabled\0"] {
+        let req = SetUserStatusRequest { user: "user-04".into(), status: status.into(), wait_all: false };
+        assert_eq!(code(users.set_status(with_key(req)).await), Code::InvalidArgument, "status {status:?}");
+    }
     assert_eq!(c.node(1).cluster().view().read().users().count(), before);
     assert_eq!(c.node(1).cluster().view().read().user_by_name("user-04").unwrap().email, "user-04@example.com");
     c.shutdown().await;
@@ -482,6 +510,10 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         (&["role", "assign", "Bad Role", "--user", "dana"], "invalid argument"),
         (&["role", "assign", "viewer", "--user", "ghost"], "not found"),
         (&["role", "unassign", "operator", "--user", "dana"], "failed precondition"),
+        (&["role", "unassign", "viewer", "--user", "ghost"], "not found"),
+        (&["role", "unassign", "nosuch", "--user", "dana"], "failed precondition"),
+        (&["role", "unassign", "Bad Role", "--user", "dana"], "invalid argument"),
+        (&["role", "unassign", "viewer", "--user", ""], "invalid argument"),
     ] {
         let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
@@ -543,6 +575,11 @@ async fn keys_are_fetched_and_rotated_with_a_grace_period() {
         (&["key", "get", "0123456789abcdef"], "not found"),
         (&["key", "get", "xyz"], "invalid argument"),
         (&["key", "list", "--page-token", "!!"], "invalid argument"),
+        (&["key", "list", "--user", "ghost"], "not found"),
+        (&["key", "list", "--user", &"u".repeat(65)], "invalid argument"),
+        (&["key", "create", "--user", "erin", "--name", &"n".repeat(65)], "invalid argument"),
+        (&["key", "create", "--user", "erin", "--name", ""], "invalid argument"),
+        (&["key", "create", "--user", "ghost", "--name", "x"], "not found"),
     ] {
         let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
@@ -593,6 +630,12 @@ async fn sessions_are_fetched_and_revoked_everywhere_in_an_emergency() {
         (&["session", "get", &id][..], "not found"),
         (&["session", "get", "not-hex"], "invalid argument"),
         (&["session", "list", "--user", "gus", "--page-size", "1001"], "invalid argument"),
+        (&["session", "list", "--user", ""], "invalid argument"),
+        (&["session", "list", "--user", &"u".repeat(65)], "invalid argument"),
+        (&["session", "list", "--user", "ghost"], "not found"),
+        (&["session", "revoke-all", "--user", "ghost"], "not found"),
+        (&["session", "revoke-all", "--user", ""], "invalid argument"),
+        (&["session", "revoke", "not-hex"], "invalid argument"),
     ] {
         let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");

@@ -14,7 +14,7 @@ fn endpoint(node: &Node) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_json_lists_every_node_with_its_applied_index() {
-    let c = TestCluster::start(3).await;
+    let mut c = TestCluster::start(3).await;
     let leader = c.wait_for_leader().await;
     write_user(c.node(1), "for-status").await;
     c.wait_replicated("for-status").await;
@@ -31,7 +31,28 @@ async fn status_json_lists_every_node_with_its_applied_index() {
         assert_eq!(n["reachable"], true);
         assert!(n["applied_index"].as_u64().unwrap() > 0);
         assert!(n["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+        // Asked of a follower, the leader's view of replication still shows.
+        assert!(n["matched_index"].as_u64().unwrap() > 0, "{n}");
+        assert!(n["matched_index"].as_u64() <= n["last_log_index"].as_u64(), "{n}");
     }
+    // Idle and healthy: every node holds what the leader holds.
+    wait_until("every node caught up", Duration::from_secs(5), || async {
+        let out = admin_cli(&endpoint(c.node(follower)), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["nodes"].as_array().unwrap().iter().all(|n| n["replication_lag"] == 0)
+    })
+    .await;
+    // A node that is down: the leader's view shows it falling behind.
+    let down = *c.nodes.keys().find(|&&id| id != leader && id != follower).unwrap();
+    c.stop(down).await;
+    for i in 0..3 {
+        write_user(c.node(leader), &format!("while-down-{i}")).await;
+    }
+    let out = admin_cli(&endpoint(c.node(follower)), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == down).unwrap().clone();
+    assert_eq!(row["reachable"], false, "{row}");
+    assert!(row["replication_lag"].as_u64().unwrap() >= 3, "{row}");
     let table = admin_cli(&endpoint(c.node(leader)), &c.admin_key, &["cluster", "status"]).await.unwrap();
     assert!(table.contains(&format!("leader: {leader}")), "{table}");
     assert_eq!(table.lines().count(), 5, "{table}");
@@ -70,7 +91,9 @@ async fn refuses_missing_wrong_and_underprivileged_keys_and_bad_arguments() {
         (&["cluster", "add-learner", "7", "no-port"], "invalid argument"),
         (&["cluster", "add-learner", "7", "http://127.0.0.1:1"], "invalid argument"),
         (&["cluster", "promote", "42"], "not found"),
+        (&["cluster", "promote", "0"], "invalid argument"),
         (&["cluster", "remove", "42"], "not found"),
+        (&["cluster", "remove", "0"], "invalid argument"),
     ] {
         let err = admin_cli(&ep, &c.admin_key, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");

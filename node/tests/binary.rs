@@ -77,6 +77,7 @@ fn dev_mode_prints_a_key_once_serves_admin_and_exits_zero_on_sigterm() {
         status_json(&endpoint, &key).filter(|s| s["leader"] == 1)
     });
     assert_eq!(status["nodes"][0]["voter"], true);
+    the_cli_exits_non_zero_with_the_error_on_stderr_and_reads_keys_from_files(dir.path(), &endpoint, &key);
     // The secret never reaches the log or the data directory in plaintext.
     assert_eq!(sigterm(&mut child).code(), Some(0), "graceful exit");
     let data = dir.path().join("gatehouse-data");
@@ -98,6 +99,57 @@ fn dev_mode_prints_a_key_once_serves_admin_and_exits_zero_on_sigterm() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut rest).unwrap();
     assert!(!rest.contains("gk_"), "no second bootstrap key: {rest}");
+}
+
+/// The real binary's contract with scripts: exit status, stdout, stderr, and
+/// where the key may come from.
+fn the_cli_exits_non_zero_with_the_error_on_stderr_and_reads_keys_from_files(dir: &Path, endpoint: &str, key: &str) {
+    let cli = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(BIN)
+            .args(["admin", "--endpoint", endpoint])
+            .args(args)
+            .env_remove("GATEHOUSE_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    // The key on the first line of a file; what follows is ignored.
+    let file = dir.join("admin.key");
+    std::fs::write(&file, format!("{key}\nsecond line\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out, err) = cli(&["--token-file", file, "--json", "user", "get", "admin"], "");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["username"], "admin", "{out}");
+    assert!(err.is_empty(), "{err}");
+    // Or from standard input.
+    let (code, out, _) = cli(&["--token-file", "-", "--json", "user", "get", "admin"], &format!("{key}\n"));
+    assert_eq!((code, out.contains("\"admin\"")), (Some(0), true));
+    // Errors: exit status 1, nothing on stdout, the error on stderr, no key echoed.
+    for (args, want) in [
+        (&["--token-file", file, "user", "get", "ghost"][..], "error: not found"),
+        (&["--token-file", file, "user", "get", ""], "error: invalid argument"),
+        (&["user", "get", "admin"], "error: an admin API key is required"),
+        (&["--token-file", "/nonexistent/key", "user", "get", "admin"], "error: reading /nonexistent/key"),
+    ] {
+        let (code, out, err) = cli(args, "");
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.starts_with(want), "{args:?}: {err}");
+        assert!(!err.contains(key), "{args:?}: the key echoed");
+    }
+    let (code, _, err) = cli(&["--token-file", "-", "user", "get", "admin"], "\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no API key on the first line"), "{err}");
+    // A key on the command line still works, with a warning that it is exposed.
+    let (code, _, err) = cli(&["--token", key, "user", "get", "admin"], "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.starts_with("warning: --token puts the API key"), "{err}");
+    assert!(!err.contains(key));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -267,6 +267,8 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // A second session, for the bulk revocation below.
+    assert_eq!(login(PASSWORD).await.status(), StatusCode::OK);
     for _ in 0..2 {
         assert_eq!(login("wrong password here").await.status(), StatusCode::UNAUTHORIZED);
     }
@@ -288,6 +290,7 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
     let denied = admin_cli(&ep(&c, 1), &viewer, &["user", "create", "eve", "--email", "e@example.com"]).await;
     assert!(denied.unwrap_err().starts_with("permission denied"));
     admin_cli(&ep(&c, 1), &admin, &["cluster", "snapshot"]).await.unwrap();
+    admin_cli(&ep(&c, 2), &admin, &["session", "revoke-all", "--user", "alma"]).await.unwrap();
 
     let want = [
         "login.success",
@@ -300,6 +303,7 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
         "key.revoke",
         "rbac.denied",
         "cluster.snapshot",
+        "session.revoke_user",
     ];
     wait_until("every action audited", Duration::from_secs(10), || {
         let c = &c;
@@ -323,6 +327,23 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
     assert_eq!(update[0]["outcome"], "ok");
     assert!(!update[0]["actor_key_id"].as_str().unwrap().is_empty());
     assert_eq!(update[0]["client_ip"], "127.0.0.1");
+    // Every mutating call shows its resource before and after.
+    let parsed = |r: &serde_json::Value, field: &str| -> serde_json::Value {
+        serde_json::from_str(r[field].as_str().unwrap()).unwrap_or_else(|e| panic!("{field} of {r}: {e}"))
+    };
+    let revoke = &audit(&c, 1, &["--action", "key.revoke"]).await[0];
+    assert_eq!(parsed(revoke, "before")["revoked_at"], 0, "{revoke}");
+    assert!(parsed(revoke, "after")["revoked_at"].as_u64().unwrap() > 0, "{revoke}");
+    let bulk = &audit(&c, 2, &["--action", "session.revoke_user"]).await[0];
+    assert_eq!(bulk["resource"], format!("user:{user_id}"));
+    assert_eq!(
+        (parsed(bulk, "before")["sessions"].as_u64(), parsed(bulk, "after")["sessions"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let snapshot = &audit(&c, 3, &["--action", "cluster.snapshot"]).await[0];
+    for side in ["before", "after"] {
+        assert_eq!(parsed(snapshot, side)["voters"].as_array().unwrap().len(), 3, "{snapshot}");
+    }
     let denial = audit(&c, 3, &["--action", "rbac.denied"]).await;
     assert_eq!(denial[0]["resource"], "rpc:UserService/Create");
     assert!(!denial[0]["actor_user_id"].as_str().unwrap().is_empty());

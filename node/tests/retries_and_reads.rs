@@ -127,6 +127,41 @@ async fn a_linearizable_read_fails_where_a_default_read_answers_from_local_state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_cannot_answer_names_the_leader() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let leader_addr = c.node(leader).advertise_addr().to_string();
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    // The followers keep the leader they know: no election replaces it.
+    for n in c.nodes.keys().filter(|&&id| id != leader) {
+        c.node(*n).cluster().pause_elections(Duration::from_secs(60));
+    }
+    c.stop(leader).await;
+    let mut users = UserServiceClient::connect(ep(&c, follower)).await.unwrap();
+    let get = || GetUserRequest { user: "ghost".into() };
+    // Past max_staleness the follower cannot prove it is current: UNAVAILABLE,
+    // and the metadata says where the leader was last seen.
+    wait_until("the follower turns stale", Duration::from_secs(10), || {
+        let mut users = users.clone();
+        let key = c.admin_key.clone();
+        async move { matches!(users.get(req(&key, get(), &[])).await, Err(e) if e.code() == Code::Unavailable) }
+    })
+    .await;
+    let e = users.get(req(&c.admin_key, get(), &[])).await.unwrap_err();
+    assert_eq!(e.metadata().get("x-gatehouse-leader").and_then(|v| v.to_str().ok()), Some(leader_addr.as_str()));
+    let create =
+        CreateUserRequest { username: "nobody-home".into(), email: "n@example.com".into(), ..Default::default() };
+    let e = users.create(req(&c.admin_key, create, &[])).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(e.metadata().get("x-gatehouse-leader").and_then(|v| v.to_str().ok()), Some(leader_addr.as_str()));
+    assert!(!e.message().contains("127.0.0.1"), "no internal detail in the message: {e:?}");
+    for n in c.nodes.keys() {
+        c.node(*n).cluster().pause_elections(Duration::ZERO);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_that_applied_the_same_log_report_the_same_digest() {
     let c = TestCluster::start(3).await;
     for i in 0..20 {

@@ -88,12 +88,8 @@ impl ClusterAdmin {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = f.leader_node.map(|n| n.addr).ok_or(ApiError::Unavailable { leader: None })?;
                 let ch = self.cluster.peers().channel(&addr)?;
-                let mut fwd = Request::new(req.get_ref().clone());
-                if let Some(auth) = req.metadata().get("authorization") {
-                    fwd.metadata_mut().insert("authorization", auth.clone());
-                }
-                crate::trace::inject_current(fwd.metadata_mut());
-                forward(ClusterServiceClient::new(ch), fwd).await
+                let fwd = forwarded_request(req, req.get_ref().clone(), MEMBERSHIP_FORWARD_TIMEOUT);
+                unreachable_names(forward(ClusterServiceClient::new(ch), fwd).await, &addr)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ApiError::FailedPrecondition(e.to_string()).into())
@@ -134,17 +130,17 @@ impl ClusterService for ClusterAdmin {
             }
         });
         let answers = futures::future::join_all(calls).await;
-        let replication = metrics.replication.clone().unwrap_or_default();
-        let leader_last = metrics.last_log_index.unwrap_or(0);
-        let is_leader = metrics.current_leader == Some(me);
+        // The leader's answer says what it knows each node holds.
+        let leader_view = answers
+            .iter()
+            .find_map(|(id, _, s)| s.as_ref().filter(|s| Some(*id) == metrics.current_leader && s.state == "leader"));
+        let leader_last = leader_view.map_or(0, |s| s.last_log_index);
+        let matched: std::collections::BTreeMap<NodeId, u64> =
+            leader_view.map(|s| s.matched.iter().map(|m| (m.node_id, m.index)).collect()).unwrap_or_default();
         let nodes = answers
             .into_iter()
             .map(|(id, addr, s)| {
-                let matched = if id == me && is_leader {
-                    leader_last
-                } else {
-                    replication.get(&id).copied().flatten().map_or(0, |l| l.index)
-                };
+                let matched = matched.get(&id).copied();
                 let s = s.unwrap_or_default();
                 NodeStatus {
                     id,
@@ -155,8 +151,8 @@ impl ClusterService for ClusterAdmin {
                     term: s.term,
                     applied_index: s.applied_index,
                     last_log_index: s.last_log_index,
-                    matched_index: if is_leader { matched } else { 0 },
-                    replication_lag: if is_leader { leader_last.saturating_sub(matched) } else { 0 },
+                    matched_index: matched.unwrap_or(0),
+                    replication_lag: matched.map_or(0, |m| leader_last.saturating_sub(m)),
                     commit_index: s.commit_index,
                 }
             })
@@ -282,16 +278,40 @@ impl ClusterService for ClusterAdmin {
             }
             Some((_, addr)) => {
                 let mut client = ClusterServiceClient::new(self.cluster.peers().channel(&addr)?);
-                let mut fwd = Request::new(*req.get_ref());
-                if let Some(auth) = req.metadata().get("authorization") {
-                    fwd.metadata_mut().insert("authorization", auth.clone());
-                }
-                crate::trace::inject_current(fwd.metadata_mut());
-                client.transfer_leadership(fwd).await
+                let fwd = forwarded_request(&req, *req.get_ref(), TRANSFER_FORWARD_TIMEOUT);
+                unreachable_names(client.transfer_leadership(fwd).await, &addr)
             }
             None => Err(ApiError::Unavailable { leader: None }.into()),
         }
     }
+}
+
+/// How long a forwarded membership change may take on the leader (adding a
+/// learner waits until it has caught up).
+const MEMBERSHIP_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a forwarded leadership transfer may take (the leader gives up
+/// after its own deadline, well inside this).
+const TRANSFER_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The caller's call, to send on to the leader: same message, same key, same
+/// trace, bounded in time.
+fn forwarded_request<T, U>(req: &Request<T>, message: U, timeout: Duration) -> Request<U> {
+    let mut fwd = Request::new(message);
+    if let Some(auth) = req.metadata().get("authorization") {
+        fwd.metadata_mut().insert("authorization", auth.clone());
+    }
+    crate::trace::inject_current(fwd.metadata_mut());
+    fwd.set_timeout(timeout);
+    fwd
+}
+
+/// The leader's own answer passes through; a leader that could not be
+/// reached (or did not answer in time) becomes `UNAVAILABLE` naming it.
+fn unreachable_names<T>(r: Result<T, Status>, leader: &str) -> Result<T, Status> {
+    r.map_err(|s| match ApiError::from_status(&s) {
+        ApiError::Unavailable { leader: None } => ApiError::Unavailable { leader: Some(leader.to_string()) }.into(),
+        _ => s,
+    })
 }
 
 /// A membership change to audit once it is done (on the node that does it;
@@ -303,6 +323,7 @@ struct Audit {
 
 impl Audit {
     fn done<T, E: std::fmt::Display>(mut self, result: Result<T, E>) -> Result<T, E> {
+        self.event.after = membership_snapshot(&self.cluster);
         match &result {
             Ok(_) => self.event.outcome = "ok".into(),
             Err(e) => {
@@ -320,13 +341,47 @@ impl ClusterAdmin {
         let who = crate::audit::Actor::of(actor, crate::audit::grpc_peer());
         let mut event = crate::audit::event(action, "", &who, format!("node:{node}"));
         event.detail = detail;
+        event.before = membership_snapshot(&self.cluster);
         Audit { cluster: self.cluster.clone(), event }
     }
+}
+
+/// The cluster as an audit snapshot: members, leader, term, latest snapshot.
+fn membership_snapshot(cluster: &Cluster) -> String {
+    let m = cluster.raft().metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let nodes: Vec<_> = membership.nodes().map(|(id, n)| serde_json::json!({ "id": id, "addr": n.addr })).collect();
+    serde_json::json!({
+        "voters": membership.voter_ids().collect::<Vec<_>>(),
+        "learners": membership.learner_ids().collect::<Vec<_>>(),
+        "nodes": nodes,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "snapshot_index": m.snapshot.map(|s| s.index),
+    })
+    .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_leader_is_named_and_its_own_answers_pass_through() {
+        let named = |r: Result<(), Status>| r.unwrap_err().metadata().get(crate::error::LEADER_METADATA).cloned();
+        let refused = Err(Status::unavailable("tcp connect error"));
+        assert_eq!(named(unreachable_names(refused, "127.0.0.1:7001")).unwrap(), "127.0.0.1:7001");
+        let late: Result<(), Status> = Err(Status::deadline_exceeded("timeout"));
+        let e = unreachable_names(late, "127.0.0.1:7001").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        // The leader's own refusals are the caller's answer.
+        let e =
+            unreachable_names::<()>(Err(Status::not_found("node 9 is not a member")), "127.0.0.1:7001").unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node 9 is not a member"));
+        // A leader that named a newer leader is believed.
+        let newer: Status = ApiError::Unavailable { leader: Some("127.0.0.1:7003".into()) }.into();
+        assert_eq!(named(unreachable_names(Err(newer), "127.0.0.1:7001")).unwrap(), "127.0.0.1:7003");
+    }
 
     #[test]
     fn addresses() {

@@ -203,7 +203,10 @@ impl UserService for Users {
         let cmd = self
             .cluster
             .command(Payload::SetUserStatus(SetUserStatus { user_id: user_id.clone(), status: status as i32 }));
-        super::write(&self.cluster, &actor, cmd).await?;
+        let result = super::write(&self.cluster, &actor, cmd).await?;
+        if r.wait_all {
+            super::revoked(&self.cluster, 0, result.log_index, true).await;
+        }
         Ok(Response::new(self.current(&user_id)?))
     }
 }
