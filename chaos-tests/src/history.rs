@@ -79,6 +79,10 @@ pub struct Op {
     /// The object: a username, a key id, a session id; for a key create, the
     /// idempotency key (also the key's name), which its retries share.
     pub target: String,
+    /// For a key create: the username the key is for (a key answers for its
+    /// user, so disabling the user stops it). `None` for every other kind;
+    /// see [`crate::checks::key_owners`] for a key id's owner.
+    pub owner: Option<String>,
     /// Nanoseconds since the run started.
     pub invoke: u64,
     pub complete: u64,

@@ -5,8 +5,10 @@
 //! cookies on the HTTP front. Every operation goes into the [`Recorder`].
 //!
 //! Key creates carry an `idempotency-key` (also the key's name); a create
-//! whose answer was lost is retried with the same one, which is what the
-//! exactly-once checker looks at.
+//! whose answer was lost is retried with the same one, each retry on the
+//! next node of the client's list, which is what the exactly-once checker
+//! looks at: the cluster must deduplicate across nodes, not just within one.
+//! A key create records the user the key is for ([`Op::owner`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,6 +78,15 @@ struct Client {
     seq: u64,
 }
 
+/// Where a retry goes: the target after node `previous` in `targets`
+/// (wrapping), so consecutive attempts land on different nodes whenever
+/// there are two or more. Deterministic: it uses no randomness, so the
+/// client's seeded stream is the same whether or not a create is retried.
+fn retry_target(targets: &[Target], previous: u64) -> Target {
+    let at = targets.iter().position(|t| t.id == previous).unwrap_or(0);
+    targets[(at + 1) % targets.len()].clone()
+}
+
 /// How an answered-or-not gRPC call ends up in the history.
 fn grpc_outcome<T>(write: bool, r: Result<T, tonic::Status>, ok: impl FnOnce(T) -> Value) -> Outcome {
     match r {
@@ -99,7 +110,8 @@ fn grpc_outcome<T>(write: bool, r: Result<T, tonic::Status>, ok: impl FnOnce(T) 
     }
 }
 
-fn user_state(status: &str) -> Seen {
+/// A user's state from its admin API `status` field.
+pub(crate) fn user_state(status: &str) -> Seen {
     if status == "disabled" {
         Seen::Disabled
     } else {
@@ -193,7 +205,21 @@ impl Client {
     }
 
     fn record(&self, node: u64, kind: Kind, target: String, invoke: u64, outcome: Outcome) {
-        self.rec.record(Op { client: self.id, node, kind, target, invoke, complete: self.rec.now(), outcome });
+        self.record_owned(node, kind, target, None, invoke, outcome);
+    }
+
+    /// Like [`Client::record`], naming the user the object belongs to.
+    fn record_owned(
+        &self,
+        node: u64,
+        kind: Kind,
+        target: String,
+        owner: Option<String>,
+        invoke: u64,
+        outcome: Outcome,
+    ) {
+        let complete = self.rec.now();
+        self.rec.record(Op { client: self.id, node, kind, target, owner, invoke, complete, outcome });
     }
 
     async fn create_user(&mut self, node: &Target) {
@@ -252,11 +278,16 @@ impl Client {
         let Some(user) = self.pick(&self.users.clone()) else { return };
         self.seq += 1;
         let name = format!("c{}-k{}", self.id, self.seq);
-        // A lost answer is retried with the same idempotency key, a few times.
-        for _attempt in 0..3 {
+        // A lost answer is retried with the same idempotency key, a few
+        // times, each time on another node.
+        let mut node = node.clone();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                node = retry_target(&self.targets, node.id);
+            }
             let msg = CreateKeyRequest { user: user.clone(), name: name.clone(), ..Default::default() };
             let req = self.request(msg, Some(&name));
-            let mut keys = KeyServiceClient::new(self.channel(node));
+            let mut keys = KeyServiceClient::new(self.channel(&node));
             let invoke = self.rec.now();
             let r = keys.create(req).await.map(|r| r.into_inner());
             let secret = r.as_ref().ok().map(|k| k.secret.clone());
@@ -276,7 +307,7 @@ impl Client {
                 _ => {}
             }
             let retry = matches!(outcome, Outcome::Unknown(_));
-            self.record(node.id, Kind::CreateKey, name.clone(), invoke, outcome);
+            self.record_owned(node.id, Kind::CreateKey, name.clone(), Some(user.clone()), invoke, outcome);
             if !retry {
                 return;
             }
@@ -406,6 +437,24 @@ fn key_id_in(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(id: u64) -> Target {
+        Target { id, http: format!("h{id}"), grpc: format!("g{id}") }
+    }
+
+    #[test]
+    fn a_retry_goes_to_the_next_node_wrapping() {
+        let targets = vec![target(1), target(2), target(3)];
+        assert_eq!(retry_target(&targets, 1).id, 2);
+        assert_eq!(retry_target(&targets, 3).id, 1);
+        // Three attempts from any node visit three different nodes.
+        for first in 1..=3 {
+            let second = retry_target(&targets, first).id;
+            let third = retry_target(&targets, second).id;
+            assert!(first != second && second != third && third != first);
+        }
+        assert_eq!(retry_target(&[target(7)], 7).id, 7);
+    }
 
     #[test]
     fn the_key_id_is_read_from_the_servers_already_exists_message() {

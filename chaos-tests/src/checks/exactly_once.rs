@@ -1,7 +1,9 @@
 //! Exactly once: a key create retried with its idempotency key (after a
 //! lost answer) makes at most one key, and exactly one if any attempt was
 //! acknowledged. The workload names each key after its idempotency key, so
-//! the final key list shows how many times each was applied.
+//! the final key list shows how many times each was applied. Retries go to
+//! another node than the attempt before, so this tests that deduplication
+//! holds across nodes; a violation names the nodes the attempts went to.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,10 +15,11 @@ use crate::history::{Kind, Op, Value};
 
 /// The violations, and how many retried creates there were.
 pub async fn check(cluster: &ProcCluster, history: &[Op]) -> anyhow::Result<(Vec<String>, usize)> {
-    let mut attempts: HashMap<&str, usize> = HashMap::new();
+    // Idempotency key → the node of each attempt, in invoke order.
+    let mut attempts: HashMap<&str, Vec<u64>> = HashMap::new();
     let mut acked: HashSet<&str> = HashSet::new();
     for op in history.iter().filter(|o| o.kind == Kind::CreateKey) {
-        *attempts.entry(op.target.as_str()).or_default() += 1;
+        attempts.entry(op.target.as_str()).or_default().push(op.node);
         if matches!(op.ok(), Some(Value::Created(_) | Value::AlreadyExists(_))) {
             acked.insert(op.target.as_str());
         }
@@ -43,14 +46,15 @@ pub async fn check(cluster: &ProcCluster, history: &[Op]) -> anyhow::Result<(Vec
         page_token = page.next_page_token;
     }
     let mut violations = Vec::new();
-    for (name, tries) in &attempts {
+    for (name, nodes) in &attempts {
         let n = made.get(*name).copied().unwrap_or(0);
         if n > 1 {
-            violations.push(format!("key {name} was created {n} times from {tries} attempts"));
+            let tries = nodes.len();
+            violations.push(format!("key {name} was created {n} times from {tries} attempts on nodes {nodes:?}"));
         }
         if n == 0 && acked.contains(name) {
-            violations.push(format!("key {name} was acknowledged but does not exist"));
+            violations.push(format!("key {name} was acknowledged but does not exist (attempts on nodes {nodes:?})"));
         }
     }
-    Ok((violations, attempts.values().filter(|t| **t > 1).count()))
+    Ok((violations, attempts.values().filter(|t| t.len() > 1).count()))
 }

@@ -23,3 +23,18 @@ pub fn session_owners(history: &[Op]) -> HashMap<String, String> {
         })
         .collect()
 }
+
+/// Key id → the username it was created for (from key creates that learned
+/// the id: acknowledged, or a retry that named the first attempt's key).
+pub fn key_owners(history: &[Op]) -> HashMap<String, String> {
+    history
+        .iter()
+        .filter(|o| o.kind == Kind::CreateKey)
+        .filter_map(|o| match (o.ok(), &o.owner) {
+            (Some(Value::Created(id) | Value::AlreadyExists(id)), Some(owner)) if !id.is_empty() => {
+                Some((id.clone(), owner.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
