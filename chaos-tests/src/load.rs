@@ -17,6 +17,8 @@ pub struct Figures {
     pub concurrency: usize,
     pub ok: u64,
     pub errors: u64,
+    /// Of the errors, answers 429 (rate limited).
+    pub limited: u64,
     pub per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -25,14 +27,14 @@ pub struct Figures {
 impl Figures {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "concurrency": self.concurrency, "ok": self.ok, "errors": self.errors,
+            "concurrency": self.concurrency, "ok": self.ok, "errors": self.errors, "limited": self.limited,
             "per_second": self.per_second, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
         })
     }
 }
 
-/// One client task's latency histogram, successes and failures.
-type TaskFigures = (Histogram<u64>, u64, u64);
+/// One client task's latency histogram, successes, failures, and 429s among them.
+type TaskFigures = (Histogram<u64>, u64, u64, u64);
 
 /// Merges the client tasks' figures into one step's result.
 async fn merge(
@@ -41,18 +43,20 @@ async fn merge(
     concurrency: usize,
 ) -> anyhow::Result<Figures> {
     let mut hist = histogram();
-    let (mut ok, mut errors) = (0, 0);
+    let (mut ok, mut errors, mut limited) = (0, 0, 0);
     for t in tasks {
-        let (h, o, e) = t.await?;
+        let (h, o, e, l) = t.await?;
         hist.add(h).ok();
         ok += o;
         errors += e;
+        limited += l;
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(Figures {
         concurrency,
         ok,
         errors,
+        limited,
         per_second: ok as f64 / secs,
         p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
@@ -107,7 +111,7 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
                     _ => errors += 1,
                 }
             }
-            (hist, ok, errors)
+            (hist, ok, errors, 0)
         }));
     }
     merge(tasks, started, writers).await
@@ -137,7 +141,7 @@ pub async fn http_get(
         let header = header.clone().map(|(k, v)| (k.to_string(), v));
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
-            let (mut ok, mut errors) = (0u64, 0u64);
+            let (mut ok, mut errors, mut limited) = (0u64, 0u64, 0u64);
             while Instant::now() < deadline {
                 let mut req = hyper::Request::get(&uri);
                 if let Some((k, v)) = &header {
@@ -154,6 +158,7 @@ pub async fn http_get(
                             hist.record(t.elapsed().as_micros().max(1) as u64).ok();
                         } else {
                             errors += 1;
+                            limited += u64::from(status == hyper::StatusCode::TOO_MANY_REQUESTS);
                         }
                     }
                     Err(_) => {
@@ -162,7 +167,7 @@ pub async fn http_get(
                     }
                 }
             }
-            (hist, ok, errors)
+            (hist, ok, errors, limited)
         }));
     }
     merge(tasks, started, connections).await

@@ -1,5 +1,6 @@
-//! The short chaos set CI runs: every nemesis once, on three real node
-//! processes behind link proxies, with fixed seeds. A failure prints the
+//! The short chaos set CI runs: every nemesis once on three real node
+//! processes behind link proxies, and the faults whose shape changes with
+//! the cluster's size once more on five, with fixed seeds. A failure prints the
 //! seed, the violations and the command that replays the run; `make chaos`
 //! runs the long version (docs/chaos.md).
 
@@ -16,9 +17,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 async fn every_nemesis_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let mut reports = Vec::new();
-    for (i, nemesis) in Nemesis::ALL.into_iter().enumerate() {
+    let on_five = [Nemesis::KillLeader, Nemesis::MajorityMinority, Nemesis::Bridge, Nemesis::OneWay];
+    let runs = Nemesis::ALL.into_iter().map(|n| (n, 3)).chain(on_five.into_iter().map(|n| (n, 5)));
+    for (i, (nemesis, nodes)) in runs.enumerate() {
         let seed = 4_000 + i as u64;
-        let mut s = Settings::new(BIN.into(), dir.path().join(nemesis.name()), nemesis, seed);
+        let name = format!("{}-{nodes}", nemesis.name());
+        let mut s = Settings::new(BIN.into(), dir.path().join(name), nemesis, seed);
+        s.nodes = nodes;
         s.duration = Duration::from_secs(14);
         let report =
             run::run(&s).await.unwrap_or_else(|e| panic!("{} (seed {seed}) could not run: {e:#}", nemesis.name()));

@@ -56,6 +56,31 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         users: usize,
     },
+    /// One API key per mode, limited to `limit` per minute and hammered on
+    /// /auth/verify through every node: admitted / limit, strict then global.
+    RateAccuracy {
+        /// The limit L, per 60 s window.
+        #[arg(long, default_value_t = 600)]
+        limit: u32,
+        /// Keep-alive connections per node.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Seconds of load per mode; under the window, so every admission counts against L.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Audit events per second (RBAC refusals, one event each, on every
+    /// node) with /auth/verify running beside them, against verify alone.
+    AuditIngest {
+        /// Verify connections on node 1.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Concurrent refused admin calls per node.
+        #[arg(long, default_value_t = 16)]
+        callers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Internal: the bare hyper baseline server (prints its port on stdout).
     #[command(hide = true)]
     BaselineServer,
@@ -74,7 +99,11 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("gatehouse"),
     };
     let dir = tempfile::tempdir()?;
-    let cluster = ProcCluster::start(&bin, dir.path(), args.nodes).await?;
+    let extra = match &args.scenario {
+        Scenario::RateAccuracy { limit, .. } => rate_policies(*limit),
+        _ => String::new(),
+    };
+    let cluster = ProcCluster::start_with(&bin, dir.path(), args.nodes, &extra, &[]).await?;
     match args.scenario {
         Scenario::Writes { writers, seconds } => {
             let mut rows = Vec::new();
@@ -103,7 +132,184 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Verify { connections, seconds } => verify(&cluster, connections, seconds, args.json).await?,
         Scenario::Memory { sessions, keys, users } => memory(cluster, sessions, keys, users, args.json).await?,
+        Scenario::RateAccuracy { limit, connections, seconds } => {
+            rate_accuracy(&cluster, limit, connections, seconds, args.json).await?
+        }
+        Scenario::AuditIngest { connections, callers, seconds } => {
+            audit_ingest(&cluster, connections, callers, seconds, args.json).await?
+        }
         Scenario::BaselineServer => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// Two policies of `limit` per minute, one per mode, each for one user's keys.
+fn rate_policies(limit: u32) -> String {
+    let policy = |mode: &str| {
+        format!(
+            "[[rate_limits.policies]]\nname = \"bench_{mode}\"\nuser = \"rate-{mode}\"\nby = \"key\"\nlimit = {limit}\nwindow_secs = 60\nmode = \"{mode}\"\n"
+        )
+    };
+    format!("[rate_limits]\nenabled = true\n{}{}", policy("strict"), policy("global"))
+}
+
+/// A new user with `roles` and one API key for it; returns the key.
+async fn user_with_key(cluster: &ProcCluster, username: &str, roles: &[&str]) -> anyhow::Result<String> {
+    use gatehouse_proto::admin::key_service_client::KeyServiceClient;
+    use gatehouse_proto::admin::user_service_client::UserServiceClient;
+    use gatehouse_proto::admin::{CreateKeyRequest, CreateUserRequest};
+    let grpc = cluster.peers.channel(&cluster.nodes[&1].grpc)?;
+    let user = CreateUserRequest {
+        username: username.into(),
+        email: format!("{username}@bench.example"),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        password: String::new(),
+    };
+    UserServiceClient::new(grpc.clone()).create(admin_request(cluster, user)).await?;
+    let key = CreateKeyRequest { user: username.into(), name: "bench".into(), ttl_seconds: 0, roles: vec![] };
+    Ok(KeyServiceClient::new(grpc).create(admin_request(cluster, key)).await?.into_inner().secret)
+}
+
+async fn rate_accuracy(
+    cluster: &ProcCluster,
+    limit: u32,
+    connections: usize,
+    seconds: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let d = Duration::from_secs(seconds);
+    let mut rows = Vec::new();
+    for mode in ["strict", "global"] {
+        let key = user_with_key(cluster, &format!("rate-{mode}"), &["viewer"]).await?;
+        // Every node at once, each with its own connections.
+        let calls: Vec<_> = cluster
+            .nodes
+            .values()
+            .map(|n| {
+                let auth = Some(("authorization", format!("Bearer {key}")));
+                let http = n.http.clone();
+                tokio::spawn(async move { load::http_get(&http, "/auth/verify", auth, connections, d).await })
+            })
+            .collect();
+        let mut per_node = Vec::new();
+        for call in calls {
+            per_node.push(call.await??);
+        }
+        let admitted: u64 = per_node.iter().map(|f| f.ok).sum();
+        let limited: u64 = per_node.iter().map(|f| f.limited).sum();
+        let other: u64 = per_node.iter().map(|f| f.errors - f.limited).sum();
+        rows.push((mode, admitted, limited, other, admitted as f64 / f64::from(limit)));
+    }
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(mode, a, l, o, r)| serde_json::json!({ "mode": mode, "admitted": a, "limited": l, "other": o, "ratio": r }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "rate-accuracy", "nodes": cluster.nodes.len(), "limit": limit, "window_secs": 60, "seconds": seconds, "rows": rows })
+        );
+    } else {
+        println!(
+            "scenario rate-accuracy: limit {limit} per 60 s, {} nodes x {connections} connections, {seconds} s per mode",
+            cluster.nodes.len()
+        );
+        println!("{:<8} {:>10} {:>10} {:>8} {:>18}", "mode", "admitted", "429", "other", "admitted / limit");
+        for (mode, a, l, o, r) in rows {
+            println!("{mode:<8} {a:>10} {l:>10} {o:>8} {r:>18.3}");
+        }
+    }
+    Ok(())
+}
+
+/// The newest audit record's sequence number (0 when there is none).
+async fn audit_head(cluster: &ProcCluster) -> anyhow::Result<u64> {
+    use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
+    use gatehouse_proto::admin::AuditQueryRequest;
+    let grpc = cluster.peers.channel(&cluster.nodes[&1].grpc)?;
+    let q = AuditQueryRequest { filter: None, page_size: 1, page_token: String::new() };
+    let page = AuditServiceClient::new(grpc).query(admin_request(cluster, q)).await?.into_inner();
+    Ok(page.records.first().map_or(0, |r| r.seq))
+}
+
+async fn audit_ingest(
+    cluster: &ProcCluster,
+    connections: usize,
+    callers: usize,
+    seconds: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use gatehouse_proto::admin::user_service_client::UserServiceClient;
+    use gatehouse_proto::admin::GetUserRequest;
+    let d = Duration::from_secs(seconds);
+    let verify_key = user_with_key(cluster, "ingest-verifier", &["viewer"]).await?;
+    // A key without roles: every admin call it makes is refused, and each
+    // refusal is one rbac.denied audit record.
+    let refused_key = user_with_key(cluster, "ingest-denied", &[]).await?;
+    let http = cluster.nodes[&1].http.clone();
+    let auth = || Some(("authorization", format!("Bearer {verify_key}")));
+
+    let alone = load::http_get(&http, "/auth/verify", auth(), connections, d).await?;
+
+    let before = audit_head(cluster).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers_tasks = Vec::new();
+    for node in cluster.nodes.values() {
+        let channel = cluster.peers.channel(&node.grpc)?;
+        for _ in 0..callers {
+            let (channel, stop, key) = (channel.clone(), stop.clone(), refused_key.clone());
+            callers_tasks.push(tokio::spawn(async move {
+                let mut client = UserServiceClient::new(channel);
+                let mut refused = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut req = tonic::Request::new(GetUserRequest { user: "ingest-verifier".into() });
+                    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+                    if client.get(req).await.is_err_and(|s| s.code() == tonic::Code::PermissionDenied) {
+                        refused += 1;
+                    }
+                }
+                refused
+            }));
+        }
+    }
+    let started = std::time::Instant::now();
+    let beside = load::http_get(&http, "/auth/verify", auth(), connections, d).await?;
+    let during = audit_head(cluster).await? - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused = 0;
+    for t in callers_tasks {
+        refused += t.await?;
+    }
+    // Every refusal becomes a record: wait for the buffers to drain.
+    let drained = std::time::Instant::now();
+    let mut total = audit_head(cluster).await? - before;
+    while total < refused && drained.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        total = audit_head(cluster).await? - before;
+    }
+    let per_second = during as f64 / elapsed;
+    let p99_rise = beside.p99_ms / alone.p99_ms - 1.0;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "audit-ingest", "nodes": cluster.nodes.len(), "seconds": seconds,
+                "audit_records_per_second": per_second, "refused_calls": refused, "records_appended": total,
+                "verify_alone": alone.json(), "verify_beside": beside.json(), "verify_p99_rise": p99_rise })
+        );
+    } else {
+        println!(
+            "scenario audit-ingest: {} nodes, {callers} refused-call clients per node, verify on node 1 with {connections} connections, {seconds} s",
+            cluster.nodes.len()
+        );
+        println!(
+            "audit records appended: {per_second:.0}/s while loaded ({during} in {elapsed:.1} s); {total} of {refused} refusals on record after draining"
+        );
+        println!("{:<16} {:>10} {:>8} {:>8}", "verify", "req/s", "p50 ms", "p99 ms");
+        for (name, f) in [("alone", &alone), ("beside audit", &beside)] {
+            println!("{name:<16} {:>10.0} {:>8.2} {:>8.2}", f.per_second, f.p50_ms, f.p99_ms);
+        }
+        println!("verify p99 rise: {:+.0}%", p99_rise * 100.0);
     }
     Ok(())
 }
