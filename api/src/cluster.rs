@@ -152,6 +152,12 @@ impl Cluster {
         // A probe that cannot finish within the bound proves nothing.
         let Ok(Ok(index)) = tokio::time::timeout(bound, self.read_index()).await else { return };
         self.inner.view.wait_applied(index, bound.saturating_sub(asked.elapsed())).await;
+        self.proved(asked, index);
+    }
+
+    /// Records a read index asked for at `asked` as a freshness proof and
+    /// wakes [`Cluster::ensure_fresh`] waiters.
+    fn proved(&self, asked: Instant, index: u64) {
         self.inner.freshness.record_read(asked, index, self.inner.view.applied_index());
         self.inner.proofs.send_modify(|n| *n += 1);
     }
@@ -424,7 +430,7 @@ impl Cluster {
                     match tokio::time::timeout(wait, self.read_index()).await {
                         Ok(Ok(index)) => {
                             *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
-                            self.inner.freshness.record_read(asked, index, self.inner.view.applied_index());
+                            self.proved(asked, index);
                             index
                         }
                         _ => return false,

@@ -69,7 +69,8 @@ pub struct AdminArgs {
     /// visible to every user of the machine (a warning says so).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// File holding the admin API key on its first line ("-": standard input).
+    /// File holding the admin API key on its first line ("-": the first line of
+    /// standard input; --password-stdin then reads the second).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Print JSON instead of tables.
@@ -355,11 +356,11 @@ impl tonic::service::Interceptor for Bearer {
 
 fn token(args: &AdminArgs) -> anyhow::Result<String> {
     if let Some(path) = &args.token_file {
+        // One line only from stdin: a password for --password-stdin may follow.
         let text = if path.as_os_str() == "-" {
-            let mut t = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut t)
-                .context("reading the key from stdin")?;
-            t
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the key from stdin")?;
+            line
         } else {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
         };

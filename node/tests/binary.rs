@@ -129,6 +129,10 @@ fn the_cli_exits_non_zero_with_the_error_on_stderr_and_reads_keys_from_files(dir
     // Or from standard input.
     let (code, out, _) = cli(&["--token-file", "-", "--json", "user", "get", "admin"], &format!("{key}\n"));
     assert_eq!((code, out.contains("\"admin\"")), (Some(0), true));
+    // The key on stdin's first line, a password on its second.
+    let args = ["--token-file", "-", "user", "create", "piped", "--email", "p@example.com", "--password-stdin"];
+    let (code, _, err) = cli(&args, &format!("{key}\na long piped password\n"));
+    assert_eq!(code, Some(0), "{err}");
     // Errors: exit status 1, nothing on stdout, the error on stderr, no key echoed.
     for (args, want) in [
         (&["--token-file", file, "user", "get", "ghost"][..], "error: not found"),

@@ -230,10 +230,15 @@ const WAIT_ALL: Duration = Duration::from_secs(5);
 /// Completes a revocation answer; with `wait_all`, only once every
 /// reachable voter reports it applied `log_index`.
 pub async fn revoked(cluster: &Cluster, count: u32, log_index: u64, wait_all: bool) -> Revoked {
-    let mut out = Revoked { count, log_index, applied_on: Vec::new(), unreachable: Vec::new() };
-    if !wait_all {
-        return out;
-    }
+    let (applied_on, unreachable) =
+        if wait_all { applied_everywhere(cluster, log_index).await } else { (Vec::new(), Vec::new()) };
+    Revoked { count, log_index, applied_on, unreachable }
+}
+
+/// Waits (up to `WAIT_ALL`) until every voter reports it applied
+/// `log_index`; returns the voters that did and those that did not answer.
+pub async fn applied_everywhere(cluster: &Cluster, log_index: u64) -> (Vec<u64>, Vec<u64>) {
+    let (mut applied_on, mut unreachable) = (Vec::new(), Vec::new());
     let membership = cluster.raft().metrics().borrow().membership_config.membership().clone();
     let deadline = Instant::now() + WAIT_ALL;
     for id in membership.voter_ids() {
@@ -258,12 +263,12 @@ pub async fn revoked(cluster: &Cluster, count: u32, log_index: u64, wait_all: bo
             }
         };
         if applied {
-            out.applied_on.push(id);
+            applied_on.push(id);
         } else {
-            out.unreachable.push(id);
+            unreachable.push(id);
         }
     }
-    out
+    (applied_on, unreachable)
 }
 
 #[cfg(test)]

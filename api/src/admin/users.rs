@@ -205,7 +205,7 @@ impl UserService for Users {
             .command(Payload::SetUserStatus(SetUserStatus { user_id: user_id.clone(), status: status as i32 }));
         let result = super::write(&self.cluster, &actor, cmd).await?;
         if r.wait_all {
-            super::revoked(&self.cluster, 0, result.log_index, true).await;
+            super::applied_everywhere(&self.cluster, result.log_index).await;
         }
         Ok(Response::new(self.current(&user_id)?))
     }
