@@ -82,7 +82,7 @@ fn dev_mode_prints_a_key_once_serves_admin_and_exits_zero_on_sigterm() {
     assert_eq!(sigterm(&mut child).code(), Some(0), "graceful exit");
     let data = dir.path().join("gatehouse-data");
     assert!(data.join("db").exists());
-    let secret = key.rsplit('_').next().unwrap();
+    let secret = gatehouse_domain::keys::parse_key(&key).expect("a well-formed key").1;
     for entry in walk(&data) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(!contains(&bytes, secret.as_bytes()), "secret found in {}", entry.display());
