@@ -35,8 +35,24 @@ pub struct ProcCluster {
     pub env: Vec<(String, String)>,
 }
 
+/// Node ports come from below Linux's ephemeral range (32768–60999 by
+/// default). The kernel hands out ephemeral ports to every `bind(0)` (the
+/// link proxies) and every outgoing connection, so a port picked there and
+/// released could be taken before its node binds it; below it, nothing else
+/// here takes it. Each port is handed out once per process and checked free.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port below the ephemeral range")
 }
 
 impl ProcCluster {
