@@ -28,6 +28,9 @@ use crate::ApiError;
 /// How long a write may wait for a leader before it fails with `unavailable`.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How often the election pacer looks at the leader's silence.
+const PACER_TICK: Duration = Duration::from_millis(20);
+
 /// What a committed proposal returned.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -57,6 +60,10 @@ struct Inner {
     hold: tokio::sync::watch::Sender<bool>,
     /// Generation of the latest election pause (see [`Cluster::pause_elections`]).
     election_pause: std::sync::atomic::AtomicU64,
+    /// Whether an election pause is in force (openraft's own flag cannot be read).
+    elections_paused: std::sync::atomic::AtomicBool,
+    /// When to campaign after the leader falls silent (see [`crate::election`]).
+    pacer: std::sync::Mutex<crate::election::Pacer>,
     view: StateView,
     peers: Peers,
     freshness: Freshness,
@@ -100,6 +107,8 @@ impl Cluster {
                 batcher: Batcher::start(raft.clone(), hold.subscribe()),
                 hold,
                 election_pause: std::sync::atomic::AtomicU64::new(0),
+                elections_paused: std::sync::atomic::AtomicBool::new(false),
+                pacer: Default::default(),
                 raft,
                 view,
                 peers,
@@ -115,6 +124,70 @@ impl Cluster {
         }
         .watching_raft()
         .proving_freshness()
+        .pacing_elections()
+    }
+
+    /// Campaigns soon after the leader falls silent, as the [`crate::election`]
+    /// pacer plans; openraft's own, slower election timer stays as the fallback.
+    fn pacing_elections(self) -> Self {
+        let weak = self.downgrade();
+        let config = self.inner.raft.config();
+        let timing = crate::election::Timing::new(
+            Duration::from_millis(config.heartbeat_interval),
+            Duration::from_millis(config.election_timeout_max),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PACER_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(cluster) = weak.upgrade() else { return };
+                let Some((me, voters, leader)) = cluster.may_campaign() else { continue };
+                let heard = cluster.inner.freshness.heard_at();
+                let rank = || crate::election::rank(me, voters, leader);
+                let due = cluster.inner.pacer.lock().unwrap_or_else(|p| p.into_inner()).due(
+                    Instant::now(),
+                    heard,
+                    timing,
+                    rank,
+                );
+                if due {
+                    let silent_ms = heard.map(|h| h.elapsed().as_millis() as u64);
+                    tracing::info!(silent_ms, silent_leader = ?leader, "leader silent past its lease; campaigning");
+                    cluster.inner.metrics.raft_paced_campaigns.inc();
+                    if cluster.inner.raft.trigger().elect().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        self
+    }
+
+    /// This node's id, the voters and the leader it last followed, when it
+    /// is a voter that does not lead and whose elections are not paused.
+    fn may_campaign(&self) -> Option<(NodeId, Vec<NodeId>, Option<NodeId>)> {
+        use std::sync::atomic::Ordering;
+        if self.inner.elections_paused.load(Ordering::Acquire) {
+            return None;
+        }
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let follows = matches!(m.state, openraft::ServerState::Follower | openraft::ServerState::Candidate);
+        (follows && voters.contains(&self.inner.id)).then(|| (self.inner.id, voters, m.current_leader))
+    }
+
+    /// This node refused its vote to a candidate with a shorter log. If the
+    /// leader has been silent for its whole lease, this node is the better
+    /// candidate: it campaigns at once (see [`crate::election::Pacer::outranked`]).
+    pub fn outranked_candidate(&self) {
+        let lease = Duration::from_millis(self.inner.raft.config().election_timeout_max);
+        let heard = self.inner.freshness.heard_at();
+        if self.may_campaign().is_none() || heard.is_none_or(|h| h.elapsed() < lease) {
+            return;
+        }
+        self.inner.pacer.lock().unwrap_or_else(|p| p.into_inner()).outranked(Instant::now(), heard);
     }
 
     /// On a follower or learner, asks the leader for a read index every
@@ -489,14 +562,17 @@ impl Cluster {
         let generation = self.inner.election_pause.fetch_add(1, Ordering::SeqCst) + 1;
         if duration.is_zero() {
             self.inner.raft.runtime_config().elect(true);
+            self.inner.elections_paused.store(false, Ordering::Release);
             return;
         }
+        self.inner.elections_paused.store(true, Ordering::Release);
         self.inner.raft.runtime_config().elect(false);
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
             if me.inner.election_pause.load(Ordering::SeqCst) == generation {
                 me.inner.raft.runtime_config().elect(true);
+                me.inner.elections_paused.store(false, Ordering::Release);
             }
         });
     }

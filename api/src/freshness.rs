@@ -50,6 +50,8 @@ pub struct Freshness {
 struct Contacts {
     /// The commit index the leader last reported in an AppendEntries.
     reported_commit: u64,
+    /// When this node last accepted an AppendEntries (see [`crate::election`]).
+    heard_at: Option<Instant>,
     /// The latest read index obtained: when it was asked, and the index.
     read: Option<(Instant, u64)>,
     /// The latest ask whose read index is known to be applied here.
@@ -59,11 +61,17 @@ struct Contacts {
 }
 
 impl Freshness {
-    /// Records the commit index an accepted AppendEntries reported. Not a
-    /// proof of anything (see the module docs).
+    /// Records the commit index an accepted AppendEntries reported, and when.
+    /// Not a proof of anything (see the module docs).
     pub fn record_contact(&self, leader_commit: u64) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.reported_commit = leader_commit;
+        c.heard_at = Some(Instant::now());
+    }
+
+    /// When this node last accepted an AppendEntries (`None`: never, in this process).
+    pub fn heard_at(&self) -> Option<Instant> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).heard_at
     }
 
     /// Records a read index: `index` held everything committed when this node
@@ -163,8 +171,11 @@ mod tests {
     #[test]
     fn heartbeats_report_the_commit_index_but_prove_nothing() {
         let f = Freshness::default();
+        assert!(f.heard_at().is_none());
+        let before = Instant::now();
         f.record_contact(7);
         assert_eq!(f.reported_commit(), 7);
+        assert!(f.heard_at().is_some_and(|t| t >= before));
         assert!(f.last_proof(100).is_none(), "a message sent before an acknowledgement may arrive after it");
     }
 }

@@ -25,6 +25,7 @@ pub mod audit;
 pub mod batcher;
 pub mod cluster;
 pub mod credentials;
+pub mod election;
 pub mod error;
 pub mod freshness;
 pub mod http;

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub raft_replication_lag: Family<PeerLabels, Gauge>,
     pub raft_leader_changes: Counter,
     pub raft_elections: Counter,
+    pub raft_paced_campaigns: Counter,
     pub snapshots_built: Counter,
     pub snapshots_installed: Counter,
     pub snapshot_build_seconds: Counter<f64, AtomicU64>,
@@ -126,6 +127,7 @@ impl Metrics {
             raft_replication_lag: Family::default(),
             raft_leader_changes: Counter::default(),
             raft_elections: Counter::default(),
+            raft_paced_campaigns: Counter::default(),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
             snapshot_build_seconds: Counter::default(),
@@ -160,6 +162,11 @@ impl Metrics {
         );
         r.register("raft_leader_changes", "times this node saw the leader change", m.raft_leader_changes.clone());
         r.register("raft_elections", "terms this node saw begin", m.raft_elections.clone());
+        r.register(
+            "raft_paced_campaigns",
+            "campaigns this node started because its leader fell silent past its lease",
+            m.raft_paced_campaigns.clone(),
+        );
         r.register("snapshots_built", "snapshots this node built", m.snapshots_built.clone());
         r.register("snapshots_installed", "snapshots this node installed from a leader", m.snapshots_installed.clone());
         r.register("snapshot_build_seconds", "time spent building snapshots", m.snapshot_build_seconds.clone());

@@ -85,7 +85,11 @@ impl RaftService for RaftRpc {
             vote: req_vote_from_pb(&req.vote).map_err(bad)?,
             last_log_id: opt_log_id_from_pb(&req.last_log_id),
         };
+        let candidate_log = rpc.last_log_id;
         let resp = self.cluster.raft().vote(rpc).await.map_err(stopped)?;
+        if !resp.vote_granted && resp.last_log_id > candidate_log {
+            self.cluster.outranked_candidate();
+        }
         Ok(Response::new(pb::VoteResponse {
             vote: Some(vote_to_pb(&resp.vote)),
             vote_granted: resp.vote_granted,
