@@ -150,6 +150,21 @@ fn ids(cluster: &ProcCluster) -> Vec<u64> {
     cluster.nodes.keys().copied().collect()
 }
 
+/// The side of a bridge partition that can be served: the bridge and the
+/// half its leader is in, which keeps its quorum through the bridge and has
+/// no reason to step down (the other half cannot replicate, however large
+/// its majority with the bridge would be). Everyone if the bridge leads. A
+/// leader whose half and the bridge are no majority loses its quorum, and
+/// the next one comes from the bridge and the larger half.
+fn bridge_majority(bridge: u64, left: &[u64], right: &[u64], leader: u64, nodes: usize) -> BTreeSet<u64> {
+    if leader == bridge {
+        return left.iter().chain(right).copied().chain([bridge]).collect();
+    }
+    let (small, large) = if left.len() <= right.len() { (left, right) } else { (right, left) };
+    let side = if small.contains(&leader) && (small.len() + 1) * 2 > nodes { small } else { large };
+    side.iter().copied().chain([bridge]).collect()
+}
+
 /// Injects `nemesis` (`leader` is the current leader).
 pub async fn inject(
     nemesis: Nemesis,
@@ -197,8 +212,7 @@ pub async fn inject(
             let rest = &shuffled[1..];
             let (left, right) = rest.split_at(rest.len() / 2);
             net.partition(left, right);
-            // The bridge and the larger side hold a majority.
-            done.majority = std::iter::once(bridge).chain(right.iter().copied()).collect();
+            done.majority = bridge_majority(bridge, left, right, leader, all.len());
             done.description = format!("bridge {bridge} between {left:?} and {right:?}");
         }
         Nemesis::OneWay => {
@@ -251,4 +265,26 @@ pub fn heal(cluster: &mut ProcCluster, net: &Net, injected: &Injected) -> anyhow
         cluster.spawn(*id)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_bridge_majority_is_the_bridge_and_the_leaders_half() {
+        // Three nodes: either half with the bridge is a majority.
+        assert_eq!(bridge_majority(2, &[3], &[1], 1, 3), set(&[1, 2]));
+        assert_eq!(bridge_majority(2, &[3], &[1], 3, 3), set(&[2, 3]));
+        // Five nodes, two and two.
+        assert_eq!(bridge_majority(5, &[1, 2], &[3, 4], 2, 5), set(&[1, 2, 5]));
+        // The bridge leads: every node hears it.
+        assert_eq!(bridge_majority(2, &[3], &[1], 2, 3), set(&[1, 2, 3]));
+        // Four nodes, one and two: the single node's leader loses its quorum.
+        assert_eq!(bridge_majority(4, &[1], &[2, 3], 1, 4), set(&[2, 3, 4]));
+    }
 }

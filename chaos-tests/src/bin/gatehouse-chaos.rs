@@ -62,9 +62,16 @@ async fn main() -> anyhow::Result<()> {
             let seed = first + k;
             let tmp = tempfile::tempdir()?;
             let dir = match &args.dir {
-                Some(d) => d.join(format!("{}-{seed}", nemesis.name())),
+                Some(d) => d.join(format!("{}-{}n-{seed}", nemesis.name(), args.nodes)),
                 None => tmp.path().to_path_buf(),
             };
+            // A run restarted in an old run's directory would find the old
+            // cluster's data and membership there.
+            anyhow::ensure!(
+                !dir.exists() || dir.read_dir()?.next().is_none(),
+                "{} holds an earlier run; remove it or choose another --dir",
+                dir.display()
+            );
             let mut s = Settings::new(bin.clone(), dir.clone(), nemesis, seed);
             s.nodes = args.nodes;
             s.duration = Duration::from_secs(args.seconds);
