@@ -64,6 +64,8 @@ struct Inner {
     elections_paused: std::sync::atomic::AtomicBool,
     /// When to campaign after the leader falls silent (see [`crate::election`]).
     pacer: std::sync::Mutex<crate::election::Pacer>,
+    /// The last moment this node could not campaign (see [`Cluster::silent_since`]).
+    quiet_since: std::sync::Mutex<Instant>,
     view: StateView,
     peers: Peers,
     freshness: Freshness,
@@ -109,6 +111,7 @@ impl Cluster {
                 election_pause: std::sync::atomic::AtomicU64::new(0),
                 elections_paused: std::sync::atomic::AtomicBool::new(false),
                 pacer: Default::default(),
+                quiet_since: std::sync::Mutex::new(Instant::now()),
                 raft,
                 view,
                 peers,
@@ -128,40 +131,52 @@ impl Cluster {
     }
 
     /// Campaigns soon after the leader falls silent, as the [`crate::election`]
-    /// pacer plans; openraft's own, slower election timer stays as the fallback.
+    /// pacer plans and a majority confirms; openraft's own, slower election
+    /// timer stays as the fallback.
     fn pacing_elections(self) -> Self {
         let weak = self.downgrade();
-        let config = self.inner.raft.config();
-        let timing = crate::election::Timing::new(
-            Duration::from_millis(config.heartbeat_interval),
-            Duration::from_millis(config.election_timeout_max),
-        );
+        let timing = self.election_timing();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PACER_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(cluster) = weak.upgrade() else { return };
-                let Some((me, voters, leader)) = cluster.may_campaign() else { continue };
-                let heard = cluster.inner.freshness.heard_at();
-                let rank = || crate::election::rank(me, voters, leader);
+                let Some((me, voters, leader)) = cluster.may_campaign() else {
+                    *cluster.inner.quiet_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    continue;
+                };
+                let heard = cluster.silent_since();
+                let rank = || crate::election::rank(me, voters.iter().copied(), leader);
                 let due = cluster.inner.pacer.lock().unwrap_or_else(|p| p.into_inner()).due(
                     Instant::now(),
                     heard,
                     timing,
                     rank,
                 );
-                if due {
-                    let silent_ms = heard.map(|h| h.elapsed().as_millis() as u64);
-                    tracing::info!(silent_ms, silent_leader = ?leader, "leader silent past its lease; campaigning");
-                    cluster.inner.metrics.raft_paced_campaigns.inc();
-                    if cluster.inner.raft.trigger().elect().await.is_err() {
-                        return;
-                    }
+                if !due || !cluster.majority_hears_no_leader(&voters, timing.stagger).await {
+                    continue;
+                }
+                if cluster.may_campaign().is_none() {
+                    continue;
+                }
+                let silent_ms = heard.map(|h| h.elapsed().as_millis() as u64);
+                tracing::info!(silent_ms, silent_leader = ?leader, "leader silent past its lease; campaigning");
+                cluster.inner.metrics.raft_paced_campaigns.inc();
+                if cluster.inner.raft.trigger().elect().await.is_err() {
+                    return;
                 }
             }
         });
         self
+    }
+
+    fn election_timing(&self) -> crate::election::Timing {
+        let config = self.inner.raft.config();
+        crate::election::Timing::new(
+            Duration::from_millis(config.heartbeat_interval),
+            Duration::from_millis(config.election_timeout_max),
+        )
     }
 
     /// This node's id, the voters and the leader it last followed, when it
@@ -178,15 +193,88 @@ impl Cluster {
         (follows && voters.contains(&self.inner.id)).then(|| (self.inner.id, voters, m.current_leader))
     }
 
-    /// This node refused its vote to a candidate with a shorter log. If the
-    /// leader has been silent for its whole lease, this node is the better
-    /// candidate: it campaigns at once (see [`crate::election::Pacer::outranked`]).
-    pub fn outranked_candidate(&self) {
+    /// Since when this node has heard no leader: the later of its last
+    /// contact and the last moment it could not campaign (it led, was a
+    /// learner, or was paused), for a leader that steps down or a pause that
+    /// ends has heard nobody for a while, and that is no silence of a
+    /// leader. `None` before any contact in this process.
+    fn silent_since(&self) -> Option<Instant> {
+        let quiet = *self.inner.quiet_since.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.freshness.heard_at().map(|h| h.max(quiet))
+    }
+
+    /// Whether this node, as a voter that may campaign, has gone a whole
+    /// leader lease without hearing a leader: what a peer's
+    /// [`Cluster::majority_hears_no_leader`] asks. A node that never heard
+    /// one counts from its start.
+    pub fn leader_silent(&self) -> bool {
         let lease = Duration::from_millis(self.inner.raft.config().election_timeout_max);
-        let heard = self.inner.freshness.heard_at();
-        if self.may_campaign().is_none() || heard.is_none_or(|h| h.elapsed() < lease) {
+        let since =
+            self.silent_since().unwrap_or_else(|| *self.inner.quiet_since.lock().unwrap_or_else(|p| p.into_inner()));
+        self.may_campaign().is_some() && since.elapsed() >= lease
+    }
+
+    /// Pre-vote: asks the other voters, within `wait`, whether they too have
+    /// lost their leader. Only then may this node campaign; a voter that
+    /// merely lost its own link to a live leader finds no majority and
+    /// leaves the term, and so the leader, alone.
+    async fn majority_hears_no_leader(&self, voters: &[NodeId], wait: Duration) -> bool {
+        use gatehouse_proto::raft::PreVoteRequest;
+        let addrs: Vec<String> = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            voters
+                .iter()
+                .filter(|&&v| v != self.inner.id)
+                .filter_map(|v| membership.get_node(v).map(|n| n.addr.clone()))
+                .collect()
+        };
+        use futures::StreamExt;
+        let mut answers: futures::stream::FuturesUnordered<_> = addrs
+            .iter()
+            .map(|addr| async move {
+                let Ok(mut client) = self.inner.peers.raft_client(addr) else { return false };
+                let mut req = tonic::Request::new(PreVoteRequest {});
+                req.set_timeout(wait);
+                let answer = tokio::time::timeout(wait, client.pre_vote(req)).await;
+                answer.is_ok_and(|r| r.is_ok_and(|r| r.into_inner().leader_silent))
+            })
+            .collect();
+        // This node counts; stop as soon as a majority agrees, without
+        // waiting for a dead peer's timeout.
+        let mut silent = 1;
+        while silent * 2 <= voters.len() {
+            match answers.next().await {
+                Some(true) => silent += 1,
+                Some(false) => {}
+                None => {
+                    tracing::debug!(silent, voters = voters.len(), "leader silent here only; not campaigning");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// This node refused its vote to the candidate `(term, id)` for having a
+    /// shorter log. If the leader has been silent for its whole lease, this
+    /// node is the better candidate: it campaigns at once (see
+    /// [`crate::election::Pacer::outranked`]), unless it already campaigns
+    /// with a vote that beats the candidate's.
+    pub fn outranked_candidate(&self, term: u64, id: NodeId) {
+        if !self.leader_silent() {
             return;
         }
+        let (state, my_term) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        if state == openraft::ServerState::Candidate && (my_term, self.inner.id) > (term, id) {
+            return;
+        }
+        let heard = self.silent_since();
         self.inner.pacer.lock().unwrap_or_else(|p| p.into_inner()).outranked(Instant::now(), heard);
     }
 
@@ -580,10 +668,10 @@ impl Cluster {
     /// Hands leadership to `target` (this node must lead).
     ///
     /// openraft 0.9 has no transfer of its own, and a follower refuses votes
-    /// while its leader lease (the longest election timeout) runs. So: stop
-    /// writes and heartbeats here, wait until `target` holds every entry,
-    /// keep every other voter from campaigning, let the leases lapse, and
-    /// ask `target` to campaign. It wins, having the longest log and the only
+    /// while its leader lease (the longest election timeout) runs. So: keep
+    /// every other voter from campaigning, stop writes and heartbeats here,
+    /// wait until `target` holds every entry, let the leases lapse, and ask
+    /// `target` to campaign. It wins, having the longest log and the only
     /// candidacy. Writes queued meanwhile go on to the new leader.
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(NodeId, u64), ApiError> {
         use gatehouse_proto::raft::CampaignRequest;
@@ -599,21 +687,9 @@ impl Cluster {
         let lease = Duration::from_millis(self.inner.raft.config().election_timeout_max);
         let deadline = Instant::now() + TRANSFER_DEADLINE;
 
-        self.inner.hold.send_replace(true);
-        self.inner.raft.runtime_config().heartbeat(false);
-        let _resume = Resume(self);
-
-        // Wait for the target to hold everything this leader has.
-        let mut rx = self.inner.raft.metrics();
-        let holds_all = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
-            m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index) >= m.last_log_index
-        };
-        let caught_up = tokio::time::timeout_at(deadline.into(), rx.wait_for(holds_all)).await.is_ok_and(|r| r.is_ok());
-        if !caught_up {
-            return Err(ApiError::FailedPrecondition(format!("node {target} has not caught up with the leader")));
-        }
-
-        // Nobody but the target may campaign until it leads (or the pause ends).
+        // Nobody but the target may campaign until it leads (or the pause
+        // ends). Paused before the heartbeats stop, so that no voter's
+        // silence starts while it may still campaign.
         let pause = lease * 3 + TRANSFER_DEADLINE;
         self.pause_elections(pause);
         let others: Vec<String> = membership
@@ -623,9 +699,23 @@ impl Cluster {
             .collect();
         self.pause_peer_elections(&others, pause).await;
 
-        // The followers' leases run from their last contact with us.
-        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        self.inner.hold.send_replace(true);
+        self.inner.raft.runtime_config().heartbeat(false);
+        let _resume = Resume(self);
+        let mut rx = self.inner.raft.metrics();
         let led = async {
+            // Wait for the target to hold everything this leader has.
+            let holds_all = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+                m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index)
+                    >= m.last_log_index
+            };
+            let caught_up =
+                tokio::time::timeout_at(deadline.into(), rx.wait_for(holds_all)).await.is_ok_and(|r| r.is_ok());
+            if !caught_up {
+                return Err(ApiError::FailedPrecondition(format!("node {target} has not caught up with the leader")));
+            }
+            // The followers' leases run from their last contact with us.
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
             let mut client = self.inner.peers.raft_client(&target_addr)?;
             let mut req = tonic::Request::new(CampaignRequest {});
             req.set_timeout(Duration::from_millis(500));

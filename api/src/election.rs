@@ -5,27 +5,37 @@
 //! on a tick of 1.5 heartbeats, and the random timeout is drawn once per
 //! process. With the default timings that is 600–950 ms of silence, and two
 //! followers whose draws are close, or a first candidate with a shorter log,
-//! cost another full timeout. The lease itself is what keeps a live leader
-//! safe: a voter refuses every vote while it runs. So a campaign started
-//! just after the lease loses nothing and gains the random part.
+//! cost another full timeout. A voter refuses every vote while its own lease
+//! runs, so a campaign started just after the lease, by a voter whose peers
+//! have heard nothing for as long, loses nothing and gains the random part.
 //!
-//! The [`Pacer`] decides when this node campaigns, given when it last heard
-//! a leader (an accepted AppendEntries):
+//! The [`Pacer`] decides when this node campaigns, given since when it has
+//! heard no leader (its last accepted message from one, or the last moment
+//! it could not campaign itself):
 //!
-//! - `lease + heartbeat / 2` after that, plus one `stagger` per other
-//!   surviving voter with a higher id. Voters are ordered by id because
-//!   openraft orders two candidacies of one term by node id: if two
+//! - `lease + heartbeat / 2` after that, plus one `stagger` per other voter
+//!   with a higher id (not counting the silent leader). Voters are ordered
+//!   by id because openraft (without its `single-term-leader` feature, which
+//!   we do not enable) orders two candidacies of one term by node id: if two
 //!   campaign at once, the higher id wins instead of splitting the vote.
 //! - When a candidate with a shorter log asks for this node's vote, which
-//!   Raft must refuse, this node campaigns at once and once more a stagger
-//!   later, since its first attempt has the same term as that candidate's.
+//!   Raft must refuse, this node campaigns at once (within a pacer tick) and
+//!   once more a stagger later, since its first attempt may have the same
+//!   term as that candidate's and a lower id.
 //! - While nobody leads, again every `retry` (the lease), no faster than
 //!   openraft's own timer would.
+//!
+//! Before each campaign the node asks the other voters whether they, too,
+//! have heard no leader for a whole lease (`PreVote`, in `Cluster`), and
+//! campaigns only if a majority has. A voter that lost only its own link to
+//! a live leader (one-way or flaky links, a bridge) therefore leaves the
+//! term alone: a higher term would make that leader step down.
 //!
 //! Nothing here can elect a leader that Raft would not: it only starts
 //! campaigns, and votes are still granted by Raft's own rules. It never acts
 //! before this node heard a leader at all (a restarted node waits to be
 //! contacted), nor while elections are paused for a leadership transfer.
+//! openraft's own timer stays on as the fallback; it does not ask first.
 
 use std::time::{Duration, Instant};
 

@@ -50,7 +50,7 @@ pub struct Freshness {
 struct Contacts {
     /// The commit index the leader last reported in an AppendEntries.
     reported_commit: u64,
-    /// When this node last accepted an AppendEntries (see [`crate::election`]).
+    /// When this node last accepted a message from a leader (see [`crate::election`]).
     heard_at: Option<Instant>,
     /// The latest read index obtained: when it was asked, and the index.
     read: Option<(Instant, u64)>,
@@ -69,7 +69,14 @@ impl Freshness {
         c.heard_at = Some(Instant::now());
     }
 
-    /// When this node last accepted an AppendEntries (`None`: never, in this process).
+    /// Records that this node accepted a message from its leader (an
+    /// AppendEntries that conflicted, a snapshot) without a commit index.
+    pub fn record_heard(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).heard_at = Some(Instant::now());
+    }
+
+    /// When this node last accepted a message from a leader (`None`: never,
+    /// in this process).
     pub fn heard_at(&self) -> Option<Instant> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).heard_at
     }

@@ -84,12 +84,14 @@ pub struct RaftTuning {
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        // A leader that dies is replaced 600-800 ms after its last heartbeat
-        // (the 400 ms lease plus 200-400 ms), so failover stays under a
-        // second and well inside the 2 s staleness bound. Six missed 100 ms
-        // heartbeats before anyone campaigns tolerate the scheduling hiccups
-        // of a small machine running several nodes and a load generator, and
-        // round trips up to 100 ms between nodes are tolerated.
+        // A leader that dies is replaced about 450 ms after its last
+        // heartbeat: the election pacer (gatehouse_api::election) campaigns
+        // half a heartbeat after the 400 ms lease, once a majority has heard
+        // nothing for that long; openraft's own timer (the lease plus
+        // 200-400 ms) is the fallback. Failover stays well under a second and
+        // inside the 2 s staleness bound. openraft sends heartbeats on a tick
+        // of 1.5 intervals, so the lease spans two and a half of them; round
+        // trips up to 100 ms between nodes are tolerated.
         RaftTuning {
             heartbeat_ms: 100,
             election_timeout_min_ms: 200,

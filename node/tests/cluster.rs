@@ -43,10 +43,17 @@ async fn leader_stop_elects_a_new_leader_and_the_old_one_rejoins_as_follower() {
     let mut c = TestCluster::start(3).await;
     let old = c.wait_for_leader().await;
     write_user(c.node(old), "before-failover").await;
+    // While the leader is heard, no follower would back a pre-vote.
+    for (id, n) in &c.nodes {
+        assert!(!n.cluster().leader_silent(), "node {id} hears its leader");
+    }
     c.stop(old).await;
 
     let new = c.wait_for_leader().await;
     assert_ne!(new, old);
+    // The election pacer started the winning campaign, not openraft's slower timer.
+    let paced: u64 = c.nodes.values().map(|n| n.cluster().metrics().raft_paced_campaigns.get()).sum();
+    assert!(paced >= 1, "the pacer campaigned");
     let survivor = *c.nodes.keys().find(|&&id| id != new).unwrap();
     write_user(c.node(survivor), "after-failover").await;
 

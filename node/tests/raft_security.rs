@@ -43,6 +43,7 @@ async fn rpcs_without_the_right_secret_are_refused() {
     let pause = pb::PauseElectionsRequest { duration_ms: 60_000 };
     assert_eq!(client.pause_elections(pause).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     assert_eq!(client.campaign(pb::CampaignRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(client.pre_vote(pb::PreVoteRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     // No secret at all.
     let ch = c.node(leader).cluster().peers().channel(&addr).unwrap();

@@ -73,8 +73,14 @@ impl RaftService for RaftRpc {
             AppendEntriesResponse::Conflict => R::Conflict(pb::Blank {}),
             AppendEntriesResponse::HigherVote(v) => R::HigherVote(vote_to_pb(&v)),
         };
-        if matches!(result, R::Success(_) | R::PartialSuccess(_)) {
-            self.cluster.freshness().record_contact(leader_commit.map_or(0, |l| l.index));
+        // Any answer but a higher vote means this node accepted the sender as
+        // its leader; only a success says the reported commit applies here.
+        match result {
+            R::Success(_) | R::PartialSuccess(_) => {
+                self.cluster.freshness().record_contact(leader_commit.map_or(0, |l| l.index))
+            }
+            R::Conflict(_) => self.cluster.freshness().record_heard(),
+            R::HigherVote(_) => {}
         }
         Ok(Response::new(pb::AppendEntriesResponse { result: Some(result) }))
     }
@@ -85,10 +91,10 @@ impl RaftService for RaftRpc {
             vote: req_vote_from_pb(&req.vote).map_err(bad)?,
             last_log_id: opt_log_id_from_pb(&req.last_log_id),
         };
-        let candidate_log = rpc.last_log_id;
+        let (candidate, candidate_log) = (rpc.vote.leader_id, rpc.last_log_id);
         let resp = self.cluster.raft().vote(rpc).await.map_err(stopped)?;
         if !resp.vote_granted && resp.last_log_id > candidate_log {
-            self.cluster.outranked_candidate();
+            self.cluster.outranked_candidate(candidate.term, candidate.voted_for().unwrap_or_default());
         }
         Ok(Response::new(pb::VoteResponse {
             vote: Some(vote_to_pb(&resp.vote)),
@@ -134,6 +140,9 @@ impl RaftService for RaftRpc {
         };
         tracing::info!(bytes, snapshot_id = %meta.snapshot_id, "snapshot received");
         let resp = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await.map_err(stopped)?;
+        if resp.vote == vote {
+            self.cluster.freshness().record_heard();
+        }
         Ok(Response::new(pb::SnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
     }
 
@@ -175,6 +184,10 @@ impl RaftService for RaftRpc {
         tracing::info!(duration_ms = ms, "elections paused for a leadership transfer");
         self.cluster.pause_elections(std::time::Duration::from_millis(ms));
         Ok(Response::new(pb::PauseElectionsResponse {}))
+    }
+
+    async fn pre_vote(&self, _req: Request<pb::PreVoteRequest>) -> Result<Response<pb::PreVoteResponse>, Status> {
+        Ok(Response::new(pb::PreVoteResponse { leader_silent: self.cluster.leader_silent() }))
     }
 
     async fn state_digest(
