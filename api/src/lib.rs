@@ -7,6 +7,7 @@
 //! - [`batcher`]: group commit of concurrent proposals into shared entries.
 //! - [`cluster`]: the node's handle on Raft: propose (forwarding to the leader), freshness, status.
 //! - [`freshness`]: whether this node may answer for the cluster right now.
+//! - [`election`]: when to campaign after the leader falls silent (the election pacer, with pre-vote).
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
 //! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster service.
