@@ -11,7 +11,9 @@
 //! No timer: a batch is whatever queued while earlier batches were being
 //! written, so a lone writer pays no extra latency and many writers share
 //! entries, fsyncs and replication round trips. Each command keeps its own
-//! request id and result, so idempotency is unchanged.
+//! request id and result, so idempotency is unchanged. Every command of a
+//! batch is stamped with the leader's clock (`proposed_at`, the log time
+//! apply works with), whatever the proposing node's clock says.
 
 use std::sync::Arc;
 
@@ -92,6 +94,16 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::
             for job in jobs {
                 callers.push((job.commands.len(), job.reply));
                 commands.extend(job.commands);
+            }
+            // Log time is the leader's clock, not each proposer's: apply
+            // expires sessions, idempotency records and rate buckets by it,
+            // so one node whose clock ran an hour fast would otherwise end
+            // every session with less than an hour left, cluster-wide. (Only
+            // a leader's write succeeds; a batch refused here is re-stamped by
+            // the leader it is forwarded to.)
+            let stamp = crate::cluster::now_ms();
+            for c in &mut commands {
+                c.proposed_at = stamp;
             }
             match raft.client_write(CommandBatch { commands }).await {
                 Ok(resp) => {

@@ -404,6 +404,27 @@ async fn expired_keys_fail_and_a_node_cut_off_from_its_leader_answers_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_clock_runs_fast_cannot_expire_sessions_cluster_wide() {
+    let c = TestCluster::start(3).await;
+    create_user_with_password(c.node(1), "clocky", PASSWORD, &["viewer"]).await;
+    let cookie = session_cookie(&login(c.node(1), "clocky", PASSWORD).await);
+    let leader = c.wait_for_leader().await;
+    let follower = c.node(if leader == 1 { 2 } else { 1 });
+    // A command stamped a day ahead, as a node with a bad clock would, goes
+    // through a follower. Log time is the leader's clock, so nothing expires.
+    let mut cmd = follower.cluster().command(Payload::SetUserStatus(SetUserStatus {
+        user_id: c.node(1).cluster().view().read().user_by_name("clocky").unwrap().user_id.clone(),
+        status: UserStatus::Active as i32,
+    }));
+    cmd.proposed_at += 24 * 3600 * 1000;
+    follower.cluster().propose(vec![cmd]).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(verify_cookie(c.node(n), &cookie).await, StatusCode::OK, "node {n}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_plaintext_password_token_or_key_reaches_any_data_directory() {
     let c = TestCluster::start_with(3, |cfg| {
         cfg.identity.touch_flush_ms = 100;
