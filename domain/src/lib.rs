@@ -2,10 +2,11 @@
 //!
 //! Every node applies the same commands in the same order to a [`State`] and
 //! gets the same result. Apply is deterministic and cheap: it never reads a
-//! clock (the command's `proposed_at`, stamped by the leader, is "now"), never draws randomness and
-//! never hashes a password. It validates the command against the state,
-//! updates the in-memory view and returns the [`Mutation`]s the storage layer
-//! must write to its projections in the same atomic batch.
+//! clock (the command's `proposed_at`, stamped by the leader, is "now"),
+//! never draws randomness and never hashes a password. It validates the
+//! command against the state, updates the in-memory view and returns the
+//! [`Mutation`]s the storage layer must write to its projections in the same
+//! atomic batch.
 //!
 //! Nothing here knows RocksDB, Raft or a transport.
 //!
