@@ -134,41 +134,49 @@ impl Cluster {
     /// pacer plans and a majority confirms; openraft's own, slower election
     /// timer stays as the fallback.
     fn pacing_elections(self) -> Self {
-        let weak = self.downgrade();
         let timing = self.election_timing();
+        self.every(PACER_TICK, move |cluster| async move { cluster.pace(timing).await });
+        self
+    }
+
+    /// One look at the leader's silence; campaigns if the pacer says so and
+    /// a majority agrees. False once Raft has stopped.
+    async fn pace(&self, timing: crate::election::Timing) -> bool {
+        let Some((me, voters, leader)) = self.may_campaign() else {
+            *self.inner.quiet_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            return true;
+        };
+        let heard = self.silent_since();
+        let rank = || crate::election::rank(me, voters.iter().copied(), leader);
+        let due = self.inner.pacer.lock().unwrap_or_else(|p| p.into_inner()).due(Instant::now(), heard, timing, rank);
+        if !due || !self.majority_hears_no_leader(&voters, timing.stagger).await || self.may_campaign().is_none() {
+            return true;
+        }
+        let silent_ms = heard.map(|h| h.elapsed().as_millis() as u64);
+        tracing::info!(silent_ms, silent_leader = ?leader, "leader silent past its lease; campaigning");
+        self.inner.metrics.raft_paced_campaigns.inc();
+        self.inner.raft.trigger().elect().await.is_ok()
+    }
+
+    /// Runs `step` every `period` while the cluster lives (a late tick is
+    /// not made up with a burst); a step that returns false ends it.
+    fn every<F, Fut>(&self, period: Duration, mut step: F)
+    where
+        F: FnMut(Cluster) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let weak = self.downgrade();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PACER_TICK);
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(cluster) = weak.upgrade() else { return };
-                let Some((me, voters, leader)) = cluster.may_campaign() else {
-                    *cluster.inner.quiet_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                    continue;
-                };
-                let heard = cluster.silent_since();
-                let rank = || crate::election::rank(me, voters.iter().copied(), leader);
-                let due = cluster.inner.pacer.lock().unwrap_or_else(|p| p.into_inner()).due(
-                    Instant::now(),
-                    heard,
-                    timing,
-                    rank,
-                );
-                if !due || !cluster.majority_hears_no_leader(&voters, timing.stagger).await {
-                    continue;
-                }
-                if cluster.may_campaign().is_none() {
-                    continue;
-                }
-                let silent_ms = heard.map(|h| h.elapsed().as_millis() as u64);
-                tracing::info!(silent_ms, silent_leader = ?leader, "leader silent past its lease; campaigning");
-                cluster.inner.metrics.raft_paced_campaigns.inc();
-                if cluster.inner.raft.trigger().elect().await.is_err() {
+                if !step(cluster).await {
                     return;
                 }
             }
         });
-        self
     }
 
     fn election_timing(&self) -> crate::election::Timing {
@@ -282,21 +290,14 @@ impl Cluster {
     /// `max_staleness / PROBES_PER_BOUND`: each applied answer is a proof of
     /// freshness timed from the ask (see [`Freshness`]). Quiet on a leader.
     fn proving_freshness(self) -> Self {
-        let weak = self.downgrade();
-        let every = self.probe_every();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(cluster) = weak.upgrade() else { return };
-                let state = cluster.inner.raft.metrics().borrow().state;
-                if matches!(state, openraft::ServerState::Follower | openraft::ServerState::Learner) {
-                    // Each probe on its own: one stuck on a leader that died
-                    // must not hold back the next, which may reach its successor.
-                    tokio::spawn(async move { cluster.probe().await });
-                }
+        self.every(self.probe_every(), |cluster| async move {
+            let state = cluster.inner.raft.metrics().borrow().state;
+            if matches!(state, openraft::ServerState::Follower | openraft::ServerState::Learner) {
+                // Each probe on its own: one stuck on a leader that died
+                // must not hold back the next, which may reach its successor.
+                tokio::spawn(async move { cluster.probe().await });
             }
+            true
         });
         self
     }
