@@ -177,7 +177,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn local_cluster_script_survives_a_leader_kill() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lc");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh");
+    // Cargo sets the manifest dir at run time too; the compiled-in one names
+    // whichever checkout built this binary, which a shared target dir may
+    // have reused for another checkout.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let script = Path::new(&manifest).join("../deploy/local-cluster.sh");
     let up = Command::new("bash")
         .arg(&script)
         .args(["up", "3"])
