@@ -61,49 +61,90 @@ pub fn normalized(mut chain: AuditChain) -> AuditChain {
     chain
 }
 
-fn store(state: &mut State, event: AuditEvent, out: &mut Vec<Mutation>) {
-    let chain = &mut state.audit;
-    if chain.head_hash.is_empty() {
-        *chain = normalized(std::mem::take(chain));
-    }
-    let seq = chain.head_seq + 1;
-    let mut record = AuditRecord { seq, event: Some(event), hash: Vec::new() };
-    let hash = chain_hash(&chain.head_hash, &record);
-    record.hash = hash.to_vec();
-    out.push(Mutation::Put { table: Table::Audit, key: record_key(seq).to_vec(), value: codec::encode(&record) });
-    chain.head_seq = seq;
-    chain.head_hash = hash.to_vec();
+/// Record `seq` holding `event`, chained onto `prev`: its hash and its
+/// stored value ([`codec::encode`] of the record). The event is encoded
+/// once, without a copy: the canonical form (`seq`, `event`) is hashed, and
+/// the stored value is the format version, that same encoding, then the
+/// `hash` field, which is how prost encodes the whole record (tags in
+/// order, the hash last).
+fn seal(seq: u64, event: &AuditEvent, prev: &[u8]) -> ([u8; 32], Vec<u8>) {
+    use prost::encoding;
+    let mut value = Vec::with_capacity(prost::Message::encoded_len(event) + 48);
+    value.push(codec::FORMAT_V1);
+    encoding::uint64::encode(1, &seq, &mut value);
+    encoding::message::encode(2, event, &mut value);
+    let hash: [u8; 32] = Sha256::new().chain_update(prev).chain_update(&value[1..]).finalize().into();
+    encoding::bytes::encode(3, &hash.to_vec(), &mut value);
+    (hash, value)
 }
 
-pub(crate) fn append(
-    state: &mut State,
-    origin_node: u64,
-    now: u64,
-    c: &AppendAudit,
-    out: &mut Vec<Mutation>,
-) -> Result<String, ApplyError> {
+/// An `AppendAudit` command chained onto a given head: the records to
+/// store and the head after them. Computing it needs nothing but the chain,
+/// so apply can do it before it takes the view's write lock (readers keep
+/// verifying meanwhile) and then only install it.
+#[derive(Debug)]
+pub struct Chained {
+    /// The chain this was computed from; installed only onto the same one.
+    base: AuditChain,
+    after: AuditChain,
+    records: Vec<Mutation>,
+}
+
+/// Chains `c`'s events (after an `audit.dropped` note when the node lost
+/// some) onto `base`.
+pub(crate) fn chain(base: &AuditChain, origin_node: u64, now: u64, c: &AppendAudit) -> Result<Chained, ApplyError> {
     if c.events.len() > MAX_EVENTS {
         return Err(ApplyError::Invalid("too many audit events in one command".into()));
     }
     if c.events.iter().any(|e| prost::Message::encoded_len(e) > MAX_EVENT_BYTES || e.action.is_empty()) {
         return Err(ApplyError::Invalid("audit event empty or too large".into()));
     }
-    let first = state.audit.head_seq + 1;
-    if c.dropped > 0 {
-        let note = AuditEvent {
-            at: now,
-            action: "audit.dropped".into(),
-            outcome: "failed".into(),
-            node_id: origin_node,
-            resource: format!("node:{origin_node}"),
-            detail: format!("count={}", c.dropped),
-            ..Default::default()
-        };
-        store(state, note, out);
+    let note = (c.dropped > 0).then(|| AuditEvent {
+        at: now,
+        action: "audit.dropped".into(),
+        outcome: "failed".into(),
+        node_id: origin_node,
+        resource: format!("node:{origin_node}"),
+        detail: format!("count={}", c.dropped),
+        ..Default::default()
+    });
+    let mut after = normalized(base.clone());
+    let mut records = Vec::with_capacity(c.events.len() + 1);
+    for event in note.iter().chain(&c.events) {
+        let seq = after.head_seq + 1;
+        let (hash, value) = seal(seq, event, &after.head_hash);
+        records.push(Mutation::Put { table: Table::Audit, key: record_key(seq).to_vec(), value });
+        after.head_seq = seq;
+        after.head_hash = hash.to_vec();
     }
-    for e in &c.events {
-        store(state, e.clone(), out);
-    }
+    Ok(Chained { base: base.clone(), after, records })
+}
+
+/// The head `chained` leaves (to chain the next command of an entry onto).
+pub(crate) fn head_after(chained: &Result<Chained, ApplyError>) -> Option<&AuditChain> {
+    chained.as_ref().ok().map(|c| &c.after)
+}
+
+/// Applies an `AppendAudit`; `prepared` is the same command chained ahead
+/// of time, used when it was chained onto the head the state has now
+/// (otherwise the command is chained here).
+pub(crate) fn append(
+    state: &mut State,
+    origin_node: u64,
+    now: u64,
+    c: &AppendAudit,
+    prepared: Option<Result<Chained, ApplyError>>,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    let chained = match prepared {
+        Some(Ok(p)) if p.base == state.audit => p,
+        // Refusals depend on the command alone.
+        Some(Err(e)) => return Err(e),
+        _ => chain(&state.audit, origin_node, now, c)?,
+    };
+    let first = chained.base.head_seq + 1;
+    out.extend(chained.records);
+    state.audit = chained.after;
     out.push(put(Table::AuditChain, CHAIN_KEY, &state.audit));
     Ok(format!("{first}"))
 }
@@ -233,6 +274,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Prepared;
     use gatehouse_proto::events::{command::Payload, Command};
 
     fn event(action: &str) -> AuditEvent {
@@ -321,6 +363,60 @@ mod tests {
             if from[..] == record_key(1) && to[..] == record_key(4)));
         assert_eq!(verify(&s.audit_chain(), &recs[3..]), Ok(2));
         assert_eq!(s.apply(5, &prune(3, vec![0; 32]), &mut pout).code, 4, "already pruned");
+    }
+
+    #[test]
+    fn a_sealed_record_is_prost_encoding_of_the_record_and_its_chain_hash() {
+        let e = AuditEvent { detail: "é".repeat(300), node_id: 7, ..event("key.create") };
+        let (hash, value) = seal(u64::MAX, &e, &GENESIS);
+        let canonical = AuditRecord { seq: u64::MAX, event: Some(e), hash: Vec::new() };
+        assert_eq!(hash, chain_hash(&GENESIS, &canonical));
+        assert_eq!(value, codec::encode(&AuditRecord { hash: hash.to_vec(), ..canonical }));
+    }
+
+    /// Applying an entry with work prepared ahead (under a read lock) gives
+    /// exactly what applying it alone gives, also where the preparation went
+    /// stale: a prune between two appends, a replayed request id.
+    #[test]
+    fn prepared_apply_equals_plain_apply() {
+        let with_id = |id: &str, mut c: Command| {
+            c.request_id = id.into();
+            c
+        };
+        let mut seed = State::default();
+        let mut seed_out = Vec::new();
+        seed.apply(1, &with_id("a", append_cmd(vec![event("login.success"), event("logout")], 0)), &mut seed_out);
+        let head: AuditRecord = codec::decode(&records(&seed_out)[1].1).unwrap();
+        let entry = vec![
+            with_id("b", append_cmd(vec![event("key.create")], 2)),
+            with_id("c", append_cmd(vec![event("key.revoke"), event("logout")], 0)),
+            Command {
+                request_id: "d".into(),
+                proposed_at: 10,
+                payload: Some(Payload::PruneAudit(PruneAudit { through_seq: 2, through_hash: head.hash })),
+                ..Default::default()
+            },
+            with_id("e", append_cmd(vec![event("session.revoke")], 0)),
+            with_id("a", append_cmd(vec![event("replayed")], 0)),
+            with_id("f", append_cmd(vec![event("")], 0)),
+        ];
+        let run = |prepare: bool| {
+            let mut s = State::default();
+            let mut out = Vec::new();
+            s.apply(1, &with_id("a", append_cmd(vec![event("login.success"), event("logout")], 0)), &mut out);
+            let prepared =
+                if prepare { s.prepare(&entry) } else { entry.iter().map(|_| Prepared::default()).collect() };
+            let results: Vec<_> =
+                entry.iter().zip(prepared).map(|(c, p)| s.apply_prepared(2, c, p, &mut out)).collect();
+            (results, out, s.audit_chain())
+        };
+        let (plain, prepared) = (run(false), run(true));
+        assert_eq!(plain.0.iter().map(|r| r.code).collect::<Vec<_>>(), [0, 0, 0, 0, 0, 1]);
+        assert_eq!(plain.0, prepared.0);
+        assert_eq!(plain.1, prepared.1);
+        assert_eq!(plain.2, prepared.2);
+        assert_eq!(prepared.2.head_seq, 7);
+        assert_eq!(verify(&prepared.2, &records(&prepared.1)[2..]), Ok(5));
     }
 
     #[test]

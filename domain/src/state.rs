@@ -33,13 +33,57 @@ pub struct State {
     pub(crate) audit: AuditChain,
 }
 
+/// Work for one command that [`State::prepare`] did ahead of apply.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    audit: Option<Result<audit::Chained, ApplyError>>,
+}
+
 impl State {
+    /// Does the costly part of applying `commands` (one entry's, in order)
+    /// that needs only shared access: chaining audit records. The view's
+    /// readers keep going while this runs; [`State::apply_prepared`] then
+    /// holds the write lock only to install the result. Any work prepared
+    /// on a state that has changed since is redone by apply, so preparing
+    /// is never wrong, only sometimes wasted.
+    pub fn prepare(&self, commands: &[Command]) -> Vec<Prepared> {
+        // The chain as the commands before this one in the entry leave it.
+        let mut head: Option<AuditChain> = None;
+        let mut prepared = Vec::with_capacity(commands.len());
+        for cmd in commands {
+            let mut p = Prepared::default();
+            if let Some(Payload::AppendAudit(c)) = &cmd.payload {
+                if self.requests.get(&cmd.request_id).is_none() {
+                    let chained =
+                        audit::chain(head.as_ref().unwrap_or(&self.audit), cmd.origin_node, cmd.proposed_at, c);
+                    if let Some(after) = audit::head_after(&chained) {
+                        head = Some(after.clone());
+                    }
+                    p.audit = Some(chained);
+                }
+            }
+            prepared.push(p);
+        }
+        prepared
+    }
+
     /// Applies one command committed at `log_index`.
     ///
     /// A refused command changes nothing and adds no mutation but the
     /// idempotency record; a command whose request id was seen before returns
     /// the first result and changes nothing.
     pub fn apply(&mut self, log_index: u64, cmd: &Command, out: &mut Vec<Mutation>) -> CommandResult {
+        self.apply_prepared(log_index, cmd, Prepared::default(), out)
+    }
+
+    /// [`State::apply`] with the work [`State::prepare`] did for `cmd`.
+    pub fn apply_prepared(
+        &mut self,
+        log_index: u64,
+        cmd: &Command,
+        prepared: Prepared,
+        out: &mut Vec<Mutation>,
+    ) -> CommandResult {
         self.requests.prune(cmd.proposed_at, out);
         self.sessions.prune(cmd.proposed_at, out);
         self.limits.prune(cmd.proposed_at, out);
@@ -68,7 +112,9 @@ impl State {
             Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out),
             Some(Payload::RateHit(c)) => limits::hit(self, cmd.proposed_at, c, out),
             Some(Payload::RateDeltas(c)) => limits::add(self, cmd.proposed_at, c, out),
-            Some(Payload::AppendAudit(c)) => audit::append(self, cmd.origin_node, cmd.proposed_at, c, out),
+            Some(Payload::AppendAudit(c)) => {
+                audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out)
+            }
             Some(Payload::PruneAudit(c)) => audit::prune(self, c, out),
         };
         let result = to_result(outcome, log_index);

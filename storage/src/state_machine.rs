@@ -190,23 +190,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut mutations = Vec::new();
         let mut last = self.last_applied;
         let mut membership_changed = false;
-        {
-            let mut state = self.view.write();
-            for entry in entries {
-                let index = entry.log_id.index;
-                last = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => replies.push(Vec::new()),
-                    EntryPayload::Normal(batch) => {
-                        let _span = apply_span(index, &batch).entered();
-                        replies.push(batch.commands.iter().map(|c| state.apply(index, c, &mut mutations)).collect());
-                    }
-                    EntryPayload::Membership(m) => {
-                        tracing::info!(index, membership = ?m, "membership applied");
-                        self.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                        membership_changed = true;
-                        replies.push(Vec::new());
-                    }
+        for entry in entries {
+            let index = entry.log_id.index;
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => replies.push(Vec::new()),
+                EntryPayload::Normal(batch) => {
+                    let _span = apply_span(index, &batch).entered();
+                    // Audit chaining (a hash per record) runs beside the
+                    // readers; the write lock is held only to install it.
+                    // Only apply writes, so nothing changes in between.
+                    let prepared = self.view.read().prepare(&batch.commands);
+                    let mut state = self.view.write();
+                    let applied = batch.commands.iter().zip(prepared);
+                    replies.push(applied.map(|(c, p)| state.apply_prepared(index, c, p, &mut mutations)).collect());
+                }
+                EntryPayload::Membership(m) => {
+                    tracing::info!(index, membership = ?m, "membership applied");
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership_changed = true;
+                    replies.push(Vec::new());
                 }
             }
         }
