@@ -6,6 +6,14 @@ use clap::Parser;
 use gatehouse::cli::{Cli, Command};
 use gatehouse::{config::Mode, Config, Node};
 
+/// mimalloc instead of glibc's malloc: the node allocates and frees a
+/// message-sized buffer at every step of a command's way (decode, log,
+/// replication, apply), from threads that hand buffers to one another,
+/// and glibc's arenas spent a tenth of the node's CPU on that
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
