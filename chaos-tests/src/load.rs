@@ -22,6 +22,10 @@ pub struct Figures {
     pub per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU seconds the cluster's node processes used during the step, where
+    /// the scenario measured it (a steadier comparison than throughput on a
+    /// shared machine).
+    pub node_cpu_s: Option<f64>,
 }
 
 impl Figures {
@@ -29,6 +33,7 @@ impl Figures {
         serde_json::json!({
             "concurrency": self.concurrency, "ok": self.ok, "errors": self.errors, "limited": self.limited,
             "per_second": self.per_second, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+            "node_cpu_s": self.node_cpu_s,
         })
     }
 }
@@ -60,7 +65,24 @@ async fn merge(
         per_second: ok as f64 / secs,
         p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        node_cpu_s: None,
     })
+}
+
+/// CPU time (user + system) the cluster's running node processes have used
+/// so far, in seconds, from `/proc/<pid>/stat` (Linux).
+pub fn node_cpu_seconds(cluster: &ProcCluster) -> f64 {
+    /// `/proc` counts in USER_HZ ticks, 100 per second on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let ticks = |pid: u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The name, in parentheses, may hold spaces; fields 3.. follow it,
+        // and utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let total: u64 = cluster.nodes.keys().filter_map(|&id| cluster.pid(id)).filter_map(ticks).sum();
+    total as f64 / TICKS_PER_SECOND
 }
 
 fn histogram() -> Histogram<u64> {
@@ -72,6 +94,7 @@ fn histogram() -> Histogram<u64> {
 /// proposal is a commit replicated to a majority and applied.
 pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, run: &str) -> anyhow::Result<Figures> {
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let cpu_before = node_cpu_seconds(cluster);
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -114,16 +137,25 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
             (hist, ok, errors, 0)
         }));
     }
-    merge(tasks, started, writers).await
+    let mut figures = merge(tasks, started, writers).await?;
+    figures.node_cpu_s = Some(node_cpu_seconds(cluster) - cpu_before);
+    Ok(figures)
 }
 
 /// `verify`: `connections` keep-alive HTTP/1.1 connections send `GET path`
 /// with `header` for `duration` to `addr`; every 200 counts.
+///
+/// With `rate` (requests per second, all connections together) each
+/// connection sends on a schedule, staggered against the others, instead
+/// of as fast as it can: the server is then loaded below its capacity, and
+/// the latency is what a steady client sees. Latency is timed from the
+/// send; a connection that falls behind its schedule sends at once.
 pub async fn http_get(
     addr: &str,
     path: &str,
     header: Option<(&str, String)>,
     connections: usize,
+    rate: Option<f64>,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
     use http_body_util::{BodyExt, Empty};
@@ -132,17 +164,25 @@ pub async fn http_get(
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for c in 0..connections {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let uri = format!("http://{addr}{path}");
         let header = header.clone().map(|(k, v)| (k.to_string(), v));
+        let mut schedule = rate.map(|r| {
+            let period = Duration::from_secs_f64(connections as f64 / r);
+            let first = tokio::time::Instant::now() + period.mul_f64(c as f64 / connections as f64);
+            tokio::time::interval_at(first, period)
+        });
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let (mut ok, mut errors, mut limited) = (0u64, 0u64, 0u64);
             while Instant::now() < deadline {
+                if let Some(s) = &mut schedule {
+                    s.tick().await;
+                }
                 let mut req = hyper::Request::get(&uri);
                 if let Some((k, v)) = &header {
                     req = req.header(k.as_str(), v.as_str());
@@ -171,6 +211,71 @@ pub async fn http_get(
         }));
     }
     merge(tasks, started, connections).await
+}
+
+/// `audit-ingest`'s event source: every node's audit recorder, as the log
+/// sees it. For each node, one `AppendAudit` command of `rate / nodes / 10`
+/// events every 100 ms (the recorders' default `flush_ms`), proposed to the
+/// leader, until `stop` is set. The events are shaped like the ones a
+/// refused admin call records (ids, address, request and trace ids).
+/// Returns the events the log acknowledged.
+pub async fn audit_batches(
+    cluster: &ProcCluster,
+    rate: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<u64> {
+    use gatehouse_proto::events::{AppendAudit, AuditEvent};
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let per_batch = (rate / cluster.nodes.len() as u64 / 10).max(1) as usize;
+    let mut sources = Vec::new();
+    for &node in cluster.nodes.keys() {
+        let mut client = cluster.raft_client(leader)?;
+        let stop = stop.clone();
+        sources.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            let mut hex = || format!("{:032x}", rng.gen::<u128>());
+            let template: Vec<AuditEvent> = (0..per_batch)
+                .map(|i| AuditEvent {
+                    action: "rbac.denied".into(),
+                    outcome: "denied".into(),
+                    actor_user_id: hex(),
+                    actor_key_id: hex()[..16].to_string(),
+                    client_ip: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                    node_id: node,
+                    request_id: hex(),
+                    trace_id: hex(),
+                    resource: "rpc:UserService/Get".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let mut flush = tokio::time::interval(Duration::from_millis(100));
+            let mut acknowledged = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                flush.tick().await;
+                let at = gatehouse_api::cluster::now_ms();
+                let events = template.iter().map(|e| AuditEvent { at, ..e.clone() }).collect();
+                let cmd = Command {
+                    proposed_at: at,
+                    origin_node: node,
+                    request_id: hex(),
+                    traceparent: String::new(),
+                    payload: Some(Payload::AppendAudit(AppendAudit { events, dropped: 0 })),
+                };
+                let req = ProposeRequest { batch: Some(CommandBatch { commands: vec![cmd] }) };
+                if let Ok(r) = client.propose(req).await {
+                    if r.get_ref().results.first().is_some_and(|r| r.code == 0) {
+                        acknowledged += per_batch as u64;
+                    }
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = 0;
+    for s in sources {
+        acknowledged += s.await?;
+    }
+    Ok(acknowledged)
 }
 
 /// The ceiling: a bare hyper HTTP/1.1 server answering 200 with an empty

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_chaos::cluster::ProcCluster;
 use gatehouse_chaos::load;
@@ -69,13 +70,24 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Audit events per second (RBAC refusals, one event each, on every
-    /// node) with /auth/verify running beside them, against verify alone.
+    /// Audit records per second with /auth/verify running beside them,
+    /// against verify alone: first audit batches offered to the log at
+    /// `rate` (the recorders' traffic), then refused admin calls (one
+    /// `rbac.denied` record each, end to end).
     AuditIngest {
-        /// Verify connections on node 1.
+        /// Audit events per second offered to the log, shared by the nodes.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Verify connections.
         #[arg(long, default_value_t = 32)]
         connections: usize,
-        /// Concurrent refused admin calls per node.
+        /// The node that serves the verify load.
+        #[arg(long, default_value_t = 1)]
+        verify_node: u64,
+        /// Verify requests per second, paced (0: every connection as fast as it can).
+        #[arg(long, default_value_t = 0)]
+        verify_rate: u64,
+        /// Concurrent refused admin calls per node in the end-to-end phase (0 skips it).
         #[arg(long, default_value_t = 16)]
         callers: usize,
         #[arg(long, default_value_t = 10)]
@@ -119,13 +131,14 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("scenario writes: {} nodes, {seconds} s per step", args.nodes);
                 println!(
-                    "{:>8} {:>10} {:>8} {:>12} {:>10} {:>10}",
-                    "writers", "commits", "errors", "commits/s", "p50 ms", "p99 ms"
+                    "{:>8} {:>10} {:>8} {:>12} {:>10} {:>10} {:>16}",
+                    "writers", "commits", "errors", "commits/s", "p50 ms", "p99 ms", "node CPU µs/op"
                 );
                 for r in rows {
+                    let cpu_per_commit = r.node_cpu_s.unwrap_or(0.0) * 1e6 / r.ok.max(1) as f64;
                     println!(
-                        "{:>8} {:>10} {:>8} {:>12.0} {:>10.2} {:>10.2}",
-                        r.concurrency, r.ok, r.errors, r.per_second, r.p50_ms, r.p99_ms
+                        "{:>8} {:>10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>16.0}",
+                        r.concurrency, r.ok, r.errors, r.per_second, r.p50_ms, r.p99_ms, cpu_per_commit
                     );
                 }
             }
@@ -135,8 +148,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::RateAccuracy { limit, connections, seconds } => {
             rate_accuracy(&cluster, limit, connections, seconds, args.json).await?
         }
-        Scenario::AuditIngest { connections, callers, seconds } => {
-            audit_ingest(&cluster, connections, callers, seconds, args.json).await?
+        Scenario::AuditIngest { rate, connections, verify_node, verify_rate, callers, seconds } => {
+            let verify_rate = (verify_rate > 0).then_some(verify_rate as f64);
+            let verify = Verifying { node: verify_node, connections, rate: verify_rate };
+            audit_ingest(&cluster, rate, verify, callers, seconds, args.json).await?
         }
         Scenario::BaselineServer => unreachable!("handled above"),
     }
@@ -188,7 +203,7 @@ async fn rate_accuracy(
             .map(|n| {
                 let auth = Some(("authorization", format!("Bearer {key}")));
                 let http = n.http.clone();
-                tokio::spawn(async move { load::http_get(&http, "/auth/verify", auth, connections, d).await })
+                tokio::spawn(async move { load::http_get(&http, "/auth/verify", auth, connections, None, d).await })
             })
             .collect();
         let mut per_node = Vec::new();
@@ -232,84 +247,159 @@ async fn audit_head(cluster: &ProcCluster) -> anyhow::Result<u64> {
     Ok(page.records.first().map_or(0, |r| r.seq))
 }
 
+/// Records appended while `verify` runs beside a source that has started,
+/// and the verify figures: (figures, records, seconds).
+async fn beside(
+    cluster: &ProcCluster,
+    verify: impl std::future::Future<Output = anyhow::Result<load::Figures>>,
+) -> anyhow::Result<(load::Figures, u64, f64)> {
+    let before = audit_head(cluster).await?;
+    let started = std::time::Instant::now();
+    let cpu = load::node_cpu_seconds(cluster);
+    let mut figures = verify.await?;
+    figures.node_cpu_s = Some(load::node_cpu_seconds(cluster) - cpu);
+    let records = audit_head(cluster).await? - before;
+    Ok((figures, records, started.elapsed().as_secs_f64()))
+}
+
+/// Waits (up to 30 s) until the audit head is `expected` records past
+/// `from`; the records that made it.
+async fn drained(cluster: &ProcCluster, from: u64, expected: u64) -> anyhow::Result<u64> {
+    let started = std::time::Instant::now();
+    loop {
+        let total = audit_head(cluster).await? - from;
+        if total >= expected || started.elapsed() > Duration::from_secs(30) {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The verify load beside the audit sources.
+struct Verifying {
+    node: u64,
+    connections: usize,
+    /// Paced requests per second; `None`: as fast as the connections go.
+    rate: Option<f64>,
+}
+
 async fn audit_ingest(
     cluster: &ProcCluster,
-    connections: usize,
+    rate: u64,
+    v: Verifying,
     callers: usize,
     seconds: u64,
     json: bool,
 ) -> anyhow::Result<()> {
     use gatehouse_proto::admin::user_service_client::UserServiceClient;
     use gatehouse_proto::admin::GetUserRequest;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let d = Duration::from_secs(seconds);
     let verify_key = user_with_key(cluster, "ingest-verifier", &["viewer"]).await?;
     // A key without roles: every admin call it makes is refused, and each
     // refusal is one rbac.denied audit record.
     let refused_key = user_with_key(cluster, "ingest-denied", &[]).await?;
-    let http = cluster.nodes[&1].http.clone();
-    let auth = || Some(("authorization", format!("Bearer {verify_key}")));
+    let http = cluster.nodes.get(&v.node).context("no such node")?.http.clone();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let verify = || {
+        let auth = Some(("authorization", format!("Bearer {verify_key}")));
+        let http = http.clone();
+        async move { load::http_get(&http, "/auth/verify", auth, v.connections, v.rate, d).await }
+    };
+    let (alone, _, _) = beside(cluster, verify()).await?;
+    let mut rows = vec![("alone".to_string(), alone, 0.0, String::new())];
 
-    let alone = load::http_get(&http, "/auth/verify", auth(), connections, d).await?;
+    // The log at `rate` events per second, as the recorders send them.
+    let from = audit_head(cluster).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (source, measured) = tokio::join!(load::audit_batches(cluster, rate, stop.clone()), async {
+        let measured = beside(cluster, verify()).await;
+        stop.store(true, Ordering::Relaxed);
+        measured
+    });
+    let acknowledged = source?;
+    let (figures, records, secs) = measured?;
+    let on_record = drained(cluster, from, acknowledged).await?;
+    rows.push((
+        format!("batches at {rate}/s"),
+        figures,
+        records as f64 / secs,
+        format!("{on_record} of {acknowledged} acknowledged on record"),
+    ));
 
-    let before = audit_head(cluster).await?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut callers_tasks = Vec::new();
-    for node in cluster.nodes.values() {
-        let channel = cluster.peers.channel(&node.grpc)?;
-        for _ in 0..callers {
-            let (channel, stop, key) = (channel.clone(), stop.clone(), refused_key.clone());
-            callers_tasks.push(tokio::spawn(async move {
-                let mut client = UserServiceClient::new(channel);
-                let mut refused = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let mut req = tonic::Request::new(GetUserRequest { user: "ingest-verifier".into() });
-                    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
-                    if client.get(req).await.is_err_and(|s| s.code() == tonic::Code::PermissionDenied) {
-                        refused += 1;
+    // End to end: refused admin calls on every node.
+    if callers > 0 {
+        let from = audit_head(cluster).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for node in cluster.nodes.values() {
+            let channel = cluster.peers.channel(&node.grpc)?;
+            for _ in 0..callers {
+                let (channel, stop, key) = (channel.clone(), stop.clone(), refused_key.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut client = UserServiceClient::new(channel);
+                    let mut refused = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut req = tonic::Request::new(GetUserRequest { user: "ingest-verifier".into() });
+                        req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+                        if client.get(req).await.is_err_and(|s| s.code() == tonic::Code::PermissionDenied) {
+                            refused += 1;
+                        }
                     }
-                }
-                refused
-            }));
+                    refused
+                }));
+            }
         }
+        let (figures, records, secs) = beside(cluster, verify()).await?;
+        stop.store(true, Ordering::Relaxed);
+        let mut refused = 0;
+        for t in tasks {
+            refused += t.await?;
+        }
+        let on_record = drained(cluster, from, refused).await?;
+        rows.push((
+            format!("{callers} refusers/node"),
+            figures,
+            records as f64 / secs,
+            format!("{on_record} of {refused} refusals on record"),
+        ));
     }
-    let started = std::time::Instant::now();
-    let beside = load::http_get(&http, "/auth/verify", auth(), connections, d).await?;
-    let during = audit_head(cluster).await? - before;
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut refused = 0;
-    for t in callers_tasks {
-        refused += t.await?;
-    }
-    // Every refusal becomes a record: wait for the buffers to drain.
-    let drained = std::time::Instant::now();
-    let mut total = audit_head(cluster).await? - before;
-    while total < refused && drained.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        total = audit_head(cluster).await? - before;
-    }
-    let per_second = during as f64 / elapsed;
-    let p99_rise = beside.p99_ms / alone.p99_ms - 1.0;
+
+    let alone_p99 = rows[0].1.p99_ms;
     if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(name, f, per_second, note)| {
+                serde_json::json!({ "source": name, "audit_records_per_second": per_second, "verify": f.json(),
+                    "verify_p99_rise": f.p99_ms / alone_p99 - 1.0, "note": note })
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({ "scenario": "audit-ingest", "nodes": cluster.nodes.len(), "seconds": seconds,
-                "audit_records_per_second": per_second, "refused_calls": refused, "records_appended": total,
-                "verify_alone": alone.json(), "verify_beside": beside.json(), "verify_p99_rise": p99_rise })
+            serde_json::json!({ "scenario": "audit-ingest", "nodes": cluster.nodes.len(), "leader": leader, "seconds": seconds,
+                "verify_node": v.node, "verify_connections": v.connections, "verify_rate": v.rate, "rows": rows })
         );
     } else {
+        let pace = v.rate.map_or("as fast as they go".to_string(), |r| format!("paced at {r:.0}/s"));
         println!(
-            "scenario audit-ingest: {} nodes, {callers} refused-call clients per node, verify on node 1 with {connections} connections, {seconds} s",
-            cluster.nodes.len()
+            "scenario audit-ingest: {} nodes (leader {leader}), {seconds} s per row, verify on node {} with {} connections, {pace}",
+            cluster.nodes.len(), v.node, v.connections
         );
         println!(
-            "audit records appended: {per_second:.0}/s while loaded ({during} in {elapsed:.1} s); {total} of {refused} refusals on record after draining"
+            "{:<22} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10}  note",
+            "audit source", "records/s", "verify/s", "p50 ms", "p99 ms", "p99 rise", "node CPU"
         );
-        println!("{:<16} {:>10} {:>8} {:>8}", "verify", "req/s", "p50 ms", "p99 ms");
-        for (name, f) in [("alone", &alone), ("beside audit", &beside)] {
-            println!("{name:<16} {:>10.0} {:>8.2} {:>8.2}", f.per_second, f.p50_ms, f.p99_ms);
+        for (name, f, per_second, note) in &rows {
+            println!(
+                "{name:<22} {per_second:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>+8.0}% {:>9.0}%  {note}",
+                f.per_second,
+                f.p50_ms,
+                f.p99_ms,
+                (f.p99_ms / alone_p99 - 1.0) * 100.0,
+                f.node_cpu_s.unwrap_or(0.0) / seconds as f64 * 100.0,
+            );
         }
-        println!("verify p99 rise: {:+.0}%", p99_rise * 100.0);
     }
     Ok(())
 }
@@ -377,13 +467,23 @@ async fn verify(cluster: &ProcCluster, connections: usize, seconds: u64, json: b
     let baseline_addr = format!("127.0.0.1:{}", line.trim());
     let d = Duration::from_secs(seconds);
     let rows = vec![
-        ("bare hyper (ceiling)", load::http_get(&baseline_addr, "/", None, connections, d).await?),
+        ("bare hyper (ceiling)", load::http_get(&baseline_addr, "/", None, connections, None, d).await?),
         (
             "verify-key",
-            load::http_get(&http, "/auth/verify", Some(("authorization", format!("Bearer {key}"))), connections, d)
-                .await?,
+            load::http_get(
+                &http,
+                "/auth/verify",
+                Some(("authorization", format!("Bearer {key}"))),
+                connections,
+                None,
+                d,
+            )
+            .await?,
         ),
-        ("verify-session", load::http_get(&http, "/auth/verify", Some(("cookie", cookie)), connections, d).await?),
+        (
+            "verify-session",
+            load::http_get(&http, "/auth/verify", Some(("cookie", cookie)), connections, None, d).await?,
+        ),
     ];
     let _ = baseline.kill();
     let ceiling = rows[0].1.per_second;
