@@ -406,6 +406,21 @@ mod tests {
             s.apply(1, &with_id("a", append_cmd(vec![event("login.success"), event("logout")], 0)), &mut out);
             let prepared =
                 if prepare { s.prepare(&entry) } else { entry.iter().map(|_| Prepared::default()).collect() };
+            if prepare {
+                // The appends not yet seen were chained ahead ("f" as its
+                // refusal), each onto the one before; "e" onto a head the
+                // prune will have moved, so apply has to chain it again.
+                let ahead: Vec<_> = prepared
+                    .iter()
+                    .map(|p| match &p.audit {
+                        Some(Ok(c)) => Some(c.base.head_seq),
+                        Some(Err(_)) => Some(u64::MAX),
+                        None => None,
+                    })
+                    .collect();
+                assert_eq!(ahead, [Some(2), Some(4), None, Some(6), None, Some(u64::MAX)]);
+                assert_ne!(prepared[3].audit.as_ref().unwrap().as_ref().unwrap().base.anchor_seq, 2);
+            }
             let results: Vec<_> =
                 entry.iter().zip(prepared).map(|(c, p)| s.apply_prepared(2, c, p, &mut out)).collect();
             (results, out, s.audit_chain())
@@ -417,6 +432,13 @@ mod tests {
         assert_eq!(plain.2, prepared.2);
         assert_eq!(prepared.2.head_seq, 7);
         assert_eq!(verify(&prepared.2, &records(&prepared.1)[2..]), Ok(5));
+    }
+
+    #[test]
+    fn an_entry_without_audit_commands_prepares_nothing() {
+        let s = State::default();
+        let cmd = Command { payload: Some(Payload::RevokeAllSessions(Default::default())), ..Default::default() };
+        assert!(s.prepare(&[cmd.clone(), cmd]).is_empty());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct State {
 /// Work for one command that [`State::prepare`] did ahead of apply.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    audit: Option<Result<audit::Chained, ApplyError>>,
+    pub(crate) audit: Option<Result<audit::Chained, ApplyError>>,
 }
 
 impl State {
@@ -46,7 +46,13 @@ impl State {
     /// holds the write lock only to install the result. Any work prepared
     /// on a state that has changed since is redone by apply, so preparing
     /// is never wrong, only sometimes wasted.
+    ///
+    /// The result is in command order and empty (no allocation) when no
+    /// command has anything to prepare; commands past its end have nothing.
     pub fn prepare(&self, commands: &[Command]) -> Vec<Prepared> {
+        if !commands.iter().any(|c| matches!(c.payload, Some(Payload::AppendAudit(_)))) {
+            return Vec::new();
+        }
         // The chain as the commands before this one in the entry leave it.
         let mut head: Option<AuditChain> = None;
         let mut prepared = Vec::with_capacity(commands.len());

@@ -9,8 +9,8 @@ use gatehouse::{config::Mode, Config, Node};
 /// mimalloc instead of glibc's malloc: the node allocates and frees a
 /// message-sized buffer at every step of a command's way (decode, log,
 /// replication, apply), from threads that hand buffers to one another,
-/// and glibc's arenas spent a tenth of the node's CPU on that
-/// (docs/benchmarks.md).
+/// and glibc's malloc and free took about 8% of the node's CPU under audit
+/// ingest (docs/benchmarks.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

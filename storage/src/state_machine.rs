@@ -200,10 +200,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // Audit chaining (a hash per record) runs beside the
                     // readers; the write lock is held only to install it.
                     // Only apply writes, so nothing changes in between.
-                    let prepared = self.view.read().prepare(&batch.commands);
+                    let mut prepared = self.view.read().prepare(&batch.commands).into_iter();
                     let mut state = self.view.write();
-                    let applied = batch.commands.iter().zip(prepared);
-                    replies.push(applied.map(|(c, p)| state.apply_prepared(index, c, p, &mut mutations)).collect());
+                    let applied = batch
+                        .commands
+                        .iter()
+                        .map(|c| state.apply_prepared(index, c, prepared.next().unwrap_or_default(), &mut mutations));
+                    replies.push(applied.collect());
                 }
                 EntryPayload::Membership(m) => {
                     tracing::info!(index, membership = ?m, "membership applied");
