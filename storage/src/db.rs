@@ -6,6 +6,7 @@ use std::sync::Arc;
 use gatehouse_domain::{codec, Table};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
+use crate::background::{self, Background};
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
 use crate::StorageError;
@@ -68,8 +69,11 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
         .chain(Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), projection_opts.clone())));
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
     let storage = Storage { db: Arc::new(db), dir: dir.to_path_buf() };
-    let log = LogStore::new(storage.clone());
-    let sm = StateMachine::open(storage)?;
+    // One pool for both: heavy appends, decodes and applies run off the
+    // async workers that answer requests.
+    let background = Background::new("gatehouse-storage", background::THREADS, background::NICE);
+    let log = LogStore::new(storage.clone(), background.clone());
+    let sm = StateMachine::open(storage, background)?;
     Ok((log, sm))
 }
 

@@ -22,6 +22,8 @@
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
 //! - [`state_machine`]: `RaftStateMachine` and the shared in-memory view.
 //! - [`snapshot`]: the snapshot file format, build and install.
+//! - [`background`]: the low-priority threads that do the log's and apply's
+//!   encoding and RocksDB work, off the async workers that answer requests.
 //! - [`audit`]: reading and verifying the hash-chained audit records.
 
 // openraft's storage traits dictate `openraft::StorageError` (224 bytes) as the
@@ -29,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod audit;
+pub mod background;
 pub mod convert;
 pub mod db;
 pub mod log_store;

@@ -21,6 +21,7 @@ use openraft::{RaftLogReader, StorageIOError};
 use prost::Message;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use crate::background::{self, Background};
 use crate::convert::{entry_from_pb, entry_into_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
 use crate::db::{index_from_key, index_key, meta, synced, Storage, CF_LOG, CF_META};
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
@@ -30,6 +31,8 @@ use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 pub struct LogStore {
     storage: Storage,
     flusher: Arc<Flusher>,
+    /// Where heavy appends and decodes run (see [`background`]).
+    background: Arc<Background>,
 }
 
 /// The WAL sync thread and its queue. Dropped with the last `LogStore`
@@ -52,12 +55,13 @@ impl Drop for Flusher {
 }
 
 impl LogStore {
-    pub(crate) fn new(storage: Storage) -> Self {
+    pub(crate) fn new(storage: Storage, background: Arc<Background>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let db = storage.db.clone();
         let thread = std::thread::Builder::new()
             .name("gatehouse-wal-sync".into())
             .spawn(move || {
+                background::lower_priority(background::NICE);
                 // Group commit: one WAL sync acknowledges every append queued
                 // while the previous sync ran. Ends when the queue closes.
                 while let Ok(first) = rx.recv() {
@@ -70,7 +74,7 @@ impl LogStore {
                 }
             })
             .expect("spawning the WAL sync thread");
-        LogStore { storage, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }) }
+        LogStore { storage, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }), background }
     }
 
     /// A reader of committed entries for the event stream.
@@ -101,6 +105,21 @@ impl LogStore {
     }
 }
 
+/// Encodes `entries` and writes them in one batch, not synced (the flusher syncs).
+pub(crate) fn write_entries(storage: &Storage, entries: Vec<Entry>) -> Result<(), RaftStorageError> {
+    let cf = storage.cf(CF_LOG);
+    let mut batch = WriteBatch::default();
+    let mut buf = Vec::new();
+    for e in entries {
+        buf.clear();
+        buf.push(codec::FORMAT_V1);
+        let index = e.log_id.index;
+        entry_into_pb(e).encode(&mut buf).expect("a Vec grows as needed");
+        batch.put_cf(cf, index_key(index), &buf);
+    }
+    storage.db.write(batch).map_err(|e| StorageIOError::write_logs(&e).into())
+}
+
 fn decode_entry(bytes: &[u8]) -> Result<Entry, RaftStorageError> {
     let pb: pb::Entry = codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e))?;
     entry_from_pb(pb).map_err(|e| StorageIOError::read_logs(&e).into())
@@ -111,12 +130,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        read_entries(&self.storage, range, usize::MAX)
+        let raw = read_raw(&self.storage, range, usize::MAX)?;
+        let heavy = raw.iter().map(|v| v.len()).sum::<usize>() >= background::HEAVY_BYTES;
+        self.background.run_if(heavy, move || raw.iter().map(|v| decode_entry(v)).collect()).await
     }
 }
 
 /// Entries in `range`, at most `max` of them, in index order.
 fn read_entries(storage: &Storage, range: impl RangeBounds<u64>, max: usize) -> Result<Vec<Entry>, RaftStorageError> {
+    read_raw(storage, range, max)?.iter().map(|v| decode_entry(v)).collect()
+}
+
+/// The stored bytes of the entries in `range`, at most `max` of them, in index order.
+pub(crate) fn read_raw(
+    storage: &Storage,
+    range: impl RangeBounds<u64>,
+    max: usize,
+) -> Result<Vec<Box<[u8]>>, RaftStorageError> {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
         Bound::Excluded(&i) => i + 1,
@@ -131,7 +161,7 @@ fn read_entries(storage: &Storage, range: impl RangeBounds<u64>, max: usize) -> 
         if !range.contains(&index) || out.len() >= max {
             break;
         }
-        out.push(decode_entry(&v)?);
+        out.push(v);
     }
     Ok(out)
 }
@@ -208,18 +238,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let cf = self.storage.cf(CF_LOG);
-        let mut batch = WriteBatch::default();
-        let mut buf = Vec::new();
-        for e in entries {
-            buf.clear();
-            buf.push(codec::FORMAT_V1);
-            let index = e.log_id.index;
-            entry_into_pb(e).encode(&mut buf).expect("a Vec grows as needed");
-            batch.put_cf(cf, index_key(index), &buf);
-        }
+        let storage = self.storage.clone();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let heavy = background::weight(&entries) >= background::HEAVY_WEIGHT;
         // Written now so readers (replication) see the entries at once...
-        self.storage.db.write(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.background.run_if(heavy, move || write_entries(&storage, entries)).await?;
         // ...but acknowledged only after the WAL sync. Durability: openraft
         // counts this node towards a quorum only when the callback fires.
         self.flusher

@@ -12,6 +12,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch};
 use tokio::sync::watch;
 
+use crate::background::{self, Background};
 use crate::convert::{log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
 use crate::db::{meta, Storage, CF_META};
 use crate::snapshot::{self, SnapshotFile};
@@ -93,6 +94,8 @@ impl std::fmt::Debug for StateView {
 pub struct StateMachine {
     storage: Storage,
     view: StateView,
+    /// Where heavy applies run (see [`crate::background`]).
+    background: Arc<Background>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
 }
@@ -100,7 +103,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Loads the projections into a fresh view: the node resumes from
     /// `last_applied` without replaying the log.
-    pub(crate) fn open(storage: Storage) -> Result<Self, StorageError> {
+    pub(crate) fn open(storage: Storage, background: Arc<Background>) -> Result<Self, StorageError> {
         snapshot::clean_incoming(&storage);
         let mut state = State::default();
         for table in Table::ALL.into_iter().filter(|t| t.in_view()) {
@@ -119,7 +122,7 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let view = StateView::new(state, last_applied.map_or(0, |l| l.index));
-        Ok(StateMachine { storage, view, last_applied, last_membership })
+        Ok(StateMachine { storage, view, background, last_applied, last_membership })
     }
 
     /// The shared view for readers.
@@ -149,6 +152,75 @@ fn apply_span(index: u64, batch: &gatehouse_domain::CommandBatch) -> tracing::Sp
         }
     }
     span
+}
+
+/// What applying a run of entries produced.
+struct Applied {
+    replies: Vec<Vec<CommandResult>>,
+    /// The last entry applied, if there was any.
+    last: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// Applies `entries` to the view and writes their projections with
+/// `last_applied` in one batch. Heavy runs go to the storage threads.
+fn apply_entries(
+    storage: &Storage,
+    view: &StateView,
+    entries: Vec<Entry>,
+    mut membership: StoredMembership,
+) -> Result<Applied, RaftStorageError> {
+    let mut replies = Vec::new();
+    let mut mutations = Vec::new();
+    let mut last = None;
+    let mut membership_changed = false;
+    for entry in entries {
+        let index = entry.log_id.index;
+        last = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => replies.push(Vec::new()),
+            EntryPayload::Normal(batch) => {
+                let _span = apply_span(index, &batch).entered();
+                // Audit chaining (a hash per record) runs beside the
+                // readers; the write lock is held only to install it.
+                // Only apply writes, so nothing changes in between.
+                let mut prepared = view.read().prepare(&batch.commands).into_iter();
+                let mut state = view.write();
+                let applied = batch
+                    .commands
+                    .iter()
+                    .map(|c| state.apply_prepared(index, c, prepared.next().unwrap_or_default(), &mut mutations));
+                replies.push(applied.collect());
+            }
+            EntryPayload::Membership(m) => {
+                tracing::info!(index, membership = ?m, "membership applied");
+                membership = StoredMembership::new(Some(entry.log_id), m);
+                membership_changed = true;
+                replies.push(Vec::new());
+            }
+        }
+    }
+    let Some(last_id) = last else { return Ok(Applied { replies, last, membership }) };
+    let mut batch = WriteBatch::default();
+    for m in mutations {
+        match m {
+            Mutation::Put { table, key, value } => batch.put_cf(storage.table(table), key, value),
+            Mutation::Delete { table, key } => batch.delete_cf(storage.table(table), key),
+            Mutation::DeleteRange { table, from, to } => batch.delete_range_cf(storage.table(table), from, to),
+        }
+    }
+    let meta_cf = storage.cf(CF_META);
+    batch.put_cf(meta_cf, meta::LAST_APPLIED, codec::encode(&log_id_to_pb(&last_id)));
+    if membership_changed {
+        batch.put_cf(meta_cf, meta::LAST_MEMBERSHIP, codec::encode(&stored_membership_to_pb(&membership)));
+    }
+    // Projections and last_applied in one batch: after a crash the node
+    // resumes exactly where this batch left it. Not synced here: the
+    // durable log can rebuild it, and `purge` syncs the WAL before it
+    // deletes entries.
+    storage.db.write(batch).map_err(|e| StorageIOError::apply(last_id, &e))?;
+    view.inner.applied.send_replace(last_id.index);
+    Ok(Applied { replies, last, membership })
 }
 
 /// Builds snapshots off the apply path, from a RocksDB point-in-time view.
@@ -186,62 +258,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut replies = Vec::new();
-        let mut mutations = Vec::new();
-        let mut last = self.last_applied;
-        let mut membership_changed = false;
-        for entry in entries {
-            let index = entry.log_id.index;
-            last = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => replies.push(Vec::new()),
-                EntryPayload::Normal(batch) => {
-                    let _span = apply_span(index, &batch).entered();
-                    // Audit chaining (a hash per record) runs beside the
-                    // readers; the write lock is held only to install it.
-                    // Only apply writes, so nothing changes in between.
-                    let mut prepared = self.view.read().prepare(&batch.commands).into_iter();
-                    let mut state = self.view.write();
-                    let applied = batch
-                        .commands
-                        .iter()
-                        .map(|c| state.apply_prepared(index, c, prepared.next().unwrap_or_default(), &mut mutations));
-                    replies.push(applied.collect());
-                }
-                EntryPayload::Membership(m) => {
-                    tracing::info!(index, membership = ?m, "membership applied");
-                    self.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    membership_changed = true;
-                    replies.push(Vec::new());
-                }
-            }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (storage, view) = (self.storage.clone(), self.view.clone());
+        let membership = self.last_membership.clone();
+        let heavy = background::weight(&entries) >= background::HEAVY_WEIGHT;
+        let applied =
+            self.background.run_if(heavy, move || apply_entries(&storage, &view, entries, membership)).await?;
+        if let Some(last) = applied.last {
+            self.last_applied = Some(last);
+            self.last_membership = applied.membership;
         }
-        let Some(last) = last else { return Ok(replies) };
-        let mut batch = WriteBatch::default();
-        for m in mutations {
-            match m {
-                Mutation::Put { table, key, value } => batch.put_cf(self.storage.table(table), key, value),
-                Mutation::Delete { table, key } => batch.delete_cf(self.storage.table(table), key),
-                Mutation::DeleteRange { table, from, to } => batch.delete_range_cf(self.storage.table(table), from, to),
-            }
-        }
-        let meta_cf = self.storage.cf(CF_META);
-        batch.put_cf(meta_cf, meta::LAST_APPLIED, codec::encode(&log_id_to_pb(&last)));
-        if membership_changed {
-            batch.put_cf(
-                meta_cf,
-                meta::LAST_MEMBERSHIP,
-                codec::encode(&stored_membership_to_pb(&self.last_membership)),
-            );
-        }
-        // Projections and last_applied in one batch: after a crash the node
-        // resumes exactly where this batch left it. Not synced here: the
-        // durable log can rebuild it, and `purge` syncs the WAL before it
-        // deletes entries.
-        self.storage.db.write(batch).map_err(|e| StorageIOError::apply(last, &e))?;
-        self.last_applied = Some(last);
-        self.view.inner.applied.send_replace(last.index);
-        Ok(replies)
+        Ok(applied.replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -277,5 +304,93 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let cur = snapshot::current(&self.storage).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(cur.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::background::{weight, HEAVY_WEIGHT};
+    use gatehouse_proto::events::{command::Payload, AppendAudit, AuditEvent, Command, CommandBatch, CreateUser};
+    use openraft::{CommittedLeaderId, RaftLogReader};
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(CommandBatch { commands }),
+        }
+    }
+
+    fn audit(events: u64) -> Command {
+        // Shaped like real records: ids, address, resource.
+        let events = (0..events).map(|i| AuditEvent {
+            at: i,
+            action: "rbac.denied".into(),
+            actor_user_id: format!("{i:032x}"),
+            request_id: format!("{:032x}", i + 1),
+            trace_id: format!("{:032x}", i + 2),
+            client_ip: "10.0.0.1".into(),
+            resource: "rpc:UserService/Get".into(),
+            ..Default::default()
+        });
+        Command {
+            proposed_at: 1,
+            request_id: "audit-1".into(),
+            payload: Some(Payload::AppendAudit(AppendAudit { events: events.collect(), dropped: 0 })),
+            ..Default::default()
+        }
+    }
+
+    fn user(n: u64) -> Command {
+        Command {
+            proposed_at: 1,
+            request_id: format!("user-{n}"),
+            payload: Some(Payload::CreateUser(CreateUser {
+                user_id: format!("{n:032x}"),
+                username: format!("user-{n}"),
+                email: format!("user-{n}@example.com"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn heavy_and_light_entries_apply_alike_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let heavy = entry(1, vec![audit(600)]);
+        let light = entry(2, (0..3).map(user).collect());
+        assert!(weight(std::slice::from_ref(&heavy)) >= HEAVY_WEIGHT, "an audit flush goes to the pool");
+        assert!(weight(std::slice::from_ref(&light)) < HEAVY_WEIGHT, "a few commands stay inline");
+        {
+            let (_log, mut sm) = crate::open(dir.path()).unwrap();
+            let replies = sm.apply([heavy]).await.unwrap();
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0][0].code, 0, "{:?}", replies[0][0]);
+            let replies = sm.apply([light]).await.unwrap();
+            assert!(replies[0].iter().all(|r| r.code == 0), "{replies:?}");
+            assert_eq!(sm.view().applied_index(), 2);
+            assert_eq!(sm.view().read().users().count(), 3);
+        }
+        let (log, mut sm) = crate::open(dir.path()).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        assert_eq!(sm.view().read().users().count(), 3);
+        let report = AuditLog::new(log.storage()).verify().unwrap();
+        assert_eq!((report.checked, report.broken), (600, None));
+    }
+
+    #[tokio::test]
+    async fn heavy_log_entries_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = crate::open(dir.path()).unwrap();
+        let written = vec![entry(1, vec![audit(1000)]), entry(2, vec![user(1)])];
+        crate::log_store::write_entries(&log.storage(), written.clone()).unwrap();
+        let bytes: usize = crate::log_store::read_raw(&log.storage(), 1..=1, 1).unwrap()[0].len();
+        assert!(bytes >= crate::background::HEAVY_BYTES, "the audit entry is decoded on the pool ({bytes} bytes)");
+        let read = log.try_get_log_entries(1..3).await.unwrap();
+        assert_eq!(read, written);
+        assert_eq!(log.try_get_log_entries(2..3).await.unwrap(), written[1..]);
     }
 }
