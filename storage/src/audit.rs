@@ -127,22 +127,13 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatehouse_domain::{Mutation, State};
+    use gatehouse_domain::State;
     use gatehouse_proto::events::{command::Payload, AppendAudit, AuditEvent, Command};
-    use rocksdb::WriteBatch;
 
     fn apply(storage: &Storage, state: &mut State, index: u64, cmd: &Command) {
         let mut out = Vec::new();
         state.apply(index, cmd, &mut out);
-        let mut batch = WriteBatch::default();
-        for m in out {
-            match m {
-                Mutation::Put { table, key, value } => batch.put_cf(storage.table(table), key, value),
-                Mutation::Delete { table, key } => batch.delete_cf(storage.table(table), key),
-                Mutation::DeleteRange { table, from, to } => batch.delete_range_cf(storage.table(table), from, to),
-            }
-        }
-        storage.db.write(batch).unwrap();
+        storage.db.write(storage.batch_of(out)).unwrap();
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gatehouse_domain::{codec, Table};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use gatehouse_domain::{codec, Mutation, Table};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::background::{self, Background};
 use crate::log_store::LogStore;
@@ -93,6 +93,19 @@ impl Storage {
                 .map(Some)
                 .map_err(|e| StorageError::Corrupt { table: CF_META, reason: e.to_string() }),
         }
+    }
+
+    /// A write batch with apply's `mutations`, in order.
+    pub(crate) fn batch_of(&self, mutations: Vec<Mutation>) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for m in mutations {
+            match m {
+                Mutation::Put { table, key, value } => batch.put_cf(self.table(table), key, value),
+                Mutation::Delete { table, key } => batch.delete_cf(self.table(table), key),
+                Mutation::DeleteRange { table, from, to } => batch.delete_range_cf(self.table(table), from, to),
+            }
+        }
+        batch
     }
 
     /// Where snapshot files live.

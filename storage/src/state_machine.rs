@@ -4,12 +4,12 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use gatehouse_domain::{codec, Mutation, State, Table};
+use gatehouse_domain::{codec, State, Table};
 use gatehouse_proto::events::CommandResult;
 use gatehouse_proto::raft as pb;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::IteratorMode;
 use tokio::sync::watch;
 
 use crate::background::{self, Background};
@@ -201,14 +201,7 @@ fn apply_entries(
         }
     }
     let Some(last_id) = last else { return Ok(Applied { replies, last, membership }) };
-    let mut batch = WriteBatch::default();
-    for m in mutations {
-        match m {
-            Mutation::Put { table, key, value } => batch.put_cf(storage.table(table), key, value),
-            Mutation::Delete { table, key } => batch.delete_cf(storage.table(table), key),
-            Mutation::DeleteRange { table, from, to } => batch.delete_range_cf(storage.table(table), from, to),
-        }
-    }
+    let mut batch = storage.batch_of(mutations);
     let meta_cf = storage.cf(CF_META);
     batch.put_cf(meta_cf, meta::LAST_APPLIED, codec::encode(&log_id_to_pb(&last_id)));
     if membership_changed {
