@@ -31,6 +31,52 @@ pub struct Node {
     servers: Vec<JoinHandle<()>>,
     storage: gatehouse_storage::Storage,
     bootstrap_key: Option<String>,
+    raft_rt: RaftRuntime,
+}
+
+/// The runtime Raft runs on: openraft's core, replication and state machine
+/// tasks, the gRPC server (Raft RPCs and the admin API share its port) and
+/// the loops that propose (batcher, audit flush, rate-limit sync, last use).
+/// The process's main runtime then only answers HTTP, so a request never
+/// waits behind a worker that is decoding a 150 KB `AppendEntries`.
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    /// Threads: two, the size of the machine this is tuned for; Raft's work
+    /// is mostly waiting on the network and the storage threads.
+    const THREADS: usize = 2;
+
+    fn new() -> anyhow::Result<RaftRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(Self::THREADS)
+            .thread_name("gatehouse-raft")
+            .enable_all()
+            .build()
+            .context("starting the Raft runtime")?;
+        Ok(RaftRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until shutdown").handle()
+    }
+
+    /// Waits (up to 5 s) for its tasks to end; the storage they hold is
+    /// closed when they do.
+    async fn shutdown(mut self) {
+        if let Some(rt) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5))).await;
+        }
+    }
+}
+
+impl Drop for RaftRuntime {
+    /// A node dropped without `shutdown` (tests, errors): stop its tasks
+    /// without blocking the async context it is dropped in.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Node {
@@ -78,14 +124,25 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate()?);
         let peers = Peers::new(secret).with_routes(config.peer_routes.clone());
+        // Raft and everything that feeds it run on a runtime of their own:
+        // decoding and encoding replication traffic never holds a worker
+        // that answers requests (see `RaftRuntime`).
+        let raft_rt = RaftRuntime::new()?;
+        let network = Network::new(peers.clone());
+        let id = config.node_id;
         let raft =
-            Raft::new(config.node_id, raft_config, Network::new(peers.clone()), log_store, state_machine).await?;
-        let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
-        let audit_log = gatehouse_storage::AuditLog::new(storage.clone());
+            raft_rt.handle().spawn(async move { Raft::new(id, raft_config, network, log_store, state_machine).await });
+        let raft = raft.await.context("starting Raft")??;
         let (stop, _) = watch::channel(false);
-        gatehouse_api::audit::start(cluster.clone(), audit_log.clone(), config.audit.clone(), stop.subscribe());
-
-        let front = front(&config, cluster.clone());
+        let audit_log = gatehouse_storage::AuditLog::new(storage.clone());
+        let (cluster, front) = {
+            // Their background loops (batcher, audit flush, limit sync) go there too.
+            let _raft_rt = raft_rt.handle().enter();
+            let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
+            gatehouse_api::audit::start(cluster.clone(), audit_log.clone(), config.audit.clone(), stop.subscribe());
+            let front = front(&config, cluster.clone());
+            (cluster, front)
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(gatehouse_proto::FILE_DESCRIPTOR_SET)
@@ -108,14 +165,20 @@ impl Node {
                 .add_service(gatehouse_api::admin::audit::server(cluster.clone(), audit_log));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
             // delayed ACKs add ~40 ms stalls to replication and forwarding.
-            let incoming =
-                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                });
-            tokio::spawn(async move {
+            let grpc_listener = grpc_listener.into_std()?;
+            raft_rt.handle().spawn(async move {
+                // Registered with the Raft runtime's reactor, like the connections it accepts.
+                let grpc_listener = match TcpListener::from_std(grpc_listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "gRPC listener"),
+                };
+                let incoming =
+                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), |s| {
+                        if let Ok(s) = &s {
+                            let _ = s.set_nodelay(true);
+                        }
+                        s
+                    });
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
@@ -156,7 +219,7 @@ impl Node {
             // Last-use times of sessions and keys, coalesced per node (see identity.rs).
             let mut rx = stop.subscribe();
             let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
-            tokio::spawn(async move {
+            raft_rt.handle().spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tokio::select! {
@@ -172,7 +235,7 @@ impl Node {
                 let _ = tokio::time::timeout(Duration::from_secs(2), gatehouse_api::audit::flush(&front.cluster)).await;
             })
         };
-        let readiness = tokio::spawn(report_health(cluster.clone(), health, stop.subscribe()));
+        let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, stop.subscribe()));
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, ?metrics_addr, advertise = %advertise_addr, "node started");
 
         let mut node = Node {
@@ -185,6 +248,7 @@ impl Node {
             servers: servers.into_iter().chain([grpc, touches, readiness]).collect(),
             storage,
             bootstrap_key: None,
+            raft_rt,
         };
         if config.initialize {
             let members = if config.mode == Mode::Dev && config.initial_members.is_empty() {
@@ -261,6 +325,7 @@ impl Node {
             tracing::warn!(error = %e, "raft shutdown");
         }
         self.storage.sync().context("syncing storage")?;
+        self.raft_rt.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }
