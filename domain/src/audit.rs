@@ -74,7 +74,10 @@ fn seal(seq: u64, event: &AuditEvent, prev: &[u8]) -> ([u8; 32], Vec<u8>) {
     encoding::uint64::encode(1, &seq, &mut value);
     encoding::message::encode(2, event, &mut value);
     let hash: [u8; 32] = Sha256::new().chain_update(prev).chain_update(&value[1..]).finalize().into();
-    encoding::bytes::encode(3, &hash.to_vec(), &mut value);
+    // The `hash` field (tag 3, length-delimited) written straight from the array.
+    encoding::encode_key(3, encoding::WireType::LengthDelimited, &mut value);
+    encoding::encode_varint(hash.len() as u64, &mut value);
+    value.extend_from_slice(&hash);
     (hash, value)
 }
 
@@ -110,11 +113,16 @@ pub(crate) fn chain(base: &AuditChain, origin_node: u64, now: u64, c: &AppendAud
     });
     let mut after = normalized(base.clone());
     let mut records = Vec::with_capacity(c.events.len() + 1);
+    // The newest hash, kept on the stack; the head takes it once at the end.
+    let mut last: Option<[u8; 32]> = None;
     for event in note.iter().chain(&c.events) {
-        let seq = after.head_seq + 1;
-        let (hash, value) = seal(seq, event, &after.head_hash);
-        records.push(Mutation::Put { table: Table::Audit, key: record_key(seq).to_vec(), value });
-        after.head_seq = seq;
+        after.head_seq += 1;
+        let prev = last.as_ref().map_or(after.head_hash.as_slice(), |h| h.as_slice());
+        let (hash, value) = seal(after.head_seq, event, prev);
+        records.push(Mutation::Put { table: Table::Audit, key: record_key(after.head_seq).to_vec(), value });
+        last = Some(hash);
+    }
+    if let Some(hash) = last {
         after.head_hash = hash.to_vec();
     }
     Ok(Chained { base: base.clone(), after, records })
