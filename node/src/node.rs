@@ -165,13 +165,12 @@ impl Node {
                 .add_service(gatehouse_api::admin::audit::server(cluster.clone(), audit_log));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
             // delayed ACKs add ~40 ms stalls to replication and forwarding.
-            let grpc_listener = grpc_listener.into_std()?;
+            // Registered with the Raft runtime's reactor, like the connections it accepts.
+            let grpc_listener = {
+                let _raft_rt = raft_rt.handle().enter();
+                TcpListener::from_std(grpc_listener.into_std()?)?
+            };
             raft_rt.handle().spawn(async move {
-                // Registered with the Raft runtime's reactor, like the connections it accepts.
-                let grpc_listener = match TcpListener::from_std(grpc_listener) {
-                    Ok(l) => l,
-                    Err(e) => return tracing::error!(error = %e, "gRPC listener"),
-                };
                 let incoming =
                     tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), |s| {
                         if let Ok(s) = &s {
