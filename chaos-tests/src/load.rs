@@ -27,6 +27,9 @@ pub struct Figures {
     /// the scenario measured it (a steadier comparison than throughput on a
     /// shared machine).
     pub node_cpu_s: Option<f64>,
+    /// The p99 the serving node measured itself (an upper bound, see
+    /// [`NodeTimings`]), where the scenario read it.
+    pub node_p99_ms: Option<f64>,
 }
 
 impl Figures {
@@ -34,7 +37,7 @@ impl Figures {
         serde_json::json!({
             "concurrency": self.concurrency, "ok": self.ok, "errors": self.errors, "limited": self.limited,
             "per_second": self.per_second, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-            "node_cpu_s": self.node_cpu_s,
+            "node_cpu_s": self.node_cpu_s, "node_p99_ms_at_most": self.node_p99_ms,
         })
     }
 }
@@ -67,6 +70,7 @@ async fn merge(
         p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         node_cpu_s: None,
+        node_p99_ms: None,
     })
 }
 
@@ -84,6 +88,52 @@ pub fn node_cpu_seconds(cluster: &ProcCluster) -> f64 {
     };
     let total: u64 = cluster.nodes.keys().filter_map(|&id| cluster.pid(id)).filter_map(ticks).sum();
     total as f64 / TICKS_PER_SECOND
+}
+
+/// A route's request-duration histogram as a node exports it on `/metrics`
+/// (`gatehouse_http_request_duration_seconds`): cumulative counts per upper
+/// bound in seconds, `+Inf` last. What the node itself measured, from the
+/// request's arrival in its handler to the response, without the time the
+/// request waited for the node to be scheduled or the client to read it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeTimings(Vec<(f64, u64)>);
+
+impl NodeTimings {
+    /// The `route` series from a Prometheus text exposition.
+    pub fn parse(exposition: &str, route: &str) -> NodeTimings {
+        const BUCKET: &str = "gatehouse_http_request_duration_seconds_bucket{";
+        let route = format!("route=\"{route}\"");
+        let mut buckets: Vec<(f64, u64)> = exposition
+            .lines()
+            .filter(|l| l.starts_with(BUCKET) && l.contains(&route))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((bound, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        NodeTimings(buckets)
+    }
+
+    /// Reads `route`'s histogram from the node serving HTTP on `http`.
+    pub async fn fetch(http: &str, route: &str) -> anyhow::Result<NodeTimings> {
+        let text = reqwest::get(format!("http://{http}/metrics")).await?.error_for_status()?.text().await?;
+        Ok(NodeTimings::parse(&text, route))
+    }
+
+    /// The upper bound, in ms, of the bucket that holds the `q` quantile of
+    /// the requests counted between `earlier` and `self`; `None` if there
+    /// were none. An upper bound, as fine as the buckets (100 µs, doubling).
+    pub fn quantile_bound_ms_since(&self, earlier: &NodeTimings, q: f64) -> Option<f64> {
+        let count = |t: &NodeTimings, bound: f64| t.0.iter().find(|b| b.0 == bound).map_or(0, |b| b.1);
+        let total = self.0.last().map(|&(bound, n)| n.saturating_sub(count(earlier, bound)))?;
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total as f64 * q).ceil() as u64;
+        self.0.iter().find(|&&(bound, n)| n.saturating_sub(count(earlier, bound)) >= wanted).map(|b| b.0 * 1000.0)
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -419,4 +469,42 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeTimings;
+
+    const EXPOSITION: &str = r#"# TYPE gatehouse_http_request_duration_seconds histogram
+gatehouse_http_request_duration_seconds_sum{route="/auth/verify"} 0.5
+gatehouse_http_request_duration_seconds_count{route="/auth/verify"} 1000
+gatehouse_http_request_duration_seconds_bucket{le="0.0001",route="/auth/verify"} 980
+gatehouse_http_request_duration_seconds_bucket{le="0.0002",route="/auth/verify"} 995
+gatehouse_http_request_duration_seconds_bucket{le="0.0004",route="/auth/verify"} 1000
+gatehouse_http_request_duration_seconds_bucket{le="+Inf",route="/auth/verify"} 1000
+gatehouse_http_request_duration_seconds_bucket{le="0.0001",route="/api/v1/login"} 1
+gatehouse_http_request_duration_seconds_bucket{le="+Inf",route="/api/v1/login"} 7
+"#;
+
+    #[test]
+    fn parses_only_the_route_asked_for() {
+        let t = NodeTimings::parse(EXPOSITION, "/auth/verify");
+        assert_eq!(t.0, vec![(0.0001, 980), (0.0002, 995), (0.0004, 1000), (f64::INFINITY, 1000)]);
+        assert_eq!(NodeTimings::parse(EXPOSITION, "/auth/none"), NodeTimings::default());
+        assert_eq!(NodeTimings::parse("garbage\n{le=\"x\"} y", "/auth/verify"), NodeTimings::default());
+    }
+
+    #[test]
+    fn quantiles_count_only_the_requests_in_between() {
+        let after = NodeTimings::parse(EXPOSITION, "/auth/verify");
+        // From nothing: 99% of 1000 is 990, first reached in the 0.2 ms bucket.
+        assert_eq!(after.quantile_bound_ms_since(&NodeTimings::default(), 0.99), Some(0.2));
+        assert_eq!(after.quantile_bound_ms_since(&NodeTimings::default(), 0.5), Some(0.1));
+        // Since a reading where the first 980 (all fast) were counted: the 20
+        // in between are slower, and their p99 is in the 0.4 ms bucket.
+        let earlier = NodeTimings(vec![(0.0001, 980), (0.0002, 980), (0.0004, 980), (f64::INFINITY, 980)]);
+        assert_eq!(after.quantile_bound_ms_since(&earlier, 0.99), Some(0.4));
+        // Nothing in between: no quantile.
+        assert_eq!(after.quantile_bound_ms_since(&after, 0.99), None);
+    }
 }

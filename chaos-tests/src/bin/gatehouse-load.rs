@@ -251,13 +251,16 @@ async fn audit_head(cluster: &ProcCluster) -> anyhow::Result<u64> {
 /// and the verify figures: (figures, records, seconds).
 async fn beside(
     cluster: &ProcCluster,
+    http: &str,
     verify: impl std::future::Future<Output = anyhow::Result<load::Figures>>,
 ) -> anyhow::Result<(load::Figures, u64, f64)> {
     let before = audit_head(cluster).await?;
     let started = std::time::Instant::now();
     let cpu = load::node_cpu_seconds(cluster);
+    let timings = load::NodeTimings::fetch(http, "/auth/verify").await?;
     let mut figures = verify.await?;
     figures.node_cpu_s = Some(load::node_cpu_seconds(cluster) - cpu);
+    figures.node_p99_ms = load::NodeTimings::fetch(http, "/auth/verify").await?.quantile_bound_ms_since(&timings, 0.99);
     let records = audit_head(cluster).await? - before;
     Ok((figures, records, started.elapsed().as_secs_f64()))
 }
@@ -307,14 +310,14 @@ async fn audit_ingest(
         let http = http.clone();
         async move { load::http_get(&http, "/auth/verify", auth, v.connections, v.rate, d).await }
     };
-    let (alone, _, _) = beside(cluster, verify()).await?;
+    let (alone, _, _) = beside(cluster, &http, verify()).await?;
     let mut rows = vec![("alone".to_string(), alone, 0.0, String::new())];
 
     // The log at `rate` events per second, as the recorders send them.
     let from = audit_head(cluster).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (source, measured) = tokio::join!(load::audit_batches(cluster, rate, stop.clone()), async {
-        let measured = beside(cluster, verify()).await;
+        let measured = beside(cluster, &http, verify()).await;
         stop.store(true, Ordering::Relaxed);
         measured
     });
@@ -351,7 +354,7 @@ async fn audit_ingest(
                 }));
             }
         }
-        let (figures, records, secs) = beside(cluster, verify()).await?;
+        let (figures, records, secs) = beside(cluster, &http, verify()).await?;
         stop.store(true, Ordering::Relaxed);
         let mut refused = 0;
         for t in tasks {
@@ -387,12 +390,13 @@ async fn audit_ingest(
             cluster.nodes.len(), v.node, v.connections
         );
         println!(
-            "{:<22} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10}  note",
-            "audit source", "records/s", "verify/s", "p50 ms", "p99 ms", "p99 rise", "node CPU"
+            "{:<22} {:>10} {:>10} {:>8} {:>8} {:>9} {:>13} {:>10}  note",
+            "audit source", "records/s", "verify/s", "p50 ms", "p99 ms", "p99 rise", "node p99 ms", "node CPU"
         );
         for (name, f, per_second, note) in &rows {
+            let node_p99 = f.node_p99_ms.map_or("-".to_string(), |ms| format!("≤ {ms:.1}"));
             println!(
-                "{name:<22} {per_second:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>+8.0}% {:>9.0}%  {note}",
+                "{name:<22} {per_second:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>+8.0}% {node_p99:>13} {:>9.0}%  {note}",
                 f.per_second,
                 f.p50_ms,
                 f.p99_ms,
