@@ -147,9 +147,20 @@ pub fn grpc_peer() -> String {
 /// within the call, so a retried call repeats the same ids and each of its
 /// writes is applied once (`gatehouse_domain::requests`). `None` without a key.
 pub fn idempotent_request_id(caller: &crate::identity::Principal) -> Result<Option<String>, ApiError> {
-    let Ok(Some((key, n))) =
-        GRPC_CALL.try_with(|c| c.idempotency_key.clone().map(|k| (k, c.writes.fetch_add(1, Ordering::Relaxed))))
-    else {
+    request_id_of_write(caller, true)
+}
+
+/// The request id [`idempotent_request_id`] will give the call's next
+/// write, without taking it: to ask whether a retried call's write was
+/// already applied before checks that its own first attempt would fail.
+pub fn next_idempotent_request_id(caller: &crate::identity::Principal) -> Result<Option<String>, ApiError> {
+    request_id_of_write(caller, false)
+}
+
+fn request_id_of_write(caller: &crate::identity::Principal, take: bool) -> Result<Option<String>, ApiError> {
+    let number =
+        |c: &GrpcCall| if take { c.writes.fetch_add(1, Ordering::Relaxed) } else { c.writes.load(Ordering::Relaxed) };
+    let Ok(Some((key, n))) = GRPC_CALL.try_with(|c| c.idempotency_key.clone().map(|k| (k, number(c)))) else {
         return Ok(None);
     };
     let valid = !key.is_empty()

@@ -50,6 +50,24 @@ async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
     };
     users.create(req(&c.admin_key, create("ida"), &[])).await.unwrap();
 
+    // A retried user creation answers with the user its first attempt made
+    // (the name is taken by that attempt, not by someone else), on any node.
+    let mut users3 = UserServiceClient::connect(ep(&c, 3)).await.unwrap();
+    let made = users.create(req(&c.admin_key, create("ivo"), &[("idempotency-key", "mk-ivo")])).await.unwrap();
+    let made = made.into_inner();
+    let again = users3.create(req(&c.admin_key, create("ivo"), &[("idempotency-key", "mk-ivo")])).await.unwrap();
+    assert_eq!(again.into_inner(), made, "the retry gets the first attempt's user");
+    // A fresh call for the name, with another key or none, is refused.
+    for meta in [&[("idempotency-key", "mk-ivo-2")][..], &[]] {
+        let taken = users3.create(req(&c.admin_key, create("ivo"), meta)).await.unwrap_err();
+        assert_eq!(taken.code(), Code::AlreadyExists, "{meta:?}: {taken:?}");
+    }
+    // A first attempt that failed fails the same way when retried.
+    let dup = users.create(req(&c.admin_key, create("ida"), &[("idempotency-key", "mk-ida")])).await.unwrap_err();
+    let dup_again =
+        users3.create(req(&c.admin_key, create("ida"), &[("idempotency-key", "mk-ida")])).await.unwrap_err();
+    assert_eq!((dup.code(), dup_again.code()), (Code::AlreadyExists, Code::AlreadyExists));
+
     // The same call sent twice, to two nodes: one key, and the retry says so.
     let call = || CreateKeyRequest { user: "ida".into(), name: "deploy".into(), ..Default::default() };
     let mut on2 = KeyServiceClient::connect(ep(&c, 2)).await.unwrap();

@@ -75,7 +75,15 @@ impl UserService for Users {
             e => invalid(e),
         })?;
         check_covers(&self.cluster.view().read(), &actor, &r.roles)?;
-        if self.cluster.view().read().user_by_name(&username).is_some() {
+        // The name is taken, unless by this very call's first attempt: a
+        // retry with the same idempotency-key answers with that user (below).
+        let retried = crate::audit::next_idempotent_request_id(&actor)?;
+        let taken = {
+            let state = self.cluster.view().read();
+            let done_before = retried.is_some_and(|id| state.request_result(&id).is_some());
+            !done_before && state.user_by_name(&username).is_some()
+        };
+        if taken {
             return Err(ApiError::AlreadyExists(format!("username {username:?} is taken")).into());
         }
         // Hashed here, on the proposing node: the log only sees the PHC string.
