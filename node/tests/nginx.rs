@@ -36,6 +36,47 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts nginx in `dir` on a free port and waits until it listens. The
+/// port is free when picked but not reserved, so another process may take
+/// it first: then nginx exits (it cannot bind) and we try another port. A
+/// listener only counts if it answers as nginx, so a stranger on the port
+/// is never mistaken for it.
+async fn answers_as_nginx(port: u16) -> bool {
+    let Ok(r) = http().get(format!("http://127.0.0.1:{port}/")).send().await else { return false };
+    r.headers().get("server").and_then(|v| v.to_str().ok()).is_some_and(|s| s.starts_with("nginx"))
+}
+
+async fn start_nginx(dir: &Path, upstream: u16, fronts: &[String]) -> (Nginx, u16) {
+    let conf = dir.join("nginx.conf");
+    for _ in 0..5 {
+        let port = free_port();
+        std::fs::write(&conf, config(dir, port, upstream, fronts)).unwrap();
+        let child = Command::new(nginx_bin())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut nginx = Nginx(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if nginx.0.try_wait().unwrap().is_some() {
+                break; // exited: most likely the port was taken meanwhile
+            }
+            if answers_as_nginx(port).await {
+                return (nginx, port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        eprintln!("nginx did not start on port {port}, trying another: {}", log.lines().last().unwrap_or(""));
+    }
+    panic!("nginx did not start in 5 attempts (see error.log in the test's directory)");
+}
+
 /// An upstream that echoes the identity nginx passes on.
 async fn upstream() -> u16 {
     let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
@@ -106,26 +147,10 @@ http {{
 async fn nginx_auth_request_allows_denies_and_honours_revocation() {
     let c = TestCluster::start(3).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let up = upstream().await;
     let fronts: Vec<String> = c.nodes.values().map(|n| n.http_addr().to_string()).collect();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(&conf, config(dir.path(), port, up, &fronts)).unwrap();
-    let child = Command::new(nginx_bin())
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _nginx = Nginx(child);
+    let (_nginx, port) = start_nginx(dir.path(), up, &fronts).await;
     let url = format!("http://127.0.0.1:{port}");
-    wait_until("nginx listening", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
 
     let viewer = create_key(c.node(1), "nora", &["viewer"]).await;
     let admin = c.admin_key.clone();
