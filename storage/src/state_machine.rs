@@ -159,21 +159,17 @@ struct Applied {
     replies: Vec<Vec<CommandResult>>,
     /// The last entry applied, if there was any.
     last: Option<LogId>,
-    membership: StoredMembership,
+    /// The membership the run applied last, if it carried one.
+    membership: Option<StoredMembership>,
 }
 
 /// Applies `entries` to the view and writes their projections with
 /// `last_applied` in one batch. Heavy runs go to the storage threads.
-fn apply_entries(
-    storage: &Storage,
-    view: &StateView,
-    entries: Vec<Entry>,
-    mut membership: StoredMembership,
-) -> Result<Applied, RaftStorageError> {
+fn apply_entries(storage: &Storage, view: &StateView, entries: Vec<Entry>) -> Result<Applied, RaftStorageError> {
     let mut replies = Vec::new();
     let mut mutations = Vec::new();
     let mut last = None;
-    let mut membership_changed = false;
+    let mut membership = None;
     for entry in entries {
         let index = entry.log_id.index;
         last = Some(entry.log_id);
@@ -194,8 +190,7 @@ fn apply_entries(
             }
             EntryPayload::Membership(m) => {
                 tracing::info!(index, membership = ?m, "membership applied");
-                membership = StoredMembership::new(Some(entry.log_id), m);
-                membership_changed = true;
+                membership = Some(StoredMembership::new(Some(entry.log_id), m));
                 replies.push(Vec::new());
             }
         }
@@ -204,8 +199,8 @@ fn apply_entries(
     let mut batch = storage.batch_of(mutations);
     let meta_cf = storage.cf(CF_META);
     batch.put_cf(meta_cf, meta::LAST_APPLIED, codec::encode(&log_id_to_pb(&last_id)));
-    if membership_changed {
-        batch.put_cf(meta_cf, meta::LAST_MEMBERSHIP, codec::encode(&stored_membership_to_pb(&membership)));
+    if let Some(m) = &membership {
+        batch.put_cf(meta_cf, meta::LAST_MEMBERSHIP, codec::encode(&stored_membership_to_pb(m)));
     }
     // Projections and last_applied in one batch: after a crash the node
     // resumes exactly where this batch left it. Not synced here: the
@@ -253,13 +248,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let (storage, view) = (self.storage.clone(), self.view.clone());
-        let membership = self.last_membership.clone();
         let heavy = background::weight(&entries) >= background::HEAVY_WEIGHT;
-        let applied =
-            self.background.run_if(heavy, move || apply_entries(&storage, &view, entries, membership)).await?;
+        let applied = self.background.run_if(heavy, move || apply_entries(&storage, &view, entries)).await?;
         if let Some(last) = applied.last {
             self.last_applied = Some(last);
-            self.last_membership = applied.membership;
+        }
+        if let Some(m) = applied.membership {
+            self.last_membership = m;
         }
         Ok(applied.replies)
     }
