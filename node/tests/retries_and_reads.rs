@@ -67,6 +67,11 @@ async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
     let dup_again =
         users3.create(req(&c.admin_key, create("ida"), &[("idempotency-key", "mk-ida")])).await.unwrap_err();
     assert_eq!((dup.code(), dup_again.code()), (Code::AlreadyExists, Code::AlreadyExists));
+    // A hostile key is refused before the name check, and creates nobody.
+    let bad = users3.create(req(&c.admin_key, create("ivy"), &[("idempotency-key", "semi;colon")])).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let ivy = users3.get(req(&c.admin_key, GetUserRequest { user: "ivy".into() }, &[])).await.unwrap_err();
+    assert_eq!(ivy.code(), Code::NotFound);
 
     // The same call sent twice, to two nodes: one key, and the retry says so.
     let call = || CreateKeyRequest { user: "ida".into(), name: "deploy".into(), ..Default::default() };
