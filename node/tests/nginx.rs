@@ -36,16 +36,17 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts nginx in `dir` on a free port and waits until it listens. The
-/// port is free when picked but not reserved, so another process may take
-/// it first: then nginx exits (it cannot bind) and we try another port. A
-/// listener only counts if it answers as nginx, so a stranger on the port
-/// is never mistaken for it.
+/// Whether what listens on `port` is nginx (its `Server` header).
 async fn answers_as_nginx(port: u16) -> bool {
     let Ok(r) = http().get(format!("http://127.0.0.1:{port}/")).send().await else { return false };
     r.headers().get("server").and_then(|v| v.to_str().ok()).is_some_and(|s| s.starts_with("nginx"))
 }
 
+/// Starts nginx in `dir` on a free port and waits until it listens. The
+/// port is free when picked but not reserved, so another process may take
+/// it first: then nginx exits (it cannot bind) and we try another port. A
+/// listener only counts if it answers as nginx, so a stranger on the port
+/// is never mistaken for it.
 async fn start_nginx(dir: &Path, upstream: u16, fronts: &[String]) -> (Nginx, u16) {
     let conf = dir.join("nginx.conf");
     for _ in 0..5 {
