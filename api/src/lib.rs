@@ -11,7 +11,7 @@
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
 //! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster service.
-//! - [`http`]: the HTTP front: health, forward-auth verify, login, sessions.
+//! - [`http`]: the HTTP front: health, forward-auth verify (and the strict reader of the forwarded request), login, sessions.
 //! - [`limits`]: cluster-wide rate limits (strict and global) and the client IP behind trusted proxies.
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.

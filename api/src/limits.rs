@@ -37,6 +37,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::now_ms;
+use crate::http::forwarded;
 use crate::{ApiError, Cluster};
 
 /// Most policies (their matches are kept in a 64-bit mask per request).
@@ -84,9 +85,13 @@ pub struct Policy {
     /// On `/auth/verify`: the protected request's `X-Forwarded-Uri` prefix.
     #[serde(default)]
     pub forwarded_path_prefix: Option<String>,
-    /// On `/auth/verify`: the protected request's `X-Forwarded-Host`.
+    /// On `/auth/verify`: the protected request's `X-Forwarded-Host`
+    /// (normalised: lower case, no port).
     #[serde(default)]
     pub forwarded_host: Option<String>,
+    /// Match `forwarded_path_prefix` in any letter case.
+    #[serde(default)]
+    pub forwarded_ignore_case: bool,
     /// Only this API key id.
     #[serde(default)]
     pub key_id: Option<String>,
@@ -112,6 +117,7 @@ impl Policy {
             path_prefix: path.map(str::to_string),
             forwarded_path_prefix: None,
             forwarded_host: None,
+            forwarded_ignore_case: false,
             key_id: None,
             user: None,
             client_network: None,
@@ -198,13 +204,55 @@ impl LimitsConfig {
                 return Err(format!("rate-limit policy {}: failures are counted strictly, per IP or policy", p.name));
             }
             for prefix in [&p.path_prefix, &p.forwarded_path_prefix].into_iter().flatten() {
-                if !prefix.starts_with('/') {
-                    return Err(format!("rate-limit policy {}: path prefixes start with /", p.name));
+                if forwarded::plain_path(prefix) != Some(prefix.as_str()) {
+                    return Err(format!("rate-limit policy {}: path prefixes are plain absolute paths", p.name));
+                }
+            }
+            if let Some(h) = &p.forwarded_host {
+                if forwarded::normalise_host(h).as_deref() != Some(h.as_str()) || h.contains(':') {
+                    return Err(format!(
+                        "rate-limit policy {}: forwarded_host is a lower-case host without port",
+                        p.name
+                    ));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The mask of policies whose request-side filters match.
+///
+/// Policies keyed by the forwarded request read it with the route
+/// rules' parser ([`forwarded`]); one they cannot read one way is
+/// refused, never matched as `/` or `""` (a limit must not be dodged by
+/// spelling).
+fn matching(policies: &[Policy], s: &Subject<'_>) -> Result<u64, forwarded::Ambiguous> {
+    let on_verify = s.path == "/auth/verify";
+    let mut mask = 0;
+    for (i, p) in policies.iter().enumerate() {
+        let path_ok = p.path_prefix.as_deref().is_none_or(|pre| forwarded::under(s.path, pre, false));
+        let fwd_ok = if p.forwarded_path_prefix.is_none() && p.forwarded_host.is_none() {
+            true
+        } else if !on_verify {
+            false
+        } else {
+            let path_ok = match &p.forwarded_path_prefix {
+                Some(pre) => forwarded::under(forwarded::path(s.headers)?, pre, p.forwarded_ignore_case),
+                None => true,
+            };
+            let host_ok = match &p.forwarded_host {
+                Some(h) => forwarded::host(s.headers)? == *h,
+                None => true,
+            };
+            path_ok && host_ok
+        };
+        let net_ok = p.client_network.is_none_or(|n| n.contains(&s.ip));
+        if path_ok && fwd_ok && net_ok {
+            mask |= 1 << i;
+        }
+    }
+    Ok(mask)
 }
 
 /// What the response's `X-RateLimit-*` headers say: the tightest policy.
@@ -344,7 +392,10 @@ impl Limiter {
     /// Before the handler: refuses clients over a failure limit, admits the
     /// request on every matching policy that needs no caller.
     pub async fn before(&self, s: &Subject<'_>) -> (RequestLimits, Result<Option<Quota>, ApiError>) {
-        let matched = self.matching(s);
+        let Ok(matched) = matching(self.policies(), s) else {
+            let refused = ApiError::PermissionDenied("the forwarded request is ambiguous".into());
+            return (RequestLimits { client_ip: s.ip, matched: 0 }, Err(refused));
+        };
         let ctx = RequestLimits { client_ip: s.ip, matched };
         let mut quota = None;
         for (i, p) in self.policies().iter().enumerate() {
@@ -401,30 +452,6 @@ impl Limiter {
             }
         }
         Ok(quota)
-    }
-
-    /// The mask of policies whose request-side filters match.
-    fn matching(&self, s: &Subject<'_>) -> u64 {
-        let forwarded = s.path == "/auth/verify";
-        let header = |name: &str| s.headers.get(name).and_then(|v| v.to_str().ok());
-        let mut mask = 0;
-        for (i, p) in self.policies().iter().enumerate() {
-            let path_ok = p.path_prefix.as_deref().is_none_or(|pre| crate::http::verify::under(s.path, pre));
-            let fwd_ok = (p.forwarded_path_prefix.is_none() && p.forwarded_host.is_none())
-                || (forwarded
-                    && p.forwarded_path_prefix.as_deref().is_none_or(|pre| {
-                        crate::http::verify::plain_path(header("x-forwarded-uri").unwrap_or("/"))
-                            .is_some_and(|path| crate::http::verify::under(path, pre))
-                    })
-                    && p.forwarded_host
-                        .as_deref()
-                        .is_none_or(|h| header("x-forwarded-host").is_some_and(|x| x.eq_ignore_ascii_case(h))));
-            let net_ok = p.client_network.is_none_or(|n| n.contains(&s.ip));
-            if path_ok && fwd_ok && net_ok {
-                mask |= 1 << i;
-            }
-        }
-        mask
     }
 
     fn quota(&self, i: usize, p: &Policy, used: u64, resets_at: u64, now: u64) -> Quota {
@@ -778,6 +805,46 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_policies_read_the_request_as_route_rules_do() {
+        let mut p = Policy::new("deploy", None, On::Request, 5, Mode::Strict);
+        p.forwarded_path_prefix = Some("/deploy".into());
+        p.forwarded_host = Some("ci.example".into());
+        let mut other = Policy::new("login", Some("/api/v1/login"), On::Request, 5, Mode::Strict);
+        other.forwarded_ignore_case = true;
+        let policies = [p, other];
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let check = |host: &[u8], uri: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-host", HeaderValue::from_bytes(host).unwrap());
+            h.insert("x-forwarded-uri", HeaderValue::from_bytes(uri).unwrap());
+            matching(&policies, &Subject { ip, path: "/auth/verify", headers: &h })
+        };
+        assert_eq!(check(b"ci.example", b"/deploy/x"), Ok(0b01));
+        assert_eq!(check(b"CI.example.:443", b"/deploy?x"), Ok(0b01), "hosts are normalised");
+        assert_eq!(check(b"ci.example", b"/deployx"), Ok(0));
+        assert_eq!(check(b"ci.example", b"/DEPLOY"), Ok(0), "case-sensitive unless asked");
+        // Spellings that would dodge the limit are refused, not let through as `/`.
+        for (host, uri) in [
+            (&b"ci.example"[..], &b"/deploy/x?\xff"[..]),
+            (b"ci.example", b"/deploy;x/run"),
+            (b"ci.example", b"//deploy"),
+            (b"ci.example,app.example", b"/deploy"),
+            (b"c\xc3\xaf.example", b"/deploy"),
+        ] {
+            assert_eq!(check(host, uri), Err(forwarded::Ambiguous), "{}", String::from_utf8_lossy(uri));
+        }
+        // Off `/auth/verify` forwarded policies do not apply, and the headers are not read.
+        let h = HeaderMap::new();
+        assert_eq!(matching(&policies, &Subject { ip, path: "/api/v1/login", headers: &h }), Ok(0b10));
+        let mut ignoring = policies[0].clone();
+        ignoring.forwarded_ignore_case = true;
+        ignoring.forwarded_host = None;
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-uri", HeaderValue::from_static("/DePloy/x"));
+        assert_eq!(matching(&[ignoring], &Subject { ip, path: "/auth/verify", headers: &h }), Ok(1));
+    }
+
+    #[test]
     fn policies_that_cannot_work_are_refused() {
         assert!(LimitsConfig::default().validate().is_ok());
         let bad = |f: fn(&mut Policy)| {
@@ -789,7 +856,9 @@ mod tests {
         assert!(bad(|p| p.name = "api".into()).contains("twice"));
         assert!(bad(|p| p.limit = 0).contains("limit"));
         assert!(bad(|p| p.window_secs = 0).contains("window"));
-        assert!(bad(|p| p.path_prefix = Some("api".into())).contains("start with /"));
+        assert!(bad(|p| p.path_prefix = Some("api".into())).contains("plain absolute paths"));
+        assert!(bad(|p| p.forwarded_path_prefix = Some("/ops;x".into())).contains("plain absolute paths"));
+        assert!(bad(|p| p.forwarded_host = Some("Admin.example:443".into())).contains("forwarded_host"));
         assert!(bad(|p| {
             p.on = On::Failure;
             p.by = By::Key;

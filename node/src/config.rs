@@ -102,16 +102,8 @@ impl Default for RaftTuning {
     }
 }
 
-/// A forward-auth route rule: requests whose `X-Forwarded-Host` (if `host`
-/// is set) and `X-Forwarded-Uri` prefix match need one of `roles`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteRule {
-    #[serde(default)]
-    pub host: Option<String>,
-    pub path_prefix: String,
-    pub roles: Vec<String>,
-}
+/// A forward-auth route rule (`[[identity.routes]]`): the HTTP front's own type.
+pub use gatehouse_api::http::RouteRule;
 
 /// Sessions, logins and forward-auth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,10 +357,14 @@ impl Config {
         {
             return bad("identity.cookie_name must be letters, digits, '_' or '-'");
         }
-        for r in &id.routes {
-            if !r.path_prefix.starts_with('/') || r.roles.is_empty() {
-                return bad("identity.routes: path_prefix must start with '/' and roles must not be empty");
+        if let Some(d) = &id.cookie_domain {
+            let host = gatehouse_api::http::forwarded::normalise_host(d);
+            if host.as_deref() != Some(d.as_str()) || d.starts_with('[') || d.parse::<std::net::Ipv4Addr>().is_ok() {
+                return bad("identity.cookie_domain must be a lower-case domain name without port");
             }
+        }
+        for r in &id.routes {
+            r.validate().map_err(ConfigError::Invalid)?;
         }
         if self.mode == Mode::Production {
             if self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {

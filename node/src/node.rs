@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use std::time::Duration;
 
-use gatehouse_api::http::{Front, FrontConfig, Lockout, RouteRule};
+use gatehouse_api::http::{Front, FrontConfig, Lockout};
 use gatehouse_api::passwords::PasswordPool;
 use gatehouse_api::raft::network::Network;
 use gatehouse_api::{Cluster, ClusterSecret, Peers};
@@ -344,11 +344,7 @@ fn front(config: &Config, cluster: Cluster) -> Front {
             window: Duration::from_secs(id.lockout_window_secs),
             duration: Duration::from_secs(id.lockout_secs),
         },
-        routes: id
-            .routes
-            .iter()
-            .map(|r| RouteRule { host: r.host.clone(), path_prefix: r.path_prefix.clone(), roles: r.roles.clone() })
-            .collect(),
+        routes: id.routes.clone(),
     };
     Front {
         limits: gatehouse_api::limits::Limiter::start(cluster.clone(), config.rate_limits.clone()),

@@ -472,11 +472,13 @@ async fn route_rules_require_roles_by_forwarded_host_and_path() {
                 host: Some("admin.example".into()),
                 path_prefix: "/".into(),
                 roles: vec!["admin".into()],
+                ignore_case: false,
             },
             gatehouse::config::RouteRule {
                 host: None,
                 path_prefix: "/ops".into(),
                 roles: vec!["operator".into(), "admin".into()],
+                ignore_case: false,
             },
         ];
     })
@@ -507,5 +509,29 @@ async fn route_rules_require_roles_by_forwarded_host_and_path() {
         assert_eq!(check(viewer.clone(), "app.example", dodge).await, StatusCode::FORBIDDEN, "{dodge}");
     }
     assert_eq!(check(viewer.clone(), "app.example", "/opsx").await, StatusCode::OK);
+    // The host rule holds whatever port or case the proxy passed on.
+    assert_eq!(check(viewer.clone(), "Admin.Example:443", "/").await, StatusCode::FORBIDDEN);
+    assert_eq!(check(viewer.clone(), "admin.example.", "/").await, StatusCode::FORBIDDEN);
+    // Raw bytes as nginx forwards `$request_uri`, `;` parameters, host lists
+    // and missing headers have no one reading: refused, never taken as `/`.
+    let raw = |headers: Vec<(&'static str, Vec<u8>)>| {
+        let url = format!("{}/auth/verify", base(c.node(2)));
+        let key = viewer.clone();
+        async move {
+            let mut req = http().get(url).bearer_auth(key);
+            for (name, value) in headers {
+                req = req.header(name, reqwest::header::HeaderValue::from_bytes(&value).unwrap());
+            }
+            req.send().await.unwrap().status()
+        }
+    };
+    let host = || ("x-forwarded-host", b"app.example".to_vec());
+    for uri in [&b"/ops/secret?\xff"[..], b"/ops;x/secret", b"/\xc3\xa9/ops"] {
+        assert_eq!(raw(vec![host(), ("x-forwarded-uri", uri.to_vec())]).await, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(raw(vec![host()]).await, StatusCode::FORBIDDEN, "no X-Forwarded-Uri");
+    assert_eq!(raw(vec![("x-forwarded-uri", b"/home".to_vec())]).await, StatusCode::FORBIDDEN, "no host");
+    let list = ("x-forwarded-host", b"app.example,admin.example".to_vec());
+    assert_eq!(raw(vec![list, ("x-forwarded-uri", b"/".to_vec())]).await, StatusCode::FORBIDDEN);
     c.shutdown().await;
 }

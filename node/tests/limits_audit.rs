@@ -19,6 +19,7 @@ fn policy(name: &str, by: By, limit: u32, mode: Mode) -> Policy {
         path_prefix: None,
         forwarded_path_prefix: None,
         forwarded_host: None,
+        forwarded_ignore_case: false,
         key_id: None,
         user: None,
         client_network: None,

@@ -10,6 +10,7 @@
 //! [`MAX_BODY`] and the request head to [`MAX_HEADER_BYTES`]; errors are
 //! `{"error": {"code", "message"}}` from [`ApiError`](crate::ApiError).
 
+pub mod forwarded;
 pub mod health;
 pub mod session;
 pub mod verify;
@@ -41,14 +42,41 @@ pub struct Lockout {
     pub duration: Duration,
 }
 
-/// A role requirement for forwarded requests: the first rule whose host
-/// (if set) and path prefix match `X-Forwarded-Host` / `X-Forwarded-Uri`
-/// decides which roles may pass (any one of them).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A role requirement for forwarded requests (`[[identity.routes]]`): the
+/// first rule whose host (if set) and path prefix match `X-Forwarded-Host` /
+/// `X-Forwarded-Uri` decides which roles may pass (any one of them). Both are
+/// read by [`forwarded`]; a request it cannot read one way is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteRule {
+    /// Matched against the normalised forwarded host (see [`forwarded::normalise_host`]).
+    #[serde(default)]
     pub host: Option<String>,
     pub path_prefix: String,
     pub roles: Vec<String>,
+    /// Match the path prefix in any letter case, for backends that serve
+    /// `/OPS` as `/ops`.
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+impl RouteRule {
+    /// Refuses a rule that could never match as written: a prefix that is
+    /// not a plain path, a host that is not normalised, no roles.
+    pub fn validate(&self) -> Result<(), String> {
+        if forwarded::plain_path(&self.path_prefix) != Some(self.path_prefix.as_str()) {
+            return Err(format!("identity.routes: path_prefix {:?} must be a plain absolute path", self.path_prefix));
+        }
+        if let Some(h) = &self.host {
+            if forwarded::normalise_host(h).as_deref() != Some(h.as_str()) || h.contains(':') {
+                return Err(format!("identity.routes: host {h:?} must be a lower-case host name without port"));
+            }
+        }
+        if self.roles.is_empty() {
+            return Err("identity.routes: roles must not be empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// Settings of the HTTP front.

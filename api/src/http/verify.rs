@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use gatehouse_domain::roles;
 use serde::Deserialize;
 
-use super::{credential, Front, RouteRule};
+use super::{credential, forwarded, Front, RouteRule};
 use crate::identity::{resolve, Principal, Via};
 use crate::limits::RequestLimits;
 use crate::ApiError;
@@ -37,39 +37,33 @@ enum Route<'a> {
     Free,
     /// The first matching rule's roles (one of them is needed).
     Needs(&'a [String]),
-    /// Rules exist, but the forwarded path could be read two ways
-    /// (`//`, `.` or `..` segments, percent-escapes, backslashes): a rule
-    /// could be dodged by spelling, so the request is refused.
+    /// Rules exist, but the forwarded request could be read two ways
+    /// ([`forwarded::Ambiguous`]): a rule could be dodged by spelling, so
+    /// the request is refused.
     Ambiguous,
 }
 
-/// The path of a forwarded URI, if it has exactly one reading.
-pub(crate) fn plain_path(uri: &str) -> Option<&str> {
-    let path = uri.split(['?', '#']).next().unwrap_or("");
-    let ambiguous = !path.starts_with('/')
-        || path.contains("//")
-        || path.contains(['%', '\\'])
-        || path.split('/').any(|seg| seg == "." || seg == "..");
-    (!ambiguous).then_some(path)
-}
-
-/// `prefix` covers `path` on a segment boundary: `/ops` covers `/ops` and
-/// `/ops/x`, not `/opsx`.
-pub(crate) fn under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix).is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
-}
-
 /// The roles a forwarded request needs, from the first matching route rule.
+/// The host is read only when a rule names one.
 fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Route<'a> {
     if rules.is_empty() {
         return Route::Free;
     }
-    let host = headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok()).unwrap_or("/");
-    let Some(path) = plain_path(uri) else { return Route::Ambiguous };
+    let Ok(path) = forwarded::path(headers) else { return Route::Ambiguous };
+    let host = if rules.iter().any(|r| r.host.is_some()) {
+        match forwarded::host(headers) {
+            Ok(h) => Some(h),
+            Err(_) => return Route::Ambiguous,
+        }
+    } else {
+        None
+    };
     rules
         .iter()
-        .find(|r| r.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host)) && under(path, &r.path_prefix))
+        .find(|r| {
+            r.host.as_deref().is_none_or(|h| host.as_deref() == Some(h))
+                && forwarded::under(path, &r.path_prefix, r.ignore_case)
+        })
         .map_or(Route::Free, |r| Route::Needs(&r.roles))
 }
 
@@ -168,35 +162,104 @@ fn allow(p: &Principal) -> Response {
 mod tests {
     use super::*;
 
+    fn rule(host: Option<&str>, prefix: &str, roles: &[&str]) -> RouteRule {
+        RouteRule {
+            host: host.map(str::to_string),
+            path_prefix: prefix.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            ignore_case: false,
+        }
+    }
+
+    fn forwarded(host: &[u8], uri: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", HeaderValue::from_bytes(host).unwrap());
+        h.insert("x-forwarded-uri", HeaderValue::from_bytes(uri).unwrap());
+        h
+    }
+
     #[test]
     fn the_first_matching_rule_decides() {
-        let rules = vec![
-            RouteRule { host: Some("admin.example".into()), path_prefix: "/".into(), roles: vec!["admin".into()] },
-            RouteRule { host: None, path_prefix: "/ops".into(), roles: vec!["operator".into(), "admin".into()] },
-        ];
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-host", HeaderValue::from_static("ADMIN.example"));
-        assert_eq!(required_roles(&rules, &h), Route::Needs(&["admin".to_string()]));
-        h.insert("x-forwarded-host", HeaderValue::from_static("app.example"));
+        let rules = vec![rule(Some("admin.example"), "/", &["admin"]), rule(None, "/ops", &["operator", "admin"])];
+        for host in ["ADMIN.example", "admin.example:443", "admin.example.", "Admin.Example.:8443"] {
+            let h = forwarded(host.as_bytes(), b"/");
+            assert_eq!(required_roles(&rules, &h), Route::Needs(&["admin".to_string()]), "{host}");
+        }
         for ops in ["/ops", "/ops/metrics", "/ops?x=1", "/ops/a/b#frag"] {
-            h.insert("x-forwarded-uri", HeaderValue::from_str(ops).unwrap());
+            let h = forwarded(b"app.example", ops.as_bytes());
             assert!(matches!(required_roles(&rules, &h), Route::Needs(r) if r.len() == 2), "{ops}");
         }
-        for free in ["/public", "/opsx", "/", "/o"] {
-            h.insert("x-forwarded-uri", HeaderValue::from_str(free).unwrap());
-            assert_eq!(required_roles(&rules, &h), Route::Free, "{free}");
+        for free in ["/public", "/opsx", "/", "/o", "/OPS"] {
+            assert_eq!(required_roles(&rules, &forwarded(b"app.example", free.as_bytes())), Route::Free, "{free}");
         }
     }
 
     #[test]
-    fn paths_that_could_dodge_a_rule_are_refused() {
-        let rules = vec![RouteRule { host: None, path_prefix: "/ops".into(), roles: vec!["admin".into()] }];
-        let mut h = HeaderMap::new();
-        for hostile in ["//ops", "/./ops", "/x/../ops", "/%6Fps", "/ops%2F..", "\\ops", "ops", "/a//ops"] {
-            h.insert("x-forwarded-uri", HeaderValue::from_str(hostile).unwrap());
-            assert_eq!(required_roles(&rules, &h), Route::Ambiguous, "{hostile}");
+    fn a_rule_may_ignore_case() {
+        let rules = vec![RouteRule { ignore_case: true, ..rule(None, "/ops", &["admin"]) }];
+        for ops in ["/OPS", "/Ops/secret", "/ops"] {
+            assert!(matches!(required_roles(&rules, &forwarded(b"a", ops.as_bytes())), Route::Needs(_)), "{ops}");
         }
+        assert_eq!(required_roles(&rules, &forwarded(b"a", b"/OPSX")), Route::Free);
+    }
+
+    #[test]
+    fn paths_that_could_dodge_a_rule_are_refused() {
+        let rules = vec![rule(None, "/ops", &["admin"])];
+        let hostile: [&[u8]; 11] = [
+            b"//ops",
+            b"/./ops",
+            b"/x/../ops",
+            b"/%6Fps",
+            b"/ops%2F..",
+            b"\\ops",
+            b"ops",
+            b"/a//ops",
+            b"/ops/secret?\xff",
+            b"/ops;x/secret",
+            b"/caf\xc3\xa9/ops",
+        ];
+        for raw in hostile {
+            let h = forwarded(b"app.example", raw);
+            assert_eq!(required_roles(&rules, &h), Route::Ambiguous, "{}", String::from_utf8_lossy(raw));
+        }
+        // A missing path is not `/`.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", HeaderValue::from_static("app.example"));
+        assert_eq!(required_roles(&rules, &h), Route::Ambiguous);
         // Without rules nothing is looked at.
-        assert_eq!(required_roles(&[], &h), Route::Free);
+        assert_eq!(required_roles(&[], &forwarded(b"a", b"//ops")), Route::Free);
+    }
+
+    #[test]
+    fn hosts_that_could_dodge_a_rule_are_refused() {
+        let rules = vec![rule(Some("admin.example"), "/", &["admin"])];
+        for raw in [&b"app.example,admin.example"[..], b"adm\xc3\xafn.example", b"admin.example:x", b"a b"] {
+            let h = forwarded(raw, b"/");
+            assert_eq!(required_roles(&rules, &h), Route::Ambiguous, "{}", String::from_utf8_lossy(raw));
+        }
+        // A missing host is not "".
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-uri", HeaderValue::from_static("/"));
+        assert_eq!(required_roles(&rules, &h), Route::Ambiguous);
+        // Path-only rules do not need the host.
+        assert_eq!(required_roles(&[rule(None, "/ops", &["admin"])], &h), Route::Free);
+    }
+
+    #[test]
+    fn rules_that_cannot_match_are_refused_at_load() {
+        assert!(rule(None, "/ops", &["admin"]).validate().is_ok());
+        assert!(rule(Some("admin.example.com"), "/", &["admin"]).validate().is_ok());
+        for bad in [
+            rule(None, "ops", &["admin"]),
+            rule(None, "/ops;x", &["admin"]),
+            rule(None, "/%6Fps", &["admin"]),
+            rule(None, "/ops", &[]),
+            rule(Some("Admin.example.com"), "/", &["admin"]),
+            rule(Some("admin.example.com:443"), "/", &["admin"]),
+            rule(Some("a,b"), "/", &["admin"]),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 }
