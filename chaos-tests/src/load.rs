@@ -434,7 +434,8 @@ pub async fn bulk_load(
             name: "bulk".into(),
             secret_sha256: k.secret_sha256.to_vec(),
             expires_at: 0,
-            roles: vec![],
+            roles: vec!["viewer".into()],
+            roles_exact: true,
         })));
         if pending.len() >= batch {
             flush(&mut pending).await?;

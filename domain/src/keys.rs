@@ -26,6 +26,17 @@ fn validate_name(name: &str) -> Result<(), ApplyError> {
     }
 }
 
+/// A key record as stored: format 2 when its role list is exact, so a build
+/// that predates the flag refuses it rather than widen it (see `codec`).
+pub(crate) fn put_key(key: &ApiKeyRecord) -> Mutation {
+    if key.roles_exact {
+        let value = crate::codec::encode_as(crate::codec::FORMAT_V2, key);
+        Mutation::Put { table: Table::ApiKeys, key: key.key_id.as_bytes().to_vec(), value }
+    } else {
+        put(Table::ApiKeys, &key.key_id, key)
+    }
+}
+
 pub(crate) fn create(
     state: &mut State,
     now: u64,
@@ -46,7 +57,7 @@ pub(crate) fn create(
         return Err(ApplyError::FailedPrecondition("user is disabled".into()));
     }
     if let Some(r) = c.roles.iter().find(|r| !user.roles.contains(r)) {
-        return Err(ApplyError::FailedPrecondition(format!("user does not hold role {r:?}")));
+        return Err(ApplyError::FailedPrecondition(format!("user does not hold role {}", crate::quote::quote(r))));
     }
     if state.keys.contains_key(&c.key_id) {
         return Err(ApplyError::AlreadyExists("key id already exists".into()));
@@ -61,8 +72,9 @@ pub(crate) fn create(
         created_at: now,
         revoked_at: 0,
         last_used: 0,
+        roles_exact: c.roles_exact,
     };
-    out.push(put(Table::ApiKeys, &key.key_id, &key));
+    out.push(put_key(&key));
     state.keys.insert(key.key_id.clone(), key);
     Ok(c.key_id.clone())
 }
@@ -78,7 +90,7 @@ pub(crate) fn revoke(
         return Err(ApplyError::FailedPrecondition("key already revoked".into()));
     }
     key.revoked_at = now;
-    out.push(put(Table::ApiKeys, &key.key_id, key));
+    out.push(put_key(key));
     Ok(c.key_id.clone())
 }
 
@@ -113,7 +125,7 @@ pub(crate) fn rotate(
     } else if old.expires_at == 0 || c.old_expires_at < old.expires_at {
         old.expires_at = c.old_expires_at;
     }
-    out.push(put(Table::ApiKeys, &old.key_id, old));
+    out.push(put_key(old));
     Ok(new.key_id.clone())
 }
 
@@ -134,6 +146,7 @@ mod tests {
                 secret_sha256: vec![7; 32],
                 expires_at: 0,
                 roles: vec![],
+                roles_exact: false,
             })),
             ..Default::default()
         }
@@ -294,8 +307,9 @@ pub struct KeyIdentity {
     pub key_id: String,
     pub user_id: String,
     pub username: String,
-    /// The key's roles: its own subset (as far as the user still holds
-    /// them), or all of the user's.
+    /// The key's roles: those of its own list that its user still holds
+    /// (for keys issued before `roles_exact`, an empty list is all of the
+    /// user's).
     pub roles: Vec<String>,
 }
 
@@ -318,8 +332,10 @@ pub fn verify(state: &State, token: &str, now: u64) -> Result<KeyIdentity, KeyRe
     if user.status != UserStatus::Active as i32 {
         return Err(KeyRejected::UserDisabled);
     }
-    // A restricted key holds those of its roles that its user still holds.
-    let roles = if key.roles.is_empty() {
+    // A key holds those of its roles that its user still holds; only a
+    // legacy record's empty list follows the user (issue 15: a pre-minted
+    // key of a role-less user must not become an admin key later).
+    let roles = if key.roles.is_empty() && !key.roles_exact {
         user.roles.clone()
     } else {
         key.roles.iter().filter(|r| user.roles.contains(r)).cloned().collect()
@@ -353,6 +369,7 @@ mod verify_tests {
                 secret_sha256: secret_hash(SECRET).to_vec(),
                 expires_at,
                 roles: vec![],
+                roles_exact: false,
             })),
             ..Default::default()
         };
@@ -416,6 +433,7 @@ mod verify_tests {
             secret_sha256: secret_hash(SECRET).to_vec(),
             expires_at: 0,
             roles: vec!["operator".into()],
+            roles_exact: true,
         };
         state.apply(3, &role(Payload::CreateApiKey(key)), &mut Vec::new());
         let token = format_key("00112233aabbccdd", SECRET);
@@ -427,5 +445,57 @@ mod verify_tests {
         );
         // Not "all of the user's roles" either: the key keeps none.
         assert_eq!(verify(&state, &token, 2_000).unwrap().roles, Vec::<String>::new());
+    }
+
+    /// A key pre-minted for a role-less service user holds no role, whatever
+    /// the user is given later; only a record from before `roles_exact`
+    /// keeps its old "follow the user" meaning.
+    #[test]
+    fn an_exact_empty_role_list_never_grows_with_its_user() {
+        use gatehouse_proto::events::{AssignRole, UnassignRole};
+        let mut state = State::default();
+        let uid = "a".repeat(32);
+        let at = |p| Command { proposed_at: 1_500, payload: Some(p), ..Default::default() };
+        state.apply(1, &create_user_cmd(&uid, "svc"), &mut Vec::new());
+        state.apply(
+            2,
+            &at(Payload::UnassignRole(UnassignRole { user_id: uid.clone(), role: "viewer".into() })),
+            &mut Vec::new(),
+        );
+        let mut out = Vec::new();
+        for (i, (id, exact)) in [("00112233aabbccdd", true), ("1111111111111111", false)].into_iter().enumerate() {
+            let key = CreateApiKey {
+                key_id: id.into(),
+                user_id: uid.clone(),
+                name: "k".into(),
+                secret_sha256: secret_hash(SECRET).to_vec(),
+                expires_at: 0,
+                roles: vec![],
+                roles_exact: exact,
+            };
+            state.apply(3 + i as u64, &at(Payload::CreateApiKey(key)), &mut out);
+        }
+        // Stored as format 2 exactly when the list is exact.
+        let formats: Vec<u8> = out
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::Put { table: Table::ApiKeys, value, .. } => Some(value[0]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(formats, [crate::codec::FORMAT_V2, crate::codec::FORMAT_V1]);
+        state.apply(5, &at(Payload::AssignRole(AssignRole { user_id: uid, role: "admin".into() })), &mut Vec::new());
+        let exact = format_key("00112233aabbccdd", SECRET);
+        assert_eq!(verify(&state, &exact, 2_000).unwrap().roles, Vec::<String>::new());
+        let legacy = format_key("1111111111111111", SECRET);
+        assert_eq!(verify(&state, &legacy, 2_000).unwrap().roles, vec!["admin".to_string()]);
+        // A last-use flush rewrites the record without losing its format.
+        let mut out = Vec::new();
+        let touch = gatehouse_proto::events::RecordUse {
+            keys: vec![gatehouse_proto::events::record_use::Use { id: "00112233aabbccdd".into(), at: 1_400 }],
+            ..Default::default()
+        };
+        state.apply(6, &at(Payload::RecordUse(touch)), &mut out);
+        assert!(matches!(&out[..], [Mutation::Put { value, .. }] if value[0] == crate::codec::FORMAT_V2), "{out:?}");
     }
 }

@@ -5,9 +5,9 @@
 
 use gatehouse_proto::events::RecordUse;
 
-use crate::mutation::{Mutation, Table};
+use crate::mutation::Mutation;
 use crate::result::ApplyError;
-use crate::state::{put, State};
+use crate::state::State;
 
 /// Most uses one command may carry.
 pub const MAX_USES: usize = 100_000;
@@ -28,7 +28,7 @@ pub(crate) fn record(state: &mut State, c: &RecordUse, out: &mut Vec<Mutation>) 
         if let Some(k) = state.keys.get_mut(&u.id) {
             if u.at > k.last_used {
                 k.last_used = u.at;
-                out.push(put(Table::ApiKeys, &k.key_id, k));
+                out.push(crate::keys::put_key(k));
                 changed += 1;
             }
         }
@@ -56,6 +56,7 @@ mod tests {
                 secret_sha256: vec![1; 32],
                 expires_at: 0,
                 roles: vec![],
+                roles_exact: false,
             })),
             ..Default::default()
         };

@@ -514,6 +514,7 @@ pub(crate) mod tests {
             secret_sha256: vec![1; 32],
             expires_at: 0,
             roles: vec![],
+            roles_exact: false,
         };
         assert_eq!(state.apply(3, &cmd(2_000, Payload::CreateApiKey(key)), &mut Vec::new()).code, Code::Ok as i32);
         let session = CreateSession {

@@ -43,7 +43,8 @@ pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::
         name: "bootstrap".into(),
         secret_sha256: key.secret_sha256.to_vec(),
         expires_at: 0,
-        roles: vec![],
+        roles: vec![ADMIN.into()],
+        roles_exact: true,
     }));
     let applied = cluster.propose(vec![user, api_key]).await?;
     for r in &applied.results {

@@ -186,7 +186,7 @@ async fn every_rpc(endpoint: &str, token: Option<&str>) -> Vec<(&'static str, Ne
         ),
         (
             "sessions.revoke_everything",
-            Write,
+            Admin,
             code(sessions.revoke_everything(RevokeEverySessionRequest { confirm: false, wait_all: false }).await),
         ),
         ("roles.list", Read, code(roles.list(ListRolesRequest {}).await)),

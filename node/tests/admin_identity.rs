@@ -167,6 +167,18 @@ async fn rbac_and_hostile_arguments() {
     assert!(admin_cli(&e, &operator, &["user", "create", "newbie", "--email", "n@example.com", "--role", "viewer"])
         .await
         .is_ok());
+    // A key acts as its user whatever roles it names: an operator cannot
+    // mint one for an admin, even restricted to `viewer`.
+    let keys_before = c.node(1).cluster().view().read().api_keys().count();
+    for args in [
+        &["key", "create", "--user", "admin", "--name", "x", "--role", "viewer"][..],
+        &["key", "create", "--user", "admin", "--name", "x"],
+    ] {
+        let err = admin_cli(&e, &operator, args).await.unwrap_err();
+        assert!(err.starts_with("permission denied"), "{args:?}: {err}");
+    }
+    assert_eq!(c.node(1).cluster().view().read().api_keys().count(), keys_before);
+    assert!(admin_cli(&e, &operator, &["key", "create", "--user", "newbie", "--name", "x"]).await.is_ok());
     let err = admin_cli(&e, "gk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &["user", "list"])
         .await
         .unwrap_err();

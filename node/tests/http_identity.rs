@@ -373,6 +373,7 @@ async fn expired_keys_fail_and_a_node_cut_off_from_its_leader_answers_503() {
         secret_sha256: k.secret_sha256.to_vec(),
         expires_at: gatehouse_api::cluster::now_ms() + 1_000,
         roles: vec![],
+        roles_exact: false,
     }));
     c.node(1).cluster().propose_one(cmd).await.unwrap();
     assert_eq!(verify_bearer(c.node(2), &k.key).await.status(), StatusCode::OK);

@@ -186,12 +186,23 @@ impl AuditService for Audit {
 
     async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        let meta = req.metadata().clone();
         let filter = Filter::new(&self.cluster, req.into_inner().filter)?;
-        let log = self.log.clone();
+        let (log, cluster) = (self.log.clone(), self.cluster.clone());
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut from = 0u64;
+            let mut checked = tokio::time::Instant::now();
             loop {
+                // Re-authorized while it streams, as `Watch` is: a key revoked
+                // or a role taken away mid-export ends the export.
+                if checked.elapsed() >= super::events::RECHECK {
+                    if let Err(e) = authorize(&cluster, &meta, Permission::AuditRead).await {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                    checked = tokio::time::Instant::now();
+                }
                 let (log, filter) = (log.clone(), filter.clone());
                 let chunk = tokio::task::spawn_blocking(move || {
                     let (mut out, mut last, mut looked) = (Vec::new(), None, 0);

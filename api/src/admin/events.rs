@@ -26,7 +26,7 @@ const CHUNK: usize = 256;
 const BUFFER: usize = 1024;
 /// How often a stream re-checks that its caller is still allowed: a
 /// revoked key stops receiving within this (plus one chunk of events).
-const RECHECK: Duration = Duration::from_secs(2);
+pub(super) const RECHECK: Duration = Duration::from_secs(2);
 
 pub struct Events {
     cluster: Cluster,

@@ -56,6 +56,10 @@ impl KeyService for Keys {
             // Its roles are fixed now (the user's, unless restricted), so a
             // key handed out today does not gain what its user gains later.
             let roles = if r.roles.is_empty() { user.roles.clone() } else { r.roles };
+            // The owner as well as the roles: a key restricted to `viewer`
+            // still acts as its user (`/api/v1/me`, their sessions), so an
+            // operator must not mint one for an admin.
+            check_covers(&state, &actor, &user.roles)?;
             check_covers(&state, &actor, &roles)?;
             (user.user_id.clone(), roles)
         };
@@ -68,7 +72,9 @@ impl KeyService for Keys {
             name: r.name,
             secret_sha256: key.secret_sha256.to_vec(),
             expires_at,
+            // Exactly these roles, whatever the user is given later.
             roles,
+            roles_exact: true,
         }));
         let result = super::write(&self.cluster, &actor, cmd).await?;
         super::secret_shown_once("key", &result.id, &key.key_id)?;
@@ -120,6 +126,13 @@ impl KeyService for Keys {
             .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("no key {}", r.id)))?;
         check_covers_owner(&self.cluster.view().read(), &actor, &old.user_id)?;
+        // A key from before exact role lists whose list is empty followed its
+        // user; its successor holds what that meant today, and no more later.
+        let exact_roles = if old.roles_exact || !old.roles.is_empty() {
+            old.roles.clone()
+        } else {
+            self.cluster.view().read().user(&old.user_id).map(|u| u.roles.clone()).unwrap_or_default()
+        };
         let key = credentials::new_api_key();
         tracing::Span::current().record("new_key_id", key.key_id.as_str());
         let now = now_ms();
@@ -133,7 +146,8 @@ impl KeyService for Keys {
                 name: old.name.clone(),
                 secret_sha256: key.secret_sha256.to_vec(),
                 expires_at: if old.expires_at == 0 { 0 } else { now + old.expires_at.saturating_sub(old.created_at) },
-                roles: old.roles.clone(),
+                roles: exact_roles,
+                roles_exact: true,
             }),
             old_expires_at: if r.grace_seconds == 0 { 0 } else { now + r.grace_seconds * 1000 },
         }));

@@ -85,7 +85,9 @@ impl SessionService for Sessions {
 
     #[tracing::instrument(level = "warn", name = "admin.sessions.revoke_everything", skip_all, fields(actor))]
     async fn revoke_everything(&self, req: Request<RevokeEverySessionRequest>) -> Result<Response<Revoked>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
+        // Signing out everyone (admins included) is a cluster-wide act, not
+        // day-to-day session work: `cluster.admin`, not `sessions.write`.
+        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         if !r.confirm {

@@ -180,7 +180,8 @@ pub async fn create_key(node: &Node, username: &str, roles: &[&str]) -> String {
         name: "test".into(),
         secret_sha256: key.secret_sha256.to_vec(),
         expires_at: 0,
-        roles: vec![],
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        roles_exact: true,
     }));
     let applied = c.propose(vec![user, api_key]).await.expect("acknowledged");
     for r in &applied.results {
