@@ -91,9 +91,11 @@ struct Buffer {
     /// (action, resource, client ip) → (count, first seen).
     counted: HashMap<(&'static str, String, String), (u64, u64)>,
     dropped: u64,
-    /// A batch that failed to commit, retried as is (same request id, so
-    /// it is applied once even if only the answer was lost).
+    /// A batch that failed to commit, retried as is (same batch number, so
+    /// it is appended once even if only the answer was lost).
     retry: Option<Command>,
+    /// The number of the last batch made here.
+    last_batch: u64,
 }
 
 /// The node's audit buffer, held by the [`Cluster`]: recording never waits
@@ -260,7 +262,18 @@ impl Recorder {
         let events: Vec<AuditEvent> = b.events.drain(..n).collect();
         let dropped = std::mem::take(&mut b.dropped);
         metrics.audit_buffered.set(b.events.len() as i64);
-        Some(Err(AppendAudit { events, dropped }))
+        Some(Err(AppendAudit { events, dropped, batch: 0 }))
+    }
+
+    /// The next batch number: above every batch this node made, in this
+    /// process (`last_batch`) or before it (`applied`, the last one the log
+    /// took from this node), and from the clock in microseconds, so a
+    /// restart whose view is still catching up does not reuse a number.
+    fn next_batch(&self, applied: u64) -> u64 {
+        let mut b = self.buffer();
+        let clock = now_ms().saturating_mul(1000);
+        b.last_batch = clock.max(b.last_batch + 1).max(applied + 1);
+        b.last_batch
     }
 }
 
@@ -310,7 +323,12 @@ pub fn start(cluster: Cluster, log: AuditLog, config: AuditConfig, stop: tokio::
 pub async fn flush(cluster: &Cluster) {
     let metrics = cluster.metrics();
     while let Some(next) = cluster.recorder().take(metrics) {
-        let cmd = next.unwrap_or_else(|append| cluster.command(Payload::AppendAudit(append)));
+        let cmd = next.unwrap_or_else(|mut append| {
+            let chain = cluster.view().read().audit_chain();
+            let applied = gatehouse_domain::audit::last_batch(&chain, cluster.id()).unwrap_or(0);
+            append.batch = cluster.recorder().next_batch(applied);
+            cluster.command(Payload::AppendAudit(append))
+        });
         let n = match &cmd.payload {
             Some(Payload::AppendAudit(a)) => a.events.len() as u64,
             _ => 0,

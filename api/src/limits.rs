@@ -513,6 +513,19 @@ impl Limiter {
         caller: Option<(&str, Option<&str>)>,
     ) -> Result<Option<Quota>, ApiError> {
         let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
+        // Already full in this node's view: refused here, proposing nothing,
+        // so a client flooding past its limit cannot grow the log (or every
+        // node's memory) with hits apply would only refuse. The view may lag
+        // the log, never lead it, so this refuses nothing the log would admit;
+        // the exact count still comes from apply.
+        let now = now_ms();
+        let u = self.usage(p, &bucket, now);
+        if u.count >= u64::from(p.limit) {
+            self.inner.cluster.metrics().rate_refused_locally.inc();
+            let mut q = self.quota(i, p, u.count, u.resets_at, now);
+            q.remaining = 0;
+            return Err(self.limited(q));
+        }
         let c = &self.inner.cluster;
         let cmd = c.command(Payload::RateHit(RateHit {
             policy: p.name.clone(),

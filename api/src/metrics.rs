@@ -98,6 +98,8 @@ pub struct Metrics {
     pub audit_buffered: Gauge,
     pub audit_dropped: Counter,
     pub audit_sent: Counter,
+    /// Strict-limit hits refused from the node's own view, never proposed.
+    pub rate_refused_locally: Counter,
 }
 
 impl Default for Metrics {
@@ -139,6 +141,7 @@ impl Metrics {
             audit_buffered: Gauge::default(),
             audit_dropped: Counter::default(),
             audit_sent: Counter::default(),
+            rate_refused_locally: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -182,6 +185,11 @@ impl Metrics {
         r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
         r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
         r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());
+        r.register(
+            "rate_limit_refused_locally",
+            "strict rate-limit hits refused from this node's view without a log write",
+            m.rate_refused_locally.clone(),
+        );
         let spans = crate::trace::span_queue();
         r.register("trace_spans_dropped", "finished spans dropped: the export queue was full", spans.dropped.clone());
         r.register("trace_spans_sent", "finished spans handed to the OTLP exporter", spans.sent.clone());

@@ -343,7 +343,7 @@ async fn audit_source(
             origin_node: node,
             request_id: hex(),
             traceparent: String::new(),
-            payload: Some(Payload::AppendAudit(AppendAudit { events, dropped: 0 })),
+            payload: Some(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })),
         };
         let req = ProposeRequest { batch: Some(CommandBatch { commands: vec![cmd] }) };
         if let Ok(r) = client.propose(req).await {

@@ -18,7 +18,7 @@
 //! records chain from after a prune.
 
 use gatehouse_proto::events::{AppendAudit, AuditEvent, PruneAudit};
-use gatehouse_proto::state::{AuditChain, AuditRecord};
+use gatehouse_proto::state::{AuditChain, AuditRecord, OriginBatch};
 use sha2::{Digest, Sha256};
 
 use crate::mutation::{Mutation, Table};
@@ -91,11 +91,29 @@ pub struct Chained {
     base: AuditChain,
     after: AuditChain,
     records: Vec<Mutation>,
+    /// A retry of a batch already appended: nothing to install.
+    retry: bool,
+}
+
+/// The last numbered batch applied from `node`, if any.
+pub fn last_batch(chain: &AuditChain, node: u64) -> Option<u64> {
+    chain.batches.binary_search_by_key(&node, |b| b.node_id).ok().map(|i| chain.batches[i].batch)
+}
+
+fn set_last_batch(chain: &mut AuditChain, node: u64, batch: u64) {
+    match chain.batches.binary_search_by_key(&node, |b| b.node_id) {
+        Ok(i) => chain.batches[i].batch = batch,
+        Err(i) => chain.batches.insert(i, OriginBatch { node_id: node, batch }),
+    }
 }
 
 /// Chains `c`'s events (after an `audit.dropped` note when the node lost
-/// some) onto `base`.
+/// some) onto `base`. A numbered batch at or below its origin's last is a
+/// retry of one already appended: it chains nothing.
 pub(crate) fn chain(base: &AuditChain, origin_node: u64, now: u64, c: &AppendAudit) -> Result<Chained, ApplyError> {
+    if c.batch != 0 && last_batch(base, origin_node).is_some_and(|last| c.batch <= last) {
+        return Ok(Chained { base: base.clone(), after: base.clone(), records: Vec::new(), retry: true });
+    }
     if c.events.len() > MAX_EVENTS {
         return Err(ApplyError::Invalid("too many audit events in one command".into()));
     }
@@ -125,7 +143,10 @@ pub(crate) fn chain(base: &AuditChain, origin_node: u64, now: u64, c: &AppendAud
     if let Some(hash) = last {
         after.head_hash = hash.to_vec();
     }
-    Ok(Chained { base: base.clone(), after, records })
+    if c.batch != 0 {
+        set_last_batch(&mut after, origin_node, c.batch);
+    }
+    Ok(Chained { base: base.clone(), after, records, retry: false })
 }
 
 /// The head `chained` leaves (to chain the next command of an entry onto).
@@ -150,6 +171,10 @@ pub(crate) fn append(
         Some(Err(e)) => return Err(e),
         _ => chain(&state.audit, origin_node, now, c)?,
     };
+    if chained.retry {
+        // A retried batch: appended the first time, nothing to do now.
+        return Ok("duplicate".into());
+    }
     let first = chained.base.head_seq + 1;
     out.extend(chained.records);
     state.audit = chained.after;
@@ -293,7 +318,7 @@ mod tests {
         Command {
             proposed_at: 10,
             origin_node: 2,
-            payload: Some(Payload::AppendAudit(AppendAudit { events, dropped })),
+            payload: Some(Payload::AppendAudit(AppendAudit { events, dropped, batch: 0 })),
             ..Default::default()
         }
     }
@@ -350,6 +375,53 @@ mod tests {
         assert_eq!(verify(&s.audit_chain(), &junk), Err(Broken::Malformed(1)));
     }
 
+    /// A numbered batch is appended once however often it is retried, and
+    /// keeps no idempotency record (which would grow by one per flush).
+    #[test]
+    fn a_retried_batch_appends_once_and_keeps_no_request_record() {
+        let numbered = |origin: u64, batch: u64, request_id: &str| Command {
+            proposed_at: 10,
+            origin_node: origin,
+            request_id: request_id.into(),
+            payload: Some(Payload::AppendAudit(AppendAudit {
+                events: vec![event("login.failure")],
+                dropped: 1,
+                batch,
+            })),
+            ..Default::default()
+        };
+        let mut s = State::default();
+        let mut out = Vec::new();
+        assert_eq!(s.apply(1, &numbered(2, 7, "r1"), &mut out).code, 0);
+        assert_eq!(s.audit_chain().head_seq, 2);
+        assert!(!out.iter().any(|m| matches!(m, Mutation::Put { table: Table::Requests, .. })), "{out:?}");
+        // The same batch again (a retry with the same id or another), or an older one: nothing.
+        for (index, cmd) in [(2, numbered(2, 7, "r1")), (3, numbered(2, 7, "r2")), (4, numbered(2, 6, "r3"))] {
+            let mut again = Vec::new();
+            let r = s.apply(index, &cmd, &mut again);
+            assert_eq!((r.code, r.id.as_str()), (0, "duplicate"));
+            assert!(again.is_empty(), "{again:?}");
+        }
+        assert_eq!(s.audit_chain().head_seq, 2);
+        // The next batch, and another node's batch 1, are appended.
+        s.apply(5, &numbered(2, 8, "r4"), &mut out);
+        s.apply(6, &numbered(1, 1, "r5"), &mut out);
+        assert_eq!(s.audit_chain().head_seq, 6);
+        assert_eq!((last_batch(&s.audit_chain(), 2), last_batch(&s.audit_chain(), 1)), (Some(8), Some(1)));
+        assert_eq!(s.audit_chain().batches.iter().map(|b| b.node_id).collect::<Vec<_>>(), [1, 2], "sorted");
+        assert_eq!(verify(&s.audit_chain(), &records(&out)), Ok(6));
+        // Prepared ahead under a read lock, the same holds.
+        let mut p = State::default();
+        let cmds = [numbered(2, 7, "a"), numbered(2, 7, "b"), numbered(2, 8, "c")];
+        let prepared = p.prepare(&cmds);
+        let mut pout = Vec::new();
+        for (i, (cmd, prep)) in cmds.iter().zip(prepared).enumerate() {
+            p.apply_prepared(i as u64 + 1, cmd, prep, &mut pout);
+        }
+        assert_eq!(p.audit_chain().head_seq, 4);
+        assert_eq!(verify(&p.audit_chain(), &records(&pout)), Ok(4));
+    }
+
     #[test]
     fn prune_keeps_the_rest_verifiable() {
         let mut s = State::default();
@@ -384,10 +456,18 @@ mod tests {
 
     /// Applying an entry with work prepared ahead (under a read lock) gives
     /// exactly what applying it alone gives, also where the preparation went
-    /// stale: a prune between two appends, a replayed request id.
+    /// stale: a prune between two appends, a retried batch.
     #[test]
     fn prepared_apply_equals_plain_apply() {
+        // Request ids stay distinct; the batch number ties a retry to its first.
         let with_id = |id: &str, mut c: Command| {
+            let batch = match id {
+                "a" | "a2" => 1,
+                other => u64::from(other.as_bytes()[0] - b'a' + 1),
+            };
+            if let Some(Payload::AppendAudit(a)) = &mut c.payload {
+                a.batch = batch;
+            }
             c.request_id = id.into();
             c
         };
@@ -405,7 +485,7 @@ mod tests {
                 ..Default::default()
             },
             with_id("e", append_cmd(vec![event("session.revoke")], 0)),
-            with_id("a", append_cmd(vec![event("replayed")], 0)),
+            with_id("a2", append_cmd(vec![event("retried")], 0)),
             with_id("f", append_cmd(vec![event("")], 0)),
         ];
         let run = |prepare: bool| {
@@ -415,9 +495,10 @@ mod tests {
             let prepared =
                 if prepare { s.prepare(&entry) } else { entry.iter().map(|_| Prepared::default()).collect() };
             if prepare {
-                // The appends not yet seen were chained ahead ("f" as its
-                // refusal), each onto the one before; "e" onto a head the
-                // prune will have moved, so apply has to chain it again.
+                // The appends were chained ahead ("f" as its refusal, "a2"
+                // as a retry of batch 1), each onto the one before; "e" onto
+                // a head the prune will have moved, so apply has to chain it
+                // again.
                 let ahead: Vec<_> = prepared
                     .iter()
                     .map(|p| match &p.audit {
@@ -426,7 +507,7 @@ mod tests {
                         None => None,
                     })
                     .collect();
-                assert_eq!(ahead, [Some(2), Some(4), None, Some(6), None, Some(u64::MAX)]);
+                assert_eq!(ahead, [Some(2), Some(4), None, Some(6), Some(7), Some(u64::MAX)]);
                 assert_ne!(prepared[3].audit.as_ref().unwrap().as_ref().unwrap().base.anchor_seq, 2);
             }
             let results: Vec<_> =
@@ -435,6 +516,7 @@ mod tests {
         };
         let (plain, prepared) = (run(false), run(true));
         assert_eq!(plain.0.iter().map(|r| r.code).collect::<Vec<_>>(), [0, 0, 0, 0, 0, 1]);
+        assert_eq!(plain.0[4].id, "duplicate");
         assert_eq!(plain.0, prepared.0);
         assert_eq!(plain.1, prepared.1);
         assert_eq!(plain.2, prepared.2);

@@ -19,7 +19,7 @@
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
-//! - [`requests`]: idempotency of retried commands.
+//! - [`requests`]: idempotency of retried commands (not of a node's own hits, deltas, uses and audit batches).
 //! - [`limits`]: replicated rate-limit counts (strict hits, global deltas).
 //! - [`audit`]: the hash-chained audit log, its prune and its verifier.
 //! - [`redact`]: commands as the event stream shows them (no secret hashes).

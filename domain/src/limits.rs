@@ -255,6 +255,42 @@ mod tests {
         assert_eq!(s.apply(8, &hit_cmd(61_001, "ip:10.0.0.1"), &mut out).code, 5);
     }
 
+    /// A flood of hits must not grow every node by an idempotency record
+    /// each (kept 24 h): hits, deltas and use times keep none.
+    #[test]
+    fn internal_commands_keep_no_idempotency_record() {
+        use gatehouse_proto::events::{record_use::Use, RateDeltas, RecordUse};
+        let mut s = State::default();
+        let mut out = Vec::new();
+        let with_id = |mut c: Command, id: &str| {
+            c.request_id = id.into();
+            c
+        };
+        let deltas = Command {
+            proposed_at: 1_000,
+            payload: Some(Payload::RateDeltas(RateDeltas {
+                deltas: vec![Delta { policy: "api".into(), bucket: "ip:10.0.0.1".into(), count: 2, window_ms: 60_000 }],
+            })),
+            ..Default::default()
+        };
+        let used = Command {
+            proposed_at: 1_000,
+            payload: Some(Payload::RecordUse(RecordUse {
+                keys: vec![Use { id: "k".into(), at: 5 }],
+                sessions: vec![],
+            })),
+            ..Default::default()
+        };
+        for (i, cmd) in [with_id(hit_cmd(1_000, "ip:10.0.0.1"), "h1"), with_id(deltas, "d1"), with_id(used, "u1")]
+            .into_iter()
+            .enumerate()
+        {
+            s.apply(i as u64 + 1, &cmd, &mut out);
+        }
+        assert!(!out.iter().any(|m| matches!(m, Mutation::Put { table: Table::Requests, .. })), "{out:?}");
+        assert!(s.requests.get("h1").is_none() && s.requests.get("d1").is_none());
+    }
+
     #[test]
     fn expired_buckets_are_dropped_as_log_time_passes() {
         let mut s = State::default();

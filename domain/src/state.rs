@@ -124,7 +124,15 @@ impl State {
             Some(Payload::PruneAudit(c)) => audit::prune(self, c, out),
         };
         let result = to_result(outcome, log_index);
-        self.requests.record(cmd, &result, out);
+        // Commands a node makes for itself keep no idempotency record: they
+        // come at the rate of traffic (a flood of logins is a flood of
+        // `RateHit`s), and a record each would grow every node for 24 h.
+        // A retry of one is harmless (a hit or delta counted twice errs on
+        // the side of the limit; a use time only moves forward) or caught
+        // by its own rule (an audit batch's number).
+        if !is_internal(cmd) {
+            self.requests.record(cmd, &result, out);
+        }
         result
     }
 
@@ -223,6 +231,15 @@ impl State {
 }
 
 /// A put of `record` under `key` in `table`.
+/// Whether `cmd` is one a node proposes on its own (limits, last use,
+/// audit), as opposed to a write someone asked for.
+fn is_internal(cmd: &Command) -> bool {
+    matches!(
+        cmd.payload,
+        Some(Payload::RateHit(_) | Payload::RateDeltas(_) | Payload::RecordUse(_) | Payload::AppendAudit(_))
+    )
+}
+
 pub(crate) fn put<M: prost::Message>(table: Table, key: &str, record: &M) -> Mutation {
     Mutation::Put { table, key: key.as_bytes().to_vec(), value: codec::encode(record) }
 }

@@ -403,7 +403,7 @@ async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
                     ..Default::default()
                 })
                 .collect();
-            let cmd = cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0 }));
+            let cmd = cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 }));
             cluster.propose_one(cmd).await.unwrap();
         }
     }
@@ -471,5 +471,85 @@ async fn audit_rpcs_refuse_hostile_input_and_non_auditors() {
     assert!(err.starts_with("invalid argument"), "{err}");
     let err = admin_cli(&ep(&c, 1), &c.admin_key, &["audit", "query", "--from", "yesterday-ish"]).await.unwrap_err();
     assert!(err.contains("RFC 3339"), "{err}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_export_ends_when_its_key_is_revoked_midway() {
+    use gatehouse_domain::Payload;
+    use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
+    use gatehouse_proto::admin::AuditExportRequest;
+    use gatehouse_proto::events::{AppendAudit, AuditEvent};
+    let c = TestCluster::start(1).await;
+    let cluster = c.node(1).cluster();
+    // Three export chunks' worth of records, 8 KiB each (24 MB), so the
+    // stream's flow-control window fills and the export waits on its reader.
+    for _ in 0..10 {
+        let events = (0..300)
+            .map(|i| AuditEvent {
+                at: i,
+                action: "test.event".into(),
+                outcome: "ok".into(),
+                detail: "d".repeat(8 * 1024),
+                ..Default::default()
+            })
+            .collect();
+        cluster
+            .propose_one(cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })))
+            .await
+            .unwrap();
+    }
+    let auditor = create_key(c.node(1), "auditor-ada", &["admin"]).await;
+    let key_id = gatehouse_domain::keys::parse_key(&auditor).unwrap().0.to_string();
+    let ch = tonic::transport::Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let mut req = tonic::Request::new(AuditExportRequest::default());
+    req.metadata_mut().insert("authorization", format!("Bearer {auditor}").parse().unwrap());
+    let mut stream = AuditServiceClient::new(ch).export(req).await.unwrap().into_inner();
+    let started = tokio::time::Instant::now();
+    assert!(stream.message().await.unwrap().is_some(), "the export started");
+    admin_cli(&ep(&c, 1), &c.admin_key, &["key", "revoke", &key_id, "--wait", "all"]).await.unwrap();
+    // The export re-checks its caller every 2 s (as `Watch` does): let one
+    // such interval pass, then read on.
+    tokio::time::sleep_until(started + Duration::from_millis(2_100)).await;
+    let mut got = 1;
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => panic!("the export ran to its end ({got} records) with a revoked key"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(got < 3_000, "{got} records streamed");
+    c.shutdown().await;
+}
+
+/// A client past a strict limit is refused from the node's own view: the
+/// flood writes no `RateHit` per request, so it cannot grow the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_past_a_strict_limit_proposes_nothing() {
+    let c = TestCluster::start_with(1, |cfg| {
+        let mut p = policy("login", By::Ip, 3, Mode::Strict);
+        p.path_prefix = Some("/api/v1/login".into());
+        cfg.rate_limits = limits(vec![p]);
+    })
+    .await;
+    let client = client_from("127.0.0.4");
+    for _ in 0..3 {
+        assert_eq!(login_from(&client, &c, "").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let cluster = c.node(1).cluster();
+    let before = cluster.view().applied_index();
+    for _ in 0..40 {
+        let r = login_from(&client, &c, "").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+        assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    }
+    assert_eq!(cluster.metrics().rate_refused_locally.get(), 40);
+    // Before: one RateHit entry per refused login (40 or more). Now only
+    // the node's periodic audit flushes may add entries.
+    let grown = cluster.view().applied_index() - before;
+    assert!(grown < 10, "the log grew by {grown} entries during the flood");
     c.shutdown().await;
 }

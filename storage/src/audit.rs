@@ -13,7 +13,7 @@ use crate::db::Storage;
 use crate::StorageError;
 
 /// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VerifyReport {
     /// The chain record verified against (head and anchor).
     pub chain: AuditChain,
@@ -147,7 +147,7 @@ mod tests {
                 (0..50).map(|j| AuditEvent { at: i * 100 + j, action: "login.failure".into(), ..Default::default() });
             let cmd = Command {
                 proposed_at: 1,
-                payload: Some(Payload::AppendAudit(AppendAudit { events: events.collect(), dropped: 0 })),
+                payload: Some(Payload::AppendAudit(AppendAudit { events: events.collect(), dropped: 0, batch: 0 })),
                 ..Default::default()
             };
             apply(&storage, &mut state, i + 1, &cmd);

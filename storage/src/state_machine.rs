@@ -325,7 +325,7 @@ mod tests {
         Command {
             proposed_at: 1,
             request_id: "audit-1".into(),
-            payload: Some(Payload::AppendAudit(AppendAudit { events: events.collect(), dropped: 0 })),
+            payload: Some(Payload::AppendAudit(AppendAudit { events: events.collect(), dropped: 0, batch: 0 })),
             ..Default::default()
         }
     }
