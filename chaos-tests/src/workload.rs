@@ -73,7 +73,7 @@ struct Client {
     users: Vec<String>,
     /// Keys created here: (id, whole key).
     keys: Vec<(String, String)>,
-    /// Sessions opened here: (id, token).
+    /// Sessions opened here: (id, the cookie's `name=value` as the node set it).
     sessions: Vec<(String, String)>,
     seq: u64,
 }
@@ -355,8 +355,8 @@ impl Client {
                     .get("set-cookie")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.split(';').next())
-                    .and_then(|v| v.split_once('='))
-                    .map(|(_, token)| token.to_string());
+                    .filter(|pair| pair.contains('='))
+                    .map(str::to_string);
                 let body: serde_json::Value = r.json().await.unwrap_or_default();
                 match (body["session_id"].as_str(), cookie) {
                     (Some(id), Some(token)) => {
@@ -415,11 +415,8 @@ impl Client {
     }
 
     async fn verify_session(&mut self, node: &Target) {
-        let Some((id, token)) = self.pick(&self.sessions.clone()) else { return };
-        let req = self
-            .http
-            .get(format!("http://{}/auth/verify", node.http))
-            .header("cookie", format!("gatehouse_session={token}"));
+        let Some((id, cookie)) = self.pick(&self.sessions.clone()) else { return };
+        let req = self.http.get(format!("http://{}/auth/verify", node.http)).header("cookie", cookie);
         self.verify(node, Kind::VerifySession, id, req).await;
     }
 }

@@ -109,7 +109,12 @@ pub use gatehouse_api::http::RouteRule;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
+    /// The session cookie's base name; outside dev mode it is sent as
+    /// `__Host-<name>`, or `__Secure-<name>` with `cookie_domain`.
     pub cookie_name: String,
+    /// Share the session cookie with subdomains of this domain (a sign-in
+    /// host serving several apps); unset, the cookie stays on its host.
+    pub cookie_domain: Option<String>,
     /// Absolute session lifetime.
     pub session_ttl_secs: u64,
     /// A session unused this long ends (0 = never).
@@ -131,6 +136,7 @@ impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
             cookie_name: "gatehouse_session".into(),
+            cookie_domain: None,
             session_ttl_secs: 12 * 3600,
             session_idle_secs: 3600,
             touch_flush_ms: 5_000,

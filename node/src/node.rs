@@ -335,7 +335,12 @@ fn front(config: &Config, cluster: Cluster) -> Front {
     let id = &config.identity;
     let fc = FrontConfig {
         secure_cookies: config.mode != Mode::Dev,
-        cookie_name: id.cookie_name.clone(),
+        cookie_name: gatehouse_api::http::cookie_name(
+            &id.cookie_name,
+            config.mode != Mode::Dev,
+            id.cookie_domain.as_deref(),
+        ),
+        cookie_domain: id.cookie_domain.clone(),
         session_ttl: Duration::from_secs(id.session_ttl_secs),
         session_idle: Duration::from_secs(id.session_idle_secs),
         metrics_on_front: config.metrics_addr.is_none(),

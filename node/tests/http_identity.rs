@@ -49,12 +49,22 @@ async fn a_session_made_on_one_node_works_on_every_node_at_once_and_logout_ends_
     create_user_with_password(c.node(1), "alice", PASSWORD, &["viewer"]).await;
     let resp = login(c.node(1), "Alice", PASSWORD).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
-    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
-        assert!(set_cookie.contains(attr), "{set_cookie}");
-    }
-    for h in ["x-content-type-options", "x-frame-options", "content-security-policy", "referrer-policy"] {
-        assert!(resp.headers().contains_key(h), "missing {h}");
+    // One cookie, `__Host-` prefixed (Secure, Path=/, no Domain), whole value checked.
+    let set_cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(set_cookies.len(), 1);
+    let set_cookie = set_cookies[0].to_str().unwrap().to_string();
+    let (pair, attrs) = set_cookie.split_once("; ").unwrap();
+    let token = pair.strip_prefix("__Host-gatehouse_session=gs_").unwrap_or_else(|| panic!("{set_cookie}"));
+    assert_eq!(token.len(), 43, "{set_cookie}");
+    assert_eq!(attrs, "Path=/; HttpOnly; SameSite=Lax; Max-Age=43200; Secure");
+    for (h, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(resp.headers()[h], want, "{h}");
     }
     let cookie = session_cookie(&resp);
 
@@ -108,7 +118,18 @@ async fn a_session_made_on_one_node_works_on_every_node_at_once_and_logout_ends_
         .await
         .unwrap();
     assert_eq!(out.status(), StatusCode::OK);
-    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        out.headers()["set-cookie"],
+        "__Host-gatehouse_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+    );
+    // A second cookie of the name (planted by a sibling host) is refused, not picked.
+    let (name, value) = cookie.split_once('=').unwrap();
+    let login2 = session_cookie(&login(c.node(1), "alice", PASSWORD).await);
+    assert_eq!(verify_cookie(c.node(1), &login2).await, StatusCode::OK);
+    let doubled = format!("{login2}; {name}={value}");
+    assert_eq!(verify_cookie(c.node(1), &doubled).await, StatusCode::UNAUTHORIZED);
+    let doubled = format!("{login2}; {login2}");
+    assert_eq!(verify_cookie(c.node(1), &doubled).await, StatusCode::UNAUTHORIZED);
     for id in 1..=3 {
         assert_eq!(verify_cookie(c.node(id), &cookie).await, StatusCode::UNAUTHORIZED);
     }

@@ -84,7 +84,11 @@ impl RouteRule {
 pub struct FrontConfig {
     /// `Secure` on the session cookie (off only in dev mode).
     pub secure_cookies: bool,
+    /// The session cookie's full name, prefix included ([`cookie_name`]).
     pub cookie_name: String,
+    /// `Domain=` of the session cookie, when a sign-in host is shared by
+    /// several app subdomains; `None` keeps the cookie on this host.
+    pub cookie_domain: Option<String>,
     pub session_ttl: Duration,
     pub session_idle: Duration,
     pub lockout: Lockout,
@@ -214,16 +218,33 @@ pub fn credential(headers: &HeaderMap, cookie_name: &str) -> Option<(String, boo
     cookie(headers, cookie_name).map(|c| (c, true))
 }
 
-/// The value of cookie `name`, if sent.
+/// The session cookie's name: `__Host-<base>` when it is `Secure` and bound
+/// to this host (the browser then refuses it from a sibling subdomain or
+/// over plain HTTP, and with a `Domain` or another `Path`), `__Secure-<base>`
+/// when a cookie domain is configured, the bare base name only without
+/// `Secure` (dev mode).
+pub fn cookie_name(base: &str, secure: bool, domain: Option<&str>) -> String {
+    match (secure, domain) {
+        (false, _) => base.to_string(),
+        (true, None) => format!("__Host-{base}"),
+        (true, Some(_)) => format!("__Secure-{base}"),
+    }
+}
+
+/// The value of cookie `name`, if sent exactly once. Two cookies of the
+/// name (one planted by a sibling subdomain, say) are refused, never "take
+/// the first": which one a browser sends first is not the server's choice.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_string())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string());
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
 }
 
 /// CSRF proof for a browser request: a custom header (which a cross-site
@@ -267,6 +288,27 @@ mod tests {
         assert_eq!(credential(&h, "gatehouse_session"), Some(("gs_y".into(), true)));
         assert_eq!(credential(&headers(&[("authorization", "Basic abc")]), "gatehouse_session"), None);
         assert_eq!(credential(&headers(&[("cookie", "other=1")]), "gatehouse_session"), None);
+    }
+
+    #[test]
+    fn two_session_cookies_are_refused_not_picked() {
+        let name = "__Host-gatehouse_session";
+        let one = headers(&[("cookie", "__Host-gatehouse_session=gs_a; gatehouse_session=gs_b")]);
+        assert_eq!(cookie(&one, name).as_deref(), Some("gs_a"));
+        for two in [
+            headers(&[("cookie", "__Host-gatehouse_session=gs_a; __Host-gatehouse_session=gs_b")]),
+            headers(&[("cookie", "__Host-gatehouse_session=gs_a"), ("cookie", "__Host-gatehouse_session=gs_a")]),
+        ] {
+            assert_eq!(cookie(&two, name), None);
+            assert_eq!(credential(&two, name), None);
+        }
+    }
+
+    #[test]
+    fn cookie_names_carry_the_prefix_their_attributes_allow() {
+        assert_eq!(cookie_name("gatehouse_session", true, None), "__Host-gatehouse_session");
+        assert_eq!(cookie_name("gatehouse_session", true, Some("example.com")), "__Secure-gatehouse_session");
+        assert_eq!(cookie_name("gatehouse_session", false, None), "gatehouse_session");
     }
 
     #[test]

@@ -73,11 +73,17 @@ fn with_quota(mut resp: Response, quota: Option<Quota>) -> Response {
     resp
 }
 
+/// `Set-Cookie` for the session: `Path=/`, `HttpOnly`, `SameSite=Lax`,
+/// `Secure` outside dev mode, `Domain` only when configured (the name's
+/// prefix says which: see [`super::cookie_name`]).
 fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if front.config.secure_cookies { "; Secure" } else { "" };
-    let c =
-        format!("{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}", front.config.cookie_name);
-    HeaderValue::from_str(&c).expect("cookie names and tokens are header-safe")
+    let domain = front.config.cookie_domain.as_deref().map(|d| format!("; Domain={d}")).unwrap_or_default();
+    let c = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}{domain}",
+        front.config.cookie_name
+    );
+    HeaderValue::from_str(&c).expect("cookie names, domains and tokens are header-safe")
 }
 
 /// `POST /api/v1/login` `{username, password}` → session cookie.
