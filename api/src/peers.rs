@@ -87,11 +87,48 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Advertised address → the address actually dialled.
     routes: Arc<HashMap<String, String>>,
+    /// Production without TLS: the secret and the log go to loopback only.
+    loopback_only: bool,
+}
+
+/// Whether `host:port` (or a bare host) names this machine: `localhost` or
+/// a loopback IP. Anything that must be resolved is not.
+pub fn is_loopback_addr(addr: &str) -> bool {
+    let bare = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h).eq_ignore_ascii_case("localhost")
 }
 
 impl Peers {
     pub fn new(secret: ClusterSecret) -> Self {
-        Peers { secret, channels: Arc::default(), routes: Arc::default() }
+        Peers { secret, channels: Arc::default(), routes: Arc::default(), loopback_only: false }
+    }
+
+    /// Refuses to dial anything off loopback: every Raft RPC carries the
+    /// cluster secret and log entries in plaintext (production mode sets
+    /// this until cluster TLS exists).
+    pub fn loopback_only(mut self, on: bool) -> Self {
+        self.loopback_only = on;
+        self
+    }
+
+    /// Whether this node may send the cluster secret to `addr` (and the
+    /// route it is dialled through); the refusal says why.
+    pub fn check_dialable(&self, addr: &str) -> Result<(), ApiError> {
+        let dial = self.routes.get(addr).map_or(addr, String::as_str);
+        if self.loopback_only && !(is_loopback_addr(addr) && is_loopback_addr(dial)) {
+            return Err(ApiError::FailedPrecondition(
+                "production mode sends cluster traffic (the secret, the log) to loopback addresses only: \
+                 plaintext off loopback is refused"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Dials each advertised address in `routes` through its route instead
@@ -111,9 +148,12 @@ impl Peers {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
+        self.check_dialable(addr)?;
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
         let endpoint = Endpoint::from_shared(format!("http://{dial}"))
-            .map_err(|_| ApiError::InvalidArgument(format!("invalid node address {addr:?}")))?
+            .map_err(|_| {
+                ApiError::InvalidArgument(format!("invalid node address {}", gatehouse_domain::quote::quote(addr)))
+            })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -144,5 +184,29 @@ mod tests {
         assert!(!s.matches("s".repeat(39).as_bytes()));
         assert!(!s.matches(b""));
         assert_eq!(format!("{s:?}"), "ClusterSecret(..)");
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for a in ["127.0.0.1:9090", "127.3.2.1:1", "[::1]:9090", "localhost:9090", "LOCALHOST", "::1", "127.0.0.1"] {
+            assert!(is_loopback_addr(a), "{a}");
+        }
+        for a in ["10.0.0.5:9090", "[::]:1", "0.0.0.0:9090", "node-2:9090", "localhost.evil.example:1", "[fe80::1]:1"] {
+            assert!(!is_loopback_addr(a), "{a}");
+        }
+    }
+
+    #[tokio::test]
+    async fn production_never_dials_off_loopback() {
+        let peers = Peers::new(ClusterSecret::new(&"s".repeat(40)).unwrap())
+            .with_routes([("127.0.0.1:7001".to_string(), "10.0.0.9:7001".to_string())])
+            .loopback_only(true);
+        assert!(peers.channel("127.0.0.1:7002").is_ok());
+        for refused in ["10.0.0.5:7000", "node-2:7000", "127.0.0.1:7001"] {
+            assert!(matches!(peers.channel(refused), Err(ApiError::FailedPrecondition(_))), "{refused}");
+            assert!(peers.raft_client(refused).is_err(), "{refused}");
+        }
+        let open = Peers::new(ClusterSecret::new(&"s".repeat(40)).unwrap());
+        assert!(open.channel("10.0.0.5:7000").is_ok());
     }
 }

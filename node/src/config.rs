@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use gatehouse_api::peers::is_loopback_addr;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,20 +379,20 @@ impl Config {
             }
             // Raft traffic is plaintext gRPC authenticated by the secret; off
             // loopback it needs TLS, which this build does not offer yet.
-            let advertised_loopback = self.advertise_addr.as_deref().is_none_or(is_loopback);
-            if !self.grpc_addr.ip().is_loopback() || !advertised_loopback {
+            // Every address the secret would be sent to counts: our own, the
+            // initial members', and the routes peers are dialled through.
+            let advertised_loopback = self.advertise_addr.as_deref().is_none_or(is_loopback_addr);
+            let members_loopback = self.initial_members.iter().all(|m| is_loopback_addr(&m.addr));
+            let routes_loopback = self.peer_routes.iter().all(|(a, d)| is_loopback_addr(a) && is_loopback_addr(d));
+            if !self.grpc_addr.ip().is_loopback() || !advertised_loopback || !members_loopback || !routes_loopback {
                 return bad(
-                    "production mode refuses plaintext cluster traffic off loopback (TLS is not supported yet)",
+                    "production mode refuses plaintext cluster traffic off loopback (grpc_addr, advertise_addr, \
+                     initial_members, peer_routes; TLS is not supported yet)",
                 );
             }
         }
         Ok(())
     }
-}
-
-fn is_loopback(addr: &str) -> bool {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -438,6 +439,21 @@ mod tests {
         c.grpc_addr = "127.0.0.1:9090".parse().unwrap();
         c.advertise_addr = Some("10.0.0.5:9090".into());
         assert!(c.validate().is_err(), "advertised off loopback");
+        c.advertise_addr = None;
+        assert!(c.validate().is_ok());
+        // The secret goes to every member and route too: those count as well.
+        c.initial_members =
+            vec![Member { id: 1, addr: "127.0.0.1:9090".into() }, Member { id: 2, addr: "10.0.0.6:9090".into() }];
+        assert!(c.validate().is_err(), "a member off loopback");
+        c.initial_members.truncate(1);
+        assert!(c.validate().is_ok());
+        c.peer_routes.insert("127.0.0.1:9091".into(), "node-3.internal:9091".into());
+        assert!(c.validate().is_err(), "a route off loopback");
+        c.peer_routes.clear();
+        c.identity.cookie_domain = Some("Example.com".into());
+        assert!(c.validate().is_err(), "cookie domains are lower case");
+        c.identity.cookie_domain = Some("example.com".into());
+        assert!(c.validate().is_ok());
         assert!(Config::dev().validate().is_ok());
         let mut c = Config::dev();
         c.raft.election_timeout_min_ms = 50;

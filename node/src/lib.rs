@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - [`config`]: the typed configuration (TOML + `GATEHOUSE_*`).
+//! - [`data_dir`]: the data directory, created private and checked.
 //! - [`node`]: [`Node`]: start, initialise, shut down.
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`telemetry`]: logging setup.
@@ -21,6 +22,7 @@ pub mod audit_cli;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod node;
 pub mod telemetry;
 

@@ -16,6 +16,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Every file the node writes (store, snapshots, key files) is private.
+    gatehouse::data_dir::private_umask();
     let cli = Cli::parse();
     if token_in_argv() {
         eprintln!(

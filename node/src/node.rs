@@ -84,6 +84,7 @@ impl Node {
     /// cluster when configured to (dev mode always does, once).
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
+        crate::data_dir::prepare(&config.data_dir)?;
         let secret = match config.read_cluster_secret()? {
             Some(s) => s,
             None if config.mode == Mode::Dev => dev_secret(&config.data_dir)?,
@@ -123,7 +124,8 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate()?);
-        let peers = Peers::new(secret).with_routes(config.peer_routes.clone());
+        let peers =
+            Peers::new(secret).with_routes(config.peer_routes.clone()).loopback_only(config.mode == Mode::Production);
         // Raft and everything that feeds it run on a runtime of their own:
         // decoding and encoding replication traffic never holds a worker
         // that answers requests (see `RaftRuntime`).

@@ -90,6 +90,9 @@ async fn refuses_missing_wrong_and_underprivileged_keys_and_bad_arguments() {
         (&["cluster", "add-learner", "0", "127.0.0.1:1"][..], "invalid argument"),
         (&["cluster", "add-learner", "7", "no-port"], "invalid argument"),
         (&["cluster", "add-learner", "7", "http://127.0.0.1:1"], "invalid argument"),
+        // Production without TLS never sends the secret off loopback.
+        (&["cluster", "add-learner", "7", "10.0.0.7:9090"], "failed precondition"),
+        (&["cluster", "add-learner", "7", "node-7.internal:9090"], "failed precondition"),
         (&["cluster", "promote", "42"], "not found"),
         (&["cluster", "promote", "0"], "invalid argument"),
         (&["cluster", "remove", "42"], "not found"),

@@ -99,6 +99,27 @@ fn dev_mode_prints_a_key_once_serves_admin_and_exits_zero_on_sigterm() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut rest).unwrap();
     assert!(!rest.contains("gk_"), "no second bootstrap key: {rest}");
+
+    // Everything the node wrote is private to its user: directories 0700, files 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for entry in walk(&data) {
+        assert_eq!(mode(&entry), 0o600, "{}", entry.display());
+        assert_eq!(mode(entry.parent().unwrap()), 0o700, "{}", entry.display());
+    }
+    // A data directory others can read is refused at start, with the fix in the message.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .env("GATEHOUSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("GATEHOUSE_GRPC_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("open to other users (mode 755)") && stderr.contains("chmod o-rwx"), "{stderr}");
 }
 
 /// The real binary's contract with scripts: exit status, stdout, stderr, and

@@ -173,6 +173,9 @@ impl ClusterService for ClusterAdmin {
         let r = req.get_ref().clone();
         validate_id(r.node_id)?;
         validate_addr(&r.addr)?;
+        // Refused before it enters the membership: the leader would send the
+        // secret and the log there in plaintext.
+        self.cluster.peers().check_dialable(&r.addr)?;
         let raft = self.cluster.raft().clone();
         let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
         self.on_leader(
