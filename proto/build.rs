@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("gatehouse_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(descriptors)
+        // Malformed requests are INVALID_ARGUMENT without decoder detail.
+        .codec_path("crate::codec::StrictCodec")
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".gatehouse.events.v1", "#[serde(rename_all = \"snake_case\")]")

@@ -18,6 +18,7 @@
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`credentials`]: random ids and API keys, made on the proposing node.
 //! - [`metrics`]: the Prometheus series of `GET /metrics`, and the gRPC layer that records calls.
+//! - [`throttle`]: log lines a stranger can trigger, at most one per interval.
 //! - [`trace`]: W3C trace context in and out of requests, commands and calls between nodes.
 //! - [`error`]: one error type, one status table.
 
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod passwords;
 pub mod peers;
 pub mod raft;
+pub mod throttle;
 pub mod trace;
 
 pub use cluster::Cluster;

@@ -222,20 +222,41 @@ impl Metrics {
     }
 }
 
-/// A gRPC path as a label: `Service/Method` for our own services and the
-/// standard ones, `other` for anything else (a client can send any path).
-fn bounded_method(path: &str) -> String {
-    let known = ["gatehouse.admin.v1.", "gatehouse.raft.v1.", "grpc.health.v1.", "grpc.reflection.v1."];
-    let trimmed = path.trim_start_matches('/');
-    let ok = known.iter().any(|p| trimmed.starts_with(p))
-        && trimmed.len() <= 96
-        && trimmed.split('/').count() == 2
-        && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/');
-    if ok {
-        trimmed.rsplit_once('.').map_or("other", |(_, m)| m).to_string()
-    } else {
-        "other".into()
+/// Every gRPC method this node serves, path (`pkg.Service/Method`) →
+/// label (`Service/Method`): ours from the compiled descriptors, and the
+/// standard health and reflection services.
+static METHODS: std::sync::LazyLock<std::collections::HashMap<String, String>> = std::sync::LazyLock::new(|| {
+    use prost::Message;
+    let mut paths = vec![
+        "grpc.health.v1.Health/Check".to_string(),
+        "grpc.health.v1.Health/Watch".to_string(),
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string(),
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_string(),
+    ];
+    let set = prost_types::FileDescriptorSet::decode(gatehouse_proto::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set compiled into gatehouse-proto");
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+            }
+        }
     }
+    paths
+        .into_iter()
+        .map(|p| {
+            let label = p.rsplit_once('.').map_or(p.as_str(), |(_, m)| m).to_string();
+            (p, label)
+        })
+        .collect()
+});
+
+/// A gRPC path as a label: `Service/Method` for a method this node serves,
+/// `other` for anything else (a client can send any path, and before the
+/// secret or key check, so invented names must not become series).
+fn bounded_method(path: &str) -> String {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    METHODS.get(trimmed).cloned().unwrap_or_else(|| "other".into())
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -395,9 +416,16 @@ mod tests {
     fn method_labels_stay_bounded() {
         assert_eq!(bounded_method("/gatehouse.admin.v1.UserService/Get"), "UserService/Get");
         assert_eq!(bounded_method("/grpc.health.v1.Health/Check"), "Health/Check");
-        for hostile in
-            ["/evil.Service/x", "/gatehouse.admin.v1.UserService/Get/extra", "/gatehouse.admin.v1.X/<script>", ""]
-        {
+        assert_eq!(bounded_method("/gatehouse.raft.v1.RaftService/AppendEntries"), "RaftService/AppendEntries");
+        // Names under our own packages that no service has are not methods.
+        for hostile in [
+            "/evil.Service/x",
+            "/gatehouse.admin.v1.UserService/Get/extra",
+            "/gatehouse.admin.v1.X/<script>",
+            "/gatehouse.raft.v1.RaftService/Invented",
+            "/gatehouse.admin.v1.UserService/get",
+            "",
+        ] {
             assert_eq!(bounded_method(hostile), "other", "{hostile}");
         }
     }

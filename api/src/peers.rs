@@ -48,7 +48,10 @@ impl ClusterSecret {
         match req.metadata().get(SECRET_METADATA) {
             Some(v) if self.matches(v.as_bytes()) => Ok(req),
             _ => {
-                tracing::warn!(peer = ?req.remote_addr(), "raft rpc refused: missing or wrong cluster secret");
+                static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
+                if let Some(suppressed) = REFUSED.allow() {
+                    tracing::warn!(peer = ?req.remote_addr(), suppressed, "raft rpc refused: missing or wrong cluster secret");
+                }
                 Err(tonic::Status::unauthenticated("cluster secret required"))
             }
         }

@@ -23,6 +23,7 @@
 //! - [`limits`]: replicated rate-limit counts (strict hits, global deltas).
 //! - [`audit`]: the hash-chained audit log, its prune and its verifier.
 //! - [`redact`]: commands as the event stream shows them (no secret hashes).
+//! - [`quote`]: client input as errors and logs show it (escaped, a short prefix).
 //! - [`result`]: command outcomes.
 
 pub mod audit;
@@ -30,6 +31,7 @@ pub mod codec;
 pub mod keys;
 pub mod limits;
 pub mod mutation;
+pub mod quote;
 pub mod redact;
 pub mod requests;
 pub mod result;

@@ -26,7 +26,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid role name {name:?}: 1-64 characters of a-z, 0-9, '_', '-', '.', starting with a letter"))
+        Err(format!(
+            "invalid role name {}: 1-64 characters of a-z, 0-9, '_', '-', '.', starting with a letter",
+            crate::quote::quote(name)
+        ))
     }
 }
 
@@ -149,10 +152,10 @@ fn validate_permissions(list: &[String]) -> Result<(), ApplyError> {
     }
     for (i, p) in list.iter().enumerate() {
         if Permission::from_name(p).is_none() {
-            return Err(ApplyError::Invalid(format!("unknown permission {p:?}")));
+            return Err(ApplyError::Invalid(format!("unknown permission {}", crate::quote::quote(p))));
         }
         if list[..i].contains(p) {
-            return Err(ApplyError::Invalid(format!("permission {p:?} listed twice")));
+            return Err(ApplyError::Invalid(format!("permission {} listed twice", crate::quote::quote(p))));
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ use gatehouse_proto::events::{
 use gatehouse_proto::state::UserRecord;
 
 use crate::mutation::{Mutation, Table};
+use crate::quote::quote;
 use crate::result::ApplyError;
 use crate::roles;
 use crate::state::{put, State};
@@ -68,10 +69,10 @@ pub fn validate_roles(state: &State, list: &[String]) -> Result<(), ApplyError> 
     for (i, r) in list.iter().enumerate() {
         roles::validate_name(r).map_err(ApplyError::Invalid)?;
         if !roles::exists(state, r) {
-            return Err(ApplyError::NotFound(format!("role {r:?} does not exist")));
+            return Err(ApplyError::NotFound(format!("role {} does not exist", quote(r))));
         }
         if list[..i].contains(r) {
-            return Err(ApplyError::Invalid(format!("role {r:?} listed twice")));
+            return Err(ApplyError::Invalid(format!("role {} listed twice", quote(r))));
         }
     }
     Ok(())
@@ -94,7 +95,7 @@ pub(crate) fn create(
         return Err(ApplyError::AlreadyExists("user id already exists".into()));
     }
     if state.usernames.contains_key(&c.username) {
-        return Err(ApplyError::AlreadyExists(format!("username {:?} is taken", c.username)));
+        return Err(ApplyError::AlreadyExists(format!("username {} is taken", quote(&c.username))));
     }
     let user = UserRecord {
         user_id: c.user_id.clone(),
@@ -217,7 +218,7 @@ pub(crate) fn assign_role(
 ) -> Result<String, ApplyError> {
     roles::validate_name(&c.role).map_err(ApplyError::Invalid)?;
     if !roles::exists(state, &c.role) {
-        return Err(ApplyError::NotFound(format!("role {:?} does not exist", c.role)));
+        return Err(ApplyError::NotFound(format!("role {} does not exist", quote(&c.role))));
     }
     let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
     if user.roles.contains(&c.role) {
@@ -243,7 +244,7 @@ pub(crate) fn unassign_role(
     roles::validate_name(&c.role).map_err(ApplyError::Invalid)?;
     let user = state.users.get(&c.user_id).ok_or_else(no_such_user)?;
     if !user.roles.contains(&c.role) {
-        return Err(ApplyError::FailedPrecondition(format!("user does not hold role {:?}", c.role)));
+        return Err(ApplyError::FailedPrecondition(format!("user does not hold role {}", quote(&c.role))));
     }
     keep_an_admin(state, &c.user_id, c.role != roles::ADMIN && is_active_admin(user))?;
     let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;

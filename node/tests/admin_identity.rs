@@ -208,6 +208,19 @@ async fn rbac_and_hostile_arguments() {
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     assert_eq!(c.node(1).cluster().view().read().users().count(), users_before);
+
+    // An error echoes at most a short, escaped prefix of what was sent.
+    let long = format!("evil\r\nforged log line\0{}", "x".repeat(100_000));
+    for args in [
+        &["user", "disable", &long][..],
+        &["cluster", "add-learner", "7", &long],
+        &["key", "create", "--user", "newbie", "--name", "x", "--role", &long],
+        &["user", "create", "okname2", "--email", "a@b.c", "--role", &long],
+    ] {
+        let err = admin_cli(&e, &admin, args).await.unwrap_err();
+        assert!(err.len() < 300, "{} bytes: {}", err.len(), &err[..300.min(err.len())]);
+        assert!(!err.contains(['\r', '\n', '\0']), "{err:?}");
+    }
     c.shutdown().await;
 }
 

@@ -334,6 +334,33 @@ async fn hostile_input_gets_4xx_and_changes_nothing() {
             .status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
+    // Whatever the framework could not read is our JSON error, with a fixed
+    // message that echoes nothing of the input.
+    let base_url = base(n);
+    let cases = [
+        (http().get(format!("{url}?role=%FF%FE")), StatusCode::BAD_REQUEST, "invalid_argument"),
+        (http().get(format!("{url}?role=a&role=b")), StatusCode::BAD_REQUEST, "invalid_argument"),
+        (http().post(&url), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (http().delete(format!("{base_url}/api/v1/me/sessions/%FF%FE")), StatusCode::BAD_REQUEST, "invalid_argument"),
+        (
+            post(format!(r#"{{"username": "<script>", "password": "{}"}}"#, "p".repeat(70_000))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (http().get(format!("{base_url}/nope/<script>")), StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let text = r.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["error"]["code"], code, "{text}");
+        for echoed in ["script", "%FF", "\u{fffd}", "deserialize", "UTF-8", "duplicate"] {
+            assert!(!text.contains(echoed), "{echoed} in {text}");
+        }
+    }
     // Login without CSRF proof.
     let r = http()
         .post(&login_url)

@@ -5,6 +5,7 @@
 //! - [`state`]: the records of the state machine's projections (RocksDB and snapshots).
 //! - [`raft`]: Raft RPCs between nodes (vote, append, streamed snapshots, write forwarding).
 //! - [`admin`]: the admin API operators and the CLI speak.
+//! - [`codec`]: the gRPC codec of every generated client and server.
 //!
 //! Conversions to domain and openraft types live next to those types, not here.
 
@@ -34,6 +35,8 @@ mod generated {
         }
     }
 }
+
+pub mod codec;
 
 /// Every schema above as an encoded `FileDescriptorSet`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gatehouse_descriptor");

@@ -59,9 +59,12 @@ async fn check(cluster: &Cluster, meta: &MetadataMap, permission: Permission) ->
     if !token.starts_with(keys::KEY_PREFIX) {
         return Err(ApiError::Unauthenticated);
     }
-    let caller = identity::resolve(cluster, token)
-        .await
-        .inspect_err(|e| tracing::info!(reason = %e.code(), "admin call refused"))?;
+    let caller = identity::resolve(cluster, token).await.inspect_err(|e| {
+        static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
+        if let Some(suppressed) = REFUSED.allow() {
+            tracing::info!(reason = %e.code(), suppressed, "admin call refused");
+        }
+    })?;
     crate::audit::note_grpc_caller(&caller);
     if !roles::allowed(&cluster.view().read(), &caller.roles, permission) {
         tracing::info!(user = %caller.username, permission = permission.name(), "admin call denied");

@@ -46,7 +46,10 @@ fn validate_addr(addr: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::InvalidArgument(format!("node address must be host:port, got {addr:?}")))
+        Err(ApiError::InvalidArgument(format!(
+            "node address must be host:port, got {}",
+            gatehouse_domain::quote::quote(addr)
+        )))
     }
 }
 

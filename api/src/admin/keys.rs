@@ -109,7 +109,7 @@ impl KeyService for Keys {
         Ok(Response::new(key_pb(&state, key)))
     }
 
-    #[tracing::instrument(level = "info", name = "admin.keys.rotate", skip_all, fields(actor, key_id = %req.get_ref().id, new_key_id))]
+    #[tracing::instrument(level = "info", name = "admin.keys.rotate", skip_all, fields(actor, key_id = %gatehouse_domain::quote::quote(&req.get_ref().id), new_key_id))]
     async fn rotate(&self, req: Request<RotateKeyRequest>) -> Result<Response<RotateKeyResponse>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
@@ -164,7 +164,7 @@ impl KeyService for Keys {
         }))
     }
 
-    #[tracing::instrument(level = "info", name = "admin.keys.revoke", skip_all, fields(actor, key_id = %req.get_ref().id))]
+    #[tracing::instrument(level = "info", name = "admin.keys.revoke", skip_all, fields(actor, key_id = %gatehouse_domain::quote::quote(&req.get_ref().id)))]
     async fn revoke(&self, req: Request<RevokeKeyRequest>) -> Result<Response<Revoked>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());

@@ -82,7 +82,7 @@ pub fn find_user<'a>(state: &'a State, user: &str) -> Result<&'a UserRecord, Api
     state
         .user(user)
         .or_else(|| state.user_by_name(&user.to_ascii_lowercase()))
-        .ok_or_else(|| ApiError::NotFound(format!("no user {user:?}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no user {}", gatehouse_domain::quote::quote(user))))
 }
 
 /// Refuses unless the caller's roles grant everything `target` grants: no

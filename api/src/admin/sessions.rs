@@ -48,7 +48,7 @@ impl SessionService for Sessions {
         Ok(Response::new(session_pb(&state, &session)))
     }
 
-    #[tracing::instrument(level = "info", name = "admin.sessions.revoke", skip_all, fields(actor, session_id = %req.get_ref().id))]
+    #[tracing::instrument(level = "info", name = "admin.sessions.revoke", skip_all, fields(actor, session_id = %gatehouse_domain::quote::quote(&req.get_ref().id)))]
     async fn revoke(&self, req: Request<RevokeSessionRequest>) -> Result<Response<Revoked>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());

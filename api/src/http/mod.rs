@@ -174,7 +174,7 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
         .unwrap_or("unmatched");
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    let mut resp = if size > MAX_HEADER_BYTES {
+    let resp = if size > MAX_HEADER_BYTES {
         let body =
             serde_json::json!({ "error": { "code": "headers_too_large", "message": "request headers too large" } });
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, axum::Json(body)).into_response()
@@ -198,12 +198,44 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
     } else {
         next.run(req).await
     };
+    let mut resp = json_errors(resp);
     let h = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         h.insert(name, HeaderValue::from_static(value));
     }
     front.cluster.metrics().observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// Every error is our JSON shape: the framework's own rejections (a query,
+/// path or body it could not read, a body over the limit, a wrong method)
+/// come as plain text naming what it failed to parse, so they are replaced
+/// here, with a fixed message per status and nothing of the input.
+fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            ("invalid_argument", "the request could not be read")
+        }
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this path"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported content type"),
+        s if s.is_client_error() => ("bad_request", "the request was refused"),
+        _ => ("internal", "internal error"),
+    };
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut out = (status, axum::Json(body)).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
 }
 
 /// The presented credential: `Authorization: Bearer …` first, then the
