@@ -1,6 +1,7 @@
-//! A real nginx (Debian package) with `auth_request` to `/auth/verify` on
+//! A real nginx (Debian package) running our own example,
+//! `deploy/nginx/gatehouse.conf`, with `auth_request` to `/auth/verify` on
 //! all three nodes, in front of a small upstream: allowed, denied, revoked,
-//! role-restricted.
+//! role-restricted, and safe against what a client spoofs.
 
 mod common;
 
@@ -78,11 +79,18 @@ async fn start_nginx(dir: &Path, upstream: u16, fronts: &[String]) -> (Nginx, u1
     panic!("nginx did not start in 5 attempts (see error.log in the test's directory)");
 }
 
-/// An upstream that echoes the identity nginx passes on.
+/// An upstream that echoes what nginx passed on: the identity headers, and
+/// whether a credential or cookie reached it.
 async fn upstream() -> u16 {
     let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
-        let user = headers.get("x-auth-user").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        format!("hello {user}")
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        axum::Json(serde_json::json!({
+            "user": h("x-auth-user"),
+            "user_id": h("x-auth-user-id"),
+            "roles": h("x-auth-roles"),
+            "authorization": h("authorization"),
+            "cookie": h("cookie"),
+        }))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -90,9 +98,23 @@ async fn upstream() -> u16 {
     port
 }
 
+/// `deploy/nginx/gatehouse.conf`, the example users copy, with only its
+/// addresses changed, inside a minimal `nginx.conf` of this test's own.
 fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String]) -> String {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let example = std::fs::read_to_string(Path::new(&manifest).join("../deploy/nginx/gatehouse.conf")).unwrap();
+    let servers: String = fronts.iter().map(|f| format!("    server {f};\n")).collect();
+    let mut example = example;
+    for (from, to) in [
+        ("    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(), servers),
+        ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{upstream};")),
+        ("listen 80;".to_string(), format!("listen 127.0.0.1:{port};")),
+    ] {
+        assert_eq!(example.matches(&from).count(), 1, "the example no longer has {from:?}");
+        example = example.replace(&from, &to);
+    }
     let d = dir.display();
-    let servers: String = fronts.iter().map(|f| format!("server {f};\n")).collect();
+    std::fs::write(dir.join("gatehouse.conf"), example).unwrap();
     format!(
         r#"
 daemon off;
@@ -108,40 +130,31 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream gatehouse {{ {servers} }}
-    server {{
-        listen 127.0.0.1:{port};
-        location = /_auth {{
-            internal;
-            proxy_pass http://gatehouse/auth/verify;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Forwarded-Method $request_method;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Forwarded-Uri $request_uri;
-        }}
-        location = /_auth_admin {{
-            internal;
-            proxy_pass http://gatehouse/auth/verify?role=admin;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }}
-        location /admin/ {{
-            auth_request /_auth_admin;
-            auth_request_set $user $upstream_http_x_auth_user;
-            proxy_set_header X-Auth-User $user;
-            proxy_pass http://127.0.0.1:{upstream};
-        }}
-        location / {{
-            auth_request /_auth;
-            auth_request_set $user $upstream_http_x_auth_user;
-            proxy_set_header X-Auth-User $user;
-            proxy_pass http://127.0.0.1:{upstream};
-        }}
-    }}
+    include {d}/gatehouse.conf;
 }}
 "#
     )
+}
+
+/// A client whose connections come from `ip` (127.0.0.0/8 is all local), so
+/// nginx sees it as a client and not as itself.
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Sends `head` (a request head, raw bytes) to nginx and returns the status.
+async fn raw_status(port: u16, head: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(head).await.unwrap();
+    let mut buf = vec![0; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{line}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -171,7 +184,7 @@ async fn nginx_auth_request_allows_denies_and_honours_revocation() {
     for _ in 0..30 {
         let r = http().get(format!("{url}/app")).bearer_auth(&viewer).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.text().await.unwrap(), "hello nora");
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["user"], "nora");
     }
     // Role-restricted location.
     assert_eq!(
@@ -180,7 +193,7 @@ async fn nginx_auth_request_allows_denies_and_honours_revocation() {
     );
     let r = http().get(format!("{url}/admin/panel")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.text().await.unwrap(), "hello admin");
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["user"], "admin");
 
     // Revoked: denied through nginx at once, whichever node answers.
     let key_id = viewer.split('_').nth(1).unwrap().to_string();
@@ -198,5 +211,124 @@ async fn nginx_auth_request_allows_denies_and_honours_revocation() {
             StatusCode::UNAUTHORIZED
         );
     }
+    c.shutdown().await;
+}
+
+/// What a client sends to fool the example changes nothing: its own
+/// `X-Forwarded-For` (limits and audit name the real client),
+/// `X-Forwarded-Uri` (route rules see the real path), `X-Auth-*` (the app
+/// sees only what Gatehouse said); and the app never receives the key or
+/// the session cookie Gatehouse verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_example_config_ignores_what_a_client_spoofs() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.identity.routes = vec![gatehouse::config::RouteRule {
+            host: None,
+            path_prefix: "/ops".into(),
+            roles: vec!["admin".into()],
+            ignore_case: false,
+        }];
+        // nginx (127.0.0.1) is the one trusted proxy; the client is 127.0.0.5.
+        cfg.rate_limits = gatehouse_api::limits::LimitsConfig {
+            enabled: true,
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            ..Default::default()
+        };
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream().await;
+    let fronts: Vec<String> = c.nodes.values().map(|n| n.http_addr().to_string()).collect();
+    let (_nginx, port) = start_nginx(dir.path(), up, &fronts).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = client_from("127.0.0.5");
+    let viewer = create_key(c.node(1), "nora", &["viewer"]).await;
+    common::create_user_with_password(c.node(1), "vera", PASSWORD, &["viewer"]).await;
+
+    // Spoofed identity headers: replaced by Gatehouse's, or refused without a credential.
+    let r = client
+        .get(format!("{url}/app"))
+        .bearer_auth(&viewer)
+        .header("x-auth-user", "admin")
+        .header("x-auth-roles", "admin")
+        .header("x-auth-user-id", "0".repeat(32))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((seen["user"].as_str(), seen["roles"].as_str()), (Some("nora"), Some("viewer")));
+    assert_ne!(seen["user_id"], "0".repeat(32));
+    assert_eq!(seen["authorization"], "", "the verified key stayed at nginx");
+    let r = client.get(format!("{url}/app")).header("x-auth-user", "admin").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A spoofed X-Forwarded-Uri does not move the request out of the /ops rule.
+    let r = client.get(format!("{url}/ops/secret")).bearer_auth(&viewer).header("x-forwarded-uri", "/public");
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    let r = client.get(format!("{url}/public")).bearer_auth(&viewer).header("x-forwarded-uri", "/ops/secret");
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::OK);
+    // nginx forwards `$request_uri` raw: a non-ASCII byte is refused, not read as `/`.
+    let head =
+        format!("GET /ops/secret?\\xff HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: Bearer {viewer}\r\n\r\n");
+    let mut bytes = head.into_bytes();
+    let at = bytes.windows(4).position(|w| w == b"\\xff").unwrap();
+    bytes.splice(at..at + 4, [0xff]);
+    assert_eq!(raw_status(port, &bytes).await, 403);
+
+    // The session cookie reaches Gatehouse, never the app; other cookies do.
+    let login = client
+        .post(format!("{url}/api/v1/login"))
+        .header("x-requested-with", "test")
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&serde_json::json!({ "username": "vera", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let session = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert!(session.starts_with("__Host-gatehouse_session="), "{session}");
+    for (sent, left) in [
+        (format!("theme=dark; {session}; lang=en"), "theme=dark; lang=en"),
+        (format!("theme=dark; {session}"), "theme=dark"),
+        (session.clone(), ""),
+    ] {
+        let r = client.get(format!("{url}/app")).header("cookie", &sent).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{sent}");
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(seen["user"], "vera");
+        assert_eq!(seen["cookie"], left, "{sent}");
+    }
+
+    // A spoofed X-Forwarded-For: the audit log names the real client.
+    let r = client
+        .post(format!("{url}/api/v1/login"))
+        .header("x-requested-with", "test")
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&serde_json::json!({ "username": "vera", "password": "not the password at all" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let leader = c.wait_for_leader().await;
+    wait_until("the failed login audited", Duration::from_secs(5), || {
+        let state_ips = c.node(leader).audit_log().clone();
+        async move {
+            let mut ips = Vec::new();
+            state_ips
+                .scan(0, false, |rec| {
+                    let e = rec.event.unwrap_or_default();
+                    if e.action.starts_with("login.") {
+                        ips.push(e.client_ip);
+                    }
+                    true
+                })
+                .unwrap();
+            assert!(!ips.iter().any(|ip| ip == "203.0.113.9"), "{ips:?}");
+            ips.iter().filter(|ip| *ip == "127.0.0.5").count() >= 2
+        }
+    })
+    .await;
     c.shutdown().await;
 }
