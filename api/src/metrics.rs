@@ -100,6 +100,10 @@ pub struct Metrics {
     pub audit_sent: Counter,
     /// Strict-limit hits refused from the node's own view, never proposed.
     pub rate_refused_locally: Counter,
+    /// Connections open on the HTTP front.
+    pub http_connections: Gauge,
+    /// Requests with `X-Forwarded-For` from a peer that is not a trusted proxy.
+    pub untrusted_forwarded_for: Counter,
 }
 
 impl Default for Metrics {
@@ -142,6 +146,8 @@ impl Metrics {
             audit_dropped: Counter::default(),
             audit_sent: Counter::default(),
             rate_refused_locally: Counter::default(),
+            http_connections: Gauge::default(),
+            untrusted_forwarded_for: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -185,6 +191,12 @@ impl Metrics {
         r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
         r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
         r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());
+        r.register("http_connections", "connections open on the HTTP front", m.http_connections.clone());
+        r.register(
+            "untrusted_forwarded_for",
+            "requests carrying X-Forwarded-For from a peer that is not a trusted proxy (the header is ignored)",
+            m.untrusted_forwarded_for.clone(),
+        );
         r.register(
             "rate_limit_refused_locally",
             "strict rate-limit hits refused from this node's view without a log write",

@@ -221,6 +221,8 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             metrics_addr: None,
+            metrics_on_front: None,
+            http: Default::default(),
             advertise_addr: None,
             peer_routes: Default::default(),
             cluster_secret: None,
@@ -250,7 +252,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 20] = [
+const KEYS: [&str; 22] = [
     "identity",
     "rate_limits",
     "audit",
@@ -260,6 +262,8 @@ const KEYS: [&str; 20] = [
     "http_addr",
     "grpc_addr",
     "metrics_addr",
+    "metrics_on_front",
+    "http",
     "advertise_addr",
     "peer_routes",
     "cluster_secret",
@@ -336,6 +340,10 @@ impl Config {
             );
         }
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
+        if self.metrics_on_front == Some(true) && self.metrics_addr.is_some() {
+            return bad("set metrics_addr or metrics_on_front = true, not both");
+        }
         self.audit.validate().map_err(ConfigError::Invalid)?;
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio must be between 0.0 and 1.0");

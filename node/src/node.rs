@@ -153,8 +153,27 @@ impl Node {
             .context("building gRPC reflection")?;
         let grpc = {
             let mut rx = stop.subscribe();
+            // The port is reachable before any secret or key is checked:
+            // HTTP/2 limits bound what one connection can hold open.
             let router = tonic::transport::Server::builder()
-                .layer(gatehouse_api::metrics::GrpcMetricsLayer(cluster.clone()))
+                .max_concurrent_streams(GRPC_MAX_STREAMS)
+                .http2_max_header_list_size(GRPC_MAX_HEADER_LIST)
+                // Rapid reset (CVE-2023-44487): streams a client opens and
+                // cancels before they are served count, and too many end
+                // the connection; so do too many streams we had to reset.
+                .http2_max_pending_accept_reset_streams(Some(20))
+                .http2_max_local_error_reset_streams(Some(256))
+                // A peer that stops answering pings is dropped.
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .layer(gatehouse_api::metrics::GrpcMetricsLayer::new(
+                    cluster.clone(),
+                    config.rate_limits.enabled.then(|| {
+                        gatehouse_api::admin::failures::FailureGate::new(
+                            config.rate_limits.admin_auth_failures_per_minute,
+                        )
+                    }),
+                ))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(gatehouse_api::admin::events::server(cluster.clone(), log_reader, stop.subscribe()))
@@ -190,17 +209,14 @@ impl Node {
         };
         let http = {
             let mut rx = stop.subscribe();
-            let app = gatehouse_api::http::router(front.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            let app = gatehouse_api::http::router(front.clone());
+            let (limits, open) = (config.http.clone(), cluster.metrics().http_connections.clone());
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
+                gatehouse_api::http::serve::serve(http_listener, app, limits, open, shutdown, Duration::from_secs(5))
+                    .await;
             })
         };
         let mut servers = vec![http];
@@ -331,6 +347,14 @@ impl Node {
         Ok(())
     }
 }
+
+/// Streams one gRPC connection may hold open: Raft replication, forwarded
+/// writes, read-index probes and admin watches between a pair of nodes fit
+/// many times over.
+pub const GRPC_MAX_STREAMS: u32 = 256;
+/// Largest header list of a gRPC request (metadata: the secret, a key, a
+/// trace context, an idempotency key).
+pub const GRPC_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// The HTTP front's settings and shared parts.
 fn front(config: &Config, cluster: Cluster) -> Front {

@@ -12,6 +12,7 @@
 
 pub mod forwarded;
 pub mod health;
+pub mod serve;
 pub mod session;
 pub mod verify;
 

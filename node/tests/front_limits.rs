@@ -1,0 +1,131 @@
+//! The listeners' own limits, reached before any credential is looked at:
+//! the HTTP front's header-read timeout (slowloris), its head limit enforced
+//! while reading, its connection cap; the gRPC port's HTTP/2 limits.
+
+mod common;
+
+use std::future::Future as _;
+use std::time::Duration;
+
+use common::{base, http, TestCluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the peer closes or `within` passes; returns what came and
+/// whether the connection ended.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_or_oversized_head_is_cut_off_while_it_is_read() {
+    let c = TestCluster::start_with(1, |cfg| cfg.http.header_read_timeout_ms = 300).await;
+    let addr = c.node(1).http_addr();
+
+    // Slowloris: a head begun and never finished is closed after the timeout.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n").await.unwrap();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(closed, "a head that never ends keeps its connection");
+    // So is a connection that never sends a byte.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    assert!(read_until_closed(&mut idle, Duration::from_secs(5)).await.1, "an idle connection stays open");
+
+    // A head past the limit is refused as it arrives (431), not buffered
+    // until it ends: this one never ends.
+    let mut big = TcpStream::connect(addr).await.unwrap();
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+    while head.len() < 40 * 1024 {
+        head.extend_from_slice(format!("X-Junk-{}: {}\r\n", head.len(), "j".repeat(100)).as_bytes());
+    }
+    let _ = big.write_all(&head).await;
+    let (answer, _) = read_until_closed(&mut big, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // A whole request still works.
+    assert_eq!(http().get(format!("{}/healthz", base(c.node(1)))).send().await.unwrap().status(), 200);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let c = TestCluster::start_with(1, |cfg| cfg.http.max_connections = 2).await;
+    let addr = c.node(1).http_addr();
+    let url = format!("{}/healthz", base(c.node(1)));
+    // Two connections hold both slots (heads begun, never finished).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    common::wait_until("both slots taken", Duration::from_secs(5), || {
+        let open = c.node(1).cluster().metrics().http_connections.get();
+        async move { open == 2 }
+    })
+    .await;
+    let third = tokio::spawn(async move { http().get(url).send().await.map(|r| r.status().as_u16()) });
+    // Not served while the cap is reached (bounded look, not a sleep-and-hope:
+    // the request must still be pending after it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection was served past the cap of 2");
+    drop(held.pop());
+    let status = tokio::time::timeout(Duration::from_secs(5), third).await.expect("served once a slot frees");
+    assert_eq!(status.unwrap().unwrap(), 200);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grpc_port_bounds_http2_before_any_secret_is_checked() {
+    let c = TestCluster::start(1).await;
+    let tcp = TcpStream::connect(c.node(1).grpc_addr()).await.unwrap();
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // The server's SETTINGS: a bounded number of streams per connection.
+    let streams = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut conn).poll(cx);
+            let n = conn.max_concurrent_send_streams();
+            if n == gatehouse::node::GRPC_MAX_STREAMS as usize {
+                std::task::Poll::Ready(n)
+            } else {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        }),
+    )
+    .await
+    .expect("the server advertised its stream limit");
+    assert_eq!(streams, 256);
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // A header list over the limit never reaches a service.
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/gatehouse.admin.v1.ClusterService/Status", c.node(1).grpc_addr()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-junk", "j".repeat(32 * 1024))
+        .body(())
+        .unwrap();
+    let refused = match client.send_request(req, true) {
+        Ok((resp, _)) => match resp.await {
+            Ok(r) => r.status() == 431 || r.headers().get("grpc-status").is_none_or(|s| s != "0"),
+            Err(_) => true,
+        },
+        Err(_) => true,
+    };
+    assert!(refused, "an oversized header list was served");
+    c.shutdown().await;
+}
