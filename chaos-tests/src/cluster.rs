@@ -282,7 +282,8 @@ impl ProcCluster {
 /// A node's configuration file (without the bootstrap part).
 fn node_toml(dir: &Path, node: &ProcNode, secret_file: &Path) -> String {
     format!(
-        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\ncluster_secret_file = \"{}\"\n",
+        // The harness scrapes each node's front for `/metrics`.
+        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\ncluster_secret_file = \"{}\"\nmetrics_on_front = true\n",
         node.id,
         dir.join(format!("node-{}", node.id)).display(),
         node.http,

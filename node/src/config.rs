@@ -182,8 +182,15 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC listener (Raft between nodes and the admin API).
     pub grpc_addr: SocketAddr,
-    /// A separate listener for `GET /metrics`; unset, the HTTP front serves it.
+    /// A separate listener for `GET /metrics` (the way to expose metrics in
+    /// production).
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve `GET /metrics` on the HTTP front too. Unset: yes in dev mode,
+    /// no in production (a public front should not show its internals).
+    pub metrics_on_front: Option<bool>,
+    /// `[http]`: the HTTP front listener's limits (header-read timeout,
+    /// connection cap, HTTP/2 streams).
+    pub http: gatehouse_api::http::serve::ServeLimits,
     /// The gRPC address other nodes use to reach this one; defaults to the bound `grpc_addr`.
     pub advertise_addr: Option<String>,
     /// `[peer_routes]`: dial a peer's advertised gRPC address through another
@@ -309,6 +316,11 @@ impl Config {
     /// The dev node: one member, data in `./gatehouse-data`, self-initialising.
     pub fn dev() -> Config {
         Config { mode: Mode::Dev, initialize: true, ..Config::default() }
+    }
+
+    /// Whether the HTTP front serves `GET /metrics` (see `metrics_on_front`).
+    pub fn metrics_on_front(&self) -> bool {
+        self.metrics_addr.is_none() && self.metrics_on_front.unwrap_or(self.mode == Mode::Dev)
     }
 
     pub fn max_staleness(&self) -> Duration {

@@ -369,9 +369,10 @@ fn front(config: &Config, cluster: Cluster) -> Front {
         cookie_domain: id.cookie_domain.clone(),
         session_ttl: Duration::from_secs(id.session_ttl_secs),
         session_idle: Duration::from_secs(id.session_idle_secs),
-        metrics_on_front: config.metrics_addr.is_none(),
+        metrics_on_front: config.metrics_on_front(),
         lockout: Lockout {
             threshold: id.lockout_threshold,
+            user_threshold: id.lockout_user_threshold,
             window: Duration::from_secs(id.lockout_window_secs),
             duration: Duration::from_secs(id.lockout_secs),
         },

@@ -45,7 +45,7 @@ fn get(series: &Series, key: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_report_traffic_raft_and_freshness() {
-    let c = TestCluster::start(3).await;
+    let c = TestCluster::start_with(3, |cfg| cfg.metrics_on_front = Some(true)).await;
     let leader = c.wait_for_leader().await;
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     let key = create_key(c.node(1), "metric-mia", &["viewer"]).await;
@@ -123,4 +123,20 @@ async fn a_separate_metrics_listener_takes_metrics_off_the_front() {
     let separate = scrape(&format!("http://{}/metrics", node.metrics_addr().unwrap())).await;
     assert_eq!(get(&separate, "gatehouse_raft_is_leader{}"), 1.0);
     c.shutdown().await;
+}
+
+/// A production front shows no internals unless told to: no `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_production_front_serves_no_metrics_by_default() {
+    let c = TestCluster::start(1).await;
+    let r = http().get(format!("{}/metrics", base(c.node(1)))).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    c.shutdown().await;
+    assert!(gatehouse::Config::dev().metrics_on_front(), "dev mode serves them on the front");
+    let mut prod = gatehouse::Config::default();
+    assert!(!prod.metrics_on_front());
+    prod.metrics_on_front = Some(true);
+    assert!(prod.metrics_on_front());
 }
