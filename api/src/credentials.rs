@@ -23,6 +23,14 @@ pub struct NewKey {
     pub secret_sha256: [u8; 32],
 }
 
+impl NewKey {
+    /// A key made earlier (read back from a private file), to propose again.
+    pub fn parse(token: &str) -> Option<NewKey> {
+        let (key_id, secret) = keys::parse_key(token)?;
+        Some(NewKey { key: token.to_string(), secret_sha256: keys::secret_hash(secret), key_id: key_id.to_string() })
+    }
+}
+
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewKey").field("key_id", &self.key_id).finish_non_exhaustive()

@@ -8,28 +8,48 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_api::credentials::{new_api_key, new_id};
+use gatehouse_api::credentials::{new_api_key, new_id, NewKey};
 use gatehouse_api::Cluster;
 use gatehouse_domain::roles::ADMIN;
 use gatehouse_domain::{ApplyError, Payload};
 use gatehouse_proto::events::{CreateApiKey, CreateUser};
 
 /// Creates the first admin if the cluster has no user yet. Returns the key.
+///
+/// With a key file, the key reaches the disk before the admin is proposed
+/// (a temporary file in the same directory, synced, then linked into place
+/// so an existing file is never overwritten), so a crash can never leave an
+/// admin whose only key nobody holds. After a crash between the two, the
+/// next start finds the file and no user, and proposes the same key again.
 pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::Result<Option<String>> {
     let mut metrics = cluster.raft().metrics();
     tokio::time::timeout(Duration::from_secs(30), metrics.wait_for(|m| m.current_leader.is_some()))
         .await
         .context("no leader elected within 30 s")??;
+    cluster.catch_up(Duration::from_secs(2)).await;
     if cluster.view().read().users().next().is_some() {
         return Ok(None);
     }
-    if let Some(path) = key_file {
-        if path.exists() {
-            anyhow::bail!("bootstrap key file {} already exists; refusing to overwrite it", path.display());
+    let key = match key_file {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let key = NewKey::parse(text.trim()).with_context(|| {
+                format!(
+                    "bootstrap key file {} exists and is not a Gatehouse key; refusing to replace it",
+                    path.display()
+                )
+            })?;
+            tracing::info!(key_id = %key.key_id, "bootstrap key file found and no user yet: proposing its key");
+            key
         }
-    }
+        Some(path) => {
+            let key = new_api_key();
+            write_private_atomic(path, &key.key)?;
+            key
+        }
+        None => new_api_key(),
+    };
     let user_id = new_id();
-    let key = new_api_key();
     let user = cluster.command(Payload::CreateUser(CreateUser {
         user_id: user_id.clone(),
         username: "admin".into(),
@@ -49,8 +69,12 @@ pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::
     let applied = cluster.propose(vec![user, api_key]).await?;
     for r in &applied.results {
         if let Err(e) = gatehouse_api::ApiError::check(r) {
-            // Another node bootstrapped first: nothing to show.
+            // Another node bootstrapped first: nothing to show, and the file
+            // holds a key that does not exist.
             if matches!(e, gatehouse_api::ApiError::AlreadyExists(_)) {
+                if let Some(path) = key_file {
+                    let _ = std::fs::remove_file(path);
+                }
                 return Ok(None);
             }
             return Err(anyhow::anyhow!(ApplyError::FailedPrecondition(e.to_string())));
@@ -58,8 +82,7 @@ pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::
     }
     tracing::info!(key_id = %key.key_id, "bootstrap admin created");
     if let Some(path) = key_file {
-        write_private(path, &key.key)?;
-        tracing::info!(path = %path.display(), "bootstrap admin key written");
+        tracing::info!(path = %path.display(), "bootstrap admin key is in its file");
     }
     Ok(Some(key.key))
 }
@@ -75,4 +98,39 @@ pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     Ok(())
+}
+
+/// [`write_private`], all or nothing: a reader (or a restart after a crash)
+/// sees no file or the whole key, never a torn one. Refuses an existing file.
+pub fn write_private_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("the key file needs a file name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", new_id()));
+    write_private(&tmp, content)?;
+    // A hard link fails if `path` exists: the old key is never replaced.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked.with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    // The directory entry itself reaches the disk before anyone relies on it.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_file_is_written_whole_and_never_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.key");
+        write_private_atomic(&path, "gk_first").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "gk_first\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(write_private_atomic(&path, "gk_second").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "gk_first\n");
+        // No temporary file is left behind either way.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

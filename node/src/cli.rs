@@ -37,6 +37,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Operate a cluster through its admin API.
     Admin(Box<AdminArgs>),
+    /// Every admin key is lost: on a stopped node, ask for a new one. The
+    /// key is printed once; the node carries the request out through the
+    /// log (audited) when it next starts and has a leader.
+    RecoverAdmin(RecoverAdminArgs),
     /// Print a shell completion script, e.g. `gatehouse completions bash > /etc/bash_completion.d/gatehouse`.
     Completions {
         #[arg(value_enum)]
@@ -58,6 +62,16 @@ pub struct ServeArgs {
     /// TOML configuration file; GATEHOUSE_* variables override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverAdminArgs {
+    /// The stopped node's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The user to give the key to: created with the admin role, or given it.
+    #[arg(long, default_value = "admin")]
+    pub username: String,
 }
 
 #[derive(Debug, Args)]

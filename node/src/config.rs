@@ -371,6 +371,10 @@ impl Config {
         if self.initialize && self.mode == Mode::Production && self.initial_members.is_empty() {
             return bad("initialize = true needs initial_members");
         }
+        // Without the file, the first admin key exists only in memory.
+        if self.initialize && self.mode == Mode::Production && self.bootstrap_admin_key_file.is_none() {
+            return bad("initialize = true needs bootstrap_admin_key_file in production");
+        }
         if self.cluster_secret.is_some() && self.cluster_secret_file.is_some() {
             return bad("set cluster_secret or cluster_secret_file, not both");
         }
@@ -470,6 +474,10 @@ mod tests {
         c.peer_routes.insert("127.0.0.1:9091".into(), "node-3.internal:9091".into());
         assert!(c.validate().is_err(), "a route off loopback");
         c.peer_routes.clear();
+        c.initialize = true;
+        assert!(c.validate().is_err(), "initialising without a key file");
+        c.bootstrap_admin_key_file = Some("/etc/gatehouse/admin.key".into());
+        assert!(c.validate().is_ok());
         c.identity.cookie_domain = Some("Example.com".into());
         assert!(c.validate().is_err(), "cookie domains are lower case");
         c.identity.cookie_domain = Some("example.com".into());

@@ -14,6 +14,7 @@
 //! - [`data_dir`]: the data directory, created private and checked.
 //! - [`node`]: [`Node`]: start, initialise, shut down.
 //! - [`bootstrap`]: the first admin user and key.
+//! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line (`serve`, `admin …`).
 //! - [`audit_cli`]: `gatehouse admin audit query|export|verify`.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod node;
+pub mod recovery;
 pub mod telemetry;
 
 pub use config::Config;

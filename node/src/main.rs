@@ -28,6 +28,11 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Admin(args) => gatehouse::cli::admin(*args, &mut std::io::stdout().lock()).await,
+        Command::RecoverAdmin(args) => gatehouse::recovery::request(&args.data_dir, &args.username).map(|key| {
+            // Shown once, on stdout; the data directory holds only its hash.
+            println!("New admin API key for {} (shown once, store it now):\n\n    {key}\n", args.username);
+            println!("Start the node: once it has a leader, the key works on every node (audited as cluster.admin_recovered).");
+        }),
         Command::Completions { shell } => {
             gatehouse::cli::completions(shell, &mut std::io::stdout().lock());
             Ok(())

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -273,11 +274,15 @@ impl Node {
             } else {
                 config.initial_members.iter().map(|m| (m.id, m.addr.clone())).collect()
             };
-            if node.initialize(members).await? {
-                node.bootstrap_key =
-                    crate::bootstrap::first_admin(&node.cluster, config.bootstrap_admin_key_file.as_deref()).await?;
+            let key_file = config.bootstrap_admin_key_file.as_deref();
+            // First start; or a restart after a crash between writing the
+            // key file and proposing its admin (the file is there, no user is).
+            let unfinished = key_file.is_some_and(Path::exists) && node.cluster.view().read().users().next().is_none();
+            if node.initialize(members).await? || unfinished {
+                node.bootstrap_key = crate::bootstrap::first_admin(&node.cluster, key_file).await?;
             }
         }
+        crate::recovery::resume(&node.cluster, &config.data_dir);
         Ok(node)
     }
 

@@ -338,3 +338,69 @@ async fn a_new_key_works_at_once_on_every_nodes_admin_api() {
     assert!(err.starts_with("unauthenticated"), "{err}");
     c.shutdown().await;
 }
+
+/// A crash after the bootstrap key file was written but before its admin
+/// was proposed: the next start proposes that same key, so the file always
+/// holds a working key and no admin exists whose key nobody has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bootstrap_interrupted_after_its_key_file_finishes_with_that_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    let written = gatehouse_api::credentials::new_api_key();
+    gatehouse::bootstrap::write_private_atomic(&key_file, &written.key).unwrap();
+    let mut cfg = common::config(1, &dir);
+    cfg.initialize = true;
+    cfg.bootstrap_admin_key_file = Some(key_file.clone());
+    // A one-voter cluster never dials its own member address.
+    cfg.initial_members = vec![gatehouse::config::Member { id: 1, addr: "127.0.0.1:1".into() }];
+    let mut node = gatehouse::Node::start(cfg).await.unwrap();
+    assert_eq!(node.take_bootstrap_key().as_deref(), Some(written.key.as_str()));
+    let out = admin_cli(&format!("http://{}", node.advertise_addr()), &written.key, &["--json", "user", "list"])
+        .await
+        .unwrap();
+    assert_eq!(json(&out)["users"][0]["username"], "admin");
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), written.key);
+    node.shutdown().await.unwrap();
+}
+
+/// Every admin key lost: `gatehouse recover-admin` on a stopped node's data
+/// directory, then a start carries it out through the log, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_admin_key_is_recovered_offline_and_audited() {
+    let mut c = TestCluster::start(3).await;
+    create_key(c.node(1), "olga", &["operator"]).await;
+    c.stop(3).await;
+    let data_dir = c.configs[&3].data_dir.clone();
+    let key = gatehouse::recovery::request(&data_dir, "rescue").unwrap();
+    // Only the hash waits in the data directory.
+    let secret = gatehouse_domain::keys::parse_key(&key).unwrap().1.to_string();
+    let pending = std::fs::read_to_string(data_dir.join(gatehouse::recovery::FILE)).unwrap();
+    assert!(!pending.contains(&secret));
+    c.restart(3).await;
+    common::wait_until("the recovered key works on every node", std::time::Duration::from_secs(15), || {
+        let c = &c;
+        let key = key.clone();
+        async move {
+            let mut ok = true;
+            for n in 1..=3 {
+                ok &= verify(c, n, &key).await == StatusCode::OK;
+            }
+            ok
+        }
+    })
+    .await;
+    let me = json(&admin_cli(&ep(&c, 1), &key, &["--json", "user", "get", "rescue"]).await.unwrap());
+    assert_eq!(me["roles"], serde_json::json!(["admin"]));
+    assert!(!data_dir.join(gatehouse::recovery::FILE).exists(), "the request is carried out once");
+    common::wait_until("the recovery audited", std::time::Duration::from_secs(10), || {
+        let c = &c;
+        let key = key.clone();
+        async move {
+            let out =
+                admin_cli(&ep(c, 2), &key, &["--json", "audit", "query", "--action", "cluster.admin_recovered"]).await;
+            out.is_ok_and(|o| json(&o)["records"].as_array().is_some_and(|r| r.len() == 1))
+        }
+    })
+    .await;
+    c.shutdown().await;
+}
