@@ -117,6 +117,9 @@ pub struct GrpcCall {
     caller: Mutex<Option<Actor>>,
     idempotency_key: Option<String>,
     writes: AtomicUsize,
+    /// The listener's count of failed authentications per address (none
+    /// when rate limits are off).
+    pub auth_failures: Option<std::sync::Arc<crate::admin::failures::FailureGate>>,
 }
 
 /// Longest accepted `idempotency-key`.
@@ -124,7 +127,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
 
 impl GrpcCall {
     pub fn new(peer: String, idempotency_key: Option<String>) -> Self {
-        GrpcCall { peer, caller: Mutex::new(None), idempotency_key, writes: AtomicUsize::new(0) }
+        GrpcCall { peer, caller: Mutex::new(None), idempotency_key, writes: AtomicUsize::new(0), auth_failures: None }
     }
 
     /// The authenticated caller, if any.

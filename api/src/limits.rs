@@ -159,6 +159,9 @@ pub struct LimitsConfig {
     pub sync_interval_ms: u64,
     /// Peers whose `X-Forwarded-For` is believed (default: loopback).
     pub trusted_proxies: Vec<IpNet>,
+    /// Failed admin-API authentications per client address per minute
+    /// before that address is refused (`RESOURCE_EXHAUSTED`) on this node.
+    pub admin_auth_failures_per_minute: u32,
     pub policies: Vec<Policy>,
 }
 
@@ -168,6 +171,7 @@ impl Default for LimitsConfig {
             enabled: true,
             sync_interval_ms: 50,
             trusted_proxies: vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")],
+            admin_auth_failures_per_minute: 30,
             policies: Policy::defaults(),
         }
     }
@@ -178,6 +182,9 @@ impl LimitsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(10..=10_000).contains(&self.sync_interval_ms) {
             return Err("rate_limits.sync_interval_ms must be 10..=10000".into());
+        }
+        if !(1..=100_000).contains(&self.admin_auth_failures_per_minute) {
+            return Err("rate_limits.admin_auth_failures_per_minute must be 1..=100000".into());
         }
         if self.policies.len() > MAX_POLICIES {
             return Err(format!("at most {MAX_POLICIES} rate-limit policies"));
@@ -309,6 +316,18 @@ pub struct RequestLimits {
     pub client_ip: IpAddr,
     /// Policies whose path, forwarded path and network matched.
     matched: u64,
+    /// The client is over a failure limit, but presented a 256-bit
+    /// credential: it is looked at (a key or session that verifies passes,
+    /// so a user behind the same NAT as an attacker keeps working), without
+    /// the catch-up an unknown credential costs, and a refusal is 429.
+    over_failures: bool,
+}
+
+impl RequestLimits {
+    /// See the field: resolve without catching up, and answer a refusal with 429.
+    pub fn over_failures(&self) -> bool {
+        self.over_failures
+    }
 }
 
 /// A request as policies see it.
@@ -370,6 +389,15 @@ impl Limiter {
         self.inner.config.enabled && !self.inner.config.policies.is_empty()
     }
 
+    /// Whether `peer` is a trusted proxy (its `X-Forwarded-For` is believed).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.inner.config.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+
     /// The client's address: the peer, or what trusted proxies say it is.
     pub fn client_ip(&self, peer: Option<&SocketAddr>, headers: &HeaderMap) -> IpAddr {
         client_ip(peer, headers, &self.inner.config.trusted_proxies)
@@ -389,14 +417,16 @@ impl Limiter {
         })
     }
 
-    /// Before the handler: refuses clients over a failure limit, admits the
-    /// request on every matching policy that needs no caller.
-    pub async fn before(&self, s: &Subject<'_>) -> (RequestLimits, Result<Option<Quota>, ApiError>) {
+    /// Before the handler: refuses clients over a failure limit (unless
+    /// `credential` says the request carries a 256-bit key or session to
+    /// look at), admits the request on every matching policy that needs no
+    /// caller.
+    pub async fn before(&self, s: &Subject<'_>, credential: bool) -> (RequestLimits, Result<Option<Quota>, ApiError>) {
         let Ok(matched) = matching(self.policies(), s) else {
             let refused = ApiError::PermissionDenied("the forwarded request is ambiguous".into());
-            return (RequestLimits { client_ip: s.ip, matched: 0 }, Err(refused));
+            return (RequestLimits { client_ip: s.ip, matched: 0, over_failures: false }, Err(refused));
         };
-        let ctx = RequestLimits { client_ip: s.ip, matched };
+        let mut ctx = RequestLimits { client_ip: s.ip, matched, over_failures: false };
         let mut quota = None;
         for (i, p) in self.policies().iter().enumerate() {
             if matched & (1 << i) == 0 || p.needs_caller() {
@@ -409,10 +439,24 @@ impl Limiter {
             match result {
                 Ok(Some(q)) => quota = Some(q.tighter(quota)),
                 Ok(None) => {}
+                Err(_) if p.on == On::Failure && credential => ctx.over_failures = true,
                 Err(l) => return (ctx, Err(l)),
             }
         }
         (ctx, Ok(quota))
+    }
+
+    /// The refusal of a client over a failure limit (429 and its quota).
+    fn failure_refusal(&self, ctx: &RequestLimits) -> ApiError {
+        for (i, p) in self.policies().iter().enumerate() {
+            if ctx.matched & (1 << i) != 0 && p.on == On::Failure {
+                if let Err(e) = self.check_full(i, p, ctx.client_ip) {
+                    return e;
+                }
+            }
+        }
+        // The bucket emptied meanwhile: still a refused credential.
+        ApiError::Unauthenticated
     }
 
     /// Once the caller is known: admits on the policies that needed it.
@@ -662,7 +706,7 @@ async fn sync_loop(weak: Weak<Inner>) {
 }
 
 /// IPv4 as is; IPv6 by its /64.
-fn bucket_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn bucket_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -721,7 +765,13 @@ pub async fn layer(
     // Refused credentials count when they were sent on purpose: a bearer
     // token or a login. A browser's stale session cookie is not an attack.
     let presents = req.headers().contains_key(axum::http::header::AUTHORIZATION) || path == "/api/v1/login";
-    let (ctx, before) = limiter.before(&Subject { ip, path, headers: req.headers() }).await;
+    // A 256-bit key or session is looked at even over a failure limit (it
+    // cannot be guessed); a password never is: a guess must not learn from
+    // a different answer whether it was right.
+    let credential = path != "/api/v1/login"
+        && (req.headers().contains_key(axum::http::header::AUTHORIZATION)
+            || req.headers().contains_key(axum::http::header::COOKIE));
+    let (ctx, before) = limiter.before(&Subject { ip, path, headers: req.headers() }, credential).await;
     let quota = match before {
         Ok(q) => q,
         Err(e) => return refusal(&front, e, ip),
@@ -740,6 +790,11 @@ pub async fn layer(
         (Some(a), b) => Some(a.tighter(b)),
         (None, b) => b,
     };
+    if ctx.over_failures && resp.status() == StatusCode::UNAUTHORIZED {
+        // Over the limit and not verified: the failure limit's answer, and
+        // nothing more counted (the bucket is full).
+        return refusal(&front, limiter.failure_refusal(&ctx), ip);
+    }
     if presents && resp.status() == StatusCode::UNAUTHORIZED {
         match limiter.refused(&ctx).await {
             Ok(q) => quota = q.map(|q| q.tighter(quota.take())),

@@ -310,13 +310,24 @@ impl Seen {
 /// A tower layer for the gRPC server that counts every call by method and
 /// status code and times it (to the response head, for streams).
 #[derive(Clone)]
-pub struct GrpcMetricsLayer(pub crate::Cluster);
+pub struct GrpcMetricsLayer {
+    cluster: crate::Cluster,
+    auth_failures: Option<std::sync::Arc<crate::admin::failures::FailureGate>>,
+}
+
+impl GrpcMetricsLayer {
+    /// The layer; `auth_failures` counts failed admin authentications per
+    /// address (see [`crate::admin::failures`]).
+    pub fn new(cluster: crate::Cluster, auth_failures: Option<crate::admin::failures::FailureGate>) -> Self {
+        GrpcMetricsLayer { cluster, auth_failures: auth_failures.map(std::sync::Arc::new) }
+    }
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
 
     fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner, cluster: self.0.clone() }
+        GrpcMetrics { inner, cluster: self.cluster.clone(), auth_failures: self.auth_failures.clone() }
     }
 }
 
@@ -324,6 +335,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     cluster: crate::Cluster,
+    auth_failures: Option<std::sync::Arc<crate::admin::failures::FailureGate>>,
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -366,7 +378,9 @@ where
             .unwrap_or_default();
         let idempotency_key =
             req.headers().get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let ctx = std::sync::Arc::new(crate::audit::GrpcCall::new(peer, idempotency_key));
+        let mut call = crate::audit::GrpcCall::new(peer, idempotency_key);
+        call.auth_failures = self.auth_failures.clone();
+        let ctx = std::sync::Arc::new(call);
         let call = crate::audit::GRPC_CALL.sync_scope(ctx.clone(), || span.in_scope(|| self.inner.call(req)));
         let call = crate::audit::GRPC_CALL.scope(ctx.clone(), call);
         let cluster = self.cluster.clone();

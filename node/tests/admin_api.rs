@@ -858,3 +858,35 @@ async fn malformed_protobuf_is_invalid_argument_without_decoder_detail() {
     }
     c.shutdown().await;
 }
+
+/// Failed admin authentications are limited per client address; a key
+/// that verifies still passes from that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_admin_authentications_are_limited_per_address() {
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.rate_limits = gatehouse_api::limits::LimitsConfig {
+            enabled: true,
+            policies: vec![],
+            admin_auth_failures_per_minute: 5,
+            ..Default::default()
+        };
+    })
+    .await;
+    let ch = Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let status = |token: String| {
+        let ch = ch.clone();
+        async move {
+            let mut req = Request::new(ClusterStatusRequest {});
+            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            code(ClusterServiceClient::new(ch).status(req).await)
+        }
+    };
+    let forged = "gk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+    for _ in 0..5 {
+        assert_eq!(status(forged.clone()).await, Code::Unauthenticated);
+    }
+    assert_eq!(status(forged.clone()).await, Code::ResourceExhausted);
+    assert_eq!(status("not-a-key".into()).await, Code::ResourceExhausted);
+    assert_eq!(status(c.admin_key.clone()).await, Code::Ok, "a key that verifies still passes");
+    c.shutdown().await;
+}

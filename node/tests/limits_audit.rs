@@ -178,6 +178,8 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
         v
     };
     assert_eq!(statuses, [401, 401, 429, 429]);
+    // Each was counted as a forwarded header from an untrusted peer.
+    assert_eq!(c.node(1).cluster().metrics().untrusted_forwarded_for.get(), 4);
     // Behind the trusted proxy, each forwarded client has its own bucket.
     let proxy = client_from("127.0.0.2");
     for _ in 0..2 {
@@ -551,5 +553,100 @@ async fn a_flood_past_a_strict_limit_proposes_nothing() {
     // the node's periodic audit flushes may add entries.
     let grown = cluster.view().applied_index() - before;
     assert!(grown < 10, "the log grew by {grown} entries during the flood");
+    c.shutdown().await;
+}
+
+/// The failure gate stops guessing, not the innocent: behind one address
+/// with an attacker, a key or session that verifies keeps working, while
+/// unknown credentials and every password get 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verified_key_or_session_passes_its_addresss_failure_gate() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let c = TestCluster::start_with(1, |cfg| {
+        let mut p = policy("credential_failures", By::Ip, 3, Mode::Strict);
+        p.on = On::Failure;
+        cfg.rate_limits = limits(vec![p]);
+    })
+    .await;
+    let good = create_key(c.node(1), "nat-neighbour", &["viewer"]).await;
+    create_user_with_password(c.node(1), "nina", PASSWORD, &["viewer"]).await;
+    let client = client_from("127.0.0.6");
+    let verify = |token: String| {
+        let (client, url) = (client.clone(), format!("{}/auth/verify", base(c.node(1))));
+        async move { client.get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    let login = |password: &'static str| {
+        let (client, url) = (client.clone(), format!("{}/api/v1/login", base(c.node(1))));
+        async move {
+            client
+                .post(url)
+                .header("x-requested-with", "t")
+                .json(&serde_json::json!({ "username": "nina", "password": password }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A session opened before the attack.
+    let session = login(PASSWORD).await;
+    assert_eq!(session.status(), StatusCode::OK);
+    let cookie = session.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let forged = "gk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+    for _ in 0..3 {
+        assert_eq!(verify(forged.clone()).await, StatusCode::UNAUTHORIZED);
+    }
+    // Over the limit: guesses get 429 ...
+    assert_eq!(verify(forged.clone()).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login(PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS, "no password is checked");
+    // ... while a key and a session that verify pass.
+    assert_eq!(verify(good.clone()).await, StatusCode::OK);
+    let r = client.get(format!("{}/auth/verify", base(c.node(1)))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(verify(forged).await, StatusCode::TOO_MANY_REQUESTS);
+    c.shutdown().await;
+}
+
+/// A lockout is not a free denial of service: the address that guessed is
+/// locked out of the account, the user elsewhere is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lockout_holds_for_the_guessing_address_not_for_the_user() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.identity.lockout_threshold = 3;
+        cfg.identity.lockout_user_threshold = 30;
+    })
+    .await;
+    let user_id = create_user_with_password(c.node(1), "lena", PASSWORD, &["viewer"]).await;
+    let login = |ip: &'static str, node: u64, password: &'static str| {
+        let url = format!("{}/api/v1/login", base(c.node(node)));
+        async move {
+            client_from(ip)
+                .post(url)
+                .header("x-requested-with", "t")
+                .json(&serde_json::json!({ "username": "lena", "password": password }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(login("127.0.0.8", 1, "wrong guess number one").await, StatusCode::UNAUTHORIZED);
+    }
+    wait_until("the lockout applied everywhere", Duration::from_secs(5), || {
+        let locked = c.nodes.values().all(|n| {
+            n.cluster().view().read().user(&user_id).is_some_and(|u| {
+                gatehouse_domain::users::is_locked_from(u, "127.0.0.8", gatehouse_api::cluster::now_ms())
+            })
+        });
+        async move { locked }
+    })
+    .await;
+    // The guessing address is out, on every node, even with the password ...
+    for n in 1..=3 {
+        assert_eq!(login("127.0.0.8", n, PASSWORD).await, StatusCode::UNAUTHORIZED);
+    }
+    // ... the user, from their own address, is not.
+    assert_eq!(login("127.0.0.9", 2, PASSWORD).await, StatusCode::OK);
     c.shutdown().await;
 }

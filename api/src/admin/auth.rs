@@ -52,19 +52,35 @@ pub async fn authorize_stale(
     check(cluster, meta, permission).await
 }
 
-/// The key in `meta`, resolved, and RBAC.
+/// The key in `meta`, resolved, and RBAC. Failed authentications count
+/// against the client's address ([`super::failures`]).
 async fn check(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
-    let token = bearer(meta).ok_or(ApiError::Unauthenticated)?;
-    // The admin API takes API keys, not browser sessions.
-    if !token.starts_with(keys::KEY_PREFIX) {
-        return Err(ApiError::Unauthenticated);
-    }
-    let caller = identity::resolve(cluster, token).await.inspect_err(|e| {
-        static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
-        if let Some(suppressed) = REFUSED.allow() {
-            tracing::info!(reason = %e.code(), suppressed, "admin call refused");
+    let gate = crate::audit::GRPC_CALL.try_with(|c| c.auth_failures.clone()).ok().flatten();
+    let peer = crate::audit::grpc_peer();
+    let over = gate.as_ref().and_then(|g| g.full(&peer));
+    let resolved = match bearer(meta) {
+        // The admin API takes API keys, not browser sessions.
+        Some(token) if token.starts_with(keys::KEY_PREFIX) => {
+            identity::resolve_with(cluster, token, over.is_none()).await
         }
-    })?;
+        _ => Err(ApiError::Unauthenticated),
+    };
+    let caller = match resolved {
+        Ok(caller) => caller,
+        Err(e) => {
+            static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
+            if let Some(suppressed) = REFUSED.allow() {
+                tracing::info!(reason = %e.code(), suppressed, "admin call refused");
+            }
+            if let Some(q) = over {
+                return Err(ApiError::RateLimited(q));
+            }
+            if let (ApiError::Unauthenticated, Some(g)) = (&e, &gate) {
+                g.failed(&peer);
+            }
+            return Err(e);
+        }
+    };
     crate::audit::note_grpc_caller(&caller);
     if !roles::allowed(&cluster.view().read(), &caller.roles, permission) {
         tracing::info!(user = %caller.username, permission = permission.name(), "admin call denied");

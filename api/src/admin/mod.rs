@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod events;
+pub mod failures;
 pub mod keys;
 pub mod roles;
 pub mod sessions;

@@ -174,6 +174,7 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
         .get::<axum::extract::MatchedPath>()
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
         .unwrap_or("unmatched");
+    untrusted_forwarded_for(&front, &req);
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let resp = if size > MAX_HEADER_BYTES {
         let body =
@@ -206,6 +207,32 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
     }
     front.cluster.metrics().observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// A proxy in front of Gatehouse that is not in `trusted_proxies` makes
+/// every client behind it one address (one rate-limit bucket, one audit
+/// address): counted, and said in the log at the first such request after
+/// start and then at most once a minute.
+fn untrusted_forwarded_for(front: &Front, req: &Request) {
+    if !req.headers().contains_key("x-forwarded-for") {
+        return;
+    }
+    let Some(peer) = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
+        return;
+    };
+    if front.limits.trusts(peer) {
+        return;
+    }
+    front.cluster.metrics().untrusted_forwarded_for.inc();
+    static WARNED: crate::throttle::Throttle = crate::throttle::Throttle::new(60_000);
+    if let Some(suppressed) = WARNED.allow() {
+        tracing::warn!(
+            %peer,
+            suppressed,
+            "X-Forwarded-For from a peer that is not in rate_limits.trusted_proxies is ignored: \
+             if it is your proxy, every client behind it counts as this one address"
+        );
+    }
 }
 
 /// Every error is our JSON shape: the framework's own rejections (a query,

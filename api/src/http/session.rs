@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{client_ip, credential, csrf_ok, Front};
 use crate::audit::{self, Actor};
 use crate::cluster::now_ms;
-use crate::identity::{resolve, Principal, Via};
+use crate::identity::{Principal, Via};
 use crate::limits::{Quota, RequestLimits};
 use crate::passwords::MAX_PASSWORD_LEN;
 use crate::{credentials, ApiError};
@@ -52,7 +52,8 @@ async fn caller(
     if changes_state && from_cookie && !csrf_ok(headers) {
         return Err(ApiError::Csrf);
     }
-    let p = resolve(&front.cluster, &token).await?;
+    let catch_up = limits.as_deref().is_none_or(|l| !l.over_failures());
+    let p = crate::identity::resolve_with(&front.cluster, &token, catch_up).await?;
     let key_id = match &p.via {
         Via::ApiKey { key_id } => Some(key_id.as_str()),
         Via::Session { .. } => None,

@@ -12,7 +12,7 @@ use gatehouse_domain::roles;
 use serde::Deserialize;
 
 use super::{credential, forwarded, Front, RouteRule};
-use crate::identity::{resolve, Principal, Via};
+use crate::identity::{Principal, Via};
 use crate::limits::RequestLimits;
 use crate::ApiError;
 
@@ -101,7 +101,8 @@ async fn decide(
     let Some((token, _)) = credential(headers, &front.config.cookie_name) else {
         return ("no_credential", unauthorized(ApiError::Unauthenticated));
     };
-    let principal = match resolve(&front.cluster, &token).await {
+    let catch_up = limits.is_none_or(|l| !l.over_failures());
+    let principal = match crate::identity::resolve_with(&front.cluster, &token, catch_up).await {
         Ok(p) => p,
         Err(e) => return (e.code(), unauthorized(e)),
     };
