@@ -4,7 +4,7 @@ use gatehouse_proto::events::{
     AssignRole, CreateUser, DeleteUser, RecordLoginFailure, SetPassword, SetUserStatus, UnassignRole, UpdateUser,
     UserStatus,
 };
-use gatehouse_proto::state::UserRecord;
+use gatehouse_proto::state::{SourceFailures, UserRecord};
 
 use crate::mutation::{Mutation, Table};
 use crate::quote::quote;
@@ -266,15 +266,30 @@ pub(crate) fn set_password(
     user.updated_at = now;
     user.failed_logins = 0;
     user.locked_until = 0;
+    user.sources.clear();
     out.push(put(Table::Users, &user.user_id, user));
     // A password change ends every session of the user.
     state.sessions.remove_user(&c.user_id, out);
     Ok(c.user_id.clone())
 }
 
-/// Counts a failed login; at `threshold` failures within `window_ms` the
-/// account locks for `lockout_ms`. Every node applies the same rule because
-/// the proposer stamps the policy into the command.
+/// Sources (client address buckets) whose failures a user record keeps;
+/// past this, the quietest unlocked source is forgotten first.
+pub const MAX_SOURCES: usize = 32;
+/// A source's lockout doubles at most this many times (64×).
+pub const MAX_BACKOFF_DOUBLINGS: u32 = 6;
+/// A source whose last lockout ended this long ago starts from 1× again.
+pub const BACKOFF_RESET_MS: u64 = 24 * 3600 * 1000;
+
+/// Counts a failed login. Every node applies the same rule because the
+/// proposer stamps the policy into the command.
+///
+/// With a `source`: at `threshold` failures within `window_ms` that source
+/// is locked out of the account for `lockout_ms`, doubled for each lockout
+/// in a row (up to 64×); the account as a whole locks only at
+/// `user_threshold` failures from all sources together, so an attacker who
+/// guesses from one address cannot lock the user out everywhere. Without a
+/// source (older proposers): `threshold` locks the account.
 pub(crate) fn record_login_failure(
     state: &mut State,
     now: u64,
@@ -284,24 +299,72 @@ pub(crate) fn record_login_failure(
     if c.threshold == 0 || c.window_ms == 0 || c.lockout_ms == 0 {
         return Err(ApplyError::Invalid("lockout policy values must be positive".into()));
     }
+    if c.source.len() > 64 || (!c.source.is_empty() && c.user_threshold < c.threshold) {
+        return Err(ApplyError::Invalid("a source needs a user threshold at least the source's".into()));
+    }
     let user = state.users.get_mut(&c.user_id).ok_or_else(no_such_user)?;
+    let user_threshold = if c.source.is_empty() { c.threshold } else { c.user_threshold };
     if user.failures_since == 0 || user.failures_since.saturating_add(c.window_ms) <= now {
         user.failed_logins = 0;
         user.failures_since = now;
     }
     user.failed_logins += 1;
-    if user.failed_logins >= c.threshold {
+    if user.failed_logins >= user_threshold {
         user.locked_until = now.saturating_add(c.lockout_ms);
         user.failed_logins = 0;
         user.failures_since = 0;
     }
+    let mut locked_until = user.locked_until;
+    if !c.source.is_empty() {
+        let i = match user.sources.iter().position(|s| s.source == c.source) {
+            Some(i) => i,
+            None => {
+                if user.sources.len() >= MAX_SOURCES {
+                    // Forget the quietest source that is not locked (or, all
+                    // locked, the one whose lock ends first).
+                    let victim = (0..user.sources.len())
+                        .min_by_key(|&i| {
+                            let s = &user.sources[i];
+                            (s.locked_until > now, s.locked_until, s.since)
+                        })
+                        .expect("the list is full");
+                    user.sources.remove(victim);
+                }
+                user.sources.push(SourceFailures { source: c.source.clone(), ..Default::default() });
+                user.sources.len() - 1
+            }
+        };
+        let s = &mut user.sources[i];
+        if s.locked_until != 0 && s.locked_until.saturating_add(BACKOFF_RESET_MS) <= now {
+            s.lockouts = 0;
+        }
+        if s.since == 0 || s.since.saturating_add(c.window_ms) <= now {
+            s.failures = 0;
+            s.since = now;
+        }
+        s.failures += 1;
+        if s.failures >= c.threshold {
+            let factor = 1u64 << s.lockouts.min(MAX_BACKOFF_DOUBLINGS);
+            s.locked_until = now.saturating_add(c.lockout_ms.saturating_mul(factor));
+            s.lockouts += 1;
+            s.failures = 0;
+            s.since = 0;
+        }
+        locked_until = locked_until.max(s.locked_until);
+    }
     out.push(put(Table::Users, &user.user_id, user));
-    Ok(user.locked_until.to_string())
+    Ok(locked_until.to_string())
 }
 
-/// Whether the user is locked out at `now`.
-pub fn is_locked(user: &gatehouse_proto::state::UserRecord, now: u64) -> bool {
+/// Whether the user is locked out at `now` as a whole.
+pub fn is_locked(user: &UserRecord, now: u64) -> bool {
     user.locked_until > now
+}
+
+/// Whether a login from `source` is locked out at `now`: the account as a
+/// whole, or that source for that account.
+pub fn is_locked_from(user: &UserRecord, source: &str, now: u64) -> bool {
+    is_locked(user, now) || user.sources.iter().any(|s| s.source == source && s.locked_until > now)
 }
 
 #[cfg(test)]
@@ -379,6 +442,7 @@ pub(crate) mod tests {
                 threshold: 3,
                 window_ms: 1_000,
                 lockout_ms: 5_000,
+                ..Default::default()
             })),
             ..Default::default()
         };
@@ -399,10 +463,72 @@ pub(crate) mod tests {
                 threshold: 0,
                 window_ms: 1,
                 lockout_ms: 1,
+                ..Default::default()
             })),
             ..Default::default()
         };
         assert_eq!(state.apply(7, &bad, &mut Vec::new()).code, Code::Invalid as i32);
+    }
+
+    /// One attacker's address locks itself out, with longer lockouts each
+    /// time; the user, from anywhere else, keeps logging in until the much
+    /// higher per-user ceiling.
+    #[test]
+    fn failures_lock_a_source_out_progressively_and_the_user_only_at_the_ceiling() {
+        let mut state = State::default();
+        let uid = "a".repeat(32);
+        state.apply(1, &create_user_cmd(&uid, "alice"), &mut Vec::new());
+        let fail = |at: u64, source: &str| Command {
+            proposed_at: at,
+            payload: Some(Payload::RecordLoginFailure(RecordLoginFailure {
+                user_id: uid.clone(),
+                threshold: 3,
+                window_ms: 1_000,
+                lockout_ms: 5_000,
+                source: source.into(),
+                user_threshold: 8,
+            })),
+            ..Default::default()
+        };
+        let mut index = 2;
+        let mut apply = |state: &mut State, at: u64, source: &str| {
+            index += 1;
+            state.apply(index, &fail(at, source), &mut Vec::new())
+        };
+        for at in [10_000, 10_100, 10_200] {
+            apply(&mut state, at, "192.0.2.66");
+        }
+        let u = state.user(&uid).unwrap().clone();
+        assert!(is_locked_from(&u, "192.0.2.66", 10_300), "the guessing address");
+        assert!(!is_locked_from(&u, "198.51.100.7", 10_300), "the user elsewhere");
+        assert!(!is_locked_from(&u, "192.0.2.66", 15_200), "1x: 5 s");
+        // The next lockout in a row lasts twice as long, then four times.
+        for at in [15_300, 15_400, 15_500] {
+            apply(&mut state, at, "192.0.2.66");
+        }
+        let u = state.user(&uid).unwrap().clone();
+        assert!(is_locked_from(&u, "192.0.2.66", 25_400) && !is_locked_from(&u, "192.0.2.66", 25_500));
+        // Failures from everywhere together reach the per-user ceiling (8).
+        for at in [30_000, 30_010] {
+            apply(&mut state, at, "203.0.113.1");
+        }
+        assert!(!is_locked(state.user(&uid).unwrap(), 30_020));
+        for (i, at) in [30_020, 30_030, 30_040, 30_050, 30_060, 30_070].into_iter().enumerate() {
+            apply(&mut state, at, &format!("203.0.113.{}", 10 + i));
+        }
+        assert!(is_locked(state.user(&uid).unwrap(), 30_100), "the ceiling locks the account");
+        // The list of sources stays bounded.
+        for i in 0..100u64 {
+            apply(&mut state, 100_000 + i, &format!("10.0.{}.{}", i / 250, i % 250));
+        }
+        assert_eq!(state.user(&uid).unwrap().sources.len(), MAX_SOURCES);
+        // A password change forgets them.
+        let bad = fail(1, "x");
+        if let Some(Payload::RecordLoginFailure(mut c)) = bad.payload {
+            c.user_threshold = 1;
+            let cmd = Command { proposed_at: 1, payload: Some(Payload::RecordLoginFailure(c)), ..Default::default() };
+            assert_eq!(state.apply(999, &cmd, &mut Vec::new()).code, Code::Invalid as i32, "ceiling below threshold");
+        }
     }
 
     #[test]

@@ -122,8 +122,13 @@ pub struct IdentityConfig {
     pub session_idle_secs: u64,
     /// How often a node flushes the last-use times it saw (bounds the idle timeout's slack).
     pub touch_flush_ms: u64,
-    /// Failed logins within `lockout_window_secs` that lock an account for `lockout_secs`.
+    /// Failed logins within `lockout_window_secs` from one client address
+    /// (an IPv6 /64) that lock that address out of the account for
+    /// `lockout_secs`, doubled for each lockout in a row (up to 64×).
     pub lockout_threshold: u32,
+    /// Failed logins from all addresses together that lock the account
+    /// itself (at least `lockout_threshold`).
+    pub lockout_user_threshold: u32,
     pub lockout_window_secs: u64,
     pub lockout_secs: u64,
     /// argon2id hashes running at once (each takes ~19 MiB and one core for ~25 ms).
@@ -142,6 +147,7 @@ impl Default for IdentityConfig {
             session_idle_secs: 3600,
             touch_flush_ms: 5_000,
             lockout_threshold: 5,
+            lockout_user_threshold: 50,
             lockout_window_secs: 15 * 60,
             lockout_secs: 15 * 60,
             // Leave a core for verification on small machines.
@@ -382,6 +388,9 @@ impl Config {
         if id.session_ttl_secs == 0 || id.lockout_threshold == 0 || id.lockout_window_secs == 0 || id.lockout_secs == 0
         {
             return bad("identity: session_ttl_secs and the lockout settings must be positive");
+        }
+        if id.lockout_user_threshold < id.lockout_threshold {
+            return bad("identity.lockout_user_threshold must be at least lockout_threshold");
         }
         if id.cookie_name.is_empty()
             || !id.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

@@ -276,7 +276,10 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
         assert_eq!(login("wrong password here").await.status(), StatusCode::UNAUTHORIZED);
     }
     wait_until("alma locked", Duration::from_secs(5), || {
-        let locked = c.node(2).cluster().view().read().user(&user_id).is_some_and(|u| u.locked_until > 0);
+        let now = gatehouse_api::cluster::now_ms();
+        let locked = c.node(2).cluster().view().read().user(&user_id).is_some_and(|u| {
+            u.sources.iter().any(|s| s.locked_until > now) && !gatehouse_domain::users::is_locked(u, now)
+        });
         async move { locked }
     })
     .await;

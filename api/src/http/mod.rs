@@ -38,7 +38,10 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Failed-login lockout policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lockout {
+    /// Failures from one address bucket that lock it out of the account.
     pub threshold: u32,
+    /// Failures from everywhere that lock the account itself.
+    pub user_threshold: u32,
     pub window: Duration,
     pub duration: Duration,
 }

@@ -87,6 +87,13 @@ fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue 
     HeaderValue::from_str(&c).expect("cookie names, domains and tokens are header-safe")
 }
 
+/// The address bucket a login's failures count against: the client IP (as
+/// the limiter read it behind trusted proxies), an IPv6 client by its /64.
+fn login_source(limits: Option<&RequestLimits>, peer: &SocketAddr) -> String {
+    let ip = limits.map_or(peer.ip(), |l| l.client_ip);
+    crate::limits::bucket_ip(ip).to_string()
+}
+
 /// `POST /api/v1/login` `{username, password}` → session cookie.
 #[tracing::instrument(level = "info", name = "http.login", skip_all, fields(user_id, outcome))]
 pub async fn login(
@@ -118,7 +125,10 @@ pub async fn login(
     // the timing does not depend on whether the user exists here.
     front.cluster.catch_up(Duration::from_millis(500)).await;
     let user = front.cluster.view().read().user_by_name(&username).cloned();
-    let usable = user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked(u, now));
+    // Lockouts are per (user, client address bucket): see `users::record_login_failure`.
+    let source = login_source(limits.as_deref(), &peer);
+    let usable =
+        user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked_from(u, &source, now));
     // The same argon2 work whether or not the user exists or may log in.
     let ok = front.passwords.verify(body.password, usable.map(|u| u.password_hash.clone())).await?;
     let ip = client_ip(limits.as_deref(), Some(&peer));
@@ -131,7 +141,7 @@ pub async fn login(
             None => "user:unknown".to_string(),
         };
         front.cluster.audit(audit::event("login.failure", "denied", &anonymous, resource));
-        if let Some(u) = user.as_ref().filter(|u| !users::is_locked(u, now)) {
+        if let Some(u) = user.as_ref().filter(|u| !users::is_locked_from(u, &source, now)) {
             // Counted through the log, so a lockout holds on every node. In
             // the background: the answer must not take longer for real users.
             let l = &front.config.lockout;
@@ -140,6 +150,8 @@ pub async fn login(
                 threshold: l.threshold,
                 window_ms: l.window.as_millis() as u64,
                 lockout_ms: l.duration.as_millis() as u64,
+                source: source.clone(),
+                user_threshold: l.user_threshold,
             }));
             let cluster = front.cluster.clone();
             let user_id = u.user_id.clone();
@@ -148,7 +160,8 @@ pub async fn login(
                     tracing::warn!(error = %e, "recording a failed login failed");
                     return;
                 }
-                let locked = cluster.view().read().user(&user_id).is_some_and(|u| users::is_locked(u, now_ms()));
+                let locked =
+                    cluster.view().read().user(&user_id).is_some_and(|u| users::is_locked_from(u, &source, now_ms()));
                 if locked {
                     cluster.audit(audit::event("user.lockout", "ok", &anonymous, format!("user:{user_id}")));
                 }
