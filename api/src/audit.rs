@@ -85,11 +85,16 @@ impl Actor {
     }
 }
 
+/// (action, resource, client address bucket, actor user id).
+type Counted = (&'static str, String, String, String);
+/// (count, first seen, last seen).
+type Seen = (u64, u64, u64);
+
 #[derive(Default)]
 struct Buffer {
     events: Vec<AuditEvent>,
-    /// (action, resource, client ip) → (count, first seen).
-    counted: HashMap<(&'static str, String, String), (u64, u64)>,
+    /// Refusals and denials seen since the last flush.
+    counted: HashMap<Counted, Seen>,
     dropped: u64,
     /// A batch that failed to commit, retried as is (same batch number, so
     /// it is appended once even if only the answer was lost).
@@ -227,15 +232,30 @@ impl Recorder {
         }
     }
 
-    /// Counts a frequent event: one record per (action, resource, client) per flush.
-    pub fn count(&self, metrics: &crate::metrics::Metrics, action: &'static str, resource: String, client_ip: String) {
+    /// Counts a frequent event (a refusal, a denial): one record per
+    /// (action, resource, client address bucket, actor) per flush, with the
+    /// count and when it was first and last seen. An IPv6 client is counted
+    /// by its /64, so rotating addresses inside it makes no more records.
+    pub fn count(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        action: &'static str,
+        resource: String,
+        client_ip: String,
+        actor_user_id: String,
+    ) {
+        let client = client_ip.parse().map_or(client_ip, |ip| crate::limits::bucket_ip(ip).to_string());
+        let key = (action, resource, client, actor_user_id);
         let mut b = self.buffer();
-        if self.full(b.counted.len()) {
+        if !b.counted.contains_key(&key) && self.full(b.counted.len()) {
             b.dropped += 1;
             metrics.audit_dropped.inc();
             return;
         }
-        b.counted.entry((action, resource, client_ip)).or_insert((0, now_ms())).0 += 1;
+        let now = now_ms();
+        let seen = b.counted.entry(key).or_insert((0, now, now));
+        seen.0 += 1;
+        seen.2 = now;
     }
 
     /// What is buffered, as the payload of one command; or the command to retry.
@@ -245,16 +265,17 @@ impl Recorder {
             return Some(Ok(retry));
         }
         let counted = std::mem::take(&mut b.counted);
-        for ((action, resource, client_ip), (count, at)) in counted {
+        for ((action, resource, client_ip, actor_user_id), (count, first, last)) in counted {
             let outcome = if action == "ratelimit.hit" { "limited" } else { "denied" };
             b.events.push(AuditEvent {
-                at,
+                at: first,
                 action: action.into(),
                 outcome: outcome.into(),
                 client_ip,
+                actor_user_id,
                 resource,
                 node_id: self.node_id,
-                detail: format!("count={count}"),
+                detail: format!("count={count} first={first} last={last}"),
                 ..Default::default()
             });
         }
@@ -288,7 +309,12 @@ impl Cluster {
 
     /// Counts a frequent audit event (aggregated per flush).
     pub fn audit_count(&self, action: &'static str, resource: String, client_ip: String) {
-        self.recorder().count(self.metrics(), action, resource, client_ip);
+        self.recorder().count(self.metrics(), action, resource, client_ip, String::new());
+    }
+
+    /// [`Cluster::audit_count`] of something `actor_user_id` was refused.
+    pub fn audit_count_by(&self, action: &'static str, resource: String, client_ip: String, actor_user_id: String) {
+        self.recorder().count(self.metrics(), action, resource, client_ip, actor_user_id);
     }
 
     /// A request refused by rate-limit `policy` (aggregated).
@@ -513,4 +539,28 @@ pub async fn write(
     };
     cluster.audit(e);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_one_record_per_bucket_with_count_and_first_and_last_seen() {
+        let r = Recorder::new(3);
+        let m = crate::metrics::Metrics::new();
+        // One client rotating through its /64, and one other address.
+        for i in 0..500 {
+            r.count(&m, "ratelimit.hit", "policy:login".into(), format!("2001:db8:1:2::{i:x}"), String::new());
+        }
+        r.count(&m, "ratelimit.hit", "policy:login".into(), "192.0.2.7".into(), String::new());
+        r.count(&m, "rbac.denied", "rpc:UserService/Create".into(), "192.0.2.7".into(), "u1".into());
+        r.count(&m, "rbac.denied", "rpc:UserService/Create".into(), "192.0.2.7".into(), "u2".into());
+        let Some(Err(batch)) = r.take(&m) else { panic!("a batch") };
+        assert_eq!(batch.events.len(), 4, "{:?}", batch.events);
+        let rotating = batch.events.iter().find(|e| e.client_ip == "2001:db8:1:2::").unwrap();
+        assert!(rotating.detail.starts_with("count=500 first="), "{}", rotating.detail);
+        assert!(rotating.detail.contains(" last="));
+        assert_eq!(batch.events.iter().filter(|e| e.action == "rbac.denied").count(), 2, "one per caller");
+    }
 }

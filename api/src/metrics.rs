@@ -404,11 +404,10 @@ where
                     name_the_leader(&cluster, r.headers_mut());
                 }
                 if code == tonic::Code::PermissionDenied {
-                    // RBAC refusals are audited wherever in the handler they happened.
-                    let who = ctx
-                        .caller()
-                        .unwrap_or_else(|| crate::audit::Actor { client_ip: ctx.peer.clone(), ..Default::default() });
-                    cluster.audit(crate::audit::event("rbac.denied", "denied", &who, format!("rpc:{method}")));
+                    // RBAC refusals are audited wherever in the handler they
+                    // happened, aggregated per caller, method and address.
+                    let who = ctx.caller().map(|a| a.user_id).unwrap_or_default();
+                    cluster.audit_count_by("rbac.denied", format!("rpc:{method}"), ctx.peer.clone(), who);
                 }
                 cluster.metrics().observe_grpc_label(method, code, started.elapsed());
                 resp

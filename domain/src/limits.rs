@@ -11,6 +11,13 @@
 //!
 //! A bucket whose window has passed is dropped deterministically as log time
 //! moves past it, like an expired session.
+//!
+//! A policy keeps at most [`MAX_BUCKETS`] buckets, whatever a flood from many
+//! addresses (an IPv6 /48 holds 65,536 /64s) or a proxy's rotating
+//! `X-Forwarded-For` brings. At the cap a strict policy refuses a hit for a
+//! new bucket (fail closed: the exact limit cannot be kept for it), and a
+//! global policy forgets the bucket whose window ends first to count the new
+//! one. Both are decided by apply, so every node does the same.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -33,6 +40,12 @@ pub const MAX_WINDOW_MS: u64 = 86_400_000;
 pub const MAX_DELTAS: usize = 100_000;
 /// Slots per window for global buckets.
 pub const SLOTS: u64 = 60;
+/// Buckets one policy keeps at most (see the module doc for the cap's rule).
+#[cfg(not(test))]
+pub const MAX_BUCKETS: usize = 100_000;
+/// Small in unit tests, so the cap is reached in a few hundred commands.
+#[cfg(test)]
+pub const MAX_BUCKETS: usize = 100;
 
 /// What a bucket allows at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,8 @@ pub struct Limits {
     buckets: HashMap<String, HashMap<String, RateRecord>>,
     /// (when the bucket's last hit leaves its window, policy, bucket).
     by_expiry: BTreeSet<(u64, String, String)>,
+    /// The same, per policy, to find the bucket a full global policy forgets.
+    policy_expiry: HashMap<String, BTreeSet<(u64, String)>>,
 }
 
 fn slot_len(window_ms: u64) -> u64 {
@@ -121,8 +136,43 @@ impl Limits {
     }
 
     pub(crate) fn load(&mut self, r: RateRecord) {
-        self.by_expiry.insert((expiry(&r), r.policy.clone(), r.bucket.clone()));
+        self.index(expiry(&r), &r.policy, &r.bucket);
         self.buckets.entry(r.policy.clone()).or_default().insert(r.bucket.clone(), r);
+    }
+
+    fn index(&mut self, at: u64, policy: &str, bucket: &str) {
+        self.by_expiry.insert((at, policy.to_string(), bucket.to_string()));
+        self.policy_expiry.entry(policy.to_string()).or_default().insert((at, bucket.to_string()));
+    }
+
+    fn unindex(&mut self, at: u64, policy: &str, bucket: &str) {
+        self.by_expiry.remove(&(at, policy.to_string(), bucket.to_string()));
+        if let Some(set) = self.policy_expiry.get_mut(policy) {
+            set.remove(&(at, bucket.to_string()));
+            if set.is_empty() {
+                self.policy_expiry.remove(policy);
+            }
+        }
+    }
+
+    /// Buckets `policy` keeps now.
+    pub fn buckets_of(&self, policy: &str) -> usize {
+        self.buckets.get(policy).map_or(0, HashMap::len)
+    }
+
+    /// Whether `bucket` is new to a policy that is at [`MAX_BUCKETS`].
+    fn full_for(&self, policy: &str, bucket: &str) -> bool {
+        self.buckets.get(policy).is_some_and(|b| b.len() >= MAX_BUCKETS && !b.contains_key(bucket))
+    }
+
+    /// Forgets the bucket of `policy` whose window ends first.
+    fn evict_oldest(&mut self, policy: &str, out: &mut Vec<Mutation>) {
+        let Some((at, bucket)) = self.policy_expiry.get(policy).and_then(|s| s.first().cloned()) else { return };
+        self.unindex(at, policy, &bucket);
+        if let Some(b) = self.buckets.get_mut(policy) {
+            b.remove(&bucket);
+        }
+        out.push(Mutation::Delete { table: Table::Limits, key: storage_key(policy, &bucket).into_bytes() });
     }
 
     /// Drops buckets whose window has passed at log time `now`.
@@ -131,7 +181,8 @@ impl Limits {
             if *at > now {
                 break;
             }
-            let (_, policy, bucket) = self.by_expiry.pop_first().expect("checked above");
+            let (at, policy, bucket) = self.by_expiry.first().cloned().expect("checked above");
+            self.unindex(at, &policy, &bucket);
             if let Some(b) = self.buckets.get_mut(&policy) {
                 b.remove(&bucket);
                 if b.is_empty() {
@@ -161,11 +212,12 @@ impl Limits {
             r.slots.clear();
         }
         f(r);
-        if let Some(old) = old {
-            self.by_expiry.remove(&(old, policy.to_string(), bucket.to_string()));
-        }
-        self.by_expiry.insert((expiry(r), policy.to_string(), bucket.to_string()));
+        let new = expiry(r);
         out.push(put(Table::Limits, &storage_key(policy, bucket), r));
+        if let Some(old) = old {
+            self.unindex(old, policy, bucket);
+        }
+        self.index(new, policy, bucket);
     }
 }
 
@@ -178,6 +230,10 @@ pub(crate) fn hit(state: &mut State, now: u64, c: &RateHit, out: &mut Vec<Mutati
     let used = state.limits.get(&c.policy, &c.bucket).map_or(0, |r| usage(r, now).count);
     if used >= u64::from(c.limit) {
         return Err(ApplyError::Limited(format!("rate limit {} reached", c.policy)));
+    }
+    if state.limits.full_for(&c.policy, &c.bucket) {
+        // Fail closed: forgetting another bucket would forget its hits.
+        return Err(ApplyError::Limited(format!("rate limit {} holds as many buckets as it may", c.policy)));
     }
     state.limits.update(&c.policy, &c.bucket, c.window_ms, out, |r| {
         trim(r, now);
@@ -200,6 +256,9 @@ pub(crate) fn add(state: &mut State, now: u64, c: &RateDeltas, out: &mut Vec<Mut
         }
     }
     for d in &c.deltas {
+        if state.limits.full_for(&d.policy, &d.bucket) {
+            state.limits.evict_oldest(&d.policy, out);
+        }
         state.limits.update(&d.policy, &d.bucket, d.window_ms, out, |r| {
             trim(r, now);
             let len = slot_len(r.window_ms);
@@ -289,6 +348,41 @@ mod tests {
         }
         assert!(!out.iter().any(|m| matches!(m, Mutation::Put { table: Table::Requests, .. })), "{out:?}");
         assert!(s.requests.get("h1").is_none() && s.requests.get("d1").is_none());
+    }
+
+    /// A flood from ever new addresses cannot grow a policy past its cap:
+    /// strict fails closed for new buckets, global forgets the oldest.
+    #[test]
+    fn a_policy_keeps_at_most_max_buckets() {
+        let mut s = State::default();
+        let mut out = Vec::new();
+        for i in 0..MAX_BUCKETS as u64 + 50 {
+            let r = s.apply(i + 1, &hit_cmd(1_000 + i, &format!("ip:10.0.{}.{}", i / 200, i % 200)), &mut out);
+            if i < MAX_BUCKETS as u64 {
+                assert_eq!(r.code, 0, "{i}");
+            } else {
+                assert_eq!(r.code, 5, "a new bucket past the cap is refused");
+            }
+        }
+        assert_eq!(s.limits.buckets_of("login"), MAX_BUCKETS);
+        // A bucket already kept still counts.
+        assert_eq!(s.apply(9_000, &hit_cmd(2_000, "ip:10.0.0.0"), &mut out).code, 0);
+        let delta = |at: u64, bucket: String| Command {
+            proposed_at: at,
+            payload: Some(Payload::RateDeltas(RateDeltas {
+                deltas: vec![Delta { policy: "api".into(), bucket, count: 1, window_ms: 60_000 }],
+            })),
+            ..Default::default()
+        };
+        for i in 0..MAX_BUCKETS as u64 + 50 {
+            assert_eq!(s.apply(10_000 + i, &delta(1_000 + i, format!("ip:{i}")), &mut out).code, 0);
+        }
+        assert_eq!(s.limits.buckets_of("api"), MAX_BUCKETS);
+        assert!(s.limits.get("api", "ip:0").is_none(), "the oldest went");
+        assert!(s.limits.get("api", &format!("ip:{}", MAX_BUCKETS + 49)).is_some());
+        // The indexes agree with the buckets: everything expires in the end.
+        s.apply(99_999, &hit_cmd(10_000_000, "ip:x"), &mut out);
+        assert_eq!(s.limits.len(), 1);
     }
 
     #[test]

@@ -87,7 +87,12 @@ async fn a_strict_limit_is_exact_across_three_nodes() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|r| r["detail"].as_str().unwrap().trim_start_matches("count=").parse::<u64>().unwrap())
+                .map(|r| {
+                    let detail = r["detail"].as_str().unwrap();
+                    let count = detail.split_whitespace().next().unwrap().trim_start_matches("count=");
+                    assert!(detail.contains(" first=") && detail.contains(" last="), "{detail}");
+                    count.parse::<u64>().unwrap()
+                })
                 .sum();
             counted == 25
         }
