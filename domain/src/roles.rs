@@ -133,11 +133,41 @@ fn mask(state: &State, roles: &[String]) -> u32 {
 
 /// Whether a caller holding `caller` may act on someone holding `target`
 /// (grant those roles, change or impersonate that user): only if `target`
-/// grants nothing `caller` does not. An operator can therefore not make
-/// anyone an admin, nor issue a key for an admin.
+/// grants nothing `caller` does not, and the caller may assign each custom
+/// role of `target` by name ([`may_assign`]). An operator can therefore not
+/// make anyone an admin, nor issue a key for an admin, nor hand out a
+/// permission-less custom role that route rules guard a panel with.
 pub fn covers(state: &State, caller: &[String], target: &[String]) -> bool {
     let (c, t) = (mask(state, caller), mask(state, target));
-    t & !c == 0
+    t & !c == 0 && target.iter().all(|r| may_assign(state, caller, r))
+}
+
+/// Whether `caller` may assign role `name` by name: a built-in role by its
+/// permissions alone; a custom role only to those who hold `roles.write`,
+/// hold the role, or hold a role it lists in `assignable_by`. Unknown names
+/// are left to apply to refuse.
+pub fn may_assign(state: &State, caller: &[String], name: &str) -> bool {
+    let Some(role) = state.roles.get(name) else { return true };
+    allowed(state, caller, Permission::RolesWrite) || caller.iter().any(|c| c == name || role.assignable_by.contains(c))
+}
+
+/// Most roles one custom role may name in `assignable_by`.
+pub const MAX_ASSIGNERS: usize = 16;
+
+fn validate_assigners(state: &State, name: &str, list: &[String]) -> Result<(), ApplyError> {
+    if list.len() > MAX_ASSIGNERS {
+        return Err(ApplyError::Invalid(format!("at most {MAX_ASSIGNERS} roles in assignable_by")));
+    }
+    for (i, r) in list.iter().enumerate() {
+        validate_name(r).map_err(ApplyError::Invalid)?;
+        if r != name && !exists(state, r) {
+            return Err(ApplyError::NotFound(format!("role {} does not exist", crate::quote::quote(r))));
+        }
+        if list[..i].contains(r) {
+            return Err(ApplyError::Invalid(format!("role {} listed twice", crate::quote::quote(r))));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `roles` together grant every permission named in `permissions`.
@@ -169,6 +199,7 @@ pub(crate) fn put_role(
 ) -> Result<String, ApplyError> {
     validate_name(&c.name).map_err(ApplyError::Invalid)?;
     validate_permissions(&c.permissions)?;
+    validate_assigners(state, &c.name, &c.assignable_by)?;
     if c.description.chars().count() > 256 || c.description.chars().any(char::is_control) {
         return Err(ApplyError::Invalid("description must be at most 256 printable characters".into()));
     }
@@ -188,6 +219,7 @@ pub(crate) fn put_role(
         description: c.description.clone(),
         created_at,
         updated_at: now,
+        assignable_by: c.assignable_by.clone(),
     };
     out.push(put(Table::Roles, &role.name, &role));
     state.roles.insert(role.name.clone(), role);
@@ -247,6 +279,7 @@ mod tests {
                 permissions: r(perms),
                 description: "d".into(),
                 create,
+                assignable_by: vec![],
             })),
             ..Default::default()
         }
@@ -258,6 +291,38 @@ mod tests {
             payload: Some(Payload::DeleteRole(DeleteRole { name: name.into() })),
             ..Default::default()
         }
+    }
+
+    /// A custom role without permissions (a route rule's `ops-panel`) is
+    /// not anyone's to hand out just because it grants nothing: only holders
+    /// of roles.write, of the role, or of a role it names may assign it.
+    #[test]
+    fn custom_roles_are_assigned_only_by_those_they_name() {
+        let mut s = State::default();
+        s.apply(1, &put("panel-leads", &[], true), &mut Vec::new());
+        s.apply(2, &put("ops-panel", &[], true), &mut Vec::new());
+        let mut named = put("deploy-panel", &[], true);
+        if let Some(Payload::PutRole(p)) = &mut named.payload {
+            p.assignable_by = r(&["panel-leads", "operator"]);
+        }
+        assert_eq!(s.apply(3, &named, &mut Vec::new()).code, 0);
+        let op = r(&[OPERATOR]);
+        assert!(!covers(&s, &op, &r(&["ops-panel"])), "grants nothing, still not the operator's to give");
+        assert!(covers(&s, &op, &r(&["deploy-panel"])), "named by the role");
+        assert!(covers(&s, &r(&["panel-leads"]), &r(&["deploy-panel"])));
+        assert!(covers(&s, &r(&["ops-panel"]), &r(&["ops-panel"])), "its holders");
+        assert!(covers(&s, &r(&[ADMIN]), &r(&["ops-panel"])), "roles.write");
+        // Built-in roles keep the permission rule alone.
+        assert!(covers(&s, &op, &r(&[VIEWER])));
+        // Unknown or repeated assigners are refused at apply.
+        for bad in [r(&["no-such-role"]), r(&["operator", "operator"]), r(&["Bad Name"])] {
+            let mut cmd = put("x-panel", &[], true);
+            if let Some(Payload::PutRole(p)) = &mut cmd.payload {
+                p.assignable_by = bad.clone();
+            }
+            assert_ne!(s.apply(9, &cmd, &mut Vec::new()).code, 0, "{bad:?}");
+        }
+        assert!(!s.roles.contains_key("x-panel"));
     }
 
     #[test]

@@ -151,14 +151,20 @@ pub enum RoleCommand {
         permissions: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// A role whose holders may assign this one (repeatable); without
+        /// it only holders of roles.write (and of this role) may.
+        #[arg(long = "assignable-by", value_name = "ROLE")]
+        assignable_by: Vec<String>,
     },
-    /// Replace a custom role's permissions and description.
+    /// Replace a custom role's permissions, description and assigners.
     Update {
         name: String,
         #[arg(long = "permission")]
         permissions: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        #[arg(long = "assignable-by", value_name = "ROLE")]
+        assignable_by: Vec<String>,
     },
     /// Delete a custom role no user or key holds.
     Delete { name: String },
@@ -907,7 +913,13 @@ async fn session(
 }
 
 fn role_json(r: &Role) -> serde_json::Value {
-    json!({ "name": r.name, "permissions": r.permissions, "description": r.description, "built_in": r.built_in })
+    json!({
+        "name": r.name,
+        "permissions": r.permissions,
+        "description": r.description,
+        "built_in": r.built_in,
+        "assignable_by": r.assignable_by,
+    })
 }
 
 async fn role(
@@ -930,12 +942,16 @@ async fn role(
             }
             return Ok(());
         }
-        RoleCommand::Create { name, permissions, description } => {
-            client.create(PutRoleRequest { name, permissions, description }).await.map_err(rpc_error)?.into_inner()
-        }
-        RoleCommand::Update { name, permissions, description } => {
-            client.update(PutRoleRequest { name, permissions, description }).await.map_err(rpc_error)?.into_inner()
-        }
+        RoleCommand::Create { name, permissions, description, assignable_by } => client
+            .create(PutRoleRequest { name, permissions, description, assignable_by })
+            .await
+            .map_err(rpc_error)?
+            .into_inner(),
+        RoleCommand::Update { name, permissions, description, assignable_by } => client
+            .update(PutRoleRequest { name, permissions, description, assignable_by })
+            .await
+            .map_err(rpc_error)?
+            .into_inner(),
         RoleCommand::Delete { name } => {
             client.delete(DeleteRoleRequest { name: name.clone() }).await.map_err(rpc_error)?;
             if json {

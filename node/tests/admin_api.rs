@@ -199,6 +199,7 @@ async fn every_rpc(endpoint: &str, token: Option<&str>) -> Vec<(&'static str, Ne
                         name: "rbac-probe".into(),
                         permissions: vec![],
                         description: String::new(),
+                        assignable_by: vec![],
                     })
                     .await,
             ),
@@ -212,6 +213,7 @@ async fn every_rpc(endpoint: &str, token: Option<&str>) -> Vec<(&'static str, Ne
                         name: "no-such-role".into(),
                         permissions: vec![],
                         description: String::new(),
+                        assignable_by: vec![],
                     })
                     .await,
             ),

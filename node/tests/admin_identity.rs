@@ -404,3 +404,37 @@ async fn a_lost_admin_key_is_recovered_offline_and_audited() {
     .await;
     c.shutdown().await;
 }
+
+/// A custom role that grants no admin permission (route rules guard a panel
+/// with it) is not anyone's to hand out: only those it names may assign it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_custom_role_is_assigned_only_by_those_it_names() {
+    let c = TestCluster::start(1).await;
+    let (e, admin) = (ep(&c, 1), c.admin_key.clone());
+    admin_cli(&e, &admin, &["role", "create", "ops-panel"]).await.unwrap();
+    let named = json(
+        &admin_cli(&e, &admin, &["--json", "role", "create", "deploy-panel", "--assignable-by", "operator"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(named["assignable_by"], serde_json::json!(["operator"]));
+    admin_cli(&e, &admin, &["user", "create", "ivan", "--email", "ivan@example.com"]).await.unwrap();
+    let operator = create_key(c.node(1), "olga", &["operator"]).await;
+    for args in [
+        &["role", "assign", "ops-panel", "--user", "ivan"][..],
+        &["user", "create", "eve", "--email", "eve@example.com", "--role", "ops-panel"],
+    ] {
+        let err = admin_cli(&e, &operator, args).await.unwrap_err();
+        assert!(err.starts_with("permission denied"), "{args:?}: {err}");
+    }
+    assert!(c.node(1).cluster().view().read().user_by_name("eve").is_none());
+    admin_cli(&e, &operator, &["role", "assign", "deploy-panel", "--user", "ivan"]).await.unwrap();
+    admin_cli(&e, &admin, &["role", "assign", "ops-panel", "--user", "ivan"]).await.unwrap();
+    // Holding a role the operator may not give makes its holder one the
+    // operator may not act on either.
+    let err = admin_cli(&e, &operator, &["user", "disable", "ivan"]).await.unwrap_err();
+    assert!(err.starts_with("permission denied"), "{err}");
+    let err = admin_cli(&e, &admin, &["role", "create", "x-panel", "--assignable-by", "ghost"]).await.unwrap_err();
+    assert!(err.starts_with("not found"), "{err}");
+    c.shutdown().await;
+}

@@ -159,6 +159,7 @@ pub fn role_pb(r: &RoleRecord) -> Role {
         permissions: r.permissions.clone(),
         description: r.description.clone(),
         built_in: false,
+        assignable_by: r.assignable_by.clone(),
     }
 }
 

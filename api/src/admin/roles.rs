@@ -40,6 +40,7 @@ impl Roles {
             permissions: r.permissions,
             description: r.description,
             create,
+            assignable_by: r.assignable_by,
         }));
         super::write(&self.cluster, &actor, cmd).await?;
         tracing::info!(actor = %actor.username, role = %name, create, "role written");
@@ -84,6 +85,8 @@ impl RoleService for Roles {
                 .collect(),
             description: "built-in".into(),
             built_in: true,
+            // Assigned by their permissions alone (see `roles::covers`).
+            assignable_by: vec![],
         });
         let state = self.cluster.view().read();
         let mut custom: Vec<Role> = state.roles().map(role_pb).collect();
