@@ -28,7 +28,12 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_or_oversized_head_is_cut_off_while_it_is_read() {
-    let c = TestCluster::start_with(1, |cfg| cfg.http.header_read_timeout_ms = 300).await;
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.http.header_read_timeout_ms = 300;
+        cfg.http.request_timeout_ms = 500;
+        cfg.http.h2c = true;
+    })
+    .await;
     let addr = c.node(1).http_addr();
 
     // Slowloris: a head begun and never finished is closed after the timeout.
@@ -50,6 +55,22 @@ async fn a_slow_or_oversized_head_is_cut_off_while_it_is_read() {
     let _ = big.write_all(&head).await;
     let (answer, _) = read_until_closed(&mut big, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // Stopping inside the HTTP/2 preface (hyper's own protocol detection
+    // has no timer) is cut off too.
+    let mut preface = TcpStream::connect(addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2").await.unwrap();
+    assert!(read_until_closed(&mut preface, Duration::from_secs(5)).await.1, "a half preface keeps its slot");
+
+    // A body dribbled and never finished gets 408 and the connection ends.
+    let mut dribble = TcpStream::connect(addr).await.unwrap();
+    dribble
+        .write_all(b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nX-Requested-With: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"user")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut dribble, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(closed);
 
     // A whole request still works.
     assert_eq!(http().get(format!("{}/healthz", base(c.node(1)))).send().await.unwrap().status(), 200);

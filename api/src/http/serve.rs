@@ -10,7 +10,12 @@
 //! - **The head limit while reading**: hyper stops buffering a request head
 //!   at [`MAX_HEAD_BUFFER`] and answers 431, instead of reading ~400 KiB
 //!   before [`super::MAX_HEADER_BYTES`] is checked.
-//! - **HTTP/2 limits**: concurrent streams and the header list size.
+//! - **A request timeout**: a request (its body read and answered) not done
+//!   within `request_timeout_ms` gets 408 and the connection is closed, so a
+//!   body dribbled a byte at a time cannot hold a slot.
+//! - **HTTP/2 only when asked** (`h2c`), with limits on concurrent streams,
+//!   the header list size and resets; the preface is awaited with the
+//!   header-read timeout.
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` as `axum::serve` gives it.
 
@@ -33,18 +38,30 @@ pub const MAX_HEAD_BUFFER: usize = 2 * super::MAX_HEADER_BYTES;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeLimits {
-    /// A request head must arrive whole within this (and an idle keep-alive
-    /// connection is closed after it).
+    /// A connection must send its first byte, and then each request head
+    /// whole, within this.
     pub header_read_timeout_ms: u64,
+    /// A request (its body read and answered) must be done within this.
+    pub request_timeout_ms: u64,
     /// Open connections at most; more wait to be accepted.
     pub max_connections: usize,
+    /// Serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1. Off by
+    /// default: proxies speak HTTP/1.1 to a forward-auth service, and an
+    /// idle HTTP/2 connection has no read timeout to end it.
+    pub h2c: bool,
     /// HTTP/2: streams open at once on one connection.
     pub max_concurrent_streams: u32,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
-        ServeLimits { header_read_timeout_ms: 10_000, max_connections: 4_096, max_concurrent_streams: 128 }
+        ServeLimits {
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 4_096,
+            h2c: false,
+            max_concurrent_streams: 128,
+        }
     }
 }
 
@@ -52,6 +69,9 @@ impl ServeLimits {
     pub fn validate(&self) -> Result<(), String> {
         if !(100..=300_000).contains(&self.header_read_timeout_ms) {
             return Err("http.header_read_timeout_ms must be 100..=300000".into());
+        }
+        if !(100..=600_000).contains(&self.request_timeout_ms) {
+            return Err("http.request_timeout_ms must be 100..=600000".into());
         }
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err("http.max_connections must be 1..=1000000".into());
@@ -63,8 +83,54 @@ impl ServeLimits {
     }
 }
 
+/// The HTTP/2 connection preface a prior-knowledge client starts with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits (until `deadline`) for enough bytes to tell the protocol: one for
+/// HTTP/1 only; with h2c, until the bytes stop looking like the HTTP/2
+/// preface or it is whole (hyper's own detection has no timer). False if
+/// the client closed or stayed silent.
+async fn first_bytes(tcp: &tokio::net::TcpStream, h2c: bool, deadline: tokio::time::Instant) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if !h2c || n == PREFACE.len() || !PREFACE.starts_with(&buf[..n]) {
+            return true;
+        }
+        // A prefix of the preface: more is on its way, or never comes.
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Releases a connection's slot and gauge however its task ends.
+struct Slot {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The answer to a request not done within `request_timeout_ms`.
+fn timed_out() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "error": { "code": "request_timeout", "message": "the request took too long" } });
+    let mut resp = (axum::http::StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
+    resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    resp
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open
-/// requests finish for up to `drain`.
+/// requests finish for up to `drain` and closes what is left.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -74,6 +140,8 @@ pub async fn serve(
     drain: Duration,
 ) {
     let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let h2c = limits.h2c;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BUFFER);
     builder
@@ -84,9 +152,10 @@ pub async fn serve(
         .max_pending_accept_reset_streams(Some(20))
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(if limits.h2c { builder } else { builder.http1_only() });
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (force_close, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         // The cap: no accept until a connection slot is free.
@@ -111,26 +180,35 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut router = router.clone();
-            async move { tower::Service::call(&mut router, req).await }
-        });
-        let (builder, watcher, gauge) = (builder.clone(), graceful.watcher(), open_connections.clone());
-        gauge.inc();
-        tokio::spawn(async move {
-            // The first byte is awaited here: until hyper knows HTTP/1 from
-            // HTTP/2, its own header-read timeout has not started, and a
-            // connection that never speaks must not hold a slot for ever.
-            let mut first = [0u8; 1];
-            if let Ok(Ok(1)) = tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-                // A client that times out or hangs up mid-request is not an error of ours.
-                let _ = watcher.watch(conn).await;
+            async move {
+                let answer = tokio::time::timeout(request_timeout, tower::Service::call(&mut router, req)).await;
+                Ok::<_, std::convert::Infallible>(
+                    answer.map_or_else(|_| timed_out(), |r| r.unwrap_or_else(|e| match e {})),
+                )
             }
-            gauge.dec();
-            drop(permit);
+        });
+        let (builder, watcher, mut closing) = (builder.clone(), graceful.watcher(), closing.clone());
+        open_connections.inc();
+        let slot = Slot { gauge: open_connections.clone(), _permit: permit };
+        tokio::spawn(async move {
+            let _slot = slot;
+            // hyper's header-read timeout starts once it has chosen the
+            // protocol: a connection that never speaks, or stops inside the
+            // HTTP/2 preface, must not hold a slot for ever.
+            if !first_bytes(&tcp, h2c, tokio::time::Instant::now() + header_timeout).await {
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+            tokio::select! {
+                // A client that times out or hangs up mid-request is not an error of ours.
+                _ = watcher.watch(conn) => {}
+                _ = closing.wait_for(|c| *c) => {}
+            }
         });
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("HTTP connections still open after the drain period; closing them");
+        let _ = force_close.send(true);
     }
 }
