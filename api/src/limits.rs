@@ -211,7 +211,7 @@ impl LimitsConfig {
                 return Err(format!("rate-limit policy {}: failures are counted strictly, per IP or policy", p.name));
             }
             for prefix in [&p.path_prefix, &p.forwarded_path_prefix].into_iter().flatten() {
-                if forwarded::plain_path(prefix) != Some(prefix.as_str()) {
+                if forwarded::plain_path(prefix).as_deref() != Some(prefix.as_str()) {
                     return Err(format!("rate-limit policy {}: path prefixes are plain absolute paths", p.name));
                 }
             }
@@ -245,7 +245,7 @@ fn matching(policies: &[Policy], s: &Subject<'_>) -> Result<u64, forwarded::Ambi
             false
         } else {
             let path_ok = match &p.forwarded_path_prefix {
-                Some(pre) => forwarded::under(forwarded::path(s.headers)?, pre, p.forwarded_ignore_case),
+                Some(pre) => forwarded::under(&forwarded::path(s.headers)?, pre, p.forwarded_ignore_case),
                 None => true,
             };
             let host_ok = match &p.forwarded_host {

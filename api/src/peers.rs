@@ -97,6 +97,10 @@ pub struct Peers {
 /// Whether `host:port` (or a bare host) names this machine: `localhost` or
 /// a loopback IP. Anything that must be resolved is not.
 pub fn is_loopback_addr(addr: &str) -> bool {
+    // `localhost:x@evil.example` is user info and a host to a URL parser.
+    if addr.contains(['@', '/', '?', '#']) {
+        return false;
+    }
     let bare = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return ip.is_loopback();
@@ -194,7 +198,16 @@ mod tests {
         for a in ["127.0.0.1:9090", "127.3.2.1:1", "[::1]:9090", "localhost:9090", "LOCALHOST", "::1", "127.0.0.1"] {
             assert!(is_loopback_addr(a), "{a}");
         }
-        for a in ["10.0.0.5:9090", "[::]:1", "0.0.0.0:9090", "node-2:9090", "localhost.evil.example:1", "[fe80::1]:1"] {
+        for a in [
+            "10.0.0.5:9090",
+            "[::]:1",
+            "0.0.0.0:9090",
+            "node-2:9090",
+            "localhost.evil.example:1",
+            "[fe80::1]:1",
+            "localhost:x@evil.example",
+            "127.0.0.1:1@evil.example",
+        ] {
             assert!(!is_loopback_addr(a), "{a}");
         }
     }

@@ -68,7 +68,7 @@ impl RouteRule {
     /// Refuses a rule that could never match as written: a prefix that is
     /// not a plain path, a host that is not normalised, no roles.
     pub fn validate(&self) -> Result<(), String> {
-        if forwarded::plain_path(&self.path_prefix) != Some(self.path_prefix.as_str()) {
+        if forwarded::plain_path(&self.path_prefix).as_deref() != Some(self.path_prefix.as_str()) {
             return Err(format!("identity.routes: path_prefix {:?} must be a plain absolute path", self.path_prefix));
         }
         if let Some(h) = &self.host {
