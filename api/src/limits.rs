@@ -705,16 +705,7 @@ async fn sync_loop(weak: Weak<Inner>) {
     }
 }
 
-/// IPv4 as is; IPv6 by its /64.
-pub(crate) fn bucket_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
+pub(crate) use rules::bucket_ip;
 
 /// The socket peer, unless it is a trusted proxy: then the nearest address
 /// in `X-Forwarded-For` that is not one, read from the right (the left part

@@ -47,6 +47,19 @@ pub const MAX_BUCKETS: usize = 100_000;
 #[cfg(test)]
 pub const MAX_BUCKETS: usize = 100;
 
+/// A client address as limits, lockouts and audit counts see it: IPv4 as
+/// is, IPv6 by its /64 (the block one subscriber usually holds).
+pub fn bucket_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 /// What a bucket allows at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {

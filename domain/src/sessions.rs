@@ -214,10 +214,14 @@ pub(crate) fn create(
     if state.sessions.by_token.contains_key(&hash) {
         return Err(ApplyError::AlreadyExists("session token already exists".into()));
     }
-    // A successful login ends the run of failures.
-    if user.failed_logins != 0 {
+    // A successful login ends the run of failures, the account's and its
+    // address's (back-off included).
+    let source = c.client_ip.parse().ok().map(|ip| crate::limits::bucket_ip(ip).to_string());
+    let from_source = |s: &gatehouse_proto::state::SourceFailures| Some(&s.source) == source.as_ref();
+    if user.failed_logins != 0 || user.sources.iter().any(from_source) {
         user.failed_logins = 0;
         user.failures_since = 0;
+        user.sources.retain(|s| !from_source(s));
         out.push(put(Table::Users, &user.user_id, user));
     }
     let s = SessionRecord {

@@ -335,6 +335,12 @@ pub(crate) fn record_login_failure(
             }
         };
         let s = &mut user.sources[i];
+        if s.locked_until > now {
+            // Already locked out: failures proposed before the lock reached
+            // every view must not lock it again and double the back-off.
+            out.push(put(Table::Users, &user.user_id, user));
+            return Ok(user.locked_until.max(user.sources[i].locked_until).to_string());
+        }
         if s.locked_until != 0 && s.locked_until.saturating_add(BACKOFF_RESET_MS) <= now {
             s.lockouts = 0;
         }
@@ -498,10 +504,14 @@ pub(crate) mod tests {
         for at in [10_000, 10_100, 10_200] {
             apply(&mut state, at, "192.0.2.66");
         }
+        // Failures proposed before the lock reached every view do not lock again.
+        for at in [10_250, 10_260, 10_270] {
+            apply(&mut state, at, "192.0.2.66");
+        }
         let u = state.user(&uid).unwrap().clone();
         assert!(is_locked_from(&u, "192.0.2.66", 10_300), "the guessing address");
         assert!(!is_locked_from(&u, "198.51.100.7", 10_300), "the user elsewhere");
-        assert!(!is_locked_from(&u, "192.0.2.66", 15_200), "1x: 5 s");
+        assert!(!is_locked_from(&u, "192.0.2.66", 15_200), "1x: 5 s, not doubled by the late failures");
         // The next lockout in a row lasts twice as long, then four times.
         for at in [15_300, 15_400, 15_500] {
             apply(&mut state, at, "192.0.2.66");
@@ -517,6 +527,25 @@ pub(crate) mod tests {
             apply(&mut state, at, &format!("203.0.113.{}", 10 + i));
         }
         assert!(is_locked(state.user(&uid).unwrap(), 30_100), "the ceiling locks the account");
+        // A login from an address clears that address's count and back-off.
+        state.apply(
+            500,
+            &Command {
+                proposed_at: 40_000,
+                payload: Some(Payload::CreateSession(gatehouse_proto::events::CreateSession {
+                    session_id: "b".repeat(32),
+                    user_id: uid.clone(),
+                    token_sha256: vec![1; 32],
+                    expires_at: 1_000_000,
+                    idle_timeout_ms: 0,
+                    client_ip: "192.0.2.66".into(),
+                    user_agent: String::new(),
+                })),
+                ..Default::default()
+            },
+            &mut Vec::new(),
+        );
+        assert!(!state.user(&uid).unwrap().sources.iter().any(|s| s.source == "192.0.2.66"));
         // The list of sources stays bounded.
         for i in 0..100u64 {
             apply(&mut state, 100_000 + i, &format!("10.0.{}.{}", i / 250, i % 250));

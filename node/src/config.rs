@@ -147,7 +147,7 @@ impl Default for IdentityConfig {
             session_idle_secs: 3600,
             touch_flush_ms: 5_000,
             lockout_threshold: 5,
-            lockout_user_threshold: 50,
+            lockout_user_threshold: 20,
             lockout_window_secs: 15 * 60,
             lockout_secs: 15 * 60,
             // Leave a core for verification on small machines.

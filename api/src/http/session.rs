@@ -87,11 +87,12 @@ fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue 
     HeaderValue::from_str(&c).expect("cookie names, domains and tokens are header-safe")
 }
 
-/// The address bucket a login's failures count against: the client IP (as
-/// the limiter read it behind trusted proxies), an IPv6 client by its /64.
-fn login_source(limits: Option<&RequestLimits>, peer: &SocketAddr) -> String {
-    let ip = limits.map_or(peer.ip(), |l| l.client_ip);
-    crate::limits::bucket_ip(ip).to_string()
+/// The address bucket a login's failures count against: the client IP as
+/// read behind trusted proxies (whether or not limits are on: behind a
+/// proxy the peer is the proxy, and every client would share one lockout),
+/// an IPv6 client by its /64.
+fn login_source(front: &Front, headers: &HeaderMap, peer: &SocketAddr) -> String {
+    crate::limits::bucket_ip(front.limits.client_ip(Some(peer), headers)).to_string()
 }
 
 /// `POST /api/v1/login` `{username, password}` → session cookie.
@@ -99,7 +100,6 @@ fn login_source(limits: Option<&RequestLimits>, peer: &SocketAddr) -> String {
 pub async fn login(
     State(front): State<Front>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    limits: Limits,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -126,12 +126,12 @@ pub async fn login(
     front.cluster.catch_up(Duration::from_millis(500)).await;
     let user = front.cluster.view().read().user_by_name(&username).cloned();
     // Lockouts are per (user, client address bucket): see `users::record_login_failure`.
-    let source = login_source(limits.as_deref(), &peer);
+    let source = login_source(&front, &headers, &peer);
     let usable =
         user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked_from(u, &source, now));
     // The same argon2 work whether or not the user exists or may log in.
     let ok = front.passwords.verify(body.password, usable.map(|u| u.password_hash.clone())).await?;
-    let ip = client_ip(limits.as_deref(), Some(&peer));
+    let ip = front.limits.client_ip(Some(&peer), &headers).to_string();
     let Some(user) = usable.filter(|_| ok) else {
         let anonymous = Actor { client_ip: ip.clone(), ..Default::default() };
         // An unknown username is not recorded: people type their password
