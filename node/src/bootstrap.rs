@@ -26,28 +26,25 @@ pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::
     tokio::time::timeout(Duration::from_secs(30), metrics.wait_for(|m| m.current_leader.is_some()))
         .await
         .context("no leader elected within 30 s")??;
-    cluster.catch_up(Duration::from_secs(2)).await;
+    // "No user yet" must be the cluster's answer, not a lagging view's.
+    if !cluster.catch_up(Duration::from_secs(2)).await {
+        anyhow::bail!("could not confirm with the leader that the cluster has no user yet; start again");
+    }
     if cluster.view().read().users().next().is_some() {
         return Ok(None);
     }
-    let key = match key_file {
-        Some(path) if path.exists() => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let key = NewKey::parse(text.trim()).with_context(|| {
-                format!(
-                    "bootstrap key file {} exists and is not a Gatehouse key; refusing to replace it",
-                    path.display()
-                )
-            })?;
+    let (key, written_here) = match key_file {
+        Some(path) if path.symlink_metadata().is_ok() => {
+            let key = adopt(path)?;
             tracing::info!(key_id = %key.key_id, "bootstrap key file found and no user yet: proposing its key");
-            key
+            (key, false)
         }
         Some(path) => {
             let key = new_api_key();
             write_private_atomic(path, &key.key)?;
-            key
+            (key, true)
         }
-        None => new_api_key(),
+        None => (new_api_key(), false),
     };
     let user_id = new_id();
     let user = cluster.command(Payload::CreateUser(CreateUser {
@@ -69,10 +66,12 @@ pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::
     let applied = cluster.propose(vec![user, api_key]).await?;
     for r in &applied.results {
         if let Err(e) = gatehouse_api::ApiError::check(r) {
-            // Another node bootstrapped first: nothing to show, and the file
-            // holds a key that does not exist.
+            // Another node bootstrapped first: nothing to show. The file
+            // goes only if this run wrote it and its key does not exist (an
+            // earlier run's key may be the one that was committed).
             if matches!(e, gatehouse_api::ApiError::AlreadyExists(_)) {
-                if let Some(path) = key_file {
+                let exists = cluster.view().read().api_key(&key.key_id).is_some();
+                if let (Some(path), true, false) = (key_file, written_here, exists) {
                     let _ = std::fs::remove_file(path);
                 }
                 return Ok(None);
@@ -85,6 +84,26 @@ pub async fn first_admin(cluster: &Cluster, key_file: Option<&Path>) -> anyhow::
         tracing::info!(path = %path.display(), "bootstrap admin key is in its file");
     }
     Ok(Some(key.key))
+}
+
+/// An existing key file, proposed again after a crash: only a regular file
+/// (not a symlink) of this user that nobody else can read, so a key planted
+/// in a shared directory never becomes the admin key.
+fn adopt(path: &Path) -> anyhow::Result<NewKey> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = path.symlink_metadata().with_context(|| format!("reading {}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "bootstrap key file {} exists but is not a private (0600) regular file of this user; refusing to use it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    NewKey::parse(text.trim()).with_context(|| {
+        format!("bootstrap key file {} exists and is not a Gatehouse key; refusing to replace it", path.display())
+    })
 }
 
 /// Writes a secret to a new file readable only by its owner.
@@ -132,5 +151,25 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "gk_first\n");
         // No temporary file is left behind either way.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_a_private_regular_key_file_is_adopted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = new_api_key();
+        let own = dir.path().join("own.key");
+        write_private_atomic(&own, &key.key).unwrap();
+        assert_eq!(adopt(&own).unwrap().key_id, key.key_id);
+        let open = dir.path().join("open.key");
+        std::fs::write(&open, &key.key).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(adopt(&open).is_err(), "readable by others");
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&own, &link).unwrap();
+        assert!(adopt(&link).is_err(), "a symlink");
+        let junk = dir.path().join("junk.key");
+        write_private_atomic(&junk, "not a key").unwrap();
+        assert!(adopt(&junk).is_err());
     }
 }

@@ -54,6 +54,16 @@ pub fn request(data_dir: &Path, username: &str) -> anyhow::Result<String> {
     if !data_dir.join("db").is_dir() {
         bail!("{} holds no Gatehouse store (no db/ inside)", data_dir.display());
     }
+    // Run as the node's user: files this writes (the store's own, the
+    // request) must stay readable by the node.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(data_dir)?.uid();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if owner != unsafe { libc::geteuid() } {
+            bail!("run this as the user that owns {} (the node's user)", data_dir.display());
+        }
+    }
     // The store's lock: held while the node runs.
     let (log_store, _) = gatehouse_storage::open(data_dir)
         .with_context(|| format!("opening the store in {}: stop the node first", data_dir.display()))?;
@@ -83,7 +93,13 @@ pub fn resume(cluster: &Cluster, data_dir: &Path) {
         loop {
             match carry_out(&cluster, &file).await {
                 Ok(()) => return,
-                Err(e) => {
+                Err(Failed::Refused(e)) => {
+                    // The log refused it (a disabled user, say): retrying
+                    // changes nothing. The request stays for the operator.
+                    tracing::error!(error = %e, file = %file.display(), "admin recovery refused; fix and restart");
+                    return;
+                }
+                Err(Failed::NotYet(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), "admin recovery not done yet; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
@@ -92,18 +108,37 @@ pub fn resume(cluster: &Cluster, data_dir: &Path) {
     });
 }
 
-async fn carry_out(cluster: &Cluster, file: &Path) -> anyhow::Result<()> {
+/// Why a recovery was not carried out.
+enum Failed {
+    /// No leader, no quorum: later.
+    NotYet(anyhow::Error),
+    /// The request or the log refused it: not by retrying.
+    Refused(String),
+}
+
+impl From<anyhow::Error> for Failed {
+    fn from(e: anyhow::Error) -> Self {
+        Failed::NotYet(e)
+    }
+}
+
+async fn carry_out(cluster: &Cluster, file: &Path) -> Result<(), Failed> {
     let text = std::fs::read_to_string(file).context("reading the recovery request")?;
-    let req: Request = serde_json::from_str(&text).context("the recovery request is malformed")?;
+    let Ok(req) = serde_json::from_str::<Request>(&text) else {
+        return Err(Failed::Refused("the recovery request is malformed".into()));
+    };
     let secret_sha256 = hex::decode(&req.secret_sha256).ok().filter(|h| h.len() == 32);
     let (1, Some(secret_sha256)) = (req.version, secret_sha256) else {
-        bail!("the recovery request is malformed");
+        return Err(Failed::Refused("the recovery request is malformed".into()));
     };
     let mut metrics = cluster.raft().metrics();
     tokio::time::timeout(Duration::from_secs(30), metrics.wait_for(|m| m.current_leader.is_some()))
         .await
-        .context("no leader yet")??;
-    cluster.catch_up(Duration::from_secs(2)).await;
+        .context("no leader yet")?
+        .context("raft stopped")?;
+    if !cluster.catch_up(Duration::from_secs(2)).await {
+        return Err(Failed::NotYet(anyhow::anyhow!("not caught up with the leader yet")));
+    }
     let existing = cluster.view().read().user_by_name(&req.username).cloned();
     let mut commands = Vec::new();
     let user_id = match &existing {
@@ -139,9 +174,9 @@ async fn carry_out(cluster: &Cluster, file: &Path) -> anyhow::Result<()> {
         })));
     }
     if !commands.is_empty() {
-        let applied = cluster.propose(commands).await?;
+        let applied = cluster.propose(commands).await.map_err(|e| Failed::NotYet(anyhow::anyhow!("{e}")))?;
         for r in &applied.results {
-            ApiError::check(r).map_err(|e| anyhow::anyhow!("{e}"))?;
+            ApiError::check(r).map_err(|e| Failed::Refused(e.to_string()))?;
         }
     }
     let node = cluster.id();
@@ -150,7 +185,7 @@ async fn carry_out(cluster: &Cluster, file: &Path) -> anyhow::Result<()> {
     event.node_id = node;
     event.detail = format!("key_id={} node={node} (offline recovery request from the data directory)", req.key_id);
     cluster.audit(event);
-    std::fs::remove_file(file).context("removing the carried-out recovery request")?;
+    std::fs::remove_file(file).map_err(|e| Failed::Refused(format!("removing the carried-out request: {e}")))?;
     tracing::warn!(user_id = %user_id, key_id = %req.key_id, "admin access recovered from an offline request");
     Ok(())
 }
