@@ -351,18 +351,31 @@ pub fn start(cluster: Cluster, log: AuditLog, config: AuditConfig, stop: tokio::
 /// Proposes buffered events until the buffer is empty or a write fails.
 pub async fn flush(cluster: &Cluster) {
     let metrics = cluster.metrics();
+    let number = |mut append: AppendAudit| {
+        let chain = cluster.view().read().audit_chain();
+        let applied = gatehouse_domain::audit::last_batch(&chain, cluster.id()).unwrap_or(0);
+        append.batch = cluster.recorder().next_batch(applied);
+        cluster.command(Payload::AppendAudit(append))
+    };
     while let Some(next) = cluster.recorder().take(metrics) {
-        let cmd = next.unwrap_or_else(|mut append| {
-            let chain = cluster.view().read().audit_chain();
-            let applied = gatehouse_domain::audit::last_batch(&chain, cluster.id()).unwrap_or(0);
-            append.batch = cluster.recorder().next_batch(applied);
-            cluster.command(Payload::AppendAudit(append))
-        });
+        // A batch made now (not a retry) that the log calls a duplicate was
+        // numbered too low (a clock stepped back while the view lagged): it
+        // is renumbered from what the log holds and sent again, not lost.
+        let fresh = next.is_err();
+        let mut cmd = next.unwrap_or_else(number);
         let n = match &cmd.payload {
             Some(Payload::AppendAudit(a)) => a.events.len() as u64,
             _ => 0,
         };
-        match cluster.propose(vec![cmd.clone()]).await {
+        let mut result = cluster.propose(vec![cmd.clone()]).await;
+        if fresh && result.as_ref().is_ok_and(|a| a.results.first().is_some_and(|r| r.id == "duplicate")) {
+            metrics.audit_renumbered.inc();
+            if let Some(Payload::AppendAudit(a)) = cmd.payload.take() {
+                cmd = number(a);
+                result = cluster.propose(vec![cmd.clone()]).await;
+            }
+        }
+        match result {
             Ok(applied) if applied.results.first().is_some_and(|r| r.code == 0) => {
                 metrics.audit_sent.inc_by(n);
             }

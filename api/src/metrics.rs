@@ -104,6 +104,8 @@ pub struct Metrics {
     pub http_connections: Gauge,
     /// Requests with `X-Forwarded-For` from a peer that is not a trusted proxy.
     pub untrusted_forwarded_for: Counter,
+    /// Audit batches the log took for retries of earlier ones, sent again renumbered.
+    pub audit_renumbered: Counter,
 }
 
 impl Default for Metrics {
@@ -148,6 +150,7 @@ impl Metrics {
             rate_refused_locally: Counter::default(),
             http_connections: Gauge::default(),
             untrusted_forwarded_for: Counter::default(),
+            audit_renumbered: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -191,6 +194,11 @@ impl Metrics {
         r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
         r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
         r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());
+        r.register(
+            "audit_batches_renumbered",
+            "new audit batches numbered below the node's last and sent again",
+            m.audit_renumbered.clone(),
+        );
         r.register("http_connections", "connections open on the HTTP front", m.http_connections.clone());
         r.register(
             "untrusted_forwarded_for",
