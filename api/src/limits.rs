@@ -564,7 +564,11 @@ impl Limiter {
         // the exact count still comes from apply.
         let now = now_ms();
         let u = self.usage(p, &bucket, now);
-        if u.count >= u64::from(p.limit) {
+        // A new bucket of a policy at its bucket cap is refused by apply
+        // (fail closed): refused here too, so a flood from ever new
+        // addresses stops writing once the cap is reached.
+        let capped = self.inner.cluster.view().read().limits().full_for(&p.name, &bucket);
+        if u.count >= u64::from(p.limit) || capped {
             self.inner.cluster.metrics().rate_refused_locally.inc();
             let mut q = self.quota(i, p, u.count, u.resets_at, now);
             q.remaining = 0;

@@ -174,7 +174,7 @@ impl Limits {
     }
 
     /// Whether `bucket` is new to a policy that is at [`MAX_BUCKETS`].
-    fn full_for(&self, policy: &str, bucket: &str) -> bool {
+    pub fn full_for(&self, policy: &str, bucket: &str) -> bool {
         self.buckets.get(policy).is_some_and(|b| b.len() >= MAX_BUCKETS && !b.contains_key(bucket))
     }
 

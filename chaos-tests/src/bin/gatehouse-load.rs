@@ -57,6 +57,19 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         users: usize,
     },
+    /// Failed logins as fast as `connections` clients can send them, spread
+    /// over every node, with the default rate limits: first from one client
+    /// address, then from a new address each request (a trusted proxy's
+    /// rotating X-Forwarded-For). Each node's RSS and the log's length at
+    /// the start, the middle and the end of each phase: growth must not
+    /// depend on how long the flood lasts.
+    LoginFlood {
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// One API key per mode, limited to `limit` per minute and hammered on
     /// /auth/verify through every node: admitted / limit, strict then global.
     RateAccuracy {
@@ -153,7 +166,116 @@ async fn main() -> anyhow::Result<()> {
             let verify = Verifying { node: verify_node, connections, rate: verify_rate };
             audit_ingest(&cluster, rate, verify, callers, seconds, args.json).await?
         }
+        Scenario::LoginFlood { connections, seconds } => login_flood(&cluster, connections, seconds, args.json).await?,
         Scenario::BaselineServer => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// What a flood phase left behind at one moment: each node's RSS and
+/// applied log index.
+async fn flood_mark(cluster: &ProcCluster) -> anyhow::Result<Vec<(u64, u64, u64)>> {
+    use gatehouse_proto::raft::LocalStatusRequest;
+    let mut out = Vec::new();
+    for &id in cluster.nodes.keys() {
+        let applied = cluster.raft_client(id)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
+        out.push((id, cluster.pid(id).and_then(load::rss_bytes).unwrap_or(0), applied));
+    }
+    Ok(out)
+}
+
+async fn login_flood(cluster: &ProcCluster, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let nodes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let mut phases = Vec::new();
+    for (phase, rotating) in [("one address", false), ("rotating addresses", true)] {
+        let next = Arc::new(AtomicU64::new(0));
+        let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+        let half = Duration::from_secs(seconds) / 2;
+        let start = flood_mark(cluster).await?;
+        let run = |until: tokio::time::Instant| {
+            (0..connections)
+                .map(|c| {
+                    let (nodes, next, statuses) = (nodes.clone(), next.clone(), statuses.clone());
+                    tokio::spawn(async move {
+                        let http = reqwest::Client::new();
+                        while tokio::time::Instant::now() < until {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            // 10.0.0.0/8 holds 16 M addresses: a new one per request.
+                            let ip = if rotating {
+                                std::net::Ipv4Addr::from(0x0a00_0000 + (i as u32 & 0x00ff_ffff)).to_string()
+                            } else {
+                                "198.51.100.1".to_string()
+                            };
+                            let node = &nodes[(i as usize + c) % nodes.len()];
+                            let r = http
+                                .post(format!("http://{node}/api/v1/login"))
+                                .header("x-requested-with", "gatehouse-load")
+                                .header("x-forwarded-for", ip)
+                                .json(&serde_json::json!({ "username": format!("flood-{}", i % 100), "password": "not the password at all" }))
+                                .send()
+                                .await;
+                            let code = r.map(|r| r.status().as_u16()).unwrap_or(0);
+                            *statuses.lock().unwrap().entry(code).or_default() += 1;
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        for task in run(tokio::time::Instant::now() + half) {
+            task.await?;
+        }
+        let middle = flood_mark(cluster).await?;
+        for task in run(tokio::time::Instant::now() + half) {
+            task.await?;
+        }
+        let end = flood_mark(cluster).await?;
+        let statuses = statuses.lock().unwrap().clone();
+        phases.push((phase, next.load(Ordering::Relaxed), statuses, start, middle, end));
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if json {
+        let rows: Vec<_> = phases
+            .iter()
+            .map(|(phase, requests, statuses, start, middle, end)| {
+                let nodes: Vec<_> = start
+                    .iter()
+                    .zip(middle)
+                    .zip(end)
+                    .map(|((s, m), e)| {
+                        serde_json::json!({ "id": s.0, "rss_bytes": [s.1, m.1, e.1], "applied_index": [s.2, m.2, e.2] })
+                    })
+                    .collect();
+                serde_json::json!({ "phase": phase, "requests": requests, "statuses": statuses, "nodes": nodes })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "login-flood", "seconds_per_phase": seconds, "connections": connections, "phases": rows })
+        );
+    } else {
+        println!(
+            "scenario login-flood: {} nodes, {connections} connections, {seconds} s per phase (start / middle / end)",
+            nodes.len()
+        );
+        for (phase, requests, statuses, start, middle, end) in phases {
+            println!("{phase}: {requests} logins, statuses {statuses:?}");
+            for ((s, m), e) in start.iter().zip(&middle).zip(&end) {
+                println!(
+                    "  node {}: RSS {:.0} / {:.0} / {:.0} MiB; log index {} / {} / {} (+{} first half, +{} second half)",
+                    s.0,
+                    mib(s.1),
+                    mib(m.1),
+                    mib(e.1),
+                    s.2,
+                    m.2,
+                    e.2,
+                    m.2 - s.2,
+                    e.2 - m.2
+                );
+            }
+        }
     }
     Ok(())
 }
