@@ -36,6 +36,10 @@ pub struct AuditConfig {
     pub buffer_events: usize,
     /// How often a node proposes what it buffered.
     pub flush_ms: u64,
+    /// How long refusals and denials are counted before their aggregated
+    /// records are proposed: a flood writes one record per bucket per
+    /// period, however many requests it sends.
+    pub aggregate_ms: u64,
     /// Records older than this are pruned by the leader.
     pub retention_days: u64,
     /// How often the leader looks for records past retention.
@@ -44,7 +48,13 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { buffer_events: 100_000, flush_ms: 100, retention_days: 90, prune_check_secs: 3600 }
+        AuditConfig {
+            buffer_events: 100_000,
+            flush_ms: 100,
+            aggregate_ms: 10_000,
+            retention_days: 90,
+            prune_check_secs: 3600,
+        }
     }
 }
 
@@ -55,6 +65,9 @@ impl AuditConfig {
         }
         if !(10..=60_000).contains(&self.flush_ms) {
             return Err("audit.flush_ms must be 10..=60000".into());
+        }
+        if !(self.flush_ms..=300_000).contains(&self.aggregate_ms) {
+            return Err("audit.aggregate_ms must be flush_ms..=300000".into());
         }
         if !(1..=36_500).contains(&self.retention_days) {
             return Err("audit.retention_days must be 1..=36500".into());
@@ -101,6 +114,8 @@ struct Buffer {
     retry: Option<Command>,
     /// The number of the last batch made here.
     last_batch: u64,
+    /// When the oldest count in `counted` was taken (0: none).
+    counted_since: u64,
 }
 
 /// The node's audit buffer, held by the [`Cluster`]: recording never waits
@@ -108,6 +123,8 @@ struct Buffer {
 pub struct Recorder {
     node_id: u64,
     capacity: AtomicUsize,
+    /// `AuditConfig::aggregate_ms`.
+    aggregate_ms: std::sync::atomic::AtomicU64,
     buffer: Mutex<Buffer>,
     wake: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -197,6 +214,7 @@ impl Recorder {
         Recorder {
             node_id,
             capacity: AtomicUsize::new(AuditConfig::default().buffer_events),
+            aggregate_ms: std::sync::atomic::AtomicU64::new(AuditConfig::default().aggregate_ms),
             buffer: Mutex::new(Buffer::default()),
             wake: Default::default(),
         }
@@ -253,18 +271,24 @@ impl Recorder {
             return;
         }
         let now = now_ms();
+        if b.counted.is_empty() {
+            b.counted_since = now;
+        }
         let seen = b.counted.entry(key).or_insert((0, now, now));
         seen.0 += 1;
         seen.2 = now;
     }
 
     /// What is buffered, as the payload of one command; or the command to retry.
-    fn take(&self, metrics: &crate::metrics::Metrics) -> Option<Result<Command, AppendAudit>> {
+    /// Counted events join it once their period is over, or with `all`.
+    fn take(&self, metrics: &crate::metrics::Metrics, all: bool) -> Option<Result<Command, AppendAudit>> {
         let mut b = self.buffer();
         if let Some(retry) = b.retry.take() {
             return Some(Ok(retry));
         }
-        let counted = std::mem::take(&mut b.counted);
+        let period = self.aggregate_ms.load(Ordering::Relaxed);
+        let due = !b.counted.is_empty() && (all || now_ms().saturating_sub(b.counted_since) >= period);
+        let counted = if due { std::mem::take(&mut b.counted) } else { HashMap::new() };
         for ((action, resource, client_ip, actor_user_id), (count, first, last)) in counted {
             let outcome = if action == "ratelimit.hit" { "limited" } else { "denied" };
             b.events.push(AuditEvent {
@@ -342,6 +366,7 @@ pub fn event(action: &str, outcome: &str, actor: &Actor, resource: String) -> Au
 /// `stop` turns true (neither keeps the node or its store alive).
 pub fn start(cluster: Cluster, log: AuditLog, config: AuditConfig, stop: tokio::sync::watch::Receiver<bool>) {
     cluster.recorder().capacity.store(config.buffer_events, Ordering::Relaxed);
+    cluster.recorder().aggregate_ms.store(config.aggregate_ms, Ordering::Relaxed);
     let wake = cluster.recorder().wake.clone();
     let weak = cluster.downgrade();
     tokio::spawn(flush_loop(weak.clone(), wake, Duration::from_millis(config.flush_ms), stop.clone()));
@@ -350,6 +375,15 @@ pub fn start(cluster: Cluster, log: AuditLog, config: AuditConfig, stop: tokio::
 
 /// Proposes buffered events until the buffer is empty or a write fails.
 pub async fn flush(cluster: &Cluster) {
+    flush_with(cluster, false).await;
+}
+
+/// [`flush`], counted events included whatever their period (at shutdown).
+pub async fn flush_all(cluster: &Cluster) {
+    flush_with(cluster, true).await;
+}
+
+async fn flush_with(cluster: &Cluster, all: bool) {
     let metrics = cluster.metrics();
     let number = |mut append: AppendAudit| {
         let chain = cluster.view().read().audit_chain();
@@ -357,7 +391,7 @@ pub async fn flush(cluster: &Cluster) {
         append.batch = cluster.recorder().next_batch(applied);
         cluster.command(Payload::AppendAudit(append))
     };
-    while let Some(next) = cluster.recorder().take(metrics) {
+    while let Some(next) = cluster.recorder().take(metrics, all) {
         // A batch made now (not a retry) that the log calls a duplicate was
         // numbered too low (a clock stepped back while the view lagged): it
         // is renumbered from what the log holds and sent again, not lost.
@@ -569,7 +603,8 @@ mod tests {
         r.count(&m, "ratelimit.hit", "policy:login".into(), "192.0.2.7".into(), String::new());
         r.count(&m, "rbac.denied", "rpc:UserService/Create".into(), "192.0.2.7".into(), "u1".into());
         r.count(&m, "rbac.denied", "rpc:UserService/Create".into(), "192.0.2.7".into(), "u2".into());
-        let Some(Err(batch)) = r.take(&m) else { panic!("a batch") };
+        assert!(r.take(&m, false).is_none(), "counted for aggregate_ms first");
+        let Some(Err(batch)) = r.take(&m, true) else { panic!("a batch") };
         assert_eq!(batch.events.len(), 4, "{:?}", batch.events);
         let rotating = batch.events.iter().find(|e| e.client_ip == "2001:db8:1:2::").unwrap();
         assert!(rotating.detail.starts_with("count=500 first="), "{}", rotating.detail);

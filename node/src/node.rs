@@ -250,7 +250,8 @@ impl Node {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), front.cluster.last_use().flush(&front.cluster)).await;
                 // Audit events seen up to now go into the log if it takes them.
-                let _ = tokio::time::timeout(Duration::from_secs(2), gatehouse_api::audit::flush(&front.cluster)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), gatehouse_api::audit::flush_all(&front.cluster)).await;
             })
         };
         let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, stop.subscribe()));

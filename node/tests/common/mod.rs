@@ -44,6 +44,8 @@ pub fn config(id: u64, dir: &TempDir) -> Config {
         // Every test client is 127.0.0.1: the default per-IP limits would
         // couple unrelated tests. Tests about limits turn them on.
         rate_limits: gatehouse_api::limits::LimitsConfig { enabled: false, ..Default::default() },
+        // Aggregated refusals are proposed at once, so tests see them.
+        audit: gatehouse_api::audit::AuditConfig { aggregate_ms: 100, ..Default::default() },
         ..Config::default()
     }
 }
