@@ -806,41 +806,6 @@ async fn grpc_health_and_reflection_answer() {
     c.shutdown().await;
 }
 
-/// Sends raw bytes as a gRPC message, to see what the server makes of them.
-#[derive(Debug, Default, Clone)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        bytes::BufMut::put_slice(buf, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let n = bytes::Buf::remaining(buf);
-        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_protobuf_is_invalid_argument_without_decoder_detail() {
     let c = TestCluster::start(1).await;
@@ -853,7 +818,7 @@ async fn malformed_protobuf_is_invalid_argument_without_decoder_detail() {
             let mut req = Request::new(bytes.to_vec());
             req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
             let path = http::uri::PathAndQuery::from_static(path);
-            let err = grpc.unary(req, path, RawCodec).await.unwrap_err();
+            let err = grpc.unary(req, path, common::RawCodec).await.unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{bytes:?}: {err:?}");
             assert_eq!(err.message(), "malformed protobuf message");
         }

@@ -6,14 +6,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
-use common::{wait_until, write_user, TestCluster, SECRET};
+use common::{wait_until, write_user, RawCodec, TestCluster, SECRET};
 use gatehouse::Node;
 use gatehouse_api::peers::SECRET_METADATA;
 use gatehouse_api::{ClusterSecret, Peers};
 use gatehouse_proto::raft as pb;
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rpcs_without_the_right_secret_are_refused() {
@@ -85,44 +83,6 @@ async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
     assert!(stray.cluster().view().read().user_by_name("still-fine").is_none());
     stray.shutdown().await.unwrap();
     c.shutdown().await;
-}
-
-/// Sends raw bytes as a gRPC message, to test what a decoder makes of them.
-#[derive(Default, Clone)]
-struct RawCodec;
-
-struct Raw;
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let v = src.chunk().to_vec();
-        src.advance(v.len());
-        Ok(Some(v))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
 }
 
 async fn raw_call(node: &Node, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
