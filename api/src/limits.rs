@@ -42,6 +42,9 @@ use crate::{ApiError, Cluster};
 
 /// Most policies (their matches are kept in a 64-bit mask per request).
 pub const MAX_POLICIES: usize = 64;
+/// Global-policy buckets a node tracks between syncs, all policies together;
+/// past it a new bucket is refused (429) until a sync frees room.
+pub const MAX_LOCAL_BUCKETS: usize = 200_000;
 
 /// How a policy counts across the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -615,7 +618,16 @@ impl Limiter {
         let round = self.inner.round.load(Ordering::Relaxed);
         let nodes = self.inner.members.load(Ordering::Relaxed).max(1);
         let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
-        let l = locals.entry((i, bucket)).or_default();
+        let key = (i, bucket);
+        if locals.len() >= MAX_LOCAL_BUCKETS && !locals.contains_key(&key) {
+            // Bounded between syncs (a flood from ever new addresses, or no
+            // quorum to sync to): a new bucket waits for a sync to free room.
+            drop(locals);
+            let mut q = self.quota(i, p, limit, now + p.window_ms(), now);
+            q.reset_secs = self.inner.config.sync_interval_ms.div_ceil(1000);
+            return Err(self.limited(q));
+        }
+        let l = locals.entry(key).or_default();
         if l.round != round {
             l.round = round;
             l.used = 0;
