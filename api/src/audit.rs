@@ -142,6 +142,11 @@ pub struct GrpcCall {
     /// The listener's count of failed authentications per address (none
     /// when rate limits are off).
     pub auth_failures: Option<std::sync::Arc<crate::admin::failures::FailureGate>>,
+    /// The gRPC method's path, for the request digest.
+    pub method: String,
+    /// SHA-256 of the method and the request message, once the handler
+    /// noted it ([`note_request`]).
+    digest: Mutex<Vec<u8>>,
 }
 
 /// Longest accepted `idempotency-key`.
@@ -149,7 +154,15 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
 
 impl GrpcCall {
     pub fn new(peer: String, idempotency_key: Option<String>) -> Self {
-        GrpcCall { peer, caller: Mutex::new(None), idempotency_key, writes: AtomicUsize::new(0), auth_failures: None }
+        GrpcCall {
+            peer,
+            caller: Mutex::new(None),
+            idempotency_key,
+            writes: AtomicUsize::new(0),
+            auth_failures: None,
+            method: String::new(),
+            digest: Mutex::new(Vec::new()),
+        }
     }
 
     /// The authenticated caller, if any.
@@ -166,6 +179,25 @@ tokio::task_local! {
 /// The address of the admin call's client, if known.
 pub fn grpc_peer() -> String {
     GRPC_CALL.try_with(|c| c.peer.clone()).unwrap_or_default()
+}
+
+/// Notes the admin call's request message: its writes carry the digest of
+/// the method and the message, so an `idempotency-key` reused for another
+/// request is refused instead of answered with the first one's result.
+pub fn note_request<M: prost::Message>(request: &M) {
+    let _ = GRPC_CALL.try_with(|c| {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(c.method.as_bytes());
+        h.update([0u8]);
+        h.update(request.encode_to_vec());
+        *c.digest.lock().unwrap_or_else(|e| e.into_inner()) = h.finalize().to_vec();
+    });
+}
+
+/// The digest [`note_request`] noted for the call being served (empty: none).
+pub fn request_digest() -> Vec<u8> {
+    GRPC_CALL.try_with(|c| c.digest.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default()
 }
 
 /// The request id for the next write of the admin call being served, when

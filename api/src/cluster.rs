@@ -489,6 +489,8 @@ impl Cluster {
             request_id: crate::credentials::new_id(),
             traceparent: crate::trace::current_traceparent(),
             payload: Some(payload),
+            // Set by an admin write with an idempotency key (admin::write).
+            request_digest: Vec::new(),
         }
     }
 

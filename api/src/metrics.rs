@@ -388,6 +388,7 @@ where
             req.headers().get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let mut call = crate::audit::GrpcCall::new(peer, idempotency_key);
         call.auth_failures = self.auth_failures.clone();
+        call.method = req.uri().path().to_string();
         let ctx = std::sync::Arc::new(call);
         let call = crate::audit::GRPC_CALL.sync_scope(ctx.clone(), || span.in_scope(|| self.inner.call(req)));
         let call = crate::audit::GRPC_CALL.scope(ctx.clone(), call);

@@ -167,6 +167,7 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
                     origin_node: 0,
                     request_id: id(),
                     traceparent: String::new(),
+                    request_digest: Vec::new(),
                     payload: Some(Payload::CreateUser(CreateUser {
                         user_id: id(),
                         username: format!("{run}-w{w}-{seq}"),
@@ -343,6 +344,7 @@ async fn audit_source(
             origin_node: node,
             request_id: hex(),
             traceparent: String::new(),
+            request_digest: Vec::new(),
             payload: Some(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })),
         };
         let req = ProposeRequest { batch: Some(CommandBatch { commands: vec![cmd] }) };
@@ -395,6 +397,7 @@ pub async fn bulk_load(
         origin_node: 0,
         request_id: String::new(),
         traceparent: String::new(),
+        request_digest: Vec::new(),
         payload: Some(payload),
     };
     let user_ids: Vec<String> = (0..users).map(|_| gatehouse_api::credentials::new_id()).collect();

@@ -93,8 +93,18 @@ impl State {
         self.requests.prune(cmd.proposed_at, out);
         self.sessions.prune(cmd.proposed_at, out);
         self.limits.prune(cmd.proposed_at, out);
-        if let Some(first) = self.requests.get(&cmd.request_id) {
-            return first.clone();
+        if let Some(first) = self.requests.record(&cmd.request_id) {
+            // The same id for another request: the client reused its
+            // idempotency key. Refused, not answered with the first result
+            // (which would say "done" for something never done).
+            let reused = !cmd.request_digest.is_empty()
+                && !first.request_digest.is_empty()
+                && cmd.request_digest != first.request_digest;
+            if reused {
+                let refused = ApplyError::FailedPrecondition("idempotency key reused with different parameters".into());
+                return to_result(Err(refused), log_index);
+            }
+            return first.result.clone().unwrap_or_default();
         }
         let outcome = match &cmd.payload {
             None => Err(ApplyError::Invalid("command has no payload".into())),
@@ -131,7 +141,7 @@ impl State {
         // the side of the limit; a use time only moves forward) or caught
         // by its own rule (an audit batch's number).
         if !is_internal(cmd) {
-            self.requests.record(cmd, &result, out);
+            self.requests.remember(cmd, &result, out);
         }
         result
     }

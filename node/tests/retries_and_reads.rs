@@ -212,3 +212,205 @@ async fn nodes_that_applied_the_same_log_report_the_same_digest() {
     assert_ne!(d.into_inner().sha256, seen[0].1);
     c.shutdown().await;
 }
+
+/// An `idempotency-key` means one request: reused for another request (other
+/// parameters, or another RPC) it is refused with FAILED_PRECONDITION and
+/// does nothing, for every RPC that takes it; the same request again still
+/// gets its first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reused_idempotency_key_is_refused_for_another_request() {
+    use gatehouse_proto::admin::role_service_client::RoleServiceClient;
+    use gatehouse_proto::admin::session_service_client::SessionServiceClient;
+    use gatehouse_proto::admin::*;
+    const PASSWORD: &str = "correct horse battery staple";
+    let c = TestCluster::start(1).await;
+    let ch = tonic::transport::Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let (mut users, mut keys) = (UserServiceClient::new(ch.clone()), KeyServiceClient::new(ch.clone()));
+    let (mut sessions, mut roles) = (SessionServiceClient::new(ch.clone()), RoleServiceClient::new(ch));
+    let admin = c.admin_key.clone();
+    for name in ["uma1", "uma2", "dan1", "dan2", "pam1", "pam2"] {
+        common::create_user_with_password(c.node(1), name, PASSWORD, &["viewer"]).await;
+    }
+    let key_id = |k: &str| gatehouse_domain::keys::parse_key(k).unwrap().0.to_string();
+    let mut key_ids = Vec::new();
+    for i in 0..4 {
+        key_ids.push(key_id(&create_key(c.node(1), &format!("key{i}"), &["viewer"]).await));
+    }
+    let mut session_ids = Vec::new();
+    for name in ["uma1", "uma2"] {
+        let r: serde_json::Value = common::http()
+            .post(format!("{}/api/v1/login", common::base(c.node(1))))
+            .header("x-requested-with", "t")
+            .json(&serde_json::json!({ "username": name, "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        session_ids.push(r["session_id"].as_str().unwrap().to_string());
+    }
+    roles.create(req(&admin, PutRoleRequest { name: "r-old".into(), ..Default::default() }, &[])).await.unwrap();
+    roles.create(req(&admin, PutRoleRequest { name: "r-old2".into(), ..Default::default() }, &[])).await.unwrap();
+
+    // A first call under `$key`, optionally the same call again (it gets the
+    // first answer), then another request under the same key (refused).
+    macro_rules! case {
+        ($what:expr, $first:expr, $again:expr, $other:expr) => {{
+            let first = $first.await.map(|_| ());
+            assert!(first.is_ok(), "{}: {:?}", $what, first.err());
+            if let Some(again) = $again {
+                let again: Result<(), tonic::Status> = again.await.map(|_| ());
+                assert!(again.is_ok(), "{} repeated: {:?}", $what, again.err());
+            }
+            let status = $other.await.map(|_| ()).err();
+            let status = status.unwrap_or_else(|| panic!("{}: another request under the same key was served", $what));
+            assert_eq!(status.code(), Code::FailedPrecondition, "{}: {status:?}", $what);
+            assert!(status.message().contains("idempotency key reused"), "{}: {status:?}", $what);
+        }};
+    }
+    let create_user = |name: &'static str| CreateUserRequest {
+        username: name.into(),
+        email: format!("{name}@example.com"),
+        roles: vec!["viewer".into()],
+        password: String::new(),
+    };
+    case!(
+        "users.create",
+        users.create(req(&admin, create_user("new-1"), &[("idempotency-key", "uc")])),
+        Some(users.create(req(&admin, create_user("new-1"), &[("idempotency-key", "uc")]))),
+        users.create(req(&admin, create_user("new-2"), &[("idempotency-key", "uc")]))
+    );
+    let update = |email: &str| UpdateUserRequest { user: "uma1".into(), email: email.into(), ..Default::default() };
+    case!(
+        "users.update",
+        users.update(req(&admin, update("a@example.com"), &[("idempotency-key", "uu")])),
+        Some(users.update(req(&admin, update("a@example.com"), &[("idempotency-key", "uu")]))),
+        users.update(req(&admin, update("b@example.com"), &[("idempotency-key", "uu")]))
+    );
+    let status = |user: &str| SetUserStatusRequest { user: user.into(), status: "disabled".into(), wait_all: false };
+    case!(
+        "users.set_status",
+        users.set_status(req(&admin, status("dan1"), &[("idempotency-key", "us")])),
+        Some(users.set_status(req(&admin, status("dan1"), &[("idempotency-key", "us")]))),
+        users.set_status(req(&admin, status("dan2"), &[("idempotency-key", "us")]))
+    );
+    let pw = |user: &str| SetPasswordRequest { user: user.into(), password: "another long password".into() };
+    case!(
+        "users.set_password",
+        users.set_password(req(&admin, pw("pam1"), &[("idempotency-key", "up")])),
+        Some(users.set_password(req(&admin, pw("pam1"), &[("idempotency-key", "up")]))),
+        users.set_password(req(&admin, pw("pam2"), &[("idempotency-key", "up")]))
+    );
+    let key_create = |name: &str| CreateKeyRequest { user: "uma1".into(), name: name.into(), ..Default::default() };
+    case!(
+        "keys.create",
+        keys.create(req(&admin, key_create("a"), &[("idempotency-key", "kc")])),
+        None::<std::future::Ready<Result<(), tonic::Status>>>,
+        keys.create(req(&admin, key_create("b"), &[("idempotency-key", "kc")]))
+    );
+    let revoke = |id: &str| RevokeKeyRequest { id: id.into(), wait_all: false };
+    case!(
+        "keys.revoke",
+        keys.revoke(req(&admin, revoke(&key_ids[0]), &[("idempotency-key", "kr")])),
+        Some(keys.revoke(req(&admin, revoke(&key_ids[0]), &[("idempotency-key", "kr")]))),
+        keys.revoke(req(&admin, revoke(&key_ids[1]), &[("idempotency-key", "kr")]))
+    );
+    let rotate = |id: &str| RotateKeyRequest { id: id.into(), grace_seconds: 0 };
+    case!(
+        "keys.rotate",
+        keys.rotate(req(&admin, rotate(&key_ids[2]), &[("idempotency-key", "ko")])),
+        None::<std::future::Ready<Result<(), tonic::Status>>>,
+        keys.rotate(req(&admin, rotate(&key_ids[3]), &[("idempotency-key", "ko")]))
+    );
+    let session = |id: &str| RevokeSessionRequest { id: id.into(), wait_all: false };
+    case!(
+        "sessions.revoke",
+        sessions.revoke(req(&admin, session(&session_ids[0]), &[("idempotency-key", "sr")])),
+        Some(sessions.revoke(req(&admin, session(&session_ids[0]), &[("idempotency-key", "sr")]))),
+        sessions.revoke(req(&admin, session(&session_ids[1]), &[("idempotency-key", "sr")]))
+    );
+    assert!(c.node(1).cluster().view().read().session(&session_ids[1]).is_some(), "uma2's session still open");
+    let all = |user: &str| RevokeUserSessionsRequest { user: user.into(), wait_all: false };
+    case!(
+        "sessions.revoke_all",
+        sessions.revoke_all(req(&admin, all("uma1"), &[("idempotency-key", "sa")])),
+        Some(sessions.revoke_all(req(&admin, all("uma1"), &[("idempotency-key", "sa")]))),
+        sessions.revoke_all(req(&admin, all("uma2"), &[("idempotency-key", "sa")]))
+    );
+    let every = |wait_all| RevokeEverySessionRequest { confirm: true, wait_all };
+    case!(
+        "sessions.revoke_everything",
+        sessions.revoke_everything(req(&admin, every(false), &[("idempotency-key", "se")])),
+        Some(sessions.revoke_everything(req(&admin, every(false), &[("idempotency-key", "se")]))),
+        sessions.revoke_everything(req(&admin, every(true), &[("idempotency-key", "se")]))
+    );
+    let role = |name: &str, perms: &[&str]| PutRoleRequest {
+        name: name.into(),
+        permissions: perms.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    case!(
+        "roles.create",
+        roles.create(req(&admin, role("r-a", &[]), &[("idempotency-key", "rc")])),
+        Some(roles.create(req(&admin, role("r-a", &[]), &[("idempotency-key", "rc")]))),
+        roles.create(req(&admin, role("r-b", &[]), &[("idempotency-key", "rc")]))
+    );
+    case!(
+        "roles.update",
+        roles.update(req(&admin, role("r-old", &["users.read"]), &[("idempotency-key", "ru")])),
+        Some(roles.update(req(&admin, role("r-old", &["users.read"]), &[("idempotency-key", "ru")]))),
+        roles.update(req(&admin, role("r-old", &["keys.read"]), &[("idempotency-key", "ru")]))
+    );
+    let assignment = |user: &str| RoleAssignment { user: user.into(), role: "r-old2".into() };
+    case!(
+        "roles.assign",
+        roles.assign(req(&admin, assignment("uma1"), &[("idempotency-key", "ra")])),
+        Some(roles.assign(req(&admin, assignment("uma1"), &[("idempotency-key", "ra")]))),
+        roles.assign(req(&admin, assignment("uma2"), &[("idempotency-key", "ra")]))
+    );
+    case!(
+        "roles.unassign",
+        roles.unassign(req(&admin, assignment("uma1"), &[("idempotency-key", "rn")])),
+        Some(roles.unassign(req(&admin, assignment("uma1"), &[("idempotency-key", "rn")]))),
+        roles.unassign(req(
+            &admin,
+            RoleAssignment { user: "uma1".into(), role: "viewer".into() },
+            &[("idempotency-key", "rn")]
+        ))
+    );
+    case!(
+        "roles.delete",
+        roles.delete(req(&admin, DeleteRoleRequest { name: "r-a".into() }, &[("idempotency-key", "rd")])),
+        Some(roles.delete(req(&admin, DeleteRoleRequest { name: "r-a".into() }, &[("idempotency-key", "rd")]))),
+        roles.delete(req(&admin, DeleteRoleRequest { name: "r-old".into() }, &[("idempotency-key", "rd")]))
+    );
+    case!(
+        "users.delete",
+        users.delete(req(&admin, DeleteUserRequest { user: "dan1".into() }, &[("idempotency-key", "ud")])),
+        // (A retried delete answers NOT_FOUND: its pre-check runs first.)
+        None::<std::future::Ready<Result<(), tonic::Status>>>,
+        users.delete(req(&admin, DeleteUserRequest { user: "dan2".into() }, &[("idempotency-key", "ud")]))
+    );
+    // The same key on another RPC is another request too.
+    let status = keys.revoke(req(&admin, revoke(&key_ids[1]), &[("idempotency-key", "uc")])).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // Nothing the refused calls asked for happened.
+    {
+        let state = c.node(1).cluster().view().read();
+        assert!(state.user_by_name("new-2").is_none());
+        assert_eq!(state.user_by_name("uma1").unwrap().email, "a@example.com");
+        let active = gatehouse_proto::events::UserStatus::Active as i32;
+        assert_eq!(state.user_by_name("dan2").unwrap().status, active, "dan2 still active");
+        assert!(state.api_key(&key_ids[1]).is_some_and(|k| k.revoked_at == 0), "k1 still valid");
+        assert!(state.api_key(&key_ids[3]).is_some_and(|k| k.revoked_at == 0), "k3 not rotated");
+        assert!(state.role("r-b").is_none());
+        assert_eq!(state.role("r-old").unwrap().permissions, ["users.read"]);
+        assert!(!state.user_by_name("uma2").unwrap().roles.contains(&"r-old2".to_string()));
+        assert!(state.user_by_name("uma1").unwrap().roles.contains(&"viewer".to_string()));
+        assert!(state.user_by_name("dan2").is_some());
+        assert!(state.role("r-old").is_some());
+    }
+    c.shutdown().await;
+}

@@ -41,6 +41,7 @@ impl KeyService for Keys {
         let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         if r.ttl_seconds > MAX_TTL_SECONDS {
             return Err(ApiError::InvalidArgument("ttl is longer than 10 years".into()).into());
         }
@@ -114,6 +115,7 @@ impl KeyService for Keys {
         let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         rules::validate_key_id(&r.id).map_err(invalid)?;
         if r.grace_seconds > MAX_GRACE_SECONDS {
             return Err(ApiError::InvalidArgument("grace period is longer than 30 days".into()).into());
@@ -169,6 +171,7 @@ impl KeyService for Keys {
         let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         rules::validate_key_id(&r.id).map_err(invalid)?;
         {
             let state = self.cluster.view().read();

@@ -53,6 +53,7 @@ pub async fn write(
 ) -> Result<gatehouse_domain::CommandResult, ApiError> {
     if let Some(request_id) = crate::audit::idempotent_request_id(caller)? {
         cmd.request_id = request_id;
+        cmd.request_digest = crate::audit::request_digest();
     }
     crate::audit::write(cluster, &actor(caller), cmd).await
 }

@@ -27,6 +27,7 @@ impl Roles {
     async fn put(&self, req: Request<PutRoleRequest>, create: bool) -> Result<Response<Role>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         let name = r.name.clone();
         {
             let state = self.cluster.view().read();
@@ -52,6 +53,7 @@ impl Roles {
     async fn assignment(&self, req: Request<RoleAssignment>, assign: bool) -> Result<Response<User>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         roles::validate_name(&r.role).map_err(ApiError::InvalidArgument)?;
         let user_id = {
             let state = self.cluster.view().read();
@@ -107,6 +109,7 @@ impl RoleService for Roles {
     #[tracing::instrument(level = "info", name = "admin.roles.delete", skip_all)]
     async fn delete(&self, req: Request<DeleteRoleRequest>) -> Result<Response<DeleteRoleResponse>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
+        crate::audit::note_request(req.get_ref());
         let name = req.into_inner().name;
         super::write(
             &self.cluster,

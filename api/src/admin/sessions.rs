@@ -53,6 +53,7 @@ impl SessionService for Sessions {
         let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         users::validate_id("session", &r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         {
             let state = self.cluster.view().read();
@@ -70,6 +71,7 @@ impl SessionService for Sessions {
         let actor = authorize(&self.cluster, req.metadata(), Permission::SessionsWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         let user_id = {
             let state = self.cluster.view().read();
             let user = find_user(&state, &r.user)?;
@@ -90,6 +92,7 @@ impl SessionService for Sessions {
         let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         if !r.confirm {
             return Err(ApiError::InvalidArgument("revoking every session needs confirm = true".into()).into());
         }

@@ -67,6 +67,8 @@ impl UserService for Users {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        // Without the password: a digest of it in the log would be an unsalted hash.
+        crate::audit::note_request(&CreateUserRequest { password: String::new(), ..r.clone() });
         let username = r.username.to_ascii_lowercase();
         rules::validate_username(&username).map_err(invalid)?;
         rules::validate_email(&r.email).map_err(invalid)?;
@@ -135,6 +137,7 @@ impl UserService for Users {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         if !r.email.is_empty() {
             rules::validate_email(&r.email).map_err(invalid)?;
         }
@@ -170,6 +173,8 @@ impl UserService for Users {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        // Without the password: a digest of it in the log would be an unsalted hash.
+        crate::audit::note_request(&SetPasswordRequest { password: String::new(), ..r.clone() });
         crate::passwords::check_policy(&r.password)?;
         let user_id = self.resolve_for_change(&actor, &r.user)?;
         tracing::Span::current().record("user_id", user_id.as_str());
@@ -185,6 +190,7 @@ impl UserService for Users {
     async fn delete(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
+        crate::audit::note_request(req.get_ref());
         let user_id = self.resolve_for_change(&actor, &req.get_ref().user)?;
         tracing::Span::current().record("user_id", user_id.as_str());
         let (keys, sessions) = {
@@ -205,6 +211,7 @@ impl UserService for Users {
         let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
+        crate::audit::note_request(&r);
         let status = parse_status(&r.status)?
             .ok_or_else(|| ApiError::InvalidArgument("status must be active or disabled".into()))?;
         let user_id = self.resolve_for_change(&actor, &r.user)?;
