@@ -191,18 +191,29 @@ fn validate_permissions(list: &[String]) -> Result<(), ApplyError> {
     Ok(())
 }
 
+/// The bounds of a role definition that need no state: checked by the
+/// proposer, so an oversized definition (millions of permissions inside the
+/// gRPC message limit) never reaches the log, and by apply again.
+pub fn validate_definition(c: &PutRole) -> Result<(), ApplyError> {
+    validate_name(&c.name).map_err(ApplyError::Invalid)?;
+    if c.assignable_by.len() > MAX_ASSIGNERS {
+        return Err(ApplyError::Invalid(format!("at most {MAX_ASSIGNERS} roles in assignable_by")));
+    }
+    validate_permissions(&c.permissions)?;
+    if c.description.chars().count() > 256 || c.description.chars().any(char::is_control) {
+        return Err(ApplyError::Invalid("description must be at most 256 printable characters".into()));
+    }
+    Ok(())
+}
+
 pub(crate) fn put_role(
     state: &mut State,
     now: u64,
     c: &PutRole,
     out: &mut Vec<Mutation>,
 ) -> Result<String, ApplyError> {
-    validate_name(&c.name).map_err(ApplyError::Invalid)?;
-    validate_permissions(&c.permissions)?;
+    validate_definition(c)?;
     validate_assigners(state, &c.name, &c.assignable_by)?;
-    if c.description.chars().count() > 256 || c.description.chars().any(char::is_control) {
-        return Err(ApplyError::Invalid("description must be at most 256 printable characters".into()));
-    }
     if BUILT_IN.contains(&c.name.as_str()) {
         return Err(ApplyError::FailedPrecondition(format!("{:?} is a built-in role", c.name)));
     }

@@ -857,3 +857,51 @@ async fn failed_admin_authentications_are_limited_per_address() {
     assert_eq!(status(c.admin_key.clone()).await, Code::Ok, "a key that verifies still passes");
     c.shutdown().await;
 }
+
+/// The oversized-role attack (issue 16): a few million permissions inside
+/// the gRPC limit used to reach the log and stall replication. Refused
+/// before proposing: the log does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_role_is_refused_before_the_log() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let before = c.node(leader).cluster().raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let ch = Channel::from_shared(ep(&c, 2)).unwrap().connect().await.unwrap();
+    let mut roles = RoleServiceClient::new(ch);
+    let huge = PutRoleRequest {
+        name: "huge".into(),
+        permissions: (0..200_000).map(|i| format!("perm.{i}")).collect(),
+        description: String::new(),
+        assignable_by: vec![],
+    };
+    for call in [huge.clone(), PutRoleRequest { assignable_by: vec!["viewer".into(); 1000], ..huge.clone() }] {
+        let mut req = Request::new(call);
+        req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
+        let err = roles.create(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().len() < 200, "{}", err.message());
+    }
+    // A small role written after them; the log up to it holds no other role.
+    let mut small = Request::new(PutRoleRequest { name: "small".into(), ..Default::default() });
+    small.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
+    roles.create(small).await.unwrap();
+    let upto = c.node(2).cluster().view().applied_index();
+    let ch = Channel::from_shared(ep(&c, 2)).unwrap().connect().await.unwrap();
+    let mut watch = Request::new(WatchRequest { from_index: before + 1 });
+    watch.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
+    let mut stream = EventServiceClient::new(ch).watch(watch).await.unwrap().into_inner();
+    let mut put_roles = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(watch_event::Kind::Command(cmd)) = &event.kind {
+            if let Some(gatehouse_proto::events::command::Payload::PutRole(p)) = &cmd.payload {
+                put_roles.push(p.name.clone());
+            }
+        }
+        if event.index >= upto {
+            break;
+        }
+    }
+    assert_eq!(put_roles, ["small"], "nothing of the refused calls was proposed");
+    assert!(c.node(1).cluster().view().read().role("huge").is_none());
+    c.shutdown().await;
+}

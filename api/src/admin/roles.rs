@@ -29,20 +29,23 @@ impl Roles {
         let r = req.into_inner();
         crate::audit::note_request(&r);
         let name = r.name.clone();
-        {
-            let state = self.cluster.view().read();
-            check_holds(&state, &actor, &r.permissions)?;
-            if let Some(existing) = state.role(&name) {
-                check_holds(&state, &actor, &existing.permissions)?;
-            }
-        }
-        let cmd = self.cluster.command(Payload::PutRole(PutRole {
+        let put = PutRole {
             name: r.name,
             permissions: r.permissions,
             description: r.description,
             create,
             assignable_by: r.assignable_by,
-        }));
+        };
+        // Bounded before anything reaches the log (apply checks again).
+        roles::validate_definition(&put).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        {
+            let state = self.cluster.view().read();
+            check_holds(&state, &actor, &put.permissions)?;
+            if let Some(existing) = state.role(&name) {
+                check_holds(&state, &actor, &existing.permissions)?;
+            }
+        }
+        let cmd = self.cluster.command(Payload::PutRole(put));
         super::write(&self.cluster, &actor, cmd).await?;
         tracing::info!(actor = %actor.username, role = %name, create, "role written");
         let state = self.cluster.view().read();
