@@ -394,11 +394,7 @@ impl Limiter {
 
     /// Whether `peer` is a trusted proxy (its `X-Forwarded-For` is believed).
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
-        self.inner.config.trusted_proxies.iter().any(|n| n.contains(&peer))
+        is_trusted(canonical(peer), &self.inner.config.trusted_proxies)
     }
 
     /// The client's address: the peer, or what trusted proxies say it is.
@@ -723,18 +719,26 @@ async fn sync_loop(weak: Weak<Inner>) {
 
 pub(crate) use rules::bucket_ip;
 
+/// A v4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` (canonical) is in one of the trusted proxy networks.
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
 /// The socket peer, unless it is a trusted proxy: then the nearest address
 /// in `X-Forwarded-For` that is not one, read from the right (the left part
 /// is whatever the client chose to send).
 pub fn client_ip(peer: Option<&SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-    let canonical = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
     let mut client = canonical(peer);
-    if !is_trusted(client) {
+    if !is_trusted(client, trusted) {
         return client;
     }
     let hops: Vec<&str> =
@@ -743,7 +747,7 @@ pub fn client_ip(peer: Option<&SocketAddr>, headers: &HeaderMap, trusted: &[IpNe
         match hop.trim().parse::<IpAddr>() {
             Ok(ip) => {
                 client = canonical(ip);
-                if !is_trusted(client) {
+                if !is_trusted(client, trusted) {
                     break;
                 }
             }
