@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gatehouse_domain::audit::MAX_EVENTS;
+use gatehouse_domain::bounds::{take_within, BATCH_BYTES};
 use gatehouse_domain::{Payload, State};
 use gatehouse_proto::events::{AppendAudit, AuditEvent, Command, PruneAudit};
 use gatehouse_storage::AuditLog;
@@ -338,8 +339,8 @@ impl Recorder {
         if b.events.is_empty() && b.dropped == 0 {
             return None;
         }
-        let n = b.events.len().min(MAX_EVENTS);
-        let events: Vec<AuditEvent> = b.events.drain(..n).collect();
+        // One command's worth: the rest goes with the next flush, at once.
+        let events = take_within(&mut b.events, BATCH_BYTES, MAX_EVENTS);
         let dropped = std::mem::take(&mut b.dropped);
         metrics.audit_buffered.set(b.events.len() as i64);
         Some(Err(AppendAudit { events, dropped, batch: 0 }))

@@ -519,6 +519,7 @@ impl Cluster {
     }
 
     async fn propose_inner(&self, commands: Vec<Command>) -> Result<Applied, ApiError> {
+        bounded(&commands)?;
         let batch = CommandBatch { commands };
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;
@@ -575,6 +576,7 @@ impl Cluster {
     }
 
     /// Writes commands on this node's Raft, grouped with concurrent writes
+    /// (check them with [`bounded`] first)
     /// into shared entries. Fails with `ForwardToLeader` on a follower.
     pub async fn write_local(&self, commands: Vec<Command>) -> crate::batcher::Written {
         self.inner.batcher.write(commands).await
@@ -781,4 +783,23 @@ impl Cluster {
         // With n voters, the (n/2+1)-th highest is on a majority.
         held.get(held.len() / 2).copied().unwrap_or(0).max(applied)
     }
+}
+
+/// Whether one proposal's commands are within their bounds
+/// (`gatehouse_domain::bounds`): each command, and all of them together
+/// within one entry. Checked before anything is queued, so nothing over
+/// a limit reaches the log.
+pub fn bounded(commands: &[Command]) -> Result<(), ApiError> {
+    let mut total = 0;
+    for c in commands {
+        gatehouse_domain::bounds::check(c).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        total += prost::Message::encoded_len(c);
+    }
+    if total > gatehouse_domain::bounds::MAX_ENTRY_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{total} bytes of commands in one proposal is over the entry limit of {}",
+            gatehouse_domain::bounds::MAX_ENTRY_BYTES
+        )));
+    }
+    Ok(())
 }

@@ -78,17 +78,20 @@ impl LastUse {
         self.lock().sessions.get(session_id).copied().unwrap_or(0)
     }
 
-    /// Proposes the uses seen since the last flush, at most
-    /// `gatehouse_domain::usage::MAX_USES` per command. Failed flushes are put back.
+    /// Proposes the uses seen since the last flush, in commands within
+    /// `gatehouse_domain::bounds::BATCH_BYTES` and `usage::MAX_USES`.
+    /// Failed flushes are put back.
     pub async fn flush(&self, cluster: &Cluster) {
+        use gatehouse_domain::bounds::{take_within, BATCH_BYTES};
         let seen = std::mem::take(&mut *self.lock());
         let uses = |m: HashMap<String, u64>| m.into_iter().map(|(id, at)| Use { id, at }).collect::<Vec<_>>();
-        let (sessions, keys) = (uses(seen.sessions), uses(seen.keys));
-        const CHUNK: usize = gatehouse_domain::usage::MAX_USES / 2;
-        let chunks = sessions.len().max(keys.len()).div_ceil(CHUNK);
-        for i in 0..chunks {
-            let part = |v: &Vec<Use>| v.iter().skip(i * CHUNK).take(CHUNK).cloned().collect::<Vec<_>>();
-            let batch = RecordUse { sessions: part(&sessions), keys: part(&keys) };
+        let (mut sessions, mut keys) = (uses(seen.sessions), uses(seen.keys));
+        const HALF: usize = gatehouse_domain::usage::MAX_USES / 2;
+        while !sessions.is_empty() || !keys.is_empty() {
+            let batch = RecordUse {
+                sessions: take_within(&mut sessions, BATCH_BYTES / 2, HALF),
+                keys: take_within(&mut keys, BATCH_BYTES / 2, HALF),
+            };
             let cmd = cluster.command(Payload::RecordUse(batch.clone()));
             if let Err(e) = cluster.propose(vec![cmd]).await {
                 tracing::warn!(error = %e, uses = batch.sessions.len() + batch.keys.len(), "flushing last-use times failed; will retry");

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use gatehouse_domain::bounds::{take_within, BATCH_BYTES};
 use gatehouse_domain::limits::{self as rules, Usage};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{command_result::Code, rate_deltas::Delta, RateDeltas, RateHit};
@@ -659,7 +660,7 @@ impl Limiter {
         let members = c.raft().metrics().borrow().membership_config.membership().nodes().count() as u64;
         self.inner.members.store(members.max(1), Ordering::Relaxed);
         let mut sent = Vec::new();
-        let deltas: Vec<Delta> = {
+        let mut deltas: Vec<Delta> = {
             let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
             let round = self.inner.round.fetch_add(1, Ordering::Relaxed);
             locals.retain(|_, l| l.pending + l.inflight > 0 || l.round == round);
@@ -681,22 +682,26 @@ impl Limiter {
                 })
                 .collect()
         };
-        if deltas.is_empty() {
-            return;
-        }
-        let result = c.propose(vec![c.command(Payload::RateDeltas(RateDeltas { deltas }))]).await;
-        let ok = result.as_ref().is_ok_and(|a| a.results.first().is_some_and(|r| r.code == Code::Ok as i32));
-        let outcome = if ok { "ok" } else { "failed" };
-        c.metrics().rate_limit_syncs.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc();
-        if !ok {
-            tracing::warn!(error = ?result.err(), "rate-limit sync failed; retrying with the next one");
-        }
-        let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, count) in sent {
-            if let Some(l) = locals.get_mut(&key) {
-                l.inflight -= count;
-                if !ok {
-                    l.pending += count;
+        // Up to MAX_LOCAL_BUCKETS deltas: as many commands as it takes to
+        // keep each within its bounds.
+        let mut sent = sent.into_iter();
+        while !deltas.is_empty() {
+            let part = take_within(&mut deltas, BATCH_BYTES, rules::MAX_DELTAS);
+            let part_sent: Vec<_> = sent.by_ref().take(part.len()).collect();
+            let result = c.propose(vec![c.command(Payload::RateDeltas(RateDeltas { deltas: part }))]).await;
+            let ok = result.as_ref().is_ok_and(|a| a.results.first().is_some_and(|r| r.code == Code::Ok as i32));
+            let outcome = if ok { "ok" } else { "failed" };
+            c.metrics().rate_limit_syncs.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc();
+            if !ok {
+                tracing::warn!(error = ?result.err(), "rate-limit sync failed; retrying with the next one");
+            }
+            let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, count) in part_sent {
+                if let Some(l) = locals.get_mut(&key) {
+                    l.inflight -= count;
+                    if !ok {
+                        l.pending += count;
+                    }
                 }
             }
         }

@@ -107,6 +107,17 @@ fn set_last_batch(chain: &mut AuditChain, node: u64, batch: u64) {
     }
 }
 
+/// A batch's count and each event's size and action.
+pub fn check_batch(c: &AppendAudit) -> Result<(), ApplyError> {
+    if c.events.len() > MAX_EVENTS {
+        return Err(ApplyError::Invalid("too many audit events in one command".into()));
+    }
+    if c.events.iter().any(|e| prost::Message::encoded_len(e) > MAX_EVENT_BYTES || e.action.is_empty()) {
+        return Err(ApplyError::Invalid("audit event empty or too large".into()));
+    }
+    Ok(())
+}
+
 /// Chains `c`'s events (after an `audit.dropped` note when the node lost
 /// some) onto `base`. A numbered batch at or below its origin's last is a
 /// retry of one already appended: it chains nothing.
@@ -114,12 +125,7 @@ pub(crate) fn chain(base: &AuditChain, origin_node: u64, now: u64, c: &AppendAud
     if c.batch != 0 && last_batch(base, origin_node).is_some_and(|last| c.batch <= last) {
         return Ok(Chained { base: base.clone(), after: base.clone(), records: Vec::new(), retry: true });
     }
-    if c.events.len() > MAX_EVENTS {
-        return Err(ApplyError::Invalid("too many audit events in one command".into()));
-    }
-    if c.events.iter().any(|e| prost::Message::encoded_len(e) > MAX_EVENT_BYTES || e.action.is_empty()) {
-        return Err(ApplyError::Invalid("audit event empty or too large".into()));
-    }
+    check_batch(c)?;
     let note = (c.dropped > 0).then(|| AuditEvent {
         at: now,
         action: "audit.dropped".into(),

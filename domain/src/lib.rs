@@ -12,6 +12,7 @@
 //!
 //! # Layout
 //! - [`state`]: the in-memory view, the one `match` over commands, projection loading.
+//! - [`bounds`]: how large a command may be (bytes, fields), checked before proposing and at apply.
 //! - [`mutation`]: tables and the writes apply asks storage to make.
 //! - [`codec`]: versioned encoding of stored records.
 //! - [`users`]: user records and their commands.
@@ -27,6 +28,7 @@
 //! - [`result`]: command outcomes.
 
 pub mod audit;
+pub mod bounds;
 pub mod codec;
 pub mod keys;
 pub mod limits;

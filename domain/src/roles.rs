@@ -18,9 +18,12 @@ pub const VIEWER: &str = "viewer";
 
 pub const BUILT_IN: [&str; 3] = [ADMIN, OPERATOR, VIEWER];
 
+/// Longest role name.
+pub const MAX_NAME: usize = 64;
+
 /// A role name: 1–64 characters of `a-z 0-9 _ - .`, starting with a letter.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
+    let ok = (1..=MAX_NAME).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
     if ok {

@@ -11,7 +11,7 @@ use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError};
 use crate::sessions::{self, Sessions};
-use crate::{audit, keys, limits, roles, usage, users};
+use crate::{audit, bounds, keys, limits, roles, usage, users};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -106,7 +106,25 @@ impl State {
             }
             return first.result.clone().unwrap_or_default();
         }
-        let outcome = match &cmd.payload {
+        // Bounded before it was proposed; refused here all the same, so an
+        // entry from a node that skipped the check changes nothing.
+        let outcome = bounds::check(cmd).and_then(|()| self.dispatch(cmd, prepared, out));
+        let result = to_result(outcome, log_index);
+        // Commands a node makes for itself keep no idempotency record: they
+        // come at the rate of traffic (a flood of logins is a flood of
+        // `RateHit`s), and a record each would grow every node for 24 h.
+        // A retry of one is harmless (a hit or delta counted twice errs on
+        // the side of the limit; a use time only moves forward) or caught
+        // by its own rule (an audit batch's number).
+        if !is_internal(cmd) {
+            self.requests.remember(cmd, &result, out);
+        }
+        result
+    }
+
+    /// The one `match` over commands.
+    fn dispatch(&mut self, cmd: &Command, prepared: Prepared, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+        match &cmd.payload {
             None => Err(ApplyError::Invalid("command has no payload".into())),
             Some(Payload::CreateUser(c)) => users::create(self, cmd.proposed_at, c, out),
             Some(Payload::SetUserStatus(c)) => users::set_status(self, cmd.proposed_at, c, out),
@@ -132,18 +150,7 @@ impl State {
                 audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out)
             }
             Some(Payload::PruneAudit(c)) => audit::prune(self, c, out),
-        };
-        let result = to_result(outcome, log_index);
-        // Commands a node makes for itself keep no idempotency record: they
-        // come at the rate of traffic (a flood of logins is a flood of
-        // `RateHit`s), and a record each would grow every node for 24 h.
-        // A retry of one is harmless (a hit or delta counted twice errs on
-        // the side of the limit; a use time only moves forward) or caught
-        // by its own rule (an audit batch's number).
-        if !is_internal(cmd) {
-            self.requests.remember(cmd, &result, out);
         }
-        result
     }
 
     /// Adds one stored record to the view (start-up and snapshot install).

@@ -494,8 +494,9 @@ async fn an_export_ends_when_its_key_is_revoked_midway() {
     let cluster = c.node(1).cluster();
     // Three export chunks' worth of records, 8 KiB each (24 MB), so the
     // stream's flow-control window fills and the export waits on its reader.
-    for _ in 0..10 {
-        let events = (0..300)
+    // (100 a command: a batch is at most 1 MiB.)
+    for _ in 0..30 {
+        let events = (0..100)
             .map(|i| AuditEvent {
                 at: i,
                 action: "test.event".into(),

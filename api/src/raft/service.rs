@@ -149,6 +149,7 @@ impl RaftService for RaftRpc {
     #[tracing::instrument(level = "debug", name = "propose.forwarded", skip_all)]
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let batch = req.into_inner().batch.ok_or_else(|| bad("batch"))?;
+        crate::cluster::bounded(&batch.commands)?;
         match self.cluster.write_local(batch.commands).await {
             Ok((results, log_index)) => Ok(Response::new(pb::ProposeResponse { results, log_index })),
             // Not the leader (any more): the forwarding node retries with the hint.
