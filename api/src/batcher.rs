@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   propose ─┐
-//!   propose ─┼─► queue ─► batcher: take all queued (≤ MAX_BATCH commands)
+//!   propose ─┼─► queue ─► batcher: take all queued (≤ MAX_BATCH commands, ≤ MAX_ENTRY_BYTES)
 //!   propose ─┘              └─► raft.client_write(batch)  (≤ IN_FLIGHT at once)
 //!                                  └─► results split back per caller
 //! ```
@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use gatehouse_domain::bounds::MAX_ENTRY_BYTES;
 use gatehouse_domain::{Command, CommandBatch, CommandResult};
 use gatehouse_storage::types::{NodeId, Raft};
 use openraft::error::{ClientWriteError, RaftError};
@@ -39,6 +40,14 @@ pub type Written = Result<(Vec<CommandResult>, u64), WriteError>;
 struct Job {
     commands: Vec<Command>,
     reply: oneshot::Sender<Written>,
+}
+
+impl Job {
+    /// Encoded bytes of the commands (a proposal's own total is bounded by
+    /// `cluster::bounded`, so one job always fits an entry).
+    fn size(&self) -> usize {
+        self.commands.iter().map(prost::Message::encoded_len).sum()
+    }
 }
 
 #[derive(Clone)]
@@ -69,22 +78,35 @@ impl Batcher {
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::sync::watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A job that did not fit the previous entry opens the next one.
+    let mut next: Option<Job> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         if hold.wait_for(|held| !*held).await.is_err() {
             return;
         }
-        // Whatever queued while we waited for a slot rides along.
+        // Whatever queued while we waited for a slot rides along, up to
+        // MAX_BATCH commands and MAX_ENTRY_BYTES.
+        let mut size = first.size();
+        let mut count = first.commands.len();
         let mut jobs = vec![first];
-        let mut count = jobs[0].commands.len();
         while count < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.commands.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+            let Ok(job) = rx.try_recv() else { break };
+            let job_size = job.size();
+            if size + job_size > MAX_ENTRY_BYTES {
+                next = Some(job);
+                break;
             }
+            size += job_size;
+            count += job.commands.len();
+            jobs.push(job);
         }
         let raft = raft.clone();
         tokio::spawn(async move {
