@@ -81,6 +81,10 @@ pub type RaftClient = RaftServiceClient<InterceptedService<Channel, AddSecret>>;
 
 /// Largest gRPC message between nodes (AppendEntries batches).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+/// HTTP/2 flow-control windows between nodes, both ways: a large entry
+/// crosses a link with a long round trip in a few round trips, not dozens.
+pub const PEER_STREAM_WINDOW: u32 = 1 << 20;
+pub const PEER_CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// One lazily connected channel per peer address, shared by Raft
 /// replication, write forwarding and status calls.
@@ -163,6 +167,8 @@ impl Peers {
             })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            .initial_stream_window_size(PEER_STREAM_WINDOW)
+            .initial_connection_window_size(PEER_CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let ch = endpoint.connect_lazy();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use gatehouse_api::http::{Front, FrontConfig, Lockout};
 use gatehouse_api::passwords::PasswordPool;
+use gatehouse_api::peers::{PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW};
 use gatehouse_api::raft::network::Network;
 use gatehouse_api::{Cluster, ClusterSecret, Peers};
 use gatehouse_storage::types::Raft;
@@ -165,6 +166,11 @@ impl Node {
                 .http2_max_pending_accept_reset_streams(Some(20))
                 .http2_max_local_error_reset_streams(Some(256))
                 // A peer that stops answering pings is dropped.
+                // Room for a large Raft entry in flight on a link with a long
+                // round trip (h2's default 64 KiB window would take 64 round
+                // trips for a 4 MiB entry).
+                .initial_stream_window_size(Some(PEER_STREAM_WINDOW))
+                .initial_connection_window_size(Some(PEER_CONNECTION_WINDOW))
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .layer(gatehouse_api::metrics::GrpcMetricsLayer::new(

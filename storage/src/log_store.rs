@@ -130,22 +130,48 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        let raw = read_raw(&self.storage, range, usize::MAX)?;
+        let raw = read_raw(&self.storage, range, usize::MAX, usize::MAX)?;
+        self.decode(raw).await
+    }
+
+    /// What replication reads for one AppendEntries: at most
+    /// [`REPLICATION_READ_BYTES`] of entries (at least one), so a run of
+    /// large entries is sent a few at a time instead of read all at once.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, RaftStorageError> {
+        let raw = read_raw(&self.storage, start..end, usize::MAX, REPLICATION_READ_BYTES)?;
+        self.decode(raw).await
+    }
+}
+
+/// Bytes of entries replication reads (and sends) at once.
+pub const REPLICATION_READ_BYTES: usize = 16 << 20;
+
+impl LogStore {
+    /// Decodes stored entries, off the async workers when they are heavy.
+    async fn decode(&self, raw: Vec<Box<[u8]>>) -> Result<Vec<Entry>, RaftStorageError> {
         let heavy = raw.iter().map(|v| v.len()).sum::<usize>() >= background::HEAVY_BYTES;
         self.background.run_if(heavy, move || raw.iter().map(|v| decode_entry(v)).collect()).await
     }
 }
 
-/// Entries in `range`, at most `max` of them, in index order.
-fn read_entries(storage: &Storage, range: impl RangeBounds<u64>, max: usize) -> Result<Vec<Entry>, RaftStorageError> {
-    read_raw(storage, range, max)?.iter().map(|v| decode_entry(v)).collect()
+/// Entries in `range`, at most `max` of them and (after the first) at most
+/// `max_bytes` stored bytes, in index order.
+fn read_entries(
+    storage: &Storage,
+    range: impl RangeBounds<u64>,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Vec<Entry>, RaftStorageError> {
+    read_raw(storage, range, max, max_bytes)?.iter().map(|v| decode_entry(v)).collect()
 }
 
-/// The stored bytes of the entries in `range`, at most `max` of them, in index order.
+/// The stored bytes of the entries in `range`, at most `max` of them and
+/// (after the first) `max_bytes` in all, in index order.
 pub(crate) fn read_raw(
     storage: &Storage,
     range: impl RangeBounds<u64>,
     max: usize,
+    max_bytes: usize,
 ) -> Result<Vec<Box<[u8]>>, RaftStorageError> {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
@@ -155,12 +181,14 @@ pub(crate) fn read_raw(
     let key = index_key(start);
     let it = storage.db.iterator_cf(storage.cf(CF_LOG), IteratorMode::From(&key, Direction::Forward));
     let mut out = Vec::new();
+    let mut bytes = 0;
     for item in it {
         let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
         let index = index_from_key(&k).ok_or_else(|| StorageIOError::read_logs(&io::Error::other("bad log key")))?;
-        if !range.contains(&index) || out.len() >= max {
+        if !range.contains(&index) || out.len() >= max || (!out.is_empty() && bytes + v.len() > max_bytes) {
             break;
         }
+        bytes += v.len();
         out.push(v);
     }
     Ok(out)
@@ -174,10 +202,11 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    /// Up to `max` entries from `start` through `end` (inclusive), in order.
+    /// Up to `max` entries from `start` through `end` (inclusive), in
+    /// order, and after the first at most `max_bytes` stored bytes of them.
     /// The first may be later than `start` if the log was purged past it.
-    pub fn entries(&self, start: u64, end: u64, max: usize) -> Result<Vec<Entry>, RaftStorageError> {
-        read_entries(&self.storage, start..=end, max)
+    pub fn entries(&self, start: u64, end: u64, max: usize, max_bytes: usize) -> Result<Vec<Entry>, RaftStorageError> {
+        read_entries(&self.storage, start..=end, max, max_bytes)
     }
 
     /// The first index still in the log (entries before it were compacted

@@ -375,10 +375,25 @@ mod tests {
         let (mut log, _sm) = crate::open(dir.path()).unwrap();
         let written = vec![entry(1, vec![audit(1000)]), entry(2, vec![user(1)])];
         crate::log_store::write_entries(&log.storage(), written.clone()).unwrap();
-        let bytes: usize = crate::log_store::read_raw(&log.storage(), 1..=1, 1).unwrap()[0].len();
+        let bytes: usize = crate::log_store::read_raw(&log.storage(), 1..=1, 1, usize::MAX).unwrap()[0].len();
         assert!(bytes >= crate::background::HEAVY_BYTES, "the audit entry is decoded on the pool ({bytes} bytes)");
         let read = log.try_get_log_entries(1..3).await.unwrap();
         assert_eq!(read, written);
         assert_eq!(log.try_get_log_entries(2..3).await.unwrap(), written[1..]);
+    }
+
+    #[tokio::test]
+    async fn reads_of_the_log_stop_at_their_byte_budget_but_return_at_least_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = crate::open(dir.path()).unwrap();
+        let written: Vec<_> = (1..=6).map(|i| entry(i, vec![audit(200)])).collect();
+        crate::log_store::write_entries(&log.storage(), written.clone()).unwrap();
+        let one = crate::log_store::read_raw(&log.storage(), 1..=1, 1, usize::MAX).unwrap()[0].len();
+        let read = |budget| crate::log_store::read_raw(&log.storage(), 1..=6, usize::MAX, budget).unwrap().len();
+        assert_eq!(read(usize::MAX), 6);
+        assert_eq!(read(one * 2 + one / 2), 2);
+        assert_eq!(read(0), 1, "never empty for a non-empty range");
+        // What replication asks for: whole range here (far under its budget).
+        assert_eq!(log.limited_get_log_entries(1, 7).await.unwrap(), written);
     }
 }

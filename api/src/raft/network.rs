@@ -1,20 +1,47 @@
 //! openraft's `RaftNetwork` over our gRPC Raft service.
+//!
+//! openraft 0.9 gives every AppendEntries the heartbeat period as its
+//! timeout (100 ms by default). A large entry on a slow link takes longer
+//! than that, and resending it from the start on every heartbeat would
+//! never get it through. So a large AppendEntries is sent on a task of its
+//! own, with a timeout that grows with its size ([`transfer_timeout`]);
+//! when openraft gives up waiting and sends the same entries again, the
+//! retry waits for the transfer already on its way instead of starting
+//! another. Heartbeats and small requests go straight through meanwhile.
+//! A request over the message limit is answered with `PayloadTooLarge`
+//! and a count of entries that fits, so openraft sends fewer at a time.
 
 use std::future::Future;
+use std::time::Duration;
 
 use gatehouse_proto::raft as pb;
 use gatehouse_storage::convert::{
     entry_into_pb, log_id_from_pb, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_to_pb, vote_from_pb, vote_to_pb,
 };
-use gatehouse_storage::types::{NodeId, TypeConfig, Vote};
-use openraft::error::{Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use gatehouse_storage::types::{LogId, NodeId, TypeConfig, Vote};
+use openraft::error::{
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, Snapshot};
 use tokio::io::AsyncReadExt;
 
 use super::SNAPSHOT_CHUNK;
-use crate::peers::{Peers, RaftClient};
+use crate::peers::{Peers, RaftClient, MAX_RAFT_MESSAGE};
+
+/// An AppendEntries of at least this many bytes goes on a task of its own.
+const LARGE: usize = 64 * 1024;
+/// The slowest link a large transfer is given time for, in bytes a second.
+const FLOOR_RATE: u64 = 1 << 20;
+/// Room in a Raft message for everything but the entries.
+const MESSAGE_SLACK: usize = 64 * 1024;
+
+/// How long a transfer of `bytes` may take: openraft's own timeout, plus
+/// the bytes at [`FLOOR_RATE`].
+pub fn transfer_timeout(rpc_timeout: Duration, bytes: usize) -> Duration {
+    rpc_timeout + Duration::from_millis(bytes as u64 * 1000 / FLOOR_RATE)
+}
 
 /// Makes one connection object per target; channels are cached in [`Peers`].
 pub struct Network {
@@ -31,13 +58,31 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        Connection { target, client: self.peers.raft_client(&node.addr).map_err(|e| e.to_string()) }
+        Connection { target, client: self.peers.raft_client(&node.addr).map_err(|e| e.to_string()), inflight: None }
     }
 }
 
 pub struct Connection {
     target: NodeId,
     client: Result<RaftClient, String>,
+    /// A large AppendEntries still on its way.
+    inflight: Option<Transfer>,
+}
+
+type Answer = Result<pb::AppendEntriesResponse, tonic::Status>;
+
+/// A large AppendEntries sent on a task of its own.
+struct Transfer {
+    vote: Vote,
+    prev: Option<LogId>,
+    last: LogId,
+    task: tokio::task::JoinHandle<Answer>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -56,7 +101,79 @@ fn malformed(what: &str) -> NetworkError {
     NetworkError::new(&std::io::Error::other(format!("malformed response: {what}")))
 }
 
+fn to_pb(rpc: AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(vote_to_pb(&rpc.vote)),
+        prev_log_id: opt_log_id_to_pb(&rpc.prev_log_id),
+        entries: rpc.entries.into_iter().map(entry_into_pb).collect(),
+        leader_commit: opt_log_id_to_pb(&rpc.leader_commit),
+    }
+}
+
+fn vote_from_pb_req(req: &pb::AppendEntriesRequest) -> Vote {
+    req.vote.as_ref().map(vote_from_pb).unwrap_or_default()
+}
+
+/// How many entries from the front fit in `budget` bytes (at least one).
+fn entries_within(entries: &[pb::Entry], budget: usize) -> u64 {
+    let mut used = 0;
+    let fit = entries
+        .iter()
+        .take_while(|e| {
+            used += prost::Message::encoded_len(*e) + 6;
+            used <= budget
+        })
+        .count();
+    fit.max(1) as u64
+}
+
+// The error type is openraft's, as the trait methods return it.
+#[allow(clippy::result_large_err)]
+fn from_answer(answer: Answer) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+    use pb::append_entries_response::Result as R;
+    match answer.map_err(status_err)?.result {
+        Some(R::Success(_)) => Ok(AppendEntriesResponse::Success),
+        Some(R::PartialSuccess(p)) => Ok(AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(&p.matching))),
+        Some(R::Conflict(_)) => Ok(AppendEntriesResponse::Conflict),
+        Some(R::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(vote_from_pb(&v))),
+        None => Err(RPCError::Network(malformed("append entries result"))),
+    }
+}
+
 impl Connection {
+    async fn send(
+        &self,
+        req: pb::AppendEntriesRequest,
+        timeout: Duration,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(timeout);
+        from_answer(self.client()?.append_entries(req).await.map(tonic::Response::into_inner))
+    }
+
+    /// Waits for the transfer in flight, for a request whose entries end at
+    /// `last`. openraft may stop waiting (its own timeout drops this
+    /// future): the transfer goes on, and the next send of the same
+    /// entries waits again.
+    async fn wait_inflight(&mut self, last: LogId) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let Some(t) = self.inflight.as_mut() else {
+            return Err(RPCError::Network(malformed("no transfer in flight")));
+        };
+        let answer = match (&mut t.task).await {
+            Ok(answer) => answer,
+            Err(e) => Err(tonic::Status::unavailable(format!("transfer ended: {e}"))),
+        };
+        let sent_last = t.last;
+        self.inflight = None;
+        match from_answer(answer)? {
+            // The follower holds what was sent; more may follow in the next request.
+            AppendEntriesResponse::Success if last > sent_last => {
+                Ok(AppendEntriesResponse::PartialSuccess(Some(sent_last)))
+            }
+            other => Ok(other),
+        }
+    }
+
     // The error type is openraft's, as the trait methods return it.
     #[allow(clippy::result_large_err)]
     fn client<E: std::error::Error>(&self) -> Result<RaftClient, RPCError<NodeId, BasicNode, E>> {
@@ -70,23 +187,43 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let req = pb::AppendEntriesRequest {
-            vote: Some(vote_to_pb(&rpc.vote)),
-            prev_log_id: opt_log_id_to_pb(&rpc.prev_log_id),
-            entries: rpc.entries.into_iter().map(entry_into_pb).collect(),
-            leader_commit: opt_log_id_to_pb(&rpc.leader_commit),
+        let Some(last) = rpc.entries.last().map(|e| e.log_id) else {
+            // A heartbeat: straight through, whatever is in flight.
+            return self.send(to_pb(rpc), option.hard_ttl()).await;
         };
-        let mut req = tonic::Request::new(req);
-        req.set_timeout(option.hard_ttl());
-        let resp = self.client()?.append_entries(req).await.map_err(status_err)?.into_inner();
-        use pb::append_entries_response::Result as R;
-        match resp.result {
-            Some(R::Success(_)) => Ok(AppendEntriesResponse::Success),
-            Some(R::PartialSuccess(p)) => Ok(AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(&p.matching))),
-            Some(R::Conflict(_)) => Ok(AppendEntriesResponse::Conflict),
-            Some(R::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(vote_from_pb(&v))),
-            None => Err(RPCError::Network(malformed("append entries result"))),
+        // openraft sends the same entries again (perhaps with more after
+        // them) when it stopped waiting for an earlier send: wait for that.
+        if let Some(t) = &self.inflight {
+            if t.vote == rpc.vote && t.prev == rpc.prev_log_id {
+                return self.wait_inflight(last).await;
+            }
+            self.inflight = None;
         }
+        let req = to_pb(rpc);
+        let size = prost::Message::encoded_len(&req);
+        if size > MAX_RAFT_MESSAGE - MESSAGE_SLACK {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries_within(
+                &req.entries,
+                MAX_RAFT_MESSAGE - MESSAGE_SLACK,
+            ))));
+        }
+        if size < LARGE {
+            return self.send(req, option.hard_ttl()).await;
+        }
+        let timeout = transfer_timeout(option.hard_ttl(), size);
+        let (vote, prev) = (vote_from_pb_req(&req), opt_log_id_from_pb(&req.prev_log_id));
+        let mut client = self.client()?;
+        tracing::debug!(target = self.target, bytes = size, ?timeout, "large append entries on a transfer of its own");
+        let task = tokio::spawn(async move {
+            let mut req = tonic::Request::new(req);
+            req.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.append_entries(req)).await {
+                Ok(answer) => answer.map(tonic::Response::into_inner),
+                Err(_) => Err(tonic::Status::deadline_exceeded("transfer timed out")),
+            }
+        });
+        self.inflight = Some(Transfer { vote, prev, last, task });
+        self.wait_inflight(last).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
@@ -160,5 +297,30 @@ impl RaftNetwork<TypeConfig> for Connection {
         })?;
         let vote = resp.into_inner().vote.ok_or_else(|| StreamingError::Network(malformed("snapshot vote")))?;
         Ok(SnapshotResponse { vote: vote_from_pb(&vote) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_gets_time_for_its_size() {
+        let rpc = Duration::from_millis(100);
+        assert_eq!(transfer_timeout(rpc, 0), rpc);
+        // 4 MiB at the floor rate of 1 MiB/s: four seconds more.
+        assert_eq!(transfer_timeout(rpc, 4 << 20), rpc + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn entries_within_counts_what_fits_and_at_least_one() {
+        use gatehouse_proto::events::{Command, CommandBatch};
+        let command = |n: usize| Command { request_id: "r".repeat(n), ..Default::default() };
+        let batch = |n: usize| CommandBatch { commands: vec![command(n)] };
+        let entry = |n: usize| pb::Entry { log_id: None, payload: Some(pb::entry::Payload::Normal(batch(n))) };
+        let entries: Vec<pb::Entry> = (0..10).map(|_| entry(1000)).collect();
+        assert_eq!(entries_within(&entries, 3100), 3);
+        assert_eq!(entries_within(&entries, usize::MAX), 10);
+        assert_eq!(entries_within(&entries, 10), 1);
     }
 }
