@@ -153,6 +153,7 @@ impl Node {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
+        let streams = gatehouse_api::admin::streams::Streams::default();
         let grpc = {
             let mut rx = stop.subscribe();
             // The port is reachable before any secret or key is checked:
@@ -165,12 +166,12 @@ impl Node {
                 // the connection; so do too many streams we had to reset.
                 .http2_max_pending_accept_reset_streams(Some(20))
                 .http2_max_local_error_reset_streams(Some(256))
-                // A peer that stops answering pings is dropped.
                 // Room for a large Raft entry in flight on a link with a long
                 // round trip (h2's default 64 KiB window would take 64 round
                 // trips for a 4 MiB entry).
                 .initial_stream_window_size(Some(PEER_STREAM_WINDOW))
                 .initial_connection_window_size(Some(PEER_CONNECTION_WINDOW))
+                // A peer that stops answering pings is dropped.
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .layer(gatehouse_api::metrics::GrpcMetricsLayer::new(
@@ -183,14 +184,19 @@ impl Node {
                 ))
                 .add_service(health_service)
                 .add_service(reflection)
-                .add_service(gatehouse_api::admin::events::server(cluster.clone(), log_reader, stop.subscribe()))
+                .add_service(gatehouse_api::admin::events::server(
+                    cluster.clone(),
+                    log_reader,
+                    stop.subscribe(),
+                    streams.clone(),
+                ))
                 .add_service(gatehouse_api::raft::service::server(cluster.clone(), storage.clone()))
                 .add_service(gatehouse_api::admin::cluster::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
                 .add_service(gatehouse_api::admin::keys::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::sessions::server(cluster.clone()))
                 .add_service(gatehouse_api::admin::roles::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::audit::server(cluster.clone(), audit_log));
+                .add_service(gatehouse_api::admin::audit::server(cluster.clone(), audit_log, streams));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
             // delayed ACKs add ~40 ms stalls to replication and forwarding.
             // Registered with the Raft runtime's reactor, like the connections it accepts.

@@ -4,10 +4,7 @@
 //! view per call) on the blocking pool, so a long scan never holds a
 //! runtime thread.
 
-use std::pin::Pin;
-
 use base64::Engine as _;
-use futures::Stream;
 use gatehouse_domain::roles::Permission;
 use gatehouse_proto::admin::audit_service_server::{AuditService, AuditServiceServer};
 use gatehouse_proto::admin::{
@@ -16,10 +13,10 @@ use gatehouse_proto::admin::{
 };
 use gatehouse_proto::state::AuditRecord as Stored;
 use gatehouse_storage::AuditLog;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
+use super::streams::{self, BoxStream, Streams};
 use crate::{ApiError, Cluster};
 
 /// Records looked at for one query page before it returns what it found.
@@ -32,10 +29,12 @@ const EXPORT_CHUNK: usize = 1000;
 pub struct Audit {
     cluster: Cluster,
     log: AuditLog,
+    streams: Streams,
 }
 
-pub fn server(cluster: Cluster, log: AuditLog) -> AuditServiceServer<Audit> {
-    AuditServiceServer::new(Audit { cluster, log })
+/// `streams` counts open exports per caller (shared with `Watch`).
+pub fn server(cluster: Cluster, log: AuditLog, streams: Streams) -> AuditServiceServer<Audit> {
+    AuditServiceServer::new(Audit { cluster, log, streams })
 }
 
 /// A validated filter.
@@ -128,7 +127,7 @@ fn read_failed(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal
 }
 
-type ExportStream = Pin<Box<dyn Stream<Item = Result<AuditRecord, Status>> + Send>>;
+type ExportStream = BoxStream<AuditRecord>;
 
 #[tonic::async_trait]
 impl AuditService for Audit {
@@ -185,11 +184,11 @@ impl AuditService for Audit {
     type ExportStream = ExportStream;
 
     async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        let actor = authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
         let meta = req.metadata().clone();
         let filter = Filter::new(&self.cluster, req.into_inner().filter)?;
         let (log, cluster) = (self.log.clone(), self.cluster.clone());
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = streams::channel(self.streams.open(&actor.user_id)?);
         tokio::spawn(async move {
             let mut from = 0u64;
             let mut checked = tokio::time::Instant::now();
@@ -198,7 +197,7 @@ impl AuditService for Audit {
                 // or a role taken away mid-export ends the export.
                 if checked.elapsed() >= super::events::RECHECK {
                     if let Err(e) = authorize(&cluster, &meta, Permission::AuditRead).await {
-                        let _ = tx.send(Err(e.into())).await;
+                        tx.fail(e.into());
                         return;
                     }
                     checked = tokio::time::Instant::now();
@@ -220,17 +219,20 @@ impl AuditService for Audit {
                 let (records, last) = match chunk {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
-                        let _ = tx.send(Err(read_failed(e).into())).await;
+                        tx.fail(read_failed(e).into());
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(read_failed(e).into())).await;
+                        tx.fail(read_failed(e).into());
                         return;
                     }
                 };
                 for r in records {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return; // The client went away.
+                    let seq = r.seq;
+                    // Gone, or cut off for not reading: the client resumes
+                    // with a query from this record.
+                    if tx.send(r, &format!("audit record {seq}")).await.is_err() {
+                        return;
                     }
                 }
                 match last {
@@ -239,7 +241,7 @@ impl AuditService for Audit {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 
     async fn verify(&self, req: Request<AuditVerifyRequest>) -> Result<Response<AuditVerifyResponse>, Status> {

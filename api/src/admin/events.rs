@@ -3,10 +3,8 @@
 //! ([`gatehouse_domain::redact`]). Only applied entries are sent, so every
 //! event is committed.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
 use gatehouse_domain::redact::redacted;
 use gatehouse_domain::roles::Permission;
 use gatehouse_proto::admin::event_service_server::{EventService, EventServiceServer};
@@ -14,16 +12,17 @@ use gatehouse_proto::admin::{watch_event, WatchEvent, WatchRequest};
 use gatehouse_storage::types::Entry;
 use gatehouse_storage::LogReader;
 use openraft::EntryPayload;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
+use super::streams::{self, BoxStream, Streams};
 use crate::{ApiError, Cluster};
 
-/// Entries read from disk per step.
+/// Entries read from disk per step: at most this many, and after the
+/// first at most `CHUNK_BYTES` (the stream's own buffer is bounded too).
 const CHUNK: usize = 256;
-/// Events buffered per watcher; a slow reader holds its stream, not the node.
-const BUFFER: usize = 1024;
+const CHUNK_BYTES: usize = 1 << 20;
 /// How often a stream re-checks that its caller is still allowed: a
 /// revoked key stops receiving within this (plus one chunk of events).
 pub(super) const RECHECK: Duration = Duration::from_secs(2);
@@ -32,12 +31,19 @@ pub struct Events {
     cluster: Cluster,
     log: LogReader,
     stopping: watch::Receiver<bool>,
+    streams: Streams,
 }
 
 /// `stopping` turns true when the node shuts down: open streams end then
 /// (with `UNAVAILABLE`), so they cannot hold a graceful shutdown forever.
-pub fn server(cluster: Cluster, log: LogReader, stopping: watch::Receiver<bool>) -> EventServiceServer<Events> {
-    EventServiceServer::new(Events { cluster, log, stopping })
+/// `streams` counts open streams per caller (shared with audit exports).
+pub fn server(
+    cluster: Cluster,
+    log: LogReader,
+    stopping: watch::Receiver<bool>,
+    streams: Streams,
+) -> EventServiceServer<Events> {
+    EventServiceServer::new(Events { cluster, log, stopping, streams })
 }
 
 fn compacted(from: u64, first: u64) -> ApiError {
@@ -73,7 +79,7 @@ impl Drop for OpenStream {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+type WatchStream = BoxStream<WatchEvent>;
 
 #[tonic::async_trait]
 impl EventService for Events {
@@ -92,8 +98,9 @@ impl EventService for Events {
         if next < first {
             return Err(compacted(next, first).into());
         }
+        let slot = self.streams.open(&actor.user_id)?;
         tracing::info!(actor = %actor.username, from = next, "watch started");
-        let (tx, rx) = mpsc::channel(BUFFER);
+        let (tx, rx) = streams::channel(slot);
         let (cluster, log, mut stopping) = (self.cluster.clone(), self.log.clone(), self.stopping.clone());
         tokio::spawn(async move {
             cluster.metrics().watch_streams.inc();
@@ -107,18 +114,18 @@ impl EventService for Events {
                 // index elsewhere).
                 if checked.elapsed() >= RECHECK {
                     if let Err(e) = authorize(&cluster, &meta, Permission::EventsRead).await {
-                        let _ = tx.send(Err(e.into())).await;
+                        tx.fail(e.into());
                         return;
                     }
                     checked = tokio::time::Instant::now();
                 }
                 let upto = *applied.borrow_and_update();
                 if next <= upto {
-                    let entries = match log.entries(next, upto, CHUNK) {
+                    let entries = match log.entries(next, upto, CHUNK, CHUNK_BYTES) {
                         Ok(e) => e,
                         Err(e) => {
                             tracing::error!(error = %e, "reading the log failed");
-                            let _ = tx.send(Err(ApiError::Internal.into())).await;
+                            tx.fail(ApiError::Internal.into());
                             return;
                         }
                     };
@@ -127,17 +134,20 @@ impl EventService for Events {
                         Some(e) if e.log_id.index == next => {}
                         _ => {
                             let first = log.first_index().unwrap_or(next + 1);
-                            let _ = tx.send(Err(compacted(next, first).into())).await;
+                            tx.fail(compacted(next, first).into());
                             return;
                         }
                     }
                     for entry in entries {
-                        next = entry.log_id.index + 1;
+                        let index = entry.log_id.index;
                         for event in events_of(entry) {
-                            if tx.send(Ok(event)).await.is_err() {
-                                return; // the caller went away
+                            // Cut off (or gone): it resumes from the entry it
+                            // did not get whole.
+                            if tx.send(event, &format!("index {index}")).await.is_err() {
+                                return;
                             }
                         }
+                        next = index + 1;
                     }
                     continue;
                 }
@@ -145,13 +155,13 @@ impl EventService for Events {
                     changed = applied.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
                     _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                        let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                        tx.fail(Status::unavailable("the node is shutting down"));
                         return;
                     }
                     _ = tokio::time::sleep_until(checked + RECHECK) => {}
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 }

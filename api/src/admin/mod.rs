@@ -11,6 +11,7 @@ pub mod failures;
 pub mod keys;
 pub mod roles;
 pub mod sessions;
+pub mod streams;
 pub mod users;
 
 use std::time::{Duration, Instant};
