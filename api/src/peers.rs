@@ -159,9 +159,16 @@ impl Peers {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
+        let ch = self.endpoint(addr)?.connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// How `addr` is dialled (through its route, if it has one).
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, ApiError> {
         self.check_dialable(addr)?;
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
-        let endpoint = Endpoint::from_shared(format!("http://{dial}"))
+        Ok(Endpoint::from_shared(format!("http://{dial}"))
             .map_err(|_| {
                 ApiError::InvalidArgument(format!("invalid node address {}", gatehouse_domain::quote::quote(addr)))
             })?
@@ -170,17 +177,23 @@ impl Peers {
             .initial_stream_window_size(PEER_STREAM_WINDOW)
             .initial_connection_window_size(PEER_CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let ch = endpoint.connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+            .keep_alive_timeout(Duration::from_secs(5)))
+    }
+
+    /// A Raft client on a channel of its own, not kept: for addresses that
+    /// are not members yet (a learner about to be added).
+    pub fn raft_client_once(&self, addr: &str) -> Result<RaftClient, ApiError> {
+        Ok(self.raft_client_on(self.endpoint(addr)?.connect_lazy()))
     }
 
     pub fn raft_client(&self, addr: &str) -> Result<RaftClient, ApiError> {
-        let ch = self.channel(addr)?;
-        Ok(RaftServiceClient::with_interceptor(ch, AddSecret(self.secret.value.clone()))
+        Ok(self.raft_client_on(self.channel(addr)?))
+    }
+
+    fn raft_client_on(&self, ch: Channel) -> RaftClient {
+        RaftServiceClient::with_interceptor(ch, AddSecret(self.secret.value.clone()))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE))
+            .max_encoding_message_size(MAX_RAFT_MESSAGE)
     }
 }
 

@@ -16,6 +16,7 @@ use openraft::{BasicNode, ChangeMembers};
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, authorize_stale};
+use super::learner;
 use crate::raft::service::local_status;
 use crate::{ApiError, Cluster};
 
@@ -179,14 +180,36 @@ impl ClusterService for ClusterAdmin {
         // Refused before it enters the membership: the leader would send the
         // secret and the log there in plaintext.
         self.cluster.peers().check_dialable(&r.addr)?;
-        let raft = self.cluster.raft().clone();
+        let membership = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        learner::fits(&membership, r.node_id, &r.addr)?;
+        learner::probe(&self.cluster, r.node_id, &r.addr).await?;
+        let (raft, cluster) = (self.cluster.raft().clone(), self.cluster.clone());
         let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
-        self.on_leader(
-            &req,
-            || async move { audit.done(raft.add_learner(r.node_id, BasicNode { addr: r.addr }, true).await) },
-            async |mut c, f| c.add_learner(f).await,
-        )
-        .await
+        // Set when this node (the leader) added it and it did not catch up in time.
+        let behind = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let behind_here = behind.clone();
+        let added = self
+            .on_leader(
+                &req,
+                || async move {
+                    let added = raft.add_learner(r.node_id, BasicNode { addr: r.addr }, false).await;
+                    if let Ok(resp) = &added {
+                        let caught_up =
+                            learner::wait_caught_up(&cluster, r.node_id, resp.log_id.index, learner::CATCH_UP_TIMEOUT);
+                        if let Err(status) = caught_up.await {
+                            *behind_here.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        }
+                    }
+                    audit.done(added)
+                },
+                async |mut c, f| c.add_learner(f).await,
+            )
+            .await?;
+        let behind = behind.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match behind {
+            Some(status) => Err(status),
+            None => Ok(added),
+        }
     }
 
     #[tracing::instrument(level = "info", name = "admin.cluster.promote", skip_all, fields(node_id = req.get_ref().node_id))]

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod events;
 pub mod failures;
 pub mod keys;
+pub mod learner;
 pub mod roles;
 pub mod sessions;
 pub mod streams;
