@@ -87,14 +87,22 @@ impl Drop for Transfer {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
-/// A failed call: unreachable peers make openraft back off.
+/// A failed call. Every failure counts as unreachable, so openraft backs
+/// off before the next try: a peer that is down, one that answers with
+/// something other than our gRPC (another service on that port), or one
+/// that refuses our secret would otherwise be retried in a tight loop,
+/// each try logged. Our Raft service answers with a status only when it
+/// cannot serve (stopped, malformed, wrong secret): retrying at once
+/// never helps.
 fn status_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
-    match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            RPCError::Unreachable(Unreachable::new(&status))
-        }
-        _ => RPCError::Network(NetworkError::new(&status)),
-    }
+    RPCError::Unreachable(Unreachable::new(&status))
+}
+
+/// A response that is not what our service sends: backed off like a failure.
+// The error type is openraft's, as the trait methods return it.
+#[allow(clippy::result_large_err)]
+fn malformed_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!("malformed response: {what}"))))
 }
 
 fn malformed(what: &str) -> NetworkError {
@@ -136,7 +144,7 @@ fn from_answer(answer: Answer) -> Result<AppendEntriesResponse<NodeId>, RpcErr> 
         Some(R::PartialSuccess(p)) => Ok(AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(&p.matching))),
         Some(R::Conflict(_)) => Ok(AppendEntriesResponse::Conflict),
         Some(R::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(vote_from_pb(&v))),
-        None => Err(RPCError::Network(malformed("append entries result"))),
+        None => Err(malformed_reply("append entries result")),
     }
 }
 
@@ -157,7 +165,7 @@ impl Connection {
     /// entries waits again.
     async fn wait_inflight(&mut self, last: LogId) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let Some(t) = self.inflight.as_mut() else {
-            return Err(RPCError::Network(malformed("no transfer in flight")));
+            return Err(malformed_reply("no transfer in flight"));
         };
         let answer = match (&mut t.task).await {
             Ok(answer) => answer,
@@ -232,7 +240,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         let mut req = tonic::Request::new(req);
         req.set_timeout(option.hard_ttl());
         let resp = self.client()?.vote(req).await.map_err(status_err)?.into_inner();
-        let vote = resp.vote.as_ref().ok_or_else(|| RPCError::Network(malformed("vote")))?;
+        let vote = resp.vote.as_ref().ok_or_else(|| malformed_reply("vote"))?;
         Ok(VoteResponse {
             vote: vote_from_pb(vote),
             vote_granted: resp.vote_granted,
