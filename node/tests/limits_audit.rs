@@ -659,3 +659,48 @@ async fn a_lockout_holds_for_the_guessing_address_not_for_the_user() {
     assert_eq!(login("127.0.0.9", 2, PASSWORD).await, StatusCode::OK);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_of_large_audit_records_stops_at_its_byte_limit_and_pages_on() {
+    use gatehouse_domain::Payload;
+    use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
+    use gatehouse_proto::admin::{AuditFilter, AuditQueryRequest};
+    use gatehouse_proto::events::{AppendAudit, AuditEvent};
+    let c = TestCluster::start(1).await;
+    let cluster = c.node(1).cluster();
+    // 1,000 records of 8 KiB: one page of 1,000 would be 8 MB, over a
+    // client's 4 MiB message limit.
+    for _ in 0..10 {
+        let events = (0..100)
+            .map(|i| AuditEvent {
+                at: i,
+                action: "test.big".into(),
+                outcome: "ok".into(),
+                detail: "d".repeat(8 * 1024),
+                ..Default::default()
+            })
+            .collect();
+        cluster
+            .propose_one(cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })))
+            .await
+            .unwrap();
+    }
+    let mut client = AuditServiceClient::connect(ep(&c, 1)).await.unwrap();
+    let (mut pages, mut records, mut page_token) = (0, 0, String::new());
+    loop {
+        let filter = AuditFilter { action: "test.big".into(), ..Default::default() };
+        let mut req = tonic::Request::new(AuditQueryRequest { filter: Some(filter), page_size: 1000, page_token });
+        req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
+        let page = client.query(req).await.expect("a page fits a client's message limit").into_inner();
+        assert!(page.records.len() < 1000, "a page stops by bytes too");
+        pages += 1;
+        records += page.records.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(records, 1000, "paging on finds every record");
+    assert!(pages >= 4, "{pages} pages");
+    c.shutdown().await;
+}

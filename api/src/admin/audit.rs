@@ -22,6 +22,10 @@ use crate::{ApiError, Cluster};
 /// Records looked at for one query page before it returns what it found.
 const SCAN_BUDGET: usize = 100_000;
 const DEFAULT_PAGE: usize = 100;
+/// A page stops once its records pass this many bytes (1,000 records of up
+/// to 16 KiB would be over a client's 4 MiB message limit); the rest
+/// follows with the page token.
+const PAGE_BYTES: usize = 2 << 20;
 const MAX_PAGE: usize = 1000;
 /// Records read per step of an export.
 const EXPORT_CHUNK: usize = 1000;
@@ -158,18 +162,21 @@ impl AuditService for Audit {
         let log = self.log.clone();
         let (records, next) = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            let (mut looked, mut last) = (0usize, None);
+            let (mut looked, mut last, mut bytes) = (0usize, None, 0usize);
             log.scan(below - 1, true, |rec| {
                 looked += 1;
                 last = Some(rec.seq);
                 if filter.matches(&rec) {
-                    out.push(to_pb(rec));
+                    let rec = to_pb(rec);
+                    bytes += prost::Message::encoded_len(&rec);
+                    out.push(rec);
                 }
-                out.len() < size && looked < SCAN_BUDGET
+                out.len() < size && looked < SCAN_BUDGET && bytes < PAGE_BYTES
             })
             .map(|()| {
                 // More may follow unless the scan ran off the oldest record.
-                let more = (out.len() == size || looked == SCAN_BUDGET) && last.is_some_and(|s| s > 1);
+                let full = out.len() == size || looked == SCAN_BUDGET || bytes >= PAGE_BYTES;
+                let more = full && last.is_some_and(|s| s > 1);
                 (out, more.then(|| last.unwrap_or(0)))
             })
         })
