@@ -6,13 +6,15 @@
 //! - [`load`]: benchmark scenarios and their latency histograms.
 //! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
 //!   directed link), [`nemesis`] (the faults), [`workload`] and [`history`]
-//!   (clients and what they saw), [`checks`] (one module per invariant, with
+//!   (clients and what they saw), [`large`] (large valid entries beside
+//!   them), [`checks`] (one module per invariant, with
 //!   the [`linearizability`] search), and [`run`] (one seeded run, its
 //!   figures and report table).
 
 pub mod checks;
 pub mod cluster;
 pub mod history;
+pub mod large;
 pub mod linearizability;
 pub mod load;
 pub mod nemesis;

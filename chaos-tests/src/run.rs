@@ -34,6 +34,9 @@ pub struct Settings {
     pub quiet: Duration,
     pub clients: usize,
     pub max_staleness: Duration,
+    /// One entry near the size limit this often, beside the clients
+    /// ([`crate::large`]); `None`: none.
+    pub large_every: Option<Duration>,
 }
 
 impl Settings {
@@ -49,6 +52,7 @@ impl Settings {
             quiet: Duration::from_millis(1500),
             clients: 6,
             max_staleness: Duration::from_secs(2),
+            large_every: Some(Duration::from_secs(1)),
         }
     }
 
@@ -82,6 +86,8 @@ pub struct Report {
     /// Partitions whose linearizability search ran out of budget.
     pub inconclusive: Vec<String>,
     pub retried_creates: usize,
+    /// Large entries proposed: acknowledged, not.
+    pub large: (usize, usize),
     /// Leader kill → first acknowledged write, per kill, in ms.
     pub failover_ms: Vec<u64>,
     /// Verifications on the majority side during faults: answered, asked.
@@ -114,6 +120,7 @@ impl Report {
             "ops": self.ops, "acknowledged": self.acknowledged, "unknown": self.unknown, "failed": self.failed,
             "writes_checked": self.writes_checked, "lost": self.lost, "violations": self.violations,
             "inconclusive": self.inconclusive, "retried_creates": self.retried_creates,
+            "large_entries": {"acknowledged": self.large.0, "not_acknowledged": self.large.1},
             "failover_ms": {"p50": self.failover(0.5), "p99": self.failover(0.99), "all": self.failover_ms},
             "verify_availability": self.availability(),
             "converged_after_ms": self.converged_after.as_millis() as u64, "replay": self.replay,
@@ -156,6 +163,10 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
         think: Duration::from_millis(5),
     };
     let (stop_tx, stop) = watch::channel(false);
+    let large = s.large_every.map(|every| {
+        let nodes = cluster.nodes.values().map(|n| (n.id, n.grpc.clone())).collect();
+        tokio::spawn(crate::large::run(cluster.peers.clone(), nodes, s.seed, every, stop.clone()))
+    });
     let clients = tokio::spawn(workload::run(targets, w, rec.clone(), s.seed, stop));
 
     let mut rng = StdRng::seed_from_u64(s.seed);
@@ -179,6 +190,10 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     tokio::time::sleep(s.quiet).await;
     stop_tx.send_replace(true);
     clients.await?;
+    let large = match large {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
 
     // Healed: a leader, every node ready, one state.
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -219,6 +234,10 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     let (violations, retried) = checks::exactly_once::check(&cluster, &history).await?;
     report.violations.extend(violations);
     report.retried_creates = retried;
+    if let Some(large) = &large {
+        report.large = (large.acknowledged.len(), large.not_acknowledged);
+        report.violations.extend(checks::large_entries::check(&cluster, large).await?);
+    }
     report.failover_ms = failover(&history, &kills);
     report.verify_available = availability(&history, &windows);
     Ok(report)
@@ -262,7 +281,7 @@ fn availability(history: &[Op], windows: &[Window]) -> (usize, usize) {
 /// A table of reports, one row per run (Markdown).
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| scenario | nodes | seed | ops | acknowledged | unknown | lost | violations | inconclusive | failover p50 / p99 | verify availability (majority, during faults) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | nodes | seed | ops | acknowledged | unknown | lost | violations | inconclusive | large entries acknowledged | failover p50 / p99 | verify availability (majority, during faults) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         let failover = match (r.failover(0.5), r.failover(0.99)) {
@@ -272,7 +291,7 @@ pub fn table(reports: &[Report]) -> String {
         let avail =
             r.availability().map_or("—".into(), |a| format!("{:.2}% ({} checks)", a * 100.0, r.verify_available.1));
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |\n",
             r.scenario,
             r.nodes,
             r.seed,
@@ -282,6 +301,8 @@ pub fn table(reports: &[Report]) -> String {
             r.lost.len(),
             r.violations.len(),
             r.inconclusive.len(),
+            r.large.0,
+            r.large.0 + r.large.1,
             failover,
             avail
         );

@@ -4,6 +4,7 @@
 
 pub mod convergence;
 pub mod exactly_once;
+pub mod large_entries;
 pub mod linearizable;
 pub mod lost_writes;
 pub mod revocation;
