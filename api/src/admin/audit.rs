@@ -27,7 +27,7 @@ const DEFAULT_PAGE: usize = 100;
 /// follows with the page token.
 const PAGE_BYTES: usize = 2 << 20;
 const MAX_PAGE: usize = 1000;
-/// Records read per step of an export.
+/// Records read per step of an export (and at most 1 MiB of them).
 const EXPORT_CHUNK: usize = 1000;
 
 pub struct Audit {
@@ -209,16 +209,22 @@ impl AuditService for Audit {
                     }
                     checked = tokio::time::Instant::now();
                 }
+                // A client gone while nothing matched is noticed here.
+                if tx.is_closed() {
+                    return;
+                }
                 let (log, filter) = (log.clone(), filter.clone());
                 let chunk = tokio::task::spawn_blocking(move || {
-                    let (mut out, mut last, mut looked) = (Vec::new(), None, 0);
+                    let (mut out, mut last, mut looked, mut bytes) = (Vec::new(), None, 0, 0);
                     log.scan(from, false, |rec| {
                         last = Some(rec.seq);
                         looked += 1;
                         if filter.matches(&rec) {
-                            out.push(to_pb(rec));
+                            let rec = to_pb(rec);
+                            bytes += prost::Message::encoded_len(&rec);
+                            out.push(rec);
                         }
-                        looked < EXPORT_CHUNK
+                        looked < EXPORT_CHUNK && bytes < PAGE_BYTES / 2
                     })
                     .map(|()| (out, last))
                 })

@@ -21,7 +21,7 @@ use tonic::Status;
 /// Open streams one caller may hold on a node.
 pub const PER_CALLER: usize = 4;
 /// Open streams a node serves at once.
-pub const PER_NODE: usize = 256;
+pub const PER_NODE: usize = 64;
 /// Bytes one stream may hold for its client.
 pub const BUFFER_BYTES: usize = 2 << 20;
 /// Messages one stream may hold for its client.
@@ -78,13 +78,30 @@ impl Drop for Slot {
     }
 }
 
-type Item<T> = (T, OwnedSemaphorePermit);
+/// A queued message, its share of the budget, and where a client that
+/// never gets it resumes.
+type Item<T> = (T, OwnedSemaphorePermit, String);
 
 /// What the producing and the consuming side share.
 struct Shared<T> {
     rx: mpsc::Receiver<Item<T>>,
     /// The status the stream ends with, once the producer is done.
     end: Option<Status>,
+    /// When the client last took a message (or the stream opened).
+    last_read: tokio::time::Instant,
+}
+
+impl<T> Shared<T> {
+    /// Closes the queue and drops what the client never took; the resume
+    /// point of the first of those, if any.
+    fn drop_queued(&mut self) -> Option<String> {
+        self.rx.close();
+        let mut first = None;
+        while let Ok((_, _, resume)) = self.rx.try_recv() {
+            first.get_or_insert(resume);
+        }
+        first
+    }
 }
 
 /// The producing side of a bounded stream.
@@ -117,7 +134,7 @@ pub fn channel<T: prost::Message + Send + 'static>(slot: Slot) -> (Sender<T>, Bo
 fn channel_with<T: prost::Message + Send + 'static>(slot: Slot, stall: Duration) -> (Sender<T>, BoxStream<T>) {
     let (tx, rx) = mpsc::channel::<Item<T>>(BUFFER_ITEMS);
     let budget = Arc::new(Semaphore::new(BUFFER_ITEMS));
-    let shared = Arc::new(Mutex::new(Shared { rx, end: None }));
+    let shared = Arc::new(Mutex::new(Shared { rx, end: None, last_read: tokio::time::Instant::now() }));
     let stream = Receiver { shared: shared.clone() };
     (Sender { tx, budget, shared, stall, _slot: slot }, Box::pin(stream))
 }
@@ -135,7 +152,10 @@ impl<T> Stream for Receiver<T> {
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         match s.rx.poll_recv(cx) {
             // The permit goes as tonic takes the message (to encode and send it).
-            Poll::Ready(Some((item, _permit))) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some((item, _permit, _))) => {
+                s.last_read = tokio::time::Instant::now();
+                Poll::Ready(Some(Ok(item)))
+            }
             Poll::Ready(None) => Poll::Ready(s.end.take().map(Err)),
             Poll::Pending => Poll::Pending,
         }
@@ -146,9 +166,7 @@ impl<T> Stream for Receiver<T> {
 /// at its next send, and what was queued goes now.
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.rx.close();
-        while s.rx.try_recv().is_ok() {}
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).drop_queued();
     }
 }
 
@@ -160,26 +178,39 @@ fn units(bytes: usize) -> u32 {
 }
 
 impl<T: prost::Message> Sender<T> {
-    /// Queues `item` for the client, waiting at most [`STALL`] for room.
-    /// A client that took nothing meanwhile is cut off: what it had not
-    /// taken is dropped, and the stream ends with `RESOURCE_EXHAUSTED` and
-    /// `resume` (what to ask for to carry on).
+    /// Queues `item` for the client, waiting for room while the client
+    /// keeps reading. A client that took nothing for [`STALL`] is cut off:
+    /// what it had not taken is dropped, and the stream ends with
+    /// `RESOURCE_EXHAUSTED` and where to resume (`resume` of the first
+    /// message it did not get: what to ask for to carry on).
     pub async fn send(&self, item: T, resume: &str) -> Result<(), Ended> {
         let need = units(item.encoded_len());
-        let permit = tokio::select! {
-            permit = self.budget.clone().acquire_many_owned(need) => permit.map_err(|_| Ended::Gone)?,
-            _ = self.tx.closed() => return Err(Ended::Gone),
-            _ = tokio::time::sleep(self.stall) => {
-                tracing::warn!(resume, "admin stream cut off: its client stopped reading");
-                let msg = format!("the client stopped reading for {:?}; resume from {resume}", self.stall);
-                let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                s.rx.close();
-                while s.rx.try_recv().is_ok() {}
-                s.end = Some(Status::resource_exhausted(msg));
-                return Err(Ended::Stalled);
+        let acquire = self.budget.clone().acquire_many_owned(need);
+        tokio::pin!(acquire);
+        let permit = loop {
+            let idle_until = self.shared.lock().unwrap_or_else(|p| p.into_inner()).last_read + self.stall;
+            tokio::select! {
+                permit = &mut acquire => break permit.map_err(|_| Ended::Gone)?,
+                _ = self.tx.closed() => return Err(Ended::Gone),
+                _ = tokio::time::sleep_until(idle_until) => {
+                    let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.last_read + self.stall > tokio::time::Instant::now() {
+                        continue; // it read meanwhile: slow, not stopped
+                    }
+                    let from = s.drop_queued().unwrap_or_else(|| resume.to_string());
+                    tracing::warn!(resume = %from, "admin stream cut off: its client stopped reading");
+                    let msg = format!("the client stopped reading for {:?}; resume from {from}", self.stall);
+                    s.end = Some(Status::resource_exhausted(msg));
+                    return Err(Ended::Stalled);
+                }
             }
         };
-        self.tx.send((item, permit)).await.map_err(|_| Ended::Gone)
+        self.tx.send((item, permit, resume.to_string())).await.map_err(|_| Ended::Gone)
+    }
+
+    /// Whether the client has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// Ends the stream with `status` after what is queued.
@@ -228,22 +259,54 @@ mod tests {
     async fn a_client_that_stops_reading_is_cut_off_and_told_where_to_resume() {
         let s = Streams::default();
         let (tx, mut rx) = channel_with::<WatchEvent>(s.open("alice").unwrap(), Duration::from_millis(50));
-        let mut sent = 0;
+        // The client takes the first three, then nothing.
+        for i in 0..3 {
+            tx.send(WatchEvent { index: i, ..Default::default() }, &format!("index {i}")).await.unwrap();
+        }
+        for i in 0..3 {
+            assert_eq!(rx.next().await.unwrap().unwrap().index, i);
+        }
+        let mut sent = 3;
         let ended = loop {
-            match tx.send(WatchEvent { index: sent, ..Default::default() }, "index 7").await {
+            match tx.send(WatchEvent { index: sent, ..Default::default() }, &format!("index {sent}")).await {
                 Ok(()) => sent += 1,
                 Err(e) => break e,
             }
         };
         assert_eq!(ended, Ended::Stalled);
-        assert_eq!(sent, BUFFER_ITEMS as u64, "held at most the buffer");
+        assert_eq!(sent, 3 + BUFFER_ITEMS as u64, "held at most the buffer");
         drop(tx);
         assert_eq!(s.count(), 0, "the slot is freed when the producer ends");
         // What the client never took is gone; it learns where to resume.
         let last = rx.next().await.expect("a status").unwrap_err();
         assert!(rx.next().await.is_none());
         assert_eq!(last.code(), tonic::Code::ResourceExhausted);
-        assert!(last.message().contains("resume from index 7"), "{}", last.message());
+        // It resumes from the first message it never got: nothing is skipped.
+        assert!(last.message().ends_with("resume from index 3"), "{}", last.message());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_slowly_is_not_cut_off() {
+        let s = Streams::default();
+        let stall = Duration::from_millis(30);
+        let (tx, mut rx) = channel_with::<WatchEvent>(s.open("alice").unwrap(), stall);
+        for i in 0..BUFFER_ITEMS as u64 {
+            tx.send(WatchEvent { index: i, ..Default::default() }, "x").await.unwrap();
+        }
+        // A large message needs half the buffer freed: hundreds of reads,
+        // far longer than `stall`, but the client never pauses that long.
+        let command =
+            gatehouse_proto::events::Command { request_id: "x".repeat(BUFFER_BYTES / 2), ..Default::default() };
+        let big = WatchEvent {
+            kind: Some(gatehouse_proto::admin::watch_event::Kind::Command(command)),
+            ..Default::default()
+        };
+        let producer = tokio::spawn(async move { tx.send(big, "big").await });
+        for _ in 0..BUFFER_ITEMS / 2 + 1 {
+            rx.next().await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(producer.await.unwrap(), Ok(()), "a client that keeps reading is served");
     }
 
     #[tokio::test]
