@@ -182,9 +182,14 @@ impl ClusterService for ClusterAdmin {
         self.cluster.peers().check_dialable(&r.addr)?;
         let membership = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
         learner::fits(&membership, r.node_id, &r.addr)?;
-        learner::probe(&self.cluster, r.node_id, &r.addr).await?;
-        let (raft, cluster) = (self.cluster.raft().clone(), self.cluster.clone());
         let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
+        // The probe carries the cluster secret to the address: every one is
+        // audited, refused or not.
+        let audit = match learner::probe(&self.cluster, r.node_id, &r.addr).await {
+            Ok(()) => audit,
+            Err(e) => return Err(audit.done::<(), _>(Err(e)).unwrap_err().into()),
+        };
+        let (raft, cluster) = (self.cluster.raft().clone(), self.cluster.clone());
         // Set when this node (the leader) added it and it did not catch up in time.
         let behind = std::sync::Arc::new(std::sync::Mutex::new(None));
         let behind_here = behind.clone();

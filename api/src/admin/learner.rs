@@ -94,7 +94,7 @@ pub async fn wait_caught_up(cluster: &Cluster, id: NodeId, index: u64, within: D
             Ok(Ok(())) => {}
             // Raft stopped, or the time is up.
             _ => {
-                return Err(Status::deadline_exceeded(format!(
+                return Err(Status::failed_precondition(format!(
                     "node {id} was added as a learner but had not caught up within {}s (it holds index {held} of \
                      {index}); it keeps receiving the log: check `cluster status` before promoting it",
                     within.as_secs()
