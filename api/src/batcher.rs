@@ -46,7 +46,7 @@ impl Job {
     /// Encoded bytes of the commands (a proposal's own total is bounded by
     /// `cluster::bounded`, so one job always fits an entry).
     fn size(&self) -> usize {
-        self.commands.iter().map(prost::Message::encoded_len).sum()
+        gatehouse_domain::bounds::entry_bytes(&self.commands)
     }
 }
 

@@ -790,11 +790,10 @@ impl Cluster {
 /// within one entry. Checked before anything is queued, so nothing over
 /// a limit reaches the log.
 pub fn bounded(commands: &[Command]) -> Result<(), ApiError> {
-    let mut total = 0;
     for c in commands {
         gatehouse_domain::bounds::check(c).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        total += prost::Message::encoded_len(c);
     }
+    let total = gatehouse_domain::bounds::entry_bytes(commands);
     if total > gatehouse_domain::bounds::MAX_ENTRY_BYTES {
         return Err(ApiError::InvalidArgument(format!(
             "{total} bytes of commands in one proposal is over the entry limit of {}",

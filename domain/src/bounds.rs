@@ -158,21 +158,39 @@ fn short(what: &str, value: impl AsRef<[u8]>, max: usize) -> Result<(), ApplyErr
 }
 
 /// Takes items from the front of `items` while their encoded size stays
-/// within `budget` bytes (at least one, if any): how a node splits its own
-/// batches into commands that fit [`MAX_COMMAND_BYTES`].
+/// within `budget` bytes (at least one, if any), at most `max_count`: how a
+/// node splits its own batches into commands that fit [`MAX_COMMAND_BYTES`].
 pub fn take_within<T: Message>(items: &mut Vec<T>, budget: usize, max_count: usize) -> Vec<T> {
+    let n = count_within(&items[..items.len().min(max_count)], budget);
+    items.drain(..n).collect()
+}
+
+/// How many items from the front of `items` fit in `budget` bytes as
+/// repeated fields (at least one, if any).
+pub fn count_within<T: Message>(items: &[T], budget: usize) -> usize {
     let mut used = 0;
     let mut n = 0;
-    for item in items.iter().take(max_count) {
-        // The field tag and length prefix of a repeated message: at most 6 bytes.
-        let len = item.encoded_len() + 6;
+    for item in items {
+        let len = framed_len(item);
         if n > 0 && used + len > budget {
             break;
         }
         used += len;
         n += 1;
     }
-    items.drain(..n).collect()
+    n
+}
+
+/// Bytes `item` takes as a repeated field of a message: the tag, the
+/// length prefix and the item.
+pub fn framed_len<T: Message>(item: &T) -> usize {
+    let len = item.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Bytes `commands` take in one entry's batch.
+pub fn entry_bytes(commands: &[Command]) -> usize {
+    commands.iter().map(framed_len).sum()
 }
 
 #[cfg(test)]
@@ -241,7 +259,7 @@ mod tests {
         let mut items = vec![event; 100];
         let first = take_within(&mut items, 10_000, usize::MAX);
         assert!((8..=10).contains(&first.len()), "{}", first.len());
-        let within: usize = first.iter().map(|e| e.encoded_len() + 6).sum();
+        let within: usize = first.iter().map(framed_len).sum();
         assert!(within <= 10_000);
         assert_eq!(take_within(&mut items, usize::MAX, 5).len(), 5);
         // One item over the budget still goes alone: the caller's own

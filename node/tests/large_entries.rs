@@ -116,7 +116,7 @@ async fn a_maximum_size_entry_replicates_over_slow_links() {
     // The slow-links nemesis at its slowest: 40 ms each way on every link.
     c.set_all(Fault::Delay(Duration::from_millis(40)));
     let commands = large_batches(&c.nodes[&leader], 4);
-    let bytes: usize = commands.iter().map(prost::Message::encoded_len).sum();
+    let bytes = gatehouse_domain::bounds::entry_bytes(&commands);
     assert!(bytes > MAX_ENTRY_BYTES * 9 / 10 && bytes <= MAX_ENTRY_BYTES, "{bytes} bytes: one maximum-size entry");
 
     let applied = c.nodes[&leader].cluster().propose(commands).await.expect("the large entry is committed");
@@ -164,7 +164,7 @@ async fn concurrent_large_writes_are_split_into_entries_within_the_limit() {
     // Twelve writers of one batch-size command each: together three times
     // an entry's limit, so the batcher must split them.
     let writes = large_batches(node, 12).into_iter().map(|cmd| {
-        let bytes = prost::Message::encoded_len(&cmd);
+        let bytes = gatehouse_domain::bounds::framed_len(&cmd);
         let cluster = node.cluster().clone();
         tokio::spawn(async move { (bytes, cluster.propose(vec![cmd]).await.expect("written").log_index) })
     });

@@ -143,8 +143,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-/// Bytes of entries replication reads (and sends) at once.
-pub const REPLICATION_READ_BYTES: usize = 16 << 20;
+/// Bytes of entries replication reads (and sends) at once, after the
+/// first entry: about one entry at the limit, so one AppendEntries crosses
+/// a slow link within its timeout.
+pub const REPLICATION_READ_BYTES: usize = 4 << 20;
 
 impl LogStore {
     /// Decodes stored entries, off the async workers when they are heavy.

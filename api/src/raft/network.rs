@@ -29,11 +29,13 @@ use tokio::io::AsyncReadExt;
 
 use super::SNAPSHOT_CHUNK;
 use crate::peers::{Peers, RaftClient, MAX_RAFT_MESSAGE};
+use gatehouse_domain::bounds::count_within;
 
 /// An AppendEntries of at least this many bytes goes on a task of its own.
 const LARGE: usize = 64 * 1024;
 /// The slowest link a large transfer is given time for, in bytes a second.
-const FLOOR_RATE: u64 = 1 << 20;
+/// (A dead connection ends sooner: HTTP/2 keepalive drops it in 15 s.)
+const FLOOR_RATE: u64 = 256 << 10;
 /// Room in a Raft message for everything but the entries.
 const MESSAGE_SLACK: usize = 64 * 1024;
 
@@ -99,14 +101,12 @@ fn status_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, B
 }
 
 /// A response that is not what our service sends: backed off like a failure.
-// The error type is openraft's, as the trait methods return it.
-#[allow(clippy::result_large_err)]
 fn malformed_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!("malformed response: {what}"))))
+    RPCError::Unreachable(Unreachable::new(&malformed(what)))
 }
 
-fn malformed(what: &str) -> NetworkError {
-    NetworkError::new(&std::io::Error::other(format!("malformed response: {what}")))
+fn malformed(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("malformed response: {what}"))
 }
 
 fn to_pb(rpc: AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
@@ -120,19 +120,6 @@ fn to_pb(rpc: AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
 
 fn vote_from_pb_req(req: &pb::AppendEntriesRequest) -> Vote {
     req.vote.as_ref().map(vote_from_pb).unwrap_or_default()
-}
-
-/// How many entries from the front fit in `budget` bytes (at least one).
-fn entries_within(entries: &[pb::Entry], budget: usize) -> u64 {
-    let mut used = 0;
-    let fit = entries
-        .iter()
-        .take_while(|e| {
-            used += prost::Message::encoded_len(*e) + 6;
-            used <= budget
-        })
-        .count();
-    fit.max(1) as u64
 }
 
 // The error type is openraft's, as the trait methods return it.
@@ -178,6 +165,36 @@ impl Connection {
             AppendEntriesResponse::Success if last > sent_last => {
                 Ok(AppendEntriesResponse::PartialSuccess(Some(sent_last)))
             }
+            // Never more than this request sent.
+            AppendEntriesResponse::PartialSuccess(Some(m)) if m >= last => Ok(AppendEntriesResponse::Success),
+            other => Ok(other),
+        }
+    }
+
+    /// An answer that came from a transfer begun before this call may be
+    /// older than the call, and openraft dates a leader's proof (its lease,
+    /// our freshness) from when the call began. So it is confirmed with a
+    /// heartbeat sent now: the answer stands if the follower still matches.
+    async fn confirm(
+        &self,
+        answer: AppendEntriesResponse<NodeId>,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let matched = match &answer {
+            AppendEntriesResponse::HigherVote(_) => return Ok(answer),
+            AppendEntriesResponse::Success => rpc.entries.last().map(|e| e.log_id),
+            AppendEntriesResponse::PartialSuccess(m) => *m,
+            AppendEntriesResponse::Conflict => rpc.prev_log_id,
+        };
+        let heartbeat = pb::AppendEntriesRequest {
+            vote: Some(vote_to_pb(&rpc.vote)),
+            prev_log_id: opt_log_id_to_pb(&matched),
+            entries: Vec::new(),
+            leader_commit: opt_log_id_to_pb(&rpc.leader_commit),
+        };
+        match self.send(heartbeat, timeout).await? {
+            AppendEntriesResponse::Success => Ok(answer),
             other => Ok(other),
         }
     }
@@ -190,6 +207,14 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    /// After a failed call: 50 ms, 100 ms, then 200 ms between tries, so a
+    /// follower that comes back hears from the leader well inside its
+    /// election timeout (openraft's own is 500 ms, longer than ours).
+    fn backoff(&self) -> openraft::network::Backoff {
+        let steps = [50, 100].into_iter().chain(std::iter::repeat(200)).map(Duration::from_millis);
+        openraft::network::Backoff::new(steps)
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -203,17 +228,22 @@ impl RaftNetwork<TypeConfig> for Connection {
         // them) when it stopped waiting for an earlier send: wait for that.
         if let Some(t) = &self.inflight {
             if t.vote == rpc.vote && t.prev == rpc.prev_log_id {
-                return self.wait_inflight(last).await;
+                let answer = self.wait_inflight(last).await?;
+                return self.confirm(answer, &rpc, option.hard_ttl()).await;
             }
             self.inflight = None;
         }
         let req = to_pb(rpc);
         let size = prost::Message::encoded_len(&req);
         if size > MAX_RAFT_MESSAGE - MESSAGE_SLACK {
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries_within(
-                &req.entries,
-                MAX_RAFT_MESSAGE - MESSAGE_SLACK,
-            ))));
+            let fit = count_within(&req.entries, MAX_RAFT_MESSAGE - MESSAGE_SLACK);
+            if fit >= req.entries.len() {
+                // One entry alone is over the limit (none is made so now):
+                // fewer entries would not help, and openraft retries a
+                // too-large payload at once; back off instead.
+                return Err(malformed_reply("an entry over the Raft message limit"));
+            }
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
         }
         if size < LARGE {
             return self.send(req, option.hard_ttl()).await;
@@ -301,9 +331,12 @@ impl RaftNetwork<TypeConfig> for Connection {
         let resp = resp.map_err(|s| match status_err::<Fatal<NodeId>>(s) {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             RPCError::Network(n) => StreamingError::Network(n),
-            _ => StreamingError::Network(malformed("snapshot")),
+            _ => StreamingError::Network(NetworkError::new(&malformed("snapshot"))),
         })?;
-        let vote = resp.into_inner().vote.ok_or_else(|| StreamingError::Network(malformed("snapshot vote")))?;
+        let vote = resp
+            .into_inner()
+            .vote
+            .ok_or_else(|| StreamingError::Network(NetworkError::new(&malformed("snapshot vote"))))?;
         Ok(SnapshotResponse { vote: vote_from_pb(&vote) })
     }
 }
@@ -316,19 +349,19 @@ mod tests {
     fn a_transfer_gets_time_for_its_size() {
         let rpc = Duration::from_millis(100);
         assert_eq!(transfer_timeout(rpc, 0), rpc);
-        // 4 MiB at the floor rate of 1 MiB/s: four seconds more.
-        assert_eq!(transfer_timeout(rpc, 4 << 20), rpc + Duration::from_secs(4));
+        // 4 MiB at the floor rate of 256 KiB/s: sixteen seconds more.
+        assert_eq!(transfer_timeout(rpc, 4 << 20), rpc + Duration::from_secs(16));
     }
 
     #[test]
-    fn entries_within_counts_what_fits_and_at_least_one() {
+    fn count_within_counts_entries_that_fit_and_at_least_one() {
         use gatehouse_proto::events::{Command, CommandBatch};
         let command = |n: usize| Command { request_id: "r".repeat(n), ..Default::default() };
         let batch = |n: usize| CommandBatch { commands: vec![command(n)] };
         let entry = |n: usize| pb::Entry { log_id: None, payload: Some(pb::entry::Payload::Normal(batch(n))) };
         let entries: Vec<pb::Entry> = (0..10).map(|_| entry(1000)).collect();
-        assert_eq!(entries_within(&entries, 3100), 3);
-        assert_eq!(entries_within(&entries, usize::MAX), 10);
-        assert_eq!(entries_within(&entries, 10), 1);
+        assert_eq!(count_within(&entries, 3100), 3);
+        assert_eq!(count_within(&entries, usize::MAX), 10);
+        assert_eq!(count_within(&entries, 10), 1);
     }
 }
