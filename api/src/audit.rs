@@ -261,11 +261,13 @@ impl Recorder {
         len >= self.capacity.load(Ordering::Relaxed)
     }
 
-    /// Buffers one event, stamping time, node and trace where missing.
+    /// Buffers one event, stamping time, node and trace where missing, and
+    /// clipped to what a batch takes ([`clip`]).
     pub fn record(&self, metrics: &crate::metrics::Metrics, mut e: AuditEvent) {
         if e.at == 0 {
             e.at = now_ms();
         }
+        clip(&mut e);
         e.node_id = self.node_id;
         if e.trace_id.is_empty() {
             e.trace_id = current_trace_id();
@@ -448,12 +450,59 @@ async fn flush_with(cluster: &Cluster, all: bool) {
             }
             // Refused by apply (events built here always fit): not retried.
             Ok(applied) => tracing::error!(result = ?applied.results.first(), "audit batch refused"),
+            // Over a bound (events are clipped to fit, so this is a bug):
+            // retrying the same batch would hold every later one back.
+            Err(ApiError::InvalidArgument(e)) => {
+                tracing::error!(error = %e, events = n, "audit batch over its bounds; dropped");
+                metrics.audit_dropped.inc_by(n);
+                cluster.recorder().buffer().dropped += n;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, events = n, "audit batch not committed; keeping it");
                 cluster.recorder().buffer().retry = Some(cmd);
                 return;
             }
         }
+    }
+}
+
+/// Makes `e` fit an audit batch (`gatehouse_domain::audit::MAX_EVENT_BYTES`,
+/// a non-empty action): long fields are cut to 2 KiB each (on a character
+/// boundary, marked `…`), so a large before/after snapshot is kept in part
+/// rather than the whole batch refused.
+pub fn clip(e: &mut AuditEvent) {
+    const FIELD: usize = 2048;
+    if e.action.is_empty() {
+        e.action = "unknown".into();
+    }
+    if prost::Message::encoded_len(e) <= gatehouse_domain::audit::MAX_EVENT_BYTES {
+        return;
+    }
+    let cut = |s: &mut String| {
+        if s.len() > FIELD {
+            let mut end = FIELD;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+        }
+    };
+    for field in [
+        &mut e.action,
+        &mut e.outcome,
+        &mut e.actor_user_id,
+        &mut e.actor_key_id,
+        &mut e.actor_session_id,
+        &mut e.client_ip,
+        &mut e.request_id,
+        &mut e.trace_id,
+        &mut e.resource,
+        &mut e.before,
+        &mut e.after,
+        &mut e.detail,
+    ] {
+        cut(field);
     }
 }
 
@@ -643,5 +692,19 @@ mod tests {
         assert!(rotating.detail.starts_with("count=500 first="), "{}", rotating.detail);
         assert!(rotating.detail.contains(" last="));
         assert_eq!(batch.events.iter().filter(|e| e.action == "rbac.denied").count(), 2, "one per caller");
+    }
+
+    #[test]
+    fn an_event_over_the_batch_bound_is_clipped_to_fit() {
+        let mut e = AuditEvent { before: "b".repeat(40_000), after: "é".repeat(20_000), ..Default::default() };
+        clip(&mut e);
+        assert!(prost::Message::encoded_len(&e) <= gatehouse_domain::audit::MAX_EVENT_BYTES);
+        assert_eq!(e.action, "unknown");
+        assert!(e.before.ends_with('…') && e.after.ends_with('…'));
+        let batch = AppendAudit { events: vec![e], dropped: 0, batch: 1 };
+        assert_eq!(gatehouse_domain::audit::check_batch(&batch), Ok(()));
+        let mut small = AuditEvent { action: "a".into(), detail: "d".repeat(100), ..Default::default() };
+        clip(&mut small);
+        assert_eq!(small.detail.len(), 100, "events that fit are left alone");
     }
 }
