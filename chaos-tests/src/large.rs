@@ -52,6 +52,7 @@ fn proposal(resource: &str, seq: u64) -> (CommandBatch, usize) {
             let events = take_within(&mut events, BATCH_BYTES, usize::MAX);
             records += events.len();
             Command {
+                proposed_at: now,
                 request_id: format!("{resource}-{seq}-{i}"),
                 payload: Some(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })),
                 ..Default::default()

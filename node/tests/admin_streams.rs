@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use common::{create_key, wait_until, TestCluster};
 use gatehouse_api::admin::streams::{PER_CALLER, STALL};
-use gatehouse_domain::Payload;
 use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
 use gatehouse_proto::admin::event_service_client::EventServiceClient;
 use gatehouse_proto::admin::{AuditExportRequest, WatchEvent, WatchRequest};
-use gatehouse_proto::events::{AppendAudit, AuditEvent};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
@@ -82,19 +80,7 @@ async fn a_watch_that_stops_reading_is_cut_off_and_told_where_to_resume() {
     let c = TestCluster::start(1).await;
     let cluster = c.node(1).cluster();
     // 24 MB of log: more than the client's and the stream's buffers hold.
-    for _ in 0..30 {
-        let events = (0..100)
-            .map(|i| AuditEvent {
-                at: i,
-                action: "test.event".into(),
-                outcome: "ok".into(),
-                detail: "d".repeat(8 * 1024),
-                ..Default::default()
-            })
-            .collect();
-        let cmd = cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 }));
-        cluster.propose_one(cmd).await.unwrap();
-    }
+    common::append_large_audit(c.node(1), 30, "test.event").await;
     let ch = channel(&c).await;
     let mut stream = watch(&ch, &c.admin_key).await.unwrap();
     assert!(stream.message().await.unwrap().is_some(), "the stream started");

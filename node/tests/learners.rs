@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use common::{config, wait_until, TestCluster};
 use gatehouse::Node;
-use gatehouse_domain::Payload;
 use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
 use gatehouse_proto::admin::{AddLearnerRequest, MembershipResponse};
-use gatehouse_proto::events::{AppendAudit, AuditEvent};
 use tonic::{Code, Request, Status};
 
 async fn add_learner(c: &TestCluster, via: u64, node_id: u64, addr: &str) -> Result<MembershipResponse, Status> {
@@ -75,19 +73,7 @@ async fn add_learner_returns_once_the_learner_holds_the_log() {
     let leader = c.wait_for_leader().await;
     let cluster = c.node(leader).cluster();
     // 20 MB of log for the learner to take in.
-    for _ in 0..24 {
-        let events = (0..100)
-            .map(|i| AuditEvent {
-                at: i,
-                action: "test.event".into(),
-                outcome: "ok".into(),
-                detail: "d".repeat(8 * 1024),
-                ..Default::default()
-            })
-            .collect();
-        let cmd = cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 }));
-        cluster.propose_one(cmd).await.unwrap();
-    }
+    common::append_large_audit(c.node(leader), 24, "test.event").await;
     let four = spare(&c, 4, |_| {}).await;
     let added = add_learner(&c, leader, 4, four.advertise_addr()).await.unwrap();
     // On return the leader knows the learner holds the log through the

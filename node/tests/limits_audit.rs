@@ -486,30 +486,13 @@ async fn audit_rpcs_refuse_hostile_input_and_non_auditors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_export_ends_when_its_key_is_revoked_midway() {
-    use gatehouse_domain::Payload;
     use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
     use gatehouse_proto::admin::AuditExportRequest;
-    use gatehouse_proto::events::{AppendAudit, AuditEvent};
     let c = TestCluster::start(1).await;
-    let cluster = c.node(1).cluster();
     // Three export chunks' worth of records, 8 KiB each (24 MB), so the
     // stream's flow-control window fills and the export waits on its reader.
     // (100 a command: a batch is at most 1 MiB.)
-    for _ in 0..30 {
-        let events = (0..100)
-            .map(|i| AuditEvent {
-                at: i,
-                action: "test.event".into(),
-                outcome: "ok".into(),
-                detail: "d".repeat(8 * 1024),
-                ..Default::default()
-            })
-            .collect();
-        cluster
-            .propose_one(cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })))
-            .await
-            .unwrap();
-    }
+    common::append_large_audit(c.node(1), 30, "test.event").await;
     let auditor = create_key(c.node(1), "auditor-ada", &["admin"]).await;
     let key_id = gatehouse_domain::keys::parse_key(&auditor).unwrap().0.to_string();
     let ch = tonic::transport::Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
@@ -662,29 +645,12 @@ async fn a_lockout_holds_for_the_guessing_address_not_for_the_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_page_of_large_audit_records_stops_at_its_byte_limit_and_pages_on() {
-    use gatehouse_domain::Payload;
     use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
     use gatehouse_proto::admin::{AuditFilter, AuditQueryRequest};
-    use gatehouse_proto::events::{AppendAudit, AuditEvent};
     let c = TestCluster::start(1).await;
-    let cluster = c.node(1).cluster();
     // 1,000 records of 8 KiB: one page of 1,000 would be 8 MB, over a
     // client's 4 MiB message limit.
-    for _ in 0..10 {
-        let events = (0..100)
-            .map(|i| AuditEvent {
-                at: i,
-                action: "test.big".into(),
-                outcome: "ok".into(),
-                detail: "d".repeat(8 * 1024),
-                ..Default::default()
-            })
-            .collect();
-        cluster
-            .propose_one(cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 })))
-            .await
-            .unwrap();
-    }
+    common::append_large_audit(c.node(1), 10, "test.big").await;
     let mut client = AuditServiceClient::connect(ep(&c, 1)).await.unwrap();
     let (mut pages, mut records, mut page_token) = (0, 0, String::new());
     loop {

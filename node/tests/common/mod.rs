@@ -158,6 +158,27 @@ pub fn create_user(node: &Node, username: &str) -> gatehouse_domain::Command {
     }))
 }
 
+/// Appends `batches` audit batches of 100 records with `action` and an 8 KiB
+/// detail each (800 KiB a batch, under a batch's 1 MiB limit) through
+/// `node`: a log and an audit log of some size, quickly.
+pub async fn append_large_audit(node: &Node, batches: usize, action: &str) {
+    use gatehouse_proto::events::{AppendAudit, AuditEvent};
+    let cluster = node.cluster();
+    for _ in 0..batches {
+        let events = (0..100)
+            .map(|i| AuditEvent {
+                at: gatehouse_api::cluster::now_ms() + i,
+                action: action.into(),
+                outcome: "ok".into(),
+                detail: "d".repeat(8 * 1024),
+                ..Default::default()
+            })
+            .collect();
+        let cmd = cluster.command(Payload::AppendAudit(AppendAudit { events, dropped: 0, batch: 0 }));
+        cluster.propose_one(cmd).await.expect("an audit batch is appended");
+    }
+}
+
 /// Creates a user through `node` and returns once acknowledged.
 pub async fn write_user(node: &Node, username: &str) {
     node.cluster().propose_one(create_user(node, username)).await.expect("write acknowledged");
