@@ -11,7 +11,7 @@
 //! - **global**: each node admits locally within its share of what is left
 //!   (`⌈(limit − committed) / nodes⌉` per sync round) and proposes its
 //!   admissions as `RateDeltas` every `sync_interval_ms`. Over-admission is
-//!   bounded; see `docs/rate-limits.md`.
+//!   bounded; see `docs/rate-limits-and-audit.md`.
 //!
 //! Policies that count `on = "failure"` (strict only) count credentials that
 //! were presented and refused (401 to a request with an `Authorization`

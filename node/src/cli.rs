@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 #[command(
     name = "gatehouse",
     version,
-    about = "An auth cluster: API keys, sessions and JWTs verified on every node, replicated with Raft."
+    about = "An auth cluster: API keys and sessions verified on every node, replicated with Raft."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -219,7 +219,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub raft: RaftTuning,
     pub identity: IdentityConfig,
-    /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits.md).
+    /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
     pub rate_limits: gatehouse_api::limits::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
     pub audit: gatehouse_api::audit::AuditConfig,
