@@ -395,12 +395,12 @@ impl Limiter {
 
     /// Whether `peer` is a trusted proxy (its `X-Forwarded-For` is believed).
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        is_trusted(canonical(peer), &self.inner.config.trusted_proxies)
+        crate::http::client_ip::is_trusted(crate::http::client_ip::canonical(peer), &self.inner.config.trusted_proxies)
     }
 
     /// The client's address: the peer, or what trusted proxies say it is.
     pub fn client_ip(&self, peer: Option<&SocketAddr>, headers: &HeaderMap) -> IpAddr {
-        client_ip(peer, headers, &self.inner.config.trusted_proxies)
+        crate::http::client_ip::resolve(peer, headers, &self.inner.config.trusted_proxies)
     }
 
     fn policies(&self) -> &[Policy] {
@@ -724,45 +724,6 @@ async fn sync_loop(weak: Weak<Inner>) {
 
 pub(crate) use rules::bucket_ip;
 
-/// A v4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Whether `ip` (canonical) is in one of the trusted proxy networks.
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|n| n.contains(&ip))
-}
-
-/// The socket peer, unless it is a trusted proxy: then the nearest address
-/// in `X-Forwarded-For` that is not one, read from the right (the left part
-/// is whatever the client chose to send).
-pub fn client_ip(peer: Option<&SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-    let mut client = canonical(peer);
-    if !is_trusted(client, trusted) {
-        return client;
-    }
-    let hops: Vec<&str> =
-        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
-    for hop in hops.iter().rev() {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = canonical(ip);
-                if !is_trusted(client, trusted) {
-                    break;
-                }
-            }
-            // Garbage: nothing to the left of it can be believed.
-            Err(_) => break,
-        }
-    }
-    client
-}
-
 /// The HTTP layer: admits before the handler, counts refused credentials
 /// after it, and writes the tightest quota into the response.
 pub async fn layer(
@@ -776,8 +737,14 @@ pub async fn layer(
     if !limiter.enabled() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(req).await;
     }
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let ip = limiter.client_ip(peer.as_ref(), req.headers());
+    // Resolved once, by `http::client_ip::layer` (outside this one).
+    let ip = match req.extensions().get::<crate::http::client_ip::ClientIp>() {
+        Some(c) => c.0,
+        None => {
+            let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+            limiter.client_ip(peer.as_ref(), req.headers())
+        }
+    };
     // Refused credentials count when they were sent on purpose: a bearer
     // token or a login. A browser's stale session cookie is not an attack.
     let presents = req.headers().contains_key(axum::http::header::AUTHORIZATION) || path == "/api/v1/login";
@@ -848,36 +815,6 @@ fn refusal(front: &crate::http::Front, e: ApiError, ip: IpAddr) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(xff: &[&'static str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in xff {
-            h.append("x-forwarded-for", HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let proxy: SocketAddr = "10.1.2.3:4000".parse().unwrap();
-        let stranger: SocketAddr = "203.0.113.9:4000".parse().unwrap();
-        let h = headers(&["198.51.100.7"]);
-        assert_eq!(client_ip(Some(&stranger), &h, &trusted).to_string(), "203.0.113.9", "forged by an untrusted peer");
-        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "198.51.100.7");
-        // The client may prepend anything; the nearest untrusted hop counts.
-        let h = headers(&["1.1.1.1, 198.51.100.7, 10.9.9.9"]);
-        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "198.51.100.7");
-        let h = headers(&["1.1.1.1", "198.51.100.7"]);
-        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "198.51.100.7");
-        // Garbage stops the walk at the last address believed.
-        let h = headers(&["198.51.100.7, not-an-ip"]);
-        assert_eq!(client_ip(Some(&proxy), &h, &trusted).to_string(), "10.1.2.3");
-        assert_eq!(client_ip(Some(&proxy), &HeaderMap::new(), &trusted).to_string(), "10.1.2.3");
-        // v4-mapped v6 peers are v4.
-        let mapped: SocketAddr = "[::ffff:203.0.113.9]:1".parse().unwrap();
-        assert_eq!(client_ip(Some(&mapped), &HeaderMap::new(), &trusted).to_string(), "203.0.113.9");
-    }
 
     #[test]
     fn ipv6_clients_share_their_slash_64() {

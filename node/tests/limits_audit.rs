@@ -670,3 +670,65 @@ async fn a_page_of_large_audit_records_stops_at_its_byte_limit_and_pages_on() {
     assert!(pages >= 4, "{pages} pages");
     c.shutdown().await;
 }
+
+/// With rate limits off (the test default), the client's address is still
+/// read behind the trusted proxy (127.0.0.0/8 by default): audit records of
+/// a logout and of a forward-auth denial name the client, not the proxy
+/// or nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_address_is_known_with_rate_limits_off() {
+    const PASSWORD: &str = "a long enough password";
+    let c = TestCluster::start_with(1, |cfg| {
+        assert!(!cfg.rate_limits.enabled);
+        cfg.identity.routes = vec![gatehouse::config::RouteRule {
+            host: None,
+            path_prefix: "/ops".into(),
+            roles: vec!["admin".into()],
+            ignore_case: false,
+        }];
+    })
+    .await;
+    create_user_with_password(c.node(1), "ivy", PASSWORD, &["viewer"]).await;
+    let client = http();
+    let login = client
+        .post(format!("{}/api/v1/login", base(c.node(1))))
+        .header("x-requested-with", "test")
+        .header("x-forwarded-for", "203.0.113.5")
+        .json(&serde_json::json!({ "username": "ivy", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let denied = client
+        .get(format!("{}/auth/verify", base(c.node(1))))
+        .header("cookie", &cookie)
+        .header("x-forwarded-for", "203.0.113.6")
+        .header("x-forwarded-host", "app.example.com")
+        .header("x-forwarded-uri", "/ops/panel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let logout = client
+        .post(format!("{}/api/v1/logout", base(c.node(1))))
+        .header("x-requested-with", "test")
+        .header("cookie", &cookie)
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert!(logout.status().is_success(), "{}", logout.status());
+    for (action, ip) in
+        [("login.success", "203.0.113.5"), ("forward_auth.denied", "203.0.113.6"), ("logout", "203.0.113.7")]
+    {
+        wait_until(&format!("{action} audited"), Duration::from_secs(10), || {
+            let c = &c;
+            async move { !audit(c, 1, &["--action", action]).await.is_empty() }
+        })
+        .await;
+        let found = audit(&c, 1, &["--action", action]).await;
+        assert_eq!(found[0]["client_ip"], ip, "{action}: {:?}", found[0]);
+    }
+    c.shutdown().await;
+}

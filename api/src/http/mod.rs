@@ -9,7 +9,10 @@
 //! Every response carries the security headers; bodies are bounded to
 //! [`MAX_BODY`] and the request head to [`MAX_HEADER_BYTES`]; errors are
 //! `{"error": {"code", "message"}}` from [`ApiError`](crate::ApiError).
+//! The client's address is resolved once per request ([`client_ip`]),
+//! whether rate limits are on or off.
 
+pub mod client_ip;
 pub mod forwarded;
 pub mod health;
 pub mod serve;
@@ -126,6 +129,8 @@ pub fn router(front: Front) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(front.clone())
         .layer(axum::middleware::from_fn_with_state(front.clone(), crate::limits::layer))
+        // Outside the limits: the client's address is known whether they are on or off.
+        .layer(axum::middleware::from_fn_with_state(front.clone(), client_ip::layer))
         .layer(axum::middleware::from_fn_with_state(front, guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -319,16 +324,6 @@ pub fn csrf_ok(headers: &HeaderMap) -> bool {
     let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) else { return false };
     let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else { return false };
     origin == format!("https://{host}") || origin == format!("http://{host}")
-}
-
-/// The client's address: as the rate limiter saw it (behind trusted
-/// proxies, from `X-Forwarded-For`), else the socket peer.
-pub fn client_ip(limits: Option<&crate::limits::RequestLimits>, peer: Option<&SocketAddr>) -> String {
-    match (limits, peer) {
-        (Some(l), _) => l.client_ip.to_string(),
-        (None, Some(p)) => p.ip().to_string(),
-        (None, None) => String::new(),
-    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! Login, logout and the caller's own sessions.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,7 +15,8 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{client_ip, credential, csrf_ok, Front};
+use super::client_ip::ClientIp;
+use super::{credential, csrf_ok, Front};
 use crate::audit::{self, Actor};
 use crate::cluster::now_ms;
 use crate::identity::{Principal, Via};
@@ -62,9 +62,9 @@ async fn caller(
     Ok((p, quota))
 }
 
-/// The caller as an audit actor.
-fn actor(p: &Principal, limits: &Limits) -> Actor {
-    Actor::of(p, client_ip(limits.as_deref(), None))
+/// The caller as an audit actor, from the request's client address.
+fn actor(p: &Principal, ip: ClientIp) -> Actor {
+    Actor::of(p, ip.0.to_string())
 }
 
 fn with_quota(mut resp: Response, quota: Option<Quota>) -> Response {
@@ -91,15 +91,15 @@ fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue 
 /// read behind trusted proxies (whether or not limits are on: behind a
 /// proxy the peer is the proxy, and every client would share one lockout),
 /// an IPv6 client by its /64.
-fn login_source(front: &Front, headers: &HeaderMap, peer: &SocketAddr) -> String {
-    crate::limits::bucket_ip(front.limits.client_ip(Some(peer), headers)).to_string()
+fn login_source(ip: ClientIp) -> String {
+    crate::limits::bucket_ip(ip.0).to_string()
 }
 
 /// `POST /api/v1/login` `{username, password}` → session cookie.
 #[tracing::instrument(level = "info", name = "http.login", skip_all, fields(user_id, outcome))]
 pub async fn login(
     State(front): State<Front>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientIp>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -126,12 +126,12 @@ pub async fn login(
     front.cluster.catch_up(Duration::from_millis(500)).await;
     let user = front.cluster.view().read().user_by_name(&username).cloned();
     // Lockouts are per (user, client address bucket): see `users::record_login_failure`.
-    let source = login_source(&front, &headers, &peer);
+    let source = login_source(client);
     let usable =
         user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked_from(u, &source, now));
     // The same argon2 work whether or not the user exists or may log in.
     let ok = front.passwords.verify(body.password, usable.map(|u| u.password_hash.clone())).await?;
-    let ip = front.limits.client_ip(Some(&peer), &headers).to_string();
+    let ip = client.0.to_string();
     let Some(user) = usable.filter(|_| ok) else {
         let anonymous = Actor { client_ip: ip.clone(), ..Default::default() };
         // An unknown username is not recorded: people type their password
@@ -212,9 +212,14 @@ pub async fn login(
 }
 
 /// `POST /api/v1/logout`: revokes the current session, clears the cookie.
-pub async fn logout(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (p, quota) = caller(&front, &headers, &limits, true).await?;
-    let who = actor(&p, &limits);
+    let who = actor(&p, client);
     let Via::Session { session_id } = p.via else {
         return Err(ApiError::InvalidArgument("logout ends a session; this request used an API key".into()));
     };
@@ -264,6 +269,7 @@ pub async fn my_sessions(State(front): State<Front>, limits: Limits, headers: He
 /// `DELETE /api/v1/me/sessions/{id}`: revokes one of the caller's sessions.
 pub async fn revoke_my_session(
     State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
     limits: Limits,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -275,6 +281,6 @@ pub async fn revoke_my_session(
         return Err(ApiError::NotFound("no such session".into()));
     }
     let cmd = front.cluster.command(Payload::RevokeSession(RevokeSession { session_id: id.clone() }));
-    audit::write(&front.cluster, &actor(&p, &limits), cmd).await?;
+    audit::write(&front.cluster, &actor(&p, client), cmd).await?;
     Ok(with_quota(Json(json!({ "status": "revoked", "id": id })).into_response(), quota))
 }

@@ -5,6 +5,7 @@
 //! `WWW-Authenticate`; 403 for a disabled user or a missing role; 503 when
 //! this node cannot prove it is fresh (fail closed).
 
+use super::client_ip::ClientIp;
 use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,12 +73,13 @@ fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Route<'a> 
 /// own, so the verification path stays span-free otherwise.
 pub async fn verify(
     State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
     limits: Option<Extension<RequestLimits>>,
     Query(q): Query<VerifyQuery>,
     headers: HeaderMap,
 ) -> Response {
     let limits = limits.map(|Extension(l)| l);
-    let (decision, resp) = decide(&front, &q, &headers, limits.as_ref()).await;
+    let (decision, resp) = decide(&front, &q, &headers, client, limits.as_ref()).await;
     tracing::Span::current().record("decision", decision);
     front.cluster.metrics().verify_decision(decision);
     resp
@@ -88,6 +90,7 @@ async fn decide(
     front: &Front,
     q: &VerifyQuery,
     headers: &HeaderMap,
+    client: ClientIp,
     limits: Option<&RequestLimits>,
 ) -> (&'static str, Response) {
     if !front.cluster.ensure_fresh().await {
@@ -119,7 +122,7 @@ async fn decide(
     };
     let denied = |decision: &'static str, e: ApiError| {
         // Aggregated: a user without the role may hit a protected page often.
-        let ip = limits.map(|l| l.client_ip.to_string()).unwrap_or_default();
+        let ip = client.0.to_string();
         front.cluster.audit_count("forward_auth.denied", format!("user:{}", principal.user_id), ip);
         (decision, e.into_response())
     };
