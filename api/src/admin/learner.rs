@@ -19,8 +19,11 @@ use tonic::Status;
 
 use crate::{ApiError, Cluster};
 
-/// How long the node at the address has to answer.
+/// How long the node at the address has to answer one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an address where nothing listens yet is tried again: a node
+/// started a moment before `add-learner` may still be opening its store.
+const PROBE_WINDOW: Duration = Duration::from_secs(5);
 /// How long `AddLearner` waits for the learner to catch up (inside the
 /// timeout of a call forwarded to the leader).
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(45);
@@ -45,22 +48,30 @@ pub fn fits(m: &Membership, id: NodeId, addr: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Asks the node at `addr` who it is, as the leader will reach it.
+/// Asks the node at `addr` who it is, as the leader will reach it. An
+/// address where nothing listens is tried again for [`PROBE_WINDOW`].
 pub async fn probe(cluster: &Cluster, id: NodeId, addr: &str) -> Result<(), ApiError> {
-    let mut client = cluster.peers().raft_client_once(addr)?;
-    let mut req = tonic::Request::new(pb::LocalStatusRequest {});
-    req.set_timeout(PROBE_TIMEOUT);
-    let answer = tokio::time::timeout(PROBE_TIMEOUT, client.local_status(req)).await;
-    let status = match answer {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(s)) => return Err(refused(addr, why(&s))),
-        Err(_) => return Err(refused(addr, "no answer within 3s")),
+    let deadline = tokio::time::Instant::now() + PROBE_WINDOW;
+    let status = loop {
+        let mut client = cluster.peers().raft_client_once(addr)?;
+        let mut req = tonic::Request::new(pb::LocalStatusRequest {});
+        req.set_timeout(PROBE_TIMEOUT);
+        match tokio::time::timeout(PROBE_TIMEOUT, client.local_status(req)).await {
+            Ok(Ok(r)) => break r.into_inner(),
+            Ok(Err(s)) if why(&s) == UNREACHABLE && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(Err(s)) => return Err(refused(addr, why(&s))),
+            Err(_) => return Err(refused(addr, "no answer within 3s")),
+        }
     };
     if status.node_id != id {
         return Err(ApiError::InvalidArgument(format!("the node at {addr} is node {}, not node {id}", status.node_id)));
     }
     Ok(())
 }
+
+const UNREACHABLE: &str = "unreachable";
 
 fn refused(addr: &str, why: &str) -> ApiError {
     ApiError::FailedPrecondition(format!("no Gatehouse node of this cluster answered at {addr}: {why}"))
@@ -70,7 +81,7 @@ fn refused(addr: &str, why: &str) -> ApiError {
 fn why(s: &Status) -> &'static str {
     match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "it refused this cluster's secret",
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => "unreachable",
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => UNREACHABLE,
         _ => "it did not answer as a Gatehouse node",
     }
 }
