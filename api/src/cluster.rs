@@ -791,7 +791,7 @@ impl Cluster {
 /// a limit reaches the log.
 pub fn bounded(commands: &[Command]) -> Result<(), ApiError> {
     for c in commands {
-        gatehouse_domain::bounds::check(c).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        gatehouse_domain::bounds::check(c)?;
     }
     let total = gatehouse_domain::bounds::entry_bytes(commands);
     if total > gatehouse_domain::bounds::MAX_ENTRY_BYTES {

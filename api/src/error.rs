@@ -48,6 +48,21 @@ pub enum ApiError {
     Internal,
 }
 
+/// A domain refusal (a validator's, or apply's) as the API's error: the
+/// same kind, the same message.
+impl From<gatehouse_domain::ApplyError> for ApiError {
+    fn from(e: gatehouse_domain::ApplyError) -> ApiError {
+        use gatehouse_domain::ApplyError as E;
+        match e {
+            E::Invalid(m) => ApiError::InvalidArgument(m),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::AlreadyExists(m) => ApiError::AlreadyExists(m),
+            // A strict hit's refusal reaches the client through the limiter.
+            E::FailedPrecondition(m) | E::Limited(m) => ApiError::FailedPrecondition(m),
+        }
+    }
+}
+
 impl ApiError {
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
@@ -87,6 +102,7 @@ impl ApiError {
     }
 
     /// The error a refused command stands for, or `Ok` for an applied one.
+    /// (Its code says what [`From<ApplyError>`] says for the same refusal.)
     pub fn check(result: &CommandResult) -> Result<(), ApiError> {
         let msg = result.message.clone();
         match Code::try_from(result.code) {

@@ -22,10 +22,6 @@ const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
 /// Longest grace period of a rotated key (30 days).
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
-fn invalid(e: gatehouse_domain::ApplyError) -> ApiError {
-    ApiError::InvalidArgument(e.to_string())
-}
-
 pub struct Keys {
     cluster: Cluster,
 }
@@ -48,8 +44,7 @@ impl KeyService for Keys {
         if r.name.is_empty() || r.name.chars().count() > 64 || r.name.chars().any(char::is_control) {
             return Err(ApiError::InvalidArgument("key name must be 1-64 printable characters".into()).into());
         }
-        users::validate_roles(&self.cluster.view().read(), &r.roles)
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        users::validate_roles(&self.cluster.view().read(), &r.roles).map_err(ApiError::from)?;
         let (user_id, roles) = {
             let state = self.cluster.view().read();
             let user = find_user(&state, &r.user)?;
@@ -104,7 +99,7 @@ impl KeyService for Keys {
     async fn get(&self, req: Request<GetKeyRequest>) -> Result<Response<ApiKey>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
         let id = &req.get_ref().id;
-        rules::validate_key_id(id).map_err(invalid)?;
+        rules::validate_key_id(id).map_err(ApiError::from)?;
         let state = self.cluster.view().read();
         let key = state.api_key(id).ok_or_else(|| ApiError::NotFound(format!("no key {id}")))?;
         Ok(Response::new(key_pb(&state, key)))
@@ -116,7 +111,7 @@ impl KeyService for Keys {
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         crate::audit::note_request(&r);
-        rules::validate_key_id(&r.id).map_err(invalid)?;
+        rules::validate_key_id(&r.id).map_err(ApiError::from)?;
         if r.grace_seconds > MAX_GRACE_SECONDS {
             return Err(ApiError::InvalidArgument("grace period is longer than 30 days".into()).into());
         }
@@ -172,7 +167,7 @@ impl KeyService for Keys {
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         crate::audit::note_request(&r);
-        rules::validate_key_id(&r.id).map_err(invalid)?;
+        rules::validate_key_id(&r.id).map_err(ApiError::from)?;
         {
             let state = self.cluster.view().read();
             if let Some(key) = state.api_key(&r.id) {

@@ -37,7 +37,7 @@ impl Roles {
             assignable_by: r.assignable_by,
         };
         // Bounded before anything reaches the log (apply checks again).
-        roles::validate_definition(&put).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        roles::validate_definition(&put).map_err(ApiError::from)?;
         {
             let state = self.cluster.view().read();
             check_holds(&state, &actor, &put.permissions)?;

@@ -42,7 +42,7 @@ impl SessionService for Sessions {
     async fn get(&self, req: Request<GetSessionRequest>) -> Result<Response<Session>, Status> {
         authorize(&self.cluster, req.metadata(), Permission::SessionsRead).await?;
         let id = &req.get_ref().id;
-        users::validate_id("session", id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        users::validate_id("session", id).map_err(ApiError::from)?;
         let state = self.cluster.view().read();
         let session = state.session(id).ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
         Ok(Response::new(session_pb(&state, &session)))
@@ -54,7 +54,7 @@ impl SessionService for Sessions {
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
         crate::audit::note_request(&r);
-        users::validate_id("session", &r.id).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        users::validate_id("session", &r.id).map_err(ApiError::from)?;
         {
             let state = self.cluster.view().read();
             if let Some(session) = state.session(&r.id) {

@@ -1,7 +1,7 @@
 //! `UserService`: create, get, list, update, enable/disable, set password, delete.
 
 use gatehouse_domain::roles::Permission;
-use gatehouse_domain::{users as rules, ApplyError, Payload};
+use gatehouse_domain::{users as rules, Payload};
 use gatehouse_proto::admin::user_service_server::{UserService, UserServiceServer};
 use gatehouse_proto::admin::{
     CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserRequest, ListUsersRequest, ListUsersResponse,
@@ -23,10 +23,6 @@ pub struct Users {
 
 pub fn server(cluster: Cluster, passwords: PasswordPool) -> UserServiceServer<Users> {
     UserServiceServer::new(Users { cluster, passwords })
-}
-
-fn invalid(e: ApplyError) -> ApiError {
-    ApiError::InvalidArgument(e.to_string())
 }
 
 /// A status by name; `None` for the empty string.
@@ -70,12 +66,9 @@ impl UserService for Users {
         // Without the password: a digest of it in the log would be an unsalted hash.
         crate::audit::note_request(&CreateUserRequest { password: String::new(), ..r.clone() });
         let username = r.username.to_ascii_lowercase();
-        rules::validate_username(&username).map_err(invalid)?;
-        rules::validate_email(&r.email).map_err(invalid)?;
-        rules::validate_roles(&self.cluster.view().read(), &r.roles).map_err(|e| match e {
-            ApplyError::NotFound(m) => ApiError::NotFound(m),
-            e => invalid(e),
-        })?;
+        rules::validate_username(&username).map_err(ApiError::from)?;
+        rules::validate_email(&r.email).map_err(ApiError::from)?;
+        rules::validate_roles(&self.cluster.view().read(), &r.roles).map_err(ApiError::from)?;
         check_covers(&self.cluster.view().read(), &actor, &r.roles)?;
         // The name is taken, unless by this very call's first attempt: a
         // retry with the same idempotency-key answers with that user (below).
@@ -139,7 +132,7 @@ impl UserService for Users {
         let r = req.into_inner();
         crate::audit::note_request(&r);
         if !r.email.is_empty() {
-            rules::validate_email(&r.email).map_err(invalid)?;
+            rules::validate_email(&r.email).map_err(ApiError::from)?;
         }
         let status = parse_status(&r.status)?;
         if r.email.is_empty() && !r.set_roles && status.is_none() {
@@ -149,10 +142,7 @@ impl UserService for Users {
         tracing::Span::current().record("user_id", user_id.as_str());
         if r.set_roles {
             let state = self.cluster.view().read();
-            rules::validate_roles(&state, &r.roles).map_err(|e| match e {
-                ApplyError::NotFound(m) => ApiError::NotFound(m),
-                e => invalid(e),
-            })?;
+            rules::validate_roles(&state, &r.roles).map_err(ApiError::from)?;
             check_covers(&state, &actor, &r.roles)?;
         }
         let cmd = self.cluster.command(Payload::UpdateUser(UpdateUser {
