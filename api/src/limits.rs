@@ -628,11 +628,10 @@ impl Limiter {
         if l.round != round {
             l.round = round;
             l.used = 0;
-            let share = limit.saturating_sub(committed.count).div_ceil(nodes);
-            l.budget = share.saturating_sub(l.pending + l.inflight);
+            l.budget = round_budget(limit, committed.count, nodes, l.pending + l.inflight);
         }
         let count = committed.count + l.pending + l.inflight;
-        let admitted = l.used < l.budget && count < limit;
+        let admitted = admits(l.used, l.budget, count, limit);
         if admitted {
             l.used += 1;
             l.pending += 1;
@@ -706,6 +705,21 @@ impl Limiter {
             }
         }
     }
+}
+
+/// A node's budget for one round of a global policy: its share of what the
+/// cluster has left (`limit − committed`, split over `nodes`, rounded up so
+/// a small remainder is not lost), less what it admitted that the log has
+/// not counted yet (`unsynced`).
+pub(crate) fn round_budget(limit: u64, committed: u64, nodes: u64, unsynced: u64) -> u64 {
+    limit.saturating_sub(committed).div_ceil(nodes.max(1)).saturating_sub(unsynced)
+}
+
+/// Whether one more request is admitted: within this round's budget, and
+/// under the limit as this node counts it (`count`: committed plus its own
+/// unsynced admissions).
+pub(crate) fn admits(used: u64, budget: u64, count: u64, limit: u64) -> bool {
+    used < budget && count < limit
 }
 
 async fn sync_loop(weak: Weak<Inner>) {
@@ -815,6 +829,53 @@ fn refusal(front: &crate::http::Front, e: ApiError, ip: IpAddr) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every node admits all it may in one round, from the same committed
+    /// count: what the cluster admits.
+    fn admitted_in_a_round(limit: u64, committed: u64, nodes: u64) -> u64 {
+        (0..nodes)
+            .map(|_| {
+                let budget = round_budget(limit, committed, nodes, 0);
+                let mut used = 0;
+                while admits(used, budget, committed + used, limit) {
+                    used += 1;
+                }
+                used
+            })
+            .sum()
+    }
+
+    #[test]
+    fn global_shares_split_what_is_left_and_overshoot_by_less_than_a_node_each() {
+        assert_eq!(round_budget(100, 0, 3, 0), 34, "rounded up");
+        assert_eq!(round_budget(100, 90, 3, 0), 4);
+        assert_eq!(round_budget(100, 100, 3, 0), 0, "nothing left");
+        assert_eq!(round_budget(100, 130, 3, 0), 0, "over (a partition healed)");
+        assert_eq!(round_budget(100, 0, 3, 30), 4, "less what is admitted but not synced");
+        assert_eq!(round_budget(100, 0, 3, 50), 0);
+        assert_eq!(round_budget(10, 0, 0, 0), 10, "no members known: one");
+        for nodes in 1..=7 {
+            for limit in [1u64, 2, 5, 10, 100, 1000] {
+                for committed in [0, limit / 2, limit.saturating_sub(1), limit] {
+                    let left = limit - committed;
+                    let admitted = admitted_in_a_round(limit, committed, nodes);
+                    // Each node rounds its share up: at most one extra each.
+                    assert!(admitted < left + nodes, "{nodes} nodes, limit {limit}, {committed} used: {admitted}");
+                    assert!(admitted >= left.min(nodes * left.div_ceil(nodes)), "nothing left unused");
+                    if nodes == 1 {
+                        assert_eq!(admitted, left, "one node is exact");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_stops_at_the_limit_it_counts_whatever_its_budget() {
+        assert!(admits(0, 5, 9, 10));
+        assert!(!admits(0, 5, 10, 10), "the limit as this node counts it");
+        assert!(!admits(5, 5, 3, 10), "the round's budget is spent");
+    }
 
     #[test]
     fn ipv6_clients_share_their_slash_64() {
