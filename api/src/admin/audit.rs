@@ -195,7 +195,7 @@ impl AuditService for Audit {
         let meta = req.metadata().clone();
         let filter = Filter::new(&self.cluster, req.into_inner().filter)?;
         let (log, cluster) = (self.log.clone(), self.cluster.clone());
-        let (tx, rx) = streams::channel(self.streams.open(&actor.user_id)?);
+        let (tx, rx) = streams::channel(self.streams.open(&actor.user_id)?, "audit record");
         tokio::spawn(async move {
             let mut from = 0u64;
             let mut checked = tokio::time::Instant::now();
@@ -244,7 +244,7 @@ impl AuditService for Audit {
                     let seq = r.seq;
                     // Gone, or cut off for not reading: the client resumes
                     // with a query from this record.
-                    if tx.send(r, &format!("audit record {seq}")).await.is_err() {
+                    if tx.send(r, seq).await.is_err() {
                         return;
                     }
                 }

@@ -100,7 +100,7 @@ impl EventService for Events {
         }
         let slot = self.streams.open(&actor.user_id)?;
         tracing::info!(actor = %actor.username, from = next, "watch started");
-        let (tx, rx) = streams::channel(slot);
+        let (tx, rx) = streams::channel(slot, "index");
         let (cluster, log, mut stopping) = (self.cluster.clone(), self.log.clone(), self.stopping.clone());
         tokio::spawn(async move {
             cluster.metrics().watch_streams.inc();
@@ -143,7 +143,7 @@ impl EventService for Events {
                         for event in events_of(entry) {
                             // Cut off (or gone): it resumes from the entry it
                             // did not get whole.
-                            if tx.send(event, &format!("index {index}")).await.is_err() {
+                            if tx.send(event, index).await.is_err() {
                                 return;
                             }
                         }

@@ -79,8 +79,8 @@ impl Drop for Slot {
 }
 
 /// A queued message, its share of the budget, and where a client that
-/// never gets it resumes.
-type Item<T> = (T, OwnedSemaphorePermit, String);
+/// never gets it resumes (a log index, an audit record number).
+type Item<T> = (T, OwnedSemaphorePermit, u64);
 
 /// What the producing and the consuming side share.
 struct Shared<T> {
@@ -94,7 +94,7 @@ struct Shared<T> {
 impl<T> Shared<T> {
     /// Closes the queue and drops what the client never took; the resume
     /// point of the first of those, if any.
-    fn drop_queued(&mut self) -> Option<String> {
+    fn drop_queued(&mut self) -> Option<u64> {
         self.rx.close();
         let mut first = None;
         while let Ok((_, _, resume)) = self.rx.try_recv() {
@@ -110,6 +110,8 @@ pub struct Sender<T> {
     budget: Arc<Semaphore>,
     shared: Arc<Mutex<Shared<T>>>,
     stall: Duration,
+    /// What the resume points count ("index", "audit record").
+    unit: &'static str,
     _slot: Slot,
 }
 
@@ -126,17 +128,22 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// A bounded stream holding `slot`: the sender for the task that produces
 /// it, the stream for tonic. The stream ends when the sender is dropped,
 /// with the status [`Sender::fail`] left, if any.
-pub fn channel<T: prost::Message + Send + 'static>(slot: Slot) -> (Sender<T>, BoxStream<T>) {
-    channel_with(slot, STALL)
+/// `unit` names what the resume points count ("index", "audit record").
+pub fn channel<T: prost::Message + Send + 'static>(slot: Slot, unit: &'static str) -> (Sender<T>, BoxStream<T>) {
+    channel_with(slot, unit, STALL)
 }
 
 /// [`channel`] with another wait for a client that reads nothing.
-fn channel_with<T: prost::Message + Send + 'static>(slot: Slot, stall: Duration) -> (Sender<T>, BoxStream<T>) {
+fn channel_with<T: prost::Message + Send + 'static>(
+    slot: Slot,
+    unit: &'static str,
+    stall: Duration,
+) -> (Sender<T>, BoxStream<T>) {
     let (tx, rx) = mpsc::channel::<Item<T>>(BUFFER_ITEMS);
     let budget = Arc::new(Semaphore::new(BUFFER_ITEMS));
     let shared = Arc::new(Mutex::new(Shared { rx, end: None, last_read: tokio::time::Instant::now() }));
     let stream = Receiver { shared: shared.clone() };
-    (Sender { tx, budget, shared, stall, _slot: slot }, Box::pin(stream))
+    (Sender { tx, budget, shared, stall, unit, _slot: slot }, Box::pin(stream))
 }
 
 /// The consuming side, as tonic polls it.
@@ -183,7 +190,7 @@ impl<T: prost::Message> Sender<T> {
     /// what it had not taken is dropped, and the stream ends with
     /// `RESOURCE_EXHAUSTED` and where to resume (`resume` of the first
     /// message it did not get: what to ask for to carry on).
-    pub async fn send(&self, item: T, resume: &str) -> Result<(), Ended> {
+    pub async fn send(&self, item: T, resume: u64) -> Result<(), Ended> {
         let need = units(item.encoded_len());
         let acquire = self.budget.clone().acquire_many_owned(need);
         tokio::pin!(acquire);
@@ -197,15 +204,16 @@ impl<T: prost::Message> Sender<T> {
                     if s.last_read + self.stall > tokio::time::Instant::now() {
                         continue; // it read meanwhile: slow, not stopped
                     }
-                    let from = s.drop_queued().unwrap_or_else(|| resume.to_string());
-                    tracing::warn!(resume = %from, "admin stream cut off: its client stopped reading");
-                    let msg = format!("the client stopped reading for {:?}; resume from {from}", self.stall);
+                    let from = s.drop_queued().unwrap_or(resume);
+                    tracing::warn!(unit = self.unit, resume = from, "admin stream cut off: its client stopped reading");
+                    let msg =
+                        format!("the client stopped reading for {:?}; resume from {} {from}", self.stall, self.unit);
                     s.end = Some(Status::resource_exhausted(msg));
                     return Err(Ended::Stalled);
                 }
             }
         };
-        self.tx.send((item, permit, resume.to_string())).await.map_err(|_| Ended::Gone)
+        self.tx.send((item, permit, resume)).await.map_err(|_| Ended::Gone)
     }
 
     /// Whether the client has gone away.
@@ -258,17 +266,17 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stops_reading_is_cut_off_and_told_where_to_resume() {
         let s = Streams::default();
-        let (tx, mut rx) = channel_with::<WatchEvent>(s.open("alice").unwrap(), Duration::from_millis(50));
+        let (tx, mut rx) = channel_with::<WatchEvent>(s.open("alice").unwrap(), "index", Duration::from_millis(50));
         // The client takes the first three, then nothing.
         for i in 0..3 {
-            tx.send(WatchEvent { index: i, ..Default::default() }, &format!("index {i}")).await.unwrap();
+            tx.send(WatchEvent { index: i, ..Default::default() }, i).await.unwrap();
         }
         for i in 0..3 {
             assert_eq!(rx.next().await.unwrap().unwrap().index, i);
         }
         let mut sent = 3;
         let ended = loop {
-            match tx.send(WatchEvent { index: sent, ..Default::default() }, &format!("index {sent}")).await {
+            match tx.send(WatchEvent { index: sent, ..Default::default() }, sent).await {
                 Ok(()) => sent += 1,
                 Err(e) => break e,
             }
@@ -289,9 +297,9 @@ mod tests {
     async fn a_client_that_reads_slowly_is_not_cut_off() {
         let s = Streams::default();
         let stall = Duration::from_millis(30);
-        let (tx, mut rx) = channel_with::<WatchEvent>(s.open("alice").unwrap(), stall);
+        let (tx, mut rx) = channel_with::<WatchEvent>(s.open("alice").unwrap(), "index", stall);
         for i in 0..BUFFER_ITEMS as u64 {
-            tx.send(WatchEvent { index: i, ..Default::default() }, "x").await.unwrap();
+            tx.send(WatchEvent { index: i, ..Default::default() }, 0).await.unwrap();
         }
         // A large message needs half the buffer freed: hundreds of reads,
         // far longer than `stall`, but the client never pauses that long.
@@ -301,7 +309,7 @@ mod tests {
             kind: Some(gatehouse_proto::admin::watch_event::Kind::Command(command)),
             ..Default::default()
         };
-        let producer = tokio::spawn(async move { tx.send(big, "big").await });
+        let producer = tokio::spawn(async move { tx.send(big, 0).await });
         for _ in 0..BUFFER_ITEMS / 2 + 1 {
             rx.next().await.unwrap().unwrap();
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -312,18 +320,18 @@ mod tests {
     #[tokio::test]
     async fn a_reading_client_gets_everything_and_a_gone_one_ends_the_producer() {
         let s = Streams::default();
-        let (tx, mut rx) = channel::<WatchEvent>(s.open("alice").unwrap());
+        let (tx, mut rx) = channel::<WatchEvent>(s.open("alice").unwrap(), "index");
         let producer = tokio::spawn(async move {
             for i in 0..(BUFFER_ITEMS as u64 * 3) {
-                tx.send(WatchEvent { index: i, ..Default::default() }, "x").await.unwrap();
+                tx.send(WatchEvent { index: i, ..Default::default() }, 0).await.unwrap();
             }
         });
         for i in 0..(BUFFER_ITEMS as u64 * 3) {
             assert_eq!(rx.next().await.unwrap().unwrap().index, i);
         }
         producer.await.unwrap();
-        let (tx, rx) = channel::<WatchEvent>(s.open("alice").unwrap());
+        let (tx, rx) = channel::<WatchEvent>(s.open("alice").unwrap(), "index");
         drop(rx);
-        assert_eq!(tx.send(WatchEvent::default(), "x").await, Err(Ended::Gone));
+        assert_eq!(tx.send(WatchEvent::default(), 0).await, Err(Ended::Gone));
     }
 }
