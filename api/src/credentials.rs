@@ -1,20 +1,10 @@
-//! Random ids and API keys, made by the proposing node before it proposes
-//! (apply never draws randomness). Only hashes leave this module towards the log.
+//! API keys, made by the proposing node before it proposes (apply never
+//! draws randomness). Only hashes leave this module towards the log.
 
 use base64::Engine;
+use gatehouse_cluster::ids::random_hex;
 use gatehouse_domain::keys;
 use rand::RngCore;
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
-}
-
-/// A 128-bit id as 32 lowercase hex characters (users, request ids).
-pub fn new_id() -> String {
-    random_hex(16)
-}
 
 /// A new API key: its public id, the full key to show once, and the hash to store.
 pub struct NewKey {

@@ -6,11 +6,11 @@
 //! `internal` or `unavailable`.
 
 use axum::response::{IntoResponse, Response};
-use gatehouse_proto::events::{command_result::Code, CommandResult};
+use gatehouse_proto::events::CommandResult;
 use http::StatusCode;
 
-/// gRPC metadata key naming the leader's address on `UNAVAILABLE`.
-pub const LEADER_METADATA: &str = "x-gatehouse-leader";
+use gatehouse_cluster::error::{leader_named, naming_leader};
+use gatehouse_cluster::ClusterError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -43,7 +43,7 @@ pub enum ApiError {
     Busy,
     /// A rate limit refused the request (429 with `Retry-After`).
     #[error("rate limit {} reached", .0.policy)]
-    RateLimited(crate::limits::Quota),
+    RateLimited(crate::rate_limit::quota::Quota),
     #[error("internal error")]
     Internal,
 }
@@ -59,6 +59,19 @@ impl From<gatehouse_domain::ApplyError> for ApiError {
             E::AlreadyExists(m) => ApiError::AlreadyExists(m),
             // A strict hit's refusal reaches the client through the limiter.
             E::FailedPrecondition(m) | E::Limited(m) => ApiError::FailedPrecondition(m),
+        }
+    }
+}
+
+/// A consensus failure as the API's error: a refusal keeps its kind.
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        match e {
+            ClusterError::Refused(e) => ApiError::from(e),
+            ClusterError::InvalidArgument(m) => ApiError::InvalidArgument(m),
+            ClusterError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            ClusterError::Unavailable { leader } => ApiError::Unavailable { leader },
+            ClusterError::Internal => ApiError::Internal,
         }
     }
 }
@@ -101,18 +114,12 @@ impl ApiError {
         }
     }
 
-    /// The error a refused command stands for, or `Ok` for an applied one.
-    /// (Its code says what [`From<ApplyError>`] says for the same refusal.)
+    /// The error a refused command stands for, or `Ok` for an applied one
+    /// (the same kind [`From<ApplyError>`] gives the same refusal).
     pub fn check(result: &CommandResult) -> Result<(), ApiError> {
-        let msg = result.message.clone();
-        match Code::try_from(result.code) {
-            Ok(Code::Ok) => Ok(()),
-            Ok(Code::Invalid) => Err(ApiError::InvalidArgument(msg)),
-            Ok(Code::NotFound) => Err(ApiError::NotFound(msg)),
-            Ok(Code::AlreadyExists) => Err(ApiError::AlreadyExists(msg)),
-            Ok(Code::FailedPrecondition) => Err(ApiError::FailedPrecondition(msg)),
-            // Strict hits are proposed and read by the limiter, never through here.
-            Ok(Code::Limited) => Err(ApiError::FailedPrecondition(msg)),
+        match gatehouse_domain::result::refusal(result) {
+            Ok(None) => Ok(()),
+            Ok(Some(refused)) => Err(refused.into()),
             Err(_) => Err(ApiError::Internal),
         }
     }
@@ -130,10 +137,7 @@ impl ApiError {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
-            | tonic::Code::Unknown => {
-                let leader = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
-                ApiError::Unavailable { leader }
-            }
+            | tonic::Code::Unknown => ApiError::Unavailable { leader: leader_named(status) },
             _ => ApiError::Internal,
         }
     }
@@ -141,20 +145,18 @@ impl ApiError {
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
-        if let ApiError::Unavailable { leader: Some(addr) } = &e {
-            if let Ok(v) = addr.parse() {
-                status.metadata_mut().insert(LEADER_METADATA, v);
-            }
-        }
-        status
+        let leader = match &e {
+            ApiError::Unavailable { leader } => leader.clone(),
+            _ => None,
+        };
+        naming_leader(tonic::Status::new(e.grpc_code(), e.to_string()), leader.as_deref())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::RateLimited(q) = self {
-            return crate::limits::limited_response(q);
+            return crate::rate_limit::quota::limited_response(q);
         }
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
         (self.http_status(), axum::Json(body)).into_response()

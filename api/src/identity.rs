@@ -16,8 +16,8 @@ use gatehouse_domain::sessions::{self, SessionRejected};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{record_use::Use, RecordUse};
 
-use crate::cluster::now_ms;
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
+use gatehouse_cluster::clock::now_ms;
 
 /// How a caller authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl LastUse {
     /// Proposes the uses seen since the last flush, in commands within
     /// `gatehouse_domain::bounds::BATCH_BYTES` and `usage::MAX_USES`.
     /// Failed flushes are put back.
-    pub async fn flush(&self, cluster: &Cluster) {
+    pub async fn flush(&self, node: &Node) {
         use gatehouse_domain::bounds::{take_within, BATCH_BYTES};
         let seen = std::mem::take(&mut *self.lock());
         let uses = |m: HashMap<String, u64>| m.into_iter().map(|(id, at)| Use { id, at }).collect::<Vec<_>>();
@@ -92,8 +92,8 @@ impl LastUse {
                 sessions: take_within(&mut sessions, BATCH_BYTES / 2, HALF),
                 keys: take_within(&mut keys, BATCH_BYTES / 2, HALF),
             };
-            let cmd = cluster.command(Payload::RecordUse(batch.clone()));
-            if let Err(e) = cluster.propose(vec![cmd]).await {
+            let cmd = node.command(Payload::RecordUse(batch.clone()));
+            if let Err(e) = node.propose(vec![cmd]).await {
                 tracing::warn!(error = %e, uses = batch.sessions.len() + batch.keys.len(), "flushing last-use times failed; will retry");
                 for u in batch.sessions {
                     self.session_used(&u.id, u.at);
@@ -114,9 +114,9 @@ enum Refused {
     Disabled,
 }
 
-fn check(cluster: &Cluster, token: &str, now: u64) -> Result<Principal, Refused> {
-    let seen = cluster.last_use();
-    let state = cluster.view().read();
+fn check(node: &Node, token: &str, now: u64) -> Result<Principal, Refused> {
+    let seen = node.last_use();
+    let state = node.view().read();
     if token.starts_with(keys::KEY_PREFIX) {
         return match keys::verify(&state, token, now) {
             Ok(id) => Ok(Principal {
@@ -149,28 +149,28 @@ fn check(cluster: &Cluster, token: &str, now: u64) -> Result<Principal, Refused>
 /// Resolves a presented credential. `unauthenticated` for anything unknown,
 /// expired, revoked or malformed (one answer for all, nothing to probe);
 /// `permission_denied` for a disabled user.
-pub async fn resolve(cluster: &Cluster, token: &str) -> Result<Principal, ApiError> {
-    resolve_with(cluster, token, true).await
+pub async fn resolve(node: &Node, token: &str) -> Result<Principal, ApiError> {
+    resolve_with(node, token, true).await
 }
 
 /// [`resolve`]; without `catch_up` an unknown credential is refused from the
 /// local view at once (for a client over a failure limit, whose unknown
 /// credentials must not each cost a round trip to the leader).
-pub async fn resolve_with(cluster: &Cluster, token: &str, catch_up: bool) -> Result<Principal, ApiError> {
+pub async fn resolve_with(node: &Node, token: &str, catch_up: bool) -> Result<Principal, ApiError> {
     if token.is_empty() || token.len() > MAX_CREDENTIAL_LEN {
         return Err(ApiError::Unauthenticated);
     }
     let mut now = now_ms();
-    let mut result = check(cluster, token, now);
-    if catch_up && result == Err(Refused::Unknown) && cluster.catch_up(Duration::from_millis(500)).await {
+    let mut result = check(node, token, now);
+    if catch_up && result == Err(Refused::Unknown) && node.catch_up(Duration::from_millis(500)).await {
         now = now_ms();
-        result = check(cluster, token, now);
+        result = check(node, token, now);
     }
     match result {
         Ok(p) => {
             match &p.via {
-                Via::Session { session_id } => cluster.last_use().session_used(session_id, now),
-                Via::ApiKey { key_id } => cluster.last_use().key_used(key_id, now),
+                Via::Session { session_id } => node.last_use().session_used(session_id, now),
+                Via::ApiKey { key_id } => node.last_use().key_used(key_id, now),
             }
             Ok(p)
         }

@@ -6,15 +6,17 @@
 //! (routes as declared, RPC method names, decisions, status codes, node ids)
 //! so series stay bounded: never a user id, key id or raw path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use gatehouse_cluster::metrics::latency;
+pub use gatehouse_cluster::metrics::{ConsensusMetrics, OutcomeLabels};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -44,27 +46,12 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
-    pub peer: u64,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     /// A configured policy's name (a fixed set).
     pub policy: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
-}
-
 type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
-
-/// Latency buckets from 100 µs to ~13 s.
-fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-}
 
 /// Every series this node exports.
 pub struct Metrics {
@@ -74,24 +61,6 @@ pub struct Metrics {
     pub verify_decisions: Family<DecisionLabels, Counter>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_duration: Timings<MethodLabels>,
-    pub proposals: Family<OutcomeLabels, Counter>,
-    pub proposal_duration: Histogram,
-    pub raft_term: Gauge,
-    pub raft_leader: Gauge,
-    pub raft_is_leader: Gauge,
-    pub raft_commit_index: Gauge,
-    pub raft_applied_index: Gauge,
-    pub raft_last_log_index: Gauge,
-    pub raft_snapshot_index: Gauge,
-    pub raft_replication_lag: Family<PeerLabels, Gauge>,
-    pub raft_leader_changes: Counter,
-    pub raft_elections: Counter,
-    pub raft_paced_campaigns: Counter,
-    pub snapshots_built: Counter,
-    pub snapshots_installed: Counter,
-    pub snapshot_build_seconds: Counter<f64, AtomicU64>,
-    pub fresh: Gauge,
-    pub staleness_seconds: Gauge<f64, AtomicU64>,
     pub watch_streams: Gauge,
     pub rate_limited: Family<PolicyLabels, Counter>,
     pub rate_limit_syncs: Family<OutcomeLabels, Counter>,
@@ -108,14 +77,9 @@ pub struct Metrics {
     pub audit_renumbered: Counter,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The node's registry: these series and the consensus layer's.
+    pub fn new(consensus: &ConsensusMetrics) -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("gatehouse"),
             http_requests: Family::default(),
@@ -123,24 +87,6 @@ impl Metrics {
             verify_decisions: Family::default(),
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency),
-            proposals: Family::default(),
-            proposal_duration: latency(),
-            raft_term: Gauge::default(),
-            raft_leader: Gauge::default(),
-            raft_is_leader: Gauge::default(),
-            raft_commit_index: Gauge::default(),
-            raft_applied_index: Gauge::default(),
-            raft_last_log_index: Gauge::default(),
-            raft_snapshot_index: Gauge::default(),
-            raft_replication_lag: Family::default(),
-            raft_leader_changes: Counter::default(),
-            raft_elections: Counter::default(),
-            raft_paced_campaigns: Counter::default(),
-            snapshots_built: Counter::default(),
-            snapshots_installed: Counter::default(),
-            snapshot_build_seconds: Counter::default(),
-            fresh: Gauge::default(),
-            staleness_seconds: Gauge::default(),
             watch_streams: Gauge::default(),
             rate_limited: Family::default(),
             rate_limit_syncs: Family::default(),
@@ -158,36 +104,7 @@ impl Metrics {
         r.register("verify_decisions", "/auth/verify decisions by outcome", m.verify_decisions.clone());
         r.register("grpc_requests", "admin and Raft gRPC calls by method and code", m.grpc_requests.clone());
         r.register("grpc_request_duration_seconds", "gRPC call latency by method", m.grpc_duration.clone());
-        r.register("proposals", "writes proposed through this node by outcome", m.proposals.clone());
-        r.register("proposal_duration_seconds", "propose to applied here", m.proposal_duration.clone());
-        r.register("raft_term", "current Raft term", m.raft_term.clone());
-        r.register("raft_leader", "id of the leader this node knows (0 = none)", m.raft_leader.clone());
-        r.register("raft_is_leader", "1 if this node leads", m.raft_is_leader.clone());
-        r.register("raft_commit_index", "highest index known committed", m.raft_commit_index.clone());
-        r.register("raft_applied_index", "highest index applied here", m.raft_applied_index.clone());
-        r.register("raft_last_log_index", "last index in this node's log", m.raft_last_log_index.clone());
-        r.register("raft_snapshot_index", "index of the latest snapshot", m.raft_snapshot_index.clone());
-        r.register(
-            "raft_replication_lag_entries",
-            "entries a follower is behind the leader (leader only)",
-            m.raft_replication_lag.clone(),
-        );
-        r.register("raft_leader_changes", "times this node saw the leader change", m.raft_leader_changes.clone());
-        r.register("raft_elections", "terms this node saw begin", m.raft_elections.clone());
-        r.register(
-            "raft_paced_campaigns",
-            "campaigns this node started because its leader fell silent past its lease",
-            m.raft_paced_campaigns.clone(),
-        );
-        r.register("snapshots_built", "snapshots this node built", m.snapshots_built.clone());
-        r.register("snapshots_installed", "snapshots this node installed from a leader", m.snapshots_installed.clone());
-        r.register("snapshot_build_seconds", "time spent building snapshots", m.snapshot_build_seconds.clone());
-        r.register("fresh", "1 while this node may answer (within max_staleness)", m.fresh.clone());
-        r.register(
-            "staleness_seconds",
-            "time since this node last proved it was up to date",
-            m.staleness_seconds.clone(),
-        );
+        consensus.register(r);
         r.register("watch_streams", "open admin Watch streams", m.watch_streams.clone());
         r.register("rate_limited", "requests refused with 429, by policy", m.rate_limited.clone());
         r.register("rate_limit_syncs", "global-limit delta syncs by outcome", m.rate_limit_syncs.clone());
@@ -210,7 +127,7 @@ impl Metrics {
             "strict rate-limit hits refused from this node's view without a log write",
             m.rate_refused_locally.clone(),
         );
-        let spans = crate::trace::span_queue();
+        let spans = gatehouse_cluster::trace::span_queue();
         r.register("trace_spans_dropped", "finished spans dropped: the export queue was full", spans.dropped.clone());
         r.register("trace_spans_sent", "finished spans handed to the OTLP exporter", spans.sent.clone());
         m
@@ -230,7 +147,7 @@ impl Metrics {
     }
 
     /// Records a call to `method`, a label made by [`bounded_method`].
-    fn observe_grpc_label(&self, method: String, code: tonic::Code, took: Duration) {
+    pub(crate) fn observe_grpc_label(&self, method: String, code: tonic::Code, took: Duration) {
         // A path no service answers is a client's invention: one label for all.
         let method = if code == tonic::Code::Unimplemented { "other".to_string() } else { method };
         self.grpc_requests.get_or_create(&GrpcLabels { method: method.clone(), code: code_name(code) }).inc();
@@ -274,7 +191,7 @@ static METHODS: std::sync::LazyLock<std::collections::HashMap<String, String>> =
 /// A gRPC path as a label: `Service/Method` for a method this node serves,
 /// `other` for anything else (a client can send any path, and before the
 /// secret or key check, so invented names must not become series).
-fn bounded_method(path: &str) -> String {
+pub(crate) fn bounded_method(path: &str) -> String {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
     METHODS.get(trimmed).cloned().unwrap_or_else(|| "other".into())
 }
@@ -302,146 +219,6 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Turns a running total kept elsewhere (storage's snapshot counters) into
-/// counter increments: each scrape adds what grew since the last one.
-#[derive(Debug, Default)]
-pub struct Seen(AtomicU64);
-
-impl Seen {
-    /// Stores `now`; returns by how much it grew since the last call.
-    pub fn advance(&self, now: u64) -> u64 {
-        let before = self.0.swap(now, Ordering::Relaxed);
-        now.saturating_sub(before)
-    }
-}
-
-/// A tower layer for the gRPC server that counts every call by method and
-/// status code and times it (to the response head, for streams).
-#[derive(Clone)]
-pub struct GrpcMetricsLayer {
-    cluster: crate::Cluster,
-    auth_failures: Option<std::sync::Arc<crate::admin::failures::FailureGate>>,
-}
-
-impl GrpcMetricsLayer {
-    /// The layer; `auth_failures` counts failed admin authentications per
-    /// address (see [`crate::admin::failures`]).
-    pub fn new(cluster: crate::Cluster, auth_failures: Option<crate::admin::failures::FailureGate>) -> Self {
-        GrpcMetricsLayer { cluster, auth_failures: auth_failures.map(std::sync::Arc::new) }
-    }
-}
-
-impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner, cluster: self.cluster.clone(), auth_failures: self.auth_failures.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-    cluster: crate::Cluster,
-    auth_failures: Option<std::sync::Arc<crate::admin::failures::FailureGate>>,
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        use tracing::Instrument;
-        let method = bounded_method(req.uri().path());
-        let started = std::time::Instant::now();
-        let span = if crate::trace::exporting() {
-            let span = tracing::info_span!(
-                "grpc.request",
-                otel.kind = "server",
-                rpc.method = %method,
-                rpc.grpc.status_code = tracing::field::Empty,
-                node_id = self.cluster.id(),
-            );
-            crate::trace::continue_trace(&span, req.headers());
-            span
-        } else {
-            tracing::Span::none()
-        };
-        let peer = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let idempotency_key =
-            req.headers().get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let mut call = crate::audit::GrpcCall::new(peer, idempotency_key);
-        call.auth_failures = self.auth_failures.clone();
-        call.method = req.uri().path().to_string();
-        let ctx = std::sync::Arc::new(call);
-        let call = crate::audit::GRPC_CALL.sync_scope(ctx.clone(), || span.in_scope(|| self.inner.call(req)));
-        let call = crate::audit::GRPC_CALL.scope(ctx.clone(), call);
-        let cluster = self.cluster.clone();
-        let record = span.clone();
-        Box::pin(
-            async move {
-                let mut resp = call.await;
-                // Errors are sent "trailers-only", so their status is in the head;
-                // a head without one is a call that succeeded (or a stream that started).
-                let code = match &resp {
-                    Ok(r) => r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map_or(tonic::Code::Ok, tonic::Code::from),
-                    Err(_) => tonic::Code::Unknown,
-                };
-                record.record("rpc.grpc.status_code", code as i32);
-                if let (tonic::Code::Unavailable, Ok(r)) = (code, &mut resp) {
-                    name_the_leader(&cluster, r.headers_mut());
-                }
-                if code == tonic::Code::PermissionDenied {
-                    // RBAC refusals are audited wherever in the handler they
-                    // happened, aggregated per caller, method and address.
-                    let who = ctx.caller().map(|a| a.user_id).unwrap_or_default();
-                    cluster.audit_count_by("rbac.denied", format!("rpc:{method}"), ctx.peer.clone(), who);
-                }
-                cluster.metrics().observe_grpc_label(method, code, started.elapsed());
-                resp
-            }
-            .instrument(span),
-        )
-    }
-}
-
-/// Every `UNAVAILABLE` answer names the leader, when this node knows one
-/// that is not itself, so a client can go there (unless the handler already
-/// named one, for example the leader a forwarded write last heard of).
-fn name_the_leader(cluster: &crate::Cluster, headers: &mut http::HeaderMap) {
-    if headers.contains_key(crate::error::LEADER_METADATA) {
-        return;
-    }
-    if let Some((id, addr)) = cluster.leader() {
-        if id != cluster.id() {
-            if let Ok(v) = http::HeaderValue::from_str(&addr) {
-                headers.insert(crate::error::LEADER_METADATA, v);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,7 +243,7 @@ mod tests {
 
     #[test]
     fn invented_methods_share_one_series() {
-        let m = Metrics::new();
+        let m = Metrics::new(&Default::default());
         for i in 0..50 {
             let made_up = bounded_method(&format!("/gatehouse.raft.v1.R4nd0m{i}/X"));
             m.observe_grpc_label(made_up, tonic::Code::Unimplemented, Duration::from_millis(1));
@@ -478,7 +255,7 @@ mod tests {
 
     #[test]
     fn encodes_registered_series() {
-        let m = Metrics::new();
+        let m = Metrics::new(&Default::default());
         m.observe_http("/auth/verify", 200, Duration::from_millis(1));
         m.verify_decision("allow");
         let text = m.encode();

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gatehouse_api::peers::RaftClient;
-use gatehouse_api::{ClusterSecret, Peers};
+use gatehouse_cluster::peers::RaftClient;
+use gatehouse_cluster::{ClusterSecret, Peers};
 use gatehouse_proto::raft::LocalStatusRequest;
 
 /// One node process.
@@ -86,7 +86,7 @@ impl ProcCluster {
         env: &[(&str, &str)],
     ) -> anyhow::Result<ProcCluster> {
         std::fs::create_dir_all(dir)?;
-        let secret = gatehouse_api::credentials::new_id() + &gatehouse_api::credentials::new_id();
+        let secret = gatehouse_cluster::ids::new_id() + &gatehouse_cluster::ids::new_id();
         let secret_file = dir.join("cluster-secret");
         std::fs::write(&secret_file, &secret)?;
         let key_file = dir.join("admin.key");

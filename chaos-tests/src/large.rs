@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
-use gatehouse_api::Peers;
+use gatehouse_cluster::Peers;
 
 /// The audit action of every record the writer makes.
 pub const ACTION: &str = "chaos.large";
@@ -95,7 +95,7 @@ pub async fn run(
                     break;
                 }
                 Err(s) => {
-                    let leader = s.metadata().get(gatehouse_api::error::LEADER_METADATA);
+                    let leader = s.metadata().get(gatehouse_cluster::error::LEADER_METADATA);
                     let named = leader
                         .and_then(|l| l.to_str().ok())
                         .and_then(|leader| nodes.iter().find(|(_, a)| a == leader).map(|(id, _)| *id));
@@ -127,11 +127,11 @@ mod tests {
     #[test]
     fn a_proposal_is_within_every_bound_and_near_the_entry_limit() {
         let (batch, records) = proposal("large:1:1", 1);
-        assert!(gatehouse_api::cluster::bounded(&batch.commands).is_ok());
+        assert!(gatehouse_cluster::propose::bounded(&batch.commands).is_ok());
         // One more command of the same size would not fit an entry.
         let mut more = batch.commands.clone();
         more.push(batch.commands[0].clone());
-        assert!(gatehouse_api::cluster::bounded(&more).is_err());
+        assert!(gatehouse_cluster::propose::bounded(&more).is_err());
         assert!(records >= COMMANDS * 60, "{records} records");
     }
 }

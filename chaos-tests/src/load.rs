@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_api::peers::RaftClient;
+use gatehouse_cluster::peers::RaftClient;
 use gatehouse_domain::{Command, CommandBatch, Payload};
 use gatehouse_proto::events::CreateUser;
 use gatehouse_proto::raft::ProposeRequest;
@@ -163,7 +163,7 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
             while Instant::now() < deadline {
                 seq += 1;
                 let cmd = Command {
-                    proposed_at: gatehouse_api::cluster::now_ms(),
+                    proposed_at: gatehouse_cluster::clock::now_ms(),
                     origin_node: 0,
                     request_id: id(),
                     traceparent: String::new(),
@@ -337,7 +337,7 @@ async fn audit_source(
     let mut acknowledged = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         flush.tick().await;
-        let at = gatehouse_api::cluster::now_ms();
+        let at = gatehouse_cluster::clock::now_ms();
         let events = template.iter().map(|e| AuditEvent { at, ..e.clone() }).collect();
         let cmd = Command {
             proposed_at: at,
@@ -391,7 +391,7 @@ pub async fn bulk_load(
 
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let mut client = cluster.raft_client(leader)?;
-    let now = gatehouse_api::cluster::now_ms();
+    let now = gatehouse_cluster::clock::now_ms();
     let command = |payload| Command {
         proposed_at: now,
         origin_node: 0,
@@ -400,7 +400,7 @@ pub async fn bulk_load(
         request_digest: Vec::new(),
         payload: Some(payload),
     };
-    let user_ids: Vec<String> = (0..users).map(|_| gatehouse_api::credentials::new_id()).collect();
+    let user_ids: Vec<String> = (0..users).map(|_| gatehouse_cluster::ids::new_id()).collect();
     let mut pending = Vec::new();
     let flush = |pending: &mut Vec<Command>| {
         let cmds = std::mem::take(pending);
@@ -450,7 +450,7 @@ pub async fn bulk_load(
         rand::rngs::OsRng.fill_bytes(&mut secret);
         let token = format!("gs_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
         pending.push(command(Payload::CreateSession(CreateSession {
-            session_id: gatehouse_api::credentials::new_id(),
+            session_id: gatehouse_cluster::ids::new_id(),
             user_id: user_ids[i % users].clone(),
             token_sha256: gatehouse_domain::sessions::token_hash(&token).to_vec(),
             expires_at: now + 24 * 3600 * 1000,

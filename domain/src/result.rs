@@ -30,10 +30,46 @@ impl ApplyError {
     }
 }
 
+/// What a result says, read back: `Ok` for an applied command, the refusal
+/// for a refused one; `Err(code)` for a code this version does not know.
+pub fn refusal(result: &CommandResult) -> Result<Option<ApplyError>, i32> {
+    let msg = || result.message.clone();
+    Ok(Some(match Code::try_from(result.code).map_err(|_| result.code)? {
+        Code::Ok => return Ok(None),
+        Code::Invalid => ApplyError::Invalid(msg()),
+        Code::NotFound => ApplyError::NotFound(msg()),
+        Code::AlreadyExists => ApplyError::AlreadyExists(msg()),
+        Code::FailedPrecondition => ApplyError::FailedPrecondition(msg()),
+        Code::Limited => ApplyError::Limited(msg()),
+    }))
+}
+
 /// The result of one command at `log_index`: the id it created or changed, or why it was refused.
 pub fn to_result(outcome: Result<String, ApplyError>, log_index: u64) -> CommandResult {
     match outcome {
         Ok(id) => CommandResult { code: Code::Ok as i32, message: String::new(), id, log_index },
         Err(e) => CommandResult { code: e.code() as i32, message: e.to_string(), id: String::new(), log_index },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_reads_back_as_itself() {
+        let refusals = [
+            ApplyError::Invalid("a".into()),
+            ApplyError::NotFound("b".into()),
+            ApplyError::AlreadyExists("c".into()),
+            ApplyError::FailedPrecondition("d".into()),
+            ApplyError::Limited("e".into()),
+        ];
+        for e in refusals {
+            assert_eq!(refusal(&to_result(Err(e.clone()), 7)), Ok(Some(e)));
+        }
+        assert_eq!(refusal(&to_result(Ok("id".into()), 7)), Ok(None));
+        let unknown = CommandResult { code: 99, ..Default::default() };
+        assert_eq!(refusal(&unknown), Err(99));
     }
 }

@@ -114,6 +114,14 @@ pub(crate) fn create(
     Ok(c.user_id.clone())
 }
 
+/// A stored status as the admin API and the audit log name it.
+pub fn status_name(status: i32) -> &'static str {
+    match UserStatus::try_from(status) {
+        Ok(UserStatus::Disabled) => "disabled",
+        _ => "active",
+    }
+}
+
 fn parse_status(status: i32) -> Result<UserStatus, ApplyError> {
     match UserStatus::try_from(status) {
         Ok(s @ (UserStatus::Active | UserStatus::Disabled)) => Ok(s),

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_api::credentials::{new_api_key, new_id, NewKey};
-use gatehouse_api::Cluster;
+use gatehouse_api::credentials::{new_api_key, NewKey};
+use gatehouse_cluster::ids::new_id;
+use gatehouse_cluster::Cluster;
 use gatehouse_domain::roles::ADMIN;
 use gatehouse_domain::{ApplyError, Payload};
 use gatehouse_proto::events::{CreateApiKey, CreateUser};

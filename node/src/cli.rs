@@ -410,7 +410,8 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<InterceptedService<Channel,
 /// A failed RPC, as the operator should read it.
 pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let mut msg = format!("{}: {}", code_name(status.code()), status.message());
-    if let Some(leader) = status.metadata().get(gatehouse_api::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+    if let Some(leader) = status.metadata().get(gatehouse_cluster::error::LEADER_METADATA).and_then(|v| v.to_str().ok())
+    {
         msg.push_str(&format!(" (leader: {leader})"));
     }
     anyhow::anyhow!(msg)

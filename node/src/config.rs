@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use gatehouse_api::peers::is_loopback_addr;
+use gatehouse_cluster::peers::is_loopback_addr;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +86,7 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         // A leader that dies is replaced about 450 ms after its last
-        // heartbeat: the election pacer (gatehouse_api::election) campaigns
+        // heartbeat: the election pacer (gatehouse_cluster::election) campaigns
         // half a heartbeat after the 400 ms lease, once a majority has heard
         // nothing for that long; openraft's own timer (the lease plus
         // 200-400 ms) is the fallback. Failover stays well under a second and
@@ -220,7 +220,7 @@ pub struct Config {
     pub raft: RaftTuning,
     pub identity: IdentityConfig,
     /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
-    pub rate_limits: gatehouse_api::limits::LimitsConfig,
+    pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
     pub audit: gatehouse_api::audit::AuditConfig,
 }

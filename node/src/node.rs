@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use gatehouse_api::http::{Front, FrontConfig, Lockout};
 use gatehouse_api::passwords::PasswordPool;
-use gatehouse_api::peers::{PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW};
-use gatehouse_api::raft::network::Network;
-use gatehouse_api::{Cluster, ClusterSecret, Peers};
+use gatehouse_cluster::peers::{PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW};
+use gatehouse_cluster::periodic::{Periodic, Shutdown, ShutdownSender};
+use gatehouse_cluster::raft::network::Network;
+use gatehouse_cluster::{Cluster, ClusterSecret, Peers};
 use gatehouse_storage::types::Raft;
 use openraft::{BasicNode, SnapshotPolicy};
 use rand::RngCore;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Mode};
@@ -25,11 +25,13 @@ use crate::config::{Config, Mode};
 /// A running node. Dropping it without [`Node::shutdown`] aborts its servers.
 pub struct Node {
     cluster: Cluster,
+    /// The same node as its transports see it (recorder, last use, metrics).
+    api: gatehouse_api::Node,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     advertise_addr: String,
-    stop: watch::Sender<bool>,
+    stop: ShutdownSender,
     servers: Vec<JoinHandle<()>>,
     storage: gatehouse_storage::Storage,
     bootstrap_key: Option<String>,
@@ -137,15 +139,34 @@ impl Node {
         let raft =
             raft_rt.handle().spawn(async move { Raft::new(id, raft_config, network, log_store, state_machine).await });
         let raft = raft.await.context("starting Raft")??;
-        let (stop, _) = watch::channel(false);
+        let stop = ShutdownSender::new();
         let audit_log = gatehouse_storage::AuditLog::new(storage.clone());
-        let (cluster, front) = {
+        let (cluster, api, front, tasks) = {
             // Their background loops (batcher, audit flush, limit sync) go there too.
             let _raft_rt = raft_rt.handle().enter();
-            let cluster = Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness());
-            gatehouse_api::audit::start(cluster.clone(), audit_log.clone(), config.audit.clone(), stop.subscribe());
-            let front = front(&config, cluster.clone());
-            (cluster, front)
+            let cluster =
+                Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness(), stop.subscribe());
+            let api = gatehouse_api::Node::new(cluster.clone());
+            let audit_tasks =
+                gatehouse_api::audit::start(&api, audit_log.clone(), config.audit.clone(), &stop.subscribe());
+            let front = front(&config, api.clone(), stop.subscribe());
+            // Last-use times of sessions and keys, coalesced per node (see
+            // identity.rs); on the way out, a last flush is best effort:
+            // last-use times are advisory, and peers may already be gone.
+            let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
+            let (step, last) = (api.clone(), api.clone());
+            let touches = Periodic::every("last_use.flush", every, stop.subscribe()).run_then(
+                move || {
+                    let node = step.clone();
+                    async move {
+                        node.last_use().flush(&node).await;
+                        true
+                    }
+                },
+                Duration::from_secs(1),
+                move || async move { last.last_use().flush(&last).await },
+            );
+            (cluster, api, front, [touches].into_iter().chain(audit_tasks))
         };
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -174,8 +195,8 @@ impl Node {
                 // A peer that stops answering pings is dropped.
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .layer(gatehouse_api::metrics::GrpcMetricsLayer::new(
-                    cluster.clone(),
+                .layer(gatehouse_api::admin::layer::GrpcMetricsLayer::new(
+                    api.clone(),
                     config.rate_limits.enabled.then(|| {
                         gatehouse_api::admin::failures::FailureGate::new(
                             config.rate_limits.admin_auth_failures_per_minute,
@@ -185,18 +206,18 @@ impl Node {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(gatehouse_api::admin::events::server(
-                    cluster.clone(),
+                    api.clone(),
                     log_reader,
                     stop.subscribe(),
                     streams.clone(),
                 ))
-                .add_service(gatehouse_api::raft::service::server(cluster.clone(), storage.clone()))
-                .add_service(gatehouse_api::admin::cluster::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::users::server(cluster.clone(), front.passwords.clone()))
-                .add_service(gatehouse_api::admin::keys::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::sessions::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::roles::server(cluster.clone()))
-                .add_service(gatehouse_api::admin::audit::server(cluster.clone(), audit_log, streams));
+                .add_service(gatehouse_cluster::raft::service::server(cluster.clone(), storage.clone()))
+                .add_service(gatehouse_api::admin::cluster::server(api.clone()))
+                .add_service(gatehouse_api::admin::users::server(api.clone(), front.passwords.clone()))
+                .add_service(gatehouse_api::admin::keys::server(api.clone()))
+                .add_service(gatehouse_api::admin::sessions::server(api.clone()))
+                .add_service(gatehouse_api::admin::roles::server(api.clone()))
+                .add_service(gatehouse_api::admin::audit::server(api.clone(), audit_log, streams));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
             // delayed ACKs add ~40 ms stalls to replication and forwarding.
             // Registered with the Raft runtime's reactor, like the connections it accepts.
@@ -213,7 +234,7 @@ impl Node {
                         s
                     });
                 let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
+                    rx.wait().await;
                 };
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
                     tracing::error!(error = %e, "gRPC server failed");
@@ -223,10 +244,10 @@ impl Node {
         let http = {
             let mut rx = stop.subscribe();
             let app = gatehouse_api::http::router(front.clone());
-            let (limits, open) = (config.http.clone(), cluster.metrics().http_connections.clone());
+            let (limits, open) = (config.http.clone(), api.metrics().http_connections.clone());
             tokio::spawn(async move {
                 let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
+                    rx.wait().await;
                 };
                 gatehouse_api::http::serve::serve(http_listener, app, limits, open, shutdown, Duration::from_secs(5))
                     .await;
@@ -238,45 +259,25 @@ impl Node {
             let app = gatehouse_api::http::metrics_router(front.clone());
             servers.push(tokio::spawn(async move {
                 let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
+                    rx.wait().await;
                 };
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
                     tracing::error!(error = %e, "metrics server failed");
                 }
             }));
         }
-        let touches = {
-            // Last-use times of sessions and keys, coalesced per node (see identity.rs).
-            let mut rx = stop.subscribe();
-            let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
-            raft_rt.handle().spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => front.cluster.last_use().flush(&front.cluster).await,
-                        _ = async { let _ = rx.wait_for(|s| *s).await; } => break,
-                    }
-                }
-                // Best effort on the way out: last-use times are advisory,
-                // and peers may already be gone.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), front.cluster.last_use().flush(&front.cluster)).await;
-                // Audit events seen up to now go into the log if it takes them.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), gatehouse_api::audit::flush_all(&front.cluster)).await;
-            })
-        };
         let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, stop.subscribe()));
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, ?metrics_addr, advertise = %advertise_addr, "node started");
 
         let mut node = Node {
             cluster,
+            api,
             http_addr,
             grpc_addr,
             metrics_addr,
             advertise_addr,
             stop,
-            servers: servers.into_iter().chain([grpc, touches, readiness]).collect(),
+            servers: servers.into_iter().chain([grpc, readiness]).chain(tasks).collect(),
             storage,
             bootstrap_key: None,
             raft_rt,
@@ -295,7 +296,7 @@ impl Node {
                 node.bootstrap_key = crate::bootstrap::first_admin(&node.cluster, key_file).await?;
             }
         }
-        crate::recovery::resume(&node.cluster, &config.data_dir);
+        crate::recovery::resume(&node.api, &config.data_dir);
         Ok(node)
     }
 
@@ -316,8 +317,14 @@ impl Node {
         self.cluster.id()
     }
 
+    /// The consensus handle (Raft, the view, proposing).
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// The node as its transports see it: audit recorder, last-use times, metrics.
+    pub fn api(&self) -> &gatehouse_api::Node {
+        &self.api
     }
 
     /// This node's audit records (read-only).
@@ -352,7 +359,7 @@ impl Node {
     /// Raft, sync the WAL.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!(node_id = self.id(), "shutting down");
-        let _ = self.stop.send(true);
+        self.stop.send();
         for s in self.servers {
             let _ = s.await;
         }
@@ -375,11 +382,11 @@ pub const GRPC_MAX_STREAMS: u32 = 256;
 pub const GRPC_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// The HTTP front's settings and shared parts.
-fn front(config: &Config, cluster: Cluster) -> Front {
+fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Front {
     let id = &config.identity;
     let fc = FrontConfig {
         secure_cookies: config.mode != Mode::Dev,
-        cookie_name: gatehouse_api::http::cookie_name(
+        cookie_name: gatehouse_api::http::caller::cookie_name(
             &id.cookie_name,
             config.mode != Mode::Dev,
             id.cookie_domain.as_deref(),
@@ -397,8 +404,8 @@ fn front(config: &Config, cluster: Cluster) -> Front {
         routes: id.routes.clone(),
     };
     Front {
-        limits: gatehouse_api::limits::Limiter::start(cluster.clone(), config.rate_limits.clone()),
-        cluster,
+        limits: gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown),
+        node,
         config: Arc::new(fc),
         passwords: PasswordPool::new(id.password_workers, id.password_queue),
     }
@@ -440,18 +447,14 @@ const HEALTH_SERVICES: [&str; 8] = [
 /// Keeps the standard gRPC health service in step with readiness (the same
 /// rule as `/readyz`: a proof of freshness within `max_staleness`), so
 /// `grpc-health-probe` and load balancers see what the node can do.
-async fn report_health(
-    cluster: Cluster,
-    health: tonic_health::server::HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn report_health(cluster: Cluster, health: tonic_health::server::HealthReporter, mut stop: Shutdown) {
     use tonic_health::ServingStatus;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         }
         let ready = cluster.is_fresh();
         if last != Some(ready) {

@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use gatehouse_api::credentials::{new_api_key, new_id};
-use gatehouse_api::{ApiError, Cluster};
+use gatehouse_api::credentials::new_api_key;
+use gatehouse_api::{ApiError, Node};
+use gatehouse_cluster::ids::new_id;
 use gatehouse_domain::roles::ADMIN;
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{AssignRole, CreateApiKey, CreateUser};
@@ -83,15 +84,15 @@ pub fn request(data_dir: &Path, username: &str) -> anyhow::Result<String> {
 
 /// On start: if a recovery request waits in `data_dir`, carries it out in
 /// the background once a leader is known (retrying until it is done).
-pub fn resume(cluster: &Cluster, data_dir: &Path) {
+pub fn resume(node: &Node, data_dir: &Path) {
     let file = path(data_dir);
     if !file.exists() {
         return;
     }
-    let cluster = cluster.clone();
+    let node = node.clone();
     tokio::spawn(async move {
         loop {
-            match carry_out(&cluster, &file).await {
+            match carry_out(&node, &file).await {
                 Ok(()) => return,
                 Err(Failed::Refused(e)) => {
                     // The log refused it (a disabled user, say): retrying
@@ -122,7 +123,7 @@ impl From<anyhow::Error> for Failed {
     }
 }
 
-async fn carry_out(cluster: &Cluster, file: &Path) -> Result<(), Failed> {
+async fn carry_out(node: &Node, file: &Path) -> Result<(), Failed> {
     let text = std::fs::read_to_string(file).context("reading the recovery request")?;
     let Ok(req) = serde_json::from_str::<Request>(&text) else {
         return Err(Failed::Refused("the recovery request is malformed".into()));
@@ -131,28 +132,28 @@ async fn carry_out(cluster: &Cluster, file: &Path) -> Result<(), Failed> {
     let (1, Some(secret_sha256)) = (req.version, secret_sha256) else {
         return Err(Failed::Refused("the recovery request is malformed".into()));
     };
-    let mut metrics = cluster.raft().metrics();
+    let mut metrics = node.cluster().raft().metrics();
     tokio::time::timeout(Duration::from_secs(30), metrics.wait_for(|m| m.current_leader.is_some()))
         .await
         .context("no leader yet")?
         .context("raft stopped")?;
-    if !cluster.catch_up(Duration::from_secs(2)).await {
+    if !node.catch_up(Duration::from_secs(2)).await {
         return Err(Failed::NotYet(anyhow::anyhow!("not caught up with the leader yet")));
     }
-    let existing = cluster.view().read().user_by_name(&req.username).cloned();
+    let existing = node.view().read().user_by_name(&req.username).cloned();
     let mut commands = Vec::new();
     let user_id = match &existing {
         Some(u) => {
             if !u.roles.iter().any(|r| r == ADMIN) {
                 commands.push(
-                    cluster.command(Payload::AssignRole(AssignRole { user_id: u.user_id.clone(), role: ADMIN.into() })),
+                    node.command(Payload::AssignRole(AssignRole { user_id: u.user_id.clone(), role: ADMIN.into() })),
                 );
             }
             u.user_id.clone()
         }
         None => {
             let user_id = new_id();
-            commands.push(cluster.command(Payload::CreateUser(CreateUser {
+            commands.push(node.command(Payload::CreateUser(CreateUser {
                 user_id: user_id.clone(),
                 username: req.username.clone(),
                 email: format!("{}@localhost", req.username),
@@ -162,8 +163,8 @@ async fn carry_out(cluster: &Cluster, file: &Path) -> Result<(), Failed> {
             user_id
         }
     };
-    if cluster.view().read().api_key(&req.key_id).is_none() {
-        commands.push(cluster.command(Payload::CreateApiKey(CreateApiKey {
+    if node.view().read().api_key(&req.key_id).is_none() {
+        commands.push(node.command(Payload::CreateApiKey(CreateApiKey {
             key_id: req.key_id.clone(),
             user_id: user_id.clone(),
             name: "admin-recovery".into(),
@@ -174,17 +175,17 @@ async fn carry_out(cluster: &Cluster, file: &Path) -> Result<(), Failed> {
         })));
     }
     if !commands.is_empty() {
-        let applied = cluster.propose(commands).await.map_err(|e| Failed::NotYet(anyhow::anyhow!("{e}")))?;
+        let applied = node.propose(commands).await.map_err(|e| Failed::NotYet(anyhow::anyhow!("{e}")))?;
         for r in &applied.results {
             ApiError::check(r).map_err(|e| Failed::Refused(e.to_string()))?;
         }
     }
-    let node = cluster.id();
+    let node_id = node.id();
     let actor = gatehouse_api::audit::Actor::default();
     let mut event = gatehouse_api::audit::event("cluster.admin_recovered", "ok", &actor, format!("user:{user_id}"));
-    event.node_id = node;
-    event.detail = format!("key_id={} node={node} (offline recovery request from the data directory)", req.key_id);
-    cluster.audit(event);
+    event.node_id = node_id;
+    event.detail = format!("key_id={} node={node_id} (offline recovery request from the data directory)", req.key_id);
+    node.audit(event);
     std::fs::remove_file(file).map_err(|e| Failed::Refused(format!("removing the carried-out request: {e}")))?;
     tracing::warn!(user_id = %user_id, key_id = %req.key_id, "admin access recovered from an offline request");
     Ok(())

@@ -10,7 +10,7 @@
 //!   processor drops silently, so [`Gated`] admits spans in front of it and
 //!   [`Counted`] frees their places as the exporter takes them: the SDK's
 //!   own queue never fills, and every drop is ours and counted.
-//! - W3C trace context is the propagator either way (`gatehouse_api::trace`).
+//! - W3C trace context is the propagator either way (`gatehouse_cluster::trace`).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -104,7 +104,7 @@ impl SpanProcessor for Gated {
     }
 
     fn on_end(&self, span: SpanData) {
-        if gatehouse_api::trace::span_queue().admit(self.capacity) {
+        if gatehouse_cluster::trace::span_queue().admit(self.capacity) {
             self.inner.on_end(span);
         }
     }
@@ -128,7 +128,7 @@ struct Counted<E>(E);
 
 impl<E: SpanExporter> SpanExporter for Counted<E> {
     fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        gatehouse_api::trace::span_queue().handed_over(batch.len());
+        gatehouse_cluster::trace::span_queue().handed_over(batch.len());
         self.0.export(batch)
     }
 
@@ -170,7 +170,7 @@ pub fn init(format: LogFormat, cfg: &TelemetryConfig, node_id: u64) -> Telemetry
         tracing::error!(error = %e, "trace export is off: the OTLP exporter could not be built");
     }
     let exporting = provider.is_some();
-    gatehouse_api::trace::set_exporting(exporting);
+    gatehouse_cluster::trace::set_exporting(exporting);
     if exporting {
         // Host and port only: an endpoint URL may carry credentials.
         let endpoint = endpoint(cfg).and_then(|(e, _)| e.parse::<tonic::codegen::http::Uri>().ok());

@@ -831,7 +831,7 @@ async fn malformed_protobuf_is_invalid_argument_without_decoder_detail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_admin_authentications_are_limited_per_address() {
     let c = TestCluster::start_with(1, |cfg| {
-        cfg.rate_limits = gatehouse_api::limits::LimitsConfig {
+        cfg.rate_limits = gatehouse_api::rate_limit::LimitsConfig {
             enabled: true,
             policies: vec![],
             admin_auth_failures_per_minute: 5,

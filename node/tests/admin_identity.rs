@@ -328,7 +328,7 @@ async fn a_new_key_works_at_once_on_every_nodes_admin_api() {
         let mut meta = tonic::metadata::MetadataMap::new();
         meta.insert("authorization", format!("Bearer {key}").parse().unwrap());
         for &n in &followers {
-            let r = authorize(c.node(n).cluster(), &meta, Permission::UsersRead).await;
+            let r = authorize(c.node(n).api(), &meta, Permission::UsersRead).await;
             assert!(r.is_ok(), "key {i} on node {n}: {r:?}");
         }
     }

@@ -78,13 +78,12 @@ async fn a_caller_holds_a_few_streams_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_that_stops_reading_is_cut_off_and_told_where_to_resume() {
     let c = TestCluster::start(1).await;
-    let cluster = c.node(1).cluster();
     // 24 MB of log: more than the client's and the stream's buffers hold.
     common::append_large_audit(c.node(1), 30, "test.event").await;
     let ch = channel(&c).await;
     let mut stream = watch(&ch, &c.admin_key).await.unwrap();
     assert!(stream.message().await.unwrap().is_some(), "the stream started");
-    let gauge = || cluster.metrics().watch_streams.get();
+    let gauge = || c.node(1).api().metrics().watch_streams.get();
     assert_eq!(gauge(), 1);
     // The client holds its stream open and reads nothing: the node lets go.
     wait_until("the node cut off the stream that stopped reading", STALL * 3, || {

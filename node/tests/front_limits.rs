@@ -92,7 +92,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         held.push(s);
     }
     common::wait_until("both slots taken", Duration::from_secs(5), || {
-        let open = c.node(1).cluster().metrics().http_connections.get();
+        let open = c.node(1).api().metrics().http_connections.get();
         async move { open == 2 }
     })
     .await;

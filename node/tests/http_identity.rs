@@ -214,7 +214,7 @@ async fn lockout_password_change_and_disabling_hold_on_every_node() {
         assert_eq!(login(c.node(1 + i % 3), "carol", "still not it!!!").await.status(), StatusCode::UNAUTHORIZED);
     }
     wait_until("the lockout on every node", Duration::from_secs(5), || {
-        let now = gatehouse_api::cluster::now_ms();
+        let now = gatehouse_cluster::clock::now_ms();
         let locked = c.nodes.values().all(|n| {
             n.cluster()
                 .view()
@@ -426,7 +426,7 @@ async fn expired_keys_fail_and_a_node_cut_off_from_its_leader_answers_503() {
         user_id,
         name: "short".into(),
         secret_sha256: k.secret_sha256.to_vec(),
-        expires_at: gatehouse_api::cluster::now_ms() + 1_000,
+        expires_at: gatehouse_cluster::clock::now_ms() + 1_000,
         roles: vec![],
         roles_exact: false,
     }));

@@ -186,7 +186,10 @@ async fn a_proposal_over_the_entry_limit_is_refused_before_the_log() {
     let node = &c.nodes[&leader];
     let before = node.cluster().view().read().audit_chain();
     let err = node.cluster().propose(large_batches(node, 5)).await.unwrap_err();
-    assert!(matches!(err, gatehouse_api::ApiError::InvalidArgument(_)), "{err:?}");
+    assert!(
+        matches!(err, gatehouse_cluster::ClusterError::Refused(gatehouse_domain::ApplyError::Invalid(_))),
+        "{err:?}"
+    );
     let mut over = large_batches(node, 1);
     if let Some(Payload::AppendAudit(a)) = &mut over[0].payload {
         a.events.extend(a.events.clone());

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::{admin_cli, base, create_key, create_user_with_password, http, wait_until, TestCluster};
-use gatehouse_api::limits::{By, LimitsConfig, Mode, On, Policy};
+use gatehouse_api::rate_limit::policy::{By, LimitsConfig, Mode, On, Policy};
 use reqwest::StatusCode;
 
 fn policy(name: &str, by: By, limit: u32, mode: Mode) -> Policy {
@@ -184,7 +184,7 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     };
     assert_eq!(statuses, [401, 401, 429, 429]);
     // Each was counted as a forwarded header from an untrusted peer.
-    assert_eq!(c.node(1).cluster().metrics().untrusted_forwarded_for.get(), 4);
+    assert_eq!(c.node(1).api().metrics().untrusted_forwarded_for.get(), 4);
     // Behind the trusted proxy, each forwarded client has its own bucket.
     let proxy = client_from("127.0.0.2");
     for _ in 0..2 {
@@ -281,7 +281,7 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
         assert_eq!(login("wrong password here").await.status(), StatusCode::UNAUTHORIZED);
     }
     wait_until("alma locked", Duration::from_secs(5), || {
-        let now = gatehouse_api::cluster::now_ms();
+        let now = gatehouse_cluster::clock::now_ms();
         let locked = c.node(2).cluster().view().read().user(&user_id).is_some_and(|u| {
             u.sources.iter().any(|s| s.locked_until > now) && !gatehouse_domain::users::is_locked(u, now)
         });
@@ -399,9 +399,9 @@ async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
     use gatehouse_proto::events::{AppendAudit, AuditEvent};
     let c = TestCluster::start(3).await;
     let leader = c.wait_for_leader().await;
-    let cluster = c.node(leader).cluster();
+    let cluster = c.node(leader).api();
     let day = 86_400_000;
-    let now = gatehouse_api::cluster::now_ms();
+    let now = gatehouse_cluster::clock::now_ms();
     // 2,000 events from 100 days ago, then 3,000 recent ones.
     for (at, n) in [(now - 100 * day, 2_000), (now, 3_000)] {
         for _ in 0..n / 1000 {
@@ -453,7 +453,7 @@ async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
     assert_eq!(gatehouse_api::audit::prune(cluster, &c.node(leader).audit_log(), 90).await.unwrap(), None);
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     assert_eq!(
-        gatehouse_api::audit::prune(c.node(follower).cluster(), &c.node(follower).audit_log(), 1).await.unwrap(),
+        gatehouse_api::audit::prune(c.node(follower).api(), &c.node(follower).audit_log(), 1).await.unwrap(),
         None
     );
     c.shutdown().await;
@@ -540,7 +540,7 @@ async fn a_flood_past_a_strict_limit_proposes_nothing() {
         assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
         assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     }
-    assert_eq!(cluster.metrics().rate_refused_locally.get(), 40);
+    assert_eq!(c.node(1).api().metrics().rate_refused_locally.get(), 40);
     // Before: one RateHit entry per refused login (40 or more). Now only
     // the node's periodic audit flushes may add entries.
     let grown = cluster.view().applied_index() - before;
@@ -628,7 +628,7 @@ async fn a_lockout_holds_for_the_guessing_address_not_for_the_user() {
     wait_until("the lockout applied everywhere", Duration::from_secs(5), || {
         let locked = c.nodes.values().all(|n| {
             n.cluster().view().read().user(&user_id).is_some_and(|u| {
-                gatehouse_domain::users::is_locked_from(u, "127.0.0.8", gatehouse_api::cluster::now_ms())
+                gatehouse_domain::users::is_locked_from(u, "127.0.0.8", gatehouse_cluster::clock::now_ms())
             })
         });
         async move { locked }

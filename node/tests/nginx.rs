@@ -230,7 +230,7 @@ async fn the_example_config_ignores_what_a_client_spoofs() {
             ignore_case: false,
         }];
         // nginx (127.0.0.1) is the one trusted proxy; the client is 127.0.0.5.
-        cfg.rate_limits = gatehouse_api::limits::LimitsConfig {
+        cfg.rate_limits = gatehouse_api::rate_limit::LimitsConfig {
             enabled: true,
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
             ..Default::default()

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{wait_until, write_user, RawCodec, TestCluster, SECRET};
 use gatehouse::Node;
-use gatehouse_api::peers::SECRET_METADATA;
-use gatehouse_api::{ClusterSecret, Peers};
+use gatehouse_cluster::peers::SECRET_METADATA;
+use gatehouse_cluster::{ClusterSecret, Peers};
 use gatehouse_proto::raft as pb;
 use prost::Message;
 

@@ -190,7 +190,7 @@ async fn nodes_that_applied_the_same_log_report_the_same_digest() {
     for i in 0..20 {
         common::write_user(c.node(1 + i % 3), &format!("digest-{i}")).await;
     }
-    let peers = gatehouse_api::Peers::new(gatehouse_api::ClusterSecret::new(common::SECRET).unwrap());
+    let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(common::SECRET).unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let seen = loop {
         let mut seen = Vec::new();

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::streams::{self, BoxStream, Streams};
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
 
 /// Records looked at for one query page before it returns what it found.
 const SCAN_BUDGET: usize = 100_000;
@@ -31,14 +31,14 @@ const MAX_PAGE: usize = 1000;
 const EXPORT_CHUNK: usize = 1000;
 
 pub struct Audit {
-    cluster: Cluster,
+    node: Node,
     log: AuditLog,
     streams: Streams,
 }
 
 /// `streams` counts open exports per caller (shared with `Watch`).
-pub fn server(cluster: Cluster, log: AuditLog, streams: Streams) -> AuditServiceServer<Audit> {
-    AuditServiceServer::new(Audit { cluster, log, streams })
+pub fn server(node: Node, log: AuditLog, streams: Streams) -> AuditServiceServer<Audit> {
+    AuditServiceServer::new(Audit { node, log, streams })
 }
 
 /// A validated filter.
@@ -83,7 +83,7 @@ impl Pattern {
 }
 
 impl Filter {
-    fn new(cluster: &Cluster, f: Option<AuditFilter>) -> Result<Filter, ApiError> {
+    fn new(node: &Node, f: Option<AuditFilter>) -> Result<Filter, ApiError> {
         let f = f.unwrap_or_default();
         if f.to_ms != 0 && f.from_ms > f.to_ms {
             return Err(ApiError::InvalidArgument("from must not be after to".into()));
@@ -97,7 +97,7 @@ impl Filter {
                 return Err(ApiError::InvalidArgument("actor must be a username, user id or key id".into()));
             }
             actors.push(f.actor.clone());
-            if let Some(u) = cluster.view().read().user_by_name(&f.actor.to_ascii_lowercase()) {
+            if let Some(u) = node.view().read().user_by_name(&f.actor.to_ascii_lowercase()) {
                 actors.push(u.user_id.clone());
             }
         }
@@ -136,9 +136,9 @@ type ExportStream = BoxStream<AuditRecord>;
 #[tonic::async_trait]
 impl AuditService for Audit {
     async fn query(&self, req: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        authorize(&self.node, req.metadata(), Permission::AuditRead).await?;
         let r = req.into_inner();
-        let filter = Filter::new(&self.cluster, r.filter)?;
+        let filter = Filter::new(&self.node, r.filter)?;
         let size = match r.page_size as usize {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
@@ -191,10 +191,10 @@ impl AuditService for Audit {
     type ExportStream = ExportStream;
 
     async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::AuditRead).await?;
         let meta = req.metadata().clone();
-        let filter = Filter::new(&self.cluster, req.into_inner().filter)?;
-        let (log, cluster) = (self.log.clone(), self.cluster.clone());
+        let filter = Filter::new(&self.node, req.into_inner().filter)?;
+        let (log, node) = (self.log.clone(), self.node.clone());
         let (tx, rx) = streams::channel(self.streams.open(&actor.user_id)?, "audit record");
         tokio::spawn(async move {
             let mut from = 0u64;
@@ -203,7 +203,7 @@ impl AuditService for Audit {
                 // Re-authorized while it streams, as `Watch` is: a key revoked
                 // or a role taken away mid-export ends the export.
                 if checked.elapsed() >= super::events::RECHECK {
-                    if let Err(e) = authorize(&cluster, &meta, Permission::AuditRead).await {
+                    if let Err(e) = authorize(&node, &meta, Permission::AuditRead).await {
                         tx.fail(e.into());
                         return;
                     }
@@ -258,7 +258,7 @@ impl AuditService for Audit {
     }
 
     async fn verify(&self, req: Request<AuditVerifyRequest>) -> Result<Response<AuditVerifyResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::AuditRead).await?;
+        authorize(&self.node, req.metadata(), Permission::AuditRead).await?;
         let log = self.log.clone();
         let report =
             tokio::task::spawn_blocking(move || log.verify()).await.map_err(read_failed)?.map_err(read_failed)?;
@@ -277,7 +277,7 @@ impl AuditService for Audit {
             head_seq: report.chain.head_seq,
             head_hash: hex::encode(&report.chain.head_hash),
             anchor_seq: report.chain.anchor_seq,
-            node_id: self.cluster.id(),
+            node_id: self.node.id(),
         }))
     }
 }

@@ -6,7 +6,7 @@ use gatehouse_domain::roles::{self, Permission};
 use tonic::metadata::MetadataMap;
 
 use crate::identity::{self, Principal};
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
 
 /// The bearer token of a request, if it has a well-formed one.
 pub fn bearer(meta: &MetadataMap) -> Option<&str> {
@@ -20,8 +20,8 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
 /// is up to date (a revoked key must not slip through a lagging node), and
 /// with `UNAVAILABLE` when the call asks for `gatehouse-consistency:
 /// linearizable` and this node cannot reach what the leader has committed.
-pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
-    if !cluster.ensure_fresh().await {
+pub async fn authorize(node: &Node, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
+    if !node.ensure_fresh().await {
         return Err(ApiError::Stale);
     }
     // Admin calls are rare and change what others may do: decide them on
@@ -36,39 +36,33 @@ pub async fn authorize(cluster: &Cluster, meta: &MetadataMap, permission: Permis
             return Err(ApiError::InvalidArgument("gatehouse-consistency must be linearizable or default".into()))
         }
     };
-    super::read_your_writes(cluster, linearizable).await?;
-    check(cluster, meta, permission).await
+    super::read_your_writes(node, linearizable).await?;
+    check(node, meta, permission).await
 }
 
 /// [`authorize`] without the freshness check and the catch-up, for read-only
 /// diagnostics (cluster status) that must answer at once on a node cut off
 /// from the leader. The key is still resolved like every credential
 /// ([`identity::resolve`]).
-pub async fn authorize_stale(
-    cluster: &Cluster,
-    meta: &MetadataMap,
-    permission: Permission,
-) -> Result<Principal, ApiError> {
-    check(cluster, meta, permission).await
+pub async fn authorize_stale(node: &Node, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
+    check(node, meta, permission).await
 }
 
 /// The key in `meta`, resolved, and RBAC. Failed authentications count
 /// against the client's address ([`super::failures`]).
-async fn check(cluster: &Cluster, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
-    let gate = crate::audit::GRPC_CALL.try_with(|c| c.auth_failures.clone()).ok().flatten();
-    let peer = crate::audit::grpc_peer();
+async fn check(node: &Node, meta: &MetadataMap, permission: Permission) -> Result<Principal, ApiError> {
+    let gate = crate::admin::call::GRPC_CALL.try_with(|c| c.auth_failures.clone()).ok().flatten();
+    let peer = crate::admin::call::grpc_peer();
     let over = gate.as_ref().and_then(|g| g.full(&peer));
     let resolved = match bearer(meta) {
         // The admin API takes API keys, not browser sessions.
-        Some(token) if token.starts_with(keys::KEY_PREFIX) => {
-            identity::resolve_with(cluster, token, over.is_none()).await
-        }
+        Some(token) if token.starts_with(keys::KEY_PREFIX) => identity::resolve_with(node, token, over.is_none()).await,
         _ => Err(ApiError::Unauthenticated),
     };
     let caller = match resolved {
         Ok(caller) => caller,
         Err(e) => {
-            static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
+            static REFUSED: gatehouse_cluster::throttle::Throttle = gatehouse_cluster::throttle::Throttle::new(1_000);
             if let Some(suppressed) = REFUSED.allow() {
                 tracing::info!(reason = %e.code(), suppressed, "admin call refused");
             }
@@ -81,8 +75,8 @@ async fn check(cluster: &Cluster, meta: &MetadataMap, permission: Permission) ->
             return Err(e);
         }
     };
-    crate::audit::note_grpc_caller(&caller);
-    if !roles::allowed(&cluster.view().read(), &caller.roles, permission) {
+    crate::admin::call::note_grpc_caller(&caller);
+    if !roles::allowed(&node.view().read(), &caller.roles, permission) {
         tracing::info!(user = %caller.username, permission = permission.name(), "admin call denied");
         return Err(ApiError::PermissionDenied(format!("requires permission {}", permission.name())));
     }

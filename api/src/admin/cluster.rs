@@ -17,15 +17,15 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, authorize_stale};
 use super::learner;
-use crate::raft::service::local_status;
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
+use gatehouse_cluster::raft::service::local_status;
 
 pub struct ClusterAdmin {
-    cluster: Cluster,
+    node: Node,
 }
 
-pub fn server(cluster: Cluster) -> ClusterServiceServer<ClusterAdmin> {
-    ClusterServiceServer::new(ClusterAdmin { cluster })
+pub fn server(node: Node) -> ClusterServiceServer<ClusterAdmin> {
+    ClusterServiceServer::new(ClusterAdmin { node })
 }
 
 /// How long a status call waits for each node.
@@ -83,15 +83,14 @@ impl ClusterAdmin {
     {
         match local().await {
             Ok(resp) => {
-                let m = resp
-                    .membership
-                    .clone()
-                    .unwrap_or_else(|| self.cluster.raft().metrics().borrow().membership_config.membership().clone());
+                let m = resp.membership.clone().unwrap_or_else(|| {
+                    self.node.cluster().raft().metrics().borrow().membership_config.membership().clone()
+                });
                 Ok(Response::new(membership_response(resp.log_id.index, &m)))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = f.leader_node.map(|n| n.addr).ok_or(ApiError::Unavailable { leader: None })?;
-                let ch = self.cluster.peers().channel(&addr)?;
+                let ch = self.node.cluster().peers().channel(&addr)?;
                 let fwd = forwarded_request(req, req.get_ref().clone(), MEMBERSHIP_FORWARD_TIMEOUT);
                 unreachable_names(forward(ClusterServiceClient::new(ch), fwd).await, &addr)
             }
@@ -111,20 +110,20 @@ impl ClusterService for ClusterAdmin {
     #[tracing::instrument(level = "info", name = "admin.cluster.status", skip_all)]
     async fn status(&self, req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
         // Status stays readable on a stale node: it is how operators find out why.
-        authorize_stale(&self.cluster, req.metadata(), Permission::ClusterRead).await?;
-        let metrics = self.cluster.raft().metrics().borrow().clone();
+        authorize_stale(&self.node, req.metadata(), Permission::ClusterRead).await?;
+        let metrics = self.node.cluster().raft().metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let me = self.cluster.id();
+        let me = self.node.id();
         let calls = membership.nodes().map(|(id, node)| {
             let (id, addr) = (*id, node.addr.clone());
-            let cluster = self.cluster.clone();
+            let node = self.node.clone();
             async move {
                 if id == me {
-                    return (id, addr, Some(local_status(&cluster)));
+                    return (id, addr, Some(local_status(node.cluster())));
                 }
                 let status = async {
-                    let mut client = cluster.peers().raft_client(&addr).ok()?;
+                    let mut client = node.cluster().peers().raft_client(&addr).ok()?;
                     let mut r = Request::new(gatehouse_proto::raft::LocalStatusRequest {});
                     r.set_timeout(STATUS_TIMEOUT);
                     client.local_status(r).await.ok().map(|r| r.into_inner())
@@ -161,7 +160,7 @@ impl ClusterService for ClusterAdmin {
                 }
             })
             .collect();
-        let leader = self.cluster.leader();
+        let leader = self.node.leader();
         Ok(Response::new(ClusterStatusResponse {
             node_id: me,
             leader_id: leader.as_ref().map_or(0, |l| l.0),
@@ -173,23 +172,23 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.add_learner", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let r = req.get_ref().clone();
         validate_id(r.node_id)?;
         validate_addr(&r.addr)?;
         // Refused before it enters the membership: the leader would send the
         // secret and the log there in plaintext.
-        self.cluster.peers().check_dialable(&r.addr)?;
-        let membership = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        self.node.cluster().peers().check_dialable(&r.addr)?;
+        let membership = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
         learner::fits(&membership, r.node_id, &r.addr)?;
         let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
         // The probe carries the cluster secret to the address: every one is
         // audited, refused or not.
-        let audit = match learner::probe(&self.cluster, r.node_id, &r.addr).await {
+        let audit = match learner::probe(&self.node, r.node_id, &r.addr).await {
             Ok(()) => audit,
             Err(e) => return Err(audit.done::<(), _>(Err(e)).unwrap_err().into()),
         };
-        let (raft, cluster) = (self.cluster.raft().clone(), self.cluster.clone());
+        let (raft, node) = (self.node.cluster().raft().clone(), self.node.clone());
         // Set when this node (the leader) added it and it did not catch up in time.
         let behind = std::sync::Arc::new(std::sync::Mutex::new(None));
         let behind_here = behind.clone();
@@ -200,7 +199,7 @@ impl ClusterService for ClusterAdmin {
                     let added = raft.add_learner(r.node_id, BasicNode { addr: r.addr }, false).await;
                     if let Ok(resp) = &added {
                         let caught_up =
-                            learner::wait_caught_up(&cluster, r.node_id, resp.log_id.index, learner::CATCH_UP_TIMEOUT);
+                            learner::wait_caught_up(&node, r.node_id, resp.log_id.index, learner::CATCH_UP_TIMEOUT);
                         if let Err(status) = caught_up.await {
                             *behind_here.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
                         }
@@ -219,14 +218,14 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.promote", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
-        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        let m = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
         if m.get_node(&id).is_none() {
             return Err(ApiError::NotFound(format!("node {id} is not a member; add it as a learner first")).into());
         }
-        let raft = self.cluster.raft().clone();
+        let raft = self.node.cluster().raft().clone();
         let audit = self.audit(&actor, "cluster.promote", id, String::new());
         self.on_leader(
             &req,
@@ -240,10 +239,10 @@ impl ClusterService for ClusterAdmin {
 
     #[tracing::instrument(level = "info", name = "admin.cluster.remove", skip_all, fields(node_id = req.get_ref().node_id))]
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
-        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        let m = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
         if m.get_node(&id).is_none() {
             return Err(ApiError::NotFound(format!("node {id} is not a member")).into());
         }
@@ -251,7 +250,7 @@ impl ClusterService for ClusterAdmin {
         if is_voter && m.voter_ids().count() == 1 {
             return Err(ApiError::FailedPrecondition("cannot remove the last voter".into()).into());
         }
-        let raft = self.cluster.raft().clone();
+        let raft = self.node.cluster().raft().clone();
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -271,8 +270,8 @@ impl ClusterService for ClusterAdmin {
         &self,
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
-        let raft = self.cluster.raft();
+        let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
+        let raft = self.node.cluster().raft();
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         raft.trigger().snapshot().await.map_err(|e| {
             tracing::error!(error = %e, "raft stopped");
@@ -288,7 +287,7 @@ impl ClusterService for ClusterAdmin {
             Ok(Ok(m)) => Ok(TriggerSnapshotResponse { snapshot_index: m.snapshot.map_or(0, |s| s.index) }),
             _ => Err(ApiError::Unavailable { leader: None }),
         };
-        let result = self.audit(&actor, "cluster.snapshot", self.cluster.id(), String::new()).done(result);
+        let result = self.audit(&actor, "cluster.snapshot", self.node.id(), String::new()).done(result);
         Ok(Response::new(result?))
     }
 
@@ -297,21 +296,21 @@ impl ClusterService for ClusterAdmin {
         &self,
         req: Request<TransferLeadershipRequest>,
     ) -> Result<Response<TransferLeadershipResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::ClusterAdmin).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let target = req.get_ref().node_id;
         validate_id(target)?;
-        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
+        let m = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
         if m.get_node(&target).is_none() {
             return Err(ApiError::NotFound(format!("node {target} is not a member")).into());
         }
-        match self.cluster.leader() {
-            Some((id, _)) if id == self.cluster.id() => {
+        match self.node.leader() {
+            Some((id, _)) if id == self.node.id() => {
                 let audit = self.audit(&actor, "cluster.transfer_leadership", target, String::new());
-                let (leader_id, term) = audit.done(self.cluster.transfer_leadership(target).await)?;
+                let (leader_id, term) = audit.done(self.node.cluster().transfer_leadership(target).await)?;
                 Ok(Response::new(TransferLeadershipResponse { leader_id, term }))
             }
             Some((_, addr)) => {
-                let mut client = ClusterServiceClient::new(self.cluster.peers().channel(&addr)?);
+                let mut client = ClusterServiceClient::new(self.node.cluster().peers().channel(&addr)?);
                 let fwd = forwarded_request(&req, *req.get_ref(), TRANSFER_FORWARD_TIMEOUT);
                 unreachable_names(client.transfer_leadership(fwd).await, &addr)
             }
@@ -334,7 +333,7 @@ fn forwarded_request<T, U>(req: &Request<T>, message: U, timeout: Duration) -> R
     if let Some(auth) = req.metadata().get("authorization") {
         fwd.metadata_mut().insert("authorization", auth.clone());
     }
-    crate::trace::inject_current(fwd.metadata_mut());
+    gatehouse_cluster::trace::inject_current(fwd.metadata_mut());
     fwd.set_timeout(timeout);
     fwd
 }
@@ -351,13 +350,13 @@ fn unreachable_names<T>(r: Result<T, Status>, leader: &str) -> Result<T, Status>
 /// A membership change to audit once it is done (on the node that does it;
 /// a follower that forwards the call records nothing).
 struct Audit {
-    cluster: Cluster,
+    node: Node,
     event: gatehouse_proto::events::AuditEvent,
 }
 
 impl Audit {
     fn done<T, E: std::fmt::Display>(mut self, result: Result<T, E>) -> Result<T, E> {
-        self.event.after = membership_snapshot(&self.cluster);
+        self.event.after = membership_snapshot(&self.node);
         match &result {
             Ok(_) => self.event.outcome = "ok".into(),
             Err(e) => {
@@ -365,24 +364,24 @@ impl Audit {
                 self.event.detail = format!("{} {e}", self.event.detail).trim().to_string();
             }
         }
-        self.cluster.audit(self.event);
+        self.node.audit(self.event);
         result
     }
 }
 
 impl ClusterAdmin {
     fn audit(&self, actor: &crate::identity::Principal, action: &str, node: u64, detail: String) -> Audit {
-        let who = crate::audit::Actor::of(actor, crate::audit::grpc_peer());
+        let who = crate::audit::Actor::of(actor, crate::admin::call::grpc_peer());
         let mut event = crate::audit::event(action, "", &who, format!("node:{node}"));
         event.detail = detail;
-        event.before = membership_snapshot(&self.cluster);
-        Audit { cluster: self.cluster.clone(), event }
+        event.before = membership_snapshot(&self.node);
+        Audit { node: self.node.clone(), event }
     }
 }
 
 /// The cluster as an audit snapshot: members, leader, term, latest snapshot.
-fn membership_snapshot(cluster: &Cluster) -> String {
-    let m = cluster.raft().metrics().borrow().clone();
+fn membership_snapshot(node: &Node) -> String {
+    let m = node.cluster().raft().metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let nodes: Vec<_> = membership.nodes().map(|(id, n)| serde_json::json!({ "id": id, "addr": n.addr })).collect();
     serde_json::json!({
@@ -402,7 +401,8 @@ mod tests {
 
     #[test]
     fn an_unreachable_leader_is_named_and_its_own_answers_pass_through() {
-        let named = |r: Result<(), Status>| r.unwrap_err().metadata().get(crate::error::LEADER_METADATA).cloned();
+        let named =
+            |r: Result<(), Status>| r.unwrap_err().metadata().get(gatehouse_cluster::error::LEADER_METADATA).cloned();
         let refused = Err(Status::unavailable("tcp connect error"));
         assert_eq!(named(unreachable_names(refused, "127.0.0.1:7001")).unwrap(), "127.0.0.1:7001");
         let late: Result<(), Status> = Err(Status::deadline_exceeded("timeout"));

@@ -3,6 +3,7 @@
 //! ([`gatehouse_domain::redact`]). Only applied entries are sent, so every
 //! event is committed.
 
+use gatehouse_cluster::periodic::Shutdown;
 use std::time::Duration;
 
 use gatehouse_domain::redact::redacted;
@@ -12,12 +13,11 @@ use gatehouse_proto::admin::{watch_event, WatchEvent, WatchRequest};
 use gatehouse_storage::types::Entry;
 use gatehouse_storage::LogReader;
 use openraft::EntryPayload;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::streams::{self, BoxStream, Streams};
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
 
 /// Entries read from disk per step: at most this many, and after the
 /// first at most `CHUNK_BYTES` (the stream's own buffer is bounded too).
@@ -28,22 +28,17 @@ const CHUNK_BYTES: usize = 1 << 20;
 pub(super) const RECHECK: Duration = Duration::from_secs(2);
 
 pub struct Events {
-    cluster: Cluster,
+    node: Node,
     log: LogReader,
-    stopping: watch::Receiver<bool>,
+    stopping: Shutdown,
     streams: Streams,
 }
 
-/// `stopping` turns true when the node shuts down: open streams end then
+/// `stopping` fires when the node shuts down: open streams end then
 /// (with `UNAVAILABLE`), so they cannot hold a graceful shutdown forever.
 /// `streams` counts open streams per caller (shared with audit exports).
-pub fn server(
-    cluster: Cluster,
-    log: LogReader,
-    stopping: watch::Receiver<bool>,
-    streams: Streams,
-) -> EventServiceServer<Events> {
-    EventServiceServer::new(Events { cluster, log, stopping, streams })
+pub fn server(node: Node, log: LogReader, stopping: Shutdown, streams: Streams) -> EventServiceServer<Events> {
+    EventServiceServer::new(Events { node, log, stopping, streams })
 }
 
 fn compacted(from: u64, first: u64) -> ApiError {
@@ -71,7 +66,7 @@ fn events_of(entry: Entry) -> Vec<WatchEvent> {
 }
 
 /// Counts an open stream in the metrics until it ends.
-struct OpenStream(Cluster);
+struct OpenStream(Node);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -87,7 +82,7 @@ impl EventService for Events {
 
     #[tracing::instrument(level = "info", name = "admin.events.watch", skip_all, fields(from_index = req.get_ref().from_index))]
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::EventsRead).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::EventsRead).await?;
         let meta = req.metadata().clone();
         let first = self.log.first_index().map_err(|e| {
             tracing::error!(error = %e, "reading the log failed");
@@ -101,11 +96,11 @@ impl EventService for Events {
         let slot = self.streams.open(&actor.user_id)?;
         tracing::info!(actor = %actor.username, from = next, "watch started");
         let (tx, rx) = streams::channel(slot, "index");
-        let (cluster, log, mut stopping) = (self.cluster.clone(), self.log.clone(), self.stopping.clone());
+        let (node, log, mut stopping) = (self.node.clone(), self.log.clone(), self.stopping.clone());
         tokio::spawn(async move {
-            cluster.metrics().watch_streams.inc();
-            let _open = OpenStream(cluster.clone());
-            let mut applied = cluster.view().subscribe();
+            node.metrics().watch_streams.inc();
+            let _open = OpenStream(node.clone());
+            let mut applied = node.view().subscribe();
             let mut checked = tokio::time::Instant::now();
             loop {
                 // Re-authorized every RECHECK, backlog or not: a revoked key,
@@ -113,7 +108,7 @@ impl EventService for Events {
                 // to date ends the stream (the client resumes from its last
                 // index elsewhere).
                 if checked.elapsed() >= RECHECK {
-                    if let Err(e) = authorize(&cluster, &meta, Permission::EventsRead).await {
+                    if let Err(e) = authorize(&node, &meta, Permission::EventsRead).await {
                         tx.fail(e.into());
                         return;
                     }
@@ -154,7 +149,7 @@ impl EventService for Events {
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
-                    _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    _ = stopping.wait() => {
                         tx.fail(Status::unavailable("the node is shutting down"));
                         return;
                     }

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::cluster::now_ms;
-use crate::limits::Quota;
+use crate::rate_limit::quota::Quota;
+use gatehouse_cluster::clock::now_ms;
 
 /// Addresses tracked at most.
 pub const MAX_ADDRESSES: usize = 10_000;
@@ -33,7 +33,7 @@ impl FailureGate {
     }
 
     fn bucket(peer: &str) -> Option<IpAddr> {
-        peer.parse().ok().map(crate::limits::bucket_ip)
+        peer.parse().ok().map(gatehouse_domain::limits::bucket_ip)
     }
 
     /// The refusal's quota if `peer` is over the limit now.

@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::{check_covers, check_covers_owner, find_user, key_pb, revoked};
-use crate::cluster::now_ms;
-use crate::{credentials, ApiError, Cluster};
+use crate::{credentials, ApiError, Node};
+use gatehouse_cluster::clock::now_ms;
 
 /// Longest key lifetime accepted (10 years).
 const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
@@ -23,30 +23,30 @@ const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
 pub struct Keys {
-    cluster: Cluster,
+    node: Node,
 }
 
-pub fn server(cluster: Cluster) -> KeyServiceServer<Keys> {
-    KeyServiceServer::new(Keys { cluster })
+pub fn server(node: Node) -> KeyServiceServer<Keys> {
+    KeyServiceServer::new(Keys { node })
 }
 
 #[tonic::async_trait]
 impl KeyService for Keys {
     #[tracing::instrument(level = "info", name = "admin.keys.create", skip_all, fields(actor, key_id))]
     async fn create(&self, req: Request<CreateKeyRequest>) -> Result<Response<CreateKeyResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
-        crate::audit::note_request(&r);
+        crate::admin::call::note_request(&r);
         if r.ttl_seconds > MAX_TTL_SECONDS {
             return Err(ApiError::InvalidArgument("ttl is longer than 10 years".into()).into());
         }
         if r.name.is_empty() || r.name.chars().count() > 64 || r.name.chars().any(char::is_control) {
             return Err(ApiError::InvalidArgument("key name must be 1-64 printable characters".into()).into());
         }
-        users::validate_roles(&self.cluster.view().read(), &r.roles).map_err(ApiError::from)?;
+        users::validate_roles(&self.node.view().read(), &r.roles).map_err(ApiError::from)?;
         let (user_id, roles) = {
-            let state = self.cluster.view().read();
+            let state = self.node.view().read();
             let user = find_user(&state, &r.user)?;
             // A key speaks for its user: issuing one is acting as that user.
             // Its roles are fixed now (the user's, unless restricted), so a
@@ -62,7 +62,7 @@ impl KeyService for Keys {
         let key = credentials::new_api_key();
         tracing::Span::current().record("key_id", key.key_id.as_str());
         let expires_at = if r.ttl_seconds == 0 { 0 } else { now_ms() + r.ttl_seconds * 1000 };
-        let cmd = self.cluster.command(Payload::CreateApiKey(CreateApiKey {
+        let cmd = self.node.command(Payload::CreateApiKey(CreateApiKey {
             key_id: key.key_id.clone(),
             user_id,
             name: r.name,
@@ -72,18 +72,18 @@ impl KeyService for Keys {
             roles,
             roles_exact: true,
         }));
-        let result = super::write(&self.cluster, &actor, cmd).await?;
+        let result = super::write(&self.node, &actor, cmd).await?;
         super::secret_shown_once("key", &result.id, &key.key_id)?;
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         let rec = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
         tracing::info!("api key created");
         Ok(Response::new(CreateKeyResponse { key: Some(key_pb(&state, rec)), secret: key.key }))
     }
 
     async fn list(&self, req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
+        authorize(&self.node, req.metadata(), Permission::KeysRead).await?;
         let r = req.into_inner();
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         let user_id = if r.user.is_empty() { None } else { Some(find_user(&state, &r.user)?.user_id.clone()) };
         let keys: Vec<(String, ApiKey)> = state
             .api_keys()
@@ -97,43 +97,43 @@ impl KeyService for Keys {
     }
 
     async fn get(&self, req: Request<GetKeyRequest>) -> Result<Response<ApiKey>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::KeysRead).await?;
+        authorize(&self.node, req.metadata(), Permission::KeysRead).await?;
         let id = &req.get_ref().id;
         rules::validate_key_id(id).map_err(ApiError::from)?;
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         let key = state.api_key(id).ok_or_else(|| ApiError::NotFound(format!("no key {id}")))?;
         Ok(Response::new(key_pb(&state, key)))
     }
 
     #[tracing::instrument(level = "info", name = "admin.keys.rotate", skip_all, fields(actor, key_id = %gatehouse_domain::quote::quote(&req.get_ref().id), new_key_id))]
     async fn rotate(&self, req: Request<RotateKeyRequest>) -> Result<Response<RotateKeyResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
-        crate::audit::note_request(&r);
+        crate::admin::call::note_request(&r);
         rules::validate_key_id(&r.id).map_err(ApiError::from)?;
         if r.grace_seconds > MAX_GRACE_SECONDS {
             return Err(ApiError::InvalidArgument("grace period is longer than 30 days".into()).into());
         }
         let old = self
-            .cluster
+            .node
             .view()
             .read()
             .api_key(&r.id)
             .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("no key {}", r.id)))?;
-        check_covers_owner(&self.cluster.view().read(), &actor, &old.user_id)?;
+        check_covers_owner(&self.node.view().read(), &actor, &old.user_id)?;
         // A key from before exact role lists whose list is empty followed its
         // user; its successor holds what that meant today, and no more later.
         let exact_roles = if old.roles_exact || !old.roles.is_empty() {
             old.roles.clone()
         } else {
-            self.cluster.view().read().user(&old.user_id).map(|u| u.roles.clone()).unwrap_or_default()
+            self.node.view().read().user(&old.user_id).map(|u| u.roles.clone()).unwrap_or_default()
         };
         let key = credentials::new_api_key();
         tracing::Span::current().record("new_key_id", key.key_id.as_str());
         let now = now_ms();
-        let cmd = self.cluster.command(Payload::RotateApiKey(RotateApiKey {
+        let cmd = self.node.command(Payload::RotateApiKey(RotateApiKey {
             old_key_id: r.id.clone(),
             // The new key keeps what the old one was: user, name, roles and
             // the same remaining lifetime it was issued with.
@@ -148,9 +148,9 @@ impl KeyService for Keys {
             }),
             old_expires_at: if r.grace_seconds == 0 { 0 } else { now + r.grace_seconds * 1000 },
         }));
-        let result = super::write(&self.cluster, &actor, cmd).await?;
+        let result = super::write(&self.node, &actor, cmd).await?;
         super::secret_shown_once("key", &result.id, &key.key_id)?;
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         let new = state.api_key(&key.key_id).ok_or(ApiError::Internal)?;
         let old = state.api_key(&r.id).ok_or(ApiError::Internal)?;
         tracing::info!(grace_seconds = r.grace_seconds, "api key rotated");
@@ -163,19 +163,19 @@ impl KeyService for Keys {
 
     #[tracing::instrument(level = "info", name = "admin.keys.revoke", skip_all, fields(actor, key_id = %gatehouse_domain::quote::quote(&req.get_ref().id)))]
     async fn revoke(&self, req: Request<RevokeKeyRequest>) -> Result<Response<Revoked>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::KeysWrite).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::KeysWrite).await?;
         tracing::Span::current().record("actor", actor.username.as_str());
         let r = req.into_inner();
-        crate::audit::note_request(&r);
+        crate::admin::call::note_request(&r);
         rules::validate_key_id(&r.id).map_err(ApiError::from)?;
         {
-            let state = self.cluster.view().read();
+            let state = self.node.view().read();
             if let Some(key) = state.api_key(&r.id) {
                 check_covers_owner(&state, &actor, &key.user_id)?;
             }
         }
-        let cmd = self.cluster.command(Payload::RevokeApiKey(RevokeApiKey { key_id: r.id }));
-        let result = super::write(&self.cluster, &actor, cmd).await?;
-        Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
+        let cmd = self.node.command(Payload::RevokeApiKey(RevokeApiKey { key_id: r.id }));
+        let result = super::write(&self.node, &actor, cmd).await?;
+        Ok(Response::new(revoked(&self.node, 1, result.log_index, r.wait_all).await))
     }
 }

@@ -1,14 +1,19 @@
 //! The admin gRPC API: every RPC authenticates an API key and checks RBAC
-//! first ([`auth`]), then works through the [`Cluster`](crate::Cluster).
+//! first ([`auth`]), then works through the [`Node`](crate::Node) (cluster
+//! operations through its consensus handle). Every call passes [`layer`],
+//! which sets up its context ([`call`]: the client, the caller, the
+//! idempotency scheme).
 //! Reads come from the local view; writes are proposed (forwarded to the
 //! leader when needed).
 
 pub mod audit;
 pub mod auth;
+pub mod call;
 pub mod cluster;
 pub mod events;
 pub mod failures;
 pub mod keys;
+pub mod layer;
 pub mod learner;
 pub mod roles;
 pub mod sessions;
@@ -19,12 +24,11 @@ use std::time::{Duration, Instant};
 
 use gatehouse_domain::State;
 use gatehouse_proto::admin::{ApiKey, Revoked, Role, Session, User};
-use gatehouse_proto::events::UserStatus;
 use gatehouse_proto::raft::LocalStatusRequest;
 use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
 
 use crate::identity::Principal;
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
 
 /// Before every admin call's authorization ([`auth::authorize`]): catch up
 /// with what the leader had committed when the call arrived, so the caller's
@@ -33,12 +37,12 @@ use crate::{ApiError, Cluster};
 /// within `max_staleness`.)
 /// With `linearizable`, a call that cannot catch up fails with
 /// `UNAVAILABLE` instead (the `gatehouse-consistency: linearizable` metadata).
-pub async fn read_your_writes(cluster: &Cluster, linearizable: bool) -> Result<(), ApiError> {
-    if cluster.catch_up(Duration::from_secs(1)).await {
+pub async fn read_your_writes(node: &Node, linearizable: bool) -> Result<(), ApiError> {
+    if node.catch_up(Duration::from_secs(1)).await {
         return Ok(());
     }
     if linearizable {
-        return Err(ApiError::Unavailable { leader: cluster.leader().map(|l| l.1) });
+        return Err(ApiError::Unavailable { leader: node.leader().map(|l| l.1) });
     }
     tracing::debug!("admin read served from the local view without catching up");
     Ok(())
@@ -49,15 +53,15 @@ pub async fn read_your_writes(cluster: &Cluster, linearizable: bool) -> Result<(
 /// applied once and answer with the first result (whose `id` is then the
 /// first attempt's, not the one this attempt generated).
 pub async fn write(
-    cluster: &Cluster,
+    node: &Node,
     caller: &Principal,
     mut cmd: gatehouse_domain::Command,
 ) -> Result<gatehouse_domain::CommandResult, ApiError> {
-    if let Some(request_id) = crate::audit::idempotent_request_id(caller)? {
+    if let Some(request_id) = crate::admin::call::idempotent_request_id(caller)? {
         cmd.request_id = request_id;
-        cmd.request_digest = crate::audit::request_digest();
+        cmd.request_digest = crate::admin::call::request_digest();
     }
-    crate::audit::write(cluster, &actor(caller), cmd).await
+    crate::audit::write(node, &actor(caller), cmd).await
 }
 
 /// Refuses a retried call whose first attempt created entity `first` and
@@ -75,7 +79,7 @@ pub fn secret_shown_once(what: &str, first: &str, generated: &str) -> Result<(),
 
 /// The admin caller as an audit actor (from the gRPC peer's address).
 pub fn actor(caller: &Principal) -> crate::audit::Actor {
-    crate::audit::Actor::of(caller, crate::audit::grpc_peer())
+    crate::audit::Actor::of(caller, crate::admin::call::grpc_peer())
 }
 
 /// A user named by username or by id.
@@ -122,20 +126,13 @@ pub fn check_covers_owner(state: &State, caller: &Principal, user_id: &str) -> R
     }
 }
 
-pub fn status_name(status: i32) -> &'static str {
-    match UserStatus::try_from(status) {
-        Ok(UserStatus::Disabled) => "disabled",
-        _ => "active",
-    }
-}
-
 pub fn user_pb(u: &UserRecord) -> User {
     User {
         id: u.user_id.clone(),
         username: u.username.clone(),
         email: u.email.clone(),
         roles: u.roles.clone(),
-        status: status_name(u.status).into(),
+        status: gatehouse_domain::users::status_name(u.status).into(),
         created_at: u.created_at,
         updated_at: u.updated_at,
         locked_until: u.locked_until,
@@ -234,26 +231,26 @@ const WAIT_ALL: Duration = Duration::from_secs(5);
 
 /// Completes a revocation answer; with `wait_all`, only once every
 /// reachable voter reports it applied `log_index`.
-pub async fn revoked(cluster: &Cluster, count: u32, log_index: u64, wait_all: bool) -> Revoked {
+pub async fn revoked(node: &Node, count: u32, log_index: u64, wait_all: bool) -> Revoked {
     let (applied_on, unreachable) =
-        if wait_all { applied_everywhere(cluster, log_index).await } else { (Vec::new(), Vec::new()) };
+        if wait_all { applied_everywhere(node, log_index).await } else { (Vec::new(), Vec::new()) };
     Revoked { count, log_index, applied_on, unreachable }
 }
 
 /// Waits (up to `WAIT_ALL`) until every voter reports it applied
 /// `log_index`; returns the voters that did and those that did not answer.
-pub async fn applied_everywhere(cluster: &Cluster, log_index: u64) -> (Vec<u64>, Vec<u64>) {
+pub async fn applied_everywhere(node: &Node, log_index: u64) -> (Vec<u64>, Vec<u64>) {
     let (mut applied_on, mut unreachable) = (Vec::new(), Vec::new());
-    let membership = cluster.raft().metrics().borrow().membership_config.membership().clone();
+    let membership = node.cluster().raft().metrics().borrow().membership_config.membership().clone();
     let deadline = Instant::now() + WAIT_ALL;
     for id in membership.voter_ids() {
         let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
         let applied = loop {
-            let index = if id == cluster.id() {
-                Some(cluster.view().applied_index())
+            let index = if id == node.id() {
+                Some(node.view().applied_index())
             } else {
                 let call = async {
-                    let mut client = cluster.peers().raft_client(&addr).ok()?;
+                    let mut client = node.cluster().peers().raft_client(&addr).ok()?;
                     let mut req = tonic::Request::new(LocalStatusRequest {});
                     req.set_timeout(Duration::from_millis(500));
                     client.local_status(req).await.ok().map(|r| r.into_inner().applied_index)

@@ -13,21 +13,21 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::{check_covers, check_holds, find_user, role_pb, user_pb};
-use crate::{ApiError, Cluster};
+use crate::{ApiError, Node};
 
 pub struct Roles {
-    cluster: Cluster,
+    node: Node,
 }
 
-pub fn server(cluster: Cluster) -> RoleServiceServer<Roles> {
-    RoleServiceServer::new(Roles { cluster })
+pub fn server(node: Node) -> RoleServiceServer<Roles> {
+    RoleServiceServer::new(Roles { node })
 }
 
 impl Roles {
     async fn put(&self, req: Request<PutRoleRequest>, create: bool) -> Result<Response<Role>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::RolesWrite).await?;
         let r = req.into_inner();
-        crate::audit::note_request(&r);
+        crate::admin::call::note_request(&r);
         let name = r.name.clone();
         let put = PutRole {
             name: r.name,
@@ -39,27 +39,27 @@ impl Roles {
         // Bounded before anything reaches the log (apply checks again).
         roles::validate_definition(&put).map_err(ApiError::from)?;
         {
-            let state = self.cluster.view().read();
+            let state = self.node.view().read();
             check_holds(&state, &actor, &put.permissions)?;
             if let Some(existing) = state.role(&name) {
                 check_holds(&state, &actor, &existing.permissions)?;
             }
         }
-        let cmd = self.cluster.command(Payload::PutRole(put));
-        super::write(&self.cluster, &actor, cmd).await?;
+        let cmd = self.node.command(Payload::PutRole(put));
+        super::write(&self.node, &actor, cmd).await?;
         tracing::info!(actor = %actor.username, role = %name, create, "role written");
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         Ok(Response::new(role_pb(state.role(&name).ok_or(ApiError::Internal)?)))
     }
 
     /// Gives (`assign`) or takes a role from a user.
     async fn assignment(&self, req: Request<RoleAssignment>, assign: bool) -> Result<Response<User>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::UsersWrite).await?;
+        let actor = authorize(&self.node, req.metadata(), Permission::UsersWrite).await?;
         let r = req.into_inner();
-        crate::audit::note_request(&r);
+        crate::admin::call::note_request(&r);
         roles::validate_name(&r.role).map_err(ApiError::InvalidArgument)?;
         let user_id = {
-            let state = self.cluster.view().read();
+            let state = self.node.view().read();
             let user = find_user(&state, &r.user)?;
             check_covers(&state, &actor, &user.roles)?;
             check_covers(&state, &actor, std::slice::from_ref(&r.role))?;
@@ -70,9 +70,9 @@ impl Roles {
         } else {
             Payload::UnassignRole(UnassignRole { user_id: user_id.clone(), role: r.role.clone() })
         };
-        super::write(&self.cluster, &actor, self.cluster.command(payload)).await?;
+        super::write(&self.node, &actor, self.node.command(payload)).await?;
         tracing::info!(actor = %actor.username, user_id = %user_id, role = %r.role, assign, "role assignment changed");
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         Ok(Response::new(user_pb(state.user(&user_id).ok_or(ApiError::Internal)?)))
     }
 }
@@ -80,7 +80,7 @@ impl Roles {
 #[tonic::async_trait]
 impl RoleService for Roles {
     async fn list(&self, req: Request<ListRolesRequest>) -> Result<Response<ListRolesResponse>, Status> {
-        authorize(&self.cluster, req.metadata(), Permission::RolesRead).await?;
+        authorize(&self.node, req.metadata(), Permission::RolesRead).await?;
         let built_in = roles::BUILT_IN.iter().map(|name| Role {
             name: name.to_string(),
             permissions: Permission::ALL
@@ -93,7 +93,7 @@ impl RoleService for Roles {
             // Assigned by their permissions alone (see `roles::covers`).
             assignable_by: vec![],
         });
-        let state = self.cluster.view().read();
+        let state = self.node.view().read();
         let mut custom: Vec<Role> = state.roles().map(role_pb).collect();
         custom.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListRolesResponse { roles: built_in.chain(custom).collect() }))
@@ -111,15 +111,11 @@ impl RoleService for Roles {
 
     #[tracing::instrument(level = "info", name = "admin.roles.delete", skip_all)]
     async fn delete(&self, req: Request<DeleteRoleRequest>) -> Result<Response<DeleteRoleResponse>, Status> {
-        let actor = authorize(&self.cluster, req.metadata(), Permission::RolesWrite).await?;
-        crate::audit::note_request(req.get_ref());
+        let actor = authorize(&self.node, req.metadata(), Permission::RolesWrite).await?;
+        crate::admin::call::note_request(req.get_ref());
         let name = req.into_inner().name;
-        super::write(
-            &self.cluster,
-            &actor,
-            self.cluster.command(Payload::DeleteRole(DeleteRole { name: name.clone() })),
-        )
-        .await?;
+        super::write(&self.node, &actor, self.node.command(Payload::DeleteRole(DeleteRole { name: name.clone() })))
+            .await?;
         tracing::info!(actor = %actor.username, role = %name, "role deleted");
         Ok(Response::new(DeleteRoleResponse {}))
     }

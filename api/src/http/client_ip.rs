@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
 
-use super::Front;
+use super::front::Front;
 
 /// The request's client address, as [`layer`] resolved it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

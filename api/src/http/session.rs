@@ -15,14 +15,16 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::caller::{credential, csrf_ok};
 use super::client_ip::ClientIp;
-use super::{credential, csrf_ok, Front};
+use super::front::Front;
 use crate::audit::{self, Actor};
-use crate::cluster::now_ms;
 use crate::identity::{Principal, Via};
-use crate::limits::{Quota, RequestLimits};
 use crate::passwords::MAX_PASSWORD_LEN;
-use crate::{credentials, ApiError};
+use crate::rate_limit::limiter::RequestLimits;
+use crate::rate_limit::quota::Quota;
+use crate::ApiError;
+use gatehouse_cluster::clock::now_ms;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +47,7 @@ async fn caller(
     limits: &Limits,
     changes_state: bool,
 ) -> Result<(Principal, Option<Quota>), ApiError> {
-    if !front.cluster.ensure_fresh().await {
+    if !front.node.ensure_fresh().await {
         return Err(ApiError::Stale);
     }
     let (token, from_cookie) = credential(headers, &front.config.cookie_name).ok_or(ApiError::Unauthenticated)?;
@@ -53,12 +55,13 @@ async fn caller(
         return Err(ApiError::Csrf);
     }
     let catch_up = limits.as_deref().is_none_or(|l| !l.over_failures());
-    let p = crate::identity::resolve_with(&front.cluster, &token, catch_up).await?;
+    let p = crate::identity::resolve_with(&front.node, &token, catch_up).await?;
     let key_id = match &p.via {
         Via::ApiKey { key_id } => Some(key_id.as_str()),
         Via::Session { .. } => None,
     };
-    let quota = crate::limits::caller_known(front, limits.as_deref(), &p.user_id, &p.username, key_id).await?;
+    let quota =
+        crate::rate_limit::layer::caller_known(front, limits.as_deref(), &p.user_id, &p.username, key_id).await?;
     Ok((p, quota))
 }
 
@@ -92,7 +95,7 @@ fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue 
 /// proxy the peer is the proxy, and every client would share one lockout),
 /// an IPv6 client by its /64.
 fn login_source(ip: ClientIp) -> String {
-    crate::limits::bucket_ip(ip.0).to_string()
+    gatehouse_domain::limits::bucket_ip(ip.0).to_string()
 }
 
 /// `POST /api/v1/login` `{username, password}` → session cookie.
@@ -107,7 +110,7 @@ pub async fn login(
     if !csrf_ok(&headers) {
         return Err(ApiError::Csrf);
     }
-    if !front.cluster.ensure_fresh().await {
+    if !front.node.ensure_fresh().await {
         return Err(ApiError::Stale);
     }
     let body: LoginBody = serde_json::from_slice(&body)
@@ -123,8 +126,8 @@ pub async fn login(
     // Read your writes: the user (or a password change) may have been
     // committed through another node a moment ago. Done for every login, so
     // the timing does not depend on whether the user exists here.
-    front.cluster.catch_up(Duration::from_millis(500)).await;
-    let user = front.cluster.view().read().user_by_name(&username).cloned();
+    front.node.catch_up(Duration::from_millis(500)).await;
+    let user = front.node.view().read().user_by_name(&username).cloned();
     // Lockouts are per (user, client address bucket): see `users::record_login_failure`.
     let source = login_source(client);
     let usable =
@@ -140,12 +143,12 @@ pub async fn login(
             Some(u) => format!("user:{}", u.user_id),
             None => "user:unknown".to_string(),
         };
-        front.cluster.audit(audit::event("login.failure", "denied", &anonymous, resource));
+        front.node.audit(audit::event("login.failure", "denied", &anonymous, resource));
         if let Some(u) = user.as_ref().filter(|u| !users::is_locked_from(u, &source, now)) {
             // Counted through the log, so a lockout holds on every node. In
             // the background: the answer must not take longer for real users.
             let l = &front.config.lockout;
-            let cmd = front.cluster.command(Payload::RecordLoginFailure(RecordLoginFailure {
+            let cmd = front.node.command(Payload::RecordLoginFailure(RecordLoginFailure {
                 user_id: u.user_id.clone(),
                 threshold: l.threshold,
                 window_ms: l.window.as_millis() as u64,
@@ -153,17 +156,17 @@ pub async fn login(
                 source: source.clone(),
                 user_threshold: l.user_threshold,
             }));
-            let cluster = front.cluster.clone();
+            let node = front.node.clone();
             let user_id = u.user_id.clone();
             tokio::spawn(async move {
-                if let Err(e) = cluster.propose_one(cmd).await {
+                if let Err(e) = node.propose_one(cmd).await {
                     tracing::warn!(error = %e, "recording a failed login failed");
                     return;
                 }
                 let locked =
-                    cluster.view().read().user(&user_id).is_some_and(|u| users::is_locked_from(u, &source, now_ms()));
+                    node.view().read().user(&user_id).is_some_and(|u| users::is_locked_from(u, &source, now_ms()));
                 if locked {
-                    cluster.audit(audit::event("user.lockout", "ok", &anonymous, format!("user:{user_id}")));
+                    node.audit(audit::event("user.lockout", "ok", &anonymous, format!("user:{user_id}")));
                 }
             });
         }
@@ -174,7 +177,7 @@ pub async fn login(
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let token = format!("gs_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
-    let session_id = credentials::new_id();
+    let session_id = gatehouse_cluster::ids::new_id();
     let ttl = front.config.session_ttl;
     let user_agent: String = headers
         .get(header::USER_AGENT)
@@ -183,7 +186,7 @@ pub async fn login(
         .chars()
         .take(MAX_USER_AGENT / 4)
         .collect();
-    let cmd = front.cluster.command(Payload::CreateSession(CreateSession {
+    let cmd = front.node.command(Payload::CreateSession(CreateSession {
         session_id: session_id.clone(),
         user_id: user.user_id.clone(),
         token_sha256: gatehouse_domain::sessions::token_hash(&token).to_vec(),
@@ -193,12 +196,12 @@ pub async fn login(
         user_agent,
     }));
     let request_id = cmd.request_id.clone();
-    front.cluster.propose_one(cmd).await?;
+    front.node.propose_one(cmd).await?;
     let who =
         Actor { user_id: user.user_id.clone(), session_id: session_id.clone(), client_ip: ip, ..Default::default() };
     let mut e = audit::event("login.success", "ok", &who, format!("session:{session_id}"));
     e.request_id = request_id;
-    front.cluster.audit(e);
+    front.node.audit(e);
     tracing::Span::current().record("user_id", user.user_id.as_str());
     tracing::Span::current().record("outcome", "ok");
     let body = json!({
@@ -224,8 +227,8 @@ pub async fn logout(
         return Err(ApiError::InvalidArgument("logout ends a session; this request used an API key".into()));
     };
     let resource = format!("session:{session_id}");
-    front.cluster.propose_one(front.cluster.command(Payload::RevokeSession(RevokeSession { session_id }))).await?;
-    front.cluster.audit(audit::event("logout", "ok", &who, resource));
+    front.node.propose_one(front.node.command(Payload::RevokeSession(RevokeSession { session_id }))).await?;
+    front.node.audit(audit::event("logout", "ok", &who, resource));
     let mut resp = Json(json!({ "status": "logged_out" })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&front, "", 0));
     Ok(with_quota(resp, quota))
@@ -234,7 +237,7 @@ pub async fn logout(
 /// `GET /api/v1/me`: the caller's identity.
 pub async fn me(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
     let (p, quota) = caller(&front, &headers, &limits, false).await?;
-    let email = front.cluster.view().read().user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
+    let email = front.node.view().read().user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
     let auth = match &p.via {
         Via::ApiKey { key_id } => json!({ "type": "api_key", "key_id": key_id }),
         Via::Session { session_id } => json!({ "type": "session", "session_id": session_id }),
@@ -250,7 +253,7 @@ pub async fn my_sessions(State(front): State<Front>, limits: Limits, headers: He
         Via::Session { session_id } => session_id.as_str(),
         Via::ApiKey { .. } => "",
     };
-    let state = front.cluster.view().read();
+    let state = front.node.view().read();
     let mut list: Vec<_> = state.sessions_of(&p.user_id).collect();
     list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     let sessions: Vec<_> = list
@@ -258,7 +261,7 @@ pub async fn my_sessions(State(front): State<Front>, limits: Limits, headers: He
         .map(|s| {
             json!({
                 "id": s.session_id, "created_at": s.created_at, "expires_at": s.expires_at,
-                "last_seen": s.last_seen.max(front.cluster.last_use().session(&s.session_id)),
+                "last_seen": s.last_seen.max(front.node.last_use().session(&s.session_id)),
                 "client_ip": s.client_ip, "user_agent": s.user_agent, "current": s.session_id == current,
             })
         })
@@ -275,12 +278,12 @@ pub async fn revoke_my_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (p, quota) = caller(&front, &headers, &limits, true).await?;
-    let mine = front.cluster.view().read().session(&id).is_some_and(|s| s.user_id == p.user_id);
+    let mine = front.node.view().read().session(&id).is_some_and(|s| s.user_id == p.user_id);
     if !mine {
         // Someone else's session and no session at all look the same.
         return Err(ApiError::NotFound("no such session".into()));
     }
-    let cmd = front.cluster.command(Payload::RevokeSession(RevokeSession { session_id: id.clone() }));
-    audit::write(&front.cluster, &actor(&p, client), cmd).await?;
+    let cmd = front.node.command(Payload::RevokeSession(RevokeSession { session_id: id.clone() }));
+    audit::write(&front.node, &actor(&p, client), cmd).await?;
     Ok(with_quota(Json(json!({ "status": "revoked", "id": id })).into_response(), quota))
 }

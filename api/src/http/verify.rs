@@ -12,9 +12,11 @@ use axum::response::{IntoResponse, Response};
 use gatehouse_domain::roles;
 use serde::Deserialize;
 
-use super::{credential, forwarded, Front, RouteRule};
+use super::caller::credential;
+use super::forwarded;
+use super::front::{Front, RouteRule};
 use crate::identity::{Principal, Via};
-use crate::limits::RequestLimits;
+use crate::rate_limit::limiter::RequestLimits;
 use crate::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +83,7 @@ pub async fn verify(
     let limits = limits.map(|Extension(l)| l);
     let (decision, resp) = decide(&front, &q, &headers, client, limits.as_ref()).await;
     tracing::Span::current().record("decision", decision);
-    front.cluster.metrics().verify_decision(decision);
+    front.node.metrics().verify_decision(decision);
     resp
 }
 
@@ -93,7 +95,7 @@ async fn decide(
     client: ClientIp,
     limits: Option<&RequestLimits>,
 ) -> (&'static str, Response) {
-    if !front.cluster.ensure_fresh().await {
+    if !front.node.ensure_fresh().await {
         return ("stale", ApiError::Stale.into_response());
     }
     if let Some(role) = &q.role {
@@ -105,7 +107,7 @@ async fn decide(
         return ("no_credential", unauthorized(ApiError::Unauthenticated));
     };
     let catch_up = limits.is_none_or(|l| !l.over_failures());
-    let principal = match crate::identity::resolve_with(&front.cluster, &token, catch_up).await {
+    let principal = match crate::identity::resolve_with(&front.node, &token, catch_up).await {
         Ok(p) => p,
         Err(e) => return (e.code(), unauthorized(e)),
     };
@@ -115,15 +117,17 @@ async fn decide(
         Via::ApiKey { key_id } => Some(key_id.as_str()),
         Via::Session { .. } => None,
     };
-    let quota = match crate::limits::caller_known(front, limits, &principal.user_id, &principal.username, key_id).await
-    {
-        Ok(q) => q,
-        Err(limited) => return ("rate_limited", limited.into_response()),
-    };
+    let quota =
+        match crate::rate_limit::layer::caller_known(front, limits, &principal.user_id, &principal.username, key_id)
+            .await
+        {
+            Ok(q) => q,
+            Err(limited) => return ("rate_limited", limited.into_response()),
+        };
     let denied = |decision: &'static str, e: ApiError| {
         // Aggregated: a user without the role may hit a protected page often.
         let ip = client.0.to_string();
-        front.cluster.audit_count("forward_auth.denied", format!("user:{}", principal.user_id), ip);
+        front.node.audit_count("forward_auth.denied", format!("user:{}", principal.user_id), ip);
         (decision, e.into_response())
     };
     if let Some(role) = &q.role {

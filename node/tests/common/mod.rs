@@ -43,7 +43,7 @@ pub fn config(id: u64, dir: &TempDir) -> Config {
         cluster_secret: Some(SECRET.into()),
         // Every test client is 127.0.0.1: the default per-IP limits would
         // couple unrelated tests. Tests about limits turn them on.
-        rate_limits: gatehouse_api::limits::LimitsConfig { enabled: false, ..Default::default() },
+        rate_limits: gatehouse_api::rate_limit::LimitsConfig { enabled: false, ..Default::default() },
         // Aggregated refusals are proposed at once, so tests see them.
         audit: gatehouse_api::audit::AuditConfig { aggregate_ms: 100, ..Default::default() },
         ..Config::default()
@@ -150,7 +150,7 @@ impl TestCluster {
 /// A command creating a user with a fresh id.
 pub fn create_user(node: &Node, username: &str) -> gatehouse_domain::Command {
     node.cluster().command(Payload::CreateUser(CreateUser {
-        user_id: gatehouse_api::credentials::new_id(),
+        user_id: gatehouse_cluster::ids::new_id(),
         username: username.into(),
         email: format!("{username}@example.com"),
         password_hash: String::new(),
@@ -167,7 +167,7 @@ pub async fn append_large_audit(node: &Node, batches: usize, action: &str) {
     for _ in 0..batches {
         let events = (0..100)
             .map(|i| AuditEvent {
-                at: gatehouse_api::cluster::now_ms() + i,
+                at: gatehouse_cluster::clock::now_ms() + i,
                 action: action.into(),
                 outcome: "ok".into(),
                 detail: "d".repeat(8 * 1024),
@@ -187,7 +187,7 @@ pub async fn write_user(node: &Node, username: &str) {
 /// Creates a user holding `roles` and an API key for it; returns the key.
 pub async fn create_key(node: &Node, username: &str, roles: &[&str]) -> String {
     use gatehouse_proto::events::CreateApiKey;
-    let user_id = gatehouse_api::credentials::new_id();
+    let user_id = gatehouse_cluster::ids::new_id();
     let key = gatehouse_api::credentials::new_api_key();
     let c = node.cluster();
     let user = c.command(Payload::CreateUser(CreateUser {
@@ -229,7 +229,7 @@ pub async fn admin_cli(endpoint: &str, token: &str, args: &[&str]) -> Result<Str
 /// node would) and returns the user id.
 pub async fn create_user_with_password(node: &Node, username: &str, password: &str, roles: &[&str]) -> String {
     let hash = gatehouse_api::passwords::PasswordPool::new(1, 4).hash(password.to_string()).await.unwrap();
-    let user_id = gatehouse_api::credentials::new_id();
+    let user_id = gatehouse_cluster::ids::new_id();
     let cmd = node.cluster().command(Payload::CreateUser(CreateUser {
         user_id: user_id.clone(),
         username: username.into(),

@@ -11,7 +11,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::ApiError;
+use crate::ClusterError;
 
 /// Metadata key of the cluster secret on Raft RPCs.
 pub const SECRET_METADATA: &str = "x-gatehouse-cluster-secret";
@@ -130,10 +130,10 @@ impl Peers {
 
     /// Whether this node may send the cluster secret to `addr` (and the
     /// route it is dialled through); the refusal says why.
-    pub fn check_dialable(&self, addr: &str) -> Result<(), ApiError> {
+    pub fn check_dialable(&self, addr: &str) -> Result<(), ClusterError> {
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
         if self.loopback_only && !(is_loopback_addr(addr) && is_loopback_addr(dial)) {
-            return Err(ApiError::FailedPrecondition(
+            return Err(ClusterError::FailedPrecondition(
                 "production mode sends cluster traffic (the secret, the log) to loopback addresses only: \
                  plaintext off loopback is refused"
                     .into(),
@@ -154,7 +154,7 @@ impl Peers {
     }
 
     /// The channel to `addr` (`host:port`), created on first use.
-    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
@@ -165,12 +165,12 @@ impl Peers {
     }
 
     /// How `addr` is dialled (through its route, if it has one).
-    fn endpoint(&self, addr: &str) -> Result<Endpoint, ApiError> {
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, ClusterError> {
         self.check_dialable(addr)?;
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
         Ok(Endpoint::from_shared(format!("http://{dial}"))
             .map_err(|_| {
-                ApiError::InvalidArgument(format!("invalid node address {}", gatehouse_domain::quote::quote(addr)))
+                ClusterError::InvalidArgument(format!("invalid node address {}", gatehouse_domain::quote::quote(addr)))
             })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
@@ -182,11 +182,11 @@ impl Peers {
 
     /// A Raft client on a channel of its own, not kept: for addresses that
     /// are not members yet (a learner about to be added).
-    pub fn raft_client_once(&self, addr: &str) -> Result<RaftClient, ApiError> {
+    pub fn raft_client_once(&self, addr: &str) -> Result<RaftClient, ClusterError> {
         Ok(self.raft_client_on(self.endpoint(addr)?.connect_lazy()))
     }
 
-    pub fn raft_client(&self, addr: &str) -> Result<RaftClient, ApiError> {
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient, ClusterError> {
         Ok(self.raft_client_on(self.channel(addr)?))
     }
 
@@ -238,7 +238,7 @@ mod tests {
             .loopback_only(true);
         assert!(peers.channel("127.0.0.1:7002").is_ok());
         for refused in ["10.0.0.5:7000", "node-2:7000", "127.0.0.1:7001"] {
-            assert!(matches!(peers.channel(refused), Err(ApiError::FailedPrecondition(_))), "{refused}");
+            assert!(matches!(peers.channel(refused), Err(ClusterError::FailedPrecondition(_))), "{refused}");
             assert!(peers.raft_client(refused).is_err(), "{refused}");
         }
         let open = Peers::new(ClusterSecret::new(&"s".repeat(40)).unwrap());

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::MAX_SNAPSHOT_BYTES;
 use crate::peers::MAX_RAFT_MESSAGE;
-use crate::{ApiError, Cluster};
+use crate::{Cluster, ClusterError};
 
 pub struct RaftRpc {
     cluster: Cluster,
@@ -149,12 +149,12 @@ impl RaftService for RaftRpc {
     #[tracing::instrument(level = "debug", name = "propose.forwarded", skip_all)]
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let batch = req.into_inner().batch.ok_or_else(|| bad("batch"))?;
-        crate::cluster::bounded(&batch.commands)?;
+        crate::propose::bounded(&batch.commands)?;
         match self.cluster.write_local(batch.commands).await {
             Ok((results, log_index)) => Ok(Response::new(pb::ProposeResponse { results, log_index })),
             // Not the leader (any more): the forwarding node retries with the hint.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ApiError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())
+                Err(ClusterError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())
             }
             Err(e) => Err(stopped(e)),
         }

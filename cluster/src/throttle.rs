@@ -21,7 +21,7 @@ impl Throttle {
 
     /// `Some(lines left out since the last one)` when a line may be written now.
     pub fn allow(&self) -> Option<u64> {
-        self.allow_at(crate::cluster::now_ms())
+        self.allow_at(crate::clock::now_ms())
     }
 
     fn allow_at(&self, now: u64) -> Option<u64> {

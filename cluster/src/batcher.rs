@@ -123,7 +123,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::
             // every session with less than an hour left, cluster-wide. (Only
             // a leader's write succeeds; a batch refused here is re-stamped by
             // the leader it is forwarded to.)
-            let stamp = crate::cluster::now_ms();
+            let stamp = crate::clock::now_ms();
             for c in &mut commands {
                 c.proposed_at = stamp;
             }

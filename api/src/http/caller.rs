@@ -1,0 +1,110 @@
+//! How the front reads a caller's credential: a bearer token or the session
+//! cookie (its name and its one value), and the CSRF proof a cookie needs.
+
+use axum::http::{header, HeaderMap};
+
+/// The presented credential: `Authorization: Bearer …` first, then the
+/// session cookie. The flag says whether it came from the cookie (which
+/// browsers attach on their own, so state changes need CSRF proof).
+pub fn credential(headers: &HeaderMap, cookie_name: &str) -> Option<(String, bool)> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+        return Some((token.trim().to_string(), false));
+    }
+    cookie(headers, cookie_name).map(|c| (c, true))
+}
+
+/// The session cookie's name: `__Host-<base>` when it is `Secure` and bound
+/// to this host (the browser then refuses it from a sibling subdomain or
+/// over plain HTTP, and with a `Domain` or another `Path`), `__Secure-<base>`
+/// when a cookie domain is configured, the bare base name only without
+/// `Secure` (dev mode).
+pub fn cookie_name(base: &str, secure: bool, domain: Option<&str>) -> String {
+    match (secure, domain) {
+        (false, _) => base.to_string(),
+        (true, None) => format!("__Host-{base}"),
+        (true, Some(_)) => format!("__Secure-{base}"),
+    }
+}
+
+/// The value of cookie `name`, if sent exactly once. Two cookies of the
+/// name (one planted by a sibling subdomain, say) are refused, never "take
+/// the first": which one a browser sends first is not the server's choice.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut values = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string());
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// CSRF proof for a browser request: a custom header (which a cross-site
+/// form cannot set) or an `Origin` equal to this host.
+pub fn csrf_ok(headers: &HeaderMap) -> bool {
+    if headers.contains_key("x-requested-with") {
+        return true;
+    }
+    let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) else { return false };
+    let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else { return false };
+    origin == format!("https://{host}") || origin == format!("http://{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn credentials_prefer_the_authorization_header() {
+        let h = headers(&[("authorization", "Bearer gk_x"), ("cookie", "gatehouse_session=gs_y")]);
+        assert_eq!(credential(&h, "gatehouse_session"), Some(("gk_x".into(), false)));
+        let h = headers(&[("cookie", "a=b; gatehouse_session=gs_y; c=d")]);
+        assert_eq!(credential(&h, "gatehouse_session"), Some(("gs_y".into(), true)));
+        assert_eq!(credential(&headers(&[("authorization", "Basic abc")]), "gatehouse_session"), None);
+        assert_eq!(credential(&headers(&[("cookie", "other=1")]), "gatehouse_session"), None);
+    }
+
+    #[test]
+    fn two_session_cookies_are_refused_not_picked() {
+        let name = "__Host-gatehouse_session";
+        let one = headers(&[("cookie", "__Host-gatehouse_session=gs_a; gatehouse_session=gs_b")]);
+        assert_eq!(cookie(&one, name).as_deref(), Some("gs_a"));
+        for two in [
+            headers(&[("cookie", "__Host-gatehouse_session=gs_a; __Host-gatehouse_session=gs_b")]),
+            headers(&[("cookie", "__Host-gatehouse_session=gs_a"), ("cookie", "__Host-gatehouse_session=gs_a")]),
+        ] {
+            assert_eq!(cookie(&two, name), None);
+            assert_eq!(credential(&two, name), None);
+        }
+    }
+
+    #[test]
+    fn cookie_names_carry_the_prefix_their_attributes_allow() {
+        assert_eq!(cookie_name("gatehouse_session", true, None), "__Host-gatehouse_session");
+        assert_eq!(cookie_name("gatehouse_session", true, Some("example.com")), "__Secure-gatehouse_session");
+        assert_eq!(cookie_name("gatehouse_session", false, None), "gatehouse_session");
+    }
+
+    #[test]
+    fn csrf_needs_a_custom_header_or_same_origin() {
+        assert!(csrf_ok(&headers(&[("x-requested-with", "fetch")])));
+        assert!(csrf_ok(&headers(&[("origin", "https://auth.example"), ("host", "auth.example")])));
+        assert!(!csrf_ok(&headers(&[("origin", "https://evil.example"), ("host", "auth.example")])));
+        assert!(!csrf_ok(&headers(&[("host", "auth.example")])));
+    }
+}

@@ -1,0 +1,85 @@
+//! The HTTP front's shared state: its settings ([`FrontConfig`]: cookies,
+//! sessions, lockout, route rules) and the parts every handler uses ([`Front`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::forwarded;
+use crate::passwords::PasswordPool;
+use crate::rate_limit::Limiter;
+use crate::Node;
+
+/// Failed-login lockout policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    /// Failures from one address bucket that lock it out of the account.
+    pub threshold: u32,
+    /// Failures from everywhere that lock the account itself.
+    pub user_threshold: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+/// A role requirement for forwarded requests (`[[identity.routes]]`): the
+/// first rule whose host (if set) and path prefix match `X-Forwarded-Host` /
+/// `X-Forwarded-Uri` decides which roles may pass (any one of them). Both are
+/// read by [`forwarded`]; a request it cannot read one way is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Matched against the normalised forwarded host (see [`forwarded::normalise_host`]).
+    #[serde(default)]
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub roles: Vec<String>,
+    /// Match the path prefix in any letter case, for backends that serve
+    /// `/OPS` as `/ops`.
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+impl RouteRule {
+    /// Refuses a rule that could never match as written: a prefix that is
+    /// not a plain path, a host that is not normalised, no roles.
+    pub fn validate(&self) -> Result<(), String> {
+        if forwarded::plain_path(&self.path_prefix).as_deref() != Some(self.path_prefix.as_str()) {
+            return Err(format!("identity.routes: path_prefix {:?} must be a plain absolute path", self.path_prefix));
+        }
+        if let Some(h) = &self.host {
+            if forwarded::normalise_host(h).as_deref() != Some(h.as_str()) || h.contains(':') {
+                return Err(format!("identity.routes: host {h:?} must be a lower-case host name without port"));
+            }
+        }
+        if self.roles.is_empty() {
+            return Err("identity.routes: roles must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the HTTP front.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// `Secure` on the session cookie (off only in dev mode).
+    pub secure_cookies: bool,
+    /// The session cookie's full name, prefix included ([`cookie_name`]).
+    pub cookie_name: String,
+    /// `Domain=` of the session cookie, when a sign-in host is shared by
+    /// several app subdomains; `None` keeps the cookie on this host.
+    pub cookie_domain: Option<String>,
+    pub session_ttl: Duration,
+    pub session_idle: Duration,
+    pub lockout: Lockout,
+    pub routes: Vec<RouteRule>,
+    /// Serve `GET /metrics` here (false when a separate listener does).
+    pub metrics_on_front: bool,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Front {
+    pub node: Node,
+    pub config: Arc<FrontConfig>,
+    pub passwords: PasswordPool,
+    pub limits: Limiter,
+}

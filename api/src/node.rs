@@ -1,0 +1,152 @@
+//! One node as its transports see it: the consensus handle and what this
+//! node keeps beside it (the audit recorder, last-use times, the metrics
+//! registry). Cheap to clone; every HTTP handler and admin service holds one.
+//!
+//! Verification, identity, rate limits and sign-in reach the replicated
+//! state only through the methods here (the view, freshness, catching up
+//! to the leader's commit index, proposing): the seam a stateless front
+//! will implement by following the log instead of voting in it. Only the
+//! cluster operations (membership, leadership, Raft) take [`Node::cluster`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_cluster::{Applied, Cluster};
+use gatehouse_domain::{Command, CommandResult, Payload};
+use gatehouse_proto::events::AuditEvent;
+use gatehouse_storage::{NodeId, StateView};
+
+use crate::audit::Recorder;
+use crate::identity::LastUse;
+use crate::metrics::Metrics;
+use crate::ApiError;
+
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    /// Security events waiting to be proposed as audit batches.
+    recorder: Recorder,
+    /// Uses of keys and sessions seen here, flushed to the log periodically.
+    last_use: LastUse,
+    metrics: Metrics,
+}
+
+/// A handle that does not keep the node alive (background tasks hold this).
+#[derive(Clone)]
+pub struct WeakNode(std::sync::Weak<Inner>);
+
+impl WeakNode {
+    pub fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl Node {
+    pub fn new(cluster: Cluster) -> Node {
+        let metrics = Metrics::new(cluster.metrics());
+        let recorder = Recorder::new(cluster.id());
+        Node { inner: Arc::new(Inner { cluster, recorder, last_use: LastUse::default(), metrics }) }
+    }
+
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// The consensus handle, for cluster operations (membership,
+    /// leadership, Raft RPCs); everything else goes through the methods below.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.cluster.id()
+    }
+
+    /// The replicated state as applied here.
+    pub fn view(&self) -> &StateView {
+        self.inner.cluster.view()
+    }
+
+    /// Whether this node may answer for the cluster now.
+    pub fn is_fresh(&self) -> bool {
+        self.inner.cluster.is_fresh()
+    }
+
+    /// [`Node::is_fresh`], or whether a proof arrives shortly.
+    pub async fn ensure_fresh(&self) -> bool {
+        self.inner.cluster.ensure_fresh().await
+    }
+
+    /// Brings this node up to what the leader had committed when the call
+    /// arrived; false if that cannot be shown within `wait`.
+    pub async fn catch_up(&self, wait: Duration) -> bool {
+        self.inner.cluster.catch_up(wait).await
+    }
+
+    /// The current leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        self.inner.cluster.leader()
+    }
+
+    /// A command stamped by this node, with a fresh request id.
+    pub fn command(&self, payload: Payload) -> Command {
+        self.inner.cluster.command(payload)
+    }
+
+    /// Proposes commands as one log entry, from any node.
+    pub async fn propose(&self, commands: Vec<Command>) -> Result<Applied, ApiError> {
+        Ok(self.inner.cluster.propose(commands).await?)
+    }
+
+    /// Proposes one command; its refusal is the error.
+    pub async fn propose_one(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        Ok(self.inner.cluster.propose_one(cmd).await?)
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.inner.recorder
+    }
+
+    pub fn last_use(&self) -> &LastUse {
+        &self.inner.last_use
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Every series of this node in the Prometheus text format, the
+    /// consensus gauges read fresh.
+    pub fn scrape_metrics(&self) -> String {
+        self.inner.cluster.refresh_metrics();
+        self.inner.metrics.encode()
+    }
+}
+
+/// Audit events, buffered by the recorder (see [`crate::audit`]).
+impl Node {
+    /// Records an audit event.
+    pub fn audit(&self, e: AuditEvent) {
+        self.recorder().record(self.metrics(), e);
+    }
+
+    /// Counts a frequent audit event (aggregated per flush).
+    pub fn audit_count(&self, action: &'static str, resource: String, client_ip: String) {
+        self.recorder().count(self.metrics(), action, resource, client_ip, String::new());
+    }
+
+    /// [`Node::audit_count`] of something `actor_user_id` was refused.
+    pub fn audit_count_by(&self, action: &'static str, resource: String, client_ip: String, actor_user_id: String) {
+        self.recorder().count(self.metrics(), action, resource, client_ip, actor_user_id);
+    }
+
+    /// A request refused by rate-limit `policy` (aggregated).
+    pub fn audit_rate_limited(&self, policy: &str, client_ip: IpAddr) {
+        self.audit_count("ratelimit.hit", format!("policy:{policy}"), client_ip.to_string());
+    }
+}

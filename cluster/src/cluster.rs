@@ -1,0 +1,201 @@
+//! The node's handle on the cluster: Raft, the replicated view, the peers
+//! and the batcher. Every transport reaches consensus through it; what it
+//! does is split by concern over [`crate::propose`], [`crate::read_index`],
+//! [`crate::probe`], [`crate::pacing`], [`crate::transfer`] and
+//! [`crate::metrics`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_domain::{Command, Payload};
+use gatehouse_storage::types::Raft;
+use gatehouse_storage::{NodeId, StateView};
+
+use crate::batcher::Batcher;
+use crate::freshness::Freshness;
+use crate::metrics::ConsensusMetrics;
+use crate::peers::Peers;
+use crate::periodic::{Periodic, Shutdown};
+
+/// Shared by every server of a node; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// One read-index request at a time; `last_read` (when it was asked, the
+    /// index) serves every caller that arrived before it was asked.
+    pub(crate) read_gate: tokio::sync::Mutex<()>,
+    pub(crate) last_read: std::sync::Mutex<Option<(Instant, u64)>>,
+    /// Bumped whenever a probe records a proof of freshness.
+    pub(crate) proofs: tokio::sync::watch::Sender<u64>,
+    /// Whether a probe started by `Cluster::kick_probe` is running.
+    pub(crate) kicked: std::sync::atomic::AtomicBool,
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) batcher: Batcher,
+    /// True while a leadership transfer keeps this leader from replicating.
+    pub(crate) hold: tokio::sync::watch::Sender<bool>,
+    /// Generation of the latest election pause (see [`Cluster::pause_elections`]).
+    pub(crate) election_pause: std::sync::atomic::AtomicU64,
+    /// Whether an election pause is in force (openraft's own flag cannot be read).
+    pub(crate) elections_paused: std::sync::atomic::AtomicBool,
+    /// When to campaign after the leader falls silent (see [`crate::election`]).
+    pub(crate) pacer: std::sync::Mutex<crate::election::Pacer>,
+    /// The last moment this node could not campaign (see `Cluster::silent_since`).
+    pub(crate) quiet_since: std::sync::Mutex<Instant>,
+    pub(crate) view: StateView,
+    pub(crate) peers: Peers,
+    pub(crate) freshness: Freshness,
+    pub(crate) max_staleness: Duration,
+    pub(crate) metrics: ConsensusMetrics,
+    /// The node's shutdown signal: the loops above stop with it.
+    pub(crate) shutdown: Shutdown,
+}
+
+/// A handle that does not keep the node alive (background tasks hold this).
+#[derive(Clone)]
+pub struct WeakCluster(std::sync::Weak<Inner>);
+
+impl WeakCluster {
+    pub fn upgrade(&self) -> Option<Cluster> {
+        self.0.upgrade().map(|inner| Cluster { inner })
+    }
+}
+
+impl Cluster {
+    /// The handle, and its loops (election pacing, freshness probes, the
+    /// watcher of Raft's metrics), which stop with `shutdown`.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        view: StateView,
+        peers: Peers,
+        max_staleness: Duration,
+        shutdown: Shutdown,
+    ) -> Self {
+        let (hold, _) = tokio::sync::watch::channel(false);
+        Cluster {
+            inner: Arc::new(Inner {
+                read_gate: tokio::sync::Mutex::new(()),
+                last_read: std::sync::Mutex::new(None),
+                proofs: tokio::sync::watch::channel(0).0,
+                kicked: std::sync::atomic::AtomicBool::new(false),
+                id,
+                batcher: Batcher::start(raft.clone(), hold.subscribe()),
+                hold,
+                election_pause: std::sync::atomic::AtomicU64::new(0),
+                elections_paused: std::sync::atomic::AtomicBool::new(false),
+                pacer: Default::default(),
+                quiet_since: std::sync::Mutex::new(Instant::now()),
+                raft,
+                view,
+                peers,
+                freshness: Freshness::default(),
+                max_staleness,
+                metrics: ConsensusMetrics::new(),
+                shutdown,
+            }),
+        }
+        .watching_raft()
+        .proving_freshness()
+        .pacing_elections()
+    }
+
+    /// Runs `step` every `period` while the cluster lives and the node
+    /// runs (a [`Periodic`]); a step that returns false ends it.
+    pub(crate) fn every<F, Fut>(&self, name: &'static str, period: Duration, mut step: F)
+    where
+        F: FnMut(Cluster) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let weak = self.downgrade();
+        Periodic::every(name, period, self.inner.shutdown.clone()).starting_now().run(move || {
+            let step = weak.upgrade().map(&mut step);
+            async move {
+                match step {
+                    Some(step) => step.await,
+                    None => false,
+                }
+            }
+        });
+    }
+
+    pub fn downgrade(&self) -> WeakCluster {
+        WeakCluster(Arc::downgrade(&self.inner))
+    }
+
+    /// The consensus series (registered into the node's `/metrics`).
+    pub fn metrics(&self) -> &ConsensusMetrics {
+        &self.inner.metrics
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn view(&self) -> &StateView {
+        &self.inner.view
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    pub fn freshness(&self) -> &Freshness {
+        &self.inner.freshness
+    }
+
+    /// The current leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// A command stamped by this node, with a fresh request id.
+    pub fn command(&self, payload: Payload) -> Command {
+        Command {
+            proposed_at: crate::clock::now_ms(),
+            origin_node: self.inner.id,
+            request_id: crate::ids::new_id(),
+            traceparent: crate::trace::current_traceparent(),
+            payload: Some(payload),
+            // Set by an admin write with an idempotency key (admin::write).
+            request_digest: Vec::new(),
+        }
+    }
+
+    /// The highest log index this node knows to be committed: on the leader,
+    /// the highest index a quorum of voters holds; on a follower, what the
+    /// leader last reported (or what it applied, if more).
+    pub fn commit_index(&self) -> u64 {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let applied = self.inner.view.applied_index();
+        if m.current_leader != Some(self.inner.id) {
+            return self.inner.freshness.reported_commit().max(applied);
+        }
+        let replication = m.replication.unwrap_or_default();
+        let mut held: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(|id| {
+                if id == self.inner.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    replication.get(&id).copied().flatten().map_or(0, |l| l.index)
+                }
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        // With n voters, the (n/2+1)-th highest is on a majority.
+        held.get(held.len() / 2).copied().unwrap_or(0).max(applied)
+    }
+}

@@ -1,0 +1,50 @@
+//! Gatehouse's consensus layer, between storage and the transports: Raft
+//! between nodes, proposing from any node, reads that wait for the leader's
+//! commit index, freshness, election pacing and leadership transfer.
+//!
+//! Nothing here knows HTTP, the admin API, audit, rate limits or identity:
+//! those live in `gatehouse-api` and hold a [`Cluster`] handle. Cargo keeps
+//! the direction (this crate does not depend on that one).
+//!
+//! # Layout
+//! - [`cluster`]: the [`Cluster`] handle: Raft, the view, peers, the batcher; status.
+//! - [`propose`]: propose from any node; the one forwarder to the leader.
+//! - [`read_index`]: the leader's confirmed commit index, and catching up to it.
+//! - [`freshness`]: whether this node may answer for the cluster right now;
+//!   [`probe`]: the periodic read-index probes that prove it.
+//! - [`election`]: when to campaign after the leader falls silent;
+//!   [`pacing`]: the pacer's loop and the pre-vote that confirms it.
+//! - [`transfer`]: handing leadership to another voter; election pauses.
+//! - [`batcher`]: group commit of concurrent proposals into shared entries.
+//! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
+//! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
+//! - [`metrics`]: the consensus series of `GET /metrics`, and the watcher of Raft's own metrics.
+//! - [`error`]: what a consensus call can fail with.
+//! - [`periodic`]: the one periodic-task type, and the node's one shutdown signal.
+//! - [`clock`]: the log clock (`proposed_at` stamps); [`ids`]: random ids.
+//! - [`trace`]: W3C trace context in and out of requests, commands and calls between nodes.
+//! - [`throttle`]: log lines a stranger can trigger, at most one per interval.
+
+pub mod batcher;
+pub mod clock;
+pub mod cluster;
+pub mod election;
+pub mod error;
+pub mod freshness;
+pub mod ids;
+pub mod metrics;
+pub mod pacing;
+pub mod peers;
+pub mod periodic;
+pub mod probe;
+pub mod propose;
+pub mod raft;
+pub mod read_index;
+pub mod throttle;
+pub mod trace;
+pub mod transfer;
+
+pub use cluster::{Cluster, WeakCluster};
+pub use error::ClusterError;
+pub use peers::{ClusterSecret, Peers};
+pub use propose::Applied;

@@ -1,0 +1,86 @@
+//! Proving freshness: a follower or learner asks the leader for a read index
+//! every `max_staleness / PROBES_PER_BOUND`; each answer applied here is a
+//! proof timed from the ask (see [`crate::freshness`]).
+
+use std::time::{Duration, Instant};
+
+use crate::Cluster;
+
+impl Cluster {
+    /// On a follower or learner, asks the leader for a read index every
+    /// `max_staleness / PROBES_PER_BOUND`: each applied answer is a proof of
+    /// freshness timed from the ask (see [`Freshness`]). Quiet on a leader.
+    pub(crate) fn proving_freshness(self) -> Self {
+        self.every("freshness.probe", self.probe_every(), |cluster| async move {
+            let state = cluster.inner.raft.metrics().borrow().state;
+            if matches!(state, openraft::ServerState::Follower | openraft::ServerState::Learner) {
+                // Each probe on its own: one stuck on a leader that died
+                // must not hold back the next, which may reach its successor.
+                tokio::spawn(async move { cluster.probe().await });
+            }
+            true
+        });
+        self
+    }
+
+    fn probe_every(&self) -> Duration {
+        (self.inner.max_staleness / crate::freshness::PROBES_PER_BOUND).max(Duration::from_millis(10))
+    }
+
+    /// Asks for a read index and, once it is applied here, records the proof
+    /// and tells [`Cluster::ensure_fresh`] waiters.
+    async fn probe(&self) {
+        let asked = Instant::now();
+        let bound = self.inner.max_staleness;
+        // A probe that cannot finish within the bound proves nothing.
+        let Ok(Ok(index)) = tokio::time::timeout(bound, self.read_index()).await else { return };
+        self.inner.view.wait_applied(index, bound.saturating_sub(asked.elapsed())).await;
+        self.proved(asked, index);
+    }
+
+    /// Records a read index asked for at `asked` as a freshness proof and
+    /// wakes [`Cluster::ensure_fresh`] waiters.
+    pub(crate) fn proved(&self, asked: Instant, index: u64) {
+        self.inner.freshness.record_read(asked, index, self.inner.view.applied_index());
+        self.inner.proofs.send_modify(|n| *n += 1);
+    }
+
+    /// Starts a probe now unless one started this way is still running.
+    pub(crate) fn kick_probe(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.kicked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.probe().await;
+            me.inner.kicked.store(false, Ordering::Release);
+        });
+    }
+
+    /// [`Cluster::is_fresh`], or, when the last proof has aged out, whether a
+    /// new one arrives within `max_staleness / PROBES_PER_BOUND`. Waiters
+    /// share one probe, so a node cut off from its leader answers every
+    /// caller after that short wait instead of queueing them.
+    pub async fn ensure_fresh(&self) -> bool {
+        if self.is_fresh() {
+            return true;
+        }
+        let mut proofs = self.inner.proofs.subscribe();
+        self.kick_probe();
+        let fresh = async {
+            while proofs.changed().await.is_ok() {
+                if self.is_fresh() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.probe_every(), fresh).await;
+        self.is_fresh()
+    }
+
+    /// Whether this node may answer for the cluster now (see [`Freshness`]).
+    pub fn is_fresh(&self) -> bool {
+        self.inner.freshness.is_fresh(&self.inner.raft, self.inner.view.applied_index(), self.inner.max_staleness)
+    }
+}

@@ -1,0 +1,146 @@
+//! Proposing from any node. On the leader a proposal joins the batcher's
+//! next entry; elsewhere it goes to the leader (the one forwarder,
+//! [`Cluster::forward`]), and the answer waits until this node applied the
+//! same index (read your writes).
+//!
+//! ```text
+//!   propose(commands) ──► local raft.client_write ──► applied on leader ──► results
+//!          │ not leader                 ▲
+//!          └──► RaftService.Propose on the leader (cluster secret), then wait
+//!               until this node applied the same index (read your writes)
+//! ```
+//!
+//! Every command gets a request id before it is first sent, so retries
+//! after a timeout or a leader change are applied once.
+
+use std::time::{Duration, Instant};
+
+use gatehouse_domain::{Command, CommandBatch, CommandResult};
+use gatehouse_proto::raft::ProposeRequest;
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::{Cluster, ClusterError};
+
+/// How long a write may wait for a leader before it fails with `unavailable`.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a committed proposal returned.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub results: Vec<CommandResult>,
+    pub log_index: u64,
+}
+
+impl Cluster {
+    /// Proposes one command and returns its result, or the refusal it stands for.
+    pub async fn propose_one(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
+        let applied = self.propose(vec![cmd]).await?;
+        let result = applied.results.into_iter().next().ok_or(ClusterError::Internal)?;
+        match gatehouse_domain::result::refusal(&result) {
+            Ok(None) => Ok(result),
+            Ok(Some(refused)) => Err(ClusterError::Refused(refused)),
+            Err(code) => {
+                tracing::error!(code, "a result code this version does not know");
+                Err(ClusterError::Internal)
+            }
+        }
+    }
+
+    /// Proposes commands as one log entry, from any node. Returns once the
+    /// entry is applied on the leader and on this node.
+    #[tracing::instrument(level = "info", name = "propose", skip_all, fields(commands = commands.len(), node_id = self.inner.id))]
+    pub async fn propose(&self, commands: Vec<Command>) -> Result<Applied, ClusterError> {
+        let started = Instant::now();
+        let result = self.propose_inner(commands).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ClusterError::Unavailable { .. }) => "unavailable",
+            Err(_) => "error",
+        };
+        self.inner.metrics.proposals.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc();
+        self.inner.metrics.proposal_duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn propose_inner(&self, commands: Vec<Command>) -> Result<Applied, ClusterError> {
+        bounded(&commands)?;
+        let batch = CommandBatch { commands };
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut leader_hint: Option<String> = None;
+        loop {
+            // A leader cut off from its quorum never commits: the deadline
+            // bounds the local write too (the outcome is then unknown; a
+            // retry with the same request ids is applied once).
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(written) = tokio::time::timeout(remaining, self.inner.batcher.write(batch.commands.clone())).await
+            else {
+                tracing::warn!("write not committed within the deadline");
+                return Err(ClusterError::Unavailable { leader: leader_hint });
+            };
+            match written {
+                Ok((results, log_index)) => return Ok(Applied { results, log_index }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let Some(node) = f.leader_node {
+                        leader_hint = Some(node.addr.clone());
+                        match self.forward(&node.addr, &batch, deadline).await {
+                            Ok(applied) => return Ok(applied),
+                            Err(e) => tracing::debug!(leader = %node.addr, error = %e, "forwarding failed; retrying"),
+                        }
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    tracing::error!(error = %e, "membership error on a normal write");
+                    return Err(ClusterError::Internal);
+                }
+                Err(RaftError::Fatal(e)) => {
+                    tracing::error!(error = %e, "raft stopped");
+                    return Err(ClusterError::Unavailable { leader: leader_hint });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Unavailable { leader: leader_hint });
+            }
+            // No leader yet (an election is running): wait for the next change.
+            let mut metrics = self.inner.raft.metrics();
+            let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+        }
+    }
+
+    async fn forward(&self, leader: &str, batch: &CommandBatch, deadline: Instant) -> Result<Applied, ClusterError> {
+        let mut client = self.inner.peers.raft_client(leader)?;
+        let mut req = tonic::Request::new(ProposeRequest { batch: Some(batch.clone()) });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let resp = client.propose(req).await.map_err(|s| ClusterError::from_status(&s))?.into_inner();
+        // Read your writes: answer only once this node shows the write too.
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if !self.inner.view.wait_applied(resp.log_index, wait).await {
+            tracing::warn!(index = resp.log_index, "write committed but not yet applied here");
+        }
+        Ok(Applied { results: resp.results, log_index: resp.log_index })
+    }
+
+    /// Writes commands on this node's Raft, grouped with concurrent writes
+    /// (check them with [`bounded`] first)
+    /// into shared entries. Fails with `ForwardToLeader` on a follower.
+    pub async fn write_local(&self, commands: Vec<Command>) -> crate::batcher::Written {
+        self.inner.batcher.write(commands).await
+    }
+}
+
+/// Whether one proposal's commands are within their bounds
+/// (`gatehouse_domain::bounds`): each command, and all of them together
+/// within one entry. Checked before anything is queued, so nothing over
+/// a limit reaches the log.
+pub fn bounded(commands: &[Command]) -> Result<(), ClusterError> {
+    for c in commands {
+        gatehouse_domain::bounds::check(c)?;
+    }
+    let total = gatehouse_domain::bounds::entry_bytes(commands);
+    if total > gatehouse_domain::bounds::MAX_ENTRY_BYTES {
+        return Err(ClusterError::Refused(gatehouse_domain::ApplyError::Invalid(format!(
+            "{total} bytes of commands in one proposal is over the entry limit of {}",
+            gatehouse_domain::bounds::MAX_ENTRY_BYTES
+        ))));
+    }
+    Ok(())
+}

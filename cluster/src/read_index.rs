@@ -1,0 +1,61 @@
+//! Reads that see every write committed before they arrived: the leader's
+//! commit index, confirmed with a quorum (openraft's `ensure_linearizable`),
+//! and catching this node up to it.
+
+use std::time::{Duration, Instant};
+
+use openraft::error::RaftError;
+
+use crate::transfer::TRANSFER_DEADLINE;
+use crate::{Cluster, ClusterError};
+
+impl Cluster {
+    /// Brings this node up to what the leader had committed when the call
+    /// arrived (read your writes); false if that cannot be shown within `wait`.
+    pub async fn catch_up(&self, wait: Duration) -> bool {
+        let arrived = Instant::now();
+        let index = {
+            let _one_at_a_time = self.inner.read_gate.lock().await;
+            let reuse = *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner());
+            match reuse {
+                Some((asked, index)) if asked >= arrived => index,
+                _ => {
+                    let asked = Instant::now();
+                    match tokio::time::timeout(wait, self.read_index()).await {
+                        Ok(Ok(index)) => {
+                            *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
+                            self.proved(asked, index);
+                            index
+                        }
+                        _ => return false,
+                    }
+                }
+            }
+        };
+        self.inner.view.wait_applied(index, wait.saturating_sub(arrived.elapsed())).await
+    }
+
+    /// The leader's commit index after it confirmed leadership with a quorum.
+    /// A node that applied up to it serves linearizable reads.
+    pub async fn read_index(&self) -> Result<u64, ClusterError> {
+        // A leader handing over leadership confirms nothing meanwhile: its
+        // confirmation heartbeats would renew the followers' leader lease.
+        let mut hold = self.inner.hold.subscribe();
+        let _ = tokio::time::timeout(TRANSFER_DEADLINE, hold.wait_for(|held| !*held)).await;
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                let addr = f.leader_node.map(|n| n.addr).ok_or(ClusterError::Unavailable { leader: None })?;
+                let mut client = self.inner.peers.raft_client(&addr)?;
+                let mut req = tonic::Request::new(gatehouse_proto::raft::ReadIndexRequest {});
+                req.set_timeout(Duration::from_secs(2));
+                let r = client.read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
+                Ok(r.into_inner().index)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "read index unavailable");
+                Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1) })
+            }
+        }
+    }
+}
