@@ -36,26 +36,57 @@ impl Cluster {
     }
 
     /// The leader's commit index after it confirmed leadership with a quorum.
-    /// A node that applied up to it serves linearizable reads.
+    /// A node that applied up to it serves linearizable reads. Asked here
+    /// if this node leads, of the leader otherwise (whose
+    /// [`Cluster::leader_read_index`] answers).
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
-        // A leader handing over leadership confirms nothing meanwhile: its
-        // confirmation heartbeats would renew the followers' leader lease.
-        let mut hold = self.inner.hold.subscribe();
-        let _ = tokio::time::timeout(TRANSFER_DEADLINE, hold.wait_for(|held| !*held)).await;
-        match self.inner.raft.ensure_linearizable().await {
-            Ok(id) => Ok(id.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                let addr = f.leader_node.map(|n| n.addr).ok_or(ClusterError::Unavailable { leader: None })?;
+        match self.leader_read_index().await {
+            Err(NotLeader::Follows(addr)) => {
                 let mut client = self.inner.peers.raft_client(&addr)?;
                 let mut req = tonic::Request::new(gatehouse_proto::raft::ReadIndexRequest {});
                 req.set_timeout(Duration::from_secs(2));
                 let r = client.read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
                 Ok(r.into_inner().index)
             }
+            Err(NotLeader::Unavailable) => Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1) }),
+            Ok(index) => Ok(index),
+        }
+    }
+
+    /// The read index as the leader gives it, for itself or for a follower
+    /// that asked (`RaftService.ReadIndex`): the one place it is confirmed.
+    /// A leader handing over leadership confirms nothing meanwhile: its
+    /// confirmation heartbeats would renew the followers' leader lease, and
+    /// the target could not win. So it waits until the transfer's hold ends
+    /// (at most [`TRANSFER_DEADLINE`]); by then it has usually stepped down
+    /// and names the new leader instead.
+    pub async fn leader_read_index(&self) -> Result<u64, NotLeader> {
+        let mut hold = self.inner.hold.subscribe();
+        let _ = tokio::time::timeout(TRANSFER_DEADLINE, hold.wait_for(|held| !*held)).await;
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(f.leader_node.map_or(NotLeader::Unavailable, |n| NotLeader::Follows(n.addr)))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "read index unavailable");
-                Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1) })
+                Err(NotLeader::Unavailable)
             }
         }
     }
+
+    /// Whether this node, as leader, is handing leadership over right now
+    /// (writes and read-index confirmations wait meanwhile).
+    pub fn transferring(&self) -> bool {
+        *self.inner.hold.borrow()
+    }
+}
+
+/// Why this node gave no read index of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotLeader {
+    /// Another node leads, at this address.
+    Follows(String),
+    /// No leader is known, or Raft has stopped.
+    Unavailable,
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::MAX_SNAPSHOT_BYTES;
 use crate::peers::MAX_RAFT_MESSAGE;
+use crate::read_index::NotLeader;
 use crate::{Cluster, ClusterError};
 
 pub struct RaftRpc {
@@ -160,10 +161,14 @@ impl RaftService for RaftRpc {
         }
     }
 
+    /// A follower's read index (its freshness probe, its catch-up): the
+    /// leader's own, so it waits out a leadership transfer like every other.
     async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        match self.cluster.raft().ensure_linearizable().await {
-            Ok(id) => Ok(Response::new(pb::ReadIndexResponse { index: id.map_or(0, |l| l.index) })),
-            Err(e) => Err(stopped(e)),
+        match self.cluster.leader_read_index().await {
+            Ok(index) => Ok(Response::new(pb::ReadIndexResponse { index })),
+            // The asker retries with the leader named (its next probe).
+            Err(NotLeader::Follows(leader)) => Err(ClusterError::Unavailable { leader: Some(leader) }.into()),
+            Err(NotLeader::Unavailable) => Err(ClusterError::Unavailable { leader: None }.into()),
         }
     }
 
