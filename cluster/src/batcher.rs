@@ -22,6 +22,7 @@ use gatehouse_domain::{Command, CommandBatch, CommandResult};
 use gatehouse_storage::types::{NodeId, Raft};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Most commands in one entry.
@@ -60,9 +61,10 @@ impl Batcher {
     ///
     /// While `hold` is true no batch is proposed (a leadership transfer is
     /// underway); queued writes wait and then go to whoever leads.
-    pub fn start(raft: Raft, hold: tokio::sync::watch::Receiver<bool>) -> Batcher {
+    /// `entries` counts what it hands to Raft.
+    pub fn start(raft: Raft, hold: tokio::sync::watch::Receiver<bool>, entries: Counter) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, hold));
+        tokio::spawn(run(raft, rx, hold, entries));
         Batcher { tx }
     }
 
@@ -76,7 +78,12 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::sync::watch::Receiver<bool>) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+    entries: Counter,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     // A job that did not fit the previous entry opens the next one.
     let mut next: Option<Job> = None;
@@ -108,7 +115,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::
             count += job.commands.len();
             jobs.push(job);
         }
-        let raft = raft.clone();
+        let (raft, entries) = (raft.clone(), entries.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let mut commands = Vec::with_capacity(count);
@@ -127,6 +134,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>, mut hold: tokio::
             for c in &mut commands {
                 c.proposed_at = stamp;
             }
+            entries.inc();
             match raft.client_write(CommandBatch { commands }).await {
                 Ok(resp) => {
                     let index = resp.log_id.index;

@@ -76,6 +76,7 @@ impl Cluster {
         shutdown: Shutdown,
     ) -> Self {
         let (hold, _) = tokio::sync::watch::channel(false);
+        let metrics = ConsensusMetrics::new();
         Cluster {
             inner: Arc::new(Inner {
                 read_gate: tokio::sync::Mutex::new(()),
@@ -83,7 +84,7 @@ impl Cluster {
                 proofs: tokio::sync::watch::channel(0).0,
                 kicked: std::sync::atomic::AtomicBool::new(false),
                 id,
-                batcher: Batcher::start(raft.clone(), hold.subscribe()),
+                batcher: Batcher::start(raft.clone(), hold.subscribe(), metrics.batched_entries.clone()),
                 hold,
                 election_pause: std::sync::atomic::AtomicU64::new(0),
                 elections_paused: std::sync::atomic::AtomicBool::new(false),
@@ -94,7 +95,7 @@ impl Cluster {
                 peers,
                 freshness: Freshness::default(),
                 max_staleness,
-                metrics: ConsensusMetrics::new(),
+                metrics,
                 shutdown,
             }),
         }

@@ -50,6 +50,11 @@ impl Seen {
 pub struct ConsensusMetrics {
     pub proposals: Family<OutcomeLabels, Counter>,
     pub proposal_duration: Histogram,
+    /// Proposals this node sent on to the leader.
+    pub proposals_forwarded: Counter,
+    /// Entries this node's batcher handed to Raft (refused ones included:
+    /// only a leader's are written).
+    pub batched_entries: Counter,
     pub raft_term: Gauge,
     pub raft_leader: Gauge,
     pub raft_is_leader: Gauge,
@@ -83,6 +88,8 @@ impl ConsensusMetrics {
         ConsensusMetrics {
             proposals: Family::default(),
             proposal_duration: latency(),
+            proposals_forwarded: Counter::default(),
+            batched_entries: Counter::default(),
             raft_term: Gauge::default(),
             raft_leader: Gauge::default(),
             raft_is_leader: Gauge::default(),
@@ -110,6 +117,16 @@ impl ConsensusMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("proposals", "writes proposed through this node by outcome", self.proposals.clone());
         r.register("proposal_duration_seconds", "propose to applied here", self.proposal_duration.clone());
+        r.register(
+            "proposals_forwarded",
+            "proposals this node sent on to the leader",
+            self.proposals_forwarded.clone(),
+        );
+        r.register(
+            "batched_entries",
+            "entries this node's batcher handed to Raft (only a leader's are written)",
+            self.batched_entries.clone(),
+        );
         r.register("raft_term", "current Raft term", self.raft_term.clone());
         r.register("raft_leader", "id of the leader this node knows (0 = none)", self.raft_leader.clone());
         r.register("raft_is_leader", "1 if this node leads", self.raft_is_leader.clone());

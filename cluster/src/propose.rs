@@ -1,11 +1,12 @@
 //! Proposing from any node. On the leader a proposal joins the batcher's
-//! next entry; elsewhere it goes to the leader (the one forwarder,
-//! [`Cluster::forward`]), and the answer waits until this node applied the
-//! same index (read your writes).
+//! next entry; a follower that knows its leader sends it there at once (one
+//! `RaftService.Propose`), and the answer waits until this node applied the
+//! same index (read your writes). With no leader known, the local batcher
+//! asks Raft, which names the leader once one is elected.
 //!
 //! ```text
-//!   propose(commands) ──► local raft.client_write ──► applied on leader ──► results
-//!          │ not leader                 ▲
+//!   propose(commands) ──► leader here: batcher ──► raft.client_write ──► results
+//!          │ leader elsewhere                            ▲
 //!          └──► RaftService.Propose on the leader (cluster secret), then wait
 //!               until this node applied the same index (read your writes)
 //! ```
@@ -68,33 +69,39 @@ impl Cluster {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;
         loop {
-            // A leader cut off from its quorum never commits: the deadline
-            // bounds the local write too (the outcome is then unknown; a
-            // retry with the same request ids is applied once).
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let Ok(written) = tokio::time::timeout(remaining, self.inner.batcher.write(batch.commands.clone())).await
-            else {
-                tracing::warn!("write not committed within the deadline");
-                return Err(ClusterError::Unavailable { leader: leader_hint });
-            };
-            match written {
-                Ok((results, log_index)) => return Ok(Applied { results, log_index }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(node) = f.leader_node {
-                        leader_hint = Some(node.addr.clone());
-                        match self.forward(&node.addr, &batch, deadline).await {
-                            Ok(applied) => return Ok(applied),
-                            Err(e) => tracing::debug!(leader = %node.addr, error = %e, "forwarding failed; retrying"),
+            // A follower that knows its leader sends the write there at
+            // once: its own batcher would only learn the same from Raft.
+            let leader = match self.leader() {
+                Some((id, addr)) if id != self.inner.id => Some(addr),
+                _ => {
+                    // A leader cut off from its quorum never commits: the
+                    // deadline bounds the local write too (the outcome is then
+                    // unknown; a retry with the same request ids is applied once).
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let write = self.inner.batcher.write(batch.commands.clone());
+                    let Ok(written) = tokio::time::timeout(remaining, write).await else {
+                        tracing::warn!("write not committed within the deadline");
+                        return Err(ClusterError::Unavailable { leader: leader_hint });
+                    };
+                    match written {
+                        Ok((results, log_index)) => return Ok(Applied { results, log_index }),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node.map(|n| n.addr),
+                        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                            tracing::error!(error = %e, "membership error on a normal write");
+                            return Err(ClusterError::Internal);
+                        }
+                        Err(RaftError::Fatal(e)) => {
+                            tracing::error!(error = %e, "raft stopped");
+                            return Err(ClusterError::Unavailable { leader: leader_hint });
                         }
                     }
                 }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    tracing::error!(error = %e, "membership error on a normal write");
-                    return Err(ClusterError::Internal);
-                }
-                Err(RaftError::Fatal(e)) => {
-                    tracing::error!(error = %e, "raft stopped");
-                    return Err(ClusterError::Unavailable { leader: leader_hint });
+            };
+            if let Some(addr) = leader {
+                leader_hint = Some(addr.clone());
+                match self.forward(&addr, &batch, deadline).await {
+                    Ok(applied) => return Ok(applied),
+                    Err(e) => tracing::debug!(leader = %addr, error = %e, "forwarding failed; retrying"),
                 }
             }
             if Instant::now() >= deadline {
@@ -107,6 +114,7 @@ impl Cluster {
     }
 
     async fn forward(&self, leader: &str, batch: &CommandBatch, deadline: Instant) -> Result<Applied, ClusterError> {
+        self.inner.metrics.proposals_forwarded.inc();
         let mut client = self.inner.peers.raft_client(leader)?;
         let mut req = tonic::Request::new(ProposeRequest { batch: Some(batch.clone()) });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));

@@ -19,6 +19,31 @@ async fn writes_on_any_node_replicate_to_all_three() {
     c.shutdown().await;
 }
 
+/// A follower that knows its leader sends a write there at once; its own
+/// batcher never sees it (before, every write went to the follower's Raft
+/// first, only to be told who leads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_sends_writes_to_the_leader_at_once() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.node(*c.nodes.keys().find(|&&n| n != leader).unwrap());
+    wait_until("the follower knows the leader", Duration::from_secs(5), || {
+        let knows = follower.cluster().leader().is_some_and(|(id, _)| id == leader);
+        async move { knows }
+    })
+    .await;
+    let m = follower.cluster().metrics();
+    let (entries, forwarded) = (m.batched_entries.get(), m.proposals_forwarded.get());
+    let names: Vec<String> = (0..20).map(|i| format!("forwarded-{i}")).collect();
+    futures::future::join_all(names.iter().map(|name| write_user(follower, name))).await;
+    // The node's own flushes may be forwarded meanwhile too.
+    assert!(m.proposals_forwarded.get() - forwarded >= 20);
+    assert_eq!(m.batched_entries.get(), entries, "the follower's batcher took none of them");
+    let leader_entries = c.node(leader).cluster().metrics().batched_entries.get();
+    assert!(leader_entries > 0, "the leader's batcher wrote them");
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_on_any_node_replicate_to_all_five() {
     let c = TestCluster::start(5).await;
