@@ -1,7 +1,6 @@
-//! Gatehouse's transports: the HTTP front, the gRPC admin services and the
-//! Raft RPCs between nodes. Each turns a request into a domain decision or a
-//! proposal and the result into a response; errors map to HTTP and gRPC
-//! statuses in one table ([`error`]).
+//! Gatehouse's transports: the HTTP front and the gRPC admin services. Each
+//! turns a request into a domain decision or a proposal and the result into
+//! a response; errors map to HTTP and gRPC statuses in one table ([`error`]).
 //!
 //! Consensus (Raft, proposing, freshness, leadership) is the layer below,
 //! `gatehouse-cluster`; nothing there knows this crate.
@@ -9,14 +8,15 @@
 //! # Layout
 //! - [`node`]: one node as the transports see it: the consensus handle, the
 //!   audit recorder, last-use times and metrics; the seam a front implements.
-//! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster service.
+//! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster
+//!   service; the layer every gRPC call passes (metrics, call context).
 //! - [`http`]: the HTTP front: health, forward-auth verify (and the strict reader of the forwarded request), login, sessions.
 //! - [`rate_limit`]: cluster-wide rate limits (strict and global): policies, the limiter, the HTTP layer.
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`credentials`]: API keys, made on the proposing node.
-//! - [`metrics`]: the Prometheus series of `GET /metrics`, and the gRPC layer that records calls.
+//! - [`metrics`]: the Prometheus series of `GET /metrics` (the consensus ones registered in).
 //! - [`error`]: one error type, one status table.
 
 pub mod admin;

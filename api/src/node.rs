@@ -6,7 +6,9 @@
 //! state only through the methods here (the view, freshness, catching up
 //! to the leader's commit index, proposing): the seam a stateless front
 //! will implement by following the log instead of voting in it. Only the
-//! cluster operations (membership, leadership, Raft) take [`Node::cluster`].
+//! cluster operations (membership, leadership, Raft) and the membership
+//! that global rate-limit shares and revocation waits read take
+//! [`Node::cluster`].
 
 use std::net::IpAddr;
 use std::sync::Arc;

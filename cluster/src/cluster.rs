@@ -37,6 +37,9 @@ pub(crate) struct Inner {
     pub(crate) batcher: Batcher,
     /// True while a leadership transfer keeps this leader from replicating.
     pub(crate) hold: tokio::sync::watch::Sender<bool>,
+    /// True while a transfer waits out the followers' leader leases: no
+    /// read index is confirmed then (see [`Cluster::leader_read_index`]).
+    pub(crate) reads_held: tokio::sync::watch::Sender<bool>,
     /// Generation of the latest election pause (see [`Cluster::pause_elections`]).
     pub(crate) election_pause: std::sync::atomic::AtomicU64,
     /// Whether an election pause is in force (openraft's own flag cannot be read).
@@ -86,6 +89,7 @@ impl Cluster {
                 id,
                 batcher: Batcher::start(raft.clone(), hold.subscribe(), metrics.batched_entries.clone()),
                 hold,
+                reads_held: tokio::sync::watch::channel(false).0,
                 election_pause: std::sync::atomic::AtomicU64::new(0),
                 elections_paused: std::sync::atomic::AtomicBool::new(false),
                 pacer: Default::default(),

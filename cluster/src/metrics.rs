@@ -36,11 +36,11 @@ pub fn latency() -> Histogram {
 /// Turns a running total kept elsewhere (storage's snapshot counters) into
 /// counter increments: each scrape adds what grew since the last one.
 #[derive(Debug, Default)]
-pub struct Seen(AtomicU64);
+pub(crate) struct Seen(AtomicU64);
 
 impl Seen {
     /// Stores `now`; returns by how much it grew since the last call.
-    pub fn advance(&self, now: u64) -> u64 {
+    pub(crate) fn advance(&self, now: u64) -> u64 {
         let before = self.0.swap(now, Ordering::Relaxed);
         now.saturating_sub(before)
     }

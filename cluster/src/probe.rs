@@ -9,7 +9,7 @@ use crate::Cluster;
 impl Cluster {
     /// On a follower or learner, asks the leader for a read index every
     /// `max_staleness / PROBES_PER_BOUND`: each applied answer is a proof of
-    /// freshness timed from the ask (see [`Freshness`]). Quiet on a leader.
+    /// freshness timed from the ask (see [`crate::freshness::Freshness`]). Quiet on a leader.
     pub(crate) fn proving_freshness(self) -> Self {
         self.every("freshness.probe", self.probe_every(), |cluster| async move {
             let state = cluster.inner.raft.metrics().borrow().state;
@@ -79,7 +79,7 @@ impl Cluster {
         self.is_fresh()
     }
 
-    /// Whether this node may answer for the cluster now (see [`Freshness`]).
+    /// Whether this node may answer for the cluster now (see [`crate::freshness::Freshness`]).
     pub fn is_fresh(&self) -> bool {
         self.inner.freshness.is_fresh(&self.inner.raft, self.inner.view.applied_index(), self.inner.max_staleness)
     }

@@ -25,6 +25,10 @@ use crate::{Cluster, ClusterError};
 /// How long a write may wait for a leader before it fails with `unavailable`.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The first and the longest wait between two attempts at a write.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LAST_RETRY: Duration = Duration::from_millis(200);
+
 /// What a committed proposal returned.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -68,7 +72,15 @@ impl Cluster {
         let batch = CommandBatch { commands };
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;
+        let mut changes = self.inner.raft.metrics();
+        let mut backoff = FIRST_RETRY;
         loop {
+            // A node whose Raft stopped keeps the leader it last knew in its
+            // metrics; it has nothing to forward for (its view is dead).
+            if changes.borrow_and_update().running_state.is_err() {
+                tracing::error!("raft stopped");
+                return Err(ClusterError::Unavailable { leader: leader_hint });
+            }
             // A follower that knows its leader sends the write there at
             // once: its own batcher would only learn the same from Raft.
             let leader = match self.leader() {
@@ -107,9 +119,13 @@ impl Cluster {
             if Instant::now() >= deadline {
                 return Err(ClusterError::Unavailable { leader: leader_hint });
             }
-            // No leader yet (an election is running): wait for the next change.
-            let mut metrics = self.inner.raft.metrics();
-            let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+            // No leader yet (an election is running), or it did not answer:
+            // try again at the next change of leader or after a backoff
+            // (50, 100, then 200 ms), never in a tight loop.
+            let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            let known = changes.borrow_and_update().current_leader;
+            let _ = tokio::time::timeout(wait, changes.wait_for(|m| m.current_leader != known)).await;
+            backoff = (backoff * 2).min(LAST_RETRY);
         }
     }
 
@@ -130,7 +146,7 @@ impl Cluster {
     /// Writes commands on this node's Raft, grouped with concurrent writes
     /// (check them with [`bounded`] first)
     /// into shared entries. Fails with `ForwardToLeader` on a follower.
-    pub async fn write_local(&self, commands: Vec<Command>) -> crate::batcher::Written {
+    pub(crate) async fn write_local(&self, commands: Vec<Command>) -> crate::batcher::Written {
         self.inner.batcher.write(commands).await
     }
 }

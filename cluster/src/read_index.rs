@@ -14,24 +14,24 @@ impl Cluster {
     /// arrived (read your writes); false if that cannot be shown within `wait`.
     pub async fn catch_up(&self, wait: Duration) -> bool {
         let arrived = Instant::now();
-        let index = {
+        // The wait covers the queue for the gate too: callers behind a
+        // slow ask give up with it instead of asking again in turn.
+        let asked = tokio::time::timeout(wait, async {
             let _one_at_a_time = self.inner.read_gate.lock().await;
             let reuse = *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner());
             match reuse {
-                Some((asked, index)) if asked >= arrived => index,
+                Some((asked, index)) if asked >= arrived => Some(index),
                 _ => {
                     let asked = Instant::now();
-                    match tokio::time::timeout(wait, self.read_index()).await {
-                        Ok(Ok(index)) => {
-                            *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
-                            self.proved(asked, index);
-                            index
-                        }
-                        _ => return false,
-                    }
+                    let index = self.read_index().await.ok()?;
+                    *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
+                    self.proved(asked, index);
+                    Some(index)
                 }
             }
-        };
+        })
+        .await;
+        let Ok(Some(index)) = asked else { return false };
         self.inner.view.wait_applied(index, wait.saturating_sub(arrived.elapsed())).await
     }
 
@@ -55,14 +55,17 @@ impl Cluster {
 
     /// The read index as the leader gives it, for itself or for a follower
     /// that asked (`RaftService.ReadIndex`): the one place it is confirmed.
-    /// A leader handing over leadership confirms nothing meanwhile: its
-    /// confirmation heartbeats would renew the followers' leader lease, and
-    /// the target could not win. So it waits until the transfer's hold ends
-    /// (at most [`TRANSFER_DEADLINE`]); by then it has usually stepped down
-    /// and names the new leader instead.
-    pub async fn leader_read_index(&self) -> Result<u64, NotLeader> {
-        let mut hold = self.inner.hold.subscribe();
-        let _ = tokio::time::timeout(TRANSFER_DEADLINE, hold.wait_for(|held| !*held)).await;
+    /// While a leadership transfer waits out the followers' leader leases
+    /// (after the target caught up), nothing is confirmed: the
+    /// confirmation's heartbeats would renew those leases, and the target
+    /// could not win. So it waits until that window ends (well under a
+    /// second: a lease, the campaign, the election; at most
+    /// [`TRANSFER_DEADLINE`]); by then this node has usually stepped down and
+    /// names the new leader instead. Before that window (while the target
+    /// catches up) reads are confirmed as usual, so followers stay fresh.
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, NotLeader> {
+        let mut held = self.inner.reads_held.subscribe();
+        let _ = tokio::time::timeout(TRANSFER_DEADLINE, held.wait_for(|held| !*held)).await;
         match self.inner.raft.ensure_linearizable().await {
             Ok(id) => Ok(id.map_or(0, |l| l.index)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -75,10 +78,10 @@ impl Cluster {
         }
     }
 
-    /// Whether this node, as leader, is handing leadership over right now
-    /// (writes and read-index confirmations wait meanwhile).
-    pub fn transferring(&self) -> bool {
-        *self.inner.hold.borrow()
+    /// Whether this leader holds read-index confirmations back for a
+    /// leadership transfer right now.
+    pub fn holding_reads(&self) -> bool {
+        *self.inner.reads_held.borrow()
     }
 }
 

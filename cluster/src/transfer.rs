@@ -16,6 +16,7 @@ struct Resume<'a>(&'a Cluster);
 impl Drop for Resume<'_> {
     fn drop(&mut self) {
         self.0.inner.raft.runtime_config().heartbeat(true);
+        self.0.inner.reads_held.send_replace(false);
         self.0.inner.hold.send_replace(false);
     }
 }
@@ -96,7 +97,9 @@ impl Cluster {
                     "node {target} has not caught up with the leader"
                 )));
             }
-            // The followers' leases run from their last contact with us.
+            // The followers' leases run from their last contact with us, and
+            // a read-index confirmation would be one.
+            self.inner.reads_held.send_replace(true);
             tokio::time::sleep(lease + Duration::from_millis(50)).await;
             let mut client = self.inner.peers.raft_client(&target_addr)?;
             let mut req = tonic::Request::new(CampaignRequest {});

@@ -31,8 +31,13 @@ pub struct Node {
     grpc_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     advertise_addr: String,
+    /// Stops the listeners and open streams (first).
+    serving: ShutdownSender,
+    /// Stops the consensus loops and the tasks that propose (once the servers are done).
     stop: ShutdownSender,
     servers: Vec<JoinHandle<()>>,
+    /// The periodic tasks that propose (last-use flush, audit flush and retention).
+    tasks: Vec<JoinHandle<()>>,
     storage: gatehouse_storage::Storage,
     bootstrap_key: Option<String>,
     raft_rt: RaftRuntime,
@@ -139,7 +144,9 @@ impl Node {
         let raft =
             raft_rt.handle().spawn(async move { Raft::new(id, raft_config, network, log_store, state_machine).await });
         let raft = raft.await.context("starting Raft")??;
-        let stop = ShutdownSender::new();
+        // Two phases: the servers drain first, then the tasks that propose
+        // stop (their last flushes then see every request that finished).
+        let (serving, stop) = (ShutdownSender::new(), ShutdownSender::new());
         let audit_log = gatehouse_storage::AuditLog::new(storage.clone());
         let (cluster, api, front, tasks) = {
             // Their background loops (batcher, audit flush, limit sync) go there too.
@@ -155,7 +162,7 @@ impl Node {
             // last-use times are advisory, and peers may already be gone.
             let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
             let (step, last) = (api.clone(), api.clone());
-            let touches = Periodic::every("last_use.flush", every, stop.subscribe()).run_then(
+            let touches = Periodic::every("last_use.flush", every, stop.subscribe()).starting_now().run_then(
                 move || {
                     let node = step.clone();
                     async move {
@@ -176,7 +183,7 @@ impl Node {
             .context("building gRPC reflection")?;
         let streams = gatehouse_api::admin::streams::Streams::default();
         let grpc = {
-            let mut rx = stop.subscribe();
+            let mut rx = serving.subscribe();
             // The port is reachable before any secret or key is checked:
             // HTTP/2 limits bound what one connection can hold open.
             let router = tonic::transport::Server::builder()
@@ -208,7 +215,7 @@ impl Node {
                 .add_service(gatehouse_api::admin::events::server(
                     api.clone(),
                     log_reader,
-                    stop.subscribe(),
+                    serving.subscribe(),
                     streams.clone(),
                 ))
                 .add_service(gatehouse_cluster::raft::service::server(cluster.clone(), storage.clone()))
@@ -242,7 +249,7 @@ impl Node {
             })
         };
         let http = {
-            let mut rx = stop.subscribe();
+            let mut rx = serving.subscribe();
             let app = gatehouse_api::http::router(front.clone());
             let (limits, open) = (config.http.clone(), api.metrics().http_connections.clone());
             tokio::spawn(async move {
@@ -255,7 +262,7 @@ impl Node {
         };
         let mut servers = vec![http];
         if let Some(listener) = metrics_listener {
-            let mut rx = stop.subscribe();
+            let mut rx = serving.subscribe();
             let app = gatehouse_api::http::metrics_router(front.clone());
             servers.push(tokio::spawn(async move {
                 let shutdown = async move {
@@ -266,7 +273,7 @@ impl Node {
                 }
             }));
         }
-        let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, stop.subscribe()));
+        let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, serving.subscribe()));
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, ?metrics_addr, advertise = %advertise_addr, "node started");
 
         let mut node = Node {
@@ -276,8 +283,10 @@ impl Node {
             grpc_addr,
             metrics_addr,
             advertise_addr,
+            serving,
             stop,
-            servers: servers.into_iter().chain([grpc, readiness]).chain(tasks).collect(),
+            servers: servers.into_iter().chain([grpc, readiness]).collect(),
+            tasks: tasks.collect(),
             storage,
             bootstrap_key: None,
             raft_rt,
@@ -359,9 +368,18 @@ impl Node {
     /// Raft, sync the WAL.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!(node_id = self.id(), "shutting down");
-        self.stop.send();
+        self.serving.send();
         for s in self.servers {
             let _ = s.await;
+        }
+        // Every request has finished: the tasks' last flushes take what it recorded.
+        self.stop.send();
+        let deadline = tokio::time::Instant::now() + TASKS_STOP;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!("a background task did not stop in time; aborted");
+                t.abort();
+            }
         }
         if let Err(e) = self.cluster.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -372,6 +390,10 @@ impl Node {
         Ok(())
     }
 }
+
+/// How long the tasks that propose get to finish their last step on the way
+/// out (a last flush, a retention check under way).
+const TASKS_STOP: Duration = Duration::from_secs(5);
 
 /// Streams one gRPC connection may hold open: Raft replication, forwarded
 /// writes, read-index probes and admin watches between a pair of nodes fit

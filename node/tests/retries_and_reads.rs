@@ -416,11 +416,11 @@ async fn a_reused_idempotency_key_is_refused_for_another_request() {
 }
 
 /// The read index a follower asks the leader for (its freshness probes and
-/// catch-ups, `RaftService.ReadIndex`) is the leader's own: during a
-/// leadership transfer it waits, like the leader's own reads, until the
-/// hold ends. Confirming leadership meanwhile would renew the followers'
-/// leader leases, and the target could not win. By then the old leader has
-/// stepped down and names the new one.
+/// catch-ups, `RaftService.ReadIndex`) is the leader's own: while a
+/// leadership transfer waits out the followers' leader leases it waits,
+/// like the leader's own reads, until that window ends. Confirming
+/// leadership meanwhile would renew those leases, and the target could not
+/// win. By then the old leader has stepped down and names the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_index_asked_during_a_transfer_waits_for_the_new_leader() {
     let c = TestCluster::start(3).await;
@@ -431,15 +431,15 @@ async fn a_read_index_asked_during_a_transfer_waits_for_the_new_leader() {
         let old = old.clone();
         async move { old.transfer_leadership(target).await }
     });
-    wait_until("the leader holds for the transfer", Duration::from_secs(5), || {
-        let held = old.transferring();
+    wait_until("the leader holds reads for the transfer", Duration::from_secs(5), || {
+        let held = old.holding_reads();
         async move { held }
     })
     .await;
     let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(common::SECRET).unwrap());
     let mut client = peers.raft_client(c.node(leader).advertise_addr()).unwrap();
     let answer = client.read_index(gatehouse_proto::raft::ReadIndexRequest {}).await;
-    assert!(!old.transferring(), "answered while the transfer held the leader: {answer:?}");
+    assert!(!old.holding_reads(), "answered while the transfer held reads: {answer:?}");
     let refused = answer.expect_err("the old leader no longer leads");
     assert_eq!(refused.code(), Code::Unavailable);
     assert_eq!(

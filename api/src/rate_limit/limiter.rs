@@ -92,7 +92,7 @@ impl Limiter {
         if limiter.inner.config.enabled && limiter.inner.config.policies.iter().any(|p| p.mode == Mode::Global) {
             let weak = Arc::downgrade(&limiter.inner);
             let every = Duration::from_millis(limiter.inner.config.sync_interval_ms);
-            Periodic::every("rate_limit.sync", every, shutdown).run(move || {
+            Periodic::every("rate_limit.sync", every, shutdown).starting_now().run(move || {
                 let inner = weak.upgrade();
                 async move {
                     let Some(inner) = inner else { return false };

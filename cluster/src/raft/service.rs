@@ -153,7 +153,8 @@ impl RaftService for RaftRpc {
         crate::propose::bounded(&batch.commands)?;
         match self.cluster.write_local(batch.commands).await {
             Ok((results, log_index)) => Ok(Response::new(pb::ProposeResponse { results, log_index })),
-            // Not the leader (any more): the forwarding node retries with the hint.
+            // Not the leader (any more): the forwarding node tries again at the
+            // leader its own Raft names next (the address here is for logs and clients).
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ClusterError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())
             }
@@ -166,7 +167,7 @@ impl RaftService for RaftRpc {
     async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
         match self.cluster.leader_read_index().await {
             Ok(index) => Ok(Response::new(pb::ReadIndexResponse { index })),
-            // The asker retries with the leader named (its next probe).
+            // The asker tries again at its next probe, at the leader its Raft names.
             Err(NotLeader::Follows(leader)) => Err(ClusterError::Unavailable { leader: Some(leader) }.into()),
             Err(NotLeader::Unavailable) => Err(ClusterError::Unavailable { leader: None }.into()),
         }
