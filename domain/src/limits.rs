@@ -234,8 +234,8 @@ impl Limits {
     }
 }
 
-/// A strict hit: admitted (the result id is what is left) or refused.
-pub(crate) fn hit(state: &mut State, now: u64, c: &RateHit, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+/// A strict hit: admitted (with what its bucket has left) or refused.
+pub(crate) fn hit(state: &mut State, now: u64, c: &RateHit, out: &mut Vec<Mutation>) -> Result<u64, ApplyError> {
     validate(&c.policy, &c.bucket, c.window_ms)?;
     if c.limit == 0 || c.limit > MAX_STRICT_LIMIT {
         return Err(ApplyError::Invalid("strict rate limit out of range".into()));
@@ -254,7 +254,7 @@ pub(crate) fn hit(state: &mut State, now: u64, c: &RateHit, out: &mut Vec<Mutati
         let at = r.hits.last().map_or(now, |&last| last.max(now));
         r.hits.push(at);
     });
-    Ok((u64::from(c.limit) - used - 1).to_string())
+    Ok(u64::from(c.limit) - used - 1)
 }
 
 /// Global deltas from one node: added to the slot `now` falls in.
@@ -312,18 +312,18 @@ mod tests {
             .enumerate()
             .map(|(i, at)| {
                 let r = s.apply(i as u64 + 1, &hit_cmd(at, "ip:10.0.0.1"), &mut out);
-                format!("{}:{}", r.code, r.id)
+                format!("{}:{}", r.code, r.remaining)
             })
             .collect();
-        assert_eq!(codes, ["0:2", "0:1", "0:0", "5:"]);
+        assert_eq!(codes, ["0:2", "0:1", "0:0", "5:0"]);
         // Another bucket is independent.
-        assert_eq!(s.apply(5, &hit_cmd(4_000, "ip:10.0.0.2"), &mut out).id, "2");
+        assert_eq!(s.apply(5, &hit_cmd(4_000, "ip:10.0.0.2"), &mut out).remaining, 2);
         let u = usage(s.limits.get("login", "ip:10.0.0.1").unwrap(), 30_000);
         assert_eq!(u, Usage { count: 3, resets_at: 61_000 });
         // One minute after the first hit, exactly one hit is free again: no
         // fixed window that would free all three at once.
         assert_eq!(s.apply(6, &hit_cmd(60_999, "ip:10.0.0.1"), &mut out).code, 5);
-        assert_eq!(s.apply(7, &hit_cmd(61_000, "ip:10.0.0.1"), &mut out).id, "0");
+        assert_eq!(s.apply(7, &hit_cmd(61_000, "ip:10.0.0.1"), &mut out).remaining, 0);
         assert_eq!(s.apply(8, &hit_cmd(61_001, "ip:10.0.0.1"), &mut out).code, 5);
     }
 

@@ -44,11 +44,27 @@ pub fn refusal(result: &CommandResult) -> Result<Option<ApplyError>, i32> {
     }))
 }
 
-/// The result of one command at `log_index`: the id it created or changed, or why it was refused.
-pub fn to_result(outcome: Result<String, ApplyError>, log_index: u64) -> CommandResult {
+/// What an applied command returns: the id it created or changed, and for a
+/// strict rate-limit hit what its bucket has left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: String,
+    pub remaining: u64,
+}
+
+impl From<String> for Outcome {
+    fn from(id: String) -> Outcome {
+        Outcome { id, remaining: 0 }
+    }
+}
+
+/// The result of one command at `log_index`: what it did, or why it was refused.
+pub fn to_result(outcome: Result<Outcome, ApplyError>, log_index: u64) -> CommandResult {
     match outcome {
-        Ok(id) => CommandResult { code: Code::Ok as i32, message: String::new(), id, log_index },
-        Err(e) => CommandResult { code: e.code() as i32, message: e.to_string(), id: String::new(), log_index },
+        Ok(o) => {
+            CommandResult { code: Code::Ok as i32, message: String::new(), id: o.id, log_index, remaining: o.remaining }
+        }
+        Err(e) => CommandResult { code: e.code() as i32, message: e.to_string(), log_index, ..Default::default() },
     }
 }
 
@@ -68,7 +84,7 @@ mod tests {
         for e in refusals {
             assert_eq!(refusal(&to_result(Err(e.clone()), 7)), Ok(Some(e)));
         }
-        assert_eq!(refusal(&to_result(Ok("id".into()), 7)), Ok(None));
+        assert_eq!(refusal(&to_result(Ok(String::from("id").into()), 7)), Ok(None));
         let unknown = CommandResult { code: 99, ..Default::default() };
         assert_eq!(refusal(&unknown), Err(99));
     }

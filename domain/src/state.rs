@@ -9,7 +9,7 @@ use crate::codec::{self, DecodeError};
 use crate::limits::Limits;
 use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
-use crate::result::{to_result, ApplyError};
+use crate::result::{to_result, ApplyError, Outcome};
 use crate::sessions::{self, Sessions};
 use crate::{audit, bounds, keys, limits, roles, usage, users};
 
@@ -123,33 +123,37 @@ impl State {
     }
 
     /// The one `match` over commands.
-    fn dispatch(&mut self, cmd: &Command, prepared: Prepared, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    fn dispatch(&mut self, cmd: &Command, prepared: Prepared, out: &mut Vec<Mutation>) -> Result<Outcome, ApplyError> {
         match &cmd.payload {
             None => Err(ApplyError::Invalid("command has no payload".into())),
-            Some(Payload::CreateUser(c)) => users::create(self, cmd.proposed_at, c, out),
-            Some(Payload::SetUserStatus(c)) => users::set_status(self, cmd.proposed_at, c, out),
-            Some(Payload::SetPassword(c)) => users::set_password(self, cmd.proposed_at, c, out),
-            Some(Payload::RecordLoginFailure(c)) => users::record_login_failure(self, cmd.proposed_at, c, out),
-            Some(Payload::UpdateUser(c)) => users::update_user(self, cmd.proposed_at, c, out),
-            Some(Payload::DeleteUser(c)) => users::delete_user(self, c, out),
-            Some(Payload::AssignRole(c)) => users::assign_role(self, cmd.proposed_at, c, out),
-            Some(Payload::UnassignRole(c)) => users::unassign_role(self, cmd.proposed_at, c, out),
-            Some(Payload::CreateApiKey(c)) => keys::create(self, cmd.proposed_at, c, out),
-            Some(Payload::RevokeApiKey(c)) => keys::revoke(self, cmd.proposed_at, c, out),
-            Some(Payload::RotateApiKey(c)) => keys::rotate(self, cmd.proposed_at, c, out),
-            Some(Payload::CreateSession(c)) => sessions::create(self, cmd.proposed_at, c, out),
-            Some(Payload::RevokeSession(c)) => sessions::revoke(self, c, out),
-            Some(Payload::RevokeUserSessions(c)) => sessions::revoke_user(self, c, out),
-            Some(Payload::RevokeAllSessions(_)) => sessions::revoke_all(self, out),
-            Some(Payload::RecordUse(c)) => usage::record(self, c, out),
-            Some(Payload::PutRole(c)) => roles::put_role(self, cmd.proposed_at, c, out),
-            Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out),
-            Some(Payload::RateHit(c)) => limits::hit(self, cmd.proposed_at, c, out),
-            Some(Payload::RateDeltas(c)) => limits::add(self, cmd.proposed_at, c, out),
-            Some(Payload::AppendAudit(c)) => {
-                audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out)
+            Some(Payload::CreateUser(c)) => users::create(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::SetUserStatus(c)) => users::set_status(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::SetPassword(c)) => users::set_password(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::RecordLoginFailure(c)) => {
+                users::record_login_failure(self, cmd.proposed_at, c, out).map(Outcome::from)
             }
-            Some(Payload::PruneAudit(c)) => audit::prune(self, c, out),
+            Some(Payload::UpdateUser(c)) => users::update_user(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::DeleteUser(c)) => users::delete_user(self, c, out).map(Outcome::from),
+            Some(Payload::AssignRole(c)) => users::assign_role(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::UnassignRole(c)) => users::unassign_role(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::CreateApiKey(c)) => keys::create(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::RevokeApiKey(c)) => keys::revoke(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::RotateApiKey(c)) => keys::rotate(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::CreateSession(c)) => sessions::create(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::RevokeSession(c)) => sessions::revoke(self, c, out).map(Outcome::from),
+            Some(Payload::RevokeUserSessions(c)) => sessions::revoke_user(self, c, out).map(Outcome::from),
+            Some(Payload::RevokeAllSessions(_)) => sessions::revoke_all(self, out).map(Outcome::from),
+            Some(Payload::RecordUse(c)) => usage::record(self, c, out).map(Outcome::from),
+            Some(Payload::PutRole(c)) => roles::put_role(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out).map(Outcome::from),
+            Some(Payload::RateHit(c)) => {
+                limits::hit(self, cmd.proposed_at, c, out).map(|remaining| Outcome { id: String::new(), remaining })
+            }
+            Some(Payload::RateDeltas(c)) => limits::add(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::AppendAudit(c)) => {
+                audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out).map(Outcome::from)
+            }
+            Some(Payload::PruneAudit(c)) => audit::prune(self, c, out).map(Outcome::from),
         }
     }
 

@@ -311,7 +311,7 @@ impl Limiter {
         }
         ApiError::check(&result)?;
         // What apply saw at the hit, not what later hits left.
-        q.remaining = result.id.parse().unwrap_or(q.remaining);
+        q.remaining = result.remaining;
         Ok(Some(q))
     }
 
