@@ -512,7 +512,7 @@ fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut impl Write) 
             .iter()
             .map(|n| {
                 json!({
-                    "id": n.id, "addr": n.addr, "voter": n.voter, "reachable": n.reachable, "state": n.state,
+                    "id": n.id, "addr": n.addr, "voter": n.voter, "reachable": n.reachable, "state": gatehouse_cluster::raft::service::node_state_name(n.state),
                     "term": n.term, "commit_index": n.commit_index, "applied_index": n.applied_index,
                     "last_log_index": n.last_log_index, "matched_index": n.matched_index,
                     "replication_lag": n.replication_lag,
@@ -532,7 +532,8 @@ fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut impl Write) 
     )?;
     for n in &s.nodes {
         let role = if n.voter { "voter" } else { "learner" };
-        let state = if n.reachable { n.state.as_str() } else { "unreachable" };
+        let state =
+            if n.reachable { gatehouse_cluster::raft::service::node_state_name(n.state) } else { "unreachable" };
         writeln!(
             out,
             "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",

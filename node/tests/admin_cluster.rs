@@ -29,6 +29,8 @@ async fn status_json_lists_every_node_with_its_applied_index() {
     for n in nodes {
         assert_eq!(n["voter"], true);
         assert_eq!(n["reachable"], true);
+        let state = if n["id"] == leader { "leader" } else { "follower" };
+        assert_eq!(n["state"], state, "{n}");
         assert!(n["applied_index"].as_u64().unwrap() > 0);
         assert!(n["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
         // Asked of a follower, the leader's view of replication still shows.

@@ -134,9 +134,11 @@ impl ClusterService for ClusterAdmin {
         });
         let answers = futures::future::join_all(calls).await;
         // The leader's answer says what it knows each node holds.
-        let leader_view = answers
-            .iter()
-            .find_map(|(id, _, s)| s.as_ref().filter(|s| Some(*id) == metrics.current_leader && s.state == "leader"));
+        let leader_view = answers.iter().find_map(|(id, _, s)| {
+            s.as_ref().filter(|s| {
+                Some(*id) == metrics.current_leader && s.state == gatehouse_proto::events::NodeState::Leader as i32
+            })
+        });
         let leader_last = leader_view.map_or(0, |s| s.last_log_index);
         let matched: std::collections::BTreeMap<NodeId, u64> =
             leader_view.map(|s| s.matched.iter().map(|m| (m.node_id, m.index)).collect()).unwrap_or_default();

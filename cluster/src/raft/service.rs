@@ -2,6 +2,7 @@
 //! cluster secret (an interceptor checks it before any handler runs), and
 //! refused if malformed, before openraft sees them.
 
+use gatehouse_proto::events::NodeState;
 use gatehouse_proto::raft as pb;
 use gatehouse_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use gatehouse_storage::convert::{
@@ -225,13 +226,39 @@ impl RaftService for RaftRpc {
 /// Longest election pause a peer may ask for.
 const MAX_ELECTION_PAUSE_MS: u64 = 60_000;
 
+/// openraft's server state as the protocols carry it.
+pub fn node_state(s: openraft::ServerState) -> NodeState {
+    use openraft::ServerState as S;
+    match s {
+        S::Learner => NodeState::Learner,
+        S::Follower => NodeState::Follower,
+        S::Candidate => NodeState::Candidate,
+        S::Leader => NodeState::Leader,
+        S::Shutdown => NodeState::Shutdown,
+    }
+}
+
+/// A node state's name in the CLI's output and in logs: `leader`,
+/// `follower`, `candidate`, `learner`, `shutdown` (`unknown` for a value
+/// this version does not know).
+pub fn node_state_name(state: i32) -> &'static str {
+    match NodeState::try_from(state) {
+        Ok(NodeState::Learner) => "learner",
+        Ok(NodeState::Follower) => "follower",
+        Ok(NodeState::Candidate) => "candidate",
+        Ok(NodeState::Leader) => "leader",
+        Ok(NodeState::Shutdown) => "shutdown",
+        Ok(NodeState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
 /// This node's own status.
 pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
     let m = cluster.raft().metrics().borrow().clone();
     let index = |l: Option<openraft::LogId<NodeId>>| l.map_or(0, |l| log_id_to_pb(&l).index);
     pb::LocalStatusResponse {
         node_id: m.id,
-        state: format!("{:?}", m.state).to_lowercase(),
+        state: node_state(m.state) as i32,
         term: m.current_term,
         leader_id: m.current_leader.unwrap_or(0),
         applied_index: index(m.last_applied),
@@ -248,5 +275,22 @@ pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
         } else {
             Vec::new()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_state_has_its_name_and_unknown_values_say_so() {
+        use openraft::ServerState as S;
+        let named: Vec<&str> = [S::Learner, S::Follower, S::Candidate, S::Leader, S::Shutdown]
+            .into_iter()
+            .map(|s| node_state_name(node_state(s) as i32))
+            .collect();
+        assert_eq!(named, ["learner", "follower", "candidate", "leader", "shutdown"]);
+        assert_eq!(node_state_name(0), "unknown");
+        assert_eq!(node_state_name(99), "unknown");
     }
 }
