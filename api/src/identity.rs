@@ -35,6 +35,14 @@ pub struct Principal {
     pub via: Via,
 }
 
+/// The token of an `Authorization` value (HTTP header or gRPC metadata):
+/// `Bearer <token>` (the scheme in either case), surrounding spaces trimmed.
+/// The one place either transport reads one.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let token = authorization.strip_prefix("Bearer ").or_else(|| authorization.strip_prefix("bearer "))?;
+    Some(token.trim())
+}
+
 /// Longest credential looked at; anything longer is refused unread.
 pub const MAX_CREDENTIAL_LEN: usize = 256;
 

@@ -15,17 +15,17 @@
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
-//! - [`credentials`]: API keys, made on the proposing node.
+//! - [`mint`]: new API keys and session tokens, made on the proposing node.
 //! - [`metrics`]: the Prometheus series of `GET /metrics` (the consensus ones registered in).
 //! - [`error`]: one error type, one status table.
 
 pub mod admin;
 pub mod audit;
-pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod mint;
 pub mod node;
 pub mod passwords;
 pub mod rate_limit;

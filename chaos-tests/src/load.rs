@@ -430,7 +430,7 @@ pub async fn bulk_load(
     }
     flush(&mut pending).await?;
     for i in 0..keys {
-        let k = gatehouse_api::credentials::new_api_key();
+        let k = gatehouse_api::mint::new_api_key();
         pending.push(command(Payload::CreateApiKey(CreateApiKey {
             key_id: k.key_id,
             user_id: user_ids[i % users].clone(),

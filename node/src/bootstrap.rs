@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_api::credentials::{new_api_key, NewKey};
+use gatehouse_api::mint::{new_api_key, NewKey};
 use gatehouse_cluster::ids::new_id;
 use gatehouse_cluster::Cluster;
 use gatehouse_domain::roles::ADMIN;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use gatehouse_api::credentials::new_api_key;
+use gatehouse_api::mint::new_api_key;
 use gatehouse_api::{ApiError, Node};
 use gatehouse_cluster::ids::new_id;
 use gatehouse_domain::roles::ADMIN;

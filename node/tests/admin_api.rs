@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin_cli, base, create_key, http, wait_until, TestCluster};
+use common::{admin_cli, base, create_key, http, login, wait_until, TestCluster};
 use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
 use gatehouse_proto::admin::event_service_client::EventServiceClient;
 use gatehouse_proto::admin::key_service_client::KeyServiceClient;
@@ -19,10 +19,6 @@ use reqwest::StatusCode;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-fn ep(c: &TestCluster, id: u64) -> String {
-    format!("http://{}", c.node(id).advertise_addr())
-}
-
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -30,21 +26,11 @@ fn json(out: &str) -> serde_json::Value {
 async fn cli_json(c: &TestCluster, node: u64, key: &str, args: &[&str]) -> serde_json::Value {
     let mut argv = vec!["--json"];
     argv.extend_from_slice(args);
-    json(&admin_cli(&ep(c, node), key, &argv).await.unwrap_or_else(|e| panic!("{args:?}: {e}")))
+    json(&admin_cli(&c.endpoint(node), key, &argv).await.unwrap_or_else(|e| panic!("{args:?}: {e}")))
 }
 
 async fn verify(c: &TestCluster, id: u64, token: &str) -> StatusCode {
     http().get(format!("{}/auth/verify", base(c.node(id)))).bearer_auth(token).send().await.unwrap().status()
-}
-
-async fn login(c: &TestCluster, id: u64, username: &str, password: &str) -> reqwest::Response {
-    http()
-        .post(format!("{}/api/v1/login", base(c.node(id))))
-        .header("x-requested-with", "test")
-        .json(&serde_json::json!({ "username": username, "password": password }))
-        .send()
-        .await
-        .unwrap()
 }
 
 fn cookie(resp: &reqwest::Response) -> String {
@@ -236,8 +222,8 @@ async fn every_rpc_authenticates_and_checks_rbac() {
     let operator = create_key(c.node(1), "operator-olga", &["operator"]).await;
     let revoked = create_key(c.node(1), "revoked-rex", &["admin"]).await;
     let revoked_id = revoked.split('_').nth(1).unwrap();
-    admin_cli(&ep(&c, 1), &c.admin_key, &["key", "revoke", revoked_id]).await.unwrap();
-    let e = ep(&c, 2);
+    admin_cli(&c.endpoint(1), &c.admin_key, &["key", "revoke", revoked_id]).await.unwrap();
+    let e = c.endpoint(2);
 
     let calls = every_rpc(&e, None).await;
     assert_eq!(calls.len(), 30, "one call per RPC");
@@ -329,7 +315,7 @@ async fn users_get_update_set_password_delete_and_paginate() {
     std::fs::write(&pw_file, "the first long password\n").unwrap();
     let pw = pw_file.to_str().unwrap();
     cli_json(&c, 1, &admin, &["user", "set-password", "user-03", "--password-file", pw]).await;
-    let session = cookie(&login(&c, 2, "user-03", "the first long password").await);
+    let session = cookie(&login(c.node(2), "user-03", "the first long password").await);
     assert_eq!(verify_cookie(&c, 3, &session).await, StatusCode::OK);
     std::fs::write(&pw_file, "the second long password\n").unwrap();
     let r = cli_json(&c, 3, &admin, &["user", "set-password", "user-03", "--password-file", pw]).await;
@@ -342,14 +328,14 @@ async fn users_get_update_set_password_delete_and_paginate() {
         })
         .await;
     }
-    assert_eq!(login(&c, 1, "user-03", "the first long password").await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(login(&c, 1, "user-03", "the second long password").await.status(), StatusCode::OK);
+    assert_eq!(login(c.node(1), "user-03", "the first long password").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login(c.node(1), "user-03", "the second long password").await.status(), StatusCode::OK);
 
     // Delete takes the user's keys and sessions with it, everywhere.
     let key = cli_json(&c, 1, &admin, &["key", "create", "--user", "user-03", "--name", "ci"]).await;
     let key = key["key"].as_str().unwrap().to_string();
     assert_eq!(verify(&c, 2, &key).await, StatusCode::OK);
-    let err = admin_cli(&ep(&c, 1), &admin, &["user", "delete", "user-03"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), &admin, &["user", "delete", "user-03"]).await.unwrap_err();
     assert!(err.contains("--yes"), "{err}");
     let d = cli_json(&c, 2, &admin, &["user", "delete", "user-03", "--yes"]).await;
     assert_eq!((d["keys_deleted"].as_u64(), d["sessions_revoked"].as_u64()), (Some(1), Some(1)));
@@ -360,7 +346,7 @@ async fn users_get_update_set_password_delete_and_paginate() {
         })
         .await;
     }
-    let err = admin_cli(&ep(&c, 3), &admin, &["user", "get", "user-03"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(3), &admin, &["user", "get", "user-03"]).await.unwrap_err();
     assert!(err.starts_with("not found"), "{err}");
 
     // Hostile and malformed arguments change nothing.
@@ -393,13 +379,13 @@ async fn users_get_update_set_password_delete_and_paginate() {
         (&["user", "disable", "ghost"], "not found"),
         (&["user", "enable", ""], "invalid argument"),
     ] {
-        let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
-    let err = admin_cli(&ep(&c, 2), &admin, &["user", "set-password", "user-04"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(2), &admin, &["user", "set-password", "user-04"]).await.unwrap_err();
     assert!(err.contains("--password-stdin or --password-file"), "{err}");
     // Values the CLI never sends, straight over gRPC.
-    let mut users = UserServiceClient::connect(ep(&c, 3)).await.unwrap();
+    let mut users = UserServiceClient::connect(c.endpoint(3)).await.unwrap();
     let with_key = |msg| {
         let mut r = Request::new(msg);
         r.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
@@ -451,7 +437,7 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         &["user", "delete", &admin_user, "--yes"],
         &["role", "unassign", "admin", "--user", &admin_user],
     ] {
-        let err = admin_cli(&ep(&c, 2), &operator, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(2), &operator, args).await.unwrap_err();
         assert!(err.starts_with("permission denied"), "{args:?}: {err}");
     }
     assert!(c.node(2).cluster().view().read().user_by_name("sneaky").is_none());
@@ -465,7 +451,7 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
     let kept_id = kept["id"].as_str().unwrap().to_string();
     assert_eq!(cli_json(&c, 1, &admin, &["key", "get", &kept_id]).await["roles"], serde_json::json!(["operator"]));
     cli_json(&c, 1, &admin, &["role", "assign", "admin", "--user", "pat"]).await;
-    let err = admin_cli(&ep(&c, 3), &kept_key, &["role", "create", "by-kept"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(3), &kept_key, &["role", "create", "by-kept"]).await.unwrap_err();
     assert!(err.starts_with("permission denied"), "{err}");
     cli_json(&c, 1, &admin, &["role", "unassign", "admin", "--user", "pat"]).await;
 
@@ -482,7 +468,7 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         &["role", "update", "role-keeper", "--permission", "roles.write", "--permission", "cluster.admin"][..],
         &["role", "create", "super", "--permission", "cluster.admin"],
     ] {
-        let err = admin_cli(&ep(&c, 2), &keeper, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(2), &keeper, args).await.unwrap_err();
         assert!(err.starts_with("permission denied"), "{args:?}: {err}");
     }
     assert!(c.node(2).cluster().view().read().role("super").is_none());
@@ -494,17 +480,17 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         &["user", "disable", &admin_user],
         &["user", "delete", &admin_user, "--yes"],
     ] {
-        let err = admin_cli(&ep(&c, 3), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(3), &admin, args).await.unwrap_err();
         assert!(err.starts_with("failed precondition"), "{args:?}: {err}");
     }
     // A restricted key loses a role its user loses.
     let key =
         cli_json(&c, 1, &admin, &["key", "create", "--user", "dana", "--name", "ops", "--role", "operator"]).await;
     let key = key["key"].as_str().unwrap().to_string();
-    assert!(admin_cli(&ep(&c, 1), &key, &["user", "create", "by-dana", "--email", "d@example.com"]).await.is_ok());
+    assert!(admin_cli(&c.endpoint(1), &key, &["user", "create", "by-dana", "--email", "d@example.com"]).await.is_ok());
     cli_json(&c, 1, &admin, &["role", "assign", "viewer", "--user", "dana"]).await;
     cli_json(&c, 1, &admin, &["role", "unassign", "operator", "--user", "dana"]).await;
-    let err = admin_cli(&ep(&c, 3), &key, &["user", "list"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(3), &key, &["user", "list"]).await.unwrap_err();
     assert!(err.starts_with("permission denied"), "{err}");
 
     for (args, want) in [
@@ -517,7 +503,7 @@ async fn roles_are_assigned_and_removed_and_nobody_escalates() {
         (&["role", "unassign", "Bad Role", "--user", "dana"], "invalid argument"),
         (&["role", "unassign", "viewer", "--user", ""], "invalid argument"),
     ] {
-        let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     c.shutdown().await;
@@ -583,7 +569,7 @@ async fn keys_are_fetched_and_rotated_with_a_grace_period() {
         (&["key", "create", "--user", "erin", "--name", ""], "invalid argument"),
         (&["key", "create", "--user", "ghost", "--name", "x"], "not found"),
     ] {
-        let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     assert_eq!(c.node(1).cluster().view().read().api_keys().count(), keys_before);
@@ -602,7 +588,7 @@ async fn sessions_are_fetched_and_revoked_everywhere_in_an_emergency() {
     let mut cookies = Vec::new();
     for (i, name) in ["fay", "gus", "hal"].iter().enumerate() {
         common::create_user_with_password(c.node(1), name, "correct horse battery", &["viewer"]).await;
-        cookies.push(cookie(&login(&c, 1 + i as u64, name, "correct horse battery").await));
+        cookies.push(cookie(&login(c.node(1 + i as u64), name, "correct horse battery").await));
     }
     let listed = cli_json(&c, 2, &admin, &["session", "list", "--user", "gus"]).await;
     let id = listed["sessions"][0]["id"].as_str().unwrap().to_string();
@@ -610,9 +596,9 @@ async fn sessions_are_fetched_and_revoked_everywhere_in_an_emergency() {
     assert_eq!(s["username"], "gus");
     assert!(!s.to_string().contains(cookies[1].split('=').nth(1).unwrap()), "no token in the answer");
 
-    let err = admin_cli(&ep(&c, 1), &admin, &["session", "revoke-everything"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), &admin, &["session", "revoke-everything"]).await.unwrap_err();
     assert!(err.contains("--yes"), "{err}");
-    let mut client = SessionServiceClient::connect(ep(&c, 1)).await.unwrap();
+    let mut client = SessionServiceClient::connect(c.endpoint(1)).await.unwrap();
     let mut req = Request::new(RevokeEverySessionRequest { confirm: false, wait_all: false });
     req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
     assert_eq!(client.revoke_everything(req).await.unwrap_err().code(), Code::InvalidArgument);
@@ -639,7 +625,7 @@ async fn sessions_are_fetched_and_revoked_everywhere_in_an_emergency() {
         (&["session", "revoke-all", "--user", ""], "invalid argument"),
         (&["session", "revoke", "not-hex"], "invalid argument"),
     ] {
-        let err = admin_cli(&ep(&c, 2), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(2), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     c.shutdown().await;
@@ -653,7 +639,7 @@ async fn watch_streams_committed_commands_without_secret_hashes() {
     })
     .await;
     let admin = c.admin_key.clone();
-    let mut client = EventServiceClient::connect(ep(&c, 3)).await.unwrap();
+    let mut client = EventServiceClient::connect(c.endpoint(3)).await.unwrap();
     let mut req = Request::new(WatchRequest { from_index: 0 });
     req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
     let mut stream = client.watch(req).await.unwrap().into_inner();
@@ -691,7 +677,7 @@ async fn watch_streams_committed_commands_without_secret_hashes() {
     req.metadata_mut().insert("authorization", format!("Bearer {watcher}").parse().unwrap());
     let mut revoked_stream = client.watch(req).await.unwrap().into_inner();
     let watcher_id = watcher.split('_').nth(1).unwrap();
-    admin_cli(&ep(&c, 1), &admin, &["key", "revoke", watcher_id, "--wait", "all"]).await.unwrap();
+    admin_cli(&c.endpoint(1), &admin, &["key", "revoke", watcher_id, "--wait", "all"]).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match revoked_stream.message().await {
@@ -706,7 +692,7 @@ async fn watch_streams_committed_commands_without_secret_hashes() {
     assert_eq!(end, Some(Code::Unauthenticated));
 
     // The CLI prints the same events as JSON lines.
-    let out = admin_cli(&ep(&c, 1), &admin, &["--json", "watch", "--limit", &count.to_string()]).await.unwrap();
+    let out = admin_cli(&c.endpoint(1), &admin, &["--json", "watch", "--limit", &count.to_string()]).await.unwrap();
     let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
     assert_eq!(lines.len(), count);
     assert!(lines.windows(2).all(|w| w[0]["index"].as_u64() <= w[1]["index"].as_u64()));
@@ -717,8 +703,8 @@ async fn watch_streams_committed_commands_without_secret_hashes() {
     for i in 0..60 {
         common::write_user(c.node(1), &format!("filler-{i}")).await;
     }
-    admin_cli(&ep(&c, 1), &admin, &["cluster", "snapshot"]).await.unwrap();
-    let mut client = EventServiceClient::connect(ep(&c, 1)).await.unwrap();
+    admin_cli(&c.endpoint(1), &admin, &["cluster", "snapshot"]).await.unwrap();
+    let mut client = EventServiceClient::connect(c.endpoint(1)).await.unwrap();
     // Purging follows the snapshot asynchronously: wait for the refusal.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let err = loop {
@@ -759,7 +745,7 @@ async fn leadership_moves_on_request_and_writes_continue() {
         (&["cluster", "transfer-leader", "42"][..], "not found"),
         (&["cluster", "transfer-leader", "0"], "invalid argument"),
     ] {
-        let err = admin_cli(&ep(&c, 1), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(1), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     c.shutdown().await;
@@ -775,7 +761,7 @@ async fn grpc_health_and_reflection_answer() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let c = TestCluster::start(3).await;
-    let mut health = HealthClient::new(Channel::from_shared(ep(&c, 2)).unwrap().connect().await.unwrap());
+    let mut health = HealthClient::new(Channel::from_shared(c.endpoint(2)).unwrap().connect().await.unwrap());
     for service in ["", "gatehouse.admin.v1.UserService"] {
         wait_until("serving", Duration::from_secs(5), || {
             let mut h = health.clone();
@@ -789,7 +775,8 @@ async fn grpc_health_and_reflection_answer() {
     let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
-    let mut reflection = ServerReflectionClient::new(Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap());
+    let mut reflection =
+        ServerReflectionClient::new(Channel::from_shared(c.endpoint(1)).unwrap().connect().await.unwrap());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -809,7 +796,7 @@ async fn grpc_health_and_reflection_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_protobuf_is_invalid_argument_without_decoder_detail() {
     let c = TestCluster::start(1).await;
-    let ch = Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(c.endpoint(1)).unwrap().connect().await.unwrap();
     let garbage: [&[u8]; 4] = [&[0xff, 0xff, 0xff], &[0x0a, 0x7f, b'x'], &[0x08], &[0x0a, 0x02, 0xc3, 0x28]];
     for path in ["/gatehouse.admin.v1.UserService/Get", "/gatehouse.admin.v1.KeyService/Create"] {
         for bytes in garbage {
@@ -839,7 +826,7 @@ async fn failed_admin_authentications_are_limited_per_address() {
         };
     })
     .await;
-    let ch = Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(c.endpoint(1)).unwrap().connect().await.unwrap();
     let status = |token: String| {
         let ch = ch.clone();
         async move {
@@ -866,7 +853,7 @@ async fn an_oversized_role_is_refused_before_the_log() {
     let c = TestCluster::start(3).await;
     let leader = c.wait_for_leader().await;
     let before = c.node(leader).cluster().raft().metrics().borrow().last_log_index.unwrap_or(0);
-    let ch = Channel::from_shared(ep(&c, 2)).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(c.endpoint(2)).unwrap().connect().await.unwrap();
     let mut roles = RoleServiceClient::new(ch);
     let huge = PutRoleRequest {
         name: "huge".into(),
@@ -886,7 +873,7 @@ async fn an_oversized_role_is_refused_before_the_log() {
     small.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
     roles.create(small).await.unwrap();
     let upto = c.node(2).cluster().view().applied_index();
-    let ch = Channel::from_shared(ep(&c, 2)).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(c.endpoint(2)).unwrap().connect().await.unwrap();
     let mut watch = Request::new(WatchRequest { from_index: before + 1 });
     watch.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
     let mut stream = EventServiceClient::new(ch).watch(watch).await.unwrap().into_inner();

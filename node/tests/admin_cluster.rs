@@ -5,12 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin_cli, create_key, wait_until, write_user, TestCluster};
+use common::{admin_cli, create_key, endpoint, wait_until, write_user, TestCluster};
 use gatehouse::Node;
-
-fn endpoint(node: &Node) -> String {
-    format!("http://{}", node.advertise_addr())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_json_lists_every_node_with_its_applied_index() {

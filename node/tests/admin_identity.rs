@@ -8,10 +8,6 @@ use common::{admin_cli, base, create_key, http, TestCluster};
 
 use reqwest::StatusCode;
 
-fn ep(c: &TestCluster, id: u64) -> String {
-    format!("http://{}", c.node(id).advertise_addr())
-}
-
 async fn verify(c: &TestCluster, id: u64, key: &str) -> StatusCode {
     http().get(format!("{}/auth/verify", base(c.node(id)))).bearer_auth(key).send().await.unwrap().status()
 }
@@ -25,7 +21,7 @@ async fn onboard_a_user_issue_a_key_and_revoke_it_everywhere() {
     let c = TestCluster::start_with(3, |cfg| cfg.identity.touch_flush_ms = 100).await;
     let admin = c.admin_key.clone();
     let out = admin_cli(
-        &ep(&c, 2),
+        &c.endpoint(2),
         &admin,
         &["--json", "user", "create", "Hank", "--email", "hank@example.com", "--role", "operator"],
     )
@@ -35,10 +31,13 @@ async fn onboard_a_user_issue_a_key_and_revoke_it_everywhere() {
     assert_eq!(user["username"], "hank");
     assert_eq!(user["status"], "active");
 
-    let out =
-        admin_cli(&ep(&c, 3), &admin, &["--json", "key", "create", "--user", "hank", "--name", "ci", "--ttl", "90d"])
-            .await
-            .unwrap();
+    let out = admin_cli(
+        &c.endpoint(3),
+        &admin,
+        &["--json", "key", "create", "--user", "hank", "--name", "ci", "--ttl", "90d"],
+    )
+    .await
+    .unwrap();
     let created = json(&out);
     let key = created["key"].as_str().unwrap().to_string();
     let id = created["id"].as_str().unwrap().to_string();
@@ -57,33 +56,35 @@ async fn onboard_a_user_issue_a_key_and_revoke_it_everywhere() {
     // Listing never shows a secret.
     let secret = gatehouse_domain::keys::parse_key(&key).expect("a well-formed key").1;
     for args in [&["key", "list"][..], &["--json", "key", "list", "--user", "hank"]] {
-        let out = admin_cli(&ep(&c, 1), &admin, args).await.unwrap();
+        let out = admin_cli(&c.endpoint(1), &admin, args).await.unwrap();
         assert!(out.contains(&id), "{out}");
         assert!(!out.contains(secret));
     }
-    let users = json(&admin_cli(&ep(&c, 1), &admin, &["--json", "user", "list", "--role", "operator"]).await.unwrap());
+    let users =
+        json(&admin_cli(&c.endpoint(1), &admin, &["--json", "user", "list", "--role", "operator"]).await.unwrap());
     assert_eq!(users["users"].as_array().unwrap().len(), 1);
 
-    let out = admin_cli(&ep(&c, 1), &admin, &["--json", "key", "revoke", &id, "--wait", "all"]).await.unwrap();
+    let out = admin_cli(&c.endpoint(1), &admin, &["--json", "key", "revoke", &id, "--wait", "all"]).await.unwrap();
     let r = json(&out);
     assert_eq!(r["applied_on"], serde_json::json!([1, 2, 3]));
     for n in 1..=3 {
         assert_eq!(verify(&c, n, &key).await, StatusCode::UNAUTHORIZED);
     }
-    let err = admin_cli(&ep(&c, 1), &admin, &["key", "revoke", &id]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), &admin, &["key", "revoke", &id]).await.unwrap_err();
     assert!(err.starts_with("failed precondition"), "{err}");
-    let all =
-        json(&admin_cli(&ep(&c, 1), &admin, &["--json", "key", "list", "--user", "hank", "--revoked"]).await.unwrap());
+    let all = json(
+        &admin_cli(&c.endpoint(1), &admin, &["--json", "key", "list", "--user", "hank", "--revoked"]).await.unwrap(),
+    );
     assert!(all["keys"][0]["revoked_at"].as_u64().unwrap() > 0);
 
     // Disabling the user stops its other keys.
     let other = json(
-        &admin_cli(&ep(&c, 1), &admin, &["--json", "key", "create", "--user", "hank", "--name", "other"])
+        &admin_cli(&c.endpoint(1), &admin, &["--json", "key", "create", "--user", "hank", "--name", "other"])
             .await
             .unwrap(),
     );
     let other = other["key"].as_str().unwrap().to_string();
-    admin_cli(&ep(&c, 2), &admin, &["user", "disable", "hank"]).await.unwrap();
+    admin_cli(&c.endpoint(2), &admin, &["user", "disable", "hank"]).await.unwrap();
     // `disable` returns once committed; each node refuses the key once it applied the change.
     for n in 1..=3 {
         let (c, other) = (&c, &other);
@@ -113,7 +114,7 @@ async fn sessions_are_listed_and_revoked_by_admins() {
         cookies.push(r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string());
     }
     let list =
-        json(&admin_cli(&ep(&c, 3), &c.admin_key, &["--json", "session", "list", "--user", "ivy"]).await.unwrap());
+        json(&admin_cli(&c.endpoint(3), &c.admin_key, &["--json", "session", "list", "--user", "ivy"]).await.unwrap());
     let sessions = list["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions[0]["user_agent"], "test-agent/1.0");
@@ -121,13 +122,19 @@ async fn sessions_are_listed_and_revoked_by_admins() {
 
     let first = sessions[0]["id"].as_str().unwrap();
     let r = json(
-        &admin_cli(&ep(&c, 3), &c.admin_key, &["--json", "session", "revoke", first, "--wait", "all"]).await.unwrap(),
+        &admin_cli(&c.endpoint(3), &c.admin_key, &["--json", "session", "revoke", first, "--wait", "all"])
+            .await
+            .unwrap(),
     );
     assert_eq!(r["revoked"], 1);
     let r = json(
-        &admin_cli(&ep(&c, 1), &c.admin_key, &["--json", "session", "revoke-all", "--user", "ivy", "--wait", "all"])
-            .await
-            .unwrap(),
+        &admin_cli(
+            &c.endpoint(1),
+            &c.admin_key,
+            &["--json", "session", "revoke-all", "--user", "ivy", "--wait", "all"],
+        )
+        .await
+        .unwrap(),
     );
     assert_eq!(r["revoked"], 1);
     assert_eq!(r["applied_on"], serde_json::json!([1, 2, 3]));
@@ -149,7 +156,7 @@ async fn sessions_are_listed_and_revoked_by_admins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rbac_and_hostile_arguments() {
     let c = TestCluster::start(3).await;
-    let e = ep(&c, 1);
+    let e = c.endpoint(1);
     let viewer = create_key(c.node(1), "viewer-vic", &["viewer"]).await;
     let operator = create_key(c.node(1), "operator-otto", &["operator"]).await;
 
@@ -229,7 +236,7 @@ async fn custom_roles_grant_their_permissions_on_every_node() {
     let c = TestCluster::start(3).await;
     let admin = c.admin_key.clone();
     let out = admin_cli(
-        &ep(&c, 1),
+        &c.endpoint(1),
         &admin,
         &[
             "--json",
@@ -248,11 +255,13 @@ async fn custom_roles_grant_their_permissions_on_every_node() {
     .unwrap();
     assert_eq!(json(&out)["permissions"], serde_json::json!(["keys.write", "users.read"]));
     // Created through node 1, used at once through node 2.
-    admin_cli(&ep(&c, 2), &admin, &["user", "create", "dee", "--email", "dee@example.com", "--role", "deployer"])
+    admin_cli(&c.endpoint(2), &admin, &["user", "create", "dee", "--email", "dee@example.com", "--role", "deployer"])
         .await
         .unwrap();
     let key = json(
-        &admin_cli(&ep(&c, 3), &admin, &["--json", "key", "create", "--user", "dee", "--name", "ci"]).await.unwrap(),
+        &admin_cli(&c.endpoint(3), &admin, &["--json", "key", "create", "--user", "dee", "--name", "ci"])
+            .await
+            .unwrap(),
     )["key"]
         .as_str()
         .unwrap()
@@ -260,20 +269,20 @@ async fn custom_roles_grant_their_permissions_on_every_node() {
 
     // The custom role's permissions, and nothing more, on every node.
     for n in 1..=3 {
-        assert!(admin_cli(&ep(&c, n), &key, &["user", "list"]).await.is_ok());
-        let err = admin_cli(&ep(&c, n), &key, &["user", "create", &format!("x{n}"), "--email", "x@example.com"])
+        assert!(admin_cli(&c.endpoint(n), &key, &["user", "list"]).await.is_ok());
+        let err = admin_cli(&c.endpoint(n), &key, &["user", "create", &format!("x{n}"), "--email", "x@example.com"])
             .await
             .unwrap_err();
         assert!(err.starts_with("permission denied"), "{err}");
     }
-    assert!(admin_cli(&ep(&c, 2), &key, &["key", "create", "--user", "dee", "--name", "second"]).await.is_ok());
+    assert!(admin_cli(&c.endpoint(2), &key, &["key", "create", "--user", "dee", "--name", "second"]).await.is_ok());
     let r =
         http().get(format!("{}/auth/verify?role=deployer", base(c.node(2)))).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-auth-roles"], "deployer");
 
     // Updating the role changes what its holders may do.
-    admin_cli(&ep(&c, 1), &admin, &["role", "update", "deployer", "--permission", "users.read"]).await.unwrap();
+    admin_cli(&c.endpoint(1), &admin, &["role", "update", "deployer", "--permission", "users.read"]).await.unwrap();
     common::wait_until("the role update on every node", std::time::Duration::from_secs(5), || {
         let all = c
             .nodes
@@ -282,10 +291,11 @@ async fn custom_roles_grant_their_permissions_on_every_node() {
         async move { all }
     })
     .await;
-    let err = admin_cli(&ep(&c, 3), &key, &["key", "create", "--user", "dee", "--name", "third"]).await.unwrap_err();
+    let err =
+        admin_cli(&c.endpoint(3), &key, &["key", "create", "--user", "dee", "--name", "third"]).await.unwrap_err();
     assert!(err.starts_with("permission denied"), "{err}");
 
-    let list = json(&admin_cli(&ep(&c, 3), &admin, &["--json", "role", "list"]).await.unwrap());
+    let list = json(&admin_cli(&c.endpoint(3), &admin, &["--json", "role", "list"]).await.unwrap());
     let names: Vec<&str> = list["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["admin", "operator", "viewer", "deployer"]);
 
@@ -300,12 +310,12 @@ async fn custom_roles_grant_their_permissions_on_every_node() {
         (&["role", "update", "ghost"], "not found"),
         (&["role", "delete", "ghost"], "not found"),
     ] {
-        let err = admin_cli(&ep(&c, 1), &admin, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(1), &admin, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     let viewer = create_key(c.node(1), "vera", &["viewer"]).await;
-    assert!(admin_cli(&ep(&c, 1), &viewer, &["role", "list"]).await.is_ok());
-    let err = admin_cli(&ep(&c, 1), &viewer, &["role", "create", "sneaky", "--permission", "cluster.admin"])
+    assert!(admin_cli(&c.endpoint(1), &viewer, &["role", "list"]).await.is_ok());
+    let err = admin_cli(&c.endpoint(1), &viewer, &["role", "create", "sneaky", "--permission", "cluster.admin"])
         .await
         .unwrap_err();
     assert!(err.starts_with("permission denied"), "{err}");
@@ -333,8 +343,9 @@ async fn a_new_key_works_at_once_on_every_nodes_admin_api() {
         }
     }
     // A session token is not an admin credential.
-    let err =
-        admin_cli(&ep(&c, 1), "gs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &["user", "list"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), "gs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &["user", "list"])
+        .await
+        .unwrap_err();
     assert!(err.starts_with("unauthenticated"), "{err}");
     c.shutdown().await;
 }
@@ -346,7 +357,7 @@ async fn a_new_key_works_at_once_on_every_nodes_admin_api() {
 async fn a_bootstrap_interrupted_after_its_key_file_finishes_with_that_key() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("admin.key");
-    let written = gatehouse_api::credentials::new_api_key();
+    let written = gatehouse_api::mint::new_api_key();
     gatehouse::bootstrap::write_private_atomic(&key_file, &written.key).unwrap();
     let mut cfg = common::config(1, &dir);
     cfg.initialize = true;
@@ -355,9 +366,7 @@ async fn a_bootstrap_interrupted_after_its_key_file_finishes_with_that_key() {
     cfg.initial_members = vec![gatehouse::config::Member { id: 1, addr: "127.0.0.1:1".into() }];
     let mut node = gatehouse::Node::start(cfg).await.unwrap();
     assert_eq!(node.take_bootstrap_key().as_deref(), Some(written.key.as_str()));
-    let out = admin_cli(&format!("http://{}", node.advertise_addr()), &written.key, &["--json", "user", "list"])
-        .await
-        .unwrap();
+    let out = admin_cli(&common::endpoint(&node), &written.key, &["--json", "user", "list"]).await.unwrap();
     assert_eq!(json(&out)["users"][0]["username"], "admin");
     assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), written.key);
     node.shutdown().await.unwrap();
@@ -389,7 +398,7 @@ async fn a_lost_admin_key_is_recovered_offline_and_audited() {
         }
     })
     .await;
-    let me = json(&admin_cli(&ep(&c, 1), &key, &["--json", "user", "get", "rescue"]).await.unwrap());
+    let me = json(&admin_cli(&c.endpoint(1), &key, &["--json", "user", "get", "rescue"]).await.unwrap());
     assert_eq!(me["roles"], serde_json::json!(["admin"]));
     assert!(!data_dir.join(gatehouse::recovery::FILE).exists(), "the request is carried out once");
     common::wait_until("the recovery audited", std::time::Duration::from_secs(10), || {
@@ -397,7 +406,8 @@ async fn a_lost_admin_key_is_recovered_offline_and_audited() {
         let key = key.clone();
         async move {
             let out =
-                admin_cli(&ep(c, 2), &key, &["--json", "audit", "query", "--action", "cluster.admin_recovered"]).await;
+                admin_cli(&c.endpoint(2), &key, &["--json", "audit", "query", "--action", "cluster.admin_recovered"])
+                    .await;
             out.is_ok_and(|o| json(&o)["records"].as_array().is_some_and(|r| r.len() == 1))
         }
     })
@@ -410,7 +420,7 @@ async fn a_lost_admin_key_is_recovered_offline_and_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_custom_role_is_assigned_only_by_those_it_names() {
     let c = TestCluster::start(1).await;
-    let (e, admin) = (ep(&c, 1), c.admin_key.clone());
+    let (e, admin) = (c.endpoint(1), c.admin_key.clone());
     admin_cli(&e, &admin, &["role", "create", "ops-panel"]).await.unwrap();
     let named = json(
         &admin_cli(&e, &admin, &["--json", "role", "create", "deploy-panel", "--assignable-by", "operator"])

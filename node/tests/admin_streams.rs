@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
 async fn channel(c: &TestCluster) -> Channel {
-    Channel::from_shared(format!("http://{}", c.node(1).advertise_addr())).unwrap().connect().await.unwrap()
+    Channel::from_shared(c.endpoint(1)).unwrap().connect().await.unwrap()
 }
 
 fn authed<T>(msg: T, key: &str) -> Request<T> {

@@ -6,23 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{base, create_key, create_user_with_password, http, wait_until, TestCluster};
+use common::{base, create_key, create_user_with_password, http, login, wait_until, TestCluster};
 use gatehouse::Node;
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{RevokeApiKey, SetPassword, SetUserStatus, UserStatus};
 use reqwest::StatusCode;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-async fn login(node: &Node, username: &str, password: &str) -> reqwest::Response {
-    http()
-        .post(format!("{}/api/v1/login", base(node)))
-        .header("x-requested-with", "test")
-        .json(&serde_json::json!({ "username": username, "password": password }))
-        .send()
-        .await
-        .unwrap()
-}
 
 /// The session cookie's `name=value` from a login response.
 fn session_cookie(resp: &reqwest::Response) -> String {
@@ -420,7 +410,7 @@ async fn expired_keys_fail_and_a_node_cut_off_from_its_leader_answers_503() {
     let mut c = TestCluster::start_with(3, |cfg| cfg.max_staleness_ms = 600).await;
     // A key that expires in a moment.
     let user_id = create_user_with_password(c.node(1), "gina", PASSWORD, &["viewer"]).await;
-    let k = gatehouse_api::credentials::new_api_key();
+    let k = gatehouse_api::mint::new_api_key();
     let cmd = c.node(1).cluster().command(Payload::CreateApiKey(gatehouse_proto::events::CreateApiKey {
         key_id: k.key_id.clone(),
         user_id,

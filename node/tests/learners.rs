@@ -16,7 +16,7 @@ use gatehouse_proto::admin::{AddLearnerRequest, MembershipResponse};
 use tonic::{Code, Request, Status};
 
 async fn add_learner(c: &TestCluster, via: u64, node_id: u64, addr: &str) -> Result<MembershipResponse, Status> {
-    let ep = format!("http://{}", c.node(via).advertise_addr());
+    let ep = c.endpoint(via);
     let mut client = ClusterServiceClient::connect(ep).await.unwrap();
     let mut req = Request::new(AddLearnerRequest { node_id, addr: addr.into() });
     req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());

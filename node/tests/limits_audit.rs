@@ -35,10 +35,6 @@ fn limits(policies: Vec<Policy>) -> LimitsConfig {
     LimitsConfig { enabled: true, policies, ..Default::default() }
 }
 
-fn ep(c: &TestCluster, id: u64) -> String {
-    format!("http://{}", c.node(id).advertise_addr())
-}
-
 fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
     r.headers().get(name)?.to_str().ok()?.parse().ok()
 }
@@ -79,9 +75,10 @@ async fn a_strict_limit_is_exact_across_three_nodes() {
     wait_until("rate-limit hits audited", Duration::from_secs(5), || {
         let c = &c;
         async move {
-            let out = admin_cli(&ep(c, 2), &c.admin_key, &["--json", "audit", "query", "--action", "ratelimit.hit"])
-                .await
-                .unwrap();
+            let out =
+                admin_cli(&c.endpoint(2), &c.admin_key, &["--json", "audit", "query", "--action", "ratelimit.hit"])
+                    .await
+                    .unwrap();
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let counted: u64 = v["records"]
                 .as_array()
@@ -196,9 +193,10 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     wait_until("login failures audited", Duration::from_secs(5), || {
         let c = &c;
         async move {
-            let out = admin_cli(&ep(c, 1), &c.admin_key, &["--json", "audit", "query", "--action", "login.failure"])
-                .await
-                .unwrap();
+            let out =
+                admin_cli(&c.endpoint(1), &c.admin_key, &["--json", "audit", "query", "--action", "login.failure"])
+                    .await
+                    .unwrap();
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let records = v["records"].as_array().unwrap();
             // The typed username is not kept (it is sometimes a password).
@@ -234,7 +232,7 @@ async fn a_strict_limit_fails_closed_without_a_quorum() {
 async fn audit(c: &TestCluster, node: u64, args: &[&str]) -> Vec<serde_json::Value> {
     let mut argv = vec!["--json", "audit", "query", "--all"];
     argv.extend_from_slice(args);
-    let out = admin_cli(&ep(c, node), &c.admin_key, &argv).await.unwrap();
+    let out = admin_cli(&c.endpoint(node), &c.admin_key, &argv).await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["records"].as_array().unwrap().clone()
 }
@@ -291,17 +289,18 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
     while login("wrong password here").await.status() != StatusCode::TOO_MANY_REQUESTS {}
 
     // Admin changes, an RBAC denial, and a membership-side operation.
-    let key =
-        admin_cli(&ep(&c, 1), &admin, &["--json", "key", "create", "--user", "alma", "--name", "ci"]).await.unwrap();
+    let key = admin_cli(&c.endpoint(1), &admin, &["--json", "key", "create", "--user", "alma", "--name", "ci"])
+        .await
+        .unwrap();
     let key: serde_json::Value = serde_json::from_str(&key).unwrap();
     let (key_id, secret) = (key["id"].as_str().unwrap().to_string(), key["key"].as_str().unwrap().to_string());
-    admin_cli(&ep(&c, 2), &admin, &["user", "update", "alma", "--email", "alma@new.example"]).await.unwrap();
-    admin_cli(&ep(&c, 3), &admin, &["key", "revoke", &key_id]).await.unwrap();
+    admin_cli(&c.endpoint(2), &admin, &["user", "update", "alma", "--email", "alma@new.example"]).await.unwrap();
+    admin_cli(&c.endpoint(3), &admin, &["key", "revoke", &key_id]).await.unwrap();
     let viewer = create_key(c.node(1), "vera", &["viewer"]).await;
-    let denied = admin_cli(&ep(&c, 1), &viewer, &["user", "create", "eve", "--email", "e@example.com"]).await;
+    let denied = admin_cli(&c.endpoint(1), &viewer, &["user", "create", "eve", "--email", "e@example.com"]).await;
     assert!(denied.unwrap_err().starts_with("permission denied"));
-    admin_cli(&ep(&c, 1), &admin, &["cluster", "snapshot"]).await.unwrap();
-    admin_cli(&ep(&c, 2), &admin, &["session", "revoke-all", "--user", "alma"]).await.unwrap();
+    admin_cli(&c.endpoint(1), &admin, &["cluster", "snapshot"]).await.unwrap();
+    admin_cli(&c.endpoint(2), &admin, &["session", "revoke-all", "--user", "alma"]).await.unwrap();
 
     let want = [
         "login.success",
@@ -358,7 +357,7 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
     let denial = audit(&c, 3, &["--action", "rbac.denied"]).await;
     assert_eq!(denial[0]["resource"], "rpc:UserService/Create");
     assert!(!denial[0]["actor_user_id"].as_str().unwrap().is_empty());
-    let export = admin_cli(&ep(&c, 3), &admin, &["audit", "export", "--format", "csv"]).await.unwrap();
+    let export = admin_cli(&c.endpoint(3), &admin, &["audit", "export", "--format", "csv"]).await.unwrap();
     assert!(export.starts_with("seq,time,at,action"));
     let token = cookie.split_once('=').unwrap().1;
     for secret in [&secret[secret.len() - 20..], &token[token.len() - 20..], PASSWORD, "argon2"] {
@@ -372,7 +371,7 @@ async fn every_kind_of_action_is_audited_and_the_chain_verifies() {
     // Every node holds the same chain.
     let mut heads = BTreeSet::new();
     for n in 1..=3 {
-        let out = admin_cli(&ep(&c, n), &admin, &["--json", "audit", "verify"]).await.unwrap();
+        let out = admin_cli(&c.endpoint(n), &admin, &["--json", "audit", "verify"]).await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["intact"], true, "{out}");
         heads.insert((v["head_seq"].as_u64().unwrap(), v["head_hash"].as_str().unwrap().to_string()));
@@ -420,7 +419,7 @@ async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
     let verify = |n: u64| {
         let c = &c;
         async move {
-            let out = admin_cli(&ep(c, n), &c.admin_key, &["--json", "audit", "verify"]).await.unwrap();
+            let out = admin_cli(&c.endpoint(n), &c.admin_key, &["--json", "audit", "verify"]).await.unwrap();
             serde_json::from_str::<serde_json::Value>(&out).unwrap()
         }
     };
@@ -433,7 +432,7 @@ async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
     let pruned = gatehouse_api::audit::prune(cluster, &c.node(leader).audit_log(), 90).await.unwrap().unwrap();
     assert!(pruned >= 2_000 && pruned < head - 2_900, "pruned through {pruned}");
     for n in 1..=3 {
-        let out = admin_cli(&ep(&c, n), &c.admin_key, &["--json", "audit", "verify"]).await.unwrap();
+        let out = admin_cli(&c.endpoint(n), &c.admin_key, &["--json", "audit", "verify"]).await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         if v["anchor_seq"].as_u64() != Some(pruned) {
             // A follower applies the prune a moment later.
@@ -463,9 +462,9 @@ async fn thousands_of_events_verify_and_prune_keeps_the_chain_verifiable() {
 async fn audit_rpcs_refuse_hostile_input_and_non_auditors() {
     let c = TestCluster::start(1).await;
     let operator = create_key(c.node(1), "opal", &["operator"]).await;
-    let err = admin_cli(&ep(&c, 1), &operator, &["audit", "verify"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), &operator, &["audit", "verify"]).await.unwrap_err();
     assert!(err.starts_with("permission denied"), "{err}");
-    let err = admin_cli(&ep(&c, 1), "gk_0123456789abcdef_forged", &["audit", "query"]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), "gk_0123456789abcdef_forged", &["audit", "query"]).await.unwrap_err();
     assert!(err.starts_with("unauthenticated"), "{err}");
     for (args, want) in [
         (&["audit", "query", "--outcome", "maybe"][..], "invalid argument"),
@@ -473,13 +472,14 @@ async fn audit_rpcs_refuse_hostile_input_and_non_auditors() {
         (&["audit", "query", "--page-size", "5000"], "invalid argument"),
         (&["audit", "query", "--from", "1h", "--to", "2h"], "invalid argument"),
     ] {
-        let err = admin_cli(&ep(&c, 1), &c.admin_key, args).await.unwrap_err();
+        let err = admin_cli(&c.endpoint(1), &c.admin_key, args).await.unwrap_err();
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     let long = "x".repeat(300);
-    let err = admin_cli(&ep(&c, 1), &c.admin_key, &["audit", "query", "--action", &long]).await.unwrap_err();
+    let err = admin_cli(&c.endpoint(1), &c.admin_key, &["audit", "query", "--action", &long]).await.unwrap_err();
     assert!(err.starts_with("invalid argument"), "{err}");
-    let err = admin_cli(&ep(&c, 1), &c.admin_key, &["audit", "query", "--from", "yesterday-ish"]).await.unwrap_err();
+    let err =
+        admin_cli(&c.endpoint(1), &c.admin_key, &["audit", "query", "--from", "yesterday-ish"]).await.unwrap_err();
     assert!(err.contains("RFC 3339"), "{err}");
     c.shutdown().await;
 }
@@ -495,13 +495,13 @@ async fn an_export_ends_when_its_key_is_revoked_midway() {
     common::append_large_audit(c.node(1), 30, "test.event").await;
     let auditor = create_key(c.node(1), "auditor-ada", &["admin"]).await;
     let key_id = gatehouse_domain::keys::parse_key(&auditor).unwrap().0.to_string();
-    let ch = tonic::transport::Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Channel::from_shared(c.endpoint(1)).unwrap().connect().await.unwrap();
     let mut req = tonic::Request::new(AuditExportRequest::default());
     req.metadata_mut().insert("authorization", format!("Bearer {auditor}").parse().unwrap());
     let mut stream = AuditServiceClient::new(ch).export(req).await.unwrap().into_inner();
     let started = tokio::time::Instant::now();
     assert!(stream.message().await.unwrap().is_some(), "the export started");
-    admin_cli(&ep(&c, 1), &c.admin_key, &["key", "revoke", &key_id, "--wait", "all"]).await.unwrap();
+    admin_cli(&c.endpoint(1), &c.admin_key, &["key", "revoke", &key_id, "--wait", "all"]).await.unwrap();
     // The export re-checks its caller every 2 s (as `Watch` does): let one
     // such interval pass, then read on.
     tokio::time::sleep_until(started + Duration::from_millis(2_100)).await;
@@ -651,7 +651,7 @@ async fn a_page_of_large_audit_records_stops_at_its_byte_limit_and_pages_on() {
     // 1,000 records of 8 KiB: one page of 1,000 would be 8 MB, over a
     // client's 4 MiB message limit.
     common::append_large_audit(c.node(1), 10, "test.big").await;
-    let mut client = AuditServiceClient::connect(ep(&c, 1)).await.unwrap();
+    let mut client = AuditServiceClient::connect(c.endpoint(1)).await.unwrap();
     let (mut pages, mut records, mut page_token) = (0, 0, String::new());
     loop {
         let filter = AuditFilter { action: "test.big".into(), ..Default::default() };

@@ -58,7 +58,7 @@ async fn metrics_report_traffic_raft_and_freshness() {
     assert_eq!(verify("gk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()).await, 401);
     let hostile = format!("{}/some/{}/path", base(c.node(follower)), "x".repeat(50));
     assert_eq!(http().get(hostile).send().await.unwrap().status(), 404);
-    let ep = format!("http://{}", c.node(follower).advertise_addr());
+    let ep = c.endpoint(follower);
     admin_cli(&ep, &c.admin_key, &["user", "create", "metric-max", "--email", "m@example.com"]).await.unwrap();
     admin_cli(&ep, &c.admin_key, &["user", "get", "nobody-at-all"]).await.unwrap_err();
 

@@ -15,10 +15,6 @@ use gatehouse_proto::admin::{CreateKeyRequest, CreateUserRequest, GetUserRequest
 use gatehouse_proto::raft::StateDigestRequest;
 use tonic::{Code, Request};
 
-fn ep(c: &TestCluster, id: u64) -> String {
-    format!("http://{}", c.node(id).advertise_addr())
-}
-
 fn req<T>(token: &str, msg: T, meta: &[(&'static str, &str)]) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -29,7 +25,7 @@ fn req<T>(token: &str, msg: T, meta: &[(&'static str, &str)]) -> Request<T> {
 }
 
 async fn keys_named(c: &TestCluster, user: &str, name: &str) -> usize {
-    let mut keys = KeyServiceClient::connect(ep(c, 1)).await.unwrap();
+    let mut keys = KeyServiceClient::connect(c.endpoint(1)).await.unwrap();
     let list = keys
         .list(req(&c.admin_key, ListKeysRequest { user: user.into(), ..Default::default() }, &[]))
         .await
@@ -41,7 +37,7 @@ async fn keys_named(c: &TestCluster, user: &str, name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
     let c = TestCluster::start(3).await;
-    let mut users = UserServiceClient::connect(ep(&c, 2)).await.unwrap();
+    let mut users = UserServiceClient::connect(c.endpoint(2)).await.unwrap();
     let create = |name: &str| CreateUserRequest {
         username: name.into(),
         email: format!("{name}@example.com"),
@@ -52,7 +48,7 @@ async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
 
     // A retried user creation answers with the user its first attempt made
     // (the name is taken by that attempt, not by someone else), on any node.
-    let mut users3 = UserServiceClient::connect(ep(&c, 3)).await.unwrap();
+    let mut users3 = UserServiceClient::connect(c.endpoint(3)).await.unwrap();
     let made = users.create(req(&c.admin_key, create("ivo"), &[("idempotency-key", "mk-ivo")])).await.unwrap();
     let made = made.into_inner();
     let again = users3.create(req(&c.admin_key, create("ivo"), &[("idempotency-key", "mk-ivo")])).await.unwrap();
@@ -75,8 +71,8 @@ async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
 
     // The same call sent twice, to two nodes: one key, and the retry says so.
     let call = || CreateKeyRequest { user: "ida".into(), name: "deploy".into(), ..Default::default() };
-    let mut on2 = KeyServiceClient::connect(ep(&c, 2)).await.unwrap();
-    let mut on3 = KeyServiceClient::connect(ep(&c, 3)).await.unwrap();
+    let mut on2 = KeyServiceClient::connect(c.endpoint(2)).await.unwrap();
+    let mut on3 = KeyServiceClient::connect(c.endpoint(3)).await.unwrap();
     let first = on2.create(req(&c.admin_key, call(), &[("idempotency-key", "deploy-1")])).await.unwrap().into_inner();
     let id = first.key.unwrap().id;
     assert!(first.secret.starts_with("gk_"));
@@ -125,7 +121,7 @@ async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
 async fn a_linearizable_read_fails_where_a_default_read_answers_from_local_state() {
     // A long staleness bound keeps the lone node answering default reads.
     let mut c = TestCluster::start_with(3, |cfg| cfg.max_staleness_ms = 60_000).await;
-    let mut users = UserServiceClient::connect(ep(&c, 1)).await.unwrap();
+    let mut users = UserServiceClient::connect(c.endpoint(1)).await.unwrap();
     let get = || GetUserRequest { user: "ghost".into() };
     let lin = [("gatehouse-consistency", "linearizable")];
     assert_eq!(users.get(req(&c.admin_key, get(), &lin)).await.unwrap_err().code(), Code::NotFound);
@@ -160,7 +156,7 @@ async fn a_node_that_cannot_answer_names_the_leader() {
         c.node(*n).cluster().pause_elections(Duration::from_secs(60));
     }
     c.stop(leader).await;
-    let mut users = UserServiceClient::connect(ep(&c, follower)).await.unwrap();
+    let mut users = UserServiceClient::connect(c.endpoint(follower)).await.unwrap();
     let get = || GetUserRequest { user: "ghost".into() };
     // Past max_staleness the follower cannot prove it is current: UNAVAILABLE,
     // and the metadata says where the leader was last seen.
@@ -224,7 +220,7 @@ async fn a_reused_idempotency_key_is_refused_for_another_request() {
     use gatehouse_proto::admin::*;
     const PASSWORD: &str = "correct horse battery staple";
     let c = TestCluster::start(1).await;
-    let ch = tonic::transport::Channel::from_shared(ep(&c, 1)).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Channel::from_shared(c.endpoint(1)).unwrap().connect().await.unwrap();
     let (mut users, mut keys) = (UserServiceClient::new(ch.clone()), KeyServiceClient::new(ch.clone()));
     let (mut sessions, mut roles) = (SessionServiceClient::new(ch.clone()), RoleServiceClient::new(ch));
     let admin = c.admin_key.clone();

@@ -8,11 +8,9 @@ use tonic::metadata::MetadataMap;
 use crate::identity::{self, Principal};
 use crate::{ApiError, Node};
 
-/// The bearer token of a request, if it has a well-formed one.
-pub fn bearer(meta: &MetadataMap) -> Option<&str> {
-    let v = meta.get("authorization")?.to_str().ok()?;
-    let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
-    Some(token.trim())
+/// The bearer token of a call, if it has a well-formed one.
+fn bearer(meta: &MetadataMap) -> Option<&str> {
+    identity::bearer(meta.get("authorization")?.to_str().ok()?)
 }
 
 /// Authenticates the caller's API key and checks that one of its roles

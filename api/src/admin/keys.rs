@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::{check_covers, check_covers_owner, find_user, key_pb, revoked};
-use crate::{credentials, ApiError, Node};
+use crate::{mint, ApiError, Node};
 use gatehouse_cluster::clock::now_ms;
 
 /// Longest key lifetime accepted (10 years).
@@ -59,7 +59,7 @@ impl KeyService for Keys {
             check_covers(&state, &actor, &roles)?;
             (user.user_id.clone(), roles)
         };
-        let key = credentials::new_api_key();
+        let key = mint::new_api_key();
         tracing::Span::current().record("key_id", key.key_id.as_str());
         let expires_at = if r.ttl_seconds == 0 { 0 } else { now_ms() + r.ttl_seconds * 1000 };
         let cmd = self.node.command(Payload::CreateApiKey(CreateApiKey {
@@ -130,7 +130,7 @@ impl KeyService for Keys {
         } else {
             self.node.view().read().user(&old.user_id).map(|u| u.roles.clone()).unwrap_or_default()
         };
-        let key = credentials::new_api_key();
+        let key = mint::new_api_key();
         tracing::Span::current().record("new_key_id", key.key_id.as_str());
         let now = now_ms();
         let cmd = self.node.command(Payload::RotateApiKey(RotateApiKey {

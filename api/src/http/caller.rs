@@ -1,16 +1,51 @@
-//! How the front reads a caller's credential: a bearer token or the session
-//! cookie (its name and its one value), and the CSRF proof a cookie needs.
+//! Who is calling the HTTP front: the one way every handler that needs a
+//! caller (verify, the session endpoints) authenticates it
+//! ([`authenticate`]), from a bearer token or the session cookie (its name
+//! and its one value), with the CSRF proof a cookie needs.
 
 use axum::http::{header, HeaderMap};
+
+use super::front::Front;
+use crate::identity::{Principal, Via};
+use crate::rate_limit::limiter::RequestLimits;
+use crate::rate_limit::quota::Quota;
+use crate::ApiError;
+
+/// The caller, from the Authorization header or the session cookie, as of
+/// a fresh view (`stale` otherwise); a state change through the cookie
+/// needs CSRF proof. Policies by key or user apply once the caller is
+/// known; their quota is for the response. A client over a failure limit
+/// (`limits`) is resolved without a catch-up.
+pub async fn authenticate(
+    front: &Front,
+    headers: &HeaderMap,
+    limits: Option<&RequestLimits>,
+    changes_state: bool,
+) -> Result<(Principal, Option<Quota>), ApiError> {
+    if !front.node.ensure_fresh().await {
+        return Err(ApiError::Stale);
+    }
+    let (token, from_cookie) = credential(headers, &front.config.cookie_name).ok_or(ApiError::Unauthenticated)?;
+    if changes_state && from_cookie && !csrf_ok(headers) {
+        return Err(ApiError::Csrf);
+    }
+    let catch_up = limits.is_none_or(|l| !l.over_failures());
+    let p = crate::identity::resolve_with(&front.node, &token, catch_up).await?;
+    let key_id = match &p.via {
+        Via::ApiKey { key_id } => Some(key_id.as_str()),
+        Via::Session { .. } => None,
+    };
+    let quota = crate::rate_limit::layer::caller_known(front, limits, &p.user_id, &p.username, key_id).await?;
+    Ok((p, quota))
+}
 
 /// The presented credential: `Authorization: Bearer …` first, then the
 /// session cookie. The flag says whether it came from the cookie (which
 /// browsers attach on their own, so state changes need CSRF proof).
 pub fn credential(headers: &HeaderMap, cookie_name: &str) -> Option<(String, bool)> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
-        return Some((token.trim().to_string(), false));
+        let token = crate::identity::bearer(v.to_str().ok()?)?;
+        return Some((token.to_string(), false));
     }
     cookie(headers, cookie_name).map(|c| (c, true))
 }

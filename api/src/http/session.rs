@@ -7,15 +7,13 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use gatehouse_domain::sessions::MAX_USER_AGENT;
 use gatehouse_domain::{users, Payload};
 use gatehouse_proto::events::{CreateSession, RecordLoginFailure, RevokeSession, UserStatus};
-use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::caller::{credential, csrf_ok};
+use super::caller::{authenticate, csrf_ok};
 use super::client_ip::ClientIp;
 use super::front::Front;
 use crate::audit::{self, Actor};
@@ -37,33 +35,6 @@ struct LoginBody {
 
 /// The request's rate-limit context, as the limiter layer left it.
 type Limits = Option<Extension<RequestLimits>>;
-
-/// The caller, from the Authorization header or the session cookie; state
-/// changes through the cookie need CSRF proof. Policies by key or user are
-/// applied once the caller is known; their quota goes on the response.
-async fn caller(
-    front: &Front,
-    headers: &HeaderMap,
-    limits: &Limits,
-    changes_state: bool,
-) -> Result<(Principal, Option<Quota>), ApiError> {
-    if !front.node.ensure_fresh().await {
-        return Err(ApiError::Stale);
-    }
-    let (token, from_cookie) = credential(headers, &front.config.cookie_name).ok_or(ApiError::Unauthenticated)?;
-    if changes_state && from_cookie && !csrf_ok(headers) {
-        return Err(ApiError::Csrf);
-    }
-    let catch_up = limits.as_deref().is_none_or(|l| !l.over_failures());
-    let p = crate::identity::resolve_with(&front.node, &token, catch_up).await?;
-    let key_id = match &p.via {
-        Via::ApiKey { key_id } => Some(key_id.as_str()),
-        Via::Session { .. } => None,
-    };
-    let quota =
-        crate::rate_limit::layer::caller_known(front, limits.as_deref(), &p.user_id, &p.username, key_id).await?;
-    Ok((p, quota))
-}
 
 /// The caller as an audit actor, from the request's client address.
 fn actor(p: &Principal, ip: ClientIp) -> Actor {
@@ -174,9 +145,7 @@ pub async fn login(
         return Err(ApiError::InvalidCredentials);
     };
 
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let token = format!("gs_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    let minted = crate::mint::new_session_token();
     let session_id = gatehouse_cluster::ids::new_id();
     let ttl = front.config.session_ttl;
     let user_agent: String = headers
@@ -189,7 +158,7 @@ pub async fn login(
     let cmd = front.node.command(Payload::CreateSession(CreateSession {
         session_id: session_id.clone(),
         user_id: user.user_id.clone(),
-        token_sha256: gatehouse_domain::sessions::token_hash(&token).to_vec(),
+        token_sha256: minted.token_sha256.to_vec(),
         expires_at: now + ttl.as_millis() as u64,
         idle_timeout_ms: front.config.session_idle.as_millis() as u64,
         client_ip: ip.clone(),
@@ -210,7 +179,7 @@ pub async fn login(
         "expires_at": now + ttl.as_millis() as u64,
     });
     let mut resp = Json(body).into_response();
-    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&front, &token, ttl.as_secs()));
+    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&front, &minted.token, ttl.as_secs()));
     Ok(resp)
 }
 
@@ -221,7 +190,7 @@ pub async fn logout(
     limits: Limits,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (p, quota) = caller(&front, &headers, &limits, true).await?;
+    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), true).await?;
     let who = actor(&p, client);
     let Via::Session { session_id } = p.via else {
         return Err(ApiError::InvalidArgument("logout ends a session; this request used an API key".into()));
@@ -236,7 +205,7 @@ pub async fn logout(
 
 /// `GET /api/v1/me`: the caller's identity.
 pub async fn me(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (p, quota) = caller(&front, &headers, &limits, false).await?;
+    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), false).await?;
     let email = front.node.view().read().user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
     let auth = match &p.via {
         Via::ApiKey { key_id } => json!({ "type": "api_key", "key_id": key_id }),
@@ -248,7 +217,7 @@ pub async fn me(State(front): State<Front>, limits: Limits, headers: HeaderMap) 
 
 /// `GET /api/v1/me/sessions`: the caller's sessions.
 pub async fn my_sessions(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (p, quota) = caller(&front, &headers, &limits, false).await?;
+    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), false).await?;
     let current = match &p.via {
         Via::Session { session_id } => session_id.as_str(),
         Via::ApiKey { .. } => "",
@@ -277,7 +246,7 @@ pub async fn revoke_my_session(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (p, quota) = caller(&front, &headers, &limits, true).await?;
+    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), true).await?;
     let mine = front.node.view().read().session(&id).is_some_and(|s| s.user_id == p.user_id);
     if !mine {
         // Someone else's session and no session at all look the same.

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use gatehouse_domain::roles;
 use serde::Deserialize;
 
-use super::caller::credential;
+use super::caller::{authenticate, credential};
 use super::forwarded;
 use super::front::{Front, RouteRule};
-use crate::identity::{Principal, Via};
+use crate::identity::Principal;
 use crate::rate_limit::limiter::RequestLimits;
 use crate::ApiError;
 
@@ -95,35 +95,26 @@ async fn decide(
     client: ClientIp,
     limits: Option<&RequestLimits>,
 ) -> (&'static str, Response) {
-    if !front.node.ensure_fresh().await {
-        return ("stale", ApiError::Stale.into_response());
-    }
     if let Some(role) = &q.role {
         if roles::validate_name(role).is_err() {
             return ("invalid_argument", ApiError::InvalidArgument("invalid role name".into()).into_response());
         }
     }
-    let Some((token, _)) = credential(headers, &front.config.cookie_name) else {
-        return ("no_credential", unauthorized(ApiError::Unauthenticated));
-    };
-    let catch_up = limits.is_none_or(|l| !l.over_failures());
-    let principal = match crate::identity::resolve_with(&front.node, &token, catch_up).await {
-        Ok(p) => p,
-        Err(e) => return (e.code(), unauthorized(e)),
+    // Freshness, the credential, the caller's own limits: as every handler.
+    let (principal, quota) = match authenticate(front, headers, limits, false).await {
+        Ok(found) => found,
+        Err(e) => {
+            let decision = match &e {
+                ApiError::Unauthenticated if credential(headers, &front.config.cookie_name).is_none() => {
+                    "no_credential"
+                }
+                e => e.code(),
+            };
+            return (decision, unauthorized(e));
+        }
     };
     // Ids only, never the credential.
     tracing::Span::current().record("user_id", principal.user_id.as_str());
-    let key_id = match &principal.via {
-        Via::ApiKey { key_id } => Some(key_id.as_str()),
-        Via::Session { .. } => None,
-    };
-    let quota =
-        match crate::rate_limit::layer::caller_known(front, limits, &principal.user_id, &principal.username, key_id)
-            .await
-        {
-            Ok(q) => q,
-            Err(limited) => return ("rate_limited", limited.into_response()),
-        };
     let denied = |decision: &'static str, e: ApiError| {
         // Aggregated: a user without the role may hit a protected page often.
         let ip = client.0.to_string();

@@ -16,6 +16,11 @@ use tempfile::TempDir;
 pub const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 /// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
+/// A node's gRPC endpoint, as clients dial it.
+pub fn endpoint(node: &Node) -> String {
+    format!("http://{}", node.advertise_addr())
+}
+
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
@@ -91,6 +96,11 @@ impl TestCluster {
     }
 
     /// The leader every running node agrees on.
+    /// Node `id`'s gRPC endpoint, as clients dial it.
+    pub fn endpoint(&self, id: u64) -> String {
+        endpoint(self.node(id))
+    }
+
     pub async fn wait_for_leader(&self) -> u64 {
         let mut leader = 0;
         wait_until("a leader all running nodes agree on", Duration::from_secs(10), || {
@@ -188,7 +198,7 @@ pub async fn write_user(node: &Node, username: &str) {
 pub async fn create_key(node: &Node, username: &str, roles: &[&str]) -> String {
     use gatehouse_proto::events::CreateApiKey;
     let user_id = gatehouse_cluster::ids::new_id();
-    let key = gatehouse_api::credentials::new_api_key();
+    let key = gatehouse_api::mint::new_api_key();
     let c = node.cluster();
     let user = c.command(Payload::CreateUser(CreateUser {
         user_id: user_id.clone(),
@@ -243,6 +253,17 @@ pub async fn create_user_with_password(node: &Node, username: &str, password: &s
 
 pub fn base(node: &Node) -> String {
     format!("http://{}", node.http_addr())
+}
+
+/// `POST /api/v1/login` on `node`, with the CSRF header a browser's script sends.
+pub async fn login(node: &Node, username: &str, password: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/api/v1/login", base(node)))
+        .header("x-requested-with", "test")
+        .json(&serde_json::json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
 }
 
 pub fn http() -> reqwest::Client {
