@@ -16,10 +16,8 @@
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
 //! - [`telemetry`]: logging setup.
-//! - [`cli`]: the command line (`serve`, `admin …`).
-//! - [`audit_cli`]: `gatehouse admin audit query|export|verify`.
+//! - [`cli`]: the command line (`serve`, `admin …`), one file per admin service.
 
-pub mod audit_cli;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

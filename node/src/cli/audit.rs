@@ -1,14 +1,13 @@
 //! `gatehouse admin audit query|export|verify`.
 
-use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use super::args::Paging;
+use super::client::{rpc_error, Authed};
 use clap::{Args, Subcommand, ValueEnum};
 use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
 use gatehouse_proto::admin::{AuditExportRequest, AuditFilter, AuditQueryRequest, AuditRecord, AuditVerifyRequest};
 use serde_json::json;
-
-use crate::cli::{rpc_error, Authed, Paging};
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -85,7 +84,7 @@ impl FilterArgs {
 }
 
 /// Unix ms from an RFC 3339 time or an age before now.
-fn parse_time(s: &str) -> Result<u64, String> {
+pub(super) fn parse_time(s: &str) -> Result<u64, String> {
     let at = match humantime::parse_rfc3339_weak(s) {
         Ok(t) => t,
         Err(_) => {
@@ -97,11 +96,11 @@ fn parse_time(s: &str) -> Result<u64, String> {
     Ok(at.duration_since(UNIX_EPOCH).map_err(|_| "time before 1970")?.as_millis() as u64)
 }
 
-fn time(ms: u64) -> String {
+pub(super) fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn record_json(r: &AuditRecord) -> serde_json::Value {
+pub(super) fn record_json(r: &AuditRecord) -> serde_json::Value {
     let e = r.event.clone().unwrap_or_default();
     json!({
         "seq": r.seq, "time": time(e.at), "at": e.at, "action": e.action, "outcome": e.outcome,
@@ -111,7 +110,7 @@ fn record_json(r: &AuditRecord) -> serde_json::Value {
     })
 }
 
-const CSV_HEADER: [&str; 17] = [
+pub(super) const CSV_HEADER: [&str; 17] = [
     "seq",
     "time",
     "at",
@@ -131,7 +130,7 @@ const CSV_HEADER: [&str; 17] = [
     "hash",
 ];
 
-fn csv_row(r: &AuditRecord) -> [String; 17] {
+pub(super) fn csv_row(r: &AuditRecord) -> [String; 17] {
     let e = r.event.clone().unwrap_or_default();
     [
         r.seq.to_string(),

@@ -1,0 +1,130 @@
+//! `gatehouse admin cluster …`: status, membership, leadership, snapshots.
+
+use clap::Subcommand;
+use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
+use gatehouse_proto::admin::*;
+use serde_json::json;
+use std::io::Write;
+
+use super::client::*;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term and every member's state, commit and applied index, and lag.
+    Status,
+    /// Add a node as a non-voting learner; returns once it caught up.
+    AddLearner {
+        /// The new node's id.
+        id: u64,
+        /// The new node's gRPC address (host:port).
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a node from the cluster.
+    Remove { id: u64 },
+    /// Hand leadership to a voter; returns once it leads.
+    TransferLeader { id: u64 },
+    /// Build a snapshot now (and compact the log behind it).
+    Snapshot,
+}
+
+pub(super) async fn cluster(
+    mut client: ClusterServiceClient<Authed>,
+    cmd: ClusterCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match &cmd {
+        ClusterCommand::Status => {
+            let s = client.status(ClusterStatusRequest {}).await.map_err(rpc_error)?.into_inner();
+            print_status(&s, json, out)
+        }
+        ClusterCommand::AddLearner { id, addr } => {
+            let r =
+                client.add_learner(AddLearnerRequest { node_id: *id, addr: addr.clone() }).await.map_err(rpc_error)?;
+            print_membership(&r.into_inner(), json, out)
+        }
+        ClusterCommand::Promote { id } => {
+            let r = client.promote(PromoteRequest { node_id: *id }).await.map_err(rpc_error)?;
+            print_membership(&r.into_inner(), json, out)
+        }
+        ClusterCommand::Remove { id } => {
+            let r = client.remove_node(RemoveNodeRequest { node_id: *id }).await.map_err(rpc_error)?;
+            print_membership(&r.into_inner(), json, out)
+        }
+        ClusterCommand::TransferLeader { id } => {
+            let r = client
+                .transfer_leadership(TransferLeadershipRequest { node_id: *id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                writeln!(out, "{}", json!({ "leader": r.leader_id, "term": r.term }))?;
+            } else {
+                writeln!(out, "node {} leads (term {})", r.leader_id, r.term)?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Snapshot => {
+            let r = client.trigger_snapshot(TriggerSnapshotRequest {}).await.map_err(rpc_error)?.into_inner();
+            if json {
+                writeln!(out, "{}", json!({ "snapshot_index": r.snapshot_index }))?;
+            } else {
+                writeln!(out, "snapshot built at index {}", r.snapshot_index)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    if as_json {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id, "addr": n.addr, "voter": n.voter, "reachable": n.reachable, "state": gatehouse_cluster::raft::service::node_state_name(n.state),
+                    "term": n.term, "commit_index": n.commit_index, "applied_index": n.applied_index,
+                    "last_log_index": n.last_log_index, "matched_index": n.matched_index,
+                    "replication_lag": n.replication_lag,
+                })
+            })
+            .collect();
+        let leader = if s.leader_id == 0 { serde_json::Value::Null } else { json!(s.leader_id) };
+        writeln!(out, "{}", json!({ "leader": leader, "term": s.term, "answered_by": s.node_id, "nodes": nodes }))?;
+        return Ok(());
+    }
+    let leader = if s.leader_id == 0 { "none".to_string() } else { format!("{} ({})", s.leader_id, s.leader_addr) };
+    writeln!(out, "leader: {leader}   term: {}", s.term)?;
+    writeln!(
+        out,
+        "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",
+        "ID", "ADDR", "ROLE", "STATE", "TERM", "COMMIT", "APPLIED", "LAST_LOG", "LAG"
+    )?;
+    for n in &s.nodes {
+        let role = if n.voter { "voter" } else { "learner" };
+        let state =
+            if n.reachable { gatehouse_cluster::raft::service::node_state_name(n.state) } else { "unreachable" };
+        writeln!(
+            out,
+            "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",
+            n.id, n.addr, role, state, n.term, n.commit_index, n.applied_index, n.last_log_index, n.replication_lag
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn print_membership(r: &MembershipResponse, as_json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    if as_json {
+        writeln!(out, "{}", json!({ "log_index": r.log_index, "voters": r.voters, "learners": r.learners }))?;
+    } else {
+        writeln!(
+            out,
+            "membership committed at index {}: voters {:?}, learners {:?}",
+            r.log_index, r.voters, r.learners
+        )?;
+    }
+    Ok(())
+}
