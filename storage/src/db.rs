@@ -6,9 +6,6 @@ use std::sync::Arc;
 use gatehouse_domain::{codec, Mutation, Table};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
-use crate::background::{self, Background};
-use crate::log_store::LogStore;
-use crate::state_machine::StateMachine;
 use crate::StorageError;
 
 pub(crate) const CF_LOG: &str = "log";
@@ -37,8 +34,9 @@ impl std::fmt::Debug for Storage {
     }
 }
 
-/// Opens (or creates) the node's store under `dir` and loads the state machine's view.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
+/// Opens (or creates) the database under `dir` with every column family
+/// (see [`crate::open`] for the log store and state machine on it).
+pub(crate) fn open_db(dir: &Path) -> Result<Storage, StorageError> {
     std::fs::create_dir_all(dir)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -73,13 +71,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()))
         .chain(Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), projection_opts.clone())));
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
-    let storage = Storage { db: Arc::new(db), dir: dir.to_path_buf() };
-    // One pool for both: heavy appends, decodes and applies run off the
-    // async workers that answer requests.
-    let background = Background::new("gatehouse-storage", background::THREADS, background::NICE);
-    let log = LogStore::new(storage.clone(), background.clone());
-    let sm = StateMachine::open(storage, background)?;
-    Ok((log, sm))
+    Ok(Storage { db: Arc::new(db), dir: dir.to_path_buf() })
 }
 
 impl Storage {
@@ -136,12 +128,6 @@ pub(crate) fn index_from_key(key: &[u8]) -> Option<u64> {
 }
 
 impl Storage {
-    /// A digest of the whole state and the applied index it reflects (see
-    /// `snapshot::digest`). Reads every table: for checks, not hot paths.
-    pub fn state_digest(&self) -> Result<(u64, [u8; 32]), StorageError> {
-        crate::snapshot::digest(self)
-    }
-
     /// Makes everything written so far durable (shutdown).
     pub fn sync(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;

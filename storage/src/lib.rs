@@ -16,9 +16,10 @@
 //! `last_applied` and re-applies only what followed it from the durable log.
 //!
 //! # Layout
-//! - [`types`]: the openraft type configuration.
+//! - [`types`]: the openraft type configuration (and the snapshot file type it names).
 //! - [`convert`]: openraft ↔ protobuf conversions (wire and disk share them).
-//! - [`db`]: opening the database and its column families.
+//! - [`open`]: opening a node's store (the database, the log store, the state machine).
+//! - [`db`]: the database, its column families and keys.
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
 //! - [`state_machine`]: `RaftStateMachine` and the shared in-memory view.
 //! - [`snapshot`]: the snapshot file format, build and install.
@@ -35,15 +36,17 @@ pub mod background;
 pub mod convert;
 pub mod db;
 pub mod log_store;
+pub mod open;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
 pub use audit::{AuditLog, VerifyReport};
-pub use db::{open, Storage};
+pub use db::Storage;
 pub use log_store::{LogReader, LogStore};
-pub use snapshot::SnapshotFile;
+pub use open::open;
 pub use state_machine::{StateMachine, StateView};
+pub use types::SnapshotFile;
 pub use types::{NodeId, TypeConfig};
 
 /// Errors opening or reading the store outside the openraft traits.

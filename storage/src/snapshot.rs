@@ -22,21 +22,13 @@ use crate::convert::{
     log_id_from_pb, opt_log_id_to_pb, snapshot_meta_to_pb, stored_membership_from_pb, stored_membership_to_pb,
 };
 use crate::db::{meta, synced, Storage, CF_META};
-use crate::types::{SnapshotMeta, StoredMembership};
+use crate::types::{SnapshotFile, SnapshotMeta, StoredMembership};
 use crate::StorageError;
 
 const MAGIC: &[u8; 6] = b"GHSNAP";
 const FORMAT_V1: u8 = 1;
 /// Largest record accepted when reading a snapshot (a bound for hostile input).
 const MAX_RECORD: usize = 16 << 20;
-
-/// A snapshot's data: a file on disk. Built snapshots live under
-/// `<data>/snapshots/<id>.snap`; incoming ones are written to a `.part` file
-/// by the network and installed from there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotFile {
-    pub path: PathBuf,
-}
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -100,6 +92,14 @@ pub(crate) fn build(storage: &Storage) -> Result<(SnapshotMeta, SnapshotFile), S
 /// snapshot, with the log index that snapshot reflects. Nodes that applied
 /// the same log agree on it, whatever their history of restarts and
 /// snapshot installs.
+impl Storage {
+    /// A digest of the whole state and the applied index it reflects (see
+    /// [`digest`]). Reads every table: for checks, not hot paths.
+    pub fn state_digest(&self) -> Result<(u64, [u8; 32]), StorageError> {
+        digest(self)
+    }
+}
+
 pub(crate) fn digest(storage: &Storage) -> Result<(u64, [u8; 32]), StorageError> {
     use sha2::{Digest, Sha256};
     let view = storage.db.snapshot();

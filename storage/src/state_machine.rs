@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use crate::background::{self, Background};
 use crate::convert::{log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
 use crate::db::{meta, Storage, CF_META};
-use crate::snapshot::{self, SnapshotFile};
-use crate::types::{Entry, LogId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::snapshot;
+use crate::types::{Entry, LogId, RaftStorageError, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::StorageError;
 
 /// The in-memory view every reader (verification, admin reads) uses, and the

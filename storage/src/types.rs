@@ -2,9 +2,17 @@
 
 use gatehouse_proto::events::{CommandBatch, CommandResult};
 
-use crate::snapshot::SnapshotFile;
+use std::path::PathBuf;
 
 pub type NodeId = u64;
+
+/// A snapshot's data: a file on disk. Built snapshots live under
+/// `<data>/snapshots/<id>.snap`; incoming ones are written to a `.part` file
+/// by the network and installed from there (`crate::snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
 
 openraft::declare_raft_types!(
     /// Gatehouse's Raft types: one entry carries a batch of commands and
