@@ -34,7 +34,7 @@ struct Buffer {
     counted_since: u64,
 }
 
-/// The node's audit buffer, held by the [`Cluster`]: recording never waits
+/// The node's audit buffer, held by its [`crate::Node`]: recording never waits
 /// and never fails.
 pub struct Recorder {
     node_id: u64,
