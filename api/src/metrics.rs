@@ -228,12 +228,14 @@ mod tests {
         assert_eq!(bounded_method("/gatehouse.admin.v1.UserService/Get"), "UserService/Get");
         assert_eq!(bounded_method("/grpc.health.v1.Health/Check"), "Health/Check");
         assert_eq!(bounded_method("/gatehouse.raft.v1.RaftService/AppendEntries"), "RaftService/AppendEntries");
+        assert_eq!(bounded_method("/gatehouse.control.v1.ControlService/Propose"), "ControlService/Propose");
         // Names under our own packages that no service has are not methods.
         for hostile in [
             "/evil.Service/x",
             "/gatehouse.admin.v1.UserService/Get/extra",
             "/gatehouse.admin.v1.X/<script>",
             "/gatehouse.raft.v1.RaftService/Invented",
+            "/gatehouse.raft.v1.RaftService/Propose",
             "/gatehouse.admin.v1.UserService/get",
             "",
         ] {

@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gatehouse_cluster::peers::RaftClient;
+use gatehouse_cluster::peers::ControlClient;
 use gatehouse_cluster::{ClusterSecret, Peers};
-use gatehouse_proto::raft::LocalStatusRequest;
+use gatehouse_proto::control::LocalStatusRequest;
 
 /// One node process.
 pub struct ProcNode {
@@ -247,8 +247,9 @@ impl ProcCluster {
         }
     }
 
-    pub fn raft_client(&self, id: u64) -> anyhow::Result<RaftClient> {
-        Ok(self.peers.raft_client(&self.nodes[&id].grpc)?)
+    /// The control service of node `id` (status, digests, forwarded writes).
+    pub fn control_client(&self, id: u64) -> anyhow::Result<ControlClient> {
+        Ok(self.peers.control_client(&self.nodes[&id].grpc)?)
     }
 
     /// The leader all running nodes agree on.
@@ -260,7 +261,7 @@ impl ProcCluster {
                 if node.child.is_none() {
                     continue;
                 }
-                let leader = match self.raft_client(*id)?.local_status(LocalStatusRequest {}).await {
+                let leader = match self.control_client(*id)?.local_status(LocalStatusRequest {}).await {
                     Ok(s) => s.into_inner().leader_id,
                     Err(_) => 0,
                 };

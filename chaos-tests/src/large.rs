@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use gatehouse_domain::bounds::{take_within, BATCH_BYTES};
 use gatehouse_domain::{Command, Payload};
+use gatehouse_proto::control::ProposeRequest;
 use gatehouse_proto::events::{AppendAudit, AuditEvent, CommandBatch};
-use gatehouse_proto::raft::ProposeRequest;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -85,7 +85,7 @@ pub async fn run(
         let mut acknowledged = false;
         // A follower refuses with the leader's address; one more try there.
         for _ in 0..2 {
-            let Ok(mut client) = peers.raft_client(&addr(node)) else { break };
+            let Ok(mut client) = peers.control_client(&addr(node)) else { break };
             let mut req = tonic::Request::new(ProposeRequest { batch: Some(batch.clone()) });
             req.set_timeout(Duration::from_secs(10));
             match client.propose(req).await {

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_cluster::peers::RaftClient;
+use gatehouse_cluster::peers::ControlClient;
 use gatehouse_domain::{Command, CommandBatch, Payload};
+use gatehouse_proto::control::ProposeRequest;
 use gatehouse_proto::events::CreateUser;
-use gatehouse_proto::raft::ProposeRequest;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
@@ -150,7 +150,7 @@ pub async fn writes(cluster: &ProcCluster, writers: usize, duration: Duration, r
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let mut client = cluster.raft_client(leader)?;
+        let mut client = cluster.control_client(leader)?;
         let run = run.to_string();
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
@@ -293,7 +293,7 @@ pub async fn audit_batches(
             rt.block_on(async move {
                 let mut sources = Vec::new();
                 for node in nodes {
-                    let client = peers.raft_client(&addr)?;
+                    let client = peers.control_client(&addr)?;
                     sources.push(tokio::spawn(audit_source(client, node, per_batch, stop.clone())));
                 }
                 let mut acknowledged = 0;
@@ -311,7 +311,7 @@ pub async fn audit_batches(
 /// One node's recorder for [`audit_batches`]: a batch of `per_batch` events
 /// every 100 ms until `stop`; returns the events acknowledged.
 async fn audit_source(
-    mut client: RaftClient,
+    mut client: ControlClient,
     node: u64,
     per_batch: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -390,7 +390,7 @@ pub async fn bulk_load(
     use rand::RngCore;
 
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-    let mut client = cluster.raft_client(leader)?;
+    let mut client = cluster.control_client(leader)?;
     let now = gatehouse_cluster::clock::now_ms();
     let command = |payload| Command {
         proposed_at: now,
@@ -463,7 +463,7 @@ pub async fn bulk_load(
         }
     }
     flush(&mut pending).await?;
-    let _ = client.local_status(gatehouse_proto::raft::LocalStatusRequest {}).await;
+    let _ = client.local_status(gatehouse_proto::control::LocalStatusRequest {}).await;
     Ok(())
 }
 

@@ -18,6 +18,8 @@
 //! - [`batcher`]: group commit of concurrent proposals into shared entries.
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
+//! - [`control`]: the control service: what nodes ask each other beyond Raft
+//!   (forwarded writes, read index, status, election pauses, pre-vote, digests).
 //! - [`metrics`]: the consensus series of `GET /metrics`, and the watcher of Raft's own metrics.
 //! - [`error`]: what a consensus call can fail with.
 //! - [`periodic`]: the one periodic-task type, and the node's one shutdown signal.
@@ -28,6 +30,7 @@
 pub mod batcher;
 pub mod clock;
 pub mod cluster;
+pub mod control;
 pub mod election;
 pub mod error;
 pub mod freshness;

@@ -89,7 +89,7 @@ impl Cluster {
     /// merely lost its own link to a live leader finds no majority and
     /// leaves the term, and so the leader, alone.
     async fn majority_hears_no_leader(&self, voters: &[NodeId], wait: Duration) -> bool {
-        use gatehouse_proto::raft::PreVoteRequest;
+        use gatehouse_proto::control::PreVoteRequest;
         let addrs: Vec<String> = {
             let m = self.inner.raft.metrics();
             let m = m.borrow();
@@ -104,7 +104,7 @@ impl Cluster {
         let mut answers: futures::stream::FuturesUnordered<_> = addrs
             .iter()
             .map(|addr| async move {
-                let Ok(mut client) = self.inner.peers.raft_client(addr) else { return false };
+                let Ok(mut client) = self.inner.peers.control_client(addr) else { return false };
                 let mut req = tonic::Request::new(PreVoteRequest {});
                 req.set_timeout(wait);
                 let answer = tokio::time::timeout(wait, client.pre_vote(req)).await;

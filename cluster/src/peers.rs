@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gatehouse_proto::control::control_service_client::ControlServiceClient;
 use gatehouse_proto::raft::raft_service_client::RaftServiceClient;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -78,6 +79,7 @@ impl tonic::service::Interceptor for AddSecret {
 }
 
 pub type RaftClient = RaftServiceClient<InterceptedService<Channel, AddSecret>>;
+pub type ControlClient = ControlServiceClient<InterceptedService<Channel, AddSecret>>;
 
 /// Largest gRPC message between nodes (AppendEntries batches).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
@@ -180,20 +182,33 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(5)))
     }
 
-    /// A Raft client on a channel of its own, not kept: for addresses that
-    /// are not members yet (a learner about to be added).
-    pub fn raft_client_once(&self, addr: &str) -> Result<RaftClient, ClusterError> {
-        Ok(self.raft_client_on(self.endpoint(addr)?.connect_lazy()))
-    }
-
+    /// The Raft service of the node at `addr` (vote, append, snapshots).
     pub fn raft_client(&self, addr: &str) -> Result<RaftClient, ClusterError> {
-        Ok(self.raft_client_on(self.channel(addr)?))
+        Ok(RaftServiceClient::with_interceptor(self.channel(addr)?, self.add_secret())
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE))
     }
 
-    fn raft_client_on(&self, ch: Channel) -> RaftClient {
-        RaftServiceClient::with_interceptor(ch, AddSecret(self.secret.value.clone()))
+    /// The control service of the node at `addr` (forwarded writes, read
+    /// index, status, election pacing, state digests).
+    pub fn control_client(&self, addr: &str) -> Result<ControlClient, ClusterError> {
+        Ok(self.control_client_on(self.channel(addr)?))
+    }
+
+    /// A control client on a channel of its own, not kept: for addresses
+    /// that are not members yet (a learner about to be added).
+    pub fn control_client_once(&self, addr: &str) -> Result<ControlClient, ClusterError> {
+        Ok(self.control_client_on(self.endpoint(addr)?.connect_lazy()))
+    }
+
+    fn control_client_on(&self, ch: Channel) -> ControlClient {
+        ControlServiceClient::with_interceptor(ch, self.add_secret())
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
+    }
+
+    fn add_secret(&self) -> AddSecret {
+        AddSecret(self.secret.value.clone())
     }
 }
 
@@ -240,6 +255,7 @@ mod tests {
         for refused in ["10.0.0.5:7000", "node-2:7000", "127.0.0.1:7001"] {
             assert!(matches!(peers.channel(refused), Err(ClusterError::FailedPrecondition(_))), "{refused}");
             assert!(peers.raft_client(refused).is_err(), "{refused}");
+            assert!(peers.control_client_once(refused).is_err(), "{refused}");
         }
         let open = Peers::new(ClusterSecret::new(&"s".repeat(40)).unwrap());
         assert!(open.channel("10.0.0.5:7000").is_ok());

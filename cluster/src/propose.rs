@@ -1,13 +1,13 @@
 //! Proposing from any node. On the leader a proposal joins the batcher's
 //! next entry; a follower that knows its leader sends it there at once (one
-//! `RaftService.Propose`), and the answer waits until this node applied the
+//! `ControlService.Propose`), and the answer waits until this node applied the
 //! same index (read your writes). With no leader known, the local batcher
 //! asks Raft, which names the leader once one is elected.
 //!
 //! ```text
 //!   propose(commands) ──► leader here: batcher ──► raft.client_write ──► results
 //!          │ leader elsewhere                            ▲
-//!          └──► RaftService.Propose on the leader (cluster secret), then wait
+//!          └──► ControlService.Propose on the leader (cluster secret), then wait
 //!               until this node applied the same index (read your writes)
 //! ```
 //!
@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use gatehouse_domain::{Command, CommandBatch, CommandResult};
-use gatehouse_proto::raft::ProposeRequest;
+use gatehouse_proto::control::ProposeRequest;
 use openraft::error::{ClientWriteError, RaftError};
 
 use crate::{Cluster, ClusterError};
@@ -131,7 +131,7 @@ impl Cluster {
 
     async fn forward(&self, leader: &str, batch: &CommandBatch, deadline: Instant) -> Result<Applied, ClusterError> {
         self.inner.metrics.proposals_forwarded.inc();
-        let mut client = self.inner.peers.raft_client(leader)?;
+        let mut client = self.inner.peers.control_client(leader)?;
         let mut req = tonic::Request::new(ProposeRequest { batch: Some(batch.clone()) });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let resp = client.propose(req).await.map_err(|s| ClusterError::from_status(&s))?.into_inner();

@@ -42,8 +42,8 @@ impl Cluster {
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
         match self.leader_read_index().await {
             Err(NotLeader::Follows(addr)) => {
-                let mut client = self.inner.peers.raft_client(&addr)?;
-                let mut req = tonic::Request::new(gatehouse_proto::raft::ReadIndexRequest {});
+                let mut client = self.inner.peers.control_client(&addr)?;
+                let mut req = tonic::Request::new(gatehouse_proto::control::ReadIndexRequest {});
                 req.set_timeout(Duration::from_secs(2));
                 let r = client.read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
                 Ok(r.into_inner().index)

@@ -55,7 +55,7 @@ impl Cluster {
     /// `target` to campaign. It wins, having the longest log and the only
     /// candidacy. Writes queued meanwhile go on to the new leader.
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(NodeId, u64), ClusterError> {
-        use gatehouse_proto::raft::CampaignRequest;
+        use gatehouse_proto::control::CampaignRequest;
         let metrics = self.inner.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(target) {
             return Ok((target, metrics.current_term));
@@ -101,7 +101,7 @@ impl Cluster {
             // a read-index confirmation would be one.
             self.inner.reads_held.send_replace(true);
             tokio::time::sleep(lease + Duration::from_millis(50)).await;
-            let mut client = self.inner.peers.raft_client(&target_addr)?;
+            let mut client = self.inner.peers.control_client(&target_addr)?;
             let mut req = tonic::Request::new(CampaignRequest {});
             req.set_timeout(Duration::from_millis(500));
             client.campaign(req).await.map_err(|s| ClusterError::from_status(&s))?;
@@ -124,10 +124,10 @@ impl Cluster {
     /// Asks the peers at `addrs` to pause elections for `duration` (zero
     /// resumes them); best effort, as their pauses end by themselves.
     async fn pause_peer_elections(&self, addrs: &[String], duration: Duration) {
-        use gatehouse_proto::raft::PauseElectionsRequest;
+        use gatehouse_proto::control::PauseElectionsRequest;
         let duration_ms = duration.as_millis() as u64;
         futures::future::join_all(addrs.iter().map(|addr| async move {
-            let Ok(mut client) = self.inner.peers.raft_client(addr) else { return };
+            let Ok(mut client) = self.inner.peers.control_client(addr) else { return };
             let mut req = tonic::Request::new(PauseElectionsRequest { duration_ms });
             req.set_timeout(Duration::from_millis(500));
             if let Err(e) = client.pause_elections(req).await {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!   http_addr  ─► HTTP front (axum): /healthz, /readyz, …
-//!   grpc_addr  ─► RaftService (cluster secret) + admin ClusterService (API key + RBAC)
+//!   grpc_addr  ─► RaftService + ControlService (cluster secret) + admin services (API key + RBAC)
 //! ```
 //!
 //! # Layout

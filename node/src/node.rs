@@ -218,7 +218,8 @@ impl Node {
                     serving.subscribe(),
                     streams.clone(),
                 ))
-                .add_service(gatehouse_cluster::raft::service::server(cluster.clone(), storage.clone()))
+                .add_service(gatehouse_cluster::raft::service::server(cluster.clone()))
+                .add_service(gatehouse_cluster::control::server(cluster.clone(), storage.clone()))
                 .add_service(gatehouse_api::admin::cluster::server(api.clone()))
                 .add_service(gatehouse_api::admin::users::server(api.clone(), front.passwords.clone()))
                 .add_service(gatehouse_api::admin::keys::server(api.clone()))

@@ -104,7 +104,7 @@ async fn metrics_report_traffic_raft_and_freshness() {
     for peer in (1..=3).filter(|n| *n != leader) {
         assert!(get(&on_leader, &format!("gatehouse_raft_replication_lag_entries{{peer=\"{peer}\"}}")) >= 0.0);
     }
-    assert!(get(&on_leader, "gatehouse_grpc_requests_total{code=\"ok\",method=\"RaftService/Propose\"}") >= 1.0);
+    assert!(get(&on_leader, "gatehouse_grpc_requests_total{code=\"ok\",method=\"ControlService/Propose\"}") >= 1.0);
 
     // A snapshot shows up in the counters.
     admin_cli(&ep, &c.admin_key, &["cluster", "snapshot"]).await.unwrap();

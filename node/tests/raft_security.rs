@@ -1,4 +1,4 @@
-//! The Raft port is closed to anyone without the cluster secret, and
+//! The Raft and control services are closed to anyone without the cluster secret, and
 //! malformed or truncated RPCs are refused without harm.
 
 mod common;
@@ -10,6 +10,7 @@ use common::{wait_until, write_user, RawCodec, TestCluster, SECRET};
 use gatehouse::Node;
 use gatehouse_cluster::peers::SECRET_METADATA;
 use gatehouse_cluster::{ClusterSecret, Peers};
+use gatehouse_proto::control as cpb;
 use gatehouse_proto::raft as pb;
 use prost::Message;
 
@@ -30,23 +31,33 @@ async fn rpcs_without_the_right_secret_are_refused() {
         ..Default::default()
     };
     assert_eq!(client.append_entries(append).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    let propose = pb::ProposeRequest { batch: Some(Default::default()) };
-    assert_eq!(client.propose(propose).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    assert_eq!(client.local_status(pb::LocalStatusRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let chunks = tokio_stream::iter(vec![pb::SnapshotChunk::default()]);
     assert_eq!(client.install_snapshot(chunks).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    assert_eq!(client.read_index(pb::ReadIndexRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    assert_eq!(client.state_digest(pb::StateDigestRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // The control service asks the same secret.
+    let mut control = wrong.control_client(&addr).unwrap();
+    let propose = cpb::ProposeRequest { batch: Some(Default::default()) };
+    assert_eq!(control.propose(propose).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        control.local_status(cpb::LocalStatusRequest {}).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(control.read_index(cpb::ReadIndexRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        control.state_digest(cpb::StateDigestRequest {}).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     // Leadership-transfer steps: a stray process must not freeze elections or start one.
-    let pause = pb::PauseElectionsRequest { duration_ms: 60_000 };
-    assert_eq!(client.pause_elections(pause).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    assert_eq!(client.campaign(pb::CampaignRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    assert_eq!(client.pre_vote(pb::PreVoteRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let pause = cpb::PauseElectionsRequest { duration_ms: 60_000 };
+    assert_eq!(control.pause_elections(pause).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(control.campaign(cpb::CampaignRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(control.pre_vote(cpb::PreVoteRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     // No secret at all.
     let ch = c.node(leader).cluster().peers().channel(&addr).unwrap();
-    let mut bare = pb::raft_service_client::RaftServiceClient::new(ch);
+    let mut bare = pb::raft_service_client::RaftServiceClient::new(ch.clone());
     assert_eq!(bare.vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut bare = cpb::control_service_client::ControlServiceClient::new(ch);
+    assert_eq!(bare.local_status(cpb::LocalStatusRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     // Nothing changed: same leader, same term.
     assert_eq!(c.wait_for_leader().await, leader);
@@ -123,8 +134,9 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
         data: vec![1, 2, 3],
     }]);
     assert_eq!(client.install_snapshot(no_meta).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-    let endless = pb::PauseElectionsRequest { duration_ms: u64::MAX };
-    assert_eq!(client.pause_elections(endless).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let mut control = Peers::new(ClusterSecret::new(SECRET).unwrap()).control_client(target.advertise_addr()).unwrap();
+    let endless = cpb::PauseElectionsRequest { duration_ms: u64::MAX };
+    assert_eq!(control.pause_elections(endless).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     // Truncated and random bytes.
     let valid = pb::AppendEntriesRequest {
@@ -139,7 +151,7 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
     let truncated = valid[..valid.len() - 3].to_vec();
     assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/AppendEntries", truncated).await.is_err());
     assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/Vote", vec![0xff; 64]).await.is_err());
-    assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/Propose", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])
+    assert!(raw_call(target, "/gatehouse.control.v1.ControlService/Propose", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])
         .await
         .is_err());
 

@@ -12,7 +12,7 @@ use common::{create_key, wait_until, TestCluster};
 use gatehouse_proto::admin::key_service_client::KeyServiceClient;
 use gatehouse_proto::admin::user_service_client::UserServiceClient;
 use gatehouse_proto::admin::{CreateKeyRequest, CreateUserRequest, GetUserRequest, ListKeysRequest, RevokeKeyRequest};
-use gatehouse_proto::raft::StateDigestRequest;
+use gatehouse_proto::control::StateDigestRequest;
 use tonic::{Code, Request};
 
 fn req<T>(token: &str, msg: T, meta: &[(&'static str, &str)]) -> Request<T> {
@@ -191,7 +191,7 @@ async fn nodes_that_applied_the_same_log_report_the_same_digest() {
     let seen = loop {
         let mut seen = Vec::new();
         for n in c.nodes.values() {
-            let mut client = peers.raft_client(n.advertise_addr()).unwrap();
+            let mut client = peers.control_client(n.advertise_addr()).unwrap();
             let d = client.state_digest(StateDigestRequest {}).await.unwrap().into_inner();
             seen.push((d.applied_index, d.sha256));
         }
@@ -204,7 +204,8 @@ async fn nodes_that_applied_the_same_log_report_the_same_digest() {
     assert_eq!(seen[0].1.len(), 32);
     // A further write changes it.
     common::write_user(c.node(1), "digest-more").await;
-    let d = peers.raft_client(c.node(1).advertise_addr()).unwrap().state_digest(StateDigestRequest {}).await.unwrap();
+    let d =
+        peers.control_client(c.node(1).advertise_addr()).unwrap().state_digest(StateDigestRequest {}).await.unwrap();
     assert_ne!(d.into_inner().sha256, seen[0].1);
     c.shutdown().await;
 }
@@ -433,8 +434,8 @@ async fn a_read_index_asked_during_a_transfer_waits_for_the_new_leader() {
     })
     .await;
     let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(common::SECRET).unwrap());
-    let mut client = peers.raft_client(c.node(leader).advertise_addr()).unwrap();
-    let answer = client.read_index(gatehouse_proto::raft::ReadIndexRequest {}).await;
+    let mut client = peers.control_client(c.node(leader).advertise_addr()).unwrap();
+    let answer = client.read_index(gatehouse_proto::control::ReadIndexRequest {}).await;
     assert!(!old.holding_reads(), "answered while the transfer held reads: {answer:?}");
     let refused = answer.expect_err("the old leader no longer leads");
     assert_eq!(refused.code(), Code::Unavailable);

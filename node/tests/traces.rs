@@ -157,7 +157,7 @@ async fn one_trace_spans_the_follower_and_the_leader() {
     assert_eq!(front.attrs["rpc.method"], "UserService/Create");
     assert!(spans.iter().any(|s| s.node == leader_id
         && s.trace == write_trace
-        && s.attrs.get("rpc.method").map(String::as_str) == Some("RaftService/Propose")));
+        && s.attrs.get("rpc.method").map(String::as_str) == Some("ControlService/Propose")));
     let verify = on(&follower_id, "http.request", verify_trace).unwrap();
     assert_eq!((verify.attrs["http.route"].as_str(), verify.attrs["decision"].as_str()), ("/auth/verify", "allow"));
     assert_eq!(verify.attrs["http.status_code"], "200");

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`events`]: the command envelope and payloads that one Raft entry carries.
 //! - [`state`]: the records of the state machine's projections (RocksDB and snapshots).
-//! - [`raft`]: Raft RPCs between nodes (vote, append, streamed snapshots, write forwarding).
+//! - [`raft`]: Raft's RPCs between nodes (vote, append, streamed snapshots) and the log's entries.
+//! - [`control`]: what nodes ask of each other beyond Raft (forwarded writes,
+//!   read index, status, election pacing, state digests).
 //! - [`admin`]: the admin API operators and the CLI speak.
 //! - [`codec`]: the gRPC codec of every generated client and server.
 //!
@@ -28,6 +30,11 @@ mod generated {
                 tonic::include_proto!("gatehouse.raft.v1");
             }
         }
+        pub mod control {
+            pub mod v1 {
+                tonic::include_proto!("gatehouse.control.v1");
+            }
+        }
         pub mod admin {
             pub mod v1 {
                 tonic::include_proto!("gatehouse.admin.v1");
@@ -43,6 +50,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gate
 
 /// The admin API.
 pub use generated::gatehouse::admin::v1 as admin;
+/// Node-to-node calls beyond Raft.
+pub use generated::gatehouse::control::v1 as control;
 /// The replicated command log.
 pub use generated::gatehouse::events::v1 as events;
 /// Raft RPCs and the on-disk form of log entries.

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, authorize_stale};
 use super::learner;
 use crate::{ApiError, Node};
-use gatehouse_cluster::raft::service::local_status;
+use gatehouse_cluster::control::local_status;
 
 pub struct ClusterAdmin {
     node: Node,
@@ -123,8 +123,8 @@ impl ClusterService for ClusterAdmin {
                     return (id, addr, Some(local_status(node.cluster())));
                 }
                 let status = async {
-                    let mut client = node.cluster().peers().raft_client(&addr).ok()?;
-                    let mut r = Request::new(gatehouse_proto::raft::LocalStatusRequest {});
+                    let mut client = node.cluster().peers().control_client(&addr).ok()?;
+                    let mut r = Request::new(gatehouse_proto::control::LocalStatusRequest {});
                     r.set_timeout(STATUS_TIMEOUT);
                     client.local_status(r).await.ok().map(|r| r.into_inner())
                 };

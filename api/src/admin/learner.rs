@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use gatehouse_proto::raft as pb;
+use gatehouse_proto::control as pb;
 use gatehouse_storage::types::{Membership, NodeId};
 use tonic::Status;
 
@@ -53,7 +53,7 @@ pub fn fits(m: &Membership, id: NodeId, addr: &str) -> Result<(), ApiError> {
 pub async fn probe(node: &Node, id: NodeId, addr: &str) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + PROBE_WINDOW;
     let status = loop {
-        let mut client = node.cluster().peers().raft_client_once(addr)?;
+        let mut client = node.cluster().peers().control_client_once(addr)?;
         let mut req = tonic::Request::new(pb::LocalStatusRequest {});
         req.set_timeout(PROBE_TIMEOUT);
         match tokio::time::timeout(PROBE_TIMEOUT, client.local_status(req)).await {

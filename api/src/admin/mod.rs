@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_domain::State;
 use gatehouse_proto::admin::{ApiKey, Revoked, Role, Session, User};
-use gatehouse_proto::raft::LocalStatusRequest;
+use gatehouse_proto::control::LocalStatusRequest;
 use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
 
 use crate::identity::Principal;
@@ -250,7 +250,7 @@ pub async fn applied_everywhere(node: &Node, log_index: u64) -> (Vec<u64>, Vec<u
                 Some(node.view().applied_index())
             } else {
                 let call = async {
-                    let mut client = node.cluster().peers().raft_client(&addr).ok()?;
+                    let mut client = node.cluster().peers().control_client(&addr).ok()?;
                     let mut req = tonic::Request::new(LocalStatusRequest {});
                     req.set_timeout(Duration::from_millis(500));
                     client.local_status(req).await.ok().map(|r| r.into_inner().applied_index)

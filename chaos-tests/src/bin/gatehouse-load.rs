@@ -175,10 +175,10 @@ async fn main() -> anyhow::Result<()> {
 /// What a flood phase left behind at one moment: each node's RSS and
 /// applied log index.
 async fn flood_mark(cluster: &ProcCluster) -> anyhow::Result<Vec<(u64, u64, u64)>> {
-    use gatehouse_proto::raft::LocalStatusRequest;
+    use gatehouse_proto::control::LocalStatusRequest;
     let mut out = Vec::new();
     for &id in cluster.nodes.keys() {
-        let applied = cluster.raft_client(id)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
+        let applied = cluster.control_client(id)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
         out.push((id, cluster.pid(id).and_then(load::rss_bytes).unwrap_or(0), applied));
     }
     Ok(out)
@@ -652,17 +652,17 @@ async fn memory(
     users: usize,
     json: bool,
 ) -> anyhow::Result<()> {
-    use gatehouse_proto::raft::LocalStatusRequest;
+    use gatehouse_proto::control::LocalStatusRequest;
     let started = std::time::Instant::now();
     load::bulk_load(&cluster, users, keys, sessions, 2_000).await?;
     let loaded_in = started.elapsed();
     // Every node applied everything.
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-    let target = cluster.raft_client(leader)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
+    let target = cluster.control_client(leader)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         loop {
             let applied =
-                cluster.raft_client(id)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
+                cluster.control_client(id)?.local_status(LocalStatusRequest {}).await?.into_inner().applied_index;
             if applied >= target {
                 break;
             }

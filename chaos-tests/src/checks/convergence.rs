@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_proto::raft::StateDigestRequest;
+use gatehouse_proto::control::StateDigestRequest;
 
 use crate::cluster::ProcCluster;
 
@@ -15,7 +15,7 @@ pub async fn check(cluster: &ProcCluster, timeout: Duration) -> Result<Duration,
     loop {
         let mut seen = Vec::new();
         for id in cluster.nodes.keys() {
-            let digest = match cluster.raft_client(*id) {
+            let digest = match cluster.control_client(*id) {
                 Ok(mut c) => c.state_digest(StateDigestRequest {}).await.map(|r| r.into_inner()),
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             };

@@ -1,16 +1,13 @@
-//! The Raft gRPC service: requests from other nodes, refused without the
-//! cluster secret (an interceptor checks it before any handler runs), and
-//! refused if malformed, before openraft sees them.
+//! The Raft gRPC service (vote, append, snapshots): requests from other
+//! nodes, refused without the cluster secret (an interceptor checks it
+//! before any handler runs), and refused if malformed, before openraft sees
+//! them. What nodes ask each other beyond Raft is [`crate::control`].
 
-use gatehouse_proto::events::NodeState;
 use gatehouse_proto::raft as pb;
 use gatehouse_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use gatehouse_storage::convert::{
-    entry_from_pb, log_id_to_pb, opt_log_id_from_pb, opt_log_id_to_pb, req_vote_from_pb, snapshot_meta_from_pb,
-    vote_to_pb,
+    entry_from_pb, opt_log_id_from_pb, opt_log_id_to_pb, req_vote_from_pb, snapshot_meta_from_pb, vote_to_pb,
 };
-use gatehouse_storage::types::NodeId;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::Snapshot;
 use tokio::io::AsyncWriteExt;
@@ -19,32 +16,29 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::MAX_SNAPSHOT_BYTES;
 use crate::peers::MAX_RAFT_MESSAGE;
-use crate::read_index::NotLeader;
-use crate::{Cluster, ClusterError};
+use crate::Cluster;
 
 pub struct RaftRpc {
     cluster: Cluster,
-    storage: gatehouse_storage::Storage,
 }
 
 /// The service, wrapped in the cluster-secret check.
 pub fn server(
     cluster: Cluster,
-    storage: gatehouse_storage::Storage,
 ) -> tonic::service::interceptor::InterceptedService<RaftServiceServer<RaftRpc>, impl tonic::service::Interceptor + Clone>
 {
     let secret = cluster.peers().secret().clone();
-    let svc = RaftServiceServer::new(RaftRpc { cluster, storage })
+    let svc = RaftServiceServer::new(RaftRpc { cluster })
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, move |req| secret.check(req))
 }
 
-fn bad(what: impl std::fmt::Display) -> Status {
+pub(crate) fn bad(what: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("malformed request: {what}"))
 }
 
-fn stopped<E: std::fmt::Display>(e: E) -> Status {
+pub(crate) fn stopped<E: std::fmt::Display>(e: E) -> Status {
     tracing::warn!(error = %e, "raft refused an rpc");
     Status::unavailable("raft is not running")
 }
@@ -146,151 +140,5 @@ impl RaftService for RaftRpc {
             self.cluster.freshness().record_heard();
         }
         Ok(Response::new(pb::SnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
-    }
-
-    #[tracing::instrument(level = "debug", name = "propose.forwarded", skip_all)]
-    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
-        let batch = req.into_inner().batch.ok_or_else(|| bad("batch"))?;
-        crate::propose::bounded(&batch.commands)?;
-        match self.cluster.write_local(batch.commands).await {
-            Ok((results, log_index)) => Ok(Response::new(pb::ProposeResponse { results, log_index })),
-            // Not the leader (any more): the forwarding node tries again at the
-            // leader its own Raft names next (the address here is for logs and clients).
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ClusterError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())
-            }
-            Err(e) => Err(stopped(e)),
-        }
-    }
-
-    /// A follower's read index (its freshness probe, its catch-up): the
-    /// leader's own, so it waits out a leadership transfer like every other.
-    async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        match self.cluster.leader_read_index().await {
-            Ok(index) => Ok(Response::new(pb::ReadIndexResponse { index })),
-            // The asker tries again at its next probe, at the leader its Raft names.
-            Err(NotLeader::Follows(leader)) => Err(ClusterError::Unavailable { leader: Some(leader) }.into()),
-            Err(NotLeader::Unavailable) => Err(ClusterError::Unavailable { leader: None }.into()),
-        }
-    }
-
-    async fn local_status(
-        &self,
-        _req: Request<pb::LocalStatusRequest>,
-    ) -> Result<Response<pb::LocalStatusResponse>, Status> {
-        Ok(Response::new(local_status(&self.cluster)))
-    }
-
-    async fn pause_elections(
-        &self,
-        req: Request<pb::PauseElectionsRequest>,
-    ) -> Result<Response<pb::PauseElectionsResponse>, Status> {
-        let ms = req.into_inner().duration_ms;
-        if ms > MAX_ELECTION_PAUSE_MS {
-            return Err(bad(format!("an election pause is at most {MAX_ELECTION_PAUSE_MS} ms")));
-        }
-        tracing::info!(duration_ms = ms, "elections paused for a leadership transfer");
-        self.cluster.pause_elections(std::time::Duration::from_millis(ms));
-        Ok(Response::new(pb::PauseElectionsResponse {}))
-    }
-
-    async fn pre_vote(&self, _req: Request<pb::PreVoteRequest>) -> Result<Response<pb::PreVoteResponse>, Status> {
-        Ok(Response::new(pb::PreVoteResponse { leader_silent: self.cluster.leader_silent() }))
-    }
-
-    async fn state_digest(
-        &self,
-        _req: Request<pb::StateDigestRequest>,
-    ) -> Result<Response<pb::StateDigestResponse>, Status> {
-        let storage = self.storage.clone();
-        let (applied_index, sha256) =
-            tokio::task::spawn_blocking(move || storage.state_digest()).await.map_err(stopped)?.map_err(|e| {
-                tracing::error!(error = %e, "state digest failed");
-                Status::internal("state digest failed")
-            })?;
-        Ok(Response::new(pb::StateDigestResponse { applied_index, sha256: sha256.to_vec() }))
-    }
-
-    async fn campaign(&self, _req: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
-        let m = self.cluster.raft().metrics().borrow().clone();
-        if !m.membership_config.membership().voter_ids().any(|v| v == self.cluster.id()) {
-            return Err(Status::failed_precondition("this node is not a voter"));
-        }
-        tracing::info!(term = m.current_term, "campaigning for leadership on request");
-        self.cluster.pause_elections(std::time::Duration::ZERO);
-        self.cluster.raft().trigger().elect().await.map_err(|_| Status::unavailable("raft stopped"))?;
-        Ok(Response::new(pb::CampaignResponse {}))
-    }
-}
-
-/// Longest election pause a peer may ask for.
-const MAX_ELECTION_PAUSE_MS: u64 = 60_000;
-
-/// openraft's server state as the protocols carry it.
-pub fn node_state(s: openraft::ServerState) -> NodeState {
-    use openraft::ServerState as S;
-    match s {
-        S::Learner => NodeState::Learner,
-        S::Follower => NodeState::Follower,
-        S::Candidate => NodeState::Candidate,
-        S::Leader => NodeState::Leader,
-        S::Shutdown => NodeState::Shutdown,
-    }
-}
-
-/// A node state's name in the CLI's output and in logs: `leader`,
-/// `follower`, `candidate`, `learner`, `shutdown` (`unknown` for a value
-/// this version does not know).
-pub fn node_state_name(state: i32) -> &'static str {
-    match NodeState::try_from(state) {
-        Ok(NodeState::Learner) => "learner",
-        Ok(NodeState::Follower) => "follower",
-        Ok(NodeState::Candidate) => "candidate",
-        Ok(NodeState::Leader) => "leader",
-        Ok(NodeState::Shutdown) => "shutdown",
-        Ok(NodeState::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-/// This node's own status.
-pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
-    let m = cluster.raft().metrics().borrow().clone();
-    let index = |l: Option<openraft::LogId<NodeId>>| l.map_or(0, |l| log_id_to_pb(&l).index);
-    pb::LocalStatusResponse {
-        node_id: m.id,
-        state: node_state(m.state) as i32,
-        term: m.current_term,
-        leader_id: m.current_leader.unwrap_or(0),
-        applied_index: index(m.last_applied),
-        last_log_index: m.last_log_index.unwrap_or(0),
-        snapshot_index: index(m.snapshot),
-        purged_index: index(m.purged),
-        commit_index: cluster.commit_index(),
-        matched: if m.current_leader == Some(m.id) {
-            let last = m.last_log_index.unwrap_or(0);
-            let replication = m.replication.iter().flatten();
-            replication
-                .map(|(id, l)| pb::MatchedIndex { node_id: *id, index: if *id == m.id { last } else { index(*l) } })
-                .collect()
-        } else {
-            Vec::new()
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_server_state_has_its_name_and_unknown_values_say_so() {
-        use openraft::ServerState as S;
-        let named: Vec<&str> = [S::Learner, S::Follower, S::Candidate, S::Leader, S::Shutdown]
-            .into_iter()
-            .map(|s| node_state_name(node_state(s) as i32))
-            .collect();
-        assert_eq!(named, ["learner", "follower", "candidate", "leader", "shutdown"]);
-        assert_eq!(node_state_name(0), "unknown");
-        assert_eq!(node_state_name(99), "unknown");
     }
 }

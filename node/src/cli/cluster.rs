@@ -85,7 +85,7 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
             .iter()
             .map(|n| {
                 json!({
-                    "id": n.id, "addr": n.addr, "voter": n.voter, "reachable": n.reachable, "state": gatehouse_cluster::raft::service::node_state_name(n.state),
+                    "id": n.id, "addr": n.addr, "voter": n.voter, "reachable": n.reachable, "state": gatehouse_cluster::control::node_state_name(n.state),
                     "term": n.term, "commit_index": n.commit_index, "applied_index": n.applied_index,
                     "last_log_index": n.last_log_index, "matched_index": n.matched_index,
                     "replication_lag": n.replication_lag,
@@ -105,8 +105,7 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
     )?;
     for n in &s.nodes {
         let role = if n.voter { "voter" } else { "learner" };
-        let state =
-            if n.reachable { gatehouse_cluster::raft::service::node_state_name(n.state) } else { "unreachable" };
+        let state = if n.reachable { gatehouse_cluster::control::node_state_name(n.state) } else { "unreachable" };
         writeln!(
             out,
             "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",
