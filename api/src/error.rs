@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use gatehouse_proto::events::CommandResult;
 use http::StatusCode;
 
-use gatehouse_cluster::error::{leader_named, naming_leader};
+use gatehouse_cluster::error::naming_leader;
 use gatehouse_cluster::ClusterError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,24 +123,6 @@ impl ApiError {
             Err(_) => Err(ApiError::Internal),
         }
     }
-
-    /// Rebuilds an error from a peer's gRPC status (forwarded calls).
-    pub fn from_status(status: &tonic::Status) -> ApiError {
-        let msg = status.message().to_string();
-        match status.code() {
-            tonic::Code::InvalidArgument => ApiError::InvalidArgument(msg),
-            tonic::Code::NotFound => ApiError::NotFound(msg),
-            tonic::Code::AlreadyExists => ApiError::AlreadyExists(msg),
-            tonic::Code::FailedPrecondition => ApiError::FailedPrecondition(msg),
-            tonic::Code::Unauthenticated => ApiError::Unauthenticated,
-            tonic::Code::PermissionDenied => ApiError::PermissionDenied(msg),
-            tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::Unknown => ApiError::Unavailable { leader: leader_named(status) },
-            _ => ApiError::Internal,
-        }
-    }
 }
 
 impl From<ApiError> for tonic::Status {
@@ -171,7 +153,7 @@ mod tests {
     fn unavailable_carries_the_leader_both_ways() {
         let status = tonic::Status::from(ApiError::Unavailable { leader: Some("127.0.0.1:9000".into()) });
         assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert_eq!(ApiError::from_status(&status), ApiError::Unavailable { leader: Some("127.0.0.1:9000".into()) });
+        assert_eq!(gatehouse_cluster::error::leader_named(&status).as_deref(), Some("127.0.0.1:9000"));
     }
 
     #[test]

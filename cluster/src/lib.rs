@@ -8,7 +8,9 @@
 //!
 //! # Layout
 //! - [`cluster`]: the [`Cluster`] handle: Raft, the view, peers, the batcher; status.
-//! - [`propose`]: propose from any node; the one forwarder to the leader.
+//! - [`propose`]: propose from any node (a follower forwards to the leader).
+//! - [`forward`]: the one way a call is sent on to the leader (writes, and
+//!   the admin calls only a leader may run).
 //! - [`read_index`]: the leader's confirmed commit index, and catching up to it.
 //! - [`freshness`]: whether this node may answer for the cluster right now;
 //!   [`probe`]: the periodic read-index probes that prove it.
@@ -33,6 +35,7 @@ pub mod cluster;
 pub mod control;
 pub mod election;
 pub mod error;
+pub mod forward;
 pub mod freshness;
 pub mod ids;
 pub mod metrics;

@@ -37,6 +37,12 @@ impl ClusterSecret {
         Ok(ClusterSecret { value, digest: Sha256::digest(secret.as_bytes()).into() })
     }
 
+    /// The secret as outgoing metadata (never logged: `MetadataValue`
+    /// prints as the value, so it stays inside requests).
+    pub(crate) fn metadata_value(&self) -> MetadataValue<Ascii> {
+        self.value.clone()
+    }
+
     /// Whether `presented` is the secret (constant time in its content).
     pub fn matches(&self, presented: &[u8]) -> bool {
         let d: [u8; 32] = Sha256::digest(presented).into();
@@ -208,7 +214,7 @@ impl Peers {
     }
 
     fn add_secret(&self) -> AddSecret {
-        AddSecret(self.secret.value.clone())
+        AddSecret(self.secret.metadata_value())
     }
 }
 

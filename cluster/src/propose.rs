@@ -1,7 +1,7 @@
 //! Proposing from any node. On the leader a proposal joins the batcher's
 //! next entry; a follower that knows its leader sends it there at once (one
-//! `ControlService.Propose`), and the answer waits until this node applied the
-//! same index (read your writes). With no leader known, the local batcher
+//! `ControlService.Propose` through [`crate::forward`]), and the answer waits
+//! until this node applied the same index (read your writes). With no leader known, the local batcher
 //! asks Raft, which names the leader once one is elected.
 //!
 //! ```text
@@ -17,9 +17,12 @@
 use std::time::{Duration, Instant};
 
 use gatehouse_domain::{Command, CommandBatch, CommandResult};
+use gatehouse_proto::control::control_service_client::ControlServiceClient;
 use gatehouse_proto::control::ProposeRequest;
 use openraft::error::{ClientWriteError, RaftError};
 
+use crate::forward::Credentials;
+use crate::peers::MAX_RAFT_MESSAGE;
 use crate::{Cluster, ClusterError};
 
 /// How long a write may wait for a leader before it fails with `unavailable`.
@@ -131,10 +134,18 @@ impl Cluster {
 
     async fn forward(&self, leader: &str, batch: &CommandBatch, deadline: Instant) -> Result<Applied, ClusterError> {
         self.inner.metrics.proposals_forwarded.inc();
-        let mut client = self.inner.peers.control_client(leader)?;
-        let mut req = tonic::Request::new(ProposeRequest { batch: Some(batch.clone()) });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let resp = client.propose(req).await.map_err(|s| ClusterError::from_status(&s))?.into_inner();
+        let message = ProposeRequest { batch: Some(batch.clone()) };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let resp = self
+            .to_leader(leader, message, Credentials::Cluster, timeout, async |ch, req| {
+                ControlServiceClient::new(ch)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
+                    .propose(req)
+                    .await
+            })
+            .await
+            .map_err(|s| ClusterError::from_status(&s))?;
         // Read your writes: answer only once this node shows the write too.
         let wait = deadline.saturating_duration_since(Instant::now());
         if !self.inner.view.wait_applied(resp.log_index, wait).await {

@@ -1,7 +1,9 @@
 //! `ClusterService`: status, membership and snapshots.
 //!
-//! Membership changes run on the leader: a node that is not the leader
-//! forwards the call, with the caller's credentials, to the leader's admin API.
+//! Membership changes and leadership transfers run on the leader: a node
+//! that is not the leader sends the call on with the caller's credentials
+//! (`gatehouse_cluster::forward`), and the leader's admin API authorizes and
+//! audits it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use super::auth::{authorize, authorize_stale};
 use super::learner;
 use crate::{ApiError, Node};
 use gatehouse_cluster::control::local_status;
+use gatehouse_cluster::forward::Credentials;
 
 pub struct ClusterAdmin {
     node: Node,
@@ -90,9 +93,14 @@ impl ClusterAdmin {
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = f.leader_node.map(|n| n.addr).ok_or(ApiError::Unavailable { leader: None })?;
-                let ch = self.node.cluster().peers().channel(&addr)?;
-                let fwd = forwarded_request(req, req.get_ref().clone(), MEMBERSHIP_FORWARD_TIMEOUT);
-                unreachable_names(forward(ClusterServiceClient::new(ch), fwd).await, &addr)
+                let (message, caller) = (req.get_ref().clone(), Credentials::Caller(req.metadata()));
+                let cluster = self.node.cluster();
+                let answer = cluster
+                    .to_leader(&addr, message, caller, MEMBERSHIP_FORWARD_TIMEOUT, async |ch, fwd| {
+                        forward(ClusterServiceClient::new(ch), fwd).await
+                    })
+                    .await;
+                answer.map(Response::new)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ApiError::FailedPrecondition(e.to_string()).into())
@@ -312,9 +320,15 @@ impl ClusterService for ClusterAdmin {
                 Ok(Response::new(TransferLeadershipResponse { leader_id, term }))
             }
             Some((_, addr)) => {
-                let mut client = ClusterServiceClient::new(self.node.cluster().peers().channel(&addr)?);
-                let fwd = forwarded_request(&req, *req.get_ref(), TRANSFER_FORWARD_TIMEOUT);
-                unreachable_names(client.transfer_leadership(fwd).await, &addr)
+                let caller = Credentials::Caller(req.metadata());
+                let answer = self
+                    .node
+                    .cluster()
+                    .to_leader(&addr, *req.get_ref(), caller, TRANSFER_FORWARD_TIMEOUT, async |ch, fwd| {
+                        ClusterServiceClient::new(ch).transfer_leadership(fwd).await
+                    })
+                    .await;
+                answer.map(Response::new)
             }
             None => Err(ApiError::Unavailable { leader: None }.into()),
         }
@@ -327,27 +341,6 @@ const MEMBERSHIP_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a forwarded leadership transfer may take (the leader gives up
 /// after its own deadline, well inside this).
 const TRANSFER_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The caller's call, to send on to the leader: same message, same key, same
-/// trace, bounded in time.
-fn forwarded_request<T, U>(req: &Request<T>, message: U, timeout: Duration) -> Request<U> {
-    let mut fwd = Request::new(message);
-    if let Some(auth) = req.metadata().get("authorization") {
-        fwd.metadata_mut().insert("authorization", auth.clone());
-    }
-    gatehouse_cluster::trace::inject_current(fwd.metadata_mut());
-    fwd.set_timeout(timeout);
-    fwd
-}
-
-/// The leader's own answer passes through; a leader that could not be
-/// reached (or did not answer in time) becomes `UNAVAILABLE` naming it.
-fn unreachable_names<T>(r: Result<T, Status>, leader: &str) -> Result<T, Status> {
-    r.map_err(|s| match ApiError::from_status(&s) {
-        ApiError::Unavailable { leader: None } => ApiError::Unavailable { leader: Some(leader.to_string()) }.into(),
-        _ => s,
-    })
-}
 
 /// A membership change to audit once it is done (on the node that does it;
 /// a follower that forwards the call records nothing).
@@ -400,24 +393,6 @@ fn membership_snapshot(node: &Node) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_unreachable_leader_is_named_and_its_own_answers_pass_through() {
-        let named =
-            |r: Result<(), Status>| r.unwrap_err().metadata().get(gatehouse_cluster::error::LEADER_METADATA).cloned();
-        let refused = Err(Status::unavailable("tcp connect error"));
-        assert_eq!(named(unreachable_names(refused, "127.0.0.1:7001")).unwrap(), "127.0.0.1:7001");
-        let late: Result<(), Status> = Err(Status::deadline_exceeded("timeout"));
-        let e = unreachable_names(late, "127.0.0.1:7001").unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unavailable);
-        // The leader's own refusals are the caller's answer.
-        let e =
-            unreachable_names::<()>(Err(Status::not_found("node 9 is not a member")), "127.0.0.1:7001").unwrap_err();
-        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node 9 is not a member"));
-        // A leader that named a newer leader is believed.
-        let newer: Status = ApiError::Unavailable { leader: Some("127.0.0.1:7003".into()) }.into();
-        assert_eq!(named(unreachable_names(Err(newer), "127.0.0.1:7001")).unwrap(), "127.0.0.1:7003");
-    }
 
     #[test]
     fn addresses() {
