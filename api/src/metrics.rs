@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use gatehouse_cluster::metrics::latency;
-pub use gatehouse_cluster::metrics::{ConsensusMetrics, OutcomeLabels};
+pub use gatehouse_cluster::metrics::OutcomeLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -78,8 +78,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The node's registry: these series and the consensus layer's.
-    pub fn new(consensus: &ConsensusMetrics) -> Metrics {
+    /// The node's registry: these series and the replica's (the consensus
+    /// layer's on a voter), which `replica_series` registers.
+    pub fn new(replica_series: impl FnOnce(&mut Registry)) -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("gatehouse"),
             http_requests: Family::default(),
@@ -104,7 +105,7 @@ impl Metrics {
         r.register("verify_decisions", "/auth/verify decisions by outcome", m.verify_decisions.clone());
         r.register("grpc_requests", "admin and Raft gRPC calls by method and code", m.grpc_requests.clone());
         r.register("grpc_request_duration_seconds", "gRPC call latency by method", m.grpc_duration.clone());
-        consensus.register(r);
+        replica_series(r);
         r.register("watch_streams", "open admin Watch streams", m.watch_streams.clone());
         r.register("rate_limited", "requests refused with 429, by policy", m.rate_limited.clone());
         r.register("rate_limit_syncs", "global-limit delta syncs by outcome", m.rate_limit_syncs.clone());
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn invented_methods_share_one_series() {
-        let m = Metrics::new(&Default::default());
+        let m = Metrics::new(|_| {});
         for i in 0..50 {
             let made_up = bounded_method(&format!("/gatehouse.raft.v1.R4nd0m{i}/X"));
             m.observe_grpc_label(made_up, tonic::Code::Unimplemented, Duration::from_millis(1));
@@ -257,7 +258,7 @@ mod tests {
 
     #[test]
     fn encodes_registered_series() {
-        let m = Metrics::new(&Default::default());
+        let m = Metrics::new(|_| {});
         m.observe_http("/auth/verify", 200, Duration::from_millis(1));
         m.verify_decision("allow");
         let text = m.encode();

@@ -1,20 +1,21 @@
-//! One node as its transports see it: the consensus handle and what this
-//! node keeps beside it (the audit recorder, last-use times, the metrics
-//! registry). Cheap to clone; every HTTP handler and admin service holds one.
+//! One node as its transports see it: the replicated state behind a
+//! [`Replica`], and what this node keeps beside it (the audit recorder,
+//! last-use times, the metrics registry). Cheap to clone; every HTTP handler
+//! and admin service holds one.
 //!
 //! Verification, identity, rate limits and sign-in reach the replicated
 //! state only through the methods here (the view, freshness, catching up
-//! to the leader's commit index, proposing): the seam a stateless front
-//! will implement by following the log instead of voting in it. Only the
-//! cluster operations (membership, leadership, Raft) and the membership
-//! that global rate-limit shares and revocation waits read take
-//! [`Node::cluster`].
+//! to the leader's commit index, proposing), which go to the replica: a
+//! voter's `Cluster` today, a stateless front that follows the log next.
+//! The cluster operations (membership, leadership, revocation waits on
+//! every voter) are a voter's: the admin services that run them hold the
+//! `Cluster` itself, not this.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_cluster::{Applied, Cluster};
+use gatehouse_cluster::{Applied, Replica};
 use gatehouse_domain::{Command, CommandResult, Payload};
 use gatehouse_proto::events::AuditEvent;
 use gatehouse_storage::{NodeId, StateView};
@@ -30,7 +31,7 @@ pub struct Node {
 }
 
 struct Inner {
-    cluster: Cluster,
+    replica: Arc<dyn Replica>,
     /// Security events waiting to be proposed as audit batches.
     recorder: Recorder,
     /// Uses of keys and sessions seen here, flushed to the log periodically.
@@ -49,65 +50,65 @@ impl WeakNode {
 }
 
 impl Node {
-    pub fn new(cluster: Cluster) -> Node {
-        let metrics = Metrics::new(cluster.metrics());
-        let recorder = Recorder::new(cluster.id());
-        Node { inner: Arc::new(Inner { cluster, recorder, last_use: LastUse::default(), metrics }) }
+    pub fn new(replica: Arc<dyn Replica>) -> Node {
+        let metrics = Metrics::new(|r| replica.register_metrics(r));
+        let recorder = Recorder::new(replica.id());
+        Node { inner: Arc::new(Inner { replica, recorder, last_use: LastUse::default(), metrics }) }
     }
 
     pub fn downgrade(&self) -> WeakNode {
         WeakNode(Arc::downgrade(&self.inner))
     }
 
-    /// The consensus handle, for cluster operations (membership,
-    /// leadership, Raft RPCs); everything else goes through the methods below.
-    pub fn cluster(&self) -> &Cluster {
-        &self.inner.cluster
-    }
-
     pub fn id(&self) -> NodeId {
-        self.inner.cluster.id()
+        self.inner.replica.id()
     }
 
     /// The replicated state as applied here.
     pub fn view(&self) -> &StateView {
-        self.inner.cluster.view()
+        self.inner.replica.view()
     }
 
     /// Whether this node may answer for the cluster now.
     pub fn is_fresh(&self) -> bool {
-        self.inner.cluster.is_fresh()
+        self.inner.replica.is_fresh()
     }
 
     /// [`Node::is_fresh`], or whether a proof arrives shortly.
     pub async fn ensure_fresh(&self) -> bool {
-        self.inner.cluster.ensure_fresh().await
+        self.inner.replica.ensure_fresh().await
     }
 
     /// Brings this node up to what the leader had committed when the call
     /// arrived; false if that cannot be shown within `wait`.
     pub async fn catch_up(&self, wait: Duration) -> bool {
-        self.inner.cluster.catch_up(wait).await
+        self.inner.replica.catch_up(wait).await
     }
 
     /// The current leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        self.inner.cluster.leader()
+        self.inner.replica.leader()
     }
 
     /// A command stamped by this node, with a fresh request id.
     pub fn command(&self, payload: Payload) -> Command {
-        self.inner.cluster.command(payload)
+        self.inner.replica.command(payload)
+    }
+
+    /// How many nodes answer requests from this state (the shares of a
+    /// global rate limit).
+    pub fn members(&self) -> usize {
+        self.inner.replica.members()
     }
 
     /// Proposes commands as one log entry, from any node.
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Applied, ApiError> {
-        Ok(self.inner.cluster.propose(commands).await?)
+        Ok(self.inner.replica.propose(commands).await?)
     }
 
     /// Proposes one command; its refusal is the error.
     pub async fn propose_one(&self, cmd: Command) -> Result<CommandResult, ApiError> {
-        Ok(self.inner.cluster.propose_one(cmd).await?)
+        Ok(self.inner.replica.propose_one(cmd).await?)
     }
 
     pub fn recorder(&self) -> &Recorder {
@@ -125,7 +126,7 @@ impl Node {
     /// Every series of this node in the Prometheus text format, the
     /// consensus gauges read fresh.
     pub fn scrape_metrics(&self) -> String {
-        self.inner.cluster.refresh_metrics();
+        self.inner.replica.refresh_metrics();
         self.inner.metrics.encode()
     }
 }

@@ -3,11 +3,14 @@
 //! commit index, freshness, election pacing and leadership transfer.
 //!
 //! Nothing here knows HTTP, the admin API, audit, rate limits or identity:
-//! those live in `gatehouse-api` and hold a [`Cluster`] handle. Cargo keeps
+//! those live in `gatehouse-api` and reach the state through a [`Replica`]
+//! (the cluster operations of the admin API hold the [`Cluster`] itself). Cargo keeps
 //! the direction (this crate does not depend on that one).
 //!
 //! # Layout
 //! - [`cluster`]: the [`Cluster`] handle: Raft, the view, peers, the batcher; status.
+//! - [`replica`]: the seam the transports read and write through ([`Replica`]),
+//!   which a voter implements and a stateless front will.
 //! - [`propose`]: propose from any node (a follower forwards to the leader).
 //! - [`forward`]: the one way a call is sent on to the leader (writes, and
 //!   the admin calls only a leader may run).
@@ -17,6 +20,7 @@
 //! - [`election`]: when to campaign after the leader falls silent;
 //!   [`pacing`]: the pacer's loop and the pre-vote that confirms it.
 //! - [`transfer`]: handing leadership to another voter; election pauses.
+//! - [`spread`]: which voters applied a write (revocations with `wait_all`).
 //! - [`batcher`]: group commit of concurrent proposals into shared entries.
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
@@ -46,6 +50,8 @@ pub mod probe;
 pub mod propose;
 pub mod raft;
 pub mod read_index;
+pub mod replica;
+pub mod spread;
 pub mod throttle;
 pub mod trace;
 pub mod transfer;
@@ -54,3 +60,4 @@ pub use cluster::{Cluster, WeakCluster};
 pub use error::ClusterError;
 pub use peers::{ClusterSecret, Peers};
 pub use propose::Applied;
+pub use replica::Replica;

@@ -42,16 +42,7 @@ pub struct Applied {
 impl Cluster {
     /// Proposes one command and returns its result, or the refusal it stands for.
     pub async fn propose_one(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
-        let applied = self.propose(vec![cmd]).await?;
-        let result = applied.results.into_iter().next().ok_or(ClusterError::Internal)?;
-        match gatehouse_domain::result::refusal(&result) {
-            Ok(None) => Ok(result),
-            Ok(Some(refused)) => Err(ClusterError::Refused(refused)),
-            Err(code) => {
-                tracing::error!(code, "a result code this version does not know");
-                Err(ClusterError::Internal)
-            }
-        }
+        only_result(self.propose(vec![cmd]).await?)
     }
 
     /// Proposes commands as one log entry, from any node. Returns once the
@@ -159,6 +150,19 @@ impl Cluster {
     /// into shared entries. Fails with `ForwardToLeader` on a follower.
     pub(crate) async fn write_local(&self, commands: Vec<Command>) -> crate::batcher::Written {
         self.inner.batcher.write(commands).await
+    }
+}
+
+/// The result of a one-command proposal, or the refusal it stands for.
+pub(crate) fn only_result(applied: Applied) -> Result<CommandResult, ClusterError> {
+    let result = applied.results.into_iter().next().ok_or(ClusterError::Internal)?;
+    match gatehouse_domain::result::refusal(&result) {
+        Ok(None) => Ok(result),
+        Ok(Some(refused)) => Err(ClusterError::Refused(refused)),
+        Err(code) => {
+            tracing::error!(code, "a result code this version does not know");
+            Err(ClusterError::Internal)
+        }
     }
 }
 

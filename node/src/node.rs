@@ -153,7 +153,7 @@ impl Node {
             let _raft_rt = raft_rt.handle().enter();
             let cluster =
                 Cluster::new(config.node_id, raft.clone(), view, peers, config.max_staleness(), stop.subscribe());
-            let api = gatehouse_api::Node::new(cluster.clone());
+            let api = gatehouse_api::Node::new(std::sync::Arc::new(cluster.clone()));
             let audit_tasks =
                 gatehouse_api::audit::start(&api, audit_log.clone(), config.audit.clone(), &stop.subscribe());
             let front = front(&config, api.clone(), stop.subscribe());
@@ -220,10 +220,10 @@ impl Node {
                 ))
                 .add_service(gatehouse_cluster::raft::service::server(cluster.clone()))
                 .add_service(gatehouse_cluster::control::server(cluster.clone(), storage.clone()))
-                .add_service(gatehouse_api::admin::cluster::server(api.clone()))
-                .add_service(gatehouse_api::admin::users::server(api.clone(), front.passwords.clone()))
-                .add_service(gatehouse_api::admin::keys::server(api.clone()))
-                .add_service(gatehouse_api::admin::sessions::server(api.clone()))
+                .add_service(gatehouse_api::admin::cluster::server(api.clone(), cluster.clone()))
+                .add_service(gatehouse_api::admin::users::server(api.clone(), cluster.clone(), front.passwords.clone()))
+                .add_service(gatehouse_api::admin::keys::server(api.clone(), cluster.clone()))
+                .add_service(gatehouse_api::admin::sessions::server(api.clone(), cluster.clone()))
                 .add_service(gatehouse_api::admin::roles::server(api.clone()))
                 .add_service(gatehouse_api::admin::audit::server(api.clone(), audit_log, streams));
             // Small request/response RPCs: without TCP_NODELAY, Nagle and
@@ -306,7 +306,7 @@ impl Node {
                 node.bootstrap_key = crate::bootstrap::first_admin(&node.cluster, key_file).await?;
             }
         }
-        crate::recovery::resume(&node.api, &config.data_dir);
+        crate::recovery::resume(&node.api, &config.data_dir, node.stop.subscribe());
         Ok(node)
     }
 

@@ -25,10 +25,15 @@ use anyhow::{bail, Context};
 use gatehouse_api::mint::new_api_key;
 use gatehouse_api::{ApiError, Node};
 use gatehouse_cluster::ids::new_id;
+use gatehouse_cluster::periodic::Shutdown;
 use gatehouse_domain::roles::ADMIN;
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{AssignRole, CreateApiKey, CreateUser};
 use serde::{Deserialize, Serialize};
+
+/// How long an attempt waits for a leader, and the pause between attempts.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(2);
 
 /// The request file's name in the data directory.
 pub const FILE: &str = "admin-recovery.json";
@@ -83,8 +88,9 @@ pub fn request(data_dir: &Path, username: &str) -> anyhow::Result<String> {
 }
 
 /// On start: if a recovery request waits in `data_dir`, carries it out in
-/// the background once a leader is known (retrying until it is done).
-pub fn resume(node: &Node, data_dir: &Path) {
+/// the background once a leader is known (retrying until it is done or the
+/// node stops).
+pub fn resume(node: &Node, data_dir: &Path, mut stop: Shutdown) {
     let file = path(data_dir);
     if !file.exists() {
         return;
@@ -102,7 +108,10 @@ pub fn resume(node: &Node, data_dir: &Path) {
                 }
                 Err(Failed::NotYet(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), "admin recovery not done yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => {}
+                        _ = stop.wait() => return,
+                    }
                 }
             }
         }
@@ -132,11 +141,14 @@ async fn carry_out(node: &Node, file: &Path) -> Result<(), Failed> {
     let (1, Some(secret_sha256)) = (req.version, secret_sha256) else {
         return Err(Failed::Refused("the recovery request is malformed".into()));
     };
-    let mut metrics = node.cluster().raft().metrics();
-    tokio::time::timeout(Duration::from_secs(30), metrics.wait_for(|m| m.current_leader.is_some()))
-        .await
-        .context("no leader yet")?
-        .context("raft stopped")?;
+    // At start an election is usually under way: give it time before
+    // counting a failed attempt.
+    let elected = async {
+        while node.leader().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(LEADER_WAIT, elected).await.context("no leader yet")?;
     if !node.catch_up(Duration::from_secs(2)).await {
         return Err(Failed::NotYet(anyhow::anyhow!("not caught up with the leader yet")));
     }

@@ -22,13 +22,17 @@ use super::learner;
 use crate::{ApiError, Node};
 use gatehouse_cluster::control::local_status;
 use gatehouse_cluster::forward::Credentials;
+use gatehouse_cluster::Cluster;
 
 pub struct ClusterAdmin {
+    /// Authorization and audit.
     node: Node,
+    /// The membership, Raft and the other voters.
+    cluster: Cluster,
 }
 
-pub fn server(node: Node) -> ClusterServiceServer<ClusterAdmin> {
-    ClusterServiceServer::new(ClusterAdmin { node })
+pub fn server(node: Node, cluster: Cluster) -> ClusterServiceServer<ClusterAdmin> {
+    ClusterServiceServer::new(ClusterAdmin { node, cluster })
 }
 
 /// How long a status call waits for each node.
@@ -86,15 +90,16 @@ impl ClusterAdmin {
     {
         match local().await {
             Ok(resp) => {
-                let m = resp.membership.clone().unwrap_or_else(|| {
-                    self.node.cluster().raft().metrics().borrow().membership_config.membership().clone()
-                });
+                let m = resp
+                    .membership
+                    .clone()
+                    .unwrap_or_else(|| self.cluster.raft().metrics().borrow().membership_config.membership().clone());
                 Ok(Response::new(membership_response(resp.log_id.index, &m)))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = f.leader_node.map(|n| n.addr).ok_or(ApiError::Unavailable { leader: None })?;
                 let (message, caller) = (req.get_ref().clone(), Credentials::Caller(req.metadata()));
-                let cluster = self.node.cluster();
+                let cluster = &self.cluster;
                 let answer = cluster
                     .to_leader(&addr, message, caller, MEMBERSHIP_FORWARD_TIMEOUT, async |ch, fwd| {
                         forward(ClusterServiceClient::new(ch), fwd).await
@@ -119,19 +124,19 @@ impl ClusterService for ClusterAdmin {
     async fn status(&self, req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
         // Status stays readable on a stale node: it is how operators find out why.
         authorize_stale(&self.node, req.metadata(), Permission::ClusterRead).await?;
-        let metrics = self.node.cluster().raft().metrics().borrow().clone();
+        let metrics = self.cluster.raft().metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let me = self.node.id();
         let calls = membership.nodes().map(|(id, node)| {
             let (id, addr) = (*id, node.addr.clone());
-            let node = self.node.clone();
+            let cluster = self.cluster.clone();
             async move {
                 if id == me {
-                    return (id, addr, Some(local_status(node.cluster())));
+                    return (id, addr, Some(local_status(&cluster)));
                 }
                 let status = async {
-                    let mut client = node.cluster().peers().control_client(&addr).ok()?;
+                    let mut client = cluster.peers().control_client(&addr).ok()?;
                     let mut r = Request::new(gatehouse_proto::control::LocalStatusRequest {});
                     r.set_timeout(STATUS_TIMEOUT);
                     client.local_status(r).await.ok().map(|r| r.into_inner())
@@ -188,17 +193,17 @@ impl ClusterService for ClusterAdmin {
         validate_addr(&r.addr)?;
         // Refused before it enters the membership: the leader would send the
         // secret and the log there in plaintext.
-        self.node.cluster().peers().check_dialable(&r.addr)?;
-        let membership = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
+        self.cluster.peers().check_dialable(&r.addr)?;
+        let membership = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
         learner::fits(&membership, r.node_id, &r.addr)?;
         let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
         // The probe carries the cluster secret to the address: every one is
         // audited, refused or not.
-        let audit = match learner::probe(&self.node, r.node_id, &r.addr).await {
+        let audit = match learner::probe(&self.cluster, r.node_id, &r.addr).await {
             Ok(()) => audit,
             Err(e) => return Err(audit.done::<(), _>(Err(e)).unwrap_err().into()),
         };
-        let (raft, node) = (self.node.cluster().raft().clone(), self.node.clone());
+        let (raft, cluster) = (self.cluster.raft().clone(), self.cluster.clone());
         // Set when this node (the leader) added it and it did not catch up in time.
         let behind = std::sync::Arc::new(std::sync::Mutex::new(None));
         let behind_here = behind.clone();
@@ -209,7 +214,7 @@ impl ClusterService for ClusterAdmin {
                     let added = raft.add_learner(r.node_id, BasicNode { addr: r.addr }, false).await;
                     if let Ok(resp) = &added {
                         let caught_up =
-                            learner::wait_caught_up(&node, r.node_id, resp.log_id.index, learner::CATCH_UP_TIMEOUT);
+                            learner::wait_caught_up(&cluster, r.node_id, resp.log_id.index, learner::CATCH_UP_TIMEOUT);
                         if let Err(status) = caught_up.await {
                             *behind_here.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
                         }
@@ -231,11 +236,11 @@ impl ClusterService for ClusterAdmin {
         let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
-        let m = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
+        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
         if m.get_node(&id).is_none() {
             return Err(ApiError::NotFound(format!("node {id} is not a member; add it as a learner first")).into());
         }
-        let raft = self.node.cluster().raft().clone();
+        let raft = self.cluster.raft().clone();
         let audit = self.audit(&actor, "cluster.promote", id, String::new());
         self.on_leader(
             &req,
@@ -252,7 +257,7 @@ impl ClusterService for ClusterAdmin {
         let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let id = req.get_ref().node_id;
         validate_id(id)?;
-        let m = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
+        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
         if m.get_node(&id).is_none() {
             return Err(ApiError::NotFound(format!("node {id} is not a member")).into());
         }
@@ -260,7 +265,7 @@ impl ClusterService for ClusterAdmin {
         if is_voter && m.voter_ids().count() == 1 {
             return Err(ApiError::FailedPrecondition("cannot remove the last voter".into()).into());
         }
-        let raft = self.node.cluster().raft().clone();
+        let raft = self.cluster.raft().clone();
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -281,7 +286,7 @@ impl ClusterService for ClusterAdmin {
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
-        let raft = self.node.cluster().raft();
+        let raft = self.cluster.raft();
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         raft.trigger().snapshot().await.map_err(|e| {
             tracing::error!(error = %e, "raft stopped");
@@ -309,21 +314,20 @@ impl ClusterService for ClusterAdmin {
         let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
         let target = req.get_ref().node_id;
         validate_id(target)?;
-        let m = self.node.cluster().raft().metrics().borrow().membership_config.membership().clone();
+        let m = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
         if m.get_node(&target).is_none() {
             return Err(ApiError::NotFound(format!("node {target} is not a member")).into());
         }
         match self.node.leader() {
             Some((id, _)) if id == self.node.id() => {
                 let audit = self.audit(&actor, "cluster.transfer_leadership", target, String::new());
-                let (leader_id, term) = audit.done(self.node.cluster().transfer_leadership(target).await)?;
+                let (leader_id, term) = audit.done(self.cluster.transfer_leadership(target).await)?;
                 Ok(Response::new(TransferLeadershipResponse { leader_id, term }))
             }
             Some((_, addr)) => {
                 let caller = Credentials::Caller(req.metadata());
                 let answer = self
-                    .node
-                    .cluster()
+                    .cluster
                     .to_leader(&addr, *req.get_ref(), caller, TRANSFER_FORWARD_TIMEOUT, async |ch, fwd| {
                         ClusterServiceClient::new(ch).transfer_leadership(fwd).await
                     })
@@ -346,12 +350,13 @@ const TRANSFER_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// a follower that forwards the call records nothing).
 struct Audit {
     node: Node,
+    cluster: Cluster,
     event: gatehouse_proto::events::AuditEvent,
 }
 
 impl Audit {
     fn done<T, E: std::fmt::Display>(mut self, result: Result<T, E>) -> Result<T, E> {
-        self.event.after = membership_snapshot(&self.node);
+        self.event.after = membership_snapshot(&self.cluster);
         match &result {
             Ok(_) => self.event.outcome = "ok".into(),
             Err(e) => {
@@ -369,14 +374,14 @@ impl ClusterAdmin {
         let who = crate::audit::Actor::of(actor, crate::admin::call::grpc_peer());
         let mut event = crate::audit::event(action, "", &who, format!("node:{node}"));
         event.detail = detail;
-        event.before = membership_snapshot(&self.node);
-        Audit { node: self.node.clone(), event }
+        event.before = membership_snapshot(&self.cluster);
+        Audit { node: self.node.clone(), cluster: self.cluster.clone(), event }
     }
 }
 
 /// The cluster as an audit snapshot: members, leader, term, latest snapshot.
-fn membership_snapshot(node: &Node) -> String {
-    let m = node.cluster().raft().metrics().borrow().clone();
+fn membership_snapshot(cluster: &Cluster) -> String {
+    let m = cluster.raft().metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let nodes: Vec<_> = membership.nodes().map(|(id, n)| serde_json::json!({ "id": id, "addr": n.addr })).collect();
     serde_json::json!({

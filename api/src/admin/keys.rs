@@ -15,6 +15,7 @@ use super::auth::authorize;
 use super::{check_covers, check_covers_owner, find_user, key_pb, revoked};
 use crate::{mint, ApiError, Node};
 use gatehouse_cluster::clock::now_ms;
+use gatehouse_cluster::Cluster;
 
 /// Longest key lifetime accepted (10 years).
 const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
@@ -24,10 +25,12 @@ const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
 pub struct Keys {
     node: Node,
+    /// For `wait_all`: which voters applied a revocation.
+    cluster: Cluster,
 }
 
-pub fn server(node: Node) -> KeyServiceServer<Keys> {
-    KeyServiceServer::new(Keys { node })
+pub fn server(node: Node, cluster: Cluster) -> KeyServiceServer<Keys> {
+    KeyServiceServer::new(Keys { node, cluster })
 }
 
 #[tonic::async_trait]
@@ -176,6 +179,6 @@ impl KeyService for Keys {
         }
         let cmd = self.node.command(Payload::RevokeApiKey(RevokeApiKey { key_id: r.id }));
         let result = super::write(&self.node, &actor, cmd).await?;
-        Ok(Response::new(revoked(&self.node, 1, result.log_index, r.wait_all).await))
+        Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
     }
 }

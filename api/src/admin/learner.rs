@@ -17,7 +17,9 @@ use gatehouse_proto::control as pb;
 use gatehouse_storage::types::{Membership, NodeId};
 use tonic::Status;
 
-use crate::{ApiError, Node};
+use gatehouse_cluster::Cluster;
+
+use crate::ApiError;
 
 /// How long the node at the address has to answer one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,10 +52,10 @@ pub fn fits(m: &Membership, id: NodeId, addr: &str) -> Result<(), ApiError> {
 
 /// Asks the node at `addr` who it is, as the leader will reach it. An
 /// address where nothing listens is tried again for [`PROBE_WINDOW`].
-pub async fn probe(node: &Node, id: NodeId, addr: &str) -> Result<(), ApiError> {
+pub async fn probe(cluster: &Cluster, id: NodeId, addr: &str) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + PROBE_WINDOW;
     let status = loop {
-        let mut client = node.cluster().peers().control_client_once(addr)?;
+        let mut client = cluster.peers().control_client_once(addr)?;
         let mut req = tonic::Request::new(pb::LocalStatusRequest {});
         req.set_timeout(PROBE_TIMEOUT);
         match tokio::time::timeout(PROBE_TIMEOUT, client.local_status(req)).await {
@@ -88,8 +90,8 @@ fn why(s: &Status) -> &'static str {
 
 /// Waits until the leader knows `id` holds the log through `index`;
 /// otherwise says how far it got.
-pub async fn wait_caught_up(node: &Node, id: NodeId, index: u64, within: Duration) -> Result<(), Status> {
-    let mut metrics = node.cluster().raft().metrics();
+pub async fn wait_caught_up(cluster: &Cluster, id: NodeId, index: u64, within: Duration) -> Result<(), Status> {
+    let mut metrics = cluster.raft().metrics();
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let held = metrics

@@ -20,14 +20,15 @@ pub mod sessions;
 pub mod streams;
 pub mod users;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatehouse_domain::State;
 use gatehouse_proto::admin::{ApiKey, Revoked, Role, Session, User};
-use gatehouse_proto::control::LocalStatusRequest;
 use gatehouse_proto::state::{ApiKeyRecord, RoleRecord, SessionRecord, UserRecord};
 
 use crate::identity::Principal;
+use gatehouse_cluster::Cluster;
+
 use crate::{ApiError, Node};
 
 /// Before every admin call's authorization ([`auth::authorize`]): catch up
@@ -227,50 +228,14 @@ pub fn newest_first(created_at: u64, id: &str) -> String {
 }
 
 /// How long `wait_all` waits for every voter.
-const WAIT_ALL: Duration = Duration::from_secs(5);
+pub(crate) const WAIT_ALL: Duration = Duration::from_secs(5);
 
 /// Completes a revocation answer; with `wait_all`, only once every
 /// reachable voter reports it applied `log_index`.
-pub async fn revoked(node: &Node, count: u32, log_index: u64, wait_all: bool) -> Revoked {
+pub async fn revoked(cluster: &Cluster, count: u32, log_index: u64, wait_all: bool) -> Revoked {
     let (applied_on, unreachable) =
-        if wait_all { applied_everywhere(node, log_index).await } else { (Vec::new(), Vec::new()) };
+        if wait_all { cluster.applied_on_voters(log_index, WAIT_ALL).await } else { (Vec::new(), Vec::new()) };
     Revoked { count, log_index, applied_on, unreachable }
-}
-
-/// Waits (up to `WAIT_ALL`) until every voter reports it applied
-/// `log_index`; returns the voters that did and those that did not answer.
-pub async fn applied_everywhere(node: &Node, log_index: u64) -> (Vec<u64>, Vec<u64>) {
-    let (mut applied_on, mut unreachable) = (Vec::new(), Vec::new());
-    let membership = node.cluster().raft().metrics().borrow().membership_config.membership().clone();
-    let deadline = Instant::now() + WAIT_ALL;
-    for id in membership.voter_ids() {
-        let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
-        let applied = loop {
-            let index = if id == node.id() {
-                Some(node.view().applied_index())
-            } else {
-                let call = async {
-                    let mut client = node.cluster().peers().control_client(&addr).ok()?;
-                    let mut req = tonic::Request::new(LocalStatusRequest {});
-                    req.set_timeout(Duration::from_millis(500));
-                    client.local_status(req).await.ok().map(|r| r.into_inner().applied_index)
-                };
-                call.await
-            };
-            match index {
-                Some(i) if i >= log_index => break true,
-                None => break false,
-                Some(_) if Instant::now() >= deadline => break false,
-                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        if applied {
-            applied_on.push(id);
-        } else {
-            unreachable.push(id);
-        }
-    }
-    (applied_on, unreachable)
 }
 
 #[cfg(test)]

@@ -13,14 +13,18 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::{check_covers, check_covers_owner, find_user, revoked, session_pb};
+use gatehouse_cluster::Cluster;
+
 use crate::{ApiError, Node};
 
 pub struct Sessions {
     node: Node,
+    /// For `wait_all`: which voters applied a revocation.
+    cluster: Cluster,
 }
 
-pub fn server(node: Node) -> SessionServiceServer<Sessions> {
-    SessionServiceServer::new(Sessions { node })
+pub fn server(node: Node, cluster: Cluster) -> SessionServiceServer<Sessions> {
+    SessionServiceServer::new(Sessions { node, cluster })
 }
 
 #[tonic::async_trait]
@@ -63,7 +67,7 @@ impl SessionService for Sessions {
         }
         let cmd = self.node.command(Payload::RevokeSession(RevokeSession { session_id: r.id }));
         let result = super::write(&self.node, &actor, cmd).await?;
-        Ok(Response::new(revoked(&self.node, 1, result.log_index, r.wait_all).await))
+        Ok(Response::new(revoked(&self.cluster, 1, result.log_index, r.wait_all).await))
     }
 
     #[tracing::instrument(level = "info", name = "admin.sessions.revoke_all", skip_all, fields(actor))]
@@ -82,7 +86,7 @@ impl SessionService for Sessions {
         let result = super::write(&self.node, &actor, cmd).await?;
         // The command's result id carries how many sessions it ended.
         let count = result.id.parse().unwrap_or(0);
-        Ok(Response::new(revoked(&self.node, count, result.log_index, r.wait_all).await))
+        Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))
     }
 
     #[tracing::instrument(level = "warn", name = "admin.sessions.revoke_everything", skip_all, fields(actor))]
@@ -101,6 +105,6 @@ impl SessionService for Sessions {
                 .await?;
         let count = result.id.parse().unwrap_or(0);
         tracing::warn!(sessions = count, "every session in the cluster revoked");
-        Ok(Response::new(revoked(&self.node, count, result.log_index, r.wait_all).await))
+        Ok(Response::new(revoked(&self.cluster, count, result.log_index, r.wait_all).await))
     }
 }

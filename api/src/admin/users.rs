@@ -14,15 +14,19 @@ use super::auth::authorize;
 use super::{check_covers, find_user, user_pb};
 use crate::identity::Principal;
 use crate::passwords::PasswordPool;
+use gatehouse_cluster::Cluster;
+
 use crate::{ApiError, Node};
 
 pub struct Users {
     node: Node,
+    /// For `wait_all`: which voters applied a change of status.
+    cluster: Cluster,
     passwords: PasswordPool,
 }
 
-pub fn server(node: Node, passwords: PasswordPool) -> UserServiceServer<Users> {
-    UserServiceServer::new(Users { node, passwords })
+pub fn server(node: Node, cluster: Cluster, passwords: PasswordPool) -> UserServiceServer<Users> {
+    UserServiceServer::new(Users { node, cluster, passwords })
 }
 
 /// A status by name; `None` for the empty string.
@@ -210,7 +214,7 @@ impl UserService for Users {
             .command(Payload::SetUserStatus(SetUserStatus { user_id: user_id.clone(), status: status as i32 }));
         let result = super::write(&self.node, &actor, cmd).await?;
         if r.wait_all {
-            super::applied_everywhere(&self.node, result.log_index).await;
+            self.cluster.applied_on_voters(result.log_index, super::WAIT_ALL).await;
         }
         Ok(Response::new(self.current(&user_id)?))
     }

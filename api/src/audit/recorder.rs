@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn refusals_are_one_record_per_bucket_with_count_and_first_and_last_seen() {
         let r = Recorder::new(3);
-        let m = crate::metrics::Metrics::new(&Default::default());
+        let m = crate::metrics::Metrics::new(|_| {});
         // One client rotating through its /64, and one other address.
         for i in 0..500 {
             r.count(&m, "ratelimit.hit", "policy:login".into(), format!("2001:db8:1:2::{i:x}"), String::new());

@@ -371,7 +371,7 @@ impl Limiter {
     /// starts a new round of shares.
     async fn sync(&self) {
         let c = &self.inner.node;
-        let members = c.cluster().raft().metrics().borrow().membership_config.membership().nodes().count() as u64;
+        let members = c.members() as u64;
         self.inner.members.store(members.max(1), Ordering::Relaxed);
         let mut sent = Vec::new();
         let mut deltas: Vec<Delta> = {
