@@ -33,6 +33,11 @@ async fn main() -> ExitCode {
             println!("New admin API key for {} (shown once, store it now):\n\n    {key}\n", args.username);
             println!("Start the node: once it has a leader, the key works on every node (audited as cluster.admin_recovered).");
         }),
+        Command::Tls(cmd) => gatehouse::cli::tls::run(cmd).map(|wrote| {
+            for path in wrote {
+                println!("wrote {}", path.display());
+            }
+        }),
         Command::Completions { shell } => {
             gatehouse::cli::completions(shell, &mut std::io::stdout().lock());
             Ok(())

@@ -1,4 +1,5 @@
-//! The command line: `gatehouse serve …` and `gatehouse admin …`, one file
+//! The command line: `gatehouse serve …`, `gatehouse tls …` (`tls.rs`) and
+//! `gatehouse admin …`, one file
 //! per admin service (as the API has one service per resource), the
 //! connection, shared arguments and output beside them.
 //!
@@ -14,6 +15,7 @@ mod keys;
 mod output;
 mod roles;
 mod sessions;
+pub mod tls;
 mod users;
 
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +57,9 @@ pub enum Command {
     /// key is printed once; the node carries the request out through the
     /// log (audited) when it next starts and has a leader.
     RecoverAdmin(RecoverAdminArgs),
+    /// Certificates for a first cluster: a CA, and each node's certificate.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Print a shell completion script, e.g. `gatehouse completions bash > /etc/bash_completion.d/gatehouse`.
     Completions {
         #[arg(value_enum)]

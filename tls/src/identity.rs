@@ -1,0 +1,141 @@
+//! What a certificate says about who holds it.
+//!
+//! A node's certificate binds its node id as a DNS name,
+//! `gatehouse-node-<id>` (see [`node_name`]): a peer that presents the
+//! certificate of node 2 is node 2 and nothing else, whatever id its
+//! messages claim. The same certificate carries the node's real host names
+//! and addresses for clients that dial it by those.
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The DNS name that binds node `id` to a certificate.
+pub fn node_name(id: u64) -> String {
+    format!("{NODE_NAME_PREFIX}{id}")
+}
+
+const NODE_NAME_PREFIX: &str = "gatehouse-node-";
+
+/// The facts of one certificate that Gatehouse acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Every node id the certificate names (a node certificate names one).
+    pub node_ids: Vec<u64>,
+    /// The serial number, lowercase hex without separators (as deny-lists
+    /// and `openssl x509 -serial` give it, case aside).
+    pub serial: String,
+    /// When it stops being valid, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Whether it is a CA certificate (basic constraints).
+    pub is_ca: bool,
+}
+
+impl CertInfo {
+    /// The one node id the certificate is bound to, if exactly one.
+    pub fn node_id(&self) -> Option<u64> {
+        match self.node_ids.as_slice() {
+            [id] => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a DER certificate; the error says what is wrong without its bytes.
+pub fn parse(cert: &CertificateDer<'_>) -> Result<CertInfo, String> {
+    let (rest, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|_| "not an X.509 certificate".to_string())?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the certificate".into());
+    }
+    let mut node_ids = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                if let Some(id) = node_id_of_name(dns) {
+                    node_ids.push(id);
+                }
+            }
+        }
+    }
+    node_ids.sort_unstable();
+    node_ids.dedup();
+    Ok(CertInfo {
+        node_ids,
+        serial: hex::encode(x509.raw_serial()).trim_start_matches('0').to_string(),
+        not_after: x509.validity().not_after.timestamp(),
+        is_ca: x509.is_ca(),
+    })
+}
+
+/// `gatehouse-node-<id>` → `id` (a positive decimal without leading zeros,
+/// so one id has one name).
+fn node_id_of_name(dns: &str) -> Option<u64> {
+    let digits = dns.strip_prefix(NODE_NAME_PREFIX)?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A serial number as an operator may write it (`0A:1b:…`, `0x0a1b…`,
+/// `a1b…`), in the form [`CertInfo::serial`] has; `None` if it is not hex.
+pub fn normalize_serial(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.is_empty() || hex.len() > 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let trimmed = hex.to_ascii_lowercase().trim_start_matches('0').to_string();
+    Some(if trimmed.is_empty() { "0".into() } else { trimmed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_bind_exactly_one_id() {
+        assert_eq!(node_id_of_name("gatehouse-node-3"), Some(3));
+        assert_eq!(node_id_of_name(&node_name(42)), Some(42));
+        for bad in [
+            "gatehouse-node-",
+            "gatehouse-node-03",
+            "gatehouse-node-0",
+            "gatehouse-node-3a",
+            "node-3",
+            "gatehouse-node--3",
+            "gatehouse-node-99999999999999999999999",
+        ] {
+            assert_eq!(node_id_of_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn serials_compare_however_they_are_written() {
+        assert_eq!(normalize_serial("0A:1B:2c").as_deref(), Some("a1b2c"));
+        assert_eq!(normalize_serial("0x0a1b2c").as_deref(), Some("a1b2c"));
+        assert_eq!(normalize_serial(" a1b2c ").as_deref(), Some("a1b2c"));
+        assert_eq!(normalize_serial("00").as_deref(), Some("0"));
+        for bad in ["", "xyz", "12 34", &"a".repeat(65)] {
+            assert_eq!(normalize_serial(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_issued_node_certificate_says_its_id_serial_and_expiry() {
+        let ca = crate::issue::new_ca("test CA", 10).unwrap();
+        let node =
+            crate::issue::node_certificate(&ca, 7, &["n7.example".into()], &["10.0.0.7".parse().unwrap()], 5).unwrap();
+        let info = parse(&node.cert_der).unwrap();
+        assert_eq!(info.node_id(), Some(7));
+        assert!(!info.is_ca);
+        assert_eq!(normalize_serial(&info.serial).as_deref(), Some(info.serial.as_str()));
+        let days = (info.not_after - time::OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
+        assert!((4..=5).contains(&days), "{days}");
+        let ca_info = parse(&ca.cert_der).unwrap();
+        assert!(ca_info.is_ca);
+        assert_eq!(ca_info.node_id(), None);
+        assert!(parse(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])).is_err());
+    }
+}

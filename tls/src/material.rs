@@ -1,0 +1,160 @@
+//! The certificate and key a node serves (and dials its peers with),
+//! reloaded from their files without a restart.
+//!
+//! [`Material::reload`] reads both files again; a pair that does not load
+//! (a half-written file, a key that is not the certificate's) is refused
+//! and the pair in use stays, so a rotation that goes wrong never takes a
+//! node off the air. New handshakes use the new pair; open connections keep
+//! theirs. The node calls it on SIGHUP and on a periodic check of the files.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::sign::CertifiedKey;
+
+use crate::identity::CertInfo;
+use crate::TlsError;
+
+/// A certificate chain and key from files, swapped in place on reload.
+#[derive(Clone, Debug)]
+pub struct Material {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    info: CertInfo,
+    /// The files' bytes when they were loaded: a reload that finds the same
+    /// bytes changes nothing.
+    seen: (Vec<u8>, Vec<u8>),
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, TlsError> {
+    let chain = crate::pem::certificates(cert_file)?;
+    let key = crate::pem::private_key(key_file)?;
+    let info = crate::identity::parse(&chain[0]).map_err(|why| TlsError::file(cert_file, why))?;
+    if info.is_ca {
+        return Err(TlsError::file(cert_file, "is a CA certificate, not one to serve with"));
+    }
+    let certified = CertifiedKey::from_der(chain, key, &crate::provider())
+        .map_err(|_| TlsError::file(key_file, format!("is not the key of {}", cert_file.display())))?;
+    let seen = (
+        std::fs::read(cert_file).map_err(|e| TlsError::file(cert_file, e))?,
+        std::fs::read(key_file).map_err(|e| TlsError::file(key_file, e))?,
+    );
+    Ok(Loaded { key: Arc::new(certified), info, seen })
+}
+
+impl Material {
+    /// Loads the chain in `cert_file` and the key in `key_file`.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Material, TlsError> {
+        let loaded = load(cert_file, key_file)?;
+        Ok(Material {
+            inner: Arc::new(Inner {
+                cert_file: cert_file.to_path_buf(),
+                key_file: key_file.to_path_buf(),
+                current: RwLock::new(loaded),
+            }),
+        })
+    }
+
+    /// Reads the files again. `Ok(true)` if a new pair is now in use,
+    /// `Ok(false)` if the files did not change; on an error the pair in use
+    /// stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let unchanged = |cur: &Loaded| {
+            std::fs::read(&self.inner.cert_file).is_ok_and(|c| c == cur.seen.0)
+                && std::fs::read(&self.inner.key_file).is_ok_and(|k| k == cur.seen.1)
+        };
+        if unchanged(&self.inner.current.read().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(false);
+        }
+        let loaded = load(&self.inner.cert_file, &self.inner.key_file)?;
+        tracing::info!(
+            cert = %self.inner.cert_file.display(),
+            serial = %loaded.info.serial,
+            not_after = loaded.info.not_after,
+            "TLS certificate reloaded"
+        );
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(true)
+    }
+
+    /// The pair new handshakes use.
+    pub fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).key.clone()
+    }
+
+    /// What the certificate in use says (node id, serial, expiry).
+    pub fn info(&self) -> CertInfo {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).info.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Material {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.certified_key())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Material {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.certified_key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::{new_ca, node_certificate};
+
+    #[test]
+    fn a_reload_swaps_a_good_pair_and_keeps_the_old_one_on_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("node.pem"), dir.path().join("node.key"));
+        let ca = new_ca("test CA", 30).unwrap();
+        let write = |i: &crate::issue::Issued| {
+            std::fs::write(&cert, &i.cert_pem).unwrap();
+            std::fs::write(&key, i.key_pem.expose()).unwrap();
+        };
+        let first = node_certificate(&ca, 1, &[], &[], 30).unwrap();
+        write(&first);
+        let m = Material::load(&cert, &key).unwrap();
+        let serial = m.info().serial;
+        assert!(!m.reload().unwrap(), "same files, nothing to do");
+
+        let second = node_certificate(&ca, 1, &[], &[], 30).unwrap();
+        write(&second);
+        assert!(m.reload().unwrap());
+        assert_ne!(m.info().serial, serial);
+        assert_eq!(m.certified_key().cert[0], second.cert_der);
+
+        // Half a rotation: the new certificate, the old key. Refused; the
+        // pair in use stays.
+        let third = node_certificate(&ca, 1, &[], &[], 30).unwrap();
+        std::fs::write(&cert, &third.cert_pem).unwrap();
+        let e = m.reload().unwrap_err().to_string();
+        assert!(e.contains("is not the key of"), "{e}");
+        assert_eq!(m.certified_key().cert[0], second.cert_der);
+        // A CA certificate is no certificate to serve with.
+        std::fs::write(&cert, &ca.cert_pem).unwrap();
+        std::fs::write(&key, ca.key_pem.expose()).unwrap();
+        assert!(m.reload().unwrap_err().to_string().contains("CA certificate"));
+        // Finished: taken.
+        write(&third);
+        assert!(m.reload().unwrap());
+        assert_eq!(m.certified_key().cert[0], third.cert_der);
+    }
+}

@@ -1,0 +1,67 @@
+//! rustls server configurations.
+
+use std::sync::Arc;
+
+use crate::{Material, TlsError};
+
+/// HTTPS for the HTTP front: the node's certificate (reloaded in place),
+/// no client certificates, HTTP/2 by ALPN beside HTTP/1.1 (`http2` false
+/// offers HTTP/1.1 alone).
+pub fn https(material: &Material, http2: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(crate::VERSIONS)
+        .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(material.clone()));
+    config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::{new_ca, node_certificate};
+    use rustls::pki_types::ServerName;
+
+    /// A real handshake over a socket pair: ALPN, versions, and the name the
+    /// client verified.
+    #[tokio::test]
+    async fn https_negotiates_h2_or_http1_over_tls12_or_13_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("test CA", 30).unwrap();
+        let node = node_certificate(&ca, 1, &["front.example".into()], &[], 30).unwrap();
+        let (cert, key) = (dir.path().join("n.pem"), dir.path().join("n.key"));
+        std::fs::write(&cert, &node.cert_pem).unwrap();
+        std::fs::write(&key, node.key_pem.expose()).unwrap();
+        let material = Material::load(&cert, &key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let roots = Arc::new(roots);
+
+        for (http2, offered, want) in [
+            (true, vec![b"h2".to_vec(), b"http/1.1".to_vec()], Some(b"h2".to_vec())),
+            (false, vec![b"h2".to_vec(), b"http/1.1".to_vec()], Some(b"http/1.1".to_vec())),
+            (true, vec![], None),
+        ] {
+            for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+                let acceptor = tokio_rustls::TlsAcceptor::from(https(&material, http2).unwrap());
+                let mut client = rustls::ClientConfig::builder_with_provider(crate::provider())
+                    .with_protocol_versions(&[version])
+                    .unwrap()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                client.alpn_protocols = offered.clone();
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+                let (a, b) = tokio::io::duplex(64 << 10);
+                let server = tokio::spawn(async move {
+                    acceptor.accept(a).await.map(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+                });
+                let name = ServerName::try_from("front.example").unwrap();
+                let tls = connector.connect(name, b).await.unwrap();
+                assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+                assert_eq!(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec), want);
+                assert_eq!(server.await.unwrap().unwrap(), want);
+            }
+        }
+    }
+}
