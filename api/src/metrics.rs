@@ -51,6 +51,19 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// A TLS listener of this node (`https`).
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub listener: &'static str,
+    /// `reloaded` or `refused` (the files did not load; the old pair stays).
+    pub outcome: &'static str,
+}
+
 type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every series this node exports.
@@ -75,6 +88,10 @@ pub struct Metrics {
     pub untrusted_forwarded_for: Counter,
     /// Audit batches the log took for retries of earlier ones, sent again renumbered.
     pub audit_renumbered: Counter,
+    /// When each TLS listener's certificate stops being valid (Unix seconds).
+    pub tls_expiry: Family<ListenerLabels, Gauge>,
+    /// Certificate reloads that found new files, by outcome.
+    pub tls_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -98,6 +115,8 @@ impl Metrics {
             http_connections: Gauge::default(),
             untrusted_forwarded_for: Counter::default(),
             audit_renumbered: Counter::default(),
+            tls_expiry: Family::default(),
+            tls_reloads: Family::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -118,6 +137,12 @@ impl Metrics {
             m.audit_renumbered.clone(),
         );
         r.register("http_connections", "connections open on the HTTP front", m.http_connections.clone());
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "when the certificate a TLS listener serves stops being valid (Unix time)",
+            m.tls_expiry.clone(),
+        );
+        r.register("tls_reloads", "certificate files found changed, by outcome", m.tls_reloads.clone());
         r.register(
             "untrusted_forwarded_for",
             "requests carrying X-Forwarded-For from a peer that is not a trusted proxy (the header is ignored)",

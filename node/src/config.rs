@@ -158,6 +158,45 @@ impl Default for IdentityConfig {
     }
 }
 
+/// `[https]`: the HTTP front over TLS (rustls; TLS 1.2 and 1.3 only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// The front's certificate chain (PEM, leaf first). Reloaded without a
+    /// restart on SIGHUP and when the files change.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// Offer HTTP/2 by ALPN beside HTTP/1.1.
+    #[serde(default = "HttpsConfig::default_http2")]
+    pub http2: bool,
+    /// `Strict-Transport-Security: max-age=…` on every response; 0 sends none.
+    #[serde(default = "HttpsConfig::default_hsts")]
+    pub hsts_max_age_secs: u64,
+    /// Add `includeSubDomains` to it.
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
+}
+
+impl HttpsConfig {
+    fn default_http2() -> bool {
+        true
+    }
+
+    fn default_hsts() -> u64 {
+        365 * 24 * 3600
+    }
+
+    /// The `Strict-Transport-Security` value, if any.
+    pub fn hsts_header(&self) -> Option<axum::http::HeaderValue> {
+        if self.hsts_max_age_secs == 0 {
+            return None;
+        }
+        let sub = if self.hsts_include_subdomains { "; includeSubDomains" } else { "" };
+        axum::http::HeaderValue::from_str(&format!("max-age={}{sub}", self.hsts_max_age_secs)).ok()
+    }
+}
+
 /// OpenTelemetry trace export. The standard variables win over the file:
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
 /// `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
@@ -197,6 +236,11 @@ pub struct Config {
     /// `[http]`: the HTTP front listener's limits (header-read timeout,
     /// connection cap, HTTP/2 streams).
     pub http: gatehouse_api::http::serve::ServeLimits,
+    /// `[https]`: serve the HTTP front over TLS.
+    pub https: Option<HttpsConfig>,
+    /// Production: serve plain HTTP off loopback because a TLS-terminating
+    /// proxy stands in front (and nothing else can reach `http_addr`).
+    pub http_behind_tls_proxy: bool,
     /// The gRPC address other nodes use to reach this one; defaults to the bound `grpc_addr`.
     pub advertise_addr: Option<String>,
     /// `[peer_routes]`: dial a peer's advertised gRPC address through another
@@ -236,6 +280,8 @@ impl Default for Config {
             metrics_addr: None,
             metrics_on_front: None,
             http: Default::default(),
+            https: None,
+            http_behind_tls_proxy: false,
             advertise_addr: None,
             peer_routes: Default::default(),
             cluster_secret: None,
@@ -265,7 +311,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 22] = [
+const KEYS: [&str; 24] = [
     "identity",
     "rate_limits",
     "audit",
@@ -277,6 +323,8 @@ const KEYS: [&str; 22] = [
     "metrics_addr",
     "metrics_on_front",
     "http",
+    "https",
+    "http_behind_tls_proxy",
     "advertise_addr",
     "peer_routes",
     "cluster_secret",
@@ -359,6 +407,14 @@ impl Config {
         }
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
+        if let Some(h) = &self.https {
+            if self.http_behind_tls_proxy {
+                return bad("set [https] or http_behind_tls_proxy = true, not both");
+            }
+            if h.hsts_max_age_secs > 2 * 365 * 24 * 3600 {
+                return bad("https.hsts_max_age_secs is at most two years");
+            }
+        }
         if self.metrics_on_front == Some(true) && self.metrics_addr.is_some() {
             return bad("set metrics_addr or metrics_on_front = true, not both");
         }
@@ -409,6 +465,15 @@ impl Config {
         if self.mode == Mode::Production {
             if self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {
                 return bad("production mode requires cluster_secret or cluster_secret_file");
+            }
+            // Logins and bearer keys cross the front: in plaintext only on
+            // this machine, or from a proxy that terminated TLS.
+            if self.https.is_none() && !self.http_addr.ip().is_loopback() && !self.http_behind_tls_proxy {
+                return Err(ConfigError::Invalid(format!(
+                    "the HTTP front would take passwords and keys in plaintext on {}: configure [https], or set \
+                     http_behind_tls_proxy = true when a TLS-terminating proxy is the only way in",
+                    self.http_addr
+                )));
             }
             // Raft traffic is plaintext gRPC authenticated by the secret; off
             // loopback it needs TLS, which this build does not offer yet.

@@ -5,7 +5,7 @@
 //! 0; `main.rs` only parses flags. A node serves two listeners:
 //!
 //! ```text
-//!   http_addr  ─► HTTP front (axum): /healthz, /readyz, …
+//!   http_addr  ─► HTTP front (axum; HTTPS with [https]): /healthz, /readyz, …
 //!   grpc_addr  ─► RaftService + ControlService (cluster secret) + admin services (API key + RBAC)
 //! ```
 //!
@@ -16,7 +16,8 @@
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
 //! - [`telemetry`]: logging setup.
-//! - [`cli`]: the command line (`serve`, `admin …`), one file per admin service.
+//! - [`tls`]: the TLS listeners' certificates, reloaded on change and SIGHUP.
+//! - [`cli`]: the command line (`serve`, `tls …`, `admin …`), one file per admin service.
 
 pub mod bootstrap;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod data_dir;
 pub mod node;
 pub mod recovery;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{run, Node};

@@ -100,6 +100,16 @@ impl Node {
             None => anyhow::bail!("a cluster secret is required"),
         };
         let secret = ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?;
+        // TLS files that do not load stop the start before anything opens.
+        let mut served = Vec::new();
+        let https = match &config.https {
+            Some(h) => {
+                let material = gatehouse_tls::Material::load(&h.cert_file, &h.key_file).context("[https]")?;
+                served.push(crate::tls::Served { listener: "https", material: material.clone() });
+                Some(gatehouse_tls::server::https(&material, h.http2)?)
+            }
+            None => None,
+        };
 
         let grpc_listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC {}", config.grpc_addr))?;
@@ -257,11 +267,14 @@ impl Node {
                 let shutdown = async move {
                     rx.wait().await;
                 };
-                gatehouse_api::http::serve::serve(http_listener, app, limits, open, shutdown, Duration::from_secs(5))
-                    .await;
+                let drain = Duration::from_secs(5);
+                gatehouse_api::http::serve::serve(http_listener, app, limits, https, open, shutdown, drain).await;
             })
         };
         let mut servers = vec![http];
+        if !served.is_empty() {
+            servers.extend(crate::tls::keep_current(served, api.clone(), serving.subscribe()));
+        }
         if let Some(listener) = metrics_listener {
             let mut rx = serving.subscribe();
             let app = gatehouse_api::http::metrics_router(front.clone());
@@ -425,6 +438,7 @@ fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Fron
             duration: Duration::from_secs(id.lockout_secs),
         },
         routes: id.routes.clone(),
+        hsts: config.https.as_ref().and_then(|h| h.hsts_header()),
     };
     Front {
         limits: gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown),

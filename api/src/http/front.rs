@@ -73,6 +73,9 @@ pub struct FrontConfig {
     pub routes: Vec<RouteRule>,
     /// Serve `GET /metrics` here (false when a separate listener does).
     pub metrics_on_front: bool,
+    /// `Strict-Transport-Security` on every response (the front serves
+    /// HTTPS); `None` sends none.
+    pub hsts: Option<axum::http::HeaderValue>,
 }
 
 /// What every handler shares.

@@ -138,6 +138,9 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
     for (name, value) in SECURITY_HEADERS {
         h.insert(name, HeaderValue::from_static(value));
     }
+    if let Some(hsts) = &front.config.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     front.node.metrics().observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
 }

@@ -13,9 +13,14 @@
 //! - **A request timeout**: a request (its body read and answered) not done
 //!   within `request_timeout_ms` gets 408 and the connection is closed, so a
 //!   body dribbled a byte at a time cannot hold a slot.
-//! - **HTTP/2 only when asked** (`h2c`), with limits on concurrent streams,
-//!   the header list size and resets; the preface is awaited with the
-//!   header-read timeout.
+//! - **HTTP/2 only when asked** (`h2c`, or `h2` by ALPN over TLS), with
+//!   limits on concurrent streams, the header list size and resets; the
+//!   preface is awaited with the header-read timeout.
+//! - **TLS when configured** (HTTPS): the handshake must finish within the
+//!   header-read timeout too, so a client that starts one and stalls holds
+//!   a slot no longer than one that sends nothing. A failed handshake
+//!   (plaintext to the TLS port, garbage, an old protocol) ends that
+//!   connection only.
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` as `axum::serve` gives it.
 
@@ -130,11 +135,13 @@ fn timed_out() -> axum::response::Response {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open
-/// requests finish for up to `drain` and closes what is left.
+/// requests finish for up to `drain` and closes what is left. With `tls`,
+/// every connection is HTTPS (HTTP/2 when ALPN chose `h2`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     open_connections: prometheus_client::metrics::gauge::Gauge,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
@@ -152,7 +159,10 @@ pub async fn serve(
         .max_pending_accept_reset_streams(Some(20))
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(if limits.h2c { builder } else { builder.http1_only() });
+    // Both protocols (h2c, or TLS that chose h2), and HTTP/1.1 alone.
+    let (both, http1) = (Arc::new(builder.clone()), Arc::new(builder.http1_only()));
+    let plain = if limits.h2c { both.clone() } else { http1.clone() };
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (force_close, closing) = tokio::sync::watch::channel(false);
@@ -187,7 +197,8 @@ pub async fn serve(
                 )
             }
         });
-        let (builder, watcher, mut closing) = (builder.clone(), graceful.watcher(), closing.clone());
+        let (builders, tls, watcher, mut closing) =
+            ((plain.clone(), both.clone(), http1.clone()), tls.clone(), graceful.watcher(), closing.clone());
         open_connections.inc();
         let slot = Slot { gauge: open_connections.clone(), _permit: permit };
         tokio::spawn(async move {
@@ -195,12 +206,35 @@ pub async fn serve(
             // hyper's header-read timeout starts once it has chosen the
             // protocol: a connection that never speaks, or stops inside the
             // HTTP/2 preface, must not hold a slot for ever.
-            if !first_bytes(&tcp, h2c, tokio::time::Instant::now() + header_timeout).await {
+            let deadline = tokio::time::Instant::now() + header_timeout;
+            if !first_bytes(&tcp, h2c && tls.is_none(), deadline).await {
                 return;
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+            let (plain, both, http1) = builders;
+            let Some(acceptor) = tls else {
+                let conn = plain.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+                tokio::select! {
+                    // A client that times out or hangs up mid-request is not an error of ours.
+                    _ = watcher.watch(conn) => {}
+                    _ = closing.wait_for(|c| *c) => {}
+                }
+                return;
+            };
+            let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    static FAILED: gatehouse_cluster::throttle::Throttle =
+                        gatehouse_cluster::throttle::Throttle::new(1_000);
+                    if let Some(suppressed) = FAILED.allow() {
+                        tracing::info!(%peer, error = %e, suppressed, "TLS handshake failed");
+                    }
+                    return;
+                }
+                Err(_) => return,
+            };
+            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { both } else { http1 };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
             tokio::select! {
-                // A client that times out or hangs up mid-request is not an error of ours.
                 _ = watcher.watch(conn) => {}
                 _ = closing.wait_for(|c| *c) => {}
             }
