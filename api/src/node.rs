@@ -18,7 +18,7 @@ use std::time::Duration;
 use gatehouse_cluster::{Applied, Replica};
 use gatehouse_domain::{Command, CommandResult, Payload};
 use gatehouse_proto::events::AuditEvent;
-use gatehouse_storage::{NodeId, StateView};
+use gatehouse_storage::{Member, NodeId, StateView};
 
 use crate::audit::Recorder;
 use crate::identity::LastUse;
@@ -85,8 +85,8 @@ impl Node {
         self.inner.replica.catch_up(wait).await
     }
 
-    /// The current leader's id and address, if known.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
+    /// The current leader's id and addresses, if known.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
         self.inner.replica.leader()
     }
 

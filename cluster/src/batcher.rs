@@ -20,8 +20,8 @@ use std::sync::Arc;
 use gatehouse_domain::bounds::MAX_ENTRY_BYTES;
 use gatehouse_domain::{Command, CommandBatch, CommandResult};
 use gatehouse_storage::types::{NodeId, Raft};
+use gatehouse_storage::Member;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::BasicNode;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -33,7 +33,7 @@ pub const MAX_BATCH: usize = 1024;
 /// previous write (bigger entries, less per-entry work in Raft).
 pub const IN_FLIGHT: usize = 1;
 
-pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
+pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, Member>>;
 
 /// Results of one caller's commands and the log index of their entry.
 pub type Written = Result<(Vec<CommandResult>, u64), WriteError>;

@@ -16,6 +16,7 @@ use crate::freshness::Freshness;
 use crate::metrics::ConsensusMetrics;
 use crate::peers::Peers;
 use crate::periodic::{Periodic, Shutdown};
+use gatehouse_storage::Member;
 
 /// Shared by every server of a node; cheap to clone.
 #[derive(Clone)]
@@ -156,12 +157,13 @@ impl Cluster {
         &self.inner.freshness
     }
 
-    /// The current leader's id and address, if known.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.inner.raft.metrics().borrow().clone();
+    /// The current leader's id and addresses, if known.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
         let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
-        Some((id, addr))
+        let member = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, member))
     }
 
     /// A command stamped by this node, with a fresh request id.

@@ -48,7 +48,7 @@ impl ControlService for ControlRpc {
             // Not the leader (any more): the forwarding node tries again at the
             // leader its own Raft names next (the address here is for logs and clients).
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ClusterError::Unavailable { leader: f.leader_node.map(|n| n.addr) }.into())
+                Err(ClusterError::Unavailable { leader: f.leader_node.map(|n| n.client_addr().to_string()) }.into())
             }
             Err(e) => Err(stopped(e)),
         }
@@ -60,7 +60,9 @@ impl ControlService for ControlRpc {
         match self.cluster.leader_read_index().await {
             Ok(index) => Ok(Response::new(pb::ReadIndexResponse { index })),
             // The asker tries again at its next probe, at the leader its Raft names.
-            Err(NotLeader::Follows(leader)) => Err(ClusterError::Unavailable { leader: Some(leader) }.into()),
+            Err(NotLeader::Follows(leader)) => {
+                Err(ClusterError::Unavailable { leader: Some(leader.client_addr().to_string()) }.into())
+            }
             Err(NotLeader::Unavailable) => Err(ClusterError::Unavailable { leader: None }.into()),
         }
     }

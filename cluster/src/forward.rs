@@ -7,17 +7,20 @@
 //!   `ClusterService`): under the caller's own credentials, so that the
 //!   leader authorizes and audits the call itself.
 //!
-//! Each goes the same way: to the address the caller got from Raft, on the
-//! one cached channel to it, with the caller's trace and a deadline. A leader
-//! that cannot be reached, or does not answer in time, becomes `UNAVAILABLE`
-//! naming it (so a client can go there itself); the leader's own answer,
-//! a refusal or a newer leader it names, passes through unchanged.
+//! Each goes the same way: to the leader's peer address (from Raft's
+//! membership), on the one cached channel to it, with the caller's trace and
+//! a deadline. A leader that cannot be reached, or does not answer in time,
+//! becomes `UNAVAILABLE` naming its client address (so a client can go there
+//! itself); the leader's own answer, a refusal or a newer leader it names,
+//! passes through unchanged.
 
 use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+use gatehouse_storage::Member;
 
 use crate::peers::SECRET_METADATA;
 use crate::{Cluster, ClusterError};
@@ -32,18 +35,18 @@ pub enum Credentials<'a> {
 }
 
 impl Cluster {
-    /// Sends `message` to the leader at `leader` through `call` (which makes
-    /// the client on the channel and calls the method) and returns the
-    /// leader's answer. `timeout` bounds the whole call.
+    /// Sends `message` to `leader` through `call` (which makes the client on
+    /// the channel and calls the method) and returns the leader's answer.
+    /// `timeout` bounds the whole call.
     pub async fn to_leader<Req, Resp>(
         &self,
-        leader: &str,
+        leader: &Member,
         message: Req,
         credentials: Credentials<'_>,
         timeout: Duration,
         call: impl AsyncFnOnce(Channel, Request<Req>) -> Result<Response<Resp>, Status>,
     ) -> Result<Resp, Status> {
-        let channel = self.inner.peers.channel(leader)?;
+        let channel = self.inner.peers.channel(&leader.addr)?;
         let mut req = Request::new(message);
         match credentials {
             Credentials::Cluster => {
@@ -59,7 +62,7 @@ impl Cluster {
         req.set_timeout(timeout);
         let answer = tokio::time::timeout(timeout, call(channel, req)).await;
         let answer = answer.unwrap_or_else(|_| Err(Status::deadline_exceeded("the leader did not answer in time")));
-        unreachable_names(answer, leader).map(Response::into_inner)
+        unreachable_names(answer, leader.client_addr()).map(Response::into_inner)
     }
 }
 

@@ -21,6 +21,8 @@ use gatehouse_proto::control::control_service_client::ControlServiceClient;
 use gatehouse_proto::control::ProposeRequest;
 use openraft::error::{ClientWriteError, RaftError};
 
+use gatehouse_storage::Member;
+
 use crate::forward::Credentials;
 use crate::peers::MAX_RAFT_MESSAGE;
 use crate::{Cluster, ClusterError};
@@ -78,7 +80,7 @@ impl Cluster {
             // A follower that knows its leader sends the write there at
             // once: its own batcher would only learn the same from Raft.
             let leader = match self.leader() {
-                Some((id, addr)) if id != self.inner.id => Some(addr),
+                Some((id, member)) if id != self.inner.id => Some(member),
                 _ => {
                     // A leader cut off from its quorum never commits: the
                     // deadline bounds the local write too (the outcome is then
@@ -91,7 +93,7 @@ impl Cluster {
                     };
                     match written {
                         Ok((results, log_index)) => return Ok(Applied { results, log_index }),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node.map(|n| n.addr),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node,
                         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                             tracing::error!(error = %e, "membership error on a normal write");
                             return Err(ClusterError::Internal);
@@ -103,11 +105,12 @@ impl Cluster {
                     }
                 }
             };
-            if let Some(addr) = leader {
-                leader_hint = Some(addr.clone());
-                match self.forward(&addr, &batch, deadline).await {
+            if let Some(member) = leader {
+                // Clients are told where they can reach the leader themselves.
+                leader_hint = Some(member.client_addr().to_string());
+                match self.forward(&member, &batch, deadline).await {
                     Ok(applied) => return Ok(applied),
-                    Err(e) => tracing::debug!(leader = %addr, error = %e, "forwarding failed; retrying"),
+                    Err(e) => tracing::debug!(leader = %member, error = %e, "forwarding failed; retrying"),
                 }
             }
             if Instant::now() >= deadline {
@@ -123,7 +126,7 @@ impl Cluster {
         }
     }
 
-    async fn forward(&self, leader: &str, batch: &CommandBatch, deadline: Instant) -> Result<Applied, ClusterError> {
+    async fn forward(&self, leader: &Member, batch: &CommandBatch, deadline: Instant) -> Result<Applied, ClusterError> {
         self.inner.metrics.proposals_forwarded.inc();
         let message = ProposeRequest { batch: Some(batch.clone()) };
         let timeout = deadline.saturating_duration_since(Instant::now());

@@ -41,14 +41,16 @@ impl Cluster {
     /// [`Cluster::leader_read_index`] answers).
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
         match self.leader_read_index().await {
-            Err(NotLeader::Follows(addr)) => {
-                let mut client = self.inner.peers.control_client(&addr)?;
+            Err(NotLeader::Follows(leader)) => {
+                let mut client = self.inner.peers.control_client(&leader.addr)?;
                 let mut req = tonic::Request::new(gatehouse_proto::control::ReadIndexRequest {});
                 req.set_timeout(Duration::from_secs(2));
                 let r = client.read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
                 Ok(r.into_inner().index)
             }
-            Err(NotLeader::Unavailable) => Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1) }),
+            Err(NotLeader::Unavailable) => {
+                Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1.client_addr().to_string()) })
+            }
             Ok(index) => Ok(index),
         }
     }
@@ -69,7 +71,7 @@ impl Cluster {
         match self.inner.raft.ensure_linearizable().await {
             Ok(id) => Ok(id.map_or(0, |l| l.index)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(f.leader_node.map_or(NotLeader::Unavailable, |n| NotLeader::Follows(n.addr)))
+                Err(f.leader_node.map_or(NotLeader::Unavailable, NotLeader::Follows))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "read index unavailable");
@@ -89,7 +91,7 @@ impl Cluster {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotLeader {
     /// Another node leads, at this address.
-    Follows(String),
+    Follows(gatehouse_storage::Member),
     /// No leader is known, or Raft has stopped.
     Unavailable,
 }

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use gatehouse_domain::{Command, CommandResult, Payload};
-use gatehouse_storage::{NodeId, StateView};
+use gatehouse_storage::{Member, NodeId, StateView};
 use prometheus_client::registry::Registry;
 
 use crate::{Applied, Cluster, ClusterError};
@@ -41,8 +41,8 @@ pub trait Replica: Send + Sync + 'static {
     /// arrived; false if that cannot be shown within `wait`.
     async fn catch_up(&self, wait: Duration) -> bool;
 
-    /// The current leader's id and address, if known.
-    fn leader(&self) -> Option<(NodeId, String)>;
+    /// The current leader's id and addresses, if known.
+    fn leader(&self) -> Option<(NodeId, Member)>;
 
     /// How many nodes answer requests from this state: global rate limits
     /// give each an equal share.
@@ -89,7 +89,7 @@ impl Replica for Cluster {
         Cluster::catch_up(self, wait).await
     }
 
-    fn leader(&self) -> Option<(NodeId, String)> {
+    fn leader(&self) -> Option<(NodeId, Member)> {
         Cluster::leader(self)
     }
 

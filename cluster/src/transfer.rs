@@ -86,7 +86,7 @@ impl Cluster {
         let mut rx = self.inner.raft.metrics();
         let led = async {
             // Wait for the target to hold everything this leader has.
-            let holds_all = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+            let holds_all = |m: &openraft::RaftMetrics<NodeId, gatehouse_storage::Member>| {
                 m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index)
                     >= m.last_log_index
             };
@@ -108,7 +108,7 @@ impl Cluster {
             let led = tokio::time::timeout_at(deadline.into(), rx.wait_for(|m| m.current_leader == Some(target))).await;
             match led {
                 Ok(Ok(m)) => Ok(m.current_term),
-                _ => Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1) }),
+                _ => Err(ClusterError::Unavailable { leader: self.leader().map(|l| l.1.client_addr().to_string()) }),
             }
         }
         .await;

@@ -61,8 +61,19 @@ impl From<&str> for Secret {
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: u64,
-    /// The member's gRPC address, `host:port`.
+    /// Where peers reach the member (its `advertise_addr`), `host:port`.
     pub addr: String,
+    /// Where clients reach its admin API (its `advertise_client_addr`),
+    /// when that is another address.
+    #[serde(default)]
+    pub client_addr: Option<String>,
+}
+
+impl Member {
+    /// The member as the membership records it.
+    pub fn member(&self) -> gatehouse_storage::Member {
+        gatehouse_storage::Member::split(self.addr.clone(), self.client_addr.clone().unwrap_or_default())
+    }
 }
 
 /// Raft timing and log compaction.
@@ -225,8 +236,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP front listener.
     pub http_addr: SocketAddr,
-    /// gRPC listener (Raft between nodes and the admin API).
+    /// The client gRPC listener: the admin API (and Raft between nodes
+    /// too, unless `peer_addr` gives peers a listener of their own).
     pub grpc_addr: SocketAddr,
+    /// The peer listener: Raft and control RPCs between nodes, so a
+    /// firewall can open it to the voters only.
+    pub peer_addr: Option<SocketAddr>,
     /// A separate listener for `GET /metrics` (the way to expose metrics in
     /// production).
     pub metrics_addr: Option<SocketAddr>,
@@ -241,8 +256,12 @@ pub struct Config {
     /// Production: serve plain HTTP off loopback because a TLS-terminating
     /// proxy stands in front (and nothing else can reach `http_addr`).
     pub http_behind_tls_proxy: bool,
-    /// The gRPC address other nodes use to reach this one; defaults to the bound `grpc_addr`.
+    /// The address other nodes use to reach this one; defaults to the bound
+    /// `peer_addr`, or `grpc_addr` without one.
     pub advertise_addr: Option<String>,
+    /// The address clients use for the admin API (the leader an
+    /// `UNAVAILABLE` names, `cluster status`); defaults to the bound `grpc_addr`.
+    pub advertise_client_addr: Option<String>,
     /// `[peer_routes]`: dial a peer's advertised gRPC address through another
     /// address (`"10.0.0.2:9090" = "127.0.0.1:7002"`): an SSH tunnel, a
     /// sidecar, or the chaos tests' fault proxy on each link.
@@ -277,12 +296,14 @@ impl Default for Config {
             data_dir: PathBuf::from("./gatehouse-data"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            peer_addr: None,
             metrics_addr: None,
             metrics_on_front: None,
             http: Default::default(),
             https: None,
             http_behind_tls_proxy: false,
             advertise_addr: None,
+            advertise_client_addr: None,
             peer_routes: Default::default(),
             cluster_secret: None,
             cluster_secret_file: None,
@@ -311,7 +332,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 26] = [
     "identity",
     "rate_limits",
     "audit",
@@ -320,12 +341,14 @@ const KEYS: [&str; 24] = [
     "data_dir",
     "http_addr",
     "grpc_addr",
+    "peer_addr",
     "metrics_addr",
     "metrics_on_front",
     "http",
     "https",
     "http_behind_tls_proxy",
     "advertise_addr",
+    "advertise_client_addr",
     "peer_routes",
     "cluster_secret",
     "cluster_secret_file",
@@ -482,11 +505,15 @@ impl Config {
             let advertised_loopback = self.advertise_addr.as_deref().is_none_or(is_loopback_addr);
             let members_loopback = self.initial_members.iter().all(|m| is_loopback_addr(&m.addr));
             let routes_loopback = self.peer_routes.iter().all(|(a, d)| is_loopback_addr(a) && is_loopback_addr(d));
-            if !self.grpc_addr.ip().is_loopback() || !advertised_loopback || !members_loopback || !routes_loopback {
-                return bad(
-                    "production mode refuses plaintext cluster traffic off loopback (grpc_addr, advertise_addr, \
-                     initial_members, peer_routes; TLS is not supported yet)",
-                );
+            let peer_loopback = self.peer_addr.is_none_or(|a| a.ip().is_loopback());
+            if !self.grpc_addr.ip().is_loopback()
+                || !peer_loopback
+                || !advertised_loopback
+                || !members_loopback
+                || !routes_loopback
+            {
+                return bad("production mode refuses plaintext cluster traffic off loopback (grpc_addr, peer_addr, \
+                     advertise_addr, initial_members, peer_routes; TLS is not supported yet)");
             }
         }
         Ok(())
@@ -540,8 +567,10 @@ mod tests {
         c.advertise_addr = None;
         assert!(c.validate().is_ok());
         // The secret goes to every member and route too: those count as well.
-        c.initial_members =
-            vec![Member { id: 1, addr: "127.0.0.1:9090".into() }, Member { id: 2, addr: "10.0.0.6:9090".into() }];
+        c.initial_members = vec![
+            Member { id: 1, addr: "127.0.0.1:9090".into(), client_addr: None },
+            Member { id: 2, addr: "10.0.0.6:9090".into(), client_addr: None },
+        ];
         assert!(c.validate().is_err(), "a member off loopback");
         c.initial_members.truncate(1);
         assert!(c.validate().is_ok());

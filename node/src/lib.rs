@@ -2,17 +2,21 @@
 //! telemetry, and the `gatehouse admin` CLI.
 //!
 //! [`Node::start`] does all the work so tests start nodes in-process on port
-//! 0; `main.rs` only parses flags. A node serves two listeners:
+//! 0; `main.rs` only parses flags. A node serves these listeners:
 //!
 //! ```text
 //!   http_addr  ─► HTTP front (axum; HTTPS with [https]): /healthz, /readyz, …
-//!   grpc_addr  ─► RaftService + ControlService (cluster secret) + admin services (API key + RBAC)
+//!   grpc_addr  ─► admin services (API key + RBAC), health, reflection
+//!                 + RaftService and ControlService (cluster secret) without peer_addr
+//!   peer_addr  ─► RaftService + ControlService (cluster secret), and the admin
+//!                 ClusterService for membership calls sent on to the leader (optional)
 //! ```
 //!
 //! # Layout
 //! - [`config`]: the typed configuration (TOML + `GATEHOUSE_*`).
 //! - [`data_dir`]: the data directory, created private and checked.
 //! - [`node`]: [`Node`]: start, initialise, shut down.
+//! - [`grpc`]: the client and peer gRPC listeners, their limits and services.
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
 //! - [`telemetry`]: logging setup.
@@ -23,6 +27,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod grpc;
 pub mod node;
 pub mod recovery;
 pub mod telemetry;

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use gatehouse_api::http::{Front, FrontConfig, Lockout};
 use gatehouse_api::passwords::PasswordPool;
-use gatehouse_cluster::peers::{PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW};
 use gatehouse_cluster::periodic::{Periodic, Shutdown, ShutdownSender};
 use gatehouse_cluster::raft::network::Network;
 use gatehouse_cluster::{Cluster, ClusterSecret, Peers};
 use gatehouse_storage::types::Raft;
-use openraft::{BasicNode, SnapshotPolicy};
+use gatehouse_storage::Member;
+use openraft::SnapshotPolicy;
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -29,8 +29,10 @@ pub struct Node {
     api: gatehouse_api::Node,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     advertise_addr: String,
+    advertise_client_addr: String,
     /// Stops the listeners and open streams (first).
     serving: ShutdownSender,
     /// Stops the consensus loops and the tasks that propose (once the servers are done).
@@ -113,6 +115,14 @@ impl Node {
 
         let grpc_listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC {}", config.grpc_addr))?;
+        let peer_listener = match config.peer_addr {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding the peer listener {a}"))?),
+            None => None,
+        };
+        let peer_addr = match &peer_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let http_listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP {}", config.http_addr))?;
         let metrics_listener = match config.metrics_addr {
@@ -125,7 +135,10 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
-        let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
+        // Where peers reach this node, and where clients do.
+        let advertise_addr =
+            config.advertise_addr.clone().unwrap_or_else(|| peer_addr.unwrap_or(grpc_addr).to_string());
+        let advertise_client_addr = config.advertise_client_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
 
         let (log_store, state_machine) = gatehouse_storage::open(&config.data_dir).context("opening storage")?;
         let storage = log_store.storage();
@@ -192,73 +205,46 @@ impl Node {
             .build_v1()
             .context("building gRPC reflection")?;
         let streams = gatehouse_api::admin::streams::Streams::default();
-        let grpc = {
-            let mut rx = serving.subscribe();
-            // The port is reachable before any secret or key is checked:
-            // HTTP/2 limits bound what one connection can hold open.
-            let router = tonic::transport::Server::builder()
-                .max_concurrent_streams(GRPC_MAX_STREAMS)
-                .http2_max_header_list_size(GRPC_MAX_HEADER_LIST)
-                // Rapid reset (CVE-2023-44487): streams a client opens and
-                // cancels before they are served count, and too many end
-                // the connection; so do too many streams we had to reset.
-                .http2_max_pending_accept_reset_streams(Some(20))
-                .http2_max_local_error_reset_streams(Some(256))
-                // Room for a large Raft entry in flight on a link with a long
-                // round trip (h2's default 64 KiB window would take 64 round
-                // trips for a 4 MiB entry).
-                .initial_stream_window_size(Some(PEER_STREAM_WINDOW))
-                .initial_connection_window_size(Some(PEER_CONNECTION_WINDOW))
-                // A peer that stops answering pings is dropped.
-                .http2_keepalive_interval(Some(Duration::from_secs(20)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .layer(gatehouse_api::admin::layer::GrpcMetricsLayer::new(
-                    api.clone(),
-                    config.rate_limits.enabled.then(|| {
-                        gatehouse_api::admin::failures::FailureGate::new(
-                            config.rate_limits.admin_auth_failures_per_minute,
-                        )
-                    }),
-                ))
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(gatehouse_api::admin::events::server(
-                    api.clone(),
-                    log_reader,
-                    serving.subscribe(),
-                    streams.clone(),
-                ))
-                .add_service(gatehouse_cluster::raft::service::server(cluster.clone()))
-                .add_service(gatehouse_cluster::control::server(cluster.clone(), storage.clone()))
-                .add_service(gatehouse_api::admin::cluster::server(api.clone(), cluster.clone()))
-                .add_service(gatehouse_api::admin::users::server(api.clone(), cluster.clone(), front.passwords.clone()))
-                .add_service(gatehouse_api::admin::keys::server(api.clone(), cluster.clone()))
-                .add_service(gatehouse_api::admin::sessions::server(api.clone(), cluster.clone()))
-                .add_service(gatehouse_api::admin::roles::server(api.clone()))
-                .add_service(gatehouse_api::admin::audit::server(api.clone(), audit_log, streams));
-            // Small request/response RPCs: without TCP_NODELAY, Nagle and
-            // delayed ACKs add ~40 ms stalls to replication and forwarding.
-            // Registered with the Raft runtime's reactor, like the connections it accepts.
-            let grpc_listener = {
-                let _raft_rt = raft_rt.handle().enter();
-                TcpListener::from_std(grpc_listener.into_std()?)?
-            };
-            raft_rt.handle().spawn(async move {
-                let incoming =
-                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), |s| {
-                        if let Ok(s) = &s {
-                            let _ = s.set_nodelay(true);
-                        }
-                        s
-                    });
-                let shutdown = async move {
-                    rx.wait().await;
-                };
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
+        let auth_failures = || {
+            config.rate_limits.enabled.then(|| {
+                gatehouse_api::admin::failures::FailureGate::new(config.rate_limits.admin_auth_failures_per_minute)
             })
         };
+        let raft_service = gatehouse_cluster::raft::service::server(cluster.clone());
+        let control_service = gatehouse_cluster::control::server(cluster.clone(), storage.clone());
+        let cluster_admin = gatehouse_api::admin::cluster::server(api.clone(), cluster.clone());
+        let client_router = crate::grpc::builder(&api, auth_failures())
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(gatehouse_api::admin::events::server(
+                api.clone(),
+                log_reader,
+                serving.subscribe(),
+                streams.clone(),
+            ))
+            .add_service(cluster_admin.clone())
+            .add_service(gatehouse_api::admin::users::server(api.clone(), cluster.clone(), front.passwords.clone()))
+            .add_service(gatehouse_api::admin::keys::server(api.clone(), cluster.clone()))
+            .add_service(gatehouse_api::admin::sessions::server(api.clone(), cluster.clone()))
+            .add_service(gatehouse_api::admin::roles::server(api.clone()))
+            .add_service(gatehouse_api::admin::audit::server(api.clone(), audit_log, streams));
+        let mut grpc = Vec::new();
+        match peer_listener {
+            // Peers on a port of their own.
+            Some(listener) => {
+                let peer_router = crate::grpc::builder(&api, None)
+                    .add_service(raft_service)
+                    .add_service(control_service)
+                    .add_service(cluster_admin);
+                let rt = raft_rt.handle();
+                grpc.push(crate::grpc::serve(rt, listener, peer_router, serving.subscribe(), "peer")?);
+                grpc.push(crate::grpc::serve(rt, grpc_listener, client_router, serving.subscribe(), "client")?);
+            }
+            None => {
+                let router = client_router.add_service(raft_service).add_service(control_service);
+                grpc.push(crate::grpc::serve(raft_rt.handle(), grpc_listener, router, serving.subscribe(), "client")?);
+            }
+        }
         let http = {
             let mut rx = serving.subscribe();
             let app = gatehouse_api::http::router(front.clone());
@@ -295,11 +281,13 @@ impl Node {
             api,
             http_addr,
             grpc_addr,
+            peer_addr,
             metrics_addr,
             advertise_addr,
+            advertise_client_addr,
             serving,
             stop,
-            servers: servers.into_iter().chain([grpc, readiness]).collect(),
+            servers: servers.into_iter().chain(grpc).chain([readiness]).collect(),
             tasks: tasks.collect(),
             storage,
             bootstrap_key: None,
@@ -307,9 +295,12 @@ impl Node {
         };
         if config.initialize {
             let members = if config.mode == Mode::Dev && config.initial_members.is_empty() {
-                BTreeMap::from([(config.node_id, node.advertise_addr.clone())])
+                BTreeMap::from([(
+                    config.node_id,
+                    Member::split(node.advertise_addr.clone(), node.advertise_client_addr.clone()),
+                )])
             } else {
-                config.initial_members.iter().map(|m| (m.id, m.addr.clone())).collect()
+                config.initial_members.iter().map(|m| (m.id, m.member())).collect()
             };
             let key_file = config.bootstrap_admin_key_file.as_deref();
             // First start; or a restart after a crash between writing the
@@ -323,14 +314,14 @@ impl Node {
         Ok(node)
     }
 
-    /// Initialises a new cluster with these members (id → gRPC address).
+    /// Initialises a new cluster with these members (id → addresses).
     /// Returns false if this node's store was already initialised.
-    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> anyhow::Result<bool> {
+    pub async fn initialize(&self, members: BTreeMap<u64, impl Into<Member>>) -> anyhow::Result<bool> {
         let raft = self.cluster.raft();
         if raft.is_initialized().await? {
             return Ok(false);
         }
-        let nodes: BTreeMap<u64, BasicNode> = members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+        let nodes: BTreeMap<u64, Member> = members.into_iter().map(|(id, m)| (id, m.into())).collect();
         raft.initialize(nodes).await.context("initialising the cluster")?;
         tracing::info!(node_id = self.cluster.id(), "cluster initialised");
         Ok(true)
@@ -373,6 +364,16 @@ impl Node {
         &self.advertise_addr
     }
 
+    /// The peer listener's bound address, when peers have a port of their own.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// The address clients reach this node's admin API at.
+    pub fn advertise_client_addr(&self) -> &str {
+        &self.advertise_client_addr
+    }
+
     /// The first admin API key, if this start created it (dev mode prints it once).
     pub fn take_bootstrap_key(&mut self) -> Option<String> {
         self.bootstrap_key.take()
@@ -408,14 +409,6 @@ impl Node {
 /// How long the tasks that propose get to finish their last step on the way
 /// out (a last flush, a retention check under way).
 const TASKS_STOP: Duration = Duration::from_secs(5);
-
-/// Streams one gRPC connection may hold open: Raft replication, forwarded
-/// writes, read-index probes and admin watches between a pair of nodes fit
-/// many times over.
-pub const GRPC_MAX_STREAMS: u32 = 256;
-/// Largest header list of a gRPC request (metadata: the secret, a key, a
-/// trace context, an idempotency key).
-pub const GRPC_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// The HTTP front's settings and shared parts.
 fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Front {

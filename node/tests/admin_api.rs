@@ -81,7 +81,15 @@ async fn every_rpc(endpoint: &str, token: Option<&str>) -> Vec<(&'static str, Ne
         (
             "cluster.add_learner",
             Admin,
-            code(cluster.add_learner(AddLearnerRequest { node_id: 99, addr: "127.0.0.1:1".into() }).await),
+            code(
+                cluster
+                    .add_learner(AddLearnerRequest {
+                        node_id: 99,
+                        addr: "127.0.0.1:1".into(),
+                        client_addr: String::new(),
+                    })
+                    .await,
+            ),
         ),
         ("cluster.promote", Admin, code(cluster.promote(PromoteRequest { node_id: 99 }).await)),
         ("cluster.remove_node", Admin, code(cluster.remove_node(RemoveNodeRequest { node_id: 99 }).await)),

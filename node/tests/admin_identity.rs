@@ -363,7 +363,7 @@ async fn a_bootstrap_interrupted_after_its_key_file_finishes_with_that_key() {
     cfg.initialize = true;
     cfg.bootstrap_admin_key_file = Some(key_file.clone());
     // A one-voter cluster never dials its own member address.
-    cfg.initial_members = vec![gatehouse::config::Member { id: 1, addr: "127.0.0.1:1".into() }];
+    cfg.initial_members = vec![gatehouse::config::Member { id: 1, addr: "127.0.0.1:1".into(), client_addr: None }];
     let mut node = gatehouse::Node::start(cfg).await.unwrap();
     assert_eq!(node.take_bootstrap_key().as_deref(), Some(written.key.as_str()));
     let out = admin_cli(&common::endpoint(&node), &written.key, &["--json", "user", "list"]).await.unwrap();

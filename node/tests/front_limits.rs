@@ -118,7 +118,7 @@ async fn the_grpc_port_bounds_http2_before_any_secret_is_checked() {
         futures::future::poll_fn(|cx| {
             let _ = std::pin::Pin::new(&mut conn).poll(cx);
             let n = conn.max_concurrent_send_streams();
-            if n == gatehouse::node::GRPC_MAX_STREAMS as usize {
+            if n == gatehouse::grpc::GRPC_MAX_STREAMS as usize {
                 std::task::Poll::Ready(n)
             } else {
                 cx.waker().wake_by_ref();

@@ -18,7 +18,7 @@ use tonic::{Code, Request, Status};
 async fn add_learner(c: &TestCluster, via: u64, node_id: u64, addr: &str) -> Result<MembershipResponse, Status> {
     let ep = c.endpoint(via);
     let mut client = ClusterServiceClient::connect(ep).await.unwrap();
-    let mut req = Request::new(AddLearnerRequest { node_id, addr: addr.into() });
+    let mut req = Request::new(AddLearnerRequest { node_id, addr: addr.into(), client_addr: String::new() });
     req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
     client.add_learner(req).await.map(|r| r.into_inner())
 }

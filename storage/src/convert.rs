@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gatehouse_proto::raft as pb;
-use openraft::{BasicNode, CommittedLeaderId, EntryPayload};
+use openraft::{CommittedLeaderId, EntryPayload};
 
-use crate::types::{Entry, LogId, Membership, NodeId, SnapshotMeta, StoredMembership, Vote};
+use crate::types::{Entry, LogId, Member, Membership, NodeId, SnapshotMeta, StoredMembership, Vote};
 
 /// A protobuf message that lacks a field openraft needs.
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +52,17 @@ pub fn req_vote_from_pb(v: &Option<pb::Vote>) -> Result<Vote, MissingField> {
 pub fn membership_to_pb(m: &Membership) -> pb::Membership {
     pb::Membership {
         configs: m.get_joint_config().iter().map(|c| pb::NodeIdSet { ids: c.iter().copied().collect() }).collect(),
-        nodes: m.nodes().map(|(id, n)| (*id, pb::Node { addr: n.addr.clone() })).collect(),
+        nodes: m
+            .nodes()
+            .map(|(id, n)| (*id, pb::Node { addr: n.addr.clone(), client_addr: n.client_addr.clone() }))
+            .collect(),
     }
 }
 
 pub fn membership_from_pb(m: &pb::Membership) -> Membership {
     let configs: Vec<BTreeSet<NodeId>> = m.configs.iter().map(|c| c.ids.iter().copied().collect()).collect();
-    let nodes: BTreeMap<NodeId, BasicNode> =
-        m.nodes.iter().map(|(id, n)| (*id, BasicNode { addr: n.addr.clone() })).collect();
+    let nodes: BTreeMap<NodeId, Member> =
+        m.nodes.iter().map(|(id, n)| (*id, Member::split(n.addr.clone(), n.client_addr.clone()))).collect();
     Membership::new(configs, nodes)
 }
 
@@ -120,11 +123,7 @@ mod tests {
     fn entries_round_trip() {
         let mem = Membership::new(
             vec![BTreeSet::from([1, 2, 3])],
-            BTreeMap::from([
-                (1, BasicNode { addr: "a:1".into() }),
-                (2, BasicNode { addr: "b:2".into() }),
-                (3, BasicNode { addr: "c:3".into() }),
-            ]),
+            BTreeMap::from([(1, Member::new("a:1")), (2, Member::split("b:2", "b:3")), (3, Member::new("c:3"))]),
         );
         let id = LogId::new(CommittedLeaderId::new(4, 2), 17);
         for payload in

@@ -47,7 +47,7 @@ pub use log_store::{LogReader, LogStore};
 pub use open::open;
 pub use state_machine::{StateMachine, StateView};
 pub use types::SnapshotFile;
-pub use types::{NodeId, TypeConfig};
+pub use types::{Member, NodeId, TypeConfig};
 
 /// Errors opening or reading the store outside the openraft traits.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,9 @@ use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
 use gatehouse_proto::admin::cluster_service_server::{ClusterService, ClusterServiceServer};
 use gatehouse_proto::admin::*;
 use gatehouse_storage::types::NodeId;
+use gatehouse_storage::Member;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
+use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, authorize_stale};
@@ -83,7 +84,7 @@ impl ClusterAdmin {
         Fut: std::future::Future<
             Output = Result<
                 openraft::raft::ClientWriteResponse<gatehouse_storage::TypeConfig>,
-                RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+                RaftError<NodeId, ClientWriteError<NodeId, Member>>,
             >,
         >,
         T: Clone,
@@ -97,11 +98,11 @@ impl ClusterAdmin {
                 Ok(Response::new(membership_response(resp.log_id.index, &m)))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = f.leader_node.map(|n| n.addr).ok_or(ApiError::Unavailable { leader: None })?;
+                let leader = f.leader_node.ok_or(ApiError::Unavailable { leader: None })?;
                 let (message, caller) = (req.get_ref().clone(), Credentials::Caller(req.metadata()));
                 let cluster = &self.cluster;
                 let answer = cluster
-                    .to_leader(&addr, message, caller, MEMBERSHIP_FORWARD_TIMEOUT, async |ch, fwd| {
+                    .to_leader(&leader, message, caller, MEMBERSHIP_FORWARD_TIMEOUT, async |ch, fwd| {
                         forward(ClusterServiceClient::new(ch), fwd).await
                     })
                     .await;
@@ -128,12 +129,13 @@ impl ClusterService for ClusterAdmin {
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let me = self.node.id();
-        let calls = membership.nodes().map(|(id, node)| {
-            let (id, addr) = (*id, node.addr.clone());
+        let calls = membership.nodes().map(|(id, member)| {
+            let (id, member) = (*id, member.clone());
+            let addr = member.addr.clone();
             let cluster = self.cluster.clone();
             async move {
                 if id == me {
-                    return (id, addr, Some(local_status(&cluster)));
+                    return (id, member, Some(local_status(&cluster)));
                 }
                 let status = async {
                     let mut client = cluster.peers().control_client(&addr).ok()?;
@@ -142,7 +144,7 @@ impl ClusterService for ClusterAdmin {
                     client.local_status(r).await.ok().map(|r| r.into_inner())
                 };
                 let status = tokio::time::timeout(STATUS_TIMEOUT, status).await.ok().flatten();
-                (id, addr, status)
+                (id, member, status)
             }
         });
         let answers = futures::future::join_all(calls).await;
@@ -157,12 +159,13 @@ impl ClusterService for ClusterAdmin {
             leader_view.map(|s| s.matched.iter().map(|m| (m.node_id, m.index)).collect()).unwrap_or_default();
         let nodes = answers
             .into_iter()
-            .map(|(id, addr, s)| {
+            .map(|(id, member, s)| {
                 let matched = matched.get(&id).copied();
                 let s = s.unwrap_or_default();
                 NodeStatus {
                     id,
-                    addr,
+                    client_addr: member.client_addr().to_string(),
+                    addr: member.addr,
                     voter: voters.contains(&id),
                     reachable: s.node_id == id,
                     state: s.state,
@@ -179,7 +182,7 @@ impl ClusterService for ClusterAdmin {
         Ok(Response::new(ClusterStatusResponse {
             node_id: me,
             leader_id: leader.as_ref().map_or(0, |l| l.0),
-            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
+            leader_addr: leader.map(|l| l.1.client_addr().to_string()).unwrap_or_default(),
             term: metrics.current_term,
             nodes,
         }))
@@ -191,6 +194,9 @@ impl ClusterService for ClusterAdmin {
         let r = req.get_ref().clone();
         validate_id(r.node_id)?;
         validate_addr(&r.addr)?;
+        if !r.client_addr.is_empty() {
+            validate_addr(&r.client_addr)?;
+        }
         // Refused before it enters the membership: the leader would send the
         // secret and the log there in plaintext.
         self.cluster.peers().check_dialable(&r.addr)?;
@@ -211,7 +217,7 @@ impl ClusterService for ClusterAdmin {
             .on_leader(
                 &req,
                 || async move {
-                    let added = raft.add_learner(r.node_id, BasicNode { addr: r.addr }, false).await;
+                    let added = raft.add_learner(r.node_id, Member::split(r.addr, r.client_addr), false).await;
                     if let Ok(resp) = &added {
                         let caught_up =
                             learner::wait_caught_up(&cluster, r.node_id, resp.log_id.index, learner::CATCH_UP_TIMEOUT);
@@ -324,11 +330,11 @@ impl ClusterService for ClusterAdmin {
                 let (leader_id, term) = audit.done(self.cluster.transfer_leadership(target).await)?;
                 Ok(Response::new(TransferLeadershipResponse { leader_id, term }))
             }
-            Some((_, addr)) => {
+            Some((_, leader)) => {
                 let caller = Credentials::Caller(req.metadata());
                 let answer = self
                     .cluster
-                    .to_leader(&addr, *req.get_ref(), caller, TRANSFER_FORWARD_TIMEOUT, async |ch, fwd| {
+                    .to_leader(&leader, *req.get_ref(), caller, TRANSFER_FORWARD_TIMEOUT, async |ch, fwd| {
                         ClusterServiceClient::new(ch).transfer_leadership(fwd).await
                     })
                     .await;

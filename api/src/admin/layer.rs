@@ -120,9 +120,9 @@ fn name_the_leader(node: &crate::Node, headers: &mut http::HeaderMap) {
     if headers.contains_key(gatehouse_cluster::error::LEADER_METADATA) {
         return;
     }
-    if let Some((id, addr)) = node.leader() {
+    if let Some((id, leader)) = node.leader() {
         if id != node.id() {
-            if let Ok(v) = http::HeaderValue::from_str(&addr) {
+            if let Ok(v) = http::HeaderValue::from_str(leader.client_addr()) {
                 headers.insert(gatehouse_cluster::error::LEADER_METADATA, v);
             }
         }

@@ -121,15 +121,15 @@ pub async fn wait_caught_up(cluster: &Cluster, id: NodeId, index: u64, within: D
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use openraft::BasicNode;
+    use gatehouse_storage::Member;
 
     use super::*;
 
     fn membership() -> Membership {
         let nodes = BTreeMap::from([
-            (1, BasicNode { addr: "127.0.0.1:7001".into() }),
-            (2, BasicNode { addr: "127.0.0.1:7002".into() }),
-            (4, BasicNode { addr: "127.0.0.1:7004".into() }),
+            (1, Member::new("127.0.0.1:7001")),
+            (2, Member::new("127.0.0.1:7002")),
+            (4, Member::new("127.0.0.1:7004")),
         ]);
         Membership::new(vec![BTreeSet::from([1, 2])], nodes)
     }

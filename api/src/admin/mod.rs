@@ -43,7 +43,7 @@ pub async fn read_your_writes(node: &Node, linearizable: bool) -> Result<(), Api
         return Ok(());
     }
     if linearizable {
-        return Err(ApiError::Unavailable { leader: node.leader().map(|l| l.1) });
+        return Err(ApiError::Unavailable { leader: node.leader().map(|l| l.1.client_addr().to_string()) });
     }
     tracing::debug!("admin read served from the local view without catching up");
     Ok(())

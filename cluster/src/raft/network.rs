@@ -19,12 +19,13 @@ use gatehouse_storage::convert::{
     entry_into_pb, log_id_from_pb, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_to_pb, vote_from_pb, vote_to_pb,
 };
 use gatehouse_storage::types::{LogId, NodeId, TypeConfig, Vote};
+use gatehouse_storage::Member;
 use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{BasicNode, Snapshot};
+use openraft::Snapshot;
 use tokio::io::AsyncReadExt;
 
 use super::SNAPSHOT_CHUNK;
@@ -59,7 +60,7 @@ impl Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
         Connection { target, client: self.peers.raft_client(&node.addr).map_err(|e| e.to_string()), inflight: None }
     }
 }
@@ -87,7 +88,7 @@ impl Drop for Transfer {
     }
 }
 
-type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
 
 /// A failed call. Every failure counts as unreachable, so openraft backs
 /// off before the next try: a peer that is down, one that answers with
@@ -96,12 +97,12 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftE
 /// each try logged. Our Raft service answers with a status only when it
 /// cannot serve (stopped, malformed, wrong secret): retrying at once
 /// never helps.
-fn status_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+fn status_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, Member, E> {
     RPCError::Unreachable(Unreachable::new(&status))
 }
 
 /// A response that is not what our service sends: backed off like a failure.
-fn malformed_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, BasicNode, E> {
+fn malformed_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, Member, E> {
     RPCError::Unreachable(Unreachable::new(&malformed(what)))
 }
 
@@ -201,7 +202,7 @@ impl Connection {
 
     // The error type is openraft's, as the trait methods return it.
     #[allow(clippy::result_large_err)]
-    fn client<E: std::error::Error>(&self) -> Result<RaftClient, RPCError<NodeId, BasicNode, E>> {
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient, RPCError<NodeId, Member, E>> {
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
     }
 }

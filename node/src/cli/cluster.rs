@@ -16,8 +16,12 @@ pub enum ClusterCommand {
     AddLearner {
         /// The new node's id.
         id: u64,
-        /// The new node's gRPC address (host:port).
+        /// Where peers reach the new node: its `advertise_addr` (host:port).
         addr: String,
+        /// Where clients reach its admin API (its `advertise_client_addr`),
+        /// when it has a peer listener of its own.
+        #[arg(long, value_name = "HOST:PORT")]
+        client_addr: Option<String>,
     },
     /// Make a learner a voter.
     Promote { id: u64 },
@@ -40,9 +44,13 @@ pub(super) async fn cluster(
             let s = client.status(ClusterStatusRequest {}).await.map_err(rpc_error)?.into_inner();
             print_status(&s, json, out)
         }
-        ClusterCommand::AddLearner { id, addr } => {
-            let r =
-                client.add_learner(AddLearnerRequest { node_id: *id, addr: addr.clone() }).await.map_err(rpc_error)?;
+        ClusterCommand::AddLearner { id, addr, client_addr } => {
+            let req = AddLearnerRequest {
+                node_id: *id,
+                addr: addr.clone(),
+                client_addr: client_addr.clone().unwrap_or_default(),
+            };
+            let r = client.add_learner(req).await.map_err(rpc_error)?;
             print_membership(&r.into_inner(), json, out)
         }
         ClusterCommand::Promote { id } => {
@@ -85,7 +93,7 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
             .iter()
             .map(|n| {
                 json!({
-                    "id": n.id, "addr": n.addr, "voter": n.voter, "reachable": n.reachable, "state": gatehouse_cluster::control::node_state_name(n.state),
+                    "id": n.id, "addr": n.addr, "client_addr": n.client_addr, "voter": n.voter, "reachable": n.reachable, "state": gatehouse_cluster::control::node_state_name(n.state),
                     "term": n.term, "commit_index": n.commit_index, "applied_index": n.applied_index,
                     "last_log_index": n.last_log_index, "matched_index": n.matched_index,
                     "replication_lag": n.replication_lag,

@@ -18,7 +18,7 @@ pub const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 /// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
 /// A node's gRPC endpoint, as clients dial it.
 pub fn endpoint(node: &Node) -> String {
-    format!("http://{}", node.advertise_addr())
+    format!("http://{}", node.advertise_client_addr())
 }
 
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
@@ -78,11 +78,14 @@ impl TestCluster {
             tweak(&mut c);
             let node = Node::start(c.clone()).await.expect("node starts");
             c.grpc_addr = node.grpc_addr();
+            c.peer_addr = node.peer_addr();
             configs.insert(id, c);
             nodes.insert(id, node);
         }
-        let members: BTreeMap<u64, String> =
-            nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
+        let members: BTreeMap<u64, gatehouse_storage::Member> = nodes
+            .iter()
+            .map(|(id, n)| (*id, gatehouse_storage::Member::split(n.advertise_addr(), n.advertise_client_addr())))
+            .collect();
         assert!(nodes[&1].initialize(members).await.unwrap());
         let mut cluster = TestCluster { dir, nodes, configs, admin_key: String::new() };
         cluster.wait_for_leader().await;
