@@ -64,6 +64,12 @@ async fn a_slow_or_oversized_head_is_cut_off_while_it_is_read() {
     preface.write_all(b"PRI * HTTP/2").await.unwrap();
     assert!(read_until_closed(&mut preface, Duration::from_secs(5)).await.1, "a half preface keeps its slot");
 
+    // An idle HTTP/2 connection (h2c) is closed once nothing is in flight.
+    let mut h2_idle = TcpStream::connect(addr).await.unwrap();
+    h2_idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    h2_idle.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // an empty SETTINGS frame
+    assert!(read_until_closed(&mut h2_idle, Duration::from_secs(5)).await.1, "an idle HTTP/2 connection stays open");
+
     // A body dribbled and never finished gets 408 and the connection ends.
     let mut dribble = TcpStream::connect(addr).await.unwrap();
     dribble
@@ -168,5 +174,22 @@ async fn the_grpc_port_bounds_http2_before_any_secret_is_checked() {
     };
     assert!(served(16).await, "the control call is served");
     assert!(!served(32 * 1024).await, "an oversized header list was served");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_h2c_the_preface_is_no_way_to_hold_a_slot_or_speak_http2() {
+    let c = TestCluster::start_with(1, |cfg| cfg.http.header_read_timeout_ms = 1_000).await;
+    let addr = c.node(1).http_addr();
+    // One byte of the preface, then silence: HTTP/1.1's head timeout ends it.
+    let mut p = TcpStream::connect(addr).await.unwrap();
+    p.write_all(b"P").await.unwrap();
+    assert!(read_until_closed(&mut p, Duration::from_secs(5)).await.1, "a lone byte keeps its slot");
+    // The whole preface is not HTTP/2 here: HTTP/1.1 refuses it.
+    let mut preface = TcpStream::connect(addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let (answer, closed) = read_until_closed(&mut preface, Duration::from_secs(5)).await;
+    assert!(closed && !answer.contains("\0\0"), "{answer:?}");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer:?}");
     c.shutdown().await;
 }

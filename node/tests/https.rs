@@ -36,18 +36,28 @@ fn client(ca: &Issued) -> reqwest::ClientBuilder {
     reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(root)
 }
 
-/// The serial of the certificate a fresh TLS connection to `addr` is shown.
-async fn served_serial(addr: std::net::SocketAddr, ca: &Issued) -> String {
+/// A finished TLS handshake with the front, offering `alpn`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &Issued,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(gatehouse_tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(gatehouse_tls::provider())
         .with_protocol_versions(gatehouse_tls::VERSIONS)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+/// The serial of the certificate a fresh TLS connection to `addr` is shown.
+async fn served_serial(addr: std::net::SocketAddr, ca: &Issued) -> String {
+    let tls = tls_connect(addr, ca, &[]).await;
     let cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     gatehouse_tls::identity::parse(&cert).unwrap().serial
 }
@@ -108,6 +118,20 @@ async fn the_front_speaks_https_with_h2_hsts_and_rotates_its_certificate() {
     stalled.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).await.unwrap();
     let cut = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut Vec::new())).await;
     assert!(cut.is_ok(), "a stalled handshake holds its connection");
+    // A client that finishes the handshake and then says nothing is cut
+    // too, whichever protocol it chose (hyper's own timers start only once
+    // a request begins).
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut silent = tls_connect(addr, &ca, &[alpn]).await;
+        let cut = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut Vec::new())).await;
+        assert!(cut.is_ok(), "a silent {} connection holds its slot", String::from_utf8_lossy(alpn));
+    }
+    // An HTTP/2 connection with nothing in flight is closed once idle (it
+    // has no read timeout between streams of its own).
+    let tls = tls_connect(addr, &ca, &[b"h2"]).await;
+    let (_requests, connection) = h2::client::handshake(tls).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection is kept open");
     let ok = client(&ca).build().unwrap().get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 

@@ -14,6 +14,7 @@
 
 pub mod caller;
 pub mod client_ip;
+pub mod conn;
 pub mod forwarded;
 pub mod front;
 pub mod health;

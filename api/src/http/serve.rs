@@ -21,6 +21,10 @@
 //!   a slot no longer than one that sends nothing. A failed handshake
 //!   (plaintext to the TLS port, garbage, an old protocol) ends that
 //!   connection only.
+//! - **An idle limit**: a connection with no request in flight for
+//!   `header_read_timeout_ms` is closed gracefully (HTTP/2 has no read
+//!   timeout between streams of its own); see [`super::conn`], which
+//!   chooses each connection's protocol under the same deadline.
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` as `axum::serve` gives it.
 
@@ -29,10 +33,12 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+
+use super::conn::{drive, first_bytes_tls, sniff_plain, Activity, Prefixed, Proto};
 
 /// Largest request head hyper buffers on an HTTP/1 connection. hyper's
 /// floor for this setting is 8 KiB; a head over [`super::MAX_HEADER_BYTES`]
@@ -51,8 +57,9 @@ pub struct ServeLimits {
     /// Open connections at most; more wait to be accepted.
     pub max_connections: usize,
     /// Serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1. Off by
-    /// default: proxies speak HTTP/1.1 to a forward-auth service, and an
-    /// idle HTTP/2 connection has no read timeout to end it.
+    /// default: proxies speak HTTP/1.1 to a forward-auth service. (An idle
+    /// HTTP/2 connection is closed after `header_read_timeout_ms`, like an
+    /// idle HTTP/1.1 one.)
     pub h2c: bool,
     /// HTTP/2: streams open at once on one connection.
     pub max_concurrent_streams: u32,
@@ -85,31 +92,6 @@ impl ServeLimits {
             return Err("http.max_concurrent_streams must be 1..=10000".into());
         }
         Ok(())
-    }
-}
-
-/// The HTTP/2 connection preface a prior-knowledge client starts with.
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Waits (until `deadline`) for enough bytes to tell the protocol: one for
-/// HTTP/1 only; with h2c, until the bytes stop looking like the HTTP/2
-/// preface or it is whole (hyper's own detection has no timer). False if
-/// the client closed or stayed silent.
-async fn first_bytes(tcp: &tokio::net::TcpStream, h2c: bool, deadline: tokio::time::Instant) -> bool {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return false,
-        };
-        if !h2c || n == PREFACE.len() || !PREFACE.starts_with(&buf[..n]) {
-            return true;
-        }
-        // A prefix of the preface: more is on its way, or never comes.
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -159,12 +141,12 @@ pub async fn serve(
         .max_pending_accept_reset_streams(Some(20))
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
-    // Both protocols (h2c, or TLS that chose h2), and HTTP/1.1 alone.
-    let (both, http1) = (Arc::new(builder.clone()), Arc::new(builder.http1_only()));
-    let plain = if limits.h2c { both.clone() } else { http1.clone() };
+    // One builder per protocol: the protocol is chosen before hyper sees
+    // the connection (see `conn`), never by hyper-util's untimed sniffing.
+    let (http1, http2) = (Arc::new(builder.clone().http1_only()), Arc::new(builder.http2_only()));
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (drain_tx, draining) = tokio::sync::watch::channel(false);
     let (force_close, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -187,40 +169,37 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
+        let activity = Arc::new(Activity::default());
+        let in_flight = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut router = router.clone();
+            let busy = in_flight.start();
             async move {
+                let _busy = busy;
                 let answer = tokio::time::timeout(request_timeout, tower::Service::call(&mut router, req)).await;
                 Ok::<_, std::convert::Infallible>(
                     answer.map_or_else(|_| timed_out(), |r| r.unwrap_or_else(|e| match e {})),
                 )
             }
         });
-        let (builders, tls, watcher, mut closing) =
-            ((plain.clone(), both.clone(), http1.clone()), tls.clone(), graceful.watcher(), closing.clone());
+        let (http1, http2, tls) = (http1.clone(), http2.clone(), tls.clone());
+        let (draining, closing) = (draining.clone(), closing.clone());
         open_connections.inc();
         let slot = Slot { gauge: open_connections.clone(), _permit: permit };
         tokio::spawn(async move {
             let _slot = slot;
-            // hyper's header-read timeout starts once it has chosen the
-            // protocol: a connection that never speaks, or stops inside the
-            // HTTP/2 preface, must not hold a slot for ever.
+            // Everything before hyper's own timers run shares the
+            // header-read deadline: the first bytes, the TLS handshake, the
+            // bytes that choose the protocol.
             let deadline = tokio::time::Instant::now() + header_timeout;
-            if !first_bytes(&tcp, h2c && tls.is_none(), deadline).await {
-                return;
-            }
-            let (plain, both, http1) = builders;
             let Some(acceptor) = tls else {
-                let conn = plain.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-                tokio::select! {
-                    // A client that times out or hangs up mid-request is not an error of ours.
-                    _ = watcher.watch(conn) => {}
-                    _ = closing.wait_for(|c| *c) => {}
-                }
+                let Some(proto) = sniff_plain(&tcp, h2c, deadline).await else { return };
+                let builder = if proto == Proto::Http2 { http2 } else { http1 };
+                drive(&builder, tcp, service, activity, header_timeout, draining, closing).await;
                 return;
             };
-            let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     static FAILED: gatehouse_cluster::throttle::Throttle =
@@ -232,16 +211,18 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { both } else { http1 };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            tokio::select! {
-                _ = watcher.watch(conn) => {}
-                _ = closing.wait_for(|c| *c) => {}
-            }
+            let proto = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Proto::Http2 } else { Proto::Http1 };
+            let Some(first) = first_bytes_tls(&mut stream, proto, deadline).await else { return };
+            let builder = if proto == Proto::Http2 { http2 } else { http1 };
+            drive(&builder, Prefixed::new(first, stream), service, activity, header_timeout, draining, closing).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    // Drain: every connection finishes what it is doing and closes; past
+    // the drain period, what is left is dropped.
+    let _ = drain_tx.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, permits.acquire_many(all)).await.is_err() {
         tracing::warn!("HTTP connections still open after the drain period; closing them");
         let _ = force_close.send(true);
     }
