@@ -25,7 +25,8 @@ pub struct CertInfo {
     /// The serial number, lowercase hex without separators (as deny-lists
     /// and `openssl x509 -serial` give it, case aside).
     pub serial: String,
-    /// When it stops being valid, seconds since the Unix epoch.
+    /// When it starts and stops being valid, seconds since the Unix epoch.
+    pub not_before: i64,
     pub not_after: i64,
     /// Whether it is a CA certificate (basic constraints).
     pub is_ca: bool,
@@ -61,16 +62,33 @@ pub fn parse(cert: &CertificateDer<'_>) -> Result<CertInfo, String> {
     node_ids.dedup();
     Ok(CertInfo {
         node_ids,
-        serial: hex::encode(x509.raw_serial()).trim_start_matches('0').to_string(),
+        serial: serial_of(x509.raw_serial()),
+        not_before: x509.validity().not_before.timestamp(),
         not_after: x509.validity().not_after.timestamp(),
         is_ca: x509.is_ca(),
     })
 }
 
-/// `gatehouse-node-<id>` → `id` (a positive decimal without leading zeros,
-/// so one id has one name).
+/// A serial's bytes as lowercase hex without leading zeros (`0` for zero):
+/// the one form deny-lists are compared in.
+fn serial_of(raw: &[u8]) -> String {
+    let hex = hex::encode(raw);
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// `gatehouse-node-<id>` (DNS names compare without case) → `id` (a
+/// positive decimal without leading zeros, so one id has one name).
 fn node_id_of_name(dns: &str) -> Option<u64> {
-    let digits = dns.strip_prefix(NODE_NAME_PREFIX)?;
+    let prefix = dns.get(..NODE_NAME_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(NODE_NAME_PREFIX) {
+        return None;
+    }
+    let digits = &dns[NODE_NAME_PREFIX.len()..];
     if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -98,6 +116,9 @@ mod tests {
     fn names_bind_exactly_one_id() {
         assert_eq!(node_id_of_name("gatehouse-node-3"), Some(3));
         assert_eq!(node_id_of_name(&node_name(42)), Some(42));
+        assert_eq!(node_id_of_name("GateHouse-Node-5"), Some(5));
+        assert_eq!(serial_of(&[0, 0]), "0");
+        assert_eq!(serial_of(&[0, 0x0a, 0x1b]), "a1b");
         for bad in [
             "gatehouse-node-",
             "gatehouse-node-03",

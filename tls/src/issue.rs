@@ -102,7 +102,7 @@ pub fn node_certificate(ca: &Issued, id: u64, dns: &[String], ips: &[IpAddr], da
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
-        if !valid || name.starts_with("gatehouse-node-") {
+        if !valid || name.to_ascii_lowercase().starts_with("gatehouse-node-") {
             return Err(TlsError::Invalid(format!("{name:?} is not a host name this certificate may carry")));
         }
         names.push(SanType::DnsName(name.clone().try_into().map_err(|e| invalid("host name", e))?));
@@ -162,7 +162,7 @@ mod tests {
         assert!(new_ca("x", MAX_DAYS + 1).is_err());
         let ca = new_ca("test CA", 30).unwrap();
         assert!(node_certificate(&ca, 0, &[], &[], 30).is_err());
-        for bad in ["", "a..b", "-", "under_score.example", "gatehouse-node-9", &"a".repeat(64)] {
+        for bad in ["", "a..b", "-", "under_score.example", "gatehouse-node-9", "GATEHOUSE-NODE-9", &"a".repeat(64)] {
             assert!(node_certificate(&ca, 1, &[bad.to_string()], &[], 30).is_err(), "{bad}");
         }
         assert!(format!("{:?}", ca.key_pem) == "KeyPem(..)");

@@ -28,29 +28,48 @@ struct Inner {
     current: RwLock<Loaded>,
 }
 
-#[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
     info: CertInfo,
-    /// The files' bytes when they were loaded: a reload that finds the same
-    /// bytes changes nothing.
+    /// The files' bytes this pair was parsed from: a reload that finds the
+    /// same bytes changes nothing. Never printed (the key file is here).
     seen: (Vec<u8>, Vec<u8>),
 }
 
-fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, TlsError> {
-    let chain = crate::pem::certificates(cert_file)?;
-    let key = crate::pem::private_key(key_file)?;
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// Parses the pair from the bytes just read (so what is recorded as seen is
+/// exactly what is served), refusing a CA certificate, a key that is not the
+/// certificate's, and a certificate outside its validity.
+fn parse(cert_file: &Path, key_file: &Path, seen: (Vec<u8>, Vec<u8>)) -> Result<Loaded, TlsError> {
+    let chain = crate::pem::certificates_in(cert_file, &seen.0)?;
+    let key = crate::pem::private_key_in(key_file, &seen.1)?;
     let info = crate::identity::parse(&chain[0]).map_err(|why| TlsError::file(cert_file, why))?;
     if info.is_ca {
         return Err(TlsError::file(cert_file, "is a CA certificate, not one to serve with"));
     }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if info.not_after <= now {
+        return Err(TlsError::file(cert_file, "has expired"));
+    }
+    if info.not_before > now {
+        return Err(TlsError::file(cert_file, "is not valid yet"));
+    }
     let certified = CertifiedKey::from_der(chain, key, &crate::provider())
         .map_err(|_| TlsError::file(key_file, format!("is not the key of {}", cert_file.display())))?;
-    let seen = (
-        std::fs::read(cert_file).map_err(|e| TlsError::file(cert_file, e))?,
-        std::fs::read(key_file).map_err(|e| TlsError::file(key_file, e))?,
-    );
     Ok(Loaded { key: Arc::new(certified), info, seen })
+}
+
+fn read_both(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    Ok((crate::pem::read(cert_file)?, crate::pem::read(key_file)?))
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, TlsError> {
+    parse(cert_file, key_file, read_both(cert_file, key_file)?)
 }
 
 impl Material {
@@ -70,14 +89,11 @@ impl Material {
     /// `Ok(false)` if the files did not change; on an error the pair in use
     /// stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let unchanged = |cur: &Loaded| {
-            std::fs::read(&self.inner.cert_file).is_ok_and(|c| c == cur.seen.0)
-                && std::fs::read(&self.inner.key_file).is_ok_and(|k| k == cur.seen.1)
-        };
-        if unchanged(&self.inner.current.read().unwrap_or_else(|p| p.into_inner())) {
+        let seen = read_both(&self.inner.cert_file, &self.inner.key_file)?;
+        if seen == self.inner.current.read().unwrap_or_else(|p| p.into_inner()).seen {
             return Ok(false);
         }
-        let loaded = load(&self.inner.cert_file, &self.inner.key_file)?;
+        let loaded = parse(&self.inner.cert_file, &self.inner.key_file, seen)?;
         tracing::info!(
             cert = %self.inner.cert_file.display(),
             serial = %loaded.info.serial,

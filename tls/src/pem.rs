@@ -15,18 +15,27 @@ use crate::TlsError;
 /// wrong path to a large file fails at once instead of filling memory.
 pub const MAX_PEM_BYTES: u64 = 1 << 20;
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let len = std::fs::metadata(path).map_err(|e| TlsError::file(path, e))?.len();
-    if len > MAX_PEM_BYTES {
+/// A file's bytes, read once and at most [`MAX_PEM_BYTES`] of them (a FIFO
+/// or a device at the path cannot make the node read without end).
+pub fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| TlsError::file(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes).map_err(|e| TlsError::file(path, e))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
         return Err(TlsError::file(path, format!("larger than {MAX_PEM_BYTES} bytes: not a PEM file")));
     }
-    std::fs::read(path).map_err(|e| TlsError::file(path, e))
+    Ok(bytes)
 }
 
 /// The certificates in a PEM file, in order; at least one.
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    certificates_in(path, &read(path)?)
+}
+
+/// The certificates in `bytes`, read from `path` (named in errors).
+pub fn certificates_in(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, format!("not a PEM certificate file ({e})")))?;
     if certs.is_empty() {
@@ -40,14 +49,23 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErro
 
 /// The private key in a PEM file. The error never quotes the file.
 pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::file(path, "no PKCS#8, PKCS#1 or SEC1 private key"))
+    private_key_in(path, &read(path)?)
+}
+
+/// The private key in `bytes`, read from `path`. The error never quotes it.
+pub fn private_key_in(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|_| TlsError::file(path, "no PKCS#8, PKCS#1 or SEC1 private key"))
 }
 
 /// A CA bundle as trust anchors: every certificate in the file must be one.
 pub fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    roots_in(path, &read(path)?)
+}
+
+/// The CA bundle in `bytes`, read from `path`.
+pub fn roots_in(path: &Path, bytes: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
     let mut store = rustls::RootCertStore::empty();
-    for cert in certificates(path)? {
+    for cert in certificates_in(path, bytes)? {
         store.add(cert).map_err(|e| TlsError::file(path, format!("not a usable CA certificate ({e})")))?;
     }
     Ok(store)
