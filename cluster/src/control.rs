@@ -22,7 +22,7 @@ pub struct ControlRpc {
     storage: gatehouse_storage::Storage,
 }
 
-/// The service, wrapped in the cluster-secret check.
+/// The service, behind [`Cluster::admit`] like the Raft service.
 pub fn server(
     cluster: Cluster,
     storage: gatehouse_storage::Storage,
@@ -30,11 +30,11 @@ pub fn server(
     ControlServiceServer<ControlRpc>,
     impl tonic::service::Interceptor + Clone,
 > {
-    let secret = cluster.peers().secret().clone();
+    let gate = cluster.clone();
     let svc = ControlServiceServer::new(ControlRpc { cluster, storage })
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
-    tonic::service::interceptor::InterceptedService::new(svc, move |req| secret.check(req))
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| gate.admit(req))
 }
 
 #[tonic::async_trait]

@@ -30,7 +30,9 @@ pub enum Credentials<'a> {
     /// The cluster secret: a call between nodes (`ControlService`).
     Cluster,
     /// The caller's `authorization` metadata, taken from its request: an
-    /// admin call the leader authorizes and audits as the caller's.
+    /// admin call the leader authorizes and audits as the caller's. The
+    /// cluster secret goes along: the leader's peer listener admits only
+    /// nodes of the cluster, then checks the caller's key.
     Caller(&'a MetadataMap),
 }
 
@@ -53,6 +55,7 @@ impl Cluster {
                 req.metadata_mut().insert(SECRET_METADATA, self.inner.peers.secret().metadata_value());
             }
             Credentials::Caller(from) => {
+                req.metadata_mut().insert(SECRET_METADATA, self.inner.peers.secret().metadata_value());
                 if let Some(auth) = from.get("authorization") {
                     req.metadata_mut().insert("authorization", auth.clone());
                 }

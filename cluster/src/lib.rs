@@ -22,7 +22,8 @@
 //! - [`transfer`]: handing leadership to another voter; election pauses.
 //! - [`spread`]: which voters applied a write (revocations with `wait_all`).
 //! - [`batcher`]: group commit of concurrent proposals into shared entries.
-//! - [`peers`]: cached channels to other nodes and the cluster secret they carry.
+//! - [`peers`]: cached channels to other nodes and the cluster secret they carry;
+//!   [`peer_tls`]: mutual TLS between nodes (dialling, and admitting a call).
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
 //! - [`control`]: the control service: what nodes ask each other beyond Raft
 //!   (forwarded writes, read index, status, election pauses, pre-vote, digests).
@@ -44,6 +45,7 @@ pub mod freshness;
 pub mod ids;
 pub mod metrics;
 pub mod pacing;
+pub mod peer_tls;
 pub mod peers;
 pub mod periodic;
 pub mod probe;

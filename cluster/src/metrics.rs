@@ -175,9 +175,19 @@ impl Cluster {
                 let m = rx.borrow_and_update();
                 (m.current_leader, m.current_term)
             };
+            let mut membership_at = None;
             while rx.changed().await.is_ok() {
                 let Some(inner) = weak.upgrade() else { return };
                 let m = rx.borrow_and_update();
+                // Peers dialled over TLS are checked against the id their
+                // address belongs to.
+                if let Some(tls) = inner.peers.tls() {
+                    let at = *m.membership_config.log_id();
+                    if membership_at != Some(at) {
+                        tls.learn(m.membership_config.membership());
+                        membership_at = Some(at);
+                    }
+                }
                 if m.state == openraft::ServerState::Leader {
                     if let Some(acked) =
                         m.millis_since_quorum_ack.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)))

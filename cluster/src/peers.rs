@@ -104,6 +104,8 @@ pub struct Peers {
     routes: Arc<HashMap<String, String>>,
     /// Production without TLS: the secret and the log go to loopback only.
     loopback_only: bool,
+    /// Mutual TLS to every peer, when configured.
+    tls: Option<crate::peer_tls::PeerTls>,
 }
 
 /// Whether `host:port` (or a bare host) names this machine: `localhost` or
@@ -125,7 +127,17 @@ pub fn is_loopback_addr(addr: &str) -> bool {
 
 impl Peers {
     pub fn new(secret: ClusterSecret) -> Self {
-        Peers { secret, channels: Arc::default(), routes: Arc::default(), loopback_only: false }
+        Peers { secret, channels: Arc::default(), routes: Arc::default(), loopback_only: false, tls: None }
+    }
+
+    /// Dials every peer over mutual TLS.
+    pub fn with_tls(mut self, tls: crate::peer_tls::PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn tls(&self) -> Option<&crate::peer_tls::PeerTls> {
+        self.tls.as_ref()
     }
 
     /// Refuses to dial anything off loopback: every Raft RPC carries the
@@ -167,9 +179,21 @@ impl Peers {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = self.endpoint(addr)?.connect_lazy();
+        let ch = self.connect_lazy(addr)?;
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+
+    /// A channel to `addr` that connects on first use (over TLS when configured).
+    fn connect_lazy(&self, addr: &str) -> Result<Channel, ClusterError> {
+        let endpoint = self.endpoint(addr)?;
+        Ok(match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                let dial = self.routes.get(addr).map_or(addr, String::as_str);
+                endpoint.connect_with_connector_lazy(tls.connector(addr.to_string(), dial.to_string()))
+            }
+        })
     }
 
     /// How `addr` is dialled (through its route, if it has one).
@@ -204,7 +228,7 @@ impl Peers {
     /// A control client on a channel of its own, not kept: for addresses
     /// that are not members yet (a learner about to be added).
     pub fn control_client_once(&self, addr: &str) -> Result<ControlClient, ClusterError> {
-        Ok(self.control_client_on(self.endpoint(addr)?.connect_lazy()))
+        Ok(self.control_client_on(self.connect_lazy(addr)?))
     }
 
     fn control_client_on(&self, ch: Channel) -> ControlClient {

@@ -208,6 +208,23 @@ impl HttpsConfig {
     }
 }
 
+/// `[cluster_tls]`: mutual TLS on the peer listener and on every
+/// connection to a peer (see docs/tls.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// The cluster's CA bundle (PEM; old and new CA during a CA rotation).
+    pub ca_file: PathBuf,
+    /// This node's certificate: it must bind this node's id
+    /// (`gatehouse-node-<node_id>`). Reloaded on change and SIGHUP.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Serial numbers (hex) refused even on valid certificates: a stolen
+    /// node certificate is evicted before it expires.
+    #[serde(default)]
+    pub deny_serials: Vec<String>,
+}
+
 /// OpenTelemetry trace export. The standard variables win over the file:
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
 /// `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
@@ -253,6 +270,8 @@ pub struct Config {
     pub http: gatehouse_api::http::serve::ServeLimits,
     /// `[https]`: serve the HTTP front over TLS.
     pub https: Option<HttpsConfig>,
+    /// `[cluster_tls]`: mutual TLS between nodes (needs `peer_addr`).
+    pub cluster_tls: Option<ClusterTlsConfig>,
     /// Production: serve plain HTTP off loopback because a TLS-terminating
     /// proxy stands in front (and nothing else can reach `http_addr`).
     pub http_behind_tls_proxy: bool,
@@ -301,6 +320,7 @@ impl Default for Config {
             metrics_on_front: None,
             http: Default::default(),
             https: None,
+            cluster_tls: None,
             http_behind_tls_proxy: false,
             advertise_addr: None,
             advertise_client_addr: None,
@@ -332,7 +352,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 26] = [
+const KEYS: [&str; 27] = [
     "identity",
     "rate_limits",
     "audit",
@@ -346,6 +366,7 @@ const KEYS: [&str; 26] = [
     "metrics_on_front",
     "http",
     "https",
+    "cluster_tls",
     "http_behind_tls_proxy",
     "advertise_addr",
     "advertise_client_addr",
@@ -438,6 +459,18 @@ impl Config {
                 return bad("https.hsts_max_age_secs is at most two years");
             }
         }
+        if self.cluster_tls.is_some() && self.peer_addr.is_none() {
+            return bad("cluster_tls needs peer_addr: mutual TLS is on the peer listener");
+        }
+        if let Some(t) = &self.cluster_tls {
+            for s in &t.deny_serials {
+                if gatehouse_tls::identity::normalize_serial(s).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "cluster_tls.deny_serials: {s:?} is not a hexadecimal serial number"
+                    )));
+                }
+            }
+        }
         if self.metrics_on_front == Some(true) && self.metrics_addr.is_some() {
             return bad("set metrics_addr or metrics_on_front = true, not both");
         }
@@ -506,14 +539,16 @@ impl Config {
             let members_loopback = self.initial_members.iter().all(|m| is_loopback_addr(&m.addr));
             let routes_loopback = self.peer_routes.iter().all(|(a, d)| is_loopback_addr(a) && is_loopback_addr(d));
             let peer_loopback = self.peer_addr.is_none_or(|a| a.ip().is_loopback());
-            if !self.grpc_addr.ip().is_loopback()
-                || !peer_loopback
-                || !advertised_loopback
-                || !members_loopback
-                || !routes_loopback
-            {
-                return bad("production mode refuses plaintext cluster traffic off loopback (grpc_addr, peer_addr, \
-                     advertise_addr, initial_members, peer_routes; TLS is not supported yet)");
+            // With mutual TLS between nodes, peers may be anywhere.
+            let peers_private = self.cluster_tls.is_some()
+                || (peer_loopback && advertised_loopback && members_loopback && routes_loopback);
+            if !peers_private {
+                return bad("production mode refuses plaintext cluster traffic off loopback (peer_addr, \
+                     advertise_addr, initial_members, peer_routes): configure [cluster_tls]");
+            }
+            if !self.grpc_addr.ip().is_loopback() {
+                return bad("production mode refuses the admin API in plaintext off loopback (grpc_addr): TLS for \
+                     the admin API is not built yet; keep grpc_addr on loopback and give peers peer_addr");
             }
         }
         Ok(())
@@ -576,6 +611,30 @@ mod tests {
         assert!(c.validate().is_ok());
         c.peer_routes.insert("127.0.0.1:9091".into(), "node-3.internal:9091".into());
         assert!(c.validate().is_err(), "a route off loopback");
+        c.peer_routes.clear();
+        // Mutual TLS between nodes lets peers leave the machine; the admin
+        // API (plaintext) still may not.
+        c.peer_addr = Some("10.0.0.5:9443".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("[cluster_tls]"));
+        let tls = ClusterTlsConfig {
+            ca_file: "/etc/gatehouse/tls/ca.pem".into(),
+            cert_file: "/etc/gatehouse/tls/node-1.pem".into(),
+            key_file: "/etc/gatehouse/tls/node-1.key".into(),
+            deny_serials: vec!["0A:1B".into()],
+        };
+        c.cluster_tls = Some(tls.clone());
+        c.advertise_addr = Some("10.0.0.5:9443".into());
+        c.peer_routes.insert("10.0.0.6:9443".into(), "node-2.internal:9443".into());
+        assert!(c.validate().is_ok());
+        c.grpc_addr = "0.0.0.0:9090".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("admin API"));
+        c.grpc_addr = "127.0.0.1:9090".parse().unwrap();
+        c.cluster_tls = Some(ClusterTlsConfig { deny_serials: vec!["zz".into()], ..tls });
+        assert!(c.validate().unwrap_err().to_string().contains("deny_serials"));
+        c.peer_addr = None;
+        assert!(c.validate().unwrap_err().to_string().contains("needs peer_addr"));
+        c.cluster_tls = None;
+        c.advertise_addr = None;
         c.peer_routes.clear();
         c.initialize = true;
         assert!(c.validate().is_err(), "initialising without a key file");

@@ -13,6 +13,7 @@
 //! metrics layer; both run on the Raft runtime, so replication never waits
 //! behind the HTTP front.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_api::admin::failures::FailureGate;
@@ -58,28 +59,89 @@ pub fn builder(api: &gatehouse_api::Node, auth_failures: Option<FailureGate>) ->
         .layer(GrpcMetricsLayer::new(api.clone(), auth_failures))
 }
 
-/// Serves `router` on `listener`, on the Raft runtime `rt`, until `stop`.
+/// How long a peer has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes under way at once on one listener; more connections wait
+/// in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 128;
+
+/// Serves `router` on `listener`, on the Raft runtime `rt`, until `stop`;
+/// over TLS with `tls` (mutual TLS on the peer listener).
 pub fn serve(
     rt: &tokio::runtime::Handle,
     listener: TcpListener,
     router: Router<Layered>,
     mut stop: Shutdown,
     what: &'static str,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<JoinHandle<()>> {
     // Registered with the Raft runtime's reactor, like the connections it accepts.
     let listener = {
         let _rt = rt.enter();
         TcpListener::from_std(listener.into_std()?)?
     };
-    Ok(rt.spawn(async move {
-        // Small request/response RPCs: without TCP_NODELAY, Nagle and
-        // delayed ACKs add ~40 ms stalls to replication and forwarding.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(rt.spawn(async move {
+            // Small request/response RPCs: without TCP_NODELAY, Nagle and
+            // delayed ACKs add ~40 ms stalls to replication and forwarding.
+            let incoming =
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                });
+            let shutdown = async move { stop.wait().await };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                tracing::error!(error = %e, listener = what, "gRPC server failed");
             }
-            s
-        });
+        }));
+    };
+    let (handshaken, incoming) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut accepting = stop.clone();
+    // Handshakes run beside each other: one slow or hostile peer never
+    // holds up the next connection.
+    rt.spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("never closed"),
+                _ = accepting.wait() => return,
+            };
+            let (tcp, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, listener = what, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = accepting.wait() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = handshaken.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        static FAILED: gatehouse_cluster::throttle::Throttle =
+                            gatehouse_cluster::throttle::Throttle::new(1_000);
+                        if let Some(suppressed) = FAILED.allow() {
+                            tracing::warn!(%peer, error = %e, listener = what, suppressed, "TLS handshake refused");
+                        }
+                    }
+                    Err(_) => tracing::debug!(%peer, listener = what, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok(rt.spawn(async move {
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
         let shutdown = async move { stop.wait().await };
         if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
             tracing::error!(error = %e, listener = what, "gRPC server failed");

@@ -112,6 +112,27 @@ impl Node {
             }
             None => None,
         };
+        // Mutual TLS between nodes: this node's certificate must bind its id.
+        let mut trusts = Vec::new();
+        let cluster_tls = match &config.cluster_tls {
+            Some(t) => {
+                let material = gatehouse_tls::Material::load(&t.cert_file, &t.key_file).context("[cluster_tls]")?;
+                let bound = material.info().node_ids;
+                if bound != [config.node_id] {
+                    anyhow::bail!(
+                        "[cluster_tls] {}: the certificate binds node(s) {bound:?}, this is node {}",
+                        t.cert_file.display(),
+                        config.node_id
+                    );
+                }
+                let trust = gatehouse_tls::peer::Trust::load(&t.ca_file, &t.deny_serials).context("[cluster_tls]")?;
+                served.push(crate::tls::Served { listener: "peer", material: material.clone() });
+                trusts.push(trust.clone());
+                let server = trust.server_config(&material)?;
+                Some((gatehouse_cluster::peer_tls::PeerTls::new(trust, &material)?, server))
+            }
+            None => None,
+        };
 
         let grpc_listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC {}", config.grpc_addr))?;
@@ -156,8 +177,17 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate()?);
-        let peers =
-            Peers::new(secret).with_routes(config.peer_routes.clone()).loopback_only(config.mode == Mode::Production);
+        // Production without mutual TLS sends cluster traffic to loopback only.
+        let mut peers = Peers::new(secret)
+            .with_routes(config.peer_routes.clone())
+            .loopback_only(config.mode == Mode::Production && cluster_tls.is_none());
+        let peer_server_tls = match cluster_tls {
+            Some((client, server)) => {
+                peers = peers.with_tls(client);
+                Some(server)
+            }
+            None => None,
+        };
         // Raft and everything that feeds it run on a runtime of their own:
         // decoding and encoding replication traffic never holds a worker
         // that answers requests (see `RaftRuntime`).
@@ -167,6 +197,7 @@ impl Node {
         let raft =
             raft_rt.handle().spawn(async move { Raft::new(id, raft_config, network, log_store, state_machine).await });
         let raft = raft.await.context("starting Raft")??;
+        check_own_address(&raft, id, &advertise_addr)?;
         // Two phases: the servers drain first, then the tasks that propose
         // stop (their last flushes then see every request that finished).
         let (serving, stop) = (ShutdownSender::new(), ShutdownSender::new());
@@ -232,17 +263,25 @@ impl Node {
         match peer_listener {
             // Peers on a port of their own.
             Some(listener) => {
-                let peer_router = crate::grpc::builder(&api, None)
+                // Membership calls sent on by a follower: a node of the
+                // cluster (the secret, a member's certificate) carrying the
+                // caller's key, which the service checks as on the client port.
+                let gate = cluster.clone();
+                let forwarded_admin =
+                    tonic::service::interceptor::InterceptedService::new(cluster_admin, move |r| gate.admit(r));
+                let peer_router = crate::grpc::builder(&api, auth_failures())
                     .add_service(raft_service)
                     .add_service(control_service)
-                    .add_service(cluster_admin);
+                    .add_service(forwarded_admin);
                 let rt = raft_rt.handle();
-                grpc.push(crate::grpc::serve(rt, listener, peer_router, serving.subscribe(), "peer")?);
-                grpc.push(crate::grpc::serve(rt, grpc_listener, client_router, serving.subscribe(), "client")?);
+                let stop = serving.subscribe();
+                grpc.push(crate::grpc::serve(rt, listener, peer_router, stop, "peer", peer_server_tls)?);
+                grpc.push(crate::grpc::serve(rt, grpc_listener, client_router, serving.subscribe(), "client", None)?);
             }
             None => {
                 let router = client_router.add_service(raft_service).add_service(control_service);
-                grpc.push(crate::grpc::serve(raft_rt.handle(), grpc_listener, router, serving.subscribe(), "client")?);
+                let rt = raft_rt.handle();
+                grpc.push(crate::grpc::serve(rt, grpc_listener, router, serving.subscribe(), "client", None)?);
             }
         }
         let http = {
@@ -259,7 +298,7 @@ impl Node {
         };
         let mut servers = vec![http];
         if !served.is_empty() {
-            servers.extend(crate::tls::keep_current(served, api.clone(), serving.subscribe()));
+            servers.extend(crate::tls::keep_current(served, trusts, api.clone(), serving.subscribe()));
         }
         if let Some(listener) = metrics_listener {
             let mut rx = serving.subscribe();
@@ -446,6 +485,31 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let node = Node::start(config).await?;
     shutdown.await;
     node.shutdown().await
+}
+
+/// Refuses to start where the membership records this node at another
+/// peer address: the other members would keep dialling the old one and
+/// never reach it (turning on `peer_addr` for a member, say). A node alone
+/// in its cluster is only warned: nobody dials it.
+fn check_own_address(raft: &Raft, id: u64, advertised: &str) -> anyhow::Result<()> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let membership = m.membership_config.membership();
+    let Some(recorded) = membership.get_node(&id) else { return Ok(()) };
+    if recorded.addr == advertised {
+        return Ok(());
+    }
+    if membership.nodes().count() == 1 {
+        tracing::warn!(recorded = %recorded.addr, advertised, "this node is recorded at another address");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "node {id} is a member at {}, but advertises {advertised}: the other members would never reach it. \
+         Start it with advertise_addr = \"{}\" (and the listener that serves it), or remove node {id} from the \
+         cluster, empty its data directory and add it again at the new address (docs/tls.md)",
+        recorded.addr,
+        recorded.addr
+    )
 }
 
 /// The dev node's cluster secret: made once, kept in the data directory (0600).

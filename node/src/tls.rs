@@ -1,5 +1,7 @@
-//! The node's TLS listeners' material: loaded at start (a file that does not
-//! load stops the start with its reason), then checked for new files every
+//! The node's TLS listeners' material (the HTTPS front's certificate, this
+//! node's peer certificate and the cluster's CA bundle): loaded at start (a
+//! file that does not load stops the start with its reason), then checked
+//! for new files every
 //! [`RELOAD_CHECK`] and at once on SIGHUP. A new pair is used for new
 //! connections; a bad one is refused, counted, logged, and the pair in use
 //! stays. Each certificate's expiry is a gauge in `/metrics`
@@ -11,6 +13,7 @@ use std::time::Duration;
 use gatehouse_api::metrics::{ListenerLabels, Metrics, ReloadLabels};
 use gatehouse_api::Node;
 use gatehouse_cluster::periodic::{Periodic, Shutdown};
+use gatehouse_tls::peer::Trust;
 use gatehouse_tls::Material;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -27,7 +30,7 @@ pub struct Served {
 
 /// Keeps `served` current until `stop`: a reload at every [`RELOAD_CHECK`]
 /// and on SIGHUP.
-pub fn keep_current(served: Vec<Served>, node: Node, stop: Shutdown) -> Vec<JoinHandle<()>> {
+pub fn keep_current(served: Vec<Served>, trusts: Vec<Trust>, node: Node, stop: Shutdown) -> Vec<JoinHandle<()>> {
     for s in &served {
         expiry(node.metrics(), s);
     }
@@ -55,10 +58,21 @@ pub fn keep_current(served: Vec<Served>, node: Node, stop: Shutdown) -> Vec<Join
         }
     }
     tasks.push(Periodic::every("tls.reload", RELOAD_CHECK, stop).woken_by(hup).run(move || {
-        let (served, node) = (served.clone(), node.clone());
+        let (served, trusts, node) = (served.clone(), trusts.clone(), node.clone());
         async move {
             for s in &served {
                 reload(node.metrics(), s);
+            }
+            for t in &trusts {
+                let outcome = match t.reload() {
+                    Ok(false) => continue,
+                    Ok(true) => "reloaded",
+                    Err(e) => {
+                        tracing::error!(error = %e, "new cluster CA bundle refused; the one in use stays");
+                        "refused"
+                    }
+                };
+                node.metrics().tls_reloads.get_or_create(&ReloadLabels { listener: "peer-ca", outcome }).inc();
             }
             true
         }

@@ -14,12 +14,15 @@
 //! - [`identity`]: what a certificate says: the node id bound to it
 //!   (`gatehouse-node-<id>`), its serial number and its expiry.
 //! - [`server`]: the rustls server configurations (HTTPS with ALPN).
+//! - [`peer`]: mutual TLS between nodes: the cluster's CA bundle and
+//!   deny-list ([`peer::Trust`]), and the checks each side makes of the other.
 //! - [`issue`]: a first cluster's CA and node certificates
 //!   (`gatehouse tls init-ca`, `gatehouse tls issue`).
 
 pub mod identity;
 pub mod issue;
 pub mod material;
+pub mod peer;
 pub mod pem;
 pub mod server;
 

@@ -201,8 +201,13 @@ impl ClusterService for ClusterAdmin {
         // secret and the log there in plaintext.
         self.cluster.peers().check_dialable(&r.addr)?;
         let membership = self.cluster.raft().metrics().borrow().membership_config.membership().clone();
-        learner::fits(&membership, r.node_id, &r.addr)?;
-        let audit = self.audit(&actor, "cluster.add_learner", r.node_id, format!("addr={}", r.addr));
+        learner::fits(&membership, r.node_id, &r.addr, &r.client_addr)?;
+        let detail = format!(
+            "addr={} client_addr={}",
+            r.addr,
+            Member::split(r.addr.clone(), r.client_addr.clone()).client_addr()
+        );
+        let audit = self.audit(&actor, "cluster.add_learner", r.node_id, detail);
         // The probe carries the cluster secret to the address: every one is
         // audited, refused or not.
         let audit = match learner::probe(&self.cluster, r.node_id, &r.addr).await {

@@ -32,12 +32,20 @@ pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Whether adding `id` at `addr` fits the current membership. Adding a
 /// learner again at its own address is allowed (a retried call).
-pub fn fits(m: &Membership, id: NodeId, addr: &str) -> Result<(), ApiError> {
+pub fn fits(m: &Membership, id: NodeId, addr: &str, client_addr: &str) -> Result<(), ApiError> {
     if let Some(node) = m.get_node(&id) {
         if node.addr != addr {
             return Err(ApiError::FailedPrecondition(format!(
                 "node {id} is a member at {}; remove it before adding it at another address",
                 node.addr
+            )));
+        }
+        // A retried call is the same call: the membership cannot change a
+        // member's addresses in place.
+        if node.client_addr() != gatehouse_storage::Member::split(addr, client_addr).client_addr() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "node {id} is a member with client address {}; remove it before adding it with another",
+                node.client_addr()
             )));
         }
         if m.voter_ids().any(|v| v == id) {
@@ -137,9 +145,12 @@ mod tests {
     #[test]
     fn only_ids_and_addresses_the_cluster_can_use_fit() {
         let m = membership();
-        assert!(fits(&m, 5, "127.0.0.1:7005").is_ok(), "a new node");
-        assert!(fits(&m, 4, "127.0.0.1:7004").is_ok(), "a learner added again (a retry)");
-        let refused = |id, addr: &str| fits(&m, id, addr).unwrap_err().to_string();
+        assert!(fits(&m, 5, "127.0.0.1:7005", "").is_ok(), "a new node");
+        assert!(fits(&m, 4, "127.0.0.1:7004", "").is_ok(), "a learner added again (a retry)");
+        assert!(fits(&m, 4, "127.0.0.1:7004", "127.0.0.1:7004").is_ok(), "the same address spelled out");
+        let e = fits(&m, 4, "127.0.0.1:7004", "10.0.0.4:9090").unwrap_err().to_string();
+        assert!(e.contains("client address"), "{e}");
+        let refused = |id, addr: &str| fits(&m, id, addr, "").unwrap_err().to_string();
         assert!(refused(1, "127.0.0.1:7001").contains("already a voter"));
         assert!(refused(4, "127.0.0.1:7009").contains("remove it before"));
         assert!(refused(5, "127.0.0.1:7002").contains("address of node 2"));

@@ -22,16 +22,17 @@ pub struct RaftRpc {
     cluster: Cluster,
 }
 
-/// The service, wrapped in the cluster-secret check.
+/// The service, behind [`Cluster::admit`]: the cluster secret, and a
+/// member's certificate on a mutual-TLS listener.
 pub fn server(
     cluster: Cluster,
 ) -> tonic::service::interceptor::InterceptedService<RaftServiceServer<RaftRpc>, impl tonic::service::Interceptor + Clone>
 {
-    let secret = cluster.peers().secret().clone();
+    let gate = cluster.clone();
     let svc = RaftServiceServer::new(RaftRpc { cluster })
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
-    tonic::service::interceptor::InterceptedService::new(svc, move |req| secret.check(req))
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| gate.admit(req))
 }
 
 pub(crate) fn bad(what: impl std::fmt::Display) -> Status {
@@ -50,6 +51,7 @@ impl RaftService for RaftRpc {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        crate::peer_tls::claims(&req, req.get_ref().vote.as_ref().map(|v| v.node_id))?;
         let req = req.into_inner();
         let leader_commit = opt_log_id_from_pb(&req.leader_commit);
         let entries = req.entries.into_iter().map(entry_from_pb).collect::<Result<Vec<_>, _>>().map_err(bad)?;
@@ -82,6 +84,7 @@ impl RaftService for RaftRpc {
     }
 
     async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        crate::peer_tls::claims(&req, req.get_ref().vote.as_ref().map(|v| v.node_id))?;
         let req = req.into_inner();
         let rpc = VoteRequest {
             vote: req_vote_from_pb(&req.vote).map_err(bad)?,
@@ -104,8 +107,15 @@ impl RaftService for RaftRpc {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let claimed_by = req.extensions().get::<crate::peer_tls::PeerNode>().copied();
         let mut stream = req.into_inner();
         let head = stream.next().await.ok_or_else(|| bad("empty snapshot stream"))??;
+        if let Some(crate::peer_tls::PeerNode(id)) = claimed_by {
+            if head.vote.as_ref().map(|v| v.node_id) != Some(id) {
+                tracing::warn!(certificate = id, "a peer sent a snapshot in another node's name");
+                return Err(Status::permission_denied("the message's sender is not the certificate's node"));
+            }
+        }
         let vote = req_vote_from_pb(&head.vote).map_err(bad)?;
         let meta = snapshot_meta_from_pb(head.meta.as_ref().ok_or_else(|| bad("snapshot meta"))?).map_err(bad)?;
         let raft = self.cluster.raft();

@@ -1,0 +1,146 @@
+//! Mutual TLS between nodes, as consensus uses it: dialling a peer (a TLS
+//! connector per channel, naming the member's id when the address is a
+//! member's), and admitting a call (who the certificate says called, and
+//! whether that node is a member now).
+//!
+//! The certificate checks themselves (the CA, a bound id, the deny-list)
+//! are `gatehouse_tls::peer`'s; here is what they mean for the cluster:
+//!
+//! - a call is admitted only from a node of the current membership (a
+//!   removed node is refused at once, its certificate still valid), or from
+//!   any node of the cluster's CA while this node has no membership yet (a
+//!   new node being added learns the leader from its first append);
+//! - a Raft message's claimed sender must be the certificate's node (a
+//!   stolen node-2 certificate cannot vote or append as node 3): checked
+//!   by the Raft service with [`PeerNode`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gatehouse_storage::types::Membership;
+use gatehouse_storage::NodeId;
+use gatehouse_tls::peer::{server_name, Trust};
+use tonic::{Request, Status};
+
+use crate::Cluster;
+
+/// How long dialling a peer may take, TCP and TLS handshake together.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+/// The node a call came from, as its certificate says (an extension of
+/// every admitted request on a mutual-TLS listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNode(pub NodeId);
+
+/// This node's side of mutual TLS between nodes.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    trust: Trust,
+    client: Arc<rustls::ClientConfig>,
+    /// Member addresses → ids, from the latest membership.
+    ids: Arc<RwLock<HashMap<String, NodeId>>>,
+}
+
+impl PeerTls {
+    /// `material` is presented to peers; `trust` decides whom to believe.
+    pub fn new(trust: Trust, material: &gatehouse_tls::Material) -> Result<PeerTls, gatehouse_tls::TlsError> {
+        Ok(PeerTls { client: trust.client_config(material)?, trust, ids: Arc::default() })
+    }
+
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// Remembers which id each member's address belongs to.
+    pub(crate) fn learn(&self, membership: &Membership) {
+        let ids = membership.nodes().map(|(id, m)| (m.addr.clone(), *id)).collect();
+        *self.ids.write().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// A connector for the channel to `addr`, dialled at `dial`: TCP, then
+    /// TLS naming the member's id (any node of the cluster for an address
+    /// that is no member's yet).
+    pub(crate) fn connector(
+        &self,
+        addr: String,
+        dial: String,
+    ) -> impl tower::Service<
+        http::Uri,
+        Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        Error = std::io::Error,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        let tls = self.clone();
+        tower::service_fn(move |_uri: http::Uri| {
+            let (tls, addr, dial) = (tls.clone(), addr.clone(), dial.clone());
+            async move {
+                let id = tls.ids.read().unwrap_or_else(|p| p.into_inner()).get(&addr).copied();
+                let connect = async {
+                    let tcp = tokio::net::TcpStream::connect(&dial).await?;
+                    tcp.set_nodelay(true)?;
+                    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                    connector.connect(server_name(id), tcp).await
+                };
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to a peer timed out")
+                })??;
+                Ok(hyper_util::rt::TokioIo::new(stream))
+            }
+        })
+    }
+}
+
+impl Cluster {
+    /// Admits a call between nodes: the cluster secret, and on a mutual-TLS
+    /// listener a member's certificate (see the module's rules). The
+    /// caller's node is then a [`PeerNode`] extension of the request.
+    #[allow(clippy::result_large_err)]
+    pub fn admit<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+        let mut req = self.inner.peers.secret().check(req)?;
+        let Some(tls) = self.inner.peers.tls() else { return Ok(req) };
+        let refuse = |why: String| {
+            static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
+            if let Some(suppressed) = REFUSED.allow() {
+                tracing::warn!(peer = ?req.remote_addr(), why = %why, suppressed, "peer refused");
+            }
+            Status::permission_denied("this node does not accept calls from that peer")
+        };
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let certs = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
+        let Some(certs) = certs else {
+            return Err(refuse("no client certificate".into()));
+        };
+        let id = match certs.first().map(|c| tls.trust.peer_id(c)) {
+            Some(Ok(id)) => id,
+            Some(Err(why)) => return Err(refuse(why)),
+            None => return Err(refuse("no client certificate".into())),
+        };
+        let member = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            membership.get_node(&id).is_some() || membership.nodes().next().is_none()
+        };
+        if !member {
+            return Err(refuse(format!("node {id} is not a member")));
+        }
+        req.extensions_mut().insert(PeerNode(id));
+        Ok(req)
+    }
+}
+
+/// Refuses a Raft message whose claimed sender is not the node the
+/// certificate names (no certificate: a listener without TLS, nothing to check).
+#[allow(clippy::result_large_err)]
+pub(crate) fn claims<T>(req: &Request<T>, claimed: Option<NodeId>) -> Result<(), Status> {
+    match req.extensions().get::<PeerNode>() {
+        Some(PeerNode(id)) if claimed != Some(*id) => {
+            tracing::warn!(certificate = id, claimed = ?claimed, "a peer claimed another node's id");
+            Err(Status::permission_denied("the message's sender is not the certificate's node"))
+        }
+        _ => Ok(()),
+    }
+}
