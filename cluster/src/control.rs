@@ -78,6 +78,10 @@ impl ControlService for ControlRpc {
         &self,
         req: Request<pb::PauseElectionsRequest>,
     ) -> Result<Response<pb::PauseElectionsResponse>, Status> {
+        // Only the leader pauses others (a transfer); anyone may lift a pause.
+        if req.get_ref().duration_ms > 0 {
+            from_the_leader(&self.cluster, &req)?;
+        }
         let ms = req.into_inner().duration_ms;
         if ms > MAX_ELECTION_PAUSE_MS {
             return Err(bad(format!("an election pause is at most {MAX_ELECTION_PAUSE_MS} ms")));
@@ -104,7 +108,9 @@ impl ControlService for ControlRpc {
         Ok(Response::new(pb::StateDigestResponse { applied_index, sha256: sha256.to_vec() }))
     }
 
-    async fn campaign(&self, _req: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
+    async fn campaign(&self, req: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
+        // Only the leader hands its leadership over.
+        from_the_leader(&self.cluster, &req)?;
         let m = self.cluster.raft().metrics().borrow().clone();
         if !m.membership_config.membership().voter_ids().any(|v| v == self.cluster.id()) {
             return Err(Status::failed_precondition("this node is not a voter"));
@@ -113,6 +119,19 @@ impl ControlService for ControlRpc {
         self.cluster.pause_elections(std::time::Duration::ZERO);
         self.cluster.raft().trigger().elect().await.map_err(|_| Status::unavailable("raft stopped"))?;
         Ok(Response::new(pb::CampaignResponse {}))
+    }
+}
+
+/// Over mutual TLS: refuses a call that only the current leader may make
+/// (an election pause, a campaign) from any other node.
+#[allow(clippy::result_large_err)]
+fn from_the_leader<T>(cluster: &Cluster, req: &Request<T>) -> Result<(), Status> {
+    match req.extensions().get::<crate::peer_tls::PeerNode>() {
+        Some(crate::peer_tls::PeerNode(id)) if cluster.raft().metrics().borrow().current_leader != Some(*id) => {
+            tracing::warn!(peer = id, "a node that does not lead asked for an election pause or a campaign");
+            Err(Status::permission_denied("only the leader may ask that"))
+        }
+        _ => Ok(()),
     }
 }
 

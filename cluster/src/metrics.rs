@@ -175,18 +175,23 @@ impl Cluster {
                 let m = rx.borrow_and_update();
                 (m.current_leader, m.current_term)
             };
-            let mut membership_at = None;
+            // Peers dialled over TLS are checked against the id their
+            // address belongs to: learned from the membership loaded at
+            // start, then from every change.
+            let mut membership_at = {
+                let m = rx.borrow();
+                if let Some(inner) = weak.upgrade() {
+                    inner.peers.learn(m.membership_config.membership());
+                }
+                *m.membership_config.log_id()
+            };
             while rx.changed().await.is_ok() {
                 let Some(inner) = weak.upgrade() else { return };
                 let m = rx.borrow_and_update();
-                // Peers dialled over TLS are checked against the id their
-                // address belongs to.
-                if let Some(tls) = inner.peers.tls() {
-                    let at = *m.membership_config.log_id();
-                    if membership_at != Some(at) {
-                        tls.learn(m.membership_config.membership());
-                        membership_at = Some(at);
-                    }
+                let at = *m.membership_config.log_id();
+                if membership_at != at {
+                    inner.peers.learn(m.membership_config.membership());
+                    membership_at = at;
                 }
                 if m.state == openraft::ServerState::Leader {
                     if let Some(acked) =

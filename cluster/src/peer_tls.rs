@@ -52,15 +52,27 @@ impl PeerTls {
         &self.trust
     }
 
-    /// Remembers which id each member's address belongs to.
-    pub(crate) fn learn(&self, membership: &Membership) {
-        let ids = membership.nodes().map(|(id, m)| (m.addr.clone(), *id)).collect();
-        *self.ids.write().unwrap_or_else(|p| p.into_inner()) = ids;
+    /// Remembers which id each member's address belongs to; returns the
+    /// addresses whose id changed (their connections were made for another node).
+    pub(crate) fn learn(&self, membership: &Membership) -> Vec<String> {
+        let fresh: HashMap<String, NodeId> = membership.nodes().map(|(id, m)| (m.addr.clone(), *id)).collect();
+        let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
+        let changed =
+            ids.iter().filter(|(a, id)| fresh.get(*a).is_some_and(|f| f != *id)).map(|(a, _)| a.clone()).collect();
+        *ids = fresh;
+        changed
+    }
+
+    /// Records that `addr` is node `id`'s (a Raft connection to a member,
+    /// a learner being probed); returns whether it was another's before.
+    pub(crate) fn expect(&self, addr: &str, id: NodeId) -> bool {
+        let previous = self.ids.write().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), id);
+        previous.is_some_and(|p| p != id)
     }
 
     /// A connector for the channel to `addr`, dialled at `dial`: TCP, then
-    /// TLS naming the member's id (any node of the cluster for an address
-    /// that is no member's yet).
+    /// TLS naming the id `addr` belongs to, so only that node's certificate
+    /// is taken. An address of no known node is not dialled.
     pub(crate) fn connector(
         &self,
         addr: String,
@@ -78,11 +90,14 @@ impl PeerTls {
             let (tls, addr, dial) = (tls.clone(), addr.clone(), dial.clone());
             async move {
                 let id = tls.ids.read().unwrap_or_else(|p| p.into_inner()).get(&addr).copied();
+                let Some(id) = id else {
+                    return Err(std::io::Error::other(format!("no node is known at {addr}")));
+                };
                 let connect = async {
                     let tcp = tokio::net::TcpStream::connect(&dial).await?;
                     tcp.set_nodelay(true)?;
                     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                    connector.connect(server_name(id), tcp).await
+                    connector.connect(server_name(Some(id)), tcp).await
                 };
                 let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to a peer timed out")

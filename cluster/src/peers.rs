@@ -12,6 +12,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use gatehouse_storage::NodeId;
+
 use crate::ClusterError;
 
 /// Metadata key of the cluster secret on Raft RPCs.
@@ -138,6 +140,28 @@ impl Peers {
 
     pub fn tls(&self) -> Option<&crate::peer_tls::PeerTls> {
         self.tls.as_ref()
+    }
+
+    /// Over TLS: which node each member's address is, from `membership`;
+    /// a channel made for another node at an address is dropped.
+    pub fn learn(&self, membership: &gatehouse_storage::types::Membership) {
+        if let Some(tls) = &self.tls {
+            let changed = tls.learn(membership);
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            for addr in changed {
+                channels.remove(&addr);
+            }
+        }
+    }
+
+    /// Over TLS: `addr` is node `id`'s, and only its certificate is taken
+    /// there (a channel made for another node there is dropped).
+    pub fn expect(&self, addr: &str, id: NodeId) {
+        if let Some(tls) = &self.tls {
+            if tls.expect(addr, id) {
+                self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+            }
+        }
     }
 
     /// Refuses to dial anything off loopback: every Raft RPC carries the

@@ -59,11 +59,45 @@ pub fn builder(api: &gatehouse_api::Node, auth_failures: Option<FailureGate>) ->
         .layer(GrpcMetricsLayer::new(api.clone(), auth_failures))
 }
 
-/// How long a peer has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer has to finish its TLS handshake (a node dialling gives
+/// up after 1.5 s: a slower handshake serves nobody).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// TLS handshakes under way at once on one listener; more connections wait
 /// in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 128;
+/// Handshakes under way at once from one address: one host cannot take the
+/// slots its peers need.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// Handshakes under way per source address; a guard gives its place back.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct Place(PerAddress, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(&self, ip: std::net::IpAddr) -> Option<Place> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Place(self.clone(), ip))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Serves `router` on `listener`, on the Raft runtime `rt`, until `stop`;
 /// over TLS with `tls` (mutual TLS on the peer listener).
@@ -104,6 +138,7 @@ pub fn serve(
     // holds up the next connection.
     rt.spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let per_address = PerAddress::default();
         loop {
             let slot = tokio::select! {
                 s = slots.clone().acquire_owned() => s.expect("never closed"),
@@ -120,10 +155,18 @@ pub fn serve(
                 },
                 _ = accepting.wait() => return,
             };
+            let Some(place) = per_address.take(peer.ip()) else {
+                static CROWDED: gatehouse_cluster::throttle::Throttle =
+                    gatehouse_cluster::throttle::Throttle::new(1_000);
+                if let Some(suppressed) = CROWDED.allow() {
+                    tracing::warn!(%peer, listener = what, suppressed, "too many TLS handshakes from one address");
+                }
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
             tokio::spawn(async move {
-                let _slot = slot;
+                let (_slot, _place) = (slot, place);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = handshaken.send(Ok::<_, std::io::Error>(stream)).await;

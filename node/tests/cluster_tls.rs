@@ -50,13 +50,15 @@ impl Pki {
         }
     }
 
-    /// Peers that dial with the certificate `name` and trust `ca_file`.
-    fn peers(&self, name: &str, ca_file: &Path) -> Peers {
+    /// Peers that dial node `id` at `addr` with the certificate `name` and trust `ca_file`.
+    fn peers(&self, name: &str, ca_file: &Path, addr: &str, id: u64) -> Peers {
         let trust = gatehouse_tls::peer::Trust::load(ca_file, &[]).unwrap();
         let material =
             gatehouse_tls::Material::load(&self.path(&format!("{name}.pem")), &self.path(&format!("{name}.key")))
                 .unwrap();
-        Peers::new(ClusterSecret::new(SECRET).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap())
+        let peers = Peers::new(ClusterSecret::new(SECRET).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap());
+        peers.expect(addr, id);
+        peers
     }
 }
 
@@ -82,8 +84,23 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
         let addr = addr.clone();
         async move { peers.control_client(&addr).unwrap().local_status(LocalStatusRequest {}).await }
     };
+    let peers = |name: &str, ca: &Path| pki.peers(name, ca, &addr, leader);
     // A member's certificate: admitted.
-    assert_eq!(status(pki.peers("node-2", &pki.path("ca.pem"))).await.unwrap().into_inner().node_id, leader);
+    assert_eq!(status(peers("node-2", &pki.path("ca.pem"))).await.unwrap().into_inner().node_id, leader);
+    // Only the leader may pause others' elections or ask one to campaign.
+    let follower_cert = format!("node-{follower}");
+    let mut control = peers(&follower_cert, &pki.path("ca.pem")).control_client(&addr).unwrap();
+    let pause = gatehouse_proto::control::PauseElectionsRequest { duration_ms: 60_000 };
+    assert_eq!(control.pause_elections(pause).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let campaign = gatehouse_proto::control::CampaignRequest {};
+    assert_eq!(control.campaign(campaign).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    // A node dials only addresses it knows a node at.
+    let blind = {
+        let trust = gatehouse_tls::peer::Trust::load(&pki.path("ca.pem"), &[]).unwrap();
+        let material = gatehouse_tls::Material::load(&pki.path("node-2.pem"), &pki.path("node-2.key")).unwrap();
+        Peers::new(ClusterSecret::new(SECRET).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap())
+    };
+    assert!(status(blind).await.is_err());
     // Plaintext to the peer port, even with the secret: no.
     assert!(status(Peers::new(ClusterSecret::new(SECRET).unwrap())).await.is_err());
     // A certificate from another CA: refused in the handshake.
@@ -93,14 +110,14 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     Pki::write(pki.dir.path(), "stranger-2", &node_certificate(&other_ca, 2, &[], &[], 30).unwrap());
     let both = other.path().join("both.pem");
     std::fs::write(&both, format!("{}{}", pki.ca.cert_pem, other_ca.cert_pem)).unwrap();
-    assert!(status(pki.peers("stranger-2", &both)).await.is_err());
+    assert!(status(peers("stranger-2", &both)).await.is_err());
     // The stolen, denied certificate of node 2: refused.
-    assert!(status(pki.peers("stolen-2", &pki.path("ca.pem"))).await.is_err());
+    assert!(status(peers("stolen-2", &pki.path("ca.pem"))).await.is_err());
 
     // Node 2's certificate may not speak for node 3.
     let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
     let impostor = if leader == 2 { "node-1" } else { "node-2" };
-    let mut raft = pki.peers(impostor, &pki.path("ca.pem")).raft_client(&addr).unwrap();
+    let mut raft = peers(impostor, &pki.path("ca.pem")).raft_client(&addr).unwrap();
     let claimed = if leader == 3 { 1 } else { 3 };
     let vote = pb::VoteRequest {
         vote: Some(pb::Vote { term: term + 5, node_id: claimed, committed: false }),
@@ -136,7 +153,7 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     admin_cli(&c.endpoint(leader), &c.admin_key, &["cluster", "remove", &gone.to_string()]).await.unwrap();
     let addr = c.node(leader).advertise_addr().to_string();
     let refused = pki
-        .peers(&format!("node-{gone}"), &pki.path("ca.pem"))
+        .peers(&format!("node-{gone}"), &pki.path("ca.pem"), &addr, leader)
         .control_client(&addr)
         .unwrap()
         .local_status(LocalStatusRequest {})

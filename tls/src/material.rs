@@ -25,6 +25,8 @@ pub struct Material {
 struct Inner {
     cert_file: PathBuf,
     key_file: PathBuf,
+    /// The node id the certificate must bind, at load and at every reload.
+    node: Option<u64>,
     current: RwLock<Loaded>,
 }
 
@@ -45,12 +47,17 @@ impl std::fmt::Debug for Loaded {
 /// Parses the pair from the bytes just read (so what is recorded as seen is
 /// exactly what is served), refusing a CA certificate, a key that is not the
 /// certificate's, and a certificate outside its validity.
-fn parse(cert_file: &Path, key_file: &Path, seen: (Vec<u8>, Vec<u8>)) -> Result<Loaded, TlsError> {
+fn parse(cert_file: &Path, key_file: &Path, node: Option<u64>, seen: (Vec<u8>, Vec<u8>)) -> Result<Loaded, TlsError> {
     let chain = crate::pem::certificates_in(cert_file, &seen.0)?;
     let key = crate::pem::private_key_in(key_file, &seen.1)?;
     let info = crate::identity::parse(&chain[0]).map_err(|why| TlsError::file(cert_file, why))?;
     if info.is_ca {
         return Err(TlsError::file(cert_file, "is a CA certificate, not one to serve with"));
+    }
+    if let Some(id) = node {
+        if info.node_ids != [id] {
+            return Err(TlsError::file(cert_file, format!("binds node(s) {:?}, this is node {id}", info.node_ids)));
+        }
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if info.not_after <= now {
@@ -68,18 +75,25 @@ fn read_both(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), Tl
     Ok((crate::pem::read(cert_file)?, crate::pem::read(key_file)?))
 }
 
-fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, TlsError> {
-    parse(cert_file, key_file, read_both(cert_file, key_file)?)
-}
-
 impl Material {
     /// Loads the chain in `cert_file` and the key in `key_file`.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Material, TlsError> {
-        let loaded = load(cert_file, key_file)?;
+        Self::load_checked(cert_file, key_file, None)
+    }
+
+    /// [`Material::load`], for a node's own certificate: it must bind node
+    /// `id`, now and at every reload.
+    pub fn load_node(cert_file: &Path, key_file: &Path, id: u64) -> Result<Material, TlsError> {
+        Self::load_checked(cert_file, key_file, Some(id))
+    }
+
+    fn load_checked(cert_file: &Path, key_file: &Path, node: Option<u64>) -> Result<Material, TlsError> {
+        let loaded = parse(cert_file, key_file, node, read_both(cert_file, key_file)?)?;
         Ok(Material {
             inner: Arc::new(Inner {
                 cert_file: cert_file.to_path_buf(),
                 key_file: key_file.to_path_buf(),
+                node,
                 current: RwLock::new(loaded),
             }),
         })
@@ -93,7 +107,7 @@ impl Material {
         if seen == self.inner.current.read().unwrap_or_else(|p| p.into_inner()).seen {
             return Ok(false);
         }
-        let loaded = parse(&self.inner.cert_file, &self.inner.key_file, seen)?;
+        let loaded = parse(&self.inner.cert_file, &self.inner.key_file, self.inner.node, seen)?;
         tracing::info!(
             cert = %self.inner.cert_file.display(),
             serial = %loaded.info.serial,
@@ -172,5 +186,25 @@ mod tests {
         write(&third);
         assert!(m.reload().unwrap());
         assert_eq!(m.certified_key().cert[0], third.cert_der);
+    }
+
+    #[test]
+    fn a_nodes_own_certificate_must_bind_its_id_at_every_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("node.pem"), dir.path().join("node.key"));
+        let ca = new_ca("test CA", 30).unwrap();
+        let write = |i: &crate::issue::Issued| {
+            std::fs::write(&cert, &i.cert_pem).unwrap();
+            std::fs::write(&key, i.key_pem.expose()).unwrap();
+        };
+        write(&node_certificate(&ca, 2, &[], &[], 30).unwrap());
+        let e = Material::load_node(&cert, &key, 1).unwrap_err().to_string();
+        assert!(e.contains("binds node(s) [2], this is node 1"), "{e}");
+        let mine = node_certificate(&ca, 1, &[], &[], 30).unwrap();
+        write(&mine);
+        let m = Material::load_node(&cert, &key, 1).unwrap();
+        write(&node_certificate(&ca, 2, &[], &[], 30).unwrap());
+        assert!(m.reload().unwrap_err().to_string().contains("this is node 1"));
+        assert_eq!(m.certified_key().cert[0], mine.cert_der);
     }
 }

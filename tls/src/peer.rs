@@ -114,6 +114,10 @@ impl Trust {
     /// serial is denied.
     pub fn peer_id(&self, cert: &CertificateDer<'_>) -> Result<u64, String> {
         let info = crate::identity::parse(cert)?;
+        // Checked on every call too: a connection outlives its handshake.
+        if info.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
+            return Err("the certificate has expired".into());
+        }
         if self.inner.deny.read().unwrap_or_else(|p| p.into_inner()).contains(&info.serial) {
             return Err(format!("certificate serial {} is denied", info.serial));
         }

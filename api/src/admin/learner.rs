@@ -62,6 +62,8 @@ pub fn fits(m: &Membership, id: NodeId, addr: &str, client_addr: &str) -> Result
 /// address where nothing listens is tried again for [`PROBE_WINDOW`].
 pub async fn probe(cluster: &Cluster, id: NodeId, addr: &str) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + PROBE_WINDOW;
+    // Over TLS, only node `id`'s certificate is taken at the address.
+    cluster.peers().expect(addr, id);
     let status = loop {
         let mut client = cluster.peers().control_client_once(addr)?;
         let mut req = tonic::Request::new(pb::LocalStatusRequest {});

@@ -61,6 +61,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
+        // Over TLS, only `target`'s certificate is taken at its address.
+        self.peers.expect(&node.addr, target);
         Connection { target, client: self.peers.raft_client(&node.addr).map_err(|e| e.to_string()), inflight: None }
     }
 }

@@ -85,6 +85,17 @@ impl RaftService for RaftRpc {
 
     async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         crate::peer_tls::claims(&req, req.get_ref().vote.as_ref().map(|v| v.node_id))?;
+        // Over mutual TLS, only a voter may campaign (a learner's certificate
+        // is no way to take the lead).
+        if let Some(crate::peer_tls::PeerNode(id)) = req.extensions().get::<crate::peer_tls::PeerNode>() {
+            let m = self.cluster.raft().metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            if membership.nodes().next().is_some() && !membership.voter_ids().any(|v| v == *id) {
+                tracing::warn!(peer = id, "a node that is no voter asked for a vote");
+                return Err(Status::permission_denied("only a voter may ask for a vote"));
+            }
+        }
         let req = req.into_inner();
         let rpc = VoteRequest {
             vote: req_vote_from_pb(&req.vote).map_err(bad)?,
