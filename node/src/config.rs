@@ -225,6 +225,23 @@ pub struct ClusterTlsConfig {
     pub deny_serials: Vec<String>,
 }
 
+/// `[admin_tls]`: the admin API (`grpc_addr`) over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// The certificate clients verify (the node's own will do: it names the
+    /// node's host names). Reloaded on change and SIGHUP.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA bundle for admin callers' client certificates; unset: none asked.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse callers without a client certificate from `client_ca_file`
+    /// (the API key is still required on every call).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
 /// OpenTelemetry trace export. The standard variables win over the file:
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
 /// `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
@@ -272,6 +289,8 @@ pub struct Config {
     pub https: Option<HttpsConfig>,
     /// `[cluster_tls]`: mutual TLS between nodes (needs `peer_addr`).
     pub cluster_tls: Option<ClusterTlsConfig>,
+    /// `[admin_tls]`: the admin API over TLS.
+    pub admin_tls: Option<AdminTlsConfig>,
     /// Production: serve plain HTTP off loopback because a TLS-terminating
     /// proxy stands in front (and nothing else can reach `http_addr`).
     pub http_behind_tls_proxy: bool,
@@ -321,6 +340,7 @@ impl Default for Config {
             http: Default::default(),
             https: None,
             cluster_tls: None,
+            admin_tls: None,
             http_behind_tls_proxy: false,
             advertise_addr: None,
             advertise_client_addr: None,
@@ -352,7 +372,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 27] = [
+const KEYS: [&str; 28] = [
     "identity",
     "rate_limits",
     "audit",
@@ -367,6 +387,7 @@ const KEYS: [&str; 27] = [
     "http",
     "https",
     "cluster_tls",
+    "admin_tls",
     "http_behind_tls_proxy",
     "advertise_addr",
     "advertise_client_addr",
@@ -459,6 +480,17 @@ impl Config {
                 return bad("https.hsts_max_age_secs is at most two years");
             }
         }
+        if let Some(a) = &self.admin_tls {
+            if a.require_client_cert && a.client_ca_file.is_none() {
+                return bad("admin_tls.require_client_cert needs admin_tls.client_ca_file");
+            }
+            if self.peer_addr.is_none() {
+                // Peers would dial this TLS port in plaintext.
+                return bad(
+                    "admin_tls needs peer_addr: peers need a listener of their own once the admin API speaks TLS",
+                );
+            }
+        }
         if self.cluster_tls.is_some() && self.peer_addr.is_none() {
             return bad("cluster_tls needs peer_addr: mutual TLS is on the peer listener");
         }
@@ -546,9 +578,9 @@ impl Config {
                 return bad("production mode refuses plaintext cluster traffic off loopback (peer_addr, \
                      advertise_addr, initial_members, peer_routes): configure [cluster_tls]");
             }
-            if !self.grpc_addr.ip().is_loopback() {
-                return bad("production mode refuses the admin API in plaintext off loopback (grpc_addr): TLS for \
-                     the admin API is not built yet; keep grpc_addr on loopback and give peers peer_addr");
+            if !self.grpc_addr.ip().is_loopback() && self.admin_tls.is_none() {
+                return bad("production mode refuses the admin API in plaintext off loopback (grpc_addr): \
+                     configure [admin_tls]");
             }
         }
         Ok(())

@@ -116,20 +116,29 @@ impl Node {
         let mut trusts = Vec::new();
         let cluster_tls = match &config.cluster_tls {
             Some(t) => {
-                let material = gatehouse_tls::Material::load(&t.cert_file, &t.key_file).context("[cluster_tls]")?;
-                let bound = material.info().node_ids;
-                if bound != [config.node_id] {
-                    anyhow::bail!(
-                        "[cluster_tls] {}: the certificate binds node(s) {bound:?}, this is node {}",
-                        t.cert_file.display(),
-                        config.node_id
-                    );
-                }
+                let material = gatehouse_tls::Material::load_node(&t.cert_file, &t.key_file, config.node_id)
+                    .context("[cluster_tls]")?;
                 let trust = gatehouse_tls::peer::Trust::load(&t.ca_file, &t.deny_serials).context("[cluster_tls]")?;
                 served.push(crate::tls::Served { listener: "peer", material: material.clone() });
                 trusts.push(trust.clone());
                 let server = trust.server_config(&material)?;
                 Some((gatehouse_cluster::peer_tls::PeerTls::new(trust, &material)?, server))
+            }
+            None => None,
+        };
+
+        let admin_tls = match &config.admin_tls {
+            Some(a) => {
+                let material = gatehouse_tls::Material::load(&a.cert_file, &a.key_file).context("[admin_tls]")?;
+                let clients = match &a.client_ca_file {
+                    Some(f) => Some(gatehouse_tls::server::AdminClients {
+                        roots: Arc::new(gatehouse_tls::pem::roots(f).context("[admin_tls]")?),
+                        required: a.require_client_cert,
+                    }),
+                    None => None,
+                };
+                served.push(crate::tls::Served { listener: "admin", material: material.clone() });
+                Some(gatehouse_tls::server::admin(&material, clients.as_ref())?)
             }
             None => None,
         };
@@ -276,7 +285,14 @@ impl Node {
                 let rt = raft_rt.handle();
                 let stop = serving.subscribe();
                 grpc.push(crate::grpc::serve(rt, listener, peer_router, stop, "peer", peer_server_tls)?);
-                grpc.push(crate::grpc::serve(rt, grpc_listener, client_router, serving.subscribe(), "client", None)?);
+                grpc.push(crate::grpc::serve(
+                    rt,
+                    grpc_listener,
+                    client_router,
+                    serving.subscribe(),
+                    "client",
+                    admin_tls,
+                )?);
             }
             None => {
                 let router = client_router.add_service(raft_service).add_service(control_service);

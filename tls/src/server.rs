@@ -17,6 +17,38 @@ pub fn https(material: &Material, http2: bool) -> Result<Arc<rustls::ServerConfi
     Ok(Arc::new(config))
 }
 
+/// Who may present a client certificate to the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClients {
+    /// CA bundle the certificates must chain to.
+    pub roots: Arc<rustls::RootCertStore>,
+    /// Refuse callers without one (else a certificate is checked if sent).
+    pub required: bool,
+}
+
+/// The admin API's listener (gRPC): the node's certificate (reloaded in
+/// place), HTTP/2 by ALPN, and client certificates when `clients` says so.
+/// The API key is checked on every call either way.
+pub fn admin(material: &Material, clients: Option<&AdminClients>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(crate::VERSIONS)
+        .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(c.roots.clone(), crate::provider());
+            let verifier = if c.required { verifier } else { verifier.allow_unauthenticated() };
+            let verifier =
+                verifier.build().map_err(|e| TlsError::Invalid(format!("the admin client CA bundle: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(material.clone()));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
