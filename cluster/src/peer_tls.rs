@@ -37,6 +37,8 @@ pub struct PeerNode(pub NodeId);
 #[derive(Clone, Debug)]
 pub struct PeerTls {
     trust: Trust,
+    /// This node's certificate (presented on every connection, both ways).
+    material: gatehouse_tls::Material,
     client: Arc<rustls::ClientConfig>,
     /// Member addresses → ids, from the latest membership.
     ids: Arc<RwLock<HashMap<String, NodeId>>>,
@@ -45,7 +47,12 @@ pub struct PeerTls {
 impl PeerTls {
     /// `material` is presented to peers; `trust` decides whom to believe.
     pub fn new(trust: Trust, material: &gatehouse_tls::Material) -> Result<PeerTls, gatehouse_tls::TlsError> {
-        Ok(PeerTls { client: trust.client_config(material)?, trust, ids: Arc::default() })
+        Ok(PeerTls { client: trust.client_config(material)?, trust, material: material.clone(), ids: Arc::default() })
+    }
+
+    /// When this node's certificate (the one in use) stops being valid.
+    pub fn not_after(&self) -> i64 {
+        self.material.info().not_after
     }
 
     pub fn trust(&self) -> &Trust {

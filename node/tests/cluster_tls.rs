@@ -79,6 +79,18 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     write_user(c.node(follower), "over-mtls").await;
     c.wait_replicated("over-mtls").await;
 
+    // Each node's certificate expiry shows in `cluster status`.
+    let status_json: serde_json::Value = serde_json::from_str(
+        &admin_cli(&c.endpoint(follower), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap(),
+    )
+    .unwrap();
+    for n in status_json["nodes"].as_array().unwrap() {
+        let id = n["id"].as_u64().unwrap();
+        let cert = gatehouse_tls::pem::certificates(&pki.path(&format!("node-{id}.pem"))).unwrap();
+        let not_after = gatehouse_tls::identity::parse(&cert[0]).unwrap().not_after;
+        assert_eq!(n["peer_cert_not_after"].as_i64(), Some(not_after), "node {id}");
+    }
+
     let addr = c.node(leader).advertise_addr().to_string();
     let status = |peers: Peers| {
         let addr = addr.clone();

@@ -175,6 +175,7 @@ impl ClusterService for ClusterAdmin {
                     matched_index: matched.unwrap_or(0),
                     replication_lag: matched.map_or(0, |m| leader_last.saturating_sub(m)),
                     commit_index: s.commit_index,
+                    peer_cert_not_after: s.peer_cert_not_after,
                 }
             })
             .collect();

@@ -97,6 +97,7 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
                     "term": n.term, "commit_index": n.commit_index, "applied_index": n.applied_index,
                     "last_log_index": n.last_log_index, "matched_index": n.matched_index,
                     "replication_lag": n.replication_lag,
+                    "peer_cert_not_after": (n.peer_cert_not_after != 0).then_some(n.peer_cert_not_after),
                 })
             })
             .collect();
