@@ -104,7 +104,7 @@ impl PeerTls {
                     let tcp = tokio::net::TcpStream::connect(&dial).await?;
                     tcp.set_nodelay(true)?;
                     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                    connector.connect(server_name(Some(id)), tcp).await
+                    connector.connect(server_name(id), tcp).await
                 };
                 let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to a peer timed out")

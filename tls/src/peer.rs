@@ -24,14 +24,10 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use crate::identity::{node_name, normalize_serial};
 use crate::{Material, TlsError};
 
-/// The name a node dials a peer by when it does not know the peer's id (a
-/// node not yet a member): any node certificate of the cluster is taken.
-pub const ANY_NODE: &str = "gatehouse-peer";
-
-/// What a node dials `id` as: its bound name, or [`ANY_NODE`].
-pub fn server_name(id: Option<u64>) -> ServerName<'static> {
-    let name = id.map_or_else(|| ANY_NODE.to_string(), node_name);
-    ServerName::try_from(name).expect("a valid DNS name")
+/// What a node dials node `id` as: its bound name. Only that node's
+/// certificate is taken; there is no way to dial "any node".
+pub fn server_name(id: u64) -> ServerName<'static> {
+    ServerName::try_from(node_name(id)).expect("a valid DNS name")
 }
 
 /// The cluster's CA bundle and deny-list, reloaded in place.
@@ -150,6 +146,11 @@ impl Trust {
     }
 }
 
+/// The provider's signature algorithms, read once (both verifiers check
+/// handshake signatures with them).
+static ALGORITHMS: std::sync::LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> =
+    std::sync::LazyLock::new(|| crate::provider().signature_verification_algorithms);
+
 fn refused(why: String) -> rustls::Error {
     rustls::Error::General(why)
 }
@@ -187,8 +188,7 @@ impl ClientCertVerifier for PeerClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = crate::provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &ALGORITHMS)
     }
 
     fn verify_tls13_signature(
@@ -197,12 +197,11 @@ impl ClientCertVerifier for PeerClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = crate::provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ALGORITHMS)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider().signature_verification_algorithms.supported_schemes()
+        ALGORITHMS.supported_schemes()
     }
 }
 
@@ -223,11 +222,9 @@ impl ServerCertVerifier for PeerServers {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
         let roots = self.0.state().roots.clone();
-        let algs = crate::provider().signature_verification_algorithms;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, algs.all)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, ALGORITHMS.all)?;
         let id = self.0.peer_id(end_entity).map_err(refused)?;
         match server_name {
-            ServerName::DnsName(name) if name.as_ref() == ANY_NODE => {}
             ServerName::DnsName(name) if name.as_ref() == node_name(id) => {}
             other => {
                 return Err(refused(format!("the peer's certificate is node {id}'s, not {}", other.to_str())));
@@ -242,8 +239,7 @@ impl ServerCertVerifier for PeerServers {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = crate::provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &ALGORITHMS)
     }
 
     fn verify_tls13_signature(
@@ -252,12 +248,11 @@ impl ServerCertVerifier for PeerServers {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = crate::provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ALGORITHMS)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider().signature_verification_algorithms.supported_schemes()
+        ALGORITHMS.supported_schemes()
     }
 }
 
@@ -288,7 +283,7 @@ mod tests {
 
     /// A real handshake between `client` (dialling `dialled`) and `server`;
     /// the id the server read from the client's certificate, or the error.
-    async fn handshake(client: (&Trust, &Node), server: (&Trust, &Node), dialled: Option<u64>) -> Result<u64, String> {
+    async fn handshake(client: (&Trust, &Node), server: (&Trust, &Node), dialled: u64) -> Result<u64, String> {
         let acceptor = tokio_rustls::TlsAcceptor::from(server.0.server_config(&server.1.material).unwrap());
         let connector = tokio_rustls::TlsConnector::from(client.0.client_config(&client.1.material).unwrap());
         let (a, b) = tokio::io::duplex(64 << 10);
@@ -314,27 +309,27 @@ mod tests {
         let (n2, n2_cert) = node(&ca, 2);
         let (stranger, _) = node(&other_ca, 1);
 
-        // Both ways, by id and as any node.
-        assert_eq!(handshake((&t, &n1), (&t, &n2), Some(2)).await.unwrap(), 1);
-        assert_eq!(handshake((&t, &n2), (&t, &n1), None).await.unwrap(), 2);
+        // Both ways, each dialling the other by id.
+        assert_eq!(handshake((&t, &n1), (&t, &n2), 2).await.unwrap(), 1);
+        assert_eq!(handshake((&t, &n2), (&t, &n1), 1).await.unwrap(), 2);
         // Node 2's certificate cannot answer for node 3.
-        let e = handshake((&t, &n1), (&t, &n2), Some(3)).await.unwrap_err();
+        let e = handshake((&t, &n1), (&t, &n2), 3).await.unwrap_err();
         assert!(e.contains("node 2's"), "{e}");
         // Another CA's certificate: refused as client and as server.
-        assert!(handshake((&t, &stranger), (&t, &n2), Some(2)).await.is_err());
-        assert!(handshake((&t, &n1), (&t, &stranger), None).await.is_err());
+        assert!(handshake((&t, &stranger), (&t, &n2), 2).await.is_err());
+        assert!(handshake((&t, &n1), (&t, &stranger), 1).await.is_err());
         // A CA bundle with the old and the new CA: both accepted (a CA rotation).
         let both = tempfile::tempdir().unwrap();
         let t2 = trust(both.path(), &[&ca, &other_ca], &[]);
-        assert_eq!(handshake((&t2, &stranger), (&t2, &n2), Some(2)).await.unwrap(), 1);
+        assert_eq!(handshake((&t2, &stranger), (&t2, &n2), 2).await.unwrap(), 1);
 
         // A denied serial, as client and as server, at once.
         let serial = crate::identity::parse(&n2_cert.cert_der).unwrap().serial;
         t.set_denied(&[serial.to_uppercase()]).unwrap();
-        assert!(handshake((&t, &n2), (&t, &n1), Some(1)).await.is_err());
-        assert!(handshake((&t, &n1), (&t, &n2), Some(2)).await.is_err());
+        assert!(handshake((&t, &n2), (&t, &n1), 1).await.is_err());
+        assert!(handshake((&t, &n1), (&t, &n2), 2).await.is_err());
         t.set_denied(&[]).unwrap();
-        assert_eq!(handshake((&t, &n1), (&t, &n2), Some(2)).await.unwrap(), 1);
+        assert_eq!(handshake((&t, &n1), (&t, &n2), 2).await.unwrap(), 1);
         assert!(t.set_denied(&["not-hex".into()]).is_err());
 
         // A certificate from the CA that binds no node id: no peer.
@@ -351,7 +346,7 @@ mod tests {
             std::fs::write(d.path().join("u.key"), key.serialize_pem()).unwrap();
             Node { material: Material::load(&d.path().join("u.pem"), &d.path().join("u.key")).unwrap(), _dir: d }
         };
-        assert!(handshake((&t, &unbound), (&t, &n2), Some(2)).await.is_err());
+        assert!(handshake((&t, &unbound), (&t, &n2), 2).await.is_err());
     }
 
     #[test]
