@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{admin_cli, wait_until, write_user, TestCluster, SECRET};
+use common::{admin_cli, wait_until, write_user, TestCluster};
 use gatehouse::config::ClusterTlsConfig;
 use gatehouse_cluster::peer_tls::PeerTls;
 use gatehouse_cluster::{ClusterSecret, Peers};
@@ -51,12 +51,12 @@ impl Pki {
     }
 
     /// Peers that dial node `id` at `addr` with the certificate `name` and trust `ca_file`.
-    fn peers(&self, name: &str, ca_file: &Path, addr: &str, id: u64) -> Peers {
+    fn peers(&self, secret: &str, name: &str, ca_file: &Path, addr: &str, id: u64) -> Peers {
         let trust = gatehouse_tls::peer::Trust::load(ca_file, &[]).unwrap();
         let material =
             gatehouse_tls::Material::load(&self.path(&format!("{name}.pem")), &self.path(&format!("{name}.key")))
                 .unwrap();
-        let peers = Peers::new(ClusterSecret::new(SECRET).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap());
+        let peers = Peers::new(ClusterSecret::new(secret).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap());
         peers.expect(addr, id);
         peers
     }
@@ -96,7 +96,8 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
         let addr = addr.clone();
         async move { peers.control_client(&addr).unwrap().local_status(LocalStatusRequest {}).await }
     };
-    let peers = |name: &str, ca: &Path| pki.peers(name, ca, &addr, leader);
+    let secret = c.secret();
+    let peers = |name: &str, ca: &Path| pki.peers(&secret, name, ca, &addr, leader);
     // A member's certificate: admitted.
     assert_eq!(status(peers("node-2", &pki.path("ca.pem"))).await.unwrap().into_inner().node_id, leader);
     // Only the leader may pause others' elections or ask one to campaign.
@@ -110,11 +111,11 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     let blind = {
         let trust = gatehouse_tls::peer::Trust::load(&pki.path("ca.pem"), &[]).unwrap();
         let material = gatehouse_tls::Material::load(&pki.path("node-2.pem"), &pki.path("node-2.key")).unwrap();
-        Peers::new(ClusterSecret::new(SECRET).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap())
+        Peers::new(ClusterSecret::new(&secret).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap())
     };
     assert!(status(blind).await.is_err());
     // Plaintext to the peer port, even with the secret: no.
-    assert!(status(Peers::new(ClusterSecret::new(SECRET).unwrap())).await.is_err());
+    assert!(status(Peers::new(ClusterSecret::new(&secret).unwrap())).await.is_err());
     // A certificate from another CA: refused in the handshake.
     let other = tempfile::tempdir().unwrap();
     let other_ca = new_ca("another CA", 30).unwrap();
@@ -165,7 +166,7 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     admin_cli(&c.endpoint(leader), &c.admin_key, &["cluster", "remove", &gone.to_string()]).await.unwrap();
     let addr = c.node(leader).advertise_addr().to_string();
     let refused = pki
-        .peers(&format!("node-{gone}"), &pki.path("ca.pem"), &addr, leader)
+        .peers(&c.secret(), &format!("node-{gone}"), &pki.path("ca.pem"), &addr, leader)
         .control_client(&addr)
         .unwrap()
         .local_status(LocalStatusRequest {})

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{admin_cli, write_user, TestCluster, SECRET};
+use common::{admin_cli, write_user, TestCluster};
 use gatehouse_cluster::{ClusterSecret, Peers};
 use gatehouse_proto::admin::user_service_client::UserServiceClient;
 use gatehouse_proto::admin::ListUsersRequest;
@@ -56,7 +56,7 @@ async fn peers_have_a_port_of_their_own_and_clients_are_told_the_client_address(
 
     // Each listener serves its own: the control service is not on the
     // client port, the admin API is not on the peer port.
-    let peers = Peers::new(ClusterSecret::new(SECRET).unwrap());
+    let peers = Peers::new(ClusterSecret::new(&c.secret()).unwrap());
     let on_peer =
         peers.control_client(c.node(leader).advertise_addr()).unwrap().local_status(LocalStatusRequest {}).await;
     assert_eq!(on_peer.unwrap().into_inner().node_id, leader);

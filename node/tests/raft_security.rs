@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{wait_until, write_user, RawCodec, TestCluster, SECRET};
+use common::{wait_until, write_user, RawCodec, TestCluster};
 use gatehouse::Node;
 use gatehouse_cluster::peers::SECRET_METADATA;
 use gatehouse_cluster::{ClusterSecret, Peers};
@@ -96,12 +96,12 @@ async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
     c.shutdown().await;
 }
 
-async fn raw_call(node: &Node, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+async fn raw_call(node: &Node, secret: &str, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
     let ch = node.cluster().peers().channel(node.advertise_addr()).unwrap();
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
     let mut req = tonic::Request::new(body);
-    req.metadata_mut().insert(SECRET_METADATA, SECRET.parse().unwrap());
+    req.metadata_mut().insert(SECRET_METADATA, secret.parse().unwrap());
     let path = http::uri::PathAndQuery::from_static(method);
     grpc.unary(req, path, RawCodec).await.map(|r| r.into_inner())
 }
@@ -118,7 +118,7 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
     let term = target.cluster().raft().metrics().borrow().current_term;
 
     // Well-formed protobuf, missing fields openraft needs.
-    let mut client = Peers::new(ClusterSecret::new(SECRET).unwrap()).raft_client(target.advertise_addr()).unwrap();
+    let mut client = Peers::new(ClusterSecret::new(&c.secret()).unwrap()).raft_client(target.advertise_addr()).unwrap();
     let no_vote = pb::AppendEntriesRequest { entries: vec![pb::Entry::default()], ..Default::default() };
     assert_eq!(client.append_entries(no_vote).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     let entry_without_id = pb::AppendEntriesRequest {
@@ -134,7 +134,8 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
         data: vec![1, 2, 3],
     }]);
     assert_eq!(client.install_snapshot(no_meta).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-    let mut control = Peers::new(ClusterSecret::new(SECRET).unwrap()).control_client(target.advertise_addr()).unwrap();
+    let mut control =
+        Peers::new(ClusterSecret::new(&c.secret()).unwrap()).control_client(target.advertise_addr()).unwrap();
     let endless = cpb::PauseElectionsRequest { duration_ms: u64::MAX };
     assert_eq!(control.pause_elections(endless).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
@@ -149,11 +150,16 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
     }
     .encode_to_vec();
     let truncated = valid[..valid.len() - 3].to_vec();
-    assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/AppendEntries", truncated).await.is_err());
-    assert!(raw_call(target, "/gatehouse.raft.v1.RaftService/Vote", vec![0xff; 64]).await.is_err());
-    assert!(raw_call(target, "/gatehouse.control.v1.ControlService/Propose", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])
-        .await
-        .is_err());
+    assert!(raw_call(target, &c.secret(), "/gatehouse.raft.v1.RaftService/AppendEntries", truncated).await.is_err());
+    assert!(raw_call(target, &c.secret(), "/gatehouse.raft.v1.RaftService/Vote", vec![0xff; 64]).await.is_err());
+    assert!(raw_call(
+        target,
+        &c.secret(),
+        "/gatehouse.control.v1.ControlService/Propose",
+        vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]
+    )
+    .await
+    .is_err());
 
     // The node is alive, its log unchanged by the garbage, and the cluster works.
     assert_eq!(target.cluster().raft().metrics().borrow().last_log_index, last_log);

@@ -186,7 +186,7 @@ async fn nodes_that_applied_the_same_log_report_the_same_digest() {
     for i in 0..20 {
         common::write_user(c.node(1 + i % 3), &format!("digest-{i}")).await;
     }
-    let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(common::SECRET).unwrap());
+    let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(&c.secret()).unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let seen = loop {
         let mut seen = Vec::new();
@@ -433,7 +433,7 @@ async fn a_read_index_asked_during_a_transfer_waits_for_the_new_leader() {
         async move { held }
     })
     .await;
-    let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(common::SECRET).unwrap());
+    let peers = gatehouse_cluster::Peers::new(gatehouse_cluster::ClusterSecret::new(&c.secret()).unwrap());
     let mut client = peers.control_client(c.node(leader).advertise_addr()).unwrap();
     let answer = client.read_index(gatehouse_proto::control::ReadIndexRequest {}).await;
     assert!(!old.holding_reads(), "answered while the transfer held reads: {answer:?}");

@@ -13,7 +13,16 @@ use gatehouse_domain::Payload;
 use gatehouse_proto::events::CreateUser;
 use tempfile::TempDir;
 
-pub const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+/// The cluster secret of the nodes whose data lives under `dir`: one per test
+/// cluster. A port one test frees is often bound again by the next, and the
+/// first test's nodes go on calling it; with one secret for all, a node not yet
+/// initialised would take their vote or append and join the wrong cluster.
+pub fn secret(dir: &TempDir) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (dir.path(), std::process::id()).hash(&mut h);
+    format!("test-cluster-secret-{:016x}-0123456789abcdef", h.finish())
+}
 
 /// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
 /// A node's gRPC endpoint, as clients dial it.
@@ -45,7 +54,7 @@ pub fn config(id: u64, dir: &TempDir) -> Config {
         data_dir: dir.path().join(format!("node-{id}")),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        cluster_secret: Some(SECRET.into()),
+        cluster_secret: Some(secret(dir).into()),
         // Every test client is 127.0.0.1: the default per-IP limits would
         // couple unrelated tests. Tests about limits turn them on.
         rate_limits: gatehouse_api::rate_limit::LimitsConfig { enabled: false, ..Default::default() },
@@ -92,6 +101,11 @@ impl TestCluster {
         cluster.admin_key =
             gatehouse::bootstrap::first_admin(cluster.nodes[&1].cluster(), None).await.unwrap().expect("first admin");
         cluster
+    }
+
+    /// The cluster secret these nodes share.
+    pub fn secret(&self) -> String {
+        secret(&self.dir)
     }
 
     pub fn node(&self, id: u64) -> &Node {
