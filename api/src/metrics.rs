@@ -92,6 +92,11 @@ pub struct Metrics {
     pub tls_expiry: Family<ListenerLabels, Gauge>,
     /// Certificate reloads that found new files, by outcome.
     pub tls_reloads: Family<ReloadLabels, Counter>,
+    /// Open connections between nodes closed because the peer's
+    /// certificate stopped passing (denied, expired, its CA gone).
+    pub peer_connections_closed: Counter,
+    /// Cluster secret file reloads that found it changed, by outcome.
+    pub secret_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -117,6 +122,8 @@ impl Metrics {
             audit_renumbered: Counter::default(),
             tls_expiry: Family::default(),
             tls_reloads: Family::default(),
+            peer_connections_closed: Counter::default(),
+            secret_reloads: Family::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -143,6 +150,16 @@ impl Metrics {
             m.tls_expiry.clone(),
         );
         r.register("tls_reloads", "certificate files found changed, by outcome", m.tls_reloads.clone());
+        r.register(
+            "tls_peer_connections_closed",
+            "open connections between nodes closed because the peer's certificate stopped passing",
+            m.peer_connections_closed.clone(),
+        );
+        r.register(
+            "cluster_secret_reloads",
+            "cluster secret files found changed, by outcome",
+            m.secret_reloads.clone(),
+        );
         r.register(
             "untrusted_forwarded_for",
             "requests carrying X-Forwarded-For from a peer that is not a trusted proxy (the header is ignored)",

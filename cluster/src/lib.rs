@@ -23,7 +23,9 @@
 //! - [`spread`]: which voters applied a write (revocations with `wait_all`).
 //! - [`batcher`]: group commit of concurrent proposals into shared entries.
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry;
-//!   [`peer_tls`]: mutual TLS between nodes (dialling, and admitting a call).
+//!   [`peer_tls`]: mutual TLS between nodes (dialling, and admitting a call);
+//!   [`live`]: the open connections between nodes, closed when a peer's
+//!   certificate stops passing.
 //! - [`raft`]: the Raft network client (openraft's `RaftNetwork`) and the Raft gRPC service.
 //! - [`control`]: the control service: what nodes ask each other beyond Raft
 //!   (forwarded writes, read index, status, election pauses, pre-vote, digests).
@@ -43,6 +45,7 @@ pub mod error;
 pub mod forward;
 pub mod freshness;
 pub mod ids;
+pub mod live;
 pub mod metrics;
 pub mod pacing;
 pub mod peer_tls;

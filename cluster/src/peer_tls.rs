@@ -42,12 +42,32 @@ pub struct PeerTls {
     client: Arc<rustls::ClientConfig>,
     /// Member addresses → ids, from the latest membership.
     ids: Arc<RwLock<HashMap<String, NodeId>>>,
+    /// Connections open to and from peers, rechecked as the trust changes.
+    live: crate::live::Live,
 }
 
 impl PeerTls {
     /// `material` is presented to peers; `trust` decides whom to believe.
     pub fn new(trust: Trust, material: &gatehouse_tls::Material) -> Result<PeerTls, gatehouse_tls::TlsError> {
-        Ok(PeerTls { client: trust.client_config(material)?, trust, material: material.clone(), ids: Arc::default() })
+        Ok(PeerTls {
+            client: trust.client_config(material)?,
+            trust,
+            material: material.clone(),
+            ids: Arc::default(),
+            live: Default::default(),
+        })
+    }
+
+    /// The open connections to and from peers (the peer listener registers
+    /// those it accepts).
+    pub fn live(&self) -> &crate::live::Live {
+        &self.live
+    }
+
+    /// Holds every open connection to the trust in force (run at each
+    /// reload tick; see [`crate::live`]).
+    pub fn recheck(&self) -> crate::live::Rechecked {
+        self.live.recheck(&self.trust)
     }
 
     /// When this node's certificate (the one in use) stops being valid.
@@ -86,7 +106,9 @@ impl PeerTls {
         dial: String,
     ) -> impl tower::Service<
         http::Uri,
-        Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        Response = hyper_util::rt::TokioIo<
+            crate::live::Guarded<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        >,
         Error = std::io::Error,
         Future = impl Send,
     > + Clone
@@ -109,7 +131,8 @@ impl PeerTls {
                 let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to a peer timed out")
                 })??;
-                Ok(hyper_util::rt::TokioIo::new(stream))
+                let certs = stream.get_ref().1.peer_certificates().unwrap_or_default().to_vec();
+                Ok(hyper_util::rt::TokioIo::new(tls.live.dialled(stream, &certs, id)))
             }
         })
     }

@@ -1,7 +1,7 @@
 //! Channels to other nodes, and the cluster secret every Raft RPC carries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use gatehouse_proto::control::control_service_client::ControlServiceClient;
@@ -22,33 +22,97 @@ pub const SECRET_METADATA: &str = "x-gatehouse-cluster-secret";
 /// Shortest cluster secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// The shared secret that admits a node to the cluster's Raft RPCs.
-/// Compared by SHA-256 digest in constant time; never printed.
+/// Most secrets a secret file may hold: the one sent and those still
+/// accepted during a rotation.
+pub const MAX_SECRETS: usize = 4;
+
+/// The shared secret that admits a node to the calls between nodes.
+///
+/// It may hold several: the first is sent with every call, each one is
+/// accepted, so the secret can be rotated with no call refused (add the new
+/// one as the second line everywhere, then make it the first, then drop the
+/// old; see docs/tls.md). Every clone shares the secrets, which
+/// [`ClusterSecret::replace`] changes in place when the secret file
+/// changes. Compared by SHA-256 digest in constant time; never printed.
 #[derive(Clone)]
 pub struct ClusterSecret {
-    value: MetadataValue<Ascii>,
-    digest: [u8; 32],
+    ring: Arc<RwLock<Ring>>,
+}
+
+#[derive(PartialEq)]
+struct Ring {
+    send: MetadataValue<Ascii>,
+    accepted: Vec<[u8; 32]>,
+}
+
+impl Ring {
+    fn parse(text: &str) -> Result<Ring, String> {
+        let lines: Vec<(usize, &str)> =
+            text.lines().enumerate().map(|(n, l)| (n + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect();
+        if lines.is_empty() {
+            return Err("no cluster secret".into());
+        }
+        if lines.len() > MAX_SECRETS {
+            return Err(format!("at most {MAX_SECRETS} cluster secrets (one per line), not {}", lines.len()));
+        }
+        let multi = lines.len() > 1;
+        let mut accepted = Vec::with_capacity(lines.len());
+        for (n, secret) in &lines {
+            if secret.len() < MIN_SECRET_LEN || !secret.chars().all(|c| c.is_ascii_graphic()) {
+                let at = if multi { format!(" (line {n})") } else { String::new() };
+                return Err(format!("cluster secret{at} must be at least {MIN_SECRET_LEN} printable ASCII characters"));
+            }
+            accepted.push(Sha256::digest(secret.as_bytes()).into());
+        }
+        let send = lines[0].1.parse().map_err(|_| "cluster secret is not valid metadata".to_string())?;
+        Ok(Ring { send, accepted })
+    }
 }
 
 impl ClusterSecret {
-    pub fn new(secret: &str) -> Result<Self, String> {
-        if secret.len() < MIN_SECRET_LEN || !secret.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(format!("cluster secret must be at least {MIN_SECRET_LEN} printable ASCII characters"));
-        }
-        let value = secret.parse().map_err(|_| "cluster secret is not valid metadata".to_string())?;
-        Ok(ClusterSecret { value, digest: Sha256::digest(secret.as_bytes()).into() })
+    /// The secrets in `text`, one per line (blank lines skipped): the first
+    /// is sent, each is accepted. Errors name a line, never a secret.
+    pub fn new(text: &str) -> Result<Self, String> {
+        Ok(ClusterSecret { ring: Arc::new(RwLock::new(Ring::parse(text)?)) })
     }
 
-    /// The secret as outgoing metadata (never logged: `MetadataValue`
+    /// Takes the secrets in `text` for every clone: `Ok(true)` if they
+    /// changed, `Ok(false)` if they are the ones in use; on an error the
+    /// ones in use stay.
+    pub fn replace(&self, text: &str) -> Result<bool, String> {
+        let fresh = Ring::parse(text)?;
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        if *ring == fresh {
+            return Ok(false);
+        }
+        *ring = fresh;
+        Ok(true)
+    }
+
+    fn ring(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many secrets are accepted now.
+    pub fn accepted(&self) -> usize {
+        self.ring().accepted.len()
+    }
+
+    /// The secret sent, as outgoing metadata (never logged: `MetadataValue`
     /// prints as the value, so it stays inside requests).
     pub(crate) fn metadata_value(&self) -> MetadataValue<Ascii> {
-        self.value.clone()
+        self.ring().send.clone()
     }
 
-    /// Whether `presented` is the secret (constant time in its content).
+    /// Whether `presented` is one of the secrets (constant time in its
+    /// content and in which one it is).
     pub fn matches(&self, presented: &[u8]) -> bool {
         let d: [u8; 32] = Sha256::digest(presented).into();
-        d.ct_eq(&self.digest).into()
+        let mut ok = subtle::Choice::from(0);
+        for a in &self.ring().accepted {
+            ok |= d.ct_eq(a);
+        }
+        ok.into()
     }
 
     /// Checks an incoming request's metadata.
@@ -73,13 +137,14 @@ impl std::fmt::Debug for ClusterSecret {
     }
 }
 
-/// Adds the cluster secret to outgoing requests.
+/// Adds the cluster secret to outgoing requests: the one sent at the time
+/// of each call (a client kept for hours follows a rotation).
 #[derive(Clone)]
-pub struct AddSecret(MetadataValue<Ascii>);
+pub struct AddSecret(ClusterSecret);
 
 impl tonic::service::Interceptor for AddSecret {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(SECRET_METADATA, self.0.clone());
+        req.metadata_mut().insert(SECRET_METADATA, self.0.metadata_value());
         // Forwarded writes, read-index and status calls continue the caller's trace.
         crate::trace::inject_current(req.metadata_mut());
         Ok(req)
@@ -197,6 +262,14 @@ impl Peers {
         &self.secret
     }
 
+    /// Forgets every cached channel: the next call to each peer dials anew
+    /// (after this node's certificate or the cluster's trust changed, so
+    /// new calls go over a handshake made with what is in use now). Calls
+    /// already under way finish on the channel they started on.
+    pub fn drop_channels(&self) {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// The channel to `addr` (`host:port`), created on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,7 +335,7 @@ impl Peers {
     }
 
     fn add_secret(&self) -> AddSecret {
-        AddSecret(self.secret.metadata_value())
+        AddSecret(self.secret.clone())
     }
 }
 
@@ -279,6 +352,33 @@ mod tests {
         assert!(!s.matches("s".repeat(39).as_bytes()));
         assert!(!s.matches(b""));
         assert_eq!(format!("{s:?}"), "ClusterSecret(..)");
+    }
+
+    #[test]
+    fn a_secret_rotates_through_two_accepted_and_every_clone_follows() {
+        let (old, new) = ("o".repeat(40), "n".repeat(40));
+        let s = ClusterSecret::new(&format!("{old}\n")).unwrap();
+        let clone = s.clone();
+        // Phase 1: the new one accepted too, the old one still sent.
+        assert!(s.replace(&format!("{old}\n{new}\n")).unwrap());
+        assert!(!s.replace(&format!("{old}\n\n{new}")).unwrap(), "the same secrets: unchanged");
+        assert!(clone.matches(old.as_bytes()) && clone.matches(new.as_bytes()));
+        assert_eq!(clone.metadata_value(), old.as_str());
+        assert_eq!(clone.accepted(), 2);
+        // Phase 2: the new one sent, the old one still accepted.
+        assert!(s.replace(&format!("{new}\n{old}")).unwrap());
+        assert_eq!(clone.metadata_value(), new.as_str());
+        assert!(clone.matches(old.as_bytes()));
+        // Phase 3: the old one gone.
+        assert!(s.replace(&new).unwrap());
+        assert!(!clone.matches(old.as_bytes()) && clone.matches(new.as_bytes()));
+
+        // A bad file is refused, names the line, never the secret; the secret in use stays.
+        let e = s.replace(&format!("{new}\nshort-secret")).unwrap_err();
+        assert!(e.contains("line 2") && !e.contains("short-secret") && !e.contains(&new), "{e}");
+        assert!(s.replace("").is_err());
+        assert!(s.replace(&[new.as_str(); 5].join("\n")).unwrap_err().contains("at most 4"));
+        assert!(clone.matches(new.as_bytes()) && clone.accepted() == 1);
     }
 
     #[test]

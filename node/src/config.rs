@@ -223,6 +223,10 @@ pub struct ClusterTlsConfig {
     /// node certificate is evicted before it expires.
     #[serde(default)]
     pub deny_serials: Vec<String>,
+    /// More serials refused, one per line (`#` comments): re-read on change
+    /// and SIGHUP, so a stolen certificate is evicted without a restart.
+    #[serde(default)]
+    pub deny_file: Option<PathBuf>,
 }
 
 /// `[admin_tls]`: the admin API (`grpc_addr`) over TLS.
@@ -371,6 +375,24 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Largest secret file read (a few secrets of a few hundred bytes each).
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
+/// A secret file's text, read once and bounded: a wrong path to a large
+/// file or a FIFO fails instead of filling memory. Errors name the file and
+/// the cause, never the content.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text).map_err(read)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(read(std::io::Error::other(format!("larger than {MAX_SECRET_FILE} bytes: not a secret file"))));
+    }
+    Ok(text)
+}
+
 /// The top-level keys, for filtering the environment.
 const KEYS: [&str; 28] = [
     "identity",
@@ -446,11 +468,11 @@ impl Config {
         Duration::from_millis(self.max_staleness_ms)
     }
 
-    /// The cluster secret from the config, or its file (trailing newline trimmed).
+    /// The cluster secret from the config, or its file: one secret per
+    /// line, the first sent and each accepted (see `ClusterSecret`).
     pub fn read_cluster_secret(&self) -> Result<Option<String>, ConfigError> {
         if let Some(path) = &self.cluster_secret_file {
-            let s = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
+            return read_secret_file(path).map(Some);
         }
         Ok(self.cluster_secret.as_ref().map(|s| s.expose().to_string()))
     }
@@ -653,6 +675,7 @@ mod tests {
             cert_file: "/etc/gatehouse/tls/node-1.pem".into(),
             key_file: "/etc/gatehouse/tls/node-1.key".into(),
             deny_serials: vec!["0A:1B".into()],
+            deny_file: None,
         };
         c.cluster_tls = Some(tls.clone());
         c.advertise_addr = Some("10.0.0.5:9443".into());

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use gatehouse_api::admin::failures::FailureGate;
 use gatehouse_api::admin::layer::GrpcMetricsLayer;
+use gatehouse_cluster::live::{Guarded, Live};
 use gatehouse_cluster::peers::{PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW};
 use gatehouse_cluster::periodic::Shutdown;
 use tokio::net::TcpListener;
@@ -99,6 +100,13 @@ impl Drop for Place {
     }
 }
 
+/// TLS on a gRPC listener: its configuration, and on the peer listener
+/// the open connections its peers' certificates are rechecked in.
+pub struct ListenerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub live: Option<Live>,
+}
+
 /// Serves `router` on `listener`, on the Raft runtime `rt`, until `stop`;
 /// over TLS with `tls` (mutual TLS on the peer listener).
 pub fn serve(
@@ -107,7 +115,7 @@ pub fn serve(
     router: Router<Layered>,
     mut stop: Shutdown,
     what: &'static str,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ListenerTls>,
 ) -> anyhow::Result<JoinHandle<()>> {
     // Registered with the Raft runtime's reactor, like the connections it accepts.
     let listener = {
@@ -132,7 +140,8 @@ pub fn serve(
         }));
     };
     let (handshaken, incoming) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    let live = tls.live;
     let mut accepting = stop.clone();
     // Handshakes run beside each other: one slow or hostile peer never
     // holds up the next connection.
@@ -164,11 +173,18 @@ pub fn serve(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+            let (acceptor, handshaken, live) = (acceptor.clone(), handshaken.clone(), live.clone());
             tokio::spawn(async move {
                 let (_slot, _place) = (slot, place);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let stream = match &live {
+                            Some(live) => {
+                                let certs = stream.get_ref().1.peer_certificates().unwrap_or_default().to_vec();
+                                live.accepted(stream, &certs)
+                            }
+                            None => Guarded::plain(stream),
+                        };
                         let _ = handshaken.send(Ok::<_, std::io::Error>(stream)).await;
                     }
                     Ok(Err(e)) => {

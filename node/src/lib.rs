@@ -20,7 +20,8 @@
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
 //! - [`telemetry`]: logging setup.
-//! - [`tls`]: the TLS listeners' certificates, reloaded on change and SIGHUP.
+//! - [`reload`]: what the node re-reads without a restart (certificates, the CA
+//!   bundle and deny file, the cluster secret file), on change and SIGHUP.
 //! - [`cli`]: the command line (`serve`, `tls …`, `admin …`), one file per admin service.
 
 pub mod bootstrap;
@@ -30,8 +31,8 @@ pub mod data_dir;
 pub mod grpc;
 pub mod node;
 pub mod recovery;
+pub mod reload;
 pub mod telemetry;
-pub mod tls;
 
 pub use config::Config;
 pub use node::{run, Node};

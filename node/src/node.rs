@@ -102,25 +102,28 @@ impl Node {
             None => anyhow::bail!("a cluster secret is required"),
         };
         let secret = ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?;
-        // TLS files that do not load stop the start before anything opens.
-        let mut served = Vec::new();
+        // Files re-read without a restart; any that does not load stops
+        // the start before anything opens.
+        let mut watched = crate::reload::Watched::default();
+        if let Some(path) = &config.cluster_secret_file {
+            watched.secret = Some(crate::reload::SecretFile { path: path.clone(), secret: secret.clone() });
+        }
         let https = match &config.https {
             Some(h) => {
                 let material = gatehouse_tls::Material::load(&h.cert_file, &h.key_file).context("[https]")?;
-                served.push(crate::tls::Served { listener: "https", material: material.clone() });
+                watched.served.push(crate::reload::Served { listener: "https", material: material.clone() });
                 Some(gatehouse_tls::server::https(&material, h.http2)?)
             }
             None => None,
         };
         // Mutual TLS between nodes: this node's certificate must bind its id.
-        let mut trusts = Vec::new();
         let cluster_tls = match &config.cluster_tls {
             Some(t) => {
                 let material = gatehouse_tls::Material::load_node(&t.cert_file, &t.key_file, config.node_id)
                     .context("[cluster_tls]")?;
-                let trust = gatehouse_tls::peer::Trust::load(&t.ca_file, &t.deny_serials).context("[cluster_tls]")?;
-                served.push(crate::tls::Served { listener: "peer", material: material.clone() });
-                trusts.push(trust.clone());
+                let trust = gatehouse_tls::peer::Trust::load(&t.ca_file, &t.deny_serials, t.deny_file.as_deref())
+                    .context("[cluster_tls]")?;
+                watched.served.push(crate::reload::Served { listener: "peer", material: material.clone() });
                 let server = trust.server_config(&material)?;
                 Some((gatehouse_cluster::peer_tls::PeerTls::new(trust, &material)?, server))
             }
@@ -137,7 +140,7 @@ impl Node {
                     }),
                     None => None,
                 };
-                served.push(crate::tls::Served { listener: "admin", material: material.clone() });
+                watched.served.push(crate::reload::Served { listener: "admin", material: material.clone() });
                 Some(gatehouse_tls::server::admin(&material, clients.as_ref())?)
             }
             None => None,
@@ -192,8 +195,10 @@ impl Node {
             .loopback_only(config.mode == Mode::Production && cluster_tls.is_none());
         let peer_server_tls = match cluster_tls {
             Some((client, server)) => {
-                peers = peers.with_tls(client);
-                Some(server)
+                let live = Some(client.live().clone());
+                peers = peers.with_tls(client.clone());
+                watched.peer = Some((client, peers.clone()));
+                Some(crate::grpc::ListenerTls { config: server, live })
             }
             None => None,
         };
@@ -291,7 +296,7 @@ impl Node {
                     client_router,
                     serving.subscribe(),
                     "client",
-                    admin_tls,
+                    admin_tls.map(|config| crate::grpc::ListenerTls { config, live: None }),
                 )?);
             }
             None => {
@@ -313,8 +318,8 @@ impl Node {
             })
         };
         let mut servers = vec![http];
-        if !served.is_empty() {
-            servers.extend(crate::tls::keep_current(served, trusts, api.clone(), serving.subscribe()));
+        if !watched.is_empty() {
+            servers.extend(crate::reload::keep_current(watched, api.clone(), serving.subscribe()));
         }
         if let Some(listener) = metrics_listener {
             let mut rx = serving.subscribe();

@@ -5,62 +5,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::{admin_cli, wait_until, write_user, TestCluster};
 use gatehouse::config::ClusterTlsConfig;
 use gatehouse_cluster::peer_tls::PeerTls;
 use gatehouse_cluster::{ClusterSecret, Peers};
 use gatehouse_proto::control::LocalStatusRequest;
 use gatehouse_proto::raft as pb;
-use gatehouse_tls::issue::{new_ca, node_certificate, Issued};
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Issued,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = new_ca("cluster CA", 30).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
-        for id in 1..=3 {
-            Self::write(dir.path(), &format!("node-{id}"), &node_certificate(&ca, id, &[], &[], 30).unwrap());
-        }
-        Pki { dir, ca }
-    }
-
-    fn write(dir: &Path, name: &str, issued: &Issued) {
-        std::fs::write(dir.join(format!("{name}.pem")), &issued.cert_pem).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), issued.key_pem.expose()).unwrap();
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn config(&self, id: u64, deny: &[String]) -> ClusterTlsConfig {
-        ClusterTlsConfig {
-            ca_file: self.path("ca.pem"),
-            cert_file: self.path(&format!("node-{id}.pem")),
-            key_file: self.path(&format!("node-{id}.key")),
-            deny_serials: deny.to_vec(),
-        }
-    }
-
-    /// Peers that dial node `id` at `addr` with the certificate `name` and trust `ca_file`.
-    fn peers(&self, secret: &str, name: &str, ca_file: &Path, addr: &str, id: u64) -> Peers {
-        let trust = gatehouse_tls::peer::Trust::load(ca_file, &[]).unwrap();
-        let material =
-            gatehouse_tls::Material::load(&self.path(&format!("{name}.pem")), &self.path(&format!("{name}.key")))
-                .unwrap();
-        let peers = Peers::new(ClusterSecret::new(secret).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap());
-        peers.expect(addr, id);
-        peers
-    }
-}
+use gatehouse_tls::issue::{new_ca, node_certificate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_else() {
@@ -109,7 +64,7 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     assert_eq!(control.campaign(campaign).await.unwrap_err().code(), tonic::Code::PermissionDenied);
     // A node dials only addresses it knows a node at.
     let blind = {
-        let trust = gatehouse_tls::peer::Trust::load(&pki.path("ca.pem"), &[]).unwrap();
+        let trust = gatehouse_tls::peer::Trust::load(&pki.path("ca.pem"), &[], None).unwrap();
         let material = gatehouse_tls::Material::load(&pki.path("node-2.pem"), &pki.path("node-2.key")).unwrap();
         Peers::new(ClusterSecret::new(&secret).unwrap()).with_tls(PeerTls::new(trust, &material).unwrap())
     };
@@ -189,4 +144,88 @@ async fn a_node_whose_certificate_is_another_nodes_does_not_start() {
     });
     let e = format!("{:#}", gatehouse::Node::start(cfg).await.err().unwrap());
     assert!(e.contains("binds node(s) [2], this is node 1"), "{e}");
+}
+
+/// A TCP connection to `addr` from `source` (another loopback address: the
+/// peer listener counts handshakes per source address).
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_tls_input_on_the_peer_port_leaves_the_cluster_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let mut c = TestCluster::start_with(3, |cfg| {
+        cfg.peer_addr = Some("127.0.0.1:0".parse().unwrap());
+        cfg.cluster_tls = Some(pki.config(cfg.node_id, &[]));
+    })
+    .await;
+    let leader = c.wait_for_leader().await;
+    let target: std::net::SocketAddr = c.node(leader).advertise_addr().parse().unwrap();
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut Vec::new())).await.is_ok()
+    };
+
+    // Garbage where a ClientHello belongs: closed.
+    let mut garbage = connect_from("127.0.0.2", target).await;
+    garbage.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0xff, 0xff]).await.unwrap();
+    garbage.write_all(&[0xab; 4096]).await.unwrap();
+    assert!(closed(garbage).await, "garbage holds a connection");
+    // Plaintext HTTP/2 (a peer without TLS): closed.
+    let mut plain = connect_from("127.0.0.2", target).await;
+    plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    assert!(closed(plain).await, "plaintext holds a connection");
+
+    // A flood of handshakes that never finish, from one address: a few
+    // wait out the handshake timeout, the rest are turned away at once.
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut s = connect_from("127.0.0.2", target).await;
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        stalled.push(s);
+    }
+    // Meanwhile the cluster replicates, and a node that restarts (new
+    // handshakes from another address's point of view: its own) rejoins.
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    write_user(c.node(follower), "during-the-flood").await;
+    c.wait_replicated("during-the-flood").await;
+    c.stop(follower).await;
+    c.restart(follower).await;
+    write_user(c.node(follower), "after-the-restart").await;
+    c.wait_replicated("after-the-restart").await;
+    // Every stalled handshake ends: none holds its connection for good.
+    let ends = futures::future::join_all(stalled.into_iter().map(closed)).await;
+    assert!(ends.iter().all(|e| *e), "a stalled handshake holds its connection");
+
+    // A client certificate chain far past any real one (hundreds of KiB):
+    // refused in the handshake, and the node serves on.
+    let chain_file = pki.path("node-2.pem");
+    let one = gatehouse_tls::pem::certificates(&chain_file).unwrap().remove(0);
+    let huge: Vec<_> = std::iter::repeat_n(one, 400).collect();
+    let key = gatehouse_tls::pem::private_key(&pki.path("node-2.key")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(gatehouse_tls::provider())
+        .with_protocol_versions(gatehouse_tls::VERSIONS)
+        .unwrap()
+        .with_root_certificates(gatehouse_tls::pem::roots(&pki.path("ca.pem")).unwrap())
+        .with_client_auth_cert(huge, key)
+        .unwrap();
+    let tcp = connect_from("127.0.0.3", target).await;
+    let name = gatehouse_tls::peer::server_name(leader);
+    let shook = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await;
+    match shook {
+        Err(_) => {}
+        // TLS 1.3: the client's certificate goes after the server's
+        // Finished; the refusal arrives on the first read.
+        Ok(mut s) => {
+            let mut buf = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("answered");
+            assert!(!matches!(read, Ok(n) if n > 0), "a huge certificate chain was taken");
+        }
+    }
+    write_user(c.node(leader), "after-the-huge-chain").await;
+    c.wait_replicated("after-the-huge-chain").await;
+    c.shutdown().await;
 }

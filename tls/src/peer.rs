@@ -40,7 +40,17 @@ pub struct Trust {
 struct Inner {
     ca_file: PathBuf,
     state: RwLock<State>,
-    deny: RwLock<HashSet<String>>,
+    /// The serials denied in the configuration, and those of the deny file.
+    configured: HashSet<String>,
+    deny_file: Option<PathBuf>,
+    deny: RwLock<Denied>,
+}
+
+#[derive(Debug, Default)]
+struct Denied {
+    serials: HashSet<String>,
+    /// The deny file's bytes in use (a reload that finds the same does nothing).
+    seen: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -68,22 +78,53 @@ fn deny_set(serials: &[String]) -> Result<HashSet<String>, TlsError> {
         .collect()
 }
 
+/// The serials of a deny file: one per line (hex, any case, colons
+/// allowed); blank lines and `#` comments are skipped. One bad line refuses
+/// the whole file, naming the line.
+fn deny_file_serials(path: &Path, bytes: &[u8]) -> Result<HashSet<String>, TlsError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| TlsError::file(path, "not UTF-8 text"))?;
+    let mut serials = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let serial = normalize_serial(line)
+            .ok_or_else(|| TlsError::file(path, format!("line {}: not a hexadecimal serial number", n + 1)))?;
+        serials.insert(serial);
+    }
+    Ok(serials)
+}
+
 impl Trust {
     /// The CA bundle in `ca_file`, and the serials (hex, any case, colons
-    /// allowed) refused even on valid certificates.
-    pub fn load(ca_file: &Path, deny: &[String]) -> Result<Trust, TlsError> {
-        Ok(Trust {
+    /// allowed) refused even on valid certificates: those in `deny`, and
+    /// those in `deny_file` (one per line), which [`Trust::reload`] reads again.
+    pub fn load(ca_file: &Path, deny: &[String], deny_file: Option<&Path>) -> Result<Trust, TlsError> {
+        let trust = Trust {
             inner: Arc::new(Inner {
                 ca_file: ca_file.to_path_buf(),
                 state: RwLock::new(load(ca_file, crate::pem::read(ca_file)?)?),
-                deny: RwLock::new(deny_set(deny)?),
+                configured: deny_set(deny)?,
+                deny_file: deny_file.map(Path::to_path_buf),
+                deny: RwLock::default(),
             }),
-        })
+        };
+        trust.reload_deny_file()?;
+        Ok(trust)
     }
 
-    /// Reads the CA bundle again: `Ok(true)` if it changed and is in use,
-    /// `Ok(false)` if unchanged; on an error the bundle in use stays.
+    /// Reads the CA bundle and the deny file again: `Ok(true)` if either
+    /// changed and is in use, `Ok(false)` if neither did; a file that does
+    /// not load is refused and the one in use stays (the other may still
+    /// have been taken: the error is returned after both were tried).
     pub fn reload(&self) -> Result<bool, TlsError> {
+        let ca = self.reload_ca();
+        let deny = self.reload_deny_file();
+        Ok(ca? | deny?)
+    }
+
+    fn reload_ca(&self) -> Result<bool, TlsError> {
         let current = crate::pem::read(&self.inner.ca_file)?;
         if current == self.state().seen {
             return Ok(false);
@@ -94,15 +135,41 @@ impl Trust {
         Ok(true)
     }
 
-    /// Replaces the deny-list.
-    pub fn set_denied(&self, serials: &[String]) -> Result<(), TlsError> {
-        let set = deny_set(serials)?;
-        *self.inner.deny.write().unwrap_or_else(|p| p.into_inner()) = set;
-        Ok(())
+    fn reload_deny_file(&self) -> Result<bool, TlsError> {
+        let (serials, seen) = match &self.inner.deny_file {
+            None => (HashSet::new(), None),
+            Some(path) => {
+                let bytes = crate::pem::read(path)?;
+                if self.deny().seen.as_ref() == Some(&bytes) {
+                    return Ok(false);
+                }
+                (deny_file_serials(path, &bytes)?, Some(bytes))
+            }
+        };
+        let first = self.deny().seen.is_none();
+        let count = serials.len();
+        *self.inner.deny.write().unwrap_or_else(|p| p.into_inner()) = Denied { serials, seen };
+        if let (Some(path), false) = (&self.inner.deny_file, first) {
+            tracing::info!(deny_file = %path.display(), denied = count, "deny-list reloaded");
+        }
+        Ok(!first)
+    }
+
+    fn deny(&self) -> std::sync::RwLockReadGuard<'_, Denied> {
+        self.inner.deny.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_denied(&self, serial: &str) -> bool {
+        self.inner.configured.contains(serial) || self.deny().serials.contains(serial)
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.inner.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the certificate's serial is on the deny-list.
+    pub fn denies(&self, cert: &CertificateDer<'_>) -> bool {
+        crate::identity::parse(cert).is_ok_and(|info| self.is_denied(&info.serial))
     }
 
     /// The node a certificate (already verified against the CA) stands
@@ -114,10 +181,54 @@ impl Trust {
         if info.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
             return Err("the certificate has expired".into());
         }
-        if self.inner.deny.read().unwrap_or_else(|p| p.into_inner()).contains(&info.serial) {
+        if self.is_denied(&info.serial) {
             return Err(format!("certificate serial {} is denied", info.serial));
         }
         info.node_id().ok_or_else(|| "the certificate binds no single node id (gatehouse-node-<id>)".to_string())
+    }
+
+    /// Whether a node's certificate, presented when it dialled this one,
+    /// passes now: chained to the CA bundle in use (client-auth usage, valid
+    /// today), a bound id, no denied serial. The node's id, or why not.
+    /// The handshake runs it; so does [`Trust`]'s user for every connection
+    /// still open after the bundle or the deny-list changed.
+    pub fn check_client(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<u64, String> {
+        let verifier = self.state().clients.clone();
+        verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map_err(|e| e.to_string())?;
+        self.peer_id(end_entity)
+    }
+
+    /// Whether the certificate of node `id`, dialled by this one, passes
+    /// now: chained to the CA bundle in use (server-auth usage, valid today),
+    /// binding `id`, no denied serial.
+    pub fn check_server(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        id: u64,
+    ) -> Result<(), String> {
+        self.check_server_at(end_entity, intermediates, &server_name(id), UnixTime::now()).map_err(|e| e.to_string())
+    }
+
+    fn check_server_at(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        dialled: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        let roots = self.state().roots.clone();
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, ALGORITHMS.all)?;
+        let id = self.peer_id(end_entity).map_err(refused)?;
+        match dialled {
+            ServerName::DnsName(name) if name.as_ref() == node_name(id) => Ok(()),
+            other => Err(refused(format!("the peer's certificate is node {id}'s, not {}", other.to_str()))),
+        }
     }
 
     /// The peer listener's configuration: `material` served, a client
@@ -129,6 +240,7 @@ impl Trust {
             .with_client_cert_verifier(Arc::new(PeerClients(self.clone())))
             .with_cert_resolver(Arc::new(material.clone()));
         config.alpn_protocols = vec![b"h2".to_vec()];
+        no_resumption(&mut config);
         Ok(Arc::new(config))
     }
 
@@ -142,8 +254,20 @@ impl Trust {
             .with_custom_certificate_verifier(Arc::new(PeerServers(self.clone())))
             .with_client_cert_resolver(Arc::new(material.clone()));
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // A resumed session skips the certificate checks: a denied peer
+        // would be let back in. Connections between nodes are few and
+        // long-lived; each gets a full handshake.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
+}
+
+/// No session resumption on a server whose clients present certificates: a
+/// resumed session is not checked again, so a certificate denied (or
+/// expired) since the first handshake would still be let in.
+pub(crate) fn no_resumption(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
 }
 
 /// The provider's signature algorithms, read once (both verifiers check
@@ -220,16 +344,7 @@ impl ServerCertVerifier for PeerServers {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        let roots = self.0.state().roots.clone();
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, ALGORITHMS.all)?;
-        let id = self.0.peer_id(end_entity).map_err(refused)?;
-        match server_name {
-            ServerName::DnsName(name) if name.as_ref() == node_name(id) => {}
-            other => {
-                return Err(refused(format!("the peer's certificate is node {id}'s, not {}", other.to_str())));
-            }
-        }
+        self.0.check_server_at(end_entity, intermediates, server_name, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -278,7 +393,7 @@ mod tests {
     fn trust(dir: &Path, cas: &[&Issued], deny: &[String]) -> Trust {
         let bundle: String = cas.iter().map(|c| c.cert_pem.clone()).collect();
         std::fs::write(dir.join("ca.pem"), bundle).unwrap();
-        Trust::load(&dir.join("ca.pem"), deny).unwrap()
+        Trust::load(&dir.join("ca.pem"), deny, None).unwrap()
     }
 
     /// A real handshake between `client` (dialling `dialled`) and `server`;
@@ -325,12 +440,10 @@ mod tests {
 
         // A denied serial, as client and as server, at once.
         let serial = crate::identity::parse(&n2_cert.cert_der).unwrap().serial;
-        t.set_denied(&[serial.to_uppercase()]).unwrap();
-        assert!(handshake((&t, &n2), (&t, &n1), 1).await.is_err());
-        assert!(handshake((&t, &n1), (&t, &n2), 2).await.is_err());
-        t.set_denied(&[]).unwrap();
-        assert_eq!(handshake((&t, &n1), (&t, &n2), 2).await.unwrap(), 1);
-        assert!(t.set_denied(&["not-hex".into()]).is_err());
+        let denied = trust(dir.path(), &[&ca], &[serial.to_uppercase()]);
+        assert!(handshake((&denied, &n2), (&denied, &n1), 1).await.is_err());
+        assert!(handshake((&denied, &n1), (&denied, &n2), 2).await.is_err());
+        assert!(Trust::load(&dir.path().join("ca.pem"), &["not-hex".into()], None).is_err());
 
         // A certificate from the CA that binds no node id: no peer.
         let unbound = {
@@ -349,6 +462,92 @@ mod tests {
         assert!(handshake((&t, &unbound), (&t, &n2), 2).await.is_err());
     }
 
+    /// The same client and server configurations twice, a serial denied in
+    /// between: the second handshake is a full one, and refused both ways.
+    #[tokio::test]
+    async fn no_session_is_resumed_past_a_denial() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("cluster CA", 30).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+        let deny_file = dir.path().join("denied");
+        std::fs::write(&deny_file, "").unwrap();
+        let t = Trust::load(&dir.path().join("ca.pem"), &[], Some(&deny_file)).unwrap();
+        let (n1, n1_cert) = node(&ca, 1);
+        let (n2, n2_cert) = node(&ca, 2);
+        {
+            let acceptor = tokio_rustls::TlsAcceptor::from(t.server_config(&n2.material).unwrap());
+            let connector = tokio_rustls::TlsConnector::from(t.client_config(&n1.material).unwrap());
+            let shake = || {
+                let (acceptor, connector) = (acceptor.clone(), connector.clone());
+                async move {
+                    let (a, b) = tokio::io::duplex(64 << 10);
+                    let served = tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        use tokio::io::AsyncWriteExt;
+                        let mut s = acceptor.accept(a).await.map_err(|e| e.to_string())?;
+                        s.write_all(b"y").await.map_err(|e| e.to_string())?;
+                        s.flush().await.map_err(|e| e.to_string())?;
+                        let _ = s.read(&mut [0u8; 1]).await;
+                        Ok::<_, String>(())
+                    });
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut dialled = connector.connect(server_name(2), b).await.map_err(|e| e.to_string())?;
+                    // Reading takes in what follows the handshake (TLS 1.3 session tickets).
+                    dialled.read_exact(&mut [0u8; 1]).await.map_err(|e| e.to_string())?;
+                    let _ = dialled.write_all(b"x").await;
+                    let _ = dialled.flush().await;
+                    let resumed = dialled.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    served.await.unwrap()?;
+                    Ok::<bool, String>(resumed)
+                }
+            };
+            assert_eq!(shake().await, Ok(false));
+            assert_eq!(shake().await, Ok(false), "a session was resumed");
+            for denied in [&n1_cert, &n2_cert] {
+                let serial = crate::identity::parse(&denied.cert_der).unwrap().serial;
+                std::fs::write(&deny_file, serial).unwrap();
+                assert!(t.reload().unwrap());
+                assert!(shake().await.is_err(), "a denied peer came back");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deny_file_reloads_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("cluster CA", 30).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+        let deny_file = dir.path().join("denied");
+        std::fs::write(&deny_file, "# none yet\n\n").unwrap();
+        let t = Trust::load(&dir.path().join("ca.pem"), &[], Some(&deny_file)).unwrap();
+        let (n1, _) = node(&ca, 1);
+        let (n2, n2_cert) = node(&ca, 2);
+        assert_eq!(handshake((&t, &n2), (&t, &n1), 1).await.unwrap(), 2);
+        assert!(!t.reload().unwrap(), "nothing changed");
+
+        // The stolen certificate's serial goes in, with colons and a comment.
+        let serial = crate::identity::parse(&n2_cert.cert_der).unwrap().serial;
+        let colons: Vec<String> =
+            serial.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+        std::fs::write(&deny_file, format!("{}  # node-2's laptop\n", colons.join(":"))).unwrap();
+        assert!(t.reload().unwrap());
+        let e = t.peer_id(&n2_cert.cert_der).unwrap_err();
+        assert!(e.contains("denied"), "{e}");
+        assert!(handshake((&t, &n2), (&t, &n1), 1).await.is_err());
+
+        // A bad line refuses the file, names the line, and the list in use stays.
+        std::fs::write(&deny_file, format!("{serial}\nnot-a-serial\n")).unwrap();
+        let e = t.reload().unwrap_err().to_string();
+        assert!(e.contains("line 2") && !e.contains("not-a-serial"), "{e}");
+        assert!(t.peer_id(&n2_cert.cert_der).is_err());
+        // A missing deny file at the start is a start that fails.
+        assert!(Trust::load(&dir.path().join("ca.pem"), &[], Some(&dir.path().join("nope"))).is_err());
+        // Emptied: admitted again.
+        std::fs::write(&deny_file, "").unwrap();
+        assert!(t.reload().unwrap());
+        assert_eq!(handshake((&t, &n2), (&t, &n1), 1).await.unwrap(), 2);
+    }
+
     #[test]
     fn a_ca_bundle_reloads_and_a_bad_one_keeps_the_old() {
         let dir = tempfile::tempdir().unwrap();
@@ -361,6 +560,6 @@ mod tests {
         std::fs::write(dir.path().join("ca.pem"), "garbage").unwrap();
         assert!(t.reload().is_err());
         assert_eq!(t.state().roots.len(), 2);
-        assert!(Trust::load(&dir.path().join("ca.pem"), &[]).is_err());
+        assert!(Trust::load(&dir.path().join("ca.pem"), &[], None).is_err());
     }
 }

@@ -46,6 +46,9 @@ pub fn admin(material: &Material, clients: Option<&AdminClients>) -> Result<Arc<
     };
     let mut config = builder.with_cert_resolver(Arc::new(material.clone()));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if clients.is_some() {
+        crate::peer::no_resumption(&mut config);
+    }
     Ok(Arc::new(config))
 }
 

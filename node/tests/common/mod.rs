@@ -13,6 +13,8 @@ use gatehouse_domain::Payload;
 use gatehouse_proto::events::CreateUser;
 use tempfile::TempDir;
 
+pub mod pki;
+
 /// The cluster secret of the nodes whose data lives under `dir`: one per test
 /// cluster. A port one test frees is often bound again by the next, and the
 /// first test's nodes go on calling it; with one secret for all, a node not yet

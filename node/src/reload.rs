@@ -1,0 +1,169 @@
+//! What a node re-reads without a restart: its TLS listeners' certificates
+//! (the HTTPS front's, its peer and admin certificates), the cluster's CA
+//! bundle and deny file, and the cluster secret file. All are loaded at
+//! start (a file that does not load stops the start with its reason), then
+//! checked for changes every [`RELOAD_CHECK`] and at once on SIGHUP. A
+//! changed file that loads is used from then on (new connections get a new
+//! certificate; a new secret list is sent and accepted at once); one that
+//! does not is refused, counted, logged, and what is in use stays.
+//!
+//! Each tick also holds the open connections between nodes to the trust in
+//! force ([`gatehouse_cluster::live`]): a peer whose certificate was denied,
+//! expired, or whose CA left the bundle is cut off within one tick.
+//! Each certificate's expiry is a gauge in `/metrics`
+//! (`gatehouse_tls_certificate_expiry_timestamp_seconds{listener}`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_api::metrics::{ListenerLabels, Metrics, OutcomeLabels, ReloadLabels};
+use gatehouse_api::Node;
+use gatehouse_cluster::peer_tls::PeerTls;
+use gatehouse_cluster::periodic::{Periodic, Shutdown};
+use gatehouse_cluster::{ClusterSecret, Peers};
+use gatehouse_tls::Material;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// How often the files are checked for a change.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// One listener's certificate and key.
+#[derive(Clone)]
+pub struct Served {
+    pub listener: &'static str,
+    pub material: Material,
+}
+
+/// The cluster secret and the file it is read from.
+#[derive(Clone)]
+pub struct SecretFile {
+    pub path: PathBuf,
+    pub secret: ClusterSecret,
+}
+
+/// Everything [`keep_current`] re-reads.
+#[derive(Clone, Default)]
+pub struct Watched {
+    pub served: Vec<Served>,
+    /// Mutual TLS between nodes: the CA bundle and deny file, and the open
+    /// connections held to them; the channels that move to new connections
+    /// when this node's peer certificate or the trust changes.
+    pub peer: Option<(PeerTls, Peers)>,
+    pub secret: Option<SecretFile>,
+}
+
+impl Watched {
+    pub fn is_empty(&self) -> bool {
+        self.served.is_empty() && self.peer.is_none() && self.secret.is_none()
+    }
+}
+
+/// Keeps `watched` current until `stop`: a reload at every [`RELOAD_CHECK`]
+/// and on SIGHUP.
+pub fn keep_current(watched: Watched, node: Node, stop: Shutdown) -> Vec<JoinHandle<()>> {
+    for s in &watched.served {
+        expiry(node.metrics(), s);
+    }
+    let hup = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    #[cfg(unix)]
+    {
+        let (hup, mut stop) = (hup.clone(), stop.clone());
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signals) => tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        got = signals.recv() => match got {
+                            Some(()) => {
+                                tracing::info!("SIGHUP: reloading certificates, CA bundle, deny file and secret");
+                                hup.notify_one();
+                            }
+                            None => return,
+                        },
+                        _ = stop.wait() => return,
+                    }
+                }
+            })),
+            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler; the files are still checked periodically"),
+        }
+    }
+    tasks.push(Periodic::every("reload", RELOAD_CHECK, stop).woken_by(hup).run(move || {
+        let (watched, node) = (watched.clone(), node.clone());
+        async move {
+            reload(&watched, node.metrics());
+            true
+        }
+    }));
+    tasks
+}
+
+/// One pass over everything watched.
+pub fn reload(watched: &Watched, metrics: &Metrics) {
+    let mut peer_changed = false;
+    for s in &watched.served {
+        let changed = reload_served(metrics, s);
+        peer_changed |= changed && s.listener == "peer";
+    }
+    if let Some((peer, peers)) = &watched.peer {
+        let outcome = match peer.trust().reload() {
+            Ok(false) => None,
+            Ok(true) => Some("reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "new cluster CA bundle or deny file refused; the one in use stays");
+                Some("refused")
+            }
+        };
+        if let Some(outcome) = outcome {
+            metrics.tls_reloads.get_or_create(&ReloadLabels { listener: "peer-ca", outcome }).inc();
+        }
+        // Every tick, not only after a change: certificates expire too.
+        let rechecked = peer.recheck();
+        metrics.peer_connections_closed.inc_by(rechecked.closed as u64);
+        // New calls to peers go over new handshakes, made with what is in
+        // use now; connections about to be closed are left to the calls
+        // already under way on them.
+        if peer_changed || outcome == Some("reloaded") || rechecked.doomed > 0 {
+            peers.drop_channels();
+        }
+    }
+    if let Some(s) = &watched.secret {
+        let outcome = match crate::config::read_secret_file(&s.path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| s.secret.replace(&text))
+        {
+            Ok(false) => None,
+            Ok(true) => {
+                tracing::info!(file = %s.path.display(), accepted = s.secret.accepted(), "cluster secret reloaded");
+                Some("reloaded")
+            }
+            Err(e) => {
+                tracing::error!(file = %s.path.display(), error = %e, "new cluster secret file refused; the secret in use stays");
+                Some("refused")
+            }
+        };
+        if let Some(outcome) = outcome {
+            metrics.secret_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        }
+    }
+}
+
+/// Reloads one listener's pair; whether a new one is in use.
+fn reload_served(metrics: &Metrics, s: &Served) -> bool {
+    let outcome = match s.material.reload() {
+        Ok(false) => return false,
+        Ok(true) => "reloaded",
+        Err(e) => {
+            tracing::error!(listener = s.listener, error = %e, "new TLS files refused; the certificate in use stays");
+            "refused"
+        }
+    };
+    metrics.tls_reloads.get_or_create(&ReloadLabels { listener: s.listener, outcome }).inc();
+    expiry(metrics, s);
+    outcome == "reloaded"
+}
+
+fn expiry(metrics: &Metrics, s: &Served) {
+    metrics.tls_expiry.get_or_create(&ListenerLabels { listener: s.listener }).set(s.material.info().not_after);
+}
