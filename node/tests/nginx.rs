@@ -48,11 +48,11 @@ async fn answers_as_nginx(port: u16) -> bool {
 /// it first: then nginx exits (it cannot bind) and we try another port. A
 /// listener only counts if it answers as nginx, so a stranger on the port
 /// is never mistaken for it.
-async fn start_nginx(dir: &Path, upstream: u16, fronts: &[String]) -> (Nginx, u16) {
+async fn start_nginx(dir: &Path, upstream: u16, fronts: &[String], tls_ca: Option<&Path>) -> (Nginx, u16) {
     let conf = dir.join("nginx.conf");
     for _ in 0..5 {
         let port = free_port();
-        std::fs::write(&conf, config(dir, port, upstream, fronts)).unwrap();
+        std::fs::write(&conf, config(dir, port, upstream, fronts, tls_ca)).unwrap();
         let child = Command::new(nginx_bin())
             .arg("-c")
             .arg(&conf)
@@ -100,7 +100,10 @@ async fn upstream() -> u16 {
 
 /// `deploy/nginx/gatehouse.conf`, the example users copy, with only its
 /// addresses changed, inside a minimal `nginx.conf` of this test's own.
-fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String]) -> String {
+/// With `tls_ca`, nginx reaches Gatehouse over HTTPS as the example's
+/// comment says to: `https://gatehouse`, the `proxy_ssl_*` lines uncommented
+/// (verifying against `tls_ca`).
+fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String], tls_ca: Option<&Path>) -> String {
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
     let example = std::fs::read_to_string(Path::new(&manifest).join("../deploy/nginx/gatehouse.conf")).unwrap();
     let servers: String = fronts.iter().map(|f| format!("    server {f};\n")).collect();
@@ -112,6 +115,16 @@ fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String]) -> String {
     ] {
         assert_eq!(example.matches(&from).count(), 1, "the example no longer has {from:?}");
         example = example.replace(&from, &to);
+    }
+    if let Some(ca) = tls_ca {
+        assert_eq!(example.matches("proxy_pass http://gatehouse").count(), 3, "the example's comment counts three");
+        example = example.replace("proxy_pass http://gatehouse", "proxy_pass https://gatehouse");
+        let commented = example.matches("    #proxy_ssl_").count();
+        assert!(commented >= 5, "the example no longer has its proxy_ssl lines");
+        example = example.replace("    #proxy_ssl_", "    proxy_ssl_");
+        let trusted = "proxy_ssl_trusted_certificate /etc/gatehouse/tls/ca.pem;";
+        assert_eq!(example.matches(trusted).count(), 1);
+        example = example.replace(trusted, &format!("proxy_ssl_trusted_certificate {};", ca.display()));
     }
     let d = dir.display();
     std::fs::write(dir.join("gatehouse.conf"), example).unwrap();
@@ -159,12 +172,63 @@ async fn raw_status(port: u16, head: &[u8]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nginx_auth_request_allows_denies_and_honours_revocation() {
-    let c = TestCluster::start(3).await;
+    forward_auth(false).await;
+}
+
+/// The same, with nginx verifying every node over HTTPS against the
+/// cluster's CA, on kept-alive upstream connections; and an nginx that
+/// trusts another CA gets no answer from Gatehouse (it fails closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nginx_verifies_gatehouse_over_https_and_forward_auth_holds() {
+    forward_auth(true).await;
+}
+
+/// Node certificates carrying the one name nginx checks for every node.
+fn https_pki(dir: &Path) -> impl Fn(&mut gatehouse::config::Config) {
+    use gatehouse_tls::issue::{new_ca, node_certificate};
+    let ca = new_ca("cluster CA", 30).unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    let localhost = ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()];
+    for id in 1..=3 {
+        let issued = node_certificate(&ca, id, &["gatehouse.internal".into()], &localhost, 30).unwrap();
+        std::fs::write(dir.join(format!("node-{id}.pem")), &issued.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("node-{id}.key")), issued.key_pem.expose()).unwrap();
+    }
+    let other = new_ca("someone else's CA", 30).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), &other.cert_pem).unwrap();
+    let dir = dir.to_path_buf();
+    move |cfg| {
+        cfg.https = Some(gatehouse::config::HttpsConfig {
+            cert_file: dir.join(format!("node-{}.pem", cfg.node_id)),
+            key_file: dir.join(format!("node-{}.key", cfg.node_id)),
+            http2: true,
+            hsts_max_age_secs: 0,
+            hsts_include_subdomains: false,
+        });
+    }
+}
+
+async fn forward_auth(tls: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let c = if tls { TestCluster::start_with(3, https_pki(pki.path())).await } else { TestCluster::start(3).await };
     let up = upstream().await;
     let fronts: Vec<String> = c.nodes.values().map(|n| n.http_addr().to_string()).collect();
-    let (_nginx, port) = start_nginx(dir.path(), up, &fronts).await;
+    let ca = pki.path().join("ca.pem");
+    let (_nginx, port) = start_nginx(dir.path(), up, &fronts, tls.then_some(ca.as_path())).await;
     let url = format!("http://127.0.0.1:{port}");
+    if tls {
+        // nginx trusting another CA: every node's certificate is refused,
+        // and the request is not let through.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = pki.path().join("other-ca.pem");
+        let (_wrong, wrong_port) = start_nginx(elsewhere.path(), up, &fronts, Some(other.as_path())).await;
+        let r =
+            http().get(format!("http://127.0.0.1:{wrong_port}/app")).bearer_auth(&c.admin_key).send().await.unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+        let log = std::fs::read_to_string(elsewhere.path().join("error.log")).unwrap();
+        assert!(log.contains("upstream SSL certificate verify error"), "{log}");
+    }
 
     let viewer = create_key(c.node(1), "nora", &["viewer"]).await;
     let admin = c.admin_key.clone();
@@ -186,6 +250,9 @@ async fn nginx_auth_request_allows_denies_and_honours_revocation() {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.json::<serde_json::Value>().await.unwrap()["user"], "nora");
     }
+    // On connections nginx keeps open between requests (`keepalive`).
+    let open: i64 = c.nodes.values().map(|n| n.api().metrics().http_connections.get()).sum();
+    assert!((1..=16 * 3).contains(&open), "{open} connections open between requests");
     // Role-restricted location.
     assert_eq!(
         http().get(format!("{url}/admin/panel")).bearer_auth(&viewer).send().await.unwrap().status(),
@@ -240,7 +307,7 @@ async fn the_example_config_ignores_what_a_client_spoofs() {
     let dir = tempfile::tempdir().unwrap();
     let up = upstream().await;
     let fronts: Vec<String> = c.nodes.values().map(|n| n.http_addr().to_string()).collect();
-    let (_nginx, port) = start_nginx(dir.path(), up, &fronts).await;
+    let (_nginx, port) = start_nginx(dir.path(), up, &fronts, None).await;
     let url = format!("http://127.0.0.1:{port}");
     let client = client_from("127.0.0.5");
     let viewer = create_key(c.node(1), "nora", &["viewer"]).await;
