@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Open connections between nodes closed because the peer's
     /// certificate stopped passing (denied, expired, its CA gone).
     pub peer_connections_closed: Counter,
+    /// Open connections between nodes whose peer's certificate failed the
+    /// last check, left to the calls under way on them (closed after a grace).
+    pub peer_connections_failing: Gauge,
     /// Cluster secret file reloads that found it changed, by outcome.
     pub secret_reloads: Family<OutcomeLabels, Counter>,
 }
@@ -123,6 +126,7 @@ impl Metrics {
             tls_expiry: Family::default(),
             tls_reloads: Family::default(),
             peer_connections_closed: Counter::default(),
+            peer_connections_failing: Gauge::default(),
             secret_reloads: Family::default(),
         };
         let r = &mut m.registry;
@@ -154,6 +158,11 @@ impl Metrics {
             "tls_peer_connections_closed",
             "open connections between nodes closed because the peer's certificate stopped passing",
             m.peer_connections_closed.clone(),
+        );
+        r.register(
+            "tls_peer_connections_failing",
+            "open connections between nodes whose peer's certificate failed the last check (closed after a grace)",
+            m.peer_connections_failing.clone(),
         );
         r.register(
             "cluster_secret_reloads",

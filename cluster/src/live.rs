@@ -37,7 +37,8 @@ enum Side {
     Accepted,
 }
 
-/// One open connection's peer and its switch.
+/// One open connection's peer and its switch. One waker is kept: reads and
+/// writes of a connection are polled by one task (hyper's connection task).
 struct Gate {
     side: Side,
     certs: Vec<CertificateDer<'static>>,
@@ -72,9 +73,12 @@ impl Gate {
     }
 
     /// Why the peer no longer passes, if it does not, and whether its
-    /// serial is denied.
+    /// serial is denied (a connection without a certificate counts as
+    /// denied: it has no place here).
     fn fails(&self, trust: &Trust) -> Option<(String, bool)> {
-        let (end, intermediates) = self.certs.split_first()?;
+        let Some((end, intermediates)) = self.certs.split_first() else {
+            return Some(("no certificate".into(), true));
+        };
         let why = match self.side {
             Side::Dialled(id) => trust.check_server(end, intermediates, id).err(),
             Side::Accepted => trust.check_client(end, intermediates).err(),
@@ -83,9 +87,13 @@ impl Gate {
     }
 }
 
-/// The open connections between this node and its peers.
-#[derive(Clone, Default)]
-pub struct Live(Arc<Mutex<Vec<Weak<Gate>>>>);
+/// The open connections between this node and its peers, and the trust
+/// they are held to.
+#[derive(Clone)]
+pub struct Live {
+    trust: Trust,
+    open: Arc<Mutex<Vec<Weak<Gate>>>>,
+}
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +102,10 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
+    pub fn new(trust: Trust) -> Live {
+        Live { trust, open: Arc::default() }
+    }
+
     /// Registers a connection this node dialled to node `id`, whose
     /// certificate chain is `certs`.
     pub fn dialled<S>(&self, stream: S, certs: &[CertificateDer<'_>], id: NodeId) -> Guarded<S> {
@@ -113,22 +125,32 @@ impl Live {
             doomed: Mutex::new(None),
             waker: Mutex::new(None),
         });
-        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|g| g.strong_count() > 0);
-        list.push(Arc::downgrade(&gate));
+        {
+            let mut list = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            list.retain(|g| g.strong_count() > 0);
+            list.push(Arc::downgrade(&gate));
+        }
+        // Checked again once registered: a deny-list that changed between
+        // the handshake and now is not missed (a recheck that ran in
+        // between did not see this connection yet).
+        if let Some((why, true)) = gate.fails(&self.trust) {
+            tracing::warn!(side = ?gate.side, why = %why, "closing a new peer connection: its certificate no longer passes");
+            gate.close();
+        }
         Guarded { inner: stream, gate: Some(gate) }
     }
 
     /// Checks every open connection's peer against `trust`: closes those
     /// of a denied serial, and those that have failed for [`GRACE`]; marks
     /// the others that fail.
-    pub fn recheck(&self, trust: &Trust) -> Rechecked {
-        self.recheck_at(trust, Instant::now())
+    pub fn recheck(&self) -> Rechecked {
+        self.recheck_at(Instant::now())
     }
 
-    fn recheck_at(&self, trust: &Trust, now: Instant) -> Rechecked {
+    fn recheck_at(&self, now: Instant) -> Rechecked {
+        let trust = &self.trust;
         let open: Vec<Arc<Gate>> = {
-            let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list = self.open.lock().unwrap_or_else(|p| p.into_inner());
             list.retain(|g| g.strong_count() > 0);
             list.iter().filter_map(Weak::upgrade).collect()
         };
@@ -155,7 +177,7 @@ impl Live {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|g| g.strong_count() > 0).count()
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|g| g.strong_count() > 0).count()
     }
 }
 
@@ -236,6 +258,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Closed: nothing more is sent, not even a close_notify to a peer
+        // that may have stopped reading.
+        if self.closed(cx) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -267,13 +294,13 @@ mod tests {
         let three = node_certificate(&ca, 3, &[], &[], 30).unwrap();
         let cert = |i: &gatehouse_tls::issue::Issued| vec![i.cert_der.clone()];
 
-        let live = Live::default();
+        let live = Live::new(trust.clone());
         let (a, mut a_peer) = tokio::io::duplex(1024);
         let (b, _b_peer) = tokio::io::duplex(1024);
         let mut to_two = live.dialled(a, &cert(&two), 2);
         let from_three = live.accepted(b, &cert(&three));
         let none = Rechecked::default();
-        assert_eq!((live.open(), live.recheck(&trust)), (2, none), "both pass");
+        assert_eq!((live.open(), live.recheck()), (2, none), "both pass");
         to_two.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
         a_peer.read_exact(&mut got).await.unwrap();
@@ -283,17 +310,25 @@ mod tests {
             let mut buf = [0u8; 8];
             to_two.read(&mut buf).await
         });
-        tokio::task::yield_now().await;
+        let waiting = |live: &Live| {
+            let list = live.open.lock().unwrap();
+            let first = list[0].upgrade().unwrap();
+            let stored = first.waker.lock().unwrap().is_some();
+            stored
+        };
+        while !waiting(&live) {
+            tokio::task::yield_now().await;
+        }
         let serial = gatehouse_tls::identity::parse(&two.cert_der).unwrap().serial;
-        std::fs::write(&deny_file, serial).unwrap();
+        std::fs::write(&deny_file, format!("{serial}\n")).unwrap();
         assert!(trust.reload().unwrap());
         let closed_now = Rechecked { closed: 1, doomed: 0 };
-        assert_eq!(live.recheck(&trust), closed_now, "only node 2's connection, at once: it is denied");
+        assert_eq!(live.recheck(), closed_now, "only node 2's connection, at once: it is denied");
         let e = blocked.await.unwrap().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
-        assert_eq!(live.recheck(&trust), none, "closed once");
+        assert_eq!(live.recheck(), none, "closed once");
         std::fs::write(&deny_file, "").unwrap();
-        assert!(trust.reload().unwrap());
+        assert!(!trust.reload().unwrap() && trust.reload().unwrap(), "lifted at the second read");
 
         // A CA bundle without the CA of node 3's certificate: marked at the
         // first check (calls under way may finish), closed at the first
@@ -303,9 +338,9 @@ mod tests {
         assert!(trust.reload().unwrap());
         let t0 = Instant::now();
         let one_doomed = Rechecked { closed: 0, doomed: 1 };
-        assert_eq!(live.recheck_at(&trust, t0), one_doomed);
-        assert_eq!(live.recheck_at(&trust, t0 + GRACE / 2), one_doomed, "checked again soon (SIGHUP twice)");
-        assert_eq!(live.recheck_at(&trust, t0 + GRACE), closed_now);
+        assert_eq!(live.recheck_at(t0), one_doomed);
+        assert_eq!(live.recheck_at(t0 + GRACE / 2), one_doomed, "checked again soon (SIGHUP twice)");
+        assert_eq!(live.recheck_at(t0 + GRACE), closed_now);
         // Back in the bundle before the second check: not closed.
         std::fs::write(dir.path().join("ca.pem"), format!("{}{}", ca.cert_pem, next.cert_pem)).unwrap();
         trust.reload().unwrap();
@@ -313,17 +348,30 @@ mod tests {
         let _four = live.accepted(c, &cert(&node_certificate(&ca, 4, &[], &[], 30).unwrap()));
         std::fs::write(dir.path().join("ca.pem"), &next.cert_pem).unwrap();
         trust.reload().unwrap();
-        assert_eq!(live.recheck_at(&trust, t0), one_doomed);
+        assert_eq!(live.recheck_at(t0), one_doomed);
         std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
         trust.reload().unwrap();
-        assert_eq!(live.recheck_at(&trust, t0 + GRACE), none);
-        assert_eq!(live.recheck_at(&trust, t0 + GRACE * 2), none);
+        assert_eq!(live.recheck_at(t0 + GRACE), none);
+        assert_eq!(live.recheck_at(t0 + GRACE * 2), none);
 
         // Dialled as node 5 but presenting node 2's certificate: not node 5.
         let (d, _d_peer) = tokio::io::duplex(1024);
         let _wrong = live.dialled(d, &cert(&two), 5);
-        assert_eq!(live.recheck(&trust), Rechecked { closed: 0, doomed: 1 });
+        assert_eq!(live.recheck(), Rechecked { closed: 0, doomed: 1 });
         drop(from_three);
         assert_eq!(live.open(), 2, "dropped connections are forgotten");
+
+        // Registered after the deny-list changed (a handshake that passed
+        // just before): closed at once, without waiting for a recheck.
+        let serial = gatehouse_tls::identity::parse(&three.cert_der).unwrap().serial;
+        std::fs::write(&deny_file, format!("{serial}\n")).unwrap();
+        trust.reload().unwrap();
+        let (e, _e_peer) = tokio::io::duplex(1024);
+        let mut late = live.accepted(e, &cert(&three));
+        assert_eq!(late.write(b"x").await.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
+        // No certificate at all: no place here.
+        let (f, _f_peer) = tokio::io::duplex(1024);
+        let mut bare = live.accepted(f, &[]);
+        assert!(bare.write(b"x").await.is_err());
     }
 }

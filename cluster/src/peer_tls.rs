@@ -51,10 +51,10 @@ impl PeerTls {
     pub fn new(trust: Trust, material: &gatehouse_tls::Material) -> Result<PeerTls, gatehouse_tls::TlsError> {
         Ok(PeerTls {
             client: trust.client_config(material)?,
+            live: crate::live::Live::new(trust.clone()),
             trust,
             material: material.clone(),
             ids: Arc::default(),
-            live: Default::default(),
         })
     }
 
@@ -67,7 +67,7 @@ impl PeerTls {
     /// Holds every open connection to the trust in force (run at each
     /// reload tick; see [`crate::live`]).
     pub fn recheck(&self) -> crate::live::Rechecked {
-        self.live.recheck(&self.trust)
+        self.live.recheck()
     }
 
     /// When this node's certificate (the one in use) stops being valid.

@@ -64,7 +64,10 @@ impl Ring {
             }
             accepted.push(Sha256::digest(secret.as_bytes()).into());
         }
-        let send = lines[0].1.parse().map_err(|_| "cluster secret is not valid metadata".to_string())?;
+        let mut send: MetadataValue<Ascii> =
+            lines[0].1.parse().map_err(|_| "cluster secret is not valid metadata".to_string())?;
+        // Kept out of HPACK's table and of any header dump.
+        send.set_sensitive(true);
         Ok(Ring { send, accepted })
     }
 }

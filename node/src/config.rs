@@ -379,11 +379,15 @@ pub enum ConfigError {
 const MAX_SECRET_FILE: u64 = 64 << 10;
 
 /// A secret file's text, read once and bounded: a wrong path to a large
-/// file or a FIFO fails instead of filling memory. Errors name the file and
-/// the cause, never the content.
+/// file fails instead of filling memory, and only a regular file (or a link
+/// to one) is opened (a FIFO would block the reload loop in `open`). Errors
+/// name the file and the cause, never the content.
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
     use std::io::Read;
     let read = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    if !std::fs::metadata(path).map_err(read)?.is_file() {
+        return Err(read(std::io::Error::other("not a regular file")));
+    }
     let file = std::fs::File::open(path).map_err(read)?;
     let mut text = String::new();
     file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text).map_err(read)?;
@@ -706,5 +710,22 @@ mod tests {
         let mut c = Config::dev();
         c.max_staleness_ms = c.raft.election_timeout_max_ms;
         assert!(c.validate().is_err(), "every failover would turn every node stale");
+    }
+
+    #[test]
+    fn a_secret_file_is_read_bounded_and_never_from_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s".repeat(40) + "\n" + &"t".repeat(40) + "\n").unwrap();
+        assert_eq!(read_secret_file(&file).unwrap().lines().count(), 2);
+        std::fs::write(&file, "x".repeat(MAX_SECRET_FILE as usize + 1)).unwrap();
+        let e = read_secret_file(&file).unwrap_err().to_string();
+        assert!(e.contains("larger than") && !e.contains("xxxx"), "{e}");
+        // A FIFO with no writer would block `open` (and the reload loop) for good.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_secret_file(&fifo).unwrap_err().to_string().contains("not a regular file"));
+        assert!(read_secret_file(dir.path()).is_err(), "a directory");
     }
 }

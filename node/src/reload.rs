@@ -121,6 +121,7 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
         // Every tick, not only after a change: certificates expire too.
         let rechecked = peer.recheck();
         metrics.peer_connections_closed.inc_by(rechecked.closed as u64);
+        metrics.peer_connections_failing.set(rechecked.doomed as i64);
         // New calls to peers go over new handshakes, made with what is in
         // use now; connections about to be closed are left to the calls
         // already under way on them.

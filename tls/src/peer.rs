@@ -44,6 +44,9 @@ struct Inner {
     configured: HashSet<String>,
     deny_file: Option<PathBuf>,
     deny: RwLock<Denied>,
+    /// A deny file read once that would lift a denial: taken when read the
+    /// same a second time.
+    lifting: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 #[derive(Debug, Default)]
@@ -80,9 +83,17 @@ fn deny_set(serials: &[String]) -> Result<HashSet<String>, TlsError> {
 
 /// The serials of a deny file: one per line (hex, any case, colons
 /// allowed); blank lines and `#` comments are skipped. One bad line refuses
-/// the whole file, naming the line.
+/// the whole file, naming the line; so does a last line without its
+/// newline (a file caught while it is written: a serial cut short is still
+/// hex, and would deny the wrong certificate).
 fn deny_file_serials(path: &Path, bytes: &[u8]) -> Result<HashSet<String>, TlsError> {
     let text = std::str::from_utf8(bytes).map_err(|_| TlsError::file(path, "not UTF-8 text"))?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(TlsError::file(
+            path,
+            "the last line has no newline: still being written? (write the file beside it and rename it over)",
+        ));
+    }
     let mut serials = HashSet::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -108,6 +119,7 @@ impl Trust {
                 configured: deny_set(deny)?,
                 deny_file: deny_file.map(Path::to_path_buf),
                 deny: RwLock::default(),
+                lifting: Default::default(),
             }),
         };
         trust.reload_deny_file()?;
@@ -147,6 +159,18 @@ impl Trust {
             }
         };
         let first = self.deny().seen.is_none();
+        // Lifting a denial waits for the same file on the next read: an
+        // editor that empties the file before writing it never lets a
+        // denied node back in for the moment between the two.
+        let lifts = !serials.is_superset(&self.deny().serials);
+        {
+            let mut lifting = self.inner.lifting.lock().unwrap_or_else(|p| p.into_inner());
+            if lifts && !first && *lifting != seen {
+                *lifting = seen;
+                return Ok(false);
+            }
+            *lifting = None;
+        }
         let count = serials.len();
         *self.inner.deny.write().unwrap_or_else(|p| p.into_inner()) = Denied { serials, seen };
         if let (Some(path), false) = (&self.inner.deny_file, first) {
@@ -503,9 +527,11 @@ mod tests {
             };
             assert_eq!(shake().await, Ok(false));
             assert_eq!(shake().await, Ok(false), "a session was resumed");
-            for denied in [&n1_cert, &n2_cert] {
-                let serial = crate::identity::parse(&denied.cert_der).unwrap().serial;
-                std::fs::write(&deny_file, serial).unwrap();
+            // The client's serial, then the server's too.
+            let mut denied = String::new();
+            for cert in [&n1_cert, &n2_cert] {
+                denied += &format!("{}\n", crate::identity::parse(&cert.cert_der).unwrap().serial);
+                std::fs::write(&deny_file, &denied).unwrap();
                 assert!(t.reload().unwrap());
                 assert!(shake().await.is_err(), "a denied peer came back");
             }
@@ -540,10 +566,16 @@ mod tests {
         let e = t.reload().unwrap_err().to_string();
         assert!(e.contains("line 2") && !e.contains("not-a-serial"), "{e}");
         assert!(t.peer_id(&n2_cert.cert_der).is_err());
+        // A last line without its newline: caught while written, refused.
+        std::fs::write(&deny_file, format!("{serial}\n{}", &serial[..4])).unwrap();
+        assert!(t.reload().unwrap_err().to_string().contains("newline"));
         // A missing deny file at the start is a start that fails.
         assert!(Trust::load(&dir.path().join("ca.pem"), &[], Some(&dir.path().join("nope"))).is_err());
-        // Emptied: admitted again.
+        // Emptied: admitted again, once the same file is read twice (an
+        // editor's empty moment lets nobody back in).
         std::fs::write(&deny_file, "").unwrap();
+        assert!(!t.reload().unwrap());
+        assert!(t.peer_id(&n2_cert.cert_der).is_err(), "still denied after one read");
         assert!(t.reload().unwrap());
         assert_eq!(handshake((&t, &n2), (&t, &n1), 1).await.unwrap(), 2);
     }

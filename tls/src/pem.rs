@@ -15,10 +15,15 @@ use crate::TlsError;
 /// wrong path to a large file fails at once instead of filling memory.
 pub const MAX_PEM_BYTES: u64 = 1 << 20;
 
-/// A file's bytes, read once and at most [`MAX_PEM_BYTES`] of them (a FIFO
-/// or a device at the path cannot make the node read without end).
+/// A file's bytes, read once and at most [`MAX_PEM_BYTES`] of them. Only a
+/// regular file (or a link to one) is opened: a FIFO would block the
+/// reload loop in `open`, a device would never end.
 pub fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| TlsError::file(path, e))?;
+    if !meta.is_file() {
+        return Err(TlsError::file(path, "not a regular file"));
+    }
     let file = std::fs::File::open(path).map_err(|e| TlsError::file(path, e))?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes).map_err(|e| TlsError::file(path, e))?;

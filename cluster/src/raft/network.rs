@@ -63,13 +63,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
         // Over TLS, only `target`'s certificate is taken at its address.
         self.peers.expect(&node.addr, target);
-        Connection { target, client: self.peers.raft_client(&node.addr).map_err(|e| e.to_string()), inflight: None }
+        Connection { target, peers: self.peers.clone(), addr: node.addr.clone(), inflight: None }
     }
 }
 
 pub struct Connection {
     target: NodeId,
-    client: Result<RaftClient, String>,
+    /// The channel is looked up at each call, not kept: when this node's
+    /// certificate or the cluster's trust changes, the cached channels are
+    /// dropped and replication moves to a new connection with the rest.
+    peers: Peers,
+    addr: String,
     /// A large AppendEntries still on its way.
     inflight: Option<Transfer>,
 }
@@ -205,7 +209,7 @@ impl Connection {
     // The error type is openraft's, as the trait methods return it.
     #[allow(clippy::result_large_err)]
     fn client<E: std::error::Error>(&self) -> Result<RaftClient, RPCError<NodeId, Member, E>> {
-        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+        self.peers.raft_client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
 
@@ -290,10 +294,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let mut client = self
-            .client
-            .clone()
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let mut client =
+            self.peers.raft_client(&self.addr).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let target = self.target;
         let path = snapshot.snapshot.path.clone();
         let meta = snapshot_meta_to_pb(&snapshot.meta);
