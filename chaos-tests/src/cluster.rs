@@ -2,6 +2,11 @@
 //! directory and free loopback ports, configured through TOML files the way
 //! an operator would. The harness holds the cluster secret, so it can ask
 //! nodes for their status and propose commands like any member.
+//!
+//! With TLS ([`ProcCluster::prepare_with`]), each node has a peer listener
+//! of its own with mutual TLS (a CA and node certificates made here, as
+//! `gatehouse tls` makes them), and the harness dials peers with node 1's
+//! certificate, as any member does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,10 @@ use gatehouse_proto::control::LocalStatusRequest;
 pub struct ProcNode {
     pub id: u64,
     pub http: String,
+    /// The admin API (and, without TLS, the peer RPCs too).
     pub grpc: String,
+    /// Where peers reach it: `grpc`, or its peer listener with TLS.
+    pub peer: String,
     pub config: PathBuf,
     child: Option<Child>,
 }
@@ -33,6 +41,8 @@ pub struct ProcCluster {
     pub extra_config: String,
     /// Set in every node's environment.
     pub env: Vec<(String, String)>,
+    /// Mutual TLS between the nodes.
+    pub tls: bool,
 }
 
 /// Node ports come from below Linux's ephemeral range (32768–60999 by
@@ -85,18 +95,32 @@ impl ProcCluster {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ProcCluster> {
+        Self::prepare_with(bin, dir, n, extra_config, env, false)
+    }
+
+    /// [`ProcCluster::prepare`], with mutual TLS between the nodes when `tls`.
+    pub fn prepare_with(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra_config: &str,
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> anyhow::Result<ProcCluster> {
         std::fs::create_dir_all(dir)?;
         let secret = gatehouse_cluster::ids::new_id() + &gatehouse_cluster::ids::new_id();
         let secret_file = dir.join("cluster-secret");
         std::fs::write(&secret_file, &secret)?;
         let key_file = dir.join("admin.key");
         let mut nodes = BTreeMap::new();
+        let ca = if tls { Some(write_ca(dir)?) } else { None };
         for id in 1..=n {
-            let (http, grpc) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-            nodes.insert(id, ProcNode { id, http, grpc, config: dir.join(format!("node-{id}.toml")), child: None });
+            nodes.insert(id, new_node(dir, id, ca.as_ref())?);
         }
-        let members: Vec<String> =
-            nodes.values().map(|n| format!("{{ id = {}, addr = \"{}\" }}", n.id, n.grpc)).collect();
+        let members: Vec<String> = nodes
+            .values()
+            .map(|n| format!("{{ id = {}, addr = \"{}\", client_addr = \"{}\" }}", n.id, n.peer, n.grpc))
+            .collect();
         for node in nodes.values() {
             let mut toml = node_toml(dir, node, &secret_file);
             if node.id == 1 {
@@ -107,9 +131,19 @@ impl ProcCluster {
                 );
             }
             toml += extra_config;
+            toml += &tls_toml(dir, node.id, tls);
             std::fs::write(&node.config, toml)?;
         }
-        let peers = Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?);
+        let mut peers = Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?);
+        if tls {
+            // The harness speaks to peers as node 1 does.
+            let trust = gatehouse_tls::peer::Trust::load(&dir.join("ca.pem"), &[], None)?;
+            let material = gatehouse_tls::Material::load(&dir.join("node-1.pem"), &dir.join("node-1.key"))?;
+            peers = peers.with_tls(gatehouse_cluster::peer_tls::PeerTls::new(trust, &material)?);
+            for node in nodes.values() {
+                peers.expect(&node.peer, node.id);
+            }
+        }
         Ok(ProcCluster {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
@@ -118,6 +152,7 @@ impl ProcCluster {
             admin_key: String::new(),
             extra_config: extra_config.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tls,
         })
     }
 
@@ -152,9 +187,12 @@ impl ProcCluster {
     /// with `cluster add-learner`).
     pub fn add_node(&mut self, id: u64) -> anyhow::Result<&ProcNode> {
         anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
-        let (http, grpc) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-        let node = ProcNode { id, http, grpc, config: self.dir.join(format!("node-{id}.toml")), child: None };
-        let toml = node_toml(&self.dir, &node, &self.dir.join("cluster-secret")) + &self.extra_config;
+        let ca = if self.tls { Some(read_ca(&self.dir)?) } else { None };
+        let node = new_node(&self.dir, id, ca.as_ref())?;
+        self.peers.expect(&node.peer, id);
+        let toml = node_toml(&self.dir, &node, &self.dir.join("cluster-secret"))
+            + &self.extra_config
+            + &tls_toml(&self.dir, id, self.tls);
         std::fs::write(&node.config, toml)?;
         self.nodes.insert(id, node);
         self.spawn(id)?;
@@ -249,7 +287,7 @@ impl ProcCluster {
 
     /// The control service of node `id` (status, digests, forwarded writes).
     pub fn control_client(&self, id: u64) -> anyhow::Result<ControlClient> {
-        Ok(self.peers.control_client(&self.nodes[&id].grpc)?)
+        Ok(self.peers.control_client(&self.nodes[&id].peer)?)
     }
 
     /// The leader all running nodes agree on.
@@ -280,17 +318,58 @@ impl ProcCluster {
     }
 }
 
+/// A node on free ports; with a CA, a peer listener of its own and its
+/// certificate (`node-<id>.pem`, `.key` in `dir`).
+fn new_node(dir: &Path, id: u64, ca: Option<&gatehouse_tls::issue::Issued>) -> anyhow::Result<ProcNode> {
+    let (http, grpc) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+    let peer = match ca {
+        Some(ca) => {
+            let issued = gatehouse_tls::issue::node_certificate(ca, id, &[], &["127.0.0.1".parse()?], 30)?;
+            std::fs::write(dir.join(format!("node-{id}.pem")), &issued.cert_pem)?;
+            std::fs::write(dir.join(format!("node-{id}.key")), issued.key_pem.expose())?;
+            format!("127.0.0.1:{}", free_port()?)
+        }
+        None => grpc.clone(),
+    };
+    Ok(ProcNode { id, http, grpc, peer, config: dir.join(format!("node-{id}.toml")), child: None })
+}
+
+/// A CA for the run's node certificates (`ca.pem`, `ca.key` in `dir`).
+fn write_ca(dir: &Path) -> anyhow::Result<gatehouse_tls::issue::Issued> {
+    let ca = gatehouse_tls::issue::new_ca("chaos run CA", 30)?;
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
+    std::fs::write(dir.join("ca.key"), ca.key_pem.expose())?;
+    Ok(ca)
+}
+
+fn read_ca(dir: &Path) -> anyhow::Result<gatehouse_tls::issue::Issued> {
+    Ok(gatehouse_tls::issue::ca_from_pem(
+        &std::fs::read_to_string(dir.join("ca.pem"))?,
+        &std::fs::read_to_string(dir.join("ca.key"))?,
+    )?)
+}
+
 /// A node's configuration file (without the bootstrap part).
 fn node_toml(dir: &Path, node: &ProcNode, secret_file: &Path) -> String {
+    let peer = if node.peer != node.grpc { format!("peer_addr = \"{}\"\n", node.peer) } else { String::new() };
     format!(
         // The harness scrapes each node's front for `/metrics`.
-        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\ncluster_secret_file = \"{}\"\nmetrics_on_front = true\n",
+        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\n{peer}cluster_secret_file = \"{}\"\nmetrics_on_front = true\n",
         node.id,
         dir.join(format!("node-{}", node.id)).display(),
         node.http,
         node.grpc,
         secret_file.display()
     )
+}
+
+/// The `[cluster_tls]` table of node `id`, or nothing without TLS.
+fn tls_toml(dir: &Path, id: u64, tls: bool) -> String {
+    if !tls {
+        return String::new();
+    }
+    let d = dir.display();
+    format!("\n[cluster_tls]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/node-{id}.pem\"\nkey_file = \"{d}/node-{id}.key\"\n")
 }
 
 impl Drop for ProcCluster {

@@ -285,7 +285,7 @@ pub async fn audit_batches(
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let per_batch = (rate / cluster.nodes.len() as u64 / 10).max(1) as usize;
     let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
-    let (peers, addr) = (cluster.peers.clone(), cluster.nodes[&leader].grpc.clone());
+    let (peers, addr) = (cluster.peers.clone(), cluster.nodes[&leader].peer.clone());
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("audit-batches".into()).spawn(move || {
         let run = || -> anyhow::Result<u64> {

@@ -100,8 +100,8 @@ impl Net {
         for from in cluster.nodes.keys() {
             let mut routes = String::from("\n[peer_routes]\n");
             for (to, node) in cluster.nodes.iter().filter(|(to, _)| *to != from) {
-                let proxy = LinkProxy::start(node.grpc.clone(), seed ^ (from << 32 | to)).await?;
-                routes += &format!("\"{}\" = \"{}\"\n", node.grpc, proxy.addr());
+                let proxy = LinkProxy::start(node.peer.clone(), seed ^ (from << 32 | to)).await?;
+                routes += &format!("\"{}\" = \"{}\"\n", node.peer, proxy.addr());
                 links.insert((*from, *to), proxy);
             }
             cluster.append_config(*from, &routes)?;

@@ -37,6 +37,8 @@ pub struct Settings {
     /// One entry near the size limit this often, beside the clients
     /// ([`crate::large`]); `None`: none.
     pub large_every: Option<Duration>,
+    /// Mutual TLS on every link between nodes.
+    pub tls: bool,
 }
 
 impl Settings {
@@ -53,17 +55,19 @@ impl Settings {
             clients: 6,
             max_staleness: Duration::from_secs(2),
             large_every: Some(Duration::from_secs(1)),
+            tls: false,
         }
     }
 
     /// The command that repeats this run's choices.
     pub fn replay(&self) -> String {
         format!(
-            "cargo run -p gatehouse-chaos --bin gatehouse-chaos -- --nemesis {} --seed {} --nodes {} --seconds {}",
+            "cargo run -p gatehouse-chaos --bin gatehouse-chaos -- --nemesis {} --seed {} --nodes {} --seconds {}{}",
             self.nemesis.name(),
             self.seed,
             self.nodes,
-            self.duration.as_secs()
+            self.duration.as_secs(),
+            if self.tls { " --tls" } else { "" }
         )
     }
 }
@@ -143,7 +147,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
         "max_staleness_ms = {}\n[rate_limits]\nenabled = false\n[identity]\npassword_workers = 2\n",
         s.max_staleness.as_millis()
     );
-    let mut cluster = ProcCluster::prepare(&s.bin, &s.dir, s.nodes, &config, &[])?;
+    let mut cluster = ProcCluster::prepare_with(&s.bin, &s.dir, s.nodes, &config, &[], s.tls)?;
     let net = Net::wire(&cluster, s.seed).await?;
     cluster.launch().await?;
     for id in 1..=s.nodes {
@@ -164,7 +168,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     };
     let (stop_tx, stop) = watch::channel(false);
     let large = s.large_every.map(|every| {
-        let nodes = cluster.nodes.values().map(|n| (n.id, n.grpc.clone())).collect();
+        let nodes = cluster.nodes.values().map(|n| (n.id, n.peer.clone())).collect();
         tokio::spawn(crate::large::run(cluster.peers.clone(), nodes, s.seed, every, stop.clone()))
     });
     let clients = tokio::spawn(workload::run(targets, w, rec.clone(), s.seed, stop));
@@ -205,7 +209,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     let lines: Vec<String> = history.iter().map(|o| format!("{o:?}")).collect();
     std::fs::write(s.dir.join("history.txt"), lines.join("\n"))?;
     let mut report = Report {
-        scenario: s.nemesis.name().into(),
+        scenario: if s.tls { format!("{} (mTLS)", s.nemesis.name()) } else { s.nemesis.name().into() },
         seed: s.seed,
         nodes: s.nodes,
         faults,

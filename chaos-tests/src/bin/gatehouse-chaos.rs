@@ -36,6 +36,9 @@ struct Args {
     /// Print one JSON object per run instead of the table.
     #[arg(long)]
     json: bool,
+    /// Mutual TLS between the nodes (the link proxies pass TLS bytes through).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[tokio::main]
@@ -75,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             let mut s = Settings::new(bin.clone(), dir.clone(), nemesis, seed);
             s.nodes = args.nodes;
             s.duration = Duration::from_secs(args.seconds);
+            s.tls = args.tls;
             let report = run::run(&s).await?;
             if args.json {
                 println!("{}", report.json());
