@@ -229,3 +229,48 @@ async fn hostile_tls_input_on_the_peer_port_leaves_the_cluster_serving() {
     c.wait_replicated("after-the-huge-chain").await;
     c.shutdown().await;
 }
+
+/// A learner added over mutual TLS takes the log, is admitted as a member,
+/// and yet may not ask for votes: only voters campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_over_mutual_tls_replicates_but_may_not_ask_for_votes() {
+    use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
+    use gatehouse_proto::admin::AddLearnerRequest;
+    let pki = Pki::new();
+    Pki::write(pki.dir.path(), "node-4", &node_certificate(&pki.ca, 4, &[], &[], 30).unwrap());
+    let tls = |cfg: &mut gatehouse::config::Config| {
+        cfg.peer_addr = Some("127.0.0.1:0".parse().unwrap());
+        cfg.cluster_tls = Some(pki.config(cfg.node_id, &[]));
+    };
+    let c = TestCluster::start_with(3, tls).await;
+    let mut cfg = common::config(4, &c.dir);
+    tls(&mut cfg);
+    let four = gatehouse::Node::start(cfg).await.unwrap();
+    write_user(c.node(1), "before-the-learner").await;
+    let mut admin = ClusterServiceClient::connect(c.endpoint(1)).await.unwrap();
+    let mut req = tonic::Request::new(AddLearnerRequest {
+        node_id: 4,
+        addr: four.advertise_addr().into(),
+        client_addr: four.advertise_client_addr().into(),
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
+    admin.add_learner(req).await.unwrap();
+    assert!(four.cluster().view().read().user_by_name("before-the-learner").is_some(), "the learner holds the log");
+
+    let leader = c.wait_for_leader().await;
+    let addr = c.node(leader).advertise_addr().to_string();
+    let as_four = pki.peers(&c.secret(), "node-4", &pki.path("ca.pem"), &addr, leader);
+    // A member: admitted.
+    let status = as_four.control_client(&addr).unwrap().local_status(LocalStatusRequest {}).await.unwrap();
+    assert_eq!(status.into_inner().node_id, leader);
+    // But no campaign.
+    let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
+    let vote =
+        pb::VoteRequest { vote: Some(pb::Vote { term: term + 1, node_id: 4, committed: false }), last_log_id: None };
+    let refused = as_four.raft_client(&addr).unwrap().vote(vote).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("only a voter"), "{refused:?}");
+    assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term, "nothing moved");
+    four.shutdown().await.unwrap();
+    c.shutdown().await;
+}

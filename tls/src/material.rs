@@ -164,6 +164,11 @@ mod tests {
         let m = Material::load(&cert, &key).unwrap();
         let serial = m.info().serial;
         assert!(!m.reload().unwrap(), "same files, nothing to do");
+        // Debug shows what the certificate says, never the key.
+        let shown = format!("{m:?} {:?} {:?}", first.key_pem, first);
+        let key_body: String = first.key_pem.expose().lines().nth(1).unwrap().chars().take(16).collect();
+        assert!(shown.contains("node.pem") && !shown.contains(&key_body), "{shown}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
 
         let second = node_certificate(&ca, 1, &[], &[], 30).unwrap();
         write(&second);

@@ -486,6 +486,62 @@ mod tests {
         assert!(handshake((&t, &unbound), (&t, &n2), 2).await.is_err());
     }
 
+    /// An expired node certificate (signed by the cluster's CA, binding its
+    /// id): refused when it dials, and when it answers.
+    #[tokio::test]
+    async fn an_expired_certificate_is_refused_both_ways() {
+        use rustls::pki_types::PrivateKeyDer;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("cluster CA", 30).unwrap();
+        let t = trust(dir.path(), &[&ca], &[]);
+        let (n1, _) = node(&ca, 1);
+        let (n2, _) = node(&ca, 2);
+        // Node 3's certificate, expired yesterday.
+        let mut params = rcgen::CertificateParams::new(vec![node_name(3)]).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&ca.cert_der, rcgen::KeyPair::from_pem(ca.key_pem.expose()).unwrap())
+                .unwrap();
+        let expired = params.signed_by(&key, &issuer).unwrap();
+        let chain = vec![expired.der().clone()];
+        let private = || PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let roots = Arc::new(crate::pem::roots(&dir.path().join("ca.pem")).unwrap());
+
+        // Node 3 dials node 2.
+        let acceptor = tokio_rustls::TlsAcceptor::from(t.server_config(&n2.material).unwrap());
+        let client = rustls::ClientConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(crate::VERSIONS)
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), private())
+            .unwrap();
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let served = tokio::spawn(async move { acceptor.accept(a).await.map(|_| ()) });
+        // (With TLS 1.3 the client may count its side done before the
+        // server has read its certificate: the server's verdict is the one.)
+        let _ = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(server_name(2), b).await;
+        let e = served.await.unwrap().unwrap_err().to_string();
+        assert!(e.to_lowercase().contains("expired"), "node 2 took an expired client certificate: {e}");
+
+        // Node 1 dials node 3, which answers with it.
+        let server = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(crate::VERSIONS)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, private())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (a, b) = tokio::io::duplex(64 << 10);
+        tokio::spawn(async move { acceptor.accept(a).await.map(|_| ()) });
+        let connector = tokio_rustls::TlsConnector::from(t.client_config(&n1.material).unwrap());
+        let e = connector.connect(server_name(3), b).await.unwrap_err().to_string();
+        assert!(e.to_lowercase().contains("expired"), "{e}");
+    }
+
     /// The same client and server configurations twice, a serial denied in
     /// between: the second handshake is a full one, and refused both ways.
     #[tokio::test]
