@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`cluster`]: start N real nodes on free loopback ports, find the leader, stop them.
-//! - [`load`]: benchmark scenarios and their latency histograms.
+//! - [`load`]: benchmark scenarios and their latency histograms;
+//!   [`load_tls`]: HTTPS clients, TLS handshakes per second, and the bare
+//!   hyper + rustls server they are set beside.
 //! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
 //!   directed link), [`nemesis`] (the faults), [`workload`] and [`history`]
 //!   (clients and what they saw), [`large`] (large valid entries beside
@@ -17,6 +19,7 @@ pub mod history;
 pub mod large;
 pub mod linearizability;
 pub mod load;
+pub mod load_tls;
 pub mod nemesis;
 pub mod proxy;
 pub mod run;

@@ -43,10 +43,10 @@ impl Figures {
 }
 
 /// One client task's latency histogram, successes, failures, and 429s among them.
-type TaskFigures = (Histogram<u64>, u64, u64, u64);
+pub(crate) type TaskFigures = (Histogram<u64>, u64, u64, u64);
 
 /// Merges the client tasks' figures into one step's result.
-async fn merge(
+pub(crate) async fn merge(
     tasks: Vec<tokio::task::JoinHandle<TaskFigures>>,
     started: Instant,
     concurrency: usize,
@@ -136,7 +136,7 @@ impl NodeTimings {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
@@ -210,18 +210,28 @@ pub async fn http_get(
     rate: Option<f64>,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
+    http_get_over(None, addr, path, header, connections, rate, duration).await
+}
+
+/// [`http_get`], over TLS with `tls` (each keep-alive connection handshakes once).
+pub async fn http_get_over(
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    addr: &str,
+    path: &str,
+    header: Option<(&str, String)>,
+    connections: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::TokioIo;
 
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let uri = format!("http://{addr}{path}");
+        let mut sender = crate::load_tls::connect(addr, tls).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{addr}{path}");
         let header = header.clone().map(|(k, v)| (k.to_string(), v));
         let mut schedule = rate.map(|r| {
             let period = Duration::from_secs_f64(connections as f64 / r);

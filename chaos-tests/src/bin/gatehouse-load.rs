@@ -39,12 +39,29 @@ enum Scenario {
         /// Seconds per step.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Run the steps again on a cluster with mutual TLS between its
+        /// nodes (a new cluster, after the plaintext one is gone), same run.
+        #[arg(long)]
+        tls: bool,
     },
     /// /auth/verify with an API key and with a session cookie on one node,
     /// beside a bare hyper server answering 200 (the ceiling), same run.
     Verify {
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Over HTTPS keep-alive connections: the fronts serve `[https]`,
+        /// the ceiling is bare hyper behind the same rustls configuration.
+        #[arg(long)]
+        https: bool,
+    },
+    /// New TLS connections per second on one node's HTTPS front (connect,
+    /// handshake, one GET /healthz, close), full handshakes and resumed
+    /// ones, each beside bare hyper + rustls doing the same, same run.
+    Handshakes {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
@@ -106,57 +123,62 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Internal: the bare hyper baseline server (prints its port on stdout).
+    /// Internal: the bare hyper baseline server (prints its port on stdout);
+    /// over TLS with a certificate and key.
     #[command(hide = true)]
-    BaselineServer,
+    BaselineServer {
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Scenario::BaselineServer = args.scenario {
+    if let Scenario::BaselineServer { cert, key } = &args.scenario {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?.port());
-        return load::serve_baseline(listener).await;
+        return match (cert, key) {
+            (Some(cert), Some(key)) => {
+                gatehouse_chaos::load_tls::serve_baseline(listener, gatehouse_tls::Material::load(cert, key)?).await
+            }
+            _ => load::serve_baseline(listener).await,
+        };
     }
     let bin = match args.bin {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("gatehouse"),
     };
+    if let Scenario::Writes { writers, seconds, tls } = &args.scenario {
+        let mut sets = vec![("plaintext", write_steps(&bin, args.nodes, false, writers, *seconds).await?)];
+        if *tls {
+            sets.push(("mutual TLS", write_steps(&bin, args.nodes, true, writers, *seconds).await?));
+        }
+        print_writes(&sets, args.nodes, *seconds, args.json);
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
-    let extra = match &args.scenario {
+    let mut extra = match &args.scenario {
         Scenario::RateAccuracy { limit, .. } => rate_policies(*limit),
         _ => String::new(),
     };
-    let cluster = ProcCluster::start_with(&bin, dir.path(), args.nodes, &extra, &[]).await?;
+    // HTTPS on every front (node 1's certificate will do for each: it
+    // names 127.0.0.1), and mutual TLS between the nodes.
+    let https = matches!(args.scenario, Scenario::Verify { https: true, .. } | Scenario::Handshakes { .. });
+    if https {
+        let d = dir.path().display();
+        extra += &format!("\n[https]\ncert_file = \"{d}/node-1.pem\"\nkey_file = \"{d}/node-1.key\"\n");
+    }
+    let mut cluster = ProcCluster::prepare_with(&bin, dir.path(), args.nodes, &extra, &[], https)?;
+    cluster.launch().await?;
     match args.scenario {
-        Scenario::Writes { writers, seconds } => {
-            let mut rows = Vec::new();
-            for (i, w) in writers.iter().enumerate() {
-                rows.push(load::writes(&cluster, *w, Duration::from_secs(seconds), &format!("r{i}")).await?);
-            }
-            if args.json {
-                let rows: Vec<_> = rows.iter().map(|r| r.json()).collect();
-                println!(
-                    "{}",
-                    serde_json::json!({ "scenario": "writes", "nodes": args.nodes, "seconds": seconds, "rows": rows })
-                );
-            } else {
-                println!("scenario writes: {} nodes, {seconds} s per step", args.nodes);
-                println!(
-                    "{:>8} {:>10} {:>8} {:>12} {:>10} {:>10} {:>16}",
-                    "writers", "commits", "errors", "commits/s", "p50 ms", "p99 ms", "node CPU µs/op"
-                );
-                for r in rows {
-                    let cpu_per_commit = r.node_cpu_s.unwrap_or(0.0) * 1e6 / r.ok.max(1) as f64;
-                    println!(
-                        "{:>8} {:>10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>16.0}",
-                        r.concurrency, r.ok, r.errors, r.per_second, r.p50_ms, r.p99_ms, cpu_per_commit
-                    );
-                }
-            }
+        Scenario::Writes { .. } => unreachable!("handled above"),
+        Scenario::Verify { connections, seconds, https } => {
+            verify(&cluster, connections, seconds, https, args.json).await?
         }
-        Scenario::Verify { connections, seconds } => verify(&cluster, connections, seconds, args.json).await?,
+        Scenario::Handshakes { clients, seconds } => handshakes(&cluster, clients, seconds, args.json).await?,
         Scenario::Memory { sessions, keys, users } => memory(cluster, sessions, keys, users, args.json).await?,
         Scenario::RateAccuracy { limit, connections, seconds } => {
             rate_accuracy(&cluster, limit, connections, seconds, args.json).await?
@@ -167,7 +189,117 @@ async fn main() -> anyhow::Result<()> {
             audit_ingest(&cluster, rate, verify, callers, seconds, args.json).await?
         }
         Scenario::LoginFlood { connections, seconds } => login_flood(&cluster, connections, seconds, args.json).await?,
-        Scenario::BaselineServer => unreachable!("handled above"),
+        Scenario::BaselineServer { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// The `writes` steps on a cluster of its own (plaintext or with mutual
+/// TLS between the nodes), stopped before the function returns.
+async fn write_steps(
+    bin: &std::path::Path,
+    nodes: u64,
+    tls: bool,
+    writers: &[usize],
+    seconds: u64,
+) -> anyhow::Result<Vec<load::Figures>> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = ProcCluster::prepare_with(bin, dir.path(), nodes, "", &[], tls)?;
+    cluster.launch().await?;
+    let mut rows = Vec::new();
+    for (i, w) in writers.iter().enumerate() {
+        rows.push(load::writes(&cluster, *w, Duration::from_secs(seconds), &format!("r{i}")).await?);
+    }
+    Ok(rows)
+}
+
+fn print_writes(sets: &[(&str, Vec<load::Figures>)], nodes: u64, seconds: u64, json: bool) {
+    if json {
+        let sets: Vec<_> = sets
+            .iter()
+            .map(|(links, rows)| {
+                let rows: Vec<_> = rows.iter().map(|r| r.json()).collect();
+                serde_json::json!({ "links": links, "rows": rows })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "scenario": "writes", "nodes": nodes, "seconds": seconds, "sets": sets }));
+        return;
+    }
+    println!("scenario writes: {nodes} nodes, {seconds} s per step");
+    println!(
+        "{:<12} {:>8} {:>10} {:>8} {:>12} {:>10} {:>10} {:>16}",
+        "links", "writers", "commits", "errors", "commits/s", "p50 ms", "p99 ms", "node CPU µs/op"
+    );
+    for (links, rows) in sets {
+        for r in rows {
+            let cpu_per_commit = r.node_cpu_s.unwrap_or(0.0) * 1e6 / r.ok.max(1) as f64;
+            println!(
+                "{links:<12} {:>8} {:>10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>16.0}",
+                r.concurrency, r.ok, r.errors, r.per_second, r.p50_ms, r.p99_ms, cpu_per_commit
+            );
+        }
+    }
+}
+
+/// The bare baseline server as a process of its own (so it does not share
+/// this process's runtime with the client); over TLS with node 1's
+/// certificate in `tls_dir`. Returns it and its address.
+fn baseline(tls_dir: Option<&std::path::Path>) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("baseline-server").stdout(std::process::Stdio::piped());
+    if let Some(d) = tls_dir {
+        cmd.arg("--cert").arg(d.join("node-1.pem")).arg("--key").arg(d.join("node-1.key"));
+    }
+    let mut child = cmd.spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    Ok((child, format!("127.0.0.1:{}", line.trim())))
+}
+
+/// `handshakes`: new TLS connections per second, full and resumed, on node
+/// 1's front and on the bare server, each kind beside its ceiling.
+async fn handshakes(cluster: &ProcCluster, clients: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+    use gatehouse_chaos::load_tls;
+    let ca = cluster.dir.join("ca.pem");
+    let (mut server, bare) = baseline(Some(&cluster.dir))?;
+    let http = cluster.nodes[&1].http.clone();
+    let d = Duration::from_secs(seconds);
+    let mut rows = Vec::new();
+    for (kind, resume) in [("full", false), ("resumed", true)] {
+        let ceiling = load_tls::handshakes(&bare, "/", load_tls::client(&ca, resume)?, clients, d).await?;
+        let node = load_tls::handshakes(&http, "/healthz", load_tls::client(&ca, resume)?, clients, d).await?;
+        rows.push((format!("bare hyper + rustls, {kind}"), ceiling.per_second, ceiling));
+        let ratio_base = rows.last().map(|r| r.1).unwrap_or(1.0);
+        rows.push((format!("gatehouse /healthz, {kind}"), ratio_base, node));
+    }
+    let _ = server.kill();
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(name, base, f)| serde_json::json!({ "name": name, "ratio": f.per_second / base, "figures": f.json() }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "handshakes", "clients": clients, "seconds": seconds, "rows": rows })
+        );
+    } else {
+        println!("scenario handshakes: one node's HTTPS front, {clients} clients, {seconds} s each (connect, handshake, one GET, close)");
+        println!(
+            "{:<32} {:>10} {:>8} {:>12} {:>8} {:>8} {:>8}",
+            "", "ok", "errors", "conns/s", "ratio", "p50 ms", "p99 ms"
+        );
+        for (name, base, f) in rows {
+            println!(
+                "{name:<32} {:>10} {:>8} {:>12.0} {:>8.2} {:>8.2} {:>8.2}",
+                f.ok,
+                f.errors,
+                f.per_second,
+                f.per_second / base,
+                f.p50_ms,
+                f.p99_ms
+            );
+        }
     }
     Ok(())
 }
@@ -539,17 +671,34 @@ fn admin_request<T>(cluster: &ProcCluster, msg: T) -> tonic::Request<T> {
     req
 }
 
-async fn login_cookie(http: &str, username: &str, password: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn login_cookie(
+    http: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &[u8]) -> anyhow::Result<String> {
+        s.write_all(req).await?;
+        let mut resp = Vec::new();
+        // A TLS peer may close without close_notify: what arrived counts.
+        let _ = s.read_to_end(&mut resp).await;
+        Ok(String::from_utf8_lossy(&resp).into_owned())
+    }
     let body = serde_json::json!({ "username": username, "password": password }).to_string();
     let req = format!(
         "POST /api/v1/login HTTP/1.1\r\nHost: {http}\r\nX-Requested-With: load\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut s = tokio::net::TcpStream::connect(http).await?;
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await?;
+    let s = tokio::net::TcpStream::connect(http).await?;
+    let resp = match tls {
+        None => exchange(s, req.as_bytes()).await?,
+        Some(config) => {
+            let ip: std::net::SocketAddr = http.parse()?;
+            let name = rustls::pki_types::ServerName::IpAddress(ip.ip().into());
+            exchange(tokio_rustls::TlsConnector::from(config.clone()).connect(name, s).await?, req.as_bytes()).await?
+        }
+    };
     let line = resp
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
@@ -557,11 +706,17 @@ async fn login_cookie(http: &str, username: &str, password: &str) -> anyhow::Res
     Ok(line.split_once(':').map(|x| x.1).unwrap_or("").trim().split(';').next().unwrap_or("").to_string())
 }
 
-async fn verify(cluster: &ProcCluster, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+async fn verify(
+    cluster: &ProcCluster,
+    connections: usize,
+    seconds: u64,
+    https: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     use gatehouse_proto::admin::key_service_client::KeyServiceClient;
     use gatehouse_proto::admin::user_service_client::UserServiceClient;
     use gatehouse_proto::admin::{CreateKeyRequest, CreateUserRequest};
-    use std::io::BufRead;
+    let tls = if https { Some(gatehouse_chaos::load_tls::client(&cluster.dir.join("ca.pem"), true)?) } else { None };
 
     let grpc = cluster.peers.channel(&cluster.nodes[&1].grpc)?;
     let password = "load-generator-password";
@@ -585,20 +740,18 @@ async fn verify(cluster: &ProcCluster, connections: usize, seconds: u64, json: b
         .into_inner()
         .secret;
     let http = cluster.nodes[&1].http.clone();
-    let cookie = login_cookie(&http, "loaduser", password).await?;
+    let cookie = login_cookie(&http, tls.as_ref(), "loaduser", password).await?;
 
-    let exe = std::env::current_exe()?;
-    let mut baseline =
-        std::process::Command::new(exe).arg("baseline-server").stdout(std::process::Stdio::piped()).spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(baseline.stdout.take().expect("piped")).read_line(&mut line)?;
-    let baseline_addr = format!("127.0.0.1:{}", line.trim());
+    let (mut baseline, baseline_addr) = baseline(https.then_some(cluster.dir.as_path()))?;
     let d = Duration::from_secs(seconds);
+    let t = tls.as_ref();
+    let ceiling = if https { "bare hyper + rustls (ceiling)" } else { "bare hyper (ceiling)" };
     let rows = vec![
-        ("bare hyper (ceiling)", load::http_get(&baseline_addr, "/", None, connections, None, d).await?),
+        (ceiling, load::http_get_over(t, &baseline_addr, "/", None, connections, None, d).await?),
         (
             "verify-key",
-            load::http_get(
+            load::http_get_over(
+                t,
                 &http,
                 "/auth/verify",
                 Some(("authorization", format!("Bearer {key}"))),
@@ -610,7 +763,7 @@ async fn verify(cluster: &ProcCluster, connections: usize, seconds: u64, json: b
         ),
         (
             "verify-session",
-            load::http_get(&http, "/auth/verify", Some(("cookie", cookie)), connections, None, d).await?,
+            load::http_get_over(t, &http, "/auth/verify", Some(("cookie", cookie)), connections, None, d).await?,
         ),
     ];
     let _ = baseline.kill();
@@ -625,7 +778,8 @@ async fn verify(cluster: &ProcCluster, connections: usize, seconds: u64, json: b
             serde_json::json!({ "scenario": "verify", "connections": connections, "seconds": seconds, "rows": rows })
         );
     } else {
-        println!("scenario verify: one node, {connections} connections, {seconds} s each");
+        let over = if https { " over HTTPS" } else { "" };
+        println!("scenario verify{over}: one node, {connections} connections, {seconds} s each");
         println!(
             "{:<22} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}",
             "", "ok", "errors", "req/s", "ratio", "p50 ms", "p99 ms"
