@@ -134,10 +134,12 @@ impl Node {
             Some(a) => {
                 let material = gatehouse_tls::Material::load(&a.cert_file, &a.key_file).context("[admin_tls]")?;
                 let clients = match &a.client_ca_file {
-                    Some(f) => Some(gatehouse_tls::server::AdminClients {
-                        roots: Arc::new(gatehouse_tls::pem::roots(f).context("[admin_tls]")?),
-                        required: a.require_client_cert,
-                    }),
+                    Some(f) => {
+                        let clients = gatehouse_tls::server::AdminClients::load(f, a.require_client_cert)
+                            .context("[admin_tls]")?;
+                        watched.admin_clients = Some(clients.clone());
+                        Some(clients)
+                    }
                     None => None,
                 };
                 watched.served.push(crate::reload::Served { listener: "admin", material: material.clone() });

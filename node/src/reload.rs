@@ -1,6 +1,7 @@
 //! What a node re-reads without a restart: its TLS listeners' certificates
 //! (the HTTPS front's, its peer and admin certificates), the cluster's CA
-//! bundle and deny file, and the cluster secret file. All are loaded at
+//! bundle and deny file, the admin client CA bundle, and the cluster secret
+//! file. All are loaded at
 //! start (a file that does not load stops the start with its reason), then
 //! checked for changes every [`RELOAD_CHECK`] and at once on SIGHUP. A
 //! changed file that loads is used from then on (new connections get a new
@@ -52,11 +53,13 @@ pub struct Watched {
     /// when this node's peer certificate or the trust changes.
     pub peer: Option<(PeerTls, Peers)>,
     pub secret: Option<SecretFile>,
+    /// The CA bundle admin callers' certificates must chain to.
+    pub admin_clients: Option<gatehouse_tls::server::AdminClients>,
 }
 
 impl Watched {
     pub fn is_empty(&self) -> bool {
-        self.served.is_empty() && self.peer.is_none() && self.secret.is_none()
+        self.served.is_empty() && self.peer.is_none() && self.secret.is_none() && self.admin_clients.is_none()
     }
 }
 
@@ -127,6 +130,19 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
         // already under way on them.
         if peer_changed || outcome == Some("reloaded") || rechecked.doomed > 0 {
             peers.drop_channels();
+        }
+    }
+    if let Some(clients) = &watched.admin_clients {
+        let outcome = match clients.reload() {
+            Ok(false) => None,
+            Ok(true) => Some("reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "new admin client CA bundle refused; the one in use stays");
+                Some("refused")
+            }
+        };
+        if let Some(outcome) = outcome {
+            metrics.tls_reloads.get_or_create(&ReloadLabels { listener: "admin-ca", outcome }).inc();
         }
     }
     if let Some(s) = &watched.secret {

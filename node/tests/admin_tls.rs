@@ -5,9 +5,11 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
-use common::{admin_cli, TestCluster};
+use common::{admin_cli, wait_until, TestCluster};
 use gatehouse::config::AdminTlsConfig;
+use gatehouse_api::metrics::ReloadLabels;
 use gatehouse_tls::issue::{new_ca, node_certificate, Issued};
 
 fn write(dir: &Path, name: &str, issued: &Issued) {
@@ -118,5 +120,24 @@ async fn a_node_that_requires_client_certificates_takes_only_its_cas() {
     // A certificate is a second factor: the key is still required.
     let e = status(&endpoint, "gk_not-a-key", &alice).await.unwrap_err();
     assert!(e.starts_with("unauthenticated"), "{e}");
+
+    // The operators' CA is replaced without a restart: the new one's
+    // certificates are taken, the old one's refused.
+    let next = new_ca("operators CA, next", 30).unwrap();
+    write(d, "bob", &node_certificate(&next, 102, &["bob.example".into()], &[], 30).unwrap());
+    std::fs::write(d.join("operators.new"), &next.cert_pem).unwrap();
+    std::fs::rename(d.join("operators.new"), d.join("operators.pem")).unwrap();
+    let reloaded = ReloadLabels { listener: "admin-ca", outcome: "reloaded" };
+    wait_until("the node reads the new operators' CA", Duration::from_secs(20), || {
+        // SAFETY: kill(2) on our own pid with a signal the node handles.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        let n = c.node(1).api().metrics().tls_reloads.get_or_create(&reloaded).get();
+        async move { n >= 1 }
+    })
+    .await;
+    let bob = with("bob");
+    let bob: Vec<&str> = bob.iter().map(String::as_str).collect();
+    assert!(status(&endpoint, key, &bob).await.unwrap().contains("\"leader\":1"));
+    assert!(status(&endpoint, key, &alice).await.is_err(), "the old operators' CA is still taken");
     c.shutdown().await;
 }

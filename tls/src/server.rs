@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
+
 use crate::{Material, TlsError};
 
 /// HTTPS for the HTTP front: the node's certificate (reloaded in place),
@@ -17,13 +19,107 @@ pub fn https(material: &Material, http2: bool) -> Result<Arc<rustls::ServerConfi
     Ok(Arc::new(config))
 }
 
-/// Who may present a client certificate to the admin API.
+/// Who may present a client certificate to the admin API: certificates
+/// of the CA bundle in a file, which [`AdminClients::reload`] reads again
+/// (a CA added or taken out without a restart), and whether one is required.
 #[derive(Debug, Clone)]
 pub struct AdminClients {
-    /// CA bundle the certificates must chain to.
-    pub roots: Arc<rustls::RootCertStore>,
+    inner: Arc<AdminInner>,
+}
+
+#[derive(Debug)]
+struct AdminInner {
+    ca_file: std::path::PathBuf,
     /// Refuse callers without one (else a certificate is checked if sent).
-    pub required: bool,
+    required: bool,
+    /// The verifier for the bundle in use, and the file's bytes it came from.
+    current: std::sync::RwLock<(Arc<dyn ClientCertVerifier>, Vec<u8>)>,
+}
+
+impl AdminClients {
+    pub fn load(ca_file: &std::path::Path, required: bool) -> Result<AdminClients, TlsError> {
+        let bytes = crate::pem::read(ca_file)?;
+        let verifier = Self::verifier(ca_file, &bytes, required)?;
+        let inner = AdminInner { ca_file: ca_file.to_path_buf(), required, current: (verifier, bytes).into() };
+        Ok(AdminClients { inner: Arc::new(inner) })
+    }
+
+    fn verifier(
+        ca_file: &std::path::Path,
+        bytes: &[u8],
+        required: bool,
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let roots = Arc::new(crate::pem::roots_in(ca_file, bytes)?);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::provider());
+        let verifier = if required { verifier } else { verifier.allow_unauthenticated() };
+        verifier.build().map_err(|e| TlsError::file(ca_file, format!("not a usable client CA bundle ({e})")))
+    }
+
+    /// Reads the bundle again: `Ok(true)` if it changed and is in use; on
+    /// an error the bundle in use stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let bytes = crate::pem::read(&self.inner.ca_file)?;
+        if self.current().1 == bytes {
+            return Ok(false);
+        }
+        let verifier = Self::verifier(&self.inner.ca_file, &bytes, self.inner.required)?;
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = (verifier, bytes);
+        Ok(true)
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, (Arc<dyn ClientCertVerifier>, Vec<u8>)> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn verifier_now(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current().0.clone()
+    }
+}
+
+impl ClientCertVerifier for AdminClients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.required
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: an operator's client has one certificate to offer.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.verifier_now().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier_now().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier_now().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier_now().supported_verify_schemes()
+    }
 }
 
 /// The admin API's listener (gRPC): the node's certificate (reloaded in
@@ -35,14 +131,7 @@ pub fn admin(material: &Material, clients: Option<&AdminClients>) -> Result<Arc<
         .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?;
     let builder = match clients {
         None => builder.with_no_client_auth(),
-        Some(c) => {
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(c.roots.clone(), crate::provider());
-            let verifier = if c.required { verifier } else { verifier.allow_unauthenticated() };
-            let verifier =
-                verifier.build().map_err(|e| TlsError::Invalid(format!("the admin client CA bundle: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(c) => builder.with_client_cert_verifier(Arc::new(c.clone())),
     };
     let mut config = builder.with_cert_resolver(Arc::new(material.clone()));
     config.alpn_protocols = vec![b"h2".to_vec()];
