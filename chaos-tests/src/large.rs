@@ -63,17 +63,17 @@ fn proposal(resource: &str, seq: u64) -> (CommandBatch, usize) {
 }
 
 /// Proposes one large entry every `every` through a random node of
-/// `nodes` (id, gRPC address; the leader, when a follower names it) until
-/// `stop` turns true.
+/// `nodes` (id, peer address, client address; the leader, when a follower
+/// names it by its client address) until `stop` turns true.
 pub async fn run(
     peers: Peers,
-    nodes: Vec<(u64, String)>,
+    nodes: Vec<(u64, String, String)>,
     seed: u64,
     every: Duration,
     stop: watch::Receiver<bool>,
 ) -> Written {
-    let ids: Vec<u64> = nodes.iter().map(|(id, _)| *id).collect();
-    let addr = |id: u64| nodes.iter().find(|(i, _)| *i == id).map(|(_, a)| a.clone()).unwrap_or_default();
+    let ids: Vec<u64> = nodes.iter().map(|(id, _, _)| *id).collect();
+    let addr = |id: u64| nodes.iter().find(|(i, _, _)| *i == id).map(|(_, a, _)| a.clone()).unwrap_or_default();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x1a46e);
     let mut written = Written::default();
     let mut seq = 0;
@@ -98,7 +98,8 @@ pub async fn run(
                     let leader = s.metadata().get(gatehouse_cluster::error::LEADER_METADATA);
                     let named = leader
                         .and_then(|l| l.to_str().ok())
-                        .and_then(|leader| nodes.iter().find(|(_, a)| a == leader).map(|(id, _)| *id));
+                        .and_then(|leader| nodes.iter().find(|(_, peer, client)| peer == leader || client == leader))
+                        .map(|(id, _, _)| *id);
                     match named {
                         Some(id) if id != node => node = id,
                         _ => break,

@@ -168,7 +168,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     };
     let (stop_tx, stop) = watch::channel(false);
     let large = s.large_every.map(|every| {
-        let nodes = cluster.nodes.values().map(|n| (n.id, n.peer.clone())).collect();
+        let nodes = cluster.nodes.values().map(|n| (n.id, n.peer.clone(), n.grpc.clone())).collect();
         tokio::spawn(crate::large::run(cluster.peers.clone(), nodes, s.seed, every, stop.clone()))
     });
     let clients = tokio::spawn(workload::run(targets, w, rec.clone(), s.seed, stop));

@@ -427,7 +427,7 @@ async fn user_with_key(cluster: &ProcCluster, username: &str, roles: &[&str]) ->
     use gatehouse_proto::admin::key_service_client::KeyServiceClient;
     use gatehouse_proto::admin::user_service_client::UserServiceClient;
     use gatehouse_proto::admin::{CreateKeyRequest, CreateUserRequest};
-    let grpc = cluster.peers.channel(&cluster.nodes[&1].grpc)?;
+    let grpc = admin_channel(&cluster.nodes[&1].grpc)?;
     let user = CreateUserRequest {
         username: username.into(),
         email: format!("{username}@bench.example"),
@@ -495,7 +495,7 @@ async fn rate_accuracy(
 async fn audit_head(cluster: &ProcCluster) -> anyhow::Result<u64> {
     use gatehouse_proto::admin::audit_service_client::AuditServiceClient;
     use gatehouse_proto::admin::AuditQueryRequest;
-    let grpc = cluster.peers.channel(&cluster.nodes[&1].grpc)?;
+    let grpc = admin_channel(&cluster.nodes[&1].grpc)?;
     let q = AuditQueryRequest { filter: None, page_size: 1, page_token: String::new() };
     let page = AuditServiceClient::new(grpc).query(admin_request(cluster, q)).await?.into_inner();
     Ok(page.records.first().map_or(0, |r| r.seq))
@@ -591,7 +591,7 @@ async fn audit_ingest(
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for node in cluster.nodes.values() {
-            let channel = cluster.peers.channel(&node.grpc)?;
+            let channel = admin_channel(&node.grpc)?;
             for _ in 0..callers {
                 let (channel, stop, key) = (channel.clone(), stop.clone(), refused_key.clone());
                 tasks.push(tokio::spawn(async move {
@@ -665,6 +665,12 @@ async fn audit_ingest(
 }
 
 /// A bearer-authenticated admin channel.
+/// A channel to a node's admin API (`grpc_addr`: plaintext on loopback,
+/// whether or not the nodes speak TLS to each other).
+fn admin_channel(grpc: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect_lazy())
+}
+
 fn admin_request<T>(cluster: &ProcCluster, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert("authorization", format!("Bearer {}", cluster.admin_key).parse().expect("key is ascii"));
@@ -718,7 +724,7 @@ async fn verify(
     use gatehouse_proto::admin::{CreateKeyRequest, CreateUserRequest};
     let tls = if https { Some(gatehouse_chaos::load_tls::client(&cluster.dir.join("ca.pem"), true)?) } else { None };
 
-    let grpc = cluster.peers.channel(&cluster.nodes[&1].grpc)?;
+    let grpc = admin_channel(&cluster.nodes[&1].grpc)?;
     let password = "load-generator-password";
     UserServiceClient::new(grpc.clone())
         .create(admin_request(
