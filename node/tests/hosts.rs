@@ -60,7 +60,13 @@ impl Hosts {
         anyhow::ensure!(unsafe { libc::geteuid() } == 0, "this test makes network namespaces: run it as root");
         Self::sweep();
         let pid = std::process::id();
-        let hosts = Hosts { pid, subnet: format!("10.213.{}", pid % 250), count };
+        // A /24 no interface here uses yet (another run may hold one).
+        let used = ip(&["-o", "addr", "show"])?;
+        let third = (0..250)
+            .map(|i| (pid + i) % 250)
+            .find(|x| !used.contains(&format!(" 10.213.{x}.")))
+            .context("no free 10.213.x.0/24 subnet")?;
+        let hosts = Hosts { pid, subnet: format!("10.213.{third}"), count };
         let bridge = hosts.bridge();
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}.254/24", hosts.subnet), "dev", &bridge])?;
