@@ -84,6 +84,9 @@ pub struct Metrics {
     pub rate_refused_locally: Counter,
     /// Connections open on the HTTP front.
     pub http_connections: Gauge,
+    /// Connections the HTTP front accepted (a proxy that keeps its
+    /// connections alive makes this grow far slower than the requests).
+    pub http_connections_accepted: Counter,
     /// Requests with `X-Forwarded-For` from a peer that is not a trusted proxy.
     pub untrusted_forwarded_for: Counter,
     /// Audit batches the log took for retries of earlier ones, sent again renumbered.
@@ -121,6 +124,7 @@ impl Metrics {
             audit_sent: Counter::default(),
             rate_refused_locally: Counter::default(),
             http_connections: Gauge::default(),
+            http_connections_accepted: Counter::default(),
             untrusted_forwarded_for: Counter::default(),
             audit_renumbered: Counter::default(),
             tls_expiry: Family::default(),
@@ -148,6 +152,11 @@ impl Metrics {
             m.audit_renumbered.clone(),
         );
         r.register("http_connections", "connections open on the HTTP front", m.http_connections.clone());
+        r.register(
+            "http_connections_accepted",
+            "connections the HTTP front accepted",
+            m.http_connections_accepted.clone(),
+        );
         r.register(
             "tls_certificate_expiry_timestamp_seconds",
             "when the certificate a TLS listener serves stops being valid (Unix time)",

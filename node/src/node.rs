@@ -310,13 +310,18 @@ impl Node {
         let http = {
             let mut rx = serving.subscribe();
             let app = gatehouse_api::http::router(front.clone());
-            let (limits, open) = (config.http.clone(), api.metrics().http_connections.clone());
+            let limits = config.http.clone();
+            let connections = gatehouse_api::http::serve::Connections {
+                open: api.metrics().http_connections.clone(),
+                accepted: api.metrics().http_connections_accepted.clone(),
+            };
             tokio::spawn(async move {
                 let shutdown = async move {
                     rx.wait().await;
                 };
                 let drain = Duration::from_secs(5);
-                gatehouse_api::http::serve::serve(http_listener, app, limits, https, open, shutdown, drain).await;
+                gatehouse_api::http::serve::serve(http_listener, app, limits, https, connections, shutdown, drain)
+                    .await;
             })
         };
         let mut servers = vec![http];

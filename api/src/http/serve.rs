@@ -95,6 +95,13 @@ impl ServeLimits {
     }
 }
 
+/// The front's connection series: open now, and accepted since the start.
+#[derive(Clone, Default)]
+pub struct Connections {
+    pub open: prometheus_client::metrics::gauge::Gauge,
+    pub accepted: prometheus_client::metrics::counter::Counter,
+}
+
 /// Releases a connection's slot and gauge however its task ends.
 struct Slot {
     gauge: prometheus_client::metrics::gauge::Gauge,
@@ -124,7 +131,7 @@ pub async fn serve(
     router: Router,
     limits: ServeLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
-    open_connections: prometheus_client::metrics::gauge::Gauge,
+    connections: Connections,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
 ) {
@@ -185,8 +192,9 @@ pub async fn serve(
         });
         let (http1, http2, tls) = (http1.clone(), http2.clone(), tls.clone());
         let (draining, closing) = (draining.clone(), closing.clone());
-        open_connections.inc();
-        let slot = Slot { gauge: open_connections.clone(), _permit: permit };
+        connections.accepted.inc();
+        connections.open.inc();
+        let slot = Slot { gauge: connections.open.clone(), _permit: permit };
         tokio::spawn(async move {
             let _slot = slot;
             // Everything before hyper's own timers run shares the
