@@ -256,7 +256,12 @@ async fn a_learner_over_mutual_tls_replicates_but_may_not_ask_for_votes() {
     });
     req.metadata_mut().insert("authorization", format!("Bearer {}", c.admin_key).parse().unwrap());
     admin.add_learner(req).await.unwrap();
-    assert!(four.cluster().view().read().user_by_name("before-the-learner").is_some(), "the learner holds the log");
+    // It holds the log once added; applying it follows.
+    wait_until("the learner applies the log", Duration::from_secs(10), || {
+        let applied = four.cluster().view().read().user_by_name("before-the-learner").is_some();
+        async move { applied }
+    })
+    .await;
 
     let leader = c.wait_for_leader().await;
     let addr = c.node(leader).advertise_addr().to_string();
