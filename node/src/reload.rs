@@ -102,6 +102,20 @@ pub fn keep_current(watched: Watched, node: Node, stop: Shutdown) -> Vec<JoinHan
     tasks
 }
 
+/// What one file's reload came to, for the counters: nothing (unchanged),
+/// `reloaded`, or `refused` (logged as what is named by `what`, with the
+/// reason; what is in use stays).
+fn outcome<E: std::fmt::Display>(result: Result<bool, E>, what: &str) -> Option<&'static str> {
+    match result {
+        Ok(false) => None,
+        Ok(true) => Some("reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "new {what} refused; the one in use stays");
+            Some("refused")
+        }
+    }
+}
+
 /// One pass over everything watched.
 pub fn reload(watched: &Watched, metrics: &Metrics) {
     let mut peer_changed = false;
@@ -109,18 +123,14 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
         let changed = reload_served(metrics, s);
         peer_changed |= changed && s.listener == "peer";
     }
-    if let Some((peer, peers)) = &watched.peer {
-        let outcome = match peer.trust().reload() {
-            Ok(false) => None,
-            Ok(true) => Some("reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "new cluster CA bundle or deny file refused; the one in use stays");
-                Some("refused")
-            }
-        };
+    let tls_counted = |listener, outcome: Option<&'static str>| {
         if let Some(outcome) = outcome {
-            metrics.tls_reloads.get_or_create(&ReloadLabels { listener: "peer-ca", outcome }).inc();
+            metrics.tls_reloads.get_or_create(&ReloadLabels { listener, outcome }).inc();
         }
+        outcome
+    };
+    if let Some((peer, peers)) = &watched.peer {
+        let trust = tls_counted("peer-ca", outcome(peer.trust().reload(), "cluster CA bundle or deny file"));
         // Every tick, not only after a change: certificates expire too.
         let rechecked = peer.recheck();
         metrics.peer_connections_closed.inc_by(rechecked.closed as u64);
@@ -128,39 +138,20 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
         // New calls to peers go over new handshakes, made with what is in
         // use now; connections about to be closed are left to the calls
         // already under way on them.
-        if peer_changed || outcome == Some("reloaded") || rechecked.doomed > 0 {
+        if peer_changed || trust == Some("reloaded") || rechecked.doomed > 0 {
             peers.drop_channels();
         }
     }
     if let Some(clients) = &watched.admin_clients {
-        let outcome = match clients.reload() {
-            Ok(false) => None,
-            Ok(true) => Some("reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "new admin client CA bundle refused; the one in use stays");
-                Some("refused")
-            }
-        };
-        if let Some(outcome) = outcome {
-            metrics.tls_reloads.get_or_create(&ReloadLabels { listener: "admin-ca", outcome }).inc();
-        }
+        tls_counted("admin-ca", outcome(clients.reload(), "admin client CA bundle"));
     }
     if let Some(s) = &watched.secret {
-        let outcome = match crate::config::read_secret_file(&s.path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| s.secret.replace(&text))
-        {
-            Ok(false) => None,
-            Ok(true) => {
-                tracing::info!(file = %s.path.display(), accepted = s.secret.accepted(), "cluster secret reloaded");
-                Some("reloaded")
-            }
-            Err(e) => {
-                tracing::error!(file = %s.path.display(), error = %e, "new cluster secret file refused; the secret in use stays");
-                Some("refused")
-            }
-        };
-        if let Some(outcome) = outcome {
+        let read = crate::config::read_secret_file(&s.path).map_err(|e| e.to_string());
+        let secret = outcome(read.and_then(|text| s.secret.replace(&text)), "cluster secret file");
+        if secret == Some("reloaded") {
+            tracing::info!(file = %s.path.display(), accepted = s.secret.accepted(), "cluster secret reloaded");
+        }
+        if let Some(outcome) = secret {
             metrics.secret_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
         }
     }
@@ -168,14 +159,8 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
 
 /// Reloads one listener's pair; whether a new one is in use.
 fn reload_served(metrics: &Metrics, s: &Served) -> bool {
-    let outcome = match s.material.reload() {
-        Ok(false) => return false,
-        Ok(true) => "reloaded",
-        Err(e) => {
-            tracing::error!(listener = s.listener, error = %e, "new TLS files refused; the certificate in use stays");
-            "refused"
-        }
-    };
+    let what = format!("certificate and key of the {} listener", s.listener);
+    let Some(outcome) = outcome(s.material.reload(), &what) else { return false };
     metrics.tls_reloads.get_or_create(&ReloadLabels { listener: s.listener, outcome }).inc();
     expiry(metrics, s);
     outcome == "reloaded"
