@@ -63,6 +63,14 @@ impl Routed {
         routed
     }
 
+    /// Stops every node, so no store is open when the test process exits
+    /// (RocksDB's threads outliving `main` abort the process).
+    async fn shutdown(self) {
+        for (_, node) in self.nodes {
+            node.shutdown().await.unwrap();
+        }
+    }
+
     fn set_all(&self, fault: Fault) {
         self.links.values().for_each(|l| l.set(fault));
     }
@@ -130,6 +138,7 @@ async fn a_maximum_size_entry_replicates_over_slow_links() {
     for n in c.nodes.values() {
         assert_eq!(n.cluster().view().read().audit_chain(), chain, "every node has the same audit chain");
     }
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -154,6 +163,7 @@ async fn a_node_that_missed_large_entries_catches_up_by_itself() {
     c.set_all(Fault::Delay(Duration::from_millis(40)));
     c.wait_applied(&[1, 2, 3], last, Duration::from_secs(90)).await;
     common::write_user(&c.nodes[&behind], "caught-up").await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -177,6 +187,7 @@ async fn concurrent_large_writes_are_split_into_entries_within_the_limit() {
     assert!(per_entry.values().all(|b| *b <= MAX_ENTRY_BYTES), "{per_entry:?}");
     let last = *per_entry.keys().last().unwrap();
     c.wait_applied(&[1, 2, 3], last, Duration::from_secs(30)).await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -197,4 +208,5 @@ async fn a_proposal_over_the_entry_limit_is_refused_before_the_log() {
     let err = node.cluster().propose(over).await.unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
     assert_eq!(node.cluster().view().read().audit_chain(), before, "no batch reached the log");
+    c.shutdown().await;
 }
