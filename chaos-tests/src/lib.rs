@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`cluster`]: start N real nodes on free loopback ports, find the leader, stop them.
-//! - [`load`]: benchmark scenarios and their latency histograms;
+//! - [`load`]: benchmark scenarios, measured as [`figures`] (throughput and
+//!   latency histograms);
 //!   [`load_tls`]: HTTPS clients, TLS handshakes per second, and the bare
 //!   hyper + rustls server they are set beside.
 //! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
@@ -15,6 +16,7 @@
 
 pub mod checks;
 pub mod cluster;
+pub mod figures;
 pub mod history;
 pub mod large;
 pub mod linearizability;

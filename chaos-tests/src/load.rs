@@ -7,72 +7,11 @@ use gatehouse_cluster::peers::ControlClient;
 use gatehouse_domain::{Command, CommandBatch, Payload};
 use gatehouse_proto::control::ProposeRequest;
 use gatehouse_proto::events::CreateUser;
-use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::ProcCluster;
-
-/// One measured step of a scenario.
-#[derive(Debug, Clone)]
-pub struct Figures {
-    pub concurrency: usize,
-    pub ok: u64,
-    pub errors: u64,
-    /// Of the errors, answers 429 (rate limited).
-    pub limited: u64,
-    pub per_second: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// CPU seconds the cluster's node processes used during the step, where
-    /// the scenario measured it (a steadier comparison than throughput on a
-    /// shared machine).
-    pub node_cpu_s: Option<f64>,
-    /// The p99 the serving node measured itself (an upper bound, see
-    /// [`NodeTimings`]), where the scenario read it.
-    pub node_p99_ms: Option<f64>,
-}
-
-impl Figures {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "concurrency": self.concurrency, "ok": self.ok, "errors": self.errors, "limited": self.limited,
-            "per_second": self.per_second, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-            "node_cpu_s": self.node_cpu_s, "node_p99_ms_at_most": self.node_p99_ms,
-        })
-    }
-}
-
-/// One client task's latency histogram, successes, failures, and 429s among them.
-pub(crate) type TaskFigures = (Histogram<u64>, u64, u64, u64);
-
-/// Merges the client tasks' figures into one step's result.
-pub(crate) async fn merge(
-    tasks: Vec<tokio::task::JoinHandle<TaskFigures>>,
-    started: Instant,
-    concurrency: usize,
-) -> anyhow::Result<Figures> {
-    let mut hist = histogram();
-    let (mut ok, mut errors, mut limited) = (0, 0, 0);
-    for t in tasks {
-        let (h, o, e, l) = t.await?;
-        hist.add(h).ok();
-        ok += o;
-        errors += e;
-        limited += l;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        concurrency,
-        ok,
-        errors,
-        limited,
-        per_second: ok as f64 / secs,
-        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-        node_cpu_s: None,
-        node_p99_ms: None,
-    })
-}
+pub use crate::figures::Figures;
+use crate::figures::{histogram, merge};
 
 /// CPU time (user + system) the cluster's running node processes have used
 /// so far, in seconds, from `/proc/<pid>/stat` (Linux).
@@ -134,10 +73,6 @@ impl NodeTimings {
         let wanted = (total as f64 * q).ceil() as u64;
         self.0.iter().find(|&&(bound, n)| n.saturating_sub(count(earlier, bound)) >= wanted).map(|b| b.0 * 1000.0)
     }
-}
-
-pub(crate) fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 /// `writes`: `writers` clients each propose one command at a time (one Raft

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::load::{histogram, merge, Figures};
+use crate::figures::{histogram, merge, Figures};
 
 /// A client trusting the CA in `ca_file` only; `resume`: whether it keeps
 /// sessions to resume (otherwise every handshake is a full one).
