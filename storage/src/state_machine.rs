@@ -1,8 +1,7 @@
 //! The Raft state machine: applies committed entries to the domain [`State`]
-//! and its projections, builds and installs snapshots.
+//! and its projections (and the in-memory [`StateView`]), builds and installs snapshots.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
 use gatehouse_domain::{codec, State, Table};
 use gatehouse_proto::events::CommandResult;
@@ -10,84 +9,14 @@ use gatehouse_proto::raft as pb;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use rocksdb::IteratorMode;
-use tokio::sync::watch;
 
 use crate::background::{self, Background};
 use crate::convert::{log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
 use crate::db::{meta, Storage, CF_META};
 use crate::snapshot;
 use crate::types::{Entry, LogId, RaftStorageError, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::view::StateView;
 use crate::StorageError;
-
-/// The in-memory view every reader (verification, admin reads) uses, and the
-/// index it reflects. Reads touch neither disk nor network.
-#[derive(Clone)]
-pub struct StateView {
-    inner: Arc<ViewInner>,
-}
-
-struct ViewInner {
-    state: RwLock<State>,
-    applied: watch::Sender<u64>,
-    snapshots: SnapshotStats,
-}
-
-/// What this node did with snapshots since it started (for metrics).
-#[derive(Debug, Default)]
-pub struct SnapshotStats {
-    pub built: std::sync::atomic::AtomicU64,
-    /// Total build time, in microseconds.
-    pub build_micros: std::sync::atomic::AtomicU64,
-    pub installed: std::sync::atomic::AtomicU64,
-}
-
-impl StateView {
-    fn new(state: State, applied: u64) -> Self {
-        StateView {
-            inner: Arc::new(ViewInner {
-                state: RwLock::new(state),
-                applied: watch::Sender::new(applied),
-                snapshots: SnapshotStats::default(),
-            }),
-        }
-    }
-
-    /// Read access to the state. Hold it briefly: apply waits for it.
-    pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.inner.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.inner.state.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The log index the view reflects.
-    pub fn applied_index(&self) -> u64 {
-        *self.inner.applied.borrow()
-    }
-
-    /// Waits until the view reflects at least `index`; false on timeout.
-    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
-        let mut rx = self.inner.applied.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|&i| i >= index)).await.is_ok_and(|r| r.is_ok())
-    }
-
-    /// Snapshot counters since start.
-    pub fn snapshot_stats(&self) -> &SnapshotStats {
-        &self.inner.snapshots
-    }
-
-    /// A receiver that sees every change of the applied index.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.applied.subscribe()
-    }
-}
-
-impl std::fmt::Debug for StateView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateView").field("applied", &self.applied_index()).finish()
-    }
-}
 
 /// The state machine handed to openraft.
 #[derive(Debug)]
@@ -207,7 +136,7 @@ fn apply_entries(storage: &Storage, view: &StateView, entries: Vec<Entry>) -> Re
     // durable log can rebuild it, and `purge` syncs the WAL before it
     // deletes entries.
     storage.db.write(batch).map_err(|e| StorageIOError::apply(last_id, &e))?;
-    view.inner.applied.send_replace(last_id.index);
+    view.applied(last_id.index);
     Ok(Applied { replies, last, membership })
 }
 
@@ -280,10 +209,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if file.path.extension().is_some_and(|x| x == "part") {
             let _ = std::fs::remove_file(&file.path);
         }
-        *self.view.write() = state;
+        self.view.replace(state, meta.last_log_id.map_or(0, |l| l.index));
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        self.view.inner.applied.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         self.view.snapshot_stats().installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
