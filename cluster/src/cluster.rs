@@ -25,14 +25,8 @@ pub struct Cluster {
 }
 
 pub(crate) struct Inner {
-    /// One read-index request at a time; `last_read` (when it was asked, the
-    /// index) serves every caller that arrived before it was asked.
-    pub(crate) read_gate: tokio::sync::Mutex<()>,
-    pub(crate) last_read: std::sync::Mutex<Option<(Instant, u64)>>,
-    /// Bumped whenever a probe records a proof of freshness.
-    pub(crate) proofs: tokio::sync::watch::Sender<u64>,
-    /// Whether a probe started by `Cluster::kick_probe` is running.
-    pub(crate) kicked: std::sync::atomic::AtomicBool,
+    /// Read indexes asked of the leader and the proofs they give.
+    pub(crate) reads: crate::reads::Reads,
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
     pub(crate) batcher: Batcher,
@@ -83,10 +77,7 @@ impl Cluster {
         let metrics = ConsensusMetrics::new();
         Cluster {
             inner: Arc::new(Inner {
-                read_gate: tokio::sync::Mutex::new(()),
-                last_read: std::sync::Mutex::new(None),
-                proofs: tokio::sync::watch::channel(0).0,
-                kicked: std::sync::atomic::AtomicBool::new(false),
+                reads: Default::default(),
                 id,
                 batcher: Batcher::start(raft.clone(), hold.subscribe(), metrics.batched_entries.clone()),
                 hold,
@@ -164,6 +155,11 @@ impl Cluster {
         let id = m.current_leader?;
         let member = m.membership_config.membership().get_node(&id).cloned()?;
         Some((id, member))
+    }
+
+    /// Whether `id` is a member (voter or learner) of the current membership.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.inner.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
     }
 
     /// A command stamped by this node, with a fresh request id.

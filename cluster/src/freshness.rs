@@ -124,6 +124,17 @@ impl Freshness {
         }
     }
 
+    /// Whether a read index applied here proves this node fresh within
+    /// `bound` (a node that never leads: a stateless front).
+    pub fn proven_within(&self, applied: u64, bound: Duration) -> bool {
+        self.last_proof(applied).is_some_and(|t| t.elapsed() <= bound)
+    }
+
+    /// How long ago a read index applied here last proved this node fresh.
+    pub fn read_proof_age(&self, applied: u64) -> Option<Duration> {
+        self.last_proof(applied).map(|t| t.elapsed())
+    }
+
     /// Whether the node may answer now.
     pub fn is_fresh(&self, raft: &Raft, applied: u64, max_staleness: Duration) -> bool {
         // Borrowed, not cloned: this runs on every verification.

@@ -2,7 +2,7 @@
 //! every `max_staleness / PROBES_PER_BOUND`; each answer applied here is a
 //! proof timed from the ask (see [`crate::freshness`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Cluster;
 
@@ -30,31 +30,20 @@ impl Cluster {
     /// Asks for a read index and, once it is applied here, records the proof
     /// and tells [`Cluster::ensure_fresh`] waiters.
     async fn probe(&self) {
-        let asked = Instant::now();
-        let bound = self.inner.max_staleness;
-        // A probe that cannot finish within the bound proves nothing.
-        let Ok(Ok(index)) = tokio::time::timeout(bound, self.read_index()).await else { return };
-        self.inner.view.wait_applied(index, bound.saturating_sub(asked.elapsed())).await;
-        self.proved(asked, index);
-    }
-
-    /// Records a read index asked for at `asked` as a freshness proof and
-    /// wakes [`Cluster::ensure_fresh`] waiters.
-    pub(crate) fn proved(&self, asked: Instant, index: u64) {
-        self.inner.freshness.record_read(asked, index, self.inner.view.applied_index());
-        self.inner.proofs.send_modify(|n| *n += 1);
+        let inner = &self.inner;
+        let ask = async { self.read_index().await.ok() };
+        inner.reads.probe(&inner.freshness, &inner.view, inner.max_staleness, ask).await;
     }
 
     /// Starts a probe now unless one started this way is still running.
     pub(crate) fn kick_probe(&self) {
-        use std::sync::atomic::Ordering;
-        if self.inner.kicked.swap(true, Ordering::AcqRel) {
+        if !self.inner.reads.take_kick() {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
             me.probe().await;
-            me.inner.kicked.store(false, Ordering::Release);
+            me.inner.reads.kick_done();
         });
     }
 
@@ -63,20 +52,7 @@ impl Cluster {
     /// share one probe, so a node cut off from its leader answers every
     /// caller after that short wait instead of queueing them.
     pub async fn ensure_fresh(&self) -> bool {
-        if self.is_fresh() {
-            return true;
-        }
-        let mut proofs = self.inner.proofs.subscribe();
-        self.kick_probe();
-        let fresh = async {
-            while proofs.changed().await.is_ok() {
-                if self.is_fresh() {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(self.probe_every(), fresh).await;
-        self.is_fresh()
+        self.inner.reads.ensure_fresh(|| self.is_fresh(), self.probe_every(), || self.kick_probe()).await
     }
 
     /// Whether this node may answer for the cluster now (see [`crate::freshness::Freshness`]).

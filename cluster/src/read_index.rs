@@ -2,7 +2,7 @@
 //! commit index, confirmed with a quorum (openraft's `ensure_linearizable`),
 //! and catching this node up to it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::RaftError;
 
@@ -13,26 +13,8 @@ impl Cluster {
     /// Brings this node up to what the leader had committed when the call
     /// arrived (read your writes); false if that cannot be shown within `wait`.
     pub async fn catch_up(&self, wait: Duration) -> bool {
-        let arrived = Instant::now();
-        // The wait covers the queue for the gate too: callers behind a
-        // slow ask give up with it instead of asking again in turn.
-        let asked = tokio::time::timeout(wait, async {
-            let _one_at_a_time = self.inner.read_gate.lock().await;
-            let reuse = *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner());
-            match reuse {
-                Some((asked, index)) if asked >= arrived => Some(index),
-                _ => {
-                    let asked = Instant::now();
-                    let index = self.read_index().await.ok()?;
-                    *self.inner.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((asked, index));
-                    self.proved(asked, index);
-                    Some(index)
-                }
-            }
-        })
-        .await;
-        let Ok(Some(index)) = asked else { return false };
-        self.inner.view.wait_applied(index, wait.saturating_sub(arrived.elapsed())).await
+        let inner = &self.inner;
+        inner.reads.catch_up(&inner.freshness, &inner.view, wait, || async { self.read_index().await.ok() }).await
     }
 
     /// The leader's commit index after it confirmed leadership with a quorum.
