@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gatehouse/state.proto",
         "proto/gatehouse/raft.proto",
         "proto/gatehouse/control.proto",
+        "proto/gatehouse/front.proto",
         "proto/gatehouse/admin.proto",
     ];
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("gatehouse_descriptor.bin");

@@ -24,12 +24,14 @@
 //! - [`limits`]: replicated rate-limit counts (strict hits, global deltas).
 //! - [`audit`]: the hash-chained audit log, its prune and its verifier.
 //! - [`redact`]: commands as the event stream shows them (no secret hashes).
+//! - [`front`]: what a stateless front holds of the log and the view (no password hashes, no audit).
 //! - [`quote`]: client input as errors and logs show it (escaped, a short prefix).
 //! - [`result`]: command outcomes.
 
 pub mod audit;
 pub mod bounds;
 pub mod codec;
+pub mod front;
 pub mod keys;
 pub mod limits;
 pub mod mutation;

@@ -6,6 +6,8 @@
 //! - [`raft`]: Raft's RPCs between nodes (vote, append, streamed snapshots) and the log's entries.
 //! - [`control`]: what nodes ask of each other beyond Raft (forwarded writes,
 //!   read index, status, election pacing, state digests).
+//! - [`front`]: what a stateless front asks of a voter (a snapshot of the
+//!   view, the committed stream, read indexes, its own writes).
 //! - [`admin`]: the admin API operators and the CLI speak.
 //! - [`codec`]: the gRPC codec of every generated client and server.
 //!
@@ -35,6 +37,11 @@ mod generated {
                 tonic::include_proto!("gatehouse.control.v1");
             }
         }
+        pub mod front {
+            pub mod v1 {
+                tonic::include_proto!("gatehouse.front.v1");
+            }
+        }
         pub mod admin {
             pub mod v1 {
                 tonic::include_proto!("gatehouse.admin.v1");
@@ -54,6 +61,8 @@ pub use generated::gatehouse::admin::v1 as admin;
 pub use generated::gatehouse::control::v1 as control;
 /// The replicated command log.
 pub use generated::gatehouse::events::v1 as events;
+/// What a stateless front asks of a voter.
+pub use generated::gatehouse::front::v1 as front;
 /// Raft RPCs and the on-disk form of log entries.
 pub use generated::gatehouse::raft::v1 as raft;
 /// Projection and snapshot records.

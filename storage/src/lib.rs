@@ -21,7 +21,9 @@
 //! - [`open`]: opening a node's store (the database, the log store, the state machine).
 //! - [`db`]: the database, its column families and keys.
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
-//! - [`state_machine`]: `RaftStateMachine` and the shared in-memory view.
+//! - [`state_machine`]: the `RaftStateMachine`.
+//! - [`view`]: the shared in-memory view (a voter's, beside RocksDB; a front's, alone).
+//! - [`front`]: the view as a front copies it, from one RocksDB point-in-time view.
 //! - [`snapshot`]: the snapshot file format, build and install.
 //! - [`background`]: the low-priority threads that do the log's and apply's
 //!   encoding and RocksDB work, off the async workers that answer requests.
@@ -35,19 +37,22 @@ pub mod audit;
 pub mod background;
 pub mod convert;
 pub mod db;
+pub mod front;
 pub mod log_store;
 pub mod open;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
+pub mod view;
 
 pub use audit::{AuditLog, VerifyReport};
 pub use db::Storage;
 pub use log_store::{LogReader, LogStore};
 pub use open::open;
-pub use state_machine::{StateMachine, StateView};
+pub use state_machine::StateMachine;
 pub use types::SnapshotFile;
 pub use types::{Member, NodeId, TypeConfig};
+pub use view::StateView;
 
 /// Errors opening or reading the store outside the openraft traits.
 #[derive(Debug, thiserror::Error)]
