@@ -10,13 +10,19 @@
 //! # Layout
 //! - [`cluster`]: the [`Cluster`] handle: Raft, the view, peers, the batcher; status.
 //! - [`replica`]: the seam the transports read and write through ([`Replica`]),
-//!   which a voter implements and a stateless front will.
+//!   which a voter ([`Cluster`]) and a stateless front ([`front::Front`]) implement.
 //! - [`propose`]: propose from any node (a follower forwards to the leader).
 //! - [`forward`]: the one way a call is sent on to the leader (writes, and
 //!   the admin calls only a leader may run).
 //! - [`read_index`]: the leader's confirmed commit index, and catching up to it.
 //! - [`freshness`]: whether this node may answer for the cluster right now;
-//!   [`probe`]: the periodic read-index probes that prove it.
+//!   [`probe`]: the periodic read-index probes that prove it; `reads`: the
+//!   read indexes asked of another node and the proofs they give (a
+//!   follower's of its leader, a front's of a voter).
+//! - Stateless fronts: [`front`] (a front's [`Replica`]: a view copied from
+//!   a voter, the committed log followed, writes sent to the voters),
+//!   [`follow`] (the voter's side: `FollowService`), [`fronts`] (the fronts a
+//!   voter accepts, each with a secret of its own).
 //! - [`election`]: when to campaign after the leader falls silent;
 //!   [`pacing`]: the pacer's loop and the pre-vote that confirms it.
 //! - [`transfer`]: handing leadership to another voter; election pauses.
@@ -42,8 +48,11 @@ pub mod cluster;
 pub mod control;
 pub mod election;
 pub mod error;
+pub mod follow;
 pub mod forward;
 pub mod freshness;
+pub mod front;
+pub mod fronts;
 pub mod ids;
 pub mod live;
 pub mod metrics;
@@ -55,6 +64,7 @@ pub mod probe;
 pub mod propose;
 pub mod raft;
 pub mod read_index;
+pub(crate) mod reads;
 pub mod replica;
 pub mod spread;
 pub mod throttle;

@@ -1,0 +1,281 @@
+//! The voter's side of stateless fronts (`FollowService`, in `front.proto`):
+//! a copy of the view, the committed log as it grows, read indexes, and the
+//! writes a front makes for itself. Admitted with a front's own secret
+//! ([`crate::fronts`]), never with the cluster secret.
+//!
+//! What a front gets is [`gatehouse_domain::front`]'s: no password hash, no
+//! audit record. Only applied entries are sent, so all of it is committed.
+//! A front may propose only what a front has reason to: last-use times,
+//! rate-limit hits and counts, audit batches, each stamped with its own id.
+//! It cannot create a user, a key or a session, or change a role.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gatehouse_domain::{front, Payload};
+use gatehouse_proto::control::{ProposeRequest, ProposeResponse, ReadIndexRequest, ReadIndexResponse};
+use gatehouse_proto::front as pb;
+use gatehouse_proto::front::follow_service_server::{FollowService, FollowServiceServer};
+use gatehouse_storage::{LogReader, NodeId, Storage};
+use openraft::EntryPayload;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::fronts::{FrontId, Fronts};
+use crate::periodic::Shutdown;
+use crate::raft::service::bad;
+use crate::{Cluster, ClusterError};
+
+/// Bytes of records per snapshot chunk, and of log per follow step.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Entries read from the log per follow step (after the first, at most `CHUNK_BYTES`).
+const CHUNK_ENTRIES: usize = 512;
+/// Messages buffered per stream: a front that stops reading holds this much.
+const BUFFERED: usize = 4;
+/// A front whose stream takes nothing for this long is cut off (it resumes
+/// from its applied index).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams one front may hold open at once (a follow and a snapshot, and
+/// room for one of each being replaced).
+const STREAMS_PER_FRONT: usize = 4;
+/// How often an open stream checks that its front is still listed.
+const RECHECK: Duration = Duration::from_secs(2);
+/// Largest proposal a front may send (audit batches are the largest).
+const MAX_FRONT_PROPOSAL: usize = 4 << 20;
+
+pub struct Follow {
+    cluster: Cluster,
+    storage: Storage,
+    log: LogReader,
+    fronts: Fronts,
+    stopping: Shutdown,
+    open: Arc<Mutex<HashMap<NodeId, usize>>>,
+}
+
+/// The service, behind the front check.
+pub fn server(
+    cluster: Cluster,
+    storage: Storage,
+    log: LogReader,
+    fronts: Fronts,
+    stopping: Shutdown,
+) -> tonic::service::interceptor::InterceptedService<
+    FollowServiceServer<Follow>,
+    impl tonic::service::Interceptor + Clone,
+> {
+    let (gate, members) = (fronts.clone(), cluster.clone());
+    let svc = FollowServiceServer::new(Follow { cluster, storage, log, fronts, stopping, open: Arc::default() })
+        .max_decoding_message_size(MAX_FRONT_PROPOSAL)
+        .max_encoding_message_size(crate::peers::MAX_RAFT_MESSAGE);
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| gate.admit(|id| members.is_member(id), req))
+}
+
+/// One open stream of a front, counted until it ends.
+struct Slot {
+    open: Arc<Mutex<HashMap<NodeId, usize>>>,
+    front: NodeId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.front) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.front);
+            }
+        }
+    }
+}
+
+impl Follow {
+    #[allow(clippy::result_large_err)]
+    fn slot<T>(&self, req: &Request<T>) -> Result<Slot, Status> {
+        let front = front_of(req)?;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(front).or_insert(0);
+        if *n >= STREAMS_PER_FRONT {
+            return Err(Status::resource_exhausted("too many open streams for this front"));
+        }
+        *n += 1;
+        Ok(Slot { open: self.open.clone(), front })
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn front_of<T>(req: &Request<T>) -> Result<NodeId, Status> {
+    req.extensions()
+        .get::<FrontId>()
+        .map(|f| f.0)
+        .ok_or_else(|| Status::unauthenticated("a front's id and secret are required"))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "serving a front failed");
+    Status::internal("internal error")
+}
+
+fn compacted(after: u64, first: u64) -> Status {
+    Status::failed_precondition(format!(
+        "index {} was compacted into a snapshot; the oldest index still in the log is {first}",
+        after + 1
+    ))
+}
+
+/// Whether a front may propose `payload`: what it makes for itself.
+fn front_may_propose(payload: &Option<Payload>) -> bool {
+    matches!(
+        payload,
+        Some(Payload::RecordUse(_) | Payload::RateHit(_) | Payload::RateDeltas(_) | Payload::AppendAudit(_))
+    )
+}
+
+type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FollowService for Follow {
+    type SnapshotStream = Stream<pb::SnapshotChunk>;
+    type FollowStream = Stream<pb::FollowBatch>;
+
+    #[tracing::instrument(level = "info", name = "front.snapshot", skip_all)]
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let slot = self.slot(&req)?;
+        let (tx, rx) = mpsc::channel(BUFFERED);
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let sent = storage.front_snapshot(CHUNK_BYTES, |index, records, last| {
+                let chunk = pb::SnapshotChunk { index, records, last };
+                tx.blocking_send(Ok(chunk)).is_ok()
+            });
+            match sent {
+                Ok(index) => tracing::info!(index, "a front copied the view"),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(internal(e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(level = "info", name = "front.follow", skip_all, fields(after = req.get_ref().after_index))]
+    async fn follow(&self, req: Request<pb::FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
+        let slot = self.slot(&req)?;
+        let after = req.get_ref().after_index;
+        let first = self.log.first_index().map_err(internal)?;
+        if after + 1 < first {
+            return Err(compacted(after, first));
+        }
+        let (tx, rx) = mpsc::channel(BUFFERED);
+        let (view, log, fronts, mut stopping) =
+            (self.cluster.view().clone(), self.log.clone(), self.fronts.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let front = _slot.front;
+            let mut applied = view.subscribe();
+            let mut next = after + 1;
+            loop {
+                if !fronts.knows(front) {
+                    let _ = tx.send(Err(Status::unauthenticated("this front is no longer accepted"))).await;
+                    return;
+                }
+                let upto = *applied.borrow_and_update();
+                if next <= upto {
+                    let batch = match read_batch(&log, next, upto) {
+                        Ok(b) => b,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                    next = batch.through_index + 1;
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(batch))).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::warn!(front, "a front stopped reading its stream; cut off");
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = stopping.wait() => {
+                        let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(RECHECK) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let index = self.cluster.read_index().await?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+
+    #[tracing::instrument(level = "debug", name = "front.propose", skip_all)]
+    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
+        let front = front_of(&req)?;
+        let mut commands = req.into_inner().batch.ok_or_else(|| bad("batch"))?.commands;
+        if commands.is_empty() {
+            return Err(bad("batch"));
+        }
+        for c in &mut commands {
+            if !front_may_propose(&c.payload) {
+                tracing::warn!(front, "a front proposed a command only a voter may make");
+                return Err(Status::permission_denied("a front may not propose that"));
+            }
+            // Its own, whatever it says.
+            c.origin_node = front;
+            c.request_digest.clear();
+        }
+        crate::propose::bounded(&commands)?;
+        let applied = self.cluster.propose(commands).await.map_err(|e: ClusterError| Status::from(e))?;
+        Ok(Response::new(ProposeResponse { results: applied.results, log_index: applied.log_index }))
+    }
+}
+
+/// The next step of a follow stream: the entries from `next` through at
+/// most `upto` (bounded in count and bytes), as a front sees them.
+#[allow(clippy::result_large_err)]
+fn read_batch(log: &LogReader, next: u64, upto: u64) -> Result<pb::FollowBatch, Status> {
+    let entries = log.entries(next, upto, CHUNK_ENTRIES, CHUNK_BYTES).map_err(internal)?;
+    match entries.first() {
+        Some(e) if e.log_id.index == next => {}
+        // A purge overtook this reader: the front copies the view again.
+        _ => return Err(compacted(next - 1, log.first_index().unwrap_or(next + 1))),
+    }
+    let through_index = entries.last().map_or(next, |e| e.log_id.index);
+    let entries = entries
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            EntryPayload::Normal(batch) => {
+                let commands: Vec<_> = batch.commands.into_iter().filter_map(front::command).collect();
+                (!commands.is_empty()).then_some(pb::FollowedEntry { index: e.log_id.index, commands })
+            }
+            EntryPayload::Blank | EntryPayload::Membership(_) => None,
+        })
+        .collect();
+    Ok(pb::FollowBatch { entries, through_index })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_proto::events::{CreateSession, RateDeltas, RecordUse};
+
+    #[test]
+    fn a_front_proposes_only_what_it_makes_for_itself() {
+        assert!(front_may_propose(&Some(Payload::RecordUse(RecordUse::default()))));
+        assert!(front_may_propose(&Some(Payload::RateDeltas(RateDeltas::default()))));
+        assert!(!front_may_propose(&Some(Payload::CreateSession(CreateSession::default()))));
+        assert!(!front_may_propose(&None));
+    }
+}
