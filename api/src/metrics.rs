@@ -103,6 +103,8 @@ pub struct Metrics {
     pub peer_connections_failing: Gauge,
     /// Cluster secret file reloads that found it changed, by outcome.
     pub secret_reloads: Family<OutcomeLabels, Counter>,
+    /// Fronts files found changed, by outcome.
+    pub fronts_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -132,6 +134,7 @@ impl Metrics {
             peer_connections_closed: Counter::default(),
             peer_connections_failing: Gauge::default(),
             secret_reloads: Family::default(),
+            fronts_reloads: Family::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -178,6 +181,7 @@ impl Metrics {
             "cluster secret files found changed, by outcome",
             m.secret_reloads.clone(),
         );
+        r.register("fronts_reloads", "fronts files found changed, by outcome", m.fronts_reloads.clone());
         r.register(
             "untrusted_forwarded_for",
             "requests carrying X-Forwarded-For from a peer that is not a trusted proxy (the header is ignored)",

@@ -328,6 +328,37 @@ pub struct Config {
     pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
     pub audit: gatehouse_api::audit::AuditConfig,
+    /// On a voter: the stateless fronts it serves, one `<front id> <sha256
+    /// of its secret>` per line (`gatehouse front secret` prints one);
+    /// re-read every 5 s and on SIGHUP. Unset: no front is served.
+    pub fronts_file: Option<PathBuf>,
+    /// `[front]`: this process is a stateless front (`gatehouse front`).
+    pub front: Option<FrontSection>,
+}
+
+/// `[front]`: what a stateless front needs to follow the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontSection {
+    /// The voters' peer addresses (`host:port`): the front follows one and
+    /// moves on to the next when it fails.
+    pub voters: Vec<String>,
+    /// The front's own secret (at least 32 characters), or its file.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl FrontSection {
+    /// The front's secret, from the config or its file.
+    pub fn read_secret(&self) -> Result<String, ConfigError> {
+        match (&self.secret, &self.secret_file) {
+            (_, Some(path)) => read_secret_file(path).map(|s| s.trim().to_string()),
+            (Some(s), None) => Ok(s.expose().trim().to_string()),
+            (None, None) => Err(ConfigError::Invalid("set front.secret or front.secret_file".into())),
+        }
+    }
 }
 
 impl Default for Config {
@@ -361,6 +392,8 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             rate_limits: Default::default(),
             audit: Default::default(),
+            fronts_file: None,
+            front: None,
         }
     }
 }
@@ -398,7 +431,7 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 28] = [
+const KEYS: [&str; 30] = [
     "identity",
     "rate_limits",
     "audit",
@@ -427,6 +460,8 @@ const KEYS: [&str; 28] = [
     "log_format",
     "telemetry",
     "raft",
+    "fronts_file",
+    "front",
 ];
 
 impl Config {
@@ -481,21 +516,10 @@ impl Config {
         Ok(self.cluster_secret.as_ref().map(|s| s.expose().to_string()))
     }
 
-    /// Refuses settings that cannot work, and insecure ones in production.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// The checks a voter's and a front's settings share: the HTTP front,
+    /// identity, limits, audit buffering, telemetry.
+    fn validate_serving(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.node_id == 0 {
-            return bad("node_id must be a positive integer");
-        }
-        let r = &self.raft;
-        if r.heartbeat_ms == 0
-            || r.election_timeout_min_ms <= r.heartbeat_ms
-            || r.election_timeout_max_ms <= r.election_timeout_min_ms
-        {
-            return bad(
-                "raft timings must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
-            );
-        }
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
         if let Some(h) = &self.https {
@@ -506,53 +530,12 @@ impl Config {
                 return bad("https.hsts_max_age_secs is at most two years");
             }
         }
-        if let Some(a) = &self.admin_tls {
-            if a.require_client_cert && a.client_ca_file.is_none() {
-                return bad("admin_tls.require_client_cert needs admin_tls.client_ca_file");
-            }
-            if self.peer_addr.is_none() {
-                // Peers would dial this TLS port in plaintext.
-                return bad(
-                    "admin_tls needs peer_addr: peers need a listener of their own once the admin API speaks TLS",
-                );
-            }
-        }
-        if self.cluster_tls.is_some() && self.peer_addr.is_none() {
-            return bad("cluster_tls needs peer_addr: mutual TLS is on the peer listener");
-        }
-        if let Some(t) = &self.cluster_tls {
-            for s in &t.deny_serials {
-                if gatehouse_tls::identity::normalize_serial(s).is_none() {
-                    return Err(ConfigError::Invalid(format!(
-                        "cluster_tls.deny_serials: {s:?} is not a hexadecimal serial number"
-                    )));
-                }
-            }
-        }
         if self.metrics_on_front == Some(true) && self.metrics_addr.is_some() {
             return bad("set metrics_addr or metrics_on_front = true, not both");
         }
         self.audit.validate().map_err(ConfigError::Invalid)?;
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio must be between 0.0 and 1.0");
-        }
-        if self.max_staleness_ms < r.heartbeat_ms * 2 {
-            return bad("max_staleness_ms must be at least twice raft.heartbeat_ms");
-        }
-        // Followers wait out the leader lease before they may elect a new
-        // leader; a shorter bound would make every failover a refusal.
-        if self.max_staleness_ms <= r.election_timeout_max_ms {
-            return bad("max_staleness_ms must exceed raft.election_timeout_max_ms");
-        }
-        if self.initialize && self.mode == Mode::Production && self.initial_members.is_empty() {
-            return bad("initialize = true needs initial_members");
-        }
-        // Without the file, the first admin key exists only in memory.
-        if self.initialize && self.mode == Mode::Production && self.bootstrap_admin_key_file.is_none() {
-            return bad("initialize = true needs bootstrap_admin_key_file in production");
-        }
-        if self.cluster_secret.is_some() && self.cluster_secret_file.is_some() {
-            return bad("set cluster_secret or cluster_secret_file, not both");
         }
         let id = &self.identity;
         if id.session_ttl_secs == 0 || id.lockout_threshold == 0 || id.lockout_window_secs == 0 || id.lockout_secs == 0
@@ -577,9 +560,6 @@ impl Config {
             r.validate().map_err(ConfigError::Invalid)?;
         }
         if self.mode == Mode::Production {
-            if self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {
-                return bad("production mode requires cluster_secret or cluster_secret_file");
-            }
             // Logins and bearer keys cross the front: in plaintext only on
             // this machine, or from a proxy that terminated TLS.
             if self.https.is_none() && !self.http_addr.ip().is_loopback() && !self.http_behind_tls_proxy {
@@ -588,6 +568,107 @@ impl Config {
                      http_behind_tls_proxy = true when a TLS-terminating proxy is the only way in",
                     self.http_addr
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A front's settings (`gatehouse front`): `[front]`, and nothing of a voter's.
+    fn validate_front(&self, front: &FrontSection) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if front.voters.is_empty() {
+            return bad("front.voters must name at least one voter's peer address");
+        }
+        if front.voters.len() > 64 {
+            return bad("front.voters lists at most 64 voters");
+        }
+        if front.secret.is_some() == front.secret_file.is_some() {
+            return bad("set front.secret or front.secret_file (one of them)");
+        }
+        if self.initialize
+            || !self.initial_members.is_empty()
+            || self.cluster_secret.is_some()
+            || self.cluster_secret_file.is_some()
+            || self.fronts_file.is_some()
+            || self.peer_addr.is_some()
+        {
+            return bad("a front is no voter: remove initialize, initial_members, cluster_secret(_file), \
+                 fronts_file and peer_addr from its configuration");
+        }
+        if self.max_staleness_ms < 100 {
+            return bad("max_staleness_ms must be at least 100");
+        }
+        // The front's secret goes to every voter with every call: in
+        // plaintext only on this machine until fronts speak TLS.
+        if self.mode == Mode::Production && !front.voters.iter().all(|v| is_loopback_addr(v)) {
+            return bad("production mode refuses to send a front's secret in plaintext off loopback (front.voters)");
+        }
+        Ok(())
+    }
+
+    /// Refuses settings that cannot work, and insecure ones in production.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.node_id == 0 {
+            return bad("node_id must be a positive integer");
+        }
+        self.validate_serving()?;
+        if let Some(front) = &self.front {
+            return self.validate_front(front);
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0
+            || r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return bad(
+                "raft timings must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
+            );
+        }
+        if let Some(a) = &self.admin_tls {
+            if a.require_client_cert && a.client_ca_file.is_none() {
+                return bad("admin_tls.require_client_cert needs admin_tls.client_ca_file");
+            }
+            if self.peer_addr.is_none() {
+                // Peers would dial this TLS port in plaintext.
+                return bad(
+                    "admin_tls needs peer_addr: peers need a listener of their own once the admin API speaks TLS",
+                );
+            }
+        }
+        if self.cluster_tls.is_some() && self.peer_addr.is_none() {
+            return bad("cluster_tls needs peer_addr: mutual TLS is on the peer listener");
+        }
+        if let Some(t) = &self.cluster_tls {
+            for s in &t.deny_serials {
+                if gatehouse_tls::identity::normalize_serial(s).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "cluster_tls.deny_serials: {s:?} is not a hexadecimal serial number"
+                    )));
+                }
+            }
+        }
+        if self.max_staleness_ms < r.heartbeat_ms * 2 {
+            return bad("max_staleness_ms must be at least twice raft.heartbeat_ms");
+        }
+        // Followers wait out the leader lease before they may elect a new
+        // leader; a shorter bound would make every failover a refusal.
+        if self.max_staleness_ms <= r.election_timeout_max_ms {
+            return bad("max_staleness_ms must exceed raft.election_timeout_max_ms");
+        }
+        if self.initialize && self.mode == Mode::Production && self.initial_members.is_empty() {
+            return bad("initialize = true needs initial_members");
+        }
+        // Without the file, the first admin key exists only in memory.
+        if self.initialize && self.mode == Mode::Production && self.bootstrap_admin_key_file.is_none() {
+            return bad("initialize = true needs bootstrap_admin_key_file in production");
+        }
+        if self.cluster_secret.is_some() && self.cluster_secret_file.is_some() {
+            return bad("set cluster_secret or cluster_secret_file, not both");
+        }
+        if self.mode == Mode::Production {
+            if self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {
+                return bad("production mode requires cluster_secret or cluster_secret_file");
             }
             // Raft traffic is plaintext gRPC authenticated by the secret; off
             // loopback it needs TLS, which this build does not offer yet.

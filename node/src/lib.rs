@@ -10,12 +10,15 @@
 //!                 + RaftService and ControlService (cluster secret) without peer_addr
 //!   peer_addr  ─► RaftService + ControlService (cluster secret), and the admin
 //!                 ClusterService for membership calls sent on to the leader (optional)
+//!                 + FollowService for stateless fronts (a front's own secret; with fronts_file)
 //! ```
 //!
 //! # Layout
 //! - [`config`]: the typed configuration (TOML + `GATEHOUSE_*`).
 //! - [`data_dir`]: the data directory, created private and checked.
 //! - [`node`]: [`Node`]: start, initialise, shut down.
+//! - [`front`]: [`FrontNode`]: a stateless front (`gatehouse front`): the HTTP
+//!   front over a copy of the view that follows the voters' log.
 //! - [`grpc`]: the client and peer gRPC listeners, their limits and services.
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
@@ -28,6 +31,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod front;
 pub mod grpc;
 pub mod node;
 pub mod recovery;
@@ -35,4 +39,5 @@ pub mod reload;
 pub mod telemetry;
 
 pub use config::Config;
+pub use front::FrontNode;
 pub use node::{run, Node};

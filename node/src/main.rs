@@ -27,6 +27,11 @@ async fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Front(args) => front(args).await,
+        Command::FrontSecret(args) => gatehouse::cli::front_secret(&args).map(|line| {
+            println!("wrote {} (the front's secret: set front.secret_file to it)", args.out.display());
+            println!("add this line to every voter's fronts file:\n\n    {line}\n");
+        }),
         Command::Admin(args) => gatehouse::cli::admin(*args, &mut std::io::stdout().lock()).await,
         Command::RecoverAdmin(args) => gatehouse::recovery::request(&args.data_dir, &args.username).map(|key| {
             // Shown once, on stdout; the data directory holds only its hash.
@@ -71,6 +76,16 @@ async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     let stopped = node.shutdown().await;
+    telemetry.shutdown();
+    stopped
+}
+
+async fn front(args: gatehouse::cli::FrontArgs) -> anyhow::Result<()> {
+    let config = Config::load(Some(&args.config))?;
+    let telemetry = gatehouse::telemetry::init(config.log_format, &config.telemetry, config.node_id);
+    let front = gatehouse::FrontNode::start(config).await?;
+    shutdown_signal().await;
+    let stopped = front.shutdown().await;
     telemetry.shutdown();
     stopped
 }

@@ -95,6 +95,9 @@ impl Node {
     /// cluster when configured to (dev mode always does, once).
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
+        if config.front.is_some() {
+            anyhow::bail!("this configuration has a [front] section: start it with `gatehouse front`");
+        }
         crate::data_dir::prepare(&config.data_dir)?;
         let secret = match config.read_cluster_secret()? {
             Some(s) => s,
@@ -130,6 +133,17 @@ impl Node {
             None => None,
         };
 
+        // The stateless fronts this voter serves.
+        let fronts = match &config.fronts_file {
+            Some(path) => {
+                let text = crate::config::read_secret_file(path)?;
+                let fronts = gatehouse_cluster::fronts::Fronts::new(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                watched.fronts = Some(crate::reload::FrontsFile { path: path.clone(), fronts: fronts.clone() });
+                Some(fronts)
+            }
+            None => None,
+        };
         let admin_tls = match &config.admin_tls {
             Some(a) => {
                 let material = gatehouse_tls::Material::load(&a.cert_file, &a.key_file).context("[admin_tls]")?;
@@ -227,22 +241,7 @@ impl Node {
             let audit_tasks =
                 gatehouse_api::audit::start(&api, audit_log.clone(), config.audit.clone(), &stop.subscribe());
             let front = front(&config, api.clone(), stop.subscribe());
-            // Last-use times of sessions and keys, coalesced per node (see
-            // identity.rs); on the way out, a last flush is best effort:
-            // last-use times are advisory, and peers may already be gone.
-            let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
-            let (step, last) = (api.clone(), api.clone());
-            let touches = Periodic::every("last_use.flush", every, stop.subscribe()).starting_now().run_then(
-                move || {
-                    let node = step.clone();
-                    async move {
-                        node.last_use().flush(&node).await;
-                        true
-                    }
-                },
-                Duration::from_secs(1),
-                move || async move { last.last_use().flush(&last).await },
-            );
+            let touches = last_use_flushes(&config, &api, stop.subscribe());
             (cluster, api, front, [touches].into_iter().chain(audit_tasks))
         };
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -257,6 +256,10 @@ impl Node {
                 gatehouse_api::admin::failures::FailureGate::new(config.rate_limits.admin_auth_failures_per_minute)
             })
         };
+        let follow_service = fronts.map(|fronts| {
+            let stopping = serving.subscribe();
+            gatehouse_cluster::follow::server(cluster.clone(), storage.clone(), log_reader.clone(), fronts, stopping)
+        });
         let raft_service = gatehouse_cluster::raft::service::server(cluster.clone());
         let control_service = gatehouse_cluster::control::server(cluster.clone(), storage.clone());
         let cluster_admin = gatehouse_api::admin::cluster::server(api.clone(), cluster.clone());
@@ -288,7 +291,8 @@ impl Node {
                 let peer_router = crate::grpc::builder(&api, auth_failures())
                     .add_service(raft_service)
                     .add_service(control_service)
-                    .add_service(forwarded_admin);
+                    .add_service(forwarded_admin)
+                    .add_optional_service(follow_service);
                 let rt = raft_rt.handle();
                 let stop = serving.subscribe();
                 grpc.push(crate::grpc::serve(rt, listener, peer_router, stop, "peer", peer_server_tls)?);
@@ -302,43 +306,21 @@ impl Node {
                 )?);
             }
             None => {
-                let router = client_router.add_service(raft_service).add_service(control_service);
+                let router = client_router
+                    .add_service(raft_service)
+                    .add_service(control_service)
+                    .add_optional_service(follow_service);
                 let rt = raft_rt.handle();
                 grpc.push(crate::grpc::serve(rt, grpc_listener, router, serving.subscribe(), "client", None)?);
             }
         }
-        let http = {
-            let mut rx = serving.subscribe();
-            let app = gatehouse_api::http::router(front.clone());
-            let limits = config.http.clone();
-            let connections = gatehouse_api::http::serve::Connections {
-                open: api.metrics().http_connections.clone(),
-                accepted: api.metrics().http_connections_accepted.clone(),
-            };
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    rx.wait().await;
-                };
-                let drain = Duration::from_secs(5);
-                gatehouse_api::http::serve::serve(http_listener, app, limits, https, connections, shutdown, drain)
-                    .await;
-            })
-        };
+        let http = http_server(http_listener, &front, &config, https, serving.subscribe());
         let mut servers = vec![http];
         if !watched.is_empty() {
             servers.extend(crate::reload::keep_current(watched, api.clone(), serving.subscribe()));
         }
         if let Some(listener) = metrics_listener {
-            let mut rx = serving.subscribe();
-            let app = gatehouse_api::http::metrics_router(front.clone());
-            servers.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    rx.wait().await;
-                };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                    tracing::error!(error = %e, "metrics server failed");
-                }
-            }));
+            servers.push(metrics_server(listener, &front, serving.subscribe()));
         }
         let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, serving.subscribe()));
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, ?metrics_addr, advertise = %advertise_addr, "node started");
@@ -478,7 +460,7 @@ impl Node {
 const TASKS_STOP: Duration = Duration::from_secs(5);
 
 /// The HTTP front's settings and shared parts.
-fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Front {
+pub(crate) fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Front {
     let id = &config.identity;
     let fc = FrontConfig {
         secure_cookies: config.mode != Mode::Dev,
@@ -506,6 +488,64 @@ fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Fron
         config: Arc::new(fc),
         passwords: PasswordPool::new(id.password_workers, id.password_queue),
     }
+}
+
+/// Flushes the last-use times of sessions and keys this node saw
+/// (coalesced per node, see identity.rs) every `touch_flush_ms`; on the way
+/// out, a last flush is best effort: last-use times are advisory, and peers
+/// may already be gone.
+pub(crate) fn last_use_flushes(config: &Config, api: &gatehouse_api::Node, stop: Shutdown) -> JoinHandle<()> {
+    let every = Duration::from_millis(config.identity.touch_flush_ms.max(100));
+    let (step, last) = (api.clone(), api.clone());
+    Periodic::every("last_use.flush", every, stop).starting_now().run_then(
+        move || {
+            let node = step.clone();
+            async move {
+                node.last_use().flush(&node).await;
+                true
+            }
+        },
+        Duration::from_secs(1),
+        move || async move { last.last_use().flush(&last).await },
+    )
+}
+
+/// Serves the HTTP front on `listener` (HTTPS with `https`) until `stop`,
+/// then drains for up to 5 s.
+pub(crate) fn http_server(
+    listener: TcpListener,
+    front: &Front,
+    config: &Config,
+    https: Option<Arc<rustls::ServerConfig>>,
+    mut stop: Shutdown,
+) -> JoinHandle<()> {
+    let app = gatehouse_api::http::router(front.clone());
+    let limits = config.http.clone();
+    let metrics = front.node.metrics();
+    let connections = gatehouse_api::http::serve::Connections {
+        open: metrics.http_connections.clone(),
+        accepted: metrics.http_connections_accepted.clone(),
+    };
+    tokio::spawn(async move {
+        let shutdown = async move {
+            stop.wait().await;
+        };
+        let drain = Duration::from_secs(5);
+        gatehouse_api::http::serve::serve(listener, app, limits, https, connections, shutdown, drain).await;
+    })
+}
+
+/// Serves `GET /metrics` on a listener of its own until `stop`.
+pub(crate) fn metrics_server(listener: TcpListener, front: &Front, mut stop: Shutdown) -> JoinHandle<()> {
+    let app = gatehouse_api::http::metrics_router(front.clone());
+    tokio::spawn(async move {
+        let shutdown = async move {
+            stop.wait().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    })
 }
 
 /// Starts a node and runs it until `shutdown` resolves.

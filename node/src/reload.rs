@@ -1,7 +1,7 @@
 //! What a node re-reads without a restart: its TLS listeners' certificates
 //! (the HTTPS front's, its peer and admin certificates), the cluster's CA
-//! bundle and deny file, the admin client CA bundle, and the cluster secret
-//! file. All are loaded at
+//! bundle and deny file, the admin client CA bundle, the cluster secret
+//! file, and the fronts file (the stateless fronts a voter serves). All are loaded at
 //! start (a file that does not load stops the start with its reason), then
 //! checked for changes every [`RELOAD_CHECK`] and at once on SIGHUP. A
 //! changed file that loads is used from then on (new connections get a new
@@ -44,6 +44,13 @@ pub struct SecretFile {
     pub secret: ClusterSecret,
 }
 
+/// The fronts a voter serves and the file they are read from.
+#[derive(Clone)]
+pub struct FrontsFile {
+    pub path: PathBuf,
+    pub fronts: gatehouse_cluster::fronts::Fronts,
+}
+
 /// Everything [`keep_current`] re-reads.
 #[derive(Clone, Default)]
 pub struct Watched {
@@ -55,11 +62,17 @@ pub struct Watched {
     pub secret: Option<SecretFile>,
     /// The CA bundle admin callers' certificates must chain to.
     pub admin_clients: Option<gatehouse_tls::server::AdminClients>,
+    /// The stateless fronts this voter serves.
+    pub fronts: Option<FrontsFile>,
 }
 
 impl Watched {
     pub fn is_empty(&self) -> bool {
-        self.served.is_empty() && self.peer.is_none() && self.secret.is_none() && self.admin_clients.is_none()
+        self.served.is_empty()
+            && self.peer.is_none()
+            && self.secret.is_none()
+            && self.admin_clients.is_none()
+            && self.fronts.is_none()
     }
 }
 
@@ -153,6 +166,16 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
         }
         if let Some(outcome) = secret {
             metrics.secret_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        }
+    }
+    if let Some(f) = &watched.fronts {
+        let read = crate::config::read_secret_file(&f.path).map_err(|e| e.to_string());
+        let fronts = outcome(read.and_then(|text| f.fronts.replace(&text)), "fronts file");
+        if fronts == Some("reloaded") {
+            tracing::info!(file = %f.path.display(), fronts = f.fronts.len(), "fronts file reloaded");
+        }
+        if let Some(outcome) = fronts {
+            metrics.fronts_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
         }
     }
 }

@@ -129,7 +129,7 @@ mod tests {
         }
         state.finish_load();
         assert_eq!(state.user(&user).unwrap().password_hash, gatehouse_domain::front::WITHHELD);
-        assert!(state.api_key(&"0123456789abcdef".to_string()).is_some());
+        assert!(state.api_key("0123456789abcdef").is_some());
         // Stopping early stops the copy.
         let mut chunks = 0;
         storage

@@ -17,9 +17,16 @@ use crate::{ApiError, Node};
 /// and a last flush of everything on shutdown) and the leader's retention
 /// task. Neither keeps the node alive.
 pub fn start(node: &Node, log: AuditLog, config: AuditConfig, shutdown: &Shutdown) -> [JoinHandle<()>; 2] {
-    node.recorder().configure(&config);
+    let flushes = start_flushes(node, &config, shutdown);
+    [flushes, super::retention::start(node.downgrade(), log, config, shutdown.clone())]
+}
+
+/// Starts the flush task alone: a stateless front's, which holds no audit
+/// records and so enforces no retention.
+pub fn start_flushes(node: &Node, config: &AuditConfig, shutdown: &Shutdown) -> JoinHandle<()> {
+    node.recorder().configure(config);
     let (weak, last) = (node.downgrade(), node.downgrade());
-    let flushes = Periodic::every("audit.flush", Duration::from_millis(config.flush_ms), shutdown.clone())
+    Periodic::every("audit.flush", Duration::from_millis(config.flush_ms), shutdown.clone())
         .woken_by(node.recorder().wake())
         .run_then(
             move || {
@@ -37,8 +44,7 @@ pub fn start(node: &Node, log: AuditLog, config: AuditConfig, shutdown: &Shutdow
                     flush_all(&node).await;
                 }
             },
-        );
-    [flushes, super::retention::start(node.downgrade(), log, config, shutdown.clone())]
+        )
 }
 
 /// How long the last flush on shutdown may take (peers may already be gone).

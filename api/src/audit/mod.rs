@@ -30,7 +30,7 @@ pub mod write;
 
 pub use config::AuditConfig;
 pub use event::{event, Actor};
-pub use flush::{flush, flush_all, start};
+pub use flush::{flush, flush_all, start, start_flushes};
 pub use recorder::{clip, Recorder};
 pub use retention::prune;
 pub use write::write;

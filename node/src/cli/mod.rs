@@ -1,4 +1,5 @@
-//! The command line: `gatehouse serve …`, `gatehouse tls …` (`tls.rs`) and
+//! The command line: `gatehouse serve …`, `gatehouse front …`,
+//! `gatehouse front-secret …`, `gatehouse tls …` (`tls.rs`) and
 //! `gatehouse admin …`, one file
 //! per admin service (as the API has one service per resource), the
 //! connection, shared arguments and output beside them.
@@ -51,6 +52,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Run a stateless front: verification and sign-in over a copy of the
+    /// view, following the voters' committed log (docs/fronts.md).
+    Front(FrontArgs),
+    /// Make a front's secret: written to a new file (mode 0600), and the
+    /// line for the voters' fronts file printed.
+    FrontSecret(FrontSecretArgs),
     /// Operate a cluster through its admin API.
     Admin(Box<AdminArgs>),
     /// Every admin key is lost: on a stopped node, ask for a new one. The
@@ -81,6 +88,34 @@ pub struct ServeArgs {
     /// TOML configuration file; GATEHOUSE_* variables override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FrontArgs {
+    /// TOML configuration file with a [front] section; GATEHOUSE_* variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FrontSecretArgs {
+    /// The front's id (its `node_id`): positive, and no voter's.
+    #[arg(long)]
+    pub id: u64,
+    /// Where to write the secret; the file must not exist yet.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// Writes a new front secret to `args.out` and returns the fronts-file line.
+pub fn front_secret(args: &FrontSecretArgs) -> anyhow::Result<String> {
+    use rand::RngCore;
+    anyhow::ensure!(args.id > 0, "front ids are positive");
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let secret = hex::encode(b);
+    crate::bootstrap::write_private(&args.out, &secret)?;
+    Ok(gatehouse_cluster::fronts::line_for(args.id, &secret))
 }
 
 #[derive(Debug, Args)]

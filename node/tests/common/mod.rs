@@ -13,6 +13,7 @@ use gatehouse_domain::Payload;
 use gatehouse_proto::events::CreateUser;
 use tempfile::TempDir;
 
+pub mod fronts;
 pub mod pki;
 
 /// The cluster secret of the nodes whose data lives under `dir`: one per test
@@ -81,12 +82,17 @@ impl TestCluster {
     }
 
     pub async fn start_with(n: u64, tweak: impl Fn(&mut Config)) -> TestCluster {
+        Self::start_with_dir(n, |_, c| tweak(c)).await
+    }
+
+    /// [`TestCluster::start_with`], the tweak given the cluster's directory.
+    pub async fn start_with_dir(n: u64, tweak: impl Fn(&TempDir, &mut Config)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
         let mut configs = BTreeMap::new();
         for id in 1..=n {
             let mut c = config(id, &dir);
-            tweak(&mut c);
+            tweak(&dir, &mut c);
             let node = Node::start(c.clone()).await.expect("node starts");
             c.grpc_addr = node.grpc_addr();
             c.peer_addr = node.peer_addr();

@@ -1,0 +1,272 @@
+//! Stateless fronts beside three voters, started through the library entry
+//! point: what a front verifies, how fast a revocation reaches it, what it
+//! does cut off and when its voter dies, what it holds, and what its secret
+//! opens (nothing but the follow service).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fronts::{cluster_for_fronts, front_base, front_config, front_secret, start_front};
+use common::{create_key, http, wait_until};
+use gatehouse::FrontNode;
+use gatehouse_cluster::fronts::{FRONT_ID_METADATA, FRONT_SECRET_METADATA};
+use gatehouse_domain::Payload;
+use gatehouse_proto::control::{ProposeRequest, ReadIndexRequest};
+use gatehouse_proto::events::{CommandBatch, CreateUser, RecordUse, RevokeApiKey};
+use gatehouse_proto::front::follow_service_client::FollowServiceClient;
+use gatehouse_proto::front::{FollowRequest, SnapshotRequest};
+use reqwest::StatusCode;
+use tokio_stream::StreamExt;
+
+async fn verify(front: &FrontNode, key: &str) -> StatusCode {
+    http().get(format!("{}/auth/verify", front_base(front))).bearer_auth(key).send().await.unwrap().status()
+}
+
+fn key_id(key: &str) -> String {
+    gatehouse_domain::keys::parse_key(key).unwrap().0.to_string()
+}
+
+/// A follow-service client to `addr` presenting front `id`'s credentials.
+async fn follow_client(
+    addr: &str,
+    id: &str,
+    secret: &str,
+) -> FollowServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor + Clone,
+    >,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let (id, secret): (tonic::metadata::MetadataValue<_>, tonic::metadata::MetadataValue<_>) =
+        (id.parse().unwrap(), secret.parse().unwrap());
+    FollowServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert(FRONT_ID_METADATA, id.clone());
+        req.metadata_mut().insert(FRONT_SECRET_METADATA, secret.clone());
+        Ok(req)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_verifies_on_every_front_at_once_and_its_revocation_reaches_them_within_the_bound() {
+    let c = cluster_for_fronts(3, &[101, 102], |_| {}).await;
+    let fronts = [start_front(&c, 101).await, start_front(&c, 102).await];
+
+    // Created through any voter: the first try on each front already
+    // passes (an unknown key makes a front catch up to the leader's commit
+    // index), and so does every try after it: 1,000 tries, no refusal.
+    for n in 0..10u64 {
+        let key = create_key(c.node(1 + n % 3), &format!("user{n}"), &["viewer"]).await;
+        for f in &fronts {
+            assert_eq!(verify(f, &key).await, StatusCode::OK, "key {n} on front {}", f.id());
+        }
+    }
+    let key = create_key(c.node(2), "alice", &["viewer"]).await;
+    let mut refused = 0;
+    for _ in 0..500 {
+        for f in &fronts {
+            refused += usize::from(verify(f, &key).await != StatusCode::OK);
+        }
+    }
+    assert_eq!(refused, 0, "a key acknowledged by a voter was refused by a front");
+
+    // Revoked through a voter: refused by both fronts, each within max_staleness.
+    let revoke = c.node(3).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id: key_id(&key) }));
+    c.node(3).cluster().propose_one(revoke).await.unwrap();
+    let acknowledged = Instant::now();
+    for f in &fronts {
+        wait_until("the revoked key refused on the front", Duration::from_secs(2), || async {
+            verify(f, &key).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+    assert!(acknowledged.elapsed() <= Duration::from_millis(2_000), "within max_staleness");
+    for f in fronts {
+        f.shutdown().await.unwrap();
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_cut_off_from_every_voter_answers_503_within_the_bound_and_recovers() {
+    let mut c = cluster_for_fronts(3, &[101], |_| {}).await;
+    let front = start_front(&c, 101).await;
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    assert_eq!(verify(&front, &key).await, StatusCode::OK);
+
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+    }
+    let cut = Instant::now();
+    wait_until("the cut-off front refuses (503)", Duration::from_secs(4), || async {
+        verify(&front, &key).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    // max_staleness (2 s) plus a probe's wait and a request.
+    assert!(cut.elapsed() < Duration::from_millis(2_600), "503 within the bound: {:?}", cut.elapsed());
+    let ready = http().get(format!("{}/readyz", front_base(&front))).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // The voters come back on their addresses: the front resumes, fresh again.
+    for id in [1, 2, 3] {
+        c.restart(id).await;
+    }
+    c.wait_for_leader().await;
+    wait_until("the front serves again", Duration::from_secs(15), || async {
+        verify(&front, &key).await == StatusCode::OK
+    })
+    .await;
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_voter_a_front_follows_does_not_stop_its_verification() {
+    let mut c = cluster_for_fronts(3, &[101], |_| {}).await;
+    let front = start_front(&c, 101).await;
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    assert_eq!(verify(&front, &key).await, StatusCode::OK);
+
+    let (_, followed) = front.front().voters().current();
+    let followed = followed.to_string();
+    let id = *c.nodes.iter().find(|(_, n)| n.advertise_addr() == followed).expect("a voter").0;
+    c.stop(id).await;
+    // Well past max_staleness: every answer in between is a pass.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut answers = 0;
+    while Instant::now() < until {
+        assert_eq!(verify(&front, &key).await, StatusCode::OK, "after {answers} answers");
+        answers += 1;
+    }
+    assert_ne!(front.front().voters().current().1, followed, "the front moved on to another voter");
+    // And it keeps following: a key made now verifies on the front.
+    let later = create_key(c.node(if id == 1 { 2 } else { 1 }), "bob", &["viewer"]).await;
+    assert_eq!(verify(&front, &later).await, StatusCode::OK);
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_holds_no_password_hash_and_no_audit_record() {
+    let c = cluster_for_fronts(3, &[101], |_| {}).await;
+    common::create_user_with_password(c.node(1), "carol", "correct horse battery staple", &["viewer"]).await;
+    c.wait_replicated("carol").await;
+    let front = start_front(&c, 101).await;
+    // One user made before the copy, one after it (through the stream).
+    common::create_user_with_password(c.node(2), "dave", "another long passphrase", &["viewer"]).await;
+    use gatehouse_cluster::Replica;
+    wait_until("dave on the front", Duration::from_secs(5), || async {
+        front.front().view().read().user_by_name("dave").is_some()
+    })
+    .await;
+    {
+        let view = front.front().view().read();
+        for name in ["carol", "dave"] {
+            let user = view.user_by_name(name).unwrap();
+            assert_eq!(user.password_hash, gatehouse_domain::front::WITHHELD, "{name}");
+            let on_voter = c.node(1).cluster().view().read().user_by_name(name).unwrap().password_hash.clone();
+            assert!(on_voter.starts_with("$argon2id$v="));
+        }
+        assert_eq!(view.audit_chain(), gatehouse_domain::State::default().audit_chain(), "no audit on a front");
+    }
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_s_secret_opens_the_follow_service_and_nothing_else() {
+    let c = cluster_for_fronts(3, &[101], |_| {}).await;
+    let voter = c.node(1).advertise_addr().to_string();
+    let secret = front_secret(&c.dir, 101);
+
+    // Its own credentials: a snapshot, a stream, a read index, its own writes.
+    let mut client = follow_client(&voter, "101", &secret).await;
+    let mut chunks = client.snapshot(SnapshotRequest {}).await.unwrap().into_inner();
+    let mut last = false;
+    while let Some(chunk) = chunks.next().await {
+        last |= chunk.unwrap().last;
+    }
+    assert!(last);
+    assert!(client.read_index(ReadIndexRequest {}).await.unwrap().into_inner().index > 0);
+    client.follow(FollowRequest { after_index: 0 }).await.unwrap();
+    let node = c.node(1).cluster();
+    let touch = node.command(Payload::RecordUse(RecordUse::default()));
+    let batch = |cmd| ProposeRequest { batch: Some(CommandBatch { commands: vec![cmd] }) };
+    client.propose(batch(touch)).await.expect("a front's own kind of write");
+
+    // Attack: a write only a voter may make (an admin for the attacker).
+    let admin = node.command(Payload::CreateUser(CreateUser {
+        user_id: gatehouse_cluster::ids::new_id(),
+        username: "mallory".into(),
+        email: "mallory@example.com".into(),
+        password_hash: String::new(),
+        roles: vec!["admin".into()],
+    }));
+    let refused = client.propose(batch(admin)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(node.view().read().user_by_name("mallory").is_none());
+
+    // Attack: the front's secret on the Raft and control services.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{voter}")).unwrap().connect().await.unwrap();
+    let mut control = gatehouse_proto::control::control_service_client::ControlServiceClient::new(channel);
+    let mut req = tonic::Request::new(ReadIndexRequest {});
+    req.metadata_mut().insert(FRONT_ID_METADATA, "101".parse().unwrap());
+    req.metadata_mut().insert(FRONT_SECRET_METADATA, secret.parse().unwrap());
+    req.metadata_mut().insert(gatehouse_cluster::peers::SECRET_METADATA, secret.parse().unwrap());
+    assert_eq!(control.read_index(req).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // Attack: another front's id, a member's id, a wrong or missing secret,
+    // the cluster secret.
+    for (id, presented) in [
+        ("102", secret.clone()),
+        ("1", secret.clone()),
+        ("101", "wrong-secret-wrong-secret-wrong-secret".to_string()),
+        ("101", c.secret()),
+    ] {
+        let mut other = follow_client(&voter, id, &presented).await;
+        let status = other.read_index(ReadIndexRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "front {id}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_removed_from_the_fronts_file_is_cut_off() {
+    let c = cluster_for_fronts(3, &[101], |_| {}).await;
+    let front = start_front(&c, 101).await;
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    assert_eq!(verify(&front, &key).await, StatusCode::OK);
+    // Every voter's file loses the front; a reload tick takes it.
+    std::fs::write(c.dir.path().join("fronts.txt"), "").unwrap();
+    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    wait_until("the removed front refuses (503)", Duration::from_secs(10), || async {
+        verify(&front, &key).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_s_configuration_is_checked() {
+    let c = cluster_for_fronts(1, &[101], |_| {}).await;
+    let mut bad = front_config(&c, 101);
+    bad.front.as_mut().unwrap().voters.clear();
+    assert!(FrontNode::start(bad).await.is_err());
+    let mut voterish = front_config(&c, 101);
+    voterish.initialize = true;
+    assert!(FrontNode::start(voterish).await.is_err());
+    let mut short = front_config(&c, 101);
+    short.front.as_mut().unwrap().secret = Some("short".into());
+    assert!(FrontNode::start(short).await.is_err());
+    let mut offbox = front_config(&c, 101);
+    offbox.front.as_mut().unwrap().voters = vec!["10.1.2.3:7000".into()];
+    let err = FrontNode::start(offbox).await.err().unwrap().to_string();
+    assert!(err.contains("plaintext"), "{err}");
+    // And a voter refuses a [front] section.
+    let mut voter = c.configs[&1].clone();
+    voter.front = front_config(&c, 101).front;
+    assert!(gatehouse::Node::start(voter).await.is_err());
+    c.shutdown().await;
+}
