@@ -125,13 +125,48 @@ impl ApiError {
     }
 }
 
+/// gRPC metadata key carrying an error's stable code, so that a node that
+/// passes an answer on (a stateless front) gives its client the same error.
+pub const ERROR_CODE_METADATA: &str = "x-gatehouse-error";
+
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         let leader = match &e {
             ApiError::Unavailable { leader } => leader.clone(),
             _ => None,
         };
-        naming_leader(tonic::Status::new(e.grpc_code(), e.to_string()), leader.as_deref())
+        let mut status = naming_leader(tonic::Status::new(e.grpc_code(), e.to_string()), leader.as_deref());
+        status.metadata_mut().insert(ERROR_CODE_METADATA, tonic::metadata::MetadataValue::from_static(e.code()));
+        status
+    }
+}
+
+impl ApiError {
+    /// The error a peer's answer stands for (see [`ERROR_CODE_METADATA`]).
+    /// An answer without a code is not the peer's decision but a failure to
+    /// reach it (a connection, a refused front secret): `unavailable`.
+    pub fn from_status(status: &tonic::Status) -> ApiError {
+        let code = status.metadata().get(ERROR_CODE_METADATA).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let msg = status.message().to_string();
+        match code {
+            "invalid_argument" => ApiError::InvalidArgument(msg),
+            "not_found" => ApiError::NotFound(msg),
+            "already_exists" => ApiError::AlreadyExists(msg),
+            "failed_precondition" => ApiError::FailedPrecondition(msg),
+            "unauthenticated" => ApiError::Unauthenticated,
+            "invalid_credentials" => ApiError::InvalidCredentials,
+            "csrf_failed" => ApiError::Csrf,
+            "permission_denied" => ApiError::PermissionDenied(msg),
+            "unavailable" => ApiError::Unavailable { leader: gatehouse_cluster::error::leader_named(status) },
+            "stale" => ApiError::Stale,
+            // A limit's numbers are the peer's; here it is "try again".
+            "busy" | "rate_limited" => ApiError::Busy,
+            "internal" => ApiError::Internal,
+            _ => {
+                tracing::warn!(code = ?status.code(), message = %gatehouse_domain::quote::quote(&msg), "a peer could not be asked");
+                ApiError::Unavailable { leader: None }
+            }
+        }
     }
 }
 
@@ -154,6 +189,29 @@ mod tests {
         let status = tonic::Status::from(ApiError::Unavailable { leader: Some("127.0.0.1:9000".into()) });
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(gatehouse_cluster::error::leader_named(&status).as_deref(), Some("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn every_error_survives_a_hop_to_a_front() {
+        for e in [
+            ApiError::InvalidArgument("bad".into()),
+            ApiError::NotFound("no such session".into()),
+            ApiError::AlreadyExists("x".into()),
+            ApiError::FailedPrecondition("y".into()),
+            ApiError::Unauthenticated,
+            ApiError::InvalidCredentials,
+            ApiError::Csrf,
+            ApiError::PermissionDenied("user is disabled".into()),
+            ApiError::Unavailable { leader: None },
+            ApiError::Stale,
+            ApiError::Busy,
+            ApiError::Internal,
+        ] {
+            assert_eq!(ApiError::from_status(&tonic::Status::from(e.clone())), e);
+        }
+        // Not a peer's decision: a refused connection or front secret.
+        let refused = tonic::Status::unauthenticated("a front's id and secret are required");
+        assert_eq!(ApiError::from_status(&refused), ApiError::Unavailable { leader: None });
     }
 
     #[test]

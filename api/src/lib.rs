@@ -14,6 +14,8 @@
 //! - [`rate_limit`]: cluster-wide rate limits (strict and global): policies, the limiter, the HTTP layer.
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
+//! - [`sign_in`]: logins, logouts and revoking one's own sessions: checked on a
+//!   voter, sent on to one by a stateless front (`SignInService`).
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`mint`]: new API keys and session tokens, made on the proposing node.
 //! - [`metrics`]: the Prometheus series of `GET /metrics` (the consensus ones registered in).
@@ -29,6 +31,7 @@ pub mod mint;
 pub mod node;
 pub mod passwords;
 pub mod rate_limit;
+pub mod sign_in;
 
 pub use error::ApiError;
 pub use node::Node;

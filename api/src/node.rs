@@ -111,6 +111,12 @@ impl Node {
         Ok(self.inner.replica.propose_one(cmd).await?)
     }
 
+    /// Waits (a few seconds at most) until this node applied `index`:
+    /// a write made elsewhere is seen by the next request here.
+    pub async fn wait_applied(&self, index: u64) -> bool {
+        self.view().wait_applied(index, gatehouse_cluster::propose::WRITE_DEADLINE).await
+    }
+
     pub fn recorder(&self) -> &Recorder {
         &self.inner.recorder
     }

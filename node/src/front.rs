@@ -43,6 +43,7 @@ impl FrontNode {
         let secret = section.read_secret()?;
         let auth = FrontAuth::new(config.node_id, &secret).map_err(anyhow::Error::msg)?;
         let voters = Voters::new(&section.voters, auth).map_err(anyhow::Error::msg)?;
+        let sign_in_voters = voters.clone();
         let https = match &config.https {
             Some(h) => {
                 let material = gatehouse_tls::Material::load(&h.cert_file, &h.key_file).context("[https]")?;
@@ -68,7 +69,7 @@ impl FrontNode {
         let mut tasks = front.start(stop.subscribe());
         tasks.push(gatehouse_api::audit::start_flushes(&api, &config.audit, &stop.subscribe()));
         tasks.push(last_use_flushes(&config, &api, stop.subscribe()));
-        let web = http_front(&config, api.clone(), stop.subscribe());
+        let web = http_front(&config, api.clone(), stop.subscribe(), Some(sign_in_voters));
         let mut servers = Vec::new();
         let mut watched = crate::reload::Watched::default();
         let https = https.map(|(server, material)| {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use gatehouse_api::http::{Front, FrontConfig, Lockout};
 use gatehouse_api::passwords::PasswordPool;
+use gatehouse_api::sign_in::SignIn;
 use gatehouse_cluster::periodic::{Periodic, Shutdown, ShutdownSender};
 use gatehouse_cluster::raft::network::Network;
 use gatehouse_cluster::{Cluster, ClusterSecret, Peers};
@@ -240,7 +241,7 @@ impl Node {
             let api = gatehouse_api::Node::new(std::sync::Arc::new(cluster.clone()));
             let audit_tasks =
                 gatehouse_api::audit::start(&api, audit_log.clone(), config.audit.clone(), &stop.subscribe());
-            let front = front(&config, api.clone(), stop.subscribe());
+            let front = front(&config, api.clone(), stop.subscribe(), None);
             let touches = last_use_flushes(&config, &api, stop.subscribe());
             (cluster, api, front, [touches].into_iter().chain(audit_tasks))
         };
@@ -256,10 +257,12 @@ impl Node {
                 gatehouse_api::admin::failures::FailureGate::new(config.rate_limits.admin_auth_failures_per_minute)
             })
         };
-        let follow_service = fronts.map(|fronts| {
+        let follow_service = fronts.clone().map(|fronts| {
             let stopping = serving.subscribe();
             gatehouse_cluster::follow::server(cluster.clone(), storage.clone(), log_reader.clone(), fronts, stopping)
         });
+        let sign_in_service =
+            fronts.map(|fronts| gatehouse_api::sign_in::service::server(front.clone(), fronts, cluster.clone()));
         let raft_service = gatehouse_cluster::raft::service::server(cluster.clone());
         let control_service = gatehouse_cluster::control::server(cluster.clone(), storage.clone());
         let cluster_admin = gatehouse_api::admin::cluster::server(api.clone(), cluster.clone());
@@ -292,7 +295,8 @@ impl Node {
                     .add_service(raft_service)
                     .add_service(control_service)
                     .add_service(forwarded_admin)
-                    .add_optional_service(follow_service);
+                    .add_optional_service(follow_service)
+                    .add_optional_service(sign_in_service);
                 let rt = raft_rt.handle();
                 let stop = serving.subscribe();
                 grpc.push(crate::grpc::serve(rt, listener, peer_router, stop, "peer", peer_server_tls)?);
@@ -309,7 +313,8 @@ impl Node {
                 let router = client_router
                     .add_service(raft_service)
                     .add_service(control_service)
-                    .add_optional_service(follow_service);
+                    .add_optional_service(follow_service)
+                    .add_optional_service(sign_in_service);
                 let rt = raft_rt.handle();
                 grpc.push(crate::grpc::serve(rt, grpc_listener, router, serving.subscribe(), "client", None)?);
             }
@@ -460,7 +465,13 @@ impl Node {
 const TASKS_STOP: Duration = Duration::from_secs(5);
 
 /// The HTTP front's settings and shared parts.
-pub(crate) fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdown) -> Front {
+/// `voters`: a stateless front's, to which its logins go; `None` on a voter.
+pub(crate) fn front(
+    config: &Config,
+    node: gatehouse_api::Node,
+    shutdown: Shutdown,
+    voters: Option<gatehouse_cluster::front::Voters>,
+) -> Front {
     let id = &config.identity;
     let fc = FrontConfig {
         secure_cookies: config.mode != Mode::Dev,
@@ -482,11 +493,17 @@ pub(crate) fn front(config: &Config, node: gatehouse_api::Node, shutdown: Shutdo
         routes: id.routes.clone(),
         hsts: config.https.as_ref().and_then(|h| h.hsts_header()),
     };
+    let passwords = PasswordPool::new(id.password_workers, id.password_queue);
+    let sign_in = match voters {
+        Some(v) => SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)),
+        None => SignIn::Here(passwords.clone()),
+    };
     Front {
         limits: gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown),
         node,
         config: Arc::new(fc),
-        passwords: PasswordPool::new(id.password_workers, id.password_queue),
+        passwords,
+        sign_in,
     }
 }
 

@@ -270,3 +270,117 @@ async fn a_front_s_configuration_is_checked() {
     assert!(gatehouse::Node::start(voter).await.is_err());
     c.shutdown().await;
 }
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// The `name=value` of the session cookie a login set.
+fn session_cookie(resp: &reqwest::Response) -> String {
+    let set = resp.headers().get("set-cookie").expect("a session cookie").to_str().unwrap();
+    set.split(';').next().unwrap().to_string()
+}
+
+async fn with_cookie(base: &str, path: &str, cookie: &str) -> StatusCode {
+    http().get(format!("{base}{path}")).header("cookie", cookie).send().await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_signs_in_on_a_front_and_the_session_holds_on_every_node() {
+    let c = cluster_for_fronts(3, &[101, 102], |_| {}).await;
+    let user_id = common::create_user_with_password(c.node(1), "erin", PASSWORD, &["viewer"]).await;
+    let (a, b) = (start_front(&c, 101).await, start_front(&c, 102).await);
+
+    // Checked by a voter (the front has no hash), opened as a session there.
+    let resp = common::login_at(&front_base(&a), "erin", PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = session_cookie(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["user"]["id"], user_id.as_str());
+    assert_eq!(with_cookie(&front_base(&a), "/auth/verify", &cookie).await, StatusCode::OK);
+    assert_eq!(with_cookie(&front_base(&b), "/auth/verify", &cookie).await, StatusCode::OK);
+    assert_eq!(with_cookie(&common::base(c.node(3)), "/auth/verify", &cookie).await, StatusCode::OK);
+    let me: serde_json::Value = http()
+        .get(format!("{}/api/v1/me", front_base(&b)))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "erin");
+
+    // A wrong password: the same answer as on a voter, and it counts there.
+    let wrong = common::login_at(&front_base(&b), "erin", "not the password at all").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let v: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_credentials");
+    wait_until("the failure recorded on the voters", Duration::from_secs(5), || async {
+        c.node(2).cluster().view().read().user(&user_id).is_some_and(|u| u.failed_logins == 1)
+    })
+    .await;
+
+    // Logout on the other front ends the session everywhere.
+    let out = http()
+        .post(format!("{}/api/v1/logout", front_base(&b)))
+        .header("cookie", &cookie)
+        .header("x-requested-with", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::OK);
+    assert_eq!(with_cookie(&front_base(&b), "/auth/verify", &cookie).await, StatusCode::UNAUTHORIZED);
+    for f in [&a, &b] {
+        wait_until("the logout on every front", Duration::from_secs(2), || async {
+            with_cookie(&front_base(f), "/auth/verify", &cookie).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+    for f in [a, b] {
+        f.shutdown().await.unwrap();
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_cannot_open_or_end_a_session_without_the_person_s_own_credential() {
+    use gatehouse_proto::front::sign_in_service_client::SignInServiceClient;
+    use gatehouse_proto::front::{LoginRequest, LogoutRequest, RevokeOwnSessionRequest};
+    let c = cluster_for_fronts(3, &[101], |_| {}).await;
+    common::create_user_with_password(c.node(1), "frank", PASSWORD, &["viewer"]).await;
+    let victim = common::login(c.node(1), "frank", PASSWORD).await;
+    let victim_session: serde_json::Value = victim.json().await.unwrap();
+    let victim_session = victim_session["session_id"].as_str().unwrap().to_string();
+
+    let voter = c.node(2).advertise_addr().to_string();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{voter}")).unwrap().connect().await.unwrap();
+    let (id, secret): (tonic::metadata::MetadataValue<_>, tonic::metadata::MetadataValue<_>) =
+        ("101".parse().unwrap(), front_secret(&c.dir, 101).parse().unwrap());
+    let mut client = SignInServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert(FRONT_ID_METADATA, id.clone());
+        req.metadata_mut().insert(FRONT_SECRET_METADATA, secret.clone());
+        Ok(req)
+    });
+    // A stolen front guessing: no password, no session.
+    let guess = LoginRequest {
+        username: "frank".into(),
+        password: "a guess that is long enough".into(),
+        client_ip: "192.0.2.7".into(),
+        user_agent: String::new(),
+    };
+    assert_eq!(client.login(guess.clone()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // Ending someone's session needs their token, not its id.
+    let logout = LogoutRequest { credential: "gs_not-a-real-token".into(), client_ip: "192.0.2.7".into() };
+    assert_eq!(client.logout(logout).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let other = common::create_key(c.node(1), "mallory", &["viewer"]).await;
+    let revoke = RevokeOwnSessionRequest {
+        credential: other,
+        session_id: victim_session.clone(),
+        client_ip: "192.0.2.7".into(),
+    };
+    assert_eq!(client.revoke_own_session(revoke).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert!(c.node(1).cluster().view().read().session(&victim_session).is_some());
+    // Malformed: an address that is none.
+    let bad = LoginRequest { client_ip: "not an address".into(), ..guess };
+    assert_eq!(client.login(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    c.shutdown().await;
+}

@@ -83,6 +83,9 @@ pub struct FrontConfig {
 pub struct Front {
     pub node: Node,
     pub config: Arc<FrontConfig>,
+    /// This node's argon2 pool (a voter's logins, the admin API's hashing).
     pub passwords: PasswordPool,
     pub limits: Limiter,
+    /// Where logins are checked: here on a voter, on a voter for a front.
+    pub sign_in: crate::sign_in::SignIn,
 }

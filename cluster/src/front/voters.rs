@@ -108,8 +108,14 @@ impl Voters {
 
     /// The follow service of voter `i`.
     pub fn client(&self, i: usize) -> FollowClient {
-        FollowServiceClient::with_interceptor(self.voters[i % self.voters.len()].1.clone(), self.auth.clone())
+        FollowServiceClient::new(self.channel(i))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
+    }
+
+    /// The channel to voter `i`, carrying the front's credentials (for the
+    /// other services a front calls, such as sign-in).
+    pub fn channel(&self, i: usize) -> InterceptedService<Channel, FrontAuth> {
+        InterceptedService::new(self.voters[i % self.voters.len()].1.clone(), self.auth.clone())
     }
 }

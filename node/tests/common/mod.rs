@@ -282,8 +282,13 @@ pub fn base(node: &Node) -> String {
 
 /// `POST /api/v1/login` on `node`, with the CSRF header a browser's script sends.
 pub async fn login(node: &Node, username: &str, password: &str) -> reqwest::Response {
+    login_at(&base(node), username, password).await
+}
+
+/// [`login`] on the HTTP front at `base` (a voter's or a stateless front's).
+pub async fn login_at(base: &str, username: &str, password: &str) -> reqwest::Response {
     http()
-        .post(format!("{}/api/v1/login", base(node)))
+        .post(format!("{base}/api/v1/login"))
         .header("x-requested-with", "test")
         .json(&serde_json::json!({ "username": username, "password": password }))
         .send()

@@ -1,0 +1,115 @@
+//! A stateless front's side of signing in: the attempt, the logout or the
+//! revocation goes to a voter's `SignInService` (the one the front follows,
+//! then the others while none can take it), and the voter's answer comes
+//! back as the error it stands for.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use gatehouse_cluster::front::Voters;
+use gatehouse_proto::front as pb;
+use gatehouse_proto::front::sign_in_service_client::SignInServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use super::check::{Attempt, Opened};
+use crate::ApiError;
+
+/// How long a sign-in may wait for a voter that can take it.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+type Client = SignInServiceClient<InterceptedService<Channel, gatehouse_cluster::front::FrontAuth>>;
+
+/// The voters a front sends sign-ins to.
+#[derive(Clone, Debug)]
+pub struct VoterSignIn {
+    voters: Voters,
+}
+
+impl VoterSignIn {
+    pub fn new(voters: Voters) -> VoterSignIn {
+        VoterSignIn { voters }
+    }
+
+    /// Calls `call` on the voter followed, then on the next ones while the
+    /// answer is "unavailable" (a voter down or stale), until [`DEADLINE`].
+    async fn on_a_voter<T, Fut>(&self, mut call: impl FnMut(Client, Duration) -> Fut) -> Result<T, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + DEADLINE;
+        let (first, _) = self.voters.current();
+        for attempt in 0.. {
+            let client = SignInServiceClient::new(self.voters.channel(first + attempt));
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match call(client, left).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => {
+                    let e = ApiError::from_status(&status);
+                    let retry = matches!(e, ApiError::Unavailable { .. } | ApiError::Stale);
+                    if !retry || Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                }
+            }
+            let pause = Duration::from_millis(50 * (attempt as u64 + 1).min(4));
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+        unreachable!("the loop returns")
+    }
+
+    pub async fn login(&self, attempt: Attempt) -> Result<Opened, ApiError> {
+        let request = pb::LoginRequest {
+            username: attempt.username,
+            password: attempt.password,
+            client_ip: attempt.client_ip.to_string(),
+            user_agent: attempt.user_agent,
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.login(req).await }
+            })
+            .await?;
+        Ok(Opened {
+            user_id: r.user_id,
+            username: r.username,
+            roles: r.roles,
+            session_id: r.session_id,
+            token: r.token,
+            expires_at: r.expires_at,
+            log_index: r.log_index,
+        })
+    }
+
+    /// Ends the session `credential` belongs to; the index it was applied at.
+    pub async fn logout(&self, credential: &str, ip: IpAddr) -> Result<u64, ApiError> {
+        let request = pb::LogoutRequest { credential: credential.to_string(), client_ip: ip.to_string() };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.logout(req).await }
+            })
+            .await?;
+        Ok(r.log_index)
+    }
+
+    /// Ends session `session_id` of the user `credential` belongs to.
+    pub async fn revoke_own(&self, credential: &str, session_id: &str, ip: IpAddr) -> Result<u64, ApiError> {
+        let request = pb::RevokeOwnSessionRequest {
+            credential: credential.to_string(),
+            session_id: session_id.to_string(),
+            client_ip: ip.to_string(),
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.revoke_own_session(req).await }
+            })
+            .await?;
+        Ok(r.log_index)
+    }
+}

@@ -1,0 +1,77 @@
+//! Signing in and out: checked where the password hashes are.
+//!
+//! A voter checks a login itself ([`check`]). A stateless front holds no
+//! password hash: it sends the attempt on to a voter ([`forward`]), whose
+//! `SignInService` ([`service`]) runs the same checks and opens the session;
+//! logouts and revocations of one's own sessions carry the caller's own
+//! credential, which the voter resolves again. A stolen front therefore
+//! cannot mint a session or end one whose token it never saw.
+//!
+//! ```text
+//!   http/session.rs ─► SignIn::Here ─► check.rs (argon2, lockouts, CreateSession)
+//!                   └► SignIn::Voters ─► forward.rs ─► voter: service.rs ─► check.rs
+//! ```
+
+pub mod check;
+pub mod forward;
+pub mod service;
+
+use std::net::IpAddr;
+
+pub use check::{Attempt, Opened};
+
+use crate::http::front::FrontConfig;
+use crate::identity::Principal;
+use crate::passwords::PasswordPool;
+use crate::{ApiError, Node};
+
+/// Where this node's sign-ins are checked.
+#[derive(Clone)]
+pub enum SignIn {
+    /// Here, against this voter's own view (it holds the hashes).
+    Here(PasswordPool),
+    /// On a voter, for a stateless front.
+    Voters(forward::VoterSignIn),
+}
+
+impl SignIn {
+    /// Checks `attempt` and opens a session; returns once this node has
+    /// applied it too (the next request here finds it).
+    pub async fn login(&self, node: &Node, config: &FrontConfig, attempt: Attempt) -> Result<Opened, ApiError> {
+        match self {
+            SignIn::Here(passwords) => check::login(node, passwords, config, attempt).await,
+            SignIn::Voters(voters) => {
+                let opened = voters.login(attempt).await?;
+                node.wait_applied(opened.log_index).await;
+                Ok(opened)
+            }
+        }
+    }
+
+    /// Ends the caller's session. `credential` is the token `p` came from.
+    pub async fn logout(&self, node: &Node, p: &Principal, credential: &str, ip: IpAddr) -> Result<(), ApiError> {
+        let index = match self {
+            SignIn::Here(_) => check::logout(node, p, &ip.to_string()).await?,
+            SignIn::Voters(voters) => voters.logout(credential, ip).await?,
+        };
+        node.wait_applied(index).await;
+        Ok(())
+    }
+
+    /// Ends one of the caller's sessions.
+    pub async fn revoke_own(
+        &self,
+        node: &Node,
+        p: &Principal,
+        credential: &str,
+        session_id: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let index = match self {
+            SignIn::Here(_) => check::revoke_own(node, p, session_id, &ip.to_string()).await?,
+            SignIn::Voters(voters) => voters.revoke_own(credential, session_id, ip).await?,
+        };
+        node.wait_applied(index).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! The voter's `SignInService`: a stateless front sends on a login, a
+//! logout or the revocation of one's own session, and the voter decides as
+//! its own HTTP front would ([`super::check`]), with its own settings
+//! (session lifetime, lockouts) and its own argon2 pool. Admitted with a
+//! front's secret ([`gatehouse_cluster::fronts`]). The client address and
+//! user agent are the front's word: lockouts by address hold only as far as
+//! the fronts are honest (the lockout of the account itself holds anyway).
+
+use std::net::IpAddr;
+
+use gatehouse_cluster::fronts::Fronts;
+use gatehouse_cluster::Cluster;
+use gatehouse_proto::front as pb;
+use gatehouse_proto::front::sign_in_service_server::{SignInService, SignInServiceServer};
+use tonic::{Request, Response, Status};
+
+use super::check::{self, Attempt};
+use crate::http::front::Front;
+use crate::ApiError;
+
+pub struct SignIns {
+    front: Front,
+}
+
+/// The service, behind the front check: `front` is this voter's own HTTP
+/// front state (settings, argon2 pool).
+pub fn server(
+    front: Front,
+    fronts: Fronts,
+    cluster: Cluster,
+) -> tonic::service::interceptor::InterceptedService<
+    SignInServiceServer<SignIns>,
+    impl tonic::service::Interceptor + Clone,
+> {
+    let svc = SignInServiceServer::new(SignIns { front }).max_decoding_message_size(64 << 10);
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| fronts.admit(|id| cluster.is_member(id), req))
+}
+
+#[allow(clippy::result_large_err)]
+fn client_ip(ip: &str) -> Result<IpAddr, Status> {
+    ip.parse().map_err(|_| ApiError::InvalidArgument("client_ip must be an IP address".into()).into())
+}
+
+impl SignIns {
+    /// The caller `credential` belongs to, resolved here again.
+    async fn caller(&self, credential: &str) -> Result<crate::identity::Principal, ApiError> {
+        let node = &self.front.node;
+        if !node.ensure_fresh().await {
+            return Err(ApiError::Stale);
+        }
+        crate::identity::resolve(node, credential).await
+    }
+}
+
+#[tonic::async_trait]
+impl SignInService for SignIns {
+    #[tracing::instrument(level = "info", name = "front.login", skip_all, fields(outcome))]
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let r = req.into_inner();
+        let attempt = Attempt {
+            client_ip: client_ip(&r.client_ip)?,
+            username: r.username,
+            password: r.password,
+            user_agent: r.user_agent,
+        };
+        let node = &self.front.node;
+        if !node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        let passwords = &self.front.passwords;
+        let opened = check::login(node, passwords, &self.front.config, attempt).await.inspect_err(|_| {
+            tracing::Span::current().record("outcome", "denied");
+        })?;
+        tracing::Span::current().record("outcome", "ok");
+        Ok(Response::new(pb::LoginResponse {
+            user_id: opened.user_id,
+            username: opened.username,
+            roles: opened.roles,
+            session_id: opened.session_id,
+            token: opened.token,
+            expires_at: opened.expires_at,
+            log_index: opened.log_index,
+        }))
+    }
+
+    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let log_index = check::logout(&self.front.node, &p, &ip.to_string()).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+
+    async fn revoke_own_session(
+        &self,
+        req: Request<pb::RevokeOwnSessionRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let log_index = check::revoke_own(&self.front.node, &p, &r.session_id, &ip.to_string()).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+}
