@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: ConsensusMetrics,
     /// The node's shutdown signal: the loops above stop with it.
     pub(crate) shutdown: Shutdown,
+    /// The stateless fronts this voter serves, as it last heard from them.
+    pub(crate) fronts_seen: crate::follow::FrontsSeen,
 }
 
 /// A handle that does not keep the node alive (background tasks hold this).
@@ -93,6 +95,7 @@ impl Cluster {
                 max_staleness,
                 metrics,
                 shutdown,
+                fronts_seen: Default::default(),
             }),
         }
         .watching_raft()
@@ -155,6 +158,11 @@ impl Cluster {
         let id = m.current_leader?;
         let member = m.membership_config.membership().get_node(&id).cloned()?;
         Some((id, member))
+    }
+
+    /// The stateless fronts this voter serves, as it last heard from them.
+    pub fn fronts_seen(&self) -> &crate::follow::FrontsSeen {
+        &self.inner.fronts_seen
     }
 
     /// Whether `id` is a member (voter or learner) of the current membership.

@@ -179,6 +179,7 @@ pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
         purged_index: index(m.purged),
         commit_index: cluster.commit_index(),
         peer_cert_not_after: cluster.peers().tls().map_or(0, |t| t.not_after()),
+        fronts: cluster.fronts_seen().report(),
         matched: if m.current_leader == Some(m.id) {
             let last = m.last_log_index.unwrap_or(0);
             let replication = m.replication.iter().flatten();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatehouse_domain::{front, Payload};
-use gatehouse_proto::control::{ProposeRequest, ProposeResponse, ReadIndexRequest, ReadIndexResponse};
+use gatehouse_proto::control::{ProposeRequest, ProposeResponse, ReadIndexResponse};
 use gatehouse_proto::front as pb;
 use gatehouse_proto::front::follow_service_server::{FollowService, FollowServiceServer};
 use gatehouse_storage::{LogReader, NodeId, Storage};
@@ -45,6 +45,70 @@ const STREAMS_PER_FRONT: usize = 4;
 const RECHECK: Duration = Duration::from_secs(2);
 /// Largest proposal a front may send (audit batches are the largest).
 const MAX_FRONT_PROPOSAL: usize = 4 << 20;
+
+/// The fronts this voter serves, as it last heard from each (for `cluster
+/// status`): shared by the service and [`Cluster`]'s status.
+#[derive(Debug, Default, Clone)]
+pub struct FrontsSeen(Arc<Mutex<HashMap<NodeId, Seen>>>);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    addr: String,
+    applied_index: u64,
+    asked_at: Option<std::time::Instant>,
+    following: usize,
+}
+
+/// A front not heard from for this long leaves the status.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+impl FrontsSeen {
+    fn with(&self, front: NodeId, addr: Option<std::net::SocketAddr>, f: impl FnOnce(&mut Seen)) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(front).or_insert_with(|| Seen {
+            addr: String::new(),
+            applied_index: 0,
+            asked_at: None,
+            following: 0,
+        });
+        if let Some(a) = addr {
+            entry.addr = a.to_string();
+        }
+        f(entry);
+    }
+
+    /// Every front heard from within the last hour.
+    pub fn report(&self) -> Vec<gatehouse_proto::control::FrontSeen> {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, s| s.following > 0 || s.asked_at.is_some_and(|t| t.elapsed() < FORGET_AFTER));
+        let mut out: Vec<_> = seen
+            .iter()
+            .map(|(id, s)| gatehouse_proto::control::FrontSeen {
+                front_id: *id,
+                addr: s.addr.clone(),
+                applied_index: s.applied_index,
+                asked_ms_ago: s.asked_at.map_or(u64::MAX, |t| t.elapsed().as_millis() as u64),
+                following: s.following > 0,
+            })
+            .collect();
+        out.sort_by_key(|f| f.front_id);
+        out
+    }
+
+    /// The number of open follow streams (a gauge in `/metrics`).
+    pub fn following(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.following).sum()
+    }
+}
+
+/// A follow stream counted as open in [`FrontsSeen`] until it ends.
+struct Following(FrontsSeen, NodeId);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.with(self.1, None, |s| s.following = s.following.saturating_sub(1));
+    }
+}
 
 pub struct Follow {
     cluster: Cluster,
@@ -172,8 +236,11 @@ impl FollowService for Follow {
         let (tx, rx) = mpsc::channel(BUFFERED);
         let (view, log, fronts, mut stopping) =
             (self.cluster.view().clone(), self.log.clone(), self.fronts.clone(), self.stopping.clone());
+        let seen = self.cluster.fronts_seen().clone();
+        seen.with(slot.front, req.remote_addr(), |s| s.following += 1);
+        let following = Following(seen, slot.front);
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _following) = (slot, following);
             let front = _slot.front;
             let mut applied = view.subscribe();
             let mut next = after + 1;
@@ -215,7 +282,13 @@ impl FollowService for Follow {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(&self, req: Request<pb::FrontReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let front = front_of(&req)?;
+        let applied = req.get_ref().applied_index;
+        self.cluster.fronts_seen().with(front, req.remote_addr(), |s| {
+            s.applied_index = applied;
+            s.asked_at = Some(std::time::Instant::now());
+        });
         let index = self.cluster.read_index().await?;
         Ok(Response::new(ReadIndexResponse { index }))
     }

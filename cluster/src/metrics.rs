@@ -70,6 +70,8 @@ pub struct ConsensusMetrics {
     pub snapshots_installed: Counter,
     pub snapshot_build_seconds: Counter<f64, AtomicU64>,
     pub fresh: Gauge,
+    /// Stateless fronts following the log on this voter now.
+    pub fronts_following: Gauge,
     pub staleness_seconds: Gauge<f64, AtomicU64>,
     /// Running totals already turned into counter increments.
     seen_built: Seen,
@@ -105,6 +107,7 @@ impl ConsensusMetrics {
             snapshots_installed: Counter::default(),
             snapshot_build_seconds: Counter::default(),
             fresh: Gauge::default(),
+            fronts_following: Gauge::default(),
             staleness_seconds: Gauge::default(),
             seen_built: Seen::default(),
             seen_build_micros: Seen::default(),
@@ -154,6 +157,11 @@ impl ConsensusMetrics {
         );
         r.register("snapshot_build_seconds", "time spent building snapshots", self.snapshot_build_seconds.clone());
         r.register("fresh", "1 while this node may answer (within max_staleness)", self.fresh.clone());
+        r.register(
+            "fronts_following",
+            "Stateless fronts following the log on this voter",
+            self.fronts_following.clone(),
+        );
         r.register(
             "staleness_seconds",
             "time since this node last proved it was up to date",
@@ -231,6 +239,7 @@ impl Cluster {
         m.raft_last_log_index.set(raft.last_log_index.unwrap_or(0) as i64);
         m.raft_snapshot_index.set(raft.snapshot.map_or(0, |l| l.index) as i64);
         m.raft_commit_index.set(self.commit_index() as i64);
+        m.fronts_following.set(i.fronts_seen.following() as i64);
         m.raft_replication_lag.clear();
         if raft.current_leader == Some(i.id) {
             let last = raft.last_log_index.unwrap_or(0);

@@ -15,7 +15,7 @@ use gatehouse_domain::Payload;
 use gatehouse_proto::control::{ProposeRequest, ReadIndexRequest};
 use gatehouse_proto::events::{CommandBatch, CreateUser, RecordUse, RevokeApiKey};
 use gatehouse_proto::front::follow_service_client::FollowServiceClient;
-use gatehouse_proto::front::{FollowRequest, SnapshotRequest};
+use gatehouse_proto::front::{FollowRequest, FrontReadIndexRequest, SnapshotRequest};
 use reqwest::StatusCode;
 use tokio_stream::StreamExt;
 
@@ -188,7 +188,7 @@ async fn a_front_s_secret_opens_the_follow_service_and_nothing_else() {
         last |= chunk.unwrap().last;
     }
     assert!(last);
-    assert!(client.read_index(ReadIndexRequest {}).await.unwrap().into_inner().index > 0);
+    assert!(client.read_index(FrontReadIndexRequest::default()).await.unwrap().into_inner().index > 0);
     client.follow(FollowRequest { after_index: 0 }).await.unwrap();
     let node = c.node(1).cluster();
     let touch = node.command(Payload::RecordUse(RecordUse::default()));
@@ -225,7 +225,7 @@ async fn a_front_s_secret_opens_the_follow_service_and_nothing_else() {
         ("101", c.secret()),
     ] {
         let mut other = follow_client(&voter, id, &presented).await;
-        let status = other.read_index(ReadIndexRequest {}).await.unwrap_err();
+        let status = other.read_index(FrontReadIndexRequest::default()).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "front {id}");
     }
     c.shutdown().await;
@@ -382,5 +382,92 @@ async fn a_front_cannot_open_or_end_a_session_without_the_person_s_own_credentia
     // Malformed: an address that is none.
     let bad = LoginRequest { client_ip: "not an address".into(), ..guess };
     assert_eq!(client.login(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_whose_place_in_the_log_was_compacted_copies_the_view_again() {
+    let mut c = cluster_for_fronts(3, &[101], |cfg| {
+        cfg.raft.snapshot_every = 10;
+        cfg.raft.keep_behind_snapshot = 0;
+    })
+    .await;
+    let leader = c.wait_for_leader().await;
+    let followed = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    // The front follows one voter only, which goes down for a while.
+    let mut config = front_config(&c, 101);
+    config.front.as_mut().unwrap().voters = vec![c.node(followed).advertise_addr().to_string()];
+    let front = FrontNode::start(config).await.unwrap();
+    assert!(front.wait_ready(Duration::from_secs(10)).await);
+    assert_eq!(front.front().copies(), 1);
+    c.stop(followed).await;
+    let mut keys = Vec::new();
+    for i in 0..8 {
+        keys.push(create_key(c.node(leader), &format!("while-down-{i}"), &["viewer"]).await);
+    }
+    for i in 0..30 {
+        common::write_user(c.node(leader), &format!("filler-{i}")).await;
+    }
+    wait_until("the leader purged its log", Duration::from_secs(10), || {
+        let purged = c.node(leader).cluster().raft().metrics().borrow().purged.map_or(0, |p| p.index);
+        async move { purged > 20 }
+    })
+    .await;
+    // The voter comes back through a snapshot; the front's next index is
+    // gone from its log, so the front copies the view again.
+    c.restart(followed).await;
+    wait_until("the front copied the view again and serves", Duration::from_secs(15), || async {
+        front.front().copies() >= 2 && verify(&front, &keys[7]).await == StatusCode::OK
+    })
+    .await;
+    for key in &keys {
+        assert_eq!(verify(&front, key).await, StatusCode::OK);
+    }
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fronts_appear_in_cluster_status_and_in_metrics() {
+    let c = cluster_for_fronts(3, &[101, 102], |_| {}).await;
+    let fronts = [start_front(&c, 101).await, start_front(&c, 102).await];
+    let status = || async {
+        let out = common::admin_cli(&c.endpoint(1), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    wait_until("both fronts in the status, following", Duration::from_secs(5), || async {
+        let s = status().await;
+        let rows = s["fronts"].as_array().cloned().unwrap_or_default();
+        rows.len() == 2 && rows.iter().all(|f| f["following"] == true && f["applied_index"].as_u64() > Some(0))
+    })
+    .await;
+    let s = status().await;
+    assert_eq!(s["fronts"][0]["id"], 101);
+    assert_eq!(s["fronts"][1]["id"], 102);
+    assert!(s["fronts"][0]["last_proof_ms_ago"].as_u64().unwrap() < 2_000);
+    let table = common::admin_cli(&c.endpoint(2), &c.admin_key, &["cluster", "status"]).await.unwrap();
+    assert!(table.contains("fronts:") && table.contains("101"), "{table}");
+
+    // A front's own series, on its /metrics.
+    use gatehouse_cluster::Replica;
+    let scrape = fronts[0].api().scrape_metrics();
+    for series in ["gatehouse_front_applied_index", "gatehouse_front_fresh 1", "gatehouse_front_view_copies_total 1"] {
+        assert!(scrape.contains(series), "{series} in\n{scrape}");
+    }
+    assert!(fronts[0].front().is_fresh());
+    // And the voters count the fronts following them.
+    let following: i64 = c
+        .nodes
+        .values()
+        .map(|n| {
+            let scrape = n.api().scrape_metrics();
+            let line = scrape.lines().find(|l| l.starts_with("gatehouse_fronts_following ")).unwrap().to_string();
+            line.rsplit(' ').next().unwrap().parse::<i64>().unwrap()
+        })
+        .sum();
+    assert_eq!(following, 2);
+    for f in fronts {
+        f.shutdown().await.unwrap();
+    }
     c.shutdown().await;
 }

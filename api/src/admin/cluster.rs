@@ -155,6 +155,8 @@ impl ClusterService for ClusterAdmin {
             })
         });
         let leader_last = leader_view.map_or(0, |s| s.last_log_index);
+        let leader_commit = leader_view.map_or(0, |s| s.commit_index);
+        let fronts = fronts_of(&answers, leader_commit);
         let matched: std::collections::BTreeMap<NodeId, u64> =
             leader_view.map(|s| s.matched.iter().map(|m| (m.node_id, m.index)).collect()).unwrap_or_default();
         let nodes = answers
@@ -186,6 +188,7 @@ impl ClusterService for ClusterAdmin {
             leader_addr: leader.map(|l| l.1.client_addr().to_string()).unwrap_or_default(),
             term: metrics.current_term,
             nodes,
+            fronts,
         }))
     }
 
@@ -405,6 +408,36 @@ fn membership_snapshot(cluster: &Cluster) -> String {
         "snapshot_index": m.snapshot.map(|s| s.index),
     })
     .to_string()
+}
+
+/// The stateless fronts the voters reported, each once: as the voter that
+/// heard from it last sees it (a front following one voter asks that one).
+fn fronts_of(
+    answers: &[(NodeId, gatehouse_storage::Member, Option<gatehouse_proto::control::LocalStatusResponse>)],
+    leader_commit: u64,
+) -> Vec<gatehouse_proto::admin::FrontStatus> {
+    let mut fronts: std::collections::BTreeMap<u64, gatehouse_proto::admin::FrontStatus> = Default::default();
+    for (via, _, status) in answers {
+        for f in status.iter().flat_map(|s| &s.fronts) {
+            let row = gatehouse_proto::admin::FrontStatus {
+                id: f.front_id,
+                addr: f.addr.clone(),
+                applied_index: f.applied_index,
+                lag: leader_commit.saturating_sub(f.applied_index),
+                last_proof_ms_ago: f.asked_ms_ago,
+                via_node: *via,
+                following: f.following,
+            };
+            let newer = fronts.get(&f.front_id).is_none_or(|old| {
+                (row.following, std::cmp::Reverse(row.last_proof_ms_ago))
+                    > (old.following, std::cmp::Reverse(old.last_proof_ms_ago))
+            });
+            if newer {
+                fronts.insert(f.front_id, row);
+            }
+        }
+    }
+    fronts.into_values().collect()
 }
 
 #[cfg(test)]

@@ -124,7 +124,8 @@ impl Front {
     /// index, confirmed after this call arrived).
     pub(crate) async fn read_index(&self) -> Result<u64, ClusterError> {
         let (i, _) = self.inner.voters.current();
-        let mut req = tonic::Request::new(gatehouse_proto::control::ReadIndexRequest {});
+        let applied_index = self.inner.view.applied_index();
+        let mut req = tonic::Request::new(gatehouse_proto::front::FrontReadIndexRequest { applied_index });
         req.set_timeout(Duration::from_secs(2));
         let index = self.inner.voters.client(i).read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
         let index = index.into_inner().index;
@@ -142,6 +143,12 @@ impl Front {
             follower::probe_once(&me).await;
             me.inner.reads.kick_done();
         });
+    }
+
+    /// How many copies of the view this front took (one at start, one more
+    /// each time its place in the log had been compacted).
+    pub fn copies(&self) -> u64 {
+        self.inner.metrics.copies.get()
     }
 
     /// How long ago the front last proved it was current (`None`: never).

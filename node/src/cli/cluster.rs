@@ -101,8 +101,21 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
                 })
             })
             .collect();
+        let fronts: Vec<_> = s
+            .fronts
+            .iter()
+            .map(|f| {
+                json!({
+                    "id": f.id, "addr": f.addr, "applied_index": f.applied_index, "lag": f.lag,
+                    "last_proof_ms_ago": (f.last_proof_ms_ago != u64::MAX).then_some(f.last_proof_ms_ago),
+                    "via_node": f.via_node, "following": f.following,
+                })
+            })
+            .collect();
         let leader = if s.leader_id == 0 { serde_json::Value::Null } else { json!(s.leader_id) };
-        writeln!(out, "{}", json!({ "leader": leader, "term": s.term, "answered_by": s.node_id, "nodes": nodes }))?;
+        let all =
+            json!({ "leader": leader, "term": s.term, "answered_by": s.node_id, "nodes": nodes, "fronts": fronts });
+        writeln!(out, "{all}")?;
         return Ok(());
     }
     let leader = if s.leader_id == 0 { "none".to_string() } else { format!("{} ({})", s.leader_id, s.leader_addr) };
@@ -120,6 +133,27 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
             "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",
             n.id, n.addr, role, state, n.term, n.commit_index, n.applied_index, n.last_log_index, n.replication_lag
         )?;
+    }
+    if !s.fronts.is_empty() {
+        writeln!(out, "\nfronts:")?;
+        writeln!(
+            out,
+            "{:<6} {:<22} {:>10} {:>6} {:>12} {:>5} {:<9}",
+            "ID", "ADDR", "APPLIED", "LAG", "LAST_PROOF", "VIA", "FOLLOWING"
+        )?;
+        for f in &s.fronts {
+            let proof = if f.last_proof_ms_ago == u64::MAX {
+                "never".to_string()
+            } else {
+                format!("{}ms", f.last_proof_ms_ago)
+            };
+            let following = if f.following { "yes" } else { "no" };
+            writeln!(
+                out,
+                "{:<6} {:<22} {:>10} {:>6} {:>12} {:>5} {:<9}",
+                f.id, f.addr, f.applied_index, f.lag, proof, f.via_node, following
+            )?;
+        }
     }
     Ok(())
 }
