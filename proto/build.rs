@@ -17,6 +17,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(descriptors)
         // Malformed requests are INVALID_ARGUMENT without decoder detail.
         .codec_path("crate::codec::StrictCodec")
+        // Messages carrying a password, a session token or a credential:
+        // their `Debug` (in `secret_debug.rs`) never shows it.
+        .skip_debug([
+            ".gatehouse.front.v1.LoginRequest",
+            ".gatehouse.front.v1.LoginResponse",
+            ".gatehouse.front.v1.LogoutRequest",
+            ".gatehouse.front.v1.RevokeOwnSessionRequest",
+        ])
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".gatehouse.events.v1", "#[serde(rename_all = \"snake_case\")]")

@@ -136,7 +136,17 @@ impl From<ApiError> for tonic::Status {
             _ => None,
         };
         let mut status = naming_leader(tonic::Status::new(e.grpc_code(), e.to_string()), leader.as_deref());
-        status.metadata_mut().insert(ERROR_CODE_METADATA, tonic::metadata::MetadataValue::from_static(e.code()));
+        let m = status.metadata_mut();
+        m.insert(ERROR_CODE_METADATA, tonic::metadata::MetadataValue::from_static(e.code()));
+        if let ApiError::RateLimited(q) = &e {
+            // The quota travels too: a front answers with the voter's numbers.
+            m.insert("x-ratelimit-limit", q.limit.into());
+            m.insert("x-ratelimit-remaining", q.remaining.into());
+            m.insert("x-ratelimit-reset", q.reset_secs.into());
+            if let Ok(policy) = q.policy.parse() {
+                m.insert("x-gatehouse-policy", policy);
+            }
+        }
         status
     }
 }
@@ -159,8 +169,27 @@ impl ApiError {
             "permission_denied" => ApiError::PermissionDenied(msg),
             "unavailable" => ApiError::Unavailable { leader: gatehouse_cluster::error::leader_named(status) },
             "stale" => ApiError::Stale,
-            // A limit's numbers are the peer's; here it is "try again".
-            "busy" | "rate_limited" => ApiError::Busy,
+            "busy" => ApiError::Busy,
+            "rate_limited" => {
+                let number = |k: &str| status.metadata().get(k).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let policy = status.metadata().get("x-gatehouse-policy").and_then(|v| v.to_str().ok());
+                match (
+                    number("x-ratelimit-limit"),
+                    number("x-ratelimit-remaining"),
+                    number("x-ratelimit-reset"),
+                    policy,
+                ) {
+                    (Some(limit), Some(remaining), Some(reset_secs), Some(policy)) => {
+                        ApiError::RateLimited(crate::rate_limit::quota::Quota {
+                            policy: policy.into(),
+                            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                            remaining,
+                            reset_secs,
+                        })
+                    }
+                    _ => ApiError::Busy,
+                }
+            }
             "internal" => ApiError::Internal,
             _ => {
                 tracing::warn!(code = ?status.code(), message = %gatehouse_domain::quote::quote(&msg), "a peer could not be asked");
@@ -206,6 +235,12 @@ mod tests {
             ApiError::Stale,
             ApiError::Busy,
             ApiError::Internal,
+            ApiError::RateLimited(crate::rate_limit::quota::Quota {
+                policy: "login".into(),
+                limit: 5,
+                remaining: 0,
+                reset_secs: 42,
+            }),
         ] {
             assert_eq!(ApiError::from_status(&tonic::Status::from(e.clone())), e);
         }

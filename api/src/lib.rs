@@ -13,6 +13,7 @@
 //! - [`http`]: the HTTP front: health, forward-auth verify (and the strict reader of the forwarded request), login, sessions.
 //! - [`rate_limit`]: cluster-wide rate limits (strict and global): policies, the limiter, the HTTP layer.
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
+//! - [`front_writes`]: what a voter accepts in the writes a stateless front sends (limits as configured, no future use, audit stamped as the front's).
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
 //! - [`sign_in`]: logins, logouts and revoking one's own sessions: checked on a
 //!   voter, sent on to one by a stateless front (`SignInService`).
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod audit;
 pub mod error;
+pub mod front_writes;
 pub mod http;
 pub mod identity;
 pub mod metrics;

@@ -45,6 +45,41 @@ const STREAMS_PER_FRONT: usize = 4;
 const RECHECK: Duration = Duration::from_secs(2);
 /// Largest proposal a front may send (audit batches are the largest).
 const MAX_FRONT_PROPOSAL: usize = 4 << 20;
+/// Read indexes one front may ask for per second (it probes 8 times per
+/// `max_staleness` and catches up once per round trip at most), and
+/// proposals it may send per second (flushes and limit syncs): each with a
+/// burst of one second's worth. Past them, `RESOURCE_EXHAUSTED`.
+const READ_INDEXES_PER_SEC: f64 = 500.0;
+const PROPOSALS_PER_SEC: f64 = 200.0;
+
+/// What the transports say a front may write, beyond the kind of command
+/// (rate-limit policies as configured, no future use times, audit events
+/// stamped as the front's): checks and may amend each command, or refuses it.
+pub type FrontGate = Arc<dyn Fn(NodeId, &mut gatehouse_domain::Command) -> Result<(), String> + Send + Sync>;
+
+/// Tokens left, and when they were counted.
+type Bucket = (f64, std::time::Instant);
+
+/// A token bucket per front and kind of call.
+#[derive(Default)]
+struct Budgets(Mutex<HashMap<(NodeId, &'static str), Bucket>>);
+
+impl Budgets {
+    /// Takes one call of `kind` from `front`'s budget of `per_sec`.
+    fn take(&self, front: NodeId, kind: &'static str, per_sec: f64) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let (tokens, at) = all.entry((front, kind)).or_insert((per_sec, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(per_sec);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// The fronts this voter serves, as it last heard from each (for `cluster
 /// status`): shared by the service and [`Cluster`]'s status.
@@ -117,6 +152,8 @@ pub struct Follow {
     fronts: Fronts,
     stopping: Shutdown,
     open: Arc<Mutex<HashMap<NodeId, usize>>>,
+    gate: FrontGate,
+    budgets: Budgets,
 }
 
 /// The service, behind the front check.
@@ -126,21 +163,27 @@ pub fn server(
     log: LogReader,
     fronts: Fronts,
     stopping: Shutdown,
+    gate: FrontGate,
 ) -> tonic::service::interceptor::InterceptedService<
     FollowServiceServer<Follow>,
     impl tonic::service::Interceptor + Clone,
 > {
-    let (gate, members) = (fronts.clone(), cluster.clone());
-    let svc = FollowServiceServer::new(Follow { cluster, storage, log, fronts, stopping, open: Arc::default() })
+    let (admission, members) = (fronts.clone(), cluster.clone());
+    let follow =
+        Follow { cluster, storage, log, fronts, stopping, open: Arc::default(), gate, budgets: Budgets::default() };
+    let svc = FollowServiceServer::new(follow)
         .max_decoding_message_size(MAX_FRONT_PROPOSAL)
         .max_encoding_message_size(crate::peers::MAX_RAFT_MESSAGE);
-    tonic::service::interceptor::InterceptedService::new(svc, move |req| gate.admit(|id| members.is_member(id), req))
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| {
+        admission.admit(|id| members.is_member(id), req)
+    })
 }
 
-/// One open stream of a front, counted until it ends.
+/// One open stream of a front, counted until it ends, and the secret it was opened with.
 struct Slot {
     open: Arc<Mutex<HashMap<NodeId, usize>>>,
     front: NodeId,
+    admitted: crate::fronts::Admitted,
 }
 
 impl Drop for Slot {
@@ -159,13 +202,17 @@ impl Follow {
     #[allow(clippy::result_large_err)]
     fn slot<T>(&self, req: &Request<T>) -> Result<Slot, Status> {
         let front = front_of(req)?;
+        let admitted = *req
+            .extensions()
+            .get::<crate::fronts::Admitted>()
+            .ok_or_else(|| Status::unauthenticated("a front's id and secret are required"))?;
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(front).or_insert(0);
         if *n >= STREAMS_PER_FRONT {
             return Err(Status::resource_exhausted("too many open streams for this front"));
         }
         *n += 1;
-        Ok(Slot { open: self.open.clone(), front })
+        Ok(Slot { open: self.open.clone(), front, admitted })
     }
 }
 
@@ -208,12 +255,19 @@ impl FollowService for Follow {
     async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let slot = self.slot(&req)?;
         let (tx, rx) = mpsc::channel(BUFFERED);
-        let storage = self.storage.clone();
+        let (storage, fronts, stopping) = (self.storage.clone(), self.fronts.clone(), self.stopping.clone());
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let _slot = slot;
+            // Each chunk waits at most SEND_TIMEOUT for the front to take
+            // it, and the copy ends with the front's admission or the node:
+            // a front that stops reading holds no thread or RocksDB
+            // snapshot for long.
             let sent = storage.front_snapshot(CHUNK_BYTES, |index, records, last| {
+                if !fronts.still(slot.front, slot.admitted) || stopping.is_shutdown() {
+                    return false;
+                }
                 let chunk = pb::SnapshotChunk { index, records, last };
-                tx.blocking_send(Ok(chunk)).is_ok()
+                rt.block_on(tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(chunk)))).is_ok_and(|r| r.is_ok())
             });
             match sent {
                 Ok(index) => tracing::info!(index, "a front copied the view"),
@@ -240,12 +294,13 @@ impl FollowService for Follow {
         seen.with(slot.front, req.remote_addr(), |s| s.following += 1);
         let following = Following(seen, slot.front);
         tokio::spawn(async move {
-            let (_slot, _following) = (slot, following);
-            let front = _slot.front;
+            let slot = slot;
+            let front = slot.front;
+            let (_following, admitted) = (following, slot.admitted);
             let mut applied = view.subscribe();
             let mut next = after + 1;
             loop {
-                if !fronts.knows(front) {
+                if !fronts.still(front, admitted) {
                     let _ = tx.send(Err(Status::unauthenticated("this front is no longer accepted"))).await;
                     return;
                 }
@@ -284,6 +339,9 @@ impl FollowService for Follow {
 
     async fn read_index(&self, req: Request<pb::FrontReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         let front = front_of(&req)?;
+        if !self.budgets.take(front, "read_index", READ_INDEXES_PER_SEC) {
+            return Err(Status::resource_exhausted("too many read indexes from this front"));
+        }
         let applied = req.get_ref().applied_index;
         self.cluster.fronts_seen().with(front, req.remote_addr(), |s| {
             s.applied_index = applied;
@@ -296,6 +354,9 @@ impl FollowService for Follow {
     #[tracing::instrument(level = "debug", name = "front.propose", skip_all)]
     async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
         let front = front_of(&req)?;
+        if !self.budgets.take(front, "propose", PROPOSALS_PER_SEC) {
+            return Err(Status::resource_exhausted("too many writes from this front"));
+        }
         let mut commands = req.into_inner().batch.ok_or_else(|| bad("batch"))?.commands;
         if commands.is_empty() {
             return Err(bad("batch"));
@@ -308,6 +369,10 @@ impl FollowService for Follow {
             // Its own, whatever it says.
             c.origin_node = front;
             c.request_digest.clear();
+            if let Err(why) = (self.gate)(front, c) {
+                tracing::warn!(front, why = %why, "a front's write refused");
+                return Err(Status::permission_denied(format!("a front may not propose that: {why}")));
+            }
         }
         crate::propose::bounded(&commands)?;
         let applied = self.cluster.propose(commands).await.map_err(|e: ClusterError| Status::from(e))?;

@@ -30,6 +30,18 @@ pub const MAX_FRONTS: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrontId(pub NodeId);
 
+/// The digest of the secret a front was admitted with (an extension of
+/// every admitted request): a stream opened with it ends once the fronts
+/// file no longer lists it, a rotated secret included.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Admitted(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admitted(..)")
+    }
+}
+
 /// The fronts this voter accepts: id → SHA-256 of the secret. Every clone
 /// shares them; [`Fronts::replace`] changes them in place.
 #[derive(Clone, Default)]
@@ -110,14 +122,20 @@ impl Fronts {
         self.known.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
     }
 
-    /// Whether `secret` is front `id`'s (constant time in the secret).
-    fn matches(&self, id: NodeId, secret: &[u8]) -> bool {
+    /// Whether front `id` is still listed with the secret it was admitted with.
+    pub fn still(&self, id: NodeId, admitted: Admitted) -> bool {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        known.get(&id).is_some_and(|d| bool::from(d.ct_eq(&admitted.0)))
+    }
+
+    /// The digest of `secret` if it is front `id`'s (constant time in the secret).
+    fn matches(&self, id: NodeId, secret: &[u8]) -> Option<Admitted> {
         let presented: [u8; 32] = Sha256::digest(secret).into();
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
         // An unknown id compares against zeros: the same work either way.
         let expected = known.get(&id).copied();
         let same: bool = presented.ct_eq(&expected.unwrap_or([0; 32])).into();
-        same && expected.is_some()
+        (same && expected.is_some()).then_some(Admitted(presented))
     }
 
     /// Admits a call from a front: its id and its secret, and an id that no
@@ -134,13 +152,14 @@ impl Fronts {
             Status::unauthenticated("a front's id and secret are required")
         };
         let (Some(id), Some(secret)) = (id, secret) else { return Err(refuse("no front id or secret")) };
-        if !self.matches(id, &secret) {
+        let Some(admitted) = self.matches(id, &secret) else {
             return Err(refuse("unknown front or wrong secret"));
-        }
+        };
         if members(id) {
             return Err(refuse("the front's id is a member's"));
         }
         req.extensions_mut().insert(FrontId(id));
+        req.extensions_mut().insert(admitted);
         Ok(req)
     }
 }
@@ -184,6 +203,11 @@ mod tests {
         assert!(fronts.replace("7 not-a-hash").unwrap_err().contains("line 1"));
         assert!(fronts.knows(7));
         assert!(!fronts.replace(&line_for(7, SECRET)).unwrap());
+        let admitted = *fronts.admit(|_| false, request("7", SECRET)).unwrap().extensions().get::<Admitted>().unwrap();
+        assert!(fronts.still(7, admitted));
+        // A rotated secret: streams opened with the old one end.
+        fronts.replace(&line_for(7, &SECRET.repeat(2))).unwrap();
+        assert!(fronts.knows(7) && !fronts.still(7, admitted));
         assert!(fronts.replace("").unwrap());
         assert!(!fronts.knows(7));
         assert!(fronts.admit(|_| false, request("7", SECRET)).is_err());

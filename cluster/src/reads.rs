@@ -81,8 +81,9 @@ impl Reads {
         view.wait_applied(index, wait.saturating_sub(arrived.elapsed())).await
     }
 
-    /// Asks for a read index and, once it is applied within `bound`,
-    /// records the proof. Returns whether the ask was answered.
+    /// Asks for a read index and records it as a proof (it counts once it
+    /// is applied). Returns whether it was answered and applied here within
+    /// `bound`: an answer this node cannot catch up to is no success.
     pub(crate) async fn probe<F>(&self, freshness: &Freshness, view: &StateView, bound: Duration, ask: F) -> bool
     where
         F: Future<Output = Option<u64>>,
@@ -90,9 +91,9 @@ impl Reads {
         let asked = Instant::now();
         // A probe that cannot finish within the bound proves nothing.
         let Ok(Some(index)) = tokio::time::timeout(bound, ask).await else { return false };
-        view.wait_applied(index, bound.saturating_sub(asked.elapsed())).await;
+        let applied = view.wait_applied(index, bound.saturating_sub(asked.elapsed())).await;
         self.proved(freshness, view, asked, index);
-        true
+        applied
     }
 
     /// Takes the one place of a kicked probe: false if one is running.

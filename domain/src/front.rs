@@ -81,10 +81,15 @@ pub fn holds(table: Table) -> bool {
     !matches!(table, Table::Audit | Table::AuditChain)
 }
 
+/// Stands in for a "hash" the voters refused (not argon2id): apply
+/// refuses it on a front too, and whatever it was does not leave the voter.
+const REFUSED: &str = "(refused)";
+
 fn withhold(hash: &mut String) {
-    if !hash.is_empty() {
-        *hash = WITHHELD.to_string();
+    if hash.is_empty() {
+        return;
     }
+    *hash = if crate::users::validate_password_hash(hash).is_ok() { WITHHELD } else { REFUSED }.to_string();
 }
 
 #[cfg(test)]
@@ -112,6 +117,12 @@ mod tests {
         let set = cmd(Payload::SetPassword(SetPassword { user_id: "u".into(), password_hash: PHC.into() }));
         let Some(Payload::SetPassword(c)) = command(set).and_then(|c| c.payload) else { panic!("kept") };
         assert_eq!(c.password_hash, WITHHELD);
+        // What the voters refused (say, a plaintext password by mistake) is
+        // refused on a front too, and does not reach it.
+        let plain = cmd(Payload::SetPassword(SetPassword { user_id: "u".into(), password_hash: "hunter2".into() }));
+        let Some(Payload::SetPassword(c)) = command(plain).and_then(|c| c.payload) else { panic!("kept") };
+        assert_ne!(c.password_hash, "hunter2");
+        assert!(crate::users::validate_password_hash(&c.password_hash).is_err());
         // A user without a password stays without one.
         let bare = cmd(Payload::CreateUser(CreateUser { user_id: "u".into(), ..Default::default() }));
         let Some(Payload::CreateUser(c)) = command(bare).and_then(|c| c.payload) else { panic!("kept") };

@@ -259,7 +259,12 @@ impl Node {
         };
         let follow_service = fronts.clone().map(|fronts| {
             let stopping = serving.subscribe();
-            gatehouse_cluster::follow::server(cluster.clone(), storage.clone(), log_reader.clone(), fronts, stopping)
+            // A front's writes, checked against this voter's own settings.
+            let policies = Arc::new(front.limits.policies_config().to_vec());
+            let gate: gatehouse_cluster::follow::FrontGate =
+                Arc::new(move |id, cmd| gatehouse_api::front_writes::check(&policies, id, cmd));
+            let (c, s, l) = (cluster.clone(), storage.clone(), log_reader.clone());
+            gatehouse_cluster::follow::server(c, s, l, fronts, stopping, gate)
         });
         let sign_in_service =
             fronts.map(|fronts| gatehouse_api::sign_in::service::server(front.clone(), fronts, cluster.clone()));
@@ -494,17 +499,14 @@ pub(crate) fn front(
         hsts: config.https.as_ref().and_then(|h| h.hsts_header()),
     };
     let passwords = PasswordPool::new(id.password_workers, id.password_queue);
-    let sign_in = match voters {
-        Some(v) => SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)),
-        None => SignIn::Here(passwords.clone()),
+    let limits = gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown);
+    let (sign_in, limits) = match voters {
+        Some(v) => {
+            (SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)), limits.logins_checked_elsewhere())
+        }
+        None => (SignIn::Here(passwords.clone()), limits),
     };
-    Front {
-        limits: gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown),
-        node,
-        config: Arc::new(fc),
-        passwords,
-        sign_in,
-    }
+    Front { limits, node, config: Arc::new(fc), passwords, sign_in }
 }
 
 /// Flushes the last-use times of sessions and keys this node saw

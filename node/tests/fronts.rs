@@ -207,7 +207,85 @@ async fn a_front_s_secret_opens_the_follow_service_and_nothing_else() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(node.view().read().user_by_name("mallory").is_none());
 
-    // Attack: the front's secret on the Raft and control services.
+    // Attack: writes of a front's kind with contents it must not choose.
+    use gatehouse_proto::events::{rate_deltas::Delta, record_use::Use, RateDeltas, RateHit};
+    for (what, payload) in [
+        (
+            "a shorter window, dropping every login hit counted",
+            Payload::RateHit(RateHit {
+                policy: "login".into(),
+                bucket: "ip:192.0.2.9".into(),
+                limit: 5,
+                window_ms: 1_000,
+            }),
+        ),
+        (
+            "a count that locks an address out",
+            Payload::RateDeltas(RateDeltas {
+                deltas: vec![Delta {
+                    policy: "api".into(),
+                    bucket: "ip:192.0.2.9".into(),
+                    count: 1_000_000,
+                    window_ms: 60_000,
+                }],
+            }),
+        ),
+        (
+            "a policy of its own",
+            Payload::RateHit(RateHit { policy: "mine".into(), bucket: "all".into(), limit: 1, window_ms: 60_000 }),
+        ),
+        (
+            "a session kept alive forever",
+            Payload::RecordUse(RecordUse { sessions: vec![Use { id: "s".into(), at: u64::MAX }], keys: vec![] }),
+        ),
+    ] {
+        let refused = client.propose(batch(node.command(payload))).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{what}");
+    }
+    assert!(!node.view().read().limits().has_policy("mine"));
+    // Audit events it sends are recorded as its own, whatever they claim.
+    let forged = node.command(Payload::AppendAudit(gatehouse_proto::events::AppendAudit {
+        events: vec![gatehouse_proto::events::AuditEvent {
+            action: "forged.by_front".into(),
+            node_id: 1,
+            at: u64::MAX,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    client.propose(batch(forged)).await.unwrap();
+    let mut found = None;
+    c.node(1)
+        .audit_log()
+        .scan(u64::MAX, true, |r| {
+            let e = r.event.unwrap_or_default();
+            if e.action == "forged.by_front" {
+                found = Some(e);
+                return false;
+            }
+            true
+        })
+        .unwrap();
+    let found = found.expect("recorded");
+    assert_eq!(found.node_id, 101);
+    assert!(found.at < u64::MAX);
+
+    // Attack: the front's secret on the Raft and control services, and the
+    // cluster secret on the front's services.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{voter}")).unwrap().connect().await.unwrap();
+    let mut raft = gatehouse_proto::raft::raft_service_client::RaftServiceClient::new(channel.clone());
+    let mut vote = tonic::Request::new(gatehouse_proto::raft::VoteRequest::default());
+    vote.metadata_mut().insert(gatehouse_cluster::peers::SECRET_METADATA, secret.parse().unwrap());
+    assert_eq!(raft.vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let cluster_secret = c.secret();
+    let mut as_node = FollowServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert(gatehouse_cluster::peers::SECRET_METADATA, cluster_secret.parse().unwrap());
+        Ok(req)
+    });
+    assert_eq!(
+        as_node.read_index(FrontReadIndexRequest::default()).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{voter}")).unwrap().connect().await.unwrap();
     let mut control = gatehouse_proto::control::control_service_client::ControlServiceClient::new(channel);
     let mut req = tonic::Request::new(ReadIndexRequest {});
@@ -367,10 +445,15 @@ async fn a_front_cannot_open_or_end_a_session_without_the_person_s_own_credentia
         client_ip: "192.0.2.7".into(),
         user_agent: String::new(),
     };
-    assert_eq!(client.login(guess.clone()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let code = |s: &tonic::Status| {
+        s.metadata().get(gatehouse_api::error::ERROR_CODE_METADATA).map(|v| v.to_str().unwrap().to_string())
+    };
+    let refused = client.login(guess.clone()).await.unwrap_err();
+    assert_eq!(code(&refused).as_deref(), Some("invalid_credentials"), "the voter's decision, not admission");
     // Ending someone's session needs their token, not its id.
     let logout = LogoutRequest { credential: "gs_not-a-real-token".into(), client_ip: "192.0.2.7".into() };
-    assert_eq!(client.logout(logout).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let refused = client.logout(logout).await.unwrap_err();
+    assert_eq!(code(&refused).as_deref(), Some("unauthenticated"));
     let other = common::create_key(c.node(1), "mallory", &["viewer"]).await;
     let revoke = RevokeOwnSessionRequest {
         credential: other,
@@ -469,5 +552,60 @@ async fn fronts_appear_in_cluster_status_and_in_metrics() {
     for f in fronts {
         f.shutdown().await.unwrap();
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_on_fronts_are_limited_once_on_the_voters() {
+    let limits = |c: &mut gatehouse::Config| {
+        c.rate_limits.enabled = true;
+        // Every test client is 127.0.0.1: only the login policy matters here.
+        c.rate_limits.policies.retain(|p| p.name == "login");
+    };
+    let c = cluster_for_fronts(3, &[101, 102], limits).await;
+    common::create_user_with_password(c.node(1), "grace", PASSWORD, &["viewer"]).await;
+    let start = |id| {
+        let mut config = front_config(&c, id);
+        limits(&mut config);
+        async move {
+            let f = FrontNode::start(config).await.unwrap();
+            assert!(f.wait_ready(Duration::from_secs(10)).await);
+            f
+        }
+    };
+    let (a, b) = (start(101).await, start(102).await);
+    // Five a minute from one address, on whichever front: each counted once.
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let f = if n % 2 == 0 { &a } else { &b };
+        statuses.push(common::login_at(&front_base(f), "grace", PASSWORD).await.status());
+    }
+    assert_eq!(statuses[..5], [StatusCode::OK; 5], "{statuses:?}");
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
+    let limited = common::login_at(&front_base(&a), "grace", PASSWORD).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "5");
+    for f in [a, b] {
+        f.shutdown().await.unwrap();
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_whose_secret_was_rotated_away_is_cut_off() {
+    let c = cluster_for_fronts(3, &[101], |_| {}).await;
+    let front = start_front(&c, 101).await;
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    assert_eq!(verify(&front, &key).await, StatusCode::OK);
+    // The line now holds another secret: the running front's one is stale.
+    let line = gatehouse_cluster::fronts::line_for(101, "another-front-secret-another-front-secret");
+    std::fs::write(c.dir.path().join("fronts.txt"), line + "\n").unwrap();
+    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    wait_until("the front with the old secret refuses (503)", Duration::from_secs(10), || async {
+        verify(&front, &key).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    front.shutdown().await.unwrap();
     c.shutdown().await;
 }

@@ -51,6 +51,7 @@ mod generated {
 }
 
 pub mod codec;
+mod secret_debug;
 
 /// Every schema above as an encoded `FileDescriptorSet`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gatehouse_descriptor");

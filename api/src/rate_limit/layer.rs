@@ -37,7 +37,9 @@ pub async fn layer(
     };
     // Refused credentials count when they were sent on purpose: a bearer
     // token or a login. A browser's stale session cookie is not an attack.
-    let presents = req.headers().contains_key(axum::http::header::AUTHORIZATION) || path == "/api/v1/login";
+    // A login sent on to a voter is counted there.
+    let login_here = path == super::limiter::LOGIN_PATH && !limiter.logins_elsewhere();
+    let presents = req.headers().contains_key(axum::http::header::AUTHORIZATION) || login_here;
     // A 256-bit key or session is looked at even over a failure limit (it
     // cannot be guessed); a password never is: a guess must not learn from
     // a different answer whether it was right.

@@ -59,8 +59,15 @@ struct Local {
     inflight: u64,
 }
 
+/// The login endpoint: its strict policies are counted where logins are
+/// checked (on a voter; a stateless front leaves them to the voter).
+pub const LOGIN_PATH: &str = "/api/v1/login";
+
 struct Inner {
     node: Node,
+    /// On a stateless front: logins are checked, and their strict limits
+    /// counted, on the voter it sends them to.
+    logins_elsewhere: std::sync::atomic::AtomicBool,
     config: LimitsConfig,
     names: Vec<Arc<str>>,
     locals: Mutex<HashMap<(usize, String), Local>>,
@@ -82,6 +89,7 @@ impl Limiter {
         let limiter = Limiter {
             inner: Arc::new(Inner {
                 node,
+                logins_elsewhere: std::sync::atomic::AtomicBool::new(false),
                 names,
                 locals: Mutex::new(HashMap::new()),
                 round: AtomicU64::new(1),
@@ -102,6 +110,59 @@ impl Limiter {
             });
         }
         limiter
+    }
+
+    /// Leaves the strict limits of logins to the voters (a stateless front:
+    /// each attempt is counted once, where it is checked).
+    pub fn logins_checked_elsewhere(self) -> Limiter {
+        self.inner.logins_elsewhere.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether logins' strict limits are counted on the voters, not here.
+    pub fn logins_elsewhere(&self) -> bool {
+        self.inner.logins_elsewhere.load(Ordering::Relaxed)
+    }
+
+    /// The configured policies.
+    pub fn policies_config(&self) -> &[Policy] {
+        &self.inner.config.policies
+    }
+
+    /// On a voter, a login a front sent on, from `ip` (the front's word):
+    /// the strict request limits of the login endpoint, counted here.
+    pub async fn login_attempt(&self, ip: IpAddr) -> Result<Option<Quota>, ApiError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let empty = HeaderMap::new();
+        let matched = matching(self.policies(), &Subject { ip, path: LOGIN_PATH, headers: &empty }).unwrap_or(0);
+        let mut quota = None;
+        for (i, p) in self.policies().iter().enumerate() {
+            if matched & (1 << i) == 0 || p.needs_caller() || p.mode != Mode::Strict {
+                continue;
+            }
+            // A password is never looked at over a failure limit.
+            let q = match p.on {
+                On::Failure => self.check_full(i, p, ip)?,
+                On::Request => self.strict(i, p, ip, None).await?,
+            };
+            if let Some(q) = q {
+                quota = Some(q.tighter(quota));
+            }
+        }
+        Ok(quota)
+    }
+
+    /// On a voter, a login a front sent on was refused: counted on the
+    /// failure policies of `ip`.
+    pub async fn login_refused(&self, ip: IpAddr) -> Result<Option<Quota>, ApiError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let empty = HeaderMap::new();
+        let matched = matching(self.policies(), &Subject { ip, path: LOGIN_PATH, headers: &empty }).unwrap_or(0);
+        self.refused(&RequestLimits { client_ip: ip, matched, over_failures: false }).await
     }
 
     pub fn enabled(&self) -> bool {
@@ -143,8 +204,13 @@ impl Limiter {
         };
         let mut ctx = RequestLimits { client_ip: s.ip, matched, over_failures: false };
         let mut quota = None;
+        let elsewhere = self.logins_elsewhere() && s.path == LOGIN_PATH;
         for (i, p) in self.policies().iter().enumerate() {
             if matched & (1 << i) == 0 || p.needs_caller() {
+                continue;
+            }
+            // Counted on the voter that checks the login.
+            if elsewhere && p.mode == Mode::Strict && p.on == On::Request {
                 continue;
             }
             let result = match p.on {

@@ -8,7 +8,9 @@
 
 use std::net::IpAddr;
 
-use gatehouse_cluster::fronts::Fronts;
+use std::sync::Arc;
+
+use gatehouse_cluster::fronts::{FrontId, Fronts};
 use gatehouse_cluster::Cluster;
 use gatehouse_proto::front as pb;
 use gatehouse_proto::front::sign_in_service_server::{SignInService, SignInServiceServer};
@@ -18,8 +20,13 @@ use super::check::{self, Attempt};
 use crate::http::front::Front;
 use crate::ApiError;
 
+/// Logins one front may have under way on this voter at once: a stolen
+/// front's secret cannot take the whole argon2 pool.
+const LOGINS_PER_FRONT: usize = 8;
+
 pub struct SignIns {
     front: Front,
+    under_way: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// The service, behind the front check: `front` is this voter's own HTTP
@@ -32,7 +39,8 @@ pub fn server(
     SignInServiceServer<SignIns>,
     impl tonic::service::Interceptor + Clone,
 > {
-    let svc = SignInServiceServer::new(SignIns { front }).max_decoding_message_size(64 << 10);
+    let svc =
+        SignInServiceServer::new(SignIns { front, under_way: Default::default() }).max_decoding_message_size(64 << 10);
     tonic::service::interceptor::InterceptedService::new(svc, move |req| fronts.admit(|id| cluster.is_member(id), req))
 }
 
@@ -56,6 +64,14 @@ impl SignIns {
 impl SignInService for SignIns {
     #[tracing::instrument(level = "info", name = "front.login", skip_all, fields(outcome))]
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let front = req.extensions().get::<FrontId>().map_or(0, |f| f.0);
+        let permits = {
+            let mut all = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
+            all.entry(front).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(LOGINS_PER_FRONT))).clone()
+        };
+        let Ok(_permit) = permits.try_acquire_owned() else {
+            return Err(ApiError::Busy.into());
+        };
         let r = req.into_inner();
         let attempt = Attempt {
             client_ip: client_ip(&r.client_ip)?,
@@ -67,10 +83,22 @@ impl SignInService for SignIns {
         if !node.ensure_fresh().await {
             return Err(ApiError::Stale.into());
         }
+        // The login endpoint's strict limits, by the address the front
+        // names, counted here (the front leaves them to its voter).
+        let limits = &self.front.limits;
+        let ip = attempt.client_ip;
+        limits.login_attempt(ip).await?;
         let passwords = &self.front.passwords;
-        let opened = check::login(node, passwords, &self.front.config, attempt).await.inspect_err(|_| {
-            tracing::Span::current().record("outcome", "denied");
-        })?;
+        let opened = match check::login(node, passwords, &self.front.config, attempt).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::Span::current().record("outcome", "denied");
+                if e == ApiError::InvalidCredentials {
+                    limits.login_refused(ip).await?;
+                }
+                return Err(e.into());
+            }
+        };
         tracing::Span::current().record("outcome", "ok");
         Ok(Response::new(pb::LoginResponse {
             user_id: opened.user_id,

@@ -41,11 +41,13 @@ pub async fn run(front: Front, mut stop: Shutdown) {
         let (i, addr) = inner.voters.current();
         let addr = addr.to_string();
         let mut stopping = stop.clone();
+        let mut copied = false;
         let outcome = async {
             if copy {
                 if let Err(stopped) = copy_view(&front, i).await {
                     return stopped;
                 }
+                copied = true;
             }
             follow(&front, i, &mut stopping).await
         };
@@ -53,15 +55,22 @@ pub async fn run(front: Front, mut stop: Shutdown) {
             s = outcome => s,
             _ = stop.wait() => Stopped::Shutdown,
         };
+        if copied {
+            copy = false;
+            pause = FIRST_PAUSE;
+        }
         match stopped {
             Stopped::Shutdown => return,
             Stopped::Compacted => {
                 tracing::info!(voter = %addr, "the front's place in the log was compacted; copying the view again");
                 copy = true;
-                continue;
+                // At once, unless the copy just taken was compacted past
+                // already (then after the pause below).
+                if !copied {
+                    continue;
+                }
             }
             Stopped::Voter(why) => {
-                copy = copy && inner.metrics.copies.get() == 0;
                 inner.metrics.reconnects.inc();
                 tracing::info!(voter = %addr, why = %why, "moving on to another voter");
                 inner.voters.move_on(i);
@@ -114,6 +123,9 @@ async fn copy_view(front: &Front, i: usize) -> Result<(), Stopped> {
 /// Follows the committed log on voter `i` from the front's applied index.
 async fn follow(front: &Front, i: usize, stop: &mut Shutdown) -> Stopped {
     let inner = &front.inner;
+    // Requests to move on made from now.
+    let mut move_on = inner.move_on.subscribe();
+    move_on.borrow_and_update();
     let after = inner.view.applied_index();
     let stream = inner.voters.client(i).follow(FollowRequest { after_index: after }).await;
     let mut stream = match stream {
@@ -124,7 +136,7 @@ async fn follow(front: &Front, i: usize, stop: &mut Shutdown) -> Stopped {
     loop {
         let batch = tokio::select! {
             b = stream.next() => b,
-            _ = inner.move_on.notified() => return Stopped::Voter("its probes failed".into()),
+            _ = move_on.changed() => return Stopped::Voter("its probes failed".into()),
             _ = stop.wait() => return Stopped::Shutdown,
         };
         let batch = match batch {
@@ -133,18 +145,23 @@ async fn follow(front: &Front, i: usize, stop: &mut Shutdown) -> Stopped {
             Some(Err(s)) => return Stopped::Voter(format!("following: {}", s.message())),
             None => return Stopped::Voter("the stream ended".into()),
         };
+        // Entries come once each, in order, after what is applied and
+        // within the batch: anything else is a voter (or a link) to leave,
+        // never a reason to move the applied index.
         let mut applied = inner.view.applied_index();
-        for entry in &batch.entries {
-            if entry.index <= applied {
-                continue;
-            }
-            if entry.index > batch.through_index {
-                return Stopped::Voter("an entry past the batch's end".into());
-            }
-            inner.view.apply_followed(entry.index, &entry.commands);
-            applied = entry.index;
+        let in_order = batch.through_index >= applied
+            && batch.entries.iter().all(|e| {
+                let next = e.index > applied && e.index <= batch.through_index;
+                applied = e.index;
+                next
+            });
+        if !in_order {
+            return Stopped::Voter("entries out of order".into());
         }
-        if batch.through_index > applied {
+        for entry in &batch.entries {
+            inner.view.apply_followed(entry.index, &entry.commands);
+        }
+        if batch.through_index > inner.view.applied_index() {
             inner.view.apply_followed(batch.through_index, &[]);
         }
         inner.known_commit.fetch_max(batch.through_index, Ordering::Relaxed);
@@ -169,14 +186,15 @@ pub async fn probe(front: Front, mut stop: Shutdown) {
                 failed.store(0, Ordering::Relaxed);
             } else if failed.fetch_add(1, Ordering::Relaxed) + 1 >= FAILED_PROBES {
                 failed.store(0, Ordering::Relaxed);
-                front.inner.move_on.notify_one();
+                front.inner.move_on.send_modify(|g| *g += 1);
             }
         });
     }
 }
 
 /// One probe: a read index from the voter followed, recorded as a proof
-/// once applied. Returns whether the voter answered.
+/// once applied. Returns whether the voter answered and this front caught
+/// up to the answer in time (a voter whose stream lags fails it).
 pub(crate) async fn probe_once(front: &Front) -> bool {
     let inner = &front.inner;
     let ask = async { front.read_index().await.ok() };

@@ -36,7 +36,6 @@ use gatehouse_storage::{Member, NodeId, StateView};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::Notify;
 
 use crate::freshness::{Freshness, PROBES_PER_BOUND};
 use crate::periodic::Shutdown;
@@ -69,8 +68,10 @@ pub(crate) struct Inner {
     pub(crate) freshness: Freshness,
     pub(crate) reads: Reads,
     pub(crate) max_staleness: Duration,
-    /// Asks the follow loop to move on to the next voter.
-    pub(crate) move_on: Notify,
+    /// Bumped to ask the follow loop to move on to the next voter (a
+    /// generation, not a stored permit: a request made while no stream was
+    /// open does not end the next one).
+    pub(crate) move_on: tokio::sync::watch::Sender<u64>,
     pub(crate) metrics: FrontMetrics,
     /// The highest index a voter named as committed (read indexes, streams).
     pub(crate) known_commit: AtomicU64,
@@ -100,7 +101,7 @@ impl Front {
                 freshness: Freshness::default(),
                 reads: Reads::default(),
                 max_staleness: settings.max_staleness,
-                move_on: Notify::new(),
+                move_on: tokio::sync::watch::channel(0).0,
                 metrics: FrontMetrics::default(),
                 known_commit: AtomicU64::new(0),
             }),
