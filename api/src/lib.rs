@@ -10,6 +10,7 @@
 //!   audit recorder, last-use times and metrics; the seam a front implements.
 //! - [`admin`]: the admin gRPC API: authentication, RBAC and the cluster
 //!   service; the layer every gRPC call passes (metrics, call context).
+//! - [`envoy`]: Envoy's ext_authz (and rate-limit) protocols, answered as the HTTP front answers.
 //! - [`http`]: the HTTP front: health, forward-auth verify (and the strict reader of the forwarded request), login, sessions.
 //! - [`rate_limit`]: cluster-wide rate limits (strict and global): policies, the limiter, the HTTP layer.
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod envoy;
 pub mod error;
 pub mod front_writes;
 pub mod http;

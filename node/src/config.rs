@@ -283,6 +283,9 @@ pub struct Config {
     /// A separate listener for `GET /metrics` (the way to expose metrics in
     /// production).
     pub metrics_addr: Option<SocketAddr>,
+    /// Envoy's ext_authz (and rate-limit) gRPC services, on a listener of
+    /// their own (docs/envoy.md). Unset: not served.
+    pub ext_authz_addr: Option<SocketAddr>,
     /// Serve `GET /metrics` on the HTTP front too. Unset: yes in dev mode,
     /// no in production (a public front should not show its internals).
     pub metrics_on_front: Option<bool>,
@@ -371,6 +374,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             peer_addr: None,
             metrics_addr: None,
+            ext_authz_addr: None,
             metrics_on_front: None,
             http: Default::default(),
             https: None,
@@ -431,7 +435,7 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 30] = [
+const KEYS: [&str; 31] = [
     "identity",
     "rate_limits",
     "audit",
@@ -462,6 +466,7 @@ const KEYS: [&str; 30] = [
     "raft",
     "fronts_file",
     "front",
+    "ext_authz_addr",
 ];
 
 impl Config {
@@ -558,6 +563,12 @@ impl Config {
         }
         for r in &id.routes {
             r.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.mode == Mode::Production && self.ext_authz_addr.is_some_and(|a| !a.ip().is_loopback()) {
+            // Envoy sends every request's credentials: in plaintext only to
+            // a sidecar on this machine.
+            return bad("production mode refuses ext_authz in plaintext off loopback (ext_authz_addr): run Envoy \
+                 beside each node and bind ext_authz_addr to loopback");
         }
         if self.mode == Mode::Production {
             // Logins and bearer keys cross the front: in plaintext only on

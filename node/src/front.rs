@@ -23,6 +23,7 @@ pub struct FrontNode {
     api: gatehouse_api::Node,
     http_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    ext_authz_addr: Option<SocketAddr>,
     /// Stops the listeners (first).
     serving: ShutdownSender,
     /// Stops following and the tasks that propose (once the servers are done).
@@ -57,6 +58,11 @@ impl FrontNode {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
             None => None,
         };
+        let ext_authz_listener = crate::node::bind_ext_authz(&config).await?;
+        let ext_authz_addr = match &ext_authz_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let http_addr = http_listener.local_addr()?;
         let metrics_addr = match &metrics_listener {
             Some(l) => Some(l.local_addr()?),
@@ -80,11 +86,14 @@ impl FrontNode {
         if let Some(listener) = metrics_listener {
             servers.push(metrics_server(listener, &web, serving.subscribe()));
         }
+        if let Some(listener) = ext_authz_listener {
+            servers.push(crate::node::envoy_server(listener, &web, serving.subscribe())?);
+        }
         if !watched.is_empty() {
             servers.extend(crate::reload::keep_current(watched, api.clone(), serving.subscribe()));
         }
         tracing::info!(front_id = config.node_id, %http_addr, ?metrics_addr, voters = ?section.voters, "front started");
-        Ok(FrontNode { front, api, http_addr, metrics_addr, serving, stop, servers, tasks })
+        Ok(FrontNode { front, api, http_addr, metrics_addr, ext_authz_addr, serving, stop, servers, tasks })
     }
 
     pub fn id(&self) -> u64 {
@@ -97,6 +106,11 @@ impl FrontNode {
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The Envoy (ext_authz) listener, if configured.
+    pub fn ext_authz_addr(&self) -> Option<SocketAddr> {
+        self.ext_authz_addr
     }
 
     /// The replicated state as this front holds it.

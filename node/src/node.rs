@@ -32,6 +32,7 @@ pub struct Node {
     grpc_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    ext_authz_addr: Option<SocketAddr>,
     advertise_addr: String,
     advertise_client_addr: String,
     /// Stops the listeners and open streams (first).
@@ -177,6 +178,11 @@ impl Node {
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP {}", config.http_addr))?;
         let metrics_listener = match config.metrics_addr {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
+            None => None,
+        };
+        let ext_authz_listener = bind_ext_authz(&config).await?;
+        let ext_authz_addr = match &ext_authz_listener {
+            Some(l) => Some(l.local_addr()?),
             None => None,
         };
         let grpc_addr = grpc_listener.local_addr()?;
@@ -332,6 +338,9 @@ impl Node {
         if let Some(listener) = metrics_listener {
             servers.push(metrics_server(listener, &front, serving.subscribe()));
         }
+        if let Some(listener) = ext_authz_listener {
+            servers.push(envoy_server(listener, &front, serving.subscribe())?);
+        }
         let readiness = raft_rt.handle().spawn(report_health(cluster.clone(), health, serving.subscribe()));
         tracing::info!(node_id = config.node_id, %grpc_addr, %http_addr, ?metrics_addr, advertise = %advertise_addr, "node started");
 
@@ -342,6 +351,7 @@ impl Node {
             grpc_addr,
             peer_addr,
             metrics_addr,
+            ext_authz_addr,
             advertise_addr,
             advertise_client_addr,
             serving,
@@ -412,6 +422,11 @@ impl Node {
     /// The separate metrics listener, if configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The Envoy (ext_authz) listener, if configured.
+    pub fn ext_authz_addr(&self) -> Option<SocketAddr> {
+        self.ext_authz_addr
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -552,6 +567,22 @@ pub(crate) fn http_server(
         let drain = Duration::from_secs(5);
         gatehouse_api::http::serve::serve(listener, app, limits, https, connections, shutdown, drain).await;
     })
+}
+
+/// Binds the Envoy listener, when configured.
+pub(crate) async fn bind_ext_authz(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    match config.ext_authz_addr {
+        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("binding ext_authz {a}"))?)),
+        None => Ok(None),
+    }
+}
+
+/// Serves Envoy's ext_authz on `listener` until `stop`: on the runtime that
+/// answers HTTP, as `/auth/verify` is (it runs the same router).
+pub(crate) fn envoy_server(listener: TcpListener, front: &Front, stop: Shutdown) -> anyhow::Result<JoinHandle<()>> {
+    let router =
+        crate::grpc::builder(&front.node, None).add_service(gatehouse_api::envoy::ext_authz::server(front.clone()));
+    crate::grpc::serve(&tokio::runtime::Handle::current(), listener, router, stop, "ext_authz", None)
 }
 
 /// Serves `GET /metrics` on a listener of its own until `stop`.

@@ -1,0 +1,213 @@
+//! Envoy's ext_authz, driven by a gRPC client built from Envoy's own protos
+//! (`envoy-types`; no Envoy binary here), on a voter and on a stateless
+//! front: allowed, denied, rate-limited, stale, and malformed checks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fronts::{cluster_for_fronts, front_config};
+use common::{create_key, wait_until};
+use envoy_types::ext_authz::v3::pb::{Address, CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{
+    socket_address::PortSpecifier, HeaderMap as EnvoyHeaders, SocketAddress,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+type Client = AuthorizationClient<tonic::transport::Channel>;
+
+async fn client(addr: std::net::SocketAddr) -> Client {
+    AuthorizationClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+fn check(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                    address: Some(Address::SocketAddress(SocketAddress {
+                        address: "192.0.2.10".into(),
+                        port_specifier: Some(PortSpecifier::PortValue(51000)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    host: "app.example".into(),
+                    path: path.into(),
+                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The HTTP status of the answer (200 for an allowed check) and its headers.
+fn outcome(r: &CheckResponse) -> (u16, Vec<(String, String)>) {
+    let pairs = |h: &[envoy_types::ext_authz::v3::pb::HeaderValueOption]| {
+        h.iter().filter_map(|o| o.header.as_ref().map(|h| (h.key.clone(), h.value.clone()))).collect()
+    };
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            assert_eq!(r.status.as_ref().unwrap().code, 0);
+            (200, pairs(&ok.headers))
+        }
+        Some(HttpResponse::DeniedResponse(d)) => {
+            assert_ne!(r.status.as_ref().unwrap().code, 0);
+            (d.status.as_ref().unwrap().code as u16, pairs(&d.headers))
+        }
+        other => panic!("no HTTP response: {other:?}"),
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ext_authz_decides_as_verify_does_on_a_voter_and_on_a_front() {
+    let c = cluster_for_fronts(3, &[101], |cfg| {
+        cfg.ext_authz_addr = Some("127.0.0.1:0".parse().unwrap());
+        cfg.identity.routes = vec![gatehouse::config::RouteRule {
+            host: None,
+            path_prefix: "/ops".into(),
+            roles: vec!["operator".into()],
+            ignore_case: false,
+        }];
+    })
+    .await;
+    let mut config = front_config(&c, 101);
+    config.ext_authz_addr = Some("127.0.0.1:0".parse().unwrap());
+    config.identity.routes = c.configs[&1].identity.routes.clone();
+    let front = gatehouse::FrontNode::start(config).await.unwrap();
+    assert!(front.wait_ready(Duration::from_secs(10)).await);
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    let bearer = format!("Bearer {key}");
+
+    for addr in [c.node(2).ext_authz_addr().unwrap(), front.ext_authz_addr().unwrap()] {
+        let mut envoy = client(addr).await;
+        // Allowed: identity set, the client's own identity headers dropped.
+        let r = envoy
+            .check(check("/app", &[("authorization", &bearer), ("x-auth-user", "mallory"), ("x-auth-admin", "1")]))
+            .await
+            .unwrap()
+            .into_inner();
+        let (status, headers) = outcome(&r);
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "x-auth-user"), Some("alice"));
+        assert_eq!(header(&headers, "x-auth-roles"), Some("viewer"));
+        let Some(HttpResponse::OkResponse(ok)) = &r.http_response else { unreachable!() };
+        assert_eq!(ok.headers_to_remove, ["x-auth-admin"]);
+
+        // Denied: no credential, an unknown key (401 with WWW-Authenticate).
+        for headers in [vec![], vec![("authorization", "Bearer gk_0123456789abcdef_nope")]] {
+            let (status, h) = outcome(&envoy.check(check("/app", &headers)).await.unwrap().into_inner());
+            assert_eq!(status, 401);
+            assert!(header(&h, "www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+        }
+        // A route rule: 403 without the role, and by any spelling of the path.
+        for path in ["/ops/deploy", "/x/../ops", "//ops"] {
+            let (status, _) =
+                outcome(&envoy.check(check(path, &[("authorization", &bearer)])).await.unwrap().into_inner());
+            assert_eq!(status, 403, "{path}");
+        }
+        // The path is Envoy's, never the client's X-Forwarded-Uri.
+        let dodge = [("authorization", bearer.as_str()), ("x-forwarded-uri", "/app")];
+        assert_eq!(outcome(&envoy.check(check("/ops", &dodge)).await.unwrap().into_inner()).0, 403);
+    }
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_checks_get_a_clear_denial_and_change_nothing() {
+    let c = cluster_for_fronts(1, &[], |cfg| cfg.ext_authz_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    let mut envoy = client(c.node(1).ext_authz_addr().unwrap()).await;
+    // No attributes at all, no HTTP request, no source address.
+    assert_eq!(outcome(&envoy.check(CheckRequest::default()).await.unwrap().into_inner()).0, 400);
+    let mut no_source = check("/", &[]);
+    no_source.attributes.as_mut().unwrap().source = None;
+    assert_eq!(outcome(&envoy.check(no_source).await.unwrap().into_inner()).0, 400);
+    // Huge or too many headers: 431.
+    let big = "x".repeat(20_000);
+    assert_eq!(outcome(&envoy.check(check("/", &[("cookie", &big)])).await.unwrap().into_inner()).0, 431);
+    let many: Vec<(String, String)> = (0..200).map(|i| (format!("h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(outcome(&envoy.check(check("/", &many)).await.unwrap().into_inner()).0, 431);
+    // Raw headers: a control character is refused, a non-UTF-8 credential is no credential.
+    let raw = |value: &[u8]| {
+        let mut c = check("/", &[]);
+        let http = c.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap();
+        http.header_map = Some(EnvoyHeaders {
+            headers: vec![envoy_types::ext_authz::v3::pb::HeaderValue {
+                key: "authorization".into(),
+                raw_value: value.to_vec(),
+                ..Default::default()
+            }],
+        });
+        c
+    };
+    assert_eq!(outcome(&envoy.check(raw(b"Bearer \x00")).await.unwrap().into_inner()).0, 400);
+    assert_eq!(outcome(&envoy.check(raw(b"Bearer \xff\xfe")).await.unwrap().into_inner()).0, 401);
+    let good = format!("Bearer {key}");
+    assert_eq!(outcome(&envoy.check(raw(good.as_bytes())).await.unwrap().into_inner()).0, 200);
+    // A message larger than a check may be is refused by gRPC itself.
+    let huge = "y".repeat(300 << 10);
+    let mut oversized = check("/", &[]);
+    oversized.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap().body = huge;
+    assert_eq!(envoy.check(oversized).await.unwrap_err().code(), tonic::Code::OutOfRange);
+    // The node still answers.
+    assert_eq!(outcome(&envoy.check(check("/", &[("authorization", &good)])).await.unwrap().into_inner()).0, 200);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ext_authz_limits_and_fails_closed() {
+    let c = cluster_for_fronts(3, &[101], |cfg| {
+        cfg.ext_authz_addr = Some("127.0.0.1:0".parse().unwrap());
+        cfg.rate_limits.enabled = true;
+        cfg.rate_limits.policies.retain(|p| p.name == "credential_failures");
+    })
+    .await;
+    let mut config = front_config(&c, 101);
+    config.ext_authz_addr = Some("127.0.0.1:0".parse().unwrap());
+    config.rate_limits = c.configs[&1].rate_limits.clone();
+    let front = gatehouse::FrontNode::start(config).await.unwrap();
+    assert!(front.wait_ready(Duration::from_secs(10)).await);
+    let mut envoy = client(front.ext_authz_addr().unwrap()).await;
+    // Ten refused keys from one client address, then 429 with Retry-After.
+    let wrong = [("authorization", "Bearer gk_0123456789abcdef_wrong")];
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(outcome(&envoy.check(check("/", &wrong)).await.unwrap().into_inner()));
+    }
+    assert!(statuses[..10].iter().all(|(s, _)| *s == 401), "{statuses:?}");
+    let (status, headers) = &statuses[10];
+    assert_eq!(*status, 429);
+    assert!(header(headers, "retry-after").is_some());
+    assert_eq!(header(headers, "x-ratelimit-limit"), Some("10"));
+
+    // Cut off from every voter: 503 within the bound.
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    let mut c = c;
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+    }
+    let bearer = format!("Bearer {key}");
+    wait_until("ext_authz on the cut-off front answers 503", Duration::from_secs(4), || {
+        let mut envoy = envoy.clone();
+        let req = check("/", &[("authorization", bearer.as_str())]);
+        async move { outcome(&envoy.check(req).await.unwrap().into_inner()).0 == 503 }
+    })
+    .await;
+    front.shutdown().await.unwrap();
+}
