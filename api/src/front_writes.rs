@@ -78,6 +78,9 @@ fn bucket_of(p: &Policy, bucket: &str) -> Result<(), String> {
             bucket.strip_prefix("user:").is_some_and(|u| gatehouse_domain::users::validate_id("user", u).is_ok())
         }
         By::Policy => bucket == "all",
+        By::Descriptor => {
+            bucket.strip_prefix("d:").is_some_and(|d| d.len() == 32 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        }
     };
     if ok {
         Ok(())

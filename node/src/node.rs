@@ -577,11 +577,13 @@ pub(crate) async fn bind_ext_authz(config: &Config) -> anyhow::Result<Option<Tcp
     }
 }
 
-/// Serves Envoy's ext_authz on `listener` until `stop`: on the runtime that
-/// answers HTTP, as `/auth/verify` is (it runs the same router).
+/// Serves Envoy's ext_authz and rate limit service on `listener` until
+/// `stop`: on the runtime that answers HTTP, as `/auth/verify` is (ext_authz
+/// runs the same router).
 pub(crate) fn envoy_server(listener: TcpListener, front: &Front, stop: Shutdown) -> anyhow::Result<JoinHandle<()>> {
-    let router =
-        crate::grpc::builder(&front.node, None).add_service(gatehouse_api::envoy::ext_authz::server(front.clone()));
+    let router = crate::grpc::builder(&front.node, None)
+        .add_service(gatehouse_api::envoy::ext_authz::server(front.clone()))
+        .add_service(gatehouse_api::envoy::rls::server(front));
     crate::grpc::serve(&tokio::runtime::Handle::current(), listener, router, stop, "ext_authz", None)
 }
 

@@ -211,3 +211,131 @@ async fn ext_authz_limits_and_fails_closed() {
     .await;
     front.shutdown().await.unwrap();
 }
+
+mod rls {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        rate_limit_descriptor::Entry, RateLimitDescriptor,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    use gatehouse_api::rate_limit::policy::{By, EnvoyDescriptor, Mode, On, Policy};
+
+    fn envoy_policy(name: &str, keys: &[&str], limit: u32, mode: Mode, fail_open: bool) -> Policy {
+        Policy {
+            name: name.into(),
+            path_prefix: None,
+            forwarded_path_prefix: None,
+            forwarded_host: None,
+            forwarded_ignore_case: false,
+            key_id: None,
+            user: None,
+            client_network: None,
+            by: By::Descriptor,
+            on: On::Request,
+            limit,
+            window_secs: 60,
+            mode,
+            envoy: Some(EnvoyDescriptor { domain: "edge".into(), keys: keys.iter().map(|k| k.to_string()).collect() }),
+            fail_open,
+        }
+    }
+
+    fn limits(c: &mut gatehouse::Config) {
+        c.ext_authz_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.rate_limits.enabled = true;
+        c.rate_limits.policies = vec![
+            envoy_policy("edge_login", &["remote_address", "path"], 3, Mode::Strict, false),
+            envoy_policy("edge_api", &["api_key"], 20, Mode::Global, false),
+            envoy_policy("edge_open", &["tenant"], 1, Mode::Strict, true),
+        ];
+    }
+
+    fn ask(entries: &[(&str, &str)]) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        }
+    }
+
+    type Rls = RateLimitServiceClient<tonic::transport::Channel>;
+
+    async fn should(client: &mut Rls, entries: &[(&str, &str)]) -> RateLimitResponse {
+        client.should_rate_limit(ask(entries)).await.unwrap().into_inner()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn descriptors_are_counted_exactly_in_strict_mode_across_voters_and_fronts() {
+        let c = cluster_for_fronts(3, &[101], limits).await;
+        let mut config = front_config(&c, 101);
+        limits(&mut config);
+        let front = gatehouse::FrontNode::start(config).await.unwrap();
+        assert!(front.wait_ready(Duration::from_secs(10)).await);
+        let mut on_voter =
+            RateLimitServiceClient::connect(format!("http://{}", c.node(2).ext_authz_addr().unwrap())).await.unwrap();
+        let mut on_front =
+            RateLimitServiceClient::connect(format!("http://{}", front.ext_authz_addr().unwrap())).await.unwrap();
+
+        // Three a minute for one (address, path), whichever node is asked.
+        let login = [("remote_address", "192.0.2.7"), ("path", "/login")];
+        let mut codes = Vec::new();
+        for n in 0..5 {
+            let client = if n % 2 == 0 { &mut on_voter } else { &mut on_front };
+            let r = should(client, &login).await;
+            codes.push(r.overall_code);
+            assert_eq!(r.statuses[0].current_limit.as_ref().unwrap().requests_per_unit, 3);
+        }
+        let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+        assert_eq!(codes, [ok, ok, ok, over, over]);
+        let over_limit = should(&mut on_front, &login).await;
+        assert!(over_limit.response_headers_to_add.iter().any(|h| h.key == "x-ratelimit-remaining" && h.value == "0"));
+        // Another address has its own bucket; a descriptor no policy names is not limited.
+        assert_eq!(
+            should(&mut on_front, &[("remote_address", "192.0.2.8"), ("path", "/login")]).await.overall_code,
+            ok
+        );
+        let free = should(&mut on_front, &[("remote_address", "192.0.2.7")]).await;
+        assert_eq!(free.overall_code, ok);
+        assert!(free.statuses[0].current_limit.is_none());
+
+        // Global: admitted within the node's share, never past the limit.
+        let mut admitted = 0;
+        for _ in 0..40 {
+            if should(&mut on_voter, &[("api_key", "k1")]).await.overall_code == ok {
+                admitted += 1;
+            }
+        }
+        assert!((1..=20).contains(&admitted), "{admitted}");
+
+        // Malformed requests.
+        let mut empty = ask(&[("k", "v")]);
+        empty.domain.clear();
+        assert_eq!(on_front.should_rate_limit(empty).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let mut greedy = ask(&[("k", "v")]);
+        greedy.hits_addend = 1_000_000;
+        assert_eq!(on_front.should_rate_limit(greedy).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(on_front.should_rate_limit(ask(&[])).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+        // Cut off from every voter: closed policies refuse, an open one admits.
+        let mut c = c;
+        for id in [1, 2, 3] {
+            c.stop(id).await;
+        }
+        wait_until("the front is stale", Duration::from_secs(4), || {
+            use gatehouse_cluster::Replica;
+            let stale = !front.front().is_fresh();
+            async move { stale }
+        })
+        .await;
+        let r = should(&mut on_front, &[("remote_address", "192.0.2.9"), ("path", "/login")]).await;
+        assert_eq!(r.overall_code, over, "fail closed");
+        let r = should(&mut on_front, &[("tenant", "acme")]).await;
+        assert_eq!(r.overall_code, ok, "fail_open = true");
+        front.shutdown().await.unwrap();
+    }
+}

@@ -28,6 +28,8 @@ fn policy(name: &str, by: By, limit: u32, mode: Mode) -> Policy {
         limit,
         window_secs: 60,
         mode,
+        envoy: None,
+        fail_open: false,
     }
 }
 

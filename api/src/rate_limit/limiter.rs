@@ -190,7 +190,39 @@ impl Limiter {
             By::Key => format!("key:{}", caller?.1?),
             By::User => format!("user:{}", caller?.0),
             By::Policy => "all".to_string(),
+            // Asked for with its bucket ([`Limiter::descriptor_hit`]).
+            By::Descriptor => return None,
         })
+    }
+
+    /// The bucket of an Envoy descriptor's values: a digest, so that any
+    /// value a client can put in a descriptor makes a short, fixed-size key.
+    pub fn descriptor_bucket(values: &[&str]) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for v in values {
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v.as_bytes());
+        }
+        format!("d:{}", hex::encode(&h.finalize()[..16]))
+    }
+
+    /// The Envoy policy of `domain` whose keys are `keys`, and its index.
+    pub fn envoy_policy(&self, domain: &str, keys: &[&str]) -> Option<(usize, &Policy)> {
+        self.policies().iter().enumerate().find(|(_, p)| {
+            p.envoy
+                .as_ref()
+                .is_some_and(|e| e.domain == domain && e.keys.iter().map(String::as_str).eq(keys.iter().copied()))
+        })
+    }
+
+    /// One request counted on Envoy policy `i`, in `bucket`.
+    pub async fn descriptor_hit(&self, i: usize, bucket: String) -> Result<Option<Quota>, ApiError> {
+        let p = &self.policies()[i];
+        match p.mode {
+            Mode::Strict => self.strict_in(i, p, bucket).await,
+            Mode::Global => self.global_in(i, p, bucket),
+        }
     }
 
     /// Before the handler: refuses clients over a failure limit (unless
@@ -338,6 +370,11 @@ impl Limiter {
         caller: Option<(&str, Option<&str>)>,
     ) -> Result<Option<Quota>, ApiError> {
         let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
+        self.strict_in(i, p, bucket).await
+    }
+
+    /// [`Limiter::strict`] in a bucket already named.
+    async fn strict_in(&self, i: usize, p: &Policy, bucket: String) -> Result<Option<Quota>, ApiError> {
         // Already full in this node's view: refused here, proposing nothing,
         // so a client flooding past its limit cannot grow the log (or every
         // node's memory) with hits apply would only refuse. The view may lag
@@ -390,6 +427,11 @@ impl Limiter {
         caller: Option<(&str, Option<&str>)>,
     ) -> Result<Option<Quota>, ApiError> {
         let Some(bucket) = Self::bucket(p, ip, caller) else { return Ok(None) };
+        self.global_in(i, p, bucket)
+    }
+
+    /// [`Limiter::global`] in a bucket already named.
+    fn global_in(&self, i: usize, p: &Policy, bucket: String) -> Result<Option<Quota>, ApiError> {
         let now = now_ms();
         let committed = self.usage(p, &bucket, now);
         let limit = u64::from(p.limit);

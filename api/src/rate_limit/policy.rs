@@ -33,6 +33,8 @@ pub enum By {
     User,
     /// One bucket for everything the policy matches.
     Policy,
+    /// Per value of an Envoy rate-limit descriptor (policies with `envoy`).
+    Descriptor,
 }
 
 /// What a policy counts.
@@ -80,7 +82,31 @@ pub struct Policy {
     pub limit: u32,
     pub window_secs: u64,
     pub mode: Mode,
+    /// An Envoy rate-limit policy (`ShouldRateLimit`, docs/envoy.md): the
+    /// descriptors it counts. Such a policy never applies to Gatehouse's
+    /// own HTTP requests.
+    #[serde(default)]
+    pub envoy: Option<EnvoyDescriptor>,
+    /// When this node cannot decide (it cannot prove it is current, or a
+    /// strict hit cannot reach the log), admit instead of refusing. Off:
+    /// Gatehouse fails closed. On: each admission so made is audited
+    /// (`ratelimit.failed_open`). Envoy policies only.
+    #[serde(default)]
+    pub fail_open: bool,
 }
+
+/// The Envoy descriptors an Envoy policy counts: those of `domain` whose
+/// entry keys are `keys`, in order; each set of values is a bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyDescriptor {
+    pub domain: String,
+    pub keys: Vec<String>,
+}
+
+/// Most entries an Envoy descriptor may have; longest key, value and domain.
+pub const MAX_DESCRIPTOR_ENTRIES: usize = 8;
+pub const MAX_DESCRIPTOR_TEXT: usize = 256;
 
 impl Policy {
     fn new(name: &str, path: Option<&str>, on: On, limit: u32, mode: Mode) -> Policy {
@@ -98,6 +124,8 @@ impl Policy {
             limit,
             window_secs: 60,
             mode,
+            envoy: None,
+            fail_open: false,
         }
     }
 
@@ -187,6 +215,34 @@ impl LimitsConfig {
                     return Err(format!("rate-limit policy {}: path prefixes are plain absolute paths", p.name));
                 }
             }
+            if let Some(e) = &p.envoy {
+                let http_fields = p.path_prefix.is_some()
+                    || p.forwarded_path_prefix.is_some()
+                    || p.forwarded_host.is_some()
+                    || p.key_id.is_some()
+                    || p.user.is_some()
+                    || p.client_network.is_some();
+                let text_ok = |t: &str| !t.is_empty() && t.len() <= MAX_DESCRIPTOR_TEXT;
+                if http_fields || p.by != By::Descriptor || p.on != On::Request {
+                    return Err(format!(
+                        "rate-limit policy {}: an Envoy policy counts requests by descriptor (by = \"descriptor\") \
+                         and matches nothing of Gatehouse's own requests",
+                        p.name
+                    ));
+                }
+                if !text_ok(&e.domain)
+                    || e.keys.is_empty()
+                    || e.keys.len() > MAX_DESCRIPTOR_ENTRIES
+                    || !e.keys.iter().all(|k| text_ok(k))
+                {
+                    return Err(format!(
+                        "rate-limit policy {}: envoy needs a domain and 1..={MAX_DESCRIPTOR_ENTRIES} keys",
+                        p.name
+                    ));
+                }
+            } else if p.by == By::Descriptor || p.fail_open {
+                return Err(format!("rate-limit policy {}: by = \"descriptor\" and fail_open need envoy", p.name));
+            }
             if let Some(h) = &p.forwarded_host {
                 if forwarded::normalise_host(h).as_deref() != Some(h.as_str()) || h.contains(':') {
                     return Err(format!(
@@ -217,6 +273,10 @@ pub(super) fn matching(policies: &[Policy], s: &Subject<'_>) -> Result<u64, forw
     let on_verify = s.path == "/auth/verify";
     let mut mask = 0;
     for (i, p) in policies.iter().enumerate() {
+        // Envoy's policies are asked for by descriptor, never matched here.
+        if p.envoy.is_some() {
+            continue;
+        }
         let path_ok = p.path_prefix.as_deref().is_none_or(|pre| forwarded::under(s.path, pre, false));
         let fwd_ok = if p.forwarded_path_prefix.is_none() && p.forwarded_host.is_none() {
             true

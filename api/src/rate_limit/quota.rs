@@ -17,7 +17,8 @@ pub struct Quota {
 }
 
 impl Quota {
-    pub(super) fn tighter(self, other: Option<Quota>) -> Quota {
+    /// The one of `self` and `other` with less left (or resetting later).
+    pub fn tighter(self, other: Option<Quota>) -> Quota {
         match other {
             Some(o)
                 if (o.remaining, std::cmp::Reverse(o.reset_secs))
