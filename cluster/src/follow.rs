@@ -169,13 +169,14 @@ pub fn server(
     impl tonic::service::Interceptor + Clone,
 > {
     let (admission, members) = (fronts.clone(), cluster.clone());
+    let trust = cluster.peers().tls().map(|t| t.trust().clone());
     let follow =
         Follow { cluster, storage, log, fronts, stopping, open: Arc::default(), gate, budgets: Budgets::default() };
     let svc = FollowServiceServer::new(follow)
         .max_decoding_message_size(MAX_FRONT_PROPOSAL)
         .max_encoding_message_size(crate::peers::MAX_RAFT_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, move |req| {
-        admission.admit(|id| members.is_member(id), req)
+        admission.admit(|id| members.is_member(id), trust.as_ref(), req)
     })
 }
 

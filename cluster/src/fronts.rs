@@ -138,10 +138,18 @@ impl Fronts {
         (same && expected.is_some()).then_some(Admitted(presented))
     }
 
-    /// Admits a call from a front: its id and its secret, and an id that no
-    /// member holds. The front's id is then a [`FrontId`] extension.
+    /// Admits a call from a front: its id and its secret, an id that no
+    /// member holds, and over mutual TLS (`trust`) a certificate that binds
+    /// that front (`gatehouse-front-<id>`; a node's certificate does not
+    /// open a front's services). The front's id is then a [`FrontId`]
+    /// extension.
     #[allow(clippy::result_large_err)]
-    pub fn admit<T>(&self, members: impl FnOnce(NodeId) -> bool, mut req: Request<T>) -> Result<Request<T>, Status> {
+    pub fn admit<T>(
+        &self,
+        members: impl FnOnce(NodeId) -> bool,
+        trust: Option<&gatehouse_tls::peer::Trust>,
+        mut req: Request<T>,
+    ) -> Result<Request<T>, Status> {
         let id = req.metadata().get(FRONT_ID_METADATA).and_then(|v| v.to_str().ok()?.parse::<NodeId>().ok());
         let secret = req.metadata().get(FRONT_SECRET_METADATA).map(|v| v.as_bytes().to_vec());
         let refuse = |why: &str| {
@@ -157,6 +165,14 @@ impl Fronts {
         };
         if members(id) {
             return Err(refuse("the front's id is a member's"));
+        }
+        if let Some(trust) = trust {
+            use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+            let certs = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
+            let holder = certs.as_ref().and_then(|c| c.first()).map(|c| trust.holder(c));
+            if holder != Some(Ok(gatehouse_tls::identity::Holder::Front(id))) {
+                return Err(refuse("the certificate is not this front's"));
+            }
         }
         req.extensions_mut().insert(FrontId(id));
         req.extensions_mut().insert(admitted);
@@ -180,20 +196,20 @@ mod tests {
     #[test]
     fn a_listed_front_with_its_secret_is_admitted_and_named() {
         let fronts = Fronts::new(&format!("# fronts\n{}\n\n", line_for(7, SECRET))).unwrap();
-        let req = fronts.admit(|_| false, request("7", SECRET)).unwrap();
+        let req = fronts.admit(|_| false, None, request("7", SECRET)).unwrap();
         assert_eq!(req.extensions().get::<FrontId>(), Some(&FrontId(7)));
     }
 
     #[test]
     fn a_wrong_secret_another_front_s_id_a_member_s_id_or_nothing_is_refused() {
         let fronts = Fronts::new(&format!("{}\n{}\n", line_for(7, SECRET), line_for(8, &SECRET.repeat(2)))).unwrap();
-        assert!(fronts.admit(|_| false, request("7", "wrong-secret-wrong-secret-wrong-secret")).is_err());
-        assert!(fronts.admit(|_| false, request("8", SECRET)).is_err(), "7's secret does not open 8");
-        assert!(fronts.admit(|_| false, request("9", SECRET)).is_err());
-        assert!(fronts.admit(|id| id == 7, request("7", SECRET)).is_err(), "a member's id");
-        assert!(fronts.admit(|_| false, request("seven", SECRET)).is_err());
-        assert!(fronts.admit(|_| false, Request::new(())).is_err());
-        let status = fronts.admit(|_| false, request("7", "x")).unwrap_err();
+        assert!(fronts.admit(|_| false, None, request("7", "wrong-secret-wrong-secret-wrong-secret")).is_err());
+        assert!(fronts.admit(|_| false, None, request("8", SECRET)).is_err(), "7's secret does not open 8");
+        assert!(fronts.admit(|_| false, None, request("9", SECRET)).is_err());
+        assert!(fronts.admit(|id| id == 7, None, request("7", SECRET)).is_err(), "a member's id");
+        assert!(fronts.admit(|_| false, None, request("seven", SECRET)).is_err());
+        assert!(fronts.admit(|_| false, None, Request::new(())).is_err());
+        let status = fronts.admit(|_| false, None, request("7", "x")).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
     }
 
@@ -203,14 +219,15 @@ mod tests {
         assert!(fronts.replace("7 not-a-hash").unwrap_err().contains("line 1"));
         assert!(fronts.knows(7));
         assert!(!fronts.replace(&line_for(7, SECRET)).unwrap());
-        let admitted = *fronts.admit(|_| false, request("7", SECRET)).unwrap().extensions().get::<Admitted>().unwrap();
+        let admitted =
+            *fronts.admit(|_| false, None, request("7", SECRET)).unwrap().extensions().get::<Admitted>().unwrap();
         assert!(fronts.still(7, admitted));
         // A rotated secret: streams opened with the old one end.
         fronts.replace(&line_for(7, &SECRET.repeat(2))).unwrap();
         assert!(fronts.knows(7) && !fronts.still(7, admitted));
         assert!(fronts.replace("").unwrap());
         assert!(!fronts.knows(7));
-        assert!(fronts.admit(|_| false, request("7", SECRET)).is_err());
+        assert!(fronts.admit(|_| false, None, request("7", SECRET)).is_err());
     }
 
     #[test]

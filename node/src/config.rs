@@ -286,6 +286,10 @@ pub struct Config {
     /// Envoy's ext_authz (and rate-limit) gRPC services, on a listener of
     /// their own (docs/envoy.md). Unset: not served.
     pub ext_authz_addr: Option<SocketAddr>,
+    /// The secret Envoy's calls must carry (`x-gatehouse-envoy-secret`, set
+    /// with Envoy's `initial_metadata`), one per line during a rotation;
+    /// re-read every 5 s and on SIGHUP. Required in production.
+    pub ext_authz_secret_file: Option<PathBuf>,
     /// Serve `GET /metrics` on the HTTP front too. Unset: yes in dev mode,
     /// no in production (a public front should not show its internals).
     pub metrics_on_front: Option<bool>,
@@ -351,9 +355,23 @@ pub struct FrontSection {
     pub secret: Option<Secret>,
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// Mutual TLS to the voters (their peer listener with `[cluster_tls]`):
+    /// this front's certificate (`gatehouse tls issue-front`, binding
+    /// `gatehouse-front-<id>`), its key, and the cluster's CA bundle.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl FrontSection {
+    /// Whether the front dials its voters over mutual TLS.
+    pub fn tls(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
     /// The front's secret, from the config or its file.
     pub fn read_secret(&self) -> Result<String, ConfigError> {
         match (&self.secret, &self.secret_file) {
@@ -375,6 +393,7 @@ impl Default for Config {
             peer_addr: None,
             metrics_addr: None,
             ext_authz_addr: None,
+            ext_authz_secret_file: None,
             metrics_on_front: None,
             http: Default::default(),
             https: None,
@@ -435,7 +454,7 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 31] = [
+const KEYS: [&str; 32] = [
     "identity",
     "rate_limits",
     "audit",
@@ -467,6 +486,7 @@ const KEYS: [&str; 31] = [
     "fronts_file",
     "front",
     "ext_authz_addr",
+    "ext_authz_secret_file",
 ];
 
 impl Config {
@@ -564,6 +584,11 @@ impl Config {
         for r in &id.routes {
             r.validate().map_err(ConfigError::Invalid)?;
         }
+        if self.mode == Mode::Production && self.ext_authz_addr.is_some() && self.ext_authz_secret_file.is_none() {
+            // Any process on the machine could otherwise ask on a client's
+            // behalf, as any address: fill its limits, forge its audit address.
+            return bad("production mode requires ext_authz_secret_file with ext_authz_addr (docs/envoy.md)");
+        }
         if self.mode == Mode::Production && self.ext_authz_addr.is_some_and(|a| !a.ip().is_loopback()) {
             // Envoy sends every request's credentials: in plaintext only to
             // a sidecar on this machine.
@@ -609,10 +634,17 @@ impl Config {
         if self.max_staleness_ms < 100 {
             return bad("max_staleness_ms must be at least 100");
         }
-        // The front's secret goes to every voter with every call: in
-        // plaintext only on this machine until fronts speak TLS.
-        if self.mode == Mode::Production && !front.voters.iter().all(|v| is_loopback_addr(v)) {
-            return bad("production mode refuses to send a front's secret in plaintext off loopback (front.voters)");
+        let tls = [&front.cert_file, &front.key_file, &front.ca_file].map(Option::is_some);
+        if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
+            return bad("front.cert_file, front.key_file and front.ca_file go together");
+        }
+        // The front's secret, passwords and tokens go to the voters: in
+        // plaintext only on this machine.
+        if self.mode == Mode::Production && !front.tls() && !front.voters.iter().all(|v| is_loopback_addr(v)) {
+            return bad(
+                "production mode refuses a front's traffic to voters in plaintext off loopback (front.voters): \
+                 set front.cert_file, key_file and ca_file",
+            );
         }
         Ok(())
     }

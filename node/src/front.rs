@@ -43,7 +43,18 @@ impl FrontNode {
         };
         let secret = section.read_secret()?;
         let auth = FrontAuth::new(config.node_id, &secret).map_err(anyhow::Error::msg)?;
-        let voters = Voters::new(&section.voters, auth).map_err(anyhow::Error::msg)?;
+        let mut watched = crate::reload::Watched::default();
+        // Mutual TLS to the voters: this front's certificate must bind it.
+        let tls = match (&section.cert_file, &section.key_file, &section.ca_file) {
+            (Some(cert), Some(key), Some(ca)) => {
+                let material = gatehouse_tls::Material::load_front(cert, key, config.node_id).context("[front]")?;
+                let trust = gatehouse_tls::peer::Trust::load(ca, &[], None).context("[front]")?;
+                watched.served.push(crate::reload::Served { listener: "front", material: material.clone() });
+                Some(trust.front_client_config(&material)?)
+            }
+            _ => None,
+        };
+        let voters = Voters::new(&section.voters, auth, tls).map_err(anyhow::Error::msg)?;
         let sign_in_voters = voters.clone();
         let https = match &config.https {
             Some(h) => {
@@ -58,9 +69,9 @@ impl FrontNode {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
             None => None,
         };
-        let ext_authz_listener = crate::node::bind_ext_authz(&config).await?;
+        let ext_authz_listener = crate::node::bind_ext_authz(&config, &mut watched).await?;
         let ext_authz_addr = match &ext_authz_listener {
-            Some(l) => Some(l.local_addr()?),
+            Some(l) => Some(l.listener.local_addr()?),
             None => None,
         };
         let http_addr = http_listener.local_addr()?;
@@ -77,7 +88,6 @@ impl FrontNode {
         tasks.push(last_use_flushes(&config, &api, stop.subscribe()));
         let web = http_front(&config, api.clone(), stop.subscribe(), Some(sign_in_voters));
         let mut servers = Vec::new();
-        let mut watched = crate::reload::Watched::default();
         let https = https.map(|(server, material)| {
             watched.served.push(crate::reload::Served { listener: "https", material });
             server
@@ -146,13 +156,7 @@ impl FrontNode {
             let _ = s.await;
         }
         self.stop.send();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        for mut t in self.tasks {
-            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                tracing::warn!("a front task did not stop in time; aborted");
-                t.abort();
-            }
-        }
+        crate::node::stop_tasks(self.tasks).await;
         tracing::info!("front stopped");
         Ok(())
     }

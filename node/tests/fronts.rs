@@ -609,3 +609,84 @@ async fn a_front_whose_secret_was_rotated_away_is_cut_off() {
     front.shutdown().await.unwrap();
     c.shutdown().await;
 }
+
+/// A channel to `addr` over TLS with `config` (a front's or a node's certificate).
+async fn tls_channel(addr: &str, config: std::sync::Arc<rustls::ClientConfig>) -> tonic::transport::Channel {
+    let addr = addr.to_string();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let (addr, config) = (addr.clone(), config.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("gatehouse-voter").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://voter").connect_with_connector(connector).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fronts_dial_voters_over_mutual_tls_with_a_certificate_that_binds_them() {
+    use common::pki::Pki;
+    let pki = Pki::new();
+    for id in [101, 102] {
+        let issued = gatehouse_tls::issue::front_certificate(&pki.ca, id, 30).unwrap();
+        Pki::write(pki.dir.path(), &format!("front-{id}"), &issued);
+    }
+    let c = cluster_for_fronts(3, &[101, 102], |cfg| cfg.cluster_tls = Some(pki.config(cfg.node_id, &[]))).await;
+    let with_cert = |id: u64, name: &str| {
+        let mut config = front_config(&c, id);
+        let f = config.front.as_mut().unwrap();
+        f.cert_file = Some(pki.path(&format!("{name}.pem")));
+        f.key_file = Some(pki.path(&format!("{name}.key")));
+        f.ca_file = Some(pki.path("ca.pem"));
+        config
+    };
+    let front = FrontNode::start(with_cert(101, "front-101")).await.unwrap();
+    assert!(front.wait_ready(Duration::from_secs(10)).await, "the front follows over mutual TLS");
+    let key = create_key(c.node(1), "alice", &["viewer"]).await;
+    assert_eq!(verify(&front, &key).await, StatusCode::OK);
+    common::create_user_with_password(c.node(2), "heidi", PASSWORD, &["viewer"]).await;
+    assert_eq!(common::login_at(&front_base(&front), "heidi", PASSWORD).await.status(), StatusCode::OK);
+
+    // A front's own certificate is checked at its start: another front's is refused.
+    assert!(FrontNode::start(with_cert(102, "front-101")).await.is_err());
+    // Without a certificate, a front cannot reach voters with [cluster_tls].
+    let plain = FrontNode::start(front_config(&c, 102)).await.unwrap();
+    assert!(!plain.wait_ready(Duration::from_secs(2)).await);
+    plain.shutdown().await.unwrap();
+
+    let trust = gatehouse_tls::peer::Trust::load(&pki.path("ca.pem"), &[], None).unwrap();
+    let config_of = |name: &str| {
+        let m = gatehouse_tls::Material::load(&pki.path(&format!("{name}.pem")), &pki.path(&format!("{name}.key")))
+            .unwrap();
+        trust.front_client_config(&m).unwrap()
+    };
+    let voter = c.node(2).advertise_addr().to_string();
+    let ask = |channel: tonic::transport::Channel, id: &str, secret: String| {
+        let (id, secret): (tonic::metadata::MetadataValue<_>, tonic::metadata::MetadataValue<_>) =
+            (id.parse().unwrap(), secret.parse().unwrap());
+        let mut client = FollowServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(FRONT_ID_METADATA, id.clone());
+            req.metadata_mut().insert(FRONT_SECRET_METADATA, secret.clone());
+            Ok(req)
+        });
+        async move { client.read_index(FrontReadIndexRequest::default()).await.map(|_| ()) }
+    };
+    // Attack: front 102's id and secret over front 101's certificate.
+    let stolen = ask(tls_channel(&voter, config_of("front-101")).await, "102", front_secret(&c.dir, 102)).await;
+    assert_eq!(stolen.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // Attack: a node's certificate does not open a front's services.
+    let node_cert = ask(tls_channel(&voter, config_of("node-3")).await, "101", front_secret(&c.dir, 101)).await;
+    assert_eq!(node_cert.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // The rightful front's certificate, id and secret do.
+    ask(tls_channel(&voter, config_of("front-101")).await, "101", front_secret(&c.dir, 101)).await.unwrap();
+    // Attack: a front's certificate with the cluster secret on the control service.
+    let channel = tls_channel(&voter, config_of("front-101")).await;
+    let mut control = gatehouse_proto::control::control_service_client::ControlServiceClient::new(channel);
+    let mut req = tonic::Request::new(ReadIndexRequest {});
+    req.metadata_mut().insert(gatehouse_cluster::peers::SECRET_METADATA, c.secret().parse().unwrap());
+    assert_eq!(control.read_index(req).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}

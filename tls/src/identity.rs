@@ -4,7 +4,10 @@
 //! `gatehouse-node-<id>` (see [`node_name`]): a peer that presents the
 //! certificate of node 2 is node 2 and nothing else, whatever id its
 //! messages claim. The same certificate carries the node's real host names
-//! and addresses for clients that dial it by those.
+//! and addresses for clients that dial it by those. A stateless front's
+//! certificate binds `gatehouse-front-<id>` instead ([`front_name`]): it
+//! can never pass for a node. A certificate that binds more than one name
+//! of either kind stands for nobody ([`CertInfo::holder`]).
 
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
@@ -16,12 +19,27 @@ pub fn node_name(id: u64) -> String {
 }
 
 const NODE_NAME_PREFIX: &str = "gatehouse-node-";
+const FRONT_NAME_PREFIX: &str = "gatehouse-front-";
+
+/// The DNS name that binds stateless front `id` to a certificate.
+pub fn front_name(id: u64) -> String {
+    format!("{FRONT_NAME_PREFIX}{id}")
+}
+
+/// Whom a certificate stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    Node(u64),
+    Front(u64),
+}
 
 /// The facts of one certificate that Gatehouse acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     /// Every node id the certificate names (a node certificate names one).
     pub node_ids: Vec<u64>,
+    /// Every front id it names (a front certificate names one, and no node).
+    pub front_ids: Vec<u64>,
     /// The serial number, lowercase hex without separators (as deny-lists
     /// and `openssl x509 -serial` give it, case aside).
     pub serial: String,
@@ -33,10 +51,19 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
-    /// The one node id the certificate is bound to, if exactly one.
+    /// The one node id the certificate is bound to, if exactly one (and no front).
     pub fn node_id(&self) -> Option<u64> {
-        match self.node_ids.as_slice() {
-            [id] => Some(*id),
+        match self.holder() {
+            Some(Holder::Node(id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The one node or front the certificate is bound to, if exactly one.
+    pub fn holder(&self) -> Option<Holder> {
+        match (self.node_ids.as_slice(), self.front_ids.as_slice()) {
+            ([id], []) => Some(Holder::Node(*id)),
+            ([], [id]) => Some(Holder::Front(*id)),
             _ => None,
         }
     }
@@ -48,20 +75,26 @@ pub fn parse(cert: &CertificateDer<'_>) -> Result<CertInfo, String> {
     if !rest.is_empty() {
         return Err("trailing bytes after the certificate".into());
     }
-    let mut node_ids = Vec::new();
+    let (mut node_ids, mut front_ids) = (Vec::new(), Vec::new());
     if let Ok(Some(san)) = x509.subject_alternative_name() {
         for name in &san.value.general_names {
             if let GeneralName::DNSName(dns) = name {
-                if let Some(id) = node_id_of_name(dns) {
+                if let Some(id) = id_of_name(dns, NODE_NAME_PREFIX) {
                     node_ids.push(id);
+                }
+                if let Some(id) = id_of_name(dns, FRONT_NAME_PREFIX) {
+                    front_ids.push(id);
                 }
             }
         }
     }
     node_ids.sort_unstable();
     node_ids.dedup();
+    front_ids.sort_unstable();
+    front_ids.dedup();
     Ok(CertInfo {
         node_ids,
+        front_ids,
         serial: serial_of(x509.raw_serial()),
         not_before: x509.validity().not_before.timestamp(),
         not_after: x509.validity().not_after.timestamp(),
@@ -81,14 +114,14 @@ fn serial_of(raw: &[u8]) -> String {
     }
 }
 
-/// `gatehouse-node-<id>` (DNS names compare without case) → `id` (a
+/// `<kind prefix><id>` (DNS names compare without case) → `id` (a
 /// positive decimal without leading zeros, so one id has one name).
-fn node_id_of_name(dns: &str) -> Option<u64> {
-    let prefix = dns.get(..NODE_NAME_PREFIX.len())?;
-    if !prefix.eq_ignore_ascii_case(NODE_NAME_PREFIX) {
+fn id_of_name(dns: &str, kind: &str) -> Option<u64> {
+    let prefix = dns.get(..kind.len())?;
+    if !prefix.eq_ignore_ascii_case(kind) {
         return None;
     }
-    let digits = &dns[NODE_NAME_PREFIX.len()..];
+    let digits = &dns[kind.len()..];
     if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -111,6 +144,30 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node_id_of_name(dns: &str) -> Option<u64> {
+        id_of_name(dns, NODE_NAME_PREFIX)
+    }
+
+    #[test]
+    fn a_certificate_stands_for_one_node_or_one_front_or_nobody() {
+        let info = |node_ids: Vec<u64>, front_ids: Vec<u64>| CertInfo {
+            node_ids,
+            front_ids,
+            serial: "1".into(),
+            not_before: 0,
+            not_after: 0,
+            is_ca: false,
+        };
+        assert_eq!(info(vec![2], vec![]).holder(), Some(Holder::Node(2)));
+        assert_eq!(info(vec![], vec![7]).holder(), Some(Holder::Front(7)));
+        assert_eq!(info(vec![2], vec![7]).holder(), None, "a node and a front at once");
+        assert_eq!(info(vec![2], vec![7]).node_id(), None);
+        assert_eq!(info(vec![], vec![7]).node_id(), None, "a front is no node");
+        assert_eq!(info(vec![1, 2], vec![]).holder(), None);
+        assert_eq!(id_of_name(&front_name(7), FRONT_NAME_PREFIX), Some(7));
+        assert_eq!(id_of_name(&front_name(7), NODE_NAME_PREFIX), None);
+    }
 
     #[test]
     fn names_bind_exactly_one_id() {

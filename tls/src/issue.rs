@@ -102,7 +102,8 @@ pub fn node_certificate(ca: &Issued, id: u64, dns: &[String], ips: &[IpAddr], da
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
-        if !valid || name.to_ascii_lowercase().starts_with("gatehouse-node-") {
+        let lower = name.to_ascii_lowercase();
+        if !valid || lower.starts_with("gatehouse-node-") || lower.starts_with("gatehouse-front-") {
             return Err(TlsError::Invalid(format!("{name:?} is not a host name this certificate may carry")));
         }
         names.push(SanType::DnsName(name.clone().try_into().map_err(|e| invalid("host name", e))?));
@@ -112,14 +113,39 @@ pub fn node_certificate(ca: &Issued, id: u64, dns: &[String], ips: &[IpAddr], da
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    signed_by(ca, params, "node")
+}
+
+/// Signs `params` with `ca` for a new key of its own.
+fn signed_by(ca: &Issued, mut params: CertificateParams, what: &str) -> Result<Issued, TlsError> {
     params.use_authority_key_identifier_extension = true;
     let ca_key =
         KeyPair::from_pem(ca.key_pem.expose()).map_err(|_| TlsError::Invalid("the CA key is not a key".into()))?;
     let issuer =
         Issuer::from_ca_cert_der(&ca.cert_der, ca_key).map_err(|e| invalid("reading the CA certificate", e))?;
-    let key = KeyPair::generate().map_err(|e| invalid("generating the node key", e))?;
-    let cert = params.signed_by(&key, &issuer).map_err(|e| invalid("signing the node certificate", e))?;
+    let key = KeyPair::generate().map_err(|e| invalid(&format!("generating the {what} key"), e))?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| invalid(&format!("signing the {what} certificate"), e))?;
     Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().clone(), key_pem: KeyPem(key.serialize_pem()) })
+}
+
+/// A certificate for stateless front `id`, signed by `ca`, valid for `days`:
+/// it binds `gatehouse-front-<id>` and nothing else, for client
+/// authentication only (a front dials voters and serves no peer).
+pub fn front_certificate(ca: &Issued, id: u64, days: u32) -> Result<Issued, TlsError> {
+    if id == 0 {
+        return Err(TlsError::Invalid("front id must be a positive integer".into()));
+    }
+    let name = crate::identity::front_name(id);
+    let mut params = CertificateParams::default();
+    validity(&mut params, days)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name.clone());
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::DnsName(name.try_into().map_err(|e| invalid("front name", e))?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    signed_by(ca, params, "front")
 }
 
 /// A CA from its certificate and key in PEM (the files `init-ca` wrote).

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use rustls::sign::CertifiedKey;
 
-use crate::identity::CertInfo;
+use crate::identity::{CertInfo, Holder};
 use crate::TlsError;
 
 /// A certificate chain and key from files, swapped in place on reload.
@@ -25,8 +25,8 @@ pub struct Material {
 struct Inner {
     cert_file: PathBuf,
     key_file: PathBuf,
-    /// The node id the certificate must bind, at load and at every reload.
-    node: Option<u64>,
+    /// The node or front the certificate must bind, at load and at every reload.
+    node: Option<Holder>,
     current: RwLock<Loaded>,
 }
 
@@ -47,16 +47,31 @@ impl std::fmt::Debug for Loaded {
 /// Parses the pair from the bytes just read (so what is recorded as seen is
 /// exactly what is served), refusing a CA certificate, a key that is not the
 /// certificate's, and a certificate outside its validity.
-fn parse(cert_file: &Path, key_file: &Path, node: Option<u64>, seen: (Vec<u8>, Vec<u8>)) -> Result<Loaded, TlsError> {
+fn parse(
+    cert_file: &Path,
+    key_file: &Path,
+    node: Option<Holder>,
+    seen: (Vec<u8>, Vec<u8>),
+) -> Result<Loaded, TlsError> {
     let chain = crate::pem::certificates_in(cert_file, &seen.0)?;
     let key = crate::pem::private_key_in(key_file, &seen.1)?;
     let info = crate::identity::parse(&chain[0]).map_err(|why| TlsError::file(cert_file, why))?;
     if info.is_ca {
         return Err(TlsError::file(cert_file, "is a CA certificate, not one to serve with"));
     }
-    if let Some(id) = node {
-        if info.node_ids != [id] {
-            return Err(TlsError::file(cert_file, format!("binds node(s) {:?}, this is node {id}", info.node_ids)));
+    if let Some(holder) = node {
+        if info.holder() != Some(holder) {
+            let bound = match (info.node_ids.as_slice(), info.front_ids.as_slice()) {
+                ([], []) => "binds no node or front".to_string(),
+                (nodes, []) => format!("binds node(s) {nodes:?}"),
+                ([], fronts) => format!("binds front(s) {fronts:?}"),
+                (nodes, fronts) => format!("binds node(s) {nodes:?} and front(s) {fronts:?}"),
+            };
+            let this = match holder {
+                Holder::Node(id) => format!("node {id}"),
+                Holder::Front(id) => format!("front {id}"),
+            };
+            return Err(TlsError::file(cert_file, format!("{bound}, this is {this}")));
         }
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -84,10 +99,16 @@ impl Material {
     /// [`Material::load`], for a node's own certificate: it must bind node
     /// `id`, now and at every reload.
     pub fn load_node(cert_file: &Path, key_file: &Path, id: u64) -> Result<Material, TlsError> {
-        Self::load_checked(cert_file, key_file, Some(id))
+        Self::load_checked(cert_file, key_file, Some(Holder::Node(id)))
     }
 
-    fn load_checked(cert_file: &Path, key_file: &Path, node: Option<u64>) -> Result<Material, TlsError> {
+    /// [`Material::load`], for a stateless front's certificate: it must bind
+    /// front `id` (`gatehouse-front-<id>`) and no node.
+    pub fn load_front(cert_file: &Path, key_file: &Path, id: u64) -> Result<Material, TlsError> {
+        Self::load_checked(cert_file, key_file, Some(Holder::Front(id)))
+    }
+
+    fn load_checked(cert_file: &Path, key_file: &Path, node: Option<Holder>) -> Result<Material, TlsError> {
         let loaded = parse(cert_file, key_file, node, read_both(cert_file, key_file)?)?;
         Ok(Material {
             inner: Arc::new(Inner {

@@ -10,6 +10,13 @@
 //! for node 3. Who may call what (a member of the current membership, the
 //! id a Raft message claims) is checked by the services, from the id
 //! [`Trust::peer_id`] reads.
+//!
+//! A stateless front presents a certificate of the same CA binding
+//! `gatehouse-front-<id>` ([`Holder::Front`]): the peer listener's handshake
+//! takes it, the Raft and control services refuse it ([`Trust::peer_id`]
+//! reads nodes only), and the fronts' services check it names the front
+//! that calls. A front dials voters by address, so it takes any node
+//! certificate of the CA ([`Trust::front_client_config`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,7 +28,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use crate::identity::{node_name, normalize_serial};
+use crate::identity::{node_name, normalize_serial, Holder};
 use crate::{Material, TlsError};
 
 /// What a node dials node `id` as: its bound name. Only that node's
@@ -200,6 +207,16 @@ impl Trust {
     /// for, or why it stands for none: it binds no id or several, or its
     /// serial is denied.
     pub fn peer_id(&self, cert: &CertificateDer<'_>) -> Result<u64, String> {
+        match self.holder(cert)? {
+            Holder::Node(id) => Ok(id),
+            Holder::Front(id) => Err(format!("the certificate is front {id}'s, not a node's")),
+        }
+    }
+
+    /// The node or front a certificate (already verified against the CA)
+    /// stands for, or why it stands for none: it binds no name or several,
+    /// it has expired, or its serial is denied.
+    pub fn holder(&self, cert: &CertificateDer<'_>) -> Result<Holder, String> {
         let info = crate::identity::parse(cert)?;
         // Checked on every call too: a connection outlives its handshake.
         if info.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
@@ -208,22 +225,25 @@ impl Trust {
         if self.is_denied(&info.serial) {
             return Err(format!("certificate serial {} is denied", info.serial));
         }
-        info.node_id().ok_or_else(|| "the certificate binds no single node id (gatehouse-node-<id>)".to_string())
+        info.holder().ok_or_else(|| {
+            "the certificate binds no single node or front (gatehouse-node-<id>, gatehouse-front-<id>)".to_string()
+        })
     }
 
-    /// Whether a node's certificate, presented when it dialled this one,
-    /// passes now: chained to the CA bundle in use (client-auth usage, valid
-    /// today), a bound id, no denied serial. The node's id, or why not.
+    /// Whether a node's (or a front's) certificate, presented when it
+    /// dialled this one, passes now: chained to the CA bundle in use
+    /// (client-auth usage, valid today), a bound id, no denied serial. Whom
+    /// it stands for, or why not.
     /// The handshake runs it; so does [`Trust`]'s user for every connection
     /// still open after the bundle or the deny-list changed.
     pub fn check_client(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-    ) -> Result<u64, String> {
+    ) -> Result<Holder, String> {
         let verifier = self.state().clients.clone();
         verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map_err(|e| e.to_string())?;
-        self.peer_id(end_entity)
+        self.holder(end_entity)
     }
 
     /// Whether the certificate of node `id`, dialled by this one, passes
@@ -238,6 +258,21 @@ impl Trust {
         self.check_server_at(end_entity, intermediates, &server_name(id), UnixTime::now()).map_err(|e| e.to_string())
     }
 
+    /// The certificate of any node of the cluster: chained to the CA
+    /// bundle in use (server-auth usage, valid today), binding one node id,
+    /// no denied serial. The node's id.
+    fn check_any_node_at(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<u64, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        let roots = self.state().roots.clone();
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, ALGORITHMS.all)?;
+        self.peer_id(end_entity).map_err(refused)
+    }
+
     fn check_server_at(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -245,10 +280,7 @@ impl Trust {
         dialled: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        let roots = self.state().roots.clone();
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, ALGORITHMS.all)?;
-        let id = self.peer_id(end_entity).map_err(refused)?;
+        let id = self.check_any_node_at(end_entity, intermediates, now)?;
         match dialled {
             ServerName::DnsName(name) if name.as_ref() == node_name(id) => Ok(()),
             other => Err(refused(format!("the peer's certificate is node {id}'s, not {}", other.to_str()))),
@@ -281,6 +313,23 @@ impl Trust {
         // A resumed session skips the certificate checks: a denied peer
         // would be let back in. Connections between nodes are few and
         // long-lived; each gets a full handshake.
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+impl Trust {
+    /// The configuration a stateless front dials voters with: its own
+    /// certificate (`material`, binding the front) presented, any node of
+    /// the cluster's CA taken ([`AnyNode`]), no resumption.
+    pub fn front_client_config(&self, material: &Material) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(crate::VERSIONS)
+            .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyNode(self.clone())))
+            .with_client_cert_resolver(Arc::new(material.clone()));
+        config.alpn_protocols = vec![b"h2".to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
@@ -326,7 +375,7 @@ impl ClientCertVerifier for PeerClients {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verifier = self.0.state().clients.clone();
         verifier.verify_client_cert(end_entity, intermediates, now)?;
-        self.0.peer_id(end_entity).map_err(refused)?;
+        self.0.holder(end_entity).map_err(refused)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -358,6 +407,48 @@ impl ClientCertVerifier for PeerClients {
 /// ([`server_name`]).
 #[derive(Debug)]
 struct PeerServers(Trust);
+
+/// The certificate of a voter a front dials by address: any node of the
+/// cluster's CA (chained, one bound node id, no denied serial); never a
+/// front's.
+#[derive(Debug)]
+struct AnyNode(Trust);
+
+impl ServerCertVerifier for AnyNode {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.check_any_node_at(end_entity, intermediates, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &ALGORITHMS)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ALGORITHMS)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ALGORITHMS.supported_schemes()
+    }
+}
 
 impl ServerCertVerifier for PeerServers {
     fn verify_server_cert(
@@ -436,6 +527,40 @@ mod tests {
         let served = served.await.unwrap();
         dialled?;
         served
+    }
+
+    #[tokio::test]
+    async fn a_front_is_taken_at_the_handshake_never_as_a_node_and_takes_only_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("cluster CA", 30).unwrap();
+        let t = trust(dir.path(), &[&ca], &[]);
+        let front = crate::issue::front_certificate(&ca, 101, 30).unwrap();
+        assert_eq!(t.holder(&front.cert_der), Ok(Holder::Front(101)));
+        assert!(t.peer_id(&front.cert_der).unwrap_err().contains("front 101"));
+        let (voter, _) = node(&ca, 2);
+        let front_dir = tempfile::tempdir().unwrap();
+        let (c, k) = (front_dir.path().join("f.pem"), front_dir.path().join("f.key"));
+        std::fs::write(&c, &front.cert_pem).unwrap();
+        std::fs::write(&k, front.key_pem.expose()).unwrap();
+        let front_material = Material::load_front(&c, &k, 101).unwrap();
+        // A front dials a voter: the voter's handshake takes the front's certificate.
+        let dial = |server: Material| {
+            let acceptor = tokio_rustls::TlsAcceptor::from(t.server_config(&server).unwrap());
+            let connector = tokio_rustls::TlsConnector::from(t.front_client_config(&front_material).unwrap());
+            async move {
+                let (a, b) = tokio::io::duplex(64 << 10);
+                let served =
+                    tokio::spawn(async move { acceptor.accept(a).await.map(|_| ()).map_err(|e| e.to_string()) });
+                let name = ServerName::try_from("gatehouse-voter").unwrap();
+                let dialled = connector.connect(name, b).await.map(|_| ()).map_err(|e| e.to_string());
+                (dialled, served.await.unwrap())
+            }
+        };
+        let (dialled, served) = dial(voter.material.clone()).await;
+        assert!(dialled.is_ok() && served.is_ok(), "{dialled:?} {served:?}");
+        // ... and it takes only a node: a "voter" with a front's certificate is refused.
+        let (dialled, _) = dial(front_material.clone()).await;
+        assert!(dialled.is_err(), "a front's certificate cannot answer as a voter");
     }
 
     #[tokio::test]

@@ -41,7 +41,10 @@ pub fn server(
 > {
     let svc =
         SignInServiceServer::new(SignIns { front, under_way: Default::default() }).max_decoding_message_size(64 << 10);
-    tonic::service::interceptor::InterceptedService::new(svc, move |req| fronts.admit(|id| cluster.is_member(id), req))
+    let trust = cluster.peers().tls().map(|t| t.trust().clone());
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| {
+        fronts.admit(|id| cluster.is_member(id), trust.as_ref(), req)
+    })
 }
 
 #[allow(clippy::result_large_err)]

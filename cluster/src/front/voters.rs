@@ -52,6 +52,41 @@ impl tonic::service::Interceptor for FrontAuth {
 
 pub type FollowClient = FollowServiceClient<InterceptedService<Channel, FrontAuth>>;
 
+/// How long dialling a voter may take, TCP and TLS handshake together.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+/// Dials `addr` over TLS with `config` (the voter's certificate is checked
+/// by its verifier: any node of the cluster's CA).
+fn connector(
+    addr: String,
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |_uri: http::Uri| {
+        let (addr, config) = (addr.clone(), config.clone());
+        async move {
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                // The name is not what is checked (a voter is dialled by
+                // address); the certificate must be a node's of the CA.
+                let name = rustls::pki_types::ServerName::try_from("gatehouse-voter").expect("a valid name");
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+            };
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to a voter timed out"))??;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
 /// The voters, and the one followed now.
 #[derive(Clone, Debug)]
 pub struct Voters {
@@ -62,8 +97,11 @@ pub struct Voters {
 
 impl Voters {
     /// Channels to every address in `addrs` (`host:port` of each voter's
-    /// peer listener); nothing is dialled until first used.
-    pub fn new(addrs: &[String], auth: FrontAuth) -> Result<Voters, String> {
+    /// peer listener); nothing is dialled until first used. With `tls` (the
+    /// front's certificate, the cluster's CA: `Trust::front_client_config`)
+    /// every channel is mutual TLS, and a voter is taken only with a node
+    /// certificate of that CA.
+    pub fn new(addrs: &[String], auth: FrontAuth, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Voters, String> {
         if addrs.is_empty() {
             return Err("a front needs at least one voter address".into());
         }
@@ -78,7 +116,11 @@ impl Voters {
                     .initial_connection_window_size(PEER_CONNECTION_WINDOW)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(3));
-                Ok((a.clone(), endpoint.connect_lazy()))
+                let channel = match &tls {
+                    None => endpoint.connect_lazy(),
+                    Some(config) => endpoint.connect_with_connector_lazy(connector(a.clone(), config.clone())),
+                };
+                Ok((a.clone(), channel))
             })
             .collect::<Result<Vec<_>, String>>()?;
         // Fronts spread over the voters from the start.

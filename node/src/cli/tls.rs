@@ -1,7 +1,8 @@
 //! `gatehouse tls …`: certificates for a first cluster, without OpenSSL.
 //!
 //! `init-ca` makes a CA (`ca.pem`, `ca.key`); `issue` signs a node's
-//! certificate with it (`node-<id>.pem`, `node-<id>.key`). Every file is
+//! certificate with it (`node-<id>.pem`, `node-<id>.key`); `issue-front` a
+//! stateless front's (`front-<id>.pem`, `front-<id>.key`). Every file is
 //! written 0600 and never over an existing one: to rotate, issue into a new
 //! directory and move the files in place (the node picks them up).
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use gatehouse_tls::issue::{ca_from_pem, new_ca, node_certificate, MAX_DAYS};
+use gatehouse_tls::issue::{ca_from_pem, front_certificate, new_ca, node_certificate, Issued, MAX_DAYS};
 
 use crate::bootstrap::write_private_atomic;
 
@@ -47,6 +48,38 @@ pub enum TlsCommand {
         #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DAYS)))]
         days: u32,
     },
+    /// Sign stateless front `--front-id`'s certificate with the CA in
+    /// `--ca-dir`: `front-<id>.pem` and `front-<id>.key` in `--out`. It binds
+    /// `gatehouse-front-<id>` only, for dialling voters: it can never pass
+    /// for a node.
+    IssueFront {
+        #[arg(long)]
+        front_id: u64,
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DAYS)))]
+        days: u32,
+    },
+}
+
+/// The CA in `dir` (`ca.pem`, `ca.key`).
+fn read_ca(dir: &Path) -> anyhow::Result<Issued> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok(ca_from_pem(&read("ca.pem")?, &read("ca.key")?)?)
+}
+
+/// Writes `issued` as `<out>/<stem>.pem` and `.key`, never over a file.
+fn write_pair(issued: &Issued, out: &Path, stem: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let (cert, key) = (out.join(format!("{stem}.pem")), out.join(format!("{stem}.key")));
+    refuse_existing(&[&cert, &key])?;
+    write_private_atomic(&key, issued.key_pem.expose())?;
+    write_private_atomic(&cert, issued.cert_pem.trim_end())?;
+    Ok(vec![cert, key])
 }
 
 /// Runs the command; returns what it wrote, for the operator.
@@ -61,17 +94,12 @@ pub fn run(cmd: TlsCommand) -> anyhow::Result<Vec<PathBuf>> {
             Ok(vec![cert, key])
         }
         TlsCommand::Issue { node_id, dns, ip, ca_dir, out, days } => {
-            let read = |name: &str| {
-                let p = ca_dir.join(name);
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-            };
-            let ca = ca_from_pem(&read("ca.pem")?, &read("ca.key")?)?;
-            let issued = node_certificate(&ca, node_id, &dns, &ip, days)?;
-            let (cert, key) = (out.join(format!("node-{node_id}.pem")), out.join(format!("node-{node_id}.key")));
-            refuse_existing(&[&cert, &key])?;
-            write_private_atomic(&key, issued.key_pem.expose())?;
-            write_private_atomic(&cert, issued.cert_pem.trim_end())?;
-            Ok(vec![cert, key])
+            let issued = node_certificate(&read_ca(&ca_dir)?, node_id, &dns, &ip, days)?;
+            write_pair(&issued, &out, &format!("node-{node_id}"))
+        }
+        TlsCommand::IssueFront { front_id, ca_dir, out, days } => {
+            let issued = front_certificate(&read_ca(&ca_dir)?, front_id, days)?;
+            write_pair(&issued, &out, &format!("front-{front_id}"))
         }
     }
 }
@@ -116,6 +144,11 @@ mod tests {
         assert!(run(issue()).unwrap_err().to_string().contains("never overwritten"));
         assert_eq!(std::fs::read(d.join("node-3.key")).unwrap(), before);
         assert!(run(TlsCommand::InitCa { out: d.clone(), name: "again".into(), days: 30 }).is_err());
+        // A front's certificate: it binds the front and no node.
+        run(TlsCommand::IssueFront { front_id: 101, ca_dir: d.clone(), out: d.clone(), days: 30 }).unwrap();
+        let f = gatehouse_tls::Material::load_front(&d.join("front-101.pem"), &d.join("front-101.key"), 101).unwrap();
+        assert_eq!(f.info().holder(), Some(gatehouse_tls::identity::Holder::Front(101)));
+        assert!(gatehouse_tls::Material::load_node(&d.join("front-101.pem"), &d.join("front-101.key"), 101).is_err());
         // A CA directory without the CA.
         let empty = tempfile::tempdir().unwrap();
         let e = run(TlsCommand::Issue {

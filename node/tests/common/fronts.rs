@@ -45,7 +45,14 @@ pub fn front_config(cluster: &TestCluster, id: u64) -> Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         rate_limits: gatehouse_api::rate_limit::LimitsConfig { enabled: false, ..Default::default() },
         audit: gatehouse_api::audit::AuditConfig { aggregate_ms: 100, ..Default::default() },
-        front: Some(FrontSection { voters, secret: Some(front_secret(&cluster.dir, id).into()), secret_file: None }),
+        front: Some(FrontSection {
+            voters,
+            secret: Some(front_secret(&cluster.dir, id).into()),
+            secret_file: None,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+        }),
         ..Config::default()
     }
 }
