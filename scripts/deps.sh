@@ -12,10 +12,26 @@ if [ "${1:-}" = "test" ]; then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 
+if [ "${1:-}" = "test" ]; then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+fi
+
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Envoy's own protos for Python (PyPI xds-protos), to check the example
+# bootstrap in deploy/envoy/ (there is no Envoy binary to run).
+if [ "${1:-}" = "test" ]; then
+  venv="${GATEHOUSE_PYENV:-$HOME/.cache/gatehouse/pyenv}"
+  if ! "$venv/bin/python" -c 'import envoy.config.bootstrap.v3.bootstrap_pb2, yaml' >/dev/null 2>&1; then
+    echo "installing: xds-protos pyyaml (into $venv)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q xds-protos pyyaml
+  fi
 fi

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub http_connections_accepted: Counter,
     /// Requests with `X-Forwarded-For` from a peer that is not a trusted proxy.
     pub untrusted_forwarded_for: Counter,
+    /// Envoy rate-limit descriptors no policy names (not limited).
+    pub envoy_unknown_descriptors: Counter,
     /// Audit batches the log took for retries of earlier ones, sent again renumbered.
     pub audit_renumbered: Counter,
     /// When each TLS listener's certificate stops being valid (Unix seconds).
@@ -105,6 +107,8 @@ pub struct Metrics {
     pub secret_reloads: Family<OutcomeLabels, Counter>,
     /// Fronts files found changed, by outcome.
     pub fronts_reloads: Family<OutcomeLabels, Counter>,
+    /// Envoy secret files found changed, by outcome.
+    pub envoy_secret_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -128,6 +132,7 @@ impl Metrics {
             http_connections: Gauge::default(),
             http_connections_accepted: Counter::default(),
             untrusted_forwarded_for: Counter::default(),
+            envoy_unknown_descriptors: Counter::default(),
             audit_renumbered: Counter::default(),
             tls_expiry: Family::default(),
             tls_reloads: Family::default(),
@@ -135,6 +140,7 @@ impl Metrics {
             peer_connections_failing: Gauge::default(),
             secret_reloads: Family::default(),
             fronts_reloads: Family::default(),
+            envoy_secret_reloads: Family::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -182,6 +188,16 @@ impl Metrics {
             m.secret_reloads.clone(),
         );
         r.register("fronts_reloads", "fronts files found changed, by outcome", m.fronts_reloads.clone());
+        r.register(
+            "envoy_secret_reloads",
+            "Envoy secret files found changed, by outcome",
+            m.envoy_secret_reloads.clone(),
+        );
+        r.register(
+            "envoy_unknown_descriptors",
+            "Envoy rate-limit descriptors no policy names (not limited): a key drifting from the configuration",
+            m.envoy_unknown_descriptors.clone(),
+        );
         r.register(
             "untrusted_forwarded_for",
             "requests carrying X-Forwarded-For from a peer that is not a trusted proxy (the header is ignored)",
@@ -234,6 +250,9 @@ static METHODS: std::sync::LazyLock<std::collections::HashMap<String, String>> =
         "grpc.health.v1.Health/Watch".to_string(),
         "grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string(),
         "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_string(),
+        // Envoy's, on `ext_authz_addr`.
+        "envoy.service.auth.v3.Authorization/Check".to_string(),
+        "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit".to_string(),
     ];
     let set = prost_types::FileDescriptorSet::decode(gatehouse_proto::FILE_DESCRIPTOR_SET)
         .expect("the descriptor set compiled into gatehouse-proto");
@@ -294,6 +313,8 @@ mod tests {
         assert_eq!(bounded_method("/grpc.health.v1.Health/Check"), "Health/Check");
         assert_eq!(bounded_method("/gatehouse.raft.v1.RaftService/AppendEntries"), "RaftService/AppendEntries");
         assert_eq!(bounded_method("/gatehouse.control.v1.ControlService/Propose"), "ControlService/Propose");
+        assert_eq!(bounded_method("/gatehouse.front.v1.FollowService/Follow"), "FollowService/Follow");
+        assert_eq!(bounded_method("/envoy.service.auth.v3.Authorization/Check"), "Authorization/Check");
         // Names under our own packages that no service has are not methods.
         for hostile in [
             "/evil.Service/x",

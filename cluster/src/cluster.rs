@@ -18,6 +18,20 @@ use crate::peers::Peers;
 use crate::periodic::{Periodic, Shutdown};
 use gatehouse_storage::Member;
 
+/// A command made by node (or front) `origin` now: its clock, a fresh
+/// request id, the current trace.
+pub(crate) fn stamped(origin: NodeId, payload: Payload) -> Command {
+    Command {
+        proposed_at: crate::clock::now_ms(),
+        origin_node: origin,
+        request_id: crate::ids::new_id(),
+        traceparent: crate::trace::current_traceparent(),
+        payload: Some(payload),
+        // Set by an admin write with an idempotency key (admin::write).
+        request_digest: Vec::new(),
+    }
+}
+
 /// Shared by every server of a node; cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -172,15 +186,7 @@ impl Cluster {
 
     /// A command stamped by this node, with a fresh request id.
     pub fn command(&self, payload: Payload) -> Command {
-        Command {
-            proposed_at: crate::clock::now_ms(),
-            origin_node: self.inner.id,
-            request_id: crate::ids::new_id(),
-            traceparent: crate::trace::current_traceparent(),
-            payload: Some(payload),
-            // Set by an admin write with an idempotency key (admin::write).
-            request_digest: Vec::new(),
-        }
+        stamped(self.inner.id, payload)
     }
 
     /// The highest log index this node knows to be committed: on the leader,

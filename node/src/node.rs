@@ -180,9 +180,9 @@ impl Node {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
             None => None,
         };
-        let ext_authz_listener = bind_ext_authz(&config).await?;
+        let ext_authz_listener = bind_ext_authz(&config, &mut watched).await?;
         let ext_authz_addr = match &ext_authz_listener {
-            Some(l) => Some(l.local_addr()?),
+            Some(l) => Some(l.listener.local_addr()?),
             None => None,
         };
         let grpc_addr = grpc_listener.local_addr()?;
@@ -463,13 +463,7 @@ impl Node {
         }
         // Every request has finished: the tasks' last flushes take what it recorded.
         self.stop.send();
-        let deadline = tokio::time::Instant::now() + TASKS_STOP;
-        for mut t in self.tasks {
-            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                tracing::warn!("a background task did not stop in time; aborted");
-                t.abort();
-            }
-        }
+        stop_tasks(self.tasks).await;
         if let Err(e) = self.cluster.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -483,6 +477,18 @@ impl Node {
 /// How long the tasks that propose get to finish their last step on the way
 /// out (a last flush, a retention check under way).
 const TASKS_STOP: Duration = Duration::from_secs(5);
+
+/// Waits for `tasks` (told to stop) for up to [`TASKS_STOP`] together, then
+/// aborts those still running.
+pub(crate) async fn stop_tasks(tasks: Vec<JoinHandle<()>>) {
+    let deadline = tokio::time::Instant::now() + TASKS_STOP;
+    for mut t in tasks {
+        if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+            tracing::warn!("a background task did not stop in time; aborted");
+            t.abort();
+        }
+    }
+}
 
 /// The HTTP front's settings and shared parts.
 /// `voters`: a stateless front's, to which its logins go; `None` on a voter.
@@ -569,22 +575,47 @@ pub(crate) fn http_server(
     })
 }
 
-/// Binds the Envoy listener, when configured.
-pub(crate) async fn bind_ext_authz(config: &Config) -> anyhow::Result<Option<TcpListener>> {
-    match config.ext_authz_addr {
-        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("binding ext_authz {a}"))?)),
-        None => Ok(None),
-    }
+/// The Envoy listener, when configured, and the secret its calls carry
+/// (watched for changes in `watched`).
+pub(crate) struct EnvoyListener {
+    pub listener: TcpListener,
+    pub secret: Option<ClusterSecret>,
+}
+
+/// Binds the Envoy listener and reads its secret, when configured.
+pub(crate) async fn bind_ext_authz(
+    config: &Config,
+    watched: &mut crate::reload::Watched,
+) -> anyhow::Result<Option<EnvoyListener>> {
+    let Some(a) = config.ext_authz_addr else { return Ok(None) };
+    let secret = match &config.ext_authz_secret_file {
+        Some(path) => {
+            let text = crate::config::read_secret_file(path)?;
+            let secret = ClusterSecret::new(&text)
+                .map_err(|e| anyhow::anyhow!("ext_authz_secret_file {}: {e}", path.display()))?;
+            watched.envoy_secret = Some(crate::reload::SecretFile { path: path.clone(), secret: secret.clone() });
+            Some(secret)
+        }
+        None => None,
+    };
+    let listener = TcpListener::bind(a).await.with_context(|| format!("binding ext_authz {a}"))?;
+    Ok(Some(EnvoyListener { listener, secret }))
 }
 
 /// Serves Envoy's ext_authz and rate limit service on `listener` until
 /// `stop`: on the runtime that answers HTTP, as `/auth/verify` is (ext_authz
 /// runs the same router).
-pub(crate) fn envoy_server(listener: TcpListener, front: &Front, stop: Shutdown) -> anyhow::Result<JoinHandle<()>> {
-    let router = crate::grpc::builder(&front.node, None)
-        .add_service(gatehouse_api::envoy::ext_authz::server(front.clone()))
-        .add_service(gatehouse_api::envoy::rls::server(front));
-    crate::grpc::serve(&tokio::runtime::Handle::current(), listener, router, stop, "ext_authz", None)
+pub(crate) fn envoy_server(envoy: EnvoyListener, front: &Front, stop: Shutdown) -> anyhow::Result<JoinHandle<()>> {
+    use tonic::service::interceptor::InterceptedService;
+    let (a, b) = (envoy.secret.clone(), envoy.secret);
+    let check = InterceptedService::new(gatehouse_api::envoy::ext_authz::server(front.clone()), move |r| {
+        gatehouse_api::envoy::admit(a.as_ref(), r)
+    });
+    let limits = InterceptedService::new(gatehouse_api::envoy::rls::server(front), move |r| {
+        gatehouse_api::envoy::admit(b.as_ref(), r)
+    });
+    let router = crate::grpc::builder(&front.node, None).add_service(check).add_service(limits);
+    crate::grpc::serve(&tokio::runtime::Handle::current(), envoy.listener, router, stop, "ext_authz", None)
 }
 
 /// Serves `GET /metrics` on a listener of its own until `stop`.

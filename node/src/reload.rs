@@ -37,7 +37,7 @@ pub struct Served {
     pub material: Material,
 }
 
-/// The cluster secret and the file it is read from.
+/// A secret (the cluster's, Envoy's) and the file it is read from.
 #[derive(Clone)]
 pub struct SecretFile {
     pub path: PathBuf,
@@ -64,6 +64,8 @@ pub struct Watched {
     pub admin_clients: Option<gatehouse_tls::server::AdminClients>,
     /// The stateless fronts this voter serves.
     pub fronts: Option<FrontsFile>,
+    /// The secret Envoy's calls carry.
+    pub envoy_secret: Option<SecretFile>,
 }
 
 impl Watched {
@@ -73,6 +75,7 @@ impl Watched {
             && self.secret.is_none()
             && self.admin_clients.is_none()
             && self.fronts.is_none()
+            && self.envoy_secret.is_none()
     }
 }
 
@@ -158,14 +161,18 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
     if let Some(clients) = &watched.admin_clients {
         tls_counted("admin-ca", outcome(clients.reload(), "admin client CA bundle"));
     }
-    if let Some(s) = &watched.secret {
+    for (s, what, counter) in [
+        (&watched.secret, "cluster secret file", &metrics.secret_reloads),
+        (&watched.envoy_secret, "Envoy secret file", &metrics.envoy_secret_reloads),
+    ] {
+        let Some(s) = s else { continue };
         let read = crate::config::read_secret_file(&s.path).map_err(|e| e.to_string());
-        let secret = outcome(read.and_then(|text| s.secret.replace(&text)), "cluster secret file");
+        let secret = outcome(read.and_then(|text| s.secret.replace(&text)), what);
         if secret == Some("reloaded") {
-            tracing::info!(file = %s.path.display(), accepted = s.secret.accepted(), "cluster secret reloaded");
+            tracing::info!(file = %s.path.display(), accepted = s.secret.accepted(), "{what} reloaded");
         }
         if let Some(outcome) = secret {
-            metrics.secret_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+            counter.get_or_create(&OutcomeLabels { outcome }).inc();
         }
     }
     if let Some(f) = &watched.fronts {

@@ -9,29 +9,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{admin_cli, base, create_key, create_user_with_password, http, wait_until, TestCluster};
+use common::{admin_cli, base, create_key, create_user_with_password, http, policy, wait_until, TestCluster};
 use gatehouse_api::rate_limit::policy::{By, LimitsConfig, Mode, On, Policy};
 use reqwest::StatusCode;
-
-fn policy(name: &str, by: By, limit: u32, mode: Mode) -> Policy {
-    Policy {
-        name: name.into(),
-        path_prefix: None,
-        forwarded_path_prefix: None,
-        forwarded_host: None,
-        forwarded_ignore_case: false,
-        key_id: None,
-        user: None,
-        client_network: None,
-        by,
-        on: On::Request,
-        limit,
-        window_secs: 60,
-        mode,
-        envoy: None,
-        fail_open: false,
-    }
-}
 
 fn limits(policies: Vec<Policy>) -> LimitsConfig {
     LimitsConfig { enabled: true, policies, ..Default::default() }

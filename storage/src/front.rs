@@ -54,19 +54,11 @@ impl Storage {
 
 #[cfg(test)]
 mod tests {
-    use gatehouse_domain::{Command, CommandBatch, Payload, State};
+    use gatehouse_domain::{Command, Payload, State};
     use gatehouse_proto::events::{AppendAudit, AuditEvent, CreateApiKey, CreateUser};
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
-    use crate::types::Entry;
-
-    fn entry(index: u64, commands: Vec<Command>) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(CommandBatch { commands }),
-        }
-    }
+    use crate::state_machine::tests::entry;
 
     fn cmd(id: &str, payload: Payload) -> Command {
         Command { request_id: id.into(), proposed_at: 1_700_000_000_000, payload: Some(payload), ..Default::default() }

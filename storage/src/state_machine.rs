@@ -224,14 +224,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::audit::AuditLog;
     use crate::background::{weight, HEAVY_WEIGHT};
     use gatehouse_proto::events::{command::Payload, AppendAudit, AuditEvent, Command, CommandBatch, CreateUser};
     use openraft::{CommittedLeaderId, RaftLogReader};
 
-    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+    /// A normal entry of term 1 at `index` (other modules' tests use it too).
+    pub(crate) fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(CommandBatch { commands }),

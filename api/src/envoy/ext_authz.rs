@@ -164,6 +164,7 @@ fn forward_auth_request(check: &CheckRequest) -> Result<axum::http::Request<Body
     let mut request = axum::http::Request::get("/auth/verify").body(Body::empty()).expect("a valid request");
     *request.headers_mut() = headers;
     request.extensions_mut().insert(axum::extract::ConnectInfo(source));
+    request.extensions_mut().insert(crate::http::client_ip::ViaEnvoy);
     Ok(request)
 }
 
@@ -200,12 +201,22 @@ async fn check_response(answer: Response, sent: Option<&Vec<(String, Vec<u8>)>>)
             .iter()
             .filter_map(|name| header_option(name, headers.get(*name)?, HeaderAppendAction::OverwriteIfExistsOrAdd))
             .collect();
-        // Any other identity-looking header a client sent is dropped.
+        // Any other identity-looking header a client sent is dropped (with
+        // underscores too: some backends read `x_auth_user` as `X-Auth-User`),
+        // and so is an identity header this answer does not set.
         let mut to_remove: Vec<String> = sent
             .into_iter()
             .flatten()
             .map(|(name, _)| name.to_ascii_lowercase())
-            .filter(|name| name.starts_with("x-auth-") && !IDENTITY.contains(&name.as_str()))
+            .filter(|name| {
+                (name.starts_with("x-auth-") || name.starts_with("x_auth_")) && !IDENTITY.contains(&name.as_str())
+            })
+            .chain(
+                IDENTITY
+                    .iter()
+                    .filter(|n| headers.get(**n).and_then(|v| v.to_str().ok()).is_none())
+                    .map(|n| n.to_string()),
+            )
             .collect();
         to_remove.sort();
         to_remove.dedup();
@@ -312,7 +323,11 @@ mod tests {
         answer.headers_mut().insert("x-auth-user", HeaderValue::from_static("alice"));
         answer.headers_mut().insert("x-auth-user-id", HeaderValue::from_static("0123"));
         answer.headers_mut().insert("x-auth-roles", HeaderValue::from_static("viewer"));
-        let sent = vec![("x-auth-user".to_string(), b"mallory".to_vec()), ("X-Auth-Admin".to_string(), b"1".to_vec())];
+        let sent = vec![
+            ("x-auth-user".to_string(), b"mallory".to_vec()),
+            ("X-Auth-Admin".to_string(), b"1".to_vec()),
+            ("x_auth_user".to_string(), b"mallory".to_vec()),
+        ];
         let r = check_response(answer, Some(&sent)).await;
         assert_eq!(r.status.unwrap().code, 0);
         let Some(HttpResponse::OkResponse(ok)) = r.http_response else { panic!("allowed") };
@@ -320,7 +335,12 @@ mod tests {
             ok.headers.iter().map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())).unwrap()).collect();
         assert!(set.contains(&("x-auth-user".into(), "alice".into())));
         assert!(ok.headers.iter().all(|h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32));
-        assert_eq!(ok.headers_to_remove, vec!["x-auth-admin".to_string()]);
+        assert_eq!(ok.headers_to_remove, vec!["x-auth-admin".to_string(), "x_auth_user".to_string()]);
+        // An identity header the answer does not carry is removed, not left to the client.
+        let mut partial = StatusCode::OK.into_response();
+        partial.headers_mut().insert("x-auth-user", HeaderValue::from_static("alice"));
+        let Some(HttpResponse::OkResponse(ok)) = check_response(partial, None).await.http_response else { panic!() };
+        assert_eq!(ok.headers_to_remove, vec!["x-auth-roles".to_string(), "x-auth-user-id".to_string()]);
     }
 
     #[tokio::test]

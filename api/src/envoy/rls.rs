@@ -17,8 +17,12 @@
 //!   and fails open; here failing open is each policy's explicit choice.
 //!
 //! A request is bounded: at most [`MAX_DESCRIPTORS`] descriptors of at most
-//! eight entries, texts of at most 256 bytes, [`MAX_HITS`] hits each
-//! (`INVALID_ARGUMENT` past any).
+//! eight entries with keys of at most 256 bytes (`INVALID_ARGUMENT` past
+//! any: a broken request). Values are the client's (a path, an address):
+//! any length within the message is counted, as a fixed-size digest, and an
+//! IP address is counted by its /64 (IPv6) or itself (IPv4), as Gatehouse's
+//! own per-IP limits are. Hits past [`MAX_HITS`], or more than one at once
+//! on a strict policy, make that descriptor `OVER_LIMIT`, never an error.
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -40,6 +44,9 @@ use crate::{ApiError, Node};
 pub const MAX_DESCRIPTORS: usize = 16;
 /// Most hits one descriptor may add at once.
 pub const MAX_HITS: u64 = 100;
+/// Largest request decoded: 16 descriptors of 8 entries of 256-byte keys
+/// and values of up to 1 KiB, with room for framing.
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
 
 pub struct Rls {
     node: Node,
@@ -49,9 +56,14 @@ pub struct Rls {
 /// The service over the HTTP front's node and limiter.
 pub fn server(front: &Front) -> RateLimitServiceServer<Rls> {
     RateLimitServiceServer::new(Rls { node: front.node.clone(), limits: front.limits.clone() })
-        .max_decoding_message_size(64 << 10)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
+/// Refuses a request whose shape is broken (no domain, no descriptors or
+/// too many, a descriptor without entries or with too many, a key that is
+/// empty or long). Values and hits are the client's to choose (a long path,
+/// say): they are never a reason to answer with an error, which Envoy
+/// would let through by default (see [`over_bounds`]).
 #[allow(clippy::result_large_err)]
 fn check_request(r: &RateLimitRequest) -> Result<(), Status> {
     let text_ok = |t: &str| !t.is_empty() && t.len() <= MAX_DESCRIPTOR_TEXT;
@@ -64,17 +76,27 @@ fn check_request(r: &RateLimitRequest) -> Result<(), Status> {
     for d in &r.descriptors {
         let entries_ok = !d.entries.is_empty()
             && d.entries.len() <= MAX_DESCRIPTOR_ENTRIES
-            && d.entries.iter().all(|e| text_ok(&e.key) && e.value.len() <= MAX_DESCRIPTOR_TEXT);
+            && d.entries.iter().all(|e| text_ok(&e.key));
         if !entries_ok {
             return Err(Status::invalid_argument(format!(
-                "each descriptor has 1..={MAX_DESCRIPTOR_ENTRIES} entries of keys and values up to 256 bytes"
+                "each descriptor has 1..={MAX_DESCRIPTOR_ENTRIES} entries with keys of 1..=256 bytes"
             )));
-        }
-        if hits(r, d) > MAX_HITS {
-            return Err(Status::invalid_argument(format!("at most {MAX_HITS} hits at once")));
         }
     }
     Ok(())
+}
+
+/// Why a descriptor of a policy is refused (`OVER_LIMIT`) before counting:
+/// more hits at once than [`MAX_HITS`], or more than one on a strict policy
+/// (each strict hit is a log write: one at a time, never half counted).
+fn over_bounds(p: &Policy, hits: u64) -> Option<&'static str> {
+    if hits > MAX_HITS {
+        Some("more hits at once than a descriptor may add")
+    } else if hits > 1 && p.mode == crate::rate_limit::policy::Mode::Strict {
+        Some("a strict policy counts one hit at a time")
+    } else {
+        None
+    }
 }
 
 /// The hits a descriptor adds: its own `hits_addend`, the request's, or one.
@@ -139,6 +161,7 @@ impl RateLimitService for Rls {
             let keys: Vec<&str> = d.entries.iter().map(|e| e.key.as_str()).collect();
             let Some((i, p)) = self.limits.envoy_policy(&r.domain, &keys).filter(|_| self.limits.enabled()) else {
                 // Nothing here limits this descriptor.
+                self.node.metrics().envoy_unknown_descriptors.inc();
                 statuses.push(DescriptorStatus { code: Code::Ok as i32, ..Default::default() });
                 continue;
             };
@@ -146,11 +169,16 @@ impl RateLimitService for Rls {
                 statuses.push(status(p, self.undecided(p, "this node cannot prove it is current"), None));
                 continue;
             }
-            let values: Vec<&str> = d.entries.iter().map(|e| e.value.as_str()).collect();
-            let bucket = Limiter::descriptor_bucket(&values);
+            let n = hits(&r, d);
+            if let Some(why) = over_bounds(p, n) {
+                tracing::debug!(policy = %p.name, why, "descriptor refused");
+                statuses.push(status(p, Code::OverLimit, None));
+                continue;
+            }
+            let bucket = Limiter::descriptor_bucket(&d.entries);
             let mut code = Code::Ok;
             let mut quota = None;
-            for _ in 0..hits(&r, d) {
+            for _ in 0..n {
                 match self.limits.descriptor_hit(i, bucket.clone()).await {
                     Ok(q) => quota = q,
                     Err(ApiError::RateLimited(q)) => {
@@ -213,9 +241,10 @@ mod tests {
         assert!(check_request(&request(&[("remote_address", "192.0.2.1")], 0)).is_ok());
         assert!(check_request(&request(&[], 0)).is_err(), "no entries");
         assert!(check_request(&request(&[("", "x")], 0)).is_err(), "an empty key");
-        let long = "v".repeat(MAX_DESCRIPTOR_TEXT + 1);
-        assert!(check_request(&request(&[("k", &long)], 0)).is_err());
-        assert!(check_request(&request(&[("k", "v")], 1_000)).is_err(), "too many hits");
+        let long = "v".repeat(MAX_DESCRIPTOR_TEXT * 4);
+        assert!(check_request(&request(&[("k", &long)], 0)).is_ok(), "a long value is the client's, not an error");
+        assert!(check_request(&request(&[(&long, "v")], 0)).is_err(), "a long key is Envoy's configuration");
+        assert!(check_request(&request(&[("k", "v")], 1_000)).is_ok(), "hits are refused per descriptor");
         let nine: Vec<(String, String)> = (0..9).map(|i| (format!("k{i}"), "v".into())).collect();
         let nine: Vec<(&str, &str)> = nine.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert!(check_request(&request(&nine, 0)).is_err());
@@ -227,12 +256,38 @@ mod tests {
         assert!(check_request(&r).is_err());
     }
 
+    fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
+        pairs.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect()
+    }
+
     #[test]
     fn buckets_are_fixed_size_digests_that_keep_values_apart() {
-        let a = Limiter::descriptor_bucket(&["ab", "c"]);
-        let b = Limiter::descriptor_bucket(&["a", "bc"]);
+        let a = Limiter::descriptor_bucket(&entries(&[("k", "ab"), ("l", "c")]));
+        let b = Limiter::descriptor_bucket(&entries(&[("k", "a"), ("l", "bc")]));
         assert_ne!(a, b);
         assert_eq!(a.len(), 34);
-        assert_eq!(Limiter::descriptor_bucket(&[&"x".repeat(256)]).len(), 34);
+        assert_eq!(Limiter::descriptor_bucket(&entries(&[("k", &"x".repeat(4096))])).len(), 34);
+    }
+
+    #[test]
+    fn an_address_counts_as_gatehouse_s_own_per_ip_limits_do() {
+        let bucket = |ip: &str| Limiter::descriptor_bucket(&entries(&[("remote_address", ip)]));
+        // One IPv6 /64 is one client; its addresses share a bucket.
+        assert_eq!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:2:ffff::9"));
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+        assert_ne!(bucket("192.0.2.1"), bucket("192.0.2.2"));
+        // Not an address: counted as it is.
+        assert_ne!(bucket("not-an-ip"), bucket("not-an-ip2"));
+    }
+
+    #[test]
+    fn hits_a_descriptor_may_not_add_refuse_it_alone() {
+        let strict = crate::rate_limit::policy::Policy::defaults().remove(0);
+        assert_eq!(strict.mode, crate::rate_limit::policy::Mode::Strict);
+        assert!(over_bounds(&strict, 1).is_none());
+        assert!(over_bounds(&strict, 2).is_some());
+        let global = crate::rate_limit::policy::Policy::defaults().remove(2);
+        assert!(over_bounds(&global, 100).is_none());
+        assert!(over_bounds(&global, 101).is_some());
     }
 }

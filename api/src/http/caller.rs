@@ -42,8 +42,15 @@ pub async fn authenticate(
 /// The presented credential: `Authorization: Bearer …` first, then the
 /// session cookie. The flag says whether it came from the cookie (which
 /// browsers attach on their own, so state changes need CSRF proof).
+///
+/// Two `Authorization` headers are no credential: which one a proxy or an
+/// upstream reads is not ours to choose.
 pub fn credential(headers: &HeaderMap, cookie_name: &str) -> Option<(String, bool)> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = authorization.next() {
+        if authorization.next().is_some() {
+            return None;
+        }
         let token = crate::identity::bearer(v.to_str().ok()?)?;
         return Some((token.to_string(), false));
     }
@@ -112,6 +119,8 @@ mod tests {
         assert_eq!(credential(&h, "gatehouse_session"), Some(("gs_y".into(), true)));
         assert_eq!(credential(&headers(&[("authorization", "Basic abc")]), "gatehouse_session"), None);
         assert_eq!(credential(&headers(&[("cookie", "other=1")]), "gatehouse_session"), None);
+        let two = headers(&[("authorization", "Bearer gk_x"), ("authorization", "Bearer gk_y")]);
+        assert_eq!(credential(&two, "gatehouse_session"), None);
     }
 
     #[test]

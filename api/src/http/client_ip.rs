@@ -101,3 +101,9 @@ mod tests {
         assert_eq!(resolve(Some(&mapped), &HeaderMap::new(), &trusted).to_string(), "203.0.113.9");
     }
 }
+
+/// Marks a request the ext_authz service made from an Envoy check
+/// (`crate::envoy::ext_authz`): its peer is the client Envoy saw, not a
+/// proxy, so a client's `X-Forwarded-For` there is no misconfiguration.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaEnvoy;

@@ -151,7 +151,7 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
 /// address): counted, and said in the log at the first such request after
 /// start and then at most once a minute.
 fn untrusted_forwarded_for(front: &Front, req: &Request) {
-    if !req.headers().contains_key("x-forwarded-for") {
+    if !req.headers().contains_key("x-forwarded-for") || req.extensions().get::<client_ip::ViaEnvoy>().is_some() {
         return;
     }
     let Some(peer) = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {

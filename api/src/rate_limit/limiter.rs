@@ -197,12 +197,21 @@ impl Limiter {
 
     /// The bucket of an Envoy descriptor's values: a digest, so that any
     /// value a client can put in a descriptor makes a short, fixed-size key.
-    pub fn descriptor_bucket(values: &[&str]) -> String {
+    /// An address (`remote_address`, or any value that parses as an IP) is
+    /// taken as Gatehouse's per-IP limits take it: an IPv6 client by its
+    /// /64, so rotating addresses inside it makes no new bucket.
+    pub fn descriptor_bucket(
+        entries: &[envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry],
+    ) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for v in values {
-            h.update((v.len() as u64).to_be_bytes());
-            h.update(v.as_bytes());
+        for e in entries {
+            let value = match e.value.parse::<IpAddr>() {
+                Ok(ip) => bucket_ip(ip).to_string(),
+                Err(_) => e.value.clone(),
+            };
+            h.update((value.len() as u64).to_be_bytes());
+            h.update(value.as_bytes());
         }
         format!("d:{}", hex::encode(&h.finalize()[..16]))
     }

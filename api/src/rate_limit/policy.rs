@@ -240,6 +240,13 @@ impl LimitsConfig {
                         p.name
                     ));
                 }
+                let twin = self.policies.iter().take_while(|q| !std::ptr::eq(*q, p)).any(|q| q.envoy == p.envoy);
+                if twin {
+                    return Err(format!(
+                        "rate-limit policy {}: another policy counts the same Envoy domain and keys",
+                        p.name
+                    ));
+                }
             } else if p.by == By::Descriptor || p.fail_open {
                 return Err(format!("rate-limit policy {}: by = \"descriptor\" and fail_open need envoy", p.name));
             }

@@ -223,14 +223,7 @@ impl Replica for Front {
     }
 
     fn command(&self, payload: Payload) -> Command {
-        Command {
-            proposed_at: crate::clock::now_ms(),
-            origin_node: self.inner.id,
-            request_id: crate::ids::new_id(),
-            traceparent: crate::trace::current_traceparent(),
-            payload: Some(payload),
-            request_digest: Vec::new(),
-        }
+        crate::cluster::stamped(self.inner.id, payload)
     }
 
     /// Returns once a voter applied the commands and this front did too

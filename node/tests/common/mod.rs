@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gatehouse::config::{Config, Mode};
 use gatehouse::Node;
+use gatehouse_api::rate_limit::policy::{self as limit, By, On, Policy};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::CreateUser;
 use tempfile::TempDir;
@@ -347,5 +348,26 @@ impl tonic::codec::Decoder for RawCodec {
     fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
         let n = bytes::Buf::remaining(src);
         Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// A rate-limit policy counting every request, per `by`, over a minute.
+pub fn policy(name: &str, by: By, limit: u32, mode: limit::Mode) -> Policy {
+    Policy {
+        name: name.into(),
+        path_prefix: None,
+        forwarded_path_prefix: None,
+        forwarded_host: None,
+        forwarded_ignore_case: false,
+        key_id: None,
+        user: None,
+        client_network: None,
+        by,
+        on: On::Request,
+        limit,
+        window_secs: 60,
+        mode,
+        envoy: None,
+        fail_open: false,
     }
 }
