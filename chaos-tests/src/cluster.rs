@@ -7,6 +7,10 @@
 //! of its own with mutual TLS (a CA and node certificates made here, as
 //! `gatehouse tls` makes them), and the harness dials peers with node 1's
 //! certificate, as any member does.
+//!
+//! Stateless fronts (`gatehouse front`, [`ProcCluster::add_front`]) run
+//! beside the voters: each with a secret of its own listed in the voters'
+//! fronts file, and with TLS a front certificate.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,10 +34,19 @@ pub struct ProcNode {
     child: Option<Child>,
 }
 
+/// One stateless front process.
+pub struct ProcFront {
+    pub id: u64,
+    pub http: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
 pub struct ProcCluster {
     pub dir: PathBuf,
     pub bin: PathBuf,
     pub nodes: BTreeMap<u64, ProcNode>,
+    pub fronts: BTreeMap<u64, ProcFront>,
     pub peers: Peers,
     /// The bootstrap admin API key.
     pub admin_key: String,
@@ -112,6 +125,8 @@ impl ProcCluster {
         let secret_file = dir.join("cluster-secret");
         std::fs::write(&secret_file, &secret)?;
         let key_file = dir.join("admin.key");
+        // The fronts the voters serve: none until `add_front`.
+        std::fs::write(dir.join("fronts.txt"), "")?;
         let mut nodes = BTreeMap::new();
         let ca = if tls { Some(write_ca(dir)?) } else { None };
         for id in 1..=n {
@@ -148,6 +163,7 @@ impl ProcCluster {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
             nodes,
+            fronts: BTreeMap::new(),
             peers,
             admin_key: String::new(),
             extra_config: extra_config.to_string(),
@@ -216,6 +232,78 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// Prepares and starts stateless front `id`, following the voters at
+    /// `voters` (their peer addresses, or proxies in front of them): its
+    /// secret, its line in the voters' fronts file (each voter is told to
+    /// re-read it at once), and with TLS its certificate.
+    pub fn add_front(&mut self, id: u64, voters: &[String]) -> anyhow::Result<()> {
+        use std::io::Write;
+        anyhow::ensure!(!self.fronts.contains_key(&id) && !self.nodes.contains_key(&id), "id {id} is taken");
+        let secret = gatehouse_cluster::ids::new_id() + &gatehouse_cluster::ids::new_id();
+        let secret_file = self.dir.join(format!("front-{id}.secret"));
+        std::fs::write(&secret_file, &secret)?;
+        let mut fronts = std::fs::OpenOptions::new().append(true).open(self.dir.join("fronts.txt"))?;
+        writeln!(fronts, "{}", gatehouse_cluster::fronts::line_for(id, &secret))?;
+        for node in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if self.running(node) {
+                self.signal(node, "HUP")?;
+            }
+        }
+        let http = format!("127.0.0.1:{}", free_port()?);
+        let list: Vec<String> = voters.iter().map(|v| format!("\"{v}\"")).collect();
+        let mut toml = format!(
+            "node_id = {id}\nhttp_addr = \"{http}\"\nmetrics_on_front = true\n\n[front]\nvoters = [{}]\nsecret_file = \"{}\"\n",
+            list.join(", "),
+            secret_file.display()
+        );
+        if self.tls {
+            let issued = gatehouse_tls::issue::front_certificate(&read_ca(&self.dir)?, id, 30)?;
+            let (cert, key) = (self.dir.join(format!("front-{id}.pem")), self.dir.join(format!("front-{id}.key")));
+            std::fs::write(&cert, &issued.cert_pem)?;
+            std::fs::write(&key, issued.key_pem.expose())?;
+            toml += &format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+                cert.display(),
+                key.display(),
+                self.dir.join("ca.pem").display()
+            );
+        }
+        let config = self.dir.join(format!("front-{id}.toml"));
+        std::fs::write(&config, toml)?;
+        self.fronts.insert(id, ProcFront { id, http, config, child: None });
+        self.spawn_front(id)
+    }
+
+    /// Starts (or restarts) front `id`'s process.
+    pub fn spawn_front(&mut self, id: u64) -> anyhow::Result<()> {
+        let front = self.fronts.get_mut(&id).context("no such front")?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("front-{id}.log")))?;
+        let child = Command::new(&self.bin)
+            .args(["front", "--config"])
+            .arg(&front.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        front.child = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 of front `id`.
+    pub fn kill_front(&mut self, id: u64) {
+        if let Some(mut c) = self.fronts.get_mut(&id).and_then(|f| f.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until front `id` answers `/readyz` with 200; returns how long it took.
+    pub async fn wait_front_ready(&self, id: u64, timeout: Duration) -> anyhow::Result<Duration> {
+        ready(&self.fronts[&id].http, timeout).await.with_context(|| format!("front {id}"))
+    }
+
     /// The process id of a running node.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes.get(&id)?.child.as_ref().map(|c| c.id())
@@ -223,26 +311,7 @@ impl ProcCluster {
 
     /// Waits until node `id` answers `/readyz` with 200; returns how long it took.
     pub async fn wait_ready(&self, id: u64, timeout: Duration) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let addr = self.nodes[&id].http.clone();
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-                if s.write_all(req.as_bytes()).await.is_ok() {
-                    let mut buf = vec![0u8; 64];
-                    if let Ok(n) = s.read(&mut buf).await {
-                        if buf[..n].starts_with(b"HTTP/1.1 200") {
-                            return Ok(started.elapsed());
-                        }
-                    }
-                }
-            }
-            if started.elapsed() > timeout {
-                bail!("node {id} not ready within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        ready(&self.nodes[&id].http, timeout).await.with_context(|| format!("node {id}"))
     }
 
     /// Whether node `id`'s process was started and not killed or stopped here.
@@ -318,6 +387,29 @@ impl ProcCluster {
     }
 }
 
+/// Waits until the HTTP front at `addr` answers `/readyz` with 200; returns how long it took.
+async fn ready(addr: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut buf = vec![0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await {
+                    if buf[..n].starts_with(b"HTTP/1.1 200") {
+                        return Ok(started.elapsed());
+                    }
+                }
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!("not ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A node on free ports; with a CA, a peer listener of its own and its
 /// certificate (`node-<id>.pem`, `.key` in `dir`).
 fn new_node(dir: &Path, id: u64, ca: Option<&gatehouse_tls::issue::Issued>) -> anyhow::Result<ProcNode> {
@@ -354,12 +446,13 @@ fn node_toml(dir: &Path, node: &ProcNode, secret_file: &Path) -> String {
     let peer = if node.peer != node.grpc { format!("peer_addr = \"{}\"\n", node.peer) } else { String::new() };
     format!(
         // The harness scrapes each node's front for `/metrics`.
-        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\n{peer}cluster_secret_file = \"{}\"\nmetrics_on_front = true\n",
+        "node_id = {}\ndata_dir = \"{}\"\nhttp_addr = \"{}\"\ngrpc_addr = \"{}\"\n{peer}cluster_secret_file = \"{}\"\nmetrics_on_front = true\nfronts_file = \"{}\"\n",
         node.id,
         dir.join(format!("node-{}", node.id)).display(),
         node.http,
         node.grpc,
-        secret_file.display()
+        secret_file.display(),
+        dir.join("fronts.txt").display()
     )
 }
 
@@ -374,6 +467,10 @@ fn tls_toml(dir: &Path, id: u64, tls: bool) -> String {
 
 impl Drop for ProcCluster {
     fn drop(&mut self) {
+        let ids: Vec<u64> = self.fronts.keys().copied().collect();
+        for id in ids {
+            self.kill_front(id);
+        }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);

@@ -18,6 +18,9 @@ use crate::nemesis::{self, Nemesis, Net};
 use crate::workload::{self, Target, Workload};
 
 /// How one run goes.
+/// The first stateless front's id (101, 102, …: never a voter's).
+pub const FIRST_FRONT: u64 = 101;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bin: PathBuf,
@@ -39,6 +42,9 @@ pub struct Settings {
     pub large_every: Option<Duration>,
     /// Mutual TLS on every link between nodes.
     pub tls: bool,
+    /// Stateless fronts beside the voters (ids 101, 102, …): clients verify
+    /// and sign in on them too, and every checker covers what they answered.
+    pub fronts: u64,
 }
 
 impl Settings {
@@ -56,18 +62,20 @@ impl Settings {
             max_staleness: Duration::from_secs(2),
             large_every: Some(Duration::from_secs(1)),
             tls: false,
+            fronts: 0,
         }
     }
 
     /// The command that repeats this run's choices.
     pub fn replay(&self) -> String {
         format!(
-            "cargo run -p gatehouse-chaos --bin gatehouse-chaos -- --nemesis {} --seed {} --nodes {} --seconds {}{}",
+            "cargo run -p gatehouse-chaos --bin gatehouse-chaos -- --nemesis {} --seed {} --nodes {} --seconds {}{}{}",
             self.nemesis.name(),
             self.seed,
             self.nodes,
             self.duration.as_secs(),
-            if self.tls { " --tls" } else { "" }
+            if self.tls { " --tls" } else { "" },
+            if self.fronts > 0 { format!(" --fronts {}", self.fronts) } else { String::new() }
         )
     }
 }
@@ -155,8 +163,26 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     }
     tracing::info!(nemesis = s.nemesis.name(), seed = s.seed, nodes = s.nodes, "chaos run starts");
 
-    let targets: Vec<Target> =
-        cluster.nodes.values().map(|n| Target { id: n.id, http: n.http.clone(), grpc: n.grpc.clone() }).collect();
+    // Fronts follow the voters directly (not through the link proxies):
+    // the nemeses reach them through the voters they follow.
+    let voters: Vec<String> = cluster.nodes.values().map(|n| n.peer.clone()).collect();
+    for k in 0..s.fronts {
+        cluster.add_front(FIRST_FRONT + k, &voters)?;
+    }
+    for k in 0..s.fronts {
+        cluster.wait_front_ready(FIRST_FRONT + k, Duration::from_secs(30)).await?;
+    }
+    let targets: Vec<Target> = cluster
+        .nodes
+        .values()
+        .map(|n| Target { id: n.id, http: n.http.clone(), grpc: n.grpc.clone(), front: false })
+        .chain(cluster.fronts.values().map(|f| Target {
+            id: f.id,
+            http: f.http.clone(),
+            grpc: String::new(),
+            front: true,
+        }))
+        .collect();
     let started = Instant::now();
     let rec = Recorder::new(started);
     let w = Workload {
@@ -209,7 +235,12 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
     let lines: Vec<String> = history.iter().map(|o| format!("{o:?}")).collect();
     std::fs::write(s.dir.join("history.txt"), lines.join("\n"))?;
     let mut report = Report {
-        scenario: if s.tls { format!("{} (mTLS)", s.nemesis.name()) } else { s.nemesis.name().into() },
+        scenario: format!(
+            "{}{}{}",
+            s.nemesis.name(),
+            if s.tls { " (mTLS)" } else { "" },
+            if s.fronts > 0 { format!(" + {} fronts", s.fronts) } else { String::new() }
+        ),
         seed: s.seed,
         nodes: s.nodes,
         faults,

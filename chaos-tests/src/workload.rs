@@ -34,6 +34,32 @@ pub struct Target {
     pub id: u64,
     pub http: String,
     pub grpc: String,
+    /// A stateless front: it verifies and signs in (HTTP), and has no admin API.
+    pub front: bool,
+}
+
+/// One client operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    CreateUser,
+    SetStatus,
+    ReadUser,
+    CreateKey,
+    RevokeKey,
+    ReadKey,
+    Login,
+    RevokeSession,
+    ReadSession,
+    VerifyKey,
+    VerifySession,
+}
+
+impl Step {
+    /// What a stateless front answers too (its HTTP front); the rest goes
+    /// to the voters' admin API.
+    fn on_fronts(self) -> bool {
+        matches!(self, Step::Login | Step::VerifyKey | Step::VerifySession)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +89,10 @@ pub async fn run(targets: Vec<Target>, w: Workload, rec: Recorder, seed: u64, st
 
 struct Client {
     id: usize,
+    /// Voters and fronts: where HTTP operations go.
     targets: Vec<Target>,
+    /// Voters only: where admin operations (and their retries) go.
+    voters: Vec<Target>,
     w: Workload,
     rec: Recorder,
     rng: StdRng,
@@ -124,6 +153,7 @@ impl Client {
         let http = reqwest::Client::builder().timeout(w.op_timeout).build().expect("an HTTP client builds");
         Client {
             id,
+            voters: targets.iter().filter(|t| !t.front).cloned().collect(),
             targets,
             w,
             rec,
@@ -187,20 +217,39 @@ impl Client {
         let has_users = !self.users.is_empty();
         let has_keys = !self.keys.is_empty();
         let has_sessions = !self.sessions.is_empty();
-        match roll {
-            _ if !has_users => self.create_user(&node).await,
-            0..=5 => self.create_user(&node).await,
-            6..=9 => self.set_status(&node).await,
-            10..=17 => self.read_user(&node).await,
-            18..=29 => self.create_key(&node).await,
-            30..=36 if has_keys => self.revoke_key(&node).await,
-            37..=44 if has_keys => self.read_key(&node).await,
-            45..=51 => self.login(&node).await,
-            52..=56 if has_sessions => self.revoke_session(&node).await,
-            57..=63 if has_sessions => self.read_session(&node).await,
-            64..=84 if has_keys => self.verify_key(&node).await,
-            85..=99 if has_sessions => self.verify_session(&node).await,
-            _ => self.read_user(&node).await,
+        let op = match roll {
+            _ if !has_users => Step::CreateUser,
+            0..=5 => Step::CreateUser,
+            6..=9 => Step::SetStatus,
+            10..=17 => Step::ReadUser,
+            18..=29 => Step::CreateKey,
+            30..=36 if has_keys => Step::RevokeKey,
+            37..=44 if has_keys => Step::ReadKey,
+            45..=51 => Step::Login,
+            52..=56 if has_sessions => Step::RevokeSession,
+            57..=63 if has_sessions => Step::ReadSession,
+            64..=84 if has_keys => Step::VerifyKey,
+            85..=99 if has_sessions => Step::VerifySession,
+            _ => Step::ReadUser,
+        };
+        // An admin operation drawn for a front goes to a voter instead.
+        let node = if node.front && !op.on_fronts() {
+            self.voters[self.rng.gen_range(0..self.voters.len())].clone()
+        } else {
+            node
+        };
+        match op {
+            Step::CreateUser => self.create_user(&node).await,
+            Step::SetStatus => self.set_status(&node).await,
+            Step::ReadUser => self.read_user(&node).await,
+            Step::CreateKey => self.create_key(&node).await,
+            Step::RevokeKey => self.revoke_key(&node).await,
+            Step::ReadKey => self.read_key(&node).await,
+            Step::Login => self.login(&node).await,
+            Step::RevokeSession => self.revoke_session(&node).await,
+            Step::ReadSession => self.read_session(&node).await,
+            Step::VerifyKey => self.verify_key(&node).await,
+            Step::VerifySession => self.verify_session(&node).await,
         }
     }
 
@@ -283,7 +332,7 @@ impl Client {
         let mut node = node.clone();
         for attempt in 0..3 {
             if attempt > 0 {
-                node = retry_target(&self.targets, node.id);
+                node = retry_target(&self.voters, node.id);
             }
             let msg = CreateKeyRequest { user: user.clone(), name: name.clone(), ..Default::default() };
             let req = self.request(msg, Some(&name));
@@ -436,7 +485,7 @@ mod tests {
     use super::*;
 
     fn target(id: u64) -> Target {
-        Target { id, http: format!("h{id}"), grpc: format!("g{id}") }
+        Target { id, http: format!("h{id}"), grpc: format!("g{id}"), front: false }
     }
 
     #[test]

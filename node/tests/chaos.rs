@@ -2,7 +2,8 @@
 //! processes behind link proxies, the faults whose shape changes with
 //! the cluster's size once more on five, and two once more with mutual TLS
 //! on every link (the proxies pass TLS through; a kill and a partition make
-//! nodes handshake again), with fixed seeds. A failure prints the
+//! nodes handshake again), and three once more with two stateless fronts
+//! serving verification and sign-in beside the voters, with fixed seeds. A failure prints the
 //! seed, the violations and the command that replays the run; `make chaos`
 //! runs the long version (docs/chaos.md).
 
@@ -21,14 +22,22 @@ async fn every_nemesis_keeps_every_invariant() {
     let mut reports = Vec::new();
     let on_five = [Nemesis::KillLeader, Nemesis::MajorityMinority, Nemesis::Bridge, Nemesis::OneWay];
     let with_tls = [Nemesis::KillLeader, Nemesis::MajorityMinority];
-    let runs = Nemesis::ALL.into_iter().map(|n| (n, 3, false)).chain(on_five.into_iter().map(|n| (n, 5, false)));
-    let runs = runs.chain(with_tls.into_iter().map(|n| (n, 3, true)));
-    for (i, (nemesis, nodes, tls)) in runs.enumerate() {
+    let with_fronts = [Nemesis::KillLeader, Nemesis::MajorityMinority, Nemesis::PauseLeader];
+    let runs = Nemesis::ALL.into_iter().map(|n| (n, 3, false, 0)).chain(on_five.into_iter().map(|n| (n, 5, false, 0)));
+    let runs = runs.chain(with_tls.into_iter().map(|n| (n, 3, true, 0)));
+    let runs = runs.chain(with_fronts.into_iter().map(|n| (n, 3, false, 2)));
+    for (i, (nemesis, nodes, tls, fronts)) in runs.enumerate() {
         let seed = 4_000 + i as u64;
-        let name = format!("{}-{nodes}{}", nemesis.name(), if tls { "-tls" } else { "" });
+        let name = format!(
+            "{}-{nodes}{}{}",
+            nemesis.name(),
+            if tls { "-tls" } else { "" },
+            if fronts > 0 { "-fronts" } else { "" }
+        );
         let mut s = Settings::new(BIN.into(), dir.path().join(name), nemesis, seed);
         s.nodes = nodes;
         s.tls = tls;
+        s.fronts = fronts;
         s.duration = Duration::from_secs(14);
         let report =
             run::run(&s).await.unwrap_or_else(|e| panic!("{} (seed {seed}) could not run: {e:#}", nemesis.name()));

@@ -39,6 +39,10 @@ struct Args {
     /// Mutual TLS between the nodes (the link proxies pass TLS bytes through).
     #[arg(long)]
     tls: bool,
+    /// Stateless fronts beside the voters: clients verify and sign in on
+    /// them too, and the checkers cover them (docs/fronts.md).
+    #[arg(long, default_value_t = 0)]
+    fronts: u64,
 }
 
 #[tokio::main]
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             s.nodes = args.nodes;
             s.duration = Duration::from_secs(args.seconds);
             s.tls = args.tls;
+            s.fronts = args.fronts;
             let report = run::run(&s).await?;
             if args.json {
                 println!("{}", report.json());
