@@ -42,6 +42,13 @@ pub struct ProcFront {
     child: Option<Child>,
 }
 
+impl ProcFront {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
 pub struct ProcCluster {
     pub dir: PathBuf,
     pub bin: PathBuf,
@@ -56,6 +63,9 @@ pub struct ProcCluster {
     pub env: Vec<(String, String)>,
     /// Mutual TLS between the nodes.
     pub tls: bool,
+    /// Top-level TOML for every front [`ProcCluster::add_front`] starts
+    /// (e.g. `ext_authz_addr`), written before its `[front]` table.
+    pub front_extra: String,
 }
 
 /// Node ports come from below Linux's ephemeral range (32768–60999 by
@@ -63,7 +73,7 @@ pub struct ProcCluster {
 /// link proxies) and every outgoing connection, so a port picked there and
 /// released could be taken before its node binds it; below it, nothing else
 /// here takes it. Each port is handed out once per process and checked free.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     use rand::Rng;
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -169,6 +179,7 @@ impl ProcCluster {
             extra_config: extra_config.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             tls,
+            front_extra: String::new(),
         })
     }
 
@@ -252,7 +263,8 @@ impl ProcCluster {
         let http = format!("127.0.0.1:{}", free_port()?);
         let list: Vec<String> = voters.iter().map(|v| format!("\"{v}\"")).collect();
         let mut toml = format!(
-            "node_id = {id}\nhttp_addr = \"{http}\"\nmetrics_on_front = true\n\n[front]\nvoters = [{}]\nsecret_file = \"{}\"\n",
+            "node_id = {id}\nhttp_addr = \"{http}\"\nmetrics_on_front = true\n{}\n[front]\nvoters = [{}]\nsecret_file = \"{}\"\n",
+            self.front_extra,
             list.join(", "),
             secret_file.display()
         );

@@ -6,7 +6,8 @@
 //! - [`load`]: benchmark scenarios, measured as [`figures`] (throughput and
 //!   latency histograms);
 //!   [`load_tls`]: HTTPS clients, TLS handshakes per second, and the bare
-//!   hyper + rustls server they are set beside.
+//!   hyper + rustls server they are set beside; [`load_fronts`]: how soon
+//!   a revocation reaches every voter and front, ext_authz checks per second.
 //! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
 //!   directed link), [`nemesis`] (the faults), [`workload`] and [`history`]
 //!   (clients and what they saw), [`large`] (large valid entries beside
@@ -21,6 +22,7 @@ pub mod history;
 pub mod large;
 pub mod linearizability;
 pub mod load;
+pub mod load_fronts;
 pub mod load_tls;
 pub mod nemesis;
 pub mod proxy;

@@ -73,6 +73,10 @@ enum Scenario {
         keys: usize,
         #[arg(long, default_value_t = 10_000)]
         users: usize,
+        /// Then a stateless front holding the same: its RSS, and the time it
+        /// takes to serve after its start and after a restart.
+        #[arg(long)]
+        front: bool,
     },
     /// Failed logins as fast as `connections` clients can send them, spread
     /// over every node, with the default rate limits: first from one client
@@ -123,6 +127,36 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// How soon a revocation is refused everywhere: a key verified in a
+    /// tight loop on every voter and every front, revoked, and each one's
+    /// time from the revocation's acknowledgement to its first refusal;
+    /// p50 / p99 / max per node over `revocations`.
+    Revocation {
+        #[arg(long, default_value_t = 1_000)]
+        revocations: usize,
+        #[arg(long, default_value_t = 2)]
+        fronts: u64,
+    },
+    /// /auth/verify on a stateless front and on a voter, beside a bare hyper
+    /// server answering 200, same run; then the front's memory and restart.
+    FrontVerify {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// ext_authz Check calls per second (`streams` concurrent) on a front
+    /// and on a voter, beside a bare tonic Authorization server answering
+    /// OK, same run.
+    ExtAuthz {
+        #[arg(long, default_value_t = 64)]
+        streams: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Internal: the bare tonic Authorization server (prints its port on stdout).
+    #[command(hide = true)]
+    CheckBaselineServer,
     /// Internal: the bare hyper baseline server (prints its port on stdout);
     /// over TLS with a certificate and key.
     #[command(hide = true)]
@@ -137,6 +171,11 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Scenario::CheckBaselineServer = &args.scenario {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        return gatehouse_chaos::load_fronts::serve_check_baseline(listener).await;
+    }
     if let Scenario::BaselineServer { cert, key } = &args.scenario {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?.port());
@@ -172,6 +211,16 @@ async fn main() -> anyhow::Result<()> {
         extra += &format!("\n[https]\ncert_file = \"{d}/node-1.pem\"\nkey_file = \"{d}/node-1.key\"\n");
     }
     let mut cluster = ProcCluster::prepare_with(&bin, dir.path(), args.nodes, &extra, &[], https)?;
+    if let Scenario::ExtAuthz { .. } = args.scenario {
+        // Envoy's listener on node 1 and on the front, with a secret.
+        let secret = dir.path().join("envoy.secret");
+        std::fs::write(&secret, ENVOY_SECRET)?;
+        let envoy = |port: u16| {
+            format!("ext_authz_addr = \"127.0.0.1:{port}\"\next_authz_secret_file = \"{}\"\n", secret.display())
+        };
+        cluster.append_config(1, &envoy(gatehouse_chaos::cluster::free_port()?))?;
+        cluster.front_extra = envoy(gatehouse_chaos::cluster::free_port()?);
+    }
     cluster.launch().await?;
     match args.scenario {
         Scenario::Writes { .. } => unreachable!("handled above"),
@@ -179,7 +228,9 @@ async fn main() -> anyhow::Result<()> {
             verify(&cluster, connections, seconds, https, args.json).await?
         }
         Scenario::Handshakes { clients, seconds } => handshakes(&cluster, clients, seconds, args.json).await?,
-        Scenario::Memory { sessions, keys, users } => memory(cluster, sessions, keys, users, args.json).await?,
+        Scenario::Memory { sessions, keys, users, front } => {
+            memory(cluster, sessions, keys, users, front, args.json).await?
+        }
         Scenario::RateAccuracy { limit, connections, seconds } => {
             rate_accuracy(&cluster, limit, connections, seconds, args.json).await?
         }
@@ -189,7 +240,12 @@ async fn main() -> anyhow::Result<()> {
             audit_ingest(&cluster, rate, verify, callers, seconds, args.json).await?
         }
         Scenario::LoginFlood { connections, seconds } => login_flood(&cluster, connections, seconds, args.json).await?,
-        Scenario::BaselineServer { .. } => unreachable!("handled above"),
+        Scenario::Revocation { revocations, fronts } => revocation(cluster, revocations, fronts, args.json).await?,
+        Scenario::FrontVerify { connections, seconds } => {
+            front_verify(cluster, connections, seconds, args.json).await?
+        }
+        Scenario::ExtAuthz { streams, seconds } => ext_authz(cluster, streams, seconds, args.json).await?,
+        Scenario::BaselineServer { .. } | Scenario::CheckBaselineServer => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -810,6 +866,7 @@ async fn memory(
     sessions: usize,
     keys: usize,
     users: usize,
+    front: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     use gatehouse_proto::control::LocalStatusRequest;
@@ -836,6 +893,32 @@ async fn memory(
     cluster.spawn(victim)?;
     let ready_in = cluster.wait_ready(victim, Duration::from_secs(120)).await?;
     let rss_after_restart = cluster.pid(victim).and_then(load::rss_bytes).unwrap_or(0);
+    // A front copying the same state: its RSS, its first start and a restart.
+    let front = if front {
+        let first = start_front(&mut cluster, 101).await?;
+        let rss = cluster.fronts[&101].pid().and_then(load::rss_bytes).unwrap_or(0);
+        cluster.kill_front(101);
+        cluster.spawn_front(101)?;
+        let again = cluster.wait_front_ready(101, Duration::from_secs(120)).await?;
+        Some((rss, first, again))
+    } else {
+        None
+    };
+    if let Some((rss, first, again)) = front {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "scenario": "memory-front", "rss_bytes": rss, "first_start_to_serving_seconds": first.as_secs_f64(), "restart_to_serving_seconds": again.as_secs_f64() })
+            );
+        } else {
+            println!(
+                "front 101: RSS {:.0} MiB; serving {:.2} s after its start, {:.2} s after a restart (kill -9)",
+                rss as f64 / 1048576.0,
+                first.as_secs_f64(),
+                again.as_secs_f64()
+            );
+        }
+    }
     if json {
         let nodes: Vec<_> = rss.iter().map(|(id, b)| serde_json::json!({ "id": id, "rss_bytes": b })).collect();
         println!(
@@ -856,6 +939,184 @@ async fn memory(
             ready_in.as_secs_f64(),
             rss_after_restart as f64 / (1024.0 * 1024.0)
         );
+    }
+    Ok(())
+}
+
+/// The Envoy secret of the `ext-authz` scenario.
+const ENVOY_SECRET: &str = "gatehouse-load-envoy-secret-0123456789abcdef";
+
+/// Starts front `id` following every voter and waits until it serves;
+/// returns how long that took from its start.
+async fn start_front(cluster: &mut ProcCluster, id: u64) -> anyhow::Result<Duration> {
+    let voters: Vec<String> = cluster.nodes.values().map(|n| n.peer.clone()).collect();
+    cluster.add_front(id, &voters)?;
+    cluster.wait_front_ready(id, Duration::from_secs(120)).await
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+async fn revocation(mut cluster: ProcCluster, revocations: usize, fronts: u64, json: bool) -> anyhow::Result<()> {
+    for k in 0..fronts {
+        start_front(&mut cluster, 101 + k).await?;
+    }
+    let targets: Vec<(u64, String)> = cluster
+        .nodes
+        .values()
+        .map(|n| (n.id, n.http.clone()))
+        .chain(cluster.fronts.values().map(|f| (f.id, f.http.clone())))
+        .collect();
+    let started = std::time::Instant::now();
+    let delays = gatehouse_chaos::load_fronts::revocations(&cluster, &targets, revocations).await?;
+    let took = started.elapsed();
+    let rows: Vec<(u64, f64, f64, f64)> = delays
+        .iter()
+        .map(|d| {
+            let h = &d.delays;
+            (d.id, ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max()))
+        })
+        .collect();
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(id, p50, p99, max)| serde_json::json!({ "id": id, "front": *id > 100, "p50_ms": p50, "p99_ms": p99, "max_ms": max }))
+            .collect();
+        println!("{}", serde_json::json!({ "scenario": "revocation", "revocations": revocations, "rows": rows }));
+    } else {
+        println!(
+            "scenario revocation: {revocations} revocations, {} voters and {fronts} fronts verifying each key in a tight loop ({:.0} s)",
+            cluster.nodes.len(),
+            took.as_secs_f64()
+        );
+        println!("{:<10} {:>10} {:>10} {:>10}", "node", "p50 ms", "p99 ms", "max ms");
+        for (id, p50, p99, max) in rows {
+            let name = if id > 100 { format!("front {id}") } else { format!("voter {id}") };
+            println!("{name:<10} {p50:>10.2} {p99:>10.2} {max:>10.2}");
+        }
+    }
+    Ok(())
+}
+
+async fn front_verify(mut cluster: ProcCluster, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+    let key = user_with_key(&cluster, "frontuser", &["viewer"]).await?;
+    let first_start = start_front(&mut cluster, 101).await?;
+    let front = cluster.fronts[&101].http.clone();
+    let voter = cluster.nodes[&1].http.clone();
+    let (mut baseline, baseline_addr) = baseline(None)?;
+    let d = Duration::from_secs(seconds);
+    let header = || Some(("authorization", format!("Bearer {key}")));
+    let rows = vec![
+        ("bare hyper (ceiling)", load::http_get(&baseline_addr, "/", None, connections, None, d).await?),
+        ("verify-key on a front", load::http_get(&front, "/auth/verify", header(), connections, None, d).await?),
+        ("verify-key on a voter", load::http_get(&voter, "/auth/verify", header(), connections, None, d).await?),
+    ];
+    let _ = baseline.kill();
+    let ceiling = rows[0].1.per_second;
+    // The front's memory beside a voter's, and a restart to serving.
+    let rss = |pid: Option<u32>| pid.and_then(load::rss_bytes).unwrap_or(0);
+    let front_rss = rss(cluster.fronts[&101].pid());
+    let voter_rss = rss(cluster.pid(1));
+    cluster.kill_front(101);
+    cluster.spawn_front(101)?;
+    let restart = cluster.wait_front_ready(101, Duration::from_secs(120)).await?;
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(name, f)| serde_json::json!({ "name": name, "ratio": f.per_second / ceiling, "figures": f.json() }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "front-verify", "connections": connections, "seconds": seconds, "rows": rows,
+                "front_rss_bytes": front_rss, "voter_rss_bytes": voter_rss,
+                "front_first_start_to_serving_seconds": first_start.as_secs_f64(), "front_restart_to_serving_seconds": restart.as_secs_f64() })
+        );
+    } else {
+        println!("scenario front-verify: {connections} connections, {seconds} s each");
+        println!(
+            "{:<24} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}",
+            "", "ok", "errors", "req/s", "ratio", "p50 ms", "p99 ms"
+        );
+        for (name, f) in &rows {
+            println!(
+                "{name:<24} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+                f.ok,
+                f.errors,
+                f.per_second,
+                f.per_second / ceiling,
+                f.p50_ms,
+                f.p99_ms
+            );
+        }
+        println!(
+            "front RSS {:.0} MiB, voter RSS {:.0} MiB; front serving {:.2} s after its first start, {:.2} s after a restart (kill -9)",
+            front_rss as f64 / 1048576.0,
+            voter_rss as f64 / 1048576.0,
+            first_start.as_secs_f64(),
+            restart.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn ext_authz(mut cluster: ProcCluster, streams: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let key = user_with_key(&cluster, "envoyuser", &["viewer"]).await?;
+    start_front(&mut cluster, 101).await?;
+    let addr_of = |config: &std::path::Path| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(config)?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ext_authz_addr"))
+            .ok_or_else(|| anyhow::anyhow!("no ext_authz_addr"))?;
+        Ok(line.split('"').nth(1).unwrap_or_default().to_string())
+    };
+    let on_front = addr_of(&cluster.fronts[&101].config)?;
+    let on_voter = addr_of(&cluster.nodes[&1].config)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("check-baseline-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut port)?;
+    let baseline_addr = format!("127.0.0.1:{}", port.trim());
+    let d = Duration::from_secs(seconds);
+    let bearer = format!("Bearer {key}");
+    use gatehouse_chaos::load_fronts::checks;
+    let rows = vec![
+        ("bare tonic (ceiling)", checks(&baseline_addr, None, &bearer, streams, d).await?),
+        ("Check on a front", checks(&on_front, Some(ENVOY_SECRET), &bearer, streams, d).await?),
+        ("Check on a voter", checks(&on_voter, Some(ENVOY_SECRET), &bearer, streams, d).await?),
+    ];
+    let _ = child.kill();
+    let ceiling = rows[0].1.per_second;
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(name, f)| serde_json::json!({ "name": name, "ratio": f.per_second / ceiling, "figures": f.json() }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "ext-authz", "streams": streams, "seconds": seconds, "rows": rows })
+        );
+    } else {
+        println!("scenario ext-authz: {streams} concurrent Check streams, {seconds} s each");
+        println!(
+            "{:<22} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}",
+            "", "ok", "errors", "calls/s", "ratio", "p50 ms", "p99 ms"
+        );
+        for (name, f) in rows {
+            println!(
+                "{name:<22} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+                f.ok,
+                f.errors,
+                f.per_second,
+                f.per_second / ceiling,
+                f.p50_ms,
+                f.p99_ms
+            );
+        }
     }
     Ok(())
 }
