@@ -213,7 +213,7 @@ impl ProcCluster {
     /// Prepares and starts a new node `id` that is not a member yet (add it
     /// with `cluster add-learner`).
     pub fn add_node(&mut self, id: u64) -> anyhow::Result<&ProcNode> {
-        anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
+        anyhow::ensure!(!self.nodes.contains_key(&id) && !self.fronts.contains_key(&id), "id {id} is taken");
         let ca = if self.tls { Some(read_ca(&self.dir)?) } else { None };
         let node = new_node(&self.dir, id, ca.as_ref())?;
         self.peers.expect(&node.peer, id);
@@ -244,24 +244,28 @@ impl ProcCluster {
     }
 
     /// Prepares and starts stateless front `id`, following the voters at
-    /// `voters` (their peer addresses, or proxies in front of them): its
-    /// secret, its line in the voters' fronts file (each voter is told to
-    /// re-read it at once), and with TLS its certificate.
-    pub fn add_front(&mut self, id: u64, voters: &[String]) -> anyhow::Result<()> {
-        use std::io::Write;
+    /// `voters` (each voter's id and its peer address, or a proxy in front
+    /// of it): its secret, its line in the voters' fronts file (each voter
+    /// is told to re-read it at once), and with TLS its certificate.
+    pub fn add_front(&mut self, id: u64, voters: &[(u64, String)]) -> anyhow::Result<()> {
         anyhow::ensure!(!self.fronts.contains_key(&id) && !self.nodes.contains_key(&id), "id {id} is taken");
         let secret = gatehouse_cluster::ids::new_id() + &gatehouse_cluster::ids::new_id();
         let secret_file = self.dir.join(format!("front-{id}.secret"));
-        std::fs::write(&secret_file, &secret)?;
-        let mut fronts = std::fs::OpenOptions::new().append(true).open(self.dir.join("fronts.txt"))?;
-        writeln!(fronts, "{}", gatehouse_cluster::fronts::line_for(id, &secret))?;
+        write_private(&secret_file, &secret)?;
+        // The whole file replaced at once: a voter never reads half a line.
+        let fronts_file = self.dir.join("fronts.txt");
+        let mut lines = std::fs::read_to_string(&fronts_file)?;
+        lines += &(gatehouse_cluster::fronts::line_for(id, &secret) + "\n");
+        let aside = self.dir.join("fronts.txt.new");
+        std::fs::write(&aside, lines)?;
+        std::fs::rename(&aside, &fronts_file)?;
         for node in self.nodes.keys().copied().collect::<Vec<_>>() {
             if self.running(node) {
                 self.signal(node, "HUP")?;
             }
         }
         let http = format!("127.0.0.1:{}", free_port()?);
-        let list: Vec<String> = voters.iter().map(|v| format!("\"{v}\"")).collect();
+        let list: Vec<String> = voters.iter().map(|(voter, addr)| format!("\"{voter}@{addr}\"")).collect();
         let mut toml = format!(
             "node_id = {id}\nhttp_addr = \"{http}\"\nmetrics_on_front = true\n{}\n[front]\nvoters = [{}]\nsecret_file = \"{}\"\n",
             self.front_extra,
@@ -272,7 +276,7 @@ impl ProcCluster {
             let issued = gatehouse_tls::issue::front_certificate(&read_ca(&self.dir)?, id, 30)?;
             let (cert, key) = (self.dir.join(format!("front-{id}.pem")), self.dir.join(format!("front-{id}.key")));
             std::fs::write(&cert, &issued.cert_pem)?;
-            std::fs::write(&key, issued.key_pem.expose())?;
+            write_private(&key, issued.key_pem.expose())?;
             toml += &format!(
                 "cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
                 cert.display(),
@@ -436,6 +440,15 @@ fn new_node(dir: &Path, id: u64, ca: Option<&gatehouse_tls::issue::Issued>) -> a
         None => grpc.clone(),
     };
     Ok(ProcNode { id, http, grpc, peer, config: dir.join(format!("node-{id}.toml")), child: None })
+}
+
+/// Writes `text` to a new file readable by this user only (0600).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// A CA for the run's node certificates (`ca.pem`, `ca.key` in `dir`).

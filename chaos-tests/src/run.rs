@@ -165,7 +165,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
 
     // Fronts follow the voters directly (not through the link proxies):
     // the nemeses reach them through the voters they follow.
-    let voters: Vec<String> = cluster.nodes.values().map(|n| n.peer.clone()).collect();
+    let voters: Vec<(u64, String)> = cluster.nodes.values().map(|n| (n.id, n.peer.clone())).collect();
     for k in 0..s.fronts {
         cluster.add_front(FIRST_FRONT + k, &voters)?;
     }

@@ -347,8 +347,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrontSection {
-    /// The voters' peer addresses (`host:port`): the front follows one and
-    /// moves on to the next when it fails.
+    /// The voters' peer addresses, each `id@host:port` (the id is required
+    /// with TLS: only that node's certificate is taken at that address) or
+    /// `host:port`: the front follows one and moves on to the next when it fails.
     pub voters: Vec<String>,
     /// The front's own secret (at least 32 characters), or its file.
     #[serde(default)]
@@ -364,9 +365,31 @@ pub struct FrontSection {
     pub key_file: Option<PathBuf>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Voter certificates this front refuses, by serial, and a file of them
+    /// (re-read every 5 s and on SIGHUP), as `[cluster_tls]` has them.
+    #[serde(default)]
+    pub deny_serials: Vec<String>,
+    #[serde(default)]
+    pub deny_file: Option<PathBuf>,
 }
 
 impl FrontSection {
+    /// The voters as (node id, address) pairs; errors name the entry.
+    pub fn voter_list(&self) -> Result<Vec<(Option<u64>, String)>, ConfigError> {
+        self.voters
+            .iter()
+            .map(|v| match v.split_once('@') {
+                Some((id, addr)) => match id.parse::<u64>() {
+                    Ok(id) if id > 0 && !addr.is_empty() => Ok((Some(id), addr.to_string())),
+                    _ => Err(ConfigError::Invalid(format!(
+                        "front.voters: {v:?} is not `<node id>@host:port` with a positive id"
+                    ))),
+                },
+                None => Ok((None, v.clone())),
+            })
+            .collect()
+    }
+
     /// Whether the front dials its voters over mutual TLS.
     pub fn tls(&self) -> bool {
         self.cert_file.is_some()
@@ -638,9 +661,25 @@ impl Config {
         if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
             return bad("front.cert_file, front.key_file and front.ca_file go together");
         }
+        let voters = front.voter_list()?;
+        if front.tls() && voters.iter().any(|(id, _)| id.is_none()) {
+            // Any node certificate of the CA would do at an address otherwise:
+            // a removed node's, one that moved there.
+            return bad("with front.cert_file, every voter is `<node id>@host:port`");
+        }
+        if !front.tls() && (!front.deny_serials.is_empty() || front.deny_file.is_some()) {
+            return bad("front.deny_serials and front.deny_file need front.cert_file");
+        }
+        for s in &front.deny_serials {
+            if gatehouse_tls::identity::normalize_serial(s).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "front.deny_serials: {s:?} is not a hexadecimal serial number"
+                )));
+            }
+        }
         // The front's secret, passwords and tokens go to the voters: in
         // plaintext only on this machine.
-        if self.mode == Mode::Production && !front.tls() && !front.voters.iter().all(|v| is_loopback_addr(v)) {
+        if self.mode == Mode::Production && !front.tls() && !voters.iter().all(|(_, v)| is_loopback_addr(v)) {
             return bad(
                 "production mode refuses a front's traffic to voters in plaintext off loopback (front.voters): \
                  set front.cert_file, key_file and ca_file",

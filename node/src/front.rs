@@ -44,17 +44,22 @@ impl FrontNode {
         let secret = section.read_secret()?;
         let auth = FrontAuth::new(config.node_id, &secret).map_err(anyhow::Error::msg)?;
         let mut watched = crate::reload::Watched::default();
-        // Mutual TLS to the voters: this front's certificate must bind it.
+        // Mutual TLS to the voters: this front's certificate must bind it;
+        // each voter is taken only as the node it is listed as, and the CA
+        // bundle and deny-list are re-read and held to as a node's are.
         let tls = match (&section.cert_file, &section.key_file, &section.ca_file) {
             (Some(cert), Some(key), Some(ca)) => {
                 let material = gatehouse_tls::Material::load_front(cert, key, config.node_id).context("[front]")?;
-                let trust = gatehouse_tls::peer::Trust::load(ca, &[], None).context("[front]")?;
+                let trust = gatehouse_tls::peer::Trust::load(ca, &section.deny_serials, section.deny_file.as_deref())
+                    .context("[front]")?;
                 watched.served.push(crate::reload::Served { listener: "front", material: material.clone() });
-                Some(trust.front_client_config(&material)?)
+                let tls = gatehouse_cluster::peer_tls::PeerTls::new(trust, &material)?;
+                watched.peer = Some((tls.clone(), None));
+                Some(tls)
             }
             _ => None,
         };
-        let voters = Voters::new(&section.voters, auth, tls).map_err(anyhow::Error::msg)?;
+        let voters = Voters::new(&section.voter_list()?, auth, tls.as_ref()).map_err(anyhow::Error::msg)?;
         let sign_in_voters = voters.clone();
         let https = match &config.https {
             Some(h) => {

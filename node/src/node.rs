@@ -220,7 +220,7 @@ impl Node {
             Some((client, server)) => {
                 let live = Some(client.live().clone());
                 peers = peers.with_tls(client.clone());
-                watched.peer = Some((client, peers.clone()));
+                watched.peer = Some((client, Some(peers.clone())));
                 Some(crate::grpc::ListenerTls { config: server, live })
             }
             None => None,

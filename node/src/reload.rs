@@ -58,7 +58,8 @@ pub struct Watched {
     /// Mutual TLS between nodes: the CA bundle and deny file, and the open
     /// connections held to them; the channels that move to new connections
     /// when this node's peer certificate or the trust changes.
-    pub peer: Option<(PeerTls, Peers)>,
+    /// (A front's voters reconnect by themselves: no `Peers` there.)
+    pub peer: Option<(PeerTls, Option<Peers>)>,
     pub secret: Option<SecretFile>,
     /// The CA bundle admin callers' certificates must chain to.
     pub admin_clients: Option<gatehouse_tls::server::AdminClients>,
@@ -155,7 +156,9 @@ pub fn reload(watched: &Watched, metrics: &Metrics) {
         // use now; connections about to be closed are left to the calls
         // already under way on them.
         if peer_changed || trust == Some("reloaded") || rechecked.doomed > 0 {
-            peers.drop_channels();
+            if let Some(peers) = peers {
+                peers.drop_channels();
+            }
         }
     }
     if let Some(clients) = &watched.admin_clients {

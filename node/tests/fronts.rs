@@ -339,7 +339,7 @@ async fn a_front_s_configuration_is_checked() {
     short.front.as_mut().unwrap().secret = Some("short".into());
     assert!(FrontNode::start(short).await.is_err());
     let mut offbox = front_config(&c, 101);
-    offbox.front.as_mut().unwrap().voters = vec!["10.1.2.3:7000".into()];
+    offbox.front.as_mut().unwrap().voters = vec!["1@10.1.2.3:7000".into()];
     let err = FrontNode::start(offbox).await.err().unwrap().to_string();
     assert!(err.contains("plaintext"), "{err}");
     // And a voter refuses a [front] section.
@@ -479,7 +479,7 @@ async fn a_front_whose_place_in_the_log_was_compacted_copies_the_view_again() {
     let followed = *c.nodes.keys().find(|&&id| id != leader).unwrap();
     // The front follows one voter only, which goes down for a while.
     let mut config = front_config(&c, 101);
-    config.front.as_mut().unwrap().voters = vec![c.node(followed).advertise_addr().to_string()];
+    config.front.as_mut().unwrap().voters = vec![format!("{followed}@{}", c.node(followed).advertise_addr())];
     let front = FrontNode::start(config).await.unwrap();
     assert!(front.wait_ready(Duration::from_secs(10)).await);
     assert_eq!(front.front().copies(), 1);
@@ -610,14 +610,14 @@ async fn a_front_whose_secret_was_rotated_away_is_cut_off() {
     c.shutdown().await;
 }
 
-/// A channel to `addr` over TLS with `config` (a front's or a node's certificate).
-async fn tls_channel(addr: &str, config: std::sync::Arc<rustls::ClientConfig>) -> tonic::transport::Channel {
+/// A channel to node `id` at `addr` over TLS with `config` (a front's or a node's certificate).
+async fn tls_channel(addr: &str, id: u64, config: std::sync::Arc<rustls::ClientConfig>) -> tonic::transport::Channel {
     let addr = addr.to_string();
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let (addr, config) = (addr.clone(), config.clone());
         async move {
             let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let name = rustls::pki_types::ServerName::try_from("gatehouse-voter").unwrap();
+            let name = gatehouse_tls::peer::server_name(id);
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
@@ -655,12 +655,29 @@ async fn fronts_dial_voters_over_mutual_tls_with_a_certificate_that_binds_them()
     let plain = FrontNode::start(front_config(&c, 102)).await.unwrap();
     assert!(!plain.wait_ready(Duration::from_secs(2)).await);
     plain.shutdown().await.unwrap();
+    // A voter is taken only as the node it is listed as: node 2's
+    // certificate at an address listed as node 3's is refused.
+    let mut misnamed = with_cert(102, "front-102");
+    misnamed.front.as_mut().unwrap().voters = vec![format!("3@{}", c.node(2).advertise_addr())];
+    let misnamed = FrontNode::start(misnamed).await.unwrap();
+    assert!(!misnamed.wait_ready(Duration::from_secs(2)).await);
+    misnamed.shutdown().await.unwrap();
+    // A voter certificate on the front's deny-list is refused.
+    let serial =
+        gatehouse_tls::Material::load(&pki.path("node-2.pem"), &pki.path("node-2.key")).unwrap().info().serial.clone();
+    let mut denying = with_cert(102, "front-102");
+    let f = denying.front.as_mut().unwrap();
+    f.voters = vec![format!("2@{}", c.node(2).advertise_addr())];
+    f.deny_serials = vec![serial];
+    let denying = FrontNode::start(denying).await.unwrap();
+    assert!(!denying.wait_ready(Duration::from_secs(2)).await);
+    denying.shutdown().await.unwrap();
 
     let trust = gatehouse_tls::peer::Trust::load(&pki.path("ca.pem"), &[], None).unwrap();
     let config_of = |name: &str| {
         let m = gatehouse_tls::Material::load(&pki.path(&format!("{name}.pem")), &pki.path(&format!("{name}.key")))
             .unwrap();
-        trust.front_client_config(&m).unwrap()
+        trust.client_config(&m).unwrap()
     };
     let voter = c.node(2).advertise_addr().to_string();
     let ask = |channel: tonic::transport::Channel, id: &str, secret: String| {
@@ -674,15 +691,15 @@ async fn fronts_dial_voters_over_mutual_tls_with_a_certificate_that_binds_them()
         async move { client.read_index(FrontReadIndexRequest::default()).await.map(|_| ()) }
     };
     // Attack: front 102's id and secret over front 101's certificate.
-    let stolen = ask(tls_channel(&voter, config_of("front-101")).await, "102", front_secret(&c.dir, 102)).await;
+    let stolen = ask(tls_channel(&voter, 2, config_of("front-101")).await, "102", front_secret(&c.dir, 102)).await;
     assert_eq!(stolen.unwrap_err().code(), tonic::Code::Unauthenticated);
     // Attack: a node's certificate does not open a front's services.
-    let node_cert = ask(tls_channel(&voter, config_of("node-3")).await, "101", front_secret(&c.dir, 101)).await;
+    let node_cert = ask(tls_channel(&voter, 2, config_of("node-3")).await, "101", front_secret(&c.dir, 101)).await;
     assert_eq!(node_cert.unwrap_err().code(), tonic::Code::Unauthenticated);
     // The rightful front's certificate, id and secret do.
-    ask(tls_channel(&voter, config_of("front-101")).await, "101", front_secret(&c.dir, 101)).await.unwrap();
+    ask(tls_channel(&voter, 2, config_of("front-101")).await, "101", front_secret(&c.dir, 101)).await.unwrap();
     // Attack: a front's certificate with the cluster secret on the control service.
-    let channel = tls_channel(&voter, config_of("front-101")).await;
+    let channel = tls_channel(&voter, 2, config_of("front-101")).await;
     let mut control = gatehouse_proto::control::control_service_client::ControlServiceClient::new(channel);
     let mut req = tonic::Request::new(ReadIndexRequest {});
     req.metadata_mut().insert(gatehouse_cluster::peers::SECRET_METADATA, c.secret().parse().unwrap());

@@ -46,10 +46,10 @@ async fn three_voters_and_two_front_processes() {
     // front 102 dials them directly.
     let mut proxies = Vec::new();
     for (n, node) in c.nodes.values().enumerate() {
-        proxies.push(LinkProxy::start(node.peer.clone(), n as u64).await.unwrap());
+        proxies.push((node.id, LinkProxy::start(node.peer.clone(), n as u64).await.unwrap()));
     }
-    let through: Vec<String> = proxies.iter().map(|p| p.addr().to_string()).collect();
-    let direct: Vec<String> = c.nodes.values().map(|n| n.peer.clone()).collect();
+    let through: Vec<(u64, String)> = proxies.iter().map(|(id, p)| (*id, p.addr().to_string())).collect();
+    let direct: Vec<(u64, String)> = c.nodes.values().map(|n| (n.id, n.peer.clone())).collect();
     c.add_front(101, &through).unwrap();
     c.add_front(102, &direct).unwrap();
     for id in [101, 102] {
@@ -83,7 +83,7 @@ async fn three_voters_and_two_front_processes() {
     // Front 101 cut off from every voter: 503 within the bound; healed, it serves.
     let key = new_key(&c, &endpoint(1), "bob").await;
     assert_eq!(verify(&fronts[0], &key).await, StatusCode::OK);
-    for p in &proxies {
+    for (_, p) in &proxies {
         p.set(Fault::Cut);
     }
     let cut = Instant::now();
@@ -93,7 +93,7 @@ async fn three_voters_and_two_front_processes() {
     .await;
     assert!(cut.elapsed() < Duration::from_millis(2_600), "503 within the bound: {:?}", cut.elapsed());
     assert_eq!(verify(&fronts[1], &key).await, StatusCode::OK, "the other front is unaffected");
-    for p in &proxies {
+    for (_, p) in &proxies {
         p.set(Fault::Pass);
     }
     wait_until("the healed front serves again", Duration::from_secs(15), || async {

@@ -15,8 +15,8 @@
 //! `gatehouse-front-<id>` ([`Holder::Front`]): the peer listener's handshake
 //! takes it, the Raft and control services refuse it ([`Trust::peer_id`]
 //! reads nodes only), and the fronts' services check it names the front
-//! that calls. A front dials voters by address, so it takes any node
-//! certificate of the CA ([`Trust::front_client_config`]).
+//! that calls. A front dials each voter as the node it is listed as, with
+//! [`Trust::client_config`] and its own certificate, as nodes dial each other.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -318,23 +318,6 @@ impl Trust {
     }
 }
 
-impl Trust {
-    /// The configuration a stateless front dials voters with: its own
-    /// certificate (`material`, binding the front) presented, any node of
-    /// the cluster's CA taken ([`AnyNode`]), no resumption.
-    pub fn front_client_config(&self, material: &Material) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
-            .with_protocol_versions(crate::VERSIONS)
-            .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyNode(self.clone())))
-            .with_client_cert_resolver(Arc::new(material.clone()));
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(Arc::new(config))
-    }
-}
-
 /// No session resumption on a server whose clients present certificates: a
 /// resumed session is not checked again, so a certificate denied (or
 /// expired) since the first handshake would still be let in.
@@ -407,48 +390,6 @@ impl ClientCertVerifier for PeerClients {
 /// ([`server_name`]).
 #[derive(Debug)]
 struct PeerServers(Trust);
-
-/// The certificate of a voter a front dials by address: any node of the
-/// cluster's CA (chained, one bound node id, no denied serial); never a
-/// front's.
-#[derive(Debug)]
-struct AnyNode(Trust);
-
-impl ServerCertVerifier for AnyNode {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0.check_any_node_at(end_entity, intermediates, now)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &ALGORITHMS)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &ALGORITHMS)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ALGORITHMS.supported_schemes()
-    }
-}
 
 impl ServerCertVerifier for PeerServers {
     fn verify_server_cert(
@@ -543,23 +484,25 @@ mod tests {
         std::fs::write(&c, &front.cert_pem).unwrap();
         std::fs::write(&k, front.key_pem.expose()).unwrap();
         let front_material = Material::load_front(&c, &k, 101).unwrap();
-        // A front dials a voter: the voter's handshake takes the front's certificate.
-        let dial = |server: Material| {
+        // A front dials voter 2 as node 2: the voter's handshake takes the front's certificate.
+        let dial = |server: Material, as_node: u64| {
             let acceptor = tokio_rustls::TlsAcceptor::from(t.server_config(&server).unwrap());
-            let connector = tokio_rustls::TlsConnector::from(t.front_client_config(&front_material).unwrap());
+            let connector = tokio_rustls::TlsConnector::from(t.client_config(&front_material).unwrap());
             async move {
                 let (a, b) = tokio::io::duplex(64 << 10);
                 let served =
                     tokio::spawn(async move { acceptor.accept(a).await.map(|_| ()).map_err(|e| e.to_string()) });
-                let name = ServerName::try_from("gatehouse-voter").unwrap();
-                let dialled = connector.connect(name, b).await.map(|_| ()).map_err(|e| e.to_string());
+                let dialled = connector.connect(server_name(as_node), b).await.map(|_| ()).map_err(|e| e.to_string());
                 (dialled, served.await.unwrap())
             }
         };
-        let (dialled, served) = dial(voter.material.clone()).await;
+        let (dialled, served) = dial(voter.material.clone(), 2).await;
         assert!(dialled.is_ok() && served.is_ok(), "{dialled:?} {served:?}");
-        // ... and it takes only a node: a "voter" with a front's certificate is refused.
-        let (dialled, _) = dial(front_material.clone()).await;
+        // ... and only as the node it is listed as: node 2's certificate does not answer for node 3.
+        let (dialled, _) = dial(voter.material.clone(), 3).await;
+        assert!(dialled.is_err(), "another node's certificate at a voter's address");
+        // A "voter" with a front's certificate is refused.
+        let (dialled, _) = dial(front_material.clone(), 2).await;
         assert!(dialled.is_err(), "a front's certificate cannot answer as a voter");
     }
 

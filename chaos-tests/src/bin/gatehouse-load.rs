@@ -949,7 +949,7 @@ const ENVOY_SECRET: &str = "gatehouse-load-envoy-secret-0123456789abcdef";
 /// Starts front `id` following every voter and waits until it serves;
 /// returns how long that took from its start.
 async fn start_front(cluster: &mut ProcCluster, id: u64) -> anyhow::Result<Duration> {
-    let voters: Vec<String> = cluster.nodes.values().map(|n| n.peer.clone()).collect();
+    let voters: Vec<(u64, String)> = cluster.nodes.values().map(|n| (n.id, n.peer.clone())).collect();
     cluster.add_front(id, &voters)?;
     cluster.wait_front_ready(id, Duration::from_secs(120)).await
 }

@@ -52,41 +52,6 @@ impl tonic::service::Interceptor for FrontAuth {
 
 pub type FollowClient = FollowServiceClient<InterceptedService<Channel, FrontAuth>>;
 
-/// How long dialling a voter may take, TCP and TLS handshake together.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
-
-/// Dials `addr` over TLS with `config` (the voter's certificate is checked
-/// by its verifier: any node of the cluster's CA).
-fn connector(
-    addr: String,
-    config: Arc<rustls::ClientConfig>,
-) -> impl tower::Service<
-    http::Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |_uri: http::Uri| {
-        let (addr, config) = (addr.clone(), config.clone());
-        async move {
-            let connect = async {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                tcp.set_nodelay(true)?;
-                // The name is not what is checked (a voter is dialled by
-                // address); the certificate must be a node's of the CA.
-                let name = rustls::pki_types::ServerName::try_from("gatehouse-voter").expect("a valid name");
-                tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
-            };
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to a voter timed out"))??;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        }
-    })
-}
-
 /// The voters, and the one followed now.
 #[derive(Clone, Debug)]
 pub struct Voters {
@@ -96,18 +61,24 @@ pub struct Voters {
 }
 
 impl Voters {
-    /// Channels to every address in `addrs` (`host:port` of each voter's
-    /// peer listener); nothing is dialled until first used. With `tls` (the
-    /// front's certificate, the cluster's CA: `Trust::front_client_config`)
-    /// every channel is mutual TLS, and a voter is taken only with a node
-    /// certificate of that CA.
-    pub fn new(addrs: &[String], auth: FrontAuth, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Voters, String> {
+    /// Channels to every voter in `voters` (its node id, needed with TLS,
+    /// and the `host:port` of its peer listener); nothing is dialled until
+    /// first used. With `tls` (the front's certificate, the cluster's CA and
+    /// deny-list) every channel is mutual TLS, a voter is taken only with the
+    /// certificate of the node it is listed as, and open connections are
+    /// held to the trust in force ([`PeerTls::recheck`]).
+    pub fn new(
+        voters: &[(Option<NodeId>, String)],
+        auth: FrontAuth,
+        tls: Option<&crate::peer_tls::PeerTls>,
+    ) -> Result<Voters, String> {
+        let addrs: Vec<String> = voters.iter().map(|(_, a)| a.clone()).collect();
         if addrs.is_empty() {
             return Err("a front needs at least one voter address".into());
         }
-        let voters = addrs
+        let voters = voters
             .iter()
-            .map(|a| {
+            .map(|(id, a)| {
                 let endpoint = Endpoint::from_shared(format!("http://{a}"))
                     .map_err(|_| format!("invalid voter address {}", gatehouse_domain::quote::quote(a)))?
                     .connect_timeout(Duration::from_millis(500))
@@ -116,9 +87,13 @@ impl Voters {
                     .initial_connection_window_size(PEER_CONNECTION_WINDOW)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(3));
-                let channel = match &tls {
-                    None => endpoint.connect_lazy(),
-                    Some(config) => endpoint.connect_with_connector_lazy(connector(a.clone(), config.clone())),
+                let channel = match (tls, id) {
+                    (None, _) => endpoint.connect_lazy(),
+                    (Some(tls), Some(id)) => {
+                        tls.expect(a, *id);
+                        endpoint.connect_with_connector_lazy(tls.connector(a.clone(), a.clone()))
+                    }
+                    (Some(_), None) => return Err(format!("voter {a}: with TLS, name its node id (`id@host:port`)")),
                 };
                 Ok((a.clone(), channel))
             })

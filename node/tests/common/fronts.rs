@@ -38,7 +38,7 @@ pub async fn cluster_for_fronts(n: u64, front_ids: &[u64], tweak: impl Fn(&mut C
 
 /// A front's config following `cluster`'s voters.
 pub fn front_config(cluster: &TestCluster, id: u64) -> Config {
-    let voters = cluster.nodes.values().map(|n| n.advertise_addr().to_string()).collect();
+    let voters = cluster.nodes.iter().map(|(id, n)| format!("{id}@{}", n.advertise_addr())).collect();
     Config {
         node_id: id,
         mode: Mode::Production,
@@ -52,6 +52,8 @@ pub fn front_config(cluster: &TestCluster, id: u64) -> Config {
             cert_file: None,
             key_file: None,
             ca_file: None,
+            deny_serials: Vec::new(),
+            deny_file: None,
         }),
         ..Config::default()
     }
