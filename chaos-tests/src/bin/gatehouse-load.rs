@@ -829,34 +829,13 @@ async fn verify(
         ),
     ];
     let _ = baseline.kill();
-    let ceiling = rows[0].1.per_second;
+    let over = if https { " over HTTPS" } else { "" };
+    let title = format!("scenario verify{over}: one node, {connections} connections, {seconds} s each");
+    let head =
+        json.then(|| serde_json::json!({ "scenario": "verify", "connections": connections, "seconds": seconds }));
+    let out = print_beside_ceiling(&rows, &title, "req/s", head);
     if json {
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|(name, f)| serde_json::json!({ "name": name, "ratio": f.per_second / ceiling, "figures": f.json() }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "scenario": "verify", "connections": connections, "seconds": seconds, "rows": rows })
-        );
-    } else {
-        let over = if https { " over HTTPS" } else { "" };
-        println!("scenario verify{over}: one node, {connections} connections, {seconds} s each");
-        println!(
-            "{:<22} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}",
-            "", "ok", "errors", "req/s", "ratio", "p50 ms", "p99 ms"
-        );
-        for (name, f) in rows {
-            println!(
-                "{name:<22} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
-                f.ok,
-                f.errors,
-                f.per_second,
-                f.per_second / ceiling,
-                f.p50_ms,
-                f.p99_ms
-            );
-        }
+        println!("{out}");
     }
     Ok(())
 }
@@ -1013,7 +992,6 @@ async fn front_verify(mut cluster: ProcCluster, connections: usize, seconds: u64
         ("verify-key on a voter", load::http_get(&voter, "/auth/verify", header(), connections, None, d).await?),
     ];
     let _ = baseline.kill();
-    let ceiling = rows[0].1.per_second;
     // The front's memory beside a voter's, and a restart to serving.
     let rss = |pid: Option<u32>| pid.and_then(load::rss_bytes).unwrap_or(0);
     let front_rss = rss(cluster.fronts[&101].pid());
@@ -1021,34 +999,16 @@ async fn front_verify(mut cluster: ProcCluster, connections: usize, seconds: u64
     cluster.kill_front(101);
     cluster.spawn_front(101)?;
     let restart = cluster.wait_front_ready(101, Duration::from_secs(120)).await?;
+    let title = format!("scenario front-verify: {connections} connections, {seconds} s each");
+    let head = json.then(|| {
+        serde_json::json!({ "scenario": "front-verify", "connections": connections, "seconds": seconds,
+            "front_rss_bytes": front_rss, "voter_rss_bytes": voter_rss,
+            "front_first_start_to_serving_seconds": first_start.as_secs_f64(), "front_restart_to_serving_seconds": restart.as_secs_f64() })
+    });
+    let out = print_beside_ceiling(&rows, &title, "req/s", head);
     if json {
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|(name, f)| serde_json::json!({ "name": name, "ratio": f.per_second / ceiling, "figures": f.json() }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "scenario": "front-verify", "connections": connections, "seconds": seconds, "rows": rows,
-                "front_rss_bytes": front_rss, "voter_rss_bytes": voter_rss,
-                "front_first_start_to_serving_seconds": first_start.as_secs_f64(), "front_restart_to_serving_seconds": restart.as_secs_f64() })
-        );
+        println!("{out}");
     } else {
-        println!("scenario front-verify: {connections} connections, {seconds} s each");
-        println!(
-            "{:<24} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}",
-            "", "ok", "errors", "req/s", "ratio", "p50 ms", "p99 ms"
-        );
-        for (name, f) in &rows {
-            println!(
-                "{name:<24} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
-                f.ok,
-                f.errors,
-                f.per_second,
-                f.per_second / ceiling,
-                f.p50_ms,
-                f.p99_ms
-            );
-        }
         println!(
             "front RSS {:.0} MiB, voter RSS {:.0} MiB; front serving {:.2} s after its first start, {:.2} s after a restart (kill -9)",
             front_rss as f64 / 1048576.0,
@@ -1090,33 +1050,45 @@ async fn ext_authz(mut cluster: ProcCluster, streams: usize, seconds: u64, json:
         ("Check on a voter", checks(&on_voter, Some(ENVOY_SECRET), &bearer, streams, d).await?),
     ];
     let _ = child.kill();
-    let ceiling = rows[0].1.per_second;
+    let title = format!("scenario ext-authz: {streams} concurrent Check streams, {seconds} s each");
+    let head = json.then(|| serde_json::json!({ "scenario": "ext-authz", "streams": streams, "seconds": seconds }));
+    let out = print_beside_ceiling(&rows, &title, "calls/s", head);
     if json {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// Prints figures set beside the first row (the ceiling): the JSON rows
+/// (`{name, ratio, figures}`), or a table headed `title` whose rate column
+/// is `unit`.
+fn print_beside_ceiling(
+    rows: &[(&str, load::Figures)],
+    title: &str,
+    unit: &str,
+    json: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let ceiling = rows[0].1.per_second;
+    if let Some(mut head) = json {
         let rows: Vec<_> = rows
             .iter()
             .map(|(name, f)| serde_json::json!({ "name": name, "ratio": f.per_second / ceiling, "figures": f.json() }))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "scenario": "ext-authz", "streams": streams, "seconds": seconds, "rows": rows })
-        );
-    } else {
-        println!("scenario ext-authz: {streams} concurrent Check streams, {seconds} s each");
-        println!(
-            "{:<22} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}",
-            "", "ok", "errors", "calls/s", "ratio", "p50 ms", "p99 ms"
-        );
-        for (name, f) in rows {
-            println!(
-                "{name:<22} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
-                f.ok,
-                f.errors,
-                f.per_second,
-                f.per_second / ceiling,
-                f.p50_ms,
-                f.p99_ms
-            );
-        }
+        head["rows"] = serde_json::Value::Array(rows);
+        return head;
     }
-    Ok(())
+    println!("{title}");
+    println!("{:<24} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}", "", "ok", "errors", unit, "ratio", "p50 ms", "p99 ms");
+    for (name, f) in rows {
+        println!(
+            "{name:<24} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+            f.ok,
+            f.errors,
+            f.per_second,
+            f.per_second / ceiling,
+            f.p50_ms,
+            f.p99_ms
+        );
+    }
+    serde_json::Value::Null
 }
