@@ -284,8 +284,10 @@ impl FollowService for Follow {
     async fn follow(&self, req: Request<pb::FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
         let slot = self.slot(&req)?;
         let after = req.get_ref().after_index;
+        // The last index there is has no next one to follow from.
+        let next = after.checked_add(1).ok_or_else(|| bad("after_index"))?;
         let first = self.log.first_index().map_err(internal)?;
-        if after + 1 < first {
+        if next < first {
             return Err(compacted(after, first));
         }
         let (tx, rx) = mpsc::channel(BUFFERED);
@@ -299,7 +301,7 @@ impl FollowService for Follow {
             let front = slot.front;
             let (_following, admitted) = (following, slot.admitted);
             let mut applied = view.subscribe();
-            let mut next = after + 1;
+            let mut next = next;
             loop {
                 if !fronts.still(front, admitted) {
                     let _ = tx.send(Err(Status::unauthenticated("this front is no longer accepted"))).await;

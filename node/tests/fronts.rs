@@ -190,6 +190,9 @@ async fn a_front_s_secret_opens_the_follow_service_and_nothing_else() {
     assert!(last);
     assert!(client.read_index(FrontReadIndexRequest::default()).await.unwrap().into_inner().index > 0);
     client.follow(FollowRequest { after_index: 0 }).await.unwrap();
+    // Hostile: an index with no next one.
+    let past = client.follow(FollowRequest { after_index: u64::MAX }).await.unwrap_err();
+    assert_eq!(past.code(), tonic::Code::InvalidArgument);
     let node = c.node(1).cluster();
     let touch = node.command(Payload::RecordUse(RecordUse::default()));
     let batch = |cmd| ProposeRequest { batch: Some(CommandBatch { commands: vec![cmd] }) };
