@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use std::time::Duration;
 
-use gatehouse_api::http::{Front, FrontConfig, Lockout};
+use gatehouse_api::http::{Front, FrontConfig, FrontParts, Lockout};
 use gatehouse_api::passwords::PasswordPool;
 use gatehouse_api::sign_in::SignIn;
 use gatehouse_cluster::periodic::{Periodic, Shutdown, ShutdownSender};
@@ -527,7 +527,7 @@ pub(crate) fn front(
         }
         None => (SignIn::Here(passwords.clone()), limits),
     };
-    Front { limits, node, config: Arc::new(fc), passwords, sign_in }
+    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in })
 }
 
 /// Flushes the last-use times of sessions and keys this node saw

@@ -1,29 +1,26 @@
 //! Who the client is, by address: the socket peer, or behind a trusted
 //! proxy the nearest address in `X-Forwarded-For` that is not one. Resolved
-//! once per request by [`layer`], whether rate limits are on or off, and
+//! once per request by [`resolve_into`], whether rate limits are on or off, and
 //! read by every handler that records or limits by address (audit actors,
 //! login lockouts, refusals, the rate limiter).
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
 
 use super::front::Front;
 
-/// The request's client address, as [`layer`] resolved it.
+/// The request's client address, as [`resolve_into`] resolved it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
 /// Puts the request's [`ClientIp`] in its extensions.
-pub async fn layer(State(front): State<Front>, mut req: Request, next: Next) -> Response {
+pub fn resolve_into(front: &Front, req: &mut Request) {
     let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     let ip = front.limits.client_ip(peer.as_ref(), req.headers());
     req.extensions_mut().insert(ClientIp(ip));
-    next.run(req).await
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.

@@ -78,9 +78,28 @@ pub struct FrontConfig {
     pub hsts: Option<axum::http::HeaderValue>,
 }
 
-/// What every handler shares.
+/// What every handler shares: one reference-counted handle, since the
+/// router clones it for every layer and extractor of every request (one
+/// count to touch per clone, not one per part).
 #[derive(Clone)]
-pub struct Front {
+pub struct Front(Arc<FrontParts>);
+
+impl Front {
+    pub fn new(parts: FrontParts) -> Front {
+        Front(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for Front {
+    type Target = FrontParts;
+
+    fn deref(&self) -> &FrontParts {
+        &self.0
+    }
+}
+
+/// The parts of a [`Front`].
+pub struct FrontParts {
     pub node: Node,
     pub config: Arc<FrontConfig>,
     /// This node's argon2 pool (a voter's logins, the admin API's hashing).

@@ -22,7 +22,7 @@ pub mod serve;
 pub mod session;
 pub mod verify;
 
-pub use front::{Front, FrontConfig, Lockout, RouteRule};
+pub use front::{Front, FrontConfig, FrontParts, Lockout, RouteRule};
 
 use crate::ApiError;
 use axum::extract::Request;
@@ -54,11 +54,20 @@ pub fn router(front: Front) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(front.clone())
-        .layer(axum::middleware::from_fn_with_state(front.clone(), crate::rate_limit::layer::layer))
-        // Outside the limits: the client's address is known whether they are on or off.
-        .layer(axum::middleware::from_fn_with_state(front.clone(), client_ip::layer))
-        .layer(axum::middleware::from_fn_with_state(front, guard))
+        .layer(axum::middleware::from_fn_with_state(front, layers))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// The front's layers as one (each layer of its own costs every request a
+/// boxed future and a clone of the service): the [`guard`], then the
+/// client's address (known whether limits are on or off), then the limits.
+async fn layers(axum::extract::State(front): axum::extract::State<Front>, req: Request, next: Next) -> Response {
+    let front = &front;
+    guarded(front, req, move |mut req| async move {
+        client_ip::resolve_into(front, &mut req);
+        crate::rate_limit::layer::around(front, req, next).await
+    })
+    .await
 }
 
 /// Headers every response carries.
@@ -102,13 +111,22 @@ pub async fn metrics(axum::extract::State(front): axum::extract::State<Front>) -
 /// the security headers on every response (errors included), and the
 /// request's count and latency by route and status.
 async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Request, next: Next) -> Response {
+    guarded(&front, req, |req| next.run(req)).await
+}
+
+/// [`guard`] around `inner`.
+async fn guarded<F, Fut>(front: &Front, req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = std::time::Instant::now();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
         .unwrap_or("unmatched");
-    untrusted_forwarded_for(&front, &req);
+    untrusted_forwarded_for(front, &req);
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let resp = if size > MAX_HEADER_BYTES {
         let body =
@@ -128,11 +146,11 @@ async fn guard(axum::extract::State(front): axum::extract::State<Front>, req: Re
             node_id = front.node.id(),
         );
         gatehouse_cluster::trace::continue_trace(&span, req.headers());
-        let resp = next.run(req).instrument(span.clone()).await;
+        let resp = inner(req).instrument(span.clone()).await;
         span.record("http.status_code", resp.status().as_u16());
         resp
     } else {
-        next.run(req).await
+        inner(req).await
     };
     let mut resp = json_errors(resp);
     let h = resp.headers_mut();

@@ -78,10 +78,12 @@ pub async fn verify(
     Extension(client): Extension<ClientIp>,
     limits: Option<Extension<RequestLimits>>,
     Query(q): Query<VerifyQuery>,
-    headers: HeaderMap,
+    // The request itself, not a `HeaderMap` extractor: that one copies
+    // every header of every request.
+    req: axum::extract::Request,
 ) -> Response {
     let limits = limits.map(|Extension(l)| l);
-    let (decision, resp) = decide(&front, &q, &headers, client, limits.as_ref()).await;
+    let (decision, resp) = decide(&front, &q, req.headers(), client, limits.as_ref()).await;
     tracing::Span::current().record("decision", decision);
     front.node.metrics().verify_decision(decision);
     resp

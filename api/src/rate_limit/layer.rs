@@ -16,18 +16,14 @@ use crate::ApiError;
 
 /// The HTTP layer: admits before the handler, counts refused credentials
 /// after it, and writes the tightest quota into the response.
-pub async fn layer(
-    axum::extract::State(front): axum::extract::State<Front>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let limiter = &front.limits;
     let path = req.uri().path();
     // Probes and scrapes are never limited.
     if !limiter.enabled() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(req).await;
     }
-    // Resolved once, by `http::client_ip::layer` (outside this one).
+    // Resolved once, by `http::client_ip::resolve_into` (before this).
     let ip = match req.extensions().get::<ClientIp>() {
         Some(c) => c.0,
         None => {
@@ -49,7 +45,7 @@ pub async fn layer(
     let (ctx, before) = limiter.before(&Subject { ip, path, headers: req.headers() }, credential).await;
     let quota = match before {
         Ok(q) => q,
-        Err(e) => return refusal(&front, e, ip),
+        Err(e) => return refusal(front, e, ip),
     };
     req.extensions_mut().insert(ctx);
     let mut resp = next.run(req).await;
@@ -68,12 +64,12 @@ pub async fn layer(
     if ctx.over_failures() && resp.status() == StatusCode::UNAUTHORIZED {
         // Over the limit and not verified: the failure limit's answer, and
         // nothing more counted (the bucket is full).
-        return refusal(&front, limiter.failure_refusal(&ctx), ip);
+        return refusal(front, limiter.failure_refusal(&ctx), ip);
     }
     if presents && resp.status() == StatusCode::UNAUTHORIZED {
         match limiter.refused(&ctx).await {
             Ok(q) => quota = q.map(|q| q.tighter(quota.take())),
-            Err(e) => return refusal(&front, e, ip),
+            Err(e) => return refusal(front, e, ip),
         }
     }
     if let Some(q) = quota {
