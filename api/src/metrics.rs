@@ -77,6 +77,8 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     pub rate_limited: Family<PolicyLabels, Counter>,
     pub rate_limit_syncs: Family<OutcomeLabels, Counter>,
+    /// The nodes a global limit is shared over, as of the last sync.
+    pub rate_limit_shares: Gauge,
     pub audit_buffered: Gauge,
     pub audit_dropped: Counter,
     pub audit_sent: Counter,
@@ -125,6 +127,7 @@ impl Metrics {
             watch_streams: Gauge::default(),
             rate_limited: Family::default(),
             rate_limit_syncs: Family::default(),
+            rate_limit_shares: Gauge::default(),
             audit_buffered: Gauge::default(),
             audit_dropped: Counter::default(),
             audit_sent: Counter::default(),
@@ -152,6 +155,11 @@ impl Metrics {
         r.register("watch_streams", "open admin Watch streams", m.watch_streams.clone());
         r.register("rate_limited", "requests refused with 429, by policy", m.rate_limited.clone());
         r.register("rate_limit_syncs", "global-limit delta syncs by outcome", m.rate_limit_syncs.clone());
+        r.register(
+            "rate_limit_shares",
+            "nodes a global limit is shared over (members and listed fronts), as of the last sync",
+            m.rate_limit_shares.clone(),
+        );
         r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
         r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
         r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());

@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: Shutdown,
     /// The stateless fronts this voter serves, as it last heard from them.
     pub(crate) fronts_seen: crate::follow::FrontsSeen,
+    /// The fronts file this voter serves (set with its follow service).
+    pub(crate) fronts_listed: std::sync::OnceLock<crate::fronts::Fronts>,
 }
 
 /// A handle that does not keep the node alive (background tasks hold this).
@@ -110,6 +112,7 @@ impl Cluster {
                 metrics,
                 shutdown,
                 fronts_seen: Default::default(),
+                fronts_listed: Default::default(),
             }),
         }
         .watching_raft()

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatehouse_domain::{front, Payload};
-use gatehouse_proto::control::{ProposeRequest, ProposeResponse, ReadIndexResponse};
+use gatehouse_proto::control::{ProposeRequest, ProposeResponse};
 use gatehouse_proto::front as pb;
 use gatehouse_proto::front::follow_service_server::{FollowService, FollowServiceServer};
 use gatehouse_storage::{LogReader, NodeId, Storage};
@@ -168,6 +168,8 @@ pub fn server(
     FollowServiceServer<Follow>,
     impl tonic::service::Interceptor + Clone,
 > {
+    // A global rate limit's shares count the fronts listed here too.
+    let _ = cluster.inner.fronts_listed.set(fronts.clone());
     let (admission, members) = (fronts.clone(), cluster.clone());
     let trust = cluster.peers().tls().map(|t| t.trust().clone());
     let follow =
@@ -340,7 +342,10 @@ impl FollowService for Follow {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn read_index(&self, req: Request<pb::FrontReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        req: Request<pb::FrontReadIndexRequest>,
+    ) -> Result<Response<pb::FrontReadIndexResponse>, Status> {
         let front = front_of(&req)?;
         if !self.budgets.take(front, "read_index", READ_INDEXES_PER_SEC) {
             return Err(Status::resource_exhausted("too many read indexes from this front"));
@@ -351,7 +356,8 @@ impl FollowService for Follow {
             s.asked_at = Some(std::time::Instant::now());
         });
         let index = self.cluster.read_index().await?;
-        Ok(Response::new(ReadIndexResponse { index }))
+        let shares = u32::try_from(crate::Replica::members(&self.cluster)).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::FrontReadIndexResponse { index, shares }))
     }
 
     #[tracing::instrument(level = "debug", name = "front.propose", skip_all)]

@@ -93,9 +93,11 @@ impl Replica for Cluster {
         Cluster::leader(self)
     }
 
-    /// Every member, voter or learner: each one answers requests.
+    /// Every member, voter or learner, and every front this voter lists:
+    /// each one answers requests.
     fn members(&self) -> usize {
-        self.raft().metrics().borrow().membership_config.membership().nodes().count()
+        let members = self.raft().metrics().borrow().membership_config.membership().nodes().count();
+        members + self.inner.fronts_listed.get().map_or(0, |f| f.len())
     }
 
     fn command(&self, payload: Payload) -> Command {

@@ -595,6 +595,83 @@ async fn logins_on_fronts_are_limited_once_on_the_voters() {
     c.shutdown().await;
 }
 
+/// The value of a series with no labels in a scrape.
+fn series(scrape: &str, name: &str) -> Option<i64> {
+    scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_global_limit_is_shared_over_voters_and_fronts_within_its_bound() {
+    use gatehouse_api::rate_limit::policy::{By, LimitsConfig, Mode};
+    const LIMIT: u32 = 100;
+    let limits = |c: &mut gatehouse::Config| {
+        c.rate_limits = LimitsConfig {
+            enabled: true,
+            policies: vec![common::policy("per_key", By::Key, LIMIT, Mode::Global)],
+            ..Default::default()
+        };
+    };
+    let c = cluster_for_fronts(3, &[101, 102], limits).await;
+    let key = create_key(c.node(1), "busy", &["viewer"]).await;
+    let mut fronts = Vec::new();
+    for id in [101, 102] {
+        let mut config = front_config(&c, id);
+        limits(&mut config);
+        let f = FrontNode::start(config).await.unwrap();
+        assert!(f.wait_ready(Duration::from_secs(10)).await);
+        fronts.push(f);
+    }
+    // Five nodes admit: three voters and the two fronts their fronts file
+    // lists. Each counts five shares, a front as its voter tells it.
+    let scrapes = || {
+        let mut all: Vec<String> = c.nodes.values().map(|n| n.api().scrape_metrics()).collect();
+        all.extend(fronts.iter().map(|f| f.api().scrape_metrics()));
+        all
+    };
+    wait_until("every node shares the limit five ways", Duration::from_secs(10), || async {
+        scrapes().iter().all(|s| series(s, "gatehouse_rate_limit_shares") == Some(5))
+    })
+    .await;
+
+    // Hammered through all five until none admitted anything for ten
+    // sync rounds. Had each front counted only the voters and itself (four
+    // shares) and each voter only the voters (three), the first round alone
+    // would admit 3·34 + 2·25 = 152.
+    let urls: Vec<String> = c
+        .nodes
+        .values()
+        .map(|n| format!("{}/auth/verify", common::base(n)))
+        .chain(fronts.iter().map(|f| format!("{}/auth/verify", front_base(f))))
+        .collect();
+    let mut admitted = 0u32;
+    let mut last_admitted = tokio::time::Instant::now();
+    let deadline = last_admitted + Duration::from_secs(20);
+    while last_admitted.elapsed() < Duration::from_millis(500) {
+        assert!(tokio::time::Instant::now() < deadline, "the limit was never reached");
+        let calls = urls.iter().map(|url| {
+            let key = key.clone();
+            async move { http().get(url).bearer_auth(key).send().await.unwrap().status() }
+        });
+        for status in futures::future::join_all(calls).await {
+            match status {
+                StatusCode::OK => {
+                    admitted += 1;
+                    last_admitted = tokio::time::Instant::now();
+                }
+                StatusCode::TOO_MANY_REQUESTS => {}
+                s => panic!("unexpected {s}"),
+            }
+        }
+    }
+    // The documented bound when nodes keep up: the limit plus one per node
+    // per round (rounding), checked with room for a second round's.
+    assert!((LIMIT..=LIMIT + 2 * 5).contains(&admitted), "admitted {admitted} of {LIMIT}");
+    for f in fronts {
+        f.shutdown().await.unwrap();
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_front_whose_secret_was_rotated_away_is_cut_off() {
     let c = cluster_for_fronts(3, &[101], |_| {}).await;

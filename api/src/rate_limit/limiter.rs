@@ -72,7 +72,6 @@ struct Inner {
     names: Vec<Arc<str>>,
     locals: Mutex<HashMap<(usize, String), Local>>,
     round: AtomicU64,
-    members: AtomicU64,
 }
 
 /// The node's rate limiter; cheap to clone.
@@ -93,7 +92,6 @@ impl Limiter {
                 names,
                 locals: Mutex::new(HashMap::new()),
                 round: AtomicU64::new(1),
-                members: AtomicU64::new(1),
                 config,
             }),
         };
@@ -445,7 +443,6 @@ impl Limiter {
         let committed = self.usage(p, &bucket, now);
         let limit = u64::from(p.limit);
         let round = self.inner.round.load(Ordering::Relaxed);
-        let nodes = self.inner.members.load(Ordering::Relaxed).max(1);
         let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());
         let key = (i, bucket);
         if locals.len() >= MAX_LOCAL_BUCKETS && !locals.contains_key(&key) {
@@ -460,6 +457,9 @@ impl Limiter {
         if l.round != round {
             l.round = round;
             l.used = 0;
+            // The nodes that admit now (a front's count comes from its
+            // voter, with the fronts that voter lists).
+            let nodes = self.inner.node.members() as u64;
             l.budget = round_budget(limit, committed.count, nodes, l.pending + l.inflight);
         }
         let count = committed.count + l.pending + l.inflight;
@@ -488,8 +488,7 @@ impl Limiter {
     /// starts a new round of shares.
     async fn sync(&self) {
         let c = &self.inner.node;
-        let members = c.members() as u64;
-        self.inner.members.store(members.max(1), Ordering::Relaxed);
+        c.metrics().rate_limit_shares.set(i64::try_from(c.members()).unwrap_or(i64::MAX));
         let mut sent = Vec::new();
         let mut deltas: Vec<Delta> = {
             let mut locals = self.inner.locals.lock().unwrap_or_else(|e| e.into_inner());

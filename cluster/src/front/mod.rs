@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: FrontMetrics,
     /// The highest index a voter named as committed (read indexes, streams).
     pub(crate) known_commit: AtomicU64,
+    /// The nodes that admit requests as the voter last asked counts them
+    /// (0 until one answered).
+    pub(crate) shares: AtomicU64,
 }
 
 /// A front's own series of `GET /metrics`.
@@ -104,6 +107,7 @@ impl Front {
                 move_on: tokio::sync::watch::channel(0).0,
                 metrics: FrontMetrics::default(),
                 known_commit: AtomicU64::new(0),
+                shares: AtomicU64::new(0),
             }),
         }
     }
@@ -129,8 +133,10 @@ impl Front {
         let mut req = tonic::Request::new(gatehouse_proto::front::FrontReadIndexRequest { applied_index });
         req.set_timeout(Duration::from_secs(2));
         let index = self.inner.voters.client(i).read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
-        let index = index.into_inner().index;
+        let answer = index.into_inner();
+        let index = answer.index;
         self.inner.known_commit.fetch_max(index, Ordering::Relaxed);
+        self.inner.shares.store(u64::from(answer.shares), Ordering::Relaxed);
         Ok(index)
     }
 
@@ -217,9 +223,14 @@ impl Replica for Front {
         None
     }
 
-    /// The voters, and this front: the shares of a global rate limit.
+    /// The shares of a global rate limit: the nodes that admit requests as
+    /// the voter last asked counts them (its members and the fronts it
+    /// lists); before any answered, the voters and this front.
     fn members(&self) -> usize {
-        self.inner.voters.len() + 1
+        match self.inner.shares.load(Ordering::Relaxed) {
+            0 => self.inner.voters.len() + 1,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
     }
 
     fn command(&self, payload: Payload) -> Command {
