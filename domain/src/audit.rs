@@ -22,7 +22,7 @@ use gatehouse_proto::state::{AuditChain, AuditRecord, OriginBatch};
 use sha2::{Digest, Sha256};
 
 use crate::mutation::{Mutation, Table};
-use crate::result::ApplyError;
+use crate::result::{ApplyError, Outcome};
 use crate::state::State;
 use crate::{codec, state::put};
 
@@ -170,7 +170,7 @@ pub(crate) fn append(
     c: &AppendAudit,
     prepared: Option<Result<Chained, ApplyError>>,
     out: &mut Vec<Mutation>,
-) -> Result<String, ApplyError> {
+) -> Result<Outcome, ApplyError> {
     let chained = match prepared {
         Some(Ok(p)) if p.base == state.audit => p,
         // Refusals depend on the command alone.
@@ -179,13 +179,14 @@ pub(crate) fn append(
     };
     if chained.retry {
         // A retried batch: appended the first time, nothing to do now.
-        return Ok("duplicate".into());
+        let last_batch = last_batch(&state.audit, origin_node).unwrap_or(0);
+        return Ok(Outcome { id: "duplicate".into(), last_batch, ..Default::default() });
     }
     let first = chained.base.head_seq + 1;
     out.extend(chained.records);
     state.audit = chained.after;
     out.push(put(Table::AuditChain, CHAIN_KEY, &state.audit));
-    Ok(format!("{first}"))
+    Ok(format!("{first}").into())
 }
 
 /// Deletes records `anchor_seq + 1 ..= through_seq`; the proposer checked
@@ -405,7 +406,7 @@ mod tests {
         for (index, cmd) in [(2, numbered(2, 7, "r1")), (3, numbered(2, 7, "r2")), (4, numbered(2, 6, "r3"))] {
             let mut again = Vec::new();
             let r = s.apply(index, &cmd, &mut again);
-            assert_eq!((r.code, r.id.as_str()), (0, "duplicate"));
+            assert_eq!((r.code, r.id.as_str(), r.last_batch), (0, "duplicate", 7));
             assert!(again.is_empty(), "{again:?}");
         }
         assert_eq!(s.audit_chain().head_seq, 2);

@@ -44,26 +44,33 @@ pub fn refusal(result: &CommandResult) -> Result<Option<ApplyError>, i32> {
     }))
 }
 
-/// What an applied command returns: the id it created or changed, and for a
-/// strict rate-limit hit what its bucket has left.
+/// What an applied command returns: the id it created or changed, for a
+/// strict rate-limit hit what its bucket has left, and for a retried audit
+/// batch the last batch number its origin had appended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub id: String,
     pub remaining: u64,
+    pub last_batch: u64,
 }
 
 impl From<String> for Outcome {
     fn from(id: String) -> Outcome {
-        Outcome { id, remaining: 0 }
+        Outcome { id, ..Default::default() }
     }
 }
 
 /// The result of one command at `log_index`: what it did, or why it was refused.
 pub fn to_result(outcome: Result<Outcome, ApplyError>, log_index: u64) -> CommandResult {
     match outcome {
-        Ok(o) => {
-            CommandResult { code: Code::Ok as i32, message: String::new(), id: o.id, log_index, remaining: o.remaining }
-        }
+        Ok(o) => CommandResult {
+            code: Code::Ok as i32,
+            message: String::new(),
+            id: o.id,
+            log_index,
+            remaining: o.remaining,
+            last_batch: o.last_batch,
+        },
         Err(e) => CommandResult { code: e.code() as i32, message: e.to_string(), log_index, ..Default::default() },
     }
 }

@@ -147,11 +147,11 @@ impl State {
             Some(Payload::PutRole(c)) => roles::put_role(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::DeleteRole(c)) => roles::delete_role(self, c, out).map(Outcome::from),
             Some(Payload::RateHit(c)) => {
-                limits::hit(self, cmd.proposed_at, c, out).map(|remaining| Outcome { id: String::new(), remaining })
+                limits::hit(self, cmd.proposed_at, c, out).map(|remaining| Outcome { remaining, ..Default::default() })
             }
             Some(Payload::RateDeltas(c)) => limits::add(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::AppendAudit(c)) => {
-                audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out).map(Outcome::from)
+                audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out)
             }
             Some(Payload::PruneAudit(c)) => audit::prune(self, c, out).map(Outcome::from),
         }

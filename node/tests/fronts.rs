@@ -595,6 +595,52 @@ async fn logins_on_fronts_are_limited_once_on_the_voters() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_whose_clock_went_back_still_gets_its_audit_events_in() {
+    let c = cluster_for_fronts(3, &[101], |_| {}).await;
+    // Before a restart, the front's clock ran a day ahead: the log took a
+    // batch numbered from it (microseconds). Its clock is right again now,
+    // and a front holds no audit chain to read that number from.
+    let ahead = (gatehouse_cluster::clock::now_ms() + 86_400_000) * 1000;
+    let voter = c.node(1).advertise_addr().to_string();
+    let mut client = follow_client(&voter, "101", &front_secret(&c.dir, 101)).await;
+    let before = c.node(1).cluster().command(Payload::AppendAudit(gatehouse_proto::events::AppendAudit {
+        events: vec![gatehouse_proto::events::AuditEvent { action: "before.restart".into(), ..Default::default() }],
+        batch: ahead,
+        ..Default::default()
+    }));
+    client.propose(ProposeRequest { batch: Some(CommandBatch { commands: vec![before] }) }).await.unwrap();
+
+    // An event the front records: a key without the role it asks for.
+    let key = create_key(c.node(1), "viewer", &["viewer"]).await;
+    let front = start_front(&c, 101).await;
+    let denied =
+        http().get(format!("{}/auth/verify?role=admin", front_base(&front))).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    // Its batch is numbered below the log's last from it, answered as a
+    // retry with that number, renumbered above it, and appended.
+    wait_until("the front's event in the log", Duration::from_secs(10), || async {
+        let mut found = false;
+        c.node(2)
+            .audit_log()
+            .scan(u64::MAX, true, |r| {
+                let e = r.event.unwrap_or_default();
+                found = e.action == "forward_auth.denied" && e.node_id == 101;
+                !found
+            })
+            .unwrap();
+        found
+    })
+    .await;
+    let scrape = front.api().scrape_metrics();
+    assert!(series(&scrape, "gatehouse_audit_batches_renumbered_total").is_some_and(|n| n >= 1), "{scrape}");
+    use gatehouse_domain::audit::last_batch;
+    let last = last_batch(&c.node(2).cluster().view().read().audit_chain(), 101).unwrap();
+    assert!(last > ahead, "{last} after {ahead}");
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
 /// The value of a series with no labels in a scrape.
 fn series(scrape: &str, name: &str) -> Option<i64> {
     scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

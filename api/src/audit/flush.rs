@@ -62,10 +62,13 @@ pub async fn flush_all(node: &Node) {
 
 async fn flush_with(node: &Node, all: bool) {
     let metrics = node.metrics();
-    let number = |mut append: AppendAudit| {
+    // Above what this node's view says the log took from it and above
+    // `floor` (what the log answered a duplicate with: a front holds no
+    // audit chain, and a voter's view may lag).
+    let number = |mut append: AppendAudit, floor: u64| {
         let chain = node.view().read().audit_chain();
         let applied = gatehouse_domain::audit::last_batch(&chain, node.id()).unwrap_or(0);
-        append.batch = node.recorder().next_batch(applied);
+        append.batch = node.recorder().next_batch(applied.max(floor));
         node.command(Payload::AppendAudit(append))
     };
     while let Some(next) = node.recorder().take(metrics, all) {
@@ -73,16 +76,20 @@ async fn flush_with(node: &Node, all: bool) {
         // numbered too low (a clock stepped back while the view lagged): it
         // is renumbered from what the log holds and sent again, not lost.
         let fresh = next.is_err();
-        let mut cmd = next.unwrap_or_else(number);
+        let mut cmd = next.unwrap_or_else(|append| number(append, 0));
         let n = match &cmd.payload {
             Some(Payload::AppendAudit(a)) => a.events.len() as u64,
             _ => 0,
         };
         let mut result = node.propose(vec![cmd.clone()]).await;
-        if fresh && result.as_ref().is_ok_and(|a| a.results.first().is_some_and(|r| r.id == "duplicate")) {
+        let duplicate = match &result {
+            Ok(a) => a.results.first().filter(|r| r.id == "duplicate").map(|r| r.last_batch),
+            Err(_) => None,
+        };
+        if let (true, Some(floor)) = (fresh, duplicate) {
             metrics.audit_renumbered.inc();
             if let Some(Payload::AppendAudit(a)) = cmd.payload.take() {
-                cmd = number(a);
+                cmd = number(a, floor);
                 result = node.propose(vec![cmd.clone()]).await;
             }
         }
