@@ -1,9 +1,12 @@
 //! Faults, and the network they act on.
 //!
 //! [`Net`] puts a [`LinkProxy`] on every directed link between the nodes of
-//! a [`ProcCluster`]; a [`Nemesis`] injects one kind of fault into the
-//! cluster and heals it. Each fault reports which nodes form the majority
-//! side while it holds (where verification must stay available).
+//! a [`ProcCluster`], and on every link from a stateless front to a voter;
+//! a [`Nemesis`] injects one kind of fault into the cluster and heals it.
+//! Partitions put each front on a side (its links to the other side's
+//! voters cut), slow and flaky links reach fronts' links too; kills and
+//! pauses act on voters. Each fault reports which nodes and fronts form the
+//! majority side while it holds (where verification must stay available).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -109,6 +112,23 @@ impl Net {
         Ok(Net { links })
     }
 
+    /// Starts a proxy per link from front `front` to each voter; returns
+    /// the voters as the front is to dial them (id, proxy address).
+    pub async fn wire_front(
+        &mut self,
+        cluster: &ProcCluster,
+        front: u64,
+        seed: u64,
+    ) -> anyhow::Result<Vec<(u64, String)>> {
+        let mut voters = Vec::new();
+        for (to, node) in &cluster.nodes {
+            let proxy = LinkProxy::start(node.peer.clone(), seed ^ (front << 32 | to)).await?;
+            voters.push((*to, proxy.addr().to_string()));
+            self.links.insert((front, *to), proxy);
+        }
+        Ok(voters)
+    }
+
     pub fn set(&self, from: u64, to: u64, fault: Fault) {
         if let Some(l) = self.links.get(&(from, to)) {
             l.set(fault);
@@ -150,6 +170,16 @@ fn ids(cluster: &ProcCluster) -> Vec<u64> {
     cluster.nodes.keys().copied().collect()
 }
 
+/// The fronts, each put on one of two sides at random.
+fn split_fronts(cluster: &ProcCluster, rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
+    cluster.fronts.keys().copied().partition(|_| rng.gen_bool(0.5))
+}
+
+/// `side` and the fronts put with it.
+fn with(side: &[u64], fronts: &[u64]) -> Vec<u64> {
+    side.iter().chain(fronts).copied().collect()
+}
+
 /// The side of a bridge partition that can be served: the bridge and the
 /// half its leader is in, which keeps its quorum through the bridge and has
 /// no reason to step down (the other half cannot replicate, however large
@@ -176,7 +206,10 @@ pub async fn inject(
     let all = ids(cluster);
     let random = *all.choose(rng).expect("nodes");
     let others = |x: u64| all.iter().copied().filter(|n| *n != x).collect::<BTreeSet<_>>();
-    let mut done = Injected { majority: all.iter().copied().collect(), ..Default::default() };
+    let fronts: Vec<u64> = cluster.fronts.keys().copied().collect();
+    // Every voter and front, until a fault says otherwise.
+    let mut done = Injected { majority: all.iter().chain(&fronts).copied().collect(), ..Default::default() };
+    let others = |x: u64| others(x).into_iter().chain(fronts.iter().copied()).collect::<BTreeSet<_>>();
     match nemesis {
         Nemesis::KillLeader | Nemesis::KillRandom => {
             let victim = if nemesis == Nemesis::KillLeader { leader } else { random };
@@ -193,6 +226,7 @@ pub async fn inject(
             done.description = format!("SIGSTOP node {victim}");
         }
         Nemesis::IsolateLeader => {
+            // The fronts too lose the leader.
             net.partition(&[leader], &others(leader).into_iter().collect::<Vec<_>>());
             done.majority = others(leader);
             done.description = format!("isolate leader {leader}");
@@ -201,7 +235,9 @@ pub async fn inject(
             let mut shuffled = all.clone();
             shuffled.shuffle(rng);
             let (minority, majority) = shuffled.split_at(all.len() / 2);
-            net.partition(minority, majority);
+            let (small, large) = split_fronts(cluster, rng);
+            let (minority, majority) = (with(minority, &small), with(majority, &large));
+            net.partition(&minority, &majority);
             done.majority = majority.iter().copied().collect();
             done.description = format!("partition {minority:?} | {majority:?}");
         }
@@ -211,11 +247,19 @@ pub async fn inject(
             let bridge = shuffled[0];
             let rest = &shuffled[1..];
             let (left, right) = rest.split_at(rest.len() / 2);
-            net.partition(left, right);
-            done.majority = bridge_majority(bridge, left, right, leader, all.len());
+            let voters = bridge_majority(bridge, left, right, leader, all.len());
+            // A front stays in its half (it still reaches the bridge), and
+            // is on the majority side when its whole half is.
+            let (lf, rf) = split_fronts(cluster, rng);
+            let (left, right) = (with(left, &lf), with(right, &rf));
+            net.partition(&left, &right);
+            let whole = |half: &[u64]| half.iter().all(|id| voters.contains(id) || lf.contains(id) || rf.contains(id));
+            let fronts_in = |half: &[u64], fs: &[u64]| if whole(half) { fs.to_vec() } else { Vec::new() };
+            done.majority = voters.iter().copied().chain(fronts_in(&left, &lf)).chain(fronts_in(&right, &rf)).collect();
             done.description = format!("bridge {bridge} between {left:?} and {right:?}");
         }
         Nemesis::OneWay => {
+            // Links are dialled by the front: none goes from a voter to one.
             for to in others(leader) {
                 net.set(leader, to, Fault::Cut);
             }

@@ -156,17 +156,17 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
         s.max_staleness.as_millis()
     );
     let mut cluster = ProcCluster::prepare_with(&s.bin, &s.dir, s.nodes, &config, &[], s.tls)?;
-    let net = Net::wire(&cluster, s.seed).await?;
+    let mut net = Net::wire(&cluster, s.seed).await?;
     cluster.launch().await?;
     for id in 1..=s.nodes {
         cluster.wait_ready(id, Duration::from_secs(30)).await?;
     }
     tracing::info!(nemesis = s.nemesis.name(), seed = s.seed, nodes = s.nodes, "chaos run starts");
 
-    // Fronts follow the voters directly (not through the link proxies):
-    // the nemeses reach them through the voters they follow.
-    let voters: Vec<(u64, String)> = cluster.nodes.values().map(|n| (n.id, n.peer.clone())).collect();
+    // Fronts dial the voters through link proxies of their own: partitions
+    // put them on a side, slow and flaky links reach them too.
     for k in 0..s.fronts {
+        let voters = net.wire_front(&cluster, FIRST_FRONT + k, s.seed).await?;
         cluster.add_front(FIRST_FRONT + k, &voters)?;
     }
     for k in 0..s.fronts {

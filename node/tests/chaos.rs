@@ -2,8 +2,9 @@
 //! processes behind link proxies, the faults whose shape changes with
 //! the cluster's size once more on five, and two once more with mutual TLS
 //! on every link (the proxies pass TLS through; a kill and a partition make
-//! nodes handshake again), and three once more with two stateless fronts
-//! serving verification and sign-in beside the voters, with fixed seeds. A failure prints the
+//! nodes handshake again), and four once more with two stateless fronts
+//! serving verification and sign-in beside the voters (partitions put each
+//! front on a side), with fixed seeds. A failure prints the
 //! seed, the violations and the command that replays the run; `make chaos`
 //! runs the long version (docs/chaos.md).
 
@@ -22,7 +23,7 @@ async fn every_nemesis_keeps_every_invariant() {
     let mut reports = Vec::new();
     let on_five = [Nemesis::KillLeader, Nemesis::MajorityMinority, Nemesis::Bridge, Nemesis::OneWay];
     let with_tls = [Nemesis::KillLeader, Nemesis::MajorityMinority];
-    let with_fronts = [Nemesis::KillLeader, Nemesis::MajorityMinority, Nemesis::PauseLeader];
+    let with_fronts = [Nemesis::KillLeader, Nemesis::MajorityMinority, Nemesis::PauseLeader, Nemesis::IsolateLeader];
     let runs = Nemesis::ALL.into_iter().map(|n| (n, 3, false, 0)).chain(on_five.into_iter().map(|n| (n, 5, false, 0)));
     let runs = runs.chain(with_tls.into_iter().map(|n| (n, 3, true, 0)));
     let runs = runs.chain(with_fronts.into_iter().map(|n| (n, 3, false, 2)));
