@@ -34,7 +34,7 @@ pub fn server(
     let svc = ControlServiceServer::new(ControlRpc { cluster, storage })
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
-    tonic::service::interceptor::InterceptedService::new(svc, move |req| gate.admit(req))
+    tonic::service::interceptor::InterceptedService::new(svc, move |req| gate.admit_control(req))
 }
 
 #[tonic::async_trait]
@@ -168,6 +168,7 @@ pub fn node_state_name(state: i32) -> &'static str {
 pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
     let m = cluster.raft().metrics().borrow().clone();
     let index = |l: Option<openraft::LogId<NodeId>>| l.map_or(0, |l| log_id_to_pb(&l).index);
+    let lineage = cluster.peers().lineage().and_then(|l| l.get());
     pb::LocalStatusResponse {
         node_id: m.id,
         state: node_state(m.state) as i32,
@@ -180,6 +181,8 @@ pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
         commit_index: cluster.commit_index(),
         peer_cert_not_after: cluster.peers().tls().map_or(0, |t| t.not_after()),
         fronts: cluster.fronts_seen().report(),
+        cluster_id: lineage.as_ref().map(|l| l.cluster_id.clone()).unwrap_or_default(),
+        epoch: lineage.map_or(0, |l| l.epoch),
         matched: if m.current_leader == Some(m.id) {
             let last = m.last_log_index.unwrap_or(0);
             let replication = m.replication.iter().flatten();

@@ -61,6 +61,9 @@ impl Cluster {
                 }
             }
         }
+        if let Some(lineage) = self.inner.peers.lineage().and_then(|l| l.metadata()) {
+            req.metadata_mut().insert(crate::lineage::LINEAGE_METADATA, lineage);
+        }
         crate::trace::inject_current(req.metadata_mut());
         req.set_timeout(timeout);
         let answer = tokio::time::timeout(timeout, call(channel, req)).await;

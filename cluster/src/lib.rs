@@ -29,6 +29,7 @@
 //! - [`spread`]: which voters applied a write (revocations with `wait_all`).
 //! - [`batcher`]: group commit of concurrent proposals into shared entries.
 //! - [`peers`]: cached channels to other nodes and the cluster secret they carry;
+//!   [`lineage`]: the cluster id and epoch every call between nodes carries and checks;
 //!   [`peer_tls`]: mutual TLS between nodes (dialling, and admitting a call);
 //!   [`live`]: the open connections between nodes, closed when a peer's
 //!   certificate stops passing.
@@ -54,6 +55,7 @@ pub mod freshness;
 pub mod front;
 pub mod fronts;
 pub mod ids;
+pub mod lineage;
 pub mod live;
 pub mod metrics;
 pub mod pacing;

@@ -144,6 +144,30 @@ impl Cluster {
     /// caller's node is then a [`PeerNode`] extension of the request.
     #[allow(clippy::result_large_err)]
     pub fn admit<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+        self.admit_as(req, false)
+    }
+
+    /// [`Cluster::admit`] for the control services, which operators' tools
+    /// holding the secret call too: a call without a lineage is taken (one
+    /// with another lineage is not).
+    #[allow(clippy::result_large_err)]
+    pub fn admit_control<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+        self.admit_as(req, true)
+    }
+
+    /// The caller's lineage is looked at last: a node without one takes
+    /// only the lineage of a caller that passed every other check.
+    #[allow(clippy::result_large_err)]
+    fn admit_as<T>(&self, req: Request<T>, tools: bool) -> Result<Request<T>, Status> {
+        let req = self.authenticated(req)?;
+        if let Some(lineage) = self.inner.peers.lineage() {
+            lineage.check(&req, tools)?;
+        }
+        Ok(req)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn authenticated<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
         let mut req = self.inner.peers.secret().check(req)?;
         let Some(tls) = self.inner.peers.tls() else { return Ok(req) };
         let refuse = |why: String| {

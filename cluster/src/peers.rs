@@ -143,11 +143,15 @@ impl std::fmt::Debug for ClusterSecret {
 /// Adds the cluster secret to outgoing requests: the one sent at the time
 /// of each call (a client kept for hours follows a rotation).
 #[derive(Clone)]
-pub struct AddSecret(ClusterSecret);
+pub struct AddSecret(ClusterSecret, Option<crate::lineage::Lineage>);
 
 impl tonic::service::Interceptor for AddSecret {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert(SECRET_METADATA, self.0.metadata_value());
+        // And which cluster, in which epoch, the call comes from.
+        if let Some(lineage) = self.1.as_ref().and_then(|l| l.metadata()) {
+            req.metadata_mut().insert(crate::lineage::LINEAGE_METADATA, lineage);
+        }
         // Forwarded writes, read-index and status calls continue the caller's trace.
         crate::trace::inject_current(req.metadata_mut());
         Ok(req)
@@ -176,6 +180,8 @@ pub struct Peers {
     loopback_only: bool,
     /// Mutual TLS to every peer, when configured.
     tls: Option<crate::peer_tls::PeerTls>,
+    /// This node's lineage, carried by every call (none on a tool's).
+    lineage: Option<crate::lineage::Lineage>,
 }
 
 /// Whether `host:port` (or a bare host) names this machine: `localhost` or
@@ -197,7 +203,24 @@ pub fn is_loopback_addr(addr: &str) -> bool {
 
 impl Peers {
     pub fn new(secret: ClusterSecret) -> Self {
-        Peers { secret, channels: Arc::default(), routes: Arc::default(), loopback_only: false, tls: None }
+        Peers {
+            secret,
+            channels: Arc::default(),
+            routes: Arc::default(),
+            loopback_only: false,
+            tls: None,
+            lineage: None,
+        }
+    }
+
+    /// Sends this node's lineage with every call, and checks callers' against it.
+    pub fn with_lineage(mut self, lineage: crate::lineage::Lineage) -> Self {
+        self.lineage = Some(lineage);
+        self
+    }
+
+    pub fn lineage(&self) -> Option<&crate::lineage::Lineage> {
+        self.lineage.as_ref()
     }
 
     /// Dials every peer over mutual TLS.
@@ -338,7 +361,7 @@ impl Peers {
     }
 
     fn add_secret(&self) -> AddSecret {
-        AddSecret(self.secret.clone())
+        AddSecret(self.secret.clone(), self.lineage.clone())
     }
 }
 

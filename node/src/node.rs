@@ -213,7 +213,9 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate()?);
         // Production without mutual TLS sends cluster traffic to loopback only.
+        let lineage = gatehouse_cluster::lineage::Lineage::load(&storage).context("reading the cluster lineage")?;
         let mut peers = Peers::new(secret)
+            .with_lineage(lineage)
             .with_routes(config.peer_routes.clone())
             .loopback_only(config.mode == Mode::Production && cluster_tls.is_none());
         let peer_server_tls = match cluster_tls {
@@ -301,7 +303,7 @@ impl Node {
                 // caller's key, which the service checks as on the client port.
                 let gate = cluster.clone();
                 let forwarded_admin =
-                    tonic::service::interceptor::InterceptedService::new(cluster_admin, move |r| gate.admit(r));
+                    tonic::service::interceptor::InterceptedService::new(cluster_admin, move |r| gate.admit_control(r));
                 let peer_router = crate::grpc::builder(&api, auth_failures())
                     .add_service(raft_service)
                     .add_service(control_service)
@@ -391,6 +393,10 @@ impl Node {
             return Ok(false);
         }
         let nodes: BTreeMap<u64, Member> = members.into_iter().map(|(id, m)| (id, m.into())).collect();
+        // The new cluster's id, stored before any call carries it.
+        if let Some(lineage) = self.cluster.peers().lineage() {
+            lineage.mint().context("storing the new cluster's lineage")?;
+        }
         raft.initialize(nodes).await.context("initialising the cluster")?;
         tracing::info!(node_id = self.cluster.id(), "cluster initialised");
         Ok(true)

@@ -85,7 +85,9 @@ async fn a_cluster_with_mutual_tls_replicates_fails_over_and_refuses_everyone_el
     // Node 2's certificate may not speak for node 3.
     let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
     let impostor = if leader == 2 { "node-1" } else { "node-2" };
-    let mut raft = peers(impostor, &pki.path("ca.pem")).raft_client(&addr).unwrap();
+    // With the cluster's lineage, as a node of it would call.
+    let lineage = c.node(leader).cluster().peers().lineage().unwrap().clone();
+    let mut raft = peers(impostor, &pki.path("ca.pem")).with_lineage(lineage).raft_client(&addr).unwrap();
     let claimed = if leader == 3 { 1 } else { 3 };
     let vote = pb::VoteRequest {
         vote: Some(pb::Vote { term: term + 5, node_id: claimed, committed: false }),
@@ -273,7 +275,8 @@ async fn a_learner_over_mutual_tls_replicates_but_may_not_ask_for_votes() {
     let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
     let vote =
         pb::VoteRequest { vote: Some(pb::Vote { term: term + 1, node_id: 4, committed: false }), last_log_id: None };
-    let refused = as_four.raft_client(&addr).unwrap().vote(vote).await.unwrap_err();
+    let lineage = c.node(leader).cluster().peers().lineage().unwrap().clone();
+    let refused = as_four.with_lineage(lineage).raft_client(&addr).unwrap().vote(vote).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("only a voter"), "{refused:?}");
     assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term, "nothing moved");

@@ -1,4 +1,5 @@
-//! The Raft and control services are closed to anyone without the cluster secret, and
+//! The Raft and control services are closed to anyone without the cluster secret and
+//! to nodes of another cluster or an earlier epoch (its lineage), and
 //! malformed or truncated RPCs are refused without harm.
 
 mod common;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use common::{wait_until, write_user, RawCodec, TestCluster};
 use gatehouse::Node;
+use gatehouse_cluster::lineage::LINEAGE_METADATA;
 use gatehouse_cluster::peers::SECRET_METADATA;
 use gatehouse_cluster::{ClusterSecret, Peers};
 use gatehouse_proto::control as cpb;
@@ -96,12 +98,61 @@ async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
     c.shutdown().await;
 }
 
+/// `node`'s cluster lineage, as calls between nodes carry it.
+fn lineage_of(node: &Node) -> String {
+    gatehouse_cluster::lineage::text(&node.cluster().peers().lineage().unwrap().get().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_of_another_cluster_with_the_same_secret_cannot_vote_or_join() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
+    let lineage = lineage_of(c.node(leader));
+    for n in c.nodes.values() {
+        assert_eq!(lineage_of(n), lineage, "one lineage on every node");
+    }
+    assert!(lineage.ends_with(".1"), "{lineage}: epoch 1 from the start");
+
+    // Initialised on its own (a cluster of its own, the same secret),
+    // claiming the real nodes as its peers: it campaigns and is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(9, &dir);
+    cfg.cluster_secret = Some(c.secret().into());
+    let stray = Node::start(cfg).await.unwrap();
+    let mut members: BTreeMap<u64, String> =
+        c.nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
+    members.insert(9, stray.advertise_addr().to_string());
+    stray.initialize(members).await.unwrap();
+    assert_ne!(lineage_of(&stray), lineage);
+    wait_until("the stray node campaigned twice", Duration::from_secs(10), || {
+        let t = stray.cluster().raft().metrics().borrow().current_term;
+        async move { t >= 2 }
+    })
+    .await;
+    assert_eq!(c.wait_for_leader().await, leader);
+    assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term, "no vote request got through");
+    write_user(c.node(leader), "still-fine").await;
+    c.wait_replicated("still-fine").await;
+    assert!(stray.cluster().view().read().user_by_name("still-fine").is_none());
+    // Nor do the real nodes' calls reach it: it stays alone.
+    assert!(stray.cluster().raft().metrics().borrow().current_leader != Some(leader));
+    let out = common::admin_cli(&c.endpoint(1), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(format!("{}.{}", status["cluster_id"].as_str().unwrap(), status["epoch"]), lineage);
+    assert!(status["nodes"].as_array().unwrap().iter().all(|n| n["epoch"] == 1));
+    stray.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
 async fn raw_call(node: &Node, secret: &str, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
     let ch = node.cluster().peers().channel(node.advertise_addr()).unwrap();
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
     let mut req = tonic::Request::new(body);
     req.metadata_mut().insert(SECRET_METADATA, secret.parse().unwrap());
+    // As a node of the cluster calls: with its lineage.
+    req.metadata_mut().insert(LINEAGE_METADATA, lineage_of(node).parse().unwrap());
     let path = http::uri::PathAndQuery::from_static(method);
     grpc.unary(req, path, RawCodec).await.map(|r| r.into_inner())
 }
@@ -118,7 +169,13 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
     let term = target.cluster().raft().metrics().borrow().current_term;
 
     // Well-formed protobuf, missing fields openraft needs.
-    let mut client = Peers::new(ClusterSecret::new(&c.secret()).unwrap()).raft_client(target.advertise_addr()).unwrap();
+    let as_node = Peers::new(ClusterSecret::new(&c.secret()).unwrap())
+        .with_lineage(target.cluster().peers().lineage().unwrap().clone());
+    // Without the lineage, no Raft call is looked at.
+    let mut tool = Peers::new(ClusterSecret::new(&c.secret()).unwrap()).raft_client(target.advertise_addr()).unwrap();
+    let no_lineage = tool.vote(pb::VoteRequest::default()).await.unwrap_err();
+    assert_eq!(no_lineage.code(), tonic::Code::FailedPrecondition);
+    let mut client = as_node.raft_client(target.advertise_addr()).unwrap();
     let no_vote = pb::AppendEntriesRequest { entries: vec![pb::Entry::default()], ..Default::default() };
     assert_eq!(client.append_entries(no_vote).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     let entry_without_id = pb::AppendEntriesRequest {

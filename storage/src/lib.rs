@@ -20,6 +20,8 @@
 //! - [`convert`]: openraft ↔ protobuf conversions (wire and disk share them).
 //! - [`open`]: opening a node's store (the database, the log store, the state machine).
 //! - [`db`]: the database, its column families and keys.
+//! - [`lineage`]: which cluster, and which life of it, the data belongs to
+//!   (a file beside the database).
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
 //! - [`state_machine`]: the `RaftStateMachine`.
 //! - [`view`]: the shared in-memory view (a voter's, beside RocksDB; a front's, alone).
@@ -38,6 +40,7 @@ pub mod background;
 pub mod convert;
 pub mod db;
 pub mod front;
+pub mod lineage;
 pub mod log_store;
 pub mod open;
 pub mod snapshot;

@@ -178,10 +178,13 @@ impl ClusterService for ClusterAdmin {
                     replication_lag: matched.map_or(0, |m| leader_last.saturating_sub(m)),
                     commit_index: s.commit_index,
                     peer_cert_not_after: s.peer_cert_not_after,
+                    cluster_id: s.cluster_id,
+                    epoch: s.epoch,
                 }
             })
             .collect();
         let leader = self.node.leader();
+        let lineage = self.cluster.peers().lineage().and_then(|l| l.get());
         Ok(Response::new(ClusterStatusResponse {
             node_id: me,
             leader_id: leader.as_ref().map_or(0, |l| l.0),
@@ -189,6 +192,8 @@ impl ClusterService for ClusterAdmin {
             term: metrics.current_term,
             nodes,
             fronts,
+            cluster_id: lineage.as_ref().map(|l| l.cluster_id.clone()).unwrap_or_default(),
+            epoch: lineage.map_or(0, |l| l.epoch),
         }))
     }
 

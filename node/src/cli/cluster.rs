@@ -98,6 +98,7 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
                     "last_log_index": n.last_log_index, "matched_index": n.matched_index,
                     "replication_lag": n.replication_lag,
                     "peer_cert_not_after": (n.peer_cert_not_after != 0).then_some(n.peer_cert_not_after),
+                    "cluster_id": (!n.cluster_id.is_empty()).then_some(&n.cluster_id), "epoch": n.epoch,
                 })
             })
             .collect();
@@ -113,12 +114,13 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
             })
             .collect();
         let leader = if s.leader_id == 0 { serde_json::Value::Null } else { json!(s.leader_id) };
-        let all =
-            json!({ "leader": leader, "term": s.term, "answered_by": s.node_id, "nodes": nodes, "fronts": fronts });
+        let all = json!({ "leader": leader, "term": s.term, "answered_by": s.node_id, "nodes": nodes, "fronts": fronts,
+            "cluster_id": s.cluster_id, "epoch": s.epoch });
         writeln!(out, "{all}")?;
         return Ok(());
     }
     let leader = if s.leader_id == 0 { "none".to_string() } else { format!("{} ({})", s.leader_id, s.leader_addr) };
+    writeln!(out, "cluster: {} (epoch {})", if s.cluster_id.is_empty() { "none" } else { &s.cluster_id }, s.epoch)?;
     writeln!(out, "leader: {leader}   term: {}", s.term)?;
     writeln!(
         out,
