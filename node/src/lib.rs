@@ -22,6 +22,7 @@
 //! - [`grpc`]: the client and peer gRPC listeners, their limits and services.
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
+//! - [`forced_recovery`]: a stopped survivor made a one-voter cluster of a new epoch when a quorum is lost for good.
 //! - [`telemetry`]: logging setup.
 //! - [`reload`]: what the node re-reads without a restart (certificates, the CA
 //!   bundle and deny file, the cluster secret file), on change and SIGHUP.
@@ -31,6 +32,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod forced_recovery;
 pub mod front;
 pub mod grpc;
 pub mod node;

@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
             println!("New admin API key for {} (shown once, store it now):\n\n    {key}\n", args.username);
             println!("Start the node: once it has a leader, the key works on every node (audited as cluster.admin_recovered).");
         }),
+        Command::Recover(args) => recover(args).await,
         Command::Tls(cmd) => gatehouse::cli::tls::run(cmd).map(|wrote| {
             for path in wrote {
                 println!("wrote {}", path.display());
@@ -60,6 +61,14 @@ async fn main() -> ExitCode {
 /// Whether the admin key was given as `--token KEY` (or `--token=KEY`).
 fn token_in_argv() -> bool {
     std::env::args_os().any(|a| a == "--token" || a.as_encoded_bytes().starts_with(b"--token="))
+}
+
+async fn recover(args: gatehouse::cli::RecoverArgs) -> anyhow::Result<()> {
+    let config = Config::load(Some(&args.config))?;
+    let recovered = gatehouse::forced_recovery::force_new_cluster(&config, args.force_new_cluster).await?;
+    println!("{}", recovered.warning());
+    println!("Start the node: it elects itself and records the recovery in the audit log (cluster.force_recovered).");
+    Ok(())
 }
 
 async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {

@@ -382,6 +382,7 @@ impl Node {
             }
         }
         crate::recovery::resume(&node.api, &config.data_dir, node.stop.subscribe());
+        crate::forced_recovery::audit_on_start(&node.api, &config.data_dir, node.stop.subscribe());
         Ok(node)
     }
 

@@ -75,6 +75,12 @@ pub(crate) fn open_db(dir: &Path) -> Result<Storage, StorageError> {
 }
 
 impl Storage {
+    /// Opens the database alone, without loading the view (the offline
+    /// tools). Refused while a running node holds it.
+    pub fn open_offline(dir: &Path) -> Result<Storage, StorageError> {
+        open_db(dir)
+    }
+
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column families are created at open")
     }

@@ -20,6 +20,7 @@
 //! - [`convert`]: openraft ↔ protobuf conversions (wire and disk share them).
 //! - [`open`]: opening a node's store (the database, the log store, the state machine).
 //! - [`db`]: the database, its column families and keys.
+//! - [`force`]: a stopped node's store made a one-voter cluster (forced recovery).
 //! - [`lineage`]: which cluster, and which life of it, the data belongs to
 //!   (a file beside the database).
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
@@ -39,6 +40,7 @@ pub mod audit;
 pub mod background;
 pub mod convert;
 pub mod db;
+pub mod force;
 pub mod front;
 pub mod lineage;
 pub mod log_store;

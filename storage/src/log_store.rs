@@ -25,6 +25,7 @@ use crate::background::{self, Background};
 use crate::convert::{entry_from_pb, entry_into_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
 use crate::db::{index_from_key, index_key, meta, synced, Storage, CF_LOG, CF_META};
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
+use crate::StorageError;
 
 /// The log store. Cheap to clone: clones share the database and the flusher.
 #[derive(Debug, Clone)]
@@ -111,18 +112,36 @@ pub(crate) fn write_entries(storage: &Storage, entries: Vec<Entry>) -> Result<()
     let mut batch = WriteBatch::default();
     let mut buf = Vec::new();
     for e in entries {
-        buf.clear();
-        buf.push(codec::FORMAT_V1);
         let index = e.log_id.index;
-        entry_into_pb(e).encode(&mut buf).expect("a Vec grows as needed");
+        encode_entry_into(&mut buf, &entry_into_pb(e));
         batch.put_cf(cf, index_key(index), &buf);
     }
     storage.db.write(batch).map_err(|e| StorageIOError::write_logs(&e).into())
 }
 
+/// An entry as the log stores it: the format byte, then the protobuf.
+fn encode_entry_into(buf: &mut Vec<u8>, e: &pb::Entry) {
+    buf.clear();
+    buf.push(codec::FORMAT_V1);
+    e.encode(buf).expect("a Vec grows as needed");
+}
+
+/// [`encode_entry_into`] a new buffer.
+pub(crate) fn encode_stored_entry(e: &pb::Entry) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_entry_into(&mut buf, e);
+    buf
+}
+
+/// A stored entry, outside openraft's traits.
+pub(crate) fn decode_stored_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt { table: "log", reason };
+    let pb: pb::Entry = codec::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    entry_from_pb(pb).map_err(|e| corrupt(e.to_string()))
+}
+
 fn decode_entry(bytes: &[u8]) -> Result<Entry, RaftStorageError> {
-    let pb: pb::Entry = codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e))?;
-    entry_from_pb(pb).map_err(|e| StorageIOError::read_logs(&e).into())
+    decode_stored_entry(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -94,6 +94,11 @@ fn why(s: &Status) -> &'static str {
     match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "it refused this cluster's secret",
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => UNREACHABLE,
+        // Its lineage is another's (docs/operations.md).
+        tonic::Code::FailedPrecondition => {
+            "it belongs to another cluster or epoch (its data is another cluster's, or a node of an old \
+             epoch reached it first): stop every old node, wipe its data directory and start it again"
+        }
         _ => "it did not answer as a Gatehouse node",
     }
 }
@@ -167,5 +172,6 @@ mod tests {
             "it did not answer as a Gatehouse node"
         );
         assert_eq!(why(&Status::unimplemented("")), "it did not answer as a Gatehouse node");
+        assert!(why(&Status::failed_precondition("the caller is of epoch 1")).contains("another cluster or epoch"));
     }
 }

@@ -64,6 +64,10 @@ pub enum Command {
     /// key is printed once; the node carries the request out through the
     /// log (audited) when it next starts and has a leader.
     RecoverAdmin(RecoverAdminArgs),
+    /// A quorum is lost for good: on a stopped survivor, make it the only
+    /// voter of a new epoch of its cluster, with everything it holds
+    /// (docs/operations.md). Refused while a quorum of the others answers.
+    Recover(RecoverArgs),
     /// Certificates for a first cluster: a CA, and each node's certificate.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -116,6 +120,17 @@ pub fn front_secret(args: &FrontSecretArgs) -> anyhow::Result<String> {
     let secret = hex::encode(b);
     crate::bootstrap::write_private(&args.out, &secret)?;
     Ok(gatehouse_cluster::fronts::line_for(args.id, &secret))
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The stopped node's configuration (its data directory, id, cluster
+    /// secret and TLS, to ask the other voters first).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Do it: without this flag the checks run and nothing is changed.
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Debug, Args)]
