@@ -207,7 +207,7 @@ fn path(data_dir: &Path) -> PathBuf {
 
 /// On start: a recovery that ran while the node was stopped is audited
 /// once the node leads its new cluster, then its note removed.
-pub fn audit_on_start(node: &Node, data_dir: &Path, mut stop: Shutdown) {
+pub fn audit_on_start(node: &Node, data_dir: &Path, stop: Shutdown) {
     let file = path(data_dir);
     let Ok(text) = std::fs::read_to_string(&file) else { return };
     let Ok(recovered) = serde_json::from_str::<Recovered>(&text) else {
@@ -221,6 +221,20 @@ pub fn audit_on_start(node: &Node, data_dir: &Path, mut stop: Shutdown) {
         committed_index = recovered.committed_index,
         "starting after a forced recovery: this node is the only voter"
     );
+    let detail = format!(
+        "lineage {} -> {}; last_index={} committed_index={} members_before={:?}",
+        recovered.lineage_before,
+        recovered.lineage_after,
+        recovered.last_index,
+        recovered.committed_index,
+        recovered.members_before
+    );
+    audit_once_leading(node, file, "cluster.force_recovered", detail, stop);
+}
+
+/// Records `action` in the audit log once `node` leads and is fresh (an
+/// offline operation's note, found at start), then removes `note`.
+pub(crate) fn audit_once_leading(node: &Node, note: PathBuf, action: &'static str, detail: String, mut stop: Shutdown) {
     let node = node.clone();
     tokio::spawn(async move {
         while node.leader().is_none_or(|(id, _)| id != node.id()) || !node.is_fresh() {
@@ -230,20 +244,12 @@ pub fn audit_on_start(node: &Node, data_dir: &Path, mut stop: Shutdown) {
             }
         }
         let actor = gatehouse_api::audit::Actor::default();
-        let mut event =
-            gatehouse_api::audit::event("cluster.force_recovered", "ok", &actor, format!("node:{}", recovered.node_id));
-        event.node_id = recovered.node_id;
-        event.detail = format!(
-            "lineage {} -> {}; last_index={} committed_index={} members_before={:?}",
-            recovered.lineage_before,
-            recovered.lineage_after,
-            recovered.last_index,
-            recovered.committed_index,
-            recovered.members_before
-        );
+        let mut event = gatehouse_api::audit::event(action, "ok", &actor, format!("node:{}", node.id()));
+        event.node_id = node.id();
+        event.detail = detail;
         node.audit(event);
-        if let Err(e) = std::fs::remove_file(&file) {
-            tracing::error!(error = %e, file = %file.display(), "removing the forced-recovery note failed");
+        if let Err(e) = std::fs::remove_file(&note) {
+            tracing::error!(error = %e, file = %note.display(), "removing an offline operation's note failed");
         }
     });
 }

@@ -22,6 +22,7 @@
 //! - [`grpc`]: the client and peer gRPC listeners, their limits and services.
 //! - [`bootstrap`]: the first admin user and key.
 //! - [`recovery`]: a new admin key when every one is lost (offline request, carried out through the log).
+//! - [`restore`]: a backup restored into a new data directory: a new one-voter cluster.
 //! - [`forced_recovery`]: a stopped survivor made a one-voter cluster of a new epoch when a quorum is lost for good.
 //! - [`telemetry`]: logging setup.
 //! - [`reload`]: what the node re-reads without a restart (certificates, the CA
@@ -38,6 +39,7 @@ pub mod grpc;
 pub mod node;
 pub mod recovery;
 pub mod reload;
+pub mod restore;
 pub mod telemetry;
 
 pub use config::Config;

@@ -39,6 +39,15 @@ async fn main() -> ExitCode {
             println!("Start the node: once it has a leader, the key works on every node (audited as cluster.admin_recovered).");
         }),
         Command::Recover(args) => recover(args).await,
+        Command::Restore(args) => Config::load(Some(&args.config)).map_err(anyhow::Error::from).and_then(|config| {
+            let r = gatehouse::restore::restore(&args.file, &config)?;
+            println!(
+                "restored {} records at index {} (term {}) of cluster {} into {}: node {} is the only voter of the new cluster {}",
+                r.records, r.index, r.term, r.from_lineage, config.data_dir.display(), r.node_id, r.lineage
+            );
+            println!("Start it (gatehouse serve --config …) and add the other nodes with admin cluster add-learner and promote.");
+            Ok(())
+        }),
         Command::Tls(cmd) => gatehouse::cli::tls::run(cmd).map(|wrote| {
             for path in wrote {
                 println!("wrote {}", path.display());

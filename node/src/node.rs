@@ -278,7 +278,7 @@ impl Node {
             fronts.map(|fronts| gatehouse_api::sign_in::service::server(front.clone(), fronts, cluster.clone()));
         let raft_service = gatehouse_cluster::raft::service::server(cluster.clone());
         let control_service = gatehouse_cluster::control::server(cluster.clone(), storage.clone());
-        let cluster_admin = gatehouse_api::admin::cluster::server(api.clone(), cluster.clone());
+        let cluster_admin = gatehouse_api::admin::cluster::server(api.clone(), cluster.clone(), storage.clone());
         let client_router = crate::grpc::builder(&api, auth_failures())
             .add_service(health_service)
             .add_service(reflection)
@@ -383,6 +383,7 @@ impl Node {
         }
         crate::recovery::resume(&node.api, &config.data_dir, node.stop.subscribe());
         crate::forced_recovery::audit_on_start(&node.api, &config.data_dir, node.stop.subscribe());
+        crate::restore::audit_on_start(&node.api, &config.data_dir, node.stop.subscribe());
         Ok(node)
     }
 

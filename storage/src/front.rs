@@ -3,13 +3,10 @@
 //! hash, no audit), read from one RocksDB point-in-time view, with the log
 //! index that view reflects. Apply goes on meanwhile: the copy holds no lock.
 
-use gatehouse_domain::{codec, front, Table};
-use gatehouse_proto::raft as pb;
 use gatehouse_proto::state::SnapshotRecord;
-use rocksdb::IteratorMode;
 
-use crate::convert::log_id_from_pb;
-use crate::db::{meta, Storage, CF_META};
+use crate::copy::Copy;
+use crate::db::Storage;
 use crate::StorageError;
 
 impl Storage {
@@ -23,32 +20,8 @@ impl Storage {
         chunk_bytes: usize,
         mut send: impl FnMut(u64, Vec<SnapshotRecord>, bool) -> bool,
     ) -> Result<u64, StorageError> {
-        let corrupt =
-            |table: &'static str, e: &dyn std::fmt::Display| StorageError::Corrupt { table, reason: e.to_string() };
-        let view = self.db.snapshot();
-        let applied = match view.get_cf(self.cf(CF_META), meta::LAST_APPLIED)? {
-            Some(b) => log_id_from_pb(&codec::decode::<pb::LogId>(&b).map_err(|e| corrupt(CF_META, &e))?).index,
-            None => 0,
-        };
-        let (mut chunk, mut bytes) = (Vec::new(), 0);
-        for table in Table::ALL.into_iter().filter(|t| front::holds(*t)) {
-            for item in view.iterator_cf(self.table(table), IteratorMode::Start) {
-                let (key, value) = item?;
-                let Some(value) = front::record(table, &value).map_err(|e| corrupt(table.name(), &e))? else {
-                    continue;
-                };
-                bytes += key.len() + value.len() + 16;
-                chunk.push(SnapshotRecord { table: table.name().into(), key: key.into_vec(), value });
-                if bytes >= chunk_bytes {
-                    if !send(applied, std::mem::take(&mut chunk), false) {
-                        return Ok(applied);
-                    }
-                    bytes = 0;
-                }
-            }
-        }
-        send(applied, chunk, true);
-        Ok(applied)
+        let at = self.copy_view(Copy::Front, chunk_bytes, |at, records, last| send(at.index, records, last))?;
+        Ok(at.index)
     }
 }
 

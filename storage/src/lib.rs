@@ -26,7 +26,10 @@
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
 //! - [`state_machine`]: the `RaftStateMachine`.
 //! - [`view`]: the shared in-memory view (a voter's, beside RocksDB; a front's, alone).
-//! - [`front`]: the view as a front copies it, from one RocksDB point-in-time view.
+//! - [`copy`]: the view read from one RocksDB point-in-time view, in chunks: a
+//!   front's copy ([`front`]) and a backup's ([`backup`]).
+//! - [`front`]: the view as a front copies it.
+//! - [`backup`]: the backup file format, and restoring a data directory from one.
 //! - [`snapshot`]: the snapshot file format, build and install.
 //! - [`background`]: the low-priority threads that do the log's and apply's
 //!   encoding and RocksDB work, off the async workers that answer requests.
@@ -38,7 +41,9 @@
 
 pub mod audit;
 pub mod background;
+pub mod backup;
 pub mod convert;
+pub mod copy;
 pub mod db;
 pub mod force;
 pub mod front;

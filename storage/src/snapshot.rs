@@ -25,14 +25,14 @@ use crate::db::{meta, synced, Storage, CF_META};
 use crate::types::{SnapshotFile, SnapshotMeta, StoredMembership};
 use crate::StorageError;
 
-const MAGIC: &[u8; 6] = b"GHSNAP";
-const FORMAT_V1: u8 = 1;
+pub(crate) const MAGIC: &[u8; 6] = b"GHSNAP";
+pub(crate) const FORMAT_V1: u8 = 1;
 /// Largest record accepted when reading a snapshot (a bound for hostile input).
 const MAX_RECORD: usize = 16 << 20;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("{ms}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
@@ -217,7 +217,15 @@ pub(crate) fn install(storage: &Storage, meta: &SnapshotMeta, file: &SnapshotFil
 }
 
 fn read_record(r: &mut impl Read) -> Result<Option<SnapshotRecord>, StorageError> {
-    // A varint length prefix, then the record.
+    match read_delimited(r)? {
+        Some(buf) => SnapshotRecord::decode(buf.as_slice()).map(Some).map_err(corrupt),
+        None => Ok(None),
+    }
+}
+
+/// One length-delimited message's bytes (a varint length, then that many
+/// bytes, at most [`MAX_RECORD`]); `None` at a clean end of input.
+pub(crate) fn read_delimited(r: &mut impl Read) -> Result<Option<Vec<u8>>, StorageError> {
     let mut len: u64 = 0;
     for i in 0..10 {
         let mut b = [0u8; 1];
@@ -237,7 +245,7 @@ fn read_record(r: &mut impl Read) -> Result<Option<SnapshotRecord>, StorageError
                 io::ErrorKind::UnexpectedEof => corrupt("truncated record"),
                 _ => e.into(),
             })?;
-            return SnapshotRecord::decode(buf.as_slice()).map(Some).map_err(corrupt);
+            return Ok(Some(buf));
         }
     }
     Err(corrupt("bad record length"))

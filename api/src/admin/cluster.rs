@@ -1,4 +1,5 @@
-//! `ClusterService`: status, membership and snapshots.
+//! `ClusterService`: status, membership, snapshots and backups
+//! ([`super::backup`]).
 //!
 //! Membership changes and leadership transfers run on the leader: a node
 //! that is not the leader sends the call on with the caller's credentials
@@ -30,10 +31,11 @@ pub struct ClusterAdmin {
     node: Node,
     /// The membership, Raft and the other voters.
     cluster: Cluster,
+    backups: super::backup::Backups,
 }
 
-pub fn server(node: Node, cluster: Cluster) -> ClusterServiceServer<ClusterAdmin> {
-    ClusterServiceServer::new(ClusterAdmin { node, cluster })
+pub fn server(node: Node, cluster: Cluster, storage: gatehouse_storage::Storage) -> ClusterServiceServer<ClusterAdmin> {
+    ClusterServiceServer::new(ClusterAdmin { node, cluster, backups: super::backup::Backups::new(storage) })
 }
 
 /// How long a status call waits for each node.
@@ -324,6 +326,17 @@ impl ClusterService for ClusterAdmin {
         };
         let result = self.audit(&actor, "cluster.snapshot", self.node.id(), String::new()).done(result);
         Ok(Response::new(result?))
+    }
+
+    type BackupStream = super::backup::BackupStream;
+
+    #[tracing::instrument(level = "info", name = "admin.cluster.backup", skip_all)]
+    async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
+        let applied = self.node.view().applied_index();
+        let started = self.backups.start(&self.cluster);
+        let audit = self.audit(&actor, "cluster.backup", self.node.id(), format!("from index {applied}"));
+        Ok(Response::new(audit.done(started)?))
     }
 
     #[tracing::instrument(level = "info", name = "admin.cluster.transfer_leadership", skip_all, fields(node_id = req.get_ref().node_id))]

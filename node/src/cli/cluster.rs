@@ -1,4 +1,4 @@
-//! `gatehouse admin cluster …`: status, membership, leadership, snapshots.
+//! `gatehouse admin cluster …`: status, membership, leadership, snapshots, backups.
 
 use clap::Subcommand;
 use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
@@ -31,6 +31,13 @@ pub enum ClusterCommand {
     TransferLeader { id: u64 },
     /// Build a snapshot now (and compact the log behind it).
     Snapshot,
+    /// Write a backup of the whole state, as the answering node applied
+    /// it, to a new file (mode 0600; docs/operations.md).
+    Backup {
+        /// The file to write; it must not exist.
+        #[arg(short, long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
 }
 
 pub(super) async fn cluster(
@@ -71,6 +78,26 @@ pub(super) async fn cluster(
                 writeln!(out, "{}", json!({ "leader": r.leader_id, "term": r.term }))?;
             } else {
                 writeln!(out, "node {} leads (term {})", r.leader_id, r.term)?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Backup { out: path } => {
+            let (header, records) = backup(client, path).await?;
+            if json {
+                let v = json!({ "file": path.display().to_string(), "records": records, "index": header.index,
+                    "term": header.term, "cluster_id": header.cluster_id, "epoch": header.epoch, "node_id": header.node_id });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "wrote {}: {records} records at index {} (term {}) of cluster {} epoch {}, from node {}",
+                    path.display(),
+                    header.index,
+                    header.term,
+                    header.cluster_id,
+                    header.epoch,
+                    header.node_id
+                )?;
             }
             Ok(())
         }
@@ -171,4 +198,56 @@ pub(super) fn print_membership(r: &MembershipResponse, as_json: bool, out: &mut 
         )?;
     }
     Ok(())
+}
+
+/// Streams a backup into a new file at `path`: written beside it and
+/// renamed once whole, so `path` only ever holds a complete backup.
+async fn backup(
+    client: ClusterServiceClient<Authed>,
+    path: &std::path::Path,
+) -> anyhow::Result<(gatehouse_proto::state::BackupHeader, u64)> {
+    use anyhow::Context;
+    use gatehouse_storage::backup::BackupWriter;
+    anyhow::ensure!(!path.exists(), "{} exists: a backup never overwrites a file", path.display());
+    let name = path.file_name().context("the backup needs a file name")?.to_string_lossy().to_string();
+    let partial = path.with_file_name(format!(".{name}.partial"));
+    let written = async {
+        let mut client = client.max_decoding_message_size(gatehouse_cluster::peers::MAX_RAFT_MESSAGE);
+        let mut stream = client.backup(BackupRequest {}).await.map_err(rpc_error)?.into_inner();
+        let file = {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            opts.open(&partial).with_context(|| format!("creating {}", partial.display()))?
+        };
+        let mut writer = None;
+        let mut header = None;
+        let mut whole = false;
+        while let Some(chunk) = stream.message().await.map_err(rpc_error)? {
+            if let Some(h) = chunk.header {
+                anyhow::ensure!(writer.is_none(), "the node sent a second header");
+                writer = Some(BackupWriter::new(std::io::BufWriter::new(file.try_clone()?), h.clone())?);
+                header = Some(h);
+            }
+            let w = writer.as_mut().context("the node sent records before a header")?;
+            for r in chunk.records {
+                w.record(r)?;
+            }
+            if chunk.last {
+                whole = true;
+                break;
+            }
+        }
+        anyhow::ensure!(whole, "the node ended the backup before it was whole");
+        let (buffered, records) = writer.context("the node sent no header")?.finish()?;
+        buffered.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&partial, path)?;
+        anyhow::Ok((header.context("no header")?, records))
+    }
+    .await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }

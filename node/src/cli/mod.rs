@@ -68,6 +68,9 @@ pub enum Command {
     /// voter of a new epoch of its cluster, with everything it holds
     /// (docs/operations.md). Refused while a quorum of the others answers.
     Recover(RecoverArgs),
+    /// Restore a backup (`admin cluster backup`) into a new data directory:
+    /// a new one-voter cluster with a new cluster id (docs/operations.md).
+    Restore(RestoreArgs),
     /// Certificates for a first cluster: a CA, and each node's certificate.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -120,6 +123,16 @@ pub fn front_secret(args: &FrontSecretArgs) -> anyhow::Result<String> {
     let secret = hex::encode(b);
     crate::bootstrap::write_private(&args.out, &secret)?;
     Ok(gatehouse_cluster::fronts::line_for(args.id, &secret))
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The new node's configuration: its data directory (new or empty),
+    /// id and addresses.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
