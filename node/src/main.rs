@@ -39,8 +39,11 @@ async fn main() -> ExitCode {
             println!("Start the node: once it has a leader, the key works on every node (audited as cluster.admin_recovered).");
         }),
         Command::Recover(args) => recover(args).await,
+        Command::BackupKey(args) => gatehouse::cli::backup_key(&args).map(|id| {
+            println!("wrote {} (key id {id}): keep it apart from the backups it seals", args.out.display());
+        }),
         Command::Restore(args) => Config::load(Some(&args.config)).map_err(anyhow::Error::from).and_then(|config| {
-            let r = gatehouse::restore::restore(&args.file, &config)?;
+            let r = gatehouse::restore::restore(&args.file, &config, args.decrypt_key_file.as_deref())?;
             println!(
                 "restored {} records at index {} (term {}) of cluster {} into {}: node {} is the only voter of the new cluster {}",
                 r.records, r.index, r.term, r.from_lineage, config.data_dir.display(), r.node_id, r.lineage

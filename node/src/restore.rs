@@ -40,7 +40,8 @@ pub struct Restored {
 }
 
 /// Restores the backup at `file` into the data directory `config` names.
-pub fn restore(file: &Path, config: &Config) -> anyhow::Result<Restored> {
+/// `key`: the key file a sealed backup was sealed with.
+pub fn restore(file: &Path, config: &Config, key: Option<&Path>) -> anyhow::Result<Restored> {
     config.validate()?;
     if config.front.is_some() {
         bail!("a front holds no data: restore into a voter's configuration");
@@ -54,7 +55,12 @@ pub fn restore(file: &Path, config: &Config) -> anyhow::Result<Restored> {
              or advertise_addr and advertise_client_addr"
         );
     }
-    let backup = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let key = match key {
+        Some(k) => Some(gatehouse_storage::sealed::BackupKey::from_file(k).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let file = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let backup = gatehouse_storage::sealed::open_backup(file, key.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = &config.data_dir;
     // Made private as a node makes it; removed again if the restore fails.
     let created = !dir.exists();

@@ -96,7 +96,7 @@ async fn a_backup_under_write_load_restores_every_write_it_covers_on_a_new_clust
     let probe = TestCluster::start(1).await; // only for its secret and config defaults
     let config = restored_config(&probe, &restored_dir);
     probe.shutdown().await;
-    let r = gatehouse::restore::restore(&file, &config).unwrap();
+    let r = gatehouse::restore::restore(&file, &config, None).unwrap();
     assert_eq!(r.index, index);
     assert_eq!(r.from_lineage, original);
     let node = Node::start(config.clone()).await.unwrap();
@@ -167,7 +167,7 @@ async fn damaged_truncated_or_foreign_backups_and_bad_targets_are_refused_and_wr
         std::fs::write(&bad, bytes).unwrap();
         let target = dir.path().join(format!("restore-{}", what.replace(' ', "-")));
         let config = restored_config(&c, &target);
-        let e = gatehouse::restore::restore(&bad, &config).unwrap_err().to_string();
+        let e = gatehouse::restore::restore(&bad, &config, None).unwrap_err().to_string();
         assert!(e.contains("backup"), "{what}: {e}");
         assert!(!target.exists(), "{what}: nothing written");
     }
@@ -175,16 +175,58 @@ async fn damaged_truncated_or_foreign_backups_and_bad_targets_are_refused_and_wr
     let busy = dir.path().join("busy");
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("keep"), b"x").unwrap();
-    let e = gatehouse::restore::restore(&file, &restored_config(&c, &busy)).unwrap_err().to_string();
+    let e = gatehouse::restore::restore(&file, &restored_config(&c, &busy), None).unwrap_err().to_string();
     assert!(e.contains("not empty"), "{e}");
     assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
     // Addresses the membership cannot record.
     let mut any_port = restored_config(&c, &dir.path().join("anyport"));
     any_port.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    let e = gatehouse::restore::restore(&file, &any_port).unwrap_err().to_string();
+    let e = gatehouse::restore::restore(&file, &any_port, None).unwrap_err().to_string();
     assert!(e.contains("fixed"), "{e}");
     // The good one restores.
     let ok = dir.path().join("ok");
-    gatehouse::restore::restore(&file, &restored_config(&c, &ok)).unwrap();
+    gatehouse::restore::restore(&file, &restored_config(&c, &ok), None).unwrap();
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sealed_backup_restores_with_its_key_only() {
+    let c = TestCluster::start(1).await;
+    let key = create_key(c.node(1), "sealed-user", &["viewer"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("backup.key");
+    let id = gatehouse::cli::backup_key(&gatehouse::cli::BackupKeyArgs { out: key_file.clone() }).unwrap();
+    assert_eq!(id.len(), 16);
+    let again = gatehouse::cli::backup_key(&gatehouse::cli::BackupKeyArgs { out: key_file.clone() });
+    assert!(again.is_err(), "a key file is never overwritten");
+    let file = dir.path().join("sealed.ghb");
+    let args = ["cluster", "backup", "-o", file.to_str().unwrap(), "--encrypt-key-file", key_file.to_str().unwrap()];
+    admin_cli(&c.endpoint(1), &c.admin_key, &args).await.unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!bytes.windows(11).any(|w| w == b"sealed-user"), "nothing readable in a sealed backup");
+    let key_text = std::fs::read_to_string(&key_file).unwrap();
+    assert!(!bytes.windows(16).any(|w| w == &key_text.as_bytes()[..16]), "the key is not in the backup");
+
+    let target = |name: &str| restored_config(&c, &dir.path().join(name));
+    let e = gatehouse::restore::restore(&file, &target("nokey"), None).unwrap_err().to_string();
+    assert!(e.contains("sealed"), "{e}");
+    let wrong = dir.path().join("wrong.key");
+    gatehouse::cli::backup_key(&gatehouse::cli::BackupKeyArgs { out: wrong.clone() }).unwrap();
+    let e = gatehouse::restore::restore(&file, &target("wrongkey"), Some(&wrong)).unwrap_err().to_string();
+    assert!(e.contains("another key"), "{e}");
+    let mut cut = bytes.clone();
+    cut.truncate(bytes.len() - 20);
+    let cut_file = dir.path().join("cut.ghb");
+    std::fs::write(&cut_file, cut).unwrap();
+    assert!(gatehouse::restore::restore(&cut_file, &target("cut"), Some(&key_file)).is_err());
+    assert!(!dir.path().join("cut").exists() && !dir.path().join("wrongkey").exists());
+
+    let config = target("ok");
+    gatehouse::restore::restore(&file, &config, Some(&key_file)).unwrap();
+    c.shutdown().await;
+    let node = Node::start(config).await.unwrap();
+    wait_until("the restored node serves", Duration::from_secs(10), || async { node.cluster().is_fresh() }).await;
+    let url = format!("{}/auth/verify", base(&node));
+    assert_eq!(http().get(&url).bearer_auth(&key).send().await.unwrap().status(), StatusCode::OK);
+    node.shutdown().await.unwrap();
 }

@@ -2,7 +2,8 @@
 //! --force-new-cluster`): the survivor serves everything it held as a
 //! one-voter cluster of a new epoch, the old majority coming back can never
 //! overwrite it, and the cluster grows again from it. And the refusals:
-//! without the flag, while a quorum answers, on a running node, on no data.
+//! without the flag, while a quorum answers, on a running node, on no data;
+//! and data of a newer store format, refused and left untouched.
 
 mod common;
 
@@ -174,5 +175,44 @@ async fn data_from_before_lineages_takes_the_legacy_lineage_on_every_node() {
     for id in [1, 2, 3] {
         assert_eq!(lineage(c.node(id)), format!("{}.0", gatehouse_cluster::lineage::LEGACY_ID));
     }
+    c.shutdown().await;
+}
+
+/// Every file under `dir` with its content.
+fn contents(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(contents(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refuses_data_of_a_newer_format_and_leaves_it_untouched() {
+    let mut c = TestCluster::start(1).await;
+    write_user(c.node(1), "kept").await;
+    c.stop(1).await;
+    let config = c.configs[&1].clone();
+    let marker = config.data_dir.join(gatehouse_storage::format::FORMAT_FILE);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), gatehouse_storage::format::STORE_FORMAT.to_string());
+    // As a newer build would leave it.
+    std::fs::write(&marker, "99\n").unwrap();
+    let before = contents(&config.data_dir);
+    let e = format!("{:#}", Node::start(config.clone()).await.err().expect("refused"));
+    assert!(e.contains("newer Gatehouse") && e.contains("store format 99"), "{e}");
+    assert!(contents(&config.data_dir) == before, "the data was left untouched");
+    // The same refusal from the offline tools.
+    assert!(force_new_cluster(&config, true).await.unwrap_err().to_string().contains("newer Gatehouse"));
+    assert!(contents(&config.data_dir) == before);
+    // Marked this build's again, it starts and holds what it held.
+    std::fs::write(&marker, format!("{}\n", gatehouse_storage::format::STORE_FORMAT)).unwrap();
+    c.restart(1).await;
+    assert!(c.node(1).cluster().view().read().user_by_name("kept").is_some());
     c.shutdown().await;
 }

@@ -38,6 +38,7 @@ impl std::fmt::Debug for Storage {
 /// (see [`crate::open`] for the log store and state machine on it).
 pub(crate) fn open_db(dir: &Path) -> Result<Storage, StorageError> {
     std::fs::create_dir_all(dir)?;
+    crate::format::check_and_mark(dir)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);

@@ -21,6 +21,7 @@
 //! - [`open`]: opening a node's store (the database, the log store, the state machine).
 //! - [`db`]: the database, its column families and keys.
 //! - [`force`]: a stopped node's store made a one-voter cluster (forced recovery).
+//! - [`format`]: the store's format, checked before the database opens.
 //! - [`lineage`]: which cluster, and which life of it, the data belongs to
 //!   (a file beside the database).
 //! - [`log_store`]: `RaftLogStorage` with group-committed fsync.
@@ -29,7 +30,8 @@
 //! - [`copy`]: the view read from one RocksDB point-in-time view, in chunks: a
 //!   front's copy ([`front`]) and a backup's ([`backup`]).
 //! - [`front`]: the view as a front copies it.
-//! - [`backup`]: the backup file format, and restoring a data directory from one.
+//! - [`backup`]: the backup file format, and restoring a data directory from one;
+//!   [`sealed`]: a backup sealed under a key file (ChaCha20-Poly1305 in chunks).
 //! - [`snapshot`]: the snapshot file format, build and install.
 //! - [`background`]: the low-priority threads that do the log's and apply's
 //!   encoding and RocksDB work, off the async workers that answer requests.
@@ -46,10 +48,12 @@ pub mod convert;
 pub mod copy;
 pub mod db;
 pub mod force;
+pub mod format;
 pub mod front;
 pub mod lineage;
 pub mod log_store;
 pub mod open;
+pub mod sealed;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
@@ -73,4 +77,9 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("corrupt record in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    #[error(
+        "this data was written by a newer Gatehouse (store format {found}; this version reads up to {known}): \
+         run that version, or restore a backup into a new data directory; the data was left untouched"
+    )]
+    NewerFormat { found: u32, known: u32 },
 }

@@ -37,6 +37,10 @@ pub enum ClusterCommand {
         /// The file to write; it must not exist.
         #[arg(short, long, value_name = "FILE")]
         out: std::path::PathBuf,
+        /// Seal the whole file under this key (64 hex digits;
+        /// `gatehouse backup-key` makes one). Restore then needs it.
+        #[arg(long, value_name = "FILE")]
+        encrypt_key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -81,8 +85,12 @@ pub(super) async fn cluster(
             }
             Ok(())
         }
-        ClusterCommand::Backup { out: path } => {
-            let (header, records) = backup(client, path).await?;
+        ClusterCommand::Backup { out: path, encrypt_key_file } => {
+            let key = match encrypt_key_file {
+                Some(f) => Some(gatehouse_storage::sealed::BackupKey::from_file(f)?),
+                None => None,
+            };
+            let (header, records) = backup(client, path, key.as_ref()).await?;
             if json {
                 let v = json!({ "file": path.display().to_string(), "records": records, "index": header.index,
                     "term": header.term, "cluster_id": header.cluster_id, "epoch": header.epoch, "node_id": header.node_id });
@@ -202,9 +210,44 @@ pub(super) fn print_membership(r: &MembershipResponse, as_json: bool, out: &mut 
 
 /// Streams a backup into a new file at `path`: written beside it and
 /// renamed once whole, so `path` only ever holds a complete backup.
+/// Where a backup goes: the file, sealed or not.
+enum Sink {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Sealed(Box<gatehouse_storage::sealed::Sealing<std::io::BufWriter<std::fs::File>>>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(b),
+            Sink::Sealed(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+impl Sink {
+    /// Everything written out and synced.
+    fn finish(self) -> anyhow::Result<()> {
+        let buffered = match self {
+            Sink::Plain(w) => w,
+            Sink::Sealed(s) => s.finish()?,
+        };
+        buffered.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    }
+}
+
 async fn backup(
     client: ClusterServiceClient<Authed>,
     path: &std::path::Path,
+    key: Option<&gatehouse_storage::sealed::BackupKey>,
 ) -> anyhow::Result<(gatehouse_proto::state::BackupHeader, u64)> {
     use anyhow::Context;
     use gatehouse_storage::backup::BackupWriter;
@@ -227,7 +270,12 @@ async fn backup(
         while let Some(chunk) = stream.message().await.map_err(rpc_error)? {
             if let Some(h) = chunk.header {
                 anyhow::ensure!(writer.is_none(), "the node sent a second header");
-                writer = Some(BackupWriter::new(std::io::BufWriter::new(file.try_clone()?), h.clone())?);
+                let out = std::io::BufWriter::new(file.try_clone()?);
+                let sink = match key {
+                    Some(k) => Sink::Sealed(Box::new(gatehouse_storage::sealed::Sealing::new(out, k)?)),
+                    None => Sink::Plain(out),
+                };
+                writer = Some(BackupWriter::new(sink, h.clone())?);
                 header = Some(h);
             }
             let w = writer.as_mut().context("the node sent records before a header")?;
@@ -240,8 +288,8 @@ async fn backup(
             }
         }
         anyhow::ensure!(whole, "the node ended the backup before it was whole");
-        let (buffered, records) = writer.context("the node sent no header")?.finish()?;
-        buffered.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let (sink, records) = writer.context("the node sent no header")?.finish()?;
+        sink.finish()?;
         std::fs::rename(&partial, path)?;
         anyhow::Ok((header.context("no header")?, records))
     }

@@ -71,6 +71,9 @@ pub enum Command {
     /// Restore a backup (`admin cluster backup`) into a new data directory:
     /// a new one-voter cluster with a new cluster id (docs/operations.md).
     Restore(RestoreArgs),
+    /// Make a key to seal backups with (`admin cluster backup
+    /// --encrypt-key-file`): 32 random bytes as hex, in a new 0600 file.
+    BackupKey(BackupKeyArgs),
     /// Certificates for a first cluster: a CA, and each node's certificate.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -133,6 +136,23 @@ pub struct RestoreArgs {
     /// id and addresses.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// The key file a sealed backup was sealed with.
+    #[arg(long, value_name = "FILE")]
+    pub decrypt_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupKeyArgs {
+    /// Where to write the key (64 hex digits, mode 0600); must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// Writes a new backup key to `args.out`; returns its id.
+pub fn backup_key(args: &BackupKeyArgs) -> anyhow::Result<String> {
+    let (key, text) = gatehouse_storage::sealed::BackupKey::generate();
+    crate::bootstrap::write_private(&args.out, &text)?;
+    Ok(key.id().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[derive(Debug, Args)]
