@@ -9,6 +9,8 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)   # RocksDB's bindg
 command -v c++ >/dev/null 2>&1 || need+=(g++)                   # RocksDB's C++ sources
 if [ "${1:-}" = "test" ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)   # the forward-auth test
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)                        # deploy/systemd checks
+  command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)                      # deploy/k8s (kustomize)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 
@@ -26,12 +28,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # Envoy's own protos for Python (PyPI xds-protos), to check the example
-# bootstrap in deploy/envoy/ (there is no Envoy binary to run).
+# bootstrap in deploy/envoy/ (there is no Envoy binary to run); the
+# Kubernetes API schemas (kubernetes-validate) for deploy/k8s/.
 if [ "${1:-}" = "test" ]; then
   venv="${GATEHOUSE_PYENV:-$HOME/.cache/gatehouse/pyenv}"
-  if ! "$venv/bin/python" -c 'import envoy.config.bootstrap.v3.bootstrap_pb2, yaml' >/dev/null 2>&1; then
-    echo "installing: xds-protos pyyaml (into $venv)" >&2
+  if ! "$venv/bin/python" -c 'import envoy.config.bootstrap.v3.bootstrap_pb2, yaml, kubernetes_validate' >/dev/null 2>&1; then
+    echo "installing: xds-protos pyyaml kubernetes-validate (into $venv)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q xds-protos pyyaml
+    "$venv/bin/pip" install -q xds-protos pyyaml kubernetes-validate
   fi
 fi
