@@ -178,7 +178,13 @@ pub fn server(
         .max_decoding_message_size(MAX_FRONT_PROPOSAL)
         .max_encoding_message_size(crate::peers::MAX_RAFT_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, move |req| {
-        admission.admit(|id| members.is_member(id), trust.as_ref(), req)
+        let req = admission.admit(|id| members.is_member(id), trust.as_ref(), req)?;
+        // A front that follows another cluster or epoch is refused (one
+        // that has not heard of one yet is not).
+        if let Some(lineage) = members.peers().lineage() {
+            lineage.check_front(&req)?;
+        }
+        Ok(req)
     })
 }
 
@@ -357,7 +363,8 @@ impl FollowService for Follow {
         });
         let index = self.cluster.read_index().await?;
         let shares = u32::try_from(crate::Replica::members(&self.cluster)).unwrap_or(u32::MAX);
-        Ok(Response::new(pb::FrontReadIndexResponse { index, shares }))
+        let lineage = self.cluster.peers().lineage().and_then(|l| l.get()).map(|l| crate::lineage::text(&l));
+        Ok(Response::new(pb::FrontReadIndexResponse { index, shares, lineage: lineage.unwrap_or_default() }))
     }
 
     #[tracing::instrument(level = "debug", name = "front.propose", skip_all)]

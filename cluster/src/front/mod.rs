@@ -134,6 +134,14 @@ impl Front {
         req.set_timeout(Duration::from_secs(2));
         let index = self.inner.voters.client(i).read_index(req).await.map_err(|s| ClusterError::from_status(&s))?;
         let answer = index.into_inner();
+        if !answer.lineage.is_empty() && !self.inner.voters.auth().pin(&answer.lineage) {
+            // The voter answered with the lineage it was sent... or another:
+            // never take its index as a proof.
+            return Err(ClusterError::FailedPrecondition(format!(
+                "voter {i} is of another cluster or epoch ({}): not followed",
+                answer.lineage
+            )));
+        }
         let index = answer.index;
         self.inner.known_commit.fetch_max(index, Ordering::Relaxed);
         self.inner.shares.store(u64::from(answer.shares), Ordering::Relaxed);

@@ -15,11 +15,14 @@ use crate::fronts::{FRONT_ID_METADATA, FRONT_SECRET_METADATA, MIN_FRONT_SECRET_L
 use crate::peers::{MAX_RAFT_MESSAGE, PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW};
 use gatehouse_storage::NodeId;
 
-/// Adds the front's id and secret to every call to a voter.
+/// Adds the front's id and secret to every call to a voter, and the
+/// cluster lineage it follows once a voter named it: a voter of another
+/// cluster or epoch then refuses the front, which moves on.
 #[derive(Clone)]
 pub struct FrontAuth {
     id: MetadataValue<Ascii>,
     secret: MetadataValue<Ascii>,
+    lineage: Arc<std::sync::OnceLock<MetadataValue<Ascii>>>,
 }
 
 impl FrontAuth {
@@ -31,7 +34,21 @@ impl FrontAuth {
         }
         let mut secret: MetadataValue<Ascii> = secret.parse().map_err(|_| "the front secret is not valid metadata")?;
         secret.set_sensitive(true);
-        Ok(FrontAuth { id: id.to_string().parse().map_err(|_| "front id")?, secret })
+        Ok(FrontAuth { id: id.to_string().parse().map_err(|_| "front id")?, secret, lineage: Arc::default() })
+    }
+
+    /// The lineage of the cluster this front follows, from a voter's
+    /// answer: the first one named is kept for the process's life (a front
+    /// restarts with a fresh copy of the view). Returns whether `lineage`
+    /// is the one kept.
+    pub(crate) fn pin(&self, lineage: &str) -> bool {
+        let Some(parsed) = crate::lineage::parse(lineage) else { return false };
+        let value = crate::lineage::text(&parsed).parse().expect("hex and digits are valid metadata");
+        let kept = self.lineage.get_or_init(|| {
+            tracing::info!(lineage, "following this cluster lineage");
+            value
+        });
+        kept.as_bytes() == lineage.as_bytes()
     }
 }
 
@@ -45,6 +62,9 @@ impl tonic::service::Interceptor for FrontAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert(FRONT_ID_METADATA, self.id.clone());
         req.metadata_mut().insert(FRONT_SECRET_METADATA, self.secret.clone());
+        if let Some(lineage) = self.lineage.get() {
+            req.metadata_mut().insert(crate::lineage::LINEAGE_METADATA, lineage.clone());
+        }
         crate::trace::inject_current(req.metadata_mut());
         Ok(req)
     }
@@ -124,6 +144,11 @@ impl Voters {
     }
 
     /// The follow service of voter `i`.
+    /// The front's credentials (and the lineage it follows).
+    pub(crate) fn auth(&self) -> &FrontAuth {
+        &self.auth
+    }
+
     pub fn client(&self, i: usize) -> FollowClient {
         FollowServiceClient::new(self.channel(i))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -134,5 +159,24 @@ impl Voters {
     /// other services a front calls, such as sign-in).
     pub fn channel(&self, i: usize) -> InterceptedService<Channel, FrontAuth> {
         InterceptedService::new(self.voters[i % self.voters.len()].1.clone(), self.auth.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_front_keeps_the_first_lineage_a_voter_names() {
+        let auth = FrontAuth::new(101, &"s".repeat(40)).unwrap();
+        let first = format!("{}.1", "a1".repeat(16));
+        assert!(!auth.pin("garbage"), "nothing kept from a malformed answer");
+        assert!(auth.pin(&first));
+        assert!(auth.pin(&first));
+        assert!(!auth.pin(&format!("{}.2", "a1".repeat(16))), "another epoch is not followed");
+        assert!(!auth.pin(&format!("{}.1", "b2".repeat(16))), "nor another cluster");
+        let mut req = tonic::Request::new(());
+        req = tonic::service::Interceptor::call(&mut auth.clone(), req).unwrap();
+        assert_eq!(req.metadata().get(crate::lineage::LINEAGE_METADATA).unwrap(), first.as_str());
     }
 }
