@@ -7,8 +7,9 @@
 //! back after a recovery, or a node of another cluster that shares the
 //! secret, is refused on every Raft and control call, so it can never
 //! overwrite the cluster that replaced it. A node that has none yet (a
-//! fresh one, about to be added) takes the lineage of the first call it
-//! gets, stored before the call runs.
+//! fresh one, about to be added) takes the lineage of the first Raft call
+//! it gets (a vote or a replication from a member), stored before the call
+//! runs; control calls never give one.
 
 use std::sync::{Arc, RwLock};
 
@@ -152,6 +153,21 @@ impl Lineage {
     /// operators' tools holding the secret call too); refused otherwise.
     #[allow(clippy::result_large_err)]
     pub fn check<T>(&self, req: &Request<T>, tools: bool) -> Result<(), Status> {
+        // Only a Raft call (from a member that campaigns or replicates to
+        // this node) gives a node its lineage; control calls never do.
+        self.check_as(req, tools, !tools)
+    }
+
+    /// A stateless front's call: one that names no lineage yet is taken,
+    /// one of another lineage refused; a node without a lineage takes none
+    /// from a front (only a member's call gives it one).
+    #[allow(clippy::result_large_err)]
+    pub fn check_front<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.check_as(req, true, false)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_as<T>(&self, req: &Request<T>, tools: bool, adopt: bool) -> Result<(), Status> {
         let refuse = |why: String| {
             static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(1_000);
             if let Some(suppressed) = REFUSED.allow() {
@@ -160,7 +176,8 @@ impl Lineage {
             Status::failed_precondition(why)
         };
         let Some(raw) = req.metadata().get(LINEAGE_METADATA) else {
-            let before_lineages = self.read().as_ref().is_none_or(|h| h.lineage.cluster_id == LEGACY_ID);
+            let before_lineages =
+                self.read().as_ref().is_none_or(|h| h.lineage.cluster_id == LEGACY_ID && h.lineage.epoch == 0);
             return if tools || before_lineages {
                 Ok(())
             } else {
@@ -172,6 +189,9 @@ impl Lineage {
         };
         if let Some(own) = self.read().as_ref() {
             return compare(&own.lineage, &presented).map_err(refuse);
+        }
+        if !adopt {
+            return Ok(());
         }
         let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
         if let Some(own) = current.as_ref() {
@@ -278,6 +298,22 @@ mod tests {
     }
 
     #[test]
+    fn a_front_is_held_to_the_lineage_it_names_and_gives_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _sm) = gatehouse_storage::open(dir.path()).unwrap();
+        let node = Lineage::load(&log.storage()).unwrap();
+        let theirs = lineage(&"e5".repeat(16), 1);
+        // A node without a lineage takes none from a front.
+        node.check_front(&call(Some(&text(&theirs)))).unwrap();
+        assert_eq!(node.get(), None);
+        let own = node.mint().unwrap();
+        node.check_front(&call(None)).unwrap();
+        node.check_front(&call(Some(&text(&own)))).unwrap();
+        assert!(node.check_front(&call(Some(&text(&theirs)))).is_err());
+        assert!(node.check_front(&call(Some(&text(&lineage(&own.cluster_id, 9))))).is_err());
+    }
+
+    #[test]
     fn a_fresh_node_joins_the_first_lineage_that_calls_it_and_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
         let theirs = lineage(&"c3".repeat(16), 4);
@@ -286,8 +322,10 @@ mod tests {
             let node = Lineage::load(&log.storage()).unwrap();
             assert_eq!(node.get(), None);
             assert!(node.metadata().is_none(), "a fresh node sends no lineage");
-            // A call without one (a node from before lineages) joins nothing.
+            // A call without one (a node from before lineages) joins nothing,
+            // nor does a control call (a status probe, a tool).
             node.check(&call(None), false).unwrap();
+            node.check(&call(Some(&text(&lineage(&"f6".repeat(16), 1)))), true).unwrap();
             assert_eq!(node.get(), None);
             node.check(&call(Some(&text(&theirs))), false).unwrap();
             assert!(node.check(&call(Some(&text(&lineage(&"d4".repeat(16), 1)))), false).is_err());

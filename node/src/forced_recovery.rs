@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use gatehouse_api::Node;
-use gatehouse_cluster::lineage::{text, ClusterLineage, Lineage};
+use gatehouse_cluster::lineage::{text, ClusterLineage, Lineage, LEGACY_ID};
 use gatehouse_cluster::periodic::Shutdown;
 use gatehouse_cluster::{ClusterSecret, Peers};
 use gatehouse_storage::force::ForceError;
@@ -88,7 +88,8 @@ impl Recovered {
 /// Why a quorum check or a recovery was refused.
 fn in_use(e: &gatehouse_storage::StorageError, dir: &Path) -> anyhow::Error {
     let text = e.to_string();
-    if text.contains("lock") || text.contains("Resource temporarily unavailable") {
+    // RocksDB's LOCK file, held by the running node (not "block checksum").
+    if text.contains("/LOCK") || text.contains("Resource temporarily unavailable") {
         anyhow::anyhow!("{} is in use by a running node: stop it first", dir.display())
     } else {
         anyhow::anyhow!("opening {}: {text}", dir.display())
@@ -114,19 +115,42 @@ pub async fn force_new_cluster(config: &Config, confirmed: bool) -> anyhow::Resu
     if !voters.contains(&config.node_id) {
         bail!("node {} is not a voter of the membership its data holds: recover a voter that survived", config.node_id);
     }
-    // A quorum that answers needs no forced recovery.
-    let peers = peers(config, lineage.clone())?;
+    let (last_index, committed_index) = storage.log_position()?;
+    // A quorum that answers needs no forced recovery. Asked as a tool asks
+    // (no lineage on the calls: a wiped node takes none from them), each
+    // answer says which lineage the voter is of and how much log it holds.
+    let peers = peers(config)?;
     let others: Vec<(u64, String)> = membership
         .nodes()
         .filter(|(id, _)| **id != config.node_id && voters.contains(id))
         .map(|(id, m)| (*id, m.addr.clone()))
         .collect();
     let answers = futures::future::join_all(others.iter().map(|(id, addr)| ask(&peers, *id, addr))).await;
-    let newer: Vec<String> = answers.iter().filter_map(|a| a.as_ref().err().cloned()).collect();
-    if !newer.is_empty() {
-        bail!("{}: this node's cluster lives on elsewhere; wipe this node and add it there", newer.join("; "));
+    let mut alive = Vec::new();
+    for (id, answer) in others.iter().map(|(id, _)| *id).zip(answers) {
+        match answer {
+            Answer::Unreachable => {}
+            // Wiped and not added anywhere yet: no voter of this cluster.
+            Answer::Status(s) if s.cluster_id.is_empty() => {}
+            Answer::Status(s) if s.cluster_id != before.cluster_id || s.epoch != before.epoch => bail!(
+                "node {id} answers as a node of cluster {}.{} (this node is of {}): this node's cluster lives \
+                 on elsewhere; wipe this node and add it there",
+                s.cluster_id,
+                s.epoch,
+                text(&before)
+            ),
+            Answer::Status(s) if s.last_log_index > last_index => bail!(
+                "node {id} answers and holds more of the log (to index {}; this node to {last_index}): \
+                 recover that node instead",
+                s.last_log_index
+            ),
+            Answer::Status(_) => alive.push(id),
+            Answer::Refused(code) => bail!(
+                "node {id} is alive but refuses this node's calls ({code}): check the cluster secret and \
+                 certificates in this configuration; a forced recovery is for voters that are gone"
+            ),
+        }
     }
-    let alive: Vec<u64> = answers.iter().filter_map(|a| a.as_ref().ok().copied().flatten()).collect();
     if alive.len() + 1 > voters.len() / 2 {
         bail!(
             "voters {alive:?} answer: with this node they are a quorum of {} voters, and the cluster \
@@ -136,9 +160,10 @@ pub async fn force_new_cluster(config: &Config, confirmed: bool) -> anyhow::Resu
     }
     if !confirmed {
         bail!(
-            "this makes node {} the only voter of a new epoch of its cluster, with what it holds; \
-             what the lost voters committed after its last entry is lost. Run again with \
-             --force-new-cluster to do it",
+            "node {} holds the log to index {last_index} ({committed_index} known committed). Run this on \
+             one survivor only, the one holding the most of the log: it becomes the only voter of a new \
+             epoch of its cluster, and what the lost voters committed after its last entry is lost. Run \
+             again with --force-new-cluster to do it",
             config.node_id
         );
     }
@@ -146,7 +171,11 @@ pub async fn force_new_cluster(config: &Config, confirmed: bool) -> anyhow::Resu
     // node that talks to nobody, and running the recovery again finishes it.
     let at_ms = gatehouse_cluster::clock::now_ms();
     // Time-based, so two survivors recovered apart never share an epoch.
-    let after = ClusterLineage { cluster_id: before.cluster_id.clone(), epoch: (before.epoch + 1).max(at_ms) };
+    // Data from before lineages gets an id of its own: legacy clusters
+    // all share one, and take calls that carry none.
+    let cluster_id =
+        if before.cluster_id == LEGACY_ID { gatehouse_cluster::ids::new_id() } else { before.cluster_id.clone() };
+    let after = ClusterLineage { cluster_id, epoch: (before.epoch + 1).max(at_ms) };
     lineage.replace(after.clone()).context("storing the new epoch")?;
     let forced = storage.force_single_voter(config.node_id).map_err(|e| match e {
         ForceError::Storage(e) => anyhow::anyhow!("rewriting the membership: {e}"),
@@ -170,12 +199,11 @@ pub async fn force_new_cluster(config: &Config, confirmed: bool) -> anyhow::Resu
     Ok(recovered)
 }
 
-/// The calls a node of `config` makes to its peers, with `lineage`.
-fn peers(config: &Config, lineage: Lineage) -> anyhow::Result<Peers> {
+/// Calls to the peers as a tool holding the node's secret (and TLS) makes them.
+fn peers(config: &Config) -> anyhow::Result<Peers> {
     let secret = config.read_cluster_secret()?.context("the configuration names no cluster secret")?;
-    let mut peers = Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?)
-        .with_lineage(lineage)
-        .with_routes(config.peer_routes.clone());
+    let mut peers =
+        Peers::new(ClusterSecret::new(&secret).map_err(anyhow::Error::msg)?).with_routes(config.peer_routes.clone());
     if let Some(t) = &config.cluster_tls {
         let material = gatehouse_tls::Material::load_node(&t.cert_file, &t.key_file, config.node_id)?;
         let trust = gatehouse_tls::peer::Trust::load(&t.ca_file, &t.deny_serials, t.deny_file.as_deref())?;
@@ -184,20 +212,27 @@ fn peers(config: &Config, lineage: Lineage) -> anyhow::Result<Peers> {
     Ok(peers)
 }
 
-/// Whether voter `id` at `addr` answers: `Ok(Some(id))` if it does,
-/// `Ok(None)` if it cannot be reached, `Err` if it answers as a node of
-/// another lineage (its cluster was recovered or restored elsewhere).
-async fn ask(peers: &Peers, id: u64, addr: &str) -> Result<Option<u64>, String> {
+/// What a voter said when asked for its status.
+enum Answer {
+    Status(gatehouse_proto::control::LocalStatusResponse),
+    /// No answer (down, cut off, timed out).
+    Unreachable,
+    /// It answered with a refusal: alive.
+    Refused(tonic::Code),
+}
+
+async fn ask(peers: &Peers, id: u64, addr: &str) -> Answer {
     peers.expect(addr, id);
-    let Ok(mut client) = peers.control_client_once(addr) else { return Ok(None) };
+    let Ok(mut client) = peers.control_client_once(addr) else { return Answer::Unreachable };
     let mut req = tonic::Request::new(gatehouse_proto::control::LocalStatusRequest {});
     req.set_timeout(ASK_TIMEOUT);
     match tokio::time::timeout(ASK_TIMEOUT, client.local_status(req)).await {
-        Ok(Ok(_)) => Ok(Some(id)),
-        Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
-            Err(format!("node {id} answers as a node of another epoch or cluster ({})", s.message()))
-        }
-        _ => Ok(None),
+        Ok(Ok(s)) => Answer::Status(s.into_inner()),
+        Ok(Err(s)) => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Answer::Unreachable,
+            code => Answer::Refused(code),
+        },
+        Err(_) => Answer::Unreachable,
     }
 }
 

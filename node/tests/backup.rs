@@ -45,6 +45,9 @@ fn lineage(node: &Node) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_under_write_load_restores_every_write_it_covers_on_a_new_cluster() {
     let c = TestCluster::start(3).await;
+    // Led by node 3 in a later term: the restored node (id 1) starts from
+    // log ids of another leader and term.
+    admin_cli(&c.endpoint(1), &c.admin_key, &["cluster", "transfer-leader", "3"]).await.unwrap();
     let key = create_key(c.node(1), "kept", &["viewer"]).await;
     let password = "a long enough password";
     common::create_user_with_password(c.node(1), "person", password, &["viewer"]).await;
@@ -98,6 +101,7 @@ async fn a_backup_under_write_load_restores_every_write_it_covers_on_a_new_clust
     probe.shutdown().await;
     let r = gatehouse::restore::restore(&file, &config, None).unwrap();
     assert_eq!(r.index, index);
+    assert!(r.term >= 2, "backed up in a later term");
     assert_eq!(r.from_lineage, original);
     let node = Node::start(config.clone()).await.unwrap();
     wait_until("the restored node leads", Duration::from_secs(10), || async {
@@ -186,6 +190,12 @@ async fn damaged_truncated_or_foreign_backups_and_bad_targets_are_refused_and_wr
     // The good one restores.
     let ok = dir.path().join("ok");
     gatehouse::restore::restore(&file, &restored_config(&c, &ok), None).unwrap();
+    assert!(!ok.join(gatehouse_storage::backup::RESTORING).exists());
+    // A restore that did not finish (a crash) leaves a directory no node
+    // starts on.
+    std::fs::write(ok.join(gatehouse_storage::backup::RESTORING), b"").unwrap();
+    let e = format!("{:#}", Node::start(restored_config(&c, &ok)).await.err().expect("refused"));
+    assert!(e.contains("did not finish"), "{e}");
     c.shutdown().await;
 }
 

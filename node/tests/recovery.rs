@@ -175,6 +175,15 @@ async fn data_from_before_lineages_takes_the_legacy_lineage_on_every_node() {
     for id in [1, 2, 3] {
         assert_eq!(lineage(c.node(id)), format!("{}.0", gatehouse_cluster::lineage::LEGACY_ID));
     }
+    // Recovered, legacy data gets a cluster id of its own (legacy
+    // clusters share one, and take calls without a lineage).
+    for id in [2, 3, 1] {
+        c.stop(id).await;
+    }
+    let recovered = force_new_cluster(&c.configs[&1], true).await.unwrap();
+    assert!(!recovered.lineage_after.starts_with(gatehouse_cluster::lineage::LEGACY_ID), "{recovered:?}");
+    c.restart(1).await;
+    assert_eq!(lineage(c.node(1)), recovered.lineage_after);
     c.shutdown().await;
 }
 

@@ -30,6 +30,20 @@ use crate::types::{LogId, Member, Membership, NodeId, SnapshotFile, SnapshotMeta
 use crate::StorageError;
 
 pub const MAGIC: &[u8; 8] = b"GHBACKUP";
+
+/// Present in a data directory while a restore into it runs.
+pub const RESTORING: &str = "restore-in-progress";
+
+/// Refuses a data directory a restore left unfinished.
+pub fn check_not_restoring(data_dir: &Path) -> Result<(), StorageError> {
+    if data_dir.join(RESTORING).exists() {
+        return Err(bad(format!(
+            "a restore into {} did not finish: remove the directory and restore again",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
 pub const FORMAT: u8 = 1;
 
 fn bad(reason: impl ToString) -> StorageError {
@@ -182,8 +196,19 @@ pub fn restore(
     if existed && std::fs::read_dir(data_dir)?.next().is_some() {
         return Err(bad(format!("{} is not empty: restore into a new data directory", data_dir.display())));
     }
-    let result = restore_into(backup, data_dir, id, member)
-        .and_then(|restored| crate::lineage::write_lineage(data_dir, lineage).map(|()| restored));
+    // Until the marker is gone the directory is no store: a node refuses
+    // to start on it (a crash mid-restore leaves a half store otherwise).
+    let marker = data_dir.join(RESTORING);
+    let result = std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&marker, b"a restore into this directory did not finish\n"))
+        .map_err(StorageError::from)
+        .and_then(|()| restore_into(backup, data_dir, id, member))
+        .and_then(|restored| crate::lineage::write_lineage(data_dir, lineage).map(|()| restored))
+        .and_then(|restored| {
+            std::fs::remove_file(&marker)?;
+            std::fs::File::open(data_dir)?.sync_all()?;
+            Ok(restored)
+        });
     if result.is_err() {
         // Back as it was found: absent, or empty.
         if existed {
@@ -236,6 +261,10 @@ fn restore_into(backup: impl Read, data_dir: &Path, id: NodeId, member: Member) 
     let mut batch = rocksdb::WriteBatch::default();
     batch.put_cf(storage.cf(CF_META), meta::LAST_PURGED, &id_pb);
     batch.put_cf(storage.cf(CF_META), meta::COMMITTED, &id_pb);
+    // A vote in the backup's term: the node's first election is above it,
+    // so its entries sort after the snapshot's (openraft requires it).
+    let vote = crate::convert::vote_to_pb(&crate::types::Vote::new(header.term, id));
+    batch.put_cf(storage.cf(CF_META), meta::VOTE, codec::encode(&vote));
     batch.put_cf(storage.cf(CF_META), meta::SNAPSHOT, codec::encode(&snapshot_meta_to_pb(&meta)));
     storage.db.write_opt(batch, &synced())?;
     Ok(Restored { header, records })

@@ -79,6 +79,7 @@ impl Storage {
     /// Opens the database alone, without loading the view (the offline
     /// tools). Refused while a running node holds it.
     pub fn open_offline(dir: &Path) -> Result<Storage, StorageError> {
+        crate::backup::check_not_restoring(dir)?;
         open_db(dir)
     }
 

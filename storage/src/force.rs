@@ -98,14 +98,27 @@ impl Storage {
         })
     }
 
-    /// The last log id: the last entry's, or the last purged one's.
+    /// The last log id the node has seen: of its last entry, the last
+    /// purged one, or the last applied (a snapshot installed and the log
+    /// not purged yet when it stopped), whichever is highest.
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let mut it = self.db.iterator_cf(self.cf(CF_LOG), rocksdb::IteratorMode::End);
-        if let Some(item) = it.next() {
-            let (_, value) = item?;
-            return Ok(Some(decode_stored_entry(&value)?.log_id));
-        }
+        let last_entry = match it.next() {
+            Some(item) => Some(decode_stored_entry(&item?.1)?.log_id),
+            None => None,
+        };
         let purged: Option<pb::LogId> = self.get_meta(meta::LAST_PURGED)?;
-        Ok(purged.as_ref().map(log_id_from_pb))
+        let applied: Option<pb::LogId> = self.get_meta(meta::LAST_APPLIED)?;
+        Ok([last_entry, purged.as_ref().map(log_id_from_pb), applied.as_ref().map(log_id_from_pb)]
+            .into_iter()
+            .flatten()
+            .max())
+    }
+
+    /// The last log index and the highest known committed index (for a
+    /// forced recovery's report before it changes anything).
+    pub fn log_position(&self) -> Result<(u64, u64), StorageError> {
+        let committed: Option<pb::LogId> = self.get_meta(meta::COMMITTED)?;
+        Ok((self.last_log_id()?.map_or(0, |l| l.index), committed.map_or(0, |c| c.index)))
     }
 }

@@ -11,6 +11,7 @@ use crate::StorageError;
 
 /// Opens (or creates) the node's store under `dir` and loads the state machine's view.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
+    crate::backup::check_not_restoring(dir)?;
     let storage = open_db(dir)?;
     // One pool for both: heavy appends, decodes and applies run off the
     // async workers that answer requests.

@@ -24,6 +24,33 @@ pub type BackupStream = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> +
 const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks read ahead of the client.
 const AHEAD: usize = 4;
+/// A client that takes nothing for this long is cut off: the copy holds a
+/// RocksDB snapshot (and the node's one backup slot) while it runs.
+const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How a backup ended, for its audit record.
+pub type Outcome = Result<u64, String>;
+
+/// Sends `item` unless the client takes nothing for [`STALL`] or is gone.
+fn send_within(
+    tx: &tokio::sync::mpsc::Sender<Result<BackupChunk, Status>>,
+    mut item: Result<BackupChunk, Status>,
+) -> bool {
+    let deadline = std::time::Instant::now() + STALL;
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return true,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                item = back;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
 
 /// A node's store, and its one backup slot.
 #[derive(Clone)]
@@ -38,7 +65,12 @@ impl Backups {
     }
 
     /// Starts streaming a backup; refused while another one runs here.
-    pub fn start(&self, cluster: &Cluster) -> Result<BackupStream, ApiError> {
+    /// `done` hears how it ended: the index copied, or why not.
+    pub fn start(
+        &self,
+        cluster: &Cluster,
+        done: impl FnOnce(Outcome) + Send + 'static,
+    ) -> Result<BackupStream, ApiError> {
         let permit = self.slot.clone().try_acquire_owned().map_err(|_| {
             ApiError::FailedPrecondition(
                 "a backup of this node is already running: wait for it, or ask another node".into(),
@@ -50,6 +82,7 @@ impl Backups {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut first = true;
+            let mut whole = false;
             let copied = storage.copy_view(Copy::Whole, CHUNK_BYTES, |at, records, last| {
                 let header = first.then(|| BackupHeader {
                     format: u32::from(gatehouse_storage::backup::FORMAT),
@@ -62,13 +95,21 @@ impl Backups {
                     taken_at_ms: gatehouse_cluster::clock::now_ms(),
                 });
                 first = false;
-                // A client gone stops the copy.
-                tx.blocking_send(Ok(BackupChunk { header, records, last })).is_ok()
+                // A client gone, or one that stopped reading, stops the copy.
+                let sent = send_within(&tx, Ok(BackupChunk { header, records, last }));
+                whole = sent && last;
+                sent
             });
-            if let Err(e) = copied {
-                tracing::error!(error = %e, "reading the state for a backup failed");
-                let _ = tx.blocking_send(Err(Status::internal("reading the state failed")));
-            }
+            let outcome = match copied {
+                Ok(at) if whole => Ok(at.index),
+                Ok(_) => Err("the client stopped reading".to_string()),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the state for a backup failed");
+                    let _ = send_within(&tx, Err(Status::internal("reading the state failed")));
+                    Err("reading the state failed".to_string())
+                }
+            };
+            done(outcome);
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }

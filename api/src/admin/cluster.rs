@@ -333,10 +333,20 @@ impl ClusterService for ClusterAdmin {
     #[tracing::instrument(level = "info", name = "admin.cluster.backup", skip_all)]
     async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let actor = authorize(&self.node, req.metadata(), Permission::ClusterAdmin).await?;
-        let applied = self.node.view().applied_index();
-        let started = self.backups.start(&self.cluster);
-        let audit = self.audit(&actor, "cluster.backup", self.node.id(), format!("from index {applied}"));
-        Ok(Response::new(audit.done(started)?))
+        let audit = self.audit(&actor, "cluster.backup", self.node.id(), String::new());
+        // Audited when it ends: whole (with the index copied) or not.
+        let (refused, ended) = (audit.clone(), audit);
+        let started = self.backups.start(&self.cluster, move |outcome| {
+            let mut ended = ended;
+            if let Ok(index) = &outcome {
+                ended.event.detail = format!("index {index}");
+            }
+            let _ = ended.done(outcome);
+        });
+        match started {
+            Ok(stream) => Ok(Response::new(stream)),
+            Err(e) => Err(refused.done::<(), _>(Err(e)).unwrap_err().into()),
+        }
     }
 
     #[tracing::instrument(level = "info", name = "admin.cluster.transfer_leadership", skip_all, fields(node_id = req.get_ref().node_id))]
@@ -381,6 +391,7 @@ const TRANSFER_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A membership change to audit once it is done (on the node that does it;
 /// a follower that forwards the call records nothing).
+#[derive(Clone)]
 struct Audit {
     node: Node,
     cluster: Cluster,

@@ -254,16 +254,18 @@ async fn backup(
     anyhow::ensure!(!path.exists(), "{} exists: a backup never overwrites a file", path.display());
     let name = path.file_name().context("the backup needs a file name")?.to_string_lossy().to_string();
     let partial = path.with_file_name(format!(".{name}.partial"));
+    // Ours alone (created new): removed on failure, and only then.
+    let file = {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(&partial)
+            .with_context(|| format!("creating {} (another backup to that file running?)", partial.display()))?
+    };
     let written = async {
         let mut client = client.max_decoding_message_size(gatehouse_cluster::peers::MAX_RAFT_MESSAGE);
         let mut stream = client.backup(BackupRequest {}).await.map_err(rpc_error)?.into_inner();
-        let file = {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            opts.open(&partial).with_context(|| format!("creating {}", partial.display()))?
-        };
         let mut writer = None;
         let mut header = None;
         let mut whole = false;
@@ -290,7 +292,11 @@ async fn backup(
         anyhow::ensure!(whole, "the node ended the backup before it was whole");
         let (sink, records) = writer.context("the node sent no header")?.finish()?;
         sink.finish()?;
-        std::fs::rename(&partial, path)?;
+        // A link never replaces a file that appeared meanwhile.
+        std::fs::hard_link(&partial, path).with_context(|| format!("{} appeared meanwhile", path.display()))?;
+        std::fs::remove_file(&partial)?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
         anyhow::Ok((header.context("no header")?, records))
     }
     .await;
