@@ -689,26 +689,7 @@ async fn a_global_limit_is_shared_over_voters_and_fronts_within_its_bound() {
         .map(|n| format!("{}/auth/verify", common::base(n)))
         .chain(fronts.iter().map(|f| format!("{}/auth/verify", front_base(f))))
         .collect();
-    let mut admitted = 0u32;
-    let mut last_admitted = tokio::time::Instant::now();
-    let deadline = last_admitted + Duration::from_secs(20);
-    while last_admitted.elapsed() < Duration::from_millis(500) {
-        assert!(tokio::time::Instant::now() < deadline, "the limit was never reached");
-        let calls = urls.iter().map(|url| {
-            let key = key.clone();
-            async move { http().get(url).bearer_auth(key).send().await.unwrap().status() }
-        });
-        for status in futures::future::join_all(calls).await {
-            match status {
-                StatusCode::OK => {
-                    admitted += 1;
-                    last_admitted = tokio::time::Instant::now();
-                }
-                StatusCode::TOO_MANY_REQUESTS => {}
-                s => panic!("unexpected {s}"),
-            }
-        }
-    }
+    let admitted = common::verify_until_limited(&urls, &key).await;
     // The documented bound when nodes keep up: the limit plus one per node
     // per round (rounding), checked with room for a second round's.
     assert!((LIMIT..=LIMIT + 2 * 5).contains(&admitted), "admitted {admitted} of {LIMIT}");

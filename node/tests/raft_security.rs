@@ -73,11 +73,20 @@ async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
     let leader = c.wait_for_leader().await;
     let term = c.node(leader).cluster().raft().metrics().borrow().current_term;
 
+    let (_dir, stray) = campaigning_stray(&c, &"x".repeat(40)).await;
+    untouched_by(&c, leader, term, &stray).await;
+    assert!(stray.cluster().raft().metrics().borrow().current_leader != Some(9));
+    stray.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+/// Node 9, initialised as a cluster of its own with `secret`, claiming the
+/// real nodes as its peers; returned once it campaigned twice.
+async fn campaigning_stray(c: &TestCluster, secret: &str) -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(9, &dir);
-    cfg.cluster_secret = Some("x".repeat(40).into());
+    cfg.cluster_secret = Some(secret.into());
     let stray = Node::start(cfg).await.unwrap();
-    // It claims the real nodes as its peers and campaigns.
     let mut members: BTreeMap<u64, String> =
         c.nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
     members.insert(9, stray.advertise_addr().to_string());
@@ -87,15 +96,17 @@ async fn a_stray_node_with_the_wrong_secret_cannot_vote_or_join() {
         async move { t >= 2 }
     })
     .await;
+    (dir, stray)
+}
 
+/// The cluster kept its leader and term through the stray's campaign, and
+/// writes on as before, none of them reaching the stray.
+async fn untouched_by(c: &TestCluster, leader: u64, term: u64, stray: &Node) {
     assert_eq!(c.wait_for_leader().await, leader);
     assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term, "no vote request got through");
-    assert!(stray.cluster().raft().metrics().borrow().current_leader != Some(9));
     write_user(c.node(leader), "still-fine").await;
     c.wait_replicated("still-fine").await;
     assert!(stray.cluster().view().read().user_by_name("still-fine").is_none());
-    stray.shutdown().await.unwrap();
-    c.shutdown().await;
 }
 
 /// `node`'s cluster lineage, as calls between nodes carry it.
@@ -116,25 +127,9 @@ async fn a_node_of_another_cluster_with_the_same_secret_cannot_vote_or_join() {
 
     // Initialised on its own (a cluster of its own, the same secret),
     // claiming the real nodes as its peers: it campaigns and is refused.
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(9, &dir);
-    cfg.cluster_secret = Some(c.secret().into());
-    let stray = Node::start(cfg).await.unwrap();
-    let mut members: BTreeMap<u64, String> =
-        c.nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
-    members.insert(9, stray.advertise_addr().to_string());
-    stray.initialize(members).await.unwrap();
+    let (_dir, stray) = campaigning_stray(&c, &c.secret()).await;
     assert_ne!(lineage_of(&stray), lineage);
-    wait_until("the stray node campaigned twice", Duration::from_secs(10), || {
-        let t = stray.cluster().raft().metrics().borrow().current_term;
-        async move { t >= 2 }
-    })
-    .await;
-    assert_eq!(c.wait_for_leader().await, leader);
-    assert_eq!(c.node(leader).cluster().raft().metrics().borrow().current_term, term, "no vote request got through");
-    write_user(c.node(leader), "still-fine").await;
-    c.wait_replicated("still-fine").await;
-    assert!(stray.cluster().view().read().user_by_name("still-fine").is_none());
+    untouched_by(&c, leader, term, &stray).await;
     // Nor do the real nodes' calls reach it: it stays alone.
     assert!(stray.cluster().raft().metrics().borrow().current_leader != Some(leader));
     let out = common::admin_cli(&c.endpoint(1), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap();

@@ -371,3 +371,29 @@ pub fn policy(name: &str, by: By, limit: u32, mode: limit::Mode) -> Policy {
         fail_open: false,
     }
 }
+
+/// Verifies `key` at every one of `urls` at once, round after round, until
+/// none has admitted anything for ten global-limit sync rounds (every node
+/// has seen every other node's deltas by then); returns how many were
+/// admitted. Anything but 200 or 429 fails the test.
+pub async fn verify_until_limited(urls: &[String], key: &str) -> u32 {
+    let mut admitted = 0u32;
+    let mut last_admitted = tokio::time::Instant::now();
+    let deadline = last_admitted + Duration::from_secs(20);
+    while last_admitted.elapsed() < Duration::from_millis(500) {
+        assert!(tokio::time::Instant::now() < deadline, "the limit was never reached");
+        let calls =
+            urls.iter().map(|url| async move { http().get(url).bearer_auth(key).send().await.unwrap().status() });
+        for status in futures::future::join_all(calls).await {
+            match status {
+                reqwest::StatusCode::OK => {
+                    admitted += 1;
+                    last_admitted = tokio::time::Instant::now();
+                }
+                reqwest::StatusCode::TOO_MANY_REQUESTS => {}
+                s => panic!("unexpected {s}"),
+            }
+        }
+    }
+    admitted
+}
