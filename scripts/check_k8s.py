@@ -41,6 +41,8 @@ def check(docs, where):
     sts = by_kind["StatefulSet"][0]
     spec = sts["spec"]
     replicas = spec["replicas"]
+    if spec.get("updateStrategy", {}).get("type") != "OnDelete":
+        fail(f"{where}: voters are replaced only by `gatehouse admin cluster roll` (updateStrategy OnDelete)")
     if spec.get("podManagementPolicy") != "Parallel":
         fail(f"{where}: voters must start in parallel (a quorum is needed for readiness)")
     headless = [s for s in by_kind["Service"] if s["metadata"]["name"] == spec["serviceName"]][0]

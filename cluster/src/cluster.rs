@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) fronts_seen: crate::follow::FrontsSeen,
     /// The fronts file this voter serves (set with its follow service).
     pub(crate) fronts_listed: std::sync::OnceLock<crate::fronts::Fronts>,
+    /// When this handle was made: the node's process start, as status shows it (Unix ms).
+    pub(crate) started_at_ms: u64,
 }
 
 /// A handle that does not keep the node alive (background tasks hold this).
@@ -113,11 +115,13 @@ impl Cluster {
                 shutdown,
                 fronts_seen: Default::default(),
                 fronts_listed: Default::default(),
+                started_at_ms: crate::clock::now_ms(),
             }),
         }
         .watching_raft()
         .proving_freshness()
         .pacing_elections()
+        .raising_version()
     }
 
     /// Runs `step` every `period` while the cluster lives and the node
@@ -180,6 +184,11 @@ impl Cluster {
     /// The stateless fronts this voter serves, as it last heard from them.
     pub fn fronts_seen(&self) -> &crate::follow::FrontsSeen {
         &self.inner.fronts_seen
+    }
+
+    /// The fronts this voter's fronts file lists (none before its follow service runs).
+    pub fn fronts_listed(&self) -> Vec<NodeId> {
+        self.inner.fronts_listed.get().map_or_else(Vec::new, |f| f.ids())
     }
 
     /// Whether `id` is a member (voter or learner) of the current membership.

@@ -164,6 +164,32 @@ pub fn node_state_name(state: i32) -> &'static str {
     }
 }
 
+/// Every member's status (this node's own without a call), asked at once;
+/// `None` for a member that did not answer within `timeout`.
+pub async fn ask_members(
+    cluster: &Cluster,
+    timeout: std::time::Duration,
+) -> Vec<(NodeId, gatehouse_storage::Member, Option<pb::LocalStatusResponse>)> {
+    let membership = cluster.raft().metrics().borrow().membership_config.membership().clone();
+    let calls = membership.nodes().map(|(id, member)| {
+        let (id, member) = (*id, member.clone());
+        async move {
+            if id == cluster.id() {
+                return (id, member, Some(local_status(cluster)));
+            }
+            let status = async {
+                let mut client = cluster.peers().control_client(&member.addr).ok()?;
+                let mut r = Request::new(pb::LocalStatusRequest {});
+                r.set_timeout(timeout);
+                client.local_status(r).await.ok().map(|r| r.into_inner())
+            };
+            let status = tokio::time::timeout(timeout, status).await.ok().flatten();
+            (id, member, status)
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
 /// This node's own status.
 pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
     let m = cluster.raft().metrics().borrow().clone();
@@ -183,6 +209,11 @@ pub fn local_status(cluster: &Cluster) -> pb::LocalStatusResponse {
         fronts: cluster.fronts_seen().report(),
         cluster_id: lineage.as_ref().map(|l| l.cluster_id.clone()).unwrap_or_default(),
         epoch: lineage.map_or(0, |l| l.epoch),
+        command_version: gatehouse_domain::version::COMMAND_VERSION,
+        store_format: gatehouse_storage::format::STORE_FORMAT,
+        cluster_version: cluster.cluster_version(),
+        started_at_ms: cluster.inner.started_at_ms,
+        ready: cluster.is_fresh(),
         matched: if m.current_leader == Some(m.id) {
             let last = m.last_log_index.unwrap_or(0);
             let replication = m.replication.iter().flatten();

@@ -92,6 +92,8 @@ struct Seen {
     applied_index: u64,
     asked_at: Option<std::time::Instant>,
     following: usize,
+    /// The command version its last call said it understands.
+    command_version: u32,
 }
 
 /// A front not heard from for this long leaves the status.
@@ -105,6 +107,7 @@ impl FrontsSeen {
             applied_index: 0,
             asked_at: None,
             following: 0,
+            command_version: 0,
         });
         if let Some(a) = addr {
             entry.addr = a.to_string();
@@ -124,6 +127,7 @@ impl FrontsSeen {
                 applied_index: s.applied_index,
                 asked_ms_ago: s.asked_at.map_or(u64::MAX, |t| t.elapsed().as_millis() as u64),
                 following: s.following > 0,
+                command_version: s.command_version,
             })
             .collect();
         out.sort_by_key(|f| f.front_id);
@@ -183,6 +187,12 @@ pub fn server(
         // that has not heard of one yet is not).
         if let Some(lineage) = members.peers().lineage() {
             lineage.check_front(&req)?;
+        }
+        // A front of a build older than the cluster's version is refused.
+        let version = crate::version::of_front(&req);
+        crate::version::check_front(members.cluster_version(), version)?;
+        if let Some(front) = req.extensions().get::<FrontId>() {
+            members.fronts_seen().with(front.0, None, |s| s.command_version = version);
         }
         Ok(req)
     })
@@ -292,6 +302,7 @@ impl FollowService for Follow {
     async fn follow(&self, req: Request<pb::FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
         let slot = self.slot(&req)?;
         let after = req.get_ref().after_index;
+        let understands = crate::version::of_front(&req);
         // The last index there is has no next one to follow from.
         let next = after.checked_add(1).ok_or_else(|| bad("after_index"))?;
         let first = self.log.first_index().map_err(internal)?;
@@ -316,6 +327,14 @@ impl FollowService for Follow {
                     return;
                 }
                 let upto = *applied.borrow_and_update();
+                // The version read after `upto` covers every entry up to it:
+                // a front never gets the entry that raises the version past
+                // its build, nor any after it.
+                let runs = view.read().cluster_version();
+                if let Err(refused) = crate::version::check_front(runs, understands) {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
                 if next <= upto {
                     let batch = match read_batch(&log, next, upto) {
                         Ok(b) => b,

@@ -109,6 +109,13 @@ impl Fronts {
         Ok(true)
     }
 
+    /// The ids listed now, in order.
+    pub fn ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.known.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn len(&self) -> usize {
         self.known.read().unwrap_or_else(|p| p.into_inner()).len()
     }

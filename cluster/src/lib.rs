@@ -37,6 +37,8 @@
 //! - [`control`]: the control service: what nodes ask each other beyond Raft
 //!   (forwarded writes, read index, status, election pauses, pre-vote, digests).
 //! - [`metrics`]: the consensus series of `GET /metrics`, and the watcher of Raft's own metrics.
+//! - [`version`]: the cluster version gate as the nodes run it: versions
+//!   reported, raised by the leader, new kinds refused until then.
 //! - [`error`]: what a consensus call can fail with.
 //! - [`periodic`]: the one periodic-task type, and the node's one shutdown signal.
 //! - [`clock`]: the log clock (`proposed_at` stamps); [`ids`]: random ids.
@@ -72,6 +74,7 @@ pub mod spread;
 pub mod throttle;
 pub mod trace;
 pub mod transfer;
+pub mod version;
 
 pub use cluster::{Cluster, WeakCluster};
 pub use error::ClusterError;

@@ -65,6 +65,7 @@ impl Cluster {
 
     async fn propose_inner(&self, commands: Vec<Command>) -> Result<Applied, ClusterError> {
         bounded(&commands)?;
+        crate::version::gated(&self.inner.view.read(), &commands)?;
         let batch = CommandBatch { commands };
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut leader_hint: Option<String> = None;

@@ -105,7 +105,7 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
         }
         Payload::RevokeSession(c) => id(&c.session_id),
         Payload::RevokeUserSessions(c) => id(&c.user_id),
-        Payload::RevokeAllSessions(_) | Payload::PruneAudit(_) => Ok(()),
+        Payload::RevokeAllSessions(_) | Payload::PruneAudit(_) | Payload::SetClusterVersion(_) => Ok(()),
         Payload::RecordUse(c) => {
             if c.sessions.len() + c.keys.len() > usage::MAX_USES {
                 return Err(ApplyError::Invalid(format!("at most {} uses in one batch", usage::MAX_USES)));

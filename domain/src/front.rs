@@ -53,7 +53,8 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::PutRole(_)
             | Payload::DeleteRole(_)
             | Payload::RateHit(_)
-            | Payload::RateDeltas(_),
+            | Payload::RateDeltas(_)
+            | Payload::SetClusterVersion(_),
         )
         | None => {}
     }
@@ -71,7 +72,9 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
             // read stays that way.
             Ok(Some([&value[..1], &prost::Message::encode_to_vec(&user)[..]].concat()))
         }
-        Table::ApiKeys | Table::Sessions | Table::Roles | Table::Requests | Table::Limits => Ok(Some(value.to_vec())),
+        Table::ApiKeys | Table::Sessions | Table::Roles | Table::Requests | Table::Limits | Table::Cluster => {
+            Ok(Some(value.to_vec()))
+        }
         Table::Audit | Table::AuditChain => Ok(None),
     }
 }

@@ -27,6 +27,7 @@
 //! - [`front`]: what a stateless front holds of the log and the view (no password hashes, no audit).
 //! - [`quote`]: client input as errors and logs show it (escaped, a short prefix).
 //! - [`result`]: command outcomes.
+//! - [`version`]: the command versions a build understands and the cluster version that gates new kinds.
 
 pub mod audit;
 pub mod bounds;
@@ -44,6 +45,7 @@ pub mod sessions;
 pub mod state;
 pub mod usage;
 pub mod users;
+pub mod version;
 
 pub use gatehouse_proto::events::{command::Payload, Command, CommandBatch, CommandResult};
 pub use mutation::{Mutation, Table};

@@ -18,11 +18,13 @@ pub enum Table {
     Audit,
     /// The audit chain's head and anchor.
     AuditChain,
+    /// The cluster version (`gatehouse_domain::version`).
+    Cluster,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Users,
         Table::ApiKeys,
         Table::Sessions,
@@ -31,6 +33,7 @@ impl Table {
         Table::Limits,
         Table::Audit,
         Table::AuditChain,
+        Table::Cluster,
     ];
 
     /// Whether the in-memory view holds this table (audit records stay on disk).
@@ -49,6 +52,7 @@ impl Table {
             Table::Limits => "rate_limits",
             Table::Audit => "audit",
             Table::AuditChain => "audit_chain",
+            Table::Cluster => "cluster",
         }
     }
 

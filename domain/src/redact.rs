@@ -38,7 +38,8 @@ pub fn redacted(mut cmd: Command) -> Command {
             | Payload::RateHit(_)
             | Payload::RateDeltas(_)
             | Payload::AppendAudit(_)
-            | Payload::PruneAudit(_),
+            | Payload::PruneAudit(_)
+            | Payload::SetClusterVersion(_),
         )
         | None => {}
     }

@@ -11,7 +11,7 @@ use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError, Outcome};
 use crate::sessions::{self, Sessions};
-use crate::{audit, bounds, keys, limits, roles, usage, users};
+use crate::{audit, bounds, keys, limits, roles, usage, users, version};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -31,6 +31,8 @@ pub struct State {
     pub(crate) limits: Limits,
     /// The audit chain's head and anchor (the records stay in storage).
     pub(crate) audit: AuditChain,
+    /// The cluster version as raised by `SetClusterVersion` (0: never raised).
+    pub(crate) cluster_version: u32,
 }
 
 /// Work for one command that [`State::prepare`] did ahead of apply.
@@ -108,7 +110,12 @@ impl State {
         }
         // Bounded before it was proposed; refused here all the same, so an
         // entry from a node that skipped the check changes nothing.
-        let outcome = bounds::check(cmd).and_then(|()| self.dispatch(cmd, prepared, out));
+        // A kind of command newer than the cluster's version is refused on
+        // every node alike (it never gets this far on a node that checks
+        // before proposing).
+        let outcome = bounds::check(cmd)
+            .and_then(|()| cmd.payload.as_ref().map_or(Ok(()), |p| version::gate(self, p)))
+            .and_then(|()| self.dispatch(cmd, prepared, out));
         let result = to_result(outcome, log_index);
         // Commands a node makes for itself keep no idempotency record: they
         // come at the rate of traffic (a flood of logins is a flood of
@@ -154,6 +161,7 @@ impl State {
                 audit::append(self, cmd.origin_node, cmd.proposed_at, c, prepared.audit, out)
             }
             Some(Payload::PruneAudit(c)) => audit::prune(self, c, out).map(Outcome::from),
+            Some(Payload::SetClusterVersion(c)) => version::set(self, c, out).map(Outcome::from),
         }
     }
 
@@ -184,6 +192,10 @@ impl State {
             // Records stay in storage; the chain record says where they stand.
             Table::Audit => {}
             Table::AuditChain => self.audit = codec::decode(value)?,
+            Table::Cluster => {
+                let r: gatehouse_proto::state::ClusterVersionRecord = codec::decode(value)?;
+                self.cluster_version = r.version;
+            }
         }
         Ok(())
     }
@@ -191,6 +203,11 @@ impl State {
     /// Restores the orders that loading record by record cannot know.
     pub fn finish_load(&mut self) {
         self.requests.finish_load();
+    }
+
+    /// The command version the cluster runs ([`version`]).
+    pub fn cluster_version(&self) -> u32 {
+        self.cluster_version.max(version::BASE_VERSION)
     }
 
     pub fn user(&self, user_id: &str) -> Option<&UserRecord> {

@@ -54,7 +54,7 @@ async fn status_json_lists_every_node_with_its_applied_index() {
     let table = admin_cli(&endpoint(c.node(leader)), &c.admin_key, &["cluster", "status"]).await.unwrap();
     assert!(table.contains(&format!("leader: {leader}")), "{table}");
     assert!(table.starts_with(&format!("cluster: {} (epoch 1)", v["cluster_id"].as_str().unwrap())), "{table}");
-    assert_eq!(table.lines().count(), 6, "{table}");
+    assert_eq!(table.lines().count(), 7, "{table}");
     c.shutdown().await;
 }
 
@@ -160,4 +160,59 @@ async fn grow_to_four_through_a_follower_via_snapshot_then_shrink_back() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["snapshot_index"].as_u64().unwrap() > 0);
     c.shutdown().await;
+}
+
+/// A new cluster runs this build's command version once its leader has
+/// heard every member say it understands it; status shows what each runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_cluster_rises_to_this_builds_version_and_status_shows_each_nodes() {
+    let c = TestCluster::start(3).await;
+    let status = || async {
+        let out = admin_cli(&endpoint(c.node(2)), &c.admin_key, &["--json", "cluster", "status"]).await.unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let version = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version rises", Duration::from_secs(20), || async {
+        status().await["cluster_version"] == version
+    })
+    .await;
+    let s = status().await;
+    assert_eq!(s["understood_version"], version, "{s}");
+    for n in s["nodes"].as_array().unwrap() {
+        assert_eq!(n["command_version"], version, "{n}");
+        assert_eq!(n["store_format"], gatehouse_storage::format::STORE_FORMAT, "{n}");
+        assert!(n["started_at_ms"].as_u64().unwrap() > 1_700_000_000_000, "{n}");
+    }
+    let text = admin_cli(&endpoint(c.node(1)), &c.admin_key, &["cluster", "status"]).await.unwrap();
+    assert!(text.contains(&format!("version: {version} (every member understands {version})")), "{text}");
+    assert!(text.contains(" VER"), "{text}");
+}
+
+/// `cluster roll` refuses a missing command and a cluster that is not
+/// whole, and stops at the first node its command fails to restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn roll_refuses_bad_input_and_stops_where_a_restart_does_not_happen() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_for_leader().await;
+    let (at, key) = (endpoint(c.node(leader)), c.admin_key.clone());
+    let roll = |restart: &'static str| {
+        let (at, key) = (at.clone(), key.clone());
+        async move { admin_cli(&at, &key, &["cluster", "roll", "--restart", restart, "--timeout", "2"]).await }
+    };
+    let e = roll(" ").await.unwrap_err();
+    assert!(e.contains("--restart needs a command"), "{e}");
+    // The first node is a follower (the leader goes last); nothing restarts it.
+    let e = roll("exit 3").await.unwrap_err();
+    assert!(e.contains("the restart command for node") && e.contains("failed"), "{e}");
+    assert!(e.contains("restarted so far: []"), "{e}");
+    let e = roll("true").await.unwrap_err();
+    assert!(e.contains("still runs as the same process"), "{e}");
+    assert!(e.contains("restarted so far: []"), "{e}");
+    // The command sees which node it restarts.
+    let e = roll(r#"echo "$GATEHOUSE_NODE_ID $GATEHOUSE_NODE_ADDR" >&2; exit 4"#).await.unwrap_err();
+    assert!(e.contains("failed (exit status: 4)"), "{e}");
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    c.stop(follower).await;
+    let e = roll("true").await.unwrap_err();
+    assert!(e.contains(&format!("node {follower} does not answer")) && e.contains("did not start"), "{e}");
 }

@@ -7,8 +7,12 @@ use std::path::Path;
 
 use crate::StorageError;
 
-/// Stored records are in `gatehouse_domain::codec` formats 1 and 2.
-pub const STORE_FORMAT: u32 = 2;
+/// The store's formats:
+/// - 2: records in `gatehouse_domain::codec` formats 1 and 2.
+/// - 3: format 2 and the `cluster` table (the cluster version). A format 2
+///   store is read as it is (the table is created empty when it opens);
+///   a build of format 2 refuses a format 3 store.
+pub const STORE_FORMAT: u32 = 3;
 
 /// The file's name in the data directory.
 pub const FORMAT_FILE: &str = "store-format";
@@ -49,15 +53,17 @@ mod tests {
     #[test]
     fn a_newer_store_is_refused_and_left_alone_an_older_one_is_marked() {
         let dir = tempfile::tempdir().unwrap();
+        let ours = STORE_FORMAT.to_string();
         check_and_mark(dir.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(), "2");
-        std::fs::write(dir.path().join(FORMAT_FILE), "1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(), ours);
+        std::fs::write(dir.path().join(FORMAT_FILE), "2\n").unwrap();
         check_and_mark(dir.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(), "2");
-        std::fs::write(dir.path().join(FORMAT_FILE), "3\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap().trim(), ours);
+        let newer = format!("{}\n", STORE_FORMAT + 1);
+        std::fs::write(dir.path().join(FORMAT_FILE), &newer).unwrap();
         let e = check_and_mark(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("newer Gatehouse") && e.contains("format 3"), "{e}");
-        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(), "3\n", "untouched");
+        assert!(e.contains("newer Gatehouse") && e.contains(&format!("format {}", STORE_FORMAT + 1)), "{e}");
+        assert_eq!(std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(), newer, "untouched");
         std::fs::write(dir.path().join(FORMAT_FILE), "x").unwrap();
         assert!(check_and_mark(dir.path()).is_err());
     }

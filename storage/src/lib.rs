@@ -82,4 +82,7 @@ pub enum StorageError {
          run that version, or restore a backup into a new data directory; the data was left untouched"
     )]
     NewerFormat { found: u32, known: u32 },
+    /// The replicated state is at a cluster version this build does not understand.
+    #[error("{0}; the data was left untouched")]
+    NewerCommands(#[from] gatehouse_domain::version::Unsupported),
 }

@@ -44,6 +44,10 @@ impl StateMachine {
             }
         }
         state.finish_load();
+        let (cluster, known) = (state.cluster_version(), gatehouse_domain::version::COMMAND_VERSION);
+        if cluster > known {
+            return Err(gatehouse_domain::version::Unsupported { cluster, known }.into());
+        }
         let corrupt = |e: &dyn std::fmt::Display| StorageError::Corrupt { table: CF_META, reason: e.to_string() };
         let last_applied = storage.get_meta::<pb::LogId>(meta::LAST_APPLIED)?.as_ref().map(log_id_from_pb);
         let last_membership = match storage.get_meta::<pb::StoredMembership>(meta::LAST_MEMBERSHIP)? {
@@ -106,6 +110,15 @@ fn apply_entries(storage: &Storage, view: &StateView, entries: Vec<Entry>) -> Re
             EntryPayload::Blank => replies.push(Vec::new()),
             EntryPayload::Normal(batch) => {
                 let _span = apply_span(index, &batch).entered();
+                // A cluster version beyond this build: stop here (Raft
+                // stops with this error) rather than apply what the other
+                // nodes understand and this one does not.
+                for c in &batch.commands {
+                    if let Err(e) = gatehouse_domain::version::understood(c) {
+                        tracing::error!(index, error = %e, "cannot apply this entry");
+                        return Err(StorageIOError::apply(entry.log_id, &e).into());
+                    }
+                }
                 // Audit chaining (a hash per record) runs beside the
                 // readers; the write lock is held only to install it.
                 // Only apply writes, so nothing changes in between.
@@ -296,6 +309,49 @@ pub(crate) mod tests {
         assert_eq!(sm.view().read().users().count(), 3);
         let report = AuditLog::new(log.storage()).verify().unwrap();
         assert_eq!((report.checked, report.broken), (600, None));
+    }
+
+    fn raise(to: u32) -> Command {
+        Command {
+            proposed_at: 1,
+            payload: Some(Payload::SetClusterVersion(gatehouse_proto::events::SetClusterVersion { version: to })),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_version_beyond_this_build_stops_apply_and_the_next_open() {
+        use gatehouse_domain::version::COMMAND_VERSION;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_log, mut sm) = crate::open(dir.path()).unwrap();
+            let replies = sm.apply([entry(1, vec![raise(COMMAND_VERSION)])]).await.unwrap();
+            assert_eq!(replies[0][0].code, 0, "{:?}", replies[0][0]);
+            // An entry raising past this build is not applied, nor anything with it.
+            let beyond = entry(2, vec![user(1), raise(COMMAND_VERSION + 1)]);
+            let e = sm.apply([beyond]).await.unwrap_err().to_string();
+            assert!(e.contains("run a newer Gatehouse"), "{e}");
+            assert_eq!(sm.view().applied_index(), 1);
+            assert_eq!(sm.view().read().users().count(), 0);
+        }
+        {
+            let (_log, sm) = crate::open(dir.path()).unwrap();
+            assert_eq!(sm.view().read().cluster_version(), COMMAND_VERSION, "the raise this build knows was kept");
+        }
+
+        // A store a newer build raised further is refused at open, untouched.
+        let storage = crate::db::open_db(dir.path()).unwrap();
+        let record = gatehouse_proto::state::ClusterVersionRecord { version: COMMAND_VERSION + 1 };
+        let put = gatehouse_domain::Mutation::Put {
+            table: Table::Cluster,
+            key: gatehouse_domain::version::VERSION_KEY.to_vec(),
+            value: codec::encode(&record),
+        };
+        storage.db.write(storage.batch_of(vec![put])).unwrap();
+        drop(storage);
+        let e = crate::open(dir.path()).map(|_| ()).unwrap_err();
+        assert!(matches!(e, StorageError::NewerCommands(_)), "{e}");
+        assert!(e.to_string().contains("left untouched"), "{e}");
     }
 
     #[tokio::test]

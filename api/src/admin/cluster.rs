@@ -22,7 +22,6 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, authorize_stale};
 use super::learner;
 use crate::{ApiError, Node};
-use gatehouse_cluster::control::local_status;
 use gatehouse_cluster::forward::Credentials;
 use gatehouse_cluster::Cluster;
 
@@ -131,25 +130,11 @@ impl ClusterService for ClusterAdmin {
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let me = self.node.id();
-        let calls = membership.nodes().map(|(id, member)| {
-            let (id, member) = (*id, member.clone());
-            let addr = member.addr.clone();
-            let cluster = self.cluster.clone();
-            async move {
-                if id == me {
-                    return (id, member, Some(local_status(&cluster)));
-                }
-                let status = async {
-                    let mut client = cluster.peers().control_client(&addr).ok()?;
-                    let mut r = Request::new(gatehouse_proto::control::LocalStatusRequest {});
-                    r.set_timeout(STATUS_TIMEOUT);
-                    client.local_status(r).await.ok().map(|r| r.into_inner())
-                };
-                let status = tokio::time::timeout(STATUS_TIMEOUT, status).await.ok().flatten();
-                (id, member, status)
-            }
-        });
-        let answers = futures::future::join_all(calls).await;
+        let answers = gatehouse_cluster::control::ask_members(&self.cluster, STATUS_TIMEOUT).await;
+        let holding = gatehouse_cluster::version::holding(
+            answers.iter().map(|(id, _, s)| (*id, s.as_ref())),
+            &self.cluster.fronts_listed(),
+        );
         // The leader's answer says what it knows each node holds.
         let leader_view = answers.iter().find_map(|(id, _, s)| {
             s.as_ref().filter(|s| {
@@ -182,6 +167,10 @@ impl ClusterService for ClusterAdmin {
                     peer_cert_not_after: s.peer_cert_not_after,
                     cluster_id: s.cluster_id,
                     epoch: s.epoch,
+                    command_version: s.command_version,
+                    store_format: s.store_format,
+                    started_at_ms: s.started_at_ms,
+                    ready: s.ready,
                 }
             })
             .collect();
@@ -196,6 +185,8 @@ impl ClusterService for ClusterAdmin {
             fronts,
             cluster_id: lineage.as_ref().map(|l| l.cluster_id.clone()).unwrap_or_default(),
             epoch: lineage.map_or(0, |l| l.epoch),
+            cluster_version: self.cluster.cluster_version(),
+            understood_version: if holding.complete { holding.understood } else { 0 },
         }))
     }
 
@@ -456,6 +447,7 @@ fn fronts_of(
                 last_proof_ms_ago: f.asked_ms_ago,
                 via_node: *via,
                 following: f.following,
+                command_version: gatehouse_cluster::version::reported(f.command_version),
             };
             let newer = fronts.get(&f.front_id).is_none_or(|old| {
                 (row.following, std::cmp::Reverse(row.last_proof_ms_ago))

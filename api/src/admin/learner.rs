@@ -6,7 +6,8 @@
 //! - A Gatehouse node of this cluster must answer at the address (a Raft
 //!   `LocalStatus` call with the cluster secret), and say it is that id. So
 //!   a typo, a port of something else, or a node started with another id is
-//!   refused before the leader starts sending it the log.
+//!   refused before the leader starts sending it the log. Its build must
+//!   understand the cluster's command version (an old binary is refused).
 //! - The call returns once the learner holds the log up to its own
 //!   membership entry (openraft's own wait gives up after 500 ms), or says
 //!   how far it got.
@@ -79,6 +80,14 @@ pub async fn probe(cluster: &Cluster, id: NodeId, addr: &str) -> Result<(), ApiE
     };
     if status.node_id != id {
         return Err(ApiError::InvalidArgument(format!("the node at {addr} is node {}, not node {id}", status.node_id)));
+    }
+    // It would meet commands it does not understand (docs/operations.md, rolling upgrades).
+    let (understands, runs) = (gatehouse_cluster::version::reported(status.command_version), cluster.cluster_version());
+    if understands < runs {
+        return Err(ApiError::FailedPrecondition(format!(
+            "node {id} runs a Gatehouse that understands command version {understands}, and the cluster runs \
+             version {runs}: upgrade it first"
+        )));
     }
     Ok(())
 }

@@ -103,6 +103,12 @@ async fn copy_view(front: &Front, i: usize) -> Result<(), Stopped> {
         }
         if chunk.last {
             state.finish_load();
+            let (cluster, known) = (state.cluster_version(), gatehouse_domain::version::COMMAND_VERSION);
+            if cluster > known {
+                let e = gatehouse_domain::version::Unsupported { cluster, known };
+                tracing::error!(error = %e, "cannot serve this cluster");
+                return Err(Stopped::Voter(e.to_string()));
+            }
             let index = chunk.index;
             // Never back: a proof already given covers what was applied.
             if index < inner.view.applied_index() {
@@ -159,6 +165,11 @@ async fn follow(front: &Front, i: usize, stop: &mut Shutdown) -> Stopped {
             return Stopped::Voter("entries out of order".into());
         }
         for entry in &batch.entries {
+            // A cluster version beyond this build: never applied here.
+            if let Some(e) = entry.commands.iter().find_map(|c| gatehouse_domain::version::understood(c).err()) {
+                tracing::error!(index = entry.index, error = %e, "cannot apply this entry");
+                return Stopped::Voter(e.to_string());
+            }
             inner.view.apply_followed(entry.index, &entry.commands);
         }
         if batch.through_index > inner.view.applied_index() {

@@ -65,6 +65,7 @@ impl tonic::service::Interceptor for FrontAuth {
         if let Some(lineage) = self.lineage.get() {
             req.metadata_mut().insert(crate::lineage::LINEAGE_METADATA, lineage.clone());
         }
+        req.metadata_mut().insert(crate::version::COMMANDS_METADATA, gatehouse_domain::version::COMMAND_VERSION.into());
         crate::trace::inject_current(req.metadata_mut());
         Ok(req)
     }

@@ -21,7 +21,7 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// Where the admin API is, and the key to call it with.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Connection {
     /// Admin API endpoint (any node).
     #[arg(long, global = true, env = "GATEHOUSE_ENDPOINT", default_value = "http://127.0.0.1:9090")]

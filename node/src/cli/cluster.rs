@@ -42,6 +42,21 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "FILE")]
         encrypt_key_file: Option<std::path::PathBuf>,
     },
+    /// Restart every member, one at a time, for a rolling restart or
+    /// upgrade: learners, then followers, the leader last (after it hands
+    /// off leadership). Each restart must bring the node back as a new
+    /// process, ready, with every member caught up, before the next
+    /// (docs/operations.md).
+    Roll {
+        /// Restarts one node: run with `sh -c`, with GATEHOUSE_NODE_ID,
+        /// GATEHOUSE_NODE_ADDR and GATEHOUSE_NODE_CLIENT_ADDR set (e.g.
+        /// 'ssh "node-$GATEHOUSE_NODE_ID" sudo systemctl restart gatehouse').
+        #[arg(long, value_name = "COMMAND")]
+        restart: String,
+        /// How long each node has to come back and catch up.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 pub(super) async fn cluster(
@@ -51,6 +66,8 @@ pub(super) async fn cluster(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     match &cmd {
+        // Run by `admin` itself: it dials every member, not one.
+        ClusterCommand::Roll { .. } => anyhow::bail!("cluster roll dials every member: run it through `admin`"),
         ClusterCommand::Status => {
             let s = client.status(ClusterStatusRequest {}).await.map_err(rpc_error)?.into_inner();
             print_status(&s, json, out)
@@ -134,6 +151,9 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
                     "replication_lag": n.replication_lag,
                     "peer_cert_not_after": (n.peer_cert_not_after != 0).then_some(n.peer_cert_not_after),
                     "cluster_id": (!n.cluster_id.is_empty()).then_some(&n.cluster_id), "epoch": n.epoch,
+                    "command_version": n.reachable.then(|| gatehouse_cluster::version::reported(n.command_version)),
+                    "store_format": (n.store_format != 0).then_some(n.store_format),
+                    "started_at_ms": (n.started_at_ms != 0).then_some(n.started_at_ms), "ready": n.ready,
                 })
             })
             .collect();
@@ -144,39 +164,57 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
                 json!({
                     "id": f.id, "addr": f.addr, "applied_index": f.applied_index, "lag": f.lag,
                     "last_proof_ms_ago": (f.last_proof_ms_ago != u64::MAX).then_some(f.last_proof_ms_ago),
-                    "via_node": f.via_node, "following": f.following,
+                    "via_node": f.via_node, "following": f.following, "command_version": f.command_version,
                 })
             })
             .collect();
         let leader = if s.leader_id == 0 { serde_json::Value::Null } else { json!(s.leader_id) };
         let all = json!({ "leader": leader, "term": s.term, "answered_by": s.node_id, "nodes": nodes, "fronts": fronts,
-            "cluster_id": s.cluster_id, "epoch": s.epoch });
+            "cluster_id": s.cluster_id, "epoch": s.epoch, "cluster_version": s.cluster_version,
+            "understood_version": (s.understood_version != 0).then_some(s.understood_version) });
         writeln!(out, "{all}")?;
         return Ok(());
     }
     let leader = if s.leader_id == 0 { "none".to_string() } else { format!("{} ({})", s.leader_id, s.leader_addr) };
     writeln!(out, "cluster: {} (epoch {})", if s.cluster_id.is_empty() { "none" } else { &s.cluster_id }, s.epoch)?;
+    let understood = match s.understood_version {
+        0 => "not every member answered".to_string(),
+        v if v > s.cluster_version => format!("every member understands {v}: raised shortly"),
+        v => format!("every member understands {v}"),
+    };
+    writeln!(out, "version: {} ({understood})", s.cluster_version)?;
     writeln!(out, "leader: {leader}   term: {}", s.term)?;
     writeln!(
         out,
-        "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",
-        "ID", "ADDR", "ROLE", "STATE", "TERM", "COMMIT", "APPLIED", "LAST_LOG", "LAG"
+        "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6} {:>4}",
+        "ID", "ADDR", "ROLE", "STATE", "TERM", "COMMIT", "APPLIED", "LAST_LOG", "LAG", "VER"
     )?;
     for n in &s.nodes {
         let role = if n.voter { "voter" } else { "learner" };
         let state = if n.reachable { gatehouse_cluster::control::node_state_name(n.state) } else { "unreachable" };
+        let version =
+            if n.reachable { gatehouse_cluster::version::reported(n.command_version).to_string() } else { "-".into() };
         writeln!(
             out,
-            "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6}",
-            n.id, n.addr, role, state, n.term, n.commit_index, n.applied_index, n.last_log_index, n.replication_lag
+            "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>6} {:>4}",
+            n.id,
+            n.addr,
+            role,
+            state,
+            n.term,
+            n.commit_index,
+            n.applied_index,
+            n.last_log_index,
+            n.replication_lag,
+            version
         )?;
     }
     if !s.fronts.is_empty() {
         writeln!(out, "\nfronts:")?;
         writeln!(
             out,
-            "{:<6} {:<22} {:>10} {:>6} {:>12} {:>5} {:<9}",
-            "ID", "ADDR", "APPLIED", "LAG", "LAST_PROOF", "VIA", "FOLLOWING"
+            "{:<6} {:<22} {:>10} {:>6} {:>12} {:>5} {:<9} {:>4}",
+            "ID", "ADDR", "APPLIED", "LAG", "LAST_PROOF", "VIA", "FOLLOWING", "VER"
         )?;
         for f in &s.fronts {
             let proof = if f.last_proof_ms_ago == u64::MAX {
@@ -187,8 +225,8 @@ pub(super) fn print_status(s: &ClusterStatusResponse, as_json: bool, out: &mut i
             let following = if f.following { "yes" } else { "no" };
             writeln!(
                 out,
-                "{:<6} {:<22} {:>10} {:>6} {:>12} {:>5} {:<9}",
-                f.id, f.addr, f.applied_index, f.lag, proof, f.via_node, following
+                "{:<6} {:<22} {:>10} {:>6} {:>12} {:>5} {:<9} {:>4}",
+                f.id, f.addr, f.applied_index, f.lag, proof, f.via_node, following, f.command_version
             )?;
         }
     }

@@ -15,6 +15,7 @@ mod events;
 mod keys;
 mod output;
 mod roles;
+mod roll;
 mod sessions;
 pub mod tls;
 mod users;
@@ -220,6 +221,10 @@ pub enum AdminCommand {
 
 /// Runs one admin command, writing its output to `out`.
 pub async fn admin(args: AdminArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    if let AdminCommand::Cluster(ClusterCommand::Roll { restart, timeout }) = &args.command {
+        let roll = roll::Roll { restart: restart.clone(), timeout: std::time::Duration::from_secs(*timeout) };
+        return roll::run(&args.connection, &roll, args.json, out).await;
+    }
     let channel = connect(&args.connection).await?;
     let json = args.json;
     match args.command {
