@@ -30,28 +30,16 @@ def render(path):
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def check(docs, where):
-    by_kind = {}
-    for d in docs:
-        try:
-            kubernetes_validate.validate(d, KUBERNETES, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            fail(f"{where}: {d['kind']}/{d['metadata']['name']}: {e.message}")
-        by_kind.setdefault(d["kind"], []).append(d)
-    sts = by_kind["StatefulSet"][0]
-    spec = sts["spec"]
-    replicas = spec["replicas"]
-    if spec.get("updateStrategy", {}).get("type") != "OnDelete":
-        fail(f"{where}: voters are replaced only by `gatehouse admin cluster roll` (updateStrategy OnDelete)")
-    if spec.get("podManagementPolicy") != "Parallel":
-        fail(f"{where}: voters must start in parallel (a quorum is needed for readiness)")
-    headless = [s for s in by_kind["Service"] if s["metadata"]["name"] == spec["serviceName"]][0]
-    if headless["spec"].get("clusterIP") != "None" or not headless["spec"].get("publishNotReadyAddresses"):
-        fail(f"{where}: the peer service must be headless and publish addresses before readiness")
-    pdb = by_kind["PodDisruptionBudget"][0]["spec"]
-    if pdb.get("minAvailable", 0) <= replicas // 2:
-        fail(f"{where}: the disruption budget must keep a quorum of {replicas}")
-    pod = spec["template"]["spec"]
+def named(docs, name):
+    return [d for d in docs if d["metadata"]["name"] == name][0]
+
+
+def component(docs, comp):
+    return [d for d in docs if d["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == comp][0]
+
+
+def check_pod(pod, where):
+    """What every Gatehouse pod keeps: no token, non-root, read-only, no capability, the probes."""
     if pod.get("automountServiceAccountToken") is not False:
         fail(f"{where}: no service account token in the pods")
     psc = pod["securityContext"]
@@ -65,16 +53,59 @@ def check(docs, where):
             fail(f"{where}: {c['name']}: every capability dropped")
         if c["readinessProbe"]["httpGet"]["path"] != "/readyz" or c["livenessProbe"]["httpGet"]["path"] != "/healthz":
             fail(f"{where}: readiness on /readyz, liveness on /healthz")
+
+
+def check(docs, where):
+    by_kind = {}
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, KUBERNETES, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            fail(f"{where}: {d['kind']}/{d['metadata']['name']}: {e.message}")
+        by_kind.setdefault(d["kind"], []).append(d)
+    sts = component(by_kind["StatefulSet"], "voter")
+    spec = sts["spec"]
+    replicas = spec["replicas"]
+    if spec.get("updateStrategy", {}).get("type") != "OnDelete":
+        fail(f"{where}: voters are replaced only by `gatehouse admin cluster roll` (updateStrategy OnDelete)")
+    if spec.get("podManagementPolicy") != "Parallel":
+        fail(f"{where}: voters must start in parallel (a quorum is needed for readiness)")
+    headless = named(by_kind["Service"], spec["serviceName"])
+    if headless["spec"].get("clusterIP") != "None" or not headless["spec"].get("publishNotReadyAddresses"):
+        fail(f"{where}: the peer service must be headless and publish addresses before readiness")
+    pdb = named(by_kind["PodDisruptionBudget"], "gatehouse")["spec"]
+    if pdb.get("minAvailable", 0) <= replicas // 2:
+        fail(f"{where}: the disruption budget must keep a quorum of {replicas}")
+    check_pod(spec["template"]["spec"], where)
     # The peer port: voters and fronts only.
-    policy = by_kind["NetworkPolicy"][0]["spec"]
+    policy = named(by_kind["NetworkPolicy"], "gatehouse")["spec"]
     for rule in policy["ingress"]:
         ports = [p["port"] for p in rule.get("ports", [])]
         if 7000 in ports:
             comps = sorted(f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in rule.get("from", []))
             if comps != ["front", "voter"]:
                 fail(f"{where}: the peer port must be open to voters and fronts only, not {comps}")
-    config = [m for m in by_kind["ConfigMap"] if m["metadata"]["name"] == "gatehouse-config"][0]
-    return {"replicas": replicas, "namespace": sts["metadata"]["namespace"], "node_toml": config["data"]["node.toml"]}
+    config = named(by_kind["ConfigMap"], "gatehouse-config")
+
+    # The fronts: the same pod rules; their voters are every voter; nothing
+    # reaches them but HTTP and metrics.
+    fronts = component(by_kind["StatefulSet"], "front")
+    check_pod(fronts["spec"]["template"]["spec"], f"{where} (fronts)")
+    front_policy = named(by_kind["NetworkPolicy"], "gatehouse-front")["spec"]
+    open_ports = sorted(p["port"] for rule in front_policy["ingress"] for p in rule.get("ports", []))
+    if open_ports != [8080, 9100]:
+        fail(f"{where}: a front takes HTTP and metrics only, not {open_ports}")
+    mounted = [v["secret"]["secretName"] for v in spec["template"]["spec"]["volumes"] if "secret" in v]
+    if "gatehouse-fronts" not in mounted or "gatehouse-front-secrets" in mounted:
+        fail(f"{where}: voters hold the fronts file (hashes), never the fronts' secrets")
+    front_config = named(by_kind["ConfigMap"], "gatehouse-front-config")
+    return {
+        "replicas": replicas,
+        "namespace": sts["metadata"]["namespace"],
+        "node_toml": config["data"]["node.toml"],
+        "fronts": fronts["spec"]["replicas"],
+        "front_toml": front_config["data"]["front.toml"],
+    }
 
 
 def main():
