@@ -10,7 +10,10 @@
 set -euo pipefail
 commit=${1:?usage: scripts/previous-build.sh <commit>}
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-commit=$(git -C "$root" rev-parse --verify "$commit^{commit}")
+if ! commit=$(git -C "$root" rev-parse --verify --quiet "$commit^{commit}"); then
+    echo "commit $1 is not in this clone (a shallow clone? git fetch --unshallow)" >&2
+    exit 1
+fi
 cache=${GATEHOUSE_CACHE:-$HOME/.cache/gatehouse}/previous/$commit
 out=$cache/gatehouse
 if [ -x "$out" ]; then
@@ -29,9 +32,12 @@ rm -rf "$src"
 mkdir -p "$src"
 git -C "$root" archive "$commit" | tar -x -C "$src"
 target=${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse/target}
+# Only when that commit locks the same librocksdb-sys as this checkout,
+# whose builds made the library (its C++ and bindings must match).
+locked() { grep -A1 '^name = "librocksdb-sys"$' "$1" | sed -n 's/^version = "\(.*\)"$/\1/p'; }
 lib=$(ls -t "$target"/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1 || true)
 prebuilt=()
-if [ -n "$lib" ]; then
+if [ -n "$lib" ] && [ "$(locked "$src/Cargo.lock")" = "$(locked "$root/Cargo.lock")" ]; then
     prebuilt=(ROCKSDB_LIB_DIR="$(dirname "$lib")" ROCKSDB_STATIC=1)
 fi
 echo "building gatehouse at ${commit:0:12} (once per machine) ..." >&2

@@ -151,13 +151,28 @@ struct Window {
 }
 
 pub async fn run(s: &Settings) -> anyhow::Result<Report> {
+    let (mut cluster, mut net) = prepare(s).await?;
+    cluster.launch().await?;
+    run_on(s, &mut cluster, &mut net).await
+}
+
+/// The run's cluster, its nodes configured as a chaos run has them and
+/// wired through link proxies, not started yet (a caller may shape the
+/// cluster first, e.g. lose and regrow voters, then [`run_on`] it).
+pub async fn prepare(s: &Settings) -> anyhow::Result<(ProcCluster, Net)> {
     let config = format!(
         "max_staleness_ms = {}\n[rate_limits]\nenabled = false\n[identity]\npassword_workers = 2\n",
         s.max_staleness.as_millis()
     );
-    let mut cluster = ProcCluster::prepare_with(&s.bin, &s.dir, s.nodes, &config, &[], s.tls)?;
-    let mut net = Net::wire(&cluster, s.seed).await?;
-    cluster.launch().await?;
+    let cluster = ProcCluster::prepare_with(&s.bin, &s.dir, s.nodes, &config, &[], s.tls)?;
+    let net = Net::wire(&cluster, s.seed).await?;
+    Ok((cluster, net))
+}
+
+/// The run on a cluster [`prepare`] made and that runs now (its voters
+/// `1..=s.nodes`): fronts, the workload, the nemesis in cycles, healing,
+/// convergence and every checker.
+pub async fn run_on(s: &Settings, cluster: &mut ProcCluster, net: &mut Net) -> anyhow::Result<Report> {
     for id in 1..=s.nodes {
         cluster.wait_ready(id, Duration::from_secs(30)).await?;
     }
@@ -207,13 +222,13 @@ pub async fn run(s: &Settings) -> anyhow::Result<Report> {
         tokio::time::sleep(s.quiet).await;
         let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
         let start = rec.now();
-        let injected = nemesis::inject(s.nemesis, &mut cluster, &net, leader, &mut rng).await?;
+        let injected = nemesis::inject(s.nemesis, cluster, net, leader, &mut rng).await?;
         if s.nemesis.kills_leader() {
             kills.push(start);
         }
         tracing::info!(fault = %injected.description, "nemesis");
         tokio::time::sleep(s.fault).await;
-        nemesis::heal(&mut cluster, &net, &injected)?;
+        nemesis::heal(cluster, net, &injected)?;
         windows.push(Window { start, end: rec.now(), majority: injected.majority.clone() });
         faults.push(injected.description);
     }

@@ -70,6 +70,10 @@ pub(crate) struct Inner {
     pub(crate) fronts_listed: std::sync::OnceLock<crate::fronts::Fronts>,
     /// When this handle was made: the node's process start, as status shows it (Unix ms).
     pub(crate) started_at_ms: u64,
+    /// Held by a leader from asking the members' versions until its raise
+    /// commits, and by `add_learner` from checking a node's version until
+    /// it is a member: no node joins between the two (see [`crate::version`]).
+    pub(crate) versions: tokio::sync::Mutex<()>,
 }
 
 /// A handle that does not keep the node alive (background tasks hold this).
@@ -116,6 +120,7 @@ impl Cluster {
                 fronts_seen: Default::default(),
                 fronts_listed: Default::default(),
                 started_at_ms: crate::clock::now_ms(),
+                versions: tokio::sync::Mutex::new(()),
             }),
         }
         .watching_raft()
@@ -184,6 +189,23 @@ impl Cluster {
     /// The stateless fronts this voter serves, as it last heard from them.
     pub fn fronts_seen(&self) -> &crate::follow::FrontsSeen {
         &self.inner.fronts_seen
+    }
+
+    /// Holds off the leader's raise of the cluster version while a node's
+    /// version is checked and it joins (`add_learner`).
+    pub async fn hold_versions(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.versions.lock().await
+    }
+
+    /// Resolves if Raft stops on its own (a fatal storage error, a log
+    /// this build cannot apply), with why.
+    pub async fn raft_failed(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        let why = match metrics.wait_for(|m| m.running_state.is_err()).await {
+            Ok(m) => m.running_state.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+            Err(_) => "Raft is gone".into(),
+        };
+        why
     }
 
     /// The fronts this voter's fronts file lists (none before its follow service runs).

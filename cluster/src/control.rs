@@ -43,6 +43,11 @@ impl ControlService for ControlRpc {
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let batch = req.into_inner().batch.ok_or_else(|| bad("batch"))?;
         crate::propose::bounded(&batch.commands)?;
+        // Only a leader raises the cluster version, from what it asked
+        // every member itself: never one forwarded to it.
+        if batch.commands.iter().any(|c| matches!(c.payload, Some(gatehouse_domain::Payload::SetClusterVersion(_)))) {
+            return Err(Status::permission_denied("the cluster version is raised by the leader alone"));
+        }
         match self.cluster.write_local(batch.commands).await {
             Ok((results, log_index)) => Ok(Response::new(pb::ProposeResponse { results, log_index })),
             // Not the leader (any more): the forwarding node tries again at the

@@ -98,11 +98,14 @@ impl Cluster {
     }
 
     async fn raise_version(&self) {
-        let runs = self.cluster_version();
-        let leading = self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id);
-        if !leading || runs >= COMMAND_VERSION {
+        let leading = || self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id);
+        if !leading() || self.cluster_version() >= COMMAND_VERSION {
             return;
         }
+        // No node joins from here until the raise is committed (add_learner
+        // checks a node's version under the same lock).
+        let _held = self.hold_versions().await;
+        let runs = self.cluster_version();
         let holding = self.versions().await;
         if !holding.complete || holding.understood <= runs {
             tracing::debug!(runs, ?holding, "the cluster version stays");
@@ -110,13 +113,18 @@ impl Cluster {
         }
         let to = holding.understood.min(COMMAND_VERSION);
         let cmd = self.command(Payload::SetClusterVersion(SetClusterVersion { version: to }));
-        match self.propose_one(cmd).await {
-            Ok(r) if r.code == 0 => tracing::info!(
-                from = runs,
-                to,
-                "every node understands a newer command version: cluster version raised"
-            ),
-            Ok(r) => tracing::debug!(message = %r.message, "cluster version not raised"),
+        // Written here or not at all: a node that stopped leading since it
+        // asked never has its raise forwarded (the new leader asks for
+        // itself, and refuses a forwarded one: `control::propose`).
+        match self.write_local(vec![cmd]).await {
+            Ok((results, _)) if results.first().is_some_and(|r| r.code == 0) => {
+                tracing::info!(
+                    from = runs,
+                    to,
+                    "every node understands a newer command version: cluster version raised"
+                )
+            }
+            Ok((results, _)) => tracing::debug!(?results, "cluster version not raised"),
             Err(e) => tracing::debug!(error = %e, "cluster version not raised"),
         }
     }

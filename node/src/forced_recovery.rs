@@ -228,10 +228,8 @@ async fn ask(peers: &Peers, id: u64, addr: &str) -> Answer {
     req.set_timeout(ASK_TIMEOUT);
     match tokio::time::timeout(ASK_TIMEOUT, client.local_status(req)).await {
         Ok(Ok(s)) => Answer::Status(s.into_inner()),
-        Ok(Err(s)) => match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Answer::Unreachable,
-            code => Answer::Refused(code),
-        },
+        Ok(Err(s)) if gatehouse_cluster::peers::no_answer(&s) => Answer::Unreachable,
+        Ok(Err(s)) => Answer::Refused(s.code()),
         Err(_) => Answer::Unreachable,
     }
 }

@@ -95,10 +95,20 @@ async fn serve(args: gatehouse::cli::ServeArgs) -> anyhow::Result<()> {
             println!("Try:  GATEHOUSE_TOKEN={key} gatehouse admin cluster status --endpoint {}\n", node.grpc_addr());
         }
     }
-    shutdown_signal().await;
+    // Raft stopping on its own (a storage failure, a log entry this build
+    // cannot apply) ends the process with an error: a supervisor sees it,
+    // and nothing serves from a node that no longer follows the log.
+    let cluster = node.cluster().clone();
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        why = cluster.raft_failed() => Some(why),
+    };
     let stopped = node.shutdown().await;
     telemetry.shutdown();
-    stopped
+    match failed {
+        Some(why) => Err(anyhow::anyhow!("Raft stopped: {why}; see the log above")),
+        None => stopped,
+    }
 }
 
 async fn front(args: gatehouse::cli::FrontArgs) -> anyhow::Result<()> {

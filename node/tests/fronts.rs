@@ -210,6 +210,12 @@ async fn a_front_s_secret_opens_the_follow_service_and_nothing_else() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(node.view().read().user_by_name("mallory").is_none());
 
+    // Attack: a cluster version no build understands, halting every node.
+    let raise =
+        node.command(Payload::SetClusterVersion(gatehouse_proto::events::SetClusterVersion { version: u32::MAX }));
+    assert_eq!(client.propose(batch(raise)).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert!(node.view().read().cluster_version() <= gatehouse_domain::version::COMMAND_VERSION);
+
     // Attack: writes of a front's kind with contents it must not choose.
     use gatehouse_proto::events::{rate_deltas::Delta, record_use::Use, RateDeltas, RateHit};
     for (what, payload) in [

@@ -190,6 +190,20 @@ async fn malformed_and_truncated_rpcs_are_refused_and_the_log_is_untouched() {
         Peers::new(ClusterSecret::new(&c.secret()).unwrap()).control_client(target.advertise_addr()).unwrap();
     let endless = cpb::PauseElectionsRequest { duration_ms: u64::MAX };
     assert_eq!(control.pause_elections(endless).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // A raise of the cluster version is the leader's alone: never taken
+    // as a forwarded write, even from a holder of the secret (one no build
+    // understands would halt every node at that index).
+    let leader_control = Peers::new(ClusterSecret::new(&c.secret()).unwrap())
+        .with_lineage(target.cluster().peers().lineage().unwrap().clone())
+        .control_client(c.node(leader).advertise_addr())
+        .unwrap();
+    let raise = target.cluster().command(gatehouse_domain::Payload::SetClusterVersion(
+        gatehouse_proto::events::SetClusterVersion { version: u32::MAX },
+    ));
+    let forwarded = cpb::ProposeRequest { batch: Some(gatehouse_domain::CommandBatch { commands: vec![raise] }) };
+    let mut leader_control = leader_control;
+    assert_eq!(leader_control.propose(forwarded).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert!(c.node(leader).cluster().cluster_version() <= gatehouse_domain::version::COMMAND_VERSION);
 
     // Truncated and random bytes.
     let valid = pb::AppendEntriesRequest {

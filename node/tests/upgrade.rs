@@ -190,15 +190,20 @@ async fn status(c: &ProcCluster, id: u64) -> Option<serde_json::Value> {
     serde_json::from_str(&out).ok()
 }
 
+/// Runs `cmd`, killed if it has not finished within `limit`.
+async fn run_within(mut cmd: tokio::process::Command, limit: Duration) -> std::process::Output {
+    let out = cmd.kill_on_drop(true).output();
+    tokio::time::timeout(limit, out).await.expect("finished in time").unwrap()
+}
+
 /// `gatehouse admin cluster roll` with the restart command, through node `via`.
-fn roll(c: &ProcCluster, via: u64) -> std::process::Output {
-    Command::new(BIN)
-        .args(["admin", "--endpoint", &format!("http://{}", c.nodes[&via].grpc), "cluster", "roll"])
+async fn roll(c: &ProcCluster, via: u64) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["admin", "--endpoint", &format!("http://{}", c.nodes[&via].grpc), "cluster", "roll"])
         .args(["--restart", &restart_command(), "--timeout", "60"])
         .env("GATEHOUSE_TOKEN", &c.admin_key)
-        .env("DIR", &c.dir)
-        .output()
-        .unwrap()
+        .env("DIR", &c.dir);
+    run_within(cmd, Duration::from_secs(300)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -243,7 +248,7 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
     // First roll: voters 1 and 2 move to this build, voter 3 stays on the old one.
     point(&installed, Path::new(BIN));
     point(&bin_dir.join("gatehouse-3"), &previous);
-    let out = roll(&c, 1);
+    let out = roll(&c, 1).await;
     assert!(out.status.success(), "roll: {}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     eprintln!("{said}");
@@ -251,28 +256,31 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
         assert!(said.contains(&format!("node {id}: restarted, caught up")), "{said}");
     }
     // Mixed: the new voters say what they understand; the cluster stays at 1.
-    let s = status(&c, 1).await.unwrap();
-    let versions: Vec<_> =
-        s["nodes"].as_array().unwrap().iter().map(|n| (n["id"].clone(), n["command_version"].clone())).collect();
-    assert_eq!(s["cluster_version"], 1, "{s}");
-    assert_eq!(s["understood_version"], 1, "{s}");
-    assert!(versions.contains(&(1.into(), 2.into())) && versions.contains(&(3.into(), 1.into())), "{versions:?}");
+    wait_until("the mixed cluster shows its versions", Duration::from_secs(30), || async {
+        let Some(s) = status(&c, 1).await else { return false };
+        let versions: Vec<_> =
+            s["nodes"].as_array().unwrap().iter().map(|n| (n["id"].clone(), n["command_version"].clone())).collect();
+        s["cluster_version"] == 1
+            && s["understood_version"] == 1
+            && versions.contains(&(1.into(), 2.into()))
+            && versions.contains(&(3.into(), 1.into()))
+    })
+    .await;
 
     // Second roll: every voter on this build. The old front still holds the version.
     std::fs::remove_file(bin_dir.join("gatehouse-3")).unwrap();
-    let out = roll(&c, 2);
+    let out = roll(&c, 2).await;
     assert!(out.status.success(), "roll: {}", String::from_utf8_lossy(&out.stderr));
     wait_until("every voter reports version 2", Duration::from_secs(30), || async {
         status(&c, 1).await.is_some_and(|s| s["nodes"].as_array().unwrap().iter().all(|n| n["command_version"] == 2))
     })
     .await;
-    let s = status(&c, 1).await.unwrap();
-    assert_eq!(
-        (s["cluster_version"].clone(), s["understood_version"].clone()),
-        (1.into(), 1.into()),
-        "held by the front: {s}"
-    );
-    assert_eq!(s["fronts"][0]["command_version"], 1, "{s}");
+    wait_until("the old front holds the version at 1", Duration::from_secs(30), || async {
+        status(&c, 1).await.is_some_and(|s| {
+            s["cluster_version"] == 1 && s["understood_version"] == 1 && s["fronts"][0]["command_version"] == 1
+        })
+    })
+    .await;
 
     // The front moves to this build; then the leader raises the version.
     c.kill_front(101);
@@ -324,7 +332,9 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
     // The old build refuses the new data and leaves it as it was.
     let stopped = Command::new("sh").args(["-c", STOP]).env("DIR", dir.path()).env("GATEHOUSE_NODE_ID", "3").status();
     assert!(stopped.unwrap().success());
-    let old = Command::new(&previous).args(["serve", "--config"]).arg(&c.nodes[&3].config).output().unwrap();
+    let mut old = tokio::process::Command::new(&previous);
+    old.args(["serve", "--config"]).arg(&c.nodes[&3].config);
+    let old = run_within(old, Duration::from_secs(30)).await;
     assert!(!old.status.success());
     let said = String::from_utf8_lossy(&old.stderr);
     assert!(said.contains("newer Gatehouse") && said.contains("store format 3"), "{said}");

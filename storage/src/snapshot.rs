@@ -193,6 +193,12 @@ pub(crate) fn install(storage: &Storage, meta: &SnapshotMeta, file: &SnapshotFil
         batch.put_cf(storage.table(table), &rec.key, &rec.value);
     }
     state.finish_load();
+    // A state a newer build raised past this one is not installed: this
+    // node would apply what follows without understanding it.
+    let (cluster, known) = (state.cluster_version(), gatehouse_domain::version::COMMAND_VERSION);
+    if cluster > known {
+        return Err(gatehouse_domain::version::Unsupported { cluster, known }.into());
+    }
 
     let meta_cf = storage.cf(CF_META);
     match opt_log_id_to_pb(&meta.last_log_id) {

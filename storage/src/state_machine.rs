@@ -98,7 +98,26 @@ struct Applied {
 
 /// Applies `entries` to the view and writes their projections with
 /// `last_applied` in one batch. Heavy runs go to the storage threads.
-fn apply_entries(storage: &Storage, view: &StateView, entries: Vec<Entry>) -> Result<Applied, RaftStorageError> {
+fn apply_entries(storage: &Storage, view: &StateView, mut entries: Vec<Entry>) -> Result<Applied, RaftStorageError> {
+    // A cluster version beyond this build: the entries before it are
+    // applied and stored, then apply stops there (Raft stops with the
+    // error) rather than apply what the other nodes understand and this
+    // one does not. Found before anything is applied: the view never holds
+    // what storage does not.
+    let beyond = entries.iter().enumerate().find_map(|(i, e)| match &e.payload {
+        EntryPayload::Normal(batch) => batch
+            .commands
+            .iter()
+            .find_map(|c| gatehouse_domain::version::understood(c).err())
+            .map(|err| (i, e.log_id, err)),
+        _ => None,
+    });
+    if let Some((i, log_id, err)) = beyond {
+        entries.truncate(i);
+        apply_entries(storage, view, entries)?;
+        tracing::error!(index = log_id.index, error = %err, "cannot apply this entry");
+        return Err(StorageIOError::apply(log_id, &err).into());
+    }
     let mut replies = Vec::new();
     let mut mutations = Vec::new();
     let mut last = None;
@@ -110,15 +129,6 @@ fn apply_entries(storage: &Storage, view: &StateView, entries: Vec<Entry>) -> Re
             EntryPayload::Blank => replies.push(Vec::new()),
             EntryPayload::Normal(batch) => {
                 let _span = apply_span(index, &batch).entered();
-                // A cluster version beyond this build: stop here (Raft
-                // stops with this error) rather than apply what the other
-                // nodes understand and this one does not.
-                for c in &batch.commands {
-                    if let Err(e) = gatehouse_domain::version::understood(c) {
-                        tracing::error!(index, error = %e, "cannot apply this entry");
-                        return Err(StorageIOError::apply(entry.log_id, &e).into());
-                    }
-                }
                 // Audit chaining (a hash per record) runs beside the
                 // readers; the write lock is held only to install it.
                 // Only apply writes, so nothing changes in between.
@@ -327,12 +337,19 @@ pub(crate) mod tests {
             let (_log, mut sm) = crate::open(dir.path()).unwrap();
             let replies = sm.apply([entry(1, vec![raise(COMMAND_VERSION)])]).await.unwrap();
             assert_eq!(replies[0][0].code, 0, "{:?}", replies[0][0]);
-            // An entry raising past this build is not applied, nor anything with it.
-            let beyond = entry(2, vec![user(1), raise(COMMAND_VERSION + 1)]);
-            let e = sm.apply([beyond]).await.unwrap_err().to_string();
+            // An entry raising past this build is not applied, nor anything
+            // with it or after it; what came before it is.
+            let before = entry(2, vec![user(2)]);
+            let beyond = entry(3, vec![user(1), raise(COMMAND_VERSION + 1)]);
+            let e = sm.apply([before, beyond, entry(4, vec![user(3)])]).await.unwrap_err().to_string();
             assert!(e.contains("run a newer Gatehouse"), "{e}");
-            assert_eq!(sm.view().applied_index(), 1);
-            assert_eq!(sm.view().read().users().count(), 0);
+            assert_eq!(sm.view().applied_index(), 2);
+            let names: Vec<String> = sm.view().read().users().map(|u| u.username.clone()).collect();
+            assert_eq!(names, ["user-2"]);
+        }
+        {
+            let (_log, mut sm) = crate::open(dir.path()).unwrap();
+            assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(2), "what was applied was stored");
         }
         {
             let (_log, sm) = crate::open(dir.path()).unwrap();
@@ -352,6 +369,29 @@ pub(crate) mod tests {
         let e = crate::open(dir.path()).map(|_| ()).unwrap_err();
         assert!(matches!(e, StorageError::NewerCommands(_)), "{e}");
         assert!(e.to_string().contains("left untouched"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_a_newer_build_raised_is_not_installed() {
+        use gatehouse_domain::version::COMMAND_VERSION;
+        let (from, into) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let source = crate::db::open_db(from.path()).unwrap();
+        let record = gatehouse_proto::state::ClusterVersionRecord { version: COMMAND_VERSION + 1 };
+        let put = gatehouse_domain::Mutation::Put {
+            table: Table::Cluster,
+            key: gatehouse_domain::version::VERSION_KEY.to_vec(),
+            value: codec::encode(&record),
+        };
+        source.db.write(source.batch_of(vec![put])).unwrap();
+        let (meta, file) = snapshot::build(&source).unwrap();
+        let (_log, mut sm) = crate::open(into.path()).unwrap();
+        sm.apply([entry(1, vec![user(1)])]).await.unwrap();
+        let e = snapshot::install(&sm.storage, &meta, &file).map(|_| ()).unwrap_err();
+        assert!(matches!(e, StorageError::NewerCommands(_)), "{e}");
+        // Nothing changed: the user is there, no cluster record.
+        let (users, cluster) = (sm.storage.table(Table::Users), sm.storage.table(Table::Cluster));
+        assert_eq!(sm.storage.db.iterator_cf(users, IteratorMode::Start).count(), 1);
+        assert_eq!(sm.storage.db.iterator_cf(cluster, IteratorMode::Start).count(), 0);
     }
 
     #[tokio::test]

@@ -210,6 +210,9 @@ impl ClusterService for ClusterAdmin {
             Member::split(r.addr.clone(), r.client_addr.clone()).client_addr()
         );
         let audit = self.audit(&actor, "cluster.add_learner", r.node_id, detail);
+        // From the version check to the membership change, the leader does
+        // not raise the cluster version (a node it did not ask would join).
+        let _versions = self.cluster.hold_versions().await;
         // The probe carries the cluster secret to the address: every one is
         // audited, refused or not.
         let audit = match learner::probe(&self.cluster, r.node_id, &r.addr).await {

@@ -2,9 +2,10 @@
 //! with a command the operator gives (`systemctl restart gatehouse`, an
 //! `ssh`, a `kubectl delete pod`), for a rolling restart or upgrade.
 //!
-//! Before each node: the whole cluster must be healthy (a leader, every
-//! member answering, none behind). The leader goes last, and hands its
-//! leadership to a caught-up voter before its turn. After each restart the
+//! It needs at least three voters (one may be down). Before each node: the
+//! whole cluster must be healthy (a leader, every member answering, every
+//! member caught up). The leader goes last, and hands its leadership to the
+//! voter furthest along before its turn. After each restart the
 //! roll waits until that node answers as a new process (its start time
 //! changed), it is ready (what its `/readyz` says), and every member has
 //! applied what the leader had committed when the node came back (zero
@@ -22,6 +23,8 @@ use super::client::{connect, rpc_error, token, Connection};
 
 /// How often the roll asks for status while it waits.
 const POLL: Duration = Duration::from_millis(250);
+/// How often the node is looked at while its restart command runs.
+const WATCH: Duration = Duration::from_millis(100);
 /// How long one status call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -39,17 +42,37 @@ pub async fn run(args: &Connection, roll: &Roll, json: bool, out: &mut impl Writ
     // The key is read once (it may come from standard input).
     let args = Connection { token: Some(token(args)?), token_file: None, ..args.clone() };
     let first = status_at(&args, &args.endpoint).await?;
+    tolerates_one(&first)?;
     settled(&args, &first, Instant::now() + CALL_TIMEOUT * 2).await.context("the roll did not start")?;
     let mut done = Vec::new();
     for id in order(&first) {
         let step = async {
+            // Whole and caught up before each node, not only after the last.
             let s = current(&args, &first).await?;
-            whole(&s)?;
-            let s = if s.leader_id == id { hand_off(&args, &s, id, roll.timeout).await? } else { s };
+            settled(&args, &s, Instant::now() + roll.timeout).await?;
+            let s = if s.leader_id == id { hand_off(&args, &first, id, roll.timeout).await? } else { s };
             let node = row(&s, id)?.clone();
             let started = Instant::now();
-            restart(&roll.restart, &node).await?;
-            let back = back(&args, &node, roll, started).await?;
+            // Watched while the command runs: a node that reports no start
+            // time must be seen down at some point to count as restarted.
+            let endpoint = args.endpoint_of(&first, id)?;
+            let watch = async {
+                while status_at(&args, &endpoint).await.is_ok() {
+                    tokio::time::sleep(WATCH).await;
+                }
+                true
+            };
+            let command = restart(&roll.restart, &node, roll.timeout);
+            tokio::pin!(watch, command);
+            let mut seen_down = false;
+            let restarted = loop {
+                tokio::select! {
+                    done = &mut command => break done,
+                    down = &mut watch, if !seen_down => seen_down = down,
+                }
+            };
+            restarted?;
+            let back = back(&args, &first, &node, roll, started, seen_down).await?;
             Ok::<_, anyhow::Error>((back, started.elapsed()))
         };
         match step.await {
@@ -118,6 +141,15 @@ fn order(s: &ClusterStatusResponse) -> Vec<u64> {
     ids.into_iter().map(|n| n.id).collect()
 }
 
+/// Whether one voter may be down without losing the quorum.
+fn tolerates_one(s: &ClusterStatusResponse) -> anyhow::Result<()> {
+    let voters = s.nodes.iter().filter(|n| n.voter).count();
+    if voters < 3 {
+        bail!("with {voters} voter(s), restarting one loses the quorum: a roll needs at least three voters");
+    }
+    Ok(())
+}
+
 /// The status from the endpoint given, or else from any member that answers.
 async fn current(args: &Connection, first: &ClusterStatusResponse) -> anyhow::Result<ClusterStatusResponse> {
     if let Ok(s) = status_at(args, &args.endpoint).await {
@@ -177,10 +209,11 @@ async fn settled(args: &Connection, from: &ClusterStatusResponse, deadline: Inst
 /// itself lets it catch up); returns the status once another leads.
 async fn hand_off(
     args: &Connection,
-    s: &ClusterStatusResponse,
+    first: &ClusterStatusResponse,
     id: u64,
     timeout: Duration,
 ) -> anyhow::Result<ClusterStatusResponse> {
+    let s = current(args, first).await?;
     let target = s
         .nodes
         .iter()
@@ -188,16 +221,19 @@ async fn hand_off(
         .max_by_key(|n| (n.matched_index, std::cmp::Reverse(n.id)))
         .map(|n| n.id)
         .context("no other voter answers to hand leadership to")?;
-    let at = Connection { endpoint: args.endpoint_of(s, id)?, ..args.clone() };
-    let mut client = ClusterServiceClient::new(connect(&at).await?);
-    client
-        .transfer_leadership(TransferLeadershipRequest { node_id: target })
+    // Any node takes the call: a follower forwards it to the leader.
+    let transfer = async {
+        let mut client = ClusterServiceClient::new(connect_any(args, first).await?);
+        client.transfer_leadership(TransferLeadershipRequest { node_id: target }).await.map_err(rpc_error)
+    };
+    tokio::time::timeout(timeout, transfer)
         .await
-        .map_err(rpc_error)
+        .map_err(|_| anyhow::anyhow!("no answer within {}s", timeout.as_secs()))
+        .and_then(|r| r)
         .with_context(|| format!("handing leadership from node {id} to node {target}"))?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(s) = status_at(args, &args.endpoint_of(s, target)?).await {
+        if let Ok(s) = current(args, first).await {
             if s.leader_id != 0 && s.leader_id != id && whole(&s).is_ok() {
                 return Ok(s);
             }
@@ -209,18 +245,38 @@ async fn hand_off(
     }
 }
 
-/// Runs the operator's restart command for `node`; it must succeed.
-async fn restart(command: &str, node: &NodeStatus) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("sh")
+/// A connection to the endpoint given, or else to any member that takes one.
+async fn connect_any(args: &Connection, first: &ClusterStatusResponse) -> anyhow::Result<super::client::Authed> {
+    if let Ok(c) = connect(args).await {
+        return Ok(c);
+    }
+    for n in &first.nodes {
+        if let Ok(c) = connect(&Connection { endpoint: args.endpoint_of(first, n.id)?, ..args.clone() }).await {
+            return Ok(c);
+        }
+    }
+    bail!("no member answers")
+}
+
+/// Runs the operator's restart command for `node`; it must succeed within
+/// `timeout` (it is killed otherwise). It never sees the admin key.
+async fn restart(command: &str, node: &NodeStatus, timeout: Duration) -> anyhow::Result<()> {
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .env("GATEHOUSE_NODE_ID", node.id.to_string())
         .env("GATEHOUSE_NODE_ADDR", &node.addr)
         .env("GATEHOUSE_NODE_CLIENT_ADDR", &node.client_addr)
+        .env_remove("GATEHOUSE_TOKEN")
+        .env_remove("GATEHOUSE_TOKEN_FILE")
         .stdin(std::process::Stdio::null())
-        .status()
-        .await
+        .kill_on_drop(true)
+        .spawn()
         .context("running the restart command")?;
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.context("running the restart command")?,
+        Err(_) => bail!("the restart command for node {} did not finish within {}s", node.id, timeout.as_secs()),
+    };
     if !status.success() {
         bail!("the restart command for node {} failed ({status})", node.id);
     }
@@ -228,19 +284,22 @@ async fn restart(command: &str, node: &NodeStatus) -> anyhow::Result<()> {
 }
 
 /// Waits until `before` answers as a new process and is ready, and every
-/// member has applied what the leader had committed by then.
+/// member has applied what the leader had committed by then. Asked of the
+/// node itself, or else of the endpoint given or any member.
 async fn back(
     args: &Connection,
+    first: &ClusterStatusResponse,
     before: &NodeStatus,
     roll: &Roll,
     started: Instant,
+    mut seen_down: bool,
 ) -> anyhow::Result<ClusterStatusResponse> {
     let id = before.id;
-    let endpoint = {
-        let tls = args.ca_file.is_some() || args.endpoint.starts_with("https://");
-        format!("{}://{}", if tls { "https" } else { "http" }, before.client_addr)
-    };
+    let endpoint = args.endpoint_of(first, id)?;
     let mut why = "it did not answer".to_string();
+    // A build from before start times shows no new one: it must then be
+    // seen down once (while its command ran, or since), or an asynchronous
+    // restart command that has not stopped it yet would pass for a restart.
     // The leader's commit index once the node is back: everyone must reach it.
     let mut mark = None;
     loop {
@@ -251,15 +310,27 @@ async fn back(
         let s = match status_at(args, &endpoint).await {
             Ok(s) => s,
             Err(e) => {
+                seen_down = true;
                 why = format!("{e:#}");
-                continue;
+                match current(args, first).await {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                }
             }
         };
         let Ok(now) = row(&s, id) else { bail!("node {id} is no longer a member") };
-        // A build from before start times reports none: its answer is all there is.
+        if !now.reachable {
+            seen_down = true;
+            why = "it does not answer".into();
+            continue;
+        }
         let reports = now.started_at_ms != 0;
         if before.started_at_ms != 0 && now.started_at_ms == before.started_at_ms {
             why = "it still runs as the same process (does the restart command restart it?)".into();
+            continue;
+        }
+        if !reports && before.started_at_ms == 0 && !seen_down {
+            why = "it was not seen to stop (a build that reports no start time)".into();
             continue;
         }
         if reports && !now.ready {
@@ -303,6 +374,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(order(&s), [4, 1, 3, 2]);
+        assert!(tolerates_one(&s).is_ok());
+        let two = ClusterStatusResponse {
+            leader_id: 1,
+            nodes: vec![node(1, true, 0), node(2, true, 0), node(3, false, 0)],
+            ..Default::default()
+        };
+        assert!(tolerates_one(&two).unwrap_err().to_string().contains("loses the quorum"), "a learner is no voter");
     }
 
     #[test]
