@@ -181,7 +181,7 @@ pub async fn run_on(s: &Settings, cluster: &mut ProcCluster, net: &mut Net) -> a
     // Fronts dial the voters through link proxies of their own: partitions
     // put them on a side, slow and flaky links reach them too.
     for k in 0..s.fronts {
-        let voters = net.wire_front(&cluster, FIRST_FRONT + k, s.seed).await?;
+        let voters = net.wire_front(cluster, FIRST_FRONT + k, s.seed).await?;
         cluster.add_front(FIRST_FRONT + k, &voters)?;
     }
     for k in 0..s.fronts {
@@ -270,23 +270,23 @@ pub async fn run_on(s: &Settings, cluster: &mut ProcCluster, net: &mut Net) -> a
             Outcome::Fail(_) => report.failed += 1,
         }
     }
-    match checks::convergence::check(&cluster, Duration::from_secs(60)).await {
+    match checks::convergence::check(cluster, Duration::from_secs(60)).await {
         Ok(took) => report.converged_after = took,
         Err(v) => report.violations.push(v),
     }
-    let (lost, checked) = checks::lost_writes::check(&cluster, &history).await?;
+    let (lost, checked) = checks::lost_writes::check(cluster, &history).await?;
     report.lost = lost;
     report.writes_checked = checked;
     report.violations.extend(checks::revocation::check(&history, s.max_staleness.as_nanos() as u64));
     let (violations, inconclusive) = checks::linearizable::check(&history, SEARCH_BUDGET);
     report.violations.extend(violations);
     report.inconclusive = inconclusive;
-    let (violations, retried) = checks::exactly_once::check(&cluster, &history).await?;
+    let (violations, retried) = checks::exactly_once::check(cluster, &history).await?;
     report.violations.extend(violations);
     report.retried_creates = retried;
     if let Some(large) = &large {
         report.large = (large.acknowledged.len(), large.not_acknowledged);
-        report.violations.extend(checks::large_entries::check(&cluster, large).await?);
+        report.violations.extend(checks::large_entries::check(cluster, large).await?);
     }
     report.failover_ms = failover(&history, &kills);
     report.verify_available = availability(&history, &windows);
