@@ -16,6 +16,8 @@
 //! - [`audit`]: buffering security events into hash-chained audit batches; retention.
 //! - [`front_writes`]: what a voter accepts in the writes a stateless front sends (limits as configured, no future use, audit stamped as the front's).
 //! - [`identity`]: resolving an API key or session token to a caller, with read-your-writes.
+//! - [`pages`]: the sign-in pages a person uses in a browser (HTML, CSP
+//!   with nonces, CSRF tokens, checked return URLs).
 //! - [`sign_in`]: logins, logouts and revoking one's own sessions: checked on a
 //!   voter, sent on to one by a stateless front (`SignInService`).
 //! - [`passwords`]: argon2id hashing on a bounded pool.
@@ -33,6 +35,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mint;
 pub mod node;
+pub mod pages;
 pub mod passwords;
 pub mod rate_limit;
 pub mod sign_in;

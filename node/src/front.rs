@@ -91,7 +91,8 @@ impl FrontNode {
         let mut tasks = front.start(stop.subscribe());
         tasks.push(gatehouse_api::audit::start_flushes(&api, &config.audit, &stop.subscribe()));
         tasks.push(last_use_flushes(&config, &api, stop.subscribe()));
-        let web = http_front(&config, api.clone(), stop.subscribe(), Some(sign_in_voters));
+        let pages = config.pages.load(config.mode == crate::config::Mode::Dev)?;
+        let web = http_front(&config, pages, api.clone(), stop.subscribe(), Some(sign_in_voters));
         let mut servers = Vec::new();
         let https = https.map(|(server, material)| {
             watched.served.push(crate::reload::Served { listener: "https", material });

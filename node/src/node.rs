@@ -101,6 +101,7 @@ impl Node {
             anyhow::bail!("this configuration has a [front] section: start it with `gatehouse front`");
         }
         crate::data_dir::prepare(&config.data_dir)?;
+        let pages = config.pages.load(config.mode == Mode::Dev)?;
         let secret = match config.read_cluster_secret()? {
             Some(s) => s,
             None if config.mode == Mode::Dev => dev_secret(&config.data_dir)?,
@@ -249,7 +250,7 @@ impl Node {
             let api = gatehouse_api::Node::new(std::sync::Arc::new(cluster.clone()));
             let audit_tasks =
                 gatehouse_api::audit::start(&api, audit_log.clone(), config.audit.clone(), &stop.subscribe());
-            let front = front(&config, api.clone(), stop.subscribe(), None);
+            let front = front(&config, pages, api.clone(), stop.subscribe(), None);
             let touches = last_use_flushes(&config, &api, stop.subscribe());
             (cluster, api, front, [touches].into_iter().chain(audit_tasks))
         };
@@ -502,6 +503,7 @@ pub(crate) async fn stop_tasks(tasks: Vec<JoinHandle<()>>) {
 /// `voters`: a stateless front's, to which its logins go; `None` on a voter.
 pub(crate) fn front(
     config: &Config,
+    pages: Option<gatehouse_api::pages::PagesConfig>,
     node: gatehouse_api::Node,
     shutdown: Shutdown,
     voters: Option<gatehouse_cluster::front::Voters>,
@@ -526,6 +528,7 @@ pub(crate) fn front(
         },
         routes: id.routes.clone(),
         hsts: config.https.as_ref().and_then(|h| h.hsts_header()),
+        pages: pages.map(Arc::new),
     };
     let passwords = PasswordPool::new(id.password_workers, id.password_queue);
     let limits = gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown);

@@ -186,6 +186,7 @@ async fn a_new_cluster_rises_to_this_builds_version_and_status_shows_each_nodes(
     let text = admin_cli(&endpoint(c.node(1)), &c.admin_key, &["cluster", "status"]).await.unwrap();
     assert!(text.contains(&format!("version: {version} (every member understands {version})")), "{text}");
     assert!(text.contains(" VER"), "{text}");
+    c.shutdown().await;
 }
 
 /// `cluster roll` refuses a missing command and a cluster that is not
@@ -208,11 +209,15 @@ async fn roll_refuses_bad_input_and_stops_where_a_restart_does_not_happen() {
     let e = roll("true").await.unwrap_err();
     assert!(e.contains("still runs as the same process"), "{e}");
     assert!(e.contains("restarted so far: []"), "{e}");
-    // The command sees which node it restarts.
-    let e = roll(r#"echo "$GATEHOUSE_NODE_ID $GATEHOUSE_NODE_ADDR" >&2; exit 4"#).await.unwrap_err();
+    // The command sees which node it restarts, and never the admin key.
+    let e =
+        roll(r#"[ -n "$GATEHOUSE_NODE_ID" ] && [ -n "$GATEHOUSE_NODE_ADDR" ] && [ -z "$GATEHOUSE_TOKEN" ] && exit 4"#)
+            .await
+            .unwrap_err();
     assert!(e.contains("failed (exit status: 4)"), "{e}");
     let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
     c.stop(follower).await;
     let e = roll("true").await.unwrap_err();
     assert!(e.contains(&format!("node {follower} does not answer")) && e.contains("did not start"), "{e}");
+    c.shutdown().await;
 }

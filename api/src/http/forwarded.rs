@@ -57,6 +57,18 @@ pub fn host(headers: &HeaderMap) -> Result<String, Ambiguous> {
     normalise_host(single(headers, "x-forwarded-host")?).ok_or(Ambiguous)
 }
 
+/// The protected request's URL as the browser asked for it
+/// (`X-Forwarded-Proto`, `-Host`, `-Uri`; https without a proto), raw:
+/// only ever a return URL, which the sign-in pages check before use.
+pub fn original_url(headers: &HeaderMap) -> Option<String> {
+    let proto = match headers.get("x-forwarded-proto") {
+        None => "https",
+        Some(_) => single(headers, "x-forwarded-proto").ok().filter(|p| matches!(*p, "https" | "http"))?,
+    };
+    let (host, uri) = (single(headers, "x-forwarded-host").ok()?, single(headers, "x-forwarded-uri").ok()?);
+    uri.starts_with('/').then(|| format!("{proto}://{host}{uri}"))
+}
+
 /// The path of a request URI in the one form rules compare, if it has
 /// exactly one reading (see the module doc).
 pub fn plain_path(uri: &str) -> Option<Cow<'_, str>> {

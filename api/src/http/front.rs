@@ -76,6 +76,8 @@ pub struct FrontConfig {
     /// `Strict-Transport-Security` on every response (the front serves
     /// HTTPS); `None` sends none.
     pub hsts: Option<axum::http::HeaderValue>,
+    /// The sign-in pages (`[pages]`); `None`: no pages, the JSON API only.
+    pub pages: Option<Arc<crate::pages::PagesConfig>>,
 }
 
 /// What every handler shares: one reference-counted handle, since the

@@ -5,6 +5,7 @@
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /auth/verify` | [`verify`]: forward-auth for nginx, Traefik, Caddy |
 //! | `POST /api/v1/login`, `POST /api/v1/logout`, `GET /api/v1/me`, `GET /api/v1/me/sessions`, `DELETE /api/v1/me/sessions/{id}` | [`session`] |
+//! | `/login`, `/logout`, `/account`, … (with `[pages]`) | [`crate::pages`] |
 //!
 //! Every response carries the security headers; bodies are bounded to
 //! [`MAX_BODY`] and the request head to [`MAX_HEADER_BYTES`]; errors are
@@ -51,6 +52,7 @@ pub fn router(front: Front) -> Router {
         .route("/api/v1/me/sessions", get(session::my_sessions))
         .route("/api/v1/me/sessions/{id}", delete(session::revoke_my_session));
     let router = if metrics_on_front { router.route("/metrics", get(metrics)) } else { router };
+    let router = if front.config.pages.is_some() { crate::pages::routes(router) } else { router };
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(front.clone())
@@ -124,7 +126,7 @@ where
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .and_then(|m| ROUTES.iter().chain(&crate::pages::ROUTES).find(|r| **r == m.as_str()).copied())
         .unwrap_or("unmatched");
     untrusted_forwarded_for(front, &req);
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
@@ -155,6 +157,10 @@ where
     let mut resp = json_errors(resp);
     let h = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {
+        // A page sets a policy of its own (with its nonce).
+        if name == header::CONTENT_SECURITY_POLICY && h.contains_key(&name) {
+            continue;
+        }
         h.insert(name, HeaderValue::from_static(value));
     }
     if let Some(hsts) = &front.config.hsts {
@@ -196,9 +202,11 @@ fn untrusted_forwarded_for(front: &Front, req: &Request) {
 /// here, with a fixed message per status and nothing of the input.
 fn json_errors(resp: Response) -> Response {
     let status = resp.status();
-    let is_json =
-        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    let is_ours = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_ours {
         return resp;
     }
     let (code, message) = match status {

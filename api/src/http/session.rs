@@ -40,7 +40,7 @@ fn with_quota(mut resp: Response, quota: Option<Quota>) -> Response {
 /// `Set-Cookie` for the session: `Path=/`, `HttpOnly`, `SameSite=Lax`,
 /// `Secure` outside dev mode, `Domain` only when configured (the name's
 /// prefix says which: see [`super::cookie_name`]).
-fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue {
+pub(crate) fn session_cookie(front: &Front, value: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if front.config.secure_cookies { "; Secure" } else { "" };
     let domain = front.config.cookie_domain.as_deref().map(|d| format!("; Domain={d}")).unwrap_or_default();
     let c = format!(

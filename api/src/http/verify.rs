@@ -4,6 +4,15 @@
 //! 200 with `X-Auth-User`, `X-Auth-User-Id`, `X-Auth-Roles`; 401 with
 //! `WWW-Authenticate`; 403 for a disabled user or a missing role; 503 when
 //! this node cannot prove it is fresh (fail closed).
+//!
+//! A browser without a valid session (no `Authorization`, HTML accepted)
+//! is told where to sign in, with the page it wanted as the return URL
+//! (from `X-Forwarded-Proto`, `-Host`, `-Uri`, kept only when the sign-in
+//! pages would take it): a 401 with `Location` (nginx `auth_request` takes
+//! only 401 and 403: `auth_request_set` and `error_page 401`), or with
+//! `?redirect=true` a 302 (303 for other methods than GET and HEAD) that
+//! Traefik and Caddy pass to the browser as it is. An API client keeps
+//! the plain 401.
 
 use super::client_ip::ClientIp;
 use axum::extract::{Extension, Query, State};
@@ -23,6 +32,31 @@ use crate::ApiError;
 pub struct VerifyQuery {
     /// A role the caller must hold.
     role: Option<String>,
+    /// Send a browser that must sign in a redirect (Traefik, Caddy), not a 401.
+    #[serde(default)]
+    redirect: bool,
+}
+
+/// Where a browser that must sign in goes: the 401 with `Location`, or the
+/// redirect `?redirect=true` asks for.
+fn to_sign_in(front: &Front, q: &VerifyQuery, headers: &HeaderMap, resp: Response) -> Response {
+    let Some(pages) = front.config.pages.as_deref() else { return resp };
+    if resp.status() != StatusCode::UNAUTHORIZED || !crate::pages::render::wants_page(headers) {
+        return resp;
+    }
+    let back = forwarded::original_url(headers).and_then(|u| pages.return_domains.check(&u)).unwrap_or_default();
+    let login = pages.login_url(&back);
+    let Ok(location) = HeaderValue::from_str(&login) else { return resp };
+    let mut resp = resp;
+    if q.redirect {
+        let method = headers.get("x-forwarded-method").map(|m| m.as_bytes());
+        let status =
+            if method.is_none_or(|m| m == b"GET" || m == b"HEAD") { StatusCode::FOUND } else { StatusCode::SEE_OTHER };
+        *resp.status_mut() = status;
+        resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
 }
 
 fn unauthorized(e: ApiError) -> Response {
@@ -112,7 +146,7 @@ async fn decide(
                 }
                 e => e.code(),
             };
-            return (decision, unauthorized(e));
+            return (decision, to_sign_in(front, q, headers, unauthorized(e)));
         }
     };
     // Ids only, never the credential.

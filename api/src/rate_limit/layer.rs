@@ -18,7 +18,12 @@ use crate::ApiError;
 /// after it, and writes the tightest quota into the response.
 pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let limiter = &front.limits;
-    let path = req.uri().path();
+    // The sign-in page's form is a login like the JSON API's: the same
+    // policies count it.
+    let path = match req.uri().path() {
+        "/login" if req.method() == axum::http::Method::POST => super::limiter::LOGIN_PATH,
+        p => p,
+    };
     // Probes and scrapes are never limited.
     if !limiter.enabled() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(req).await;

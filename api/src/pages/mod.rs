@@ -1,0 +1,58 @@
+//! The sign-in pages a person uses in a browser, served by every node and
+//! front beside the JSON API: server-rendered HTML that works without
+//! JavaScript.
+//!
+//! | path | handler |
+//! |---|---|
+//! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
+//! | `GET /account`, `POST /account/sessions/{id}/revoke` | [`account`] |
+//! | `GET /assets/logo` | the configured logo |
+//!
+//! Every page carries a strict CSP with a fresh nonce and no script
+//! ([`render`]); every form a CSRF token bound to the browser ([`csrf`]);
+//! every return URL is checked against the configured domains
+//! ([`return_to`]); posted forms are read strictly ([`form`]). What a page
+//! does is the JSON API's own code underneath (`crate::sign_in`).
+
+pub mod account;
+pub mod csrf;
+pub mod form;
+pub mod render;
+pub mod return_to;
+pub mod sign_in;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use render::{Brand, PagesConfig};
+pub use return_to::ReturnDomains;
+
+use crate::http::front::Front;
+
+/// The page routes, as metric labels.
+pub const ROUTES: [&str; 5] = ["/login", "/logout", "/account", "/account/sessions/{id}/revoke", "/assets/logo"];
+
+/// The pages' routes, added to the HTTP front's router.
+pub fn routes(router: Router<Front>) -> Router<Front> {
+    router
+        .route("/login", get(sign_in::page).post(sign_in::submit))
+        .route("/logout", post(sign_in::logout))
+        .route("/account", get(account::page))
+        .route("/account/sessions/{id}/revoke", post(account::revoke))
+        .route("/assets/logo", get(logo))
+}
+
+/// `GET /assets/logo`: the configured logo (cached a day), or 404.
+async fn logo(State(front): State<Front>) -> Response {
+    let Some(logo) = front.config.pages.as_ref().and_then(|p| p.brand.logo.clone()) else {
+        return crate::ApiError::NotFound("no such endpoint".into()).into_response();
+    };
+    let mut resp = (StatusCode::OK, logo.bytes.to_vec()).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(logo.content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    resp
+}

@@ -1,0 +1,233 @@
+//! `GET /login`, `POST /login`, `POST /logout`: a person signs in with a
+//! password in a plain HTML form and lands where they were going.
+//!
+//! The return URL (`rd`) is checked when the page is shown and again when
+//! the form comes back ([`super::return_to`]); one that is not allowed is
+//! dropped (the browser lands on `/account`), never followed. Wrong
+//! username and wrong password get one answer. The login itself is the
+//! JSON API's ([`crate::sign_in::SignIn::login`]): the same argon2id check,
+//! lockout, limits (a form login counts as `/api/v1/login` for rate-limit
+//! policies) and audit.
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Extension, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::render::{html, nonce, see_other, BrandView, PagesConfig};
+use super::{csrf, form};
+use crate::http::caller::credential;
+use crate::http::client_ip::ClientIp;
+use crate::http::front::Front;
+use crate::sign_in::Attempt;
+use crate::ApiError;
+
+/// The longest username and password a form may carry.
+const MAX_USERNAME: usize = 128;
+const MAX_PASSWORD: usize = 1024;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    brand: BrandView<'a>,
+    nonce: &'a str,
+    csrf: &'a str,
+    rd: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+    notice: Option<&'a str>,
+    signed_in: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+pub(super) struct Notice<'a> {
+    pub brand: BrandView<'a>,
+    pub nonce: &'a str,
+    pub title: &'a str,
+    pub message: &'a str,
+    pub error: bool,
+}
+
+/// A page that says one thing (an expired form, a cluster that cannot
+/// answer), with a link back to sign in.
+pub(super) fn notice(pages: &PagesConfig, status: StatusCode, title: &str, message: &str) -> Response {
+    let n = nonce();
+    let page = Notice {
+        brand: pages.brand.view(),
+        nonce: &n,
+        title,
+        message,
+        error: status.is_client_error() || status.is_server_error(),
+    };
+    html(pages, status, page.render(), &n, None)
+}
+
+/// The answer to a form whose CSRF proof failed.
+pub(super) fn expired_form(pages: &PagesConfig) -> Response {
+    notice(
+        pages,
+        StatusCode::FORBIDDEN,
+        "Please try again",
+        "This form has expired or was sent from another site. Open the page again and resubmit it.",
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    rd: Option<String>,
+    /// What just happened (a fixed word: never echoed).
+    #[serde(default)]
+    done: Option<String>,
+}
+
+fn pages(front: &Front) -> &PagesConfig {
+    front.config.pages.as_deref().expect("the page routes exist only with [pages]")
+}
+
+/// `GET /login?rd=…`: the sign-in form.
+pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+    let pages = pages(&front);
+    let rd = q.rd.as_deref().and_then(|r| pages.return_domains.check(r)).unwrap_or_default();
+    // Who this browser is signed in as, when it is (a session cookie that resolves).
+    let signed_in = match credential(&headers, &front.config.cookie_name) {
+        Some((token, true)) if front.node.is_fresh() => {
+            crate::identity::resolve(&front.node, &token).await.ok().map(|p| p.username)
+        }
+        _ => None,
+    };
+    let notice = match q.done.as_deref() {
+        Some("signed_out") => Some("You are signed out."),
+        _ => None,
+    };
+    render(&front, &headers, StatusCode::OK, &rd, "", Err(notice), signed_in.as_deref())
+}
+
+/// The sign-in form; `said` is an error, or else maybe a notice.
+fn render(
+    front: &Front,
+    headers: &HeaderMap,
+    status: StatusCode,
+    rd: &str,
+    username: &str,
+    said: Result<&str, Option<&str>>,
+    signed_in: Option<&str>,
+) -> Response {
+    let pages = pages(front);
+    let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
+    let n = nonce();
+    let (error, notice) = match said {
+        Ok(error) => (Some(error), None),
+        Err(notice) => (None, notice),
+    };
+    let page = LoginPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username, error, notice, signed_in };
+    html(pages, status, page.render(), &n, set_cookie)
+}
+
+/// `POST /login` (`csrf`, `rd`, `username`, `password`): a session cookie
+/// and a redirect to `rd` (or `/account`), or the form again with why.
+#[tracing::instrument(level = "info", name = "page.login", skip_all, fields(outcome))]
+pub async fn submit(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pages = pages(&front);
+    let expected =
+        [("csrf", 64), ("rd", super::return_to::MAX_LEN), ("username", MAX_USERNAME), ("password", MAX_PASSWORD)];
+    let Some(f) = form::fields(&body, &expected) else {
+        return notice(
+            pages,
+            StatusCode::BAD_REQUEST,
+            "Please try again",
+            "The form could not be read. Open the page again and resubmit it.",
+        );
+    };
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"]) {
+        tracing::Span::current().record("outcome", "csrf");
+        return expired_form(pages);
+    }
+    let rd = pages.return_domains.check(&f["rd"]).unwrap_or_default();
+    let username = f["username"].trim();
+    if username.is_empty() || f["password"].is_empty() {
+        let why = "Enter your username and password.";
+        return render(&front, &headers, StatusCode::BAD_REQUEST, &rd, username, Ok(why), None);
+    }
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let attempt =
+        Attempt { username: username.to_string(), password: f["password"].clone(), client_ip: client.0, user_agent };
+    let refused = |status, why: &str| {
+        tracing::Span::current().record("outcome", "refused");
+        render(&front, &headers, status, &rd, username, Ok(why), None)
+    };
+    if !front.node.ensure_fresh().await {
+        return refused(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now. Try again shortly.");
+    }
+    let opened = match front.sign_in.login(&front.node, &front.config, attempt).await {
+        Ok(o) => o,
+        Err(ApiError::InvalidCredentials | ApiError::Unauthenticated) => {
+            return refused(StatusCode::UNAUTHORIZED, "Wrong username or password.")
+        }
+        Err(ApiError::RateLimited(_)) => {
+            return refused(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+        }
+        Err(ApiError::PermissionDenied(_)) => {
+            return refused(StatusCode::FORBIDDEN, "This account cannot sign in. Ask your administrator.")
+        }
+        Err(e) => {
+            let status = axum::response::IntoResponse::into_response(e).status();
+            return refused(status, "Signing in is not possible right now. Try again shortly.");
+        }
+    };
+    tracing::Span::current().record("outcome", "ok");
+    let max_age = opened.expires_at.saturating_sub(gatehouse_cluster::clock::now_ms()).div_ceil(1000);
+    let mut resp = see_other(if rd.is_empty() { "/account" } else { &rd });
+    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+    resp
+}
+
+/// `POST /logout` (`csrf`): ends this browser's session, clears its cookie.
+pub async fn logout(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pages = pages(&front);
+    let Some(f) = form::fields(&body, &[("csrf", 64)]) else { return expired_form(pages) };
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"]) {
+        return expired_form(pages);
+    }
+    if let Some((token, true)) = credential(&headers, &front.config.cookie_name) {
+        match crate::http::caller::authenticate(&front, &headers, None, false).await {
+            Ok((p, _)) => {
+                if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
+                    tracing::warn!(error = %e, "signing out failed");
+                    return notice(
+                        pages,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Not signed out",
+                        "Signing out is not possible right now. Try again shortly.",
+                    );
+                }
+            }
+            // Already over: the cookie is cleared all the same.
+            Err(ApiError::Unauthenticated) => {}
+            Err(_) => {
+                return notice(
+                    pages,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Not signed out",
+                    "Signing out is not possible right now. Try again shortly.",
+                );
+            }
+        }
+    }
+    let mut resp = see_other("/login?done=signed_out");
+    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, "", 0));
+    resp
+}
