@@ -11,6 +11,8 @@ if [ "${1:-}" = "test" ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)   # the forward-auth test
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)                        # deploy/systemd checks
   command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)                      # deploy/k8s (kustomize)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)                               # the sign-in pages in a browser
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 

@@ -6,77 +6,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use common::nginx::Nginx;
 use common::{create_key, http, wait_until, TestCluster};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::RevokeApiKey;
 use reqwest::StatusCode;
 
-fn nginx_bin() -> &'static str {
-    for p in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return p;
-        }
-    }
-    panic!("nginx is not installed: run scripts/deps.sh (make test does)");
-}
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Whether what listens on `port` is nginx (its `Server` header).
-async fn answers_as_nginx(port: u16) -> bool {
-    let Ok(r) = http().get(format!("http://127.0.0.1:{port}/")).send().await else { return false };
-    r.headers().get("server").and_then(|v| v.to_str().ok()).is_some_and(|s| s.starts_with("nginx"))
-}
-
-/// Starts nginx in `dir` on a free port and waits until it listens. The
-/// port is free when picked but not reserved, so another process may take
-/// it first: then nginx exits (it cannot bind) and we try another port. A
-/// listener only counts if it answers as nginx, so a stranger on the port
-/// is never mistaken for it.
+/// Starts nginx with the example, pointed at `upstream` and `fronts`.
 async fn start_nginx(dir: &Path, upstream: u16, fronts: &[String], tls_ca: Option<&Path>) -> (Nginx, u16) {
-    let conf = dir.join("nginx.conf");
-    for _ in 0..5 {
-        let port = free_port();
-        std::fs::write(&conf, config(dir, port, upstream, fronts, tls_ca)).unwrap();
-        let child = Command::new(nginx_bin())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut nginx = Nginx(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if nginx.0.try_wait().unwrap().is_some() {
-                break; // exited: most likely the port was taken meanwhile
-            }
-            if answers_as_nginx(port).await {
-                return (nginx, port);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        eprintln!("nginx did not start on port {port}, trying another: {}", log.lines().last().unwrap_or(""));
-    }
-    panic!("nginx did not start in 5 attempts (see error.log in the test's directory)");
+    common::nginx::start(dir, false, |port| config(port, upstream, fronts, tls_ca)).await
 }
 
 /// An upstream that echoes what nginx passed on: the identity headers, and
@@ -99,15 +40,12 @@ async fn upstream() -> u16 {
 }
 
 /// `deploy/nginx/gatehouse.conf`, the example users copy, with only its
-/// addresses changed, inside a minimal `nginx.conf` of this test's own.
-/// With `tls_ca`, nginx reaches Gatehouse over HTTPS as the example's
-/// comment says to: `https://gatehouse`, the `proxy_ssl_*` lines uncommented
-/// (verifying against `tls_ca`).
-fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String], tls_ca: Option<&Path>) -> String {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    let example = std::fs::read_to_string(Path::new(&manifest).join("../deploy/nginx/gatehouse.conf")).unwrap();
+/// addresses changed. With `tls_ca`, nginx reaches Gatehouse over HTTPS as
+/// the example's comment says to: `https://gatehouse`, the `proxy_ssl_*`
+/// lines uncommented (verifying against `tls_ca`).
+fn config(port: u16, upstream: u16, fronts: &[String], tls_ca: Option<&Path>) -> String {
     let servers: String = fronts.iter().map(|f| format!("    server {f};\n")).collect();
-    let mut example = example;
+    let mut example = common::nginx::example();
     for (from, to) in [
         ("    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(), servers),
         ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{upstream};")),
@@ -117,7 +55,7 @@ fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String], tls_ca: Optio
         example = example.replace(&from, &to);
     }
     if let Some(ca) = tls_ca {
-        assert_eq!(example.matches("proxy_pass http://gatehouse").count(), 3, "the example's comment counts three");
+        assert_eq!(example.matches("proxy_pass http://gatehouse").count(), 4, "the example's comment counts four");
         example = example.replace("proxy_pass http://gatehouse", "proxy_pass https://gatehouse");
         let commented = example.matches("    #proxy_ssl_").count();
         assert!(commented >= 5, "the example no longer has its proxy_ssl lines");
@@ -126,27 +64,7 @@ fn config(dir: &Path, port: u16, upstream: u16, fronts: &[String], tls_ca: Optio
         assert_eq!(example.matches(trusted).count(), 1);
         example = example.replace(trusted, &format!("proxy_ssl_trusted_certificate {};", ca.display()));
     }
-    let d = dir.display();
-    std::fs::write(dir.join("gatehouse.conf"), example).unwrap();
-    format!(
-        r#"
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    include {d}/gatehouse.conf;
-}}
-"#
-    )
+    example
 }
 
 /// A client whose connections come from `ip` (127.0.0.0/8 is all local), so

@@ -413,3 +413,96 @@ async fn malformed_forms_are_refused_and_pages_can_be_turned_off() {
     off.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_a_browser_sends_passes_and_a_cookie_that_is_no_session_signs_nobody_in() {
+    let logo = tempfile::NamedTempFile::with_suffix(".svg").unwrap();
+    std::fs::write(logo.path(), "<svg xmlns=\"http://www.w3.org/2000/svg\"/>").unwrap();
+    let logo_path = logo.path().to_path_buf();
+    let c = TestCluster::start_with(1, move |c| c.pages.logo_file = Some(logo_path.clone())).await;
+    create_user_with_password(c.node(1), "ann", "pw-of-ann-0001", &["viewer"]).await;
+    let token = csrf(&c).await;
+    // Chromium's own form post from a page: `Origin: null` under a strict
+    // referrer policy, and the fetch metadata.
+    let resp = browser()
+        .post(format!("{}/login", base(c.node(1))))
+        .header("cookie", format!("{CSRF}={token}"))
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("csrf", token.as_str()), ("rd", ""), ("username", "ann"), ("password", "pw-of-ann-0001")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let first = set_cookie(resp.headers(), SESSION).unwrap();
+    // Signing in again from the same browser ends the session it had.
+    let resp = browser()
+        .post(format!("{}/login", base(c.node(1))))
+        .header("cookie", format!("{CSRF}={token}; {SESSION}={first}"))
+        .form(&[("csrf", token.as_str()), ("rd", ""), ("username", "ann"), ("password", "pw-of-ann-0001")])
+        .send()
+        .await
+        .unwrap();
+    let second = set_cookie(resp.headers(), SESSION).unwrap();
+    let verify = |session: String| {
+        browser()
+            .get(format!("{}/auth/verify", base(c.node(1))))
+            .header("cookie", format!("{SESSION}={session}"))
+            .send()
+    };
+    assert_eq!(verify(first).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(verify(second).await.unwrap().status(), StatusCode::OK);
+    // An API key in the session cookie (planted by a sibling subdomain with
+    // the cookie domain shared) is no sign-in on the pages.
+    let key = common::create_key(c.node(1), "kim", &["viewer"]).await;
+    let planted = format!("{SESSION}={key}; {CSRF}={token}");
+    let resp = browser().get(format!("{}/account", base(c.node(1)))).header("cookie", &planted).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = browser()
+        .post(format!("{}/logout", base(c.node(1))))
+        .header("cookie", &planted)
+        .form(&[("csrf", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(set_cookie(resp.headers(), SESSION).as_deref(), Some(""), "the cookie is cleared all the same");
+    // Pages keep their forms' Origin; the logo is cached.
+    let page = browser().get(format!("{}/login", base(c.node(1)))).send().await.unwrap();
+    assert_eq!(page.headers()["referrer-policy"], "same-origin");
+    let logo = browser().get(format!("{}/assets/logo", base(c.node(1)))).send().await.unwrap();
+    assert_eq!(
+        (logo.headers()[CONTENT_TYPE].to_str().unwrap(), logo.headers()["cache-control"].to_str().unwrap()),
+        ("image/svg+xml", "public, max-age=86400")
+    );
+    assert!(
+        logo.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("default-src 'none'"),
+        "no script in an SVG"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sign_in_form_counts_toward_the_login_limit_and_says_so_in_a_page() {
+    use gatehouse_api::rate_limit::policy::{By, LimitsConfig, Mode};
+    let c = TestCluster::start_with(1, |c| {
+        let mut login = common::policy("login", By::Ip, 2, Mode::Strict);
+        login.path_prefix = Some("/api/v1/login".into());
+        c.rate_limits = LimitsConfig { enabled: true, policies: vec![login], ..Default::default() };
+    })
+    .await;
+    let token = csrf(&c).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp =
+            post_login(&c, &token, &[("csrf", &token), ("rd", ""), ("username", "ann"), ("password", "wrong")]).await;
+        statuses.push(resp.status());
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(resp.headers().contains_key("retry-after"));
+            assert_eq!(resp.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+            assert!(resp.text().await.unwrap().contains("Too many attempts"));
+        }
+    }
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS]);
+    c.shutdown().await;
+}

@@ -155,10 +155,17 @@ where
         inner(req).await
     };
     let mut resp = json_errors(resp);
+    if crate::pages::ROUTES.contains(&route) {
+        // A refusal made before the page's handler (a rate limit, a body
+        // too large) is a page too.
+        resp = crate::pages::as_page(front, resp);
+    }
     let h = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {
-        // A page sets a policy of its own (with its nonce).
-        if name == header::CONTENT_SECURITY_POLICY && h.contains_key(&name) {
+        // A page sets a policy of its own (with its nonce, a referrer
+        // policy that keeps its forms' `Origin`), the logo its caching.
+        let own = [header::CONTENT_SECURITY_POLICY, header::REFERRER_POLICY, header::CACHE_CONTROL];
+        if own.contains(&name) && h.contains_key(&name) {
             continue;
         }
         h.insert(name, HeaderValue::from_static(value));

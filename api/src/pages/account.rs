@@ -1,24 +1,25 @@
 //! `GET /account` and `POST /account/sessions/{id}/revoke`: a person sees
 //! who they are signed in as and where, and signs out other sessions.
 //!
-//! Only the session cookie opens these pages (a bearer token is an API
-//! client's: it gets the JSON API). A browser without a valid session is
-//! sent to sign in and back here.
+//! Only a session from the session cookie opens these pages (a bearer
+//! token is an API client's: it gets the JSON API; a cookie holding an API
+//! key is no sign-in). A browser without a valid session is sent to sign
+//! in and back here. Policies by user or key apply as on the JSON API.
 
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::render::{html, nonce, see_other, BrandView};
-use super::sign_in::{expired_form, notice};
+use super::sign_in::{expired_form, notice, session, Limits};
 use super::{csrf, form};
-use crate::http::caller::{authenticate, credential};
 use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
 use crate::identity::{Principal, Via};
+use crate::rate_limit::limiter::RequestLimits;
 use crate::ApiError;
 
 /// One session as the page lists it.
@@ -61,16 +62,18 @@ fn when(ms: u64) -> String {
     format!("{} {} UTC", &s[..10], &s[11..16])
 }
 
-/// The caller, from the session cookie only; `Err` is the answer to give
-/// instead (sign in first, or the cluster cannot answer).
-async fn signed_in(front: &Front, headers: &HeaderMap) -> Result<(Principal, String), Response> {
+/// The person signed in, from the session cookie only; `Err` is the answer
+/// to give instead (sign in first, or the cluster cannot answer).
+async fn signed_in(
+    front: &Front,
+    headers: &HeaderMap,
+    limits: Option<&RequestLimits>,
+) -> Result<(Principal, String), Response> {
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
-    let Some((token, true)) = credential(headers, &front.config.cookie_name) else {
-        return Err(see_other(&pages.login_url("/account")));
-    };
-    match authenticate(front, headers, None, false).await {
-        Ok((p, _)) => Ok((p, token)),
-        Err(ApiError::Unauthenticated) => Err(see_other(&pages.login_url("/account"))),
+    match session(front, headers, limits).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(see_other(&pages.login_url("/account"))),
+        Err(ApiError::RateLimited(q)) => Err(crate::rate_limit::quota::limited_response(q)),
         Err(_) => Err(notice(
             pages,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -81,9 +84,14 @@ async fn signed_in(front: &Front, headers: &HeaderMap) -> Result<(Principal, Str
 }
 
 /// `GET /account`.
-pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Query<AccountQuery>) -> Response {
+pub async fn page(
+    State(front): State<Front>,
+    limits: Limits,
+    headers: HeaderMap,
+    Query(q): Query<AccountQuery>,
+) -> Response {
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
-    let (p, _) = match signed_in(&front, &headers).await {
+    let (p, _) = match signed_in(&front, &headers, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -132,16 +140,18 @@ pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Quer
 pub async fn revoke(
     State(front): State<Front>,
     Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
     let Some(f) = form::fields(&body, &[("csrf", 64)]) else { return expired_form(pages) };
-    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"]) {
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
         return expired_form(pages);
     }
-    let (p, token) = match signed_in(&front, &headers).await {
+    let (p, token) = match signed_in(&front, &headers, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };

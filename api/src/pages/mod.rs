@@ -45,6 +45,34 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
         .route("/assets/logo", get(logo))
 }
 
+/// A JSON refusal of a page request (one made before the page's own
+/// handler: a rate limit, a body over the limit) as a page, with the same
+/// status and its `Retry-After` and rate-limit headers.
+pub fn as_page(front: &Front, resp: Response) -> Response {
+    let Some(pages) = front.config.pages.as_deref() else { return resp };
+    let status = resp.status();
+    let json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (title, message) = match status {
+        StatusCode::TOO_MANY_REQUESTS => ("Please wait", "Too many attempts. Wait a minute, then try again."),
+        StatusCode::SERVICE_UNAVAILABLE => ("Not available", "This is not possible right now. Try again shortly."),
+        StatusCode::NOT_FOUND => ("Not found", "There is no such page."),
+        StatusCode::PAYLOAD_TOO_LARGE => ("Please try again", "The form was too large."),
+        s if s.is_server_error() => ("Not available", "Something went wrong. Try again shortly."),
+        _ => ("Please try again", "The request was refused. Open the page again and resubmit it."),
+    };
+    let mut page = sign_in::notice(pages, status, title, message);
+    for (name, value) in resp.headers() {
+        let keep = name == header::RETRY_AFTER || name.as_str().starts_with("x-ratelimit-") || name == header::ALLOW;
+        if keep {
+            page.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    page
+}
+
 /// `GET /assets/logo`: the configured logo (cached a day), or 404.
 async fn logo(State(front): State<Front>) -> Response {
     let Some(logo) = front.config.pages.as_ref().and_then(|p| p.brand.logo.clone()) else {

@@ -102,7 +102,7 @@ impl PagesConfig {
         let schemes: &[&str] = if self.return_domains.allows_http() { &["https", "http"] } else { &["https"] };
         for d in self.return_domains.domains() {
             for s in schemes {
-                form_action += &format!(" {s}://{d} {s}://*.{d}");
+                form_action += &format!(" {s}://{d}:* {s}://*.{d}:*");
             }
         }
         format!(
@@ -144,6 +144,9 @@ pub fn html(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&pages.csp(nonce)).expect("ASCII policy"));
+    // Not `no-referrer`, with which a browser sends `Origin: null` on the
+    // pages' own form posts; nothing goes to other sites all the same.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if let Some(c) = csrf_cookie {
         h.append(header::SET_COOKIE, c);
     }
@@ -200,8 +203,8 @@ mod tests {
         let csp = pages.csp("abc");
         assert_eq!(
             csp,
-            "default-src 'none'; style-src 'nonce-abc'; img-src 'self'; form-action 'self' https://example.com \
-             https://*.example.com; frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'none'; style-src 'nonce-abc'; img-src 'self'; form-action 'self' https://example.com:* \
+             https://*.example.com:*; frame-ancestors 'none'; base-uri 'none'"
         );
         assert!(!csp.contains("unsafe") && !csp.contains("script-src"));
         assert_ne!(nonce(), nonce());

@@ -12,7 +12,7 @@
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Extension, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -21,8 +21,29 @@ use super::{csrf, form};
 use crate::http::caller::credential;
 use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
+use crate::identity::{Principal, Via};
+use crate::rate_limit::limiter::RequestLimits;
 use crate::sign_in::Attempt;
 use crate::ApiError;
+
+/// The request's rate-limit context, as the limiter layer left it.
+pub(super) type Limits = Option<Extension<RequestLimits>>;
+
+/// The person this browser is signed in as: a session from the session
+/// cookie only. (A cookie holding anything else, say an API key planted by
+/// a sibling subdomain, is no sign-in.) `Ok(None)`: not signed in.
+pub(super) async fn session(
+    front: &Front,
+    headers: &HeaderMap,
+    limits: Option<&RequestLimits>,
+) -> Result<Option<(Principal, String)>, ApiError> {
+    let Some((token, true)) = credential(headers, &front.config.cookie_name) else { return Ok(None) };
+    match crate::http::caller::authenticate(front, headers, limits, false).await {
+        Ok((p, _)) if matches!(p.via, Via::Session { .. }) => Ok(Some((p, token))),
+        Ok(_) | Err(ApiError::Unauthenticated) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// The longest username and password a form may carry.
 const MAX_USERNAME: usize = 128;
@@ -92,12 +113,11 @@ fn pages(front: &Front) -> &PagesConfig {
 pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
     let pages = pages(&front);
     let rd = q.rd.as_deref().and_then(|r| pages.return_domains.check(r)).unwrap_or_default();
-    // Who this browser is signed in as, when it is (a session cookie that resolves).
-    let signed_in = match credential(&headers, &front.config.cookie_name) {
-        Some((token, true)) if front.node.is_fresh() => {
-            crate::identity::resolve(&front.node, &token).await.ok().map(|p| p.username)
-        }
-        _ => None,
+    // Who this browser is signed in as, when it is.
+    let signed_in = if front.node.is_fresh() {
+        session(&front, &headers, None).await.ok().flatten().map(|(p, _)| p.username)
+    } else {
+        None
     };
     let notice = match q.done.as_deref() {
         Some("signed_out") => Some("You are signed out."),
@@ -133,6 +153,7 @@ fn render(
 pub async fn submit(
     State(front): State<Front>,
     Extension(client): Extension<ClientIp>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -147,7 +168,7 @@ pub async fn submit(
             "The form could not be read. Open the page again and resubmit it.",
         );
     };
-    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"]) {
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
         tracing::Span::current().record("outcome", "csrf");
         return expired_form(pages);
     }
@@ -167,6 +188,9 @@ pub async fn submit(
     if !front.node.ensure_fresh().await {
         return refused(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now. Try again shortly.");
     }
+    // A session this browser already has ends when the new one starts: a
+    // sign-in never leaves an older session (maybe another person's) behind.
+    let before = session(&front, &headers, None).await.ok().flatten();
     let opened = match front.sign_in.login(&front.node, &front.config, attempt).await {
         Ok(o) => o,
         Err(ApiError::InvalidCredentials | ApiError::Unauthenticated) => {
@@ -184,6 +208,11 @@ pub async fn submit(
         }
     };
     tracing::Span::current().record("outcome", "ok");
+    if let Some((p, token)) = before {
+        if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
+            tracing::warn!(error = %e, "ending the session a sign-in replaced failed");
+        }
+    }
     let max_age = opened.expires_at.saturating_sub(gatehouse_cluster::clock::now_ms()).div_ceil(1000);
     let mut resp = see_other(if rd.is_empty() { "/account" } else { &rd });
     resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
@@ -194,40 +223,50 @@ pub async fn submit(
 pub async fn logout(
     State(front): State<Front>,
     Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let pages = pages(&front);
     let Some(f) = form::fields(&body, &[("csrf", 64)]) else { return expired_form(pages) };
-    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"]) {
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
         return expired_form(pages);
     }
-    if let Some((token, true)) = credential(&headers, &front.config.cookie_name) {
-        match crate::http::caller::authenticate(&front, &headers, None, false).await {
-            Ok((p, _)) => {
-                if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
-                    tracing::warn!(error = %e, "signing out failed");
-                    return notice(
-                        pages,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Not signed out",
-                        "Signing out is not possible right now. Try again shortly.",
-                    );
-                }
-            }
-            // Already over: the cookie is cleared all the same.
-            Err(ApiError::Unauthenticated) => {}
-            Err(_) => {
-                return notice(
-                    pages,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Not signed out",
-                    "Signing out is not possible right now. Try again shortly.",
-                );
+    let cookie_sent = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(';').any(|pair| pair.trim().starts_with(&format!("{}=", front.config.cookie_name))));
+    let clear = |mut resp: Response| {
+        resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, "", 0));
+        resp
+    };
+    let unavailable = || {
+        notice(
+            pages,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not signed out",
+            "Signing out is not possible right now. Try again shortly.",
+        )
+    };
+    match session(&front, &headers, limits.as_deref()).await {
+        Ok(Some((p, token))) => {
+            if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
+                tracing::warn!(error = %e, "signing out failed");
+                return unavailable();
             }
         }
+        // Two session cookies (one planted by a sibling subdomain): which
+        // session is this person's cannot be told, so none is ended.
+        Ok(None) if cookie_sent && credential(&headers, &front.config.cookie_name).is_none() => {
+            let why = "Your browser holds two sign-in cookies for this site, so which session to end cannot be \
+                       told. Clear this site's cookies in your browser.";
+            return clear(notice(pages, StatusCode::BAD_REQUEST, "Not signed out", why));
+        }
+        // No session (over, or never): the cookie is cleared all the same.
+        Ok(None) => {}
+        Err(_) => return unavailable(),
     }
-    let mut resp = see_other("/login?done=signed_out");
-    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, "", 0));
-    resp
+    clear(see_other("/login?done=signed_out"))
 }

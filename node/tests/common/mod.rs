@@ -15,6 +15,7 @@ use gatehouse_proto::events::CreateUser;
 use tempfile::TempDir;
 
 pub mod fronts;
+pub mod nginx;
 pub mod pki;
 
 /// The cluster secret of the nodes whose data lives under `dir`: one per test

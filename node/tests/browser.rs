@@ -1,0 +1,201 @@
+//! A person in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, over WebDriver) opens an app behind a real nginx
+//! running our example `deploy/nginx/gatehouse.conf` over HTTPS, is sent
+//! to the sign-in page, signs in with a password, and lands back on the
+//! page it wanted; then signs another of its sessions out from "my
+//! account", and signs out. Screenshots of each page are written to
+//! `$GATEHOUSE_SCREENSHOTS` when it is set (the ones in `docs/screenshots/`
+//! were made so).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{create_user_with_password, login_at, wait_until, TestCluster};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver(Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn chromedriver() -> Driver {
+    let bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("chromedriver is not installed: run scripts/deps.sh test (make test does)");
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut driver = Driver(child, port);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if driver.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            let ready = reqwest::get(format!("http://127.0.0.1:{port}/status")).await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return driver;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("chromedriver did not start");
+}
+
+/// A headless Chromium session that reaches every `*.example.test` host on
+/// this machine and takes the test CA's certificates.
+async fn browser(driver: &Driver) -> Client {
+    // The WebDriver client's TLS (unused: chromedriver is plain HTTP on
+    // loopback) wants a process-wide provider; ours is ring.
+    let _ = rustls::crypto::CryptoProvider::install_default((*gatehouse_tls::provider()).clone());
+    let mut caps = serde_json::Map::new();
+    caps.insert("acceptInsecureCerts".into(), true.into());
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=800,900", "--host-resolver-rules=MAP *.example.test 127.0.0.1",
+            ],
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("rustls")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.1))
+        .await
+        .expect("a WebDriver session")
+}
+
+/// Saves a screenshot of the page shown as `name`.png, when asked to.
+async fn screenshot(b: &Client, name: &str) {
+    let Some(dir) = std::env::var_os("GATEHOUSE_SCREENSHOTS").map(PathBuf::from) else { return };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), b.screenshot().await.unwrap()).unwrap();
+}
+
+/// An app that says who nginx says is calling.
+async fn upstream() -> u16 {
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let user = headers.get("x-auth-user").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        axum::response::Html(format!("<!doctype html><title>Reports</title><h1 id=\"who\">Reports for {user}</h1>"))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_sessions() {
+    let c = TestCluster::start_with(1, |c| {
+        c.pages.return_domains = vec!["example.test".into()];
+        c.pages.product_name = "Example SSO".into();
+    })
+    .await;
+    create_user_with_password(c.node(1), "ann", "correct horse battery", &["viewer"]).await;
+    let gatehouse = c.node(1).http_addr().to_string();
+
+    // nginx over HTTPS for app.example.test, from our example.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = gatehouse_tls::issue::new_ca("browser test CA", 1).unwrap();
+    let cert = gatehouse_tls::issue::node_certificate(&ca, 1, &["app.example.test".into()], &[], 1).unwrap();
+    std::fs::write(dir.path().join("app.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("app.key"), cert.key_pem.expose()).unwrap();
+    let app = upstream().await;
+    let (_nginx, port) = common::nginx::start(dir.path(), true, |port| {
+        let mut example = common::nginx::example();
+        for (from, to) in [
+            ("    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(), format!("    server {gatehouse};\n")),
+            ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{app};")),
+            (
+                "listen 80;".to_string(),
+                format!(
+                    "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {0}/app.pem;\n    ssl_certificate_key {0}/app.key;",
+                    dir.path().display()
+                ),
+            ),
+        ] {
+            assert_eq!(example.matches(&from).count(), 1, "the example no longer has {from:?}");
+            example = example.replace(&from, &to);
+        }
+        example
+    })
+    .await;
+    let site = format!("https://app.example.test:{port}");
+
+    let driver = chromedriver().await;
+    let b = browser(&driver).await;
+    // Another session of ann's, elsewhere (the JSON API).
+    let elsewhere = login_at(&format!("http://{gatehouse}"), "ann", "correct horse battery").await;
+    assert!(elsewhere.status().is_success());
+    let other = elsewhere
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|v| v.to_str().ok()?.split(';').next()?.strip_prefix("__Host-gatehouse_session=").map(String::from))
+        .unwrap();
+
+    // The app sends the browser to sign in, and back.
+    b.goto(&format!("{site}/reports?week=49")).await.unwrap();
+    let at = b.current_url().await.unwrap();
+    assert_eq!(at.path(), "/login", "{at}");
+    assert_eq!(
+        at.query(),
+        Some("rd=https%3A%2F%2Fapp.example.test%3A".to_string() + &format!("{port}%2Freports%3Fweek%3D49")).as_deref()
+    );
+    screenshot(&b, "sign-in").await;
+    b.find(Locator::Id("username")).await.unwrap().send_keys("ann").await.unwrap();
+    b.find(Locator::Id("password")).await.unwrap().send_keys("not the password").await.unwrap();
+    b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    let error = b.find(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
+    assert_eq!(error, "Wrong username or password.");
+    screenshot(&b, "sign-in-error").await;
+    assert_eq!(b.find(Locator::Id("username")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("ann"));
+    b.find(Locator::Id("password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=49"));
+
+    // My account: both sessions; the other one signed out from here.
+    b.goto(&format!("{site}/account")).await.unwrap();
+    let rows = b.find_all(Locator::Css("tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    screenshot(&b, "account").await;
+    b.find(Locator::Css("tbody form button")).await.unwrap().click().await.unwrap();
+    let notice = b.wait().for_element(Locator::Css("[role=status]")).await.unwrap().text().await.unwrap();
+    assert_eq!(notice, "The session is signed out.");
+    assert_eq!(b.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 1);
+    let verify = |cookie: String| {
+        let url = format!("http://{gatehouse}/auth/verify");
+        async move { common::http().get(url).header("cookie", cookie).send().await.unwrap().status() }
+    };
+    wait_until("the other session is refused", Duration::from_secs(5), || {
+        let cookie = format!("__Host-gatehouse_session={other}");
+        async move { verify(cookie).await == reqwest::StatusCode::UNAUTHORIZED }
+    })
+    .await;
+
+    // Signing out: back to the sign-in page, and the app asks again.
+    b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+    let notice = b.wait().for_element(Locator::Css("[role=status]")).await.unwrap().text().await.unwrap();
+    assert_eq!(notice, "You are signed out.");
+    b.goto(&format!("{site}/reports")).await.unwrap();
+    assert_eq!(b.current_url().await.unwrap().path(), "/login");
+    b.close().await.unwrap();
+    c.shutdown().await;
+}
