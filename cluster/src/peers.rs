@@ -365,19 +365,6 @@ impl Peers {
     }
 }
 
-/// Whether a failed call got no answer from a node at all: down, cut off,
-/// timed out, or a connection that closed with no gRPC response (a TCP
-/// proxy in front of a dead node accepts, then closes). A node's own
-/// refusal always comes with its response headers.
-pub fn no_answer(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
-        Code::Unknown => status.metadata().is_empty(),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

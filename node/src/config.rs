@@ -147,6 +147,13 @@ pub struct IdentityConfig {
     /// Logins allowed to wait for a worker before new ones get 503 `busy`.
     pub password_queue: usize,
     pub routes: Vec<RouteRule>,
+    /// Origins whose web apps may call the JSON API from a browser, with
+    /// the session cookie (`https://app.example.com`); `*` in dev mode only.
+    pub cors_origins: Vec<String>,
+    /// Take a session only from the address bucket (an IPv4 address, an
+    /// IPv6 /64) and the user agent it began with: a stolen cookie used
+    /// elsewhere is refused (and so is a person whose address changed).
+    pub bind_sessions: bool,
 }
 
 impl Default for IdentityConfig {
@@ -165,6 +172,8 @@ impl Default for IdentityConfig {
             password_workers: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             password_queue: 64,
             routes: Vec::new(),
+            cors_origins: Vec::new(),
+            bind_sessions: false,
         }
     }
 }
@@ -776,6 +785,8 @@ impl Config {
         }
         self.validate_serving()?;
         self.pages.load(self.mode == Mode::Dev)?;
+        gatehouse_api::http::cors::Cors::new(&self.identity.cors_origins, self.mode == Mode::Dev)
+            .map_err(ConfigError::Invalid)?;
         if let Some(front) = &self.front {
             return self.validate_front(front);
         }

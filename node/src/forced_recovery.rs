@@ -228,9 +228,24 @@ async fn ask(peers: &Peers, id: u64, addr: &str) -> Answer {
     req.set_timeout(ASK_TIMEOUT);
     match tokio::time::timeout(ASK_TIMEOUT, client.local_status(req)).await {
         Ok(Ok(s)) => Answer::Status(s.into_inner()),
-        Ok(Err(s)) if gatehouse_cluster::peers::no_answer(&s) => Answer::Unreachable,
+        Ok(Err(s)) if no_answer(&s) => Answer::Unreachable,
         Ok(Err(s)) => Answer::Refused(s.code()),
         Err(_) => Answer::Unreachable,
+    }
+}
+
+/// Whether a failed call got no answer from a Gatehouse node: down, cut
+/// off, timed out, or a connection taken and closed with no gRPC response
+/// (a TCP proxy in front of a dead node accepts, then closes; so does any
+/// server that is not Gatehouse). A node's own refusal always comes with
+/// its response headers. (`add-learner` tells the last case apart, for
+/// the operator: "it did not answer as a Gatehouse node".)
+fn no_answer(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+        Code::Unknown => status.metadata().is_empty(),
+        _ => false,
     }
 }
 
@@ -285,4 +300,20 @@ pub(crate) fn audit_once_leading(node: &Node, note: PathBuf, action: &'static st
             tracing::error!(error = %e, file = %note.display(), "removing an offline operation's note failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_is_no_answer_a_refusal_is_one() {
+        assert!(no_answer(&tonic::Status::unavailable("tcp connect error")));
+        assert!(no_answer(&tonic::Status::cancelled("connection closed")));
+        assert!(no_answer(&tonic::Status::unknown("transport error")), "a proxy before a dead node");
+        let mut refused = tonic::Status::unknown("said by a node");
+        refused.metadata_mut().insert("content-type", "application/grpc".parse().unwrap());
+        assert!(!no_answer(&refused));
+        assert!(!no_answer(&tonic::Status::unauthenticated("wrong secret")));
+    }
 }

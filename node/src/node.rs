@@ -529,6 +529,9 @@ pub(crate) fn front(
         routes: id.routes.clone(),
         hsts: config.https.as_ref().and_then(|h| h.hsts_header()),
         pages: pages.map(Arc::new),
+        bind_sessions: id.bind_sessions,
+        // Checked by `Config::validate`, as every start does first.
+        cors: gatehouse_api::http::cors::Cors::new(&id.cors_origins, config.mode == Mode::Dev).unwrap_or_default(),
     };
     let passwords = PasswordPool::new(id.password_workers, id.password_queue);
     let limits = gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown);

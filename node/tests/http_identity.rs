@@ -581,3 +581,50 @@ async fn route_rules_require_roles_by_forwarded_host_and_path() {
     assert_eq!(raw(vec![list, ("x-forwarded-uri", b"/".to_vec())]).await, StatusCode::FORBIDDEN);
     c.shutdown().await;
 }
+
+/// With `bind_sessions`, a session is taken only from the address and the
+/// browser it began in: a stolen cookie replayed from elsewhere is refused
+/// (and audited); an API key is not bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bound_session_is_refused_from_another_address_or_browser() {
+    let c = TestCluster::start_with(1, |c| c.identity.bind_sessions = true).await;
+    create_user_with_password(c.node(1), "ann", "pw-of-ann-0001", &["viewer"]).await;
+    let from =
+        |ip: &str| reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let login = from("127.0.0.1")
+        .post(format!("{}/api/v1/login", base(c.node(1))))
+        .header("x-requested-with", "test")
+        .header("user-agent", "Browser A")
+        .json(&serde_json::json!({ "username": "ann", "password": "pw-of-ann-0001" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let verify = |ip: &'static str, agent: &'static str| {
+        let cookie = cookie.clone();
+        let url = format!("{}/auth/verify", base(c.node(1)));
+        async move { from(ip).get(url).header("cookie", cookie).header("user-agent", agent).send().await.unwrap().status() }
+    };
+    assert_eq!(verify("127.0.0.1", "Browser A").await, StatusCode::OK);
+    assert_eq!(verify("127.0.0.1", "Browser B").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(verify("127.0.0.2", "Browser A").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(verify("127.0.0.1", "Browser A").await, StatusCode::OK, "still good where it began");
+    let key = create_key(c.node(1), "kim", &["viewer"]).await;
+    let by_key =
+        from("127.0.0.2").get(format!("{}/auth/verify", base(c.node(1)))).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(by_key.status(), StatusCode::OK, "keys are not bound");
+    wait_until("the refusals are audited", Duration::from_secs(10), || async {
+        let mut found = false;
+        c.node(1)
+            .audit_log()
+            .scan(u64::MAX, true, |r| {
+                found |= r.event.as_ref().is_some_and(|e| e.action == "session.binding_refused");
+                !found
+            })
+            .unwrap();
+        found
+    })
+    .await;
+    c.shutdown().await;
+}

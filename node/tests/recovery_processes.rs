@@ -96,8 +96,11 @@ async fn a_cluster_recovered_from_one_survivor_grows_back_and_survives_a_leader_
             loop {
                 match admin_cli(&endpoint(&c, 1), &token, &["cluster", "add-learner", &id.to_string(), &addr]).await {
                     Ok(_) => break,
-                    // The new process may still be starting.
-                    Err(e) if e.contains("unreachable") => tokio::time::sleep(Duration::from_millis(200)).await,
+                    // The new process may still be starting (its link proxy
+                    // takes the connection and closes it meanwhile).
+                    Err(e) if e.contains("unreachable") || e.contains("did not answer as a Gatehouse node") => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                     Err(e) => panic!("add-learner {id}: {e}"),
                 }
             }

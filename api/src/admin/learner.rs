@@ -100,11 +100,9 @@ fn refused(addr: &str, why: &str) -> ApiError {
 
 /// What a failed probe says, without the transport's detail.
 fn why(s: &Status) -> &'static str {
-    if gatehouse_cluster::peers::no_answer(s) {
-        return UNREACHABLE;
-    }
     match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "it refused this cluster's secret",
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => UNREACHABLE,
         // Its lineage is another's (docs/operations.md).
         tonic::Code::FailedPrecondition => {
             "it belongs to another cluster or epoch (its data is another cluster's, or a node of an old \
@@ -183,11 +181,8 @@ mod tests {
             "it did not answer as a Gatehouse node"
         );
         assert_eq!(why(&Status::unimplemented("")), "it did not answer as a Gatehouse node");
-        // A connection closed with no response (a proxy before a dead node).
-        assert_eq!(why(&Status::unknown("transport error")), "unreachable");
-        let mut answered = Status::unknown("something the node said");
-        answered.metadata_mut().insert("content-type", "application/grpc".parse().unwrap());
-        assert_eq!(why(&answered), "it did not answer as a Gatehouse node");
+        // Something took the connection and closed it with no gRPC answer.
+        assert_eq!(why(&Status::unknown("transport error")), "it did not answer as a Gatehouse node");
         assert!(why(&Status::failed_precondition("the caller is of epoch 1")).contains("another cluster or epoch"));
     }
 }

@@ -3,6 +3,8 @@
 //! ([`authenticate`]), from a bearer token or the session cookie (its name
 //! and its one value), with the CSRF proof a cookie needs.
 
+use std::net::IpAddr;
+
 use axum::http::{header, HeaderMap};
 
 use super::front::Front;
@@ -19,6 +21,7 @@ use crate::ApiError;
 pub async fn authenticate(
     front: &Front,
     headers: &HeaderMap,
+    client: IpAddr,
     limits: Option<&RequestLimits>,
     changes_state: bool,
 ) -> Result<(Principal, Option<Quota>), ApiError> {
@@ -31,12 +34,28 @@ pub async fn authenticate(
     }
     let catch_up = limits.is_none_or(|l| !l.over_failures());
     let p = crate::identity::resolve_with(&front.node, &token, catch_up).await?;
+    if front.config.bind_sessions && !bound_here(front, &p, client, headers) {
+        // Aggregated: a stolen cookie tried from elsewhere may come often.
+        front.node.audit_count("session.binding_refused", format!("user:{}", p.user_id), client.to_string());
+        return Err(ApiError::Unauthenticated);
+    }
     let key_id = match &p.via {
         Via::ApiKey { key_id } => Some(key_id.as_str()),
         Via::Session { .. } => None,
     };
     let quota = crate::rate_limit::layer::caller_known(front, limits, &p.user_id, &p.username, key_id).await?;
     Ok((p, quota))
+}
+
+/// With session binding on, whether a session is used from where it
+/// began: the client's address bucket (an IPv4 address, an IPv6 /64) and
+/// the same `User-Agent`. API keys are not bound.
+fn bound_here(front: &Front, p: &Principal, client: IpAddr, headers: &HeaderMap) -> bool {
+    let Via::Session { session_id } = &p.via else { return true };
+    let Some(s) = front.node.view().read().session(session_id) else { return false };
+    let began = s.client_ip.parse::<IpAddr>().ok().map(gatehouse_domain::limits::bucket_ip);
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    began == Some(gatehouse_domain::limits::bucket_ip(client)) && agent == s.user_agent
 }
 
 /// The presented credential: `Authorization: Bearer …` first, then the

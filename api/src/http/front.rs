@@ -78,6 +78,11 @@ pub struct FrontConfig {
     pub hsts: Option<axum::http::HeaderValue>,
     /// The sign-in pages (`[pages]`); `None`: no pages, the JSON API only.
     pub pages: Option<Arc<crate::pages::PagesConfig>>,
+    /// The origins a browser may call the JSON API from (`cors_origins`).
+    pub cors: super::cors::Cors,
+    /// A session is taken only from its client's address bucket and user
+    /// agent (`bind_sessions`).
+    pub bind_sessions: bool,
 }
 
 /// What every handler shares: one reference-counted handle, since the

@@ -11,11 +11,13 @@
 //! [`MAX_BODY`] and the request head to [`MAX_HEADER_BYTES`]; errors are
 //! `{"error": {"code", "message"}}` from [`ApiError`](crate::ApiError).
 //! The client's address is resolved once per request ([`client_ip`]),
-//! whether rate limits are on or off.
+//! whether rate limits are on or off. The JSON API answers the browsers of
+//! the configured origins ([`cors`]).
 
 pub mod caller;
 pub mod client_ip;
 pub mod conn;
+pub mod cors;
 pub mod forwarded;
 pub mod front;
 pub mod health;
@@ -65,11 +67,21 @@ pub fn router(front: Front) -> Router {
 /// client's address (known whether limits are on or off), then the limits.
 async fn layers(axum::extract::State(front): axum::extract::State<Front>, req: Request, next: Next) -> Response {
     let front = &front;
-    guarded(front, req, move |mut req| async move {
+    let cors = &front.config.cors;
+    // A CORS preflight is answered here (before any limit: it does nothing).
+    if let Some(answer) = cors.preflight(req.method(), req.uri().path(), req.headers()) {
+        return guarded(front, req, |_| async { answer }).await;
+    }
+    let origin = cors.origin_of(req.uri().path(), req.headers());
+    let mut resp = guarded(front, req, move |mut req| async move {
         client_ip::resolve_into(front, &mut req);
         crate::rate_limit::layer::around(front, req, next).await
     })
-    .await
+    .await;
+    if let Some(origin) = origin {
+        cors::Cors::decorate(&mut resp, origin);
+    }
+    resp
 }
 
 /// Headers every response carries.

@@ -101,7 +101,7 @@ pub async fn logout(
     limits: Limits,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), true).await?;
+    let (p, quota) = authenticate(&front, &headers, client.0, limits.as_deref(), true).await?;
     let token = credential(&headers, &front.config.cookie_name).map(|c| c.0).unwrap_or_default();
     front.sign_in.logout(&front.node, &p, &token, client.0).await?;
     let mut resp = Json(json!({ "status": "logged_out" })).into_response();
@@ -110,8 +110,13 @@ pub async fn logout(
 }
 
 /// `GET /api/v1/me`: the caller's identity.
-pub async fn me(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), false).await?;
+pub async fn me(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (p, quota) = authenticate(&front, &headers, client.0, limits.as_deref(), false).await?;
     let email = front.node.view().read().user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
     let auth = match &p.via {
         Via::ApiKey { key_id } => json!({ "type": "api_key", "key_id": key_id }),
@@ -122,8 +127,13 @@ pub async fn me(State(front): State<Front>, limits: Limits, headers: HeaderMap) 
 }
 
 /// `GET /api/v1/me/sessions`: the caller's sessions.
-pub async fn my_sessions(State(front): State<Front>, limits: Limits, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), false).await?;
+pub async fn my_sessions(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (p, quota) = authenticate(&front, &headers, client.0, limits.as_deref(), false).await?;
     let current = match &p.via {
         Via::Session { session_id } => session_id.as_str(),
         Via::ApiKey { .. } => "",
@@ -152,7 +162,7 @@ pub async fn revoke_my_session(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (p, quota) = authenticate(&front, &headers, limits.as_deref(), true).await?;
+    let (p, quota) = authenticate(&front, &headers, client.0, limits.as_deref(), true).await?;
     let token = credential(&headers, &front.config.cookie_name).map(|c| c.0).unwrap_or_default();
     front.sign_in.revoke_own(&front.node, &p, &token, &id, client.0).await?;
     Ok(with_quota(Json(json!({ "status": "revoked", "id": id })).into_response(), quota))

@@ -137,7 +137,7 @@ async fn decide(
         }
     }
     // Freshness, the credential, the caller's own limits: as every handler.
-    let (principal, quota) = match authenticate(front, headers, limits, false).await {
+    let (principal, quota) = match authenticate(front, headers, client.0, limits, false).await {
         Ok(found) => found,
         Err(e) => {
             let decision = match &e {

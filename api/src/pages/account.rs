@@ -67,10 +67,11 @@ fn when(ms: u64) -> String {
 async fn signed_in(
     front: &Front,
     headers: &HeaderMap,
+    client: std::net::IpAddr,
     limits: Option<&RequestLimits>,
 ) -> Result<(Principal, String), Response> {
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
-    match session(front, headers, limits).await {
+    match session(front, headers, client, limits).await {
         Ok(Some(found)) => Ok(found),
         Ok(None) => Err(see_other(&pages.login_url("/account"))),
         Err(ApiError::RateLimited(q)) => Err(crate::rate_limit::quota::limited_response(q)),
@@ -86,12 +87,13 @@ async fn signed_in(
 /// `GET /account`.
 pub async fn page(
     State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
     limits: Limits,
     headers: HeaderMap,
     Query(q): Query<AccountQuery>,
 ) -> Response {
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
-    let (p, _) = match signed_in(&front, &headers, limits.as_deref()).await {
+    let (p, _) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -151,7 +153,7 @@ pub async fn revoke(
     if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
         return expired_form(pages);
     }
-    let (p, token) = match signed_in(&front, &headers, limits.as_deref()).await {
+    let (p, token) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };

@@ -35,10 +35,11 @@ pub(super) type Limits = Option<Extension<RequestLimits>>;
 pub(super) async fn session(
     front: &Front,
     headers: &HeaderMap,
+    client: std::net::IpAddr,
     limits: Option<&RequestLimits>,
 ) -> Result<Option<(Principal, String)>, ApiError> {
     let Some((token, true)) = credential(headers, &front.config.cookie_name) else { return Ok(None) };
-    match crate::http::caller::authenticate(front, headers, limits, false).await {
+    match crate::http::caller::authenticate(front, headers, client, limits, false).await {
         Ok((p, _)) if matches!(p.via, Via::Session { .. }) => Ok(Some((p, token))),
         Ok(_) | Err(ApiError::Unauthenticated) => Ok(None),
         Err(e) => Err(e),
@@ -110,12 +111,17 @@ fn pages(front: &Front) -> &PagesConfig {
 }
 
 /// `GET /login?rd=…`: the sign-in form.
-pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+pub async fn page(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let pages = pages(&front);
     let rd = q.rd.as_deref().and_then(|r| pages.return_domains.check(r)).unwrap_or_default();
     // Who this browser is signed in as, when it is.
     let signed_in = if front.node.is_fresh() {
-        session(&front, &headers, None).await.ok().flatten().map(|(p, _)| p.username)
+        session(&front, &headers, client.0, None).await.ok().flatten().map(|(p, _)| p.username)
     } else {
         None
     };
@@ -190,7 +196,7 @@ pub async fn submit(
     }
     // A session this browser already has ends when the new one starts: a
     // sign-in never leaves an older session (maybe another person's) behind.
-    let before = session(&front, &headers, None).await.ok().flatten();
+    let before = session(&front, &headers, client.0, None).await.ok().flatten();
     let opened = match front.sign_in.login(&front.node, &front.config, attempt).await {
         Ok(o) => o,
         Err(ApiError::InvalidCredentials | ApiError::Unauthenticated) => {
@@ -250,7 +256,7 @@ pub async fn logout(
             "Signing out is not possible right now. Try again shortly.",
         )
     };
-    match session(&front, &headers, limits.as_deref()).await {
+    match session(&front, &headers, client.0, limits.as_deref()).await {
         Ok(Some((p, token))) => {
             if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
                 tracing::warn!(error = %e, "signing out failed");
