@@ -13,6 +13,7 @@ if [ "${1:-}" = "test" ]; then
   command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)                      # deploy/k8s (kustomize)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)                               # the sign-in pages in a browser
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  command -v caddy >/dev/null 2>&1 || need+=(caddy)                                     # forward_auth with the sign-in redirect
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 

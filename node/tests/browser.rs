@@ -161,7 +161,7 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
     b.find(Locator::Id("username")).await.unwrap().send_keys("ann").await.unwrap();
     b.find(Locator::Id("password")).await.unwrap().send_keys("not the password").await.unwrap();
     b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
-    let error = b.find(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
+    let error = b.wait().for_element(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
     assert_eq!(error, "Wrong username or password.");
     screenshot(&b, "sign-in-error").await;
     assert_eq!(b.find(Locator::Id("username")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("ann"));
@@ -192,6 +192,12 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
 
     // Signing out: back to the sign-in page, and the app asks again.
     b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+    // The account page has a status line too: wait for the sign-in page first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.current_url().await.unwrap().path() != "/login" {
+        assert!(tokio::time::Instant::now() < deadline, "not sent to the sign-in page");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let notice = b.wait().for_element(Locator::Css("[role=status]")).await.unwrap().text().await.unwrap();
     assert_eq!(notice, "You are signed out.");
     b.goto(&format!("{site}/reports")).await.unwrap();
