@@ -163,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn a_command_newer_than_the_cluster_is_refused_and_changes_nothing() {
+    fn a_kind_newer_than_the_cluster_is_refused() {
         let state = State::default();
         let newer = Payload::SetClusterVersion(SetClusterVersion { version: 2 });
         assert!(gate(&state, &newer).is_ok(), "the raise itself is what lets newer commands in");
