@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gatehouse.front.v1.LoginResponse",
             ".gatehouse.front.v1.LogoutRequest",
             ".gatehouse.front.v1.RevokeOwnSessionRequest",
+            ".gatehouse.front.v1.LinkRequest",
+            ".gatehouse.front.v1.SpendLinkRequest",
         ])
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")

@@ -14,6 +14,7 @@ if [ "${1:-}" = "test" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)                               # the sign-in pages in a browser
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   command -v caddy >/dev/null 2>&1 || need+=(caddy)                                     # forward_auth with the sign-in redirect
+  /usr/bin/python3 -c "import aiosmtpd" >/dev/null 2>&1 || need+=(python3-aiosmtpd)       # a real SMTP server for sign-in links
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 

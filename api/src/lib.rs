@@ -21,7 +21,8 @@
 //! - [`sign_in`]: logins, logouts and revoking one's own sessions: checked on a
 //!   voter, sent on to one by a stateless front (`SignInService`).
 //! - [`passwords`]: argon2id hashing on a bounded pool.
-//! - [`mint`]: new API keys and session tokens, made on the proposing node.
+//! - [`mint`]: new API keys, session and sign-in link tokens, made on the proposing node.
+//! - [`mail`]: SMTP (lettre over rustls) for sign-in links, sent off the request path.
 //! - [`metrics`]: the Prometheus series of `GET /metrics` (the consensus ones registered in).
 //! - [`error`]: one error type, one status table.
 
@@ -32,6 +33,7 @@ pub mod error;
 pub mod front_writes;
 pub mod http;
 pub mod identity;
+pub mod mail;
 pub mod metrics;
 pub mod mint;
 pub mod node;

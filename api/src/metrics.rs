@@ -111,6 +111,8 @@ pub struct Metrics {
     pub fronts_reloads: Family<OutcomeLabels, Counter>,
     /// Envoy secret files found changed, by outcome.
     pub envoy_secret_reloads: Family<OutcomeLabels, Counter>,
+    /// Mails (sign-in links) by outcome: `sent`, `failed`, `dropped`.
+    pub mails: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -144,6 +146,7 @@ impl Metrics {
             secret_reloads: Family::default(),
             fronts_reloads: Family::default(),
             envoy_secret_reloads: Family::default(),
+            mails: Family::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -215,6 +218,11 @@ impl Metrics {
             "rate_limit_refused_locally",
             "strict rate-limit hits refused from this node's view without a log write",
             m.rate_refused_locally.clone(),
+        );
+        r.register(
+            "mails",
+            "mails by outcome: sent, failed (refused or undeliverable after retries), dropped (queue full)",
+            m.mails.clone(),
         );
         let spans = gatehouse_cluster::trace::span_queue();
         r.register("trace_spans_dropped", "finished spans dropped: the export queue was full", spans.dropped.clone());

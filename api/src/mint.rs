@@ -51,10 +51,19 @@ impl std::fmt::Debug for NewSession {
 
 /// A new session token: the `gs_` prefix and 256 random bits as base64url.
 pub fn new_session_token() -> NewSession {
+    random_token(sessions::TOKEN_PREFIX)
+}
+
+/// A new sign-in link token (`gl_`, 256 bits), for the mail only; the
+/// same shape and hash as a session token.
+pub fn new_link_token() -> NewSession {
+    random_token(gatehouse_domain::links::TOKEN_PREFIX)
+}
+
+fn random_token(prefix: &str) -> NewSession {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
-    let token =
-        format!("{}{}", sessions::TOKEN_PREFIX, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    let token = format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
     NewSession { token_sha256: sessions::token_hash(&token), token }
 }
 
@@ -78,6 +87,8 @@ mod tests {
         assert!(s.token.starts_with(sessions::TOKEN_PREFIX));
         assert_eq!(s.token.len(), sessions::TOKEN_PREFIX.len() + 43, "256 bits of base64url");
         assert_eq!(sessions::token_hash(&s.token), s.token_sha256);
+        let l = new_link_token();
+        assert_eq!(gatehouse_domain::links::parse_token(&l.token), Some(l.token.as_str()));
         assert!(!format!("{s:?}").contains(&s.token));
         assert_ne!(new_session_token().token, s.token);
     }

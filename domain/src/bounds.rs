@@ -103,6 +103,15 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             short("client ip", &c.client_ip, 64)?;
             short("user agent", &c.user_agent, sessions::MAX_USER_AGENT)
         }
+        Payload::CreateSignInLink(c) => {
+            id(&c.link_id)?;
+            id(&c.user_id)
+        }
+        Payload::SpendSignInLink(c) => c.session.as_ref().map_or(Ok(()), |s| {
+            id(&s.session_id)?;
+            short("client ip", &s.client_ip, 64)?;
+            short("user agent", &s.user_agent, sessions::MAX_USER_AGENT)
+        }),
         Payload::RevokeSession(c) => id(&c.session_id),
         Payload::RevokeUserSessions(c) => id(&c.user_id),
         Payload::RevokeAllSessions(_) | Payload::PruneAudit(_) | Payload::SetClusterVersion(_) => Ok(()),

@@ -54,7 +54,9 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::DeleteRole(_)
             | Payload::RateHit(_)
             | Payload::RateDeltas(_)
-            | Payload::SetClusterVersion(_),
+            | Payload::SetClusterVersion(_)
+            | Payload::CreateSignInLink(_)
+            | Payload::SpendSignInLink(_),
         )
         | None => {}
     }
@@ -72,9 +74,14 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
             // read stays that way.
             Ok(Some([&value[..1], &prost::Message::encode_to_vec(&user)[..]].concat()))
         }
-        Table::ApiKeys | Table::Sessions | Table::Roles | Table::Requests | Table::Limits | Table::Cluster => {
-            Ok(Some(value.to_vec()))
-        }
+        // Links: hashes, which a front needs to apply a spend as the voters do.
+        Table::ApiKeys
+        | Table::Sessions
+        | Table::Roles
+        | Table::Requests
+        | Table::Limits
+        | Table::Cluster
+        | Table::SignInLinks => Ok(Some(value.to_vec())),
         Table::Audit | Table::AuditChain => Ok(None),
     }
 }

@@ -18,6 +18,7 @@
 //! - [`users`]: user records and their commands.
 //! - [`keys`]: API key records and their commands.
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
+//! - [`links`]: sign-in links mailed to users, bound to a browser, spent once.
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
 //! - [`requests`]: idempotency of retried commands (not of a node's own hits, deltas, uses and audit batches).
@@ -35,6 +36,7 @@ pub mod codec;
 pub mod front;
 pub mod keys;
 pub mod limits;
+pub mod links;
 pub mod mutation;
 pub mod quote;
 pub mod redact;

@@ -20,11 +20,13 @@ pub enum Table {
     AuditChain,
     /// The cluster version (`gatehouse_domain::version`).
     Cluster,
+    /// Unspent sign-in links (`gatehouse_domain::links`).
+    SignInLinks,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Users,
         Table::ApiKeys,
         Table::Sessions,
@@ -34,6 +36,7 @@ impl Table {
         Table::Audit,
         Table::AuditChain,
         Table::Cluster,
+        Table::SignInLinks,
     ];
 
     /// Whether the in-memory view holds this table (audit records stay on disk).
@@ -53,6 +56,7 @@ impl Table {
             Table::Audit => "audit",
             Table::AuditChain => "audit_chain",
             Table::Cluster => "cluster",
+            Table::SignInLinks => "sign_in_links",
         }
     }
 

@@ -21,6 +21,17 @@ pub fn redacted(mut cmd: Command) -> Command {
             }
         }
         Some(Payload::CreateSession(c)) => c.token_sha256.clear(),
+        Some(Payload::CreateSignInLink(c)) => {
+            c.token_sha256.clear();
+            c.browser_sha256.clear();
+        }
+        Some(Payload::SpendSignInLink(c)) => {
+            c.token_sha256.clear();
+            c.browser_sha256.clear();
+            if let Some(s) = &mut c.session {
+                s.token_sha256.clear();
+            }
+        }
         Some(
             Payload::SetUserStatus(_)
             | Payload::RecordLoginFailure(_)

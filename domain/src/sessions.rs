@@ -260,11 +260,13 @@ pub(crate) fn revoke_user(
         return Err(ApplyError::NotFound("no such user".into()));
     }
     let n = state.sessions.remove_user(&c.user_id, out);
+    state.links.remove_user(&c.user_id, out);
     Ok(n.to_string())
 }
 
 /// Emergency: ends every session in the cluster; the result id is the count.
 pub(crate) fn revoke_all(state: &mut State, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    state.links.remove_all(out);
     Ok(state.sessions.remove_all(out).to_string())
 }
 

@@ -11,7 +11,7 @@ use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError, Outcome};
 use crate::sessions::{self, Sessions};
-use crate::{audit, bounds, keys, limits, roles, usage, users, version};
+use crate::{audit, bounds, keys, limits, links, roles, usage, users, version};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -29,6 +29,8 @@ pub struct State {
     pub(crate) roles: HashMap<String, RoleRecord>,
     pub(crate) requests: Requests,
     pub(crate) limits: Limits,
+    /// Unspent sign-in links.
+    pub(crate) links: links::Links,
     /// The audit chain's head and anchor (the records stay in storage).
     pub(crate) audit: AuditChain,
     /// The cluster version as raised by `SetClusterVersion` (0: never raised).
@@ -95,6 +97,7 @@ impl State {
         self.requests.prune(cmd.proposed_at, out);
         self.sessions.prune(cmd.proposed_at, out);
         self.limits.prune(cmd.proposed_at, out);
+        self.links.prune(cmd.proposed_at, out);
         if let Some(first) = self.requests.record(&cmd.request_id) {
             // The same id for another request: the client reused its
             // idempotency key. Refused, not answered with the first result
@@ -162,6 +165,8 @@ impl State {
             }
             Some(Payload::PruneAudit(c)) => audit::prune(self, c, out).map(Outcome::from),
             Some(Payload::SetClusterVersion(c)) => version::set(self, c, out).map(Outcome::from),
+            Some(Payload::CreateSignInLink(c)) => links::create(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::SpendSignInLink(c)) => links::spend(self, cmd.proposed_at, c, out).map(Outcome::from),
         }
     }
 
@@ -195,6 +200,11 @@ impl State {
             Table::Cluster => {
                 let r: gatehouse_proto::state::ClusterVersionRecord = codec::decode(value)?;
                 self.cluster_version = r.version;
+            }
+            Table::SignInLinks => {
+                if !self.links.insert(codec::decode(value)?) {
+                    return Err(DecodeError::Invalid("sign-in link record with a malformed token hash"));
+                }
             }
         }
         Ok(())

@@ -192,9 +192,13 @@ pub(crate) fn update_user(
         user.updated_at = now;
         out.push(put(Table::Users, &user.user_id, user));
     }
-    // A disabled user's sessions end with it.
+    // A disabled user's sessions end with it, and so do its sign-in links;
+    // a link mailed to an address the user no longer has is void.
     if status == Some(UserStatus::Disabled) {
         state.sessions.remove_user(&c.user_id, out);
+    }
+    if status == Some(UserStatus::Disabled) || (c.set_email && !c.email.eq_ignore_ascii_case(&before.email)) {
+        state.links.remove_user(&c.user_id, out);
     }
     Ok(c.user_id.clone())
 }
@@ -212,6 +216,7 @@ pub(crate) fn delete_user(state: &mut State, c: &DeleteUser, out: &mut Vec<Mutat
         out.push(Mutation::Delete { table: Table::ApiKeys, key: id.into_bytes() });
     }
     state.sessions.remove_user(&c.user_id, out);
+    state.links.remove_user(&c.user_id, out);
     state.usernames.remove(&username);
     state.users.remove(&c.user_id);
     out.push(Mutation::Delete { table: Table::Users, key: c.user_id.clone().into_bytes() });
@@ -276,8 +281,10 @@ pub(crate) fn set_password(
     user.locked_until = 0;
     user.sources.clear();
     out.push(put(Table::Users, &user.user_id, user));
-    // A password change ends every session of the user.
+    // A password change ends every session of the user, and its unspent
+    // sign-in links.
     state.sessions.remove_user(&c.user_id, out);
+    state.links.remove_user(&c.user_id, out);
     Ok(c.user_id.clone())
 }
 

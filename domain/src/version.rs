@@ -28,7 +28,8 @@ use crate::{codec, State};
 ///
 /// - 1: every command of the builds from before the version gate.
 /// - 2: `SetClusterVersion`.
-pub const COMMAND_VERSION: u32 = 2;
+/// - 3: `CreateSignInLink`, `SpendSignInLink` (sign-in links).
+pub const COMMAND_VERSION: u32 = 3;
 
 /// What a node that reports no version understands (a build from before the gate).
 pub const BASE_VERSION: u32 = 1;
@@ -40,6 +41,7 @@ pub const VERSION_KEY: &[u8] = b"version";
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
+        Payload::CreateSignInLink(_) | Payload::SpendSignInLink(_) => 3,
         Payload::SetClusterVersion(_) => 2,
         Payload::CreateUser(_)
         | Payload::SetUserStatus(_)
@@ -178,6 +180,24 @@ mod tests {
             "{e:?}"
         );
         assert!(refuse_newer(COMMAND_VERSION, COMMAND_VERSION).is_ok());
+    }
+
+    #[test]
+    fn sign_in_links_wait_for_version_3_on_every_node() {
+        use gatehouse_proto::events::{CreateSignInLink, SpendSignInLink};
+        let mut state = State::default();
+        state.apply(1, &command(Payload::SetClusterVersion(SetClusterVersion { version: 2 })), &mut Vec::new());
+        for kind in [
+            Payload::CreateSignInLink(CreateSignInLink::default()),
+            Payload::SpendSignInLink(SpendSignInLink::default()),
+        ] {
+            assert_eq!(required(&kind), 3);
+            // Refused at apply, alike on every node, before any check of its own.
+            let mut out = Vec::new();
+            let r = state.apply(2, &command(kind), &mut out);
+            assert!(r.message.contains("needs cluster version 3"), "{r:?}");
+            assert!(out.iter().all(|m| !matches!(m, Mutation::Put { table: Table::SignInLinks, .. })));
+        }
     }
 
     #[test]

@@ -117,6 +117,9 @@ impl Default for RaftTuning {
 /// A forward-auth route rule (`[[identity.routes]]`): the HTTP front's own type.
 pub use gatehouse_api::http::RouteRule;
 
+mod pages;
+pub use pages::{MailSettings, MailTlsSetting, PagesSettings};
+
 /// Sessions, logins and forward-auth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,82 +179,6 @@ impl Default for IdentityConfig {
             bind_sessions: false,
         }
     }
-}
-
-/// `[pages]`: the sign-in pages a person uses in a browser (docs/sign-in.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PagesSettings {
-    /// Serve `/login`, `/account` and the rest on this node or front.
-    pub enabled: bool,
-    /// Shown in every title and, without a logo, in the header.
-    pub product_name: String,
-    /// `#rrggbb` for buttons, focus rings and notices.
-    pub accent_color: String,
-    /// An `.svg` or `.png` (at most 256 KiB), served at `/assets/logo`.
-    pub logo_file: Option<PathBuf>,
-    /// Where browsers reach these pages (`https://login.example.com`):
-    /// `/auth/verify` sends a browser there to sign in. Unset: the host
-    /// the browser asked (the pages and the apps share it).
-    pub public_url: Option<String>,
-    /// Where a browser may be sent back after signing in (`?rd=`): these
-    /// domains and their subdomains. Empty: only paths on the sign-in host.
-    pub return_domains: Vec<String>,
-}
-
-impl Default for PagesSettings {
-    fn default() -> Self {
-        PagesSettings {
-            enabled: true,
-            product_name: "Gatehouse".into(),
-            accent_color: "#2457c5".into(),
-            logo_file: None,
-            public_url: None,
-            return_domains: Vec::new(),
-        }
-    }
-}
-
-impl PagesSettings {
-    /// The pages as the HTTP front serves them (the logo read from its
-    /// file), or `None` when they are off.
-    pub fn load(&self, dev: bool) -> Result<Option<gatehouse_api::pages::PagesConfig>, ConfigError> {
-        if !self.enabled {
-            return Ok(None);
-        }
-        let bad = |m: String| ConfigError::Invalid(m);
-        let logo = match &self.logo_file {
-            None => None,
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| bad(format!("pages.logo_file {}: {e}", path.display())))?;
-                Some((path.to_string_lossy().into_owned(), bytes))
-            }
-        };
-        let brand = gatehouse_api::pages::Brand::new(
-            &self.product_name,
-            &self.accent_color,
-            logo.as_ref().map(|(name, bytes)| (name.as_str(), bytes.clone())),
-        )
-        .map_err(bad)?;
-        let return_domains = gatehouse_api::pages::ReturnDomains::new(&self.return_domains, dev).map_err(bad)?;
-        let public_url = match &self.public_url {
-            None => None,
-            Some(u) => Some(public_url(u, dev).map_err(bad)?),
-        };
-        Ok(Some(gatehouse_api::pages::PagesConfig { brand, return_domains, public_url }))
-    }
-}
-
-/// `pages.public_url`: a scheme and host (and port) only.
-fn public_url(raw: &str, dev: bool) -> Result<String, String> {
-    let bad = || format!("pages.public_url {raw:?} must be https://host[:port] (http:// in dev mode only), no path");
-    let url = url::Url::parse(raw).map_err(|_| bad())?;
-    let scheme_ok = url.scheme() == "https" || (dev && url.scheme() == "http");
-    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
-    if !scheme_ok || !bare || !url.username().is_empty() || url.password().is_some() || url.host().is_none() {
-        return Err(bad());
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 /// `[https]`: the HTTP front over TLS (rustls; TLS 1.2 and 1.3 only).
@@ -418,6 +345,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// `[pages]`: the sign-in pages.
     pub pages: PagesSettings,
+    /// `[mail]`: the SMTP server sign-in links go through (voters).
+    pub mail: Option<MailSettings>,
     /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
     pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
@@ -524,6 +453,7 @@ impl Default for Config {
             raft: RaftTuning::default(),
             identity: IdentityConfig::default(),
             pages: PagesSettings::default(),
+            mail: None,
             rate_limits: Default::default(),
             audit: Default::default(),
             fronts_file: None,
@@ -565,9 +495,10 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 33] = [
+const KEYS: [&str; 34] = [
     "identity",
     "pages",
+    "mail",
     "rate_limits",
     "audit",
     "node_id",
@@ -784,7 +715,19 @@ impl Config {
             return bad("node_id must be a positive integer");
         }
         self.validate_serving()?;
-        self.pages.load(self.mode == Mode::Dev)?;
+        let pages = self.pages.load(self.mode == Mode::Dev)?;
+        if let Some(mail) = &self.mail {
+            mail.load(self.mode == Mode::Dev)?;
+        }
+        let links = pages.as_ref().is_some_and(|p| p.links.is_some());
+        if links && self.front.is_none() {
+            if self.mail.is_none() {
+                return bad("pages.email_links on a voter needs [mail]: the voters send the links");
+            }
+            if self.pages.public_url.is_none() {
+                return bad("pages.email_links needs pages.public_url: a mailed link must name where the pages are");
+            }
+        }
         gatehouse_api::http::cors::Cors::new(&self.identity.cors_origins, self.mode == Mode::Dev)
             .map_err(ConfigError::Invalid)?;
         if let Some(front) = &self.front {

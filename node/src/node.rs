@@ -102,6 +102,7 @@ impl Node {
         }
         crate::data_dir::prepare(&config.data_dir)?;
         let pages = config.pages.load(config.mode == Mode::Dev)?;
+        let mail = config.mail.as_ref().map(|m| m.load(config.mode == Mode::Dev)).transpose()?;
         let secret = match config.read_cluster_secret()? {
             Some(s) => s,
             None if config.mode == Mode::Dev => dev_secret(&config.data_dir)?,
@@ -250,7 +251,11 @@ impl Node {
             let api = gatehouse_api::Node::new(std::sync::Arc::new(cluster.clone()));
             let audit_tasks =
                 gatehouse_api::audit::start(&api, audit_log.clone(), config.audit.clone(), &stop.subscribe());
-            let front = front(&config, pages, api.clone(), stop.subscribe(), None);
+            let mailer = match mail {
+                Some(m) => Some(gatehouse_api::mail::Mailer::start(m, api.metrics().mails.clone())?),
+                None => None,
+            };
+            let front = front(&config, pages, api.clone(), stop.subscribe(), Sends::Here(mailer));
             let touches = last_use_flushes(&config, &api, stop.subscribe());
             (cluster, api, front, [touches].into_iter().chain(audit_tasks))
         };
@@ -499,14 +504,21 @@ pub(crate) async fn stop_tasks(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
+/// Where a front's sign-ins are decided.
+pub(crate) enum Sends {
+    /// Here, on a voter, with its mailer for sign-in links (`[mail]`).
+    Here(Option<gatehouse_api::mail::Mailer>),
+    /// On these voters, for a stateless front.
+    To(gatehouse_cluster::front::Voters),
+}
+
 /// The HTTP front's settings and shared parts.
-/// `voters`: a stateless front's, to which its logins go; `None` on a voter.
 pub(crate) fn front(
     config: &Config,
     pages: Option<gatehouse_api::pages::PagesConfig>,
     node: gatehouse_api::Node,
     shutdown: Shutdown,
-    voters: Option<gatehouse_cluster::front::Voters>,
+    sends: Sends,
 ) -> Front {
     let id = &config.identity;
     let fc = FrontConfig {
@@ -535,13 +547,15 @@ pub(crate) fn front(
     };
     let passwords = PasswordPool::new(id.password_workers, id.password_queue);
     let limits = gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown);
-    let (sign_in, limits) = match voters {
-        Some(v) => {
-            (SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)), limits.logins_checked_elsewhere())
-        }
-        None => (SignIn::Here(passwords.clone()), limits),
+    let (sign_in, limits, mailer) = match sends {
+        Sends::To(v) => (
+            SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)),
+            limits.logins_checked_elsewhere(),
+            None,
+        ),
+        Sends::Here(mailer) => (SignIn::Here(passwords.clone()), limits, mailer),
     };
-    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in })
+    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer })
 }
 
 /// Flushes the last-use times of sessions and keys this node saw

@@ -7,17 +7,13 @@
 
 mod common;
 
+use common::forms::{browser, hidden, set_cookie};
 use common::{base, create_user_with_password, TestCluster};
-use reqwest::header::{HeaderMap, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 
 const SESSION: &str = "__Host-gatehouse_session";
 const CSRF: &str = "__Host-gatehouse_csrf";
-
-/// A client that shows redirects instead of following them.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
-}
 
 async fn cluster() -> TestCluster {
     TestCluster::start_with(1, |c| {
@@ -26,22 +22,6 @@ async fn cluster() -> TestCluster {
         c.pages.product_name = "Example <SSO>".into();
     })
     .await
-}
-
-/// The value `Set-Cookie` gives cookie `name` in `headers`.
-fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
-        let (pair, _) = c.split_once(';').unwrap_or((c, ""));
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
-}
-
-/// The value of hidden field `name` in a page.
-fn hidden(page: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = page.find(&marker).unwrap_or_else(|| panic!("no {name} in {page}")) + marker.len();
-    page[start..].split('"').next().unwrap().to_string()
 }
 
 /// A browser's CSRF cookie and token, from the sign-in page.

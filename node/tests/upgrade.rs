@@ -33,6 +33,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 /// The release the upgrade starts from: the last commit before the
 /// cluster version gate and store format 3.
 const PREVIOUS: &str = "96f9978123ea14762e5bd3dc52d526d1494c5e73";
+/// The command version this build understands (the previous one: 1).
+const NEW: u32 = gatehouse_domain::version::COMMAND_VERSION;
 
 /// The previous release's binary, built once per machine.
 fn previous_build() -> PathBuf {
@@ -262,7 +264,7 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
             s["nodes"].as_array().unwrap().iter().map(|n| (n["id"].clone(), n["command_version"].clone())).collect();
         s["cluster_version"] == 1
             && s["understood_version"] == 1
-            && versions.contains(&(1.into(), 2.into()))
+            && versions.contains(&(1.into(), NEW.into()))
             && versions.contains(&(3.into(), 1.into()))
     })
     .await;
@@ -271,8 +273,8 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
     std::fs::remove_file(bin_dir.join("gatehouse-3")).unwrap();
     let out = roll(&c, 2).await;
     assert!(out.status.success(), "roll: {}", String::from_utf8_lossy(&out.stderr));
-    wait_until("every voter reports version 2", Duration::from_secs(30), || async {
-        status(&c, 1).await.is_some_and(|s| s["nodes"].as_array().unwrap().iter().all(|n| n["command_version"] == 2))
+    wait_until("every voter reports this build's version", Duration::from_secs(30), || async {
+        status(&c, 1).await.is_some_and(|s| s["nodes"].as_array().unwrap().iter().all(|n| n["command_version"] == NEW))
     })
     .await;
     wait_until("the old front holds the version at 1", Duration::from_secs(30), || async {
@@ -286,8 +288,8 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
     c.kill_front(101);
     c.spawn_front(101).unwrap();
     c.wait_front_ready(101, Duration::from_secs(30)).await.unwrap();
-    wait_until("the cluster version rises to 2", Duration::from_secs(30), || async {
-        status(&c, 2).await.is_some_and(|s| s["cluster_version"] == 2)
+    wait_until("the cluster version rises to this build's", Duration::from_secs(30), || async {
+        status(&c, 2).await.is_some_and(|s| s["cluster_version"] == NEW)
     })
     .await;
 
@@ -337,7 +339,11 @@ async fn a_rolling_upgrade_from_the_previous_release_fails_no_verification_and_l
     let old = run_within(old, Duration::from_secs(30)).await;
     assert!(!old.status.success());
     let said = String::from_utf8_lossy(&old.stderr);
-    assert!(said.contains("newer Gatehouse") && said.contains("store format 3"), "{said}");
+    assert!(
+        said.contains("newer Gatehouse")
+            && said.contains(&format!("store format {}", gatehouse_storage::format::STORE_FORMAT)),
+        "{said}"
+    );
     point(&installed, Path::new(BIN));
     c.spawn(3).unwrap();
     c.wait_ready(3, Duration::from_secs(30)).await.unwrap();

@@ -4,7 +4,21 @@
 
 use std::fmt;
 
-use crate::front::{LoginRequest, LoginResponse, LogoutRequest, RevokeOwnSessionRequest};
+use crate::front::{
+    LinkRequest, LoginRequest, LoginResponse, LogoutRequest, RevokeOwnSessionRequest, SpendLinkRequest,
+};
+
+impl fmt::Debug for LinkRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SpendLinkRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpendLinkRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
 
 impl fmt::Debug for LoginRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

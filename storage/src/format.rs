@@ -12,7 +12,9 @@ use crate::StorageError;
 /// - 3: format 2 and the `cluster` table (the cluster version). A format 2
 ///   store is read as it is (the table is created empty when it opens);
 ///   a build of format 2 refuses a format 3 store.
-pub const STORE_FORMAT: u32 = 3;
+/// - 4: format 3 and the `sign_in_links` table, created empty when a format
+///   3 store opens.
+pub const STORE_FORMAT: u32 = 4;
 
 /// The file's name in the data directory.
 pub const FORMAT_FILE: &str = "store-format";

@@ -114,4 +114,6 @@ pub struct FrontParts {
     pub limits: Limiter,
     /// Where logins are checked: here on a voter, on a voter for a front.
     pub sign_in: crate::sign_in::SignIn,
+    /// Sends sign-in links (`[mail]`, a voter's); `None` on fronts.
+    pub mailer: Option<crate::mail::Mailer>,
 }

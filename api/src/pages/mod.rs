@@ -5,6 +5,7 @@
 //! | path | handler |
 //! |---|---|
 //! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
+//! | `POST /login/email`, `GET /login/link`, `POST /login/link` | [`links`] |
 //! | `GET /account`, `POST /account/sessions/{id}/revoke` | [`account`] |
 //! | `GET /assets/logo` | the configured logo |
 //!
@@ -17,6 +18,7 @@
 pub mod account;
 pub mod csrf;
 pub mod form;
+pub mod links;
 pub mod render;
 pub mod return_to;
 pub mod sign_in;
@@ -33,12 +35,15 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 5] = ["/login", "/logout", "/account", "/account/sessions/{id}/revoke", "/assets/logo"];
+pub const ROUTES: [&str; 7] =
+    ["/login", "/login/email", "/login/link", "/logout", "/account", "/account/sessions/{id}/revoke", "/assets/logo"];
 
 /// The pages' routes, added to the HTTP front's router.
 pub fn routes(router: Router<Front>) -> Router<Front> {
     router
         .route("/login", get(sign_in::page).post(sign_in::submit))
+        .route("/login/email", post(links::request))
+        .route("/login/link", get(links::confirm).post(links::spend))
         .route("/logout", post(sign_in::logout))
         .route("/account", get(account::page))
         .route("/account/sessions/{id}/revoke", post(account::revoke))

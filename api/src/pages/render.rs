@@ -93,6 +93,8 @@ pub struct PagesConfig {
     /// Where browsers reach these pages (`https://login.example.com`),
     /// for the sign-in redirect `/auth/verify` names; `None`: this host.
     pub public_url: Option<String>,
+    /// Sign-in links by mail (`email_links`); `None`: password only.
+    pub links: Option<crate::sign_in::LinkSettings>,
 }
 
 impl PagesConfig {

@@ -89,7 +89,7 @@ impl ReturnDomains {
             if let Some(f) = url.fragment() {
                 path = format!("{path}#{f}");
             }
-            return path.starts_with('/').then_some(path).filter(|p| !p.starts_with("//"));
+            return path.starts_with('/').then_some(path).filter(|p| !p.starts_with("//") && p.len() <= MAX_LEN);
         }
         let url = Url::parse(raw).ok()?;
         let scheme_ok = url.scheme() == "https" || (self.allow_http && url.scheme() == "http");
@@ -97,7 +97,8 @@ impl ReturnDomains {
             return None;
         }
         match url.host()? {
-            Host::Domain(d) if self.covers(d) => Some(url.to_string()),
+            // Normalising may lengthen it (escapes): still within the limit.
+            Host::Domain(d) if self.covers(d) => Some(url.to_string()).filter(|u| u.len() <= MAX_LEN),
             _ => None,
         }
     }

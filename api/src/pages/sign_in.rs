@@ -61,6 +61,10 @@ struct LoginPage<'a> {
     error: Option<&'a str>,
     notice: Option<&'a str>,
     signed_in: Option<&'a str>,
+    /// The "email me a link" form is offered.
+    links: bool,
+    email: &'a str,
+    email_error: Option<&'a str>,
 }
 
 #[derive(Template)]
@@ -142,14 +146,54 @@ fn render(
     said: Result<&str, Option<&str>>,
     signed_in: Option<&str>,
 ) -> Response {
-    let pages = pages(front);
-    let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
-    let n = nonce();
     let (error, notice) = match said {
         Ok(error) => (Some(error), None),
         Err(notice) => (None, notice),
     };
-    let page = LoginPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username, error, notice, signed_in };
+    let form = Form { username, error, notice, signed_in, email: "", email_error: None };
+    render_form(front, headers, status, rd, form)
+}
+
+/// The sign-in form with an error in its email part.
+pub(super) fn render_with_email(
+    front: &Front,
+    headers: &HeaderMap,
+    status: StatusCode,
+    rd: &str,
+    email: &str,
+    error: &str,
+) -> Response {
+    let form = Form { username: "", error: None, notice: None, signed_in: None, email, email_error: Some(error) };
+    render_form(front, headers, status, rd, form)
+}
+
+/// What the sign-in form shows beside the brand and its tokens.
+struct Form<'a> {
+    username: &'a str,
+    error: Option<&'a str>,
+    notice: Option<&'a str>,
+    signed_in: Option<&'a str>,
+    email: &'a str,
+    email_error: Option<&'a str>,
+}
+
+fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str, f: Form<'_>) -> Response {
+    let pages = pages(front);
+    let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
+    let n = nonce();
+    let page = LoginPage {
+        brand: pages.brand.view(),
+        nonce: &n,
+        csrf: &token,
+        rd,
+        username: f.username,
+        error: f.error,
+        notice: f.notice,
+        signed_in: f.signed_in,
+        links: pages.links.is_some(),
+        email: f.email,
+        email_error: f.email_error,
+    };
     html(pages, status, page.render(), &n, set_cookie)
 }
 
@@ -214,14 +258,27 @@ pub async fn submit(
         }
     };
     tracing::Span::current().record("outcome", "ok");
+    signed_in(&front, client.0, before, &opened, &rd).await
+}
+
+/// A sign-in went through: the session this browser had before (`before`)
+/// ends, the new one's cookie is set, and the browser goes on to `rd` (or
+/// `/account`).
+pub(super) async fn signed_in(
+    front: &Front,
+    client: std::net::IpAddr,
+    before: Option<(Principal, String)>,
+    opened: &crate::sign_in::Opened,
+    rd: &str,
+) -> Response {
     if let Some((p, token)) = before {
-        if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
+        if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client).await {
             tracing::warn!(error = %e, "ending the session a sign-in replaced failed");
         }
     }
     let max_age = opened.expires_at.saturating_sub(gatehouse_cluster::clock::now_ms()).div_ceil(1000);
-    let mut resp = see_other(if rd.is_empty() { "/account" } else { &rd });
-    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+    let mut resp = see_other(if rd.is_empty() { "/account" } else { rd });
+    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(front, &opened.token, max_age));
     resp
 }
 

@@ -18,10 +18,12 @@ use crate::ApiError;
 /// after it, and writes the tightest quota into the response.
 pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let limiter = &front.limits;
-    // The sign-in page's form is a login like the JSON API's: the same
-    // policies count it.
+    // The sign-in page's forms (a password, asking for a link, spending
+    // one) are logins like the JSON API's: the same policies count them.
     let path = match req.uri().path() {
-        "/login" if req.method() == axum::http::Method::POST => super::limiter::LOGIN_PATH,
+        "/login" | "/login/email" | "/login/link" if req.method() == axum::http::Method::POST => {
+            super::limiter::LOGIN_PATH
+        }
         p => p,
     };
     // Probes and scrapes are never limited.

@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::check::{Attempt, Opened};
+use super::links::{LinkRequest, LinkSpend};
 use crate::ApiError;
 
 /// How long a sign-in may wait for a voter that can take it.
@@ -72,15 +73,7 @@ impl VoterSignIn {
                 async move { c.login(req).await }
             })
             .await?;
-        Ok(Opened {
-            user_id: r.user_id,
-            username: r.username,
-            roles: r.roles,
-            session_id: r.session_id,
-            token: r.token,
-            expires_at: r.expires_at,
-            log_index: r.log_index,
-        })
+        Ok(opened(r))
     }
 
     /// Ends the session `credential` belongs to; the index it was applied at.
@@ -94,6 +87,41 @@ impl VoterSignIn {
             })
             .await?;
         Ok(r.log_index)
+    }
+
+    /// Asks a voter for a sign-in link; returns once the voter admitted it.
+    pub async fn request_link(&self, req: LinkRequest) -> Result<(), ApiError> {
+        let request = pb::LinkRequest {
+            email: req.email,
+            browser_sha256: req.browser_sha256.to_vec(),
+            client_ip: req.client_ip.to_string(),
+            return_to: req.return_to,
+        };
+        self.on_a_voter(|mut c, left| {
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(left);
+            async move { c.request_link(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Spends a sign-in link on a voter.
+    pub async fn spend_link(&self, spend: LinkSpend) -> Result<Opened, ApiError> {
+        let request = pb::SpendLinkRequest {
+            token: spend.token,
+            browser_sha256: spend.browser_sha256.to_vec(),
+            client_ip: spend.client_ip.to_string(),
+            user_agent: spend.user_agent,
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.spend_link(req).await }
+            })
+            .await?;
+        Ok(opened(r))
     }
 
     /// Ends session `session_id` of the user `credential` belongs to.
@@ -111,5 +139,17 @@ impl VoterSignIn {
             })
             .await?;
         Ok(r.log_index)
+    }
+}
+
+fn opened(r: pb::LoginResponse) -> Opened {
+    Opened {
+        user_id: r.user_id,
+        username: r.username,
+        roles: r.roles,
+        session_id: r.session_id,
+        token: r.token,
+        expires_at: r.expires_at,
+        log_index: r.log_index,
     }
 }

@@ -10,17 +10,24 @@
 //! ```text
 //!   http/session.rs ─► SignIn::Here ─► check.rs (argon2, lockouts, CreateSession)
 //!                   └► SignIn::Voters ─► forward.rs ─► voter: service.rs ─► check.rs
+//!   pages/links.rs ──► SignIn::Here ─► links.rs (CreateSignInLink + mail, SpendSignInLink)
+//!                   └► SignIn::Voters ─► forward.rs ─► voter: service.rs ─► links.rs
 //! ```
+//!
+//! Sign-in links go the same way: a front never makes a link's token, so
+//! a stolen front cannot mint one for someone else and spend it.
 
 pub mod check;
 pub mod forward;
+pub mod links;
 pub mod service;
 
 use std::net::IpAddr;
 
 pub use check::{Attempt, Opened};
+pub use links::{LinkRequest, LinkSettings, LinkSpend};
 
-use crate::http::front::FrontConfig;
+use crate::http::front::{Front, FrontConfig};
 use crate::identity::Principal;
 use crate::passwords::PasswordPool;
 use crate::{ApiError, Node};
@@ -56,6 +63,41 @@ impl SignIn {
         };
         node.wait_applied(index).await;
         Ok(())
+    }
+
+    /// Asks for a sign-in link to be mailed. Returns once the request is
+    /// admitted (the strict limits of signing in, counted where logins
+    /// are): the lookup, the link and the mail happen after, so the time
+    /// taken says nothing of the address.
+    pub async fn request_link(&self, front: &Front, req: LinkRequest) -> Result<(), ApiError> {
+        match self {
+            SignIn::Here(_) => {
+                links::sending(front)?;
+                let Some(place) = links::place() else { return Ok(()) };
+                let front = front.clone();
+                tokio::spawn(async move {
+                    let _place = place;
+                    if let Err(e) = links::request(&front, req).await {
+                        tracing::warn!(error = %e, "a sign-in link request failed");
+                    }
+                });
+                Ok(())
+            }
+            SignIn::Voters(voters) => voters.request_link(req).await,
+        }
+    }
+
+    /// Spends a sign-in link and opens its session; returns once this node
+    /// has applied it.
+    pub async fn spend_link(&self, front: &Front, spend: LinkSpend) -> Result<Opened, ApiError> {
+        match self {
+            SignIn::Here(_) => links::spend(front, spend).await,
+            SignIn::Voters(voters) => {
+                let opened = voters.spend_link(spend).await?;
+                front.node.wait_applied(opened.log_index).await;
+                Ok(opened)
+            }
+        }
     }
 
     /// Ends one of the caller's sessions.

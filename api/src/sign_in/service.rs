@@ -17,11 +17,13 @@ use gatehouse_proto::front::sign_in_service_server::{SignInService, SignInServic
 use tonic::{Request, Response, Status};
 
 use super::check::{self, Attempt};
+use super::links::{self, LinkRequest, LinkSpend};
 use crate::http::front::Front;
 use crate::ApiError;
 
-/// Logins one front may have under way on this voter at once: a stolen
-/// front's secret cannot take the whole argon2 pool.
+/// Sign-ins (logins, link requests and spends) one front may have under
+/// way on this voter at once: a stolen front's secret cannot take the
+/// whole argon2 pool.
 const LOGINS_PER_FRONT: usize = 8;
 
 pub struct SignIns {
@@ -47,12 +49,40 @@ pub fn server(
     })
 }
 
+fn login_response(opened: check::Opened) -> pb::LoginResponse {
+    pb::LoginResponse {
+        user_id: opened.user_id,
+        username: opened.username,
+        roles: opened.roles,
+        session_id: opened.session_id,
+        token: opened.token,
+        expires_at: opened.expires_at,
+        log_index: opened.log_index,
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn hash32(bytes: &[u8]) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| ApiError::InvalidArgument("browser_sha256 must be 32 bytes".into()).into())
+}
+
 #[allow(clippy::result_large_err)]
 fn client_ip(ip: &str) -> Result<IpAddr, Status> {
     ip.parse().map_err(|_| ApiError::InvalidArgument("client_ip must be an IP address".into()).into())
 }
 
 impl SignIns {
+    /// A place among the sign-ins the calling front has under way here.
+    #[allow(clippy::result_large_err)]
+    fn place<T>(&self, req: &Request<T>) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let front = req.extensions().get::<FrontId>().map_or(0, |f| f.0);
+        let permits = {
+            let mut all = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
+            all.entry(front).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(LOGINS_PER_FRONT))).clone()
+        };
+        permits.try_acquire_owned().map_err(|_| ApiError::Busy.into())
+    }
+
     /// The caller `credential` belongs to, resolved here again.
     async fn caller(&self, credential: &str) -> Result<crate::identity::Principal, ApiError> {
         let node = &self.front.node;
@@ -67,14 +97,7 @@ impl SignIns {
 impl SignInService for SignIns {
     #[tracing::instrument(level = "info", name = "front.login", skip_all, fields(outcome))]
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let front = req.extensions().get::<FrontId>().map_or(0, |f| f.0);
-        let permits = {
-            let mut all = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
-            all.entry(front).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(LOGINS_PER_FRONT))).clone()
-        };
-        let Ok(_permit) = permits.try_acquire_owned() else {
-            return Err(ApiError::Busy.into());
-        };
+        let _permit = self.place(&req)?;
         let r = req.into_inner();
         let attempt = Attempt {
             client_ip: client_ip(&r.client_ip)?,
@@ -103,15 +126,51 @@ impl SignInService for SignIns {
             }
         };
         tracing::Span::current().record("outcome", "ok");
-        Ok(Response::new(pb::LoginResponse {
-            user_id: opened.user_id,
-            username: opened.username,
-            roles: opened.roles,
-            session_id: opened.session_id,
-            token: opened.token,
-            expires_at: opened.expires_at,
-            log_index: opened.log_index,
-        }))
+        Ok(Response::new(login_response(opened)))
+    }
+
+    /// Admitted under the login endpoint's limits, by the address the
+    /// front names; the rest runs after the answer ([`links::request`]).
+    async fn request_link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::LinkRequestResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let request = LinkRequest {
+            browser_sha256: hash32(&r.browser_sha256)?,
+            client_ip: client_ip(&r.client_ip)?,
+            email: r.email,
+            return_to: r.return_to,
+        };
+        if request.email.len() > links::MAX_EMAIL || request.return_to.len() > crate::pages::return_to::MAX_LEN {
+            return Err(ApiError::InvalidArgument("email or return_to too long".into()).into());
+        }
+        // The front checked the return URL against its domains; this
+        // voter's own must allow it too, or the mail carries none.
+        let pages = self.front.config.pages.as_deref();
+        let allowed = pages.and_then(|p| p.return_domains.check(&request.return_to)).unwrap_or_default();
+        let request = LinkRequest { return_to: allowed, ..request };
+        if !self.front.node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        self.front.limits.login_attempt(request.client_ip).await?;
+        self.front.sign_in.request_link(&self.front, request).await?;
+        Ok(Response::new(pb::LinkRequestResponse {}))
+    }
+
+    async fn spend_link(&self, req: Request<pb::SpendLinkRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let spend = LinkSpend {
+            browser_sha256: hash32(&r.browser_sha256)?,
+            client_ip: client_ip(&r.client_ip)?,
+            token: r.token,
+            user_agent: r.user_agent,
+        };
+        if !self.front.node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        self.front.limits.login_attempt(spend.client_ip).await?;
+        let opened = links::spend(&self.front, spend).await?;
+        Ok(Response::new(login_response(opened)))
     }
 
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {

@@ -14,9 +14,11 @@ use gatehouse_domain::Payload;
 use gatehouse_proto::events::CreateUser;
 use tempfile::TempDir;
 
+pub mod forms;
 pub mod fronts;
 pub mod nginx;
 pub mod pki;
+pub mod smtp;
 
 /// The cluster secret of the nodes whose data lives under `dir`: one per test
 /// cluster. A port one test frees is often bound again by the next, and the
