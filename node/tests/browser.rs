@@ -3,7 +3,8 @@
 //! running our example `deploy/nginx/gatehouse.conf` over HTTPS, is sent
 //! to the sign-in page, signs in with a password, and lands back on the
 //! page it wanted; then signs another of its sessions out from "my
-//! account", and signs out. Screenshots of each page are written to
+//! account", and signs out; then signs in again with a link mailed to it
+//! (a real SMTP server). Screenshots of each page are written to
 //! `$GATEHOUSE_SCREENSHOTS` when it is set (the ones in `docs/screenshots/`
 //! were made so).
 
@@ -101,9 +102,19 @@ async fn upstream() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_sessions() {
-    let c = TestCluster::start_with(1, |c| {
+    let smtp = common::smtp::Smtp::start().await;
+    let mail = smtp.settings();
+    // nginx's port, picked first: the pages' public address names it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = format!("https://app.example.test:{port}");
+    let public = site.clone();
+    let c = TestCluster::start_with(1, move |c| {
         c.pages.return_domains = vec!["example.test".into()];
         c.pages.product_name = "Example SSO".into();
+        c.pages.public_url = Some(public.clone());
+        c.pages.email_links = true;
+        c.mail = Some(mail.clone());
+        c.rate_limits.enabled = false;
     })
     .await;
     create_user_with_password(c.node(1), "ann", "correct horse battery", &["viewer"]).await;
@@ -116,7 +127,7 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
     std::fs::write(dir.path().join("app.pem"), &cert.cert_pem).unwrap();
     std::fs::write(dir.path().join("app.key"), cert.key_pem.expose()).unwrap();
     let app = upstream().await;
-    let (_nginx, port) = common::nginx::start(dir.path(), true, |port| {
+    let conf = {
         let mut example = common::nginx::example();
         for (from, to) in [
             ("    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(), format!("    server {gatehouse};\n")),
@@ -133,9 +144,8 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
             example = example.replace(&from, &to);
         }
         example
-    })
-    .await;
-    let site = format!("https://app.example.test:{port}");
+    };
+    let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
 
     let driver = chromedriver().await;
     let b = browser(&driver).await;
@@ -200,8 +210,34 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
     }
     let notice = b.wait().for_element(Locator::Css("[role=status]")).await.unwrap().text().await.unwrap();
     assert_eq!(notice, "You are signed out.");
-    b.goto(&format!("{site}/reports")).await.unwrap();
+    b.goto(&format!("{site}/reports?week=50")).await.unwrap();
     assert_eq!(b.current_url().await.unwrap().path(), "/login");
+
+    // Signing in with a link by mail, opened in this browser.
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("links can be written", Duration::from_secs(20), || async {
+        c.node(1).cluster().cluster_version() == newest
+    })
+    .await;
+    b.find(Locator::Id("email")).await.unwrap().send_keys("ann@example.com").await.unwrap();
+    b.find(Locator::Css("form[action=\"/login/email\"] button")).await.unwrap().click().await.unwrap();
+    let sent = b.wait().for_element(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+    assert_eq!(sent, "Check your email");
+    screenshot(&b, "link-sent").await;
+    let link = common::smtp::link_in(&smtp.wait_mail(1).await);
+    assert!(link.starts_with(&format!("{site}/login/link?token=gl_")), "{link}");
+    b.goto(&link).await.unwrap();
+    let button = b.wait().for_element(Locator::Css("form[action=\"/login/link\"] button")).await.unwrap();
+    screenshot(&b, "link-confirm").await;
+    button.click().await.unwrap();
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=50"));
+    // The same link again, in this browser: used already.
+    b.goto(&link).await.unwrap();
+    b.wait().for_element(Locator::Css("form[action=\"/login/link\"] button")).await.unwrap().click().await.unwrap();
+    let gone = b.wait().for_element(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
+    assert!(gone.contains("used already"), "{gone}");
     b.close().await.unwrap();
     c.shutdown().await;
 }

@@ -75,33 +75,42 @@ async fn answers_as_nginx(port: u16, https: bool) -> bool {
 /// counts if it answers as nginx, so a stranger on the port is never
 /// mistaken for it.
 pub async fn start(dir: &Path, https: bool, gatehouse_conf: impl Fn(u16) -> String) -> (Nginx, u16) {
-    let conf = dir.join("nginx.conf");
     for _ in 0..5 {
         let port = free_port();
-        std::fs::write(dir.join("gatehouse.conf"), gatehouse_conf(port)).unwrap();
-        std::fs::write(&conf, main_conf(dir)).unwrap();
-        let child = Command::new(bin())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut nginx = Nginx(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if nginx.0.try_wait().unwrap().is_some() {
-                break; // exited: most likely the port was taken meanwhile
-            }
-            if answers_as_nginx(port, https).await {
-                return (nginx, port);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(nginx) = start_at(dir, https, port, &gatehouse_conf(port)).await {
+            return (nginx, port);
         }
-        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        eprintln!("nginx did not start on port {port}, trying another: {}", log.lines().last().unwrap_or(""));
     }
     panic!("nginx did not start in 5 attempts (see error.log in the test's directory)");
+}
+
+/// Starts nginx in `dir` on `port` (picked earlier, when something else
+/// must name it first); `None` if it could not listen there.
+pub async fn start_at(dir: &Path, https: bool, port: u16, gatehouse_conf: &str) -> Option<Nginx> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(dir.join("gatehouse.conf"), gatehouse_conf).unwrap();
+    std::fs::write(&conf, main_conf(dir)).unwrap();
+    let child = Command::new(bin())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut nginx = Nginx(child);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if nginx.0.try_wait().unwrap().is_some() {
+            break; // exited: most likely the port was taken meanwhile
+        }
+        if answers_as_nginx(port, https).await {
+            return Some(nginx);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    eprintln!("nginx did not start on port {port}: {}", log.lines().last().unwrap_or(""));
+    None
 }
