@@ -26,6 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gatehouse.front.v1.RevokeOwnSessionRequest",
             ".gatehouse.front.v1.LinkRequest",
             ".gatehouse.front.v1.SpendLinkRequest",
+            ".gatehouse.front.v1.CreateOwnKeyRequest",
+            ".gatehouse.front.v1.CreateOwnKeyResponse",
+            ".gatehouse.front.v1.RevokeOwnKeyRequest",
+            ".gatehouse.front.v1.ChangeOwnPasswordRequest",
         ])
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")

@@ -81,6 +81,11 @@ impl LastUse {
         bump(&mut self.lock().keys, key_id, at);
     }
 
+    /// This node's latest unflushed use of a key (0 if none).
+    pub fn key(&self, key_id: &str) -> u64 {
+        self.lock().keys.get(key_id).copied().unwrap_or(0)
+    }
+
     /// This node's latest unflushed use of a session (0 if none).
     pub fn session(&self, session_id: &str) -> u64 {
         self.lock().sessions.get(session_id).copied().unwrap_or(0)

@@ -5,8 +5,33 @@
 use std::fmt;
 
 use crate::front::{
-    LinkRequest, LoginRequest, LoginResponse, LogoutRequest, RevokeOwnSessionRequest, SpendLinkRequest,
+    ChangeOwnPasswordRequest, CreateOwnKeyRequest, CreateOwnKeyResponse, LinkRequest, LoginRequest, LoginResponse,
+    LogoutRequest, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest,
 };
+
+impl fmt::Debug for CreateOwnKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateOwnKeyRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for CreateOwnKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateOwnKeyResponse").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RevokeOwnKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevokeOwnKeyRequest").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ChangeOwnPasswordRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeOwnPasswordRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
 
 impl fmt::Debug for LinkRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

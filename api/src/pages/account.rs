@@ -1,5 +1,17 @@
-//! `GET /account` and `POST /account/sessions/{id}/revoke`: a person sees
-//! who they are signed in as and where, and signs out other sessions.
+//! `GET /account` and its forms: a person sees who they are signed in as
+//! and where, signs out other sessions, makes API keys (shown once) and
+//! revokes them, and changes their password.
+//!
+//! | form | what it does |
+//! |---|---|
+//! | `POST /account/sessions/{id}/revoke` | signs one of their sessions out |
+//! | `POST /account/keys` (`name`, `role`, `days`) | a key, shown once; only from a recent sign-in |
+//! | `POST /account/keys/{id}/revoke` | revokes one of their keys |
+//! | `POST /account/password` (`current`, `new`, `repeat`) | a new password; every other session ends |
+//!
+//! A key outlives the session it is made from, so an older session is
+//! asked to confirm its password first (the sign-in form, which starts a
+//! new session): [`crate::sign_in::own`].
 //!
 //! Only a session from the session cookie opens these pages (a bearer
 //! token is an API client's: it gets the JSON API; a cookie holding an API
@@ -9,7 +21,7 @@
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -20,6 +32,7 @@ use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
 use crate::identity::{Principal, Via};
 use crate::rate_limit::limiter::RequestLimits;
+use crate::sign_in::own::{self, OwnKey, MAX_KEY_NAME};
 use crate::ApiError;
 
 /// One session as the page lists it.
@@ -32,6 +45,16 @@ struct SessionRow {
     current: bool,
 }
 
+/// One API key as the page lists it.
+struct KeyRow {
+    id: String,
+    name: String,
+    roles: String,
+    created: String,
+    expires: String,
+    last_used: String,
+}
+
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage<'a> {
@@ -41,7 +64,22 @@ struct AccountPage<'a> {
     username: &'a str,
     email: &'a str,
     notice: Option<&'a str>,
+    error: Option<&'a str>,
     sessions: Vec<SessionRow>,
+    keys: Vec<KeyRow>,
+    /// The person's roles, for a key's role.
+    roles: Vec<String>,
+    /// The sign-in is recent enough to make a key.
+    recent: bool,
+}
+
+#[derive(Template)]
+#[template(path = "key.html")]
+struct KeyPage<'a> {
+    brand: BrandView<'a>,
+    nonce: &'a str,
+    name: &'a str,
+    key: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -92,18 +130,54 @@ pub async fn page(
     headers: HeaderMap,
     Query(q): Query<AccountQuery>,
 ) -> Response {
-    let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
     let (p, _) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
+    let notice = match q.done.as_deref() {
+        Some("revoked") => Some("The session is signed out."),
+        Some("key_revoked") => Some("The key is revoked."),
+        Some("password") => Some("Your password is changed. Every other session of yours is signed out."),
+        _ => None,
+    };
+    render(&front, &headers, &p, StatusCode::OK, Err(notice))
+}
+
+/// The account page for `p`; `said` is an error, or else maybe a notice.
+fn render(
+    front: &Front,
+    headers: &HeaderMap,
+    p: &Principal,
+    status: StatusCode,
+    said: Result<&str, Option<&str>>,
+) -> Response {
+    let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
     let current = match &p.via {
         Via::Session { session_id } => session_id.clone(),
         Via::ApiKey { .. } => String::new(),
     };
-    let (email, sessions) = {
+    let (email, roles, sessions, keys) = {
         let state = front.node.view().read();
-        let email = state.user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
+        let user = state.user(&p.user_id);
+        let email = user.map(|u| u.email.clone()).unwrap_or_default();
+        let roles = user.map(|u| u.roles.clone()).unwrap_or_default();
+        let now = gatehouse_cluster::clock::now_ms();
+        let mut mine: Vec<_> = state
+            .api_keys()
+            .filter(|k| k.user_id == p.user_id && k.revoked_at == 0 && (k.expires_at == 0 || k.expires_at > now))
+            .collect();
+        mine.sort_by_key(|k| std::cmp::Reverse(k.created_at));
+        let keys = mine
+            .into_iter()
+            .map(|k| KeyRow {
+                id: k.key_id.clone(),
+                name: k.name.clone(),
+                roles: if k.roles.is_empty() { "none".into() } else { k.roles.join(", ") },
+                created: when(k.created_at),
+                expires: if k.expires_at == 0 { "never".into() } else { when(k.expires_at) },
+                last_used: when(k.last_used.max(front.node.last_use().key(&k.key_id))),
+            })
+            .collect();
         let mut list: Vec<_> = state.sessions_of(&p.user_id).collect();
         list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         let rows = list
@@ -117,13 +191,13 @@ pub async fn page(
                 user_agent: s.user_agent,
             })
             .collect();
-        (email, rows)
+        (email, roles, rows, keys)
     };
-    let notice = match q.done.as_deref() {
-        Some("revoked") => Some("The session is signed out."),
-        _ => None,
+    let (error, notice) = match said {
+        Ok(e) => (Some(e), None),
+        Err(n) => (None, n),
     };
-    let (token, set_cookie) = csrf::token(&headers, front.config.secure_cookies);
+    let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
     let n = nonce();
     let page = AccountPage {
         brand: pages.brand.view(),
@@ -132,9 +206,13 @@ pub async fn page(
         username: &p.username,
         email: &email,
         notice,
+        error,
         sessions,
+        keys,
+        roles,
+        recent: own::recent(front, p, pages.reauth),
     };
-    html(pages, StatusCode::OK, page.render(), &n, set_cookie)
+    html(pages, status, page.render(), &n, set_cookie)
 }
 
 /// `POST /account/sessions/{id}/revoke` (`csrf`): signs out one of the
@@ -175,6 +253,159 @@ pub async fn revoke(
             )
         }
     }
+}
+
+/// A form from a signed-in browser: its fields (CSRF checked) and the
+/// person, or the answer to give instead.
+async fn posted(
+    front: &Front,
+    client: std::net::IpAddr,
+    limits: Option<&RequestLimits>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    expected: &[(&'static str, usize)],
+) -> Result<(std::collections::HashMap<&'static str, String>, Principal, String), Response> {
+    let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
+    let Some(f) = form::fields(body, expected) else { return Err(expired_form(pages)) };
+    if !csrf::check(headers, front.config.secure_cookies, &f["csrf"], csrf::authority(headers, uri)) {
+        return Err(expired_form(pages));
+    }
+    let (p, token) = signed_in(front, headers, client, limits).await?;
+    Ok((f, p, token))
+}
+
+fn unavailable(front: &Front, what: &str) -> Response {
+    let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
+    notice(pages, StatusCode::SERVICE_UNAVAILABLE, "Not available", &format!("{what} Try again shortly."))
+}
+
+/// `POST /account/keys` (`csrf`, `name`, `role`, `days`): the new key, shown
+/// once on a page of its own.
+#[tracing::instrument(level = "info", name = "page.key_create", skip_all, fields(outcome))]
+pub async fn create_key(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let expected = [("csrf", 64), ("name", MAX_KEY_NAME * 4), ("role", 64), ("days", 3)];
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let Ok(days) = f["days"].parse::<u64>() else {
+        return render(&front, &headers, &p, StatusCode::BAD_REQUEST, Ok("Choose how long the key lives."));
+    };
+    let role = Some(f["role"].clone()).filter(|r| !r.is_empty());
+    let key = OwnKey { name: f["name"].clone(), role, days };
+    let made = match front.sign_in.create_own_key(&front, &p, &token, key, client.0).await {
+        Ok(m) => m,
+        Err(ApiError::PermissionDenied(_)) => {
+            tracing::Span::current().record("outcome", "reauth");
+            let why = "Confirm your password below first: a key is made only from a recent sign-in.";
+            return render(&front, &headers, &p, StatusCode::FORBIDDEN, Ok(why));
+        }
+        Err(ApiError::InvalidArgument(_)) => {
+            let why = "Give the key a name of 1 to 64 characters, one of your roles, and 1 to 366 days.";
+            return render(&front, &headers, &p, StatusCode::BAD_REQUEST, Ok(why));
+        }
+        Err(ApiError::FailedPrecondition(_)) => {
+            let why = "You hold as many keys as allowed: revoke one first.";
+            return render(&front, &headers, &p, StatusCode::CONFLICT, Ok(why));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "making an own key failed");
+            return unavailable(&front, "The key could not be made right now.");
+        }
+    };
+    tracing::Span::current().record("outcome", "ok");
+    let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
+    let n = nonce();
+    let name = f["name"].trim();
+    let page = KeyPage { brand: pages.brand.view(), nonce: &n, name, key: &made.key };
+    html(pages, StatusCode::OK, page.render(), &n, None)
+}
+
+/// `POST /account/keys/{id}/revoke` (`csrf`).
+pub async fn revoke_key(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (_, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &[("csrf", 64)]).await
+    {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    match front.sign_in.revoke_own_key(&front, &p, &token, &id, client.0).await {
+        Ok(()) => see_other("/account?done=key_revoked"),
+        Err(ApiError::NotFound(_)) => {
+            render(&front, &headers, &p, StatusCode::NOT_FOUND, Ok("That key is not one of yours, or it is revoked."))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "revoking an own key failed");
+            unavailable(&front, "The key could not be revoked right now.")
+        }
+    }
+}
+
+/// `POST /account/password` (`csrf`, `current`, `new`, `repeat`): every
+/// session ends; this browser gets a new one.
+#[tracing::instrument(level = "info", name = "page.password_change", skip_all, fields(outcome))]
+pub async fn change_password(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let max = crate::passwords::MAX_PASSWORD_LEN;
+    let expected = [("csrf", 64), ("current", max), ("new", max), ("repeat", max)];
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let said = |status, why: &str| {
+        tracing::Span::current().record("outcome", "refused");
+        render(&front, &headers, &p, status, Ok(why))
+    };
+    if f["new"] != f["repeat"] {
+        return said(StatusCode::BAD_REQUEST, "The new password and its repetition differ.");
+    }
+    if let Err(ApiError::InvalidArgument(why)) = crate::passwords::check_policy(&f["new"]) {
+        return said(StatusCode::BAD_REQUEST, &format!("The new password is not accepted: {why}."));
+    }
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let (current, new) = (f["current"].clone(), f["new"].clone());
+    let opened = match front.sign_in.change_password(&front, &p, &token, current, new, client.0, user_agent).await {
+        Ok(o) => o,
+        Err(ApiError::InvalidCredentials | ApiError::Unauthenticated) => {
+            return said(StatusCode::UNAUTHORIZED, "Your current password is not right.")
+        }
+        Err(ApiError::RateLimited(_)) => {
+            return said(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+        }
+        Err(ApiError::InvalidArgument(why)) => {
+            return said(StatusCode::BAD_REQUEST, &format!("The new password is not accepted: {why}."))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "changing a password failed");
+            return unavailable(&front, "Your password could not be changed right now.");
+        }
+    };
+    tracing::Span::current().record("outcome", "ok");
+    let max_age = opened.expires_at.saturating_sub(gatehouse_cluster::clock::now_ms()).div_ceil(1000);
+    let mut resp = see_other("/account?done=password");
+    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+    resp
 }
 
 #[cfg(test)]

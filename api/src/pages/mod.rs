@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
 //! | `POST /login/email`, `GET /login/link`, `POST /login/link` | [`links`] |
-//! | `GET /account`, `POST /account/sessions/{id}/revoke` | [`account`] |
+//! | `GET /account`, `POST /account/sessions/{id}/revoke`, `POST /account/keys`, `POST /account/keys/{id}/revoke`, `POST /account/password` | [`account`] |
 //! | `GET /assets/logo` | the configured logo |
 //!
 //! Every page carries a strict CSP with a fresh nonce and no script
@@ -35,8 +35,18 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 7] =
-    ["/login", "/login/email", "/login/link", "/logout", "/account", "/account/sessions/{id}/revoke", "/assets/logo"];
+pub const ROUTES: [&str; 10] = [
+    "/login",
+    "/login/email",
+    "/login/link",
+    "/logout",
+    "/account",
+    "/account/sessions/{id}/revoke",
+    "/account/keys",
+    "/account/keys/{id}/revoke",
+    "/account/password",
+    "/assets/logo",
+];
 
 /// The pages' routes, added to the HTTP front's router.
 pub fn routes(router: Router<Front>) -> Router<Front> {
@@ -47,6 +57,9 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
         .route("/logout", post(sign_in::logout))
         .route("/account", get(account::page))
         .route("/account/sessions/{id}/revoke", post(account::revoke))
+        .route("/account/keys", post(account::create_key))
+        .route("/account/keys/{id}/revoke", post(account::revoke_key))
+        .route("/account/password", post(account::change_password))
         .route("/assets/logo", get(logo))
 }
 

@@ -85,7 +85,7 @@ pub(crate) struct BrandView<'a> {
 }
 
 /// The sign-in pages' settings (`[pages]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PagesConfig {
     pub brand: Brand,
     /// Where `?rd=` may send a browser after it signs in.
@@ -95,6 +95,23 @@ pub struct PagesConfig {
     pub public_url: Option<String>,
     /// Sign-in links by mail (`email_links`); `None`: password only.
     pub links: Option<crate::sign_in::LinkSettings>,
+    /// How recent a sign-in must be to make an API key (`reauth_secs`).
+    pub reauth: std::time::Duration,
+}
+
+/// The default re-authentication window: five minutes.
+pub const REAUTH: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Default for PagesConfig {
+    fn default() -> PagesConfig {
+        PagesConfig {
+            brand: Brand::default(),
+            return_domains: ReturnDomains::default(),
+            public_url: None,
+            links: None,
+            reauth: REAUTH,
+        }
+    }
 }
 
 impl PagesConfig {

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 use super::check::{Attempt, Opened};
 use super::links::{LinkRequest, LinkSpend};
+use super::own::{NewOwnKey, OwnKey};
 use crate::ApiError;
 
 /// How long a sign-in may wait for a voter that can take it.
@@ -139,6 +140,65 @@ impl VoterSignIn {
             })
             .await?;
         Ok(r.log_index)
+    }
+
+    pub async fn create_own_key(&self, credential: &str, key: OwnKey, ip: IpAddr) -> Result<NewOwnKey, ApiError> {
+        let request = pb::CreateOwnKeyRequest {
+            credential: credential.to_string(),
+            name: key.name,
+            role: key.role.unwrap_or_default(),
+            days: key.days,
+            client_ip: ip.to_string(),
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.create_own_key(req).await }
+            })
+            .await?;
+        Ok(NewOwnKey { key_id: r.key_id, key: r.key, log_index: r.log_index })
+    }
+
+    pub async fn revoke_own_key(&self, credential: &str, key_id: &str, ip: IpAddr) -> Result<u64, ApiError> {
+        let request = pb::RevokeOwnKeyRequest {
+            credential: credential.to_string(),
+            key_id: key_id.to_string(),
+            client_ip: ip.to_string(),
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.revoke_own_key(req).await }
+            })
+            .await?;
+        Ok(r.log_index)
+    }
+
+    pub async fn change_password(
+        &self,
+        credential: &str,
+        current: String,
+        new: String,
+        ip: IpAddr,
+        user_agent: String,
+    ) -> Result<Opened, ApiError> {
+        let request = pb::ChangeOwnPasswordRequest {
+            credential: credential.to_string(),
+            current_password: current,
+            new_password: new,
+            client_ip: ip.to_string(),
+            user_agent,
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.change_own_password(req).await }
+            })
+            .await?;
+        Ok(opened(r))
     }
 }
 

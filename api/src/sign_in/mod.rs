@@ -20,12 +20,14 @@
 pub mod check;
 pub mod forward;
 pub mod links;
+pub mod own;
 pub mod service;
 
 use std::net::IpAddr;
 
 pub use check::{Attempt, Opened};
 pub use links::{LinkRequest, LinkSettings, LinkSpend};
+pub use own::{NewOwnKey, OwnKey};
 
 use crate::http::front::{Front, FrontConfig};
 use crate::identity::Principal;
@@ -115,5 +117,61 @@ impl SignIn {
         };
         node.wait_applied(index).await;
         Ok(())
+    }
+
+    /// Makes an API key for the caller (a recent session: [`own`]);
+    /// returns once this node has applied it.
+    pub async fn create_own_key(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        key: OwnKey,
+        ip: IpAddr,
+    ) -> Result<NewOwnKey, ApiError> {
+        let made = match self {
+            SignIn::Here(_) => own::create_key(front, p, key, ip).await?,
+            SignIn::Voters(voters) => voters.create_own_key(credential, key, ip).await?,
+        };
+        front.node.wait_applied(made.log_index).await;
+        Ok(made)
+    }
+
+    /// Revokes one of the caller's keys.
+    pub async fn revoke_own_key(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        key_id: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let index = match self {
+            SignIn::Here(_) => own::revoke_key(front, p, key_id, ip).await?,
+            SignIn::Voters(voters) => voters.revoke_own_key(credential, key_id, ip).await?,
+        };
+        front.node.wait_applied(index).await;
+        Ok(())
+    }
+
+    /// Changes the caller's password; the session returned replaces every
+    /// session the user had.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn change_password(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        current: String,
+        new: String,
+        ip: IpAddr,
+        user_agent: String,
+    ) -> Result<Opened, ApiError> {
+        let opened = match self {
+            SignIn::Here(_) => own::change_password(front, p, current, new, ip, user_agent).await?,
+            SignIn::Voters(voters) => voters.change_password(credential, current, new, ip, user_agent).await?,
+        };
+        front.node.wait_applied(opened.log_index).await;
+        Ok(opened)
     }
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::check::{self, Attempt};
 use super::links::{self, LinkRequest, LinkSpend};
+use super::own::{self, OwnKey};
 use crate::http::front::Front;
 use crate::ApiError;
 
@@ -190,5 +191,44 @@ impl SignInService for SignIns {
         let p = self.caller(&r.credential).await?;
         let log_index = check::revoke_own(&self.front.node, &p, &r.session_id, &ip.to_string()).await?;
         Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+
+    async fn create_own_key(
+        &self,
+        req: Request<pb::CreateOwnKeyRequest>,
+    ) -> Result<Response<pb::CreateOwnKeyResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let role = Some(r.role).filter(|role| !role.is_empty());
+        let made = own::create_key(&self.front, &p, OwnKey { name: r.name, role, days: r.days }, ip).await?;
+        Ok(Response::new(pb::CreateOwnKeyResponse { key_id: made.key_id, key: made.key, log_index: made.log_index }))
+    }
+
+    async fn revoke_own_key(
+        &self,
+        req: Request<pb::RevokeOwnKeyRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let log_index = own::revoke_key(&self.front, &p, &r.key_id, ip).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+
+    /// Under the calling front's sign-in budget and the login limits: it
+    /// checks a password.
+    async fn change_own_password(
+        &self,
+        req: Request<pb::ChangeOwnPasswordRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        self.front.limits.login_attempt(ip).await?;
+        let opened =
+            own::change_password(&self.front, &p, r.current_password, r.new_password, ip, r.user_agent).await?;
+        Ok(Response::new(login_response(opened)))
     }
 }

@@ -39,6 +39,9 @@ pub struct PagesSettings {
     /// Only addresses in these domains may ask for a link (exact domains,
     /// like `example.com`; a subdomain is not included). Empty: any.
     pub allowed_email_domains: Vec<String>,
+    /// An API key is made from "my account" only within this many seconds
+    /// of signing in (30 to 3600); later, the person signs in again first.
+    pub reauth_secs: u64,
 }
 
 impl Default for PagesSettings {
@@ -54,6 +57,7 @@ impl Default for PagesSettings {
             link_ttl_secs: 15 * 60,
             links_per_address: 3,
             allowed_email_domains: Vec::new(),
+            reauth_secs: 300,
         }
     }
 }
@@ -85,7 +89,11 @@ impl PagesSettings {
             Some(u) => Some(public_url(u, dev).map_err(bad)?),
         };
         let links = if self.email_links { Some(self.links()?) } else { None };
-        Ok(Some(gatehouse_api::pages::PagesConfig { brand, return_domains, public_url, links }))
+        if !(30..=3600).contains(&self.reauth_secs) {
+            return Err(bad("pages.reauth_secs must be 30 to 3600".into()));
+        }
+        let reauth = Duration::from_secs(self.reauth_secs);
+        Ok(Some(gatehouse_api::pages::PagesConfig { brand, return_domains, public_url, links, reauth }))
     }
 
     fn links(&self) -> Result<gatehouse_api::sign_in::LinkSettings, ConfigError> {
