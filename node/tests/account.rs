@@ -1,10 +1,11 @@
 //! "My account" beyond sessions: API keys made from the page (shown once,
-//! only from a recent sign-in, never with a role the person lacks) and
-//! revoked; the password changed (the current one checked, every other
-//! session ended, this browser kept signed in). The attacks: a stale
-//! cookie making a key, another person's key revoked, forged forms,
-//! markup in a key's name, a wrong current password. The same through a
-//! stateless front, where a voter decides.
+//! with the password given again or, without one, from a recent sign-in;
+//! never with a role the person lacks) and revoked; the password changed
+//! (the current one checked, every other session ended, this browser kept
+//! signed in). The attacks: a cookie alone making a key, another person's
+//! key revoked, forged forms, markup in a key's name, a wrong or guessed
+//! password (limited). The same through a stateless front, where a voter
+//! decides.
 
 mod common;
 
@@ -79,7 +80,13 @@ async fn a_recent_sign_in_makes_a_key_shown_once_and_revokes_it() {
     assert!(page.contains("action=\"/account/keys\"") && page.contains("You have no API keys."), "{page}");
 
     let name = "<b>ci</b> & \"deploys\"";
-    let made = post(&at, "/account/keys", &session, &csrf, &[("name", name), ("role", "viewer"), ("days", "30")]).await;
+    // The cookie alone makes no key: the password again, and the right one.
+    for (password, status) in [("", StatusCode::FORBIDDEN), ("not my password", StatusCode::UNAUTHORIZED)] {
+        let fields = [("name", "x"), ("role", ""), ("days", "30"), ("password", password)];
+        assert_eq!(post(&at, "/account/keys", &session, &csrf, &fields).await.status(), status, "{password:?}");
+    }
+    let fields = [("name", name), ("role", "viewer"), ("days", "30"), ("password", PASSWORD)];
+    let made = post(&at, "/account/keys", &session, &csrf, &fields).await;
     assert_eq!(made.status(), StatusCode::OK);
     assert_eq!(made.headers()["cache-control"], "no-store");
     let page = made.text().await.unwrap();
@@ -100,15 +107,15 @@ async fn a_recent_sign_in_makes_a_key_shown_once_and_revokes_it() {
     for (name, role, days) in
         [("x", "admin", "30"), ("x", "", "0"), ("x", "", "367"), ("x", "", "ten"), ("  ", "", "30")]
     {
-        let refused =
-            post(&at, "/account/keys", &session, &csrf, &[("name", name), ("role", role), ("days", days)]).await;
+        let fields = [("name", name), ("role", role), ("days", days), ("password", PASSWORD)];
+        let refused = post(&at, "/account/keys", &session, &csrf, &fields).await;
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{name:?} {role:?} {days:?}");
     }
     // Forged: no CSRF proof; a bearer key instead of a session.
     let forged = browser()
         .post(format!("{at}/account/keys"))
         .header("cookie", format!("{SESSION}={session}"))
-        .form(&[("csrf", "0".repeat(64).as_str()), ("name", "x"), ("role", ""), ("days", "30")])
+        .form(&[("csrf", "0".repeat(64).as_str()), ("name", "x"), ("role", ""), ("days", "30"), ("password", PASSWORD)])
         .send()
         .await
         .unwrap();
@@ -117,7 +124,7 @@ async fn a_recent_sign_in_makes_a_key_shown_once_and_revokes_it() {
         .post(format!("{at}/account/keys"))
         .bearer_auth(&key)
         .header("cookie", format!("{CSRF}={csrf}"))
-        .form(&[("csrf", csrf.as_str()), ("name", "x"), ("role", ""), ("days", "30")])
+        .form(&[("csrf", csrf.as_str()), ("name", "x"), ("role", ""), ("days", "30"), ("password", PASSWORD)])
         .send()
         .await
         .unwrap();
@@ -136,44 +143,88 @@ async fn a_recent_sign_in_makes_a_key_shown_once_and_revokes_it() {
     c.shutdown().await;
 }
 
+/// A session opened for `user_id` through the log (as a mailed link
+/// does for a person without a password): its token.
+async fn session_for(c: &TestCluster, user_id: &str) -> String {
+    let minted = gatehouse_api::mint::new_session_token();
+    let now = gatehouse_cluster::clock::now_ms();
+    let cmd =
+        c.node(1).cluster().command(gatehouse_domain::Payload::CreateSession(gatehouse_proto::events::CreateSession {
+            session_id: gatehouse_cluster::ids::new_id(),
+            user_id: user_id.into(),
+            token_sha256: minted.token_sha256.to_vec(),
+            expires_at: now + 3_600_000,
+            idle_timeout_ms: 0,
+            client_ip: "127.0.0.1".into(),
+            user_agent: "test".into(),
+        }));
+    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    minted.token
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_older_sign_in_confirms_its_password_before_it_makes_a_key() {
+async fn without_a_password_a_key_needs_a_recent_sign_in() {
     let c = TestCluster::start_with(1, |c| {
         c.rate_limits.enabled = false;
         c.pages.reauth_secs = 30;
     })
     .await;
-    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let cmd = common::create_user(c.node(1), "cyd");
+    let Some(gatehouse_domain::Payload::CreateUser(u)) = &cmd.payload else { unreachable!() };
+    let user_id = u.user_id.clone();
+    c.node(1).cluster().propose_one(cmd).await.unwrap();
     let at = base(c.node(1));
-    let (session, csrf) = sign_in(&at, "ann", PASSWORD).await;
+    let page = browser().get(format!("{at}/login")).send().await.unwrap();
+    let csrf = set_cookie(page.headers(), CSRF).unwrap();
+    // Just signed in: a key, no password asked.
+    let young = session_for(&c, &user_id).await;
+    let page = account(&at, &young, &csrf).await;
+    assert!(page.contains("action=\"/account/keys\"") && !page.contains("key-password"), "{page}");
+    let fields = [("name", "x"), ("role", ""), ("days", "7"), ("password", "")];
+    assert_eq!(post(&at, "/account/keys", &young, &csrf, &fields).await.status(), StatusCode::OK);
     // The shortest window is 30 s: this test waits it out.
     let began = std::time::Instant::now();
     wait_until("the sign-in is older than the window", Duration::from_secs(40), || async {
         began.elapsed() > Duration::from_secs(31)
     })
     .await;
-    let page = account(&at, &session, &csrf).await;
-    assert!(!page.contains("action=\"/account/keys\"") && page.contains("confirm your password"), "{page}");
-    // A stale cookie (say, a stolen one) cannot make a key.
-    let refused = post(&at, "/account/keys", &session, &csrf, &[("name", "x"), ("role", ""), ("days", "30")]).await;
+    let page = account(&at, &young, &csrf).await;
+    assert!(!page.contains("action=\"/account/keys\"") && page.contains("sign in again with a new link"), "{page}");
+    let refused = post(&at, "/account/keys", &young, &csrf, &fields).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert!(refused.text().await.unwrap().contains("Confirm your password"));
-    assert_eq!(c.node(1).cluster().view().read().api_keys().count(), 1, "only the bootstrap admin's key");
-    // Confirming is signing in again: a new session, the old one ended.
-    let confirm =
-        post(&at, "/login", &session, &csrf, &[("rd", "/account"), ("username", "ann"), ("password", PASSWORD)]).await;
-    assert_eq!(confirm.status(), StatusCode::SEE_OTHER);
-    assert_eq!(confirm.headers()[LOCATION], "/account");
-    let fresh = set_cookie(confirm.headers(), SESSION).unwrap();
-    let made = post(&at, "/account/keys", &fresh, &csrf, &[("name", "x"), ("role", ""), ("days", "7")]).await;
-    assert_eq!(made.status(), StatusCode::OK);
-    let stale = browser()
-        .get(format!("{at}/account"))
-        .header("cookie", format!("{CSRF}={csrf}; {SESSION}={session}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stale.status(), StatusCode::SEE_OTHER, "the older session ended");
+    assert!(refused.text().await.unwrap().contains("Sign in again with a new link"));
+    let keys = c.node(1).cluster().view().read().api_keys().filter(|k| k.user_id == user_id).count();
+    assert_eq!(keys, 1, "only the key made while the sign-in was recent");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_the_current_password_is_limited_like_a_login() {
+    // The default limits: 5 logins a minute per address.
+    let c = TestCluster::start_with(1, |c| c.rate_limits = Default::default()).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let at = base(c.node(1));
+    let (session, csrf) = sign_in(&at, "ann", PASSWORD).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let guess = format!("guess number {i}");
+        let fields = [
+            ("current", guess.as_str()),
+            ("new", "a new and longer passphrase"),
+            ("repeat", "a new and longer passphrase"),
+        ];
+        statuses.push(post(&at, "/account/password", &session, &csrf, &fields).await.status());
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert_eq!(*statuses.last().unwrap(), StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // And over the limit, the right password learns nothing either.
+    let fields =
+        [("current", PASSWORD), ("new", "a new and longer passphrase"), ("repeat", "a new and longer passphrase")];
+    assert_eq!(post(&at, "/account/password", &session, &csrf, &fields).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The same for a key's password.
+    let fields = [("name", "x"), ("role", ""), ("days", "7"), ("password", PASSWORD)];
+    assert_eq!(post(&at, "/account/keys", &session, &csrf, &fields).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login_at(&at, "ann", PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
     c.shutdown().await;
 }
 
@@ -234,7 +285,8 @@ async fn through_a_front_a_voter_makes_the_key_and_changes_the_password() {
     .await;
     let (session, csrf) = sign_in(&at, "ann", PASSWORD).await;
     let page = account(&at, &session, &csrf).await;
-    let made = post(&at, "/account/keys", &session, &csrf, &[("name", "ci"), ("role", ""), ("days", "30")]).await;
+    let fields = [("name", "ci"), ("role", ""), ("days", "30"), ("password", PASSWORD)];
+    let made = post(&at, "/account/keys", &session, &csrf, &fields).await;
     assert_eq!(made.status(), StatusCode::OK, "{page}");
     let key = shown_key(&made.text().await.unwrap());
     assert_eq!(verify_bearer(&at, &key).await, StatusCode::OK);

@@ -104,11 +104,17 @@ async fn heading(b: &Client, text: &str) {
     }
 }
 
-/// An app that says who nginx says is calling.
+/// An app that says who nginx says is calling, and whether a Gatehouse
+/// session cookie reached it (it must not).
 async fn upstream() -> u16 {
     let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
         let user = headers.get("x-auth-user").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        axum::response::Html(format!("<!doctype html><title>Reports</title><h1 id=\"who\">Reports for {user}</h1>"))
+        let cookies = headers.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let leaked = cookies.contains("gatehouse_session");
+        axum::response::Html(format!(
+            "<!doctype html><title>Reports</title><h1 id=\"who\">Reports for {user}</h1>\
+             <p id=\"leaked\">{leaked}</p>"
+        ))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -253,6 +259,102 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
     b.wait().for_element(Locator::Css("form[action=\"/login/link\"] button")).await.unwrap().click().await.unwrap();
     let gone = b.wait().for_element(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
     assert!(gone.contains("used already"), "{gone}");
+    b.close().await.unwrap();
+    c.shutdown().await;
+}
+
+/// The sign-in host and the app differ (`login.example.test` for
+/// `app.example.test`): one shared `__Secure-` session cookie for the
+/// domain, the redirect between the two hosts and back, and nginx keeps
+/// the cookie from the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_signs_in_on_the_sign_in_host_and_lands_on_the_app_host() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let login = format!("https://login.example.test:{port}");
+    let app_site = format!("https://app.example.test:{port}");
+    let public = login.clone();
+    let c = TestCluster::start_with(1, move |c| {
+        c.pages.return_domains = vec!["example.test".into()];
+        c.pages.public_url = Some(public.clone());
+        c.identity.cookie_domain = Some("example.test".into());
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    create_user_with_password(c.node(1), "ann", "correct horse battery", &["viewer"]).await;
+    let gatehouse = c.node(1).http_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = gatehouse_tls::issue::new_ca("browser test CA", 1).unwrap();
+    let names = ["app.example.test".to_string(), "login.example.test".to_string()];
+    let cert = gatehouse_tls::issue::node_certificate(&ca, 1, &names, &[], 1).unwrap();
+    std::fs::write(dir.path().join("site.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("site.key"), cert.key_pem.expose()).unwrap();
+    let app = upstream().await;
+    let tls = format!(
+        "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {0}/site.pem;\n    ssl_certificate_key {0}/site.key;",
+        dir.path().display()
+    );
+    // The example for the app host, and a server of its own for the pages.
+    let mut conf = common::nginx::example();
+    for (from, to) in [
+        (
+            "    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(),
+            format!("    server {gatehouse};\n"),
+        ),
+        ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{app};")),
+        ("listen 80;".to_string(), tls.clone()),
+        ("server_name app.example.com;".to_string(), "server_name app.example.test;".to_string()),
+    ] {
+        assert_eq!(conf.matches(&from).count(), 1, "the example no longer has {from:?}");
+        conf = conf.replace(&from, &to);
+    }
+    conf += &format!(
+        r#"
+server {{
+    {tls}
+    server_name login.example.test;
+    location / {{
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header Connection "";
+        proxy_http_version 1.1;
+        proxy_pass http://gatehouse;
+    }}
+}}
+"#
+    );
+    let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
+
+    let driver = chromedriver().await;
+    let b = browser(&driver).await;
+    b.goto(&format!("{app_site}/reports?week=51")).await.unwrap();
+    let at = b.current_url().await.unwrap();
+    assert_eq!(at.origin().ascii_serialization(), login, "sent to the sign-in host: {at}");
+    assert_eq!(at.path(), "/login");
+    b.find(Locator::Id("username")).await.unwrap().send_keys("ann").await.unwrap();
+    b.find(Locator::Id("password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{app_site}/reports?week=51"));
+    assert_eq!(b.find(Locator::Id("leaked")).await.unwrap().text().await.unwrap(), "false");
+    // One cookie for the domain, Secure and named so.
+    let cookies = b.get_all_cookies().await.unwrap();
+    let session = cookies.iter().find(|c| c.name() == "__Secure-gatehouse_session").expect("the shared session cookie");
+    // A domain cookie (WebDriver names it with or without the leading dot).
+    assert_eq!(session.domain().map(|d| d.trim_start_matches('.')), Some("example.test"));
+    assert_eq!(session.secure(), Some(true));
+    assert_eq!(session.http_only(), Some(true));
+    assert!(cookies.iter().all(|c| c.name() != "__Host-gatehouse_session"));
+
+    // Signing out on the sign-in host: the app asks again.
+    b.goto(&format!("{login}/account")).await.unwrap();
+    b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Sign in").await;
+    b.goto(&format!("{app_site}/reports")).await.unwrap();
+    let at = b.current_url().await.unwrap();
+    assert_eq!((at.origin().ascii_serialization(), at.path()), (login.clone(), "/login"));
     b.close().await.unwrap();
     c.shutdown().await;
 }

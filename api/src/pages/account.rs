@@ -5,13 +5,13 @@
 //! | form | what it does |
 //! |---|---|
 //! | `POST /account/sessions/{id}/revoke` | signs one of their sessions out |
-//! | `POST /account/keys` (`name`, `role`, `days`) | a key, shown once; only from a recent sign-in |
+//! | `POST /account/keys` (`name`, `role`, `days`, `password`) | a key, shown once; the password given again |
 //! | `POST /account/keys/{id}/revoke` | revokes one of their keys |
 //! | `POST /account/password` (`current`, `new`, `repeat`) | a new password; every other session ends |
 //!
-//! A key outlives the session it is made from, so an older session is
-//! asked to confirm its password first (the sign-in form, which starts a
-//! new session): [`crate::sign_in::own`].
+//! A key outlives the session it is made from, so the form asks for the
+//! password again (a person without one makes keys only from a recent
+//! sign-in): [`crate::sign_in::own`].
 //!
 //! Only a session from the session cookie opens these pages (a bearer
 //! token is an API client's: it gets the JSON API; a cookie holding an API
@@ -69,7 +69,9 @@ struct AccountPage<'a> {
     keys: Vec<KeyRow>,
     /// The person's roles, for a key's role.
     roles: Vec<String>,
-    /// The sign-in is recent enough to make a key.
+    /// A key is made with the password given again.
+    needs_password: bool,
+    /// Without a password: the sign-in is recent enough to make a key.
     recent: bool,
 }
 
@@ -210,6 +212,7 @@ fn render(
         sessions,
         keys,
         roles,
+        needs_password: own::has_password(front, p),
         recent: own::recent(front, p, pages.reauth),
     };
     html(pages, status, page.render(), &n, set_cookie)
@@ -291,7 +294,8 @@ pub async fn create_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let expected = [("csrf", 64), ("name", MAX_KEY_NAME * 4), ("role", 64), ("days", 3)];
+    let max = crate::passwords::MAX_PASSWORD_LEN;
+    let expected = [("csrf", 64), ("name", MAX_KEY_NAME * 4), ("role", 64), ("days", 3), ("password", max)];
     let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
@@ -300,13 +304,25 @@ pub async fn create_key(
         return render(&front, &headers, &p, StatusCode::BAD_REQUEST, Ok("Choose how long the key lives."));
     };
     let role = Some(f["role"].clone()).filter(|r| !r.is_empty());
-    let key = OwnKey { name: f["name"].clone(), role, days };
+    let key = OwnKey { name: f["name"].clone(), role, days, password: f["password"].clone() };
     let made = match front.sign_in.create_own_key(&front, &p, &token, key, client.0).await {
         Ok(m) => m,
         Err(ApiError::PermissionDenied(_)) => {
             tracing::Span::current().record("outcome", "reauth");
-            let why = "Confirm your password below first: a key is made only from a recent sign-in.";
+            let why = if own::has_password(&front, &p) {
+                "Enter your password to make a key."
+            } else {
+                "Sign in again with a new link first: a key is made only from a recent sign-in."
+            };
             return render(&front, &headers, &p, StatusCode::FORBIDDEN, Ok(why));
+        }
+        Err(ApiError::InvalidCredentials) => {
+            tracing::Span::current().record("outcome", "password");
+            return render(&front, &headers, &p, StatusCode::UNAUTHORIZED, Ok("Your password is not right."));
+        }
+        Err(ApiError::RateLimited(_)) => {
+            let why = "Too many attempts. Wait a minute, then try again.";
+            return render(&front, &headers, &p, StatusCode::TOO_MANY_REQUESTS, Ok(why));
         }
         Err(ApiError::InvalidArgument(_)) => {
             let why = "Give the key a name of 1 to 64 characters, one of your roles, and 1 to 366 days.";

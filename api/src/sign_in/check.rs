@@ -68,6 +68,79 @@ pub async fn login(
     config: &FrontConfig,
     attempt: Attempt,
 ) -> Result<Opened, ApiError> {
+    let ip = attempt.client_ip.to_string();
+    let user_agent: String = attempt.user_agent.chars().take(MAX_USER_AGENT / 4).collect();
+    let user = verify(node, passwords, config, attempt).await?;
+    let (cmd, pending) = new_session(node, config, &user, &ip, user_agent);
+    let request_id = cmd.request_id.clone();
+    let applied = node.propose(vec![cmd]).await?;
+    for r in &applied.results {
+        ApiError::check(r)?;
+    }
+    let opened = pending.opened(applied.log_index);
+    let who = Actor {
+        user_id: user.user_id.clone(),
+        session_id: opened.session_id.clone(),
+        client_ip: ip,
+        ..Default::default()
+    };
+    let mut e = audit::event("login.success", "ok", &who, format!("session:{}", opened.session_id));
+    e.request_id = request_id;
+    node.audit(e);
+    Ok(opened)
+}
+
+/// A session about to be proposed: what the browser gets once it applies.
+pub struct Pending(Opened);
+
+impl Pending {
+    pub fn opened(mut self, log_index: u64) -> Opened {
+        self.0.log_index = log_index;
+        self.0
+    }
+}
+
+/// The command that opens a new session for `user`, and the session it opens.
+pub fn new_session(
+    node: &Node,
+    config: &FrontConfig,
+    user: &gatehouse_proto::state::UserRecord,
+    ip: &str,
+    user_agent: String,
+) -> (gatehouse_domain::Command, Pending) {
+    let minted = crate::mint::new_session_token();
+    let session_id = gatehouse_cluster::ids::new_id();
+    let expires_at = now_ms() + config.session_ttl.as_millis() as u64;
+    let cmd = node.command(Payload::CreateSession(CreateSession {
+        session_id: session_id.clone(),
+        user_id: user.user_id.clone(),
+        token_sha256: minted.token_sha256.to_vec(),
+        expires_at,
+        idle_timeout_ms: config.session_idle.as_millis() as u64,
+        client_ip: ip.to_string(),
+        user_agent,
+    }));
+    let opened = Opened {
+        user_id: user.user_id.clone(),
+        username: user.username.clone(),
+        roles: user.roles.clone(),
+        session_id,
+        token: minted.token,
+        expires_at,
+        log_index: 0,
+    };
+    (cmd, Pending(opened))
+}
+
+/// Checks `attempt`'s password as a login does (argon2id, lockout, the
+/// failure recorded, audited) without opening a session: the user it
+/// belongs to, or `InvalidCredentials`.
+pub async fn verify(
+    node: &Node,
+    passwords: &PasswordPool,
+    config: &FrontConfig,
+    attempt: Attempt,
+) -> Result<gatehouse_proto::state::UserRecord, ApiError> {
     if attempt.username.len() > 64 || attempt.password.len() > MAX_PASSWORD_LEN {
         return Err(ApiError::InvalidCredentials);
     }
@@ -123,38 +196,7 @@ pub async fn login(
         return Err(ApiError::InvalidCredentials);
     };
 
-    let minted = crate::mint::new_session_token();
-    let session_id = gatehouse_cluster::ids::new_id();
-    let expires_at = now + config.session_ttl.as_millis() as u64;
-    let user_agent: String = attempt.user_agent.chars().take(MAX_USER_AGENT / 4).collect();
-    let cmd = node.command(Payload::CreateSession(CreateSession {
-        session_id: session_id.clone(),
-        user_id: user.user_id.clone(),
-        token_sha256: minted.token_sha256.to_vec(),
-        expires_at,
-        idle_timeout_ms: config.session_idle.as_millis() as u64,
-        client_ip: ip.clone(),
-        user_agent,
-    }));
-    let request_id = cmd.request_id.clone();
-    let applied = node.propose(vec![cmd]).await?;
-    for r in &applied.results {
-        ApiError::check(r)?;
-    }
-    let who =
-        Actor { user_id: user.user_id.clone(), session_id: session_id.clone(), client_ip: ip, ..Default::default() };
-    let mut e = audit::event("login.success", "ok", &who, format!("session:{session_id}"));
-    e.request_id = request_id;
-    node.audit(e);
-    Ok(Opened {
-        user_id: user.user_id.clone(),
-        username: user.username.clone(),
-        roles: user.roles.clone(),
-        session_id,
-        token: minted.token,
-        expires_at,
-        log_index: applied.log_index,
-    })
+    Ok(user.clone())
 }
 
 /// Ends the caller's own session; `p` must have come through one.

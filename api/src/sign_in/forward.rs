@@ -149,6 +149,7 @@ impl VoterSignIn {
             role: key.role.unwrap_or_default(),
             days: key.days,
             client_ip: ip.to_string(),
+            password: key.password,
         };
         let r = self
             .on_a_voter(|mut c, left| {

@@ -2,13 +2,15 @@
 //! API keys (shown once, revoked) and the password. Checked and written
 //! on a voter ([`super::SignIn`] sends a front's on), each audited.
 //!
-//! Re-authentication: a key outlives the session it was made from, so it
-//! is made only from a session begun (with a password or a mailed link)
-//! within the re-authentication window (`[pages] reauth_secs`); an older
-//! one must sign in again first. A stolen cookie therefore cannot become a
-//! key. A password change asks for the current password itself (checked
-//! as a login: argon2id, lockout, limits), ends every session of the user
-//! (the log's `SetPassword` does), and opens a new one for this browser.
+//! Re-authentication: a key outlives the session it was made from, so a
+//! person with a password gives it again in the form that makes the key
+//! (checked as a login: argon2id, lockout, limits); a person without one
+//! (who signs in with mailed links) makes keys only from a session begun
+//! within the re-authentication window (`[pages] reauth_secs`). A stolen
+//! cookie, even a young one seen by a sibling app under a shared cookie
+//! domain, therefore cannot become a key. A password change asks for the
+//! current password the same way; the new password and this browser's new
+//! session go into the log as one entry (`SetPassword` ends every other).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,13 +36,21 @@ pub const MAX_KEY_DAYS: u64 = 366;
 pub const MAX_OWN_KEYS: usize = 20;
 
 /// A key a person asks for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OwnKey {
     pub name: String,
     /// One of the person's roles, or `None` for all of them.
     pub role: Option<String>,
     /// Days until it expires, 1 to [`MAX_KEY_DAYS`].
     pub days: u64,
+    /// The person's password, given again (empty for a person without one).
+    pub password: String,
+}
+
+impl std::fmt::Debug for OwnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnKey").field("name", &self.name).field("days", &self.days).finish_non_exhaustive()
+    }
 }
 
 /// A key just made: its id, and the key itself, shown once.
@@ -56,7 +66,13 @@ impl std::fmt::Debug for NewOwnKey {
     }
 }
 
-/// Whether `p`'s session began within `window` (a key is made only then).
+/// Whether the person has a password (a front's view holds a marker for it).
+pub fn has_password(front: &Front, p: &Principal) -> bool {
+    front.node.view().read().user(&p.user_id).is_some_and(|u| !u.password_hash.is_empty())
+}
+
+/// Whether `p`'s session began within `window` (a person without a
+/// password makes keys only then).
 pub fn recent(front: &Front, p: &Principal, window: Duration) -> bool {
     let Via::Session { session_id } = &p.via else { return false };
     let began = front.node.view().read().session(session_id).map_or(0, |s| s.created_at);
@@ -67,9 +83,45 @@ fn window(front: &Front) -> Duration {
     front.config.pages.as_deref().map_or(Duration::from_secs(300), |p| p.reauth)
 }
 
+/// A sensitive change: only through a session (never an API key).
+fn session_only(p: &Principal) -> Result<(), ApiError> {
+    match p.via {
+        Via::Session { .. } => Ok(()),
+        Via::ApiKey { .. } => Err(ApiError::PermissionDenied("this needs a signed-in session, not an API key".into())),
+    }
+}
+
+/// Checks `password` as a login of `p` would, with the login endpoint's
+/// strict limits by `ip` (counted here, on a voter, for a front's too); a
+/// wrong one is audited against the session that sent it.
+async fn confirm_password(front: &Front, p: &Principal, password: String, ip: IpAddr) -> Result<(), ApiError> {
+    front.limits.login_attempt(ip).await?;
+    let attempt = Attempt { username: p.username.clone(), password, client_ip: ip, user_agent: String::new() };
+    match check::verify(&front.node, &front.passwords, &front.config, attempt).await {
+        Ok(user) if user.user_id == p.user_id => Ok(()),
+        Ok(_) => Err(ApiError::InvalidCredentials),
+        Err(e) => {
+            if e == ApiError::InvalidCredentials {
+                let mut ev =
+                    audit::event("user.reauth", "denied", &Actor::of(p, ip.to_string()), format!("user:{}", p.user_id));
+                ev.detail = "wrong password".into();
+                front.node.audit(ev);
+                front.limits.login_refused(ip).await?;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Makes a key for `p` (see the module docs).
 pub async fn create_key(front: &Front, p: &Principal, k: OwnKey, ip: IpAddr) -> Result<NewOwnKey, ApiError> {
-    if !recent(front, p, window(front)) {
+    session_only(p)?;
+    if has_password(front, p) {
+        if k.password.is_empty() {
+            return Err(ApiError::PermissionDenied(SIGN_IN_AGAIN.into()));
+        }
+        confirm_password(front, p, k.password.clone(), ip).await?;
+    } else if !recent(front, p, window(front)) {
         return Err(ApiError::PermissionDenied(SIGN_IN_AGAIN.into()));
     }
     let name = k.name.trim();
@@ -83,7 +135,11 @@ pub async fn create_key(front: &Front, p: &Principal, k: OwnKey, ip: IpAddr) -> 
     let roles = {
         let state = node.view().read();
         let user = state.user(&p.user_id).ok_or(ApiError::Unauthenticated)?;
-        if state.api_keys().filter(|key| key.user_id == p.user_id && key.revoked_at == 0).count() >= MAX_OWN_KEYS {
+        let now = now_ms();
+        let live = |key: &&gatehouse_proto::state::ApiKeyRecord| {
+            key.user_id == p.user_id && key.revoked_at == 0 && (key.expires_at == 0 || key.expires_at > now)
+        };
+        if state.api_keys().filter(live).count() >= MAX_OWN_KEYS {
             return Err(ApiError::FailedPrecondition(format!("you hold {MAX_OWN_KEYS} keys: revoke one first")));
         }
         match &k.role {
@@ -109,6 +165,7 @@ pub async fn create_key(front: &Front, p: &Principal, k: OwnKey, ip: IpAddr) -> 
 
 /// Revokes one of `p`'s own keys (another person's is "not found").
 pub async fn revoke_key(front: &Front, p: &Principal, key_id: &str, ip: IpAddr) -> Result<u64, ApiError> {
+    session_only(p)?;
     keys::validate_key_id(key_id).map_err(|_| ApiError::NotFound("no such key".into()))?;
     let node = &front.node;
     let mine = node.view().read().api_key(key_id).is_some_and(|k| k.user_id == p.user_id && k.revoked_at == 0);
@@ -120,8 +177,8 @@ pub async fn revoke_key(front: &Front, p: &Principal, key_id: &str, ip: IpAddr) 
 }
 
 /// Changes `p`'s password: the current one checked as a login, the new
-/// one under the password policy; every session ends, and the one
-/// returned is this browser's new session.
+/// one under the password policy; the new password and this browser's new
+/// session are one log entry, which ends every other session.
 pub async fn change_password(
     front: &Front,
     p: &Principal,
@@ -130,20 +187,28 @@ pub async fn change_password(
     ip: IpAddr,
     user_agent: String,
 ) -> Result<Opened, ApiError> {
+    session_only(p)?;
     crate::passwords::check_policy(&new)?;
+    confirm_password(front, p, current, ip).await?;
     let node = &front.node;
-    let username = p.username.clone();
-    let attempt = |password: String| Attempt {
-        username: username.clone(),
-        password,
-        client_ip: ip,
-        user_agent: user_agent.clone(),
-    };
-    // The current password, exactly as a login checks it (lockout included).
-    check::login(node, &front.passwords, &front.config, attempt(current)).await?;
-    let hash = front.passwords.hash(new.clone()).await?;
+    let hash = front.passwords.hash(new).await?;
     users::validate_password_hash(&hash).map_err(ApiError::from)?;
-    let cmd = node.command(Payload::SetPassword(SetPassword { user_id: p.user_id.clone(), password_hash: hash }));
-    audit::write(node, &Actor::of(p, ip.to_string()), cmd).await?;
-    check::login(node, &front.passwords, &front.config, attempt(new)).await
+    let user = node.view().read().user(&p.user_id).cloned().ok_or(ApiError::Unauthenticated)?;
+    let set = node.command(Payload::SetPassword(SetPassword { user_id: p.user_id.clone(), password_hash: hash }));
+    let request_id = set.request_id.clone();
+    let agent: String = user_agent.chars().take(gatehouse_domain::sessions::MAX_USER_AGENT / 4).collect();
+    let (open, pending) = check::new_session(node, &front.config, &user, &ip.to_string(), agent);
+    let applied = node.propose(vec![set, open]).await?;
+    let outcome = applied.results.iter().try_for_each(ApiError::check);
+    let mut ev = audit::event(
+        "user.set_password",
+        if outcome.is_ok() { "ok" } else { "failed" },
+        &Actor::of(p, ip.to_string()),
+        format!("user:{}", p.user_id),
+    );
+    ev.request_id = request_id;
+    ev.detail = "by the user, from the account page".into();
+    node.audit(ev);
+    outcome?;
+    Ok(pending.opened(applied.log_index))
 }

@@ -197,11 +197,13 @@ impl SignInService for SignIns {
         &self,
         req: Request<pb::CreateOwnKeyRequest>,
     ) -> Result<Response<pb::CreateOwnKeyResponse>, Status> {
+        let _permit = self.place(&req)?;
         let r = req.into_inner();
         let ip = client_ip(&r.client_ip)?;
         let p = self.caller(&r.credential).await?;
         let role = Some(r.role).filter(|role| !role.is_empty());
-        let made = own::create_key(&self.front, &p, OwnKey { name: r.name, role, days: r.days }, ip).await?;
+        let key = OwnKey { name: r.name, role, days: r.days, password: r.password };
+        let made = own::create_key(&self.front, &p, key, ip).await?;
         Ok(Response::new(pb::CreateOwnKeyResponse { key_id: made.key_id, key: made.key, log_index: made.log_index }))
     }
 
@@ -226,7 +228,6 @@ impl SignInService for SignIns {
         let r = req.into_inner();
         let ip = client_ip(&r.client_ip)?;
         let p = self.caller(&r.credential).await?;
-        self.front.limits.login_attempt(ip).await?;
         let opened =
             own::change_password(&self.front, &p, r.current_password, r.new_password, ip, r.user_agent).await?;
         Ok(Response::new(login_response(opened)))
