@@ -187,10 +187,18 @@ async fn every_form_refuses_a_forged_post() {
         assert!(set_cookie(resp.headers(), SESSION).is_none());
         assert!(resp.text().await.unwrap().contains("expired or was sent from another site"));
     }
-    // Sign-out and revocation need the token too: a session stays.
+    // Sign-out, revocations, keys and the password need the token too: a
+    // session stays, and nothing is made or changed.
     let session = sign_in(&c).await;
     let cookies = format!("{SESSION}={session}");
-    for path in ["/logout", "/account/sessions/0123456789abcdef0123456789abcdef/revoke"] {
+    for path in [
+        "/logout",
+        "/account/sessions/0123456789abcdef0123456789abcdef/revoke",
+        "/account/keys",
+        "/account/keys/0123456789abcdef/revoke",
+        // (The sign-in link forms: node/tests/links.rs.)
+        "/account/password",
+    ] {
         let resp = browser()
             .post(format!("{}{path}", base(c.node(1))))
             .header("cookie", &cookies)
@@ -200,9 +208,22 @@ async fn every_form_refuses_a_forged_post() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
     }
+    // The right pair, sent cross-site, changes no password either.
+    let both = format!("{CSRF}={token}; {SESSION}={session}");
+    let new = "a new and longer passphrase";
+    let resp = browser()
+        .post(format!("{}/account/password", base(c.node(1))))
+        .header("cookie", &both)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", token.as_str()), ("current", "pw-of-ann-0001"), ("new", new), ("repeat", new)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let still =
         browser().get(format!("{}/auth/verify", base(c.node(1)))).header("cookie", &cookies).send().await.unwrap();
     assert_eq!(still.status(), StatusCode::OK);
+    assert_eq!(common::login(c.node(1), "ann", "pw-of-ann-0001").await.status(), StatusCode::OK);
     c.shutdown().await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

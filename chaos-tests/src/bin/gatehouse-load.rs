@@ -91,6 +91,19 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Successful password logins per second (argon2id) spread over every
+    /// node, rate limits off, beside bare argon2id verifications of the
+    /// same parameters in this process, same run (and beside Keycloak's
+    /// published sizing figure, in docs/benchmarks.md).
+    PasswordLogin {
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Users to sign in as, in turn.
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+    },
     /// One API key per mode, limited to `limit` per minute and hammered on
     /// /auth/verify through every node: admitted / limit, strict then global.
     RateAccuracy {
@@ -201,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut extra = match &args.scenario {
         Scenario::RateAccuracy { limit, .. } => rate_policies(*limit),
+        Scenario::PasswordLogin { .. } => "[rate_limits]\nenabled = false\n".to_string(),
         _ => String::new(),
     };
     // HTTPS on every front (node 1's certificate will do for each: it
@@ -240,6 +254,9 @@ async fn main() -> anyhow::Result<()> {
             audit_ingest(&cluster, rate, verify, callers, seconds, args.json).await?
         }
         Scenario::LoginFlood { connections, seconds } => login_flood(&cluster, connections, seconds, args.json).await?,
+        Scenario::PasswordLogin { connections, seconds, users } => {
+            password_login(&cluster, connections, seconds, users, args.json).await?
+        }
         Scenario::Revocation { revocations, fronts } => revocation(cluster, revocations, fronts, args.json).await?,
         Scenario::FrontVerify { connections, seconds } => {
             front_verify(cluster, connections, seconds, args.json).await?
@@ -476,6 +493,117 @@ fn rate_policies(limit: u32) -> String {
         )
     };
     format!("[rate_limits]\nenabled = true\n{}{}", policy("strict"), policy("global"))
+}
+
+async fn password_login(
+    cluster: &ProcCluster,
+    connections: usize,
+    seconds: u64,
+    users: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    use gatehouse_proto::admin::user_service_client::UserServiceClient;
+    use gatehouse_proto::admin::CreateUserRequest;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let password = "a load generator's passphrase";
+    let grpc = admin_channel(&cluster.nodes[&1].grpc)?;
+    for i in 0..users {
+        let user = CreateUserRequest {
+            username: format!("signer-{i}"),
+            email: format!("signer-{i}@bench.example"),
+            roles: vec!["viewer".into()],
+            password: password.into(),
+        };
+        UserServiceClient::new(grpc.clone()).create(admin_request(cluster, user)).await?;
+    }
+    let d = Duration::from_secs(seconds);
+
+    // Bare argon2id, the nodes' parameters, one worker per core, here.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = gatehouse_api::passwords::PasswordPool::new(cores, 64);
+    let phc = pool.hash(password.to_string()).await?;
+    let verified = Arc::new(AtomicU64::new(0));
+    let until = tokio::time::Instant::now() + d;
+    let bare: Vec<_> = (0..cores)
+        .map(|_| {
+            let (pool, phc, verified) = (pool.clone(), phc.clone(), verified.clone());
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    if pool.verify(password.to_string(), Some(phc.clone())).await.unwrap_or(false) {
+                        verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in bare {
+        t.await?;
+    }
+    let bare_per_s = verified.load(Ordering::Relaxed) as f64 / d.as_secs_f64();
+
+    // Logins through every node's HTTP front.
+    let nodes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let next = Arc::new(AtomicU64::new(0));
+    let outcome = Arc::new(Mutex::new((hdrhistogram::Histogram::<u64>::new(3)?, 0u64, 0u64)));
+    let until = tokio::time::Instant::now() + d;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (nodes, next, outcome) = (nodes.clone(), next.clone(), outcome.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while tokio::time::Instant::now() < until {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let node = &nodes[i % nodes.len()];
+                    let body = serde_json::json!({ "username": format!("signer-{}", i % users), "password": password });
+                    let began = std::time::Instant::now();
+                    let r = http
+                        .post(format!("http://{node}/api/v1/login"))
+                        .header("x-requested-with", "gatehouse-load")
+                        .json(&body)
+                        .send()
+                        .await;
+                    let ok = r.is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
+                    let mut o = outcome.lock().unwrap();
+                    if ok {
+                        let _ = o.0.record(began.elapsed().as_micros() as u64);
+                        o.1 += 1;
+                    } else {
+                        o.2 += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let (latency, ok, failed) = outcome.lock().unwrap().clone();
+    let per_s = ok as f64 / d.as_secs_f64();
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "password-login", "nodes": nodes.len(), "connections": connections, "seconds": seconds,
+                "cores": cores, "logins_per_s": per_s, "failed": failed, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
+                "bare_argon2id_verifications_per_s": bare_per_s,
+            })
+        );
+    } else {
+        println!(
+            "scenario password-login: {} nodes, {connections} connections, {seconds} s, {cores} cores",
+            nodes.len()
+        );
+        println!("  bare argon2id verifications (same parameters, {cores} workers): {bare_per_s:.1}/s");
+        println!(
+            "  password logins: {per_s:.1}/s ({ok} ok, {failed} failed), p50 {:.1} ms, p99 {:.1} ms",
+            ms(0.5),
+            ms(0.99)
+        );
+        println!("  = {:.0}% of bare argon2id on this machine", 100.0 * per_s / bare_per_s.max(f64::MIN_POSITIVE));
+    }
+    Ok(())
 }
 
 /// A new user with `roles` and one API key for it; returns the key.
