@@ -418,10 +418,8 @@ pub async fn change_password(
         }
     };
     tracing::Span::current().record("outcome", "ok");
-    let max_age = opened.expires_at.saturating_sub(gatehouse_cluster::clock::now_ms()).div_ceil(1000);
-    let mut resp = see_other("/account?done=password");
-    resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
-    resp
+    // Every earlier session ended with the change: none to end here.
+    super::sign_in::signed_in(&front, client.0, None, &opened, "/account?done=password").await
 }
 
 #[cfg(test)]

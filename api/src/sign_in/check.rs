@@ -69,9 +69,9 @@ pub async fn login(
     attempt: Attempt,
 ) -> Result<Opened, ApiError> {
     let ip = attempt.client_ip.to_string();
-    let user_agent: String = attempt.user_agent.chars().take(MAX_USER_AGENT / 4).collect();
+    let user_agent = attempt.user_agent.clone();
     let user = verify(node, passwords, config, attempt).await?;
-    let (cmd, pending) = new_session(node, config, &user, &ip, user_agent);
+    let (cmd, pending) = new_session(node, config, &user, &ip, &user_agent);
     let request_id = cmd.request_id.clone();
     let applied = node.propose(vec![cmd]).await?;
     for r in &applied.results {
@@ -106,20 +106,32 @@ pub fn new_session(
     config: &FrontConfig,
     user: &gatehouse_proto::state::UserRecord,
     ip: &str,
-    user_agent: String,
+    user_agent: &str,
 ) -> (gatehouse_domain::Command, Pending) {
+    let (create, pending) = session_for(config, user, ip, user_agent);
+    (node.command(Payload::CreateSession(create)), pending)
+}
+
+/// A new session for `user` (a fresh token, the configured lifetimes), as
+/// a `CreateSession` to propose alone or inside another command.
+pub fn session_for(
+    config: &FrontConfig,
+    user: &gatehouse_proto::state::UserRecord,
+    ip: &str,
+    user_agent: &str,
+) -> (CreateSession, Pending) {
     let minted = crate::mint::new_session_token();
     let session_id = gatehouse_cluster::ids::new_id();
     let expires_at = now_ms() + config.session_ttl.as_millis() as u64;
-    let cmd = node.command(Payload::CreateSession(CreateSession {
+    let create = CreateSession {
         session_id: session_id.clone(),
         user_id: user.user_id.clone(),
         token_sha256: minted.token_sha256.to_vec(),
         expires_at,
         idle_timeout_ms: config.session_idle.as_millis() as u64,
         client_ip: ip.to_string(),
-        user_agent,
-    }));
+        user_agent: user_agent.chars().take(MAX_USER_AGENT / 4).collect(),
+    };
     let opened = Opened {
         user_id: user.user_id.clone(),
         username: user.username.clone(),
@@ -129,7 +141,7 @@ pub fn new_session(
         expires_at,
         log_index: 0,
     };
-    (cmd, Pending(opened))
+    (create, Pending(opened))
 }
 
 /// Checks `attempt`'s password as a login does (argon2id, lockout, the

@@ -14,11 +14,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use gatehouse_domain::links::{self, EXPIRED, OTHER_BROWSER, TOO_MANY, UNKNOWN};
-use gatehouse_domain::sessions::MAX_USER_AGENT;
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{CreateSession, CreateSignInLink, SpendSignInLink, UserStatus};
 
-use super::check::Opened;
+use super::check::{self, Opened};
 use crate::audit::{self, Actor};
 use crate::http::front::Front;
 use crate::mail::{domain_of, Outgoing};
@@ -297,26 +296,23 @@ pub async fn spend(front: &Front, s: LinkSpend) -> Result<Opened, ApiError> {
     // the checks apply makes, on this node's view: a forged, spent, late or
     // misdirected link costs no log write.
     node.catch_up(Duration::from_millis(500)).await;
-    let checked = links::check_spend(&node.view().read(), &token_sha256, &s.browser_sha256, now_ms()).map(|_| ());
-    if let Err(e) = checked {
-        return Err(refused(e.into()));
-    }
-    let minted = crate::mint::new_session_token();
-    let session_id = gatehouse_cluster::ids::new_id();
-    let expires_at = now_ms() + config.session_ttl.as_millis() as u64;
-    let user_agent: String = s.user_agent.chars().take(MAX_USER_AGENT / 4).collect();
+    let user = {
+        let view = node.view().read();
+        let link = links::check_spend(&view, &token_sha256, &s.browser_sha256, now_ms());
+        link.map(|l| view.user(&l.user_id).cloned())
+    };
+    let user = match user {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err(refused(ApiError::NotFound(NO_SUCH_USER.into()))),
+        Err(e) => return Err(refused(e.into())),
+    };
+    let (session, pending) = check::session_for(config, &user, &ip, &s.user_agent);
+    let session_id = session.session_id.clone();
     let cmd = node.command(Payload::SpendSignInLink(SpendSignInLink {
         token_sha256: token_sha256.to_vec(),
         browser_sha256: s.browser_sha256.to_vec(),
-        session: Some(CreateSession {
-            session_id: session_id.clone(),
-            user_id: String::new(),
-            token_sha256: minted.token_sha256.to_vec(),
-            expires_at,
-            idle_timeout_ms: config.session_idle.as_millis() as u64,
-            client_ip: ip.clone(),
-            user_agent,
-        }),
+        // The link's user, whatever this says: apply takes it from the link.
+        session: Some(CreateSession { user_id: String::new(), ..session }),
     }));
     let request_id = cmd.request_id.clone();
     let applied = node.propose(vec![cmd]).await?;
@@ -324,24 +320,12 @@ pub async fn spend(front: &Front, s: LinkSpend) -> Result<Opened, ApiError> {
         return Err(refused(e));
     }
     tracing::Span::current().record("outcome", "ok");
-    let user = {
-        let view = node.view().read();
-        view.session(&session_id).and_then(|sess| view.user(&sess.user_id).cloned()).ok_or(ApiError::Internal)?
-    };
     let who =
         Actor { user_id: user.user_id.clone(), session_id: session_id.clone(), client_ip: ip, ..Default::default() };
     let mut ev = audit::event("sign_in.link_used", "ok", &who, format!("session:{session_id}"));
     ev.request_id = request_id;
     node.audit(ev);
-    Ok(Opened {
-        user_id: user.user_id.clone(),
-        username: user.username.clone(),
-        roles: user.roles.clone(),
-        session_id,
-        token: minted.token,
-        expires_at,
-        log_index: applied.log_index,
-    })
+    Ok(pending.opened(applied.log_index))
 }
 
 #[cfg(test)]

@@ -196,8 +196,7 @@ pub async fn change_password(
     let user = node.view().read().user(&p.user_id).cloned().ok_or(ApiError::Unauthenticated)?;
     let set = node.command(Payload::SetPassword(SetPassword { user_id: p.user_id.clone(), password_hash: hash }));
     let request_id = set.request_id.clone();
-    let agent: String = user_agent.chars().take(gatehouse_domain::sessions::MAX_USER_AGENT / 4).collect();
-    let (open, pending) = check::new_session(node, &front.config, &user, &ip.to_string(), agent);
+    let (open, pending) = check::new_session(node, &front.config, &user, &ip.to_string(), &user_agent);
     let applied = node.propose(vec![set, open]).await?;
     let outcome = applied.results.iter().try_for_each(ApiError::check);
     let mut ev = audit::event(
