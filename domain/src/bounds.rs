@@ -18,7 +18,7 @@ use gatehouse_proto::events::Command;
 use prost::Message;
 
 use crate::result::ApplyError;
-use crate::{audit, limits, requests, roles, sessions, usage, users};
+use crate::{audit, limits, requests, roles, sessions, upstream, usage, users};
 
 /// Largest encoded command a client's write may make (a user, a key, a
 /// role at their field limits are a few KiB).
@@ -112,6 +112,17 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             short("client ip", &s.client_ip, 64)?;
             short("user agent", &s.user_agent, sessions::MAX_USER_AGENT)
         }),
+        Payload::UpstreamSignIn(c) => {
+            id(&c.new_user_id)?;
+            upstream::check_sign_in(c)?;
+            c.session.as_ref().map_or(Ok(()), |s| {
+                id(&s.session_id)?;
+                short("client ip", &s.client_ip, 64)?;
+                short("user agent", &s.user_agent, sessions::MAX_USER_AGENT)
+            })
+        }
+        Payload::UpstreamChecked(c) => upstream::check_checked(c),
+        Payload::UpstreamEnd(c) => upstream::check_end(c),
         Payload::RevokeSession(c) => id(&c.session_id),
         Payload::RevokeUserSessions(c) => id(&c.user_id),
         Payload::RevokeAllSessions(_) | Payload::PruneAudit(_) | Payload::SetClusterVersion(_) => Ok(()),

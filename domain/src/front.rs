@@ -35,6 +35,9 @@ pub fn command(mut cmd: Command) -> Option<Command> {
         Some(Payload::CreateUser(c)) => withhold(&mut c.password_hash),
         Some(Payload::SetPassword(c)) => withhold(&mut c.password_hash),
         Some(Payload::AppendAudit(_) | Payload::PruneAudit(_)) => return None,
+        // A provider's refresh token (sealed) is for the voters' re-checks.
+        Some(Payload::UpstreamSignIn(c)) => c.refresh_token = None,
+        Some(Payload::UpstreamChecked(c)) => c.refresh_token = None,
         Some(
             Payload::SetUserStatus(_)
             | Payload::RecordLoginFailure(_)
@@ -56,7 +59,8 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::RateDeltas(_)
             | Payload::SetClusterVersion(_)
             | Payload::CreateSignInLink(_)
-            | Payload::SpendSignInLink(_),
+            | Payload::SpendSignInLink(_)
+            | Payload::UpstreamEnd(_),
         )
         | None => {}
     }
@@ -74,14 +78,21 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
             // read stays that way.
             Ok(Some([&value[..1], &prost::Message::encode_to_vec(&user)[..]].concat()))
         }
-        // Links: hashes, which a front needs to apply a spend as the voters do.
+        Table::UpstreamIdentities => {
+            let mut identity: gatehouse_proto::state::UpstreamIdentityRecord = codec::decode(value)?;
+            identity.refresh_token = None;
+            Ok(Some([&value[..1], &prost::Message::encode_to_vec(&identity)[..]].concat()))
+        }
+        // Links and spent values: hashes, which a front needs to apply a
+        // spend as the voters do.
         Table::ApiKeys
         | Table::Sessions
         | Table::Roles
         | Table::Requests
         | Table::Limits
         | Table::Cluster
-        | Table::SignInLinks => Ok(Some(value.to_vec())),
+        | Table::SignInLinks
+        | Table::Spent => Ok(Some(value.to_vec())),
         Table::Audit | Table::AuditChain => Ok(None),
     }
 }

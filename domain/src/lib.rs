@@ -19,6 +19,7 @@
 //! - [`keys`]: API key records and their commands.
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
 //! - [`links`]: sign-in links mailed to users, bound to a browser, spent once.
+//! - [`upstream`]: users linked to upstream OIDC identities, mapped roles, spent flows and logout tokens.
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
 //! - [`requests`]: idempotency of retried commands (not of a node's own hits, deltas, uses and audit batches).
@@ -45,6 +46,7 @@ pub mod result;
 pub mod roles;
 pub mod sessions;
 pub mod state;
+pub mod upstream;
 pub mod usage;
 pub mod users;
 pub mod version;

@@ -22,11 +22,15 @@ pub enum Table {
     Cluster,
     /// Unspent sign-in links (`gatehouse_domain::links`).
     SignInLinks,
+    /// Users' links to upstream OIDC identities (`gatehouse_domain::upstream`).
+    UpstreamIdentities,
+    /// Spent one-time values: upstream flows, logout tokens.
+    Spent,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 12] = [
         Table::Users,
         Table::ApiKeys,
         Table::Sessions,
@@ -37,6 +41,8 @@ impl Table {
         Table::AuditChain,
         Table::Cluster,
         Table::SignInLinks,
+        Table::UpstreamIdentities,
+        Table::Spent,
     ];
 
     /// Whether the in-memory view holds this table (audit records stay on disk).
@@ -57,6 +63,8 @@ impl Table {
             Table::AuditChain => "audit_chain",
             Table::Cluster => "cluster",
             Table::SignInLinks => "sign_in_links",
+            Table::UpstreamIdentities => "upstream_identities",
+            Table::Spent => "spent",
         }
     }
 

@@ -32,6 +32,15 @@ pub fn redacted(mut cmd: Command) -> Command {
                 s.token_sha256.clear();
             }
         }
+        Some(Payload::UpstreamSignIn(c)) => {
+            c.flow_sha256.clear();
+            c.refresh_token = None;
+            if let Some(s) = &mut c.session {
+                s.token_sha256.clear();
+            }
+        }
+        Some(Payload::UpstreamChecked(c)) => c.refresh_token = None,
+        Some(Payload::UpstreamEnd(c)) => c.token_sha256.clear(),
         Some(
             Payload::SetUserStatus(_)
             | Payload::RecordLoginFailure(_)

@@ -112,7 +112,7 @@ impl Sessions {
         true
     }
 
-    fn remove(&mut self, id: u128, out: &mut Vec<Mutation>) -> bool {
+    pub(crate) fn remove(&mut self, id: u128, out: &mut Vec<Mutation>) -> bool {
         let Some(s) = self.by_id.remove(&id) else { return false };
         self.by_token.remove(&s.token);
         if let Some(set) = self.by_user.get_mut(&s.user) {
@@ -187,12 +187,10 @@ impl Sessions {
     }
 }
 
-pub(crate) fn create(
-    state: &mut State,
-    now: u64,
-    c: &CreateSession,
-    out: &mut Vec<Mutation>,
-) -> Result<String, ApplyError> {
+/// The checks of a new session that need no user: ids, sizes, expiry, and
+/// that neither its id nor its token is taken. (A command that makes the
+/// user and its session in one step checks these before it writes.)
+pub(crate) fn check_new(state: &State, now: u64, c: &CreateSession) -> Result<(), ApplyError> {
     validate_id("session", &c.session_id)?;
     if c.token_sha256.len() != 32 {
         return Err(ApplyError::Invalid("token hash must be 32 bytes".into()));
@@ -203,16 +201,26 @@ pub(crate) fn create(
     if c.client_ip.len() > 64 || c.user_agent.len() > MAX_USER_AGENT {
         return Err(ApplyError::Invalid("client ip or user agent too long".into()));
     }
-    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
-    if user.status != UserStatus::Active as i32 {
-        return Err(ApplyError::FailedPrecondition("user is disabled".into()));
-    }
     if state.sessions.contains(&c.session_id) {
         return Err(ApplyError::AlreadyExists("session id already exists".into()));
     }
     let hash: [u8; 32] = c.token_sha256.as_slice().try_into().expect("length checked");
     if state.sessions.by_token.contains_key(&hash) {
         return Err(ApplyError::AlreadyExists("session token already exists".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn create(
+    state: &mut State,
+    now: u64,
+    c: &CreateSession,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    check_new(state, now, c)?;
+    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    if user.status != UserStatus::Active as i32 {
+        return Err(ApplyError::FailedPrecondition("user is disabled".into()));
     }
     // A successful login ends the run of failures, the account's and its
     // address's (back-off included).

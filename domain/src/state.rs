@@ -11,7 +11,7 @@ use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError, Outcome};
 use crate::sessions::{self, Sessions};
-use crate::{audit, bounds, keys, limits, links, roles, usage, users, version};
+use crate::{audit, bounds, keys, limits, links, roles, upstream, usage, users, version};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -31,6 +31,8 @@ pub struct State {
     pub(crate) limits: Limits,
     /// Unspent sign-in links.
     pub(crate) links: links::Links,
+    /// Links to upstream identities, spent flows and logout tokens.
+    pub(crate) upstream: upstream::Upstream,
     /// The audit chain's head and anchor (the records stay in storage).
     pub(crate) audit: AuditChain,
     /// The cluster version as raised by `SetClusterVersion` (0: never raised).
@@ -98,6 +100,7 @@ impl State {
         self.sessions.prune(cmd.proposed_at, out);
         self.limits.prune(cmd.proposed_at, out);
         self.links.prune(cmd.proposed_at, out);
+        self.upstream.prune(cmd.proposed_at, out);
         if let Some(first) = self.requests.record(&cmd.request_id) {
             // The same id for another request: the client reused its
             // idempotency key. Refused, not answered with the first result
@@ -167,6 +170,9 @@ impl State {
             Some(Payload::SetClusterVersion(c)) => version::set(self, c, out).map(Outcome::from),
             Some(Payload::CreateSignInLink(c)) => links::create(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::SpendSignInLink(c)) => links::spend(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::UpstreamSignIn(c)) => upstream::sign_in(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::UpstreamChecked(c)) => upstream::checked(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::UpstreamEnd(c)) => upstream::end(self, cmd.proposed_at, c, out).map(Outcome::from),
         }
     }
 
@@ -204,6 +210,12 @@ impl State {
             Table::SignInLinks => {
                 if !self.links.insert(codec::decode(value)?) {
                     return Err(DecodeError::Invalid("sign-in link record with a malformed token hash"));
+                }
+            }
+            Table::UpstreamIdentities => self.upstream.insert_identity(codec::decode(value)?),
+            Table::Spent => {
+                if !self.upstream.insert_spent(codec::decode(value)?) {
+                    return Err(DecodeError::Invalid("spent record with a malformed hash"));
                 }
             }
         }
@@ -260,6 +272,23 @@ impl State {
 
     pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {
         self.sessions.of_user(user_id)
+    }
+
+    /// The user linked to an upstream identity, if any.
+    pub fn upstream_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Option<&gatehouse_proto::state::UpstreamIdentityRecord> {
+        self.upstream.get(issuer, subject)
+    }
+
+    /// A user's links to upstream identities.
+    pub fn upstream_identities_of<'a>(
+        &'a self,
+        user_id: &str,
+    ) -> impl Iterator<Item = &'a gatehouse_proto::state::UpstreamIdentityRecord> + 'a {
+        self.upstream.of_user(user_id)
     }
 
     /// Rate-limit buckets.

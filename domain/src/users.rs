@@ -217,6 +217,7 @@ pub(crate) fn delete_user(state: &mut State, c: &DeleteUser, out: &mut Vec<Mutat
     }
     state.sessions.remove_user(&c.user_id, out);
     state.links.remove_user(&c.user_id, out);
+    state.upstream.remove_user(&c.user_id, out);
     state.usernames.remove(&username);
     state.users.remove(&c.user_id);
     out.push(Mutation::Delete { table: Table::Users, key: c.user_id.clone().into_bytes() });

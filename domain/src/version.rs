@@ -29,7 +29,8 @@ use crate::{codec, State};
 /// - 1: every command of the builds from before the version gate.
 /// - 2: `SetClusterVersion`.
 /// - 3: `CreateSignInLink`, `SpendSignInLink` (sign-in links).
-pub const COMMAND_VERSION: u32 = 3;
+/// - 4: `UpstreamSignIn`, `UpstreamChecked`, `UpstreamEnd` (upstream OIDC sign-in).
+pub const COMMAND_VERSION: u32 = 4;
 
 /// What a node that reports no version understands (a build from before the gate).
 pub const BASE_VERSION: u32 = 1;
@@ -41,6 +42,7 @@ pub const VERSION_KEY: &[u8] = b"version";
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
+        Payload::UpstreamSignIn(_) | Payload::UpstreamChecked(_) | Payload::UpstreamEnd(_) => 4,
         Payload::CreateSignInLink(_) | Payload::SpendSignInLink(_) => 3,
         Payload::SetClusterVersion(_) => 2,
         Payload::CreateUser(_)

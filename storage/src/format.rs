@@ -14,7 +14,9 @@ use crate::StorageError;
 ///   a build of format 2 refuses a format 3 store.
 /// - 4: format 3 and the `sign_in_links` table, created empty when a format
 ///   3 store opens.
-pub const STORE_FORMAT: u32 = 4;
+/// - 5: format 4 and the `upstream_identities` and `spent` tables, created
+///   empty when a format 4 store opens.
+pub const STORE_FORMAT: u32 = 5;
 
 /// The file's name in the data directory.
 pub const FORMAT_FILE: &str = "store-format";
