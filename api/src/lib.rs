@@ -40,7 +40,9 @@ pub mod node;
 pub mod pages;
 pub mod passwords;
 pub mod rate_limit;
+pub mod seal;
 pub mod sign_in;
+pub mod sso;
 
 pub use error::ApiError;
 pub use node::Node;

@@ -118,7 +118,9 @@ impl Default for RaftTuning {
 pub use gatehouse_api::http::RouteRule;
 
 mod pages;
+mod sso;
 pub use pages::{MailSettings, MailTlsSetting, PagesSettings};
+pub use sso::{KeySettings, OffboardSetting, ProviderSettings, SecretsSettings, SsoSettings};
 
 /// Sessions, logins and forward-auth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,6 +349,10 @@ pub struct Config {
     pub pages: PagesSettings,
     /// `[mail]`: the SMTP server sign-in links go through (voters).
     pub mail: Option<MailSettings>,
+    /// `[sso]`: signing in through upstream OIDC providers.
+    pub sso: SsoSettings,
+    /// `[secrets]`: the keys that seal secrets at rest (voters).
+    pub secrets: SecretsSettings,
     /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
     pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
@@ -454,6 +460,8 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             pages: PagesSettings::default(),
             mail: None,
+            sso: SsoSettings::default(),
+            secrets: SecretsSettings::default(),
             rate_limits: Default::default(),
             audit: Default::default(),
             fronts_file: None,
@@ -495,10 +503,12 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 34] = [
+const KEYS: [&str; 36] = [
     "identity",
     "pages",
     "mail",
+    "sso",
+    "secrets",
     "rate_limits",
     "audit",
     "node_id",
@@ -728,6 +738,23 @@ impl Config {
                 return bad("pages.email_links needs pages.public_url: a mailed link must name where the pages are");
             }
         }
+        let sso = self.sso.load(self.front.is_none(), self.mode == Mode::Dev)?;
+        if sso.is_some() {
+            if self.front.is_some() {
+                return bad(
+                    "[sso] is not offered on a stateless front yet: send /login/sso/ to the voters (docs/sso.md)",
+                );
+            }
+            if pages.is_none() || self.pages.public_url.is_none() {
+                return bad("[sso] needs the pages with pages.public_url: the providers send browsers back there");
+            }
+            if self.secrets.keys.is_empty() {
+                return bad(
+                    "[sso] on a voter needs [secrets] keys: the providers' refresh tokens are sealed with them",
+                );
+            }
+        }
+        self.secrets.load()?;
         gatehouse_api::http::cors::Cors::new(&self.identity.cors_origins, self.mode == Mode::Dev)
             .map_err(ConfigError::Invalid)?;
         if let Some(front) = &self.front {

@@ -101,7 +101,8 @@ impl Node {
             anyhow::bail!("this configuration has a [front] section: start it with `gatehouse front`");
         }
         crate::data_dir::prepare(&config.data_dir)?;
-        let pages = config.pages.load(config.mode == Mode::Dev)?;
+        let mut pages = config.pages.load(config.mode == Mode::Dev)?;
+        let sso = load_sso(&config, &mut pages)?;
         let mail = config.mail.as_ref().map(|m| m.load(config.mode == Mode::Dev)).transpose()?;
         let secret = match config.read_cluster_secret()? {
             Some(s) => s,
@@ -255,9 +256,10 @@ impl Node {
                 Some(m) => Some(gatehouse_api::mail::Mailer::start(m, api.metrics().mails.clone())?),
                 None => None,
             };
-            let front = front(&config, pages, api.clone(), stop.subscribe(), Sends::Here(mailer));
+            let front = front(&config, pages, api.clone(), stop.subscribe(), Sends::Here(mailer, sso));
             let touches = last_use_flushes(&config, &api, stop.subscribe());
-            (cluster, api, front, [touches].into_iter().chain(audit_tasks))
+            let recheck = gatehouse_api::sso::recheck::start(front.clone(), stop.subscribe());
+            (cluster, api, front, [touches].into_iter().chain(recheck).chain(audit_tasks))
         };
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -506,8 +508,9 @@ pub(crate) async fn stop_tasks(tasks: Vec<JoinHandle<()>>) {
 
 /// Where a front's sign-ins are decided.
 pub(crate) enum Sends {
-    /// Here, on a voter, with its mailer for sign-in links (`[mail]`).
-    Here(Option<gatehouse_api::mail::Mailer>),
+    /// Here, on a voter, with its mailer for sign-in links (`[mail]`) and
+    /// its upstream providers (`[sso]`).
+    Here(Option<gatehouse_api::mail::Mailer>, Option<Arc<gatehouse_api::sso::Sso>>),
     /// On these voters, for a stateless front.
     To(gatehouse_cluster::front::Voters),
 }
@@ -542,20 +545,38 @@ pub(crate) fn front(
         hsts: config.https.as_ref().and_then(|h| h.hsts_header()),
         pages: pages.map(Arc::new),
         bind_sessions: id.bind_sessions,
+        password_users: (!config.sso.password_sign_in).then(|| config.sso.break_glass_users.clone()),
         // Checked by `Config::validate`, as every start does first.
         cors: gatehouse_api::http::cors::Cors::new(&id.cors_origins, config.mode == Mode::Dev).unwrap_or_default(),
     };
     let passwords = PasswordPool::new(id.password_workers, id.password_queue);
     let limits = gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown);
-    let (sign_in, limits, mailer) = match sends {
+    let (sign_in, limits, mailer, sso) = match sends {
         Sends::To(v) => (
             SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)),
             limits.logins_checked_elsewhere(),
             None,
+            None,
         ),
-        Sends::Here(mailer) => (SignIn::Here(passwords.clone()), limits, mailer),
+        Sends::Here(mailer, sso) => (SignIn::Here(passwords.clone()), limits, mailer, sso),
     };
-    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer })
+    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer, sso })
+}
+
+/// The upstream providers of a voter (`[sso]`, `[secrets]`), with their
+/// buttons and the password form's fate written into the pages.
+fn load_sso(
+    config: &Config,
+    pages: &mut Option<gatehouse_api::pages::PagesConfig>,
+) -> anyhow::Result<Option<Arc<gatehouse_api::sso::Sso>>> {
+    let Some(sso) = config.sso.load(true, config.mode == Mode::Dev)? else { return Ok(None) };
+    let sealer = config.secrets.load()?;
+    let Some(pages) = pages.as_mut() else { anyhow::bail!("[sso] needs the pages") };
+    let public_url = pages.public_url.clone().context("[sso] needs pages.public_url")?;
+    pages.providers = sso.providers.iter().map(|p| (p.id.clone(), p.name.clone())).collect();
+    pages.password_form = sso.password_sign_in;
+    let sso = gatehouse_api::sso::Sso::new(sso, &public_url, sealer).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(sso)))
 }
 
 /// Flushes the last-use times of sessions and keys this node saw

@@ -83,6 +83,17 @@ pub struct FrontConfig {
     /// A session is taken only from its client's address bucket and user
     /// agent (`bind_sessions`).
     pub bind_sessions: bool,
+    /// Who may sign in with a password: `None` everyone; `Some(list)` only
+    /// these usernames (`[sso] password_sign_in = false` and its
+    /// `break_glass_users`).
+    pub password_users: Option<Vec<String>>,
+}
+
+impl FrontConfig {
+    /// Whether `username` may sign in with a password here.
+    pub fn password_allowed(&self, username: &str) -> bool {
+        self.password_users.as_ref().is_none_or(|list| list.iter().any(|u| u == username))
+    }
 }
 
 /// What every handler shares: one reference-counted handle, since the
@@ -116,4 +127,6 @@ pub struct FrontParts {
     pub sign_in: crate::sign_in::SignIn,
     /// Sends sign-in links (`[mail]`, a voter's); `None` on fronts.
     pub mailer: Option<crate::mail::Mailer>,
+    /// Upstream providers (`[sso]`); `None`: none configured.
+    pub sso: Option<Arc<crate::sso::Sso>>,
 }

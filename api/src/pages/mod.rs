@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
 //! | `POST /login/email`, `GET /login/link`, `POST /login/link` | [`links`] |
+//! | `GET /login/sso/{id}`, `GET /login/sso/{id}/callback`, `POST /login/sso/{id}/backchannel-logout` | [`sso`] |
 //! | `GET /account`, `POST /account/sessions/{id}/revoke`, `POST /account/keys`, `POST /account/keys/{id}/revoke`, `POST /account/password` | [`account`] |
 //! | `GET /assets/logo` | the configured logo |
 //!
@@ -22,6 +23,7 @@ pub mod links;
 pub mod render;
 pub mod return_to;
 pub mod sign_in;
+pub mod sso;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -35,8 +37,11 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 13] = [
     "/login",
+    "/login/sso/{id}",
+    "/login/sso/{id}/callback",
+    "/login/sso/{id}/backchannel-logout",
     "/login/email",
     "/login/link",
     "/logout",
@@ -54,6 +59,9 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
         .route("/login", get(sign_in::page).post(sign_in::submit))
         .route("/login/email", post(links::request))
         .route("/login/link", get(links::confirm).post(links::spend))
+        .route("/login/sso/{id}", get(sso::start))
+        .route("/login/sso/{id}/callback", get(sso::callback))
+        .route("/login/sso/{id}/backchannel-logout", post(sso::backchannel_logout))
         .route("/logout", post(sign_in::logout))
         .route("/account", get(account::page))
         .route("/account/sessions/{id}/revoke", post(account::revoke))

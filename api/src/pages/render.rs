@@ -97,6 +97,11 @@ pub struct PagesConfig {
     pub links: Option<crate::sign_in::LinkSettings>,
     /// How recent a sign-in must be to make an API key (`reauth_secs`).
     pub reauth: std::time::Duration,
+    /// A button per upstream provider (`[[sso.providers]]`): (id, label).
+    pub providers: Vec<(String, String)>,
+    /// The password form is shown (off with `[sso] password_sign_in =
+    /// false`, but for `/login?local=1`, the break-glass way in).
+    pub password_form: bool,
 }
 
 /// The default re-authentication window: five minutes.
@@ -110,6 +115,8 @@ impl Default for PagesConfig {
             public_url: None,
             links: None,
             reauth: REAUTH,
+            providers: Vec::new(),
+            password_form: true,
         }
     }
 }

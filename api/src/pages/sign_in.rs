@@ -63,6 +63,10 @@ struct LoginPage<'a> {
     signed_in: Option<&'a str>,
     /// The "email me a link" form is offered.
     links: bool,
+    /// The password form is shown.
+    password: bool,
+    /// A button per upstream provider: (start URL, label).
+    providers: Vec<(String, String)>,
     email: &'a str,
     email_error: Option<&'a str>,
 }
@@ -108,6 +112,9 @@ pub struct LoginQuery {
     /// What just happened (a fixed word: never echoed).
     #[serde(default)]
     done: Option<String>,
+    /// `1`: show the password form even when providers-only (break glass).
+    #[serde(default)]
+    local: Option<String>,
 }
 
 fn pages(front: &Front) -> &PagesConfig {
@@ -133,7 +140,17 @@ pub async fn page(
         Some("signed_out") => Some("You are signed out."),
         _ => None,
     };
-    render(&front, &headers, StatusCode::OK, &rd, "", Err(notice), signed_in.as_deref())
+    let local = q.local.as_deref() == Some("1");
+    let form = Form {
+        username: "",
+        error: None,
+        notice,
+        signed_in: signed_in.as_deref(),
+        email: "",
+        email_error: None,
+        local,
+    };
+    render_form(&front, &headers, StatusCode::OK, &rd, form)
 }
 
 /// The sign-in form; `said` is an error, or else maybe a notice.
@@ -150,7 +167,8 @@ fn render(
         Ok(error) => (Some(error), None),
         Err(notice) => (None, notice),
     };
-    let form = Form { username, error, notice, signed_in, email: "", email_error: None };
+    // A password was just posted: the form stays.
+    let form = Form { username, error, notice, signed_in, email: "", email_error: None, local: true };
     render_form(front, headers, status, rd, form)
 }
 
@@ -163,7 +181,15 @@ pub(super) fn render_with_email(
     email: &str,
     error: &str,
 ) -> Response {
-    let form = Form { username: "", error: None, notice: None, signed_in: None, email, email_error: Some(error) };
+    let form = Form {
+        username: "",
+        error: None,
+        notice: None,
+        signed_in: None,
+        email,
+        email_error: Some(error),
+        local: false,
+    };
     render_form(front, headers, status, rd, form)
 }
 
@@ -175,6 +201,8 @@ struct Form<'a> {
     signed_in: Option<&'a str>,
     email: &'a str,
     email_error: Option<&'a str>,
+    /// The break-glass password form was asked for.
+    local: bool,
 }
 
 fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str, f: Form<'_>) -> Response {
@@ -191,6 +219,19 @@ fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str,
         notice: f.notice,
         signed_in: f.signed_in,
         links: pages.links.is_some(),
+        password: pages.password_form || f.local,
+        providers: pages
+            .providers
+            .iter()
+            .map(|(id, name)| {
+                let mut url = format!("/login/sso/{id}");
+                if !rd.is_empty() {
+                    url += "?rd=";
+                    url.extend(url::form_urlencoded::byte_serialize(rd.as_bytes()));
+                }
+                (url, name.clone())
+            })
+            .collect(),
         email: f.email,
         email_error: f.email_error,
     };

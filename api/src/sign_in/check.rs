@@ -165,8 +165,11 @@ pub async fn verify(
     let user = node.view().read().user_by_name(&username).cloned();
     // Lockouts are per (user, client address bucket): see `users::record_login_failure`.
     let source = login_source(attempt.client_ip);
-    let usable =
-        user.as_ref().filter(|u| u.status == UserStatus::Active as i32 && !users::is_locked_from(u, &source, now));
+    // With password sign-in off, only the break-glass users' passwords count.
+    let allowed = config.password_allowed(&username);
+    let usable = user
+        .as_ref()
+        .filter(|u| allowed && u.status == UserStatus::Active as i32 && !users::is_locked_from(u, &source, now));
     // The same argon2 work whether or not the user exists or may log in.
     let ok = passwords.verify(attempt.password, usable.map(|u| u.password_hash.clone())).await?;
     let ip = attempt.client_ip.to_string();
@@ -179,7 +182,7 @@ pub async fn verify(
             None => "user:unknown".to_string(),
         };
         node.audit(audit::event("login.failure", "denied", &anonymous, resource));
-        if let Some(u) = user.as_ref().filter(|u| !users::is_locked_from(u, &source, now)) {
+        if let Some(u) = user.as_ref().filter(|u| allowed && !users::is_locked_from(u, &source, now)) {
             // Counted through the log, so a lockout holds on every node. In
             // the background: the answer must not take longer for real users.
             let l = &config.lockout;

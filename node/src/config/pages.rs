@@ -93,7 +93,16 @@ impl PagesSettings {
             return Err(bad("pages.reauth_secs must be 30 to 3600".into()));
         }
         let reauth = Duration::from_secs(self.reauth_secs);
-        Ok(Some(gatehouse_api::pages::PagesConfig { brand, return_domains, public_url, links, reauth }))
+        Ok(Some(gatehouse_api::pages::PagesConfig {
+            brand,
+            return_domains,
+            public_url,
+            links,
+            reauth,
+            // Set from `[sso]` when the node loads it.
+            providers: Vec::new(),
+            password_form: true,
+        }))
     }
 
     fn links(&self) -> Result<gatehouse_api::sign_in::LinkSettings, ConfigError> {

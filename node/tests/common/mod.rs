@@ -17,6 +17,7 @@ use tempfile::TempDir;
 pub mod forms;
 pub mod fronts;
 pub mod nginx;
+pub mod oidc;
 pub mod pki;
 pub mod smtp;
 
