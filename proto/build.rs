@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gatehouse.front.v1.CreateOwnKeyResponse",
             ".gatehouse.front.v1.RevokeOwnKeyRequest",
             ".gatehouse.front.v1.ChangeOwnPasswordRequest",
+            ".gatehouse.front.v1.StartUpstreamResponse",
+            ".gatehouse.front.v1.FinishUpstreamRequest",
         ])
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")

@@ -740,15 +740,10 @@ impl Config {
         }
         let sso = self.sso.load(self.front.is_none(), self.mode == Mode::Dev)?;
         if sso.is_some() {
-            if self.front.is_some() {
-                return bad(
-                    "[sso] is not offered on a stateless front yet: send /login/sso/ to the voters (docs/sso.md)",
-                );
-            }
             if pages.is_none() || self.pages.public_url.is_none() {
                 return bad("[sso] needs the pages with pages.public_url: the providers send browsers back there");
             }
-            if self.secrets.keys.is_empty() {
+            if self.front.is_none() && self.secrets.keys.is_empty() {
                 return bad(
                     "[sso] on a voter needs [secrets] keys: the providers' refresh tokens are sealed with them",
                 );

@@ -91,8 +91,10 @@ impl FrontNode {
         let mut tasks = front.start(stop.subscribe());
         tasks.push(gatehouse_api::audit::start_flushes(&api, &config.audit, &stop.subscribe()));
         tasks.push(last_use_flushes(&config, &api, stop.subscribe()));
-        let pages = config.pages.load(config.mode == crate::config::Mode::Dev)?;
-        let web = http_front(&config, pages, api.clone(), stop.subscribe(), crate::node::Sends::To(sign_in_voters));
+        let mut pages = config.pages.load(config.mode == crate::config::Mode::Dev)?;
+        let sso = crate::node::load_sso(&config, &mut pages, false)?;
+        let web =
+            http_front(&config, pages, api.clone(), stop.subscribe(), crate::node::Sends::To(sign_in_voters, sso));
         let mut servers = Vec::new();
         let https = https.map(|(server, material)| {
             watched.served.push(crate::reload::Served { listener: "https", material });

@@ -102,7 +102,7 @@ impl Node {
         }
         crate::data_dir::prepare(&config.data_dir)?;
         let mut pages = config.pages.load(config.mode == Mode::Dev)?;
-        let sso = load_sso(&config, &mut pages)?;
+        let sso = load_sso(&config, &mut pages, true)?;
         let mail = config.mail.as_ref().map(|m| m.load(config.mode == Mode::Dev)).transpose()?;
         let secret = match config.read_cluster_secret()? {
             Some(s) => s,
@@ -511,8 +511,9 @@ pub(crate) enum Sends {
     /// Here, on a voter, with its mailer for sign-in links (`[mail]`) and
     /// its upstream providers (`[sso]`).
     Here(Option<gatehouse_api::mail::Mailer>, Option<Arc<gatehouse_api::sso::Sso>>),
-    /// On these voters, for a stateless front.
-    To(gatehouse_cluster::front::Voters),
+    /// On these voters, for a stateless front (its providers only name
+    /// the buttons and routes).
+    To(gatehouse_cluster::front::Voters, Option<Arc<gatehouse_api::sso::Sso>>),
 }
 
 /// The HTTP front's settings and shared parts.
@@ -552,25 +553,27 @@ pub(crate) fn front(
     let passwords = PasswordPool::new(id.password_workers, id.password_queue);
     let limits = gatehouse_api::rate_limit::Limiter::start(node.clone(), config.rate_limits.clone(), shutdown);
     let (sign_in, limits, mailer, sso) = match sends {
-        Sends::To(v) => (
+        Sends::To(v, sso) => (
             SignIn::Voters(gatehouse_api::sign_in::forward::VoterSignIn::new(v)),
             limits.logins_checked_elsewhere(),
             None,
-            None,
+            sso,
         ),
         Sends::Here(mailer, sso) => (SignIn::Here(passwords.clone()), limits, mailer, sso),
     };
     Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer, sso })
 }
 
-/// The upstream providers of a voter (`[sso]`, `[secrets]`), with their
-/// buttons and the password form's fate written into the pages.
-fn load_sso(
+/// The upstream providers (`[sso]`; on a voter with `[secrets]` and the
+/// client secrets), with their buttons and the password form's fate
+/// written into the pages.
+pub(crate) fn load_sso(
     config: &Config,
     pages: &mut Option<gatehouse_api::pages::PagesConfig>,
+    voter: bool,
 ) -> anyhow::Result<Option<Arc<gatehouse_api::sso::Sso>>> {
-    let Some(sso) = config.sso.load(true, config.mode == Mode::Dev)? else { return Ok(None) };
-    let sealer = config.secrets.load()?;
+    let Some(sso) = config.sso.load(voter, config.mode == Mode::Dev)? else { return Ok(None) };
+    let sealer = if voter { config.secrets.load()? } else { None };
     let Some(pages) = pages.as_mut() else { anyhow::bail!("[sso] needs the pages") };
     let public_url = pages.public_url.clone().context("[sso] needs pages.public_url")?;
     pages.providers = sso.providers.iter().map(|p| (p.id.clone(), p.name.clone())).collect();

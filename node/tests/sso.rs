@@ -68,8 +68,13 @@ async fn cluster(p: &Provider, tweak: impl Fn(&mut gatehouse::config::Config)) -
 
 /// A sign-in started on node `from`: the provider URL and the flow cookie.
 async fn start(c: &TestCluster, from: u64) -> (String, String) {
+    start_at(&base(c.node(from))).await
+}
+
+/// [`start`] on the HTTP front at `at` (a voter's or a stateless front's).
+async fn start_at(at: &str) -> (String, String) {
     let rd: String = url::form_urlencoded::byte_serialize(RD.as_bytes()).collect();
-    let resp = browser().get(format!("{}/login/sso/corp?rd={rd}", base(c.node(from)))).send().await.unwrap();
+    let resp = browser().get(format!("{at}/login/sso/corp?rd={rd}")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let flow = set_cookie(resp.headers(), FLOW).expect("a flow cookie");
     let cookie_line = resp
@@ -99,8 +104,13 @@ async fn start(c: &TestCluster, from: u64) -> (String, String) {
 
 /// The callback on node `at`, as the browser holding `flow` (or none).
 async fn callback(c: &TestCluster, at: u64, back: &str, flow: Option<&str>) -> reqwest::Response {
+    callback_at(&base(c.node(at)), back, flow).await
+}
+
+/// [`callback`] on the HTTP front at `at`.
+async fn callback_at(at: &str, back: &str, flow: Option<&str>) -> reqwest::Response {
     let path = back.strip_prefix(PUBLIC).expect("back to the public address");
-    let mut req = browser().get(format!("{}{path}", base(c.node(at))));
+    let mut req = browser().get(format!("{at}{path}"));
     if let Some(f) = flow {
         req = req.header("cookie", format!("{FLOW}={f}"));
     }
@@ -119,12 +129,13 @@ async fn sign_in(c: &TestCluster, p: &Provider, at: u64, username: &str) -> Stri
 
 /// `/auth/verify` on node `at` with session `token`: the status and the user it names.
 async fn verify(c: &TestCluster, at: u64, token: &str) -> (StatusCode, String, String) {
-    let resp = browser()
-        .get(format!("{}/auth/verify", base(c.node(at))))
-        .header("cookie", format!("{SESSION}={token}"))
-        .send()
-        .await
-        .unwrap();
+    verify_at(&base(c.node(at)), token).await
+}
+
+/// [`verify`] on the HTTP front at `at`.
+async fn verify_at(at: &str, token: &str) -> (StatusCode, String, String) {
+    let resp =
+        browser().get(format!("{at}/auth/verify")).header("cookie", format!("{SESSION}={token}")).send().await.unwrap();
     let header = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (resp.status(), header("x-auth-user"), header("x-auth-roles"))
 }
@@ -445,5 +456,74 @@ async fn with_password_sign_in_off_only_the_break_glass_admin_uses_a_password() 
     let view = c.node(1).cluster().view();
     assert_eq!(view.read().user_by_name("local").unwrap().failed_logins, 0);
     sign_in(&c, &p, 1, "bea").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stateless_front_sends_the_flow_to_a_voter_and_never_holds_the_client_secret() {
+    let p = Provider::start(users(), PUBLIC, "corp").await;
+    let mut settings = p.settings("corp");
+    settings.roles = [("ops".to_string(), vec!["operator".to_string()])].into();
+    let key = p.dir.path().join("kek");
+    std::fs::write(&key, hex::encode([9u8; 32])).unwrap();
+    let voter_settings = settings.clone();
+    let c = common::fronts::cluster_for_fronts(3, &[11], move |c| {
+        c.pages.public_url = Some(PUBLIC.into());
+        c.pages.return_domains = vec!["example.com".into()];
+        c.sso.providers = vec![voter_settings.clone()];
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key.clone() }];
+    })
+    .await;
+    let mut config = common::fronts::front_config(&c, 11);
+    config.pages.return_domains = vec!["example.com".into()];
+    config.pages.public_url = Some(PUBLIC.into());
+    // The front names the provider; it has no client secret and no sealing key.
+    config.sso.providers = vec![gatehouse::config::ProviderSettings { client_secret_file: None, ..settings }];
+    let front = gatehouse::FrontNode::start(config).await.unwrap();
+    let at = common::fronts::front_base(&front);
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.nodes.values().all(|n| n.cluster().cluster_version() == newest)
+    })
+    .await;
+
+    let (to, flow) = start_at(&at).await;
+    let back = p.authorize(&to, "ann").await;
+    // A replay of the callback through the front is refused by the voter, once spent.
+    let resp = callback_at(&at, &back, Some(&flow)).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{}", resp.text().await.unwrap());
+    let token = set_cookie(resp.headers(), SESSION).unwrap();
+    let (status, who, roles) = verify_at(&at, &token).await;
+    assert_eq!((status, who.as_str(), roles.as_str()), (StatusCode::OK, "ann", "operator"));
+    assert_eq!(callback_at(&at, &back, Some(&flow)).await.status(), StatusCode::BAD_REQUEST);
+    // Refusals come back through the front as the same pages.
+    p.mode("wrong_aud").await;
+    let (to, flow) = start_at(&at).await;
+    let back = p.authorize(&to, "bea").await;
+    assert_eq!(callback_at(&at, &back, Some(&flow)).await.status(), StatusCode::BAD_GATEWAY);
+    p.mode("normal").await;
+    // The front's view holds the link, without the sealed refresh token.
+    wait_until("the front applied the sign-in", Duration::from_secs(10), || async {
+        front.api().view().read().upstream_identity(&p.issuer, "u-ann").is_some()
+    })
+    .await;
+    assert!(front.api().view().read().upstream_identity(&p.issuer, "u-ann").unwrap().refresh_token.is_none());
+    assert!(c.node(1).cluster().view().read().upstream_identity(&p.issuer, "u-ann").unwrap().refresh_token.is_some());
+    // Back-channel logout through the front ends the session everywhere.
+    let sid = p.sessions().await.into_iter().find(|(s, _)| s == "u-ann").unwrap().1;
+    let t = p.logout_token(None, Some(&sid), "normal").await;
+    let resp = browser()
+        .post(format!("{at}/login/sso/corp/backchannel-logout"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("logout_token={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    wait_until("the session ends on the front", Duration::from_secs(5), || async {
+        verify_at(&at, &token).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    front.shutdown().await.unwrap();
     c.shutdown().await;
 }

@@ -5,9 +5,25 @@
 use std::fmt;
 
 use crate::front::{
-    ChangeOwnPasswordRequest, CreateOwnKeyRequest, CreateOwnKeyResponse, LinkRequest, LoginRequest, LoginResponse,
-    LogoutRequest, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest,
+    ChangeOwnPasswordRequest, CreateOwnKeyRequest, CreateOwnKeyResponse, FinishUpstreamRequest, LinkRequest,
+    LoginRequest, LoginResponse, LogoutRequest, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest,
+    StartUpstreamResponse,
 };
+
+impl fmt::Debug for StartUpstreamResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartUpstreamResponse").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for FinishUpstreamRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FinishUpstreamRequest")
+            .field("provider", &self.provider)
+            .field("client_ip", &self.client_ip)
+            .finish_non_exhaustive()
+    }
+}
 
 impl fmt::Debug for CreateOwnKeyRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,13 +99,15 @@ mod tests {
     #[test]
     fn no_secret_is_printed() {
         let printed = format!(
-            "{:?} {:?} {:?} {:?}",
+            "{:?} {:?} {:?} {:?} {:?} {:?}",
             LoginRequest { username: "u".into(), password: "hunter2-hunter2".into(), ..Default::default() },
             LoginResponse { token: "gs_TOKEN".into(), ..Default::default() },
             LogoutRequest { credential: "gs_CREDENTIAL".into(), ..Default::default() },
             RevokeOwnSessionRequest { credential: "gk_KEY".into(), ..Default::default() },
+            StartUpstreamResponse { flow_cookie: "v1.FLOW".into(), ..Default::default() },
+            FinishUpstreamRequest { code: "CODE".into(), flow_cookie: "v1.FLOW".into(), ..Default::default() },
         );
-        for secret in ["hunter2", "TOKEN", "CREDENTIAL", "KEY"] {
+        for secret in ["hunter2", "TOKEN", "CREDENTIAL", "KEY", "FLOW", "CODE"] {
             assert!(!printed.contains(secret), "{printed}");
         }
     }

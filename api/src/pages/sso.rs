@@ -22,9 +22,9 @@ use super::sign_in::{notice, session};
 use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
 use crate::sso::flow::{self, FLOW_TTL_MS};
-use crate::sso::logout::{self, LogoutError};
+use crate::sso::logout::LogoutError;
 use crate::sso::rules::Refusal;
-use crate::sso::sign_in::{self, Callback, SsoError, Why};
+use crate::sso::sign_in::{Callback, SsoError, Why};
 
 fn pages(front: &Front) -> &PagesConfig {
     front.config.pages.as_deref().expect("the page routes exist only with [pages]")
@@ -64,7 +64,7 @@ pub async fn start(State(front): State<Front>, Path(id): Path<String>, Query(q):
         return no_provider(pages);
     }
     let rd = q.rd.as_deref().and_then(|r| pages.return_domains.check(r)).unwrap_or_default();
-    match sign_in::start(&front, &id, &rd).await {
+    match front.sign_in.upstream_start(&front, &id, &rd).await {
         Ok(started) => {
             let mut resp = see_other(&started.url);
             if let Some(c) = flow_cookie(front.config.secure_cookies, &started.cookie, FLOW_TTL_MS / 1000) {
@@ -135,7 +135,7 @@ pub async fn callback(
     let before = session(&front, &headers, client.0, None).await.ok().flatten();
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let cb = Callback { provider: id, code, state, flow, client_ip: client.0, user_agent };
-    let (opened, rd) = match sign_in::finish(&front, cb).await {
+    let (opened, rd) = match front.sign_in.upstream_finish(&front, cb).await {
         Ok(done) => done,
         Err(SsoError::Refused(why)) => {
             let (status, title, message) = explain(&why);
@@ -240,7 +240,7 @@ pub async fn backchannel_logout(
         Vec::new()
     };
     let [token] = tokens.as_slice() else { return answer(StatusCode::BAD_REQUEST, Some("invalid_request")) };
-    match logout::back_channel(&front, &id, token, &client.0.to_string()).await {
+    match front.sign_in.upstream_logout(&front, &id, token, client.0).await {
         Ok(_) => answer(StatusCode::OK, None),
         Err(LogoutError::Invalid | LogoutError::Replayed) => answer(StatusCode::BAD_REQUEST, Some("invalid_request")),
         Err(LogoutError::Unavailable) => answer(StatusCode::SERVICE_UNAVAILABLE, Some("temporarily_unavailable")),

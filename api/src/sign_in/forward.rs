@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 use super::check::{Attempt, Opened};
 use super::links::{LinkRequest, LinkSpend};
 use super::own::{NewOwnKey, OwnKey};
+use crate::sso::logout::LogoutError;
+use crate::sso::sign_in::{Callback, SsoError, Started, Why};
 use crate::ApiError;
 
 /// How long a sign-in may wait for a voter that can take it.
@@ -200,6 +202,68 @@ impl VoterSignIn {
             })
             .await?;
         Ok(opened(r))
+    }
+}
+
+impl VoterSignIn {
+    pub async fn upstream_start(&self, provider: &str, return_to: &str) -> Result<Started, SsoError> {
+        let request = pb::StartUpstreamRequest { provider: provider.to_string(), return_to: return_to.to_string() };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.start_upstream(req).await }
+            })
+            .await?;
+        Ok(Started { url: r.url, cookie: r.flow_cookie })
+    }
+
+    /// A voter finishes the sign-in. Sent once: a retry elsewhere would
+    /// trade the same one-time code again.
+    pub async fn upstream_finish(&self, cb: Callback) -> Result<(Opened, String), SsoError> {
+        let request = pb::FinishUpstreamRequest {
+            provider: cb.provider,
+            code: cb.code,
+            state: cb.state,
+            flow_cookie: cb.flow,
+            client_ip: cb.client_ip.to_string(),
+            user_agent: cb.user_agent,
+        };
+        let (first, _) = self.voters.current();
+        let mut client = SignInServiceClient::new(self.voters.channel(first));
+        let mut req = tonic::Request::new(request);
+        req.set_timeout(DEADLINE);
+        let r = client.finish_upstream(req).await.map_err(|s| ApiError::from_status(&s))?.into_inner();
+        if r.refused == "unavailable" {
+            return Err(SsoError::Unavailable);
+        }
+        if let Some(why) = Why::from_word(&r.refused) {
+            return Err(SsoError::Refused(why));
+        }
+        let session = r.session.ok_or_else(|| ApiError::Unavailable { leader: None })?;
+        Ok((opened(session), r.return_to))
+    }
+
+    pub async fn upstream_logout(&self, provider: &str, token: &str, ip: IpAddr) -> Result<usize, LogoutError> {
+        let request = pb::UpstreamLogoutRequest {
+            provider: provider.to_string(),
+            logout_token: token.to_string(),
+            client_ip: ip.to_string(),
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.upstream_logout(req).await }
+            })
+            .await
+            .map_err(LogoutError::Api)?;
+        match r.outcome.as_str() {
+            "ok" => Ok(r.sessions_ended as usize),
+            "replayed" => Err(LogoutError::Replayed),
+            "unavailable" => Err(LogoutError::Unavailable),
+            _ => Err(LogoutError::Invalid),
+        }
     }
 }
 

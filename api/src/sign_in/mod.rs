@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Sign-in links go the same way: a front never makes a link's token, so
-//! a stolen front cannot mint one for someone else and spend it.
+//! a stolen front cannot mint one for someone else and spend it. So do
+//! sign-ins through an upstream provider (`crate::sso`): the voter holds
+//! the client secret, trades the code and checks the tokens.
 
 pub mod check;
 pub mod forward;
@@ -32,6 +34,8 @@ pub use own::{NewOwnKey, OwnKey};
 use crate::http::front::{Front, FrontConfig};
 use crate::identity::Principal;
 use crate::passwords::PasswordPool;
+use crate::sso::logout::LogoutError;
+use crate::sso::sign_in::{Callback, SsoError, Started};
 use crate::{ApiError, Node};
 
 /// Where this node's sign-ins are checked.
@@ -173,5 +177,40 @@ impl SignIn {
         };
         front.node.wait_applied(opened.log_index).await;
         Ok(opened)
+    }
+
+    /// Starts a sign-in through an upstream provider.
+    pub async fn upstream_start(&self, front: &Front, provider: &str, return_to: &str) -> Result<Started, SsoError> {
+        match self {
+            SignIn::Here(_) => crate::sso::sign_in::start(front, provider, return_to).await,
+            SignIn::Voters(voters) => voters.upstream_start(provider, return_to).await,
+        }
+    }
+
+    /// Finishes a sign-in through an upstream provider: the session (applied
+    /// here too) and where the browser goes.
+    pub async fn upstream_finish(&self, front: &Front, cb: Callback) -> Result<(Opened, String), SsoError> {
+        match self {
+            SignIn::Here(_) => crate::sso::sign_in::finish(front, cb).await,
+            SignIn::Voters(voters) => {
+                let (opened, rd) = voters.upstream_finish(cb).await?;
+                front.node.wait_applied(opened.log_index).await;
+                Ok((opened, rd))
+            }
+        }
+    }
+
+    /// A provider's back-channel logout token: how many sessions ended.
+    pub async fn upstream_logout(
+        &self,
+        front: &Front,
+        provider: &str,
+        token: &str,
+        ip: IpAddr,
+    ) -> Result<usize, LogoutError> {
+        match self {
+            SignIn::Here(_) => crate::sso::logout::back_channel(front, provider, token, &ip.to_string()).await,
+            SignIn::Voters(voters) => voters.upstream_logout(provider, token, ip).await,
+        }
     }
 }

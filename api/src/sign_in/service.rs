@@ -20,6 +20,8 @@ use super::check::{self, Attempt};
 use super::links::{self, LinkRequest, LinkSpend};
 use super::own::{self, OwnKey};
 use crate::http::front::Front;
+use crate::sso::logout::LogoutError;
+use crate::sso::sign_in::{Callback, SsoError};
 use crate::ApiError;
 
 /// Sign-ins (logins, link requests and spends) one front may have under
@@ -231,5 +233,73 @@ impl SignInService for SignIns {
         let opened =
             own::change_password(&self.front, &p, r.current_password, r.new_password, ip, r.user_agent).await?;
         Ok(Response::new(login_response(opened)))
+    }
+
+    async fn start_upstream(
+        &self,
+        req: Request<pb::StartUpstreamRequest>,
+    ) -> Result<Response<pb::StartUpstreamResponse>, Status> {
+        let r = req.into_inner();
+        if r.provider.len() > 32 || r.return_to.len() > crate::pages::return_to::MAX_LEN {
+            return Err(ApiError::InvalidArgument("provider or return_to too long".into()).into());
+        }
+        // The front checked the return URL against its domains; this
+        // voter's own must allow it too, or the flow carries none.
+        let pages = self.front.config.pages.as_deref();
+        let rd = pages.and_then(|p| p.return_domains.check(&r.return_to)).unwrap_or_default();
+        match crate::sso::sign_in::start(&self.front, &r.provider, &rd).await {
+            Ok(s) => Ok(Response::new(pb::StartUpstreamResponse { url: s.url, flow_cookie: s.cookie })),
+            Err(SsoError::Api(e)) => Err(e.into()),
+            Err(SsoError::Unavailable | SsoError::Refused(_)) => Err(ApiError::Unavailable { leader: None }.into()),
+        }
+    }
+
+    /// Under the calling front's sign-in budget: each call may reach the provider.
+    async fn finish_upstream(
+        &self,
+        req: Request<pb::FinishUpstreamRequest>,
+    ) -> Result<Response<pb::FinishUpstreamResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let cb = Callback {
+            client_ip: client_ip(&r.client_ip)?,
+            provider: r.provider,
+            code: r.code,
+            state: r.state,
+            flow: r.flow_cookie,
+            user_agent: r.user_agent,
+        };
+        if !self.front.node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        let refused = |word: &str| pb::FinishUpstreamResponse { refused: word.to_string(), ..Default::default() };
+        let answer = match crate::sso::sign_in::finish(&self.front, cb).await {
+            Ok((opened, return_to)) => {
+                pb::FinishUpstreamResponse { session: Some(login_response(opened)), return_to, refused: String::new() }
+            }
+            Err(SsoError::Refused(why)) => refused(why.word()),
+            Err(SsoError::Unavailable) => refused("unavailable"),
+            Err(SsoError::Api(e)) => return Err(e.into()),
+        };
+        Ok(Response::new(answer))
+    }
+
+    async fn upstream_logout(
+        &self,
+        req: Request<pb::UpstreamLogoutRequest>,
+    ) -> Result<Response<pb::UpstreamLogoutResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let outcome =
+            |word: &str, n: usize| pb::UpstreamLogoutResponse { outcome: word.into(), sessions_ended: n as u64 };
+        let answer =
+            match crate::sso::logout::back_channel(&self.front, &r.provider, &r.logout_token, &ip.to_string()).await {
+                Ok(n) => outcome("ok", n),
+                Err(LogoutError::Invalid) => outcome("invalid", 0),
+                Err(LogoutError::Replayed) => outcome("replayed", 0),
+                Err(LogoutError::Unavailable) => outcome("unavailable", 0),
+                Err(LogoutError::Api(e)) => return Err(e.into()),
+            };
+        Ok(Response::new(answer))
     }
 }

@@ -67,6 +67,47 @@ pub enum Why {
     Disabled,
 }
 
+impl Why {
+    /// The refusal as one fixed word (how a voter tells a front).
+    pub fn word(&self) -> &'static str {
+        match self {
+            Why::Flow(_) => "flow",
+            Why::FlowUsed => "flow_used",
+            Why::Provider => "provider",
+            Why::Token => "token",
+            Why::Rules(Refusal::NoEmail) => "no_email",
+            Why::Rules(Refusal::EmailUnverified) => "email_unverified",
+            Why::Rules(Refusal::Domain) => "domain",
+            Why::Rules(Refusal::HostedDomain) => "hosted_domain",
+            Why::Rules(Refusal::Group) => "group",
+            Why::Rules(Refusal::NoUsername) => "no_username",
+            Why::NotLinked => "not_linked",
+            Why::UsernameTaken => "username_taken",
+            Why::Disabled => "disabled",
+        }
+    }
+
+    /// The refusal a word stands for (a flow mismatch comes back as `State`).
+    pub fn from_word(word: &str) -> Option<Why> {
+        Some(match word {
+            "flow" => Why::Flow(Mismatch::State),
+            "flow_used" => Why::FlowUsed,
+            "provider" => Why::Provider,
+            "token" => Why::Token,
+            "no_email" => Why::Rules(Refusal::NoEmail),
+            "email_unverified" => Why::Rules(Refusal::EmailUnverified),
+            "domain" => Why::Rules(Refusal::Domain),
+            "hosted_domain" => Why::Rules(Refusal::HostedDomain),
+            "group" => Why::Rules(Refusal::Group),
+            "no_username" => Why::Rules(Refusal::NoUsername),
+            "not_linked" => Why::NotLinked,
+            "username_taken" => Why::UsernameTaken,
+            "disabled" => Why::Disabled,
+            _ => return None,
+        })
+    }
+}
+
 /// A failed sign-in: refused (audited), or a node or provider that could not answer.
 #[derive(Debug)]
 pub enum SsoError {
@@ -235,4 +276,32 @@ pub async fn finish(front: &Front, cb: Callback) -> Result<(Opened, String), Sso
         opened.roles = u.roles.clone();
     }
     Ok((opened, flow.return_to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_travels_as_its_word() {
+        let all = [
+            Why::Flow(Mismatch::State),
+            Why::FlowUsed,
+            Why::Provider,
+            Why::Token,
+            Why::Rules(Refusal::NoEmail),
+            Why::Rules(Refusal::EmailUnverified),
+            Why::Rules(Refusal::Domain),
+            Why::Rules(Refusal::HostedDomain),
+            Why::Rules(Refusal::Group),
+            Why::Rules(Refusal::NoUsername),
+            Why::NotLinked,
+            Why::UsernameTaken,
+            Why::Disabled,
+        ];
+        for why in all {
+            assert_eq!(Why::from_word(why.word()), Some(why.clone()), "{why:?}");
+        }
+        assert_eq!(Why::from_word("something else"), None);
+    }
 }
