@@ -240,7 +240,7 @@ impl VoterSignIn {
         if let Some(why) = Why::from_word(&r.refused) {
             return Err(SsoError::Refused(why));
         }
-        let session = r.session.ok_or_else(|| ApiError::Unavailable { leader: None })?;
+        let session = r.session.ok_or(ApiError::Unavailable { leader: None })?;
         Ok((opened(session), r.return_to))
     }
 
