@@ -358,3 +358,86 @@ server {{
     b.close().await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_signs_in_through_their_identity_provider_and_lands_on_the_app() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = format!("https://app.example.test:{port}");
+    let users = vec![common::oidc::user("u-ann", "ann", "ann@example.test", &["sre"])];
+    let provider = common::oidc::Provider::start(users, &site, "corp").await;
+    let mut settings = provider.settings("corp");
+    settings.roles = [("sre".to_string(), vec!["operator".to_string()])].into();
+    let key = provider.dir.path().join("kek");
+    std::fs::write(&key, hex::encode([3u8; 32])).unwrap();
+    let public = site.clone();
+    let c = TestCluster::start_with(1, move |c| {
+        c.pages.return_domains = vec!["example.test".into()];
+        c.pages.product_name = "Example SSO".into();
+        c.pages.public_url = Some(public.clone());
+        c.sso.providers = vec![settings.clone()];
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key.clone() }];
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.node(1).cluster().cluster_version() == newest
+    })
+    .await;
+    let gatehouse = c.node(1).http_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = gatehouse_tls::issue::new_ca("browser test CA", 1).unwrap();
+    let cert = gatehouse_tls::issue::node_certificate(&ca, 1, &["app.example.test".into()], &[], 1).unwrap();
+    std::fs::write(dir.path().join("app.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("app.key"), cert.key_pem.expose()).unwrap();
+    let app = upstream().await;
+    let mut conf = common::nginx::example();
+    for (from, to) in [
+        (
+            "    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(),
+            format!("    server {gatehouse};\n"),
+        ),
+        ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{app};")),
+        (
+            "listen 80;".to_string(),
+            format!(
+                "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {0}/app.pem;\n    ssl_certificate_key {0}/app.key;",
+                dir.path().display()
+            ),
+        ),
+    ] {
+        assert_eq!(conf.matches(&from).count(), 1, "the example no longer has {from:?}");
+        conf = conf.replace(&from, &to);
+    }
+    let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
+
+    let driver = chromedriver().await;
+    let b = browser(&driver).await;
+    b.goto(&format!("{site}/reports?week=50")).await.unwrap();
+    assert_eq!(b.current_url().await.unwrap().path(), "/login");
+    let button = b.find(Locator::Css("a.button")).await.unwrap();
+    assert_eq!(button.text().await.unwrap(), "Sign in with Example Corp");
+    screenshot(&b, "sign-in-provider").await;
+    button.click().await.unwrap();
+    // At the provider: its own sign-in form.
+    let field = b.wait().for_element(Locator::Id("username")).await.unwrap();
+    assert!(b.current_url().await.unwrap().as_str().starts_with(&provider.issuer), "at the provider");
+    field.send_keys("ann").await.unwrap();
+    b.find(Locator::Id("approve")).await.unwrap().click().await.unwrap();
+    // Back through nginx, signed in, on the page it wanted.
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=50"));
+    assert_eq!(b.find(Locator::Id("leaked")).await.unwrap().text().await.unwrap(), "false");
+    let cookies = b.get_all_cookies().await.unwrap();
+    assert!(cookies.iter().any(|c| c.name() == "__Host-gatehouse_session"));
+    assert!(cookies.iter().all(|c| c.name() != "__Host-gatehouse_sso"), "the flow cookie is spent");
+    // "My account" shows the provider's user with the mapped role.
+    b.goto(&format!("{site}/account")).await.unwrap();
+    heading(&b, "ann").await;
+    let page = b.source().await.unwrap();
+    assert!(page.contains("operator"), "{page}");
+    screenshot(&b, "account-provider").await;
+    b.close().await.unwrap();
+    c.shutdown().await;
+}
