@@ -15,6 +15,8 @@ if [ "${1:-}" = "test" ]; then
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   command -v caddy >/dev/null 2>&1 || need+=(caddy)                                     # forward_auth with the sign-in redirect
   /usr/bin/python3 -c "import aiosmtpd" >/dev/null 2>&1 || need+=(python3-aiosmtpd)       # a real SMTP server for sign-in links
+  /usr/bin/python3 -c "import authlib" >/dev/null 2>&1 || need+=(python3-authlib)         # a real OIDC provider for upstream sign-in
+  /usr/bin/python3 -c "import flask" >/dev/null 2>&1 || need+=(python3-flask)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 
