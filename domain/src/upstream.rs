@@ -56,6 +56,8 @@ pub const NOT_LINKED: &str = "no user is linked to this upstream identity";
 pub const TOKEN_USED: &str = "this logout token was used already";
 /// The refusal of a first sign-in whose username another user holds.
 pub const USERNAME_TAKEN: &str = "the username for this upstream identity is taken";
+/// The refusal of a first sign-in whose address another user holds.
+pub const EMAIL_TAKEN: &str = "the address of this upstream identity belongs to another user";
 
 /// Upstream identities and spent one-time values, indexed.
 #[derive(Debug, Default)]
@@ -122,6 +124,18 @@ impl Upstream {
         for key in self.by_user.remove(user_id).unwrap_or_default() {
             self.by_key.remove(&key);
             out.push(Mutation::Delete { table: Table::UpstreamIdentities, key: key.into_bytes() });
+        }
+    }
+
+    /// An admin set the user's status: the provider no longer decides it
+    /// (a sign-in through it enables only a user its own offboarding disabled).
+    pub(crate) fn admin_set_status(&mut self, user_id: &str, out: &mut Vec<Mutation>) {
+        let keys: Vec<String> = self.by_user.get(user_id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for key in keys {
+            if let Some(mut r) = self.by_key.get(&key).cloned().filter(|r| r.disabled_user) {
+                r.disabled_user = false;
+                self.store(r, out);
+            }
         }
     }
 
@@ -227,6 +241,11 @@ fn remap(user: &UserRecord, granted: &[String], mapped: &[String], keep_admin: b
     (roles, still)
 }
 
+/// Whether a user other than `user_id` holds `email` (in any letter case).
+fn email_taken(state: &State, user_id: &str, email: &str) -> bool {
+    state.users.values().any(|u| u.user_id != user_id && u.email.eq_ignore_ascii_case(email))
+}
+
 /// Whether taking `admin` from `user_id` would leave no active admin.
 fn last_admin(state: &State, user_id: &str) -> bool {
     let active_admin =
@@ -305,6 +324,11 @@ pub(crate) fn sign_in(
             if state.users.contains_key(&c.new_user_id) {
                 return Err(ApplyError::AlreadyExists("user id already exists".into()));
             }
+            // Addresses are never how accounts are found, and a second
+            // account with someone's address would make theirs ambiguous.
+            if email_taken(state, &c.new_user_id, &c.email) {
+                return Err(ApplyError::AlreadyExists(EMAIL_TAKEN.into()));
+            }
             c.new_user_id.clone()
         }
     };
@@ -330,6 +354,10 @@ pub(crate) fn sign_in(
         ..Default::default()
     });
     let granted = apply_mapping(state, now, &user_id, &identity.granted_roles, &c.mapped_roles, out)?;
+    // A new address another user holds is not taken over (the old one stays).
+    let held = state.users.get(&user_id).map(|u| u.email.clone()).unwrap_or_default();
+    let new_email =
+        !c.email.is_empty() && !c.email.eq_ignore_ascii_case(&held) && !email_taken(state, &user_id, &c.email);
     let user = state.users.get_mut(&user_id).expect("made or found above");
     let mut changed = false;
     if identity.disabled_user && user.status != UserStatus::Active as i32 {
@@ -337,7 +365,6 @@ pub(crate) fn sign_in(
         user.status = UserStatus::Active as i32;
         changed = true;
     }
-    let new_email = !c.email.is_empty() && !c.email.eq_ignore_ascii_case(&user.email);
     if new_email {
         user.email = c.email.clone();
         changed = true;
@@ -357,15 +384,25 @@ pub(crate) fn sign_in(
     identity.signed_in_at = now;
     identity.checked_at = now;
     identity.granted_roles = granted;
-    identity.refresh_token = c.refresh_token.clone();
+    // A sign-in without a refresh token keeps the one held: older
+    // sessions are still asked about with it.
+    if c.refresh_token.is_some() {
+        identity.refresh_token = c.refresh_token.clone();
+    }
     identity.ended = false;
     identity.disabled_user = false;
     identity.sessions.retain(|s| state.sessions.contains(&s.session_id));
     identity
         .sessions
         .push(UpstreamSessionRef { session_id: session.session_id.clone(), upstream_sid: c.upstream_sid.clone() });
+    // Past the remembered few, the oldest sessions end: none escapes a
+    // logout of its provider session.
     let excess = identity.sessions.len().saturating_sub(MAX_SESSIONS);
-    identity.sessions.drain(..excess);
+    for old in identity.sessions.drain(..excess) {
+        if let Some(id) = sessions::id128(&old.session_id) {
+            state.sessions.remove(id, out);
+        }
+    }
     state.upstream.store(identity, out);
     Ok(user_id)
 }
@@ -386,9 +423,11 @@ pub(crate) fn checked(
     if !active {
         return Err(ApplyError::FailedPrecondition("user is disabled".into()));
     }
-    validate_roles(state, &c.mapped_roles)?;
-    identity.granted_roles =
-        apply_mapping(state, now, &identity.user_id, &identity.granted_roles, &c.mapped_roles, out)?;
+    if !c.keep_roles {
+        validate_roles(state, &c.mapped_roles)?;
+        identity.granted_roles =
+            apply_mapping(state, now, &identity.user_id, &identity.granted_roles, &c.mapped_roles, out)?;
+    }
     identity.checked_at = now;
     if c.refresh_token.is_some() {
         identity.refresh_token = c.refresh_token.clone();
@@ -460,19 +499,28 @@ pub(crate) fn end(state: &mut State, now: u64, c: &UpstreamEnd, out: &mut Vec<Mu
     Ok(ended.to_string())
 }
 
-/// An identity whose provider should be asked again: a refresh token is
-/// held, the user has a session, and the last word is `interval_ms` old.
+/// The identities whose provider should be asked again: a refresh token
+/// is held, the user is active (with a session or not: its API keys count
+/// too), and the last word is `interval_ms` old; the longest waiting first.
 pub fn due(state: &State, now: u64, interval_ms: u64) -> Vec<UpstreamIdentityRecord> {
+    let active = |i: &&UpstreamIdentityRecord| {
+        state.users.get(&i.user_id).is_some_and(|u| u.status == UserStatus::Active as i32)
+    };
     let mut due: Vec<_> = state
         .upstream
         .all()
         .filter(|i| !i.ended && i.refresh_token.is_some())
         .filter(|i| i.checked_at.saturating_add(interval_ms) <= now)
-        .filter(|i| state.sessions.of_user(&i.user_id).next().is_some())
+        .filter(active)
         .cloned()
         .collect();
     due.sort_by_key(|i| i.checked_at);
     due
+}
+
+/// Whether a logout token with this `jti` hash was used already.
+pub fn token_spent(state: &State, token_sha256: &[u8; 32]) -> bool {
+    state.upstream.is_spent(token_sha256)
 }
 
 /// Whether the flow with this `state` hash was completed already.
@@ -658,6 +706,14 @@ mod tests {
         ok(&mut s, cmd(T0 + 3, Payload::SetUserStatus(SetUserStatus { user_id: user_id(1), status: 2 })));
         let (r, _) = run(&mut s, sign_in("s1", 4, 4, &user_id(1), &[], T0 + 4));
         assert_eq!(r.code, Code::FailedPrecondition as i32);
+        // Nor when the admin disables it again after the provider did.
+        ok(&mut s, cmd(T0 + 5, Payload::SetUserStatus(SetUserStatus { user_id: user_id(1), status: 1 })));
+        let end = UpstreamEnd { issuer: ISS.into(), subject: "s1".into(), disable_user: true, ..Default::default() };
+        ok(&mut s, cmd(T0 + 6, Payload::UpstreamEnd(end)));
+        assert!(s.upstream.get(ISS, "s1").unwrap().disabled_user);
+        ok(&mut s, cmd(T0 + 7, Payload::SetUserStatus(SetUserStatus { user_id: user_id(1), status: 2 })));
+        let (r, _) = run(&mut s, sign_in("s1", 6, 6, &user_id(1), &[], T0 + 8));
+        assert_eq!(r.code, Code::FailedPrecondition as i32, "the admin's disable holds");
     }
 
     #[test]
@@ -690,11 +746,66 @@ mod tests {
         assert!(due(&s, T0 + 60_001, 60_000).is_empty());
         // The token is kept when a re-check brings none.
         assert!(s.upstream.get(ISS, "s1").unwrap().refresh_token.is_some());
-        ok(
-            &mut s,
-            cmd(T0, Payload::RevokeUserSessions(gatehouse_proto::events::RevokeUserSessions { user_id: user_id(1) })),
-        );
-        assert!(due(&s, T0 + 1_000_000, 60_000).is_empty());
+        // Without a session the person is still asked about (their keys count).
+        let revoke = gatehouse_proto::events::RevokeUserSessions { user_id: user_id(1) };
+        ok(&mut s, cmd(T0, Payload::RevokeUserSessions(revoke)));
+        assert_eq!(due(&s, T0 + 1_000_000, 60_000).len(), 1);
+        // A sign-in without a refresh token keeps the one held.
+        let mut no_token = sign_in("s1", 5, 5, &user_id(1), &[], T0 + 1_000_001);
+        if let Some(Payload::UpstreamSignIn(c)) = &mut no_token.payload {
+            c.refresh_token = None;
+        }
+        ok(&mut s, no_token);
+        assert!(s.upstream.get(ISS, "s1").unwrap().refresh_token.is_some());
+        // A disabled user is not asked about.
+        ok(&mut s, cmd(T0, Payload::SetUserStatus(SetUserStatus { user_id: user_id(1), status: 2 })));
+        assert!(due(&s, T0 + 9_000_000, 60_000).is_empty());
+    }
+
+    #[test]
+    fn an_address_another_user_holds_is_never_taken() {
+        let mut s = with_admin();
+        ok(&mut s, create_user_cmd(&user_id(5), "bob", &[]));
+        // A first sign-in with bob's address (any case), another username.
+        let mut theirs = sign_in("s9", 1, 1, &user_id(6), &[], T0);
+        if let Some(Payload::UpstreamSignIn(c)) = &mut theirs.payload {
+            c.email = "BOB@example.com".into();
+        }
+        let (r, _) = run(&mut s, theirs);
+        assert_eq!((r.code, r.message.as_str()), (Code::AlreadyExists as i32, EMAIL_TAKEN));
+        assert!(s.user(&user_id(6)).is_none());
+        // A linked user whose provider now says bob's address keeps its own.
+        ok(&mut s, sign_in("s1", 2, 2, &user_id(1), &[], T0));
+        let mut moved = sign_in("s1", 3, 3, &user_id(1), &[], T0 + 1);
+        if let Some(Payload::UpstreamSignIn(c)) = &mut moved.payload {
+            c.email = "bob@example.com".into();
+        }
+        ok(&mut s, moved);
+        assert_eq!(s.user(&user_id(1)).unwrap().email, "s1@example.com");
+    }
+
+    #[test]
+    fn a_check_without_claims_keeps_the_roles() {
+        let mut s = with_admin();
+        ok(&mut s, sign_in("s1", 1, 1, &user_id(1), &["viewer"], T0));
+        // An admin takes the mapped role away; a check that brought no
+        // claims does not bring it back.
+        let unassign = gatehouse_proto::events::UnassignRole { user_id: user_id(1), role: "viewer".into() };
+        ok(&mut s, cmd(T0, Payload::UnassignRole(unassign)));
+        let checked =
+            UpstreamChecked { issuer: ISS.into(), subject: "s1".into(), keep_roles: true, ..Default::default() };
+        ok(&mut s, cmd(T0 + 1, Payload::UpstreamChecked(checked)));
+        assert!(s.user(&user_id(1)).unwrap().roles.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_sessions_past_the_remembered_few_end() {
+        let mut s = with_admin();
+        for n in 0..(MAX_SESSIONS as u8 + 2) {
+            ok(&mut s, sign_in("s1", n + 1, n + 1, &user_id(1), &[], T0 + n as u64));
+        }
+        assert_eq!(s.sessions_of(&user_id(1)).count(), MAX_SESSIONS);
+        assert!(s.session(&format!("{:032x}", 1)).is_none() && s.session(&format!("{:032x}", 2)).is_none());
     }
 
     #[test]

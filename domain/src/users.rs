@@ -192,6 +192,11 @@ pub(crate) fn update_user(
         user.updated_at = now;
         out.push(put(Table::Users, &user.user_id, user));
     }
+    // An admin's word on the status is final: a provider's sign-in no
+    // longer enables a user its offboarding had disabled.
+    if status.is_some() {
+        state.upstream.admin_set_status(&c.user_id, out);
+    }
     // A disabled user's sessions end with it, and so do its sign-in links;
     // a link mailed to an address the user no longer has is void.
     if status == Some(UserStatus::Disabled) {

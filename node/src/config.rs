@@ -739,6 +739,9 @@ impl Config {
             }
         }
         let sso = self.sso.load(self.front.is_none(), self.mode == Mode::Dev)?;
+        if !self.sso.password_sign_in && links {
+            return bad("sso.password_sign_in = false (providers only) cannot offer pages.email_links: turn them off");
+        }
         if sso.is_some() {
             if pages.is_none() || self.pages.public_url.is_none() {
                 return bad("[sso] needs the pages with pages.public_url: the providers send browsers back there");

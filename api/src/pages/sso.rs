@@ -110,8 +110,16 @@ pub async fn callback(
         clear_flow(&front, notice(pages, status, title, why))
     };
     if q.error.is_some() {
-        // The person said no at the provider, or it refused them.
-        return said(StatusCode::FORBIDDEN, "Not signed in", "Your identity provider did not sign you in. Try again.");
+        // The person said no at the provider, or it refused them. The flow
+        // cookie stays: anyone can link here with `?error=`, and a flow under
+        // way in this browser is not ended for it.
+        tracing::Span::current().record("outcome", "provider_error");
+        return notice(
+            pages,
+            StatusCode::FORBIDDEN,
+            "Not signed in",
+            "Your identity provider did not sign you in. Try again.",
+        );
     }
     let (Some(code), Some(state)) = (q.code, q.state) else {
         return said(
@@ -188,7 +196,7 @@ fn explain(why: &Why) -> (StatusCode, &'static str, &'static str) {
             "Not signed in",
             "Your account is not in a group that may sign in here. Ask your administrator.",
         ),
-        Why::Rules(Refusal::NoUsername) | Why::UsernameTaken => (
+        Why::Rules(Refusal::NoUsername) | Why::UsernameTaken | Why::EmailTaken => (
             StatusCode::CONFLICT,
             "Not signed in",
             "An account for you cannot be made here automatically. Ask your administrator.",

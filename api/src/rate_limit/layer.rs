@@ -24,6 +24,9 @@ pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::
         "/login" | "/login/email" | "/login/link" if req.method() == axum::http::Method::POST => {
             super::limiter::LOGIN_PATH
         }
+        // A provider's callback is a sign-in too (each one may cost a call
+        // to the provider with our client's credentials).
+        p if p.starts_with("/login/sso/") && p.ends_with("/callback") => super::limiter::LOGIN_PATH,
         p => p,
     };
     // Probes and scrapes are never limited.

@@ -272,6 +272,8 @@ impl SignInService for SignIns {
         if !self.front.node.ensure_fresh().await {
             return Err(ApiError::Stale.into());
         }
+        // The login limits, by the address the front names.
+        self.front.limits.login_attempt(cb.client_ip).await?;
         let refused = |word: &str| pb::FinishUpstreamResponse { refused: word.to_string(), ..Default::default() };
         let answer = match crate::sso::sign_in::finish(&self.front, cb).await {
             Ok((opened, return_to)) => {

@@ -101,7 +101,7 @@ impl Flow {
 
     /// When the flow is void.
     pub fn expires_at(&self) -> u64 {
-        self.started_at + FLOW_TTL_MS
+        self.started_at.saturating_add(FLOW_TTL_MS)
     }
 
     /// The cookie's value: `v1.<provider>.<started>.<secret>.<return URL>`,
@@ -140,7 +140,7 @@ impl Flow {
         if self.provider != provider {
             return Err(Mismatch::Provider);
         }
-        if now >= self.expires_at() || now + 60_000 < self.started_at {
+        if now >= self.expires_at() || now.saturating_add(60_000) < self.started_at {
             return Err(Mismatch::Expired);
         }
         Ok(())

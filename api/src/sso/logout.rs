@@ -68,6 +68,12 @@ pub async fn back_channel(front: &Front, provider: &str, token: &str, client_ip:
     };
     let issuer = p.config.issuer.clone();
     let jti: [u8; 32] = Sha256::digest(format!("{issuer}\n{}", logout.jti).as_bytes()).into();
+    // A replay is refused on the node's own view first: no log write.
+    front.node.catch_up(std::time::Duration::from_millis(500)).await;
+    if gatehouse_domain::upstream::token_spent(&front.node.view().read(), &jti) {
+        refused("logout token replayed");
+        return Err(LogoutError::Replayed);
+    }
     // Kept past the longest a token may be presented.
     let keep_until = now + (LOGOUT_MAX_AGE_SECS + 120) * 1000;
     let cmd = node.command(Payload::UpstreamEnd(UpstreamEnd {

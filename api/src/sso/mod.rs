@@ -97,6 +97,8 @@ pub struct Sso {
     pub config: SsoConfig,
     providers: Vec<Arc<Provider>>,
     sealer: Option<Arc<Sealer>>,
+    /// What the re-check loop remembers between rounds (this node only).
+    pub(crate) rechecks: std::sync::Mutex<recheck::Memory>,
 }
 
 impl Sso {
@@ -108,7 +110,7 @@ impl Sso {
             .iter()
             .map(|p| Provider::new(p.clone(), &format!("{base}/login/sso/{}/callback", p.id)).map(Arc::new))
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Sso { config, providers, sealer })
+        Ok(Sso { config, providers, sealer, rechecks: Default::default() })
     }
 
     pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {

@@ -229,17 +229,17 @@ impl Provider {
     /// Fetches the keys again, unless that was done for an unknown key
     /// within [`REFETCH_EVERY`]; `None` when it was (the keys at hand are as
     /// new as they get), so forged tokens cannot make this node hammer the
-    /// provider.
-    async fn refetched(&self) -> Option<Arc<Discovered>> {
+    /// provider. A fetch that fails is the provider being unavailable.
+    async fn refetched(&self) -> Result<Option<Arc<Discovered>>, ProviderError> {
         {
             let mut last = self.last_refetch.lock().await;
             if last.is_some_and(|at| at.elapsed() < REFETCH_EVERY) {
-                return None;
+                return Ok(None);
             }
             *last = Some(Instant::now());
         }
         let _one = self.fetching.lock().await;
-        self.fetch().await.ok()
+        self.fetch().await.map(Some)
     }
 
     /// Where to send the browser: the code flow with PKCE S256.
@@ -274,7 +274,7 @@ impl Provider {
         let tokens = request.request_async(&self.http).await.map_err(token_error)?;
         let nonce = Nonce::new(nonce.to_string());
         let (issuer, subject, all, sid) = match self.check_id_token(&d, &tokens, Some(&nonce)) {
-            Err(ProviderError::Invalid(e)) if e.starts_with("signature") => match self.refetched().await {
+            Err(ProviderError::Invalid(e)) if e.starts_with("signature") => match self.refetched().await? {
                 Some(fresh) => self.check_id_token(&fresh, &tokens, Some(&nonce))?,
                 None => return Err(ProviderError::Invalid(e)),
             },
@@ -342,10 +342,24 @@ impl Provider {
             .client
             .user_info(access.clone(), Some(SubjectIdentifier::new(subject.to_string())))
             .map_err(|e| ProviderError::Unavailable(format!("no userinfo endpoint: {e}")))?;
-        let info: openidconnect::UserInfoClaims<Extra, CoreGenderClaim> = req
-            .request_async(&self.http)
-            .await
-            .map_err(|e| ProviderError::Invalid(format!("userinfo: {}", error_chain(&e))))?;
+        let info: openidconnect::UserInfoClaims<Extra, CoreGenderClaim> =
+            req.request_async(&self.http).await.map_err(|e| match e {
+                // Not reached, or the provider failing: ask again later.
+                openidconnect::UserInfoError::Request(_) => {
+                    ProviderError::Unavailable(format!("userinfo: {}", error_chain(&e)))
+                }
+                openidconnect::UserInfoError::Response(status, ..)
+                    if status.is_server_error() || status.as_u16() == 429 =>
+                {
+                    ProviderError::Unavailable(format!("userinfo: {status}"))
+                }
+                e => ProviderError::Invalid(format!("userinfo: {}", error_chain(&e))),
+            })?;
+        // An address and its verification come from the same answer: an
+        // address from userinfo is not vouched for by the ID token's flag.
+        if info.email().is_some() {
+            all.remove("email_verified");
+        }
         // Userinfo speaks last: groups and addresses may be fresher there.
         for (k, v) in info.additional_claims().0.clone() {
             all.insert(k, v);
@@ -372,7 +386,7 @@ impl Provider {
             Err(e) => return Err(e),
         };
         let checked = match self.check_id_token(&d, &tokens, None) {
-            Err(ProviderError::Invalid(e)) if e.starts_with("signature") => match self.refetched().await {
+            Err(ProviderError::Invalid(e)) if e.starts_with("signature") => match self.refetched().await? {
                 Some(fresh) => self.check_id_token(&fresh, &tokens, None)?,
                 None => return Err(ProviderError::Invalid(e)),
             },
@@ -399,7 +413,7 @@ impl Provider {
     pub async fn verify_logout(&self, token: &str, now_secs: u64) -> Result<Logout, ProviderError> {
         let d = self.discovered().await?;
         match check_logout(&d.jwks, &self.config, token, now_secs) {
-            Err(ProviderError::Invalid(e)) if e.starts_with("no key") => match self.refetched().await {
+            Err(ProviderError::Invalid(e)) if e.starts_with("no key") => match self.refetched().await? {
                 Some(fresh) => check_logout(&fresh.jwks, &self.config, token, now_secs),
                 None => Err(ProviderError::Invalid(e)),
             },
@@ -470,13 +484,21 @@ fn check_logout(
     Ok(Logout { subject: sub, sid, jti, issued_at: c.iat })
 }
 
-/// A token endpoint's error: a refusal (`invalid_grant` and the like) or
-/// the provider being unreachable.
+/// A token endpoint's error. Only `invalid_grant` speaks of the person (a
+/// code used or expired, a refresh token revoked: disabled, removed or
+/// signed out upstream); anything else (`invalid_client` after the client
+/// secret expired, `server_error`, rate limits, the network) is the
+/// provider or our registration failing, never a reason to sign anyone out.
 fn token_error<RE: std::error::Error + 'static>(
     e: RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
 ) -> ProviderError {
     match e {
-        RequestTokenError::ServerResponse(r) => ProviderError::Refused(r.error().to_string()),
+        RequestTokenError::ServerResponse(r) if *r.error() == CoreErrorResponseType::InvalidGrant => {
+            ProviderError::Refused(r.error().to_string())
+        }
+        RequestTokenError::ServerResponse(r) => {
+            ProviderError::Unavailable(format!("the token endpoint answered {}", r.error()))
+        }
         e => ProviderError::Unavailable(error_chain(&e)),
     }
 }

@@ -14,7 +14,10 @@ pub struct Claims {
     /// Google's `hd`: the Workspace domain the account belongs to.
     pub hosted_domain: Option<String>,
     pub groups: Vec<String>,
-    /// The claim named by `username_claim` (`preferred_username` by default).
+    /// The groups claim was sent at all (a token without it says nothing
+    /// of the groups: on a re-check, the roles then stay).
+    pub groups_sent: bool,
+    /// The claim named by `username_claim` (the address by default).
     pub username: Option<String>,
 }
 
@@ -28,6 +31,7 @@ impl Claims {
             Some(Value::String(s)) => s == "true",
             _ => false,
         };
+        let groups_sent = all.contains_key(&rules.groups_claim);
         let groups = match all.get(&rules.groups_claim) {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
             Some(Value::String(one)) => vec![one.clone()],
@@ -39,6 +43,7 @@ impl Claims {
             email_verified,
             hosted_domain: text("hd"),
             groups,
+            groups_sent,
             username: text(&rules.username_claim),
         }
     }
@@ -80,7 +85,7 @@ impl Default for Rules {
             hosted_domain: None,
             allowed_groups: Vec::new(),
             groups_claim: "groups".into(),
-            username_claim: "preferred_username".into(),
+            username_claim: "email".into(),
             trust_unverified_email: false,
             roles: Vec::new(),
             default_roles: Vec::new(),
@@ -185,6 +190,7 @@ mod tests {
             email_verified: true,
             hosted_domain: Some("example.com".into()),
             groups: vec!["eng".into(), "ops".into()],
+            groups_sent: true,
             username: Some("ann".into()),
         }
     }
@@ -257,6 +263,6 @@ mod tests {
         assert!(c.email_verified);
         assert_eq!(c.groups, vec!["x".to_string(), "y".to_string()]);
         let c = Claims::from_json("s", serde_json::json!({"email_verified": 1}).as_object().unwrap(), &rules);
-        assert!(!c.email_verified && c.groups.is_empty() && c.email.is_none());
+        assert!(!c.email_verified && c.groups.is_empty() && c.email.is_none() && !c.groups_sent);
     }
 }

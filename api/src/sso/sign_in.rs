@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gatehouse_domain::upstream::{FLOW_USED, NOT_LINKED, USERNAME_TAKEN};
+use gatehouse_domain::upstream::{EMAIL_TAKEN, FLOW_USED, NOT_LINKED, USERNAME_TAKEN};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::{CreateSession, UpstreamSignIn, UserStatus};
 use gatehouse_proto::state::UserRecord;
@@ -63,6 +63,8 @@ pub enum Why {
     NotLinked,
     /// A first sign-in whose username is taken.
     UsernameTaken,
+    /// A first sign-in whose address another user holds.
+    EmailTaken,
     /// The user is disabled here.
     Disabled,
 }
@@ -83,6 +85,7 @@ impl Why {
             Why::Rules(Refusal::NoUsername) => "no_username",
             Why::NotLinked => "not_linked",
             Why::UsernameTaken => "username_taken",
+            Why::EmailTaken => "email_taken",
             Why::Disabled => "disabled",
         }
     }
@@ -102,6 +105,7 @@ impl Why {
             "no_username" => Why::Rules(Refusal::NoUsername),
             "not_linked" => Why::NotLinked,
             "username_taken" => Why::UsernameTaken,
+            "email_taken" => Why::EmailTaken,
             "disabled" => Why::Disabled,
             _ => return None,
         })
@@ -250,6 +254,7 @@ pub async fn finish(front: &Front, cb: Callback) -> Result<(Opened, String), Sso
             ApiError::FailedPrecondition(m) if m == FLOW_USED => Why::FlowUsed,
             ApiError::NotFound(m) if m == NOT_LINKED => Why::NotLinked,
             ApiError::AlreadyExists(m) if m == USERNAME_TAKEN => Why::UsernameTaken,
+            ApiError::AlreadyExists(m) if m == EMAIL_TAKEN => Why::EmailTaken,
             ApiError::FailedPrecondition(m) if m == "user is disabled" => Why::Disabled,
             _ => return Err(e.into()),
         };
@@ -297,6 +302,7 @@ mod tests {
             Why::Rules(Refusal::NoUsername),
             Why::NotLinked,
             Why::UsernameTaken,
+            Why::EmailTaken,
             Why::Disabled,
         ];
         for why in all {

@@ -79,6 +79,10 @@ pub struct ProviderSettings {
     /// Make a user at a first sign-in (else only linked subjects sign in).
     #[serde(default = "yes")]
     pub create_users: bool,
+    /// Let anyone with an account at the provider in (no domain, `hd` or
+    /// group rule): refused unless set, for providers anyone can join.
+    #[serde(default)]
+    pub allow_any_account: bool,
     /// Roles everyone signing in through this provider gets.
     #[serde(default)]
     pub default_roles: Vec<String>,
@@ -101,7 +105,7 @@ fn default_groups_claim() -> String {
     "groups".into()
 }
 fn default_username_claim() -> String {
-    "preferred_username".into()
+    "email".into()
 }
 fn yes() -> bool {
     true
@@ -143,6 +147,10 @@ impl SsoSettings {
         for p in &self.providers {
             if providers.iter().any(|q: &gatehouse_api::sso::ProviderConfig| q.id == p.id) {
                 return bad(format!("sso.providers: id {:?} is listed twice", p.id));
+            }
+            // One issuer, one provider: identities are keyed by issuer.
+            if providers.iter().any(|q: &gatehouse_api::sso::ProviderConfig| q.issuer == p.issuer) {
+                return bad(format!("sso.providers: issuer {:?} is listed twice", p.issuer));
             }
             providers.push(p.load(voter, dev)?);
         }
@@ -256,9 +264,32 @@ impl ProviderSettings {
             "nonce",
             "code_challenge",
             "code_challenge_method",
+            "response_mode",
+            "request",
+            "request_uri",
+            "claims",
         ];
         if let Some(k) = self.auth_params.keys().find(|k| reserved.contains(&k.as_str())) {
             return Err(bad(format!("auth_params may not set {k:?}")));
+        }
+        let ruled = !allowed_domains.is_empty() || hosted_domain.is_some() || !self.allowed_groups.is_empty();
+        if self.create_users && !ruled && !self.allow_any_account {
+            return Err(bad(
+                "create_users lets in anyone with an account at the provider: set allowed_email_domains, \
+                 hosted_domain or allowed_groups (or allow_any_account = true)"
+                    .into(),
+            ));
+        }
+        if issuer.host_str() == Some("accounts.google.com") && hosted_domain.is_none() && !self.allow_any_account {
+            return Err(bad(
+                "Google signs in any Google account, consumer ones on a company address too: set hosted_domain".into(),
+            ));
+        }
+        if self.trust_unverified_email && self.allowed_groups.is_empty() {
+            return Err(bad(
+                "trust_unverified_email needs allowed_groups: an address nobody verified says nothing of who may sign in"
+                    .into(),
+            ));
         }
         Ok(gatehouse_api::sso::ProviderConfig {
             id: id.clone(),
@@ -332,5 +363,76 @@ impl SecretsSettings {
         gatehouse_api::seal::Sealer::new(keys)
             .map(|s| Some(Arc::new(s)))
             .map_err(|e| ConfigError::Invalid(format!("secrets.keys: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(id: &str, issuer: &str) -> ProviderSettings {
+        ProviderSettings {
+            id: id.into(),
+            name: "Corp".into(),
+            issuer: issuer.into(),
+            client_id: "gatehouse".into(),
+            client_secret_file: None,
+            scopes: default_scopes(),
+            ca_file: None,
+            userinfo: false,
+            allowed_email_domains: vec!["example.com".into()],
+            hosted_domain: None,
+            allowed_groups: vec![],
+            groups_claim: default_groups_claim(),
+            username_claim: default_username_claim(),
+            trust_unverified_email: false,
+            create_users: true,
+            allow_any_account: false,
+            default_roles: vec![],
+            roles: BTreeMap::new(),
+            offboard: OffboardSetting::Disable,
+            auth_params: BTreeMap::new(),
+            timeout_secs: 10,
+        }
+    }
+
+    fn load(providers: Vec<ProviderSettings>) -> Result<(), String> {
+        let s = SsoSettings { providers, ..Default::default() };
+        s.load(false, false).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn providers_anyone_could_join_are_refused_unless_said() {
+        assert!(load(vec![provider("corp", "https://idp.example.com")]).is_ok());
+        let open = ProviderSettings { allowed_email_domains: vec![], ..provider("corp", "https://idp.example.com") };
+        assert!(load(vec![open.clone()]).unwrap_err().contains("allow_any_account"));
+        assert!(load(vec![ProviderSettings { allow_any_account: true, ..open.clone() }]).is_ok());
+        assert!(load(vec![ProviderSettings { create_users: false, ..open }]).is_ok());
+        let google = provider("google", "https://accounts.google.com");
+        assert!(load(vec![google.clone()]).unwrap_err().contains("hosted_domain"));
+        assert!(load(vec![ProviderSettings { hosted_domain: Some("example.com".into()), ..google }]).is_ok());
+        let trusting =
+            ProviderSettings { trust_unverified_email: true, ..provider("entra", "https://login.example.com") };
+        assert!(load(vec![trusting.clone()]).unwrap_err().contains("allowed_groups"));
+        assert!(load(vec![ProviderSettings { allowed_groups: vec!["g".into()], ..trusting }]).is_ok());
+    }
+
+    #[test]
+    fn issuers_ids_and_parameters_are_checked() {
+        let a = provider("a", "https://idp.example.com");
+        assert!(load(vec![a.clone(), provider("b", "https://idp.example.com")]).unwrap_err().contains("issuer"));
+        assert!(load(vec![a.clone(), provider("a", "https://other.example.com")]).unwrap_err().contains("twice"));
+        assert!(load(vec![provider("a", "http://idp.example.com")]).is_err(), "plain http off loopback");
+        assert!(load(vec![provider("a", "http://127.0.0.1:8080")]).is_ok(), "plain http on loopback");
+        assert!(load(vec![provider("A b", "https://idp.example.com")]).is_err());
+        for reserved in ["redirect_uri", "response_mode", "request_uri", "claims", "nonce"] {
+            let p = ProviderSettings { auth_params: [(reserved.to_string(), "x".to_string())].into(), ..a.clone() };
+            assert!(load(vec![p]).unwrap_err().contains("auth_params"), "{reserved}");
+        }
+        // A voter needs the client secret; a front does not.
+        let s = SsoSettings { providers: vec![a], ..Default::default() };
+        assert!(s.load(true, false).unwrap_err().to_string().contains("client_secret_file"));
+        let off = SsoSettings { password_sign_in: false, ..Default::default() };
+        assert!(off.load(false, false).is_err(), "providers-only needs a provider");
     }
 }
