@@ -169,6 +169,13 @@ fn sealed(s: &Option<Sealed>) -> Result<(), ApplyError> {
     }
 }
 
+fn role_list(list: &[String]) -> Result<(), ApplyError> {
+    if list.len() > MAX_ROLES {
+        return Err(ApplyError::Invalid(format!("at most {MAX_ROLES} roles")));
+    }
+    list.iter().try_for_each(|r| short("role", r, roles::MAX_NAME))
+}
+
 /// The per-field bounds of the upstream commands (see [`crate::bounds`]).
 pub fn check_sign_in(c: &UpstreamSignIn) -> Result<(), ApplyError> {
     short("provider", &c.provider, MAX_PROVIDER)?;
@@ -177,10 +184,7 @@ pub fn check_sign_in(c: &UpstreamSignIn) -> Result<(), ApplyError> {
     short("upstream session id", &c.upstream_sid, MAX_SID)?;
     short("username", &c.username, 64)?;
     short("email", &c.email, 254)?;
-    if c.mapped_roles.len() > MAX_ROLES {
-        return Err(ApplyError::Invalid(format!("at most {MAX_ROLES} roles")));
-    }
-    c.mapped_roles.iter().try_for_each(|r| short("role", r, roles::MAX_NAME))?;
+    role_list(&c.mapped_roles)?;
     sealed(&c.refresh_token)
 }
 
@@ -188,10 +192,7 @@ pub fn check_sign_in(c: &UpstreamSignIn) -> Result<(), ApplyError> {
 pub fn check_checked(c: &UpstreamChecked) -> Result<(), ApplyError> {
     short("issuer", &c.issuer, MAX_ISSUER)?;
     short("subject", &c.subject, MAX_SUBJECT)?;
-    if c.mapped_roles.len() > MAX_ROLES {
-        return Err(ApplyError::Invalid(format!("at most {MAX_ROLES} roles")));
-    }
-    c.mapped_roles.iter().try_for_each(|r| short("role", r, roles::MAX_NAME))?;
+    role_list(&c.mapped_roles)?;
     sealed(&c.refresh_token)
 }
 

@@ -122,6 +122,35 @@ async fn upstream() -> u16 {
     port
 }
 
+/// Our nginx example for app.example.test over HTTPS on `port` (a
+/// certificate from a new CA written to `dir`), in front of the Gatehouse
+/// node at `gatehouse` and the app on port `app`.
+fn example_over_https(dir: &Path, port: u16, gatehouse: &str, app: u16) -> String {
+    let ca = gatehouse_tls::issue::new_ca("browser test CA", 1).unwrap();
+    let cert = gatehouse_tls::issue::node_certificate(&ca, 1, &["app.example.test".into()], &[], 1).unwrap();
+    std::fs::write(dir.join("app.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join("app.key"), cert.key_pem.expose()).unwrap();
+    let mut example = common::nginx::example();
+    for (from, to) in [
+        (
+            "    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(),
+            format!("    server {gatehouse};\n"),
+        ),
+        ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{app};")),
+        (
+            "listen 80;".to_string(),
+            format!(
+                "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {0}/app.pem;\n    ssl_certificate_key {0}/app.key;",
+                dir.display()
+            ),
+        ),
+    ] {
+        assert_eq!(example.matches(&from).count(), 1, "the example no longer has {from:?}");
+        example = example.replace(&from, &to);
+    }
+    example
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_sessions() {
     let smtp = common::smtp::Smtp::start().await;
@@ -144,29 +173,7 @@ async fn a_person_signs_in_through_nginx_in_a_real_browser_and_manages_their_ses
 
     // nginx over HTTPS for app.example.test, from our example.
     let dir = tempfile::tempdir().unwrap();
-    let ca = gatehouse_tls::issue::new_ca("browser test CA", 1).unwrap();
-    let cert = gatehouse_tls::issue::node_certificate(&ca, 1, &["app.example.test".into()], &[], 1).unwrap();
-    std::fs::write(dir.path().join("app.pem"), &cert.cert_pem).unwrap();
-    std::fs::write(dir.path().join("app.key"), cert.key_pem.expose()).unwrap();
-    let app = upstream().await;
-    let conf = {
-        let mut example = common::nginx::example();
-        for (from, to) in [
-            ("    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(), format!("    server {gatehouse};\n")),
-            ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{app};")),
-            (
-                "listen 80;".to_string(),
-                format!(
-                    "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {0}/app.pem;\n    ssl_certificate_key {0}/app.key;",
-                    dir.path().display()
-                ),
-            ),
-        ] {
-            assert_eq!(example.matches(&from).count(), 1, "the example no longer has {from:?}");
-            example = example.replace(&from, &to);
-        }
-        example
-    };
+    let conf = example_over_https(dir.path(), port, &gatehouse, upstream().await);
     let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
 
     let driver = chromedriver().await;
@@ -386,29 +393,7 @@ async fn a_person_signs_in_through_their_identity_provider_and_lands_on_the_app(
     .await;
     let gatehouse = c.node(1).http_addr().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let ca = gatehouse_tls::issue::new_ca("browser test CA", 1).unwrap();
-    let cert = gatehouse_tls::issue::node_certificate(&ca, 1, &["app.example.test".into()], &[], 1).unwrap();
-    std::fs::write(dir.path().join("app.pem"), &cert.cert_pem).unwrap();
-    std::fs::write(dir.path().join("app.key"), cert.key_pem.expose()).unwrap();
-    let app = upstream().await;
-    let mut conf = common::nginx::example();
-    for (from, to) in [
-        (
-            "    server 127.0.0.1:8080;\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n".to_string(),
-            format!("    server {gatehouse};\n"),
-        ),
-        ("server 127.0.0.1:3000;".to_string(), format!("server 127.0.0.1:{app};")),
-        (
-            "listen 80;".to_string(),
-            format!(
-                "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {0}/app.pem;\n    ssl_certificate_key {0}/app.key;",
-                dir.path().display()
-            ),
-        ),
-    ] {
-        assert_eq!(conf.matches(&from).count(), 1, "the example no longer has {from:?}");
-        conf = conf.replace(&from, &to);
-    }
+    let conf = example_over_https(dir.path(), port, &gatehouse, upstream().await);
     let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
 
     let driver = chromedriver().await;

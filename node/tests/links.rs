@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::forms::{browser, hidden, set_cookie};
 use common::smtp::{link_in, Smtp};
-use common::{base, create_user_with_password, wait_until, TestCluster};
+use common::{audited, base, create_user_with_password, wait_until, TestCluster};
 use reqwest::header::LOCATION;
 use reqwest::StatusCode;
 
@@ -103,18 +103,6 @@ async fn spend(base: &str, link: &str, secret: Option<&str>) -> reqwest::Respons
         .send()
         .await
         .unwrap()
-}
-
-async fn audited(c: &TestCluster, action: &str, detail: &str) -> bool {
-    let mut found = false;
-    c.node(1)
-        .audit_log()
-        .scan(u64::MAX, true, |r| {
-            found |= r.event.as_ref().is_some_and(|e| e.action == action && e.detail.contains(detail));
-            !found
-        })
-        .unwrap();
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::forms::{browser, set_cookie};
 use common::oidc::{user, Provider};
-use common::{base, create_user_with_password, login, wait_until, TestCluster};
+use common::{audited, base, create_user_with_password, login, wait_until, TestCluster};
 use reqwest::header::LOCATION;
 use reqwest::StatusCode;
 
@@ -138,18 +138,6 @@ async fn verify_at(at: &str, token: &str) -> (StatusCode, String, String) {
         browser().get(format!("{at}/auth/verify")).header("cookie", format!("{SESSION}={token}")).send().await.unwrap();
     let header = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (resp.status(), header("x-auth-user"), header("x-auth-roles"))
-}
-
-async fn audited(c: &TestCluster, action: &str, detail: &str) -> bool {
-    let mut found = false;
-    c.node(1)
-        .audit_log()
-        .scan(u64::MAX, true, |r| {
-            found |= r.event.as_ref().is_some_and(|e| e.action == action && e.detail.contains(detail));
-            !found
-        })
-        .unwrap();
-    found
 }
 
 async fn wait_audited(c: &TestCluster, action: &str, detail: &str) {

@@ -281,6 +281,19 @@ pub async fn create_user_with_password(node: &Node, username: &str, password: &s
     user_id
 }
 
+/// Whether node 1's audit log holds an event `action` whose detail contains `detail`.
+pub async fn audited(c: &TestCluster, action: &str, detail: &str) -> bool {
+    let mut found = false;
+    c.node(1)
+        .audit_log()
+        .scan(u64::MAX, true, |r| {
+            found |= r.event.as_ref().is_some_and(|e| e.action == action && e.detail.contains(detail));
+            !found
+        })
+        .unwrap();
+    found
+}
+
 pub fn base(node: &Node) -> String {
     format!("http://{}", node.http_addr())
 }
