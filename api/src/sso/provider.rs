@@ -432,6 +432,7 @@ struct LogoutClaims {
     sid: Option<String>,
     jti: Option<String>,
     iat: u64,
+    exp: Option<u64>,
     events: Option<serde_json::Map<String, serde_json::Value>>,
     nonce: Option<serde_json::Value>,
 }
@@ -458,16 +459,27 @@ fn check_logout(
         None => None,
     }
     .ok_or_else(|| invalid("no key of the provider signed it".into()))?;
+    // A key published for encryption, or for another algorithm, signs nothing here.
+    if matches!(jwk.common.public_key_use, Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)) {
+        return Err(invalid("the key is published for encryption".into()));
+    }
+    if jwk.common.key_algorithm.is_some_and(|a| a != jsonwebtoken::jwk::KeyAlgorithm::from(header.alg)) {
+        return Err(invalid("the key is published for another algorithm".into()));
+    }
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key: {e}")))?;
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     validation.set_issuer(&[config.issuer.trim_end_matches('/'), config.issuer.as_str()]);
     validation.set_audience(&[&config.client_id]);
     validation.set_required_spec_claims(&["iss", "aud", "iat"]);
-    validation.leeway = 60;
+    // Times are checked below against `now_secs`, one clock for all of them.
+    validation.validate_exp = false;
     let data = jsonwebtoken::decode::<LogoutClaims>(token, &key, &validation).map_err(|e| invalid(e.to_string()))?;
     let c = data.claims;
     if c.iat > now_secs + 60 || c.iat + LOGOUT_MAX_AGE_SECS < now_secs {
         return Err(invalid("issued too long ago or in the future".into()));
+    }
+    if c.exp.is_some_and(|exp| exp + 60 < now_secs) {
+        return Err(invalid("expired".into()));
     }
     if !c.events.as_ref().is_some_and(|e| e.get(LOGOUT_EVENT).is_some_and(|v| v.is_object())) {
         return Err(invalid("not a logout token (no logout event)".into()));
@@ -513,4 +525,127 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+
+    const ISS: &str = "https://idp.example.com";
+    const NOW: u64 = 1_800_000_000;
+
+    fn config() -> ProviderConfig {
+        ProviderConfig {
+            id: "corp".into(),
+            name: "Corp".into(),
+            issuer: ISS.into(),
+            client_id: "gatehouse".into(),
+            client_secret: None,
+            scopes: vec!["openid".into()],
+            ca_pem: None,
+            userinfo: false,
+            rules: Default::default(),
+            create_users: true,
+            offboard: super::super::Offboard::Disable,
+            auth_params: vec![],
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// An Ed25519 key: the encoding half, and its JWK with `extra` fields.
+    fn key(extra: serde_json::Value) -> (jsonwebtoken::EncodingKey, jsonwebtoken::jwk::JwkSet) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let mut jwk = serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1" });
+        for (k, v) in extra.as_object().unwrap() {
+            jwk[k] = v.clone();
+        }
+        let set = serde_json::from_value(serde_json::json!({ "keys": [jwk] })).unwrap();
+        (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), set)
+    }
+
+    fn token(enc: &jsonwebtoken::EncodingKey, claims: serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, &claims, enc).unwrap()
+    }
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({
+            "iss": ISS, "aud": "gatehouse", "iat": NOW - 10, "exp": NOW + 110, "jti": "j-1", "sub": "s-1",
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        })
+    }
+
+    #[test]
+    fn a_logout_token_is_taken_only_as_the_spec_says() {
+        let (enc, jwks) = key(serde_json::json!({ "alg": "EdDSA", "use": "sig" }));
+        let ok = check_logout(&jwks, &config(), &token(&enc, good()), NOW).unwrap();
+        assert_eq!((ok.subject.as_deref(), ok.sid, ok.jti.as_str()), (Some("s-1"), None, "j-1"));
+        let changed = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut c = good();
+            f(&mut c);
+            check_logout(&jwks, &config(), &token(&enc, c), NOW)
+        };
+        type Change<'a> = &'a dyn Fn(&mut serde_json::Value);
+        let refused: [(&str, Change); 9] = [
+            ("another audience", &|c| c["aud"] = "someone-else".into()),
+            ("another issuer", &|c| c["iss"] = "https://evil.example.com".into()),
+            ("issued too long ago (exp still ahead)", &|c| {
+                c["iat"] = (NOW - LOGOUT_MAX_AGE_SECS - 61).into();
+                c["exp"] = (NOW + 600).into();
+            }),
+            ("issued in the future", &|c| c["iat"] = (NOW + 120).into()),
+            ("expired", &|c| c["exp"] = (NOW - 120).into()),
+            ("no jti", &|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+            ("a nonce", &|c| c["nonce"] = "n".into()),
+            ("no logout event", &|c| c["events"] = serde_json::json!({})),
+            ("neither sub nor sid", &|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+        ];
+        for (why, f) in refused {
+            assert!(matches!(changed(f), Err(ProviderError::Invalid(_))), "{why}");
+        }
+        // A sid alone is enough.
+        let by_sid = changed(&|c| {
+            c.as_object_mut().unwrap().remove("sub");
+            c["sid"] = "sid-1".into();
+        })
+        .unwrap();
+        assert_eq!(by_sid.sid.as_deref(), Some("sid-1"));
+    }
+
+    #[test]
+    fn a_logout_token_needs_a_signing_key_of_the_provider_for_its_algorithm() {
+        let (enc, _) = key(serde_json::json!({}));
+        let (_, other) = key(serde_json::json!({}));
+        let t = token(&enc, good());
+        assert!(matches!(check_logout(&other, &config(), &t, NOW), Err(ProviderError::Invalid(_))), "another key");
+        let (enc, for_rsa) = key(serde_json::json!({ "alg": "RS256" }));
+        let e = check_logout(&for_rsa, &config(), &token(&enc, good()), NOW).unwrap_err();
+        assert!(e.to_string().contains("another algorithm"), "{e}");
+        let (enc, for_enc) = key(serde_json::json!({ "use": "enc" }));
+        let e = check_logout(&for_enc, &config(), &token(&enc, good()), NOW).unwrap_err();
+        assert!(e.to_string().contains("encryption"), "{e}");
+        // HMAC (with anything as the secret) and unsigned tokens.
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &good(),
+            &jsonwebtoken::EncodingKey::from_secret(b"client-secret").unwrap(),
+        )
+        .unwrap();
+        let (_, jwks) = key(serde_json::json!({}));
+        assert!(check_logout(&jwks, &config(), &hs, NOW).unwrap_err().to_string().contains("not taken"));
+        let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let none = format!("{}.{}.", b64(serde_json::json!({ "alg": "none", "typ": "JWT" })), b64(good()));
+        assert!(matches!(check_logout(&jwks, &config(), &none, NOW), Err(ProviderError::Invalid(_))));
+        assert!(matches!(check_logout(&jwks, &config(), "not a token", NOW), Err(ProviderError::Invalid(_))));
+    }
 }

@@ -180,6 +180,14 @@ pub async fn finish(front: &Front, cb: Callback) -> Result<(Opened, String), Sso
         Err(ProviderError::Invalid(e)) => return Err(refuse(Why::Token, None, &format!("ID token refused: {e}"))),
     };
     let subject = verified.claims.subject.clone();
+    // A subject the log cannot hold (OIDC Core: at most 255 ASCII
+    // characters) is a token refused, not a node failing.
+    let subject_ok = !subject.is_empty()
+        && subject.len() <= gatehouse_domain::upstream::MAX_SUBJECT
+        && !subject.chars().any(char::is_control);
+    if !subject_ok {
+        return Err(refuse(Why::Token, None, "ID token refused: the subject is empty, too long or not printable"));
+    }
     let rules = &p.config.rules;
     let email = match rules.admit(&verified.claims) {
         Ok(e) => e,
