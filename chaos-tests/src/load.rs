@@ -402,6 +402,7 @@ pub async fn bulk_load(
             idle_timeout_ms: 3600 * 1000,
             client_ip: "127.0.0.1".into(),
             user_agent: "gatehouse-load".into(),
+            factor: None,
         })));
         if pending.len() >= batch {
             flush(&mut pending).await?;

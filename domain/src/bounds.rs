@@ -18,7 +18,7 @@ use gatehouse_proto::events::Command;
 use prost::Message;
 
 use crate::result::ApplyError;
-use crate::{audit, limits, requests, roles, sessions, upstream, usage, users};
+use crate::{audit, factors, limits, requests, roles, sessions, upstream, usage, users};
 
 /// Largest encoded command a client's write may make (a user, a key, a
 /// role at their field limits are a few KiB).
@@ -100,6 +100,7 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
         Payload::CreateSession(c) => {
             id(&c.session_id)?;
             id(&c.user_id)?;
+            factors::check_proof_fields(&c.factor)?;
             short("client ip", &c.client_ip, 64)?;
             short("user agent", &c.user_agent, sessions::MAX_USER_AGENT)
         }
@@ -122,6 +123,32 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             })
         }
         Payload::UpstreamChecked(c) => upstream::check_checked(c),
+        Payload::PresentFactor(c) => {
+            id(&c.session_id)?;
+            id(&c.user_id)?;
+            factors::check_proof_fields(&c.proof)?;
+            if c.new_token_sha256.len() > 32 {
+                return Err(ApplyError::Invalid("token hash must be 32 bytes".into()));
+            }
+            Ok(())
+        }
+        Payload::EnrollTotp(c) => {
+            id(&c.user_id)?;
+            id(&c.session_id)?;
+            factors::check_enroll(c)
+        }
+        Payload::SetRecoveryCodes(c) => {
+            id(&c.user_id)?;
+            if c.recovery_sha256.len() > factors::MAX_RECOVERY || c.recovery_sha256.iter().any(|h| h.len() != 32) {
+                return Err(ApplyError::Invalid("at most 10 recovery code hashes of 32 bytes".into()));
+            }
+            Ok(())
+        }
+        Payload::RemoveFactors(c) => {
+            id(&c.user_id)?;
+            short("factor kind", &c.kind, 16)
+        }
+        Payload::RecordFactorFailure(c) => id(&c.user_id),
         Payload::UpstreamEnd(c) => upstream::check_end(c),
         Payload::RevokeSession(c) => id(&c.session_id),
         Payload::RevokeUserSessions(c) => id(&c.user_id),

@@ -38,6 +38,10 @@ pub fn command(mut cmd: Command) -> Option<Command> {
         // A provider's refresh token (sealed) is for the voters' re-checks.
         Some(Payload::UpstreamSignIn(c)) => c.refresh_token = None,
         Some(Payload::UpstreamChecked(c)) => c.refresh_token = None,
+        // A TOTP secret (sealed) is for the voters, which check codes; the
+        // front applies the enrollment with a stand-in, so its view says
+        // the same about who owes a second factor.
+        Some(Payload::EnrollTotp(c)) => c.secret = c.secret.as_ref().map(|_| withheld_secret()),
         Some(
             Payload::SetUserStatus(_)
             | Payload::RecordLoginFailure(_)
@@ -60,7 +64,11 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::SetClusterVersion(_)
             | Payload::CreateSignInLink(_)
             | Payload::SpendSignInLink(_)
-            | Payload::UpstreamEnd(_),
+            | Payload::UpstreamEnd(_)
+            | Payload::PresentFactor(_)
+            | Payload::SetRecoveryCodes(_)
+            | Payload::RemoveFactors(_)
+            | Payload::RecordFactorFailure(_),
         )
         | None => {}
     }
@@ -83,6 +91,13 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
             identity.refresh_token = None;
             Ok(Some([&value[..1], &prost::Message::encode_to_vec(&identity)[..]].concat()))
         }
+        Table::Factors => {
+            let mut factors: gatehouse_proto::state::FactorsRecord = codec::decode(value)?;
+            if let Some(t) = &mut factors.totp {
+                t.secret = Some(withheld_secret());
+            }
+            Ok(Some([&value[..1], &prost::Message::encode_to_vec(&factors)[..]].concat()))
+        }
         // Links and spent values: hashes, which a front needs to apply a
         // spend as the voters do.
         Table::ApiKeys
@@ -100,6 +115,12 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
 /// Whether a front holds `table` at all.
 pub fn holds(table: Table) -> bool {
     !matches!(table, Table::Audit | Table::AuditChain)
+}
+
+/// Stands in for a sealed second-factor secret on a front: well formed
+/// (apply takes it), opening under no key.
+pub fn withheld_secret() -> gatehouse_proto::events::Sealed {
+    gatehouse_proto::events::Sealed { key_id: "withheld".into(), nonce: vec![0; 12], ciphertext: Vec::new() }
 }
 
 /// Stands in for a "hash" the voters refused (not argon2id): apply

@@ -19,6 +19,7 @@
 //! - [`keys`]: API key records and their commands.
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
 //! - [`links`]: sign-in links mailed to users, bound to a browser, spent once.
+//! - [`factors`]: second factors (TOTP, recovery codes), spent once cluster-wide; sessions that owe one.
 //! - [`upstream`]: users linked to upstream OIDC identities, mapped roles, spent flows and logout tokens.
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
@@ -34,6 +35,7 @@
 pub mod audit;
 pub mod bounds;
 pub mod codec;
+pub mod factors;
 pub mod front;
 pub mod keys;
 pub mod limits;

@@ -186,7 +186,8 @@ pub(crate) fn spend(
     let session = c.session.as_ref().ok_or_else(|| ApplyError::Invalid("a spend opens a session".into()))?;
     let link = check_spend(state, &token, &c.browser_sha256, now)?;
     let link_id = link.link_id.clone();
-    let opened = CreateSession { user_id: link.user_id.clone(), ..session.clone() };
+    // A link is a first factor: a user with a second one owes it.
+    let opened = CreateSession { user_id: link.user_id.clone(), factor: None, ..session.clone() };
     let session_id = crate::sessions::create(state, now, &opened, out)?;
     state.links.remove(&link_id, out);
     Ok(session_id)

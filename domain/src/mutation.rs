@@ -26,11 +26,13 @@ pub enum Table {
     UpstreamIdentities,
     /// Spent one-time values: upstream flows, logout tokens.
     Spent,
+    /// Users' second factors (`gatehouse_domain::factors`).
+    Factors,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Users,
         Table::ApiKeys,
         Table::Sessions,
@@ -43,6 +45,7 @@ impl Table {
         Table::SignInLinks,
         Table::UpstreamIdentities,
         Table::Spent,
+        Table::Factors,
     ];
 
     /// Whether the in-memory view holds this table (audit records stay on disk).
@@ -65,6 +68,7 @@ impl Table {
             Table::SignInLinks => "sign_in_links",
             Table::UpstreamIdentities => "upstream_identities",
             Table::Spent => "spent",
+            Table::Factors => "factors",
         }
     }
 

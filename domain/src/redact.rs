@@ -20,7 +20,19 @@ pub fn redacted(mut cmd: Command) -> Command {
                 k.secret_sha256.clear();
             }
         }
-        Some(Payload::CreateSession(c)) => c.token_sha256.clear(),
+        Some(Payload::CreateSession(c)) => {
+            c.token_sha256.clear();
+            c.factor = None;
+        }
+        Some(Payload::PresentFactor(c)) => {
+            c.new_token_sha256.clear();
+            c.proof = None;
+        }
+        Some(Payload::EnrollTotp(c)) => {
+            c.secret = None;
+            c.recovery_sha256.clear();
+        }
+        Some(Payload::SetRecoveryCodes(c)) => c.recovery_sha256.clear(),
         Some(Payload::CreateSignInLink(c)) => {
             c.token_sha256.clear();
             c.browser_sha256.clear();
@@ -59,7 +71,9 @@ pub fn redacted(mut cmd: Command) -> Command {
             | Payload::RateDeltas(_)
             | Payload::AppendAudit(_)
             | Payload::PruneAudit(_)
-            | Payload::SetClusterVersion(_),
+            | Payload::SetClusterVersion(_)
+            | Payload::RemoveFactors(_)
+            | Payload::RecordFactorFailure(_),
         )
         | None => {}
     }

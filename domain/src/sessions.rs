@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use gatehouse_proto::events::{CreateSession, RevokeSession, RevokeUserSessions, UserStatus};
 use gatehouse_proto::state::SessionRecord;
 
+use crate::factors;
 use crate::mutation::{Mutation, Table};
 use crate::result::ApplyError;
 use crate::state::{put, State};
@@ -59,6 +60,20 @@ struct Session {
     last_seen: u64,
     client_ip: Box<str>,
     user_agent: Box<str>,
+    /// The second factor is still owed ([`crate::factors`]).
+    factor_due: bool,
+    /// The latest second factor presented ("" for none) and when.
+    factor: &'static str,
+    factor_at: u64,
+}
+
+/// A factor name as sessions keep it (an unknown one is none).
+fn factor_name(name: &str) -> &'static str {
+    match name {
+        factors::TOTP => factors::TOTP,
+        factors::RECOVERY => factors::RECOVERY,
+        _ => "",
+    }
 }
 
 impl Session {
@@ -73,6 +88,9 @@ impl Session {
             last_seen: self.last_seen,
             client_ip: self.client_ip.to_string(),
             user_agent: self.user_agent.to_string(),
+            factor_due: self.factor_due,
+            factor: self.factor.to_string(),
+            factor_at: self.factor_at,
         }
     }
 }
@@ -107,6 +125,9 @@ impl Sessions {
             last_seen: r.last_seen,
             client_ip: r.client_ip.into(),
             user_agent: r.user_agent.into(),
+            factor_due: r.factor_due,
+            factor: factor_name(&r.factor),
+            factor_at: r.factor_at,
         };
         self.by_id.insert(id, s);
         true
@@ -172,6 +193,39 @@ impl Sessions {
         Some(put(Table::Sessions, session_id, &s.record(id)))
     }
 
+    /// Whether a session holds this token hash.
+    pub(crate) fn token_taken(&self, token: &[u8; 32]) -> bool {
+        self.by_token.contains_key(token)
+    }
+
+    /// Notes a second factor presented on a session at `now` (`factor`
+    /// as of `at`); `token`: a waiting session's new token and expiry.
+    pub(crate) fn set_factor(
+        &mut self,
+        session_id: &str,
+        factor: &str,
+        at: u64,
+        now: u64,
+        token: Option<([u8; 32], u64)>,
+        out: &mut Vec<Mutation>,
+    ) {
+        let Some(id) = id128(session_id) else { return };
+        let Some(s) = self.by_id.get_mut(&id) else { return };
+        s.factor = factor_name(factor);
+        s.factor_at = at;
+        s.last_seen = s.last_seen.max(now);
+        if let Some((token, expires_at)) = token {
+            self.by_token.remove(&s.token);
+            self.by_token.insert(token, id);
+            self.by_expiry.remove(&(s.expires_at, id));
+            self.by_expiry.insert((expires_at, id));
+            s.token = token;
+            s.expires_at = expires_at;
+            s.factor_due = false;
+        }
+        out.push(put(Table::Sessions, session_id, &s.record(id)));
+    }
+
     pub(crate) fn get(&self, session_id: &str) -> Option<SessionRecord> {
         let id = id128(session_id)?;
         self.by_id.get(&id).map(|s| s.record(id))
@@ -218,10 +272,25 @@ pub(crate) fn create(
     out: &mut Vec<Mutation>,
 ) -> Result<String, ApplyError> {
     check_new(state, now, c)?;
-    let user = state.users.get_mut(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    if id128(&c.user_id).is_none() {
+        return Err(ApplyError::Invalid("user id must be 32 lowercase hex characters".into()));
+    }
+    let user = state.users.get(&c.user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
     if user.status != UserStatus::Active as i32 {
         return Err(ApplyError::FailedPrecondition("user is disabled".into()));
     }
+    // A second factor checked with the first is spent here; a user who
+    // has one and did not present it gets a session that owes it.
+    let spent = match &c.factor {
+        Some(proof) => Some(factors::check_proof(state, now, &c.user_id, proof)?),
+        None => None,
+    };
+    let due = spent.is_none() && state.factors.enrolled(&c.user_id);
+    if let Some(spent) = &spent {
+        factors::spend(state, now, &c.user_id, spent, out);
+    }
+    let (factor, factor_at) = spent.map(|s| s.on_session(now)).unwrap_or_default();
+    let user = state.users.get_mut(&c.user_id).expect("looked up above");
     // A successful login ends the run of failures, the account's and its
     // address's (back-off included).
     let source = c.client_ip.parse().ok().map(|ip| crate::limits::bucket_ip(ip).to_string());
@@ -237,15 +306,15 @@ pub(crate) fn create(
         user_id: c.user_id.clone(),
         token_sha256: c.token_sha256.clone(),
         created_at: now,
-        expires_at: c.expires_at,
+        expires_at: if due { c.expires_at.min(now + factors::DUE_MS) } else { c.expires_at },
         idle_timeout_ms: c.idle_timeout_ms,
         last_seen: now,
         client_ip: c.client_ip.clone(),
         user_agent: c.user_agent.clone(),
+        factor_due: due,
+        factor,
+        factor_at,
     };
-    if id128(&c.user_id).is_none() {
-        return Err(ApplyError::Invalid("user id must be 32 lowercase hex characters".into()));
-    }
     out.push(put(Table::Sessions, &s.session_id, &s));
     state.sessions.insert(s);
     Ok(c.session_id.clone())
@@ -304,6 +373,8 @@ pub enum SessionRejected {
     Idle,
     #[error("user disabled")]
     UserDisabled,
+    #[error("the session still owes its second factor")]
+    FactorDue,
 }
 
 /// Who a valid session speaks for.
@@ -313,6 +384,9 @@ pub struct SessionIdentity {
     pub user_id: String,
     pub username: String,
     pub roles: Vec<String>,
+    /// The latest second factor presented on the session ("" for none) and when.
+    pub factor: &'static str,
+    pub factor_at: u64,
 }
 
 /// Checks a presented session token at `now`; `local_seen` is this node's
@@ -323,12 +397,31 @@ pub fn verify(
     now: u64,
     local_seen: impl Fn(&str) -> u64,
 ) -> Result<SessionIdentity, SessionRejected> {
+    check(state, token, now, local_seen, false)
+}
+
+/// Checks a presented token of a session that still owes its second
+/// factor (the one thing such a token is good for: presenting it).
+pub fn verify_due(state: &State, token: &str, now: u64) -> Result<SessionIdentity, SessionRejected> {
+    check(state, token, now, |_| 0, true)
+}
+
+fn check(
+    state: &State,
+    token: &str,
+    now: u64,
+    local_seen: impl Fn(&str) -> u64,
+    due: bool,
+) -> Result<SessionIdentity, SessionRejected> {
     let token = parse_token(token).ok_or(SessionRejected::Malformed)?;
     let sessions = &state.sessions;
     let id = *sessions.by_token.get(&token_hash(token)).ok_or(SessionRejected::Unknown)?;
     let s = sessions.by_id.get(&id).ok_or(SessionRejected::Unknown)?;
     if s.expires_at <= now {
         return Err(SessionRejected::Expired);
+    }
+    if s.factor_due != due {
+        return Err(if due { SessionRejected::Unknown } else { SessionRejected::FactorDue });
     }
     let session_id = hex128(id);
     if s.idle_timeout_ms != 0 {
@@ -348,6 +441,8 @@ pub fn verify(
         user_id: user.user_id.clone(),
         username: user.username.clone(),
         roles: user.roles.clone(),
+        factor: s.factor,
+        factor_at: s.factor_at,
     })
 }
 
@@ -372,6 +467,7 @@ mod tests {
                 idle_timeout_ms: 1_000,
                 client_ip: "127.0.0.1".into(),
                 user_agent: "test".into(),
+                factor: None,
             })),
             ..Default::default()
         }

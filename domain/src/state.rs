@@ -11,7 +11,7 @@ use crate::mutation::{Mutation, Table};
 use crate::requests::Requests;
 use crate::result::{to_result, ApplyError, Outcome};
 use crate::sessions::{self, Sessions};
-use crate::{audit, bounds, keys, limits, links, roles, upstream, usage, users, version};
+use crate::{audit, bounds, factors, keys, limits, links, roles, upstream, usage, users, version};
 
 /// Everything the log has built so far, indexed for lookups that touch no disk.
 ///
@@ -33,6 +33,8 @@ pub struct State {
     pub(crate) links: links::Links,
     /// Links to upstream identities, spent flows and logout tokens.
     pub(crate) upstream: upstream::Upstream,
+    /// Second factors by user.
+    pub(crate) factors: factors::Factors,
     /// The audit chain's head and anchor (the records stay in storage).
     pub(crate) audit: AuditChain,
     /// The cluster version as raised by `SetClusterVersion` (0: never raised).
@@ -173,6 +175,13 @@ impl State {
             Some(Payload::UpstreamSignIn(c)) => upstream::sign_in(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::UpstreamChecked(c)) => upstream::checked(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::UpstreamEnd(c)) => upstream::end(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::PresentFactor(c)) => factors::present(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::EnrollTotp(c)) => factors::enroll_totp(self, cmd.proposed_at, c, out).map(Outcome::from),
+            Some(Payload::SetRecoveryCodes(c)) => factors::set_recovery(self, c, out).map(Outcome::from),
+            Some(Payload::RemoveFactors(c)) => factors::remove(self, c, out).map(Outcome::from),
+            Some(Payload::RecordFactorFailure(c)) => {
+                factors::record_failure(self, cmd.proposed_at, c, out).map(Outcome::from)
+            }
         }
     }
 
@@ -213,6 +222,7 @@ impl State {
                 }
             }
             Table::UpstreamIdentities => self.upstream.insert_identity(codec::decode(value)?),
+            Table::Factors => self.factors.insert(codec::decode(value)?),
             Table::Spent => {
                 if !self.upstream.insert_spent(codec::decode(value)?) {
                     return Err(DecodeError::Invalid("spent record with a malformed hash"));
@@ -289,6 +299,16 @@ impl State {
         user_id: &str,
     ) -> impl Iterator<Item = &'a gatehouse_proto::state::UpstreamIdentityRecord> + 'a {
         self.upstream.of_user(user_id)
+    }
+
+    /// A user's second factors, if any were ever enrolled.
+    pub fn factors_of(&self, user_id: &str) -> Option<&gatehouse_proto::state::FactorsRecord> {
+        self.factors.get(user_id)
+    }
+
+    /// Whether a user has a second factor to present.
+    pub fn has_factor(&self, user_id: &str) -> bool {
+        self.factors.enrolled(user_id)
     }
 
     /// Rate-limit buckets.

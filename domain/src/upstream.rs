@@ -377,7 +377,8 @@ pub(crate) fn sign_in(
     if new_email {
         state.links.remove_user(&user_id, out);
     }
-    let opened = CreateSession { user_id: user_id.clone(), ..session.clone() };
+    // A provider is a first factor here: a user with a second one owes it.
+    let opened = CreateSession { user_id: user_id.clone(), factor: None, ..session.clone() };
     sessions::create(state, now, &opened, out)?;
     state.upstream.spend(flow, c.flow_expires_at, out);
 

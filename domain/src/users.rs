@@ -223,6 +223,7 @@ pub(crate) fn delete_user(state: &mut State, c: &DeleteUser, out: &mut Vec<Mutat
     state.sessions.remove_user(&c.user_id, out);
     state.links.remove_user(&c.user_id, out);
     state.upstream.remove_user(&c.user_id, out);
+    state.factors.remove_user(&c.user_id, out);
     state.usernames.remove(&username);
     state.users.remove(&c.user_id);
     out.push(Mutation::Delete { table: Table::Users, key: c.user_id.clone().into_bytes() });
@@ -561,6 +562,7 @@ pub(crate) mod tests {
                     idle_timeout_ms: 0,
                     client_ip: "192.0.2.66".into(),
                     user_agent: String::new(),
+                    factor: None,
                 })),
                 ..Default::default()
             },

@@ -30,7 +30,9 @@ use crate::{codec, State};
 /// - 2: `SetClusterVersion`.
 /// - 3: `CreateSignInLink`, `SpendSignInLink` (sign-in links).
 /// - 4: `UpstreamSignIn`, `UpstreamChecked`, `UpstreamEnd` (upstream OIDC sign-in).
-pub const COMMAND_VERSION: u32 = 4;
+/// - 5: `PresentFactor`, `EnrollTotp`, `SetRecoveryCodes`, `RemoveFactors`,
+///   `RecordFactorFailure` (second factors).
+pub const COMMAND_VERSION: u32 = 5;
 
 /// What a node that reports no version understands (a build from before the gate).
 pub const BASE_VERSION: u32 = 1;
@@ -42,6 +44,11 @@ pub const VERSION_KEY: &[u8] = b"version";
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
+        Payload::PresentFactor(_)
+        | Payload::EnrollTotp(_)
+        | Payload::SetRecoveryCodes(_)
+        | Payload::RemoveFactors(_)
+        | Payload::RecordFactorFailure(_) => 5,
         Payload::UpstreamSignIn(_) | Payload::UpstreamChecked(_) | Payload::UpstreamEnd(_) => 4,
         Payload::CreateSignInLink(_) | Payload::SpendSignInLink(_) => 3,
         Payload::SetClusterVersion(_) => 2,

@@ -157,6 +157,7 @@ async fn session_for(c: &TestCluster, user_id: &str) -> String {
             idle_timeout_ms: 0,
             client_ip: "127.0.0.1".into(),
             user_agent: "test".into(),
+            factor: None,
         }));
     c.node(1).cluster().propose_one(cmd).await.unwrap();
     minted.token

@@ -16,7 +16,9 @@ use crate::StorageError;
 ///   3 store opens.
 /// - 5: format 4 and the `upstream_identities` and `spent` tables, created
 ///   empty when a format 4 store opens.
-pub const STORE_FORMAT: u32 = 5;
+/// - 6: format 5 and the `factors` table (second factors), created empty
+///   when a format 5 store opens.
+pub const STORE_FORMAT: u32 = 6;
 
 /// The file's name in the data directory.
 pub const FORMAT_FILE: &str = "store-format";

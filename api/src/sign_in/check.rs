@@ -131,6 +131,7 @@ pub fn session_for(
         idle_timeout_ms: config.session_idle.as_millis() as u64,
         client_ip: ip.to_string(),
         user_agent: user_agent.chars().take(MAX_USER_AGENT / 4).collect(),
+        factor: None,
     };
     let opened = Opened {
         user_id: user.user_id.clone(),

@@ -1,0 +1,602 @@
+//! Second factors: a user's TOTP authenticator and recovery codes, and
+//! what a session owes of them.
+//!
+//! The proposing voter checks a code (it alone can open the sealed
+//! secret); apply spends it. A TOTP code is accepted once per user: the
+//! step it matched must be newer than the last one accepted (RFC 6238
+//! §5.2), and within [`MAX_STEP_DRIFT`] steps of log time. A recovery code
+//! is spent once. Both happen in the command that opens the session or
+//! presents the factor, so two nodes presenting the same code at once
+//! find one of them refused at apply, on every node alike.
+//!
+//! A session opened for a user with a second factor, without one, owes it
+//! (`factor_due`): it grants nothing (`sessions::verify` refuses it) and
+//! lives [`DUE_MS`] at most, until `PresentFactor` pays it and replaces its
+//! token. Every way of opening a session (password, sign-in link, upstream
+//! provider) goes through `sessions::create`, so none skips the factor.
+//!
+//! Wrong factors are counted through the log (`RecordFactorFailure`), so a
+//! lockout of the factor holds on every node.
+
+use std::collections::HashMap;
+
+use gatehouse_proto::events::factor_proof::Proof;
+use gatehouse_proto::events::{
+    EnrollTotp, FactorProof, PresentFactor, RecordFactorFailure, RemoveFactors, Sealed, SetRecoveryCodes, UserStatus,
+};
+use gatehouse_proto::state::{FactorsRecord, RecoveryCode, TotpFactor};
+
+use crate::mutation::{Mutation, Table};
+use crate::result::ApplyError;
+use crate::sessions;
+use crate::state::{put, State};
+
+/// Seconds per TOTP step (RFC 6238's default, what every authenticator app uses).
+pub const STEP_SECS: u64 = 30;
+/// How far (in steps) a matched step may be from log time at apply. The
+/// voter accepts ±1 step on its own clock; one more covers voters whose
+/// clocks differ from the leader's by up to a step.
+pub const MAX_STEP_DRIFT: u64 = 2;
+/// The most recovery codes a user holds.
+pub const MAX_RECOVERY: usize = 10;
+/// How long a session waits for its second factor.
+pub const DUE_MS: u64 = 5 * 60_000;
+/// The largest sealed TOTP secret (20 bytes of secret, the tag, room to spare).
+pub const MAX_SEALED: usize = 256;
+/// The longest a factor lockout or failure window may be.
+pub const MAX_LOCKOUT_MS: u64 = 24 * 3_600_000;
+
+/// The factor names sessions and headers carry.
+pub const TOTP: &str = "totp";
+pub const RECOVERY: &str = "recovery";
+
+/// The refusal of a code whose step was accepted already.
+pub const CODE_USED: &str = "this code was used already; wait for the next one";
+/// The refusal of any factor while it is locked.
+pub const LOCKED: &str = "the second factor is locked after too many wrong codes";
+/// The refusal of a recovery code that is not one of the user's unspent ones.
+pub const NOT_A_CODE: &str = "not an unspent recovery code of this user";
+/// The refusal of a session that owes no factor and must get a new token.
+pub const NOT_DUE: &str = "this session owes no second factor";
+
+/// Every user's second factors.
+#[derive(Debug, Default)]
+pub(crate) struct Factors {
+    by_user: HashMap<String, FactorsRecord>,
+}
+
+impl Factors {
+    pub(crate) fn insert(&mut self, r: FactorsRecord) {
+        self.by_user.insert(r.user_id.clone(), r);
+    }
+
+    pub(crate) fn get(&self, user_id: &str) -> Option<&FactorsRecord> {
+        self.by_user.get(user_id)
+    }
+
+    /// Whether `user_id` has a factor to present.
+    pub(crate) fn enrolled(&self, user_id: &str) -> bool {
+        self.by_user.get(user_id).is_some_and(enrolled)
+    }
+
+    pub(crate) fn remove_user(&mut self, user_id: &str, out: &mut Vec<Mutation>) {
+        if self.by_user.remove(user_id).is_some() {
+            out.push(Mutation::Delete { table: Table::Factors, key: user_id.as_bytes().to_vec() });
+        }
+    }
+
+    fn store(&mut self, r: FactorsRecord, out: &mut Vec<Mutation>) {
+        out.push(put(Table::Factors, &r.user_id, &r));
+        self.insert(r);
+    }
+}
+
+/// Whether a record holds a factor (recovery codes alone are none: they
+/// stand in for one).
+pub fn enrolled(r: &FactorsRecord) -> bool {
+    r.totp.is_some()
+}
+
+/// Whether the factor is locked at `now`.
+pub fn is_locked(r: &FactorsRecord, now: u64) -> bool {
+    r.locked_until > now
+}
+
+/// Unspent recovery codes.
+pub fn recovery_left(r: &FactorsRecord) -> usize {
+    r.recovery.iter().filter(|c| c.spent_at == 0).count()
+}
+
+/// The TOTP step of unix time `ms`.
+pub fn step_at(ms: u64) -> u64 {
+    ms / 1000 / STEP_SECS
+}
+
+/// A proof checked against the state, ready to be spent.
+#[derive(Debug, Clone)]
+pub(crate) enum Spend {
+    Totp(u64),
+    Recovery(usize),
+    /// Another session's factor carried over: (factor, when).
+    Carried(String, u64),
+}
+
+impl Spend {
+    fn factor(&self) -> &str {
+        match self {
+            Spend::Totp(_) => TOTP,
+            Spend::Recovery(_) => RECOVERY,
+            Spend::Carried(f, _) => f,
+        }
+    }
+
+    /// The session's factor and its time, once spent at `now`.
+    pub(crate) fn on_session(&self, now: u64) -> (String, u64) {
+        match self {
+            Spend::Carried(f, at) => (f.clone(), *at),
+            _ => (self.factor().to_string(), now),
+        }
+    }
+}
+
+fn totp_step(now: u64, step: u64) -> Result<(), ApplyError> {
+    if step.abs_diff(step_at(now)) > MAX_STEP_DRIFT {
+        return Err(ApplyError::FailedPrecondition("the code's time step is too far from now".into()));
+    }
+    Ok(())
+}
+
+fn hash32(bytes: &[u8]) -> Result<[u8; 32], ApplyError> {
+    bytes.try_into().map_err(|_| ApplyError::Invalid("a recovery code hash must be 32 bytes".into()))
+}
+
+/// Checks `proof` for `user_id` at `now` without writing.
+pub(crate) fn check_proof(state: &State, now: u64, user_id: &str, proof: &FactorProof) -> Result<Spend, ApplyError> {
+    let proof = proof.proof.as_ref().ok_or_else(|| ApplyError::Invalid("a factor proof is empty".into()))?;
+    if let Proof::CarriedFrom(from) = proof {
+        let s = state.sessions.get(from).filter(|s| s.user_id == user_id && !s.factor_due);
+        let s = s.ok_or_else(|| ApplyError::NotFound("no session of this user to carry a factor from".into()))?;
+        if s.factor.is_empty() {
+            return Err(ApplyError::FailedPrecondition("that session presented no second factor".into()));
+        }
+        return Ok(Spend::Carried(s.factor, s.factor_at));
+    }
+    let r = state.factors.get(user_id).filter(|r| enrolled(r));
+    let r = r.ok_or_else(|| ApplyError::FailedPrecondition("this user has no second factor".into()))?;
+    if is_locked(r, now) {
+        return Err(ApplyError::FailedPrecondition(LOCKED.into()));
+    }
+    match proof {
+        Proof::TotpStep(step) => {
+            let totp = r.totp.as_ref().expect("enrolled");
+            totp_step(now, *step)?;
+            if *step <= totp.last_step {
+                return Err(ApplyError::FailedPrecondition(CODE_USED.into()));
+            }
+            Ok(Spend::Totp(*step))
+        }
+        Proof::RecoverySha256(h) => {
+            let h = hash32(h)?;
+            let found = r.recovery.iter().position(|c| c.spent_at == 0 && c.sha256 == h);
+            found.map(Spend::Recovery).ok_or_else(|| ApplyError::FailedPrecondition(NOT_A_CODE.into()))
+        }
+        Proof::CarriedFrom(_) => unreachable!("answered above"),
+    }
+}
+
+/// Spends a checked proof: the step or the code is used, the failures end.
+pub(crate) fn spend(state: &mut State, now: u64, user_id: &str, spend: &Spend, out: &mut Vec<Mutation>) {
+    let Some(mut r) = state.factors.get(user_id).cloned() else { return };
+    match spend {
+        Spend::Totp(step) => {
+            if let Some(t) = &mut r.totp {
+                t.last_step = *step;
+                t.last_used_at = now;
+            }
+        }
+        Spend::Recovery(i) => r.recovery[*i].spent_at = now,
+        Spend::Carried(..) => return,
+    }
+    r.failures = 0;
+    r.failures_since = 0;
+    state.factors.store(r, out);
+}
+
+fn active_user(state: &State, user_id: &str) -> Result<(), ApplyError> {
+    let user = state.users.get(user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
+    if user.status != UserStatus::Active as i32 {
+        return Err(ApplyError::FailedPrecondition("user is disabled".into()));
+    }
+    Ok(())
+}
+
+fn recovery_codes(list: &[Vec<u8>]) -> Result<Vec<RecoveryCode>, ApplyError> {
+    if list.len() > MAX_RECOVERY {
+        return Err(ApplyError::Invalid(format!("at most {MAX_RECOVERY} recovery codes")));
+    }
+    let mut codes = Vec::with_capacity(list.len());
+    for h in list {
+        let h = hash32(h)?;
+        if codes.iter().any(|c: &RecoveryCode| c.sha256 == h) {
+            return Err(ApplyError::Invalid("a recovery code is listed twice".into()));
+        }
+        codes.push(RecoveryCode { sha256: h.to_vec(), spent_at: 0 });
+    }
+    Ok(codes)
+}
+
+fn sealed(s: &Option<Sealed>) -> Result<&Sealed, ApplyError> {
+    match s {
+        Some(s)
+            if !s.key_id.is_empty()
+                && s.key_id.len() <= 64
+                && s.nonce.len() == 12
+                && s.ciphertext.len() <= MAX_SEALED =>
+        {
+            Ok(s)
+        }
+        _ => Err(ApplyError::Invalid("the sealed secret is missing or malformed".into())),
+    }
+}
+
+/// The per-field bounds of the factor commands (see [`crate::bounds`]).
+pub fn check_enroll(c: &EnrollTotp) -> Result<(), ApplyError> {
+    if let Some(s) = &c.secret {
+        if s.key_id.len() > 64 || s.ciphertext.len() > MAX_SEALED || s.nonce.len() > 12 {
+            return Err(ApplyError::Invalid("the sealed secret is malformed".into()));
+        }
+    }
+    recovery_codes(&c.recovery_sha256).map(drop)
+}
+
+/// The per-field bounds of a proof.
+pub fn check_proof_fields(p: &Option<FactorProof>) -> Result<(), ApplyError> {
+    match p.as_ref().and_then(|p| p.proof.as_ref()) {
+        Some(Proof::RecoverySha256(h)) if h.len() > 32 => {
+            Err(ApplyError::Invalid("recovery code hash too long".into()))
+        }
+        Some(Proof::CarriedFrom(s)) if s.len() > 32 => Err(ApplyError::Invalid("session id too long".into())),
+        _ => Ok(()),
+    }
+}
+
+/// Applies [`PresentFactor`]; the result's id is the session.
+pub(crate) fn present(
+    state: &mut State,
+    now: u64,
+    c: &PresentFactor,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    let s = state.sessions.get(&c.session_id).filter(|s| s.user_id == c.user_id);
+    let s = s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?;
+    active_user(state, &c.user_id)?;
+    let proof = c.proof.as_ref().ok_or_else(|| ApplyError::Invalid("a factor proof is missing".into()))?;
+    if matches!(proof.proof, Some(Proof::CarriedFrom(_))) {
+        return Err(ApplyError::Invalid("a factor is presented, not carried, on a session".into()));
+    }
+    let spent = check_proof(state, now, &c.user_id, proof)?;
+    let token = if s.factor_due {
+        let token: [u8; 32] = c
+            .new_token_sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| ApplyError::Invalid("a session that owes a factor gets a new token hash".into()))?;
+        if c.expires_at <= now {
+            return Err(ApplyError::Invalid("expiry must be in the future".into()));
+        }
+        if state.sessions.token_taken(&token) {
+            return Err(ApplyError::AlreadyExists("session token already exists".into()));
+        }
+        Some((token, c.expires_at))
+    } else {
+        if !c.new_token_sha256.is_empty() {
+            return Err(ApplyError::Invalid(NOT_DUE.into()));
+        }
+        None
+    };
+    spend(state, now, &c.user_id, &spent, out);
+    let (factor, at) = spent.on_session(now);
+    state.sessions.set_factor(&c.session_id, &factor, at, now, token, out);
+    Ok(c.session_id.clone())
+}
+
+/// Applies [`EnrollTotp`].
+pub(crate) fn enroll_totp(
+    state: &mut State,
+    now: u64,
+    c: &EnrollTotp,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    active_user(state, &c.user_id)?;
+    let secret = sealed(&c.secret)?.clone();
+    totp_step(now, c.step)?;
+    let codes = recovery_codes(&c.recovery_sha256)?;
+    let mut r = state
+        .factors
+        .get(&c.user_id)
+        .cloned()
+        .unwrap_or_else(|| FactorsRecord { user_id: c.user_id.clone(), ..Default::default() });
+    if r.totp.is_some() {
+        return Err(ApplyError::AlreadyExists("a TOTP authenticator is enrolled already; remove it first".into()));
+    }
+    if codes.is_empty() && recovery_left(&r) == 0 {
+        return Err(ApplyError::Invalid("a first factor comes with recovery codes".into()));
+    }
+    let session = match c.session_id.as_str() {
+        "" => None,
+        id => {
+            let s = state.sessions.get(id).filter(|s| s.user_id == c.user_id && !s.factor_due);
+            Some(s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?.session_id)
+        }
+    };
+    r.totp = Some(TotpFactor { secret: Some(secret), enrolled_at: now, last_step: c.step, last_used_at: now });
+    if !codes.is_empty() {
+        r.recovery = codes;
+    }
+    r.failures = 0;
+    r.failures_since = 0;
+    r.locked_until = 0;
+    state.factors.store(r, out);
+    if let Some(id) = session {
+        state.sessions.set_factor(&id, TOTP, now, now, None, out);
+    }
+    Ok(c.user_id.clone())
+}
+
+/// Applies [`SetRecoveryCodes`].
+pub(crate) fn set_recovery(
+    state: &mut State,
+    c: &SetRecoveryCodes,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    active_user(state, &c.user_id)?;
+    let codes = recovery_codes(&c.recovery_sha256)?;
+    if codes.is_empty() {
+        return Err(ApplyError::Invalid("new recovery codes are missing".into()));
+    }
+    let mut r = state.factors.get(&c.user_id).filter(|r| enrolled(r)).cloned();
+    let r = r.as_mut().ok_or_else(|| ApplyError::FailedPrecondition("this user has no second factor".into()))?;
+    r.recovery = codes;
+    state.factors.store(r.clone(), out);
+    Ok(c.user_id.clone())
+}
+
+/// Applies [`RemoveFactors`]: sessions still owing a factor end with it.
+pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    if !state.users.contains_key(&c.user_id) {
+        return Err(ApplyError::NotFound("no such user".into()));
+    }
+    let Some(mut r) = state.factors.get(&c.user_id).cloned() else {
+        return Err(ApplyError::NotFound("this user has no second factor".into()));
+    };
+    match c.kind.as_str() {
+        "" => state.factors.remove_user(&c.user_id, out),
+        TOTP => {
+            if r.totp.take().is_none() {
+                return Err(ApplyError::NotFound("this user has no TOTP authenticator".into()));
+            }
+            // Recovery codes stand in for a factor; with none left, they go.
+            r.recovery.clear();
+            state.factors.store(r, out);
+        }
+        other => return Err(ApplyError::Invalid(format!("no factor kind {}", crate::quote::quote(other)))),
+    }
+    let due: Vec<String> = state.sessions.of_user(&c.user_id).filter(|s| s.factor_due).map(|s| s.session_id).collect();
+    for id in due {
+        if let Some(id) = sessions::id128(&id) {
+            state.sessions.remove(id, out);
+        }
+    }
+    Ok(c.user_id.clone())
+}
+
+/// Applies [`RecordFactorFailure`]; the result's id says `locked` when
+/// this failure locked the factor.
+pub(crate) fn record_failure(
+    state: &mut State,
+    now: u64,
+    c: &RecordFactorFailure,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    if c.threshold == 0 || c.threshold > 100 || c.window_ms > MAX_LOCKOUT_MS || c.lockout_ms > MAX_LOCKOUT_MS {
+        return Err(ApplyError::Invalid("threshold 1 to 100, window and lockout at most a day".into()));
+    }
+    let mut r = state.factors.get(&c.user_id).cloned().ok_or_else(|| ApplyError::NotFound("no factors".into()))?;
+    if is_locked(&r, now) {
+        return Ok(String::new());
+    }
+    if r.failures == 0 || now.saturating_sub(r.failures_since) > c.window_ms {
+        r.failures = 0;
+        r.failures_since = now;
+    }
+    r.failures += 1;
+    let locked = r.failures >= c.threshold;
+    if locked {
+        r.locked_until = now + c.lockout_ms;
+        r.failures = 0;
+        r.failures_since = 0;
+    }
+    state.factors.store(r, out);
+    Ok(if locked { "locked".into() } else { String::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::tests::create_user_cmd;
+    use gatehouse_proto::events::command_result::Code;
+    use gatehouse_proto::events::{command::Payload, Command, CreateSession};
+
+    const UID: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn cmd(at: u64, p: Payload) -> Command {
+        Command { proposed_at: at, payload: Some(p), ..Default::default() }
+    }
+
+    fn code(n: u8) -> Vec<u8> {
+        vec![n; 32]
+    }
+
+    fn enroll(step: u64) -> Payload {
+        Payload::EnrollTotp(EnrollTotp {
+            user_id: UID.into(),
+            secret: Some(Sealed { key_id: "k1".into(), nonce: vec![0; 12], ciphertext: vec![1; 36] }),
+            step,
+            recovery_sha256: (1..=10).map(code).collect(),
+            session_id: String::new(),
+        })
+    }
+
+    fn session(sid: char, token: u8, factor: Option<Proof>) -> Payload {
+        Payload::CreateSession(CreateSession {
+            session_id: sid.to_string().repeat(32),
+            user_id: UID.into(),
+            token_sha256: vec![token; 32],
+            expires_at: NOW + 3_600_000,
+            idle_timeout_ms: 0,
+            client_ip: "192.0.2.1".into(),
+            user_agent: String::new(),
+            factor: factor.map(|p| FactorProof { proof: Some(p) }),
+        })
+    }
+
+    fn enrolled_state() -> State {
+        let mut state = State::default();
+        let version = gatehouse_proto::events::SetClusterVersion { version: crate::version::COMMAND_VERSION };
+        state.apply(1, &cmd(1_000, Payload::SetClusterVersion(version)), &mut Vec::new());
+        state.apply(1, &create_user_cmd(UID, "ann"), &mut Vec::new());
+        let r = state.apply(2, &cmd(NOW, enroll(step_at(NOW))), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        state
+    }
+
+    #[test]
+    fn a_session_without_the_factor_owes_it_grants_nothing_and_lives_briefly() {
+        let mut state = enrolled_state();
+        let token = "gs_".to_string() + &"a".repeat(43);
+        let mut waiting = session('1', 1, None);
+        if let Payload::CreateSession(c) = &mut waiting {
+            c.token_sha256 = sessions::token_hash(&token).to_vec();
+        }
+        let r = state.apply(3, &cmd(NOW, waiting), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        let s = state.session(&"1".repeat(32)).unwrap();
+        assert!(s.factor_due);
+        assert_eq!(s.expires_at, NOW + DUE_MS, "a waiting session lives only as long as the wait");
+        assert_eq!(sessions::verify(&state, &token, NOW + 1, |_| 0), Err(sessions::SessionRejected::FactorDue));
+        assert_eq!(sessions::verify_due(&state, &token, NOW + 1).unwrap().user_id, UID);
+    }
+
+    #[test]
+    fn a_step_is_accepted_once_and_only_near_log_time() {
+        let mut state = enrolled_state();
+        let now = NOW + 60_000;
+        let step = step_at(now);
+        let ok = state.apply(3, &cmd(now, session('1', 1, Some(Proof::TotpStep(step)))), &mut Vec::new());
+        assert_eq!(ok.code, Code::Ok as i32, "{ok:?}");
+        let s = state.session(&"1".repeat(32)).unwrap();
+        assert!(!s.factor_due);
+        assert_eq!((s.factor.as_str(), s.factor_at), (TOTP, now));
+        // The same step again (another node, another session): refused.
+        let again = state.apply(4, &cmd(now, session('2', 2, Some(Proof::TotpStep(step)))), &mut Vec::new());
+        assert_eq!(again.code, Code::FailedPrecondition as i32);
+        assert!(again.message.contains("used already"), "{again:?}");
+        // An older step is refused too, and so is one far from log time.
+        let older = state.apply(5, &cmd(now, session('2', 2, Some(Proof::TotpStep(step - 1)))), &mut Vec::new());
+        assert_eq!(older.code, Code::FailedPrecondition as i32);
+        let far = state.apply(6, &cmd(now, session('2', 2, Some(Proof::TotpStep(step + 3)))), &mut Vec::new());
+        assert_eq!(far.code, Code::FailedPrecondition as i32);
+        assert!(state.session(&"2".repeat(32)).is_none(), "refused sessions are not opened");
+        // The enrolling code's step was spent as well.
+        let mut state = enrolled_state();
+        let r = state.apply(3, &cmd(NOW, session('3', 3, Some(Proof::TotpStep(step_at(NOW))))), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32);
+    }
+
+    #[test]
+    fn a_recovery_code_is_spent_once() {
+        let mut state = enrolled_state();
+        let p = || Some(Proof::RecoverySha256(code(4)));
+        assert_eq!(state.apply(3, &cmd(NOW, session('1', 1, p())), &mut Vec::new()).code, Code::Ok as i32);
+        assert_eq!(state.session(&"1".repeat(32)).unwrap().factor, RECOVERY);
+        let again = state.apply(4, &cmd(NOW, session('2', 2, p())), &mut Vec::new());
+        assert_eq!(again.code, Code::FailedPrecondition as i32);
+        let unknown =
+            state.apply(5, &cmd(NOW, session('2', 2, Some(Proof::RecoverySha256(code(99))))), &mut Vec::new());
+        assert_eq!(unknown.code, Code::FailedPrecondition as i32);
+        assert_eq!(recovery_left(state.factors.get(UID).unwrap()), 9);
+    }
+
+    #[test]
+    fn presenting_the_factor_gives_a_waiting_session_a_new_token() {
+        let mut state = enrolled_state();
+        state.apply(3, &cmd(NOW, session('1', 1, None)), &mut Vec::new());
+        let now = NOW + 30_000;
+        let present = |token: Vec<u8>, step: u64| {
+            Payload::PresentFactor(PresentFactor {
+                session_id: "1".repeat(32),
+                user_id: UID.into(),
+                proof: Some(FactorProof { proof: Some(Proof::TotpStep(step)) }),
+                new_token_sha256: token,
+                expires_at: now + 3_600_000,
+            })
+        };
+        // Without a new token: refused, nothing spent.
+        let r = state.apply(4, &cmd(now, present(vec![], step_at(now))), &mut Vec::new());
+        assert_eq!(r.code, Code::Invalid as i32);
+        let r = state.apply(5, &cmd(now, present(vec![7; 32], step_at(now))), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        let s = state.session(&"1".repeat(32)).unwrap();
+        assert!(!s.factor_due);
+        assert_eq!(s.token_sha256, vec![7; 32]);
+        assert_eq!(s.expires_at, now + 3_600_000);
+        // A step-up on it: no new token.
+        let later = now + 60_000;
+        let up = Payload::PresentFactor(PresentFactor {
+            session_id: "1".repeat(32),
+            user_id: UID.into(),
+            proof: Some(FactorProof { proof: Some(Proof::TotpStep(step_at(later))) }),
+            ..Default::default()
+        });
+        assert_eq!(state.apply(6, &cmd(later, up), &mut Vec::new()).code, Code::Ok as i32);
+        assert_eq!(state.session(&"1".repeat(32)).unwrap().factor_at, later);
+    }
+
+    #[test]
+    fn failures_lock_the_factor_on_every_node() {
+        let mut state = enrolled_state();
+        let fail = Payload::RecordFactorFailure(RecordFactorFailure {
+            user_id: UID.into(),
+            threshold: 3,
+            window_ms: 60_000,
+            lockout_ms: 600_000,
+        });
+        for i in 0..3 {
+            state.apply(3 + i, &cmd(NOW + i, fail.clone()), &mut Vec::new());
+        }
+        assert!(is_locked(state.factors.get(UID).unwrap(), NOW + 10));
+        let now = NOW + 30_000;
+        let r = state.apply(9, &cmd(now, session('1', 1, Some(Proof::TotpStep(step_at(now))))), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32);
+        assert!(r.message.contains("locked"));
+        let r = state.apply(10, &cmd(now, session('1', 1, Some(Proof::RecoverySha256(code(1))))), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32, "recovery codes are locked too");
+    }
+
+    #[test]
+    fn removing_the_factor_ends_waiting_sessions_and_enrolling_twice_is_refused() {
+        let mut state = enrolled_state();
+        let twice = state.apply(3, &cmd(NOW + 30_000, enroll(step_at(NOW + 30_000))), &mut Vec::new());
+        assert_eq!(twice.code, Code::AlreadyExists as i32);
+        state.apply(4, &cmd(NOW, session('1', 1, None)), &mut Vec::new());
+        let rm = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into() });
+        assert_eq!(state.apply(5, &cmd(NOW, rm.clone()), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(state.session(&"1".repeat(32)).is_none());
+        assert!(!state.factors.enrolled(UID));
+        assert_eq!(state.apply(6, &cmd(NOW, rm), &mut Vec::new()).code, Code::NotFound as i32);
+        // Without a factor, a session owes none.
+        state.apply(7, &cmd(NOW, session('2', 2, None)), &mut Vec::new());
+        assert!(!state.session(&"2".repeat(32)).unwrap().factor_due);
+    }
+}
