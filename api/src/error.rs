@@ -27,6 +27,16 @@ pub enum ApiError {
     /// A login with a wrong username or password (one answer for both).
     #[error("invalid username or password")]
     InvalidCredentials,
+    /// The password was right and the user has a second factor: it must
+    /// come with it (`totp` in the JSON login).
+    #[error("this account needs its second factor: send the code as `totp`")]
+    SecondFactorRequired,
+    /// A wrong, spent or expired second factor.
+    #[error("the second factor is wrong or was used already")]
+    InvalidSecondFactor,
+    /// Too many wrong second factors: locked for a while, on every node.
+    #[error("the second factor is locked after too many wrong codes; try again later")]
+    SecondFactorLocked,
     /// A cookie-authenticated state change without CSRF proof.
     #[error("missing CSRF proof: send X-Requested-With or a same-origin Origin header")]
     Csrf,
@@ -102,6 +112,15 @@ impl ApiError {
             ApiError::InvalidCredentials => {
                 ("invalid_credentials", StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated)
             }
+            ApiError::SecondFactorRequired => {
+                ("second_factor_required", StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated)
+            }
+            ApiError::InvalidSecondFactor => {
+                ("invalid_second_factor", StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated)
+            }
+            ApiError::SecondFactorLocked => {
+                ("second_factor_locked", StatusCode::FORBIDDEN, tonic::Code::PermissionDenied)
+            }
             ApiError::Csrf => ("csrf_failed", StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
             ApiError::PermissionDenied(_) => {
                 ("permission_denied", StatusCode::FORBIDDEN, tonic::Code::PermissionDenied)
@@ -165,6 +184,9 @@ impl ApiError {
             "failed_precondition" => ApiError::FailedPrecondition(msg),
             "unauthenticated" => ApiError::Unauthenticated,
             "invalid_credentials" => ApiError::InvalidCredentials,
+            "second_factor_required" => ApiError::SecondFactorRequired,
+            "invalid_second_factor" => ApiError::InvalidSecondFactor,
+            "second_factor_locked" => ApiError::SecondFactorLocked,
             "csrf_failed" => ApiError::Csrf,
             "permission_denied" => ApiError::PermissionDenied(msg),
             "unavailable" => ApiError::Unavailable { leader: gatehouse_cluster::error::leader_named(status) },

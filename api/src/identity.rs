@@ -33,6 +33,10 @@ pub struct Principal {
     pub username: String,
     pub roles: Vec<String>,
     pub via: Via,
+    /// The latest second factor presented on the caller's session: its name
+    /// (`totp`, `recovery`) and unix ms. `None` for an API key or a session
+    /// without one.
+    pub factor: Option<(&'static str, u64)>,
 }
 
 /// The token of an `Authorization` value (HTTP header or gRPC metadata):
@@ -137,6 +141,7 @@ fn check(node: &Node, token: &str, now: u64) -> Result<Principal, Refused> {
                 username: id.username,
                 roles: id.roles,
                 via: Via::ApiKey { key_id: id.key_id },
+                factor: None,
             }),
             Err(KeyRejected::Unknown) => Err(Refused::Unknown),
             Err(KeyRejected::UserDisabled) => Err(Refused::Disabled),
@@ -150,6 +155,7 @@ fn check(node: &Node, token: &str, now: u64) -> Result<Principal, Refused> {
                 username: id.username,
                 roles: id.roles,
                 via: Via::Session { session_id: id.session_id },
+                factor: (!id.factor.is_empty()).then_some((id.factor, id.factor_at)),
             }),
             Err(SessionRejected::Unknown) => Err(Refused::Unknown),
             Err(SessionRejected::UserDisabled) => Err(Refused::Disabled),

@@ -20,6 +20,8 @@
 //!   with nonces, CSRF tokens, checked return URLs).
 //! - [`sign_in`]: logins, logouts and revoking one's own sessions: checked on a
 //!   voter, sent on to one by a stateless front (`SignInService`).
+//! - [`mfa`]: second factors on a voter: TOTP codes checked against sealed
+//!   secrets, recovery codes, a waiting session paid, enrollment.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`mint`]: new API keys, session and sign-in link tokens, made on the proposing node.
 //! - [`mail`]: SMTP (lettre over rustls) for sign-in links, sent off the request path.
@@ -35,6 +37,7 @@ pub mod http;
 pub mod identity;
 pub mod mail;
 pub mod metrics;
+pub mod mfa;
 pub mod mint;
 pub mod node;
 pub mod pages;

@@ -117,8 +117,10 @@ impl Default for RaftTuning {
 /// A forward-auth route rule (`[[identity.routes]]`): the HTTP front's own type.
 pub use gatehouse_api::http::RouteRule;
 
+mod mfa;
 mod pages;
 mod sso;
+pub use mfa::MfaSettings;
 pub use pages::{MailSettings, MailTlsSetting, PagesSettings};
 pub use sso::{KeySettings, OffboardSetting, ProviderSettings, SecretsSettings, SsoSettings};
 
@@ -353,6 +355,8 @@ pub struct Config {
     pub sso: SsoSettings,
     /// `[secrets]`: the keys that seal secrets at rest (voters).
     pub secrets: SecretsSettings,
+    /// `[mfa]`: second factors.
+    pub mfa: MfaSettings,
     /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
     pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
@@ -462,6 +466,7 @@ impl Default for Config {
             mail: None,
             sso: SsoSettings::default(),
             secrets: SecretsSettings::default(),
+            mfa: MfaSettings::default(),
             rate_limits: Default::default(),
             audit: Default::default(),
             fronts_file: None,
@@ -503,8 +508,9 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 36] = [
+const KEYS: [&str; 37] = [
     "identity",
+    "mfa",
     "pages",
     "mail",
     "sso",
@@ -753,6 +759,7 @@ impl Config {
             }
         }
         self.secrets.load()?;
+        self.mfa.load(None)?;
         gatehouse_api::http::cors::Cors::new(&self.identity.cors_origins, self.mode == Mode::Dev)
             .map_err(ConfigError::Invalid)?;
         if let Some(front) = &self.front {

@@ -561,7 +561,13 @@ pub(crate) fn front(
         ),
         Sends::Here(mailer, sso) => (SignIn::Here(passwords.clone()), limits, mailer, sso),
     };
-    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer, sso })
+    // The sealer (TOTP secrets) only where codes are checked: a voter.
+    let sealer = if matches!(sign_in, SignIn::Here(_)) { config.secrets.load().ok().flatten() } else { None };
+    let brand = fc.pages.as_ref().map(|p| p.brand.product_name.clone());
+    // Checked by `Config::validate`, as every start does first.
+    let mfa = config.mfa.load(brand.as_deref()).unwrap_or_default();
+    let mfa = Arc::new(gatehouse_api::mfa::Mfa::new(mfa, sealer));
+    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer, sso, mfa })
 }
 
 /// The upstream providers (`[sso]`; on a voter with `[secrets]` and the

@@ -453,6 +453,7 @@ async fn a_front_cannot_open_or_end_a_session_without_the_person_s_own_credentia
         password: "a guess that is long enough".into(),
         client_ip: "192.0.2.7".into(),
         user_agent: String::new(),
+        ..Default::default()
     };
     let code = |s: &tonic::Status| {
         s.metadata().get(gatehouse_api::error::ERROR_CODE_METADATA).map(|v| v.to_str().unwrap().to_string())

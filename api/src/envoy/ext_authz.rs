@@ -9,8 +9,8 @@
 //! route rules with their refusal of ambiguous spellings, rate limits and
 //! the audit all run as for `/auth/verify`. The answer becomes:
 //!
-//! - allowed: `ok_response` with `X-Auth-User`, `X-Auth-User-Id` and
-//!   `X-Auth-Roles` set (overwriting client copies), every other `x-auth-*`
+//! - allowed: `ok_response` with `X-Auth-User`, `X-Auth-User-Id`,
+//!   `X-Auth-Roles`, `X-Auth-MFA` and `X-Auth-MFA-Age` set (overwriting client copies), every other `x-auth-*`
 //!   header the client sent in `headers_to_remove`, and the quota headers
 //!   for the client's response;
 //! - refused: `denied_response` with the status (401, 403, 429, 503, or 400
@@ -49,7 +49,7 @@ pub const MAX_CHECK_BYTES: usize = 256 << 10;
 const MAX_BODY: usize = 4 << 10;
 
 /// The identity headers an allowed request carries upstream.
-const IDENTITY: [&str; 3] = ["x-auth-user", "x-auth-user-id", "x-auth-roles"];
+const IDENTITY: [&str; 5] = ["x-auth-user", "x-auth-user-id", "x-auth-roles", "x-auth-mfa", "x-auth-mfa-age"];
 /// Headers of a refusal that the client should see.
 const DENIAL_HEADERS: [&str; 6] = [
     "www-authenticate",
@@ -323,7 +323,10 @@ mod tests {
         answer.headers_mut().insert("x-auth-user", HeaderValue::from_static("alice"));
         answer.headers_mut().insert("x-auth-user-id", HeaderValue::from_static("0123"));
         answer.headers_mut().insert("x-auth-roles", HeaderValue::from_static("viewer"));
+        answer.headers_mut().insert("x-auth-mfa", HeaderValue::from_static("totp"));
+        answer.headers_mut().insert("x-auth-mfa-age", HeaderValue::from_static("12"));
         let sent = vec![
+            ("x-auth-mfa".to_string(), b"totp".to_vec()),
             ("x-auth-user".to_string(), b"mallory".to_vec()),
             ("X-Auth-Admin".to_string(), b"1".to_vec()),
             ("x_auth_user".to_string(), b"mallory".to_vec()),
@@ -334,13 +337,15 @@ mod tests {
         let set: Vec<(String, String)> =
             ok.headers.iter().map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())).unwrap()).collect();
         assert!(set.contains(&("x-auth-user".into(), "alice".into())));
+        assert!(set.contains(&("x-auth-mfa".into(), "totp".into())), "the factor is ours, not the client's");
         assert!(ok.headers.iter().all(|h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32));
         assert_eq!(ok.headers_to_remove, vec!["x-auth-admin".to_string(), "x_auth_user".to_string()]);
         // An identity header the answer does not carry is removed, not left to the client.
         let mut partial = StatusCode::OK.into_response();
         partial.headers_mut().insert("x-auth-user", HeaderValue::from_static("alice"));
         let Some(HttpResponse::OkResponse(ok)) = check_response(partial, None).await.http_response else { panic!() };
-        assert_eq!(ok.headers_to_remove, vec!["x-auth-roles".to_string(), "x-auth-user-id".to_string()]);
+        let gone = ["x-auth-mfa", "x-auth-mfa-age", "x-auth-roles", "x-auth-user-id"];
+        assert_eq!(ok.headers_to_remove, gone.map(String::from).to_vec());
     }
 
     #[tokio::test]

@@ -129,4 +129,6 @@ pub struct FrontParts {
     pub mailer: Option<crate::mail::Mailer>,
     /// Upstream providers (`[sso]`); `None`: none configured.
     pub sso: Option<Arc<crate::sso::Sso>>,
+    /// Second factors (`[mfa]`; the sealer only on a voter with `[secrets]`).
+    pub mfa: Arc<crate::mfa::Mfa>,
 }

@@ -68,12 +68,16 @@ pub async fn login(
     }
     let body: LoginBody = serde_json::from_slice(&body)
         .map_err(|_| ApiError::InvalidArgument("body must be JSON {\"username\", \"password\"}".into()))?;
-    if body.totp.is_some() {
-        return Err(ApiError::InvalidArgument("MFA codes are not supported yet".into()));
-    }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let attempt = Attempt { username: body.username, password: body.password, client_ip: client.0, user_agent };
-    let opened = match front.sign_in.login(&front.node, &front.config, attempt).await {
+    let attempt = Attempt {
+        username: body.username,
+        password: body.password,
+        client_ip: client.0,
+        user_agent,
+        second_factor: body.totp,
+        factor_later: false,
+    };
+    let opened = match front.sign_in.login(&front, attempt).await {
         Ok(o) => o,
         Err(e) => {
             tracing::Span::current().record("outcome", "denied");

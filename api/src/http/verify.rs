@@ -190,6 +190,18 @@ fn allow(p: &Principal) -> Response {
             h.insert(name, v);
         }
     }
+    // The second factor and its age in seconds (`none`, and no age, for a
+    // key or a session without one).
+    match p.factor {
+        Some((factor, at)) => {
+            h.insert("x-auth-mfa", HeaderValue::from_static(factor));
+            let age = gatehouse_cluster::clock::now_ms().saturating_sub(at) / 1000;
+            h.insert("x-auth-mfa-age", HeaderValue::from(age));
+        }
+        None => {
+            h.insert("x-auth-mfa", HeaderValue::from_static("none"));
+        }
+    }
     resp
 }
 

@@ -73,6 +73,14 @@ struct AccountPage<'a> {
     needs_password: bool,
     /// Without a password: the sign-in is recent enough to make a key.
     recent: bool,
+    /// Since when an authenticator app is on, and its last use.
+    totp_enrolled: Option<String>,
+    totp_used: Option<String>,
+    recovery_left: usize,
+    /// The second factor is locked after wrong codes.
+    locked: bool,
+    /// Authenticator apps can be added here (the node holds `[secrets]`).
+    totp_offered: bool,
 }
 
 #[derive(Template)]
@@ -92,7 +100,7 @@ pub struct AccountQuery {
 }
 
 /// A time as the page shows it (UTC, to the minute).
-fn when(ms: u64) -> String {
+pub(super) fn when(ms: u64) -> String {
     if ms == 0 {
         return "—".into();
     }
@@ -104,7 +112,7 @@ fn when(ms: u64) -> String {
 
 /// The person signed in, from the session cookie only; `Err` is the answer
 /// to give instead (sign in first, or the cluster cannot answer).
-async fn signed_in(
+pub(super) async fn signed_in(
     front: &Front,
     headers: &HeaderMap,
     client: std::net::IpAddr,
@@ -113,6 +121,10 @@ async fn signed_in(
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
     match session(front, headers, client, limits).await {
         Ok(Some(found)) => Ok(found),
+        // Half signed in: the second factor is still due.
+        Ok(None) if super::second_factor::waiting(front, headers).await.is_some() => {
+            Err(see_other(&super::second_factor::factor_url("/account")))
+        }
         Ok(None) => Err(see_other(&pages.login_url("/account"))),
         Err(ApiError::RateLimited(q)) => Err(crate::rate_limit::quota::limited_response(q)),
         Err(_) => Err(notice(
@@ -140,13 +152,14 @@ pub async fn page(
         Some("revoked") => Some("The session is signed out."),
         Some("key_revoked") => Some("The key is revoked."),
         Some("password") => Some("Your password is changed. Every other session of yours is signed out."),
+        Some("totp_off") => Some("The authenticator app is turned off, with its recovery codes."),
         _ => None,
     };
     render(&front, &headers, &p, StatusCode::OK, Err(notice))
 }
 
 /// The account page for `p`; `said` is an error, or else maybe a notice.
-fn render(
+pub(super) fn render(
     front: &Front,
     headers: &HeaderMap,
     p: &Principal,
@@ -199,6 +212,7 @@ fn render(
         Ok(e) => (Some(e), None),
         Err(n) => (None, n),
     };
+    let factors = crate::mfa::check::view_of(&front.node, &p.user_id);
     let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
     let n = nonce();
     let page = AccountPage {
@@ -214,6 +228,11 @@ fn render(
         roles,
         needs_password: own::has_password(front, p),
         recent: own::recent(front, p, pages.reauth),
+        totp_enrolled: factors.totp_enrolled_at.map(when),
+        totp_used: Some(factors.totp_last_used_at).filter(|t| *t != 0).map(when),
+        recovery_left: factors.recovery_left,
+        locked: factors.locked_until != 0,
+        totp_offered: front.mfa.sealer().is_some(),
     };
     html(pages, status, page.render(), &n, set_cookie)
 }
@@ -260,7 +279,7 @@ pub async fn revoke(
 
 /// A form from a signed-in browser: its fields (CSRF checked) and the
 /// person, or the answer to give instead.
-async fn posted(
+pub(super) async fn posted(
     front: &Front,
     client: std::net::IpAddr,
     limits: Option<&RequestLimits>,
@@ -278,7 +297,7 @@ async fn posted(
     Ok((f, p, token))
 }
 
-fn unavailable(front: &Front, what: &str) -> Response {
+pub(super) fn unavailable(front: &Front, what: &str) -> Response {
     let pages = front.config.pages.as_deref().expect("the page routes exist only with [pages]");
     notice(pages, StatusCode::SERVICE_UNAVAILABLE, "Not available", &format!("{what} Try again shortly."))
 }

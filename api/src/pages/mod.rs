@@ -7,7 +7,9 @@
 //! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
 //! | `POST /login/email`, `GET /login/link`, `POST /login/link` | [`links`] |
 //! | `GET /login/sso/{id}`, `GET /login/sso/{id}/callback`, `POST /login/sso/{id}/backchannel-logout` | [`sso`] |
+//! | `GET /login/factor`, `POST /login/factor` (the second step) | [`second_factor`] |
 //! | `GET /account`, `POST /account/sessions/{id}/revoke`, `POST /account/keys`, `POST /account/keys/{id}/revoke`, `POST /account/password` | [`account`] |
+//! | `GET /account/totp`, `POST /account/totp`, `POST /account/totp/remove`, `POST /account/recovery` | [`authenticator`] |
 //! | `GET /assets/logo` | the configured logo |
 //!
 //! Every page carries a strict CSP with a fresh nonce and no script
@@ -17,11 +19,13 @@
 //! does is the JSON API's own code underneath (`crate::sign_in`).
 
 pub mod account;
+pub mod authenticator;
 pub mod csrf;
 pub mod form;
 pub mod links;
 pub mod render;
 pub mod return_to;
+pub mod second_factor;
 pub mod sign_in;
 pub mod sso;
 
@@ -37,8 +41,12 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 17] = [
     "/login",
+    "/login/factor",
+    "/account/totp",
+    "/account/totp/remove",
+    "/account/recovery",
     "/login/sso/{id}",
     "/login/sso/{id}/callback",
     "/login/sso/{id}/backchannel-logout",
@@ -57,6 +65,7 @@ pub const ROUTES: [&str; 13] = [
 pub fn routes(router: Router<Front>) -> Router<Front> {
     router
         .route("/login", get(sign_in::page).post(sign_in::submit))
+        .route("/login/factor", get(second_factor::page).post(second_factor::submit))
         .route("/login/email", post(links::request))
         .route("/login/link", get(links::confirm).post(links::spend))
         .route("/login/sso/{id}", get(sso::start))
@@ -68,6 +77,9 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
         .route("/account/keys", post(account::create_key))
         .route("/account/keys/{id}/revoke", post(account::revoke_key))
         .route("/account/password", post(account::change_password))
+        .route("/account/totp", get(authenticator::page).post(authenticator::enroll))
+        .route("/account/totp/remove", post(authenticator::remove))
+        .route("/account/recovery", post(authenticator::recovery_codes))
         .route("/assets/logo", get(logo))
 }
 

@@ -270,8 +270,14 @@ pub async fn submit(
         return render(&front, &headers, StatusCode::BAD_REQUEST, &rd, username, Ok(why), None);
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let attempt =
-        Attempt { username: username.to_string(), password: f["password"].clone(), client_ip: client.0, user_agent };
+    let attempt = Attempt {
+        username: username.to_string(),
+        password: f["password"].clone(),
+        client_ip: client.0,
+        user_agent,
+        second_factor: None,
+        factor_later: true,
+    };
     let refused = |status, why: &str| {
         tracing::Span::current().record("outcome", "refused");
         render(&front, &headers, status, &rd, username, Ok(why), None)
@@ -282,7 +288,7 @@ pub async fn submit(
     // A session this browser already has ends when the new one starts: a
     // sign-in never leaves an older session (maybe another person's) behind.
     let before = session(&front, &headers, client.0, None).await.ok().flatten();
-    let opened = match front.sign_in.login(&front.node, &front.config, attempt).await {
+    let opened = match front.sign_in.login(&front, attempt).await {
         Ok(o) => o,
         Err(ApiError::InvalidCredentials | ApiError::Unauthenticated) => {
             return refused(StatusCode::UNAUTHORIZED, "Wrong username or password.")
@@ -318,7 +324,14 @@ pub(super) async fn signed_in(
         }
     }
     let max_age = opened.expires_at.saturating_sub(gatehouse_cluster::clock::now_ms()).div_ceil(1000);
-    let mut resp = see_other(if rd.is_empty() { "/account" } else { rd });
+    // A person with a second factor gives it next: the session (opened by
+    // any first factor) waits for it and opens nothing else meanwhile.
+    let due = opened.factor_due || front.node.view().read().session(&opened.session_id).is_some_and(|s| s.factor_due);
+    let mut resp = if due {
+        see_other(&super::second_factor::factor_url(rd))
+    } else {
+        see_other(if rd.is_empty() { "/account" } else { rd })
+    };
     resp.headers_mut().append(header::SET_COOKIE, crate::http::session::session_cookie(front, &opened.token, max_age));
     resp
 }

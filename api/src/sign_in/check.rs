@@ -12,7 +12,7 @@ use gatehouse_domain::{users, Payload};
 use gatehouse_proto::events::{CreateSession, RecordLoginFailure, RevokeSession, UserStatus};
 
 use crate::audit::{self, Actor};
-use crate::http::front::FrontConfig;
+use crate::http::front::{Front, FrontConfig};
 use crate::identity::{Principal, Via};
 use crate::passwords::{PasswordPool, MAX_PASSWORD_LEN};
 use crate::{ApiError, Node};
@@ -25,6 +25,11 @@ pub struct Attempt {
     /// The client's address as the front resolved it (lockouts count by it).
     pub client_ip: IpAddr,
     pub user_agent: String,
+    /// The second factor, given with the password (the JSON API's `totp`).
+    pub second_factor: Option<String>,
+    /// Without a second factor, a user who has one gets a session that
+    /// waits for it (the pages ask for it next) instead of a refusal.
+    pub factor_later: bool,
 }
 
 impl std::fmt::Debug for Attempt {
@@ -45,6 +50,9 @@ pub struct Opened {
     pub expires_at: u64,
     /// The log index the session was applied at.
     pub log_index: u64,
+    /// The session waits for its second factor: the browser goes to the
+    /// factor page, and the token grants nothing else.
+    pub factor_due: bool,
 }
 
 impl std::fmt::Debug for Opened {
@@ -62,30 +70,47 @@ fn login_source(ip: IpAddr) -> String {
 }
 
 /// Checks `attempt` and opens a session (see the module docs).
-pub async fn login(
-    node: &Node,
-    passwords: &PasswordPool,
-    config: &FrontConfig,
-    attempt: Attempt,
-) -> Result<Opened, ApiError> {
+pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> {
+    let (node, passwords, config) = (&front.node, &front.passwords, &front.config);
     let ip = attempt.client_ip.to_string();
     let user_agent = attempt.user_agent.clone();
+    let (second, later) = (attempt.second_factor.clone(), attempt.factor_later);
     let user = verify(node, passwords, config, attempt).await?;
-    let (cmd, pending) = new_session(node, config, &user, &ip, &user_agent);
-    let request_id = cmd.request_id.clone();
-    let applied = node.propose(vec![cmd]).await?;
-    for r in &applied.results {
-        ApiError::check(r)?;
-    }
-    let opened = pending.opened(applied.log_index);
+    let (mut create, pending) = session_for(config, &user, &ip, &user_agent);
     let who = Actor {
         user_id: user.user_id.clone(),
-        session_id: opened.session_id.clone(),
-        client_ip: ip,
+        session_id: create.session_id.clone(),
+        client_ip: ip.clone(),
         ..Default::default()
     };
-    let mut e = audit::event("login.success", "ok", &who, format!("session:{}", opened.session_id));
+    let has_factor = node.view().read().has_factor(&user.user_id);
+    match (&second, has_factor) {
+        (Some(code), true) => {
+            if code.len() > crate::mfa::check::MAX_CODE {
+                return Err(ApiError::InvalidSecondFactor);
+            }
+            create.factor = Some(crate::mfa::check::proof(front, &user.user_id, code, &who).await?);
+        }
+        (None, true) if !later => return Err(ApiError::SecondFactorRequired),
+        _ => {}
+    }
+    let factor = create.factor.as_ref().map(|_| "second factor given");
+    let cmd = node.command(Payload::CreateSession(create));
+    let request_id = cmd.request_id.clone();
+    let applied = node.propose(vec![cmd]).await?;
+    if let Err(e) = applied.results.iter().try_for_each(ApiError::check) {
+        return Err(match e {
+            ApiError::FailedPrecondition(m) if m == gatehouse_domain::factors::LOCKED => ApiError::SecondFactorLocked,
+            ApiError::FailedPrecondition(m) if m.contains("code") => ApiError::InvalidSecondFactor,
+            e => e,
+        });
+    }
+    let mut opened = pending.opened(applied.log_index);
+    opened.factor_due = has_factor && factor.is_none();
+    let action = if opened.factor_due { "login.first_factor" } else { "login.success" };
+    let mut e = audit::event(action, "ok", &who, format!("session:{}", opened.session_id));
     e.request_id = request_id;
+    e.detail = factor.unwrap_or_default().into();
     node.audit(e);
     Ok(opened)
 }
@@ -141,6 +166,7 @@ pub fn session_for(
         token: minted.token,
         expires_at,
         log_index: 0,
+        factor_due: false,
     };
     (create, Pending(opened))
 }

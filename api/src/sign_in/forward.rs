@@ -68,12 +68,38 @@ impl VoterSignIn {
             password: attempt.password,
             client_ip: attempt.client_ip.to_string(),
             user_agent: attempt.user_agent,
+            second_factor: attempt.second_factor.unwrap_or_default(),
+            factor_later: attempt.factor_later,
         };
         let r = self
             .on_a_voter(|mut c, left| {
                 let mut req = tonic::Request::new(request.clone());
                 req.set_timeout(left);
                 async move { c.login(req).await }
+            })
+            .await?;
+        Ok(opened(r))
+    }
+
+    /// Pays the second factor the session of `token` waits for.
+    pub async fn present_factor(
+        &self,
+        token: &str,
+        code: &str,
+        ip: IpAddr,
+        user_agent: &str,
+    ) -> Result<Opened, ApiError> {
+        let request = pb::PresentFactorRequest {
+            token: token.to_string(),
+            code: code.to_string(),
+            client_ip: ip.to_string(),
+            user_agent: user_agent.to_string(),
+        };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.present_factor(req).await }
             })
             .await?;
         Ok(opened(r))
@@ -276,5 +302,6 @@ fn opened(r: pb::LoginResponse) -> Opened {
         token: r.token,
         expires_at: r.expires_at,
         log_index: r.log_index,
+        factor_due: r.factor_due,
     }
 }

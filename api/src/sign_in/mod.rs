@@ -31,7 +31,7 @@ pub use check::{Attempt, Opened};
 pub use links::{LinkRequest, LinkSettings, LinkSpend};
 pub use own::{NewOwnKey, OwnKey};
 
-use crate::http::front::{Front, FrontConfig};
+use crate::http::front::Front;
 use crate::identity::Principal;
 use crate::passwords::PasswordPool;
 use crate::sso::logout::LogoutError;
@@ -50,12 +50,32 @@ pub enum SignIn {
 impl SignIn {
     /// Checks `attempt` and opens a session; returns once this node has
     /// applied it too (the next request here finds it).
-    pub async fn login(&self, node: &Node, config: &FrontConfig, attempt: Attempt) -> Result<Opened, ApiError> {
+    pub async fn login(&self, front: &Front, attempt: Attempt) -> Result<Opened, ApiError> {
         match self {
-            SignIn::Here(passwords) => check::login(node, passwords, config, attempt).await,
+            SignIn::Here(_) => check::login(front, attempt).await,
             SignIn::Voters(voters) => {
                 let opened = voters.login(attempt).await?;
-                node.wait_applied(opened.log_index).await;
+                front.node.wait_applied(opened.log_index).await;
+                Ok(opened)
+            }
+        }
+    }
+
+    /// Pays the second factor the session of `token` waits for: the
+    /// session's new token (applied here too).
+    pub async fn present_factor(
+        &self,
+        front: &Front,
+        token: &str,
+        code: &str,
+        ip: IpAddr,
+        user_agent: &str,
+    ) -> Result<Opened, ApiError> {
+        match self {
+            SignIn::Here(_) => crate::mfa::check::present(front, token, code, ip, user_agent).await,
+            SignIn::Voters(voters) => {
+                let opened = voters.present_factor(token, code, ip, user_agent).await?;
+                front.node.wait_applied(opened.log_index).await;
                 Ok(opened)
             }
         }

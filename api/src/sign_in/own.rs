@@ -96,7 +96,14 @@ fn session_only(p: &Principal) -> Result<(), ApiError> {
 /// wrong one is audited against the session that sent it.
 async fn confirm_password(front: &Front, p: &Principal, password: String, ip: IpAddr) -> Result<(), ApiError> {
     front.limits.login_attempt(ip).await?;
-    let attempt = Attempt { username: p.username.clone(), password, client_ip: ip, user_agent: String::new() };
+    let attempt = Attempt {
+        username: p.username.clone(),
+        password,
+        client_ip: ip,
+        user_agent: String::new(),
+        second_factor: None,
+        factor_later: false,
+    };
     match check::verify(&front.node, &front.passwords, &front.config, attempt).await {
         Ok(user) if user.user_id == p.user_id => Ok(()),
         Ok(_) => Err(ApiError::InvalidCredentials),
@@ -113,17 +120,25 @@ async fn confirm_password(front: &Front, p: &Principal, password: String, ip: Ip
     }
 }
 
-/// Makes a key for `p` (see the module docs).
-pub async fn create_key(front: &Front, p: &Principal, k: OwnKey, ip: IpAddr) -> Result<NewOwnKey, ApiError> {
+/// Re-authentication before a sensitive change (see the module docs):
+/// the password again, or for a person without one a recent sign-in.
+pub async fn reauth(front: &Front, p: &Principal, password: String, ip: IpAddr) -> Result<(), ApiError> {
     session_only(p)?;
     if has_password(front, p) {
-        if k.password.is_empty() {
+        if password.is_empty() {
             return Err(ApiError::PermissionDenied(SIGN_IN_AGAIN.into()));
         }
-        confirm_password(front, p, k.password.clone(), ip).await?;
+        confirm_password(front, p, password, ip).await
     } else if !recent(front, p, window(front)) {
-        return Err(ApiError::PermissionDenied(SIGN_IN_AGAIN.into()));
+        Err(ApiError::PermissionDenied(SIGN_IN_AGAIN.into()))
+    } else {
+        Ok(())
     }
+}
+
+/// Makes a key for `p` (see the module docs).
+pub async fn create_key(front: &Front, p: &Principal, k: OwnKey, ip: IpAddr) -> Result<NewOwnKey, ApiError> {
+    reauth(front, p, k.password.clone(), ip).await?;
     let name = k.name.trim();
     if name.is_empty() || name.chars().count() > MAX_KEY_NAME || name.chars().any(char::is_control) {
         return Err(ApiError::InvalidArgument("a key's name is 1 to 64 printable characters".into()));

@@ -61,6 +61,7 @@ fn login_response(opened: check::Opened) -> pb::LoginResponse {
         token: opened.token,
         expires_at: opened.expires_at,
         log_index: opened.log_index,
+        factor_due: opened.factor_due,
     }
 }
 
@@ -107,6 +108,8 @@ impl SignInService for SignIns {
             username: r.username,
             password: r.password,
             user_agent: r.user_agent,
+            second_factor: (!r.second_factor.is_empty()).then_some(r.second_factor),
+            factor_later: r.factor_later,
         };
         let node = &self.front.node;
         if !node.ensure_fresh().await {
@@ -117,8 +120,7 @@ impl SignInService for SignIns {
         let limits = &self.front.limits;
         let ip = attempt.client_ip;
         limits.login_attempt(ip).await?;
-        let passwords = &self.front.passwords;
-        let opened = match check::login(node, passwords, &self.front.config, attempt).await {
+        let opened = match check::login(&self.front, attempt).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::Span::current().record("outcome", "denied");
@@ -303,5 +305,25 @@ impl SignInService for SignIns {
                 Err(LogoutError::Api(e)) => return Err(e.into()),
             };
         Ok(Response::new(answer))
+    }
+
+    /// Under the login endpoint's limits, by the address the front names.
+    #[tracing::instrument(level = "info", name = "front.present_factor", skip_all, fields(outcome))]
+    async fn present_factor(
+        &self,
+        req: Request<pb::PresentFactorRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        if r.token.len() > crate::identity::MAX_CREDENTIAL_LEN || r.code.len() > crate::mfa::check::MAX_CODE {
+            return Err(ApiError::InvalidArgument("token or code too long".into()).into());
+        }
+        if !self.front.node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        let opened = crate::mfa::check::present(&self.front, &r.token, &r.code, ip, &r.user_agent).await;
+        tracing::Span::current().record("outcome", if opened.is_ok() { "ok" } else { "denied" });
+        Ok(Response::new(login_response(opened?)))
     }
 }

@@ -1,0 +1,377 @@
+//! What a voter does with a second factor: checks a code against a user's
+//! factors, pays a session that waits for one, enrolls and removes an
+//! authenticator, and makes new recovery codes. Every step is audited.
+//!
+//! A wrong code is counted through the log (`RecordFactorFailure`) before
+//! the answer goes back, so the lockout after `max_failures` holds on
+//! every node at once; the request also counts against the login
+//! endpoint's strict limits by address. A right code is only a proof: the
+//! command that spends it (opening or paying a session, enrolling) is
+//! where the log refuses a code that was spent a moment ago elsewhere.
+//!
+//! Changes to one's own factors ask for the password again (or, for a
+//! person without one, a sign-in within the re-authentication window), and
+//! removing a factor or replacing recovery codes asks for a current code
+//! as well: a stolen session alone can neither add an attacker's
+//! authenticator nor take the owner's away.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use gatehouse_domain::factors::{self, is_locked, recovery_left};
+use gatehouse_domain::Payload;
+use gatehouse_proto::events::factor_proof::Proof;
+use gatehouse_proto::events::{
+    EnrollTotp, FactorProof, PresentFactor, RecordFactorFailure, RemoveFactors, Sealed, SetRecoveryCodes,
+};
+use prost::Message as _;
+
+use super::{recovery, totp};
+use crate::audit::{self, Actor};
+use crate::http::front::Front;
+use crate::identity::{Principal, Via};
+use crate::sign_in::own;
+use crate::sign_in::Opened;
+use crate::{ApiError, Node};
+use gatehouse_cluster::clock::now_ms;
+
+/// The longest code a form or request may carry (a recovery code with
+/// spaces or dashes).
+pub const MAX_CODE: usize = 64;
+
+fn audit_factor(node: &Node, action: &str, outcome: &str, actor: &Actor, user_id: &str, detail: &str) {
+    let mut e = audit::event(action, outcome, actor, format!("user:{user_id}"));
+    e.detail = detail.into();
+    node.audit(e);
+}
+
+/// Checks `code` as `user_id`'s second factor: the proof to spend, or why
+/// not. A TOTP code is six digits; anything else is tried as a recovery
+/// code. A wrong one is counted (and may lock the factor) before this
+/// returns.
+pub async fn proof(front: &Front, user_id: &str, code: &str, actor: &Actor) -> Result<FactorProof, ApiError> {
+    let node = &front.node;
+    let now = now_ms();
+    let record = node.view().read().factors_of(user_id).cloned();
+    let Some(r) = record.filter(factors::enrolled) else {
+        return Err(ApiError::InvalidSecondFactor);
+    };
+    if is_locked(&r, now) {
+        audit_factor(node, "mfa.failure", "denied", actor, user_id, "locked");
+        return Err(ApiError::SecondFactorLocked);
+    }
+    let code = code.trim();
+    let digits = code.len() <= 7 && code.bytes().filter(|b| *b != b' ').all(|b| b.is_ascii_digit());
+    let found = if digits {
+        let totp_factor = r.totp.as_ref().expect("enrolled");
+        let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
+        let sealed = totp_factor.secret.as_ref().ok_or(ApiError::Internal)?;
+        let secret = sealer.open(sealed, &totp::context(user_id)).map_err(|e| {
+            tracing::error!(error = %e, "a TOTP secret did not open: is its key in [secrets]?");
+            ApiError::Unavailable { leader: None }
+        })?;
+        let typed: String = code.chars().filter(|c| *c != ' ').collect();
+        match totp::check(&secret, &typed, now / 1000) {
+            Some(step) if step > totp_factor.last_step => Some(Proof::TotpStep(step)),
+            Some(_) => {
+                audit_factor(node, "mfa.failure", "denied", actor, user_id, "a used code");
+                None
+            }
+            None => None,
+        }
+    } else {
+        recovery::normalize(code).and_then(|c| {
+            let h = recovery::hash(&c);
+            r.recovery.iter().any(|x| x.spent_at == 0 && x.sha256 == h).then(|| Proof::RecoverySha256(h.to_vec()))
+        })
+    };
+    match found {
+        Some(p) => Ok(FactorProof { proof: Some(p) }),
+        None => {
+            failed(front, user_id, actor).await;
+            Err(ApiError::InvalidSecondFactor)
+        }
+    }
+}
+
+/// Counts a wrong factor through the log; audits it, and the lockout it
+/// may cause.
+async fn failed(front: &Front, user_id: &str, actor: &Actor) {
+    let node = &front.node;
+    audit_factor(node, "mfa.failure", "denied", actor, user_id, "a wrong code");
+    let c = &front.mfa.config;
+    let cmd = node.command(Payload::RecordFactorFailure(RecordFactorFailure {
+        user_id: user_id.to_string(),
+        threshold: c.max_failures,
+        window_ms: c.failure_window.as_millis() as u64,
+        lockout_ms: c.lockout.as_millis() as u64,
+    }));
+    match node.propose_one(cmd).await {
+        Ok(r) if r.id == "locked" => audit_factor(node, "mfa.locked", "ok", actor, user_id, ""),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "counting a wrong second factor failed"),
+    }
+}
+
+/// The factor a proof stands for, as audit details say it.
+fn factor_of(p: &FactorProof) -> &'static str {
+    match p.proof {
+        Some(Proof::RecoverySha256(_)) => factors::RECOVERY,
+        _ => factors::TOTP,
+    }
+}
+
+/// Pays the second factor a session waits for (`token`: its waiting
+/// token): the session gets a new token, returned for the cookie, and
+/// grants access from now. Returns once this node has applied it.
+pub async fn present(
+    front: &Front,
+    token: &str,
+    code: &str,
+    ip: IpAddr,
+    _user_agent: &str,
+) -> Result<Opened, ApiError> {
+    let node = &front.node;
+    front.limits.login_attempt(ip).await?;
+    node.catch_up(std::time::Duration::from_millis(500)).await;
+    let waiting = gatehouse_domain::sessions::verify_due(&node.view().read(), token, now_ms());
+    let Ok(id) = waiting else { return Err(ApiError::Unauthenticated) };
+    let actor = Actor {
+        user_id: id.user_id.clone(),
+        session_id: id.session_id.clone(),
+        client_ip: ip.to_string(),
+        ..Default::default()
+    };
+    let proof = match proof(front, &id.user_id, code, &actor).await {
+        Ok(p) => p,
+        Err(e) => {
+            if e == ApiError::InvalidSecondFactor {
+                front.limits.login_refused(ip).await?;
+            }
+            return Err(e);
+        }
+    };
+    let factor = factor_of(&proof);
+    let minted = crate::mint::new_session_token();
+    let expires_at = now_ms() + front.config.session_ttl.as_millis() as u64;
+    let cmd = node.command(Payload::PresentFactor(PresentFactor {
+        session_id: id.session_id.clone(),
+        user_id: id.user_id.clone(),
+        proof: Some(proof),
+        new_token_sha256: minted.token_sha256.to_vec(),
+        expires_at,
+    }));
+    let request_id = cmd.request_id.clone();
+    let applied = node.propose(vec![cmd]).await?;
+    if let Err(e) = applied.results.iter().try_for_each(ApiError::check) {
+        // Spent a moment ago through another node, or locked meanwhile.
+        audit_factor(node, "mfa.failure", "denied", &actor, &id.user_id, &e.to_string());
+        return Err(refusal(e));
+    }
+    let mut e = audit::event("login.success", "ok", &actor, format!("session:{}", id.session_id));
+    e.request_id = request_id;
+    e.detail = format!("second factor: {factor}");
+    node.audit(e);
+    Ok(Opened {
+        user_id: id.user_id,
+        username: id.username,
+        roles: id.roles,
+        session_id: id.session_id,
+        token: minted.token,
+        expires_at,
+        log_index: applied.log_index,
+        factor_due: false,
+    })
+}
+
+/// A TOTP secret offered for enrollment: shown to the person, and sealed
+/// (for this session only) into the form that confirms it.
+pub struct Enrolling {
+    /// The secret in base32, for typing into an app.
+    pub secret: String,
+    pub uri: String,
+    /// The QR code of `uri`, inline SVG.
+    pub qr_svg: String,
+    /// The sealed secret, for the confirming form (base64url).
+    pub sealed: String,
+}
+
+impl std::fmt::Debug for Enrolling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolling").finish_non_exhaustive()
+    }
+}
+
+/// The longest sealed enrollment value a form may carry.
+pub const MAX_SEALED_FORM: usize = 512;
+
+fn session_of(p: &Principal) -> Result<&str, ApiError> {
+    match &p.via {
+        Via::Session { session_id } => Ok(session_id),
+        Via::ApiKey { .. } => Err(ApiError::PermissionDenied("this needs a signed-in session, not an API key".into())),
+    }
+}
+
+/// A new secret for `p` to enroll (nothing is written yet).
+pub fn enrolling(front: &Front, p: &Principal) -> Result<Enrolling, ApiError> {
+    let session_id = session_of(p)?;
+    let sealer = front.mfa.sealer().ok_or_else(|| {
+        ApiError::FailedPrecondition("authenticator apps are not available here: the voters hold no [secrets]".into())
+    })?;
+    let account = front.node.view().read().user(&p.user_id).map(|u| u.username.clone()).unwrap_or_default();
+    let secret = totp::new_secret();
+    let uri = totp::uri(&secret, &front.mfa.config.issuer, &account).ok_or(ApiError::Internal)?;
+    let qr_svg = totp::qr_svg(&uri).ok_or(ApiError::Internal)?;
+    let sealed = sealer.seal(&secret, &totp::enrolling_context(&p.user_id, session_id));
+    let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed.encode_to_vec());
+    Ok(Enrolling { secret: totp::base32(&secret), uri, qr_svg, sealed })
+}
+
+/// Enrolls the secret `sealed` (from [`enrolling`], for this session)
+/// once `code` proves the app has it; the recovery codes, shown once.
+pub async fn enroll(
+    front: &Front,
+    p: &Principal,
+    sealed: &str,
+    code: &str,
+    password: String,
+    ip: IpAddr,
+) -> Result<(Vec<String>, u64), ApiError> {
+    let session_id = session_of(p)?.to_string();
+    let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
+    own::reauth(front, p, password, ip).await?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sealed.as_bytes())
+        .ok()
+        .filter(|b| b.len() <= MAX_SEALED_FORM)
+        .and_then(|b| Sealed::decode(b.as_slice()).ok());
+    let secret = bytes.and_then(|s| sealer.open(&s, &totp::enrolling_context(&p.user_id, &session_id)).ok());
+    let Some(secret) = secret.filter(|s| s.len() == totp::SECRET_BYTES) else {
+        return Err(ApiError::InvalidArgument("this enrollment form is not for this session; start again".into()));
+    };
+    let actor = Actor::of(p, ip.to_string());
+    let Some(step) = totp::check(&secret, code.trim(), now_ms() / 1000) else {
+        audit_factor(&front.node, "mfa.enroll", "denied", &actor, &p.user_id, "a wrong code");
+        return Err(ApiError::InvalidSecondFactor);
+    };
+    let codes = recovery::new_codes();
+    let cmd = front.node.command(Payload::EnrollTotp(EnrollTotp {
+        user_id: p.user_id.clone(),
+        secret: Some(sealer.seal(&secret, &totp::context(&p.user_id))),
+        step,
+        recovery_sha256: codes.iter().map(|c| recovery::hash(c).to_vec()).collect(),
+        session_id,
+    }));
+    let applied = audit::write(&front.node, &actor, cmd).await?;
+    Ok((codes, applied.log_index))
+}
+
+/// The checks before `p` changes factors they have: the password again
+/// (or a recent sign-in), and a current code.
+async fn confirm_factor(
+    front: &Front,
+    p: &Principal,
+    code: &str,
+    password: String,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    session_of(p)?;
+    if !own::has_password(front, p) {
+        // A password check counts against the login limits itself.
+        front.limits.login_attempt(ip).await?;
+    }
+    own::reauth(front, p, password, ip).await?;
+    let actor = Actor::of(p, ip.to_string());
+    let proof = match proof(front, &p.user_id, code, &actor).await {
+        Ok(proof) => proof,
+        Err(e) => {
+            if e == ApiError::InvalidSecondFactor {
+                front.limits.login_refused(ip).await?;
+            }
+            return Err(e);
+        }
+    };
+    step_up(front, p, proof, &actor).await
+}
+
+/// Spends `proof` on `p`'s session (a step-up: its factor is fresh from
+/// now), so the code is used once here as anywhere.
+async fn step_up(front: &Front, p: &Principal, proof: FactorProof, actor: &Actor) -> Result<(), ApiError> {
+    let factor = factor_of(&proof);
+    let cmd = front.node.command(Payload::PresentFactor(PresentFactor {
+        session_id: session_of(p)?.to_string(),
+        user_id: p.user_id.clone(),
+        proof: Some(proof),
+        ..Default::default()
+    }));
+    let applied = front.node.propose(vec![cmd]).await?;
+    if let Err(e) = applied.results.iter().try_for_each(ApiError::check) {
+        audit_factor(&front.node, "mfa.failure", "denied", actor, &p.user_id, &e.to_string());
+        return Err(refusal(e));
+    }
+    audit_factor(&front.node, "mfa.step_up", "ok", actor, &p.user_id, factor);
+    Ok(())
+}
+
+/// A refused spend as the person is told it.
+fn refusal(e: ApiError) -> ApiError {
+    match e {
+        ApiError::FailedPrecondition(m) if m == factors::LOCKED => ApiError::SecondFactorLocked,
+        ApiError::FailedPrecondition(_) => ApiError::InvalidSecondFactor,
+        e => e,
+    }
+}
+
+/// Removes `p`'s authenticator (with its recovery codes).
+pub async fn remove_totp(
+    front: &Front,
+    p: &Principal,
+    code: &str,
+    password: String,
+    ip: IpAddr,
+) -> Result<u64, ApiError> {
+    confirm_factor(front, p, code, password, ip).await?;
+    let cmd = front
+        .node
+        .command(Payload::RemoveFactors(RemoveFactors { user_id: p.user_id.clone(), kind: factors::TOTP.into() }));
+    Ok(audit::write(&front.node, &Actor::of(p, ip.to_string()), cmd).await?.log_index)
+}
+
+/// New recovery codes for `p`, replacing the old ones; shown once.
+pub async fn new_recovery_codes(
+    front: &Front,
+    p: &Principal,
+    code: &str,
+    password: String,
+    ip: IpAddr,
+) -> Result<(Vec<String>, u64), ApiError> {
+    confirm_factor(front, p, code, password, ip).await?;
+    let codes = recovery::new_codes();
+    let cmd = front.node.command(Payload::SetRecoveryCodes(SetRecoveryCodes {
+        user_id: p.user_id.clone(),
+        recovery_sha256: codes.iter().map(|c| recovery::hash(c).to_vec()).collect(),
+    }));
+    let applied = audit::write(&front.node, &Actor::of(p, ip.to_string()), cmd).await?;
+    Ok((codes, applied.log_index))
+}
+
+/// What "my account" shows of a person's factors.
+#[derive(Debug, Clone, Default)]
+pub struct FactorsView {
+    pub totp_enrolled_at: Option<u64>,
+    pub totp_last_used_at: u64,
+    pub recovery_left: usize,
+    pub locked_until: u64,
+}
+
+/// `user_id`'s factors as "my account" shows them.
+pub fn view_of(node: &Node, user_id: &str) -> FactorsView {
+    let state = node.view().read();
+    let Some(r) = state.factors_of(user_id) else { return FactorsView::default() };
+    FactorsView {
+        totp_enrolled_at: r.totp.as_ref().map(|t| t.enrolled_at),
+        totp_last_used_at: r.totp.as_ref().map_or(0, |t| t.last_used_at),
+        recovery_left: recovery_left(r),
+        locked_until: if is_locked(r, now_ms()) { r.locked_until } else { 0 },
+    }
+}

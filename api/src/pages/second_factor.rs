@@ -1,0 +1,176 @@
+//! `GET /login/factor`, `POST /login/factor`: the second step of signing
+//! in. A person whose first factor (a password, a mailed link, an upstream
+//! provider) passed, and who has a second one, holds a session that waits
+//! for it: its cookie opens nothing but this page. The code (TOTP or a
+//! recovery code) is checked on a voter and spent through the log
+//! ([`crate::mfa::check`]); the session then gets a new token, and the
+//! browser goes on to where it was going.
+//!
+//! The form counts as a login for rate-limit policies (by address); wrong
+//! codes also count against the user's factor, which locks on every node
+//! after `[mfa] max_failures`.
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Extension, Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use gatehouse_domain::sessions::{self, SessionIdentity};
+use serde::Deserialize;
+
+use super::render::{html, nonce, see_other, BrandView, PagesConfig};
+use super::sign_in::{expired_form, notice};
+use super::{csrf, form};
+use crate::http::caller::credential;
+use crate::http::client_ip::ClientIp;
+use crate::http::front::Front;
+use crate::ApiError;
+use gatehouse_cluster::clock::now_ms;
+
+#[derive(Template)]
+#[template(path = "factor.html")]
+struct FactorPage<'a> {
+    brand: BrandView<'a>,
+    nonce: &'a str,
+    csrf: &'a str,
+    rd: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+pub struct FactorQuery {
+    #[serde(default)]
+    rd: Option<String>,
+}
+
+fn pages(front: &Front) -> &PagesConfig {
+    front.config.pages.as_deref().expect("the page routes exist only with [pages]")
+}
+
+/// The session this browser's cookie names, when it waits for its second
+/// factor (and the cookie's token).
+pub(super) async fn waiting(front: &Front, headers: &HeaderMap) -> Option<(SessionIdentity, String)> {
+    let (token, true) = credential(headers, &front.config.cookie_name)? else { return None };
+    let found = |front: &Front| sessions::verify_due(&front.node.view().read(), &token, now_ms()).ok();
+    let id = match found(front) {
+        Some(id) => Some(id),
+        // Opened a moment ago through another node.
+        None if sessions::parse_token(&token).is_some() => {
+            front.node.catch_up(std::time::Duration::from_millis(500)).await;
+            found(front)
+        }
+        None => None,
+    };
+    id.map(|id| (id, token))
+}
+
+/// Where a browser whose session waits for its factor is sent.
+pub(super) fn factor_url(rd: &str) -> String {
+    if rd.is_empty() {
+        return "/login/factor".into();
+    }
+    let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    format!("/login/factor?rd={rd}")
+}
+
+fn render(
+    front: &Front,
+    headers: &HeaderMap,
+    status: StatusCode,
+    rd: &str,
+    username: &str,
+    error: Option<&str>,
+) -> Response {
+    let pages = pages(front);
+    let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
+    let n = nonce();
+    let page = FactorPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username, error };
+    html(pages, status, page.render(), &n, set_cookie)
+}
+
+/// `GET /login/factor?rd=…`: the code form, for a session that waits for
+/// it; anyone else goes to sign in.
+pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Query<FactorQuery>) -> Response {
+    let pages = pages(&front);
+    let rd = q.rd.as_deref().and_then(|r| pages.return_domains.check(r)).unwrap_or_default();
+    if !front.node.is_fresh() {
+        return notice(
+            pages,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not available",
+            "Signing in is not possible right now. Try again shortly.",
+        );
+    }
+    match waiting(&front, &headers).await {
+        Some((id, _)) => render(&front, &headers, StatusCode::OK, &rd, &id.username, None),
+        None => see_other(&pages.login_url(&rd)),
+    }
+}
+
+/// `POST /login/factor` (`csrf`, `rd`, `code`): the session's new cookie
+/// and on to `rd` (or `/account`), or the form again with why.
+#[tracing::instrument(level = "info", name = "page.factor", skip_all, fields(outcome))]
+pub async fn submit(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pages = pages(&front);
+    let expected = [("csrf", 64), ("rd", super::return_to::MAX_LEN), ("code", crate::mfa::check::MAX_CODE)];
+    let Some(f) = form::fields(&body, &expected) else { return expired_form(pages) };
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
+        tracing::Span::current().record("outcome", "csrf");
+        return expired_form(pages);
+    }
+    let rd = pages.return_domains.check(&f["rd"]).unwrap_or_default();
+    if !front.node.ensure_fresh().await {
+        return notice(
+            pages,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not available",
+            "Signing in is not possible right now. Try again shortly.",
+        );
+    }
+    let Some((id, token)) = waiting(&front, &headers).await else {
+        // Over (five minutes passed) or never begun: sign in again.
+        return see_other(&pages.login_url(&rd));
+    };
+    let code = f["code"].trim();
+    let again = |status, why: &str| {
+        tracing::Span::current().record("outcome", "refused");
+        render(&front, &headers, status, &rd, &id.username, Some(why))
+    };
+    if code.is_empty() {
+        return again(StatusCode::BAD_REQUEST, "Enter the code.");
+    }
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match front.sign_in.present_factor(&front, &token, code, client.0, user_agent).await {
+        Ok(opened) => {
+            tracing::Span::current().record("outcome", "ok");
+            let max_age = opened.expires_at.saturating_sub(now_ms()).div_ceil(1000);
+            let mut resp = see_other(if rd.is_empty() { "/account" } else { &rd });
+            resp.headers_mut()
+                .append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+            resp
+        }
+        Err(ApiError::InvalidSecondFactor) => {
+            again(StatusCode::UNAUTHORIZED, "That code is wrong or was used already.")
+        }
+        Err(ApiError::SecondFactorLocked) => again(
+            StatusCode::FORBIDDEN,
+            "Too many wrong codes: your second factor is locked for a while. Try again later.",
+        ),
+        Err(ApiError::RateLimited(_)) => {
+            again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+        }
+        Err(ApiError::Unauthenticated) => see_other(&pages.login_url(&rd)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a second factor could not be checked");
+            let status = axum::response::IntoResponse::into_response(e).status();
+            again(status, "Signing in is not possible right now. Try again shortly.")
+        }
+    }
+}
