@@ -38,6 +38,14 @@ fn snapshot(state: &State, kind: &str, id: &str) -> String {
             Some(serde_json::json!({ "user_id": id, "sessions": count, "first_session_ids": ids }))
         }
         "sessions" => Some(serde_json::json!({ "sessions": state.sessions().count() })),
+        // A user's second factors: what they are, never a secret or a hash.
+        "factors" => Some(match state.factors_of(id) {
+            Some(f) => serde_json::json!({ "user_id": id,
+                "totp_enrolled_at": f.totp.as_ref().map(|t| t.enrolled_at),
+                "recovery_codes_left": gatehouse_domain::factors::recovery_left(f),
+                "locked_until": f.locked_until }),
+            None => serde_json::json!({ "user_id": id, "totp_enrolled_at": null, "recovery_codes_left": 0 }),
+        }),
         _ => None,
     };
     v.map(|v| v.to_string()).unwrap_or_default()
@@ -62,6 +70,10 @@ fn subject(payload: &Payload) -> Option<(&'static str, &'static str, String)> {
         Payload::PutRole(c) if c.create => ("role.create", "role", c.name.clone()),
         Payload::PutRole(c) => ("role.update", "role", c.name.clone()),
         Payload::DeleteRole(c) => ("role.delete", "role", c.name.clone()),
+        Payload::EnrollTotp(c) => ("mfa.enroll", "factors", c.user_id.clone()),
+        Payload::SetRecoveryCodes(c) => ("mfa.recovery_codes", "factors", c.user_id.clone()),
+        Payload::RemoveFactors(c) if c.kind.is_empty() => ("mfa.reset", "factors", c.user_id.clone()),
+        Payload::RemoveFactors(c) => ("mfa.remove", "factors", c.user_id.clone()),
         _ => return None,
     })
 }
@@ -90,7 +102,8 @@ pub async fn write(
         Err(_) => "failed",
     };
     // A user's sessions are a resource of that user.
-    let resource = if kind == "user_sessions" { format!("user:{id}") } else { format!("{kind}:{id}") };
+    let resource =
+        if matches!(kind, "user_sessions" | "factors") { format!("user:{id}") } else { format!("{kind}:{id}") };
     let mut e = event(action, outcome, actor, resource);
     e.request_id = request_id;
     e.before = before;

@@ -1,0 +1,448 @@
+//! Second factors on a real cluster: an authenticator app enrolled from
+//! "my account" (codes made by an independent implementation, Python's
+//! pyotp), codes and recovery codes spent once cluster-wide (the same code
+//! on three nodes at once: one sign-in), the pages' second step with a
+//! waiting session that opens nothing else, lockout after guessing on
+//! every node, and the hostile side of enrollment and removal (forged
+//! forms, another session's secret, a wrong password or code).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::forms::{browser, hidden, set_cookie};
+use common::{audited, base, create_user_with_password, wait_until, TestCluster};
+use reqwest::header::LOCATION;
+use reqwest::StatusCode;
+
+const SESSION: &str = "__Host-gatehouse_session";
+const CSRF: &str = "__Host-gatehouse_csrf";
+const PASSWORD: &str = "pw-of-ann-0001";
+
+/// `n` voters with `[secrets]` (TOTP secrets are sealed with it), on the
+/// newest command version.
+async fn cluster(n: u64, tweak: impl Fn(&mut gatehouse::config::Config)) -> TestCluster {
+    let c = TestCluster::start_with_dir(n, |dir, c| {
+        let key = dir.path().join("kek");
+        if !key.exists() {
+            std::fs::write(&key, hex::encode([9u8; 32])).unwrap();
+        }
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key }];
+        c.rate_limits.enabled = false;
+        tweak(c);
+    })
+    .await;
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.nodes.values().all(|n| n.cluster().cluster_version() == newest)
+    })
+    .await;
+    c
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The code of `secret` (base32) at `at`, from pyotp: not our code.
+fn pyotp(secret: &str, at: u64) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).at(int(sys.argv[2])))", secret, &at.to_string()])
+        .output()
+        .expect("python3 with pyotp (scripts/deps.sh test installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The raw secret bytes of a base32 key (pyotp's decoding).
+fn secret_bytes(secret: &str) -> Vec<u8> {
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", "import pyotp, sys; sys.stdout.write(pyotp.TOTP(sys.argv[1]).byte_secret().hex())", secret])
+        .output()
+        .unwrap();
+    hex::decode(String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+/// The password form posted at `base`: the response (not followed).
+async fn password_form(base: &str, username: &str, password: &str, rd: &str) -> (reqwest::Response, String) {
+    let page = browser().get(format!("{base}/login")).send().await.unwrap();
+    let csrf = set_cookie(page.headers(), CSRF).unwrap();
+    let resp = browser()
+        .post(format!("{base}/login"))
+        .header("cookie", format!("{CSRF}={csrf}"))
+        .form(&[("csrf", csrf.as_str()), ("rd", rd), ("username", username), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    (resp, csrf)
+}
+
+/// A full sign-in without a second factor: (session, csrf).
+async fn sign_in(base: &str, username: &str, password: &str) -> (String, String) {
+    let (resp, csrf) = password_form(base, username, password, "").await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/account", "no second factor is asked for yet");
+    (set_cookie(resp.headers(), SESSION).expect("a session"), csrf)
+}
+
+async fn get(base: &str, path: &str, session: &str, csrf: &str) -> reqwest::Response {
+    browser()
+        .get(format!("{base}{path}"))
+        .header("cookie", format!("{CSRF}={csrf}; {SESSION}={session}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn post(base: &str, path: &str, session: &str, csrf: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = vec![("csrf", csrf)];
+    form.extend_from_slice(fields);
+    browser()
+        .post(format!("{base}{path}"))
+        .header("cookie", format!("{CSRF}={csrf}; {SESSION}={session}"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The enrollment page's secret (base32) and sealed form value.
+async fn offered(base: &str, session: &str, csrf: &str) -> (String, String) {
+    let resp = get(base, "/account/totp", session, csrf).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("<svg") && page.contains("<path"), "an inline QR code");
+    let start = page.find("id=\"totp-secret\">").unwrap() + "id=\"totp-secret\">".len();
+    let secret = page[start..].split('<').next().unwrap().to_string();
+    (secret, hidden(&page, "sealed"))
+}
+
+/// The codes a recovery-codes page shows.
+fn shown_codes(page: &str) -> Vec<String> {
+    page.split("<li><code>").skip(1).map(|s| s.split('<').next().unwrap().to_string()).collect()
+}
+
+struct Enrolled {
+    secret: String,
+    recovery: Vec<String>,
+    session: String,
+    csrf: String,
+}
+
+/// `username` signs in at `base` and turns an authenticator app on.
+async fn enroll(base: &str, username: &str, password: &str) -> Enrolled {
+    let (session, csrf) = sign_in(base, username, password).await;
+    let (secret, sealed) = offered(base, &session, &csrf).await;
+    let code = pyotp(&secret, now_secs());
+    let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("password", password)];
+    let resp = post(base, "/account/totp", &session, &csrf, &fields).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page = resp.text().await.unwrap();
+    let recovery = shown_codes(&page);
+    assert_eq!(recovery.len(), 10, "{page}");
+    Enrolled { secret, recovery, session, csrf }
+}
+
+/// `POST /api/v1/login` with an optional `totp`.
+async fn login(base: &str, username: &str, password: &str, totp: Option<&str>) -> reqwest::Response {
+    let mut body = serde_json::json!({ "username": username, "password": password });
+    if let Some(code) = totp {
+        body["totp"] = code.into();
+    }
+    browser().post(format!("{base}/api/v1/login")).header("x-requested-with", "test").json(&body).send().await.unwrap()
+}
+
+async fn error_code(resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn codes_from_another_implementation_are_spent_once_across_the_cluster() {
+    // Replays and junk count as failures: the lockout is another test's.
+    let c = cluster(3, |c| c.mfa.max_failures = 50).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let bases: Vec<String> = (1..=3).map(|i| base(c.node(i))).collect();
+    let ann = enroll(&bases[0], "ann", PASSWORD).await;
+    wait_until("the enrollment is audited", Duration::from_secs(10), || audited(&c, "mfa.enroll", "")).await;
+
+    // The password alone no longer signs in, anywhere.
+    let (status, code) = error_code(login(&bases[1], "ann", PASSWORD, None).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "second_factor_required"));
+    // A right code never rescues a wrong password.
+    let next = pyotp(&ann.secret, now_secs() + 30);
+    let (status, code) = error_code(login(&bases[1], "ann", "wrong-password-0001", Some(&next)).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_credentials"));
+
+    // One code on three nodes at once: exactly one sign-in.
+    let tries = bases.iter().map(|b| login(b, "ann", PASSWORD, Some(&next)));
+    let answers = futures::future::join_all(tries).await;
+    let mut ok = 0;
+    for resp in answers {
+        if resp.status() == StatusCode::OK {
+            ok += 1;
+        } else {
+            let (status, code) = error_code(resp).await;
+            assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_second_factor"));
+        }
+    }
+    assert_eq!(ok, 1, "a code is spent once, cluster-wide");
+    for b in &bases {
+        let (_, code) = error_code(login(b, "ann", PASSWORD, Some(&next)).await).await;
+        assert_eq!(code, "invalid_second_factor", "used on another node");
+    }
+
+    // A recovery code, typed loosely, once.
+    let typed = ann.recovery[0].to_uppercase().replace('-', " ");
+    let resp = login(&bases[1], "ann", PASSWORD, Some(&typed)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, code) = error_code(login(&bases[2], "ann", PASSWORD, Some(&ann.recovery[0])).await).await;
+    assert_eq!(code, "invalid_second_factor", "a recovery code is spent once");
+    for junk in ["", "12345", "1234567", "abcd", &"9".repeat(65), "000000"] {
+        let resp = login(&bases[2], "ann", PASSWORD, Some(junk)).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{junk:?}");
+    }
+
+    // The session says which factor, and the account page how many codes are left.
+    let resp = login(&bases[0], "ann", PASSWORD, Some(&ann.recovery[1])).await;
+    let cookie = set_cookie(resp.headers(), SESSION).unwrap();
+    let verify = browser()
+        .get(format!("{}/auth/verify", bases[2]))
+        .header("cookie", format!("{SESSION}={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify.status(), StatusCode::OK);
+    assert_eq!(verify.headers()["x-auth-mfa"], "recovery");
+    assert!(verify.headers()["x-auth-mfa-age"].to_str().unwrap().parse::<u64>().unwrap() < 60);
+    let page = get(&bases[0], "/account", &cookie, &ann.csrf).await.text().await.unwrap();
+    assert!(page.contains("You have 8 unused recovery codes"), "{page}");
+
+    wait_until("failures are audited", Duration::from_secs(10), || audited(&c, "mfa.failure", "")).await;
+    wait_until("the second step is audited", Duration::from_secs(10), || async {
+        audited(&c, "login.success", "second factor given").await
+    })
+    .await;
+
+    // Neither the secret nor its key is anywhere on disk in plaintext.
+    let raw = secret_bytes(&ann.secret);
+    assert_eq!(raw.len(), 20);
+    for (id, config) in &c.configs {
+        for entry in walk(&config.data_dir) {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            let found = bytes.windows(raw.len()).any(|w| w == raw.as_slice())
+                || bytes.windows(ann.secret.len()).any(|w| w == ann.secret.as_bytes());
+            assert!(!found, "node {id}: the TOTP secret in plaintext in {}", entry.display());
+        }
+    }
+    let _ = ann.session;
+    c.shutdown().await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pages_ask_for_the_code_and_the_waiting_cookie_opens_nothing_else() {
+    let c = cluster(1, |c| c.pages.return_domains = vec!["example.com".into()]).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let at = base(c.node(1));
+    let ann = enroll(&at, "ann", PASSWORD).await;
+
+    let rd = "https://app.example.com/x";
+    let (resp, csrf) = password_form(&at, "ann", PASSWORD, rd).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let to = resp.headers()[LOCATION].to_str().unwrap().to_string();
+    assert!(to.starts_with("/login/factor?rd="), "{to}");
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    wait_until("first factors are audited", Duration::from_secs(10), || audited(&c, "login.first_factor", "")).await;
+
+    // The waiting cookie opens nothing but the second step.
+    let verify = |cookie: String| {
+        let at = at.clone();
+        async move {
+            browser()
+                .get(format!("{at}/auth/verify"))
+                .header("cookie", format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(verify(waiting.clone()).await.status(), StatusCode::UNAUTHORIZED);
+    let me =
+        browser().get(format!("{at}/api/v1/me")).header("cookie", format!("{SESSION}={waiting}")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+    let account = get(&at, "/account", &waiting, &csrf).await;
+    assert_eq!(account.status(), StatusCode::SEE_OTHER);
+    assert!(account.headers()[LOCATION].to_str().unwrap().starts_with("/login/factor"));
+    let key =
+        post(&at, "/account/keys", &waiting, &csrf, &[("name", "k"), ("days", "7"), ("password", PASSWORD)]).await;
+    assert_ne!(key.status(), StatusCode::OK, "no key from a waiting session");
+
+    let page = get(&at, &to, &waiting, &csrf).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Confirm it is you") && page.contains("ann"), "{page}");
+    let form_csrf = hidden(&page, "csrf");
+    let form_rd = hidden(&page, "rd");
+    assert_eq!(form_rd, rd);
+
+    // A forged form, then a wrong code, then the right one.
+    let forged = browser()
+        .post(format!("{at}/login/factor"))
+        .header("cookie", format!("{SESSION}={waiting}"))
+        .form(&[("code", "123456"), ("rd", rd)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let wrong = post(&at, "/login/factor", &waiting, &form_csrf, &[("code", "000000"), ("rd", rd)]).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().await.unwrap().contains("That code is wrong"));
+    let code = pyotp(&ann.secret, now_secs() + 30);
+    let right = post(&at, "/login/factor", &waiting, &form_csrf, &[("code", &code), ("rd", rd)]).await;
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    assert_eq!(right.headers()[LOCATION], rd);
+    let signed_in = set_cookie(right.headers(), SESSION).unwrap();
+    assert_ne!(signed_in, waiting, "the session gets a new token");
+
+    let ok = verify(signed_in.clone()).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["x-auth-user"], "ann");
+    assert_eq!(ok.headers()["x-auth-mfa"], "totp");
+    assert_eq!(verify(waiting.clone()).await.status(), StatusCode::UNAUTHORIZED, "the waiting token is gone");
+    // The same code again on the page: spent.
+    let (resp, _) = password_form(&at, "ann", PASSWORD, "").await;
+    let second = set_cookie(resp.headers(), SESSION).unwrap();
+    let again = post(&at, "/login/factor", &second, &form_csrf, &[("code", &code), ("rd", "")]).await;
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+
+    // A person without a factor: no second step, `none` said.
+    create_user_with_password(c.node(1), "bob", "pw-of-bob-0001", &["viewer"]).await;
+    let (bob, _) = sign_in(&at, "bob", "pw-of-bob-0001").await;
+    let plain = verify(bob).await;
+    assert_eq!(plain.headers()["x-auth-mfa"], "none");
+    assert!(plain.headers().get("x-auth-mfa-age").is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_codes_locks_the_factor_on_every_node() {
+    let c = cluster(3, |c| c.mfa.max_failures = 3).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let at = base(c.node(1));
+    let ann = enroll(&at, "ann", PASSWORD).await;
+    for guess in ["000000", "111111", "222222"] {
+        let (_, code) = error_code(login(&at, "ann", PASSWORD, Some(guess)).await).await;
+        assert_eq!(code, "invalid_second_factor");
+    }
+    // Locked on another node: even the right code, even a recovery code.
+    let right = pyotp(&ann.secret, now_secs() + 30);
+    let (status, code) = error_code(login(&base(c.node(2)), "ann", PASSWORD, Some(&right)).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "second_factor_locked"));
+    let (_, code) = error_code(login(&base(c.node(3)), "ann", PASSWORD, Some(&ann.recovery[0])).await).await;
+    assert_eq!(code, "second_factor_locked");
+    wait_until("the lockout is audited", Duration::from_secs(10), || audited(&c, "mfa.locked", "")).await;
+    // The account page says so.
+    let page = get(&at, "/account", &ann.session, &ann.csrf).await.text().await.unwrap();
+    assert!(page.contains("locked for a while"), "{page}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enrolling_and_removing_need_more_than_a_session() {
+    let c = cluster(1, |_| {}).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    create_user_with_password(c.node(1), "bob", "pw-of-bob-0001", &["viewer"]).await;
+    let at = base(c.node(1));
+    let has_factor = |name: &str| {
+        let state = c.node(1).cluster().view().read();
+        let id = state.user_by_name(name).unwrap().user_id.clone();
+        state.has_factor(&id)
+    };
+    let (session, csrf) = sign_in(&at, "ann", PASSWORD).await;
+    let (secret, sealed) = offered(&at, &session, &csrf).await;
+    let code = pyotp(&secret, now_secs());
+
+    // A forged form (no CSRF proof).
+    let forged = browser()
+        .post(format!("{at}/account/totp"))
+        .header("cookie", format!("{SESSION}={session}"))
+        .form(&[("sealed", sealed.as_str()), ("code", code.as_str()), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    // No password, a wrong password, a wrong code.
+    let none = post(&at, "/account/totp", &session, &csrf, &[("sealed", &sealed), ("code", &code)]).await;
+    assert_eq!(none.status(), StatusCode::FORBIDDEN);
+    let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("password", "wrong-password-01")];
+    assert_eq!(post(&at, "/account/totp", &session, &csrf, &fields).await.status(), StatusCode::UNAUTHORIZED);
+    let fields = [("sealed", sealed.as_str()), ("code", "000000"), ("password", PASSWORD)];
+    let wrong = post(&at, "/account/totp", &session, &csrf, &fields).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().await.unwrap().contains("totp-secret"), "a fresh secret is offered again");
+    // Ann's secret in another session of hers, or in bob's: not theirs.
+    let (other, other_csrf) = sign_in(&at, "ann", PASSWORD).await;
+    let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("password", PASSWORD)];
+    assert_eq!(post(&at, "/account/totp", &other, &other_csrf, &fields).await.status(), StatusCode::BAD_REQUEST);
+    let (bob, bob_csrf) = sign_in(&at, "bob", "pw-of-bob-0001").await;
+    let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("password", "pw-of-bob-0001")];
+    assert_eq!(post(&at, "/account/totp", &bob, &bob_csrf, &fields).await.status(), StatusCode::BAD_REQUEST);
+    // Tampered or oversized sealed values.
+    for bad in ["", "AAAA", "!!", &"A".repeat(600)] {
+        let fields = [("sealed", bad), ("code", code.as_str()), ("password", PASSWORD)];
+        let resp = post(&at, "/account/totp", &session, &csrf, &fields).await;
+        assert!(resp.status().is_client_error(), "{bad:?}: {}", resp.status());
+    }
+    assert!(!has_factor("ann") && !has_factor("bob"), "nothing enrolled by any of that");
+
+    // Done properly; then a second enrollment is not offered.
+    let ann = enroll(&at, "ann", PASSWORD).await;
+    assert!(has_factor("ann"));
+    let again = get(&at, "/account/totp", &ann.session, &ann.csrf).await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+
+    // New recovery codes need a current code: the old ones stop working.
+    let fields = [("code", "000000"), ("password", PASSWORD)];
+    assert_eq!(
+        post(&at, "/account/recovery", &ann.session, &ann.csrf, &fields).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let fields = [("code", ann.recovery[0].as_str()), ("password", PASSWORD)];
+    let fresh = post(&at, "/account/recovery", &ann.session, &ann.csrf, &fields).await;
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let fresh = shown_codes(&fresh.text().await.unwrap());
+    assert_eq!(fresh.len(), 10);
+    let (_, code) = error_code(login(&at, "ann", PASSWORD, Some(&ann.recovery[1])).await).await;
+    assert_eq!(code, "invalid_second_factor", "replaced codes are void");
+
+    // Turning it off: the password and a code.
+    let fields = [("code", fresh[0].as_str())];
+    assert_eq!(
+        post(&at, "/account/totp/remove", &ann.session, &ann.csrf, &fields).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let fields = [("code", fresh[0].as_str()), ("password", PASSWORD)];
+    let off = post(&at, "/account/totp/remove", &ann.session, &ann.csrf, &fields).await;
+    assert_eq!(off.status(), StatusCode::SEE_OTHER);
+    assert!(!has_factor("ann"));
+    assert_eq!(login(&at, "ann", PASSWORD, None).await.status(), StatusCode::OK);
+    wait_until("removal is audited", Duration::from_secs(10), || audited(&c, "mfa.remove", "")).await;
+    c.shutdown().await;
+}
