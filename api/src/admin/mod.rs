@@ -128,8 +128,15 @@ pub fn check_covers_owner(state: &State, caller: &Principal, user_id: &str) -> R
     }
 }
 
-pub fn user_pb(u: &UserRecord) -> User {
+pub fn user_pb(state: &State, u: &UserRecord) -> User {
+    let factors = state.factors_of(&u.user_id);
     User {
+        second_factors: factors
+            .and_then(|f| f.totp.as_ref())
+            .map(|_| gatehouse_domain::factors::TOTP.to_string())
+            .into_iter()
+            .collect(),
+        recovery_codes_left: factors.map_or(0, gatehouse_domain::factors::recovery_left) as u32,
         id: u.user_id.clone(),
         username: u.username.clone(),
         email: u.email.clone(),

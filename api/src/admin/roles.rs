@@ -73,7 +73,7 @@ impl Roles {
         super::write(&self.node, &actor, self.node.command(payload)).await?;
         tracing::info!(actor = %actor.username, user_id = %user_id, role = %r.role, assign, "role assignment changed");
         let state = self.node.view().read();
-        Ok(Response::new(user_pb(state.user(&user_id).ok_or(ApiError::Internal)?)))
+        Ok(Response::new(user_pb(&state, state.user(&user_id).ok_or(ApiError::Internal)?)))
     }
 }
 

@@ -5,9 +5,11 @@ use gatehouse_domain::{users as rules, Payload};
 use gatehouse_proto::admin::user_service_server::{UserService, UserServiceServer};
 use gatehouse_proto::admin::{
     CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserRequest, ListUsersRequest, ListUsersResponse,
-    SetPasswordRequest, SetPasswordResponse, SetUserStatusRequest, UpdateUserRequest, User,
+    ResetFactorsRequest, SetPasswordRequest, SetPasswordResponse, SetUserStatusRequest, UpdateUserRequest, User,
 };
-use gatehouse_proto::events::{CreateUser, DeleteUser, SetPassword, SetUserStatus, UpdateUser, UserStatus};
+use gatehouse_proto::events::{
+    CreateUser, DeleteUser, RemoveFactors, SetPassword, SetUserStatus, UpdateUser, UserStatus,
+};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -43,7 +45,8 @@ impl Users {
     /// The user after a change was applied (read-your-writes: the proposal
     /// returned once applied here).
     fn current(&self, user_id: &str) -> Result<User, ApiError> {
-        Ok(user_pb(self.node.view().read().user(user_id).ok_or(ApiError::Internal)?))
+        let state = self.node.view().read();
+        Ok(user_pb(&state, state.user(user_id).ok_or(ApiError::Internal)?))
     }
 
     /// Resolves `user` (a username or id) to an id ([`authorize`] caught up already).
@@ -101,7 +104,7 @@ impl UserService for Users {
         let state = self.node.view().read();
         let user = state.user(&user_id).ok_or(ApiError::Internal)?;
         tracing::info!(user_id = %user_id, "user created");
-        Ok(Response::new(user_pb(user)))
+        Ok(Response::new(user_pb(&state, user)))
     }
 
     async fn get(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
@@ -122,7 +125,7 @@ impl UserService for Users {
             .users()
             .filter(|u| r.role.is_empty() || u.roles.contains(&r.role))
             .filter(|u| status.is_none_or(|s| u.status == s as i32))
-            .map(|u| (u.username.clone(), user_pb(u)))
+            .map(|u| (u.username.clone(), user_pb(&state, u)))
             .collect();
         drop(state);
         let (users, next_page_token) = super::page(users, r.page_size, &r.page_token)?;
@@ -198,6 +201,22 @@ impl UserService for Users {
         super::write(&self.node, &actor, cmd).await?;
         tracing::info!(keys_deleted = keys, sessions_revoked = sessions, "user deleted");
         Ok(Response::new(DeleteUserResponse { user_id, keys_deleted: keys, sessions_revoked: sessions }))
+    }
+
+    /// Needs `users.write` over the user (the caller covers its roles);
+    /// audited as `mfa.reset` with the factors before and after.
+    #[tracing::instrument(level = "info", name = "admin.users.reset_factors", skip_all, fields(actor, user_id))]
+    async fn reset_factors(&self, req: Request<ResetFactorsRequest>) -> Result<Response<User>, Status> {
+        let actor = authorize(&self.node, req.metadata(), Permission::UsersWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        crate::admin::call::note_request(req.get_ref());
+        let user_id = self.resolve_for_change(&actor, &req.get_ref().user)?;
+        tracing::Span::current().record("user_id", user_id.as_str());
+        let cmd =
+            self.node.command(Payload::RemoveFactors(RemoveFactors { user_id: user_id.clone(), kind: String::new() }));
+        super::write(&self.node, &actor, cmd).await?;
+        tracing::info!("second factors reset");
+        Ok(Response::new(self.current(&user_id)?))
     }
 
     #[tracing::instrument(level = "info", name = "admin.users.set_status", skip_all, fields(actor))]

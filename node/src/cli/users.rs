@@ -71,6 +71,14 @@ pub enum UserCommand {
         #[arg(long, value_enum)]
         wait: Option<Wait>,
     },
+    /// Remove every second factor of a user (a lost authenticator): they
+    /// sign in with the first factor alone until they enroll again.
+    ResetFactors {
+        user: String,
+        /// Confirm the reset.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Enable a disabled user.
     Enable {
         user: String,
@@ -83,6 +91,7 @@ pub(super) fn user_json(u: &User) -> serde_json::Value {
     json!({
         "id": u.id, "username": u.username, "email": u.email, "roles": u.roles, "status": u.status,
         "created_at": u.created_at, "updated_at": u.updated_at, "locked_until": u.locked_until,
+        "second_factors": u.second_factors, "recovery_codes_left": u.recovery_codes_left,
     })
 }
 
@@ -95,6 +104,12 @@ pub(super) fn print_user(u: &User, verb: &str, json: bool, out: &mut impl Write)
         writeln!(out, "created:   {}\nupdated:   {}", when(u.created_at), when(u.updated_at))?;
         if u.locked_until != 0 {
             writeln!(out, "locked:    until {}", when(u.locked_until))?;
+        }
+        if u.second_factors.is_empty() {
+            writeln!(out, "mfa:       none")?;
+        } else {
+            let left = u.recovery_codes_left;
+            writeln!(out, "mfa:       {} ({left} recovery code(s) left)", u.second_factors.join(", "))?;
         }
     } else {
         writeln!(out, "{verb} user {} ({}): roles [{}], {}", u.username, u.id, u.roles.join(", "), u.status)?;
@@ -185,6 +200,11 @@ pub(super) async fn user(
             let req = SetUserStatusRequest { user, status: "disabled".into(), wait_all: wait == Some(Wait::All) };
             let u = client.set_status(req).await.map_err(rpc_error)?.into_inner();
             print_user(&u, "disabled (keys stop working, sessions ended)", json, out)?;
+        }
+        UserCommand::ResetFactors { user, yes } => {
+            anyhow::ensure!(yes, "resetting removes the user's authenticator and recovery codes: add --yes to confirm");
+            let u = client.reset_factors(ResetFactorsRequest { user }).await.map_err(rpc_error)?.into_inner();
+            print_user(&u, "reset the second factors of", json, out)?;
         }
         UserCommand::Enable { user, wait } => {
             let req = SetUserStatusRequest { user, status: "active".into(), wait_all: wait == Some(Wait::All) };
