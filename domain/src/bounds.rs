@@ -148,7 +148,7 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             id(&c.user_id)?;
             short("factor kind", &c.kind, 16)
         }
-        Payload::RecordFactorFailure(c) => id(&c.user_id),
+        Payload::CountFactorAttempt(c) => id(&c.user_id),
         Payload::UpstreamEnd(c) => upstream::check_end(c),
         Payload::RevokeSession(c) => id(&c.session_id),
         Payload::RevokeUserSessions(c) => id(&c.user_id),

@@ -15,14 +15,18 @@
 //! token. Every way of opening a session (password, sign-in link, upstream
 //! provider) goes through `sessions::create`, so none skips the factor.
 //!
-//! Wrong factors are counted through the log (`RecordFactorFailure`), so a
-//! lockout of the factor holds on every node.
+//! TOTP attempts are counted through the log before the code is checked
+//! (`CountFactorAttempt`), so guesses sent to several nodes at once are
+//! counted as exactly as one at a time, and the lockout holds on every
+//! node. A lockout stops TOTP codes only: recovery codes (79 bits) are
+//! not worth guessing, and they are how the owner gets past a lockout
+//! someone else caused with their password.
 
 use std::collections::HashMap;
 
 use gatehouse_proto::events::factor_proof::Proof;
 use gatehouse_proto::events::{
-    EnrollTotp, FactorProof, PresentFactor, RecordFactorFailure, RemoveFactors, Sealed, SetRecoveryCodes, UserStatus,
+    CountFactorAttempt, EnrollTotp, FactorProof, PresentFactor, RemoveFactors, Sealed, SetRecoveryCodes, UserStatus,
 };
 use gatehouse_proto::state::{FactorsRecord, RecoveryCode, TotpFactor};
 
@@ -52,8 +56,10 @@ pub const RECOVERY: &str = "recovery";
 
 /// The refusal of a code whose step was accepted already.
 pub const CODE_USED: &str = "this code was used already; wait for the next one";
-/// The refusal of any factor while it is locked.
+/// The refusal of a TOTP code while they are locked.
 pub const LOCKED: &str = "the second factor is locked after too many wrong codes";
+/// The result id of an attempt that locked the factor.
+pub const LOCKED_NOW: &str = "locked";
 /// The refusal of a recovery code that is not one of the user's unspent ones.
 pub const NOT_A_CODE: &str = "not an unspent recovery code of this user";
 /// The refusal of a session that owes no factor and must get a new token.
@@ -117,24 +123,13 @@ pub fn step_at(ms: u64) -> u64 {
 pub(crate) enum Spend {
     Totp(u64),
     Recovery(usize),
-    /// Another session's factor carried over: (factor, when).
-    Carried(String, u64),
 }
 
 impl Spend {
-    fn factor(&self) -> &str {
+    pub(crate) fn factor(&self) -> &'static str {
         match self {
             Spend::Totp(_) => TOTP,
             Spend::Recovery(_) => RECOVERY,
-            Spend::Carried(f, _) => f,
-        }
-    }
-
-    /// The session's factor and its time, once spent at `now`.
-    pub(crate) fn on_session(&self, now: u64) -> (String, u64) {
-        match self {
-            Spend::Carried(f, at) => (f.clone(), *at),
-            _ => (self.factor().to_string(), now),
         }
     }
 }
@@ -153,21 +148,13 @@ fn hash32(bytes: &[u8]) -> Result<[u8; 32], ApplyError> {
 /// Checks `proof` for `user_id` at `now` without writing.
 pub(crate) fn check_proof(state: &State, now: u64, user_id: &str, proof: &FactorProof) -> Result<Spend, ApplyError> {
     let proof = proof.proof.as_ref().ok_or_else(|| ApplyError::Invalid("a factor proof is empty".into()))?;
-    if let Proof::CarriedFrom(from) = proof {
-        let s = state.sessions.get(from).filter(|s| s.user_id == user_id && !s.factor_due);
-        let s = s.ok_or_else(|| ApplyError::NotFound("no session of this user to carry a factor from".into()))?;
-        if s.factor.is_empty() {
-            return Err(ApplyError::FailedPrecondition("that session presented no second factor".into()));
-        }
-        return Ok(Spend::Carried(s.factor, s.factor_at));
-    }
     let r = state.factors.get(user_id).filter(|r| enrolled(r));
     let r = r.ok_or_else(|| ApplyError::FailedPrecondition("this user has no second factor".into()))?;
-    if is_locked(r, now) {
-        return Err(ApplyError::FailedPrecondition(LOCKED.into()));
-    }
     match proof {
         Proof::TotpStep(step) => {
+            if is_locked(r, now) {
+                return Err(ApplyError::FailedPrecondition(LOCKED.into()));
+            }
             let totp = r.totp.as_ref().expect("enrolled");
             totp_step(now, *step)?;
             if *step <= totp.last_step {
@@ -180,7 +167,6 @@ pub(crate) fn check_proof(state: &State, now: u64, user_id: &str, proof: &Factor
             let found = r.recovery.iter().position(|c| c.spent_at == 0 && c.sha256 == h);
             found.map(Spend::Recovery).ok_or_else(|| ApplyError::FailedPrecondition(NOT_A_CODE.into()))
         }
-        Proof::CarriedFrom(_) => unreachable!("answered above"),
     }
 }
 
@@ -195,7 +181,6 @@ pub(crate) fn spend(state: &mut State, now: u64, user_id: &str, spend: &Spend, o
             }
         }
         Spend::Recovery(i) => r.recovery[*i].spent_at = now,
-        Spend::Carried(..) => return,
     }
     r.failures = 0;
     r.failures_since = 0;
@@ -255,7 +240,6 @@ pub fn check_proof_fields(p: &Option<FactorProof>) -> Result<(), ApplyError> {
         Some(Proof::RecoverySha256(h)) if h.len() > 32 => {
             Err(ApplyError::Invalid("recovery code hash too long".into()))
         }
-        Some(Proof::CarriedFrom(s)) if s.len() > 32 => Err(ApplyError::Invalid("session id too long".into())),
         _ => Ok(()),
     }
 }
@@ -271,9 +255,6 @@ pub(crate) fn present(
     let s = s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?;
     active_user(state, &c.user_id)?;
     let proof = c.proof.as_ref().ok_or_else(|| ApplyError::Invalid("a factor proof is missing".into()))?;
-    if matches!(proof.proof, Some(Proof::CarriedFrom(_))) {
-        return Err(ApplyError::Invalid("a factor is presented, not carried, on a session".into()));
-    }
     let spent = check_proof(state, now, &c.user_id, proof)?;
     let token = if s.factor_due {
         let token: [u8; 32] = c
@@ -287,7 +268,10 @@ pub(crate) fn present(
         if state.sessions.token_taken(&token) {
             return Err(ApplyError::AlreadyExists("session token already exists".into()));
         }
-        Some((token, c.expires_at))
+        // Never past the expiry it was opened with (a provider's session
+        // that nothing re-checks is capped short on purpose).
+        let intended = if s.intended_expires_at == 0 { c.expires_at } else { s.intended_expires_at };
+        Some((token, c.expires_at.min(intended)))
     } else {
         if !c.new_token_sha256.is_empty() {
             return Err(ApplyError::Invalid(NOT_DUE.into()));
@@ -295,8 +279,7 @@ pub(crate) fn present(
         None
     };
     spend(state, now, &c.user_id, &spent, out);
-    let (factor, at) = spent.on_session(now);
-    state.sessions.set_factor(&c.session_id, &factor, at, now, token, out);
+    state.sessions.set_factor(&c.session_id, spent.factor(), now, now, token, out);
     Ok(c.session_id.clone())
 }
 
@@ -390,34 +373,37 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
     Ok(c.user_id.clone())
 }
 
-/// Applies [`RecordFactorFailure`]; the result's id says `locked` when
-/// this failure locked the factor.
-pub(crate) fn record_failure(
+/// Applies [`CountFactorAttempt`]: the attempt may go on to its check,
+/// unless it is one past `threshold` (the result id is then
+/// [`LOCKED_NOW`]: the factor just locked, and this attempt is refused
+/// too). Refused while locked.
+pub(crate) fn count_attempt(
     state: &mut State,
     now: u64,
-    c: &RecordFactorFailure,
+    c: &CountFactorAttempt,
     out: &mut Vec<Mutation>,
 ) -> Result<String, ApplyError> {
     if c.threshold == 0 || c.threshold > 100 || c.window_ms > MAX_LOCKOUT_MS || c.lockout_ms > MAX_LOCKOUT_MS {
         return Err(ApplyError::Invalid("threshold 1 to 100, window and lockout at most a day".into()));
     }
-    let mut r = state.factors.get(&c.user_id).cloned().ok_or_else(|| ApplyError::NotFound("no factors".into()))?;
+    let r = state.factors.get(&c.user_id).filter(|r| enrolled(r));
+    let mut r = r.cloned().ok_or_else(|| ApplyError::NotFound("this user has no second factor".into()))?;
     if is_locked(&r, now) {
-        return Ok(String::new());
+        return Err(ApplyError::FailedPrecondition(LOCKED.into()));
     }
     if r.failures == 0 || now.saturating_sub(r.failures_since) > c.window_ms {
         r.failures = 0;
         r.failures_since = now;
     }
     r.failures += 1;
-    let locked = r.failures >= c.threshold;
+    let locked = r.failures > c.threshold;
     if locked {
         r.locked_until = now + c.lockout_ms;
         r.failures = 0;
         r.failures_since = 0;
     }
     state.factors.store(r, out);
-    Ok(if locked { "locked".into() } else { String::new() })
+    Ok(if locked { LOCKED_NOW.into() } else { String::new() })
 }
 
 #[cfg(test)]
@@ -550,7 +536,7 @@ mod tests {
         let s = state.session(&"1".repeat(32)).unwrap();
         assert!(!s.factor_due);
         assert_eq!(s.token_sha256, vec![7; 32]);
-        assert_eq!(s.expires_at, now + 3_600_000);
+        assert_eq!(s.expires_at, NOW + 3_600_000, "never past the expiry it was opened with");
         // A step-up on it: no new token.
         let later = now + 60_000;
         let up = Payload::PresentFactor(PresentFactor {
@@ -564,24 +550,54 @@ mod tests {
     }
 
     #[test]
-    fn failures_lock_the_factor_on_every_node() {
+    fn attempts_past_the_threshold_lock_totp_but_not_recovery_codes() {
         let mut state = enrolled_state();
-        let fail = Payload::RecordFactorFailure(RecordFactorFailure {
+        let attempt = Payload::CountFactorAttempt(CountFactorAttempt {
             user_id: UID.into(),
             threshold: 3,
             window_ms: 60_000,
             lockout_ms: 600_000,
         });
         for i in 0..3 {
-            state.apply(3 + i, &cmd(NOW + i, fail.clone()), &mut Vec::new());
+            let r = state.apply(3 + i, &cmd(NOW + i, attempt.clone()), &mut Vec::new());
+            assert_eq!((r.code, r.id.as_str()), (Code::Ok as i32, ""), "attempt {i} may be checked");
         }
+        let fourth = state.apply(6, &cmd(NOW + 3, attempt.clone()), &mut Vec::new());
+        assert_eq!((fourth.code, fourth.id.as_str()), (Code::Ok as i32, LOCKED_NOW), "one past the threshold locks");
+        let fifth = state.apply(7, &cmd(NOW + 4, attempt.clone()), &mut Vec::new());
+        assert_eq!(fifth.code, Code::FailedPrecondition as i32, "refused while locked");
         assert!(is_locked(state.factors.get(UID).unwrap(), NOW + 10));
         let now = NOW + 30_000;
         let r = state.apply(9, &cmd(now, session('1', 1, Some(Proof::TotpStep(step_at(now))))), &mut Vec::new());
         assert_eq!(r.code, Code::FailedPrecondition as i32);
         assert!(r.message.contains("locked"));
+        // A recovery code gets the owner past a lockout someone else caused.
         let r = state.apply(10, &cmd(now, session('1', 1, Some(Proof::RecoverySha256(code(1))))), &mut Vec::new());
-        assert_eq!(r.code, Code::FailedPrecondition as i32, "recovery codes are locked too");
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        // A code that works ends the count; the lock runs out on its own.
+        let later = NOW + 700_000;
+        let r = state.apply(11, &cmd(later, attempt.clone()), &mut Vec::new());
+        assert_eq!((r.code, r.id.as_str()), (Code::Ok as i32, ""));
+    }
+
+    #[test]
+    fn paying_the_factor_never_extends_the_expiry_the_session_was_opened_with() {
+        let mut state = enrolled_state();
+        let mut short = session('1', 1, None);
+        if let Payload::CreateSession(c) = &mut short {
+            c.expires_at = NOW + 60_000;
+        }
+        state.apply(3, &cmd(NOW, short), &mut Vec::new());
+        let now = NOW + 30_000;
+        let present = Payload::PresentFactor(PresentFactor {
+            session_id: "1".repeat(32),
+            user_id: UID.into(),
+            proof: Some(FactorProof { proof: Some(Proof::TotpStep(step_at(now) + 1)) }),
+            new_token_sha256: vec![7; 32],
+            expires_at: now + 3_600_000,
+        });
+        assert_eq!(state.apply(4, &cmd(now, present), &mut Vec::new()).code, Code::Ok as i32);
+        assert_eq!(state.session(&"1".repeat(32)).unwrap().expires_at, NOW + 60_000);
     }
 
     #[test]

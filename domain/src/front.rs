@@ -41,7 +41,7 @@ pub fn command(mut cmd: Command) -> Option<Command> {
         // A TOTP secret (sealed) is for the voters, which check codes; the
         // front applies the enrollment with a stand-in, so its view says
         // the same about who owes a second factor.
-        Some(Payload::EnrollTotp(c)) => c.secret = c.secret.as_ref().map(|_| withheld_secret()),
+        Some(Payload::EnrollTotp(c)) => c.secret = c.secret.as_ref().map(withheld_secret),
         Some(
             Payload::SetUserStatus(_)
             | Payload::RecordLoginFailure(_)
@@ -68,7 +68,7 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::PresentFactor(_)
             | Payload::SetRecoveryCodes(_)
             | Payload::RemoveFactors(_)
-            | Payload::RecordFactorFailure(_),
+            | Payload::CountFactorAttempt(_),
         )
         | None => {}
     }
@@ -94,7 +94,7 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
         Table::Factors => {
             let mut factors: gatehouse_proto::state::FactorsRecord = codec::decode(value)?;
             if let Some(t) = &mut factors.totp {
-                t.secret = Some(withheld_secret());
+                t.secret = t.secret.as_ref().map(withheld_secret);
             }
             Ok(Some([&value[..1], &prost::Message::encode_to_vec(&factors)[..]].concat()))
         }
@@ -117,10 +117,15 @@ pub fn holds(table: Table) -> bool {
     !matches!(table, Table::Audit | Table::AuditChain)
 }
 
-/// Stands in for a sealed second-factor secret on a front: well formed
-/// (apply takes it), opening under no key.
-pub fn withheld_secret() -> gatehouse_proto::events::Sealed {
-    gatehouse_proto::events::Sealed { key_id: "withheld".into(), nonce: vec![0; 12], ciphertext: Vec::new() }
+/// Stands in for a sealed second-factor secret on a front: the same key id
+/// and sizes (so apply takes or refuses it as the voters do the real one),
+/// and nothing of the secret.
+pub fn withheld_secret(s: &gatehouse_proto::events::Sealed) -> gatehouse_proto::events::Sealed {
+    gatehouse_proto::events::Sealed {
+        key_id: s.key_id.clone(),
+        nonce: vec![0; s.nonce.len()],
+        ciphertext: vec![0; s.ciphertext.len()],
+    }
 }
 
 /// Stands in for a "hash" the voters refused (not argon2id): apply

@@ -73,7 +73,7 @@ pub fn redacted(mut cmd: Command) -> Command {
             | Payload::PruneAudit(_)
             | Payload::SetClusterVersion(_)
             | Payload::RemoveFactors(_)
-            | Payload::RecordFactorFailure(_),
+            | Payload::CountFactorAttempt(_),
         )
         | None => {}
     }

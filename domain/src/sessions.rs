@@ -65,6 +65,8 @@ struct Session {
     /// The latest second factor presented ("" for none) and when.
     factor: &'static str,
     factor_at: u64,
+    /// While the factor is due: the expiry it was opened with.
+    intended_expires_at: u64,
 }
 
 /// A factor name as sessions keep it (an unknown one is none).
@@ -91,6 +93,7 @@ impl Session {
             factor_due: self.factor_due,
             factor: self.factor.to_string(),
             factor_at: self.factor_at,
+            intended_expires_at: self.intended_expires_at,
         }
     }
 }
@@ -128,6 +131,7 @@ impl Sessions {
             factor_due: r.factor_due,
             factor: factor_name(&r.factor),
             factor_at: r.factor_at,
+            intended_expires_at: r.intended_expires_at,
         };
         self.by_id.insert(id, s);
         true
@@ -222,6 +226,7 @@ impl Sessions {
             s.token = token;
             s.expires_at = expires_at;
             s.factor_due = false;
+            s.intended_expires_at = 0;
         }
         out.push(put(Table::Sessions, session_id, &s.record(id)));
     }
@@ -289,7 +294,7 @@ pub(crate) fn create(
     if let Some(spent) = &spent {
         factors::spend(state, now, &c.user_id, spent, out);
     }
-    let (factor, factor_at) = spent.map(|s| s.on_session(now)).unwrap_or_default();
+    let (factor, factor_at) = spent.map(|s| (s.factor().to_string(), now)).unwrap_or_default();
     let user = state.users.get_mut(&c.user_id).expect("looked up above");
     // A successful login ends the run of failures, the account's and its
     // address's (back-off included).
@@ -314,6 +319,7 @@ pub(crate) fn create(
         factor_due: due,
         factor,
         factor_at,
+        intended_expires_at: if due { c.expires_at } else { 0 },
     };
     out.push(put(Table::Sessions, &s.session_id, &s));
     state.sessions.insert(s);

@@ -179,8 +179,8 @@ impl State {
             Some(Payload::EnrollTotp(c)) => factors::enroll_totp(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::SetRecoveryCodes(c)) => factors::set_recovery(self, c, out).map(Outcome::from),
             Some(Payload::RemoveFactors(c)) => factors::remove(self, c, out).map(Outcome::from),
-            Some(Payload::RecordFactorFailure(c)) => {
-                factors::record_failure(self, cmd.proposed_at, c, out).map(Outcome::from)
+            Some(Payload::CountFactorAttempt(c)) => {
+                factors::count_attempt(self, cmd.proposed_at, c, out).map(Outcome::from)
             }
         }
     }

@@ -50,7 +50,7 @@ https://app.example.com:{port} {{
     tls internal
     forward_auth {gatehouse} {{
         uri /auth/verify?redirect=true
-        copy_headers X-Auth-User X-Auth-User-Id X-Auth-Roles
+        copy_headers X-Auth-User X-Auth-User-Id X-Auth-Roles X-Auth-MFA X-Auth-MFA-Age
     }}
     reverse_proxy 127.0.0.1:{app}
 }}

@@ -29,6 +29,8 @@ async fn upstream() -> u16 {
             "user": h("x-auth-user"),
             "user_id": h("x-auth-user-id"),
             "roles": h("x-auth-roles"),
+            "mfa": h("x-auth-mfa"),
+            "mfa_age": h("x-auth-mfa-age"),
             "authorization": h("authorization"),
             "cookie": h("cookie"),
         }))
@@ -241,6 +243,8 @@ async fn the_example_config_ignores_what_a_client_spoofs() {
         .header("x-auth-user", "admin")
         .header("x-auth-roles", "admin")
         .header("x-auth-user-id", "0".repeat(32))
+        .header("x-auth-mfa", "totp")
+        .header("x-auth-mfa-age", "0")
         .send()
         .await
         .unwrap();
@@ -248,6 +252,8 @@ async fn the_example_config_ignores_what_a_client_spoofs() {
     let seen: serde_json::Value = r.json().await.unwrap();
     assert_eq!((seen["user"].as_str(), seen["roles"].as_str()), (Some("nora"), Some("viewer")));
     assert_ne!(seen["user_id"], "0".repeat(32));
+    // A key presented no second factor: the app hears so, not the client's claim.
+    assert_eq!((seen["mfa"].as_str(), seen["mfa_age"].as_str()), (Some("none"), Some("")));
     assert_eq!(seen["authorization"], "", "the verified key stayed at nginx");
     let r = client.get(format!("{url}/app")).header("x-auth-user", "admin").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

@@ -2,10 +2,12 @@
 //! factors, pays a session that waits for one, enrolls and removes an
 //! authenticator, and makes new recovery codes. Every step is audited.
 //!
-//! A wrong code is counted through the log (`RecordFactorFailure`) before
-//! the answer goes back, so the lockout after `max_failures` holds on
-//! every node at once; the request also counts against the login
-//! endpoint's strict limits by address. A right code is only a proof: the
+//! A TOTP attempt is counted through the log (`CountFactorAttempt`) before
+//! its code is checked, so guesses sent to several nodes at once count as
+//! exactly as one at a time, and the lockout after `max_failures` holds on
+//! every node; the request also counts against the login endpoint's strict
+//! limits by address. Recovery codes are too long to guess and get the
+//! owner past a lockout. A right code is only a proof: the
 //! command that spends it (opening or paying a session, enrolling) is
 //! where the log refuses a code that was spent a moment ago elsewhere.
 //!
@@ -22,7 +24,7 @@ use gatehouse_domain::factors::{self, is_locked, recovery_left};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::factor_proof::Proof;
 use gatehouse_proto::events::{
-    EnrollTotp, FactorProof, PresentFactor, RecordFactorFailure, RemoveFactors, Sealed, SetRecoveryCodes,
+    CountFactorAttempt, EnrollTotp, FactorProof, PresentFactor, RemoveFactors, Sealed, SetRecoveryCodes,
 };
 use prost::Message as _;
 
@@ -46,23 +48,19 @@ fn audit_factor(node: &Node, action: &str, outcome: &str, actor: &Actor, user_id
 }
 
 /// Checks `code` as `user_id`'s second factor: the proof to spend, or why
-/// not. A TOTP code is six digits; anything else is tried as a recovery
-/// code. A wrong one is counted (and may lock the factor) before this
-/// returns.
+/// not. A TOTP code is six digits: the attempt is counted through the log
+/// before the code is looked at (refused once the factor locks). Anything
+/// else is tried as a recovery code, which a lockout does not stop.
 pub async fn proof(front: &Front, user_id: &str, code: &str, actor: &Actor) -> Result<FactorProof, ApiError> {
     let node = &front.node;
-    let now = now_ms();
     let record = node.view().read().factors_of(user_id).cloned();
     let Some(r) = record.filter(factors::enrolled) else {
         return Err(ApiError::InvalidSecondFactor);
     };
-    if is_locked(&r, now) {
-        audit_factor(node, "mfa.failure", "denied", actor, user_id, "locked");
-        return Err(ApiError::SecondFactorLocked);
-    }
     let code = code.trim();
-    let digits = code.len() <= 7 && code.bytes().filter(|b| *b != b' ').all(|b| b.is_ascii_digit());
-    let found = if digits {
+    let typed: String = code.chars().filter(|c| *c != ' ').collect();
+    if typed.len() == 6 && typed.bytes().all(|b| b.is_ascii_digit()) {
+        attempt(front, user_id, actor).await?;
         let totp_factor = r.totp.as_ref().expect("enrolled");
         let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
         let sealed = totp_factor.secret.as_ref().ok_or(ApiError::Internal)?;
@@ -70,46 +68,59 @@ pub async fn proof(front: &Front, user_id: &str, code: &str, actor: &Actor) -> R
             tracing::error!(error = %e, "a TOTP secret did not open: is its key in [secrets]?");
             ApiError::Unavailable { leader: None }
         })?;
-        let typed: String = code.chars().filter(|c| *c != ' ').collect();
-        match totp::check(&secret, &typed, now / 1000) {
-            Some(step) if step > totp_factor.last_step => Some(Proof::TotpStep(step)),
+        let last = node.view().read().factors_of(user_id).and_then(|f| f.totp.as_ref()).map_or(0, |t| t.last_step);
+        return match totp::check(&secret, &typed, now_ms() / 1000) {
+            Some(step) if step > last => Ok(FactorProof { proof: Some(Proof::TotpStep(step)) }),
             Some(_) => {
                 audit_factor(node, "mfa.failure", "denied", actor, user_id, "a used code");
-                None
+                Err(ApiError::InvalidSecondFactor)
             }
-            None => None,
-        }
-    } else {
-        recovery::normalize(code).and_then(|c| {
-            let h = recovery::hash(&c);
-            r.recovery.iter().any(|x| x.spent_at == 0 && x.sha256 == h).then(|| Proof::RecoverySha256(h.to_vec()))
-        })
-    };
+            None => {
+                audit_factor(node, "mfa.failure", "denied", actor, user_id, "a wrong code");
+                Err(ApiError::InvalidSecondFactor)
+            }
+        };
+    }
+    let found = recovery::normalize(code).and_then(|c| {
+        let h = recovery::hash(&c);
+        r.recovery.iter().any(|x| x.spent_at == 0 && x.sha256 == h).then(|| Proof::RecoverySha256(h.to_vec()))
+    });
     match found {
         Some(p) => Ok(FactorProof { proof: Some(p) }),
         None => {
-            failed(front, user_id, actor).await;
+            audit_factor(node, "mfa.failure", "denied", actor, user_id, "not a recovery code");
             Err(ApiError::InvalidSecondFactor)
         }
     }
 }
 
-/// Counts a wrong factor through the log; audits it, and the lockout it
-/// may cause.
-async fn failed(front: &Front, user_id: &str, actor: &Actor) {
+/// Counts a TOTP attempt through the log before its code is checked; a
+/// lockout (now or already) refuses it. An attempt that cannot be counted
+/// is not checked.
+async fn attempt(front: &Front, user_id: &str, actor: &Actor) -> Result<(), ApiError> {
     let node = &front.node;
-    audit_factor(node, "mfa.failure", "denied", actor, user_id, "a wrong code");
     let c = &front.mfa.config;
-    let cmd = node.command(Payload::RecordFactorFailure(RecordFactorFailure {
+    let cmd = node.command(Payload::CountFactorAttempt(CountFactorAttempt {
         user_id: user_id.to_string(),
         threshold: c.max_failures,
         window_ms: c.failure_window.as_millis() as u64,
         lockout_ms: c.lockout.as_millis() as u64,
     }));
     match node.propose_one(cmd).await {
-        Ok(r) if r.id == "locked" => audit_factor(node, "mfa.locked", "ok", actor, user_id, ""),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "counting a wrong second factor failed"),
+        Ok(r) if r.id == factors::LOCKED_NOW => {
+            audit_factor(node, "mfa.locked", "ok", actor, user_id, "");
+            Err(ApiError::SecondFactorLocked)
+        }
+        Ok(_) => Ok(()),
+        Err(ApiError::FailedPrecondition(m)) if m == factors::LOCKED => {
+            audit_factor(node, "mfa.failure", "denied", actor, user_id, "locked");
+            Err(ApiError::SecondFactorLocked)
+        }
+        Err(ApiError::NotFound(_)) => Err(ApiError::InvalidSecondFactor),
+        Err(e) => {
+            tracing::warn!(error = %e, "counting a second-factor attempt failed");
+            Err(e)
+        }
     }
 }
 
@@ -204,6 +215,8 @@ impl std::fmt::Debug for Enrolling {
 
 /// The longest sealed enrollment value a form may carry.
 pub const MAX_SEALED_FORM: usize = 512;
+/// How long an enrollment form may be confirmed after it was shown.
+pub const ENROLL_FORM_TTL_MS: u64 = 15 * 60_000;
 
 fn session_of(p: &Principal) -> Result<&str, ApiError> {
     match &p.via {
@@ -222,7 +235,10 @@ pub fn enrolling(front: &Front, p: &Principal) -> Result<Enrolling, ApiError> {
     let secret = totp::new_secret();
     let uri = totp::uri(&secret, &front.mfa.config.issuer, &account).ok_or(ApiError::Internal)?;
     let qr_svg = totp::qr_svg(&uri).ok_or(ApiError::Internal)?;
-    let sealed = sealer.seal(&secret, &totp::enrolling_context(&p.user_id, session_id));
+    // The secret and when it was offered: a form older than
+    // [`ENROLL_FORM_TTL_MS`] is refused.
+    let offered = [&secret[..], &now_ms().to_be_bytes()].concat();
+    let sealed = sealer.seal(&offered, &totp::enrolling_context(&p.user_id, session_id));
     let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed.encode_to_vec());
     Ok(Enrolling { secret: totp::base32(&secret), uri, qr_svg, sealed })
 }
@@ -245,9 +261,15 @@ pub async fn enroll(
         .ok()
         .filter(|b| b.len() <= MAX_SEALED_FORM)
         .and_then(|b| Sealed::decode(b.as_slice()).ok());
-    let secret = bytes.and_then(|s| sealer.open(&s, &totp::enrolling_context(&p.user_id, &session_id)).ok());
-    let Some(secret) = secret.filter(|s| s.len() == totp::SECRET_BYTES) else {
-        return Err(ApiError::InvalidArgument("this enrollment form is not for this session; start again".into()));
+    let opened = bytes.and_then(|s| sealer.open(&s, &totp::enrolling_context(&p.user_id, &session_id)).ok());
+    let fresh = |o: &Vec<u8>| {
+        let at = o.get(totp::SECRET_BYTES..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        at.is_some_and(|at| now_ms().saturating_sub(at) <= ENROLL_FORM_TTL_MS)
+    };
+    let Some(secret) = opened.filter(fresh).map(|o| o[..totp::SECRET_BYTES].to_vec()) else {
+        return Err(ApiError::InvalidArgument(
+            "this enrollment form is not for this session or expired; start again".into(),
+        ));
     };
     let actor = Actor::of(p, ip.to_string());
     let Some(step) = totp::check(&secret, code.trim(), now_ms() / 1000) else {

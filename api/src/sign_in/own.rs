@@ -224,5 +224,9 @@ pub async fn change_password(
     ev.detail = "by the user, from the account page".into();
     node.audit(ev);
     outcome?;
-    Ok(pending.opened(applied.log_index))
+    let mut opened = pending.opened(applied.log_index);
+    // A person with a second factor confirms the change with it: the new
+    // session waits for it (the old one, which had it, ended).
+    opened.factor_due = node.view().read().session(&opened.session_id).is_some_and(|s| s.factor_due);
+    Ok(opened)
 }
