@@ -462,3 +462,77 @@ async fn enrolling_and_removing_need_more_than_a_session() {
     wait_until("removal is audited", Duration::from_secs(10), || audited(&c, "mfa.remove", "")).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_a_stateless_front_a_voter_checks_every_step() {
+    let keys = tempfile::tempdir().unwrap();
+    let kek = keys.path().join("kek");
+    std::fs::write(&kek, hex::encode([9u8; 32])).unwrap();
+    let c = common::fronts::cluster_for_fronts(3, &[11], move |c| {
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: kek.clone() }];
+    })
+    .await;
+    // The version rises once the listed front runs (and understands it).
+    let front = common::fronts::start_front(&c, 11).await;
+    let at = common::fronts::front_base(&front);
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.nodes.values().all(|n| n.cluster().cluster_version() == newest)
+    })
+    .await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+
+    // Enrolled through the front: it holds no key, its voter seals and checks.
+    let ann = enroll(&at, "ann", PASSWORD).await;
+    assert!(c
+        .node(2)
+        .cluster()
+        .view()
+        .read()
+        .has_factor(&c.node(1).cluster().view().read().user_by_name("ann").unwrap().user_id));
+
+    // The second step through the front; "cancel" ends the waiting session.
+    let (resp, csrf) = password_form(&at, "ann", PASSWORD, "").await;
+    assert!(resp.headers()[LOCATION].to_str().unwrap().starts_with("/login/factor"));
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    let waiting_sessions = || c.node(1).cluster().view().read().sessions().filter(|s| s.factor_due).count();
+    assert_eq!(waiting_sessions(), 1);
+    let cancel = post(&at, "/logout", &waiting, &csrf, &[]).await;
+    assert_eq!(cancel.status(), StatusCode::SEE_OTHER);
+    wait_until("the waiting session ended", Duration::from_secs(5), || async { waiting_sessions() == 0 }).await;
+
+    let (resp, csrf) = password_form(&at, "ann", PASSWORD, "").await;
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    let code = pyotp(&ann.secret, now_secs() + 30);
+    let wrong = post(&at, "/login/factor", &waiting, &csrf, &[("code", "000000"), ("rd", "")]).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let right = post(&at, "/login/factor", &waiting, &csrf, &[("code", &code), ("rd", "")]).await;
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let signed_in = set_cookie(right.headers(), SESSION).unwrap();
+    let verify = browser()
+        .get(format!("{at}/auth/verify"))
+        .header("cookie", format!("{SESSION}={signed_in}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify.status(), StatusCode::OK);
+    assert_eq!(verify.headers()["x-auth-mfa"], "totp");
+    // Spent through the front: refused on every voter.
+    for n in 1..=3 {
+        let (_, code) = error_code(login(&base(c.node(n)), "ann", PASSWORD, Some(&code)).await).await;
+        assert_eq!(code, "invalid_second_factor", "node {n}");
+    }
+
+    // New recovery codes and turning it off, through the front.
+    let fields = [("code", ann.recovery[0].as_str()), ("password", PASSWORD)];
+    let fresh = post(&at, "/account/recovery", &signed_in, &csrf, &fields).await;
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let fresh = shown_codes(&fresh.text().await.unwrap());
+    let fields = [("code", fresh[0].as_str()), ("password", "wrong-password-01")];
+    assert_eq!(post(&at, "/account/totp/remove", &signed_in, &csrf, &fields).await.status(), StatusCode::UNAUTHORIZED);
+    let fields = [("code", fresh[0].as_str()), ("password", PASSWORD)];
+    assert_eq!(post(&at, "/account/totp/remove", &signed_in, &csrf, &fields).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(login(&at, "ann", PASSWORD, None).await.status(), StatusCode::OK);
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}

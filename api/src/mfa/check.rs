@@ -195,6 +195,19 @@ pub async fn present(
     })
 }
 
+/// The session `token` names, when it waits for its second factor, as the
+/// caller it stands for (for ending it: the second step's "cancel").
+pub fn waiting_principal(node: &Node, token: &str) -> Option<Principal> {
+    let id = gatehouse_domain::sessions::verify_due(&node.view().read(), token, now_ms()).ok()?;
+    Some(Principal {
+        user_id: id.user_id,
+        username: id.username,
+        roles: id.roles,
+        via: Via::Session { session_id: id.session_id },
+        factor: None,
+    })
+}
+
 /// A TOTP secret offered for enrollment: shown to the person, and sealed
 /// (for this session only) into the form that confirms it.
 pub struct Enrolling {

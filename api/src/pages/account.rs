@@ -232,7 +232,8 @@ pub(super) fn render(
         totp_used: Some(factors.totp_last_used_at).filter(|t| *t != 0).map(when),
         recovery_left: factors.recovery_left,
         locked: factors.locked_until != 0,
-        totp_offered: front.mfa.sealer().is_some(),
+        // A voter with [secrets], or a front (its voters decide).
+        totp_offered: front.mfa.sealer().is_some() || matches!(front.sign_in, crate::sign_in::SignIn::Voters(_)),
     };
     html(pages, status, page.render(), &n, set_cookie)
 }

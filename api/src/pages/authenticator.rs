@@ -14,8 +14,8 @@
 //! form sealed under the voters' key-encryption key, bound to this user and
 //! this session, and is written (sealed again, for the user) only once a
 //! code from the app proves the app holds it. Checked on a voter
-//! ([`crate::mfa::check`]); a stateless front has no key to seal with and
-//! says so.
+//! ([`crate::mfa::check`]); a stateless front sends each step on to one
+//! (`SignInService`), since it holds no key to seal or open with.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -29,7 +29,7 @@ use super::sign_in::Limits;
 use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
 use crate::identity::Principal;
-use crate::mfa::check::{self as mfa, MAX_CODE, MAX_SEALED_FORM};
+use crate::mfa::check::{MAX_CODE, MAX_SEALED_FORM};
 use crate::sign_in::own;
 use crate::ApiError;
 
@@ -60,8 +60,14 @@ fn pages(front: &Front) -> &PagesConfig {
 }
 
 /// The enrollment page with a fresh secret; `error` says why the last try failed.
-fn offer(front: &Front, headers: &HeaderMap, p: &Principal, status: StatusCode, error: Option<&str>) -> Response {
-    let enrolling = match mfa::enrolling(front, p) {
+async fn offer(
+    front: &Front,
+    headers: &HeaderMap,
+    (p, token): (&Principal, &str),
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let enrolling = match front.sign_in.offer_totp(front, p, token).await {
         Ok(e) => e,
         Err(ApiError::FailedPrecondition(_)) => {
             return account(front, headers, p, StatusCode::CONFLICT, Ok("Authenticator apps are not available here."))
@@ -106,14 +112,14 @@ pub async fn page(
     limits: Limits,
     headers: HeaderMap,
 ) -> Response {
-    let (p, _) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
+    let (p, token) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
     if front.node.view().read().has_factor(&p.user_id) {
         return see_other("/account");
     }
-    offer(&front, &headers, &p, StatusCode::OK, None)
+    offer(&front, &headers, (&p, &token), StatusCode::OK, None).await
 }
 
 /// What a refused factor change tells the person, and its status.
@@ -149,31 +155,28 @@ pub async fn enroll(
 ) -> Response {
     let max = crate::passwords::MAX_PASSWORD_LEN;
     let expected = [("csrf", 64), ("sealed", MAX_SEALED_FORM), ("code", MAX_CODE), ("password", max)];
-    let (f, p, _) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let outcome = mfa::enroll(&front, &p, &f["sealed"], &f["code"], f["password"].clone(), client.0).await;
+    let password = f["password"].clone();
+    let outcome = front.sign_in.enroll_totp(&front, &p, &token, &f["sealed"], &f["code"], password, client.0).await;
     match outcome {
-        Ok((codes, index)) => {
+        Ok(codes) => {
             tracing::Span::current().record("outcome", "ok");
-            front.node.wait_applied(index).await;
             codes_page(&front, "Your authenticator app is on: you will be asked for a code when you sign in.", &codes)
         }
         Err(e) => {
             tracing::Span::current().record("outcome", "refused");
             if let Some((status, why)) = refusal(&front, &p, &e) {
                 // A fresh secret: the one that failed is not offered again.
-                return offer(&front, &headers, &p, status, Some(why));
+                return offer(&front, &headers, (&p, &token), status, Some(why)).await;
             }
             match e {
-                ApiError::InvalidArgument(_) => offer(
-                    &front,
-                    &headers,
-                    &p,
-                    StatusCode::BAD_REQUEST,
-                    Some("This form has expired. Scan the new code."),
-                ),
+                ApiError::InvalidArgument(_) => {
+                    let why = Some("This form has expired. Scan the new code.");
+                    offer(&front, &headers, (&p, &token), StatusCode::BAD_REQUEST, why).await
+                }
                 ApiError::AlreadyExists(_) => see_other("/account"),
                 e => {
                     tracing::warn!(error = %e, "enrolling an authenticator failed");
@@ -196,14 +199,13 @@ pub async fn remove(
 ) -> Response {
     let max = crate::passwords::MAX_PASSWORD_LEN;
     let expected = [("csrf", 64), ("code", MAX_CODE), ("password", max)];
-    let (f, p, _) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match mfa::remove_totp(&front, &p, &f["code"], f["password"].clone(), client.0).await {
-        Ok(index) => {
+    match front.sign_in.remove_totp(&front, &p, &token, &f["code"], f["password"].clone(), client.0).await {
+        Ok(()) => {
             tracing::Span::current().record("outcome", "ok");
-            front.node.wait_applied(index).await;
             see_other("/account?done=totp_off")
         }
         Err(e) => {
@@ -231,14 +233,13 @@ pub async fn recovery_codes(
 ) -> Response {
     let max = crate::passwords::MAX_PASSWORD_LEN;
     let expected = [("csrf", 64), ("code", MAX_CODE), ("password", max)];
-    let (f, p, _) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match mfa::new_recovery_codes(&front, &p, &f["code"], f["password"].clone(), client.0).await {
-        Ok((codes, index)) => {
+    match front.sign_in.new_recovery_codes(&front, &p, &token, &f["code"], f["password"].clone(), client.0).await {
+        Ok(codes) => {
             tracing::Span::current().record("outcome", "ok");
-            front.node.wait_applied(index).await;
             codes_page(&front, "Your old recovery codes no longer work.", &codes)
         }
         Err(e) => {

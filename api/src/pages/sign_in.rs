@@ -381,6 +381,16 @@ pub async fn logout(
                        told. Clear this site's cookies in your browser.";
             return clear(notice(pages, StatusCode::BAD_REQUEST, "Not signed out", why));
         }
+        // A session still waiting for its second factor (the second step's
+        // "cancel") ends too.
+        Ok(None) if super::second_factor::waiting(&front, &headers).await.is_some() => {
+            let (token, _) = credential(&headers, &front.config.cookie_name).unwrap_or_default();
+            let Some(p) = crate::mfa::check::waiting_principal(&front.node, &token) else { return unavailable() };
+            if let Err(e) = front.sign_in.logout(&front.node, &p, &token, client.0).await {
+                tracing::warn!(error = %e, "ending a session that waited for its factor failed");
+                return unavailable();
+            }
+        }
         // No session (over, or never): the cookie is cleared all the same.
         Ok(None) => {}
         Err(_) => return unavailable(),

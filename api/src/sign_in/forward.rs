@@ -105,6 +105,44 @@ impl VoterSignIn {
         Ok(opened(r))
     }
 
+    async fn own_factor<T, F, Fut>(&self, request: pb::OwnFactorRequest, call: F) -> Result<T, ApiError>
+    where
+        F: Fn(Client, tonic::Request<pb::OwnFactorRequest>) -> Fut + Clone,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.on_a_voter(|c, left| {
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(left);
+            call.clone()(c, req)
+        })
+        .await
+    }
+
+    /// A fresh TOTP secret offered to the caller of `credential`.
+    pub async fn offer_totp(&self, credential: &str) -> Result<crate::mfa::check::Enrolling, ApiError> {
+        let request = pb::OwnFactorRequest { credential: credential.to_string(), ..Default::default() };
+        let r = self.own_factor(request, |mut c, req| async move { c.offer_totp(req).await }).await?;
+        Ok(crate::mfa::check::Enrolling { secret: r.secret, uri: r.uri, qr_svg: r.qr_svg, sealed: r.sealed })
+    }
+
+    /// Enrolls an offered secret: the recovery codes and the log index.
+    pub async fn enroll_totp(&self, request: pb::OwnFactorRequest) -> Result<(Vec<String>, u64), ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.enroll_own_totp(req).await }).await?;
+        Ok((r.codes, r.log_index))
+    }
+
+    /// Turns the caller's authenticator off: the log index.
+    pub async fn remove_totp(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.remove_own_totp(req).await }).await?;
+        Ok(r.log_index)
+    }
+
+    /// New recovery codes for the caller: the codes and the log index.
+    pub async fn new_recovery_codes(&self, request: pb::OwnFactorRequest) -> Result<(Vec<String>, u64), ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.new_recovery_codes(req).await }).await?;
+        Ok((r.codes, r.log_index))
+    }
+
     /// Ends the session `credential` belongs to; the index it was applied at.
     pub async fn logout(&self, credential: &str, ip: IpAddr) -> Result<u64, ApiError> {
         let request = pb::LogoutRequest { credential: credential.to_string(), client_ip: ip.to_string() };

@@ -33,6 +33,7 @@ pub use own::{NewOwnKey, OwnKey};
 
 use crate::http::front::Front;
 use crate::identity::Principal;
+use crate::mfa::check::Enrolling;
 use crate::passwords::PasswordPool;
 use crate::sso::logout::LogoutError;
 use crate::sso::sign_in::{Callback, SsoError, Started};
@@ -199,6 +200,74 @@ impl SignIn {
         Ok(opened)
     }
 
+    /// A fresh TOTP secret offered to `p` (nothing is written).
+    pub async fn offer_totp(&self, front: &Front, p: &Principal, credential: &str) -> Result<Enrolling, ApiError> {
+        match self {
+            SignIn::Here(_) => crate::mfa::check::enrolling(front, p),
+            SignIn::Voters(voters) => voters.offer_totp(credential).await,
+        }
+    }
+
+    /// Enrolls the secret a form carries (`sealed`), proven by `code`; the
+    /// recovery codes, shown once. Returns once this node applied it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enroll_totp(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        sealed: &str,
+        code: &str,
+        password: String,
+        ip: IpAddr,
+    ) -> Result<Vec<String>, ApiError> {
+        let (codes, index) = match self {
+            SignIn::Here(_) => crate::mfa::check::enroll(front, p, sealed, code, password, ip).await?,
+            SignIn::Voters(voters) => {
+                let request = own_factor(credential, ip, code, password, sealed);
+                voters.enroll_totp(request).await?
+            }
+        };
+        front.node.wait_applied(index).await;
+        Ok(codes)
+    }
+
+    /// Turns `p`'s authenticator off (the password and a current code).
+    pub async fn remove_totp(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        code: &str,
+        password: String,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let index = match self {
+            SignIn::Here(_) => crate::mfa::check::remove_totp(front, p, code, password, ip).await?,
+            SignIn::Voters(voters) => voters.remove_totp(own_factor(credential, ip, code, password, "")).await?,
+        };
+        front.node.wait_applied(index).await;
+        Ok(())
+    }
+
+    /// New recovery codes for `p` (the password and a current code).
+    pub async fn new_recovery_codes(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        code: &str,
+        password: String,
+        ip: IpAddr,
+    ) -> Result<Vec<String>, ApiError> {
+        let (codes, index) = match self {
+            SignIn::Here(_) => crate::mfa::check::new_recovery_codes(front, p, code, password, ip).await?,
+            SignIn::Voters(voters) => voters.new_recovery_codes(own_factor(credential, ip, code, password, "")).await?,
+        };
+        front.node.wait_applied(index).await;
+        Ok(codes)
+    }
+
     /// Starts a sign-in through an upstream provider.
     pub async fn upstream_start(&self, front: &Front, provider: &str, return_to: &str) -> Result<Started, SsoError> {
         match self {
@@ -232,5 +301,22 @@ impl SignIn {
             SignIn::Here(_) => crate::sso::logout::back_channel(front, provider, token, &ip.to_string()).await,
             SignIn::Voters(voters) => voters.upstream_logout(provider, token, ip).await,
         }
+    }
+}
+
+/// A front's request about the caller's own second factor.
+fn own_factor(
+    credential: &str,
+    ip: IpAddr,
+    code: &str,
+    password: String,
+    sealed: &str,
+) -> gatehouse_proto::front::OwnFactorRequest {
+    gatehouse_proto::front::OwnFactorRequest {
+        credential: credential.to_string(),
+        client_ip: ip.to_string(),
+        code: code.to_string(),
+        password,
+        sealed: sealed.to_string(),
     }
 }

@@ -181,7 +181,14 @@ impl SignInService for SignIns {
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let r = req.into_inner();
         let ip = client_ip(&r.client_ip)?;
-        let p = self.caller(&r.credential).await?;
+        let p = match self.caller(&r.credential).await {
+            Ok(p) => p,
+            // A session still waiting for its second factor ends as well
+            // (the second step's "cancel").
+            Err(ApiError::Unauthenticated) => crate::mfa::check::waiting_principal(&self.front.node, &r.credential)
+                .ok_or(ApiError::Unauthenticated)?,
+            Err(e) => return Err(e.into()),
+        };
         let log_index = check::logout(&self.front.node, &p, &ip.to_string()).await?;
         Ok(Response::new(pb::LogoutResponse { log_index }))
     }
@@ -305,6 +312,51 @@ impl SignInService for SignIns {
                 Err(LogoutError::Api(e)) => return Err(e.into()),
             };
         Ok(Response::new(answer))
+    }
+
+    async fn offer_totp(&self, req: Request<pb::OwnFactorRequest>) -> Result<Response<pb::TotpOffer>, Status> {
+        let r = req.into_inner();
+        let p = self.caller(&r.credential).await?;
+        let e = crate::mfa::check::enrolling(&self.front, &p)?;
+        Ok(Response::new(pb::TotpOffer { secret: e.secret, uri: e.uri, qr_svg: e.qr_svg, sealed: e.sealed }))
+    }
+
+    /// Under the calling front's sign-in budget: it checks a password.
+    async fn enroll_own_totp(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::RecoveryCodesResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let (codes, log_index) = crate::mfa::check::enroll(&self.front, &p, &r.sealed, &r.code, r.password, ip).await?;
+        Ok(Response::new(pb::RecoveryCodesResponse { codes, log_index }))
+    }
+
+    async fn remove_own_totp(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let log_index = crate::mfa::check::remove_totp(&self.front, &p, &r.code, r.password, ip).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+
+    async fn new_recovery_codes(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::RecoveryCodesResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let (codes, log_index) =
+            crate::mfa::check::new_recovery_codes(&self.front, &p, &r.code, r.password, ip).await?;
+        Ok(Response::new(pb::RecoveryCodesResponse { codes, log_index }))
     }
 
     /// Under the login endpoint's limits, by the address the front names.
