@@ -135,6 +135,8 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
         Payload::EnrollTotp(c) => {
             id(&c.user_id)?;
             id(&c.session_id)?;
+            short("token hash", &c.new_token_sha256, 32)?;
+            short("ticket hash", &c.ticket_sha256, 32)?;
             factors::check_enroll(c)
         }
         Payload::SetRecoveryCodes(c) => {
@@ -149,6 +151,11 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             short("factor kind", &c.kind, 16)
         }
         Payload::CountFactorAttempt(c) => id(&c.user_id),
+        Payload::SetMfaPolicy(c) => role_list(&c.required_roles),
+        Payload::IssueEnrollTicket(c) => {
+            id(&c.user_id)?;
+            short("ticket hash", &c.ticket_sha256, 32)
+        }
         Payload::UpstreamEnd(c) => upstream::check_end(c),
         Payload::RevokeSession(c) => id(&c.session_id),
         Payload::RevokeUserSessions(c) => id(&c.user_id),

@@ -26,9 +26,10 @@ use std::collections::HashMap;
 
 use gatehouse_proto::events::factor_proof::Proof;
 use gatehouse_proto::events::{
-    CountFactorAttempt, EnrollTotp, FactorProof, PresentFactor, RemoveFactors, Sealed, SetRecoveryCodes, UserStatus,
+    CountFactorAttempt, EnrollTotp, FactorProof, IssueEnrollTicket, PresentFactor, RemoveFactors, Sealed, SetMfaPolicy,
+    SetRecoveryCodes, UserStatus,
 };
-use gatehouse_proto::state::{FactorsRecord, RecoveryCode, TotpFactor};
+use gatehouse_proto::state::{FactorsRecord, MfaPolicyRecord, RecoveryCode, TotpFactor};
 
 use crate::mutation::{Mutation, Table};
 use crate::result::ApplyError;
@@ -65,10 +66,22 @@ pub const NOT_A_CODE: &str = "not an unspent recovery code of this user";
 /// The refusal of a session that owes no factor and must get a new token.
 pub const NOT_DUE: &str = "this session owes no second factor";
 
-/// Every user's second factors.
+/// The key of the MFA policy in [`Table::Settings`].
+pub const POLICY_KEY: &str = "mfa";
+/// The longest an enrollment ticket may live.
+pub const MAX_TICKET_MS: u64 = 7 * 24 * 3_600_000;
+/// The refusal of a first enrollment without a ticket, for a user whose
+/// role requires a second factor.
+pub const TICKET_NEEDED: &str =
+    "your role requires a second factor: enrolling the first one needs an enrollment ticket";
+/// The refusal of removing the factor a role requires.
+pub const REQUIRED: &str = "your role requires a second factor: it cannot be removed";
+
+/// Every user's second factors, and which roles require one.
 #[derive(Debug, Default)]
 pub(crate) struct Factors {
     by_user: HashMap<String, FactorsRecord>,
+    required_roles: Vec<String>,
 }
 
 impl Factors {
@@ -78,6 +91,14 @@ impl Factors {
 
     pub(crate) fn get(&self, user_id: &str) -> Option<&FactorsRecord> {
         self.by_user.get(user_id)
+    }
+
+    pub(crate) fn load_policy(&mut self, r: MfaPolicyRecord) {
+        self.required_roles = r.required_roles;
+    }
+
+    pub(crate) fn required_roles(&self) -> &[String] {
+        &self.required_roles
     }
 
     /// Whether `user_id` has a factor to present.
@@ -101,6 +122,12 @@ impl Factors {
 /// stand in for one).
 pub fn enrolled(r: &FactorsRecord) -> bool {
     r.totp.is_some()
+}
+
+/// Whether a role `user_id` holds requires a second factor.
+pub fn required(state: &State, user_id: &str) -> bool {
+    let roles = &state.factors.required_roles;
+    !roles.is_empty() && state.users.get(user_id).is_some_and(|u| u.roles.iter().any(|r| roles.contains(r)))
 }
 
 /// Whether the factor is locked at `now`.
@@ -305,12 +332,43 @@ pub(crate) fn enroll_totp(
     if codes.is_empty() && recovery_left(&r) == 0 {
         return Err(ApplyError::Invalid("a first factor comes with recovery codes".into()));
     }
+    // A first factor for a user whose role requires one: only with a
+    // ticket (the proof beyond the password).
+    let ticket = required(state, &c.user_id);
+    if ticket {
+        let valid = r.enroll_ticket_expires_at > now
+            && !c.ticket_sha256.is_empty()
+            && r.enroll_ticket_sha256 == c.ticket_sha256;
+        if !valid {
+            return Err(ApplyError::FailedPrecondition(TICKET_NEEDED.into()));
+        }
+    }
     let session = match c.session_id.as_str() {
         "" => None,
         id => {
-            let s = state.sessions.get(id).filter(|s| s.user_id == c.user_id && !s.factor_due);
-            Some(s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?.session_id)
+            let s = state.sessions.get(id).filter(|s| s.user_id == c.user_id);
+            Some(s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?)
         }
+    };
+    // A waiting session is paid with a new token; a full one is marked.
+    let token = match &session {
+        Some(s) if s.factor_due => {
+            let token: [u8; 32] = c
+                .new_token_sha256
+                .as_slice()
+                .try_into()
+                .map_err(|_| ApplyError::Invalid("a session that owes a factor gets a new token hash".into()))?;
+            if c.expires_at <= now {
+                return Err(ApplyError::Invalid("expiry must be in the future".into()));
+            }
+            if state.sessions.token_taken(&token) {
+                return Err(ApplyError::AlreadyExists("session token already exists".into()));
+            }
+            let intended = if s.intended_expires_at == 0 { c.expires_at } else { s.intended_expires_at };
+            Some((token, c.expires_at.min(intended)))
+        }
+        _ if !c.new_token_sha256.is_empty() => return Err(ApplyError::Invalid(NOT_DUE.into())),
+        _ => None,
     };
     r.totp = Some(TotpFactor { secret: Some(secret), enrolled_at: now, last_step: c.step, last_used_at: now });
     if !codes.is_empty() {
@@ -319,9 +377,13 @@ pub(crate) fn enroll_totp(
     r.failures = 0;
     r.failures_since = 0;
     r.locked_until = 0;
+    if ticket {
+        r.enroll_ticket_sha256.clear();
+        r.enroll_ticket_expires_at = 0;
+    }
     state.factors.store(r, out);
-    if let Some(id) = session {
-        state.sessions.set_factor(&id, TOTP, now, now, None, out);
+    if let Some(s) = session {
+        state.sessions.set_factor(&s.session_id, TOTP, now, now, token, out);
     }
     Ok(c.user_id.clone())
 }
@@ -355,6 +417,9 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
     match c.kind.as_str() {
         "" => state.factors.remove_user(&c.user_id, out),
         TOTP => {
+            if required(state, &c.user_id) {
+                return Err(ApplyError::FailedPrecondition(REQUIRED.into()));
+            }
             if r.totp.take().is_none() {
                 return Err(ApplyError::NotFound("this user has no TOTP authenticator".into()));
             }
@@ -370,6 +435,41 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
             state.sessions.remove(id, out);
         }
     }
+    Ok(c.user_id.clone())
+}
+
+/// Applies [`SetMfaPolicy`].
+pub(crate) fn set_policy(state: &mut State, c: &SetMfaPolicy, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    crate::users::validate_roles(state, &c.required_roles)?;
+    let mut roles = c.required_roles.clone();
+    roles.sort();
+    roles.dedup();
+    let r = MfaPolicyRecord { required_roles: roles };
+    out.push(put(Table::Settings, POLICY_KEY, &r));
+    state.factors.load_policy(r);
+    Ok(String::new())
+}
+
+/// Applies [`IssueEnrollTicket`].
+pub(crate) fn issue_ticket(
+    state: &mut State,
+    now: u64,
+    c: &IssueEnrollTicket,
+    out: &mut Vec<Mutation>,
+) -> Result<String, ApplyError> {
+    active_user(state, &c.user_id)?;
+    hash32(&c.ticket_sha256).map_err(|_| ApplyError::Invalid("a ticket hash must be 32 bytes".into()))?;
+    if c.expires_at <= now || c.expires_at - now > MAX_TICKET_MS {
+        return Err(ApplyError::Invalid("a ticket expires within a week".into()));
+    }
+    let mut r = state
+        .factors
+        .get(&c.user_id)
+        .cloned()
+        .unwrap_or_else(|| FactorsRecord { user_id: c.user_id.clone(), ..Default::default() });
+    r.enroll_ticket_sha256 = c.ticket_sha256.clone();
+    r.enroll_ticket_expires_at = c.expires_at;
+    state.factors.store(r, out);
     Ok(c.user_id.clone())
 }
 
@@ -430,7 +530,7 @@ mod tests {
             secret: Some(Sealed { key_id: "k1".into(), nonce: vec![0; 12], ciphertext: vec![1; 36] }),
             step,
             recovery_sha256: (1..=10).map(code).collect(),
-            session_id: String::new(),
+            ..Default::default()
         })
     }
 
@@ -614,5 +714,67 @@ mod tests {
         // Without a factor, a session owes none.
         state.apply(7, &cmd(NOW, session('2', 2, None)), &mut Vec::new());
         assert!(!state.session(&"2".repeat(32)).unwrap().factor_due);
+    }
+
+    fn policy(roles: &[&str]) -> Payload {
+        Payload::SetMfaPolicy(SetMfaPolicy { required_roles: roles.iter().map(|r| r.to_string()).collect() })
+    }
+
+    #[test]
+    fn a_role_that_requires_a_factor_needs_a_ticket_to_enroll_the_first_one() {
+        let mut state = State::default();
+        let version = gatehouse_proto::events::SetClusterVersion { version: crate::version::COMMAND_VERSION };
+        state.apply(1, &cmd(1_000, Payload::SetClusterVersion(version)), &mut Vec::new());
+        state.apply(2, &create_user_cmd(UID, "ann"), &mut Vec::new());
+        // A full session from before the policy.
+        let token = "gs_".to_string() + &"b".repeat(43);
+        let mut before = session('9', 9, None);
+        if let Payload::CreateSession(c) = &mut before {
+            c.token_sha256 = sessions::token_hash(&token).to_vec();
+        }
+        assert_eq!(state.apply(3, &cmd(NOW, before), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(sessions::verify(&state, &token, NOW + 1, |_| 0).is_ok());
+        let unknown = state.apply(4, &cmd(NOW, policy(&["nosuchrole"])), &mut Vec::new());
+        assert_eq!(unknown.code, Code::NotFound as i32, "{unknown:?}");
+        assert_eq!(state.apply(5, &cmd(NOW, policy(&["viewer"])), &mut Vec::new()).code, Code::Ok as i32);
+        // At once: the session without a factor no longer serves.
+        assert_eq!(sessions::verify(&state, &token, NOW + 2, |_| 0), Err(sessions::SessionRejected::FactorDue));
+        // A new session waits, and only an enrollment with a ticket pays it.
+        state.apply(6, &cmd(NOW, session('1', 1, None)), &mut Vec::new());
+        assert!(state.session(&"1".repeat(32)).unwrap().factor_due);
+        let pay = |ticket: Vec<u8>| {
+            let Payload::EnrollTotp(mut e) = enroll(step_at(NOW)) else { unreachable!() };
+            e.session_id = "1".repeat(32);
+            e.new_token_sha256 = vec![8; 32];
+            e.expires_at = NOW + 3_600_000;
+            e.ticket_sha256 = ticket;
+            Payload::EnrollTotp(e)
+        };
+        let r = state.apply(7, &cmd(NOW, pay(vec![])), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32, "no ticket: {r:?}");
+        let ticket = Payload::IssueEnrollTicket(IssueEnrollTicket {
+            user_id: UID.into(),
+            ticket_sha256: vec![5; 32],
+            expires_at: NOW + 100_000,
+        });
+        assert_eq!(state.apply(8, &cmd(NOW, ticket), &mut Vec::new()).code, Code::Ok as i32);
+        let r = state.apply(9, &cmd(NOW, pay(vec![6; 32])), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32, "another ticket");
+        let r = state.apply(10, &cmd(NOW + 150_000, pay(vec![5; 32])), &mut Vec::new());
+        assert_eq!(r.code, Code::FailedPrecondition as i32, "an expired ticket");
+        assert!(!state.factors.enrolled(UID));
+        let r = state.apply(11, &cmd(NOW, pay(vec![5; 32])), &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        let s = state.session(&"1".repeat(32)).unwrap();
+        assert!(!s.factor_due && s.factor == TOTP && s.token_sha256 == vec![8; 32]);
+        assert!(state.factors.get(UID).unwrap().enroll_ticket_sha256.is_empty(), "the ticket is spent");
+        // The factor a role requires is not removed by its holder (an admin's reset is).
+        let own = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into() });
+        assert_eq!(state.apply(12, &cmd(NOW, own), &mut Vec::new()).code, Code::FailedPrecondition as i32);
+        let reset = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: String::new() });
+        assert_eq!(state.apply(13, &cmd(NOW, reset), &mut Vec::new()).code, Code::Ok as i32);
+        // Lifting the policy: sessions without a factor serve again.
+        assert_eq!(state.apply(14, &cmd(NOW, policy(&[])), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(sessions::verify(&state, &token, NOW + 3, |_| 0).is_ok());
     }
 }

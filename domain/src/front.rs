@@ -68,7 +68,9 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::PresentFactor(_)
             | Payload::SetRecoveryCodes(_)
             | Payload::RemoveFactors(_)
-            | Payload::CountFactorAttempt(_),
+            | Payload::CountFactorAttempt(_)
+            | Payload::SetMfaPolicy(_)
+            | Payload::IssueEnrollTicket(_),
         )
         | None => {}
     }
@@ -107,6 +109,7 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
         | Table::Limits
         | Table::Cluster
         | Table::SignInLinks
+        | Table::Settings
         | Table::Spent => Ok(Some(value.to_vec())),
         Table::Audit | Table::AuditChain => Ok(None),
     }

@@ -28,11 +28,13 @@ pub enum Table {
     Spent,
     /// Users' second factors (`gatehouse_domain::factors`).
     Factors,
+    /// Cluster-wide settings kept in the log (the MFA policy).
+    Settings,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Users,
         Table::ApiKeys,
         Table::Sessions,
@@ -46,6 +48,7 @@ impl Table {
         Table::UpstreamIdentities,
         Table::Spent,
         Table::Factors,
+        Table::Settings,
     ];
 
     /// Whether the in-memory view holds this table (audit records stay on disk).
@@ -69,6 +72,7 @@ impl Table {
             Table::UpstreamIdentities => "upstream_identities",
             Table::Spent => "spent",
             Table::Factors => "factors",
+            Table::Settings => "settings",
         }
     }
 

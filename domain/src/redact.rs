@@ -31,7 +31,10 @@ pub fn redacted(mut cmd: Command) -> Command {
         Some(Payload::EnrollTotp(c)) => {
             c.secret = None;
             c.recovery_sha256.clear();
+            c.new_token_sha256.clear();
+            c.ticket_sha256.clear();
         }
+        Some(Payload::IssueEnrollTicket(c)) => c.ticket_sha256.clear(),
         Some(Payload::SetRecoveryCodes(c)) => c.recovery_sha256.clear(),
         Some(Payload::CreateSignInLink(c)) => {
             c.token_sha256.clear();
@@ -73,7 +76,8 @@ pub fn redacted(mut cmd: Command) -> Command {
             | Payload::PruneAudit(_)
             | Payload::SetClusterVersion(_)
             | Payload::RemoveFactors(_)
-            | Payload::CountFactorAttempt(_),
+            | Payload::CountFactorAttempt(_)
+            | Payload::SetMfaPolicy(_),
         )
         | None => {}
     }

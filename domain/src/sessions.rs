@@ -290,7 +290,9 @@ pub(crate) fn create(
         Some(proof) => Some(factors::check_proof(state, now, &c.user_id, proof)?),
         None => None,
     };
-    let due = spent.is_none() && state.factors.enrolled(&c.user_id);
+    // ... and so does one whose role requires a factor it has not enrolled
+    // (it can pay only by enrolling, with a ticket).
+    let due = spent.is_none() && (state.factors.enrolled(&c.user_id) || factors::required(state, &c.user_id));
     if let Some(spent) = &spent {
         factors::spend(state, now, &c.user_id, spent, out);
     }
@@ -441,6 +443,11 @@ fn check(
     let user = state.user(user_id).ok_or(SessionRejected::Unknown)?;
     if user.status != UserStatus::Active as i32 {
         return Err(SessionRejected::UserDisabled);
+    }
+    // A role that requires a second factor takes effect at once: a session
+    // without one no longer serves its holder.
+    if !due && s.factor.is_empty() && factors::required(state, user_id) {
+        return Err(SessionRejected::FactorDue);
     }
     Ok(SessionIdentity {
         session_id,

@@ -179,6 +179,10 @@ impl State {
             Some(Payload::EnrollTotp(c)) => factors::enroll_totp(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::SetRecoveryCodes(c)) => factors::set_recovery(self, c, out).map(Outcome::from),
             Some(Payload::RemoveFactors(c)) => factors::remove(self, c, out).map(Outcome::from),
+            Some(Payload::SetMfaPolicy(c)) => factors::set_policy(self, c, out).map(Outcome::from),
+            Some(Payload::IssueEnrollTicket(c)) => {
+                factors::issue_ticket(self, cmd.proposed_at, c, out).map(Outcome::from)
+            }
             Some(Payload::CountFactorAttempt(c)) => {
                 factors::count_attempt(self, cmd.proposed_at, c, out).map(Outcome::from)
             }
@@ -223,6 +227,7 @@ impl State {
             }
             Table::UpstreamIdentities => self.upstream.insert_identity(codec::decode(value)?),
             Table::Factors => self.factors.insert(codec::decode(value)?),
+            Table::Settings => self.factors.load_policy(codec::decode(value)?),
             Table::Spent => {
                 if !self.upstream.insert_spent(codec::decode(value)?) {
                     return Err(DecodeError::Invalid("spent record with a malformed hash"));
@@ -304,6 +309,16 @@ impl State {
     /// A user's second factors, if any were ever enrolled.
     pub fn factors_of(&self, user_id: &str) -> Option<&gatehouse_proto::state::FactorsRecord> {
         self.factors.get(user_id)
+    }
+
+    /// The roles that require a second factor.
+    pub fn mfa_required_roles(&self) -> &[String] {
+        self.factors.required_roles()
+    }
+
+    /// Whether a role the user holds requires a second factor.
+    pub fn factor_required(&self, user_id: &str) -> bool {
+        factors::required(self, user_id)
     }
 
     /// Whether a user has a second factor to present.

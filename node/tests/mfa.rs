@@ -536,3 +536,104 @@ async fn through_a_stateless_front_a_voter_checks_every_step() {
     front.shutdown().await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_that_requires_a_factor_cuts_sessions_without_one_and_enrolls_only_with_a_ticket() {
+    let c = cluster(1, |c| c.pages.reauth_secs = 30).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["operator"]).await;
+    let at = base(c.node(1));
+    let admin = |args: &'static [&'static str]| {
+        let (endpoint, key) = (c.endpoint(1), c.admin_key.clone());
+        async move { common::admin_cli(&endpoint, &key, args).await }
+    };
+    let (before, _) = sign_in(&at, "ann", PASSWORD).await;
+    let verify = |cookie: String| {
+        let at = at.clone();
+        async move {
+            browser()
+                .get(format!("{at}/auth/verify"))
+                .header("cookie", format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(verify(before.clone()).await.status(), StatusCode::OK);
+
+    // The policy: operators need a second factor. Ann's session stops at once.
+    let said = admin(&["role", "mfa", "--require", "operator"]).await.unwrap();
+    assert!(said.contains("operator"), "{said}");
+    assert!(admin(&["role", "mfa"]).await.unwrap().contains("operator"));
+    assert!(admin(&["role", "mfa", "--require", "nosuchrole"]).await.is_err());
+    assert_eq!(verify(before.clone()).await.status(), StatusCode::UNAUTHORIZED);
+    let (_, code) = error_code(login(&at, "ann", PASSWORD, None).await).await;
+    assert_eq!(code, "second_factor_required", "the JSON API cannot enroll: it says so");
+
+    // The password alone gets the enrollment page, which needs a ticket.
+    let (resp, csrf) = password_form(&at, "ann", PASSWORD, "").await;
+    assert!(resp.headers()[LOCATION].to_str().unwrap().starts_with("/login/factor"));
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    let offer = |waiting: String, csrf: String| {
+        let at = at.clone();
+        async move {
+            let page = get(&at, "/login/factor", &waiting, &csrf).await.text().await.unwrap();
+            assert!(page.contains("Set up two-step sign-in") && page.contains("<svg"), "{page}");
+            let start = page.find("id=\"totp-secret\">").unwrap() + "id=\"totp-secret\">".len();
+            (page[start..].split('<').next().unwrap().to_string(), hidden(&page, "sealed"))
+        }
+    };
+    let (secret, sealed) = offer(waiting.clone(), csrf.clone()).await;
+    let code = pyotp(&secret, now_secs());
+    let has_factor = || {
+        let state = c.node(1).cluster().view().read();
+        state.has_factor(&state.user_by_name("ann").unwrap().user_id.clone())
+    };
+    let long = "x".repeat(65);
+    for ticket in ["", "abcd-efgh-jkmn-pqrs", long.as_str()] {
+        let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", ticket), ("rd", "")];
+        let resp = post(&at, "/login/factor/enroll", &waiting, &csrf, &fields).await;
+        assert!(resp.status().is_client_error(), "{ticket:?}: {}", resp.status());
+    }
+    assert!(!has_factor(), "a stolen password alone enrolls nothing");
+
+    // An admin's ticket (shown once, stored as a hash) does it.
+    let out = admin(&["user", "enroll-ticket", "ann", "--hours", "1"]).await.unwrap();
+    let ticket = out.lines().last().unwrap().trim().to_string();
+    assert_eq!(ticket.len(), 19, "{out}");
+    let (secret, sealed) = offer(waiting.clone(), csrf.clone()).await;
+    let code = pyotp(&secret, now_secs());
+    let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", ticket.as_str()), ("rd", "")];
+    let done = post(&at, "/login/factor/enroll", &waiting, &csrf, &fields).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    let signed_in = set_cookie(done.headers(), SESSION).unwrap();
+    assert_eq!(shown_codes(&done.text().await.unwrap()).len(), 10);
+    assert!(has_factor());
+    let ok = verify(signed_in.clone()).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["x-auth-mfa"], "totp");
+    wait_until("the ticket is audited", Duration::from_secs(10), || audited(&c, "mfa.ticket", "")).await;
+
+    // Its holder cannot turn the required factor off.
+    let now_code = pyotp(&secret, now_secs() + 30);
+    let off =
+        post(&at, "/account/totp/remove", &signed_in, &csrf, &[("code", &now_code), ("password", PASSWORD)]).await;
+    assert_eq!(off.status(), StatusCode::CONFLICT);
+    assert!(has_factor());
+
+    // A key needs a fresh factor: after the window, a code with it.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let fields = [("name", "ci"), ("days", "7"), ("password", PASSWORD)];
+    let no_code = post(&at, "/account/keys", &signed_in, &csrf, &fields).await;
+    assert_eq!(no_code.status(), StatusCode::FORBIDDEN);
+    let fresh = pyotp(&secret, now_secs() + 30);
+    let fields = [("name", "ci"), ("days", "7"), ("password", PASSWORD), ("code", fresh.as_str())];
+    let made = post(&at, "/account/keys", &signed_in, &csrf, &fields).await;
+    assert_eq!(made.status(), StatusCode::OK);
+
+    // An admin's reset: no factor left; enrolling again takes a new ticket.
+    let reset = admin(&["user", "reset-factors", "ann", "--yes"]).await.unwrap();
+    assert!(reset.contains("reset"), "{reset}");
+    assert!(!has_factor());
+    wait_until("the reset is audited", Duration::from_secs(10), || audited(&c, "mfa.reset", "")).await;
+    c.shutdown().await;
+}

@@ -16,8 +16,8 @@ use crate::StorageError;
 ///   3 store opens.
 /// - 5: format 4 and the `upstream_identities` and `spent` tables, created
 ///   empty when a format 4 store opens.
-/// - 6: format 5 and the `factors` table (second factors), created empty
-///   when a format 5 store opens.
+/// - 6: format 5 and the `factors` and `settings` tables (second factors,
+///   the MFA policy), created empty when a format 5 store opens.
 pub const STORE_FORMAT: u32 = 6;
 
 /// The file's name in the data directory.

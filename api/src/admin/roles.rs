@@ -5,10 +5,10 @@ use gatehouse_domain::roles::{self, Permission};
 use gatehouse_domain::Payload;
 use gatehouse_proto::admin::role_service_server::{RoleService, RoleServiceServer};
 use gatehouse_proto::admin::{
-    DeleteRoleRequest, DeleteRoleResponse, ListRolesRequest, ListRolesResponse, PutRoleRequest, Role, RoleAssignment,
-    User,
+    DeleteRoleRequest, DeleteRoleResponse, GetMfaPolicyRequest, ListRolesRequest, ListRolesResponse, MfaPolicy,
+    PutRoleRequest, Role, RoleAssignment, User,
 };
-use gatehouse_proto::events::{AssignRole, DeleteRole, PutRole, UnassignRole};
+use gatehouse_proto::events::{AssignRole, DeleteRole, PutRole, SetMfaPolicy, UnassignRole};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -123,6 +123,41 @@ impl RoleService for Roles {
     #[tracing::instrument(level = "info", name = "admin.roles.assign", skip_all)]
     async fn assign(&self, req: Request<RoleAssignment>) -> Result<Response<User>, Status> {
         self.assignment(req, true).await
+    }
+
+    async fn get_mfa_policy(&self, req: Request<GetMfaPolicyRequest>) -> Result<Response<MfaPolicy>, Status> {
+        authorize(&self.node, req.metadata(), Permission::RolesRead).await?;
+        let required_roles = self.node.view().read().mfa_required_roles().to_vec();
+        Ok(Response::new(MfaPolicy { required_roles }))
+    }
+
+    /// The caller must cover every role it adds or removes: nobody changes
+    /// what is asked of holders of a role above their own.
+    #[tracing::instrument(level = "info", name = "admin.roles.set_mfa_policy", skip_all)]
+    async fn set_mfa_policy(&self, req: Request<MfaPolicy>) -> Result<Response<MfaPolicy>, Status> {
+        let actor = authorize(&self.node, req.metadata(), Permission::RolesWrite).await?;
+        let r = req.into_inner();
+        crate::admin::call::note_request(&r);
+        for role in &r.required_roles {
+            roles::validate_name(role).map_err(ApiError::InvalidArgument)?;
+        }
+        {
+            let state = self.node.view().read();
+            let before = state.mfa_required_roles();
+            let changed: Vec<String> = r
+                .required_roles
+                .iter()
+                .filter(|x| !before.contains(x))
+                .chain(before.iter().filter(|x| !r.required_roles.contains(x)))
+                .cloned()
+                .collect();
+            check_covers(&state, &actor, &changed)?;
+        }
+        let cmd = self.node.command(Payload::SetMfaPolicy(SetMfaPolicy { required_roles: r.required_roles }));
+        super::write(&self.node, &actor, cmd).await?;
+        let required_roles = self.node.view().read().mfa_required_roles().to_vec();
+        tracing::info!(actor = %actor.username, roles = ?required_roles, "MFA policy set");
+        Ok(Response::new(MfaPolicy { required_roles }))
     }
 
     #[tracing::instrument(level = "info", name = "admin.roles.unassign", skip_all)]

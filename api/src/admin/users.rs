@@ -4,8 +4,9 @@ use gatehouse_domain::roles::Permission;
 use gatehouse_domain::{users as rules, Payload};
 use gatehouse_proto::admin::user_service_server::{UserService, UserServiceServer};
 use gatehouse_proto::admin::{
-    CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserRequest, ListUsersRequest, ListUsersResponse,
-    ResetFactorsRequest, SetPasswordRequest, SetPasswordResponse, SetUserStatusRequest, UpdateUserRequest, User,
+    CreateUserRequest, DeleteUserRequest, DeleteUserResponse, EnrollTicket, GetUserRequest, IssueEnrollTicketRequest,
+    ListUsersRequest, ListUsersResponse, ResetFactorsRequest, SetPasswordRequest, SetPasswordResponse,
+    SetUserStatusRequest, UpdateUserRequest, User,
 };
 use gatehouse_proto::events::{
     CreateUser, DeleteUser, RemoveFactors, SetPassword, SetUserStatus, UpdateUser, UserStatus,
@@ -217,6 +218,30 @@ impl UserService for Users {
         super::write(&self.node, &actor, cmd).await?;
         tracing::info!("second factors reset");
         Ok(Response::new(self.current(&user_id)?))
+    }
+
+    /// Needs `users.write` over the user; audited as `mfa.ticket` (the
+    /// ticket itself is in no log and no record: only its SHA-256).
+    #[tracing::instrument(level = "info", name = "admin.users.issue_enroll_ticket", skip_all, fields(actor, user_id))]
+    async fn issue_enroll_ticket(
+        &self,
+        req: Request<IssueEnrollTicketRequest>,
+    ) -> Result<Response<EnrollTicket>, Status> {
+        let actor = authorize(&self.node, req.metadata(), Permission::UsersWrite).await?;
+        tracing::Span::current().record("actor", actor.username.as_str());
+        let r = req.into_inner();
+        crate::admin::call::note_request(&r);
+        let hours = match r.valid_hours {
+            0 => 72,
+            h @ 1..=168 => h,
+            _ => return Err(ApiError::InvalidArgument("valid_hours must be 1 to 168".into()).into()),
+        };
+        let user_id = self.resolve_for_change(&actor, &r.user)?;
+        tracing::Span::current().record("user_id", user_id.as_str());
+        let ttl = u64::from(hours) * 3_600_000;
+        let who = crate::audit::Actor::of(&actor, String::new());
+        let (ticket, expires_at) = crate::mfa::check::issue_ticket(&self.node, &who, &user_id, ttl).await?;
+        Ok(Response::new(EnrollTicket { user_id, ticket, expires_at }))
     }
 
     #[tracing::instrument(level = "info", name = "admin.users.set_status", skip_all, fields(actor))]

@@ -38,6 +38,7 @@ fn snapshot(state: &State, kind: &str, id: &str) -> String {
             Some(serde_json::json!({ "user_id": id, "sessions": count, "first_session_ids": ids }))
         }
         "sessions" => Some(serde_json::json!({ "sessions": state.sessions().count() })),
+        "mfa_policy" => Some(serde_json::json!({ "required_roles": state.mfa_required_roles() })),
         // A user's second factors: what they are, never a secret or a hash.
         "factors" => Some(match state.factors_of(id) {
             Some(f) => serde_json::json!({ "user_id": id,
@@ -71,6 +72,8 @@ fn subject(payload: &Payload) -> Option<(&'static str, &'static str, String)> {
         Payload::PutRole(c) => ("role.update", "role", c.name.clone()),
         Payload::DeleteRole(c) => ("role.delete", "role", c.name.clone()),
         Payload::EnrollTotp(c) => ("mfa.enroll", "factors", c.user_id.clone()),
+        Payload::IssueEnrollTicket(c) => ("mfa.ticket", "factors", c.user_id.clone()),
+        Payload::SetMfaPolicy(_) => ("mfa.policy", "mfa_policy", "*".into()),
         Payload::SetRecoveryCodes(c) => ("mfa.recovery_codes", "factors", c.user_id.clone()),
         Payload::RemoveFactors(c) if c.kind.is_empty() => ("mfa.reset", "factors", c.user_id.clone()),
         Payload::RemoveFactors(c) => ("mfa.remove", "factors", c.user_id.clone()),

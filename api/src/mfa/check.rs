@@ -24,7 +24,8 @@ use gatehouse_domain::factors::{self, is_locked, recovery_left};
 use gatehouse_domain::Payload;
 use gatehouse_proto::events::factor_proof::Proof;
 use gatehouse_proto::events::{
-    CountFactorAttempt, EnrollTotp, FactorProof, PresentFactor, RemoveFactors, Sealed, SetRecoveryCodes,
+    CountFactorAttempt, EnrollTotp, FactorProof, IssueEnrollTicket, PresentFactor, RemoveFactors, Sealed,
+    SetRecoveryCodes,
 };
 use prost::Message as _;
 
@@ -134,7 +135,9 @@ fn factor_of(p: &FactorProof) -> &'static str {
 
 /// Pays the second factor a session waits for (`token`: its waiting
 /// token): the session gets a new token, returned for the cookie, and
-/// grants access from now. Returns once this node has applied it.
+/// grants access from now. Returns once this node has applied it. The
+/// login endpoint's limits are the caller's to count (the HTTP layer on
+/// a voter, `SignInService` for a front's).
 pub async fn present(
     front: &Front,
     token: &str,
@@ -143,7 +146,6 @@ pub async fn present(
     _user_agent: &str,
 ) -> Result<Opened, ApiError> {
     let node = &front.node;
-    front.limits.login_attempt(ip).await?;
     node.catch_up(std::time::Duration::from_millis(500)).await;
     let waiting = gatehouse_domain::sessions::verify_due(&node.view().read(), token, now_ms());
     let Ok(id) = waiting else { return Err(ApiError::Unauthenticated) };
@@ -153,15 +155,7 @@ pub async fn present(
         client_ip: ip.to_string(),
         ..Default::default()
     };
-    let proof = match proof(front, &id.user_id, code, &actor).await {
-        Ok(p) => p,
-        Err(e) => {
-            if e == ApiError::InvalidSecondFactor {
-                front.limits.login_refused(ip).await?;
-            }
-            return Err(e);
-        }
-    };
+    let proof = proof(front, &id.user_id, code, &actor).await?;
     let factor = factor_of(&proof);
     let minted = crate::mint::new_session_token();
     let expires_at = now_ms() + front.config.session_ttl.as_millis() as u64;
@@ -269,17 +263,7 @@ pub async fn enroll(
     let session_id = session_of(p)?.to_string();
     let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
     own::reauth(front, p, password, ip).await?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sealed.as_bytes())
-        .ok()
-        .filter(|b| b.len() <= MAX_SEALED_FORM)
-        .and_then(|b| Sealed::decode(b.as_slice()).ok());
-    let opened = bytes.and_then(|s| sealer.open(&s, &totp::enrolling_context(&p.user_id, &session_id)).ok());
-    let fresh = |o: &Vec<u8>| {
-        let at = o.get(totp::SECRET_BYTES..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
-        at.is_some_and(|at| now_ms().saturating_sub(at) <= ENROLL_FORM_TTL_MS)
-    };
-    let Some(secret) = opened.filter(fresh).map(|o| o[..totp::SECRET_BYTES].to_vec()) else {
+    let Some(secret) = offered_secret(front, p, sealed)? else {
         return Err(ApiError::InvalidArgument(
             "this enrollment form is not for this session or expired; start again".into(),
         ));
@@ -296,9 +280,105 @@ pub async fn enroll(
         step,
         recovery_sha256: codes.iter().map(|c| recovery::hash(c).to_vec()).collect(),
         session_id,
+        ..Default::default()
     }));
     let applied = audit::write(&front.node, &actor, cmd).await?;
     Ok((codes, applied.log_index))
+}
+
+/// Opens an enrollment form's sealed secret for `p`'s session, when it is
+/// fresh; `None` for any other form.
+fn offered_secret(front: &Front, p: &Principal, sealed: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let session_id = session_of(p)?;
+    let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sealed.as_bytes())
+        .ok()
+        .filter(|b| b.len() <= MAX_SEALED_FORM)
+        .and_then(|b| Sealed::decode(b.as_slice()).ok());
+    let opened = bytes.and_then(|s| sealer.open(&s, &totp::enrolling_context(&p.user_id, session_id)).ok());
+    let fresh = |o: &Vec<u8>| {
+        let at = o.get(totp::SECRET_BYTES..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        at.is_some_and(|at| now_ms().saturating_sub(at) <= ENROLL_FORM_TTL_MS)
+    };
+    Ok(opened.filter(fresh).map(|o| o[..totp::SECRET_BYTES].to_vec()))
+}
+
+/// The longest enrollment ticket a form may carry.
+pub const MAX_TICKET: usize = 64;
+
+/// Enrolls a first factor from a session that waits for it (a user whose
+/// role requires one and who has none): the sealed secret offered to that
+/// session, a code from the app, and the enrollment ticket an admin issued.
+/// The session gets a new token and access; the recovery codes, once.
+pub async fn enroll_waiting(
+    front: &Front,
+    token: &str,
+    sealed: &str,
+    code: &str,
+    ticket: &str,
+    ip: IpAddr,
+) -> Result<(Opened, Vec<String>), ApiError> {
+    let node = &front.node;
+    let p = waiting_principal(node, token).ok_or(ApiError::Unauthenticated)?;
+    let actor = Actor::of(&p, ip.to_string());
+    let Some(secret) = offered_secret(front, &p, sealed)? else {
+        return Err(ApiError::InvalidArgument(
+            "this enrollment form is not for this session or expired; start again".into(),
+        ));
+    };
+    let Some(step) = totp::check(&secret, code.trim(), now_ms() / 1000) else {
+        audit_factor(node, "mfa.enroll", "denied", &actor, &p.user_id, "a wrong code");
+        return Err(ApiError::InvalidSecondFactor);
+    };
+    let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
+    let codes = recovery::new_codes();
+    let minted = crate::mint::new_session_token();
+    let expires_at = now_ms() + front.config.session_ttl.as_millis() as u64;
+    let session_id = session_of(&p)?.to_string();
+    let cmd = node.command(Payload::EnrollTotp(EnrollTotp {
+        user_id: p.user_id.clone(),
+        secret: Some(sealer.seal(&secret, &totp::context(&p.user_id))),
+        step,
+        recovery_sha256: codes.iter().map(|c| recovery::hash(c).to_vec()).collect(),
+        session_id: session_id.clone(),
+        new_token_sha256: minted.token_sha256.to_vec(),
+        expires_at,
+        ticket_sha256: recovery::hash(ticket).to_vec(),
+    }));
+    let applied = match audit::write(node, &actor, cmd).await {
+        Ok(a) => a,
+        Err(ApiError::FailedPrecondition(m)) if m == factors::TICKET_NEEDED => {
+            return Err(ApiError::InvalidSecondFactor);
+        }
+        Err(e) => return Err(e),
+    };
+    let expires_at = node.view().read().session(&session_id).map_or(expires_at, |s| s.expires_at);
+    let opened = Opened {
+        user_id: p.user_id,
+        username: p.username,
+        roles: p.roles,
+        session_id,
+        token: minted.token,
+        expires_at,
+        log_index: applied.log_index,
+        factor_due: false,
+    };
+    Ok((opened, codes))
+}
+
+/// A new enrollment ticket for `user_id` (shown once to the admin who
+/// asked), valid `ttl_ms`.
+pub async fn issue_ticket(node: &Node, actor: &Actor, user_id: &str, ttl_ms: u64) -> Result<(String, u64), ApiError> {
+    let ticket = recovery::new_codes().swap_remove(0);
+    let expires_at = now_ms() + ttl_ms;
+    let cmd = node.command(Payload::IssueEnrollTicket(IssueEnrollTicket {
+        user_id: user_id.to_string(),
+        ticket_sha256: recovery::hash(&ticket).to_vec(),
+        expires_at,
+    }));
+    audit::write(node, actor, cmd).await?;
+    Ok((ticket, expires_at))
 }
 
 /// The checks before `p` changes factors they have: the password again
@@ -316,6 +396,43 @@ async fn confirm_factor(
         front.limits.login_attempt(ip).await?;
     }
     own::reauth(front, p, password, ip).await?;
+    let actor = Actor::of(p, ip.to_string());
+    let proof = match proof(front, &p.user_id, code, &actor).await {
+        Ok(proof) => proof,
+        Err(e) => {
+            if e == ApiError::InvalidSecondFactor {
+                front.limits.login_refused(ip).await?;
+            }
+            return Err(e);
+        }
+    };
+    step_up(front, p, proof, &actor).await
+}
+
+/// A sensitive change by `p` (a key made) needs a fresh second factor
+/// when `p` has one: presented within `window`, or `code` now (spent as a
+/// step-up). Nothing is asked of a person without a factor.
+pub async fn fresh_factor(
+    front: &Front,
+    p: &Principal,
+    code: &str,
+    window: std::time::Duration,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    let (has, required) = {
+        let state = front.node.view().read();
+        (state.has_factor(&p.user_id), state.factor_required(&p.user_id))
+    };
+    if !has && !required {
+        return Ok(());
+    }
+    let fresh = p.factor.is_some_and(|(_, at)| now_ms().saturating_sub(at) <= window.as_millis() as u64);
+    if fresh {
+        return Ok(());
+    }
+    if code.trim().is_empty() {
+        return Err(ApiError::SecondFactorRequired);
+    }
     let actor = Actor::of(p, ip.to_string());
     let proof = match proof(front, &p.user_id, code, &actor).await {
         Ok(proof) => proof,

@@ -315,7 +315,14 @@ pub async fn create_key(
     body: Bytes,
 ) -> Response {
     let max = crate::passwords::MAX_PASSWORD_LEN;
-    let expected = [("csrf", 64), ("name", MAX_KEY_NAME * 4), ("role", 64), ("days", 3), ("password", max)];
+    let expected = [
+        ("csrf", 64),
+        ("name", MAX_KEY_NAME * 4),
+        ("role", 64),
+        ("days", 3),
+        ("password", max),
+        ("code", crate::mfa::check::MAX_CODE),
+    ];
     let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
@@ -324,7 +331,7 @@ pub async fn create_key(
         return render(&front, &headers, &p, StatusCode::BAD_REQUEST, Ok("Choose how long the key lives."));
     };
     let role = Some(f["role"].clone()).filter(|r| !r.is_empty());
-    let key = OwnKey { name: f["name"].clone(), role, days, password: f["password"].clone() };
+    let key = OwnKey { name: f["name"].clone(), role, days, password: f["password"].clone(), code: f["code"].clone() };
     let made = match front.sign_in.create_own_key(&front, &p, &token, key, client.0).await {
         Ok(m) => m,
         Err(ApiError::PermissionDenied(_)) => {
@@ -339,6 +346,18 @@ pub async fn create_key(
         Err(ApiError::InvalidCredentials) => {
             tracing::Span::current().record("outcome", "password");
             return render(&front, &headers, &p, StatusCode::UNAUTHORIZED, Ok("Your password is not right."));
+        }
+        Err(ApiError::SecondFactorRequired) => {
+            let why = "Enter a code from your authenticator app to make a key.";
+            return render(&front, &headers, &p, StatusCode::FORBIDDEN, Ok(why));
+        }
+        Err(ApiError::InvalidSecondFactor) => {
+            let why = "That code is wrong or was used already.";
+            return render(&front, &headers, &p, StatusCode::UNAUTHORIZED, Ok(why));
+        }
+        Err(ApiError::SecondFactorLocked) => {
+            let why = "Too many wrong codes: your second factor is locked for a while.";
+            return render(&front, &headers, &p, StatusCode::FORBIDDEN, Ok(why));
         }
         Err(ApiError::RateLimited(_)) => {
             let why = "Too many attempts. Wait a minute, then try again.";

@@ -139,6 +139,10 @@ fn refusal(front: &Front, p: &Principal, e: &ApiError) -> Option<(StatusCode, &'
         ApiError::RateLimited(_) => {
             (StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
         }
+        ApiError::FailedPrecondition(m) if m == gatehouse_domain::factors::REQUIRED => {
+            (StatusCode::CONFLICT, "Your role requires two-step sign-in: it cannot be turned off.")
+        }
+        ApiError::SecondFactorRequired => (StatusCode::FORBIDDEN, "Enter a code from your authenticator app."),
         _ => return None,
     })
 }

@@ -7,7 +7,7 @@
 //! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
 //! | `POST /login/email`, `GET /login/link`, `POST /login/link` | [`links`] |
 //! | `GET /login/sso/{id}`, `GET /login/sso/{id}/callback`, `POST /login/sso/{id}/backchannel-logout` | [`sso`] |
-//! | `GET /login/factor`, `POST /login/factor` (the second step) | [`second_factor`] |
+//! | `GET /login/factor`, `POST /login/factor`, `POST /login/factor/enroll` (the second step) | [`second_factor`] |
 //! | `GET /account`, `POST /account/sessions/{id}/revoke`, `POST /account/keys`, `POST /account/keys/{id}/revoke`, `POST /account/password` | [`account`] |
 //! | `GET /account/totp`, `POST /account/totp`, `POST /account/totp/remove`, `POST /account/recovery` | [`authenticator`] |
 //! | `GET /assets/logo` | the configured logo |
@@ -41,9 +41,10 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 17] = [
+pub const ROUTES: [&str; 18] = [
     "/login",
     "/login/factor",
+    "/login/factor/enroll",
     "/account/totp",
     "/account/totp/remove",
     "/account/recovery",
@@ -66,6 +67,7 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
     router
         .route("/login", get(sign_in::page).post(sign_in::submit))
         .route("/login/factor", get(second_factor::page).post(second_factor::submit))
+        .route("/login/factor/enroll", post(second_factor::enroll))
         .route("/login/email", post(links::request))
         .route("/login/link", get(links::confirm).post(links::spend))
         .route("/login/sso/{id}", get(sso::start))

@@ -38,6 +38,29 @@ struct FactorPage<'a> {
     error: Option<&'a str>,
 }
 
+#[derive(Template)]
+#[template(path = "factor_enroll.html")]
+struct EnrollPage<'a> {
+    brand: BrandView<'a>,
+    nonce: &'a str,
+    csrf: &'a str,
+    rd: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+    qr_svg: &'a str,
+    secret: &'a str,
+    sealed: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "recovery.html")]
+struct CodesPage<'a> {
+    brand: BrandView<'a>,
+    nonce: &'a str,
+    message: &'a str,
+    codes: &'a [String],
+}
+
 #[derive(Deserialize)]
 pub struct FactorQuery {
     #[serde(default)]
@@ -103,9 +126,127 @@ pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Quer
         );
     }
     match waiting(&front, &headers).await {
+        // No factor yet (a role requires one): enrolling is the second step.
+        Some((id, token)) if !front.node.view().read().has_factor(&id.user_id) => {
+            enroll_form(&front, &headers, StatusCode::OK, &rd, &token, None).await
+        }
         Some((id, _)) => render(&front, &headers, StatusCode::OK, &rd, &id.username, None),
         None => see_other(&pages.login_url(&rd)),
     }
+}
+
+/// The first enrollment's form, with a fresh secret, for the waiting
+/// session of `token`.
+async fn enroll_form(
+    front: &Front,
+    headers: &HeaderMap,
+    status: StatusCode,
+    rd: &str,
+    token: &str,
+    error: Option<&str>,
+) -> Response {
+    let pages = pages(front);
+    let Some(p) = crate::mfa::check::waiting_principal(&front.node, token) else {
+        return see_other(&pages.login_url(rd));
+    };
+    let offer = match front.sign_in.offer_totp(front, &p, token).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "offering a first authenticator failed");
+            let why =
+                "Your role requires two-step sign-in, and it cannot be set up here right now. Ask your administrator.";
+            return notice(pages, StatusCode::SERVICE_UNAVAILABLE, "Not available", why);
+        }
+    };
+    let (csrf, set_cookie) = csrf::token(headers, front.config.secure_cookies);
+    let n = nonce();
+    let page = EnrollPage {
+        brand: pages.brand.view(),
+        nonce: &n,
+        csrf: &csrf,
+        rd,
+        username: &p.username,
+        error,
+        qr_svg: &offer.qr_svg,
+        secret: &offer.secret,
+        sealed: &offer.sealed,
+    };
+    let mut resp = html(pages, status, page.render(), &n, set_cookie);
+    resp.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `POST /login/factor/enroll` (`csrf`, `rd`, `sealed`, `ticket`, `code`):
+/// a waiting session's first factor, with the admin's enrollment ticket.
+/// The recovery codes are shown once, with the session's new cookie.
+#[tracing::instrument(level = "info", name = "page.factor_enroll", skip_all, fields(outcome))]
+pub async fn enroll(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pages = pages(&front);
+    let expected = [
+        ("csrf", 64),
+        ("rd", super::return_to::MAX_LEN),
+        ("sealed", crate::mfa::check::MAX_SEALED_FORM),
+        ("ticket", crate::mfa::check::MAX_TICKET),
+        ("code", crate::mfa::check::MAX_CODE),
+    ];
+    let Some(f) = form::fields(&body, &expected) else { return expired_form(pages) };
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
+        return expired_form(pages);
+    }
+    let rd = pages.return_domains.check(&f["rd"]).unwrap_or_default();
+    if !front.node.ensure_fresh().await {
+        return notice(
+            pages,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not available",
+            "Signing in is not possible right now. Try again shortly.",
+        );
+    }
+    let Some((_, token)) = waiting(&front, &headers).await else { return see_other(&pages.login_url(&rd)) };
+    let again = |status, why: &'static str| {
+        tracing::Span::current().record("outcome", "refused");
+        let (front, headers, rd, token) = (front.clone(), headers.clone(), rd.clone(), token.clone());
+        async move { enroll_form(&front, &headers, status, &rd, &token, Some(why)).await }
+    };
+    let done = front.sign_in.enroll_waiting(&front, &token, &f["sealed"], &f["code"], &f["ticket"], client.0).await;
+    let (opened, codes) = match done {
+        Ok(x) => x,
+        Err(ApiError::InvalidSecondFactor) => {
+            return again(StatusCode::UNAUTHORIZED, "The code or the enrollment ticket is not right.").await
+        }
+        Err(ApiError::InvalidArgument(_)) => {
+            return again(StatusCode::BAD_REQUEST, "This form has expired. Scan the new code.").await
+        }
+        Err(ApiError::RateLimited(_)) => {
+            return again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.").await
+        }
+        Err(ApiError::Unauthenticated) => return see_other(&pages.login_url(&rd)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a first enrollment failed");
+            return notice(
+                pages,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not available",
+                "Signing in is not possible right now. Try again shortly.",
+            );
+        }
+    };
+    tracing::Span::current().record("outcome", "ok");
+    let n = nonce();
+    let message = "Two-step sign-in is on, and you are signed in.";
+    let page = CodesPage { brand: pages.brand.view(), nonce: &n, message, codes: &codes };
+    let mut resp = html(pages, StatusCode::OK, page.render(), &n, None);
+    let max_age = opened.expires_at.saturating_sub(now_ms()).div_ceil(1000);
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    h.append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+    resp
 }
 
 /// `POST /login/factor` (`csrf`, `rd`, `code`): the session's new cookie

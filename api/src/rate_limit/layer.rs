@@ -21,7 +21,9 @@ pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::
     // The sign-in page's forms (a password, asking for a link, spending
     // one) are logins like the JSON API's: the same policies count them.
     let path = match req.uri().path() {
-        "/login" | "/login/email" | "/login/link" | "/login/factor" if req.method() == axum::http::Method::POST => {
+        "/login" | "/login/email" | "/login/link" | "/login/factor" | "/login/factor/enroll"
+            if req.method() == axum::http::Method::POST =>
+        {
             super::limiter::LOGIN_PATH
         }
         // A provider's callback is a sign-in too (each one may cost a call

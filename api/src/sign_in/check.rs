@@ -83,7 +83,10 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
         client_ip: ip.clone(),
         ..Default::default()
     };
-    let has_factor = node.view().read().has_factor(&user.user_id);
+    let (has_factor, required) = {
+        let state = node.view().read();
+        (state.has_factor(&user.user_id), state.factor_required(&user.user_id))
+    };
     match (&second, has_factor) {
         (Some(code), true) => {
             if code.len() > crate::mfa::check::MAX_CODE {
@@ -92,6 +95,9 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
             create.factor = Some(crate::mfa::check::proof(front, &user.user_id, code, &who).await?);
         }
         (None, true) if !later => return Err(ApiError::SecondFactorRequired),
+        // A role requires a factor this user has not enrolled: only the
+        // pages can enroll it (with an admin's ticket).
+        (_, false) if required && !later => return Err(ApiError::SecondFactorRequired),
         _ => {}
     }
     let factor = create.factor.as_ref().map(|_| "second factor given");
@@ -106,7 +112,7 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
         });
     }
     let mut opened = pending.opened(applied.log_index);
-    opened.factor_due = has_factor && factor.is_none();
+    opened.factor_due = (has_factor || required) && factor.is_none();
     let action = if opened.factor_due { "login.first_factor" } else { "login.success" };
     let mut e = audit::event(action, "ok", &who, format!("session:{}", opened.session_id));
     e.request_id = request_id;

@@ -137,6 +137,13 @@ impl VoterSignIn {
         Ok(r.log_index)
     }
 
+    /// Enrolls from a waiting session (`request.credential` its token).
+    pub async fn enroll_waiting(&self, request: pb::OwnFactorRequest) -> Result<(Opened, Vec<String>), ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.enroll_waiting(req).await }).await?;
+        let login = r.login.ok_or(ApiError::Internal)?;
+        Ok((opened(login), r.codes))
+    }
+
     /// New recovery codes for the caller: the codes and the log index.
     pub async fn new_recovery_codes(&self, request: pb::OwnFactorRequest) -> Result<(Vec<String>, u64), ApiError> {
         let r = self.own_factor(request, |mut c, req| async move { c.new_recovery_codes(req).await }).await?;
@@ -216,6 +223,7 @@ impl VoterSignIn {
             days: key.days,
             client_ip: ip.to_string(),
             password: key.password,
+            code: key.code,
         };
         let r = self
             .on_a_voter(|mut c, left| {

@@ -232,6 +232,30 @@ impl SignIn {
         Ok(codes)
     }
 
+    /// Enrolls a first factor from a session waiting for one (`token`),
+    /// with the admin's ticket: the session's new token (applied here
+    /// too) and the recovery codes.
+    pub async fn enroll_waiting(
+        &self,
+        front: &Front,
+        token: &str,
+        sealed: &str,
+        code: &str,
+        ticket: &str,
+        ip: IpAddr,
+    ) -> Result<(Opened, Vec<String>), ApiError> {
+        match self {
+            SignIn::Here(_) => crate::mfa::check::enroll_waiting(front, token, sealed, code, ticket, ip).await,
+            SignIn::Voters(voters) => {
+                let mut request = own_factor(token, ip, code, String::new(), sealed);
+                request.ticket = ticket.to_string();
+                let (opened, codes) = voters.enroll_waiting(request).await?;
+                front.node.wait_applied(opened.log_index).await;
+                Ok((opened, codes))
+            }
+        }
+    }
+
     /// Turns `p`'s authenticator off (the password and a current code).
     pub async fn remove_totp(
         &self,
@@ -318,5 +342,6 @@ fn own_factor(
         code: code.to_string(),
         password,
         sealed: sealed.to_string(),
+        ticket: String::new(),
     }
 }

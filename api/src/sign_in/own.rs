@@ -45,6 +45,9 @@ pub struct OwnKey {
     pub days: u64,
     /// The person's password, given again (empty for a person without one).
     pub password: String,
+    /// A code from the person's authenticator, when their last second
+    /// factor is older than the re-authentication window.
+    pub code: String,
 }
 
 impl std::fmt::Debug for OwnKey {
@@ -139,6 +142,9 @@ pub async fn reauth(front: &Front, p: &Principal, password: String, ip: IpAddr) 
 /// Makes a key for `p` (see the module docs).
 pub async fn create_key(front: &Front, p: &Principal, k: OwnKey, ip: IpAddr) -> Result<NewOwnKey, ApiError> {
     reauth(front, p, k.password.clone(), ip).await?;
+    // A key outlives the session: a person with a second factor shows a
+    // fresh one (a role that requires a factor asks it of every key).
+    crate::mfa::check::fresh_factor(front, p, &k.code, window(front), ip).await?;
     let name = k.name.trim();
     if name.is_empty() || name.chars().count() > MAX_KEY_NAME || name.chars().any(char::is_control) {
         return Err(ApiError::InvalidArgument("a key's name is 1 to 64 printable characters".into()));

@@ -213,7 +213,7 @@ impl SignInService for SignIns {
         let ip = client_ip(&r.client_ip)?;
         let p = self.caller(&r.credential).await?;
         let role = Some(r.role).filter(|role| !role.is_empty());
-        let key = OwnKey { name: r.name, role, days: r.days, password: r.password };
+        let key = OwnKey { name: r.name, role, days: r.days, password: r.password, code: r.code };
         let made = own::create_key(&self.front, &p, key, ip).await?;
         Ok(Response::new(pb::CreateOwnKeyResponse { key_id: made.key_id, key: made.key, log_index: made.log_index }))
     }
@@ -316,7 +316,13 @@ impl SignInService for SignIns {
 
     async fn offer_totp(&self, req: Request<pb::OwnFactorRequest>) -> Result<Response<pb::TotpOffer>, Status> {
         let r = req.into_inner();
-        let p = self.caller(&r.credential).await?;
+        let p = match self.caller(&r.credential).await {
+            Ok(p) => p,
+            // A session waiting to enroll its first factor is offered one too.
+            Err(ApiError::Unauthenticated) => crate::mfa::check::waiting_principal(&self.front.node, &r.credential)
+                .ok_or(ApiError::Unauthenticated)?,
+            Err(e) => return Err(e.into()),
+        };
         let e = crate::mfa::check::enrolling(&self.front, &p)?;
         Ok(Response::new(pb::TotpOffer { secret: e.secret, uri: e.uri, qr_svg: e.qr_svg, sealed: e.sealed }))
     }
@@ -374,8 +380,38 @@ impl SignInService for SignIns {
         if !self.front.node.ensure_fresh().await {
             return Err(ApiError::Stale.into());
         }
+        let limits = &self.front.limits;
+        limits.login_attempt(ip).await?;
         let opened = crate::mfa::check::present(&self.front, &r.token, &r.code, ip, &r.user_agent).await;
         tracing::Span::current().record("outcome", if opened.is_ok() { "ok" } else { "denied" });
+        if matches!(opened, Err(ApiError::InvalidSecondFactor)) {
+            limits.login_refused(ip).await?;
+        }
         Ok(Response::new(login_response(opened?)))
+    }
+
+    /// Under the login endpoint's limits, by the address the front names.
+    async fn enroll_waiting(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::EnrolledResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        if r.credential.len() > crate::identity::MAX_CREDENTIAL_LEN || r.ticket.len() > crate::mfa::check::MAX_TICKET {
+            return Err(ApiError::InvalidArgument("credential or ticket too long".into()).into());
+        }
+        if !self.front.node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        let limits = &self.front.limits;
+        limits.login_attempt(ip).await?;
+        let done =
+            crate::mfa::check::enroll_waiting(&self.front, &r.credential, &r.sealed, &r.code, &r.ticket, ip).await;
+        if matches!(done, Err(ApiError::InvalidSecondFactor)) {
+            limits.login_refused(ip).await?;
+        }
+        let (opened, codes) = done?;
+        Ok(Response::new(pb::EnrolledResponse { login: Some(login_response(opened)), codes }))
     }
 }

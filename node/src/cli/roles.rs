@@ -50,6 +50,15 @@ pub enum RoleCommand {
         #[arg(long)]
         user: String,
     },
+    /// Show, or set, which roles require a second factor.
+    Mfa {
+        /// A role that requires one (repeatable); replaces the list.
+        #[arg(long = "require", value_name = "ROLE", conflicts_with = "none")]
+        require: Vec<String>,
+        /// Require a second factor of no role.
+        #[arg(long)]
+        none: bool,
+    },
 }
 
 pub(super) fn role_json(r: &Role) -> serde_json::Value {
@@ -108,6 +117,22 @@ pub(super) async fn role(
         RoleCommand::Unassign { role, user } => {
             let u = client.unassign(RoleAssignment { user, role }).await.map_err(rpc_error)?.into_inner();
             return print_user(&u, "updated", json, out);
+        }
+        RoleCommand::Mfa { require, none } => {
+            let policy = if require.is_empty() && !none {
+                client.get_mfa_policy(GetMfaPolicyRequest {}).await
+            } else {
+                client.set_mfa_policy(MfaPolicy { required_roles: require }).await
+            };
+            let roles = policy.map_err(rpc_error)?.into_inner().required_roles;
+            if json {
+                writeln!(out, "{}", json!({ "required_roles": roles }))?;
+            } else if roles.is_empty() {
+                writeln!(out, "no role requires a second factor")?;
+            } else {
+                writeln!(out, "a second factor is required of: {}", roles.join(", "))?;
+            }
+            return Ok(());
         }
     };
     if json {

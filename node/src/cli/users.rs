@@ -79,6 +79,14 @@ pub enum UserCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Issue a one-time enrollment ticket (shown once): a user whose role
+    /// requires a second factor and who has none enrolls with it.
+    EnrollTicket {
+        user: String,
+        /// Hours it stays valid (1 to 168).
+        #[arg(long, default_value_t = 72)]
+        hours: u32,
+    },
     /// Enable a disabled user.
     Enable {
         user: String,
@@ -205,6 +213,16 @@ pub(super) async fn user(
             anyhow::ensure!(yes, "resetting removes the user's authenticator and recovery codes: add --yes to confirm");
             let u = client.reset_factors(ResetFactorsRequest { user }).await.map_err(rpc_error)?.into_inner();
             print_user(&u, "reset the second factors of", json, out)?;
+        }
+        UserCommand::EnrollTicket { user, hours } => {
+            let req = IssueEnrollTicketRequest { user, valid_hours: hours };
+            let t = client.issue_enroll_ticket(req).await.map_err(rpc_error)?.into_inner();
+            if json {
+                writeln!(out, "{}", json!({ "user_id": t.user_id, "ticket": t.ticket, "expires_at": t.expires_at }))?;
+            } else {
+                writeln!(out, "enrollment ticket for {} (shown once, valid until {}):", t.user_id, when(t.expires_at))?;
+                writeln!(out, "{}", t.ticket)?;
+            }
         }
         UserCommand::Enable { user, wait } => {
             let req = SetUserStatusRequest { user, status: "active".into(), wait_all: wait == Some(Wait::All) };
