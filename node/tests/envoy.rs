@@ -124,6 +124,7 @@ async fn ext_authz_decides_as_verify_does_on_a_voter_and_on_a_front() {
             path_prefix: "/ops".into(),
             roles: vec!["operator".into()],
             ignore_case: false,
+            ..Default::default()
         }];
     })
     .await;

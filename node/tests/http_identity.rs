@@ -519,12 +519,14 @@ async fn route_rules_require_roles_by_forwarded_host_and_path() {
                 path_prefix: "/".into(),
                 roles: vec!["admin".into()],
                 ignore_case: false,
+                ..Default::default()
             },
             gatehouse::config::RouteRule {
                 host: None,
                 path_prefix: "/ops".into(),
                 roles: vec!["operator".into(), "admin".into()],
                 ignore_case: false,
+                ..Default::default()
             },
         ];
     })

@@ -648,6 +648,7 @@ async fn the_client_address_is_known_with_rate_limits_off() {
             path_prefix: "/ops".into(),
             roles: vec!["admin".into()],
             ignore_case: false,
+            ..Default::default()
         }];
     })
     .await;

@@ -637,3 +637,99 @@ async fn a_role_that_requires_a_factor_cuts_sessions_without_one_and_enrolls_onl
     wait_until("the reset is audited", Duration::from_secs(10), || audited(&c, "mfa.reset", "")).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_rules_ask_for_a_second_factor_and_a_fresh_one() {
+    let rule = |prefix: &str, mfa: bool, within: Option<&str>, allow_keys: bool| gatehouse::config::RouteRule {
+        path_prefix: prefix.into(),
+        roles: vec!["viewer".into()],
+        mfa: mfa.then(|| "required".to_string()),
+        mfa_within: within.map(str::to_string),
+        allow_keys,
+        ..Default::default()
+    };
+    let rules = vec![
+        rule("/mfa", true, None, false),
+        rule("/fresh", false, Some("30s"), false),
+        rule("/tools", true, None, true),
+    ];
+    let c = cluster(1, move |c| {
+        c.identity.routes = rules.clone();
+        c.pages.return_domains = vec!["example.com".into()];
+    })
+    .await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    create_user_with_password(c.node(1), "bob", "pw-of-bob-0001", &["viewer"]).await;
+    let at = base(c.node(1));
+    let ann = enroll(&at, "ann", PASSWORD).await;
+    let check = |cookie: Option<String>, key: Option<String>, uri: &'static str, page: bool| {
+        let at = at.clone();
+        async move {
+            let mut r = browser()
+                .get(format!("{at}/auth/verify"))
+                .header("x-forwarded-host", "app.example.com")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-uri", uri);
+            if let Some(cookie) = cookie {
+                r = r.header("cookie", format!("{SESSION}={cookie}"));
+            }
+            if let Some(key) = key {
+                r = r.bearer_auth(key);
+            }
+            if page {
+                r = r.header("accept", "text/html");
+            }
+            r.send().await.unwrap()
+        }
+    };
+    // Ann with a session that presented her factor (the enrollment's).
+    let s = Some(ann.session.clone());
+    assert_eq!(check(s.clone(), None, "/mfa/x", false).await.status(), StatusCode::OK);
+    assert_eq!(check(s.clone(), None, "/fresh/x", false).await.status(), StatusCode::OK);
+
+    // Bob has no factor: refused where one is required, sent to the second step.
+    let (bob, _) = sign_in(&at, "bob", "pw-of-bob-0001").await;
+    let b = Some(bob.clone());
+    assert_eq!(check(b.clone(), None, "/open", false).await.status(), StatusCode::OK);
+    let (status, code) = error_code(check(b.clone(), None, "/mfa/x", false).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "second_factor_required"));
+    let page = check(b.clone(), None, "/mfa/x", true).await;
+    assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
+    let to = page.headers()[LOCATION].to_str().unwrap().to_string();
+    assert!(to.contains("/login/factor?rd=https%3A%2F%2Fapp.example.com%2Fmfa%2Fx"), "{to}");
+
+    // Keys: refused unless the rule allows them.
+    let key = common::create_key(c.node(1), "kim", &["viewer"]).await;
+    let (status, _) = error_code(check(None, Some(key.clone()), "/mfa/x", false).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(check(None, Some(key.clone()), "/tools/x", false).await.status(), StatusCode::OK);
+
+    // Past the window, a step-up: the page asks for a code and sends her back.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(check(s.clone(), None, "/mfa/x", false).await.status(), StatusCode::OK, "no window there");
+    let stale = check(s.clone(), None, "/fresh/x", true).await;
+    assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+    let to = stale.headers()[LOCATION].to_str().unwrap().to_string();
+    let page = get(
+        &at,
+        &to.replace("http://", "").split_once('/').map(|(_, p)| format!("/{p}")).unwrap_or(to.clone()),
+        &ann.session,
+        &ann.csrf,
+    )
+    .await;
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Confirm it is you"), "{page}");
+    let rd = hidden(&page, "rd");
+    assert_eq!(rd, "https://app.example.com/fresh/x");
+    let wrong = post(&at, "/login/factor", &ann.session, &ann.csrf, &[("code", "000000"), ("rd", &rd)]).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let code = pyotp(&ann.secret, now_secs() + 30);
+    let up = post(&at, "/login/factor", &ann.session, &ann.csrf, &[("code", &code), ("rd", &rd)]).await;
+    assert_eq!(up.status(), StatusCode::SEE_OTHER);
+    assert_eq!(up.headers()[LOCATION], rd.as_str());
+    let fresh = check(s.clone(), None, "/fresh/x", false).await;
+    assert_eq!(fresh.status(), StatusCode::OK);
+    assert!(fresh.headers()["x-auth-mfa-age"].to_str().unwrap().parse::<u64>().unwrap() < 5);
+    wait_until("the step-up is audited", Duration::from_secs(10), || audited(&c, "mfa.step_up", "")).await;
+    c.shutdown().await;
+}

@@ -218,6 +218,7 @@ async fn the_example_config_ignores_what_a_client_spoofs() {
             path_prefix: "/ops".into(),
             roles: vec!["admin".into()],
             ignore_case: false,
+            ..Default::default()
         }];
         // nginx (127.0.0.1) is the one trusted proxy; the client is 127.0.0.5.
         cfg.rate_limits = gatehouse_api::rate_limit::LimitsConfig {

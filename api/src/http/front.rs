@@ -24,7 +24,7 @@ pub struct Lockout {
 /// first rule whose host (if set) and path prefix match `X-Forwarded-Host` /
 /// `X-Forwarded-Uri` decides which roles may pass (any one of them). Both are
 /// read by [`forwarded`]; a request it cannot read one way is refused.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     /// Matched against the normalised forwarded host (see [`forwarded::normalise_host`]).
@@ -36,6 +36,18 @@ pub struct RouteRule {
     /// `/OPS` as `/ops`.
     #[serde(default)]
     pub ignore_case: bool,
+    /// `"required"`: only a session that presented a second factor passes
+    /// (API keys are refused unless `allow_keys`).
+    #[serde(default)]
+    pub mfa: Option<String>,
+    /// Step-up: a second factor older than this (`"10m"`, `"90s"`, `"1h"`)
+    /// is asked for again before the request passes. Implies `mfa`.
+    #[serde(default)]
+    pub mfa_within: Option<String>,
+    /// On a rule that requires a second factor: API keys pass too (a key
+    /// presents none; it was made from a session with a fresh one).
+    #[serde(default)]
+    pub allow_keys: bool,
 }
 
 impl RouteRule {
@@ -53,7 +65,31 @@ impl RouteRule {
         if self.roles.is_empty() {
             return Err("identity.routes: roles must not be empty".into());
         }
+        if let Some(m) = &self.mfa {
+            if m != "required" {
+                return Err(format!("identity.routes: mfa {m:?} must be \"required\" (or left out)"));
+            }
+        }
+        if let Some(w) = &self.mfa_within {
+            match humantime::parse_duration(w) {
+                Ok(d) if d >= Duration::from_secs(30) && d <= Duration::from_secs(30 * 86_400) => {}
+                _ => return Err(format!("identity.routes: mfa_within {w:?} must be a duration from 30s to 30d")),
+            }
+        }
+        if self.allow_keys && !self.needs_mfa() {
+            return Err("identity.routes: allow_keys applies to a rule with mfa or mfa_within".into());
+        }
         Ok(())
+    }
+
+    /// Whether the rule asks for a second factor.
+    pub fn needs_mfa(&self) -> bool {
+        self.mfa.is_some() || self.mfa_within.is_some()
+    }
+
+    /// The step-up window, when the rule has one (validated at start-up).
+    pub fn mfa_within(&self) -> Option<Duration> {
+        self.mfa_within.as_deref().and_then(|w| humantime::parse_duration(w).ok())
     }
 }
 

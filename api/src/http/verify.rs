@@ -59,6 +59,57 @@ fn to_sign_in(front: &Front, q: &VerifyQuery, headers: &HeaderMap, resp: Respons
     resp
 }
 
+/// What a route rule asks of the caller's second factor (`Some`: the
+/// refusal): nothing, a
+/// session that presented one, or one presented within `mfa_within`. A
+/// browser that must give one (again) is sent to the second-step page and
+/// back; an API client gets 401 with why.
+fn second_factor(
+    front: &Front,
+    q: &VerifyQuery,
+    headers: &HeaderMap,
+    rule: &RouteRule,
+    p: &Principal,
+) -> Option<(&'static str, Response)> {
+    if !rule.needs_mfa() {
+        return None;
+    }
+    let factor_at = match (&p.via, p.factor) {
+        (crate::identity::Via::ApiKey { .. }, _) if rule.allow_keys => return None,
+        (crate::identity::Via::ApiKey { .. }, _) => {
+            let e = ApiError::PermissionDenied("this route requires a second factor: API keys are not accepted".into());
+            return Some(("mfa_key_refused", e.into_response()));
+        }
+        (_, Some((_, at))) => at,
+        (_, None) => 0,
+    };
+    let within = rule.mfa_within().map(|w| w.as_millis() as u64);
+    let stale =
+        factor_at == 0 || within.is_some_and(|w| gatehouse_cluster::clock::now_ms().saturating_sub(factor_at) > w);
+    if !stale {
+        return None;
+    }
+    let decision = if factor_at == 0 { "mfa_required" } else { "mfa_stale" };
+    let mut resp = unauthorized(ApiError::SecondFactorRequired);
+    // A browser goes to the second step (a step-up for a person with a
+    // factor; enrolling one from the account page for a person without).
+    if let Some(pages) = front.config.pages.as_deref().filter(|_| crate::pages::render::wants_page(headers)) {
+        let back = forwarded::original_url(headers).and_then(|u| pages.return_domains.check(&u)).unwrap_or_default();
+        let base = pages.public_url.as_deref().unwrap_or("").trim_end_matches('/');
+        let rd: String = url::form_urlencoded::byte_serialize(back.as_bytes()).collect();
+        if let Ok(location) = HeaderValue::from_str(&format!("{base}/login/factor?rd={rd}")) {
+            if q.redirect {
+                let method = headers.get("x-forwarded-method").map(|m| m.as_bytes());
+                let get = method.is_none_or(|m| m == b"GET" || m == b"HEAD");
+                *resp.status_mut() = if get { StatusCode::FOUND } else { StatusCode::SEE_OTHER };
+                resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+            }
+            resp.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    Some((decision, resp))
+}
+
 fn unauthorized(e: ApiError) -> Response {
     let mut resp = e.into_response();
     if resp.status() == StatusCode::UNAUTHORIZED {
@@ -72,8 +123,8 @@ fn unauthorized(e: ApiError) -> Response {
 enum Route<'a> {
     /// No rule matches.
     Free,
-    /// The first matching rule's roles (one of them is needed).
-    Needs(&'a [String]),
+    /// The first matching rule (one of its roles is needed).
+    Needs(&'a RouteRule),
     /// Rules exist, but the forwarded request could be read two ways
     /// ([`forwarded::Ambiguous`]): a rule could be dodged by spelling, so
     /// the request is refused.
@@ -101,7 +152,7 @@ fn required_roles<'a>(rules: &'a [RouteRule], headers: &HeaderMap) -> Route<'a> 
             r.host.as_deref().is_none_or(|h| host.as_deref() == Some(h))
                 && forwarded::under(&path, &r.path_prefix, r.ignore_case)
         })
-        .map_or(Route::Free, |r| Route::Needs(&r.roles))
+        .map_or(Route::Free, Route::Needs)
 }
 
 /// The decision and the caller's id go on the `http.request` span, which
@@ -164,7 +215,16 @@ async fn decide(
     }
     match required_roles(&front.config.routes, headers) {
         Route::Free => {}
-        Route::Needs(needed) if needed.iter().any(|r| principal.roles.contains(r)) => {}
+        Route::Needs(rule) if rule.roles.iter().any(|r| principal.roles.contains(r)) => {
+            if let Some((decision, resp)) = second_factor(front, q, headers, rule, &principal) {
+                front.node.audit_count(
+                    "forward_auth.denied",
+                    format!("user:{}", principal.user_id),
+                    client.0.to_string(),
+                );
+                return (decision, resp);
+            }
+        }
         Route::Needs(_) => {
             return denied("missing_role", ApiError::PermissionDenied("this route requires another role".into()));
         }
@@ -214,7 +274,7 @@ mod tests {
             host: host.map(str::to_string),
             path_prefix: prefix.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
-            ignore_case: false,
+            ..Default::default()
         }
     }
 
@@ -226,15 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn second_factor_rules_are_checked_at_start_up() {
+        let ok = RouteRule { mfa: Some("required".into()), allow_keys: true, ..rule(None, "/ops", &["admin"]) };
+        assert!(ok.validate().is_ok() && ok.needs_mfa());
+        let window = RouteRule { mfa_within: Some("10m".into()), ..rule(None, "/ops", &["admin"]) };
+        assert_eq!(window.mfa_within(), Some(std::time::Duration::from_secs(600)));
+        assert!(window.validate().is_ok() && window.needs_mfa());
+        for bad in [
+            RouteRule { mfa: Some("yes".into()), ..rule(None, "/ops", &["admin"]) },
+            RouteRule { mfa_within: Some("5s".into()), ..rule(None, "/ops", &["admin"]) },
+            RouteRule { mfa_within: Some("forever".into()), ..rule(None, "/ops", &["admin"]) },
+            RouteRule { mfa_within: Some("90d".into()), ..rule(None, "/ops", &["admin"]) },
+            RouteRule { allow_keys: true, ..rule(None, "/ops", &["admin"]) },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_first_matching_rule_decides() {
         let rules = vec![rule(Some("admin.example"), "/", &["admin"]), rule(None, "/ops", &["operator", "admin"])];
         for host in ["ADMIN.example", "admin.example:443", "admin.example.", "Admin.Example.:8443"] {
             let h = forwarded(host.as_bytes(), b"/");
-            assert_eq!(required_roles(&rules, &h), Route::Needs(&["admin".to_string()]), "{host}");
+            assert_eq!(required_roles(&rules, &h), Route::Needs(&rules[0]), "{host}");
         }
         for ops in ["/ops", "/ops/metrics", "/ops?x=1", "/ops/a/b"] {
             let h = forwarded(b"app.example", ops.as_bytes());
-            assert!(matches!(required_roles(&rules, &h), Route::Needs(r) if r.len() == 2), "{ops}");
+            assert!(matches!(required_roles(&rules, &h), Route::Needs(r) if r.roles.len() == 2), "{ops}");
         }
         for free in ["/public", "/opsx", "/", "/o", "/OPS"] {
             assert_eq!(required_roles(&rules, &forwarded(b"app.example", free.as_bytes())), Route::Free, "{free}");

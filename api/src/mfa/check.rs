@@ -406,7 +406,7 @@ async fn confirm_factor(
             return Err(e);
         }
     };
-    step_up(front, p, proof, &actor).await
+    step_up(front, p, proof, &actor).await.map(drop)
 }
 
 /// A sensitive change by `p` (a key made) needs a fresh second factor
@@ -443,12 +443,21 @@ pub async fn fresh_factor(
             return Err(e);
         }
     };
+    step_up(front, p, proof, &actor).await.map(drop)
+}
+
+/// A step-up: `code` checked and spent on `p`'s session, whose second
+/// factor is fresh from now. The login endpoint's limits are the caller's.
+pub async fn step_up_with(front: &Front, p: &Principal, code: &str, ip: IpAddr) -> Result<u64, ApiError> {
+    session_of(p)?;
+    let actor = Actor::of(p, ip.to_string());
+    let proof = proof(front, &p.user_id, code, &actor).await?;
     step_up(front, p, proof, &actor).await
 }
 
 /// Spends `proof` on `p`'s session (a step-up: its factor is fresh from
 /// now), so the code is used once here as anywhere.
-async fn step_up(front: &Front, p: &Principal, proof: FactorProof, actor: &Actor) -> Result<(), ApiError> {
+async fn step_up(front: &Front, p: &Principal, proof: FactorProof, actor: &Actor) -> Result<u64, ApiError> {
     let factor = factor_of(&proof);
     let cmd = front.node.command(Payload::PresentFactor(PresentFactor {
         session_id: session_of(p)?.to_string(),
@@ -462,7 +471,7 @@ async fn step_up(front: &Front, p: &Principal, proof: FactorProof, actor: &Actor
         return Err(refusal(e));
     }
     audit_factor(&front.node, "mfa.step_up", "ok", actor, &p.user_id, factor);
-    Ok(())
+    Ok(applied.log_index)
 }
 
 /// A refused spend as the person is told it.

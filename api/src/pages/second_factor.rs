@@ -114,7 +114,12 @@ fn render(
 
 /// `GET /login/factor?rd=…`: the code form, for a session that waits for
 /// it; anyone else goes to sign in.
-pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Query<FactorQuery>) -> Response {
+pub async fn page(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    Query(q): Query<FactorQuery>,
+) -> Response {
     let pages = pages(&front);
     let rd = q.rd.as_deref().and_then(|r| pages.return_domains.check(r)).unwrap_or_default();
     if !front.node.is_fresh() {
@@ -131,7 +136,55 @@ pub async fn page(State(front): State<Front>, headers: HeaderMap, Query(q): Quer
             enroll_form(&front, &headers, StatusCode::OK, &rd, &token, None).await
         }
         Some((id, _)) => render(&front, &headers, StatusCode::OK, &rd, &id.username, None),
-        None => see_other(&pages.login_url(&rd)),
+        // Signed in: a step-up (a route asks for a fresh factor).
+        None => match super::sign_in::session(&front, &headers, client.0, None).await {
+            Ok(Some((p, _))) if front.node.view().read().has_factor(&p.user_id) => {
+                render(&front, &headers, StatusCode::OK, &rd, &p.username, None)
+            }
+            Ok(Some(_)) => {
+                let why = "This page asks for two-step sign-in. Add an authenticator app in your account first.";
+                notice(pages, StatusCode::FORBIDDEN, "Two-step sign-in needed", why)
+            }
+            _ => see_other(&pages.login_url(&rd)),
+        },
+    }
+}
+
+/// A step-up from a signed-in browser: the code makes its session's second
+/// factor fresh, and the browser goes back to `rd`.
+async fn step_up(front: &Front, client: std::net::IpAddr, headers: &HeaderMap, rd: &str, code: &str) -> Response {
+    let pages = pages(front);
+    let Ok(Some((p, token))) = super::sign_in::session(front, headers, client, None).await else {
+        // Over (the wait passed) or never begun: sign in again.
+        return see_other(&pages.login_url(rd));
+    };
+    let again = |status, why: &str| {
+        tracing::Span::current().record("outcome", "refused");
+        render(front, headers, status, rd, &p.username, Some(why))
+    };
+    if code.is_empty() {
+        return again(StatusCode::BAD_REQUEST, "Enter the code.");
+    }
+    match front.sign_in.step_up(front, &p, &token, code, client).await {
+        Ok(()) => {
+            tracing::Span::current().record("outcome", "ok");
+            see_other(if rd.is_empty() { "/account" } else { rd })
+        }
+        Err(ApiError::InvalidSecondFactor) => {
+            again(StatusCode::UNAUTHORIZED, "That code is wrong or was used already.")
+        }
+        Err(ApiError::SecondFactorLocked) => again(
+            StatusCode::FORBIDDEN,
+            "Too many wrong codes: your second factor is locked for a while. Try again later.",
+        ),
+        Err(ApiError::RateLimited(_)) => {
+            again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a step-up failed");
+            let status = axum::response::IntoResponse::into_response(e).status();
+            again(status, "This is not possible right now. Try again shortly.")
+        }
     }
 }
 
@@ -276,8 +329,7 @@ pub async fn submit(
         );
     }
     let Some((id, token)) = waiting(&front, &headers).await else {
-        // Over (five minutes passed) or never begun: sign in again.
-        return see_other(&pages.login_url(&rd));
+        return step_up(&front, client.0, &headers, &rd, f["code"].trim()).await;
     };
     let code = f["code"].trim();
     let again = |status, why: &str| {

@@ -137,6 +137,12 @@ impl VoterSignIn {
         Ok(r.log_index)
     }
 
+    /// A step-up of the caller's session: the log index.
+    pub async fn step_up(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.step_up(req).await }).await?;
+        Ok(r.log_index)
+    }
+
     /// Enrolls from a waiting session (`request.credential` its token).
     pub async fn enroll_waiting(&self, request: pb::OwnFactorRequest) -> Result<(Opened, Vec<String>), ApiError> {
         let r = self.own_factor(request, |mut c, req| async move { c.enroll_waiting(req).await }).await?;

@@ -256,6 +256,24 @@ impl SignIn {
         }
     }
 
+    /// A step-up: `code` makes `p`'s session's second factor fresh.
+    /// Returns once this node applied it.
+    pub async fn step_up(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        code: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let index = match self {
+            SignIn::Here(_) => crate::mfa::check::step_up_with(front, p, code, ip).await?,
+            SignIn::Voters(voters) => voters.step_up(own_factor(credential, ip, code, String::new(), "")).await?,
+        };
+        front.node.wait_applied(index).await;
+        Ok(())
+    }
+
     /// Turns `p`'s authenticator off (the password and a current code).
     pub async fn remove_totp(
         &self,

@@ -391,6 +391,24 @@ impl SignInService for SignIns {
     }
 
     /// Under the login endpoint's limits, by the address the front names.
+    async fn step_up(&self, req: Request<pb::OwnFactorRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        if r.code.len() > crate::mfa::check::MAX_CODE {
+            return Err(ApiError::InvalidArgument("code too long".into()).into());
+        }
+        let p = self.caller(&r.credential).await?;
+        let limits = &self.front.limits;
+        limits.login_attempt(ip).await?;
+        let done = crate::mfa::check::step_up_with(&self.front, &p, &r.code, ip).await;
+        if matches!(done, Err(ApiError::InvalidSecondFactor)) {
+            limits.login_refused(ip).await?;
+        }
+        Ok(Response::new(pb::LogoutResponse { log_index: done? }))
+    }
+
+    /// Under the login endpoint's limits, by the address the front names.
     async fn enroll_waiting(
         &self,
         req: Request<pb::OwnFactorRequest>,
