@@ -426,3 +426,84 @@ async fn a_person_signs_in_through_their_identity_provider_and_lands_on_the_app(
     b.close().await.unwrap();
     c.shutdown().await;
 }
+
+/// Two-step sign-in in a real browser through nginx: an authenticator app
+/// added from "my account" (the key read off the page, codes from pyotp),
+/// the recovery codes shown once, then a sign-in that asks for the code
+/// after the password and lands on the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_turns_on_an_authenticator_app_and_signs_in_with_a_code() {
+    use common::totp::{now_secs, pyotp};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = format!("https://app.example.test:{port}");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("kek");
+    std::fs::write(&key, hex::encode([4u8; 32])).unwrap();
+    let public = site.clone();
+    let c = TestCluster::start_with(1, move |c| {
+        c.pages.return_domains = vec!["example.test".into()];
+        c.pages.product_name = "Example SSO".into();
+        c.pages.public_url = Some(public.clone());
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key.clone() }];
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.node(1).cluster().cluster_version() == newest
+    })
+    .await;
+    create_user_with_password(c.node(1), "ann", "correct horse battery", &["viewer"]).await;
+    let gatehouse = c.node(1).http_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = example_over_https(dir.path(), port, &gatehouse, upstream().await);
+    let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
+    let driver = chromedriver().await;
+    let b = browser(&driver).await;
+
+    let sign_in = |b: Client| async move {
+        b.find(Locator::Id("username")).await.unwrap().send_keys("ann").await.unwrap();
+        b.find(Locator::Id("password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+        b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    };
+    b.goto(&format!("{site}/account")).await.unwrap();
+    sign_in(b.clone()).await;
+    heading(&b, "ann").await;
+    b.find(Locator::Css("a[href=\"/account/totp\"]")).await.unwrap().click().await.unwrap();
+    heading(&b, "Add an authenticator app").await;
+    assert!(b.find(Locator::Css("figure.qr svg")).await.is_ok(), "the QR code is drawn inline");
+    screenshot(&b, "totp-enroll").await;
+    let secret = b.find(Locator::Id("totp-secret")).await.unwrap().text().await.unwrap();
+    b.find(Locator::Id("code")).await.unwrap().send_keys(&pyotp(&secret, now_secs())).await.unwrap();
+    b.find(Locator::Id("password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    b.find(Locator::Css("form[action=\"/account/totp\"] button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Your recovery codes").await;
+    assert_eq!(b.find_all(Locator::Css("#recovery-codes li")).await.unwrap().len(), 10);
+    screenshot(&b, "totp-recovery-codes").await;
+
+    // Signed out, the app asks again: the password, then the code.
+    b.goto(&format!("{site}/account")).await.unwrap();
+    b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.current_url().await.unwrap().path() != "/login" {
+        assert!(tokio::time::Instant::now() < deadline, "not sent to the sign-in page");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.goto(&format!("{site}/reports?week=51")).await.unwrap();
+    assert_eq!(b.current_url().await.unwrap().path(), "/login");
+    sign_in(b.clone()).await;
+    heading(&b, "Confirm it is you").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/login/factor");
+    screenshot(&b, "totp-code").await;
+    b.find(Locator::Id("code")).await.unwrap().send_keys("000000").await.unwrap();
+    b.find(Locator::Css("form[action=\"/login/factor\"] button")).await.unwrap().click().await.unwrap();
+    let error = b.wait().for_element(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
+    assert_eq!(error, "That code is wrong or was used already.");
+    b.find(Locator::Id("code")).await.unwrap().send_keys(&pyotp(&secret, now_secs() + 30)).await.unwrap();
+    b.find(Locator::Css("form[action=\"/login/factor\"] button")).await.unwrap().click().await.unwrap();
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=51"));
+    b.close().await.unwrap();
+    c.shutdown().await;
+}

@@ -149,7 +149,9 @@ async fn ext_authz_decides_as_verify_does_on_a_voter_and_on_a_front() {
         assert_eq!(header(&headers, "x-auth-user"), Some("alice"));
         assert_eq!(header(&headers, "x-auth-roles"), Some("viewer"));
         let Some(HttpResponse::OkResponse(ok)) = &r.http_response else { unreachable!() };
-        assert_eq!(ok.headers_to_remove, ["x-auth-admin"]);
+        // A key presents no second factor: `none`, and no age the client could set.
+        assert_eq!(header(&headers, "x-auth-mfa"), Some("none"));
+        assert_eq!(ok.headers_to_remove, ["x-auth-admin", "x-auth-mfa-age"]);
 
         // Denied: no credential, an unknown key (401 with WWW-Authenticate).
         for headers in [vec![], vec![("authorization", "Bearer gk_0123456789abcdef_nope")]] {

@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::forms::{browser, hidden, set_cookie};
+use common::totp::{now_secs, pyotp, secret_bytes};
 use common::{audited, base, create_user_with_password, wait_until, TestCluster};
 use reqwest::header::LOCATION;
 use reqwest::StatusCode;
@@ -39,29 +39,6 @@ async fn cluster(n: u64, tweak: impl Fn(&mut gatehouse::config::Config)) -> Test
     })
     .await;
     c
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// The code of `secret` (base32) at `at`, from pyotp: not our code.
-fn pyotp(secret: &str, at: u64) -> String {
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).at(int(sys.argv[2])))", secret, &at.to_string()])
-        .output()
-        .expect("python3 with pyotp (scripts/deps.sh test installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The raw secret bytes of a base32 key (pyotp's decoding).
-fn secret_bytes(secret: &str) -> Vec<u8> {
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", "import pyotp, sys; sys.stdout.write(pyotp.TOTP(sys.argv[1]).byte_secret().hex())", secret])
-        .output()
-        .unwrap();
-    hex::decode(String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
 /// The password form posted at `base`: the response (not followed).

@@ -20,6 +20,7 @@ pub mod nginx;
 pub mod oidc;
 pub mod pki;
 pub mod smtp;
+pub mod totp;
 
 /// The cluster secret of the nodes whose data lives under `dir`: one per test
 /// cluster. A port one test frees is often bound again by the next, and the
