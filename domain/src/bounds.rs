@@ -151,7 +151,10 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             short("factor kind", &c.kind, 16)
         }
         Payload::CountFactorAttempt(c) => id(&c.user_id),
-        Payload::SetMfaPolicy(c) => role_list(&c.required_roles),
+        Payload::SetMfaPolicy(c) => {
+            role_list(&c.required_roles)?;
+            role_list(&c.expected_roles)
+        }
         Payload::IssueEnrollTicket(c) => {
             id(&c.user_id)?;
             short("ticket hash", &c.ticket_sha256, 32)

@@ -415,7 +415,12 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
         return Err(ApplyError::NotFound("this user has no second factor".into()));
     };
     match c.kind.as_str() {
-        "" => state.factors.remove_user(&c.user_id, out),
+        "" => {
+            state.factors.remove_user(&c.user_id, out);
+            // A reset follows a lost (or stolen) device: the sessions that
+            // presented it end too.
+            state.sessions.remove_user(&c.user_id, out);
+        }
         TOTP => {
             if required(state, &c.user_id) {
                 return Err(ApplyError::FailedPrecondition(REQUIRED.into()));
@@ -441,6 +446,14 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
 /// Applies [`SetMfaPolicy`].
 pub(crate) fn set_policy(state: &mut State, c: &SetMfaPolicy, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
     crate::users::validate_roles(state, &c.required_roles)?;
+    let mut expected = c.expected_roles.clone();
+    expected.sort();
+    expected.dedup();
+    if expected != state.factors.required_roles {
+        return Err(ApplyError::FailedPrecondition(
+            "the MFA policy changed since it was read; read it again and retry".into(),
+        ));
+    }
     let mut roles = c.required_roles.clone();
     roles.sort();
     roles.dedup();
@@ -716,8 +729,9 @@ mod tests {
         assert!(!state.session(&"2".repeat(32)).unwrap().factor_due);
     }
 
-    fn policy(roles: &[&str]) -> Payload {
-        Payload::SetMfaPolicy(SetMfaPolicy { required_roles: roles.iter().map(|r| r.to_string()).collect() })
+    fn policy(roles: &[&str], expected: &[&str]) -> Payload {
+        let list = |l: &[&str]| l.iter().map(|r| r.to_string()).collect();
+        Payload::SetMfaPolicy(SetMfaPolicy { required_roles: list(roles), expected_roles: list(expected) })
     }
 
     #[test]
@@ -734,9 +748,11 @@ mod tests {
         }
         assert_eq!(state.apply(3, &cmd(NOW, before), &mut Vec::new()).code, Code::Ok as i32);
         assert!(sessions::verify(&state, &token, NOW + 1, |_| 0).is_ok());
-        let unknown = state.apply(4, &cmd(NOW, policy(&["nosuchrole"])), &mut Vec::new());
+        let unknown = state.apply(4, &cmd(NOW, policy(&["nosuchrole"], &[])), &mut Vec::new());
         assert_eq!(unknown.code, Code::NotFound as i32, "{unknown:?}");
-        assert_eq!(state.apply(5, &cmd(NOW, policy(&["viewer"])), &mut Vec::new()).code, Code::Ok as i32);
+        let stale = state.apply(5, &cmd(NOW, policy(&["viewer"], &["admin"])), &mut Vec::new());
+        assert_eq!(stale.code, Code::FailedPrecondition as i32, "proposed over a list that is not the one in force");
+        assert_eq!(state.apply(5, &cmd(NOW, policy(&["viewer"], &[])), &mut Vec::new()).code, Code::Ok as i32);
         // At once: the session without a factor no longer serves.
         assert_eq!(sessions::verify(&state, &token, NOW + 2, |_| 0), Err(sessions::SessionRejected::FactorDue));
         // A new session waits, and only an enrollment with a ticket pays it.
@@ -773,8 +789,9 @@ mod tests {
         assert_eq!(state.apply(12, &cmd(NOW, own), &mut Vec::new()).code, Code::FailedPrecondition as i32);
         let reset = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: String::new() });
         assert_eq!(state.apply(13, &cmd(NOW, reset), &mut Vec::new()).code, Code::Ok as i32);
-        // Lifting the policy: sessions without a factor serve again.
-        assert_eq!(state.apply(14, &cmd(NOW, policy(&[])), &mut Vec::new()).code, Code::Ok as i32);
-        assert!(sessions::verify(&state, &token, NOW + 3, |_| 0).is_ok());
+        assert_eq!(state.sessions_of(UID).count(), 0, "an admin's reset ends every session of the user");
+        // Lifting the policy.
+        assert_eq!(state.apply(14, &cmd(NOW, policy(&[], &["viewer"])), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(state.mfa_required_roles().is_empty());
     }
 }

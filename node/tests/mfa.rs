@@ -579,6 +579,16 @@ async fn a_role_that_requires_a_factor_cuts_sessions_without_one_and_enrolls_onl
     assert_eq!(ticket.len(), 19, "{out}");
     let (secret, sealed) = offer(waiting.clone(), csrf.clone()).await;
     let code = pyotp(&secret, now_secs());
+    // Any other ticket, once one exists: refused, nothing enrolled.
+    // One letter off (typed in capitals: the same ticket would pass).
+    let first = if ticket.starts_with('z') { "y" } else { "z" };
+    let one_off = format!("{first}{}", &ticket[1..]).to_uppercase();
+    for other in ["abcd-efgh-jkmn-pqrs", one_off.as_str()] {
+        let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", other), ("rd", "")];
+        let wrong = post(&at, "/login/factor/enroll", &waiting, &csrf, &fields).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{other}");
+    }
+    assert!(!has_factor());
     let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", ticket.as_str()), ("rd", "")];
     let done = post(&at, "/login/factor/enroll", &waiting, &csrf, &fields).await;
     assert_eq!(done.status(), StatusCode::OK);
@@ -607,11 +617,21 @@ async fn a_role_that_requires_a_factor_cuts_sessions_without_one_and_enrolls_onl
     let made = post(&at, "/account/keys", &signed_in, &csrf, &fields).await;
     assert_eq!(made.status(), StatusCode::OK);
 
-    // An admin's reset: no factor left; enrolling again takes a new ticket.
+    // An admin's reset: no factor left, and every session of hers ends (a
+    // lost device); enrolling again takes a new ticket: the spent one is void.
     let reset = admin(&["user", "reset-factors", "ann", "--yes"]).await.unwrap();
     assert!(reset.contains("reset"), "{reset}");
     assert!(!has_factor());
+    assert_eq!(verify(signed_in.clone()).await.status(), StatusCode::UNAUTHORIZED);
     wait_until("the reset is audited", Duration::from_secs(10), || audited(&c, "mfa.reset", "")).await;
+    let (resp, csrf) = password_form(&at, "ann", PASSWORD, "").await;
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    let (secret, sealed) = offer(waiting.clone(), csrf.clone()).await;
+    let code = pyotp(&secret, now_secs());
+    let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", ticket.as_str()), ("rd", "")];
+    let spent = post(&at, "/login/factor/enroll", &waiting, &csrf, &fields).await;
+    assert_eq!(spent.status(), StatusCode::UNAUTHORIZED, "a spent ticket enrolls nothing");
+    assert!(!has_factor());
     c.shutdown().await;
 }
 

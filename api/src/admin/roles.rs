@@ -141,7 +141,7 @@ impl RoleService for Roles {
         for role in &r.required_roles {
             roles::validate_name(role).map_err(ApiError::InvalidArgument)?;
         }
-        {
+        let expected_roles = {
             let state = self.node.view().read();
             let before = state.mfa_required_roles();
             let changed: Vec<String> = r
@@ -152,8 +152,12 @@ impl RoleService for Roles {
                 .cloned()
                 .collect();
             check_covers(&state, &actor, &changed)?;
-        }
-        let cmd = self.node.command(Payload::SetMfaPolicy(SetMfaPolicy { required_roles: r.required_roles }));
+            before.to_vec()
+        };
+        // Applied only over the list checked here (a concurrent change is
+        // refused, not overwritten).
+        let cmd =
+            self.node.command(Payload::SetMfaPolicy(SetMfaPolicy { required_roles: r.required_roles, expected_roles }));
         super::write(&self.node, &actor, cmd).await?;
         let required_roles = self.node.view().read().mfa_required_roles().to_vec();
         tracing::info!(actor = %actor.username, roles = ?required_roles, "MFA policy set");

@@ -51,8 +51,10 @@ const MAX_BODY: usize = 4 << 10;
 /// The identity headers an allowed request carries upstream.
 const IDENTITY: [&str; 5] = ["x-auth-user", "x-auth-user-id", "x-auth-roles", "x-auth-mfa", "x-auth-mfa-age"];
 /// Headers of a refusal that the client should see.
-const DENIAL_HEADERS: [&str; 6] = [
+const DENIAL_HEADERS: [&str; 7] = [
     "www-authenticate",
+    // Where a browser signs in, or gives its second factor again.
+    "location",
     "retry-after",
     "x-ratelimit-limit",
     "x-ratelimit-remaining",

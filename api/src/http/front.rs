@@ -44,8 +44,10 @@ pub struct RouteRule {
     /// is asked for again before the request passes. Implies `mfa`.
     #[serde(default)]
     pub mfa_within: Option<String>,
-    /// On a rule that requires a second factor: API keys pass too (a key
-    /// presents none; it was made from a session with a fresh one).
+    /// On a rule that requires a second factor: API keys pass too. A key
+    /// presents no factor: any key of a role the rule names passes (keys
+    /// people make from their account need a fresh factor; keys an admin
+    /// makes do not).
     #[serde(default)]
     pub allow_keys: bool,
 }

@@ -322,6 +322,17 @@ pub async fn enroll_waiting(
     let node = &front.node;
     let p = waiting_principal(node, token).ok_or(ApiError::Unauthenticated)?;
     let actor = Actor::of(&p, ip.to_string());
+    // The ticket is checked here first: a wrong one costs no log write.
+    let hash = recovery::hash(ticket);
+    let held =
+        node.view().read().factors_of(&p.user_id).map(|f| (f.enroll_ticket_sha256.clone(), f.enroll_ticket_expires_at));
+    let ticket_ok = held.is_some_and(|(h, until)| {
+        until > now_ms() && !h.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(h.as_slice(), hash.as_slice()))
+    });
+    if !ticket_ok {
+        audit_factor(node, "mfa.enroll", "denied", &actor, &p.user_id, "no valid enrollment ticket");
+        return Err(ApiError::InvalidSecondFactor);
+    }
     let Some(secret) = offered_secret(front, &p, sealed)? else {
         return Err(ApiError::InvalidArgument(
             "this enrollment form is not for this session or expired; start again".into(),
