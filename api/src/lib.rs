@@ -22,6 +22,7 @@
 //!   voter, sent on to one by a stateless front (`SignInService`).
 //! - [`mfa`]: second factors on a voter: TOTP codes checked against sealed
 //!   secrets, recovery codes, a waiting session paid, enrollment.
+//! - [`reseal`]: after a key rotation, the leader moves secrets at rest to the current key through the log.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`mint`]: new API keys, session and sign-in link tokens, made on the proposing node.
 //! - [`mail`]: SMTP (lettre over rustls) for sign-in links, sent off the request path.
@@ -43,6 +44,7 @@ pub mod node;
 pub mod pages;
 pub mod passwords;
 pub mod rate_limit;
+pub mod reseal;
 pub mod seal;
 pub mod sign_in;
 pub mod sso;

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_duration: Timings<MethodLabels>,
     pub watch_streams: Gauge,
+    /// Secrets at rest still sealed under an older key (a rotation under way).
+    pub secrets_stale: Gauge,
     pub rate_limited: Family<PolicyLabels, Counter>,
     pub rate_limit_syncs: Family<OutcomeLabels, Counter>,
     /// The nodes a global limit is shared over, as of the last sync.
@@ -127,6 +129,7 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency),
             watch_streams: Gauge::default(),
+            secrets_stale: Gauge::default(),
             rate_limited: Family::default(),
             rate_limit_syncs: Family::default(),
             rate_limit_shares: Gauge::default(),
@@ -164,6 +167,11 @@ impl Metrics {
             m.rate_limit_shares.clone(),
         );
         r.register("audit_buffered_events", "audit events waiting on this node", m.audit_buffered.clone());
+        r.register(
+            "secrets_stale",
+            "secrets at rest still sealed under an older key-encryption key (0: a rotation is done)",
+            m.secrets_stale.clone(),
+        );
         r.register("audit_dropped_events", "audit events dropped because the buffer was full", m.audit_dropped.clone());
         r.register("audit_sent_events", "audit events this node committed to the log", m.audit_sent.clone());
         r.register(

@@ -151,6 +151,7 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             short("factor kind", &c.kind, 16)
         }
         Payload::CountFactorAttempt(c) => id(&c.user_id),
+        Payload::ResealSecrets(c) => factors::check_reseal(c),
         Payload::SetMfaPolicy(c) => {
             role_list(&c.required_roles)?;
             role_list(&c.expected_roles)

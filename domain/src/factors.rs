@@ -26,8 +26,8 @@ use std::collections::HashMap;
 
 use gatehouse_proto::events::factor_proof::Proof;
 use gatehouse_proto::events::{
-    CountFactorAttempt, EnrollTotp, FactorProof, IssueEnrollTicket, PresentFactor, RemoveFactors, Sealed, SetMfaPolicy,
-    SetRecoveryCodes, UserStatus,
+    CountFactorAttempt, EnrollTotp, FactorProof, IssueEnrollTicket, PresentFactor, RemoveFactors, ResealSecrets,
+    Sealed, SetMfaPolicy, SetRecoveryCodes, UserStatus,
 };
 use gatehouse_proto::state::{FactorsRecord, MfaPolicyRecord, RecoveryCode, TotpFactor};
 
@@ -443,6 +443,42 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
     Ok(c.user_id.clone())
 }
 
+/// The most values one `ResealSecrets` moves.
+pub const MAX_RESEALED: usize = 256;
+
+/// The per-field bounds of `ResealSecrets`.
+pub fn check_reseal(c: &ResealSecrets) -> Result<(), ApplyError> {
+    if c.totp.len() + c.tokens.len() > MAX_RESEALED {
+        return Err(ApplyError::Invalid(format!("at most {MAX_RESEALED} values in one reseal")));
+    }
+    for t in &c.totp {
+        sealed(&t.secret)?;
+        if t.user_id.len() > 64 || t.previous_nonce.len() > 12 {
+            return Err(ApplyError::Invalid("a resealed secret names a malformed value".into()));
+        }
+    }
+    c.tokens.iter().try_for_each(crate::upstream::check_resealed)
+}
+
+/// Applies [`ResealSecrets`]: each value still the one the proposer opened
+/// moves to its new sealing; the result's id is how many moved.
+pub(crate) fn reseal(state: &mut State, c: &ResealSecrets, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
+    check_reseal(c)?;
+    let mut moved = 0;
+    for t in &c.totp {
+        let Some(mut r) = state.factors.get(&t.user_id).cloned() else { continue };
+        let Some(totp) = r.totp.as_mut() else { continue };
+        if totp.secret.as_ref().is_none_or(|s| s.nonce != t.previous_nonce) {
+            continue;
+        }
+        totp.secret = t.secret.clone();
+        state.factors.store(r, out);
+        moved += 1;
+    }
+    moved += crate::upstream::reseal(state, &c.tokens, out);
+    Ok(moved.to_string())
+}
+
 /// Applies [`SetMfaPolicy`].
 pub(crate) fn set_policy(state: &mut State, c: &SetMfaPolicy, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
     crate::users::validate_roles(state, &c.required_roles)?;
@@ -793,5 +829,30 @@ mod tests {
         // Lifting the policy.
         assert_eq!(state.apply(14, &cmd(NOW, policy(&[], &["viewer"])), &mut Vec::new()).code, Code::Ok as i32);
         assert!(state.mfa_required_roles().is_empty());
+    }
+
+    #[test]
+    fn a_reseal_replaces_only_the_value_it_opened() {
+        let mut state = enrolled_state();
+        let old = state.factors.get(UID).unwrap().totp.clone().unwrap().secret.unwrap();
+        let new = Sealed { key_id: "k2".into(), nonce: vec![9; 12], ciphertext: vec![2; 36] };
+        let reseal = |previous: Vec<u8>| {
+            Payload::ResealSecrets(ResealSecrets {
+                totp: vec![gatehouse_proto::events::ResealedTotp {
+                    user_id: UID.into(),
+                    previous_nonce: previous,
+                    secret: Some(new.clone()),
+                }],
+                tokens: vec![],
+            })
+        };
+        let r = state.apply(3, &cmd(NOW, reseal(vec![7; 12])), &mut Vec::new());
+        assert_eq!((r.code, r.id.as_str()), (Code::Ok as i32, "0"), "another value: left as it is");
+        assert_eq!(state.factors.get(UID).unwrap().totp.as_ref().unwrap().secret.as_ref(), Some(&old));
+        let r = state.apply(4, &cmd(NOW, reseal(old.nonce.clone())), &mut Vec::new());
+        assert_eq!((r.code, r.id.as_str()), (Code::Ok as i32, "1"));
+        let t = state.factors.get(UID).unwrap().totp.clone().unwrap();
+        assert_eq!(t.secret, Some(new));
+        assert_eq!(t.last_step, step_at(NOW), "nothing else changes");
     }
 }

@@ -35,6 +35,8 @@ pub fn command(mut cmd: Command) -> Option<Command> {
         Some(Payload::CreateUser(c)) => withhold(&mut c.password_hash),
         Some(Payload::SetPassword(c)) => withhold(&mut c.password_hash),
         Some(Payload::AppendAudit(_) | Payload::PruneAudit(_)) => return None,
+        // Sealed secrets a front holds only stand-ins for, or nothing of.
+        Some(Payload::ResealSecrets(_)) => return None,
         // A provider's refresh token (sealed) is for the voters' re-checks.
         Some(Payload::UpstreamSignIn(c)) => c.refresh_token = None,
         Some(Payload::UpstreamChecked(c)) => c.refresh_token = None,

@@ -35,6 +35,10 @@ pub fn redacted(mut cmd: Command) -> Command {
             c.ticket_sha256.clear();
         }
         Some(Payload::IssueEnrollTicket(c)) => c.ticket_sha256.clear(),
+        Some(Payload::ResealSecrets(c)) => {
+            c.totp.iter_mut().for_each(|t| t.secret = None);
+            c.tokens.iter_mut().for_each(|t| t.refresh_token = None);
+        }
         Some(Payload::SetRecoveryCodes(c)) => c.recovery_sha256.clear(),
         Some(Payload::CreateSignInLink(c)) => {
             c.token_sha256.clear();

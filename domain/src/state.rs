@@ -180,6 +180,7 @@ impl State {
             Some(Payload::SetRecoveryCodes(c)) => factors::set_recovery(self, c, out).map(Outcome::from),
             Some(Payload::RemoveFactors(c)) => factors::remove(self, c, out).map(Outcome::from),
             Some(Payload::SetMfaPolicy(c)) => factors::set_policy(self, c, out).map(Outcome::from),
+            Some(Payload::ResealSecrets(c)) => factors::reseal(self, c, out).map(Outcome::from),
             Some(Payload::IssueEnrollTicket(c)) => {
                 factors::issue_ticket(self, cmd.proposed_at, c, out).map(Outcome::from)
             }
@@ -348,7 +349,13 @@ impl State {
 fn is_internal(cmd: &Command) -> bool {
     matches!(
         cmd.payload,
-        Some(Payload::RateHit(_) | Payload::RateDeltas(_) | Payload::RecordUse(_) | Payload::AppendAudit(_))
+        Some(
+            Payload::RateHit(_)
+                | Payload::RateDeltas(_)
+                | Payload::RecordUse(_)
+                | Payload::AppendAudit(_)
+                | Payload::ResealSecrets(_)
+        )
     )
 }
 

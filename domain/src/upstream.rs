@@ -196,6 +196,36 @@ pub fn check_checked(c: &UpstreamChecked) -> Result<(), ApplyError> {
     sealed(&c.refresh_token)
 }
 
+/// The per-field bounds of one resealed refresh token.
+pub fn check_resealed(t: &gatehouse_proto::events::ResealedToken) -> Result<(), ApplyError> {
+    short("issuer", &t.issuer, MAX_ISSUER)?;
+    short("subject", &t.subject, MAX_SUBJECT)?;
+    if t.refresh_token.is_none() || t.previous_nonce.len() > 12 {
+        return Err(ApplyError::Invalid("a resealed token is malformed".into()));
+    }
+    sealed(&t.refresh_token)
+}
+
+/// Moves refresh tokens to their new sealing, each only while it is still
+/// the one the proposer opened; how many moved.
+pub(crate) fn reseal(
+    state: &mut State,
+    tokens: &[gatehouse_proto::events::ResealedToken],
+    out: &mut Vec<Mutation>,
+) -> usize {
+    let mut moved = 0;
+    for t in tokens {
+        let Some(mut identity) = state.upstream.get(&t.issuer, &t.subject).cloned() else { continue };
+        if identity.refresh_token.as_ref().is_none_or(|s| s.nonce != t.previous_nonce) {
+            continue;
+        }
+        identity.refresh_token = t.refresh_token.clone();
+        state.upstream.store(identity, out);
+        moved += 1;
+    }
+    moved
+}
+
 /// The per-field bounds of [`UpstreamEnd`].
 pub fn check_end(c: &UpstreamEnd) -> Result<(), ApplyError> {
     short("issuer", &c.issuer, MAX_ISSUER)?;

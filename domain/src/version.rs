@@ -31,7 +31,8 @@ use crate::{codec, State};
 /// - 3: `CreateSignInLink`, `SpendSignInLink` (sign-in links).
 /// - 4: `UpstreamSignIn`, `UpstreamChecked`, `UpstreamEnd` (upstream OIDC sign-in).
 /// - 5: `PresentFactor`, `EnrollTotp`, `SetRecoveryCodes`, `RemoveFactors`,
-///   `CountFactorAttempt`, `SetMfaPolicy`, `IssueEnrollTicket` (second factors).
+///   `CountFactorAttempt`, `SetMfaPolicy`, `IssueEnrollTicket` (second factors),
+///   `ResealSecrets` (secrets at rest moved to a new key-encryption key).
 pub const COMMAND_VERSION: u32 = 5;
 
 /// What a node that reports no version understands (a build from before the gate).
@@ -50,7 +51,8 @@ pub fn required(payload: &Payload) -> u32 {
         | Payload::RemoveFactors(_)
         | Payload::CountFactorAttempt(_)
         | Payload::SetMfaPolicy(_)
-        | Payload::IssueEnrollTicket(_) => 5,
+        | Payload::IssueEnrollTicket(_)
+        | Payload::ResealSecrets(_) => 5,
         Payload::UpstreamSignIn(_) | Payload::UpstreamChecked(_) | Payload::UpstreamEnd(_) => 4,
         Payload::CreateSignInLink(_) | Payload::SpendSignInLink(_) => 3,
         Payload::SetClusterVersion(_) => 2,

@@ -259,7 +259,9 @@ impl Node {
             let front = front(&config, pages, api.clone(), stop.subscribe(), Sends::Here(mailer, sso));
             let touches = last_use_flushes(&config, &api, stop.subscribe());
             let recheck = gatehouse_api::sso::recheck::start(front.clone(), stop.subscribe());
-            (cluster, api, front, [touches].into_iter().chain(recheck).chain(audit_tasks))
+            let every = Duration::from_secs(config.secrets.reseal_secs);
+            let reseal = gatehouse_api::reseal::start(front.clone(), every, stop.subscribe());
+            (cluster, api, front, [touches].into_iter().chain(recheck).chain(reseal).chain(audit_tasks))
         };
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()

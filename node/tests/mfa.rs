@@ -730,3 +730,61 @@ async fn route_rules_ask_for_a_second_factor_and_a_fresh_one() {
     wait_until("the step-up is audited", Duration::from_secs(10), || audited(&c, "mfa.step_up", "")).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_key_encryption_key_takes_over_every_secret_in_the_background() {
+    // A secret sealed under the old key "k1"; the voters now seal under "k2"
+    // and still hold "k1".
+    let c = TestCluster::start_with_dir(3, |dir, c| {
+        for (name, byte) in [("k1", 1u8), ("k2", 2u8)] {
+            let path = dir.path().join(name);
+            if !path.exists() {
+                std::fs::write(&path, hex::encode([byte; 32])).unwrap();
+            }
+        }
+        c.secrets.keys =
+            ["k2", "k1"].map(|id| gatehouse::config::KeySettings { id: id.into(), file: dir.path().join(id) }).to_vec();
+        c.secrets.reseal_secs = 1;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.nodes.values().all(|n| n.cluster().cluster_version() == newest)
+    })
+    .await;
+    let user_id = create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let old = gatehouse_api::seal::Sealer::new(vec![("k1".into(), [1u8; 32])]).unwrap();
+    let raw = [5u8; 20];
+    let cmd = c.node(1).cluster().command(gatehouse_domain::Payload::EnrollTotp(gatehouse_proto::events::EnrollTotp {
+        user_id: user_id.clone(),
+        secret: Some(old.seal(&raw, &gatehouse_api::mfa::totp::context(&user_id))),
+        step: now_secs() / 30 - 1,
+        recovery_sha256: vec![vec![1; 32]],
+        ..Default::default()
+    }));
+    c.node(1).cluster().propose_one(cmd).await.unwrap();
+    let key_of = |n: u64| {
+        let state = c.node(n).cluster().view().read();
+        state
+            .factors_of(&user_id)
+            .and_then(|f| f.totp.as_ref())
+            .and_then(|t| t.secret.as_ref())
+            .map(|s| s.key_id.clone())
+    };
+    wait_until("every node holds the secret under the new key", Duration::from_secs(20), || async {
+        (1..=3).all(|n| key_of(n).as_deref() == Some("k2"))
+    })
+    .await;
+    wait_until("the move is audited", Duration::from_secs(10), || audited(&c, "secrets.resealed", "1 value")).await;
+    // The same secret still gives working codes (pyotp's), on any node.
+    let secret = gatehouse_api::mfa::totp::base32(&raw);
+    let code = pyotp(&secret, now_secs() + 30);
+    assert_eq!(login(&base(c.node(3)), "ann", PASSWORD, Some(&code)).await.status(), StatusCode::OK);
+    // Every voter's pass says none is left under the old key.
+    wait_until("no stale secret is counted", Duration::from_secs(10), || async {
+        (1..=3).all(|n| c.node(n).api().metrics().encode().lines().any(|l| l == "gatehouse_secrets_stale 0"))
+    })
+    .await;
+    c.shutdown().await;
+}

@@ -331,10 +331,19 @@ impl ProviderSettings {
 /// `[secrets]`: the key-encryption keys that seal secrets at rest
 /// (AES-256-GCM). The first seals new values; the others still open old
 /// ones (a rotation).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsSettings {
     pub keys: Vec<KeySettings>,
+    /// How often the leader moves secrets under an older key to the first
+    /// one (a rotation), in seconds.
+    pub reseal_secs: u64,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        SecretsSettings { keys: Vec::new(), reseal_secs: 60 }
+    }
 }
 
 /// One key-encryption key.
@@ -350,6 +359,9 @@ pub struct KeySettings {
 impl SecretsSettings {
     /// The sealer, or `None` without keys.
     pub fn load(&self) -> Result<Option<Arc<gatehouse_api::seal::Sealer>>, ConfigError> {
+        if !(1..=86_400).contains(&self.reseal_secs) {
+            return Err(ConfigError::Invalid("secrets.reseal_secs must be 1 to 86400".into()));
+        }
         if self.keys.is_empty() {
             return Ok(None);
         }
