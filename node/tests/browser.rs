@@ -446,6 +446,13 @@ async fn a_person_turns_on_an_authenticator_app_and_signs_in_with_a_code() {
         c.pages.public_url = Some(public.clone());
         c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key.clone() }];
         c.rate_limits.enabled = false;
+        // The reports ask for a second factor from the last 30 seconds.
+        c.identity.routes = vec![gatehouse::config::RouteRule {
+            path_prefix: "/reports".into(),
+            roles: vec!["viewer".into()],
+            mfa_within: Some("30s".into()),
+            ..Default::default()
+        }];
     })
     .await;
     let newest = gatehouse_domain::version::COMMAND_VERSION;
@@ -504,6 +511,19 @@ async fn a_person_turns_on_an_authenticator_app_and_signs_in_with_a_code() {
     let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
     assert_eq!(who, "Reports for ann");
     assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=51"));
+
+    // Past the reports' window (the time itself is the condition): asked
+    // again, a step-up, and back to the report.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    b.goto(&format!("{site}/reports?week=52")).await.unwrap();
+    heading(&b, "Confirm it is you").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/login/factor");
+    screenshot(&b, "totp-step-up").await;
+    b.find(Locator::Id("code")).await.unwrap().send_keys(&pyotp(&secret, now_secs() + 30)).await.unwrap();
+    b.find(Locator::Css("form[action=\"/login/factor\"] button")).await.unwrap().click().await.unwrap();
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=52"));
     b.close().await.unwrap();
     c.shutdown().await;
 }
