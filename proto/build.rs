@@ -32,6 +32,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gatehouse.front.v1.ChangeOwnPasswordRequest",
             ".gatehouse.front.v1.StartUpstreamResponse",
             ".gatehouse.front.v1.FinishUpstreamRequest",
+            // Second factors: codes, passwords, tickets, secrets, recovery codes.
+            ".gatehouse.front.v1.PresentFactorRequest",
+            ".gatehouse.front.v1.OwnFactorRequest",
+            ".gatehouse.front.v1.TotpOffer",
+            ".gatehouse.front.v1.RecoveryCodesResponse",
+            ".gatehouse.front.v1.EnrolledResponse",
+            ".gatehouse.admin.v1.EnrollTicket",
         ])
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")

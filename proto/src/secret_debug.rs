@@ -4,11 +4,52 @@
 
 use std::fmt;
 
+use crate::admin::EnrollTicket;
 use crate::front::{
-    ChangeOwnPasswordRequest, CreateOwnKeyRequest, CreateOwnKeyResponse, FinishUpstreamRequest, LinkRequest,
-    LoginRequest, LoginResponse, LogoutRequest, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest,
-    StartUpstreamResponse,
+    ChangeOwnPasswordRequest, CreateOwnKeyRequest, CreateOwnKeyResponse, EnrolledResponse, FinishUpstreamRequest,
+    LinkRequest, LoginRequest, LoginResponse, LogoutRequest, OwnFactorRequest, PresentFactorRequest,
+    RecoveryCodesResponse, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest, StartUpstreamResponse,
+    TotpOffer,
 };
+
+impl fmt::Debug for PresentFactorRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentFactorRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for OwnFactorRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnFactorRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for TotpOffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TotpOffer").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RecoveryCodesResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecoveryCodesResponse").field("log_index", &self.log_index).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for EnrolledResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrolledResponse").field("login", &self.login).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for EnrollTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollTicket")
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
 
 impl fmt::Debug for StartUpstreamResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -108,6 +149,49 @@ mod tests {
             FinishUpstreamRequest { code: "CODE".into(), flow_cookie: "v1.FLOW".into(), ..Default::default() },
         );
         for secret in ["hunter2", "TOKEN", "CREDENTIAL", "KEY", "FLOW", "CODE"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
+
+    #[test]
+    fn no_second_factor_secret_is_printed() {
+        let own = OwnFactorRequest {
+            credential: "gs_CREDENTIAL".into(),
+            code: "123456".into(),
+            password: "hunter2-hunter2".into(),
+            sealed: "SEALED".into(),
+            ticket: "TICKET".into(),
+            ..Default::default()
+        };
+        let printed = format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?}",
+            own,
+            PresentFactorRequest { token: "gs_TOKEN".into(), code: "654321".into(), ..Default::default() },
+            TotpOffer {
+                secret: "BASE32SECRET".into(),
+                uri: "otpauth://x".into(),
+                sealed: "SEALED".into(),
+                ..Default::default()
+            },
+            RecoveryCodesResponse { codes: vec!["abcd-RECOVERY".into()], log_index: 1 },
+            EnrolledResponse {
+                login: Some(LoginResponse { token: "gs_TOKEN".into(), ..Default::default() }),
+                codes: vec!["abcd-RECOVERY".into()],
+            },
+            EnrollTicket { ticket: "TICKET".into(), ..Default::default() },
+        );
+        for secret in [
+            "CREDENTIAL",
+            "123456",
+            "hunter2",
+            "SEALED",
+            "TICKET",
+            "TOKEN",
+            "654321",
+            "BASE32SECRET",
+            "otpauth",
+            "RECOVERY",
+        ] {
             assert!(!printed.contains(secret), "{printed}");
         }
     }
