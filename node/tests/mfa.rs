@@ -280,6 +280,9 @@ async fn the_pages_ask_for_the_code_and_the_waiting_cookie_opens_nothing_else() 
     let form_csrf = hidden(&page, "csrf");
     let form_rd = hidden(&page, "rd");
     assert_eq!(form_rd, rd);
+    // A return URL off the allowed domains is dropped, never followed.
+    let evil = get(&at, "/login/factor?rd=https%3A%2F%2Fevil.example%2Fx", &waiting, &csrf).await.text().await.unwrap();
+    assert_eq!(hidden(&evil, "rd"), "");
 
     // A forged form, then a wrong code, then the right one.
     let forged = browser()
@@ -305,6 +308,11 @@ async fn the_pages_ask_for_the_code_and_the_waiting_cookie_opens_nothing_else() 
     assert_eq!(ok.headers()["x-auth-user"], "ann");
     assert_eq!(ok.headers()["x-auth-mfa"], "totp");
     assert_eq!(verify(waiting.clone()).await.status(), StatusCode::UNAUTHORIZED, "the waiting token is gone");
+    // A step-up posted with a foreign return URL lands on the account page.
+    let fields = [("code", ann.recovery[0].as_str()), ("rd", "https://evil.example/x")];
+    let up = post(&at, "/login/factor", &signed_in, &form_csrf, &fields).await;
+    assert_eq!(up.status(), StatusCode::SEE_OTHER);
+    assert_eq!(up.headers()[LOCATION], "/account");
     // The same code again on the page: spent.
     let (resp, _) = password_form(&at, "ann", PASSWORD, "").await;
     let second = set_cookie(resp.headers(), SESSION).unwrap();
@@ -566,6 +574,15 @@ async fn a_role_that_requires_a_factor_cuts_sessions_without_one_and_enrolls_onl
         state.has_factor(&state.user_by_name("ann").unwrap().user_id.clone())
     };
     let long = "x".repeat(65);
+    // A forged form (no CSRF proof) is refused before anything is read.
+    let forged = browser()
+        .post(format!("{at}/login/factor/enroll"))
+        .header("cookie", format!("{SESSION}={waiting}"))
+        .form(&[("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     for ticket in ["", "abcd-efgh-jkmn-pqrs", long.as_str()] {
         let fields = [("sealed", sealed.as_str()), ("code", code.as_str()), ("ticket", ticket), ("rd", "")];
         let resp = post(&at, "/login/factor/enroll", &waiting, &csrf, &fields).await;
@@ -694,6 +711,19 @@ async fn route_rules_ask_for_a_second_factor_and_a_fresh_one() {
     assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
     let to = page.headers()[LOCATION].to_str().unwrap().to_string();
     assert!(to.contains("/login/factor?rd=https%3A%2F%2Fapp.example.com%2Fmfa%2Fx"), "{to}");
+    // A forwarded host off the allowed domains: sent to the second step with no way back there.
+    let foreign = browser()
+        .get(format!("{at}/auth/verify"))
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-uri", "/mfa/x")
+        .header("accept", "text/html")
+        .header("cookie", format!("{SESSION}={bob}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::UNAUTHORIZED);
+    assert!(foreign.headers()[LOCATION].to_str().unwrap().ends_with("/login/factor?rd="), "{:?}", foreign.headers());
 
     // Keys: refused unless the rule allows them.
     let key = common::create_key(c.node(1), "kim", &["viewer"]).await;
