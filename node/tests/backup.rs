@@ -103,7 +103,7 @@ async fn a_backup_under_write_load_restores_every_write_it_covers_on_a_new_clust
     assert_eq!(r.index, index);
     assert!(r.term >= 2, "backed up in a later term");
     assert_eq!(r.from_lineage, original);
-    let node = Node::start(config.clone()).await.unwrap();
+    let node = common::start_on_known_address(config.clone()).await;
     wait_until("the restored node leads", Duration::from_secs(10), || async {
         node.cluster().raft().metrics().borrow().current_leader == Some(1) && node.cluster().is_fresh()
     })
@@ -234,7 +234,7 @@ async fn a_sealed_backup_restores_with_its_key_only() {
     let config = target("ok");
     gatehouse::restore::restore(&file, &config, Some(&key_file)).unwrap();
     c.shutdown().await;
-    let node = Node::start(config).await.unwrap();
+    let node = common::start_on_known_address(config).await;
     wait_until("the restored node serves", Duration::from_secs(10), || async { node.cluster().is_fresh() }).await;
     let url = format!("{}/auth/verify", base(&node));
     assert_eq!(http().get(&url).bearer_auth(&key).send().await.unwrap().status(), StatusCode::OK);

@@ -54,7 +54,7 @@ impl Routed {
                 .filter(|((from, _), _)| *from == id)
                 .map(|((_, to), p)| (addrs[to].clone(), p.addr().to_string()))
                 .collect();
-            nodes.insert(id, Node::start(c).await.expect("node restarts with routes"));
+            nodes.insert(id, common::start_on_known_address(c).await);
         }
         let members = nodes.iter().map(|(id, n)| (*id, n.advertise_addr().to_string())).collect();
         assert!(nodes[&1].initialize(members).await.unwrap());

@@ -153,7 +153,7 @@ impl TestCluster {
 
     /// Restarts a stopped node from its data directory, on its old address.
     pub async fn restart(&mut self, id: u64) {
-        let node = Node::start(self.configs[&id].clone()).await.expect("node restarts");
+        let node = start_on_known_address(self.configs[&id].clone()).await;
         self.nodes.insert(id, node);
     }
 
@@ -186,6 +186,31 @@ impl TestCluster {
         }
         self.dir
     }
+}
+
+/// Starts a node on addresses it (or a probe) held before.
+///
+/// Tests run side by side: between a stop and the next start another test's
+/// outgoing connection may take the freed port as its ephemeral local port,
+/// and until that connection closes the bind fails. A start that fails only
+/// for the address in use is retried (nothing is opened before the
+/// listeners bind).
+pub async fn start_on_known_address(config: Config) -> Node {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Node::start(config.clone()).await {
+            Ok(node) => return node,
+            Err(e) if address_in_use(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("node {} starts on {}: {e:#}", config.node_id, config.grpc_addr),
+        }
+    }
+}
+
+/// Whether `e` is a bind refused because the address is in use.
+fn address_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse))
 }
 
 /// A command creating a user with a fresh id.
