@@ -18,7 +18,7 @@ use gatehouse_proto::events::Command;
 use prost::Message;
 
 use crate::result::ApplyError;
-use crate::{audit, factors, limits, requests, roles, sessions, upstream, usage, users};
+use crate::{audit, factors, limits, passkeys, requests, roles, sessions, upstream, usage, users};
 
 /// Largest encoded command a client's write may make (a user, a key, a
 /// role at their field limits are a few KiB).
@@ -148,7 +148,17 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
         }
         Payload::RemoveFactors(c) => {
             id(&c.user_id)?;
-            short("factor kind", &c.kind, 16)
+            short("factor kind", &c.kind, 16)?;
+            short("credential id", &c.credential_id, passkeys::MAX_CREDENTIAL_ID)
+        }
+        Payload::AddPasskey(c) => {
+            id(&c.user_id)?;
+            id(&c.session_id)?;
+            passkeys::check_add(c)
+        }
+        Payload::RenamePasskey(c) => {
+            id(&c.user_id)?;
+            passkeys::check_rename(c)
         }
         Payload::CountFactorAttempt(c) => id(&c.user_id),
         Payload::ResealSecrets(c) => factors::check_reseal(c),

@@ -54,6 +54,7 @@ pub const MAX_LOCKOUT_MS: u64 = 24 * 3_600_000;
 /// The factor names sessions and headers carry.
 pub const TOTP: &str = "totp";
 pub const RECOVERY: &str = "recovery";
+pub use crate::passkeys::PASSKEY;
 
 /// The refusal of a code whose step was accepted already.
 pub const CODE_USED: &str = "this code was used already; wait for the next one";
@@ -63,6 +64,8 @@ pub const LOCKED: &str = "the second factor is locked after too many wrong codes
 pub const LOCKED_NOW: &str = "locked";
 /// The refusal of a recovery code that is not one of the user's unspent ones.
 pub const NOT_A_CODE: &str = "not an unspent recovery code of this user";
+/// The refusal of a TOTP code from a user with passkeys only.
+pub const NOT_TOTP: &str = "this user has no TOTP authenticator";
 /// The refusal of a session that owes no factor and must get a new token.
 pub const NOT_DUE: &str = "this session owes no second factor";
 
@@ -81,12 +84,35 @@ pub const REQUIRED: &str = "your role requires a second factor: it cannot be rem
 #[derive(Debug, Default)]
 pub(crate) struct Factors {
     by_user: HashMap<String, FactorsRecord>,
+    /// Passkey credential id → its user.
+    by_credential: HashMap<Vec<u8>, String>,
     required_roles: Vec<String>,
 }
 
 impl Factors {
     pub(crate) fn insert(&mut self, r: FactorsRecord) {
-        self.by_user.insert(r.user_id.clone(), r);
+        for k in &r.passkeys {
+            self.by_credential.insert(k.credential_id.clone(), r.user_id.clone());
+        }
+        if let Some(old) = self.by_user.insert(r.user_id.clone(), r) {
+            self.forget_credentials(&old);
+        }
+    }
+
+    /// Drops `old`'s credentials from the index, unless the record now
+    /// stored for its user still holds them.
+    fn forget_credentials(&mut self, old: &FactorsRecord) {
+        let now = self.by_user.get(&old.user_id);
+        for k in &old.passkeys {
+            if !now.is_some_and(|r| r.passkeys.iter().any(|n| n.credential_id == k.credential_id)) {
+                self.by_credential.remove(&k.credential_id);
+            }
+        }
+    }
+
+    /// The user a passkey credential belongs to.
+    pub(crate) fn credential_owner(&self, credential_id: &[u8]) -> Option<&str> {
+        self.by_credential.get(credential_id).map(String::as_str)
     }
 
     pub(crate) fn get(&self, user_id: &str) -> Option<&FactorsRecord> {
@@ -107,12 +133,13 @@ impl Factors {
     }
 
     pub(crate) fn remove_user(&mut self, user_id: &str, out: &mut Vec<Mutation>) {
-        if self.by_user.remove(user_id).is_some() {
+        if let Some(old) = self.by_user.remove(user_id) {
+            self.forget_credentials(&old);
             out.push(Mutation::Delete { table: Table::Factors, key: user_id.as_bytes().to_vec() });
         }
     }
 
-    fn store(&mut self, r: FactorsRecord, out: &mut Vec<Mutation>) {
+    pub(crate) fn store(&mut self, r: FactorsRecord, out: &mut Vec<Mutation>) {
         out.push(put(Table::Factors, &r.user_id, &r));
         self.insert(r);
     }
@@ -121,7 +148,7 @@ impl Factors {
 /// Whether a record holds a factor (recovery codes alone are none: they
 /// stand in for one).
 pub fn enrolled(r: &FactorsRecord) -> bool {
-    r.totp.is_some()
+    r.totp.is_some() || !r.passkeys.is_empty()
 }
 
 /// Whether a role `user_id` holds requires a second factor.
@@ -150,6 +177,9 @@ pub fn step_at(ms: u64) -> u64 {
 pub(crate) enum Spend {
     Totp(u64),
     Recovery(usize),
+    /// The passkey at `index`, its new counter, and the challenge spent
+    /// until `drop_at`.
+    Passkey { index: usize, counter: u32, challenge: [u8; 32], drop_at: u64 },
 }
 
 impl Spend {
@@ -157,6 +187,7 @@ impl Spend {
         match self {
             Spend::Totp(_) => TOTP,
             Spend::Recovery(_) => RECOVERY,
+            Spend::Passkey { .. } => PASSKEY,
         }
     }
 }
@@ -178,11 +209,12 @@ pub(crate) fn check_proof(state: &State, now: u64, user_id: &str, proof: &Factor
     let r = state.factors.get(user_id).filter(|r| enrolled(r));
     let r = r.ok_or_else(|| ApplyError::FailedPrecondition("this user has no second factor".into()))?;
     match proof {
+        Proof::Passkey(p) => crate::passkeys::check(state, now, r, p),
         Proof::TotpStep(step) => {
             if is_locked(r, now) {
                 return Err(ApplyError::FailedPrecondition(LOCKED.into()));
             }
-            let totp = r.totp.as_ref().expect("enrolled");
+            let totp = r.totp.as_ref().ok_or_else(|| ApplyError::FailedPrecondition(NOT_TOTP.into()))?;
             totp_step(now, *step)?;
             if *step <= totp.last_step {
                 return Err(ApplyError::FailedPrecondition(CODE_USED.into()));
@@ -208,13 +240,17 @@ pub(crate) fn spend(state: &mut State, now: u64, user_id: &str, spend: &Spend, o
             }
         }
         Spend::Recovery(i) => r.recovery[*i].spent_at = now,
+        Spend::Passkey { index, counter, challenge, drop_at } => {
+            crate::passkeys::spend(&mut r, now, *index, *counter);
+            state.upstream.spend(*challenge, *drop_at, out);
+        }
     }
     r.failures = 0;
     r.failures_since = 0;
     state.factors.store(r, out);
 }
 
-fn active_user(state: &State, user_id: &str) -> Result<(), ApplyError> {
+pub(crate) fn active_user(state: &State, user_id: &str) -> Result<(), ApplyError> {
     let user = state.users.get(user_id).ok_or_else(|| ApplyError::NotFound("no such user".into()))?;
     if user.status != UserStatus::Active as i32 {
         return Err(ApplyError::FailedPrecondition("user is disabled".into()));
@@ -222,7 +258,7 @@ fn active_user(state: &State, user_id: &str) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn recovery_codes(list: &[Vec<u8>]) -> Result<Vec<RecoveryCode>, ApplyError> {
+pub(crate) fn recovery_codes(list: &[Vec<u8>]) -> Result<Vec<RecoveryCode>, ApplyError> {
     if list.len() > MAX_RECOVERY {
         return Err(ApplyError::Invalid(format!("at most {MAX_RECOVERY} recovery codes")));
     }
@@ -267,6 +303,7 @@ pub fn check_proof_fields(p: &Option<FactorProof>) -> Result<(), ApplyError> {
         Some(Proof::RecoverySha256(h)) if h.len() > 32 => {
             Err(ApplyError::Invalid("recovery code hash too long".into()))
         }
+        Some(Proof::Passkey(p)) => crate::passkeys::check_use(p),
         _ => Ok(()),
     }
 }
@@ -421,15 +458,21 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
             // presented it end too.
             state.sessions.remove_user(&c.user_id, out);
         }
-        TOTP => {
-            if required(state, &c.user_id) {
-                return Err(ApplyError::FailedPrecondition(REQUIRED.into()));
-            }
-            if r.totp.take().is_none() {
-                return Err(ApplyError::NotFound("this user has no TOTP authenticator".into()));
+        TOTP | PASSKEY => {
+            if c.kind == TOTP {
+                if r.passkeys.is_empty() && required(state, &c.user_id) {
+                    return Err(ApplyError::FailedPrecondition(REQUIRED.into()));
+                }
+                if r.totp.take().is_none() {
+                    return Err(ApplyError::NotFound("this user has no TOTP authenticator".into()));
+                }
+            } else {
+                crate::passkeys::remove(state, &mut r, &c.credential_id)?;
             }
             // Recovery codes stand in for a factor; with none left, they go.
-            r.recovery.clear();
+            if !enrolled(&r) {
+                r.recovery.clear();
+            }
             state.factors.store(r, out);
         }
         other => return Err(ApplyError::Invalid(format!("no factor kind {}", crate::quote::quote(other)))),
@@ -755,7 +798,7 @@ mod tests {
         let twice = state.apply(3, &cmd(NOW + 30_000, enroll(step_at(NOW + 30_000))), &mut Vec::new());
         assert_eq!(twice.code, Code::AlreadyExists as i32);
         state.apply(4, &cmd(NOW, session('1', 1, None)), &mut Vec::new());
-        let rm = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into() });
+        let rm = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into(), ..Default::default() });
         assert_eq!(state.apply(5, &cmd(NOW, rm.clone()), &mut Vec::new()).code, Code::Ok as i32);
         assert!(state.session(&"1".repeat(32)).is_none());
         assert!(!state.factors.enrolled(UID));
@@ -821,9 +864,9 @@ mod tests {
         assert!(!s.factor_due && s.factor == TOTP && s.token_sha256 == vec![8; 32]);
         assert!(state.factors.get(UID).unwrap().enroll_ticket_sha256.is_empty(), "the ticket is spent");
         // The factor a role requires is not removed by its holder (an admin's reset is).
-        let own = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into() });
+        let own = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into(), ..Default::default() });
         assert_eq!(state.apply(12, &cmd(NOW, own), &mut Vec::new()).code, Code::FailedPrecondition as i32);
-        let reset = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: String::new() });
+        let reset = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), ..Default::default() });
         assert_eq!(state.apply(13, &cmd(NOW, reset), &mut Vec::new()).code, Code::Ok as i32);
         assert_eq!(state.sessions_of(UID).count(), 0, "an admin's reset ends every session of the user");
         // Lifting the policy.

@@ -72,7 +72,9 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::RemoveFactors(_)
             | Payload::CountFactorAttempt(_)
             | Payload::SetMfaPolicy(_)
-            | Payload::IssueEnrollTicket(_),
+            | Payload::IssueEnrollTicket(_)
+            | Payload::AddPasskey(_)
+            | Payload::RenamePasskey(_),
         )
         | None => {}
     }

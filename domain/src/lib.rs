@@ -20,6 +20,7 @@
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
 //! - [`links`]: sign-in links mailed to users, bound to a browser, spent once.
 //! - [`factors`]: second factors (TOTP, recovery codes), spent once cluster-wide; sessions that owe one.
+//! - [`passkeys`]: WebAuthn credentials (public keys), their challenges spent once, their counters.
 //! - [`upstream`]: users linked to upstream OIDC identities, mapped roles, spent flows and logout tokens.
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
@@ -41,6 +42,7 @@ pub mod keys;
 pub mod limits;
 pub mod links;
 pub mod mutation;
+pub mod passkeys;
 pub mod quote;
 pub mod redact;
 pub mod requests;

@@ -40,6 +40,7 @@ pub fn redacted(mut cmd: Command) -> Command {
             c.tokens.iter_mut().for_each(|t| t.refresh_token = None);
         }
         Some(Payload::SetRecoveryCodes(c)) => c.recovery_sha256.clear(),
+        Some(Payload::AddPasskey(c)) => c.recovery_sha256.clear(),
         Some(Payload::CreateSignInLink(c)) => {
             c.token_sha256.clear();
             c.browser_sha256.clear();
@@ -68,6 +69,7 @@ pub fn redacted(mut cmd: Command) -> Command {
             | Payload::AssignRole(_)
             | Payload::UnassignRole(_)
             | Payload::RevokeApiKey(_)
+            | Payload::RenamePasskey(_)
             | Payload::RevokeSession(_)
             | Payload::RevokeUserSessions(_)
             | Payload::RevokeAllSessions(_)

@@ -74,6 +74,7 @@ fn factor_name(name: &str) -> &'static str {
     match name {
         factors::TOTP => factors::TOTP,
         factors::RECOVERY => factors::RECOVERY,
+        factors::PASSKEY => factors::PASSKEY,
         _ => "",
     }
 }

@@ -91,13 +91,13 @@ impl Upstream {
         true
     }
 
-    fn spend(&mut self, h: [u8; 32], drop_at: u64, out: &mut Vec<Mutation>) {
+    pub(crate) fn spend(&mut self, h: [u8; 32], drop_at: u64, out: &mut Vec<Mutation>) {
         let r = SpentRecord { sha256: h.to_vec(), drop_at };
         out.push(Mutation::Put { table: Table::Spent, key: h.to_vec(), value: crate::codec::encode(&r) });
         self.insert_spent(r);
     }
 
-    fn is_spent(&self, h: &[u8; 32]) -> bool {
+    pub(crate) fn is_spent(&self, h: &[u8; 32]) -> bool {
         self.spent.contains_key(h)
     }
 

@@ -33,7 +33,8 @@ use crate::{codec, State};
 /// - 5: `PresentFactor`, `EnrollTotp`, `SetRecoveryCodes`, `RemoveFactors`,
 ///   `CountFactorAttempt`, `SetMfaPolicy`, `IssueEnrollTicket` (second factors),
 ///   `ResealSecrets` (secrets at rest moved to a new key-encryption key).
-pub const COMMAND_VERSION: u32 = 5;
+/// - 6: `AddPasskey`, `RenamePasskey`, and a passkey as a factor proof.
+pub const COMMAND_VERSION: u32 = 6;
 
 /// What a node that reports no version understands (a build from before the gate).
 pub const BASE_VERSION: u32 = 1;
@@ -45,6 +46,7 @@ pub const VERSION_KEY: &[u8] = b"version";
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
+        Payload::AddPasskey(_) | Payload::RenamePasskey(_) => 6,
         Payload::PresentFactor(_)
         | Payload::EnrollTotp(_)
         | Payload::SetRecoveryCodes(_)

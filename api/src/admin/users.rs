@@ -214,7 +214,7 @@ impl UserService for Users {
         let user_id = self.resolve_for_change(&actor, &req.get_ref().user)?;
         tracing::Span::current().record("user_id", user_id.as_str());
         let cmd =
-            self.node.command(Payload::RemoveFactors(RemoveFactors { user_id: user_id.clone(), kind: String::new() }));
+            self.node.command(Payload::RemoveFactors(RemoveFactors { user_id: user_id.clone(), ..Default::default() }));
         super::write(&self.node, &actor, cmd).await?;
         tracing::info!("second factors reset");
         Ok(Response::new(self.current(&user_id)?))

@@ -505,7 +505,7 @@ pub async fn remove_totp(
     confirm_factor(front, p, code, password, ip).await?;
     let cmd = front
         .node
-        .command(Payload::RemoveFactors(RemoveFactors { user_id: p.user_id.clone(), kind: factors::TOTP.into() }));
+        .command(Payload::RemoveFactors(RemoveFactors { user_id: p.user_id.clone(), kind: factors::TOTP.into(), ..Default::default() }));
     Ok(audit::write(&front.node, &Actor::of(p, ip.to_string()), cmd).await?.log_index)
 }
 
