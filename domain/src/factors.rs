@@ -179,7 +179,12 @@ pub(crate) enum Spend {
     Recovery(usize),
     /// The passkey at `index`, its new counter, and the challenge spent
     /// until `drop_at`.
-    Passkey { index: usize, counter: u32, challenge: [u8; 32], drop_at: u64 },
+    Passkey {
+        index: usize,
+        counter: u32,
+        challenge: [u8; 32],
+        drop_at: u64,
+    },
 }
 
 impl Spend {
@@ -371,7 +376,7 @@ pub(crate) fn enroll_totp(
     }
     // A first factor for a user whose role requires one: only with a
     // ticket (the proof beyond the password).
-    let ticket = required(state, &c.user_id);
+    let ticket = required(state, &c.user_id) && !enrolled(&r);
     if ticket {
         let valid = r.enroll_ticket_expires_at > now
             && !c.ticket_sha256.is_empty()
@@ -864,7 +869,8 @@ mod tests {
         assert!(!s.factor_due && s.factor == TOTP && s.token_sha256 == vec![8; 32]);
         assert!(state.factors.get(UID).unwrap().enroll_ticket_sha256.is_empty(), "the ticket is spent");
         // The factor a role requires is not removed by its holder (an admin's reset is).
-        let own = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into(), ..Default::default() });
+        let own =
+            Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), kind: TOTP.into(), ..Default::default() });
         assert_eq!(state.apply(12, &cmd(NOW, own), &mut Vec::new()).code, Code::FailedPrecondition as i32);
         let reset = Payload::RemoveFactors(RemoveFactors { user_id: UID.into(), ..Default::default() });
         assert_eq!(state.apply(13, &cmd(NOW, reset), &mut Vec::new()).code, Code::Ok as i32);

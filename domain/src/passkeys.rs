@@ -42,8 +42,7 @@ pub const CHALLENGE_USED: &str = "this passkey challenge was used already";
 pub const COUNTER: &str = "the passkey's signature counter went backwards (a cloned authenticator?)";
 
 fn challenge(sha256: &[u8], expires_at: u64, now: u64) -> Result<[u8; 32], ApplyError> {
-    let h: [u8; 32] =
-        sha256.try_into().map_err(|_| ApplyError::Invalid("a challenge hash must be 32 bytes".into()))?;
+    let h: [u8; 32] = sha256.try_into().map_err(|_| ApplyError::Invalid("a challenge hash must be 32 bytes".into()))?;
     if expires_at <= now {
         return Err(ApplyError::FailedPrecondition("the passkey challenge expired; try again".into()));
     }

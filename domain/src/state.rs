@@ -181,9 +181,7 @@ impl State {
             Some(Payload::RemoveFactors(c)) => factors::remove(self, c, out).map(Outcome::from),
             Some(Payload::SetMfaPolicy(c)) => factors::set_policy(self, c, out).map(Outcome::from),
             Some(Payload::ResealSecrets(c)) => factors::reseal(self, c, out).map(Outcome::from),
-            Some(Payload::AddPasskey(c)) => {
-                crate::passkeys::add(self, cmd.proposed_at, c, out).map(Outcome::from)
-            }
+            Some(Payload::AddPasskey(c)) => crate::passkeys::add(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::RenamePasskey(c)) => crate::passkeys::rename(self, c, out).map(Outcome::from),
             Some(Payload::IssueEnrollTicket(c)) => {
                 factors::issue_ticket(self, cmd.proposed_at, c, out).map(Outcome::from)

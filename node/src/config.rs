@@ -120,7 +120,7 @@ pub use gatehouse_api::http::RouteRule;
 mod mfa;
 mod pages;
 mod sso;
-pub use mfa::MfaSettings;
+pub use mfa::{MfaSettings, PasskeySettings};
 pub use pages::{MailSettings, MailTlsSetting, PagesSettings};
 pub use sso::{KeySettings, OffboardSetting, ProviderSettings, SecretsSettings, SsoSettings};
 

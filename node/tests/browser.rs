@@ -99,7 +99,14 @@ async fn heading(b: &Client, text: &str) {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no page headed {text:?}");
+        if tokio::time::Instant::now() >= deadline {
+            let url = b.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+            let shown = match b.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            panic!("no page headed {text:?}; at {url}:\n{shown}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -526,4 +533,253 @@ async fn a_person_turns_on_an_authenticator_app_and_signs_in_with_a_code() {
     assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=52"));
     b.close().await.unwrap();
     c.shutdown().await;
+}
+
+/// A WebDriver extension command (here: the WebAuthn virtual
+/// authenticators Chromium offers for tests).
+#[derive(Debug)]
+struct Extension {
+    method: http::Method,
+    path: String,
+    body: Option<serde_json::Value>,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Extension {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/{}", session.unwrap_or_default(), self.path))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (self.method.clone(), self.body.as_ref().map(|b| b.to_string()))
+    }
+}
+
+/// A platform authenticator in the browser (resident keys, user
+/// verification passes): its id.
+async fn virtual_authenticator(b: &Client) -> String {
+    let body = serde_json::json!({
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": true,
+        "hasUserVerification": true, "isUserVerified": true, "isUserConsenting": true,
+    });
+    let cmd = Extension { method: http::Method::POST, path: "webauthn/authenticator".into(), body: Some(body) };
+    b.issue_cmd(cmd).await.expect("a virtual authenticator").as_str().expect("its id").to_string()
+}
+
+/// The credentials the virtual authenticator holds: (id, user handle), base64url.
+async fn credentials(b: &Client, authenticator: &str) -> Vec<(String, String)> {
+    let path = format!("webauthn/authenticator/{authenticator}/credentials");
+    let list = b.issue_cmd(Extension { method: http::Method::GET, path, body: None }).await.unwrap();
+    let b64 = |v: &serde_json::Value| {
+        // WebDriver gives standard or URL-safe base64; the pages use URL-safe.
+        v.as_str().unwrap_or("").replace('+', "-").replace('/', "_").trim_end_matches('=').to_string()
+    };
+    list.as_array().unwrap().iter().map(|c| (b64(&c["credentialId"]), b64(&c["userHandle"]))).collect()
+}
+
+/// Runs the passkey form's ceremony on the page shown without sending the
+/// form: the answer (JSON) and the ceremony it was for. `allow` limits the
+/// credential used; `handle` replaces the user handle in the answer (which
+/// the authenticator does not sign).
+async fn answer(b: &Client, allow: Option<&str>, handle: Option<&str>) -> (String, String) {
+    let script = r#"
+        const [allow, handle, done] = arguments;
+        const form = document.getElementById("passkey-form");
+        const bytes = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+        const text = (b) => btoa(String.fromCharCode(...new Uint8Array(b)))
+            .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+        const o = JSON.parse(form.dataset.options).publicKey;
+        o.challenge = bytes(o.challenge);
+        if (allow) o.allowCredentials = [{ type: "public-key", id: allow }];
+        for (const c of o.allowCredentials || []) c.id = bytes(c.id);
+        navigator.credentials.get({ publicKey: o }).then((cred) => {
+            const r = cred.response;
+            done(JSON.stringify({
+                id: cred.id, rawId: text(cred.rawId), type: cred.type, extensions: {},
+                response: {
+                    authenticatorData: text(r.authenticatorData), clientDataJSON: text(r.clientDataJSON),
+                    signature: text(r.signature), userHandle: handle || (r.userHandle ? text(r.userHandle) : null),
+                },
+            }));
+        }).catch((e) => done("refused: " + e));
+    "#;
+    let args = vec![allow.into(), handle.into()];
+    let answer = b.execute_async(script, args).await.unwrap().as_str().unwrap().to_string();
+    assert!(!answer.starts_with("refused"), "{answer}");
+    let ceremony = b.execute("return document.getElementById('passkey-form').elements.ceremony.value", vec![]).await;
+    (answer, ceremony.unwrap().as_str().unwrap().to_string())
+}
+
+/// Sends the passkey form of the page shown with `ceremony` and `answer`.
+async fn send_answer(b: &Client, ceremony: &str, answer: &str) {
+    let script = "const f = document.getElementById('passkey-form');
+        f.elements.ceremony.value = arguments[0]; f.elements.passkey.value = arguments[1]; f.submit();";
+    b.execute(script, vec![ceremony.into(), answer.into()]).await.unwrap();
+}
+
+/// The alert the page shown says, once it loaded.
+async fn alert(b: &Client) -> String {
+    b.wait().for_element(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_and_forged_answers_are_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = format!("https://app.example.test:{port}");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("kek");
+    std::fs::write(&key, hex::encode([5u8; 32])).unwrap();
+    let origin = site.clone();
+    let c = TestCluster::start_with(1, move |c| {
+        c.pages.return_domains = vec!["example.test".into()];
+        c.pages.public_url = Some(origin.clone());
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key.clone() }];
+        c.mfa.passkeys =
+            Some(gatehouse::config::PasskeySettings { rp_id: "example.test".into(), origins: vec![origin.clone()] });
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.node(1).cluster().cluster_version() == newest
+    })
+    .await;
+    let ann = create_user_with_password(c.node(1), "ann", "correct horse battery", &["viewer"]).await;
+    create_user_with_password(c.node(1), "bob", "battery staple horse", &["viewer"]).await;
+    let gatehouse = c.node(1).http_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = example_over_https(dir.path(), port, &gatehouse, upstream().await);
+    let _nginx = common::nginx::start_at(dir.path(), true, port, &conf).await.expect("nginx on the port picked");
+    let driver = chromedriver().await;
+    let b = browser(&driver).await;
+    let authenticator = virtual_authenticator(&b).await;
+
+    let sign_in = |b: Client, who: &'static str, password: &'static str| async move {
+        b.find(Locator::Id("username")).await.unwrap().send_keys(who).await.unwrap();
+        b.find(Locator::Id("password")).await.unwrap().send_keys(password).await.unwrap();
+        b.find(Locator::Css("form[action=\"/login\"] button")).await.unwrap().click().await.unwrap();
+    };
+    let account = format!("{site}/account");
+    let sign_out = |b: Client| {
+        let account = account.clone();
+        async move {
+            b.goto(&account).await.unwrap();
+            b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+            heading(&b, "Sign in").await;
+        }
+    };
+
+    // Ann adds a passkey from her account: the page's script runs the
+    // ceremony, and her first factor comes with recovery codes.
+    b.goto(&format!("{site}/account")).await.unwrap();
+    sign_in(b.clone(), "ann", "correct horse battery").await;
+    heading(&b, "ann").await;
+    b.find(Locator::Id("add-passkeys")).await.unwrap().click().await.unwrap();
+    heading(&b, "Passkeys").await;
+    b.find(Locator::Id("passkey-name")).await.unwrap().send_keys("Laptop").await.unwrap();
+    b.find(Locator::Id("passkey-password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    screenshot(&b, "passkey-add").await;
+    b.find(Locator::Css("#add-passkey button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Your recovery codes").await;
+    assert_eq!(b.find_all(Locator::Css("#recovery-codes li")).await.unwrap().len(), 10);
+    let held = credentials(&b, &authenticator).await;
+    assert_eq!(held.len(), 1, "one resident credential");
+    let (ann_credential, ann_handle) = held[0].clone();
+    assert_eq!(hex::encode(base64_url(&ann_handle)), ann, "the handle is the user id");
+    b.goto(&format!("{site}/account/passkeys")).await.unwrap();
+    let row = b.find(Locator::Css("#passkeys tbody tr td")).await.unwrap().text().await.unwrap();
+    assert_eq!(row, "Laptop");
+
+    // Signed out, the passkey alone signs her in and the app sees her.
+    sign_out(b.clone()).await;
+    b.goto(&format!("{site}/reports?week=1")).await.unwrap();
+    heading(&b, "Sign in").await;
+    screenshot(&b, "passkey-sign-in").await;
+    b.find(Locator::Id("sign-in-passkey")).await.unwrap().click().await.unwrap();
+    let who = b.wait().for_element(Locator::Id("who")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "Reports for ann");
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{site}/reports?week=1"));
+
+    // Her password now asks for the second factor: the passkey pays it.
+    sign_out(b.clone()).await;
+    sign_in(b.clone(), "ann", "correct horse battery").await;
+    heading(&b, "Confirm it is you").await;
+    b.find(Locator::Id("use-passkey")).await.unwrap().click().await.unwrap();
+    heading(&b, "ann").await;
+    sign_out(b.clone()).await;
+
+    // A replayed answer: taken once, then refused (its challenge is spent).
+    let (first, ceremony) = answer(&b, None, None).await;
+    send_answer(&b, &ceremony, &first).await;
+    heading(&b, "ann").await;
+    sign_out(b.clone()).await;
+    send_answer(&b, &ceremony, &first).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or sign in another way.");
+    // An answer for another ceremony's challenge: refused.
+    let unused = b.execute("return document.getElementById('passkey-form').elements.ceremony.value", vec![]).await;
+    let unused = unused.unwrap().as_str().unwrap().to_string();
+    b.goto(&format!("{site}/login")).await.unwrap();
+    let (other, _) = answer(&b, None, None).await;
+    send_answer(&b, &unused, &other).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or sign in another way.");
+
+    // Bob adds his own passkey to the same authenticator.
+    sign_in(b.clone(), "bob", "battery staple horse").await;
+    heading(&b, "bob").await;
+    b.goto(&format!("{site}/account/passkeys")).await.unwrap();
+    heading(&b, "Passkeys").await;
+    b.find(Locator::Id("passkey-password")).await.unwrap().send_keys("battery staple horse").await.unwrap();
+    b.find(Locator::Css("#add-passkey button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Your recovery codes").await;
+    let bob_credential = credentials(&b, &authenticator)
+        .await
+        .into_iter()
+        .find(|(id, _)| *id != ann_credential)
+        .expect("bob's credential")
+        .0;
+    sign_out(b.clone()).await;
+    // Bob's answer claiming to be Ann's (the user handle is not signed):
+    // refused; the same answer as his own signs him in.
+    let (forged, ceremony) = answer(&b, Some(&bob_credential), Some(&ann_handle)).await;
+    send_answer(&b, &ceremony, &forged).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or sign in another way.");
+    let (honest, ceremony) = answer(&b, Some(&bob_credential), None).await;
+    send_answer(&b, &ceremony, &honest).await;
+    heading(&b, "bob").await;
+    sign_out(b.clone()).await;
+
+    // Ann's second step, answered with Bob's credential: not hers.
+    sign_in(b.clone(), "ann", "correct horse battery").await;
+    heading(&b, "Confirm it is you").await;
+    let (not_hers, ceremony) = answer(&b, Some(&bob_credential), None).await;
+    send_answer(&b, &ceremony, &not_hers).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or enter a code.");
+
+    // Another origin under the same domain (not one the config names): the
+    // browser signs, the cluster refuses.
+    let elsewhere = format!("https://other.example.test:{port}");
+    b.goto(&format!("{elsewhere}/login")).await.unwrap();
+    heading(&b, "Sign in").await;
+    let (wrong_origin, ceremony) = answer(&b, Some(&ann_credential), None).await;
+    send_answer(&b, &ceremony, &wrong_origin).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or sign in another way.");
+    // Each was refused for its own reason (the audit says which).
+    for (action, why) in [
+        ("login.failure", gatehouse_domain::passkeys::CHALLENGE_USED),
+        ("login.failure", "challenge differs"),
+        ("login.failure", gatehouse_domain::passkeys::NOT_A_PASSKEY),
+        ("mfa.failure", "passkey"),
+        ("login.failure", "origin does not match"),
+    ] {
+        // Audit records are written in batches: wait for this one.
+        let what = format!("{action} audited for {why:?}");
+        wait_until(&what, Duration::from_secs(10), || common::audited(&c, action, why)).await;
+    }
+    assert!(common::audited(&c, "login.success", "passkey").await);
+    b.close().await.unwrap();
+    c.shutdown().await;
+}
+
+fn base64_url(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
 }

@@ -61,8 +61,9 @@ pub async fn proof(front: &Front, user_id: &str, code: &str, actor: &Actor) -> R
     let code = code.trim();
     let typed: String = code.chars().filter(|c| *c != ' ').collect();
     if typed.len() == 6 && typed.bytes().all(|b| b.is_ascii_digit()) {
+        // A person with passkeys only has no code to type.
+        let Some(totp_factor) = r.totp.as_ref() else { return Err(ApiError::InvalidSecondFactor) };
         attempt(front, user_id, actor).await?;
-        let totp_factor = r.totp.as_ref().expect("enrolled");
         let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
         let sealed = totp_factor.secret.as_ref().ok_or(ApiError::Internal)?;
         let secret = sealer.open(sealed, &totp::context(user_id)).map_err(|e| {
@@ -129,7 +130,52 @@ async fn attempt(front: &Front, user_id: &str, actor: &Actor) -> Result<(), ApiE
 fn factor_of(p: &FactorProof) -> &'static str {
     match p.proof {
         Some(Proof::RecoverySha256(_)) => factors::RECOVERY,
+        Some(Proof::Passkey(_)) => factors::PASSKEY,
         _ => factors::TOTP,
+    }
+}
+
+/// A second factor as a person presents it: a code typed (TOTP or
+/// recovery), or a passkey's answer to the ceremony its page offered.
+#[derive(Clone)]
+pub enum Presented {
+    Code(String),
+    Passkey { ceremony: String, response: String },
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Presented::Code(_) => "Presented::Code",
+            Presented::Passkey { .. } => "Presented::Passkey",
+        })
+    }
+}
+
+impl Presented {
+    /// Nothing was entered.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Presented::Code(c) => c.trim().is_empty(),
+            Presented::Passkey { response, .. } => response.is_empty(),
+        }
+    }
+}
+
+/// The proof of `presented` by `user_id` on session `session_id`.
+async fn proof_of(
+    front: &Front,
+    user_id: &str,
+    session_id: &str,
+    presented: &Presented,
+    actor: &Actor,
+) -> Result<FactorProof, ApiError> {
+    match presented {
+        Presented::Code(code) => proof(front, user_id, code, actor).await,
+        Presented::Passkey { ceremony, response } => {
+            super::passkey::proof(front, user_id, session_id, ceremony, response, actor)
+                .map_err(|_| ApiError::InvalidSecondFactor)
+        }
     }
 }
 
@@ -141,7 +187,7 @@ fn factor_of(p: &FactorProof) -> &'static str {
 pub async fn present(
     front: &Front,
     token: &str,
-    code: &str,
+    presented: &Presented,
     ip: IpAddr,
     _user_agent: &str,
 ) -> Result<Opened, ApiError> {
@@ -155,7 +201,7 @@ pub async fn present(
         client_ip: ip.to_string(),
         ..Default::default()
     };
-    let proof = proof(front, &id.user_id, code, &actor).await?;
+    let proof = proof_of(front, &id.user_id, &id.session_id, presented, &actor).await?;
     let factor = factor_of(&proof);
     let minted = crate::mint::new_session_token();
     let expires_at = now_ms() + front.config.session_ttl.as_millis() as u64;
@@ -459,10 +505,10 @@ pub async fn fresh_factor(
 
 /// A step-up: `code` checked and spent on `p`'s session, whose second
 /// factor is fresh from now. The login endpoint's limits are the caller's.
-pub async fn step_up_with(front: &Front, p: &Principal, code: &str, ip: IpAddr) -> Result<u64, ApiError> {
-    session_of(p)?;
+pub async fn step_up_with(front: &Front, p: &Principal, presented: &Presented, ip: IpAddr) -> Result<u64, ApiError> {
+    let session_id = session_of(p)?;
     let actor = Actor::of(p, ip.to_string());
-    let proof = proof(front, &p.user_id, code, &actor).await?;
+    let proof = proof_of(front, &p.user_id, session_id, presented, &actor).await?;
     step_up(front, p, proof, &actor).await
 }
 
@@ -503,9 +549,11 @@ pub async fn remove_totp(
     ip: IpAddr,
 ) -> Result<u64, ApiError> {
     confirm_factor(front, p, code, password, ip).await?;
-    let cmd = front
-        .node
-        .command(Payload::RemoveFactors(RemoveFactors { user_id: p.user_id.clone(), kind: factors::TOTP.into(), ..Default::default() }));
+    let cmd = front.node.command(Payload::RemoveFactors(RemoveFactors {
+        user_id: p.user_id.clone(),
+        kind: factors::TOTP.into(),
+        ..Default::default()
+    }));
     Ok(audit::write(&front.node, &Actor::of(p, ip.to_string()), cmd).await?.log_index)
 }
 

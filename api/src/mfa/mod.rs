@@ -1,4 +1,5 @@
-//! Second factors on the voters: TOTP authenticators and recovery codes.
+//! Second factors on the voters: TOTP authenticators, passkeys and
+//! recovery codes.
 //!
 //! The log holds what every node must agree on (`gatehouse_domain::factors`:
 //! which step or code was spent, who owes a factor, lockouts); this module
@@ -8,11 +9,14 @@
 //!
 //! - [`totp`]: RFC 6238 codes, the `otpauth://` URI and its QR code.
 //! - [`recovery`]: one-time recovery codes, stored as SHA-256.
+//! - [`passkey`]: WebAuthn ceremonies (webauthn-rs), their state sealed
+//!   into the page, as a second factor and as a sign-in of their own.
 //! - [`check`]: a code checked against a user's factors (failures
 //!   counted through the log, lockout, audit), a waiting session paid,
 //!   enrollment and removal from "my account".
 
 pub mod check;
+pub mod passkey;
 pub mod recovery;
 pub mod totp;
 
@@ -30,6 +34,8 @@ pub struct MfaConfig {
     pub max_failures: u32,
     pub failure_window: Duration,
     pub lockout: Duration,
+    /// The relying party passkeys are for (`[mfa.passkeys]`; `None`: off).
+    pub passkeys: Option<Arc<passkey::Passkeys>>,
 }
 
 impl Default for MfaConfig {
@@ -39,6 +45,7 @@ impl Default for MfaConfig {
             max_failures: 5,
             failure_window: Duration::from_secs(300),
             lockout: Duration::from_secs(900),
+            passkeys: None,
         }
     }
 }

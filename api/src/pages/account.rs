@@ -81,6 +81,9 @@ struct AccountPage<'a> {
     locked: bool,
     /// Authenticator apps can be added here (the node holds `[secrets]`).
     totp_offered: bool,
+    /// How many passkeys the person holds, and whether one can be added here.
+    passkeys: usize,
+    passkeys_offered: bool,
 }
 
 #[derive(Template)]
@@ -234,6 +237,8 @@ pub(super) fn render(
         locked: factors.locked_until != 0,
         // A voter with [secrets], or a front (its voters decide).
         totp_offered: front.mfa.sealer().is_some() || matches!(front.sign_in, crate::sign_in::SignIn::Voters(_)),
+        passkeys: crate::mfa::passkey::list(&front.node, &p.user_id).len(),
+        passkeys_offered: crate::mfa::passkey::available(front),
     };
     html(pages, status, page.render(), &n, set_cookie)
 }

@@ -116,7 +116,7 @@ pub async fn page(
         Ok(p) => p,
         Err(resp) => return resp,
     };
-    if front.node.view().read().has_factor(&p.user_id) {
+    if front.node.view().read().factors_of(&p.user_id).is_some_and(|r| r.totp.is_some()) {
         return see_other("/account");
     }
     offer(&front, &headers, (&p, &token), StatusCode::OK, None).await

@@ -4,16 +4,18 @@
 //!
 //! | path | handler |
 //! |---|---|
-//! | `GET /login`, `POST /login`, `POST /logout` | [`sign_in`] |
+//! | `GET /login`, `POST /login`, `POST /login/passkey`, `POST /logout` | [`sign_in`] |
 //! | `POST /login/email`, `GET /login/link`, `POST /login/link` | [`links`] |
 //! | `GET /login/sso/{id}`, `GET /login/sso/{id}/callback`, `POST /login/sso/{id}/backchannel-logout` | [`sso`] |
 //! | `GET /login/factor`, `POST /login/factor`, `POST /login/factor/enroll` (the second step) | [`second_factor`] |
 //! | `GET /account`, `POST /account/sessions/{id}/revoke`, `POST /account/keys`, `POST /account/keys/{id}/revoke`, `POST /account/password` | [`account`] |
 //! | `GET /account/totp`, `POST /account/totp`, `POST /account/totp/remove`, `POST /account/recovery` | [`authenticator`] |
+//! | `GET /account/passkeys`, `POST /account/passkeys`, `POST /account/passkeys/rename`, `POST /account/passkeys/remove` | [`passkeys`] |
 //! | `GET /assets/logo` | the configured logo |
 //!
-//! Every page carries a strict CSP with a fresh nonce and no script
-//! ([`render`]); every form a CSRF token bound to the browser ([`csrf`]);
+//! Every page carries a strict CSP with a fresh nonce and no script, but
+//! for the pages that run a passkey ceremony: their one script carries
+//! the nonce ([`render`]); every form a CSRF token bound to the browser ([`csrf`]);
 //! every return URL is checked against the configured domains
 //! ([`return_to`]); posted forms are read strictly ([`form`]). What a page
 //! does is the JSON API's own code underneath (`crate::sign_in`).
@@ -23,6 +25,7 @@ pub mod authenticator;
 pub mod csrf;
 pub mod form;
 pub mod links;
+pub mod passkeys;
 pub mod render;
 pub mod return_to;
 pub mod second_factor;
@@ -41,8 +44,12 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 18] = [
+pub const ROUTES: [&str; 22] = [
     "/login",
+    "/login/passkey",
+    "/account/passkeys",
+    "/account/passkeys/rename",
+    "/account/passkeys/remove",
     "/login/factor",
     "/login/factor/enroll",
     "/account/totp",
@@ -66,6 +73,7 @@ pub const ROUTES: [&str; 18] = [
 pub fn routes(router: Router<Front>) -> Router<Front> {
     router
         .route("/login", get(sign_in::page).post(sign_in::submit))
+        .route("/login/passkey", post(sign_in::passkey))
         .route("/login/factor", get(second_factor::page).post(second_factor::submit))
         .route("/login/factor/enroll", post(second_factor::enroll))
         .route("/login/email", post(links::request))
@@ -82,6 +90,9 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
         .route("/account/totp", get(authenticator::page).post(authenticator::enroll))
         .route("/account/totp/remove", post(authenticator::remove))
         .route("/account/recovery", post(authenticator::recovery_codes))
+        .route("/account/passkeys", get(passkeys::page).post(passkeys::add))
+        .route("/account/passkeys/rename", post(passkeys::rename))
+        .route("/account/passkeys/remove", post(passkeys::remove))
         .route("/assets/logo", get(logo))
 }
 

@@ -122,8 +122,9 @@ impl Default for PagesConfig {
 }
 
 impl PagesConfig {
-    /// The pages' CSP for a response with `nonce`.
-    fn csp(&self, nonce: &str) -> String {
+    /// The pages' CSP for a response with `nonce`; `script`: the page runs
+    /// its own script (a passkey ceremony), which carries the nonce.
+    fn csp(&self, nonce: &str, script: bool) -> String {
         let mut form_action = String::from("'self'");
         let schemes: &[&str] = if self.return_domains.allows_http() { &["https", "http"] } else { &["https"] };
         for d in self.return_domains.domains() {
@@ -131,8 +132,9 @@ impl PagesConfig {
                 form_action += &format!(" {s}://{d}:* {s}://*.{d}:*");
             }
         }
+        let script = if script { format!("script-src 'nonce-{nonce}'; ") } else { String::new() };
         format!(
-            "default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; form-action {form_action}; \
+            "default-src 'none'; {script}style-src 'nonce-{nonce}'; img-src 'self'; form-action {form_action}; \
              frame-ancestors 'none'; base-uri 'none'"
         )
     }
@@ -159,6 +161,32 @@ pub fn html(
     nonce: &str,
     csrf_cookie: Option<HeaderValue>,
 ) -> Response {
+    page(pages, status, body, nonce, csrf_cookie, false)
+}
+
+/// [`html`] for a page that runs a passkey ceremony: its one script
+/// (carrying `nonce`) may run; nothing else does, and the page is never
+/// cached (the ceremony is for this view only).
+pub fn html_with_script(
+    pages: &PagesConfig,
+    status: StatusCode,
+    body: Result<String, askama::Error>,
+    nonce: &str,
+    csrf_cookie: Option<HeaderValue>,
+) -> Response {
+    let mut resp = page(pages, status, body, nonce, csrf_cookie, true);
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn page(
+    pages: &PagesConfig,
+    status: StatusCode,
+    body: Result<String, askama::Error>,
+    nonce: &str,
+    csrf_cookie: Option<HeaderValue>,
+    script: bool,
+) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(e) => {
@@ -169,7 +197,7 @@ pub fn html(
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&pages.csp(nonce)).expect("ASCII policy"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&pages.csp(nonce, script)).expect("ASCII policy"));
     // Not `no-referrer`, with which a browser sends `Origin: null` on the
     // pages' own form posts; nothing goes to other sites all the same.
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
@@ -221,12 +249,12 @@ mod tests {
     }
 
     #[test]
-    fn the_csp_allows_no_script_and_forms_only_here_and_to_the_return_domains() {
+    fn the_csp_allows_no_script_but_a_passkey_pages_own_and_forms_only_here_and_to_the_return_domains() {
         let pages = PagesConfig {
             return_domains: ReturnDomains::new(&["example.com".into()], false).unwrap(),
             ..Default::default()
         };
-        let csp = pages.csp("abc");
+        let csp = pages.csp("abc", false);
         assert_eq!(
             csp,
             "default-src 'none'; style-src 'nonce-abc'; img-src 'self'; form-action 'self' https://example.com:* \
@@ -234,6 +262,10 @@ mod tests {
         );
         assert!(!csp.contains("unsafe") && !csp.contains("script-src"));
         assert_ne!(nonce(), nonce());
+        // A passkey page runs its one script, by nonce only.
+        let scripted = pages.csp("abc", true);
+        assert!(scripted.starts_with("default-src 'none'; script-src 'nonce-abc'; style-src"), "{scripted}");
+        assert!(!scripted.contains("unsafe") && !scripted.contains("connect-src"));
     }
 
     #[test]

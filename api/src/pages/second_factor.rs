@@ -18,12 +18,13 @@ use axum::response::Response;
 use gatehouse_domain::sessions::{self, SessionIdentity};
 use serde::Deserialize;
 
-use super::render::{html, nonce, see_other, BrandView, PagesConfig};
+use super::render::{html, html_with_script, nonce, see_other, BrandView, PagesConfig};
 use super::sign_in::{expired_form, notice};
 use super::{csrf, form};
 use crate::http::caller::credential;
 use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
+use crate::mfa::check::Presented;
 use crate::ApiError;
 use gatehouse_cluster::clock::now_ms;
 
@@ -36,6 +37,8 @@ struct FactorPage<'a> {
     rd: &'a str,
     username: &'a str,
     error: Option<&'a str>,
+    /// A passkey ceremony, when the person has passkeys and this node runs them.
+    passkey: Option<crate::mfa::passkey::Offer>,
 }
 
 #[derive(Template)]
@@ -97,20 +100,75 @@ pub(super) fn factor_url(rd: &str) -> String {
     format!("/login/factor?rd={rd}")
 }
 
+/// Who the second step is for: the user, the session it pays or steps
+/// up, and the name shown.
+struct For<'a> {
+    user_id: &'a str,
+    session_id: &'a str,
+    username: &'a str,
+}
+
 fn render(
     front: &Front,
     headers: &HeaderMap,
     status: StatusCode,
     rd: &str,
-    username: &str,
+    who: &For<'_>,
     error: Option<&str>,
 ) -> Response {
     let pages = pages(front);
     let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
     let n = nonce();
-    let page = FactorPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username, error };
-    html(pages, status, page.render(), &n, set_cookie)
+    let passkey = crate::mfa::passkey::assertion(front, who.user_id, who.session_id).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "a passkey could not be offered");
+        None
+    });
+    let scripted = passkey.is_some();
+    let page =
+        FactorPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username: who.username, error, passkey };
+    if scripted {
+        html_with_script(pages, status, page.render(), &n, set_cookie)
+    } else {
+        html(pages, status, page.render(), &n, set_cookie)
+    }
 }
+
+/// Whose principal `p` is, for [`render`] (an API key has no session: no
+/// passkey ceremony is offered to it).
+fn principal_for(p: &crate::identity::Principal) -> For<'_> {
+    let session_id = match &p.via {
+        crate::identity::Via::Session { session_id } => session_id.as_str(),
+        crate::identity::Via::ApiKey { .. } => "",
+    };
+    For { user_id: &p.user_id, session_id, username: &p.username }
+}
+
+/// What the form presented: a passkey's answer when there is one, else
+/// the code typed.
+fn presented(f: &std::collections::HashMap<&'static str, String>) -> Presented {
+    if f["passkey"].is_empty() {
+        Presented::Code(f["code"].trim().to_string())
+    } else {
+        Presented::Passkey { ceremony: f["ceremony"].clone(), response: f["passkey"].clone() }
+    }
+}
+
+/// Why a presented factor was refused, as the page says it.
+fn wrong(presented: &Presented) -> &'static str {
+    match presented {
+        Presented::Code(_) => "That code is wrong or was used already.",
+        Presented::Passkey { .. } => "That passkey was not accepted. Try again, or enter a code.",
+    }
+}
+
+/// The fields of the second step's forms.
+const FIELDS: [(&str, usize); 5] = [
+    ("csrf", 64),
+    ("rd", super::return_to::MAX_LEN),
+    ("code", crate::mfa::check::MAX_CODE),
+    ("ceremony", crate::mfa::passkey::MAX_CEREMONY),
+    ("passkey", crate::mfa::passkey::MAX_RESPONSE),
+];
 
 /// `GET /login/factor?rd=…`: the code form, for a session that waits for
 /// it; anyone else goes to sign in.
@@ -135,11 +193,14 @@ pub async fn page(
         Some((id, token)) if !front.node.view().read().has_factor(&id.user_id) => {
             enroll_form(&front, &headers, StatusCode::OK, &rd, &token, None).await
         }
-        Some((id, _)) => render(&front, &headers, StatusCode::OK, &rd, &id.username, None),
+        Some((id, _)) => {
+            let who = For { user_id: &id.user_id, session_id: &id.session_id, username: &id.username };
+            render(&front, &headers, StatusCode::OK, &rd, &who, None)
+        }
         // Signed in: a step-up (a route asks for a fresh factor).
         None => match super::sign_in::session(&front, &headers, client.0, None).await {
             Ok(Some((p, _))) if front.node.view().read().has_factor(&p.user_id) => {
-                render(&front, &headers, StatusCode::OK, &rd, &p.username, None)
+                render(&front, &headers, StatusCode::OK, &rd, &principal_for(&p), None)
             }
             Ok(Some(_)) => {
                 let why = "This page asks for two-step sign-in. Add an authenticator app in your account first.";
@@ -152,7 +213,13 @@ pub async fn page(
 
 /// A step-up from a signed-in browser: the code makes its session's second
 /// factor fresh, and the browser goes back to `rd`.
-async fn step_up(front: &Front, client: std::net::IpAddr, headers: &HeaderMap, rd: &str, code: &str) -> Response {
+async fn step_up(
+    front: &Front,
+    client: std::net::IpAddr,
+    headers: &HeaderMap,
+    rd: &str,
+    presented: &Presented,
+) -> Response {
     let pages = pages(front);
     let Ok(Some((p, token))) = super::sign_in::session(front, headers, client, None).await else {
         // Over (the wait passed) or never begun: sign in again.
@@ -160,19 +227,17 @@ async fn step_up(front: &Front, client: std::net::IpAddr, headers: &HeaderMap, r
     };
     let again = |status, why: &str| {
         tracing::Span::current().record("outcome", "refused");
-        render(front, headers, status, rd, &p.username, Some(why))
+        render(front, headers, status, rd, &principal_for(&p), Some(why))
     };
-    if code.is_empty() {
+    if presented.is_empty() {
         return again(StatusCode::BAD_REQUEST, "Enter the code.");
     }
-    match front.sign_in.step_up(front, &p, &token, code, client).await {
+    match front.sign_in.step_up(front, &p, &token, presented, client).await {
         Ok(()) => {
             tracing::Span::current().record("outcome", "ok");
             see_other(if rd.is_empty() { "/account" } else { rd })
         }
-        Err(ApiError::InvalidSecondFactor) => {
-            again(StatusCode::UNAUTHORIZED, "That code is wrong or was used already.")
-        }
+        Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(presented)),
         Err(ApiError::SecondFactorLocked) => again(
             StatusCode::FORBIDDEN,
             "Too many wrong codes: your second factor is locked for a while. Try again later.",
@@ -313,8 +378,7 @@ pub async fn submit(
     body: Bytes,
 ) -> Response {
     let pages = pages(&front);
-    let expected = [("csrf", 64), ("rd", super::return_to::MAX_LEN), ("code", crate::mfa::check::MAX_CODE)];
-    let Some(f) = form::fields(&body, &expected) else { return expired_form(pages) };
+    let Some(f) = form::fields(&body, &FIELDS) else { return expired_form(pages) };
     if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
         tracing::Span::current().record("outcome", "csrf");
         return expired_form(pages);
@@ -328,19 +392,20 @@ pub async fn submit(
             "Signing in is not possible right now. Try again shortly.",
         );
     }
+    let presented = presented(&f);
     let Some((id, token)) = waiting(&front, &headers).await else {
-        return step_up(&front, client.0, &headers, &rd, f["code"].trim()).await;
+        return step_up(&front, client.0, &headers, &rd, &presented).await;
     };
-    let code = f["code"].trim();
+    let who = For { user_id: &id.user_id, session_id: &id.session_id, username: &id.username };
     let again = |status, why: &str| {
         tracing::Span::current().record("outcome", "refused");
-        render(&front, &headers, status, &rd, &id.username, Some(why))
+        render(&front, &headers, status, &rd, &who, Some(why))
     };
-    if code.is_empty() {
+    if presented.is_empty() {
         return again(StatusCode::BAD_REQUEST, "Enter the code.");
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match front.sign_in.present_factor(&front, &token, code, client.0, user_agent).await {
+    match front.sign_in.present_factor(&front, &token, &presented, client.0, user_agent).await {
         Ok(opened) => {
             tracing::Span::current().record("outcome", "ok");
             let max_age = opened.expires_at.saturating_sub(now_ms()).div_ceil(1000);
@@ -349,9 +414,7 @@ pub async fn submit(
                 .append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
             resp
         }
-        Err(ApiError::InvalidSecondFactor) => {
-            again(StatusCode::UNAUTHORIZED, "That code is wrong or was used already.")
-        }
+        Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(&presented)),
         Err(ApiError::SecondFactorLocked) => again(
             StatusCode::FORBIDDEN,
             "Too many wrong codes: your second factor is locked for a while. Try again later.",

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::render::{html, nonce, see_other, BrandView, PagesConfig};
+use super::render::{html, html_with_script, nonce, see_other, BrandView, PagesConfig};
 use super::{csrf, form};
 use crate::http::caller::credential;
 use crate::http::client_ip::ClientIp;
@@ -69,6 +69,8 @@ struct LoginPage<'a> {
     providers: Vec<(String, String)>,
     email: &'a str,
     email_error: Option<&'a str>,
+    /// A passkey sign-in ceremony, when this node runs them.
+    passkey: Option<crate::mfa::passkey::Offer>,
 }
 
 #[derive(Template)]
@@ -234,8 +236,70 @@ fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str,
             .collect(),
         email: f.email,
         email_error: f.email_error,
+        passkey: crate::mfa::passkey::discoverable(front).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "a passkey sign-in could not be offered");
+            None
+        }),
     };
-    html(pages, status, page.render(), &n, set_cookie)
+    match page.passkey {
+        Some(_) => html_with_script(pages, status, page.render(), &n, set_cookie),
+        None => html(pages, status, page.render(), &n, set_cookie),
+    }
+}
+
+/// `POST /login/passkey` (`csrf`, `rd`, `ceremony`, `passkey`): a sign-in
+/// with a passkey alone (its answer to the login page's ceremony): a
+/// session cookie and on to `rd`, or the login page again with why. Counts
+/// as a login for rate-limit policies; a refused answer counts against the
+/// address like a wrong password (the rate-limit layer counts its 401).
+#[tracing::instrument(level = "info", name = "page.login_passkey", skip_all, fields(outcome))]
+pub async fn passkey(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use crate::mfa::passkey::{MAX_CEREMONY, MAX_RESPONSE};
+    let pages = pages(&front);
+    let expected =
+        [("csrf", 64), ("rd", super::return_to::MAX_LEN), ("ceremony", MAX_CEREMONY), ("passkey", MAX_RESPONSE)];
+    let Some(f) = form::fields(&body, &expected) else { return expired_form(pages) };
+    if !csrf::check(&headers, front.config.secure_cookies, &f["csrf"], csrf::authority(&headers, &uri)) {
+        tracing::Span::current().record("outcome", "csrf");
+        return expired_form(pages);
+    }
+    let rd = pages.return_domains.check(&f["rd"]).unwrap_or_default();
+    let refused = |status, why: &str| {
+        tracing::Span::current().record("outcome", "refused");
+        render(&front, &headers, status, &rd, "", Ok(why), None)
+    };
+    if !crate::mfa::passkey::available(&front) {
+        return refused(StatusCode::CONFLICT, "Passkeys are not available here. Sign in another way.");
+    }
+    if f["passkey"].is_empty() || f["ceremony"].is_empty() {
+        return refused(StatusCode::BAD_REQUEST, "The passkey was not used. Try again.");
+    }
+    if !front.node.ensure_fresh().await {
+        return refused(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now. Try again shortly.");
+    }
+    let before = session(&front, &headers, client.0, None).await.ok().flatten();
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match crate::mfa::passkey::sign_in(&front, &f["ceremony"], &f["passkey"], client.0, user_agent).await {
+        Ok(opened) => {
+            tracing::Span::current().record("outcome", "ok");
+            signed_in(&front, client.0, before, &opened, &rd).await
+        }
+        // A 401 here counts against the address (the rate-limit layer).
+        Err(ApiError::InvalidCredentials) => {
+            refused(StatusCode::UNAUTHORIZED, "That passkey was not accepted. Try again, or sign in another way.")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a passkey sign-in failed");
+            let status = axum::response::IntoResponse::into_response(e).status();
+            refused(status, "Signing in is not possible right now. Try again shortly.")
+        }
+    }
 }
 
 /// `POST /login` (`csrf`, `rd`, `username`, `password`): a session cookie

@@ -21,7 +21,7 @@ pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::
     // The sign-in page's forms (a password, asking for a link, spending
     // one) are logins like the JSON API's: the same policies count them.
     let path = match req.uri().path() {
-        "/login" | "/login/email" | "/login/link" | "/login/factor" | "/login/factor/enroll"
+        "/login" | "/login/email" | "/login/link" | "/login/passkey" | "/login/factor" | "/login/factor/enroll"
             if req.method() == axum::http::Method::POST =>
         {
             super::limiter::LOGIN_PATH

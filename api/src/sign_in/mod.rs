@@ -33,7 +33,7 @@ pub use own::{NewOwnKey, OwnKey};
 
 use crate::http::front::Front;
 use crate::identity::Principal;
-use crate::mfa::check::Enrolling;
+use crate::mfa::check::{Enrolling, Presented};
 use crate::passwords::PasswordPool;
 use crate::sso::logout::LogoutError;
 use crate::sso::sign_in::{Callback, SsoError, Started};
@@ -68,13 +68,14 @@ impl SignIn {
         &self,
         front: &Front,
         token: &str,
-        code: &str,
+        presented: &Presented,
         ip: IpAddr,
         user_agent: &str,
     ) -> Result<Opened, ApiError> {
         match self {
-            SignIn::Here(_) => crate::mfa::check::present(front, token, code, ip, user_agent).await,
+            SignIn::Here(_) => crate::mfa::check::present(front, token, presented, ip, user_agent).await,
             SignIn::Voters(voters) => {
+                let code = front_code(presented)?;
                 let opened = voters.present_factor(token, code, ip, user_agent).await?;
                 front.node.wait_applied(opened.log_index).await;
                 Ok(opened)
@@ -263,12 +264,15 @@ impl SignIn {
         front: &Front,
         p: &Principal,
         credential: &str,
-        code: &str,
+        presented: &Presented,
         ip: IpAddr,
     ) -> Result<(), ApiError> {
         let index = match self {
-            SignIn::Here(_) => crate::mfa::check::step_up_with(front, p, code, ip).await?,
-            SignIn::Voters(voters) => voters.step_up(own_factor(credential, ip, code, String::new(), "")).await?,
+            SignIn::Here(_) => crate::mfa::check::step_up_with(front, p, presented, ip).await?,
+            SignIn::Voters(voters) => {
+                let code = front_code(presented)?;
+                voters.step_up(own_factor(credential, ip, code, String::new(), "")).await?
+            }
         };
         front.node.wait_applied(index).await;
         Ok(())
@@ -361,5 +365,17 @@ fn own_factor(
         password,
         sealed: sealed.to_string(),
         ticket: String::new(),
+    }
+}
+
+/// The code a front sends on to a voter. Passkey ceremonies are not
+/// offered on a front (their state is sealed with the voters' key), so a
+/// passkey answer posted to one is refused.
+fn front_code(presented: &Presented) -> Result<&str, ApiError> {
+    match presented {
+        Presented::Code(code) => Ok(code),
+        Presented::Passkey { .. } => {
+            Err(ApiError::FailedPrecondition("passkeys are not available on a stateless front".into()))
+        }
     }
 }

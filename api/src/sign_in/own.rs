@@ -82,7 +82,8 @@ pub fn recent(front: &Front, p: &Principal, window: Duration) -> bool {
     now_ms().saturating_sub(began) <= window.as_millis() as u64
 }
 
-fn window(front: &Front) -> Duration {
+/// The re-authentication window (`[pages] reauth_secs`).
+pub fn window(front: &Front) -> Duration {
     front.config.pages.as_deref().map_or(Duration::from_secs(300), |p| p.reauth)
 }
 

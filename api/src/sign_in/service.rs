@@ -382,7 +382,14 @@ impl SignInService for SignIns {
         }
         let limits = &self.front.limits;
         limits.login_attempt(ip).await?;
-        let opened = crate::mfa::check::present(&self.front, &r.token, &r.code, ip, &r.user_agent).await;
+        let opened = crate::mfa::check::present(
+            &self.front,
+            &r.token,
+            &crate::mfa::check::Presented::Code(r.code),
+            ip,
+            &r.user_agent,
+        )
+        .await;
         tracing::Span::current().record("outcome", if opened.is_ok() { "ok" } else { "denied" });
         if matches!(opened, Err(ApiError::InvalidSecondFactor)) {
             limits.login_refused(ip).await?;
@@ -401,7 +408,8 @@ impl SignInService for SignIns {
         let p = self.caller(&r.credential).await?;
         let limits = &self.front.limits;
         limits.login_attempt(ip).await?;
-        let done = crate::mfa::check::step_up_with(&self.front, &p, &r.code, ip).await;
+        let done =
+            crate::mfa::check::step_up_with(&self.front, &p, &crate::mfa::check::Presented::Code(r.code), ip).await;
         if matches!(done, Err(ApiError::InvalidSecondFactor)) {
             limits.login_refused(ip).await?;
         }

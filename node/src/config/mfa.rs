@@ -2,6 +2,8 @@
 //! "my account" page when the voters hold `[secrets]` keys (the secrets
 //! are sealed with them); a code is checked on a voter, spent once
 //! through the log, and wrong ones lock the factor for a while.
+//! `[mfa.passkeys]` turns passkeys (WebAuthn) on: the relying party's
+//! domain and the origins of the pages that run the ceremonies.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +20,25 @@ pub struct MfaSettings {
     pub failure_window_secs: u64,
     /// How long a locked factor stays locked (on every node).
     pub lockout_secs: u64,
+    /// Passkeys (off without this section).
+    pub passkeys: Option<PasskeySettings>,
+}
+
+/// `[mfa.passkeys]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeySettings {
+    /// The relying party id: the domain passkeys are made for (they work
+    /// on it and its subdomains; it cannot change without new passkeys).
+    pub rp_id: String,
+    /// The origins of the sign-in pages (`https://auth.example.com`;
+    /// `http://localhost:PORT` for development), each on `rp_id`.
+    pub origins: Vec<String>,
 }
 
 impl Default for MfaSettings {
     fn default() -> Self {
-        MfaSettings { issuer: None, max_failures: 5, failure_window_secs: 300, lockout_secs: 900 }
+        MfaSettings { issuer: None, max_failures: 5, failure_window_secs: 300, lockout_secs: 900, passkeys: None }
     }
 }
 
@@ -40,7 +56,15 @@ impl MfaSettings {
         if issuer.is_empty() || issuer.len() > 64 || issuer.chars().any(|c| c.is_control() || c == ':') {
             return bad("mfa.issuer must be 1 to 64 characters, without ':' or control characters");
         }
+        let passkeys = match &self.passkeys {
+            Some(p) => Some(std::sync::Arc::new(
+                gatehouse_api::mfa::passkey::Passkeys::new(&p.rp_id, &issuer, &p.origins)
+                    .map_err(|e| ConfigError::Invalid(format!("mfa.passkeys: {e}")))?,
+            )),
+            None => None,
+        };
         Ok(gatehouse_api::mfa::MfaConfig {
+            passkeys,
             issuer,
             max_failures: self.max_failures,
             failure_window: std::time::Duration::from_secs(self.failure_window_secs),
@@ -58,12 +82,23 @@ mod tests {
         let ok = MfaSettings::default().load(Some("Acme")).unwrap();
         assert_eq!(ok.issuer, "Acme");
         assert_eq!(MfaSettings::default().load(None).unwrap().issuer, "Gatehouse");
+        let passkeys =
+            PasskeySettings { rp_id: "example.com".into(), origins: vec!["https://auth.example.com".into()] };
+        let on = MfaSettings { passkeys: Some(passkeys), ..Default::default() }.load(None).unwrap();
+        assert_eq!(on.passkeys.unwrap().rp_id(), "example.com");
         for bad in [
             MfaSettings { max_failures: 0, ..Default::default() },
             MfaSettings { lockout_secs: 0, ..Default::default() },
             MfaSettings { failure_window_secs: 100_000, ..Default::default() },
             MfaSettings { issuer: Some("a:b".into()), ..Default::default() },
             MfaSettings { issuer: Some(" ".into()), ..Default::default() },
+            MfaSettings {
+                passkeys: Some(PasskeySettings {
+                    rp_id: "example.com".into(),
+                    origins: vec!["http://example.com".into()],
+                }),
+                ..Default::default()
+            },
         ] {
             assert!(bad.load(None).is_err(), "{bad:?}");
         }
