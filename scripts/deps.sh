@@ -7,6 +7,8 @@ set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)   # RocksDB's bindgen
 command -v c++ >/dev/null 2>&1 || need+=(g++)                   # RocksDB's C++ sources
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)       # webauthn-rs (passkeys) links OpenSSL
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)     # ... and finds it with pkg-config
 if [ "${1:-}" = "test" ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)   # the forward-auth test
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)                        # deploy/systemd checks
