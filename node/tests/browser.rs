@@ -783,3 +783,80 @@ fn base64_url(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_a_stateless_front_a_voter_runs_every_passkey_ceremony() {
+    // The front's own address, named in the passkey origins of both.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = format!("http://localhost:{port}");
+    let passkeys = gatehouse::config::PasskeySettings { rp_id: "localhost".into(), origins: vec![site.clone()] };
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("kek");
+    std::fs::write(&key, hex::encode([6u8; 32])).unwrap();
+    let on_voters = passkeys.clone();
+    let c = common::fronts::cluster_for_fronts(1, &[11], move |c| {
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: key.clone() }];
+        c.mfa.passkeys = Some(on_voters.clone());
+    })
+    .await;
+    let mut config = common::fronts::front_config(&c, 11);
+    config.http_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    config.mfa.passkeys = Some(passkeys);
+    let front = gatehouse::FrontNode::start(config).await.expect("the front starts on the port picked");
+    assert!(front.wait_ready(Duration::from_secs(10)).await);
+    let newest = gatehouse_domain::version::COMMAND_VERSION;
+    wait_until("the cluster version is raised", Duration::from_secs(20), || async {
+        c.node(1).cluster().cluster_version() == newest
+    })
+    .await;
+    create_user_with_password(c.node(1), "ann", "correct horse battery", &["viewer"]).await;
+    let driver = chromedriver().await;
+    let b = browser(&driver).await;
+    virtual_authenticator(&b).await;
+
+    // Added through the front: the voter begins and checks the ceremony.
+    b.goto(&format!("{site}/login")).await.unwrap();
+    b.find(Locator::Id("username")).await.unwrap().send_keys("ann").await.unwrap();
+    b.find(Locator::Id("password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    b.find(Locator::Css("form[action=\"/login\"] button")).await.unwrap().click().await.unwrap();
+    heading(&b, "ann").await;
+    b.goto(&format!("{site}/account/passkeys")).await.unwrap();
+    heading(&b, "Passkeys").await;
+    b.find(Locator::Id("passkey-password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    b.find(Locator::Css("#add-passkey button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Your recovery codes").await;
+
+    // Renamed, then a sign-in by passkey alone, all through the front.
+    b.goto(&format!("{site}/account/passkeys")).await.unwrap();
+    b.find(Locator::Id("name-1")).await.unwrap().send_keys("Phone").await.unwrap();
+    b.find(Locator::Css("form[action=\"/account/passkeys/rename\"] button")).await.unwrap().click().await.unwrap();
+    let notice = b.wait().for_element(Locator::Css("[role=status].notice")).await.unwrap().text().await.unwrap();
+    assert_eq!(notice, "Your passkey is renamed.");
+    assert_eq!(b.find(Locator::Css("#passkeys tbody td")).await.unwrap().text().await.unwrap(), "Phone");
+    b.goto(&format!("{site}/account")).await.unwrap();
+    b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Sign in").await;
+    let (first, ceremony) = answer(&b, None, None).await;
+    send_answer(&b, &ceremony, &first).await;
+    heading(&b, "ann").await;
+
+    // The same answer again through the front: spent, on the voter.
+    b.find(Locator::Css("form[action=\"/logout\"] button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Sign in").await;
+    send_answer(&b, &ceremony, &first).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or sign in another way.");
+
+    // The password's second step, paid with the passkey through the front.
+    b.find(Locator::Id("username")).await.unwrap().send_keys("ann").await.unwrap();
+    b.find(Locator::Id("password")).await.unwrap().send_keys("correct horse battery").await.unwrap();
+    b.find(Locator::Css("form[action=\"/login\"] button")).await.unwrap().click().await.unwrap();
+    heading(&b, "Confirm it is you").await;
+    b.find(Locator::Id("use-passkey")).await.unwrap().click().await.unwrap();
+    heading(&b, "ann").await;
+    let user = c.node(1).cluster().view().read().user_by_name("ann").unwrap().user_id.clone();
+    let paid = c.node(1).cluster().view().read().sessions_of(&user).any(|s| s.factor == "passkey" && !s.factor_due);
+    assert!(paid, "the voter paid the session");
+    b.close().await.unwrap();
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}

@@ -153,6 +153,27 @@ impl std::fmt::Debug for Presented {
 }
 
 impl Presented {
+    /// Puts it into a front's request to a voter.
+    pub fn write_to(&self, request: &mut gatehouse_proto::front::OwnFactorRequest) {
+        match self {
+            Presented::Code(code) => request.code = code.clone(),
+            Presented::Passkey { ceremony, response } => {
+                request.passkey_ceremony = ceremony.clone();
+                request.passkey_response = response.clone();
+            }
+        }
+    }
+
+    /// What a front's request presents: a passkey's answer when it has
+    /// one, else the code.
+    pub fn of(code: String, ceremony: String, response: String) -> Presented {
+        if response.is_empty() {
+            Presented::Code(code)
+        } else {
+            Presented::Passkey { ceremony, response }
+        }
+    }
+
     /// Nothing was entered.
     pub fn is_empty(&self) -> bool {
         match self {

@@ -282,7 +282,8 @@ pub fn registration(front: &Front, p: &Principal) -> Result<Offer, ApiError> {
 /// Finishes a registration by `p` (the ceremony from [`registration`] on
 /// this session, and the browser's answer), named `name`. When it is the
 /// user's first factor and no recovery codes are left, new ones come back
-/// (shown once). The caller has checked the password or a fresh sign-in.
+/// (shown once), with the log index it was applied at. The caller has
+/// checked the password or a fresh sign-in.
 pub async fn register(
     front: &Front,
     p: &Principal,
@@ -290,7 +291,7 @@ pub async fn register(
     ceremony: &str,
     response: &str,
     actor: &Actor,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<(Vec<String>, u64), ApiError> {
     let session_id = session_of(p)?;
     let (passkeys, _) = parts(front).ok_or_else(unavailable)?;
     let name = name.trim();
@@ -333,7 +334,7 @@ pub async fn register(
     }
     front.node.wait_applied(applied.log_index).await;
     audit_passkey(&front.node, "mfa.enrolled", "ok", actor, &p.user_id, format!("passkey: {name}"));
-    Ok(codes)
+    Ok((codes, applied.log_index))
 }
 
 /// An authentication ceremony for `user_id`'s session `session_id` (its
@@ -517,7 +518,7 @@ pub async fn add_own(
     response: &str,
     password: String,
     ip: std::net::IpAddr,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<(Vec<String>, u64), ApiError> {
     crate::sign_in::own::reauth(front, p, password, ip).await?;
     register(front, p, name, ceremony, response, &Actor::of(p, ip.to_string())).await
 }
@@ -533,25 +534,14 @@ pub async fn remove_own(
     code: &str,
     ip: std::net::IpAddr,
 ) -> Result<u64, ApiError> {
-    voter_only(front)?;
     crate::sign_in::own::reauth(front, p, password, ip).await?;
     let window = crate::sign_in::own::window(front);
     super::check::fresh_factor(front, p, code, window, ip).await?;
     remove(front, p, id, &Actor::of(p, ip.to_string())).await
 }
 
-/// Changes to one's passkeys are made on a voter (a front holds no
-/// password hash to check, and sends no such change on).
-fn voter_only(front: &Front) -> Result<(), ApiError> {
-    match front.sign_in {
-        crate::sign_in::SignIn::Here(_) => Ok(()),
-        crate::sign_in::SignIn::Voters(_) => Err(unavailable()),
-    }
-}
-
 /// Renames one of `p`'s passkeys.
 pub async fn rename(front: &Front, p: &Principal, id: &str, name: &str, actor: &Actor) -> Result<u64, ApiError> {
-    voter_only(front)?;
     session_of(p)?;
     let cmd = front.node.command(Payload::RenamePasskey(RenamePasskey {
         user_id: p.user_id.clone(),

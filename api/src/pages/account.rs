@@ -238,7 +238,7 @@ pub(super) fn render(
         // A voter with [secrets], or a front (its voters decide).
         totp_offered: front.mfa.sealer().is_some() || matches!(front.sign_in, crate::sign_in::SignIn::Voters(_)),
         passkeys: crate::mfa::passkey::list(&front.node, &p.user_id).len(),
-        passkeys_offered: crate::mfa::passkey::available(front),
+        passkeys_offered: crate::sign_in::passkeys::offered(front),
     };
     html(pages, status, page.render(), &n, set_cookie)
 }

@@ -88,7 +88,7 @@ pub async fn request(
     let email = f["email"].trim();
     if email.is_empty() || gatehouse_domain::users::validate_email(email).is_err() {
         let why = "Enter your email address, like name@example.com.";
-        return super::sign_in::render_with_email(&front, &headers, StatusCode::BAD_REQUEST, &rd, email, why);
+        return super::sign_in::render_with_email(&front, &headers, StatusCode::BAD_REQUEST, &rd, email, why).await;
     }
     let (secret, set_cookie) = browser_secret(&headers, front.config.secure_cookies, settings.ttl.as_secs());
     let req =

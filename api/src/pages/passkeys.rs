@@ -10,8 +10,8 @@
 //! | `POST /account/passkeys/remove` (`id`, `password`, `code`) | removes one |
 //!
 //! Ceremonies run on a voter ([`crate::mfa::passkey`]): their state is
-//! sealed with the voters' key. A stateless front shows the list but
-//! offers no ceremony.
+//! sealed with the voters' key; a stateless front asks a voter for each
+//! one and sends every change on to it (`crate::sign_in::passkeys`).
 
 use askama::Template;
 use axum::body::Bytes;
@@ -28,6 +28,7 @@ use crate::http::front::Front;
 use crate::identity::Principal;
 use crate::mfa::passkey::{self, Offer, MAX_CEREMONY, MAX_RESPONSE};
 use crate::sign_in::own;
+use crate::sign_in::passkeys::{Ceremony, NewPasskey};
 use crate::ApiError;
 
 struct Row {
@@ -69,24 +70,18 @@ fn pages(front: &Front) -> &PagesConfig {
     front.config.pages.as_deref().expect("the page routes exist only with [pages]")
 }
 
-/// The page for `p`: their passkeys and a fresh ceremony to add one.
-fn render(
+/// The page for `p` (the session of `token`): their passkeys and a fresh
+/// ceremony to add one.
+async fn render(
     front: &Front,
     headers: &HeaderMap,
-    p: &Principal,
+    (p, token): (&Principal, &str),
     status: StatusCode,
     error: Option<&str>,
     done: Option<&str>,
 ) -> Response {
     let pages = pages(front);
-    let offer = if passkey::available(front) {
-        passkey::registration(front, p).map(Some).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "a passkey registration could not be offered");
-            None
-        })
-    } else {
-        None
-    };
+    let offer = front.sign_in.offer_passkey(front, Ceremony::Register { p, token }).await;
     let passkeys = passkey::list(&front.node, &p.user_id)
         .into_iter()
         .map(|k| Row {
@@ -124,7 +119,7 @@ pub async fn page(
     headers: HeaderMap,
     Query(q): Query<Done>,
 ) -> Response {
-    let (p, _) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
+    let (p, token) = match signed_in(&front, &headers, client.0, limits.as_deref()).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -134,7 +129,7 @@ pub async fn page(
         Some("removed") => Some("Your passkey is removed."),
         _ => None,
     };
-    render(&front, &headers, &p, StatusCode::OK, None, done)
+    render(&front, &headers, (&p, &token), StatusCode::OK, None, done).await
 }
 
 /// What a refused change tells the person, and its status.
@@ -174,10 +169,16 @@ fn refusal(front: &Front, p: &Principal, e: &ApiError) -> Option<(StatusCode, &'
 }
 
 /// The page again after a refused change, or the notice for a failure.
-fn refused(front: &Front, headers: &HeaderMap, p: &Principal, e: ApiError, what: &str) -> Response {
+async fn refused(
+    front: &Front,
+    headers: &HeaderMap,
+    (p, token): (&Principal, &str),
+    e: ApiError,
+    what: &str,
+) -> Response {
     tracing::Span::current().record("outcome", "refused");
     match refusal(front, p, &e) {
-        Some((status, why)) => render(front, headers, p, status, Some(why), None),
+        Some((status, why)) => render(front, headers, (p, token), status, Some(why), None).await,
         None => {
             tracing::warn!(error = %e, "{what} failed");
             unavailable(front, "Your passkeys cannot be changed right now.")
@@ -202,16 +203,21 @@ pub async fn add(
         ("ceremony", MAX_CEREMONY),
         ("passkey", MAX_RESPONSE),
     ];
-    let (f, p, _) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     if f["passkey"].is_empty() || f["ceremony"].is_empty() {
         let why = Some("The passkey was not made. Try again.");
-        return render(&front, &headers, &p, StatusCode::BAD_REQUEST, why, None);
+        return render(&front, &headers, (&p, &token), StatusCode::BAD_REQUEST, why, None).await;
     }
-    let password = f["password"].clone();
-    match passkey::add_own(&front, &p, &f["name"], &f["ceremony"], &f["passkey"], password, client.0).await {
+    let new = NewPasskey {
+        name: f["name"].clone(),
+        ceremony: f["ceremony"].clone(),
+        response: f["passkey"].clone(),
+        password: f["password"].clone(),
+    };
+    match front.sign_in.add_passkey(&front, &p, &token, new, client.0).await {
         Ok(codes) if codes.is_empty() => {
             tracing::Span::current().record("outcome", "ok");
             see_other("/account/passkeys?done=added")
@@ -227,7 +233,7 @@ pub async fn add(
                 .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
             resp
         }
-        Err(e) => refused(&front, &headers, &p, e, "adding a passkey"),
+        Err(e) => refused(&front, &headers, (&p, &token), e, "adding a passkey").await,
     }
 }
 
@@ -242,18 +248,16 @@ pub async fn rename(
     body: Bytes,
 ) -> Response {
     let expected = [("csrf", 64), ("id", 2 * gatehouse_domain::passkeys::MAX_CREDENTIAL_ID), ("name", 256)];
-    let (f, p, _) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let actor = crate::audit::Actor::of(&p, client.0.to_string());
-    match passkey::rename(&front, &p, &f["id"], &f["name"], &actor).await {
-        Ok(index) => {
-            front.node.wait_applied(index).await;
+    match front.sign_in.rename_passkey(&front, &p, &token, &f["id"], &f["name"], client.0).await {
+        Ok(()) => {
             tracing::Span::current().record("outcome", "ok");
             see_other("/account/passkeys?done=renamed")
         }
-        Err(e) => refused(&front, &headers, &p, e, "renaming a passkey"),
+        Err(e) => refused(&front, &headers, (&p, &token), e, "renaming a passkey").await,
     }
 }
 
@@ -273,16 +277,16 @@ pub async fn remove(
         ("password", crate::passwords::MAX_PASSWORD_LEN),
         ("code", crate::mfa::check::MAX_CODE),
     ];
-    let (f, p, _) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+    let (f, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match passkey::remove_own(&front, &p, &f["id"], f["password"].clone(), &f["code"], client.0).await {
-        Ok(index) => {
-            front.node.wait_applied(index).await;
+    let password = f["password"].clone();
+    match front.sign_in.remove_passkey(&front, &p, &token, &f["id"], password, &f["code"], client.0).await {
+        Ok(()) => {
             tracing::Span::current().record("outcome", "ok");
             see_other("/account/passkeys?done=removed")
         }
-        Err(e) => refused(&front, &headers, &p, e, "removing a passkey"),
+        Err(e) => refused(&front, &headers, (&p, &token), e, "removing a passkey").await,
     }
 }

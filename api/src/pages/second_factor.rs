@@ -25,6 +25,7 @@ use crate::http::caller::credential;
 use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
 use crate::mfa::check::Presented;
+use crate::sign_in::passkeys::Ceremony;
 use crate::ApiError;
 use gatehouse_cluster::clock::now_ms;
 
@@ -101,14 +102,15 @@ pub(super) fn factor_url(rd: &str) -> String {
 }
 
 /// Who the second step is for: the user, the session it pays or steps
-/// up, and the name shown.
+/// up (and its token), and the name shown.
 struct For<'a> {
     user_id: &'a str,
     session_id: &'a str,
+    token: &'a str,
     username: &'a str,
 }
 
-fn render(
+async fn render(
     front: &Front,
     headers: &HeaderMap,
     status: StatusCode,
@@ -119,10 +121,8 @@ fn render(
     let pages = pages(front);
     let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
     let n = nonce();
-    let passkey = crate::mfa::passkey::assertion(front, who.user_id, who.session_id).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "a passkey could not be offered");
-        None
-    });
+    let ceremony = Ceremony::Factor { token: who.token, user_id: who.user_id, session_id: who.session_id };
+    let passkey = front.sign_in.offer_passkey(front, ceremony).await;
     let scripted = passkey.is_some();
     let page =
         FactorPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username: who.username, error, passkey };
@@ -135,12 +135,9 @@ fn render(
 
 /// Whose principal `p` is, for [`render`] (an API key has no session: no
 /// passkey ceremony is offered to it).
-fn principal_for(p: &crate::identity::Principal) -> For<'_> {
-    let session_id = match &p.via {
-        crate::identity::Via::Session { session_id } => session_id.as_str(),
-        crate::identity::Via::ApiKey { .. } => "",
-    };
-    For { user_id: &p.user_id, session_id, username: &p.username }
+fn principal_for<'a>(p: &'a crate::identity::Principal, token: &'a str) -> For<'a> {
+    let session_id = crate::sign_in::passkeys::session_id(p);
+    For { user_id: &p.user_id, session_id, token, username: &p.username }
 }
 
 /// What the form presented: a passkey's answer when there is one, else
@@ -193,14 +190,14 @@ pub async fn page(
         Some((id, token)) if !front.node.view().read().has_factor(&id.user_id) => {
             enroll_form(&front, &headers, StatusCode::OK, &rd, &token, None).await
         }
-        Some((id, _)) => {
-            let who = For { user_id: &id.user_id, session_id: &id.session_id, username: &id.username };
-            render(&front, &headers, StatusCode::OK, &rd, &who, None)
+        Some((id, token)) => {
+            let who = For { user_id: &id.user_id, session_id: &id.session_id, token: &token, username: &id.username };
+            render(&front, &headers, StatusCode::OK, &rd, &who, None).await
         }
         // Signed in: a step-up (a route asks for a fresh factor).
         None => match super::sign_in::session(&front, &headers, client.0, None).await {
-            Ok(Some((p, _))) if front.node.view().read().has_factor(&p.user_id) => {
-                render(&front, &headers, StatusCode::OK, &rd, &principal_for(&p), None)
+            Ok(Some((p, token))) if front.node.view().read().has_factor(&p.user_id) => {
+                render(&front, &headers, StatusCode::OK, &rd, &principal_for(&p, &token), None).await
             }
             Ok(Some(_)) => {
                 let why = "This page asks for two-step sign-in. Add an authenticator app in your account first.";
@@ -225,30 +222,32 @@ async fn step_up(
         // Over (the wait passed) or never begun: sign in again.
         return see_other(&pages.login_url(rd));
     };
-    let again = |status, why: &str| {
+    let who = principal_for(&p, &token);
+    let who = &who;
+    let again = move |status, why: &'static str| {
         tracing::Span::current().record("outcome", "refused");
-        render(front, headers, status, rd, &principal_for(&p), Some(why))
+        render(front, headers, status, rd, who, Some(why))
     };
     if presented.is_empty() {
-        return again(StatusCode::BAD_REQUEST, "Enter the code.");
+        return again(StatusCode::BAD_REQUEST, "Enter the code.").await;
     }
     match front.sign_in.step_up(front, &p, &token, presented, client).await {
         Ok(()) => {
             tracing::Span::current().record("outcome", "ok");
             see_other(if rd.is_empty() { "/account" } else { rd })
         }
-        Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(presented)),
-        Err(ApiError::SecondFactorLocked) => again(
-            StatusCode::FORBIDDEN,
-            "Too many wrong codes: your second factor is locked for a while. Try again later.",
-        ),
+        Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(presented)).await,
+        Err(ApiError::SecondFactorLocked) => {
+            let why = "Too many wrong codes: your second factor is locked for a while. Try again later.";
+            again(StatusCode::FORBIDDEN, why).await
+        }
         Err(ApiError::RateLimited(_)) => {
-            again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+            again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.").await
         }
         Err(e) => {
             tracing::warn!(error = %e, "a step-up failed");
             let status = axum::response::IntoResponse::into_response(e).status();
-            again(status, "This is not possible right now. Try again shortly.")
+            again(status, "This is not possible right now. Try again shortly.").await
         }
     }
 }
@@ -396,13 +395,14 @@ pub async fn submit(
     let Some((id, token)) = waiting(&front, &headers).await else {
         return step_up(&front, client.0, &headers, &rd, &presented).await;
     };
-    let who = For { user_id: &id.user_id, session_id: &id.session_id, username: &id.username };
-    let again = |status, why: &str| {
+    let who = For { user_id: &id.user_id, session_id: &id.session_id, token: &token, username: &id.username };
+    let (fr, hd, rdr, who) = (&front, &headers, &rd, &who);
+    let again = move |status, why: &'static str| {
         tracing::Span::current().record("outcome", "refused");
-        render(&front, &headers, status, &rd, &who, Some(why))
+        render(fr, hd, status, rdr, who, Some(why))
     };
     if presented.is_empty() {
-        return again(StatusCode::BAD_REQUEST, "Enter the code.");
+        return again(StatusCode::BAD_REQUEST, "Enter the code.").await;
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     match front.sign_in.present_factor(&front, &token, &presented, client.0, user_agent).await {
@@ -414,19 +414,19 @@ pub async fn submit(
                 .append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
             resp
         }
-        Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(&presented)),
-        Err(ApiError::SecondFactorLocked) => again(
-            StatusCode::FORBIDDEN,
-            "Too many wrong codes: your second factor is locked for a while. Try again later.",
-        ),
+        Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(&presented)).await,
+        Err(ApiError::SecondFactorLocked) => {
+            let why = "Too many wrong codes: your second factor is locked for a while. Try again later.";
+            again(StatusCode::FORBIDDEN, why).await
+        }
         Err(ApiError::RateLimited(_)) => {
-            again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+            again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.").await
         }
         Err(ApiError::Unauthenticated) => see_other(&pages.login_url(&rd)),
         Err(e) => {
             tracing::warn!(error = %e, "a second factor could not be checked");
             let status = axum::response::IntoResponse::into_response(e).status();
-            again(status, "Signing in is not possible right now. Try again shortly.")
+            again(status, "Signing in is not possible right now. Try again shortly.").await
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::http::client_ip::ClientIp;
 use crate::http::front::Front;
 use crate::identity::{Principal, Via};
 use crate::rate_limit::limiter::RequestLimits;
+use crate::sign_in::passkeys::Ceremony;
 use crate::sign_in::Attempt;
 use crate::ApiError;
 
@@ -152,11 +153,11 @@ pub async fn page(
         email_error: None,
         local,
     };
-    render_form(&front, &headers, StatusCode::OK, &rd, form)
+    render_form(&front, &headers, StatusCode::OK, &rd, form).await
 }
 
 /// The sign-in form; `said` is an error, or else maybe a notice.
-fn render(
+async fn render(
     front: &Front,
     headers: &HeaderMap,
     status: StatusCode,
@@ -171,11 +172,11 @@ fn render(
     };
     // A password was just posted: the form stays.
     let form = Form { username, error, notice, signed_in, email: "", email_error: None, local: true };
-    render_form(front, headers, status, rd, form)
+    render_form(front, headers, status, rd, form).await
 }
 
 /// The sign-in form with an error in its email part.
-pub(super) fn render_with_email(
+pub(super) async fn render_with_email(
     front: &Front,
     headers: &HeaderMap,
     status: StatusCode,
@@ -192,7 +193,7 @@ pub(super) fn render_with_email(
         email_error: Some(error),
         local: false,
     };
-    render_form(front, headers, status, rd, form)
+    render_form(front, headers, status, rd, form).await
 }
 
 /// What the sign-in form shows beside the brand and its tokens.
@@ -207,7 +208,8 @@ struct Form<'a> {
     local: bool,
 }
 
-fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str, f: Form<'_>) -> Response {
+async fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str, f: Form<'_>) -> Response {
+    let passkey = front.sign_in.offer_passkey(front, Ceremony::SignIn).await;
     let pages = pages(front);
     let (token, set_cookie) = csrf::token(headers, front.config.secure_cookies);
     let n = nonce();
@@ -236,10 +238,7 @@ fn render_form(front: &Front, headers: &HeaderMap, status: StatusCode, rd: &str,
             .collect(),
         email: f.email,
         email_error: f.email_error,
-        passkey: crate::mfa::passkey::discoverable(front).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "a passkey sign-in could not be offered");
-            None
-        }),
+        passkey,
     };
     match page.passkey {
         Some(_) => html_with_script(pages, status, page.render(), &n, set_cookie),
@@ -270,34 +269,37 @@ pub async fn passkey(
         return expired_form(pages);
     }
     let rd = pages.return_domains.check(&f["rd"]).unwrap_or_default();
-    let refused = |status, why: &str| {
+    let (fr, hd, rdr) = (&front, &headers, &rd);
+    let refused = move |status, why: &'static str| {
         tracing::Span::current().record("outcome", "refused");
-        render(&front, &headers, status, &rd, "", Ok(why), None)
+        render(fr, hd, status, rdr, "", Ok(why), None)
     };
-    if !crate::mfa::passkey::available(&front) {
-        return refused(StatusCode::CONFLICT, "Passkeys are not available here. Sign in another way.");
+    if !crate::sign_in::passkeys::offered(&front) {
+        return refused(StatusCode::CONFLICT, "Passkeys are not available here. Sign in another way.").await;
     }
     if f["passkey"].is_empty() || f["ceremony"].is_empty() {
-        return refused(StatusCode::BAD_REQUEST, "The passkey was not used. Try again.");
+        return refused(StatusCode::BAD_REQUEST, "The passkey was not used. Try again.").await;
     }
     if !front.node.ensure_fresh().await {
-        return refused(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now. Try again shortly.");
+        let why = "Signing in is not possible right now. Try again shortly.";
+        return refused(StatusCode::SERVICE_UNAVAILABLE, why).await;
     }
     let before = session(&front, &headers, client.0, None).await.ok().flatten();
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match crate::mfa::passkey::sign_in(&front, &f["ceremony"], &f["passkey"], client.0, user_agent).await {
+    match front.sign_in.passkey_sign_in(&front, &f["ceremony"], &f["passkey"], client.0, user_agent).await {
         Ok(opened) => {
             tracing::Span::current().record("outcome", "ok");
             signed_in(&front, client.0, before, &opened, &rd).await
         }
         // A 401 here counts against the address (the rate-limit layer).
         Err(ApiError::InvalidCredentials) => {
-            refused(StatusCode::UNAUTHORIZED, "That passkey was not accepted. Try again, or sign in another way.")
+            let why = "That passkey was not accepted. Try again, or sign in another way.";
+            refused(StatusCode::UNAUTHORIZED, why).await
         }
         Err(e) => {
             tracing::warn!(error = %e, "a passkey sign-in failed");
             let status = axum::response::IntoResponse::into_response(e).status();
-            refused(status, "Signing in is not possible right now. Try again shortly.")
+            refused(status, "Signing in is not possible right now. Try again shortly.").await
         }
     }
 }
@@ -331,7 +333,7 @@ pub async fn submit(
     let username = f["username"].trim();
     if username.is_empty() || f["password"].is_empty() {
         let why = "Enter your username and password.";
-        return render(&front, &headers, StatusCode::BAD_REQUEST, &rd, username, Ok(why), None);
+        return render(&front, &headers, StatusCode::BAD_REQUEST, &rd, username, Ok(why), None).await;
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let attempt = Attempt {
@@ -342,12 +344,14 @@ pub async fn submit(
         second_factor: None,
         factor_later: true,
     };
-    let refused = |status, why: &str| {
+    let (fr, hd, rdr) = (&front, &headers, &rd);
+    let refused = move |status, why: &'static str| {
         tracing::Span::current().record("outcome", "refused");
-        render(&front, &headers, status, &rd, username, Ok(why), None)
+        render(fr, hd, status, rdr, username, Ok(why), None)
     };
     if !front.node.ensure_fresh().await {
-        return refused(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now. Try again shortly.");
+        let why = "Signing in is not possible right now. Try again shortly.";
+        return refused(StatusCode::SERVICE_UNAVAILABLE, why).await;
     }
     // A session this browser already has ends when the new one starts: a
     // sign-in never leaves an older session (maybe another person's) behind.
@@ -355,17 +359,17 @@ pub async fn submit(
     let opened = match front.sign_in.login(&front, attempt).await {
         Ok(o) => o,
         Err(ApiError::InvalidCredentials | ApiError::Unauthenticated) => {
-            return refused(StatusCode::UNAUTHORIZED, "Wrong username or password.")
+            return refused(StatusCode::UNAUTHORIZED, "Wrong username or password.").await
         }
         Err(ApiError::RateLimited(_)) => {
-            return refused(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.")
+            return refused(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Wait a minute, then try again.").await
         }
         Err(ApiError::PermissionDenied(_)) => {
-            return refused(StatusCode::FORBIDDEN, "This account cannot sign in. Ask your administrator.")
+            return refused(StatusCode::FORBIDDEN, "This account cannot sign in. Ask your administrator.").await
         }
         Err(e) => {
             let status = axum::response::IntoResponse::into_response(e).status();
-            return refused(status, "Signing in is not possible right now. Try again shortly.");
+            return refused(status, "Signing in is not possible right now. Try again shortly.").await;
         }
     };
     tracing::Span::current().record("outcome", "ok");

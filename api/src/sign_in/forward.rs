@@ -85,15 +85,19 @@ impl VoterSignIn {
     pub async fn present_factor(
         &self,
         token: &str,
-        code: &str,
+        presented: &crate::mfa::check::Presented,
         ip: IpAddr,
         user_agent: &str,
     ) -> Result<Opened, ApiError> {
+        let mut own = pb::OwnFactorRequest::default();
+        presented.write_to(&mut own);
         let request = pb::PresentFactorRequest {
             token: token.to_string(),
-            code: code.to_string(),
+            code: own.code,
             client_ip: ip.to_string(),
             user_agent: user_agent.to_string(),
+            passkey_ceremony: own.passkey_ceremony,
+            passkey_response: own.passkey_response,
         };
         let r = self
             .on_a_voter(|mut c, left| {
@@ -140,6 +144,50 @@ impl VoterSignIn {
     /// A step-up of the caller's session: the log index.
     pub async fn step_up(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
         let r = self.own_factor(request, |mut c, req| async move { c.step_up(req).await }).await?;
+        Ok(r.log_index)
+    }
+
+    /// A passkey ceremony begun on a voter (`kind`: see `OfferPasskey`).
+    pub async fn offer_passkey(&self, kind: &str, credential: &str) -> Result<crate::mfa::passkey::Offer, ApiError> {
+        let request = pb::PasskeyOfferRequest { kind: kind.to_string(), credential: credential.to_string() };
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.offer_passkey(req).await }
+            })
+            .await?;
+        Ok(crate::mfa::passkey::Offer { options: r.options, ceremony: r.ceremony })
+    }
+
+    /// A sign-in by passkey alone, checked on a voter.
+    pub async fn passkey_sign_in(&self, request: pb::PasskeySignInRequest) -> Result<Opened, ApiError> {
+        let r = self
+            .on_a_voter(|mut c, left| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(left);
+                async move { c.passkey_sign_in(req).await }
+            })
+            .await?;
+        Ok(opened(r))
+    }
+
+    /// Adds a passkey for the caller: recovery codes (for a first factor)
+    /// and the log index.
+    pub async fn add_passkey(&self, request: pb::OwnFactorRequest) -> Result<(Vec<String>, u64), ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.add_own_passkey(req).await }).await?;
+        Ok((r.codes, r.log_index))
+    }
+
+    /// Renames one of the caller's passkeys: the log index.
+    pub async fn rename_passkey(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.rename_own_passkey(req).await }).await?;
+        Ok(r.log_index)
+    }
+
+    /// Removes one of the caller's passkeys: the log index.
+    pub async fn remove_passkey(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.remove_own_passkey(req).await }).await?;
         Ok(r.log_index)
     }
 

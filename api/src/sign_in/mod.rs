@@ -23,6 +23,7 @@ pub mod check;
 pub mod forward;
 pub mod links;
 pub mod own;
+pub mod passkeys;
 pub mod service;
 
 use std::net::IpAddr;
@@ -75,8 +76,7 @@ impl SignIn {
         match self {
             SignIn::Here(_) => crate::mfa::check::present(front, token, presented, ip, user_agent).await,
             SignIn::Voters(voters) => {
-                let code = front_code(presented)?;
-                let opened = voters.present_factor(token, code, ip, user_agent).await?;
+                let opened = voters.present_factor(token, presented, ip, user_agent).await?;
                 front.node.wait_applied(opened.log_index).await;
                 Ok(opened)
             }
@@ -270,8 +270,9 @@ impl SignIn {
         let index = match self {
             SignIn::Here(_) => crate::mfa::check::step_up_with(front, p, presented, ip).await?,
             SignIn::Voters(voters) => {
-                let code = front_code(presented)?;
-                voters.step_up(own_factor(credential, ip, code, String::new(), "")).await?
+                let mut request = own_factor(credential, ip, "", String::new(), "");
+                presented.write_to(&mut request);
+                voters.step_up(request).await?
             }
         };
         front.node.wait_applied(index).await;
@@ -364,18 +365,6 @@ fn own_factor(
         code: code.to_string(),
         password,
         sealed: sealed.to_string(),
-        ticket: String::new(),
-    }
-}
-
-/// The code a front sends on to a voter. Passkey ceremonies are not
-/// offered on a front (their state is sealed with the voters' key), so a
-/// passkey answer posted to one is refused.
-fn front_code(presented: &Presented) -> Result<&str, ApiError> {
-    match presented {
-        Presented::Code(code) => Ok(code),
-        Presented::Passkey { .. } => {
-            Err(ApiError::FailedPrecondition("passkeys are not available on a stateless front".into()))
-        }
+        ..Default::default()
     }
 }

@@ -20,6 +20,8 @@ use super::check::{self, Attempt};
 use super::links::{self, LinkRequest, LinkSpend};
 use super::own::{self, OwnKey};
 use crate::http::front::Front;
+use crate::mfa::check::Presented;
+use crate::mfa::passkey;
 use crate::sso::logout::LogoutError;
 use crate::sso::sign_in::{Callback, SsoError};
 use crate::ApiError;
@@ -377,19 +379,13 @@ impl SignInService for SignIns {
         if r.token.len() > crate::identity::MAX_CREDENTIAL_LEN || r.code.len() > crate::mfa::check::MAX_CODE {
             return Err(ApiError::InvalidArgument("token or code too long".into()).into());
         }
+        let presented = Presented::of(r.code, r.passkey_ceremony, r.passkey_response);
         if !self.front.node.ensure_fresh().await {
             return Err(ApiError::Stale.into());
         }
         let limits = &self.front.limits;
         limits.login_attempt(ip).await?;
-        let opened = crate::mfa::check::present(
-            &self.front,
-            &r.token,
-            &crate::mfa::check::Presented::Code(r.code),
-            ip,
-            &r.user_agent,
-        )
-        .await;
+        let opened = crate::mfa::check::present(&self.front, &r.token, &presented, ip, &r.user_agent).await;
         tracing::Span::current().record("outcome", if opened.is_ok() { "ok" } else { "denied" });
         if matches!(opened, Err(ApiError::InvalidSecondFactor)) {
             limits.login_refused(ip).await?;
@@ -408,8 +404,8 @@ impl SignInService for SignIns {
         let p = self.caller(&r.credential).await?;
         let limits = &self.front.limits;
         limits.login_attempt(ip).await?;
-        let done =
-            crate::mfa::check::step_up_with(&self.front, &p, &crate::mfa::check::Presented::Code(r.code), ip).await;
+        let presented = Presented::of(r.code, r.passkey_ceremony, r.passkey_response);
+        let done = crate::mfa::check::step_up_with(&self.front, &p, &presented, ip).await;
         if matches!(done, Err(ApiError::InvalidSecondFactor)) {
             limits.login_refused(ip).await?;
         }
@@ -439,5 +435,92 @@ impl SignInService for SignIns {
         }
         let (opened, codes) = done?;
         Ok(Response::new(pb::EnrolledResponse { login: Some(login_response(opened)), codes }))
+    }
+
+    async fn offer_passkey(&self, req: Request<pb::PasskeyOfferRequest>) -> Result<Response<pb::PasskeyOffer>, Status> {
+        let r = req.into_inner();
+        if r.credential.len() > crate::identity::MAX_CREDENTIAL_LEN {
+            return Err(ApiError::InvalidArgument("credential too long".into()).into());
+        }
+        let offer = match r.kind.as_str() {
+            "discover" => passkey::discoverable(&self.front)?,
+            "assert" => {
+                // The session's second step (waiting) or a step-up.
+                let p = match crate::mfa::check::waiting_principal(&self.front.node, &r.credential) {
+                    Some(p) => p,
+                    None => self.caller(&r.credential).await?,
+                };
+                passkey::assertion(&self.front, &p.user_id, super::passkeys::session_id(&p))?
+            }
+            "register" => {
+                let p = self.caller(&r.credential).await?;
+                Some(passkey::registration(&self.front, &p)?)
+            }
+            _ => return Err(ApiError::InvalidArgument("kind is discover, assert or register".into()).into()),
+        };
+        let offer = offer.ok_or_else(|| ApiError::FailedPrecondition("no passkey to offer".into()))?;
+        Ok(Response::new(pb::PasskeyOffer { options: offer.options, ceremony: offer.ceremony }))
+    }
+
+    /// Under the login endpoint's limits, by the address the front names.
+    #[tracing::instrument(level = "info", name = "front.passkey_sign_in", skip_all, fields(outcome))]
+    async fn passkey_sign_in(
+        &self,
+        req: Request<pb::PasskeySignInRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        if !self.front.node.ensure_fresh().await {
+            return Err(ApiError::Stale.into());
+        }
+        let limits = &self.front.limits;
+        limits.login_attempt(ip).await?;
+        let opened = passkey::sign_in(&self.front, &r.ceremony, &r.response, ip, &r.user_agent).await;
+        tracing::Span::current().record("outcome", if opened.is_ok() { "ok" } else { "denied" });
+        if matches!(opened, Err(ApiError::InvalidCredentials)) {
+            limits.login_refused(ip).await?;
+        }
+        Ok(Response::new(login_response(opened?)))
+    }
+
+    /// Under the calling front's sign-in budget: it checks a password.
+    async fn add_own_passkey(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::RecoveryCodesResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let (codes, log_index) =
+            passkey::add_own(&self.front, &p, &r.name, &r.passkey_ceremony, &r.passkey_response, r.password, ip)
+                .await?;
+        Ok(Response::new(pb::RecoveryCodesResponse { codes, log_index }))
+    }
+
+    async fn rename_own_passkey(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let actor = crate::audit::Actor::of(&p, ip.to_string());
+        let log_index = passkey::rename(&self.front, &p, &r.passkey_id, &r.name, &actor).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+
+    /// Under the calling front's sign-in budget: it checks a password.
+    async fn remove_own_passkey(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let _permit = self.place(&req)?;
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let log_index = passkey::remove_own(&self.front, &p, &r.passkey_id, r.password, &r.code, ip).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
     }
 }
