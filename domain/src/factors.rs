@@ -371,6 +371,7 @@ pub(crate) fn enroll_totp(
     if r.totp.is_some() {
         return Err(ApplyError::AlreadyExists("a TOTP authenticator is enrolled already; remove it first".into()));
     }
+    let first = !enrolled(&r);
     if codes.is_empty() && recovery_left(&r) == 0 {
         return Err(ApplyError::Invalid("a first factor comes with recovery codes".into()));
     }
@@ -424,7 +425,9 @@ pub(crate) fn enroll_totp(
         r.enroll_ticket_expires_at = 0;
     }
     state.factors.store(r, out);
-    if let Some(s) = session {
+    // The session that enrolled a first factor (or paid its wait with it)
+    // has it fresh; adding one beside another presents nothing.
+    if let Some(s) = session.filter(|s| first || s.factor_due) {
         state.sessions.set_factor(&s.session_id, TOTP, now, now, token, out);
     }
     Ok(c.user_id.clone())

@@ -52,9 +52,22 @@ fn challenge(sha256: &[u8], expires_at: u64, now: u64) -> Result<[u8; 32], Apply
     Ok(h)
 }
 
+/// How long a spent challenge is kept: past its expiry by as long again,
+/// so a leader whose clock is behind the last one's still finds it.
+fn spent_until(expires_at: u64) -> u64 {
+    expires_at.saturating_add(MAX_CHALLENGE_MS)
+}
+
+/// Whether `c` may stand in a name people read: no control characters,
+/// and none that reorder or hide text (bidi overrides, zero-width).
+pub fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 fn check_name(name: &str) -> Result<(), ApplyError> {
     let n = name.chars().count();
-    if n == 0 || n > MAX_NAME || name.chars().any(char::is_control) {
+    if n == 0 || n > MAX_NAME || !name.chars().all(printable) {
         return Err(ApplyError::Invalid(format!("a passkey name is 1 to {MAX_NAME} printable characters")));
     }
     Ok(())
@@ -107,7 +120,7 @@ pub(crate) fn check(state: &State, now: u64, r: &FactorsRecord, p: &PasskeyUse) 
     if (p.counter != 0 || stored != 0) && p.counter <= stored {
         return Err(ApplyError::FailedPrecondition(COUNTER.into()));
     }
-    Ok(Spend::Passkey { index, counter: p.counter, challenge: h, drop_at: p.challenge_expires_at })
+    Ok(Spend::Passkey { index, counter: p.counter, challenge: h, drop_at: spent_until(p.challenge_expires_at) })
 }
 
 /// Spends a checked use on the record (the spent challenge is written by
@@ -154,6 +167,9 @@ pub(crate) fn add(state: &mut State, now: u64, c: &AddPasskey, out: &mut Vec<Mut
             Some(s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?.session_id)
         }
     };
+    // A first factor makes the session that added it fresh; one added
+    // beside another presents nothing (it was asked for the other).
+    let first = !factors::enrolled(&r);
     r.passkeys.push(PasskeyFactor {
         credential_id: c.credential_id.clone(),
         name: c.name.clone(),
@@ -165,9 +181,9 @@ pub(crate) fn add(state: &mut State, now: u64, c: &AddPasskey, out: &mut Vec<Mut
     if !codes.is_empty() {
         r.recovery = codes;
     }
-    state.upstream.spend(h, c.challenge_expires_at, out);
+    state.upstream.spend(h, spent_until(c.challenge_expires_at), out);
     state.factors.store(r, out);
-    if let Some(id) = session {
+    if let Some(id) = session.filter(|_| first) {
         state.sessions.set_factor(&id, PASSKEY, now, now, None, out);
     }
     Ok(c.user_id.clone())
@@ -299,6 +315,52 @@ mod tests {
         let (c, m) = code(&mut state, sign_in(BOB, '4', 1, 9, 9));
         assert_eq!(c, Code::FailedPrecondition as i32, "{m}");
         assert!(state.session(&"4".repeat(32)).is_none() && state.session(&"3".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn a_factor_added_beside_another_presents_nothing_and_keeps_the_codes() {
+        let mut state = state();
+        assert_eq!(code(&mut state, sign_in(ANN, '1', 1, 1, 3)).0, Code::Ok as i32);
+        let sid = "1".repeat(32);
+        let at = state.session(&sid).unwrap().factor_at;
+        // A second passkey from that session, later: the session's factor
+        // stays the one it presented.
+        let mut second = add(ANN, 2, 4);
+        if let Payload::AddPasskey(c) = &mut second {
+            c.session_id = sid.clone();
+            c.recovery_sha256.clear();
+        }
+        let later = Command { proposed_at: NOW + 30_000, payload: Some(second), ..Default::default() };
+        assert_eq!(state.apply(11, &later, &mut Vec::new()).code, Code::Ok as i32);
+        assert_eq!(state.session(&sid).unwrap().factor_at, at);
+        // An authenticator app beside them: the same, and the recovery
+        // codes the first passkey came with stay.
+        let step = crate::factors::step_at(NOW + 30_000);
+        let totp = gatehouse_proto::events::EnrollTotp {
+            user_id: ANN.into(),
+            secret: Some(gatehouse_proto::events::Sealed {
+                key_id: "k1".into(),
+                nonce: vec![0; 12],
+                ciphertext: vec![1; 36],
+            }),
+            step,
+            session_id: sid.clone(),
+            ..Default::default()
+        };
+        let later =
+            Command { proposed_at: NOW + 30_000, payload: Some(Payload::EnrollTotp(totp)), ..Default::default() };
+        let r = state.apply(12, &later, &mut Vec::new());
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        assert_eq!(state.session(&sid).unwrap().factor_at, at);
+        assert_eq!(crate::factors::recovery_left(state.factors.get(ANN).unwrap()), 10);
+    }
+
+    #[test]
+    fn names_that_hide_or_reorder_text_are_refused() {
+        for bad in ["a\u{202e}b", "a\u{200b}", "\u{2066}x", "\u{feff}"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("Ann's YubiKey 5C – blue").is_ok());
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn redacted(mut cmd: Command) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatehouse_proto::events::{CreateApiKey, CreateSession, CreateUser, RotateApiKey, SetPassword};
+    use gatehouse_proto::events::{AddPasskey, CreateApiKey, CreateSession, CreateUser, RotateApiKey, SetPassword};
     use prost::Message;
 
     #[test]
@@ -115,6 +115,8 @@ mod tests {
                 token_sha256: hash.clone(),
                 ..Default::default()
             }),
+            // A first passkey's new recovery codes.
+            Payload::AddPasskey(AddPasskey { recovery_sha256: vec![hash.clone()], ..Default::default() }),
         ] {
             let bytes = redacted(Command { payload: Some(payload), ..Default::default() }).encode_to_vec();
             let text = String::from_utf8_lossy(&bytes);

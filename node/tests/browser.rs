@@ -775,6 +775,18 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_and_forged_answers_a
         wait_until(&what, Duration::from_secs(10), || common::audited(&c, action, why)).await;
     }
     assert!(common::audited(&c, "login.success", "passkey").await);
+
+    // An admin sees her passkey, and a reset (a lost device) removes it:
+    // the authenticator still signs, the cluster no longer knows the key.
+    let (endpoint, admin_key) = (c.endpoint(1), c.admin_key.clone());
+    let admin = |args: &'static [&'static str]| common::admin_cli(&endpoint, &admin_key, args);
+    let shown = admin(&["user", "get", "ann"]).await.unwrap();
+    assert!(shown.contains("passkey"), "{shown}");
+    admin(&["user", "reset-factors", "ann", "--yes"]).await.unwrap();
+    b.goto(&format!("{site}/login")).await.unwrap();
+    let (after_reset, ceremony) = answer(&b, Some(&ann_credential), None).await;
+    send_answer(&b, &ceremony, &after_reset).await;
+    assert_eq!(alert(&b).await, "That passkey was not accepted. Try again, or sign in another way.");
     b.close().await.unwrap();
     c.shutdown().await;
 }

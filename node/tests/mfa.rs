@@ -629,6 +629,11 @@ async fn a_role_that_requires_a_factor_cuts_sessions_without_one_and_enrolls_onl
     let fields = [("name", "ci"), ("days", "7"), ("password", PASSWORD)];
     let no_code = post(&at, "/account/keys", &signed_in, &csrf, &fields).await;
     assert_eq!(no_code.status(), StatusCode::FORBIDDEN);
+    // So does a passkey added beside the app: refused before its answer
+    // is looked at, the password alone adds no authenticator.
+    let fields = [("name", "mine"), ("password", PASSWORD), ("ceremony", "x"), ("passkey", "{}")];
+    let beside = post(&at, "/account/passkeys", &signed_in, &csrf, &fields).await;
+    assert_eq!(beside.status(), StatusCode::FORBIDDEN);
     let fresh = pyotp(&secret, now_secs() + 30);
     let fields = [("name", "ci"), ("days", "7"), ("password", PASSWORD), ("code", fresh.as_str())];
     let made = post(&at, "/account/keys", &signed_in, &csrf, &fields).await;

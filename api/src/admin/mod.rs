@@ -133,8 +133,10 @@ pub fn user_pb(state: &State, u: &UserRecord) -> User {
     User {
         second_factors: factors
             .and_then(|f| f.totp.as_ref())
-            .map(|_| gatehouse_domain::factors::TOTP.to_string())
+            .map(|_| gatehouse_domain::factors::TOTP)
             .into_iter()
+            .chain(factors.into_iter().flat_map(|f| f.passkeys.iter().map(|_| gatehouse_domain::factors::PASSKEY)))
+            .map(String::from)
             .collect(),
         recovery_codes_left: factors.map_or(0, gatehouse_domain::factors::recovery_left) as u32,
         id: u.user_id.clone(),

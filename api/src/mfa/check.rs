@@ -330,6 +330,15 @@ pub async fn enroll(
     let session_id = session_of(p)?.to_string();
     let sealer = front.mfa.sealer().ok_or(ApiError::Unavailable { leader: None })?;
     own::reauth(front, p, password, ip).await?;
+    // A person who has a factor (a passkey) adds another only with it
+    // fresh: the password alone adds no authenticator beside theirs.
+    let (first, codes_left) = {
+        let state = front.node.view().read();
+        (!state.has_factor(&p.user_id), state.factors_of(&p.user_id).map_or(0, recovery_left))
+    };
+    if !first {
+        fresh_factor(front, p, "", own::window(front), ip).await?;
+    }
     let Some(secret) = offered_secret(front, p, sealed)? else {
         return Err(ApiError::InvalidArgument(
             "this enrollment form is not for this session or expired; start again".into(),
@@ -340,7 +349,9 @@ pub async fn enroll(
         audit_factor(&front.node, "mfa.enroll", "denied", &actor, &p.user_id, "a wrong code");
         return Err(ApiError::InvalidSecondFactor);
     };
-    let codes = recovery::new_codes();
+    // Recovery codes come with a first factor (or when none are left);
+    // a second one leaves the person's codes as they are.
+    let codes = if first || codes_left == 0 { recovery::new_codes() } else { Vec::new() };
     let cmd = front.node.command(Payload::EnrollTotp(EnrollTotp {
         user_id: p.user_id.clone(),
         secret: Some(sealer.seal(&secret, &totp::context(&p.user_id))),

@@ -46,7 +46,9 @@ pub const CEREMONY_MS: u64 = 5 * 60_000;
 /// The largest browser answer (JSON) a form may carry.
 pub const MAX_RESPONSE: usize = 16 * 1024;
 /// The largest sealed ceremony a form may carry.
-pub const MAX_CEREMONY: usize = 8 * 1024;
+/// (Its state lists every credential allowed: ten RSA passkeys with long
+/// ids take some 10 KiB.)
+pub const MAX_CEREMONY: usize = 32 * 1024;
 
 const REGISTER: &str = "register";
 const ASSERT: &str = "assert";
@@ -296,7 +298,7 @@ pub async fn register(
     let (passkeys, _) = parts(front).ok_or_else(unavailable)?;
     let name = name.trim();
     let name = if name.is_empty() { "Passkey" } else { name };
-    if name.chars().count() > domain::MAX_NAME || name.chars().any(char::is_control) {
+    if name.chars().count() > domain::MAX_NAME || !name.chars().all(domain::printable) {
         return Err(ApiError::InvalidArgument(format!(
             "a passkey name is 1 to {} printable characters",
             domain::MAX_NAME
@@ -308,11 +310,14 @@ pub async fn register(
         audit_passkey(&front.node, "mfa.failure", "denied", actor, &p.user_id, format!("passkey registration: {e}"));
         ApiError::InvalidSecondFactor
     })?;
-    let first = {
+    // Recovery codes come with a first factor (or when none are left).
+    let codes_due = {
         let state = front.node.view().read();
-        state.factors_of(&p.user_id).is_none_or(|r| !gatehouse_domain::factors::enrolled(r) && r.recovery.is_empty())
+        state
+            .factors_of(&p.user_id)
+            .is_none_or(|r| !gatehouse_domain::factors::enrolled(r) || gatehouse_domain::factors::recovery_left(r) == 0)
     };
-    let codes = if first { recovery::new_codes() } else { Vec::new() };
+    let codes = if codes_due { recovery::new_codes() } else { Vec::new() };
     let credential = serde_json::to_vec(&passkey).map_err(|_| ApiError::Internal)?;
     let cmd = front.node.command(Payload::AddPasskey(AddPasskey {
         user_id: p.user_id.clone(),
@@ -324,16 +329,11 @@ pub async fn register(
         recovery_sha256: codes.iter().map(|c| recovery::hash(c).to_vec()).collect(),
         session_id: session_id.to_string(),
     }));
-    let applied = front.node.propose(vec![cmd]).await?;
-    if let Err(e) = applied.results.iter().try_for_each(ApiError::check) {
-        audit_passkey(&front.node, "mfa.failure", "denied", actor, &p.user_id, format!("passkey registration: {e}"));
-        return Err(match e {
-            ApiError::FailedPrecondition(m) if m == domain::CHALLENGE_USED => ApiError::InvalidSecondFactor,
-            e => e,
-        });
-    }
-    front.node.wait_applied(applied.log_index).await;
-    audit_passkey(&front.node, "mfa.enrolled", "ok", actor, &p.user_id, format!("passkey: {name}"));
+    // Audited as `mfa.enroll` (the factors before and after), refused or not.
+    let applied = crate::audit::write(&front.node, actor, cmd).await.map_err(|e| match e {
+        ApiError::FailedPrecondition(m) if m == domain::CHALLENGE_USED => ApiError::InvalidSecondFactor,
+        e => e,
+    })?;
     Ok((codes, applied.log_index))
 }
 
@@ -434,10 +434,27 @@ pub async fn sign_in(
     let (user, proof) = match discovered(front, ceremony, response) {
         Ok(found) => found,
         Err((user_id, e)) => {
+            // Against the user only when the credential is theirs: a user
+            // handle is the browser's word.
+            let user_id = if user_id.is_empty() { "unknown".to_string() } else { user_id };
             audit_passkey(node, "login.failure", "denied", &actor, &user_id, format!("passkey: {e}"));
             return Err(ApiError::InvalidCredentials);
         }
     };
+    // Where people sign in through their identity provider only, a
+    // passkey signs in only those who may still use a password (the
+    // break-glass users): it would sign in past the provider.
+    if !front.config.password_allowed(&user.username) {
+        audit_passkey(
+            node,
+            "login.failure",
+            "denied",
+            &actor,
+            &user.user_id,
+            "passkey: sign-in through the provider only".into(),
+        );
+        return Err(ApiError::InvalidCredentials);
+    }
     let (mut create, pending) = crate::sign_in::check::session_for(&front.config, &user, &actor.client_ip, user_agent);
     actor.user_id = user.user_id.clone();
     actor.session_id = create.session_id.clone();
@@ -476,7 +493,9 @@ fn discovered(
         .identify_discoverable_authentication(&answer)
         .map_err(|e| (String::new(), ApiError::FailedPrecondition(format!("passkey: {e}"))))?;
     let user_id = hex::encode(handle.as_bytes());
-    let refused = |m: &str| (user_id.clone(), ApiError::FailedPrecondition(m.to_string()));
+    // The user a refusal is audited against: only once the credential is
+    // known to be theirs.
+    let refused = |m: &str| (String::new(), ApiError::FailedPrecondition(m.to_string()));
     let (user, key) = {
         let state = front.node.view().read();
         // The credential must be this user's: a handle of one user with
@@ -496,7 +515,7 @@ fn discovered(
     let result = passkeys
         .webauthn
         .finish_discoverable_authentication(&answer, c.state, &[DiscoverableKey::from(&key)])
-        .map_err(|e| refused(&format!("passkey: {e}")))?;
+        .map_err(|e| (user_id.clone(), ApiError::FailedPrecondition(format!("passkey: {e}"))))?;
     let proof = use_proof(result.cred_id().to_vec(), result.counter(), challenge, expires_at);
     Ok((user, proof))
 }
@@ -509,7 +528,10 @@ fn credential_id(id: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Adds a passkey from "my account": the password again (or a recent
-/// sign-in, for a person without one), then [`register`].
+/// sign-in, for a person without one) and, for a person who has a second
+/// factor, that factor fresh (or `code` now), then [`register`]. So
+/// neither a stolen session nor a stolen password adds an authenticator.
+#[allow(clippy::too_many_arguments)]
 pub async fn add_own(
     front: &Front,
     p: &Principal,
@@ -517,9 +539,12 @@ pub async fn add_own(
     ceremony: &str,
     response: &str,
     password: String,
+    code: &str,
     ip: std::net::IpAddr,
 ) -> Result<(Vec<String>, u64), ApiError> {
     crate::sign_in::own::reauth(front, p, password, ip).await?;
+    let window = crate::sign_in::own::window(front);
+    super::check::fresh_factor(front, p, code, window, ip).await?;
     register(front, p, name, ceremony, response, &Actor::of(p, ip.to_string())).await
 }
 
@@ -548,10 +573,7 @@ pub async fn rename(front: &Front, p: &Principal, id: &str, name: &str, actor: &
         credential_id: credential_id(id)?,
         name: name.trim().to_string(),
     }));
-    let applied = front.node.propose(vec![cmd]).await?;
-    applied.results.iter().try_for_each(ApiError::check)?;
-    audit_passkey(&front.node, "mfa.renamed", "ok", actor, &p.user_id, format!("passkey: {}", name.trim()));
-    Ok(applied.log_index)
+    Ok(crate::audit::write(&front.node, actor, cmd).await?.log_index)
 }
 
 /// Removes one of `p`'s passkeys (refused for the last factor a role
@@ -562,10 +584,7 @@ pub async fn remove(front: &Front, p: &Principal, id: &str, actor: &Actor) -> Re
         kind: domain::PASSKEY.into(),
         credential_id: credential_id(id)?,
     }));
-    let applied = front.node.propose(vec![cmd]).await?;
-    applied.results.iter().try_for_each(ApiError::check)?;
-    audit_passkey(&front.node, "mfa.removed", "ok", actor, &p.user_id, "passkey".into());
-    Ok(applied.log_index)
+    Ok(crate::audit::write(&front.node, actor, cmd).await?.log_index)
 }
 
 #[cfg(test)]

@@ -155,7 +155,10 @@ pub async fn page(
         Some("revoked") => Some("The session is signed out."),
         Some("key_revoked") => Some("The key is revoked."),
         Some("password") => Some("Your password is changed. Every other session of yours is signed out."),
-        Some("totp_off") => Some("The authenticator app is turned off, with its recovery codes."),
+        Some("totp_off") => Some("The authenticator app is turned off."),
+        Some("totp_on") => {
+            Some("Your authenticator app is on, beside your passkeys; your recovery codes stay as they were.")
+        }
         _ => None,
     };
     render(&front, &headers, &p, StatusCode::OK, Err(notice))

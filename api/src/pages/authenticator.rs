@@ -122,6 +122,10 @@ pub async fn page(
     offer(&front, &headers, (&p, &token), StatusCode::OK, None).await
 }
 
+fn p_has_no_totp(front: &Front, p: &Principal) -> bool {
+    front.node.view().read().factors_of(&p.user_id).is_none_or(|r| r.totp.is_none())
+}
+
 /// What a refused factor change tells the person, and its status.
 fn refusal(front: &Front, p: &Principal, e: &ApiError) -> Option<(StatusCode, &'static str)> {
     Some(match e {
@@ -142,6 +146,11 @@ fn refusal(front: &Front, p: &Principal, e: &ApiError) -> Option<(StatusCode, &'
         ApiError::FailedPrecondition(m) if m == gatehouse_domain::factors::REQUIRED => {
             (StatusCode::CONFLICT, "Your role requires two-step sign-in: it cannot be turned off.")
         }
+        // Adding an app beside a passkey asks for the passkey fresh.
+        ApiError::SecondFactorRequired if p_has_no_totp(front, p) => (
+            StatusCode::FORBIDDEN,
+            "Your second factor must be recent to add another: sign out, sign in with your passkey, then add the app.",
+        ),
         ApiError::SecondFactorRequired => (StatusCode::FORBIDDEN, "Enter a code from your authenticator app."),
         _ => return None,
     })
@@ -166,6 +175,11 @@ pub async fn enroll(
     let password = f["password"].clone();
     let outcome = front.sign_in.enroll_totp(&front, &p, &token, &f["sealed"], &f["code"], password, client.0).await;
     match outcome {
+        // Beside a passkey: the person's recovery codes stay as they were.
+        Ok(codes) if codes.is_empty() => {
+            tracing::Span::current().record("outcome", "ok");
+            see_other("/account?done=totp_on")
+        }
         Ok(codes) => {
             tracing::Span::current().record("outcome", "ok");
             codes_page(&front, "Your authenticator app is on: you will be asked for a code when you sign in.", &codes)

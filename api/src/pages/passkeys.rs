@@ -49,6 +49,8 @@ struct PasskeysPage<'a> {
     passkeys: Vec<Row>,
     offer: Option<Offer>,
     needs_password: bool,
+    /// The person has a second factor: adding a passkey asks for it.
+    has_factor: bool,
 }
 
 #[derive(Template)]
@@ -103,6 +105,7 @@ async fn render(
         passkeys,
         offer,
         needs_password: own::has_password(front, p),
+        has_factor: front.node.view().read().has_factor(&p.user_id),
     };
     if scripted {
         html_with_script(pages, status, page.render(), &n, set_cookie)
@@ -200,6 +203,7 @@ pub async fn add(
         ("csrf", 64),
         ("name", 256),
         ("password", crate::passwords::MAX_PASSWORD_LEN),
+        ("code", crate::mfa::check::MAX_CODE),
         ("ceremony", MAX_CEREMONY),
         ("passkey", MAX_RESPONSE),
     ];
@@ -216,6 +220,7 @@ pub async fn add(
         ceremony: f["ceremony"].clone(),
         response: f["passkey"].clone(),
         password: f["password"].clone(),
+        code: f["code"].clone(),
     };
     match front.sign_in.add_passkey(&front, &p, &token, new, client.0).await {
         Ok(codes) if codes.is_empty() => {

@@ -24,12 +24,14 @@ pub enum Ceremony<'a> {
     Register { p: &'a Principal, token: &'a str },
 }
 
-/// A passkey to add: its name, the ceremony and answer, the password again.
+/// A passkey to add: its name, the ceremony and answer, the password
+/// again, and a code when the person's second factor is not fresh.
 pub struct NewPasskey {
     pub name: String,
     pub ceremony: String,
     pub response: String,
     pub password: String,
+    pub code: String,
 }
 
 impl std::fmt::Debug for NewPasskey {
@@ -59,6 +61,11 @@ impl SignIn {
     /// or (a step) the person holds none.
     pub async fn offer_passkey(&self, front: &Front, ceremony: Ceremony<'_>) -> Option<Offer> {
         if !offered(front) {
+            return None;
+        }
+        // Signing in through the identity provider only: no passkey sign-in
+        // is offered (it would sign in past the provider; see `passkey::sign_in`).
+        if matches!(ceremony, Ceremony::SignIn) && front.config.password_users.is_some() {
             return None;
         }
         let offer = match (self, ceremony) {
@@ -127,7 +134,8 @@ impl SignIn {
     ) -> Result<Vec<String>, ApiError> {
         match self {
             SignIn::Here(_) => {
-                let added = passkey::add_own(front, p, &new.name, &new.ceremony, &new.response, new.password, ip);
+                let added =
+                    passkey::add_own(front, p, &new.name, &new.ceremony, &new.response, new.password, &new.code, ip);
                 Ok(added.await?.0)
             }
             SignIn::Voters(voters) => {
@@ -136,6 +144,7 @@ impl SignIn {
                 request.passkey_ceremony = new.ceremony;
                 request.passkey_response = new.response;
                 request.password = new.password;
+                request.code = new.code;
                 let (codes, index) = voters.add_passkey(request).await?;
                 front.node.wait_applied(index).await;
                 Ok(codes)

@@ -493,9 +493,17 @@ impl SignInService for SignIns {
         let r = req.into_inner();
         let ip = client_ip(&r.client_ip)?;
         let p = self.caller(&r.credential).await?;
-        let (codes, log_index) =
-            passkey::add_own(&self.front, &p, &r.name, &r.passkey_ceremony, &r.passkey_response, r.password, ip)
-                .await?;
+        let (codes, log_index) = passkey::add_own(
+            &self.front,
+            &p,
+            &r.name,
+            &r.passkey_ceremony,
+            &r.passkey_response,
+            r.password,
+            &r.code,
+            ip,
+        )
+        .await?;
         Ok(Response::new(pb::RecoveryCodesResponse { codes, log_index }))
     }
 
