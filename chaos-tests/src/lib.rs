@@ -7,7 +7,8 @@
 //!   latency histograms);
 //!   [`load_tls`]: HTTPS clients, TLS handshakes per second, and the bare
 //!   hyper + rustls server they are set beside; [`load_fronts`]: how soon
-//!   a revocation reaches every voter and front, ext_authz checks per second.
+//!   a revocation reaches every voter and front, ext_authz checks per second;
+//!   [`load_mfa`]: people enrolled with an authenticator app, and their codes.
 //! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
 //!   directed link), [`nemesis`] (the faults), [`workload`] and [`history`]
 //!   (clients and what they saw), [`large`] (large valid entries beside
@@ -23,6 +24,7 @@ pub mod large;
 pub mod linearizability;
 pub mod load;
 pub mod load_fronts;
+pub mod load_mfa;
 pub mod load_tls;
 pub mod nemesis;
 pub mod proxy;

@@ -103,6 +103,14 @@ enum Scenario {
         /// Users to sign in as, in turn.
         #[arg(long, default_value_t = 50)]
         users: usize,
+        /// Then, in the same run, people with an authenticator app (enrolled
+        /// through the pages) signing in with the password and a code.
+        #[arg(long)]
+        totp: bool,
+        /// How many people with an app: each step of 30 s is accepted once
+        /// per person, so a run needs about one per login it makes.
+        #[arg(long, default_value_t = 1500)]
+        totp_users: usize,
     },
     /// One API key per mode, limited to `limit` per minute and hammered on
     /// /auth/verify through every node: admitted / limit, strict then global.
@@ -214,7 +222,16 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut extra = match &args.scenario {
         Scenario::RateAccuracy { limit, .. } => rate_policies(*limit),
-        Scenario::PasswordLogin { .. } => "[rate_limits]\nenabled = false\n".to_string(),
+        Scenario::PasswordLogin { totp, .. } => {
+            let mut extra = "[rate_limits]\nenabled = false\n".to_string();
+            if *totp {
+                // TOTP secrets are sealed under a key-encryption key.
+                let kek = dir.path().join("kek");
+                std::fs::write(&kek, hex::encode(rand::random::<[u8; 32]>()))?;
+                extra += &format!("[secrets]\nkeys = [{{ id = \"bench\", file = \"{}\" }}]\n", kek.display());
+            }
+            extra
+        }
         _ => String::new(),
     };
     // HTTPS on every front (node 1's certificate will do for each: it
@@ -254,8 +271,9 @@ async fn main() -> anyhow::Result<()> {
             audit_ingest(&cluster, rate, verify, callers, seconds, args.json).await?
         }
         Scenario::LoginFlood { connections, seconds } => login_flood(&cluster, connections, seconds, args.json).await?,
-        Scenario::PasswordLogin { connections, seconds, users } => {
-            password_login(&cluster, connections, seconds, users, args.json).await?
+        Scenario::PasswordLogin { connections, seconds, users, totp, totp_users } => {
+            let totp_users = if totp { totp_users } else { 0 };
+            password_login(&cluster, connections, seconds, users, totp_users, args.json).await?
         }
         Scenario::Revocation { revocations, fronts } => revocation(cluster, revocations, fronts, args.json).await?,
         Scenario::FrontVerify { connections, seconds } => {
@@ -500,23 +518,62 @@ async fn password_login(
     connections: usize,
     seconds: u64,
     users: usize,
+    totp_users: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     use gatehouse_proto::admin::user_service_client::UserServiceClient;
     use gatehouse_proto::admin::CreateUserRequest;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     let password = "a load generator's passphrase";
     let grpc = admin_channel(&cluster.nodes[&1].grpc)?;
-    for i in 0..users {
-        let user = CreateUserRequest {
-            username: format!("signer-{i}"),
-            email: format!("signer-{i}@bench.example"),
-            roles: vec!["viewer".into()],
-            password: password.into(),
-        };
-        UserServiceClient::new(grpc.clone()).create(admin_request(cluster, user)).await?;
+    // Created 16 at a time (each one an argon2id hash on node 1).
+    let names: Vec<String> =
+        (0..users).map(|i| format!("signer-{i}")).chain((0..totp_users).map(|i| format!("two-step-{i}"))).collect();
+    for chunk in names.chunks(16) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|name| {
+                let user = CreateUserRequest {
+                    username: name.clone(),
+                    email: format!("{name}@bench.example"),
+                    roles: vec!["viewer".into()],
+                    password: password.into(),
+                };
+                let mut client = UserServiceClient::new(grpc.clone());
+                let request = admin_request(cluster, user);
+                async move { client.create(request).await }
+            })
+            .collect();
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
     }
+    let nodes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    if totp_users > 0 {
+        // Second factors are commands of a newer version: the leader raises
+        // the cluster to it once every member says it understands it.
+        use gatehouse_proto::admin::cluster_service_client::ClusterServiceClient;
+        use gatehouse_proto::admin::ClusterStatusRequest;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = ClusterServiceClient::new(grpc.clone())
+                .status(admin_request(cluster, ClusterStatusRequest::default()))
+                .await?
+                .into_inner();
+            if status.cluster_version >= gatehouse_domain::version::COMMAND_VERSION {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster version stays {}",
+                status.cluster_version
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let two_step: Vec<String> = names[users..].to_vec();
+    let people = Arc::new(gatehouse_chaos::load_mfa::enroll_all(&nodes, &two_step, password, 6).await?);
     let d = Duration::from_secs(seconds);
 
     // Bare argon2id, the nodes' parameters, one worker per core, here.
@@ -542,20 +599,121 @@ async fn password_login(
     }
     let bare_per_s = verified.load(Ordering::Relaxed) as f64 / d.as_secs_f64();
 
-    // Logins through every node's HTTP front.
-    let nodes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    // Logins through every node's HTTP front: a password alone, then (with
+    // people enrolled) a password and a code.
+    let alone = logins(&nodes, connections, d, move |i| {
+        Some(serde_json::json!({ "username": format!("signer-{}", i % users), "password": password }))
+    })
+    .await?;
+    let with_code = if people.is_empty() {
+        None
+    } else {
+        let people = people.clone();
+        let phase = logins(&nodes, connections, d, move |i| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+            // The next person with a step left (every one, at most, once round).
+            (0..people.len()).find_map(|k| {
+                let p = &people[(i + k) % people.len()];
+                let code = p.next_code(now)?;
+                Some(serde_json::json!({ "username": p.username, "password": password, "totp": code }))
+            })
+        })
+        .await?;
+        Some(phase)
+    };
+    let per_s = |p: &Phase| p.ok as f64 / d.as_secs_f64();
+    let ms = |p: &Phase, q: f64| p.latency.value_at_quantile(q) as f64 / 1000.0;
+    if json {
+        let mut out = serde_json::json!({
+            "scenario": "password-login", "nodes": nodes.len(), "connections": connections, "seconds": seconds,
+            "cores": cores, "logins_per_s": per_s(&alone), "failed": alone.failed,
+            "p50_ms": ms(&alone, 0.5), "p99_ms": ms(&alone, 0.99),
+            "bare_argon2id_verifications_per_s": bare_per_s,
+        });
+        if let Some(t) = &with_code {
+            out["totp_logins_per_s"] = per_s(t).into();
+            out["totp_failed"] = t.failed.into();
+            out["totp_no_step_left"] = t.skipped.into();
+            out["totp_p50_ms"] = ms(t, 0.5).into();
+            out["totp_p99_ms"] = ms(t, 0.99).into();
+            out["totp_people"] = people.len().into();
+        }
+        println!("{out}");
+    } else {
+        println!(
+            "scenario password-login: {} nodes, {connections} connections, {seconds} s, {cores} cores",
+            nodes.len()
+        );
+        println!("  bare argon2id verifications (same parameters, {cores} workers): {bare_per_s:.1}/s");
+        println!(
+            "  password logins: {:.1}/s ({} ok, {} failed), p50 {:.1} ms, p99 {:.1} ms",
+            per_s(&alone),
+            alone.ok,
+            alone.failed,
+            ms(&alone, 0.5),
+            ms(&alone, 0.99)
+        );
+        println!(
+            "  = {:.0}% of bare argon2id on this machine",
+            100.0 * per_s(&alone) / bare_per_s.max(f64::MIN_POSITIVE)
+        );
+        if let Some(t) = &with_code {
+            println!(
+                "  password + TOTP logins ({} people): {:.1}/s ({} ok, {} failed, {} waits for a step), \
+                 p50 {:.1} ms, p99 {:.1} ms",
+                people.len(),
+                per_s(t),
+                t.ok,
+                t.failed,
+                t.skipped,
+                ms(t, 0.5),
+                ms(t, 0.99)
+            );
+            println!(
+                "  = {:.0}% of password logins, same run",
+                100.0 * per_s(t) / per_s(&alone).max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What one phase of logins measured.
+struct Phase {
+    latency: hdrhistogram::Histogram<u64>,
+    ok: u64,
+    failed: u64,
+    /// Logins not sent: no person had a step left.
+    skipped: u64,
+}
+
+/// `POST /api/v1/login` for `d` over `connections`, spread over `nodes`;
+/// `body(i)` is the i-th login's body (`None`: none can be sent now).
+async fn logins(
+    nodes: &[String],
+    connections: usize,
+    d: Duration,
+    body: impl Fn(usize) -> Option<serde_json::Value> + Clone + Send + 'static,
+) -> anyhow::Result<Phase> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
     let next = Arc::new(AtomicU64::new(0));
-    let outcome = Arc::new(Mutex::new((hdrhistogram::Histogram::<u64>::new(3)?, 0u64, 0u64)));
+    let empty = Phase { latency: hdrhistogram::Histogram::<u64>::new(3)?, ok: 0, failed: 0, skipped: 0 };
+    let outcome = Arc::new(Mutex::new(empty));
     let until = tokio::time::Instant::now() + d;
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
-            let (nodes, next, outcome) = (nodes.clone(), next.clone(), outcome.clone());
+            let (nodes, next, outcome, body) = (nodes.to_vec(), next.clone(), outcome.clone(), body.clone());
             tokio::spawn(async move {
                 let http = reqwest::Client::new();
                 while tokio::time::Instant::now() < until {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let node = &nodes[i % nodes.len()];
-                    let body = serde_json::json!({ "username": format!("signer-{}", i % users), "password": password });
+                    let Some(body) = body(i) else {
+                        outcome.lock().unwrap().skipped += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
                     let began = std::time::Instant::now();
                     let r = http
                         .post(format!("http://{node}/api/v1/login"))
@@ -566,10 +724,10 @@ async fn password_login(
                     let ok = r.is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
                     let mut o = outcome.lock().unwrap();
                     if ok {
-                        let _ = o.0.record(began.elapsed().as_micros() as u64);
-                        o.1 += 1;
+                        let _ = o.latency.record(began.elapsed().as_micros() as u64);
+                        o.ok += 1;
                     } else {
-                        o.2 += 1;
+                        o.failed += 1;
                     }
                 }
             })
@@ -578,32 +736,11 @@ async fn password_login(
     for t in tasks {
         t.await?;
     }
-    let (latency, ok, failed) = outcome.lock().unwrap().clone();
-    let per_s = ok as f64 / d.as_secs_f64();
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "password-login", "nodes": nodes.len(), "connections": connections, "seconds": seconds,
-                "cores": cores, "logins_per_s": per_s, "failed": failed, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
-                "bare_argon2id_verifications_per_s": bare_per_s,
-            })
-        );
-    } else {
-        println!(
-            "scenario password-login: {} nodes, {connections} connections, {seconds} s, {cores} cores",
-            nodes.len()
-        );
-        println!("  bare argon2id verifications (same parameters, {cores} workers): {bare_per_s:.1}/s");
-        println!(
-            "  password logins: {per_s:.1}/s ({ok} ok, {failed} failed), p50 {:.1} ms, p99 {:.1} ms",
-            ms(0.5),
-            ms(0.99)
-        );
-        println!("  = {:.0}% of bare argon2id on this machine", 100.0 * per_s / bare_per_s.max(f64::MIN_POSITIVE));
-    }
-    Ok(())
+    let mut o = outcome.lock().unwrap();
+    Ok(std::mem::replace(
+        &mut o,
+        Phase { latency: hdrhistogram::Histogram::<u64>::new(3)?, ok: 0, failed: 0, skipped: 0 },
+    ))
 }
 
 /// A new user with `roles` and one API key for it; returns the key.
