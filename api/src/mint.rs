@@ -60,6 +60,12 @@ pub fn new_link_token() -> NewSession {
     random_token(gatehouse_domain::links::TOKEN_PREFIX)
 }
 
+/// A new 256-bit token with `prefix` (a trusted browser's `gd_`), hashed
+/// as sessions are.
+pub fn new_token(prefix: &str) -> NewSession {
+    random_token(prefix)
+}
+
 fn random_token(prefix: &str) -> NewSession {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);

@@ -18,7 +18,7 @@ use gatehouse_proto::events::Command;
 use prost::Message;
 
 use crate::result::ApplyError;
-use crate::{audit, factors, limits, passkeys, requests, roles, sessions, upstream, usage, users};
+use crate::{audit, devices, factors, limits, passkeys, requests, roles, sessions, upstream, usage, users};
 
 /// Largest encoded command a client's write may make (a user, a key, a
 /// role at their field limits are a few KiB).
@@ -130,7 +130,7 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             if c.new_token_sha256.len() > 32 {
                 return Err(ApplyError::Invalid("token hash must be 32 bytes".into()));
             }
-            Ok(())
+            devices::check_trust(c)
         }
         Payload::EnrollTotp(c) => {
             id(&c.user_id)?;
@@ -159,6 +159,10 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
         Payload::RenamePasskey(c) => {
             id(&c.user_id)?;
             passkeys::check_rename(c)
+        }
+        Payload::ForgetDevices(c) => {
+            id(&c.user_id)?;
+            devices::check_forget(c)
         }
         Payload::CountFactorAttempt(c) => id(&c.user_id),
         Payload::ResealSecrets(c) => factors::check_reseal(c),

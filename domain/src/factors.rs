@@ -54,6 +54,7 @@ pub const MAX_LOCKOUT_MS: u64 = 24 * 3_600_000;
 /// The factor names sessions and headers carry.
 pub const TOTP: &str = "totp";
 pub const RECOVERY: &str = "recovery";
+pub use crate::devices::DEVICE;
 pub use crate::passkeys::PASSKEY;
 
 /// The refusal of a code whose step was accepted already.
@@ -185,6 +186,11 @@ pub(crate) enum Spend {
         challenge: [u8; 32],
         drop_at: u64,
     },
+    /// The trusted browser at `index`, trusted at `trusted_at`.
+    Device {
+        index: usize,
+        trusted_at: u64,
+    },
 }
 
 impl Spend {
@@ -193,6 +199,16 @@ impl Spend {
             Spend::Totp(_) => TOTP,
             Spend::Recovery(_) => RECOVERY,
             Spend::Passkey { .. } => PASSKEY,
+            Spend::Device { .. } => crate::devices::DEVICE,
+        }
+    }
+
+    /// When the factor was presented: now, or for a trusted browser when
+    /// the trust was given.
+    pub(crate) fn at(&self, now: u64) -> u64 {
+        match self {
+            Spend::Device { trusted_at, .. } => *trusted_at,
+            _ => now,
         }
     }
 }
@@ -215,6 +231,7 @@ pub(crate) fn check_proof(state: &State, now: u64, user_id: &str, proof: &Factor
     let r = r.ok_or_else(|| ApplyError::FailedPrecondition("this user has no second factor".into()))?;
     match proof {
         Proof::Passkey(p) => crate::passkeys::check(state, now, r, p),
+        Proof::TrustedDeviceSha256(h) => crate::devices::check(r, now, h),
         Proof::TotpStep(step) => {
             if is_locked(r, now) {
                 return Err(ApplyError::FailedPrecondition(LOCKED.into()));
@@ -249,6 +266,7 @@ pub(crate) fn spend(state: &mut State, now: u64, user_id: &str, spend: &Spend, o
             crate::passkeys::spend(&mut r, now, *index, *counter);
             state.upstream.spend(*challenge, *drop_at, out);
         }
+        Spend::Device { index, .. } => crate::devices::spend(&mut r, now, *index),
     }
     r.failures = 0;
     r.failures_since = 0;
@@ -309,6 +327,9 @@ pub fn check_proof_fields(p: &Option<FactorProof>) -> Result<(), ApplyError> {
             Err(ApplyError::Invalid("recovery code hash too long".into()))
         }
         Some(Proof::Passkey(p)) => crate::passkeys::check_use(p),
+        Some(Proof::TrustedDeviceSha256(h)) if h.len() != 32 => {
+            Err(ApplyError::Invalid("a device hash must be 32 bytes".into()))
+        }
         _ => Ok(()),
     }
 }
@@ -324,7 +345,16 @@ pub(crate) fn present(
     let s = s.ok_or_else(|| ApplyError::NotFound("no such session".into()))?;
     active_user(state, &c.user_id)?;
     let proof = c.proof.as_ref().ok_or_else(|| ApplyError::Invalid("a factor proof is missing".into()))?;
+    if matches!(proof.proof, Some(Proof::TrustedDeviceSha256(_))) {
+        return Err(ApplyError::Invalid("a trusted browser opens a session; it pays none".into()));
+    }
     let spent = check_proof(state, now, &c.user_id, proof)?;
+    // A trust asked for with the factor: checked before anything is written.
+    crate::devices::check_trust(c)?;
+    if !c.trust_device_sha256.is_empty() {
+        let mut probe = state.factors.get(&c.user_id).cloned().unwrap_or_default();
+        crate::devices::trust(&mut probe, now, c)?;
+    }
     let token = if s.factor_due {
         let token: [u8; 32] = c
             .new_token_sha256
@@ -348,6 +378,11 @@ pub(crate) fn present(
         None
     };
     spend(state, now, &c.user_id, &spent, out);
+    if !c.trust_device_sha256.is_empty() {
+        let mut r = state.factors.get(&c.user_id).cloned().unwrap_or_default();
+        crate::devices::trust(&mut r, now, c)?;
+        state.factors.store(r, out);
+    }
     state.sessions.set_factor(&c.session_id, spent.factor(), now, now, token, out);
     Ok(c.session_id.clone())
 }
@@ -477,10 +512,12 @@ pub(crate) fn remove(state: &mut State, c: &RemoveFactors, out: &mut Vec<Mutatio
             } else {
                 crate::passkeys::remove(state, &mut r, &c.credential_id)?;
             }
-            // Recovery codes stand in for a factor; with none left, they go.
+            // Recovery codes stand in for a factor, and trusted browsers
+            // carry one: with none left, they go.
             if !enrolled(&r) {
                 r.recovery.clear();
             }
+            crate::devices::keep_only_with_a_factor(&mut r);
             state.factors.store(r, out);
         }
         other => return Err(ApplyError::Invalid(format!("no factor kind {}", crate::quote::quote(other)))),
@@ -726,6 +763,7 @@ mod tests {
                 proof: Some(FactorProof { proof: Some(Proof::TotpStep(step)) }),
                 new_token_sha256: token,
                 expires_at: now + 3_600_000,
+                ..Default::default()
             })
         };
         // Without a new token: refused, nothing spent.
@@ -795,6 +833,7 @@ mod tests {
             proof: Some(FactorProof { proof: Some(Proof::TotpStep(step_at(now) + 1)) }),
             new_token_sha256: vec![7; 32],
             expires_at: now + 3_600_000,
+            ..Default::default()
         });
         assert_eq!(state.apply(4, &cmd(now, present), &mut Vec::new()).code, Code::Ok as i32);
         assert_eq!(state.session(&"1".repeat(32)).unwrap().expires_at, NOW + 60_000);

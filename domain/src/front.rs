@@ -74,7 +74,8 @@ pub fn command(mut cmd: Command) -> Option<Command> {
             | Payload::SetMfaPolicy(_)
             | Payload::IssueEnrollTicket(_)
             | Payload::AddPasskey(_)
-            | Payload::RenamePasskey(_),
+            | Payload::RenamePasskey(_)
+            | Payload::ForgetDevices(_),
         )
         | None => {}
     }

@@ -20,6 +20,7 @@
 //! - [`sessions`]: sessions, their indexes, idle and absolute expiry.
 //! - [`links`]: sign-in links mailed to users, bound to a browser, spent once.
 //! - [`factors`]: second factors (TOTP, recovery codes), spent once cluster-wide; sessions that owe one.
+//! - [`devices`]: browsers a person trusted to skip the second step for a while.
 //! - [`passkeys`]: WebAuthn credentials (public keys), their challenges spent once, their counters.
 //! - [`upstream`]: users linked to upstream OIDC identities, mapped roles, spent flows and logout tokens.
 //! - [`roles`]: built-in roles and RBAC.
@@ -36,6 +37,7 @@
 pub mod audit;
 pub mod bounds;
 pub mod codec;
+pub mod devices;
 pub mod factors;
 pub mod front;
 pub mod keys;

@@ -27,7 +27,9 @@ pub fn redacted(mut cmd: Command) -> Command {
         Some(Payload::PresentFactor(c)) => {
             c.new_token_sha256.clear();
             c.proof = None;
+            c.trust_device_sha256.clear();
         }
+        Some(Payload::ForgetDevices(c)) => c.device_sha256.clear(),
         Some(Payload::EnrollTotp(c)) => {
             c.secret = None;
             c.recovery_sha256.clear();

@@ -75,6 +75,7 @@ fn factor_name(name: &str) -> &'static str {
         factors::TOTP => factors::TOTP,
         factors::RECOVERY => factors::RECOVERY,
         factors::PASSKEY => factors::PASSKEY,
+        factors::DEVICE => factors::DEVICE,
         _ => "",
     }
 }
@@ -297,7 +298,7 @@ pub(crate) fn create(
     if let Some(spent) = &spent {
         factors::spend(state, now, &c.user_id, spent, out);
     }
-    let (factor, factor_at) = spent.map(|s| (s.factor().to_string(), now)).unwrap_or_default();
+    let (factor, factor_at) = spent.map(|s| (s.factor().to_string(), s.at(now))).unwrap_or_default();
     let user = state.users.get_mut(&c.user_id).expect("looked up above");
     // A successful login ends the run of failures, the account's and its
     // address's (back-off included).

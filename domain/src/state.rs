@@ -183,6 +183,7 @@ impl State {
             Some(Payload::ResealSecrets(c)) => factors::reseal(self, c, out).map(Outcome::from),
             Some(Payload::AddPasskey(c)) => crate::passkeys::add(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::RenamePasskey(c)) => crate::passkeys::rename(self, c, out).map(Outcome::from),
+            Some(Payload::ForgetDevices(c)) => crate::devices::forget(self, c, out).map(Outcome::from),
             Some(Payload::IssueEnrollTicket(c)) => {
                 factors::issue_ticket(self, cmd.proposed_at, c, out).map(Outcome::from)
             }

@@ -33,7 +33,9 @@ use crate::{codec, State};
 /// - 5: `PresentFactor`, `EnrollTotp`, `SetRecoveryCodes`, `RemoveFactors`,
 ///   `CountFactorAttempt`, `SetMfaPolicy`, `IssueEnrollTicket` (second factors),
 ///   `ResealSecrets` (secrets at rest moved to a new key-encryption key).
-/// - 6: `AddPasskey`, `RenamePasskey`, and a passkey as a factor proof.
+/// - 6: `AddPasskey`, `RenamePasskey`, a passkey as a factor proof;
+///   `ForgetDevices`, a trusted browser as a factor proof and a trust
+///   asked for in `PresentFactor`.
 pub const COMMAND_VERSION: u32 = 6;
 
 /// What a node that reports no version understands (a build from before the gate).
@@ -46,7 +48,7 @@ pub const VERSION_KEY: &[u8] = b"version";
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
-        Payload::AddPasskey(_) | Payload::RenamePasskey(_) => 6,
+        Payload::AddPasskey(_) | Payload::RenamePasskey(_) | Payload::ForgetDevices(_) => 6,
         Payload::PresentFactor(_)
         | Payload::EnrollTotp(_)
         | Payload::SetRecoveryCodes(_)

@@ -455,10 +455,14 @@ async fn through_a_stateless_front_a_voter_checks_every_step() {
     std::fs::write(&kek, hex::encode([9u8; 32])).unwrap();
     let c = common::fronts::cluster_for_fronts(3, &[11], move |c| {
         c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: kek.clone() }];
+        c.mfa.trusted_device_days = 7;
     })
     .await;
     // The version rises once the listed front runs (and understands it).
-    let front = common::fronts::start_front(&c, 11).await;
+    let mut config = common::fronts::front_config(&c, 11);
+    config.mfa.trusted_device_days = 7;
+    let front = gatehouse::FrontNode::start(config).await.expect("the front starts");
+    assert!(front.wait_ready(Duration::from_secs(10)).await);
     let at = common::fronts::front_base(&front);
     let newest = gatehouse_domain::version::COMMAND_VERSION;
     wait_until("the cluster version is raised", Duration::from_secs(20), || async {
@@ -491,9 +495,13 @@ async fn through_a_stateless_front_a_voter_checks_every_step() {
     let code = pyotp(&ann.secret, now_secs() + 30);
     let wrong = post(&at, "/login/factor", &waiting, &csrf, &[("code", "000000"), ("rd", "")]).await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let right = post(&at, "/login/factor", &waiting, &csrf, &[("code", &code), ("rd", "")]).await;
+    let right = post(&at, "/login/factor", &waiting, &csrf, &[("code", &code), ("rd", ""), ("trust", "1")]).await;
     assert_eq!(right.status(), StatusCode::SEE_OTHER);
     let signed_in = set_cookie(right.headers(), SESSION).unwrap();
+    // The front minted the browser's device token; its voter keeps the hash,
+    // and the next password sign-in through the front skips the code.
+    let device = set_cookie(right.headers(), DEVICE).expect("a device cookie from the front");
+    assert_eq!(password_form_on_device(&at, &device).await.headers()[LOCATION], "/account");
     let verify = browser()
         .get(format!("{at}/auth/verify"))
         .header("cookie", format!("{SESSION}={signed_in}"))
@@ -821,5 +829,123 @@ async fn a_rotated_key_encryption_key_takes_over_every_secret_in_the_background(
         (1..=3).all(|n| c.node(n).api().metrics().encode().lines().any(|l| l == "gatehouse_secrets_stale 0"))
     })
     .await;
+    c.shutdown().await;
+}
+
+/// The password form posted with this browser's device cookie too.
+async fn password_form_on_device(base: &str, device: &str) -> reqwest::Response {
+    let page = browser().get(format!("{base}/login")).send().await.unwrap();
+    let csrf = set_cookie(page.headers(), CSRF).unwrap();
+    browser()
+        .post(format!("{base}/login"))
+        .header("cookie", format!("{CSRF}={csrf}; {DEVICE}={device}"))
+        .form(&[("csrf", csrf.as_str()), ("rd", ""), ("username", "ann"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap()
+}
+
+const DEVICE: &str = "__Host-gatehouse_device";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trusted_browser_skips_the_second_step_on_every_node_until_forgotten() {
+    let c = cluster(3, |c| c.mfa.trusted_device_days = 30).await;
+    create_user_with_password(c.node(1), "ann", PASSWORD, &["viewer"]).await;
+    let bases: Vec<String> = (1..=3).map(|n| base(c.node(n))).collect();
+    let ann = enroll(&bases[0], "ann", PASSWORD).await;
+
+    // The second step, asking to trust this browser: a device cookie for
+    // 30 days beside the session.
+    let (resp, csrf) = password_form(&bases[0], "ann", PASSWORD, "").await;
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    let page = get(&bases[0], "/login/factor", &waiting, &csrf).await.text().await.unwrap();
+    assert!(page.contains("Trust this browser for 30 days"), "{page}");
+    let code = pyotp(&ann.secret, now_secs() + 30);
+    let paid = post(&bases[0], "/login/factor", &waiting, &csrf, &[("code", &code), ("trust", "1")]).await;
+    assert_eq!(paid.status(), StatusCode::SEE_OTHER);
+    let device = set_cookie(paid.headers(), DEVICE).expect("a device cookie");
+    let set: Vec<_> = paid.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    let cookie = set.iter().find(|s| s.starts_with(DEVICE)).unwrap();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Max-Age=2592000", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Domain="), "a __Host- cookie names no domain");
+
+    // The password alone now signs in from that browser, on any node: the
+    // session is paid, its factor is the trusted browser.
+    for b in &bases {
+        let resp = password_form_on_device(b, &device).await;
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(resp.headers()[LOCATION], "/account", "{b}: no second step");
+        let session = set_cookie(resp.headers(), SESSION).unwrap();
+        let verify =
+            browser().get(format!("{b}/auth/verify")).header("cookie", format!("{SESSION}={session}")).send().await;
+        let verify = verify.unwrap();
+        assert_eq!(verify.status(), StatusCode::OK);
+        assert_eq!(verify.headers()["x-auth-mfa"], "device");
+    }
+    wait_until("the trusted sign-in is audited", Duration::from_secs(10), || {
+        audited(&c, "login.success", "a trusted browser")
+    })
+    .await;
+
+    // Another browser, a forged token, or a trusted browser's cookie with
+    // someone else's password: the second step is asked for.
+    let forged = format!("gd_{}", "A".repeat(43));
+    for other in [forged.as_str(), "not-a-token", ""] {
+        let resp = password_form_on_device(&bases[1], other).await;
+        assert_eq!(resp.headers()[LOCATION], "/login/factor", "{other:?}");
+    }
+    // A wrong password is a wrong password, trusted browser or not.
+    let page = browser().get(format!("{}/login", bases[2])).send().await.unwrap();
+    let csrf2 = set_cookie(page.headers(), CSRF).unwrap();
+    let wrong = browser()
+        .post(format!("{}/login", bases[2]))
+        .header("cookie", format!("{CSRF}={csrf2}; {DEVICE}={device}"))
+        .form(&[("csrf", csrf2.as_str()), ("rd", ""), ("username", "ann"), ("password", "not-her-password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    // Forgotten from "my account" (on another node): refused everywhere at
+    // once, and this browser's cookie is cleared.
+    let resp = password_form_on_device(&bases[0], &device).await;
+    let session = set_cookie(resp.headers(), SESSION).unwrap();
+    let account = get(&bases[2], "/account", &session, &csrf).await.text().await.unwrap();
+    assert!(account.contains("1 browser skips the second step"), "{account}");
+    let forget = post(&bases[2], "/account/devices/forget", &session, &csrf, &[]).await;
+    assert_eq!(forget.status(), StatusCode::SEE_OTHER);
+    assert!(forget
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with(&format!("{DEVICE}=;"))));
+    for b in &bases {
+        let resp = password_form_on_device(b, &device).await;
+        assert_eq!(resp.headers()[LOCATION], "/login/factor", "{b}: forgotten");
+    }
+    wait_until("the forgetting is audited", Duration::from_secs(10), || audited(&c, "mfa.forget_devices", "")).await;
+
+    // Trusted again, then an admin's reset ends it with the factors.
+    let (resp, csrf) = password_form(&bases[0], "ann", PASSWORD, "").await;
+    let waiting = set_cookie(resp.headers(), SESSION).unwrap();
+    let fields = [("code", ann.recovery[0].as_str()), ("trust", "1")];
+    let paid = post(&bases[0], "/login/factor", &waiting, &csrf, &fields).await;
+    let device = set_cookie(paid.headers(), DEVICE).expect("trusted again");
+    assert_eq!(password_form_on_device(&bases[1], &device).await.headers()[LOCATION], "/account");
+    common::admin_cli(&c.endpoint(1), &c.admin_key, &["user", "reset-factors", "ann", "--yes"]).await.unwrap();
+    wait_until("the reset reached node 2", Duration::from_secs(10), || async {
+        let state = c.node(2).cluster().view().read();
+        let id = state.user_by_name("ann").unwrap().user_id.clone();
+        state.factors_of(&id).is_none()
+    })
+    .await;
+    // No factor left: the password signs in, and no device is named.
+    let resp = password_form_on_device(&bases[1], &device).await;
+    assert_eq!(resp.headers()[LOCATION], "/account");
+    let session = set_cookie(resp.headers(), SESSION).unwrap();
+    let verify = browser().get(format!("{}/auth/verify", bases[1])).header("cookie", format!("{SESSION}={session}"));
+    assert_eq!(verify.send().await.unwrap().headers()["x-auth-mfa"], "none");
     c.shutdown().await;
 }

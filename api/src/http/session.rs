@@ -76,6 +76,7 @@ pub async fn login(
         user_agent,
         second_factor: body.totp,
         factor_later: false,
+        device_token: None,
     };
     let opened = match front.sign_in.login(&front, attempt).await {
         Ok(o) => o,

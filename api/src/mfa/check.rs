@@ -210,7 +210,7 @@ pub async fn present(
     token: &str,
     presented: &Presented,
     ip: IpAddr,
-    _user_agent: &str,
+    trust: Option<&super::devices::Trust>,
 ) -> Result<Opened, ApiError> {
     let node = &front.node;
     node.catch_up(std::time::Duration::from_millis(500)).await;
@@ -226,12 +226,17 @@ pub async fn present(
     let factor = factor_of(&proof);
     let minted = crate::mint::new_session_token();
     let expires_at = now_ms() + front.config.session_ttl.as_millis() as u64;
+    // A trust asked for, for as long as this voter allows (none: none).
+    let trust = trust.zip(front.mfa.config.trusted_device);
     let cmd = node.command(Payload::PresentFactor(PresentFactor {
         session_id: id.session_id.clone(),
         user_id: id.user_id.clone(),
         proof: Some(proof),
         new_token_sha256: minted.token_sha256.to_vec(),
         expires_at,
+        trust_device_sha256: trust.map(|(t, _)| t.sha256.to_vec()).unwrap_or_default(),
+        trust_until: trust.map_or(0, |(_, ttl)| now_ms() + ttl.as_millis() as u64),
+        trust_label: trust.map(|(t, _)| t.label.clone()).unwrap_or_default(),
     }));
     let request_id = cmd.request_id.clone();
     let applied = node.propose(vec![cmd]).await?;
@@ -242,7 +247,7 @@ pub async fn present(
     }
     let mut e = audit::event("login.success", "ok", &actor, format!("session:{}", id.session_id));
     e.request_id = request_id;
-    e.detail = format!("second factor: {factor}");
+    e.detail = format!("second factor: {factor}{}", if trust.is_some() { "; browser trusted" } else { "" });
     node.audit(e);
     Ok(Opened {
         user_id: id.user_id,

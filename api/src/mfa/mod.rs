@@ -11,11 +11,13 @@
 //! - [`recovery`]: one-time recovery codes, stored as SHA-256.
 //! - [`passkey`]: WebAuthn ceremonies (webauthn-rs), their state sealed
 //!   into the page, as a second factor and as a sign-in of their own.
+//! - [`devices`]: trusted browsers (a cookie's token, its hash in the log).
 //! - [`check`]: a code checked against a user's factors (failures
 //!   counted through the log, lockout, audit), a waiting session paid,
 //!   enrollment and removal from "my account".
 
 pub mod check;
+pub mod devices;
 pub mod passkey;
 pub mod recovery;
 pub mod totp;
@@ -36,6 +38,9 @@ pub struct MfaConfig {
     pub lockout: Duration,
     /// The relying party passkeys are for (`[mfa.passkeys]`; `None`: off).
     pub passkeys: Option<Arc<passkey::Passkeys>>,
+    /// How long a browser may be trusted to skip the second step
+    /// (`trusted_device_days`; `None`: never).
+    pub trusted_device: Option<Duration>,
 }
 
 impl Default for MfaConfig {
@@ -46,6 +51,7 @@ impl Default for MfaConfig {
             failure_window: Duration::from_secs(300),
             lockout: Duration::from_secs(900),
             passkeys: None,
+            trusted_device: None,
         }
     }
 }

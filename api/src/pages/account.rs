@@ -84,6 +84,8 @@ struct AccountPage<'a> {
     /// How many passkeys the person holds, and whether one can be added here.
     passkeys: usize,
     passkeys_offered: bool,
+    /// Browsers the person trusts to skip the second step.
+    trusted_browsers: usize,
 }
 
 #[derive(Template)]
@@ -156,6 +158,7 @@ pub async fn page(
         Some("key_revoked") => Some("The key is revoked."),
         Some("password") => Some("Your password is changed. Every other session of yours is signed out."),
         Some("totp_off") => Some("The authenticator app is turned off."),
+        Some("devices_forgotten") => Some("No browser skips the second step any more."),
         Some("totp_on") => {
             Some("Your authenticator app is on, beside your passkeys; your recovery codes stay as they were.")
         }
@@ -242,6 +245,7 @@ pub(super) fn render(
         totp_offered: front.mfa.sealer().is_some() || matches!(front.sign_in, crate::sign_in::SignIn::Voters(_)),
         passkeys: crate::mfa::passkey::list(&front.node, &p.user_id).len(),
         passkeys_offered: crate::sign_in::passkeys::offered(front),
+        trusted_browsers: crate::mfa::devices::trusted(front, &p.user_id),
     };
     html(pages, status, page.render(), &n, set_cookie)
 }

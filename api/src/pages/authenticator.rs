@@ -9,6 +9,7 @@
 //! | `POST /account/totp` (`sealed`, `code`, `password`) | turns it on; the recovery codes |
 //! | `POST /account/totp/remove` (`code`, `password`) | turns it off, with its recovery codes |
 //! | `POST /account/recovery` (`code`, `password`) | new recovery codes replace the old |
+//! | `POST /account/devices/forget` | no trusted browser skips the second step any more |
 //!
 //! The secret offered by `GET` is not written anywhere: it travels in the
 //! form sealed under the voters' key-encryption key, bound to this user and
@@ -269,6 +270,39 @@ pub async fn recovery_codes(
                     unavailable(&front, "New recovery codes could not be made right now.")
                 }
             }
+        }
+    }
+}
+
+/// `POST /account/devices/forget` (`csrf`): no browser of the person's
+/// skips the second step any more (this one's cookie is cleared too).
+#[tracing::instrument(level = "info", name = "page.devices_forget", skip_all, fields(outcome))]
+pub async fn forget_devices(
+    State(front): State<Front>,
+    Extension(client): Extension<ClientIp>,
+    limits: Limits,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let expected = [("csrf", 64)];
+    let (_, p, token) = match posted(&front, client.0, limits.as_deref(), &uri, &headers, &body, &expected).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    match front.sign_in.forget_devices(&front, &p, &token, client.0).await {
+        Ok(()) => {
+            tracing::Span::current().record("outcome", "ok");
+            let mut resp = see_other("/account?done=devices_forgotten");
+            let gone = crate::mfa::devices::cookie(&front, "", 0);
+            resp.headers_mut().append(axum::http::header::SET_COOKIE, gone);
+            resp
+        }
+        Err(ApiError::NotFound(_)) => see_other("/account"),
+        Err(e) => {
+            tracing::Span::current().record("outcome", "refused");
+            tracing::warn!(error = %e, "forgetting trusted browsers failed");
+            unavailable(&front, "Trusted browsers cannot be forgotten right now.")
         }
     }
 }

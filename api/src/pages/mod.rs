@@ -9,7 +9,7 @@
 //! | `GET /login/sso/{id}`, `GET /login/sso/{id}/callback`, `POST /login/sso/{id}/backchannel-logout` | [`sso`] |
 //! | `GET /login/factor`, `POST /login/factor`, `POST /login/factor/enroll` (the second step) | [`second_factor`] |
 //! | `GET /account`, `POST /account/sessions/{id}/revoke`, `POST /account/keys`, `POST /account/keys/{id}/revoke`, `POST /account/password` | [`account`] |
-//! | `GET /account/totp`, `POST /account/totp`, `POST /account/totp/remove`, `POST /account/recovery` | [`authenticator`] |
+//! | `GET /account/totp`, `POST /account/totp`, `POST /account/totp/remove`, `POST /account/recovery`, `POST /account/devices/forget` | [`authenticator`] |
 //! | `GET /account/passkeys`, `POST /account/passkeys`, `POST /account/passkeys/rename`, `POST /account/passkeys/remove` | [`passkeys`] |
 //! | `GET /assets/logo` | the configured logo |
 //!
@@ -44,7 +44,8 @@ pub use return_to::ReturnDomains;
 use crate::http::front::Front;
 
 /// The page routes, as metric labels.
-pub const ROUTES: [&str; 22] = [
+pub const ROUTES: [&str; 23] = [
+    "/account/devices/forget",
     "/login",
     "/login/passkey",
     "/account/passkeys",
@@ -90,6 +91,7 @@ pub fn routes(router: Router<Front>) -> Router<Front> {
         .route("/account/totp", get(authenticator::page).post(authenticator::enroll))
         .route("/account/totp/remove", post(authenticator::remove))
         .route("/account/recovery", post(authenticator::recovery_codes))
+        .route("/account/devices/forget", post(authenticator::forget_devices))
         .route("/account/passkeys", get(passkeys::page).post(passkeys::add))
         .route("/account/passkeys/rename", post(passkeys::rename))
         .route("/account/passkeys/remove", post(passkeys::remove))

@@ -40,6 +40,8 @@ struct FactorPage<'a> {
     error: Option<&'a str>,
     /// A passkey ceremony, when the person has passkeys and this node runs them.
     passkey: Option<crate::mfa::passkey::Offer>,
+    /// "Trust this browser for N days", on the sign-in's second step.
+    trust_days: Option<u64>,
 }
 
 #[derive(Template)]
@@ -124,8 +126,19 @@ async fn render(
     let ceremony = Ceremony::Factor { token: who.token, user_id: who.user_id, session_id: who.session_id };
     let passkey = front.sign_in.offer_passkey(front, ceremony).await;
     let scripted = passkey.is_some();
-    let page =
-        FactorPage { brand: pages.brand.view(), nonce: &n, csrf: &token, rd, username: who.username, error, passkey };
+    // Trust is offered on a sign-in's second step, not on a step-up.
+    let waiting = sessions::verify_due(&front.node.view().read(), who.token, now_ms()).is_ok();
+    let trust_days = front.mfa.config.trusted_device.filter(|_| waiting).map(|d| d.as_secs() / 86_400);
+    let page = FactorPage {
+        brand: pages.brand.view(),
+        nonce: &n,
+        csrf: &token,
+        rd,
+        username: who.username,
+        error,
+        passkey,
+        trust_days,
+    };
     if scripted {
         html_with_script(pages, status, page.render(), &n, set_cookie)
     } else {
@@ -159,7 +172,8 @@ fn wrong(presented: &Presented) -> &'static str {
 }
 
 /// The fields of the second step's forms.
-const FIELDS: [(&str, usize); 5] = [
+const FIELDS: [(&str, usize); 6] = [
+    ("trust", 1),
     ("csrf", 64),
     ("rd", super::return_to::MAX_LEN),
     ("code", crate::mfa::check::MAX_CODE),
@@ -405,13 +419,21 @@ pub async fn submit(
         return again(StatusCode::BAD_REQUEST, "Enter the code.").await;
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match front.sign_in.present_factor(&front, &token, &presented, client.0, user_agent).await {
+    // "Trust this browser": a device token for its cookie, its hash sent
+    // with the factor (where trust is on).
+    let ttl = front.mfa.config.trusted_device.filter(|_| f["trust"] == "1");
+    let device = ttl.map(|_| crate::mfa::devices::mint(user_agent));
+    let trust = device.as_ref().map(|(_, t)| t);
+    match front.sign_in.present_factor(&front, &token, &presented, client.0, trust).await {
         Ok(opened) => {
             tracing::Span::current().record("outcome", "ok");
             let max_age = opened.expires_at.saturating_sub(now_ms()).div_ceil(1000);
             let mut resp = see_other(if rd.is_empty() { "/account" } else { &rd });
-            resp.headers_mut()
-                .append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+            let h = resp.headers_mut();
+            h.append(header::SET_COOKIE, crate::http::session::session_cookie(&front, &opened.token, max_age));
+            if let (Some((device, _)), Some(ttl)) = (&device, ttl) {
+                h.append(header::SET_COOKIE, crate::mfa::devices::cookie(&front, device, ttl.as_secs()));
+            }
             resp
         }
         Err(ApiError::InvalidSecondFactor) => again(StatusCode::UNAUTHORIZED, wrong(&presented)).await,

@@ -343,6 +343,7 @@ pub async fn submit(
         user_agent,
         second_factor: None,
         factor_later: true,
+        device_token: crate::mfa::devices::token(&front, &headers),
     };
     let (fr, hd, rdr) = (&front, &headers, &rd);
     let refused = move |status, why: &'static str| {

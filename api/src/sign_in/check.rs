@@ -30,6 +30,9 @@ pub struct Attempt {
     /// Without a second factor, a user who has one gets a session that
     /// waits for it (the pages ask for it next) instead of a refusal.
     pub factor_later: bool,
+    /// The browser's trusted-device token (its cookie), standing in for
+    /// the second factor while the trust lasts.
+    pub device_token: Option<String>,
 }
 
 impl std::fmt::Debug for Attempt {
@@ -75,6 +78,7 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
     let ip = attempt.client_ip.to_string();
     let user_agent = attempt.user_agent.clone();
     let (second, later) = (attempt.second_factor.clone(), attempt.factor_later);
+    let device = attempt.device_token.clone();
     let user = verify(node, passwords, config, attempt).await?;
     let (mut create, pending) = session_for(config, &user, &ip, &user_agent);
     let who = Actor {
@@ -87,6 +91,8 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
         let state = node.view().read();
         (state.has_factor(&user.user_id), state.factor_required(&user.user_id))
     };
+    // A browser the person trusted: the trust stands in for the factor.
+    let trusted = device.as_deref().and_then(|t| crate::mfa::devices::proof(front, &user.user_id, t));
     match (&second, has_factor) {
         (Some(code), true) => {
             if code.len() > crate::mfa::check::MAX_CODE {
@@ -94,13 +100,15 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
             }
             create.factor = Some(crate::mfa::check::proof(front, &user.user_id, code, &who).await?);
         }
+        (None, true) if trusted.is_some() => create.factor = trusted.clone(),
         (None, true) if !later => return Err(ApiError::SecondFactorRequired),
         // A role requires a factor this user has not enrolled: only the
         // pages can enroll it (with an admin's ticket).
         (_, false) if required && !later => return Err(ApiError::SecondFactorRequired),
         _ => {}
     }
-    let factor = create.factor.as_ref().map(|_| "second factor given");
+    let by_device = create.factor.is_some() && create.factor == trusted;
+    let factor = create.factor.as_ref().map(|_| if by_device { "a trusted browser" } else { "second factor given" });
     let cmd = node.command(Payload::CreateSession(create));
     let request_id = cmd.request_id.clone();
     let applied = node.propose(vec![cmd]).await?;

@@ -70,6 +70,7 @@ impl VoterSignIn {
             user_agent: attempt.user_agent,
             second_factor: attempt.second_factor.unwrap_or_default(),
             factor_later: attempt.factor_later,
+            device_token: attempt.device_token.unwrap_or_default(),
         };
         let r = self
             .on_a_voter(|mut c, left| {
@@ -87,7 +88,7 @@ impl VoterSignIn {
         token: &str,
         presented: &crate::mfa::check::Presented,
         ip: IpAddr,
-        user_agent: &str,
+        trust: Option<&crate::mfa::devices::Trust>,
     ) -> Result<Opened, ApiError> {
         let mut own = pb::OwnFactorRequest::default();
         presented.write_to(&mut own);
@@ -95,9 +96,11 @@ impl VoterSignIn {
             token: token.to_string(),
             code: own.code,
             client_ip: ip.to_string(),
-            user_agent: user_agent.to_string(),
+            user_agent: String::new(),
             passkey_ceremony: own.passkey_ceremony,
             passkey_response: own.passkey_response,
+            trust_device_sha256: trust.map(|t| t.sha256.to_vec()).unwrap_or_default(),
+            trust_label: trust.map(|t| t.label.clone()).unwrap_or_default(),
         };
         let r = self
             .on_a_voter(|mut c, left| {
@@ -182,6 +185,12 @@ impl VoterSignIn {
     /// Renames one of the caller's passkeys: the log index.
     pub async fn rename_passkey(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
         let r = self.own_factor(request, |mut c, req| async move { c.rename_own_passkey(req).await }).await?;
+        Ok(r.log_index)
+    }
+
+    /// Forgets every browser the caller trusted: the log index.
+    pub async fn forget_devices(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
+        let r = self.own_factor(request, |mut c, req| async move { c.forget_own_devices(req).await }).await?;
         Ok(r.log_index)
     }
 

@@ -71,12 +71,12 @@ impl SignIn {
         token: &str,
         presented: &Presented,
         ip: IpAddr,
-        user_agent: &str,
+        trust: Option<&crate::mfa::devices::Trust>,
     ) -> Result<Opened, ApiError> {
         match self {
-            SignIn::Here(_) => crate::mfa::check::present(front, token, presented, ip, user_agent).await,
+            SignIn::Here(_) => crate::mfa::check::present(front, token, presented, ip, trust).await,
             SignIn::Voters(voters) => {
-                let opened = voters.present_factor(token, presented, ip, user_agent).await?;
+                let opened = voters.present_factor(token, presented, ip, trust).await?;
                 front.node.wait_applied(opened.log_index).await;
                 Ok(opened)
             }
@@ -274,6 +274,25 @@ impl SignIn {
                 presented.write_to(&mut request);
                 voters.step_up(request).await?
             }
+        };
+        front.node.wait_applied(index).await;
+        Ok(())
+    }
+
+    /// Forgets every browser `p` trusted to skip the second step.
+    pub async fn forget_devices(
+        &self,
+        front: &Front,
+        p: &Principal,
+        credential: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let index = match self {
+            SignIn::Here(_) => {
+                let actor = crate::audit::Actor::of(p, ip.to_string());
+                crate::mfa::devices::forget_all(front, p, &actor).await?
+            }
+            SignIn::Voters(voters) => voters.forget_devices(own_factor(credential, ip, "", String::new(), "")).await?,
         };
         front.node.wait_applied(index).await;
         Ok(())

@@ -107,6 +107,7 @@ async fn confirm_password(front: &Front, p: &Principal, password: String, ip: Ip
         user_agent: String::new(),
         second_factor: None,
         factor_later: false,
+        device_token: None,
     };
     match check::verify(&front.node, &front.passwords, &front.config, attempt).await {
         Ok(user) if user.user_id == p.user_id => Ok(()),

@@ -112,6 +112,7 @@ impl SignInService for SignIns {
             user_agent: r.user_agent,
             second_factor: (!r.second_factor.is_empty()).then_some(r.second_factor),
             factor_later: r.factor_later,
+            device_token: (!r.device_token.is_empty()).then_some(r.device_token),
         };
         let node = &self.front.node;
         if !node.ensure_fresh().await {
@@ -380,12 +381,16 @@ impl SignInService for SignIns {
             return Err(ApiError::InvalidArgument("token or code too long".into()).into());
         }
         let presented = Presented::of(r.code, r.passkey_ceremony, r.passkey_response);
+        // The front minted the device token; the hash is all it sends.
+        let trust = <[u8; 32]>::try_from(r.trust_device_sha256.as_slice())
+            .ok()
+            .map(|sha256| crate::mfa::devices::Trust { sha256, label: r.trust_label.chars().take(64).collect() });
         if !self.front.node.ensure_fresh().await {
             return Err(ApiError::Stale.into());
         }
         let limits = &self.front.limits;
         limits.login_attempt(ip).await?;
-        let opened = crate::mfa::check::present(&self.front, &r.token, &presented, ip, &r.user_agent).await;
+        let opened = crate::mfa::check::present(&self.front, &r.token, &presented, ip, trust.as_ref()).await;
         tracing::Span::current().record("outcome", if opened.is_ok() { "ok" } else { "denied" });
         if matches!(opened, Err(ApiError::InvalidSecondFactor)) {
             limits.login_refused(ip).await?;
@@ -529,6 +534,18 @@ impl SignInService for SignIns {
         let ip = client_ip(&r.client_ip)?;
         let p = self.caller(&r.credential).await?;
         let log_index = passkey::remove_own(&self.front, &p, &r.passkey_id, r.password, &r.code, ip).await?;
+        Ok(Response::new(pb::LogoutResponse { log_index }))
+    }
+
+    async fn forget_own_devices(
+        &self,
+        req: Request<pb::OwnFactorRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let ip = client_ip(&r.client_ip)?;
+        let p = self.caller(&r.credential).await?;
+        let actor = crate::audit::Actor::of(&p, ip.to_string());
+        let log_index = crate::mfa::devices::forget_all(&self.front, &p, &actor).await?;
         Ok(Response::new(pb::LogoutResponse { log_index }))
     }
 }

@@ -22,6 +22,9 @@ pub struct MfaSettings {
     pub lockout_secs: u64,
     /// Passkeys (off without this section).
     pub passkeys: Option<PasskeySettings>,
+    /// Days a person may trust a browser to skip the second step (0: off,
+    /// at most 90).
+    pub trusted_device_days: u32,
 }
 
 /// `[mfa.passkeys]`.
@@ -38,7 +41,14 @@ pub struct PasskeySettings {
 
 impl Default for MfaSettings {
     fn default() -> Self {
-        MfaSettings { issuer: None, max_failures: 5, failure_window_secs: 300, lockout_secs: 900, passkeys: None }
+        MfaSettings {
+            issuer: None,
+            max_failures: 5,
+            failure_window_secs: 300,
+            lockout_secs: 900,
+            passkeys: None,
+            trusted_device_days: 0,
+        }
     }
 }
 
@@ -63,7 +73,12 @@ impl MfaSettings {
             )),
             None => None,
         };
+        if self.trusted_device_days > 90 {
+            return bad("mfa.trusted_device_days must be 0 (off) to 90");
+        }
+        let days = u64::from(self.trusted_device_days);
         Ok(gatehouse_api::mfa::MfaConfig {
+            trusted_device: (days > 0).then(|| std::time::Duration::from_secs(days * 86_400)),
             passkeys,
             issuer,
             max_failures: self.max_failures,
@@ -92,6 +107,7 @@ mod tests {
             MfaSettings { failure_window_secs: 100_000, ..Default::default() },
             MfaSettings { issuer: Some("a:b".into()), ..Default::default() },
             MfaSettings { issuer: Some(" ".into()), ..Default::default() },
+            MfaSettings { trusted_device_days: 91, ..Default::default() },
             MfaSettings {
                 passkeys: Some(PasskeySettings {
                     rp_id: "example.com".into(),
