@@ -27,6 +27,9 @@ pub const MAX_TRUST_MS: u64 = 90 * 24 * 3_600_000;
 /// The longest label (a shortened user agent).
 pub const MAX_LABEL: usize = 128;
 
+/// The command version that brought trusts (a node must apply them all).
+pub const VERSION: u32 = 6;
+
 /// The refusal of a device token that is not a live trust of this person.
 pub const NOT_TRUSTED: &str = "this browser is not trusted for this user";
 
@@ -72,9 +75,11 @@ pub(crate) fn trust(r: &mut FactorsRecord, now: u64, c: &PresentFactor) -> Resul
     if c.trust_device_sha256.is_empty() {
         return Ok(());
     }
-    if c.trust_until <= now || c.trust_until - now > MAX_TRUST_MS {
-        return Err(ApplyError::Invalid("a trust lasts at most 90 days".into()));
+    if c.trust_until <= now {
+        return Err(ApplyError::Invalid("a trust must end in the future".into()));
     }
+    // Clamped, not refused: the proposer's clock may run ahead of log time.
+    let expires_at = c.trust_until.min(now + MAX_TRUST_MS);
     r.devices.retain(|d| d.expires_at > now && d.sha256 != c.trust_device_sha256);
     if r.devices.len() >= MAX_DEVICES {
         r.devices.sort_by_key(|d| d.created_at);
@@ -84,7 +89,7 @@ pub(crate) fn trust(r: &mut FactorsRecord, now: u64, c: &PresentFactor) -> Resul
         sha256: c.trust_device_sha256.clone(),
         label: c.trust_label.chars().filter(|c| !c.is_control()).collect(),
         created_at: now,
-        expires_at: c.trust_until,
+        expires_at,
         last_used_at: 0,
     });
     Ok(())
@@ -104,7 +109,25 @@ pub(crate) fn forget(state: &mut State, c: &ForgetDevices, out: &mut Vec<Mutatio
         return Err(ApplyError::NotFound("no such trusted browser".into()));
     }
     state.factors.store(r, out);
+    // Forgetting every browser ends the sessions trusts opened, too.
+    if c.device_sha256.is_empty() {
+        let opened: Vec<String> =
+            state.sessions.of_user(&c.user_id).filter(|s| s.factor == DEVICE).map(|s| s.session_id).collect();
+        for id in opened {
+            if let Some(id) = crate::sessions::id128(&id) {
+                state.sessions.remove(id, out);
+            }
+        }
+    }
     Ok(c.user_id.clone())
+}
+
+/// Ends every trust of `user_id` (a password change, a disabled account).
+pub(crate) fn forget_user(state: &mut State, user_id: &str, out: &mut Vec<Mutation>) {
+    if let Some(mut r) = state.factors.get(user_id).filter(|r| !r.devices.is_empty()).cloned() {
+        r.devices.clear();
+        state.factors.store(r, out);
+    }
 }
 
 /// Live trusts in `r` at `now`.
@@ -207,6 +230,19 @@ mod tests {
             state.apply(8, &cmd(NOW, session('2', device())), &mut Vec::new()).code,
             Code::FailedPrecondition as i32
         );
+        // Forgetting every browser ends the sessions they opened.
+        let mut state = trusted_state(7);
+        assert_eq!(state.apply(6, &cmd(NOW, session('2', device())), &mut Vec::new()).code, Code::Ok as i32);
+        assert_eq!(state.apply(7, &cmd(NOW, forget(Vec::new())), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(state.session(&"2".repeat(32)).is_none());
+        // A password change ends them as well.
+        let mut state = trusted_state(7);
+        let set = gatehouse_proto::events::SetPassword {
+            user_id: ANN.into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        };
+        assert_eq!(state.apply(6, &cmd(NOW, Payload::SetPassword(set)), &mut Vec::new()).code, Code::Ok as i32);
+        assert!(state.factors.get(ANN).unwrap().devices.is_empty());
         // Trusted again; removing the app (the last factor) ends it.
         let mut state = trusted_state(7);
         let remove = RemoveFactors { user_id: ANN.into(), kind: factors::TOTP.into(), ..Default::default() };
@@ -223,7 +259,9 @@ mod tests {
             trust_label: "x\ny".into(),
             ..Default::default()
         };
-        assert!(trust(&mut r, NOW, &ask(1, NOW + MAX_TRUST_MS + 1)).is_err());
+        // Past the longest trust: clamped (a clock ahead of log time).
+        trust(&mut r, NOW, &ask(1, NOW + MAX_TRUST_MS + 5)).unwrap();
+        assert_eq!(r.devices[0].expires_at, NOW + MAX_TRUST_MS);
         assert!(trust(&mut r, NOW, &ask(1, NOW)).is_err());
         for d in 0..12u8 {
             trust(&mut r, NOW + d as u64, &ask(d, NOW + DAY)).unwrap();

@@ -349,8 +349,12 @@ pub(crate) fn present(
         return Err(ApplyError::Invalid("a trusted browser opens a session; it pays none".into()));
     }
     let spent = check_proof(state, now, &c.user_id, proof)?;
-    // A trust asked for with the factor: checked before anything is written.
+    // A trust asked for with the factor (only at a sign-in's second step):
+    // checked before anything is written.
     crate::devices::check_trust(c)?;
+    if !c.trust_device_sha256.is_empty() && !s.factor_due {
+        return Err(ApplyError::Invalid("a browser is trusted at a sign-in's second step only".into()));
+    }
     if !c.trust_device_sha256.is_empty() {
         let mut probe = state.factors.get(&c.user_id).cloned().unwrap_or_default();
         crate::devices::trust(&mut probe, now, c)?;

@@ -201,6 +201,8 @@ pub(crate) fn update_user(
     // a link mailed to an address the user no longer has is void.
     if status == Some(UserStatus::Disabled) {
         state.sessions.remove_user(&c.user_id, out);
+        // ... and its trusted browsers: re-enabled, it signs in afresh.
+        crate::devices::forget_user(state, &c.user_id, out);
     }
     if status == Some(UserStatus::Disabled) || (c.set_email && !c.email.eq_ignore_ascii_case(&before.email)) {
         state.links.remove_user(&c.user_id, out);
@@ -288,10 +290,12 @@ pub(crate) fn set_password(
     user.locked_until = 0;
     user.sources.clear();
     out.push(put(Table::Users, &user.user_id, user));
-    // A password change ends every session of the user, and its unspent
-    // sign-in links.
+    // A password change ends every session of the user, its unspent
+    // sign-in links and its trusted browsers (it often follows a
+    // suspected compromise: a planted trust must not outlive it).
     state.sessions.remove_user(&c.user_id, out);
     state.links.remove_user(&c.user_id, out);
+    crate::devices::forget_user(state, &c.user_id, out);
     Ok(c.user_id.clone())
 }
 

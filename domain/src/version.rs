@@ -44,11 +44,21 @@ pub const BASE_VERSION: u32 = 1;
 /// The key of the one record in [`Table::Cluster`].
 pub const VERSION_KEY: &[u8] = b"version";
 
+/// Whether a proof is of a kind version 6 added (a passkey, a trusted browser).
+fn newer_proof(p: &Option<gatehouse_proto::events::FactorProof>) -> bool {
+    use gatehouse_proto::events::factor_proof::Proof;
+    matches!(p.as_ref().and_then(|p| p.proof.as_ref()), Some(Proof::Passkey(_) | Proof::TrustedDeviceSha256(_)))
+}
+
 /// The command version `payload` first appeared in. Exhaustive on purpose:
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
         Payload::AddPasskey(_) | Payload::RenamePasskey(_) | Payload::ForgetDevices(_) => 6,
+        // Older kinds carrying what version 6 added: a node that does not
+        // know it would apply them differently.
+        Payload::PresentFactor(c) if !c.trust_device_sha256.is_empty() => crate::devices::VERSION,
+        Payload::CreateSession(c) if newer_proof(&c.factor) => crate::devices::VERSION,
         Payload::PresentFactor(_)
         | Payload::EnrollTotp(_)
         | Payload::SetRecoveryCodes(_)

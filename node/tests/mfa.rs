@@ -927,14 +927,37 @@ async fn a_trusted_browser_skips_the_second_step_on_every_node_until_forgotten()
     }
     wait_until("the forgetting is audited", Duration::from_secs(10), || audited(&c, "mfa.forget_devices", "")).await;
 
-    // Trusted again, then an admin's reset ends it with the factors.
+    // Trusted again. The JSON login ignores the cookie; a role that comes
+    // to require a second factor asks for it at every sign-in, trust or not.
     let (resp, csrf) = password_form(&bases[0], "ann", PASSWORD, "").await;
     let waiting = set_cookie(resp.headers(), SESSION).unwrap();
     let fields = [("code", ann.recovery[0].as_str()), ("trust", "1")];
     let paid = post(&bases[0], "/login/factor", &waiting, &csrf, &fields).await;
     let device = set_cookie(paid.headers(), DEVICE).expect("trusted again");
     assert_eq!(password_form_on_device(&bases[1], &device).await.headers()[LOCATION], "/account");
-    common::admin_cli(&c.endpoint(1), &c.admin_key, &["user", "reset-factors", "ann", "--yes"]).await.unwrap();
+    let json = browser()
+        .post(format!("{}/api/v1/login", bases[1]))
+        .header("x-requested-with", "test")
+        .header("cookie", format!("{DEVICE}={device}"))
+        .json(&serde_json::json!({ "username": "ann", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(json).await, (StatusCode::UNAUTHORIZED, "second_factor_required".to_string()));
+    let (endpoint, admin_key) = (c.endpoint(1), c.admin_key.clone());
+    let admin = |args: &'static [&'static str]| common::admin_cli(&endpoint, &admin_key, args);
+    admin(&["role", "mfa", "--require", "viewer"]).await.unwrap();
+    let required = || async {
+        let state = c.node(2).cluster().view().read();
+        state.factor_required(&state.user_by_name("ann").unwrap().user_id)
+    };
+    wait_until("the policy reached node 2", Duration::from_secs(10), required).await;
+    assert_eq!(password_form_on_device(&bases[1], &device).await.headers()[LOCATION], "/login/factor");
+    admin(&["role", "mfa", "--none"]).await.unwrap();
+    wait_until("the policy is lifted on node 2", Duration::from_secs(10), || async { !required().await }).await;
+    assert_eq!(password_form_on_device(&bases[1], &device).await.headers()[LOCATION], "/account");
+    // An admin's reset ends it with the factors.
+    admin(&["user", "reset-factors", "ann", "--yes"]).await.unwrap();
     wait_until("the reset reached node 2", Duration::from_secs(10), || async {
         let state = c.node(2).cluster().view().read();
         let id = state.user_by_name("ann").unwrap().user_id.clone();

@@ -227,7 +227,7 @@ pub async fn present(
     let minted = crate::mint::new_session_token();
     let expires_at = now_ms() + front.config.session_ttl.as_millis() as u64;
     // A trust asked for, for as long as this voter allows (none: none).
-    let trust = trust.zip(front.mfa.config.trusted_device);
+    let trust = trust.filter(|_| super::devices::offered(front, &id.user_id)).zip(front.mfa.config.trusted_device);
     let cmd = node.command(Payload::PresentFactor(PresentFactor {
         session_id: id.session_id.clone(),
         user_id: id.user_id.clone(),

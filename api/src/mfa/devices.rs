@@ -48,11 +48,24 @@ pub fn cookie_name(secure: bool) -> &'static str {
 /// (`user_agent` labels it).
 pub fn mint(user_agent: &str) -> (String, Trust) {
     let t = crate::mint::new_token(TOKEN_PREFIX);
-    let label = user_agent.chars().filter(|c| !c.is_control()).take(gatehouse_domain::devices::MAX_LABEL / 4).collect();
+    let label = label(user_agent);
     (t.token, Trust { sha256: t.token_sha256, label })
 }
 
-/// The cookie that keeps `token` for `days`.
+/// A label for a trusted browser: its user agent without control
+/// characters, within the log's bound in bytes.
+pub fn label(user_agent: &str) -> String {
+    let mut out = String::new();
+    for c in user_agent.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > gatehouse_domain::devices::MAX_LABEL {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The cookie that keeps `token` for `max_age_secs`.
 pub fn cookie(front: &Front, token: &str, max_age_secs: u64) -> HeaderValue {
     let secure = front.config.secure_cookies;
     let flags = if secure { "; Secure" } else { "" };
@@ -67,13 +80,33 @@ pub fn token(front: &Front, headers: &HeaderMap) -> Option<String> {
     (t.len() <= MAX_TOKEN && t.starts_with(TOKEN_PREFIX)).then_some(t)
 }
 
+/// Whether `user_id` may have a browser trusted here: trust is on, and
+/// their role does not require a second factor (such a role asks for one
+/// at every sign-in), and every node applies trusts (command version 6).
+pub fn offered(front: &Front, user_id: &str) -> bool {
+    let state = front.node.view().read();
+    front.mfa.config.trusted_device.is_some()
+        && !state.factor_required(user_id)
+        && state.cluster_version() >= gatehouse_domain::devices::VERSION
+}
+
 /// The proof a device token gives for `user_id`, when it is a live trust
-/// of theirs (checked again at apply).
+/// of theirs under this node's settings (turned off, or shortened, trusts
+/// given before count for no longer than the setting says). Checked again
+/// at apply.
 pub fn proof(front: &Front, user_id: &str, token: &str) -> Option<FactorProof> {
+    let ttl = front.mfa.config.trusted_device?.as_millis() as u64;
+    if !offered(front, user_id) {
+        return None;
+    }
     let h = gatehouse_domain::sessions::token_hash(token);
     let state = front.node.view().read();
     let now = now_ms();
-    let live = state.factors_of(user_id)?.devices.iter().any(|d| d.sha256 == h && d.expires_at > now);
+    let live = state
+        .factors_of(user_id)?
+        .devices
+        .iter()
+        .any(|d| d.sha256 == h && d.expires_at > now && d.created_at.saturating_add(ttl) > now);
     live.then(|| FactorProof { proof: Some(Proof::TrustedDeviceSha256(h.to_vec())) })
 }
 
@@ -103,6 +136,9 @@ mod tests {
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() <= MAX_TOKEN);
         assert_eq!(ta.sha256, gatehouse_domain::sessions::token_hash(&a));
         assert_eq!(ta.label, "Mozilla/5.0(X11)");
+        // Bounded in bytes, whole characters only.
+        let long = label(&"é".repeat(200));
+        assert!(long.len() <= gatehouse_domain::devices::MAX_LABEL && long.chars().all(|c| c == 'é'));
         assert!(!format!("{ta:?}").contains(&hex::encode(ta.sha256)));
     }
 }

@@ -298,7 +298,12 @@ pub async fn forget_devices(
             resp.headers_mut().append(axum::http::header::SET_COOKIE, gone);
             resp
         }
-        Err(ApiError::NotFound(_)) => see_other("/account"),
+        Err(ApiError::NotFound(_)) => {
+            let mut resp = see_other("/account");
+            let gone = crate::mfa::devices::cookie(&front, "", 0);
+            resp.headers_mut().append(axum::http::header::SET_COOKIE, gone);
+            resp
+        }
         Err(e) => {
             tracing::Span::current().record("outcome", "refused");
             tracing::warn!(error = %e, "forgetting trusted browsers failed");

@@ -128,7 +128,12 @@ async fn render(
     let scripted = passkey.is_some();
     // Trust is offered on a sign-in's second step, not on a step-up.
     let waiting = sessions::verify_due(&front.node.view().read(), who.token, now_ms()).is_ok();
-    let trust_days = front.mfa.config.trusted_device.filter(|_| waiting).map(|d| d.as_secs() / 86_400);
+    let trust_days = front
+        .mfa
+        .config
+        .trusted_device
+        .filter(|_| waiting && crate::mfa::devices::offered(front, who.user_id))
+        .map(|d| d.as_secs() / 86_400);
     let page = FactorPage {
         brand: pages.brand.view(),
         nonce: &n,

@@ -108,10 +108,22 @@ pub async fn login(front: &Front, attempt: Attempt) -> Result<Opened, ApiError> 
         _ => {}
     }
     let by_device = create.factor.is_some() && create.factor == trusted;
-    let factor = create.factor.as_ref().map(|_| if by_device { "a trusted browser" } else { "second factor given" });
+    let mut factor =
+        create.factor.as_ref().map(|_| if by_device { "a trusted browser" } else { "second factor given" });
+    // Forgotten a moment ago on another node: the session waits instead.
+    let untrusted = by_device.then(|| CreateSession { factor: None, ..create.clone() });
     let cmd = node.command(Payload::CreateSession(create));
-    let request_id = cmd.request_id.clone();
-    let applied = node.propose(vec![cmd]).await?;
+    let mut request_id = cmd.request_id.clone();
+    let mut applied = node.propose(vec![cmd]).await?;
+    let forgotten = |a: &gatehouse_cluster::propose::Applied| {
+        a.results.iter().any(|r| r.message == gatehouse_domain::devices::NOT_TRUSTED)
+    };
+    if let Some(untrusted) = untrusted.filter(|_| forgotten(&applied)) {
+        let cmd = node.command(Payload::CreateSession(untrusted));
+        request_id = cmd.request_id.clone();
+        applied = node.propose(vec![cmd]).await?;
+        factor = None;
+    }
     if let Err(e) = applied.results.iter().try_for_each(ApiError::check) {
         return Err(match e {
             ApiError::FailedPrecondition(m) if m == gatehouse_domain::factors::LOCKED => ApiError::SecondFactorLocked,

@@ -384,7 +384,7 @@ impl SignInService for SignIns {
         // The front minted the device token; the hash is all it sends.
         let trust = <[u8; 32]>::try_from(r.trust_device_sha256.as_slice())
             .ok()
-            .map(|sha256| crate::mfa::devices::Trust { sha256, label: r.trust_label.chars().take(64).collect() });
+            .map(|sha256| crate::mfa::devices::Trust { sha256, label: crate::mfa::devices::label(&r.trust_label) });
         if !self.front.node.ensure_fresh().await {
             return Err(ApiError::Stale.into());
         }
