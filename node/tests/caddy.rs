@@ -2,7 +2,9 @@
 //! as docs/sign-in.md configures it, over HTTPS: a browser without a
 //! session is redirected to the sign-in page with the page it wanted as
 //! the return URL (302, or 303 for a POST); an API client keeps its 401;
-//! a signed-in browser reaches the app with the identity headers.
+//! a signed-in browser reaches the app with the identity headers, and
+//! never with a client's forged copies of them; requests with missing or
+//! forged credentials never reach the app.
 
 mod common;
 
@@ -50,8 +52,9 @@ https://app.example.com:{port} {{
     tls internal
     forward_auth {gatehouse} {{
         uri /auth/verify?redirect=true
-        copy_headers X-Auth-User X-Auth-User-Id X-Auth-Roles X-Auth-MFA X-Auth-MFA-Age
+        copy_headers X-Auth-User X-Auth-User-Id X-Auth-Roles X-Auth-MFA
     }}
+    request_header -X-Auth-MFA-Age
     reverse_proxy 127.0.0.1:{app}
 }}
 "#
@@ -85,16 +88,26 @@ https://app.example.com:{port} {{
     panic!("caddy did not start in 5 attempts");
 }
 
-/// An app that says who Caddy says is calling.
-async fn upstream() -> u16 {
-    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let user = headers.get("x-auth-user").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        format!("reports for {user}")
+/// An app that says who Caddy says is calling (and with which roles and
+/// factor, every copy of each header), counting the requests it gets.
+async fn upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let all = |name: &str| {
+                headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("?")).collect::<Vec<_>>().join("|")
+            };
+            let user = all("x-auth-user");
+            let extra = ["x-auth-roles", "x-auth-mfa", "x-auth-mfa-age"].map(|h| format!("{h}={}", all(h))).join(" ");
+            format!("reports for {user} ({extra})")
+        }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
+    (port, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -106,7 +119,7 @@ async fn caddy_sends_a_browser_to_sign_in_and_lets_a_signed_in_one_through() {
     .await;
     create_user_with_password(c.node(1), "ann", "pw-of-ann-0001", &["viewer"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = upstream().await;
+    let (app, reached) = upstream().await;
     let (_caddy, port) = start_caddy(dir.path(), &c.node(1).http_addr().to_string(), app).await;
     let site = format!("https://app.example.com:{port}");
     let wanted = format!("{site}/reports?week=49");
@@ -129,8 +142,39 @@ async fn caddy_sends_a_browser_to_sign_in_and_lets_a_signed_in_one_through() {
     // Signed in: through to the app, with the identity.
     let session = login(c.node(1), "ann", "pw-of-ann-0001").await;
     let cookie = session.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let resp = client().get(&wanted).header("accept", "text/html").header("cookie", cookie).send().await.unwrap();
+    let resp = client().get(&wanted).header("accept", "text/html").header("cookie", &cookie).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.text().await.unwrap(), "reports for ann");
+    assert_eq!(resp.text().await.unwrap(), "reports for ann (x-auth-roles=viewer x-auth-mfa=none x-auth-mfa-age=)");
+
+    // Client copies of the identity headers never reach the app as
+    // identity: Gatehouse's answer replaces them, and one it does not send
+    // (no factor: no age) is removed.
+    let forged = client()
+        .get(&wanted)
+        .header("accept", "text/html")
+        .header("cookie", &cookie)
+        .header("x-auth-user", "admin")
+        .header("x-auth-roles", "admin")
+        .header("x-auth-mfa", "totp")
+        .header("x-auth-mfa-age", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::OK);
+    assert_eq!(forged.text().await.unwrap(), "reports for ann (x-auth-roles=viewer x-auth-mfa=none x-auth-mfa-age=)");
+
+    // Missing or forged credentials with forged identity headers: refused
+    // at Caddy, the app never asked.
+    let before = reached.load(std::sync::atomic::Ordering::SeqCst);
+    let guessed = "__Host-gatehouse_session=gs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for cookie in [None, Some(guessed), Some("__Host-gatehouse_session=not-a-token")] {
+        let mut req = client().get(&wanted).header("accept", "application/json").header("x-auth-user", "ann");
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        let resp = req.header("authorization", "Bearer gk_forged.notakey").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{cookie:?}");
+    }
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), before, "no refused request reached the app");
     c.shutdown().await;
 }
