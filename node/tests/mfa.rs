@@ -473,19 +473,22 @@ async fn through_a_stateless_front_a_voter_checks_every_step() {
 
     // Enrolled through the front: it holds no key, its voter seals and checks.
     let ann = enroll(&at, "ann", PASSWORD).await;
-    assert!(c
-        .node(2)
-        .cluster()
-        .view()
-        .read()
-        .has_factor(&c.node(1).cluster().view().read().user_by_name("ann").unwrap().user_id));
+    // Applied where the front's answer came from; every voter follows.
+    wait_until("the enrollment reached every voter", Duration::from_secs(10), || async {
+        c.nodes.values().all(|n| {
+            let state = n.cluster().view().read();
+            state.user_by_name("ann").is_some_and(|u| state.has_factor(&u.user_id))
+        })
+    })
+    .await;
 
     // The second step through the front; "cancel" ends the waiting session.
     let (resp, csrf) = password_form(&at, "ann", PASSWORD, "").await;
     assert!(resp.headers()[LOCATION].to_str().unwrap().starts_with("/login/factor"));
     let waiting = set_cookie(resp.headers(), SESSION).unwrap();
     let waiting_sessions = || c.node(1).cluster().view().read().sessions().filter(|s| s.factor_due).count();
-    assert_eq!(waiting_sessions(), 1);
+    wait_until("the waiting session reached node 1", Duration::from_secs(5), || async { waiting_sessions() == 1 })
+        .await;
     let cancel = post(&at, "/logout", &waiting, &csrf, &[]).await;
     assert_eq!(cancel.status(), StatusCode::SEE_OTHER);
     wait_until("the waiting session ended", Duration::from_secs(5), || async { waiting_sessions() == 0 }).await;
