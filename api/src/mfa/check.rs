@@ -42,7 +42,7 @@ use gatehouse_cluster::clock::now_ms;
 /// spaces or dashes).
 pub const MAX_CODE: usize = 64;
 
-fn audit_factor(node: &Node, action: &str, outcome: &str, actor: &Actor, user_id: &str, detail: &str) {
+pub(super) fn audit_factor(node: &Node, action: &str, outcome: &str, actor: &Actor, user_id: &str, detail: &str) {
     let mut e = audit::event(action, outcome, actor, format!("user:{user_id}"));
     e.detail = detail.into();
     node.audit(e);

@@ -218,12 +218,6 @@ fn session_of(p: &Principal) -> Result<&str, ApiError> {
     }
 }
 
-fn audit_passkey(node: &Node, action: &str, outcome: &str, actor: &Actor, user_id: &str, detail: String) {
-    let mut e = audit::event(action, outcome, actor, format!("user:{user_id}"));
-    e.detail = detail;
-    node.audit(e);
-}
-
 /// Whether this node runs passkey ceremonies.
 pub fn available(front: &Front) -> bool {
     parts(front).is_some()
@@ -307,7 +301,14 @@ pub async fn register(
     let c: Ceremony<PasskeyRegistration> = open(front, REGISTER, &p.user_id, session_id, ceremony)?;
     let answer: RegisterPublicKeyCredential = parse(response)?;
     let passkey = passkeys.webauthn.finish_passkey_registration(&answer, &c.state).map_err(|e| {
-        audit_passkey(&front.node, "mfa.failure", "denied", actor, &p.user_id, format!("passkey registration: {e}"));
+        super::check::audit_factor(
+            &front.node,
+            "mfa.failure",
+            "denied",
+            actor,
+            &p.user_id,
+            &format!("passkey registration: {e}"),
+        );
         ApiError::InvalidSecondFactor
     })?;
     // Recovery codes come with a first factor (or when none are left).
@@ -403,7 +404,7 @@ pub fn proof(
         Ok::<_, ApiError>(use_proof(result.cred_id().to_vec(), result.counter(), c.challenge_sha256, c.expires_at))
     })();
     checked.inspect_err(|e| {
-        audit_passkey(&front.node, "mfa.failure", "denied", actor, user_id, format!("passkey: {e}"));
+        super::check::audit_factor(&front.node, "mfa.failure", "denied", actor, user_id, &format!("passkey: {e}"));
     })
 }
 
@@ -437,7 +438,7 @@ pub async fn sign_in(
             // Against the user only when the credential is theirs: a user
             // handle is the browser's word.
             let user_id = if user_id.is_empty() { "unknown".to_string() } else { user_id };
-            audit_passkey(node, "login.failure", "denied", &actor, &user_id, format!("passkey: {e}"));
+            super::check::audit_factor(node, "login.failure", "denied", &actor, &user_id, &format!("passkey: {e}"));
             return Err(ApiError::InvalidCredentials);
         }
     };
@@ -445,14 +446,8 @@ pub async fn sign_in(
     // passkey signs in only those who may still use a password (the
     // break-glass users): it would sign in past the provider.
     if !front.config.password_allowed(&user.username) {
-        audit_passkey(
-            node,
-            "login.failure",
-            "denied",
-            &actor,
-            &user.user_id,
-            "passkey: sign-in through the provider only".into(),
-        );
+        let why = "passkey: sign-in through the provider only";
+        super::check::audit_factor(node, "login.failure", "denied", &actor, &user.user_id, why);
         return Err(ApiError::InvalidCredentials);
     }
     let (mut create, pending) = crate::sign_in::check::session_for(&front.config, &user, &actor.client_ip, user_agent);
@@ -463,7 +458,7 @@ pub async fn sign_in(
     let request_id = cmd.request_id.clone();
     let applied = node.propose(vec![cmd]).await?;
     if let Err(e) = applied.results.iter().try_for_each(ApiError::check) {
-        audit_passkey(node, "login.failure", "denied", &actor, &user.user_id, format!("passkey: {e}"));
+        super::check::audit_factor(node, "login.failure", "denied", &actor, &user.user_id, &format!("passkey: {e}"));
         return Err(match e {
             ApiError::FailedPrecondition(_) => ApiError::InvalidCredentials,
             e => e,
