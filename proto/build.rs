@@ -39,6 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gatehouse.front.v1.RecoveryCodesResponse",
             ".gatehouse.front.v1.EnrolledResponse",
             ".gatehouse.admin.v1.EnrollTicket",
+            // A credential, and the token minted for it.
+            ".gatehouse.front.v1.MintTokenRequest",
+            ".gatehouse.front.v1.MintTokenResponse",
         ])
         // Commands print as JSON in `gatehouse admin watch --json`.
         .type_attribute(".gatehouse.events.v1", "#[derive(serde::Serialize)]")

@@ -20,6 +20,7 @@ if [ "${1:-}" = "test" ]; then
   /usr/bin/python3 -c "import authlib" >/dev/null 2>&1 || need+=(python3-authlib)         # a real OIDC provider for upstream sign-in
   /usr/bin/python3 -c "import flask" >/dev/null 2>&1 || need+=(python3-flask)
   /usr/bin/python3 -c "import pyotp" >/dev/null 2>&1 || need+=(python3-pyotp)           # a second TOTP implementation for the tests
+  /usr/bin/python3 -c "import jwt, cryptography" >/dev/null 2>&1 || need+=(python3-jwt python3-cryptography) # an independent JWT verifier
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required: install Rust (rustup) first" >&2; exit 1; }
 

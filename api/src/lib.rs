@@ -23,6 +23,7 @@
 //! - [`mfa`]: second factors on a voter: TOTP codes checked against sealed
 //!   secrets, recovery codes, a waiting session paid, enrollment.
 //! - [`reseal`]: after a key rotation, the leader moves secrets at rest to the current key through the log.
+//! - [`jwt`]: signed identity for apps: signing keys in the log, the JWKS, tokens minted per credential and cached.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`mint`]: new API keys, session and sign-in link tokens, made on the proposing node.
 //! - [`mail`]: SMTP (lettre over rustls) for sign-in links, sent off the request path.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod front_writes;
 pub mod http;
 pub mod identity;
+pub mod jwt;
 pub mod mail;
 pub mod metrics;
 pub mod mfa;

@@ -1,5 +1,6 @@
 //! Key rotation for secrets at rest: the leader's background pass that
-//! moves every sealed value (TOTP secrets, upstream refresh tokens) still
+//! moves every sealed value (TOTP secrets, upstream refresh tokens, JWT
+//! signing keys) still
 //! under an older key-encryption key to the current one, through the log.
 //!
 //! A rotation is: put the new key first in `[secrets] keys` on every voter
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use gatehouse_cluster::periodic::{Periodic, Shutdown};
 use gatehouse_domain::Payload;
-use gatehouse_proto::events::{ResealSecrets, ResealedToken, ResealedTotp, Sealed};
+use gatehouse_proto::events::{ResealSecrets, ResealedSigningKey, ResealedToken, ResealedTotp, Sealed};
 use prost::Message as _;
 use tokio::task::JoinHandle;
 
@@ -44,6 +45,7 @@ pub fn start(front: Front, every: Duration, shutdown: Shutdown) -> Option<JoinHa
 enum Moved {
     Totp(ResealedTotp),
     Token(ResealedToken),
+    SigningKey(ResealedSigningKey),
 }
 
 /// Values sealed under a key other than the current one, on this node's view.
@@ -57,7 +59,8 @@ pub fn stale(front: &Front) -> usize {
         .count();
     let tokens =
         state.users().flat_map(|u| state.upstream_identities_of(&u.user_id)).filter(|i| old(&i.refresh_token)).count();
-    totp + tokens
+    let signing = state.signing_keys().all().filter(|k| old(&k.private_key)).count();
+    totp + tokens + signing
 }
 
 /// Moves up to [`PER_PASS`] values, if this node leads; how many moved.
@@ -72,6 +75,21 @@ pub async fn pass(front: &Front) -> usize {
     let mut moved: Vec<Moved> = Vec::new();
     {
         let state = node.view().read();
+        // Signing keys first: few, and the cluster signs nothing without them.
+        // Moved only once the cluster applies them the same everywhere.
+        let keys = state.signing_keys().all().filter(|_| state.cluster_version() >= gatehouse_domain::signing::VERSION);
+        for k in keys {
+            let Some(s) = k.private_key.as_ref().filter(|s| s.key_id != current) else { continue };
+            let context = crate::jwt::keys::context(&k.kid);
+            match sealer.open(s, &context) {
+                Ok(plain) => moved.push(Moved::SigningKey(ResealedSigningKey {
+                    kid: k.kid.clone(),
+                    previous_nonce: s.nonce.clone(),
+                    private_key: Some(sealer.seal(&zeroize::Zeroizing::new(plain), &context)),
+                })),
+                Err(e) => tracing::warn!(kid = %k.kid, error = %e, "a JWT signing key under an older key did not open"),
+            }
+        }
         for u in state.users() {
             if moved.len() >= PER_PASS {
                 break;
@@ -111,12 +129,13 @@ pub async fn pass(front: &Front) -> usize {
         match m {
             Moved::Totp(t) => batch.totp.push(t),
             Moved::Token(t) => batch.tokens.push(t),
+            Moved::SigningKey(k) => batch.signing_keys.push(k),
         }
         if batch.encoded_len() >= MAX_BYTES {
             batches.push(flush(&mut batch));
         }
     }
-    if !batch.totp.is_empty() || !batch.tokens.is_empty() {
+    if !batch.totp.is_empty() || !batch.tokens.is_empty() || !batch.signing_keys.is_empty() {
         batches.push(batch);
     }
     for b in batches {

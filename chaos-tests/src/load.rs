@@ -403,6 +403,7 @@ pub async fn bulk_load(
             client_ip: "127.0.0.1".into(),
             user_agent: "gatehouse-load".into(),
             factor: None,
+            method: "pwd".into(),
         })));
         if pending.len() >= batch {
             flush(&mut pending).await?;

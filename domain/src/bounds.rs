@@ -102,6 +102,9 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             id(&c.user_id)?;
             factors::check_proof_fields(&c.factor)?;
             short("client ip", &c.client_ip, 64)?;
+            if !sessions::METHODS.contains(&c.method.as_str()) {
+                return Err(ApplyError::Invalid("a session's method is pwd, passkey, link or sso".into()));
+            }
             short("user agent", &c.user_agent, sessions::MAX_USER_AGENT)
         }
         Payload::CreateSignInLink(c) => {
@@ -166,6 +169,7 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
         }
         Payload::CountFactorAttempt(c) => id(&c.user_id),
         Payload::ResealSecrets(c) => factors::check_reseal(c),
+        Payload::RotateSigningKey(c) => crate::signing::check_rotate(c),
         Payload::SetMfaPolicy(c) => {
             role_list(&c.required_roles)?;
             role_list(&c.expected_roles)

@@ -540,7 +540,7 @@ pub const MAX_RESEALED: usize = 256;
 
 /// The per-field bounds of `ResealSecrets`.
 pub fn check_reseal(c: &ResealSecrets) -> Result<(), ApplyError> {
-    if c.totp.len() + c.tokens.len() > MAX_RESEALED {
+    if c.totp.len() + c.tokens.len() + c.signing_keys.len() > MAX_RESEALED {
         return Err(ApplyError::Invalid(format!("at most {MAX_RESEALED} values in one reseal")));
     }
     for t in &c.totp {
@@ -549,7 +549,8 @@ pub fn check_reseal(c: &ResealSecrets) -> Result<(), ApplyError> {
             return Err(ApplyError::Invalid("a resealed secret names a malformed value".into()));
         }
     }
-    c.tokens.iter().try_for_each(crate::upstream::check_resealed)
+    c.tokens.iter().try_for_each(crate::upstream::check_resealed)?;
+    c.signing_keys.iter().try_for_each(crate::signing::check_resealed)
 }
 
 /// Applies [`ResealSecrets`]: each value still the one the proposer opened
@@ -568,6 +569,7 @@ pub(crate) fn reseal(state: &mut State, c: &ResealSecrets, out: &mut Vec<Mutatio
         moved += 1;
     }
     moved += crate::upstream::reseal(state, &c.tokens, out);
+    moved += crate::signing::reseal(state, &c.signing_keys, out);
     Ok(moved.to_string())
 }
 
@@ -685,6 +687,7 @@ mod tests {
             client_ip: "192.0.2.1".into(),
             user_agent: String::new(),
             factor: factor.map(|p| FactorProof { proof: Some(p) }),
+            method: String::new(),
         })
     }
 
@@ -939,6 +942,7 @@ mod tests {
                     secret: Some(new.clone()),
                 }],
                 tokens: vec![],
+                signing_keys: vec![],
             })
         };
         let r = state.apply(3, &cmd(NOW, reseal(vec![7; 12])), &mut Vec::new());

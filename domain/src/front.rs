@@ -44,6 +44,9 @@ pub fn command(mut cmd: Command) -> Option<Command> {
         // front applies the enrollment with a stand-in, so its view says
         // the same about who owes a second factor.
         Some(Payload::EnrollTotp(c)) => c.secret = c.secret.as_ref().map(withheld_secret),
+        // A signing key's private half is for the voters, which sign; the
+        // front publishes the public half and hands on voters' tokens.
+        Some(Payload::RotateSigningKey(c)) => c.private_key = c.private_key.as_ref().map(withheld_secret),
         Some(
             Payload::SetUserStatus(_)
             | Payload::RecordLoginFailure(_)
@@ -97,6 +100,11 @@ pub fn record(table: Table, value: &[u8]) -> Result<Option<Vec<u8>>, DecodeError
             let mut identity: gatehouse_proto::state::UpstreamIdentityRecord = codec::decode(value)?;
             identity.refresh_token = None;
             Ok(Some([&value[..1], &prost::Message::encode_to_vec(&identity)[..]].concat()))
+        }
+        Table::SigningKeys => {
+            let mut key: gatehouse_proto::state::SigningKeyRecord = codec::decode(value)?;
+            key.private_key = key.private_key.as_ref().map(withheld_secret);
+            Ok(Some([&value[..1], &prost::Message::encode_to_vec(&key)[..]].concat()))
         }
         Table::Factors => {
             let mut factors: gatehouse_proto::state::FactorsRecord = codec::decode(value)?;

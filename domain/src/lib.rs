@@ -22,6 +22,7 @@
 //! - [`factors`]: second factors (TOTP, recovery codes), spent once cluster-wide; sessions that owe one.
 //! - [`devices`]: browsers a person trusted to skip the second step for a while.
 //! - [`passkeys`]: WebAuthn credentials (public keys), their challenges spent once, their counters.
+//! - [`signing`]: keys that sign downstream JWTs: published, then signing, then retired, by log time.
 //! - [`upstream`]: users linked to upstream OIDC identities, mapped roles, spent flows and logout tokens.
 //! - [`roles`]: built-in roles and RBAC.
 //! - [`usage`]: last use of sessions and keys, flushed by nodes in batches.
@@ -51,6 +52,7 @@ pub mod requests;
 pub mod result;
 pub mod roles;
 pub mod sessions;
+pub mod signing;
 pub mod state;
 pub mod upstream;
 pub mod usage;

@@ -187,7 +187,8 @@ pub(crate) fn spend(
     let link = check_spend(state, &token, &c.browser_sha256, now)?;
     let link_id = link.link_id.clone();
     // A link is a first factor: a user with a second one owes it.
-    let opened = CreateSession { user_id: link.user_id.clone(), factor: None, ..session.clone() };
+    let opened =
+        CreateSession { user_id: link.user_id.clone(), factor: None, method: "link".into(), ..session.clone() };
     let session_id = crate::sessions::create(state, now, &opened, out)?;
     state.links.remove(&link_id, out);
     Ok(session_id)

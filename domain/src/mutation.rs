@@ -30,11 +30,13 @@ pub enum Table {
     Factors,
     /// Cluster-wide settings kept in the log (the MFA policy).
     Settings,
+    /// Keys that sign downstream JWTs (`gatehouse_domain::signing`).
+    SigningKeys,
 }
 
 impl Table {
     /// Every table, in the order snapshots list them.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Users,
         Table::ApiKeys,
         Table::Sessions,
@@ -49,6 +51,7 @@ impl Table {
         Table::Spent,
         Table::Factors,
         Table::Settings,
+        Table::SigningKeys,
     ];
 
     /// Whether the in-memory view holds this table (audit records stay on disk).
@@ -73,6 +76,7 @@ impl Table {
             Table::Spent => "spent",
             Table::Factors => "factors",
             Table::Settings => "settings",
+            Table::SigningKeys => "signing_keys",
         }
     }
 

@@ -30,6 +30,7 @@ pub fn redacted(mut cmd: Command) -> Command {
             c.trust_device_sha256.clear();
         }
         Some(Payload::ForgetDevices(c)) => c.device_sha256.clear(),
+        Some(Payload::RotateSigningKey(c)) => c.private_key = None,
         Some(Payload::EnrollTotp(c)) => {
             c.secret = None;
             c.recovery_sha256.clear();
@@ -40,6 +41,7 @@ pub fn redacted(mut cmd: Command) -> Command {
         Some(Payload::ResealSecrets(c)) => {
             c.totp.iter_mut().for_each(|t| t.secret = None);
             c.tokens.iter_mut().for_each(|t| t.refresh_token = None);
+            c.signing_keys.iter_mut().for_each(|k| k.private_key = None);
         }
         Some(Payload::SetRecoveryCodes(c)) => c.recovery_sha256.clear(),
         Some(Payload::AddPasskey(c)) => c.recovery_sha256.clear(),

@@ -67,6 +67,8 @@ struct Session {
     factor_at: u64,
     /// While the factor is due: the expiry it was opened with.
     intended_expires_at: u64,
+    /// How the first factor was given ([`METHODS`]; "" unrecorded).
+    method: &'static str,
 }
 
 /// A factor name as sessions keep it (an unknown one is none).
@@ -96,6 +98,7 @@ impl Session {
             factor: self.factor.to_string(),
             factor_at: self.factor_at,
             intended_expires_at: self.intended_expires_at,
+            method: self.method.to_string(),
         }
     }
 }
@@ -134,6 +137,7 @@ impl Sessions {
             factor: factor_name(&r.factor),
             factor_at: r.factor_at,
             intended_expires_at: r.intended_expires_at,
+            method: METHODS.iter().find(|m| **m == r.method).copied().unwrap_or(""),
         };
         self.by_id.insert(id, s);
         true
@@ -324,11 +328,16 @@ pub(crate) fn create(
         factor,
         factor_at,
         intended_expires_at: if due { c.expires_at } else { 0 },
+        // Recorded only once every node records it.
+        method: if state.cluster_version() >= crate::signing::VERSION { c.method.clone() } else { String::new() },
     };
     out.push(put(Table::Sessions, &s.session_id, &s));
     state.sessions.insert(s);
     Ok(c.session_id.clone())
 }
+
+/// How a session's first factor may be given (empty: not recorded).
+pub const METHODS: [&str; 5] = ["", "pwd", "passkey", "link", "sso"];
 
 pub(crate) fn revoke(state: &mut State, c: &RevokeSession, out: &mut Vec<Mutation>) -> Result<String, ApplyError> {
     let removed = id128(&c.session_id).is_some_and(|id| state.sessions.remove(id, out));
@@ -483,6 +492,7 @@ mod tests {
                 client_ip: "127.0.0.1".into(),
                 user_agent: "test".into(),
                 factor: None,
+                method: String::new(),
             })),
             ..Default::default()
         }

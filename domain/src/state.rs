@@ -35,6 +35,8 @@ pub struct State {
     pub(crate) upstream: upstream::Upstream,
     /// Second factors by user.
     pub(crate) factors: factors::Factors,
+    /// Keys that sign downstream JWTs.
+    pub(crate) signing: crate::signing::SigningKeys,
     /// The audit chain's head and anchor (the records stay in storage).
     pub(crate) audit: AuditChain,
     /// The cluster version as raised by `SetClusterVersion` (0: never raised).
@@ -103,6 +105,7 @@ impl State {
         self.limits.prune(cmd.proposed_at, out);
         self.links.prune(cmd.proposed_at, out);
         self.upstream.prune(cmd.proposed_at, out);
+        self.signing.prune(cmd.proposed_at, out);
         if let Some(first) = self.requests.record(&cmd.request_id) {
             // The same id for another request: the client reused its
             // idempotency key. Refused, not answered with the first result
@@ -184,6 +187,9 @@ impl State {
             Some(Payload::AddPasskey(c)) => crate::passkeys::add(self, cmd.proposed_at, c, out).map(Outcome::from),
             Some(Payload::RenamePasskey(c)) => crate::passkeys::rename(self, c, out).map(Outcome::from),
             Some(Payload::ForgetDevices(c)) => crate::devices::forget(self, c, out).map(Outcome::from),
+            Some(Payload::RotateSigningKey(c)) => {
+                crate::signing::rotate(self, cmd.proposed_at, c, out).map(Outcome::from)
+            }
             Some(Payload::IssueEnrollTicket(c)) => {
                 factors::issue_ticket(self, cmd.proposed_at, c, out).map(Outcome::from)
             }
@@ -232,6 +238,7 @@ impl State {
             Table::UpstreamIdentities => self.upstream.insert_identity(codec::decode(value)?),
             Table::Factors => self.factors.insert(codec::decode(value)?),
             Table::Settings => self.factors.load_policy(codec::decode(value)?),
+            Table::SigningKeys => self.signing.insert(codec::decode(value)?),
             Table::Spent => {
                 if !self.upstream.insert_spent(codec::decode(value)?) {
                     return Err(DecodeError::Invalid("spent record with a malformed hash"));
@@ -328,6 +335,11 @@ impl State {
     /// Whether a user has a second factor to present.
     pub fn has_factor(&self, user_id: &str) -> bool {
         self.factors.enrolled(user_id)
+    }
+
+    /// Keys that sign downstream JWTs.
+    pub fn signing_keys(&self) -> &crate::signing::SigningKeys {
+        &self.signing
     }
 
     /// Rate-limit buckets.

@@ -408,7 +408,7 @@ pub(crate) fn sign_in(
         state.links.remove_user(&user_id, out);
     }
     // A provider is a first factor here: a user with a second one owes it.
-    let opened = CreateSession { user_id: user_id.clone(), factor: None, ..session.clone() };
+    let opened = CreateSession { user_id: user_id.clone(), factor: None, method: "sso".into(), ..session.clone() };
     sessions::create(state, now, &opened, out)?;
     state.upstream.spend(flow, c.flow_expires_at, out);
 

@@ -567,6 +567,7 @@ pub(crate) mod tests {
                     client_ip: "192.0.2.66".into(),
                     user_agent: String::new(),
                     factor: None,
+                    method: String::new(),
                 })),
                 ..Default::default()
             },

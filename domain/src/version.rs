@@ -36,7 +36,9 @@ use crate::{codec, State};
 /// - 6: `AddPasskey`, `RenamePasskey`, a passkey as a factor proof;
 ///   `ForgetDevices`, a trusted browser as a factor proof and a trust
 ///   asked for in `PresentFactor`.
-pub const COMMAND_VERSION: u32 = 6;
+/// - 7: `RotateSigningKey` (keys for downstream JWTs), and signing keys
+///   moved in `ResealSecrets`.
+pub const COMMAND_VERSION: u32 = 7;
 
 /// What a node that reports no version understands (a build from before the gate).
 pub const BASE_VERSION: u32 = 1;
@@ -54,6 +56,8 @@ fn newer_proof(p: &Option<gatehouse_proto::events::FactorProof>) -> bool {
 /// a new kind of command must say which version it needs.
 pub fn required(payload: &Payload) -> u32 {
     match payload {
+        Payload::RotateSigningKey(_) => crate::signing::VERSION,
+        Payload::ResealSecrets(c) if !c.signing_keys.is_empty() => crate::signing::VERSION,
         Payload::AddPasskey(_) | Payload::RenamePasskey(_) | Payload::ForgetDevices(_) => 6,
         // Older kinds carrying what version 6 added: a node that does not
         // know it would apply them differently.

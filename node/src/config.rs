@@ -117,9 +117,11 @@ impl Default for RaftTuning {
 /// A forward-auth route rule (`[[identity.routes]]`): the HTTP front's own type.
 pub use gatehouse_api::http::RouteRule;
 
+mod jwt;
 mod mfa;
 mod pages;
 mod sso;
+pub use jwt::JwtSettings;
 pub use mfa::{MfaSettings, PasskeySettings};
 pub use pages::{MailSettings, MailTlsSetting, PagesSettings};
 pub use sso::{KeySettings, OffboardSetting, ProviderSettings, SecretsSettings, SsoSettings};
@@ -357,6 +359,8 @@ pub struct Config {
     pub secrets: SecretsSettings,
     /// `[mfa]`: second factors.
     pub mfa: MfaSettings,
+    /// `[jwt]`: a signed token for the app with every allowed request.
+    pub jwt: Option<JwtSettings>,
     /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
     pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
@@ -467,6 +471,7 @@ impl Default for Config {
             sso: SsoSettings::default(),
             secrets: SecretsSettings::default(),
             mfa: MfaSettings::default(),
+            jwt: None,
             rate_limits: Default::default(),
             audit: Default::default(),
             fronts_file: None,
@@ -508,9 +513,10 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 37] = [
+const KEYS: [&str; 38] = [
     "identity",
     "mfa",
+    "jwt",
     "pages",
     "mail",
     "sso",
@@ -760,6 +766,12 @@ impl Config {
         }
         self.secrets.load()?;
         self.mfa.load(None)?;
+        if let Some(jwt) = &self.jwt {
+            jwt.load()?;
+            if self.front.is_none() && self.secrets.keys.is_empty() {
+                return bad("[jwt] on a voter needs [secrets] keys: the signing keys are sealed with them");
+            }
+        }
         gatehouse_api::http::cors::Cors::new(&self.identity.cors_origins, self.mode == Mode::Dev)
             .map_err(ConfigError::Invalid)?;
         if let Some(front) = &self.front {

@@ -261,7 +261,10 @@ impl Node {
             let recheck = gatehouse_api::sso::recheck::start(front.clone(), stop.subscribe());
             let every = Duration::from_secs(config.secrets.reseal_secs);
             let reseal = gatehouse_api::reseal::start(front.clone(), every, stop.subscribe());
-            (cluster, api, front, [touches].into_iter().chain(recheck).chain(reseal).chain(audit_tasks))
+            let first_key =
+                gatehouse_api::jwt::rotate::start_first_key(front.clone(), Duration::from_secs(1), stop.subscribe());
+            let tasks = [touches].into_iter().chain(recheck).chain(reseal).chain(first_key).chain(audit_tasks);
+            (cluster, api, front, tasks)
         };
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -303,6 +306,7 @@ impl Node {
             .add_service(gatehouse_api::admin::keys::server(api.clone(), cluster.clone()))
             .add_service(gatehouse_api::admin::sessions::server(api.clone(), cluster.clone()))
             .add_service(gatehouse_api::admin::roles::server(api.clone()))
+            .add_service(gatehouse_api::admin::jwt::server(front.clone()))
             .add_service(gatehouse_api::admin::audit::server(api.clone(), audit_log, streams));
         let mut grpc = Vec::new();
         match peer_listener {
@@ -569,7 +573,9 @@ pub(crate) fn front(
     // Checked by `Config::validate`, as every start does first.
     let mfa = config.mfa.load(brand.as_deref()).unwrap_or_default();
     let mfa = Arc::new(gatehouse_api::mfa::Mfa::new(mfa, sealer));
-    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer, sso, mfa })
+    // Checked by `Config::validate`, as every start does first.
+    let jwt = config.jwt.as_ref().and_then(|j| j.load().ok()).map(|j| Arc::new(gatehouse_api::jwt::Jwt::new(j)));
+    Front::new(FrontParts { limits, node, config: Arc::new(fc), passwords, sign_in, mailer, sso, mfa, jwt })
 }
 
 /// The upstream providers (`[sso]`; on a voter with `[secrets]` and the

@@ -158,6 +158,7 @@ async fn session_for(c: &TestCluster, user_id: &str) -> String {
             client_ip: "127.0.0.1".into(),
             user_agent: "test".into(),
             factor: None,
+            method: "pwd".into(),
         }));
     c.node(1).cluster().propose_one(cmd).await.unwrap();
     minted.token

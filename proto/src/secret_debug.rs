@@ -7,14 +7,26 @@ use std::fmt;
 use crate::admin::EnrollTicket;
 use crate::front::{
     ChangeOwnPasswordRequest, CreateOwnKeyRequest, CreateOwnKeyResponse, EnrolledResponse, FinishUpstreamRequest,
-    LinkRequest, LoginRequest, LoginResponse, LogoutRequest, OwnFactorRequest, PresentFactorRequest,
-    RecoveryCodesResponse, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest, StartUpstreamResponse,
-    TotpOffer,
+    LinkRequest, LoginRequest, LoginResponse, LogoutRequest, MintTokenRequest, MintTokenResponse, OwnFactorRequest,
+    PresentFactorRequest, RecoveryCodesResponse, RevokeOwnKeyRequest, RevokeOwnSessionRequest, SpendLinkRequest,
+    StartUpstreamResponse, TotpOffer,
 };
 
 impl fmt::Debug for PresentFactorRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PresentFactorRequest").field("client_ip", &self.client_ip).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for MintTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MintTokenRequest").field("audience", &self.audience).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for MintTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MintTokenResponse").field("expires_at", &self.expires_at).finish_non_exhaustive()
     }
 }
 
@@ -140,8 +152,10 @@ mod tests {
     #[test]
     fn no_secret_is_printed() {
         let printed = format!(
-            "{:?} {:?} {:?} {:?} {:?} {:?}",
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
             LoginRequest { username: "u".into(), password: "hunter2-hunter2".into(), ..Default::default() },
+            MintTokenRequest { credential: "gs_CREDENTIAL".into(), audience: "app".into() },
+            MintTokenResponse { token: "eyJTOKEN".into(), expires_at: 1 },
             LoginResponse { token: "gs_TOKEN".into(), ..Default::default() },
             LogoutRequest { credential: "gs_CREDENTIAL".into(), ..Default::default() },
             RevokeOwnSessionRequest { credential: "gk_KEY".into(), ..Default::default() },

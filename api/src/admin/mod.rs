@@ -13,6 +13,7 @@ pub mod call;
 pub mod cluster;
 pub mod events;
 pub mod failures;
+pub mod jwt;
 pub mod keys;
 pub mod layer;
 pub mod learner;

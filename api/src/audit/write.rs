@@ -39,6 +39,13 @@ fn snapshot(state: &State, kind: &str, id: &str) -> String {
         }
         "sessions" => Some(serde_json::json!({ "sessions": state.sessions().count() })),
         "mfa_policy" => Some(serde_json::json!({ "required_roles": state.mfa_required_roles() })),
+        // The published signing keys: ids and times, never a key.
+        "signing_keys" => {
+            let keys = state.signing_keys().all().map(|k| {
+                serde_json::json!({ "kid": k.kid, "alg": k.alg, "current_from": k.current_from, "retire_at": k.retire_at })
+            });
+            Some(serde_json::json!({ "keys": keys.collect::<Vec<_>>() }))
+        }
         // A user's second factors: what they are, never a secret or a hash.
         "factors" => Some(match state.factors_of(id) {
             Some(f) => serde_json::json!({ "user_id": id,
@@ -79,6 +86,7 @@ fn subject(payload: &Payload) -> Option<(&'static str, &'static str, String)> {
         Payload::ForgetDevices(c) => ("mfa.forget_devices", "factors", c.user_id.clone()),
         Payload::IssueEnrollTicket(c) => ("mfa.ticket", "factors", c.user_id.clone()),
         Payload::SetMfaPolicy(_) => ("mfa.policy", "mfa_policy", "*".into()),
+        Payload::RotateSigningKey(c) => ("jwt.rotate", "signing_keys", c.kid.clone()),
         Payload::SetRecoveryCodes(c) => ("mfa.recovery_codes", "factors", c.user_id.clone()),
         Payload::RemoveFactors(c) if c.kind.is_empty() => ("mfa.reset", "factors", c.user_id.clone()),
         Payload::RemoveFactors(c) => ("mfa.remove", "factors", c.user_id.clone()),

@@ -64,11 +64,15 @@ const DENIAL_HEADERS: [&str; 7] = [
 
 pub struct ExtAuthz {
     app: axum::Router,
+    /// Where the signed identity goes upstream (`[jwt] header`), if minted.
+    jwt_header: Option<axum::http::HeaderName>,
 }
 
 /// The service over the HTTP front `front` (the same router `/auth/verify` runs on).
 pub fn server(front: Front) -> AuthorizationServer<ExtAuthz> {
-    AuthorizationServer::new(ExtAuthz { app: crate::http::router(front) }).max_decoding_message_size(MAX_CHECK_BYTES)
+    let jwt_header = front.jwt.as_ref().map(|j| j.config.header.clone());
+    AuthorizationServer::new(ExtAuthz { app: crate::http::router(front), jwt_header })
+        .max_decoding_message_size(MAX_CHECK_BYTES)
 }
 
 #[tonic::async_trait]
@@ -83,7 +87,7 @@ impl Authorization for ExtAuthz {
             },
             Err(refused) => refused.into_response(),
         };
-        Ok(GrpcResponse::new(check_response(answer, sent.as_ref()).await))
+        Ok(GrpcResponse::new(check_response(answer, sent.as_ref(), self.jwt_header.as_ref()).await))
     }
 }
 
@@ -195,13 +199,22 @@ fn header_option(name: &str, value: &HeaderValue, action: HeaderAppendAction) ->
 }
 
 /// The HTTP front's answer as Envoy's.
-async fn check_response(answer: Response, sent: Option<&Vec<(String, Vec<u8>)>>) -> CheckResponse {
+async fn check_response(
+    answer: Response,
+    sent: Option<&Vec<(String, Vec<u8>)>>,
+    jwt_header: Option<&axum::http::HeaderName>,
+) -> CheckResponse {
     let status = answer.status();
     let headers = answer.headers().clone();
     if status == StatusCode::OK {
+        // The signed identity replaces whatever the client sent under its
+        // name (a Gatehouse key in `Authorization` does not go upstream).
+        let jwt = jwt_header.map(|h| h.as_str());
         let set = IDENTITY
             .iter()
-            .filter_map(|name| header_option(name, headers.get(*name)?, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .copied()
+            .chain(jwt)
+            .filter_map(|name| header_option(name, headers.get(name)?, HeaderAppendAction::OverwriteIfExistsOrAdd))
             .collect();
         // Any other identity-looking header a client sent is dropped (with
         // underscores too: some backends read `x_auth_user` as `X-Auth-User`),
@@ -211,12 +224,16 @@ async fn check_response(answer: Response, sent: Option<&Vec<(String, Vec<u8>)>>)
             .flatten()
             .map(|(name, _)| name.to_ascii_lowercase())
             .filter(|name| {
-                (name.starts_with("x-auth-") || name.starts_with("x_auth_")) && !IDENTITY.contains(&name.as_str())
+                (name.starts_with("x-auth-") || name.starts_with("x_auth_"))
+                    && !IDENTITY.contains(&name.as_str())
+                    && Some(name.as_str()) != jwt
             })
             .chain(
                 IDENTITY
                     .iter()
-                    .filter(|n| headers.get(**n).and_then(|v| v.to_str().ok()).is_none())
+                    .copied()
+                    .chain(jwt)
+                    .filter(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_none())
                     .map(|n| n.to_string()),
             )
             .collect();
@@ -333,7 +350,7 @@ mod tests {
             ("X-Auth-Admin".to_string(), b"1".to_vec()),
             ("x_auth_user".to_string(), b"mallory".to_vec()),
         ];
-        let r = check_response(answer, Some(&sent)).await;
+        let r = check_response(answer, Some(&sent), None).await;
         assert_eq!(r.status.unwrap().code, 0);
         let Some(HttpResponse::OkResponse(ok)) = r.http_response else { panic!("allowed") };
         let set: Vec<(String, String)> =
@@ -345,9 +362,45 @@ mod tests {
         // An identity header the answer does not carry is removed, not left to the client.
         let mut partial = StatusCode::OK.into_response();
         partial.headers_mut().insert("x-auth-user", HeaderValue::from_static("alice"));
-        let Some(HttpResponse::OkResponse(ok)) = check_response(partial, None).await.http_response else { panic!() };
+        let Some(HttpResponse::OkResponse(ok)) = check_response(partial, None, None).await.http_response else {
+            panic!()
+        };
         let gone = ["x-auth-mfa", "x-auth-mfa-age", "x-auth-roles", "x-auth-user-id"];
         assert_eq!(ok.headers_to_remove, gone.map(String::from).to_vec());
+    }
+
+    #[tokio::test]
+    async fn the_signed_identity_replaces_the_client_s_header_of_its_name() {
+        let jwt = axum::http::HeaderName::from_static("x-auth-jwt");
+        let mut answer = StatusCode::OK.into_response();
+        answer.headers_mut().insert("x-auth-user", HeaderValue::from_static("alice"));
+        answer.headers_mut().insert("x-auth-jwt", HeaderValue::from_static("eyJ.minted.sig"));
+        let sent = vec![("x-auth-jwt".to_string(), b"eyJ.forged.sig".to_vec())];
+        let Some(HttpResponse::OkResponse(ok)) = check_response(answer, Some(&sent), Some(&jwt)).await.http_response
+        else {
+            panic!("allowed")
+        };
+        let set: Vec<(String, String)> =
+            ok.headers.iter().map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())).unwrap()).collect();
+        assert!(set.contains(&("x-auth-jwt".into(), "eyJ.minted.sig".into())));
+        assert!(!ok.headers_to_remove.contains(&"x-auth-jwt".to_string()), "set, not removed after");
+        // `Authorization`: the client's Gatehouse key is replaced by the token.
+        let auth = axum::http::header::AUTHORIZATION;
+        let mut answer = StatusCode::OK.into_response();
+        answer.headers_mut().insert(auth.clone(), HeaderValue::from_static("Bearer eyJ.minted.sig"));
+        let Some(HttpResponse::OkResponse(ok)) = check_response(answer, None, Some(&auth)).await.http_response else {
+            panic!("allowed")
+        };
+        let h = ok.headers.iter().find(|h| h.header.as_ref().unwrap().key == "authorization").unwrap();
+        assert_eq!(h.header.as_ref().unwrap().value, "Bearer eyJ.minted.sig");
+        assert_eq!(h.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
+        // Without `[jwt]`, a client's `Authorization` is left alone (it is no identity header).
+        let Some(HttpResponse::OkResponse(ok)) =
+            check_response(StatusCode::OK.into_response(), None, None).await.http_response
+        else {
+            panic!("allowed")
+        };
+        assert!(!ok.headers_to_remove.contains(&"authorization".to_string()));
     }
 
     #[tokio::test]
@@ -357,7 +410,7 @@ mod tests {
         answer
             .headers_mut()
             .insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatehouse\""));
-        let r = check_response(answer, None).await;
+        let r = check_response(answer, None, None).await;
         assert_eq!(r.status.unwrap().code, tonic::Code::Unauthenticated as i32);
         let Some(HttpResponse::DeniedResponse(d)) = r.http_response else { panic!("denied") };
         assert_eq!(d.status.unwrap().code, 401);

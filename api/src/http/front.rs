@@ -50,6 +50,10 @@ pub struct RouteRule {
     /// makes do not).
     #[serde(default)]
     pub allow_keys: bool,
+    /// With `[jwt]`: the `aud` of tokens for requests this rule lets
+    /// through (default: `[jwt] audience`).
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 impl RouteRule {
@@ -76,6 +80,11 @@ impl RouteRule {
             match humantime::parse_duration(w) {
                 Ok(d) if d >= Duration::from_secs(30) && d <= Duration::from_secs(30 * 86_400) => {}
                 _ => return Err(format!("identity.routes: mfa_within {w:?} must be a duration from 30s to 30d")),
+            }
+        }
+        if let Some(a) = &self.audience {
+            if a.is_empty() || a.len() > 256 || a.chars().any(char::is_control) {
+                return Err("identity.routes: audience must be 1 to 256 characters without control characters".into());
             }
         }
         if self.allow_keys && !self.needs_mfa() {
@@ -169,4 +178,6 @@ pub struct FrontParts {
     pub sso: Option<Arc<crate::sso::Sso>>,
     /// Second factors (`[mfa]`; the sealer only on a voter with `[secrets]`).
     pub mfa: Arc<crate::mfa::Mfa>,
+    /// Downstream JWTs (`[jwt]`); `None`: none are minted, no JWKS is served.
+    pub jwt: Option<Arc<crate::jwt::Jwt>>,
 }

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /auth/verify` | [`verify`]: forward-auth for nginx, Traefik, Caddy |
+//! | `GET /.well-known/jwks.json` (with `[jwt]`) | [`crate::jwt::keys`]: the keys apps verify our tokens with |
 //! | `POST /api/v1/login`, `POST /api/v1/logout`, `GET /api/v1/me`, `GET /api/v1/me/sessions`, `DELETE /api/v1/me/sessions/{id}` | [`session`] |
 //! | `/login`, `/logout`, `/account`, … (with `[pages]`) | [`crate::pages`] |
 //!
@@ -48,6 +49,7 @@ pub fn router(front: Front) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/auth/verify", get(verify::verify))
+        .route("/.well-known/jwks.json", get(crate::jwt::keys::jwks_handler))
         .route("/api/v1/login", post(session::login))
         .route("/api/v1/logout", post(session::logout))
         .route("/api/v1/me", get(session::me))
@@ -94,10 +96,11 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
 ];
 
 /// The routes above, as metric labels (anything else is `unmatched`).
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 10] = [
     "/healthz",
     "/readyz",
     "/auth/verify",
+    "/.well-known/jwks.json",
     "/api/v1/login",
     "/api/v1/logout",
     "/api/v1/me",

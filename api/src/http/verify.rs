@@ -13,6 +13,10 @@
 //! `?redirect=true` a 302 (303 for other methods than GET and HEAD) that
 //! Traefik and Caddy pass to the browser as it is. An API client keeps
 //! the plain 401.
+//!
+//! With `[jwt]`, an allowed request's answer also carries a signed token
+//! (`Authorization: Bearer`, or the configured header) for the app, with
+//! the audience of the matching route rule (or `[jwt] audience`).
 
 use super::client_ip::ClientIp;
 use axum::extract::{Extension, Query, State};
@@ -213,9 +217,11 @@ async fn decide(
             return denied("missing_role", ApiError::PermissionDenied(format!("requires role {role}")));
         }
     }
+    let mut audience = None;
     match required_roles(&front.config.routes, headers) {
         Route::Free => {}
         Route::Needs(rule) if rule.roles.iter().any(|r| principal.roles.contains(r)) => {
+            audience = rule.audience.as_deref();
             if let Some((decision, resp)) = second_factor(front, q, headers, rule, &principal) {
                 front.node.audit_count(
                     "forward_auth.denied",
@@ -233,6 +239,19 @@ async fn decide(
         }
     }
     let mut resp = allow(&principal);
+    // The signed identity, when `[jwt]` is set: none, no pass.
+    if let Some(jwt) = front.jwt.as_deref() {
+        let audience = audience.unwrap_or(&jwt.config.audience);
+        let presented = credential(headers, &front.config.cookie_name).map(|c| c.0).unwrap_or_default();
+        match crate::jwt::mint::token(front, &presented, &principal, audience).await {
+            Ok(minted) => {
+                if let Some(v) = jwt.config.header_value(&minted.token) {
+                    resp.headers_mut().insert(jwt.config.header.clone(), v);
+                }
+            }
+            Err(e) => return ("jwt_unavailable", e.into_response()),
+        }
+    }
     if let Some(q) = quota {
         resp.extensions_mut().insert(q);
     }

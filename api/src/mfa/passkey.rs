@@ -454,6 +454,7 @@ pub async fn sign_in(
     actor.user_id = user.user_id.clone();
     actor.session_id = create.session_id.clone();
     create.factor = Some(proof);
+    create.method = "passkey".into();
     let cmd = node.command(Payload::CreateSession(create));
     let request_id = cmd.request_id.clone();
     let applied = node.propose(vec![cmd]).await?;

@@ -183,6 +183,7 @@ pub fn session_for(
         client_ip: ip.to_string(),
         user_agent: user_agent.chars().take(MAX_USER_AGENT / 4).collect(),
         factor: None,
+        method: "pwd".into(),
     };
     let opened = Opened {
         user_id: user.user_id.clone(),

@@ -188,6 +188,17 @@ impl VoterSignIn {
         Ok(r.log_index)
     }
 
+    /// A downstream JWT for the caller of `credential`, signed by a voter.
+    pub async fn mint_token(&self, credential: &str, audience: &str) -> Result<pb::MintTokenResponse, ApiError> {
+        let request = pb::MintTokenRequest { credential: credential.to_string(), audience: audience.to_string() };
+        self.on_a_voter(|mut c, left| {
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(left);
+            async move { c.mint_token(req).await }
+        })
+        .await
+    }
+
     /// Forgets every browser the caller trusted: the log index.
     pub async fn forget_devices(&self, request: pb::OwnFactorRequest) -> Result<u64, ApiError> {
         let r = self.own_factor(request, |mut c, req| async move { c.forget_own_devices(req).await }).await?;

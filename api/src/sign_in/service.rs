@@ -548,4 +548,14 @@ impl SignInService for SignIns {
         let log_index = crate::mfa::devices::forget_all(&self.front, &p, &actor).await?;
         Ok(Response::new(pb::LogoutResponse { log_index }))
     }
+
+    async fn mint_token(&self, req: Request<pb::MintTokenRequest>) -> Result<Response<pb::MintTokenResponse>, Status> {
+        let r = req.into_inner();
+        if r.audience.is_empty() || r.audience.len() > 256 || r.audience.chars().any(char::is_control) {
+            return Err(ApiError::InvalidArgument("an audience is 1 to 256 characters".into()).into());
+        }
+        let p = self.caller(&r.credential).await?;
+        let minted = crate::jwt::mint::token(&self.front, &r.credential, &p, &r.audience).await?;
+        Ok(Response::new(pb::MintTokenResponse { token: minted.token.to_string(), expires_at: minted.expires_at }))
+    }
 }

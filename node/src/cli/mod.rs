@@ -12,6 +12,7 @@ mod audit;
 mod client;
 mod cluster;
 mod events;
+mod jwt;
 mod keys;
 mod output;
 mod roles;
@@ -208,6 +209,9 @@ pub enum AdminCommand {
     /// The tamper-evident audit log: query, export, verify.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The keys that sign the JWTs apps get (`[jwt]`): list, rotate.
+    #[command(subcommand)]
+    Jwt(jwt::JwtCommand),
     /// Follow committed changes as they happen (hashes of secrets removed).
     Watch {
         /// First log index to show (default: the oldest still in the log).
@@ -236,6 +240,9 @@ pub async fn admin(args: AdminArgs, out: &mut impl Write) -> anyhow::Result<()> 
         AdminCommand::Audit(cmd) => {
             audit::run(gatehouse_proto::admin::audit_service_client::AuditServiceClient::new(channel), cmd, json, out)
                 .await
+        }
+        AdminCommand::Jwt(cmd) => {
+            jwt::jwt(gatehouse_proto::admin::jwt_service_client::JwtServiceClient::new(channel), cmd, json, out).await
         }
         AdminCommand::Watch { from, limit } => watch(EventServiceClient::new(channel), from, limit, json, out).await,
     }
