@@ -158,6 +158,22 @@ pub async fn http_get_over(
     rate: Option<f64>,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
+    let header = header.map(|(k, v)| (k, std::sync::Arc::new(vec![v])));
+    http_get_each(tls, addr, path, header, connections, rate, duration).await
+}
+
+/// [`http_get_over`] with a header whose value changes with every request,
+/// through `values` in turn (connection `c` starts at the `c`-th), so that
+/// no two requests within `values.len()` carry the same one.
+pub async fn http_get_each(
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    addr: &str,
+    path: &str,
+    header: Option<(&str, std::sync::Arc<Vec<String>>)>,
+    connections: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
     use http_body_util::{BodyExt, Empty};
 
     let deadline = Instant::now() + duration;
@@ -176,13 +192,15 @@ pub async fn http_get_over(
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let (mut ok, mut errors, mut limited) = (0u64, 0u64, 0u64);
+            let mut next = c;
             while Instant::now() < deadline {
                 if let Some(s) = &mut schedule {
                     s.tick().await;
                 }
                 let mut req = hyper::Request::get(&uri);
-                if let Some((k, v)) = &header {
-                    req = req.header(k.as_str(), v.as_str());
+                if let Some((k, values)) = &header {
+                    req = req.header(k.as_str(), values[next % values.len()].as_str());
+                    next += connections;
                 }
                 let req = req.body(Empty::<bytes::Bytes>::new()).expect("valid request");
                 let t = Instant::now();
@@ -321,15 +339,16 @@ pub async fn serve_baseline(listener: tokio::net::TcpListener) -> anyhow::Result
 }
 
 /// Creates `users` users, `keys` API keys and `sessions` sessions through
-/// the log in batches of `batch` commands per entry (the secrets are random
-/// and thrown away: only their hashes are stored, as always).
+/// the log in batches of `batch` commands per entry; returns the sessions'
+/// tokens (the keys' secrets are random and thrown away: only hashes are
+/// stored, as always).
 pub async fn bulk_load(
     cluster: &ProcCluster,
     users: usize,
     keys: usize,
     sessions: usize,
     batch: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     use base64::Engine;
     use gatehouse_proto::events::{CreateApiKey, CreateSession};
     use rand::RngCore;
@@ -390,6 +409,7 @@ pub async fn bulk_load(
         }
     }
     flush(&mut pending).await?;
+    let mut tokens = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -405,13 +425,14 @@ pub async fn bulk_load(
             factor: None,
             method: "pwd".into(),
         })));
+        tokens.push(token);
         if pending.len() >= batch {
             flush(&mut pending).await?;
         }
     }
     flush(&mut pending).await?;
     let _ = client.local_status(gatehouse_proto::control::LocalStatusRequest {}).await;
-    Ok(())
+    Ok(tokens)
 }
 
 /// Resident memory of a process, from /proc.

@@ -56,6 +56,23 @@ enum Scenario {
         #[arg(long)]
         https: bool,
     },
+    /// /auth/verify with a session on one node, on a cluster without `[jwt]`
+    /// and then on one with it (a new cluster, same run): the token cached
+    /// per session, and a token signed for every request (each request a
+    /// session not seen before), beside a bare hyper server answering 200.
+    Jwt {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Sessions for the signed-every-request step: more than it makes
+        /// requests, so none repeats.
+        #[arg(long, default_value_t = 200_000)]
+        sessions: usize,
+        /// `RS256` instead of Ed25519.
+        #[arg(long)]
+        rsa: bool,
+    },
     /// New TLS connections per second on one node's HTTPS front (connect,
     /// handshake, one GET /healthz, close), full handshakes and resumed
     /// ones, each beside bare hyper + rustls doing the same, same run.
@@ -211,6 +228,9 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("gatehouse"),
     };
+    if let Scenario::Jwt { connections, seconds, sessions, rsa } = &args.scenario {
+        return jwt(&bin, args.nodes, *connections, *seconds, *sessions, *rsa, args.json).await;
+    }
     if let Scenario::Writes { writers, seconds, tls } = &args.scenario {
         let mut sets = vec![("plaintext", write_steps(&bin, args.nodes, false, writers, *seconds).await?)];
         if *tls {
@@ -254,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
     }
     cluster.launch().await?;
     match args.scenario {
-        Scenario::Writes { .. } => unreachable!("handled above"),
+        Scenario::Writes { .. } | Scenario::Jwt { .. } => unreachable!("handled above"),
         Scenario::Verify { connections, seconds, https } => {
             verify(&cluster, connections, seconds, https, args.json).await?
         }
@@ -1098,6 +1118,91 @@ async fn verify(
     let title = format!("scenario verify{over}: one node, {connections} connections, {seconds} s each");
     let head =
         json.then(|| serde_json::json!({ "scenario": "verify", "connections": connections, "seconds": seconds }));
+    let out = print_beside_ceiling(&rows, &title, "req/s", head);
+    if json {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// The `jwt` scenario: two clusters in turn, one without `[jwt]` and one
+/// with it, each loaded with `sessions` sessions.
+async fn jwt(
+    bin: &std::path::Path,
+    nodes: u64,
+    connections: usize,
+    seconds: u64,
+    sessions: usize,
+    rsa: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let d = Duration::from_secs(seconds);
+    let (mut baseline, baseline_addr) = baseline(None)?;
+    let mut rows =
+        vec![("bare hyper (ceiling)", load::http_get(&baseline_addr, "/", None, connections, None, d).await?)];
+    let _ = baseline.kill();
+    for with_jwt in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let mut extra = "[rate_limits]\nenabled = false\n".to_string();
+        if with_jwt {
+            let kek = dir.path().join("kek");
+            std::fs::write(&kek, hex::encode(rand::random::<[u8; 32]>()))?;
+            let alg = if rsa { "RS256" } else { "EdDSA" };
+            extra += &format!(
+                "[secrets]\nkeys = [{{ id = \"bench\", file = \"{}\" }}]\n\
+                 [jwt]\nissuer = \"https://bench.example\"\naudience = \"apps\"\nalgorithm = \"{alg}\"\n",
+                kek.display()
+            );
+        }
+        let mut cluster = ProcCluster::prepare_with(bin, dir.path(), nodes, &extra, &[], false)?;
+        cluster.launch().await?;
+        let tokens = load::bulk_load(&cluster, 100, 0, sessions.max(1), 2_000).await?;
+        let http = cluster.nodes[&1].http.clone();
+        let bearer = |t: &String| format!("Bearer {t}");
+        // Node 1 has applied the sessions, and with `[jwt]` holds a key.
+        let started = std::time::Instant::now();
+        loop {
+            let probe = load::http_get(
+                &http,
+                "/auth/verify",
+                Some(("authorization", bearer(&tokens[0]))),
+                1,
+                None,
+                Duration::from_millis(200),
+            )
+            .await?;
+            if probe.ok > 0 && probe.errors == 0 {
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "node 1 never verified a bulk session");
+        }
+        let one = Some(("authorization", bearer(&tokens[0])));
+        if with_jwt {
+            rows.push((
+                "verify-session + JWT (cached)",
+                load::http_get(&http, "/auth/verify", one, connections, None, d).await?,
+            ));
+            let each = std::sync::Arc::new(tokens.iter().map(bearer).collect::<Vec<_>>());
+            let signed =
+                load::http_get_each(None, &http, "/auth/verify", Some(("authorization", each)), connections, None, d)
+                    .await?;
+            anyhow::ensure!(
+                (signed.ok + signed.errors) as usize <= tokens.len(),
+                "more requests than sessions: raise --sessions so every request signs"
+            );
+            rows.push(("verify-session + JWT (signed per request)", signed));
+        } else {
+            rows.push((
+                "verify-session, no [jwt]",
+                load::http_get(&http, "/auth/verify", one, connections, None, d).await?,
+            ));
+        }
+        drop(cluster);
+    }
+    let alg = if rsa { "RS256" } else { "EdDSA" };
+    let title = format!("scenario jwt ({alg}): one node of {nodes}, {connections} connections, {seconds} s each");
+    let head = json
+        .then(|| serde_json::json!({ "scenario": "jwt", "alg": alg, "connections": connections, "seconds": seconds }));
     let out = print_beside_ceiling(&rows, &title, "req/s", head);
     if json {
         println!("{out}");
