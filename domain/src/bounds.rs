@@ -102,9 +102,6 @@ fn fields(p: &Payload) -> Result<(), ApplyError> {
             id(&c.user_id)?;
             factors::check_proof_fields(&c.factor)?;
             short("client ip", &c.client_ip, 64)?;
-            if !sessions::METHODS.contains(&c.method.as_str()) {
-                return Err(ApplyError::Invalid("a session's method is pwd, passkey, link or sso".into()));
-            }
             short("user agent", &c.user_agent, sessions::MAX_USER_AGENT)
         }
         Payload::CreateSignInLink(c) => {

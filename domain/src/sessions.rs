@@ -283,6 +283,11 @@ pub(crate) fn create(
     out: &mut Vec<Mutation>,
 ) -> Result<String, ApplyError> {
     check_new(state, now, c)?;
+    // Checked (and kept) only once every node does: older builds ignore the field.
+    let recorded = state.cluster_version() >= crate::signing::VERSION;
+    if recorded && !METHODS.contains(&c.method.as_str()) {
+        return Err(ApplyError::Invalid("a session's method is pwd, passkey, link or sso".into()));
+    }
     if id128(&c.user_id).is_none() {
         return Err(ApplyError::Invalid("user id must be 32 lowercase hex characters".into()));
     }
@@ -303,6 +308,7 @@ pub(crate) fn create(
         factors::spend(state, now, &c.user_id, spent, out);
     }
     let (factor, factor_at) = spent.map(|s| (s.factor().to_string(), s.at(now))).unwrap_or_default();
+    let method = if recorded { c.method.clone() } else { String::new() };
     let user = state.users.get_mut(&c.user_id).expect("looked up above");
     // A successful login ends the run of failures, the account's and its
     // address's (back-off included).
@@ -328,8 +334,7 @@ pub(crate) fn create(
         factor,
         factor_at,
         intended_expires_at: if due { c.expires_at } else { 0 },
-        // Recorded only once every node records it.
-        method: if state.cluster_version() >= crate::signing::VERSION { c.method.clone() } else { String::new() },
+        method,
     };
     out.push(put(Table::Sessions, &s.session_id, &s));
     state.sessions.insert(s);

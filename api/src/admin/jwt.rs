@@ -55,7 +55,7 @@ impl JwtService for Jwt {
     #[tracing::instrument(level = "info", name = "admin.jwt.rotate", skip_all)]
     async fn rotate(&self, req: Request<RotateJwtKeyRequest>) -> Result<Response<JwtKey>, Status> {
         let actor = authorize(&self.front.node, req.metadata(), Permission::ClusterAdmin).await?;
-        let cmd = crate::jwt::rotate::new_key(&self.front)?;
+        let cmd = crate::jwt::rotate::new_key(&self.front).await?;
         let result = super::write(&self.front.node, &actor, cmd).await?;
         ApiError::check(&result)?;
         tracing::info!(actor = %actor.username, kid = %result.id, "JWT signing key added");

@@ -208,8 +208,17 @@ async fn check_response(
     let headers = answer.headers().clone();
     if status == StatusCode::OK {
         // The signed identity replaces whatever the client sent under its
-        // name (a Gatehouse key in `Authorization` does not go upstream).
+        // name; with `[jwt]`, the Gatehouse credential it stands for does
+        // not go upstream either (a key or session token in
+        // `Authorization`), nor the underscore spelling of its header.
         let jwt = jwt_header.map(|h| h.as_str());
+        let underscored = jwt.map(|h| h.replace('-', "_"));
+        let credential = |name: &str, value: &[u8]| {
+            name == "authorization"
+                && jwt.is_some_and(|h| h != "authorization")
+                && crate::identity::bearer(std::str::from_utf8(value).unwrap_or_default())
+                    .is_some_and(|t| t.starts_with("gk_") || t.starts_with("gs_"))
+        };
         let set = IDENTITY
             .iter()
             .copied()
@@ -222,12 +231,14 @@ async fn check_response(
         let mut to_remove: Vec<String> = sent
             .into_iter()
             .flatten()
-            .map(|(name, _)| name.to_ascii_lowercase())
-            .filter(|name| {
-                (name.starts_with("x-auth-") || name.starts_with("x_auth_"))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .filter(|(name, value)| {
+                let identity_like = (name.starts_with("x-auth-") || name.starts_with("x_auth_"))
                     && !IDENTITY.contains(&name.as_str())
-                    && Some(name.as_str()) != jwt
+                    && Some(name.as_str()) != jwt;
+                identity_like || underscored.as_deref() == Some(name.as_str()) || credential(name, value)
             })
+            .map(|(name, _)| name)
             .chain(
                 IDENTITY
                     .iter()
@@ -384,6 +395,24 @@ mod tests {
             ok.headers.iter().map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())).unwrap()).collect();
         assert!(set.contains(&("x-auth-jwt".into(), "eyJ.minted.sig".into())));
         assert!(!ok.headers_to_remove.contains(&"x-auth-jwt".to_string()), "set, not removed after");
+        // The Gatehouse credential the token stands for does not go upstream
+        // beside it, nor the header's underscore spelling; another scheme does.
+        let mut answer = StatusCode::OK.into_response();
+        answer.headers_mut().insert("x-auth-jwt", HeaderValue::from_static("eyJ.minted.sig"));
+        for (value, removed) in [("Bearer gk_abc.def", true), ("Bearer gs_abc", true), ("Basic dXNlcjpwdw==", false)] {
+            let sent = vec![
+                ("Authorization".to_string(), value.as_bytes().to_vec()),
+                ("x_auth_jwt".to_string(), b"eyJ.forged.sig".to_vec()),
+            ];
+            let mut again = StatusCode::OK.into_response();
+            *again.headers_mut() = answer.headers().clone();
+            let Some(HttpResponse::OkResponse(ok)) = check_response(again, Some(&sent), Some(&jwt)).await.http_response
+            else {
+                panic!("allowed")
+            };
+            assert_eq!(ok.headers_to_remove.contains(&"authorization".to_string()), removed, "{value}");
+            assert!(ok.headers_to_remove.contains(&"x_auth_jwt".to_string()));
+        }
         // `Authorization`: the client's Gatehouse key is replaced by the token.
         let auth = axum::http::header::AUTHORIZATION;
         let mut answer = StatusCode::OK.into_response();

@@ -75,25 +75,10 @@ fn second_factor(
     rule: &RouteRule,
     p: &Principal,
 ) -> Option<(&'static str, Response)> {
-    if !rule.needs_mfa() {
-        return None;
-    }
-    let factor_at = match (&p.via, p.factor) {
-        (crate::identity::Via::ApiKey { .. }, _) if rule.allow_keys => return None,
-        (crate::identity::Via::ApiKey { .. }, _) => {
-            let e = ApiError::PermissionDenied("this route requires a second factor: API keys are not accepted".into());
-            return Some(("mfa_key_refused", e.into_response()));
-        }
-        (_, Some((_, at))) => at,
-        (_, None) => 0,
+    let decision = match factor_refusal(rule, p)? {
+        Err(e) => return Some(("mfa_key_refused", e.into_response())),
+        Ok(decision) => decision,
     };
-    let within = rule.mfa_within().map(|w| w.as_millis() as u64);
-    let stale =
-        factor_at == 0 || within.is_some_and(|w| gatehouse_cluster::clock::now_ms().saturating_sub(factor_at) > w);
-    if !stale {
-        return None;
-    }
-    let decision = if factor_at == 0 { "mfa_required" } else { "mfa_stale" };
     let mut resp = unauthorized(ApiError::SecondFactorRequired);
     // A browser goes to the second step (a step-up for a person with a
     // factor; enrolling one from the account page for a person without).
@@ -112,6 +97,34 @@ fn second_factor(
         }
     }
     Some((decision, resp))
+}
+
+/// Why `p` does not meet `rule`'s second-factor demand, if it does not:
+/// `Ok(decision)` a factor to give (again), `Err` a refusal outright (a
+/// key where keys are not accepted).
+fn factor_refusal(rule: &RouteRule, p: &Principal) -> Option<Result<&'static str, ApiError>> {
+    if !rule.needs_mfa() {
+        return None;
+    }
+    let factor_at = match (&p.via, p.factor) {
+        (crate::identity::Via::ApiKey { .. }, _) if rule.allow_keys => return None,
+        (crate::identity::Via::ApiKey { .. }, _) => {
+            let e = ApiError::PermissionDenied("this route requires a second factor: API keys are not accepted".into());
+            return Some(Err(e));
+        }
+        (_, Some((_, at))) => at,
+        (_, None) => 0,
+    };
+    let within = rule.mfa_within().map(|w| w.as_millis() as u64);
+    let stale =
+        factor_at == 0 || within.is_some_and(|w| gatehouse_cluster::clock::now_ms().saturating_sub(factor_at) > w);
+    stale.then_some(Ok(if factor_at == 0 { "mfa_required" } else { "mfa_stale" }))
+}
+
+/// Whether `p` passes `rule` (one of its roles, its second factor): what a
+/// voter checks before signing a token of the rule's audience for a front.
+pub fn admits(rule: &RouteRule, p: &Principal) -> bool {
+    rule.roles.iter().any(|r| p.roles.contains(r)) && factor_refusal(rule, p).is_none()
 }
 
 fn unauthorized(e: ApiError) -> Response {

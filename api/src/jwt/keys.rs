@@ -125,8 +125,11 @@ impl Signers {
         }
         let sealed = record.private_key.as_ref().ok_or(ApiError::Internal)?;
         let private = zeroize::Zeroizing::new(sealer.open(sealed, &context(&record.kid)).map_err(|e| {
-            tracing::error!(kid = %record.kid, error = %e, "a JWT signing key did not open: check [secrets]");
-            ApiError::Internal
+            static SAID: gatehouse_cluster::throttle::Throttle = gatehouse_cluster::throttle::Throttle::new(60_000);
+            if let Some(suppressed) = SAID.allow() {
+                tracing::error!(kid = %record.kid, error = %e, suppressed, "a JWT signing key did not open: check [secrets]");
+            }
+            ApiError::Unavailable { leader: None }
         })?);
         let (alg, key) = match record.alg.as_str() {
             EDDSA if private.len() == 32 => {
@@ -162,19 +165,18 @@ pub fn jwks(state: &gatehouse_domain::state::State, now: u64) -> serde_json::Val
     serde_json::json!({ "keys": keys })
 }
 
-/// `GET /.well-known/jwks.json`: public, cacheable for five minutes (a new
-/// key is published a publish delay before it signs; keep that delay
-/// longer than any verifier's cache).
+/// `GET /.well-known/jwks.json`: public, cacheable for five minutes or half
+/// the publish delay, whichever is shorter (a new key is published a
+/// publish delay before it signs, so a cache that obeys never misses it).
 pub async fn jwks_handler(State(front): State<Front>) -> Response {
-    if front.jwt.is_none() {
+    let Some(jwt) = front.jwt.as_deref() else {
         return ApiError::NotFound("no such endpoint".into()).into_response();
-    }
+    };
     let body = jwks(&front.node.view().read(), gatehouse_cluster::clock::now_ms());
-    (
-        [(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "public, max-age=300")],
-        body.to_string(),
-    )
-        .into_response()
+    let cache = format!("public, max-age={}", jwt.config.jwks_max_age());
+    let cache = axum::http::HeaderValue::from_str(&cache).unwrap_or(axum::http::HeaderValue::from_static("no-store"));
+    let content_type = axum::http::HeaderValue::from_static("application/jwk-set+json");
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache)], body.to_string()).into_response()
 }
 
 #[cfg(test)]

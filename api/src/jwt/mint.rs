@@ -40,7 +40,7 @@ pub struct Claims {
     /// the second factor: `otp`, `recovery`, `hwk`, `device` (a trusted
     /// browser), and `mfa` when there were two.
     pub amr: Vec<String>,
-    /// When the caller signed in (for a key: now).
+    /// When the caller signed in (for a key: when it was made).
     pub auth_time: u64,
 }
 
@@ -51,8 +51,7 @@ const MAX_CACHED: usize = 100_000;
 struct Cached {
     stamp: u64,
     token: Arc<str>,
-    /// Unix ms.
-    iat: u64,
+    /// Unix ms (on a front: the voter's clock).
     exp: u64,
 }
 
@@ -63,11 +62,12 @@ pub struct Cache {
 }
 
 impl Cache {
-    fn get(&self, key: &(String, String), stamp: u64, now: u64) -> Option<(Arc<str>, u64)> {
+    /// The token cached for `key`, while it says `stamp` and more than
+    /// `half` (ms) of it is left at `now`.
+    fn get(&self, key: &(String, String), stamp: u64, now: u64, half: u64) -> Option<(Arc<str>, u64)> {
         let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let c = tokens.get(key)?;
-        // Used while more than half its life is left.
-        (c.stamp == stamp && now < c.iat + (c.exp - c.iat) / 2).then(|| (c.token.clone(), c.exp))
+        (c.stamp == stamp && now.saturating_add(half) < c.exp).then(|| (c.token.clone(), c.exp))
     }
 
     fn put(&self, key: (String, String), c: Cached) {
@@ -121,7 +121,9 @@ fn amr(p: &Principal, method: &str) -> Vec<String> {
         };
         if !second.is_empty() && !amr.contains(&second) {
             amr.push(second);
-            if amr.len() >= 2 {
+            // A trusted browser stands in for a factor given earlier; it
+            // is no second factor now.
+            if amr.len() >= 2 && second != "device" {
                 amr.push("mfa");
             }
         }
@@ -147,7 +149,12 @@ fn claims(
             let (method, created) = s.map(|s| (s.method, s.created_at)).unwrap_or_default();
             (session_id.clone(), method, created / 1000)
         }
-        Via::ApiKey { key_id } => (key_id.clone(), String::new(), now / 1000),
+        // A key authenticates every request; its creation is the one
+        // time that does not change with each (and so keeps it cached).
+        Via::ApiKey { key_id } => {
+            let created = state.api_key(key_id).map_or(now, |k| k.created_at);
+            (key_id.clone(), String::new(), created / 1000)
+        }
     };
     drop(state);
     let claims = Claims {
@@ -178,12 +185,18 @@ pub async fn token(front: &Front, credential: &str, p: &Principal, aud: &str) ->
     let now = gatehouse_cluster::clock::now_ms();
     let (claims, stamp, key) = claims(front, p, aud, now)?;
     let cache_key = (claims.sid.clone(), claims.aud.clone());
-    if let Some((token, expires_at)) = jwt.cache.get(&cache_key, stamp, now) {
+    let half = jwt.config.lifetime.as_millis() as u64 / 2;
+    if let Some((token, expires_at)) = jwt.cache.get(&cache_key, stamp, now, half) {
         return Ok(Minted { token, expires_at });
     }
     let (token, expires_at): (Arc<str>, u64) = match (&front.sign_in, front.mfa.sealer()) {
         (crate::sign_in::SignIn::Voters(voters), _) => {
-            let r = voters.mint_token(credential, aud).await?;
+            let r = voters.mint_token(credential, aud).await.map_err(|e| unsigned(&e))?;
+            // A voter behind this front's view signs what it still holds:
+            // such a token is not handed on (the next request asks again).
+            if !says(&r.token, &claims) {
+                return Err(ApiError::Unavailable { leader: None });
+            }
             (r.token.into(), r.expires_at)
         }
         (_, Some(sealer)) => {
@@ -192,8 +205,35 @@ pub async fn token(front: &Front, credential: &str, p: &Principal, aud: &str) ->
         }
         (_, None) => return Err(ApiError::Unavailable { leader: None }),
     };
-    jwt.cache.put(cache_key, Cached { stamp, token: token.clone(), iat: now, exp: expires_at });
+    jwt.cache.put(cache_key, Cached { stamp, token: token.clone(), exp: expires_at });
     Ok(Minted { token, expires_at })
+}
+
+/// A voter's refusal to sign for a front, as the front answers it: a
+/// request the rules refuse stays refused; anything else (no `[jwt]` on
+/// the voter, no key yet) is 503 and said in the log.
+fn unsigned(e: &ApiError) -> ApiError {
+    match e {
+        ApiError::PermissionDenied(_) | ApiError::Unauthenticated => e.clone(),
+        e => {
+            static WARNED: gatehouse_cluster::throttle::Throttle = gatehouse_cluster::throttle::Throttle::new(60_000);
+            if let Some(suppressed) = WARNED.allow() {
+                tracing::warn!(error = %e, suppressed, "a voter signed no token for this front: is [jwt] set on every voter?");
+            }
+            ApiError::Unavailable { leader: None }
+        }
+    }
+}
+
+/// Whether a token a voter signed says what `want` says of the caller
+/// (its times and key aside).
+fn says(token: &str, want: &Claims) -> bool {
+    use base64::Engine as _;
+    let Some(body) = token.split('.').nth(1) else { return false };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body) else { return false };
+    let Ok(got) = serde_json::from_slice::<Claims>(&bytes) else { return false };
+    (&got.sub, &got.aud, &got.name, &got.email, &got.roles, &got.sid, &got.amr)
+        == (&want.sub, &want.aud, &want.name, &want.email, &want.roles, &want.sid, &want.amr)
 }
 
 /// `claims` signed with `signer` (its kid in the header).
@@ -222,6 +262,8 @@ mod tests {
         assert_eq!(amr(&principal(s(), Some(("passkey", 1))), "passkey"), ["hwk"]);
         assert_eq!(amr(&principal(s(), Some(("totp", 1))), "sso"), ["fed", "otp", "mfa"]);
         assert_eq!(amr(&principal(s(), None), "link"), ["email"]);
+        // A trusted browser is a factor given earlier, not a second one now.
+        assert_eq!(amr(&principal(s(), Some(("device", 1))), "pwd"), ["pwd", "device"]);
         // A session from before methods were recorded says only its factor.
         assert_eq!(amr(&principal(s(), Some(("totp", 1))), ""), ["otp"]);
         assert_eq!(amr(&principal(Via::ApiKey { key_id: "k".into() }, None), ""), ["key"]);
@@ -231,10 +273,12 @@ mod tests {
     fn a_cached_token_is_used_for_half_its_life_and_only_while_it_says_the_same() {
         let cache = Cache::default();
         let key = ("s".to_string(), "app".to_string());
-        cache.put(key.clone(), Cached { stamp: 7, token: "t".into(), iat: 1_000, exp: 61_000 });
-        assert!(cache.get(&key, 7, 30_999).is_some());
-        assert!(cache.get(&key, 7, 31_000).is_none(), "half its life gone");
-        assert!(cache.get(&key, 8, 2_000).is_none(), "something it says changed");
-        assert!(cache.get(&("s".into(), "other".into()), 7, 2_000).is_none());
+        cache.put(key.clone(), Cached { stamp: 7, token: "t".into(), exp: 61_000 });
+        assert!(cache.get(&key, 7, 30_999, 30_000).is_some());
+        assert!(cache.get(&key, 7, 31_000, 30_000).is_none(), "half its life gone");
+        assert!(cache.get(&key, 8, 2_000, 30_000).is_none(), "something it says changed");
+        assert!(cache.get(&("s".into(), "other".into()), 7, 2_000, 30_000).is_none());
+        // A clock far ahead of the signer's: never reused, never a panic.
+        assert!(cache.get(&key, 7, u64::MAX - 1, 30_000).is_none());
     }
 }

@@ -26,6 +26,9 @@ use std::time::Duration;
 
 use axum::http::HeaderName;
 
+/// The longest token lifetime `[jwt] lifetime` takes.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// `[jwt]` as a node runs it.
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
@@ -55,9 +58,16 @@ impl JwtConfig {
     }
 
     /// How long an old key stays published after it stops signing: the
-    /// longest token it signed, and a minute for clocks and caches.
+    /// longest lifetime any node may give a token (whatever this node's
+    /// own), and a minute for clocks and caches.
     pub fn retire_after(&self) -> Duration {
-        self.lifetime + Duration::from_secs(60)
+        MAX_LIFETIME + Duration::from_secs(60)
+    }
+
+    /// How long apps may cache the JWKS: five minutes, or half the publish
+    /// delay when that is shorter (a new key must be seen before it signs).
+    pub fn jwks_max_age(&self) -> u64 {
+        (self.publish_delay.as_secs() / 2).min(300)
     }
 }
 

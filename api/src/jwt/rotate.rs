@@ -19,20 +19,30 @@ use crate::ApiError;
 
 /// The command that adds a new key made from `front`'s settings (propose
 /// it through `audit::write` or `admin::write`: it is audited as `jwt.rotate`).
-pub fn new_key(front: &Front) -> Result<gatehouse_domain::Command, ApiError> {
+pub async fn new_key(front: &Front) -> Result<gatehouse_domain::Command, ApiError> {
     let jwt = front
         .jwt
         .as_deref()
         .ok_or_else(|| ApiError::FailedPrecondition("this node has no [jwt] section: it mints no tokens".into()))?;
-    let sealer = front.mfa.sealer().ok_or_else(|| {
-        ApiError::FailedPrecondition("this node holds no [secrets] keys to seal a signing key with".into())
-    })?;
+    if front.mfa.sealer().is_none() {
+        return Err(ApiError::FailedPrecondition(
+            "this node holds no [secrets] keys to seal a signing key with".into(),
+        ));
+    }
     if front.node.view().read().cluster_version() < gatehouse_domain::signing::VERSION {
         return Err(ApiError::FailedPrecondition(
             "every node must run a build with JWT signing keys first (cluster version 7)".into(),
         ));
     }
-    let c = super::keys::generate(jwt.config.algorithm, sealer, jwt.config.publish_delay, jwt.config.retire_after())?;
+    let (alg, delay, retire) = (jwt.config.algorithm, jwt.config.publish_delay, jwt.config.retire_after());
+    // An RSA key takes a while to find: off the async workers.
+    let f = front.clone();
+    let c = tokio::task::spawn_blocking(move || {
+        let sealer = f.mfa.sealer().ok_or(ApiError::Internal)?;
+        super::keys::generate(alg, sealer, delay, retire)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
     Ok(front.node.command(Payload::RotateSigningKey(c)))
 }
 
@@ -63,7 +73,7 @@ pub async fn first_key(front: &Front) {
         }
     }
     let made = async {
-        let result = crate::audit::write(node, &Actor::default(), new_key(front)?).await?;
+        let result = crate::audit::write(node, &Actor::default(), new_key(front).await?).await?;
         ApiError::check(&result).map(|()| result.id)
     };
     match made.await {

@@ -549,12 +549,28 @@ impl SignInService for SignIns {
         Ok(Response::new(pb::LogoutResponse { log_index }))
     }
 
+    /// A token only for an audience this voter's own `[jwt]` and route
+    /// rules name, and for a rule's audience only to a caller that rule
+    /// lets through (its roles, its second factor): a front chooses which
+    /// of those it asks for, never more than the voter would grant.
     async fn mint_token(&self, req: Request<pb::MintTokenRequest>) -> Result<Response<pb::MintTokenResponse>, Status> {
         let r = req.into_inner();
-        if r.audience.is_empty() || r.audience.len() > 256 || r.audience.chars().any(char::is_control) {
-            return Err(ApiError::InvalidArgument("an audience is 1 to 256 characters".into()).into());
-        }
+        let Some(jwt) = self.front.jwt.as_deref() else {
+            return Err(ApiError::FailedPrecondition("this voter has no [jwt] section".into()).into());
+        };
         let p = self.caller(&r.credential).await?;
+        let rules: Vec<&crate::http::RouteRule> =
+            self.front.config.routes.iter().filter(|rule| rule.audience.as_deref() == Some(&r.audience)).collect();
+        let allowed = if r.audience == jwt.config.audience {
+            true
+        } else if rules.is_empty() {
+            return Err(ApiError::InvalidArgument("no route rule of this voter names that audience".into()).into());
+        } else {
+            rules.iter().any(|rule| crate::http::verify::admits(rule, &p))
+        };
+        if !allowed {
+            return Err(ApiError::PermissionDenied("the caller does not pass the rules of that audience".into()).into());
+        }
         let minted = crate::jwt::mint::token(&self.front, &r.credential, &p, &r.audience).await?;
         Ok(Response::new(pb::MintTokenResponse { token: minted.token.to_string(), expires_at: minted.expires_at }))
     }

@@ -66,9 +66,30 @@ impl JwtSettings {
         let algorithm = gatehouse_api::jwt::keys::Alg::parse(&self.algorithm).map_err(bad)?;
         let header = axum::http::HeaderName::from_bytes(self.header.as_bytes())
             .map_err(|_| bad(format!("jwt.header {:?} is not a header name", self.header)))?;
-        // Headers a proxy or the client owns, or that Gatehouse sets itself.
-        let taken = ["cookie", "host", "content-length", "transfer-encoding", "connection", "x-auth-user"];
-        if taken.contains(&header.as_str()) || header.as_str().starts_with("x-forwarded-") {
+        // Headers a proxy or the client owns, that Gatehouse answers with
+        // itself, or that a browser would act on.
+        let taken = [
+            "cookie",
+            "set-cookie",
+            "host",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "trailer",
+            "location",
+            "www-authenticate",
+            "proxy-authorization",
+            "x-auth-user",
+            "x-auth-user-id",
+            "x-auth-roles",
+            "x-auth-mfa",
+            "x-auth-mfa-age",
+        ];
+        let name = header.as_str();
+        if taken.contains(&name) || name.starts_with("x-forwarded-") || name.starts_with("x-ratelimit-") {
             return Err(bad(format!("jwt.header {:?} is not one a token may go in", self.header)));
         }
         Ok(gatehouse_api::jwt::JwtConfig {
@@ -102,6 +123,9 @@ mod tests {
         let ok = settings().load().unwrap();
         assert_eq!(ok.lifetime.as_secs(), 60);
         assert_eq!(ok.header, axum::http::header::AUTHORIZATION);
+        assert_eq!(ok.jwks_max_age(), 300);
+        let short = JwtSettings { publish_delay: "2m".into(), ..settings() }.load().unwrap();
+        assert_eq!(short.jwks_max_age(), 60, "half the publish delay");
         assert!(JwtSettings { header: "X-Auth-JWT".into(), algorithm: "RS256".into(), ..settings() }.load().is_ok());
         for bad in [
             JwtSettings { issuer: "auth.example.com".into(), ..settings() },
@@ -116,6 +140,9 @@ mod tests {
             JwtSettings { header: "bad header".into(), ..settings() },
             JwtSettings { header: "Cookie".into(), ..settings() },
             JwtSettings { header: "X-Forwarded-User".into(), ..settings() },
+            JwtSettings { header: "X-Auth-Roles".into(), ..settings() },
+            JwtSettings { header: "Set-Cookie".into(), ..settings() },
+            JwtSettings { header: "Location".into(), ..settings() },
         ] {
             assert!(bad.load().is_err(), "{bad:?}");
         }
