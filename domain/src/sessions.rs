@@ -242,6 +242,13 @@ impl Sessions {
         self.by_id.get(&id).map(|s| s.record(id))
     }
 
+    /// How a session's first factor was given and when it opened, without
+    /// building its record (the JWT path reads it per request).
+    pub(crate) fn origin(&self, session_id: &str) -> Option<(&'static str, u64)> {
+        let s = self.by_id.get(&id128(session_id)?)?;
+        Some((s.method, s.created_at))
+    }
+
     pub(crate) fn contains(&self, session_id: &str) -> bool {
         id128(session_id).is_some_and(|id| self.by_id.contains_key(&id))
     }

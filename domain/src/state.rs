@@ -296,6 +296,11 @@ impl State {
         self.sessions.all()
     }
 
+    /// How a session's first factor was given ("" unrecorded) and when it opened.
+    pub fn session_origin(&self, session_id: &str) -> Option<(&'static str, u64)> {
+        self.sessions.origin(session_id)
+    }
+
     pub fn sessions_of(&self, user_id: &str) -> impl Iterator<Item = SessionRecord> + '_ {
         self.sessions.of_user(user_id)
     }

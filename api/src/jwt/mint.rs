@@ -49,28 +49,38 @@ const MAX_CACHED: usize = 100_000;
 
 #[derive(Debug)]
 struct Cached {
+    sid: Box<str>,
+    aud: Box<str>,
     stamp: u64,
     token: Arc<str>,
     /// Unix ms (on a front: the voter's clock).
     exp: u64,
 }
 
-/// Tokens by (credential id, audience).
+/// Tokens by a hash of (credential id, audience); each entry names both,
+/// so a collision is a miss, never another caller's token.
 #[derive(Debug, Default)]
 pub struct Cache {
-    tokens: Mutex<HashMap<(String, String), Cached>>,
+    tokens: Mutex<HashMap<u64, Cached>>,
+}
+
+fn slot(sid: &str, aud: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (sid, aud).hash(&mut h);
+    h.finish()
 }
 
 impl Cache {
-    /// The token cached for `key`, while it says `stamp` and more than
-    /// `half` (ms) of it is left at `now`.
-    fn get(&self, key: &(String, String), stamp: u64, now: u64, half: u64) -> Option<(Arc<str>, u64)> {
+    /// The token cached for (`sid`, `aud`), while it says `stamp` and more
+    /// than `half` (ms) of it is left at `now`.
+    fn get(&self, sid: &str, aud: &str, stamp: u64, now: u64, half: u64) -> Option<(Arc<str>, u64)> {
         let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let c = tokens.get(key)?;
-        (c.stamp == stamp && now.saturating_add(half) < c.exp).then(|| (c.token.clone(), c.exp))
+        let c = tokens.get(&slot(sid, aud))?;
+        let fresh = c.stamp == stamp && now.saturating_add(half) < c.exp;
+        (fresh && &*c.sid == sid && &*c.aud == aud).then(|| (c.token.clone(), c.exp))
     }
 
-    fn put(&self, key: (String, String), c: Cached) {
+    fn put(&self, c: Cached) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         if tokens.len() >= MAX_CACHED {
             let now = gatehouse_cluster::clock::now_ms();
@@ -79,7 +89,7 @@ impl Cache {
                 tokens.clear();
             }
         }
-        tokens.insert(key, c);
+        tokens.insert(slot(&c.sid, &c.aud), c);
     }
 
     /// Tokens cached (for the tests and metrics).
@@ -131,64 +141,77 @@ fn amr(p: &Principal, method: &str) -> Vec<String> {
     amr.into_iter().map(str::to_string).collect()
 }
 
-/// The claims for `p` at `now` (unix ms), and the stamp of what they say
-/// (everything but the times), read from the view with the key that signs.
-fn claims(
-    front: &Front,
-    p: &Principal,
-    aud: &str,
-    now: u64,
-) -> Result<(Claims, u64, gatehouse_proto::state::SigningKeyRecord), ApiError> {
-    let jwt = front.jwt.as_deref().ok_or(ApiError::Internal)?;
-    let state = front.node.view().read();
-    let key = state.signing_keys().current(now).cloned().ok_or(ApiError::Unavailable { leader: None })?;
-    let email = state.user(&p.user_id).map(|u| u.email.clone()).unwrap_or_default();
-    let (sid, method, auth_time) = match &p.via {
-        Via::Session { session_id } => {
-            let s = state.session(session_id);
-            let (method, created) = s.map(|s| (s.method, s.created_at)).unwrap_or_default();
-            (session_id.clone(), method, created / 1000)
-        }
+/// What the view says of a caller beyond its principal.
+struct Facts<'a> {
+    key: &'a gatehouse_proto::state::SigningKeyRecord,
+    email: &'a str,
+    /// How the first factor was given ("" for a key or unrecorded).
+    method: &'static str,
+    /// Unix seconds.
+    auth_time: u64,
+}
+
+fn sid(p: &Principal) -> &str {
+    match &p.via {
+        Via::Session { session_id } => session_id,
+        Via::ApiKey { key_id } => key_id,
+    }
+}
+
+fn facts<'a>(state: &'a gatehouse_domain::state::State, p: &Principal, now: u64) -> Result<Facts<'a>, ApiError> {
+    let key = state.signing_keys().current(now).ok_or(ApiError::Unavailable { leader: None })?;
+    let email = state.user(&p.user_id).map_or("", |u| u.email.as_str());
+    let (method, auth_ms) = match &p.via {
+        Via::Session { session_id } => state.session_origin(session_id).unwrap_or(("", now)),
         // A key authenticates every request; its creation is the one
         // time that does not change with each (and so keeps it cached).
-        Via::ApiKey { key_id } => {
-            let created = state.api_key(key_id).map_or(now, |k| k.created_at);
-            (key_id.clone(), String::new(), created / 1000)
-        }
+        Via::ApiKey { key_id } => ("", state.api_key(key_id).map_or(now, |k| k.created_at)),
     };
-    drop(state);
-    let claims = Claims {
+    Ok(Facts { key, email, method, auth_time: auth_ms / 1000 })
+}
+
+/// The stamp of what a token for `p` and `aud` says (everything but its
+/// times): a cached token is used only while it is unchanged.
+fn stamp(p: &Principal, aud: &str, f: &Facts) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&p.user_id, aud, &p.username, f.email, &p.roles, sid(p), f.method, f.auth_time).hash(&mut h);
+    (&f.key.kid, p.factor).hash(&mut h);
+    h.finish()
+}
+
+fn claims(jwt: &super::Jwt, p: &Principal, aud: &str, f: &Facts, now: u64) -> Claims {
+    Claims {
         iss: jwt.config.issuer.clone(),
         sub: p.user_id.clone(),
         aud: aud.to_string(),
         iat: now / 1000,
         exp: (now + jwt.config.lifetime.as_millis() as u64) / 1000,
         name: p.username.clone(),
-        email,
+        email: f.email.to_string(),
         roles: p.roles.clone(),
-        amr: amr(p, &method),
-        sid,
-        auth_time,
-    };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&claims.sub, &claims.aud, &claims.name, &claims.email, &claims.roles, &claims.sid, &claims.amr).hash(&mut h);
-    (claims.auth_time, &key.kid, p.factor.map(|f| f.1)).hash(&mut h);
-    Ok((claims, h.finish(), key))
+        amr: amr(p, f.method),
+        sid: sid(p).to_string(),
+        auth_time: f.auth_time,
+    }
 }
 
 /// A token for `p` (who presented `credential`) and `aud`: from the cache
-/// when it still says the same; signed here on a voter, by a voter for a
-/// stateless front, otherwise. 503 while no key signs yet (the leader
-/// makes the first one as soon as `[jwt]` is set).
+/// when it still says the same (no allocation then); signed here on a
+/// voter, by a voter for a stateless front, otherwise. 503 while no key
+/// signs yet (the leader makes the first one as soon as `[jwt]` is set).
 pub async fn token(front: &Front, credential: &str, p: &Principal, aud: &str) -> Result<Minted, ApiError> {
     let jwt = front.jwt.as_deref().ok_or(ApiError::Internal)?;
     let now = gatehouse_cluster::clock::now_ms();
-    let (claims, stamp, key) = claims(front, p, aud, now)?;
-    let cache_key = (claims.sid.clone(), claims.aud.clone());
     let half = jwt.config.lifetime.as_millis() as u64 / 2;
-    if let Some((token, expires_at)) = jwt.cache.get(&cache_key, stamp, now, half) {
-        return Ok(Minted { token, expires_at });
-    }
+    let (stamp, claims, key) = {
+        let state = front.node.view().read();
+        let f = facts(&state, p, now)?;
+        let stamp = stamp(p, aud, &f);
+        if let Some((token, expires_at)) = jwt.cache.get(sid(p), aud, stamp, now, half) {
+            return Ok(Minted { token, expires_at });
+        }
+        (stamp, claims(jwt, p, aud, &f, now), f.key.clone())
+    };
     let (token, expires_at): (Arc<str>, u64) = match (&front.sign_in, front.mfa.sealer()) {
         (crate::sign_in::SignIn::Voters(voters), _) => {
             let r = voters.mint_token(credential, aud).await.map_err(|e| unsigned(&e))?;
@@ -205,7 +228,8 @@ pub async fn token(front: &Front, credential: &str, p: &Principal, aud: &str) ->
         }
         (_, None) => return Err(ApiError::Unavailable { leader: None }),
     };
-    jwt.cache.put(cache_key, Cached { stamp, token: token.clone(), exp: expires_at });
+    let (sid, aud) = (claims.sid.into_boxed_str(), claims.aud.into_boxed_str());
+    jwt.cache.put(Cached { sid, aud, stamp, token: token.clone(), exp: expires_at });
     Ok(Minted { token, expires_at })
 }
 
@@ -272,13 +296,13 @@ mod tests {
     #[test]
     fn a_cached_token_is_used_for_half_its_life_and_only_while_it_says_the_same() {
         let cache = Cache::default();
-        let key = ("s".to_string(), "app".to_string());
-        cache.put(key.clone(), Cached { stamp: 7, token: "t".into(), exp: 61_000 });
-        assert!(cache.get(&key, 7, 30_999, 30_000).is_some());
-        assert!(cache.get(&key, 7, 31_000, 30_000).is_none(), "half its life gone");
-        assert!(cache.get(&key, 8, 2_000, 30_000).is_none(), "something it says changed");
-        assert!(cache.get(&("s".into(), "other".into()), 7, 2_000, 30_000).is_none());
+        cache.put(Cached { sid: "s".into(), aud: "app".into(), stamp: 7, token: "t".into(), exp: 61_000 });
+        assert!(cache.get("s", "app", 7, 30_999, 30_000).is_some());
+        assert!(cache.get("s", "app", 7, 31_000, 30_000).is_none(), "half its life gone");
+        assert!(cache.get("s", "app", 8, 2_000, 30_000).is_none(), "something it says changed");
+        assert!(cache.get("s", "other", 7, 2_000, 30_000).is_none());
+        assert!(cache.get("t", "app", 7, 2_000, 30_000).is_none());
         // A clock far ahead of the signer's: never reused, never a panic.
-        assert!(cache.get(&key, 7, u64::MAX - 1, 30_000).is_none());
+        assert!(cache.get("s", "app", 7, u64::MAX - 1, 30_000).is_none());
     }
 }

@@ -1179,7 +1179,7 @@ async fn jwt(
         let one = Some(("authorization", bearer(&tokens[0])));
         if with_jwt {
             rows.push((
-                "verify-session + JWT (cached)",
+                "verify + JWT, cached",
                 load::http_get(&http, "/auth/verify", one, connections, None, d).await?,
             ));
             let each = std::sync::Arc::new(tokens.iter().map(bearer).collect::<Vec<_>>());
@@ -1190,12 +1190,9 @@ async fn jwt(
                 (signed.ok + signed.errors) as usize <= tokens.len(),
                 "more requests than sessions: raise --sessions so every request signs"
             );
-            rows.push(("verify-session + JWT (signed per request)", signed));
+            rows.push(("verify + JWT, signed", signed));
         } else {
-            rows.push((
-                "verify-session, no [jwt]",
-                load::http_get(&http, "/auth/verify", one, connections, None, d).await?,
-            ));
+            rows.push(("verify, no [jwt]", load::http_get(&http, "/auth/verify", one, connections, None, d).await?));
         }
         drop(cluster);
     }
