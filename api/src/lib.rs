@@ -24,6 +24,7 @@
 //!   secrets, recovery codes, a waiting session paid, enrollment.
 //! - [`reseal`]: after a key rotation, the leader moves secrets at rest to the current key through the log.
 //! - [`jwt`]: signed identity for apps: signing keys in the log, the JWKS, tokens minted per credential and cached.
+//! - [`proxy`]: reverse-proxy mode: each request verified as `/auth/verify` does, then streamed to its upstream with the identity injected.
 //! - [`passwords`]: argon2id hashing on a bounded pool.
 //! - [`mint`]: new API keys, session and sign-in link tokens, made on the proposing node.
 //! - [`mail`]: SMTP (lettre over rustls) for sign-in links, sent off the request path.
@@ -45,6 +46,7 @@ pub mod mint;
 pub mod node;
 pub mod pages;
 pub mod passwords;
+pub mod proxy;
 pub mod rate_limit;
 pub mod reseal;
 pub mod seal;

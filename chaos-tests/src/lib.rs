@@ -25,6 +25,7 @@ pub mod linearizability;
 pub mod load;
 pub mod load_fronts;
 pub mod load_mfa;
+pub mod load_proxy;
 pub mod load_tls;
 pub mod nemesis;
 pub mod proxy;

@@ -120,10 +120,12 @@ pub use gatehouse_api::http::RouteRule;
 mod jwt;
 mod mfa;
 mod pages;
+mod proxy;
 mod sso;
 pub use jwt::JwtSettings;
 pub use mfa::{MfaSettings, PasskeySettings};
 pub use pages::{MailSettings, MailTlsSetting, PagesSettings};
+pub use proxy::{HeaderNames, ProxySettings, UpstreamSettings};
 pub use sso::{KeySettings, OffboardSetting, ProviderSettings, SecretsSettings, SsoSettings};
 
 /// Sessions, logins and forward-auth.
@@ -361,6 +363,8 @@ pub struct Config {
     pub mfa: MfaSettings,
     /// `[jwt]`: a signed token for the app with every allowed request.
     pub jwt: Option<JwtSettings>,
+    /// `[proxy]`: reverse-proxy mode on a listener of its own.
+    pub proxy: Option<ProxySettings>,
     /// `[rate_limits]`: cluster-wide limits (see docs/rate-limits-and-audit.md).
     pub rate_limits: gatehouse_api::rate_limit::LimitsConfig,
     /// `[audit]`: buffering and retention of the audit log.
@@ -472,6 +476,7 @@ impl Default for Config {
             secrets: SecretsSettings::default(),
             mfa: MfaSettings::default(),
             jwt: None,
+            proxy: None,
             rate_limits: Default::default(),
             audit: Default::default(),
             fronts_file: None,
@@ -513,10 +518,11 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// The top-level keys, for filtering the environment.
-const KEYS: [&str; 38] = [
+const KEYS: [&str; 39] = [
     "identity",
     "mfa",
     "jwt",
+    "proxy",
     "pages",
     "mail",
     "sso",
@@ -766,6 +772,9 @@ impl Config {
         }
         self.secrets.load()?;
         self.mfa.load(None)?;
+        if let Some(proxy) = &self.proxy {
+            proxy.load()?;
+        }
         if let Some(jwt) = &self.jwt {
             jwt.load()?;
             if self.front.is_none() && self.secrets.keys.is_empty() {

@@ -22,6 +22,7 @@ pub struct FrontNode {
     front: Front,
     api: gatehouse_api::Node,
     http_addr: SocketAddr,
+    proxy_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     ext_authz_addr: Option<SocketAddr>,
     /// Stops the listeners (first).
@@ -80,6 +81,11 @@ impl FrontNode {
             None => None,
         };
         let http_addr = http_listener.local_addr()?;
+        let proxy_listener = crate::node::bind_proxy(&config).await?;
+        let proxy_addr = match &proxy_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let metrics_addr = match &metrics_listener {
             Some(l) => Some(l.local_addr()?),
             None => None,
@@ -100,6 +106,9 @@ impl FrontNode {
             watched.served.push(crate::reload::Served { listener: "https", material });
             server
         });
+        if let Some(listener) = proxy_listener {
+            servers.push(crate::node::proxy_server(listener, &web, &config, https.clone(), serving.subscribe())?);
+        }
         servers.push(http_server(http_listener, &web, &config, https, serving.subscribe()));
         if let Some(listener) = metrics_listener {
             servers.push(metrics_server(listener, &web, serving.subscribe()));
@@ -111,7 +120,7 @@ impl FrontNode {
             servers.extend(crate::reload::keep_current(watched, api.clone(), serving.subscribe()));
         }
         tracing::info!(front_id = config.node_id, %http_addr, ?metrics_addr, voters = ?section.voters, "front started");
-        Ok(FrontNode { front, api, http_addr, metrics_addr, ext_authz_addr, serving, stop, servers, tasks })
+        Ok(FrontNode { front, api, http_addr, proxy_addr, metrics_addr, ext_authz_addr, serving, stop, servers, tasks })
     }
 
     pub fn id(&self) -> u64 {
@@ -120,6 +129,11 @@ impl FrontNode {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The reverse proxy's listener (`[proxy]`), if configured.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

@@ -29,6 +29,7 @@ pub struct Node {
     /// The same node as its transports see it (recorder, last use, metrics).
     api: gatehouse_api::Node,
     http_addr: SocketAddr,
+    proxy_addr: Option<SocketAddr>,
     grpc_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
@@ -179,6 +180,11 @@ impl Node {
         };
         let http_listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP {}", config.http_addr))?;
+        let proxy_listener = bind_proxy(&config).await?;
+        let proxy_addr = match &proxy_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let metrics_listener = match config.metrics_addr {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
             None => None,
@@ -346,8 +352,11 @@ impl Node {
                 grpc.push(crate::grpc::serve(rt, grpc_listener, router, serving.subscribe(), "client", None)?);
             }
         }
-        let http = http_server(http_listener, &front, &config, https, serving.subscribe());
-        let mut servers = vec![http];
+        let mut servers = Vec::new();
+        if let Some(listener) = proxy_listener {
+            servers.push(proxy_server(listener, &front, &config, https.clone(), serving.subscribe())?);
+        }
+        servers.push(http_server(http_listener, &front, &config, https, serving.subscribe()));
         if !watched.is_empty() {
             servers.extend(crate::reload::keep_current(watched, api.clone(), serving.subscribe()));
         }
@@ -364,6 +373,7 @@ impl Node {
             cluster,
             api,
             http_addr,
+            proxy_addr,
             grpc_addr,
             peer_addr,
             metrics_addr,
@@ -439,6 +449,11 @@ impl Node {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The reverse proxy's listener (`[proxy]`), if configured.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr
     }
 
     /// The separate metrics listener, if configured.
@@ -639,6 +654,38 @@ pub(crate) fn http_server(
         let drain = Duration::from_secs(5);
         gatehouse_api::http::serve::serve(listener, app, limits, https, connections, shutdown, drain).await;
     })
+}
+
+/// The reverse proxy's listener (`[proxy] listen`), when configured.
+pub(crate) async fn bind_proxy(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    let Some(p) = &config.proxy else { return Ok(None) };
+    Ok(Some(TcpListener::bind(p.listen).await.with_context(|| format!("binding the proxy {}", p.listen))?))
+}
+
+/// Serves reverse-proxy mode on `listener` (HTTPS with `https`), with the
+/// front's limits but no whole-request timeout: an upload or a stream may
+/// last as long as it moves (`[proxy] idle_timeout` and
+/// `first_byte_timeout` bound it instead).
+pub(crate) fn proxy_server(
+    listener: TcpListener,
+    front: &Front,
+    config: &Config,
+    https: Option<Arc<rustls::ServerConfig>>,
+    mut stop: Shutdown,
+) -> anyhow::Result<JoinHandle<()>> {
+    let settings = config.proxy.as_ref().context("[proxy]")?.load()?;
+    let proxy =
+        gatehouse_api::proxy::Proxy::new(front.clone(), settings, https.is_some()).map_err(anyhow::Error::msg)?;
+    let app = gatehouse_api::proxy::router(proxy);
+    let limits = gatehouse_api::http::serve::ServeLimits { request_timeout_ms: 30 * 86_400_000, ..config.http.clone() };
+    let connections = gatehouse_api::http::serve::Connections::default();
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            stop.wait().await;
+        };
+        let drain = Duration::from_secs(5);
+        gatehouse_api::http::serve::serve(listener, app, limits, https, connections, shutdown, drain).await;
+    }))
 }
 
 /// The Envoy listener, when configured, and the secret its calls carry

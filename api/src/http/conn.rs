@@ -199,7 +199,8 @@ pub async fn drive<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: the proxy tunnels WebSockets (the front never upgrades).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)));
     // When a graceful close of an idle connection began: a client that does

@@ -185,10 +185,28 @@ pub async fn verify(
     req: axum::extract::Request,
 ) -> Response {
     let limits = limits.map(|Extension(l)| l);
-    let (decision, resp) = decide(&front, &q, req.headers(), client, limits.as_ref()).await;
+    let (decision, resp) = decide(&front, &q, req.headers(), client, limits.as_ref(), &mut None).await;
     tracing::Span::current().record("decision", decision);
     front.node.metrics().verify_decision(decision);
     resp
+}
+
+/// The forward-auth decision for a request Gatehouse proxies itself
+/// (`crate::proxy`): `headers` carry the credential and the request as
+/// `X-Forwarded-*`; a browser that must sign in is redirected. On "allow",
+/// the answer's headers are the identity to inject, and the caller is
+/// returned beside it.
+pub async fn check(
+    front: &Front,
+    headers: &HeaderMap,
+    client: ClientIp,
+    limits: Option<&RequestLimits>,
+) -> (&'static str, Response, Option<Principal>) {
+    let q = VerifyQuery { role: None, redirect: true };
+    let mut allowed = None;
+    let (decision, resp) = decide(front, &q, headers, client, limits, &mut allowed).await;
+    front.node.metrics().verify_decision(decision);
+    (decision, resp, allowed)
 }
 
 /// The decision (a bounded name, for the span and the metrics) and the answer.
@@ -198,6 +216,7 @@ async fn decide(
     headers: &HeaderMap,
     client: ClientIp,
     limits: Option<&RequestLimits>,
+    allowed: &mut Option<Principal>,
 ) -> (&'static str, Response) {
     if let Some(role) = &q.role {
         if roles::validate_name(role).is_err() {
@@ -268,6 +287,7 @@ async fn decide(
     if let Some(q) = quota {
         resp.extensions_mut().insert(q);
     }
+    *allowed = Some(principal);
     ("allow", resp)
 }
 

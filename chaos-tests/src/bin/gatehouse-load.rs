@@ -73,6 +73,15 @@ enum Scenario {
         #[arg(long)]
         rsa: bool,
     },
+    /// Requests through Gatehouse's reverse-proxy mode (`[proxy]`, an API
+    /// key verified per request) to a bare hyper upstream, beside nginx
+    /// `proxy_pass` to the same upstream and the upstream alone, same run.
+    Proxy {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// New TLS connections per second on one node's HTTPS front (connect,
     /// handshake, one GET /healthz, close), full handshakes and resumed
     /// ones, each beside bare hyper + rustls doing the same, same run.
@@ -228,6 +237,9 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("gatehouse"),
     };
+    if let Scenario::Proxy { connections, seconds } = &args.scenario {
+        return proxy(&bin, args.nodes, *connections, *seconds, args.json).await;
+    }
     if let Scenario::Jwt { connections, seconds, sessions, rsa } = &args.scenario {
         return jwt(&bin, args.nodes, *connections, *seconds, *sessions, *rsa, args.json).await;
     }
@@ -274,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
     }
     cluster.launch().await?;
     match args.scenario {
-        Scenario::Writes { .. } | Scenario::Jwt { .. } => unreachable!("handled above"),
+        Scenario::Writes { .. } | Scenario::Jwt { .. } | Scenario::Proxy { .. } => unreachable!("handled above"),
         Scenario::Verify { connections, seconds, https } => {
             verify(&cluster, connections, seconds, https, args.json).await?
         }
@@ -1118,6 +1130,45 @@ async fn verify(
     let title = format!("scenario verify{over}: one node, {connections} connections, {seconds} s each");
     let head =
         json.then(|| serde_json::json!({ "scenario": "verify", "connections": connections, "seconds": seconds }));
+    let out = print_beside_ceiling(&rows, &title, "req/s", head);
+    if json {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, and
+/// node 1's `[proxy]` to it, each with `connections` keep-alive clients.
+async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+    let d = Duration::from_secs(seconds);
+    let (mut upstream, upstream_addr) = baseline(None)?;
+    let dir = tempfile::tempdir()?;
+    let proxy_port = gatehouse_chaos::cluster::free_port()?;
+    let extra = format!(
+        "[rate_limits]\nenabled = false\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n\
+         [[proxy.upstreams]]\nurl = \"http://{upstream_addr}\"\n"
+    );
+    let mut cluster = ProcCluster::prepare_with(bin, dir.path(), nodes, &extra, &[], false)?;
+    cluster.launch().await?;
+    let key = user_with_key(&cluster, "proxied", &["viewer"]).await?;
+    let nginx_dir = tempfile::tempdir()?;
+    let nginx_port = gatehouse_chaos::cluster::free_port()?;
+    let nginx = gatehouse_chaos::load_proxy::nginx(nginx_dir.path(), nginx_port, &upstream_addr).await?;
+    let through = format!("127.0.0.1:{proxy_port}");
+    let auth = || Some(("authorization", format!("Bearer {key}")));
+    let rows = vec![
+        ("bare hyper upstream (ceiling)", load::http_get(&upstream_addr, "/", None, connections, None, d).await?),
+        (
+            "nginx proxy_pass",
+            load::http_get(&format!("127.0.0.1:{nginx_port}"), "/", None, connections, None, d).await?,
+        ),
+        ("gatehouse [proxy], key verified", load::http_get(&through, "/", auth(), connections, None, d).await?),
+    ];
+    drop(nginx);
+    let _ = upstream.kill();
+    drop(cluster);
+    let title = format!("scenario proxy: node 1 of {nodes}, {connections} connections, {seconds} s each");
+    let head = json.then(|| serde_json::json!({ "scenario": "proxy", "connections": connections, "seconds": seconds }));
     let out = print_beside_ceiling(&rows, &title, "req/s", head);
     if json {
         println!("{out}");

@@ -1,0 +1,328 @@
+//! Headers on the way to the upstream and back.
+//!
+//! Upstream, in this order:
+//! 1. hop-by-hop headers go (RFC 9110 §7.6.1: `Connection` and every name
+//!    it lists, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
+//!    `Transfer-Encoding`, `Upgrade` unless the request is a WebSocket
+//!    upgrade, `Proxy-Authorization`), and `Host` (the upstream's is set);
+//! 2. every client copy of an identity goes: any `X-Auth-*` (and its
+//!    `x_auth_*` spelling), the configured names and their underscore
+//!    spellings, `X-Forwarded-User`/`-Email`/`-Groups`/
+//!    `-Preferred-Username`, `X-Forwarded-For`/`-Proto`/`-Host`, `Forwarded`;
+//! 3. Gatehouse's own credential goes, unless the upstream passes it: its
+//!    session cookie out of `Cookie`, a Gatehouse key or session in
+//!    `Authorization`;
+//! 4. the identity is set from the verify answer (and the JWT, with
+//!    `[jwt]`), then `X-Forwarded-For`, `-Proto`, `-Host`.
+//!
+//! Values come from `HeaderValue`s made by the verify answer or checked by
+//! `HeaderValue::from_str`, which refuses CR, LF and NUL: no identity can
+//! carry a header of its own.
+
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use super::config::IdentityHeaders;
+use crate::identity::Principal;
+
+/// Why a request is refused as a smuggling attempt, if it is: framing two
+/// readers could read two ways. (hyper's parser already refuses obsolete
+/// line folding, invalid header bytes and differing `Content-Length`s.)
+pub fn smuggling(headers: &HeaderMap) -> Option<&'static str> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let encodings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if lengths > 1 {
+        return Some("more than one Content-Length");
+    }
+    if lengths == 1 && !encodings.is_empty() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if encodings.len() > 1 || encodings.first().is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked")) {
+        return Some("a Transfer-Encoding other than chunked");
+    }
+    if let Some(v) = headers.get(header::CONTENT_LENGTH) {
+        if v.is_empty() || v.len() > 19 || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Some("a malformed Content-Length");
+        }
+    }
+    None
+}
+
+/// Whether the request asks to become a WebSocket.
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    let upgrade = headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    upgrade && connection
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers (and those `Connection` names); `Upgrade`
+/// stays when `keep_upgrade` (a WebSocket handshake, whose `Connection:
+/// upgrade` is then set again).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        if keep_upgrade && *name == header::UPGRADE {
+            continue;
+        }
+        h.remove(name);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+    h.remove(HeaderName::from_static("proxy-authenticate"));
+}
+
+/// Whether `name` (lower case) is a client's copy of an identity.
+fn identity_like(name: &str, identity: &IdentityHeaders, jwt: Option<&HeaderName>) -> bool {
+    const FORWARDED: [&str; 8] = [
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ];
+    let dashed = name.replace('_', "-");
+    let ours = [&identity.user, &identity.user_id, &identity.roles, &identity.email];
+    dashed.starts_with("x-auth-")
+        || FORWARDED.contains(&dashed.as_str())
+        || ours.iter().any(|n| n.as_str() == dashed)
+        || jwt.is_some_and(|j| j.as_str() == dashed && *j != header::AUTHORIZATION)
+}
+
+/// Removes Gatehouse's session cookie from every `Cookie` header.
+fn strip_cookie(h: &mut HeaderMap, cookie_name: &str) {
+    let kept: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .map(str::trim)
+                .filter(|pair| pair.split('=').next().is_none_or(|n| n.trim() != cookie_name))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    h.remove(header::COOKIE);
+    for v in kept {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.append(header::COOKIE, v);
+        }
+    }
+}
+
+/// What the upstream is told, beside the request.
+pub struct Injected<'a> {
+    pub identity: &'a IdentityHeaders,
+    /// The verify answer: its `X-Auth-*` and the JWT header.
+    pub answer: &'a HeaderMap,
+    pub jwt: Option<&'a HeaderName>,
+    pub principal: &'a Principal,
+    pub email: &'a str,
+    pub client: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    /// Gatehouse's session cookie name, and whether its credential goes on.
+    pub cookie_name: &'a str,
+    pub pass_credentials: bool,
+}
+
+/// The request headers as the upstream gets them (see the module doc).
+pub fn upstream_request(h: &mut HeaderMap, websocket: bool, i: &Injected) {
+    strip_hop_by_hop(h, websocket);
+    h.remove(header::HOST);
+    let names: Vec<HeaderName> = h.keys().cloned().collect();
+    for name in names {
+        if identity_like(name.as_str(), i.identity, i.jwt) {
+            h.remove(&name);
+        }
+    }
+    if !i.pass_credentials {
+        strip_cookie(h, i.cookie_name);
+        let gatehouse = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::identity::bearer);
+        if gatehouse.is_some_and(|t| t.starts_with("gk_") || t.starts_with("gs_")) {
+            h.remove(header::AUTHORIZATION);
+        }
+    }
+    let from_answer = [
+        ("x-auth-user", &i.identity.user),
+        ("x-auth-user-id", &i.identity.user_id),
+        ("x-auth-roles", &i.identity.roles),
+    ];
+    for (name, to) in from_answer {
+        if let Some(v) = i.answer.get(name) {
+            h.insert(to.clone(), v.clone());
+        }
+    }
+    for name in ["x-auth-mfa", "x-auth-mfa-age"] {
+        if let Some(v) = i.answer.get(name) {
+            h.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if let Ok(user) = HeaderValue::from_str(&i.principal.username) {
+        h.insert(HeaderName::from_static("x-forwarded-user"), user);
+    }
+    if let Ok(email) = HeaderValue::from_str(i.email) {
+        if !i.email.is_empty() {
+            h.insert(i.identity.email.clone(), email.clone());
+            h.insert(HeaderName::from_static("x-forwarded-email"), email);
+        }
+    }
+    if let Some(jwt) = i.jwt {
+        if let Some(v) = i.answer.get(jwt) {
+            h.insert(jwt.clone(), v.clone());
+        }
+    }
+    if let Ok(ip) = HeaderValue::from_str(&i.client.to_string()) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    }
+    h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(i.proto));
+    if let Some(host) = i.host {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        assert_eq!(smuggling(&map(&[("content-length", "5")])), None);
+        assert_eq!(smuggling(&map(&[("transfer-encoding", "chunked")])), None);
+        assert_eq!(smuggling(&map(&[("transfer-encoding", "Chunked")])), None);
+        for bad in [
+            map(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+            map(&[("content-length", "5"), ("content-length", "5")]),
+            map(&[("content-length", "5"), ("content-length", "6")]),
+            map(&[("transfer-encoding", "gzip, chunked")]),
+            map(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]),
+            map(&[("transfer-encoding", "identity")]),
+            map(&[("content-length", "+5")]),
+            map(&[("content-length", "5, 5")]),
+        ] {
+            assert!(smuggling(&bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn identities_and_credentials_are_replaced_never_passed_on() {
+        let mut h = map(&[
+            ("host", "app.example"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "hop"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-auth-user", "mallory"),
+            ("X_Auth_Roles", "admin"),
+            ("x-forwarded-user", "mallory"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-email", "m@evil"),
+            ("cookie", "a=1; __Host-gatehouse_session=gs_secret; b=2"),
+            ("authorization", "Bearer gk_key.secret"),
+            ("accept", "text/html"),
+        ]);
+        let identity = IdentityHeaders { email: HeaderName::from_static("x-email"), ..Default::default() };
+        let answer = map(&[("x-auth-user", "ann"), ("x-auth-user-id", "u1"), ("x-auth-roles", "viewer")]);
+        let p = Principal {
+            user_id: "u1".into(),
+            username: "ann".into(),
+            roles: vec!["viewer".into()],
+            via: crate::identity::Via::ApiKey { key_id: "k".into() },
+            factor: None,
+        };
+        let host = HeaderValue::from_static("app.example");
+        let i = Injected {
+            identity: &identity,
+            answer: &answer,
+            jwt: None,
+            principal: &p,
+            email: "ann@example.com",
+            client: "192.0.2.9".parse().unwrap(),
+            proto: "https",
+            host: Some(&host),
+            cookie_name: "__Host-gatehouse_session",
+            pass_credentials: false,
+        };
+        upstream_request(&mut h, false, &i);
+        for gone in [
+            "host",
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "x_auth_roles",
+            "forwarded",
+            "authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}: {h:?}");
+        }
+        assert_eq!(h["x-auth-user"], "ann");
+        assert_eq!(h.get_all("x-auth-user").iter().count(), 1);
+        assert_eq!(h["x-auth-roles"], "viewer");
+        assert_eq!(h["x-forwarded-user"], "ann");
+        assert_eq!(h["x-email"], "ann@example.com");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["cookie"], "a=1; b=2");
+        assert_eq!(h["accept"], "text/html");
+        // An email that would carry a header of its own is not sent.
+        let mut h = map(&[]);
+        upstream_request(&mut h, false, &Injected { email: "a@b\r\nx-auth-roles: admin", ..i });
+        assert!(h.get("x-email").is_none_or(|v| !v.to_str().unwrap().contains('\n')));
+        assert_eq!(h.get_all("x-auth-roles").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_websocket_keeps_its_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(is_websocket(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert!(!is_websocket(&map(&[("upgrade", "websocket")])), "no Connection: upgrade");
+    }
+}

@@ -1,0 +1,568 @@
+//! Reverse-proxy mode against a real upstream (a hyper server in this
+//! process that records what reaches it): requests verified as
+//! `/auth/verify` verifies them, the identity injected and every client
+//! copy of it removed, Gatehouse's own credential kept back; refusals that
+//! never reach the upstream; an upstream down (502) or slow (504); server-
+//! sent events streamed as they come; a WebSocket tunnelled; 1 GiB up and
+//! down with flat memory; and every request-smuggling variant refused
+//! before the upstream sees it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{create_key, TestCluster};
+use gatehouse::config::{ProxySettings, UpstreamSettings};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Chunks = futures::channel::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>;
+type Reply = hyper::Response<http_body_util::Either<http_body_util::Full<Bytes>, StreamBody<Chunks>>>;
+
+/// The upstream: what reached it, and a gate the SSE stream waits on.
+#[derive(Clone, Default)]
+struct Upstream {
+    hits: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+    paths: Arc<Mutex<Vec<String>>>,
+    next_event: Arc<tokio::sync::Notify>,
+}
+
+fn full(status: u16, body: impl Into<Bytes>) -> Reply {
+    let mut r = hyper::Response::new(http_body_util::Either::Left(http_body_util::Full::new(body.into())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+fn streamed(rx: Chunks) -> Reply {
+    hyper::Response::new(http_body_util::Either::Right(StreamBody::new(rx)))
+}
+
+impl Upstream {
+    async fn start() -> (Upstream, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Upstream::default();
+        let shared = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let up = shared.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let up = up.clone();
+                        async move { Ok::<_, std::convert::Infallible>(up.answer(req).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                });
+            }
+        });
+        (up, addr)
+    }
+
+    async fn answer(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Reply {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(req.headers().clone());
+        let path = req.uri().path().to_string();
+        self.paths.lock().unwrap().push(path.clone());
+        match path.as_str() {
+            "/slow" => {
+                // Longer than the proxy's first-byte timeout.
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                full(200, "late")
+            }
+            "/events" => {
+                let (mut tx, rx) = futures::channel::mpsc::channel(1);
+                let gate = self.next_event.clone();
+                tokio::spawn(async move {
+                    use futures::SinkExt;
+                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: one\n\n")))).await;
+                    gate.notified().await;
+                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: two\n\n")))).await;
+                });
+                let mut r = streamed(rx);
+                r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+                r
+            }
+            "/download" => {
+                let total: u64 = req.uri().query().and_then(|q| q.strip_prefix("n=")).unwrap().parse().unwrap();
+                let (mut tx, rx) = futures::channel::mpsc::channel(1);
+                tokio::spawn(async move {
+                    use futures::SinkExt;
+                    let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+                    let mut sent = 0u64;
+                    while sent < total {
+                        let n = (total - sent).min(chunk.len() as u64) as usize;
+                        if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                            return;
+                        }
+                        sent += n as u64;
+                    }
+                });
+                streamed(rx)
+            }
+            "/upload" => {
+                let mut body = req.into_body();
+                let mut n = 0u64;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(d) = frame.unwrap().into_data() {
+                        n += d.len() as u64;
+                    }
+                }
+                full(200, n.to_string())
+            }
+            "/socket" => {
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(io) = upgrade.await else { return };
+                    let mut io = hyper_util::rt::TokioIo::new(io);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut r = full(101, "");
+                r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+                r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+                r
+            }
+            _ => {
+                let mut r = full(200, format!("{} {}", req.method(), req.uri()));
+                r.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+                r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+                r
+            }
+        }
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn last(&self) -> http::HeaderMap {
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+fn proxy_settings(upstream: SocketAddr) -> ProxySettings {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    ProxySettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams: vec![
+            UpstreamSettings {
+                host: None,
+                path_prefix: "/".into(),
+                url: format!("http://{upstream}"),
+                pass_credentials: false,
+            },
+            // Nothing listens there (the port was bound and let go).
+            UpstreamSettings {
+                host: None,
+                path_prefix: "/down".into(),
+                url: format!("http://{closed}"),
+                pass_credentials: false,
+            },
+        ],
+        connect_timeout: "1s".into(),
+        first_byte_timeout: "1s".into(),
+        idle_timeout: "5s".into(),
+        headers: Default::default(),
+        client_cert_file: None,
+        client_key_file: None,
+        upstream_ca_file: None,
+    }
+}
+
+async fn cluster(upstream: SocketAddr) -> (TestCluster, String) {
+    let c = TestCluster::start_with(1, |c| {
+        c.rate_limits.enabled = false;
+        // This test's own address is no proxy: its X-Forwarded-For is not believed.
+        c.rate_limits.trusted_proxies = Vec::new();
+        c.proxy = Some(proxy_settings(upstream));
+        c.identity.routes = vec![gatehouse::config::RouteRule {
+            path_prefix: "/ops".into(),
+            roles: vec!["operator".into()],
+            ..Default::default()
+        }];
+    })
+    .await;
+    let base = format!("http://{}", c.node(1).proxy_addr().expect("the proxy listens"));
+    (c, base)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// A raw request on a new connection: the response's status line.
+async fn raw(addr: &str, request: &[u8]) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_credential() {
+    let (up, upstream) = Upstream::start().await;
+    let (c, base) = cluster(upstream).await;
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+
+    // No credential: 401 with WWW-Authenticate; the upstream sees nothing.
+    let r = http().get(format!("{base}/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let r = http().get(format!("{base}/echo")).bearer_auth("gk_guessed.guess").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(up.hits(), 0);
+
+    // A key: the upstream gets the identity, never the client's copies of
+    // it, nor the key, nor Gatehouse's session cookie.
+    let r = http()
+        .post(format!("{base}/echo?x=1"))
+        .bearer_auth(&key)
+        .header("x-auth-user", "mallory")
+        .header("x-auth-roles", "admin")
+        .header("x_auth_user", "mallory")
+        .header("x-forwarded-user", "mallory")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-auth-email", "m@evil.example")
+        .header("cookie", "theme=dark; __Host-gatehouse_session=gs_stolen")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-upstream"], "yes");
+    assert!(r.headers().get("keep-alive").is_none(), "hop-by-hop headers stop at the proxy");
+    assert_eq!(r.text().await.unwrap(), "POST /echo?x=1");
+    let seen = up.last();
+    assert_eq!(seen["x-auth-user"], "ann");
+    assert_eq!(seen.get_all("x-auth-user").iter().count(), 1);
+    assert_eq!(seen["x-auth-roles"], "viewer");
+    assert_eq!(seen["x-auth-email"], "ann@example.com");
+    assert_eq!(seen["x-forwarded-user"], "ann");
+    assert_eq!(seen["x-forwarded-email"], "ann@example.com");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-auth-mfa"], "none");
+    assert!(seen.get("x_auth_user").is_none());
+    assert!(seen.get("authorization").is_none(), "the key stays with Gatehouse");
+    assert!(seen.get("x-hop").is_none());
+    assert_eq!(seen["cookie"], "theme=dark");
+    assert_eq!(seen["host"], upstream.to_string());
+
+    // A route rule applies as in forward-auth: refused, never sent on.
+    let before = up.hits();
+    let r = http().get(format!("{base}/ops/x")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http().get(format!("{base}/a/../ops/x")).bearer_auth(&key).send().await.unwrap();
+    assert!(r.status() == 400 || r.status() == 403, "{}", r.status());
+    assert_eq!(up.hits(), before);
+
+    // An upstream that is down: 502 at once. One that is slow: 504 at the
+    // first-byte timeout. Neither says why beyond that.
+    let r = http().get(format!("{base}/down/x")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("bad_gateway") && !body.contains("127.0.0.1"), "{body}");
+    let started = std::time::Instant::now();
+    let r = http().get(format!("{base}/slow")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // Server-sent events arrive as the upstream sends them: the first is
+    // read while the upstream still holds the second back.
+    let mut events = http().get(format!("{base}/events")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let first = events.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"data: one\n\n");
+    up.next_event.notify_one();
+    let second = events.chunk().await.unwrap().unwrap();
+    assert_eq!(&second[..], b"data: two\n\n");
+
+    // A WebSocket upgrade is tunnelled both ways.
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let hello = format!(
+        "GET /socket HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(hello.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(tcp.read(&mut b).await.unwrap(), 1, "{}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // A masked text frame "ping", echoed back byte for byte.
+    let frame = [0x81u8, 0x84, 1, 2, 3, 4, b'p' ^ 1, b'i' ^ 2, b'n' ^ 3, b'g' ^ 4];
+    tcp.write_all(&frame).await.unwrap();
+    let mut echoed = [0u8; 10];
+    tcp.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, frame);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_smuggling_never_reaches_the_upstream() {
+    let (up, upstream) = Upstream::start().await;
+    let (c, base) = cluster(upstream).await;
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let auth = format!("Authorization: Bearer {key}\r\n");
+    // The same request, well-formed, passes.
+    let ok = format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 5\r\nConnection: close\r\n\r\nhello");
+    assert!(raw(&addr, ok.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    // Content-Length beside Transfer-Encoding, either order, with a request
+    // smuggled behind: hyper reads the body by Transfer-Encoding alone and
+    // closes the connection after answering (RFC 9112 §6.1), so what
+    // follows is never read as a request, and the upstream gets a body
+    // framed by the proxy's own client, never the client's bytes.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
+    for framing in
+        ["Content-Length: 5\r\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\r\nContent-Length: 5"]
+    {
+        let request = format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}{framing}\r\n\r\n0\r\n\r\n{smuggled}");
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut all)).await.unwrap().unwrap();
+        let all = String::from_utf8_lossy(&all);
+        assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "one answer, then the connection closed: {all}");
+    }
+    // Two equal Content-Lengths are one; differing ones are refused.
+    let equal = format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello{smuggled}");
+    assert!(raw(&addr, equal.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert!(!up.paths.lock().unwrap().iter().any(|p| p == "/smuggled"), "nothing smuggled reached the upstream");
+    let before = up.hits();
+    let hostile = [
+        format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        // A Transfer-Encoding other than chunked.
+        format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"),
+        // Obsolete line folding.
+        format!("GET /echo HTTP/1.1\r\nHost: app\r\n{auth}X-Folded: a\r\n b\r\n\r\n"),
+        // Invalid bytes in a header value and a header name.
+        format!("GET /echo HTTP/1.1\r\nHost: app\r\n{auth}X-Bad: a\x01b\r\n\r\n"),
+        format!("GET /echo HTTP/1.1\r\nHost: app\r\n{auth}X Bad: a\r\n\r\n"),
+        // A NUL in a value.
+        format!("GET /echo HTTP/1.1\r\nHost: app\r\n{auth}X-Bad: a\0b\r\n\r\n"),
+    ];
+    for request in &hostile {
+        let status = raw(&addr, request.as_bytes()).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{status:?} for {request:?}");
+    }
+    assert_eq!(up.hits(), before, "no hostile request reached the upstream");
+    c.shutdown().await;
+}
+
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gibibyte_streams_both_ways_in_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let (_up, upstream) = Upstream::start().await;
+    let (c, base) = cluster(upstream).await;
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    // The process's peak resident memory while the bytes flow.
+    let start = rss();
+    let peak = Arc::new(AtomicU64::new(start));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                peak.fetch_max(rss(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    async fn connect<B>(addr: &str) -> hyper::client::conn::http1::SendRequest<B>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+    // Down: 1 GiB read as it comes.
+    let mut sender = connect(&addr).await;
+    let req = hyper::Request::get(format!("/download?n={GIB}"))
+        .header("host", "app")
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    let mut down_quarter = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            got += d.len() as u64;
+        }
+        if down_quarter == 0 && got >= GIB / 4 {
+            down_quarter = peak.load(Ordering::SeqCst);
+        }
+    }
+    assert_eq!(got, GIB);
+    let down_end = peak.load(Ordering::SeqCst);
+    // Up: 1 GiB sent as it is made, counted by the upstream.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    let up_quarter = Arc::new(AtomicU64::new(0));
+    let (quarter, sampled) = (up_quarter.clone(), peak.clone());
+    tokio::spawn(async move {
+        use futures::SinkExt;
+        let chunk = Bytes::from(vec![9u8; 256 * 1024]);
+        let chunks = GIB / chunk.len() as u64;
+        for i in 0..chunks {
+            if i == chunks / 4 {
+                quarter.store(sampled.load(Ordering::SeqCst), Ordering::SeqCst);
+            }
+            if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut sender = connect(&addr).await;
+    let req = hyper::Request::post("/upload")
+        .header("host", "app")
+        .header("authorization", format!("Bearer {key}"))
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let counted = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&counted), GIB.to_string());
+    done.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let up_end = peak.load(Ordering::SeqCst);
+    // The proxy, the upstream and this client all live in this process, so
+    // its memory holds all three (and the allocator's own arenas): what
+    // must not happen is growth with the bytes moved. After the first
+    // quarter of each direction, the peak stays where it was.
+    let mib = |b: u64| b >> 20;
+    let (down_rest, up_rest) =
+        (down_end.saturating_sub(down_quarter), up_end.saturating_sub(up_quarter.load(Ordering::SeqCst)));
+    let said = format!(
+        "from {} MiB: {} MiB at a quarter of the download, {} MiB at its end; {} MiB at the end of the upload",
+        mib(start),
+        mib(down_quarter),
+        mib(down_end),
+        mib(up_end)
+    );
+    println!("resident memory {said}");
+    assert!(down_rest < 32 << 20 && up_rest < 32 << 20, "memory grew with the bytes: {said}");
+    assert!(up_end.saturating_sub(start) < 64 << 20, "{said}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_lets_the_upstream_tell_gatehouse_from_anyone_else() {
+    use gatehouse_tls::issue::{new_ca, node_certificate};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("upstream CA", 1).unwrap();
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let server = node_certificate(&ca, 1, &[], &[loopback], 1).unwrap();
+    let gatehouse = node_certificate(&ca, 2, &[], &[], 1).unwrap();
+    for (name, pem) in [
+        ("ca.pem", ca.cert_pem.as_str()),
+        ("proxy.pem", gatehouse.cert_pem.as_str()),
+        ("proxy.key", gatehouse.key_pem.expose()),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    // The upstream: HTTPS that takes only clients with a certificate from the CA.
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(gatehouse_tls::pem::certificates(&dir.path().join("ca.pem")).unwrap().remove(0)).unwrap();
+        Arc::new(r)
+    };
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, gatehouse_tls::provider()).build().unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), server.key_pem.expose()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(gatehouse_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            gatehouse_tls::pem::certificates(&dir.path().join("server.pem")).unwrap(),
+            gatehouse_tls::pem::private_key(&dir.path().join("server.key")).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let up = Upstream::default();
+    let served = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, up) = (acceptor.clone(), served.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req| {
+                    let up = up.clone();
+                    async move { Ok::<_, std::convert::Infallible>(up.answer(req).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    let d = dir.path().to_path_buf();
+    let c = TestCluster::start_with(1, move |c| {
+        c.rate_limits.enabled = false;
+        c.proxy = Some(ProxySettings {
+            upstreams: vec![UpstreamSettings {
+                host: None,
+                path_prefix: "/".into(),
+                url: format!("https://{upstream}"),
+                pass_credentials: false,
+            }],
+            upstream_ca_file: Some(d.join("ca.pem")),
+            client_cert_file: Some(d.join("proxy.pem")),
+            client_key_file: Some(d.join("proxy.key")),
+            ..proxy_settings(upstream)
+        });
+    })
+    .await;
+    let base = format!("http://{}", c.node(1).proxy_addr().unwrap());
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+    let r = http().get(format!("{base}/echo")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last()["x-auth-user"], "ann");
+    // Anyone else, without Gatehouse's certificate, is turned away at the handshake.
+    let stranger = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let before = up.hits();
+    let forged = stranger.get(format!("https://{upstream}/echo")).header("x-auth-user", "admin").send().await;
+    assert!(forged.is_err(), "{forged:?}");
+    assert_eq!(up.hits(), before);
+    c.shutdown().await;
+}
