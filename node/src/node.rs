@@ -674,10 +674,16 @@ pub(crate) fn proxy_server(
     mut stop: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let settings = config.proxy.as_ref().context("[proxy]")?.load()?;
+    let idle = settings.idle_timeout;
     let proxy =
         gatehouse_api::proxy::Proxy::new(front.clone(), settings, https.is_some()).map_err(anyhow::Error::msg)?;
     let app = gatehouse_api::proxy::router(proxy);
-    let limits = gatehouse_api::http::serve::ServeLimits { request_timeout_ms: 30 * 86_400_000, ..config.http.clone() };
+    let stall_ms = Some(idle.as_millis() as u64);
+    let limits = gatehouse_api::http::serve::ServeLimits {
+        request_timeout_ms: 30 * 86_400_000,
+        stall_ms,
+        ..config.http.clone()
+    };
     let connections = gatehouse_api::http::serve::Connections::default();
     Ok(tokio::spawn(async move {
         let shutdown = async move {

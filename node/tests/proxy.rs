@@ -132,6 +132,16 @@ impl Upstream {
                 let mut r = full(101, "");
                 r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
                 r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+                // RFC 6455's example key and its answer.
+                r.headers_mut().insert("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap());
+                r
+            }
+            "/cookie" => {
+                let mut r = full(200, "cookies");
+                r.headers_mut()
+                    .append("set-cookie", "__Host-gatehouse_session=gs_fixed; Path=/; Secure".parse().unwrap());
+                r.headers_mut().append("set-cookie", "gatehouse_csrf=planted".parse().unwrap());
+                r.headers_mut().append("set-cookie", "app=1".parse().unwrap());
                 r
             }
             _ => {
@@ -186,6 +196,8 @@ async fn cluster(upstream: SocketAddr) -> (TestCluster, String) {
         c.rate_limits.enabled = false;
         // This test's own address is no proxy: its X-Forwarded-For is not believed.
         c.rate_limits.trusted_proxies = Vec::new();
+        // Short, so a stream that outlives it shows it is not cut as idle.
+        c.http.header_read_timeout_ms = 1_000;
         c.proxy = Some(proxy_settings(upstream));
         c.identity.routes = vec![gatehouse::config::RouteRule {
             path_prefix: "/ops".into(),
@@ -288,12 +300,29 @@ async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_cr
     assert_eq!(events.headers()["content-type"], "text/event-stream");
     let first = events.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"data: one\n\n");
+    // Quiet for longer than twice the listener's idle period: a stream in
+    // flight is no idle connection.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     up.next_event.notify_one();
     let second = events.chunk().await.unwrap().unwrap();
     assert_eq!(&second[..], b"data: two\n\n");
 
-    // A WebSocket upgrade is tunnelled both ways.
+    // An upstream cannot plant Gatehouse's own cookies.
+    let r = http().get(format!("{base}/cookie")).bearer_auth(&key).send().await.unwrap();
+    let set: Vec<&str> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(set, ["app=1"]);
+
+    // An upgrade to anything beside a WebSocket is no upgrade: the upstream
+    // gets a plain GET, and its 101 is refused.
     let addr = base.trim_start_matches("http://").to_string();
+    let two = format!(
+        "GET /socket HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nUpgrade: h2c\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    assert!(raw(&addr, two.as_bytes()).await.starts_with("HTTP/1.1 502"));
+    assert!(up.last().get("upgrade").is_none(), "{:?}", up.last());
+
+    // A WebSocket upgrade is tunnelled both ways.
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let hello = format!(
         "GET /socket HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\n\

@@ -141,23 +141,43 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Requests in flight on one connection and when the last one ended.
+/// Requests in flight on one connection (a streamed body counts until its
+/// end), when the last one ended, and when one last made progress.
 pub struct Activity {
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
+    progress: Mutex<Instant>,
 }
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { in_flight: AtomicUsize::new(0), last: Mutex::new(Instant::now()) }
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+            progress: Mutex::new(Instant::now()),
+        }
     }
 }
 
 impl Activity {
     /// Marks a request in flight until the returned guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
+        self.touch();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// A body frame went through: the exchange is moving.
+    pub fn touch(&self) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long requests in flight have not moved (zero with none in flight).
+    fn stalled_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return Duration::ZERO;
+        }
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
     }
 
     /// How long the connection has had no request in flight.
@@ -170,6 +190,46 @@ impl Activity {
 }
 
 pub struct InFlight(Arc<Activity>);
+
+/// A request or response body that marks its connection as moving with
+/// every frame, and (a response's) keeps its exchange in flight until it
+/// ends: a long download or an event stream is not an idle connection,
+/// and one that stops moving is found by [`drive`] however hyper waits.
+pub struct Tracked<B> {
+    inner: B,
+    activity: Arc<Activity>,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, activity: Arc<Activity>, in_flight: Option<InFlight>) -> Tracked<B> {
+        Tracked { inner, activity, _in_flight: in_flight }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -188,6 +248,7 @@ pub async fn drive<I, S, B>(
     service: S,
     activity: Arc<Activity>,
     idle: Duration,
+    stall: Duration,
     mut draining: tokio::sync::watch::Receiver<bool>,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -217,13 +278,20 @@ pub async fn drive<I, S, B>(
                 ending = Some(Instant::now() + Duration::from_secs(3600));
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tick.tick() => match ending {
+            _ = tick.tick() => {
+                // An exchange that stopped moving (a peer that neither
+                // sends nor reads): dropped, whatever hyper waits for.
+                if activity.stalled_for() >= stall {
+                    return;
+                }
+                match ending {
                 None if activity.idle_for() >= idle => {
                     ending = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
                 Some(at) if at.elapsed() >= idle && activity.idle_for() >= idle => return,
                 _ => {}
+            }
             }
         }
     }

@@ -38,7 +38,7 @@ use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::conn::{drive, first_bytes_tls, sniff_plain, Activity, Prefixed, Proto};
+use super::conn::{drive, first_bytes_tls, sniff_plain, Activity, Prefixed, Proto, Tracked};
 
 /// Largest request head hyper buffers on an HTTP/1 connection. hyper's
 /// floor for this setting is 8 KiB; a head over [`super::MAX_HEADER_BYTES`]
@@ -63,6 +63,11 @@ pub struct ServeLimits {
     pub h2c: bool,
     /// HTTP/2: streams open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// An exchange in flight that moves no body byte for this long has its
+    /// connection dropped (`None`: `request_timeout_ms`). Set by the
+    /// listener, not in `[http]` (the proxy uses its idle timeout).
+    #[serde(skip)]
+    pub stall_ms: Option<u64>,
 }
 
 impl Default for ServeLimits {
@@ -73,6 +78,7 @@ impl Default for ServeLimits {
             max_connections: 4_096,
             h2c: false,
             max_concurrent_streams: 128,
+            stall_ms: None,
         }
     }
 }
@@ -137,6 +143,7 @@ pub async fn serve(
 ) {
     let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let stall = Duration::from_millis(limits.stall_ms.unwrap_or(limits.request_timeout_ms));
     let h2c = limits.h2c;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BUFFER);
@@ -182,12 +189,24 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut router = router.clone();
             let busy = in_flight.start();
+            let activity = in_flight.clone();
+            // Bodies mark the connection as moving (a GET has none to wrap).
+            let req = if hyper::body::Body::is_end_stream(req.body()) {
+                req.map(axum::body::Body::new)
+            } else {
+                req.map(|b| axum::body::Body::new(Tracked::new(b, activity.clone(), None)))
+            };
             async move {
-                let _busy = busy;
                 let answer = tokio::time::timeout(request_timeout, tower::Service::call(&mut router, req)).await;
-                Ok::<_, std::convert::Infallible>(
-                    answer.map_or_else(|_| timed_out(), |r| r.unwrap_or_else(|e| match e {})),
-                )
+                let resp = answer.map_or_else(|_| timed_out(), |r| r.unwrap_or_else(|e| match e {}));
+                // A streamed answer keeps its exchange in flight until it ends.
+                let resp = if hyper::body::Body::is_end_stream(resp.body()) {
+                    drop(busy);
+                    resp
+                } else {
+                    resp.map(|b| axum::body::Body::new(Tracked::new(b, activity, Some(busy))))
+                };
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
         let (http1, http2, tls) = (http1.clone(), http2.clone(), tls.clone());
@@ -204,7 +223,7 @@ pub async fn serve(
             let Some(acceptor) = tls else {
                 let Some(proto) = sniff_plain(&tcp, h2c, deadline).await else { return };
                 let builder = if proto == Proto::Http2 { http2 } else { http1 };
-                drive(&builder, tcp, service, activity, header_timeout, draining, closing).await;
+                drive(&builder, tcp, service, activity, header_timeout, stall, draining, closing).await;
                 return;
             };
             let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -222,7 +241,8 @@ pub async fn serve(
             let proto = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Proto::Http2 } else { Proto::Http1 };
             let Some(first) = first_bytes_tls(&mut stream, proto, deadline).await else { return };
             let builder = if proto == Proto::Http2 { http2 } else { http1 };
-            drive(&builder, Prefixed::new(first, stream), service, activity, header_timeout, draining, closing).await;
+            drive(&builder, Prefixed::new(first, stream), service, activity, header_timeout, stall, draining, closing)
+                .await;
         });
     }
     drop(listener);

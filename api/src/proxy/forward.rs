@@ -27,17 +27,25 @@ pub async fn handle(
     limits: Option<Extension<RequestLimits>>,
     mut req: Request,
 ) -> Response {
+    // The target as the client sent it (the limits layer saw the request
+    // as a forward-auth one; see `super::layers`).
+    if let Some(Target(uri)) = req.extensions_mut().remove::<Target>() {
+        *req.uri_mut() = uri;
+    }
+    if req.method() == axum::http::Method::CONNECT {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "CONNECT is not proxied");
+    }
     if let Some(why) = headers::smuggling(req.headers()) {
         tracing::debug!(why, "a request with ambiguous framing was refused");
         return refuse(StatusCode::BAD_REQUEST, "invalid_argument", "the request's framing is ambiguous");
     }
     // The host and path the upstreams and route rules are matched on, each
-    // with exactly one reading.
-    let host_value = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // with exactly one reading: a target's own authority (absolute form,
+    // HTTP/2) must be the Host's.
+    let Some(host_value) = target_host(&req) else {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_argument", "the request names two hosts, or none");
+    };
+    let host_value = Some(host_value);
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).and_then(forwarded::normalise_host);
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
     let Some(path) = forwarded::plain_path(&target).map(|p| p.into_owned()) else {
@@ -50,7 +58,7 @@ pub async fn handle(
     // itself as X-Forwarded-* (from the request, never from the client's
     // own X-Forwarded-* headers).
     let mut asked = HeaderMap::new();
-    for name in [header::AUTHORIZATION, header::COOKIE, header::ACCEPT] {
+    for name in [header::AUTHORIZATION, header::COOKIE, header::ACCEPT, header::USER_AGENT] {
         for v in req.headers().get_all(&name) {
             asked.append(name.clone(), v.clone());
         }
@@ -73,7 +81,7 @@ pub async fn handle(
     };
     let email = proxy.front.node.view().read().user(&principal.user_id).map(|u| u.email.clone()).unwrap_or_default();
 
-    let websocket = headers::is_websocket(req.headers());
+    let websocket = req.method() == axum::http::Method::GET && headers::is_websocket(req.headers());
     let from_client = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut h = parts.headers;
@@ -126,19 +134,76 @@ pub async fn handle(
             return refuse(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "the upstream did not answer in time");
         }
     };
+    headers::strip_set_cookies(resp.headers_mut(), &proxy.front.config.cookie_name);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(from_client) = from_client else {
+        // Only to the WebSocket that was asked for.
+        let agreed =
+            resp.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+                && resp.headers().contains_key(header::SEC_WEBSOCKET_ACCEPT);
+        let Some(from_client) = from_client.filter(|_| agreed) else {
             return refuse(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream switched protocols unasked");
         };
         let from_upstream = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let (Ok(a), Ok(b)) = tokio::join!(from_client, from_upstream) else { return };
-            let (mut a, mut b) = (hyper_util::rt::TokioIo::new(a), hyper_util::rt::TokioIo::new(b));
-            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            tunnel(hyper_util::rt::TokioIo::new(a), hyper_util::rt::TokioIo::new(b), idle).await;
         });
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
-    resp.map(|b| axum::body::Body::new(IdleBody::new(b, idle)))
+    let mut resp = resp.map(|b| axum::body::Body::new(IdleBody::new(b, idle)));
+    // The upstream's own answer: its 401 is no refused Gatehouse credential.
+    resp.extensions_mut().insert(crate::rate_limit::layer::FromUpstream);
+    resp
+}
+
+/// The request target as the proxy's limits layer set it aside.
+#[derive(Clone)]
+pub struct Target(pub axum::http::Uri);
+
+/// The host a request names: its `Host`, or its target's authority (an
+/// absolute-form target, HTTP/2's `:authority`); `None` when both are
+/// given and differ, or neither is.
+fn target_host(req: &Request) -> Option<HeaderValue> {
+    let host = req.headers().get(header::HOST);
+    let authority = req.uri().authority().map(|a| a.as_str());
+    match (host, authority) {
+        (Some(h), Some(a)) if h.as_bytes().eq_ignore_ascii_case(a.as_bytes()) => Some(h.clone()),
+        (Some(_), Some(_)) => None,
+        (Some(h), None) => Some(h.clone()),
+        (None, Some(a)) => HeaderValue::from_str(a).ok(),
+        (None, None) => None,
+    }
+}
+
+/// Bytes both ways between a WebSocket's client and its upstream, until
+/// either closes or neither sends anything for `idle`.
+async fn tunnel<A, B>(mut a: A, mut b: B, idle: std::time::Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_a, mut from_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        let moved = tokio::time::timeout(idle, async {
+            tokio::select! {
+                n = a.read(&mut from_a) => match n {
+                    Ok(n) if n > 0 => b.write_all(&from_a[..n]).await.is_ok(),
+                    _ => false,
+                },
+                n = b.read(&mut from_b) => match n {
+                    Ok(n) if n > 0 => a.write_all(&from_b[..n]).await.is_ok(),
+                    _ => false,
+                },
+            }
+        })
+        .await;
+        if !matches!(moved, Ok(true)) {
+            let _ = a.shutdown().await;
+            let _ = b.shutdown().await;
+            return;
+        }
+    }
 }

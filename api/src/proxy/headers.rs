@@ -49,9 +49,11 @@ pub fn smuggling(headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-/// Whether the request asks to become a WebSocket.
+/// Whether the request asks to become a WebSocket, and nothing else: every
+/// `Upgrade` it carries names `websocket` alone.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
-    let upgrade = headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let mut upgrades = headers.get_all(header::UPGRADE).iter().peekable();
+    let upgrade = upgrades.peek().is_some() && upgrades.all(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let connection = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -83,59 +85,89 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        if keep_upgrade && *name == header::UPGRADE {
-            continue;
-        }
         h.remove(name);
     }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
-    }
+    h.remove(header::UPGRADE);
+    h.remove(HeaderName::from_static("http2-settings"));
     h.remove(HeaderName::from_static("proxy-authenticate"));
+    // A WebSocket handshake asks for exactly that, and nothing more.
+    if keep_upgrade {
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
 }
 
-/// Whether `name` (lower case) is a client's copy of an identity.
+/// Whether `name` (lower case) is a client's copy of something apps read
+/// as identity or as the request's origin: what the proxy sets itself, and
+/// the names other proxies set (an app behind this one may read them).
 fn identity_like(name: &str, identity: &IdentityHeaders, jwt: Option<&HeaderName>) -> bool {
-    const FORWARDED: [&str; 8] = [
-        "x-forwarded-user",
-        "x-forwarded-email",
-        "x-forwarded-groups",
-        "x-forwarded-preferred-username",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
+    const NAMES: [&str; 8] = [
         "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "remote-user",
+        "x-remote-user",
+        // Path overrides some frameworks honour (a route rule dodged).
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
     ];
+    const PREFIXES: [&str; 3] = ["x-auth-", "x-forwarded-", "x-webauth-"];
     let dashed = name.replace('_', "-");
     let ours = [&identity.user, &identity.user_id, &identity.roles, &identity.email];
-    dashed.starts_with("x-auth-")
-        || FORWARDED.contains(&dashed.as_str())
+    PREFIXES.iter().any(|p| dashed.starts_with(p))
+        || NAMES.contains(&dashed.as_str())
         || ours.iter().any(|n| n.as_str() == dashed)
         || jwt.is_some_and(|j| j.as_str() == dashed && *j != header::AUTHORIZATION)
 }
 
-/// Removes Gatehouse's session cookie from every `Cookie` header.
-fn strip_cookie(h: &mut HeaderMap, cookie_name: &str) {
-    let kept: Vec<String> = h
+/// Whether a cookie is one of Gatehouse's own (its session, CSRF, trusted
+/// browser, sign-in link and provider-flow cookies, with or without the
+/// `__Host-`/`__Secure-` prefix), or the configured session cookie.
+pub fn gatehouse_cookie(name: &str, session_cookie: &str) -> bool {
+    let bare = name.strip_prefix("__Host-").or_else(|| name.strip_prefix("__Secure-")).unwrap_or(name);
+    name == session_cookie || bare.starts_with("gatehouse_")
+}
+
+/// Removes every `Set-Cookie` of an upstream's answer that names one of
+/// Gatehouse's cookies (an upstream cannot fix a session or a CSRF token
+/// on the sign-in pages' host).
+pub fn strip_set_cookies(h: &mut HeaderMap, session_cookie: &str) {
+    let kept: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v.to_str().ok().and_then(|s| s.split(['=', ';']).next()).map(str::trim);
+            name.is_some_and(|n| !gatehouse_cookie(n, session_cookie))
+        })
+        .cloned()
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for v in kept {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Joins every `Cookie` header into one (RFC 9113 §8.2.3: an HTTP/2
+/// client may split them; HTTP/1.1 servers read one), without Gatehouse's
+/// own cookies unless `keep_ours`.
+fn cookies(h: &mut HeaderMap, session_cookie: &str, keep_ours: bool) {
+    let pairs: Vec<String> = h
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .map(str::trim)
-                .filter(|pair| pair.split('=').next().is_none_or(|n| n.trim() != cookie_name))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|v| !v.is_empty())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| keep_ours || !gatehouse_cookie(pair.split('=').next().unwrap_or("").trim(), session_cookie))
+        .map(str::to_string)
         .collect();
     h.remove(header::COOKIE);
-    for v in kept {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.append(header::COOKIE, v);
-        }
+    if pairs.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&pairs.join("; ")) {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -165,8 +197,8 @@ pub fn upstream_request(h: &mut HeaderMap, websocket: bool, i: &Injected) {
             h.remove(&name);
         }
     }
+    cookies(h, i.cookie_name, i.pass_credentials);
     if !i.pass_credentials {
-        strip_cookie(h, i.cookie_name);
         let gatehouse = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::identity::bearer);
         if gatehouse.is_some_and(|t| t.starts_with("gk_") || t.starts_with("gs_")) {
             h.remove(header::AUTHORIZATION);
@@ -258,6 +290,12 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
             ("x-email", "m@evil"),
             ("cookie", "a=1; __Host-gatehouse_session=gs_secret; b=2"),
+            ("cookie", "__Host-gatehouse_device=dv; c=3; __Host-gatehouse_csrf=x"),
+            ("x-forwarded-uri", "/admin"),
+            ("x-original-url", "/admin"),
+            ("x-real-ip", "10.0.0.1"),
+            ("remote-user", "root"),
+            ("x-webauth-user", "root"),
             ("authorization", "Bearer gk_key.secret"),
             ("accept", "text/html"),
         ]);
@@ -295,6 +333,11 @@ mod tests {
             "x_auth_roles",
             "forwarded",
             "authorization",
+            "x-forwarded-uri",
+            "x-original-url",
+            "x-real-ip",
+            "remote-user",
+            "x-webauth-user",
         ] {
             assert!(!h.contains_key(gone), "{gone}: {h:?}");
         }
@@ -306,7 +349,8 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "app.example");
-        assert_eq!(h["cookie"], "a=1; b=2");
+        assert_eq!(h["cookie"], "a=1; b=2; c=3", "one Cookie header, none of Gatehouse's");
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h["accept"], "text/html");
         // An email that would carry a header of its own is not sent.
         let mut h = map(&[]);
@@ -316,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn a_websocket_keeps_its_upgrade() {
+    fn a_websocket_keeps_its_upgrade_and_nothing_else() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(is_websocket(&h));
         strip_hop_by_hop(&mut h, true);
@@ -324,5 +368,24 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
         assert!(!is_websocket(&map(&[("upgrade", "websocket")])), "no Connection: upgrade");
+        // A second protocol smuggled beside it makes it no WebSocket at all.
+        let two = map(&[("connection", "upgrade"), ("upgrade", "websocket"), ("upgrade", "h2c")]);
+        assert!(!is_websocket(&two));
+        let mut h = map(&[("connection", "upgrade, http2-settings"), ("upgrade", "h2c"), ("http2-settings", "AAA")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn an_upstream_cannot_set_gatehouse_s_cookies() {
+        let mut h = map(&[
+            ("set-cookie", "__Host-gatehouse_session=gs_fixed; Path=/; Secure"),
+            ("set-cookie", "gatehouse_csrf=x"),
+            ("set-cookie", "__Secure-gatehouse_session=y"),
+            ("set-cookie", "app=1; Path=/"),
+        ]);
+        strip_set_cookies(&mut h, "__Host-gatehouse_session");
+        let left: Vec<&str> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["app=1; Path=/"]);
     }
 }

@@ -62,18 +62,44 @@ impl Proxy {
 /// (as on the HTTP front); nothing else of the front's (its JSON errors,
 /// its security headers) touches an upstream's answer.
 pub fn router(proxy: Proxy) -> axum::Router {
-    let front = proxy.front.clone();
     axum::Router::new()
         .fallback(forward::handle)
-        .with_state(proxy)
-        .layer(axum::middleware::from_fn_with_state(front, layers))
+        .with_state(proxy.clone())
+        .layer(axum::middleware::from_fn_with_state(proxy, layers))
 }
 
+/// The client's address, then the rate limits, applied to the request as
+/// the forward-auth request it stands for: path `/auth/verify`, the
+/// request itself as `X-Forwarded-Host`, `-Uri`, `-Method` (so the
+/// policies of forward-auth apply, the upstream's own paths are never
+/// taken for Gatehouse's, and a client's own `X-Forwarded-*` never
+/// chooses a bucket). The target is set aside for the handler. Quota
+/// headers go on the answer, as forward-auth's do.
 async fn layers(
-    axum::extract::State(front): axum::extract::State<Front>,
+    axum::extract::State(proxy): axum::extract::State<Proxy>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    crate::http::client_ip::resolve_into(&front, &mut req);
-    crate::rate_limit::layer::around(&front, req, next).await
+    use axum::http::{header, HeaderName, HeaderValue};
+    let front = &proxy.front;
+    crate::http::client_ip::resolve_into(front, &mut req);
+    let target = req.uri().clone();
+    let host = req.headers().get(header::HOST).cloned();
+    let h = req.headers_mut();
+    for name in ["x-forwarded-host", "x-forwarded-uri", "x-forwarded-method", "x-forwarded-proto"] {
+        h.remove(name);
+    }
+    if let Some(host) = host {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let path = target.path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = HeaderValue::from_str(path) {
+        h.insert(HeaderName::from_static("x-forwarded-uri"), uri);
+    }
+    if let Ok(method) = HeaderValue::from_str(req.method().as_str()) {
+        req.headers_mut().insert(HeaderName::from_static("x-forwarded-method"), method);
+    }
+    req.extensions_mut().insert(forward::Target(target));
+    *req.uri_mut() = axum::http::Uri::from_static("/auth/verify");
+    crate::rate_limit::layer::around(front, req, next).await
 }

@@ -16,6 +16,11 @@ use crate::ApiError;
 
 /// The HTTP layer: admits before the handler, counts refused credentials
 /// after it, and writes the tightest quota into the response.
+/// Marks an answer as an upstream's (reverse-proxy mode): its 401 is no
+/// credential Gatehouse refused, so it counts against no failure limit.
+#[derive(Clone, Copy, Debug)]
+pub struct FromUpstream;
+
 pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let limiter = &front.limits;
     // The sign-in page's forms (a password, asking for a link, spending
@@ -73,12 +78,13 @@ pub async fn around(front: &Front, mut req: axum::extract::Request, next: axum::
         (Some(a), b) => Some(a.tighter(b)),
         (None, b) => b,
     };
-    if ctx.over_failures() && resp.status() == StatusCode::UNAUTHORIZED {
+    let refused_here = resp.status() == StatusCode::UNAUTHORIZED && resp.extensions().get::<FromUpstream>().is_none();
+    if ctx.over_failures() && refused_here {
         // Over the limit and not verified: the failure limit's answer, and
         // nothing more counted (the bucket is full).
         return refusal(front, limiter.failure_refusal(&ctx), ip);
     }
-    if presents && resp.status() == StatusCode::UNAUTHORIZED {
+    if presents && refused_here {
         match limiter.refused(&ctx).await {
             Ok(q) => quota = q.map(|q| q.tighter(quota.take())),
             Err(e) => return refusal(front, e, ip),

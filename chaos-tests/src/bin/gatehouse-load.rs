@@ -1140,15 +1140,25 @@ async fn verify(
 /// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, and
 /// node 1's `[proxy]` to it, each with `connections` keep-alive clients.
 async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let d = Duration::from_secs(seconds);
-    let (mut upstream, upstream_addr) = baseline(None)?;
+    let (upstream, upstream_addr) = baseline(None)?;
+    let upstream = Killed(upstream);
     let dir = tempfile::tempdir()?;
     let proxy_port = gatehouse_chaos::cluster::free_port()?;
-    let extra = format!(
-        "[rate_limits]\nenabled = false\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n\
-         [[proxy.upstreams]]\nurl = \"http://{upstream_addr}\"\n"
+    let mut cluster =
+        ProcCluster::prepare_with(bin, dir.path(), nodes, "[rate_limits]\nenabled = false\n", &[], false)?;
+    // Node 1 alone proxies.
+    let proxy = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[[proxy.upstreams]]\nurl = \"http://{upstream_addr}\"\n"
     );
-    let mut cluster = ProcCluster::prepare_with(bin, dir.path(), nodes, &extra, &[], false)?;
+    cluster.append_config(1, &proxy)?;
     cluster.launch().await?;
     let key = user_with_key(&cluster, "proxied", &["viewer"]).await?;
     let nginx_dir = tempfile::tempdir()?;
@@ -1165,7 +1175,7 @@ async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u
         ("gatehouse [proxy], key verified", load::http_get(&through, "/", auth(), connections, None, d).await?),
     ];
     drop(nginx);
-    let _ = upstream.kill();
+    drop(upstream);
     drop(cluster);
     let title = format!("scenario proxy: node 1 of {nodes}, {connections} connections, {seconds} s each");
     let head = json.then(|| serde_json::json!({ "scenario": "proxy", "connections": connections, "seconds": seconds }));

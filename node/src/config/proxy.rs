@@ -89,7 +89,22 @@ fn header(name: &str, value: &Option<String>, default: &str) -> Result<axum::htt
     let v = value.as_deref().unwrap_or(default);
     let h = axum::http::HeaderName::from_bytes(v.as_bytes())
         .map_err(|_| ConfigError::Invalid(format!("proxy.headers.{name} {v:?} is not a header name")))?;
-    let taken = ["host", "cookie", "authorization", "content-length", "transfer-encoding", "connection", "upgrade"];
+    let taken = [
+        "host",
+        "cookie",
+        "set-cookie",
+        "authorization",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "x-auth-mfa",
+        "x-auth-mfa-age",
+    ];
     if taken.contains(&h.as_str()) || h.as_str().starts_with("x-forwarded-") {
         return Err(ConfigError::Invalid(format!("proxy.headers.{name} {v:?} is a header the proxy owns")));
     }
@@ -122,6 +137,16 @@ impl ProxySettings {
             roles: header("roles", &self.headers.roles, "x-auth-roles")?,
             email: header("email", &self.headers.email, "x-auth-email")?,
         };
+        let mut names = [&identity.user, &identity.user_id, &identity.roles, &identity.email].map(|h| h.as_str());
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(bad("proxy.headers: each identity goes in a header of its own".into()));
+        }
+        for u in &self.upstreams {
+            if u.url.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) {
+                return Err(bad(format!("proxy.upstreams: url {:?} must not carry a user or password", u.url)));
+            }
+        }
         let tls = |e: gatehouse_tls::TlsError| bad(format!("[proxy]: {e}"));
         let client_identity = match (&self.client_cert_file, &self.client_key_file) {
             (Some(c), Some(k)) => Some((
@@ -139,12 +164,19 @@ impl ProxySettings {
         if https_upstream && upstream_ca.is_empty() {
             return Err(bad("an https:// upstream needs proxy.upstream_ca_file (system roots are not used)".into()));
         }
+        let first_byte_timeout = duration("first_byte_timeout", &self.first_byte_timeout, Duration::from_secs(3600))?;
+        let idle_timeout = duration("idle_timeout", &self.idle_timeout, Duration::from_secs(24 * 3600))?;
+        if idle_timeout < first_byte_timeout {
+            // An exchange waiting for its first byte moves nothing: the
+            // connection would be dropped as idle before the timeout says.
+            return Err(bad("proxy.idle_timeout must be at least proxy.first_byte_timeout".into()));
+        }
         Ok(gatehouse_api::proxy::ProxyConfig {
             upstreams,
             identity,
             connect_timeout: duration("connect_timeout", &self.connect_timeout, Duration::from_secs(60))?,
-            first_byte_timeout: duration("first_byte_timeout", &self.first_byte_timeout, Duration::from_secs(3600))?,
-            idle_timeout: duration("idle_timeout", &self.idle_timeout, Duration::from_secs(24 * 3600))?,
+            first_byte_timeout,
+            idle_timeout,
             client_identity,
             upstream_ca,
         })
@@ -190,6 +222,19 @@ mod tests {
                 ..settings()
             },
             ProxySettings { client_cert_file: Some("/x.pem".into()), ..settings() },
+            ProxySettings { headers: HeaderNames { user: Some("TE".into()), ..Default::default() }, ..settings() },
+            ProxySettings {
+                headers: HeaderNames { email: Some("X-Auth-Roles".into()), ..Default::default() },
+                ..settings()
+            },
+            ProxySettings {
+                upstreams: vec![UpstreamSettings {
+                    url: "http://u:p@app:80".into(),
+                    ..settings().upstreams[0].clone()
+                }],
+                ..settings()
+            },
+            ProxySettings { first_byte_timeout: "10m".into(), idle_timeout: "1m".into(), ..settings() },
         ] {
             assert!(bad.load().is_err(), "{bad:?}");
         }
