@@ -183,6 +183,7 @@ pub async fn http_get_each(
         let mut sender = crate::load_tls::connect(addr, tls).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let uri = format!("{scheme}://{addr}{path}");
+        let host = addr.to_string();
         let header = header.clone().map(|(k, v)| (k.to_string(), v));
         let mut schedule = rate.map(|r| {
             let period = Duration::from_secs_f64(connections as f64 / r);
@@ -197,7 +198,8 @@ pub async fn http_get_each(
                 if let Some(s) = &mut schedule {
                     s.tick().await;
                 }
-                let mut req = hyper::Request::get(&uri);
+                // HTTP/1.1 requires Host (nginx refuses a request without it).
+                let mut req = hyper::Request::get(&uri).header("host", host.as_str());
                 if let Some((k, values)) = &header {
                     req = req.header(k.as_str(), values[next % values.len()].as_str());
                     next += connections;

@@ -41,7 +41,11 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream app {{ server {upstream}; keepalive 256; }}
+    upstream app {{ server {upstream}; keepalive 256; keepalive_requests 100000000; }}
+    # The load's keep-alive connections stay open for the whole step (by
+    # default nginx closes one after 1000 requests).
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
     server {{
         listen 127.0.0.1:{port};
         location / {{
