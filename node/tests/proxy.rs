@@ -21,6 +21,10 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The tests of this file run one at a time: one of them measures the
+/// process's resident memory, which the others would move.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 type Chunks = futures::channel::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>;
 type Reply = hyper::Response<http_body_util::Either<http_body_util::Full<Bytes>, StreamBody<Chunks>>>;
 
@@ -225,6 +229,7 @@ async fn raw(addr: &str, request: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_credential() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (up, upstream) = Upstream::start().await;
     let (c, base) = cluster(upstream).await;
     let key = create_key(c.node(1), "ann", &["viewer"]).await;
@@ -348,6 +353,7 @@ async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_cr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_smuggling_never_reaches_the_upstream() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (up, upstream) = Upstream::start().await;
     let (c, base) = cluster(upstream).await;
     let key = create_key(c.node(1), "ann", &["viewer"]).await;
@@ -407,6 +413,7 @@ fn rss() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gibibyte_streams_both_ways_in_flat_memory() {
+    let _one = ONE_AT_A_TIME.lock().await;
     const GIB: u64 = 1 << 30;
     let (_up, upstream) = Upstream::start().await;
     let (c, base) = cluster(upstream).await;
@@ -510,6 +517,7 @@ async fn a_gibibyte_streams_both_ways_in_flat_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mutual_tls_lets_the_upstream_tell_gatehouse_from_anyone_else() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use gatehouse_tls::issue::{new_ca, node_certificate};
     let dir = tempfile::tempdir().unwrap();
     let ca = new_ca("upstream CA", 1).unwrap();
@@ -593,5 +601,67 @@ async fn mutual_tls_lets_the_upstream_tell_gatehouse_from_anyone_else() {
     let forged = stranger.get(format!("https://{upstream}/echo")).header("x-auth-user", "admin").send().await;
     assert!(forged.is_err(), "{forged:?}");
     assert_eq!(up.hits(), before);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_is_sent_to_sign_in_and_the_app_gets_a_signed_token_instead_of_the_key() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (up, upstream) = Upstream::start().await;
+    let c = TestCluster::start_with_dir(1, move |dir, c| {
+        c.rate_limits.enabled = false;
+        c.proxy = Some(proxy_settings(upstream));
+        c.pages.public_url = Some("https://login.example.com".into());
+        c.pages.return_domains = vec!["example.com".into()];
+        let kek = dir.path().join("kek");
+        if !kek.exists() {
+            std::fs::write(&kek, hex::encode([5u8; 32])).unwrap();
+        }
+        c.secrets.keys = vec![gatehouse::config::KeySettings { id: "k1".into(), file: kek }];
+        c.jwt = Some(gatehouse::config::JwtSettings {
+            issuer: "https://login.example.com".into(),
+            audience: "apps".into(),
+            lifetime: "60s".into(),
+            algorithm: "EdDSA".into(),
+            header: "Authorization".into(),
+            publish_delay: "2s".into(),
+        });
+    })
+    .await;
+    let base = format!("http://{}", c.node(1).proxy_addr().unwrap());
+    // A browser without a session: to the sign-in page, back here after.
+    let r = http()
+        .get(format!("{base}/reports?q=1"))
+        .header("host", "app.example.com")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with("https://login.example.com/login?rd="), "{location}");
+    // Over plain HTTP the page it wanted is no return URL the pages keep
+    // (only https:// ones on `return_domains`).
+    assert_eq!(up.hits(), 0);
+    // An app behind the proxy gets a token, never the key that was shown.
+    common::wait_until("a first signing key", Duration::from_secs(20), || async {
+        let now = gatehouse_cluster::clock::now_ms();
+        c.node(1).cluster().view().read().signing_keys().current(now).is_some()
+    })
+    .await;
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+    let r = http().get(format!("{base}/echo")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    let bearer = seen["authorization"].to_str().unwrap().to_string();
+    let token = bearer.strip_prefix("Bearer ").unwrap();
+    assert!(!bearer.contains("gk_"), "the key stays with Gatehouse");
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["name"], "ann");
+    assert_eq!(claims["aud"], "apps");
+    assert_eq!(claims["amr"], serde_json::json!(["key"]));
     c.shutdown().await;
 }

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -238,30 +237,52 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves one connection in the protocol chosen, until it ends, it was idle
-/// for `idle`, the front drains (both: a graceful close), or the drain
-/// period is over (`closing`: dropped).
-#[allow(clippy::too_many_arguments)]
-pub async fn drive<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: S,
+/// A connection hyper serves: a future that ends with it, and a graceful
+/// close.
+pub trait Graceful: std::future::Future {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Graceful for auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves one connection (HTTP/1.1 with upgrades, for the proxy's
+/// WebSockets; or HTTP/2), until it ends, it was idle for `idle`, an
+/// exchange in flight stopped moving for `stall`, the front drains (a
+/// graceful close), or the drain period is over (`closing`: dropped).
+pub async fn drive<C: Graceful>(
+    conn: C,
     activity: Arc<Activity>,
     idle: Duration,
     stall: Duration,
     mut draining: tokio::sync::watch::Receiver<bool>,
     mut closing: tokio::sync::watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    // With upgrades: the proxy tunnels WebSockets (the front never upgrades).
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+) {
     tokio::pin!(conn);
     let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)));
     // When a graceful close of an idle connection began: a client that does
@@ -276,7 +297,7 @@ pub async fn drive<I, S, B>(
             _ = draining.wait_for(|d| *d), if ending.is_none() => {
                 // Draining has its own end (`closing`): no idle drop here.
                 ending = Some(Instant::now() + Duration::from_secs(3600));
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().graceful();
             }
             _ = tick.tick() => {
                 // An exchange that stopped moving (a peer that neither
@@ -287,7 +308,7 @@ pub async fn drive<I, S, B>(
                 match ending {
                 None if activity.idle_for() >= idle => {
                     ending = Some(Instant::now());
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().graceful();
                 }
                 Some(at) if at.elapsed() >= idle && activity.idle_for() >= idle => return,
                 _ => {}

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -146,7 +146,6 @@ pub async fn serve(
     let stall = Duration::from_millis(limits.stall_ms.unwrap_or(limits.request_timeout_ms));
     let h2c = limits.h2c;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -157,7 +156,11 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(10));
     // One builder per protocol: the protocol is chosen before hyper sees
     // the connection (see `conn`), never by hyper-util's untimed sniffing.
-    let (http1, http2) = (Arc::new(builder.clone().http1_only()), Arc::new(builder.http2_only()));
+    // HTTP/1.1 with upgrades (the proxy's WebSockets) from hyper's own
+    // builder: hyper-util's upgradeable connections sniff the version again.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BUFFER);
+    let (http1, http2) = (Arc::new(http1), Arc::new(builder.http2_only()));
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let (drain_tx, draining) = tokio::sync::watch::channel(false);
@@ -222,8 +225,14 @@ pub async fn serve(
             let deadline = tokio::time::Instant::now() + header_timeout;
             let Some(acceptor) = tls else {
                 let Some(proto) = sniff_plain(&tcp, h2c, deadline).await else { return };
-                let builder = if proto == Proto::Http2 { http2 } else { http1 };
-                drive(&builder, tcp, service, activity, header_timeout, stall, draining, closing).await;
+                let io = TokioIo::new(tcp);
+                if proto == Proto::Http2 {
+                    let conn = http2.serve_connection(io, service);
+                    drive(conn, activity, header_timeout, stall, draining, closing).await;
+                } else {
+                    let conn = http1.serve_connection(io, service).with_upgrades();
+                    drive(conn, activity, header_timeout, stall, draining, closing).await;
+                }
                 return;
             };
             let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -240,9 +249,14 @@ pub async fn serve(
             };
             let proto = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Proto::Http2 } else { Proto::Http1 };
             let Some(first) = first_bytes_tls(&mut stream, proto, deadline).await else { return };
-            let builder = if proto == Proto::Http2 { http2 } else { http1 };
-            drive(&builder, Prefixed::new(first, stream), service, activity, header_timeout, stall, draining, closing)
-                .await;
+            let io = TokioIo::new(Prefixed::new(first, stream));
+            if proto == Proto::Http2 {
+                let conn = http2.serve_connection(io, service);
+                drive(conn, activity, header_timeout, stall, draining, closing).await;
+            } else {
+                let conn = http1.serve_connection(io, service).with_upgrades();
+                drive(conn, activity, header_timeout, stall, draining, closing).await;
+            }
         });
     }
     drop(listener);
