@@ -8,8 +8,8 @@
 //! - [`mint`]: the claims of a verified caller and the token cache (per
 //!   credential, audience and state of the user, so a role change, a
 //!   disable or a revocation shows in the next token at once).
-//! - [`verify`]: our own verifier (what the tests and `gatehouse jwt
-//!   verify` use): the algorithm comes from the key, never the token.
+//! - [`verify`]: our own verifier (what the tests use beside PyJWT): the
+//!   algorithm comes from the key, never the token.
 //! - [`rotate`]: `gatehouse admin jwt rotate` and the leader's first key.
 //!
 //! Private keys never leave the voters: a stateless front asks a voter for

@@ -1,6 +1,6 @@
-//! Our own verifier of the tokens we mint, against a JWKS: what
-//! `gatehouse jwt verify` and the tests use, and the reference for what an
-//! app's verifier must refuse.
+//! Our own verifier of the tokens we mint, against a JWKS: what the tests
+//! use beside PyJWT, and the reference for what an app's verifier must
+//! refuse (a Rust app may call it; there is no CLI for it).
 //!
 //! The algorithm comes from the key, never from the token: a key published
 //! as Ed25519 verifies only EdDSA, an RSA key only RS256. So `alg: none`,
