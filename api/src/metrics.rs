@@ -91,6 +91,13 @@ pub struct Metrics {
     /// Connections the HTTP front accepted (a proxy that keeps its
     /// connections alive makes this grow far slower than the requests).
     pub http_connections_accepted: Counter,
+    /// Connections open on the reverse proxy's listener (`[proxy]`),
+    /// WebSocket tunnels included.
+    pub proxy_connections: Gauge,
+    /// Connections the reverse proxy's listener accepted.
+    pub proxy_connections_accepted: Counter,
+    /// WebSocket tunnels open through the reverse proxy.
+    pub proxy_tunnels: Gauge,
     /// Requests with `X-Forwarded-For` from a peer that is not a trusted proxy.
     pub untrusted_forwarded_for: Counter,
     /// Envoy rate-limit descriptors no policy names (not limited).
@@ -139,6 +146,9 @@ impl Metrics {
             rate_refused_locally: Counter::default(),
             http_connections: Gauge::default(),
             http_connections_accepted: Counter::default(),
+            proxy_connections: Gauge::default(),
+            proxy_connections_accepted: Counter::default(),
+            proxy_tunnels: Gauge::default(),
             untrusted_forwarded_for: Counter::default(),
             envoy_unknown_descriptors: Counter::default(),
             audit_renumbered: Counter::default(),
@@ -185,6 +195,17 @@ impl Metrics {
             "connections the HTTP front accepted",
             m.http_connections_accepted.clone(),
         );
+        r.register(
+            "proxy_connections",
+            "connections open on the reverse proxy's listener, WebSocket tunnels included",
+            m.proxy_connections.clone(),
+        );
+        r.register(
+            "proxy_connections_accepted",
+            "connections the reverse proxy's listener accepted",
+            m.proxy_connections_accepted.clone(),
+        );
+        r.register("proxy_tunnels", "WebSocket tunnels open through the reverse proxy", m.proxy_tunnels.clone());
         r.register(
             "tls_certificate_expiry_timestamp_seconds",
             "when the certificate a TLS listener serves stops being valid (Unix time)",

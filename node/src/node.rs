@@ -682,9 +682,14 @@ pub(crate) fn proxy_server(
     let limits = gatehouse_api::http::serve::ServeLimits {
         request_timeout_ms: 30 * 86_400_000,
         stall_ms,
+        strict_framing: true,
         ..config.http.clone()
     };
-    let connections = gatehouse_api::http::serve::Connections::default();
+    let metrics = front.node.metrics();
+    let connections = gatehouse_api::http::serve::Connections {
+        open: metrics.proxy_connections.clone(),
+        accepted: metrics.proxy_connections_accepted.clone(),
+    };
     Ok(tokio::spawn(async move {
         let shutdown = async move {
             stop.wait().await;

@@ -17,6 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{create_key, TestCluster};
 use gatehouse::config::{ProxySettings, UpstreamSettings};
+use gatehouse_domain::Payload;
+use gatehouse_proto::events::RevokeApiKey;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -328,7 +330,41 @@ async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_cr
     assert!(up.last().get("upgrade").is_none(), "{:?}", up.last());
 
     // A WebSocket upgrade is tunnelled both ways.
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tcp = websocket(&addr, &key).await;
+    // A masked text frame "ping", echoed back byte for byte.
+    let frame = [0x81u8, 0x84, 1, 2, 3, 4, b'p' ^ 1, b'i' ^ 2, b'n' ^ 3, b'g' ^ 4];
+    tcp.write_all(&frame).await.unwrap();
+    let mut echoed = [0u8; 10];
+    tcp.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, frame);
+    // The tunnel still holds its connection's slot: the cap counts it.
+    let metrics = c.node(1).api().metrics();
+    assert_eq!(metrics.proxy_tunnels.get(), 1);
+    assert!(metrics.proxy_connections.get() >= 1);
+    // Revoking the key that opened it closes it, with no byte more through.
+    let key_id = gatehouse_domain::keys::parse_key(&key).unwrap().0.to_string();
+    let revoke = c.node(1).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
+    c.node(1).cluster().propose_one(revoke).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel outlived the revocation");
+    assert!(rest.is_empty(), "{rest:?}");
+    common::wait_until("the tunnel is gone", Duration::from_secs(5), || {
+        let gone = metrics.proxy_tunnels.get() == 0;
+        async move { gone }
+    })
+    .await;
+    // A tunnel open when the node shuts down is closed by the drain.
+    let other = create_key(c.node(1), "bob", &["viewer"]).await;
+    let mut tcp = websocket(&addr, &other).await;
+    c.shutdown().await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel outlived the node's shutdown");
+}
+
+/// A WebSocket opened through the proxy at `addr` with `key`, its 101 read.
+async fn websocket(addr: &str, key: &str) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let hello = format!(
         "GET /socket HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\n\
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -342,13 +378,7 @@ async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_cr
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // A masked text frame "ping", echoed back byte for byte.
-    let frame = [0x81u8, 0x84, 1, 2, 3, 4, b'p' ^ 1, b'i' ^ 2, b'n' ^ 3, b'g' ^ 4];
-    tcp.write_all(&frame).await.unwrap();
-    let mut echoed = [0u8; 10];
-    tcp.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(echoed, frame);
-    c.shutdown().await;
+    tcp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -362,26 +392,29 @@ async fn request_smuggling_never_reaches_the_upstream() {
     // The same request, well-formed, passes.
     let ok = format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 5\r\nConnection: close\r\n\r\nhello");
     assert!(raw(&addr, ok.as_bytes()).await.starts_with("HTTP/1.1 200"));
-    // Content-Length beside Transfer-Encoding, either order, with a request
-    // smuggled behind: hyper reads the body by Transfer-Encoding alone and
-    // closes the connection after answering (RFC 9112 §6.1), so what
-    // follows is never read as a request, and the upstream gets a body
-    // framed by the proxy's own client, never the client's bytes.
+    // Content-Length beside Transfer-Encoding (either order), and two
+    // Content-Lengths even when equal, each with a request smuggled behind
+    // and after a well-framed request on the same connection: the good one
+    // is answered, the ambiguous one gets 400 and the connection closes,
+    // so what follows is never read.
+    let before = up.hits();
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
-    for framing in
-        ["Content-Length: 5\r\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\r\nContent-Length: 5"]
-    {
-        let request = format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}{framing}\r\n\r\n0\r\n\r\n{smuggled}");
+    let good = format!("GET /echo HTTP/1.1\r\nHost: app\r\n{auth}\r\n");
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+        "Content-Length: 5\r\nContent-Length: 5",
+    ] {
+        let request = format!("{good}POST /echo HTTP/1.1\r\nHost: app\r\n{auth}{framing}\r\n\r\n0\r\n\r\n{smuggled}");
         let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut all = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut all)).await.unwrap().unwrap();
         let all = String::from_utf8_lossy(&all);
-        assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "one answer, then the connection closed: {all}");
+        let answers: Vec<&str> = all.match_indices("HTTP/1.1 ").map(|(at, _)| &all[at..at + 12]).collect();
+        assert_eq!(answers, ["HTTP/1.1 200", "HTTP/1.1 400"], "{framing:?}: {all}");
     }
-    // Two equal Content-Lengths are one; differing ones are refused.
-    let equal = format!("POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello{smuggled}");
-    assert!(raw(&addr, equal.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(up.hits(), before + 3, "only the well-framed requests reached the upstream");
     assert!(!up.paths.lock().unwrap().iter().any(|p| p == "/smuggled"), "nothing smuggled reached the upstream");
     let before = up.hits();
     let hostile = [
@@ -570,19 +603,39 @@ async fn mutual_tls_lets_the_upstream_tell_gatehouse_from_anyone_else() {
             });
         }
     });
+    // An upstream that accepts the connection and never answers the handshake.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = stalled.accept().await {
+            held.push(tcp);
+        }
+    });
     let d = dir.path().to_path_buf();
     let c = TestCluster::start_with(1, move |c| {
         c.rate_limits.enabled = false;
         c.proxy = Some(ProxySettings {
-            upstreams: vec![UpstreamSettings {
-                host: None,
-                path_prefix: "/".into(),
-                url: format!("https://{upstream}"),
-                pass_credentials: false,
-            }],
+            upstreams: vec![
+                UpstreamSettings {
+                    host: None,
+                    path_prefix: "/".into(),
+                    url: format!("https://{upstream}"),
+                    pass_credentials: false,
+                },
+                UpstreamSettings {
+                    host: None,
+                    path_prefix: "/stalled".into(),
+                    url: format!("https://{stalled_addr}"),
+                    pass_credentials: false,
+                },
+            ],
             upstream_ca_file: Some(d.join("ca.pem")),
             client_cert_file: Some(d.join("proxy.pem")),
             client_key_file: Some(d.join("proxy.key")),
+            // Long, so a 504 would show the handshake was not bounded.
+            first_byte_timeout: "30s".into(),
+            idle_timeout: "30s".into(),
             ..proxy_settings(upstream)
         });
     })
@@ -601,6 +654,9 @@ async fn mutual_tls_lets_the_upstream_tell_gatehouse_from_anyone_else() {
     let forged = stranger.get(format!("https://{upstream}/echo")).header("x-auth-user", "admin").send().await;
     assert!(forged.is_err(), "{forged:?}");
     assert_eq!(up.hits(), before);
+    // A handshake that never finishes is bounded by connect_timeout (1 s): 502.
+    let r = http().get(format!("{base}/stalled/x")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 502);
     c.shutdown().await;
 }
 

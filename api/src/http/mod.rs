@@ -20,6 +20,7 @@ pub mod client_ip;
 pub mod conn;
 pub mod cors;
 pub mod forwarded;
+pub mod framing;
 pub mod front;
 pub mod health;
 pub mod serve;

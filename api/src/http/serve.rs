@@ -25,6 +25,8 @@
 //!   `header_read_timeout_ms` is closed gracefully (HTTP/2 has no read
 //!   timeout between streams of its own); see [`super::conn`], which
 //!   chooses each connection's protocol under the same deadline.
+//! - **Strict framing when asked** (`strict_framing`, the proxy): see
+//!   [`super::framing`].
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` as `axum::serve` gives it.
 
@@ -39,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use super::conn::{drive, first_bytes_tls, sniff_plain, Activity, Prefixed, Proto, Tracked};
+use super::framing::Framing;
 
 /// Largest request head hyper buffers on an HTTP/1 connection. hyper's
 /// floor for this setting is 8 KiB; a head over [`super::MAX_HEADER_BYTES`]
@@ -68,6 +71,12 @@ pub struct ServeLimits {
     /// listener, not in `[http]` (the proxy uses its idle timeout).
     #[serde(skip)]
     pub stall_ms: Option<u64>,
+    /// Refuse with 400 an HTTP/1.1 request with both `Content-Length` and
+    /// `Transfer-Encoding`, or more than one `Content-Length`, which hyper
+    /// would accept normalised ([`super::framing`]). Set by a listener that
+    /// passes bodies on (the proxy), not in `[http]`.
+    #[serde(skip)]
+    pub strict_framing: bool,
 }
 
 impl Default for ServeLimits {
@@ -79,6 +88,7 @@ impl Default for ServeLimits {
             h2c: false,
             max_concurrent_streams: 128,
             stall_ms: None,
+            strict_framing: false,
         }
     }
 }
@@ -108,7 +118,8 @@ pub struct Connections {
     pub accepted: prometheus_client::metrics::counter::Counter,
 }
 
-/// Releases a connection's slot and gauge however its task ends.
+/// Releases a connection's slot and gauge however its task ends (and
+/// whatever holds it past its task: see [`Held`]).
 struct Slot {
     gauge: prometheus_client::metrics::gauge::Gauge,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -120,6 +131,23 @@ impl Drop for Slot {
     }
 }
 
+/// Handed to each request that asks to change protocol (it carries
+/// `Upgrade`): what takes the connection over (the proxy's WebSocket
+/// tunnel) keeps its slot, so the connection cap counts it until it
+/// closes, and learns when the listener starts to drain.
+#[derive(Clone)]
+pub struct Held {
+    _slot: Arc<Slot>,
+    draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Held {
+    /// Resolves once the listener drains (or is gone).
+    pub async fn draining(mut self) {
+        let _ = self.draining.wait_for(|d| *d).await;
+    }
+}
+
 /// The answer to a request not done within `request_timeout_ms`.
 fn timed_out() -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -127,6 +155,48 @@ fn timed_out() -> axum::response::Response {
     let mut resp = (axum::http::StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
     resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     resp
+}
+
+/// What watches a connection while hyper serves it (see [`drive`]).
+struct Watch {
+    activity: Arc<Activity>,
+    idle: Duration,
+    stall: Duration,
+    draining: tokio::sync::watch::Receiver<bool>,
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Serves one connection, plain or TLS, in the protocol chosen for it.
+async fn serve_io<IO, S, B>(
+    io: IO,
+    proto: Proto,
+    strict_framing: bool,
+    http1: &hyper::server::conn::http1::Builder,
+    http2: &auto::Builder<TokioExecutor>,
+    service: S,
+    w: Watch,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if proto == Proto::Http2 {
+        let conn = http2.serve_connection(TokioIo::new(io), service);
+        drive(conn, w.activity, w.idle, w.stall, w.draining, w.closing).await;
+    } else {
+        let io = TokioIo::new(Framing::new(io, strict_framing));
+        let conn = http1.serve_connection(io, service).with_upgrades();
+        drive(conn, w.activity, w.idle, w.stall, w.draining, w.closing).await;
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open
@@ -188,8 +258,15 @@ pub async fn serve(
         let router = router.clone();
         let activity = Arc::new(Activity::default());
         let in_flight = activity.clone();
+        connections.accepted.inc();
+        connections.open.inc();
+        let slot = Arc::new(Slot { gauge: connections.open.clone(), _permit: permit });
+        let held = Held { _slot: slot.clone(), draining: draining.clone() };
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            if req.headers().contains_key(axum::http::header::UPGRADE) {
+                req.extensions_mut().insert(held.clone());
+            }
             let mut router = router.clone();
             let busy = in_flight.start();
             let activity = in_flight.clone();
@@ -213,10 +290,9 @@ pub async fn serve(
             }
         });
         let (http1, http2, tls) = (http1.clone(), http2.clone(), tls.clone());
-        let (draining, closing) = (draining.clone(), closing.clone());
-        connections.accepted.inc();
-        connections.open.inc();
-        let slot = Slot { gauge: connections.open.clone(), _permit: permit };
+        let watch =
+            Watch { activity, idle: header_timeout, stall, draining: draining.clone(), closing: closing.clone() };
+        let strict = limits.strict_framing;
         tokio::spawn(async move {
             let _slot = slot;
             // Everything before hyper's own timers run shares the
@@ -225,14 +301,7 @@ pub async fn serve(
             let deadline = tokio::time::Instant::now() + header_timeout;
             let Some(acceptor) = tls else {
                 let Some(proto) = sniff_plain(&tcp, h2c, deadline).await else { return };
-                let io = TokioIo::new(tcp);
-                if proto == Proto::Http2 {
-                    let conn = http2.serve_connection(io, service);
-                    drive(conn, activity, header_timeout, stall, draining, closing).await;
-                } else {
-                    let conn = http1.serve_connection(io, service).with_upgrades();
-                    drive(conn, activity, header_timeout, stall, draining, closing).await;
-                }
+                serve_io(tcp, proto, strict, &http1, &http2, service, watch).await;
                 return;
             };
             let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -249,14 +318,7 @@ pub async fn serve(
             };
             let proto = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Proto::Http2 } else { Proto::Http1 };
             let Some(first) = first_bytes_tls(&mut stream, proto, deadline).await else { return };
-            let io = TokioIo::new(Prefixed::new(first, stream));
-            if proto == Proto::Http2 {
-                let conn = http2.serve_connection(io, service);
-                drive(conn, activity, header_timeout, stall, draining, closing).await;
-            } else {
-                let conn = http1.serve_connection(io, service).with_upgrades();
-                drive(conn, activity, header_timeout, stall, draining, closing).await;
-            }
+            serve_io(Prefixed::new(first, stream), proto, strict, &http1, &http2, service, watch).await;
         });
     }
     drop(listener);

@@ -209,6 +209,39 @@ pub async fn check(
     (decision, resp, allowed)
 }
 
+/// Whether an allowed caller still passes, for what outlives its request
+/// (a WebSocket tunnel through the proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Still {
+    Allowed,
+    /// Revoked, expired, disabled, or no longer holding a role the route needs.
+    Refused,
+    /// This node cannot tell now: its view is not known to be current.
+    Unknown,
+}
+
+/// Whether the caller of an allowed request still passes: its credential
+/// still authenticates against the view as it is now, and the route still
+/// admits its roles. No limits, metrics, audit or token. A second factor's
+/// age is not checked again: it was fresh when the request was allowed.
+pub async fn still_allowed(front: &Front, headers: &HeaderMap, client: ClientIp) -> Still {
+    let principal = match authenticate(front, headers, client.0, None, false).await {
+        Ok((p, _)) => p,
+        Err(ApiError::Stale) => return Still::Unknown,
+        Err(_) => return Still::Refused,
+    };
+    let admitted = match required_roles(&front.config.routes, headers) {
+        Route::Free => true,
+        Route::Needs(rule) => rule.roles.iter().any(|r| principal.roles.contains(r)),
+        Route::Ambiguous => false,
+    };
+    if admitted {
+        Still::Allowed
+    } else {
+        Still::Refused
+    }
+}
+
 /// The decision (a bounded name, for the span and the metrics) and the answer.
 async fn decide(
     front: &Front,

@@ -11,7 +11,48 @@ use hyper_util::rt::TokioExecutor;
 
 use super::config::ProxyConfig;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = Bounded<hyper_rustls::HttpsConnector<HttpConnector>>;
+
+/// A connector whose whole connection, the TCP connect and the TLS
+/// handshake together, must be made within `connect_timeout`: an upstream
+/// that accepts and then stalls the handshake gets 502 like one that
+/// cannot be reached.
+#[derive(Clone)]
+pub struct Bounded<C> {
+    inner: C,
+    within: std::time::Duration,
+}
+
+/// The error of a connection not made in time.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the upstream took longer than connect_timeout")]
+pub struct ConnectTimedOut;
+
+impl<C> tower::Service<http::Uri> for Bounded<C>
+where
+    C: tower::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let within = self.within;
+        Box::pin(async move {
+            match tokio::time::timeout(within, connecting).await {
+                Ok(made) => made.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut) as Self::Error),
+            }
+        })
+    }
+}
 
 pub struct Client {
     inner: hyper_util::client::legacy::Client<Connector, axum::body::Body>,
@@ -45,6 +86,7 @@ impl Client {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let https = Bounded { inner: https, within: config.connect_timeout };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(256)

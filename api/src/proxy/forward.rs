@@ -10,6 +10,8 @@ use super::headers::{self, Injected};
 use super::Proxy;
 use crate::http::client_ip::ClientIp;
 use crate::http::forwarded;
+use crate::http::serve::Held;
+use crate::http::verify::{self, Still};
 use crate::rate_limit::limiter::RequestLimits;
 
 /// Our own answer (the upstream's pass untouched): a JSON error without
@@ -83,6 +85,7 @@ pub async fn handle(
 
     let websocket = req.method() == axum::http::Method::GET && headers::is_websocket(req.headers());
     let from_client = websocket.then(|| hyper::upgrade::on(&mut req));
+    let held = req.extensions_mut().remove::<Held>();
     let (parts, body) = req.into_parts();
     let mut h = parts.headers;
     let jwt = proxy.front.jwt.as_ref().map(|j| &j.config.header);
@@ -144,9 +147,26 @@ pub async fn handle(
             return refuse(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream switched protocols unasked");
         };
         let from_upstream = hyper::upgrade::on(&mut resp);
+        let front = proxy.front.clone();
         tokio::spawn(async move {
             let (Ok(a), Ok(b)) = tokio::join!(from_client, from_upstream) else { return };
-            tunnel(hyper_util::rt::TokioIo::new(a), hyper_util::rt::TokioIo::new(b), idle).await;
+            let open = front.node.metrics().proxy_tunnels.clone();
+            open.inc();
+            let bytes = tunnel(hyper_util::rt::TokioIo::new(a), hyper_util::rt::TokioIo::new(b), idle);
+            let drained = async move {
+                match held {
+                    Some(h) => h.draining().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = bytes => {}
+                () = refused(&front, &asked, client) => {
+                    tracing::info!(user_id = %principal.user_id, "a WebSocket tunnel was closed: its caller no longer passes");
+                }
+                () = drained => tracing::debug!("a WebSocket tunnel was closed: the listener drains"),
+            }
+            open.dec();
         });
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
@@ -176,6 +196,33 @@ fn target_host(req: &Request) -> Option<HeaderValue> {
         (None, None) => None,
     }
 }
+
+/// Resolves once the caller of a tunnel no longer passes (see
+/// [`verify::still_allowed`]): checked whenever the log moves (at most
+/// four times a second) and every 30 s (for an expiry). A node that cannot
+/// tell (its view not known to be current) keeps the tunnel for up to
+/// [`UNKNOWN_GRACE`], then closes it.
+async fn refused(front: &crate::http::Front, asked: &HeaderMap, client: ClientIp) {
+    let mut applied = front.node.view().subscribe();
+    let mut unknown_since = None;
+    loop {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), applied.changed()).await;
+        match verify::still_allowed(front, asked, client).await {
+            Still::Allowed => unknown_since = None,
+            Still::Refused => return,
+            Still::Unknown => {
+                let since = *unknown_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= UNKNOWN_GRACE {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// How long a tunnel outlives its node's doubt about its view.
+const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Bytes both ways between a WebSocket's client and its upstream, until
 /// either closes or neither sends anything for `idle`.
