@@ -359,6 +359,14 @@ async fn a_rotation_under_load_fails_no_token() {
     wait_until("load runs", Duration::from_secs(5), || async { true }).await;
     let root = create_key(c.node(1), "root", &["admin"]).await;
     let endpoint = common::endpoint(c.node(2));
+    // Only cluster.admin rotates: an operator and a viewer are refused, and
+    // nothing is proposed.
+    for role in ["operator", "viewer"] {
+        let key = create_key(c.node(1), &format!("not-admin-{role}"), &[role]).await;
+        let err = admin_cli(&endpoint, &key, &["jwt", "rotate"]).await.unwrap_err();
+        assert!(err.starts_with("permission denied"), "{role}: {err}");
+    }
+    assert_eq!(c.node(2).cluster().view().read().signing_keys().all().count(), 1);
     let out = admin_cli(&endpoint, &root, &["jwt", "rotate"]).await.unwrap();
     assert!(out.contains("next"), "{out}");
     // Another rotation while one key waits is refused.
@@ -464,6 +472,20 @@ async fn a_front_hands_on_voter_signed_tokens_and_holds_no_private_key() {
         assert_eq!(code(unnamed).as_deref(), Some("invalid_argument"), "no rule names that audience");
         let forged = client.mint_token(ask("gs_forged-token", "apps")).await.unwrap_err();
         assert_eq!(code(forged).as_deref(), Some("unauthenticated"));
+        // Hostile input: a header smuggled in an audience, an oversized
+        // one, an empty one; an oversized and an empty credential. Past the
+        // service's 64 KiB message limit, nothing is read at all.
+        let huge = "a".repeat(8 * 1024);
+        let whole = client.mint_token(ask(&session, &"a".repeat(256 * 1024))).await.unwrap_err();
+        assert_eq!(whole.code(), tonic::Code::OutOfRange, "{whole:?}");
+        for audience in ["apps\r\nx-injected: 1", huge.as_str(), "", "apps\0"] {
+            let refused = client.mint_token(ask(&session, audience)).await.unwrap_err();
+            assert_eq!(code(refused).as_deref(), Some("invalid_argument"), "{:.40}", audience);
+        }
+        for credential in [format!("gs_{huge}"), String::new()] {
+            let refused = client.mint_token(ask(&credential, "apps")).await.unwrap_err();
+            assert_eq!(code(refused).as_deref(), Some("unauthenticated"), "{:.40}", credential);
+        }
         let granted = client.mint_token(ask(&session, "apps")).await.unwrap().into_inner();
         assert_eq!(payload(&granted.token)["name"], "ann");
         assert!(!format!("{granted:?}").contains(&granted.token), "no token in Debug");

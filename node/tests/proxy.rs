@@ -721,3 +721,45 @@ async fn a_browser_is_sent_to_sign_in_and_the_app_gets_a_signed_token_instead_of
     assert_eq!(claims["amr"], serde_json::json!(["key"]));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stateless_front_proxies_as_the_voters_decide() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (up, upstream) = Upstream::start().await;
+    let c = TestCluster::start_with_dir(1, |dir, c| {
+        c.peer_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.fronts_file = Some(common::fronts::fronts_file(dir, &[11]));
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let mut config = common::fronts::front_config(&c, 11);
+    config.proxy = Some(proxy_settings(upstream));
+    let front = gatehouse::FrontNode::start(config).await.expect("front starts");
+    assert!(front.wait_ready(Duration::from_secs(10)).await);
+    let base = format!("http://{}", front.proxy_addr().expect("the front's proxy listens"));
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+    common::wait_until("the front knows the key", Duration::from_secs(10), || {
+        let get = http().get(format!("{base}/echo")).bearer_auth(&key).send();
+        async move { get.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let seen = up.last();
+    assert_eq!(seen["x-auth-user"], "ann");
+    assert!(seen.get("authorization").is_none(), "the key stays with the front");
+    // Forged identity and no credential: refused, nothing reaches the upstream.
+    let before = up.hits();
+    let r = http().get(format!("{base}/echo")).header("x-auth-user", "admin").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(up.hits(), before);
+    // Revoked on the voter: the front's proxy refuses the key.
+    let key_id = gatehouse_domain::keys::parse_key(&key).unwrap().0.to_string();
+    let revoke = c.node(1).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
+    c.node(1).cluster().propose_one(revoke).await.unwrap();
+    common::wait_until("the front refuses the revoked key", Duration::from_secs(10), || {
+        let get = http().get(format!("{base}/echo")).bearer_auth(&key).send();
+        async move { get.await.is_ok_and(|r| r.status() == 401) }
+    })
+    .await;
+    front.shutdown().await.unwrap();
+    c.shutdown().await;
+}
