@@ -3,9 +3,11 @@
 //! `/auth/verify` verifies them, the identity injected and every client
 //! copy of it removed, Gatehouse's own credential kept back; refusals that
 //! never reach the upstream; an upstream down (502) or slow (504); server-
-//! sent events streamed as they come; a WebSocket tunnelled; 1 GiB up and
-//! down with flat memory; and every request-smuggling variant refused
-//! before the upstream sees it.
+//! sent events streamed as they come; a WebSocket tunnelled, counted
+//! against the connection cap, and closed by a revocation and by the
+//! drain; 1 GiB up and down with flat memory; every request-smuggling
+//! variant refused before the upstream sees it; a TLS handshake that
+//! stalls bounded by the connect timeout; and a stateless front's proxy.
 
 mod common;
 
