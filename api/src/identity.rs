@@ -172,6 +172,21 @@ pub async fn resolve(node: &Node, token: &str) -> Result<Principal, ApiError> {
     resolve_with(node, token, true).await
 }
 
+/// Whether `token` still resolves against this node's view, as [`resolve`]
+/// answers but without a catch-up and without recording a use: for a
+/// credential checked again while it is not presented again (a WebSocket
+/// tunnel's), which must not keep its session alive by being checked.
+pub fn still_valid(node: &Node, token: &str) -> Result<Principal, ApiError> {
+    if token.is_empty() || token.len() > MAX_CREDENTIAL_LEN {
+        return Err(ApiError::Unauthenticated);
+    }
+    match check(node, token, now_ms()) {
+        Ok(p) => Ok(p),
+        Err(Refused::Disabled) => Err(ApiError::PermissionDenied("user is disabled".into())),
+        Err(_) => Err(ApiError::Unauthenticated),
+    }
+}
+
 /// [`resolve`]; without `catch_up` an unknown credential is refused from the
 /// local view at once (for a client over a failure limit, whose unknown
 /// credentials must not each cost a round trip to the leader).

@@ -417,6 +417,20 @@ async fn request_smuggling_never_reaches_the_upstream() {
         assert_eq!(answers, ["HTTP/1.1 200", "HTTP/1.1 400"], "{framing:?}: {all}");
     }
     assert_eq!(up.hits(), before + 3, "only the well-framed requests reached the upstream");
+    // A request asking to change protocol, refused (no credential: 401),
+    // does not turn the checks off for what follows on its connection.
+    let upgrade = "GET /echo HTTP/1.1\r\nHost: app\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n";
+    let ambiguous = format!(
+        "POST /echo HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+    );
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(format!("{upgrade}{ambiguous}").as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut all)).await.unwrap().unwrap();
+    let all = String::from_utf8_lossy(&all);
+    let answers: Vec<&str> = all.match_indices("HTTP/1.1 ").map(|(at, _)| &all[at..at + 12]).collect();
+    assert_eq!(answers, ["HTTP/1.1 401", "HTTP/1.1 400"], "{all}");
+    assert_eq!(up.hits(), before + 3, "nothing behind the refused upgrade reached the upstream");
     assert!(!up.paths.lock().unwrap().iter().any(|p| p == "/smuggled"), "nothing smuggled reached the upstream");
     let before = up.hits();
     let hostile = [

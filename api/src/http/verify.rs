@@ -221,15 +221,17 @@ pub enum Still {
 }
 
 /// Whether the caller of an allowed request still passes: its credential
-/// still authenticates against the view as it is now, and the route still
-/// admits its roles. No limits, metrics, audit or token. A second factor's
-/// age is not checked again: it was fresh when the request was allowed.
-pub async fn still_allowed(front: &Front, headers: &HeaderMap, client: ClientIp) -> Still {
-    let principal = match authenticate(front, headers, client.0, None, false).await {
-        Ok((p, _)) => p,
-        Err(ApiError::Stale) => return Still::Unknown,
-        Err(_) => return Still::Refused,
-    };
+/// still resolves against the view as it is now (not revoked, expired,
+/// idle past its session's limit, or its user disabled), and the route
+/// still admits its roles. No limits, metrics, audit, token, or use
+/// recorded. A second factor's age and the session's binding are not
+/// checked again: both held when the request was allowed.
+pub async fn still_allowed(front: &Front, headers: &HeaderMap) -> Still {
+    if !front.node.ensure_fresh().await {
+        return Still::Unknown;
+    }
+    let Some((token, _)) = credential(headers, &front.config.cookie_name) else { return Still::Refused };
+    let Ok(principal) = crate::identity::still_valid(&front.node, &token) else { return Still::Refused };
     let admitted = match required_roles(&front.config.routes, headers) {
         Route::Free => true,
         Route::Needs(rule) => rule.roles.iter().any(|r| principal.roles.contains(r)),

@@ -2,6 +2,7 @@
 //! verify as `/auth/verify` does, send on, stream back.
 
 use axum::extract::{Extension, Request, State};
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -47,13 +48,12 @@ pub async fn handle(
     let Some(host_value) = target_host(&req) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_argument", "the request names two hosts, or none");
     };
-    let host_value = Some(host_value);
-    let host = host_value.as_ref().and_then(|h| h.to_str().ok()).and_then(forwarded::normalise_host);
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let Some(path) = forwarded::plain_path(&target).map(|p| p.into_owned()) else {
+    let host = host_value.to_str().ok().and_then(forwarded::normalise_host);
+    let target = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let Some(path) = forwarded::plain_path(target.as_str()) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_argument", "the request path is ambiguous");
     };
-    let Some(upstream) = proxy.config.upstream(host.as_deref(), &path).cloned() else {
+    let Some(upstream) = proxy.config.upstream(host.as_deref(), &path) else {
         return refuse(StatusCode::NOT_FOUND, "not_found", "no upstream serves this host and path");
     };
     // Verified as a forwarded request: the credential, and the request
@@ -67,15 +67,17 @@ pub async fn handle(
     }
     let proto = if proxy.https { "https" } else { "http" };
     let method = HeaderValue::from_str(req.method().as_str()).unwrap_or(HeaderValue::from_static("GET"));
-    if let Some(h) = &host_value {
-        asked.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
-    }
-    if let Ok(uri) = HeaderValue::from_str(&target) {
+    asked.insert(HeaderName::from_static("x-forwarded-host"), host_value.clone());
+    if let Ok(uri) = HeaderValue::from_str(target.as_str()) {
         asked.insert(HeaderName::from_static("x-forwarded-uri"), uri);
     }
     asked.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
     asked.insert(HeaderName::from_static("x-forwarded-method"), method);
     let limits = limits.map(|Extension(l)| l);
+    // A WebSocket's tunnel follows the log from before its verification:
+    // a change applied in between is one it has not seen.
+    let applied = (req.method() == axum::http::Method::GET && headers::is_websocket(req.headers()))
+        .then(|| proxy.front.node.view().subscribe());
     let (_, answer, allowed) = crate::http::verify::check(&proxy.front, &asked, client, limits.as_ref()).await;
     let Some(principal) = allowed else {
         // 401 (a browser: a redirect to sign in), 403, 429, 503: as verify answers.
@@ -83,7 +85,7 @@ pub async fn handle(
     };
     let email = proxy.front.node.view().read().user(&principal.user_id).map(|u| u.email.clone()).unwrap_or_default();
 
-    let websocket = req.method() == axum::http::Method::GET && headers::is_websocket(req.headers());
+    let websocket = applied.is_some();
     let from_client = websocket.then(|| hyper::upgrade::on(&mut req));
     let held = req.extensions_mut().remove::<Held>();
     let (parts, body) = req.into_parts();
@@ -100,40 +102,48 @@ pub async fn handle(
             email: &email,
             client: client.0,
             proto,
-            host: host_value.as_ref(),
+            host: Some(&host_value),
             cookie_name: &proxy.front.config.cookie_name,
             pass_credentials: upstream.pass_credentials,
         },
     );
-    let base = upstream.url.to_string();
-    let uri = format!("{}{target}", base.trim_end_matches('/'));
-    let idle = proxy.config.idle_timeout;
-    let (body, sent_all) = IdleBody::watched(body, idle);
-    let mut out = axum::http::Request::new(axum::body::Body::new(body));
-    *out.method_mut() = parts.method;
-    *out.version_mut() = axum::http::Version::HTTP_11;
-    let Ok(uri) = uri.parse() else {
+    let mut uri = upstream.url.clone().into_parts();
+    uri.path_and_query = Some(target);
+    let Ok(uri) = axum::http::Uri::from_parts(uri) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_argument", "the request path cannot be sent on");
     };
+    let idle = proxy.config.idle_timeout;
+    // The first-byte timeout runs from the end of the request body (an
+    // upload is bounded by the idle timeout while it moves); a request
+    // without one starts it at once, with no body to watch.
+    let (body, sent_all) = if http_body::Body::is_end_stream(&body) {
+        (body, None)
+    } else {
+        let (body, sent_all) = IdleBody::watched(body, idle);
+        (axum::body::Body::new(body), Some(sent_all))
+    };
+    let mut out = axum::http::Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.version_mut() = axum::http::Version::HTTP_11;
     *out.uri_mut() = uri;
     *out.headers_mut() = h;
-    // The first-byte timeout runs from the end of the request body (an
-    // upload is bounded by the idle timeout while it moves).
     let first_byte = proxy.config.first_byte_timeout;
     let late = async move {
-        let _ = sent_all.await;
+        if let Some(sent_all) = sent_all {
+            let _ = sent_all.await;
+        }
         tokio::time::sleep(first_byte).await;
     };
     let mut resp = tokio::select! {
         answered = proxy.client.request(out) => match answered {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(upstream = %base, error = %e, "the upstream could not be reached");
+                tracing::warn!(upstream = %upstream.url, error = %e, "the upstream could not be reached");
                 return refuse(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream did not answer");
             }
         },
         () = late => {
-            tracing::warn!(upstream = %base, "the upstream did not answer in time");
+            tracing::warn!(upstream = %upstream.url, "the upstream did not answer in time");
             return refuse(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "the upstream did not answer in time");
         }
     };
@@ -161,7 +171,7 @@ pub async fn handle(
             };
             tokio::select! {
                 () = bytes => {}
-                () = refused(&front, &asked, client) => {
+                () = refused(&front, &asked, applied) => {
                     tracing::info!(user_id = %principal.user_id, "a WebSocket tunnel was closed: its caller no longer passes");
                 }
                 () = drained => tracing::debug!("a WebSocket tunnel was closed: the listener drains"),
@@ -202,12 +212,12 @@ fn target_host(req: &Request) -> Option<HeaderValue> {
 /// four times a second) and every 30 s (for an expiry). A node that cannot
 /// tell (its view not known to be current) keeps the tunnel for up to
 /// [`UNKNOWN_GRACE`], then closes it.
-async fn refused(front: &crate::http::Front, asked: &HeaderMap, client: ClientIp) {
-    let mut applied = front.node.view().subscribe();
+async fn refused(front: &crate::http::Front, asked: &HeaderMap, applied: Option<tokio::sync::watch::Receiver<u64>>) {
+    let mut applied = applied.unwrap_or_else(|| front.node.view().subscribe());
     let mut unknown_since = None;
     loop {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), applied.changed()).await;
-        match verify::still_allowed(front, asked, client).await {
+        match verify::still_allowed(front, asked).await {
             Still::Allowed => unknown_since = None,
             Still::Refused => return,
             Still::Unknown => {
