@@ -749,22 +749,42 @@ async fn a_stateless_front_proxies_as_the_voters_decide() {
     })
     .await;
     let mut config = common::fronts::front_config(&c, 11);
-    config.proxy = Some(proxy_settings(upstream));
+    config.proxy = Some(ProxySettings {
+        upstreams: vec![UpstreamSettings {
+            host: Some("app.example".into()),
+            path_prefix: "/".into(),
+            url: format!("http://{upstream}"),
+            pass_credentials: false,
+        }],
+        ..proxy_settings(upstream)
+    });
     let front = gatehouse::FrontNode::start(config).await.expect("front starts");
     assert!(front.wait_ready(Duration::from_secs(10)).await);
     let base = format!("http://{}", front.proxy_addr().expect("the front's proxy listens"));
     let key = create_key(c.node(1), "ann", &["viewer"]).await;
     common::wait_until("the front knows the key", Duration::from_secs(10), || {
-        let get = http().get(format!("{base}/echo")).bearer_auth(&key).send();
+        let get = http().get(format!("{base}/echo")).header("host", "app.example").bearer_auth(&key).send();
         async move { get.await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
+    // A host no upstream serves: a stranger learns only that it must sign
+    // in; a caller who passes learns there is nothing there.
+    let r = http().get(format!("{base}/echo")).header("host", "other.example").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http().get(format!("{base}/echo")).header("host", "other.example").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     let seen = up.last();
     assert_eq!(seen["x-auth-user"], "ann");
     assert!(seen.get("authorization").is_none(), "the key stays with the front");
     // Forged identity and no credential: refused, nothing reaches the upstream.
     let before = up.hits();
-    let r = http().get(format!("{base}/echo")).header("x-auth-user", "admin").send().await.unwrap();
+    let r = http()
+        .get(format!("{base}/echo"))
+        .header("host", "app.example")
+        .header("x-auth-user", "admin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(up.hits(), before);
     // Revoked on the voter: the front's proxy refuses the key.
@@ -772,7 +792,7 @@ async fn a_stateless_front_proxies_as_the_voters_decide() {
     let revoke = c.node(1).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
     c.node(1).cluster().propose_one(revoke).await.unwrap();
     common::wait_until("the front refuses the revoked key", Duration::from_secs(10), || {
-        let get = http().get(format!("{base}/echo")).bearer_auth(&key).send();
+        let get = http().get(format!("{base}/echo")).header("host", "app.example").bearer_auth(&key).send();
         async move { get.await.is_ok_and(|r| r.status() == 401) }
     })
     .await;

@@ -44,7 +44,8 @@ impl Default for IdentityHeaders {
 /// `[proxy]`.
 #[derive(Debug)]
 pub struct ProxyConfig {
-    /// Longest path prefix first (then a named host before any host).
+    /// Upstreams naming a host first, then those for any host; each group
+    /// longest path prefix first.
     pub upstreams: Vec<Upstream>,
     pub identity: IdentityHeaders,
     /// Connecting to an upstream.
@@ -80,7 +81,7 @@ impl ProxyConfig {
             }
         }
         upstreams.sort_by(|a, b| {
-            b.path_prefix.len().cmp(&a.path_prefix.len()).then(b.host.is_some().cmp(&a.host.is_some()))
+            b.host.is_some().cmp(&a.host.is_some()).then(b.path_prefix.len().cmp(&a.path_prefix.len()))
         });
         Ok(upstreams)
     }
@@ -119,17 +120,23 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_prefix_and_a_named_host_win() {
+    fn a_named_host_then_the_longest_prefix_win() {
         let c = config(vec![
             up(None, "/", "http://a:1"),
             up(None, "/api", "http://b:1"),
             up(Some("admin.example"), "/", "http://c:1"),
+            up(Some("docs.example"), "/guide", "http://d:1"),
         ]);
         let to = |host: &str, path: &str| c.upstream(Some(host), path).unwrap().url.authority().unwrap().to_string();
         assert_eq!(to("x.example", "/"), "a:1");
         assert_eq!(to("x.example", "/api/v1"), "b:1");
         assert_eq!(to("x.example", "/apix"), "a:1");
         assert_eq!(to("admin.example", "/"), "c:1");
+        // The named host's upstream, though another's prefix is longer.
+        assert_eq!(to("admin.example", "/api/v1"), "c:1");
+        // What no upstream of the named host takes goes to those of any host.
+        assert_eq!(to("docs.example", "/guide/x"), "d:1");
+        assert_eq!(to("docs.example", "/api"), "b:1");
         let only = config(vec![up(Some("admin.example"), "/", "http://c:1")]);
         assert!(only.upstream(Some("x.example"), "/").is_none());
         assert!(only.upstream(None, "/").is_none());

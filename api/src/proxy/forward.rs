@@ -53,9 +53,6 @@ pub async fn handle(
     let Some(path) = forwarded::plain_path(target.as_str()) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_argument", "the request path is ambiguous");
     };
-    let Some(upstream) = proxy.config.upstream(host.as_deref(), &path) else {
-        return refuse(StatusCode::NOT_FOUND, "not_found", "no upstream serves this host and path");
-    };
     // Verified as a forwarded request: the credential, and the request
     // itself as X-Forwarded-* (from the request, never from the client's
     // own X-Forwarded-* headers).
@@ -82,6 +79,10 @@ pub async fn handle(
     let Some(principal) = allowed else {
         // 401 (a browser: a redirect to sign in), 403, 429, 503: as verify answers.
         return answer;
+    };
+    // Only now, so that a stranger learns nothing of what is routed.
+    let Some(upstream) = proxy.config.upstream(host.as_deref(), &path) else {
+        return refuse(StatusCode::NOT_FOUND, "not_found", "no upstream serves this host and path");
     };
     let email = proxy.front.node.view().read().user(&principal.user_id).map(|u| u.email.clone()).unwrap_or_default();
 
