@@ -344,9 +344,7 @@ async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_cr
     assert_eq!(metrics.proxy_tunnels.get(), 1);
     assert!(metrics.proxy_connections.get() >= 1);
     // Revoking the key that opened it closes it, with no byte more through.
-    let key_id = gatehouse_domain::keys::parse_key(&key).unwrap().0.to_string();
-    let revoke = c.node(1).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
-    c.node(1).cluster().propose_one(revoke).await.unwrap();
+    revoke_key(c.node(1), &key).await;
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the tunnel outlived the revocation");
@@ -362,6 +360,13 @@ async fn requests_are_verified_then_sent_on_with_the_identity_and_without_the_cr
     c.shutdown().await;
     let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the tunnel outlived the node's shutdown");
+}
+
+/// Revokes `key` through `node`; returns once acknowledged.
+async fn revoke_key(node: &gatehouse::Node, key: &str) {
+    let key_id = gatehouse_domain::keys::parse_key(key).unwrap().0.to_string();
+    let revoke = node.cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
+    node.cluster().propose_one(revoke).await.unwrap();
 }
 
 /// A WebSocket opened through the proxy at `addr` with `key`, its 101 read.
@@ -788,9 +793,7 @@ async fn a_stateless_front_proxies_as_the_voters_decide() {
     assert_eq!(r.status(), 401);
     assert_eq!(up.hits(), before);
     // Revoked on the voter: the front's proxy refuses the key.
-    let key_id = gatehouse_domain::keys::parse_key(&key).unwrap().0.to_string();
-    let revoke = c.node(1).cluster().command(Payload::RevokeApiKey(RevokeApiKey { key_id }));
-    c.node(1).cluster().propose_one(revoke).await.unwrap();
+    revoke_key(c.node(1), &key).await;
     common::wait_until("the front refuses the revoked key", Duration::from_secs(10), || {
         let get = http().get(format!("{base}/echo")).header("host", "app.example").bearer_auth(&key).send();
         async move { get.await.is_ok_and(|r| r.status() == 401) }
