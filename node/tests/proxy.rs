@@ -802,3 +802,49 @@ async fn a_stateless_front_proxies_as_the_voters_decide() {
     front.shutdown().await.unwrap();
     c.shutdown().await;
 }
+
+/// With `bind_sessions`, the proxy takes a session only from the address
+/// and the browser it began in, as `/auth/verify` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bound_session_passes_the_proxy_only_from_where_it_began() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (up, upstream) = Upstream::start().await;
+    let c = TestCluster::start_with(1, |c| {
+        c.rate_limits.enabled = false;
+        c.rate_limits.trusted_proxies = Vec::new();
+        c.identity.bind_sessions = true;
+        c.proxy = Some(proxy_settings(upstream));
+    })
+    .await;
+    let base = format!("http://{}", c.node(1).proxy_addr().unwrap());
+    common::create_user_with_password(c.node(1), "ann", "pw-of-ann-0001", &["viewer"]).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let login = from("127.0.0.1")
+        .post(format!("{}/api/v1/login", common::base(c.node(1))))
+        .header("x-requested-with", "test")
+        .header("user-agent", "Browser A")
+        .json(&serde_json::json!({ "username": "ann", "password": "pw-of-ann-0001" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let through = |ip: &'static str, agent: &'static str| {
+        let (cookie, url) = (cookie.clone(), format!("{base}/echo"));
+        async move { from(ip).get(url).header("cookie", cookie).header("user-agent", agent).send().await.unwrap().status() }
+    };
+    assert_eq!(through("127.0.0.1", "Browser A").await, 200);
+    assert_eq!(up.last()["x-auth-user"], "ann");
+    let before = up.hits();
+    assert_eq!(through("127.0.0.1", "Browser B").await, 401);
+    assert_eq!(through("127.0.0.2", "Browser A").await, 401);
+    assert_eq!(up.hits(), before, "a replayed cookie reaches nothing");
+    assert_eq!(through("127.0.0.1", "Browser A").await, 200, "still good where it began");
+    c.shutdown().await;
+}
