@@ -24,10 +24,13 @@
 //! what it has and reads no more. A request asking to change protocol
 //! (`Upgrade`, `CONNECT`) must carry no body; after it, reading waits for
 //! the answer: a 101 hands the connection over untouched, anything else
-//! goes on reading requests with the same checks.
+//! goes on reading requests with the same checks. The answer is told by
+//! the service that made it ([`Answers`]), never guessed from the bytes
+//! written (which may still be an earlier answer's body).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -100,7 +103,7 @@ enum State {
     },
     EndLf,
     /// A request asked to change protocol: nothing is read until its
-    /// answer's status line has been written.
+    /// answer is known ([`Answers`]).
     AwaitAnswer,
     /// The protocol changed: bytes pass untouched.
     Through,
@@ -134,26 +137,56 @@ pub struct Framing<IO> {
     /// Bytes for hyper that did not go straight into its buffer.
     ready: Vec<u8>,
     ready_at: usize,
-    /// The start of the answer to a request that asked to change protocol.
-    status: Vec<u8>,
-    /// hyper's read, waiting on that answer.
+    /// The answer to a request that asked to change protocol.
+    answers: Arc<Answers>,
+}
+
+/// How a connection's service tells its [`Framing`] the answer to a
+/// request that asked to change protocol (`Upgrade` or `CONNECT`, see
+/// [`asks_to_switch`]): HTTP/1.1 serves one request at a time, so the
+/// answer the service gives such a request is the one awaited.
+#[derive(Default)]
+pub struct Answers(Mutex<Awaited>);
+
+#[derive(Default)]
+struct Awaited {
+    /// Whether the protocol changed (a 101), once answered.
+    switched: Option<bool>,
+    /// hyper's read, waiting on the answer.
     reader: Option<Waker>,
 }
 
-impl<IO> Framing<IO> {
-    pub fn new(io: IO, strict: bool) -> Framing<IO> {
-        let state = if strict { State::Head } else { State::Through };
-        Framing {
-            io,
-            state,
-            head: Vec::new(),
-            head_at: 0,
-            scanned: 0,
-            ready: Vec::new(),
-            ready_at: 0,
-            status: Vec::new(),
-            reader: None,
+impl Answers {
+    /// The service answered a request that asked to change protocol.
+    pub fn answered(&self, status: http::StatusCode) {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        a.switched = Some(status == http::StatusCode::SWITCHING_PROTOCOLS);
+        if let Some(w) = a.reader.take() {
+            w.wake();
         }
+    }
+
+    /// The answer, once given (taken); else `cx` is woken when it is.
+    fn take(&self, cx: &Context<'_>) -> Option<bool> {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let switched = a.switched.take();
+        if switched.is_none() {
+            a.reader = Some(cx.waker().clone());
+        }
+        switched
+    }
+}
+
+/// Whether a request asks to change protocol, as [`Framing`] judges its
+/// head: an `Upgrade` header, or `CONNECT`.
+pub fn asks_to_switch<B>(req: &http::Request<B>) -> bool {
+    req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE)
+}
+
+impl<IO> Framing<IO> {
+    pub fn new(io: IO, strict: bool, answers: Arc<Answers>) -> Framing<IO> {
+        let state = if strict { State::Head } else { State::Through };
+        Framing { io, state, head: Vec::new(), head_at: 0, scanned: 0, ready: Vec::new(), ready_at: 0, answers }
     }
 
     /// Follows body bytes from the start of `bytes`; how many belong to
@@ -188,6 +221,19 @@ impl<IO> Framing<IO> {
     /// bytes after each, until a head is not yet whole or reading must wait.
     fn take_heads(&mut self) {
         while self.state == State::Head && self.head_at < self.head.len() {
+            // Empty lines before a request line: hyper skips them too.
+            let blank = self.head[self.head_at..].iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+            let blank = match self.head[self.head_at..self.head_at + blank].last() {
+                // A lone CR may begin the next line: kept until it does.
+                Some(b'\r') => blank - 1,
+                _ => blank,
+            };
+            if blank > 0 {
+                self.ready.extend_from_slice(&self.head[self.head_at..self.head_at + blank]);
+                self.head_at += blank;
+                self.scanned = self.scanned.max(self.head_at);
+                continue;
+            }
             let held = &self.head[self.head_at..];
             // Parsed only once the bytes could end a head: never again for
             // every byte of one sent slowly.
@@ -226,12 +272,16 @@ impl<IO> Framing<IO> {
         }
         if self.head_at == self.head.len() || self.state == State::Refused {
             self.head.clear();
-            self.head_at = 0;
             self.scanned = 0;
             if self.head.capacity() > KEEP_CAPACITY {
                 self.head = Vec::new();
             }
+        } else {
+            // What was judged goes: only a head not yet whole stays.
+            self.head.drain(..self.head_at);
+            self.scanned -= self.head_at.min(self.scanned);
         }
+        self.head_at = 0;
     }
 
     /// Everything held goes to hyper as it is; then `next`.
@@ -239,41 +289,6 @@ impl<IO> Framing<IO> {
         self.ready.extend_from_slice(&self.head[self.head_at..]);
         self.head_at = self.head.len();
         self.state = next;
-    }
-
-    /// Bytes hyper wrote: while an answer to a protocol change is awaited,
-    /// its status line decides what the next bytes read are.
-    fn wrote(&mut self, bytes: &[&[u8]], n: usize) {
-        if self.state != State::AwaitAnswer {
-            return;
-        }
-        let mut left = n;
-        for b in bytes {
-            let take = left.min(b.len()).min(12 - self.status.len());
-            self.status.extend_from_slice(&b[..take]);
-            left -= left.min(b.len());
-            if self.status.len() == 12 || left == 0 {
-                break;
-            }
-        }
-        if self.status.len() < 12 {
-            return;
-        }
-        let switched = self.status.starts_with(b"HTTP/1.1 101");
-        let answered = self.status.starts_with(b"HTTP/1.");
-        self.status = Vec::new();
-        if switched {
-            self.release_all(State::Through);
-        } else if answered {
-            self.state = State::Head;
-            self.take_heads();
-        } else {
-            // Not an answer's start: nothing more is read.
-            self.state = State::Refused;
-        }
-        if let Some(w) = self.reader.take() {
-            w.wake();
-        }
     }
 }
 
@@ -350,6 +365,13 @@ fn read_head(bytes: &[u8]) -> Result<Option<(usize, Verdict)>, ()> {
             upgrade = true;
         }
     }
+    if !lengths.is_empty() && encodings > 0 {
+        // Whatever the length says: hyper would drop it unread.
+        return Ok(Some((len, Verdict::Refuse("both Content-Length and Transfer-Encoding"))));
+    }
+    if lengths.len() > 1 {
+        return Ok(Some((len, Verdict::Refuse("more than one Content-Length"))));
+    }
     let length = match lengths.first() {
         None => None,
         Some(v) => match std::str::from_utf8(v).ok().filter(|v| v.bytes().all(|b| b.is_ascii_digit())) {
@@ -360,11 +382,7 @@ fn read_head(bytes: &[u8]) -> Result<Option<(usize, Verdict)>, ()> {
             None => return Ok(Some((len, Verdict::HyperRefuses))),
         },
     };
-    let verdict = if !lengths.is_empty() && encodings > 0 {
-        Verdict::Refuse("both Content-Length and Transfer-Encoding")
-    } else if lengths.len() > 1 {
-        Verdict::Refuse("more than one Content-Length")
-    } else if upgrade && (encodings > 0 || length.is_some_and(|n| n > 0)) {
+    let verdict = if upgrade && (encodings > 0 || length.is_some_and(|n| n > 0)) {
         Verdict::Refuse("a body on a request asking to change protocol")
     } else if upgrade {
         Verdict::Next(State::AwaitAnswer)
@@ -400,10 +418,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Framing<IO> {
                 State::Through => return Pin::new(&mut this.io).poll_read(cx, buf),
                 // hyper has its 400 to send, or a body it fails on: no more.
                 State::Refused => return Poll::Ready(Ok(())),
-                State::AwaitAnswer => {
-                    this.reader = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
+                State::AwaitAnswer => match this.answers.take(cx) {
+                    Some(true) => this.release_all(State::Through),
+                    Some(false) => {
+                        this.state = State::Head;
+                        this.take_heads();
+                    }
+                    None => return Poll::Pending,
+                },
                 _ => {}
             }
             let before = buf.filled().len();
@@ -433,9 +455,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Framing<IO> {
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Framing<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
-        self.wrote(&[buf], n);
-        Poll::Ready(Ok(n))
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -451,12 +471,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Framing<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
-        if self.state == State::AwaitAnswer {
-            let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-            self.wrote(&slices, n);
-        }
-        Poll::Ready(Ok(n))
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -482,7 +497,7 @@ mod tests {
             client.shutdown().await.unwrap();
             client
         });
-        let mut framed = Framing::new(server, true);
+        let mut framed = Framing::new(server, true, Arc::default());
         let mut out = Vec::new();
         framed.read_to_end(&mut out).await.unwrap();
         drop(writer.await.unwrap());
@@ -511,6 +526,8 @@ POST /d HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n\
             "Content-Length: 5\r\nContent-Length: 5",
             "content-length: 5\r\nCONTENT-LENGTH: 6",
             "Content-Length: 5\r\nTransfer-Encoding: identity",
+            // A length hyper would drop unread, and so never refuse.
+            "Transfer-Encoding: chunked\r\nContent-Length: +1",
         ] {
             let input = format!("{good}POST /x HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n0\r\n\r\n{smuggled}");
             for step in [1, 5, 4096] {
@@ -572,15 +589,16 @@ POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r
         }
     }
 
-    /// A request asking to change protocol, then `answer` written by hyper:
+    /// A request asking to change protocol, then the service's `answer`:
     /// what hyper reads after it.
-    async fn after_upgrade(answer: &[u8], after: &[u8]) -> Vec<u8> {
+    async fn after_upgrade(answer: http::StatusCode, after: &[u8]) -> Vec<u8> {
         use tokio::io::AsyncWriteExt;
         let head = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         client.write_all(&[&head[..], after].concat()).await.unwrap();
         client.shutdown().await.unwrap();
-        let mut framed = Framing::new(server, true);
+        let answers = Arc::new(Answers::default());
+        let mut framed = Framing::new(server, true, answers.clone());
         let mut got = vec![0u8; head.len()];
         framed.read_exact(&mut got).await.unwrap();
         assert_eq!(got, head);
@@ -588,7 +606,11 @@ POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r
         let mut one = [0u8; 1];
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), framed.read(&mut one)).await;
         assert!(waiting.is_err(), "read on before the answer");
-        framed.write_all(answer).await.unwrap();
+        // Bytes hyper writes meanwhile (an earlier answer's body, say) decide nothing.
+        framed.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").await.unwrap();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), framed.read(&mut one)).await;
+        assert!(waiting.is_err(), "read on after bytes that only look like an answer");
+        answers.answered(answer);
         let mut rest = Vec::new();
         framed.read_to_end(&mut rest).await.unwrap();
         drop(client);
@@ -601,14 +623,42 @@ POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r
             b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         // Switched: what follows is the new protocol's, untouched.
         let frames = b"\x81\x05hello";
-        assert_eq!(after_upgrade(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", frames).await, frames);
+        let switched = http::StatusCode::SWITCHING_PROTOCOLS;
+        assert_eq!(after_upgrade(switched, frames).await, frames);
         let both = [&frames[..], smuggle].concat();
-        assert_eq!(after_upgrade(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &both).await, both);
-        // Refused (401), in pieces or whole: requests again, still checked.
-        assert_eq!(after_upgrade(b"HTTP/1.1 401 Unauthorized\r\n\r\n", smuggle).await, REFUSED);
+        assert_eq!(after_upgrade(switched, &both).await, both);
+        // Refused (401): requests again, still checked.
+        assert_eq!(after_upgrade(http::StatusCode::UNAUTHORIZED, smuggle).await, REFUSED);
         // A body on such a request is refused at once.
         let body = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello";
         assert_eq!(through(body, 4096).await, REFUSED);
+    }
+
+    #[tokio::test]
+    async fn what_was_judged_is_not_kept() {
+        use tokio::io::AsyncWriteExt;
+        // Many pipelined heads, each read split in the middle of one, and
+        // blank lines between them: all pass, and only the unfinished head
+        // is ever held.
+        let one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\n";
+        let input = one.repeat(2_000);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut framed = Framing::new(server, true, Arc::default());
+        let writer = tokio::spawn(async move {
+            for piece in input.chunks(13) {
+                client.write_all(piece).await.unwrap();
+            }
+            client
+        });
+        let (mut read, mut held) = (0, 0);
+        let mut buf = [0u8; 64];
+        while read < one.len() * 2_000 {
+            read += framed.read(&mut buf).await.unwrap();
+            held = held.max(framed.head.capacity());
+        }
+        drop(writer.await.unwrap());
+        // Bounded by a head, not by the 70 KB of requests that went through.
+        assert!(held <= 1024, "held {held} bytes");
     }
 
     #[tokio::test]
@@ -618,13 +668,13 @@ POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r
         tokio::io::AsyncWriteExt::write_all(&mut client, input).await.unwrap();
         drop(client);
         let mut out = Vec::new();
-        Framing::new(server, false).read_to_end(&mut out).await.unwrap();
+        Framing::new(server, false, Arc::default()).read_to_end(&mut out).await.unwrap();
         assert_eq!(out, input);
     }
 
     #[test]
     fn body_lengths_are_followed() {
-        let mut f = Framing::new((), true);
+        let mut f = Framing::new((), true, Arc::default());
         f.state = State::Body(3);
         assert_eq!(f.follow_body(b"abcGET"), 3);
         assert_eq!(f.state, State::Head);

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use super::conn::{drive, first_bytes_tls, sniff_plain, Activity, Prefixed, Proto, Tracked};
-use super::framing::Framing;
+use super::framing::{asks_to_switch, Answers, Framing};
 
 /// Largest request head hyper buffers on an HTTP/1 connection. hyper's
 /// floor for this setting is 8 KiB; a head over [`super::MAX_HEADER_BYTES`]
@@ -166,11 +166,18 @@ struct Watch {
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
+/// An HTTP/1.1 connection's framing checks ([`Framing`]): whether they
+/// run, and how its service tells them the answer to a protocol change.
+struct Checks {
+    strict: bool,
+    answers: Arc<Answers>,
+}
+
 /// Serves one connection, plain or TLS, in the protocol chosen for it.
 async fn serve_io<IO, S, B>(
     io: IO,
     proto: Proto,
-    strict_framing: bool,
+    framing: Checks,
     http1: &hyper::server::conn::http1::Builder,
     http2: &auto::Builder<TokioExecutor>,
     service: S,
@@ -193,7 +200,7 @@ async fn serve_io<IO, S, B>(
         let conn = http2.serve_connection(TokioIo::new(io), service);
         drive(conn, w.activity, w.idle, w.stall, w.draining, w.closing).await;
     } else {
-        let io = TokioIo::new(Framing::new(io, strict_framing));
+        let io = TokioIo::new(Framing::new(io, framing.strict, framing.answers));
         let conn = http1.serve_connection(io, service).with_upgrades();
         drive(conn, w.activity, w.idle, w.stall, w.draining, w.closing).await;
     }
@@ -262,9 +269,13 @@ pub async fn serve(
         connections.open.inc();
         let slot = Arc::new(Slot { gauge: connections.open.clone(), _permit: permit });
         let held = Held { _slot: slot.clone(), draining: draining.clone() };
+        let answers = Arc::new(Answers::default());
+        let told = answers.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            if req.headers().contains_key(axum::http::header::UPGRADE) {
+            // Its answer decides what the connection's next bytes are.
+            let switching = asks_to_switch(&req).then(|| told.clone());
+            if switching.is_some() {
                 req.extensions_mut().insert(held.clone());
             }
             let mut router = router.clone();
@@ -279,6 +290,9 @@ pub async fn serve(
             async move {
                 let answer = tokio::time::timeout(request_timeout, tower::Service::call(&mut router, req)).await;
                 let resp = answer.map_or_else(|_| timed_out(), |r| r.unwrap_or_else(|e| match e {}));
+                if let Some(answers) = switching {
+                    answers.answered(resp.status());
+                }
                 // A streamed answer keeps its exchange in flight until it ends.
                 let resp = if hyper::body::Body::is_end_stream(resp.body()) {
                     drop(busy);
@@ -292,7 +306,7 @@ pub async fn serve(
         let (http1, http2, tls) = (http1.clone(), http2.clone(), tls.clone());
         let watch =
             Watch { activity, idle: header_timeout, stall, draining: draining.clone(), closing: closing.clone() };
-        let strict = limits.strict_framing;
+        let checks = Checks { strict: limits.strict_framing, answers };
         tokio::spawn(async move {
             let _slot = slot;
             // Everything before hyper's own timers run shares the
@@ -301,7 +315,7 @@ pub async fn serve(
             let deadline = tokio::time::Instant::now() + header_timeout;
             let Some(acceptor) = tls else {
                 let Some(proto) = sniff_plain(&tcp, h2c, deadline).await else { return };
-                serve_io(tcp, proto, strict, &http1, &http2, service, watch).await;
+                serve_io(tcp, proto, checks, &http1, &http2, service, watch).await;
                 return;
             };
             let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -318,7 +332,7 @@ pub async fn serve(
             };
             let proto = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Proto::Http2 } else { Proto::Http1 };
             let Some(first) = first_bytes_tls(&mut stream, proto, deadline).await else { return };
-            serve_io(Prefixed::new(first, stream), proto, strict, &http1, &http2, service, watch).await;
+            serve_io(Prefixed::new(first, stream), proto, checks, &http1, &http2, service, watch).await;
         });
     }
     drop(listener);
