@@ -10,6 +10,19 @@ use gatehouse_proto::events::CreateUser;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::ProcCluster;
+
+/// A child process killed and reaped however the scenario that started it
+/// ends, an early error included (it would otherwise outlive the load
+/// generator and hold its output pipe open).
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub use crate::figures::Figures;
 use crate::figures::{histogram, merge};
 

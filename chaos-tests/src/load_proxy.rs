@@ -3,18 +3,11 @@
 //! to the upstream as Gatehouse keeps one, and as many workers as cores.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A running nginx, stopped when dropped.
-pub struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub type Nginx = crate::load::Killed;
 
 fn binary() -> anyhow::Result<&'static str> {
     ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
@@ -67,7 +60,7 @@ http {{
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let nginx = Nginx(child);
+    let nginx = crate::load::Killed(child);
     let started = std::time::Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "nginx did not listen on {port}");

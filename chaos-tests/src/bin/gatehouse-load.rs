@@ -367,16 +367,16 @@ fn print_writes(sets: &[(&str, Vec<load::Figures>)], nodes: u64, seconds: u64, j
 /// The bare baseline server as a process of its own (so it does not share
 /// this process's runtime with the client); over TLS with node 1's
 /// certificate in `tls_dir`. Returns it and its address.
-fn baseline(tls_dir: Option<&std::path::Path>) -> anyhow::Result<(std::process::Child, String)> {
+fn baseline(tls_dir: Option<&std::path::Path>) -> anyhow::Result<(load::Killed, String)> {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("baseline-server").stdout(std::process::Stdio::piped());
     if let Some(d) = tls_dir {
         cmd.arg("--cert").arg(d.join("node-1.pem")).arg("--key").arg(d.join("node-1.key"));
     }
-    let mut child = cmd.spawn()?;
+    let mut child = load::Killed(cmd.spawn()?);
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    std::io::BufReader::new(child.0.stdout.take().expect("piped")).read_line(&mut line)?;
     Ok((child, format!("127.0.0.1:{}", line.trim())))
 }
 
@@ -385,7 +385,7 @@ fn baseline(tls_dir: Option<&std::path::Path>) -> anyhow::Result<(std::process::
 async fn handshakes(cluster: &ProcCluster, clients: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
     use gatehouse_chaos::load_tls;
     let ca = cluster.dir.join("ca.pem");
-    let (mut server, bare) = baseline(Some(&cluster.dir))?;
+    let (server, bare) = baseline(Some(&cluster.dir))?;
     let http = cluster.nodes[&1].http.clone();
     let d = Duration::from_secs(seconds);
     let mut rows = Vec::new();
@@ -396,7 +396,7 @@ async fn handshakes(cluster: &ProcCluster, clients: usize, seconds: u64, json: b
         let ratio_base = rows.last().map(|r| r.1).unwrap_or(1.0);
         rows.push((format!("gatehouse /healthz, {kind}"), ratio_base, node));
     }
-    let _ = server.kill();
+    drop(server);
     if json {
         let rows: Vec<_> = rows
             .iter()
@@ -1101,7 +1101,7 @@ async fn verify(
     let http = cluster.nodes[&1].http.clone();
     let cookie = login_cookie(&http, tls.as_ref(), "loaduser", password).await?;
 
-    let (mut baseline, baseline_addr) = baseline(https.then_some(cluster.dir.as_path()))?;
+    let (baseline, baseline_addr) = baseline(https.then_some(cluster.dir.as_path()))?;
     let d = Duration::from_secs(seconds);
     let t = tls.as_ref();
     let ceiling = if https { "bare hyper + rustls (ceiling)" } else { "bare hyper (ceiling)" };
@@ -1125,7 +1125,7 @@ async fn verify(
             load::http_get_over(t, &http, "/auth/verify", Some(("cookie", cookie)), connections, None, d).await?,
         ),
     ];
-    let _ = baseline.kill();
+    drop(baseline);
     let over = if https { " over HTTPS" } else { "" };
     let title = format!("scenario verify{over}: one node, {connections} connections, {seconds} s each");
     let head =
@@ -1140,16 +1140,8 @@ async fn verify(
 /// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, and
 /// node 1's `[proxy]` to it, each with `connections` keep-alive clients.
 async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let d = Duration::from_secs(seconds);
     let (upstream, upstream_addr) = baseline(None)?;
-    let upstream = Killed(upstream);
     let dir = tempfile::tempdir()?;
     let proxy_port = gatehouse_chaos::cluster::free_port()?;
     let mut cluster =
@@ -1198,10 +1190,10 @@ async fn jwt(
     json: bool,
 ) -> anyhow::Result<()> {
     let d = Duration::from_secs(seconds);
-    let (mut baseline, baseline_addr) = baseline(None)?;
+    let (baseline, baseline_addr) = baseline(None)?;
     let mut rows =
         vec![("bare hyper (ceiling)", load::http_get(&baseline_addr, "/", None, connections, None, d).await?)];
-    let _ = baseline.kill();
+    drop(baseline);
     for with_jwt in [false, true] {
         let dir = tempfile::tempdir()?;
         let mut extra = "[rate_limits]\nenabled = false\n".to_string();
@@ -1411,7 +1403,7 @@ async fn front_verify(mut cluster: ProcCluster, connections: usize, seconds: u64
     let first_start = start_front(&mut cluster, 101).await?;
     let front = cluster.fronts[&101].http.clone();
     let voter = cluster.nodes[&1].http.clone();
-    let (mut baseline, baseline_addr) = baseline(None)?;
+    let (baseline, baseline_addr) = baseline(None)?;
     let d = Duration::from_secs(seconds);
     let header = || Some(("authorization", format!("Bearer {key}")));
     let rows = vec![
@@ -1419,7 +1411,7 @@ async fn front_verify(mut cluster: ProcCluster, connections: usize, seconds: u64
         ("verify-key on a front", load::http_get(&front, "/auth/verify", header(), connections, None, d).await?),
         ("verify-key on a voter", load::http_get(&voter, "/auth/verify", header(), connections, None, d).await?),
     ];
-    let _ = baseline.kill();
+    drop(baseline);
     // The front's memory beside a voter's, and a restart to serving.
     let rss = |pid: Option<u32>| pid.and_then(load::rss_bytes).unwrap_or(0);
     let front_rss = rss(cluster.fronts[&101].pid());
@@ -1462,12 +1454,14 @@ async fn ext_authz(mut cluster: ProcCluster, streams: usize, seconds: u64, json:
     };
     let on_front = addr_of(&cluster.fronts[&101].config)?;
     let on_voter = addr_of(&cluster.nodes[&1].config)?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("check-baseline-server")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut child = load::Killed(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("check-baseline-server")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
     let mut port = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut port)?;
+    std::io::BufReader::new(child.0.stdout.take().expect("piped")).read_line(&mut port)?;
     let baseline_addr = format!("127.0.0.1:{}", port.trim());
     let d = Duration::from_secs(seconds);
     let bearer = format!("Bearer {key}");
@@ -1477,7 +1471,7 @@ async fn ext_authz(mut cluster: ProcCluster, streams: usize, seconds: u64, json:
         ("Check on a front", checks(&on_front, Some(ENVOY_SECRET), &bearer, streams, d).await?),
         ("Check on a voter", checks(&on_voter, Some(ENVOY_SECRET), &bearer, streams, d).await?),
     ];
-    let _ = child.kill();
+    drop(child);
     let title = format!("scenario ext-authz: {streams} concurrent Check streams, {seconds} s each");
     let head = json.then(|| serde_json::json!({ "scenario": "ext-authz", "streams": streams, "seconds": seconds }));
     let out = print_beside_ceiling(&rows, &title, "calls/s", head);
