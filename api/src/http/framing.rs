@@ -166,6 +166,11 @@ impl Answers {
         }
     }
 
+    /// Drops an answer no read awaited.
+    fn forget(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).switched = None;
+    }
+
     /// The answer, once given (taken); else `cx` is woken when it is.
     fn take(&self, cx: &Context<'_>) -> Option<bool> {
         let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -257,6 +262,11 @@ impl<IO> Framing<IO> {
                     self.state = State::Refused;
                 }
                 Ok(Some((len, Verdict::Next(next)))) => {
+                    if next == State::AwaitAnswer {
+                        // hyper has not seen this head yet, so no answer to
+                        // it can have been given: anything held is stale.
+                        self.answers.forget();
+                    }
                     self.ready.extend_from_slice(&held[..len]);
                     self.head_at += len;
                     self.scanned = self.head_at;
@@ -598,6 +608,9 @@ POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r
         client.write_all(&[&head[..], after].concat()).await.unwrap();
         client.shutdown().await.unwrap();
         let answers = Arc::new(Answers::default());
+        // An answer given before the head was read (to nothing awaited) is
+        // no answer to it.
+        answers.answered(http::StatusCode::SWITCHING_PROTOCOLS);
         let mut framed = Framing::new(server, true, answers.clone());
         let mut got = vec![0u8; head.len()];
         framed.read_exact(&mut got).await.unwrap();
