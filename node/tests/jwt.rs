@@ -34,6 +34,17 @@ fn jwt_settings(publish_delay: &str, lifetime: &str) -> JwtSettings {
 }
 
 /// `[secrets]` under `dir` (the signing keys are sealed with it).
+/// The route rule both clusters carry: `/ops` for operators, its tokens
+/// for the `ops` audience.
+fn ops_rule() -> gatehouse::config::RouteRule {
+    gatehouse::config::RouteRule {
+        path_prefix: "/ops".into(),
+        roles: vec!["operator".into()],
+        audience: Some("ops".into()),
+        ..Default::default()
+    }
+}
+
 fn secrets(dir: &tempfile::TempDir, c: &mut Config) {
     let key = dir.path().join("kek");
     if !key.exists() {
@@ -133,12 +144,7 @@ async fn tokens_verify_independently_and_follow_the_users_state() {
         secrets(dir, c);
         c.rate_limits.enabled = false;
         c.jwt = Some(jwt_settings("2s", "60s"));
-        c.identity.routes = vec![gatehouse::config::RouteRule {
-            path_prefix: "/ops".into(),
-            roles: vec!["operator".into()],
-            audience: Some("ops".into()),
-            ..Default::default()
-        }];
+        c.identity.routes = vec![ops_rule()];
     })
     .await;
     ready(&c).await;
@@ -408,12 +414,7 @@ async fn a_front_hands_on_voter_signed_tokens_and_holds_no_private_key() {
         c.fronts_file = Some(common::fronts::fronts_file(dir, &[11]));
         c.rate_limits.enabled = false;
         c.jwt = Some(jwt_settings("2s", "60s"));
-        c.identity.routes = vec![gatehouse::config::RouteRule {
-            path_prefix: "/ops".into(),
-            roles: vec!["operator".into()],
-            audience: Some("ops".into()),
-            ..Default::default()
-        }];
+        c.identity.routes = vec![ops_rule()];
     })
     .await;
     // The cluster's version is raised once the front too reports it.
