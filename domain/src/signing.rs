@@ -170,20 +170,22 @@ pub(crate) fn rotate(
         k.retire_at = current_from + c.retire_after_ms;
         keys.store(k, out);
     }
-    keys.store(
-        SigningKeyRecord {
-            kid: c.kid.clone(),
-            alg: c.alg.clone(),
-            public_key: c.public_key.clone(),
-            public_exponent: c.public_exponent.clone(),
-            private_key: c.private_key.clone(),
-            created_at: now,
-            current_from,
-            retire_at: 0,
-        },
-        out,
-    );
+    keys.store(SigningKeyRecord { created_at: now, current_from, ..record_of(c) }, out);
     Ok(c.kid.clone())
+}
+
+/// The key a `RotateSigningKey` adds, before apply gives it its times.
+pub fn record_of(c: &RotateSigningKey) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: c.kid.clone(),
+        alg: c.alg.clone(),
+        public_key: c.public_key.clone(),
+        public_exponent: c.public_exponent.clone(),
+        private_key: c.private_key.clone(),
+        created_at: 0,
+        current_from: 0,
+        retire_at: 0,
+    }
 }
 
 /// Moves re-sealed private keys in (a `ResealSecrets` part); how many moved.

@@ -252,30 +252,12 @@ async fn tokens_verify_independently_and_follow_the_users_state() {
         Duration::ZERO,
     )
     .unwrap();
-    let stranger = gatehouse_api::jwt::keys::Signers::default()
-        .get(
-            &gatehouse_proto::state::SigningKeyRecord {
-                kid: record.kid.clone(),
-                alg: "EdDSA".into(),
-                private_key: stranger_key.private_key.clone(),
-                ..Default::default()
-            },
-            &sealer,
-        )
-        .ok();
+    let stranger_record = gatehouse_domain::signing::record_of(&stranger_key);
+    let under_cluster_kid =
+        gatehouse_proto::state::SigningKeyRecord { kid: record.kid.clone(), ..stranger_record.clone() };
     // The stranger's key is sealed for its own kid: it opens only there.
-    assert!(stranger.is_none());
-    let stranger = gatehouse_api::jwt::keys::Signers::default()
-        .get(
-            &gatehouse_proto::state::SigningKeyRecord {
-                kid: stranger_key.kid.clone(),
-                alg: "EdDSA".into(),
-                private_key: stranger_key.private_key.clone(),
-                ..Default::default()
-            },
-            &sealer,
-        )
-        .unwrap();
+    assert!(gatehouse_api::jwt::keys::Signers::default().get(&under_cluster_kid, &sealer).is_err());
+    let stranger = gatehouse_api::jwt::keys::Signers::default().get(&stranger_record, &sealer).unwrap();
     let wrong_key = {
         // Signed by another key under the cluster's kid.
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);

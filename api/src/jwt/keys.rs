@@ -188,14 +188,7 @@ mod tests {
     }
 
     fn record(c: &RotateSigningKey) -> SigningKeyRecord {
-        SigningKeyRecord {
-            kid: c.kid.clone(),
-            alg: c.alg.clone(),
-            public_key: c.public_key.clone(),
-            public_exponent: c.public_exponent.clone(),
-            private_key: c.private_key.clone(),
-            ..Default::default()
-        }
+        gatehouse_domain::signing::record_of(c)
     }
 
     #[test]

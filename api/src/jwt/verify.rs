@@ -101,14 +101,7 @@ mod tests {
 
     fn key(alg: Alg, sealer: &crate::seal::Sealer) -> SigningKeyRecord {
         let c = keys::generate(alg, sealer, std::time::Duration::ZERO, std::time::Duration::ZERO).unwrap();
-        SigningKeyRecord {
-            kid: c.kid,
-            alg: c.alg,
-            public_key: c.public_key,
-            public_exponent: c.public_exponent,
-            private_key: c.private_key,
-            ..Default::default()
-        }
+        gatehouse_domain::signing::record_of(&c)
     }
 
     fn claims(exp_in: i64) -> Claims {
