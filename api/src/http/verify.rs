@@ -226,21 +226,31 @@ pub enum Still {
 /// still admits its roles. No limits, metrics, audit, token, or use
 /// recorded. A second factor's age and the session's binding are not
 /// checked again: both held when the request was allowed.
+///
+/// What this node's view already refuses is refused at once; only an
+/// "allowed" waits on the view being known current (`Unknown` otherwise).
 pub async fn still_allowed(front: &Front, headers: &HeaderMap) -> Still {
+    if !passes_now(front, headers) {
+        return Still::Refused;
+    }
     if !front.node.ensure_fresh().await {
         return Still::Unknown;
     }
-    let Some((token, _)) = credential(headers, &front.config.cookie_name) else { return Still::Refused };
-    let Ok(principal) = crate::identity::still_valid(&front.node, &token) else { return Still::Refused };
-    let admitted = match required_roles(&front.config.routes, headers) {
-        Route::Free => true,
-        Route::Needs(rule) => rule.roles.iter().any(|r| principal.roles.contains(r)),
-        Route::Ambiguous => false,
-    };
-    if admitted {
+    if passes_now(front, headers) {
         Still::Allowed
     } else {
         Still::Refused
+    }
+}
+
+/// [`still_allowed`] against this node's view as it is.
+fn passes_now(front: &Front, headers: &HeaderMap) -> bool {
+    let Some((token, _)) = credential(headers, &front.config.cookie_name) else { return false };
+    let Ok(principal) = crate::identity::still_valid(&front.node, &token) else { return false };
+    match required_roles(&front.config.routes, headers) {
+        Route::Free => true,
+        Route::Needs(rule) => rule.roles.iter().any(|r| principal.roles.contains(r)),
+        Route::Ambiguous => false,
     }
 }
 

@@ -217,7 +217,10 @@ async fn refused(front: &crate::http::Front, asked: &HeaderMap, applied: Option<
     let mut applied = applied.unwrap_or_else(|| front.node.view().subscribe());
     let mut unknown_since = None;
     loop {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), applied.changed()).await;
+        // While in doubt, no longer than the grace left.
+        let wait = unknown_since
+            .map_or(RECHECK, |since: tokio::time::Instant| UNKNOWN_GRACE.saturating_sub(since.elapsed()).min(RECHECK));
+        let _ = tokio::time::timeout(wait, applied.changed()).await;
         match verify::still_allowed(front, asked).await {
             Still::Allowed => unknown_since = None,
             Still::Refused => return,
@@ -231,6 +234,9 @@ async fn refused(front: &crate::http::Front, asked: &HeaderMap, applied: Option<
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// A tunnel's caller is checked at least this often (for an expiry).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a tunnel outlives its node's doubt about its view.
 const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
