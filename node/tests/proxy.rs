@@ -39,6 +39,8 @@ struct Upstream {
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
     paths: Arc<Mutex<Vec<String>>>,
     next_event: Arc<tokio::sync::Notify>,
+    /// Download bytes handed to hyper so far.
+    sent: Arc<AtomicU64>,
 }
 
 fn full(status: u16, body: impl Into<Bytes>) -> Reply {
@@ -101,6 +103,7 @@ impl Upstream {
             "/download" => {
                 let total: u64 = req.uri().query().and_then(|q| q.strip_prefix("n=")).unwrap().parse().unwrap();
                 let (mut tx, rx) = futures::channel::mpsc::channel(1);
+                let counted = self.sent.clone();
                 tokio::spawn(async move {
                     use futures::SinkExt;
                     let chunk = Bytes::from(vec![7u8; 256 * 1024]);
@@ -111,6 +114,7 @@ impl Upstream {
                             return;
                         }
                         sent += n as u64;
+                        counted.fetch_add(n as u64, Ordering::SeqCst);
                     }
                 });
                 streamed(rx)
@@ -846,5 +850,43 @@ async fn a_bound_session_passes_the_proxy_only_from_where_it_began() {
     assert_eq!(through("127.0.0.2", "Browser A").await, 401);
     assert_eq!(up.hits(), before, "a replayed cookie reaches nothing");
     assert_eq!(through("127.0.0.1", "Browser A").await, 200, "still good where it began");
+    c.shutdown().await;
+}
+
+/// A client that stops reading holds the upstream back: what the
+/// upstream hands on stops at what the buffers between them hold, far
+/// below what it has to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_holds_the_upstream_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const GIB: u64 = 1 << 30;
+    let (up, upstream) = Upstream::start().await;
+    let (c, base) = cluster(upstream).await;
+    let key = create_key(c.node(1), "ann", &["viewer"]).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let ask = format!("GET /download?n={GIB} HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {key}\r\n\r\n");
+    tcp.write_all(ask.as_bytes()).await.unwrap();
+    // One MiB read, then nothing.
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < 1 << 20 {
+        got += tcp.read(&mut buf).await.unwrap();
+    }
+    // Wait until the upstream has stopped handing bytes on.
+    let mut last = u64::MAX;
+    let mut still = 0;
+    for _ in 0..100 {
+        let now = up.sent.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(still, 5, "the upstream kept sending: {last} bytes");
+    assert!(last < 64 << 20, "{} MiB left the upstream for a client that read 1", last >> 20);
+    drop(tcp);
     c.shutdown().await;
 }
