@@ -103,7 +103,7 @@ pub async fn handle(
             email: &email,
             client: client.0,
             proto,
-            host: Some(&host_value),
+            host: &host_value,
             cookie_name: &proxy.front.config.cookie_name,
             pass_credentials: upstream.pass_credentials,
         },

@@ -181,7 +181,8 @@ pub struct Injected<'a> {
     pub email: &'a str,
     pub client: IpAddr,
     pub proto: &'static str,
-    pub host: Option<&'a HeaderValue>,
+    /// The host the request named (its `Host`, or its target's authority).
+    pub host: &'a HeaderValue,
     /// Gatehouse's session cookie name, and whether its credential goes on.
     pub cookie_name: &'a str,
     pub pass_credentials: bool,
@@ -237,9 +238,7 @@ pub fn upstream_request(h: &mut HeaderMap, websocket: bool, i: &Injected) {
         h.insert(HeaderName::from_static("x-forwarded-for"), ip);
     }
     h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(i.proto));
-    if let Some(host) = i.host {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
+    h.insert(HeaderName::from_static("x-forwarded-host"), i.host.clone());
 }
 
 #[cfg(test)]
@@ -317,7 +316,7 @@ mod tests {
             email: "ann@example.com",
             client: "192.0.2.9".parse().unwrap(),
             proto: "https",
-            host: Some(&host),
+            host: &host,
             cookie_name: "__Host-gatehouse_session",
             pass_credentials: false,
         };
