@@ -47,6 +47,12 @@ pub fn bearer(authorization: &str) -> Option<&str> {
     Some(token.trim())
 }
 
+/// Whether a bearer token is Gatehouse's own (an API key or a session
+/// token, by its prefix): what the proxy and Envoy keep from an upstream.
+pub fn is_gatehouse_token(token: &str) -> bool {
+    token.starts_with(keys::KEY_PREFIX) || token.starts_with(gatehouse_domain::sessions::TOKEN_PREFIX)
+}
+
 /// Longest credential looked at; anything longer is refused unread.
 pub const MAX_CREDENTIAL_LEN: usize = 256;
 

@@ -217,7 +217,7 @@ async fn check_response(
             name == "authorization"
                 && jwt.is_some_and(|h| h != "authorization")
                 && crate::identity::bearer(std::str::from_utf8(value).unwrap_or_default())
-                    .is_some_and(|t| t.starts_with("gk_") || t.starts_with("gs_"))
+                    .is_some_and(crate::identity::is_gatehouse_token)
         };
         let set = IDENTITY
             .iter()

@@ -54,13 +54,12 @@ pub fn smuggling(headers: &HeaderMap) -> Option<&'static str> {
 pub fn is_websocket(headers: &HeaderMap) -> bool {
     let mut upgrades = headers.get_all(header::UPGRADE).iter().peekable();
     let upgrade = upgrades.peek().is_some() && upgrades.all(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let connection = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    upgrade && connection
+    upgrade && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The names every `Connection` header lists, trimmed.
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
 }
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -77,13 +76,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// stays when `keep_upgrade` (a WebSocket handshake, whose `Connection:
 /// upgrade` is then set again).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    let listed: Vec<HeaderName> =
+        connection_tokens(h).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(name);
     }
@@ -201,7 +195,7 @@ pub fn upstream_request(h: &mut HeaderMap, websocket: bool, i: &Injected) {
     cookies(h, i.cookie_name, i.pass_credentials);
     if !i.pass_credentials {
         let gatehouse = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::identity::bearer);
-        if gatehouse.is_some_and(|t| t.starts_with("gk_") || t.starts_with("gs_")) {
+        if gatehouse.is_some_and(crate::identity::is_gatehouse_token) {
             h.remove(header::AUTHORIZATION);
         }
     }
