@@ -124,7 +124,12 @@ fn factor_refusal(rule: &RouteRule, p: &Principal) -> Option<Result<&'static str
 /// Whether `p` passes `rule` (one of its roles, its second factor): what a
 /// voter checks before signing a token of the rule's audience for a front.
 pub fn admits(rule: &RouteRule, p: &Principal) -> bool {
-    rule.roles.iter().any(|r| p.roles.contains(r)) && factor_refusal(rule, p).is_none()
+    holds_a_role(rule, p) && factor_refusal(rule, p).is_none()
+}
+
+/// Whether `p` holds one of the roles `rule` asks for.
+fn holds_a_role(rule: &RouteRule, p: &Principal) -> bool {
+    rule.roles.iter().any(|r| p.roles.contains(r))
 }
 
 fn unauthorized(e: ApiError) -> Response {
@@ -249,7 +254,7 @@ fn passes_now(front: &Front, headers: &HeaderMap) -> bool {
     let Ok(principal) = crate::identity::still_valid(&front.node, &token) else { return false };
     match required_roles(&front.config.routes, headers) {
         Route::Free => true,
-        Route::Needs(rule) => rule.roles.iter().any(|r| principal.roles.contains(r)),
+        Route::Needs(rule) => holds_a_role(rule, &principal),
         Route::Ambiguous => false,
     }
 }
@@ -297,7 +302,7 @@ async fn decide(
     let mut audience = None;
     match required_roles(&front.config.routes, headers) {
         Route::Free => {}
-        Route::Needs(rule) if rule.roles.iter().any(|r| principal.roles.contains(r)) => {
+        Route::Needs(rule) if holds_a_role(rule, &principal) => {
             audience = rule.audience.as_deref();
             if let Some((decision, resp)) = second_factor(front, q, headers, rule, &principal) {
                 front.node.audit_count(
