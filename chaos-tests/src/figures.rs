@@ -16,9 +16,9 @@ pub struct Figures {
     pub per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// CPU seconds the cluster's node processes used during the step, where
-    /// the scenario measured it (a steadier comparison than throughput on a
-    /// shared machine).
+    /// CPU seconds the serving processes used during the step (the cluster's
+    /// nodes, or the one process the step loads), where the scenario measured
+    /// it (a steadier comparison than throughput on a shared machine).
     pub node_cpu_s: Option<f64>,
     /// The p99 the serving node measured itself (an upper bound, see
     /// [`NodeTimings`]), where the scenario read it.

@@ -27,19 +27,36 @@ pub use crate::figures::Figures;
 use crate::figures::{histogram, merge};
 
 /// CPU time (user + system) the cluster's running node processes have used
-/// so far, in seconds, from `/proc/<pid>/stat` (Linux).
+/// so far, in seconds.
 pub fn node_cpu_seconds(cluster: &ProcCluster) -> f64 {
+    let pids: Vec<u32> = cluster.nodes.keys().filter_map(|&id| cluster.pid(id)).collect();
+    cpu_seconds(&pids)
+}
+
+/// CPU time (user + system) the running processes `pids` and their running
+/// children (nginx's workers) have used so far, in seconds, from
+/// `/proc/<pid>/stat` (Linux).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
     /// `/proc` counts in USER_HZ ticks, 100 per second on Linux.
     const TICKS_PER_SECOND: f64 = 100.0;
-    let ticks = |pid: u32| -> Option<u64> {
+    // The name, in parentheses, may hold spaces; fields 3.. follow it: the
+    // parent is field 4, utime and stime are fields 14 and 15.
+    let stat = |pid: &str| -> Option<(u32, u64)> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The name, in parentheses, may hold spaces; fields 3.. follow it,
-        // and utime and stime are fields 14 and 15.
         let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((fields.get(1)?.parse().ok()?, ticks))
     };
-    let total: u64 = cluster.nodes.keys().filter_map(|&id| cluster.pid(id)).filter_map(ticks).sum();
-    total as f64 / TICKS_PER_SECOND
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| stat(e.file_name().to_str()?))
+        .filter(|(parent, _)| pids.contains(parent))
+        .map(|(_, ticks)| ticks)
+        .sum();
+    let own: u64 = pids.iter().filter_map(|p| stat(&p.to_string())).map(|(_, ticks)| ticks).sum();
+    (own + children) as f64 / TICKS_PER_SECOND
 }
 
 /// A route's request-duration histogram as a node exports it on `/metrics`

@@ -68,3 +68,78 @@ http {{
     }
     Ok(nginx)
 }
+
+/// How a bare hyper proxy holds its upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Upstreams {
+    /// hyper-util's pooled client, as Gatehouse's `[proxy]` uses: any
+    /// client connection's request takes any idle upstream connection,
+    /// each driven by a task of its own.
+    Pooled,
+    /// One upstream connection per client connection, driven in the same
+    /// task: hyper at its leanest, no pool, no channel between tasks.
+    PerConnection,
+}
+
+/// The proxy's own ceilings: a bare hyper HTTP/1.1 server passing every
+/// request to `upstream` (host:port), with nothing else: no verification,
+/// no header pass, no timeouts. Run in a process of its own
+/// (`gatehouse-load baseline-proxy`), so that what separates it from nginx
+/// is hyper and tokio, and what separates Gatehouse from it is Gatehouse's
+/// own work.
+pub async fn serve_baseline_proxy(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    upstreams: Upstreams,
+) -> anyhow::Result<()> {
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let pool: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
+    let authority: hyper::http::uri::Authority = upstream.parse()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let server = hyper::server::conn::http1::Builder::new();
+        if upstreams == Upstreams::PerConnection {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(to) = tokio::net::TcpStream::connect(upstream.as_str()).await else { return };
+                let _ = to.set_nodelay(true);
+                let Ok((sender, upstream)) = hyper::client::conn::http1::handshake(TokioIo::new(to)).await else {
+                    return;
+                };
+                // hyper's server asks for one answer at a time.
+                let sender = std::sync::Arc::new(std::sync::Mutex::new(sender));
+                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                    let answer = sender.lock().expect("not poisoned").send_request(req);
+                    async move { Ok::<_, anyhow::Error>(answer.await?) }
+                });
+                tokio::select! {
+                    _ = server.serve_connection(TokioIo::new(stream), svc) => {}
+                    _ = upstream => {}
+                }
+            });
+            continue;
+        }
+        let (pool, authority) = (pool.clone(), authority.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+                let pool = pool.clone();
+                let mut uri = std::mem::take(req.uri_mut()).into_parts();
+                uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+                uri.authority = Some(authority.clone());
+                async move {
+                    *req.uri_mut() = hyper::Uri::from_parts(uri)?;
+                    Ok::<_, anyhow::Error>(pool.request(req).await?)
+                }
+            });
+            let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}

@@ -75,7 +75,10 @@ enum Scenario {
     },
     /// Requests through Gatehouse's reverse-proxy mode (`[proxy]`, an API
     /// key verified per request) to a bare hyper upstream, beside nginx
-    /// `proxy_pass` to the same upstream and the upstream alone, same run.
+    /// `proxy_pass` to the same upstream, two bare hyper proxies (pooled as
+    /// Gatehouse's, and one upstream connection per client connection) and
+    /// the upstream alone, same run; with each serving process's CPU per
+    /// request.
     Proxy {
         #[arg(long, default_value_t = 64)]
         connections: usize,
@@ -213,6 +216,13 @@ enum Scenario {
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
     },
+    /// Internal: a bare hyper proxy to `upstream` (prints its port on stdout).
+    #[command(hide = true)]
+    BaselineProxy {
+        upstream: String,
+        #[arg(long, value_enum, default_value = "pooled")]
+        upstreams: gatehouse_chaos::load_proxy::Upstreams,
+    },
 }
 
 #[tokio::main]
@@ -232,6 +242,11 @@ async fn main() -> anyhow::Result<()> {
             }
             _ => load::serve_baseline(listener).await,
         };
+    }
+    if let Scenario::BaselineProxy { upstream, upstreams } = &args.scenario {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        return gatehouse_chaos::load_proxy::serve_baseline_proxy(listener, upstream.clone(), *upstreams).await;
     }
     let bin = match args.bin {
         Some(b) => b,
@@ -312,7 +327,9 @@ async fn main() -> anyhow::Result<()> {
             front_verify(cluster, connections, seconds, args.json).await?
         }
         Scenario::ExtAuthz { streams, seconds } => ext_authz(cluster, streams, seconds, args.json).await?,
-        Scenario::BaselineServer { .. } | Scenario::CheckBaselineServer => unreachable!("handled above"),
+        Scenario::BaselineServer { .. } | Scenario::CheckBaselineServer | Scenario::BaselineProxy { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }
@@ -368,12 +385,19 @@ fn print_writes(sets: &[(&str, Vec<load::Figures>)], nodes: u64, seconds: u64, j
 /// this process's runtime with the client); over TLS with node 1's
 /// certificate in `tls_dir`. Returns it and its address.
 fn baseline(tls_dir: Option<&std::path::Path>) -> anyhow::Result<(load::Killed, String)> {
+    let mut args = vec!["baseline-server".into()];
+    if let Some(d) = tls_dir {
+        args.extend(["--cert".into(), d.join("node-1.pem").into(), "--key".into(), d.join("node-1.key").into()]);
+    }
+    helper(&args)
+}
+
+/// This binary run as one of its internal servers with `args`; it prints
+/// the port it listens on. Returns it and its address.
+fn helper(args: &[std::ffi::OsString]) -> anyhow::Result<(load::Killed, String)> {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("baseline-server").stdout(std::process::Stdio::piped());
-    if let Some(d) = tls_dir {
-        cmd.arg("--cert").arg(d.join("node-1.pem")).arg("--key").arg(d.join("node-1.key"));
-    }
+    cmd.args(args).stdout(std::process::Stdio::piped());
     let mut child = load::Killed(cmd.spawn()?);
     let mut line = String::new();
     std::io::BufReader::new(child.0.stdout.take().expect("piped")).read_line(&mut line)?;
@@ -1137,8 +1161,9 @@ async fn verify(
     Ok(())
 }
 
-/// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, and
-/// node 1's `[proxy]` to it, each with `connections` keep-alive clients.
+/// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, a
+/// bare hyper proxy to it, and node 1's `[proxy]` to it, each with
+/// `connections` keep-alive clients.
 async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
     let d = Duration::from_secs(seconds);
     let (upstream, upstream_addr) = baseline(None)?;
@@ -1156,16 +1181,32 @@ async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u
     let nginx_dir = tempfile::tempdir()?;
     let nginx_port = gatehouse_chaos::cluster::free_port()?;
     let nginx = gatehouse_chaos::load_proxy::nginx(nginx_dir.path(), nginx_port, &upstream_addr).await?;
+    let bare_proxy = |upstreams: &str| {
+        helper(&["baseline-proxy".into(), upstream_addr.clone().into(), "--upstreams".into(), upstreams.into()])
+    };
+    let (pooled, pooled_addr) = bare_proxy("pooled")?;
+    let (lean, lean_addr) = bare_proxy("per-connection")?;
     let through = format!("127.0.0.1:{proxy_port}");
-    let auth = || Some(("authorization", format!("Bearer {key}")));
-    let rows = vec![
-        ("bare hyper upstream (ceiling)", load::http_get(&upstream_addr, "/", None, connections, None, d).await?),
-        (
-            "nginx proxy_pass",
-            load::http_get(&format!("127.0.0.1:{nginx_port}"), "/", None, connections, None, d).await?,
-        ),
-        ("gatehouse [proxy], key verified", load::http_get(&through, "/", auth(), connections, None, d).await?),
+    let auth = Some(("authorization", format!("Bearer {key}")));
+    let node_1 = cluster.pid(1).ok_or_else(|| anyhow::anyhow!("node 1 is not running"))?;
+    let nginx_addr = format!("127.0.0.1:{nginx_port}");
+    // Each step's CPU is the serving process's alone (nginx's with its
+    // workers): on this shared machine a steadier comparison than req/s.
+    let steps = [
+        ("bare hyper upstream (ceiling)", upstream.0.id(), &upstream_addr, None),
+        ("nginx proxy_pass", nginx.0.id(), &nginx_addr, None),
+        ("bare hyper proxy, pooled", pooled.0.id(), &pooled_addr, None),
+        ("bare hyper proxy, lean", lean.0.id(), &lean_addr, None),
+        ("gatehouse [proxy], key verified", node_1, &through, auth),
     ];
+    let mut rows = Vec::new();
+    for (name, pid, addr, header) in steps {
+        let cpu = load::cpu_seconds(&[pid]);
+        let mut figures = load::http_get(addr, "/", header, connections, None, d).await?;
+        figures.node_cpu_s = Some(load::cpu_seconds(&[pid]) - cpu);
+        rows.push((name, figures));
+    }
+    drop((pooled, lean));
     drop(nginx);
     drop(upstream);
     drop(cluster);
@@ -1500,10 +1541,21 @@ fn print_beside_ceiling(
         return head;
     }
     println!("{title}");
-    println!("{:<24} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}", "", "ok", "errors", unit, "ratio", "p50 ms", "p99 ms");
+    // CPU per request, where the scenario measured the serving process's.
+    let cpu = rows.iter().any(|(_, f)| f.node_cpu_s.is_some());
+    let cpu_head = if cpu { format!(" {:>12}", "CPU µs/req") } else { String::new() };
+    println!(
+        "{:<34} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8}{cpu_head}",
+        "", "ok", "errors", unit, "ratio", "p50 ms", "p99 ms"
+    );
     for (name, f) in rows {
+        let cpu = match f.node_cpu_s {
+            Some(s) if cpu => format!(" {:>12.1}", s * 1e6 / f.ok.max(1) as f64),
+            _ if cpu => format!(" {:>12}", "-"),
+            _ => String::new(),
+        };
         println!(
-            "{name:<24} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+            "{name:<34} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2}{cpu}",
             f.ok,
             f.errors,
             f.per_second,
