@@ -8,7 +8,10 @@
 //!   [`load_tls`]: HTTPS clients, TLS handshakes per second, and the bare
 //!   hyper + rustls server they are set beside; [`load_fronts`]: how soon
 //!   a revocation reaches every voter and front, ext_authz checks per second;
-//!   [`load_mfa`]: people enrolled with an authenticator app, and their codes.
+//!   [`load_mfa`]: people enrolled with an authenticator app, and their codes;
+//!   [`load_proxy`]: nginx (for the `proxy` scenario and for the tests that
+//!   put it in front of Gatehouse) and the bare hyper proxies set beside
+//!   Gatehouse's `[proxy]`.
 //! - Chaos (docs/chaos.md): [`proxy`] (a fault-injecting TCP proxy per
 //!   directed link), [`nemesis`] (the faults), [`workload`] and [`history`]
 //!   (clients and what they saw), [`large`] (large valid entries beside

@@ -1,6 +1,8 @@
-//! `proxy`: Gatehouse's reverse-proxy mode beside nginx `proxy_pass` to the
-//! same bare upstream, same run. nginx is Debian's, with a keep-alive pool
-//! to the upstream as Gatehouse keeps one, and as many workers as cores.
+//! `proxy`: Gatehouse's reverse-proxy mode beside nginx `proxy_pass` and
+//! two bare hyper proxies to the same bare upstream, same run. nginx is
+//! Debian's, with a keep-alive pool to the upstream as Gatehouse keeps
+//! one, and as many workers as cores; [`spawn`] and [`temp_paths`] also
+//! start the nginx of the tests that put it in front of Gatehouse.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,9 +18,33 @@ fn binary() -> anyhow::Result<&'static str> {
         .ok_or_else(|| anyhow::anyhow!("nginx is not installed: run scripts/deps.sh"))
 }
 
+/// The `http { }` lines that keep nginx's temporary files in `dir` (by
+/// default they go under its install prefix, which a test may not write).
+pub fn temp_paths(dir: &Path) -> String {
+    let d = dir.display();
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .map(|kind| format!("    {kind}_temp_path {d}/{};\n", kind.trim_start_matches("client_")))
+        .concat()
+}
+
+/// nginx started on `conf` with `dir` as its prefix, its output dropped;
+/// stopped when dropped.
+pub fn spawn(dir: &Path, conf: &Path) -> anyhow::Result<Nginx> {
+    let child = Command::new(binary()?)
+        .arg("-c")
+        .arg(conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(crate::load::Killed(child))
+}
+
 /// nginx in `dir` on `port`, proxying everything to `upstream` (host:port).
 pub async fn nginx(dir: &Path, port: u16, upstream: &str) -> anyhow::Result<Nginx> {
     let d = dir.display();
+    let temp_paths = temp_paths(dir);
     let conf = format!(
         r#"
 daemon off;
@@ -29,12 +55,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream app {{ server {upstream}; keepalive 256; keepalive_requests 100000000; }}
+{temp_paths}    upstream app {{ server {upstream}; keepalive 256; keepalive_requests 100000000; }}
     # The load's keep-alive connections stay open for the whole step (by
     # default nginx closes one after 1000 requests).
     keepalive_requests 100000000;
@@ -52,15 +73,7 @@ http {{
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let child = Command::new(binary()?)
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let nginx = crate::load::Killed(child);
+    let nginx = spawn(dir, &path)?;
     let started = std::time::Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "nginx did not listen on {port}");

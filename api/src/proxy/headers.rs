@@ -107,10 +107,12 @@ fn identity_like(name: &str, identity: &IdentityHeaders, jwt: Option<&HeaderName
         "x-original-uri",
     ];
     const PREFIXES: [&str; 3] = ["x-auth-", "x-forwarded-", "x-webauth-"];
-    let dashed = name.replace('_', "-");
+    // Copied only for an underscore spelling (most names have none).
+    let dashed = if name.contains('_') { std::borrow::Cow::Owned(name.replace('_', "-")) } else { name.into() };
+    let dashed: &str = &dashed;
     let ours = [&identity.user, &identity.user_id, &identity.roles, &identity.email];
     PREFIXES.iter().any(|p| dashed.starts_with(p))
-        || NAMES.contains(&dashed.as_str())
+        || NAMES.contains(&dashed)
         || ours.iter().any(|n| n.as_str() == dashed)
         || jwt.is_some_and(|j| j.as_str() == dashed && *j != header::AUTHORIZATION)
 }

@@ -3,27 +3,9 @@
 //! and our example `deploy/nginx/gatehouse.conf` read from the tree.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn bin() -> &'static str {
-    for p in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return p;
-        }
-    }
-    panic!("nginx is not installed: run scripts/deps.sh (make test does)");
-}
-
-/// A running nginx, stopped when dropped.
-pub struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use gatehouse_chaos::load_proxy::Nginx;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -39,6 +21,7 @@ pub fn example() -> String {
 /// `dir/gatehouse.conf` inside `http { }`.
 pub fn main_conf(dir: &Path) -> String {
     let d = dir.display();
+    let temp_paths = gatehouse_chaos::load_proxy::temp_paths(dir);
     format!(
         r#"
 daemon off;
@@ -49,12 +32,7 @@ error_log {d}/error.log info;
 events {{ worker_connections 64; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    include {d}/gatehouse.conf;
+{temp_paths}    include {d}/gatehouse.conf;
 }}
 "#
     )
@@ -90,16 +68,7 @@ pub async fn start_at(dir: &Path, https: bool, port: u16, gatehouse_conf: &str) 
     let conf = dir.join("nginx.conf");
     std::fs::write(dir.join("gatehouse.conf"), gatehouse_conf).unwrap();
     std::fs::write(&conf, main_conf(dir)).unwrap();
-    let child = Command::new(bin())
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut nginx = Nginx(child);
+    let mut nginx = gatehouse_chaos::load_proxy::spawn(dir, &conf).expect("nginx (make test installs it)");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         if nginx.0.try_wait().unwrap().is_some() {
