@@ -1161,9 +1161,10 @@ async fn verify(
     Ok(())
 }
 
-/// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, a
-/// bare hyper proxy to it, and node 1's `[proxy]` to it, each with
-/// `connections` keep-alive clients.
+/// The `proxy` scenario: the bare upstream, nginx `proxy_pass` to it, two
+/// bare hyper proxies to it (pooled and lean), and node 1's `[proxy]` to
+/// it, each with `connections` keep-alive clients and each serving
+/// process's CPU.
 async fn proxy(bin: &std::path::Path, nodes: u64, connections: usize, seconds: u64, json: bool) -> anyhow::Result<()> {
     let d = Duration::from_secs(seconds);
     let (upstream, upstream_addr) = baseline(None)?;
